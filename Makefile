@@ -1,0 +1,39 @@
+# Two commands a newcomer needs (both set everything up first):
+#   make demo   -- the chat demo under gevent on 127.0.0.1 (PORT=8000 by default)
+#   make test   -- every test layer CI runs (.ci/run calls this)
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test unit integration compliance compliance-full bench lint typecheck docs demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,gevent,gunicorn,eventlet,redis]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+unit: setup
+	$(PY) -m pytest -q -m "not server and not slow" -p no:cacheprovider
+
+integration: setup
+	$(PY) -m pytest -q -m "server" -p no:cacheprovider
+
+compliance: setup
+	$(PY) -m tests.compliance
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+	$(MAKE) compliance
+
+bench: setup
+	$(PY) bench/core.py
+
+demo: setup
+	$(PY) examples/chat/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info reports

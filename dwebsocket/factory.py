@@ -1,0 +1,50 @@
+"""The abstract factory a backend provides, and loading it from ``WEBSOCKET_FACTORY_CLASS``."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+    from dwebsocket.websocket import WebSocket
+
+__all__ = ["WebSocketFactory", "get_factory_class"]
+
+
+class WebSocketFactory(abc.ABC):
+    """Creates ``request.websocket`` for one request."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.request = request
+
+    def is_websocket(self) -> bool:
+        """True if the request asks for a WebSocket upgrade (``Upgrade: websocket``)."""
+        return "websocket" in (
+            token.strip().lower() for token in self.request.META.get("HTTP_UPGRADE", "").split(",")
+        )
+
+    @abc.abstractmethod
+    def create_websocket(self) -> WebSocket | None:
+        """Validate the handshake and return an unaccepted WebSocket, or None for plain HTTP.
+
+        Raises :class:`~dwebsocket.exceptions.InvalidHandshake` (answered with its HTTP
+        status) for a malformed, unsupported or forbidden handshake, and
+        :class:`~dwebsocket.exceptions.BackendUnavailable` when the server cannot hand over
+        its connection."""
+
+
+def get_factory_class() -> type[WebSocketFactory]:
+    """The factory class named by ``WEBSOCKET_FACTORY_CLASS``, imported now."""
+    from dwebsocket.conf import settings
+
+    path = settings.WEBSOCKET_FACTORY_CLASS
+    try:
+        cls: type[WebSocketFactory] = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"WEBSOCKET_FACTORY_CLASS {path!r} cannot be imported: {exc}") from exc
+    return cls

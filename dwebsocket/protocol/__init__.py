@@ -1,0 +1,15 @@
+"""The sans-I/O WebSocket protocol core (RFC 6455 + RFC 7692).
+
+Bytes in, events out, bytes to send. Nothing here imports ``socket``, Django or ``uwsgi``;
+the backends are thin I/O adapters around it.
+
+Modules:
+
+- :mod:`.frames`     ``Opcode``, ``CloseCode``, masking, frame encoding, close payloads.
+- :mod:`.handshake`  opening-handshake validation and the 101 response (server side), the
+                     request and response check (client side, for ``dwebsocket.testing``).
+- :mod:`.deflate`    permessage-deflate: negotiation and the per-message codec.
+- :mod:`.connection` ``Connection``: the state machine that turns received bytes into
+                     events (``str``/``bytes`` messages, ``Ping``, ``Pong``, ``Close``) and
+                     outgoing messages into bytes.
+"""

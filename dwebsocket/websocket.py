@@ -1,0 +1,127 @@
+"""``request.websocket``: the abstract API every backend implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import TypeVar
+
+Message = str | bytes
+_T = TypeVar("_T")
+
+__all__ = ["Message", "WebSocket"]
+
+
+class WebSocket(abc.ABC):
+    """One WebSocket connection, as a view sees it.
+
+    Text messages are ``str``, binary messages ``bytes``. The opening handshake runs lazily:
+    the first call that needs the connection (``wait``, ``read``, ``send``, iteration, ...)
+    accepts it, so until then the view may still answer with any HTTP response (a 403, say).
+
+    Backends subclass this and implement the abstract methods; everything else is shared.
+    """
+
+    #: Subprotocols the client offered (``Sec-WebSocket-Protocol``), in its order.
+    offered_subprotocols: list[str]
+    #: The subprotocol chosen by ``accept(subprotocol=...)``, or None.
+    subprotocol: str | None = None
+    #: Close code and reason once closed (1006 when the TCP connection just ended).
+    close_code: int | None = None
+    close_reason: str = ""
+
+    # -- the handshake ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def accept(self, subprotocol: str | None = None) -> None:
+        """Complete the opening handshake, choosing ``subprotocol`` (one of
+        ``offered_subprotocols``, else ``ValueError``). Idempotent; does not block beyond
+        writing the 101 response."""
+
+    def accept_connection(self) -> None:
+        """dwebsocket 0.5 name of :meth:`accept`."""
+        self.accept()
+
+    @property
+    @abc.abstractmethod
+    def accepted(self) -> bool:
+        """True once the 101 response is sent."""
+
+    # -- receiving ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None = None) -> Message | None:
+        """Return the next message, blocking up to ``timeout`` seconds (None or negative:
+        forever). Returns None when the connection is closed or the timeout expired;
+        :meth:`is_closed` tells which."""
+
+    @abc.abstractmethod
+    def read(self, fallback: _T | None = None) -> Message | _T | None:
+        """Return a message that is ready now, or ``fallback``. Never blocks."""
+
+    @abc.abstractmethod
+    def count_messages(self) -> int:
+        """Number of complete messages ready now. Never blocks."""
+
+    def has_messages(self) -> bool:
+        """True if a complete message is ready now. Never blocks."""
+        return self.count_messages() > 0
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield every message until the peer closes the connection."""
+        while True:
+            message = self.wait()
+            if message is None:
+                if self.is_closed():
+                    return
+                continue  # pragma: no cover - wait() without timeout returns None only closed
+            yield message
+
+    # -- sending and closing --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def send(self, message: Message | bytearray | memoryview) -> None:
+        """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
+
+        Safe to call from any thread or greenlet. Blocks until the frame is handed to the
+        kernel (or, for backends that must, to the connection's own greenlet). Raises
+        :class:`~dwebsocket.exceptions.ConnectionClosed` once the connection is closed."""
+
+    @abc.abstractmethod
+    def deliver(self, message: Message) -> None:
+        """Queue ``message`` for sending without ever blocking the caller (used by groups).
+
+        Each connection has a bounded outgoing buffer; a connection whose buffer overflows is
+        closed with 1008 (policy violation). Messages for a closed connection are dropped."""
+
+    @abc.abstractmethod
+    def ping(self, data: bytes = b"") -> None:
+        """Send a ping frame. Raises ``ConnectionClosed`` once closed."""
+
+    @abc.abstractmethod
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Run the closing handshake (bounded by ``WEBSOCKET_CLOSE_TIMEOUT``). Idempotent."""
+
+    @abc.abstractmethod
+    def is_closed(self) -> bool:
+        """True once the connection is closed, by either side."""
+
+    @property
+    def closed(self) -> bool:
+        """dwebsocket 0.5 attribute: same as :meth:`is_closed`."""
+        return self.is_closed()
+
+    # -- groups -----------------------------------------------------------------------------
+
+    def join(self, group: str) -> None:
+        """Add this connection to ``group``; ``dwebsocket.groups.send(group, ...)`` reaches it.
+        Left automatically when the connection closes."""
+        from dwebsocket import groups
+
+        groups.join(group, self)
+
+    def leave(self, group: str) -> None:
+        """Remove this connection from ``group`` (no error if it was not a member)."""
+        from dwebsocket import groups
+
+        groups.leave(group, self)
