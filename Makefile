@@ -29,6 +29,9 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(MAKE) compliance
 
+docs: setup
+	$(PY) -m sphinx -W -q -b html docs docs/_build/html
+
 bench: setup
 	$(PY) bench/core.py
 

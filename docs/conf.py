@@ -1,0 +1,24 @@
+"""Sphinx configuration: built with warnings as errors by the test command."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import django
+
+sys.path.insert(0, os.path.abspath(".."))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+django.setup()
+
+project = "dwebsocket"
+author = "dwebsocket developers"
+copyright = "2026, dwebsocket developers"
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "sphinx.ext.viewcode"]
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+intersphinx_mapping = {"python": ("https://docs.python.org/3", None)}
+intersphinx_disabled_reftypes = ["*"]
+exclude_patterns = ["_build", "internals"]
+html_theme = "alabaster"
+nitpicky = False
