@@ -1,0 +1,500 @@
+"""The WebSocket connection state machine (RFC 6455 5-7), sans I/O.
+
+Feed received bytes to :meth:`Connection.receive_data`, get events back: messages as
+plain ``str`` (text) and ``bytes`` (binary), ``Ping``, ``Pong`` and one final ``Close``.
+Bytes the protocol produces by itself (pongs, the close reply, the close that fails the
+connection) wait in :meth:`Connection.data_to_send`; the ``send_*`` methods return the
+bytes of the caller's own frames. The I/O layer writes both, in the order it got them.
+
+The receive loop is the hot path: it reads headers straight out of the buffer at an
+offset and handles a whole small unfragmented frame inline, with no per-frame objects.
+Everything else (fragments, control frames, compression, errors) goes the slow way.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import os
+import struct
+import sys
+from dataclasses import dataclass
+
+from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
+from .deflate import PerMessageDeflate
+from .frames import apply_mask, encode_close_payload, encode_frame, parse_close_payload
+
+__all__ = ["Close", "Connection", "Event", "Ping", "Pong", "State"]
+
+
+class State(enum.Enum):
+    """Where the closing handshake stands (RFC 6455 7.1).
+
+    OPEN: no close frame sent or received. CLOSING: we sent a close frame and wait for
+    the peer's. CLOSED: close frames went both ways, the connection failed, or the
+    transport ended.
+    """
+
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A ping frame was received; the pong is already queued in ``data_to_send()``."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A pong frame was received."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The connection is closing: the peer's close frame arrived (``code`` 1005 if it had
+    none), the peer broke the protocol (the code we sent), or the transport ended (1006).
+    Always the last event.
+    """
+
+    code: int
+    reason: str
+
+
+#: What ``receive_data`` returns, in order: text messages as ``str``, binary as ``bytes``.
+Event = str | bytes | Ping | Pong | Close
+
+_OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
+_unpack_Q = struct.Struct("!Q").unpack_from
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+_NO_LIMIT = sys.maxsize
+
+# Prebuilt 2-byte headers of final unmasked frames with payloads under 126 bytes.
+_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
+_BINARY_HEADERS = [bytes((0x82, n)) for n in range(126)]
+
+
+def _truncate_reason(reason: str) -> str:
+    """Cut ``reason`` so that it fits in a close frame (123 bytes of UTF-8)."""
+    encoded = reason.encode()
+    if len(encoded) <= 123:
+        return reason
+    return encoded[:123].decode(errors="ignore")
+
+
+class Connection:
+    """One WebSocket connection, after the handshake; server side unless ``client``.
+
+    ``deflate`` is the negotiated permessage-deflate codec, if any.
+    ``max_message_size`` bounds a message after decompression and ``max_frame_size`` a
+    frame's payload on the wire; None means no limit. Exceeding either fails the
+    connection with 1009. Not thread-safe: the I/O layer serializes calls.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: bool = False,
+        deflate: PerMessageDeflate | None = None,
+        max_message_size: int | None = 2**20,
+        max_frame_size: int | None = None,
+    ) -> None:
+        self.client = client
+        self.deflate = deflate
+        self.max_message_size = max_message_size
+        self.max_frame_size = max_frame_size
+
+        self.state = State.OPEN
+        #: The code of the peer's close frame (1005 if it had none); the code we sent when
+        #: the peer broke the protocol; 1006 when the transport ended first. None before.
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.close_sent = False
+        self.close_received = False
+        #: The violation that failed the connection, if any.
+        self.error: ProtocolError | None = None
+        #: True once ``receive_data(b"")`` reported the end of the transport.
+        self.eof = False
+
+        self._max_message = _NO_LIMIT if max_message_size is None else max_message_size
+        self._max_frame = _NO_LIMIT if max_frame_size is None else max_frame_size
+        # A compressed message cannot be much longer than its decompressed form; this
+        # bounds what we buffer before decompressing (deflate's worst case is a 5-byte
+        # header per stored block; allow generous slack for odd encoders).
+        self._max_wire = self._max_message + (self._max_message >> 3) + 4096
+        self._fast_max = min(self._max_message, self._max_frame)
+        # Servers require masked frames, clients unmasked ones (RFC 6455 5.1).
+        self._mask_bit = 0 if client else 0x80
+        self._mask_keys = b""
+
+        self._buf = bytearray()  # the start of an incomplete frame
+        self._need = 0  # len(_buf) worth parsing again
+        self._out: list[bytes] = []
+        self._done = False  # Close was emitted: ignore all further input
+
+        # The fragmented message in progress (RFC 6455 5.4).
+        self._frag = 0  # its opcode (TEXT or BINARY), 0 if none
+        self._compressed = False
+        self._parts: list[bytes] | list[str] = []
+        self._text_decoder: codecs.IncrementalDecoder | None = None
+        self._size = 0  # bytes so far, after decompression
+        self._wire = 0  # bytes so far, on the wire
+
+    def __repr__(self) -> str:
+        side = "client" if self.client else "server"
+        return f"<Connection {side} {self.state.name} close_code={self.close_code}>"
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Feed bytes received from the peer; ``b""`` means the transport ended (EOF).
+
+        Returns the events they complete, in order. Pongs to pings, the reply to a
+        close frame and the close frame failing the connection on a protocol violation
+        are queued for :meth:`data_to_send`. Never raises for anything the peer sends:
+        a violation ends with ``Close(code, reason)`` and sets :attr:`error`. After the
+        ``Close`` event, returns ``[]``.
+        """
+        if not data:
+            return self._receive_eof()
+        if self._done:
+            return []
+        buf: bytes | bytearray = self._buf
+        if buf:
+            buf += data  # type: ignore[operator]
+            if len(buf) < self._need:
+                return []
+        elif type(data) is bytes:
+            buf = data
+        else:
+            buf = bytes(data)
+
+        events: list[Event] = []
+        append = events.append
+        n = len(buf)
+        pos = 0
+        need = 2
+        mask_bit = self._mask_bit
+        fast_max = self._fast_max
+        frag = self._frag
+        try:
+            while True:
+                if n - pos < 2:
+                    need = 2
+                    break
+                b0 = buf[pos]
+                b1 = buf[pos + 1]
+                length = b1 & 0x7F
+                if length < 126:
+                    start = pos + 2
+                elif length == 126:
+                    if n - pos < 4:
+                        need = 4
+                        break
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                    start = pos + 4
+                else:
+                    if n - pos < 10:
+                        need = 10
+                        break
+                    length = _unpack_Q(buf, pos + 2)[0]
+                    start = pos + 10
+                if b1 & 0x80 != mask_bit:
+                    raise ProtocolError(
+                        "unmasked frame from client" if mask_bit else "masked frame from server"
+                    )
+                if mask_bit:
+                    start += 4
+                end = start + length
+
+                if (b0 == 0x81 or b0 == 0x82) and not frag and length <= fast_max:
+                    # Fast path: a whole unfragmented, uncompressed message.
+                    if end > n:
+                        need = end - pos
+                        break
+                    if mask_bit:
+                        payload = apply_mask(buf[start:end], buf[start - 4 : start])
+                    else:
+                        payload = bytes(buf[start:end])
+                    pos = end
+                    if b0 == 0x81:
+                        try:
+                            append(payload.decode())
+                        except UnicodeDecodeError:
+                            raise ProtocolError("invalid UTF-8 in text message", 1007) from None
+                    else:
+                        append(payload)
+                    continue
+
+                self._check_header(b0, length)
+                if end > n:
+                    need = end - pos
+                    break
+                if mask_bit:
+                    payload = apply_mask(buf[start:end], buf[start - 4 : start])
+                else:
+                    payload = bytes(buf[start:end])
+                pos = end
+                self._receive_frame(b0, payload, events)
+                if self._done:
+                    self._buf = bytearray()
+                    return events
+                frag = self._frag
+        except ProtocolError as exc:
+            self._fail(exc, events)
+            self._buf = bytearray()
+            return events
+
+        # Keep the incomplete tail for the next call.
+        if buf is self._buf:
+            if pos:
+                del self._buf[:pos]
+        elif pos < n:
+            self._buf = bytearray(memoryview(buf)[pos:])
+        self._need = need
+        return events
+
+    def _check_header(self, b0: int, length: int) -> None:
+        """Validate a frame header before its payload arrives (fail fast)."""
+        opcode = b0 & 0x0F
+        if b0 & 0x70:
+            # RFC 6455 5.2: RSV bits only with an extension defining them; RFC 7692 6:
+            # permessage-deflate defines RSV1, on the first frame of a data message.
+            if b0 & 0x30:
+                raise ProtocolError("reserved bits RSV2/RSV3 set")
+            if self.deflate is None:
+                raise ProtocolError("reserved bit RSV1 set without a negotiated extension")
+            if opcode not in (1, 2):
+                raise ProtocolError("reserved bit RSV1 set on a control or continuation frame")
+        if opcode >= 8:
+            if opcode > 10:
+                raise ProtocolError(f"reserved opcode {opcode}")
+            # RFC 6455 5.5: control frames are never fragmented, payload <= 125 bytes.
+            if not b0 & 0x80:
+                raise ProtocolError("fragmented control frame")
+            if length > 125:
+                raise ProtocolError("control frame payload longer than 125 bytes")
+            return
+        if opcode == 0:
+            if not self._frag:
+                raise ProtocolError("continuation frame without a message to continue")
+            compressed = self._compressed
+            size, wire = self._size, self._wire
+        elif opcode <= 2:
+            if self._frag:
+                raise ProtocolError("new data frame while a fragmented message is in progress")
+            compressed = bool(b0 & 0x40)
+            size = wire = 0
+        else:
+            raise ProtocolError(f"reserved opcode {opcode}")
+        if length > self._max_frame:
+            raise PayloadTooBig(f"frame of {length} bytes exceeds the limit of {self._max_frame}")
+        if compressed:
+            if wire + length > self._max_wire:
+                raise PayloadTooBig(
+                    f"compressed message exceeds the limit of {self._max_message} bytes"
+                )
+        elif size + length > self._max_message:
+            raise PayloadTooBig(f"message exceeds the limit of {self._max_message} bytes")
+
+    def _receive_frame(self, b0: int, payload: bytes, events: list[Event]) -> None:
+        """Handle one complete frame whose header passed :meth:`_check_header`."""
+        opcode = b0 & 0x0F
+        if opcode >= 8:
+            if opcode == 9:
+                # RFC 6455 5.5.2: answer with a pong carrying the same data, unless we
+                # already sent our close frame (5.5.1: nothing may follow it).
+                if not self.close_sent:
+                    self._out.append(self._encode(0xA, payload))
+                events.append(Ping(payload))
+            elif opcode == 0xA:
+                events.append(Pong(payload))
+            else:
+                self._receive_close(payload, events)
+            return
+
+        fin = b0 & 0x80
+        if opcode:
+            self._frag = opcode
+            self._compressed = compressed = bool(b0 & 0x40)
+            self._size = self._wire = 0
+            if fin:
+                # A whole message in one frame (compressed, else it took the fast path).
+                if compressed:
+                    assert self.deflate is not None
+                    payload = self.deflate.decompress(payload, self._max_message)
+                self._frag = 0
+                if opcode == 1:
+                    try:
+                        events.append(payload.decode())
+                    except UnicodeDecodeError:
+                        raise ProtocolError("invalid UTF-8 in text message", 1007) from None
+                else:
+                    events.append(payload)
+                return
+            self._parts = []
+            self._text_decoder = _utf8_decoder() if opcode == 1 else None
+
+        self._wire += len(payload)
+        if self._compressed:
+            assert self.deflate is not None
+            payload = self.deflate.decompress_fragment(
+                payload, bool(fin), self._max_message - self._size
+            )
+        self._size += len(payload)
+        decoder = self._text_decoder
+        if decoder is not None:
+            # RFC 6455 8.1: fail as soon as the bytes cannot be UTF-8 (incremental).
+            try:
+                self._parts.append(decoder.decode(payload, bool(fin)))  # type: ignore[arg-type]
+            except UnicodeDecodeError:
+                raise ProtocolError("invalid UTF-8 in text message", 1007) from None
+            if fin:
+                events.append("".join(self._parts))  # type: ignore[arg-type]
+        else:
+            self._parts.append(payload)  # type: ignore[arg-type]
+            if fin:
+                events.append(b"".join(self._parts))  # type: ignore[arg-type]
+        if fin:
+            self._frag = 0
+            self._parts = []
+            self._text_decoder = None
+
+    def _receive_close(self, payload: bytes, events: list[Event]) -> None:
+        code, reason = parse_close_payload(payload)
+        self.close_received = True
+        self.close_code, self.close_reason = code, reason
+        if not self.close_sent:
+            # RFC 6455 5.5.1: answer with a close frame, echoing the status code.
+            reply = 1000 if code == 1005 else code
+            self._out.append(self._encode(0x8, encode_close_payload(reply)))
+            self.close_sent = True
+        self._closed(events, Close(code, reason))
+
+    def _fail(self, exc: ProtocolError, events: list[Event]) -> None:
+        """Fail the WebSocket connection (RFC 6455 7.1.7) because of ``exc``."""
+        self.error = exc
+        if not self.close_sent:
+            payload = encode_close_payload(exc.code, _truncate_reason(exc.reason))
+            self._out.append(self._encode(0x8, payload))
+            self.close_sent = True
+        self.close_code, self.close_reason = exc.code, exc.reason
+        self._closed(events, Close(exc.code, exc.reason))
+
+    def _receive_eof(self) -> list[Event]:
+        self.eof = True
+        if self._done:
+            return []
+        # RFC 6455 7.1.5: closed without a close frame is 1006.
+        self.close_code, self.close_reason = 1006, ""
+        events: list[Event] = []
+        self._closed(events, Close(1006, ""))
+        return events
+
+    def _closed(self, events: list[Event], close: Close) -> None:
+        self.state = _CLOSED
+        self._done = True
+        self._frag = 0
+        self._parts = []
+        self._text_decoder = None
+        events.append(close)
+
+    # -- output ------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Return and forget the bytes the protocol queued itself; ``b""`` if none."""
+        if not self._out:
+            return b""
+        out = b"".join(self._out)
+        self._out = []
+        return out
+
+    @property
+    def should_close_transport(self) -> bool:
+        """Whether to flush :meth:`data_to_send` and then close the TCP connection.
+
+        True once the transport ended, the connection failed, or (server side) close
+        frames went both ways. RFC 6455 7.1.1: the server closes TCP first, so a client
+        after a clean close waits for the server's EOF (or its own timeout).
+        """
+        if self.eof or self.error is not None:
+            return True
+        return self.close_sent and self.close_received and not self.client
+
+    def _mask_key(self) -> bytes:
+        # RFC 6455 5.3/10.3: unpredictable keys; read the entropy in batches.
+        keys = self._mask_keys
+        if not keys:
+            keys = os.urandom(1024)
+        self._mask_keys = keys[4:]
+        return keys[:4]
+
+    def _encode(self, opcode: int, payload: bytes | bytearray | memoryview, rsv1: bool = False) -> bytes:
+        if self.client:
+            return encode_frame(opcode, payload, rsv1=rsv1, mask_key=self._mask_key())
+        return encode_frame(opcode, payload, rsv1=rsv1)
+
+    def _check_open(self) -> None:
+        if self.state is not _OPEN:
+            raise InvalidState(f"cannot send: the connection is {self.state.name}")
+
+    def send_text(self, text: str) -> bytes:
+        """Return the frame of a text message. Raises ``InvalidState`` unless OPEN."""
+        if self.state is not _OPEN:
+            self._check_open()
+        data = text.encode()
+        if self.deflate is not None:
+            return self._encode(0x1, self.deflate.compress(data), True)
+        if self.client:
+            return encode_frame(0x1, data, mask_key=self._mask_key())
+        n = len(data)
+        if n < 126:
+            return _TEXT_HEADERS[n] + data
+        return encode_frame(0x1, data)
+
+    def send_binary(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Return the frame of a binary message. Raises ``InvalidState`` unless OPEN."""
+        if self.state is not _OPEN:
+            self._check_open()
+        if self.deflate is not None:
+            return self._encode(0x2, self.deflate.compress(data), True)
+        if self.client:
+            return encode_frame(0x2, data, mask_key=self._mask_key())
+        n = len(data)
+        if n < 126:
+            return _BINARY_HEADERS[n] + data
+        return encode_frame(0x2, data)
+
+    def send_message(self, message: str | bytes | bytearray | memoryview) -> bytes:
+        """Return the frame of ``message``: ``str`` as text, bytes-like as binary."""
+        if isinstance(message, str):
+            return self.send_text(message)
+        return self.send_binary(message)
+
+    def send_ping(self, data: bytes = b"") -> bytes:
+        """Return a ping frame (at most 125 bytes of data). Raises ``InvalidState``
+        unless OPEN, ``ValueError`` if ``data`` is too long."""
+        self._check_open()
+        return self._encode(0x9, data)
+
+    def send_pong(self, data: bytes = b"") -> bytes:
+        """Return an unsolicited pong frame (RFC 6455 5.5.3); raises like :meth:`send_ping`."""
+        self._check_open()
+        return self._encode(0xA, data)
+
+    def send_close(self, code: int = 1000, reason: str = "") -> bytes:
+        """Start the closing handshake: return our close frame, ``b""`` if one was sent
+        already or the connection is CLOSED. ``code`` 1005 sends a close frame without a
+        status. Raises ``ValueError`` for a code that may not be sent or a reason longer
+        than 123 bytes of UTF-8.
+        """
+        if self.close_sent or self.state is _CLOSED:
+            return b""
+        payload = b"" if code == 1005 and not reason else encode_close_payload(code, reason)
+        self.close_sent = True
+        self.state = _CLOSING
+        return self._encode(0x8, payload)

@@ -1,0 +1,246 @@
+"""permessage-deflate (RFC 7692): negotiation and the per-message codec.
+
+:meth:`PerMessageDeflate.negotiate` answers a client's offers (server side),
+:meth:`~PerMessageDeflate.client_offer` / :meth:`~PerMessageDeflate.from_response` are
+the client side. The codec compresses whole messages and decompresses them fragment by
+fragment with a bound on the output, so a decompression bomb costs at most the limit.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Sequence
+
+from ..exceptions import InvalidHandshake, PayloadTooBig, ProtocolError
+from .handshake import ExtensionOffer, parse_extensions
+
+__all__ = ["PerMessageDeflate"]
+
+EXTENSION_NAME = "permessage-deflate"
+
+# RFC 7692 7.2.1: a sync flush ends with an empty stored block, 00 00 ff ff, which the
+# sender strips and the receiver appends back (7.2.2).
+_TAIL = b"\x00\x00\xff\xff"
+
+# RFC 7692 7.1.2.1: window bits are 8 to 15, written without leading zeros.
+_WINDOW_BITS = re.compile(r"8|9|1[0-5]")
+
+
+def _parse_params(
+    params: Sequence[tuple[str, str | None]], *, server: bool
+) -> tuple[bool, bool, int | None, int | bool | None] | None:
+    """Check one permessage-deflate parameter list (RFC 7692 7.1).
+
+    Returns ``(server_no_context_takeover, client_no_context_takeover,
+    server_max_window_bits, client_max_window_bits)``, where the last one is True for a
+    valueless ``client_max_window_bits`` (only allowed in an offer, ``server=True``), or
+    None if a parameter is unknown, repeated or has an invalid value.
+    """
+    seen = set()
+    server_nct = client_nct = False
+    server_bits: int | None = None
+    client_bits: int | bool | None = None
+    for name, value in params:
+        if name in seen:
+            return None
+        seen.add(name)
+        if name == "server_no_context_takeover":
+            if value is not None:
+                return None
+            server_nct = True
+        elif name == "client_no_context_takeover":
+            if value is not None:
+                return None
+            client_nct = True
+        elif name == "server_max_window_bits":
+            if value is None or not _WINDOW_BITS.fullmatch(value):
+                return None
+            server_bits = int(value)
+        elif name == "client_max_window_bits":
+            if value is None:
+                if not server:
+                    return None
+                client_bits = True
+            elif not _WINDOW_BITS.fullmatch(value):
+                return None
+            else:
+                client_bits = int(value)
+        else:
+            return None
+    return server_nct, client_nct, server_bits, client_bits
+
+
+class PerMessageDeflate:
+    """The negotiated permessage-deflate codec of one connection (RFC 7692).
+
+    "local" is this endpoint's compressor, "remote" the peer's (our decompressor).
+    Not thread-safe: one codec per connection, used by one ``Connection``.
+    """
+
+    def __init__(
+        self,
+        *,
+        local_no_context_takeover: bool = False,
+        remote_no_context_takeover: bool = False,
+        local_max_window_bits: int = 15,
+        remote_max_window_bits: int = 15,
+        level: int = 6,
+        mem_level: int = 8,
+    ) -> None:
+        if not 8 <= local_max_window_bits <= 15 or not 8 <= remote_max_window_bits <= 15:
+            raise ValueError("window bits must be between 8 and 15")
+        self.local_no_context_takeover = local_no_context_takeover
+        self.remote_no_context_takeover = remote_no_context_takeover
+        self.local_max_window_bits = local_max_window_bits
+        self.remote_max_window_bits = remote_max_window_bits
+        self.level = level
+        self.mem_level = mem_level
+        self._encoder: zlib._Compress | None = None
+        self._decoder: zlib._Decompress | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PerMessageDeflate(local_no_context_takeover={self.local_no_context_takeover}, "
+            f"remote_no_context_takeover={self.remote_no_context_takeover}, "
+            f"local_max_window_bits={self.local_max_window_bits}, "
+            f"remote_max_window_bits={self.remote_max_window_bits})"
+        )
+
+    # -- negotiation, server side ------------------------------------------------------
+
+    @classmethod
+    def negotiate(
+        cls, offers: Sequence[ExtensionOffer]
+    ) -> tuple[PerMessageDeflate, str] | None:
+        """Accept the first acceptable permessage-deflate offer among ``offers``.
+
+        ``offers`` is ``HandshakeRequest.extensions``. Returns the codec and the
+        ``Sec-WebSocket-Extensions`` response value, or None when no offer is acceptable
+        (an offer with unknown, repeated or invalid parameters is declined, RFC 7692 5.)
+        """
+        for name, params in offers:
+            if name.lower() != EXTENSION_NAME:
+                continue
+            parsed = _parse_params(params, server=True)
+            if parsed is None:
+                continue
+            server_nct, client_nct, server_bits, client_bits = parsed
+            response = [EXTENSION_NAME]
+            # RFC 7692 7.1.1.1: a server accepting server_no_context_takeover says so.
+            if server_nct:
+                response.append("server_no_context_takeover")
+            # 7.1.1.2: optional in the response; saying it lets us drop the decoder's
+            # window between messages.
+            if client_nct:
+                response.append("client_no_context_takeover")
+            # 7.1.2.1: we must answer with a value <= the offer; we answer the offer.
+            if server_bits is not None:
+                response.append(f"server_max_window_bits={server_bits}")
+            # 7.1.2.2: a valueless client_max_window_bits only says the client could
+            # honour a limit; we decompress with the full window, so we set none.
+            if type(client_bits) is int:
+                response.append(f"client_max_window_bits={client_bits}")
+            codec = cls(
+                local_no_context_takeover=server_nct,
+                remote_no_context_takeover=client_nct,
+                local_max_window_bits=server_bits or 15,
+                remote_max_window_bits=client_bits if type(client_bits) is int else 15,
+            )
+            return codec, "; ".join(response)
+        return None
+
+    # -- negotiation, client side ------------------------------------------------------
+
+    @classmethod
+    def client_offer(cls) -> str:
+        """Return the ``Sec-WebSocket-Extensions`` value a client sends to offer deflate."""
+        return f"{EXTENSION_NAME}; client_max_window_bits"
+
+    @classmethod
+    def from_response(cls, value: str) -> PerMessageDeflate:
+        """Return the codec for the server's answer to :meth:`client_offer`.
+
+        Raises ``InvalidHandshake`` if the answer is malformed or not something the
+        offer allowed (another extension, unknown or repeated parameters).
+        """
+        extensions = parse_extensions(value)
+        if len(extensions) != 1 or extensions[0][0].lower() != EXTENSION_NAME:
+            raise InvalidHandshake(f"unexpected Sec-WebSocket-Extensions in response: {value!r}")
+        parsed = _parse_params(extensions[0][1], server=False)
+        if parsed is None:
+            raise InvalidHandshake(f"invalid permessage-deflate response: {value!r}")
+        server_nct, client_nct, server_bits, client_bits = parsed
+        assert client_bits is not True  # _parse_params(server=False) refuses it
+        return cls(
+            local_no_context_takeover=client_nct,
+            remote_no_context_takeover=server_nct,
+            local_max_window_bits=client_bits or 15,
+            remote_max_window_bits=server_bits or 15,
+        )
+
+    # -- codec -------------------------------------------------------------------------
+
+    def _new_encoder(self) -> zlib._Compress:
+        bits = self.local_max_window_bits
+        strategy = zlib.Z_DEFAULT_STRATEGY
+        if bits == 8:
+            # zlib refuses an 8-bit window for raw deflate (madler/zlib#171). Z_RLE only
+            # emits distance-1 matches, valid under any window, so 9 bits honour 8.
+            bits, strategy = 9, zlib.Z_RLE
+        return zlib.compressobj(self.level, zlib.DEFLATED, -bits, self.mem_level, strategy)
+
+    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Return one whole message compressed, trailing ``00 00 ff ff`` stripped (7.2.1)."""
+        encoder = self._encoder
+        if encoder is None:
+            encoder = self._new_encoder()
+        out = encoder.compress(data) + encoder.flush(zlib.Z_SYNC_FLUSH)
+        # RFC 7692 7.1.1: without context takeover every message starts a fresh window.
+        self._encoder = None if self.local_no_context_takeover else encoder
+        return out[:-4]
+
+    def decompress(self, data: bytes | bytearray | memoryview, max_size: int | None) -> bytes:
+        """Return one whole compressed message decompressed (RFC 7692 7.2.2).
+
+        Raises ``PayloadTooBig`` if the output would exceed ``max_size`` bytes (None: no
+        limit); zlib never produces more than ``max_size + 1`` bytes. Raises
+        ``ProtocolError`` (1002) for corrupt data.
+        """
+        return self.decompress_fragment(data, True, max_size)
+
+    def decompress_fragment(
+        self, data: bytes | bytearray | memoryview, fin: bool, max_size: int | None
+    ) -> bytes:
+        """Decompress the next fragment of a message; ``fin`` for its last one.
+
+        ``max_size`` bounds this fragment's output (pass what is left of the message
+        limit). Raises like :meth:`decompress`.
+        """
+        decoder = self._decoder
+        if decoder is None:
+            # A 9-bit window also reads 8-bit streams, and zlib-based peers asked for 8
+            # bits really use 9 (see _new_encoder).
+            bits = max(self.remote_max_window_bits, 9)
+            decoder = self._decoder = zlib.decompressobj(-bits)
+        if fin:
+            data = bytes(data) + _TAIL
+        try:
+            if max_size is None:
+                out = decoder.decompress(data)
+            else:
+                out = decoder.decompress(data, max_size + 1)
+                if len(out) > max_size:
+                    raise PayloadTooBig(f"decompressed message exceeds {max_size} bytes")
+        except zlib.error as exc:
+            raise ProtocolError(f"invalid compressed data: {exc}") from None
+        if decoder.eof:
+            # The peer ended the deflate stream (BFINAL, RFC 7692 7.2.3.3): nothing but
+            # our own appended tail may follow, and the next message starts afresh.
+            if decoder.unused_data and not (fin and decoder.unused_data == _TAIL):
+                raise ProtocolError("compressed data after the final deflate block")
+            if fin:
+                self._decoder = None
+        elif fin and self.remote_no_context_takeover:
+            self._decoder = None
+        return out

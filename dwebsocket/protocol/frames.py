@@ -1,0 +1,158 @@
+"""Frame-level building blocks of RFC 6455: opcodes, close codes, masking, encoding.
+
+Parsing lives in :mod:`.connection`, where the receive loop reads headers straight out of
+its buffer (no per-frame objects); this module holds what both directions share.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+from ..exceptions import ProtocolError
+
+__all__ = [
+    "CloseCode",
+    "Opcode",
+    "apply_mask",
+    "encode_close_payload",
+    "encode_frame",
+    "is_valid_close_code",
+    "parse_close_payload",
+]
+
+
+class Opcode(enum.IntEnum):
+    """Frame opcodes (RFC 6455 5.2, 11.8)."""
+
+    CONT = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class CloseCode(enum.IntEnum):
+    """Close status codes (RFC 6455 7.4.1 and the IANA registry, RFC 6455 11.7)."""
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS_RCVD = 1005
+    ABNORMAL_CLOSURE = 1006
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+    TLS_HANDSHAKE = 1015
+
+
+def _py_apply_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte masking ``key`` repeated (RFC 6455 5.3); returns bytes.
+
+    Pure Python: one big-integer XOR, which beats any per-byte loop by far.
+    """
+    if len(key) != 4:
+        raise ValueError("mask key must be 4 bytes long")
+    n = len(data)
+    if not n:
+        return b""
+    key_stream = key * ((n >> 2) + 1)
+    return (
+        int.from_bytes(data, "little") ^ int.from_bytes(key_stream[:n], "little")
+    ).to_bytes(n, "little")
+
+
+try:
+    from ._speedups import apply_mask as _c_apply_mask
+except ImportError:  # pragma: no cover - exercised when the extension is not built
+    _c_apply_mask = None
+
+#: ``apply_mask(data, key) -> bytes``: the C version when it is built, else pure Python.
+apply_mask = _c_apply_mask if _c_apply_mask is not None else _py_apply_mask
+
+_pack_H = struct.Struct("!H").pack
+_pack_Q = struct.Struct("!Q").pack
+
+
+def encode_frame(
+    opcode: int,
+    payload: bytes | bytearray | memoryview,
+    *,
+    fin: bool = True,
+    rsv1: bool = False,
+    mask_key: bytes | None = None,
+) -> bytes:
+    """Return the bytes of one frame (RFC 6455 5.2); masked with ``mask_key`` if given.
+
+    Lengths use the shortest encoding. Raises ``ValueError`` for an invalid opcode, a
+    control frame that is fragmented or longer than 125 bytes, or a bad mask key.
+    """
+    if opcode not in _OPCODES:
+        raise ValueError(f"invalid opcode {opcode}")
+    n = len(payload)
+    if opcode >= 8 and (n > 125 or not fin):
+        raise ValueError("control frames must be final and carry at most 125 bytes")
+    b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    mask_bit = 0x80 if mask_key is not None else 0
+    if n < 126:
+        header = bytes((b0, mask_bit | n))
+    elif n < 0x10000:
+        header = bytes((b0, mask_bit | 126)) + _pack_H(n)
+    else:
+        header = bytes((b0, mask_bit | 127)) + _pack_Q(n)
+    if mask_key is not None:
+        return header + mask_key + apply_mask(payload, mask_key)
+    return header + payload
+
+
+_OPCODES = frozenset(int(op) for op in Opcode)
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Whether ``code`` may appear in a close frame on the wire (RFC 6455 7.4).
+
+    1000-1003 and 1007-1014 are registered for use; 3000-4999 belong to libraries and
+    applications. 1004 is reserved; 1005, 1006 and 1015 must never be sent.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def encode_close_payload(code: int, reason: str = "") -> bytes:
+    """Return the payload of a close frame: 2-byte code then UTF-8 reason (RFC 6455 5.5.1).
+
+    Raises ``ValueError`` for a code that may not be sent or a payload over 125 bytes.
+    """
+    if not is_valid_close_code(code):
+        raise ValueError(f"invalid close code {code}")
+    payload = _pack_H(code) + reason.encode()
+    if len(payload) > 125:
+        raise ValueError("close reason is too long (at most 123 bytes of UTF-8)")
+    return payload
+
+
+def parse_close_payload(payload: bytes | bytearray | memoryview) -> tuple[int, str]:
+    """Return ``(code, reason)`` from a close frame's payload; ``(1005, "")`` if empty.
+
+    Raises ``ProtocolError`` (1002) for a 1-byte payload or a code that may not be sent,
+    and ``ProtocolError`` with code 1007 when the reason is not UTF-8.
+    """
+    n = len(payload)
+    if n == 0:
+        return 1005, ""
+    if n == 1:
+        raise ProtocolError("close frame payload of 1 byte")
+    code = (payload[0] << 8) | payload[1]
+    if not is_valid_close_code(code):
+        raise ProtocolError(f"invalid close code {code}")
+    try:
+        reason = bytes(payload[2:]).decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("close reason is not valid UTF-8", 1007) from None
+    return code, reason

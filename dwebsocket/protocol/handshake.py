@@ -1,0 +1,340 @@
+"""The opening handshake (RFC 6455 4): request validation and the 101 response.
+
+Server side: :func:`parse_request` checks an upgrade request and :func:`build_response`
+writes the 101. Client side (for ``dwebsocket.testing``): :func:`build_request` and
+:func:`parse_response`. Header values are parsed with the RFC 7230 list rules that
+RFC 6455 4.1 and 9.1 refer to.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..exceptions import InvalidHandshake, UnsupportedVersion
+
+__all__ = [
+    "GUID",
+    "ExtensionOffer",
+    "HandshakeRequest",
+    "accept_key",
+    "build_request",
+    "build_response",
+    "generate_key",
+    "parse_extensions",
+    "parse_request",
+    "parse_response",
+    "parse_token_list",
+]
+
+#: The magic string of RFC 6455 1.3, appended to the key before hashing.
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: One parsed extension: ``(name, [(param, value or None), ...])``.
+ExtensionOffer = tuple[str, list[tuple[str, "str | None"]]]
+
+# RFC 7230 3.2.6: token = 1*tchar; quoted-string with quoted-pair.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_QUOTED = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x09\x20-\x7e\x80-\xff])*)"')
+_OWS = re.compile(r"[ \t]*")
+_UNQUOTE = re.compile(r"\\(.)")
+# RFC 7230 3.2: a header value must not contain CR, LF or NUL (response splitting).
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+
+_MAX_RESPONSE_HEAD = 65536
+
+
+@dataclass
+class HandshakeRequest:
+    """A validated upgrade request (RFC 6455 4.2.1).
+
+    ``subprotocols`` and ``extensions`` are in the client's order of preference.
+    """
+
+    key: str
+    subprotocols: list[str] = field(default_factory=list)
+    extensions: list[ExtensionOffer] = field(default_factory=list)
+    origin: str | None = None
+    host: str | None = None
+
+
+def parse_token_list(value: str, header: str) -> list[str]:
+    """Return the tokens of a comma-separated ``1#token`` header value (RFC 7230 7).
+
+    Empty list elements are ignored, as RFC 7230 7 requires. Raises ``InvalidHandshake``
+    (400) naming ``header`` if an element is not a token.
+    """
+    tokens = []
+    for item in value.split(","):
+        item = item.strip(" \t")
+        if not item:
+            continue
+        if not _TOKEN.fullmatch(item):
+            raise InvalidHandshake(f"invalid {header} header: {value!r}")
+        tokens.append(item)
+    return tokens
+
+
+def parse_extensions(value: str) -> list[ExtensionOffer]:
+    """Parse a ``Sec-WebSocket-Extensions`` value (RFC 6455 9.1).
+
+    Returns ``[(name, [(param, value or None), ...]), ...]`` in order; quoted parameter
+    values are unquoted. Raises ``InvalidHandshake`` (400) if the value is malformed,
+    including a quoted value that is not a token once unquoted.
+    """
+
+    def fail() -> InvalidHandshake:
+        return InvalidHandshake(f"invalid Sec-WebSocket-Extensions header: {value!r}")
+
+    result: list[ExtensionOffer] = []
+    pos, end = 0, len(value)
+    while True:
+        # Skip OWS and empty list elements.
+        while pos < end and value[pos] in " \t,":
+            pos += 1
+        if pos == end:
+            return result
+        match = _TOKEN.match(value, pos)
+        if match is None:
+            raise fail()
+        name, pos = match.group(), match.end()
+        params: list[tuple[str, str | None]] = []
+        while True:
+            pos = _OWS.match(value, pos).end()  # type: ignore[union-attr]
+            if pos == end or value[pos] == ",":
+                break
+            if value[pos] != ";":
+                raise fail()
+            pos = _OWS.match(value, pos + 1).end()  # type: ignore[union-attr]
+            match = _TOKEN.match(value, pos)
+            if match is None:
+                raise fail()
+            param, pos = match.group(), match.end()
+            pos = _OWS.match(value, pos).end()  # type: ignore[union-attr]
+            param_value: str | None = None
+            if pos < end and value[pos] == "=":
+                pos = _OWS.match(value, pos + 1).end()  # type: ignore[union-attr]
+                match = _TOKEN.match(value, pos)
+                if match is not None:
+                    param_value = match.group()
+                else:
+                    match = _QUOTED.match(value, pos)
+                    if match is None:
+                        raise fail()
+                    param_value = _UNQUOTE.sub(r"\1", match.group(1))
+                    # RFC 6455 9.1: the unescaped value must still be a token.
+                    if not _TOKEN.fullmatch(param_value):
+                        raise fail()
+                pos = match.end()
+            params.append((param, param_value))
+        result.append((name, params))
+
+
+def _has_token(value: str, token: str) -> bool:
+    return any(item.strip(" \t").lower() == token for item in value.split(","))
+
+
+def _http_version_ok(http_version: str) -> bool:
+    match = re.fullmatch(r"HTTP/(\d+)(?:\.(\d+))?", http_version.strip())
+    if match is None:
+        return False
+    return (int(match.group(1)), int(match.group(2) or 0)) >= (1, 1)
+
+
+def parse_request(method: str, http_version: str, headers: Mapping[str, str]) -> HandshakeRequest:
+    """Validate an upgrade request (RFC 6455 4.2.1) and return what the server needs.
+
+    ``headers`` maps lower-case header names to values, repeated headers joined with
+    ``", "``. Raises ``InvalidHandshake`` (answer 400 with its ``reason``) for a malformed
+    request, ``UnsupportedVersion`` (answer 426 with its ``headers``) when
+    ``Sec-WebSocket-Version`` is missing or not 13. Does not check the Origin.
+    """
+    if method != "GET":
+        raise InvalidHandshake("method must be GET")
+    if not _http_version_ok(http_version):
+        raise InvalidHandshake("HTTP/1.1 or later required")
+
+    upgrade = headers.get("upgrade")
+    if upgrade is None:
+        raise InvalidHandshake("missing Upgrade header")
+    if not _has_token(upgrade, "websocket"):
+        raise InvalidHandshake(f"Upgrade header must contain 'websocket', got {upgrade!r}")
+    connection = headers.get("connection")
+    if connection is None:
+        raise InvalidHandshake("missing Connection header")
+    if not _has_token(connection, "upgrade"):
+        raise InvalidHandshake(f"Connection header must contain 'Upgrade', got {connection!r}")
+
+    # RFC 6455 4.2.2: answer a version we do not speak with 426 and the one we do.
+    version = headers.get("sec-websocket-version")
+    if version is None:
+        raise UnsupportedVersion("missing Sec-WebSocket-Version header")
+    if version.strip() != "13":
+        raise UnsupportedVersion(f"unsupported Sec-WebSocket-Version {version!r}, expected 13")
+
+    key = headers.get("sec-websocket-key")
+    if key is None:
+        raise InvalidHandshake("missing Sec-WebSocket-Key")
+    key = key.strip(" \t")
+    try:
+        raw_key = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raw_key = b""
+    if len(raw_key) != 16:
+        raise InvalidHandshake(
+            f"invalid Sec-WebSocket-Key {key!r}: must be 16 bytes encoded in base64"
+        )
+
+    # A GET upgrade carries no body; one would be read as WebSocket frames.
+    content_length = headers.get("content-length")
+    if content_length is not None:
+        if not content_length.strip().isdigit():
+            raise InvalidHandshake(f"invalid Content-Length {content_length!r}")
+        if int(content_length) > 0:
+            raise InvalidHandshake("an upgrade request must not have a body")
+    if headers.get("transfer-encoding") is not None:
+        raise InvalidHandshake("an upgrade request must not have a body (Transfer-Encoding)")
+
+    protocols = headers.get("sec-websocket-protocol")
+    subprotocols = (
+        parse_token_list(protocols, "Sec-WebSocket-Protocol") if protocols is not None else []
+    )
+    extensions_value = headers.get("sec-websocket-extensions")
+    extensions = parse_extensions(extensions_value) if extensions_value is not None else []
+
+    return HandshakeRequest(
+        key=key,
+        subprotocols=subprotocols,
+        extensions=extensions,
+        origin=headers.get("origin"),
+        host=headers.get("host"),
+    )
+
+
+def accept_key(key: str) -> str:
+    """Return the ``Sec-WebSocket-Accept`` value for a ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
+    digest = hashlib.sha1((key + GUID).encode("ascii")).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _header_lines(headers: Iterable[tuple[str, str]]) -> list[str]:
+    lines = []
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"invalid value for header {name}: {value!r}")
+        lines.append(f"{name}: {value}\r\n")
+    return lines
+
+
+def build_response(
+    request: HandshakeRequest,
+    *,
+    subprotocol: str | None = None,
+    extensions: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """Return the complete ``101 Switching Protocols`` response, blank line included.
+
+    ``subprotocol`` must be one the client offered and ``extensions`` the negotiated
+    ``Sec-WebSocket-Extensions`` value (see ``PerMessageDeflate.negotiate``). Raises
+    ``ValueError`` otherwise, or for a header that would break the response.
+    """
+    headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept_key(request.key)),
+    ]
+    if subprotocol is not None:
+        if subprotocol not in request.subprotocols:
+            raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client")
+        headers.append(("Sec-WebSocket-Protocol", subprotocol))
+    if extensions:
+        headers.append(("Sec-WebSocket-Extensions", extensions))
+    headers.extend(extra_headers)
+    lines = ["HTTP/1.1 101 Switching Protocols\r\n", *_header_lines(headers), "\r\n"]
+    return "".join(lines).encode("latin-1")
+
+
+def generate_key() -> str:
+    """Return a fresh random ``Sec-WebSocket-Key`` (RFC 6455 4.1: 16 random bytes, base64)."""
+    return base64.b64encode(os.urandom(16)).decode("ascii")
+
+
+def build_request(
+    host: str,
+    path: str,
+    *,
+    key: str,
+    subprotocols: Sequence[str] = (),
+    extensions: str | None = None,
+    origin: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """Return a client's upgrade request (RFC 6455 4.1), blank line included.
+
+    Raises ``ValueError`` for a path or header that would break the request.
+    """
+    if not path.startswith("/") or _BAD_VALUE.search(path) or " " in path:
+        raise ValueError(f"invalid request path {path!r}")
+    headers = [
+        ("Host", host),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    if subprotocols:
+        headers.append(("Sec-WebSocket-Protocol", ", ".join(subprotocols)))
+    if extensions:
+        headers.append(("Sec-WebSocket-Extensions", extensions))
+    if origin is not None:
+        headers.append(("Origin", origin))
+    headers.extend(extra_headers)
+    lines = [f"GET {path} HTTP/1.1\r\n", *_header_lines(headers), "\r\n"]
+    return "".join(lines).encode("latin-1")
+
+
+def parse_response(data: bytes, key: str) -> tuple[int, list[tuple[str, str]], int] | None:
+    """Parse the head of the server's answer to :func:`build_request`.
+
+    Returns None while ``data`` does not hold the whole header block yet, else
+    ``(status, headers, consumed)``: header names lower-cased, in order; ``consumed`` is
+    the length of the head (a body or the first frames may follow). For a 101, checks
+    ``Upgrade``, ``Connection`` and ``Sec-WebSocket-Accept`` (RFC 6455 4.2.2 5.) and raises
+    ``InvalidHandshake`` if one is wrong; other statuses are returned unchecked.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if len(data) > _MAX_RESPONSE_HEAD:
+            raise InvalidHandshake("response header block is too large")
+        return None
+    head = data[:end].decode("latin-1")
+    status_line, *header_lines = head.split("\r\n")
+    match = re.fullmatch(r"HTTP/(\d+\.\d+) (\d{3})(?: .*)?", status_line)
+    if match is None:
+        raise InvalidHandshake(f"invalid status line {status_line!r}")
+    status = int(match.group(2))
+    headers: list[tuple[str, str]] = []
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if not sep or not _TOKEN.fullmatch(name):
+            raise InvalidHandshake(f"invalid header line {line!r}")
+        headers.append((name.lower(), value.strip(" \t")))
+    if status == 101:
+        joined: dict[str, str] = {}
+        for name, value in headers:
+            joined[name] = f"{joined[name]}, {value}" if name in joined else value
+        if not _has_token(joined.get("upgrade", ""), "websocket"):
+            raise InvalidHandshake("response Upgrade header must be 'websocket'")
+        if not _has_token(joined.get("connection", ""), "upgrade"):
+            raise InvalidHandshake("response Connection header must contain 'Upgrade'")
+        if joined.get("sec-websocket-accept") != accept_key(key):
+            raise InvalidHandshake("wrong or missing Sec-WebSocket-Accept")
+    return status, headers, end + 4
