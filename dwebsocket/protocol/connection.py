@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
 from .deflate import PerMessageDeflate
-from .frames import apply_mask, encode_close_payload, encode_frame, parse_close_payload
+from .frames import encode_close_payload, encode_frame, parse_close_payload, unmask
 
 __all__ = ["Close", "Connection", "Event", "Ping", "Pong", "State"]
 
@@ -217,7 +217,7 @@ class Connection:
                         need = end - pos
                         break
                     if mask_bit:
-                        payload = apply_mask(buf[start:end], buf[start - 4 : start])
+                        payload = unmask(buf, start, end)
                     else:
                         payload = bytes(buf[start:end])
                     pos = end
@@ -235,7 +235,7 @@ class Connection:
                     need = end - pos
                     break
                 if mask_bit:
-                    payload = apply_mask(buf[start:end], buf[start - 4 : start])
+                    payload = unmask(buf, start, end)
                 else:
                     payload = bytes(buf[start:end])
                 pos = end

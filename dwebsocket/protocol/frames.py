@@ -19,6 +19,7 @@ __all__ = [
     "encode_frame",
     "is_valid_close_code",
     "parse_close_payload",
+    "unmask",
 ]
 
 
@@ -53,29 +54,58 @@ class CloseCode(enum.IntEnum):
     TLS_HANDSHAKE = 1015
 
 
-def _py_apply_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+_CHUNK = 4096  # big-int XOR slows down past a few KiB: mask longer data in chunks
+_CHUNK_KEYS: dict[bytes, int] = {}
+
+
+def _py_apply_mask(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
     """XOR ``data`` with the 4-byte masking ``key`` repeated (RFC 6455 5.3); returns bytes.
 
-    Pure Python: one big-integer XOR, which beats any per-byte loop by far.
+    Pure Python: big-integer XOR, far faster than any per-byte loop.
     """
     if len(key) != 4:
         raise ValueError("mask key must be 4 bytes long")
     n = len(data)
-    if not n:
-        return b""
-    key_stream = key * ((n >> 2) + 1)
-    return (
-        int.from_bytes(data, "little") ^ int.from_bytes(key_stream[:n], "little")
-    ).to_bytes(n, "little")
+    if n <= _CHUNK:
+        key_stream = bytes(key) * ((n >> 2) + 1)
+        return (
+            int.from_bytes(data, "little") ^ int.from_bytes(key_stream[:n], "little")
+        ).to_bytes(n, "little")
+    key = bytes(key)
+    if len(_CHUNK_KEYS) > 4096:
+        _CHUNK_KEYS.clear()
+    key_int = _CHUNK_KEYS.get(key)
+    if key_int is None:
+        key_int = _CHUNK_KEYS[key] = int.from_bytes(key * (_CHUNK >> 2), "little")
+    view = memoryview(data)
+    from_bytes = int.from_bytes
+    parts = [
+        (from_bytes(view[i : i + _CHUNK], "little") ^ key_int).to_bytes(_CHUNK, "little")
+        for i in range(0, n - _CHUNK + 1, _CHUNK)
+    ]
+    rest = n % _CHUNK
+    if rest:
+        parts.append(_py_apply_mask(view[n - rest :], key))
+    return b"".join(parts)
+
+
+def _py_unmask(buf: bytes | bytearray, start: int, end: int) -> bytes:
+    """Return ``buf[start:end]`` unmasked with the key at ``buf[start - 4:start]``."""
+    if not 4 <= start <= end <= len(buf):
+        raise ValueError("unmask(): need 4 <= start <= end <= len(buf)")
+    return _py_apply_mask(buf[start:end], buf[start - 4 : start])
 
 
 try:
     from ._speedups import apply_mask as _c_apply_mask
+    from ._speedups import unmask as _c_unmask
 except ImportError:  # pragma: no cover - exercised when the extension is not built
-    _c_apply_mask = None
+    _c_apply_mask = _c_unmask = None
 
 #: ``apply_mask(data, key) -> bytes``: the C version when it is built, else pure Python.
 apply_mask = _c_apply_mask if _c_apply_mask is not None else _py_apply_mask
+#: ``unmask(buf, start, end) -> bytes``: unmask a payload in place in a receive buffer.
+unmask = _c_unmask if _c_unmask is not None else _py_unmask
 
 _pack_H = struct.Struct("!H").pack
 _pack_Q = struct.Struct("!Q").pack
