@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from dwebsocket.protocol import connection, frames
+
+
+@pytest.fixture(scope="module", params=["c", "python"])
+def masking(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a module's tests with the C accelerator and with the pure-Python fallback."""
+    if request.param == "python":
+        saved = frames.apply_mask, connection.unmask
+        frames.apply_mask, connection.unmask = frames._py_apply_mask, frames._py_unmask
+        try:
+            yield "python"
+        finally:
+            frames.apply_mask, connection.unmask = saved
+    else:
+        if frames._c_apply_mask is None:
+            pytest.skip("the C accelerator (_speedups) is not built")
+        assert frames.apply_mask is frames._c_apply_mask
+        assert connection.unmask is frames._c_unmask
+        yield "c"

@@ -1,0 +1,256 @@
+"""permessage-deflate: negotiation matrix and the bounded codec (protocol.deflate)."""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+
+import pytest
+
+from dwebsocket.exceptions import InvalidHandshake, PayloadTooBig, ProtocolError
+from dwebsocket.protocol.deflate import PerMessageDeflate
+from dwebsocket.protocol.handshake import parse_extensions
+
+
+def negotiate(offer: str) -> tuple[PerMessageDeflate, str] | None:
+    return PerMessageDeflate.negotiate(parse_extensions(offer))
+
+
+# (offer, response, local_nct, remote_nct, local_bits, remote_bits); response None: declined
+MATRIX = [
+    ("permessage-deflate", "permessage-deflate", False, False, 15, 15),
+    ("PerMessage-Deflate", "permessage-deflate", False, False, 15, 15),
+    ("permessage-deflate; client_max_window_bits", "permessage-deflate",
+     False, False, 15, 15),
+    ("permessage-deflate; client_max_window_bits=10",
+     "permessage-deflate; client_max_window_bits=10", False, False, 15, 10),
+    ("permessage-deflate; client_max_window_bits=8",
+     "permessage-deflate; client_max_window_bits=8", False, False, 15, 8),
+    ("permessage-deflate; server_max_window_bits=12",
+     "permessage-deflate; server_max_window_bits=12", False, False, 12, 15),
+    ("permessage-deflate; server_max_window_bits=8",
+     "permessage-deflate; server_max_window_bits=8", False, False, 8, 15),
+    ("permessage-deflate; server_max_window_bits=15",
+     "permessage-deflate; server_max_window_bits=15", False, False, 15, 15),
+    ("permessage-deflate; server_no_context_takeover",
+     "permessage-deflate; server_no_context_takeover", True, False, 15, 15),
+    ("permessage-deflate; client_no_context_takeover",
+     "permessage-deflate; client_no_context_takeover", False, True, 15, 15),
+    ('permessage-deflate; client_no_context_takeover; server_no_context_takeover; '
+     'server_max_window_bits="9"; client_max_window_bits',
+     "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+     "server_max_window_bits=9", True, True, 9, 15),
+    # Autobahn 13.7: the first acceptable offer wins.
+    ("permessage-deflate; server_no_context_takeover; server_max_window_bits=8, "
+     "permessage-deflate; server_no_context_takeover, permessage-deflate",
+     "permessage-deflate; server_no_context_takeover; server_max_window_bits=8",
+     True, False, 8, 15),
+    # Declined offers are skipped, not errors.
+    ("x-webkit-deflate-frame, permessage-deflate; unknown=1, permessage-deflate",
+     "permessage-deflate", False, False, 15, 15),
+    ("permessage-deflate; server_max_window_bits=7, permessage-deflate; "
+     "server_no_context_takeover", "permessage-deflate; server_no_context_takeover",
+     True, False, 15, 15),
+]
+
+DECLINED = [
+    "",
+    "x-webkit-deflate-frame",
+    "permessage-deflate; unknown",
+    "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+    "permessage-deflate; client_max_window_bits; client_max_window_bits=9",
+    "permessage-deflate; server_no_context_takeover=1",
+    "permessage-deflate; client_no_context_takeover=yes",
+    "permessage-deflate; server_max_window_bits",
+    "permessage-deflate; server_max_window_bits=7",
+    "permessage-deflate; server_max_window_bits=16",
+    "permessage-deflate; server_max_window_bits=09",
+    "permessage-deflate; client_max_window_bits=0",
+    "permessage-deflate; client_max_window_bits=abc",
+]
+
+
+@pytest.mark.parametrize("offer,response,lnct,rnct,lbits,rbits", MATRIX)
+def test_negotiation_matrix(
+    offer: str, response: str, lnct: bool, rnct: bool, lbits: int, rbits: int
+) -> None:
+    result = negotiate(offer)
+    assert result is not None
+    codec, value = result
+    assert value == response
+    assert (
+        codec.local_no_context_takeover,
+        codec.remote_no_context_takeover,
+        codec.local_max_window_bits,
+        codec.remote_max_window_bits,
+    ) == (lnct, rnct, lbits, rbits)
+    # The client reading our answer agrees, mirrored.
+    client = PerMessageDeflate.from_response(value)
+    assert client.local_no_context_takeover == rnct
+    assert client.remote_no_context_takeover == lnct
+    assert client.remote_max_window_bits == lbits
+    assert client.local_max_window_bits == rbits
+
+
+@pytest.mark.parametrize("offer", DECLINED)
+def test_negotiation_declines(offer: str) -> None:
+    assert negotiate(offer) is None
+
+
+def test_client_offer_is_accepted() -> None:
+    assert negotiate(PerMessageDeflate.client_offer()) is not None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "x-other",
+        "permessage-deflate, permessage-deflate",
+        "permessage-deflate; client_max_window_bits",  # only valid in an offer
+        "permessage-deflate; unknown",
+        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        "permessage-deflate; server_max_window_bits=16",
+        "permessage-deflate;",
+    ],
+)
+def test_from_response_rejects(value: str) -> None:
+    with pytest.raises(InvalidHandshake):
+        PerMessageDeflate.from_response(value)
+
+
+def test_invalid_window_bits() -> None:
+    with pytest.raises(ValueError):
+        PerMessageDeflate(local_max_window_bits=16)
+    with pytest.raises(ValueError):
+        PerMessageDeflate(remote_max_window_bits=7)
+    assert "local_max_window_bits=15" in repr(PerMessageDeflate())
+
+
+# -- the codec --------------------------------------------------------------------------
+
+TEXT = b"The quick brown fox jumps over the lazy dog. " * 20
+
+
+def pair(**kwargs: object) -> tuple[PerMessageDeflate, PerMessageDeflate]:
+    """A sender and a receiver agreeing on the same parameters."""
+    sender = PerMessageDeflate(**kwargs)  # type: ignore[arg-type]
+    receiver = PerMessageDeflate(
+        remote_no_context_takeover=sender.local_no_context_takeover,
+        remote_max_window_bits=sender.local_max_window_bits,
+    )
+    return sender, receiver
+
+
+def test_compress_strips_tail() -> None:
+    sender, receiver = pair()
+    data = sender.compress(TEXT)
+    assert not data.endswith(b"\x00\x00\xff\xff")
+    assert len(data) < len(TEXT) // 4
+    assert zlib.decompressobj(-15).decompress(data + b"\x00\x00\xff\xff") == TEXT
+    assert receiver.decompress(data, None) == TEXT
+    assert receiver.decompress(sender.compress(b""), 0) == b""
+    assert receiver.decompress(b"\x02\x00", 0) == b""  # 7.2.3.6: an empty message
+    assert receiver.decompress(b"\x00", 0) == b""
+
+
+def test_rfc7692_examples() -> None:
+    # RFC 7692 7.2.3.1/7.2.3.2: "Hello" compressed, and again with context takeover.
+    receiver = PerMessageDeflate()
+    assert receiver.decompress(bytes.fromhex("f248cdc9c90700"), 100) == b"Hello"
+    assert receiver.decompress(bytes.fromhex("f200110000"), 100) == b"Hello"
+    # 7.2.3.3: stored (uncompressed) block.
+    assert PerMessageDeflate().decompress(bytes.fromhex("000500faff48656c6c6f00"), 5) == b"Hello"
+
+
+def test_context_takeover() -> None:
+    sender, receiver = pair()
+    first, second = sender.compress(TEXT), sender.compress(TEXT)
+    assert len(second) < len(first)  # the second refers to the first
+    assert receiver.decompress(first, None) == TEXT
+    assert receiver.decompress(second, None) == TEXT
+
+
+def test_no_context_takeover() -> None:
+    sender, receiver = pair(local_no_context_takeover=True)
+    first, second = sender.compress(TEXT), sender.compress(TEXT)
+    assert first == second
+    # Each message decodes on its own.
+    assert PerMessageDeflate().decompress(second, None) == TEXT
+    assert receiver.decompress(first, None) == TEXT
+    assert receiver.decompress(second, None) == TEXT
+
+
+@pytest.mark.parametrize("bits", [8, 9, 10, 12, 15])
+def test_window_bits(bits: int) -> None:
+    sender, receiver = pair(local_max_window_bits=bits)
+    strict = zlib.decompressobj(-max(bits, 9))  # a peer with exactly that window
+    data = os.urandom(2000) + TEXT * 10
+    for _ in range(3):
+        compressed = sender.compress(data)
+        assert strict.decompress(compressed + b"\x00\x00\xff\xff") == data
+        assert receiver.decompress(compressed, None) == data
+
+
+def test_window_bits_8_only_refers_to_the_previous_byte() -> None:
+    # zlib cannot compress with an 8-bit window; RLE matches (distance 1) fit any window.
+    sender = PerMessageDeflate(local_max_window_bits=8)
+    assert len(sender.compress(b"a" * 10000)) < 100
+    # A random 200-byte block repeated: matches at distance 200 would shrink it to ~220
+    # bytes, as the 9-bit compressor does; the 8-bit one must not use them.
+    block = os.urandom(200)
+    assert len(sender.compress(block * 5)) > 900
+    assert len(PerMessageDeflate(local_max_window_bits=9).compress(block * 5)) < 300
+
+
+def test_fragments() -> None:
+    sender, receiver = pair()
+    data = sender.compress(TEXT)
+    out = b"".join(
+        receiver.decompress_fragment(data[i : i + 7], i + 7 >= len(data), None)
+        for i in range(0, len(data), 7)
+    )
+    assert out == TEXT
+
+
+def test_bomb_is_bounded() -> None:
+    bomb = PerMessageDeflate().compress(b"\x00" * (64 * 2**20))  # 64 MiB -> ~64 KiB
+    assert len(bomb) < 100_000
+    start = time.perf_counter()
+    with pytest.raises(PayloadTooBig) as info:
+        PerMessageDeflate().decompress(bomb, 2**20)
+    assert info.value.code == 1009
+    assert time.perf_counter() - start < 1.0  # stopped early, not after 64 MiB
+    assert PerMessageDeflate().decompress(PerMessageDeflate().compress(b"x" * 100), 100) == \
+        b"x" * 100
+    with pytest.raises(PayloadTooBig):
+        PerMessageDeflate().decompress(PerMessageDeflate().compress(b"x" * 101), 100)
+
+
+def test_limit_exactly_at_the_tail() -> None:
+    # The output may reach the limit exactly, with the appended tail still unconsumed.
+    data = os.urandom(5000)
+    compressed = PerMessageDeflate().compress(data)
+    assert PerMessageDeflate().decompress(compressed, 5000) == data
+    with pytest.raises(PayloadTooBig):
+        PerMessageDeflate().decompress(compressed, 4999)
+
+
+def test_corrupt_data() -> None:
+    with pytest.raises(ProtocolError) as info:
+        PerMessageDeflate().decompress(b"\xff\xff\xff\xff", None)
+    assert info.value.code == 1002
+
+
+def test_final_block_from_peer() -> None:
+    # RFC 7692 7.2.3.3 allows BFINAL: the next message starts a new stream.
+    receiver = PerMessageDeflate()
+    for _ in range(2):
+        finished = zlib.compressobj(wbits=-15)
+        data = finished.compress(TEXT) + finished.flush()
+        assert receiver.decompress(data, None) == TEXT
+    finished = zlib.compressobj(wbits=-15)
+    data = finished.compress(TEXT) + finished.flush()
+    with pytest.raises(ProtocolError, match="after the final deflate block"):
+        receiver.decompress(data + b"garbage", None)

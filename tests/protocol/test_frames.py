@@ -1,0 +1,183 @@
+"""Frame encoding, masking and close payloads (dwebsocket.protocol.frames)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dwebsocket.exceptions import ProtocolError
+from dwebsocket.protocol import frames
+from dwebsocket.protocol.frames import (
+    CloseCode,
+    Opcode,
+    encode_close_payload,
+    encode_frame,
+    is_valid_close_code,
+    parse_close_payload,
+)
+
+from .support import KEY, xor
+
+pytestmark = pytest.mark.usefixtures("masking")
+
+
+def test_opcode_and_close_code_values() -> None:
+    assert [int(op) for op in Opcode] == [0, 1, 2, 8, 9, 10]
+    assert CloseCode.NORMAL_CLOSURE == 1000
+    assert CloseCode.NO_STATUS_RCVD == 1005
+    assert CloseCode.MESSAGE_TOO_BIG == 1009
+    assert CloseCode.TLS_HANDSHAKE == 1015
+    assert len(CloseCode) == 15
+
+
+# -- masking --------------------------------------------------------------------------
+
+
+def test_apply_mask_rfc_example() -> None:
+    # RFC 6455 5.7: "Hello" masked with 37 fa 21 3d.
+    assert frames.apply_mask(b"Hello", KEY) == bytes.fromhex("7f9f4d5158")
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 7, 8, 15, 16, 17, 63, 64, 65, 4095, 4096, 4097,
+                               8192, 8195, 65536, 65539])
+def test_apply_mask_lengths(n: int) -> None:
+    data = bytes(range(256)) * (n // 256 + 1)
+    data = data[:n]
+    key = b"\x01\x80\xfe\x55"
+    masked = frames.apply_mask(data, key)
+    assert type(masked) is bytes
+    assert masked == xor(data, key)
+    assert frames.apply_mask(masked, key) == data
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_apply_mask_accepts_bytes_like(kind: type) -> None:
+    assert frames.apply_mask(kind(b"Hello"), kind(KEY)) == bytes.fromhex("7f9f4d5158")
+
+
+@pytest.mark.parametrize("key", [b"", b"abc", b"abcde"])
+def test_apply_mask_rejects_bad_key(key: bytes) -> None:
+    with pytest.raises(ValueError):
+        frames.apply_mask(b"data", key)
+
+
+@given(st.binary(max_size=9000), st.binary(min_size=4, max_size=4))
+@settings(max_examples=60, deadline=None)
+def test_apply_mask_matches_bytewise(data: bytes, key: bytes) -> None:
+    assert frames.apply_mask(data, key) == xor(data, key)
+    assert frames._py_apply_mask(data, key) == xor(data, key)
+
+
+@given(st.binary(max_size=300), st.binary(min_size=4, max_size=4), st.binary(max_size=10))
+@settings(max_examples=60, deadline=None)
+def test_unmask_in_buffer(payload: bytes, key: bytes, tail: bytes) -> None:
+    buf = b"\x81\x85" + key + xor(payload, key) + tail
+    for impl in (frames.unmask, frames._py_unmask):
+        assert impl(buf, 6, 6 + len(payload)) == payload
+        assert impl(bytearray(buf), 6, 6 + len(payload)) == payload
+
+
+@pytest.mark.parametrize("start,end", [(3, 5), (6, 5), (6, 100)])
+def test_unmask_bounds(start: int, end: int) -> None:
+    for impl in (frames.unmask, frames._py_unmask):
+        with pytest.raises(ValueError):
+            impl(b"\x00" * 10, start, end)
+
+
+# -- encoding: RFC 6455 5.7 examples, byte for byte ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,expected",
+    [
+        ({"opcode": 1, "payload": b"Hello"}, "810548656c6c6f"),
+        ({"opcode": 1, "payload": b"Hello", "mask_key": KEY}, "818537fa213d7f9f4d5158"),
+        ({"opcode": 1, "payload": b"Hel", "fin": False}, "010348656c"),
+        ({"opcode": 0, "payload": b"lo"}, "80026c6f"),
+        ({"opcode": 9, "payload": b"Hello"}, "890548656c6c6f"),
+        ({"opcode": 10, "payload": b"Hello", "mask_key": KEY}, "8a8537fa213d7f9f4d5158"),
+        ({"opcode": 2, "payload": b""}, "8200"),
+        ({"opcode": 1, "payload": b"\x00", "rsv1": True}, "c10100"),
+        ({"opcode": 8, "payload": b"\x03\xe8"}, "880203e8"),
+    ],
+)
+def test_encode_frame_exact_bytes(kwargs: dict[str, object], expected: str) -> None:
+    assert encode_frame(**kwargs).hex() == expected  # type: ignore[arg-type]
+
+
+def test_encode_frame_length_encodings() -> None:
+    assert encode_frame(2, b"\x00" * 125)[:2] == b"\x82\x7d"
+    assert encode_frame(2, b"\x00" * 126)[:4] == b"\x82\x7e\x00\x7e"
+    assert encode_frame(2, b"\x00" * 256)[:4] == bytes.fromhex("827e0100")
+    assert encode_frame(2, b"\x00" * 65535)[:4] == bytes.fromhex("827effff")
+    big = encode_frame(2, b"\x00" * 65536)
+    assert big[:10] == bytes.fromhex("827f0000000000010000")
+    assert len(big) == 10 + 65536
+    masked = encode_frame(2, b"\x01" * 65536, mask_key=KEY)
+    assert masked[:14] == bytes.fromhex("82ff0000000000010000") + KEY
+    assert masked[14:] == xor(b"\x01" * 65536, KEY)
+
+
+def test_encode_frame_accepts_bytes_like() -> None:
+    assert encode_frame(2, memoryview(b"ab")) == b"\x82\x02ab"
+    assert encode_frame(2, bytearray(b"ab"), mask_key=KEY) == b"\x82\x82" + KEY + xor(b"ab", KEY)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"opcode": 3, "payload": b""},
+        {"opcode": 11, "payload": b""},
+        {"opcode": 9, "payload": b"x" * 126},
+        {"opcode": 8, "payload": b"", "fin": False},
+        {"opcode": 1, "payload": b"", "mask_key": b"abc"},
+    ],
+)
+def test_encode_frame_rejects_invalid(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        encode_frame(**kwargs)  # type: ignore[arg-type]
+
+
+# -- close payloads (RFC 6455 5.5.1, 7.4) ---------------------------------------------
+
+VALID_CODES = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+               3000, 3999, 4000, 4999]
+INVALID_CODES = [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535]
+
+
+def test_close_code_ranges_exhaustively() -> None:
+    valid = {c for c in range(65536) if is_valid_close_code(c)}
+    expected = {1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)}
+    assert valid == expected
+
+
+@pytest.mark.parametrize("code", VALID_CODES)
+def test_close_payload_round_trip(code: int) -> None:
+    payload = encode_close_payload(code, "bye ✓")
+    assert payload == code.to_bytes(2, "big") + "bye ✓".encode()
+    assert parse_close_payload(payload) == (code, "bye ✓")
+
+
+@pytest.mark.parametrize("code", INVALID_CODES)
+def test_close_payload_invalid_codes(code: int) -> None:
+    with pytest.raises(ValueError):
+        encode_close_payload(code)
+    with pytest.raises(ProtocolError) as info:
+        parse_close_payload(code.to_bytes(2, "big"))
+    assert info.value.code == 1002
+
+
+def test_close_payload_edge_cases() -> None:
+    assert parse_close_payload(b"") == (1005, "")
+    assert parse_close_payload(b"\x03\xe8") == (1000, "")
+    assert encode_close_payload(1000) == b"\x03\xe8"
+    with pytest.raises(ProtocolError) as info:
+        parse_close_payload(b"\x03")
+    assert info.value.code == 1002
+    with pytest.raises(ProtocolError) as info:
+        parse_close_payload(b"\x03\xe8\xff\xfe")
+    assert info.value.code == 1007
+    assert len(encode_close_payload(1000, "x" * 123)) == 125
+    with pytest.raises(ValueError):
+        encode_close_payload(1000, "x" * 124)
