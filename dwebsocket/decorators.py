@@ -1,0 +1,51 @@
+"""``accept_websocket`` and ``require_websocket``: WebSockets for one view.
+
+They work with or without ``WebSocketMiddleware``; used together, the connection is
+handshaken once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.http import HttpRequest, HttpResponse
+
+from dwebsocket.session import run_view
+
+__all__ = ["accept_websocket", "require_websocket"]
+
+_View = TypeVar("_View", bound=Callable[..., Any])
+
+
+def accept_websocket(view: _View) -> _View:
+    """Let ``view`` answer WebSocket requests as well as plain HTTP ones.
+
+    In the view, ``request.is_websocket()`` tells which it got and ``request.websocket``
+    is the connection (None for plain HTTP).
+    """
+    return _websocket_view(view, require=False)
+
+
+def require_websocket(view: _View) -> _View:
+    """Let ``view`` answer WebSocket requests only; plain HTTP gets a 400."""
+    return _websocket_view(view, require=True)
+
+
+def _websocket_view(view: _View, *, require: bool) -> _View:
+    if getattr(view, "_dwebsocket_view", False):
+        # Stacked decorators: one wrapper is enough; require wins over accept.
+        view.require_websocket = view.require_websocket or require  # type: ignore[attr-defined]
+        return view
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return run_view(request, view, args, kwargs, require=wrapper.require_websocket)  # type: ignore[attr-defined]
+
+    # The 0.x attributes the middleware reads, and a mark telling it the decorator runs
+    # the session itself.
+    wrapper.accept_websocket = True  # type: ignore[attr-defined]
+    wrapper.require_websocket = require  # type: ignore[attr-defined]
+    wrapper._dwebsocket_view = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]

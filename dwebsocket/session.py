@@ -1,0 +1,145 @@
+"""Running a view as a WebSocket session, for the decorators and the middleware alike.
+
+``run_view`` attaches ``request.websocket`` / ``request.is_websocket()``, answers a refused
+handshake before the view runs, calls the view, and ends the connection when it is done.
+Whoever calls ``run_view`` first for a request owns the session; nested calls (the
+middleware and a decorator, or two decorators) just call the view, so a request is
+never handshaken twice.
+
+Backends may refine how a session ends with an optional method on their WebSocket,
+``end_session(code, abort)``: ``abort`` is True when the view was killed by a
+``BaseException`` (greenlet kill, worker timeout), where only a close frame without
+waiting for the peer's is appropriate. Without it, ``close(code)`` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+
+from dwebsocket.exceptions import BackendUnavailable, ConnectionClosed, InvalidHandshake
+from dwebsocket.factory import get_factory_class
+from dwebsocket.websocket import WebSocket
+
+__all__ = ["attach", "end_websocket", "is_upgrade", "run_view"]
+
+logger = logging.getLogger("dwebsocket")
+
+_OWNED = "_dwebsocket_session"
+
+
+def is_upgrade(request: HttpRequest) -> bool:
+    """True if the request asks for a WebSocket (``Upgrade: websocket``); cheap."""
+    upgrade = request.META.get("HTTP_UPGRADE", "")
+    return "websocket" in (token.strip().lower() for token in upgrade.split(","))
+
+
+def attach(request: HttpRequest, websocket: WebSocket | None) -> None:
+    """Set ``request.websocket`` and ``request.is_websocket()`` (the 0.x API)."""
+    request.websocket = websocket  # type: ignore[attr-defined]
+    request.is_websocket = (lambda: True) if websocket is not None else (lambda: False)  # type: ignore[attr-defined]
+
+
+def end_websocket(websocket: WebSocket, code: int, *, abort: bool = False) -> None:
+    """Close ``websocket`` as the session ends (see the module docstring)."""
+    end = getattr(websocket, "end_session", None)
+    if end is not None:
+        end(code, abort=abort)
+    else:
+        websocket.close(code)
+
+
+def _not_websocket(request: HttpRequest) -> HttpResponse:
+    logger.info("Plain HTTP request for WebSocket-only %s refused with 400", request.path)
+    return HttpResponseBadRequest(
+        "This URL only accepts WebSocket connections.\n", content_type="text/plain; charset=utf-8"
+    )
+
+
+def run_view(
+    request: HttpRequest,
+    view: Callable[..., HttpResponse | None],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    require: bool,
+) -> HttpResponse:
+    """Call ``view`` for ``request``, running the WebSocket session if it is one.
+
+    Plain HTTP: the view runs as usual (``request.websocket`` is None), or 400 when
+    ``require``. Upgrade requests: a malformed, unsupported or cross-origin handshake is
+    answered (400, 426, 403) without calling the view, a server the backend cannot use
+    with 501. Until the view accepts the connection (explicitly or by using it), whatever
+    it returns or raises is handled by Django as usual. Once accepted, the connection is
+    closed when the view ends: 1000 when it returns (or lets ``ConnectionClosed``
+    escape), 1011 when it raises, which Django then logs as for any view. A view that
+    returns None without touching the connection gets it accepted and closed with 1000.
+    """
+    if getattr(request, _OWNED, False):
+        if require and getattr(request, "websocket", None) is None:
+            return _not_websocket(request)
+        return view(request, *args, **kwargs)  # type: ignore[return-value]
+    setattr(request, _OWNED, True)
+
+    if not is_upgrade(request):
+        attach(request, None)
+        if require:
+            return _not_websocket(request)
+        return view(request, *args, **kwargs)  # type: ignore[return-value]
+
+    try:
+        websocket = get_factory_class()(request).create_websocket()
+    except InvalidHandshake as exc:
+        attach(request, None)
+        from dwebsocket.handshake import refuse
+
+        return refuse(request, exc)
+    except BackendUnavailable as exc:
+        attach(request, None)
+        from dwebsocket.handshake import unavailable
+
+        return unavailable(request, exc)
+    attach(request, websocket)
+    if websocket is None:  # the factory saw no upgrade after all
+        return _not_websocket(request) if require else view(request, *args, **kwargs)  # type: ignore[return-value]
+
+    try:
+        response = view(request, *args, **kwargs)
+    except ConnectionClosed as exc:
+        logger.debug("ConnectionClosed escaped the view for %s: %s", request.path, exc)
+        end_websocket(websocket, 1000)
+        return _session_over()
+    except Exception:
+        if websocket.accepted:
+            end_websocket(websocket, 1011)
+        raise  # Django answers and logs it, as for any view
+    except BaseException as exc:
+        # A greenlet kill, a worker timeout, Ctrl-C: say goodbye, free the socket, go on.
+        if websocket.accepted:
+            end_websocket(websocket, 1001 if _going_away(exc) else 1011, abort=True)
+        raise
+    if not websocket.accepted:
+        if response is not None:
+            return response  # the view answered with HTTP (a 403, say) instead
+        try:
+            websocket.accept()
+        except ConnectionClosed:
+            return _session_over()
+    end_websocket(websocket, 1000)
+    return _session_over()
+
+
+def _going_away(exc: BaseException) -> bool:
+    """The server or worker is stopping (RFC 6455 7.4.1: 1001), rather than failing."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    return any(cls.__name__ == "GreenletExit" for cls in type(exc).__mro__)
+
+
+def _session_over() -> HttpResponse:
+    # The backend has shut the connection down: the server's attempt to write this
+    # response fails quietly, as for a client that went away.
+    return HttpResponse()
