@@ -1,0 +1,8 @@
+"""The default backend: takes the connection over from the WSGI server and speaks
+RFC 6455 + RFC 7692 itself over the raw socket, with the sans-I/O core in
+:mod:`dwebsocket.protocol`.
+
+- :mod:`.transport`  finds the raw socket (and what the server already read) per server.
+- :mod:`.websocket`  ``request.websocket`` over that socket.
+- :mod:`.factory`    ``WebSocketFactory``, the entry point named by ``WEBSOCKET_FACTORY_CLASS``.
+"""

@@ -1,0 +1,216 @@
+"""Taking a connection over from the WSGI server: the raw socket, and the bytes the
+server's HTTP parser already buffered past the request head.
+
+Each server hides its socket somewhere else, so there is a small registry of *takeover*
+functions, each trying one server: it returns a :class:`Transport` when the environ is
+its server's, else None. :func:`find_transport` asks them in order and raises
+``BackendUnavailable`` when none applies. To support another server, write one function
+and decorate it with :func:`takeover` (see ``docs/internals/backends.md``).
+
+Measured facts behind each function: ``shared/notes/servers.md``.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from dwebsocket.exceptions import BackendUnavailable
+
+__all__ = ["TAKEOVERS", "Transport", "find_transport", "takeover"]
+
+_RECV_SIZE = 65536
+
+
+class BufferedStream(Protocol):
+    """What we need of a server's request reader: ``io.BufferedReader.read1``."""
+
+    def read1(self, size: int = ..., /) -> bytes: ...
+
+
+class Transport:
+    """The raw socket of one request, taken over from the server.
+
+    ``sock`` stays the server's: we shut it down at the end but never close it.
+    ``rfile`` is the server's buffered reader on it, if any, drained once at takeover.
+    ``on_release`` runs when the session is over (for servers that must be told).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        server: str,
+        rfile: BufferedStream | None = None,
+        drain: Callable[[], bytes] | None = None,
+        on_release: Callable[[], None] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.server = server
+        self.rfile = rfile
+        self._drain = drain
+        self._on_release = on_release
+        self._poller: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Transport {self.server} fd={self.sock.fileno()}>"
+
+    def take_over(self, timeout: float | None) -> bytes:
+        """Make the socket ours; return the bytes the server had already buffered.
+
+        Sets ``TCP_NODELAY`` (small frames must not wait for Nagle) and our own socket
+        timeout (``timeout`` bounds every blocking send; the server's own timeouts must
+        not apply). Call once; does not block.
+        """
+        buffered = self._drain() if self._drain is not None else self._drain_rfile()
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a socketpair in tests)
+            pass
+        self.sock.settimeout(timeout)
+        return buffered
+
+    def _drain_rfile(self) -> bytes:
+        # The client may send its first frame in the same segment as the handshake;
+        # the server's reader then holds it (servers.md, pitfall 1). With the socket
+        # non-blocking, read1() returns what is buffered, then what the kernel has,
+        # then b"" instead of blocking.
+        if self.rfile is None:
+            return b""
+        chunks = []
+        previous = self.sock.gettimeout()
+        self.sock.settimeout(0)
+        try:
+            while True:
+                try:
+                    chunk = self.rfile.read1(_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError:
+            pass  # the peer is gone: the first recv() will say so
+        finally:
+            self.sock.settimeout(previous)
+        return b"".join(chunks)
+
+    def wait_readable(self, timeout: float | None) -> bool:
+        """Block up to ``timeout`` seconds (None: forever, 0: just look) until the socket
+        is readable (data, EOF or an error). Cooperative under gevent/eventlet
+        monkey-patching, and it does not touch the socket's timeout (which a concurrent
+        sender relies on)."""
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        if hasattr(select, "poll"):
+            poller = self._poller
+            if poller is None:
+                poller = self._poller = select.poll()
+                poller.register(self.sock, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(None if timeout is None else int(timeout * 1000 + 0.999)))
+        readable, _, _ = select.select([self.sock], [], [], timeout)  # pragma: no cover - Windows
+        return bool(readable)
+
+    def recv(self) -> bytes:
+        """One ``recv``; b"" at EOF or when the connection broke. Call when readable."""
+        try:
+            return self.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            raise
+        except OSError:
+            return b""
+
+    def shutdown(self) -> None:
+        """``shutdown(SHUT_RDWR)``, never ``close()``: the server owns the socket.
+
+        The client sees EOF at once, and the server's later write of Django's response
+        fails like a write to a client that went away (servers.md, pitfall 2)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        """Tell the server the session is over (call after :meth:`shutdown`)."""
+        if self._on_release is not None:
+            self._on_release()
+
+
+Takeover = Callable[[dict[str, Any]], "Transport | None"]
+
+#: The takeover functions, tried in order by :func:`find_transport`.
+TAKEOVERS: list[Takeover] = []
+
+
+def takeover(func: Takeover) -> Takeover:
+    """Register ``func`` (``environ -> Transport | None``) as a takeover function."""
+    TAKEOVERS.append(func)
+    return func
+
+
+def find_transport(environ: dict[str, Any]) -> Transport:
+    """The transport of the request in ``environ``; does not read or write anything.
+
+    Raises ``BackendUnavailable`` when no takeover function recognises the server.
+    """
+    for func in TAKEOVERS:
+        transport = func(environ)
+        if transport is not None:
+            return transport
+    software = environ.get("SERVER_SOFTWARE") or "an unknown server"
+    raise BackendUnavailable(
+        f"the default backend cannot take the connection over from {software}; "
+        "run under manage.py runserver, gevent, gunicorn or eventlet, or use the uwsgi "
+        "backend under uWSGI"
+    )
+
+
+def _socket_of(rfile: Any) -> socket.socket | None:
+    """The socket under a ``sock.makefile('rb')`` reader (``BufferedReader(SocketIO)``)."""
+    sock = getattr(getattr(rfile, "raw", None), "_sock", None)
+    if sock is None or not hasattr(sock, "recv") or not hasattr(sock, "shutdown"):
+        return None
+    return sock  # type: ignore[no-any-return]
+
+
+@takeover
+def explicit(environ: dict[str, Any]) -> Transport | None:
+    """A server (or a test) that hands us the socket as ``environ["dwebsocket.socket"]``,
+    optionally with its buffered reader as ``environ["dwebsocket.rfile"]``."""
+    sock = environ.get("dwebsocket.socket")
+    if sock is None:
+        return None
+    return Transport(sock, server="explicit", rfile=environ.get("dwebsocket.rfile"))
+
+
+@takeover
+def runserver(environ: dict[str, Any]) -> Transport | None:
+    """``manage.py runserver``: ``wsgi.input`` is a ``LimitedStream`` over the handler's
+    rfile. Since Django 4.2 it keeps only the bound ``read`` method (``_read``)."""
+    from django.core.handlers.wsgi import LimitedStream
+
+    stream = environ.get("wsgi.input")
+    if not isinstance(stream, LimitedStream):
+        return None
+    rfile = getattr(getattr(stream, "_read", None), "__self__", None)
+    sock = _socket_of(rfile)
+    if sock is None:
+        return None
+    return Transport(sock, server="runserver", rfile=rfile)
+
+
+@takeover
+def gevent_pywsgi(environ: dict[str, Any]) -> Transport | None:
+    """``gevent.pywsgi``: for upgrade requests ``wsgi.input`` is the raw rfile itself."""
+    if not str(environ.get("SERVER_SOFTWARE", "")).startswith("gevent/"):
+        return None
+    rfile = environ.get("wsgi.input")
+    # An upgrade request gevent did not recognise as one (it compares the whole
+    # Connection/Upgrade values) gets its Input wrapper: the rfile is inside.
+    rfile = getattr(rfile, "rfile", rfile)
+    sock = _socket_of(rfile)
+    if sock is None:
+        return None
+    return Transport(sock, server="gevent", rfile=rfile)

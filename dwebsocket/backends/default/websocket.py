@@ -1,0 +1,592 @@
+"""``request.websocket`` over the raw socket: a thin I/O loop around the sans-I/O core.
+
+There is no background reader: ``wait()`` reads the socket in the caller's thread (or
+greenlet) under a read lock and feeds the core; keepalive pings happen there too.
+``send()`` writes under a write lock, so any thread may send while one waits (gevent
+allows one reader and one writer on a socket at a time, never two of either).
+
+Everything written goes through one ordered outbox, so frames reach the wire in the
+order the core encoded them (permessage-deflate's shared context depends on it):
+``send()`` flushes it itself, ``deliver()`` (groups) appends and leaves the flushing to a
+short-lived flusher thread (a greenlet under monkey-patching), and the pongs and close
+replies the core produces are flushed by the reader.
+
+Lock order: read -> write -> core. ``_core`` guards the core and the outbox and is never
+held across I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, TypeVar
+
+from dwebsocket.conf import settings
+from dwebsocket.exceptions import ConnectionClosed, InvalidState
+from dwebsocket.protocol.connection import Close, Connection, State
+from dwebsocket.protocol.deflate import PerMessageDeflate
+from dwebsocket.protocol.handshake import HandshakeRequest, build_response
+from dwebsocket.signals import websocket_closed, websocket_opened
+from dwebsocket.websocket import Message, WebSocket
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal
+    from django.http import HttpRequest
+
+    from dwebsocket.backends.default.transport import Transport
+
+__all__ = ["DefaultWebSocket"]
+
+logger = logging.getLogger("dwebsocket")
+
+_T = TypeVar("_T")
+_OPEN = State.OPEN
+_CLOSED = State.CLOSED
+# read()/count_messages() never block, and stop after this many reads even if the peer
+# keeps the socket readable.
+_MAX_NONBLOCKING_READS = 16
+# A send that makes no progress this long means the peer is gone, when keepalive is off.
+_DEFAULT_IO_TIMEOUT = 60.0
+
+
+class DefaultWebSocket(WebSocket):
+    """One connection taken over from the WSGI server (see the module docstring)."""
+
+    def __init__(self, request: HttpRequest, handshake: HandshakeRequest, transport: Transport) -> None:
+        self.request = request
+        self.handshake = handshake
+        self.offered_subprotocols = list(handshake.subprotocols)
+        self.subprotocol = None
+        self.close_code = None
+        self.close_reason = ""
+        self._transport = transport
+
+        # Settings are read once per connection, when the request arrives.
+        self._compression = bool(settings.WEBSOCKET_COMPRESSION)
+        self._max_message_size: int | None = settings.WEBSOCKET_MAX_MESSAGE_SIZE
+        self._max_frame_size: int | None = settings.WEBSOCKET_MAX_FRAME_SIZE
+        self._ping_interval: float | None = settings.WEBSOCKET_PING_INTERVAL
+        self._ping_timeout: float | None = settings.WEBSOCKET_PING_TIMEOUT
+        self._close_timeout: float = settings.WEBSOCKET_CLOSE_TIMEOUT
+        self._queue_limit: int = settings.WEBSOCKET_SEND_QUEUE_SIZE
+        self._io_timeout = self._ping_timeout or _DEFAULT_IO_TIMEOUT
+
+        self._conn: Connection | None = None
+        self._accepted = False
+        self._shut = False  # the transport is shut down: nothing more in or out
+        self._messages: deque[Message] = deque()
+        self._outbox: list[bytes] = []
+        self._outbox_size = 0
+        self._early: list[Message] = []  # delivered before the handshake
+        self._early_size = 0
+        self._early_overflow = False
+        self._flusher: threading.Thread | None = None
+        self._close_deadline: float | None = None
+        self._opened_at = 0.0
+        self._last_heard = 0.0
+        self._ping_sent_at: float | None = None
+
+        # threading.* looked up now, so monkey-patched locks are used under gevent/eventlet.
+        self._reading = threading.Lock()
+        self._writing = threading.Lock()
+        self._core = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed() else "open" if self._accepted else "new"
+        return f"<DefaultWebSocket {state} {self.request.path} via {self._transport.server}>"
+
+    @property
+    def protocols(self) -> list[str]:
+        """dwebsocket 0.5 name of :attr:`offered_subprotocols`."""
+        return self.offered_subprotocols
+
+    @property
+    def accepted(self) -> bool:
+        return self._accepted
+
+    # -- the handshake ----------------------------------------------------------------
+
+    def accept(self, subprotocol: str | None = None) -> None:
+        """Write the 101 response to the raw socket (with the negotiated
+        permessage-deflate parameters) and take the connection over. Idempotent.
+
+        Raises ``ValueError`` if ``subprotocol`` was not offered, ``ConnectionClosed``
+        if the client is already gone. Blocks only to write the 101."""
+        if self._accepted:
+            return
+        if subprotocol is not None and subprotocol not in self.offered_subprotocols:
+            raise ValueError(
+                f"subprotocol {subprotocol!r} was not offered by the client "
+                f"(offered: {self.offered_subprotocols})"
+            )
+        with self._writing:
+            if self._accepted:
+                return
+            if self._shut:
+                raise self._closed_error()
+            deflate = extensions = None
+            if self._compression:
+                negotiated = PerMessageDeflate.negotiate(self.handshake.extensions)
+                if negotiated is not None:
+                    deflate, extensions = negotiated
+            response = build_response(self.handshake, subprotocol=subprotocol, extensions=extensions)
+            conn = Connection(
+                deflate=deflate,
+                max_message_size=self._max_message_size,
+                max_frame_size=self._max_frame_size,
+            )
+            buffered = self._transport.take_over(self._io_timeout)
+            with self._core:
+                self._conn = conn
+            try:
+                self._transport.sock.sendall(response)
+            except OSError as exc:
+                logger.debug("Client %s went away before the 101: %s", self._peer(), exc)
+                self._shutdown(1006)
+                raise self._closed_error() from None
+            self._opened_at = self._last_heard = time.monotonic()
+            with self._core:
+                self.subprotocol = subprotocol
+                self._accepted = True
+                early, self._early = self._early, []
+                self._early_size = 0
+                for message in early:
+                    self._append(conn.send_message(message))
+        logger.debug(
+            "WebSocket opened: %s %s via %s (subprotocol %s, compression %s)",
+            self._peer(), self.request.path, self._transport.server, subprotocol,
+            "on" if deflate is not None else "off",
+        )
+        self._send_signal(websocket_opened)
+        if buffered:
+            with self._reading:
+                self._feed(buffered)
+        if self._early_overflow:
+            self._overflow()
+        if self._outbox:
+            self._flush()
+
+    def _ensure_accepted(self) -> None:
+        if not self._accepted:
+            self.accept()
+
+    # -- receiving --------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> Message | None:
+        """Return the next message, blocking up to ``timeout`` seconds (None or negative:
+        forever). Returns None once closed, or when the timeout expires.
+
+        Sends a keepalive ping after ``WEBSOCKET_PING_INTERVAL`` of silence; without an
+        answer within ``WEBSOCKET_PING_TIMEOUT`` the peer counts as dead: the connection
+        is closed (1011) and None returned."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        try:
+            self._ensure_accepted()
+        except ConnectionClosed:
+            return None
+        while True:
+            if self._messages:
+                try:
+                    return self._messages.popleft()
+                except IndexError:  # another thread took it
+                    continue
+            if self.is_closed():
+                return None
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            if not self._reading.acquire(timeout=-1 if remaining is None else remaining):
+                return None
+            try:
+                if not self._messages and not self.is_closed():
+                    self._read_once(remaining)
+            finally:
+                self._reading.release()
+
+    def read(self, fallback: _T | None = None) -> Message | _T | None:
+        """Return a message that is ready now, or ``fallback``. Never blocks."""
+        try:
+            self._ensure_accepted()
+        except ConnectionClosed:
+            return fallback
+        if not self._messages:
+            self._read_ready()
+        try:
+            return self._messages.popleft()
+        except IndexError:
+            return fallback
+
+    def count_messages(self) -> int:
+        """Number of complete messages ready now. Never blocks."""
+        try:
+            self._ensure_accepted()
+        except ConnectionClosed:
+            return len(self._messages)
+        self._read_ready()
+        return len(self._messages)
+
+    def _read_once(self, limit: float | None) -> None:
+        """Read once (waiting up to ``limit``) and feed the core; run the keepalive.
+        Call with ``_reading`` held."""
+        due = self._keepalive_due()
+        wait = limit
+        if due is not None:
+            until_due = max(0.0, due - time.monotonic())
+            wait = until_due if wait is None else min(wait, until_due)
+        if self._transport.wait_readable(wait):
+            try:
+                data = self._transport.recv()
+            except (BlockingIOError, InterruptedError, socket.timeout):
+                return
+            self._feed(data)
+        else:
+            self._keepalive()
+
+    def _read_ready(self) -> None:
+        """Feed the core whatever the socket has now, without blocking."""
+        if self.is_closed() or not self._reading.acquire(blocking=False):
+            return
+        try:
+            for _ in range(_MAX_NONBLOCKING_READS):
+                if self.is_closed() or not self._transport.wait_readable(0):
+                    break
+                try:
+                    data = self._transport.recv()
+                except (BlockingIOError, InterruptedError, socket.timeout):
+                    break
+                self._feed(data)
+        finally:
+            self._reading.release()
+
+    def _feed(self, data: bytes) -> None:
+        """Give received bytes (b"" for EOF) to the core and act on its events."""
+        if data:
+            self._last_heard = time.monotonic()
+            self._ping_sent_at = None
+        with self._core:
+            conn = self._conn
+            assert conn is not None
+            events = conn.receive_data(data)
+            out = conn.data_to_send()
+            if out:
+                self._append(out)
+        close: Close | None = None
+        for event in events:
+            if type(event) is str or type(event) is bytes:
+                self._messages.append(event)
+            elif type(event) is Close:
+                close = event
+        if out:
+            self._flush()
+        if close is not None:
+            if conn.error is not None:
+                logger.info(
+                    "WebSocket protocol error from %s on %s: %s (closing with %s)",
+                    self._peer(), self.request.path, conn.error.reason, conn.error.code,
+                )
+            self._shutdown(close.code, close.reason)
+
+    # -- keepalive ----------------------------------------------------------------------
+
+    def _keepalive_due(self) -> float | None:
+        """When :meth:`_keepalive` has something to do, or None."""
+        if self._ping_interval is None or self.is_closed():
+            return None
+        if self._ping_sent_at is None:
+            return self._last_heard + self._ping_interval
+        if self._ping_timeout is None:
+            return None
+        return self._ping_sent_at + self._ping_timeout
+
+    def _keepalive(self) -> None:
+        if self._ping_interval is None or self.is_closed():
+            return
+        now = time.monotonic()
+        if self._ping_sent_at is None:
+            if now - self._last_heard >= self._ping_interval:
+                with self._core:
+                    assert self._conn is not None
+                    try:
+                        self._append(self._conn.send_ping(b""))
+                    except InvalidState:
+                        return
+                self._ping_sent_at = now
+                self._flush()
+        elif self._ping_timeout is not None and now - self._ping_sent_at >= self._ping_timeout:
+            logger.info(
+                "WebSocket peer %s on %s sent nothing within %ss of a ping: closing (1011)",
+                self._peer(), self.request.path, self._ping_timeout,
+            )
+            self._abort(1011, "keepalive ping timeout")
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(self, message: Message | bytearray | memoryview) -> None:
+        """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
+
+        Safe from any thread or greenlet; blocks until the frame is handed to the kernel.
+        Raises ``ConnectionClosed`` once the connection is closed, ``TypeError`` for
+        anything else than ``str`` or bytes-like."""
+        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"cannot send {type(message).__name__}: expected str or bytes")
+        self._ensure_accepted()
+        with self._writing:
+            with self._core:
+                if self.is_closed():
+                    raise self._closed_error()
+                assert self._conn is not None
+                try:
+                    frame = self._conn.send_message(message)
+                except InvalidState:
+                    raise self._closed_error() from None
+                pending = self._take_outbox()
+            if pending and not self._sendall(pending):
+                raise self._closed_error()
+            if not self._sendall(frame):
+                raise self._closed_error()
+
+    def ping(self, data: bytes = b"") -> None:
+        """Send a ping frame (at most 125 bytes of ``data``). Raises ``ConnectionClosed``
+        once closed, ``ValueError`` if ``data`` is too long."""
+        data = bytes(data)
+        if len(data) > 125:
+            raise ValueError("ping data is limited to 125 bytes (RFC 6455 5.5)")
+        self._ensure_accepted()
+        with self._core:
+            if self.is_closed():
+                raise self._closed_error()
+            assert self._conn is not None
+            try:
+                self._append(self._conn.send_ping(data))
+            except InvalidState:
+                raise self._closed_error() from None
+        if not self._flush():
+            raise self._closed_error()
+
+    def deliver(self, message: Message) -> None:
+        """Queue ``message`` without blocking (for groups); see the module docstring.
+
+        Past ``WEBSOCKET_SEND_QUEUE_SIZE`` bytes pending, the connection is closed with
+        1008. Messages for a closed connection are dropped."""
+        flusher = None
+        with self._core:
+            conn = self._conn
+            if self._shut or (conn is not None and conn.state is not _OPEN):
+                return
+            if conn is None:
+                size = len(message)
+                if self._early_overflow or self._early_size + size > self._queue_limit:
+                    self._early, self._early_size, self._early_overflow = [], 0, True
+                else:
+                    self._early.append(message)
+                    self._early_size += size
+                return
+            try:
+                frame = conn.send_message(message)
+            except InvalidState:
+                return
+            if self._outbox_size + len(frame) > self._queue_limit:
+                self._overflow_locked()
+            else:
+                self._append(frame)
+            if self._flusher is None:
+                flusher = self._flusher = threading.Thread(
+                    target=self._run_flusher, name="dwebsocket-flusher", daemon=True
+                )
+        if flusher is not None:
+            flusher.start()
+
+    def _overflow(self) -> None:
+        with self._core:
+            self._overflow_locked()
+        self._flush()
+
+    def _overflow_locked(self) -> None:
+        """Drop what is queued and close with 1008 (call with ``_core`` held)."""
+        logger.info(
+            "WebSocket peer %s on %s reads too slowly (more than %s bytes queued): closing (1008)",
+            self._peer(), self.request.path, self._queue_limit,
+        )
+        assert self._conn is not None
+        self._outbox, self._outbox_size = [], 0
+        out = self._conn.send_close(1008, "send queue overflow")
+        if out:
+            self._closing(1008, "send queue overflow")
+            self._append(out)
+
+    def _run_flusher(self) -> None:
+        try:
+            while True:
+                with self._writing:
+                    with self._core:
+                        if self._shut or not self._outbox:
+                            self._flusher = None
+                            return
+                        data = self._take_outbox()
+                    self._sendall(data)
+        except BaseException:
+            with self._core:
+                self._flusher = None
+            raise
+
+    def _append(self, data: bytes) -> None:
+        """Queue bytes for the wire (call with ``_core`` held)."""
+        self._outbox.append(data)
+        self._outbox_size += len(data)
+
+    def _take_outbox(self) -> bytes:
+        """Everything queued, in order (call with ``_core`` held)."""
+        outbox = self._outbox
+        if not outbox:
+            return b""
+        self._outbox, self._outbox_size = [], 0
+        return outbox[0] if len(outbox) == 1 else b"".join(outbox)
+
+    def _flush(self) -> bool:
+        """Write everything queued; False if the connection broke."""
+        with self._writing:
+            with self._core:
+                data = self._take_outbox()
+            return not data or self._sendall(data)
+
+    def _sendall(self, data: bytes) -> bool:
+        """Write ``data`` (call with ``_writing`` held); on failure shut down, False."""
+        if self._shut:
+            return False
+        try:
+            self._transport.sock.sendall(data)
+        except OSError as exc:
+            logger.debug("WebSocket write to %s failed: %r", self._peer(), exc)
+            self._shutdown(1006)
+            return False
+        return True
+
+    # -- closing ----------------------------------------------------------------------
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Run the closing handshake: send a close frame, wait up to
+        ``WEBSOCKET_CLOSE_TIMEOUT`` for the peer's (data arriving meanwhile is
+        discarded), then shut the connection down. Idempotent. Raises ``ValueError`` for
+        a code that may not be sent or a reason over 123 bytes of UTF-8."""
+        if self._shut:
+            return
+        if not self._accepted:
+            try:
+                self.accept()
+            except ConnectionClosed:
+                return
+        with self._core:
+            if self._shut:
+                return
+            assert self._conn is not None
+            out = self._conn.send_close(code, reason)
+            if out:
+                self._closing(code, reason)
+                self._append(out)
+        self._flush()
+        self._await_peer_close()
+        self._shutdown()
+
+    def _closing(self, code: int, reason: str) -> None:
+        """We sent the first close frame (call with ``_core`` held)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self._close_deadline = time.monotonic() + self._close_timeout
+
+    def _await_peer_close(self) -> None:
+        deadline = self._close_deadline or time.monotonic() + self._close_timeout
+        while not self._shut and self._conn is not None and self._conn.state is not _CLOSED:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.debug("No close frame from %s within %ss", self._peer(), self._close_timeout)
+                return
+            if not self._reading.acquire(timeout=remaining):
+                return  # a reader in another thread will see the close frame
+            try:
+                if self._shut or self._conn.state is _CLOSED:
+                    return
+                if self._transport.wait_readable(remaining):
+                    try:
+                        data = self._transport.recv()
+                    except (BlockingIOError, InterruptedError, socket.timeout):
+                        continue
+                    self._feed(data)
+                self._messages.clear()
+            finally:
+                self._reading.release()
+
+    def _abort(self, code: int, reason: str = "") -> None:
+        """Send a close frame if we can without waiting for anyone, then shut down."""
+        if self._shut:
+            return
+        with self._core:
+            if self._conn is not None:
+                out = self._conn.send_close(code, reason)
+                if out:
+                    self._closing(code, reason)
+                    self._append(out)
+        if self._writing.acquire(blocking=False):
+            try:
+                with self._core:
+                    data = self._take_outbox()
+                if data:
+                    self._sendall(data)
+            finally:
+                self._writing.release()
+        self._shutdown()
+
+    def end_session(self, code: int, *, abort: bool = False) -> None:
+        """Called by dwebsocket when the view is done (see ``dwebsocket.session``):
+        close (or, for a killed view, abort) and leave nothing running on the socket."""
+        try:
+            if abort:
+                self._abort(code)
+            else:
+                self.close(code)
+        finally:
+            self._shutdown()
+            flusher = self._flusher
+            if flusher is not None and flusher is not threading.current_thread():
+                flusher.join(self._io_timeout)
+            self._transport.release()
+
+    def _shutdown(self, code: int | None = None, reason: str = "") -> None:
+        """Shut the transport down once; record the close code; tell the world."""
+        with self._core:
+            if self._shut:
+                return
+            self._shut = True
+            if self.close_code is None:
+                self.close_code = code if code is not None else 1006
+                self.close_reason = reason
+        self._transport.shutdown()
+        if self._accepted:
+            logger.debug(
+                "WebSocket closed: %s %s code %s%s after %.3fs",
+                self._peer(), self.request.path, self.close_code,
+                f" ({self.close_reason})" if self.close_reason else "",
+                time.monotonic() - self._opened_at,
+            )
+            self._send_signal(websocket_closed, code=self.close_code)
+
+    def is_closed(self) -> bool:
+        """True once a close frame was sent or received, or the connection broke."""
+        conn = self._conn
+        return self._shut or (conn is not None and conn.state is not _OPEN)
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(self.close_code or 1006, self.close_reason)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _peer(self) -> str:
+        meta = self.request.META
+        return f"{meta.get('REMOTE_ADDR', '?')}:{meta.get('REMOTE_PORT', '?')}"
+
+    def _send_signal(self, signal: Signal, **kwargs: object) -> None:
+        # send_robust: a failing receiver (logged by Django) must not break the I/O path,
+        # which may be a background flusher.
+        signal.send_robust(sender=type(self), request=self.request, websocket=self, **kwargs)
