@@ -165,7 +165,7 @@ class Connection:
             return []
         buf: bytes | bytearray = self._buf
         if buf:
-            buf += data  # type: ignore[operator]
+            buf += data
             if len(buf) < self._need:
                 return []
         elif type(data) is bytes:
@@ -202,6 +202,9 @@ class Connection:
                         need = 10
                         break
                     length = _unpack_Q(buf, pos + 2)[0]
+                    if length >> 63:
+                        # RFC 6455 5.2: the most significant bit MUST be 0.
+                        raise ProtocolError("64-bit payload length with the high bit set")
                     start = pos + 10
                 if b1 & 0x80 != mask_bit:
                     raise ProtocolError(
@@ -216,10 +219,7 @@ class Connection:
                     if end > n:
                         need = end - pos
                         break
-                    if mask_bit:
-                        payload = unmask(buf, start, end)
-                    else:
-                        payload = bytes(buf[start:end])
+                    payload = unmask(buf, start, end) if mask_bit else bytes(buf[start:end])
                     pos = end
                     if b0 == 0x81:
                         try:
@@ -234,10 +234,7 @@ class Connection:
                 if end > n:
                     need = end - pos
                     break
-                if mask_bit:
-                    payload = unmask(buf, start, end)
-                else:
-                    payload = bytes(buf[start:end])
+                payload = unmask(buf, start, end) if mask_bit else bytes(buf[start:end])
                 pos = end
                 self._receive_frame(b0, payload, events)
                 if self._done:
@@ -326,7 +323,7 @@ class Connection:
                 # A whole message in one frame (compressed, else it took the fast path).
                 if compressed:
                     assert self.deflate is not None
-                    payload = self.deflate.decompress(payload, self._max_message)
+                    payload = self.deflate.decompress(payload, self.max_message_size)
                 self._frag = 0
                 if opcode == 1:
                     try:
@@ -342,9 +339,8 @@ class Connection:
         self._wire += len(payload)
         if self._compressed:
             assert self.deflate is not None
-            payload = self.deflate.decompress_fragment(
-                payload, bool(fin), self._max_message - self._size
-            )
+            budget = None if self.max_message_size is None else self._max_message - self._size
+            payload = self.deflate.decompress_fragment(payload, bool(fin), budget)
         self._size += len(payload)
         decoder = self._text_decoder
         if decoder is not None:
@@ -433,7 +429,9 @@ class Connection:
         self._mask_keys = keys[4:]
         return keys[:4]
 
-    def _encode(self, opcode: int, payload: bytes | bytearray | memoryview, rsv1: bool = False) -> bytes:
+    def _encode(
+        self, opcode: int, payload: bytes | bytearray | memoryview, rsv1: bool = False
+    ) -> bytes:
         if self.client:
             return encode_frame(opcode, payload, rsv1=rsv1, mask_key=self._mask_key())
         return encode_frame(opcode, payload, rsv1=rsv1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 
 from ..exceptions import ProtocolError
 
@@ -97,15 +98,22 @@ def _py_unmask(buf: bytes | bytearray, start: int, end: int) -> bytes:
 
 
 try:
-    from ._speedups import apply_mask as _c_apply_mask
-    from ._speedups import unmask as _c_unmask
+    from . import _speedups
 except ImportError:  # pragma: no cover - exercised when the extension is not built
-    _c_apply_mask = _c_unmask = None
+    _speedups = None  # type: ignore[assignment]
+
+_BytesLike = bytes | bytearray | memoryview
+_c_apply_mask = _speedups.apply_mask if _speedups is not None else None
+_c_unmask = _speedups.unmask if _speedups is not None else None
 
 #: ``apply_mask(data, key) -> bytes``: the C version when it is built, else pure Python.
-apply_mask = _c_apply_mask if _c_apply_mask is not None else _py_apply_mask
+apply_mask: Callable[[_BytesLike, bytes | bytearray], bytes] = (
+    _c_apply_mask if _c_apply_mask is not None else _py_apply_mask
+)
 #: ``unmask(buf, start, end) -> bytes``: unmask a payload in place in a receive buffer.
-unmask = _c_unmask if _c_unmask is not None else _py_unmask
+unmask: Callable[[bytes | bytearray, int, int], bytes] = (
+    _c_unmask if _c_unmask is not None else _py_unmask
+)
 
 _pack_H = struct.Struct("!H").pack
 _pack_Q = struct.Struct("!Q").pack

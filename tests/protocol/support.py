@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import pairwise
 
 from dwebsocket.protocol.connection import Connection, Event
 
@@ -61,7 +62,7 @@ def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     """Cut ``data`` at the given offsets (sorted, deduplicated, empty pieces dropped)."""
     points = sorted({c for c in cuts if 0 < c < len(data)})
     bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [data[a:b] for a, b in pairwise(bounds) if b > a]
 
 
 def bytewise(data: bytes) -> list[bytes]:
