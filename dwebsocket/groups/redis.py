@@ -1,0 +1,535 @@
+"""The Redis layer (``redis://``): group messages cross processes and machines via pub/sub.
+
+One subscription connection per process, owned by one reader (a thread; a greenlet or green
+thread when gevent or eventlet has monkey-patched ``threading``). It subscribes to one
+channel per group that has local members: on the first local join, and unsubscribes after
+the last leave. ``send`` publishes through a small connection pool; every process,
+including the sender's own, hands the message to its members when it comes back through
+its subscription, so all members everywhere see the messages of a group in the same order.
+
+Wire format of a published message (all integers big-endian)::
+
+    kind   1 byte   1 = text (UTF-8 payload), 2 = binary -- the RFC 6455 opcodes
+    origin 8 bytes  random id of the sending process
+    seq    8 bytes  the sender's message counter
+    payload
+
+``origin`` + ``seq`` let a process recognise its own messages, so that one it already
+delivered locally (while its subscription was not confirmed, or when publishing failed)
+is not delivered a second time when it does come back.
+
+Faults: no call into Redis waits longer than ``socket_timeout`` / ``socket_connect_timeout``
+(2 s unless the URL says otherwise). When Redis is unreachable, ``send`` delivers to this
+process's members, drops the rest and logs one WARNING per outage; the reader reconnects
+with capped exponential backoff (0.1 s doubling to 5 s, jittered) and subscribes again to
+every current group. Pub/sub keeps no history: what was published while a process was
+disconnected never reaches that process's members.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import random
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+from dwebsocket.groups import GroupsUnavailable
+from dwebsocket.groups.memory import Member, Registry, fan_out
+from dwebsocket.websocket import Message
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImproperlyConfigured(
+        "WEBSOCKET_GROUPS_URL names Redis but redis-py is not installed: "
+        "pip install 'dwebsocket[redis]'"
+    ) from exc
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # pragma: no cover - redis-py < 7
+    MaintNotificationsConfig = None  # type: ignore[assignment,misc]
+
+__all__ = ["RedisLayer", "decode", "encode"]
+
+logger = logging.getLogger("dwebsocket.groups")
+
+TEXT = 1
+BINARY = 2
+HEADER = struct.Struct("!B8sQ")
+
+#: Timeouts (seconds) unless the URL sets them (``?socket_timeout=0.5``).
+DEFAULT_TIMEOUT = 2.0
+#: Reconnection backoff of the reader: first delay, cap.
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 5.0
+#: Seconds of silence on the subscription before the reader checks it with a PING.
+KEEPALIVE = 10.0
+#: Own messages remembered to deliver each exactly once (see ``RedisLayer._claim``).
+CLAIMS = 4096
+#: Connections ``send`` may use at once; more senders wait (up to ``socket_timeout``).
+MAX_PUBLISH_CONNECTIONS = 32
+
+
+def encode(message: Message | bytearray | memoryview, origin: bytes, seq: int) -> bytes:
+    """The published form of ``message`` (see the module docstring)."""
+    if isinstance(message, str):
+        return HEADER.pack(TEXT, origin, seq) + message.encode()
+    return HEADER.pack(BINARY, origin, seq) + bytes(message)
+
+
+def decode(data: bytes) -> tuple[bytes, int, Message]:
+    """``(origin, seq, message)`` from a published message. Raises ``ValueError`` if
+    ``data`` is not one (too short, unknown kind, text that is not UTF-8)."""
+    if len(data) < HEADER.size:
+        raise ValueError("group message shorter than its header")
+    kind, origin, seq = HEADER.unpack_from(data)
+    payload = data[HEADER.size :]
+    if kind == TEXT:
+        return origin, seq, payload.decode()
+    if kind == BINARY:
+        return origin, seq, payload
+    raise ValueError(f"unknown group message kind {kind}")
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class RedisLayer:
+    """Groups across processes through Redis pub/sub (``redis://host:port/db``).
+
+    Redis pub/sub ignores the database number, so the channel names carry it
+    (``dwebsocket:<db>:<group>``): two sites on one Redis server stay apart by using
+    different databases.
+    """
+
+    def __init__(self, url: str, registry: Registry) -> None:
+        self.url = url
+        self.registry = registry
+        self.origin = os.urandom(8)
+        self._seq = itertools.count(1)
+        options: dict[str, Any] = {
+            "socket_timeout": DEFAULT_TIMEOUT,
+            "socket_connect_timeout": DEFAULT_TIMEOUT,
+            "health_check_interval": 0,
+            "max_connections": MAX_PUBLISH_CONNECTIONS,
+            "timeout": DEFAULT_TIMEOUT,  # waiting for a free pooled connection
+            # One retry, at once, only for a broken connection (a pooled one that Redis
+            # closed while restarting); a timeout is not retried: it already took its time.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        }
+        if MaintNotificationsConfig is not None:  # redis-py >= 7: a CLIENT call saved
+            options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+        try:
+            self._pool = redis.BlockingConnectionPool.from_url(url, **options)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"WEBSOCKET_GROUPS_URL {redact(url)!r}: {exc}") from exc
+        self._client = redis.Redis(connection_pool=self._pool)
+        kwargs = self._pool.connection_kwargs
+        self.timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
+        self._prefix = f"dwebsocket:{kwargs.get('db', 0)}:"
+        self._state_lock = threading.Lock()  # guards the fields below; never held over I/O
+        self._outage = False
+        self._failures = 0
+        self._retry_at = 0.0
+        self._claims: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.subscriber = Subscriber(self)
+        if registry.groups():  # members joined under another layer: take them over
+            self.subscriber.start()
+            for group in registry.groups():
+                self.subscriber.request(group)
+
+    # -- names ----------------------------------------------------------------------------
+
+    def channel(self, group: str) -> bytes:
+        return (self._prefix + group).encode()
+
+    def group(self, channel: bytes) -> str | None:
+        name = channel.decode(errors="replace")
+        return name[len(self._prefix) :] if name.startswith(self._prefix) else None
+
+    # -- membership -----------------------------------------------------------------------
+
+    def join(self, group: str, member: Member) -> None:
+        """Add ``member``; on the group's first local member, subscribe to its channel and
+        wait (up to ``socket_timeout``) until Redis confirms, so that every message sent
+        after ``join`` returns reaches ``member``. Does not wait while Redis is down."""
+        self.registry.add(group, member)
+        self.subscriber.start()
+        if group not in self.subscriber.subscribed:
+            self.subscriber.request(group, wait=self.timeout)
+
+    def leave(self, group: str, member: Member) -> None:
+        if self.registry.remove(group, member):
+            self.subscriber.request(group)
+
+    def leave_all(self, member: Member) -> None:
+        for group in self.registry.remove_all(member):
+            self.subscriber.request(group)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, group: str, message: Message, *, fail_silently: bool = True) -> None:
+        """Publish ``message`` to ``group``'s members in every process.
+
+        Blocks at most ``socket_timeout`` (waiting for Redis), never on a member. If Redis
+        cannot be reached the local members still get the message and, unless
+        ``fail_silently`` is False (then :class:`GroupsUnavailable`), nothing is raised."""
+        seq = next(self._seq)
+        data = encode(message, self.origin, seq)
+        delivered = False
+        # Not (yet, or any more) subscribed although members are here: the message would
+        # not come back to them, so deliver it now. _claim() keeps it from being delivered
+        # again if the subscription does come up in time to bring it back.
+        if group in self.registry and group not in self.subscriber.subscribed:
+            delivered = self._claim(seq)
+            if delivered:
+                self._fan_out(group, message)
+        error: Exception | None = None
+        if time.monotonic() < self._retry_at:
+            error = redis.ConnectionError("Redis unreachable recently; not retried yet")
+        else:
+            try:
+                self._client.publish(self.channel(group), data)
+            except (redis.RedisError, OSError) as exc:
+                error = exc
+                self._publish_failed(exc)
+            else:
+                self._publish_ok()
+        if error is None:
+            return
+        if not delivered and group in self.registry and self._claim(seq):
+            self._fan_out(group, message)
+        if not fail_silently:
+            raise GroupsUnavailable(f"group message not published: {error}") from error
+
+    def receive(self, channel: bytes, data: bytes) -> None:
+        """Deliver a message that came through the subscription (the reader calls this)."""
+        group = self.group(channel)
+        if group is None:
+            return
+        try:
+            origin, seq, message = decode(data)
+        except ValueError as exc:
+            logger.warning("Dropping a malformed message on group %r: %s", group, exc)
+            return
+        if origin == self.origin and not self._claim(seq):
+            return
+        self._fan_out(group, message)
+
+    def _fan_out(self, group: str, message: Message) -> None:
+        for emptied in fan_out(self.registry, group, message):
+            self.subscriber.request(emptied)
+
+    def _claim(self, seq: int) -> bool:
+        """Own message ``seq`` is delivered locally by whichever of the sender (fallback)
+        and the reader (subscription) asks first: True for the first, False after.
+        Remembers the last ``CLAIMS`` claims, so memory stays bounded."""
+        with self._state_lock:
+            if seq in self._claims:
+                del self._claims[seq]
+                return False
+            self._claims[seq] = None
+            if len(self._claims) > CLAIMS:
+                self._claims.popitem(last=False)
+            return True
+
+    # -- health -----------------------------------------------------------------------------
+
+    def _publish_failed(self, exc: BaseException) -> None:
+        # Stop trying for a while, so that views do not each pay a timeout while Redis is
+        # down; the reader's reconnection (or this delay running out) lets sends try again.
+        with self._state_lock:
+            self._failures += 1
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + delay
+        self.report_down(exc)
+
+    def _publish_ok(self) -> None:
+        if self._failures:
+            with self._state_lock:
+                self._failures = 0
+                self._retry_at = 0.0
+            self.report_up()
+
+    def report_down(self, exc: BaseException) -> None:
+        """Log the start of an outage, once."""
+        with self._state_lock:
+            first, self._outage = not self._outage, True
+        if first:
+            logger.warning(
+                "Redis at %s is unreachable (%s): group messages reach this process's "
+                "members only, and those sent meanwhile are lost for other processes, "
+                "until it is back",
+                redact(self.url),
+                exc,
+            )
+
+    def report_up(self) -> None:
+        """Log the end of an outage and let ``send`` publish again at once."""
+        with self._state_lock:
+            was, self._outage = self._outage, False
+            self._failures = 0
+            self._retry_at = 0.0
+        if was:
+            logger.warning(
+                "Redis at %s is reachable again: groups span processes again", redact(self.url)
+            )
+
+    @property
+    def outage(self) -> bool:
+        """True between a failure to reach Redis and the next success."""
+        return self._outage
+
+    def make_connection(self) -> redis.Connection:
+        """A new, unconnected connection for the subscription."""
+        kwargs = dict(self._pool.connection_kwargs)
+        # RESP2: subscription replies are plain arrays (redis-py 8 defaults to RESP3, whose
+        # push messages this reader does not need). Maintenance notifications need RESP3.
+        kwargs.update(protocol=2, retry=Retry(NoBackoff(), 0))
+        kwargs.pop("maint_notifications_config", None)
+        kwargs.pop("maint_notifications_pool_handler", None)
+        connection: redis.Connection = self._pool.connection_class(**kwargs)
+        return connection
+
+    def close(self) -> None:
+        """Stop the reader and close every connection (waits up to ``socket_timeout``)."""
+        self.subscriber.stop()
+        self._pool.disconnect()
+
+
+def _command(connection: redis.Connection, *args: str | bytes) -> None:
+    connection.send_command(*args, check_health=False)  # type: ignore[no-untyped-call]
+
+
+class Subscriber:
+    """The process's subscription connection and the reader that owns it.
+
+    Only the reader touches the connection. Others ask for a group's subscription to be
+    brought up to date (:meth:`request`), which wakes the reader through a socket pair; it
+    then compares the registry with what it has asked Redis for. So the subscription state
+    changes in one place, in order, and no lock is held while anything waits on I/O.
+    """
+
+    def __init__(self, layer: RedisLayer) -> None:
+        self.layer = layer
+        #: Groups Redis has confirmed (read from any thread; replaced, never mutated, by
+        #: the reader, so a reader never sees it half-changed).
+        self.subscribed: frozenset[str] = frozenset()
+        self.connected = False
+        #: True from a failed connection attempt until the next success: joins do not wait.
+        self.down = False
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()
+        self._waiters: dict[str, list[threading.Event]] = {}
+        self._requested: set[str] = set()  # reader only
+        self._thread: threading.Thread | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._stopping = False
+
+    # -- called from any thread -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the reader if it is not running. Idempotent."""
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is not None or self._stopping:
+                return
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_w.setblocking(False)
+            self._thread = threading.Thread(
+                target=self._run, name="dwebsocket-groups-redis", daemon=True
+            )
+            self._thread.start()
+
+    def request(self, group: str, wait: float | None = None) -> None:
+        """Have the reader subscribe to ``group`` if it has local members, unsubscribe
+        otherwise. With ``wait``, block up to that many seconds until Redis confirms the
+        subscription (returns at once while disconnected)."""
+        event = None
+        with self._lock:
+            self._pending.add(group)
+            if wait is not None and not self.down and not self._stopping:
+                event = threading.Event()
+                self._waiters.setdefault(group, []).append(event)
+        self._wake()
+        if event is not None and not event.wait(wait):
+            logger.warning(
+                "Redis did not confirm the subscription to group %r in %s s", group, wait
+            )
+
+    def stop(self) -> None:
+        """Stop the reader (waits up to ``socket_timeout`` for it), release its sockets."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wake()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.layer.timeout + 1)
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+
+    def _wake(self) -> None:
+        sock = self._wake_w
+        if sock is None:
+            return
+        # Buffer full: the reader is woken already; closed: stopping.
+        with contextlib.suppress(OSError):
+            sock.send(b"\0")
+
+    # -- the reader -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = BACKOFF_BASE
+        while not self._stopping:
+            connection = None
+            served = False
+            try:
+                connection = self.layer.make_connection()
+                connection.connect()  # type: ignore[no-untyped-call]
+                served = True
+                self._serve(connection)
+            except Exception as exc:
+                if self._stopping:
+                    break
+                self._lost()
+                if isinstance(exc, (redis.RedisError, OSError)):
+                    self.layer.report_down(exc)
+                    logger.debug("Redis subscription lost (%s); retry in %.2f s", exc, delay)
+                else:  # pragma: no cover - a bug: say so, and keep serving
+                    logger.exception("Redis group reader failed; restarting it")
+            finally:
+                if connection is not None:
+                    connection.disconnect()  # type: ignore[no-untyped-call]
+            if served:
+                delay = BACKOFF_BASE
+            # Equal jitter: many processes losing the same Redis do not return in step.
+            self._sleep(delay / 2 + random.uniform(0, delay / 2))
+            delay = min(delay * 2, BACKOFF_CAP)
+        self._lost()
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if stopped."""
+        assert self._wake_r is not None
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            if select.select([self._wake_r], [], [], left)[0]:
+                self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        assert self._wake_r is not None
+        self._wake_r.setblocking(False)
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def _serve(self, connection: redis.Connection) -> None:
+        """Subscribe to every current group, then read until stopped or disconnected
+        (raises redis-py's ``ConnectionError``/``TimeoutError`` then)."""
+        assert self._wake_r is not None
+        with self._lock:
+            self._pending.clear()
+        groups = self.layer.registry.groups()
+        if groups:
+            _command(connection, "SUBSCRIBE", *map(self.layer.channel, groups))
+        self._requested = set(groups)
+        with self._lock:
+            self.connected, self.down = True, False
+        if not groups:
+            self.layer.report_up()
+        sock = connection._sock  # redis-py has no public accessor; needed to select() on
+        assert sock is not None
+        last_heard = time.monotonic()
+        ping_sent: float | None = None
+        while not self._stopping:
+            while connection.can_read(timeout=0):
+                self._handle(connection.read_response(disconnect_on_error=False))
+                last_heard, ping_sent = time.monotonic(), None
+            self._sync(connection)
+            now = time.monotonic()
+            if ping_sent is not None and now - ping_sent > self.layer.timeout:
+                raise redis.TimeoutError("Redis did not answer a PING on the subscription")
+            if ping_sent is None and now - last_heard >= KEEPALIVE:
+                _command(connection, "PING")
+                ping_sent = now
+            wait = ping_sent + self.layer.timeout if ping_sent else last_heard + KEEPALIVE
+            readable = select.select([sock, self._wake_r], [], [], max(0.0, wait - now))[0]
+            if self._wake_r in readable:
+                self._drain_wake()
+
+    def _handle(self, response: Any) -> None:
+        if not isinstance(response, list) or not response:
+            return  # b"PONG" outside subscribed mode
+        kind = response[0]
+        if kind == b"message":
+            self.layer.receive(response[1], response[2])
+        elif kind == b"subscribe":
+            group = self.layer.group(response[1])
+            if group is not None:
+                self.subscribed = self.subscribed | {group}
+                self._release(group)
+                if self.layer.outage:
+                    self.layer.report_up()
+        elif kind == b"unsubscribe":
+            group = self.layer.group(response[1])
+            if group is not None:
+                self.subscribed = self.subscribed - {group}
+
+    def _sync(self, connection: redis.Connection) -> None:
+        """Bring the subscription in line with the registry for the groups asked about."""
+        with self._lock:
+            todo, self._pending = self._pending, set()
+        if not todo:
+            return
+        registry = self.layer.registry
+        wanted = {group for group in todo if group in registry}
+        subscribe = wanted - self._requested
+        unsubscribe = (todo - wanted) & self._requested
+        if subscribe:
+            _command(connection, "SUBSCRIBE", *map(self.layer.channel, subscribe))
+            self._requested |= subscribe
+        if unsubscribe:
+            _command(connection, "UNSUBSCRIBE", *map(self.layer.channel, unsubscribe))
+            self._requested -= unsubscribe
+        for group in todo:
+            if group in self.subscribed or group not in wanted:
+                self._release(group)
+
+    def _release(self, group: str) -> None:
+        with self._lock:
+            events = self._waiters.pop(group, ())
+        for event in events:
+            event.set()
+
+    def _lost(self) -> None:
+        """The connection is gone: nothing is subscribed, nobody waits for it."""
+        self.subscribed = frozenset()
+        self._requested = set()
+        with self._lock:
+            self.connected, self.down = False, True
+            waiters, self._waiters = self._waiters, {}
+        for events in waiters.values():
+            for event in events:
+                event.set()

@@ -1,0 +1,381 @@
+"""The Redis layer on its own, through a real (private) redis-server.
+
+Each ``RedisLayer`` here has its own registry, subscription and origin, exactly as one per
+process would, so two of them stand for two processes. Members are :class:`Inbox` objects:
+the layer's member interface is only ``deliver()`` + ``is_closed()`` (real WebSockets are
+used by the server tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from dwebsocket.groups import GroupsUnavailable
+from dwebsocket.groups.memory import Registry
+from dwebsocket.groups.redis import RedisLayer, decode, encode, redact
+from dwebsocket.websocket import Message
+from tests.groups.redis_server import RedisServer
+
+WAIT = 10.0  # seconds any wait below may take at most
+
+
+class Inbox:
+    """A group member that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.messages: queue.Queue[Message] = queue.Queue()
+        self.closed = False
+
+    def deliver(self, message: Message) -> None:
+        if not self.closed:
+            self.messages.put(message)
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def get(self, timeout: float = WAIT) -> Message:
+        return self.messages.get(timeout=timeout)
+
+    def get_all(self, count: int) -> list[Message]:
+        return [self.get() for _ in range(count)]
+
+    def assert_empty(self, wait: float = 0.2) -> None:
+        """Nothing more arrives within ``wait`` (a negative check: bounded, never timed)."""
+        with pytest.raises(queue.Empty):
+            self.messages.get(timeout=wait)
+
+
+def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def layers(redis_server: RedisServer) -> Iterator[Callable[[], RedisLayer]]:
+    """Make layers ("processes") on the private Redis; all closed after the test."""
+    made: list[RedisLayer] = []
+
+    def make() -> RedisLayer:
+        layer = RedisLayer(
+            redis_server.url + "?socket_timeout=1&socket_connect_timeout=1", Registry()
+        )
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        layer.close()
+
+
+def numsub(server: RedisServer, channel: str) -> int:
+    reply = server.command("PUBSUB", "NUMSUB", channel)
+    return int(reply.split(b"\r\n")[-2].lstrip(b":"))
+
+
+# -- the wire format ---------------------------------------------------------------------
+
+
+def test_wire_format_bytes() -> None:
+    origin = b"ORIGIN42"
+    assert encode("é", origin, 7) == b"\x01ORIGIN42" + (7).to_bytes(8, "big") + "é".encode()
+    assert encode(b"\x00\xff", origin, 2**64 - 1) == b"\x02ORIGIN42" + b"\xff" * 8 + b"\x00\xff"
+    assert encode(bytearray(b"ab"), origin, 1)[17:] == b"ab"
+    assert decode(encode("é", origin, 7)) == (origin, 7, "é")
+    assert decode(encode(b"x", origin, 8)) == (origin, 8, b"x")
+    assert decode(encode("", origin, 9)) == (origin, 9, "")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x01short", b"\x03" + b"o" * 8 + b"\0" * 8, b"\x01" + b"o" * 8 + b"\0" * 8 + b"\xff"],
+    ids=["empty", "short", "kind", "utf8"],
+)
+def test_wire_format_rejects(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode(data)
+
+
+def test_redact() -> None:
+    assert redact("redis://:secret@h:1/0") == "redis://:***@h:1/0"
+    assert redact("redis://u:secret@h:1/0") == "redis://u:***@h:1/0"
+    assert redact("redis://h:1/0") == "redis://h:1/0"
+
+
+# -- delivery ----------------------------------------------------------------------------
+
+
+def test_round_trip_between_processes(layers: Callable[[], RedisLayer]) -> None:
+    a, b = layers(), layers()
+    member = Inbox()
+    a.join("room", member)  # returns once Redis confirmed the subscription
+    b.send("room", "hello")
+    b.send("room", b"\x00\x01")
+    assert member.get_all(2) == ["hello", b"\x00\x01"]
+
+
+def test_own_messages_once(layers: Callable[[], RedisLayer]) -> None:
+    a = layers()
+    here = Inbox()
+    a.join("room", here)
+    for i in range(50):
+        a.send("room", f"m{i}")
+    assert here.get_all(50) == [f"m{i}" for i in range(50)]
+    here.assert_empty()
+
+
+def test_exactly_once_in_sender_order(layers: Callable[[], RedisLayer]) -> None:
+    processes = [layers() for _ in range(3)]
+    inboxes = []
+    for layer in processes:
+        for _ in range(3):
+            inbox = Inbox()
+            layer.join("room", inbox)
+            inboxes.append(inbox)
+    for i in range(100):
+        for n, layer in enumerate(processes):
+            layer.send("room", f"{n}:{i}")
+    for inbox in inboxes:
+        got = inbox.get_all(300)
+        for n in range(3):
+            assert [m for m in got if str(m).startswith(f"{n}:")] == [
+                f"{n}:{i}" for i in range(100)
+            ]
+        inbox.assert_empty(0.05)
+
+
+def test_only_members_receive(layers: Callable[[], RedisLayer]) -> None:
+    a, b = layers(), layers()
+    inside, outside, left = Inbox(), Inbox(), Inbox()
+    a.join("room", inside)
+    b.join("other", outside)
+    b.join("room", left)
+    b.leave("room", left)
+    a.send("room", "for room")
+    assert inside.get() == "for room"
+    outside.assert_empty()
+    left.assert_empty(0)
+
+
+def test_one_subscription_per_process_and_per_group(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    a = layers()
+    members = [Inbox() for _ in range(20)]
+    for i, member in enumerate(members):
+        a.join(f"g{i % 4}", member)
+    a.join("g0", members[1])
+    clients = redis_server.command("CLIENT", "LIST").decode().splitlines()
+    assert [line for line in clients if " sub=0 " not in line and "sub=" in line] == [
+        next(line for line in clients if " sub=4 " in line)
+    ]
+    assert numsub(redis_server, "dwebsocket:0:g0") == 1
+
+
+def test_last_leave_unsubscribes(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    a = layers()
+    one, two = Inbox(), Inbox()
+    a.join("room", one)
+    a.join("room", two)
+    a.leave("room", one)
+    assert "room" in a.subscriber.subscribed
+    a.leave_all(two)
+    until(lambda: "room" not in a.subscriber.subscribed)
+    assert numsub(redis_server, "dwebsocket:0:room") == 0
+    a.join("room", one)  # and back
+    assert "room" in a.subscriber.subscribed
+    assert numsub(redis_server, "dwebsocket:0:room") == 1
+
+
+def test_closed_members_are_dropped_at_delivery(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    a, b = layers(), layers()
+    gone, staying = Inbox(), Inbox()
+    a.join("room", gone)
+    a.join("room", staying)
+    gone.closed = True  # closed without anyone telling the layer
+    b.send("room", "one")
+    assert staying.get() == "one"
+    assert a.registry.members("room") == [staying]
+    staying.closed = True
+    b.send("room", "two")
+    until(lambda: "room" not in a.registry)
+    until(lambda: numsub(redis_server, "dwebsocket:0:room") == 0)
+
+
+def test_database_number_separates_sites(redis_server: RedisServer) -> None:
+    one = RedisLayer(redis_server.url.replace("/0", "/1"), Registry())
+    two = RedisLayer(redis_server.url.replace("/0", "/2"), Registry())
+    try:
+        member = Inbox()
+        one.join("room", member)
+        two.send("room", "other site")
+        one.send("room", "same site")
+        assert member.get() == "same site"
+        member.assert_empty()
+    finally:
+        one.close()
+        two.close()
+
+
+def test_claims_are_bounded(layers: Callable[[], RedisLayer]) -> None:
+    a = layers()
+    member = Inbox()
+    a.join("room", member)
+    for i in range(5000):
+        a.send("room", str(i))
+    assert member.get_all(5000)[-1] == "4999"
+    assert len(a._claims) <= 4096
+
+
+# -- Redis faults ----------------------------------------------------------------------------
+
+
+def test_outage_local_delivery_loss_elsewhere_and_resume(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The documented outage semantics, exactly: while Redis is down each process's own
+    members still get its messages, other processes lose them (pub/sub has no history), no
+    error reaches the sender, one WARNING per outage; afterwards delivery resumes by itself.
+    """
+    a, b = layers(), layers()
+    here, there = Inbox(), Inbox()
+    a.join("room", here)
+    b.join("room", there)
+    a.send("room", "before")
+    assert here.get() == there.get() == "before"
+
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    redis_server.stop()
+    until(lambda: not a.subscriber.connected and not b.subscriber.connected)
+    for i in range(20):
+        a.send("room", f"during {i}")  # neither raises nor blocks for long
+    assert here.get_all(20) == [f"during {i}" for i in range(20)]
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 2  # one per process, not one per message
+    with pytest.raises(GroupsUnavailable):
+        a.send("room", "strict", fail_silently=False)
+    assert here.get() == "strict"
+
+    redis_server.start()  # same port, empty: no subscriptions, no history
+    until(
+        lambda: "room" in a.subscriber.subscribed and "room" in b.subscriber.subscribed, timeout=20
+    )
+    a.send("room", "after")
+    b.send("room", "after b")
+    assert here.get_all(2) == ["after", "after b"]
+    # "there" lost everything sent during the outage, and got what came after.
+    assert there.get_all(2) == ["after", "after b"]
+    there.assert_empty()
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+def test_send_from_a_process_without_members(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """A management command or task worker only publishes: it never starts a reader."""
+    a, command = layers(), layers()
+    member = Inbox()
+    a.join("room", member)
+    command.send("room", "from a command")
+    assert member.get() == "from a command"
+    assert command.subscriber._thread is None
+    redis_server.stop()
+    with pytest.raises(GroupsUnavailable):
+        command.send("room", "lost", fail_silently=False)
+    command.send("room", "lost too")  # silently
+
+
+def test_sends_do_not_wait_while_redis_is_down(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    a = layers()
+    member = Inbox()
+    a.join("room", member)
+    redis_server.stop()
+    a.send("room", "first")  # finds out
+    assert a.outage
+    calls = 0
+    original = a._client.publish
+
+    def counting(*args: object) -> int:
+        nonlocal calls
+        calls += 1
+        return original(*args)  # type: ignore[arg-type]
+
+    a._client.publish = counting  # type: ignore[method-assign,assignment]
+    for _ in range(100):
+        a.send("room", "more")
+    assert calls <= 2  # the backoff holds sends back from Redis
+    assert len(member.get_all(101)) == 101
+
+
+def test_join_while_down_subscribes_on_reconnect(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    a, b = layers(), layers()
+    first = Inbox()
+    a.join("first", first)
+    redis_server.stop()
+    until(lambda: a.subscriber.down)
+    late = Inbox()
+    started = time.monotonic()
+    a.join("late", late)  # does not wait for Redis
+    assert time.monotonic() - started < WAIT
+    redis_server.start()
+    until(lambda: {"first", "late"} <= a.subscriber.subscribed, timeout=20)
+    b.send("late", "found you")
+    assert late.get() == "found you"
+
+
+def test_keepalive_pings_an_idle_subscription(
+    layers: Callable[[], RedisLayer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dwebsocket.groups.redis.KEEPALIVE", 0.05)
+    a, b = layers(), layers()
+    member = Inbox()
+    a.join("room", member)
+    time.sleep(0.5)  # several PING/PONG rounds on the idle subscription
+    assert a.subscriber.connected
+    b.send("room", "still here")
+    assert member.get() == "still here"
+
+
+def test_a_hung_redis_is_detected_by_timeouts(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis stops answering without closing anything (SIGSTOP): every call is bounded by
+    the socket timeout (1 s here), the reader notices through its keepalive PING, sends
+    fall back to local delivery; SIGCONT and it all resumes."""
+    monkeypatch.setattr("dwebsocket.groups.redis.KEEPALIVE", 0.2)
+    a, b = layers(), layers()
+    here, there = Inbox(), Inbox()
+    a.join("room", here)
+    b.join("room", there)
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        until(lambda: a.subscriber.down and b.subscriber.down)
+        a.send("room", "hung")  # waits at most the socket timeout, then delivers here
+        assert here.get() == "hung"
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    until(
+        lambda: "room" in a.subscriber.subscribed and "room" in b.subscriber.subscribed, timeout=20
+    )
+    a.send("room", "resumed")
+    assert here.get() == there.get() == "resumed"
