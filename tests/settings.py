@@ -1,3 +1,6 @@
+import json
+import os
+
 SECRET_KEY = "dwebsocket-tests"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
@@ -6,3 +9,8 @@ MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "tests.urls"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 USE_TZ = True
+
+
+# Server subprocesses started by the tests (tests/servers.py) get extra settings as JSON,
+# e.g. DWEBSOCKET_TEST_SETTINGS='{"WEBSOCKET_MAX_MESSAGE_SIZE": 67108864}'.
+globals().update(json.loads(os.environ.get("DWEBSOCKET_TEST_SETTINGS", "{}")))

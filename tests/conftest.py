@@ -1,0 +1,48 @@
+"""Fixtures shared by every test layer.
+
+``server``: a real server process (parametrized over ``tests.servers.SERVERS``), one per
+name for the whole session; tests marked ``server`` use it. ``make_server``: one with
+extra settings, stopped after the test. Both check at the end that the server printed no
+traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import SERVERS, ServerProcess, start_server
+
+
+def assert_no_traceback(server: ServerProcess, since: int = 0) -> None:
+    log = server.log(since)
+    assert "Traceback" not in log, f"{server.name} printed a traceback:\n{log}"
+
+
+@pytest.fixture(scope="session", params=sorted(SERVERS))
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = start_server(request.param, tmp_path_factory.mktemp(request.param) / "server.log")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+    assert_no_traceback(srv)
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def make(name: str, **kwargs: Any) -> ServerProcess:
+        srv = start_server(name, tmp_path / f"{name}-{len(started)}.log", **kwargs)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+    for srv in started:
+        assert_no_traceback(srv)

@@ -1,0 +1,166 @@
+"""Real WSGI servers as subprocesses, for the integration tests and the compliance run.
+
+Each entry of :data:`SERVERS` turns ``(host, port)`` into the command line serving the
+test project (``tests.settings``, ``tests.urls``). To test another server, add one entry
+(the ``server`` fixture in ``conftest.py`` is parametrized over this dict).
+
+    with running_server("gevent", log_path, settings={"WEBSOCKET_COMPRESSION": False}) as srv:
+        srv.url("/echo/")      # ws://127.0.0.1:PORT/echo/
+        srv.log()              # everything it printed so far
+
+Servers bind 127.0.0.1 only. Every wait is bounded; ``stop()`` sends SIGTERM, then
+SIGKILL after a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["SERVERS", "ServerProcess", "free_port", "running_server", "start_server"]
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+HOST = "127.0.0.1"
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+#: Server name -> ``(host, port) -> argv``.
+SERVERS: dict[str, Callable[[str, int], list[str]]] = {
+    "runserver": lambda host, port: [
+        sys.executable, str(TESTS / "manage.py"), "runserver", f"{host}:{port}", "--noreload",
+    ],
+    "gevent": lambda host, port: [sys.executable, str(TESTS / "run_gevent.py"), f"{host}:{port}"],
+}
+
+#: dwebsocket's log at DEBUG on the server's stderr, so failures show what it did.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "[%(levelname)s %(name)s] %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {"dwebsocket": {"handlers": ["stderr"], "level": "DEBUG", "propagate": False}},
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A running server; see the module docstring."""
+
+    def __init__(self, name: str, port: int, process: subprocess.Popen[bytes], log_path: Path, log_file: IO[bytes]) -> None:
+        self.name = name
+        self.host = HOST
+        self.port = port
+        self.process = process
+        self.log_path = log_path
+        self._log_file = log_file
+
+    def __repr__(self) -> str:
+        return f"<ServerProcess {self.name} {self.host}:{self.port} pid={self.process.pid}>"
+
+    def url(self, path: str = "/", scheme: str = "ws") -> str:
+        return f"{scheme}://{self.host}:{self.port}{path}"
+
+    def log(self, since: int = 0) -> str:
+        """What the server printed (stdout and stderr), from byte offset ``since``."""
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            return f.read().decode("utf-8", "replace")
+
+    def mark(self) -> int:
+        """The current end of the log, for :meth:`log` ``(since=...)``."""
+        return self.log_path.stat().st_size
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT)
+        if not self._log_file.closed:
+            self._log_file.close()
+        return self.process.returncode
+
+
+def _wait_until_listening(process: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def start_server(
+    name: str,
+    log_path: Path,
+    *,
+    settings: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = START_TIMEOUT,
+) -> ServerProcess:
+    """Start server ``name`` on a free port and return once it accepts connections.
+
+    ``settings`` are extra Django settings (JSON-serializable), ``env`` extra environment
+    variables. Raises ``RuntimeError`` with the server's log if it does not come up.
+    """
+    overrides = {"LOGGING": LOGGING, **(settings or {})}
+    child_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "PYTHONUNBUFFERED": "1",
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DWEBSOCKET_TEST_SETTINGS": json.dumps(overrides),
+        **(env or {}),
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(3):  # another process may grab the port between check and bind
+        port = free_port()
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed by ServerProcess.stop()
+        process = subprocess.Popen(
+            SERVERS[name](HOST, port),
+            cwd=REPO,
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        server = ServerProcess(name, port, process, log_path, log_file)
+        if _wait_until_listening(process, port, timeout):
+            return server
+        server.stop()
+    raise RuntimeError(f"{name} did not start; its log:\n{log_path.read_text(errors='replace')}")
+
+
+@contextlib.contextmanager
+def running_server(name: str, log_path: Path, **kwargs: Any) -> Iterator[ServerProcess]:
+    """:func:`start_server` as a context manager that always stops the server."""
+    server = start_server(name, log_path, **kwargs)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,19 @@
+from django.urls import include, path
+
+from tests import views
+
+urlpatterns = [
+    path("group/", include("tests.groups.urls")),
+    path("echo/", views.echo),
+    path("echo-wait/", views.echo_wait),
+    path("refuse/", views.refuse),
+    path("subprotocol/", views.subprotocol),
+    path("close/", views.close_with),
+    path("record/", views.record),
+    path("raise-closed/", views.raise_closed),
+    path("raise-error/", views.raise_error),
+    path("big/", views.big),
+    path("nothing/", views.nothing),
+    path("ping/", views.ping),
+    path("info/", views.info),
+]

@@ -1,0 +1,125 @@
+"""Views the tests drive, in-process and through real servers."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
+
+from dwebsocket import ConnectionClosed, accept_websocket, require_websocket
+
+#: What ``record`` saw when its connection closed, by ``?id=``; read back over plain HTTP.
+CLOSES: dict[str, dict[str, object]] = {}
+_CLOSES_LOCK = threading.Lock()
+
+
+@accept_websocket
+def echo(request: HttpRequest) -> HttpResponse | None:
+    """Echo every message, with ``for``; plain HTTP gets a page."""
+    if not request.is_websocket():
+        return HttpResponse("echo: plain HTTP\n", content_type="text/plain")
+    for message in request.websocket:
+        request.websocket.send(message)
+    return None
+
+
+@require_websocket
+def echo_wait(request: HttpRequest) -> None:
+    """Echo every message, with ``wait()``."""
+    while True:
+        message = request.websocket.wait()
+        if message is None:
+            return
+        request.websocket.send(message)
+
+
+@require_websocket
+def refuse(request: HttpRequest) -> HttpResponse:
+    """Refuse before accepting."""
+    return HttpResponseForbidden("not you\n", content_type="text/plain")
+
+
+@require_websocket
+def subprotocol(request: HttpRequest) -> None:
+    """Choose "chat" if offered; report what was offered and chosen."""
+    ws = request.websocket
+    ws.accept(subprotocol="chat" if "chat" in ws.offered_subprotocols else None)
+    ws.send(json.dumps({"offered": ws.protocols, "chosen": ws.subprotocol}))
+    ws.wait()
+
+
+@require_websocket
+def close_with(request: HttpRequest) -> None:
+    """Wait for one message, then close with ``?code=`` and ``?reason=``."""
+    ws = request.websocket
+    ws.wait()
+    ws.close(int(request.GET.get("code", "1000")), request.GET.get("reason", ""))
+    ws.close(4999, "idempotent: never sent")
+
+
+@accept_websocket
+def record(request: HttpRequest) -> HttpResponse | None:
+    """WebSocket: echo until closed, then record close code/reason under ``?id=``.
+    Plain HTTP: return the record as JSON (404 until there is one)."""
+    key = request.GET["id"]
+    if not request.is_websocket():
+        with _CLOSES_LOCK:
+            seen = CLOSES.get(key)
+        return JsonResponse(seen) if seen is not None else HttpResponse(status=404)
+    ws = request.websocket
+    for message in ws:
+        ws.send(message)
+    with _CLOSES_LOCK:
+        CLOSES[key] = {"code": ws.close_code, "reason": ws.close_reason, "closed": ws.closed}
+    return None
+
+
+@require_websocket
+def raise_closed(request: HttpRequest) -> None:
+    """Raise ConnectionClosed after the first message: a normal end."""
+    request.websocket.wait()
+    raise ConnectionClosed(1000, "done")
+
+
+@require_websocket
+def raise_error(request: HttpRequest) -> None:
+    """Raise after the first message: 1011 for the client."""
+    request.websocket.wait()
+    raise RuntimeError("boom (on purpose, tests.views.raise_error)")
+
+
+@require_websocket
+def big(request: HttpRequest) -> None:
+    """Send 1 MiB, binary, or text with ``?text=1``."""
+    size = int(request.GET.get("size", str(1 << 20)))
+    if request.GET.get("text"):
+        request.websocket.send("é" * (size // 2))
+    else:
+        request.websocket.send(bytes(range(256)) * (size // 256))
+    request.websocket.wait()
+
+
+@require_websocket
+def nothing(request: HttpRequest) -> None:
+    """Return None without touching the connection: accepted, then closed with 1000."""
+    return None
+
+
+@require_websocket
+def ping(request: HttpRequest) -> None:
+    """Ping the client, then echo."""
+    request.websocket.ping(b"server ping")
+    for message in request.websocket:
+        request.websocket.send(message)
+
+
+@require_websocket
+def info(request: HttpRequest) -> None:
+    """Send what the server sees: read()/count_messages() before and after a message."""
+    ws = request.websocket
+    first = ws.read()
+    ws.send(json.dumps({"read": first}))
+    message = ws.wait(10)
+    ws.send(json.dumps({"wait": message, "count": ws.count_messages()}))
+    ws.wait()
