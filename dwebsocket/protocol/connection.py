@@ -4,7 +4,8 @@ Feed received bytes to :meth:`Connection.receive_data`, get events back: message
 plain ``str`` (text) and ``bytes`` (binary), ``Ping``, ``Pong`` and one final ``Close``.
 Bytes the protocol produces by itself (pongs, the close reply, the close that fails the
 connection) wait in :meth:`Connection.data_to_send`; the ``send_*`` methods return the
-bytes of the caller's own frames. The I/O layer writes both, in the order it got them.
+bytes of the caller's own frames. The I/O layer writes both, in the order it got them:
+``data_to_send()`` right after each ``receive_data()``.
 
 The receive loop is the hot path: it reads headers straight out of the buffer at an
 offset and handles a whole small unfragmented frame inline, with no per-frame objects.
@@ -349,6 +350,12 @@ class Connection:
                 self._parts.append(decoder.decode(payload, bool(fin)))  # type: ignore[arg-type]
             except UnicodeDecodeError:
                 raise ProtocolError("invalid UTF-8 in text message", 1007) from None
+            if not fin:
+                # The codec waits for the third byte before refusing a UTF-16 surrogate
+                # (ED A0..BF); no valid text starts that way, so fail now.
+                pending = decoder.getstate()[0]
+                if len(pending) > 1 and pending[0] == 0xED and pending[1] >= 0xA0:
+                    raise ProtocolError("invalid UTF-8 in text message", 1007)
             if fin:
                 events.append("".join(self._parts))  # type: ignore[arg-type]
         else:
@@ -402,7 +409,12 @@ class Connection:
     # -- output ------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        """Return and forget the bytes the protocol queued itself; ``b""`` if none."""
+        """Return and forget the bytes the protocol queued itself; ``b""`` if none.
+
+        Write them right after :meth:`receive_data`, before any frame sent in response
+        to the events it returned: a pong must precede the echo of a message that was
+        completed after the ping (Autobahn 5.6).
+        """
         if not self._out:
             return b""
         out = b"".join(self._out)

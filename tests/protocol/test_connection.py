@@ -386,6 +386,19 @@ def test_invalid_utf8_fails_before_the_message_ends() -> None:
     assert close == Close(1007, "invalid UTF-8 in text message")
 
 
+@pytest.mark.parametrize("prefix", [b"\xed\xa0", b"\xf4\x90", b"\xc0", b"\xe0\x80"])
+def test_invalid_utf8_prefix_fails_at_the_fragment_boundary(prefix: bytes) -> None:
+    conn = server()
+    [close] = conn.receive_data(frame(0x1, b"ok" + prefix, fin=False))
+    assert close == Close(1007, "invalid UTF-8 in text message")
+
+
+def test_valid_utf8_split_across_fragments_is_kept() -> None:
+    conn = server()
+    assert conn.receive_data(frame(0x1, b"\xed\x9f", fin=False)) == []  # U+D7FF, not a surrogate
+    assert conn.receive_data(frame(0x0, b"\xbf")) == ["\ud7ff"]
+
+
 def test_bad_header_fails_before_payload() -> None:
     conn = server()
     [close] = conn.receive_data(frame(0x5, bytes(1000))[:6])
