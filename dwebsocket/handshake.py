@@ -55,11 +55,12 @@ def parse_handshake(request: HttpRequest) -> HandshakeRequest:
     ``UnsupportedVersion`` (426) or ``ForbiddenOrigin`` (403). Does not block.
     """
     meta = request.META
-    handshake = parse_request(
-        meta.get("REQUEST_METHOD", ""),
-        meta.get("SERVER_PROTOCOL", "HTTP/1.1"),
-        request_headers(meta),
-    )
+    protocol = meta.get("SERVER_PROTOCOL", "HTTP/1.1")
+    if "eventlet.input" in meta:
+        # eventlet.wsgi puts "HTTP/1.0" in every environ, whatever the request line said
+        # (and keeps the real version to itself): there is nothing to check.
+        protocol = "HTTP/1.1"
+    handshake = parse_request(meta.get("REQUEST_METHOD", ""), protocol, request_headers(meta))
     if not origin_allowed(handshake.origin):
         raise ForbiddenOrigin(f"Origin {handshake.origin!r} is not allowed")
     return handshake

@@ -12,6 +12,7 @@ Measured facts behind each function: ``shared/notes/servers.md``.
 
 from __future__ import annotations
 
+import io
 import select
 import socket
 from collections.abc import Callable
@@ -214,3 +215,60 @@ def gevent_pywsgi(environ: dict[str, Any]) -> Transport | None:
     if sock is None:
         return None
     return Transport(sock, server="gevent", rfile=rfile)
+
+
+@takeover
+def gunicorn(environ: dict[str, Any]) -> Transport | None:
+    """gunicorn's sync, gthread and gevent workers: ``environ["gunicorn.socket"]``.
+
+    Bytes past the request head sit in the parser's unreader, which ``wsgi.input``
+    (``Body`` -> reader -> ``unreader``) leads to: ``take_buffered()`` on gunicorn 27,
+    the ``buf`` BytesIO before."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return None
+    unreader = getattr(getattr(environ.get("wsgi.input"), "reader", None), "unreader", None)
+    # The sync worker and a one-thread gthread worker cannot serve WebSockets well; the
+    # first takeover finds the worker (on the call stack) and logs the server checks.
+    from dwebsocket.server import gunicorn_worker, report_once
+
+    gunicorn_worker()
+    report_once()
+
+    def drain() -> bytes:
+        if unreader is None:
+            return b""
+        take = getattr(unreader, "take_buffered", None)
+        if take is not None:
+            return bytes(take())
+        buf = getattr(unreader, "buf", None)
+        if buf is None:
+            return b""
+        unreader.buf = io.BytesIO()
+        return bytes(buf.getvalue())
+
+    return Transport(sock, server="gunicorn", drain=drain)
+
+
+@takeover
+def eventlet_wsgi(environ: dict[str, Any]) -> Transport | None:
+    """``eventlet.wsgi``: the socket is ``environ["eventlet.input"].get_socket()``, the
+    buffered bytes in that input's ``rfile``. At the end the request is marked handled,
+    or eventlet would write Django's response (and log the failure) after ours."""
+    request_input = environ.get("eventlet.input")
+    get_socket = getattr(request_input, "get_socket", None)
+    if get_socket is None:
+        return None
+    sock = get_socket()
+    if sock is None:
+        return None
+
+    def release() -> None:
+        # WSGI_LOCAL is green-thread local: this runs in the request's green thread.
+        from eventlet.wsgi import WSGI_LOCAL
+
+        WSGI_LOCAL.already_handled = True
+
+    return Transport(
+        sock, server="eventlet", rfile=getattr(request_input, "rfile", None), on_release=release
+    )
