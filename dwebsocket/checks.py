@@ -3,6 +3,19 @@
 Ids are stable; each has a test in ``tests/test_checks.py``:
 
 - ``dwebsocket.W001``: a ``WEBSOCKET_*`` setting dwebsocket does not know (a typo?).
+- ``dwebsocket.W002``: running in gunicorn's sync worker: one connection per process,
+  cut by ``--timeout``.
+- ``dwebsocket.W003``: running in a gunicorn gthread worker with one thread.
+- ``dwebsocket.W004``: ``ATOMIC_REQUESTS`` wraps a WebSocket view in a transaction that
+  lasts the whole session.
+- ``dwebsocket.E001``: ``WebSocketMiddleware`` in ``MIDDLEWARE_CLASSES``, which Django
+  ignores.
+- ``dwebsocket.W005``: ``WEBSOCKET_ACCEPT_ALL`` without ``WebSocketMiddleware``.
+- ``dwebsocket.W006``: middleware with a ``process_view`` listed after
+  ``WebSocketMiddleware`` (it does not run for WebSocket views).
+
+W002/W003 can only be known inside a gunicorn worker: ``dwebsocket.server`` runs
+:func:`check_server` there and logs what it finds.
 """
 
 from __future__ import annotations
@@ -18,7 +31,14 @@ from django.core.checks import CheckMessage, Tags, register
 
 from dwebsocket.conf import DEFAULTS
 
-__all__ = ["check_unknown_settings"]
+__all__ = [
+    "check_atomic_requests",
+    "check_middleware",
+    "check_server",
+    "check_unknown_settings",
+]
+
+MIDDLEWARE_PATH = "dwebsocket.middleware.WebSocketMiddleware"
 
 
 @register(Tags.compatibility)
@@ -42,3 +62,145 @@ def check_unknown_settings(
             )
         )
     return messages
+
+
+def check_server(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W002/W003 for the gunicorn worker running this process (nothing outside one).
+
+    Not registered with Django: it says nothing in ``manage.py check``; see the module
+    docstring."""
+    from dwebsocket.server import gunicorn_worker
+
+    worker = gunicorn_worker()
+    if worker is None:
+        return []
+    if worker.kind == "sync":
+        return [
+            checks.Warning(
+                "gunicorn's sync worker serves one connection per process at a time, and "
+                f"kills a request after --timeout ({worker.timeout:g} s): every WebSocket "
+                "will be cut.",
+                hint="Run gunicorn with -k gevent, or -k gthread --threads N "
+                "(see dwebsocket's deployment docs).",
+                id="dwebsocket.W002",
+            )
+        ]
+    if worker.kind == "gthread" and worker.threads <= 1:
+        return [
+            checks.Warning(
+                "gunicorn's gthread worker runs with one thread: one open WebSocket "
+                "takes it, and the process serves nothing else until it closes.",
+                hint="Give it as many threads as connections per process: --threads N.",
+                id="dwebsocket.W003",
+            )
+        ]
+    return []
+
+
+def _websocket_views(patterns: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(route, view)`` for every view in the URLconf decorated for WebSockets."""
+    from django.urls import URLPattern, URLResolver
+
+    found: list[tuple[str, Any]] = []
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            found += _websocket_views(pattern.url_patterns, prefix + str(pattern.pattern))
+        elif isinstance(pattern, URLPattern):
+            view = pattern.callback
+            if getattr(view, "accept_websocket", False) or getattr(
+                view, "require_websocket", False
+            ):
+                found.append((prefix + str(pattern.pattern), view))
+    return found
+
+
+@register(Tags.database)
+def check_atomic_requests(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W004 for each WebSocket view that ``ATOMIC_REQUESTS`` wraps in a transaction.
+
+    Only decorated views are: for views the middleware runs, Django has not applied
+    ``ATOMIC_REQUESTS`` yet. ``transaction.non_atomic_requests`` on the view stops it."""
+    aliases = [
+        alias for alias, db in django_settings.DATABASES.items() if db.get("ATOMIC_REQUESTS")
+    ]
+    if not aliases:
+        return []
+    try:
+        from django.urls import get_resolver
+
+        views = _websocket_views(get_resolver().url_patterns)
+    except Exception:  # a broken URLconf: Django's own URL checks report it
+        return []
+    messages: list[CheckMessage] = []
+    for route, view in views:
+        atomic = [a for a in aliases if a not in getattr(view, "_non_atomic_requests", set())]
+        if atomic:
+            name = f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', view)}"
+            messages.append(
+                checks.Warning(
+                    f"ATOMIC_REQUESTS ({', '.join(atomic)}) holds a transaction open for the "
+                    f"whole WebSocket session of {name} (route {route!r}).",
+                    hint="Decorate the view with django.db.transaction.non_atomic_requests "
+                    "(outermost) and use transaction.atomic() per message.",
+                    obj=view,
+                    id="dwebsocket.W004",
+                )
+            )
+    return messages
+
+
+@register(Tags.compatibility)
+def check_middleware(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E001, W005, W006: where ``WebSocketMiddleware`` is (or is not) listed."""
+    messages: list[CheckMessage] = []
+    middleware = list(getattr(django_settings, "MIDDLEWARE", None) or [])
+    old_style = list(getattr(django_settings, "MIDDLEWARE_CLASSES", None) or [])
+    if MIDDLEWARE_PATH in old_style and MIDDLEWARE_PATH not in middleware:
+        messages.append(
+            checks.Error(
+                f"{MIDDLEWARE_PATH} is in MIDDLEWARE_CLASSES, which Django ignores.",
+                hint="Move it to MIDDLEWARE (last).",
+                id="dwebsocket.E001",
+            )
+        )
+    from dwebsocket.conf import settings
+
+    if settings.WEBSOCKET_ACCEPT_ALL and MIDDLEWARE_PATH not in middleware:
+        messages.append(
+            checks.Warning(
+                "WEBSOCKET_ACCEPT_ALL is on but WebSocketMiddleware is not in MIDDLEWARE: "
+                "it has no effect.",
+                hint=f"Add {MIDDLEWARE_PATH!r} to MIDDLEWARE (last), or decorate the views "
+                "with accept_websocket.",
+                id="dwebsocket.W005",
+            )
+        )
+    after = [
+        path for path in middleware[middleware.index(MIDDLEWARE_PATH) + 1 :]
+        if _has_process_view(path)
+    ] if MIDDLEWARE_PATH in middleware else []
+    if after:
+        messages.append(
+            checks.Warning(
+                f"WebSocketMiddleware runs WebSocket views itself, so the process_view() of "
+                f"the middleware after it ({', '.join(after)}) does not run for them.",
+                hint="Put it last in MIDDLEWARE.",
+                id="dwebsocket.W006",
+            )
+        )
+    return messages
+
+
+def _has_process_view(path: str) -> bool:
+    from django.utils.module_loading import import_string
+
+    try:
+        return hasattr(import_string(path), "process_view")
+    except ImportError:  # Django reports it when it loads the middleware
+        return False

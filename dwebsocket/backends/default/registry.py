@@ -1,0 +1,94 @@
+"""The open connections of this process, so that a stopping server can say goodbye.
+
+A connection of the default backend is registered when its 101 response is out and
+unregistered when it closes (through the ``websocket_opened`` / ``websocket_closed``
+signals). :func:`going_away` closes every registered connection with 1001 (RFC 6455
+7.4.1: "an endpoint is going away, such as a server going down"); the views blocked in
+``wait()`` then see the connection closed and return. The per-server hooks that call it
+on SIGTERM/SIGINT are in ``dwebsocket.contrib`` (see ``docs/deployment.rst``); an
+:mod:`atexit` hook calls it as a last resort, for servers stopped with Ctrl-C
+(``manage.py runserver``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from typing import Any
+
+from dwebsocket.backends.default.websocket import DefaultWebSocket
+from dwebsocket.conf import settings
+from dwebsocket.signals import websocket_closed, websocket_opened
+
+__all__ = ["going_away", "open_websockets"]
+
+logger = logging.getLogger("dwebsocket")
+
+GOING_AWAY = 1001
+
+# set.add/discard and list(set) are atomic under the GIL: no lock, so that a signal
+# handler interrupting a thread in the middle of an update cannot deadlock.
+_open: set[DefaultWebSocket] = set()
+
+
+def open_websockets() -> list[DefaultWebSocket]:
+    """The connections of this process that are open now (a snapshot)."""
+    return list(_open)
+
+
+def going_away(reason: str = "server shutting down", timeout: float | None = None) -> int:
+    """Close every open connection with 1001 and ``reason``; return how many there were.
+
+    Each is closed in its own thread (a greenlet or green thread when monkey-patched),
+    as ``websocket.close(1001, reason)`` from any thread does. Waits up to ``timeout``
+    seconds for them (None: ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second; 0: not at all --
+    what a signal handler running on a view's own thread must pass, since that view
+    has to run for its connection to finish closing). Never raises.
+    """
+    websockets = open_websockets()
+    if not websockets:
+        return 0
+    logger.info("Server stopping: closing %d WebSocket(s) with %d", len(websockets), GOING_AWAY)
+    threads = []
+    for websocket in websockets:
+        thread = threading.Thread(
+            target=_close, args=(websocket, reason), name="dwebsocket-going-away", daemon=True
+        )
+        thread.start()
+        threads.append(thread)
+    if timeout is None:
+        timeout = float(settings.WEBSOCKET_CLOSE_TIMEOUT) + 1.0
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        thread.join(remaining)
+    return len(websockets)
+
+
+def _close(websocket: DefaultWebSocket, reason: str) -> None:
+    try:
+        websocket.close(GOING_AWAY, reason)
+    except Exception as exc:  # a goodbye that fails changes nothing: the server stops
+        logger.debug("Closing %r with 1001 failed: %r", websocket, exc)
+
+
+def _opened(sender: Any, websocket: DefaultWebSocket, **kwargs: Any) -> None:
+    _open.add(websocket)
+
+
+def _closed(sender: Any, websocket: DefaultWebSocket, **kwargs: Any) -> None:
+    _open.discard(websocket)
+
+
+def _at_exit() -> None:
+    if _open:
+        going_away()
+
+
+websocket_opened.connect(_opened, sender=DefaultWebSocket, dispatch_uid="dwebsocket.registry")
+websocket_closed.connect(_closed, sender=DefaultWebSocket, dispatch_uid="dwebsocket.registry")
+atexit.register(_at_exit)

@@ -1,0 +1,56 @@
+"""A gunicorn configuration module: 1001 for open WebSockets when a worker stops.
+
+    gunicorn -c python:dwebsocket.contrib.gunicorn -k gevent mysite.wsgi
+
+or, in your own ``gunicorn.conf.py``: ``from dwebsocket.contrib.gunicorn import *``
+(then call these hooks from yours if you define the same ones).
+
+gunicorn stops a worker with SIGTERM (graceful: stop, ``HUP`` reload, ``TTOU``) and waits
+``--graceful-timeout`` for its requests, which for WebSockets never end by themselves;
+with SIGINT/SIGQUIT (quick stop) it exits at once. With these hooks every open WebSocket
+gets a 1001 close frame first, so the views return and the worker exits promptly.
+``post_worker_init`` also logs the server checks for this worker (``dwebsocket.W002``:
+sync worker, ``dwebsocket.W003``: gthread with one thread).
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any
+
+__all__ = ["post_worker_init", "worker_exit", "worker_int"]
+
+
+def post_worker_init(worker: Any) -> None:
+    """Chain a goodbye to the worker's SIGTERM handler; log the server checks."""
+    from dwebsocket.server import note_gunicorn_worker, report_once
+
+    note_gunicorn_worker(worker)
+    report_once()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # No waiting here: in the sync worker this handler interrupts the very view
+        # whose connection is closing, and that view has to run for it to finish.
+        _going_away(0)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def worker_int(worker: Any) -> None:
+    """SIGINT/SIGQUIT: the worker exits right after this hook; say goodbye first."""
+    _going_away(None if worker.__class__.__name__ != "SyncWorker" else 0)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """The worker is exiting: a goodbye to anything still open (a last resort)."""
+    _going_away(None)
+
+
+def _going_away(timeout: float | None) -> None:
+    from dwebsocket.backends.default.registry import going_away
+
+    going_away(timeout=timeout)

@@ -1,0 +1,92 @@
+"""Which WSGI server runs this process, as far as it matters to WebSockets.
+
+Only gunicorn has settings that make WebSockets fail by design (the sync worker's
+``--timeout``, a gthread worker's single thread), and they are only known inside a
+worker. The worker is found by ``dwebsocket.contrib.gunicorn``'s ``post_worker_init``
+hook, or else at the first WebSocket a gunicorn worker takes over (from the call
+stack); either way the server checks (``dwebsocket.checks``) then run once and are logged.
+``manage.py check`` runs outside any server, so it reports none of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["GunicornWorker", "gunicorn_worker", "note_gunicorn_worker", "report_once"]
+
+logger = logging.getLogger("dwebsocket")
+
+
+@dataclass(frozen=True)
+class GunicornWorker:
+    """What the checks need to know of the gunicorn worker running this process."""
+
+    kind: str  # "sync", "gthread", "gevent", "eventlet", "tornado" or the class's path
+    threads: int
+    timeout: float
+
+
+_worker: GunicornWorker | None = None
+_reported = False
+
+
+def gunicorn_worker() -> GunicornWorker | None:
+    """The gunicorn worker of this process, if one was noted (or can be found on the
+    current call stack, i.e. during a request)."""
+    if _worker is None and "gunicorn.workers.base" in sys.modules:
+        found = _worker_on_stack()
+        if found is not None:
+            note_gunicorn_worker(found)
+    return _worker
+
+
+def note_gunicorn_worker(worker: Any) -> GunicornWorker:
+    """Remember ``worker`` (a ``gunicorn.workers.base.Worker``) as this process's."""
+    global _worker
+    cls = type(worker)
+    kinds = {
+        "gunicorn.workers.sync.SyncWorker": "sync",
+        "gunicorn.workers.gthread.ThreadWorker": "gthread",
+        "gunicorn.workers.ggevent.GeventWorker": "gevent",
+        "gunicorn.workers.ggevent.GeventPyWSGIWorker": "gevent",
+        "gunicorn.workers.geventlet.EventletWorker": "eventlet",
+        "gunicorn.workers.gtornado.TornadoWorker": "tornado",
+    }
+    kind = next(
+        (kinds[f"{c.__module__}.{c.__qualname__}"] for c in cls.__mro__
+         if f"{c.__module__}.{c.__qualname__}" in kinds),
+        f"{cls.__module__}.{cls.__qualname__}",
+    )
+    cfg = getattr(worker, "cfg", None)
+    _worker = GunicornWorker(
+        kind=kind,
+        threads=int(getattr(cfg, "threads", 1) or 1),
+        timeout=float(getattr(cfg, "timeout", 0) or 0),
+    )
+    return _worker
+
+
+def _worker_on_stack() -> Any:
+    base = sys.modules["gunicorn.workers.base"].Worker
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, base):
+            return candidate
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def report_once() -> None:
+    """Log the server checks' findings at WARNING, once per process."""
+    global _reported
+    if _reported:
+        return
+    _reported = True
+    from dwebsocket.checks import check_server
+
+    for message in check_server():
+        logger.warning("%s", message)
