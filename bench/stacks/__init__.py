@@ -1,0 +1,1 @@
+"""The echo servers bench/compare.py measures, one module (or Django project) per stack."""

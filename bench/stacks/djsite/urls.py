@@ -1,0 +1,5 @@
+from django.urls import path
+
+from bench.stacks.djsite import views
+
+urlpatterns = [path("echo/", views.echo)]
