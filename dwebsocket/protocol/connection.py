@@ -320,11 +320,11 @@ class Connection:
             self._frag = opcode
             self._compressed = compressed = bool(b0 & 0x40)
             self._size = self._wire = 0
-            if fin:
-                # A whole message in one frame (compressed, else it took the fast path).
-                if compressed:
-                    assert self.deflate is not None
-                    payload = self.deflate.decompress(payload, self.max_message_size)
+            if fin and compressed:
+                # A whole compressed message in one frame (an uncompressed one took
+                # the fast path).
+                assert self.deflate is not None
+                payload = self.deflate.decompress(payload, self.max_message_size)
                 self._frag = 0
                 if opcode == 1:
                     try:

@@ -23,6 +23,11 @@ EXTENSION_NAME = "permessage-deflate"
 # sender strips and the receiver appends back (7.2.2).
 _TAIL = b"\x00\x00\xff\xff"
 
+#: Defaults of the codec: a 4 KiB window, zlib's default level, memLevel 5 (see negotiate).
+DEFAULT_WINDOW_BITS = 12
+DEFAULT_LEVEL = 6
+DEFAULT_MEM_LEVEL = 5
+
 # RFC 7692 7.1.2.1: window bits are 8 to 15, written without leading zeros.
 _WINDOW_BITS = re.compile(r"8|9|1[0-5]")
 
@@ -85,8 +90,8 @@ class PerMessageDeflate:
         remote_no_context_takeover: bool = False,
         local_max_window_bits: int = 15,
         remote_max_window_bits: int = 15,
-        level: int = 6,
-        mem_level: int = 8,
+        level: int = DEFAULT_LEVEL,
+        mem_level: int = DEFAULT_MEM_LEVEL,
     ) -> None:
         if not 8 <= local_max_window_bits <= 15 or not 8 <= remote_max_window_bits <= 15:
             raise ValueError("window bits must be between 8 and 15")
@@ -111,14 +116,29 @@ class PerMessageDeflate:
 
     @classmethod
     def negotiate(
-        cls, offers: Sequence[ExtensionOffer]
+        cls,
+        offers: Sequence[ExtensionOffer],
+        *,
+        server_max_window_bits: int = DEFAULT_WINDOW_BITS,
+        client_max_window_bits: int = DEFAULT_WINDOW_BITS,
+        level: int = DEFAULT_LEVEL,
+        mem_level: int = DEFAULT_MEM_LEVEL,
     ) -> tuple[PerMessageDeflate, str] | None:
         """Accept the first acceptable permessage-deflate offer among ``offers``.
 
         ``offers`` is ``HandshakeRequest.extensions``. Returns the codec and the
         ``Sec-WebSocket-Extensions`` response value, or None when no offer is acceptable
         (an offer with unknown, repeated or invalid parameters is declined, RFC 7692 5.)
+
+        ``server_max_window_bits`` caps our compression window and
+        ``client_max_window_bits`` the one we ask the client for, when its offer lets
+        us (8-15; 15 means no cap). ``level`` and ``mem_level`` go to zlib. The defaults
+        (4 KiB windows, memLevel 5) keep a connection's zlib state near 50 KiB instead
+        of the 300 KiB of zlib's defaults, at little cost on typical messages.
+        Raises ``ValueError`` for window bits outside 8-15.
         """
+        if not 8 <= server_max_window_bits <= 15 or not 8 <= client_max_window_bits <= 15:
+            raise ValueError("window bits must be between 8 and 15")
         for name, params in offers:
             if name.lower() != EXTENSION_NAME:
                 continue
@@ -134,18 +154,27 @@ class PerMessageDeflate:
             # window between messages.
             if client_nct:
                 response.append("client_no_context_takeover")
-            # 7.1.2.1: we must answer with a value <= the offer; we answer the offer.
+            # 7.1.2.1: the response may only carry server_max_window_bits if the offer
+            # did, with the same or a smaller value. Without it we still compress with
+            # a smaller window: any decoder reads that.
+            local_bits = min(server_bits or 15, server_max_window_bits)
             if server_bits is not None:
-                response.append(f"server_max_window_bits={server_bits}")
-            # 7.1.2.2: a valueless client_max_window_bits only says the client could
-            # honour a limit; we decompress with the full window, so we set none.
-            if type(client_bits) is int:
-                response.append(f"client_max_window_bits={client_bits}")
+                response.append(f"server_max_window_bits={local_bits}")
+            # 7.1.2.2: client_max_window_bits in the offer (with or without a value)
+            # lets us cap the client's window, hence our decoder's memory.
+            remote_bits = 15
+            if client_bits is not None:
+                offered = 15 if client_bits is True else int(client_bits)
+                remote_bits = min(offered, client_max_window_bits)
+                if client_bits is not True or remote_bits < 15:
+                    response.append(f"client_max_window_bits={remote_bits}")
             codec = cls(
                 local_no_context_takeover=server_nct,
                 remote_no_context_takeover=client_nct,
-                local_max_window_bits=server_bits or 15,
-                remote_max_window_bits=client_bits if type(client_bits) is int else 15,
+                local_max_window_bits=local_bits,
+                remote_max_window_bits=remote_bits,
+                level=level,
+                mem_level=mem_level,
             )
             return codec, "; ".join(response)
         return None

@@ -511,6 +511,14 @@ def test_server_initiated_close() -> None:
     assert conn.eof
 
 
+def test_violation_while_closing_sends_no_second_close() -> None:
+    conn = server()
+    conn.send_close(1001)
+    assert conn.receive_data(frame(0x3, b"")) == [Close(1002, "reserved opcode 3")]
+    assert conn.data_to_send() == b""
+    assert conn.state is State.CLOSED and conn.should_close_transport
+
+
 def test_client_waits_for_the_server_to_close_tcp() -> None:
     conn = Connection(client=True)
     conn.send_close()

@@ -17,30 +17,33 @@ def negotiate(offer: str) -> tuple[PerMessageDeflate, str] | None:
     return PerMessageDeflate.negotiate(parse_extensions(offer))
 
 
-# (offer, response, local_nct, remote_nct, local_bits, remote_bits); response None: declined
+# (offer, response, local_nct, remote_nct, local_bits, remote_bits); defaults: we cap
+# both windows at 12 bits where the offer lets us.
 MATRIX = [
-    ("permessage-deflate", "permessage-deflate", False, False, 15, 15),
-    ("PerMessage-Deflate", "permessage-deflate", False, False, 15, 15),
-    ("permessage-deflate; client_max_window_bits", "permessage-deflate",
-     False, False, 15, 15),
+    ("permessage-deflate", "permessage-deflate", False, False, 12, 15),
+    ("PerMessage-Deflate", "permessage-deflate", False, False, 12, 15),
+    ("permessage-deflate; client_max_window_bits",
+     "permessage-deflate; client_max_window_bits=12", False, False, 12, 12),
     ("permessage-deflate; client_max_window_bits=10",
-     "permessage-deflate; client_max_window_bits=10", False, False, 15, 10),
+     "permessage-deflate; client_max_window_bits=10", False, False, 12, 10),
+    ("permessage-deflate; client_max_window_bits=15",
+     "permessage-deflate; client_max_window_bits=12", False, False, 12, 12),
     ("permessage-deflate; client_max_window_bits=8",
-     "permessage-deflate; client_max_window_bits=8", False, False, 15, 8),
-    ("permessage-deflate; server_max_window_bits=12",
-     "permessage-deflate; server_max_window_bits=12", False, False, 12, 15),
+     "permessage-deflate; client_max_window_bits=8", False, False, 12, 8),
+    ("permessage-deflate; server_max_window_bits=10",
+     "permessage-deflate; server_max_window_bits=10", False, False, 10, 15),
     ("permessage-deflate; server_max_window_bits=8",
      "permessage-deflate; server_max_window_bits=8", False, False, 8, 15),
     ("permessage-deflate; server_max_window_bits=15",
-     "permessage-deflate; server_max_window_bits=15", False, False, 15, 15),
+     "permessage-deflate; server_max_window_bits=12", False, False, 12, 15),
     ("permessage-deflate; server_no_context_takeover",
-     "permessage-deflate; server_no_context_takeover", True, False, 15, 15),
+     "permessage-deflate; server_no_context_takeover", True, False, 12, 15),
     ("permessage-deflate; client_no_context_takeover",
-     "permessage-deflate; client_no_context_takeover", False, True, 15, 15),
+     "permessage-deflate; client_no_context_takeover", False, True, 12, 15),
     ('permessage-deflate; client_no_context_takeover; server_no_context_takeover; '
      'server_max_window_bits="9"; client_max_window_bits',
      "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
-     "server_max_window_bits=9", True, True, 9, 15),
+     "server_max_window_bits=9; client_max_window_bits=12", True, True, 9, 12),
     # Autobahn 13.7: the first acceptable offer wins.
     ("permessage-deflate; server_no_context_takeover; server_max_window_bits=8, "
      "permessage-deflate; server_no_context_takeover, permessage-deflate",
@@ -48,11 +51,45 @@ MATRIX = [
      True, False, 8, 15),
     # Declined offers are skipped, not errors.
     ("x-webkit-deflate-frame, permessage-deflate; unknown=1, permessage-deflate",
-     "permessage-deflate", False, False, 15, 15),
+     "permessage-deflate", False, False, 12, 15),
     ("permessage-deflate; server_max_window_bits=7, permessage-deflate; "
      "server_no_context_takeover", "permessage-deflate; server_no_context_takeover",
-     True, False, 15, 15),
+     True, False, 12, 15),
 ]
+
+# The same offers with no caps configured (15 bits both ways).
+UNCAPPED = [
+    ("permessage-deflate", "permessage-deflate", 15, 15),
+    ("permessage-deflate; client_max_window_bits", "permessage-deflate", 15, 15),
+    ("permessage-deflate; client_max_window_bits=10",
+     "permessage-deflate; client_max_window_bits=10", 15, 10),
+    ("permessage-deflate; server_max_window_bits=15",
+     "permessage-deflate; server_max_window_bits=15", 15, 15),
+    ("permessage-deflate; server_max_window_bits=11",
+     "permessage-deflate; server_max_window_bits=11", 11, 15),
+]
+
+
+@pytest.mark.parametrize("offer,response,lbits,rbits", UNCAPPED)
+def test_negotiation_uncapped(offer: str, response: str, lbits: int, rbits: int) -> None:
+    result = PerMessageDeflate.negotiate(
+        parse_extensions(offer), server_max_window_bits=15, client_max_window_bits=15,
+        level=9, mem_level=8,
+    )
+    assert result is not None
+    codec, value = result
+    assert value == response
+    assert (codec.local_max_window_bits, codec.remote_max_window_bits) == (lbits, rbits)
+    assert (codec.level, codec.mem_level) == (9, 8)
+
+
+@pytest.mark.parametrize("bits", [7, 16])
+def test_negotiation_config_is_checked(bits: int) -> None:
+    with pytest.raises(ValueError):
+        PerMessageDeflate.negotiate([], server_max_window_bits=bits)
+    with pytest.raises(ValueError):
+        PerMessageDeflate.negotiate([], client_max_window_bits=bits)
+
 
 DECLINED = [
     "",
@@ -89,8 +126,13 @@ def test_negotiation_matrix(
     client = PerMessageDeflate.from_response(value)
     assert client.local_no_context_takeover == rnct
     assert client.remote_no_context_takeover == lnct
-    assert client.remote_max_window_bits == lbits
+    # Without server_max_window_bits in the response the client assumes 15 bits, and a
+    # decoder with a larger window reads a smaller window's stream.
+    assert client.remote_max_window_bits >= lbits
     assert client.local_max_window_bits == rbits
+    message = b"permessage-deflate " * 500
+    assert client.decompress(codec.compress(message), None) == message
+    assert codec.decompress(client.compress(message), None) == message
 
 
 @pytest.mark.parametrize("offer", DECLINED)
@@ -254,3 +296,12 @@ def test_final_block_from_peer() -> None:
     data = finished.compress(TEXT) + finished.flush()
     with pytest.raises(ProtocolError, match="after the final deflate block"):
         receiver.decompress(data + b"garbage", None)
+
+
+def test_final_block_in_a_first_fragment() -> None:
+    receiver = PerMessageDeflate()
+    finished = zlib.compressobj(wbits=-15)
+    data = finished.compress(TEXT) + finished.flush()
+    assert receiver.decompress_fragment(data, False, None) == TEXT
+    assert receiver.decompress_fragment(b"", True, None) == b""
+    assert receiver.decompress(PerMessageDeflate().compress(TEXT), None) == TEXT

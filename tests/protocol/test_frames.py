@@ -181,3 +181,11 @@ def test_close_payload_edge_cases() -> None:
     assert len(encode_close_payload(1000, "x" * 123)) == 125
     with pytest.raises(ValueError):
         encode_close_payload(1000, "x" * 124)
+
+
+def test_py_apply_mask_key_cache_is_bounded() -> None:
+    data = bytes(4097)
+    for i in range(4200):
+        key = i.to_bytes(4, "big")
+        assert frames._py_apply_mask(data, key)[:4] == key
+    assert len(frames._CHUNK_KEYS) <= 4097
