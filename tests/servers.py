@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["SERVERS", "ServerProcess", "free_port", "running_server", "start_server"]
+__all__ = ["OTHER_SERVERS", "SERVERS", "ServerProcess", "free_port", "running_server", "start_server"]
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -41,6 +41,35 @@ SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         sys.executable, str(TESTS / "manage.py"), "runserver", f"{host}:{port}", "--noreload",
     ],
     "gevent": lambda host, port: [sys.executable, str(TESTS / "run_gevent.py"), f"{host}:{port}"],
+    # The command lines of docs/deployment.rst, word for word.
+    "gunicorn-gevent": lambda host, port: [
+        _script("gunicorn"), "-c", "python:dwebsocket.contrib.gunicorn", "-k", "gevent",
+        "--workers", "2", "--worker-connections", "1000", "--bind", f"{host}:{port}", "tests.wsgi",
+    ],
+    "gunicorn-gthread": lambda host, port: [
+        _script("gunicorn"), "-c", "python:dwebsocket.contrib.gunicorn", "-k", "gthread",
+        "--workers", "2", "--threads", "32", "--bind", f"{host}:{port}", "tests.wsgi",
+    ],
+    "eventlet": lambda host, port: [
+        sys.executable, str(TESTS / "run_eventlet.py"), f"{host}:{port}",
+    ],
+}
+
+#: Servers only the tests about them start (``start_server`` knows them too): gunicorn's
+#: sync worker serves one connection per process, and the default backend refuses the
+#: others (they expose no socket).
+OTHER_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
+    "gunicorn-sync": lambda host, port: [
+        _script("gunicorn"), "-c", "python:dwebsocket.contrib.gunicorn",
+        "--workers", "1", "--bind", f"{host}:{port}", "tests.wsgi",
+    ],
+    "waitress": lambda host, port: [
+        _script("waitress-serve"), f"--listen={host}:{port}", "tests.wsgi:application",
+    ],
+    "granian": lambda host, port: [
+        _script("granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
+        "--workers", "1", "tests.wsgi:application",
+    ],
 }
 
 #: dwebsocket's log at DEBUG on the server's stderr, so failures show what it did.
@@ -51,6 +80,12 @@ LOGGING = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {"dwebsocket": {"handlers": ["stderr"], "level": "DEBUG", "propagate": False}},
 }
+
+
+def _script(name: str) -> str:
+    """The console script ``name`` of the running environment (a venv's ``bin/``)."""
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else name
 
 
 def free_port() -> int:
@@ -87,15 +122,18 @@ class ServerProcess:
         """The current end of the log, for :meth:`log` ``(since=...)``."""
         return self.log_path.stat().st_size
 
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; returns the exit status."""
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` (SIGTERM), then SIGKILL after ``STOP_TIMEOUT``; returns the exit
+        status. Whatever is left of the process group (gunicorn's workers) is killed."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(sig)
             try:
                 self.process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         if not self._log_file.closed:
             self._log_file.close()
         return self.process.returncode
@@ -141,7 +179,7 @@ def start_server(
         port = free_port()
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed by ServerProcess.stop()
         process = subprocess.Popen(
-            SERVERS[name](HOST, port),
+            {**SERVERS, **OTHER_SERVERS}[name](HOST, port),
             cwd=REPO,
             env=child_env,
             stdin=subprocess.DEVNULL,
