@@ -106,8 +106,7 @@ class Connection:
     ) -> None:
         self.client = client
         self.deflate = deflate
-        self.max_message_size = max_message_size
-        self.max_frame_size = max_frame_size
+        self._set_limits(max_message_size, max_frame_size)
 
         self.state = State.OPEN
         #: The code of the peer's close frame (1005 if it had none); the code we sent when
@@ -121,13 +120,6 @@ class Connection:
         #: True once ``receive_data(b"")`` reported the end of the transport.
         self.eof = False
 
-        self._max_message = _NO_LIMIT if max_message_size is None else max_message_size
-        self._max_frame = _NO_LIMIT if max_frame_size is None else max_frame_size
-        # A compressed message cannot be much longer than its decompressed form; this
-        # bounds what we buffer before decompressing (deflate's worst case is a 5-byte
-        # header per stored block; allow generous slack for odd encoders).
-        self._max_wire = self._max_message + (self._max_message >> 3) + 4096
-        self._fast_max = min(self._max_message, self._max_frame)
         # Servers require masked frames, clients unmasked ones (RFC 6455 5.1).
         self._mask_bit = 0 if client else 0x80
         self._mask_keys = b""
@@ -144,6 +136,35 @@ class Connection:
         self._text_decoder: codecs.IncrementalDecoder | None = None
         self._size = 0  # bytes so far, after decompression
         self._wire = 0  # bytes so far, on the wire
+
+    def _set_limits(self, max_message_size: int | None, max_frame_size: int | None) -> None:
+        self._max_message_size = max_message_size
+        self._max_frame_size = max_frame_size
+        self._max_message = _NO_LIMIT if max_message_size is None else max_message_size
+        self._max_frame = _NO_LIMIT if max_frame_size is None else max_frame_size
+        # A compressed message cannot be much longer than its decompressed form; this
+        # bounds what we buffer before decompressing (deflate's worst case is a 5-byte
+        # header per stored block; allow generous slack for odd encoders).
+        self._max_wire = self._max_message + (self._max_message >> 3) + 4096
+        self._fast_max = min(self._max_message, self._max_frame)
+
+    @property
+    def max_message_size(self) -> int | None:
+        """Limit of a message's size after decompression, in bytes; None: no limit."""
+        return self._max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, value: int | None) -> None:
+        self._set_limits(value, self._max_frame_size)
+
+    @property
+    def max_frame_size(self) -> int | None:
+        """Limit of a frame's payload on the wire, in bytes; None: no limit."""
+        return self._max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int | None) -> None:
+        self._set_limits(self._max_message_size, value)
 
     def __repr__(self) -> str:
         side = "client" if self.client else "server"

@@ -433,6 +433,20 @@ def test_no_limits() -> None:
     assert conn.receive_data(frame(0x2, bytes(3 * 2**20))) == [bytes(3 * 2**20)]
 
 
+def test_limits_can_change() -> None:
+    conn = server()
+    conn.max_message_size = 10
+    assert conn.max_message_size == 10 and conn.max_frame_size is None
+    [close] = conn.receive_data(frame(0x1, bytes(11)))
+    assert isinstance(close, Close) and close.code == 1009
+    conn = server(max_message_size=None)
+    conn.max_frame_size = 10
+    assert conn.max_frame_size == 10
+    assert conn.receive_data(frame(0x2, bytes(10))) == [bytes(10)]
+    [close] = conn.receive_data(frame(0x2, bytes(11)))
+    assert isinstance(close, Close) and close.code == 1009
+
+
 def test_limits_are_inclusive() -> None:
     conn = server(max_message_size=100, max_frame_size=60)
     assert conn.receive_data(frame(0x2, bytes(60), fin=False) + frame(0x0, bytes(40))) == [
