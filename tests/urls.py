@@ -4,6 +4,7 @@ from tests import views
 
 urlpatterns = [
     path("group/", include("tests.groups.urls")),
+    path("lifecycle/", include("tests.lifecycle")),
     path("echo/", views.echo),
     path("echo-wait/", views.echo_wait),
     path("refuse/", views.refuse),

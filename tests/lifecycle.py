@@ -1,0 +1,74 @@
+"""Views for the server lifecycle tests (``tests/test_servers_lifecycle.py``), under
+``/lifecycle/``: connections that stay open until the server stops, views killed the way
+servers kill them, and a view that reports on its database connection."""
+
+from __future__ import annotations
+
+import json
+
+from django.db import connection, transaction
+from django.http import HttpRequest
+from django.urls import path
+
+from dwebsocket import require_websocket
+
+
+@require_websocket
+def wait(request: HttpRequest) -> None:
+    """Say "ready" (the connection is registered), then echo until closed."""
+    ws = request.websocket
+    ws.send("ready")
+    for message in ws:
+        ws.send(message)
+
+
+def _exception(name: str) -> BaseException:
+    if name == "GreenletExit":
+        import greenlet
+
+        return greenlet.GreenletExit()
+    if name == "Timeout":
+        import eventlet
+
+        return eventlet.Timeout(None)
+    if name == "SystemExit":
+        return SystemExit(1)
+    raise ValueError(name)
+
+
+@require_websocket
+def die(request: HttpRequest) -> None:
+    """Say "ready", wait for one message, then raise ``?exc=`` (GreenletExit, Timeout,
+    SystemExit): what a server's kill looks like from inside the view."""
+    ws = request.websocket
+    ws.send("ready")
+    ws.wait()
+    raise _exception(request.GET["exc"])
+
+
+@require_websocket
+def db(request: HttpRequest) -> None:
+    """Use the database, then block in ``wait()``; report whether the connection was
+    still open afterwards. With ``?atomic=1`` all of it happens inside ``atomic()``."""
+    ws = request.websocket
+
+    def session() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        ws.send("ready")
+        ws.wait()
+        ws.send(json.dumps({"open_after_wait": connection.connection is not None}))
+
+    if request.GET.get("atomic"):
+        with transaction.atomic():
+            session()
+    else:
+        session()
+    ws.wait()
+
+
+urlpatterns = [
+    path("wait/", wait),
+    path("die/", die),
+    path("db/", db),
+]
