@@ -1,0 +1,139 @@
+"""The chat: a page, and one long-lived WebSocket view per browser tab.
+
+Wire format: JSON text messages.
+
+browser -> server   {"type": "message", "text": "..."}   {"type": "typing"}
+server -> browser   {"type": "welcome", "room", "user", "sid", "history": [...], "members": [...]}
+                    {"type": "message", "id", "user", "text", "time"}
+                    {"type": "join" | "leave", "user", "sid", "members": [...]}
+                    {"type": "typing", "user", "sid"}
+                    {"type": "error", "error": "..."}
+
+Every process serving the room reaches every tab through ``dwebsocket.groups``; what must
+outlive a process (the history, who is here) lives in the database.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import close_old_connections, connections
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import render
+from django.utils import timezone
+
+from chat.models import Message, Presence
+from dwebsocket import groups, require_websocket
+from dwebsocket.websocket import WebSocket
+
+#: Seconds between presence refreshes while a socket is idle (see models.PRESENCE_TTL).
+HEARTBEAT = 20.0
+#: Seconds between two typing notices one tab may cause; the page sends one every 2 s.
+TYPING_INTERVAL = 1.0
+MAX_TEXT = 2000
+NAME = re.compile(r"^[\w .-]{1,24}$")
+
+
+def room(request: HttpRequest, room: str) -> HttpResponse:
+    return render(request, "chat/room.html", {"room": room})
+
+
+@require_websocket
+def socket(request: HttpRequest, room: str) -> HttpResponse | None:
+    name = request.GET.get("name", "").strip()
+    if not NAME.match(name):
+        # The handshake has not happened yet: a plain HTTP answer still works.
+        return HttpResponseBadRequest("name: 1 to 24 letters, digits, spaces, '.', '-' or '_'")
+    ws = request.websocket
+    group = f"chat.{room}"
+    # Join before reading the history, so that nothing said in between is lost (the page
+    # drops a message it already has, by id).
+    ws.join(group)
+    with database():
+        me = Presence.objects.create(room=room, user=name)
+        history = Message.history(room)
+        members = Presence.members(room)
+    ws.send(dump(type="welcome", room=room, user=name, sid=me.pk, history=history, members=members))
+    groups.send(group, dump(type="join", user=name, sid=me.pk, members=members))
+    try:
+        converse(ws, group, room, me)
+    finally:
+        with database():
+            me.delete()
+            members = Presence.members(room)
+        groups.send(group, dump(type="leave", user=name, sid=me.pk, members=members))
+    return None
+
+
+def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
+    """Handle the tab's messages until it goes away."""
+    refreshed = typed = time.monotonic()
+    typed -= TYPING_INTERVAL
+    while True:
+        # A timeout, not a bare wait(): the presence row must be refreshed while idle.
+        raw = ws.wait(timeout=HEARTBEAT)
+        if raw is None and ws.is_closed():
+            return
+        now = time.monotonic()
+        if now - refreshed >= HEARTBEAT:
+            with database():
+                Presence.objects.filter(pk=me.pk).update(seen=timezone.now())
+            refreshed = now
+        if raw is None:
+            continue
+        event = parse(raw)
+        kind = event.get("type") if event is not None else None
+        if kind == "message":
+            text = event.get("text") if event is not None else None
+            if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
+                ws.send(dump(type="error", error=f"a message is 1 to {MAX_TEXT} characters"))
+                continue
+            with database():
+                message = Message.objects.create(room=room, user=me.user, text=text.strip())
+            # Sent after the write has committed: a tab that reconnects right now finds the
+            # message in its history, and the page drops the duplicate.
+            groups.send(group, dump(**message.as_json()))
+            typed = now - TYPING_INTERVAL  # the next keystroke is news again
+        elif kind == "typing":
+            if now - typed >= TYPING_INTERVAL:
+                typed = now
+                groups.send(group, dump(type="typing", user=me.user, sid=me.pk))
+        else:
+            ws.send(dump(type="error", error="expected a JSON object with type message or typing"))
+
+
+@contextmanager
+def database() -> Iterator[None]:
+    """A short stretch of database work inside a long-lived WebSocket view.
+
+    Django opens a connection at first use and gives it back when the request ends, which
+    for a WebSocket may be hours away. So the view drops a connection that went stale while
+    the socket waited, does its queries, and closes the connection again before it waits:
+    a hundred idle tabs hold no database connection. Never send or wait on the socket
+    inside this block (or inside a transaction): that would hold the connection, and with
+    SQLite the write lock, for as long as the network takes.
+    """
+    close_old_connections()
+    try:
+        yield
+    finally:
+        connections.close_all()
+
+
+def parse(raw: str | bytes) -> dict[str, Any] | None:
+    if isinstance(raw, bytes):
+        return None
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def dump(**fields: Any) -> str:
+    return json.dumps(fields, separators=(",", ":"))
