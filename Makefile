@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit integration compliance compliance-full bench lint typecheck docs demo clean
+.PHONY: setup browser-setup test unit integration compliance compliance-full bench lint typecheck docs demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,16 +16,21 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Debian's Chromium for the demo's browser tests (tests/demo); Playwright only drives it.
+browser-setup:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
 unit: setup
 	$(PY) -m pytest -q -m "not server and not slow" -p no:cacheprovider
 
-integration: setup
+integration: setup browser-setup
 	$(PY) -m pytest -q -m "server" -p no:cacheprovider
 
 compliance: setup
 	$(PY) -m tests.compliance
 
-test: setup
+test: setup browser-setup
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(MAKE) compliance
 

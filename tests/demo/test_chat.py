@@ -1,0 +1,139 @@
+"""The chat demo in Debian's Chromium: what a newcomer sees after ``make demo``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from tests.demo.conftest import WAIT_MS
+from tests.servers import REPO, ServerProcess
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Page, expect
+
+pytestmark = pytest.mark.server
+
+SCREENSHOT = REPO / "docs" / "_static" / "chat.png"
+
+OpenChat = Callable[..., Page]
+Demo = Callable[..., ServerProcess]
+
+
+def room() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def say(page: Page, text: str) -> None:
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+
+
+def bubbles(page: Page):  # type: ignore[no-untyped-def]
+    return page.locator("#log .message .bubble")
+
+
+def test_two_pages_talk(demo: Demo, open_chat: OpenChat) -> None:
+    srv = demo()  # in-process groups and a database of its own: any room name will do
+    name = "lobby"
+    alice = open_chat(srv, name, "alice")
+    bob = open_chat(srv, name, "bob")
+
+    # Presence and join notices.
+    expect(alice.locator("#members li")).to_have_count(2)
+    expect(alice.locator("#members")).to_contain_text("bob")
+    expect(alice.locator("#log .notice").last).to_have_text("bob joined.")
+
+    say(alice, "Hi Bob! Is the deploy done?")
+    expect(bubbles(bob).last).to_have_text("Hi Bob! Is the deploy done?")
+    say(bob, "Yes: gevent workers, one process per core.")
+    expect(bubbles(alice).last).to_have_text("Yes: gevent workers, one process per core.")
+    expect(bubbles(alice)).to_have_count(2)
+    expect(alice.locator("#log .message.mine")).to_have_count(1)
+
+    # Typing indicator: bob types without sending.
+    carol = open_chat(srv, name, "carol")
+    say(carol, "And Redis for the groups between them.")
+    expect(bubbles(alice).last).to_have_text("And Redis for the groups between them.")
+    bob.locator("#text").press_sequentially("Nice, ", delay=20)
+    expect(alice.locator("#typing")).to_have_text("bob is typing…")
+    alice.screenshot(path=str(SCREENSHOT))
+
+    # Leave notice and presence.
+    carol.context.close()
+    expect(alice.locator("#log .notice").last).to_have_text("carol left.")
+    expect(alice.locator("#members li")).to_have_count(2)
+
+
+def test_reloaded_page_sees_history(demo: Demo, open_chat: OpenChat) -> None:
+    srv = demo()
+    name = room()
+    alice = open_chat(srv, name, "alice")
+    bob = open_chat(srv, name, "bob")
+    for n in range(3):
+        say(alice, f"message {n}")
+    expect(bubbles(bob)).to_have_count(3)
+
+    bob.reload()
+    expect(bob.locator("body")).to_have_attribute("data-state", "open")
+    expect(bubbles(bob)).to_have_text(["message 0", "message 1", "message 2"])
+    say(bob, "back")
+    expect(bubbles(alice).last).to_have_text("back")
+
+    late = open_chat(srv, name, "dave")
+    expect(bubbles(late)).to_have_text(["message 0", "message 1", "message 2", "back"])
+
+
+def test_history_is_the_last_fifty(demo: Demo, open_chat: OpenChat) -> None:
+    srv = demo()
+    name = room()
+    alice = open_chat(srv, name, "alice")
+    for n in range(55):
+        say(alice, f"m{n}")
+        expect(bubbles(alice).last).to_have_text(f"m{n}")
+    late = open_chat(srv, name, "bob")
+    expect(bubbles(late)).to_have_count(50)
+    expect(bubbles(late).first).to_have_text("m5")
+
+
+def test_two_processes_share_a_room_through_redis(
+    demo: Demo, open_chat: OpenChat, redis_url: str
+) -> None:
+    first = demo(redis_url=redis_url)
+    second = demo(redis_url=redis_url)
+    assert "groups: redis://" in first.log()
+    name = room()
+    alice = open_chat(first, name, "alice")
+    bob = open_chat(second, name, "bob")
+
+    expect(alice.locator("#members li")).to_have_count(2)
+    expect(alice.locator("#log .notice").last).to_have_text("bob joined.")
+    say(alice, f"from port {first.port}")
+    expect(bubbles(bob).last).to_have_text(f"from port {first.port}")
+    say(bob, f"from port {second.port}")
+    expect(bubbles(alice).last).to_have_text(f"from port {second.port}")
+    bob.locator("#text").press_sequentially("x", delay=20)
+    expect(alice.locator("#typing")).to_have_text("bob is typing…")
+
+
+def test_page_reconnects_after_server_restart(demo: Demo, open_chat: OpenChat) -> None:
+    srv = demo()
+    name = room()
+    alice = open_chat(srv, name, "alice")
+    say(alice, "before the crash")
+    expect(bubbles(alice).last).to_have_text("before the crash")
+
+    srv.process.kill()
+    srv.process.wait(10)
+    body = alice.locator("body")
+    expect(body).not_to_have_attribute("data-state", "open")
+    expect(alice.locator("#status")).to_contain_text("retrying in")
+    expect(alice.locator("#send")).to_be_disabled()
+
+    restarted = demo(port=srv.port)
+    expect(body).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    expect(alice.locator("#log .notice").last).to_have_text(f"Reconnected to #{name}.")
+    say(alice, "after the restart")
+    expect(bubbles(alice)).to_have_text(["before the crash", "after the restart"])
+    assert restarted.process.poll() is None
