@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 from dwebsocket.protocol.frames import Opcode, parse_close_payload
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
 from tests.groups.redis_server import RedisServer
-from tests.servers import REPO, ServerProcess
+from tests.servers import REPO, SERVERS, ServerProcess
 
 pytestmark = pytest.mark.server
 
@@ -361,3 +361,51 @@ def test_slow_member_is_closed_1008_and_others_keep_up(
         assert all(parse_close_payload(p)[0] == 1008 for p in closes), closes
     finally:
         slow.close()
+
+
+@pytest.mark.parametrize("name", sorted(SERVERS))
+def test_every_server_with_redis(
+    name: str, redis_servers: Callable[..., list[ServerProcess]], clients: Clients
+) -> None:
+    """Members on each supported server (threads, gevent, eventlet; gunicorn's two workers
+    are two processes) and on a gevent server exchange messages through Redis."""
+    (srv,) = redis_servers(1, name)
+    (other,) = redis_servers(1, "gevent")
+    members = [clients.open(srv, "room") for _ in range(3)] + [clients.open(other, "room")]
+    for i in range(10):
+        for n, ws in enumerate(members):
+            ws.send(f"m{n}:{i}" if i % 2 else f"m{n}:{i}".encode())
+    for ws in members:
+        got = receive(ws, 40)
+        for n in range(4):
+            mine = [
+                m.decode() if isinstance(m, bytes) else m
+                for m in got
+                if (m.decode() if isinstance(m, bytes) else m).startswith(f"m{n}:")
+            ]
+            assert mine == [f"m{n}:{i}" for i in range(10)]
+        assert sum(isinstance(m, bytes) for m in got) == 20  # binary stays binary
+        assert_nothing_more(ws)
+
+
+@pytest.mark.parametrize("name", ["eventlet", "gevent", "runserver"])
+def test_single_process_servers_in_memory(
+    name: str, make_server: Callable[..., ServerProcess], clients: Clients
+) -> None:
+    """The default layer needs no set-up: members of one process reach each other."""
+    srv = make_server(name)
+    members = [clients.open(srv, "room") for _ in range(3)]
+    for i in range(10):
+        for n, ws in enumerate(members):
+            ws.send(f"m{n}:{i}")
+    for ws in members:
+        got = receive(ws, 30)
+        for n in range(3):
+            assert sent_by(got, f"m{n}") == [f"m{n}:{i}" for i in range(10)]
+        assert_nothing_more(ws)
+    assert status(srv, "room")["members"] == 3
+    members[0].close()
+    deadline = time.monotonic() + WAIT
+    while status(srv, "room")["members"] != 2:  # left on close (websocket_closed)
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
