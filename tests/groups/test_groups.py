@@ -1,0 +1,229 @@
+"""``dwebsocket.groups`` in one process, with real WebSockets (``dwebsocket.testing`` runs
+the views of ``tests/groups/views.py`` over a socket pair with the default backend)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from dwebsocket import groups
+from dwebsocket.groups.memory import MemoryLayer, Registry
+from dwebsocket.groups.redis import RedisLayer
+from dwebsocket.signals import websocket_closed
+from dwebsocket.testing import WebSocketClient
+from tests.groups.redis_server import RedisServer
+from tests.groups.test_redis_layer import Inbox
+
+
+@pytest.fixture(autouse=True)
+def fresh_groups() -> Iterator[None]:
+    groups.reset()
+    yield
+    groups.reset()
+
+
+@contextlib.contextmanager
+def member(group: str, query: str = "") -> Iterator[WebSocketClient]:
+    """A client of ``/group/<group>/`` once its view has joined; closed on exit."""
+    with WebSocketClient(f"/group/{group}/{query}", timeout=10) as ws:
+        assert ws.receive() == "joined"
+        yield ws
+
+
+def test_send_reaches_every_member_text_and_binary() -> None:
+    with member("room") as one, member("room") as two, member("other") as three:
+        assert isinstance(groups.get_layer(), MemoryLayer)
+        groups.send("room", "text")
+        groups.send("room", b"\x00binary")
+        groups.send("room", bytearray(b"ba"))
+        groups.send("room", memoryview(b"mv"))
+        for ws in (one, two):
+            assert [ws.receive() for _ in range(4)] == ["text", b"\x00binary", b"ba", b"mv"]
+        with pytest.raises(TimeoutError):
+            three.receive(timeout=0.2)
+
+
+def test_a_member_forwarding_to_its_group() -> None:
+    with member("room") as one, member("room") as two:
+        one.send("from one")
+        assert one.receive() == two.receive() == "from one"
+
+
+def test_members_and_leave_on_close() -> None:
+    with member("room") as one, member("room") as two:
+        sockets = groups.members("room")
+        assert len(sockets) == 2
+        assert all(ws.is_closed() is False for ws in sockets)
+        assert one.request is not None
+        assert sockets[0] is one.request.websocket  # type: ignore[attr-defined]
+        one.close()
+        assert groups.members("room") == [two.request.websocket]  # type: ignore[union-attr]
+    assert groups.members("room") == []
+
+
+def test_join_leave_on_the_websocket() -> None:
+    with member("room") as one:
+        ws = one.request.websocket  # type: ignore[union-attr]
+        ws.join("extra")
+        ws.join("extra")  # twice is once
+        groups.send("extra", "x")
+        assert one.receive() == "x"
+        ws.leave("extra")
+        ws.leave("extra")  # not a member: no error
+        groups.send("extra", "not for you")
+        groups.send("room", "but this")
+        assert one.receive() == "but this"
+        assert groups.members("extra") == []
+
+
+def test_a_closed_member_is_dropped_even_without_the_signal() -> None:
+    with member("room") as one, member("room") as two:
+        websocket_closed.disconnect(dispatch_uid="dwebsocket.groups")  # the signal is missed
+        try:
+            one.close()
+            assert len(groups.members("room")) == 2  # nobody told the registry
+            groups.send("room", "after")
+            assert two.receive() == "after"
+            assert groups.members("room") == [two.request.websocket]  # type: ignore[union-attr]
+        finally:
+            websocket_closed.connect(
+                groups._on_closed, weak=False, dispatch_uid="dwebsocket.groups"
+            )
+
+
+def test_a_closed_websocket_does_not_join() -> None:
+    with member("room") as one:
+        ws = one.request.websocket  # type: ignore[union-attr]
+        one.close()
+        assert ws.is_closed()
+        ws.join("late")
+        assert groups.members("late") == []
+
+
+def test_argument_errors() -> None:
+    with pytest.raises(TypeError):
+        groups.send("room", 42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        groups.send(b"room", "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        groups.send("", "x")
+    with pytest.raises(ValueError):
+        groups.members("")
+    with pytest.raises(ValueError):
+        groups.join("", Inbox())
+    with pytest.raises(ValueError):
+        groups.leave("", Inbox())
+
+
+@pytest.mark.parametrize("url", ["mysql://x", "memory", "http://localhost/"])
+def test_unknown_layer(url: str) -> None:
+    with override_settings(WEBSOCKET_GROUPS_URL=url), pytest.raises(ImproperlyConfigured):
+        groups.send("room", "x")
+
+
+def test_layer_follows_the_setting_and_keeps_members(redis_server: RedisServer) -> None:
+    inbox = Inbox()
+    groups.join("room", inbox)
+    assert isinstance(groups.get_layer(), MemoryLayer)
+    with override_settings(WEBSOCKET_GROUPS_URL=redis_server.url):
+        layer = groups.get_layer()
+        assert isinstance(layer, RedisLayer)
+        assert groups.get_layer() is layer
+        other = RedisLayer(redis_server.url, Registry())  # another process
+        try:
+            deadline = 100
+            while "room" not in layer.subscriber.subscribed and deadline:
+                deadline -= 1
+                inbox.assert_empty(0.05)
+            other.send("room", "across")
+            assert inbox.get() == "across"
+        finally:
+            other.close()
+    assert isinstance(groups.get_layer(), MemoryLayer)
+    assert layer.subscriber._stopping  # the Redis layer was closed
+    groups.send("room", "local again")
+    assert inbox.get() == "local again"
+
+
+def test_a_forked_child_starts_empty() -> None:
+    groups.join("room", Inbox())
+    assert len(groups.members("room")) == 1
+    groups._pid = -1  # as seen from a child process after fork()
+    assert groups.members("room") == []
+
+
+def test_deliver_raising_drops_only_that_member(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(Inbox):
+        def deliver(self, message: str | bytes) -> None:
+            raise RuntimeError("broken backend")
+
+    broken, fine = Broken(), Inbox()
+    groups.join("room", broken)
+    groups.join("room", fine)
+    with caplog.at_level(logging.ERROR, logger="dwebsocket.groups"):
+        groups.send("room", "one")
+    assert fine.get() == "one"
+    assert groups.members("room") == [fine]
+    assert "deliver() raised" in caplog.text
+
+
+def test_registry_sweeps_closed_members_of_a_quiet_group() -> None:
+    """Sockets that closed without the signal never pile up, even if nobody sends."""
+    registry = Registry()
+    for _ in range(1000):
+        gone = Inbox()
+        registry.add("quiet", gone)
+        gone.closed = True
+    assert len(registry.members("quiet")) < 64
+    assert registry.groups_of(gone) <= {"quiet"}
+
+
+def test_registry_bookkeeping() -> None:
+    registry = Registry()
+    a, b = Inbox(), Inbox()
+    assert registry.add("g", a) is True
+    assert registry.add("g", b) is False
+    assert registry.add("h", a) is True
+    assert registry.groups_of(a) == {"g", "h"}
+    assert registry.remove("g", a) is False
+    assert registry.remove("g", a) is False
+    assert sorted(registry.remove_all(a)) == ["h"]
+    assert registry.remove_all(a) == []
+    assert registry.remove("g", b) is True
+    assert registry.groups() == []
+
+
+# -- manage.py websocket_send, in process ----------------------------------------------
+
+
+def test_command_in_process(redis_server: RedisServer) -> None:
+    with override_settings(WEBSOCKET_GROUPS_URL=redis_server.url), member("room") as ws:
+        out = io.StringIO()
+        call_command("websocket_send", "room", "hello", stdout=out)
+        assert ws.receive() == "hello"
+        assert "Sent 1 message(s) to group 'room'." in out.getvalue()
+
+
+def test_command_binary_file_and_stdin(
+    redis_server: RedisServer, tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "blob"  # type: ignore[operator]
+    path.write_bytes(b"\x00\x01\x02")
+    with override_settings(WEBSOCKET_GROUPS_URL=redis_server.url), member("room") as ws:
+        call_command("websocket_send", "room", "--binary-file", str(path), verbosity=0)
+        assert ws.receive() == b"\x00\x01\x02"
+        monkeypatch.setattr("sys.stdin", io.StringIO("one\ntwo\r\n\nthree"))
+        call_command("websocket_send", "room", "-", verbosity=0)
+        assert [ws.receive() for _ in range(4)] == ["one", "two", "", "three"]
+
+
+def test_command_refuses_the_memory_layer() -> None:
+    with pytest.raises(CommandError, match="memory://"):
+        call_command("websocket_send", "room", "hello")
