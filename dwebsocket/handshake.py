@@ -127,6 +127,7 @@ def origin_allowed(origin: str | None) -> bool:
 
 def _plain_response(reason: str, status: int, headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
     response = HttpResponse(reason + "\n", status=status, content_type="text/plain; charset=utf-8")
+    response["Content-Length"] = str(len(response.content))
     for name, value in headers:
         response[name] = value
     return response

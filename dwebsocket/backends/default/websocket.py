@@ -584,7 +584,8 @@ class DefaultWebSocket(WebSocket):
 
     def _peer(self) -> str:
         meta = self.request.META
-        return f"{meta.get('REMOTE_ADDR', '?')}:{meta.get('REMOTE_PORT', '?')}"
+        port = meta.get("REMOTE_PORT")
+        return f"{meta.get('REMOTE_ADDR', '?')}:{port}" if port else str(meta.get("REMOTE_ADDR", "?"))
 
     def _send_signal(self, signal: Signal, **kwargs: object) -> None:
         # send_robust: a failing receiver (logged by Django) must not break the I/O path,

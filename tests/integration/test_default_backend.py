@@ -1,0 +1,265 @@
+"""The default backend through real servers (runserver and gevent.pywsgi, see
+tests/servers.py), with the websockets client and raw sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed as ClientClosed
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from dwebsocket.protocol.connection import Close
+from dwebsocket.protocol.frames import apply_mask
+from tests.servers import ServerProcess
+from tests.wire import TIMEOUT, RawClient, masked, read_http_response, read_until_eof, split_frames, upgrade_request
+
+pytestmark = pytest.mark.server
+
+
+def ws(server: ServerProcess, path: str, **kwargs: Any) -> ClientConnection:
+    kwargs.setdefault("max_size", 4 << 20)
+    return connect(server.url(path), open_timeout=TIMEOUT, close_timeout=TIMEOUT, proxy=None, **kwargs)
+
+
+def http_get(server: ServerProcess, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(server.url(path, "http"), timeout=TIMEOUT) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+def raw(server: ServerProcess) -> socket.socket:
+    return socket.create_connection((server.host, server.port), timeout=TIMEOUT)
+
+
+MESSAGES = ["hello", "héllo wörld ☃ 🚀", "", b"", b"\x00\x01\xfe\xff", "x" * 70000, b"\x00" * 70000]
+
+
+@pytest.mark.parametrize("path", ["/echo/", "/echo-wait/"])
+def test_echo(server: ServerProcess, path: str) -> None:
+    with ws(server, path) as client:
+        for message in MESSAGES:
+            client.send(message)
+            answer = client.recv(timeout=TIMEOUT)
+            assert answer == message and type(answer) is type(message)
+    assert client.close_code == 1000
+
+
+def test_fragmented_messages(server: ServerProcess) -> None:
+    with ws(server, "/echo/") as client:
+        client.send(iter(["frag", "mén", "ted"]))
+        assert client.recv(timeout=TIMEOUT) == "fragménted"
+        client.send(iter([b"\x01", b"", b"\x02\x03"]))
+        assert client.recv(timeout=TIMEOUT) == b"\x01\x02\x03"
+
+
+def test_one_mebibyte_both_ways(server: ServerProcess) -> None:
+    payload = bytes(range(256)) * 4096
+    with ws(server, "/echo/") as client:
+        client.send(payload)
+        assert client.recv(timeout=TIMEOUT) == payload
+    with ws(server, "/big/") as client:
+        assert client.recv(timeout=TIMEOUT) == payload
+    with ws(server, "/big/?text=1") as client:
+        assert client.recv(timeout=TIMEOUT) == "é" * (1 << 19)
+
+
+def test_over_the_message_limit_closes_1009(server: ServerProcess) -> None:
+    with ws(server, "/echo/") as client:
+        client.send(b"\x00" * ((1 << 20) + 1))
+        with pytest.raises(ClientClosed):
+            client.recv(timeout=TIMEOUT)
+    assert client.close_code == 1009
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+def test_compression_negotiated_unless_the_client_declines(server: ServerProcess, compression: str | None) -> None:
+    with ws(server, "/echo/", compression=compression) as client:
+        extensions = client.response.headers.get("Sec-WebSocket-Extensions")
+        assert (extensions is not None and "permessage-deflate" in extensions) == (compression is not None)
+        for message in MESSAGES:
+            client.send(message)
+            assert client.recv(timeout=TIMEOUT) == message
+
+
+@pytest.mark.parametrize("name", ["runserver", "gevent"])
+def test_compression_setting_off(make_server: Any, name: str) -> None:
+    server = make_server(name, settings={"WEBSOCKET_COMPRESSION": False})
+    with ws(server, "/echo/") as client:
+        assert client.response.headers.get("Sec-WebSocket-Extensions") is None
+        client.send("plain " * 100)
+        assert client.recv(timeout=TIMEOUT) == "plain " * 100
+
+
+def test_ping_pong(server: ServerProcess) -> None:
+    with ws(server, "/ping/") as client:
+        assert client.ping(b"client ping").wait(TIMEOUT)
+        client.send("after ping")
+        assert client.recv(timeout=TIMEOUT) == "after ping"
+
+
+def test_server_ping_reaches_the_client(server: ServerProcess) -> None:
+    with RawClient(raw(server)) as client:
+        client.handshake("/ping/")
+        event = client.next_event()
+        assert type(event).__name__ == "Ping" and event.data == b"server ping"  # type: ignore[union-attr]
+
+
+def test_server_closes_with_code_and_reason(server: ServerProcess) -> None:
+    with ws(server, "/close/?code=4001&reason=bye%20now") as client:
+        client.send("go")
+        with pytest.raises(ClientClosed):
+            client.recv(timeout=TIMEOUT)
+    assert (client.close_code, client.close_reason) == (4001, "bye now")
+
+
+def test_client_closes_with_code_and_reason(server: ServerProcess) -> None:
+    key = uuid.uuid4().hex
+    with ws(server, f"/record/?id={key}") as client:
+        client.send("hi")
+        assert client.recv(timeout=TIMEOUT) == "hi"
+        client.close(4000, "client says bye")
+    assert client.close_code == 4000  # the server echoes the code (RFC 6455 5.5.1)
+    # What the view saw, read back over plain HTTP (the view records it as it ends).
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        status, body = http_get(server, f"/record/?id={key}")
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert status == 200
+    assert json.loads(body) == {"code": 4000, "reason": "client says bye", "closed": True}
+
+
+def test_connection_closed_escaping_the_view_is_a_normal_end(server: ServerProcess) -> None:
+    mark = server.mark()
+    with ws(server, "/raise-closed/") as client:
+        client.send("x")
+        with pytest.raises(ClientClosed):
+            client.recv(timeout=TIMEOUT)
+    assert client.close_code == 1000
+    assert "Traceback" not in server.log(mark)
+
+
+def test_view_error_closes_1011(server: ServerProcess) -> None:
+    with ws(server, "/raise-error/") as client:
+        client.send("x")
+        with pytest.raises(ClientClosed):
+            client.recv(timeout=TIMEOUT)
+    assert client.close_code == 1011
+
+
+def test_view_returning_none_untouched_accepts_and_closes(server: ServerProcess) -> None:
+    with ws(server, "/nothing/") as client:
+        with pytest.raises(ClientClosed):
+            client.recv(timeout=TIMEOUT)
+    assert client.close_code == 1000
+
+
+def test_refused_before_accepting(server: ServerProcess) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        ws(server, "/refuse/")
+    assert info.value.response.status_code == 403
+    assert info.value.response.body == b"not you\n"
+
+
+def test_subprotocol(server: ServerProcess) -> None:
+    with ws(server, "/subprotocol/", subprotocols=["other", "chat"]) as client:
+        assert client.subprotocol == "chat"
+        assert json.loads(client.recv(timeout=TIMEOUT)) == {"offered": ["other", "chat"], "chosen": "chat"}
+    with ws(server, "/subprotocol/") as client:
+        assert client.subprotocol is None
+        assert json.loads(client.recv(timeout=TIMEOUT)) == {"offered": [], "chosen": None}
+
+
+def test_read_and_count_messages(server: ServerProcess) -> None:
+    with ws(server, "/info/") as client:
+        assert json.loads(client.recv(timeout=TIMEOUT)) == {"read": None}
+        client.send("one")
+        assert json.loads(client.recv(timeout=TIMEOUT)) == {"wait": "one", "count": 0}
+
+
+def test_plain_http(server: ServerProcess) -> None:
+    assert http_get(server, "/echo/") == (200, b"echo: plain HTTP\n")
+    status, body = http_get(server, "/echo-wait/")
+    assert status == 400 and b"WebSocket" in body
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "in_body"),
+    [
+        ({"Sec-WebSocket-Key": "short"}, 400, b"Sec-WebSocket-Key"),
+        ({"Sec-WebSocket-Version": "8"}, 426, b"Sec-WebSocket-Version"),
+        ({"Origin": "http://evil.example"}, 403, b"evil.example"),
+    ],
+)
+def test_refused_handshakes(server: ServerProcess, headers: dict[str, str], status: int, in_body: bytes) -> None:
+    mark = server.mark()
+    request = upgrade_request("/echo/")
+    head, _, _ = request.partition(b"\r\n\r\n")
+    lines = [line for line in head.split(b"\r\n") if line.split(b":")[0].decode() not in headers]
+    lines += [f"{name}: {value}".encode() for name, value in headers.items()]
+    with raw(server) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        got_status, got_headers, body = read_http_response(sock)
+    assert got_status == status
+    assert in_body in body
+    if status == 426:
+        assert got_headers["sec-websocket-version"] == "13"
+    assert "Traceback" not in server.log(mark)
+
+
+def test_same_origin_allowed(server: ServerProcess) -> None:
+    with ws(server, "/echo/", origin=f"http://127.0.0.1:{server.port}") as client:
+        client.send("same origin")
+        assert client.recv(timeout=TIMEOUT) == "same origin"
+
+
+def test_handshake_and_first_frame_in_one_segment(server: ServerProcess) -> None:
+    with RawClient(raw(server)) as client:
+        client.handshake("/echo/", first=masked(0x1, "in the same segment".encode()))
+        assert client.recv() == "in the same segment"
+
+
+def test_nothing_after_the_close_frame_when_the_client_closes(server: ServerProcess) -> None:
+    with RawClient(raw(server)) as client:
+        client.handshake("/echo/")
+        client.send("hi")
+        assert client.recv() == "hi"
+        client.sock.sendall(masked(0x8, b"\x03\xe8bye"))
+        data = read_until_eof(client.sock)
+    frames, trailing = split_frames(data)
+    assert frames == [(0x88, b"\x03\xe8")]
+    assert trailing == b""
+
+
+def test_nothing_after_the_close_frame_when_the_server_closes(server: ServerProcess) -> None:
+    with RawClient(raw(server)) as client:
+        client.handshake("/close/?code=4002&reason=done")
+        client.sock.sendall(masked(0x1, b"go"))
+        event = client.recv()
+        assert event == Close(4002, "done")
+        client.sock.sendall(masked(0x8, b"\x0f\xa2"))
+        assert read_until_eof(client.sock) == b""
+
+
+def test_protocol_error_closes_1002_and_eof(server: ServerProcess) -> None:
+    with RawClient(raw(server)) as client:
+        client.handshake("/echo/")
+        payload, key = b"reserved opcode", b"\x01\x02\x03\x04"
+        client.sock.sendall(bytes((0x83, 0x80 | len(payload))) + key + apply_mask(payload, key))
+        data = read_until_eof(client.sock)
+    frames, trailing = split_frames(data)
+    assert len(frames) == 1 and frames[0][0] == 0x88
+    assert frames[0][1][:2] == (1002).to_bytes(2, "big")
+    assert trailing == b""

@@ -1,0 +1,166 @@
+"""accept_websocket / require_websocket, without a server (RequestFactory, socketpair)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory
+
+from dwebsocket import accept_websocket, require_websocket
+from dwebsocket.protocol.connection import Close
+from tests.inprocess import Session, upgrade_headers
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+@accept_websocket
+def either(request: HttpRequest) -> HttpResponse | None:
+    if not request.is_websocket():
+        return HttpResponse("plain")
+    for message in request.websocket:
+        request.websocket.send(message)
+    return None
+
+
+@require_websocket
+def only(request: HttpRequest) -> None:
+    request.websocket.send("hello")
+
+
+def test_attributes() -> None:
+    assert either.accept_websocket and not either.require_websocket
+    assert only.accept_websocket and only.require_websocket
+    assert either.__name__ == "either"
+
+
+def test_stacking_keeps_one_wrapper_and_require_wins() -> None:
+    def view(request: HttpRequest) -> None:
+        return None
+
+    wrapped = require_websocket(view)
+    assert accept_websocket(wrapped) is wrapped
+    assert wrapped.require_websocket
+
+
+def test_plain_http() -> None:
+    request = RequestFactory().get("/")
+    assert either(request).content == b"plain"
+    assert request.websocket is None and not request.is_websocket()
+    response = only(RequestFactory().get("/"))
+    assert response.status_code == 400
+
+
+def test_echo_session() -> None:
+    with Session(either) as session:
+        session.expect_101()
+        session.client.send("hé")
+        assert session.client.recv() == "hé"
+        session.client.send(b"\x00")
+        assert session.client.recv() == b"\x00"
+        session.client.sock.sendall(session.client.conn.send_close(1000))
+        assert session.client.recv() == Close(1000, "")
+        response = session.finish()
+    assert response.status_code == 200
+    assert session.request.is_websocket()
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({"Sec-WebSocket-Key": "x"}, 400), ({"Sec-WebSocket-Version": "7"}, 426), ({"Origin": "http://evil.example"}, 403)],
+)
+def test_refused_handshake_does_not_call_the_view(headers: dict[str, str], status: int) -> None:
+    called = []
+
+    @accept_websocket
+    def view(request: HttpRequest) -> None:
+        called.append(request)
+
+    response = view(RequestFactory().get("/", headers=upgrade_headers(KEY, **headers)))
+    assert response.status_code == status
+    assert called == []
+
+
+def test_no_socket_is_501(caplog: pytest.LogCaptureFixture) -> None:
+    called: list[Any] = []
+
+    @accept_websocket
+    def view(request: HttpRequest) -> None:
+        called.append(request)
+
+    with caplog.at_level(logging.ERROR, logger="dwebsocket"):
+        response = view(RequestFactory().get("/", headers=upgrade_headers(KEY)))
+    assert response.status_code == 501
+    assert b"cannot take the connection over" in response.content
+    assert called == []
+    assert any("cannot take the connection over" in r.getMessage() for r in caplog.records)
+
+
+def test_refusing_with_http_before_accepting() -> None:
+    @require_websocket
+    def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("no", status=403)
+
+    with Session(view) as session:
+        response = session.finish()
+    assert response.status_code == 403
+    assert response.content == b"no"
+
+
+def test_returning_none_untouched_accepts_and_closes() -> None:
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        return None
+
+    with Session(view) as session:
+        session.expect_101()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+def test_view_error_closes_1011_and_propagates() -> None:
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        request.websocket.accept()
+        raise RuntimeError("boom")
+
+    with Session(view) as session:
+        session.expect_101()
+        assert session.client.recv() == Close(1011, "")
+        session.finish()
+    assert isinstance(session.error, RuntimeError)
+
+
+class GreenletExit(BaseException):
+    """Named like greenlet's: a killed greenlet says "going away" (1001)."""
+
+
+class Killed(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(("exc", "code"), [(GreenletExit, 1001), (Killed, 1011)])
+def test_base_exception_closes_and_propagates(exc: type[BaseException], code: int) -> None:
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        request.websocket.send("up")
+        raise exc()
+
+    with Session(view) as session:
+        session.expect_101()
+        assert session.client.recv() == "up"
+        assert session.client.recv() == Close(code, "")
+        session.finish()
+    assert isinstance(session.error, exc)
+
+
+def test_error_before_accepting_is_plain_django() -> None:
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        raise PermissionError("nope")
+
+    with Session(view) as session:
+        session.finish()
+    assert isinstance(session.error, PermissionError)

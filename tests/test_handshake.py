@@ -1,0 +1,133 @@
+"""The Django side of the handshake: headers from META, the Origin check, refusals."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from django.test import RequestFactory, override_settings
+
+from dwebsocket.exceptions import BackendUnavailable, ForbiddenOrigin, InvalidHandshake, UnsupportedVersion
+from dwebsocket.handshake import origin_allowed, parse_handshake, refuse, request_headers, unavailable
+from tests.inprocess import upgrade_headers
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def test_request_headers() -> None:
+    meta = {"HTTP_SEC_WEBSOCKET_KEY": "k", "HTTP_UPGRADE": "websocket", "CONTENT_LENGTH": "", "CONTENT_TYPE": "x", "PATH_INFO": "/"}
+    assert request_headers(meta) == {"sec-websocket-key": "k", "upgrade": "websocket"}
+    assert request_headers({"CONTENT_LENGTH": "0"}) == {"content-length": "0"}
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        (None, True),
+        ("http://127.0.0.1:8000", True),
+        ("https://localhost", True),
+        ("HTTP://LOCALHOST:1", True),
+        ("http://evil.example", False),
+        ("http://127.0.0.1.evil.example", False),
+        ("null", False),
+        ("not a url", False),
+    ],
+)
+def test_origin_from_allowed_hosts(origin: str | None, allowed: bool) -> None:
+    assert origin_allowed(origin) is allowed
+
+
+@override_settings(ALLOWED_HOSTS=[".example.com", "[::1]"])
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("https://example.com", True),
+        ("https://chat.example.com:8443", True),
+        ("https://example.com.evil", False),
+        ("http://[::1]:8000", True),
+    ],
+)
+def test_origin_leading_dot_and_ipv6(origin: str, allowed: bool) -> None:
+    assert origin_allowed(origin) is allowed
+
+
+@override_settings(ALLOWED_HOSTS=["*"])
+def test_origin_star_allows_everything() -> None:
+    assert origin_allowed("http://anything.example")
+    assert origin_allowed("null")
+
+
+@override_settings(DEBUG=True, ALLOWED_HOSTS=[])
+def test_origin_debug_default_hosts() -> None:
+    assert origin_allowed("http://localhost:3000")
+    assert origin_allowed("http://app.localhost")
+    assert not origin_allowed("http://example.com")
+
+
+@override_settings(WEBSOCKET_ALLOWED_ORIGINS=["https://app.example.com", "http://localhost:3000", "partner.example"])
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("https://app.example.com", True),
+        ("https://app.example.com:443", True),
+        ("http://app.example.com", False),
+        ("https://app.example.com:8443", False),
+        ("http://localhost:3000", True),
+        ("http://localhost:3001", False),
+        ("http://127.0.0.1", False),  # ALLOWED_HOSTS no longer applies
+        ("https://partner.example:9000", True),  # scheme-less entry: a host pattern
+        (None, True),
+    ],
+)
+def test_origin_explicit_list(origin: str | None, allowed: bool) -> None:
+    assert origin_allowed(origin) is allowed
+
+
+@override_settings(WEBSOCKET_ALLOWED_ORIGINS=["*"])
+def test_origin_explicit_star() -> None:
+    assert origin_allowed("null")
+
+
+def _request(**headers: str):  # type: ignore[no-untyped-def]
+    return RequestFactory().get("/ws/", headers=upgrade_headers(KEY, **headers))
+
+
+def test_parse_handshake() -> None:
+    handshake = parse_handshake(_request(**{"Sec-WebSocket-Protocol": "a, b", "Origin": "http://localhost"}))
+    assert handshake.key == KEY
+    assert handshake.subprotocols == ["a", "b"]
+    assert handshake.origin == "http://localhost"
+
+
+def test_parse_handshake_errors() -> None:
+    with pytest.raises(UnsupportedVersion):
+        parse_handshake(_request(**{"Sec-WebSocket-Version": "8"}))
+    with pytest.raises(InvalidHandshake) as info:
+        parse_handshake(_request(**{"Sec-WebSocket-Key": "nope"}))
+    assert info.value.status == 400
+    with pytest.raises(ForbiddenOrigin):
+        parse_handshake(_request(Origin="http://evil.example"))
+    request = RequestFactory().post("/ws/", headers=upgrade_headers(KEY))
+    with pytest.raises(InvalidHandshake):
+        parse_handshake(request)
+
+
+def test_refuse(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="dwebsocket"):
+        response = refuse(_request(), UnsupportedVersion("version 8, expected 13"))
+    assert response.status_code == 426
+    assert response["Sec-WebSocket-Version"] == "13"
+    assert response["Content-Type"].startswith("text/plain")
+    assert response.content == b"version 8, expected 13\n"
+    assert response["Content-Length"] == str(len(response.content))
+    [record] = caplog.records
+    assert record.levelno == logging.INFO
+    assert "version 8, expected 13" in record.getMessage()
+
+
+def test_unavailable(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="dwebsocket"):
+        response = unavailable(_request(), BackendUnavailable("no socket here"))
+    assert response.status_code == 501
+    assert b"no socket here" in response.content
+    assert "no socket here" in caplog.records[0].getMessage()
