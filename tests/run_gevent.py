@@ -2,7 +2,8 @@
 
     python tests/run_gevent.py 127.0.0.1:PORT
 
-Stops cleanly on SIGTERM/SIGINT.
+Stops cleanly on SIGTERM/SIGINT (``dwebsocket.contrib.shutdown``). This is the script
+``docs/deployment.rst`` shows.
 """
 
 from gevent import monkey
@@ -10,11 +11,9 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
 
@@ -23,10 +22,12 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     from django.core.wsgi import get_wsgi_application
 
+    from dwebsocket.contrib.shutdown import install
+
     host, _, port = sys.argv[1].rpartition(":")
     server = WSGIServer((host or "127.0.0.1", int(port)), get_wsgi_application())
-    gevent.signal_handler(signal.SIGTERM, server.stop)
-    gevent.signal_handler(signal.SIGINT, server.stop)
+    # SIGTERM/SIGINT: open WebSockets get 1001 ("going away"), then the server stops.
+    install(server.stop)
     print(f"gevent.pywsgi serving on {host}:{port}", flush=True)
     server.serve_forever()
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dwebsocket.backends.default.websocket import DefaultWebSocket
@@ -27,6 +29,7 @@ __all__ = ["going_away", "open_websockets"]
 logger = logging.getLogger("dwebsocket")
 
 GOING_AWAY = 1001
+_POLL = 0.05  # seconds between looks while waiting for the goodbyes
 
 # set.add/discard and list(set) are atomic under the GIL: no lock, so that a signal
 # handler interrupting a thread in the middle of an update cannot deadlock.
@@ -41,8 +44,8 @@ def open_websockets() -> list[DefaultWebSocket]:
 def going_away(reason: str = "server shutting down", timeout: float | None = None) -> int:
     """Close every open connection with 1001 and ``reason``; return how many there were.
 
-    Each is closed in its own thread (a greenlet or green thread when monkey-patched),
-    as ``websocket.close(1001, reason)`` from any thread does. Waits up to ``timeout``
+    Each is closed concurrently (a thread, or a greenlet / green thread when
+    monkey-patched), as ``websocket.close(1001, reason)`` does. Waits up to ``timeout``
     seconds for them (None: ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second; 0: not at all --
     what a signal handler running on a view's own thread must pass, since that view
     has to run for its connection to finish closing). Never raises.
@@ -51,22 +54,38 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
     if not websockets:
         return 0
     logger.info("Server stopping: closing %d WebSocket(s) with %d", len(websockets), GOING_AWAY)
-    threads = []
     for websocket in websockets:
-        thread = threading.Thread(
-            target=_close, args=(websocket, reason), name="dwebsocket-going-away", daemon=True
-        )
-        thread.start()
-        threads.append(thread)
+        _spawn(_close, websocket, reason)
     if timeout is None:
         timeout = float(settings.WEBSOCKET_CLOSE_TIMEOUT) + 1.0
     deadline = time.monotonic() + timeout
-    for thread in threads:
+    # Poll rather than join: cooperative under gevent/eventlet (time.sleep is patched),
+    # and the same code whatever ran the goodbyes.
+    while any(websocket in _open for websocket in websockets):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        thread.join(remaining)
+        time.sleep(min(_POLL, remaining))
     return len(websockets)
+
+
+def _spawn(target: Callable[..., None], *args: Any) -> None:
+    """Run ``target(*args)`` concurrently without blocking the caller, which may be a
+    signal handler running inside gevent's or eventlet's event loop (where even
+    ``Thread.start()`` would block, waiting for the new thread to start)."""
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None and gevent_monkey.is_module_patched("threading"):
+        import gevent
+
+        gevent.spawn(target, *args)
+        return
+    eventlet_patcher = sys.modules.get("eventlet.patcher")
+    if eventlet_patcher is not None and eventlet_patcher.is_monkey_patched("thread"):
+        import eventlet
+
+        eventlet.spawn_n(target, *args)
+        return
+    threading.Thread(target=target, args=args, name="dwebsocket-going-away", daemon=True).start()
 
 
 def _close(websocket: DefaultWebSocket, reason: str) -> None:

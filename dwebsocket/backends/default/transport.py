@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import BackendUnavailable
 
 __all__ = ["TAKEOVERS", "Transport", "find_transport", "takeover"]
@@ -102,9 +103,15 @@ class Transport:
         """Block up to ``timeout`` seconds (None: forever, 0: just look) until the socket
         is readable (data, EOF or an error). Cooperative under gevent/eventlet
         monkey-patching, and it does not touch the socket's timeout (which a concurrent
-        sender relies on)."""
+        sender relies on). Before blocking, closes this thread's idle database
+        connections (:func:`dwebsocket.db.release_idle_connections`)."""
         if timeout is not None and timeout < 0:
             timeout = 0
+        if timeout != 0:
+            # About to block, maybe for long: give back the database connections Django
+            # would close at the end of a request (docs/deployment.rst, "Database
+            # connections"). This runs on the view's thread, whose connections they are.
+            release_idle_connections()
         if hasattr(select, "poll"):
             poller = self._poller
             if poller is None:

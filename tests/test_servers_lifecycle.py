@@ -1,0 +1,241 @@
+"""Long-lived connections through real servers: many at once, graceful stop (1001), views
+killed the way servers kill them, gunicorn's sync worker, servers that cannot work, and
+database connections held across ``wait()``.
+
+The basic behaviour (echo, buffered first frame, closing from either side, nothing after
+the close frame) is in ``tests/integration/``, over the same ``server`` matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from dwebsocket.protocol.connection import Close
+from tests.servers import ServerProcess, start_server
+from tests.wire import (
+    TIMEOUT,
+    RawClient,
+    masked,
+    read_http_response,
+    read_until_eof,
+    split_frames,
+    upgrade_request,
+)
+
+pytestmark = pytest.mark.server
+
+#: The servers of the default backend and the signal their docs stop them with.
+STOPS = [
+    ("runserver", signal.SIGINT),
+    ("gevent", signal.SIGTERM),
+    ("gevent", signal.SIGINT),
+    ("gunicorn-gevent", signal.SIGTERM),
+    ("gunicorn-gevent", signal.SIGINT),
+    ("gunicorn-gthread", signal.SIGTERM),
+    ("gunicorn-gthread", signal.SIGINT),
+    ("eventlet", signal.SIGTERM),
+    ("eventlet", signal.SIGINT),
+]
+
+#: What shows that a server wrote to a socket dwebsocket had shut down, and complained.
+WRITE_ERRORS = ("Broken pipe", "EPIPE", "Bad file descriptor", "EBADF")
+
+CLIENTS = 20
+MESSAGES = 5
+
+
+def raw_client(server: ServerProcess, path: str) -> RawClient:
+    client = RawClient(socket.create_connection((server.host, server.port), timeout=TIMEOUT))
+    client.handshake(path)
+    return client
+
+
+def expect_close_then_eof(client: RawClient, code: int) -> None:
+    """The next thing from the server is a close frame with ``code`` (the client's core
+    answers it), then EOF: no byte after the close frame."""
+    event = client.recv()
+    assert isinstance(event, Close), event
+    assert event.code == code, event
+    assert read_until_eof(client.sock) == b""
+
+
+def assert_no_write_errors(log: str) -> None:
+    for needle in WRITE_ERRORS:
+        assert needle not in log, f"the server wrote to a shut-down socket:\n{log}"
+
+
+def test_many_clients_at_once(server: ServerProcess) -> None:
+    """CLIENTS connections open together, each echoing text and binary in turn."""
+    barrier = threading.Barrier(CLIENTS, timeout=TIMEOUT * 3)
+
+    def session(n: int) -> list[object]:
+        with connect(
+            server.url("/echo/"), open_timeout=TIMEOUT * 3, close_timeout=TIMEOUT, proxy=None
+        ) as ws:
+            barrier.wait()  # every connection is open before any talks
+            got: list[object] = []
+            for i in range(MESSAGES):
+                ws.send(f"client {n} message {i}")
+                got.append(ws.recv(timeout=TIMEOUT))
+                ws.send(bytes([n, i]) * 100)
+                got.append(ws.recv(timeout=TIMEOUT))
+        assert ws.close_code == 1000
+        return got
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = list(pool.map(session, range(CLIENTS)))
+    for n, got in enumerate(results):
+        expected: list[object] = []
+        for i in range(MESSAGES):
+            expected += [f"client {n} message {i}", bytes([n, i]) * 100]
+        assert got == expected
+
+
+@pytest.mark.parametrize(("name", "sig"), STOPS, ids=[f"{n}-{s.name}" for n, s in STOPS])
+def test_graceful_stop_sends_1001(
+    make_server: Callable[..., ServerProcess], name: str, sig: signal.Signals
+) -> None:
+    server = make_server(name)
+    clients = [raw_client(server, "/lifecycle/wait/") for _ in range(3)]
+    try:
+        for client in clients:
+            assert client.recv() == "ready"
+        clients[0].send("still here")
+        assert clients[0].recv() == "still here"
+        status = server.stop(sig)
+        for client in clients:
+            expect_close_then_eof(client, 1001)
+    finally:
+        for client in clients:
+            client.close()
+    assert status != -signal.SIGKILL, f"{name} had to be killed:\n{server.log()}"
+    assert_no_write_errors(server.log())
+
+
+@pytest.mark.parametrize(
+    ("name", "exc", "code"),
+    [
+        ("gevent", "GreenletExit", 1001),
+        ("gunicorn-gevent", "GreenletExit", 1001),
+        ("gunicorn-gthread", "SystemExit", 1001),
+        ("eventlet", "Timeout", 1011),
+    ],
+)
+def test_killed_view_ends_cleanly(tmp_path: Path, name: str, exc: str, code: int) -> None:
+    """A view ended by the exception its server kills with: a close frame, EOF, and
+    nothing else on the wire; no write error in the log. (eventlet logs the traceback
+    of a Timeout that escapes a view, as of any application error: that one is
+    expected.)"""
+    server = start_server(name, tmp_path / "server.log")
+    try:
+        with raw_client(server, f"/lifecycle/die/?exc={exc}") as client:
+            assert client.recv() == "ready"
+            client.send("die now")
+            expect_close_then_eof(client, code)
+        # The server is still serving.
+        with raw_client(server, "/echo/") as client:
+            client.send("after")
+            assert client.recv() == "after"
+    finally:
+        server.stop()
+    log = server.log()
+    assert_no_write_errors(log)
+    expected = 1 if exc == "Timeout" else 0
+    assert log.count("Traceback (most recent call last)") == expected, log
+    if expected:
+        assert "eventlet.timeout.Timeout" in log
+
+
+def test_gunicorn_sync_serves_one_connection_and_warns(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    server = make_server("gunicorn-sync")
+    with raw_client(server, "/echo/") as client:
+        client.send("hello")
+        assert client.recv() == "hello"
+        client.send(b"\x00\x01")
+        assert client.recv() == b"\x00\x01"
+        client.sock.sendall(masked(0x8, b"\x03\xe8"))
+        frames, trailing = split_frames(read_until_eof(client.sock))
+    assert frames == [(0x88, b"\x03\xe8")] and trailing == b""
+    assert "dwebsocket.W002" in server.log()
+
+
+def test_gunicorn_sync_timeout_kill_ends_cleanly(tmp_path: Path) -> None:
+    """gunicorn's --timeout aborts the worker (SystemExit inside the view): the client
+    gets 1001 and EOF, not the 500 page gunicorn writes after a timeout. (gunicorn logs
+    the timeout, with the SystemExit's traceback: that one is expected.)"""
+    server = start_server(
+        "gunicorn-sync", tmp_path / "server.log", env={"GUNICORN_CMD_ARGS": "--timeout 2"}
+    )
+    try:
+        with raw_client(server, "/lifecycle/wait/") as client:
+            assert client.recv() == "ready"
+            client.sock.settimeout(TIMEOUT * 3)  # the arbiter notices within a few seconds
+            event = client.recv()
+            assert event == Close(1001, ""), event
+            assert read_until_eof(client.sock) == b""
+    finally:
+        server.stop()
+    log = server.log()
+    assert "WORKER TIMEOUT" in log
+    assert_no_write_errors(log)
+    assert log.count("Traceback (most recent call last)") == 1, log
+    assert "SystemExit: 1" in log
+
+
+@pytest.mark.parametrize("name", ["waitress", "granian"])
+def test_server_without_a_socket_refuses_with_501(
+    make_server: Callable[..., ServerProcess], name: str
+) -> None:
+    server = make_server(name)
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request("/echo/"))
+        status, _headers, body = read_http_response(sock)
+    assert status == 501
+    assert b"WebSockets are not available on this server" in body
+    assert "WebSockets are not available on this server" in server.log()
+    # Plain HTTP on the same view works.
+    with urllib.request.urlopen(server.url("/echo/", "http"), timeout=TIMEOUT) as response:
+        assert response.read() == b"echo: plain HTTP\n"
+
+
+@pytest.mark.parametrize(
+    ("conn_max_age", "atomic", "open_after_wait"),
+    [(0, False, False), (None, False, True), (0, True, True)],
+    ids=["max-age-0-closed", "persistent-kept", "in-atomic-kept"],
+)
+def test_wait_releases_database_connections(
+    make_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+    conn_max_age: int | None,
+    atomic: bool,
+    open_after_wait: bool,
+) -> None:
+    """Blocking in wait() applies Django's end-of-request rule (CONN_MAX_AGE) outside
+    transactions; a connection inside atomic() is left alone."""
+    databases = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(tmp_path / "db.sqlite3"),
+            "CONN_MAX_AGE": conn_max_age,
+        }
+    }
+    server = make_server("runserver", settings={"DATABASES": databases})
+    path = "/lifecycle/db/" + ("?atomic=1" if atomic else "")
+    with raw_client(server, path) as client:
+        assert client.recv() == "ready"
+        client.send("go on")
+        report = client.recv()
+        assert isinstance(report, str)
+        assert json.loads(report) == {"open_after_wait": open_after_wait}
