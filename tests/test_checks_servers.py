@@ -1,0 +1,154 @@
+"""The server and configuration system checks: one test per id (W002-W006, E001), and
+how W002/W003 get reported inside a gunicorn worker."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core import checks
+from django.db import transaction
+from django.test import override_settings
+from django.urls import path
+from gunicorn.workers.ggevent import GeventWorker
+from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.sync import SyncWorker
+
+from dwebsocket import accept_websocket, require_websocket
+from dwebsocket import server as server_info
+from dwebsocket.checks import (
+    MIDDLEWARE_PATH,
+    check_atomic_requests,
+    check_middleware,
+    check_server,
+)
+
+
+@require_websocket
+def atomic_view(request: Any) -> None: ...
+
+
+@transaction.non_atomic_requests
+@accept_websocket
+def non_atomic_view(request: Any) -> None: ...
+
+
+def plain_view(request: Any) -> None: ...
+
+
+urlpatterns = [
+    path("atomic/", atomic_view),
+    path("non-atomic/", non_atomic_view),
+    path("plain/", plain_view),
+]
+
+
+def fake_worker(cls: type, threads: int = 1, timeout: float = 30) -> Any:
+    worker = cls.__new__(cls)  # no __init__: it would want an arbiter
+    worker.cfg = SimpleNamespace(threads=threads, timeout=timeout)
+    return worker
+
+
+@pytest.fixture(autouse=True)
+def no_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(server_info, "_worker", None)
+    monkeypatch.setattr(server_info, "_reported", False)
+    yield
+
+
+def ids(messages: list[checks.CheckMessage]) -> list[str | None]:
+    return [message.id for message in messages]
+
+
+def test_no_server_outside_a_worker() -> None:
+    assert check_server() == []
+
+
+def test_w002_gunicorn_sync_worker() -> None:
+    server_info.note_gunicorn_worker(fake_worker(SyncWorker, timeout=30))
+    [warning] = check_server()
+    assert warning.id == "dwebsocket.W002" and warning.level == checks.WARNING
+    assert "--timeout (30 s)" in warning.msg
+
+
+def test_w003_gthread_with_one_thread() -> None:
+    server_info.note_gunicorn_worker(fake_worker(ThreadWorker, threads=1))
+    assert ids(check_server()) == ["dwebsocket.W003"]
+    server_info.note_gunicorn_worker(fake_worker(ThreadWorker, threads=32))
+    assert check_server() == []
+
+
+def test_gevent_worker_is_fine() -> None:
+    server_info.note_gunicorn_worker(fake_worker(GeventWorker))
+    assert check_server() == []
+
+
+def test_worker_found_on_the_call_stack_and_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    def handle(self: Any) -> None:  # gunicorn's Worker.handle(self, ...) frame
+        server_info.report_once()
+
+    with caplog.at_level(logging.WARNING, logger="dwebsocket"):
+        handle(fake_worker(SyncWorker))
+        handle(fake_worker(SyncWorker))
+    assert [r.getMessage().count("dwebsocket.W002") for r in caplog.records] == [1]
+
+
+def test_w004_atomic_requests_on_a_websocket_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(settings.DATABASES["default"], "ATOMIC_REQUESTS", True)
+    with override_settings(ROOT_URLCONF=__name__):
+        messages = check_atomic_requests()
+    [warning] = messages
+    assert warning.id == "dwebsocket.W004"
+    assert "atomic_view" in warning.msg and "'atomic/'" in warning.msg
+    assert "non_atomic_requests" in (warning.hint or "")
+
+
+def test_w004_quiet_without_atomic_requests() -> None:
+    with override_settings(ROOT_URLCONF=__name__):
+        assert check_atomic_requests() == []
+
+
+@override_settings(MIDDLEWARE_CLASSES=[MIDDLEWARE_PATH], MIDDLEWARE=[])
+def test_e001_middleware_in_middleware_classes() -> None:
+    [error] = check_middleware()
+    assert error.id == "dwebsocket.E001" and error.level == checks.ERROR
+
+
+@override_settings(WEBSOCKET_ACCEPT_ALL=True, MIDDLEWARE=[])
+def test_w005_accept_all_without_the_middleware() -> None:
+    assert ids(check_middleware()) == ["dwebsocket.W005"]
+
+
+@override_settings(WEBSOCKET_ACCEPT_ALL=True, MIDDLEWARE=[MIDDLEWARE_PATH])
+def test_w005_quiet_with_the_middleware() -> None:
+    assert check_middleware() == []
+
+
+@override_settings(MIDDLEWARE=[MIDDLEWARE_PATH, "django.middleware.csrf.CsrfViewMiddleware"])
+def test_w006_process_view_middleware_after_ours() -> None:
+    [warning] = check_middleware()
+    assert warning.id == "dwebsocket.W006"
+    assert "CsrfViewMiddleware" in warning.msg
+
+
+@override_settings(MIDDLEWARE=[MIDDLEWARE_PATH, "django.middleware.common.CommonMiddleware"])
+def test_w006_quiet_for_middleware_without_process_view() -> None:
+    assert check_middleware() == []
+
+
+@override_settings(
+    WEBSOCKET_ACCEPT_ALL=True,
+    MIDDLEWARE=[],
+    MIDDLEWARE_CLASSES=[MIDDLEWARE_PATH],
+    ROOT_URLCONF=__name__,
+)
+def test_registered_with_django(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(settings.DATABASES["default"], "ATOMIC_REQUESTS", True)
+    found = set(ids(checks.run_checks(include_deployment_checks=False)))
+    assert {"dwebsocket.E001", "dwebsocket.W004", "dwebsocket.W005"} <= found
+    # The server checks say nothing in manage.py check (no worker there).
+    assert not found & {"dwebsocket.W002", "dwebsocket.W003"}
