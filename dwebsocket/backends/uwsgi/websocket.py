@@ -1,0 +1,500 @@
+"""``request.websocket`` on uWSGI: frames are read and written by uWSGI's websocket API
+(``uwsgi.websocket_recv_nb`` / ``websocket_send`` / ``websocket_send_binary``); this
+module works around what that API gets wrong where our side can.
+
+What uWSGI decides in C and we cannot change (empty pongs, the process-wide fragment
+buffer, the crash on a lone continuation frame, per-frame size limits, the opcode lost
+on receive) is listed in ``docs/backends.rst``, each with a test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import uwsgi  # type: ignore[import-untyped]
+
+from dwebsocket.conf import settings
+from dwebsocket.db import release_idle_connections
+from dwebsocket.exceptions import ConnectionClosed, InvalidState
+from dwebsocket.protocol.connection import Close, Connection
+from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
+from dwebsocket.protocol.handshake import HandshakeRequest, accept_key
+from dwebsocket.websocket import Message, WebSocket
+
+from . import wsgi
+from .loops import Mode, Waiter, current_mode, owner_key
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+__all__ = ["uWsgiWebSocket"]
+
+logger = logging.getLogger("dwebsocket")
+_T = TypeVar("_T")
+
+# uwsgi.websocket_recv_nb() returns this one byte for each non-final fragment it stored
+# (core/websockets.c, uwsgi_websockets_parse): not a message.
+_FRAGMENT_PLACEHOLDER = b"\x00"
+_TEXT, _BINARY, _PING = "text", "binary", "ping"
+_warned_no_wrapper = False
+
+
+def _decode(data: bytes) -> Message:
+    # uWSGI drops the opcode: a payload that is valid UTF-8 is taken for text.
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
+
+
+def _uwsgi_option(name: str, default: int) -> int:
+    value = uwsgi.opt.get(name)
+    if isinstance(value, list):
+        value = value[-1]
+    try:
+        return int(value) if value not in (None, True) else default
+    except (TypeError, ValueError):
+        return default
+
+
+class uWsgiWebSocket(WebSocket):
+    """One WebSocket connection served through uWSGI's websocket API.
+
+    Must be created in the request's own greenlet/thread/core (the *owner*): only there
+    may uWSGI's API be called. ``wait``, ``read`` and ``accept`` are the owner's;
+    ``send``, ``deliver``, ``ping`` and ``close`` work from anywhere: from another
+    greenlet or thread they hand the frame to the owner (a bounded queue of
+    ``WEBSOCKET_SEND_QUEUE_SIZE`` bytes) and wake it; the owner writes it the next time
+    it is inside one of its websocket calls (a view waiting in ``wait()`` or iterating
+    writes it at once).
+    """
+
+    def __init__(self, request: HttpRequest, handshake: HandshakeRequest) -> None:
+        self._request = request
+        self._environ: dict[str, Any] = request.META
+        self._handshake = handshake
+        self.offered_subprotocols = list(handshake.subprotocols)
+        self.subprotocol = None
+        self.close_code = None
+        self.close_reason = ""
+
+        self._mode: Mode = current_mode()
+        self._owner = owner_key(self._mode)
+        self._fd: int = uwsgi.connection_fd()
+        self._waiter: Waiter | None = None
+        self._finalizer: weakref.finalize[[], uWsgiWebSocket] | None = None
+
+        self._accepted = False
+        self._closed = False  # the owner has finished with the connection
+        self._received: deque[Message] = deque()
+
+        # Shared with other greenlets/threads; never held across a blocking call.
+        self._lock = threading.Lock()
+        self._outbox: deque[tuple[str, Any]] = deque()
+        self._outbox_bytes = 0
+        self._closing: tuple[int, str] | None = None  # close requested, not yet done
+
+        self._max_message_size: int | None = settings.WEBSOCKET_MAX_MESSAGE_SIZE
+        self._queue_limit: int = settings.WEBSOCKET_SEND_QUEUE_SIZE
+        self._close_timeout: float = settings.WEBSOCKET_CLOSE_TIMEOUT
+        # uWSGI pings and checks pongs only inside websocket_recv_nb(): call it at least
+        # this often even when nothing arrives, or a dead peer is never noticed.
+        self._keepalive = max(1, _uwsgi_option("websocket-ping-freq", 30))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._accepted else "new"
+        return f"<uWsgiWebSocket fd={self._fd} {state} {self._mode.value}>"
+
+    # -- who is calling --------------------------------------------------------------
+
+    def _is_owner(self) -> bool:
+        return owner_key(self._mode) == self._owner
+
+    def _require_owner(self, what: str) -> None:
+        if not self._is_owner():
+            raise InvalidState(
+                f"{what}() on a uWSGI websocket must be called from the request's own "
+                "greenlet/thread: uWSGI allows its API nowhere else"
+            )
+
+    # -- the handshake ----------------------------------------------------------------
+
+    @property
+    def accepted(self) -> bool:
+        return self._accepted
+
+    def accept(self, subprotocol: str | None = None) -> None:
+        """Send the 101 response choosing ``subprotocol``. Owner only; idempotent.
+
+        With the WSGI wrapper (:mod:`dwebsocket.backends.uwsgi.wsgi`) the response is
+        ours (no subprotocol header unless one is chosen); without it uWSGI's
+        ``websocket_handshake`` writes it. Raises ``ValueError`` for a subprotocol the
+        client did not offer, ``ConnectionClosed`` if the client is gone."""
+        if self._accepted:
+            return
+        self._require_owner("accept")
+        if self._closed:
+            raise ConnectionClosed(self.close_code or 1006, self.close_reason)
+        if subprotocol is not None and subprotocol not in self.offered_subprotocols:
+            raise ValueError(
+                f"subprotocol {subprotocol!r} was not offered by the client "
+                f"(offered: {self.offered_subprotocols})"
+            )
+        try:
+            self._send_handshake(subprotocol)
+        except OSError:
+            self._closed = True
+            self.close_code = 1006
+            raise ConnectionClosed(1006, "") from None
+        self.subprotocol = subprotocol
+        self._accepted = True
+        self._waiter = Waiter(self._mode, self._fd)
+        self._finalizer = weakref.finalize(self, self._waiter.close)
+        self._environ[wsgi.TAKEN_OVER] = self
+        # Anything other greenlets queued before the handshake goes out now.
+        self._flush_outbox()
+
+    def _send_handshake(self, subprotocol: str | None) -> None:
+        start_response = self._environ.get(wsgi.START_RESPONSE)
+        if start_response is not None:
+            headers = [
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Accept", accept_key(self._handshake.key)),
+            ]
+            if subprotocol is not None:
+                headers.append(("Sec-WebSocket-Protocol", subprotocol))
+            write = start_response("101 Switching Protocols", headers)
+            # An empty write makes uWSGI send the headers now (and mark them sent).
+            write(b"")
+            return
+        global _warned_no_wrapper
+        if not _warned_no_wrapper:
+            _warned_no_wrapper = True
+            logger.warning(
+                "The uwsgi backend runs without its WSGI wrapper: Django's request_finished "
+                "will not fire after WebSocket requests. Serve "
+                "dwebsocket.backends.uwsgi.wsgi.get_wsgi_application() (see docs/deployment)."
+            )
+        # Always pass the protocol: with none, uWSGI echoes the client's whole offer.
+        uwsgi.websocket_handshake(
+            self._handshake.key, self._handshake.origin or "", subprotocol or ""
+        )
+
+    def _ensure_accepted(self) -> None:
+        if not self._accepted:
+            self.accept()
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> Message | None:
+        self._require_owner("wait")
+        try:
+            self._ensure_accepted()
+        except ConnectionClosed:
+            return None
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        assert self._waiter is not None
+        while True:
+            self._service()
+            if self._received:
+                return self._received.popleft()
+            if self._closed:
+                return None
+            delay: float = self._keepalive
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                delay = min(delay, remaining)
+            release_idle_connections()  # as Django would between requests (dwebsocket.db)
+            self._waiter.wait(delay)
+
+    def read(self, fallback: _T | None = None) -> Message | _T | None:
+        self._require_owner("read")
+        if not self._received:
+            try:
+                self._ensure_accepted()
+            except ConnectionClosed:
+                return fallback
+            self._service()
+        if self._received:
+            return self._received.popleft()
+        return fallback
+
+    def count_messages(self) -> int:
+        if self._is_owner() and not self._closed:
+            try:
+                self._ensure_accepted()
+            except ConnectionClosed:
+                return len(self._received)
+            self._service()
+        return len(self._received)
+
+    def _service(self) -> None:
+        """Owner: write what others queued, then take every complete message uWSGI has."""
+        self._flush_outbox()
+        if self._closed:
+            return
+        max_size = self._max_message_size
+        while True:
+            try:
+                data = uwsgi.websocket_recv_nb()
+            except OSError:
+                self._peer_gone()
+                return
+            if not data:
+                # Nothing ready -- or an empty message, which recv_nb cannot tell apart.
+                return
+            if data == _FRAGMENT_PLACEHOLDER:
+                continue
+            if max_size is not None and len(data) > max_size:
+                self._close_now(1009, f"message of {len(data)} bytes exceeds {max_size}")
+                return
+            self._received.append(_decode(data))
+
+    def _peer_gone(self) -> None:
+        """uWSGI's recv failed: the peer's close frame (uWSGI already answered it, without
+        a status code, and dropped the peer's), EOF, or a limit uWSGI enforces."""
+        code = 1005 if self._socket_open() else 1006
+        self._finish(code, "")
+
+    def _socket_open(self) -> bool:
+        try:
+            with socket.socket(fileno=os.dup(self._fd)) as sock:
+                try:
+                    return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+                except BlockingIOError:
+                    return True
+        except OSError:
+            return False
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, message: Message | bytearray | memoryview) -> None:
+        kind, payload = self._frame_kind(message)
+        if self._is_owner():
+            if self._closed or self._closing is not None:
+                raise self._closed_error()
+            self._ensure_accepted()
+            self._flush_outbox()
+            self._write_message(kind, payload)
+            if self._closed:
+                raise self._closed_error()
+            return
+        if not self._enqueue(kind, payload):
+            raise self._closed_error()
+
+    def deliver(self, message: Message) -> None:
+        kind, payload = self._frame_kind(message)
+        self._enqueue(kind, payload)
+
+    def ping(self, data: bytes = b"") -> None:
+        data = bytes(data)
+        if len(data) > 125:
+            raise ValueError("ping data must be at most 125 bytes")
+        if not self._is_owner():
+            if not self._enqueue(_PING, data):
+                raise self._closed_error()
+            return
+        if self._closed or self._closing is not None:
+            raise self._closed_error()
+        self._ensure_accepted()
+        self._flush_outbox()
+        self._write_control(encode_frame(Opcode.PING, data))
+        if self._closed:
+            raise self._closed_error()
+
+    @staticmethod
+    def _frame_kind(message: Message | bytearray | memoryview) -> tuple[str, bytes]:
+        if isinstance(message, str):
+            return _TEXT, message.encode()
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            return _BINARY, bytes(message)
+        raise TypeError(f"message must be str or bytes-like, not {type(message).__name__}")
+
+    def _closed_error(self) -> ConnectionClosed:
+        if self._closing is not None and not self._closed:
+            return ConnectionClosed(*self._closing)
+        return ConnectionClosed(self.close_code or 1006, self.close_reason)
+
+    def _enqueue(self, kind: str, payload: bytes) -> bool:
+        """Hand a frame to the owner; never blocks. False if the connection is closed (the
+        frame is dropped). Past the queue limit the connection is closed with 1008."""
+        with self._lock:
+            if self._closed or self._closing is not None:
+                return False
+            size = len(payload)
+            if self._outbox_bytes + size > self._queue_limit:
+                # A member that cannot keep up must not hold memory or delay the others.
+                self._outbox.clear()
+                self._outbox_bytes = 0
+                self._closing = (1008, "send queue overflow")
+                overflow = True
+            else:
+                self._outbox.append((kind, payload))
+                self._outbox_bytes += size
+                overflow = False
+        if self._waiter is not None:
+            self._waiter.wake()
+        return not overflow
+
+    def _flush_outbox(self) -> None:
+        """Owner: write the frames other greenlets/threads queued, in order; then run the
+        close they asked for, if any."""
+        if not self._accepted:
+            return
+        while not self._closed:
+            with self._lock:
+                if self._outbox:
+                    kind, payload = self._outbox.popleft()
+                    self._outbox_bytes -= len(payload)
+                else:
+                    kind, payload = "", b""
+                    closing = self._closing
+            if kind == _PING:
+                self._write_control(encode_frame(Opcode.PING, payload))
+            elif kind:
+                self._write_message(kind, payload)
+            else:
+                if closing is not None:
+                    self._close_now(*closing)
+                return
+
+    def _write_message(self, kind: str, payload: bytes) -> None:
+        try:
+            if kind == _TEXT:
+                uwsgi.websocket_send(payload)
+            else:
+                uwsgi.websocket_send_binary(payload)
+        except OSError:
+            # uWSGI gave up writing (peer gone, or no progress for --socket-timeout).
+            self._finish(1006, "")
+
+    def _write_control(self, frame: bytes) -> None:
+        """Write a control frame uWSGI has no API for, straight to the connection."""
+        if not self._write_raw(frame, self._close_timeout):
+            self._finish(1006, "")
+
+    def _write_raw(self, data: bytes, timeout: float) -> bool:
+        assert self._waiter is not None
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except (BlockingIOError, InterruptedError):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._waiter.wait_connection(
+                    write=True, timeout=remaining
+                ):
+                    return False
+                continue
+            except OSError:
+                return False
+            view = view[written:]
+        return True
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close handshake with a real status code (uWSGI has no API for one: the frame
+        is written by hand), bounded by ``WEBSOCKET_CLOSE_TIMEOUT``. Idempotent. From
+        another greenlet/thread: asks the owner to close and returns at once."""
+        encode_close_payload(code, reason)  # ValueError now, not in the owner later
+        if not self._is_owner():
+            with self._lock:
+                if self._closed or self._closing is not None:
+                    return
+                self._closing = (code, reason)
+            if self._waiter is not None:
+                self._waiter.wake()
+            return
+        if self._closed:
+            return
+        if not self._accepted:
+            try:
+                self.accept()
+            except ConnectionClosed:
+                return
+        self._flush_outbox()
+        self._close_now(code, reason)
+
+    def end_session(self, code: int, abort: bool = False) -> None:
+        """Called once the view is over: close (without waiting for the peer's close
+        frame if ``abort``), then release the connection's fds."""
+        try:
+            if self._accepted and not self._closed and self._is_owner():
+                if abort:
+                    self._close_now(code, "", wait=False)
+                else:
+                    self.close(code)
+        finally:
+            self.release()
+
+    def _close_now(self, code: int, reason: str, *, wait: bool = True) -> None:
+        """Owner: send our close frame, wait for the peer's (bounded), end the connection."""
+        if self._closed:
+            return
+        protocol = Connection(max_message_size=None)
+        frame = protocol.send_close(code, reason)
+        with self._lock:
+            self._closing = (code, reason)
+        if self._write_raw(frame, self._close_timeout) and wait:
+            self._await_close_frame(protocol)
+        self._finish(code, reason)
+
+    def _await_close_frame(self, protocol: Connection) -> None:
+        # uWSGI would answer the peer's close frame with a second close frame: read the
+        # reply ourselves. Any partial frame left in uWSGI's buffer makes this parse
+        # fail, which ends the wait early -- the bound is the timeout anyway.
+        assert self._waiter is not None
+        deadline = time.monotonic() + self._close_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._waiter.wait_connection(write=False, timeout=remaining):
+                return
+            try:
+                data = os.read(self._fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+            for event in protocol.receive_data(data):
+                if isinstance(event, Close):
+                    return
+            if not data:
+                return
+
+    def _finish(self, code: int, reason: str) -> None:
+        """The connection is over: record why, drop what is queued, shut TCP down so the
+        client sees the end now (uWSGI closes the fd when the request ends)."""
+        if self._closed:
+            return
+        with self._lock:
+            self._closed = True
+            self._closing = None
+            self._outbox.clear()
+            self._outbox_bytes = 0
+        self.close_code, self.close_reason = code, reason
+        try:
+            with socket.socket(fileno=os.dup(self._fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        """Free the fds this connection added (idempotent); the connection's own fd is
+        uWSGI's."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def is_closed(self) -> bool:
+        return self._closed or self._closing is not None
