@@ -198,6 +198,7 @@ def test_gunicorn_sync_timeout_kill_ends_cleanly(tmp_path: Path) -> None:
 def test_server_without_a_socket_refuses_with_501(
     make_server: Callable[..., ServerProcess], name: str
 ) -> None:
+    pytest.importorskip(name, reason=f"{name} is not installed (pip install {name})")
     server = make_server(name)
     with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
         sock.sendall(upgrade_request("/echo/"))

@@ -1,0 +1,96 @@
+"""The takeover functions of the servers added for gunicorn and eventlet, and the
+refusal on servers without a socket, over real socket pairs (no server needed)."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from dwebsocket.backends.default.transport import find_transport
+from dwebsocket.exceptions import BackendUnavailable
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    with a, b:
+        yield a, b
+
+
+class Unreader27:
+    """gunicorn >= 27: ``take_buffered()``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def take_buffered(self) -> bytes:
+        data, self.data = self.data, b""
+        return data
+
+
+def gunicorn_environ(sock: socket.socket, unreader: object) -> dict[str, object]:
+    body = SimpleNamespace(reader=SimpleNamespace(unreader=unreader))
+    return {"gunicorn.socket": sock, "wsgi.input": body, "SERVER_SOFTWARE": "gunicorn/27.0.1"}
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["take_buffered", "buf"])
+def test_gunicorn_hands_over_the_buffered_bytes(
+    pair: tuple[socket.socket, socket.socket], old: bool
+) -> None:
+    server, client = pair
+    unreader: object = (
+        SimpleNamespace(buf=io.BytesIO(b"first frame")) if old else Unreader27(b"first frame")
+    )
+    transport = find_transport(gunicorn_environ(server, unreader))
+    assert transport.server == "gunicorn" and transport.sock is server
+    assert transport.take_over(5.0) == b"first frame"
+    assert server.gettimeout() == 5.0
+    client.sendall(b"next")
+    assert transport.wait_readable(5.0) and transport.recv() == b"next"
+
+
+def test_eventlet_takeover_drains_rfile_and_marks_the_request_handled(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    eventlet_wsgi = pytest.importorskip("eventlet.wsgi")
+    server, client = pair
+    client.sendall(b"GET / HTTP/1.1\r\n\r\nbuffered")
+    rfile = server.makefile("rb")
+    try:
+        assert rfile.readline() == b"GET / HTTP/1.1\r\n"
+        assert rfile.readline() == b"\r\n"  # what eventlet's parser consumed; the rest is buffered
+        request_input = SimpleNamespace(get_socket=lambda: server, rfile=rfile)
+        transport = find_transport({"eventlet.input": request_input, "wsgi.input": request_input})
+        assert transport.server == "eventlet"
+        assert transport.take_over(5.0) == b"buffered"
+        eventlet_wsgi.WSGI_LOCAL.already_handled = False
+        transport.release()
+        assert eventlet_wsgi.WSGI_LOCAL.already_handled is True
+    finally:
+        rfile.close()
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"SERVER_SOFTWARE": "waitress", "wsgi.input": io.BytesIO()}, "waitress"),
+        (
+            {
+                "SERVER_SOFTWARE": "Apache/2.4.62",
+                "mod_wsgi.version": (5, 0, 0),
+                "wsgi.input": io.BytesIO(),
+            },
+            "Apache",
+        ),
+        ({"wsgi.input": io.BytesIO()}, "an unknown server"),
+    ],
+    ids=["waitress", "mod_wsgi", "unknown"],
+)
+def test_no_socket_no_takeover(environ: dict[str, object], named: str) -> None:
+    with pytest.raises(BackendUnavailable) as info:
+        find_transport(environ)
+    assert named in str(info.value)
