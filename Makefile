@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: setup browser-setup test unit integration compliance compliance-full bench lint typecheck docs demo clean
 
@@ -15,6 +16,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The demo needs gevent and redis-py, not the dev tools: a newcomer waits for less.
+$(DEMO_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[gevent,redis]'
+	touch $(DEMO_STAMP)
 
 # Debian's Chromium for the demo's browser tests (tests/demo); Playwright only drives it.
 browser-setup:
@@ -27,8 +34,13 @@ unit: setup
 integration: setup browser-setup
 	$(PY) -m pytest -q -m "server" -p no:cacheprovider
 
+# CI's share: the whole Autobahn suite on gevent, categories 1-7 and 10 on the other servers.
 compliance: setup
 	$(PY) -m tests.compliance
+
+# Every case on every server of the default backend; prints one table.
+compliance-full: setup
+	$(PY) -m tests.compliance --full
 
 test: setup browser-setup
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -40,7 +52,7 @@ docs: setup
 bench: setup
 	$(PY) bench/core.py
 
-demo: setup
+demo: $(DEMO_STAMP)
 	$(PY) examples/chat/run.py
 
 clean:

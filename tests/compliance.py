@@ -1,12 +1,18 @@
-"""Run the kosoku protocol-compliance suite (Autobahn's cases) against a real server.
+"""Run the kosoku protocol-compliance suite (Autobahn's cases) against real servers.
 
-    python -m tests.compliance [--server gevent] [--cases '1.*' --cases 9.1.1] [--exclude ...]
+    python -m tests.compliance             # CI (make compliance)
+    python -m tests.compliance --full      # every case on every server (make compliance-full)
+    python -m tests.compliance --server gevent [--cases '1.*' --cases 9.1.1] [--exclude ...]
 
-Starts the echo view under the chosen server (``tests/servers.py``) with
+Without ``--server``, runs the matrix of the default backend's servers (:data:`MATRIX`):
+by default the whole suite on gevent and the fast categories (1-7, 10) on the others,
+which keeps CI well inside its budget; with ``--full``, the whole suite on each.
+
+Each run starts the echo view under the server (``tests/servers.py``) with
 ``WEBSOCKET_MAX_MESSAGE_SIZE`` raised to 64 MiB for the suite's 16 MiB messages (the
-library default stays 1 MiB), runs ``kosoku`` in fuzzing-client mode, prints the count of
-each outcome and every case that is not OK / NON-STRICT / INFORMATIONAL with its reason,
-and exits non-zero if there is any such case, or if the server printed a traceback.
+library default stays 1 MiB), runs ``kosoku`` in fuzzing-client mode, and prints every
+case that is not OK / NON-STRICT / INFORMATIONAL with its reason; at the end one table,
+a row per server. Exits non-zero if any case failed, or if a server printed a traceback.
 """
 
 from __future__ import annotations
@@ -17,14 +23,42 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import SERVERS, running_server
+from tests.servers import OTHER_SERVERS, SERVERS, running_server
 
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 ECHO_PATH = "/echo-wait/"
 SETTINGS = {"WEBSOCKET_MAX_MESSAGE_SIZE": 64 * 1024 * 1024}
-SUITE_TIMEOUT = 1800  # seconds for the whole suite
+SUITE_TIMEOUT = 1800  # seconds for the whole suite on one server
+
+#: The default backend's servers, in the order the matrix runs them.
+MATRIX = ["gevent", "gunicorn-gevent", "gunicorn-gthread", "eventlet", "runserver"]
+#: The server CI runs the whole suite on; the others get :data:`FAST_CASES`.
+FULL_IN_CI = "gevent"
+#: Framing, pings, reserved bits, opcodes, fragmentation, UTF-8, closing, misc: every
+#: category but the slow ones (9: large messages, 12-13: compression).
+FAST_CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"]
+
+
+@dataclass
+class Result:
+    """The outcome of the suite (or a selection) against one server."""
+
+    server: str
+    selection: str
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    failing: dict[str, str] = field(default_factory=dict)
+    traceback: bool = False
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        ran = sum(self.counts.values()) > 0
+        return ran and not self.failing and not self.traceback and not self.error
 
 
 def _kosoku() -> str:
@@ -45,7 +79,17 @@ def _reason(outdir: Path, entry: dict[str, object]) -> str:
     return "; ".join(parts)
 
 
-def run(server_name: str, cases: list[str], exclude: list[str], parallelism: int) -> int:
+def _case_key(case: str) -> list[int]:
+    return [int(p) for p in case.split(".") if p.isdigit()]
+
+
+def run(server_name: str, cases: list[str], exclude: list[str], parallelism: int) -> Result:
+    """Run kosoku against ``server_name``; print its failures; return the :class:`Result`."""
+    selection = ",".join(cases) if cases else "all"
+    if exclude:
+        selection += " minus " + ",".join(exclude)
+    result = Result(server_name, selection)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dwebsocket-compliance-") as tmp:
         tmpdir = Path(tmp)
         outdir = tmpdir / "report"
@@ -55,41 +99,109 @@ def run(server_name: str, cases: list[str], exclude: list[str], parallelism: int
                 argv += ["-i", case]
             for case in exclude:
                 argv += ["-x", case]
-            print("$", " ".join(argv), flush=True)
-            completed = subprocess.run(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=SUITE_TIMEOUT, check=False
-            )
-            log = server.log()
+            print(f"[{server_name}] $", " ".join(argv), flush=True)
+            try:
+                completed = subprocess.run(
+                    argv,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    timeout=SUITE_TIMEOUT,
+                    check=False,
+                )
+                output = completed.stdout.decode(errors="replace")
+            except subprocess.TimeoutExpired:
+                output, result.error = "", f"kosoku did not finish within {SUITE_TIMEOUT} s"
+        log = server.log()
+        result.seconds = time.monotonic() - started
         index_path = outdir / "index.json"
         if not index_path.exists():
-            print(completed.stdout.decode(errors="replace"))
-            print(f"kosoku wrote no report (exit {completed.returncode})", file=sys.stderr)
-            return 2
+            print(output)
+            result.error = result.error or "kosoku wrote no report"
+            print(f"[{server_name}] {result.error}", file=sys.stderr)
+            return result
         index = json.loads(index_path.read_text())
         results = {case: entry for agent in index.values() for case, entry in agent.items()}
-        counts = collections.Counter(str(entry["behavior"]) for entry in results.values())
-        failing = {c: e for c, e in results.items() if e["behavior"] not in PASSING}
+        result.counts.update(str(entry["behavior"]) for entry in results.values())
+        result.failing = {
+            case: _reason(outdir, entry)
+            for case, entry in results.items()
+            if entry["behavior"] not in PASSING
+        }
+    for case in sorted(result.failing, key=_case_key):
+        print(f"[{server_name}] FAIL {case}: {result.failing[case]}")
+    result.traceback = "Traceback" in log
+    if result.traceback:
+        print(f"[{server_name}] printed a traceback:\n{log}")
+    return result
 
-        print(f"{server_name}: {len(results)} cases")
-        for outcome, count in sorted(counts.items()):
-            print(f"  {outcome:<14} {count}")
-        for case in sorted(failing, key=lambda c: [int(p) for p in c.split(".")]):
-            print(f"  FAIL {case}: {_reason(outdir, failing[case])}")
-        traceback = "Traceback" in log
-        if traceback:
-            print(f"{server_name} printed a traceback:\n{log}")
-        return 1 if failing or traceback else 0
+
+def table(results: list[Result]) -> str:
+    """One row per server: cases run, each outcome, seconds, verdict."""
+    outcomes = ["OK", "NON-STRICT", "INFORMATIONAL"]
+    others = sorted({o for r in results for o in r.counts} - set(outcomes))
+    header = ["server", "cases", "run", *outcomes, *others, "seconds", "result"]
+    rows = [header]
+    for r in results:
+        verdict = "PASS" if r.ok else ("ERROR: " + r.error if r.error else "FAIL")
+        if r.traceback and not r.error:
+            verdict += " (traceback in server log)"
+        rows.append(
+            [
+                r.server,
+                r.selection,
+                str(sum(r.counts.values())),
+                *(str(r.counts.get(o, 0)) for o in outcomes + others),
+                f"{r.seconds:.0f}",
+                verdict,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.compliance", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", default="gevent", choices=sorted(SERVERS))
-    parser.add_argument("--cases", action="append", default=[], metavar="CASE",
-                        help="case id or glob to run (repeatable; default: all)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.compliance", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        choices=sorted({*SERVERS, *OTHER_SERVERS, "all"}),
+        help="server to run against (repeatable; 'all': the matrix); default: the matrix",
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="the whole suite on every server of the matrix"
+    )
+    parser.add_argument(
+        "--cases",
+        action="append",
+        default=[],
+        metavar="CASE",
+        help="case id or glob to run (repeatable; default: all)",
+    )
     parser.add_argument("--exclude", action="append", default=[], metavar="CASE")
-    parser.add_argument("-p", "--parallelism", type=int, default=1)
+    parser.add_argument("-p", "--parallelism", type=int, default=2)
     args = parser.parse_args(argv)
-    return run(args.server, args.cases, args.exclude, args.parallelism)
+
+    servers = [s for s in args.server if s != "all"]
+    if not servers or "all" in args.server:
+        plan = [
+            (name, args.cases or ([] if args.full or name == FULL_IN_CI else FAST_CASES))
+            for name in MATRIX + [s for s in servers if s not in MATRIX]
+        ]
+    else:
+        plan = [(name, args.cases) for name in servers]
+
+    results = [run(name, cases, args.exclude, args.parallelism) for name, cases in plan]
+    print()
+    print(table(results))
+    return 0 if all(r.ok for r in results) else 1
 
 
 if __name__ == "__main__":
