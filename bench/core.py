@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dwebsocket.protocol import connection as dws_connection  # noqa: E402
-from dwebsocket.protocol import frames as dws_frames  # noqa: E402
-from dwebsocket.protocol.connection import Connection  # noqa: E402
+from dwebsocket.protocol import connection as dws_connection
+from dwebsocket.protocol import frames as dws_frames
+from dwebsocket.protocol.connection import Connection
 
 QUICK = "--quick" in sys.argv
 SMALL_COUNT = 2_000 if QUICK else 20_000

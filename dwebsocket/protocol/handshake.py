@@ -159,6 +159,8 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
     if not _http_version_ok(http_version):
         raise InvalidHandshake("HTTP/1.1 or later required")
 
+    # No Host check: the WSGI server already accepted the request, Django falls back to
+    # SERVER_NAME, and its test client sends none.
     upgrade = headers.get("upgrade")
     if upgrade is None:
         raise InvalidHandshake("missing Upgrade header")

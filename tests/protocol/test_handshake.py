@@ -71,6 +71,11 @@ def test_parse_full_request() -> None:
     ]
 
 
+def test_host_is_optional() -> None:
+    # Django's RequestFactory sends no Host header (SERVER_NAME stands in).
+    assert parse_request("GET", "HTTP/1.1", headers(host=None)).host is None
+
+
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/2", "HTTP/2.0", "HTTP/1.2"])
 def test_http_versions_accepted(version: str) -> None:
     parse_request("GET", version, headers())
