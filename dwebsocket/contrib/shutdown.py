@@ -59,7 +59,7 @@ def install(
             stop()
 
     if _gevent_patched():
-        import gevent
+        import gevent  # type: ignore[import-untyped]
 
         def on_signal_gevent() -> None:
             if not stopping.is_set():

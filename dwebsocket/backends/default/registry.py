@@ -75,13 +75,13 @@ def _spawn(target: Callable[..., None], *args: Any) -> None:
     ``Thread.start()`` would block, waiting for the new thread to start)."""
     gevent_monkey = sys.modules.get("gevent.monkey")
     if gevent_monkey is not None and gevent_monkey.is_module_patched("threading"):
-        import gevent
+        import gevent  # type: ignore[import-untyped]
 
         gevent.spawn(target, *args)
         return
     eventlet_patcher = sys.modules.get("eventlet.patcher")
     if eventlet_patcher is not None and eventlet_patcher.is_monkey_patched("thread"):
-        import eventlet
+        import eventlet  # type: ignore[import-untyped]
 
         eventlet.spawn_n(target, *args)
         return

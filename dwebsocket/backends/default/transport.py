@@ -272,10 +272,21 @@ def eventlet_wsgi(environ: dict[str, Any]) -> Transport | None:
 
     def release() -> None:
         # WSGI_LOCAL is green-thread local: this runs in the request's green thread.
-        from eventlet.wsgi import WSGI_LOCAL
+        from eventlet.wsgi import WSGI_LOCAL  # type: ignore[import-untyped]
 
         WSGI_LOCAL.already_handled = True
 
     return Transport(
         sock, server="eventlet", rfile=getattr(request_input, "rfile", None), on_release=release
     )
+
+
+@takeover
+def uwsgi(environ: dict[str, Any]) -> Transport | None:
+    """uWSGI (``--http-socket``, or ``--http`` relaying raw bytes): its connection fd.
+    Lives with the uwsgi backend, the only package that imports ``uwsgi``."""
+    if "uwsgi.version" not in environ:
+        return None
+    from dwebsocket.backends.uwsgi.takeover import transport
+
+    return transport(environ)
