@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration compliance compliance-full bench lint typecheck docs demo clean
+.PHONY: setup browser-setup test unit integration compliance compliance-full bench bench-servers lint typecheck docs demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ docs: setup
 
 bench: setup
 	$(PY) bench/core.py
+
+# dwebsocket against the other stacks (~40 min; QUICK=1 for a 3-minute smoke run);
+# writes docs/benchmarks/results.md and its plots.
+bench-servers: setup
+	$(PY) bench/compare.py $(if $(QUICK),--quick)
 
 demo: $(DEMO_STAMP)
 	$(PY) examples/chat/run.py

@@ -7,7 +7,9 @@
  * echo: opens N connections, then each connection sends one message and waits for the
  * whole reply before sending the next (pipelining depth 1). Replies received between
  * the end of the warmup and the end of the run are counted, and their round-trip
- * latency goes into a log-linear histogram (<1% error). Prints one JSON object.
+ * latency goes into a log-linear histogram (<1% error). Prints {"event":"measure-start"}
+ * and {"event":"measure-end"} as the counted window opens and closes (for whoever samples
+ * the server meanwhile), then the result as one JSON object.
  *
  * idle: opens connections step by step (the --steps totals); after each step prints
  * {"event":"opened",...} and waits for a line on stdin: "probe" sends one 32-byte text
@@ -750,6 +752,8 @@ static void run_echo(void) {
         if (!started && t >= meas_start) {
             cpu0 = cpu_seconds();
             started = 1;
+            printf("{\"event\": \"measure-start\"}\n");
+            fflush(stdout);
         }
         int ms = (int)((started ? meas_end : meas_start) - t) / 1000000;
         poll_once(ms < 1 ? 1 : (ms > 100 ? 100 : ms));
@@ -757,6 +761,8 @@ static void run_echo(void) {
             break;
     }
     cpu1 = cpu_seconds();
+    printf("{\"event\": \"measure-end\"}\n");
+    fflush(stdout);
     double seconds = opt_duration;
     printf("{\"mode\": \"echo\", \"conns\": %ld, \"open\": %ld, \"failed\": %ld, \"dropped\": %ld, "
            "\"deflate\": %ld, \"payload\": %zu, \"frame\": %zu, \"connect_s\": %.3f, "

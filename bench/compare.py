@@ -1,0 +1,706 @@
+"""Measure dwebsocket against the stacks users would pick instead, in one run.
+
+    .venv/bin/python bench/compare.py            # everything (make bench-servers), ~40 min
+    .venv/bin/python bench/compare.py --quick    # smoke run: 1 round, short scenarios
+    .venv/bin/python bench/compare.py --stacks picows,dwebsocket-gevent --scenarios text32-c100
+
+Builds ``bench/loadgen/loadgen`` (C, epoll) with the machine's gcc, then for each round
+starts every stack's echo server, runs every scenario against it, stops it. Three rounds
+by default, so each figure is the median of three runs taken in three separate server
+processes, interleaved with the other stacks (a burst of load from elsewhere hits all
+stacks alike rather than one). The idle test opens 10,000 / 50,000 / 100,000
+connections on one dwebsocket gevent process, with and without permessage-deflate.
+
+The server and its children are pinned to CPU 1 and the load generator to CPU 0
+(``taskset``) when the machine has two or more CPUs, so the two never compete for a
+core. Server CPU (all its processes) is sampled at the start and end of each
+measurement window; RSS is the sum over its processes.
+
+Writes ``docs/benchmarks/results.json`` (every run), ``results.md`` and the PNG plots
+(``bench/report.py``). Server and load generator logs go to ``bench/out/``. Every wait
+is bounded; every process started is stopped (SIGTERM to its process group, then
+SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+OUT = BENCH / "out"
+LOADGEN_SRC = BENCH / "loadgen" / "loadgen.c"
+LOADGEN = BENCH / "loadgen" / "loadgen"
+RESULTS = REPO / "docs" / "benchmarks"
+HOST = "127.0.0.1"
+PY = sys.executable
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+# -- the stacks -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """One echo server: how to start it and what it is."""
+
+    name: str
+    label: str
+    argv: Callable[[str, int], list[str]]
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    ours: bool = False
+    #: Why the stack cannot run here, if it cannot (checked before starting it).
+    unavailable: Callable[[], str | None] = lambda: None
+    stop_signal: int = signal.SIGTERM
+
+
+def _uwsgi(*args: str) -> Callable[[str, int], list[str]]:
+    # One worker behind uWSGI's HTTP router (the documented --http-websockets setup),
+    # 1000 gevent cores; --die-on-term so that SIGTERM stops rather than reloads.
+    return lambda host, port: [
+        str(Path(PY).parent / "uwsgi"), "--master", "--http", f"{host}:{port}",
+        "--http-websockets", "--gevent", "1000", "--workers", "1", "--die-on-term",
+        "--disable-logging", "--need-app", *args,
+    ]
+
+
+def _uwsgi_backend_missing() -> str | None:
+    if not (REPO / "dwebsocket" / "backends" / "uwsgi" / "websocket.py").exists():
+        return "dwebsocket.backends.uwsgi has not landed yet"
+    return None
+
+
+DJANGO_ENV = {"DJANGO_SETTINGS_MODULE": "bench.stacks.djsite.settings"}
+UWSGI_FACTORY = "dwebsocket.backends.uwsgi.factory.uWsgiWebSocketFactory"
+
+STACKS: dict[str, Stack] = {
+    stack.name: stack
+    for stack in [
+        Stack(
+            "dwebsocket-gevent",
+            "dwebsocket · gevent.pywsgi",
+            # The way the test suite runs it (monkey-patched gevent.pywsgi).
+            lambda host, port: [PY, str(REPO / "tests" / "run_gevent.py"), f"{host}:{port}"],
+            DJANGO_ENV,
+            ours=True,
+        ),
+        Stack(
+            "dwebsocket-gunicorn",
+            "dwebsocket · gunicorn -k gevent",
+            lambda host, port: [
+                str(Path(PY).parent / "gunicorn"), "-k", "gevent", "-w", "1",
+                "--worker-connections", "100000", "-b", f"{host}:{port}",
+                "--log-level", "warning", "bench.stacks.djsite.wsgi:application",
+            ],
+            DJANGO_ENV,
+            ours=True,
+        ),
+        Stack(
+            "dwebsocket-uwsgi",
+            "dwebsocket · uWSGI --gevent (uwsgi backend)",
+            _uwsgi("--gevent-monkey-patch", "--module", "bench.stacks.djsite.wsgi:application"),
+            {
+                **DJANGO_ENV,
+                "DWEBSOCKET_BENCH_SETTINGS": json.dumps({"WEBSOCKET_FACTORY_CLASS": UWSGI_FACTORY}),
+            },
+            ours=True,
+            unavailable=_uwsgi_backend_missing,
+        ),
+        Stack(
+            "websockets",
+            "websockets (asyncio server)",
+            lambda host, port: [PY, str(BENCH / "stacks" / "websockets_echo.py"), f"{host}:{port}"],
+        ),
+        Stack(
+            "channels-daphne",
+            "Channels · daphne",
+            lambda host, port: [
+                str(Path(PY).parent / "daphne"), "-b", host, "-p", str(port), "-v", "0",
+                "bench.stacks.djsite.asgi:application",
+            ],
+            DJANGO_ENV,
+        ),
+        Stack(
+            "channels-uvicorn",
+            "Channels · uvicorn",
+            lambda host, port: [
+                str(Path(PY).parent / "uvicorn"), "--host", host, "--port", str(port),
+                "--log-level", "warning", "--no-access-log", "bench.stacks.djsite.asgi:application",
+            ],
+            DJANGO_ENV,
+        ),
+        Stack(
+            "uwsgi-native",
+            "uWSGI native API (--gevent)",
+            _uwsgi("--wsgi-file", str(BENCH / "stacks" / "uwsgi_native.py")),
+        ),
+        Stack(
+            "gevent-websocket",
+            "gevent-websocket",
+            lambda host, port: [
+                PY, str(BENCH / "stacks" / "gevent_websocket_echo.py"), f"{host}:{port}",
+            ],
+        ),
+        Stack(
+            "picows",
+            "picows (uvloop)",
+            lambda host, port: [PY, str(BENCH / "stacks" / "picows_echo.py"), f"{host}:{port}"],
+        ),
+    ]
+}
+
+#: The stack the ratios are computed for, and the peers the issue asks about.
+OURS = "dwebsocket-gevent"
+
+# -- the scenarios ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    label: str
+    conns: int
+    size: int = 32
+    binary: bool = False
+    deflate: bool = False
+    payload: str | None = None  # a file under OUT, instead of generated bytes
+
+    def loadgen_args(self) -> list[str]:
+        args = ["--conns", str(self.conns)]
+        if self.payload is not None:
+            args += ["--payload-file", str(OUT / self.payload)]
+        else:
+            args += ["--size", str(self.size)]
+        if self.binary:
+            args.append("--binary")
+        if self.deflate:
+            args.append("--deflate")
+        return args
+
+    @property
+    def path(self) -> str:
+        return "/echo/?binary=1" if self.binary else "/echo/"
+
+
+JSON_1K = "payload-json1k.txt"
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("text32-c1", "32-byte text, 1 connection", 1),
+        Scenario("text32-c10", "32-byte text, 10 connections", 10),
+        Scenario("text32-c100", "32-byte text, 100 connections", 100),
+        Scenario("binary64k-c10", "64 KiB binary, 10 connections", 10, size=65536, binary=True),
+        Scenario(
+            "text32-c100-deflate", "32-byte text, 100 connections, deflate offered", 100,
+            deflate=True,
+        ),
+        Scenario("json1k-c10", "1 KiB JSON text, 10 connections", 10, payload=JSON_1K),
+        Scenario(
+            "json1k-c10-deflate", "1 KiB JSON text, 10 connections, deflate offered", 10,
+            payload=JSON_1K, deflate=True,
+        ),
+    ]
+}
+
+
+def write_payloads() -> None:
+    """A dashboard-like JSON update of about 1 KiB: realistic, and compressible."""
+    rows, n = [], 0
+    while len(json.dumps({"type": "update", "rows": rows})) < 1000:
+        rows.append(
+            {"id": n, "sensor": f"sensor-{n:03d}", "value": round(20 + (n * 7.3) % 5, 2),
+             "status": "ok" if n % 5 else "warn"}
+        )
+        n += 1
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / JSON_1K).write_text(json.dumps({"type": "update", "rows": rows})[:1024])
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+def pinning() -> tuple[list[str], list[str]]:
+    """taskset prefixes for (server, load generator): separate cores when there are two."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return [], []
+    return ["taskset", "-c", str(cpus[1])], ["taskset", "-c", str(cpus[0])]
+
+
+def nofile_hard() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def _raise_nofile() -> None:
+    # Children get the soft limit raised to the hard one (which only CAP_SYS_RESOURCE
+    # could raise further).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def build_loadgen() -> None:
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC), "-lz"]
+    print("building the load generator:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, timeout=120)
+
+
+class Server:
+    """A stack's echo server, running in its own process group."""
+
+    def __init__(self, stack: Stack, log_path: Path, pin: list[str]) -> None:
+        self.stack = stack
+        self.port = free_port()
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed by stop()
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+            **stack.env,
+        }
+        self._log.write(f"\n=== {stack.name} on {HOST}:{self.port} ===\n".encode())
+        self._log.flush()
+        self.process = subprocess.Popen(
+            [*pin, *stack.argv(HOST, self.port)],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_raise_nofile,
+        )
+        self.ps = psutil.Process(self.process.pid)
+
+    def wait_listening(self, timeout: float = START_TIMEOUT) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    return True
+            except OSError:
+                time.sleep(0.1)
+        return False
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def rss(self) -> int:
+        """Bytes resident, summed over the server's processes (taskset's exec replaces
+        itself, so the tree is the server's)."""
+        total = 0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
+    def nprocs(self) -> int:
+        return len(self.processes())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, self.stack.stop_signal)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(STOP_TIMEOUT)
+        # Children that outlived the leader (uWSGI workers) share its process group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running(stack: Stack, log_path: Path, pin: list[str]) -> Iterator[Server]:
+    server = Server(stack, log_path, pin)
+    try:
+        if not server.wait_listening():
+            raise RuntimeError(f"{stack.name} did not start; see {log_path}")
+        yield server
+    finally:
+        server.stop()
+
+
+class LineReader:
+    """Read JSON lines from a child's stdout, each wait bounded."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self.stream = process.stdout
+        os.set_blocking(self.stream.fileno(), False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.stream, selectors.EVENT_READ)
+        self.buffer = b""
+
+    def line(self, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.selector.select(remaining):
+                return None
+            chunk = self.stream.read(65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.selector.close()
+
+
+def _stop_child(process: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(STOP_TIMEOUT)
+
+
+# -- echo scenarios ---------------------------------------------------------------------
+
+
+def run_echo(
+    server: Server, scenario: Scenario, warmup: float, duration: float, pin: list[str],
+    log: IO[bytes],
+) -> dict[str, Any]:
+    """One loadgen run; the server's CPU is sampled over the measurement window."""
+    argv = [
+        *pin, str(LOADGEN), "--mode", "echo", "--host", HOST, "--port", str(server.port),
+        "--path", scenario.path, "--warmup", str(warmup), "--duration", str(duration),
+        "--connect-timeout", "30", *scenario.loadgen_args(),
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, preexec_fn=_raise_nofile)
+    reader = LineReader(process)
+    bound = 30 + warmup + duration + 15
+    try:
+        started = reader.line(bound)
+        if started is None:
+            return {"error": "the load generator did not start measuring"}
+        if "error" in started and started.get("event") != "measure-start":
+            return started
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        ended = reader.line(duration + 15)
+        cpu1, t1 = server.cpu_seconds(), time.monotonic()
+        rss = server.rss()
+        result = reader.line(15)
+        if result is None:
+            return {"error": "no result from the load generator"}
+        if ended is None or ended.get("event") != "measure-end":
+            result.setdefault("error", "measurement window not reported")
+        result["server_cpu_pct"] = round(100 * (cpu1 - cpu0) / max(t1 - t0, 1e-6), 1)
+        result["client_cpu_pct"] = round(100 * result["client_cpu_s"] / result["seconds"], 1)
+        result["server_rss_mb"] = round(rss / 2**20, 1)
+        result["server_processes"] = server.nprocs()
+        return result
+    finally:
+        if process.poll() is None:
+            _stop_child(process, 10)
+        reader.close()
+
+
+def check_stack(server: Server, pin: list[str], log: IO[bytes]) -> str | None:
+    """One connection for half a second: None if the echo works, else why not."""
+    result = run_echo(server, SCENARIOS["text32-c1"], 0.2, 0.5, pin, log)
+    if result.get("error") or not result.get("msgs"):
+        return result.get("error") or "no echo"
+    return None
+
+
+# -- idle connections -------------------------------------------------------------------
+
+SOURCES = [f"127.0.0.{i}" for i in range(1, 11)]  # 10 x ~28,000 ephemeral ports
+
+
+def run_idle(
+    stack: Stack, steps: list[int], deflate: bool, pin_server: list[str], pin_client: list[str],
+    log_path: Path,
+) -> dict[str, Any]:
+    """Open connections step by step on one server process; at each step record RSS,
+    probe every connection, record RSS again."""
+    limit = nofile_hard()
+    # The server needs one descriptor per connection plus a few dozen of its own.
+    max_conns = limit - 100
+    runnable = [n for n in steps if n <= max_conns]
+    skipped = [n for n in steps if n > max_conns]
+    if skipped and (not runnable or runnable[-1] < max_conns):
+        runnable.append(max_conns // 1000 * 1000 if max_conns >= 2000 else max_conns)
+    outcome: dict[str, Any] = {
+        "stack": stack.name, "deflate": deflate, "nofile_limit": limit, "steps": [],
+        "skipped": [
+            {"target": n, "reason": f"RLIMIT_NOFILE hard limit is {limit} per process "
+             "(raising it needs CAP_SYS_RESOURCE, which this machine does not grant)"}
+            for n in skipped
+        ],
+    }
+    per_client = max(1, limit - 64)
+    with running(stack, log_path, pin_server) as server, open(log_path, "ab") as log:
+        problem = check_stack(server, pin_client, log)
+        if problem:
+            outcome["error"] = problem
+            return outcome
+        time.sleep(1)
+        baseline = server.rss()
+        outcome["baseline_rss_mb"] = round(baseline / 2**20, 1)
+        top = runnable[-1]
+        nclients = math.ceil(top / per_client)
+        clients = []
+        for k in range(nclients):
+            share = [n // nclients + (k < n % nclients) for n in runnable]
+            argv = [
+                *pin_client, str(LOADGEN), "--mode", "idle", "--host", HOST,
+                "--port", str(server.port), "--path", "/echo/",
+                "--steps", ",".join(str(n) for n in share),
+                "--src", ",".join(SOURCES), "--connect-concurrency", "500",
+                "--connect-timeout", "300", "--probe-timeout", "120",
+                *(["--deflate"] if deflate else []),
+            ]
+            process = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                preexec_fn=_raise_nofile,
+            )
+            clients.append((process, LineReader(process)))
+        try:
+            for target in runnable:
+                opened = [reader.line(330) for _, reader in clients]
+                if any(o is None for o in opened):
+                    outcome["error"] = f"no report from the load generator at {target}"
+                    break
+                time.sleep(2)  # let the server settle (greenlets parked, buffers freed)
+                rss_idle = server.rss()
+                for process, _ in clients:
+                    assert process.stdin is not None
+                    process.stdin.write(b"probe\n")
+                    process.stdin.flush()
+                probed = [reader.line(150) for _, reader in clients]
+                if any(p is None for p in probed):
+                    outcome["error"] = f"no probe report from the load generator at {target}"
+                    break
+                time.sleep(1)
+                rss_after = server.rss()
+                n_open = sum(o["open"] for o in opened)  # type: ignore[index]
+                answered = sum(p["answered"] for p in probed)  # type: ignore[index]
+                step = {
+                    "target": target,
+                    "open": n_open,
+                    "failed": sum(o["failed"] for o in opened),  # type: ignore[index]
+                    "deflate_negotiated": sum(o["deflate"] for o in opened),  # type: ignore[index]
+                    "open_seconds": max(o["seconds"] for o in opened),  # type: ignore[index]
+                    "answered": answered,
+                    "still_open": sum(p["open"] for p in probed),  # type: ignore[index]
+                    "probe_seconds": max(p["seconds"] for p in probed),  # type: ignore[index]
+                    "probe_p99_ms": round(max(p["p99_us"] for p in probed) / 1000, 1),  # type: ignore[index]
+                    "rss_idle_mb": round(rss_idle / 2**20, 1),
+                    "rss_after_probe_mb": round(rss_after / 2**20, 1),
+                    "kb_per_conn_idle": round((rss_idle - baseline) / 1024 / max(n_open, 1), 1),
+                    "kb_per_conn_after_probe": round(
+                        (rss_after - baseline) / 1024 / max(n_open, 1), 1
+                    ),
+                    "all_answered": n_open == target and answered == target,
+                    "errors": sorted({o["error"] for o in opened + probed if o["error"]}),  # type: ignore[index]
+                }
+                outcome["steps"].append(step)
+                print(f"    idle {'deflate' if deflate else 'plain  '} {target:>6}: "
+                      f"open {n_open}, answered {answered}, "
+                      f"{step['kb_per_conn_idle']} KiB/conn idle, "
+                      f"{step['kb_per_conn_after_probe']} KiB/conn after one message", flush=True)
+                for process, _ in clients:
+                    assert process.stdin is not None
+                    process.stdin.write(b"next\n")
+                    process.stdin.flush()
+        finally:
+            for process, _ in clients:
+                with contextlib.suppress(OSError):
+                    assert process.stdin is not None
+                    process.stdin.write(b"quit\n")
+                    process.stdin.close()
+            for process, reader in clients:
+                _stop_child(process, 30)
+                reader.close()
+    return outcome
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ["Django", "gevent", "gunicorn", "uWSGI", "websockets", "channels", "daphne",
+                 "uvicorn", "uvloop", "picows", "gevent-websocket", "autobahn", "Twisted"]:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[dist] = importlib.metadata.version(dist)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "nofile_hard": nofile_hard(), "commit": commit,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round, short runs, small idle")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--stacks", default=",".join(STACKS), help="comma-separated")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
+    parser.add_argument("--idle-steps", default=None, help="e.g. 10000,50000,100000")
+    parser.add_argument("--no-idle", action="store_true")
+    parser.add_argument("--idle-only", action="store_true")
+    parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS), help="where results.* and *.png go")
+    args = parser.parse_args()
+
+    rounds = args.rounds or (1 if args.quick else 3)
+    warmup, duration = (0.5, 1.5) if args.quick else (1.0, 5.0)
+    idle_steps = [int(n) for n in (args.idle_steps or (
+        "1000,2000" if args.quick else "10000,50000,100000")).split(",")]
+    stacks = [STACKS[name] for name in args.stacks.split(",") if name]
+    scenarios = [SCENARIOS[name] for name in args.scenarios.split(",") if name]
+    pin_server, pin_client = ([], []) if args.no_pin else pinning()
+    out = Path(args.out)
+
+    build_loadgen()
+    write_payloads()
+    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    run: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+        "quick": args.quick,
+        "rounds": rounds,
+        "warmup_s": warmup,
+        "duration_s": duration,
+        "pinning": {
+            "server": " ".join(pin_server) or "none",
+            "loadgen": " ".join(pin_client) or "none",
+        },
+        "load_before": os.getloadavg(),
+        "machine": machine(),
+        "versions": versions(),
+        "stacks": {s.name: {"label": s.label, "ours": s.ours} for s in stacks},
+        "scenarios": {s.name: dataclasses.asdict(s) | {"path": s.path} for s in scenarios},
+        "echo": [],
+        "unavailable": {},
+        "idle": [],
+    }
+    print(f"load average before: {run['load_before']}; pinning server={run['pinning']['server']} "
+          f"loadgen={run['pinning']['loadgen']}", flush=True)
+
+    if not args.idle_only:
+        for round_no in range(1, rounds + 1):
+            for stack in stacks:
+                why = stack.unavailable()
+                if why:
+                    run["unavailable"][stack.name] = why
+                    continue
+                log_path = OUT / f"{stack.name}.log"
+                print(f"round {round_no}/{rounds}: {stack.name}", flush=True)
+                try:
+                    with running(stack, log_path, pin_server) as server, open(
+                        OUT / "loadgen.log", "ab"
+                    ) as log:
+                        problem = check_stack(server, pin_client, log)
+                        if problem:
+                            run["unavailable"][stack.name] = problem
+                            print(f"  unavailable: {problem}", flush=True)
+                            continue
+                        for scenario in scenarios:
+                            result = run_echo(server, scenario, warmup, duration, pin_client, log)
+                            result.update(round=round_no, stack=stack.name, scenario=scenario.name,
+                                          load=os.getloadavg()[0])
+                            run["echo"].append(result)
+                            print(f"  {scenario.name:22} "
+                                  f"{result.get('msgs_per_s', 0):>10.0f} msg/s "
+                                  f"{result.get('mb_per_s', 0):>8.1f} MB/s "
+                                  f"p99 {result.get('p99_us', 0) / 1000:>7.2f} ms "
+                                  f"server {result.get('server_cpu_pct', 0):>5.1f}% "
+                                  f"client {result.get('client_cpu_pct', 0):>5.1f}% "
+                                  f"deflate {result.get('deflate', 0)} {result.get('error', '')}",
+                                  flush=True)
+                except RuntimeError as exc:
+                    run["unavailable"][stack.name] = str(exc)
+                    print(f"  {exc}", flush=True)
+
+    if not args.no_idle and STACKS[OURS] in stacks:
+        for deflate in (False, True):
+            print(f"idle connections, {OURS}, deflate {'offered' if deflate else 'not offered'}",
+                  flush=True)
+            try:
+                run["idle"].append(run_idle(STACKS[OURS], idle_steps, deflate, pin_server,
+                                            pin_client, OUT / f"{OURS}-idle.log"))
+            except RuntimeError as exc:
+                run["idle"].append({"stack": OURS, "deflate": deflate, "error": str(exc)})
+
+    run["load_after"] = os.getloadavg()
+    run["minutes"] = round((time.time() - started) / 60, 1)
+    (out / "results.json").write_text(json.dumps(run, indent=1) + "\n")
+    print(f"done in {run['minutes']} min; load average after: {run['load_after']}", flush=True)
+
+    sys.path.insert(0, str(BENCH))
+    import report
+
+    report.write(run, out)
+
+
+if __name__ == "__main__":
+    main()
