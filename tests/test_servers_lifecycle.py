@@ -240,3 +240,20 @@ def test_wait_releases_database_connections(
         report = client.recv()
         assert isinstance(report, str)
         assert json.loads(report) == {"open_after_wait": open_after_wait}
+
+
+@pytest.mark.parametrize("name", ["gunicorn-gevent", "gunicorn-gthread"])
+def test_gunicorn_reload_sends_1001_and_keeps_serving(
+    make_server: Callable[..., ServerProcess], name: str
+) -> None:
+    """HUP: gunicorn starts new workers and stops the old ones with SIGTERM; their open
+    WebSockets get 1001, new connections reach the new workers."""
+    server = make_server(name)
+    with raw_client(server, "/lifecycle/wait/") as client:
+        assert client.recv() == "ready"
+        server.process.send_signal(signal.SIGHUP)
+        expect_close_then_eof(client, 1001)
+    with raw_client(server, "/echo/") as client:
+        client.send("after the reload")
+        assert client.recv() == "after the reload"
+    assert_no_write_errors(server.log())
