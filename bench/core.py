@@ -6,10 +6,11 @@
     parse + unmask + UTF-8 validation + encoding the reply; microseconds per message.
 (b) receiving 64 KiB masked binary frames: parse + unmask + emitting the message; MB/s.
 
-Each figure is the best of several rounds (the least disturbed one). websockets' sans-I/O
-layer leaves UTF-8 to its I/O layer, so its loop decodes and re-encodes the text as its
-``recv()``/``send()`` would. "dwebsocket (pure Python)" forces the fallback masking
-(no ``_speedups``). Runs in well under a minute; prints, asserts nothing about speed.
+Each figure is the best of several interleaved rounds (the least disturbed one).
+websockets' sans-I/O layer leaves UTF-8 to its I/O layer, so its loop decodes and
+re-encodes the text as its ``recv()``/``send()`` would. "dwebsocket (pure Python)"
+forces the fallback masking (no ``_speedups``). Runs in well under a minute; prints,
+asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -143,40 +144,41 @@ def wsproto_impl() -> tuple[Callable[[list[bytes]], int], Callable[[list[bytes]]
     return echo_small, receive_large
 
 
-def best_time(run: Callable[[list[bytes]], int], frames: list[bytes], expect: int) -> float:
-    best = float("inf")
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        result = run(frames)
-        elapsed = time.perf_counter() - start
-        assert result == expect, (result, expect)  # every message went through
-        best = min(best, elapsed)
-    return best
+def timed(run: Callable[[list[bytes]], int], frames: list[bytes], expect: int) -> float:
+    start = time.perf_counter()
+    result = run(frames)
+    elapsed = time.perf_counter() - start
+    assert result == expect, (result, expect)  # every message went through
+    return elapsed
 
 
 def main() -> None:
     accelerated = dws_frames._c_apply_mask is not None
-    impls: list[tuple[str, Callable[[], tuple[Callable[[list[bytes]], int], ...]]]] = [
-        ("dwebsocket", dwebsocket_impl),
-        ("dwebsocket (pure Python)", dwebsocket_impl),
-        ("websockets", websockets_impl),
-        ("wsproto", wsproto_impl),
-    ]
+    names = ["dwebsocket", "dwebsocket (pure Python)", "websockets", "wsproto"]
+    factories = [dwebsocket_impl, dwebsocket_impl, websockets_impl, wsproto_impl]
+    runners = [factory() for factory in factories]
     small_expect = SMALL_COUNT * (2 + 32)
     large_expect = LARGE_COUNT * len(LARGE)
-    rows = []
-    for name, factory in impls:
-        pure = "pure" in name
-        saved = dws_connection.unmask
-        if pure:
-            dws_connection.unmask = dws_frames._py_unmask
-        try:
-            echo_small, receive_large = factory()
-            small = best_time(echo_small, SMALL_FRAMES, small_expect) / SMALL_COUNT
-            large = best_time(receive_large, LARGE_FRAMES, large_expect)
-        finally:
-            dws_connection.unmask = saved
-        rows.append((name, small * 1e6, large_expect / large / 1e6))
+    best_small = [float("inf")] * len(names)
+    best_large = [float("inf")] * len(names)
+    # Rounds interleave the implementations, so that a burst of load on the machine
+    # hits all of them rather than one.
+    for _ in range(ROUNDS):
+        for i, (name, (echo_small, receive_large)) in enumerate(zip(names, runners, strict=True)):
+            saved = dws_connection.unmask
+            if "pure" in name:
+                dws_connection.unmask = dws_frames._py_unmask
+            try:
+                small = timed(echo_small, SMALL_FRAMES, small_expect)
+                large = timed(receive_large, LARGE_FRAMES, large_expect)
+            finally:
+                dws_connection.unmask = saved
+            best_small[i] = min(best_small[i], small)
+            best_large[i] = min(best_large[i], large)
+    rows = [
+        (name, small / SMALL_COUNT * 1e6, large_expect / large / 1e6)
+        for name, small, large in zip(names, best_small, best_large, strict=True)
+    ]
 
     ref_small = next(r[1] for r in rows if r[0] == "websockets")
     ref_large = next(r[2] for r in rows if r[0] == "websockets")
