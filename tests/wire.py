@@ -137,7 +137,10 @@ class RawClient:
 
     def next_event(self) -> Event:
         while not self.events:
-            self.receive(self.sock.recv(65536))
+            data = self.sock.recv(65536)
+            if not data and self.conn.eof:
+                raise EOFError("the server closed the connection")
+            self.receive(data)
         return self.events.popleft()
 
     def recv(self) -> str | bytes | Close:

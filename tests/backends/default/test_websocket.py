@@ -1,0 +1,380 @@
+"""The default backend's WebSocket over a socketpair: keepalive, deliver, closing, errors."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.http import HttpRequest
+from django.test import override_settings
+
+from dwebsocket import ConnectionClosed, require_websocket
+from dwebsocket.backends.default.websocket import DefaultWebSocket
+from dwebsocket.protocol.connection import Close, Ping
+from dwebsocket.protocol.frames import encode_frame
+from dwebsocket.signals import websocket_closed, websocket_opened
+from tests.inprocess import Session
+from tests.wire import TIMEOUT, masked, read_until_eof, split_frames
+
+
+class Holder:
+    """Hands the view's websocket to the test and keeps the view alive until released."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.release = threading.Event()
+        self.ws: DefaultWebSocket | None = None
+        self.seen: dict[str, Any] = {}
+
+
+def holding_view(holder: Holder, *, accept: bool = True):  # type: ignore[no-untyped-def]
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        holder.ws = request.websocket
+        if accept:
+            request.websocket.accept()
+        holder.ready.set()
+        holder.release.wait(TIMEOUT)
+
+    return view
+
+
+@pytest.fixture
+def holder() -> Iterator[Holder]:
+    h = Holder()
+    yield h
+    h.release.set()
+
+
+def test_public_attributes() -> None:
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        seen.update(offered=ws.offered_subprotocols, protocols=ws.protocols, accepted=ws.accepted)
+        ws.accept_connection()
+        seen.update(accepted_after=ws.accepted, closed=ws.closed, repr=repr(ws))
+
+    with Session(view, headers={"Sec-WebSocket-Protocol": "a, b"}) as session:
+        session.expect_101()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen["offered"] == seen["protocols"] == ["a", "b"]
+    assert seen["accepted"] is False and seen["accepted_after"] is True and seen["closed"] is False
+    assert seen["repr"].startswith("<DefaultWebSocket open /ws/")
+
+
+def test_accept_rejects_unoffered_subprotocol() -> None:
+    errors: list[Exception] = []
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        try:
+            request.websocket.accept(subprotocol="nope")
+        except ValueError as exc:
+            errors.append(exc)
+        request.websocket.accept(subprotocol="b")
+
+    with Session(view, headers={"Sec-WebSocket-Protocol": "a, b"}) as session:
+        headers = session.expect_101()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert headers["sec-websocket-protocol"] == "b"
+    assert len(errors) == 1
+
+
+def test_send_rejects_other_types(holder: Holder) -> None:
+    with Session(holding_view(holder)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        assert holder.ws is not None
+        with pytest.raises(TypeError):
+            holder.ws.send(42)  # type: ignore[arg-type]
+        holder.ws.send(bytearray(b"ba"))
+        holder.ws.send(memoryview(b"mv"))
+        session.expect_101()
+        assert session.client.recv() == b"ba"
+        assert session.client.recv() == b"mv"
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+def test_signals() -> None:
+    events: list[tuple[str, Any]] = []
+
+    def opened(sender: type, **kwargs: Any) -> None:
+        events.append(("opened", kwargs["websocket"].request.path))
+
+    def closed(sender: type, **kwargs: Any) -> None:
+        events.append(("closed", kwargs["code"]))
+
+    websocket_opened.connect(opened)
+    websocket_closed.connect(closed)
+    try:
+        with Session(require_websocket(lambda request: request.websocket.close(4003))) as session:
+            session.expect_101()
+            assert session.client.recv() == Close(4003, "")
+            session.finish()
+    finally:
+        websocket_opened.disconnect(opened)
+        websocket_closed.disconnect(closed)
+    assert events == [("opened", "/ws/"), ("closed", 4003)]
+
+
+@override_settings(WEBSOCKET_PING_INTERVAL=0.05, WEBSOCKET_PING_TIMEOUT=0.05)
+def test_keepalive_declares_a_silent_peer_dead() -> None:
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        seen["wait"] = request.websocket.wait()
+        seen["closed"] = request.websocket.is_closed()
+        seen["code"] = request.websocket.close_code
+
+    with Session(view) as session:
+        data = read_until_eof(session.client.sock)  # never answers the ping
+        session.finish()
+    head, _, data = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    frames, trailing = split_frames(data)
+    assert frames[0] == (0x89, b"")
+    assert frames[-1][0] == 0x88 and frames[-1][1][:2] == (1011).to_bytes(2, "big")
+    assert trailing == b""
+    assert seen == {"wait": None, "closed": True, "code": 1011}
+
+
+@override_settings(WEBSOCKET_PING_INTERVAL=0.02, WEBSOCKET_PING_TIMEOUT=TIMEOUT)
+def test_keepalive_pings_an_idle_peer_that_answers() -> None:
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        seen["wait"] = request.websocket.wait(timeout=0.2)
+        seen["closed"] = request.websocket.is_closed()
+
+    with Session(view) as session:
+        session.expect_101()
+        assert isinstance(session.client.next_event(), Ping)  # answered by the client core
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen == {"wait": None, "closed": False}
+
+
+def test_wait_timeout_and_read_fallback() -> None:
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        seen["read"] = ws.read(fallback="nothing")
+        seen["count"] = ws.count_messages()
+        seen["has"] = ws.has_messages()
+        seen["wait"] = ws.wait(timeout=0.01)
+        seen["closed"] = ws.is_closed()
+        ws.send("go")
+        seen["message"] = ws.wait(TIMEOUT)
+
+    with Session(view) as session:
+        session.expect_101()
+        assert session.client.recv() == "go"
+        session.client.send("back")
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen == {"read": "nothing", "count": 0, "has": False, "wait": None, "closed": False, "message": "back"}
+
+
+def test_count_messages_drains_without_blocking(holder: Holder) -> None:
+    with Session(holding_view(holder)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        session.expect_101()
+        session.client.send("one")
+        session.client.send(b"two")
+        ws = holder.ws
+        assert ws is not None
+        for _ in range(1000):  # the bytes may take a moment to cross the socketpair
+            if ws.count_messages() == 2:
+                break
+            threading.Event().wait(0.005)
+        assert ws.count_messages() == 2
+        assert ws.read() == "one" and ws.read() == b"two" and ws.read() is None
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+def test_deliver_in_order_and_flusher_gone(holder: Holder) -> None:
+    with Session(holding_view(holder)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        ws = holder.ws
+        assert ws is not None
+
+        def produce() -> None:
+            for i in range(50):
+                ws.deliver(f"m{i}")
+                ws.send(f"s{i}")
+
+        producer = threading.Thread(target=produce)
+        producer.start()  # the client reads meanwhile: a socketpair buffers little
+        session.expect_101()
+        got = [session.client.recv() for _ in range(100)]
+        producer.join(TIMEOUT)
+        assert [m for m in got if str(m).startswith("m")] == [f"m{i}" for i in range(50)]
+        assert [m for m in got if str(m).startswith("s")] == [f"s{i}" for i in range(50)]
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert ws._flusher is None or not ws._flusher.is_alive()
+
+
+def test_deliver_before_accept_is_sent_after_the_101(holder: Holder) -> None:
+    with Session(holding_view(holder, accept=False)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        ws = holder.ws
+        assert ws is not None
+        ws.deliver("early")
+        ws.accept()
+        session.expect_101()
+        assert session.client.recv() == "early"
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+@override_settings(WEBSOCKET_SEND_QUEUE_SIZE=1000)
+def test_deliver_overflow_closes_1008_then_drops(holder: Holder, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="dwebsocket"), Session(holding_view(holder)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        ws = holder.ws
+        assert ws is not None
+        ws.deliver(b"x" * 2000)
+        ws.deliver("dropped silently")
+        session.expect_101()
+        assert session.client.recv() == Close(1008, "send queue overflow")
+        with pytest.raises(ConnectionClosed) as info:
+            ws.send("too late")
+        assert info.value.code == 1008
+        holder.release.set()
+        session.finish()
+    assert ws.close_code == 1008 and ws.is_closed()
+    assert any("1008" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+
+
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.05)
+def test_close_waits_for_the_peer_then_gives_up() -> None:
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        request.websocket.close(4000, "bye")
+        seen["closed"] = request.websocket.is_closed()
+        seen["code"] = (request.websocket.close_code, request.websocket.close_reason)
+        request.websocket.close()  # idempotent
+
+    with Session(view) as session:
+        data = read_until_eof(session.client.sock)  # never answers
+        session.finish()
+    head, _, data = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    frames, trailing = split_frames(data)
+    assert frames == [(0x88, b"\x0f\xa0bye")] and trailing == b""
+    assert seen == {"closed": True, "code": (4000, "bye")}
+
+
+def test_close_discards_data_until_the_peer_closes() -> None:
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        request.websocket.close()
+
+    with Session(view) as session:
+        session.expect_101()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+def test_peer_close_code_and_reason_seen_by_the_view() -> None:
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        seen["messages"] = list(ws)
+        seen["close"] = (ws.close_code, ws.close_reason, ws.is_closed())
+        with pytest.raises(ConnectionClosed) as info:
+            ws.send("x")
+        seen["exc"] = (info.value.code, info.value.reason)
+
+    with Session(view) as session:
+        session.expect_101()
+        session.client.send("a")
+        session.client.sock.sendall(session.client.conn.send_close(4100, "done here"))
+        assert session.client.recv() == Close(4100, "")
+        session.finish()
+    assert seen == {"messages": ["a"], "close": (4100, "done here", True), "exc": (4100, "done here")}
+
+
+def test_protocol_error_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        list(request.websocket)
+
+    with caplog.at_level(logging.DEBUG, logger="dwebsocket"), Session(view) as session:
+        session.expect_101()
+        session.client.sock.sendall(encode_frame(0x1, b"unmasked"))
+        assert session.client.recv() == Close(1002, "unmasked frame from client")
+        session.finish()
+    errors = [r for r in caplog.records if "protocol error" in r.getMessage()]
+    assert [r.levelno for r in errors] == [logging.INFO]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_invalid_utf8_closes_1007() -> None:
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        list(request.websocket)
+
+    with Session(view) as session:
+        session.expect_101()
+        session.client.sock.sendall(masked(0x1, b"\xff\xfe"))
+        event = session.client.recv()
+        assert isinstance(event, Close) and event.code == 1007
+        session.finish()
+
+
+def test_peer_vanishing_ends_wait() -> None:
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        seen["wait"] = request.websocket.wait()
+        seen["code"] = request.websocket.close_code
+
+    with Session(view) as session:
+        session.expect_101()
+        session.client.sock.close()
+        session.finish()
+    assert seen == {"wait": None, "code": 1006}
+
+
+def test_send_from_another_thread_while_waiting(holder: Holder) -> None:
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws.accept()
+        sender = threading.Thread(target=lambda: [ws.send(f"t{i}") for i in range(20)])
+        sender.start()
+        seen["wait"] = ws.wait(TIMEOUT)
+        sender.join(TIMEOUT)
+
+    with Session(view) as session:
+        session.expect_101()
+        assert [session.client.recv() for _ in range(20)] == [f"t{i}" for i in range(20)]
+        session.client.send("done")
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen == {"wait": "done"}
