@@ -12,8 +12,11 @@
   const $ = (id) => document.getElementById(id);
   const body = document.body;
   const room = body.dataset.room;
+  const NAME = /^[\p{L}\p{N}_ .-]{1,24}$/u;  // what the server accepts (views.NAME)
   const params = new URLSearchParams(location.search);
-  let name = params.get("name") || localStorage.getItem("chat.name") ||
+  let name = [params.get("name"), localStorage.getItem("chat.name")]
+    .map((candidate) => (candidate || "").trim())
+    .find((candidate) => NAME.test(candidate)) ||
     "guest-" + Math.floor(1000 + Math.random() * 9000);
 
   let ws = null;
@@ -207,7 +210,9 @@
 
   $("rename").addEventListener("submit", (event) => {
     event.preventDefault();
-    name = $("name").value.trim();
+    const wanted = $("name").value.trim();
+    if (!NAME.test(wanted)) return;
+    name = wanted;
     localStorage.setItem("chat.name", name);
     const old = ws;
     ws = null;
