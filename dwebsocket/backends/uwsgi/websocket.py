@@ -112,6 +112,11 @@ class uWsgiWebSocket(WebSocket):
         state = "closed" if self._closed else "open" if self._accepted else "new"
         return f"<uWsgiWebSocket fd={self._fd} {state} {self._mode.value}>"
 
+    @property
+    def protocols(self) -> list[str]:
+        """dwebsocket 0.5 name of :attr:`offered_subprotocols`."""
+        return self.offered_subprotocols
+
     # -- who is calling --------------------------------------------------------------
 
     def _is_owner(self) -> bool:
