@@ -53,6 +53,13 @@ SERVERS: dict[str, Callable[[str, int], list[str]]] = {
     "eventlet": lambda host, port: [
         sys.executable, str(TESTS / "run_eventlet.py"), f"{host}:{port}",
     ],
+    # uWSGI: the uwsgi backend under --gevent and --async --ugreen, and the default
+    # backend taking the connection over (tests/uwsgi/wsgi.py; docs/deployment.rst).
+    "uwsgi-gevent": lambda host, port: _uwsgi(host, port, "uwsgi", "--gevent", "100"),
+    "uwsgi-async": lambda host, port: _uwsgi(host, port, "uwsgi", "--async", "100", "--ugreen"),
+    "uwsgi-takeover": lambda host, port: _uwsgi(
+        host, port, "default", "--gevent", "100", "--gevent-early-monkey-patch"
+    ),
 }
 
 #: Servers only the tests about them start (``start_server`` knows them too): gunicorn's
@@ -80,6 +87,18 @@ LOGGING = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {"dwebsocket": {"handlers": ["stderr"], "level": "DEBUG", "propagate": False}},
 }
+
+
+def _uwsgi(host: str, port: int, backend: str, *loop: str) -> list[str]:
+    """uWSGI serving tests/uwsgi/wsgi.py with ``backend`` ("uwsgi" or "default")."""
+    return [
+        _script("uwsgi"), "--master", "--die-on-term", "--need-app", "--processes", "1",
+        "--http-socket", f"{host}:{port}", *loop, "--module", "tests.uwsgi.wsgi:application",
+        "--env", f"DWEBSOCKET_UWSGI_BACKEND={backend}", "--disable-logging",
+        # uWSGI drops a frame over this many KiB without a close frame; above
+        # WEBSOCKET_MAX_MESSAGE_SIZE the backend answers 1009 first (64 MiB: compliance).
+        "--websocket-max-size", "65536",
+    ]
 
 
 def _script(name: str) -> str:
