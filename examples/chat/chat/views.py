@@ -56,11 +56,15 @@ def socket(request: HttpRequest, room: str) -> HttpResponse | None:
     ws.join(group)
     with database():
         me = Presence.objects.create(room=room, user=name)
-        history = Message.history(room)
-        members = Presence.members(room)
-    ws.send(dump(type="welcome", room=room, user=name, sid=me.pk, history=history, members=members))
-    groups.send(group, dump(type="join", user=name, sid=me.pk, members=members))
-    try:
+    try:  # from here on, the presence row goes when the tab does, whatever happens
+        with database():
+            history = Message.history(room)
+            members = Presence.members(room)
+        welcome = dump(
+            type="welcome", room=room, user=name, sid=me.pk, history=history, members=members
+        )
+        ws.send(welcome)
+        groups.send(group, dump(type="join", user=name, sid=me.pk, members=members))
         converse(ws, group, room, me)
     finally:
         with database():
@@ -72,8 +76,8 @@ def socket(request: HttpRequest, room: str) -> HttpResponse | None:
 
 def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
     """Handle the tab's messages until it goes away."""
-    refreshed = typed = time.monotonic()
-    typed -= TYPING_INTERVAL
+    refreshed = time.monotonic()
+    typed = refreshed - TYPING_INTERVAL
     while True:
         # A timeout, not a bare wait(): the presence row must be refreshed while idle.
         raw = ws.wait(timeout=HEARTBEAT)
@@ -87,9 +91,9 @@ def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
         if raw is None:
             continue
         event = parse(raw)
-        kind = event.get("type") if event is not None else None
+        kind = event.get("type")
         if kind == "message":
-            text = event.get("text") if event is not None else None
+            text = event.get("text")
             if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
                 ws.send(dump(type="error", error=f"a message is 1 to {MAX_TEXT} characters"))
                 continue
@@ -125,14 +129,15 @@ def database() -> Iterator[None]:
         connections.close_all()
 
 
-def parse(raw: str | bytes) -> dict[str, Any] | None:
+def parse(raw: str | bytes) -> dict[str, Any]:
+    """The JSON object the page sent; empty if it is anything else."""
     if isinstance(raw, bytes):
-        return None
+        return {}
     try:
         event = json.loads(raw)
     except ValueError:
-        return None
-    return event if isinstance(event, dict) else None
+        return {}
+    return event if isinstance(event, dict) else {}
 
 
 def dump(**fields: Any) -> str:

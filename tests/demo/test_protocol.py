@@ -1,0 +1,69 @@
+"""The chat's JSON over a plain WebSocket client: what the page relies on, and what a
+misbehaving client gets (an error message, not a dropped connection)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from tests.servers import ServerProcess
+
+pytestmark = pytest.mark.server
+
+
+def next_of(client: ClientConnection, kind: str, **fields: Any) -> dict[str, Any]:
+    """The next message of type ``kind`` with ``fields`` (bounded: 20 messages, each
+    waited for 10 s at most)."""
+    for _ in range(20):
+        event: dict[str, Any] = json.loads(client.recv(timeout=10))
+        if event["type"] == kind and fields.items() <= event.items():
+            return event
+    raise AssertionError(f"no {kind!r} message with {fields}")
+
+
+def test_conversation_and_refusals(demo: Callable[..., ServerProcess]) -> None:
+    srv = demo()
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(srv.url("/ws/lobby/?name=%3Cscript%3E"), open_timeout=10).close()
+    assert refused.value.response.status_code == 400
+
+    url = srv.url("/ws/lobby/?name={}")
+    with (
+        connect(url.format("ann"), open_timeout=10) as ann,
+        connect(url.format("ben"), open_timeout=10) as ben,
+    ):
+        welcome = next_of(ann, "welcome")
+        assert (welcome["room"], welcome["user"], welcome["history"]) == ("lobby", "ann", [])
+        assert next_of(ben, "welcome")["members"] == ["ann", "ben"]
+        assert next_of(ann, "join", user="ben")["members"] == ["ann", "ben"]
+
+        ann.send(json.dumps({"type": "message", "text": "  hello  "}))
+        for client in (ann, ben):
+            message = next_of(client, "message")
+            assert (message["user"], message["text"]) == ("ann", "hello")
+            assert isinstance(message["id"], int)
+
+        ben.send(json.dumps({"type": "typing"}))
+        assert next_of(ann, "typing")["user"] == "ben"
+
+        for bad in (
+            "not json",
+            "[1]",
+            json.dumps({"type": "message", "text": "x" * 2001}),
+            json.dumps({"type": "message", "text": "   "}),
+            b"\x00binary",
+        ):
+            ben.send(bad)
+            assert next_of(ben, "error")["error"]
+        ben.send(json.dumps({"type": "message", "text": "still here"}))
+        assert next_of(ann, "message")["text"] == "still here"
+
+    with connect(url.format("cat"), open_timeout=10) as cat:
+        history = next_of(cat, "welcome")["history"]
+        assert [m["text"] for m in history] == ["hello", "still here"]
