@@ -76,6 +76,10 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
             "CHAT_DB",
             "REDIS_URL",
             "DWEBSOCKET_GROUPS_URL",
+            # A newcomer's shell, not a sub-make of `make test`.
+            "MAKEFLAGS",
+            "MFLAGS",
+            "MAKELEVEL",
         )
     }
     env["PORT"] = str(port)
