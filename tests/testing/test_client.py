@@ -1,0 +1,321 @@
+"""``WebSocketClient`` itself: what reaches the view, what comes back, how it fails.
+
+pytest-django style; ``test_chat.py`` shows the ``TestCase`` style.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.exceptions import ImproperlyConfigured
+from django.test import Client, override_settings
+
+from dwebsocket import ConnectionClosed, InvalidHandshake, InvalidState
+from dwebsocket.testing import HandshakeRefused, WebSocketClient
+from tests.testing import views
+from tests.testing.support import CHAT_SETTINGS, PASSWORD
+
+pytestmark = pytest.mark.urls("tests.testing.urls")
+
+
+def inspect(ws: WebSocketClient) -> dict[str, Any]:
+    seen: dict[str, Any] = ws.receive_json()
+    return seen
+
+
+# -- talking ---------------------------------------------------------------------------
+
+
+def test_text_and_binary_round_trip() -> None:
+    with WebSocketClient("/echo/") as ws:
+        ws.send("héllo")
+        assert ws.receive() == "héllo"
+        ws.send(b"\x00\xff")
+        assert ws.receive() == b"\x00\xff"
+        ws.send(bytearray(b"ba"))
+        assert ws.receive() == b"ba"
+        ws.send_json({"n": 1})
+        assert ws.receive_json() == {"n": 1}
+        assert not ws.closed
+    assert ws.closed
+    assert ws.close_code == 1000
+    assert ws.request is not None
+    assert ws.request.websocket.close_code == 1000
+
+
+@pytest.mark.parametrize("compression", [True, False])
+def test_compression_is_negotiated_unless_turned_off(compression: bool) -> None:
+    with WebSocketClient("/big/?size=1048576", compression=compression) as ws:
+        assert ws.receive() == bytes(range(256)) * 4096
+        extensions = [v for k, v in ws.response_headers if k == "sec-websocket-extensions"]
+        assert bool(extensions) is compression
+
+
+def test_the_server_pings_are_answered() -> None:
+    with WebSocketClient("/ping/") as ws:
+        ws.send("after the ping")
+        assert ws.receive() == "after the ping"
+
+
+def test_subprotocol() -> None:
+    with WebSocketClient("/subprotocol/", subprotocols=["v2", "chat"]) as ws:
+        assert ws.receive_json() == {"offered": ["v2", "chat"], "chosen": "chat"}
+        assert ws.subprotocol == "chat"
+
+
+def test_several_clients_at_once() -> None:
+    clients = [WebSocketClient("/echo/") for _ in range(10)]
+    try:
+        for ws in clients:
+            ws.connect()
+        for i, ws in enumerate(clients):
+            ws.send(f"message {i}")
+        assert [ws.receive() for ws in clients] == [f"message {i}" for i in range(10)]
+    finally:
+        for ws in clients:
+            ws.close()
+    assert {ws.close_code for ws in clients} == {1000}
+
+
+def test_receive_times_out() -> None:
+    with WebSocketClient("/echo/") as ws, pytest.raises(TimeoutError, match="/echo/"):
+        ws.receive(timeout=0.05)
+
+
+# -- what the view sees ----------------------------------------------------------------
+
+
+def test_request_as_the_view_sees_it() -> None:
+    with WebSocketClient(
+        "/inspect/café/?room=1&x=a%20b",
+        headers={"X-Token": "t0k", "X_Spoofed": "dropped, as servers do"},
+        cookies={"theme": "dark"},
+        secure=True,
+        REMOTE_ADDR="10.1.2.3",
+        subprotocols=["chat"],
+    ) as ws:
+        seen = inspect(ws)
+    assert seen == {
+        "path": "/inspect/café/",
+        "query": {"room": "1", "x": "a b"},
+        "headers": {"X-Token": "t0k"},
+        "cookies": {"theme": "dark"},
+        "user": None,
+        "secure": True,
+        "remote_addr": "10.1.2.3",
+        "host": "testserver",
+        "origin": None,
+        "offered": ["chat"],
+    }
+
+
+def test_host_and_origin_headers() -> None:
+    with WebSocketClient(
+        "/inspect/", headers={"Host": "localhost", "Origin": "http://localhost:8000"}
+    ) as ws:
+        seen = inspect(ws)
+    assert (seen["host"], seen["origin"]) == ("localhost", "http://localhost:8000")
+
+
+@pytest.mark.django_db
+@override_settings(**CHAT_SETTINGS)
+def test_user_is_logged_in() -> None:
+    alice = User.objects.create_user("alice")
+    with WebSocketClient("/inspect/", user=alice) as ws:
+        assert inspect(ws)["user"] == "alice"
+    assert ws.request is not None and ws.request.user == alice
+
+
+@pytest.mark.django_db
+@override_settings(**CHAT_SETTINGS)
+def test_cookies_of_a_django_test_client() -> None:
+    User.objects.create_user("bob", password=PASSWORD)
+    client = Client()
+    assert client.login(username="bob", password=PASSWORD)
+    client.cookies["theme"] = "light"
+    with WebSocketClient("/inspect/", client=client, cookies={"lang": "fr"}) as ws:
+        seen = inspect(ws)
+    assert seen["user"] == "bob"
+    assert {k: seen["cookies"][k] for k in ("theme", "lang")} == {"theme": "light", "lang": "fr"}
+
+
+@pytest.mark.django_db
+@override_settings(**CHAT_SETTINGS)
+def test_anonymous_without_user() -> None:
+    with WebSocketClient("/inspect/") as ws:
+        assert inspect(ws)["user"] == ""
+
+
+# -- closing ---------------------------------------------------------------------------
+
+
+def test_the_view_closes_with_a_code() -> None:
+    with WebSocketClient("/close/?code=4001&reason=done") as ws:
+        ws.send("go")
+        assert ws.wait_closed() == 4001
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.receive()
+        assert (closed.value.code, closed.value.reason) == (4001, "done")
+        with pytest.raises(ConnectionClosed):
+            ws.send("too late")
+    assert ws.close_reason == "done"
+
+
+def test_messages_sent_before_the_close_are_still_received() -> None:
+    with WebSocketClient("/big/?size=1024") as ws:
+        ws.send("done")  # the view returns: close 1000 right after its message
+        assert ws.wait_closed() == 1000
+        assert ws.receive() == bytes(range(256)) * 4
+
+
+def test_the_client_closes_with_a_code() -> None:
+    with WebSocketClient("/record/?id=testing-close") as ws:
+        ws.close(4002, "bye")
+        ws.close()  # idempotent
+    assert views_closes()["testing-close"] == {"code": 4002, "reason": "bye", "closed": True}
+
+
+def views_closes() -> dict[str, Any]:
+    from tests import views as echo_views
+
+    return echo_views.CLOSES
+
+
+def test_a_view_that_does_not_return() -> None:
+    views.RELEASE.clear()
+    ws = WebSocketClient("/stubborn/", timeout=0.2).connect()
+    try:
+        with pytest.raises(TimeoutError, match="did not return"):
+            ws.close()
+        assert ws.close_code == 1006  # no close frame came: cut, as a browser does
+    finally:
+        views.RELEASE.set()
+        assert ws._server is not None
+        ws._server.join(10)
+        assert not ws._server.is_alive()
+
+
+# -- refused handshakes ------------------------------------------------------------------
+
+
+def test_the_view_refuses() -> None:
+    with pytest.raises(HandshakeRefused) as refused:
+        WebSocketClient("/refuse/").connect()
+    exc = refused.value
+    assert (exc.status_code, exc.content) == (403, b"not you\n")
+    assert ("content-type", "text/plain") in exc.headers
+    assert exc.response is not None and exc.response.status_code == 403
+    assert exc.response.wsgi_request.path == "/refuse/"  # type: ignore[attr-defined]
+    assert isinstance(exc, InvalidHandshake)
+    assert str(exc) == "handshake refused with HTTP 403: not you"
+
+
+def test_a_refused_origin() -> None:
+    with pytest.raises(HandshakeRefused) as refused:
+        WebSocketClient("/echo/", origin="https://evil.example").connect()
+    assert refused.value.status_code == 403
+    assert b"is not allowed" in refused.value.content
+
+
+def test_an_unknown_url() -> None:
+    with pytest.raises(HandshakeRefused) as refused:
+        WebSocketClient("/nowhere/").connect()
+    assert refused.value.status_code == 404
+
+
+def test_a_malformed_handshake() -> None:
+    with pytest.raises(HandshakeRefused) as refused:
+        WebSocketClient("/echo/", headers={"Sec-WebSocket-Key": "second key"}).connect()
+    assert refused.value.status_code == 400
+
+
+def test_cookies_set_by_a_refusal_are_returned() -> None:
+    with pytest.raises(HandshakeRefused) as refused:
+        WebSocketClient("/refuse-with-cookie/").connect()
+    assert refused.value.status_code == 401
+    assert ("set-cookie", "seen=yes; HttpOnly; Path=/") in refused.value.headers
+
+
+# -- exceptions in the view --------------------------------------------------------------
+
+
+@pytest.fixture
+def quiet_django_request() -> Iterator[None]:
+    """The views below raise on purpose: Django logs an ERROR, as it should."""
+    logger = logging.getLogger("django.request")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+
+
+def test_an_exception_after_accepting_is_raised_on_close(quiet_django_request: None) -> None:
+    ws = WebSocketClient("/raise-error/").connect()
+    ws.send("go")
+    assert ws.wait_closed() == 1011
+    with pytest.raises(RuntimeError, match="boom"):
+        ws.close()
+    ws.close()  # once
+
+
+def test_an_exception_after_accepting_can_be_kept(quiet_django_request: None) -> None:
+    with WebSocketClient("/raise-error/", raise_request_exception=False) as ws:
+        ws.send("go")
+        assert ws.wait_closed() == 1011
+
+
+def test_an_exception_before_accepting_is_raised_by_connect(quiet_django_request: None) -> None:
+    with pytest.raises(RuntimeError, match="before accepting"):
+        WebSocketClient("/fail-before-accepting/").connect()
+
+
+def test_an_exception_before_accepting_can_be_a_500(quiet_django_request: None) -> None:
+    client = WebSocketClient("/fail-before-accepting/", raise_request_exception=False)
+    with pytest.raises(HandshakeRefused) as refused:
+        client.connect()
+    assert refused.value.status_code == 500
+
+
+# -- misuse --------------------------------------------------------------------------------
+
+
+def test_use_before_connect() -> None:
+    ws = WebSocketClient("/echo/")
+    assert repr(ws) == "<WebSocketClient new /echo/>"
+    with pytest.raises(InvalidState):
+        ws.send("x")
+    with pytest.raises(InvalidState):
+        ws.receive()
+    ws.close()  # nothing to do
+
+
+def test_connect_twice() -> None:
+    with WebSocketClient("/echo/") as ws:
+        assert repr(ws) == "<WebSocketClient open /echo/>"
+        with pytest.raises(InvalidState):
+            ws.connect()
+    assert repr(ws) == "<WebSocketClient closed /echo/>"
+
+
+def test_send_rejects_other_types() -> None:
+    with WebSocketClient("/echo/") as ws, pytest.raises(TypeError):
+        ws.send(42)  # type: ignore[arg-type]
+
+
+@override_settings(
+    WEBSOCKET_FACTORY_CLASS="dwebsocket.backends.uwsgi.factory.uWsgiWebSocketFactory"
+)
+def test_only_the_default_backend() -> None:
+    with pytest.raises(ImproperlyConfigured, match="drives the default backend"):
+        WebSocketClient("/echo/").connect()
+
+
+def test_receive_json_of_binary() -> None:
+    with WebSocketClient("/echo/") as ws:
+        ws.send(json.dumps([1]).encode())
+        assert ws.receive_json() == [1]

@@ -1,0 +1,16 @@
+"""URLs of the chat the ``tests.testing`` tests drive; the plain echo views come along."""
+
+from django.urls import include, path
+
+from tests.testing import views
+
+urlpatterns = [
+    path("chat/<slug:room>/", views.chat),
+    path("login/", views.login_view),
+    path("inspect/", views.inspect),
+    path("inspect/<str:name>/", views.inspect),
+    path("fail-before-accepting/", views.fail_before_accepting),
+    path("stubborn/", views.stubborn),
+    path("refuse-with-cookie/", views.refuse_with_cookie),
+    path("", include("tests.urls")),
+]

@@ -1,0 +1,98 @@
+"""A chat with login and groups: the views ``dwebsocket.testing`` is tested against, in
+process (``test_chat.py``) and through real servers (``test_chat_servers.py``)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from django.contrib.auth import authenticate, login
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from dwebsocket import groups, require_websocket
+
+
+@require_websocket
+def chat(request: HttpRequest, room: str) -> HttpResponse | None:
+    """Room ``room``, for logged-in users only (others get 403 before any handshake).
+
+    Everyone in the room gets ``{"user", "event": "joined" | "left"}`` and
+    ``{"user", "text"}`` for each message; ``/bye`` closes with 4000.
+    """
+    if not request.user.is_authenticated:
+        return HttpResponseForbidden("Log in to chat.\n", content_type="text/plain")
+    ws = request.websocket
+    group = f"chat.{room}"
+    name = request.user.get_username()
+    ws.join(group)
+    groups.send(group, json.dumps({"user": name, "event": "joined"}))
+    for message in ws:
+        if message == "/bye":
+            ws.close(4000, "bye")
+            break
+        groups.send(group, json.dumps({"user": name, "text": message}))
+    groups.send(group, json.dumps({"user": name, "event": "left"}))
+    return None
+
+
+@csrf_exempt
+@require_POST
+def login_view(request: HttpRequest) -> HttpResponse:
+    """Log in with ``username`` and ``password`` (form-encoded): 204, or 403."""
+    user = authenticate(
+        request, username=request.POST.get("username"), password=request.POST.get("password")
+    )
+    if user is None:
+        return HttpResponseForbidden()
+    login(request, user)
+    return HttpResponse(status=204)
+
+
+@require_websocket
+def inspect(request: HttpRequest, name: str = "") -> None:
+    """Send what the view sees of the request as JSON, then echo until closed."""
+    ws = request.websocket
+    user = getattr(request, "user", None)
+    ws.send(
+        json.dumps(
+            {
+                "path": request.path,
+                "query": request.GET.dict(),
+                "headers": {k: v for k, v in request.headers.items() if k.startswith("X-")},
+                "cookies": request.COOKIES,
+                "user": user.get_username() if user is not None else None,
+                "secure": request.is_secure(),
+                "remote_addr": request.META["REMOTE_ADDR"],
+                "host": request.get_host(),
+                "origin": request.headers.get("Origin"),
+                "offered": ws.offered_subprotocols,
+            }
+        )
+    )
+    for message in ws:
+        ws.send(message)
+
+
+@require_websocket
+def refuse_with_cookie(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse("who are you?\n", status=401, content_type="text/plain")
+    response.set_cookie("seen", "yes", httponly=True)
+    return response
+
+
+@require_websocket
+def fail_before_accepting(request: HttpRequest) -> None:
+    raise RuntimeError("boom before accepting (on purpose)")
+
+
+#: Set by the test to let ``stubborn`` return.
+RELEASE = threading.Event()
+
+
+@require_websocket
+def stubborn(request: HttpRequest) -> None:
+    """Accept, then ignore the connection until ``RELEASE`` is set."""
+    request.websocket.accept()
+    RELEASE.wait(30)
