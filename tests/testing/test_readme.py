@@ -1,0 +1,188 @@
+"""The README's quick start, copied into a brand-new ``django-admin startproject``.
+
+The literal blocks between ``.. quick-start-begin`` and ``.. quick-start-end`` are split
+on their ``# <file>.py`` lines and applied as a reader would: ``NAME = [..., items]``
+appends to that setting; ``views.py``, ``urls.py`` and ``tests.py`` go next to the
+project's ``urls.py`` (``from . import views``), ``serve.py`` next to ``manage.py``. Then
+the project's own tests run (``manage.py test``), and the echo view answers a real
+client under ``manage.py runserver``, the README's gevent ``serve.py`` and
+``gunicorn -k gevent`` (each bound to a free port on 127.0.0.1 instead of 8000).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+from websockets.typing import Origin
+
+from tests.servers import REPO, free_port
+
+pytestmark = pytest.mark.server
+
+README = REPO / "README.rst"
+PROJECT = "myproject"
+WAIT = 30.0
+
+
+def quick_start() -> dict[str, str]:
+    """``{file name: code}`` from the README's quick start."""
+    text = README.read_text()
+    begin, end = text.index(".. quick-start-begin"), text.index(".. quick-start-end")
+    files: dict[str, str] = {}
+    for block in re.findall(r"::\n\n((?:    .*\n|\n)+)", text[begin:end]):
+        code = "\n".join(line[4:] for line in block.splitlines())
+        for name, body in re.findall(r"^# (\w+\.py)\n(.*?)(?=^# \w+\.py\n|\Z)", code, re.M | re.S):
+            files[name] = files.get(name, "") + body
+    return files
+
+
+def test_the_quick_start_has_what_the_test_applies() -> None:
+    assert sorted(quick_start()) == ["serve.py", "settings.py", "tests.py", "urls.py", "views.py"]
+    assert "python manage.py runserver" in README.read_text()
+
+
+def apply_settings(settings: Path, snippet: str) -> None:
+    """``NAME = [..., items]`` means: add items to the list the project already has."""
+    lines = []
+    for line in snippet.splitlines():
+        match = re.fullmatch(r"(\w+) = \[\.\.\., (.*)\]", line)
+        lines.append(f"{match[1]} = [*{match[1]}, {match[2]}]" if match else line)
+    settings.write_text(settings.read_text() + "\n" + "\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("quickstart")
+    run(root, "-m", "django", "startproject", PROJECT, str(root))
+    files = quick_start()
+    package = root / PROJECT
+    apply_settings(package / "settings.py", files["settings.py"])
+    for name in ("views.py", "urls.py", "tests.py"):
+        (package / name).write_text(files[name])
+    (root / "serve.py").write_text(
+        files["serve.py"]
+        .replace('("0.0.0.0", 8000)', "(sys.argv[1], int(sys.argv[2]))")
+        .replace("from gevent import monkey;", "import sys; from gevent import monkey;")
+    )
+    return root
+
+
+def env() -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")},
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def run(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def test_its_checks_pass(project: Path) -> None:
+    assert "no issues" in run(project, "manage.py", "check")
+
+
+def test_its_own_test_passes(project: Path) -> None:
+    output = run(project, "manage.py", "test", "--noinput")
+    assert re.search(r"Ran 1 test\b.*\nOK\b", output, re.S), output
+
+
+def gunicorn() -> str:
+    script = Path(sys.executable).with_name("gunicorn")
+    return str(script) if script.exists() else "gunicorn"
+
+
+SERVE = {
+    "runserver": lambda port: [
+        sys.executable,
+        "manage.py",
+        "runserver",
+        f"127.0.0.1:{port}",
+        "--noreload",
+    ],
+    "serve.py": lambda port: [sys.executable, "serve.py", "127.0.0.1", str(port)],
+    "gunicorn -k gevent": lambda port: [
+        gunicorn(),
+        "-k",
+        "gevent",
+        f"{PROJECT}.wsgi",
+        "--bind",
+        f"127.0.0.1:{port}",
+    ],
+}
+
+
+def get(port: int, path: str) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(params=sorted(SERVE))
+def served(request: pytest.FixtureRequest, project: Path, tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            SERVE[request.param](port),
+            cwd=project,
+            env=env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                assert get(port, "/echo/") == b"connect with a WebSocket client"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(WAIT)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_the_echo_view_answers_a_browser(served: int) -> None:
+    # What the README's browser-console snippet does, from a page on the same server.
+    origin = Origin(f"http://127.0.0.1:{served}")
+    with connect(
+        f"ws://127.0.0.1:{served}/echo/", origin=origin, proxy=None, open_timeout=WAIT
+    ) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=WAIT) == "hello"
+        ws.send(b"\x00bytes")
+        assert ws.recv(timeout=WAIT) == b"\x00bytes"
