@@ -13,6 +13,8 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.W005``: ``WEBSOCKET_ACCEPT_ALL`` without ``WebSocketMiddleware``.
 - ``dwebsocket.W006``: middleware with a ``process_view`` listed after
   ``WebSocketMiddleware`` (it does not run for WebSocket views).
+- ``dwebsocket.W007``: the uwsgi backend without its WSGI wrapper
+  (``dwebsocket.backends.uwsgi.checks``; tested in ``tests/uwsgi/test_wsgi.py``).
 
 W002/W003 can only be known inside a gunicorn worker: ``dwebsocket.server`` runs
 :func:`check_server` there and logs what it finds.
@@ -29,6 +31,7 @@ from django.conf import settings as django_settings
 from django.core import checks
 from django.core.checks import CheckMessage, Tags, register
 
+from dwebsocket.backends.uwsgi.checks import check_wsgi_wrapper
 from dwebsocket.conf import DEFAULTS
 
 __all__ = [
@@ -204,3 +207,6 @@ def _has_process_view(path: str) -> bool:
         return hasattr(import_string(path), "process_view")
     except ImportError:  # Django reports it when it loads the middleware
         return False
+
+
+register(Tags.compatibility)(check_wsgi_wrapper)

@@ -39,8 +39,7 @@ DEFECTS = {
     ),
     "empty-pong": "uWSGI defect: pings are answered with an empty pong (payload not echoed)",
     "no-validation": (
-        "uWSGI defect: reserved opcodes, RSV bits and unmasked frames are not rejected "
-        "(no 1002)"
+        "uWSGI defect: reserved opcodes, RSV bits and unmasked frames are not rejected (no 1002)"
     ),
     "no-deflate": "uWSGI defect: no permessage-deflate (RFC 7692) in uWSGI's websocket API",
     "pipelined": (
@@ -71,14 +70,16 @@ _TAKEOVER: dict[tuple[str, str | None], str] = {
     ("test_handshake_and_first_frame_in_one_segment", None): "pipelined",
 }
 # Tests that hold several connections open at once: skipped on uwsgi-async.
-_CONCURRENT = frozenset({
-    "test_many_clients_at_once",
-    "test_every_server_with_redis",
-    "test_messages_reach_everyone_in_the_room",
-    "test_rooms_are_separate",
-    "test_leaving_is_announced",
-    "test_client_closes_with_code_and_reason",
-})
+_CONCURRENT = frozenset(
+    {
+        "test_many_clients_at_once",
+        "test_every_server_with_redis",
+        "test_messages_reach_everyone_in_the_room",
+        "test_rooms_are_separate",
+        "test_leaving_is_announced",
+        "test_client_closes_with_code_and_reason",
+    }
+)
 
 
 def _server_of(item: pytest.Item) -> str | None:

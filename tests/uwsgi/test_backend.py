@@ -1,0 +1,216 @@
+"""The uwsgi backend through real uWSGI processes: the rows of docs/backends.rst that the
+shared server tests (tests/integration, parametrized over every server) do not cover.
+
+uWSGI's defects are asserted in ``test_defects.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed as ClientClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.servers import ServerProcess
+from tests.wire import TIMEOUT, RawClient, masked
+
+pytestmark = pytest.mark.server
+
+BACKEND_SERVERS = ["uwsgi-gevent", "uwsgi-async"]
+
+
+def ws(server: ServerProcess, path: str, **kwargs: Any) -> ClientConnection:
+    kwargs.setdefault("max_size", 8 << 20)
+    return connect(
+        server.url(path), open_timeout=TIMEOUT, close_timeout=TIMEOUT, proxy=None, **kwargs
+    )
+
+
+def http_json(server: ServerProcess, path: str) -> Any:
+    with urllib.request.urlopen(server.url(path, "http"), timeout=TIMEOUT) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module", params=BACKEND_SERVERS)
+def uwsgi_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    from tests.conftest import assert_no_traceback
+    from tests.servers import start_server
+
+    srv = start_server(request.param, tmp_path_factory.mktemp(request.param) / "server.log")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+    assert_no_traceback(srv)
+
+
+def test_text_and_binary_stay_apart_on_send(uwsgi_server: ServerProcess) -> None:
+    """websocket_send for str, websocket_send_binary for bytes: never mixed up."""
+    with ws(uwsgi_server, "/uwsgi/kinds/") as client:
+        assert client.recv(timeout=TIMEOUT) == "text"
+        assert client.recv(timeout=TIMEOUT) == b"bytes"
+
+
+def test_echo_of_everything_but_empty_messages(uwsgi_server: ServerProcess) -> None:
+    """The shared echo test minus empty messages (lost: test_defects.py). Binary that is
+    not UTF-8 stays binary, text stays text, sizes up to 1 MiB in one frame."""
+    messages = ["hello", "héllo wörld ☃ 🚀", b"\x00\x01\xfe\xff", "x" * 70000, b"\xff" * (1 << 20)]
+    with ws(uwsgi_server, "/echo/") as client:
+        for message in messages:
+            client.send(message)
+            answer = client.recv(timeout=TIMEOUT)
+            assert answer == message and type(answer) is type(message)
+
+
+def test_subprotocol_offered_but_not_chosen_is_not_echoed(uwsgi_server: ServerProcess) -> None:
+    """uWSGI's own handshake would echo the client's whole offer (clients refuse that):
+    the backend sends its own 101 through the WSGI wrapper."""
+    with ws(uwsgi_server, "/echo/", subprotocols=["a", "b"]) as client:
+        assert client.subprotocol is None
+        assert "Sec-WebSocket-Protocol" not in client.response.headers
+        client.send("still works")
+        assert client.recv(timeout=TIMEOUT) == "still works"
+
+
+def test_server_close_frame_has_code_and_reason_and_nothing_follows(
+    uwsgi_server: ServerProcess,
+) -> None:
+    """uWSGI has no API for a close code: the frame is written by hand, the peer's reply
+    read by hand (uWSGI would answer it with a second close frame)."""
+    with RawClient(socket.create_connection((uwsgi_server.host, uwsgi_server.port))) as client:
+        client.handshake("/close/?code=4003&reason=r%C3%A9sum%C3%A9")
+        client.sock.sendall(masked(0x1, b"go"))
+        event = client.recv()
+        assert (event.code, event.reason) == (4003, "résumé")  # type: ignore[union-attr]
+        # The core answered with our close frame; the server ends TCP, writing nothing.
+        rest = b""
+        while chunk := client.sock.recv(65536):
+            rest += chunk
+        assert rest == b""
+
+
+def test_send_from_another_thread_reaches_the_client_in_order(uwsgi_server: ServerProcess) -> None:
+    """uWSGI allows its API only in the request's own greenlet/thread: a real thread's
+    send() is handed to the view (waiting in wait()), which writes it."""
+    with ws(uwsgi_server, "/uwsgi/from-thread/?n=50") as client:
+        got = [client.recv(timeout=TIMEOUT) for _ in range(51)]
+    assert got == [f"t{i}" for i in range(50)] + ["done"]
+
+
+def test_deliver_overflow_closes_1008(
+    make_server: Callable[..., ServerProcess], request: pytest.FixtureRequest
+) -> None:
+    """deliver() never blocks; past WEBSOCKET_SEND_QUEUE_SIZE bytes the view closes 1008."""
+    for name in BACKEND_SERVERS:
+        server = make_server(name, settings={"WEBSOCKET_SEND_QUEUE_SIZE": 4096})
+        with (
+            ws(server, "/uwsgi/from-thread/?n=20&deliver=1") as client,
+            pytest.raises(ClientClosed),
+        ):
+            while True:
+                client.recv(timeout=TIMEOUT)
+        assert client.close_code == 1008, name
+
+
+def test_wait_timeout_then_a_large_send(uwsgi_server: ServerProcess) -> None:
+    """A timed-out wait() leaves no trace: under --async a uWSGI timeout would make the
+    next write that has to wait fail (the backend uses a timerfd instead)."""
+    with ws(uwsgi_server, "/uwsgi/wait-timeout/") as client:
+        assert client.recv(timeout=TIMEOUT) == b"\x00" * (5 << 20)
+        assert client.recv(timeout=TIMEOUT) == "timeout:None:False"
+
+
+def test_request_finished_fires(uwsgi_server: ServerProcess) -> None:
+    """The WSGI wrapper swallows Django's start_response after the 101, so Django's
+    response closes normally and request_finished fires for WebSocket requests."""
+    before = http_json(uwsgi_server, "/uwsgi/finished/")["finished"]
+    with ws(uwsgi_server, "/echo/") as client:
+        client.send("x")
+        assert client.recv(timeout=TIMEOUT) == "x"
+    # +1 for the first GET itself (it finished after answering), +1 for the WebSocket.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        after = http_json(uwsgi_server, "/uwsgi/finished/")["finished"]
+        if after - before >= 2 or time.monotonic() > deadline:
+            break
+    assert after - before == 2
+
+
+def test_broadcast_between_two_connections(uwsgi_server: ServerProcess) -> None:
+    """send() from one view's greenlet/core to another connection wakes its owner, under
+    --gevent and --async --ugreen (where the owner waits on an epoll fd and suspends
+    through ctypes). Closed last-opened first: see test_defects.py for why."""
+    with ws(uwsgi_server, "/uwsgi/broadcast/") as first:
+        first.send("hello")
+        assert first.recv(timeout=TIMEOUT) == "hello"
+        with ws(uwsgi_server, "/uwsgi/broadcast/") as second:
+            second.send("hi")
+            assert second.recv(timeout=TIMEOUT) == "hi"
+            second.send("all:news")
+            assert second.recv(timeout=TIMEOUT) == "sent:1"
+            assert first.recv(timeout=TIMEOUT) == "news"
+
+
+def test_keepalive_is_uwsgis(make_server: Callable[..., ServerProcess]) -> None:
+    """Keepalive pings are uWSGI's (--websocket-ping-freq), sent while the view waits; a
+    client that never answers is dropped after --websocket-pong-tolerance. Both bounded."""
+    import tests.uwsgi.servers  # noqa: F401 - registers uwsgi-gevent-ping
+
+    server = make_server("uwsgi-gevent-ping")
+    with RawClient(socket.create_connection((server.host, server.port))) as client:
+        client.conn = _DeafClient()  # never answers pings
+        client.handshake("/echo/")
+        client.sock.settimeout(TIMEOUT)
+        data = b""
+        while chunk := client.sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"\x89\x00")  # uWSGI's ping: always empty
+
+
+class _DeafClient:
+    """Stands in for the core on the client side: swallows everything, answers nothing."""
+
+    eof = False
+
+    def receive_data(self, data: bytes) -> list[Any]:
+        return []
+
+    def data_to_send(self) -> bytes:
+        return b""
+
+
+def test_100_connections_on_one_gevent_100_worker(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """The issue's load test: one worker, --gevent 100, 100 connections at once. Echo on
+    every one, then a broadcast from one view to the 99 others through send() from its
+    greenlet. Timings are printed, not asserted."""
+    server = make_server("uwsgi-gevent")
+    n = 100
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(ws(server, "/uwsgi/broadcast/")) for _ in range(n)]
+        started = time.monotonic()
+        for i, client in enumerate(clients):
+            client.send(f"echo {i}")
+        echoed = [client.recv(timeout=TIMEOUT) for client in clients]
+        echo_time = time.monotonic() - started
+        assert echoed == [f"echo {i}" for i in range(n)]
+        started = time.monotonic()
+        clients[0].send("all:to everyone")
+        assert clients[0].recv(timeout=TIMEOUT) == f"sent:{n - 1}"
+        received = [client.recv(timeout=TIMEOUT) for client in clients[1:]]
+        broadcast_time = time.monotonic() - started
+        assert received == ["to everyone"] * (n - 1)
+        print(
+            f"\n[uwsgi --gevent 100] {n} connections: echo on all in "
+            f"{echo_time * 1000:.1f} ms, broadcast to {n - 1} in {broadcast_time * 1000:.1f} ms"
+        )

@@ -1,0 +1,12 @@
+from django.urls import include, path
+
+from tests.uwsgi import views
+
+urlpatterns = [
+    path("uwsgi/broadcast/", views.broadcast),
+    path("uwsgi/kinds/", views.kinds),
+    path("uwsgi/from-thread/", views.from_thread),
+    path("uwsgi/wait-timeout/", views.wait_timeout),
+    path("uwsgi/finished/", views.finished),
+    path("", include("tests.urls")),
+]

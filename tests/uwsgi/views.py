@@ -1,0 +1,96 @@
+"""Views only the uWSGI tests use (tests/uwsgi/urls.py, on top of tests/urls.py)."""
+
+from __future__ import annotations
+
+import threading
+
+from django.core.signals import request_finished
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from dwebsocket import require_websocket
+from dwebsocket.websocket import WebSocket
+
+#: Open connections of the ``broadcast`` view in this process.
+MEMBERS: set[WebSocket] = set()
+#: How many times request_finished fired in this process.
+FINISHED = [0]
+
+
+def _count(**kwargs: object) -> None:
+    FINISHED[0] += 1
+
+
+request_finished.connect(_count, dispatch_uid="tests.uwsgi.views.count")
+
+
+@require_websocket
+def broadcast(request: HttpRequest) -> None:
+    """Echo each message, except ``all:TEXT``, which goes to every *other* member through
+    ``send()`` from this view's greenlet (a foreign one for them); then ``sent:N``."""
+    ws = request.websocket
+    ws.accept()
+    MEMBERS.add(ws)
+    try:
+        for message in ws:
+            if isinstance(message, str) and message.startswith("all:"):
+                others = [member for member in list(MEMBERS) if member is not ws]
+                for member in others:
+                    member.send(message[4:])
+                ws.send(f"sent:{len(others)}")
+            else:
+                ws.send(message)
+    finally:
+        MEMBERS.discard(ws)
+
+
+@require_websocket
+def kinds(request: HttpRequest) -> None:
+    """Send a text and a binary message that is valid UTF-8, then wait for the close."""
+    ws = request.websocket
+    ws.send("text")
+    ws.send(b"bytes")
+    ws.wait()
+
+
+@require_websocket
+def from_thread(request: HttpRequest) -> None:
+    """A real thread sends ``?n=`` messages (``send``) then ``done`` while this view sits
+    in ``wait()``; ``?deliver=1`` uses ``deliver`` and joins the thread before waiting
+    (so a small ``WEBSOCKET_SEND_QUEUE_SIZE`` overflows before anything is written)."""
+    ws = request.websocket
+    ws.accept()
+    n = int(request.GET.get("n", "10"))
+    deliver = request.GET.get("deliver") == "1"
+
+    def run() -> None:
+        for i in range(n):
+            if deliver:
+                ws.deliver(f"d{i}:" + "x" * 1000)
+            else:
+                ws.send(f"t{i}")
+        if not deliver:
+            ws.send("done")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    if deliver:
+        thread.join()
+    for message in ws:
+        ws.send(message)
+    thread.join()
+
+
+@require_websocket
+def wait_timeout(request: HttpRequest) -> None:
+    """``wait(0.2)`` on silence returns None with the connection open; then a 5 MiB
+    binary message (a write that has to wait for the client) and the report."""
+    ws = request.websocket
+    got = ws.wait(0.2)
+    ws.send(b"\x00" * (5 << 20))
+    ws.send(f"timeout:{got!r}:{ws.is_closed()}")
+    ws.wait()
+
+
+def finished(request: HttpRequest) -> HttpResponse:
+    """Plain HTTP: how many times request_finished fired so far in this process."""
+    return JsonResponse({"finished": FINISHED[0]})
