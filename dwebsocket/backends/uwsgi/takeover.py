@@ -52,7 +52,7 @@ class UwsgiTransport(Transport):
         self._environ = environ
         super().__init__(None, server="uwsgi")  # type: ignore[arg-type]
 
-    @property  # type: ignore[override]
+    @property
     def sock(self) -> socket.socket:
         if self._sock is None:
             self._sock = socket.socket(fileno=os.dup(self._fd))
