@@ -51,6 +51,9 @@ def main() -> int:
 
     django.setup()
     call_command("migrate", interactive=False, verbosity=0)
+    from django.db import connections
+
+    connections.close_all()  # the serving greenlets open their own
 
     from django.core.wsgi import get_wsgi_application
 

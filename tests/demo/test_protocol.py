@@ -3,8 +3,12 @@ misbehaving client gets (an error message, not a dropped connection)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +71,37 @@ def test_conversation_and_refusals(demo: Callable[..., ServerProcess]) -> None:
     with connect(url.format("cat"), open_timeout=10) as cat:
         history = next_of(cat, "welcome")["history"]
         assert [m["text"] for m in history] == ["hello", "still here"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_idle_tabs_hold_no_database_connection(
+    demo: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    srv = demo(db=tmp_path / "idle.sqlite3")
+    url = srv.url("/ws/lobby/?name={}")
+    with (
+        connect(url.format("ann"), open_timeout=10) as ann,
+        connect(url.format("ben"), open_timeout=10) as ben,
+    ):
+        next_of(ann, "welcome")
+        next_of(ben, "welcome")
+        ann.send(json.dumps({"type": "message", "text": "written, then idle"}))
+        next_of(ben, "message")
+        # Both views are now back in wait(): SQLite connections are open files.
+        deadline = time.monotonic() + 10
+        while (
+            held := database_files(srv.process.pid, "idle.sqlite3")
+        ) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert held == []
+
+
+def database_files(pid: int, name: str) -> list[str]:
+    """The files of process ``pid`` open on the database ``name`` (and its WAL files)."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if Path(target).name.startswith(name):
+                found.append(target)
+    return found

@@ -11,6 +11,14 @@ server -> browser   {"type": "welcome", "room", "user", "sid", "history": [...],
 
 Every process serving the room reaches every tab through ``dwebsocket.groups``; what must
 outlive a process (the history, who is here) lives in the database.
+
+Database connections: nothing to do here. Before ``wait()`` blocks, dwebsocket gives back
+the connections Django would close at the end of a request (``CONN_MAX_AGE``; see
+docs/deployment.rst), so a hundred idle tabs hold no connection and a connection the
+database dropped meanwhile is never reused. What a long-lived view must not do is wait or
+send inside ``transaction.atomic()`` (or run under ``ATOMIC_REQUESTS``): that holds the
+connection, and with SQLite the write lock, for as long as the network takes. Here every
+write is one autocommitted statement.
 """
 
 from __future__ import annotations
@@ -18,11 +26,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from django.db import close_old_connections, connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
 from django.utils import timezone
@@ -54,12 +59,10 @@ def socket(request: HttpRequest, room: str) -> HttpResponse | None:
     # Join before reading the history, so that nothing said in between is lost (the page
     # drops a message it already has, by id).
     ws.join(group)
-    with database():
-        me = Presence.objects.create(room=room, user=name)
+    me = Presence.objects.create(room=room, user=name)
     try:  # from here on, the presence row goes when the tab does, whatever happens
-        with database():
-            history = Message.history(room)
-            members = Presence.members(room)
+        history = Message.history(room)
+        members = Presence.members(room)
         welcome = dump(
             type="welcome", room=room, user=name, sid=me.pk, history=history, members=members
         )
@@ -67,9 +70,8 @@ def socket(request: HttpRequest, room: str) -> HttpResponse | None:
         groups.send(group, dump(type="join", user=name, sid=me.pk, members=members))
         converse(ws, group, room, me)
     finally:
-        with database():
-            me.delete()
-            members = Presence.members(room)
+        me.delete()
+        members = Presence.members(room)
         groups.send(group, dump(type="leave", user=name, sid=me.pk, members=members))
     return None
 
@@ -85,8 +87,7 @@ def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
             return
         now = time.monotonic()
         if now - refreshed >= HEARTBEAT:
-            with database():
-                Presence.objects.filter(pk=me.pk).update(seen=timezone.now())
+            Presence.objects.filter(pk=me.pk).update(seen=timezone.now())
             refreshed = now
         if raw is None:
             continue
@@ -97,8 +98,7 @@ def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
             if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
                 ws.send(dump(type="error", error=f"a message is 1 to {MAX_TEXT} characters"))
                 continue
-            with database():
-                message = Message.objects.create(room=room, user=me.user, text=text.strip())
+            message = Message.objects.create(room=room, user=me.user, text=text.strip())
             # Sent after the write has committed: a tab that reconnects right now finds the
             # message in its history, and the page drops the duplicate.
             groups.send(group, dump(**message.as_json()))
@@ -109,24 +109,6 @@ def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
                 groups.send(group, dump(type="typing", user=me.user, sid=me.pk))
         else:
             ws.send(dump(type="error", error="expected a JSON object with type message or typing"))
-
-
-@contextmanager
-def database() -> Iterator[None]:
-    """A short stretch of database work inside a long-lived WebSocket view.
-
-    Django opens a connection at first use and gives it back when the request ends, which
-    for a WebSocket may be hours away. So the view drops a connection that went stale while
-    the socket waited, does its queries, and closes the connection again before it waits:
-    a hundred idle tabs hold no database connection. Never send or wait on the socket
-    inside this block (or inside a transaction): that would hold the connection, and with
-    SQLite the write lock, for as long as the network takes.
-    """
-    close_old_connections()
-    try:
-        yield
-    finally:
-        connections.close_all()
 
 
 def parse(raw: str | bytes) -> dict[str, Any]:
