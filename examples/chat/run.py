@@ -64,7 +64,8 @@ def main() -> int:
         server.start()
     except OSError as exc:
         print(
-            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+            f"cannot listen on 127.0.0.1:{port} "
+            f"({os.strerror(exc.errno) if exc.errno else exc}); "
             f"choose another port: PORT={port + 1} make demo",
             file=sys.stderr,
         )
