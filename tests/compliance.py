@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -164,7 +165,14 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # `timeout`, CI and Ctrl-C in another terminal send SIGTERM: unwind, so that the
+    # server and kosoku are stopped instead of orphaned.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(
         prog="python -m tests.compliance", description=__doc__.split("\n\n")[0]
     )
