@@ -54,8 +54,10 @@ def check_unknown_settings(
         if not name.startswith("WEBSOCKET_") or name in DEFAULTS:
             continue
         close = difflib.get_close_matches(name, DEFAULTS, n=1)
-        hint = f"Did you mean {close[0]}?" if close else (
-            "dwebsocket reads: " + ", ".join(sorted(DEFAULTS))
+        hint = (
+            f"Did you mean {close[0]}?"
+            if close
+            else ("dwebsocket reads: " + ", ".join(sorted(DEFAULTS)))
         )
         messages.append(
             checks.Warning(
@@ -184,10 +186,15 @@ def check_middleware(
                 id="dwebsocket.W005",
             )
         )
-    after = [
-        path for path in middleware[middleware.index(MIDDLEWARE_PATH) + 1 :]
-        if _has_process_view(path)
-    ] if MIDDLEWARE_PATH in middleware else []
+    after = (
+        [
+            path
+            for path in middleware[middleware.index(MIDDLEWARE_PATH) + 1 :]
+            if _has_process_view(path)
+        ]
+        if MIDDLEWARE_PATH in middleware
+        else []
+    )
     if after:
         messages.append(
             checks.Warning(

@@ -125,7 +125,9 @@ def origin_allowed(origin: str | None) -> bool:
     return False
 
 
-def _plain_response(reason: str, status: int, headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
+def _plain_response(
+    reason: str, status: int, headers: Iterable[tuple[str, str]] = ()
+) -> HttpResponse:
     response = HttpResponse(reason + "\n", status=status, content_type="text/plain; charset=utf-8")
     response["Content-Length"] = str(len(response.content))
     for name, value in headers:
@@ -141,7 +143,10 @@ def refuse(request: HttpRequest, exc: InvalidHandshake) -> HttpResponse:
     """The HTTP answer to a refused handshake: ``exc.status``, its reason, its headers."""
     logger.info(
         "WebSocket handshake refused with %s from %s for %s: %s",
-        exc.status, _peer(request), request.path, exc.reason,
+        exc.status,
+        _peer(request),
+        request.path,
+        exc.reason,
     )
     return _plain_response(exc.reason, exc.status, exc.headers)
 

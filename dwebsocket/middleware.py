@@ -54,8 +54,15 @@ class WebSocketMiddleware:
             if require:
                 return run_view(request, view_func, view_args, view_kwargs, require=True)
             return None
-        if not (require or settings.WEBSOCKET_ACCEPT_ALL or getattr(view_func, "accept_websocket", False)):
-            logger.info("WebSocket request for %s refused with 400: the view does not accept WebSockets", request.path)
+        if not (
+            require
+            or settings.WEBSOCKET_ACCEPT_ALL
+            or getattr(view_func, "accept_websocket", False)
+        ):
+            logger.info(
+                "WebSocket request for %s refused with 400: the view does not accept WebSockets",
+                request.path,
+            )
             return HttpResponseBadRequest(
                 "This URL does not accept WebSocket connections.\n",
                 content_type="text/plain; charset=utf-8",

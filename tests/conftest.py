@@ -24,7 +24,9 @@ def assert_no_traceback(server: ServerProcess, since: int = 0) -> None:
 
 
 @pytest.fixture(scope="session", params=sorted(SERVERS))
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     srv = start_server(request.param, tmp_path_factory.mktemp(request.param) / "server.log")
     try:
         yield srv

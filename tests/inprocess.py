@@ -29,12 +29,21 @@ def upgrade_headers(key: str, **extra: str) -> dict[str, str]:
 class Session:
     """``Session(view)``: the view runs at once; ``client`` is a :class:`RawClient`."""
 
-    def __init__(self, view: Callable[..., Any], path: str = "/ws/", *, headers: dict[str, str] | None = None, call: Callable[[HttpRequest], Any] | None = None) -> None:
+    def __init__(
+        self,
+        view: Callable[..., Any],
+        path: str = "/ws/",
+        *,
+        headers: dict[str, str] | None = None,
+        call: Callable[[HttpRequest], Any] | None = None,
+    ) -> None:
         self.server_sock, client_sock = socket.socketpair()
         self.client = RawClient(client_sock)
         self.key = generate_key()
         self.request = RequestFactory().get(
-            path, headers=upgrade_headers(self.key, **(headers or {})), **{"dwebsocket.socket": self.server_sock}
+            path,
+            headers=upgrade_headers(self.key, **(headers or {})),
+            **{"dwebsocket.socket": self.server_sock},
         )
         self.response: Any = None
         self.error: BaseException | None = None

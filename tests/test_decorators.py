@@ -69,7 +69,11 @@ def test_echo_session() -> None:
 
 @pytest.mark.parametrize(
     ("headers", "status"),
-    [({"Sec-WebSocket-Key": "x"}, 400), ({"Sec-WebSocket-Version": "7"}, 426), ({"Origin": "http://evil.example"}, 403)],
+    [
+        ({"Sec-WebSocket-Key": "x"}, 400),
+        ({"Sec-WebSocket-Version": "7"}, 426),
+        ({"Origin": "http://evil.example"}, 403),
+    ],
 )
 def test_refused_handshake_does_not_call_the_view(headers: dict[str, str], status: int) -> None:
     called = []

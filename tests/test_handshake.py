@@ -7,15 +7,32 @@ import logging
 import pytest
 from django.test import RequestFactory, override_settings
 
-from dwebsocket.exceptions import BackendUnavailable, ForbiddenOrigin, InvalidHandshake, UnsupportedVersion
-from dwebsocket.handshake import origin_allowed, parse_handshake, refuse, request_headers, unavailable
+from dwebsocket.exceptions import (
+    BackendUnavailable,
+    ForbiddenOrigin,
+    InvalidHandshake,
+    UnsupportedVersion,
+)
+from dwebsocket.handshake import (
+    origin_allowed,
+    parse_handshake,
+    refuse,
+    request_headers,
+    unavailable,
+)
 from tests.inprocess import upgrade_headers
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 def test_request_headers() -> None:
-    meta = {"HTTP_SEC_WEBSOCKET_KEY": "k", "HTTP_UPGRADE": "websocket", "CONTENT_LENGTH": "", "CONTENT_TYPE": "x", "PATH_INFO": "/"}
+    meta = {
+        "HTTP_SEC_WEBSOCKET_KEY": "k",
+        "HTTP_UPGRADE": "websocket",
+        "CONTENT_LENGTH": "",
+        "CONTENT_TYPE": "x",
+        "PATH_INFO": "/",
+    }
     assert request_headers(meta) == {"sec-websocket-key": "k", "upgrade": "websocket"}
     assert request_headers({"CONTENT_LENGTH": "0"}) == {"content-length": "0"}
 
@@ -64,7 +81,13 @@ def test_origin_debug_default_hosts() -> None:
     assert not origin_allowed("http://example.com")
 
 
-@override_settings(WEBSOCKET_ALLOWED_ORIGINS=["https://app.example.com", "http://localhost:3000", "partner.example"])
+@override_settings(
+    WEBSOCKET_ALLOWED_ORIGINS=[
+        "https://app.example.com",
+        "http://localhost:3000",
+        "partner.example",
+    ]
+)
 @pytest.mark.parametrize(
     ("origin", "allowed"),
     [
@@ -93,7 +116,9 @@ def _request(**headers: str):  # type: ignore[no-untyped-def]
 
 
 def test_parse_handshake() -> None:
-    handshake = parse_handshake(_request(**{"Sec-WebSocket-Protocol": "a, b", "Origin": "http://localhost"}))
+    handshake = parse_handshake(
+        _request(**{"Sec-WebSocket-Protocol": "a, b", "Origin": "http://localhost"})
+    )
     assert handshake.key == KEY
     assert handshake.subprotocols == ["a", "b"]
     assert handshake.origin == "http://localhost"

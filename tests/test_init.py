@@ -40,5 +40,7 @@ def test_unknown_name() -> None:
 
 def test_protocol_does_not_import_django() -> None:
     code = "import sys, dwebsocket, dwebsocket.protocol.connection; print('django' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == "False"

@@ -90,7 +90,9 @@ def test_plain_requests_get_the_attributes() -> None:
 
 
 @override_settings(MIDDLEWARE=MIDDLEWARE)
-def test_websocket_refused_for_views_that_do_not_accept(pair: tuple[socket.socket, RawClient]) -> None:
+def test_websocket_refused_for_views_that_do_not_accept(
+    pair: tuple[socket.socket, RawClient],
+) -> None:
     response = upgrade(Client(), "/plain/", pair[0])
     assert response.status_code == 400
 
@@ -113,6 +115,7 @@ def test_view_with_accept_attribute(pair: tuple[socket.socket, RawClient]) -> No
     head, frames, trailing = wire(raw)
     assert head.startswith(b"HTTP/1.1 101 ")
     assert frames == [(0x81, b"marked"), (0x88, b"\x03\xe8")]
+    assert trailing == b""
 
 
 @override_settings(MIDDLEWARE=MIDDLEWARE)

@@ -6,6 +6,7 @@ has a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections import deque
@@ -18,12 +19,23 @@ TIMEOUT = 10.0
 
 
 def upgrade_request(
-    path: str = "/echo/", host: str = "127.0.0.1", *, key: str | None = None, headers: dict[str, str] | None = None,
-    origin: str | None = None, extensions: str | None = None, subprotocols: tuple[str, ...] = (),
+    path: str = "/echo/",
+    host: str = "127.0.0.1",
+    *,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+    origin: str | None = None,
+    extensions: str | None = None,
+    subprotocols: tuple[str, ...] = (),
 ) -> bytes:
     return build_request(
-        host, path, key=key or generate_key(), origin=origin, extensions=extensions,
-        subprotocols=subprotocols, extra_headers=list((headers or {}).items()),
+        host,
+        path,
+        key=key or generate_key(),
+        origin=origin,
+        extensions=extensions,
+        subprotocols=subprotocols,
+        extra_headers=list((headers or {}).items()),
     )
 
 
@@ -104,7 +116,9 @@ class RawClient:
         client.handshake(path, host, **kwargs)
         return client
 
-    def handshake(self, path: str, host: str = "127.0.0.1", *, first: bytes = b"", **kwargs: object) -> None:
+    def handshake(
+        self, path: str, host: str = "127.0.0.1", *, first: bytes = b"", **kwargs: object
+    ) -> None:
         """Send the upgrade request (plus ``first``, in the same ``sendall``); read the 101."""
         key = generate_key()
         self.sock.sendall(upgrade_request(path, host, key=key, **kwargs) + first)  # type: ignore[arg-type]
@@ -130,10 +144,9 @@ class RawClient:
         self.events.extend(self.conn.receive_data(data))
         out = self.conn.data_to_send()
         if out:
-            try:
+            # The peer may have shut down right after its close frame.
+            with contextlib.suppress(OSError):
                 self.sock.sendall(out)
-            except OSError:  # the peer may have shut down right after its close frame
-                pass
 
     def next_event(self) -> Event:
         while not self.events:

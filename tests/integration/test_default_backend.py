@@ -19,14 +19,24 @@ from websockets.sync.client import ClientConnection, connect
 from dwebsocket.protocol.connection import Close
 from dwebsocket.protocol.frames import apply_mask
 from tests.servers import ServerProcess
-from tests.wire import TIMEOUT, RawClient, masked, read_http_response, read_until_eof, split_frames, upgrade_request
+from tests.wire import (
+    TIMEOUT,
+    RawClient,
+    masked,
+    read_http_response,
+    read_until_eof,
+    split_frames,
+    upgrade_request,
+)
 
 pytestmark = pytest.mark.server
 
 
 def ws(server: ServerProcess, path: str, **kwargs: Any) -> ClientConnection:
     kwargs.setdefault("max_size", 4 << 20)
-    return connect(server.url(path), open_timeout=TIMEOUT, close_timeout=TIMEOUT, proxy=None, **kwargs)
+    return connect(
+        server.url(path), open_timeout=TIMEOUT, close_timeout=TIMEOUT, proxy=None, **kwargs
+    )
 
 
 def http_get(server: ServerProcess, path: str) -> tuple[int, bytes]:
@@ -83,10 +93,14 @@ def test_over_the_message_limit_closes_1009(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("compression", ["deflate", None])
-def test_compression_negotiated_unless_the_client_declines(server: ServerProcess, compression: str | None) -> None:
+def test_compression_negotiated_unless_the_client_declines(
+    server: ServerProcess, compression: str | None
+) -> None:
     with ws(server, "/echo/", compression=compression) as client:
         extensions = client.response.headers.get("Sec-WebSocket-Extensions")
-        assert (extensions is not None and "permessage-deflate" in extensions) == (compression is not None)
+        assert (extensions is not None and "permessage-deflate" in extensions) == (
+            compression is not None
+        )
         for message in MESSAGES:
             client.send(message)
             assert client.recv(timeout=TIMEOUT) == message
@@ -160,9 +174,8 @@ def test_view_error_closes_1011(server: ServerProcess) -> None:
 
 
 def test_view_returning_none_untouched_accepts_and_closes(server: ServerProcess) -> None:
-    with ws(server, "/nothing/") as client:
-        with pytest.raises(ClientClosed):
-            client.recv(timeout=TIMEOUT)
+    with ws(server, "/nothing/") as client, pytest.raises(ClientClosed):
+        client.recv(timeout=TIMEOUT)
     assert client.close_code == 1000
 
 
@@ -176,7 +189,10 @@ def test_refused_before_accepting(server: ServerProcess) -> None:
 def test_subprotocol(server: ServerProcess) -> None:
     with ws(server, "/subprotocol/", subprotocols=["other", "chat"]) as client:
         assert client.subprotocol == "chat"
-        assert json.loads(client.recv(timeout=TIMEOUT)) == {"offered": ["other", "chat"], "chosen": "chat"}
+        assert json.loads(client.recv(timeout=TIMEOUT)) == {
+            "offered": ["other", "chat"],
+            "chosen": "chat",
+        }
     with ws(server, "/subprotocol/") as client:
         assert client.subprotocol is None
         assert json.loads(client.recv(timeout=TIMEOUT)) == {"offered": [], "chosen": None}
@@ -203,7 +219,9 @@ def test_plain_http(server: ServerProcess) -> None:
         ({"Origin": "http://evil.example"}, 403, b"evil.example"),
     ],
 )
-def test_refused_handshakes(server: ServerProcess, headers: dict[str, str], status: int, in_body: bytes) -> None:
+def test_refused_handshakes(
+    server: ServerProcess, headers: dict[str, str], status: int, in_body: bytes
+) -> None:
     mark = server.mark()
     request = upgrade_request("/echo/")
     head, _, _ = request.partition(b"\r\n\r\n")
@@ -227,7 +245,7 @@ def test_same_origin_allowed(server: ServerProcess) -> None:
 
 def test_handshake_and_first_frame_in_one_segment(server: ServerProcess) -> None:
     with RawClient(raw(server)) as client:
-        client.handshake("/echo/", first=masked(0x1, "in the same segment".encode()))
+        client.handshake("/echo/", first=masked(0x1, b"in the same segment"))
         assert client.recv() == "in the same segment"
 
 

@@ -23,5 +23,6 @@ class WebSocketFactory(BaseWebSocketFactory):
         if not self.is_websocket():
             return None
         handshake = parse_handshake(self.request)
-        transport = find_transport(self.request.environ)
+        # For a WSGIRequest, META is the WSGI environ itself.
+        transport = find_transport(self.request.META)
         return DefaultWebSocket(self.request, handshake, transport)

@@ -12,6 +12,7 @@ Measured facts behind each function: ``shared/notes/servers.md``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import select
 import socket
@@ -67,10 +68,8 @@ class Transport:
         not apply). Call once; does not block.
         """
         buffered = self._drain() if self._drain is not None else self._drain_rfile()
-        try:
+        with contextlib.suppress(OSError):  # not TCP (a socketpair in tests)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # not TCP (a socketpair in tests)
-            pass
         self.sock.settimeout(timeout)
         return buffered
 
@@ -125,7 +124,7 @@ class Transport:
         """One ``recv``; b"" at EOF or when the connection broke. Call when readable."""
         try:
             return self.sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError, socket.timeout):
+        except (TimeoutError, BlockingIOError, InterruptedError):
             raise
         except OSError:
             return b""
@@ -135,10 +134,8 @@ class Transport:
 
         The client sees EOF at once, and the server's later write of Django's response
         fails like a write to a client that went away (servers.md, pitfall 2)."""
-        try:
+        with contextlib.suppress(OSError):  # already shut down, or reset by the peer
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def release(self) -> None:
         """Tell the server the session is over (call after :meth:`shutdown`)."""

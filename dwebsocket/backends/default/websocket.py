@@ -18,7 +18,6 @@ held across I/O.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -55,7 +54,9 @@ _DEFAULT_IO_TIMEOUT = 60.0
 class DefaultWebSocket(WebSocket):
     """One connection taken over from the WSGI server (see the module docstring)."""
 
-    def __init__(self, request: HttpRequest, handshake: HandshakeRequest, transport: Transport) -> None:
+    def __init__(
+        self, request: HttpRequest, handshake: HandshakeRequest, transport: Transport
+    ) -> None:
         self.request = request
         self.handshake = handshake
         self.offered_subprotocols = list(handshake.subprotocols)
@@ -132,7 +133,9 @@ class DefaultWebSocket(WebSocket):
                 negotiated = PerMessageDeflate.negotiate(self.handshake.extensions)
                 if negotiated is not None:
                     deflate, extensions = negotiated
-            response = build_response(self.handshake, subprotocol=subprotocol, extensions=extensions)
+            response = build_response(
+                self.handshake, subprotocol=subprotocol, extensions=extensions
+            )
             conn = Connection(
                 deflate=deflate,
                 max_message_size=self._max_message_size,
@@ -157,7 +160,10 @@ class DefaultWebSocket(WebSocket):
                     self._append(conn.send_message(message))
         logger.debug(
             "WebSocket opened: %s %s via %s (subprotocol %s, compression %s)",
-            self._peer(), self.request.path, self._transport.server, subprotocol,
+            self._peer(),
+            self.request.path,
+            self._transport.server,
+            subprotocol,
             "on" if deflate is not None else "off",
         )
         self._send_signal(websocket_opened)
@@ -239,7 +245,7 @@ class DefaultWebSocket(WebSocket):
         if self._transport.wait_readable(wait):
             try:
                 data = self._transport.recv()
-            except (BlockingIOError, InterruptedError, socket.timeout):
+            except (TimeoutError, BlockingIOError, InterruptedError):
                 return
             self._feed(data)
         else:
@@ -255,7 +261,7 @@ class DefaultWebSocket(WebSocket):
                     break
                 try:
                     data = self._transport.recv()
-                except (BlockingIOError, InterruptedError, socket.timeout):
+                except (TimeoutError, BlockingIOError, InterruptedError):
                     break
                 self._feed(data)
         finally:
@@ -285,7 +291,10 @@ class DefaultWebSocket(WebSocket):
             if conn.error is not None:
                 logger.info(
                     "WebSocket protocol error from %s on %s: %s (closing with %s)",
-                    self._peer(), self.request.path, conn.error.reason, conn.error.code,
+                    self._peer(),
+                    self.request.path,
+                    conn.error.reason,
+                    conn.error.code,
                 )
             self._shutdown(close.code, close.reason)
 
@@ -318,7 +327,9 @@ class DefaultWebSocket(WebSocket):
         elif self._ping_timeout is not None and now - self._ping_sent_at >= self._ping_timeout:
             logger.info(
                 "WebSocket peer %s on %s sent nothing within %ss of a ping: closing (1011)",
-                self._peer(), self.request.path, self._ping_timeout,
+                self._peer(),
+                self.request.path,
+                self._ping_timeout,
             )
             self._abort(1011, "keepalive ping timeout")
 
@@ -408,7 +419,9 @@ class DefaultWebSocket(WebSocket):
         """Drop what is queued and close with 1008 (call with ``_core`` held)."""
         logger.info(
             "WebSocket peer %s on %s reads too slowly (more than %s bytes queued): closing (1008)",
-            self._peer(), self.request.path, self._queue_limit,
+            self._peer(),
+            self.request.path,
+            self._queue_limit,
         )
         assert self._conn is not None
         self._outbox, self._outbox_size = [], 0
@@ -511,7 +524,7 @@ class DefaultWebSocket(WebSocket):
                 if self._transport.wait_readable(remaining):
                     try:
                         data = self._transport.recv()
-                    except (BlockingIOError, InterruptedError, socket.timeout):
+                    except (TimeoutError, BlockingIOError, InterruptedError):
                         continue
                     self._feed(data)
                 self._messages.clear()
@@ -566,7 +579,9 @@ class DefaultWebSocket(WebSocket):
         if self._accepted:
             logger.debug(
                 "WebSocket closed: %s %s code %s%s after %.3fs",
-                self._peer(), self.request.path, self.close_code,
+                self._peer(),
+                self.request.path,
+                self.close_code,
                 f" ({self.close_reason})" if self.close_reason else "",
                 time.monotonic() - self._opened_at,
             )
@@ -585,7 +600,9 @@ class DefaultWebSocket(WebSocket):
     def _peer(self) -> str:
         meta = self.request.META
         port = meta.get("REMOTE_PORT")
-        return f"{meta.get('REMOTE_ADDR', '?')}:{port}" if port else str(meta.get("REMOTE_ADDR", "?"))
+        return (
+            f"{meta.get('REMOTE_ADDR', '?')}:{port}" if port else str(meta.get("REMOTE_ADDR", "?"))
+        )
 
     def _send_signal(self, signal: Signal, **kwargs: object) -> None:
         # send_robust: a failing receiver (logged by Django) must not break the I/O path,

@@ -7,7 +7,13 @@ import socket
 
 import pytest
 
-from dwebsocket.backends.default.transport import TAKEOVERS, Transport, find_transport, gevent_pywsgi, runserver
+from dwebsocket.backends.default.transport import (
+    TAKEOVERS,
+    Transport,
+    find_transport,
+    gevent_pywsgi,
+    runserver,
+)
 from dwebsocket.exceptions import BackendUnavailable
 
 

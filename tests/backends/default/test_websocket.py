@@ -184,7 +184,14 @@ def test_wait_timeout_and_read_fallback() -> None:
         session.client.send("back")
         assert session.client.recv() == Close(1000, "")
         session.finish()
-    assert seen == {"read": "nothing", "count": 0, "has": False, "wait": None, "closed": False, "message": "back"}
+    assert seen == {
+        "read": "nothing",
+        "count": 0,
+        "has": False,
+        "wait": None,
+        "closed": False,
+        "message": "back",
+    }
 
 
 def test_count_messages_drains_without_blocking(holder: Holder) -> None:
@@ -245,8 +252,13 @@ def test_deliver_before_accept_is_sent_after_the_101(holder: Holder) -> None:
 
 
 @override_settings(WEBSOCKET_SEND_QUEUE_SIZE=1000)
-def test_deliver_overflow_closes_1008_then_drops(holder: Holder, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="dwebsocket"), Session(holding_view(holder)) as session:
+def test_deliver_overflow_closes_1008_then_drops(
+    holder: Holder, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.INFO, logger="dwebsocket"),
+        Session(holding_view(holder)) as session,
+    ):
         assert holder.ready.wait(TIMEOUT)
         ws = holder.ws
         assert ws is not None
@@ -313,7 +325,11 @@ def test_peer_close_code_and_reason_seen_by_the_view() -> None:
         session.client.sock.sendall(session.client.conn.send_close(4100, "done here"))
         assert session.client.recv() == Close(4100, "")
         session.finish()
-    assert seen == {"messages": ["a"], "close": (4100, "done here", True), "exc": (4100, "done here")}
+    assert seen == {
+        "messages": ["a"],
+        "close": (4100, "done here", True),
+        "exc": (4100, "done here"),
+    }
 
 
 def test_protocol_error_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
