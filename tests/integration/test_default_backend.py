@@ -3,6 +3,7 @@ tests/servers.py), with the websockets client and raw sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -281,3 +282,21 @@ def test_protocol_error_closes_1002_and_eof(server: ServerProcess) -> None:
     assert len(frames) == 1 and frames[0][0] == 0x88
     assert frames[0][1][:2] == (1002).to_bytes(2, "big")
     assert trailing == b""
+
+
+NOISE = ["Traceback", "EBADF", "Bad file descriptor", "EPIPE", "Broken pipe", "Errno"]
+
+
+def test_sessions_end_without_noise_in_the_server_log(server: ServerProcess) -> None:
+    """The server's write of Django's response after the session fails silently."""
+    mark = server.mark()
+    for path in ["/echo/", "/raise-closed/", "/nothing/", "/close/?code=4000", "/raise-error/"]:
+        with ws(server, path) as client, contextlib.suppress(ClientClosed):
+            client.send("x")
+            client.recv(timeout=TIMEOUT)
+    # Bounded: the last session's trailing write happens right after its close.
+    with ws(server, "/echo/") as client:
+        client.send("last")
+        assert client.recv(timeout=TIMEOUT) == "last"
+    log = server.log(mark)
+    assert not [word for word in NOISE if word in log], log
