@@ -194,6 +194,9 @@ class Waiter:
         self._selector.register(connection_fd, selectors.EVENT_READ)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._closed = False
+        # wake() may run in another thread while the owner closes: never write to an fd
+        # number that close() released (it may already be another connection's socket).
+        self._lock = threading.Lock()
 
     @staticmethod
     def _wake_fds() -> tuple[int, int]:
@@ -207,13 +210,16 @@ class Waiter:
 
     def wake(self) -> None:
         """Make the owner's current or next :meth:`wait` return. Never blocks."""
-        try:
-            if self._wake_r == self._wake_w:
-                os.eventfd_write(self._wake_w, 1)
-            else:  # pragma: no cover - not Linux
-                os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already signalled, or closed: nothing to wake
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._wake_r == self._wake_w:
+                    os.eventfd_write(self._wake_w, 1)
+                else:  # pragma: no cover - not Linux
+                    os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # already signalled
 
     def _clear_wake(self) -> None:
         try:
@@ -279,9 +285,10 @@ class Waiter:
 
     def close(self) -> None:
         """Release the selector, the wake-up fd and the timer. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._selector.close()
         fds = {self._wake_r, self._wake_w}
         for fd in fds:
