@@ -6,6 +6,8 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.W002``: running in gunicorn's sync worker: one connection per process,
   cut by ``--timeout``.
 - ``dwebsocket.W003``: running in a gunicorn gthread worker with one thread.
+- ``dwebsocket.W007``: running in a gunicorn worker without ``dwebsocket.contrib.gunicorn``:
+  a stop or reload cuts open WebSockets without a close frame.
 - ``dwebsocket.W004``: ``ATOMIC_REQUESTS`` wraps a WebSocket view in a transaction that
   lasts the whole session.
 - ``dwebsocket.E001``: ``WebSocketMiddleware`` in ``MIDDLEWARE_CLASSES``, which Django
@@ -16,7 +18,7 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.W007``: the uwsgi backend without its WSGI wrapper
   (``dwebsocket.backends.uwsgi.checks``; tested in ``tests/uwsgi/test_wsgi.py``).
 
-W002/W003 can only be known inside a gunicorn worker: ``dwebsocket.server`` runs
+W002/W003/W007 can only be known inside a gunicorn worker: ``dwebsocket.server`` runs
 :func:`check_server` there and logs what it finds.
 """
 
@@ -72,17 +74,18 @@ def check_unknown_settings(
 def check_server(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """W002/W003 for the gunicorn worker running this process (nothing outside one).
+    """W002/W003/W007 for the gunicorn worker running this process (nothing outside one).
 
     Not registered with Django: it says nothing in ``manage.py check``; see the module
     docstring."""
-    from dwebsocket.server import gunicorn_worker
+    from dwebsocket import server
 
-    worker = gunicorn_worker()
+    worker = server.gunicorn_worker()
     if worker is None:
         return []
+    messages: list[CheckMessage] = []
     if worker.kind == "sync":
-        return [
+        messages.append(
             checks.Warning(
                 "gunicorn's sync worker serves one connection per process at a time, and "
                 f"kills a request after --timeout ({worker.timeout:g} s): every WebSocket "
@@ -91,17 +94,28 @@ def check_server(
                 "(see dwebsocket's deployment docs).",
                 id="dwebsocket.W002",
             )
-        ]
-    if worker.kind == "gthread" and worker.threads <= 1:
-        return [
+        )
+    elif worker.kind == "gthread" and worker.threads <= 1:
+        messages.append(
             checks.Warning(
                 "gunicorn's gthread worker runs with one thread: one open WebSocket "
                 "takes it, and the process serves nothing else until it closes.",
                 hint="Give it as many threads as connections per process: --threads N.",
                 id="dwebsocket.W003",
             )
-        ]
-    return []
+        )
+    if not server.hooks_installed:
+        messages.append(
+            checks.Warning(
+                "gunicorn runs without dwebsocket's hooks: on a stop or reload, open "
+                "WebSockets get no close frame (1001) and hold the worker until "
+                "--graceful-timeout.",
+                hint="Start gunicorn with -c python:dwebsocket.contrib.gunicorn, or import "
+                "its hooks in your gunicorn.conf.py.",
+                id="dwebsocket.W007",
+            )
+        )
+    return messages
 
 
 def _websocket_views(patterns: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -31,6 +31,8 @@ class GunicornWorker:
 
 _worker: GunicornWorker | None = None
 _reported = False
+#: Set by ``dwebsocket.contrib.gunicorn``'s ``post_worker_init``: stops send 1001.
+hooks_installed = False
 
 
 def gunicorn_worker() -> GunicornWorker | None:

@@ -57,6 +57,7 @@ def fake_worker(cls: type, threads: int = 1, timeout: float = 30) -> Any:
 def no_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(server_info, "_worker", None)
     monkeypatch.setattr(server_info, "_reported", False)
+    monkeypatch.setattr(server_info, "hooks_installed", True)
     yield
 
 
@@ -152,3 +153,20 @@ def test_registered_with_django(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {"dwebsocket.E001", "dwebsocket.W004", "dwebsocket.W005"} <= found
     # The server checks say nothing in manage.py check (no worker there).
     assert not found & {"dwebsocket.W002", "dwebsocket.W003"}
+
+
+def test_w007_gunicorn_without_dwebsocket_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_info, "hooks_installed", False)
+    server_info.note_gunicorn_worker(fake_worker(GeventWorker))
+    assert ids(check_server()) == ["dwebsocket.W007"]
+
+
+def test_w007_quiet_once_the_hooks_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_info, "hooks_installed", False)
+    from dwebsocket.contrib import gunicorn as hooks
+
+    worker = fake_worker(GeventWorker)
+    monkeypatch.setattr(hooks.signal, "signal", lambda *args: None)  # keep pytest's handlers
+    hooks.post_worker_init(worker)
+    assert server_info.hooks_installed is True
+    assert check_server() == []

@@ -168,7 +168,9 @@ def test_gunicorn_sync_serves_one_connection_and_warns(
         client.sock.sendall(masked(0x8, b"\x03\xe8"))
         frames, trailing = split_frames(read_until_eof(client.sock))
     assert frames == [(0x88, b"\x03\xe8")] and trailing == b""
-    assert "dwebsocket.W002" in server.log()
+    log = server.log()
+    assert "dwebsocket.W002" in log
+    assert "dwebsocket.W007" not in log  # the recipe's -c python:dwebsocket.contrib.gunicorn
 
 
 def test_gunicorn_sync_timeout_kill_ends_cleanly(tmp_path: Path) -> None:

@@ -24,8 +24,10 @@ __all__ = ["post_worker_init", "worker_exit", "worker_int"]
 
 def post_worker_init(worker: Any) -> None:
     """Chain a goodbye to the worker's SIGTERM handler; log the server checks."""
+    from dwebsocket import server
     from dwebsocket.server import note_gunicorn_worker, report_once
 
+    server.hooks_installed = True
     note_gunicorn_worker(worker)
     report_once()
     previous = signal.getsignal(signal.SIGTERM)
