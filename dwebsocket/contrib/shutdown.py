@@ -6,18 +6,18 @@
 
 On SIGTERM or SIGINT every open WebSocket gets a 1001 close frame ("going away"), then
 the server stops: ``stop()`` is called once the connections are closed (or after
-``WEBSOCKET_CLOSE_TIMEOUT``); without ``stop``, the handler that was there before runs at
-once -- for SIGINT Python's ``KeyboardInterrupt``, for SIGTERM a ``SystemExit`` -- and the
-server waits for its requests (``eventlet.wsgi`` does), which end as their connections
-close. ``manage.py runserver`` needs nothing: on Ctrl-C an :mod:`atexit` hook says
-goodbye. gunicorn has its own hooks: ``dwebsocket.contrib.gunicorn``.
+``WEBSOCKET_CLOSE_TIMEOUT``). Without ``stop``, the main thread (greenlet) is interrupted
+as Python would do it -- ``KeyboardInterrupt`` for SIGINT, ``SystemExit`` for SIGTERM --
+right away under threads and eventlet (whose ``wsgi.server`` then waits for its requests,
+which end as their connections close), after the goodbyes under gevent.
+``manage.py runserver`` needs nothing: on Ctrl-C an :mod:`atexit` hook says goodbye.
+gunicorn has its own hooks: ``dwebsocket.contrib.gunicorn``.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -33,6 +33,10 @@ def going_away(timeout: float | None = None) -> int:
     return close_all(timeout=timeout)
 
 
+def _interruption(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
 def _gevent_patched() -> bool:
     monkey = sys.modules.get("gevent.monkey")
     return bool(monkey is not None and monkey.is_module_patched("socket"))
@@ -44,48 +48,52 @@ def install(
     signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
     timeout: float | None = None,
 ) -> None:
-    """Say goodbye to every open WebSocket on each of ``signals``, then stop.
+    """Say goodbye to every open WebSocket on each of ``signals``, then stop (see the
+    module docstring). Call from the main thread, before serving; a second signal while
+    stopping is ignored. ``timeout`` bounds the wait for the goodbyes before ``stop()``
+    (None: ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second). Under gevent the handlers are
+    gevent's (``gevent.signal_handler``, run by the event loop); elsewhere
+    :func:`signal.signal` handlers, which never block (under eventlet they run in the
+    hub)."""
+    from dwebsocket.backends.default.registry import spawn
 
-    Call from the main thread, before serving. ``timeout`` bounds the wait for the
-    goodbyes before ``stop()`` (None: ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second). Under
-    gevent the handlers are gevent's (``gevent.signal_handler``), which run in the
-    event loop; elsewhere they are :func:`signal.signal` handlers."""
     signals = list(signals)
-    stopping = threading.Event()
+    stopping = [False]
+
+    if _gevent_patched():
+        import gevent  # type: ignore[import-untyped]
+
+        def goodbye_then_stop_gevent(signum: int) -> None:
+            going_away(timeout)
+            if stop is not None:
+                stop()
+            else:
+                gevent.get_hub().parent.throw(_interruption(signum))
+
+        for signum in signals:
+
+            def on_signal_gevent(signum: int = signum) -> None:
+                if not stopping[0]:
+                    stopping[0] = True
+                    gevent.spawn(goodbye_then_stop_gevent, signum)
+
+            gevent.signal_handler(signum, on_signal_gevent)
+        return
 
     def goodbye_then_stop() -> None:
         going_away(timeout)
         if stop is not None:
             stop()
 
-    if _gevent_patched():
-        import gevent  # type: ignore[import-untyped]
-
-        def on_signal_gevent() -> None:
-            if not stopping.is_set():
-                stopping.set()
-                gevent.spawn(goodbye_then_stop)
-
-        for signum in signals:
-            gevent.signal_handler(signum, on_signal_gevent)
-        return
-
-    previous = {signum: signal.getsignal(signum) for signum in signals}
-
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stopping.is_set():
+        if stopping[0]:
             return
-        stopping.set()
+        stopping[0] = True
         if stop is not None:
-            # In a thread: a handler must not block (under eventlet it runs in the hub).
-            threading.Thread(target=goodbye_then_stop, name="dwebsocket-stop", daemon=True).start()
+            spawn(goodbye_then_stop)
             return
         going_away(0)  # starts the goodbyes; the server's own wait lets them finish
-        before = previous[signum]
-        if callable(before):
-            before(signum, frame)
-        elif before != signal.SIG_IGN:
-            raise SystemExit(128 + signum) if signum != signal.SIGINT else KeyboardInterrupt
+        raise _interruption(signum)
 
     for signum in signals:
         signal.signal(signum, on_signal)

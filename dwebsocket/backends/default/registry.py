@@ -24,7 +24,7 @@ from dwebsocket.backends.default.websocket import DefaultWebSocket
 from dwebsocket.conf import settings
 from dwebsocket.signals import websocket_closed, websocket_opened
 
-__all__ = ["going_away", "open_websockets"]
+__all__ = ["going_away", "open_websockets", "spawn"]
 
 logger = logging.getLogger("dwebsocket")
 
@@ -55,7 +55,7 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
         return 0
     logger.info("Server stopping: closing %d WebSocket(s) with %d", len(websockets), GOING_AWAY)
     for websocket in websockets:
-        _spawn(_close, websocket, reason)
+        spawn(_close, websocket, reason)
     if timeout is None:
         timeout = float(settings.WEBSOCKET_CLOSE_TIMEOUT) + 1.0
     deadline = time.monotonic() + timeout
@@ -69,7 +69,7 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
     return len(websockets)
 
 
-def _spawn(target: Callable[..., None], *args: Any) -> None:
+def spawn(target: Callable[..., None], *args: Any) -> None:
     """Run ``target(*args)`` concurrently without blocking the caller, which may be a
     signal handler running inside gevent's or eventlet's event loop (where even
     ``Thread.start()`` would block, waiting for the new thread to start)."""
