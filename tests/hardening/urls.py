@@ -1,4 +1,4 @@
-"""The test project's URLs plus ``/_stats/``, for servers the hardening tests start
+"""The test project's URLs plus ``/_stats/`` and ``/_poll/``, for servers the hardening tests start
 (``ROOT_URLCONF = "tests.hardening.urls"``)."""
 
 from __future__ import annotations
@@ -7,10 +7,12 @@ import gc
 import os
 import sys
 import threading
+import time
 
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
+from dwebsocket import require_websocket
 from tests.urls import urlpatterns as base_urlpatterns
 
 
@@ -21,6 +23,20 @@ def _greenlets() -> int | None:
     from greenlet import greenlet  # type: ignore[import-untyped]
 
     return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and bool(obj))
+
+
+@require_websocket
+def poll(request: HttpRequest) -> None:
+    """A slow consumer that polls, as dwebsocket 0.x views often did: ``has_messages()``,
+    then ``read()``, one message per millisecond at most."""
+    ws = request.websocket  # type: ignore[attr-defined]
+    ws.accept()
+    while not ws.is_closed():
+        if ws.has_messages():
+            ws.read()
+            time.sleep(0.001)
+        else:
+            time.sleep(0.01)
 
 
 def stats(request: HttpRequest) -> JsonResponse:
@@ -44,4 +60,4 @@ def stats(request: HttpRequest) -> JsonResponse:
     )
 
 
-urlpatterns = [*base_urlpatterns, path("_stats/", stats)]
+urlpatterns = [*base_urlpatterns, path("_stats/", stats), path("_poll/", poll)]  # type: ignore[arg-type]
