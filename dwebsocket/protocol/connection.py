@@ -73,6 +73,12 @@ _OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
 _unpack_Q = struct.Struct("!Q").unpack_from
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _NO_LIMIT = sys.maxsize
+# What each frame of a message costs against its wire budget besides its payload (about
+# a masked header), so that no message can run on over endless empty fragments.
+_FRAME_COST = 8
+# Fragments shorter than this are merged before they are kept: an object per tiny
+# fragment would cost many times the fragment itself.
+_SMALL = 256
 
 # Prebuilt 2-byte headers of final unmasked frames with payloads under 126 bytes.
 _TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
@@ -93,7 +99,10 @@ class Connection:
     ``deflate`` is the negotiated permessage-deflate codec, if any.
     ``max_message_size`` bounds a message after decompression and ``max_frame_size`` a
     frame's payload on the wire; None means no limit. Exceeding either fails the
-    connection with 1009. Not thread-safe: the I/O layer serializes calls.
+    connection with 1009, and so does a message whose frames take more than the limit
+    plus an eighth plus 4 KiB on the wire, counting 8 bytes per frame besides its
+    payload (a message of endless empty fragments ends too). Not thread-safe: the I/O
+    layer serializes calls.
     """
 
     def __init__(
@@ -133,9 +142,10 @@ class Connection:
         self._frag = 0  # its opcode (TEXT or BINARY), 0 if none
         self._compressed = False
         self._parts: list[bytes] | list[str] = []
+        self._tail: bytes | str = b""  # small fragments not yet in _parts
         self._text_decoder: codecs.IncrementalDecoder | None = None
         self._size = 0  # bytes so far, after decompression
-        self._wire = 0  # bytes so far, on the wire
+        self._wire = 0  # bytes so far, on the wire (payloads plus _FRAME_COST per frame)
 
     def _set_limits(self, max_message_size: int | None, max_frame_size: int | None) -> None:
         self._max_message_size = max_message_size
@@ -312,13 +322,13 @@ class Connection:
             raise ProtocolError(f"reserved opcode {opcode}")
         if length > self._max_frame:
             raise PayloadTooBig(f"frame of {length} bytes exceeds the limit of {self._max_frame}")
-        if compressed:
-            if wire + length > self._max_wire:
-                raise PayloadTooBig(
-                    f"compressed message exceeds the limit of {self._max_message} bytes"
-                )
-        elif size + length > self._max_message:
+        if not compressed and size + length > self._max_message:
             raise PayloadTooBig(f"message exceeds the limit of {self._max_message} bytes")
+        if wire + length + _FRAME_COST > self._max_wire:
+            raise PayloadTooBig(
+                f"{'compressed' if compressed else 'fragmented'} message exceeds the limit "
+                f"of {self._max_message} bytes on the wire"
+            )
 
     def _receive_frame(self, b0: int, payload: bytes, events: list[Event]) -> None:
         """Handle one complete frame whose header passed :meth:`_check_header`."""
@@ -356,19 +366,21 @@ class Connection:
                     events.append(payload)
                 return
             self._parts = []
+            self._tail = "" if opcode == 1 else b""
             self._text_decoder = _utf8_decoder() if opcode == 1 else None
 
-        self._wire += len(payload)
+        self._wire += len(payload) + _FRAME_COST
         if self._compressed:
             assert self.deflate is not None
             budget = None if self.max_message_size is None else self._max_message - self._size
             payload = self.deflate.decompress_fragment(payload, bool(fin), budget)
         self._size += len(payload)
         decoder = self._text_decoder
+        piece: bytes | str = payload
         if decoder is not None:
             # RFC 6455 8.1: fail as soon as the bytes cannot be UTF-8 (incremental).
             try:
-                self._parts.append(decoder.decode(payload, bool(fin)))  # type: ignore[arg-type]
+                piece = decoder.decode(payload, bool(fin))
             except UnicodeDecodeError:
                 raise ProtocolError("invalid UTF-8 in text message", 1007) from None
             if not fin:
@@ -377,13 +389,21 @@ class Connection:
                 pending = decoder.getstate()[0]
                 if len(pending) > 1 and pending[0] == 0xED and pending[1] >= 0xA0:
                     raise ProtocolError("invalid UTF-8 in text message", 1007)
-            if fin:
-                events.append("".join(self._parts))  # type: ignore[arg-type]
+        parts = self._parts
+        tail = self._tail
+        if len(piece) < _SMALL:
+            tail += piece  # type: ignore[operator]
+            if len(tail) >= _SMALL or fin:
+                parts.append(tail)  # type: ignore[arg-type]
+                tail = piece[:0]
         else:
-            self._parts.append(payload)  # type: ignore[arg-type]
-            if fin:
-                events.append(b"".join(self._parts))  # type: ignore[arg-type]
+            if tail:
+                parts.append(tail)  # type: ignore[arg-type]
+                tail = piece[:0]
+            parts.append(piece)  # type: ignore[arg-type]
+        self._tail = tail
         if fin:
+            events.append("".join(parts) if decoder is not None else b"".join(parts))  # type: ignore[arg-type]
             self._frag = 0
             self._parts = []
             self._text_decoder = None
@@ -424,6 +444,7 @@ class Connection:
         self._done = True
         self._frag = 0
         self._parts = []
+        self._tail = b""
         self._text_decoder = None
         events.append(close)
 

@@ -124,12 +124,6 @@ def test_tiny_fragments_without_end(server: ServerProcess) -> None:
     assert attack(server, frame(0x2, b"x", fin=False) + one * (LIMIT + 10)).code == 1009
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: empty fragments never count against WEBSOCKET_MAX_MESSAGE_SIZE, so "
-    "a message of endless empty fragments is never failed (and each one costs 8 bytes of "
-    "list); see tests/hardening/test_memory_bounds.py",
-)
 def test_empty_fragments_without_end(server: ServerProcess) -> None:
     """Empty fragments carry no payload but still cost a frame each: they too must end
     in 1009 instead of accumulating forever."""
