@@ -4,7 +4,7 @@
     python -m tests.compliance --full      # every case on every server (make compliance-full)
     python -m tests.compliance --server gevent [--cases '1.*' --cases 9.1.1] [--exclude ...]
 
-Without ``--server``, runs the matrix of the default backend's servers (:data:`MATRIX`):
+Without ``--server``, runs the matrix of servers (:data:`MATRIX`, uWSGI's included):
 by default the whole suite on gevent and the fast categories (1-7, 10) on the others,
 which keeps CI well inside its budget; with ``--full``, the whole suite on each.
 
@@ -29,14 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.servers import OTHER_SERVERS, SERVERS, running_server
+from tests.uwsgi import compliance as uwsgi_compliance
 
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 ECHO_PATH = "/echo-wait/"
 SETTINGS = {"WEBSOCKET_MAX_MESSAGE_SIZE": 64 * 1024 * 1024}
 SUITE_TIMEOUT = 1800  # seconds for the whole suite on one server
 
-#: The default backend's servers, in the order the matrix runs them.
-MATRIX = ["gevent", "gunicorn-gevent", "gunicorn-gthread", "eventlet", "runserver"]
+#: The servers, in the order the matrix runs them: the default backend's, then uWSGI
+#: (the default backend taking the connection over, and the uwsgi backend, whose failing
+#: cases must each be explained by a uWSGI defect: tests/uwsgi/compliance.py).
+MATRIX = [
+    "gevent",
+    "gunicorn-gevent",
+    "gunicorn-gthread",
+    "eventlet",
+    "runserver",
+    "uwsgi-takeover",
+    "uwsgi-gevent",
+]
 #: The server CI runs the whole suite on; the others get :data:`FAST_CASES`.
 FULL_IN_CI = "gevent"
 #: Framing, pings, reserved bits, opcodes, fragmentation, UTF-8, closing, misc: every
@@ -55,6 +66,8 @@ class Result:
     traceback: bool = False
     seconds: float = 0.0
     error: str = ""
+    #: Failing cases a uWSGI defect explains (uwsgi backend only): case -> defect.
+    explained: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -86,6 +99,8 @@ def _case_key(case: str) -> list[int]:
 
 def run(server_name: str, cases: list[str], exclude: list[str], parallelism: int) -> Result:
     """Run kosoku against ``server_name``; print its failures; return the :class:`Result`."""
+    if server_name in uwsgi_compliance.UWSGI_BACKEND:
+        parallelism = 1  # a case that crashes uWSGI's worker must not take others along
     selection = ",".join(cases) if cases else "all"
     if exclude:
         selection += " minus " + ",".join(exclude)
@@ -128,6 +143,14 @@ def run(server_name: str, cases: list[str], exclude: list[str], parallelism: int
             for case, entry in results.items()
             if entry["behavior"] not in PASSING
         }
+        if server_name in uwsgi_compliance.UWSGI_BACKEND:
+            for case in list(result.failing):
+                defect = uwsgi_compliance.explain(case, outdir / str(results[case]["reportfile"]))
+                if defect is not None:
+                    result.explained[case] = defect
+                    del result.failing[case]
+    for defect, count in collections.Counter(result.explained.values()).most_common():
+        print(f"[{server_name}] {count} cases: {uwsgi_compliance.EXPLANATIONS[defect]}")
     for case in sorted(result.failing, key=_case_key):
         print(f"[{server_name}] FAIL {case}: {result.failing[case]}")
     result.traceback = "Traceback" in log
@@ -144,6 +167,8 @@ def table(results: list[Result]) -> str:
     rows = [header]
     for r in results:
         verdict = "PASS" if r.ok else ("ERROR: " + r.error if r.error else "FAIL")
+        if r.explained:
+            verdict += f" ({len(r.explained)} cases: uWSGI defects, docs/backends.rst)"
         if r.traceback and not r.error:
             verdict += " (traceback in server log)"
         rows.append(
