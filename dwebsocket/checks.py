@@ -15,7 +15,7 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.W005``: ``WEBSOCKET_ACCEPT_ALL`` without ``WebSocketMiddleware``.
 - ``dwebsocket.W006``: middleware with a ``process_view`` listed after
   ``WebSocketMiddleware`` (it does not run for WebSocket views).
-- ``dwebsocket.W007``: the uwsgi backend without its WSGI wrapper
+- ``dwebsocket.W008``: the uwsgi backend without its WSGI wrapper
   (``dwebsocket.backends.uwsgi.checks``; tested in ``tests/uwsgi/test_wsgi.py``).
 
 W002/W003/W007 can only be known inside a gunicorn worker: ``dwebsocket.server`` runs

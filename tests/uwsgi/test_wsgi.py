@@ -1,4 +1,4 @@
-"""The uWSGI WSGI wrapper and its system check (dwebsocket.W007), in-process: no uWSGI
+"""The uWSGI WSGI wrapper and its system check (dwebsocket.W008), in-process: no uWSGI
 needed (the wrapper does not import ``uwsgi``)."""
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ def test_w007_not_wrapped() -> None:
         WEBSOCKET_FACTORY_CLASS=UWSGI_FACTORY, WSGI_APPLICATION="tests.wsgi.application"
     ):
         [warning] = check_wsgi_wrapper()
-        assert warning.id == "dwebsocket.W007" and warning.level == checks.WARNING
+        assert warning.id == "dwebsocket.W008" and warning.level == checks.WARNING
         assert "tests.wsgi.application" in warning.msg
-        assert "dwebsocket.W007" in [m.id for m in checks.run_checks()]
+        assert "dwebsocket.W008" in [m.id for m in checks.run_checks()]
 
 
 @pytest.mark.parametrize(

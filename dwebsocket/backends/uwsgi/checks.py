@@ -1,6 +1,6 @@
 """The uwsgi backend's system check (registered by ``dwebsocket.checks``).
 
-- ``dwebsocket.W007``: ``WEBSOCKET_FACTORY_CLASS`` is the uwsgi backend but
+- ``dwebsocket.W008``: ``WEBSOCKET_FACTORY_CLASS`` is the uwsgi backend but
   ``WSGI_APPLICATION`` is not wrapped by :mod:`dwebsocket.backends.uwsgi.wsgi`: after
   each WebSocket session Django's ``start_response`` fails (uWSGI counts the 101 as the
   response), ``request_finished`` never fires and database connections are not closed.
@@ -33,7 +33,7 @@ UWSGI_FACTORY = "dwebsocket.backends.uwsgi.factory.uWsgiWebSocketFactory"
 def check_wsgi_wrapper(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """``dwebsocket.W007`` when the uwsgi backend is selected and ``WSGI_APPLICATION``
+    """``dwebsocket.W008`` when the uwsgi backend is selected and ``WSGI_APPLICATION``
     is set but not wrapped. Imports ``WSGI_APPLICATION`` (as ``runserver`` does)."""
     if settings.WEBSOCKET_FACTORY_CLASS != UWSGI_FACTORY:
         return []
@@ -54,6 +54,6 @@ def check_wsgi_wrapper(
             hint="In wsgi.py: from dwebsocket.backends.uwsgi.wsgi import "
             "get_wsgi_application; application = get_wsgi_application() "
             "(or wrap(application)).",
-            id="dwebsocket.W007",
+            id="dwebsocket.W008",
         )
     ]
