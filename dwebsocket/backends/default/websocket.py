@@ -562,7 +562,13 @@ class DefaultWebSocket(WebSocket):
         finally:
             self._shutdown()
             flusher = self._flusher
-            if flusher is not None and flusher is not threading.current_thread():
+            # deliver() publishes the flusher under the lock and starts it after: one not
+            # started yet will find the session shut and exit without touching the socket.
+            if (
+                flusher is not None
+                and flusher.ident is not None
+                and flusher is not threading.current_thread()
+            ):
                 flusher.join(self._io_timeout)
             self._transport.release()
 

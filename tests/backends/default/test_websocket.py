@@ -237,6 +237,25 @@ def test_deliver_in_order_and_flusher_gone(holder: Holder) -> None:
     assert ws._flusher is None or not ws._flusher.is_alive()
 
 
+def test_session_ends_while_a_flusher_is_published_but_not_started(holder: Holder) -> None:
+    # deliver() publishes the flusher under its lock and starts it just after; a view that
+    # ends in between must not join a thread that has not started (it used to raise).
+    with Session(holding_view(holder)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        ws = holder.ws
+        assert ws is not None
+        late = threading.Thread(target=ws._run_flusher)
+        ws._flusher = late
+        holder.release.set()
+        session.expect_101()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+        assert session.error is None
+        late.start()  # what deliver() does next: it finds the session shut and exits
+        late.join(TIMEOUT)
+        assert not late.is_alive()
+
+
 def test_deliver_before_accept_is_sent_after_the_101(holder: Holder) -> None:
     with Session(holding_view(holder, accept=False)) as session:
         assert holder.ready.wait(TIMEOUT)
