@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 
@@ -16,6 +17,9 @@ from playwright.sync_api import Page, expect
 pytestmark = pytest.mark.server
 
 SCREENSHOT = REPO / "docs" / "_static" / "chat.png"
+# The committed screenshot is retaken only on request (DWEBSOCKET_SCREENSHOT=1), or when it
+# is missing, so that `make test` leaves the work tree as it found it.
+TAKE_SCREENSHOT = os.environ.get("DWEBSOCKET_SCREENSHOT") == "1" or not SCREENSHOT.exists()
 
 OpenChat = Callable[..., Page]
 Demo = Callable[..., ServerProcess]
@@ -58,7 +62,8 @@ def test_two_pages_talk(demo: Demo, open_chat: OpenChat) -> None:
     expect(bubbles(alice).last).to_have_text("And Redis for the groups between them.")
     bob.locator("#text").press_sequentially("Nice, ", delay=20)
     expect(alice.locator("#typing")).to_have_text("bob is typing…")
-    alice.screenshot(path=str(SCREENSHOT))
+    if TAKE_SCREENSHOT:
+        alice.screenshot(path=str(SCREENSHOT))
 
     # Leave notice and presence.
     carol.context.close()
