@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "WEBSOCKET_CLOSE_TIMEOUT": 5.0,  # seconds to wait for the peer's close frame
     "WEBSOCKET_SEND_QUEUE_SIZE": 1024 * 1024,  # bytes a member may have pending (deliver)
     "WEBSOCKET_GROUPS_URL": None,  # None or memory:// (in-process) / redis://host:port/db
+    # Sessions open at once in this process, in total / per REMOTE_ADDR; None: no cap.
+    # Over a cap the handshake gets 503 + Retry-After (dwebsocket.limits).
+    "WEBSOCKET_MAX_CONNECTIONS": None,
+    "WEBSOCKET_MAX_CONNECTIONS_PER_IP": None,
 }
 
 

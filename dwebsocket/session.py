@@ -20,6 +20,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
+from dwebsocket import limits
 from dwebsocket.exceptions import BackendUnavailable, ConnectionClosed, InvalidHandshake
 from dwebsocket.factory import get_factory_class
 from dwebsocket.websocket import WebSocket
@@ -71,9 +72,10 @@ def run_view(
 
     Plain HTTP: the view runs as usual (``request.websocket`` is None), or 400 when
     ``require``. Upgrade requests: a malformed, unsupported or cross-origin handshake is
-    answered (400, 426, 403) without calling the view, a server the backend cannot use
-    with 501. Until the view accepts the connection (explicitly or by using it), whatever
-    it returns or raises is handled by Django as usual. Once accepted, the connection is
+    answered (400, 426, 403) without calling the view, one over a connection cap
+    (:mod:`dwebsocket.limits`) with 503, a server the backend cannot use with 501.
+    Until the view accepts the connection (explicitly or by using it), whatever it
+    returns or raises is handled by Django as usual. Once accepted, the connection is
     closed when the view ends: 1000 when it returns (or lets ``ConnectionClosed``
     escape), 1011 when it raises, which Django then logs as for any view. A view that
     returns None without touching the connection gets it accepted and closed with 1000.
@@ -92,6 +94,8 @@ def run_view(
 
     try:
         websocket = get_factory_class()(request).create_websocket()
+        # Over a connection cap (dwebsocket.limits): 503, as for any refused handshake.
+        release = limits.acquire(request) if websocket is not None else None
     except InvalidHandshake as exc:
         attach(request, None)
         from dwebsocket.handshake import refuse
@@ -103,9 +107,23 @@ def run_view(
 
         return unavailable(request, exc)
     attach(request, websocket)
-    if websocket is None:  # the factory saw no upgrade after all
+    if websocket is None or release is None:  # the factory saw no upgrade after all
         return _not_websocket(request) if require else view(request, *args, **kwargs)  # type: ignore[return-value]
+    try:
+        return _run_session(request, websocket, view, args, kwargs)
+    finally:
+        release()
 
+
+def _run_session(
+    request: HttpRequest,
+    websocket: WebSocket,
+    view: Callable[..., HttpResponse | None],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> HttpResponse:
+    """The part of :func:`run_view` once the handshake is valid: the view, then the end
+    of the connection."""
     try:
         response = view(request, *args, **kwargs)
     except ConnectionClosed as exc:
