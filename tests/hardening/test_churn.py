@@ -43,9 +43,18 @@ def churn(server: ServerProcess, first: int, count: int) -> Counter[str]:
     per = count // WORKERS
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.hardening.churn", server.host, str(server.port),
-             str(first + w * per), str(per)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "tests.hardening.churn",
+                server.host,
+                str(server.port),
+                str(first + w * per),
+                str(per),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         for w in range(WORKERS)
     ]
@@ -82,9 +91,7 @@ def test_churn_leaves_no_trace(tmp_path: Path) -> None:
 
         def back(s: Stats) -> bool:
             return (
-                quiet(s)
-                and s["fds"] <= baseline["fds"]
-                and s["greenlets"] <= baseline["greenlets"]
+                quiet(s) and s["fds"] <= baseline["fds"] and s["greenlets"] <= baseline["greenlets"]
             )
 
         after = settled(server, back)

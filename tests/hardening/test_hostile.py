@@ -280,7 +280,5 @@ def test_message_flood_against_a_polling_view(hostile_server: ServerProcess) -> 
 
 def test_zz_nothing_left_open(hostile_server: ServerProcess, baseline: dict[str, int]) -> None:
     """After every attack: no connection left open, no file descriptor leaked."""
-    after = settled(
-        hostile_server, lambda s: s["websockets"] == 0 and s["fds"] <= baseline["fds"]
-    )
+    after = settled(hostile_server, lambda s: s["websockets"] == 0 and s["fds"] <= baseline["fds"])
     assert after["websockets"] == 0 and after["fds"] <= baseline["fds"], (baseline, after)

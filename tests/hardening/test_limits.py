@@ -35,7 +35,9 @@ def upgrade() -> Iterator[HttpRequest]:
     server_sock, client_sock = socket.socketpair()
     with server_sock, client_sock:
         yield RequestFactory().get(
-            "/ws/", headers=upgrade_headers(generate_key()), **{"dwebsocket.socket": server_sock}  # type: ignore[arg-type]
+            "/ws/",
+            headers=upgrade_headers(generate_key()),
+            **{"dwebsocket.socket": server_sock},  # type: ignore[arg-type]
         )
 
 
