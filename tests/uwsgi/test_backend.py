@@ -167,10 +167,9 @@ def test_keepalive_is_uwsgis(make_server: Callable[..., ServerProcess]) -> None:
 
     server = make_server("uwsgi-gevent-ping")
     with RawClient(socket.create_connection((server.host, server.port))) as client:
-        client.conn = _DeafClient()  # never answers pings
+        deaf = client.conn = _DeafClient()  # type: ignore[assignment]  # never answers pings
         client.handshake("/echo/")
-        client.sock.settimeout(TIMEOUT)
-        data = b""
+        data = deaf.received  # what came with the 101
         while chunk := client.sock.recv(65536):
             data += chunk
     assert data.startswith(b"\x89\x00")  # uWSGI's ping: always empty
@@ -181,7 +180,11 @@ class _DeafClient:
 
     eof = False
 
+    def __init__(self) -> None:
+        self.received = b""
+
     def receive_data(self, data: bytes) -> list[Any]:
+        self.received += data
         return []
 
     def data_to_send(self) -> bytes:
@@ -214,3 +217,16 @@ def test_100_connections_on_one_gevent_100_worker(
             f"\n[uwsgi --gevent 100] {n} connections: echo on all in "
             f"{echo_time * 1000:.1f} ms, broadcast to {n - 1} in {broadcast_time * 1000:.1f} ms"
         )
+
+
+def test_groups_reach_members_and_forget_them_on_close(uwsgi_server: ServerProcess) -> None:
+    """Groups call deliver() on members; websocket_closed makes a closed member leave."""
+    room = "/group/uwsgi-room/"
+    with ws(uwsgi_server, room) as first, ws(uwsgi_server, room) as second:
+        assert first.recv(timeout=TIMEOUT) == second.recv(timeout=TIMEOUT) == "joined"
+        first.send("to the room")
+        assert second.recv(timeout=TIMEOUT) == "to the room"
+        assert first.recv(timeout=TIMEOUT) == "to the room"
+    deadline = time.monotonic() + TIMEOUT
+    while http_json(uwsgi_server, "/group/uwsgi-room/status/")["members"] != 0:
+        assert time.monotonic() < deadline, "closed members stayed in the group"

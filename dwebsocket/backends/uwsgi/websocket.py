@@ -26,12 +26,14 @@ from dwebsocket.exceptions import ConnectionClosed, InvalidState
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
 from dwebsocket.protocol.handshake import HandshakeRequest, accept_key
+from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.websocket import Message, WebSocket
 
 from . import wsgi
 from .loops import Mode, Waiter, current_mode, owner_key
 
 if TYPE_CHECKING:
+    from django.dispatch import Signal
     from django.http import HttpRequest
 
 __all__ = ["uWsgiWebSocket"]
@@ -77,7 +79,7 @@ class uWsgiWebSocket(WebSocket):
     """
 
     def __init__(self, request: HttpRequest, handshake: HandshakeRequest) -> None:
-        self._request = request
+        self.request = self._request = request
         self._environ: dict[str, Any] = request.META
         self._handshake = handshake
         self.offered_subprotocols = list(handshake.subprotocols)
@@ -163,6 +165,7 @@ class uWsgiWebSocket(WebSocket):
         self._waiter = Waiter(self._mode, self._fd)
         self._finalizer = weakref.finalize(self, self._waiter.close)
         self._environ[wsgi.TAKEN_OVER] = self
+        self._send_signal(websocket_opened)
         # Anything other greenlets queued before the handshake goes out now.
         self._flush_outbox()
 
@@ -494,6 +497,12 @@ class uWsgiWebSocket(WebSocket):
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        # Groups leave on this; the owner sends it (it is the only one that closes).
+        self._send_signal(websocket_closed, code=code)
+
+    def _send_signal(self, signal: Signal, **kwargs: object) -> None:
+        # send_robust: a failing receiver (logged by Django) must not break the I/O path.
+        signal.send_robust(sender=type(self), request=self._request, websocket=self, **kwargs)
 
     def release(self) -> None:
         """Free the fds this connection added (idempotent); the connection's own fd is
