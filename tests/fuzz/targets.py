@@ -1,0 +1,267 @@
+"""Fuzz targets: one function per parser, ``bytes -> None``, shared by the atheris driver
+(``python -m tests.fuzz.run TARGET``), the corpus replay (``test_corpus.py``) and the
+hypothesis properties (``test_properties.py``).
+
+A target raises only when it finds a bug: an exception other than the library's own
+protocol errors (``InvalidHandshake``, ``ProtocolError``), a broken invariant
+(``AssertionError``), or memory held beyond what the limits allow. The first bytes of
+an input choose the configuration (side, compression, limits, how the bytes are split),
+so that one corpus file replays exactly.
+
+Targets:
+
+- ``handshake``: a raw HTTP request head, parsed as a WSGI server would, then
+  ``parse_request``, the Origin check, permessage-deflate negotiation, and the 101 our
+  server would send, which the client side must accept.
+- ``response``: a raw HTTP response head through the client side (``parse_response``,
+  ``PerMessageDeflate.from_response``).
+- ``frames``: a byte stream through ``Connection.receive_data`` in chunks, server or
+  client side, with or without permessage-deflate, under small limits.
+- ``deflate``: compressed fragments through ``PerMessageDeflate.decompress_fragment``
+  with output budgets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Callable
+
+from dwebsocket.exceptions import InvalidHandshake, ProtocolError
+from dwebsocket.protocol import connection as core
+from dwebsocket.protocol import frames
+from dwebsocket.protocol.connection import Close, Connection, Event, Ping, Pong
+from dwebsocket.protocol.deflate import PerMessageDeflate
+from dwebsocket.protocol.handshake import (
+    build_response,
+    generate_key,
+    parse_extensions,
+    parse_request,
+    parse_response,
+    parse_token_list,
+)
+
+__all__ = ["TARGETS", "deflate", "frames_target", "handshake", "response"]
+
+#: The message limits the ``frames`` target picks from (its first byte decides).
+LIMITS = (0, 1, 125, 1024, 65536)
+#: What the core may hold besides the payload bytes of one message: an incomplete frame
+#: header (14 bytes) and Python object overheads (the parts list, the merged tail).
+SLACK = 16 * 1024
+
+
+class Input:
+    """Reads configuration out of the front of a fuzz input; the rest is the payload."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            return 0
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def rest(self) -> bytes:
+        return self.data[self.pos :]
+
+
+# -- handshake --------------------------------------------------------------------------
+
+
+def _split_head(data: bytes) -> tuple[str, str, str, dict[str, str]] | None:
+    """``(method, path, version, headers)`` the way gevent/wsgiref read a request head:
+    header names lower-cased, repeated headers joined with ", "; None if it has no
+    request line of three words."""
+    text = data.decode("latin-1")
+    head = text.split("\r\n\r\n", 1)[0]
+    request_line, *lines = head.split("\r\n")
+    words = request_line.split()
+    if len(words) != 3:
+        return None
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        name, value = name.strip().lower(), value.strip(" \t")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return words[0], words[1], words[2], headers
+
+
+def _origin_check(origin: str | None) -> None:
+    """The Django side of the Origin check, when Django is configured (the test run and
+    the atheris driver both configure it)."""
+    from django.conf import settings
+
+    if not settings.configured:
+        return
+    from dwebsocket.handshake import origin_allowed
+
+    assert isinstance(origin_allowed(origin), bool)
+
+
+def handshake(data: bytes) -> None:
+    parsed = _split_head(data)
+    if parsed is None:
+        return
+    method, _path, version, headers = parsed
+    for name in ("sec-websocket-protocol", "connection", "upgrade"):
+        if name in headers:
+            try:
+                tokens = parse_token_list(headers[name], name)
+            except InvalidHandshake:
+                continue
+            assert all(tokens)
+    if "sec-websocket-extensions" in headers:
+        with contextlib.suppress(InvalidHandshake):
+            parse_extensions(headers["sec-websocket-extensions"])
+    try:
+        request = parse_request(method, version, headers)
+    except InvalidHandshake as exc:
+        assert exc.status in (400, 426) and exc.reason
+        return
+    _origin_check(request.origin)
+    negotiated = PerMessageDeflate.negotiate(request.extensions)
+    extensions = negotiated[1] if negotiated is not None else None
+    subprotocol = request.subprotocols[0] if request.subprotocols else None
+    answer = build_response(request, subprotocol=subprotocol, extensions=extensions)
+    # What our server answers, its own client side must accept.
+    result = parse_response(answer, request.key)
+    assert result is not None and result[0] == 101 and result[2] == len(answer), answer
+    if negotiated is not None:
+        # The client's codec, from our answer, must fit ours: its decoder's window covers
+        # our compressor's, our decoder's covers its compressor's, and context takeover
+        # is off on both ends where it is off on one.
+        server, value = negotiated
+        client = PerMessageDeflate.from_response(value)
+        assert client.remote_max_window_bits >= server.local_max_window_bits, value
+        assert client.local_max_window_bits <= server.remote_max_window_bits, value
+        assert client.local_no_context_takeover == server.remote_no_context_takeover, value
+        assert client.remote_no_context_takeover == server.local_no_context_takeover, value
+
+
+def response(data: bytes) -> None:
+    key = generate_key()
+    try:
+        parsed = parse_response(data, key)
+    except InvalidHandshake:
+        return
+    if parsed is None:
+        assert b"\r\n\r\n" not in data
+        return
+    status, headers, consumed = parsed
+    assert 100 <= status <= 999 and 0 < consumed <= len(data)
+    for name, value in headers:
+        if name == "sec-websocket-extensions":
+            with contextlib.suppress(InvalidHandshake):
+                PerMessageDeflate.from_response(value)
+
+
+# -- frames -----------------------------------------------------------------------------
+
+
+def _held(conn: Connection) -> int:
+    """Bytes the connection holds for the message and frame in progress (internals: the
+    receive buffer, the parts of a fragmented message and their merged tail)."""
+    return len(conn._buf) + sum(len(part) for part in conn._parts) + len(conn._tail)
+
+
+def frames_target(data: bytes) -> None:
+    source = Input(data)
+    config = source.byte()
+    client = bool(config & 0x01)
+    compressed = bool(config & 0x02)
+    pure_python = bool(config & 0x04)
+    eof = bool(config & 0x08)
+    limit = LIMITS[(config >> 4) % len(LIMITS)]
+    chunk = source.byte() or 1
+    stream = source.rest()
+
+    deflate = None
+    if compressed:
+        window = 9 + source.byte() % 7 if stream else 15
+        deflate = PerMessageDeflate(remote_max_window_bits=window, local_max_window_bits=window)
+    conn = Connection(client=client, deflate=deflate, max_message_size=limit)
+    saved = frames.apply_mask, core.unmask  # type: ignore[attr-defined]
+    if pure_python:
+        frames.apply_mask, core.unmask = frames._py_apply_mask, frames._py_unmask  # type: ignore[attr-defined]
+    try:
+        events: list[Event] = []
+        out = b""
+        for start in range(0, len(stream), chunk):
+            got = conn.receive_data(stream[start : start + chunk])
+            assert not (events and isinstance(events[-1], Close)) or not got, "events after Close"
+            events += got
+            out += conn.data_to_send()
+            # Whatever the peer sends, the core holds at most one message's worth.
+            assert _held(conn) <= 2 * limit + SLACK, (_held(conn), limit)
+        if eof:
+            events += conn.receive_data(b"")
+            out += conn.data_to_send()
+    finally:
+        frames.apply_mask, core.unmask = saved  # type: ignore[attr-defined]
+
+    closes = [e for e in events if isinstance(e, Close)]
+    assert len(closes) <= 1 and (not closes or events[-1] is closes[0]), events
+    for event in events:
+        if isinstance(event, str):
+            assert len(event.encode()) <= limit
+        elif isinstance(event, bytes):
+            assert len(event) <= limit
+        else:
+            assert isinstance(event, (Ping, Pong, Close)), event
+    if conn.error is not None:
+        assert closes and closes[0].code == conn.error.code
+        assert frames.is_valid_close_code(conn.error.code)
+    # What the core sends back (pongs, close frames) is valid framing for the other side.
+    peer = Connection(client=not client, max_message_size=None)
+    peer.receive_data(out)
+    assert peer.error is None, (peer.error, out)
+    if pure_python and stream:
+        # The C and the pure-Python masking agree.
+        key = (stream * 4)[:4]
+        c_mask = frames._c_apply_mask
+        if c_mask is not None:
+            assert c_mask(stream, key) == frames._py_apply_mask(stream, key)
+
+
+# -- deflate ----------------------------------------------------------------------------
+
+
+def deflate(data: bytes) -> None:
+    source = Input(data)
+    config = source.byte()
+    budget = LIMITS[config % len(LIMITS)]
+    window = 9 + (config >> 3) % 7
+    no_context = bool(config & 0x80)
+    fragments = source.byte() % 8 + 1
+    stream = source.rest()
+    codec = PerMessageDeflate(remote_max_window_bits=window, remote_no_context_takeover=no_context)
+    size = max(1, len(stream) // fragments)
+    pieces = [stream[i : i + size] for i in range(0, len(stream), size)] or [b""]
+    total = 0
+    try:
+        for i, piece in enumerate(pieces):
+            fin = i == len(pieces) - 1
+            out = codec.decompress_fragment(piece, fin, budget - total)
+            total += len(out)
+            assert total <= budget
+    except ProtocolError:
+        pass
+    # And what we compress, we (and zlib) decompress back.
+    encoder = PerMessageDeflate(local_max_window_bits=window)
+    compressed = encoder.compress(stream)
+    assert zlib.decompressobj(-15).decompress(compressed + b"\x00\x00\xff\xff") == stream
+    decoder = PerMessageDeflate(remote_max_window_bits=window)
+    assert decoder.decompress(compressed, None) == stream
+
+
+#: Target name -> function.
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "handshake": handshake,
+    "response": response,
+    "frames": frames_target,
+    "deflate": deflate,
+}

@@ -1,0 +1,265 @@
+"""Property-based fuzzing with hypothesis: structured inputs (frames that are almost
+right, header values built from the grammar's own pieces) through the targets of
+``tests.fuzz.targets``, and round trips that must be exact.
+
+The example budget is ``DWEBSOCKET_FUZZ_EXAMPLES`` (200 in the ordinary test run;
+``make fuzz`` runs 20,000). Only this module's tests use it: no global profile.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dwebsocket.protocol.connection import Close, Connection
+from dwebsocket.protocol.deflate import PerMessageDeflate
+from dwebsocket.protocol.frames import encode_frame
+from dwebsocket.protocol.handshake import generate_key
+from tests.fuzz import targets
+
+EXAMPLES = int(os.environ.get("DWEBSOCKET_FUZZ_EXAMPLES", "200"))
+fuzz = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+MASK = b"\x01\x02\x03\x04"
+
+# -- frames -----------------------------------------------------------------------------
+
+
+@st.composite
+def raw_frame(draw: st.DrawFn) -> bytes:
+    """One frame, usually well-formed, sometimes not in one way or another."""
+    opcode = draw(st.sampled_from([0, 1, 2, 8, 9, 10]) | st.integers(0, 15))
+    fin = draw(st.booleans())
+    rsv = draw(st.sampled_from([0, 0, 0, 4]) | st.integers(0, 7))
+    masked = draw(st.booleans().map(lambda b: b or draw(st.integers(0, 9)) > 0))
+    if opcode == 1:
+        payload = draw(st.text(max_size=40)).encode() + draw(st.binary(max_size=2))
+    elif opcode == 8:
+        code = draw(st.sampled_from([1000, 1001, 1005, 1006, 3000, 4999, 999, 5000]))
+        payload = draw(st.sampled_from([b"", struct.pack("!H", code)])) + draw(
+            st.binary(max_size=4)
+        )
+    else:
+        payload = draw(st.binary(max_size=300))
+    length = len(payload)
+    lie = draw(st.sampled_from([None, None, None, 0, 126, 65535, 65536, 2**63, 2**64 - 1]))
+    if lie is not None:
+        length = lie
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    bit = 0x80 if masked else 0
+    form = draw(st.sampled_from(["shortest", "shortest", "16", "64"]))
+    if form == "shortest" and length < 126:
+        head += bytes([bit | length])
+    elif form != "64" and length < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", min(length, 2**64 - 1))
+    if masked:
+        key = draw(st.binary(min_size=4, max_size=4))
+        payload = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+        head += key
+    return head + payload
+
+
+@fuzz
+@given(
+    config=st.integers(0, 255),
+    chunk=st.integers(1, 255),
+    window=st.integers(0, 255),
+    stream=st.lists(raw_frame(), max_size=12).map(b"".join),
+)
+def test_frame_streams(config: int, chunk: int, window: int, stream: bytes) -> None:
+    targets.frames_target(bytes([config, chunk, window]) + stream)
+
+
+@fuzz
+@given(
+    config=st.integers(0, 255),
+    chunk=st.integers(1, 255),
+    stream=st.binary(max_size=2000),
+)
+def test_random_bytes_as_frames(config: int, chunk: int, stream: bytes) -> None:
+    targets.frames_target(bytes([config, chunk]) + stream)
+
+
+# -- exact round trips ------------------------------------------------------------------
+
+message = st.text(max_size=300) | st.binary(max_size=3000)
+
+
+@fuzz
+@given(
+    messages=st.lists(message, max_size=8),
+    compressed=st.booleans(),
+    no_context=st.booleans(),
+    bits=st.integers(9, 15),
+    fragment=st.integers(1, 500),
+    chunk=st.integers(1, 4096),
+)
+def test_what_a_client_sends_arrives_exactly(
+    messages: list[str | bytes],
+    compressed: bool,
+    no_context: bool,
+    bits: int,
+    fragment: int,
+    chunk: int,
+) -> None:
+    """Any messages, fragmented anyhow, compressed or not, fed in any chunk size: the
+    server side gets exactly them, in order, and no error."""
+    encoder = PerMessageDeflate(local_no_context_takeover=no_context, local_max_window_bits=bits)
+    decoder = PerMessageDeflate(remote_no_context_takeover=no_context, remote_max_window_bits=bits)
+    server = Connection(deflate=decoder if compressed else None, max_message_size=1 << 20)
+    wire = b""
+    for item in messages:
+        data = item.encode() if isinstance(item, str) else item
+        if compressed:
+            data = encoder.compress(data)
+        pieces = [data[i : i + fragment] for i in range(0, len(data), fragment)] or [b""]
+        for i, piece in enumerate(pieces):
+            opcode = (1 if isinstance(item, str) else 2) if i == 0 else 0
+            wire += encode_frame(
+                opcode, piece, fin=i == len(pieces) - 1, rsv1=compressed and i == 0, mask_key=MASK
+            )
+    received = []
+    for start in range(0, len(wire), chunk):
+        received += server.receive_data(wire[start : start + chunk])
+    assert server.error is None, server.error
+    assert received == messages
+    assert all(type(a) is type(b) for a, b in zip(received, messages, strict=True))
+
+
+@fuzz
+@given(messages=st.lists(message, min_size=1, max_size=6), compressed=st.booleans())
+def test_what_the_server_sends_a_client_reads(
+    messages: list[str | bytes], compressed: bool
+) -> None:
+    server = Connection(deflate=PerMessageDeflate() if compressed else None)
+    client = Connection(
+        client=True, deflate=PerMessageDeflate() if compressed else None, max_message_size=None
+    )
+    wire = b"".join(server.send_message(m) for m in messages) + server.send_close(1000, "bye")
+    events = client.receive_data(wire)
+    assert events == [*messages, Close(1000, "bye")] and client.error is None
+
+
+# -- handshake --------------------------------------------------------------------------
+
+# The pieces RFC 7230 header values are made of, and the ones that break them.
+piece = st.sampled_from(
+    [
+        "permessage-deflate",
+        "client_max_window_bits",
+        "server_max_window_bits",
+        "server_no_context_takeover",
+        "client_no_context_takeover",
+        "x-webkit-deflate-frame",
+        "chat",
+        "websocket",
+        "Upgrade",
+        "keep-alive",
+        "13",
+        "8",
+        "10",
+        "15",
+        "16",
+        "08",
+        ";",
+        ",",
+        "=",
+        " ",
+        "\t",
+        '"',
+        "\\",
+        '"10"',
+        '"a b"',
+        "",
+        "\x00",
+        "é",
+        "\x7f",
+    ]
+) | st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.!#$%&'*+^`|~", max_size=6)
+value = st.lists(piece, max_size=12).map("".join)
+
+
+@fuzz
+@given(
+    method=st.sampled_from(["GET", "GET", "POST", "get", "HEAD"]),
+    version=st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.10"]),
+    key=st.sampled_from([generate_key(), "", "short", "dGhlIHNhbXBsZSBub25jZQ"]),
+    upgrade=value | st.just("websocket"),
+    connection=value | st.just("Upgrade"),
+    version_header=st.sampled_from(["13", " 13 ", "8", "13, 8", ""]),
+    extensions=st.none() | value,
+    protocols=st.none() | value,
+    origin=st.none()
+    | st.sampled_from(
+        [
+            "https://127.0.0.1",
+            "http://evil.example",
+            "null",
+            "http://[::1",
+            "https://localhost:99999",
+        ]
+    ),
+    content_length=st.none() | st.sampled_from(["0", "1", "-1", "x"]),
+)
+def test_handshakes(
+    method: str,
+    version: str,
+    key: str,
+    upgrade: str,
+    connection: str,
+    version_header: str,
+    extensions: str | None,
+    protocols: str | None,
+    origin: str | None,
+    content_length: str | None,
+) -> None:
+    headers = [
+        ("Host", "127.0.0.1"),
+        ("Upgrade", upgrade),
+        ("Connection", connection),
+        ("Sec-WebSocket-Key", key),
+        ("Sec-WebSocket-Version", version_header),
+    ]
+    optional = [
+        ("Sec-WebSocket-Extensions", extensions),
+        ("Sec-WebSocket-Protocol", protocols),
+        ("Origin", origin),
+        ("Content-Length", content_length),
+    ]
+    headers += [(name, v) for name, v in optional if v is not None]
+    head = f"{method} /ws/ {version}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+    targets.handshake(head.encode("utf-8"))
+
+
+@fuzz
+@given(st.binary(max_size=600))
+def test_random_bytes_as_handshake(data: bytes) -> None:
+    targets.handshake(b"GET / HTTP/1.1\r\n" + data)
+
+
+@fuzz
+@given(
+    status=st.sampled_from(["101 Switching Protocols", "403 Forbidden", "1O1", "101"]),
+    extensions=value,
+    data=st.binary(max_size=200),
+)
+def test_responses(status: str, extensions: str, data: bytes) -> None:
+    head = f"HTTP/1.1 {status}\r\nSec-WebSocket-Extensions: {extensions}\r\n".encode()
+    targets.response(head + data + b"\r\n\r\n")
+
+
+# -- deflate ----------------------------------------------------------------------------
+
+
+@fuzz
+@given(config=st.integers(0, 255), fragments=st.integers(0, 255), data=st.binary(max_size=3000))
+def test_deflate_streams(config: int, fragments: int, data: bytes) -> None:
+    targets.deflate(bytes([config, fragments]) + data)
