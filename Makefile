@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration compliance compliance-full bench bench-servers lint typecheck docs demo clean
+.PHONY: setup browser-setup test unit integration compliance compliance-full bench bench-servers lint typecheck docs fuzz soak demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,21 @@ bench: setup
 # writes docs/benchmarks/results.md and its plots.
 bench-servers: setup
 	$(PY) bench/compare.py $(if $(QUICK),--quick)
+
+# Coverage-guided fuzzing (atheris, installed here) of each parser for FUZZ_SECONDS (60),
+# then the hypothesis properties with FUZZ_EXAMPLES (2,000) each: ~10 min, not in CI.
+FUZZ_TARGETS := handshake response frames deflate
+fuzz: setup
+	$(PY) -m pip install -q atheris
+	for target in $(FUZZ_TARGETS); do \
+		$(PY) -m tests.fuzz.run $$target $(or $(FUZZ_SECONDS),60) || exit 1; done
+	DWEBSOCKET_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),2000) $(PY) -m pytest -q -p no:cacheprovider \
+		--timeout=1800 tests/fuzz/test_properties.py
+
+# 1,000 WebSockets echoing for DURATION seconds (300) on gevent: every echo checked, RSS
+# watched (not in CI).
+soak: setup
+	$(PY) bench/soak.py $(if $(DURATION),--duration $(DURATION))
 
 demo: $(DEMO_STAMP)
 	$(PY) examples/chat/run.py
