@@ -88,7 +88,12 @@ def report_once() -> None:
     if _reported:
         return
     _reported = True
-    from dwebsocket.checks import check_server
+    try:
+        from dwebsocket.checks import check_server
 
-    for message in check_server():
+        messages = check_server()
+    except Exception:  # a failing check must never fail the request that runs it
+        logger.exception("dwebsocket's server checks failed")
+        return
+    for message in messages:
         logger.warning("%s", message)
