@@ -75,13 +75,18 @@ class Stack:
     stop_signal: int = signal.SIGTERM
 
 
-def _uwsgi(*args: str) -> Callable[[str, int], list[str]]:
-    # One worker behind uWSGI's HTTP router (the documented --http-websockets setup),
-    # 1000 gevent cores; --die-on-term so that SIGTERM stops rather than reloads.
+def _uwsgi(*args: str, router: bool = True) -> Callable[[str, int], list[str]]:
+    # One worker, 1000 gevent cores; --die-on-term so that SIGTERM stops, not reloads.
+    # router: behind uWSGI's HTTP router (--http --http-websockets, the documented
+    # setup; the router is a second process on the same core), else the worker
+    # speaks HTTP itself (--http-socket, as behind nginx).
+    listen = (["--http", "{addr}", "--http-websockets"] if router
+              else ["--http-socket", "{addr}"])
     return lambda host, port: [
-        str(Path(PY).parent / "uwsgi"), "--master", "--http", f"{host}:{port}",
-        "--http-websockets", "--gevent", "1000", "--workers", "1", "--die-on-term",
-        "--disable-logging", "--need-app", *args,
+        str(Path(PY).parent / "uwsgi"), "--master",
+        *(arg.format(addr=f"{host}:{port}") for arg in listen),
+        "--gevent", "1000", "--workers", "1", "--die-on-term", "--disable-logging",
+        "--need-app", *args,
     ]
 
 
@@ -118,8 +123,21 @@ STACKS: dict[str, Stack] = {
         ),
         Stack(
             "dwebsocket-uwsgi",
-            "dwebsocket · uWSGI --gevent (uwsgi backend)",
-            _uwsgi("--gevent-monkey-patch", "--module", "bench.stacks.djsite.wsgi:application"),
+            "dwebsocket · uWSGI --http --gevent (uwsgi backend)",
+            # Not monkey-patched, as in tests/servers.py: with --gevent-monkey-patch the
+            # backend finds no select.epoll (gevent removes it) and every session fails.
+            _uwsgi("--module", "bench.stacks.djsite.wsgi:application"),
+            {
+                **DJANGO_ENV,
+                "DWEBSOCKET_BENCH_SETTINGS": json.dumps({"WEBSOCKET_FACTORY_CLASS": UWSGI_FACTORY}),
+            },
+            ours=True,
+            unavailable=_uwsgi_backend_missing,
+        ),
+        Stack(
+            "dwebsocket-uwsgi-socket",
+            "dwebsocket · uWSGI --http-socket --gevent (uwsgi backend)",
+            _uwsgi("--module", "bench.stacks.djsite.wsgi:application", router=False),
             {
                 **DJANGO_ENV,
                 "DWEBSOCKET_BENCH_SETTINGS": json.dumps({"WEBSOCKET_FACTORY_CLASS": UWSGI_FACTORY}),
@@ -152,8 +170,13 @@ STACKS: dict[str, Stack] = {
         ),
         Stack(
             "uwsgi-native",
-            "uWSGI native API (--gevent)",
+            "uWSGI native API (--http --gevent)",
             _uwsgi("--wsgi-file", str(BENCH / "stacks" / "uwsgi_native.py")),
+        ),
+        Stack(
+            "uwsgi-native-socket",
+            "uWSGI native API (--http-socket --gevent)",
+            _uwsgi("--wsgi-file", str(BENCH / "stacks" / "uwsgi_native.py"), router=False),
         ),
         Stack(
             "gevent-websocket",
