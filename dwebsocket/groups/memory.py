@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
 from typing import Protocol
 
 from dwebsocket.websocket import Message
@@ -58,10 +57,13 @@ class Registry:
                 self._sweep_at[group] = 16
             members[id(member)] = member
             self._memberships.setdefault(id(member), set()).add(group)
-            sweep = len(members) >= self._sweep_at[group]
-        if sweep:
-            self.discard_closed(group, self.members(group))
+            sweep = list(members.values()) if len(members) >= self._sweep_at[group] else None
+        if sweep is not None:
+            # Outside the lock: is_closed() is a call into the member.
+            closed = [m for m in sweep if m is not member and m.is_closed()]
             with self._lock:
+                for other in closed:
+                    self._remove(group, other)
                 if group in self._groups:
                     self._sweep_at[group] = max(16, 2 * len(self._groups[group]))
         return first
@@ -78,16 +80,6 @@ class Registry:
         with self._lock:
             groups = list(self._memberships.get(id(member), ()))
             return [group for group in groups if self._remove(group, member)]
-
-    def discard_closed(self, group: str, members: Iterable[Member]) -> list[str]:
-        """Remove the closed ones among ``members`` from every group they are in.
-
-        Returns the groups this emptied (``group`` included if it is now empty)."""
-        emptied: list[str] = []
-        for member in members:
-            if member.is_closed():
-                emptied.extend(self.remove_all(member))
-        return emptied
 
     def _remove(self, group: str, member: Member) -> bool:
         members = self._groups.get(group)

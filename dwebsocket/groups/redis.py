@@ -173,9 +173,11 @@ class RedisLayer:
         """Add ``member``; on the group's first local member, subscribe to its channel and
         wait (up to ``socket_timeout``) until Redis confirms, so that every message sent
         after ``join`` returns reaches ``member``. Does not wait while Redis is down."""
-        self.registry.add(group, member)
+        first = self.registry.add(group, member)
         self.subscriber.start()
-        if group not in self.subscriber.subscribed:
+        # On a first member, ask even if the group looks subscribed: the reader may have
+        # just sent UNSUBSCRIBE for the previous last member's leave.
+        if first or group not in self.subscriber.subscribed:
             self.subscriber.request(group, wait=self.timeout)
 
     def leave(self, group: str, member: Member) -> None:
@@ -514,7 +516,8 @@ class Subscriber:
             _command(connection, "UNSUBSCRIBE", *map(self.layer.channel, unsubscribe))
             self._requested -= unsubscribe
         for group in todo:
-            if group in self.subscribed or group not in wanted:
+            # A group just (re)subscribed is released by its confirmation, in _handle.
+            if group not in wanted or (group not in subscribe and group in self.subscribed):
                 self._release(group)
 
     def _release(self, group: str) -> None:

@@ -379,3 +379,16 @@ def test_a_hung_redis_is_detected_by_timeouts(
     )
     a.send("room", "resumed")
     assert here.get() == there.get() == "resumed"
+
+
+def test_rejoin_right_after_the_last_leave(layers: Callable[[], RedisLayer]) -> None:
+    """Leaving (UNSUBSCRIBE on its way) and joining again at once must end subscribed:
+    every message sent after the join returns arrives."""
+    a, b = layers(), layers()
+    member = Inbox()
+    for i in range(50):
+        a.join("room", member)
+        b.send("room", f"m{i}")
+        assert member.get() == f"m{i}"
+        a.leave("room", member)
+    member.assert_empty(0.1)
