@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from dwebsocket.groups.memory import Registry
+from dwebsocket.groups.redis import RedisLayer
 from dwebsocket.protocol.frames import Opcode, parse_close_payload
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
 from tests.groups.redis_server import RedisServer
@@ -365,26 +367,31 @@ def test_slow_member_is_closed_1008_and_others_keep_up(
 
 @pytest.mark.parametrize("name", sorted(SERVERS))
 def test_every_server_with_redis(
-    name: str, redis_servers: Callable[..., list[ServerProcess]], clients: Clients
+    name: str,
+    redis_server: RedisServer,
+    redis_servers: Callable[..., list[ServerProcess]],
+    clients: Clients,
 ) -> None:
-    """Members on each supported server (threads, gevent, eventlet; gunicorn's two workers
-    are two processes) and on a gevent server exchange messages through Redis."""
+    """Members on each supported server (threads, gevent, eventlet, uWSGI; gunicorn's two
+    workers are two processes) and on a gevent server exchange messages through Redis,
+    with a task worker (this test's process) sending text and binary."""
     (srv,) = redis_servers(1, name)
     (other,) = redis_servers(1, "gevent")
     members = [clients.open(srv, "room") for _ in range(3)] + [clients.open(other, "room")]
-    for i in range(10):
-        for n, ws in enumerate(members):
-            ws.send(f"m{n}:{i}" if i % 2 else f"m{n}:{i}".encode())
+    worker = RedisLayer(redis_server.url, Registry())
+    try:
+        for i in range(10):
+            for n, ws in enumerate(members):
+                ws.send(f"m{n}:{i}")
+            worker.send("room", f"w:{i}" if i % 2 else f"w:{i}".encode())
+    finally:
+        worker.close()
     for ws in members:
-        got = receive(ws, 40)
+        got = receive(ws, 50)
         for n in range(4):
-            mine = [
-                m.decode() if isinstance(m, bytes) else m
-                for m in got
-                if (m.decode() if isinstance(m, bytes) else m).startswith(f"m{n}:")
-            ]
-            assert mine == [f"m{n}:{i}" for i in range(10)]
-        assert sum(isinstance(m, bytes) for m in got) == 20  # binary stays binary
+            assert sent_by(got, f"m{n}") == [f"m{n}:{i}" for i in range(10)]
+        from_worker = [m for m in got if str(m).startswith(("w:", "b'w:"))]
+        assert from_worker == [f"w:{i}" if i % 2 else f"w:{i}".encode() for i in range(10)]
         assert_nothing_more(ws)
 
 

@@ -64,7 +64,6 @@ _BACKEND: dict[tuple[str, str | None], str] = {
     ("test_protocol_error_closes_1002_and_eof", None): "no-validation",
     ("test_many_clients_at_once", None): "close-reply",
     ("test_leaving_is_announced", None): "close-reply",
-    ("test_every_server_with_redis", None): "opcode-lost",
 }
 _TAKEOVER: dict[tuple[str, str | None], str] = {
     ("test_handshake_and_first_frame_in_one_segment", None): "pipelined",
