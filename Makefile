@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration compliance compliance-full bench bench-servers lint typecheck docs fuzz soak demo clean
+.PHONY: setup browser-setup test unit integration compliance compliance-full bench bench-servers bench-groups lint typecheck docs fuzz soak demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench: setup
 # writes docs/benchmarks/results.md and its plots.
 bench-servers: setup
 	$(PY) bench/compare.py $(if $(QUICK),--quick)
+
+# One group message to 1,000 and 10,000 members over 4 processes, against Channels +
+# channels_redis group_send in the same run (~10 min; needs channels, channels_redis, daphne).
+bench-groups: setup
+	$(PY) bench/groups.py
 
 # Coverage-guided fuzzing (atheris, installed here) of each parser for FUZZ_SECONDS (60),
 # then the hypothesis properties with FUZZ_EXAMPLES (2,000) each: ~10 min, not in CI.
