@@ -255,7 +255,8 @@ class uWsgiWebSocket(WebSocket):
         while True:
             try:
                 data = uwsgi.websocket_recv_nb()
-            except OSError:
+            except OSError as exc:
+                logger.debug("uWSGI's websocket_recv_nb failed for %s: %s", self._request.path, exc)
                 self._peer_gone()
                 return
             if not data:
