@@ -131,6 +131,14 @@ def test_user_is_logged_in() -> None:
     assert ws.request is not None and ws.request.user == alice
 
 
+@pytest.mark.django_db(transaction=True)
+@override_settings(**CHAT_SETTINGS)
+def test_user_is_logged_in_outside_a_transaction() -> None:
+    carol = User.objects.create_user("carol")
+    with WebSocketClient("/inspect/", user=carol) as ws:
+        assert inspect(ws)["user"] == "carol"
+
+
 @pytest.mark.django_db
 @override_settings(**CHAT_SETTINGS)
 def test_cookies_of_a_django_test_client() -> None:
@@ -319,3 +327,87 @@ def test_receive_json_of_binary() -> None:
     with WebSocketClient("/echo/") as ws:
         ws.send(json.dumps([1]).encode())
         assert ws.receive_json() == [1]
+
+
+# -- edges -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def release() -> Iterator[None]:
+    """For views that wait for ``views.RELEASE``: set it after the test."""
+    views.RELEASE.clear()
+    yield
+    views.RELEASE.set()
+
+
+def join_view(ws: WebSocketClient) -> None:
+    assert ws._server is not None
+    ws._server.join(10)
+    assert not ws._server.is_alive()
+
+
+def test_a_view_that_neither_accepts_nor_refuses(release: None) -> None:
+    ws = WebSocketClient("/hesitant/", timeout=0.2)
+    with pytest.raises(TimeoutError, match="neither accepted nor refused"):
+        ws.connect()
+    views.RELEASE.set()
+    join_view(ws)
+
+
+def test_a_long_refusal_is_read_whole() -> None:
+    with pytest.raises(HandshakeRefused) as refused:
+        WebSocketClient("/refuse-at-length/").connect()
+    assert refused.value.content == b"no" * 100_000
+
+
+def test_an_oversized_request_head() -> None:
+    with pytest.raises(ValueError, match="request head over 65536 bytes") as raised:
+        WebSocketClient("/echo/", headers={"X-Big": "x" * 200_000}).connect()
+    assert isinstance(raised.value.__cause__, ConnectionError)
+
+
+def test_content_type_is_not_an_http_header() -> None:
+    with WebSocketClient("/echo/", headers={"Content-Type": "text/plain"}) as ws:
+        assert ws.request is not None
+        assert ws.request.META["CONTENT_TYPE"] == "text/plain"
+        assert "HTTP_CONTENT_TYPE" not in ws.request.META
+
+
+def test_wait_closed_times_out() -> None:
+    with WebSocketClient("/echo/") as ws, pytest.raises(TimeoutError, match="did not close"):
+        ws.wait_closed(timeout=0.05)
+
+
+def test_receive_with_no_time_left() -> None:
+    with WebSocketClient("/echo/") as ws, pytest.raises(TimeoutError):
+        ws.receive(timeout=0)
+
+
+def test_sending_after_the_view_is_gone() -> None:
+    ws = WebSocketClient("/nothing/").connect()
+    join_view(ws)  # the view returned: its close frame waits in our buffer, unread
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.send("anyone?")
+    assert closed.value.code == 1000
+    ws.close()
+
+
+def test_a_view_that_reads_nothing(release: None) -> None:
+    ws = WebSocketClient("/stubborn/", timeout=0.2, compression=False).connect()
+    with pytest.raises(TimeoutError, match="read nothing"):
+        ws.send(b"x" * (16 << 20))  # more than the socket buffers hold
+    views.RELEASE.set()
+    ws.close()  # half a frame went out: the connection ends one way or the other
+    assert ws.closed
+
+
+def test_one_views_exception_is_not_blamed_on_another(quiet_django_request: None) -> None:
+    with WebSocketClient("/echo/") as calm:
+        failing = WebSocketClient("/raise-error/").connect()
+        failing.send("go")
+        assert failing.wait_closed() == 1011
+        with pytest.raises(RuntimeError):
+            failing.close()
+        calm.send("still fine")
+        assert calm.receive() == "still fine"
+    assert calm.close_code == 1000

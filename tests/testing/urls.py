@@ -12,5 +12,7 @@ urlpatterns = [
     path("fail-before-accepting/", views.fail_before_accepting),
     path("stubborn/", views.stubborn),
     path("refuse-with-cookie/", views.refuse_with_cookie),
+    path("refuse-at-length/", views.refuse_at_length),
+    path("hesitant/", views.hesitant),
     path("", include("tests.urls")),
 ]

@@ -83,6 +83,19 @@ def refuse_with_cookie(request: HttpRequest) -> HttpResponse:
 
 
 @require_websocket
+def refuse_at_length(request: HttpRequest) -> HttpResponse:
+    """A refusal with a body longer than one read."""
+    return HttpResponseForbidden(b"no" * 100_000, content_type="text/plain")
+
+
+@require_websocket
+def hesitant(request: HttpRequest) -> HttpResponse:
+    """Neither accept nor refuse until ``RELEASE`` is set."""
+    RELEASE.wait(30)
+    return HttpResponse(status=204)
+
+
+@require_websocket
 def fail_before_accepting(request: HttpRequest) -> None:
     raise RuntimeError("boom before accepting (on purpose)")
 
