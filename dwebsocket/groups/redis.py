@@ -334,8 +334,9 @@ class Subscriber:
 
     def __init__(self, layer: RedisLayer) -> None:
         self.layer = layer
-        #: Groups Redis has confirmed (read from any thread; replaced, never mutated, by
-        #: the reader, so a reader never sees it half-changed).
+        #: Groups surely subscribed: Redis confirmed every SUBSCRIBE sent for them and no
+        #: UNSUBSCRIBE was sent since. Read from any thread; replaced, never mutated, by
+        #: the reader, so nobody sees it half-changed.
         self.subscribed: frozenset[str] = frozenset()
         self.connected = False
         #: True from a failed connection attempt until the next success: joins do not wait.
@@ -343,7 +344,8 @@ class Subscriber:
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         self._waiters: dict[str, list[threading.Event]] = {}
-        self._requested: set[str] = set()  # reader only
+        self._requested: set[str] = set()  # reader only: subscribed, or asked to be
+        self._in_flight: dict[str, int] = {}  # reader only: SUBSCRIBEs not confirmed yet
         self._thread: threading.Thread | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -457,6 +459,7 @@ class Subscriber:
         if groups:
             _command(connection, "SUBSCRIBE", *map(self.layer.channel, groups))
         self._requested = set(groups)
+        self._in_flight = dict.fromkeys(groups, 1)
         with self._lock:
             self.connected, self.down = True, False
         if not groups:
@@ -490,19 +493,28 @@ class Subscriber:
         elif kind == b"subscribe":
             group = self.layer.group(response[1])
             if group is not None:
-                self.subscribed = self.subscribed | {group}
-                self._release(group)
+                left = self._in_flight.pop(group, 1) - 1
+                if left > 0:
+                    self._in_flight[group] = left
+                elif group in self._requested:
+                    # Redis has carried out every SUBSCRIBE sent and no UNSUBSCRIBE since.
+                    self.subscribed = self.subscribed | {group}
+                    self._release(group)
                 if self.layer.outage:
                     self.layer.report_up()
-        elif kind == b"unsubscribe":
-            group = self.layer.group(response[1])
-            if group is not None:
-                self.subscribed = self.subscribed - {group}
+        # "unsubscribe" confirmations need nothing: the group left ``subscribed`` when the
+        # UNSUBSCRIBE was sent.
 
     def _sync(self, connection: redis.Connection) -> None:
-        """Bring the subscription in line with the registry for the groups asked about."""
+        """Bring the subscription in line with the registry for the groups asked about.
+
+        A joiner that asked waits until its group is subscribed for sure: released here if
+        nothing needs changing, else by the confirmation of the SUBSCRIBE sent for it.
+        Its request and its waiter are taken together, so a join that comes in while this
+        runs is left, whole, to the next round."""
         with self._lock:
             todo, self._pending = self._pending, set()
+            waiting = {group: self._waiters.pop(group) for group in todo if group in self._waiters}
         if not todo:
             return
         registry = self.layer.registry
@@ -512,13 +524,19 @@ class Subscriber:
         if subscribe:
             _command(connection, "SUBSCRIBE", *map(self.layer.channel, subscribe))
             self._requested |= subscribe
+            for group in subscribe:
+                self._in_flight[group] = self._in_flight.get(group, 0) + 1
         if unsubscribe:
+            self.subscribed = self.subscribed - unsubscribe
             _command(connection, "UNSUBSCRIBE", *map(self.layer.channel, unsubscribe))
             self._requested -= unsubscribe
-        for group in todo:
-            # A group just (re)subscribed is released by its confirmation, in _handle.
-            if group not in wanted or (group not in subscribe and group in self.subscribed):
-                self._release(group)
+        for group, events in waiting.items():
+            if group not in wanted or group in self.subscribed:
+                for event in events:
+                    event.set()
+            else:
+                with self._lock:
+                    self._waiters.setdefault(group, []).extend(events)
 
     def _release(self, group: str) -> None:
         with self._lock:
@@ -530,6 +548,7 @@ class Subscriber:
         """The connection is gone: nothing is subscribed, nobody waits for it."""
         self.subscribed = frozenset()
         self._requested = set()
+        self._in_flight = {}
         with self._lock:
             self.connected, self.down = False, True
             waiters, self._waiters = self._waiters, {}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -392,3 +394,41 @@ def test_rejoin_right_after_the_last_leave(layers: Callable[[], RedisLayer]) -> 
         assert member.get() == f"m{i}"
         a.leave("room", member)
     member.assert_empty(0.1)
+
+
+def test_concurrent_churn_ends_consistent(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """Threads joining and leaving groups at random: afterwards exactly the groups with
+    local members are subscribed, and every member receives."""
+    a, b = layers(), layers()
+    groups = [f"g{i}" for i in range(5)]
+    members = [Inbox() for _ in range(8)]
+
+    def churn(seed: int) -> None:
+        rng = random.Random(seed)
+        member = members[seed]
+        for _ in range(100):
+            group = rng.choice(groups)
+            if rng.random() < 0.5:
+                a.join(group, member)
+            else:
+                a.leave(group, member)
+
+    threads = [threading.Thread(target=churn, args=(n,)) for n in range(len(members))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for group in groups:
+        expected = 1 if a.registry.members(group) else 0
+        until(lambda g=group, e=expected: numsub(redis_server, f"dwebsocket:0:{g}") == e)
+    for member in members:
+        while not member.messages.empty():
+            member.messages.get_nowait()
+    for group in groups:
+        b.send(group, group)
+    for member in members:
+        expected_groups = sorted(a.registry.groups_of(member))
+        assert sorted(str(m) for m in member.get_all(len(expected_groups))) == expected_groups
+        member.assert_empty(0.05)
