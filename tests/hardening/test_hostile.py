@@ -113,20 +113,13 @@ def test_decompression_bomb_in_fragments(server: ServerProcess) -> None:
     assert attack(server, payload, extensions=DEFLATE).code == 1009
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend bug: one 64 KiB read of compressed frames is fed to the core whole, "
-    "and each message may expand to the limit: ~780 messages of 64 KiB at once (49 MiB "
-    "peak RSS; with the default 1 MiB limit ~64 MiB per read). Proposed fix: feed the "
-    "core in slices and stop while the undelivered messages exceed the limit",
-)
 def test_many_small_bombs_in_one_read(hostile_server: ServerProcess) -> None:
     """Each message within the limit, but 780 of them in 64 KiB of wire (each 64 KiB of
     zeros as 78 bytes): the server must not expand them all at once."""
     body = deflated(bytes(LIMIT - 1))
     burst = frame(0x2, body, rsv=4) * (65536 // (len(body) + 8))
     offer = f"{DEFLATE}; client_no_context_takeover"
-    with memory_bounded(hostile_server):  # here, not in a fixture: xfail sees it
+    with memory_bounded(hostile_server):
         sock, rest = open_websocket(hostile_server, extensions=offer)
         with sock:
             sock.sendall(burst + close_frame(1000))
@@ -283,17 +276,11 @@ def test_silent_peer_is_closed_by_keepalive(server: ServerProcess) -> None:
 # -- floods ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend bug: count_messages()/has_messages() read up to 1 MiB from the socket "
-    "per call even while messages are waiting, so a view that polls them and consumes "
-    "slowly buffers a flood without bound instead of letting TCP push back",
-)
 def test_message_flood_against_a_polling_view(hostile_server: ServerProcess) -> None:
     """10 MiB of 1-byte messages (~1.5 million) against a view that consumes 1,000 a
     second: the server must read no faster than the view consumes, so the client's sends
     block (TCP flow control) instead of the server's memory growing."""
-    with memory_bounded(hostile_server):  # here, not in a fixture: xfail sees it
+    with memory_bounded(hostile_server):
         sock, _ = open_websocket(hostile_server, "/_poll/")
         with sock:
             block = frame(0x2, b"\x01") * 150_000  # 1 MiB on the wire

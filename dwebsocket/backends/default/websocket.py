@@ -1,7 +1,11 @@
 """``request.websocket`` over the raw socket: a thin I/O loop around the sans-I/O core.
 
 There is no background reader: ``wait()`` reads the socket in the caller's thread (or
-greenlet) under a read lock and feeds the core; keepalive pings happen there too.
+greenlet) under a read lock and feeds the core; keepalive pings happen there too. The
+socket is read only while the view's backlog of received messages is small, so a peer
+sending faster than the view consumes is pushed back by TCP instead of buffered; with
+permessage-deflate the core gets a read a slice at a time, so that one read of small
+compressed frames cannot expand into more than about one message past that backlog.
 ``send()`` writes under a write lock, so any thread may send while one waits (gevent
 allows one reader and one writer on a socket at a time, never two of either).
 
@@ -47,6 +51,13 @@ _CLOSED = State.CLOSED
 # read()/count_messages() never block, and stop after this many reads even if the peer
 # keeps the socket readable.
 _MAX_NONBLOCKING_READS = 16
+# The view's backlog: with this many messages waiting for it, or this many bytes of them
+# (the message limit, if larger), the socket is left unread until the view catches up.
+_BACKLOG_MESSAGES = 1024
+_BACKLOG_BYTES = 1 << 20
+# With permessage-deflate, received bytes go to the core this many at a time, the
+# backlog checked in between (64 KiB of deflate can carry ~60 GiB of zeros).
+_DEFLATE_SLICE = 512
 # A send that makes no progress this long means the peer is gone, when keepalive is off.
 _DEFAULT_IO_TIMEOUT = 60.0
 
@@ -79,6 +90,8 @@ class DefaultWebSocket(WebSocket):
         self._accepted = False
         self._shut = False  # the transport is shut down: nothing more in or out
         self._messages: deque[Message] = deque()
+        self._unfed = b""  # received, not yet given to the core: the backlog was full
+        self._backlog_bytes = max(_BACKLOG_BYTES, self._max_message_size or 0)
         self._outbox: list[bytes] = []
         self._outbox_size = 0
         self._early: list[Message] = []  # delivered before the handshake
@@ -169,7 +182,7 @@ class DefaultWebSocket(WebSocket):
         self._send_signal(websocket_opened)
         if buffered:
             with self._reading:
-                self._feed(buffered)
+                self._receive(buffered)
         if self._early_overflow:
             self._overflow()
         if self._outbox:
@@ -237,6 +250,10 @@ class DefaultWebSocket(WebSocket):
     def _read_once(self, limit: float | None) -> None:
         """Read once (waiting up to ``limit``) and feed the core; run the keepalive.
         Call with ``_reading`` held."""
+        if self._unfed:
+            data, self._unfed = self._unfed, b""
+            self._receive(data)
+            return
         due = self._keepalive_due()
         wait = limit
         if due is not None:
@@ -247,25 +264,57 @@ class DefaultWebSocket(WebSocket):
                 data = self._transport.recv()
             except (TimeoutError, BlockingIOError, InterruptedError):
                 return
-            self._feed(data)
+            self._receive(data)
         else:
             self._keepalive()
 
     def _read_ready(self) -> None:
-        """Feed the core whatever the socket has now, without blocking."""
+        """Feed the core whatever the socket has now, without blocking, while the view's
+        backlog has room."""
         if self.is_closed() or not self._reading.acquire(blocking=False):
             return
         try:
             for _ in range(_MAX_NONBLOCKING_READS):
-                if self.is_closed() or not self._transport.wait_readable(0):
+                if self.is_closed() or self._backlog_full():
                     break
-                try:
-                    data = self._transport.recv()
-                except (TimeoutError, BlockingIOError, InterruptedError):
+                if self._unfed:
+                    data, self._unfed = self._unfed, b""
+                elif not self._transport.wait_readable(0):
                     break
-                self._feed(data)
+                else:
+                    try:
+                        data = self._transport.recv()
+                    except (TimeoutError, BlockingIOError, InterruptedError):
+                        break
+                self._receive(data)
         finally:
             self._reading.release()
+
+    def _backlog_full(self) -> bool:
+        """Whether the messages waiting for the view are enough not to read on."""
+        waiting = len(self._messages)
+        if not waiting:
+            return False
+        if waiting >= _BACKLOG_MESSAGES:
+            return True
+        return sum(map(len, self._messages)) >= self._backlog_bytes
+
+    def _receive(self, data: bytes) -> None:
+        """Give ``data`` to the core (see :meth:`_feed`); with permessage-deflate a slice
+        at a time, keeping the rest in ``_unfed`` once the backlog is full (uncompressed
+        frames cannot expand: one read completes at most its own size in messages).
+        Call with ``_reading`` held."""
+        conn = self._conn
+        if not data or conn is None or conn.deflate is None or len(data) <= _DEFLATE_SLICE:
+            self._feed(data)
+            return
+        for start in range(0, len(data), _DEFLATE_SLICE):
+            if self._shut:
+                return
+            if self._backlog_full():
+                self._unfed = data[start:]
+                return
+            self._feed(data[start : start + _DEFLATE_SLICE])
 
     def _feed(self, data: bytes) -> None:
         """Give received bytes (b"" for EOF) to the core and act on its events."""
@@ -521,12 +570,15 @@ class DefaultWebSocket(WebSocket):
             try:
                 if self._shut or self._conn.state is _CLOSED:
                     return
-                if self._transport.wait_readable(remaining):
+                if self._unfed:
+                    data, self._unfed = self._unfed, b""
+                    self._receive(data)
+                elif self._transport.wait_readable(remaining):
                     try:
                         data = self._transport.recv()
                     except (TimeoutError, BlockingIOError, InterruptedError):
                         continue
-                    self._feed(data)
+                    self._receive(data)
                 self._messages.clear()
             finally:
                 self._reading.release()
