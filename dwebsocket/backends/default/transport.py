@@ -16,6 +16,8 @@ import contextlib
 import io
 import select
 import socket
+import sys
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -56,6 +58,9 @@ class Transport:
         self._drain = drain
         self._on_release = on_release
         self._poller: Any = None
+        self._waiter: _GeventReadWaiter | None = None
+        self._waiter_checked = False
+        self._db_checked = -1.0
 
     def __repr__(self) -> str:
         return f"<Transport {self.server} fd={self.sock.fileno()}>"
@@ -110,7 +115,17 @@ class Transport:
             # About to block, maybe for long: give back the database connections Django
             # would close at the end of a request (docs/deployment.rst, "Database
             # connections"). This runs on the view's thread, whose connections they are.
-            release_idle_connections()
+            # At most once a second: at one wait per message it cost 10% of the CPU.
+            now = time.monotonic()
+            if now - self._db_checked >= _DB_CHECK_INTERVAL:
+                self._db_checked = now
+                release_idle_connections()
+            if not self._waiter_checked:
+                self._waiter_checked = True
+                self._waiter = _GeventReadWaiter.for_socket(self.sock)
+            waiter = self._waiter
+            if waiter is not None and waiter.usable():
+                return waiter.wait(timeout)
         if hasattr(select, "poll"):
             poller = self._poller
             if poller is None:
@@ -139,8 +154,90 @@ class Transport:
 
     def release(self) -> None:
         """Tell the server the session is over (call after :meth:`shutdown`)."""
+        if self._waiter is not None:
+            self._waiter.close()
         if self._on_release is not None:
             self._on_release()
+
+
+_DB_CHECK_INTERVAL = 1.0  # seconds between two release_idle_connections()
+
+
+class _GeventReadWaiter:
+    """Waits until a gevent socket is readable, cheaply: at one wait per message, gevent's
+    ``select.poll()`` (new watchers and a result object per call) and a ``Timeout`` per
+    call took a quarter of the server's CPU.
+
+    One libev io watcher serves the socket's whole life. One timer is armed for the
+    earliest deadline asked and re-armed only when a wait must end sooner: a later
+    deadline keeps it, so the keepalive deadline that moves with every message costs
+    nothing. A wait may therefore end early (returns False); callers re-check the time.
+    """
+
+    def __init__(self, sock: socket.socket, hub: Any) -> None:
+        from gevent import get_hub  # type: ignore[import-untyped]
+        from gevent.hub import Waiter  # type: ignore[import-untyped]
+
+        self._get_hub = get_hub
+        self._new_waiter = Waiter
+        self._hub = hub
+        self._io = hub.loop.io(sock.fileno(), 1)
+        self._timer: Any = None
+        self._timer_at = 0.0
+        self._waiter: Any = None
+        self._closed = False
+
+    @classmethod
+    def for_socket(cls, sock: socket.socket) -> _GeventReadWaiter | None:
+        """A waiter if ``sock`` is a gevent socket, else None."""
+        gevent_socket = sys.modules.get("gevent.socket")
+        if gevent_socket is None or not isinstance(sock, gevent_socket.socket):
+            return None
+        from gevent import get_hub
+
+        return cls(sock, get_hub())
+
+    def usable(self) -> bool:
+        """Not closed, nobody else waiting, and in the thread whose hub it was made
+        with (else the caller falls back to ``select.poll()``)."""
+        return not self._closed and self._waiter is None and self._get_hub() is self._hub
+
+    def wait(self, timeout: float | None) -> bool:
+        """True when readable; False when a timer fired (maybe before ``timeout``)."""
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            if self._timer is None or self._timer_at > deadline:
+                self._stop_timer()
+                self._timer = self._hub.loop.timer(max(timeout, 0.0), ref=False)
+                self._timer.start(self._expired, update=True)
+                self._timer_at = deadline
+        waiter = self._waiter = self._new_waiter(self._hub)
+        self._io.start(waiter.switch, True)
+        try:
+            return bool(waiter.get())
+        finally:
+            self._io.stop()
+            self._waiter = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._waiter is not None:
+            self._waiter.switch(False)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
+
+    def close(self) -> None:
+        """Free the watchers; a wait in progress ends (False) and later ones use poll()."""
+        self._closed = True
+        self._stop_timer()
+        if self._waiter is None:
+            self._io.close()
+        else:
+            self._hub.loop.run_callback(self._waiter.switch, False)
 
 
 Takeover = Callable[[dict[str, Any]], "Transport | None"]
