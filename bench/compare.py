@@ -512,6 +512,10 @@ def run_idle(
         time.sleep(1)
         baseline = server.rss()
         outcome["baseline_rss_mb"] = round(baseline / 2**20, 1)
+        # Steps are cumulative: the connections of earlier steps have already exchanged a
+        # message when the next step opens more, so the idle figure is the marginal cost
+        # of the connections this step added.
+        prev_rss, prev_open = baseline, 0
         top = runnable[-1]
         nclients = math.ceil(top / per_client)
         clients = []
@@ -562,7 +566,14 @@ def run_idle(
                     "probe_p99_ms": round(max(p["p99_us"] for p in probed) / 1000, 1),  # type: ignore[index]
                     "rss_idle_mb": round(rss_idle / 2**20, 1),
                     "rss_after_probe_mb": round(rss_after / 2**20, 1),
-                    "kb_per_conn_idle": round((rss_idle - baseline) / 1024 / max(n_open, 1), 1),
+                    "rss_baseline": baseline,
+                    "rss_idle": rss_idle,
+                    "rss_after_probe": rss_after,
+                    # Marginal: what each connection opened by this step added, idle.
+                    "kb_per_conn_idle": round(
+                        (rss_idle - prev_rss) / 1024 / max(n_open - prev_open, 1), 1
+                    ),
+                    # All connections open so far, each having exchanged a message.
                     "kb_per_conn_after_probe": round(
                         (rss_after - baseline) / 1024 / max(n_open, 1), 1
                     ),
@@ -570,6 +581,7 @@ def run_idle(
                     "errors": sorted({o["error"] for o in opened + probed if o["error"]}),  # type: ignore[index]
                 }
                 outcome["steps"].append(step)
+                prev_rss, prev_open = rss_after, n_open
                 print(f"    idle {'deflate' if deflate else 'plain  '} {target:>6}: "
                       f"open {n_open}, answered {answered}, "
                       f"{step['kb_per_conn_idle']} KiB/conn idle, "
