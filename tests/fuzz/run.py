@@ -50,8 +50,16 @@ def main() -> None:
     scratch = SCRATCH / name
     scratch.mkdir(parents=True, exist_ok=True)
     options = ["-timeout=10", "-rss_limit_mb=2048", "-max_len=65536"]
-    if args and args[0] == "--merge":
-        argv = [sys.argv[0], "-merge=1", *options, *args[1:], str(kept), str(scratch)]
+    if any(arg.startswith("-merge_control_file") for arg in args):
+        argv = [sys.argv[0], *args]  # libFuzzer's merge child, started by the wrapper below
+    elif args and args[0] == "--merge":
+        # libFuzzer merges in child processes it starts from argv[0]: make that runnable.
+        wrapper = SCRATCH / f"run-{name}"
+        wrapper.write_text(
+            f'#!/bin/sh\ncd "{REPO}" && exec "{sys.executable}" -m tests.fuzz.run {name} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        argv = [str(wrapper), "-merge=1", *options, *args[1:], str(kept), str(scratch)]
     else:
         seconds = args.pop(0) if args and args[0].isdigit() else "60"
         argv = [

@@ -152,7 +152,9 @@ def response(data: bytes) -> None:
         assert b"\r\n\r\n" not in data
         return
     status, headers, consumed = parsed
-    assert 100 <= status <= 999 and 0 < consumed <= len(data)
+    # Three digits, not necessarily a known class: "HTTP/1.1 011" parses as 11, which
+    # is the caller's to judge (found by fuzzing: tests/fuzz/corpus/response/crash-011).
+    assert 0 <= status <= 999 and 0 < consumed <= len(data)
     for name, value in headers:
         if name == "sec-websocket-extensions":
             with contextlib.suppress(InvalidHandshake):
