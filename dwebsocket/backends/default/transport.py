@@ -111,15 +111,28 @@ class Transport:
         connections (:func:`dwebsocket.db.release_idle_connections`)."""
         if timeout is not None and timeout < 0:
             timeout = 0
+        if timeout == 0:
+            return self._wait(0)
+        # About to block, maybe for long: give back the database connections Django would
+        # close at the end of a request (docs/deployment.rst, "Database connections"). This
+        # runs on the view's thread, whose connections they are. At one wait per message
+        # that cost 10% of the CPU, so a busy socket is checked at most once a second; an
+        # idle one still is within a second: the wait is cut there for the check.
+        since = time.monotonic() - self._db_checked
+        if since < _DB_CHECK_INTERVAL:
+            first = _DB_CHECK_INTERVAL - since
+            if timeout is not None and timeout <= first:
+                return self._wait(timeout)
+            if self._wait(first):
+                return True
+            if timeout is not None:
+                timeout -= first
+        self._db_checked = time.monotonic()
+        release_idle_connections()
+        return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> bool:
         if timeout != 0:
-            # About to block, maybe for long: give back the database connections Django
-            # would close at the end of a request (docs/deployment.rst, "Database
-            # connections"). This runs on the view's thread, whose connections they are.
-            # At most once a second: at one wait per message it cost 10% of the CPU.
-            now = time.monotonic()
-            if now - self._db_checked >= _DB_CHECK_INTERVAL:
-                self._db_checked = now
-                release_idle_connections()
             if not self._waiter_checked:
                 self._waiter_checked = True
                 self._waiter = _GeventReadWaiter.for_socket(self.sock)
