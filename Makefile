@@ -81,13 +81,13 @@ bench-groups: setup
 	$(PY) bench/groups.py
 
 # Coverage-guided fuzzing (atheris, installed here) of each parser for FUZZ_SECONDS (60),
-# then the hypothesis properties with FUZZ_EXAMPLES (2,000) each: ~10 min, not in CI.
+# then the hypothesis properties with FUZZ_EXAMPLES (10,000) each: ~10 min, not in CI.
 FUZZ_TARGETS := handshake response frames deflate
 fuzz: setup
 	$(PY) -m pip install -q atheris
 	for target in $(FUZZ_TARGETS); do \
 		$(PY) -m tests.fuzz.run $$target $(or $(FUZZ_SECONDS),60) || exit 1; done
-	DWEBSOCKET_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),2000) $(PY) -m pytest -q -p no:cacheprovider \
+	DWEBSOCKET_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),10000) $(PY) -m pytest -q -p no:cacheprovider \
 		--timeout=1800 tests/fuzz/test_properties.py
 
 # 1,000 WebSockets echoing for DURATION seconds (300) on gevent: every echo checked, RSS

@@ -3,7 +3,8 @@ right, header values built from the grammar's own pieces) through the targets of
 ``tests.fuzz.targets``, and round trips that must be exact.
 
 The example budget is ``DWEBSOCKET_FUZZ_EXAMPLES`` (200 in the ordinary test run;
-``make fuzz`` runs 20,000). Only this module's tests use it: no global profile.
+``make fuzz`` runs 10,000: about 4 minutes). Only this module's tests use it: no
+global profile.
 """
 
 from __future__ import annotations
