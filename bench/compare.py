@@ -80,13 +80,19 @@ def _uwsgi(*args: str, router: bool = True) -> Callable[[str, int], list[str]]:
     # router: behind uWSGI's HTTP router (--http --http-websockets, the documented
     # setup; the router is a second process on the same core), else the worker
     # speaks HTTP itself (--http-socket, as behind nginx).
-    listen = (["--http", "{addr}", "--http-websockets"] if router
-              else ["--http-socket", "{addr}"])
+    listen = ["--http", "{addr}", "--http-websockets"] if router else ["--http-socket", "{addr}"]
     return lambda host, port: [
-        str(Path(PY).parent / "uwsgi"), "--master",
+        str(Path(PY).parent / "uwsgi"),
+        "--master",
         *(arg.format(addr=f"{host}:{port}") for arg in listen),
-        "--gevent", "1000", "--workers", "1", "--die-on-term", "--disable-logging",
-        "--need-app", *args,
+        "--gevent",
+        "1000",
+        "--workers",
+        "1",
+        "--die-on-term",
+        "--disable-logging",
+        "--need-app",
+        *args,
     ]
 
 
@@ -114,9 +120,18 @@ STACKS: dict[str, Stack] = {
             "dwebsocket-gunicorn",
             "dwebsocket · gunicorn -k gevent",
             lambda host, port: [
-                str(Path(PY).parent / "gunicorn"), "-k", "gevent", "-w", "1",
-                "--worker-connections", "100000", "-b", f"{host}:{port}",
-                "--log-level", "warning", "bench.stacks.djsite.wsgi:application",
+                str(Path(PY).parent / "gunicorn"),
+                "-k",
+                "gevent",
+                "-w",
+                "1",
+                "--worker-connections",
+                "100000",
+                "-b",
+                f"{host}:{port}",
+                "--log-level",
+                "warning",
+                "bench.stacks.djsite.wsgi:application",
             ],
             DJANGO_ENV,
             ours=True,
@@ -154,7 +169,13 @@ STACKS: dict[str, Stack] = {
             "channels-daphne",
             "Channels · daphne",
             lambda host, port: [
-                str(Path(PY).parent / "daphne"), "-b", host, "-p", str(port), "-v", "0",
+                str(Path(PY).parent / "daphne"),
+                "-b",
+                host,
+                "-p",
+                str(port),
+                "-v",
+                "0",
                 "bench.stacks.djsite.asgi:application",
             ],
             DJANGO_ENV,
@@ -163,8 +184,15 @@ STACKS: dict[str, Stack] = {
             "channels-uvicorn",
             "Channels · uvicorn",
             lambda host, port: [
-                str(Path(PY).parent / "uvicorn"), "--host", host, "--port", str(port),
-                "--log-level", "warning", "--no-access-log", "bench.stacks.djsite.asgi:application",
+                str(Path(PY).parent / "uvicorn"),
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "bench.stacks.djsite.asgi:application",
             ],
             DJANGO_ENV,
         ),
@@ -182,7 +210,9 @@ STACKS: dict[str, Stack] = {
             "gevent-websocket",
             "gevent-websocket",
             lambda host, port: [
-                PY, str(BENCH / "stacks" / "gevent_websocket_echo.py"), f"{host}:{port}",
+                PY,
+                str(BENCH / "stacks" / "gevent_websocket_echo.py"),
+                f"{host}:{port}",
             ],
         ),
         Stack(
@@ -236,13 +266,18 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("text32-c100", "32-byte text, 100 connections", 100),
         Scenario("binary64k-c10", "64 KiB binary, 10 connections", 10, size=65536, binary=True),
         Scenario(
-            "text32-c100-deflate", "32-byte text, 100 connections, deflate offered", 100,
+            "text32-c100-deflate",
+            "32-byte text, 100 connections, deflate offered",
+            100,
             deflate=True,
         ),
         Scenario("json1k-c10", "1 KiB JSON text, 10 connections", 10, payload=JSON_1K),
         Scenario(
-            "json1k-c10-deflate", "1 KiB JSON text, 10 connections, deflate offered", 10,
-            payload=JSON_1K, deflate=True,
+            "json1k-c10-deflate",
+            "1 KiB JSON text, 10 connections, deflate offered",
+            10,
+            payload=JSON_1K,
+            deflate=True,
         ),
     ]
 }
@@ -253,8 +288,12 @@ def write_payloads() -> None:
     rows, n = [], 0
     while len(json.dumps({"type": "update", "rows": rows})) < 1000:
         rows.append(
-            {"id": n, "sensor": f"sensor-{n:03d}", "value": round(20 + (n * 7.3) % 5, 2),
-             "status": "ok" if n % 5 else "warn"}
+            {
+                "id": n,
+                "sensor": f"sensor-{n:03d}",
+                "value": round(20 + (n * 7.3) % 5, 2),
+                "status": "ok" if n % 5 else "warn",
+            }
         )
         n += 1
     OUT.mkdir(parents=True, exist_ok=True)
@@ -431,14 +470,32 @@ def _stop_child(process: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 def run_echo(
-    server: Server, scenario: Scenario, warmup: float, duration: float, pin: list[str],
+    server: Server,
+    scenario: Scenario,
+    warmup: float,
+    duration: float,
+    pin: list[str],
     log: IO[bytes],
 ) -> dict[str, Any]:
     """One loadgen run; the server's CPU is sampled over the measurement window."""
     argv = [
-        *pin, str(LOADGEN), "--mode", "echo", "--host", HOST, "--port", str(server.port),
-        "--path", scenario.path, "--warmup", str(warmup), "--duration", str(duration),
-        "--connect-timeout", "30", *scenario.loadgen_args(),
+        *pin,
+        str(LOADGEN),
+        "--mode",
+        "echo",
+        "--host",
+        HOST,
+        "--port",
+        str(server.port),
+        "--path",
+        scenario.path,
+        "--warmup",
+        str(warmup),
+        "--duration",
+        str(duration),
+        "--connect-timeout",
+        "30",
+        *scenario.loadgen_args(),
     ]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, preexec_fn=_raise_nofile)
     reader = LineReader(process)
@@ -483,7 +540,11 @@ SOURCES = [f"127.0.0.{i}" for i in range(1, 11)]  # 10 x ~28,000 ephemeral ports
 
 
 def run_idle(
-    stack: Stack, steps: list[int], deflate: bool, pin_server: list[str], pin_client: list[str],
+    stack: Stack,
+    steps: list[int],
+    deflate: bool,
+    pin_server: list[str],
+    pin_client: list[str],
     log_path: Path,
 ) -> dict[str, Any]:
     """Open connections step by step on one server process; at each step record RSS,
@@ -496,10 +557,16 @@ def run_idle(
     if skipped and (not runnable or runnable[-1] < max_conns):
         runnable.append(max_conns // 1000 * 1000 if max_conns >= 2000 else max_conns)
     outcome: dict[str, Any] = {
-        "stack": stack.name, "deflate": deflate, "nofile_limit": limit, "steps": [],
+        "stack": stack.name,
+        "deflate": deflate,
+        "nofile_limit": limit,
+        "steps": [],
         "skipped": [
-            {"target": n, "reason": f"RLIMIT_NOFILE hard limit is {limit} per process "
-             "(raising it needs CAP_SYS_RESOURCE, which this machine does not grant)"}
+            {
+                "target": n,
+                "reason": f"RLIMIT_NOFILE hard limit is {limit} per process "
+                "(raising it needs CAP_SYS_RESOURCE, which this machine does not grant)",
+            }
             for n in skipped
         ],
     }
@@ -522,15 +589,33 @@ def run_idle(
         for k in range(nclients):
             share = [n // nclients + (k < n % nclients) for n in runnable]
             argv = [
-                *pin_client, str(LOADGEN), "--mode", "idle", "--host", HOST,
-                "--port", str(server.port), "--path", "/echo/",
-                "--steps", ",".join(str(n) for n in share),
-                "--src", ",".join(SOURCES), "--connect-concurrency", "500",
-                "--connect-timeout", "300", "--probe-timeout", "120",
+                *pin_client,
+                str(LOADGEN),
+                "--mode",
+                "idle",
+                "--host",
+                HOST,
+                "--port",
+                str(server.port),
+                "--path",
+                "/echo/",
+                "--steps",
+                ",".join(str(n) for n in share),
+                "--src",
+                ",".join(SOURCES),
+                "--connect-concurrency",
+                "500",
+                "--connect-timeout",
+                "300",
+                "--probe-timeout",
+                "120",
                 *(["--deflate"] if deflate else []),
             ]
             process = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
                 preexec_fn=_raise_nofile,
             )
             clients.append((process, LineReader(process)))
@@ -582,10 +667,13 @@ def run_idle(
                 }
                 outcome["steps"].append(step)
                 prev_rss, prev_open = rss_after, n_open
-                print(f"    idle {'deflate' if deflate else 'plain  '} {target:>6}: "
-                      f"open {n_open}, answered {answered}, "
-                      f"{step['kb_per_conn_idle']} KiB/conn idle, "
-                      f"{step['kb_per_conn_after_probe']} KiB/conn after one message", flush=True)
+                print(
+                    f"    idle {'deflate' if deflate else 'plain  '} {target:>6}: "
+                    f"open {n_open}, answered {answered}, "
+                    f"{step['kb_per_conn_idle']} KiB/conn idle, "
+                    f"{step['kb_per_conn_after_probe']} KiB/conn after one message",
+                    flush=True,
+                )
                 for process, _ in clients:
                     assert process.stdin is not None
                     process.stdin.write(b"next\n")
@@ -607,8 +695,21 @@ def run_idle(
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ["Django", "gevent", "gunicorn", "uWSGI", "websockets", "channels", "daphne",
-                 "uvicorn", "uvloop", "picows", "gevent-websocket", "autobahn", "Twisted"]:
+    for dist in [
+        "Django",
+        "gevent",
+        "gunicorn",
+        "uWSGI",
+        "websockets",
+        "channels",
+        "daphne",
+        "uvicorn",
+        "uvloop",
+        "picows",
+        "gevent-websocket",
+        "autobahn",
+        "Twisted",
+    ]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[dist] = importlib.metadata.version(dist)
     return out
@@ -622,13 +723,19 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         check=False,
     ).stdout.strip()
     return {
-        "cpu": model, "cpus": os.cpu_count(), "kernel": platform.release(),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "nofile_hard": nofile_hard(), "commit": commit,
+        "nofile_hard": nofile_hard(),
+        "commit": commit,
     }
 
 
@@ -647,8 +754,12 @@ def main() -> None:
 
     rounds = args.rounds or (1 if args.quick else 3)
     warmup, duration = (0.5, 1.5) if args.quick else (1.0, 5.0)
-    idle_steps = [int(n) for n in (args.idle_steps or (
-        "1000,2000" if args.quick else "10000,50000,100000")).split(",")]
+    idle_steps = [
+        int(n)
+        for n in (args.idle_steps or ("1000,2000" if args.quick else "10000,50000,100000")).split(
+            ","
+        )
+    ]
     stacks = [STACKS[name] for name in args.stacks.split(",") if name]
     scenarios = [SCENARIOS[name] for name in args.scenarios.split(",") if name]
     pin_server, pin_client = ([], []) if args.no_pin else pinning()
@@ -678,8 +789,11 @@ def main() -> None:
         "unavailable": {},
         "idle": [],
     }
-    print(f"load average before: {run['load_before']}; pinning server={run['pinning']['server']} "
-          f"loadgen={run['pinning']['loadgen']}", flush=True)
+    print(
+        f"load average before: {run['load_before']}; pinning server={run['pinning']['server']} "
+        f"loadgen={run['pinning']['loadgen']}",
+        flush=True,
+    )
 
     if not args.idle_only:
         for round_no in range(1, rounds + 1):
@@ -691,9 +805,10 @@ def main() -> None:
                 log_path = OUT / f"{stack.name}.log"
                 print(f"round {round_no}/{rounds}: {stack.name}", flush=True)
                 try:
-                    with running(stack, log_path, pin_server) as server, open(
-                        OUT / "loadgen.log", "ab"
-                    ) as log:
+                    with (
+                        running(stack, log_path, pin_server) as server,
+                        open(OUT / "loadgen.log", "ab") as log,
+                    ):
                         problem = check_stack(server, pin_client, log)
                         if problem:
                             run["unavailable"][stack.name] = problem
@@ -701,28 +816,44 @@ def main() -> None:
                             continue
                         for scenario in scenarios:
                             result = run_echo(server, scenario, warmup, duration, pin_client, log)
-                            result.update(round=round_no, stack=stack.name, scenario=scenario.name,
-                                          load=os.getloadavg()[0])
+                            result.update(
+                                round=round_no,
+                                stack=stack.name,
+                                scenario=scenario.name,
+                                load=os.getloadavg()[0],
+                            )
                             run["echo"].append(result)
-                            print(f"  {scenario.name:22} "
-                                  f"{result.get('msgs_per_s', 0):>10.0f} msg/s "
-                                  f"{result.get('mb_per_s', 0):>8.1f} MB/s "
-                                  f"p99 {result.get('p99_us', 0) / 1000:>7.2f} ms "
-                                  f"server {result.get('server_cpu_pct', 0):>5.1f}% "
-                                  f"client {result.get('client_cpu_pct', 0):>5.1f}% "
-                                  f"deflate {result.get('deflate', 0)} {result.get('error', '')}",
-                                  flush=True)
+                            print(
+                                f"  {scenario.name:22} "
+                                f"{result.get('msgs_per_s', 0):>10.0f} msg/s "
+                                f"{result.get('mb_per_s', 0):>8.1f} MB/s "
+                                f"p99 {result.get('p99_us', 0) / 1000:>7.2f} ms "
+                                f"server {result.get('server_cpu_pct', 0):>5.1f}% "
+                                f"client {result.get('client_cpu_pct', 0):>5.1f}% "
+                                f"deflate {result.get('deflate', 0)} {result.get('error', '')}",
+                                flush=True,
+                            )
                 except RuntimeError as exc:
                     run["unavailable"][stack.name] = str(exc)
                     print(f"  {exc}", flush=True)
 
     if not args.no_idle and STACKS[OURS] in stacks:
         for deflate in (False, True):
-            print(f"idle connections, {OURS}, deflate {'offered' if deflate else 'not offered'}",
-                  flush=True)
+            print(
+                f"idle connections, {OURS}, deflate {'offered' if deflate else 'not offered'}",
+                flush=True,
+            )
             try:
-                run["idle"].append(run_idle(STACKS[OURS], idle_steps, deflate, pin_server,
-                                            pin_client, OUT / f"{OURS}-idle.log"))
+                run["idle"].append(
+                    run_idle(
+                        STACKS[OURS],
+                        idle_steps,
+                        deflate,
+                        pin_server,
+                        pin_client,
+                        OUT / f"{OURS}-idle.log",
+                    )
+                )
             except RuntimeError as exc:
                 run["idle"].append({"stack": OURS, "deflate": deflate, "error": str(exc)})
 

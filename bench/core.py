@@ -195,9 +195,7 @@ def main() -> None:
             f"{name:<26} {small_us:>10.2f} µs/msg {small_us / ref_small:>13.2f}x"
             f" {large_mbs:>10.0f} MB/s {large_mbs / ref_large:>13.2f}x"
         )
-    print(
-        "\nGoals: 32 B echo <= 0.50x websockets' cost; 64 KiB receive >= 0.50x its MB/s."
-    )
+    print("\nGoals: 32 B echo <= 0.50x websockets' cost; 64 KiB receive >= 0.50x its MB/s.")
 
 
 if __name__ == "__main__":

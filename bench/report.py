@@ -43,9 +43,7 @@ def aggregate(run: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
         if _valid(result) and result.get("server_cpu_pct") is not None:
             # Server CPU per message: what a message costs whatever share of the CPU the
             # server got from a busy machine.
-            result["cpu_us_per_msg"] = (
-                result["server_cpu_pct"] / 100 * 1e6 / result["msgs_per_s"]
-            )
+            result["cpu_us_per_msg"] = result["server_cpu_pct"] / 100 * 1e6 / result["msgs_per_s"]
         groups.setdefault((result["stack"], result["scenario"]), []).append(result)
     table = {}
     for key, results in groups.items():
@@ -56,8 +54,16 @@ def aggregate(run: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
             "errors": sorted({r.get("error", "") for r in results if r.get("error")}),
         }
         if valid:
-            for field in ("msgs_per_s", "mb_per_s", "p50_us", "p99_us", "server_cpu_pct",
-                          "client_cpu_pct", "server_rss_mb", "cpu_us_per_msg"):
+            for field in (
+                "msgs_per_s",
+                "mb_per_s",
+                "p50_us",
+                "p99_us",
+                "server_cpu_pct",
+                "client_cpu_pct",
+                "server_rss_mb",
+                "cpu_us_per_msg",
+            ):
                 values = [r[field] for r in valid if field in r]
                 entry[field] = statistics.median(values) if values else None
                 entry[field + "_all"] = values
@@ -115,36 +121,47 @@ def markdown(run: dict[str, Any]) -> str:
     add("# dwebsocket benchmarks")
     add("")
     quick = " (quick smoke run: not for publication)" if run["quick"] else ""
-    add(f"Run of {run['started']}{quick}"
+    add(
+        f"Run of {run['started']}{quick}"
         f" with `make bench-servers` (`bench/compare.py`), {run['rounds']} round(s), "
         f"{run['warmup_s']:g} s warmup + {run['duration_s']:g} s measured per scenario; "
-        f"{run['minutes']} min in all.")
+        f"{run['minutes']} min in all."
+    )
     add("")
-    add(f"Machine: {m['cpus']} × {m['cpu'] or 'CPU'}, {m['memory_gb']} GiB, Linux {m['kernel']}, "
+    add(
+        f"Machine: {m['cpus']} × {m['cpu'] or 'CPU'}, {m['memory_gb']} GiB, Linux {m['kernel']}, "
         f"commit `{m['commit']}`. **Load average** before {_load(run['load_before'])}, "
         f"after {_load(run['load_after'])} (other work shared the machine: every figure is "
         "the median of the rounds, interleaved across stacks, and ratios compare stacks "
-        "measured in the same run).")
+        "measured in the same run)."
+    )
     add("")
     pin = run["pinning"]
-    add(f"Pinning: server `{pin['server']}`, load generator `{pin['loadgen']}`. "
+    add(
+        f"Pinning: server `{pin['server']}`, load generator `{pin['loadgen']}`. "
         "Each stack runs one process (one worker) serving the echo; multi-process servers "
         "(uWSGI's HTTP router + worker, gunicorn's arbiter + worker) share the server's core, "
-        "and their CPU and RSS are summed over their processes.")
+        "and their CPU and RSS are summed over their processes."
+    )
     add("")
     add("Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".")
     add("")
     if run.get("unavailable"):
-        add("Not measured: " + "; ".join(f"{labels.get(k, k)}: {why}"
-                                         for k, why in run["unavailable"].items()) + ".")
+        add(
+            "Not measured: "
+            + "; ".join(f"{labels.get(k, k)}: {why}" for k, why in run["unavailable"].items())
+            + "."
+        )
         add("")
 
     # -- what the issue asks -----------------------------------------------------------
     ours = labels.get(OURS, OURS)
     add("## What the issue asks")
     add("")
-    add("| claim | measured (this run) | ratio | per-round ratios | server CPU per message, "
-        "ours vs peer (ratio) | verdict |")
+    add(
+        "| claim | measured (this run) | ratio | per-round ratios | server CPU per message, "
+        "ours vs peer (ratio) | verdict |"
+    )
     add("|---|---|---|---|---|---|")
 
     def claim(peer: str, scenario: str, field: str, need: float | None, text: str) -> None:
@@ -162,27 +179,49 @@ def markdown(run: dict[str, Any]) -> str:
             verdict = "**met**" if ratio >= need else "**not met**"
         cpu_a = agg.get((OURS, scenario), {}).get("cpu_us_per_msg")
         cpu_b = agg.get((peer, scenario), {}).get("cpu_us_per_msg")
-        cpu = (f"{cpu_a:.1f} vs {cpu_b:.1f} µs ({_x(_ratio(cpu_b, cpu_a))})"
-               if cpu_a and cpu_b else "–")
-        add(f"| {text} | {measured} | {_x(ratio)} | "
-            f"{_per_round_ratios(run, scenario, field, peer)} | {cpu} | {verdict} |")
+        cpu = (
+            f"{cpu_a:.1f} vs {cpu_b:.1f} µs ({_x(_ratio(cpu_b, cpu_a))})"
+            if cpu_a and cpu_b
+            else "–"
+        )
+        add(
+            f"| {text} | {measured} | {_x(ratio)} | "
+            f"{_per_round_ratios(run, scenario, field, peer)} | {cpu} | {verdict} |"
+        )
 
-    claim("websockets", "text32-c100", "msgs_per_s", 2.0,
-          "32-byte echo, 100 connections: ≥ 2× websockets")
-    claim("channels-daphne", "text32-c100", "msgs_per_s", 10.0,
-          "32-byte echo, 100 connections: ≥ 10× Channels · daphne")
+    claim(
+        "websockets",
+        "text32-c100",
+        "msgs_per_s",
+        2.0,
+        "32-byte echo, 100 connections: ≥ 2× websockets",
+    )
+    claim(
+        "channels-daphne",
+        "text32-c100",
+        "msgs_per_s",
+        10.0,
+        "32-byte echo, 100 connections: ≥ 10× Channels · daphne",
+    )
     claim("uwsgi-native", "text32-c100", "msgs_per_s", None, "… against uWSGI native")
     claim("picows", "text32-c100", "msgs_per_s", None, "… against picows")
-    claim("websockets", "binary64k-c10", "mb_per_s", 1.0,
-          "64 KiB binary, 10 connections: ≥ websockets' MB/s")
+    claim(
+        "websockets",
+        "binary64k-c10",
+        "mb_per_s",
+        1.0,
+        "64 KiB binary, 10 connections: ≥ websockets' MB/s",
+    )
     idle_claim(run, add)
     add("")
-    add(f"Ratios are {ours} ÷ peer, of medians measured in this run. Reference figures are "
+    add(
+        f"Ratios are {ours} ÷ peer, of medians measured in this run. Reference figures are "
         "the issue's, from another machine. The verdicts judge measured throughput. Server "
         "CPU per message (CPU seconds of all the server's processes over the measured "
         "window ÷ messages) does not depend on how much of its core a busy machine left "
         "the server, so its ratio (peer ÷ ours: how many times less CPU a message costs "
-        "us) is the steadier figure when the load average is high.")
+        "us) is the steadier figure when the load average is high."
+    )
     add("")
 
     # -- 32-byte echo ------------------------------------------------------------------
@@ -190,47 +229,59 @@ def markdown(run: dict[str, Any]) -> str:
     add("")
     add("![32-byte echo](echo.png)")
     add("")
-    add("| stack | 1 conn | 10 conns | 100 conns | p50 ms | p99 ms | server CPU | "
-        f"CPU µs/msg | {ours} ÷ stack |")
+    add(
+        "| stack | 1 conn | 10 conns | 100 conns | p50 ms | p99 ms | server CPU | "
+        f"CPU µs/msg | {ours} ÷ stack |"
+    )
     add("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for s in present:
         c1 = agg.get((s, "text32-c1"), {})
         c10 = agg.get((s, "text32-c10"), {})
         c100 = agg.get((s, "text32-c100"), {})
         ratio = _ratio(agg.get((OURS, "text32-c100"), {}).get("msgs_per_s"), c100.get("msgs_per_s"))
-        add(f"| {labels[s]} | {_num(c1.get('msgs_per_s'))} | {_num(c10.get('msgs_per_s'))} | "
+        add(
+            f"| {labels[s]} | {_num(c1.get('msgs_per_s'))} | {_num(c10.get('msgs_per_s'))} | "
             f"{_num(c100.get('msgs_per_s'))} | {_ms(c100.get('p50_us'))} | "
             f"{_ms(c100.get('p99_us'))} | "
             f"{_num(c100.get('server_cpu_pct'))}% | {_num(c100.get('cpu_us_per_msg'), 1)} | "
-            f"{_x(ratio) if s != OURS else '1×'} |")
+            f"{_x(ratio) if s != OURS else '1×'} |"
+        )
     add("")
 
     # -- 64 KiB --------------------------------------------------------------------------
     add("## 64 KiB binary echo, 10 connections")
     add("")
-    add("MB/s of payload echoed (each message counted once). "
-        "![64 KiB and compression](throughput.png)")
+    add(
+        "MB/s of payload echoed (each message counted once). "
+        "![64 KiB and compression](throughput.png)"
+    )
     add("")
     add(f"| stack | MB/s | msg/s | p99 ms | server CPU | {ours} ÷ stack |")
     add("|---|--:|--:|--:|--:|--:|")
     for s in present:
         e = agg.get((s, "binary64k-c10"), {})
         ratio = _ratio(agg.get((OURS, "binary64k-c10"), {}).get("mb_per_s"), e.get("mb_per_s"))
-        add(f"| {labels[s]} | {_num(e.get('mb_per_s'))} | {_num(e.get('msgs_per_s'))} | "
+        add(
+            f"| {labels[s]} | {_num(e.get('mb_per_s'))} | {_num(e.get('msgs_per_s'))} | "
             f"{_ms(e.get('p99_us'))} | {_num(e.get('server_cpu_pct'))}% | "
-            f"{_x(ratio) if s != OURS else '1×'} |")
+            f"{_x(ratio) if s != OURS else '1×'} |"
+        )
     add("")
 
     # -- compression -----------------------------------------------------------------------
     add("## Compression (permessage-deflate) on vs off")
     add("")
-    add("The client offers `permessage-deflate; client_max_window_bits` (what browsers send) "
+    add(
+        "The client offers `permessage-deflate; client_max_window_bits` (what browsers send) "
         "and, where the server accepts, sends pre-compressed frames; it does not inflate the "
-        "replies. \"not negotiated\" means the server declined the offer and both directions "
-        "ran uncompressed.")
+        'replies. "not negotiated" means the server declined the offer and both directions '
+        "ran uncompressed."
+    )
     add("")
-    add("| stack | 32 B × 100 conns off | on | on ÷ off | 1 KiB JSON × 10 conns off | on | "
-        "on ÷ off | 1 KiB JSON frame on the wire |")
+    add(
+        "| stack | 32 B × 100 conns off | on | on ÷ off | 1 KiB JSON × 10 conns off | on | "
+        "on ÷ off | 1 KiB JSON frame on the wire |"
+    )
     add("|---|--:|--:|--:|--:|--:|--:|--:|")
     for s in present:
         t_off = agg.get((s, "text32-c100"), {})
@@ -243,12 +294,17 @@ def markdown(run: dict[str, Any]) -> str:
                 return "–"
             return _num(e.get("msgs_per_s")) + ("" if e.get("deflate") else " (not negotiated)")
 
-        frame = (f"{j_off.get('frame')} → {j_on.get('frame')} B" if j_on.get("deflate")
-                 else f"{j_off.get('frame', '–')} B")
-        add(f"| {labels[s]} | {_num(t_off.get('msgs_per_s'))} | {on(t_on)} | "
+        frame = (
+            f"{j_off.get('frame')} → {j_on.get('frame')} B"
+            if j_on.get("deflate")
+            else f"{j_off.get('frame', '–')} B"
+        )
+        add(
+            f"| {labels[s]} | {_num(t_off.get('msgs_per_s'))} | {on(t_on)} | "
             f"{_x(_ratio(t_on.get('msgs_per_s'), t_off.get('msgs_per_s')))} | "
             f"{_num(j_off.get('msgs_per_s'))} | {on(j_on)} | "
-            f"{_x(_ratio(j_on.get('msgs_per_s'), j_off.get('msgs_per_s')))} | {frame} |")
+            f"{_x(_ratio(j_on.get('msgs_per_s'), j_off.get('msgs_per_s')))} | {frame} |"
+        )
     add("")
 
     # -- idle ----------------------------------------------------------------------------------
@@ -257,20 +313,26 @@ def markdown(run: dict[str, Any]) -> str:
     # -- load generator headroom -----------------------------------------------------------
     add("## Is the load generator the bottleneck?")
     add("")
-    add("`bench/loadgen/loadgen.c`: one thread, epoll, every frame built and masked once, "
+    add(
+        "`bench/loadgen/loadgen.c`: one thread, epoll, every frame built and masked once, "
         "replies parsed by their header only. CPU is the share of one core during the "
         "measured window. A server at ~100% is saturated; the load generator's own share "
-        "shows how far it is from being the limit.")
+        "shows how far it is from being the limit."
+    )
     add("")
-    add("| stack, 32 B × 100 conns | msg/s | server CPU | load generator CPU | "
-        "load generator µs per message |")
+    add(
+        "| stack, 32 B × 100 conns | msg/s | server CPU | load generator CPU | "
+        "load generator µs per message |"
+    )
     add("|---|--:|--:|--:|--:|")
     for s in present:
         e = agg.get((s, "text32-c100"), {})
         rate, client = e.get("msgs_per_s"), e.get("client_cpu_pct")
         per_msg = f"{client / 100 / rate * 1e6:.1f}" if rate and client is not None else "–"
-        add(f"| {labels[s]} | {_num(rate)} | {_num(e.get('server_cpu_pct'))}% | "
-            f"{_num(client)}% | {per_msg} |")
+        add(
+            f"| {labels[s]} | {_num(rate)} | {_num(e.get('server_cpu_pct'))}% | "
+            f"{_num(client)}% | {per_msg} |"
+        )
     add("")
     add("Raw figures for every round: `results.json`.")
     add("")
@@ -294,15 +356,18 @@ def idle_claim(run: dict[str, Any], add: Any) -> None:
         why = ""
         if outcome.get("skipped"):
             why = f" (stopped at {top['target']:,}: {outcome['skipped'][0]['reason']})"
-        add(f"| idle, {mode}: 100,000 connections on one gevent process, all answering | "
+        add(
+            f"| idle, {mode}: 100,000 connections on one gevent process, all answering | "
             f"{reached}{why} | {top['kb_per_conn_idle']} KiB/conn idle, "
-            f"{top['kb_per_conn_after_probe']} KiB/conn after one message | | {verdict} |")
+            f"{top['kb_per_conn_after_probe']} KiB/conn after one message | | {verdict} |"
+        )
 
 
 def idle_section(run: dict[str, Any], add: Any) -> None:
     add("## Idle connections on one dwebsocket gevent.pywsgi process")
     add("")
-    add("Connections are opened in steps (source addresses 127.0.0.1–10, 500 handshakes in "
+    add(
+        "Connections are opened in steps (source addresses 127.0.0.1–10, 500 handshakes in "
         "flight); at each step the server's RSS is read, then every connection sends one "
         "32-byte message (compressed where deflate was negotiated) and must get its echo, "
         "then RSS is read again. *Idle* is what each connection added by the step costs "
@@ -310,18 +375,23 @@ def idle_section(run: dict[str, Any], add: Any) -> None:
         "added. *After one message* is (RSS after the probe − RSS of the warmed-up "
         "server) ÷ all open connections, every one of which has exchanged at least one "
         "message (with deflate, that is when the compressor is allocated). "
-        "![idle](idle.png)")
+        "![idle](idle.png)"
+    )
     add("")
-    add("| deflate | target | open | answered | open took | probe p99 | RSS idle | "
-        "KiB/conn idle | KiB/conn after one message |")
+    add(
+        "| deflate | target | open | answered | open took | probe p99 | RSS idle | "
+        "KiB/conn idle | KiB/conn after one message |"
+    )
     add("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for outcome in run.get("idle", []):
         mode = "negotiated" if outcome.get("deflate") else "not offered"
         for step in outcome.get("steps", []):
-            add(f"| {mode} | {step['target']:,} | {step['open']:,} | {step['answered']:,} | "
+            add(
+                f"| {mode} | {step['target']:,} | {step['open']:,} | {step['answered']:,} | "
                 f"{step['open_seconds']:.1f} s | {step['probe_p99_ms']:.0f} ms | "
                 f"{step['rss_idle_mb']:,.0f} MiB | {step['kb_per_conn_idle']} | "
-                f"{step['kb_per_conn_after_probe']} |")
+                f"{step['kb_per_conn_after_probe']} |"
+            )
         for skipped in outcome.get("skipped", []):
             add(f"| {mode} | {skipped['target']:,} | not run: {skipped['reason']} | | | | | | |")
         if outcome.get("error"):
@@ -346,8 +416,9 @@ def plots(run: dict[str, Any], out: Path) -> list[Path]:
 
     def barh(ax: Any, values: dict[str, float | None], title: str, xlabel: str) -> None:
         names = [s for s in present if values.get(s)]
-        ax.barh([labels[s] for s in names], [values[s] for s in names],
-                color=[colors[s] for s in names])
+        ax.barh(
+            [labels[s] for s in names], [values[s] for s in names], color=[colors[s] for s in names]
+        )
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
@@ -358,18 +429,32 @@ def plots(run: dict[str, Any], out: Path) -> list[Path]:
     # echo.png: msg/s at 1/10/100 connections, and latency at 100.
     fig, axes = plt.subplots(1, 4, figsize=(18, 0.5 * len(present) + 2), sharey=True)
     for ax, scenario, title in zip(
-        axes[:3], ["text32-c1", "text32-c10", "text32-c100"],
-        ["1 connection", "10 connections", "100 connections"], strict=True,
+        axes[:3],
+        ["text32-c1", "text32-c10", "text32-c100"],
+        ["1 connection", "10 connections", "100 connections"],
+        strict=True,
     ):
-        barh(ax, {s: agg.get((s, scenario), {}).get("msgs_per_s") for s in present},
-             f"32-byte echo, {title}", "messages/s (higher is better)")
+        barh(
+            ax,
+            {s: agg.get((s, scenario), {}).get("msgs_per_s") for s in present},
+            f"32-byte echo, {title}",
+            "messages/s (higher is better)",
+        )
     ax = axes[3]
     names = [s for s in present if agg.get((s, "text32-c100"), {}).get("p99_us")]
     ys = range(len(names))
-    ax.barh([labels[s] for s in names], [agg[(s, "text32-c100")]["p99_us"] / 1000 for s in names],
-            color="#dddddd", label="p99")
-    ax.barh([labels[s] for s in names], [agg[(s, "text32-c100")]["p50_us"] / 1000 for s in names],
-            color=[colors[s] for s in names], label="p50")
+    ax.barh(
+        [labels[s] for s in names],
+        [agg[(s, "text32-c100")]["p99_us"] / 1000 for s in names],
+        color="#dddddd",
+        label="p99",
+    )
+    ax.barh(
+        [labels[s] for s in names],
+        [agg[(s, "text32-c100")]["p50_us"] / 1000 for s in names],
+        color=[colors[s] for s in names],
+        label="p50",
+    )
     ax.set_xscale("log")
     ax.set_title("latency at 100 connections", fontsize=10)
     ax.set_xlabel("ms, log scale (lower is better)")
@@ -384,19 +469,29 @@ def plots(run: dict[str, Any], out: Path) -> list[Path]:
 
     # throughput.png: 64 KiB MB/s; compression on vs off.
     fig, axes = plt.subplots(1, 2, figsize=(14, 0.5 * len(present) + 2), sharey=True)
-    barh(axes[0], {s: agg.get((s, "binary64k-c10"), {}).get("mb_per_s") for s in present},
-         "64 KiB binary echo, 10 connections", "MB/s (higher is better)")
+    barh(
+        axes[0],
+        {s: agg.get((s, "binary64k-c10"), {}).get("mb_per_s") for s in present},
+        "64 KiB binary echo, 10 connections",
+        "MB/s (higher is better)",
+    )
     ax = axes[1]
     off = [agg.get((s, "json1k-c10"), {}).get("msgs_per_s") or 0 for s in present]
     on = [
         (agg.get((s, "json1k-c10-deflate"), {}).get("msgs_per_s") or 0)
-        if agg.get((s, "json1k-c10-deflate"), {}).get("deflate") else 0
+        if agg.get((s, "json1k-c10-deflate"), {}).get("deflate")
+        else 0
         for s in present
     ]
     y = list(range(len(present)))
     ax.barh([i - 0.2 for i in y], off, height=0.4, color="#999999", label="compression off")
-    ax.barh([i + 0.2 for i in y], on, height=0.4, color="#1f77b4",
-            label="permessage-deflate (0 = not supported)")
+    ax.barh(
+        [i + 0.2 for i in y],
+        on,
+        height=0.4,
+        color="#1f77b4",
+        label="permessage-deflate (0 = not supported)",
+    )
     ax.set_title("1 KiB JSON echo, 10 connections", fontsize=10)
     ax.set_xlabel("messages/s (higher is better)")
     ax.legend(fontsize=8)
@@ -416,10 +511,14 @@ def plots(run: dict[str, Any], out: Path) -> list[Path]:
                 continue
             mode = "deflate negotiated" if outcome["deflate"] else "no compression"
             xs = [st["open"] for st in steps]
-            ax.plot(xs, [st["kb_per_conn_idle"] for st in steps], marker="o",
-                    label=f"{mode}, idle")
-            ax.plot(xs, [st["kb_per_conn_after_probe"] for st in steps], marker="s",
-                    linestyle="--", label=f"{mode}, after one message")
+            ax.plot(xs, [st["kb_per_conn_idle"] for st in steps], marker="o", label=f"{mode}, idle")
+            ax.plot(
+                xs,
+                [st["kb_per_conn_after_probe"] for st in steps],
+                marker="s",
+                linestyle="--",
+                label=f"{mode}, after one message",
+            )
         ax.set_xlabel("open connections")
         ax.set_ylabel("server RSS per connection, KiB")
         ax.set_ylim(bottom=0)
@@ -436,8 +535,10 @@ def plots(run: dict[str, Any], out: Path) -> list[Path]:
 
 def _title(run: dict[str, Any]) -> str:
     m = run["machine"]
-    return (f"{run['started']}, {m['cpus']} CPUs, load {run['load_before'][0]:.1f}, "
-            f"median of {run['rounds']} round(s){' (quick)' if run['quick'] else ''}")
+    return (
+        f"{run['started']}, {m['cpus']} CPUs, load {run['load_before'][0]:.1f}, "
+        f"median of {run['rounds']} round(s){' (quick)' if run['quick'] else ''}"
+    )
 
 
 def write(run: dict[str, Any], out: Path) -> None:

@@ -46,5 +46,7 @@ def get_factory_class() -> type[WebSocketFactory]:
     try:
         cls: type[WebSocketFactory] = import_string(path)
     except ImportError as exc:
-        raise ImproperlyConfigured(f"WEBSOCKET_FACTORY_CLASS {path!r} cannot be imported: {exc}") from exc
+        raise ImproperlyConfigured(
+            f"WEBSOCKET_FACTORY_CLASS {path!r} cannot be imported: {exc}"
+        ) from exc
     return cls

@@ -58,8 +58,11 @@ def note_gunicorn_worker(worker: Any) -> GunicornWorker:
         "gunicorn.workers.gtornado.TornadoWorker": "tornado",
     }
     kind = next(
-        (kinds[f"{c.__module__}.{c.__qualname__}"] for c in cls.__mro__
-         if f"{c.__module__}.{c.__qualname__}" in kinds),
+        (
+            kinds[f"{c.__module__}.{c.__qualname__}"]
+            for c in cls.__mro__
+            if f"{c.__module__}.{c.__qualname__}" in kinds
+        ),
         f"{cls.__module__}.{cls.__qualname__}",
     )
     cfg = getattr(worker, "cfg", None)

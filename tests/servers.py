@@ -26,7 +26,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["OTHER_SERVERS", "SERVERS", "ServerProcess", "free_port", "running_server", "start_server"]
+__all__ = [
+    "OTHER_SERVERS",
+    "SERVERS",
+    "ServerProcess",
+    "free_port",
+    "running_server",
+    "start_server",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -38,20 +45,46 @@ STOP_TIMEOUT = 10.0
 #: Server name -> ``(host, port) -> argv``.
 SERVERS: dict[str, Callable[[str, int], list[str]]] = {
     "runserver": lambda host, port: [
-        sys.executable, str(TESTS / "manage.py"), "runserver", f"{host}:{port}", "--noreload",
+        sys.executable,
+        str(TESTS / "manage.py"),
+        "runserver",
+        f"{host}:{port}",
+        "--noreload",
     ],
     "gevent": lambda host, port: [sys.executable, str(TESTS / "run_gevent.py"), f"{host}:{port}"],
     # The command lines of docs/deployment.rst, word for word.
     "gunicorn-gevent": lambda host, port: [
-        _script("gunicorn"), "-c", "python:dwebsocket.contrib.gunicorn", "-k", "gevent",
-        "--workers", "2", "--worker-connections", "1000", "--bind", f"{host}:{port}", "tests.wsgi",
+        _script("gunicorn"),
+        "-c",
+        "python:dwebsocket.contrib.gunicorn",
+        "-k",
+        "gevent",
+        "--workers",
+        "2",
+        "--worker-connections",
+        "1000",
+        "--bind",
+        f"{host}:{port}",
+        "tests.wsgi",
     ],
     "gunicorn-gthread": lambda host, port: [
-        _script("gunicorn"), "-c", "python:dwebsocket.contrib.gunicorn", "-k", "gthread",
-        "--workers", "2", "--threads", "32", "--bind", f"{host}:{port}", "tests.wsgi",
+        _script("gunicorn"),
+        "-c",
+        "python:dwebsocket.contrib.gunicorn",
+        "-k",
+        "gthread",
+        "--workers",
+        "2",
+        "--threads",
+        "32",
+        "--bind",
+        f"{host}:{port}",
+        "tests.wsgi",
     ],
     "eventlet": lambda host, port: [
-        sys.executable, str(TESTS / "run_eventlet.py"), f"{host}:{port}",
+        sys.executable,
+        str(TESTS / "run_eventlet.py"),
+        f"{host}:{port}",
     ],
     # uWSGI: the uwsgi backend under --gevent and --async --ugreen, and the default
     # backend taking the connection over (tests/uwsgi/wsgi.py; docs/deployment.rst).
@@ -67,15 +100,31 @@ SERVERS: dict[str, Callable[[str, int], list[str]]] = {
 #: others (they expose no socket).
 OTHER_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
     "gunicorn-sync": lambda host, port: [
-        _script("gunicorn"), "-c", "python:dwebsocket.contrib.gunicorn",
-        "--workers", "1", "--bind", f"{host}:{port}", "tests.wsgi",
+        _script("gunicorn"),
+        "-c",
+        "python:dwebsocket.contrib.gunicorn",
+        "--workers",
+        "1",
+        "--bind",
+        f"{host}:{port}",
+        "tests.wsgi",
     ],
     "waitress": lambda host, port: [
-        _script("waitress-serve"), f"--listen={host}:{port}", "tests.wsgi:application",
+        _script("waitress-serve"),
+        f"--listen={host}:{port}",
+        "tests.wsgi:application",
     ],
     "granian": lambda host, port: [
-        _script("granian"), "--interface", "wsgi", "--host", host, "--port", str(port),
-        "--workers", "1", "tests.wsgi:application",
+        _script("granian"),
+        "--interface",
+        "wsgi",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "tests.wsgi:application",
     ],
 }
 
@@ -92,12 +141,24 @@ LOGGING = {
 def _uwsgi(host: str, port: int, backend: str, *loop: str) -> list[str]:
     """uWSGI serving tests/uwsgi/wsgi.py with ``backend`` ("uwsgi" or "default")."""
     return [
-        _script("uwsgi"), "--master", "--die-on-term", "--need-app", "--processes", "1",
-        "--http-socket", f"{host}:{port}", *loop, "--module", "tests.uwsgi.wsgi:application",
-        "--env", f"DWEBSOCKET_UWSGI_BACKEND={backend}", "--disable-logging",
+        _script("uwsgi"),
+        "--master",
+        "--die-on-term",
+        "--need-app",
+        "--processes",
+        "1",
+        "--http-socket",
+        f"{host}:{port}",
+        *loop,
+        "--module",
+        "tests.uwsgi.wsgi:application",
+        "--env",
+        f"DWEBSOCKET_UWSGI_BACKEND={backend}",
+        "--disable-logging",
         # uWSGI drops a frame over this many KiB without a close frame; above
         # WEBSOCKET_MAX_MESSAGE_SIZE the backend answers 1009 first (64 MiB: compliance).
-        "--websocket-max-size", "65536",
+        "--websocket-max-size",
+        "65536",
     ]
 
 
@@ -117,7 +178,14 @@ def free_port() -> int:
 class ServerProcess:
     """A running server; see the module docstring."""
 
-    def __init__(self, name: str, port: int, process: subprocess.Popen[bytes], log_path: Path, log_file: IO[bytes]) -> None:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        process: subprocess.Popen[bytes],
+        log_path: Path,
+        log_file: IO[bytes],
+    ) -> None:
         self.name = name
         self.host = HOST
         self.port = port

@@ -1,6 +1,6 @@
 """gevent-websocket's echo under ``gevent.pywsgi`` (monkey-patched), its documented setup.
 
-    python bench/stacks/gevent_websocket_echo.py 127.0.0.1:PORT
+python bench/stacks/gevent_websocket_echo.py 127.0.0.1:PORT
 """
 
 from gevent import monkey

@@ -69,9 +69,9 @@ def _py_apply_mask(data: bytes | bytearray | memoryview, key: bytes | bytearray)
     n = len(data)
     if n <= _CHUNK:
         key_stream = bytes(key) * ((n >> 2) + 1)
-        return (
-            int.from_bytes(data, "little") ^ int.from_bytes(key_stream[:n], "little")
-        ).to_bytes(n, "little")
+        return (int.from_bytes(data, "little") ^ int.from_bytes(key_stream[:n], "little")).to_bytes(
+            n, "little"
+        )
     key = bytes(key)
     if len(_CHUNK_KEYS) > 4096:
         _CHUNK_KEYS.clear()

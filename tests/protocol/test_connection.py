@@ -24,9 +24,7 @@ from .support import bytewise, close_frame, feed, frame, split, xor
 
 pytestmark = pytest.mark.usefixtures("masking")
 
-HYPOTHESIS = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+HYPOTHESIS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def server(**kwargs: object) -> Connection:
@@ -73,8 +71,12 @@ def test_rfc_examples_received_by_server() -> None:
 def test_rfc_examples_received_by_client() -> None:
     conn = Connection(client=True)
     events = conn.receive_data(
-        bytes.fromhex("810548656c6c6f") + bytes.fromhex("010348656c") + bytes.fromhex("80026c6f")
-        + bytes.fromhex("8a0548656c6c6f") + b"\x82\x7e\x01\x00" + bytes(256)
+        bytes.fromhex("810548656c6c6f")
+        + bytes.fromhex("010348656c")
+        + bytes.fromhex("80026c6f")
+        + bytes.fromhex("8a0548656c6c6f")
+        + b"\x82\x7e\x01\x00"
+        + bytes(256)
     )
     assert events == ["Hello", "Hello", Pong(b"Hello"), bytes(256)]
     assert conn.data_to_send() == b""
@@ -126,12 +128,17 @@ def test_control_frames_interleaved_in_fragmented_message() -> None:
 
 def test_fragmented_binary_and_multibyte_utf8_across_fragments() -> None:
     text = "€uro ✓ 𝄞".encode()
-    pieces = [frame(0x1 if i == 0 else 0x0, text[i : i + 1], fin=i == len(text) - 1)
-              for i in range(len(text))]
+    pieces = [
+        frame(0x1 if i == 0 else 0x0, text[i : i + 1], fin=i == len(text) - 1)
+        for i in range(len(text))
+    ]
     assert server().receive_data(b"".join(pieces)) == ["€uro ✓ 𝄞"]
     data = os.urandom(1000)
-    pieces = [frame(0x2, data[:10], fin=False), frame(0x0, data[10:500], fin=False),
-              frame(0x0, data[500:])]
+    pieces = [
+        frame(0x2, data[:10], fin=False),
+        frame(0x0, data[10:500], fin=False),
+        frame(0x0, data[500:]),
+    ]
     assert server().receive_data(b"".join(pieces)) == [data]
 
 
@@ -181,11 +188,9 @@ def test_control_frame_limits_on_send() -> None:
 
 STREAMS: list[tuple[str, bytes]] = [
     ("messages", frame(0x1, b"Hello") + frame(0x2, bytes(300)) + frame(0x2, bytes(70000))),
-    ("fragments", frame(0x1, b"caf", fin=False) + frame(0x9, b"!")
-     + frame(0x0, "é".encode())),
+    ("fragments", frame(0x1, b"caf", fin=False) + frame(0x9, b"!") + frame(0x0, "é".encode())),
     ("close", frame(0x1, b"a") + frame(0x8, b"\x03\xe8bye") + frame(0x1, b"ignored")),
-    ("bad utf-8", frame(0x1, b"ok", fin=False) + frame(0x0, b"\xff", fin=False)
-     + frame(0x0, b"z")),
+    ("bad utf-8", frame(0x1, b"ok", fin=False) + frame(0x0, b"\xff", fin=False) + frame(0x0, b"z")),
     ("bad opcode", frame(0x1, b"a") + frame(0x3, b"xyz")),
     ("too big", frame(0x2, b"a") + frame(0x2, bytes(2000))),
     ("eof mid-frame", frame(0x1, b"a") + frame(0x1, b"abcdef")[:5]),
@@ -199,7 +204,9 @@ def test_whole_and_bytewise_agree(name: str, stream: bytes) -> None:
     by_byte = server(max_message_size=1000)
     assert feed(by_byte, [*bytewise(stream), b""]) == expected
     assert (whole.state, whole.close_code, whole.error) == (
-        by_byte.state, by_byte.close_code, by_byte.error
+        by_byte.state,
+        by_byte.close_code,
+        by_byte.error,
     ) or str(whole.error) == str(by_byte.error)
 
 
@@ -216,8 +223,7 @@ def message_specs() -> st.SearchStrategy[list[tuple[str, object]]]:
         st.one_of(
             st.tuples(st.just("text"), st.text(max_size=300)),
             st.tuples(st.just("binary"), st.binary(max_size=300)),
-            st.tuples(st.just("fragments"), st.lists(st.text(max_size=40), min_size=1,
-                                                     max_size=5)),
+            st.tuples(st.just("fragments"), st.lists(st.text(max_size=40), min_size=1, max_size=5)),
             st.tuples(st.just("ping"), st.binary(max_size=125)),
         ),
         max_size=12,
@@ -257,9 +263,7 @@ def test_generated_streams_in_random_chunks(
     pieces = bytewise(stream) if bytewise_feed else split(stream, cuts)
     events, out = feed(server(), pieces)
     assert events == expected
-    pongs = b"".join(
-        bytes([0x8A, len(e.data)]) + e.data for e in expected if isinstance(e, Ping)
-    )
+    pongs = b"".join(bytes([0x8A, len(e.data)]) + e.data for e in expected if isinstance(e, Ping))
     assert out == pongs
 
 
@@ -273,8 +277,7 @@ VIOLATIONS: list[Violation] = [
     ("RSV3", frame(0x1, b"a", rsv=1), 1002, {}),
     ("RSV1 without extension", frame(0x1, b"a", rsv=4), 1002, {}),
     ("RSV1+RSV2 with deflate", frame(0x1, b"a", rsv=6), 1002, DEFLATE),
-    ("RSV1 on continuation", frame(0x1, b"a", fin=False) + frame(0x0, b"a", rsv=4), 1002,
-     DEFLATE),
+    ("RSV1 on continuation", frame(0x1, b"a", fin=False) + frame(0x0, b"a", rsv=4), 1002, DEFLATE),
     ("RSV1 on ping", frame(0x9, b"", rsv=4), 1002, DEFLATE),
     *[(f"reserved opcode {op}", frame(op, b""), 1002, {}) for op in (3, 4, 5, 6, 7)],
     *[(f"reserved opcode {op}", frame(op, b""), 1002, {}) for op in (11, 12, 13, 14, 15)],
@@ -283,36 +286,44 @@ VIOLATIONS: list[Violation] = [
     ("fragmented ping", frame(0x9, b"", fin=False), 1002, {}),
     ("fragmented close", frame(0x8, b"", fin=False), 1002, {}),
     ("continuation without start", frame(0x0, b"a"), 1002, {}),
-    ("text inside fragmented message", frame(0x1, b"a", fin=False) + frame(0x1, b"b"), 1002,
-     {}),
-    ("binary inside fragmented message", frame(0x2, b"a", fin=False) + frame(0x2, b"b"),
-     1002, {}),
+    ("text inside fragmented message", frame(0x1, b"a", fin=False) + frame(0x1, b"b"), 1002, {}),
+    ("binary inside fragmented message", frame(0x2, b"a", fin=False) + frame(0x2, b"b"), 1002, {}),
     ("64-bit length with MSB set", frame(0x2, b"", length=2**63, length_bytes=8), 1002, {}),
-    ("invalid UTF-8", frame(0x1, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"),
-     1007, {}),
-    ("invalid UTF-8 in fragment", frame(0x1, b"ok", fin=False) + frame(0x0, b"\xc0\xaf"),
-     1007, {}),
-    ("truncated UTF-8 at the end", frame(0x1, b"a", fin=False) + frame(0x0, b"\xe2\x82"),
-     1007, {}),
+    (
+        "invalid UTF-8",
+        frame(0x1, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"),
+        1007,
+        {},
+    ),
+    ("invalid UTF-8 in fragment", frame(0x1, b"ok", fin=False) + frame(0x0, b"\xc0\xaf"), 1007, {}),
+    ("truncated UTF-8 at the end", frame(0x1, b"a", fin=False) + frame(0x0, b"\xe2\x82"), 1007, {}),
     ("close payload of 1 byte", frame(0x8, b"\x03"), 1002, {}),
     ("close reason not UTF-8", frame(0x8, b"\x03\xe8\xff"), 1007, {}),
     ("frame over max_frame_size", frame(0x2, bytes(101)), 1009, {"max_frame_size": 100}),
-    ("message over max_message_size", frame(0x1, bytes(101)), 1009,
-     {"max_message_size": 100}),
-    ("fragments over max_message_size",
-     frame(0x2, bytes(60), fin=False) + frame(0x0, bytes(41)), 1009, {"max_message_size": 100}),
+    ("message over max_message_size", frame(0x1, bytes(101)), 1009, {"max_message_size": 100}),
+    (
+        "fragments over max_message_size",
+        frame(0x2, bytes(60), fin=False) + frame(0x0, bytes(41)),
+        1009,
+        {"max_message_size": 100},
+    ),
     ("corrupt compressed data", frame(0x1, b"\xff\xff\xff", rsv=4), 1002, DEFLATE),
-    ("compressed invalid UTF-8", frame(0x1, PerMessageDeflate().compress(b"\xff"), rsv=4),
-     1007, DEFLATE),
-    ("decompressed over max_message_size",
-     frame(0x2, PerMessageDeflate().compress(bytes(101)), rsv=4), 1009,
-     {**DEFLATE, "max_message_size": 100}),
+    (
+        "compressed invalid UTF-8",
+        frame(0x1, PerMessageDeflate().compress(b"\xff"), rsv=4),
+        1007,
+        DEFLATE,
+    ),
+    (
+        "decompressed over max_message_size",
+        frame(0x2, PerMessageDeflate().compress(bytes(101)), rsv=4),
+        1009,
+        {**DEFLATE, "max_message_size": 100},
+    ),
 ]
 
 
-@pytest.mark.parametrize(
-    "name,stream,code,kwargs", VIOLATIONS, ids=[v[0] for v in VIOLATIONS]
-)
+@pytest.mark.parametrize("name,stream,code,kwargs", VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
 def test_violation(name: str, stream: bytes, code: int, kwargs: dict[str, object]) -> None:
     if "deflate" in kwargs:
         kwargs = {**kwargs, "deflate": PerMessageDeflate()}
@@ -457,8 +468,24 @@ def test_limits_are_inclusive() -> None:
 
 # -- the closing handshake ---------------------------------------------------------------
 
-VALID_CODES = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
-               3000, 3999, 4000, 4999]
+VALID_CODES = [
+    1000,
+    1001,
+    1002,
+    1003,
+    1007,
+    1008,
+    1009,
+    1010,
+    1011,
+    1012,
+    1013,
+    1014,
+    3000,
+    3999,
+    4000,
+    4999,
+]
 INVALID_CODES = [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535]
 
 
@@ -599,11 +626,15 @@ def round_trip(
     return srv.receive_data(upstream), client.receive_data(downstream)
 
 
-@pytest.mark.parametrize("offer", [None, "permessage-deflate",
-                                   "permessage-deflate; server_no_context_takeover; "
-                                   "client_no_context_takeover",
-                                   "permessage-deflate; server_max_window_bits=8; "
-                                   "client_max_window_bits=9"])
+@pytest.mark.parametrize(
+    "offer",
+    [
+        None,
+        "permessage-deflate",
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        "permessage-deflate; server_max_window_bits=8; client_max_window_bits=9",
+    ],
+)
 def test_round_trip(offer: str | None) -> None:
     if offer is None:
         client, srv = Connection(client=True), Connection()
@@ -623,12 +654,13 @@ def test_round_trip(offer: str | None) -> None:
     assert srv.should_close_transport and not client.should_close_transport
 
 
-@given(st.lists(st.one_of(st.text(max_size=500), st.binary(max_size=500)), max_size=10),
-       st.booleans(), st.lists(st.integers(0, 6000), max_size=20))
+@given(
+    st.lists(st.one_of(st.text(max_size=500), st.binary(max_size=500)), max_size=10),
+    st.booleans(),
+    st.lists(st.integers(0, 6000), max_size=20),
+)
 @HYPOTHESIS
-def test_round_trip_property(
-    messages: list[str | bytes], compress: bool, cuts: list[int]
-) -> None:
+def test_round_trip_property(messages: list[str | bytes], compress: bool, cuts: list[int]) -> None:
     if compress:
         client_codec, server_codec = deflate_pair()
         client = Connection(client=True, deflate=client_codec)
@@ -697,7 +729,8 @@ def test_websockets_client_to_our_server(compress: bool) -> None:
     client.receive_data(out)  # type: ignore[attr-defined]
     frames = client.events_received()  # type: ignore[attr-defined]
     assert [(f.opcode.name, bytes(f.data)) for f in frames] == [
-        ("PONG", b"ping"), ("CLOSE", b"\x03\xe9")
+        ("PONG", b"ping"),
+        ("CLOSE", b"\x03\xe9"),
     ]
 
 
@@ -705,8 +738,13 @@ def test_websockets_client_to_our_server(compress: bool) -> None:
 def test_our_server_to_websockets_client(compress: bool) -> None:
     client, srv = websockets_client(compress)
     data = os.urandom(70_000)
-    wire = (srv.send_text("héllo" * 5000) + srv.send_binary(data) + srv.send_text("")
-            + srv.send_ping(b"x") + srv.send_close(1000, "bye"))
+    wire = (
+        srv.send_text("héllo" * 5000)
+        + srv.send_binary(data)
+        + srv.send_text("")
+        + srv.send_ping(b"x")
+        + srv.send_close(1000, "bye")
+    )
     client.receive_data(wire)  # type: ignore[attr-defined]
     frames = client.events_received()  # type: ignore[attr-defined]
     assert [(f.opcode.name, bytes(f.data)) for f in frames] == [
@@ -718,7 +756,8 @@ def test_our_server_to_websockets_client(compress: bool) -> None:
     ]
     # websockets answers the ping and the close; we read both.
     assert srv.receive_data(b"".join(client.data_to_send())) == [  # type: ignore[attr-defined]
-        Pong(b"x"), Close(1000, "bye")
+        Pong(b"x"),
+        Close(1000, "bye"),
     ]
 
 
@@ -734,10 +773,14 @@ def websockets_server(compress: bool) -> tuple[object, Connection]:
         max_size=None,
     )
     key = generate_key()
-    srv.receive_data(build_request(
-        "localhost", "/", key=key,
-        extensions=PerMessageDeflate.client_offer() if compress else None,
-    ))
+    srv.receive_data(
+        build_request(
+            "localhost",
+            "/",
+            key=key,
+            extensions=PerMessageDeflate.client_offer() if compress else None,
+        )
+    )
     [request] = srv.events_received()
     srv.send_response(srv.accept(request))  # type: ignore[arg-type]
     parsed = parse_response(b"".join(srv.data_to_send()), key)
@@ -760,9 +803,7 @@ def test_our_client_with_websockets_server(compress: bool) -> None:
     wire = b"".join(client.send_message(m) for m in messages) + client.send_ping(b"p")
     srv.receive_data(wire)  # type: ignore[attr-defined]
     frames = srv.events_received()  # type: ignore[attr-defined]
-    assert [bytes(f.data) for f in frames] == [
-        b"Hello", data, ("é" * 40000).encode(), b"", b"p"
-    ]
+    assert [bytes(f.data) for f in frames] == [b"Hello", data, ("é" * 40000).encode(), b"", b"p"]
     for m in messages:
         if isinstance(m, str):
             srv.send_text(m.encode())  # type: ignore[attr-defined]

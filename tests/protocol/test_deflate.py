@@ -22,59 +22,151 @@ def negotiate(offer: str) -> tuple[PerMessageDeflate, str] | None:
 MATRIX = [
     ("permessage-deflate", "permessage-deflate", False, False, 12, 15),
     ("PerMessage-Deflate", "permessage-deflate", False, False, 12, 15),
-    ("permessage-deflate; client_max_window_bits",
-     "permessage-deflate; client_max_window_bits=12", False, False, 12, 12),
-    ("permessage-deflate; client_max_window_bits=10",
-     "permessage-deflate; client_max_window_bits=10", False, False, 12, 10),
-    ("permessage-deflate; client_max_window_bits=15",
-     "permessage-deflate; client_max_window_bits=12", False, False, 12, 12),
-    ("permessage-deflate; client_max_window_bits=8",
-     "permessage-deflate; client_max_window_bits=8", False, False, 12, 8),
-    ("permessage-deflate; server_max_window_bits=10",
-     "permessage-deflate; server_max_window_bits=10", False, False, 10, 15),
-    ("permessage-deflate; server_max_window_bits=8",
-     "permessage-deflate; server_max_window_bits=8", False, False, 8, 15),
-    ("permessage-deflate; server_max_window_bits=15",
-     "permessage-deflate; server_max_window_bits=12", False, False, 12, 15),
-    ("permessage-deflate; server_no_context_takeover",
-     "permessage-deflate; server_no_context_takeover", True, False, 12, 15),
-    ("permessage-deflate; client_no_context_takeover",
-     "permessage-deflate; client_no_context_takeover", False, True, 12, 15),
-    ('permessage-deflate; client_no_context_takeover; server_no_context_takeover; '
-     'server_max_window_bits="9"; client_max_window_bits',
-     "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
-     "server_max_window_bits=9; client_max_window_bits=12", True, True, 9, 12),
+    (
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate; client_max_window_bits=12",
+        False,
+        False,
+        12,
+        12,
+    ),
+    (
+        "permessage-deflate; client_max_window_bits=10",
+        "permessage-deflate; client_max_window_bits=10",
+        False,
+        False,
+        12,
+        10,
+    ),
+    (
+        "permessage-deflate; client_max_window_bits=15",
+        "permessage-deflate; client_max_window_bits=12",
+        False,
+        False,
+        12,
+        12,
+    ),
+    (
+        "permessage-deflate; client_max_window_bits=8",
+        "permessage-deflate; client_max_window_bits=8",
+        False,
+        False,
+        12,
+        8,
+    ),
+    (
+        "permessage-deflate; server_max_window_bits=10",
+        "permessage-deflate; server_max_window_bits=10",
+        False,
+        False,
+        10,
+        15,
+    ),
+    (
+        "permessage-deflate; server_max_window_bits=8",
+        "permessage-deflate; server_max_window_bits=8",
+        False,
+        False,
+        8,
+        15,
+    ),
+    (
+        "permessage-deflate; server_max_window_bits=15",
+        "permessage-deflate; server_max_window_bits=12",
+        False,
+        False,
+        12,
+        15,
+    ),
+    (
+        "permessage-deflate; server_no_context_takeover",
+        "permessage-deflate; server_no_context_takeover",
+        True,
+        False,
+        12,
+        15,
+    ),
+    (
+        "permessage-deflate; client_no_context_takeover",
+        "permessage-deflate; client_no_context_takeover",
+        False,
+        True,
+        12,
+        15,
+    ),
+    (
+        "permessage-deflate; client_no_context_takeover; server_no_context_takeover; "
+        'server_max_window_bits="9"; client_max_window_bits',
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+        "server_max_window_bits=9; client_max_window_bits=12",
+        True,
+        True,
+        9,
+        12,
+    ),
     # Autobahn 13.7: the first acceptable offer wins.
-    ("permessage-deflate; server_no_context_takeover; server_max_window_bits=8, "
-     "permessage-deflate; server_no_context_takeover, permessage-deflate",
-     "permessage-deflate; server_no_context_takeover; server_max_window_bits=8",
-     True, False, 8, 15),
+    (
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=8, "
+        "permessage-deflate; server_no_context_takeover, permessage-deflate",
+        "permessage-deflate; server_no_context_takeover; server_max_window_bits=8",
+        True,
+        False,
+        8,
+        15,
+    ),
     # Declined offers are skipped, not errors.
-    ("x-webkit-deflate-frame, permessage-deflate; unknown=1, permessage-deflate",
-     "permessage-deflate", False, False, 12, 15),
-    ("permessage-deflate; server_max_window_bits=7, permessage-deflate; "
-     "server_no_context_takeover", "permessage-deflate; server_no_context_takeover",
-     True, False, 12, 15),
+    (
+        "x-webkit-deflate-frame, permessage-deflate; unknown=1, permessage-deflate",
+        "permessage-deflate",
+        False,
+        False,
+        12,
+        15,
+    ),
+    (
+        "permessage-deflate; server_max_window_bits=7, permessage-deflate; "
+        "server_no_context_takeover",
+        "permessage-deflate; server_no_context_takeover",
+        True,
+        False,
+        12,
+        15,
+    ),
 ]
 
 # The same offers with no caps configured (15 bits both ways).
 UNCAPPED = [
     ("permessage-deflate", "permessage-deflate", 15, 15),
     ("permessage-deflate; client_max_window_bits", "permessage-deflate", 15, 15),
-    ("permessage-deflate; client_max_window_bits=10",
-     "permessage-deflate; client_max_window_bits=10", 15, 10),
-    ("permessage-deflate; server_max_window_bits=15",
-     "permessage-deflate; server_max_window_bits=15", 15, 15),
-    ("permessage-deflate; server_max_window_bits=11",
-     "permessage-deflate; server_max_window_bits=11", 11, 15),
+    (
+        "permessage-deflate; client_max_window_bits=10",
+        "permessage-deflate; client_max_window_bits=10",
+        15,
+        10,
+    ),
+    (
+        "permessage-deflate; server_max_window_bits=15",
+        "permessage-deflate; server_max_window_bits=15",
+        15,
+        15,
+    ),
+    (
+        "permessage-deflate; server_max_window_bits=11",
+        "permessage-deflate; server_max_window_bits=11",
+        11,
+        15,
+    ),
 ]
 
 
 @pytest.mark.parametrize("offer,response,lbits,rbits", UNCAPPED)
 def test_negotiation_uncapped(offer: str, response: str, lbits: int, rbits: int) -> None:
     result = PerMessageDeflate.negotiate(
-        parse_extensions(offer), server_max_window_bits=15, client_max_window_bits=15,
-        level=9, mem_level=8,
+        parse_extensions(offer),
+        server_max_window_bits=15,
+        client_max_window_bits=15,
+        level=9,
+        mem_level=8,
     )
     assert result is not None
     codec, value = result
@@ -264,8 +356,9 @@ def test_bomb_is_bounded() -> None:
         PerMessageDeflate().decompress(bomb, 2**20)
     assert info.value.code == 1009
     assert time.perf_counter() - start < 1.0  # stopped early, not after 64 MiB
-    assert PerMessageDeflate().decompress(PerMessageDeflate().compress(b"x" * 100), 100) == \
-        b"x" * 100
+    assert (
+        PerMessageDeflate().decompress(PerMessageDeflate().compress(b"x" * 100), 100) == b"x" * 100
+    )
     with pytest.raises(PayloadTooBig):
         PerMessageDeflate().decompress(PerMessageDeflate().compress(b"x" * 101), 100)
 

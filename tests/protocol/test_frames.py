@@ -39,8 +39,9 @@ def test_apply_mask_rfc_example() -> None:
     assert frames.apply_mask(b"Hello", KEY) == bytes.fromhex("7f9f4d5158")
 
 
-@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 7, 8, 15, 16, 17, 63, 64, 65, 4095, 4096, 4097,
-                               8192, 8195, 65536, 65539])
+@pytest.mark.parametrize(
+    "n", [0, 1, 3, 4, 5, 7, 8, 15, 16, 17, 63, 64, 65, 4095, 4096, 4097, 8192, 8195, 65536, 65539]
+)
 def test_apply_mask_lengths(n: int) -> None:
     data = bytes(range(256)) * (n // 256 + 1)
     data = data[:n]
@@ -141,8 +142,24 @@ def test_encode_frame_rejects_invalid(kwargs: dict[str, object]) -> None:
 
 # -- close payloads (RFC 6455 5.5.1, 7.4) ---------------------------------------------
 
-VALID_CODES = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
-               3000, 3999, 4000, 4999]
+VALID_CODES = [
+    1000,
+    1001,
+    1002,
+    1003,
+    1007,
+    1008,
+    1009,
+    1010,
+    1011,
+    1012,
+    1013,
+    1014,
+    3000,
+    3999,
+    4000,
+    4999,
+]
 INVALID_CODES = [0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535]
 
 

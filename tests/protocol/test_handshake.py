@@ -106,18 +106,34 @@ def test_http_versions_accepted(version: str) -> None:
             {"sec_websocket_key": base64.b64encode(b"x" * 17).decode()},
             "invalid Sec-WebSocket-Key",
         ),
-        ("GET", "HTTP/1.1", {"sec_websocket_key": "dGhlIHNhbXBsZSBub25jZQ"},
-         "invalid Sec-WebSocket-Key"),
-        ("GET", "HTTP/1.1", {"sec_websocket_key": "dGhlIHNhbXBsZSBub25jZ*=="},
-         "invalid Sec-WebSocket-Key"),
+        (
+            "GET",
+            "HTTP/1.1",
+            {"sec_websocket_key": "dGhlIHNhbXBsZSBub25jZQ"},
+            "invalid Sec-WebSocket-Key",
+        ),
+        (
+            "GET",
+            "HTTP/1.1",
+            {"sec_websocket_key": "dGhlIHNhbXBsZSBub25jZ*=="},
+            "invalid Sec-WebSocket-Key",
+        ),
         ("GET", "HTTP/1.1", {"sec_websocket_key": "é" * 24}, "invalid Sec-WebSocket-Key"),
         ("GET", "HTTP/1.1", {"content_length": "5"}, "must not have a body"),
         ("GET", "HTTP/1.1", {"content_length": "x"}, "invalid Content-Length"),
         ("GET", "HTTP/1.1", {"transfer_encoding": "chunked"}, "must not have a body"),
-        ("GET", "HTTP/1.1", {"sec_websocket_protocol": "chat, sup@r"},
-         "invalid Sec-WebSocket-Protocol header"),
-        ("GET", "HTTP/1.1", {"sec_websocket_extensions": "permessage-deflate;"},
-         "invalid Sec-WebSocket-Extensions header"),
+        (
+            "GET",
+            "HTTP/1.1",
+            {"sec_websocket_protocol": "chat, sup@r"},
+            "invalid Sec-WebSocket-Protocol header",
+        ),
+        (
+            "GET",
+            "HTTP/1.1",
+            {"sec_websocket_extensions": "permessage-deflate;"},
+            "invalid Sec-WebSocket-Extensions header",
+        ),
     ],
 )
 def test_invalid_requests_400(
@@ -304,14 +320,25 @@ def test_parse_response_non_101_unchecked() -> None:
 @pytest.mark.parametrize(
     "raw,reason",
     [
-        (b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-         b"Sec-WebSocket-Accept: wrong\r\n\r\n", "Sec-WebSocket-Accept"),
-        (b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-         "Sec-WebSocket-Accept"),
-        (b"HTTP/1.1 101 OK\r\nConnection: Upgrade\r\n"
-         b"Sec-WebSocket-Accept: " + ACCEPT.encode() + b"\r\n\r\n", "Upgrade"),
-        (b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\n"
-         b"Sec-WebSocket-Accept: " + ACCEPT.encode() + b"\r\n\r\n", "Connection"),
+        (
+            b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: wrong\r\n\r\n",
+            "Sec-WebSocket-Accept",
+        ),
+        (
+            b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "Sec-WebSocket-Accept",
+        ),
+        (
+            b"HTTP/1.1 101 OK\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + ACCEPT.encode() + b"\r\n\r\n",
+            "Upgrade",
+        ),
+        (
+            b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Accept: " + ACCEPT.encode() + b"\r\n\r\n",
+            "Connection",
+        ),
         (b"HTTP/1.1 1O1 OK\r\n\r\n", "status line"),
         (b"HTTP/1.1 101 OK\r\nno colon\r\n\r\n", "header line"),
     ],

@@ -15,7 +15,10 @@ def test_core_imports_no_io() -> None:
         " if m in sys.modules))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         cwd=__file__.rsplit("/tests/", 1)[0],
     )
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
