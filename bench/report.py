@@ -124,7 +124,8 @@ def markdown(run: dict[str, Any]) -> str:
     add(
         f"Run of {run['started']}{quick}"
         f" with `make bench-servers` (`bench/compare.py`), {run['rounds']} round(s), "
-        f"{run['warmup_s']:g} s warmup + {run['duration_s']:g} s measured per scenario; "
+        f"{run['warmup_s']:g} s warmup + {run['duration_s']:g} s measured per scenario, "
+        f"each server warmed by {run.get('server_warm_s', 0):g} s of traffic first; "
         f"{run['minutes']} min in all."
     )
     add("")
@@ -205,6 +206,9 @@ def markdown(run: dict[str, Any]) -> str:
     )
     claim("uwsgi-native", "text32-c100", "msgs_per_s", None, "… against uWSGI native")
     claim("picows", "text32-c100", "msgs_per_s", None, "… against picows")
+    claim("gevent-raw", "text32-c100", "msgs_per_s", None,
+          "… against a raw gevent echo (no WebSocket code: the floor of one greenlet "
+          "per connection)")
     claim(
         "websockets",
         "binary64k-c10",
