@@ -73,12 +73,17 @@ bench: setup
 
 # dwebsocket against the other stacks (~40 min; QUICK=1 for a 3-minute smoke run);
 # writes docs/benchmarks/results.md and its plots.
-bench-servers: setup
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench-servers: setup $(BENCH_STAMP)
 	$(PY) bench/compare.py $(if $(QUICK),--quick)
 
 # One group message to 1,000 and 10,000 members over 4 processes, against Channels +
 # channels_redis group_send in the same run (~10 min; needs channels, channels_redis, daphne).
-bench-groups: setup
+bench-groups: setup $(BENCH_STAMP)
 	$(PY) bench/groups.py
 
 # Coverage-guided fuzzing (atheris, installed here) of each parser for FUZZ_SECONDS (60),
