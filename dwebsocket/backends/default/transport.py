@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import select
 import socket
 import sys
@@ -61,6 +62,7 @@ class Transport:
         self._waiter: _GeventReadWaiter | None = None
         self._waiter_checked = False
         self._db_checked = -1.0
+        self._send_fd = -1  # for try_send(): the fd, once known to be non-blocking
 
     def __repr__(self) -> str:
         return f"<Transport {self.server} fd={self.sock.fileno()}>"
@@ -76,6 +78,12 @@ class Transport:
         with contextlib.suppress(OSError):  # not TCP (a socketpair in tests)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(timeout)
+        # A timeout makes the fd O_NONBLOCK (for gevent's and eventlet's sockets too),
+        # which is what lets try_send() write to it directly.
+        with contextlib.suppress(OSError, ValueError):
+            fd = self.sock.fileno()
+            if not os.get_blocking(fd):
+                self._send_fd = fd
         return buffered
 
     def _drain_rfile(self) -> bytes:
@@ -157,6 +165,20 @@ class Transport:
         except OSError:
             return b""
 
+    def try_send(self, data: bytes) -> int:
+        """Write what the kernel takes now; return how many bytes that was (0 when its
+        buffer is full, or before :meth:`take_over`). Never blocks, not even cooperatively.
+
+        One ``write(2)`` on the non-blocking fd: ``sock.send`` would wait for room (a
+        socket with a timeout polls first; gevent's and eventlet's wait on EAGAIN).
+        Raises ``OSError`` when the connection is broken."""
+        if self._send_fd < 0:
+            return 0
+        try:
+            return os.write(self._send_fd, data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
     def shutdown(self) -> None:
         """``shutdown(SHUT_RDWR)``, never ``close()``: the server owns the socket.
 
@@ -167,6 +189,7 @@ class Transport:
 
     def release(self) -> None:
         """Tell the server the session is over (call after :meth:`shutdown`)."""
+        self._send_fd = -1  # the server may close it now, and the number be reused
         if self._waiter is not None:
             self._waiter.close()
         if self._on_release is not None:

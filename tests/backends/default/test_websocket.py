@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -235,6 +236,129 @@ def test_deliver_in_order_and_flusher_gone(holder: Holder) -> None:
         assert session.client.recv() == Close(1000, "")
         session.finish()
     assert ws._flusher is None or not ws._flusher.is_alive()
+
+
+def flushers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "dwebsocket-flusher"]
+
+
+def test_deliver_writes_directly_when_the_socket_has_room(holder: Holder) -> None:
+    with Session(holding_view(holder)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        ws = holder.ws
+        assert ws is not None
+        before = flushers()
+        for i in range(20):
+            ws.deliver(f"d{i}")
+            assert ws._flusher is None and not ws._outbox
+        assert flushers() == before
+        session.expect_101()
+        assert [session.client.recv() for _ in range(20)] == [f"d{i}" for i in range(20)]
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+@override_settings(WEBSOCKET_SEND_QUEUE_SIZE=64 << 20)
+def test_deliver_falls_back_to_a_flusher_when_the_socket_is_full(holder: Holder) -> None:
+    with Session(holding_view(holder)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        ws = holder.ws
+        assert ws is not None
+        pad = "x" * 4096
+        count = 0
+        while ws._flusher is None:  # the client reads nothing yet: the socketpair fills
+            assert count < 10_000, "the socket never filled up"
+            ws.deliver(f"{count}:{pad}")
+            count += 1
+        flusher = ws._flusher
+        assert flusher in flushers()
+        session.expect_101()
+        got = [session.client.recv() for _ in range(count)]
+        assert got == [f"{i}:{pad}" for i in range(count)]
+        flusher.join(TIMEOUT)
+        assert not flusher.is_alive() and ws._flusher is None
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+@override_settings(WEBSOCKET_SEND_QUEUE_SIZE=64 << 20)
+def test_deliver_and_send_keep_their_order_across_both_paths(holder: Holder) -> None:
+    with Session(holding_view(holder)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        ws = holder.ws
+        assert ws is not None
+        transport = ws._transport
+        direct: list[tuple[int, int]] = []  # (bytes written directly, bytes offered)
+        try_send = transport.try_send
+
+        def spy(data: bytes) -> int:
+            sent = try_send(data)
+            direct.append((sent, len(data)))
+            return sent
+
+        transport.try_send = spy  # type: ignore[method-assign]
+        pad = "x" * 1024
+        seen_flusher = threading.Event()
+
+        def interleave() -> None:  # one thread: deliver then send, so exactly m0 s0 m1 s1...
+            for i in range(200):
+                ws.deliver(f"m{i}:{pad}")
+                ws.send(f"s{i}:{pad}")
+
+        def deliver_only() -> None:
+            for i in range(200):
+                ws.deliver(f"d{i}:{pad}")
+                if ws._flusher is not None:
+                    seen_flusher.set()
+
+        threads = [threading.Thread(target=interleave), threading.Thread(target=deliver_only)]
+        for thread in threads:
+            thread.start()
+        seen_flusher.wait(TIMEOUT)  # the client reads once the socket has filled up
+        session.expect_101()
+        got = [str(session.client.recv()) for _ in range(600)]
+        for thread in threads:
+            thread.join(TIMEOUT)
+        ms = [m for m in got if m[0] in "ms"]
+        assert ms == [f"{k}{i}:{pad}" for i in range(200) for k in "ms"]
+        assert [m for m in got if m[0] == "d"] == [f"d{i}:{pad}" for i in range(200)]
+        assert seen_flusher.is_set()
+        assert any(sent == size for sent, size in direct)  # some went out directly
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+@override_settings(
+    WEBSOCKET_SEND_QUEUE_SIZE=1000, WEBSOCKET_PING_INTERVAL=None, WEBSOCKET_CLOSE_TIMEOUT=0.2
+)
+def test_overflow_releases_a_waiting_view_within_the_close_timeout() -> None:
+    ready = threading.Event()
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        seen["ws"] = ws = request.websocket
+        ws.accept()
+        ready.set()
+        seen["wait"] = ws.wait()  # no keepalive: only the overflow's close can end this
+        seen["returned"] = time.monotonic()
+        seen["code"] = ws.close_code
+
+    with Session(view) as session:
+        assert ready.wait(TIMEOUT)
+        time.sleep(0.05)  # let the view block in wait()
+        delivered = time.monotonic()
+        seen["ws"].deliver(b"x" * 2000)
+        data = read_until_eof(session.client.sock)  # never answers the close
+        session.finish()
+    head, _, data = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert split_frames(data) == ([(0x88, b"\x03\xf0send queue overflow")], b"")
+    assert seen["wait"] is None and seen["code"] == 1008
+    assert 0.15 <= seen["returned"] - delivered < 0.2 + 2.0  # 2 s: a loaded machine
 
 
 def test_session_ends_while_a_flusher_is_published_but_not_started(holder: Holder) -> None:
