@@ -160,6 +160,13 @@ class DefaultWebSocket(WebSocket):
             buffered = self._transport.take_over(self._io_timeout)
             with self._core:
                 self._conn = conn
+                # Messages delivered before the handshake go first: queued in the same step
+                # that lets deliver() encode new ones, so none can overtake them. The 101
+                # still leads, since we hold the write lock until it is sent.
+                early, self._early = self._early, []
+                self._early_size = 0
+                for message in early:
+                    self._append(conn.send_message(message))
             try:
                 self._transport.sock.sendall(response)
             except OSError as exc:
@@ -170,10 +177,6 @@ class DefaultWebSocket(WebSocket):
             with self._core:
                 self.subprotocol = subprotocol
                 self._accepted = True
-                early, self._early = self._early, []
-                self._early_size = 0
-                for message in early:
-                    self._append(conn.send_message(message))
         logger.debug(
             "WebSocket opened: %s %s via %s (subprotocol %s, compression %s)",
             self._peer(),

@@ -394,6 +394,38 @@ def test_deliver_before_accept_is_sent_after_the_101(holder: Holder) -> None:
         session.finish()
 
 
+def test_deliver_during_the_101_does_not_overtake_earlier_ones(holder: Holder) -> None:
+    # A group message may arrive from another thread while accept() writes the 101: it
+    # must follow the messages delivered before the handshake (it used to overtake them).
+    with Session(holding_view(holder, accept=False)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        ws = holder.ws
+        assert ws is not None
+        ws.deliver("first")
+        real = ws._transport.sock
+
+        class DeliverDuringThe101:
+            """The real socket, but another thread delivers just as the 101 is written."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def sendall(self, data: bytes) -> None:
+                real.sendall(data)
+                if data.startswith(b"HTTP/1.1 101"):
+                    late = threading.Thread(target=ws.deliver, args=("second",))
+                    late.start()
+                    late.join(TIMEOUT)
+
+        ws._transport.sock = DeliverDuringThe101()  # type: ignore[assignment]
+        ws.accept()
+        session.expect_101()
+        assert [session.client.recv(), session.client.recv()] == ["first", "second"]
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
 @override_settings(WEBSOCKET_SEND_QUEUE_SIZE=1000)
 def test_deliver_overflow_closes_1008_then_drops(
     holder: Holder, caplog: pytest.LogCaptureFixture
