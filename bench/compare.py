@@ -219,7 +219,9 @@ STACKS: dict[str, Stack] = {
             "gevent-raw",
             "raw gevent echo, no WebSocket library (floor)",
             lambda host, port: [
-                PY, str(BENCH / "stacks" / "gevent_raw_echo.py"), f"{host}:{port}",
+                PY,
+                str(BENCH / "stacks" / "gevent_raw_echo.py"),
+                f"{host}:{port}",
             ],
         ),
         Stack(
@@ -533,9 +535,7 @@ def run_echo(
         reader.close()
 
 
-def check_stack(
-    server: Server, pin: list[str], log: IO[bytes], warm: float = 0.0
-) -> str | None:
+def check_stack(server: Server, pin: list[str], log: IO[bytes], warm: float = 0.0) -> str | None:
     """One connection for half a second: None if the echo works, else why not. Then,
     if ``warm``, 10 connections for that long, not recorded: a fresh process is slower
     for its first seconds (the websockets server took 45 us of CPU per message fresh,

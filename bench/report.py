@@ -206,9 +206,13 @@ def markdown(run: dict[str, Any]) -> str:
     )
     claim("uwsgi-native", "text32-c100", "msgs_per_s", None, "… against uWSGI native")
     claim("picows", "text32-c100", "msgs_per_s", None, "… against picows")
-    claim("gevent-raw", "text32-c100", "msgs_per_s", None,
-          "… against a raw gevent echo (no WebSocket code: the floor of one greenlet "
-          "per connection)")
+    claim(
+        "gevent-raw",
+        "text32-c100",
+        "msgs_per_s",
+        None,
+        "… against a raw gevent echo (no WebSocket code: the floor of one greenlet per connection)",
+    )
     claim(
         "websockets",
         "binary64k-c10",
