@@ -415,6 +415,7 @@ def plots(run: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     agg = aggregate(run)
     labels = {name: info["label"] for name, info in run["stacks"].items()}
@@ -428,6 +429,10 @@ def plots(run: dict[str, Any], out: Path) -> list[Path]:
             [labels[s] for s in names], [values[s] for s in names], color=[colors[s] for s in names]
         )
         ax.invert_yaxis()
+        ax.locator_params(axis="x", nbins=4)
+        ax.xaxis.set_major_formatter(
+            ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}")
+        )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         for i, s in enumerate(names):
