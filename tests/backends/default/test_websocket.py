@@ -450,6 +450,44 @@ def test_deliver_overflow_closes_1008_then_drops(
     assert any("1008" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
 
 
+@override_settings(
+    WEBSOCKET_SEND_QUEUE_SIZE=1_000_000, WEBSOCKET_PING_INTERVAL=None, WEBSOCKET_CLOSE_TIMEOUT=0.2
+)
+def test_an_overflow_after_a_partial_write_keeps_the_stream_whole(holder: Holder) -> None:
+    # deliver() writes directly when nothing is queued; when the kernel takes only part of
+    # a frame, the rest is queued. An overflow before the flusher sends that rest used to
+    # drop it with the whole frames, so the close frame landed inside a payload.
+    with Session(holding_view(holder)) as session:
+        assert holder.ready.wait(TIMEOUT)
+        ws = holder.ws
+        assert ws is not None
+        session.expect_101()
+        gate = threading.Event()
+        run_flusher = ws._run_flusher
+
+        def gated_flusher() -> None:  # the flusher starts only once the overflow happened
+            gate.wait(TIMEOUT)
+            run_flusher()
+
+        ws._run_flusher = gated_flusher  # type: ignore[method-assign]
+        payload = b"x" * 300_000  # more than the socket's buffer takes at once
+        partial = False
+        for _ in range(100):  # the client reads nothing: the queue overflows
+            ws.deliver(payload)
+            partial = partial or ws._outbox_partial
+            if ws.is_closed():
+                break
+        gate.set()
+        assert ws.is_closed() and partial
+        data = read_until_eof(session.client.sock)
+        holder.release.set()
+        session.finish()
+    frames, trailing = split_frames(data)
+    assert trailing == b""
+    assert frames[-1] == (0x88, b"\x03\xf0send queue overflow")
+    assert set(frames[:-1]) == {(0x82, payload)}
+
+
 @override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.05)
 def test_close_waits_for_the_peer_then_gives_up() -> None:
     seen: dict[str, Any] = {}
