@@ -47,12 +47,23 @@ from typing import IO, Any
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "bench" / "groups"
+MEMBERS_SRC = HERE / "members.c"
+MEMBERS = HERE / "members"
 OUT = REPO / "bench" / "out"
 PY = sys.executable
 HOST = "127.0.0.1"
 SETUP_TIMEOUT = 300.0  # connecting 10,000 members to a slow stack
 ROUND_TIMEOUT = 120.0
 DJANGO_WEBSOCKET_REDIS_1000 = 1.5  # seconds, published figure (1,000 gevent subscribers)
+
+
+def build_members() -> None:
+    """Build the C member client (members.c) unless it is up to date."""
+    if MEMBERS.exists() and MEMBERS.stat().st_mtime >= MEMBERS_SRC.stat().st_mtime:
+        return
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(MEMBERS), str(MEMBERS_SRC)]
+    print("building the member client:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, timeout=120)
 
 
 def free_port() -> int:
@@ -250,8 +261,7 @@ def run_stack(
             clients.append(
                 processes.start(
                     [
-                        PY,
-                        str(HERE / "client.py"),
+                        *([str(MEMBERS)] if args.client == "c" else [PY, str(HERE / "client.py")]),
                         f"127.0.0.{10 + i}",
                         str(count),
                         "/member/",
@@ -340,8 +350,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--rounds", type=int, default=10, help="counted rounds per size")
     parser.add_argument("--pause", type=float, default=0.3, help="seconds between rounds")
+    parser.add_argument(
+        "--client",
+        choices=["c", "python"],
+        default="c",
+        help="member client: members.c (default; built with gcc) or client.py",
+    )
     parser.add_argument("--json", type=Path, default=OUT / "groups.json")
     args = parser.parse_args()
+    if args.client == "c":
+        build_members()
     sizes = [int(s) for s in args.sizes.split(",")]
     stacks = args.stacks.split(",")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -353,7 +371,7 @@ def main() -> None:
     results: dict[tuple[str, int], list[float]] = {}
     print(
         f"groups benchmark: {args.servers} server processes, {args.clients} client "
-        f"processes, {args.rounds} rounds; {os.cpu_count()} CPUs",
+        f"processes ({args.client}), {args.rounds} rounds; {os.cpu_count()} CPUs",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench-groups-") as workdir:
@@ -379,6 +397,7 @@ def main() -> None:
             {
                 "servers": args.servers,
                 "clients": args.clients,
+                "client": args.client,
                 "cpus": os.cpu_count(),
                 "results": [
                     {"stack": k[0], "members": k[1], "seconds": v} for k, v in results.items()
