@@ -287,25 +287,28 @@ def run_stack(
             flush=True,
         )
         times = []
-        dropped = 0
         for n in range(args.rounds + 1):
             time.sleep(args.pause)
             assert sender.stdin is not None
             sender.stdin.write(f"{n}\n".encode())
             sender.stdin.flush()
-            t0, last, done = None, 0.0, 0
-            for process, line in lines.read(ROUND_TIMEOUT):
-                if "dropped" in line:
-                    dropped += 1
-                    print(f"  {stack}: a server dropped a member (round {n})", flush=True)
-                if line.get("round") != n:
-                    continue
-                if process is sender:
-                    t0 = line["t0"]
-                else:
-                    last, done = max(last, line["last"]), done + 1
-                if t0 is not None and done == len(clients):
-                    break
+            t0, last, done, dropped = None, 0.0, 0, 0
+            try:
+                for process, line in lines.read(ROUND_TIMEOUT):
+                    dropped += "dropped" in line
+                    if line.get("round") != n:
+                        continue
+                    if process is sender:
+                        t0 = line["t0"]
+                    else:
+                        last, done = max(last, line["last"]), done + 1
+                    if t0 is not None and done == len(clients):
+                        break
+            except TimeoutError:
+                print(f"  {stack}: round {n} incomplete after {ROUND_TIMEOUT:.0f} s", flush=True)
+                break
+            if dropped:  # the members still open are the ones waited for
+                print(f"  {stack}: servers dropped {dropped} members (round {n})", flush=True)
             assert t0 is not None
             if n:  # round 0 warms up
                 times.append(last - t0)
@@ -382,11 +385,8 @@ def main() -> None:
                     redis_command(redis_port, "FLUSHALL")
                     results[(stack, size)] = run_stack(stack, size, args, redis_url, processes)
                     times = results[(stack, size)]
-                    print(
-                        f"  {stack}: {size} members: median "
-                        f"{1000 * statistics.median(times):.1f} ms",
-                        flush=True,
-                    )
+                    median = f"{1000 * statistics.median(times):.1f} ms" if times else "none"
+                    print(f"  {stack}: {size} members: median {median}", flush=True)
         finally:
             processes.stop_all()
     print()

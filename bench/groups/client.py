@@ -171,6 +171,9 @@ def main() -> None:
                 selector.unregister(m.sock)
                 alive -= 1
                 emit({"dropped": 1})
+                for n in [n for n, times in got.items() if len(times) >= alive]:
+                    times = got.pop(n)  # complete without it
+                    emit({"round": n, "first": min(times), "last": max(times), "alive": alive})
                 continue
             now = clock()
             m.buffer += data

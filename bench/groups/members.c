@@ -54,6 +54,16 @@ static int nmembers;
 static int epfd;
 static const char *source, *path;
 
+/* Per round: how many members have it, and the first and last times. */
+static int got[MAX_ROUNDS];
+static double first_t[MAX_ROUNDS], last_t[MAX_ROUNDS];
+
+static void report(int r, int alive) {
+    printf("{\"round\": %d, \"first\": %.6f, \"last\": %.6f, \"alive\": %d}\n", r,
+           first_t[r], last_t[r], alive);
+    got[r] = -nmembers - 1; /* reported: never again */
+}
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -198,9 +208,6 @@ int main(int argc, char **argv) {
 
     struct epoll_event in = {.events = EPOLLIN, .data.ptr = NULL};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &in) < 0) die("epoll_ctl stdin");
-    /* Per round: how many members have it, and the first and last times. */
-    static int got[MAX_ROUNDS];
-    static double first_t[MAX_ROUNDS], last_t[MAX_ROUNDS];
     int alive = nmembers;
     for (;;) {
         int n = epoll_wait(epfd, events, 512, -1);
@@ -222,6 +229,8 @@ int main(int argc, char **argv) {
                 close_member(m);
                 alive--;
                 printf("{\"dropped\": 1}\n");
+                for (int r = 0; r < MAX_ROUNDS; r++) /* rounds now complete without it */
+                    if (got[r] > 0 && got[r] >= alive) report(r, alive);
                 continue;
             }
             size_t off = 0, plen;
@@ -234,11 +243,7 @@ int main(int argc, char **argv) {
                 if (r < 0 || r >= MAX_ROUNDS) continue;
                 if (got[r]++ == 0) first_t[r] = t;
                 last_t[r] = t;
-                if (got[r] >= alive) {
-                    printf("{\"round\": %d, \"first\": %.6f, \"last\": %.6f, \"alive\": %d}\n", r,
-                           first_t[r], last_t[r], alive);
-                    got[r] = -nmembers - 1; /* reported: never again */
-                }
+                if (got[r] >= alive) report(r, alive);
             }
             consume(m, off);
         }
