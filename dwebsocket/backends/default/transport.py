@@ -62,7 +62,7 @@ class Transport:
         self._waiter: _GeventReadWaiter | None = None
         self._waiter_checked = False
         self._db_checked = -1.0
-        self._send_fd = -1  # for try_send(): the fd, once known to be non-blocking
+        self._nb_fd = -1  # for try_send() and recv(): the fd, once known to be non-blocking
 
     def __repr__(self) -> str:
         return f"<Transport {self.server} fd={self.sock.fileno()}>"
@@ -79,11 +79,12 @@ class Transport:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(timeout)
         # A timeout makes the fd O_NONBLOCK (for gevent's and eventlet's sockets too),
-        # which is what lets try_send() write to it directly.
+        # which is what lets try_send() and recv() use it directly. Not under TLS (a
+        # server's certfile): the bytes on the fd are TLS records.
         with contextlib.suppress(OSError, ValueError):
             fd = self.sock.fileno()
-            if not os.get_blocking(fd):
-                self._send_fd = fd
+            if not os.get_blocking(fd) and not hasattr(self.sock, "do_handshake"):
+                self._nb_fd = fd
         return buffered
 
     def _drain_rfile(self) -> bytes:
@@ -157,8 +158,14 @@ class Transport:
         return bool(readable)
 
     def recv(self) -> bytes:
-        """One ``recv``; b"" at EOF or when the connection broke. Call when readable."""
+        """One ``recv``; b"" at EOF or when the connection broke. Call when readable.
+
+        On a non-blocking fd, ``read(2)`` itself: the socket is readable, so what gevent's
+        or eventlet's ``recv()`` adds (a Python frame, a wait on EAGAIN) is not needed.
+        Raises ``BlockingIOError`` if it was not readable after all."""
         try:
+            if self._nb_fd >= 0:
+                return os.read(self._nb_fd, _RECV_SIZE)
             return self.sock.recv(_RECV_SIZE)
         except (TimeoutError, BlockingIOError, InterruptedError):
             raise
@@ -172,10 +179,10 @@ class Transport:
         One ``write(2)`` on the non-blocking fd: ``sock.send`` would wait for room (a
         socket with a timeout polls first; gevent's and eventlet's wait on EAGAIN).
         Raises ``OSError`` when the connection is broken."""
-        if self._send_fd < 0:
+        if self._nb_fd < 0:
             return 0
         try:
-            return os.write(self._send_fd, data)
+            return os.write(self._nb_fd, data)
         except (BlockingIOError, InterruptedError):
             return 0
 
@@ -189,7 +196,7 @@ class Transport:
 
     def release(self) -> None:
         """Tell the server the session is over (call after :meth:`shutdown`)."""
-        self._send_fd = -1  # the server may close it now, and the number be reused
+        self._nb_fd = -1  # the server may close it now, and the number be reused
         if self._waiter is not None:
             self._waiter.close()
         if self._on_release is not None:

@@ -1,0 +1,90 @@
+"""wss:// straight to the WSGI server: gunicorn with ``--certfile`` (gevent worker).
+
+Under TLS the bytes on the socket's fd are TLS records, so the default backend must read
+and write through the server's TLS socket, never the fd itself. Group delivery used to
+write frames to the fd directly (``deliver()``'s non-blocking fast path), which broke
+the TLS stream at the first group message.
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from tests.servers import ServerProcess, running_server
+from tests.wire import TIMEOUT
+
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command"),
+]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    argv = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    argv += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    argv += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        argv,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def server(
+    certificate: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    cert, key = certificate
+    log = tmp_path_factory.mktemp("tls-log") / "gunicorn.log"
+    # gunicorn reads extra command-line arguments from GUNICORN_CMD_ARGS.
+    env = {"GUNICORN_CMD_ARGS": f"--certfile {cert} --keyfile {key}"}
+    with running_server("gunicorn-gevent", log, env=env) as srv:
+        yield srv
+
+
+def wss(server: ServerProcess, certificate: tuple[Path, Path], path: str) -> ClientConnection:
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    return connect(
+        server.url(path, scheme="wss"),
+        ssl=context,
+        open_timeout=TIMEOUT,
+        close_timeout=TIMEOUT,
+        proxy=None,
+    )
+
+
+def test_echo_over_tls(server: ServerProcess, certificate: tuple[Path, Path]) -> None:
+    with wss(server, certificate, "/echo/") as client:
+        for i in range(20):
+            client.send(f"hello {i}")
+            assert client.recv(timeout=TIMEOUT) == f"hello {i}"
+        big = bytes(range(256)) * 256  # 64 KiB: several TLS records each way
+        client.send(big)
+        assert client.recv(timeout=TIMEOUT) == big
+        for i in range(50):  # a burst: many records in one read
+            client.send(f"burst {i}")
+        assert [client.recv(timeout=TIMEOUT) for _ in range(50)] == [
+            f"burst {i}" for i in range(50)
+        ]
+
+
+def test_group_messages_over_tls(server: ServerProcess, certificate: tuple[Path, Path]) -> None:
+    # The member view sends what it receives to its group, so each message comes back
+    # through deliver() (the in-process layer: one connection, one worker).
+    with wss(server, certificate, "/group/tls-room/") as client:
+        assert client.recv(timeout=TIMEOUT) == "joined"
+        for i in range(20):
+            client.send(f"to the group {i}")
+            assert client.recv(timeout=TIMEOUT) == f"to the group {i}"
