@@ -1,11 +1,12 @@
 """How long one group message takes to reach every member: dwebsocket vs Channels.
 
-    .venv/bin/python bench/groups.py                  # 1,000 and 10,000 members, ~5 min
+    .venv/bin/python bench/groups.py                  # 1,000 and 10,000 members, ~12 min
     .venv/bin/python bench/groups.py --sizes 1000 --rounds 3 --stacks dwebsocket
 
 For each stack and group size: SERVERS server processes, CLIENTS client processes holding
-the members (spread evenly over the servers, from 127.0.0.x source addresses), one sender
-process sending one message to the group, per round. A round's time runs from just
+the members (``groups/members.c``, built with gcc, or ``--client python`` for
+``groups/client.py``; spread evenly over the servers, from 127.0.0.x source addresses),
+one sender process sending one message to the group, per round. A round's time runs from just
 before the sender's call (``groups.send`` / ``group_send``) to the moment the last member
 has the message, both read from CLOCK_MONOTONIC (one clock for every process on the
 machine). The first round warms up and is not counted; the table shows the median of the
