@@ -25,9 +25,10 @@ from typing import Any, Protocol
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import BackendUnavailable
 
-__all__ = ["TAKEOVERS", "Transport", "find_transport", "takeover"]
+__all__ = ["RECV_SIZE", "TAKEOVERS", "Transport", "find_transport", "takeover"]
 
 _RECV_SIZE = 65536
+RECV_SIZE = _RECV_SIZE  # the most one recv() returns
 
 
 class BufferedStream(Protocol):
@@ -169,6 +170,18 @@ class Transport:
             return self.sock.recv(_RECV_SIZE)
         except (TimeoutError, BlockingIOError, InterruptedError):
             raise
+        except OSError:
+            return b""
+
+    def try_recv(self) -> bytes | None:
+        """What the socket has now, without waiting: None if nothing (or the fd is not
+        known to be non-blocking), b"" at EOF or when the connection broke."""
+        if self._nb_fd < 0:
+            return None
+        try:
+            return os.read(self._nb_fd, _RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
         except OSError:
             return b""
 

@@ -29,6 +29,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dwebsocket.backends.default.transport import RECV_SIZE
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import ConnectionClosed, InvalidState
 from dwebsocket.protocol.connection import Close, Connection, State
@@ -286,12 +287,23 @@ class DefaultWebSocket(WebSocket):
         if due is not None:
             until_due = max(0.0, due - time.monotonic())
             wait = until_due if wait is None else min(wait, until_due)
-        if self._transport.wait_readable(wait):
+        transport = self._transport
+        if transport.wait_readable(wait):
             try:
-                data = self._transport.recv()
+                data = transport.recv()
             except (TimeoutError, BlockingIOError, InterruptedError):
                 return
             self._receive(data)
+            # A read that filled the buffer and completed nothing (a frame longer than one
+            # read: 64 KiB messages are) likely left the rest in the socket: take it now
+            # rather than after another trip through the event loop. Bounded: each read
+            # adds to one frame, which the core fails past the message limit.
+            while len(data) == RECV_SIZE and not self._messages and not self._shut:
+                more = transport.try_recv()
+                if more is None:
+                    break
+                self._receive(more)
+                data = more
         else:
             self._keepalive()
 

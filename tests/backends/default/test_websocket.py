@@ -489,6 +489,39 @@ def test_an_overflow_after_a_partial_write_keeps_the_stream_whole(holder: Holder
 
 
 @override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.05)
+def test_a_message_longer_than_one_read_takes_one_wait() -> None:
+    # The rest of a frame that filled a read is taken at once, not after another trip
+    # through the wait (under gevent, the event loop): 64 KiB messages are such frames.
+    payload = bytes(range(256)) * 400  # 100 KiB: two reads
+    sent = threading.Event()
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws.accept()
+        transport = ws._transport
+        waits: list[float | None] = []
+        wait_readable = transport.wait_readable
+
+        def counting(timeout: float | None) -> bool:
+            waits.append(timeout)
+            return wait_readable(timeout)
+
+        transport.wait_readable = counting  # type: ignore[method-assign]
+        assert sent.wait(TIMEOUT)  # the whole frame is in the socket before the first read
+        seen["message"] = ws.wait(TIMEOUT)
+        seen["waits"] = len(waits)
+
+    with Session(view) as session:
+        session.expect_101()
+        session.client.sock.sendall(masked(0x2, payload))
+        sent.set()
+        session.finish()
+    assert seen == {"message": payload, "waits": 1}
+
+
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.05)
 def test_close_waits_for_the_peer_then_gives_up() -> None:
     seen: dict[str, Any] = {}
 
