@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from django.core import checks
 from django.core.handlers.wsgi import WSGIHandler
-from django.core.signals import request_finished
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
 from django.test import override_settings
 from django.urls import path
@@ -65,9 +66,16 @@ def finished() -> Any:
     def receiver(**kwargs: Any) -> None:
         fired.append(1)
 
+    # As Django's test client does: the handler's request signals would close database
+    # connections, which pytest-django forbids outside a db test once any test of this
+    # process has opened one (the order pytest -n gives).
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
     request_finished.connect(receiver)
     yield fired
     request_finished.disconnect(receiver)
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
 
 
 @override_settings(ROOT_URLCONF=__name__)
