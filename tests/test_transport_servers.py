@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -94,3 +97,39 @@ def test_no_socket_no_takeover(environ: dict[str, object], named: str) -> None:
     with pytest.raises(BackendUnavailable) as info:
         find_transport(environ)
     assert named in str(info.value)
+
+
+_EVENTLET_NO_YIELD = """
+import eventlet
+eventlet.monkey_patch()
+import socket
+from dwebsocket.backends.default.transport import Transport
+
+a, b = socket.socketpair()
+transport = Transport(a, server="eventlet")
+transport.take_over(5.0)
+ran = []
+eventlet.spawn(ran.append, 1)  # runs at the first switch to the hub
+assert transport.try_send(b"x" * 10) == 10
+assert transport.try_recv() is None  # nothing to read: no wait for it either
+b.sendall(b"pong")
+assert transport.try_recv() == b"pong"
+assert ran == [], "try_send/try_recv switched to eventlet's hub"
+eventlet.sleep(0)
+assert ran == [1]
+print("ok")
+"""
+
+
+def test_raw_reads_and_writes_never_wait_under_eventlet() -> None:
+    # eventlet's monkey-patching makes os.read/os.write wait in its hub before each call:
+    # a write that yielded let the session end and the fd be closed under it (EBADF).
+    pytest.importorskip("eventlet")
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _EVENTLET_NO_YIELD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.stdout.strip() == "ok", result.stderr

@@ -23,6 +23,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dwebsocket.db import release_idle_connections
+
+try:  # the C functions: eventlet's monkey-patching makes os.read/os.write wait in its hub
+    from posix import read as _read
+    from posix import write as _write
+except ImportError:  # pragma: no cover - Windows
+    from os import read as _read
+    from os import write as _write
 from dwebsocket.exceptions import BackendUnavailable
 
 __all__ = ["RECV_SIZE", "TAKEOVERS", "Transport", "find_transport", "takeover"]
@@ -166,7 +173,7 @@ class Transport:
         Raises ``BlockingIOError`` if it was not readable after all."""
         try:
             if self._nb_fd >= 0:
-                return os.read(self._nb_fd, _RECV_SIZE)
+                return _read(self._nb_fd, _RECV_SIZE)
             return self.sock.recv(_RECV_SIZE)
         except (TimeoutError, BlockingIOError, InterruptedError):
             raise
@@ -179,7 +186,7 @@ class Transport:
         if self._nb_fd < 0:
             return None
         try:
-            return os.read(self._nb_fd, _RECV_SIZE)
+            return _read(self._nb_fd, _RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
@@ -195,7 +202,7 @@ class Transport:
         if self._nb_fd < 0:
             return 0
         try:
-            return os.write(self._nb_fd, data)
+            return _write(self._nb_fd, data)
         except (BlockingIOError, InterruptedError):
             return 0
 
