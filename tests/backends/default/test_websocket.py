@@ -30,6 +30,12 @@ class Holder:
         self.ws: DefaultWebSocket | None = None
         self.seen: dict[str, Any] = {}
 
+    def websocket(self) -> DefaultWebSocket:
+        """The view's websocket, once the view is ready."""
+        assert self.ready.wait(TIMEOUT)
+        assert self.ws is not None
+        return self.ws
+
 
 def holding_view(holder: Holder, *, accept: bool = True):  # type: ignore[no-untyped-def]
     @require_websocket
@@ -216,9 +222,7 @@ def test_count_messages_drains_without_blocking(holder: Holder) -> None:
 
 def test_deliver_in_order_and_flusher_gone(holder: Holder) -> None:
     with Session(holding_view(holder)) as session:
-        assert holder.ready.wait(TIMEOUT)
-        ws = holder.ws
-        assert ws is not None
+        ws = holder.websocket()
 
         def produce() -> None:
             for i in range(50):
@@ -244,9 +248,7 @@ def flushers() -> list[threading.Thread]:
 
 def test_deliver_writes_directly_when_the_socket_has_room(holder: Holder) -> None:
     with Session(holding_view(holder)) as session:
-        assert holder.ready.wait(TIMEOUT)
-        ws = holder.ws
-        assert ws is not None
+        ws = holder.websocket()
         before = flushers()
         for i in range(20):
             ws.deliver(f"d{i}")
@@ -262,9 +264,7 @@ def test_deliver_writes_directly_when_the_socket_has_room(holder: Holder) -> Non
 @override_settings(WEBSOCKET_SEND_QUEUE_SIZE=64 << 20)
 def test_deliver_falls_back_to_a_flusher_when_the_socket_is_full(holder: Holder) -> None:
     with Session(holding_view(holder)) as session:
-        assert holder.ready.wait(TIMEOUT)
-        ws = holder.ws
-        assert ws is not None
+        ws = holder.websocket()
         pad = "x" * 4096
         count = 0
         while ws._flusher is None:  # the client reads nothing yet: the socketpair fills
@@ -286,9 +286,7 @@ def test_deliver_falls_back_to_a_flusher_when_the_socket_is_full(holder: Holder)
 @override_settings(WEBSOCKET_SEND_QUEUE_SIZE=64 << 20)
 def test_deliver_and_send_keep_their_order_across_both_paths(holder: Holder) -> None:
     with Session(holding_view(holder)) as session:
-        assert holder.ready.wait(TIMEOUT)
-        ws = holder.ws
-        assert ws is not None
+        ws = holder.websocket()
         transport = ws._transport
         direct: list[tuple[int, int]] = []  # (bytes written directly, bytes offered)
         try_send = transport.try_send
@@ -365,9 +363,7 @@ def test_session_ends_while_a_flusher_is_published_but_not_started(holder: Holde
     # deliver() publishes the flusher under its lock and starts it just after; a view that
     # ends in between must not join a thread that has not started (it used to raise).
     with Session(holding_view(holder)) as session:
-        assert holder.ready.wait(TIMEOUT)
-        ws = holder.ws
-        assert ws is not None
+        ws = holder.websocket()
         late = threading.Thread(target=ws._run_flusher)
         ws._flusher = late
         holder.release.set()
@@ -382,9 +378,7 @@ def test_session_ends_while_a_flusher_is_published_but_not_started(holder: Holde
 
 def test_deliver_before_accept_is_sent_after_the_101(holder: Holder) -> None:
     with Session(holding_view(holder, accept=False)) as session:
-        assert holder.ready.wait(TIMEOUT)
-        ws = holder.ws
-        assert ws is not None
+        ws = holder.websocket()
         ws.deliver("early")
         ws.accept()
         session.expect_101()
@@ -398,9 +392,7 @@ def test_deliver_during_the_101_does_not_overtake_earlier_ones(holder: Holder) -
     # A group message may arrive from another thread while accept() writes the 101: it
     # must follow the messages delivered before the handshake (it used to overtake them).
     with Session(holding_view(holder, accept=False)) as session:
-        assert holder.ready.wait(TIMEOUT)
-        ws = holder.ws
-        assert ws is not None
+        ws = holder.websocket()
         ws.deliver("first")
         real = ws._transport.sock
 
@@ -434,9 +426,7 @@ def test_deliver_overflow_closes_1008_then_drops(
         caplog.at_level(logging.INFO, logger="dwebsocket"),
         Session(holding_view(holder)) as session,
     ):
-        assert holder.ready.wait(TIMEOUT)
-        ws = holder.ws
-        assert ws is not None
+        ws = holder.websocket()
         ws.deliver(b"x" * 2000)
         ws.deliver("dropped silently")
         session.expect_101()
@@ -458,9 +448,7 @@ def test_an_overflow_after_a_partial_write_keeps_the_stream_whole(holder: Holder
     # a frame, the rest is queued. An overflow before the flusher sends that rest used to
     # drop it with the whole frames, so the close frame landed inside a payload.
     with Session(holding_view(holder)) as session:
-        assert holder.ready.wait(TIMEOUT)
-        ws = holder.ws
-        assert ws is not None
+        ws = holder.websocket()
         session.expect_101()
         gate = threading.Event()
         run_flusher = ws._run_flusher
