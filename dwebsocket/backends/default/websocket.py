@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dwebsocket.backends.default.transport import RECV_SIZE
@@ -248,10 +249,11 @@ class DefaultWebSocket(WebSocket):
             if not (reading.acquire() if remaining is None else reading.acquire(timeout=remaining)):
                 return None
             try:
-                if not self._messages and not self.is_closed():
+                conn = self._conn
+                if not messages and not self._shut and (conn is None or conn.state is _OPEN):
                     self._read_once(remaining)
             finally:
-                self._reading.release()
+                reading.release()
 
     def read(self, fallback: _T | None = None) -> Message | _T | None:
         """Return a message that is ready now, or ``fallback``. Never blocks."""
@@ -282,30 +284,40 @@ class DefaultWebSocket(WebSocket):
             data, self._unfed = self._unfed, b""
             self._receive(data)
             return
-        due = self._keepalive_due()
         wait = limit
-        if due is not None:
-            until_due = max(0.0, due - time.monotonic())
-            wait = until_due if wait is None else min(wait, until_due)
+        if self._ping_interval is not None:  # when _keepalive() has something to do
+            sent = self._ping_sent_at
+            if sent is None:
+                due: float | None = self._last_heard + self._ping_interval
+            else:
+                due = None if self._ping_timeout is None else sent + self._ping_timeout
+            if due is not None:
+                until_due = due - _monotonic()  # if due, wait_readable() just looks
+                if wait is None or until_due < wait:
+                    wait = until_due
         transport = self._transport
-        if transport.wait_readable(wait):
-            try:
-                data = transport.recv()
-            except (TimeoutError, BlockingIOError, InterruptedError):
-                return
-            self._receive(data)
-            # A read that filled the buffer and completed nothing (a frame longer than one
-            # read: 64 KiB messages are) likely left the rest in the socket: take it now
-            # rather than after another trip through the event loop. Bounded: each read
-            # adds to one frame, which the core fails past the message limit.
-            while len(data) == RECV_SIZE and not self._messages and not self._shut:
-                more = transport.try_recv()
-                if more is None:
-                    break
-                self._receive(more)
-                data = more
+        if not transport.wait_readable(wait):
+            self._keepalive()  # if due; else the caller looks at the time again
+            return
+        try:
+            data = transport.recv()
+        except (TimeoutError, BlockingIOError, InterruptedError):
+            return
+        conn = self._conn
+        if conn is not None and conn.deflate is None:
+            self._feed(data)
         else:
-            self._keepalive()
+            self._receive(data)
+        # A read that filled the buffer and completed nothing (a frame longer than one
+        # read: 64 KiB messages are) likely left the rest in the socket: take it now
+        # rather than after another trip through the event loop. Bounded: each read
+        # adds to one frame, which the core fails past the message limit.
+        while len(data) == RECV_SIZE and not self._messages and not self._shut:
+            more = transport.try_recv()
+            if more is None:
+                break
+            self._receive(more)
+            data = more
 
     def _read_ready(self) -> None:
         """Feed the core whatever the socket has now, without blocking, while the view's
@@ -358,7 +370,7 @@ class DefaultWebSocket(WebSocket):
     def _feed(self, data: bytes) -> None:
         """Give received bytes (b"" for EOF) to the core and act on its events."""
         if data:
-            self._last_heard = time.monotonic()
+            self._last_heard = _monotonic()
             self._ping_sent_at = None
         with self._core:
             conn = self._conn
@@ -387,16 +399,6 @@ class DefaultWebSocket(WebSocket):
             self._shutdown(close.code, close.reason)
 
     # -- keepalive ----------------------------------------------------------------------
-
-    def _keepalive_due(self) -> float | None:
-        """When :meth:`_keepalive` has something to do, or None."""
-        if self._ping_interval is None or self.is_closed():
-            return None
-        if self._ping_sent_at is None:
-            return self._last_heard + self._ping_interval
-        if self._ping_timeout is None:
-            return None
-        return self._ping_sent_at + self._ping_timeout
 
     def _keepalive(self) -> None:
         if self._ping_interval is None or self.is_closed():
@@ -439,7 +441,10 @@ class DefaultWebSocket(WebSocket):
                 if self._shut or conn is None or conn.state is not _OPEN:
                     raise self._closed_error()
                 try:
-                    frame = conn.send_message(message)
+                    if type(message) is str:
+                        frame = conn.send_text(message)
+                    else:
+                        frame = conn.send_message(message)
                 except InvalidState:
                     raise self._closed_error() from None
                 pending = self._take_outbox() if self._outbox else b""
@@ -597,12 +602,7 @@ class DefaultWebSocket(WebSocket):
         if self._shut:
             return False
         try:
-            # One write(2) takes the whole frame unless the socket buffer is full; gevent's
-            # sendall() costs a getsockopt() and a memoryview per call first, and its
-            # send() a Python frame. sendall() then waits for room for the rest.
-            sent = self._transport.try_send(data)
-            if sent < len(data):
-                self._transport.sock.sendall(memoryview(data)[sent:] if sent else data)
+            self._transport.sendall(data)
         except OSError as exc:
             logger.debug("WebSocket write to %s failed: %r", self._peer(), exc)
             self._shutdown(1006)
