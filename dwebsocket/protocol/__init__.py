@@ -12,6 +12,6 @@ Modules:
 - :mod:`.connection` ``Connection``: the state machine that turns received bytes into
                      events (``str``/``bytes`` messages, ``Ping``, ``Pong``, ``Close``) and
                      outgoing messages into bytes.
-- ``_speedups``      optional C masking (built by ``setup.py`` when a compiler is there);
-                     :mod:`.frames` falls back to pure Python without it.
+- ``_speedups``      optional C masking and the receive loop's fast path (built by
+                     ``setup.py`` when a compiler is there); pure Python without it.
 """

@@ -3,6 +3,9 @@
  *
  *   apply_mask(data, key) -> bytes      data: any bytes-like object, key: 4 bytes
  *   unmask(buf, start, end) -> bytes    buf[start:end] XOR the key at buf[start-4:start]
+ *   scan_messages(buf, pos, masked, max_length, out) -> int
+ *       the receive loop's fast path: appends the messages of the whole, unfragmented,
+ *       uncompressed data frames from buf[pos:] to the list out; returns where it stopped
  *
  * unmask() lets the receive loop unmask a payload straight out of its buffer, without
  * slicing out the payload and the key first. frames.py holds the pure-Python versions,
@@ -128,11 +131,154 @@ done:
     return result;
 }
 
+/*
+ * scan_messages(buf, pos, masked, max_length, out) -> int
+ *
+ * From buf[pos:], while the next frame is a whole final text or binary frame with no RSV
+ * bit, masked iff ``masked``, of at most ``max_length`` bytes of payload: unmask it,
+ * decode it (text, strict UTF-8) and append the str or bytes to ``out``. Returns the
+ * offset of the first frame it did not take (incomplete, anything else, or invalid UTF-8),
+ * for connection.py's Python loop to take on from: the same rules, the same results.
+ */
+static PyObject *
+scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer buf;
+    Py_ssize_t pos, max_length, n;
+    int masked;
+    PyObject *out;
+    const uint8_t *base;
+    uint8_t stack[128];
+
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_messages() takes exactly 5 arguments (buf, pos, masked, max_length, out)");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    masked = PyObject_IsTrue(args[2]);
+    if (masked < 0) {
+        return NULL;
+    }
+    max_length = PyLong_AsSsize_t(args[3]);
+    if (max_length == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    out = args[4];
+    if (!PyList_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "scan_messages(): out must be a list");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    base = (const uint8_t *)buf.buf;
+    n = buf.len;
+    if (pos < 0) {
+        pos = n;
+    }
+    while (n - pos >= 2) {
+        uint8_t b0 = base[pos], b1 = base[pos + 1];
+        Py_ssize_t start, length = b1 & 0x7F, end;
+        PyObject *message;
+
+        if ((b0 != 0x81 && b0 != 0x82) || ((b1 & 0x80) != 0) != (masked != 0)) {
+            break;
+        }
+        if (length < 126) {
+            start = pos + 2;
+        }
+        else if (length == 126) {
+            if (n - pos < 4) {
+                break;
+            }
+            length = ((Py_ssize_t)base[pos + 2] << 8) | base[pos + 3];
+            start = pos + 4;
+        }
+        else {
+            uint64_t big = 0;
+            int i;
+            if (n - pos < 10) {
+                break;
+            }
+            for (i = 0; i < 8; i++) {
+                big = (big << 8) | base[pos + 2 + i];
+            }
+            if (big > (uint64_t)PY_SSIZE_T_MAX) {
+                break;
+            }
+            length = (Py_ssize_t)big;
+            start = pos + 10;
+        }
+        if (masked) {
+            start += 4;
+        }
+        if (length > max_length || start > n || length > n - start) {
+            break;
+        }
+        end = start + length;
+        if (b0 == 0x81) {
+            const char *text = (const char *)base + start;
+            uint8_t *tmp = NULL;
+            if (masked) {
+                tmp = length <= (Py_ssize_t)sizeof(stack) ? stack : PyMem_Malloc(length);
+                if (tmp == NULL) {
+                    PyErr_NoMemory();
+                    goto error;
+                }
+                xor_mask(base + start, tmp, length, base + start - 4);
+                text = (const char *)tmp;
+            }
+            message = PyUnicode_DecodeUTF8(text, length, "strict");
+            if (tmp != NULL && tmp != stack) {
+                PyMem_Free(tmp);
+            }
+            if (message == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    goto error;
+                }
+                PyErr_Clear(); /* the Python loop fails the connection with 1007 */
+                break;
+            }
+        }
+        else {
+            message = PyBytes_FromStringAndSize(NULL, length);
+            if (message == NULL) {
+                goto error;
+            }
+            if (masked) {
+                xor_mask(base + start, (uint8_t *)PyBytes_AS_STRING(message), length,
+                         base + start - 4);
+            }
+            else {
+                memcpy(PyBytes_AS_STRING(message), base + start, length);
+            }
+        }
+        if (PyList_Append(out, message) < 0) {
+            Py_DECREF(message);
+            goto error;
+        }
+        Py_DECREF(message);
+        pos = end;
+    }
+    PyBuffer_Release(&buf);
+    return PyLong_FromSsize_t(pos);
+error:
+    PyBuffer_Release(&buf);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask(data, key) -> bytes: XOR data with the 4-byte key repeated."},
     {"unmask", (PyCFunction)(void (*)(void))unmask, METH_FASTCALL,
      "unmask(buf, start, end) -> bytes: buf[start:end] XOR the key at buf[start-4:start]."},
+    {"scan_messages", (PyCFunction)(void (*)(void))scan_messages, METH_FASTCALL,
+     "scan_messages(buf, pos, masked, max_length, out) -> int: append the messages of the "
+     "whole simple data frames from buf[pos:] to out; return where it stopped."},
     {NULL, NULL, 0, NULL},
 };
 

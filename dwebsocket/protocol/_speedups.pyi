@@ -1,4 +1,9 @@
+from typing import Any
+
 from typing_extensions import Buffer
 
 def apply_mask(data: Buffer, key: Buffer, /) -> bytes: ...
 def unmask(buf: Buffer, start: int, end: int, /) -> bytes: ...
+def scan_messages(
+    buf: Buffer, pos: int, masked: int, max_length: int, out: list[Any], /
+) -> int: ...

@@ -9,7 +9,9 @@ bytes of the caller's own frames. The I/O layer writes both, in the order it got
 
 The receive loop is the hot path: it reads headers straight out of the buffer at an
 offset and handles a whole small unfragmented frame inline, with no per-frame objects.
-Everything else (fragments, control frames, compression, errors) goes the slow way.
+When the C accelerator is built, ``scan_messages`` takes such frames first and the loop
+goes on from where it stopped. Everything else (fragments, control frames, compression,
+errors) goes the slow way.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from dataclasses import dataclass
 
 from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
 from .deflate import PerMessageDeflate
-from .frames import encode_close_payload, encode_frame, parse_close_payload, unmask
+from .frames import (
+    encode_close_payload,
+    encode_frame,
+    parse_close_payload,
+    scan_messages,
+    unmask,
+)
 
 __all__ = ["Close", "Connection", "Event", "Ping", "Pong", "State"]
 
@@ -73,6 +81,7 @@ _OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
 _unpack_Q = struct.Struct("!Q").unpack_from
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _NO_LIMIT = sys.maxsize
+_scan = scan_messages  # None: pure Python (tests set it so to run both)
 # What each frame of a message costs against its wire budget besides its payload (about
 # a masked header), so that no message can run on over endless empty fragments.
 _FRAME_COST = 8
@@ -208,11 +217,14 @@ class Connection:
         events: list[Event] = []
         append = events.append
         n = len(buf)
-        pos = 0
-        need = 2
         mask_bit = self._mask_bit
         fast_max = self._fast_max
         frag = self._frag
+        # The fast path below, in C when it is built: it takes the frames it can and the
+        # loop goes on from where it stopped.
+        scan = _scan
+        pos = 0 if scan is None or frag else scan(buf, 0, mask_bit, fast_max, events)
+        need = 2
         try:
             while True:
                 if n - pos < 2:

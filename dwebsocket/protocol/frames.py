@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from ..exceptions import ProtocolError
 
@@ -105,6 +106,11 @@ except ImportError:  # pragma: no cover - exercised when the extension is not bu
 _BytesLike = bytes | bytearray | memoryview
 _c_apply_mask = _speedups.apply_mask if _speedups is not None else None
 _c_unmask = _speedups.unmask if _speedups is not None else None
+#: ``scan_messages(buf, pos, masked, max_length, out) -> int``: the receive loop's fast
+#: path in C (see ``_speedups.c``); None when the extension is not built.
+scan_messages: Callable[[bytes | bytearray, int, int, int, list[Any]], int] | None = (
+    _speedups.scan_messages if _speedups is not None else None
+)
 
 #: ``apply_mask(data, key) -> bytes``: the C version when it is built, else pure Python.
 apply_mask: Callable[[_BytesLike, bytes | bytearray], bytes] = (

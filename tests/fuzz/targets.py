@@ -170,25 +170,21 @@ def _held(conn: Connection) -> int:
     return len(conn._buf) + sum(len(part) for part in conn._parts) + len(conn._tail)
 
 
-def frames_target(data: bytes) -> None:
-    source = Input(data)
-    config = source.byte()
-    client = bool(config & 0x01)
-    compressed = bool(config & 0x02)
-    pure_python = bool(config & 0x04)
-    eof = bool(config & 0x08)
-    limit = LIMITS[(config >> 4) % len(LIMITS)]
-    chunk = source.byte() or 1
-    stream = source.rest()
-
-    deflate = None
-    if compressed:
-        window = 9 + source.byte() % 7 if stream else 15
-        deflate = PerMessageDeflate(remote_max_window_bits=window, local_max_window_bits=window)
+def _feed_frames(
+    client: bool,
+    deflate: PerMessageDeflate | None,
+    limit: int,
+    chunk: int,
+    stream: bytes,
+    eof: bool,
+    pure_python: bool,
+) -> tuple[Connection, list[Event], bytes]:
+    """Feed ``stream`` to a new core ``chunk`` bytes at a time: (core, events, output)."""
     conn = Connection(client=client, deflate=deflate, max_message_size=limit)
-    saved = frames.apply_mask, core.unmask  # type: ignore[attr-defined]
+    saved = frames.apply_mask, core.unmask, core._scan  # type: ignore[attr-defined]
     if pure_python:
         frames.apply_mask, core.unmask = frames._py_apply_mask, frames._py_unmask  # type: ignore[attr-defined]
+        core._scan = None  # type: ignore[attr-defined]
     try:
         events: list[Event] = []
         out = b""
@@ -203,7 +199,41 @@ def frames_target(data: bytes) -> None:
             events += conn.receive_data(b"")
             out += conn.data_to_send()
     finally:
-        frames.apply_mask, core.unmask = saved  # type: ignore[attr-defined]
+        frames.apply_mask, core.unmask, core._scan = saved  # type: ignore[attr-defined]
+    return conn, events, out
+
+
+def _frames_in(out: bytes, client: bool) -> list[Event]:
+    """What the other side reads from ``out``, the core's output."""
+    return Connection(client=not client, max_message_size=None).receive_data(out)
+
+
+def frames_target(data: bytes) -> None:
+    source = Input(data)
+    config = source.byte()
+    client = bool(config & 0x01)
+    compressed = bool(config & 0x02)
+    pure_python = bool(config & 0x04)
+    eof = bool(config & 0x08)
+    limit = LIMITS[(config >> 4) % len(LIMITS)]
+    chunk = source.byte() or 1
+    stream = source.rest()
+
+    window = (9 + source.byte() % 7 if stream else 15) if compressed else 0
+
+    def feed(pure_python: bool) -> tuple[Connection, list[Event], bytes]:
+        deflate = None
+        if window:
+            deflate = PerMessageDeflate(remote_max_window_bits=window, local_max_window_bits=window)
+        return _feed_frames(client, deflate, limit, chunk, stream, eof, pure_python)
+
+    conn, events, out = feed(pure_python)
+    if frames.scan_messages is not None:
+        # The C fast path and the pure-Python loop agree on everything.
+        # (A client masks what it sends with random keys: compare the frames, unmasked.)
+        other, other_events, other_out = feed(not pure_python)
+        assert (events, conn.close_code) == (other_events, other.close_code)
+        assert _frames_in(out, client) == _frames_in(other_out, client)
 
     closes = [e for e in events if isinstance(e, Close)]
     assert len(closes) <= 1 and (not closes or events[-1] is closes[0]), events

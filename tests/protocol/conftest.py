@@ -11,15 +11,17 @@ from dwebsocket.protocol import connection, frames
 def masking(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a module's tests with the C accelerator and with the pure-Python fallback."""
     if request.param == "python":
-        saved = frames.apply_mask, connection.unmask
+        saved = frames.apply_mask, connection.unmask, connection._scan
         frames.apply_mask, connection.unmask = frames._py_apply_mask, frames._py_unmask
+        connection._scan = None
         try:
             yield "python"
         finally:
-            frames.apply_mask, connection.unmask = saved
+            frames.apply_mask, connection.unmask, connection._scan = saved
     else:
         if frames._c_apply_mask is None:
             pytest.skip("the C accelerator (_speedups) is not built")
         assert frames.apply_mask is frames._c_apply_mask
         assert connection.unmask is frames._c_unmask
+        assert connection._scan is frames.scan_messages is not None
         yield "c"

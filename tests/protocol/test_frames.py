@@ -86,6 +86,39 @@ def test_unmask_bounds(start: int, end: int) -> None:
             impl(b"\x00" * 10, start, end)
 
 
+def _masked(opcode: int, payload: bytes) -> bytes:
+    return encode_frame(opcode, payload, mask_key=KEY)
+
+
+@pytest.mark.parametrize(
+    "stopper",
+    [
+        b"",  # nothing more
+        _masked(1, b"x" * 200)[:-1],  # incomplete
+        encode_frame(1, b"unmasked"),  # not masked as a client's frame must be
+        _masked(1, b"\xed\xa0\x80"),  # invalid UTF-8 (a surrogate)
+        _masked(0x9, b"ping"),  # a control frame
+        _masked(1, b"fragment")[:0] + bytes([0x01]) + _masked(1, b"fragment")[1:],  # not final
+        bytes([0xC1]) + _masked(1, b"compressed")[1:],  # RSV1
+        _masked(2, b"y" * 300),  # over max_length
+        b"\x82\xff\x80" + b"\x00" * 7 + KEY,  # a 64-bit length with the high bit set
+    ],
+)
+def test_scan_messages_takes_simple_frames_and_stops_at_anything_else(stopper: bytes) -> None:
+    if frames.scan_messages is None:
+        pytest.skip("the C accelerator (_speedups) is not built")
+    text = "é" * 100  # 200 bytes: unmasked into a heap buffer, not the stack one
+    head = b"junk" + _masked(1, b"hi") + _masked(2, b"\x00\x01") + _masked(1, text.encode())
+    out: list[str | bytes] = []
+    assert frames.scan_messages(head + stopper, 4, True, 256, out) == len(head)
+    assert out == ["hi", b"\x00\x01", text]
+    # A server's frames (unmasked), one of them with a 16-bit length.
+    out = []
+    data = encode_frame(2, b"z" * 1000) + encode_frame(1, b"ok")
+    assert frames.scan_messages(data, 0, False, 1 << 20, out) == len(data)
+    assert out == [b"z" * 1000, "ok"]
+
+
 # -- encoding: RFC 6455 5.7 examples, byte for byte ----------------------------------
 
 
