@@ -133,3 +133,75 @@ def test_raw_reads_and_writes_never_wait_under_eventlet() -> None:
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+_GEVENT_WAITER = """
+from gevent import monkey
+monkey.patch_all()
+import socket, time
+import gevent
+from dwebsocket.backends.default import transport as transport_module
+from dwebsocket.backends.default.transport import Transport
+
+transport_module.release_idle_connections = lambda: None  # no database here
+a, b = socket.socketpair()
+transport = Transport(a, server="gevent")
+transport.take_over(5.0)
+waiter = transport._waiter
+assert waiter is not None
+
+# Readable: the io watcher switches straight back to the waiting greenlet.
+gevent.spawn_later(0.05, b.sendall, b"x")
+assert transport.wait_readable(5.0) is True and transport.recv() == b"x"
+# Nothing comes: False, not before the timeout has passed.
+started = time.monotonic()
+assert transport.wait_readable(0.1) is False
+assert time.monotonic() - started >= 0.09
+
+# Two greenlets wait at once: the second is refused the waiter (None) and polls; the
+# byte wakes both.
+results = []
+def wait_for(name):
+    results.append((name, transport.wait_readable(5.0)))
+first = gevent.spawn(wait_for, "first")
+gevent.sleep(0.01)
+assert waiter.wait(1.0, time.monotonic() + 1.0) is None  # busy: first holds it
+second = gevent.spawn(wait_for, "second")
+gevent.sleep(0.01)
+b.sendall(b"y")
+gevent.joinall([first, second], timeout=5)
+assert sorted(results) == [("first", True), ("second", True)], results
+assert transport.recv() == b"y"
+
+# A real thread (with a hub of its own) is refused the waiter too, and polls.
+seen = []
+done = monkey.get_original("threading", "Event")()
+def in_thread():
+    seen.append(waiter.wait(0.05, time.monotonic() + 0.05))
+    seen.append(transport.wait_readable(0.05))
+    done.set()
+monkey.get_original("_thread", "start_new_thread")(in_thread, ())
+assert done.wait(5)
+assert seen == [None, False], seen
+
+# Closed (by release()) while a greenlet waits: that wait ends with False, and later
+# ones are refused (None) so that callers poll.
+waiting = gevent.spawn(waiter.wait, None, None)
+gevent.sleep(0.01)
+waiter.close()
+assert waiting.get(timeout=5) is False
+assert waiter.wait(None, None) is None
+print("ok")
+"""
+
+
+def test_the_gevent_waiter() -> None:
+    pytest.importorskip("gevent")
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _GEVENT_WAITER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.stdout.strip() == "ok", result.stderr
