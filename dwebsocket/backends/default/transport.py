@@ -139,23 +139,24 @@ class Transport:
         check_at = self._db_checked + _DB_CHECK_INTERVAL
         if now < check_at:
             if deadline is not None and deadline <= check_at:
-                return self._wait(timeout, deadline)
-            if self._wait(check_at - now, check_at):
+                return self._wait(deadline)
+            if self._wait(check_at):
                 return True
             now = _monotonic()
             if deadline is not None and now >= deadline:
                 return False
         self._db_checked = now
         release_idle_connections()
-        return self._wait(None if deadline is None else deadline - now, deadline)
+        return self._wait(deadline)
 
-    def _wait(self, timeout: float | None, deadline: float | None) -> bool:
+    def _wait(self, deadline: float | None) -> bool:
+        """Wait until readable or the monotonic time ``deadline`` (None: no limit)."""
         waiter = self._waiter
         if waiter is not None:
-            readable = waiter.wait(timeout, deadline)
+            readable = waiter.wait(deadline)
             if readable is not None:
                 return readable
-        return self._poll(timeout)
+        return self._poll(None if deadline is None else max(0.0, deadline - _monotonic()))
 
     def _poll(self, timeout: float | None) -> bool:
         if hasattr(select, "poll"):
@@ -281,9 +282,9 @@ class _GeventReadWaiter:
 
         return cls(sock, get_hub())
 
-    def wait(self, timeout: float | None, deadline: float | None) -> bool | None:
-        """True when readable; False when a timer fired, maybe before ``deadline`` (the
-        monotonic time ``timeout`` from now). None when this waiter cannot be used: it is
+    def wait(self, deadline: float | None) -> bool | None:
+        """True when readable; False when a timer fired, maybe before ``deadline`` (a
+        monotonic time; None: no limit). None when this waiter cannot be used: it is
         closed, another greenlet waits on it, or the caller is in another thread than the
         hub it was made with (the caller then falls back to ``select.poll()``).
 
@@ -294,7 +295,7 @@ class _GeventReadWaiter:
             return None
         if deadline is not None and (self._timer is None or self._timer_at > deadline):
             self._stop_timer()
-            self._timer = self._hub.loop.timer(max(timeout or 0.0, 0.0), ref=False)
+            self._timer = self._hub.loop.timer(max(deadline - _monotonic(), 0.0), ref=False)
             self._timer.start(self._expired, update=True)
             self._timer_at = deadline
         current = self._waiting = self._getcurrent()
