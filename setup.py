@@ -6,12 +6,12 @@ pure-Python masking (same behaviour, slower on large frames).
 
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=[
-        Extension(
-            "dwebsocket.protocol._speedups",
-            sources=["dwebsocket/protocol/_speedups.c"],
-            optional=True,
-        )
-    ]
-)
+extensions = [
+    Extension(
+        "dwebsocket.protocol._speedups",
+        sources=["dwebsocket/protocol/_speedups.c"],
+        depends=["dwebsocket/protocol/_speedups.h"],
+        optional=True,
+    )
+]
+setup(ext_modules=extensions)

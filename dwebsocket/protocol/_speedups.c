@@ -7,6 +7,8 @@
  *       the receive loop's fast path: appends the messages of the whole, unfragmented,
  *       uncompressed data frames from buf[pos:] to the list out; returns where it stopped
  *
+ * scan_frames() is also exported to other extensions (_speedups.h).
+ *
  * unmask() lets the receive loop unmask a payload straight out of its buffer, without
  * slicing out the payload and the key first. frames.py holds the pure-Python versions,
  * which the test suite runs against the same tests.
@@ -15,6 +17,8 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_speedups.h"
 
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
@@ -132,54 +136,26 @@ done:
 }
 
 /*
- * scan_messages(buf, pos, masked, max_length, out) -> int
+ * scan_frames(base, n, pos, masked, max_length, out) -> offset, or -1 with an exception
  *
- * From buf[pos:], while the next frame is a whole final text or binary frame with no RSV
+ * From base[pos:n], while the next frame is a whole final text or binary frame with no RSV
  * bit, masked iff ``masked``, of at most ``max_length`` bytes of payload: unmask it,
- * decode it (text, strict UTF-8) and append the str or bytes to ``out``. Returns the
- * offset of the first frame it did not take (incomplete, anything else, or invalid UTF-8),
- * for connection.py's Python loop to take on from: the same rules, the same results.
+ * decode it (text, strict UTF-8) and append the str or bytes to the list ``out``. Returns
+ * the offset of the first frame it did not take (incomplete, anything else, or invalid
+ * UTF-8), for connection.py's Python loop to take on from: the same rules, the same
+ * results. It allocates only str, bytes and the list's array, none of which can start a
+ * garbage collection (only the exception of invalid UTF-8 could), so it runs no Python
+ * code: a caller may scan a buffer of its own that Python code also uses.
+ *
+ * Exported to other extensions through the capsule ``_C_API`` (see _speedups.h): the
+ * default backend's fast path scans its read buffer without making a bytes object of it.
  */
-static PyObject *
-scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+static Py_ssize_t
+scan_frames(const uint8_t *base, Py_ssize_t n, Py_ssize_t pos, int masked,
+            Py_ssize_t max_length, PyObject *out)
 {
-    Py_buffer buf;
-    Py_ssize_t pos, max_length, n;
-    int masked;
-    PyObject *out;
-    const uint8_t *base;
     uint8_t stack[128];
 
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError,
-                        "scan_messages() takes exactly 5 arguments (buf, pos, masked, max_length, out)");
-        return NULL;
-    }
-    pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    masked = PyObject_IsTrue(args[2]);
-    if (masked < 0) {
-        return NULL;
-    }
-    max_length = PyLong_AsSsize_t(args[3]);
-    if (max_length == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    out = args[4];
-    if (!PyList_Check(out)) {
-        PyErr_SetString(PyExc_TypeError, "scan_messages(): out must be a list");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    base = (const uint8_t *)buf.buf;
-    n = buf.len;
-    if (pos < 0) {
-        pos = n;
-    }
     while (n - pos >= 2) {
         uint8_t b0 = base[pos], b1 = base[pos + 1];
         Py_ssize_t start, length = b1 & 0x7F, end;
@@ -227,7 +203,7 @@ scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 tmp = length <= (Py_ssize_t)sizeof(stack) ? stack : PyMem_Malloc(length);
                 if (tmp == NULL) {
                     PyErr_NoMemory();
-                    goto error;
+                    return -1;
                 }
                 xor_mask(base + start, tmp, length, base + start - 4);
                 text = (const char *)tmp;
@@ -238,7 +214,7 @@ scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             if (message == NULL) {
                 if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-                    goto error;
+                    return -1;
                 }
                 PyErr_Clear(); /* the Python loop fails the connection with 1007 */
                 break;
@@ -247,7 +223,7 @@ scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         else {
             message = PyBytes_FromStringAndSize(NULL, length);
             if (message == NULL) {
-                goto error;
+                return -1;
             }
             if (masked) {
                 xor_mask(base + start, (uint8_t *)PyBytes_AS_STRING(message), length,
@@ -259,16 +235,70 @@ scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (PyList_Append(out, message) < 0) {
             Py_DECREF(message);
-            goto error;
+            return -1;
         }
         Py_DECREF(message);
         pos = end;
     }
+    return pos;
+}
+
+/* scan_messages(buf, pos, masked, max_length, out) -> int: scan_frames() on a buffer. */
+static PyObject *
+scan_messages(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer buf;
+    Py_ssize_t pos, max_length;
+    int masked;
+    PyObject *out;
+
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_messages() takes exactly 5 arguments (buf, pos, masked, max_length, out)");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    masked = PyObject_IsTrue(args[2]);
+    if (masked < 0) {
+        return NULL;
+    }
+    max_length = PyLong_AsSsize_t(args[3]);
+    if (max_length == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    out = args[4];
+    if (!PyList_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "scan_messages(): out must be a list");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (pos < 0) {
+        pos = buf.len;
+    }
+    pos = scan_frames((const uint8_t *)buf.buf, buf.len, pos, masked, max_length, out);
     PyBuffer_Release(&buf);
-    return PyLong_FromSsize_t(pos);
-error:
-    PyBuffer_Release(&buf);
-    return NULL;
+    return pos < 0 ? NULL : PyLong_FromSsize_t(pos);
+}
+
+static const DwsSpeedupsCAPI speedups_capi = {scan_frames};
+
+static int
+speedups_exec(PyObject *module)
+{
+    PyObject *capsule = PyCapsule_New((void *)&speedups_capi, DWS_SPEEDUPS_CAPSULE, NULL);
+    if (capsule == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObject(module, "_C_API", capsule) < 0) {
+        Py_DECREF(capsule);
+        return -1;
+    }
+    return 0;
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -283,6 +313,7 @@ static PyMethodDef speedups_methods[] = {
 };
 
 static struct PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
