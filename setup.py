@@ -1,8 +1,11 @@
-"""Build the optional C accelerator; all metadata lives in pyproject.toml.
+"""Build the optional C accelerators; all metadata lives in pyproject.toml.
 
-``optional=True``: without a C compiler the build goes on and dwebsocket uses its
-pure-Python masking (same behaviour, slower on large frames).
+``optional=True``: without a C compiler the build goes on and dwebsocket runs its Python
+code instead (same behaviour, slower): the protocol core's masking and receive loop
+(``_speedups``), and the default backend's I/O under gevent (``_fastpath``, POSIX only).
 """
+
+import os
 
 from setuptools import Extension, setup
 
@@ -14,4 +17,15 @@ extensions = [
         optional=True,
     )
 ]
+if os.name == "posix":
+    extensions.append(
+        Extension(
+            "dwebsocket.backends.default._fastpath",
+            sources=["dwebsocket/backends/default/_fastpath.c"],
+            depends=["dwebsocket/protocol/_speedups.h"],
+            include_dirs=["dwebsocket/protocol"],
+            optional=True,
+        )
+    )
+
 setup(ext_modules=extensions)

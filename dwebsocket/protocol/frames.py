@@ -7,6 +7,7 @@ its buffer (no per-frame objects); this module holds what both directions share.
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -98,10 +99,14 @@ def _py_unmask(buf: bytes | bytearray, start: int, end: int) -> bytes:
     return _py_apply_mask(buf[start:end], buf[start - 4 : start])
 
 
-try:
-    from . import _speedups
-except ImportError:  # pragma: no cover - exercised when the extension is not built
-    _speedups = None  # type: ignore[assignment]
+_speedups: Any
+if os.environ.get("DWEBSOCKET_NO_SPEEDUPS"):  # pragma: no cover - set in server processes
+    _speedups = None
+else:
+    try:
+        from . import _speedups
+    except ImportError:  # pragma: no cover - exercised when the extension is not built
+        _speedups = None
 
 _BytesLike = bytes | bytearray | memoryview
 _c_apply_mask = _speedups.apply_mask if _speedups is not None else None

@@ -32,6 +32,15 @@ except ImportError:  # pragma: no cover - Windows
     from os import write as _write
 from dwebsocket.exceptions import BackendUnavailable
 
+_fastpath: Any
+if os.environ.get("DWEBSOCKET_NO_SPEEDUPS"):
+    _fastpath = None
+else:
+    try:  # the I/O fast path in C (_fastpath.c), built where a compiler was found
+        from dwebsocket.backends.default import _fastpath
+    except ImportError:  # pragma: no cover - exercised when the extension is not built
+        _fastpath = None
+
 __all__ = ["RECV_SIZE", "TAKEOVERS", "Transport", "find_transport", "takeover"]
 
 _RECV_SIZE = 65536
@@ -67,7 +76,7 @@ class Transport:
         self._drain = drain
         self._on_release = on_release
         self._poller: Any = None
-        self._waiter: _GeventReadWaiter | None = None
+        self._waiter: _ReadWaiter | None = None
         self._db_checked = -1.0
         self._nb_fd = -1  # for try_send() and recv(): the fd, once known to be non-blocking
 
@@ -92,8 +101,24 @@ class Transport:
             fd = self.sock.fileno()
             if not os.get_blocking(fd) and not hasattr(self.sock, "do_handshake"):
                 self._nb_fd = fd
-        self._waiter = _GeventReadWaiter.for_socket(self.sock)
+        self._waiter = _gevent_waiter(self.sock)
         return buffered
+
+    def fast_path(self, **parts: Any) -> Any:
+        """A ``_fastpath.FastPath`` over this socket (``parts``: the websocket's share of
+        its arguments), or None where it cannot run: no gevent, no C extension, a TLS
+        socket. Call after :meth:`take_over`."""
+        waiter = self._waiter
+        if _fastpath is None or not isinstance(waiter, _fastpath.Waiter) or self._nb_fd < 0:
+            return None
+        return _fastpath.FastPath(
+            transport=self,
+            waiter=waiter,
+            fd=self._nb_fd,
+            release_idle=release_idle_connections,
+            db_interval=_DB_CHECK_INTERVAL,
+            **parts,
+        )
 
     def _drain_rfile(self) -> bytes:
         # The client may send its first frame in the same segment as the handshake;
@@ -247,11 +272,35 @@ class Transport:
 
 _DB_CHECK_INTERVAL = 1.0  # seconds between two release_idle_connections()
 
+#: ``_fastpath.Messages``: ``iter(websocket)`` in C, None without the extension.
+fast_messages: Any = _fastpath.Messages if _fastpath is not None else None
+
+
+class _ReadWaiter(Protocol):
+    """What :class:`Transport` needs of a gevent read waiter (see _GeventReadWaiter)."""
+
+    def wait(self, deadline: float | None, /) -> bool | None: ...
+    def close(self) -> None: ...
+
+
+def _gevent_waiter(sock: socket.socket) -> _ReadWaiter | None:
+    """A waiter if ``sock`` is a gevent socket, else None: ``_fastpath.Waiter`` (the same
+    in C) when the extension is built."""
+    gevent_socket = sys.modules.get("gevent.socket")
+    if gevent_socket is None or not isinstance(sock, gevent_socket.socket):
+        return None
+    from gevent import get_hub  # type: ignore[import-untyped]
+
+    if _fastpath is not None:
+        return _fastpath.Waiter(get_hub(), sock.fileno())  # type: ignore[no-any-return]
+    return _GeventReadWaiter(sock, get_hub())
+
 
 class _GeventReadWaiter:
     """Waits until a gevent socket is readable, cheaply: at one wait per message, gevent's
     ``select.poll()`` (new watchers and a result object per call) and a ``Timeout`` per
-    call took a quarter of the server's CPU.
+    call took a quarter of the server's CPU. ``_fastpath.Waiter`` is the same in C,
+    except that its io watcher stays started between waits (see _fastpath.c).
 
     One libev io watcher serves the socket's whole life. One timer is armed for the
     earliest deadline asked and re-armed only when a wait must end sooner: a later
@@ -260,7 +309,7 @@ class _GeventReadWaiter:
     """
 
     def __init__(self, sock: socket.socket, hub: Any) -> None:
-        from gevent import get_hub  # type: ignore[import-untyped]
+        from gevent import get_hub
         from greenlet import getcurrent  # type: ignore[import-untyped]
 
         self._get_hub = get_hub
@@ -271,16 +320,6 @@ class _GeventReadWaiter:
         self._timer_at = 0.0
         self._waiting: Any = None  # the greenlet in wait(), if any
         self._closed = False
-
-    @classmethod
-    def for_socket(cls, sock: socket.socket) -> _GeventReadWaiter | None:
-        """A waiter if ``sock`` is a gevent socket, else None."""
-        gevent_socket = sys.modules.get("gevent.socket")
-        if gevent_socket is None or not isinstance(sock, gevent_socket.socket):
-            return None
-        from gevent import get_hub
-
-        return cls(sock, get_hub())
 
     def wait(self, deadline: float | None) -> bool | None:
         """True when readable; False when a timer fired, maybe before ``deadline`` (a

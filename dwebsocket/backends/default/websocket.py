@@ -27,10 +27,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dwebsocket.backends.default.transport import RECV_SIZE
+from dwebsocket.backends.default.transport import RECV_SIZE, fast_messages
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import ConnectionClosed, InvalidState
 from dwebsocket.protocol.connection import Close, Connection, State
@@ -105,6 +106,8 @@ class DefaultWebSocket(WebSocket):
         self._io_timeout = self._ping_timeout or _DEFAULT_IO_TIMEOUT
 
         self._conn: Connection | None = None
+        # The C fast path of wait() and send() (transport.fast_path()), once accepted.
+        self._fast: Any = None
         self._accepted = False
         self._shut = False  # the transport is shut down: nothing more in or out
         self._messages: deque[Message] = deque()
@@ -193,9 +196,22 @@ class DefaultWebSocket(WebSocket):
                 self._shutdown(1006)
                 raise self._closed_error() from None
             self._opened_at = self._last_heard = time.monotonic()
+            fast = self._transport.fast_path(
+                ws=self,
+                conn=conn,
+                messages=self._messages,
+                reading=self._reading,
+                writing=self._writing,
+                core=self._core,
+                open_state=_OPEN,
+                ping_interval=self._ping_interval,
+                ping_timeout=self._ping_timeout,
+                deflate=deflate is not None,
+            )
             with self._core:
                 self.subprotocol = subprotocol
                 self._accepted = True
+                self._fast = fast
         logger.debug(
             "WebSocket opened: %s %s via %s (subprotocol %s, compression %s)",
             self._peer(),
@@ -227,6 +243,11 @@ class DefaultWebSocket(WebSocket):
         answer within ``WEBSOCKET_PING_TIMEOUT`` the peer counts as dead: the connection
         is closed (1011) and None returned."""
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        fast = self._fast
+        if fast is not None:  # the common case in C; None: it could not decide alone
+            message = fast.wait(deadline)
+            if message is not None:
+                return message  # type: ignore[no-any-return]
         if not self._accepted:
             try:
                 self.accept()
@@ -254,6 +275,13 @@ class DefaultWebSocket(WebSocket):
                     self._read_once(remaining)
             finally:
                 reading.release()
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield every message until the peer closes the connection (``WebSocket``'s
+        loop; in C where the fast path is built, without a Python frame per message)."""
+        if fast_messages is not None:
+            return fast_messages(self)  # type: ignore[no-any-return]
+        return super().__iter__()
 
     def read(self, fallback: _T | None = None) -> Message | _T | None:
         """Return a message that is ready now, or ``fallback``. Never blocks."""
@@ -303,6 +331,11 @@ class DefaultWebSocket(WebSocket):
             data = transport.recv()
         except (TimeoutError, BlockingIOError, InterruptedError):
             return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        """Act on one read from the socket (b"": EOF). Call with ``_reading`` held; the
+        fast path calls it with what it does not handle itself."""
         conn = self._conn
         if conn is not None and conn.deflate is None:
             self._feed(data)
@@ -313,7 +346,7 @@ class DefaultWebSocket(WebSocket):
         # rather than after another trip through the event loop. Bounded: each read
         # adds to one frame, which the core fails past the message limit.
         while len(data) == RECV_SIZE and not self._messages and not self._shut:
-            more = transport.try_recv()
+            more = self._transport.try_recv()
             if more is None:
                 break
             self._receive(more)
@@ -431,6 +464,9 @@ class DefaultWebSocket(WebSocket):
         Safe from any thread or greenlet; blocks until the frame is handed to the kernel.
         Raises ``ConnectionClosed`` once the connection is closed, ``TypeError`` for
         anything else than ``str`` or bytes-like."""
+        fast = self._fast
+        if fast is not None and fast.send(message):  # the common case in C
+            return
         if not isinstance(message, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"cannot send {type(message).__name__}: expected str or bytes")
         if not self._accepted:
@@ -451,6 +487,13 @@ class DefaultWebSocket(WebSocket):
             if pending and not self._sendall(pending):
                 raise self._closed_error()
             if not self._sendall(frame):
+                raise self._closed_error()
+
+    def _send_rest(self, rest: bytes) -> None:
+        """Write the rest of a frame the fast path's write took in part, as ``send()``
+        writes. No other frame can come first: nothing ran since that write."""
+        with self._writing:
+            if not self._sendall(rest):
                 raise self._closed_error()
 
     def ping(self, data: bytes = b"") -> None:
@@ -713,6 +756,7 @@ class DefaultWebSocket(WebSocket):
             if self._shut:
                 return
             self._shut = True
+            self._fast = None  # it holds this object: let the cycle go
             if self.close_code is None:
                 self.close_code = code if code is not None else 1006
                 self.close_reason = reason

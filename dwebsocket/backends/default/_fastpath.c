@@ -1,0 +1,1219 @@
+/*
+ * The default backend's I/O fast path under gevent (optional; the Python code in
+ * transport.py and websocket.py does the same, and is what runs without it).
+ *
+ *   Waiter(hub, fd)   waits until fd is readable on gevent's loop: the twin of
+ *                     transport._GeventReadWaiter (same wait() and close())
+ *   FastPath(...)     DefaultWebSocket.wait() and send() in the common case: the socket
+ *                     open and idle, this thread's hub, nothing queued, no lock held
+ *
+ * Why: at one message per wait, the Python between the two system calls (the layers of
+ * wait(), the keepalive and database bookkeeping, the lock pairs, the core's entry and
+ * send()'s checks) cost more CPU than the system calls themselves. This file does that
+ * work for the common case and hands everything else back to the Python methods, which
+ * stay the one implementation of the rules: FastPath.wait() returns None and
+ * FastPath.send() False whenever it cannot decide alone, and the caller then runs the
+ * general path from the start. What FastPath reads of DefaultWebSocket, Transport and
+ * Connection is named in STR_NAMES below; each rule it repeats cites its Python original.
+ *
+ * Concurrency: everything here runs holding the GIL and, under gevent, in the hub's
+ * thread; no other greenlet runs unless this code switches to the hub, which it does
+ * only in Waiter.wait(), holding the read lock. So a lock that is free when FastPath
+ * looks stays free until it is done, and send() need not take the write and core locks
+ * it checks: it finishes its write(2) before anyone else can run.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "_speedups.h"
+
+#define RECV_SIZE 65536 /* transport.RECV_SIZE: the most one read returns */
+
+static const DwsSpeedupsCAPI *speedups;
+static PyObject *getcurrent; /* greenlet.getcurrent */
+
+#define STR_NAMES(X)                                                                        \
+    X(acquire) X(append) X(close) X(locked) X(loop) X(popleft) X(ref) X(release)            \
+    X(run_callback) X(start) X(state) X(stop) X(switch) X(timer) X(update)                  \
+    X(is_closed) X(wait) X(_fast)                                                            \
+    /* DefaultWebSocket */                                                                  \
+    X(_last_heard) X(_outbox) X(_ping_sent_at) X(_received) X(_send_rest) X(_shut) X(_unfed) \
+    /* Transport */                                                                         \
+    X(_db_checked)                                                                          \
+    /* Connection: at a frame boundary when _buf is empty and _frag is 0 */                 \
+    X(_buf) X(_fast_max) X(_frag)
+#define DECLARE(name) static PyObject *str_##name;
+STR_NAMES(DECLARE)
+#undef DECLARE
+
+static double
+monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* what time.monotonic() reads */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A float or None (NAN) argument. */
+static int
+optional_seconds(PyObject *obj, double *out)
+{
+    if (obj == Py_None) {
+        *out = NAN;
+        return 0;
+    }
+    *out = PyFloat_AsDouble(obj);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* -- Waiter --------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *hub;
+    PyObject *hub_switch; /* hub.switch */
+    PyObject *loop;       /* hub.loop */
+    PyObject *io;         /* loop.io(fd, 1), for the socket's whole life */
+    PyObject *timer;      /* the armed timer, or NULL */
+    PyObject *last;       /* the greenlet of the last wait() ... */
+    PyObject *last_switch; /* ... and its switch method */
+    double timer_at;      /* the deadline the timer was armed for */
+    unsigned long thread; /* the hub's thread */
+    char waiting;         /* last is in wait() */
+    char io_active;
+    char closed;
+} Waiter;
+
+static PyTypeObject Waiter_Type;
+
+static PyObject *
+Waiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"hub", "fd", NULL};
+    PyObject *hub;
+    int fd;
+    Waiter *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oi:Waiter", kwlist, &hub, &fd)) {
+        return NULL;
+    }
+    self = (Waiter *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->thread = PyThread_get_thread_ident();
+    self->hub = Py_NewRef(hub);
+    if ((self->hub_switch = PyObject_GetAttr(hub, str_switch)) == NULL ||
+        (self->loop = PyObject_GetAttr(hub, str_loop)) == NULL ||
+        (self->io = PyObject_CallMethod(self->loop, "io", "ii", fd, 1)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+Waiter_traverse(Waiter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->hub);
+    Py_VISIT(self->hub_switch);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->io);
+    Py_VISIT(self->timer);
+    Py_VISIT(self->last);
+    Py_VISIT(self->last_switch);
+    return 0;
+}
+
+static int
+Waiter_clear(Waiter *self)
+{
+    Py_CLEAR(self->hub);
+    Py_CLEAR(self->hub_switch);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->io);
+    Py_CLEAR(self->timer);
+    Py_CLEAR(self->last);
+    Py_CLEAR(self->last_switch);
+    return 0;
+}
+
+static void
+Waiter_dealloc(Waiter *self)
+{
+    PyObject_GC_UnTrack(self);
+    Waiter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Call obj.name(*args) and drop the result; -1 with an exception on failure. */
+static int
+call_method_void(PyObject *obj, PyObject *name, PyObject *arg)
+{
+    PyObject *r = arg == NULL ? PyObject_CallMethodNoArgs(obj, name)
+                              : PyObject_CallMethodOneArg(obj, name, arg);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static int
+waiter_stop_timer(Waiter *self)
+{
+    PyObject *timer = self->timer;
+    int rc = 0;
+    if (timer == NULL) {
+        return 0;
+    }
+    self->timer = NULL;
+    if (call_method_void(timer, str_stop, NULL) < 0 || call_method_void(timer, str_close, NULL) < 0) {
+        rc = -1;
+    }
+    Py_DECREF(timer);
+    return rc;
+}
+
+/* Arm the timer for the monotonic time ``deadline`` (transport._GeventReadWaiter.wait). */
+static int
+waiter_arm(Waiter *self, double deadline)
+{
+    PyObject *factory = NULL, *timer = NULL, *start = NULL, *expired = NULL, *r = NULL;
+    PyObject *args[2];
+    double delay;
+    int rc = -1;
+
+    if (waiter_stop_timer(self) < 0) {
+        return -1;
+    }
+    delay = deadline - monotonic();
+    if (delay < 0.0) {
+        delay = 0.0;
+    }
+    /* loop.timer(delay, ref=False).start(self._expired, update=True) */
+    if ((factory = PyObject_GetAttr(self->loop, str_timer)) == NULL) {
+        goto done;
+    }
+    args[0] = PyFloat_FromDouble(delay);
+    if (args[0] == NULL) {
+        goto done;
+    }
+    args[1] = Py_False;
+    {
+        PyObject *kwnames = PyTuple_Pack(1, str_ref);
+        if (kwnames == NULL) {
+            Py_DECREF(args[0]);
+            goto done;
+        }
+        timer = PyObject_Vectorcall(factory, args, 1, kwnames);
+        Py_DECREF(kwnames);
+    }
+    Py_DECREF(args[0]);
+    if (timer == NULL) {
+        goto done;
+    }
+    if ((start = PyObject_GetAttr(timer, str_start)) == NULL ||
+        (expired = PyObject_GetAttrString((PyObject *)self, "_expired")) == NULL) {
+        goto done;
+    }
+    args[0] = expired;
+    args[1] = Py_True;
+    {
+        PyObject *kwnames = PyTuple_Pack(1, str_update);
+        if (kwnames == NULL) {
+            goto done;
+        }
+        r = PyObject_Vectorcall(start, args, 1, kwnames);
+        Py_DECREF(kwnames);
+    }
+    if (r == NULL) {
+        goto done;
+    }
+    self->timer = Py_NewRef(timer);
+    self->timer_at = deadline;
+    rc = 0;
+done:
+    Py_XDECREF(r);
+    Py_XDECREF(expired);
+    Py_XDECREF(start);
+    Py_XDECREF(timer);
+    Py_XDECREF(factory);
+    return rc;
+}
+
+static int
+waiter_close_io(Waiter *self)
+{
+    self->io_active = 0;
+    Py_CLEAR(self->last);
+    Py_CLEAR(self->last_switch);
+    return call_method_void(self->io, str_close, NULL);
+}
+
+/*
+ * Wait until the socket is readable or the monotonic time ``deadline`` (INFINITY: no
+ * limit). 1: readable; 0: woken otherwise (the timer, maybe armed for an earlier
+ * deadline, or a stray switch); 2: this waiter cannot be used (closed, another greenlet
+ * waits, another thread, or the caller is the hub); -1: an exception (one thrown into the
+ * waiting greenlet, say).
+ *
+ * The io watcher stays started between waits: a message read, answered and waited for
+ * again costs no start()/stop(). When it fires with nobody waiting, _ready() stops it.
+ */
+static int
+waiter_wait(Waiter *self, double deadline)
+{
+    PyObject *current, *r;
+    int readable;
+
+    if (self->closed || self->waiting || PyThread_get_thread_ident() != self->thread) {
+        return 2;
+    }
+    current = PyObject_CallNoArgs(getcurrent);
+    if (current == NULL) {
+        return -1;
+    }
+    if (current == self->hub) {
+        Py_DECREF(current);
+        return 2;
+    }
+    if (current != self->last) {
+        PyObject *sw = PyObject_GetAttr(current, str_switch);
+        if (sw == NULL) {
+            Py_DECREF(current);
+            return -1;
+        }
+        Py_XSETREF(self->last, current);
+        Py_XSETREF(self->last_switch, sw);
+    }
+    else {
+        Py_DECREF(current);
+    }
+    if (deadline < INFINITY && (self->timer == NULL || self->timer_at > deadline)) {
+        if (waiter_arm(self, deadline) < 0) {
+            return -1;
+        }
+    }
+    if (!self->io_active) {
+        PyObject *ready = PyObject_GetAttrString((PyObject *)self, "_ready");
+        if (ready == NULL) {
+            return -1;
+        }
+        r = PyObject_CallMethodOneArg(self->io, str_start, ready);
+        Py_DECREF(ready);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+        self->io_active = 1;
+    }
+    self->waiting = 1;
+    r = PyObject_CallNoArgs(self->hub_switch);
+    self->waiting = 0;
+    if (self->closed && self->io != NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (waiter_close_io(self) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        PyErr_Restore(type, value, tb);
+    }
+    if (r == NULL) {
+        return -1;
+    }
+    readable = r == Py_True;
+    Py_DECREF(r);
+    return readable;
+}
+
+/* Switch to the waiting greenlet with ``value``; the io watcher's and timer's callback. */
+static PyObject *
+waiter_wake(Waiter *self, PyObject *value)
+{
+    PyObject *sw = self->last_switch, *r;
+    Py_INCREF(sw); /* a wait by another greenlet may replace it meanwhile */
+    r = PyObject_CallOneArg(sw, value);
+    Py_DECREF(sw);
+    return r;
+}
+
+static PyObject *
+Waiter_ready(Waiter *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->waiting) {
+        return waiter_wake(self, Py_True);
+    }
+    /* Readable with nobody waiting (the greenlet is busy, or blocked on something else):
+       stop watching until the next wait, or libev would call again at every turn. */
+    if (self->io_active) {
+        self->io_active = 0;
+        if (call_method_void(self->io, str_stop, NULL) < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Waiter_expired(Waiter *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_CLEAR(self->timer);
+    if (self->waiting) {
+        return waiter_wake(self, Py_False);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Waiter_wait(Waiter *self, PyObject *arg)
+{
+    double deadline;
+    int r;
+
+    if (optional_seconds(arg, &deadline) < 0) {
+        return NULL;
+    }
+    r = waiter_wait(self, isnan(deadline) ? INFINITY : deadline);
+    switch (r) {
+    case -1:
+        return NULL;
+    case 2:
+        Py_RETURN_NONE;
+    default:
+        return PyBool_FromLong(r);
+    }
+}
+
+static PyObject *
+Waiter_close(Waiter *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->closed) {
+        Py_RETURN_NONE;
+    }
+    self->closed = 1;
+    if (waiter_stop_timer(self) < 0) {
+        return NULL;
+    }
+    if (self->waiting) {
+        /* The wait in progress ends (False) and closes the io watcher on its way out;
+           through _expired(), which switches only if the greenlet still waits then. */
+        PyObject *expired = PyObject_GetAttrString((PyObject *)self, "_expired"), *r;
+        if (expired == NULL) {
+            return NULL;
+        }
+        r = PyObject_CallMethodOneArg(self->loop, str_run_callback, expired);
+        Py_DECREF(expired);
+        return r;
+    }
+    if (waiter_close_io(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Waiter_methods[] = {
+    {"wait", (PyCFunction)Waiter_wait, METH_O,
+     "wait(deadline) -> True when readable; False when a timer fired, maybe before "
+     "deadline (a monotonic time; None: no limit); None when this waiter cannot be used "
+     "(closed, another greenlet waits, another thread, or called from the hub)."},
+    {"close", (PyCFunction)Waiter_close, METH_NOARGS,
+     "Free the watchers; a wait in progress ends (False) and later ones return None."},
+    {"_ready", (PyCFunction)Waiter_ready, METH_NOARGS, "The io watcher's callback."},
+    {"_expired", (PyCFunction)Waiter_expired, METH_NOARGS, "The timer's callback."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Waiter_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dwebsocket.backends.default._fastpath.Waiter",
+    .tp_doc = "Waiter(hub, fd): waits until fd is readable on the gevent hub's loop "
+              "(transport._GeventReadWaiter in C).",
+    .tp_basicsize = sizeof(Waiter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Waiter_new,
+    .tp_traverse = (traverseproc)Waiter_traverse,
+    .tp_clear = (inquiry)Waiter_clear,
+    .tp_dealloc = (destructor)Waiter_dealloc,
+    .tp_methods = Waiter_methods,
+};
+
+/* -- FastPath ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Waiter *waiter;
+    PyObject *ws;           /* the DefaultWebSocket */
+    PyObject *transport;    /* its Transport */
+    PyObject *conn;         /* its Connection */
+    PyObject *messages;     /* its deque of received messages */
+    PyObject *reading, *writing, *core; /* its three locks */
+    PyObject *release_idle; /* dwebsocket.db.release_idle_connections */
+    PyObject *open_state;   /* State.OPEN */
+    double ping_interval, ping_timeout; /* NAN: None */
+    double db_interval;     /* transport._DB_CHECK_INTERVAL */
+    int fd;
+    int deflate;            /* permessage-deflate negotiated: frames go through Python */
+} FastPath;
+
+static PyObject *
+FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ws", "transport", "waiter", "conn", "fd", "messages",
+                             "reading", "writing", "core", "release_idle", "open_state",
+                             "ping_interval", "ping_timeout", "db_interval", "deflate", NULL};
+    PyObject *ws, *transport, *waiter, *conn, *messages, *reading, *writing, *core;
+    PyObject *release_idle, *open_state, *ping_interval, *ping_timeout;
+    double db_interval;
+    int fd, deflate;
+    FastPath *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!OiOOOOOOOOdp:FastPath", kwlist, &ws,
+                                     &transport, &Waiter_Type, &waiter, &conn, &fd, &messages,
+                                     &reading, &writing, &core, &release_idle, &open_state,
+                                     &ping_interval, &ping_timeout, &db_interval, &deflate)) {
+        return NULL;
+    }
+    self = (FastPath *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    if (optional_seconds(ping_interval, &self->ping_interval) < 0 ||
+        optional_seconds(ping_timeout, &self->ping_timeout) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->waiter = (Waiter *)Py_NewRef(waiter);
+    self->ws = Py_NewRef(ws);
+    self->transport = Py_NewRef(transport);
+    self->conn = Py_NewRef(conn);
+    self->messages = Py_NewRef(messages);
+    self->reading = Py_NewRef(reading);
+    self->writing = Py_NewRef(writing);
+    self->core = Py_NewRef(core);
+    self->release_idle = Py_NewRef(release_idle);
+    self->open_state = Py_NewRef(open_state);
+    self->db_interval = db_interval;
+    self->fd = fd;
+    self->deflate = deflate;
+    return (PyObject *)self;
+}
+
+static int
+FastPath_traverse(FastPath *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->waiter);
+    Py_VISIT(self->ws);
+    Py_VISIT(self->transport);
+    Py_VISIT(self->conn);
+    Py_VISIT(self->messages);
+    Py_VISIT(self->reading);
+    Py_VISIT(self->writing);
+    Py_VISIT(self->core);
+    Py_VISIT(self->release_idle);
+    Py_VISIT(self->open_state);
+    return 0;
+}
+
+static int
+FastPath_clear(FastPath *self)
+{
+    Py_CLEAR(self->waiter);
+    Py_CLEAR(self->ws);
+    Py_CLEAR(self->transport);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->messages);
+    Py_CLEAR(self->reading);
+    Py_CLEAR(self->writing);
+    Py_CLEAR(self->core);
+    Py_CLEAR(self->release_idle);
+    Py_CLEAR(self->open_state);
+    return 0;
+}
+
+static void
+FastPath_dealloc(FastPath *self)
+{
+    PyObject_GC_UnTrack(self);
+    FastPath_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Truth of obj.name: 1, 0, or -1 with an exception. */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    int r;
+    if (value == NULL) {
+        return -1;
+    }
+    r = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return r;
+}
+
+/* obj.name as a double; -1.0 with an exception on failure. */
+static double
+attr_double(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    double r;
+    if (value == NULL) {
+        return -1.0;
+    }
+    r = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return r;
+}
+
+static int
+set_attr_double(PyObject *obj, PyObject *name, double value)
+{
+    PyObject *f = PyFloat_FromDouble(value);
+    int r;
+    if (f == NULL) {
+        return -1;
+    }
+    r = PyObject_SetAttr(obj, name, f);
+    Py_DECREF(f);
+    return r;
+}
+
+/* The connection is open and nothing is pending on it (DefaultWebSocket.is_closed()):
+   1, 0, or -1 with an exception. */
+static int
+fast_is_open(FastPath *self)
+{
+    PyObject *state;
+    int shut = attr_true(self->ws, str__shut);
+    if (shut != 0) {
+        return shut < 0 ? -1 : 0;
+    }
+    state = PyObject_GetAttr(self->conn, str_state);
+    if (state == NULL) {
+        return -1;
+    }
+    Py_DECREF(state); /* an enum member: compared by identity */
+    return state == self->open_state;
+}
+
+/* obj.name() as a truth value: 1, 0, or -1 with an exception. */
+static int
+attr_call_true(PyObject *obj, PyObject *name)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
+    int b;
+    if (r == NULL) {
+        return -1;
+    }
+    b = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return b;
+}
+
+/* The core can scan a read itself: at a frame boundary, no message in fragments, no one
+   holding the core lock (Connection.receive_data: ``pos = scan(...)`` unless ``_buf`` or
+   ``_frag``). Returns _fast_max (>= 0), -2 when it cannot, -1 with an exception. */
+static Py_ssize_t
+scannable(FastPath *self)
+{
+    PyObject *value;
+    Py_ssize_t n, limit;
+    int r;
+
+    if (self->deflate || speedups == NULL) {
+        return -2;
+    }
+    if ((r = attr_call_true(self->core, str_locked)) != 0) {
+        return r < 0 ? -1 : -2;
+    }
+    if ((value = PyObject_GetAttr(self->conn, str__buf)) == NULL) {
+        return -1;
+    }
+    n = PyObject_Length(value);
+    Py_DECREF(value);
+    if (n != 0) {
+        return n < 0 ? -1 : -2;
+    }
+    if ((r = attr_true(self->conn, str__frag)) != 0) {
+        return r < 0 ? -1 : -2;
+    }
+    if ((value = PyObject_GetAttr(self->conn, str__fast_max)) == NULL) {
+        return -1;
+    }
+    limit = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return limit == -1 && PyErr_Occurred() ? -1 : limit;
+}
+
+/* Transport.wait_readable() once the wait is known to block: release the thread's idle
+   database connections at most every db_interval, cutting the wait there if it would
+   outlast the next check. 1 readable, 0 not, 2 waiter unusable, -1 exception. */
+static int
+fast_wait_readable(FastPath *self, double now, double until)
+{
+    double checked = attr_double(self->transport, str__db_checked), check_at;
+    PyObject *r;
+    int rc;
+
+    if (checked == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    check_at = checked + self->db_interval;
+    if (now < check_at) {
+        if (until <= check_at) {
+            return waiter_wait(self->waiter, until);
+        }
+        if ((rc = waiter_wait(self->waiter, check_at)) != 0) {
+            return rc;
+        }
+        now = monotonic();
+        if (now >= until) {
+            return 0;
+        }
+    }
+    if (set_attr_double(self->transport, str__db_checked, now) < 0) {
+        return -1;
+    }
+    if ((r = PyObject_CallNoArgs(self->release_idle)) == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return waiter_wait(self->waiter, until);
+}
+
+/* Hand bytes read to DefaultWebSocket._received() (the general path). */
+static int
+give_to_python(FastPath *self, const uint8_t *data, Py_ssize_t n)
+{
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, n), *r;
+    if (bytes == NULL) {
+        return -1;
+    }
+    r = PyObject_CallMethodOneArg(self->ws, str__received, bytes);
+    Py_DECREF(bytes);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static int
+deque_extend(PyObject *deque, PyObject *items, Py_ssize_t start)
+{
+    Py_ssize_t i, n = PyList_GET_SIZE(items);
+    for (i = start; i < n; i++) {
+        if (call_method_void(deque, str_append, PyList_GET_ITEM(items, i)) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * One wait and one read, holding the read lock: DefaultWebSocket._read_once() after its
+ * keepalive arithmetic, Transport.wait_readable() and recv(), and the core's fast path on
+ * what was read. Sets *message to the first message read if the core took the whole read
+ * (the deque was empty: that is why we read), queueing the rest. 1: read something (or
+ * nothing complete yet); 0: the general path must take over; -1: an exception.
+ */
+static _Thread_local uint8_t recv_buf[RECV_SIZE];
+
+static int
+fast_read_locked(FastPath *self, double now, double until, PyObject **message)
+{
+    PyObject *out;
+    Py_ssize_t n, pos, limit;
+    int rc;
+
+    rc = fast_wait_readable(self, now, until);
+    if (rc != 1) {
+        return rc == -1 ? -1 : 0;
+    }
+    /* Made before the read: a list can start a garbage collection, which runs Python
+       code, which must not find recv_buf in use. */
+    if ((out = PyList_New(0)) == NULL) {
+        return -1;
+    }
+    n = read(self->fd, recv_buf, RECV_SIZE);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            Py_DECREF(out);
+            return 0;
+        }
+        n = 0; /* Transport.recv(): a broken connection reads as EOF */
+    }
+    if (n == 0 || n == RECV_SIZE) {
+        /* EOF, or a read that filled the buffer (the general path reads on at once) */
+        rc = give_to_python(self, recv_buf, n);
+        Py_DECREF(out);
+        return rc < 0 ? -1 : 1;
+    }
+    limit = scannable(self);
+    if (limit == -1) {
+        Py_DECREF(out);
+        return -1;
+    }
+    pos = limit < 0 ? 0 : speedups->scan_frames(recv_buf, n, 0, 1, limit, out);
+    if (pos < 0) {
+        Py_DECREF(out);
+        return -1;
+    }
+    if (pos < n) {
+        /* The rest goes the general way, after the messages scanned before it. */
+        if (deque_extend(self->messages, out, 0) < 0 ||
+            give_to_python(self, recv_buf + pos, n - pos) < 0) {
+            Py_DECREF(out);
+            return -1;
+        }
+        Py_DECREF(out);
+        return 1;
+    }
+    /* DefaultWebSocket._feed(): heard from the peer, so no ping is outstanding. */
+    if (set_attr_double(self->ws, str__last_heard, monotonic()) < 0 ||
+        PyObject_SetAttr(self->ws, str__ping_sent_at, Py_None) < 0 ||
+        deque_extend(self->messages, out, 1) < 0) {
+        Py_DECREF(out);
+        return -1;
+    }
+    *message = Py_NewRef(PyList_GET_ITEM(out, 0));
+    Py_DECREF(out);
+    return 1;
+}
+
+/*
+ * FastPath.wait(deadline) -> message, or None: DefaultWebSocket.wait() while the
+ * connection is open and this thread's hub waits on it. None when it cannot decide alone:
+ * closed, timed out, a keepalive ping due, the read lock or the waiter taken, deflate's
+ * backlog pending; the caller then runs the general wait(), which sorts it out.
+ */
+static PyObject *
+FastPath_wait(FastPath *self, PyObject *arg)
+{
+    double deadline;
+
+    if (optional_seconds(arg, &deadline) < 0) {
+        return NULL;
+    }
+    if (isnan(deadline)) {
+        deadline = INFINITY;
+    }
+    if (PyThread_get_thread_ident() != self->waiter->thread) {
+        Py_RETURN_NONE; /* the locks are the hub thread's */
+    }
+    for (;;) {
+        PyObject *message = NULL, *acquired;
+        double until = deadline, now;
+        Py_ssize_t queued = PyObject_Length(self->messages);
+        int rc;
+
+        if (queued < 0) {
+            return NULL;
+        }
+        if (queued > 0) {
+            return PyObject_CallMethodNoArgs(self->messages, str_popleft);
+        }
+        if ((rc = fast_is_open(self)) <= 0) {
+            if (rc < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        if (self->deflate && (rc = attr_true(self->ws, str__unfed)) != 0) {
+            if (rc < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE; /* _read_once() feeds the backlog first */
+        }
+        /* _read_once(): wait no longer than until the keepalive has something to do. */
+        if (!isnan(self->ping_interval)) {
+            PyObject *sent = PyObject_GetAttr(self->ws, str__ping_sent_at);
+            double due;
+            if (sent == NULL) {
+                return NULL;
+            }
+            if (sent == Py_None) {
+                due = attr_double(self->ws, str__last_heard) + self->ping_interval;
+            }
+            else {
+                due = isnan(self->ping_timeout) ? INFINITY
+                                                : PyFloat_AsDouble(sent) + self->ping_timeout;
+            }
+            Py_DECREF(sent);
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            if (due < until) {
+                until = due;
+            }
+        }
+        now = monotonic();
+        if (until <= now) {
+            Py_RETURN_NONE; /* timed out, or a ping is due: _keepalive() */
+        }
+        acquired = PyObject_CallMethodOneArg(self->reading, str_acquire, Py_False);
+        if (acquired == NULL) {
+            return NULL;
+        }
+        rc = PyObject_IsTrue(acquired);
+        Py_DECREF(acquired);
+        if (rc <= 0) {
+            if (rc < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE; /* another reader: wait() queues behind it */
+        }
+        rc = fast_read_locked(self, now, until, &message);
+        {
+            PyObject *type, *value, *tb, *r;
+            PyErr_Fetch(&type, &value, &tb);
+            r = PyObject_CallMethodNoArgs(self->reading, str_release);
+            if (r == NULL) {
+                if (type != NULL) {
+                    PyErr_WriteUnraisable(self->reading);
+                }
+                else {
+                    Py_XDECREF(message);
+                    return NULL;
+                }
+            }
+            Py_XDECREF(r);
+            PyErr_Restore(type, value, tb);
+        }
+        if (rc <= 0) {
+            Py_XDECREF(message);
+            if (rc < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        if (message != NULL) {
+            return message;
+        }
+    }
+}
+
+/*
+ * FastPath.send(message) -> bool: DefaultWebSocket.send() of a str or bytes while the
+ * connection is open, nothing is queued and no one writes (the lock order's write ->
+ * core sections, done in one step). One write(2) of the frame (writev(2) of the header
+ * and the payload past 2 KiB); the rest of a partial write goes to DefaultWebSocket._send_rest() at once. False, having
+ * written nothing, whenever the general send() must run instead: any other type, an
+ * encoding error, compression, a lock held, a write that failed.
+ */
+static PyObject *
+FastPath_send(FastPath *self, PyObject *message)
+{
+    const char *payload;
+    Py_ssize_t length, total, sent, hlen;
+    uint8_t header[10], small[2048];
+    struct iovec iov[2];
+    PyObject *rest, *r;
+    int rc;
+
+    if (PyUnicode_CheckExact(message)) {
+        payload = PyUnicode_AsUTF8AndSize(message, &length);
+        if (payload == NULL) {
+            PyErr_Clear(); /* lone surrogates: send() raises the encoder's error */
+            Py_RETURN_FALSE;
+        }
+        header[0] = 0x81;
+    }
+    else if (PyBytes_CheckExact(message)) {
+        payload = PyBytes_AS_STRING(message);
+        length = PyBytes_GET_SIZE(message);
+        header[0] = 0x82;
+    }
+    else {
+        Py_RETURN_FALSE;
+    }
+    if (self->deflate || PyThread_get_thread_ident() != self->waiter->thread) {
+        Py_RETURN_FALSE;
+    }
+    if ((rc = fast_is_open(self)) <= 0) {
+        if (rc < 0) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
+    }
+    if ((rc = attr_true(self->ws, str__outbox)) != 0 || (rc = attr_call_true(self->writing, str_locked)) != 0 ||
+        (rc = attr_call_true(self->core, str_locked)) != 0) {
+        if (rc < 0) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
+    }
+    /* RFC 6455 5.2: FIN, the opcode, and the payload length in 7, 7+16 or 7+64 bits; a
+       server's frames are not masked. */
+    if (length < 126) {
+        header[1] = (uint8_t)length;
+        hlen = 2;
+    }
+    else if (length < 65536) {
+        header[1] = 126;
+        header[2] = (uint8_t)(length >> 8);
+        header[3] = (uint8_t)length;
+        hlen = 4;
+    }
+    else {
+        int i;
+        header[1] = 127;
+        for (i = 0; i < 8; i++) {
+            header[2 + i] = (uint8_t)((uint64_t)length >> (56 - 8 * i));
+        }
+        hlen = 10;
+    }
+    total = hlen + length;
+    if (total <= (Py_ssize_t)sizeof(small)) {
+        /* write(2) of one buffer costs the kernel less than writev(2) of two */
+        memcpy(small, header, (size_t)hlen);
+        memcpy(small + hlen, payload, (size_t)length);
+        sent = write(self->fd, small, (size_t)total);
+    }
+    else {
+        iov[0].iov_base = header;
+        iov[0].iov_len = (size_t)hlen;
+        iov[1].iov_base = (void *)payload;
+        iov[1].iov_len = (size_t)length;
+        sent = writev(self->fd, iov, 2);
+    }
+    if (sent == total) {
+        Py_RETURN_TRUE;
+    }
+    if (sent < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            Py_RETURN_FALSE; /* broken: the general send() fails the same way, and says so */
+        }
+        sent = 0;
+    }
+    /* The kernel took part of the frame: the rest must follow before anything else. */
+    rest = PyBytes_FromStringAndSize(NULL, total - sent);
+    if (rest == NULL) {
+        return NULL;
+    }
+    if (sent < hlen) {
+        memcpy(PyBytes_AS_STRING(rest), header + sent, (size_t)(hlen - sent));
+        memcpy(PyBytes_AS_STRING(rest) + (hlen - sent), payload, (size_t)length);
+    }
+    else {
+        memcpy(PyBytes_AS_STRING(rest), payload + (sent - hlen), (size_t)(total - sent));
+    }
+    r = PyObject_CallMethodOneArg(self->ws, str__send_rest, rest);
+    Py_DECREF(rest);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef FastPath_methods[] = {
+    {"wait", (PyCFunction)FastPath_wait, METH_O,
+     "wait(deadline) -> the next message, or None: then the general wait() must run "
+     "(closed, timed out, keepalive due, busy). deadline: a monotonic time, or None."},
+    {"send", (PyCFunction)FastPath_send, METH_O,
+     "send(message) -> True once the str or bytes is handed to the kernel; False, having "
+     "written nothing, when the general send() must run instead."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject FastPath_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dwebsocket.backends.default._fastpath.FastPath",
+    .tp_doc = "FastPath(*, ws, transport, waiter, conn, fd, messages, reading, writing, core, "
+              "release_idle, open_state, ping_interval, ping_timeout, db_interval, deflate): "
+              "DefaultWebSocket.wait() and send() in the common case (see _fastpath.c).",
+    .tp_basicsize = sizeof(FastPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = FastPath_new,
+    .tp_traverse = (traverseproc)FastPath_traverse,
+    .tp_clear = (inquiry)FastPath_clear,
+    .tp_dealloc = (destructor)FastPath_dealloc,
+    .tp_methods = FastPath_methods,
+};
+
+/* -- Messages ------------------------------------------------------------------------- */
+
+/*
+ * Messages(ws): iter(DefaultWebSocket), i.e. WebSocket.__iter__() without its generator
+ * and wait()'s Python frame per message: FastPath.wait() once there is one, else (and
+ * whenever it returns None) ws.wait(); stops when that returns None and the connection
+ * is closed.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *ws;
+} Messages;
+
+static PyObject *
+Messages_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ws", NULL};
+    PyObject *ws;
+    Messages *self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Messages", kwlist, &ws)) {
+        return NULL;
+    }
+    if ((self = (Messages *)type->tp_alloc(type, 0)) == NULL) {
+        return NULL;
+    }
+    self->ws = Py_NewRef(ws);
+    return (PyObject *)self;
+}
+
+static int
+Messages_traverse(Messages *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ws);
+    return 0;
+}
+
+static int
+Messages_clear(Messages *self)
+{
+    Py_CLEAR(self->ws);
+    return 0;
+}
+
+static void
+Messages_dealloc(Messages *self)
+{
+    PyObject_GC_UnTrack(self);
+    Messages_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Messages_next(Messages *self)
+{
+    if (self->ws == NULL) {
+        return NULL;
+    }
+    for (;;) {
+        PyObject *fast = PyObject_GetAttr(self->ws, str__fast), *message;
+        int closed;
+
+        if (fast == NULL) {
+            return NULL;
+        }
+        if (Py_IS_TYPE(fast, &FastPath_Type)) {
+            message = FastPath_wait((FastPath *)fast, Py_None);
+            Py_DECREF(fast);
+            if (message != Py_None) {
+                return message; /* or NULL: an exception */
+            }
+            Py_DECREF(message);
+        }
+        else {
+            Py_DECREF(fast);
+        }
+        if ((message = PyObject_CallMethodNoArgs(self->ws, str_wait)) != Py_None) {
+            return message;
+        }
+        Py_DECREF(message);
+        if ((closed = attr_call_true(self->ws, str_is_closed)) != 0) {
+            if (closed > 0) {
+                Py_CLEAR(self->ws); /* exhausted for good */
+            }
+            return NULL;
+        }
+    }
+}
+
+static PyTypeObject Messages_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dwebsocket.backends.default._fastpath.Messages",
+    .tp_doc = "Messages(ws): iterates over ws's messages until it is closed (see _fastpath.c).",
+    .tp_basicsize = sizeof(Messages),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Messages_new,
+    .tp_traverse = (traverseproc)Messages_traverse,
+    .tp_clear = (inquiry)Messages_clear,
+    .tp_dealloc = (destructor)Messages_dealloc,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)Messages_next,
+};
+
+/* -- the module ----------------------------------------------------------------------- */
+
+static int
+fastpath_exec(PyObject *module)
+{
+    PyObject *greenlet;
+
+#define INTERN(name)                                                                        \
+    if (str_##name == NULL && (str_##name = PyUnicode_InternFromString(#name)) == NULL) {   \
+        return -1;                                                                          \
+    }
+    STR_NAMES(INTERN)
+#undef INTERN
+    if (speedups == NULL) {
+        /* PyCapsule_Import() imports the top package only, then looks up attributes. */
+        PyObject *module_speedups = PyImport_ImportModule("dwebsocket.protocol._speedups");
+        if (module_speedups == NULL) {
+            return -1;
+        }
+        Py_DECREF(module_speedups);
+        speedups = (const DwsSpeedupsCAPI *)PyCapsule_Import(DWS_SPEEDUPS_CAPSULE, 0);
+        if (speedups == NULL) {
+            return -1;
+        }
+    }
+    if (getcurrent == NULL) {
+        if ((greenlet = PyImport_ImportModule("greenlet")) == NULL) {
+            return -1;
+        }
+        getcurrent = PyObject_GetAttrString(greenlet, "getcurrent");
+        Py_DECREF(greenlet);
+        if (getcurrent == NULL) {
+            return -1;
+        }
+    }
+    if (PyType_Ready(&Waiter_Type) < 0 || PyType_Ready(&FastPath_Type) < 0 ||
+        PyType_Ready(&Messages_Type) < 0) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "Waiter", (PyObject *)&Waiter_Type) < 0 ||
+        PyModule_AddObjectRef(module, "FastPath", (PyObject *)&FastPath_Type) < 0 ||
+        PyModule_AddObjectRef(module, "Messages", (PyObject *)&Messages_Type) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static struct PyModuleDef_Slot fastpath_slots[] = {
+    {Py_mod_exec, fastpath_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* static types and state: one interpreter (gevent supports no other) */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef fastpath_module = {
+    PyModuleDef_HEAD_INIT,
+    "dwebsocket.backends.default._fastpath",
+    "The default backend's I/O fast path under gevent (optional; see _fastpath.c).",
+    0,
+    NULL,
+    fastpath_slots,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__fastpath(void)
+{
+    return PyModuleDef_Init(&fastpath_module);
+}

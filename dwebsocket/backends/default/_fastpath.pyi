@@ -1,0 +1,35 @@
+from collections.abc import Callable
+from typing import Any
+
+class Waiter:
+    def __init__(self, hub: Any, fd: int) -> None: ...
+    def wait(self, deadline: float | None, /) -> bool | None: ...
+    def close(self) -> None: ...
+
+class FastPath:
+    def __init__(
+        self,
+        *,
+        ws: Any,
+        transport: Any,
+        waiter: Waiter,
+        conn: Any,
+        fd: int,
+        messages: Any,
+        reading: Any,
+        writing: Any,
+        core: Any,
+        release_idle: Callable[[], None],
+        open_state: Any,
+        ping_interval: float | None,
+        ping_timeout: float | None,
+        db_interval: float,
+        deflate: bool,
+    ) -> None: ...
+    def wait(self, deadline: float | None, /) -> str | bytes | None: ...
+    def send(self, message: object, /) -> bool: ...
+
+class Messages:
+    def __init__(self, ws: Any) -> None: ...
+    def __iter__(self) -> Messages: ...
+    def __next__(self) -> str | bytes: ...
