@@ -143,7 +143,8 @@ class Connection:
         self._mask_keys = b""
 
         # The default backend's C fast path (backends/default/_fastpath.c) reads _buf,
-        # _frag and _fast_max to know when it may scan a read itself: keep their meaning.
+        # _frag, _done and _fast_max to know when it may scan a read itself: keep their
+        # meaning.
         self._buf = bytearray()  # the start of an incomplete frame
         self._need = 0  # len(_buf) worth parsing again
         self._out: list[bytes] = []

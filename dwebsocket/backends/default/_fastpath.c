@@ -48,8 +48,8 @@ static PyObject *getcurrent; /* greenlet.getcurrent */
     X(_last_heard) X(_outbox) X(_ping_sent_at) X(_received) X(_send_rest) X(_shut) X(_unfed) \
     /* Transport */                                                                         \
     X(_db_checked)                                                                          \
-    /* Connection: at a frame boundary when _buf is empty and _frag is 0 */                 \
-    X(_buf) X(_fast_max) X(_frag)
+    /* Connection: scannable() says what they mean */                                      \
+    X(_buf) X(_done) X(_fast_max) X(_frag)
 #define DECLARE(name) static PyObject *str_##name;
 STR_NAMES(DECLARE)
 #undef DECLARE
@@ -176,7 +176,8 @@ waiter_stop_timer(Waiter *self)
         return 0;
     }
     self->timer = NULL;
-    if (call_method_void(timer, str_stop, NULL) < 0 || call_method_void(timer, str_close, NULL) < 0) {
+    if (call_method_void(timer, str_stop, NULL) < 0 ||
+        call_method_void(timer, str_close, NULL) < 0) {
         rc = -1;
     }
     Py_DECREF(timer);
@@ -620,9 +621,10 @@ attr_call_true(PyObject *obj, PyObject *name)
     return b;
 }
 
-/* The core can scan a read itself: at a frame boundary, no message in fragments, no one
-   holding the core lock (Connection.receive_data: ``pos = scan(...)`` unless ``_buf`` or
-   ``_frag``). Returns _fast_max (>= 0), -2 when it cannot, -1 with an exception. */
+/* The core can scan a read itself: at a frame boundary, no message in fragments, no Close
+   emitted yet, no one holding the core lock (Connection.receive_data: nothing once
+   ``_done``, else ``pos = scan(...)`` unless ``_buf`` or ``_frag``). Returns _fast_max
+   (>= 0), -2 when it cannot, -1 with an exception. */
 static Py_ssize_t
 scannable(FastPath *self)
 {
@@ -644,7 +646,8 @@ scannable(FastPath *self)
     if (n != 0) {
         return n < 0 ? -1 : -2;
     }
-    if ((r = attr_true(self->conn, str__frag)) != 0) {
+    if ((r = attr_true(self->conn, str__frag)) != 0 ||
+        (r = attr_true(self->conn, str__done)) != 0) {
         return r < 0 ? -1 : -2;
     }
     if ((value = PyObject_GetAttr(self->conn, str__fast_max)) == NULL) {
@@ -740,9 +743,10 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
     if (rc != 1) {
         return rc == -1 ? -1 : 0;
     }
-    /* Made before the read: a list can start a garbage collection, which runs Python
-       code, which must not find recv_buf in use. */
-    if ((out = PyList_New(0)) == NULL) {
+    /* Both before the read (after the wait: other greenlets ran meanwhile): the list can
+       start a garbage collection, and either could run Python code, which must not find
+       recv_buf in use. */
+    if ((limit = scannable(self)) == -1 || (out = PyList_New(0)) == NULL) {
         return -1;
     }
     n = read(self->fd, recv_buf, RECV_SIZE);
@@ -758,11 +762,6 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         rc = give_to_python(self, recv_buf, n);
         Py_DECREF(out);
         return rc < 0 ? -1 : 1;
-    }
-    limit = scannable(self);
-    if (limit == -1) {
-        Py_DECREF(out);
-        return -1;
     }
     pos = limit < 0 ? 0 : speedups->scan_frames(recv_buf, n, 0, 1, limit, out);
     if (pos < 0) {
@@ -907,9 +906,10 @@ FastPath_wait(FastPath *self, PyObject *arg)
  * FastPath.send(message) -> bool: DefaultWebSocket.send() of a str or bytes while the
  * connection is open, nothing is queued and no one writes (the lock order's write ->
  * core sections, done in one step). One write(2) of the frame (writev(2) of the header
- * and the payload past 2 KiB); the rest of a partial write goes to DefaultWebSocket._send_rest() at once. False, having
- * written nothing, whenever the general send() must run instead: any other type, an
- * encoding error, compression, a lock held, a write that failed.
+ * and the payload past 2 KiB); the rest of a partial write goes to
+ * DefaultWebSocket._send_rest() at once. False, having written nothing, whenever the
+ * general send() must run instead: any other type, an encoding error, compression, a
+ * lock held, a write that failed.
  */
 static PyObject *
 FastPath_send(FastPath *self, PyObject *message)
@@ -946,7 +946,8 @@ FastPath_send(FastPath *self, PyObject *message)
         }
         Py_RETURN_FALSE;
     }
-    if ((rc = attr_true(self->ws, str__outbox)) != 0 || (rc = attr_call_true(self->writing, str_locked)) != 0 ||
+    if ((rc = attr_true(self->ws, str__outbox)) != 0 ||
+        (rc = attr_call_true(self->writing, str_locked)) != 0 ||
         (rc = attr_call_true(self->core, str_locked)) != 0) {
         if (rc < 0) {
             return NULL;
