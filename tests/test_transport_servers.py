@@ -201,6 +201,11 @@ monkey.get_original("_thread", "start_new_thread")(in_thread, ())
 assert done.wait(5)
 assert seen == [None, False], seen
 
+# Between waits the io watcher does not keep the loop alive (gevent.wait() returns).
+gevent.spawn_later(0.01, b.sendall, b"w")
+assert waiter.wait(time.monotonic() + 5.0) is True and transport.recv() == b"w"
+assert gevent.wait(timeout=5) is True
+
 # Closed (by release()) while a greenlet waits: that wait ends with False, and later
 # ones are refused (None) so that callers poll.
 waiting = gevent.spawn(waiter.wait, None)

@@ -17,10 +17,12 @@
  * Connection is named in STR_NAMES below; each rule it repeats cites its Python original.
  *
  * Concurrency: everything here runs holding the GIL and, under gevent, in the hub's
- * thread; no other greenlet runs unless this code switches to the hub, which it does
- * only in Waiter.wait(), holding the read lock. So a lock that is free when FastPath
- * looks stays free until it is done, and send() need not take the write and core locks
- * it checks: it finishes its write(2) before anyone else can run.
+ * thread; no other greenlet runs unless something switches to the hub: this code does
+ * only in Waiter.wait(), the Python it calls may too (release_idle_connections(),
+ * _received(), _send_rest()). So what FastPath checks holds until its next such call,
+ * and it checks again after each: a lock it finds free stays free until its write(2)
+ * is done, which is why send() need not take the write and core locks. After a wait the
+ * session may have ended: a closed waiter's fd may be another connection's by then.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -57,9 +59,14 @@ STR_NAMES(DECLARE)
 static double
 monotonic(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts); /* what time.monotonic() reads */
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    /* time.monotonic()'s clock: not CLOCK_MONOTONIC everywhere (macOS) */
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)PyTime_MonotonicRaw(&t);
+    return PyTime_AsSecondsDouble(t);
+#else
+    return _PyTime_AsSecondsDouble(_PyTime_GetMonotonicClock());
+#endif
 }
 
 /* A float or None (NAN) argument. */
@@ -113,7 +120,7 @@ Waiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->hub = Py_NewRef(hub);
     if ((self->hub_switch = PyObject_GetAttr(hub, str_switch)) == NULL ||
         (self->loop = PyObject_GetAttr(hub, str_loop)) == NULL ||
-        (self->io = PyObject_CallMethod(self->loop, "io", "ii", fd, 1)) == NULL) {
+        (self->io = PyObject_CallMethod(self->loop, "io", "iiO", fd, 1, Py_False)) == NULL) {
         Py_DECREF(self);
         return NULL;
     }
@@ -260,6 +267,19 @@ waiter_close_io(Waiter *self)
     return call_method_void(self->io, str_close, NULL);
 }
 
+/* Unref the io watcher again; close it if close() came during the wait. */
+static int
+waiter_after_wait(Waiter *self)
+{
+    if (self->io == NULL) {
+        return 0;
+    }
+    if (PyObject_SetAttr(self->io, str_ref, Py_False) < 0) {
+        return -1;
+    }
+    return self->closed ? waiter_close_io(self) : 0;
+}
+
 /*
  * Wait until the socket is readable or the monotonic time ``deadline`` (INFINITY: no
  * limit). 1: readable; 0: woken otherwise (the timer, maybe armed for an earlier
@@ -317,21 +337,28 @@ waiter_wait(Waiter *self, double deadline)
         Py_DECREF(r);
         self->io_active = 1;
     }
+    /* The watcher keeps the loop alive only while someone waits on it (ref), as gevent's
+       own waits do: a loop with nothing else to do still ends (LoopExit). */
+    if (PyObject_SetAttr(self->io, str_ref, Py_True) < 0) {
+        return -1;
+    }
     self->waiting = 1;
     r = PyObject_CallNoArgs(self->hub_switch);
     self->waiting = 0;
-    if (self->closed && self->io != NULL) {
+    if (r == NULL) { /* thrown into the greenlet: tidy up, keep that exception */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (waiter_close_io(self) < 0) {
+        if (waiter_after_wait(self) < 0) {
             PyErr_WriteUnraisable((PyObject *)self);
         }
         PyErr_Restore(type, value, tb);
-    }
-    if (r == NULL) {
         return -1;
     }
-    readable = r == Py_True;
+    if (waiter_after_wait(self) < 0) {
+        Py_DECREF(r);
+        return -1;
+    }
+    readable = r == Py_True && !self->closed; /* closed: the fd may be another's */
     Py_DECREF(r);
     return readable;
 }
@@ -413,7 +440,11 @@ Waiter_close(Waiter *self, PyObject *Py_UNUSED(ignored))
         }
         r = PyObject_CallMethodOneArg(self->loop, str_run_callback, expired);
         Py_DECREF(expired);
-        return r;
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+        Py_RETURN_NONE;
     }
     if (waiter_close_io(self) < 0) {
         return NULL;
@@ -655,7 +686,16 @@ scannable(FastPath *self)
     }
     limit = PyLong_AsSsize_t(value);
     Py_DECREF(value);
-    return limit == -1 && PyErr_Occurred() ? -1 : limit;
+    if (limit < 0) {
+        if (limit == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();
+        }
+        return -2;
+    }
+    return limit;
 }
 
 /* Transport.wait_readable() once the wait is known to block: release the thread's idle
@@ -740,8 +780,8 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
     int rc;
 
     rc = fast_wait_readable(self, now, until);
-    if (rc != 1) {
-        return rc == -1 ? -1 : 0;
+    if (rc != 1 || self->waiter->closed) {
+        return rc == -1 ? -1 : 0; /* closed: released, the fd number may be another's */
     }
     /* Both before the read (after the wait: other greenlets ran meanwhile): the list can
        start a garbage collection, and either could run Python code, which must not find
@@ -918,26 +958,20 @@ FastPath_send(FastPath *self, PyObject *message)
     Py_ssize_t length, total, sent, hlen;
     uint8_t header[10], small[2048];
     struct iovec iov[2];
-    PyObject *rest, *r;
+    PyObject *encoded = NULL, *rest, *r;
     int rc;
 
     if (PyUnicode_CheckExact(message)) {
-        payload = PyUnicode_AsUTF8AndSize(message, &length);
-        if (payload == NULL) {
-            PyErr_Clear(); /* lone surrogates: send() raises the encoder's error */
-            Py_RETURN_FALSE;
-        }
         header[0] = 0x81;
     }
     else if (PyBytes_CheckExact(message)) {
-        payload = PyBytes_AS_STRING(message);
-        length = PyBytes_GET_SIZE(message);
         header[0] = 0x82;
     }
     else {
         Py_RETURN_FALSE;
     }
-    if (self->deflate || PyThread_get_thread_ident() != self->waiter->thread) {
+    if (self->deflate || self->waiter->closed ||
+        PyThread_get_thread_ident() != self->waiter->thread) {
         Py_RETURN_FALSE;
     }
     if ((rc = fast_is_open(self)) <= 0) {
@@ -953,6 +987,31 @@ FastPath_send(FastPath *self, PyObject *message)
             return NULL;
         }
         Py_RETURN_FALSE;
+    }
+    if (header[0] == 0x82) {
+        payload = PyBytes_AS_STRING(message);
+        length = PyBytes_GET_SIZE(message);
+    }
+    else {
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(message) < 0) {
+            return NULL;
+        }
+#endif
+        if (PyUnicode_IS_ASCII(message)) { /* its characters are its UTF-8 */
+            payload = (const char *)PyUnicode_DATA(message);
+            length = PyUnicode_GET_LENGTH(message);
+        }
+        else {
+            /* A temporary, as str.encode(): PyUnicode_AsUTF8AndSize() would keep a copy
+               in the str for its whole life. */
+            if ((encoded = PyUnicode_AsUTF8String(message)) == NULL) {
+                PyErr_Clear(); /* lone surrogates: send() raises the encoder's error */
+                Py_RETURN_FALSE;
+            }
+            payload = PyBytes_AS_STRING(encoded);
+            length = PyBytes_GET_SIZE(encoded);
+        }
     }
     /* RFC 6455 5.2: FIN, the opcode, and the payload length in 7, 7+16 or 7+64 bits; a
        server's frames are not masked. */
@@ -989,25 +1048,30 @@ FastPath_send(FastPath *self, PyObject *message)
         sent = writev(self->fd, iov, 2);
     }
     if (sent == total) {
+        Py_XDECREF(encoded);
         Py_RETURN_TRUE;
     }
     if (sent < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            Py_XDECREF(encoded);
             Py_RETURN_FALSE; /* broken: the general send() fails the same way, and says so */
         }
         sent = 0;
     }
     /* The kernel took part of the frame: the rest must follow before anything else. */
     rest = PyBytes_FromStringAndSize(NULL, total - sent);
+    if (rest != NULL) {
+        if (sent < hlen) {
+            memcpy(PyBytes_AS_STRING(rest), header + sent, (size_t)(hlen - sent));
+            memcpy(PyBytes_AS_STRING(rest) + (hlen - sent), payload, (size_t)length);
+        }
+        else {
+            memcpy(PyBytes_AS_STRING(rest), payload + (sent - hlen), (size_t)(total - sent));
+        }
+    }
+    Py_XDECREF(encoded);
     if (rest == NULL) {
         return NULL;
-    }
-    if (sent < hlen) {
-        memcpy(PyBytes_AS_STRING(rest), header + sent, (size_t)(hlen - sent));
-        memcpy(PyBytes_AS_STRING(rest) + (hlen - sent), payload, (size_t)length);
-    }
-    else {
-        memcpy(PyBytes_AS_STRING(rest), payload + (sent - hlen), (size_t)(total - sent));
     }
     r = PyObject_CallMethodOneArg(self->ws, str__send_rest, rest);
     Py_DECREF(rest);
@@ -1097,38 +1161,46 @@ Messages_dealloc(Messages *self)
 static PyObject *
 Messages_next(Messages *self)
 {
-    if (self->ws == NULL) {
+    PyObject *ws = self->ws, *result;
+    if (ws == NULL) {
         return NULL;
     }
+    Py_INCREF(ws); /* another greenlet's next() may clear self->ws meanwhile */
     for (;;) {
-        PyObject *fast = PyObject_GetAttr(self->ws, str__fast), *message;
+        PyObject *fast = PyObject_GetAttr(ws, str__fast), *message;
         int closed;
 
         if (fast == NULL) {
-            return NULL;
+            result = NULL;
+            break;
         }
         if (Py_IS_TYPE(fast, &FastPath_Type)) {
             message = FastPath_wait((FastPath *)fast, Py_None);
             Py_DECREF(fast);
             if (message != Py_None) {
-                return message; /* or NULL: an exception */
+                result = message; /* or NULL: an exception */
+                break;
             }
             Py_DECREF(message);
         }
         else {
             Py_DECREF(fast);
         }
-        if ((message = PyObject_CallMethodNoArgs(self->ws, str_wait)) != Py_None) {
-            return message;
+        if ((message = PyObject_CallMethodNoArgs(ws, str_wait)) != Py_None) {
+            result = message;
+            break;
         }
         Py_DECREF(message);
-        if ((closed = attr_call_true(self->ws, str_is_closed)) != 0) {
-            if (closed > 0) {
+        if ((closed = attr_call_true(ws, str_is_closed)) != 0) {
+            if (closed > 0 && self->ws == ws) {
                 Py_CLEAR(self->ws); /* exhausted for good */
             }
-            return NULL;
+            result = NULL;
+            break;
         }
     }
+    Py_DECREF(ws);
+    return result;
 }
 
 static PyTypeObject Messages_Type = {

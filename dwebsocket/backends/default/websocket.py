@@ -279,9 +279,9 @@ class DefaultWebSocket(WebSocket):
     def __iter__(self) -> Iterator[Message]:
         """Yield every message until the peer closes the connection (``WebSocket``'s
         loop; in C where the fast path is built, without a Python frame per message)."""
-        if fast_messages is not None:
+        if fast_messages is not None and type(self).wait is DefaultWebSocket.wait:
             return fast_messages(self)  # type: ignore[no-any-return]
-        return super().__iter__()
+        return super().__iter__()  # a subclass's own wait() is what iteration must call
 
     def read(self, fallback: _T | None = None) -> Message | _T | None:
         """Return a message that is ready now, or ``fallback``. Never blocks."""

@@ -10,6 +10,7 @@ the fast path.
 from __future__ import annotations
 
 import itertools
+import socket
 import sys
 import threading
 import time
@@ -346,3 +347,84 @@ def test_deflate_waits_in_c_and_frames_in_python(seen: dict[str, Any]) -> None:
         session.finish()
     assert seen["fast"] is True
     assert len(seen["to_python"]) == 3  # every read: RSV1 frames are the core's
+
+
+def test_two_greenlets_share_one_iterator(seen: dict[str, Any]) -> None:
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        messages = iter(ws)
+        got: list[Any] = []
+
+        def reader() -> None:
+            got.extend(messages)  # until the peer goes away
+
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        for thread in readers:
+            thread.start()
+        for thread in readers:
+            thread.join(TIMEOUT)
+        seen["got"] = sorted(got)
+
+    with Session(fast_view(body, seen)) as session:
+        session.expect_101()
+        time.sleep(0.05)  # both wait: one in the fast path, one for the read lock
+        session.client.send("a")
+        session.client.send("b")
+        time.sleep(0.05)
+        session.client.sock.shutdown(2)
+        session.finish()
+    assert seen["got"] == ["a", "b"]
+
+
+def test_a_wait_that_outlives_the_session_reads_nothing(seen: dict[str, Any]) -> None:
+    """A reader greenlet is woken in the loop turn in which the session ends and the
+    socket's number goes to a new connection: it must not read that connection's bytes
+    (Transport.release(): "the number may be reused")."""
+    import gevent
+    from gevent.socket import wait_read
+
+    ready, other = socket.socketpair()
+
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        reader = gevent.spawn(lambda: list(ws))
+        gevent.sleep(0.05)  # the reader waits in the fast path
+        wait_read(ready.fileno())  # woken in the same turn of the loop as the reader
+        number = session.server_sock.fileno()
+        ws._shutdown()
+        ws._transport.release()
+        session.server_sock.close()
+        victim, peer = socket.socketpair()
+        with victim, peer:
+            seen["reused"] = victim.fileno() == number
+            peer.sendall(b"GET /private HTTP/1.1\r\n\r\n")
+            reader.join(TIMEOUT)
+            victim.setblocking(False)
+            try:
+                seen["victim got"] = victim.recv(100)
+            except BlockingIOError:
+                seen["victim got"] = b""  # read by the old session's reader
+
+    session = Session(fast_view(body, seen))
+    with session, ready, other:
+        session.expect_101()
+        time.sleep(0.1)
+        session.client.sock.sendall(masked(0x1, b"hi"))  # readable in one loop turn ...
+        other.sendall(b"!")  # ... with this
+        session.finish()
+    assert seen["reused"] is True  # the lowest free number: the scene is set
+    assert seen["victim got"] == b"GET /private HTTP/1.1\r\n\r\n"
+    assert all(b"private" not in data for data in seen["to_python"])
+
+
+@override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=-1)
+def test_a_negative_message_limit_is_left_to_the_core(seen: dict[str, Any]) -> None:
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        seen["message"] = ws.wait(TIMEOUT)
+        seen["code"] = ws.close_code
+
+    with Session(fast_view(body, seen)) as session:
+        session.expect_101()
+        session.client.send("x")
+        closing = session.client.recv()
+        assert isinstance(closing, Close) and closing.code == 1009
+        session.finish()
+    assert (seen["message"], seen["code"]) == (None, 1009)
