@@ -428,3 +428,26 @@ def test_a_negative_message_limit_is_left_to_the_core(seen: dict[str, Any]) -> N
         assert isinstance(closing, Close) and closing.code == 1009
         session.finish()
     assert (seen["message"], seen["code"]) == (None, 1009)
+
+
+def test_iteration_calls_a_subclass_wait(seen: dict[str, Any]) -> None:
+    class Counting(DefaultWebSocket):
+        waits = 0
+
+        def wait(self, timeout: float | None = None) -> str | bytes | None:
+            Counting.waits += 1
+            return super().wait(timeout)
+
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        ws.__class__ = Counting
+        seen["messages"] = list(ws)
+        seen["waits"] = Counting.waits
+
+    with Session(fast_view(body, seen)) as session:
+        session.expect_101()
+        session.client.send("one")
+        session.client.send("two")
+        session.client.sock.shutdown(2)
+        session.finish()
+    assert seen["messages"] == ["one", "two"]
+    assert seen["waits"] == 3  # two messages, then None: closed
