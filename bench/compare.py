@@ -560,9 +560,11 @@ def run_idle(
     pin_server: list[str],
     pin_client: list[str],
     log_path: Path,
+    slow: float = 1.0,
 ) -> dict[str, Any]:
     """Open connections step by step on one server process; at each step record RSS,
-    probe every connection, record RSS again."""
+    probe every connection, record RSS again. ``slow`` multiplies every wait (a guest
+    under emulation is that many times slower)."""
     limit = nofile_hard()
     # The server needs one descriptor per connection plus a few dozen of its own.
     max_conns = limit - 100
@@ -585,6 +587,22 @@ def run_idle(
         ],
     }
     per_client = max(1, limit - 64)
+    if slow > 1:
+        # dwebsocket pings a connection after 20 s of silence and drops it 20 s later
+        # without a pong: in a guest `slow` times slower those 20 s are worth 20/slow of
+        # the host's, so 100,000 connections would cost it `slow` times the keepalive
+        # traffic they cost the host (and its late event loop would drop live peers).
+        keepalive = 20.0 * slow
+        outcome["keepalive_s"] = keepalive
+        stack = dataclasses.replace(
+            stack,
+            env={
+                **stack.env,
+                "DWEBSOCKET_BENCH_SETTINGS": json.dumps(
+                    {"WEBSOCKET_PING_INTERVAL": keepalive, "WEBSOCKET_PING_TIMEOUT": keepalive}
+                ),
+            },
+        )
     with running(stack, log_path, pin_server) as server, open(log_path, "ab") as log:
         problem = check_stack(server, pin_client, log)
         if problem:
@@ -620,9 +638,9 @@ def run_idle(
                 "--connect-concurrency",
                 "500",
                 "--connect-timeout",
-                "300",
+                str(round(300 * slow)),
                 "--probe-timeout",
-                "120",
+                str(round(120 * slow)),
                 *(["--deflate"] if deflate else []),
             ]
             process = subprocess.Popen(
@@ -635,7 +653,7 @@ def run_idle(
             clients.append((process, LineReader(process)))
         try:
             for target in runnable:
-                opened = [reader.line(330) for _, reader in clients]
+                opened = [reader.line(330 * slow) for _, reader in clients]
                 if any(o is None for o in opened):
                     outcome["error"] = f"no report from the load generator at {target}"
                     break
@@ -645,7 +663,7 @@ def run_idle(
                     assert process.stdin is not None
                     process.stdin.write(b"probe\n")
                     process.stdin.flush()
-                probed = [reader.line(150) for _, reader in clients]
+                probed = [reader.line(150 * slow) for _, reader in clients]
                 if any(p is None for p in probed):
                     outcome["error"] = f"no probe report from the load generator at {target}"
                     break
@@ -702,6 +720,148 @@ def run_idle(
                 _stop_child(process, 30)
                 reader.close()
     return outcome
+
+
+# -- idle connections in a guest ---------------------------------------------------------
+
+VM_RUN = BENCH / "vm" / "run.py"
+VM_OUT = OUT / "vm"
+#: Per backend of bench/vm/run.py: how many times slower than the host its handshakes
+#: are (the idle waits are stretched that much), and the guest's wall-clock bound.
+#: (Measured under UML: 330 handshakes a second up to 10,000 connections, then fewer as
+#: they grow, 94 a second from 10,000 to 50,000: the waits are stretched 20 times.)
+GUEST_SLOWNESS = {"kvm": (1.0, 1800), "uml": (20.0, 5 * 3600), "tcg": (30.0, 6 * 3600)}
+#: The guest's memory: 100,000 connections with deflate state cost the server ~7 GiB.
+GUEST_MEMORY = "18G"
+IN_GUEST = os.environ.get("DWEBSOCKET_BENCH_GUEST") == "1"
+
+
+def idle_needs_guest(steps: list[int], mode: str) -> bool:
+    """Whether the idle steps are to run in a guest (``bench/vm/run.py``): ``mode``
+    always/never, or auto: when this process's RLIMIT_NOFILE hard limit cannot hold the
+    largest step (run_idle's margin of 100 descriptors). Never inside a guest."""
+    if IN_GUEST or mode == "never":
+        return False
+    return mode == "always" or nofile_hard() - 100 < max(steps)
+
+
+def guest_backend() -> tuple[str | None, str]:
+    """(backend bench/vm/run.py would use, or None; its answer). Blocks up to 60 s."""
+    check = subprocess.run(
+        [PY, str(VM_RUN), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    answer = check.stdout.strip()
+    return (answer if check.returncode == 0 and answer in GUEST_SLOWNESS else None), answer
+
+
+def _stop_guest(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to bench/vm/run.py (which then stops its guest and puts back what it
+    changed on the host), SIGKILL if it is still there after a minute."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+
+
+def run_idle_in_guest(steps: list[int], no_pin: bool) -> dict[str, Any]:
+    """This script's idle part (``--idle-only``) in a guest whose root can raise
+    RLIMIT_NOFILE: returns {"idle": its run_idle outcomes, "guest": what the guest was
+    and why it was used}. One guest runs both deflate settings, one after the other (two
+    UML guests at once, one per setting, made each so slow that 100,000 connections did
+    not open within 20 minutes); a guest that produced no results gives its settings an
+    outcome with only an error. Blocks for the guests'
+    run (bounded by GUEST_SLOWNESS; they are stopped past it, or on any exception);
+    raises RuntimeError if no guest produced results."""
+    backend, answer = guest_backend()
+    if backend is None:
+        raise RuntimeError(f"no guest can run here: {answer}")
+    slow, timeout = GUEST_SLOWNESS[backend]
+    modes = ["both"]
+    guests = []
+    for mode in modes:
+        tag = "" if mode == "both" else f"-deflate-{mode}"
+        results, info = VM_OUT / f"results{tag}", VM_OUT / f"guest{tag}.json"
+        for stale in (results / "results.json", info):
+            stale.unlink(missing_ok=True)
+        argv = [
+            PY,
+            str(VM_RUN),
+            "--backend",
+            backend,
+            "--timeout",
+            str(timeout),
+            "--memory",
+            GUEST_MEMORY,
+            "--info",
+            str(info),
+            "--console-log",
+            str(VM_OUT / f"console{tag}.log"),
+            "--rw",
+            str(OUT),
+            "--",
+            PY,
+            str(Path(__file__).resolve()),
+            "--idle-only",
+            "--idle-steps",
+            ",".join(map(str, steps)),
+            "--idle-deflate",
+            mode,
+            "--idle-slow",
+            str(slow),
+            "--out",
+            str(results),
+            *(["--no-pin"] if no_pin else []),
+        ]
+        print(f"idle connections in a {backend} guest: {' '.join(argv[2:])}", flush=True)
+        guests.append((subprocess.Popen(argv, stdin=subprocess.DEVNULL), results, info))
+    deadline = time.monotonic() + timeout + 600
+    try:
+        for process, _, _ in guests:
+            process.wait(max(1.0, deadline - time.monotonic()))
+    finally:
+        for process, _, _ in guests:
+            _stop_guest(process)
+    idle: list[dict[str, Any]] = []
+    about: dict[str, Any] = {}
+    failed = []
+    for (process, results, info), mode in zip(guests, modes, strict=True):
+        if not (results / "results.json").exists():
+            why = f"the guest wrote no {results.name}/results.json (bench/vm/run.py exit "
+            failed.append(f"{why}{process.returncode}; see {VM_OUT.relative_to(REPO)}/)")
+            idle += [
+                {"stack": OURS, "deflate": deflate, "error": failed[-1]}
+                for deflate in {"both": (False, True), "off": (False,), "on": (True,)}[mode]
+            ]
+            continue
+        guest_run = json.loads((results / "results.json").read_text())
+        idle += guest_run["idle"]
+        if not about:
+            about = json.loads(info.read_text()) if info.exists() else {"backend": backend}
+            about.update(
+                machine=guest_run["machine"],
+                host_nofile_hard=nofile_hard(),
+                reason=f"the host's RLIMIT_NOFILE hard limit is {nofile_hard():,} per "
+                "process, and raising it needs CAP_SYS_RESOURCE, which this machine "
+                "does not grant",
+                slow_factor=slow,
+                results=[],
+                minutes=0.0,
+                guests=len(guests),
+            )
+        about["results"].append(str(results.relative_to(REPO)))
+        about["minutes"] = max(about["minutes"], guest_run["minutes"])
+    if len(failed) == len(guests):
+        raise RuntimeError("; ".join(failed))
+    idle.sort(key=lambda outcome: bool(outcome.get("deflate")))
+    return {"idle": idle, "guest": about}
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -762,6 +922,17 @@ def main() -> None:
     parser.add_argument("--idle-steps", default=None, help="e.g. 10000,50000,100000")
     parser.add_argument("--no-idle", action="store_true")
     parser.add_argument("--idle-only", action="store_true")
+    parser.add_argument(
+        "--idle-guest",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="run the idle steps in a guest (bench/vm/run.py); auto: when this "
+        "process's RLIMIT_NOFILE cannot hold the largest step",
+    )
+    parser.add_argument(
+        "--idle-deflate", choices=["both", "off", "on"], default="both", help="idle: which"
+    )
+    parser.add_argument("--idle-slow", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument("--out", default=str(RESULTS), help="where results.* and *.png go")
     args = parser.parse_args()
@@ -853,8 +1024,26 @@ def main() -> None:
                     run["unavailable"][stack.name] = str(exc)
                     print(f"  {exc}", flush=True)
 
-    if not args.no_idle and STACKS[OURS] in stacks:
-        for deflate in (False, True):
+    idle_in_guest = False
+    if (
+        not args.no_idle
+        and STACKS[OURS] in stacks
+        and idle_needs_guest(idle_steps, args.idle_guest)
+    ):
+        try:
+            guest = run_idle_in_guest(idle_steps, args.no_pin)
+            run["idle"], run["idle_guest"] = guest["idle"], guest["guest"]
+            idle_in_guest = True
+        except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError) as exc:
+            # The host's own run, as far as its limit goes.
+            run["idle_guest"] = {"error": str(exc)}
+            print(f"idle connections: no guest ({exc}); on the host", flush=True)
+    if not args.no_idle and STACKS[OURS] in stacks and not idle_in_guest:
+        settings = {"both": (False, True), "off": (False,), "on": (True,)}[args.idle_deflate]
+        # Guests running at once share OUT: one log each.
+        tag = "" if args.idle_deflate == "both" else f"-deflate-{args.idle_deflate}"
+        idle_log = OUT / f"{OURS}-idle{tag}.log"
+        for deflate in settings:
             print(
                 f"idle connections, {OURS}, deflate {'offered' if deflate else 'not offered'}",
                 flush=True,
@@ -867,7 +1056,8 @@ def main() -> None:
                         deflate,
                         pin_server,
                         pin_client,
-                        OUT / f"{OURS}-idle.log",
+                        idle_log,
+                        slow=args.idle_slow,
                     )
                 )
             except RuntimeError as exc:

@@ -361,7 +361,11 @@ def idle_claim(run: dict[str, Any], add: Any) -> None:
         top = steps[-1]
         reached = f"{top['open']:,} open, {top['answered']:,} answered"
         verdict = "**met**" if top["target"] >= 100_000 and top["all_answered"] else "**not met**"
-        why = ""
+        why = (
+            " (in a guest: see the idle section)"
+            if run.get("idle_guest", {}).get("backend")
+            else ""
+        )
         if outcome.get("skipped"):
             why = f" (stopped at {top['target']:,}: {outcome['skipped'][0]['reason']})"
         add(
@@ -386,6 +390,7 @@ def idle_section(run: dict[str, Any], add: Any) -> None:
         "![idle](idle.png)"
     )
     add("")
+    guest_note(run, add)
     add(
         "| deflate | target | open | answered | open took | probe p99 | RSS idle | "
         "KiB/conn idle | KiB/conn after one message |"
@@ -404,6 +409,61 @@ def idle_section(run: dict[str, Any], add: Any) -> None:
             add(f"| {mode} | {skipped['target']:,} | not run: {skipped['reason']} | | | | | | |")
         if outcome.get("error"):
             add(f"| {mode} | | error: {outcome['error']} | | | | | | |")
+    add("")
+
+
+#: What each bench/vm/run.py backend is, and how its times compare with the host's.
+GUEST_KINDS = {
+    "kvm": ("a KVM guest", "its times are close to the host's"),
+    "uml": (
+        "a User-Mode Linux guest (Debian's `user-mode-linux`: a Linux kernel running as a "
+        "host process; guest programs run natively, their system calls and page faults go "
+        "through that kernel, by ptrace)",
+        "its times (open took, probe p99) are several times the host's, every system call "
+        "costing a round trip through the UML kernel, with server and load generator "
+        "sharing its one vCPU",
+    ),
+    "tcg": (
+        "a qemu guest under software emulation (TCG)",
+        "its times are about 30 times the host's",
+    ),
+}
+
+
+def guest_note(run: dict[str, Any], add: Any) -> None:
+    """The paragraph that says the idle rows were measured in a guest, and why."""
+    guest = run.get("idle_guest")
+    if not guest:
+        return
+    if guest.get("error"):
+        add(f"A guest for the steps the host cannot hold could not run: {guest['error']}.")
+        add("")
+        return
+    kind, times = GUEST_KINDS.get(guest.get("backend", ""), ("a guest", "its times differ"))
+    m = guest.get("machine", {})
+    why_not_kvm = guest.get("why_not_kvm")
+    results = guest.get("results", [])
+    results = [results] if isinstance(results, str) else results
+    add(
+        f"**These rows were measured in {kind} on this machine**, with "
+        f"`bench/vm/run.py` running `bench/compare.py --idle-only` as the guest's root: "
+        f"Linux {guest.get('kernel', m.get('kernel'))} (Debian package "
+        f"`{guest.get('package', '?')}`), {m.get('cpus', guest.get('cpus'))} vCPU(s), "
+        f"{m.get('memory_gb', guest.get('memory'))} GiB, RLIMIT_NOFILE "
+        f"{m.get('nofile_hard', '?'):,}, ephemeral ports 1024–65535; "
+        f"{guest.get('minutes', '?')} min. Why: {guest.get('reason', '')}"
+        + (f"; and not KVM, although /dev/kvm opens: {why_not_kvm}" if why_not_kvm else "")
+        + f". RSS and reachability are the guest's own figures for the same code, "
+        f"interpreter and allocator as on the host; {times}."
+        + (
+            " Each deflate setting ran in its own guest, the two at once (one vCPU each)."
+            if guest.get("guests", 1) > 1
+            else ""
+        )
+        + " The guest's own report: "
+        + ", ".join(f"`{r}/results.md`" for r in results)
+        + "."
+    )
     add("")
 
 
