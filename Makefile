@@ -74,7 +74,7 @@ bench: setup
 # dwebsocket against the other stacks (~40 min; QUICK=1 for a 3-minute smoke run);
 # writes docs/benchmarks/results.md and its plots. Idle steps this machine's
 # RLIMIT_NOFILE cannot hold (50,000 and 100,000) run in a guest whose root can raise it
-# (bench/vm/run.py: KVM, else User-Mode Linux; about an hour more under UML).
+# (bench/vm/run.py: KVM, else User-Mode Linux; about half an hour more under UML, one setting after the other).
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

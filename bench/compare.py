@@ -728,8 +728,9 @@ VM_RUN = BENCH / "vm" / "run.py"
 VM_OUT = OUT / "vm"
 #: Per backend of bench/vm/run.py: how many times slower than the host its handshakes
 #: are (the idle waits are stretched that much), and the guest's wall-clock bound.
-#: (Measured under UML: 330 handshakes a second up to 10,000 connections, then fewer as
-#: they grow, 94 a second from 10,000 to 50,000: the waits are stretched 20 times.)
+#: (Measured under UML, keepalive stretched as run_idle does: 100,000 connections opened
+#: in 290-335 s against about 50 s on the host, probes 5-10 times slower; without the
+#: stretch, keepalive pings took the whole vCPU past 50,000. 20 leaves a wide margin.)
 GUEST_SLOWNESS = {"kvm": (1.0, 1800), "uml": (20.0, 5 * 3600), "tcg": (30.0, 6 * 3600)}
 #: The guest's memory: 100,000 connections with deflate state cost the server ~7 GiB.
 GUEST_MEMORY = "18G"

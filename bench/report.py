@@ -444,6 +444,7 @@ def guest_note(run: dict[str, Any], add: Any) -> None:
     why_not_kvm = guest.get("why_not_kvm")
     results = guest.get("results", [])
     results = [results] if isinstance(results, str) else results
+    keepalive = max((o.get("keepalive_s") or 0 for o in run.get("idle", [])), default=0)
     add(
         f"**These rows were measured in {kind} on this machine**, with "
         f"`bench/vm/run.py` running `bench/compare.py --idle-only` as the guest's root: "
@@ -455,6 +456,15 @@ def guest_note(run: dict[str, Any], add: Any) -> None:
         + (f"; and not KVM, although /dev/kvm opens: {why_not_kvm}" if why_not_kvm else "")
         + f". RSS and reachability are the guest's own figures for the same code, "
         f"interpreter and allocator as on the host; {times}."
+        + (
+            f" In the guest, dwebsocket's keepalive (ping after {keepalive:g} s of silence, "
+            f"drop {keepalive:g} s later without a pong, against 20 s and 20 s by default) "
+            "was stretched as much as the guest is slower, so that keepalive traffic costs "
+            "it what it costs the host (unstretched, pinging 100,000 connections every 20 s "
+            "took the whole vCPU, and its late event loop dropped live peers with 1011)."
+            if keepalive
+            else ""
+        )
         + (
             " Each deflate setting ran in its own guest, the two at once (one vCPU each)."
             if guest.get("guests", 1) > 1
