@@ -196,12 +196,13 @@ def choose_backend(wanted: str) -> str:
     raise VMError("; ".join(reasons))
 
 
-def _apt(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run apt-get/apt-cache (bounded by APT_TIMEOUT), output captured; never raises
-    for a non-zero exit."""
+def _apt(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run apt-get/apt-cache (bounded by APT_TIMEOUT) in ``cwd``, output captured; never
+    raises for a non-zero exit."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     return subprocess.run(
         list(args),
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -256,15 +257,7 @@ def ensure_package(package: str | None, prefix: str, refresh: bool = False) -> P
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         print(f"vm: downloading {name}", file=sys.stderr, flush=True)
-        result = subprocess.run(
-            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", name],
-            cwd=tmp,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=APT_TIMEOUT,
-            check=False,
-        )
+        result = _apt("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", name, cwd=tmp)
         debs = list(Path(tmp).glob("*.deb"))
         if result.returncode != 0 or not debs:
             raise VMError(f"apt-get download {name} failed: {result.stderr[-2000:]}")

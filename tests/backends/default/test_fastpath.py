@@ -77,16 +77,21 @@ def echo_until_stop(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
         ws.send(message)
 
 
+def echo_then_stop(session: Session, messages: list[str | bytes]) -> None:
+    """Each message must come back (``echo_until_stop``), then the close."""
+    for message in messages:
+        session.client.send(message)
+        assert session.client.recv() == message
+    session.client.send("stop")
+    assert session.client.recv() == Close(1000, "")
+    session.finish()
+
+
 def test_whole_frames_never_reach_python(seen: dict[str, Any]) -> None:
     messages: list[str | bytes] = ["", "a", "é" * 62, "x" * 126, b"", b"\x00" * 125, b"b" * 60000]
     with Session(fast_view(echo_until_stop, seen)) as session:
         session.expect_101()
-        for message in messages:
-            session.client.send(message)
-            assert session.client.recv() == message
-        session.client.send("stop")
-        assert session.client.recv() == Close(1000, "")
-        session.finish()
+        echo_then_stop(session, messages)
     assert seen["fast"] is True
     assert seen["to_python"] == []
 
@@ -339,12 +344,7 @@ def test_deflate_waits_in_c_and_frames_in_python(seen: dict[str, Any]) -> None:
             deflate=PerMessageDeflate.from_response(response["sec-websocket-extensions"]),
         )
         session.client.conn = client
-        for message in ["compressed " * 20, b"\x00" * 1000]:
-            session.client.send(message)
-            assert session.client.recv() == message
-        session.client.send("stop")
-        assert session.client.recv() == Close(1000, "")
-        session.finish()
+        echo_then_stop(session, ["compressed " * 20, b"\x00" * 1000])
     assert seen["fast"] is True
     assert len(seen["to_python"]) == 3  # every read: RSV1 frames are the core's
 
