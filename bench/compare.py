@@ -46,6 +46,8 @@ from typing import IO, Any
 
 import psutil
 
+from dwebsocket.conf import DEFAULTS
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 OUT = BENCH / "out"
@@ -57,6 +59,10 @@ PY = sys.executable
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+#: Descriptors the idle server keeps for itself beyond one per connection.
+FD_MARGIN = 100
+#: The settings run_idle stretches in a slow guest.
+KEEPALIVE = ("WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PING_TIMEOUT")
 
 # -- the stacks -------------------------------------------------------------------------
 
@@ -566,8 +572,7 @@ def run_idle(
     probe every connection, record RSS again. ``slow`` multiplies every wait (a guest
     under emulation is that many times slower)."""
     limit = nofile_hard()
-    # The server needs one descriptor per connection plus a few dozen of its own.
-    max_conns = limit - 100
+    max_conns = limit - FD_MARGIN
     runnable = [n for n in steps if n <= max_conns]
     skipped = [n for n in steps if n > max_conns]
     if skipped and (not runnable or runnable[-1] < max_conns):
@@ -588,20 +593,14 @@ def run_idle(
     }
     per_client = max(1, limit - 64)
     if slow > 1:
-        # dwebsocket pings a connection after 20 s of silence and drops it 20 s later
-        # without a pong: in a guest `slow` times slower those 20 s are worth 20/slow of
-        # the host's, so 100,000 connections would cost it `slow` times the keepalive
-        # traffic they cost the host (and its late event loop would drop live peers).
-        keepalive = 20.0 * slow
-        outcome["keepalive_s"] = keepalive
+        # dwebsocket pings a connection after WEBSOCKET_PING_INTERVAL of silence and drops
+        # it WEBSOCKET_PING_TIMEOUT later without a pong: in a guest `slow` times slower,
+        # 100,000 connections would cost it `slow` times the keepalive traffic they cost
+        # the host (and its late event loop would drop live peers).
+        keepalive = {k: DEFAULTS[k] * slow for k in KEEPALIVE}
+        outcome["keepalive_s"] = keepalive["WEBSOCKET_PING_INTERVAL"]
         stack = dataclasses.replace(
-            stack,
-            env={
-                **stack.env,
-                "DWEBSOCKET_BENCH_SETTINGS": json.dumps(
-                    {"WEBSOCKET_PING_INTERVAL": keepalive, "WEBSOCKET_PING_TIMEOUT": keepalive}
-                ),
-            },
+            stack, env={**stack.env, "DWEBSOCKET_BENCH_SETTINGS": json.dumps(keepalive)}
         )
     with running(stack, log_path, pin_server) as server, open(log_path, "ab") as log:
         problem = check_stack(server, pin_client, log)
@@ -740,10 +739,10 @@ IN_GUEST = os.environ.get("DWEBSOCKET_BENCH_GUEST") == "1"
 def idle_needs_guest(steps: list[int], mode: str) -> bool:
     """Whether the idle steps are to run in a guest (``bench/vm/run.py``): ``mode``
     always/never, or auto: when this process's RLIMIT_NOFILE hard limit cannot hold the
-    largest step (run_idle's margin of 100 descriptors). Never inside a guest."""
+    largest step (with FD_MARGIN). Never inside a guest."""
     if IN_GUEST or mode == "never":
         return False
-    return mode == "always" or nofile_hard() - 100 < max(steps)
+    return mode == "always" or nofile_hard() - FD_MARGIN < max(steps)
 
 
 def guest_backend() -> tuple[str | None, str]:
@@ -765,11 +764,7 @@ def _stop_guest(process: subprocess.Popen[bytes]) -> None:
     changed on the host), SIGKILL if it is still there after a minute."""
     if process.poll() is None:
         process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
+        _stop_child(process, 60)
 
 
 def run_idle_in_guest(steps: list[int], no_pin: bool) -> dict[str, Any]:
@@ -777,92 +772,66 @@ def run_idle_in_guest(steps: list[int], no_pin: bool) -> dict[str, Any]:
     RLIMIT_NOFILE: returns {"idle": its run_idle outcomes, "guest": what the guest was
     and why it was used}. One guest runs both deflate settings, one after the other (two
     UML guests at once, one per setting, made each so slow that 100,000 connections did
-    not open within 20 minutes); a guest that produced no results gives its settings an
-    outcome with only an error. Blocks for the guests'
-    run (bounded by GUEST_SLOWNESS; they are stopped past it, or on any exception);
-    raises RuntimeError if no guest produced results."""
+    not open within 20 minutes). Blocks for the guest's run (bounded by GUEST_SLOWNESS;
+    it is stopped past it, or on any exception); raises RuntimeError if it produced no
+    results."""
     backend, answer = guest_backend()
     if backend is None:
         raise RuntimeError(f"no guest can run here: {answer}")
     slow, timeout = GUEST_SLOWNESS[backend]
-    modes = ["both"]
-    guests = []
-    for mode in modes:
-        tag = "" if mode == "both" else f"-deflate-{mode}"
-        results, info = VM_OUT / f"results{tag}", VM_OUT / f"guest{tag}.json"
-        for stale in (results / "results.json", info):
-            stale.unlink(missing_ok=True)
-        argv = [
-            PY,
-            str(VM_RUN),
-            "--backend",
-            backend,
-            "--timeout",
-            str(timeout),
-            "--memory",
-            GUEST_MEMORY,
-            "--info",
-            str(info),
-            "--console-log",
-            str(VM_OUT / f"console{tag}.log"),
-            "--rw",
-            str(OUT),
-            "--",
-            PY,
-            str(Path(__file__).resolve()),
-            "--idle-only",
-            "--idle-steps",
-            ",".join(map(str, steps)),
-            "--idle-deflate",
-            mode,
-            "--idle-slow",
-            str(slow),
-            "--out",
-            str(results),
-            *(["--no-pin"] if no_pin else []),
-        ]
-        print(f"idle connections in a {backend} guest: {' '.join(argv[2:])}", flush=True)
-        guests.append((subprocess.Popen(argv, stdin=subprocess.DEVNULL), results, info))
-    deadline = time.monotonic() + timeout + 600
+    results, info = VM_OUT / "results", VM_OUT / "guest.json"
+    for stale in (results / "results.json", info):
+        stale.unlink(missing_ok=True)
+    argv = [
+        PY,
+        str(VM_RUN),
+        "--backend",
+        backend,
+        "--timeout",
+        str(timeout),
+        "--memory",
+        GUEST_MEMORY,
+        "--info",
+        str(info),
+        "--console-log",
+        str(VM_OUT / "console.log"),
+        "--rw",
+        str(OUT),
+        "--",
+        PY,
+        str(Path(__file__).resolve()),
+        "--idle-only",
+        "--idle-steps",
+        ",".join(map(str, steps)),
+        "--idle-slow",
+        str(slow),
+        "--out",
+        str(results),
+        *(["--no-pin"] if no_pin else []),
+    ]
+    print(f"idle connections in a {backend} guest: {' '.join(argv[2:])}", flush=True)
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
     try:
-        for process, _, _ in guests:
-            process.wait(max(1.0, deadline - time.monotonic()))
+        process.wait(timeout + 600)
     finally:
-        for process, _, _ in guests:
-            _stop_guest(process)
-    idle: list[dict[str, Any]] = []
-    about: dict[str, Any] = {}
-    failed = []
-    for (process, results, info), mode in zip(guests, modes, strict=True):
-        if not (results / "results.json").exists():
-            why = f"the guest wrote no {results.name}/results.json (bench/vm/run.py exit "
-            failed.append(f"{why}{process.returncode}; see {VM_OUT.relative_to(REPO)}/)")
-            idle += [
-                {"stack": OURS, "deflate": deflate, "error": failed[-1]}
-                for deflate in {"both": (False, True), "off": (False,), "on": (True,)}[mode]
-            ]
-            continue
-        guest_run = json.loads((results / "results.json").read_text())
-        idle += guest_run["idle"]
-        if not about:
-            about = json.loads(info.read_text()) if info.exists() else {"backend": backend}
-            about.update(
-                machine=guest_run["machine"],
-                host_nofile_hard=nofile_hard(),
-                reason=f"the host's RLIMIT_NOFILE hard limit is {nofile_hard():,} per "
-                "process, and raising it needs CAP_SYS_RESOURCE, which this machine "
-                "does not grant",
-                slow_factor=slow,
-                results=[],
-                minutes=0.0,
-                guests=len(guests),
-            )
-        about["results"].append(str(results.relative_to(REPO)))
-        about["minutes"] = max(about["minutes"], guest_run["minutes"])
-    if len(failed) == len(guests):
-        raise RuntimeError("; ".join(failed))
-    idle.sort(key=lambda outcome: bool(outcome.get("deflate")))
-    return {"idle": idle, "guest": about}
+        _stop_guest(process)
+    if not (results / "results.json").exists():
+        raise RuntimeError(
+            f"the guest wrote no {results.name}/results.json (bench/vm/run.py exit "
+            f"{process.returncode}; see {VM_OUT.relative_to(REPO)}/)"
+        )
+    guest_run = json.loads((results / "results.json").read_text())
+    about = json.loads(info.read_text()) if info.exists() else {"backend": backend}
+    about.update(
+        machine=guest_run["machine"],
+        host_nofile_hard=nofile_hard(),
+        reason=f"the host's RLIMIT_NOFILE hard limit is {nofile_hard():,} per process, "
+        "and raising it needs CAP_SYS_RESOURCE, which this machine does not grant",
+        slow_factor=slow,
+        results=str(results.relative_to(REPO)),
+        minutes=guest_run["minutes"],
+    )
+    return {"idle": guest_run["idle"], "guest": about}
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -929,9 +898,6 @@ def main() -> None:
         default="auto",
         help="run the idle steps in a guest (bench/vm/run.py); auto: when this "
         "process's RLIMIT_NOFILE cannot hold the largest step",
-    )
-    parser.add_argument(
-        "--idle-deflate", choices=["both", "off", "on"], default="both", help="idle: which"
     )
     parser.add_argument("--idle-slow", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--no-pin", action="store_true")
@@ -1040,11 +1006,7 @@ def main() -> None:
             run["idle_guest"] = {"error": str(exc)}
             print(f"idle connections: no guest ({exc}); on the host", flush=True)
     if not args.no_idle and STACKS[OURS] in stacks and not idle_in_guest:
-        settings = {"both": (False, True), "off": (False,), "on": (True,)}[args.idle_deflate]
-        # Guests running at once share OUT: one log each.
-        tag = "" if args.idle_deflate == "both" else f"-deflate-{args.idle_deflate}"
-        idle_log = OUT / f"{OURS}-idle{tag}.log"
-        for deflate in settings:
+        for deflate in (False, True):
             print(
                 f"idle connections, {OURS}, deflate {'offered' if deflate else 'not offered'}",
                 flush=True,
@@ -1057,7 +1019,7 @@ def main() -> None:
                         deflate,
                         pin_server,
                         pin_client,
-                        idle_log,
+                        OUT / f"{OURS}-idle.log",
                         slow=args.idle_slow,
                     )
                 )

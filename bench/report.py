@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dwebsocket.conf import DEFAULTS
+
 OURS = "dwebsocket-gevent"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -442,8 +444,6 @@ def guest_note(run: dict[str, Any], add: Any) -> None:
     kind, times = GUEST_KINDS.get(guest.get("backend", ""), ("a guest", "its times differ"))
     m = guest.get("machine", {})
     why_not_kvm = guest.get("why_not_kvm")
-    results = guest.get("results", [])
-    results = [results] if isinstance(results, str) else results
     keepalive = max((o.get("keepalive_s") or 0 for o in run.get("idle", [])), default=0)
     add(
         f"**These rows were measured in {kind} on this machine**, with "
@@ -458,21 +458,16 @@ def guest_note(run: dict[str, Any], add: Any) -> None:
         f"interpreter and allocator as on the host; {times}."
         + (
             f" In the guest, dwebsocket's keepalive (ping after {keepalive:g} s of silence, "
-            f"drop {keepalive:g} s later without a pong, against 20 s and 20 s by default) "
+            f"drop {keepalive:g} s later without a pong, against "
+            f"{DEFAULTS['WEBSOCKET_PING_INTERVAL']:g} s and "
+            f"{DEFAULTS['WEBSOCKET_PING_TIMEOUT']:g} s by default) "
             "was stretched as much as the guest is slower, so that keepalive traffic costs "
             "it what it costs the host (unstretched, pinging 100,000 connections every 20 s "
             "took the whole vCPU, and its late event loop dropped live peers with 1011)."
             if keepalive
             else ""
         )
-        + (
-            " Each deflate setting ran in its own guest, the two at once (one vCPU each)."
-            if guest.get("guests", 1) > 1
-            else ""
-        )
-        + " The guest's own report: "
-        + ", ".join(f"`{r}/results.md`" for r in results)
-        + "."
+        + f" The guest's own report: `{guest.get('results')}/results.md`."
     )
     add("")
 
