@@ -12,6 +12,8 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
   lasts the whole session.
 - ``dwebsocket.E001``: ``WebSocketMiddleware`` in ``MIDDLEWARE_CLASSES``, which Django
   ignores.
+- ``dwebsocket.E010``: ``WEBSOCKET_ALLOWED_ORIGINS`` is not None or a list of origins (a
+  bare string, or an entry that is not one of the documented forms).
 - ``dwebsocket.W005``: ``WEBSOCKET_ACCEPT_ALL`` without ``WebSocketMiddleware``.
 - ``dwebsocket.W006``: middleware with a ``process_view`` listed after
   ``WebSocketMiddleware`` (it does not run for WebSocket views).
@@ -37,6 +39,7 @@ from dwebsocket.backends.uwsgi.checks import check_wsgi_wrapper
 from dwebsocket.conf import DEFAULTS
 
 __all__ = [
+    "check_allowed_origins",
     "check_atomic_requests",
     "check_middleware",
     "check_server",
@@ -69,6 +72,25 @@ def check_unknown_settings(
             )
         )
     return messages
+
+
+@register(Tags.security)
+def check_allowed_origins(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``dwebsocket.E010`` for each problem with ``WEBSOCKET_ALLOWED_ORIGINS``."""
+    from dwebsocket.conf import settings
+    from dwebsocket.handshake import origin_setting_errors
+
+    return [
+        checks.Error(
+            problem,
+            hint='Use a list: WEBSOCKET_ALLOWED_ORIGINS = ["https://example.com"], '
+            '["https://*.example.com"], [".example.com"] or ["*"].',
+            id="dwebsocket.E010",
+        )
+        for problem in origin_setting_errors(settings.WEBSOCKET_ALLOWED_ORIGINS)
+    ]
 
 
 def check_server(

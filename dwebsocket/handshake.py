@@ -8,7 +8,9 @@ its headers, logged at INFO (a client's mistake is never a 500).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,9 +23,12 @@ from dwebsocket.exceptions import BackendUnavailable, ForbiddenOrigin, InvalidHa
 from dwebsocket.protocol.handshake import HandshakeRequest, parse_request
 
 __all__ = [
+    "OriginRule",
     "allowed_origins",
     "origin_allowed",
+    "origin_setting_errors",
     "parse_handshake",
+    "parse_origin_rule",
     "refuse",
     "request_headers",
     "unavailable",
@@ -87,15 +92,137 @@ def _host_for_django(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+@dataclass(frozen=True)
+class OriginRule:
+    """One entry of ``WEBSOCKET_ALLOWED_ORIGINS``, parsed.
+
+    ``scheme`` and ``port`` are None for a host pattern (any scheme, any port).
+    ``host`` is lower-case; ``subdomains`` means "a subdomain of ``host``, not ``host``
+    itself" (``*.example.com``); ``apex_too`` means ``host`` and its subdomains
+    (Django's ``.example.com``).
+    """
+
+    scheme: str | None
+    host: str
+    port: int | None
+    subdomains: bool = False
+    apex_too: bool = False
+
+    def matches(self, scheme: str, host: str, port: int | None) -> bool:
+        if self.scheme is not None and (scheme != self.scheme or port != self.port):
+            return False
+        if self.subdomains or self.apex_too:
+            if host.endswith("." + self.host):
+                return True
+            return self.apex_too and host == self.host
+        return host == self.host
+
+
+# A DNS name or an IPv4 address, or an IPv6 literal (without its brackets).
+_HOST = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|[0-9a-f:.]*:[0-9a-f:.]*")
+
+
+def parse_origin_rule(entry: object) -> OriginRule | str | None:
+    """Parse one ``WEBSOCKET_ALLOWED_ORIGINS`` entry: ``"*"`` (returned as is), an
+    :class:`OriginRule`, or None when the entry is not one of the documented forms:
+
+    - ``"*"``: every origin, ``null`` included;
+    - ``"https://example.com"``, ``"https://example.com:8443"``: that exact origin
+      (default ports may be left out);
+    - ``"https://*.example.com"``: any subdomain of example.com (not example.com
+      itself), with that scheme and port;
+    - ``"example.com"``: that host, any scheme and port; ``".example.com"``: the host and
+      its subdomains (as in ``ALLOWED_HOSTS``); ``"*.example.com"``: its subdomains only.
+
+    A ``*`` anywhere else makes the entry invalid: it is never read as "anything".
+    """
+    if not isinstance(entry, str):
+        return None
+    value = entry.strip().lower()
+    if value == "*":
+        return "*"
+    scheme: str | None = None
+    port: int | None = None
+    host = value
+    if "://" in value:
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            return None
+        scheme, host = parts.scheme, parts.hostname or ""
+        if scheme not in _DEFAULT_PORTS or parts.path not in ("", "/") or parts.query:
+            return None
+        if parts.username is not None or parts.fragment:
+            return None
+        if port == _DEFAULT_PORTS[scheme]:
+            port = None
+    subdomains = apex_too = False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif host.startswith("*."):
+        host, subdomains = host[2:], True
+    elif host.startswith(".") and scheme is None:
+        host, apex_too = host[1:], True
+    if not host or not _HOST.fullmatch(host):
+        return None
+    return OriginRule(scheme, host, port, subdomains, apex_too)
+
+
+def origin_setting_errors(configured: object) -> list[str]:
+    """What is wrong with a ``WEBSOCKET_ALLOWED_ORIGINS`` value, one line per problem
+    (empty if nothing). The system check ``dwebsocket.E010`` reports these; at runtime a
+    wrong value refuses every browser handshake rather than allowing more than meant."""
+    if configured is None:
+        return []
+    if isinstance(configured, (str, bytes)):
+        return [
+            f"WEBSOCKET_ALLOWED_ORIGINS is a string ({configured!r}), not a list of origins: "
+            "it would be read one character at a time"
+        ]
+    if not isinstance(configured, (list, tuple, set, frozenset)):
+        return [
+            "WEBSOCKET_ALLOWED_ORIGINS must be None or a list of origins, not "
+            f"{type(configured).__name__}"
+        ]
+    return [
+        f'WEBSOCKET_ALLOWED_ORIGINS entry {entry!r} is not an origin, a host pattern or "*"'
+        for entry in configured
+        if parse_origin_rule(entry) is None
+    ]
+
+
 def allowed_origins() -> tuple[list[str], bool]:
-    """The active allow-list and whether it came from ``WEBSOCKET_ALLOWED_ORIGINS``."""
+    """The active allow-list and whether it came from ``WEBSOCKET_ALLOWED_ORIGINS``.
+
+    A ``WEBSOCKET_ALLOWED_ORIGINS`` that is not a list (or tuple, or set) of strings gives
+    an empty list: the check fails closed (see :func:`origin_setting_errors`)."""
     configured = settings.WEBSOCKET_ALLOWED_ORIGINS
     if configured is not None:
-        return list(configured), True
+        if isinstance(configured, (str, bytes)) or not isinstance(
+            configured, (list, tuple, set, frozenset)
+        ):
+            return [], True
+        return [entry for entry in configured if isinstance(entry, str)], True
     hosts = list(django_settings.ALLOWED_HOSTS)
     if django_settings.DEBUG and not hosts:
         hosts = list(_DEBUG_HOSTS)
     return hosts, False
+
+
+_misconfiguration_logged: set[str] = set()
+
+
+def _log_misconfiguration() -> None:
+    """One ERROR per distinct problem: every browser handshake is refused until fixed."""
+    for problem in origin_setting_errors(settings.WEBSOCKET_ALLOWED_ORIGINS):
+        if problem not in _misconfiguration_logged:
+            _misconfiguration_logged.add(problem)
+            logger.error(
+                "%s; those entries are ignored, so origins they were meant to allow get 403 "
+                "(see manage.py check, dwebsocket.E010)",
+                problem,
+            )
 
 
 def origin_allowed(origin: str | None) -> bool:
@@ -104,25 +231,26 @@ def origin_allowed(origin: str | None) -> bool:
     No Origin header (a non-browser client): allowed. By default the origin's host, any
     scheme and port, must match ``ALLOWED_HOSTS`` the way Django matches ``Host``
     (``".example.com"`` covers subdomains, ``"*"`` anything). ``WEBSOCKET_ALLOWED_ORIGINS``
-    replaces that list: an entry with a scheme (``"https://example.com:8443"``) must
-    match scheme, host and port exactly (default ports may be left out); an entry
-    without one is a host pattern as above; ``"*"`` allows every origin, even ``null``.
+    replaces that list with the forms of :func:`parse_origin_rule`; entries that are not
+    one of them never match (and are logged at ERROR once).
     """
     if origin is None:
         return True
     patterns, explicit = allowed_origins()
-    if "*" in patterns:
+    if not explicit:
+        if "*" in patterns:
+            return True
+        parsed = _normalize_origin(origin)
+        return parsed is not None and validate_host(_host_for_django(parsed[1]), patterns)
+    _log_misconfiguration()
+    rules = [parse_origin_rule(entry) for entry in patterns]
+    if "*" in rules:
         return True
     parsed = _normalize_origin(origin)
     if parsed is None:
         return False
-    host = _host_for_django(parsed[1])
-    host_patterns = [p for p in patterns if "://" not in p]
-    if host_patterns and validate_host(host, host_patterns):
-        return True
-    if explicit:
-        return any(parsed == _normalize_origin(p) for p in patterns if "://" in p)
-    return False
+    scheme, host, port = parsed
+    return any(isinstance(rule, OriginRule) and rule.matches(scheme, host, port) for rule in rules)
 
 
 def _plain_response(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from django.core import checks
 from django.test import override_settings
 
-from dwebsocket.checks import check_unknown_settings
+from dwebsocket.checks import check_allowed_origins, check_unknown_settings
 
 
 def test_no_warnings_by_default() -> None:
@@ -25,3 +26,29 @@ def test_w001_unknown_setting() -> None:
 def test_w001_registered_with_django() -> None:
     ids = [message.id for message in checks.run_checks()]
     assert "dwebsocket.W001" in ids
+
+
+@pytest.mark.parametrize(
+    ("configured", "problems"),
+    [
+        ("*", 1),
+        ("https://*.example.com", 1),
+        (["https://ok.example", "https://ex*ample.com", "*example.com"], 2),
+        ({"origins": "*"}, 1),
+    ],
+)
+def test_e010_allowed_origins(configured: object, problems: int) -> None:
+    with override_settings(WEBSOCKET_ALLOWED_ORIGINS=configured):
+        errors = check_allowed_origins()
+        assert [e.id for e in errors] == ["dwebsocket.E010"] * problems
+        assert all(e.level == checks.ERROR for e in errors)
+        assert "dwebsocket.E010" in [m.id for m in checks.run_checks()]
+
+
+@pytest.mark.parametrize(
+    "configured",
+    [None, ["*"], ("https://example.com",), ["https://*.example.com", ".example.com", "[::1]"]],
+)
+def test_e010_silent_for_the_documented_forms(configured: object) -> None:
+    with override_settings(WEBSOCKET_ALLOWED_ORIGINS=configured):
+        assert check_allowed_origins() == []

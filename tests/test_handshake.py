@@ -156,3 +156,112 @@ def test_unavailable(caplog: pytest.LogCaptureFixture) -> None:
     assert response.status_code == 501
     assert b"no socket here" in response.content
     assert "no socket here" in caplog.records[0].getMessage()
+
+
+# -- WEBSOCKET_ALLOWED_ORIGINS: each documented form, and mistakes that must not widen it --
+
+EVIL = "https://evil.example"
+
+
+@pytest.mark.parametrize(
+    "configured",
+    [
+        "*.example.com",  # a string: once read as a list of characters, "*" among them
+        "https://*.example.com",
+        "https://example.com",
+        ("https://example.com"),  # a one-element tuple without its comma is a string
+        "*",
+    ],
+)
+def test_a_string_setting_refuses_instead_of_widening(
+    configured: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dwebsocket.handshake._misconfiguration_logged", set())
+    with override_settings(WEBSOCKET_ALLOWED_ORIGINS=configured):
+        assert not origin_allowed(EVIL)
+        assert not origin_allowed("https://example.com")
+        assert not origin_allowed("https://app.example.com")
+        assert origin_allowed(None)  # no Origin: not a browser, as before
+    assert "WEBSOCKET_ALLOWED_ORIGINS is a string" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("entry", "allowed", "refused"),
+    [
+        (
+            "https://example.com",
+            ["https://example.com", "https://example.com:443", "https://EXAMPLE.com"],
+            ["http://example.com", "https://app.example.com", "https://example.com:8443"],
+        ),
+        (
+            "https://example.com:8443",
+            ["https://example.com:8443"],
+            ["https://example.com", "http://example.com:8443"],
+        ),
+        (
+            "https://*.example.com",
+            ["https://app.example.com", "https://a.b.example.com"],
+            [
+                "https://example.com",
+                "http://app.example.com",
+                "https://app.example.com:8443",
+                "https://app.example.com.evil",
+                "https://evilexample.com",
+            ],
+        ),
+        (
+            "*.example.com",
+            ["https://app.example.com", "http://app.example.com:8000"],
+            ["https://example.com", "https://evilexample.com", "https://example.com.evil"],
+        ),
+        (
+            ".example.com",
+            ["https://example.com", "http://app.example.com:8000"],
+            ["https://evilexample.com", "https://example.com.evil"],
+        ),
+        (
+            "example.com",
+            ["https://example.com", "http://example.com:8000"],
+            ["https://app.example.com", "https://example.com.evil"],
+        ),
+        (
+            "http://[::1]:8000",
+            ["http://[::1]:8000"],
+            ["http://[::1]:8001", "http://127.0.0.1:8000"],
+        ),
+        ("[::1]", ["http://[::1]:8000", "https://[::1]"], ["http://127.0.0.1"]),
+    ],
+)
+def test_each_documented_form(entry: str, allowed: list[str], refused: list[str]) -> None:
+    with override_settings(WEBSOCKET_ALLOWED_ORIGINS=[entry]):
+        for origin in allowed:
+            assert origin_allowed(origin), (entry, origin)
+        for origin in [*refused, EVIL, "null", "garbage"]:
+            assert not origin_allowed(origin), (entry, origin)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "https://ex*ample.com",
+        "*example.com",
+        "https://*",
+        "https://example.com/path",
+        "ftp://example.com",
+        "example.com:8000",
+        "**.example.com",
+        "",
+        42,
+    ],
+)
+def test_an_entry_that_is_no_documented_form_matches_nothing(entry: object) -> None:
+    with override_settings(WEBSOCKET_ALLOWED_ORIGINS=[entry, "https://ok.example"]):
+        assert not origin_allowed(EVIL)
+        assert not origin_allowed("https://example.com")
+        assert origin_allowed("https://ok.example")  # the valid entries still apply
+
+
+@override_settings(WEBSOCKET_ALLOWED_ORIGINS="https://*.example.com")
+def test_a_string_setting_gets_403_at_the_handshake() -> None:
+    with pytest.raises(ForbiddenOrigin):
+        parse_handshake(_request(Origin=EVIL))
