@@ -18,7 +18,7 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.W006``: middleware with a ``process_view`` listed after
   ``WebSocketMiddleware`` (it does not run for WebSocket views).
 - ``dwebsocket.W008``: the uwsgi backend without its WSGI wrapper
-  (``dwebsocket.backends.uwsgi.checks``; tested in ``tests/uwsgi/test_wsgi.py``).
+  (``dwebsocket.backends.uwsgi.checks``; tested in ``tests/backends/uwsgi/test_wsgi.py``).
 
 W002/W003/W007 can only be known inside a gunicorn worker: ``dwebsocket.server`` runs
 :func:`check_server` there and logs what it finds.

@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.backends.uwsgi import compliance as uwsgi_compliance
 from tests.servers import OTHER_SERVERS, SERVERS, running_server
-from tests.uwsgi import compliance as uwsgi_compliance
 
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 ECHO_PATH = "/echo-wait/"
@@ -38,7 +38,7 @@ SUITE_TIMEOUT = 1800  # seconds for the whole suite on one server
 
 #: The servers, in the order the matrix runs them: the default backend's, then uWSGI
 #: (the default backend taking the connection over, and the uwsgi backend, whose failing
-#: cases must each be explained by a uWSGI defect: tests/uwsgi/compliance.py).
+#: cases must each be explained by a uWSGI defect: tests/backends/uwsgi/compliance.py).
 MATRIX = [
     "gevent",
     "gunicorn-gevent",

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.backends.uwsgi.defects import pytest_collection_modifyitems  # noqa: F401 - uWSGI defect marks
 from tests.servers import SERVERS, ServerProcess, start_server
-from tests.uwsgi.defects import pytest_collection_modifyitems  # noqa: F401 - uWSGI defect marks
 
 
 def assert_no_traceback(server: ServerProcess, since: int = 0) -> None:

@@ -87,7 +87,7 @@ SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         f"{host}:{port}",
     ],
     # uWSGI: the uwsgi backend under --gevent and --async --ugreen, and the default
-    # backend taking the connection over (tests/uwsgi/wsgi.py; docs/deployment.rst).
+    # backend taking the connection over (tests/backends/uwsgi/wsgi.py; docs/deployment.rst).
     "uwsgi-gevent": lambda host, port: _uwsgi(host, port, "uwsgi", "--gevent", "100"),
     "uwsgi-async": lambda host, port: _uwsgi(host, port, "uwsgi", "--async", "100", "--ugreen"),
     "uwsgi-takeover": lambda host, port: _uwsgi(
@@ -139,7 +139,7 @@ LOGGING = {
 
 
 def _uwsgi(host: str, port: int, backend: str, *loop: str) -> list[str]:
-    """uWSGI serving tests/uwsgi/wsgi.py with ``backend`` ("uwsgi" or "default")."""
+    """uWSGI serving tests/backends/uwsgi/wsgi.py with ``backend`` ("uwsgi" or "default")."""
     return [
         _script("uwsgi"),
         "--master",
@@ -151,7 +151,7 @@ def _uwsgi(host: str, port: int, backend: str, *loop: str) -> list[str]:
         f"{host}:{port}",
         *loop,
         "--module",
-        "tests.uwsgi.wsgi:application",
+        "tests.backends.uwsgi.wsgi:application",
         "--env",
         f"DWEBSOCKET_UWSGI_BACKEND={backend}",
         "--disable-logging",

@@ -36,12 +36,12 @@ def _bare(app: str, *args: str) -> list[str]:
         "--processes",
         "1",
         "--module",
-        f"tests.uwsgi.bare:{app}",
+        f"tests.backends.uwsgi.bare:{app}",
         *args,
     ]
 
 
-#: uWSGI serving tests/uwsgi/bare.py (uWSGI's API alone, no Django, no dwebsocket): the
+#: uWSGI serving tests/backends/uwsgi/bare.py (uWSGI's API alone, no Django, no dwebsocket): the
 #: defects that are uWSGI's whoever calls it.
 APP_SERVERS = {
     "uwsgi-bare-ugreen": lambda host, port: _bare(

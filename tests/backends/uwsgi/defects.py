@@ -4,7 +4,7 @@ Every server-parametrized test runs against the uWSGI servers of ``tests/servers
 too. Where uWSGI's own C code makes a test impossible, the test is marked here with the
 defect, as a *strict* xfail: a uWSGI that fixed it would make the test pass, which
 fails the run and shows up. Each defect is a row of the capability table in
-``docs/backends.rst`` and is asserted on its own in ``tests/uwsgi/test_defects.py``.
+``docs/backends.rst`` and is asserted on its own in ``tests/backends/uwsgi/test_defects.py``.
 
 One defect is not deterministic: ``--async --ugreen`` on Python 3.11 corrupts memory
 when concurrent requests end out of order, which crashes the worker sooner or later.

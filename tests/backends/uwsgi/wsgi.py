@@ -8,7 +8,7 @@ connection over (uwsgi-takeover).
 import os
 
 if os.environ.get("DWEBSOCKET_UWSGI_BACKEND") == "uwsgi":
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.uwsgi.settings"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.backends.uwsgi.settings"
 else:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 

@@ -3,7 +3,7 @@ strict xfail with the defect as reason, so a uWSGI that fixed one makes the run 
 (XPASS) and shows up. One row each in the capability table of docs/backends.rst.
 
 Where it matters that the defect is uWSGI's and not dwebsocket's, the test talks to
-``tests/uwsgi/bare.py``: uWSGI's websocket API alone, no Django, no dwebsocket.
+``tests/backends/uwsgi/bare.py``: uWSGI's websocket API alone, no Django, no dwebsocket.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-import tests.uwsgi.servers  # noqa: F401 - registers the uWSGI command lines used here
+import tests.backends.uwsgi.servers  # noqa: F401 - registers the uWSGI command lines used here
 from dwebsocket.protocol.connection import Close
 from dwebsocket.protocol.frames import encode_frame
+from tests.backends.uwsgi.defects import DEFECTS
 from tests.servers import ServerProcess
-from tests.uwsgi.defects import DEFECTS
 from tests.wire import TIMEOUT, RawClient, masked
 
 pytestmark = pytest.mark.server

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from tests.uwsgi import views
+from tests.backends.uwsgi import views
 
 urlpatterns = [
     path("uwsgi/broadcast/", views.broadcast),

@@ -124,7 +124,7 @@ def test_w007_not_wrapped() -> None:
     [
         {
             "WEBSOCKET_FACTORY_CLASS": UWSGI_FACTORY,
-            "WSGI_APPLICATION": "tests.uwsgi.wsgi.application",
+            "WSGI_APPLICATION": "tests.backends.uwsgi.wsgi.application",
         },
         {"WSGI_APPLICATION": "tests.wsgi.application"},  # the default backend
         {"WEBSOCKET_FACTORY_CLASS": UWSGI_FACTORY, "WSGI_APPLICATION": None},

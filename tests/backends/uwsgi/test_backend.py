@@ -163,7 +163,7 @@ def test_broadcast_between_two_connections(uwsgi_server: ServerProcess) -> None:
 def test_keepalive_is_uwsgis(make_server: Callable[..., ServerProcess]) -> None:
     """Keepalive pings are uWSGI's (--websocket-ping-freq), sent while the view waits; a
     client that never answers is dropped after --websocket-pong-tolerance. Both bounded."""
-    import tests.uwsgi.servers  # noqa: F401 - registers uwsgi-gevent-ping
+    import tests.backends.uwsgi.servers  # noqa: F401 - registers uwsgi-gevent-ping
 
     server = make_server("uwsgi-gevent-ping")
     with RawClient(socket.create_connection((server.host, server.port))) as client:

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.uwsgi.defects import DEFECTS, UWSGI_BACKEND
+from tests.backends.uwsgi.defects import DEFECTS, UWSGI_BACKEND
 
 __all__ = ["EXPLANATIONS", "UWSGI_BACKEND", "explain"]
 
-#: defect -> what the table says; a superset of tests.uwsgi.defects.DEFECTS.
+#: defect -> what the table says; a superset of tests.backends.uwsgi.defects.DEFECTS.
 EXPLANATIONS = {
     **DEFECTS,
     "opening-ping": (

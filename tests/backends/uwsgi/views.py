@@ -1,4 +1,4 @@
-"""Views only the uWSGI tests use (tests/uwsgi/urls.py, on top of tests/urls.py)."""
+"""Views only the uWSGI tests use (tests/backends/uwsgi/urls.py, on top of tests/urls.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _count(**kwargs: object) -> None:
     FINISHED[0] += 1
 
 
-request_finished.connect(_count, dispatch_uid="tests.uwsgi.views.count")
+request_finished.connect(_count, dispatch_uid="tests.backends.uwsgi.views.count")
 
 
 @require_websocket
