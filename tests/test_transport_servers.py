@@ -213,6 +213,49 @@ gevent.sleep(0.01)
 waiter.close()
 assert waiting.get(timeout=5) is False
 assert waiter.wait(None) is None
+
+# close() of a waiter whose greenlet is readable in the same turn of the loop: that wait
+# ends False (never True after close), and the wake-up scheduled by close() does not
+# switch into the greenlet later, when it waits on something else (a stray switch).
+import gevent.event
+pairs = [socket.socketpair() for _ in range(2)]
+transports = [Transport(server_end, server="gevent") for server_end, _ in pairs]
+for each in transports:
+    each.take_over(5.0)
+waiters = [each._waiter for each in transports]
+outcome = {}
+def waits_then_closes_the_other(i):
+    readable = waiters[i].wait(None)
+    waiters[1 - i].close()  # the other may still be waiting, and readable too
+    try:
+        outcome[i] = (readable, gevent.event.Event().wait(0.2))
+    except BaseException as exc:  # a stray switch
+        outcome[i] = (readable, repr(exc))
+greenlets = [gevent.spawn(waits_then_closes_the_other, i) for i in range(2)]
+gevent.sleep(0.05)
+for _, client_end in pairs:
+    client_end.sendall(b"!")  # both readable before the hub runs again
+gevent.joinall(greenlets, timeout=5)
+assert sorted(outcome.values()) == [(False, False), (True, False)], outcome
+
+# close() from another OS thread (the hub may be inside libev without the GIL): the
+# watchers are freed in the hub's thread, and the wait in progress ends (False).
+get_ident = monkey.get_original("_thread", "get_ident")
+c3, d3 = socket.socketpair()
+t3 = Transport(c3, server="gevent")
+t3.take_over(5.0)
+w3 = t3._waiter
+closed_in = []
+if WAITER == "python":
+    close_io = w3._close_io
+    w3._close_io = lambda: (closed_in.append(get_ident()), close_io())
+waiting = gevent.spawn(w3.wait, None)
+gevent.sleep(0.01)
+monkey.get_original("_thread", "start_new_thread")(w3.close, ())
+assert waiting.get(timeout=5) is False
+assert w3.wait(None) is None
+if WAITER == "python":
+    assert closed_in == [get_ident()], closed_in
 print("ok")
 """
 

@@ -24,16 +24,18 @@ import sys
 from dataclasses import dataclass
 
 from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
+from .accelerator import speedups
 from .deflate import PerMessageDeflate
 from .frames import (
     encode_close_payload,
     encode_frame,
+    frame_header,
     parse_close_payload,
     scan_messages,
     unmask,
 )
 
-__all__ = ["Close", "Connection", "Event", "Ping", "Pong", "State"]
+__all__ = ["Close", "Connection", "Event", "Ping", "Pong", "ReceiveState", "State"]
 
 
 class State(enum.Enum):
@@ -77,6 +79,34 @@ class Close:
 #: What ``receive_data`` returns, in order: text messages as ``str``, binary as ``bytes``.
 Event = str | bytes | Ping | Pong | Close
 
+
+class PyReceiveState:
+    """What :class:`Connection` keeps current for an I/O layer's fast path (``Connection.rx``).
+
+    ``open``: the connection is OPEN. ``scan_limit``: the largest payload a fast path may
+    take itself out of the next bytes received (whole, final, unmasked-by-the-rules,
+    uncompressed text or binary frames, as ``frames.scan_messages`` takes them), or -1
+    when it may take nothing now (a frame or a fragmented message is in progress,
+    permessage-deflate is on, or the connection is done). The C twin,
+    ``_speedups.ReceiveState``, is a struct that the default backend's C fast path reads
+    without running Python; this class stands in when the extension is not built.
+    """
+
+    __slots__ = ("open", "scan_limit")
+
+    def __init__(self, *, open: bool = True, scan_limit: int = -1) -> None:
+        self.open = open
+        self.scan_limit = scan_limit
+
+    def __repr__(self) -> str:
+        return f"ReceiveState(open={self.open}, scan_limit={self.scan_limit})"
+
+
+#: ``_speedups.ReceiveState`` when the C accelerator is built, else :class:`PyReceiveState`.
+ReceiveState: type[PyReceiveState] = (
+    speedups.ReceiveState if speedups is not None else PyReceiveState
+)
+
 _OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
 _unpack_Q = struct.Struct("!Q").unpack_from
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
@@ -89,9 +119,9 @@ _FRAME_COST = 8
 # fragment would cost many times the fragment itself.
 _SMALL = 256
 
-# Prebuilt 2-byte headers of final unmasked frames with payloads under 126 bytes.
-_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
-_BINARY_HEADERS = [bytes((0x82, n)) for n in range(126)]
+# The headers of final unmasked frames with payloads under 126 bytes, made once.
+_TEXT_HEADERS = [frame_header(0x81, n, False) for n in range(126)]
+_BINARY_HEADERS = [frame_header(0x82, n, False) for n in range(126)]
 
 
 def _truncate_reason(reason: str) -> str:
@@ -124,6 +154,8 @@ class Connection:
     ) -> None:
         self.client = client
         self.deflate = deflate
+        #: What a fast path of the I/O layer may read (see :class:`PyReceiveState`).
+        self.rx = ReceiveState(open=True, scan_limit=-1)
         self._set_limits(max_message_size, max_frame_size)
 
         self.state = State.OPEN
@@ -142,9 +174,6 @@ class Connection:
         self._mask_bit = 0 if client else 0x80
         self._mask_keys = b""
 
-        # The default backend's C fast path (backends/default/_fastpath.c) reads _buf,
-        # _frag, _done and _fast_max to know when it may scan a read itself: keep their
-        # meaning.
         self._buf = bytearray()  # the start of an incomplete frame
         self._need = 0  # len(_buf) worth parsing again
         self._out: list[bytes] = []
@@ -158,6 +187,7 @@ class Connection:
         self._text_decoder: codecs.IncrementalDecoder | None = None
         self._size = 0  # bytes so far, after decompression
         self._wire = 0  # bytes so far, on the wire (payloads plus _FRAME_COST per frame)
+        self._sync_rx()
 
     def _set_limits(self, max_message_size: int | None, max_frame_size: int | None) -> None:
         self._max_message_size = max_message_size
@@ -169,6 +199,13 @@ class Connection:
         # header per stored block; allow generous slack for odd encoders).
         self._max_wire = self._max_message + (self._max_message >> 3) + 4096
         self._fast_max = min(self._max_message, self._max_frame)
+        # rx.scan_limit at a frame boundary: compressed frames go the slow way.
+        self._scan_limit = -1 if self.deflate is not None else self._fast_max
+
+    def _sync_rx(self) -> None:
+        """Bring ``rx.scan_limit`` up to date after the limits changed."""
+        at_boundary = not self._buf and not self._frag and not self._done
+        self.rx.scan_limit = self._scan_limit if at_boundary else -1
 
     @property
     def max_message_size(self) -> int | None:
@@ -178,6 +215,7 @@ class Connection:
     @max_message_size.setter
     def max_message_size(self, value: int | None) -> None:
         self._set_limits(value, self._max_frame_size)
+        self._sync_rx()
 
     @property
     def max_frame_size(self) -> int | None:
@@ -187,6 +225,7 @@ class Connection:
     @max_frame_size.setter
     def max_frame_size(self, value: int | None) -> None:
         self._set_limits(self._max_message_size, value)
+        self._sync_rx()
 
     def __repr__(self) -> str:
         side = "client" if self.client else "server"
@@ -300,6 +339,7 @@ class Connection:
         elif pos < n:
             self._buf = bytearray(memoryview(buf)[pos:])
         self._need = need
+        self.rx.scan_limit = -1 if self._buf or self._frag else self._scan_limit
         return events
 
     def _check_header(self, b0: int, length: int) -> None:
@@ -456,6 +496,8 @@ class Connection:
 
     def _closed(self, events: list[Event], close: Close) -> None:
         self.state = _CLOSED
+        self.rx.open = False
+        self.rx.scan_limit = -1
         self._done = True
         self._frag = 0
         self._parts = []
@@ -564,4 +606,5 @@ class Connection:
         payload = b"" if code == 1005 and not reason else encode_close_payload(code, reason)
         self.close_sent = True
         self.state = _CLOSING
+        self.rx.open = False
         return self._encode(0x8, payload)

@@ -7,12 +7,12 @@ its buffer (no per-frame objects); this module holds what both directions share.
 from __future__ import annotations
 
 import enum
-import os
 import struct
 from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import ProtocolError
+from .accelerator import speedups
 
 __all__ = [
     "CloseCode",
@@ -20,6 +20,7 @@ __all__ = [
     "apply_mask",
     "encode_close_payload",
     "encode_frame",
+    "frame_header",
     "is_valid_close_code",
     "parse_close_payload",
     "unmask",
@@ -64,17 +65,21 @@ _CHUNK_KEYS: dict[bytes, int] = {}
 def _py_apply_mask(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
     """XOR ``data`` with the 4-byte masking ``key`` repeated (RFC 6455 5.3); returns bytes.
 
-    Pure Python: big-integer XOR, far faster than any per-byte loop.
+    Pure Python: big-integer XOR, far faster than any per-byte loop. ``data`` and ``key``
+    are read as ``bytes(...)`` reads them (any bytes-like object, contiguous or not).
     """
+    key = bytes(key)
     if len(key) != 4:
         raise ValueError("mask key must be 4 bytes long")
+    if type(data) is not bytes and type(data) is not bytearray:
+        view = memoryview(data)
+        data = view if view.itemsize == 1 and view.c_contiguous else view.tobytes()
     n = len(data)
     if n <= _CHUNK:
-        key_stream = bytes(key) * ((n >> 2) + 1)
+        key_stream = key * ((n >> 2) + 1)
         return (int.from_bytes(data, "little") ^ int.from_bytes(key_stream[:n], "little")).to_bytes(
             n, "little"
         )
-    key = bytes(key)
     if len(_CHUNK_KEYS) > 4096:
         _CHUNK_KEYS.clear()
     key_int = _CHUNK_KEYS.get(key)
@@ -99,17 +104,28 @@ def _py_unmask(buf: bytes | bytearray, start: int, end: int) -> bytes:
     return _py_apply_mask(buf[start:end], buf[start - 4 : start])
 
 
-_speedups: Any
-if os.environ.get("DWEBSOCKET_NO_SPEEDUPS"):  # pragma: no cover - set in server processes
-    _speedups = None
-else:
-    try:
-        from . import _speedups
-    except ImportError:  # pragma: no cover - exercised when the extension is not built
-        _speedups = None
+_pack_H = struct.Struct("!H").pack
+_pack_Q = struct.Struct("!Q").pack
 
+
+def _py_frame_header(b0: int, length: int, masked: bool) -> bytes:
+    """The header of a frame (RFC 6455 5.2): first byte ``b0`` (FIN, RSV bits, opcode),
+    then the payload length in 7, 7+16 or 7+64 bits, with the mask bit if ``masked`` (the
+    key follows, written by the caller). Raises ``ValueError`` for a negative length."""
+    if not 0 <= b0 <= 255 or length < 0:
+        raise ValueError("frame_header(): need 0 <= b0 <= 255 and length >= 0")
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        return bytes((b0, mask_bit | length))
+    if length < 0x10000:
+        return bytes((b0, mask_bit | 126)) + _pack_H(length)
+    return bytes((b0, mask_bit | 127)) + _pack_Q(length)
+
+
+_speedups: Any = speedups
 _BytesLike = bytes | bytearray | memoryview
 _c_apply_mask = _speedups.apply_mask if _speedups is not None else None
+_c_frame_header = _speedups.frame_header if _speedups is not None else None
 _c_unmask = _speedups.unmask if _speedups is not None else None
 #: ``scan_messages(buf, pos, masked, max_length, out) -> int``: the receive loop's fast
 #: path in C (see ``_speedups.c``); None when the extension is not built.
@@ -126,8 +142,11 @@ unmask: Callable[[bytes | bytearray, int, int], bytes] = (
     _c_unmask if _c_unmask is not None else _py_unmask
 )
 
-_pack_H = struct.Struct("!H").pack
-_pack_Q = struct.Struct("!Q").pack
+#: ``frame_header(b0, length, masked) -> bytes``: the one frame-header encoder (the C
+#: version, which the default backend's fast path also uses, when it is built).
+frame_header: Callable[[int, int, bool], bytes] = (
+    _c_frame_header if _c_frame_header is not None else _py_frame_header
+)
 
 
 def encode_frame(
@@ -149,13 +168,7 @@ def encode_frame(
     if opcode >= 8 and (n > 125 or not fin):
         raise ValueError("control frames must be final and carry at most 125 bytes")
     b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
-    mask_bit = 0x80 if mask_key is not None else 0
-    if n < 126:
-        header = bytes((b0, mask_bit | n))
-    elif n < 0x10000:
-        header = bytes((b0, mask_bit | 126)) + _pack_H(n)
-    else:
-        header = bytes((b0, mask_bit | 127)) + _pack_Q(n)
+    header = frame_header(b0, n, mask_key is not None)
     if mask_key is not None:
         return header + mask_key + apply_mask(payload, mask_key)
     return header + payload

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dwebsocket.exceptions import InvalidHandshake, ProtocolError
 from dwebsocket.protocol import connection as core
 from dwebsocket.protocol import frames
-from dwebsocket.protocol.connection import Close, Connection, Event, Ping, Pong
+from dwebsocket.protocol.connection import Close, Connection, Event, Ping, Pong, State
 from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.handshake import (
     build_response,
@@ -195,12 +195,21 @@ def _feed_frames(
             out += conn.data_to_send()
             # Whatever the peer sends, the core holds at most one message's worth.
             assert _held(conn) <= 2 * limit + SLACK, (_held(conn), limit)
+            _check_rx(conn)
         if eof:
             events += conn.receive_data(b"")
             out += conn.data_to_send()
     finally:
         frames.apply_mask, core.unmask, core._scan = saved  # type: ignore[attr-defined]
     return conn, events, out
+
+
+def _check_rx(conn: Connection) -> None:
+    """``Connection.rx``, which the backend's C fast path reads, says what the core is."""
+    at_boundary = not conn._buf and not conn._frag and not conn._done
+    scan = at_boundary and conn.deflate is None
+    assert conn.rx.open == (conn.state is State.OPEN), (conn.rx, conn.state)
+    assert conn.rx.scan_limit == (conn._fast_max if scan else -1), (conn.rx, conn._buf)
 
 
 def _frames_in(out: bytes, client: bool) -> list[Event]:

@@ -814,3 +814,26 @@ def test_our_client_with_websockets_server(compress: bool) -> None:
     assert events == [Pong(b"p"), *messages, Close(1000, "done")]
     srv.receive_data(client.data_to_send())  # type: ignore[attr-defined]
     assert [f.opcode.name for f in srv.events_received()] == ["CLOSE"]  # type: ignore[attr-defined]
+
+
+def test_receive_state_twin() -> None:
+    from dwebsocket.protocol.connection import PyReceiveState
+
+    state = PyReceiveState(open=False, scan_limit=3)
+    assert (state.open, state.scan_limit) == (False, 3)
+    assert repr(state) == "ReceiveState(open=False, scan_limit=3)"
+
+
+def test_rx_follows_the_core() -> None:
+    conn = Connection(max_message_size=100)
+    assert (conn.rx.open, conn.rx.scan_limit) == (True, 100)
+    conn.receive_data(b"\x81\x85")  # a frame's start: held, nothing for a fast path
+    assert conn.rx.scan_limit == -1
+    conn.receive_data(b"\x00\x00\x00\x00hello")
+    assert conn.rx.scan_limit == 100
+    conn.max_message_size = 50
+    assert conn.rx.scan_limit == 50
+    conn.send_close(1000)
+    assert (conn.rx.open, conn.rx.scan_limit) == (False, 50)
+    conn.receive_data(b"")
+    assert (conn.rx.open, conn.rx.scan_limit) == (False, -1)

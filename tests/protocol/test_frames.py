@@ -239,3 +239,95 @@ def test_py_apply_mask_key_cache_is_bounded() -> None:
         key = i.to_bytes(4, "big")
         assert frames._py_apply_mask(data, key)[:4] == key
     assert len(frames._CHUNK_KEYS) <= 4097
+
+
+# -- the C accelerator and its Python twins agree, byte for byte --
+
+needs_c = pytest.mark.skipif(frames._c_apply_mask is None, reason="_speedups is not built")
+
+_LENGTHS = [0, 1, 2, 125, 126, 127, 255, 256, 65535, 65536, 65537, 2**32, 2**63 - 1]
+
+
+@needs_c
+@pytest.mark.parametrize("length", _LENGTHS)
+@pytest.mark.parametrize("b0", [0x01, 0x81, 0x82, 0xC1, 0x88, 0x00, 0xFF])
+@pytest.mark.parametrize("masked", [False, True])
+def test_frame_header_c_and_python(length: int, b0: int, masked: bool) -> None:
+    assert frames._c_frame_header is not None
+    c = frames._c_frame_header(b0, length, masked)
+    assert c == frames._py_frame_header(b0, length, masked)
+    assert frames.frame_header is frames._c_frame_header
+
+
+@pytest.mark.parametrize("header", [frames._py_frame_header, frames._c_frame_header])
+def test_frame_header_refuses_what_cannot_be_encoded(header: object) -> None:
+    if header is None:
+        pytest.skip("_speedups is not built")
+    for b0, length in [(-1, 0), (256, 0), (0x81, -1)]:
+        with pytest.raises(ValueError):
+            header(b0, length, False)  # type: ignore[operator]
+
+
+def _buffers() -> list[object]:
+    import array
+
+    data = bytes(range(256)) * 40 + b"tail"
+    return [
+        b"",
+        b"x",
+        data,
+        bytearray(data),
+        memoryview(data),
+        memoryview(data)[3:],  # contiguous, offset
+        memoryview(data)[::2],  # not contiguous
+        memoryview(data)[::-3],
+        memoryview(bytearray(data)).cast("B", (len(data) // 4, 4))[::2],  # 2-D, strided
+        array.array("H", range(3000)),  # items of 2 bytes: bytes(data) is what counts
+        memoryview(array.array("i", range(10))),
+    ]
+
+
+@needs_c
+@pytest.mark.parametrize("data", _buffers(), ids=lambda d: f"{type(d).__name__}-{len(bytes(d))}")  # type: ignore[call-overload]
+@pytest.mark.parametrize("key", [b"\x01\x02\x03\x04", bytearray(b"abcd"), memoryview(b"wxyz")])
+def test_apply_mask_c_and_python_agree_on_any_buffer(data: object, key: object) -> None:
+    assert frames._c_apply_mask is not None
+    expected = bytes(b ^ bytes(key)[i % 4] for i, b in enumerate(bytes(data)))  # type: ignore[call-overload]
+    assert frames._c_apply_mask(data, key) == expected  # type: ignore[arg-type]
+    assert frames._py_apply_mask(data, key) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "disabled"),
+    [
+        (None, False),
+        ("", False),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("off", False),
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        ("on", True),
+    ],
+)
+def test_dwebsocket_no_speedups_is_read_as_a_boolean(
+    value: str | None, disabled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dwebsocket.protocol.accelerator import speedups_disabled
+
+    if value is None:
+        monkeypatch.delenv("DWEBSOCKET_NO_SPEEDUPS", raising=False)
+    else:
+        monkeypatch.setenv("DWEBSOCKET_NO_SPEEDUPS", value)
+    assert speedups_disabled() is disabled
+
+
+def test_no_speedups_loads_no_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dwebsocket.protocol import accelerator
+
+    monkeypatch.setenv("DWEBSOCKET_NO_SPEEDUPS", "1")
+    assert accelerator._load() is None
+    monkeypatch.setenv("DWEBSOCKET_NO_SPEEDUPS", "0")
+    assert accelerator._load() is accelerator.speedups

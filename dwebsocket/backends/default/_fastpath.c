@@ -2,10 +2,13 @@
  * The default backend's I/O fast path under gevent (optional; the Python code in
  * transport.py and websocket.py does the same, and is what runs without it).
  *
+ *   IOState()         the fields of one connection that this file shares with the Python
+ *                     code (state.py: FIELDS, and PyIOState, its twin without C)
  *   Waiter(hub, fd)   waits until fd is readable on gevent's loop: the twin of
  *                     transport._GeventReadWaiter (same wait() and close())
  *   FastPath(...)     DefaultWebSocket.wait() and send() in the common case: the socket
  *                     open and idle, this thread's hub, nothing queued, no lock held
+ *   Messages(ws)      iter(DefaultWebSocket) without a Python frame per message
  *
  * Why: at one message per wait, the Python between the two system calls (the layers of
  * wait(), the keepalive and database bookkeeping, the lock pairs, the core's entry and
@@ -13,16 +16,37 @@
  * work for the common case and hands everything else back to the Python methods, which
  * stay the one implementation of the rules: FastPath.wait() returns None and
  * FastPath.send() False whenever it cannot decide alone, and the caller then runs the
- * general path from the start. What FastPath reads of DefaultWebSocket, Transport and
- * Connection is named in STR_NAMES below; each rule it repeats cites its Python original.
+ * general path from the start. Each rule it repeats cites its Python original.
  *
- * Concurrency: everything here runs holding the GIL and, under gevent, in the hub's
- * thread; no other greenlet runs unless something switches to the hub: this code does
- * only in Waiter.wait(), the Python it calls may too (release_idle_connections(),
- * _received(), _send_rest()). So what FastPath checks holds until its next such call,
- * and it checks again after each: a lock it finds free stays free until its write(2)
- * is done, which is why send() need not take the write and core locks. After a wait the
- * session may have ended: a closed waiter's fd may be another connection's by then.
+ * The contract with the Python side: FastPath reads and writes the connection's state
+ * only through two structs, IOState (this file; DefaultWebSocket._io) and the core's
+ * ReceiveState (_speedups.h; Connection.rx), type-checked when the FastPath is made, and
+ * read as plain memory. The Python it calls is named in STR_NAMES: the read and write
+ * locks' acquire/release/locked, the deque's popleft/append, DefaultWebSocket's
+ * _received/_send_rest/wait/is_closed/_fast, and gevent's loop and watchers
+ * (tests/backends/default/test_state.py checks that each exists).
+ *
+ * What may run Python code, and what may change across it. Everything here holds the
+ * GIL and runs in the hub's thread; Python code (another greenlet included, if the code
+ * yields) runs during: any call into a Python object (the names above, the loop), the
+ * wait (Waiter.wait() switches to the hub), any allocation of a GC-tracked object (a
+ * list, an exception: it may start a garbage collection, whose finalizers and gc
+ * callbacks are Python code), and any decref of an object Python code may hold. Across
+ * such a point anything may change: the session may be shut (IOState.shut), the
+ * connection closed (ReceiveState.open), the waiter closed and its fd number reused by
+ * another connection (Waiter.closed), frames queued (IOState.queued). So the rule is:
+ *
+ *   1. do every call that may run Python first; then check the structs and the waiter;
+ *      then nothing that may run Python until the system call and the hand-off are done;
+ *   2. the one shared buffer, recv_buf (per thread), is held under a lease: taken right
+ *      before read(2), given back once what was read is scanned (scan_frames() runs no
+ *      Python code, _speedups.c) and what remains is copied into a bytes object (not
+ *      GC-tracked), before any Python runs; a FastPath that finds the lease taken leaves
+ *      the read to the general path. So no Python code can ever see recv_buf in use, and
+ *      no connection can be handed another's bytes.
+ *
+ * The other statics (the interned names, greenlet.getcurrent, the _speedups C API, the
+ * deque type) are set once at import and only read after.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,6 +54,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <structmember.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -40,18 +65,18 @@
 #define RECV_SIZE 65536 /* transport.RECV_SIZE: the most one read returns */
 
 static const DwsSpeedupsCAPI *speedups;
-static PyObject *getcurrent; /* greenlet.getcurrent */
+static PyObject *getcurrent;     /* greenlet.getcurrent */
+static PyTypeObject *deque_type; /* collections.deque */
 
 #define STR_NAMES(X)                                                                        \
-    X(acquire) X(append) X(close) X(locked) X(loop) X(popleft) X(ref) X(release)            \
-    X(run_callback) X(start) X(state) X(stop) X(switch) X(timer) X(update)                  \
-    X(is_closed) X(wait) X(_fast)                                                            \
+    /* the locks (gevent's), the deque of received messages, gevent's loop and watchers */ \
+    X(acquire) X(locked) X(release) X(append) X(popleft) X(close) X(loop) X(ref)           \
+    X(run_callback) X(run_callback_threadsafe) X(start) X(stop) X(switch) X(timer)         \
+    X(update)                                                                               \
     /* DefaultWebSocket */                                                                  \
-    X(_last_heard) X(_outbox) X(_ping_sent_at) X(_received) X(_send_rest) X(_shut) X(_unfed) \
-    /* Transport */                                                                         \
-    X(_db_checked)                                                                          \
-    /* Connection: scannable() says what they mean */                                      \
-    X(_buf) X(_done) X(_fast_max) X(_frag)
+    X(_fast) X(_received) X(_send_rest) X(is_closed) X(wait)                                \
+    /* the Waiter's own callbacks */                                                        \
+    X(_expired) X(_ready) X(_close_in_hub)
 #define DECLARE(name) static PyObject *str_##name;
 STR_NAMES(DECLARE)
 #undef DECLARE
@@ -81,6 +106,92 @@ optional_seconds(PyObject *obj, double *out)
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* Call obj.name(*args) and drop the result; -1 with an exception on failure. */
+static int
+call_method_void(PyObject *obj, PyObject *name, PyObject *arg)
+{
+    PyObject *r = arg == NULL ? PyObject_CallMethodNoArgs(obj, name)
+                              : PyObject_CallMethodOneArg(obj, name, arg);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* -- IOState -------------------------------------------------------------------------- */
+
+/* state.py's FIELDS, in that order: what DefaultWebSocket and its Transport keep here. */
+typedef struct {
+    PyObject_HEAD
+    char shut;             /* the transport is shut down: nothing more in or out */
+    char unfed;            /* received bytes wait in DefaultWebSocket._unfed */
+    char ping_outstanding; /* a keepalive ping is unanswered, since ping_sent_at */
+    Py_ssize_t queued;     /* bytes waiting in the outbox */
+    double last_heard;     /* monotonic time the peer was last heard from */
+    double ping_sent_at;
+    double db_checked;     /* the last release_idle_connections() */
+} IOState;
+
+static PyMemberDef IOState_members[] = {
+    {"shut", T_BOOL, offsetof(IOState, shut), 0, NULL},
+    {"unfed", T_BOOL, offsetof(IOState, unfed), 0, NULL},
+    {"ping_outstanding", T_BOOL, offsetof(IOState, ping_outstanding), 0, NULL},
+    {"queued", T_PYSSIZET, offsetof(IOState, queued), 0, NULL},
+    {"last_heard", T_DOUBLE, offsetof(IOState, last_heard), 0, NULL},
+    {"ping_sent_at", T_DOUBLE, offsetof(IOState, ping_sent_at), 0, NULL},
+    {"db_checked", T_DOUBLE, offsetof(IOState, db_checked), 0, NULL},
+    {NULL},
+};
+
+static PyObject *
+IOState_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    IOState *self;
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "IOState() takes no arguments");
+        return NULL;
+    }
+    if ((self = (IOState *)type->tp_alloc(type, 0)) == NULL) {
+        return NULL;
+    }
+    self->ping_sent_at = NAN; /* as state.PyIOState() */
+    self->db_checked = -1.0;
+    return (PyObject *)self;
+}
+
+static PyObject *
+IOState_repr(IOState *self)
+{
+    PyObject *heard = PyFloat_FromDouble(self->last_heard);
+    PyObject *sent = PyFloat_FromDouble(self->ping_sent_at);
+    PyObject *checked = PyFloat_FromDouble(self->db_checked);
+    PyObject *r = NULL;
+    if (heard != NULL && sent != NULL && checked != NULL) {
+        r = PyUnicode_FromFormat(
+            "IOState(shut=%s, unfed=%s, ping_outstanding=%s, queued=%zd, last_heard=%R, "
+            "ping_sent_at=%R, db_checked=%R)",
+            self->shut ? "True" : "False", self->unfed ? "True" : "False",
+            self->ping_outstanding ? "True" : "False", self->queued, heard, sent, checked);
+    }
+    Py_XDECREF(heard);
+    Py_XDECREF(sent);
+    Py_XDECREF(checked);
+    return r;
+}
+
+static PyTypeObject IOState_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dwebsocket.backends.default._fastpath.IOState",
+    .tp_doc = "IOState(): what DefaultWebSocket and its Transport share with the fast path "
+              "(state.PyIOState in C).",
+    .tp_basicsize = sizeof(IOState),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = IOState_new,
+    .tp_repr = (reprfunc)IOState_repr,
+    .tp_members = IOState_members,
+};
+
 /* -- Waiter --------------------------------------------------------------------------- */
 
 typedef struct {
@@ -96,7 +207,10 @@ typedef struct {
     unsigned long thread; /* the hub's thread */
     char waiting;         /* last is in wait() */
     char io_active;
-    char closed;
+    char closed;          /* close() was called (in any thread): no wait reads readable */
+    char close_scheduled; /* close() from another thread handed the rest to the hub's */
+    char torn_down;       /* the timer is stopped and the io watcher closed (or closing) */
+    char io_closed;
 } Waiter;
 
 static PyTypeObject Waiter_Type;
@@ -161,19 +275,6 @@ Waiter_dealloc(Waiter *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Call obj.name(*args) and drop the result; -1 with an exception on failure. */
-static int
-call_method_void(PyObject *obj, PyObject *name, PyObject *arg)
-{
-    PyObject *r = arg == NULL ? PyObject_CallMethodNoArgs(obj, name)
-                              : PyObject_CallMethodOneArg(obj, name, arg);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
-}
-
 static int
 waiter_stop_timer(Waiter *self)
 {
@@ -230,7 +331,7 @@ waiter_arm(Waiter *self, double deadline)
         goto done;
     }
     if ((start = PyObject_GetAttr(timer, str_start)) == NULL ||
-        (expired = PyObject_GetAttrString((PyObject *)self, "_expired")) == NULL) {
+        (expired = PyObject_GetAttr((PyObject *)self, str__expired)) == NULL) {
         goto done;
     }
     args[0] = expired;
@@ -264,10 +365,15 @@ waiter_close_io(Waiter *self)
     self->io_active = 0;
     Py_CLEAR(self->last);
     Py_CLEAR(self->last_switch);
+    if (self->io_closed) {
+        return 0;
+    }
+    self->io_closed = 1;
     return call_method_void(self->io, str_close, NULL);
 }
 
-/* Unref the io watcher again; close it if close() came during the wait. */
+/* Unref the io watcher again; if close() came during the wait (from any thread), free
+   the watchers now, in the hub's thread (a close_in_hub still to come finds it done). */
 static int
 waiter_after_wait(Waiter *self)
 {
@@ -277,7 +383,14 @@ waiter_after_wait(Waiter *self)
     if (PyObject_SetAttr(self->io, str_ref, Py_False) < 0) {
         return -1;
     }
-    return self->closed ? waiter_close_io(self) : 0;
+    if (!self->closed) {
+        return 0;
+    }
+    self->torn_down = 1;
+    if (waiter_stop_timer(self) < 0) {
+        return -1;
+    }
+    return waiter_close_io(self);
 }
 
 /*
@@ -325,7 +438,7 @@ waiter_wait(Waiter *self, double deadline)
         }
     }
     if (!self->io_active) {
-        PyObject *ready = PyObject_GetAttrString((PyObject *)self, "_ready");
+        PyObject *ready = PyObject_GetAttr((PyObject *)self, str__ready);
         if (ready == NULL) {
             return -1;
         }
@@ -421,32 +534,69 @@ Waiter_wait(Waiter *self, PyObject *arg)
     }
 }
 
+/* Stop the timer and close the io watcher, once; in the hub's thread. A wait in progress
+   ends (False) and closes the io watcher on its way out, woken through _expired(), which
+   switches only if the greenlet still waits then (never a stray switch). */
+static int
+waiter_teardown(Waiter *self)
+{
+    PyObject *expired;
+    int rc;
+
+    if (self->torn_down) {
+        return 0;
+    }
+    self->torn_down = 1;
+    if (waiter_stop_timer(self) < 0) {
+        return -1;
+    }
+    if (!self->waiting) {
+        return waiter_close_io(self);
+    }
+    if ((expired = PyObject_GetAttr((PyObject *)self, str__expired)) == NULL) {
+        return -1;
+    }
+    rc = call_method_void(self->loop, str_run_callback, expired);
+    Py_DECREF(expired);
+    return rc;
+}
+
 static PyObject *
 Waiter_close(Waiter *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->closed) {
+    PyObject *callback;
+    int rc;
+
+    /* At once, whatever the thread: a wait woken from now on reads nothing, since the fd
+       may soon be another connection's. */
+    self->closed = 1;
+    if (self->torn_down || self->close_scheduled) {
         Py_RETURN_NONE;
     }
-    self->closed = 1;
-    if (waiter_stop_timer(self) < 0) {
+    if (PyThread_get_thread_ident() != self->thread) {
+        /* Another OS thread: the hub's may be inside libev without the GIL, so the
+           watchers are only touched there (transport._GeventReadWaiter.close). */
+        if ((callback = PyObject_GetAttr((PyObject *)self, str__close_in_hub)) == NULL) {
+            return NULL;
+        }
+        rc = call_method_void(self->loop, str_run_callback_threadsafe, callback);
+        Py_DECREF(callback);
+        if (rc < 0) {
+            return NULL;
+        }
+        self->close_scheduled = 1;
+        Py_RETURN_NONE;
+    }
+    if (waiter_teardown(self) < 0) {
         return NULL;
     }
-    if (self->waiting) {
-        /* The wait in progress ends (False) and closes the io watcher on its way out;
-           through _expired(), which switches only if the greenlet still waits then. */
-        PyObject *expired = PyObject_GetAttrString((PyObject *)self, "_expired"), *r;
-        if (expired == NULL) {
-            return NULL;
-        }
-        r = PyObject_CallMethodOneArg(self->loop, str_run_callback, expired);
-        Py_DECREF(expired);
-        if (r == NULL) {
-            return NULL;
-        }
-        Py_DECREF(r);
-        Py_RETURN_NONE;
-    }
-    if (waiter_close_io(self) < 0) {
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Waiter_close_in_hub(Waiter *self, PyObject *Py_UNUSED(ignored))
+{
+    if (waiter_teardown(self) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -458,7 +608,10 @@ static PyMethodDef Waiter_methods[] = {
      "deadline (a monotonic time; None: no limit); None when this waiter cannot be used "
      "(closed, another greenlet waits, another thread, or called from the hub)."},
     {"close", (PyCFunction)Waiter_close, METH_NOARGS,
-     "Free the watchers; a wait in progress ends (False) and later ones return None."},
+     "Free the watchers; a wait in progress ends (False) and later ones return None. From "
+     "another thread than the hub's, the watchers are freed in the hub's thread."},
+    {"_close_in_hub", (PyCFunction)Waiter_close_in_hub, METH_NOARGS,
+     "close()'s second half, run by the hub when close() came from another thread."},
     {"_ready", (PyCFunction)Waiter_ready, METH_NOARGS, "The io watcher's callback."},
     {"_expired", (PyCFunction)Waiter_expired, METH_NOARGS, "The timer's callback."},
     {NULL, NULL, 0, NULL},
@@ -483,13 +636,12 @@ static PyTypeObject Waiter_Type = {
 typedef struct {
     PyObject_HEAD
     Waiter *waiter;
+    IOState *io;            /* DefaultWebSocket._io */
+    DwsReceiveState *rx;    /* its Connection.rx */
     PyObject *ws;           /* the DefaultWebSocket */
-    PyObject *transport;    /* its Transport */
-    PyObject *conn;         /* its Connection */
     PyObject *messages;     /* its deque of received messages */
     PyObject *reading, *writing, *core; /* its three locks */
     PyObject *release_idle; /* dwebsocket.db.release_idle_connections */
-    PyObject *open_state;   /* State.OPEN */
     double ping_interval, ping_timeout; /* NAN: None */
     double db_interval;     /* transport._DB_CHECK_INTERVAL */
     int fd;
@@ -499,19 +651,24 @@ typedef struct {
 static PyObject *
 FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ws", "transport", "waiter", "conn", "fd", "messages",
-                             "reading", "writing", "core", "release_idle", "open_state",
-                             "ping_interval", "ping_timeout", "db_interval", "deflate", NULL};
-    PyObject *ws, *transport, *waiter, *conn, *messages, *reading, *writing, *core;
-    PyObject *release_idle, *open_state, *ping_interval, *ping_timeout;
+    static char *kwlist[] = {"ws", "io", "rx", "waiter", "fd", "messages", "reading",
+                             "writing", "core", "release_idle", "ping_interval",
+                             "ping_timeout", "db_interval", "deflate", NULL};
+    PyObject *ws, *io, *rx, *waiter, *messages, *reading, *writing, *core;
+    PyObject *release_idle, *ping_interval, *ping_timeout;
     double db_interval;
     int fd, deflate;
     FastPath *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!OiOOOOOOOOdp:FastPath", kwlist, &ws,
-                                     &transport, &Waiter_Type, &waiter, &conn, &fd, &messages,
-                                     &reading, &writing, &core, &release_idle, &open_state,
-                                     &ping_interval, &ping_timeout, &db_interval, &deflate)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OO!O!O!iO!OOOOOOdp:FastPath", kwlist, &ws,
+                                     &IOState_Type, &io, speedups->receive_state_type, &rx,
+                                     &Waiter_Type, &waiter, &fd, deque_type, &messages,
+                                     &reading, &writing, &core, &release_idle, &ping_interval,
+                                     &ping_timeout, &db_interval, &deflate)) {
+        return NULL;
+    }
+    if (!Py_IS_TYPE(messages, deque_type)) { /* a subclass could run Python in popleft() */
+        PyErr_SetString(PyExc_TypeError, "FastPath(): messages must be a collections.deque");
         return NULL;
     }
     self = (FastPath *)type->tp_alloc(type, 0);
@@ -524,15 +681,14 @@ FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->waiter = (Waiter *)Py_NewRef(waiter);
+    self->io = (IOState *)Py_NewRef(io);
+    self->rx = (DwsReceiveState *)Py_NewRef(rx);
     self->ws = Py_NewRef(ws);
-    self->transport = Py_NewRef(transport);
-    self->conn = Py_NewRef(conn);
     self->messages = Py_NewRef(messages);
     self->reading = Py_NewRef(reading);
     self->writing = Py_NewRef(writing);
     self->core = Py_NewRef(core);
     self->release_idle = Py_NewRef(release_idle);
-    self->open_state = Py_NewRef(open_state);
     self->db_interval = db_interval;
     self->fd = fd;
     self->deflate = deflate;
@@ -543,15 +699,14 @@ static int
 FastPath_traverse(FastPath *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->waiter);
+    Py_VISIT(self->io);
+    Py_VISIT(self->rx);
     Py_VISIT(self->ws);
-    Py_VISIT(self->transport);
-    Py_VISIT(self->conn);
     Py_VISIT(self->messages);
     Py_VISIT(self->reading);
     Py_VISIT(self->writing);
     Py_VISIT(self->core);
     Py_VISIT(self->release_idle);
-    Py_VISIT(self->open_state);
     return 0;
 }
 
@@ -559,15 +714,14 @@ static int
 FastPath_clear(FastPath *self)
 {
     Py_CLEAR(self->waiter);
+    Py_CLEAR(self->io);
+    Py_CLEAR(self->rx);
     Py_CLEAR(self->ws);
-    Py_CLEAR(self->transport);
-    Py_CLEAR(self->conn);
     Py_CLEAR(self->messages);
     Py_CLEAR(self->reading);
     Py_CLEAR(self->writing);
     Py_CLEAR(self->core);
     Py_CLEAR(self->release_idle);
-    Py_CLEAR(self->open_state);
     return 0;
 }
 
@@ -579,68 +733,9 @@ FastPath_dealloc(FastPath *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Truth of obj.name: 1, 0, or -1 with an exception. */
+/* obj.name() as a truth value: 1, 0, or -1 with an exception. May run Python. */
 static int
-attr_true(PyObject *obj, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(obj, name);
-    int r;
-    if (value == NULL) {
-        return -1;
-    }
-    r = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return r;
-}
-
-/* obj.name as a double; -1.0 with an exception on failure. */
-static double
-attr_double(PyObject *obj, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(obj, name);
-    double r;
-    if (value == NULL) {
-        return -1.0;
-    }
-    r = PyFloat_AsDouble(value);
-    Py_DECREF(value);
-    return r;
-}
-
-static int
-set_attr_double(PyObject *obj, PyObject *name, double value)
-{
-    PyObject *f = PyFloat_FromDouble(value);
-    int r;
-    if (f == NULL) {
-        return -1;
-    }
-    r = PyObject_SetAttr(obj, name, f);
-    Py_DECREF(f);
-    return r;
-}
-
-/* The connection is open and nothing is pending on it (DefaultWebSocket.is_closed()):
-   1, 0, or -1 with an exception. */
-static int
-fast_is_open(FastPath *self)
-{
-    PyObject *state;
-    int shut = attr_true(self->ws, str__shut);
-    if (shut != 0) {
-        return shut < 0 ? -1 : 0;
-    }
-    state = PyObject_GetAttr(self->conn, str_state);
-    if (state == NULL) {
-        return -1;
-    }
-    Py_DECREF(state); /* an enum member: compared by identity */
-    return state == self->open_state;
-}
-
-/* obj.name() as a truth value: 1, 0, or -1 with an exception. */
-static int
-attr_call_true(PyObject *obj, PyObject *name)
+call_true(PyObject *obj, PyObject *name)
 {
     PyObject *r = PyObject_CallMethodNoArgs(obj, name);
     int b;
@@ -652,66 +747,25 @@ attr_call_true(PyObject *obj, PyObject *name)
     return b;
 }
 
-/* The core can scan a read itself: at a frame boundary, no message in fragments, no Close
-   emitted yet, no one holding the core lock (Connection.receive_data: nothing once
-   ``_done``, else ``pos = scan(...)`` unless ``_buf`` or ``_frag``). Returns _fast_max
-   (>= 0), -2 when it cannot, -1 with an exception. */
-static Py_ssize_t
-scannable(FastPath *self)
+/* The connection is open, by the structs alone (DefaultWebSocket.is_closed()): runs no
+   Python. Read after the last call that may run Python, before the system call. */
+static int
+fast_is_open(FastPath *self)
 {
-    PyObject *value;
-    Py_ssize_t n, limit;
-    int r;
-
-    if (self->deflate || speedups == NULL) {
-        return -2;
-    }
-    if ((r = attr_call_true(self->core, str_locked)) != 0) {
-        return r < 0 ? -1 : -2;
-    }
-    if ((value = PyObject_GetAttr(self->conn, str__buf)) == NULL) {
-        return -1;
-    }
-    n = PyObject_Length(value);
-    Py_DECREF(value);
-    if (n != 0) {
-        return n < 0 ? -1 : -2;
-    }
-    if ((r = attr_true(self->conn, str__frag)) != 0 ||
-        (r = attr_true(self->conn, str__done)) != 0) {
-        return r < 0 ? -1 : -2;
-    }
-    if ((value = PyObject_GetAttr(self->conn, str__fast_max)) == NULL) {
-        return -1;
-    }
-    limit = PyLong_AsSsize_t(value);
-    Py_DECREF(value);
-    if (limit < 0) {
-        if (limit == -1 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                return -1;
-            }
-            PyErr_Clear();
-        }
-        return -2;
-    }
-    return limit;
+    return !self->io->shut && self->rx->open && !self->waiter->closed;
 }
 
 /* Transport.wait_readable() once the wait is known to block: release the thread's idle
    database connections at most every db_interval, cutting the wait there if it would
-   outlast the next check. 1 readable, 0 not, 2 waiter unusable, -1 exception. */
+   outlast the next check. 1 readable, 0 not, 2 waiter unusable, -1 exception. Runs
+   Python (the wait, release_idle()). */
 static int
 fast_wait_readable(FastPath *self, double now, double until)
 {
-    double checked = attr_double(self->transport, str__db_checked), check_at;
+    double check_at = self->io->db_checked + self->db_interval;
     PyObject *r;
     int rc;
 
-    if (checked == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    check_at = checked + self->db_interval;
     if (now < check_at) {
         if (until <= check_at) {
             return waiter_wait(self->waiter, until);
@@ -724,9 +778,7 @@ fast_wait_readable(FastPath *self, double now, double until)
             return 0;
         }
     }
-    if (set_attr_double(self->transport, str__db_checked, now) < 0) {
-        return -1;
-    }
+    self->io->db_checked = now;
     if ((r = PyObject_CallNoArgs(self->release_idle)) == NULL) {
         return -1;
     }
@@ -734,16 +786,11 @@ fast_wait_readable(FastPath *self, double now, double until)
     return waiter_wait(self->waiter, until);
 }
 
-/* Hand bytes read to DefaultWebSocket._received() (the general path). */
+/* Hand bytes read to DefaultWebSocket._received() (the general path). Runs Python. */
 static int
-give_to_python(FastPath *self, const uint8_t *data, Py_ssize_t n)
+give_to_python(FastPath *self, PyObject *bytes)
 {
-    PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, n), *r;
-    if (bytes == NULL) {
-        return -1;
-    }
-    r = PyObject_CallMethodOneArg(self->ws, str__received, bytes);
-    Py_DECREF(bytes);
+    PyObject *r = PyObject_CallMethodOneArg(self->ws, str__received, bytes);
     if (r == NULL) {
         return -1;
     }
@@ -751,6 +798,8 @@ give_to_python(FastPath *self, const uint8_t *data, Py_ssize_t n)
     return 0;
 }
 
+/* Append items[start:] to the deque. Runs no Python code: an exact deque's append()
+   allocates only its own blocks (PyMem). */
 static int
 deque_extend(PyObject *deque, PyObject *items, Py_ssize_t start)
 {
@@ -763,71 +812,101 @@ deque_extend(PyObject *deque, PyObject *items, Py_ssize_t start)
     return 0;
 }
 
+/* The receive buffer of this thread, and its lease (see the top of this file). */
+static _Thread_local uint8_t recv_buf[RECV_SIZE];
+static _Thread_local char recv_buf_leased;
+
 /*
  * One wait and one read, holding the read lock: DefaultWebSocket._read_once() after its
  * keepalive arithmetic, Transport.wait_readable() and recv(), and the core's fast path on
- * what was read. Sets *message to the first message read if the core took the whole read
+ * what was read. Sets *message to the first message read if the scan took the whole read
  * (the deque was empty: that is why we read), queueing the rest. 1: read something (or
  * nothing complete yet); 0: the general path must take over; -1: an exception.
  */
-static _Thread_local uint8_t recv_buf[RECV_SIZE];
-
 static int
 fast_read_locked(FastPath *self, double now, double until, PyObject **message)
 {
-    PyObject *out;
+    PyObject *out, *rest = NULL;
     Py_ssize_t n, pos, limit;
     int rc;
 
+    /* 1. Everything that may run Python: the wait, the core lock's state, the list. */
     rc = fast_wait_readable(self, now, until);
-    if (rc != 1 || self->waiter->closed) {
-        return rc == -1 ? -1 : 0; /* closed: released, the fd number may be another's */
+    if (rc != 1) {
+        return rc == -1 ? -1 : 0;
     }
-    /* Both before the read (after the wait: other greenlets ran meanwhile): the list can
-       start a garbage collection, and either could run Python code, which must not find
-       recv_buf in use. */
-    if ((limit = scannable(self)) == -1 || (out = PyList_New(0)) == NULL) {
+    if ((rc = call_true(self->core, str_locked)) != 0) {
+        return rc < 0 ? -1 : 0; /* someone is in the core: the general path waits for it */
+    }
+    if ((out = PyList_New(0)) == NULL) {
         return -1;
     }
+    /* 2. The checks, on the structs: nothing between them and the read may run Python.
+       Closed: released, the fd number may be another connection's. */
+    if (!fast_is_open(self) || recv_buf_leased) {
+        Py_DECREF(out);
+        return 0;
+    }
+    limit = self->deflate ? -1 : self->rx->scan_limit;
+    /* 3. The read and the scan, under the lease; what is left is copied out of recv_buf
+       before the lease ends. */
+    recv_buf_leased = 1;
     n = read(self->fd, recv_buf, RECV_SIZE);
     if (n < 0) {
+        recv_buf_leased = 0;
+        Py_DECREF(out);
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-            Py_DECREF(out);
             return 0;
         }
-        n = 0; /* Transport.recv(): a broken connection reads as EOF */
+        /* Transport.recv(): a broken connection reads as EOF */
+        rest = PyBytes_FromStringAndSize(NULL, 0);
+        goto give;
     }
-    if (n == 0 || n == RECV_SIZE) {
-        /* EOF, or a read that filled the buffer (the general path reads on at once) */
-        rc = give_to_python(self, recv_buf, n);
+    if (n == 0 || n == RECV_SIZE || limit < 0) {
+        /* EOF, a read that filled the buffer (the general path reads on at once), or
+           nothing the scan may take */
+        rest = PyBytes_FromStringAndSize((const char *)recv_buf, n);
+        recv_buf_leased = 0;
         Py_DECREF(out);
-        return rc < 0 ? -1 : 1;
+        goto give;
     }
-    pos = limit < 0 ? 0 : speedups->scan_frames(recv_buf, n, 0, 1, limit, out);
-    if (pos < 0) {
+    pos = speedups->scan_frames(recv_buf, n, 0, 1, limit, out);
+    if (pos >= 0 && pos < n) {
+        rest = PyBytes_FromStringAndSize((const char *)recv_buf + pos, n - pos);
+    }
+    recv_buf_leased = 0;
+    /* 4. From here Python may run again. */
+    if (pos < 0 || (pos < n && rest == NULL)) {
         Py_DECREF(out);
         return -1;
     }
-    if (pos < n) {
+    if (rest != NULL) {
         /* The rest goes the general way, after the messages scanned before it. */
-        if (deque_extend(self->messages, out, 0) < 0 ||
-            give_to_python(self, recv_buf + pos, n - pos) < 0) {
-            Py_DECREF(out);
+        rc = deque_extend(self->messages, out, 0);
+        Py_DECREF(out);
+        if (rc < 0) {
+            Py_DECREF(rest);
             return -1;
         }
-        Py_DECREF(out);
-        return 1;
+        goto give;
     }
     /* DefaultWebSocket._feed(): heard from the peer, so no ping is outstanding. */
-    if (set_attr_double(self->ws, str__last_heard, monotonic()) < 0 ||
-        PyObject_SetAttr(self->ws, str__ping_sent_at, Py_None) < 0 ||
-        deque_extend(self->messages, out, 1) < 0) {
+    self->io->last_heard = monotonic();
+    self->io->ping_outstanding = 0;
+    if (deque_extend(self->messages, out, 1) < 0) {
         Py_DECREF(out);
         return -1;
     }
     *message = Py_NewRef(PyList_GET_ITEM(out, 0));
     Py_DECREF(out);
     return 1;
+give:
+    if (rest == NULL) {
+        return -1;
+    }
+    rc = give_to_python(self, rest);
+    Py_DECREF(rest);
+    return rc < 0 ? -1 : 1;
 }
 
 /*
@@ -862,35 +941,18 @@ FastPath_wait(FastPath *self, PyObject *arg)
         if (queued > 0) {
             return PyObject_CallMethodNoArgs(self->messages, str_popleft);
         }
-        if ((rc = fast_is_open(self)) <= 0) {
-            if (rc < 0) {
-                return NULL;
-            }
-            Py_RETURN_NONE;
-        }
-        if (self->deflate && (rc = attr_true(self->ws, str__unfed)) != 0) {
-            if (rc < 0) {
-                return NULL;
-            }
-            Py_RETURN_NONE; /* _read_once() feeds the backlog first */
+        if (!fast_is_open(self) || (self->deflate && self->io->unfed)) {
+            Py_RETURN_NONE; /* closed; or _read_once() feeds the backlog first */
         }
         /* _read_once(): wait no longer than until the keepalive has something to do. */
         if (!isnan(self->ping_interval)) {
-            PyObject *sent = PyObject_GetAttr(self->ws, str__ping_sent_at);
             double due;
-            if (sent == NULL) {
-                return NULL;
-            }
-            if (sent == Py_None) {
-                due = attr_double(self->ws, str__last_heard) + self->ping_interval;
+            if (!self->io->ping_outstanding) {
+                due = self->io->last_heard + self->ping_interval;
             }
             else {
                 due = isnan(self->ping_timeout) ? INFINITY
-                                                : PyFloat_AsDouble(sent) + self->ping_timeout;
-            }
-            Py_DECREF(sent);
-            if (PyErr_Occurred()) {
-                return NULL;
+                                                : self->io->ping_sent_at + self->ping_timeout;
             }
             if (due < until) {
                 until = due;
@@ -956,39 +1018,32 @@ FastPath_send(FastPath *self, PyObject *message)
 {
     const char *payload;
     Py_ssize_t length, total, sent, hlen;
-    uint8_t header[10], small[2048];
+    uint8_t header[10], small[2048], b0;
     struct iovec iov[2];
     PyObject *encoded = NULL, *rest, *r;
     int rc;
 
     if (PyUnicode_CheckExact(message)) {
-        header[0] = 0x81;
+        b0 = 0x81;
     }
     else if (PyBytes_CheckExact(message)) {
-        header[0] = 0x82;
+        b0 = 0x82;
     }
     else {
         Py_RETURN_FALSE;
     }
-    if (self->deflate || self->waiter->closed ||
-        PyThread_get_thread_ident() != self->waiter->thread) {
+    if (self->deflate || PyThread_get_thread_ident() != self->waiter->thread) {
         Py_RETURN_FALSE;
     }
-    if ((rc = fast_is_open(self)) <= 0) {
+    /* 1. What may run Python: the locks' state, the UTF-8 encoding (an allocation). */
+    if ((rc = call_true(self->writing, str_locked)) != 0 ||
+        (rc = call_true(self->core, str_locked)) != 0) {
         if (rc < 0) {
             return NULL;
         }
         Py_RETURN_FALSE;
     }
-    if ((rc = attr_true(self->ws, str__outbox)) != 0 ||
-        (rc = attr_call_true(self->writing, str_locked)) != 0 ||
-        (rc = attr_call_true(self->core, str_locked)) != 0) {
-        if (rc < 0) {
-            return NULL;
-        }
-        Py_RETURN_FALSE;
-    }
-    if (header[0] == 0x82) {
+    if (b0 == 0x82) {
         payload = PyBytes_AS_STRING(message);
         length = PyBytes_GET_SIZE(message);
     }
@@ -1013,26 +1068,12 @@ FastPath_send(FastPath *self, PyObject *message)
             length = PyBytes_GET_SIZE(encoded);
         }
     }
-    /* RFC 6455 5.2: FIN, the opcode, and the payload length in 7, 7+16 or 7+64 bits; a
-       server's frames are not masked. */
-    if (length < 126) {
-        header[1] = (uint8_t)length;
-        hlen = 2;
+    /* 2. The checks, on the structs; then nothing may run Python until the write. */
+    if (!fast_is_open(self) || self->io->queued) {
+        Py_XDECREF(encoded);
+        Py_RETURN_FALSE;
     }
-    else if (length < 65536) {
-        header[1] = 126;
-        header[2] = (uint8_t)(length >> 8);
-        header[3] = (uint8_t)length;
-        hlen = 4;
-    }
-    else {
-        int i;
-        header[1] = 127;
-        for (i = 0; i < 8; i++) {
-            header[2 + i] = (uint8_t)((uint64_t)length >> (56 - 8 * i));
-        }
-        hlen = 10;
-    }
+    hlen = speedups->encode_header(header, b0, length, 0); /* a server's frames: unmasked */
     total = hlen + length;
     if (total <= (Py_ssize_t)sizeof(small)) {
         /* write(2) of one buffer costs the kernel less than writev(2) of two */
@@ -1095,8 +1136,8 @@ static PyMethodDef FastPath_methods[] = {
 static PyTypeObject FastPath_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "dwebsocket.backends.default._fastpath.FastPath",
-    .tp_doc = "FastPath(*, ws, transport, waiter, conn, fd, messages, reading, writing, core, "
-              "release_idle, open_state, ping_interval, ping_timeout, db_interval, deflate): "
+    .tp_doc = "FastPath(*, ws, io, rx, waiter, fd, messages, reading, writing, core, "
+              "release_idle, ping_interval, ping_timeout, db_interval, deflate): "
               "DefaultWebSocket.wait() and send() in the common case (see _fastpath.c).",
     .tp_basicsize = sizeof(FastPath),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -1191,7 +1232,7 @@ Messages_next(Messages *self)
             break;
         }
         Py_DECREF(message);
-        if ((closed = attr_call_true(ws, str_is_closed)) != 0) {
+        if ((closed = call_true(ws, str_is_closed)) != 0) {
             if (closed > 0 && self->ws == ws) {
                 Py_CLEAR(self->ws); /* exhausted for good */
             }
@@ -1242,6 +1283,17 @@ fastpath_exec(PyObject *module)
             return -1;
         }
     }
+    if (deque_type == NULL) {
+        PyObject *collections = PyImport_ImportModule("collections");
+        if (collections == NULL) {
+            return -1;
+        }
+        deque_type = (PyTypeObject *)PyObject_GetAttrString(collections, "deque");
+        Py_DECREF(collections);
+        if (deque_type == NULL) {
+            return -1;
+        }
+    }
     if (getcurrent == NULL) {
         if ((greenlet = PyImport_ImportModule("greenlet")) == NULL) {
             return -1;
@@ -1252,11 +1304,12 @@ fastpath_exec(PyObject *module)
             return -1;
         }
     }
-    if (PyType_Ready(&Waiter_Type) < 0 || PyType_Ready(&FastPath_Type) < 0 ||
-        PyType_Ready(&Messages_Type) < 0) {
+    if (PyType_Ready(&IOState_Type) < 0 || PyType_Ready(&Waiter_Type) < 0 ||
+        PyType_Ready(&FastPath_Type) < 0 || PyType_Ready(&Messages_Type) < 0) {
         return -1;
     }
-    if (PyModule_AddObjectRef(module, "Waiter", (PyObject *)&Waiter_Type) < 0 ||
+    if (PyModule_AddObjectRef(module, "IOState", (PyObject *)&IOState_Type) < 0 ||
+        PyModule_AddObjectRef(module, "Waiter", (PyObject *)&Waiter_Type) < 0 ||
         PyModule_AddObjectRef(module, "FastPath", (PyObject *)&FastPath_Type) < 0 ||
         PyModule_AddObjectRef(module, "Messages", (PyObject *)&Messages_Type) < 0) {
         return -1;

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from time import monotonic as _monotonic
 from typing import Any, Protocol
 
+from dwebsocket.backends.default.state import PyIOState, fastpath
 from dwebsocket.db import release_idle_connections
 
 try:  # the C functions: eventlet's monkey-patching makes os.read/os.write wait in its hub
@@ -32,14 +33,7 @@ except ImportError:  # pragma: no cover - Windows
     from os import write as _write
 from dwebsocket.exceptions import BackendUnavailable
 
-_fastpath: Any
-if os.environ.get("DWEBSOCKET_NO_SPEEDUPS"):
-    _fastpath = None
-else:
-    try:  # the I/O fast path in C (_fastpath.c), built where a compiler was found
-        from dwebsocket.backends.default import _fastpath
-    except ImportError:  # pragma: no cover - exercised when the extension is not built
-        _fastpath = None
+_fastpath: Any = fastpath
 
 __all__ = ["RECV_SIZE", "TAKEOVERS", "Transport", "find_transport", "takeover"]
 
@@ -77,19 +71,23 @@ class Transport:
         self._on_release = on_release
         self._poller: Any = None
         self._waiter: _ReadWaiter | None = None
-        self._db_checked = -1.0
+        # The connection's IOState (state.py), given at take_over(): db_checked is ours.
+        self.io: Any = PyIOState()
         self._nb_fd = -1  # for try_send() and recv(): the fd, once known to be non-blocking
 
     def __repr__(self) -> str:
         return f"<Transport {self.server} fd={self.sock.fileno()}>"
 
-    def take_over(self, timeout: float | None) -> bytes:
+    def take_over(self, timeout: float | None, io: Any = None) -> bytes:
         """Make the socket ours; return the bytes the server had already buffered.
 
         Sets ``TCP_NODELAY`` (small frames must not wait for Nagle) and our own socket
         timeout (``timeout`` bounds every blocking send; the server's own timeouts must
-        not apply). Call once; does not block.
+        not apply). ``io`` is the connection's ``IOState``, which the transport shares
+        (``db_checked``). Call once; does not block.
         """
+        if io is not None:
+            self.io = io
         buffered = self._drain() if self._drain is not None else self._drain_rfile()
         with contextlib.suppress(OSError):  # not TCP (a socketpair in tests)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -112,7 +110,6 @@ class Transport:
         if _fastpath is None or not isinstance(waiter, _fastpath.Waiter) or self._nb_fd < 0:
             return None
         return _fastpath.FastPath(
-            transport=self,
             waiter=waiter,
             fd=self._nb_fd,
             release_idle=release_idle_connections,
@@ -161,7 +158,7 @@ class Transport:
         # idle one still is within a second: the wait is cut there for the check.
         now = _monotonic()
         deadline = None if timeout is None else now + timeout
-        check_at = self._db_checked + _DB_CHECK_INTERVAL
+        check_at = self.io.db_checked + _DB_CHECK_INTERVAL
         if now < check_at:
             if deadline is not None and deadline <= check_at:
                 return self._wait(deadline)
@@ -170,7 +167,7 @@ class Transport:
             now = _monotonic()
             if deadline is not None and now >= deadline:
                 return False
-        self._db_checked = now
+        self.io.db_checked = now
         release_idle_connections()
         return self._wait(deadline)
 
@@ -306,49 +303,67 @@ class _GeventReadWaiter:
     earliest deadline asked and re-armed only when a wait must end sooner: a later
     deadline keeps it, so the keepalive deadline that moves with every message costs
     nothing. A wait may therefore end early (returns False); callers re-check the time.
+
+    ``close()`` may come from any thread: the watchers are touched only in the hub's
+    (which may be running libev without the GIL), and a wait in progress is woken
+    through :meth:`_expired`, which switches only to a greenlet still waiting here.
     """
 
     def __init__(self, sock: socket.socket, hub: Any) -> None:
-        from gevent import get_hub
+        from gevent.monkey import get_original  # type: ignore[import-untyped]
         from greenlet import getcurrent  # type: ignore[import-untyped]
 
-        self._get_hub = get_hub
         self._getcurrent = getcurrent
+        # The OS thread's id (monkey-patching makes threading.get_ident() a greenlet's).
+        self._get_ident = get_original("_thread", "get_ident")
+        self._thread = self._get_ident()  # the hub's
         self._hub = hub
         self._io = hub.loop.io(sock.fileno(), 1)
         self._timer: Any = None
         self._timer_at = 0.0
         self._waiting: Any = None  # the greenlet in wait(), if any
-        self._closed = False
+        self._closed = False  # close() was called, in any thread
+        self._torn_down = False  # the watchers are freed (or being freed)
+        self._close_scheduled = False
+        self._io_closed = False
 
     def wait(self, deadline: float | None) -> bool | None:
         """True when readable; False when a timer fired, maybe before ``deadline`` (a
-        monotonic time; None: no limit). None when this waiter cannot be used: it is
-        closed, another greenlet waits on it, or the caller is in another thread than the
-        hub it was made with (the caller then falls back to ``select.poll()``).
+        monotonic time; None: no limit), or the waiter was closed meanwhile. None when
+        this waiter cannot be used: it is closed, another greenlet waits on it, or the
+        caller is in another thread than the hub it was made with (the caller then falls
+        back to ``select.poll()``).
 
         The io watcher switches straight back to the waiting greenlet, without a gevent
-        ``Waiter`` between: that object and its two extra calls per message cost 5% of
-        the CPU of an echo."""
-        if self._closed or self._waiting is not None or self._get_hub() is not self._hub:
+        ``Waiter`` between (FINDINGS.md, section 9)."""
+        if self._closed or self._waiting is not None or self._get_ident() != self._thread:
+            return None
+        current = self._getcurrent()
+        if current is self._hub:
             return None
         if deadline is not None and (self._timer is None or self._timer_at > deadline):
             self._stop_timer()
             self._timer = self._hub.loop.timer(max(deadline - _monotonic(), 0.0), ref=False)
             self._timer.start(self._expired, update=True)
             self._timer_at = deadline
-        current = self._waiting = self._getcurrent()
+        self._waiting = current
         self._io.start(current.switch, True)
         try:
-            return self._hub.switch() is True
+            readable = self._hub.switch() is True
         finally:
             self._io.stop()
             self._waiting = None
+            if self._closed:  # during the wait: free the watchers here, in the hub's thread
+                self._torn_down = True
+                self._stop_timer()
+                self._close_io()
+        return readable and not self._closed  # closed: the fd may be another's by now
 
     def _expired(self) -> None:
         self._timer = None
-        if self._waiting is not None:
-            self._waiting.switch(False)
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.switch(False)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -357,13 +372,32 @@ class _GeventReadWaiter:
             self._timer = None
 
     def close(self) -> None:
-        """Free the watchers; a wait in progress ends (False) and later ones use poll()."""
+        """Free the watchers; a wait in progress ends (False) and later ones return None.
+        Callable from any thread (see the class docstring)."""
         self._closed = True
+        if self._torn_down or self._close_scheduled:
+            return
+        if self._get_ident() != self._thread:
+            self._close_scheduled = True
+            self._hub.loop.run_callback_threadsafe(self._teardown)
+            return
+        self._teardown()
+
+    def _teardown(self) -> None:
+        """Stop the timer and close the io watcher, once; in the hub's thread."""
+        if self._torn_down:
+            return
+        self._torn_down = True
         self._stop_timer()
         if self._waiting is None:
+            self._close_io()
+        else:  # the wait's finally closes it; wake it without a stray switch
+            self._hub.loop.run_callback(self._expired)
+
+    def _close_io(self) -> None:
+        if not self._io_closed:
+            self._io_closed = True
             self._io.close()
-        else:
-            self._hub.loop.run_callback(self._waiting.switch, False)
 
 
 Takeover = Callable[[dict[str, Any]], "Transport | None"]

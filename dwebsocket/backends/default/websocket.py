@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dwebsocket.backends.default.outbox import Outbox
+from dwebsocket.backends.default.state import IOState
 from dwebsocket.backends.default.transport import RECV_SIZE, fast_messages
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import ConnectionClosed, InvalidState
@@ -106,27 +108,20 @@ class DefaultWebSocket(WebSocket):
         self._io_timeout = self._ping_timeout or _DEFAULT_IO_TIMEOUT
 
         self._conn: Connection | None = None
+        # What the C fast path shares: shut, queued, last_heard, ... (state.py).
+        self._io = IOState()
         # The C fast path of wait() and send() (transport.fast_path()), once accepted.
         self._fast: Any = None
         self._accepted = False
-        self._shut = False  # the transport is shut down: nothing more in or out
         self._messages: deque[Message] = deque()
         self._unfed = b""  # received, not yet given to the core: the backlog was full
         self._backlog_bytes = max(_BACKLOG_BYTES, self._max_message_size or 0)
-        self._outbox: list[bytes] = []
-        self._outbox_size = 0
-        # The outbox starts with the rest of a frame partly written: an overflow keeps it.
-        self._outbox_partial = False
-        self._early: list[Message] = []  # delivered before the handshake
-        self._early_size = 0
-        self._early_overflow = False
+        self._outbox = Outbox(self._io)
         self._flusher: threading.Thread | None = None
         # Set on shutdown; made by a 1008 overflow, for the flusher waiting out the close.
         self._shut_event: threading.Event | None = None
         self._close_deadline: float | None = None
         self._opened_at = 0.0
-        self._last_heard = 0.0
-        self._ping_sent_at: float | None = None
 
         # threading.* looked up now, so monkey-patched locks are used under gevent/eventlet.
         self._reading = _new_lock()
@@ -164,7 +159,7 @@ class DefaultWebSocket(WebSocket):
         with self._writing:
             if self._accepted:
                 return
-            if self._shut:
+            if self._io.shut:
                 raise self._closed_error()
             deflate = extensions = None
             if self._compression:
@@ -179,31 +174,29 @@ class DefaultWebSocket(WebSocket):
                 max_message_size=self._max_message_size,
                 max_frame_size=self._max_frame_size,
             )
-            buffered = self._transport.take_over(self._io_timeout)
+            buffered = self._transport.take_over(self._io_timeout, self._io)
             with self._core:
                 self._conn = conn
                 # Messages delivered before the handshake go first: queued in the same step
                 # that lets deliver() encode new ones, so none can overtake them. The 101
                 # still leads, since we hold the write lock until it is sent.
-                early, self._early = self._early, []
-                self._early_size = 0
-                for message in early:
-                    self._append(conn.send_message(message))
+                for message in self._outbox.take_early():
+                    self._outbox.append(conn.send_message(message))
             try:
                 self._transport.sock.sendall(response)
             except OSError as exc:
                 logger.debug("Client %s went away before the 101: %s", self._peer(), exc)
                 self._shutdown(1006)
                 raise self._closed_error() from None
-            self._opened_at = self._last_heard = time.monotonic()
+            self._opened_at = self._io.last_heard = time.monotonic()
             fast = self._transport.fast_path(
                 ws=self,
-                conn=conn,
+                io=self._io,
+                rx=conn.rx,
                 messages=self._messages,
                 reading=self._reading,
                 writing=self._writing,
                 core=self._core,
-                open_state=_OPEN,
                 ping_interval=self._ping_interval,
                 ping_timeout=self._ping_timeout,
                 deflate=deflate is not None,
@@ -224,7 +217,7 @@ class DefaultWebSocket(WebSocket):
         if buffered:
             with self._reading:
                 self._receive(buffered)
-        if self._early_overflow:
+        if self._outbox.early_overflow:
             self._overflow()
         if self._outbox:
             self._flush()
@@ -261,7 +254,7 @@ class DefaultWebSocket(WebSocket):
                 except IndexError:  # another thread took it
                     continue
             conn = self._conn
-            if self._shut or (conn is not None and conn.state is not _OPEN):  # is_closed()
+            if self._io.shut or (conn is not None and conn.state is not _OPEN):  # is_closed()
                 return None
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -271,7 +264,7 @@ class DefaultWebSocket(WebSocket):
                 return None
             try:
                 conn = self._conn
-                if not messages and not self._shut and (conn is None or conn.state is _OPEN):
+                if not messages and not self._io.shut and (conn is None or conn.state is _OPEN):
                     self._read_once(remaining)
             finally:
                 reading.release()
@@ -309,16 +302,17 @@ class DefaultWebSocket(WebSocket):
         """Read once (waiting up to ``limit``) and feed the core; run the keepalive.
         Call with ``_reading`` held."""
         if self._unfed:
-            data, self._unfed = self._unfed, b""
-            self._receive(data)
+            self._receive(self._take_unfed())
             return
         wait = limit
+        io = self._io
         if self._ping_interval is not None:  # when _keepalive() has something to do
-            sent = self._ping_sent_at
-            if sent is None:
-                due: float | None = self._last_heard + self._ping_interval
+            if not io.ping_outstanding:
+                due: float | None = io.last_heard + self._ping_interval
+            elif self._ping_timeout is None:
+                due = None
             else:
-                due = None if self._ping_timeout is None else sent + self._ping_timeout
+                due = io.ping_sent_at + self._ping_timeout
             if due is not None:
                 until_due = due - _monotonic()  # if due, wait_readable() just looks
                 if wait is None or until_due < wait:
@@ -345,7 +339,7 @@ class DefaultWebSocket(WebSocket):
         # read: 64 KiB messages are) likely left the rest in the socket: take it now
         # rather than after another trip through the event loop. Bounded: each read
         # adds to one frame, which the core fails past the message limit.
-        while len(data) == RECV_SIZE and not self._messages and not self._shut:
+        while len(data) == RECV_SIZE and not self._messages and not self._io.shut:
             more = self._transport.try_recv()
             if more is None:
                 break
@@ -362,7 +356,7 @@ class DefaultWebSocket(WebSocket):
                 if self.is_closed() or self._backlog_full():
                     break
                 if self._unfed:
-                    data, self._unfed = self._unfed, b""
+                    data = self._take_unfed()
                 elif not self._transport.wait_readable(0):
                     break
                 else:
@@ -393,25 +387,26 @@ class DefaultWebSocket(WebSocket):
             self._feed(data)
             return
         for start in range(0, len(data), _DEFLATE_SLICE):
-            if self._shut:
+            if self._io.shut:
                 return
             if self._backlog_full():
                 self._unfed = data[start:]
+                self._io.unfed = True
                 return
             self._feed(data[start : start + _DEFLATE_SLICE])
 
     def _feed(self, data: bytes) -> None:
         """Give received bytes (b"" for EOF) to the core and act on its events."""
         if data:
-            self._last_heard = _monotonic()
-            self._ping_sent_at = None
+            self._io.last_heard = _monotonic()
+            self._io.ping_outstanding = False
         with self._core:
             conn = self._conn
             assert conn is not None
             events = conn.receive_data(data)
             out = conn.data_to_send()
             if out:
-                self._append(out)
+                self._outbox.append(out)
         close: Close | None = None
         for event in events:
             if type(event) is str or type(event) is bytes:
@@ -437,17 +432,18 @@ class DefaultWebSocket(WebSocket):
         if self._ping_interval is None or self.is_closed():
             return
         now = time.monotonic()
-        if self._ping_sent_at is None:
-            if now - self._last_heard >= self._ping_interval:
+        io = self._io
+        if not io.ping_outstanding:
+            if now - io.last_heard >= self._ping_interval:
                 with self._core:
                     assert self._conn is not None
                     try:
-                        self._append(self._conn.send_ping(b""))
+                        self._outbox.append(self._conn.send_ping(b""))
                     except InvalidState:
                         return
-                self._ping_sent_at = now
+                io.ping_sent_at, io.ping_outstanding = now, True
                 self._flush()
-        elif self._ping_timeout is not None and now - self._ping_sent_at >= self._ping_timeout:
+        elif self._ping_timeout is not None and now - io.ping_sent_at >= self._ping_timeout:
             logger.info(
                 "WebSocket peer %s on %s sent nothing within %ss of a ping: closing (1011)",
                 self._peer(),
@@ -474,7 +470,7 @@ class DefaultWebSocket(WebSocket):
         with self._writing:
             with self._core:
                 conn = self._conn
-                if self._shut or conn is None or conn.state is not _OPEN:
+                if self._io.shut or conn is None or conn.state is not _OPEN:
                     raise self._closed_error()
                 try:
                     if type(message) is str:
@@ -483,7 +479,7 @@ class DefaultWebSocket(WebSocket):
                         frame = conn.send_message(message)
                 except InvalidState:
                     raise self._closed_error() from None
-                pending = self._take_outbox() if self._outbox else b""
+                pending = self._outbox.take()
             if pending and not self._sendall(pending):
                 raise self._closed_error()
             if not self._sendall(frame):
@@ -508,7 +504,7 @@ class DefaultWebSocket(WebSocket):
                 raise self._closed_error()
             assert self._conn is not None
             try:
-                self._append(self._conn.send_ping(data))
+                self._outbox.append(self._conn.send_ping(data))
             except InvalidState:
                 raise self._closed_error() from None
         if not self._flush():
@@ -523,21 +519,16 @@ class DefaultWebSocket(WebSocket):
         flusher = None
         with self._core:
             conn = self._conn
-            if self._shut or (conn is not None and conn.state is not _OPEN):
+            if self._io.shut or (conn is not None and conn.state is not _OPEN):
                 return
             if conn is None:
-                size = len(message)
-                if self._early_overflow or self._early_size + size > self._queue_limit:
-                    self._early, self._early_size, self._early_overflow = [], 0, True
-                else:
-                    self._early.append(message)
-                    self._early_size += size
+                self._outbox.add_early(message, self._queue_limit)
                 return
             try:
                 frame = conn.send_message(message)
             except InvalidState:
                 return
-            if self._outbox_size + len(frame) > self._queue_limit:
+            if self._outbox.size + len(frame) > self._queue_limit:
                 self._overflow_locked()
             elif (
                 not self._outbox and self._flusher is None and self._writing.acquire(blocking=False)
@@ -554,12 +545,11 @@ class DefaultWebSocket(WebSocket):
                     self._writing.release()
                 if sent == len(frame):
                     return
-                self._append(frame[sent:] if sent else frame)
-                self._outbox_partial = sent > 0
+                self._outbox.append(frame[sent:] if sent else frame, partial=sent > 0)
             else:
-                self._append(frame)
+                self._outbox.append(frame)
             needed = self._outbox or self._shut_event is not None  # bytes left, or a 1008
-            if self._flusher is None and not self._shut and needed:
+            if self._flusher is None and not self._io.shut and needed:
                 flusher = self._flusher = threading.Thread(
                     target=self._run_flusher, name="dwebsocket-flusher", daemon=True
                 )
@@ -580,14 +570,11 @@ class DefaultWebSocket(WebSocket):
             self._queue_limit,
         )
         assert self._conn is not None
-        # Drop every whole frame queued; the rest of one partly written must still go,
-        # or the close frame would land inside its payload.
-        self._outbox = self._outbox[:1] if self._outbox_partial else []
-        self._outbox_size = sum(map(len, self._outbox))
+        self._outbox.drop_whole_frames()
         out = self._conn.send_close(1008, "send queue overflow")
         if out:
             self._closing(1008, "send queue overflow")
-            self._append(out)
+            self._outbox.append(out)
             self._shut_event = threading.Event()
 
     def _run_flusher(self) -> None:
@@ -595,12 +582,12 @@ class DefaultWebSocket(WebSocket):
             while True:
                 with self._writing:
                     with self._core:
-                        if self._shut or not self._outbox:
-                            if self._shut_event is None or self._shut:
+                        if self._io.shut or not self._outbox:
+                            if self._shut_event is None or self._io.shut:
                                 self._flusher = None
                                 return
                             break
-                        data = self._take_outbox()
+                        data = self._outbox.take()
                     self._sendall(data)
             self._linger()
         except BaseException:
@@ -620,29 +607,22 @@ class DefaultWebSocket(WebSocket):
         with self._core:
             self._flusher = None
 
-    def _append(self, data: bytes) -> None:
-        """Queue bytes for the wire (call with ``_core`` held)."""
-        self._outbox.append(data)
-        self._outbox_size += len(data)
-
-    def _take_outbox(self) -> bytes:
-        """Everything queued, in order (call with ``_core`` held)."""
-        outbox = self._outbox
-        if not outbox:
-            return b""
-        self._outbox, self._outbox_size, self._outbox_partial = [], 0, False
-        return outbox[0] if len(outbox) == 1 else b"".join(outbox)
+    def _take_unfed(self) -> bytes:
+        """The received bytes kept back for the backlog (call with ``_reading`` held)."""
+        data, self._unfed = self._unfed, b""
+        self._io.unfed = False
+        return data
 
     def _flush(self) -> bool:
         """Write everything queued; False if the connection broke."""
         with self._writing:
             with self._core:
-                data = self._take_outbox()
+                data = self._outbox.take()
             return not data or self._sendall(data)
 
     def _sendall(self, data: bytes) -> bool:
         """Write ``data`` (call with ``_writing`` held); on failure shut down, False."""
-        if self._shut:
+        if self._io.shut:
             return False
         try:
             self._transport.sendall(data)
@@ -659,7 +639,7 @@ class DefaultWebSocket(WebSocket):
         ``WEBSOCKET_CLOSE_TIMEOUT`` for the peer's (data arriving meanwhile is
         discarded), then shut the connection down. Idempotent. Raises ``ValueError`` for
         a code that may not be sent or a reason over 123 bytes of UTF-8."""
-        if self._shut:
+        if self._io.shut:
             return
         if not self._accepted:
             try:
@@ -667,13 +647,13 @@ class DefaultWebSocket(WebSocket):
             except ConnectionClosed:
                 return
         with self._core:
-            if self._shut:
+            if self._io.shut:
                 return
             assert self._conn is not None
             out = self._conn.send_close(code, reason)
             if out:
                 self._closing(code, reason)
-                self._append(out)
+                self._outbox.append(out)
         self._flush()
         self._await_peer_close()
         self._shutdown()
@@ -686,7 +666,7 @@ class DefaultWebSocket(WebSocket):
 
     def _await_peer_close(self) -> None:
         deadline = self._close_deadline or time.monotonic() + self._close_timeout
-        while not self._shut and self._conn is not None and self._conn.state is not _CLOSED:
+        while not self._io.shut and self._conn is not None and self._conn.state is not _CLOSED:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 logger.debug("No close frame from %s within %ss", self._peer(), self._close_timeout)
@@ -694,11 +674,10 @@ class DefaultWebSocket(WebSocket):
             if not self._reading.acquire(timeout=remaining):
                 return  # a reader in another thread will see the close frame
             try:
-                if self._shut or self._conn.state is _CLOSED:
+                if self._io.shut or self._conn.state is _CLOSED:
                     return
                 if self._unfed:
-                    data, self._unfed = self._unfed, b""
-                    self._receive(data)
+                    self._receive(self._take_unfed())
                 elif self._transport.wait_readable(remaining):
                     try:
                         data = self._transport.recv()
@@ -711,18 +690,18 @@ class DefaultWebSocket(WebSocket):
 
     def _abort(self, code: int, reason: str = "") -> None:
         """Send a close frame if we can without waiting for anyone, then shut down."""
-        if self._shut:
+        if self._io.shut:
             return
         with self._core:
             if self._conn is not None:
                 out = self._conn.send_close(code, reason)
                 if out:
                     self._closing(code, reason)
-                    self._append(out)
+                    self._outbox.append(out)
         if self._writing.acquire(blocking=False):
             try:
                 with self._core:
-                    data = self._take_outbox()
+                    data = self._outbox.take()
                 if data:
                     self._sendall(data)
             finally:
@@ -753,9 +732,9 @@ class DefaultWebSocket(WebSocket):
     def _shutdown(self, code: int | None = None, reason: str = "") -> None:
         """Shut the transport down once; record the close code; tell the world."""
         with self._core:
-            if self._shut:
+            if self._io.shut:
                 return
-            self._shut = True
+            self._io.shut = True
             self._fast = None  # it holds this object: let the cycle go
             if self.close_code is None:
                 self.close_code = code if code is not None else 1006
@@ -778,7 +757,7 @@ class DefaultWebSocket(WebSocket):
     def is_closed(self) -> bool:
         """True once a close frame was sent or received, or the connection broke."""
         conn = self._conn
-        return self._shut or (conn is not None and conn.state is not _OPEN)
+        return self._io.shut or (conn is not None and conn.state is not _OPEN)
 
     def _closed_error(self) -> ConnectionClosed:
         return ConnectionClosed(self.close_code or 1006, self.close_reason)

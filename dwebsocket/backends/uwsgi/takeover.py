@@ -63,10 +63,10 @@ class UwsgiTransport(Transport):
         if value is not None:
             self._sock = value
 
-    def take_over(self, timeout: float | None) -> bytes:
+    def take_over(self, timeout: float | None, io: Any = None) -> bytes:
         # From now on Django's response is not ours to send: the wrapper drops it.
         self._environ[wsgi.TAKEN_OVER] = True
-        return super().take_over(timeout)
+        return super().take_over(timeout, io)
 
     def release(self) -> None:
         super().release()

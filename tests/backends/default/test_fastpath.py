@@ -43,13 +43,19 @@ SKIP_REASON = "needs gevent's monkey-patching and the C extension"
 pytestmark = pytest.mark.skipif(not _fast_path_runs(), reason=SKIP_REASON)
 
 
-def fast_view(body: Callable[[DefaultWebSocket, dict[str, Any]], None], seen: dict[str, Any]):  # type: ignore[no-untyped-def]
+def fast_view(  # type: ignore[no-untyped-def]
+    body: Callable[[DefaultWebSocket, dict[str, Any]], None],
+    seen: dict[str, Any],
+    before_accept: Callable[[DefaultWebSocket], None] | None = None,
+):
     """A view that accepts, checks that the fast path is on, counts what reaches
     ``_received()`` (reads the C code handed to Python), then runs ``body``."""
 
     @require_websocket
     def view(request: HttpRequest) -> None:
         ws = request.websocket
+        if before_accept is not None:
+            before_accept(ws)
         ws.accept()
         seen["fast"] = ws._fast is not None
         seen["to_python"] = calls = []
@@ -451,3 +457,262 @@ def test_iteration_calls_a_subclass_wait(seen: dict[str, Any]) -> None:
         session.finish()
     assert seen["messages"] == ["one", "two"]
     assert seen["waits"] == 3  # two messages, then None: closed
+
+
+# -- Python code that runs between a read and its hand-off (finalizers, gc callbacks) --
+
+
+class _Hostile:
+    """A reference cycle whose finalizer runs ``act`` when ``when()`` holds, at the
+    collection that frees it; it makes another one until it has acted."""
+
+    def __init__(self, when: Callable[[], bool], act: Callable[[], None]) -> None:
+        self.me = self
+        self.when, self.act = when, act
+
+    def __del__(self) -> None:
+        if _Hostile.over:
+            return
+        if self.when():
+            self.act()
+        else:
+            _Hostile(self.when, self.act)
+
+    over = False
+
+
+@pytest.fixture
+def collect_often() -> Iterator[None]:
+    """A garbage collection at (nearly) every allocation of a tracked object, as an
+    application with many of them may see at any allocation."""
+    import gc
+
+    saved = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    _Hostile.over = False
+    try:
+        yield
+    finally:
+        _Hostile.over = True
+        gc.set_threshold(*saved)
+        gc.collect()
+
+
+def _has_pending_data(sock: socket.socket) -> bool:
+    from gevent.monkey import get_original
+
+    select = get_original("select", "select")
+    return bool(select([sock.fileno()], [], [], 0)[0])
+
+
+class _LockThatRuns:
+    """The connection's core lock, with Python code run in ``locked()``: the C fast path
+    asks it between waking up and reading, as it may ask any Python object."""
+
+    def __init__(self, lock: Any, run: Callable[[], None]) -> None:
+        self._lock, self.run = lock, run
+
+    def locked(self) -> bool:
+        self.run()
+        return bool(self._lock.locked())
+
+    def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        return bool(self._lock.acquire(*args, **kwargs))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@pytest.mark.parametrize("hostile", ["calls-the-others-wait", "yields-to-the-others-greenlet"])
+def test_python_run_during_a_read_never_hands_over_another_connections_bytes(
+    seen: dict[str, Any], hostile: str, collect_often: None
+) -> None:
+    """Connection A reads a frame of invalid UTF-8. If Python code runs while A's read
+    is in the shared receive buffer (before the fix: the decoder's exception started a
+    collection, whose finalizer ran), and that code makes connection B read, B's bytes
+    must never reach A: A fails with 1007, B gets its own message.
+
+    To make that collection certain rather than likely, the core lock's ``locked()``,
+    which the fast path asks just before it reads, leaves the youngest generation one
+    allocation short of a collection: the next allocation of a tracked object (the
+    decoder's exception, before the fix) starts one."""
+    import gc
+
+    import gevent
+
+    b_side: dict[str, Any] = {}
+    b_ready = threading.Event()
+    b_done = threading.Event()
+
+    @require_websocket
+    def view_b(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws.accept()
+        b_side["ws"] = ws
+        b_ready.set()
+        if hostile == "yields-to-the-others-greenlet":
+            b_side["message"] = ws.wait(TIMEOUT)  # B's own greenlet reads, when it runs
+        b_done.wait(TIMEOUT)
+
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        seen["message"] = ws.wait(TIMEOUT)
+        seen["code"] = ws.close_code
+
+    frame_b = masked(0x1, b"from B")
+    frame_a = masked(0x1, b"\xff\xfe\xfd\xfc\xfb\xfa")  # as long as B's: the same read size
+    state = {"sent": False, "acted": False}
+
+    def inside_as_read() -> bool:
+        # A's frame is sent and read off its socket, and not yet handed to Python.
+        return (
+            state["sent"]
+            and not state["acted"]
+            and session_a.server_sock.fileno() >= 0
+            and not _has_pending_data(session_a.server_sock)
+            and seen.get("to_python") == []
+        )
+
+    def act() -> None:
+        state["acted"] = True
+        if hostile == "calls-the-others-wait":
+            b_side["message"] = b_side["ws"].wait(TIMEOUT)
+        else:
+            session_b.client.sock.sendall(frame_b)
+            gevent.sleep(0.05)
+
+    class Tracked:
+        """An object the collector tracks."""
+
+    def prime() -> None:
+        if state["sent"] and not state["acted"]:
+            gc.collect(0)  # the count of the youngest generation is 0 ...
+            [].copy()  # ... a list is free for reuse, so PyList_New(0) counts nothing ...
+            state["one"] = Tracked()  # ... and one more makes it 1 = the threshold
+
+    def before_accept(ws: DefaultWebSocket) -> None:
+        ws._core = _LockThatRuns(ws._core, prime)
+
+    session_a = Session(fast_view(body, seen, before_accept))
+    session_b = Session(view_b)
+    with session_a, session_b:
+        session_a.expect_101()
+        session_b.expect_101()
+        assert b_ready.wait(TIMEOUT)
+        if hostile == "calls-the-others-wait":
+            session_b.client.sock.sendall(frame_b)  # waiting in B's socket, unread
+        time.sleep(0.1)  # A waits in the fast path (and B in its own, when it waits)
+        _Hostile(lambda: inside_as_read() or state["acted"], act)
+        session_a.client.sock.sendall(frame_a)
+        state["sent"] = True
+        assert session_a.client.recv() == Close(1007, session_a.client.conn.close_reason)
+        session_a.finish()
+        if hostile == "yields-to-the-others-greenlet" and not state["acted"]:
+            session_b.client.sock.sendall(frame_b)  # B's wait ends
+        b_done.set()
+        session_b.finish()
+    assert (seen["message"], seen["code"]) == (None, 1007)
+    assert seen["to_python"] in ([], [frame_a]), seen["to_python"]  # never B's bytes
+    assert b_side.get("message") in (None, "from B")
+    if hostile == "yields-to-the-others-greenlet":
+        assert b_side["message"] == "from B"
+
+
+def test_a_session_ended_between_the_wake_and_the_read_reads_nothing() -> None:
+    """Python code that runs after the waiter woke and before read(2) may end the
+    session (as end_session() in another greenlet), and the server may then give the fd
+    number to a new connection: the read must not take that connection's bytes."""
+    import os
+
+    from greenlet import getcurrent
+
+    state: dict[str, Any] = {"armed": False, "acted": False}
+    seen: dict[str, Any] = {}
+    intruder, intruder_peer = socket.socketpair()
+    intruder_peer.sendall(masked(0x1, b"intruder"))
+
+    def end_and_reuse() -> None:
+        if not state["armed"] or state["acted"] or getcurrent() is not state["greenlet"]:
+            return
+        if not _has_pending_data(session.server_sock):
+            return  # not woken for the frame yet
+        state["acted"] = True
+        ws = state["ws"]
+        ws._shutdown()
+        ws._transport.release()
+        os.dup2(intruder.fileno(), session.server_sock.fileno())
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws._core = _LockThatRuns(ws._core, end_and_reuse)
+        ws.accept()
+        state["ws"], state["greenlet"] = ws, getcurrent()
+        seen["fast"] = ws._fast is not None
+        seen["message"] = ws.wait(TIMEOUT)
+
+    session = Session(view)
+    with session, intruder, intruder_peer:
+        session.expect_101()
+        time.sleep(0.1)  # the view waits in the fast path
+        state["armed"] = True
+        session.client.sock.sendall(masked(0x1, b"mine"))
+        session.finish()
+    assert seen["fast"] is True
+    assert state["acted"] is True  # the scene was set
+    assert seen["message"] is None
+
+
+# -- the C send path and its Python twin, byte for byte --
+
+SIZES = [0, 1, 125, 126, 65535, 65536, 1 << 20]
+
+
+def _messages_of_size(n: int) -> list[str | bytes]:
+    """Text (ASCII, and non-ASCII of the same UTF-8 length) and binary, n bytes each."""
+    return [
+        "a" * n,
+        "é" * (n // 2) + "a" * (n % 2),
+        bytes(range(256)) * (n // 256) + b"z" * (n % 256),
+    ]
+
+
+def _python_frame(message: str | bytes) -> bytes:
+    """The frame as the pure-Python encoder writes it (frames._py_frame_header)."""
+    from dwebsocket.protocol import frames
+
+    payload = message.encode() if isinstance(message, str) else message
+    b0 = 0x81 if isinstance(message, str) else 0x82
+    return frames._py_frame_header(b0, len(payload), False) + payload
+
+
+@override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=4 << 20, WEBSOCKET_COMPRESSION=False)
+def test_the_c_send_path_writes_what_the_python_one_does(seen: dict[str, Any]) -> None:
+    messages = [m for n in SIZES for m in _messages_of_size(n)]
+
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        assert ws.wait(TIMEOUT) == "go"  # nothing on the wire after the 101 until then
+        for message in messages:
+            ws.send(message)
+        seen["python"] = [ws._conn.send_message(m) for m in messages]  # type: ignore[union-attr]
+
+    expected = b"".join(_python_frame(m) for m in messages)
+    with Session(fast_view(body, seen)) as session:
+        session.expect_101()
+        session.client.send("go")
+        received = b""
+        while len(received) < len(expected):
+            chunk = session.client.sock.recv(1 << 20)
+            assert chunk, f"EOF after {len(received)} of {len(expected)} bytes"
+            received += chunk
+        assert received[: len(expected)] == expected
+        session.client.receive(received[len(expected) :])  # the close frame, maybe
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen["fast"] is True
+    assert b"".join(seen["python"]) == expected  # the general path, same bytes

@@ -462,7 +462,7 @@ def test_an_overflow_after_a_partial_write_keeps_the_stream_whole(holder: Holder
         partial = False
         for _ in range(100):  # the client reads nothing: the queue overflows
             ws.deliver(payload)
-            partial = partial or ws._outbox_partial
+            partial = partial or ws._outbox.partial
             if ws.is_closed():
                 break
         gate.set()
