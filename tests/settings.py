@@ -14,3 +14,7 @@ USE_TZ = True
 # Server subprocesses started by the tests (tests/servers.py) get extra settings as JSON,
 # e.g. DWEBSOCKET_TEST_SETTINGS='{"WEBSOCKET_MAX_MESSAGE_SIZE": 67108864}'.
 globals().update(json.loads(os.environ.get("DWEBSOCKET_TEST_SETTINGS", "{}")))
+
+# A server subprocess with hostile Python code in it (tests/hostile.py).
+if os.environ.get("DWEBSOCKET_TEST_HOSTILE") == "1":
+    import tests.hostile  # noqa: F401
