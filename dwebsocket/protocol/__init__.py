@@ -9,9 +9,14 @@ Modules:
 - :mod:`.handshake`  opening-handshake validation and the 101 response (server side), the
                      request and response check (client side, for ``dwebsocket.testing``).
 - :mod:`.deflate`    permessage-deflate: negotiation and the per-message codec.
+- :mod:`.server`     ``accept``: the 101 response and the ``Connection`` of an accepted
+                     handshake (negotiation, no I/O).
 - :mod:`.connection` ``Connection``: the state machine that turns received bytes into
                      events (``str``/``bytes`` messages, ``Ping``, ``Pong``, ``Close``) and
                      outgoing messages into bytes.
-- ``_speedups``      optional C masking and the receive loop's fast path (built by
-                     ``setup.py`` when a compiler is there); pure Python without it.
+- :mod:`.accelerator` whether the optional C accelerator ``_speedups`` is loaded
+                     (``DWEBSOCKET_NO_SPEEDUPS``).
+- ``_speedups``      optional C: masking, the frame-header encoder, the receive loop's
+                     fast path and ``ReceiveState`` (built by ``setup.py`` when a compiler
+                     is there); pure Python without it.
 """

@@ -37,8 +37,8 @@ from dwebsocket.backends.default.transport import RECV_SIZE, fast_messages
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import ConnectionClosed, InvalidState
 from dwebsocket.protocol.connection import Close, Connection, State
-from dwebsocket.protocol.deflate import PerMessageDeflate
-from dwebsocket.protocol.handshake import HandshakeRequest, build_response
+from dwebsocket.protocol.handshake import HandshakeRequest
+from dwebsocket.protocol.server import accept as accept_request
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.websocket import Message, WebSocket
 
@@ -161,19 +161,14 @@ class DefaultWebSocket(WebSocket):
                 return
             if self._io.shut:
                 raise self._closed_error()
-            deflate = extensions = None
-            if self._compression:
-                negotiated = PerMessageDeflate.negotiate(self.handshake.extensions)
-                if negotiated is not None:
-                    deflate, extensions = negotiated
-            response = build_response(
-                self.handshake, subprotocol=subprotocol, extensions=extensions
-            )
-            conn = Connection(
-                deflate=deflate,
+            accepted = accept_request(
+                self.handshake,
+                subprotocol=subprotocol,
+                compression=self._compression,
                 max_message_size=self._max_message_size,
                 max_frame_size=self._max_frame_size,
             )
+            conn, response = accepted.connection, accepted.response
             buffered = self._transport.take_over(self._io_timeout, self._io)
             with self._core:
                 self._conn = conn
@@ -199,7 +194,7 @@ class DefaultWebSocket(WebSocket):
                 core=self._core,
                 ping_interval=self._ping_interval,
                 ping_timeout=self._ping_timeout,
-                deflate=deflate is not None,
+                deflate=accepted.compression,
             )
             with self._core:
                 self.subprotocol = subprotocol
@@ -211,7 +206,7 @@ class DefaultWebSocket(WebSocket):
             self.request.path,
             self._transport.server,
             subprotocol,
-            "on" if deflate is not None else "off",
+            "on" if accepted.compression else "off",
         )
         self._send_signal(websocket_opened)
         if buffered:
