@@ -23,22 +23,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
 from dwebsocket.conf import settings
-from dwebsocket.exceptions import InvalidHandshake
+from dwebsocket.exceptions import TooManyConnections
 
 __all__ = ["RETRY_AFTER", "TooManyConnections", "acquire", "open_sessions"]
 
 #: The ``Retry-After`` of a 503, in seconds: long enough not to invite a reconnect storm,
 #: short enough for a browser's reconnect loop to succeed once load drops.
 RETRY_AFTER = 5
-
-
-class TooManyConnections(InvalidHandshake):
-    """Raised when a handshake would exceed a connection cap (HTTP 503, ``Retry-After``)."""
-
-    status = 503
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, [("Retry-After", str(RETRY_AFTER))])
 
 
 # Never held across I/O (nor anything that could switch greenlets), so a plain lock is
@@ -73,13 +64,15 @@ def acquire(request: HttpRequest) -> Callable[[], None]:
     with _lock:
         if max_total is not None and _total >= max_total:
             raise TooManyConnections(
-                f"too many WebSocket connections on this server (limit {max_total}); retry later"
+                f"too many WebSocket connections on this server (limit {max_total}); retry later",
+                RETRY_AFTER,
             )
         from_address = _per_ip.get(address, 0)
         if max_per_ip is not None and from_address >= max_per_ip:
             raise TooManyConnections(
                 f"too many WebSocket connections from {address or 'this address'} "
-                f"(limit {max_per_ip}); retry later"
+                f"(limit {max_per_ip}); retry later",
+                RETRY_AFTER,
             )
         _total += 1
         _per_ip[address] = from_address + 1

@@ -48,7 +48,7 @@ from django.core.signals import got_request_exception, request_finished, request
 from django.db import close_old_connections, connections
 from django.utils.encoding import iri_to_uri
 
-from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake, InvalidState
+from dwebsocket.exceptions import ConnectionClosed, HandshakeRefused, InvalidState
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
@@ -70,33 +70,6 @@ _signals_lock = threading.Lock()
 
 Message = str | bytes
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
-
-
-class HandshakeRefused(InvalidHandshake):
-    """Raised by :meth:`WebSocketClient.connect` when the server answers the upgrade
-    request with another status than 101 (the view returned a 403, the Origin was refused,
-    the URL does not exist...).
-
-    ``status_code``, ``headers`` (lower-case names, in order) and ``content`` (the body)
-    are what came over the wire; ``response`` is the ``HttpResponse`` Django produced,
-    with ``wsgi_request`` set, as ``django.test.Client`` returns it.
-    """
-
-    def __init__(
-        self,
-        status_code: int,
-        headers: list[tuple[str, str]],
-        content: bytes,
-        response: HttpResponseBase | None = None,
-    ) -> None:
-        super().__init__(content.decode("utf-8", "replace").strip(), headers)
-        self.status = self.status_code = status_code
-        self.content = content
-        self.response = response
-
-    def __str__(self) -> str:
-        reason = self.reason if len(self.reason) <= 200 else self.reason[:200] + "..."
-        return f"handshake refused with HTTP {self.status_code}" + (f": {reason}" if reason else "")
 
 
 class WebSocketClient:

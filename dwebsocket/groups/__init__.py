@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
-from dwebsocket.exceptions import WebSocketError
+from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups.memory import Member, MemoryLayer, Registry
 
 if TYPE_CHECKING:
@@ -34,12 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["GroupsUnavailable", "Member", "get_layer", "join", "leave", "members", "send"]
 
 logger = logging.getLogger("dwebsocket.groups")
-
-
-class GroupsUnavailable(WebSocketError):
-    """Raised by ``send(..., fail_silently=False)`` when the layer could not pass the message
-    on to other processes (Redis unreachable). Members in this process got it.
-    ``__cause__`` is the underlying error."""
 
 
 class Layer(Protocol):

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from dwebsocket.groups import GroupsUnavailable
+from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups.memory import Member, Registry, fan_out
 from dwebsocket.websocket import Message
 
