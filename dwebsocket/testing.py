@@ -52,6 +52,7 @@ from dwebsocket.exceptions import ConnectionClosed, HandshakeRefused, InvalidSta
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
+from dwebsocket.typing import BytesLike, Message
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -68,7 +69,6 @@ _MAX_HEAD = 65536
 # the lock keeps two clients' threads from reconnecting it under each other.
 _signals_lock = threading.Lock()
 
-Message = str | bytes
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
@@ -281,12 +281,12 @@ class WebSocketClient:
         """True once the server's close frame arrived or the connection ended."""
         return self.close_code is not None
 
-    def send(self, message: Message | bytearray | memoryview) -> None:
+    def send(self, message: str | BytesLike) -> None:
         """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
 
         Blocks until the frame is written (at most ``timeout`` when the view does not
         read). Raises ``ConnectionClosed`` once closed, ``TypeError`` for other types."""
-        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+        if not isinstance(message, str | BytesLike):
             raise TypeError(f"cannot send {type(message).__name__}: expected str or bytes")
         conn = self._connection()
         if self.closed or conn.close_sent:

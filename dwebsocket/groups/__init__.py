@@ -29,7 +29,8 @@ from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups.memory import Member, MemoryLayer, Registry
 
 if TYPE_CHECKING:
-    from dwebsocket.websocket import Message, WebSocket
+    from dwebsocket.typing import BytesLike, Message
+    from dwebsocket.websocket import WebSocket
 
 __all__ = ["GroupsUnavailable", "Member", "get_layer", "join", "leave", "members", "send"]
 
@@ -141,9 +142,7 @@ def members(group: str) -> list[Member]:
     return _registry.members(group)
 
 
-def send(
-    group: str, message: Message | bytearray | memoryview, *, fail_silently: bool = True
-) -> None:
+def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) -> None:
     """Send ``message`` to every member of ``group``, in every process.
 
     ``str`` is sent as a text message, bytes-like as a binary one. Never blocks on a member:

@@ -46,7 +46,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups.memory import Member, Registry, fan_out
-from dwebsocket.websocket import Message
+from dwebsocket.typing import BytesLike, Message
 
 try:
     import redis
@@ -83,7 +83,7 @@ CLAIMS = 4096
 MAX_PUBLISH_CONNECTIONS = 32
 
 
-def encode(message: Message | bytearray | memoryview, origin: bytes, seq: int) -> bytes:
+def encode(message: str | BytesLike, origin: bytes, seq: int) -> bytes:
     """The published form of ``message`` (see the module docstring)."""
     if isinstance(message, str):
         return HEADER.pack(TEXT, origin, seq) + message.encode()
