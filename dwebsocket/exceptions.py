@@ -13,7 +13,9 @@ One base class; each subclass carries its data as attributes::
     │   └── HandshakeRefused      the test client got another answer than 101 (status_code)
     ├── InvalidState              the caller did something the connection state forbids
     ├── BackendUnavailable        the WSGI server gives no way to take over the connection
-    └── GroupsUnavailable         the groups layer could not reach other processes
+    ├── GroupsUnavailable         the groups layer could not reach other processes
+    └── InvalidSetting            a WEBSOCKET_* setting has a wrong type or value (setting,
+                                  check_id)
 
 Some are also importable from the module that raises them, where they were first
 defined: ``dwebsocket.limits.TooManyConnections``, ``dwebsocket.groups.GroupsUnavailable``,
@@ -36,6 +38,7 @@ __all__ = [
     "GroupsUnavailable",
     "HandshakeRefused",
     "InvalidHandshake",
+    "InvalidSetting",
     "InvalidState",
     "PayloadTooBig",
     "ProtocolError",
@@ -169,3 +172,24 @@ class GroupsUnavailable(WebSocketError):
     """Raised when the groups layer could not pass a message on to other processes (Redis
     unreachable), by ``dwebsocket.groups.send(..., fail_silently=False)``. Members in this
     process got it. ``__cause__`` is the underlying error."""
+
+
+class InvalidSetting(WebSocketError):
+    """Raised when a ``WEBSOCKET_*`` setting is read and its value has the wrong type or is
+    out of range (``WEBSOCKET_MAX_MESSAGE_SIZE = "1MB"``).
+
+    ``setting`` is the setting's name, ``value`` its value, ``problem`` what is wrong with
+    it (a sentence), and ``check_id`` the system check that reports the same in
+    ``manage.py check`` (``"dwebsocket.E014"``). A handshake that meets one is answered
+    503, and the problem logged at ERROR (``dwebsocket.handshake.misconfigured``).
+    """
+
+    def __init__(self, setting: str, value: object, problem: str, check_id: str) -> None:
+        super().__init__(setting, value, problem, check_id)
+        self.setting = setting
+        self.value = value
+        self.problem = problem
+        self.check_id = check_id
+
+    def __str__(self) -> str:
+        return f"{self.problem} ({self.check_id})"

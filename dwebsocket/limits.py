@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
 from dwebsocket.conf import settings
@@ -39,27 +38,19 @@ _total = 0
 _per_ip: dict[str, int] = {}
 
 
-def _cap(name: str) -> int | None:
-    value = getattr(settings, name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ImproperlyConfigured(f"{name} must be None or an integer >= 0, not {value!r}")
-    return value
-
-
 def acquire(request: HttpRequest) -> Callable[[], None]:
     """Take a slot for ``request``'s session; return the function that gives it back
     (call it once, when the session is over; further calls do nothing).
 
     Raises :class:`TooManyConnections` if the process is at ``WEBSOCKET_MAX_CONNECTIONS``
     or the client's address at ``WEBSOCKET_MAX_CONNECTIONS_PER_IP``; raises
-    ``ImproperlyConfigured`` for a setting that is not ``None`` or an integer >= 0.
+    :class:`~dwebsocket.exceptions.InvalidSetting` for a setting that is not ``None`` or an
+    integer >= 0.
     Never blocks.
     """
     global _total
-    max_total = _cap("WEBSOCKET_MAX_CONNECTIONS")
-    max_per_ip = _cap("WEBSOCKET_MAX_CONNECTIONS_PER_IP")
+    max_total = settings.WEBSOCKET_MAX_CONNECTIONS
+    max_per_ip = settings.WEBSOCKET_MAX_CONNECTIONS_PER_IP
     address = str(request.META.get("REMOTE_ADDR") or "")
     with _lock:
         if max_total is not None and _total >= max_total:

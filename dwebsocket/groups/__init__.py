@@ -23,9 +23,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from django.core.exceptions import ImproperlyConfigured
-
-from dwebsocket.exceptions import GroupsUnavailable
+from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups.memory import Member, MemoryLayer, Registry
 
 if TYPE_CHECKING:
@@ -56,8 +54,9 @@ _pid = os.getpid()
 def get_layer() -> Layer:
     """The layer ``WEBSOCKET_GROUPS_URL`` names, built on first use.
 
-    Raises ``ImproperlyConfigured`` for an unknown scheme, or for ``redis://`` without
-    redis-py installed."""
+    Raises :class:`~dwebsocket.exceptions.InvalidSetting` (check ``dwebsocket.E020``) for
+    a URL no layer serves, ``ImproperlyConfigured`` for ``redis://`` without redis-py
+    installed."""
     from dwebsocket.conf import settings
 
     global _layer, _registry, _pid
@@ -77,17 +76,29 @@ def get_layer() -> Layer:
         return _layer
 
 
+#: The URL schemes of the Redis layer (:mod:`.redis`).
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a ``WEBSOCKET_GROUPS_URL`` (no layer serves it), or
+    None. Looks at the scheme only; connects to nothing."""
+    if url == MemoryLayer.url or url.partition("://")[0].lower() in REDIS_SCHEMES:
+        return None
+    return f"WEBSOCKET_GROUPS_URL must be memory:// or redis://host:port/db, not {url!r}"
+
+
 def _make_layer(url: str, registry: Registry) -> Layer:
-    scheme = url.partition("://")[0].lower()
+    problem = url_problem(url)
+    if problem is not None:
+        from dwebsocket.conf import GROUPS_URL
+
+        raise InvalidSetting(GROUPS_URL.name, url, problem, GROUPS_URL.check_id)
     if url == MemoryLayer.url:
         return MemoryLayer(registry)
-    if scheme in ("redis", "rediss", "unix"):
-        from dwebsocket.groups.redis import RedisLayer
+    from dwebsocket.groups.redis import RedisLayer
 
-        return RedisLayer(url, registry)
-    raise ImproperlyConfigured(
-        f"WEBSOCKET_GROUPS_URL must be memory:// or redis://host:port/db, not {url!r}"
-    )
+    return RedisLayer(url, registry)
 
 
 def reset() -> None:
