@@ -14,6 +14,8 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
   ignores.
 - ``dwebsocket.E010``: ``WEBSOCKET_ALLOWED_ORIGINS`` is not None or a list of origins (a
   bare string, or an entry that is not one of the documented forms).
+- ``dwebsocket.E011`` to ``dwebsocket.E022``: one per setting, of the wrong type or out of
+  range (``dwebsocket.conf.SETTINGS`` gives each its id; ``docs/settings.rst`` lists them).
 - ``dwebsocket.W005``: ``WEBSOCKET_ACCEPT_ALL`` without ``WebSocketMiddleware``.
 - ``dwebsocket.W006``: middleware with a ``process_view`` listed after
   ``WebSocketMiddleware`` (it does not run for WebSocket views).
@@ -36,13 +38,15 @@ from django.core import checks
 from django.core.checks import CheckMessage, Tags, register
 
 from dwebsocket.backends.uwsgi.checks import check_wsgi_wrapper
-from dwebsocket.conf import DEFAULTS
+from dwebsocket.conf import ACCEPT_ALL, DEFAULTS, FACTORY_CLASS, GROUPS_URL, SETTINGS
+from dwebsocket.exceptions import InvalidSetting
 
 __all__ = [
     "check_allowed_origins",
     "check_atomic_requests",
     "check_middleware",
     "check_server",
+    "check_settings",
     "check_unknown_settings",
 ]
 
@@ -71,6 +75,41 @@ def check_unknown_settings(
                 id="dwebsocket.W001",
             )
         )
+    return messages
+
+
+@register(Tags.compatibility)
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """An error for each ``WEBSOCKET_*`` setting of the wrong type or out of range, with
+    that setting's own id (``conf.SETTINGS``). ``WEBSOCKET_FACTORY_CLASS`` is imported;
+    ``WEBSOCKET_GROUPS_URL`` must name a layer. ``WEBSOCKET_ALLOWED_ORIGINS`` has its own
+    check (:func:`check_allowed_origins`)."""
+    messages: list[CheckMessage] = []
+    for setting in SETTINGS.values():
+        value = getattr(django_settings, setting.name, setting.default)
+        problem = setting.problem(value)
+        if problem is None and setting is FACTORY_CLASS:
+            from dwebsocket.factory import get_factory_class
+
+            try:
+                get_factory_class()
+            except InvalidSetting as exc:
+                problem = exc.problem
+        elif problem is None and setting is GROUPS_URL and isinstance(value, str):
+            from dwebsocket.groups import url_problem
+
+            problem = url_problem(value)
+        if problem is not None:
+            messages.append(
+                checks.Error(
+                    problem,
+                    hint=f"The default is {setting.default!r}; see dwebsocket's settings "
+                    "documentation.",
+                    id=setting.check_id,
+                )
+            )
     return messages
 
 
@@ -210,9 +249,9 @@ def check_middleware(
                 id="dwebsocket.E001",
             )
         )
-    from dwebsocket.conf import settings
-
-    if settings.WEBSOCKET_ACCEPT_ALL and MIDDLEWARE_PATH not in middleware:
+    # Read raw: a wrong value is check_settings' to report, not a reason to fail here.
+    accept_all = getattr(django_settings, ACCEPT_ALL.name, ACCEPT_ALL.default)
+    if accept_all is True and MIDDLEWARE_PATH not in middleware:
         messages.append(
             checks.Warning(
                 "WEBSOCKET_ACCEPT_ALL is on but WebSocketMiddleware is not in MIDDLEWARE: "

@@ -1,42 +1,262 @@
-"""Every ``WEBSOCKET_*`` setting, read lazily so that ``override_settings`` just works."""
+"""Every ``WEBSOCKET_*`` setting: its default, its type and range, a typed property to read it.
+
+As in django-cors-headers: ``settings.WEBSOCKET_MAX_MESSAGE_SIZE`` reads Django's setting
+at each access (nothing is cached, so ``override_settings`` just works) and returns it as
+its type. A value of the wrong type or out of range raises
+:class:`~dwebsocket.exceptions.InvalidSetting` when read, naming the system check
+(``dwebsocket.E0xx``, :mod:`dwebsocket.checks`) that ``manage.py check`` reports it with;
+a handshake that meets one is answered 503 (``dwebsocket.handshake.misconfigured``).
+
+To add a setting: a :class:`Setting` in :data:`SETTINGS` with the next free check id, a
+property on :class:`Settings`, a row in ``docs/settings.rst`` and one in the check table of
+``docs/deployment.rst``; ``tests/test_settings.py`` then asks for a test of a wrong value.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from django.conf import settings as django_settings
 
+from dwebsocket.exceptions import InvalidSetting
+
+__all__ = ["DEFAULTS", "DEFAULT_FACTORY", "SETTINGS", "Setting", "Settings", "settings"]
+
+_T = TypeVar("_T", covariant=True)
+
 DEFAULT_FACTORY = "dwebsocket.backends.default.factory.WebSocketFactory"
 
-#: Every setting dwebsocket reads, with its default.
-DEFAULTS: dict[str, Any] = {
-    "WEBSOCKET_ACCEPT_ALL": False,
-    "WEBSOCKET_FACTORY_CLASS": DEFAULT_FACTORY,
-    # None: derive from ALLOWED_HOSTS; otherwise a list of origins ("https://example.com",
-    # "*" for any) -- see dwebsocket.handshake.origin_allowed.
-    "WEBSOCKET_ALLOWED_ORIGINS": None,
-    "WEBSOCKET_COMPRESSION": True,
-    "WEBSOCKET_MAX_MESSAGE_SIZE": 1024 * 1024,  # bytes, after decompression
-    "WEBSOCKET_MAX_FRAME_SIZE": None,  # bytes; None: bounded by WEBSOCKET_MAX_MESSAGE_SIZE
-    "WEBSOCKET_PING_INTERVAL": 20.0,  # seconds; None disables keepalive pings
-    "WEBSOCKET_PING_TIMEOUT": 20.0,  # seconds without a pong before the peer counts as dead
-    "WEBSOCKET_CLOSE_TIMEOUT": 5.0,  # seconds to wait for the peer's close frame
-    "WEBSOCKET_SEND_QUEUE_SIZE": 1024 * 1024,  # bytes a member may have pending (deliver)
-    "WEBSOCKET_GROUPS_URL": None,  # None or memory:// (in-process) / redis://host:port/db
-    # Sessions open at once in this process, in total / per REMOTE_ADDR; None: no cap.
-    # Over a cap the handshake gets 503 + Retry-After (dwebsocket.limits).
-    "WEBSOCKET_MAX_CONNECTIONS": None,
-    "WEBSOCKET_MAX_CONNECTIONS_PER_IP": None,
+
+@dataclass(frozen=True)
+class Setting(Generic[_T]):
+    """One setting: its name, its default, the id of the system check that validates it,
+    and ``parse``, which returns a value as the setting's type or raises ``ValueError``
+    saying what is wrong with it."""
+
+    name: str
+    default: _T
+    check_id: str
+    parse: Callable[[object], _T]
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value`` for this setting (a sentence), or None."""
+        try:
+            self.parse(value)
+        except ValueError as exc:
+            return f"{self.name} {exc}, not {value!r}"
+        return None
+
+    def read(self) -> _T:
+        """The setting's value now (its default if unset), as its type. Raises
+        :class:`~dwebsocket.exceptions.InvalidSetting` for a wrong value. Never blocks."""
+        value = getattr(django_settings, self.name, self.default)
+        try:
+            return self.parse(value)
+        except ValueError:
+            problem = self.problem(value) or self.name
+            raise InvalidSetting(self.name, value, problem, self.check_id) from None
+
+
+# -- parsers: the value as its type, or ValueError saying what it must be -----------------
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be True or False")
+    return value
+
+
+def _dotted_path(value: object) -> str:
+    if not isinstance(value, str) or "." not in value.strip(".") or value != value.strip():
+        raise ValueError('must be the dotted path of a class ("package.module.Class")')
+    return value
+
+
+def _integer(value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"must be an integer >= {minimum}")
+    return value
+
+
+def _size(value: object) -> int:
+    try:
+        return _integer(value, 1)
+    except ValueError:
+        raise ValueError("must be a number of bytes: an integer >= 1") from None
+
+
+def _optional_size(value: object) -> int | None:
+    try:
+        return None if value is None else _integer(value, 1)
+    except ValueError:
+        raise ValueError("must be None or a number of bytes: an integer >= 1") from None
+
+
+def _optional_count(value: object) -> int | None:
+    try:
+        return None if value is None else _integer(value, 0)
+    except ValueError:
+        raise ValueError("must be None or an integer >= 0") from None
+
+
+def _seconds(value: object, *, zero: bool) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        raise ValueError(f"must be a number of seconds {'>= 0' if zero else '> 0'}")
+    return float(value)
+
+
+def _optional_interval(value: object) -> float | None:
+    try:
+        return None if value is None else _seconds(value, zero=False)
+    except ValueError:
+        raise ValueError("must be None or a number of seconds > 0") from None
+
+
+def _timeout(value: object) -> float:
+    return _seconds(value, zero=True)
+
+
+def _optional_url(value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or "://" not in value):
+        raise ValueError('must be None or a URL ("memory://", "redis://host:port/db")')
+    return value
+
+
+def _any(value: object) -> object:
+    # WEBSOCKET_ALLOWED_ORIGINS: validated by dwebsocket.handshake.origin_setting_errors
+    # (check dwebsocket.E010); a wrong value refuses browsers' handshakes with 403 there
+    # rather than raising here.
+    return value
+
+
+# -- the settings ------------------------------------------------------------------------
+
+ACCEPT_ALL = Setting("WEBSOCKET_ACCEPT_ALL", False, "dwebsocket.E011", _bool)
+FACTORY_CLASS = Setting("WEBSOCKET_FACTORY_CLASS", DEFAULT_FACTORY, "dwebsocket.E012", _dotted_path)
+ALLOWED_ORIGINS = Setting("WEBSOCKET_ALLOWED_ORIGINS", None, "dwebsocket.E010", _any)
+COMPRESSION = Setting("WEBSOCKET_COMPRESSION", True, "dwebsocket.E013", _bool)
+MAX_MESSAGE_SIZE = Setting[int | None](
+    "WEBSOCKET_MAX_MESSAGE_SIZE", 1024 * 1024, "dwebsocket.E014", _optional_size
+)
+MAX_FRAME_SIZE = Setting("WEBSOCKET_MAX_FRAME_SIZE", None, "dwebsocket.E015", _optional_size)
+PING_INTERVAL = Setting[float | None](
+    "WEBSOCKET_PING_INTERVAL", 20.0, "dwebsocket.E016", _optional_interval
+)
+PING_TIMEOUT = Setting[float | None](
+    "WEBSOCKET_PING_TIMEOUT", 20.0, "dwebsocket.E017", _optional_interval
+)
+CLOSE_TIMEOUT = Setting("WEBSOCKET_CLOSE_TIMEOUT", 5.0, "dwebsocket.E018", _timeout)
+SEND_QUEUE_SIZE = Setting("WEBSOCKET_SEND_QUEUE_SIZE", 1024 * 1024, "dwebsocket.E019", _size)
+GROUPS_URL = Setting("WEBSOCKET_GROUPS_URL", None, "dwebsocket.E020", _optional_url)
+MAX_CONNECTIONS = Setting("WEBSOCKET_MAX_CONNECTIONS", None, "dwebsocket.E021", _optional_count)
+MAX_CONNECTIONS_PER_IP = Setting(
+    "WEBSOCKET_MAX_CONNECTIONS_PER_IP", None, "dwebsocket.E022", _optional_count
+)
+
+#: Every setting dwebsocket reads, by name, in the order of ``docs/settings.rst``.
+SETTINGS: dict[str, Setting[object]] = {
+    setting.name: setting
+    for setting in (
+        ACCEPT_ALL,
+        FACTORY_CLASS,
+        ALLOWED_ORIGINS,
+        COMPRESSION,
+        MAX_MESSAGE_SIZE,
+        MAX_FRAME_SIZE,
+        PING_INTERVAL,
+        PING_TIMEOUT,
+        CLOSE_TIMEOUT,
+        SEND_QUEUE_SIZE,
+        GROUPS_URL,
+        MAX_CONNECTIONS,
+        MAX_CONNECTIONS_PER_IP,
+    )
 }
+
+#: Every setting dwebsocket reads, with its default.
+DEFAULTS: dict[str, object] = {name: setting.default for name, setting in SETTINGS.items()}
 
 
 class Settings:
-    """Attribute access to the ``WEBSOCKET_*`` settings, falling back to the defaults."""
+    """The ``WEBSOCKET_*`` settings as typed properties, read at each access.
 
-    def __getattr__(self, name: str) -> Any:
-        if name not in DEFAULTS:
-            raise AttributeError(name)
-        return getattr(django_settings, name, DEFAULTS[name])
+    Each raises :class:`~dwebsocket.exceptions.InvalidSetting` for a wrong value (see the
+    module docstring) and never blocks."""
+
+    @property
+    def WEBSOCKET_ACCEPT_ALL(self) -> bool:
+        """With the middleware, every view accepts WebSockets (not only decorated ones)."""
+        return ACCEPT_ALL.read()
+
+    @property
+    def WEBSOCKET_FACTORY_CLASS(self) -> str:
+        """The dotted path of the backend's ``WebSocketFactory``."""
+        return FACTORY_CLASS.read()
+
+    @property
+    def WEBSOCKET_ALLOWED_ORIGINS(self) -> object:
+        """The Origin allow-list as configured (None: derived from ``ALLOWED_HOSTS``);
+        not validated here: see :func:`dwebsocket.handshake.allowed_origins`."""
+        return ALLOWED_ORIGINS.read()
+
+    @property
+    def WEBSOCKET_COMPRESSION(self) -> bool:
+        """Whether permessage-deflate is negotiated."""
+        return COMPRESSION.read()
+
+    @property
+    def WEBSOCKET_MAX_MESSAGE_SIZE(self) -> int | None:
+        """Bytes a message may have after decompression; None: no limit."""
+        return MAX_MESSAGE_SIZE.read()
+
+    @property
+    def WEBSOCKET_MAX_FRAME_SIZE(self) -> int | None:
+        """Bytes a frame may have; None: bounded by the message size."""
+        return MAX_FRAME_SIZE.read()
+
+    @property
+    def WEBSOCKET_PING_INTERVAL(self) -> float | None:
+        """Seconds of silence before a keepalive ping; None: no pings."""
+        return PING_INTERVAL.read()
+
+    @property
+    def WEBSOCKET_PING_TIMEOUT(self) -> float | None:
+        """Seconds without a pong before the peer counts as dead; None: never."""
+        return PING_TIMEOUT.read()
+
+    @property
+    def WEBSOCKET_CLOSE_TIMEOUT(self) -> float:
+        """Seconds to wait for the peer's close frame."""
+        return CLOSE_TIMEOUT.read()
+
+    @property
+    def WEBSOCKET_SEND_QUEUE_SIZE(self) -> int:
+        """Bytes a connection may have queued by ``deliver()`` before it is closed (1008)."""
+        return SEND_QUEUE_SIZE.read()
+
+    @property
+    def WEBSOCKET_GROUPS_URL(self) -> str | None:
+        """The groups layer's URL; None: in-process (``memory://``)."""
+        return GROUPS_URL.read()
+
+    @property
+    def WEBSOCKET_MAX_CONNECTIONS(self) -> int | None:
+        """Sessions this process runs at once; None: no cap."""
+        return MAX_CONNECTIONS.read()
+
+    @property
+    def WEBSOCKET_MAX_CONNECTIONS_PER_IP(self) -> int | None:
+        """Sessions this process runs at once per client address; None: no cap."""
+        return MAX_CONNECTIONS_PER_IP.read()
 
 
 settings = Settings()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING
 
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+
+from dwebsocket.exceptions import InvalidSetting
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -39,14 +40,29 @@ class WebSocketFactory(abc.ABC):
 
 
 def get_factory_class() -> type[WebSocketFactory]:
-    """The factory class named by ``WEBSOCKET_FACTORY_CLASS``, imported now."""
-    from dwebsocket.conf import settings
+    """The factory class named by ``WEBSOCKET_FACTORY_CLASS``, imported now.
 
-    path = settings.WEBSOCKET_FACTORY_CLASS
+    Raises :class:`~dwebsocket.exceptions.InvalidSetting` (check ``dwebsocket.E012``) if
+    the setting is not a dotted path, cannot be imported, or names something else than a
+    :class:`WebSocketFactory` subclass."""
+    from dwebsocket.conf import FACTORY_CLASS
+
+    path = FACTORY_CLASS.read()
     try:
-        cls: type[WebSocketFactory] = import_string(path)
+        cls = import_string(path)
     except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"WEBSOCKET_FACTORY_CLASS {path!r} cannot be imported: {exc}"
+        raise InvalidSetting(
+            FACTORY_CLASS.name,
+            path,
+            f"{FACTORY_CLASS.name} {path!r} cannot be imported: {exc}",
+            FACTORY_CLASS.check_id,
         ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, WebSocketFactory)):
+        raise InvalidSetting(
+            FACTORY_CLASS.name,
+            path,
+            f"{FACTORY_CLASS.name} {path!r} is not a subclass of "
+            "dwebsocket.factory.WebSocketFactory",
+            FACTORY_CLASS.check_id,
+        )
     return cls

@@ -19,12 +19,18 @@ from django.http import HttpRequest, HttpResponse
 from django.http.request import validate_host
 
 from dwebsocket.conf import settings
-from dwebsocket.exceptions import BackendUnavailable, ForbiddenOrigin, InvalidHandshake
+from dwebsocket.exceptions import (
+    BackendUnavailable,
+    ForbiddenOrigin,
+    InvalidHandshake,
+    InvalidSetting,
+)
 from dwebsocket.protocol.handshake import HandshakeRequest, parse_request
 
 __all__ = [
     "OriginRule",
     "allowed_origins",
+    "misconfigured",
     "origin_allowed",
     "origin_setting_errors",
     "parse_handshake",
@@ -287,3 +293,32 @@ def unavailable(request: HttpRequest, exc: BackendUnavailable) -> HttpResponse:
     reason = f"WebSockets are not available on this server: {exc}"
     logger.error("%s (%s from %s)", reason, request.path, _peer(request))
     return _plain_response(reason, 501)
+
+
+_invalid_settings_logged: set[str] = set()
+
+
+def misconfigured(request: HttpRequest, exc: InvalidSetting) -> HttpResponse:
+    """503 for a handshake that met a wrong ``WEBSOCKET_*`` setting: the deployment is
+    wrong, not the client, and the view never runs.
+
+    The problem is logged at ERROR, naming the setting and its check id, once per problem
+    and process (every handshake meets it until the setting is fixed); each refusal at
+    INFO, like any refused handshake. The client is only told the server is
+    misconfigured."""
+    problem = str(exc)
+    if problem not in _invalid_settings_logged:
+        _invalid_settings_logged.add(problem)
+        logger.error(
+            "%s: WebSocket handshakes are refused with 503 until it is fixed "
+            "(manage.py check reports it too)",
+            problem,
+        )
+    logger.info(
+        "WebSocket handshake refused with 503 from %s for %s: %s is invalid (%s)",
+        _peer(request),
+        request.path,
+        exc.setting,
+        exc.check_id,
+    )
+    return _plain_response("WebSockets are not available: the server is misconfigured.", 503)

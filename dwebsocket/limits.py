@@ -19,26 +19,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
 from dwebsocket.conf import settings
-from dwebsocket.exceptions import InvalidHandshake
+from dwebsocket.exceptions import TooManyConnections
 
 __all__ = ["RETRY_AFTER", "TooManyConnections", "acquire", "open_sessions"]
 
 #: The ``Retry-After`` of a 503, in seconds: long enough not to invite a reconnect storm,
 #: short enough for a browser's reconnect loop to succeed once load drops.
 RETRY_AFTER = 5
-
-
-class TooManyConnections(InvalidHandshake):
-    """Raised when a handshake would exceed a connection cap (HTTP 503, ``Retry-After``)."""
-
-    status = 503
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, [("Retry-After", str(RETRY_AFTER))])
 
 
 # Never held across I/O (nor anything that could switch greenlets), so a plain lock is
@@ -48,38 +38,32 @@ _total = 0
 _per_ip: dict[str, int] = {}
 
 
-def _cap(name: str) -> int | None:
-    value = getattr(settings, name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ImproperlyConfigured(f"{name} must be None or an integer >= 0, not {value!r}")
-    return value
-
-
 def acquire(request: HttpRequest) -> Callable[[], None]:
     """Take a slot for ``request``'s session; return the function that gives it back
     (call it once, when the session is over; further calls do nothing).
 
     Raises :class:`TooManyConnections` if the process is at ``WEBSOCKET_MAX_CONNECTIONS``
     or the client's address at ``WEBSOCKET_MAX_CONNECTIONS_PER_IP``; raises
-    ``ImproperlyConfigured`` for a setting that is not ``None`` or an integer >= 0.
+    :class:`~dwebsocket.exceptions.InvalidSetting` for a setting that is not ``None`` or an
+    integer >= 0.
     Never blocks.
     """
     global _total
-    max_total = _cap("WEBSOCKET_MAX_CONNECTIONS")
-    max_per_ip = _cap("WEBSOCKET_MAX_CONNECTIONS_PER_IP")
+    max_total = settings.WEBSOCKET_MAX_CONNECTIONS
+    max_per_ip = settings.WEBSOCKET_MAX_CONNECTIONS_PER_IP
     address = str(request.META.get("REMOTE_ADDR") or "")
     with _lock:
         if max_total is not None and _total >= max_total:
             raise TooManyConnections(
-                f"too many WebSocket connections on this server (limit {max_total}); retry later"
+                f"too many WebSocket connections on this server (limit {max_total}); retry later",
+                RETRY_AFTER,
             )
         from_address = _per_ip.get(address, 0)
         if max_per_ip is not None and from_address >= max_per_ip:
             raise TooManyConnections(
                 f"too many WebSocket connections from {address or 'this address'} "
-                f"(limit {max_per_ip}); retry later"
+                f"(limit {max_per_ip}); retry later",
+                RETRY_AFTER,
             )
         _total += 1
         _per_ip[address] = from_address + 1

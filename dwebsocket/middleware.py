@@ -23,6 +23,8 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from dwebsocket.conf import settings
+from dwebsocket.exceptions import InvalidSetting
+from dwebsocket.handshake import misconfigured
 from dwebsocket.session import attach, is_upgrade, run_view
 
 __all__ = ["WebSocketMiddleware"]
@@ -54,11 +56,12 @@ class WebSocketMiddleware:
             if require:
                 return run_view(request, view_func, view_args, view_kwargs, require=True)
             return None
-        if not (
-            require
-            or settings.WEBSOCKET_ACCEPT_ALL
-            or getattr(view_func, "accept_websocket", False)
-        ):
+        try:
+            accept_all = settings.WEBSOCKET_ACCEPT_ALL
+        except InvalidSetting as exc:
+            attach(request, None)
+            return misconfigured(request, exc)
+        if not (require or accept_all or getattr(view_func, "accept_websocket", False)):
             logger.info(
                 "WebSocket request for %s refused with 400: the view does not accept WebSockets",
                 request.path,

@@ -21,7 +21,12 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from dwebsocket import limits
-from dwebsocket.exceptions import BackendUnavailable, ConnectionClosed, InvalidHandshake
+from dwebsocket.exceptions import (
+    BackendUnavailable,
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidSetting,
+)
 from dwebsocket.factory import get_factory_class
 from dwebsocket.websocket import WebSocket
 
@@ -73,7 +78,8 @@ def run_view(
     Plain HTTP: the view runs as usual (``request.websocket`` is None), or 400 when
     ``require``. Upgrade requests: a malformed, unsupported or cross-origin handshake is
     answered (400, 426, 403) without calling the view, one over a connection cap
-    (:mod:`dwebsocket.limits`) with 503, a server the backend cannot use with 501.
+    (:mod:`dwebsocket.limits`) with 503, a server the backend cannot use with 501, and
+    one that meets a wrong ``WEBSOCKET_*`` setting with 503 (logged at ERROR).
     Until the view accepts the connection (explicitly or by using it), whatever it
     returns or raises is handled by Django as usual. Once accepted, the connection is
     closed when the view ends: 1000 when it returns (or lets ``ConnectionClosed``
@@ -106,6 +112,11 @@ def run_view(
         from dwebsocket.handshake import unavailable
 
         return unavailable(request, exc)
+    except InvalidSetting as exc:
+        attach(request, None)
+        from dwebsocket.handshake import misconfigured
+
+        return misconfigured(request, exc)
     attach(request, websocket)
     if websocket is None or release is None:  # the factory saw no upgrade after all
         return _not_websocket(request) if require else view(request, *args, **kwargs)  # type: ignore[return-value]

@@ -48,10 +48,11 @@ from django.core.signals import got_request_exception, request_finished, request
 from django.db import close_old_connections, connections
 from django.utils.encoding import iri_to_uri
 
-from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake, InvalidState
+from dwebsocket.exceptions import ConnectionClosed, HandshakeRefused, InvalidState
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
+from dwebsocket.typing import BytesLike, Message
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -68,35 +69,7 @@ _MAX_HEAD = 65536
 # the lock keeps two clients' threads from reconnecting it under each other.
 _signals_lock = threading.Lock()
 
-Message = str | bytes
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
-
-
-class HandshakeRefused(InvalidHandshake):
-    """Raised by :meth:`WebSocketClient.connect` when the server answers the upgrade
-    request with another status than 101 (the view returned a 403, the Origin was refused,
-    the URL does not exist...).
-
-    ``status_code``, ``headers`` (lower-case names, in order) and ``content`` (the body)
-    are what came over the wire; ``response`` is the ``HttpResponse`` Django produced,
-    with ``wsgi_request`` set, as ``django.test.Client`` returns it.
-    """
-
-    def __init__(
-        self,
-        status_code: int,
-        headers: list[tuple[str, str]],
-        content: bytes,
-        response: HttpResponseBase | None = None,
-    ) -> None:
-        super().__init__(content.decode("utf-8", "replace").strip(), headers)
-        self.status = self.status_code = status_code
-        self.content = content
-        self.response = response
-
-    def __str__(self) -> str:
-        reason = self.reason if len(self.reason) <= 200 else self.reason[:200] + "..."
-        return f"handshake refused with HTTP {self.status_code}" + (f": {reason}" if reason else "")
 
 
 class WebSocketClient:
@@ -308,12 +281,12 @@ class WebSocketClient:
         """True once the server's close frame arrived or the connection ended."""
         return self.close_code is not None
 
-    def send(self, message: Message | bytearray | memoryview) -> None:
+    def send(self, message: str | BytesLike) -> None:
         """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
 
         Blocks until the frame is written (at most ``timeout`` when the view does not
         read). Raises ``ConnectionClosed`` once closed, ``TypeError`` for other types."""
-        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+        if not isinstance(message, str | BytesLike):
             raise TypeError(f"cannot send {type(message).__name__}: expected str or bytes")
         conn = self._connection()
         if self.closed or conn.close_sent:

@@ -6,7 +6,8 @@ import abc
 from collections.abc import Iterator
 from typing import TypeVar
 
-Message = str | bytes
+from dwebsocket.typing import BytesLike, Message
+
 _T = TypeVar("_T")
 
 __all__ = ["Message", "WebSocket"]
@@ -80,7 +81,7 @@ class WebSocket(abc.ABC):
     # -- sending and closing --------------------------------------------------------------
 
     @abc.abstractmethod
-    def send(self, message: Message | bytearray | memoryview) -> None:
+    def send(self, message: str | BytesLike) -> None:
         """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
 
         Safe to call from any thread or greenlet. Blocks until the frame is handed to the

@@ -23,23 +23,16 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from django.core.exceptions import ImproperlyConfigured
-
-from dwebsocket.exceptions import WebSocketError
+from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups.memory import Member, MemoryLayer, Registry
 
 if TYPE_CHECKING:
-    from dwebsocket.websocket import Message, WebSocket
+    from dwebsocket.typing import BytesLike, Message
+    from dwebsocket.websocket import WebSocket
 
 __all__ = ["GroupsUnavailable", "Member", "get_layer", "join", "leave", "members", "send"]
 
 logger = logging.getLogger("dwebsocket.groups")
-
-
-class GroupsUnavailable(WebSocketError):
-    """Raised by ``send(..., fail_silently=False)`` when the layer could not pass the message
-    on to other processes (Redis unreachable). Members in this process got it.
-    ``__cause__`` is the underlying error."""
 
 
 class Layer(Protocol):
@@ -61,8 +54,9 @@ _pid = os.getpid()
 def get_layer() -> Layer:
     """The layer ``WEBSOCKET_GROUPS_URL`` names, built on first use.
 
-    Raises ``ImproperlyConfigured`` for an unknown scheme, or for ``redis://`` without
-    redis-py installed."""
+    Raises :class:`~dwebsocket.exceptions.InvalidSetting` (check ``dwebsocket.E020``) for
+    a URL no layer serves, ``ImproperlyConfigured`` for ``redis://`` without redis-py
+    installed."""
     from dwebsocket.conf import settings
 
     global _layer, _registry, _pid
@@ -82,17 +76,29 @@ def get_layer() -> Layer:
         return _layer
 
 
+#: The URL schemes of the Redis layer (:mod:`.redis`).
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a ``WEBSOCKET_GROUPS_URL`` (no layer serves it), or
+    None. Looks at the scheme only; connects to nothing."""
+    if url == MemoryLayer.url or url.partition("://")[0].lower() in REDIS_SCHEMES:
+        return None
+    return f"WEBSOCKET_GROUPS_URL must be memory:// or redis://host:port/db, not {url!r}"
+
+
 def _make_layer(url: str, registry: Registry) -> Layer:
-    scheme = url.partition("://")[0].lower()
+    problem = url_problem(url)
+    if problem is not None:
+        from dwebsocket.conf import GROUPS_URL
+
+        raise InvalidSetting(GROUPS_URL.name, url, problem, GROUPS_URL.check_id)
     if url == MemoryLayer.url:
         return MemoryLayer(registry)
-    if scheme in ("redis", "rediss", "unix"):
-        from dwebsocket.groups.redis import RedisLayer
+    from dwebsocket.groups.redis import RedisLayer
 
-        return RedisLayer(url, registry)
-    raise ImproperlyConfigured(
-        f"WEBSOCKET_GROUPS_URL must be memory:// or redis://host:port/db, not {url!r}"
-    )
+    return RedisLayer(url, registry)
 
 
 def reset() -> None:
@@ -147,9 +153,7 @@ def members(group: str) -> list[Member]:
     return _registry.members(group)
 
 
-def send(
-    group: str, message: Message | bytearray | memoryview, *, fail_silently: bool = True
-) -> None:
+def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) -> None:
     """Send ``message`` to every member of ``group``, in every process.
 
     ``str`` is sent as a text message, bytes-like as a binary one. Never blocks on a member:

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Protocol
 
-from dwebsocket.websocket import Message
+from dwebsocket.typing import Message
 
 __all__ = ["Member", "MemoryLayer", "Registry", "fan_out"]
 

@@ -44,9 +44,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from dwebsocket.groups import GroupsUnavailable
+from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups.memory import Member, Registry, fan_out
-from dwebsocket.websocket import Message
+from dwebsocket.typing import BytesLike, Message
 
 try:
     import redis
@@ -83,7 +83,7 @@ CLAIMS = 4096
 MAX_PUBLISH_CONNECTIONS = 32
 
 
-def encode(message: Message | bytearray | memoryview, origin: bytes, seq: int) -> bytes:
+def encode(message: str | BytesLike, origin: bytes, seq: int) -> bytes:
     """The published form of ``message`` (see the module docstring)."""
     if isinstance(message, str):
         return HEADER.pack(TEXT, origin, seq) + message.encode()
@@ -142,7 +142,14 @@ class RedisLayer:
         try:
             self._pool = redis.BlockingConnectionPool.from_url(url, **options)
         except ValueError as exc:
-            raise ImproperlyConfigured(f"WEBSOCKET_GROUPS_URL {redact(url)!r}: {exc}") from exc
+            from dwebsocket.conf import GROUPS_URL
+
+            raise InvalidSetting(
+                GROUPS_URL.name,
+                redact(url),
+                f"WEBSOCKET_GROUPS_URL {redact(url)!r}: {exc}",
+                GROUPS_URL.check_id,
+            ) from exc
         self._client = redis.Redis(connection_pool=self._pool)
         kwargs = self._pool.connection_kwargs
         self.timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)

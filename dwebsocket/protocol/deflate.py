@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Sequence
 
 from ..exceptions import InvalidHandshake, PayloadTooBig, ProtocolError
+from ..typing import BytesLike
 from .handshake import ExtensionOffer, parse_extensions
 
 __all__ = ["PerMessageDeflate"]
@@ -219,7 +220,7 @@ class PerMessageDeflate:
             bits, strategy = 9, zlib.Z_RLE
         return zlib.compressobj(self.level, zlib.DEFLATED, -bits, self.mem_level, strategy)
 
-    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
+    def compress(self, data: BytesLike) -> bytes:
         """Return one whole message compressed, trailing ``00 00 ff ff`` stripped (7.2.1)."""
         encoder = self._encoder
         if encoder is None:
@@ -229,7 +230,7 @@ class PerMessageDeflate:
         self._encoder = None if self.local_no_context_takeover else encoder
         return out[:-4]
 
-    def decompress(self, data: bytes | bytearray | memoryview, max_size: int | None) -> bytes:
+    def decompress(self, data: BytesLike, max_size: int | None) -> bytes:
         """Return one whole compressed message decompressed (RFC 7692 7.2.2).
 
         Raises ``PayloadTooBig`` if the output would exceed ``max_size`` bytes (None: no
@@ -238,9 +239,7 @@ class PerMessageDeflate:
         """
         return self.decompress_fragment(data, True, max_size)
 
-    def decompress_fragment(
-        self, data: bytes | bytearray | memoryview, fin: bool, max_size: int | None
-    ) -> bytes:
+    def decompress_fragment(self, data: BytesLike, fin: bool, max_size: int | None) -> bytes:
         """Decompress the next fragment of a message; ``fin`` for its last one.
 
         ``max_size`` bounds this fragment's output (pass what is left of the message

@@ -9,11 +9,11 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from dwebsocket import groups
+from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.groups.memory import MemoryLayer, Registry
 from dwebsocket.groups.redis import RedisLayer
 from dwebsocket.signals import websocket_closed
@@ -124,8 +124,9 @@ def test_argument_errors() -> None:
 
 @pytest.mark.parametrize("url", ["mysql://x", "memory", "http://localhost/"])
 def test_unknown_layer(url: str) -> None:
-    with override_settings(WEBSOCKET_GROUPS_URL=url), pytest.raises(ImproperlyConfigured):
+    with override_settings(WEBSOCKET_GROUPS_URL=url), pytest.raises(InvalidSetting) as bad:
         groups.send("room", "x")
+    assert bad.value.check_id == "dwebsocket.E020"
 
 
 def test_layer_follows_the_setting_and_keeps_members(redis_server: RedisServer) -> None:

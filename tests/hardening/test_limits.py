@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.test import RequestFactory, override_settings
 
 from dwebsocket import limits, require_websocket
+from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.protocol.handshake import build_request, generate_key
 from tests.hardening.client import TIMEOUT, close_frame, connect, echo, frame
 from tests.hardening.support import SETTINGS
@@ -96,7 +96,7 @@ def test_zero_refuses_every_websocket() -> None:
 def test_invalid_setting(value: object) -> None:
     with (
         override_settings(WEBSOCKET_MAX_CONNECTIONS_PER_IP=value),
-        pytest.raises(ImproperlyConfigured, match="WEBSOCKET_MAX_CONNECTIONS_PER_IP"),
+        pytest.raises(InvalidSetting, match="WEBSOCKET_MAX_CONNECTIONS_PER_IP"),
     ):
         limits.acquire(request_from("10.0.0.1"))
 

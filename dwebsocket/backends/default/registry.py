@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dwebsocket.backends.default.websocket import DefaultWebSocket
-from dwebsocket.conf import settings
+from dwebsocket.conf import CLOSE_TIMEOUT, settings
+from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.signals import websocket_closed, websocket_opened
 
 __all__ = ["going_away", "open_websockets", "spawn"]
@@ -57,7 +58,10 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
     for websocket in websockets:
         spawn(_close, websocket, reason)
     if timeout is None:
-        timeout = float(settings.WEBSOCKET_CLOSE_TIMEOUT) + 1.0
+        try:
+            timeout = settings.WEBSOCKET_CLOSE_TIMEOUT + 1.0
+        except InvalidSetting:  # reported at each handshake; the server is stopping
+            timeout = CLOSE_TIMEOUT.default + 1.0
     deadline = time.monotonic() + timeout
     # Poll rather than join: cooperative under gevent/eventlet (time.sleep is patched),
     # and the same code whatever ran the goodbyes.

@@ -40,7 +40,8 @@ from dwebsocket.protocol.connection import Close, Connection, State
 from dwebsocket.protocol.handshake import HandshakeRequest
 from dwebsocket.protocol.server import accept as accept_request
 from dwebsocket.signals import websocket_closed, websocket_opened
-from dwebsocket.websocket import Message, WebSocket
+from dwebsocket.typing import BytesLike, Message
+from dwebsocket.websocket import WebSocket
 
 if TYPE_CHECKING:
     from django.dispatch import Signal
@@ -449,7 +450,7 @@ class DefaultWebSocket(WebSocket):
 
     # -- sending ----------------------------------------------------------------------
 
-    def send(self, message: Message | bytearray | memoryview) -> None:
+    def send(self, message: str | BytesLike) -> None:
         """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
 
         Safe from any thread or greenlet; blocks until the frame is handed to the kernel.

@@ -21,7 +21,7 @@ from django.core import checks
 from django.core.checks import CheckMessage
 from django.utils.module_loading import import_string
 
-from dwebsocket.conf import settings
+from dwebsocket.conf import FACTORY_CLASS
 
 from .wsgi import is_wrapped
 
@@ -35,7 +35,8 @@ def check_wsgi_wrapper(
 ) -> list[CheckMessage]:
     """``dwebsocket.W008`` when the uwsgi backend is selected and ``WSGI_APPLICATION``
     is set but not wrapped. Imports ``WSGI_APPLICATION`` (as ``runserver`` does)."""
-    if settings.WEBSOCKET_FACTORY_CLASS != UWSGI_FACTORY:
+    # Read raw: a wrong value is dwebsocket.E012's to report.
+    if getattr(django_settings, FACTORY_CLASS.name, FACTORY_CLASS.default) != UWSGI_FACTORY:
         return []
     path = getattr(django_settings, "WSGI_APPLICATION", None)
     if not path:

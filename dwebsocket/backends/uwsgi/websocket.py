@@ -27,7 +27,8 @@ from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
 from dwebsocket.protocol.handshake import HandshakeRequest, accept_key
 from dwebsocket.signals import websocket_closed, websocket_opened
-from dwebsocket.websocket import Message, WebSocket
+from dwebsocket.typing import BytesLike, Message
+from dwebsocket.websocket import WebSocket
 
 from . import wsgi
 from .loops import Mode, Waiter, current_mode, owner_key
@@ -287,7 +288,7 @@ class uWsgiWebSocket(WebSocket):
 
     # -- sending -------------------------------------------------------------------------
 
-    def send(self, message: Message | bytearray | memoryview) -> None:
+    def send(self, message: str | BytesLike) -> None:
         kind, payload = self._frame_kind(message)
         if self._is_owner():
             if self._closed or self._closing is not None:
@@ -322,10 +323,10 @@ class uWsgiWebSocket(WebSocket):
             raise self._closed_error()
 
     @staticmethod
-    def _frame_kind(message: Message | bytearray | memoryview) -> tuple[str, bytes]:
+    def _frame_kind(message: str | BytesLike) -> tuple[str, bytes]:
         if isinstance(message, str):
             return _TEXT, message.encode()
-        if isinstance(message, (bytes, bytearray, memoryview)):
+        if isinstance(message, BytesLike):
             return _BINARY, bytes(message)
         raise TypeError(f"message must be str or bytes-like, not {type(message).__name__}")
 

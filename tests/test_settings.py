@@ -1,0 +1,253 @@
+"""Every ``WEBSOCKET_*`` setting: a typed property, a system check with its own id for a
+wrong value, and at runtime a clear refusal (503, logged) instead of a 500."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.core import checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.http import HttpRequest
+from django.test import Client, RequestFactory, override_settings
+from django.urls import path
+
+from dwebsocket import conf, handshake, require_websocket
+from dwebsocket.conf import SETTINGS, settings
+from dwebsocket.exceptions import InvalidSetting
+from tests.inprocess import upgrade_headers
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: For each setting, a wrong value a user could plausibly write.
+WRONG: dict[str, object] = {
+    "WEBSOCKET_ACCEPT_ALL": "yes",
+    "WEBSOCKET_FACTORY_CLASS": "myproject.backends.NoSuchFactory",
+    "WEBSOCKET_ALLOWED_ORIGINS": "https://example.com",
+    "WEBSOCKET_COMPRESSION": "false",
+    "WEBSOCKET_MAX_MESSAGE_SIZE": "1MB",
+    "WEBSOCKET_MAX_FRAME_SIZE": -1,
+    "WEBSOCKET_PING_INTERVAL": -5,
+    "WEBSOCKET_PING_TIMEOUT": "20",
+    "WEBSOCKET_CLOSE_TIMEOUT": None,
+    "WEBSOCKET_SEND_QUEUE_SIZE": 0,
+    "WEBSOCKET_GROUPS_URL": "mysql://localhost/db",
+    "WEBSOCKET_MAX_CONNECTIONS": 1.5,
+    "WEBSOCKET_MAX_CONNECTIONS_PER_IP": True,
+}
+
+#: More wrong values, for the settings whose range has more than one edge.
+MORE_WRONG: list[tuple[str, object]] = [
+    ("WEBSOCKET_FACTORY_CLASS", 42),
+    ("WEBSOCKET_FACTORY_CLASS", "dwebsocket.websocket.WebSocket"),  # not a factory
+    ("WEBSOCKET_MAX_MESSAGE_SIZE", 0),
+    ("WEBSOCKET_MAX_MESSAGE_SIZE", 1.5e6),
+    ("WEBSOCKET_PING_INTERVAL", 0),
+    ("WEBSOCKET_PING_INTERVAL", float("nan")),
+    ("WEBSOCKET_CLOSE_TIMEOUT", -1),
+    ("WEBSOCKET_CLOSE_TIMEOUT", float("inf")),
+    ("WEBSOCKET_SEND_QUEUE_SIZE", None),
+    ("WEBSOCKET_GROUPS_URL", "localhost:6379"),
+    ("WEBSOCKET_MAX_CONNECTIONS", -1),
+]
+
+#: Values that are right, with what the property returns for them.
+RIGHT: list[tuple[str, object, object]] = [
+    ("WEBSOCKET_ACCEPT_ALL", True, True),
+    ("WEBSOCKET_FACTORY_CLASS", conf.DEFAULT_FACTORY, conf.DEFAULT_FACTORY),
+    ("WEBSOCKET_ALLOWED_ORIGINS", ["*"], ["*"]),
+    ("WEBSOCKET_COMPRESSION", False, False),
+    ("WEBSOCKET_MAX_MESSAGE_SIZE", None, None),
+    ("WEBSOCKET_MAX_FRAME_SIZE", 65536, 65536),
+    ("WEBSOCKET_PING_INTERVAL", 5, 5.0),  # an int is fine, and read as a float
+    ("WEBSOCKET_PING_TIMEOUT", None, None),
+    ("WEBSOCKET_CLOSE_TIMEOUT", 0, 0.0),
+    ("WEBSOCKET_SEND_QUEUE_SIZE", 1, 1),
+    ("WEBSOCKET_GROUPS_URL", "redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("WEBSOCKET_MAX_CONNECTIONS", 0, 0),
+    ("WEBSOCKET_MAX_CONNECTIONS_PER_IP", None, None),
+]
+
+
+def dwebsocket_errors() -> set[str]:
+    return {
+        str(message.id)
+        for message in checks.run_checks()
+        if str(message.id).startswith("dwebsocket.E")
+    }
+
+
+def test_every_setting_has_a_wrong_value_here() -> None:
+    assert set(WRONG) == set(SETTINGS)
+    assert {name for name, _, _ in RIGHT} == set(SETTINGS)
+
+
+def test_each_setting_has_its_own_check_id() -> None:
+    ids = [setting.check_id for setting in SETTINGS.values()]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"dwebsocket\.E0\d\d", check_id) for check_id in ids)
+
+
+def test_defaults_pass_the_checks() -> None:
+    assert dwebsocket_errors() == set()
+
+
+@pytest.mark.parametrize("name", sorted(WRONG))
+def test_a_wrong_value_fails_manage_py_check_with_its_id(name: str) -> None:
+    check_id = SETTINGS[name].check_id
+    with override_settings(**{name: WRONG[name]}):
+        assert dwebsocket_errors() == {check_id}
+        with pytest.raises(SystemCheckError, match=re.escape(check_id)):
+            call_command("check")
+
+
+@pytest.mark.parametrize(("name", "value"), MORE_WRONG)
+def test_more_wrong_values(name: str, value: object) -> None:
+    with override_settings(**{name: value}):
+        assert dwebsocket_errors() == {SETTINGS[name].check_id}
+
+
+@pytest.mark.parametrize(("name", "value", "read"), RIGHT)
+def test_right_values_pass_and_read_as_their_type(name: str, value: object, read: object) -> None:
+    with override_settings(**{name: value}):
+        assert dwebsocket_errors() == set()
+        got = getattr(settings, name)
+        assert got == read and type(got) is type(read)
+
+
+@pytest.mark.parametrize("name", sorted(set(WRONG) - {"WEBSOCKET_ALLOWED_ORIGINS"}))
+def test_reading_a_wrong_value_raises_invalid_setting(name: str) -> None:
+    with override_settings(**{name: WRONG[name]}), pytest.raises(InvalidSetting) as raised:
+        if name == "WEBSOCKET_FACTORY_CLASS":
+            from dwebsocket.factory import get_factory_class
+
+            get_factory_class()
+        elif name == "WEBSOCKET_GROUPS_URL":
+            from dwebsocket import groups
+
+            groups.send("room", "x")
+        else:
+            getattr(settings, name)
+    assert raised.value.setting == name
+    assert raised.value.check_id == SETTINGS[name].check_id
+    assert name in str(raised.value) and SETTINGS[name].check_id in str(raised.value)
+
+
+def test_overrides_are_seen_at_once() -> None:
+    """Nothing is cached."""
+    assert settings.WEBSOCKET_MAX_MESSAGE_SIZE == 1024 * 1024
+    with override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=10):
+        assert settings.WEBSOCKET_MAX_MESSAGE_SIZE == 10
+    assert settings.WEBSOCKET_MAX_MESSAGE_SIZE == 1024 * 1024
+
+
+# -- at runtime: a handshake that meets a wrong setting is refused with 503 ---------------
+
+CALLED: list[str] = []
+
+
+@require_websocket
+def view(request: HttpRequest) -> None:
+    CALLED.append(request.path)
+    request.websocket.send("hello")
+
+
+def plain(request: HttpRequest) -> None:
+    CALLED.append(request.path)
+
+
+urlpatterns = [path("ws/", view), path("plain/", plain)]
+
+#: The settings a handshake reads (the others: at join/send, or in the middleware).
+READ_AT_HANDSHAKE = [
+    "WEBSOCKET_FACTORY_CLASS",
+    "WEBSOCKET_COMPRESSION",
+    "WEBSOCKET_MAX_MESSAGE_SIZE",
+    "WEBSOCKET_MAX_FRAME_SIZE",
+    "WEBSOCKET_PING_INTERVAL",
+    "WEBSOCKET_PING_TIMEOUT",
+    "WEBSOCKET_CLOSE_TIMEOUT",
+    "WEBSOCKET_SEND_QUEUE_SIZE",
+    "WEBSOCKET_MAX_CONNECTIONS",
+    "WEBSOCKET_MAX_CONNECTIONS_PER_IP",
+]
+
+
+@pytest.fixture
+def fresh_log() -> Iterator[None]:
+    CALLED.clear()
+    handshake._invalid_settings_logged.clear()
+    yield
+    handshake._invalid_settings_logged.clear()
+
+
+@pytest.mark.usefixtures("fresh_log")
+@pytest.mark.parametrize("name", READ_AT_HANDSHAKE)
+def test_a_handshake_meeting_a_wrong_setting_gets_503(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server_sock, client_sock = socket.socketpair()
+
+    def handshake_request() -> HttpRequest:
+        return RequestFactory().get(
+            "/ws/",
+            headers=upgrade_headers("dGhlIHNhbXBsZSBub25jZQ=="),
+            **{"dwebsocket.socket": server_sock},
+        )
+
+    with (
+        server_sock,
+        client_sock,
+        override_settings(**{name: WRONG[name]}),
+        caplog.at_level(logging.INFO, logger="dwebsocket"),
+    ):
+        response = view(handshake_request())
+        assert view(handshake_request()).status_code == 503  # logged at INFO only
+    assert response.status_code == 503
+    assert b"misconfigured" in response.content and name.encode() not in response.content
+    assert CALLED == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    [error] = errors
+    assert name in error and SETTINGS[name].check_id in error
+
+
+@pytest.mark.usefixtures("fresh_log")
+@override_settings(
+    ROOT_URLCONF=__name__,
+    MIDDLEWARE=["dwebsocket.middleware.WebSocketMiddleware"],
+    WEBSOCKET_ACCEPT_ALL="yes",
+)
+def test_the_middleware_meeting_a_wrong_accept_all_gets_503(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="dwebsocket"):
+        response = Client().get("/plain/", headers=upgrade_headers("dGhlIHNhbXBsZSBub25jZQ=="))
+    assert response.status_code == 503
+    assert CALLED == []
+    [error] = [r for r in caplog.records if r.name == "dwebsocket"]
+    assert "WEBSOCKET_ACCEPT_ALL" in error.getMessage() and "dwebsocket.E011" in error.getMessage()
+
+
+# -- documented ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("doc", ["README.rst", "docs/settings.rst"])
+def test_every_setting_is_documented(doc: str) -> None:
+    text = (REPO / doc).read_text()
+    missing = [name for name in SETTINGS if f"``{name}``" not in text]
+    assert missing == []
+
+
+def test_every_check_id_is_in_the_settings_and_deployment_docs() -> None:
+    settings_doc = (REPO / "docs/settings.rst").read_text()
+    deployment = (REPO / "docs/deployment.rst").read_text()
+    for setting in SETTINGS.values():
+        assert f"``{setting.check_id}``" in settings_doc, setting.name
+        row = deployment.split(f"``{setting.check_id}``", 1)
+        assert len(row) == 2, setting.check_id
+        assert f"``{setting.name}``" in row[1].split("* - ``dwebsocket.", 1)[0], setting.name
