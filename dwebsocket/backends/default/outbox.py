@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dwebsocket.websocket import Message
+from dwebsocket.typing import Message
 
 __all__ = ["Outbox"]
 
