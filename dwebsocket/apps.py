@@ -11,3 +11,6 @@ class DWebSocketConfig(AppConfig):
 
     def ready(self) -> None:
         from dwebsocket import checks  # noqa: F401  (registers the checks)
+        from dwebsocket.contrib.shutdown import install_for_runserver
+
+        install_for_runserver()

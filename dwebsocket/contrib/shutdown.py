@@ -10,7 +10,8 @@ the server stops: ``stop()`` is called once the connections are closed (or after
 as Python would do it -- ``KeyboardInterrupt`` for SIGINT, ``SystemExit`` for SIGTERM --
 right away under threads and eventlet (whose ``wsgi.server`` then waits for its requests,
 which end as their connections close), after the goodbyes under gevent.
-``manage.py runserver`` needs nothing: on Ctrl-C an :mod:`atexit` hook says goodbye.
+``manage.py runserver`` needs nothing: on Ctrl-C an :mod:`atexit` hook says goodbye, and
+the app (:func:`install_for_runserver`) makes SIGTERM end it as Ctrl-C does.
 gunicorn has its own hooks: ``dwebsocket.contrib.gunicorn``.
 """
 
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-__all__ = ["going_away", "install"]
+__all__ = ["going_away", "install", "install_for_runserver"]
 
 
 def going_away(timeout: float | None = None) -> int:
@@ -97,3 +98,24 @@ def install(
 
     for signum in signals:
         signal.signal(signum, on_signal)
+
+
+def install_for_runserver(argv: list[str] | None = None) -> bool:
+    """In the process that serves ``manage.py runserver`` (the autoreloader's child, or the
+    only process with ``--noreload``), make SIGTERM say goodbye (1001) as Ctrl-C does,
+    where nothing else handles SIGTERM; ``docker stop`` or an IDE's stop button send it.
+    Called by the app's ``ready()``. Returns whether it installed the handler."""
+    import os
+    import threading
+
+    argv = sys.argv if argv is None else argv
+    serving = os.environ.get("RUN_MAIN") == "true" or "--noreload" in argv
+    if (
+        argv[1:2] != ["runserver"]
+        or not serving
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        return False
+    install(signals=(signal.SIGTERM,))
+    return True

@@ -1,12 +1,14 @@
-"""The README's quick start, copied into a brand-new ``django-admin startproject``.
+"""The README's quick start, copied into a brand-new ``django-admin startproject mysite``.
 
 The literal blocks between ``.. quick-start-begin`` and ``.. quick-start-end`` are split
 on their ``# <file>.py`` lines and applied as a reader would: ``NAME = [..., items]``
 appends to that setting; ``views.py``, ``urls.py`` and ``tests.py`` go next to the
 project's ``urls.py`` (``from . import views``), ``serve.py`` next to ``manage.py``. Then
 the project's own tests run (``manage.py test``), and the echo view answers a real
-client under ``manage.py runserver``, the README's gevent ``serve.py`` and
-``gunicorn -k gevent`` (each bound to a free port on 127.0.0.1 instead of 8000).
+client under ``manage.py runserver``, the README's gevent ``serve.py`` and its gunicorn
+command, each run as written (bound to a free port on 127.0.0.1 instead of 8000); and
+stopping each as one does (Ctrl-C for runserver, SIGTERM for the others) gives an open
+WebSocket its 1001 close frame.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
@@ -29,7 +34,7 @@ from tests.servers import REPO, free_port
 pytestmark = pytest.mark.server
 
 README = REPO / "README.rst"
-PROJECT = "myproject"
+PROJECT = "mysite"
 WAIT = 30.0
 
 
@@ -45,9 +50,23 @@ def quick_start() -> dict[str, str]:
     return files
 
 
+def commands() -> dict[str, list[str]]:
+    """The quick start's shell commands: ``{first word: argv}``."""
+    text = README.read_text()
+    text = text[text.index(".. quick-start-begin") : text.index(".. quick-start-end")]
+    found = {}
+    for block in re.findall(r"::\n\n((?:    .*\n|\n)+)", text):
+        for line in block.splitlines():
+            words = shlex.split(line.strip())
+            if words and words[0] in ("python", "gunicorn"):
+                found[words[0]] = words
+    return found
+
+
 def test_the_quick_start_has_what_the_test_applies() -> None:
     assert sorted(quick_start()) == ["serve.py", "settings.py", "tests.py", "urls.py", "views.py"]
-    assert "python manage.py runserver" in README.read_text()
+    assert commands()["python"] == ["python", "manage.py", "runserver"]
+    assert commands()["gunicorn"][-1] == f"{PROJECT}.wsgi"
 
 
 def apply_settings(settings: Path, snippet: str) -> None:
@@ -112,24 +131,23 @@ def gunicorn() -> str:
     return str(script) if script.exists() else "gunicorn"
 
 
+def _bind(argv: list[str], port: int) -> list[str]:
+    """The README's command as written, on 127.0.0.1:port instead of 0.0.0.0:8000."""
+    return [arg.replace("0.0.0.0:8000", f"127.0.0.1:{port}") for arg in argv]
+
+
 SERVE = {
     "runserver": lambda port: [
         sys.executable,
-        "manage.py",
-        "runserver",
+        *commands()["python"][1:],
         f"127.0.0.1:{port}",
         "--noreload",
     ],
     "serve.py": lambda port: [sys.executable, "serve.py", "127.0.0.1", str(port)],
-    "gunicorn -k gevent": lambda port: [
-        gunicorn(),
-        "-k",
-        "gevent",
-        f"{PROJECT}.wsgi",
-        "--bind",
-        f"127.0.0.1:{port}",
-    ],
+    "gunicorn": lambda port: [gunicorn(), *_bind(commands()["gunicorn"], port)[1:]],
 }
+#: Ctrl-C for the development server; SIGTERM (a deploy) for all three.
+STOPS = [("runserver", signal.SIGINT), *((name, signal.SIGTERM) for name in sorted(SERVE))]
 
 
 def get(port: int, path: str) -> bytes:
@@ -142,7 +160,9 @@ def get(port: int, path: str) -> bytes:
 
 
 @pytest.fixture(params=sorted(SERVE))
-def served(request: pytest.FixtureRequest, project: Path, tmp_path: Path) -> Iterator[int]:
+def served(
+    request: pytest.FixtureRequest, project: Path, tmp_path: Path
+) -> Iterator[tuple[int, subprocess.Popen[bytes], str]]:
     port = free_port()
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
@@ -165,7 +185,7 @@ def served(request: pytest.FixtureRequest, project: Path, tmp_path: Path) -> Ite
             except OSError:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-        yield port
+        yield port, process, request.param
     finally:
         process.terminate()
         try:
@@ -176,13 +196,32 @@ def served(request: pytest.FixtureRequest, project: Path, tmp_path: Path) -> Ite
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
-def test_the_echo_view_answers_a_browser(served: int) -> None:
+def test_the_echo_view_answers_a_browser(
+    served: tuple[int, subprocess.Popen[bytes], str],
+) -> None:
     # What the README's browser-console snippet does, from a page on the same server.
-    origin = Origin(f"http://127.0.0.1:{served}")
+    port = served[0]
+    origin = Origin(f"http://127.0.0.1:{port}")
     with connect(
-        f"ws://127.0.0.1:{served}/echo/", origin=origin, proxy=None, open_timeout=WAIT
+        f"ws://127.0.0.1:{port}/echo/", origin=origin, proxy=None, open_timeout=WAIT
     ) as ws:
         ws.send("hello")
         assert ws.recv(timeout=WAIT) == "hello"
         ws.send(b"\x00bytes")
         assert ws.recv(timeout=WAIT) == b"\x00bytes"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_stopping_the_server_says_goodbye(
+    served: tuple[int, subprocess.Popen[bytes], str], stop: signal.Signals
+) -> None:
+    port, process, _ = served
+    with connect(f"ws://127.0.0.1:{port}/echo/", proxy=None, open_timeout=WAIT) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=WAIT) == "hello"
+        process.send_signal(stop)  # to gunicorn: its master, as a deploy does
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=WAIT)
+    assert closed.value.rcvd is not None, "no close frame: the connection was just cut"
+    assert closed.value.rcvd.code == 1001
+    process.wait(WAIT)
