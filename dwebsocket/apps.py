@@ -10,7 +10,11 @@ class DWebSocketConfig(AppConfig):
     verbose_name = "dwebsocket"
 
     def ready(self) -> None:
+        from django.conf import settings
+
         from dwebsocket import checks  # noqa: F401  (registers the checks)
         from dwebsocket.contrib.shutdown import install_for_runserver
+        from dwebsocket.log import install_debug_handler
 
         install_for_runserver()
+        install_debug_handler(getattr(settings, "LOGGING", None))

@@ -36,6 +36,7 @@ from dwebsocket.backends.default.state import IOState
 from dwebsocket.backends.default.transport import RECV_SIZE, fast_messages
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import ConnectionClosed, InvalidState
+from dwebsocket.log import protocol_error
 from dwebsocket.protocol.connection import Close, Connection, State
 from dwebsocket.protocol.handshake import HandshakeRequest
 from dwebsocket.protocol.server import accept as accept_request
@@ -413,13 +414,7 @@ class DefaultWebSocket(WebSocket):
             self._flush()
         if close is not None:
             if conn.error is not None:
-                logger.info(
-                    "WebSocket protocol error from %s on %s: %s (closing with %s)",
-                    self._peer(),
-                    self.request.path,
-                    conn.error.reason,
-                    conn.error.code,
-                )
+                protocol_error(self._peer(), self.request.path, conn.error.reason, conn.error.code)
             self._shutdown(close.code, close.reason)
 
     # -- keepalive ----------------------------------------------------------------------

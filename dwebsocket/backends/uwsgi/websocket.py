@@ -23,6 +23,7 @@ import uwsgi  # type: ignore[import-untyped]
 from dwebsocket.conf import settings
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed, InvalidState
+from dwebsocket.log import protocol_error
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
 from dwebsocket.protocol.handshake import HandshakeRequest, accept_key
@@ -266,7 +267,10 @@ class uWsgiWebSocket(WebSocket):
             if data == _FRAGMENT_PLACEHOLDER:
                 continue
             if max_size is not None and len(data) > max_size:
-                self._close_now(1009, f"message of {len(data)} bytes exceeds {max_size}")
+                reason = f"message of {len(data)} bytes exceeds {max_size}"
+                peer = str(self._request.META.get("REMOTE_ADDR", "?"))
+                protocol_error(peer, self._request.path, reason, 1009)
+                self._close_now(1009, reason)
                 return
             self._received.append(_decode(data))
 

@@ -1,0 +1,58 @@
+"""The ``dwebsocket`` logger: what both backends log the same way, and its default handler.
+
+The levels follow one rule (``docs/logging.rst``): a client's fault is never an ERROR.
+Nothing is configured for you, except what Django itself does for its own logger: with
+``DEBUG = True`` and no logging configured for ``dwebsocket`` (nor a handler on the root
+logger), :func:`install_debug_handler` prints its INFO lines to the console, as Django's
+default ``LOGGING`` prints ``django``'s, so a refused handshake shows its reason during
+development.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["install_debug_handler", "logger", "protocol_error"]
+
+logger = logging.getLogger("dwebsocket")
+
+
+def protocol_error(peer: str, path: str, reason: str, code: int) -> None:
+    """Log, at INFO, the peer's violation that closes its connection with ``code``: a
+    message over the size limit (1009) as such, anything else as a protocol error."""
+    if code == 1009:
+        logger.info(
+            "WebSocket message from %s on %s over the size limit: %s (closing with 1009)",
+            peer,
+            path,
+            reason,
+        )
+    else:
+        logger.info(
+            "WebSocket protocol error from %s on %s: %s (closing with %s)",
+            peer,
+            path,
+            reason,
+            code,
+        )
+
+
+def install_debug_handler(configured: Any = None) -> bool:
+    """Give the ``dwebsocket`` logger a console handler for ``DEBUG = True`` (INFO and up;
+    silent when ``DEBUG`` is off, through Django's ``RequireDebugTrue``), unless logging
+    for it is configured already: ``LOGGING`` names it, it or the root logger has a
+    handler. ``configured`` is ``settings.LOGGING``. Returns whether it added one."""
+    from django.utils.log import RequireDebugTrue
+
+    loggers = (configured or {}).get("loggers", {}) if isinstance(configured, dict) else {}
+    if "dwebsocket" in loggers or logger.handlers or logging.getLogger().handlers:
+        return False
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO)
+    handler.addFilter(RequireDebugTrue())
+    handler.setFormatter(logging.Formatter("[dwebsocket] %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    return True

@@ -1,0 +1,33 @@
+"""What a developer sees with Django's default logging (``DEBUG = True``, no ``LOGGING``):
+a refused handshake's reason and a message over the size limit, on the server's console,
+not only Django's ``Forbidden: /echo/``."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from dwebsocket.protocol.connection import Close
+from tests.servers import running_server
+from tests.wire import TIMEOUT, RawClient, masked, read_http_response, upgrade_request
+
+pytestmark = pytest.mark.server
+
+
+@pytest.mark.parametrize("name", ["runserver", "gevent"])
+def test_refusals_and_limits_show_in_development(name: str, tmp_path: Path) -> None:
+    settings = {"DEBUG": True, "LOGGING": {}, "WEBSOCKET_MAX_MESSAGE_SIZE": 100}
+    with running_server(name, tmp_path / "server.log", settings=settings) as server:
+        with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(upgrade_request("/echo/", origin="https://evil.example"))
+            status, _, _ = read_http_response(sock)
+        assert status == 403
+        with RawClient.connect(server.host, server.port, "/echo/") as client:
+            client.sock.sendall(masked(0x1, b"x" * 200))
+            event = client.recv()
+            assert isinstance(event, Close) and event.code == 1009
+    log = server.log()  # stopped: every line is written
+    assert "Origin 'https://evil.example' is not allowed" in log, log
+    assert "over the size limit" in log, log

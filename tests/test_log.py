@@ -1,0 +1,68 @@
+"""``dwebsocket.log``: what an operator reads, and seeing it in development without
+configuring anything."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import pytest
+from django.test import override_settings
+
+from dwebsocket import log
+
+
+@contextlib.contextmanager
+def bare_logging() -> Iterator[logging.Logger]:
+    """The dwebsocket logger as in a project that configures nothing for it (pytest's
+    own handlers on the root logger are put back after)."""
+    handlers, level = log.logger.handlers[:], log.logger.level
+    root_handlers = logging.getLogger().handlers[:]
+    log.logger.handlers.clear()
+    logging.getLogger().handlers.clear()
+    log.logger.setLevel(logging.NOTSET)
+    try:
+        yield log.logger
+    finally:
+        log.logger.handlers[:] = handlers
+        logging.getLogger().handlers[:] = root_handlers
+        log.logger.setLevel(level)
+
+
+def test_a_1009_is_logged_as_a_size_limit(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="dwebsocket"):
+        log.protocol_error("1.2.3.4:5", "/echo/", "message exceeds the limit", 1009)
+        log.protocol_error("1.2.3.4:5", "/echo/", "unmasked frame", 1002)
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "over the size limit" in first and "protocol error" not in first
+    assert "protocol error" in second and "(closing with 1002)" in second
+
+
+def test_development_shows_dwebsocket_info_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    with bare_logging() as logger:
+        assert log.install_debug_handler(None) is True
+        with override_settings(DEBUG=True):
+            logger.info("WebSocket handshake refused with 403: Origin not allowed")
+        with override_settings(DEBUG=False):
+            logger.info("not in production")
+    err = capsys.readouterr().err
+    assert "Origin not allowed" in err and "not in production" not in err
+
+
+@pytest.mark.parametrize(
+    "configured",
+    [
+        {"version": 1, "loggers": {"dwebsocket": {"level": "WARNING"}}},
+    ],
+)
+def test_configured_logging_is_left_alone(configured: dict[str, object]) -> None:
+    with bare_logging() as logger:
+        assert log.install_debug_handler(configured) is False
+        assert logger.handlers == []
+
+
+def test_a_root_handler_is_left_alone() -> None:
+    with bare_logging():
+        logging.getLogger().addHandler(logging.NullHandler())
+        assert log.install_debug_handler(None) is False
