@@ -15,7 +15,7 @@ property on :class:`Settings`, a row in ``docs/settings.rst`` and one in the che
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -131,6 +131,25 @@ def _optional_url(value: object) -> str | None:
     return value
 
 
+_history_checked: list[object] = [None]
+
+
+def _groups_history(value: object) -> Mapping[str, Mapping[str, float]]:
+    # Read at every groups.send(): a value once found right is not checked again.
+    if value is _history_checked[0]:
+        return value  # type: ignore[return-value]
+    from dwebsocket.groups.history import parse_setting
+
+    problems = parse_setting(value)[1]
+    if problems:
+        raise ValueError(
+            'must be a dict of group name or pattern -> {"size": N, "ttl": seconds} '
+            f"({problems[0]})"
+        )
+    _history_checked[0] = value
+    return value  # type: ignore[return-value]
+
+
 def _any(value: object) -> object:
     # WEBSOCKET_ALLOWED_ORIGINS: validated by dwebsocket.handshake.origin_setting_errors
     # (check dwebsocket.E010); a wrong value refuses browsers' handshakes with 403 there
@@ -161,6 +180,9 @@ MAX_CONNECTIONS = Setting("WEBSOCKET_MAX_CONNECTIONS", None, "dwebsocket.E021", 
 MAX_CONNECTIONS_PER_IP = Setting(
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP", None, "dwebsocket.E022", _optional_count
 )
+GROUPS_HISTORY = Setting[Mapping[str, Mapping[str, float]]](
+    "WEBSOCKET_GROUPS_HISTORY", {}, "dwebsocket.E023", _groups_history
+)
 
 #: Every setting dwebsocket reads, by name, in the order of ``docs/settings.rst``.
 SETTINGS: dict[str, Setting[object]] = {
@@ -177,6 +199,7 @@ SETTINGS: dict[str, Setting[object]] = {
         CLOSE_TIMEOUT,
         SEND_QUEUE_SIZE,
         GROUPS_URL,
+        GROUPS_HISTORY,
         MAX_CONNECTIONS,
         MAX_CONNECTIONS_PER_IP,
     )
@@ -247,6 +270,12 @@ class Settings:
     def WEBSOCKET_GROUPS_URL(self) -> str | None:
         """The groups layer's URL; None: in-process (``memory://``)."""
         return GROUPS_URL.read()
+
+    @property
+    def WEBSOCKET_GROUPS_HISTORY(self) -> Mapping[str, Mapping[str, float]]:
+        """Groups that keep their last messages: name or pattern -> ``{"size", "ttl"}``
+        (:mod:`dwebsocket.groups.history`)."""
+        return GROUPS_HISTORY.read()
 
     @property
     def WEBSOCKET_MAX_CONNECTIONS(self) -> int | None:

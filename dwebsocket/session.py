@@ -20,7 +20,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
-from dwebsocket import limits
+from dwebsocket import dws, limits
 from dwebsocket.exceptions import (
     BackendUnavailable,
     ConnectionClosed,
@@ -100,6 +100,8 @@ def run_view(
 
     try:
         websocket = get_factory_class()(request).create_websocket()
+        if websocket is not None:
+            websocket = dws.adopt(websocket, request)  # the client may speak the envelope
         # Over a connection cap (dwebsocket.limits): 503, as for any refused handshake.
         release = limits.acquire(request) if websocket is not None else None
     except InvalidHandshake as exc:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from dwebsocket.groups.history import Recovery
 
 from dwebsocket.typing import BytesLike, Message
 
@@ -114,12 +117,19 @@ class WebSocket(abc.ABC):
 
     # -- groups -----------------------------------------------------------------------------
 
-    def join(self, group: str) -> None:
+    #: True when the client speaks dwebsocket's ``dws`` envelope (it announced ``dws=1``):
+    #: group messages of history groups then reach it with their position.
+    dws: bool = False
+
+    def join(self, group: str, since: str | None = None) -> Recovery:
         """Add this connection to ``group``; ``dwebsocket.groups.send(group, ...)`` reaches it.
-        Left automatically when the connection closes."""
+        Left automatically when the connection closes.
+
+        For a group that keeps history, ``since`` resumes after that position (see
+        :func:`dwebsocket.groups.join`); returns a :class:`~dwebsocket.groups.Recovery`."""
         from dwebsocket import groups
 
-        groups.join(group, self)
+        return groups.join(group, self, since)
 
     def leave(self, group: str) -> None:
         """Remove this connection from ``group`` (no error if it was not a member)."""

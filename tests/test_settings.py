@@ -39,6 +39,7 @@ WRONG: dict[str, object] = {
     "WEBSOCKET_GROUPS_URL": "mysql://localhost/db",
     "WEBSOCKET_MAX_CONNECTIONS": 1.5,
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": True,
+    "WEBSOCKET_GROUPS_HISTORY": {"chat.*": {"size": 0, "ttl": 60}},
 }
 
 #: More wrong values, for the settings whose range has more than one edge.

@@ -11,6 +11,10 @@ carries messages: unset or ``memory://`` stays inside the process (:mod:`.memory
 The setting is read at each call, so ``override_settings`` works; a layer is built on first
 use and rebuilt when the setting changes or the process forks.
 
+Groups named in ``WEBSOCKET_GROUPS_HISTORY`` keep their last messages: :func:`send` returns
+each one's position, and ``join(group, since=position)`` delivers what a member missed
+after that position before the live messages (:mod:`.history`).
+
 Delivery never waits for a member: each gets the message through its never-blocking
 :meth:`~dwebsocket.websocket.WebSocket.deliver`, which closes a member whose outgoing buffer
 is over ``WEBSOCKET_SEND_QUEUE_SIZE`` with 1008 (policy violation).
@@ -18,19 +22,34 @@ is over ``WEBSOCKET_SEND_QUEUE_SIZE`` with 1008 (policy violation).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
+from dwebsocket.groups.history import Follower, Page, Position, Recovery, go_live, policy, recover
 from dwebsocket.groups.memory import Member, MemoryLayer, Registry
 
 if TYPE_CHECKING:
+    from django.http import HttpRequest
+
     from dwebsocket.typing import BytesLike, Message
     from dwebsocket.websocket import WebSocket
 
-__all__ = ["GroupsUnavailable", "Member", "get_layer", "join", "leave", "members", "send"]
+__all__ = [
+    "GroupsUnavailable",
+    "Member",
+    "Position",
+    "Recovery",
+    "get_layer",
+    "join",
+    "leave",
+    "members",
+    "send",
+    "since",
+]
 
 logger = logging.getLogger("dwebsocket.groups")
 
@@ -41,7 +60,8 @@ class Layer(Protocol):
     def join(self, group: str, member: Member) -> None: ...
     def leave(self, group: str, member: Member) -> None: ...
     def leave_all(self, member: Member) -> None: ...
-    def send(self, group: str, message: Message, *, fail_silently: bool = True) -> None: ...
+    def send(self, group: str, message: Message, *, fail_silently: bool = True) -> str | None: ...
+    def read(self, group: str, after: int, count: int) -> Page: ...
     def close(self) -> None: ...
 
 
@@ -117,22 +137,81 @@ def _check_group(group: Any) -> None:
         raise ValueError("group name is empty")
 
 
-def join(group: str, websocket: WebSocket | Member) -> None:
+_NO_HISTORY = Recovery(since=None, position=None, recovered=False)
+
+
+def join(group: str, websocket: WebSocket | Member, since: str | None = None) -> Recovery:
     """Add ``websocket`` to ``group``: from now on ``send(group, ...)`` reaches it.
 
     With Redis, the first local member of a group waits (up to the socket timeout) for the
     subscription to be confirmed, so nothing sent after ``join`` returns is missed; while
     Redis is down it returns at once. Joining twice is harmless; a closed connection is not
     added. Raises ``TypeError``/``ValueError`` for a group name that is not a non-empty str.
+
+    For a group that keeps history (``WEBSOCKET_GROUPS_HISTORY``), ``since`` is the position
+    of the last message the client saw (:func:`since` reads it from the request): every
+    message after it is sent first, blocking until the connection took them, then the live
+    ones follow, in order, none twice. Returns a :class:`Recovery`: ``recovered`` False
+    with ``since`` given (``failed``) means the history no longer reaches back to it (a
+    malformed position counts as such): send the full state. ``since`` for a group without
+    history always fails. Raises ``ConnectionClosed`` if the connection closes during the
+    replay.
     """
     _check_group(group)
+    if since is not None and not isinstance(since, str):
+        raise TypeError(f"since is a position (str) or None, not {type(since).__name__}")
     _connect_signal()
+    kept = policy(group)
     if websocket.is_closed():
-        return
+        return _failed(since) if kept is not None else _NO_HISTORY
     layer = get_layer()
+    if kept is None:
+        if since is not None:
+            logger.warning("join(%r, since=...): the group keeps no history", group)
+        layer.join(group, websocket)
+        if websocket.is_closed():  # closed meanwhile: its signal may have fired before
+            layer.leave_all(websocket)
+        return _failed(since) if since is not None else _NO_HISTORY
+    from dwebsocket import dws
+
+    follower = Follower(websocket, group, dws.speaks(websocket))
+    _registry.followers.add(group, websocket, follower)
     layer.join(group, websocket)
-    if websocket.is_closed():  # closed meanwhile: its signal may have fired before the join
+    if websocket.is_closed():
         layer.leave_all(websocket)
+        return _failed(since)
+    send = getattr(websocket, "send", websocket.deliver)
+    try:
+        return recover(layer, follower, since, send)
+    except GroupsUnavailable as exc:
+        logger.warning("Group %r: history unavailable (%s); joined without it", group, exc)
+        recovery = _failed(since)
+        go_live(follower, None, recovery)
+        return recovery
+    except BaseException:
+        layer.leave(group, websocket)
+        raise
+
+
+def _failed(since: str | None) -> Recovery:
+    return Recovery(since=since, position=None, recovered=False)
+
+
+def since(request: HttpRequest, group: str) -> str | None:
+    """The position the client asks to resume ``group`` from, or None.
+
+    dwebsocket's clients add it to the URL when they reconnect: ``dws_since``, a JSON
+    object of group name -> position. Anything malformed reads as None (the client then
+    gets the full state). Never raises, never blocks."""
+    raw = request.GET.get("dws_since")
+    if not raw or len(raw) > 65536:
+        return None
+    try:
+        asked = json.loads(raw)
+    except ValueError:
+        return None
+    value = asked.get(group) if isinstance(asked, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def leave(group: str, websocket: WebSocket | Member) -> None:
@@ -153,7 +232,7 @@ def members(group: str) -> list[Member]:
     return _registry.members(group)
 
 
-def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) -> None:
+def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) -> str | None:
     """Send ``message`` to every member of ``group``, in every process.
 
     ``str`` is sent as a text message, bytes-like as a binary one. Never blocks on a member:
@@ -162,13 +241,16 @@ def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) ->
     still get the message, the others do not, and nothing is raised unless
     ``fail_silently=False`` (then :class:`GroupsUnavailable`).
     Raises ``TypeError`` for a message that is neither ``str`` nor bytes-like.
+
+    Returns the message's position (``"epoch:offset"``) when the group keeps history
+    (``WEBSOCKET_GROUPS_HISTORY``) and the message was kept, else None.
     """
     _check_group(group)
     if isinstance(message, (bytearray, memoryview)):
         message = bytes(message)
     elif not isinstance(message, (str, bytes)):
         raise TypeError(f"group messages are str or bytes, not {type(message).__name__}")
-    get_layer().send(group, message, fail_silently=fail_silently)
+    return get_layer().send(group, message, fail_silently=fail_silently)
 
 
 _signal_connected = False

@@ -1,7 +1,8 @@
 """Who is in which group in this process, and the in-process layer (``memory://``).
 
 :class:`Registry` is the local membership every layer shares; :class:`MemoryLayer` delivers a
-group message to the registry's members and nothing else.
+group message to the registry's members and nothing else, and keeps the history of the
+groups ``WEBSOCKET_GROUPS_HISTORY`` names in this process (:class:`MemoryHistory`).
 
 Concurrency: the registry's lock is held only to read or change the dictionaries, never
 around a call into a member or any I/O, so it is safe under threads, gevent and eventlet
@@ -10,13 +11,18 @@ alike (monkey-patched ``threading.Lock`` is a cooperative lock).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from dwebsocket.groups.history import Followers, Item, Page, Policy, Position, new_epoch, policy
 from dwebsocket.typing import Message
 
-__all__ = ["Member", "MemoryLayer", "Registry", "fan_out"]
+__all__ = ["Member", "MemoryHistory", "MemoryLayer", "Registry", "fan_out", "fan_out_item"]
 
 logger = logging.getLogger("dwebsocket.groups")
 
@@ -46,6 +52,8 @@ class Registry:
         self._groups: dict[str, dict[int, Member]] = {}
         self._memberships: dict[int, set[str]] = {}
         self._sweep_at: dict[str, int] = {}
+        #: Members of history groups, with their position (``history.Follower``).
+        self.followers = Followers()
 
     def add(self, group: str, member: Member) -> bool:
         """Add ``member`` to ``group``. Returns True if ``group`` had no local member before."""
@@ -72,6 +80,7 @@ class Registry:
         """Remove ``member`` from ``group`` (nothing happens if it is not a member).
 
         Returns True if this emptied the group (its last local member left)."""
+        self.followers.remove(group, member)
         with self._lock:
             return self._remove(group, member)
 
@@ -79,7 +88,9 @@ class Registry:
         """Remove ``member`` from every group. Returns the groups this emptied."""
         with self._lock:
             groups = list(self._memberships.get(id(member), ()))
-            return [group for group in groups if self._remove(group, member)]
+            emptied = [group for group in groups if self._remove(group, member)]
+        self.followers.remove_all(member, set(groups))
+        return emptied
 
     def _remove(self, group: str, member: Member) -> bool:
         members = self._groups.get(group)
@@ -137,6 +148,106 @@ def fan_out(registry: Registry, group: str, message: Message) -> list[str]:
     return emptied
 
 
+def fan_out_item(registry: Registry, item: Item) -> list[str]:
+    """:func:`fan_out` for a message of a history group: a member that joined it through
+    ``join(..., since=...)`` gets it through its follower (once, in order, with its
+    position if its client speaks ``dws``); any other member as it is."""
+    followers = registry.followers.get(item.group)
+    if not followers:
+        return fan_out(registry, item.group, item.message)
+    members = registry.members(item.group)
+    closed: list[Member] = []
+    for member in members:
+        if member.is_closed():
+            closed.append(member)
+            continue
+        try:
+            follower = followers.get(id(member))
+            if follower is None:
+                member.deliver(item.message)
+            else:
+                follower.deliver(item)
+        except Exception:
+            logger.exception("Dropping group member %r: deliver() raised", member)
+            closed.append(member)
+    emptied: list[str] = []
+    for member in closed:
+        emptied.extend(registry.remove_all(member))
+    return emptied
+
+
+@dataclass
+class _Kept:
+    """One group's history in this process."""
+
+    epoch: str
+    offset: int = 0
+    last: float = 0.0  # time.monotonic() of the last message
+    entries: deque[tuple[int, float, Message]] = field(default_factory=deque)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class MemoryHistory:
+    """The history of groups in this process: per group, its last messages (at most
+    ``size``, none older than ``ttl``), an epoch made when the group's history starts and
+    an offset counting its messages.
+
+    A group's history goes (and with it its epoch) once its last message is older than
+    ``Policy.keep``, swept whenever the number of groups has doubled since the last sweep,
+    so memory stays bounded by the groups active within that time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: dict[str, _Kept] = {}
+        self._sweep_at = 64
+
+    def kept(self, group: str, policy: Policy) -> _Kept:
+        """The history of ``group``, made if it has none (or only an expired one)."""
+        now = time.monotonic()
+        with self._lock:
+            kept = self._groups.get(group)
+            if kept is not None and now - kept.last > policy.keep:
+                kept = None
+            if kept is None:
+                kept = self._groups[group] = _Kept(new_epoch(), last=now)
+                if len(self._groups) >= self._sweep_at:
+                    self._sweep(now)
+            return kept
+
+    def _sweep(self, now: float) -> None:
+        for group, kept in list(self._groups.items()):
+            found = policy(group)
+            if found is None or now - kept.last > found.keep:
+                del self._groups[group]
+        self._sweep_at = max(64, 2 * len(self._groups))
+
+    def append(self, kept: _Kept, message: Message, policy: Policy) -> Position:
+        """Keep ``message`` as ``kept``'s next one (call with ``kept.lock`` held)."""
+        now = time.monotonic()
+        kept.offset += 1
+        kept.last = now
+        entries = kept.entries
+        entries.append((kept.offset, now, message))
+        while len(entries) > policy.size or entries[0][1] < now - policy.ttl:
+            entries.popleft()
+        return Position(kept.epoch, kept.offset)
+
+    def read(self, group: str, policy: Policy, after: int, count: int) -> Page:
+        """The messages of ``group`` kept after offset ``after``, at most ``count``."""
+        kept = self.kept(group, policy)
+        now = time.monotonic()
+        with kept.lock:
+            kept_entries = kept.entries
+            # Offsets are consecutive: the first one wanted is at a known index.
+            start = max(0, after + 1 - kept_entries[0][0]) if kept_entries else 0
+            entries = [
+                (offset, message)
+                for offset, at, message in itertools.islice(kept_entries, start, start + count)
+                if at >= now - policy.ttl
+            ]
+            return Page(kept.epoch, kept.offset, entries)
+
+
 class MemoryLayer:
     """The in-process layer: a message reaches the members in this process only.
 
@@ -148,6 +259,7 @@ class MemoryLayer:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self.history = MemoryHistory()
 
     def join(self, group: str, member: Member) -> None:
         self.registry.add(group, member)
@@ -158,8 +270,26 @@ class MemoryLayer:
     def leave_all(self, member: Member) -> None:
         self.registry.remove_all(member)
 
-    def send(self, group: str, message: Message, *, fail_silently: bool = True) -> None:
-        fan_out(self.registry, group, message)
+    def send(self, group: str, message: Message, *, fail_silently: bool = True) -> str | None:
+        """Deliver ``message`` to this process's members of ``group``; returns its position
+        if the group keeps history, else None."""
+        kept_by = policy(group)
+        if kept_by is None:
+            fan_out(self.registry, group, message)
+            return None
+        kept = self.history.kept(group, kept_by)
+        # Under the group's lock: members get the group's messages in position order.
+        with kept.lock:
+            position = self.history.append(kept, message, kept_by)
+            fan_out_item(self.registry, Item(group, message, position))
+        return str(position)
+
+    def read(self, group: str, after: int, count: int) -> Page:
+        """The history of ``group`` after offset ``after`` (see ``history.Page``)."""
+        kept_by = policy(group)
+        if kept_by is None:
+            raise ValueError(f"group {group!r} keeps no history (WEBSOCKET_GROUPS_HISTORY)")
+        return self.history.read(group, kept_by, after, count)
 
     def close(self) -> None:
         """Nothing to release."""

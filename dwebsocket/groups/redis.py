@@ -9,10 +9,29 @@ its subscription, so all members everywhere see the messages of a group in the s
 
 Wire format of a published message (all integers big-endian)::
 
-    kind   1 byte   1 = text (UTF-8 payload), 2 = binary -- the RFC 6455 opcodes
+    kind   1 byte   1 = text (UTF-8 payload), 2 = binary -- the RFC 6455 opcodes;
+                    5 = text, 6 = binary, of a group that keeps history (see below)
     origin 8 bytes  random id of the sending process
     seq    8 bytes  the sender's message counter
+    [kinds 5 and 6 only: length 1 byte, position "epoch:offset" in ASCII]
     payload
+
+A process ignores, with one debug log, a kind it does not know (``groups/__init__`` lists
+who allocated which), so that processes of two versions can share a Redis during a deploy.
+
+History (groups named in ``WEBSOCKET_GROUPS_HISTORY``): each group has two keys, its
+hash-tagged name making them one Redis Cluster slot::
+
+    dwebsocket:<db>:{<group>}:meta      hash: e = epoch, o = offset of the last message
+    dwebsocket:<db>:{<group>}:history   stream: entry id "<offset>-0", fields k (kind),
+                                        d (payload), t (Redis time, ms)
+
+One Lua script (``PUBLISH_SCRIPT``) counts the offset, appends the stream entry (trimmed to
+about ``size`` entries), refreshes both keys' expiry and publishes the message with its
+position, so the history and what subscribers receive never disagree. Another
+(``READ_SCRIPT``) reads the epoch, the last offset and the entries after an offset at once.
+Either starts a new epoch when the meta key is gone (flushed, expired, evicted), dropping
+any stream left without it. ``size`` and ``ttl`` are enforced exactly when reading.
 
 ``origin`` + ``seq`` let a process recognise its own messages, so that one it already
 delivered locally (while its subscription was not confirmed, or when publishing failed)
@@ -45,7 +64,8 @@ from urllib.parse import urlsplit, urlunsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
-from dwebsocket.groups.memory import Member, Registry, fan_out
+from dwebsocket.groups.history import Item, Page, Policy, Position, new_epoch, policy
+from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_item
 from dwebsocket.typing import BytesLike, Message
 
 try:
@@ -68,7 +88,47 @@ logger = logging.getLogger("dwebsocket.groups")
 
 TEXT = 1
 BINARY = 2
+TEXT_AT = 5
+BINARY_AT = 6
 HEADER = struct.Struct("!B8sQ")
+
+PUBLISH_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local now = redis.call('TIME')
+local ms = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], offset .. '-0',
+  'k', string.sub(ARGV[6], 1, 1), 'd', ARGV[7], 't', ms)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local position = epoch .. ':' .. offset
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. string.char(#position) .. position .. ARGV[7])
+return position
+"""
+
+READ_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local head = 0
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+else
+  head = tonumber(redis.call('HGET', KEYS[1], 'o'))
+end
+local now = redis.call('TIME')
+local entries = {}
+if tonumber(ARGV[3]) > 0 then
+  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
+end
+return {epoch, head, now[1] .. string.format('%03d', math.floor(now[2] / 1000)), entries}
+"""
 
 #: Timeouts (seconds) unless the URL sets them (``?socket_timeout=0.5``).
 DEFAULT_TIMEOUT = 2.0
@@ -90,18 +150,39 @@ def encode(message: str | BytesLike, origin: bytes, seq: int) -> bytes:
     return HEADER.pack(BINARY, origin, seq) + bytes(message)
 
 
+class UnknownKind(ValueError):
+    """A published message of a kind this version does not know (a newer process's)."""
+
+
 def decode(data: bytes) -> tuple[bytes, int, Message]:
     """``(origin, seq, message)`` from a published message. Raises ``ValueError`` if
     ``data`` is not one (too short, unknown kind, text that is not UTF-8)."""
+    return decode_positioned(data)[:3]
+
+
+def decode_positioned(data: bytes) -> tuple[bytes, int, Message, Position | None]:
+    """``(origin, seq, message, position)`` from a published message (``position`` None
+    for kinds 1 and 2). Raises :class:`UnknownKind` for a kind this version does not know,
+    ``ValueError`` if ``data`` is not a message (too short, text that is not UTF-8, ...)."""
     if len(data) < HEADER.size:
         raise ValueError("group message shorter than its header")
     kind, origin, seq = HEADER.unpack_from(data)
-    payload = data[HEADER.size :]
+    start = HEADER.size
+    position = None
+    if kind in (TEXT_AT, BINARY_AT):
+        if len(data) <= start:
+            raise ValueError("group message without its position")
+        end = start + 1 + data[start]
+        position = Position.parse(data[start + 1 : end].decode("ascii", errors="replace"))
+        if position is None or len(data) < end:
+            raise ValueError("group message with a malformed position")
+        start, kind = end, kind - 4
+    payload = data[start:]
     if kind == TEXT:
-        return origin, seq, payload.decode()
+        return origin, seq, payload.decode(), position
     if kind == BINARY:
-        return origin, seq, payload
-    raise ValueError(f"unknown group message kind {kind}")
+        return origin, seq, payload, position
+    raise UnknownKind(f"unknown group message kind {kind}")
 
 
 def redact(url: str) -> str:
@@ -159,6 +240,8 @@ class RedisLayer:
         self._failures = 0
         self._retry_at = 0.0
         self._claims: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._publish_kept = self._client.register_script(PUBLISH_SCRIPT)
+        self._read_kept = self._client.register_script(READ_SCRIPT)
         self.subscriber = Subscriber(self)
         if registry.groups():  # members joined under another layer: take them over
             self.subscriber.start()
@@ -173,6 +256,11 @@ class RedisLayer:
     def group(self, channel: bytes) -> str | None:
         name = channel.decode(errors="replace")
         return name[len(self._prefix) :] if name.startswith(self._prefix) else None
+
+    def keys(self, group: str) -> list[str]:
+        """The history keys of ``group``: meta, stream (one hash slot: see the docstring)."""
+        tagged = f"{self._prefix}{{{group}}}:"
+        return [tagged + "meta", tagged + "history"]
 
     # -- membership -----------------------------------------------------------------------
 
@@ -197,12 +285,16 @@ class RedisLayer:
 
     # -- sending --------------------------------------------------------------------------
 
-    def send(self, group: str, message: Message, *, fail_silently: bool = True) -> None:
-        """Publish ``message`` to ``group``'s members in every process.
+    def send(self, group: str, message: Message, *, fail_silently: bool = True) -> str | None:
+        """Publish ``message`` to ``group``'s members in every process; returns its
+        position if the group keeps history (None if it does not, or Redis was down).
 
         Blocks at most ``socket_timeout`` (waiting for Redis), never on a member. If Redis
         cannot be reached the local members still get the message and, unless
         ``fail_silently`` is False (then :class:`GroupsUnavailable`), nothing is raised."""
+        kept_by = policy(group)
+        if kept_by is not None:
+            return self._send_kept(group, message, kept_by, fail_silently)
         seq = next(self._seq)
         data = encode(message, self.origin, seq)
         delivered = False
@@ -225,11 +317,83 @@ class RedisLayer:
             else:
                 self._publish_ok()
         if error is None:
-            return
+            return None
         if not delivered and group in self.registry and self._claim(seq):
             self._fan_out(group, message)
         if not fail_silently:
             raise GroupsUnavailable(f"group message not published: {error}") from error
+        return None
+
+    def _send_kept(
+        self, group: str, message: Message, kept_by: Policy, fail_silently: bool
+    ) -> str | None:
+        """``send`` for a group that keeps history: one script keeps and publishes it.
+
+        Members here that the subscription does not serve yet get it after the script ran,
+        with its position (so a member recovering meanwhile puts it in its place); without
+        Redis they get it without one, and it is not kept."""
+        seq = next(self._seq)
+        if isinstance(message, str):
+            header, payload = HEADER.pack(TEXT_AT, self.origin, seq), message.encode()
+        else:
+            header, payload = HEADER.pack(BINARY_AT, self.origin, seq), message
+        error: Exception | None = None
+        position: Position | None = None
+        if time.monotonic() < self._retry_at:
+            error = redis.ConnectionError("Redis unreachable recently; not retried yet")
+        else:
+            try:
+                answer = self._publish_kept(
+                    keys=self.keys(group),
+                    args=[
+                        new_epoch(),
+                        kept_by.size,
+                        int(kept_by.ttl * 1000) + 1000,
+                        int(kept_by.keep * 1000),
+                        self.channel(group),
+                        header,
+                        payload,
+                    ],
+                )
+            except (redis.RedisError, OSError) as exc:
+                error = exc
+                self._publish_failed(exc)
+            else:
+                self._publish_ok()
+                position = Position.parse(answer.decode() if isinstance(answer, bytes) else answer)
+        unserved = error is not None or group not in self.subscriber.subscribed
+        if unserved and group in self.registry and self._claim(seq):
+            self._fan_out_item(Item(group, message, position))
+        if error is not None and not fail_silently:
+            raise GroupsUnavailable(f"group message not published: {error}") from error
+        return None if position is None else str(position)
+
+    def read(self, group: str, after: int, count: int) -> Page:
+        """The history of ``group`` after offset ``after``: at most ``count`` messages, none
+        older than its ``ttl`` nor outside its last ``size``. Blocks up to
+        ``socket_timeout``; raises :class:`GroupsUnavailable` if Redis cannot answer, and
+        ``ValueError`` for a group without history."""
+        kept_by = policy(group)
+        if kept_by is None:
+            raise ValueError(f"group {group!r} keeps no history (WEBSOCKET_GROUPS_HISTORY)")
+        try:
+            epoch, head, now, found = self._read_kept(
+                keys=self.keys(group),
+                args=[new_epoch(), after, count, int(kept_by.keep * 1000)],
+            )
+        except (redis.RedisError, OSError) as exc:
+            raise GroupsUnavailable(f"history of group {group!r} not read: {exc}") from exc
+        oldest = max(int(head) - kept_by.size, 0)  # offsets <= oldest are past the size
+        expired = int(now) - int(kept_by.ttl * 1000)
+        entries: list[tuple[int, Message]] = []
+        for entry_id, flat in found:
+            offset = int(entry_id.split(b"-", 1)[0])
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            if offset <= oldest or int(fields[b"t"]) < expired:
+                continue
+            data = fields[b"d"]
+            entries.append((offset, data.decode() if fields[b"k"] == bytes([TEXT_AT]) else data))
+        return Page(epoch.decode(), int(head), entries)
 
     def receive(self, channel: bytes, data: bytes) -> None:
         """Deliver a message that came through the subscription (the reader calls this)."""
@@ -237,16 +401,26 @@ class RedisLayer:
         if group is None:
             return
         try:
-            origin, seq, message = decode(data)
+            origin, seq, message, position = decode_positioned(data)
+        except UnknownKind as exc:
+            logger.debug("Ignoring a message on group %r: %s (a newer version's?)", group, exc)
+            return
         except ValueError as exc:
             logger.warning("Dropping a malformed message on group %r: %s", group, exc)
             return
         if origin == self.origin and not self._claim(seq):
             return
-        self._fan_out(group, message)
+        if position is None:
+            self._fan_out(group, message)
+        else:
+            self._fan_out_item(Item(group, message, position))
 
     def _fan_out(self, group: str, message: Message) -> None:
         for emptied in fan_out(self.registry, group, message):
+            self.subscriber.request(emptied)
+
+    def _fan_out_item(self, item: Item) -> None:
+        for emptied in fan_out_item(self.registry, item):
             self.subscriber.request(emptied)
 
     def _claim(self, seq: int) -> bool:

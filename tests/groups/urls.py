@@ -5,4 +5,5 @@ from tests.groups import views
 urlpatterns = [
     path("<str:name>/", views.member),
     path("<str:name>/status/", views.status),
+    path("<str:name>/follow/", views.follower),
 ]

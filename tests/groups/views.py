@@ -35,3 +35,27 @@ def _pid() -> int:
     import os
 
     return os.getpid()
+
+
+@require_websocket
+def follower(request: HttpRequest, name: str) -> None:
+    """Join history group ``name`` from the position the client asks for
+    (``groups.since``), report the outcome as JSON, then forward what the client sends
+    to the group (``"position?"``: answer with the position ``groups.send`` returned)."""
+    ws = request.websocket
+    recovery = ws.join(name, since=groups.since(request, name))
+    ws.send(
+        json.dumps(
+            {
+                "recovery": {
+                    "since": recovery.since,
+                    "position": recovery.position,
+                    "recovered": recovery.recovered,
+                    "failed": recovery.failed,
+                    "missed": recovery.missed,
+                }
+            }
+        )
+    )
+    for message in ws:
+        groups.send(name, message)

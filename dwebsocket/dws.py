@@ -1,0 +1,121 @@
+"""The ``dws`` envelope: dwebsocket's own messages between the library and its clients.
+
+A text message that is a JSON object with a ``"dws"`` key belongs to this protocol; every
+other message is the application's and passes through untouched. A client announces that
+it speaks the envelope with ``dws=1`` in the URL's query string (dwebsocket's browser
+client and :mod:`dwebsocket.client` do); only then does the library send it envelopes.
+Every type is listed in ``docs/protocol.rst``.
+
+Client to server, answered here without the view ever seeing them:
+
+``{"dws":"ping"}``
+    answered with ``{"dws":"pong"}``: the browser cannot send WebSocket pings, so its
+    client checks a silent connection this way.
+
+Server to client (built in :mod:`dwebsocket.groups.history`): ``msg`` (a group message with
+its position), ``joined`` (how a join of a history group went).
+
+Receiving: a connection whose client announced ``dws`` gets a subclass of its backend's
+class (:func:`adopt`) whose ``wait()`` and ``read()`` take the envelope's messages out of
+the stream. Other connections keep their class, so their receive path (the default
+backend's C fast path included) pays nothing for this.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dwebsocket.typing import Message
+from dwebsocket.websocket import WebSocket
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
+__all__ = ["PONG", "VERSION", "adopt", "announced", "speaks"]
+
+logger = logging.getLogger("dwebsocket")
+
+#: The envelope's version, as clients announce it (``?dws=1``).
+VERSION = "1"
+PREFIX = '{"dws"'
+PONG = '{"dws":"pong"}'
+
+_T = TypeVar("_T")
+_W = TypeVar("_W", bound=WebSocket)
+
+
+def announced(request: HttpRequest) -> bool:
+    """True if the client's URL says it speaks the envelope (``dws=1``). Never raises."""
+    query = request.META.get("QUERY_STRING", "")
+    return "dws=" in query and request.GET.get("dws") == VERSION
+
+
+def speaks(websocket: object) -> bool:
+    """True if ``websocket`` is a connection whose client speaks the envelope."""
+    return bool(getattr(websocket, "dws", False))
+
+
+def adopt(websocket: _W, request: HttpRequest) -> _W:
+    """Give ``websocket`` the envelope-aware subclass of its class if its client announced
+    the envelope; return it. Called once, before the view runs."""
+    if announced(request):
+        websocket.__class__ = _subclass(type(websocket))  # type: ignore[assignment]
+    return websocket
+
+
+_subclasses: dict[type[WebSocket], type[WebSocket]] = {}
+
+
+def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
+    """``cls`` whose ``wait()`` and ``read()`` answer the envelope's messages and return
+    the others (one level of plain inheritance: ``__class__`` can be assigned only between
+    classes of one layout). ``count_messages()`` may count a pending envelope message that
+    ``read()`` then takes out."""
+    found = _subclasses.get(cls)
+    if found is not None:
+        return found
+    base_wait, base_read = cls.wait, cls.read
+
+    def wait(self: WebSocket, timeout: float | None = None) -> Message | None:
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        while True:
+            message = base_wait(self, timeout)
+            if message.__class__ is not str or not message.startswith(PREFIX):
+                return message
+            if not _envelope_message(self, message):
+                return message
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+
+    def read(self: WebSocket, fallback: _T | None = None) -> Message | _T | None:
+        while True:
+            message = base_read(self, fallback)
+            if message.__class__ is not str or not message.startswith(PREFIX):
+                return message
+            if not _envelope_message(self, message):
+                return message
+
+    name = f"Dws{cls.__name__}"
+    namespace = {"wait": wait, "read": read, "dws": True, "__module__": cls.__module__}
+    found = _subclasses[cls] = type(name, (cls,), namespace)
+    return found
+
+
+def _envelope_message(websocket: WebSocket, text: str) -> bool:
+    """Act on an envelope message; False if ``text`` is not one after all (the
+    application's, then)."""
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(data, dict) or "dws" not in data:
+        return False
+    kind = data["dws"]
+    if kind == "ping":
+        websocket.deliver(PONG)
+    else:  # a newer client's: ignored, so that clients can be upgraded first
+        logger.debug("Ignoring dws message of unknown type %r", kind)
+    return True

@@ -1,0 +1,444 @@
+"""Group history and recovery: a group may keep its last messages, and a member that was
+away can join again from the position of the last message it saw.
+
+``WEBSOCKET_GROUPS_HISTORY`` says which groups keep history (:func:`policy`)::
+
+    WEBSOCKET_GROUPS_HISTORY = {
+        "chat.*": {"size": 1000, "ttl": 300},   # the last 1,000 messages, 5 minutes each
+    }
+
+Positions: every message a history group keeps gets a position, ``"<epoch>:<offset>"``.
+The offset counts the group's messages (1, 2, 3, ...); the epoch names one unbroken run of
+offsets. A new epoch starts when the group's history is lost as a whole (Redis flushed or
+restarted without persistence, its keys expired after a long silence, a ``memory://``
+process restarted): a position of another epoch cannot be resumed from, and says so.
+Positions are opaque to applications; :class:`Position` compares them.
+
+Recovery (:func:`recover`): a member joining with ``since`` gets every message after that
+position, then the live ones, in order, none twice and none missing. The layer registers
+the member first, buffering what is delivered live (a :class:`Follower`); then the history
+is read and sent; then the buffered messages newer than the last one replayed are
+delivered and the follower goes live. Whatever cannot be recovered (the position is of
+another epoch, or older than what is kept) is reported in the returned :class:`Recovery`,
+so the view can send the full state instead.
+
+The layers (``memory.py``, ``redis.py``) keep the messages; this module holds the parts
+they share.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import logging
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from dwebsocket.typing import Message
+
+__all__ = [
+    "Follower",
+    "Followers",
+    "Item",
+    "Page",
+    "Policy",
+    "Position",
+    "Recovery",
+    "new_epoch",
+    "policy",
+    "recover",
+]
+
+logger = logging.getLogger("dwebsocket.groups")
+
+#: How long (seconds) a group's epoch and offset outlive its last message, at least its
+#: ``ttl``: a member that saw the last message of a group quiet for hours still resumes
+#: from it without being told "recovery failed".
+KEEP_POSITIONS = 24 * 3600.0
+#: Messages one :meth:`Page` read returns at most (recovery reads page after page).
+PAGE = 1000
+#: Live messages a recovering member buffers at most; past it the oldest are dropped and
+#: read again from the history.
+BUFFER = 10_000
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How much history a group keeps: its last ``size`` messages, each for ``ttl`` s."""
+
+    size: int
+    ttl: float
+
+    @property
+    def keep(self) -> float:
+        """Seconds the group's position counter outlives its last message."""
+        return max(self.ttl, KEEP_POSITIONS)
+
+
+def parse_setting(value: Any) -> tuple[list[tuple[str, Policy]], list[str]]:
+    """``WEBSOCKET_GROUPS_HISTORY`` as ``(pattern, Policy)`` pairs in lookup order (exact
+    names first, then patterns in the order given), and the problems found (for the system
+    check; an entry with a problem is left out)."""
+    if value is None:
+        return [], []
+    if not isinstance(value, Mapping):
+        return [], [f"must be a dict of group name or pattern -> options, not {value!r}"]
+    exact: list[tuple[str, Policy]] = []
+    patterns: list[tuple[str, Policy]] = []
+    problems: list[str] = []
+    for name, options in value.items():
+        if not isinstance(name, str) or not name:
+            problems.append(f"{name!r}: keys are group names or patterns (non-empty str)")
+            continue
+        if not isinstance(options, Mapping):
+            problems.append(f"{name!r}: expected {{'size': N, 'ttl': SECONDS}}, not {options!r}")
+            continue
+        unknown = set(options) - {"size", "ttl"}
+        size, ttl = options.get("size"), options.get("ttl")
+        if unknown:
+            problems.append(f"{name!r}: unknown option(s) {', '.join(map(repr, sorted(unknown)))}")
+        elif type(size) is not int or size < 1:
+            problems.append(f"{name!r}: 'size' must be a positive int (messages), not {size!r}")
+        elif isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+            problems.append(f"{name!r}: 'ttl' must be a positive number (seconds), not {ttl!r}")
+        else:
+            target = patterns if any(c in name for c in "*?[") else exact
+            target.append((name, Policy(size, float(ttl))))
+    return exact + patterns, problems
+
+
+_cache_lock = threading.Lock()
+_cache: tuple[Any, list[tuple[str, Policy]], dict[str, Policy | None]] | None = None
+_CACHE_SIZE = 4096
+
+
+def policy(group: str) -> Policy | None:
+    """The history ``group`` keeps under ``WEBSOCKET_GROUPS_HISTORY``, or None.
+
+    An exact name wins over patterns; patterns (``fnmatch``: ``*``, ``?``, ``[...]``) are
+    tried in the order the setting lists them. Read at each call (``override_settings``
+    works); the answers are cached per value of the setting. Never blocks."""
+    global _cache
+    from dwebsocket.conf import settings
+
+    value = settings.WEBSOCKET_GROUPS_HISTORY
+    if not value:
+        return None
+    cache = _cache
+    if cache is None or cache[0] is not value:
+        with _cache_lock:
+            cache = _cache = (value, parse_setting(value)[0], {})
+    answers = cache[2]
+    try:
+        return answers[group]
+    except KeyError:
+        pass
+    found = None
+    for pattern, candidate in cache[1]:
+        if pattern == group or fnmatch.fnmatchcase(group, pattern):
+            found = candidate
+            break
+    if len(answers) >= _CACHE_SIZE:
+        answers.clear()  # group names are unbounded (per-user groups): so is no cache
+    answers[group] = found
+    return found
+
+
+# -- positions --------------------------------------------------------------------------------
+
+
+class Position(NamedTuple):
+    """A message's place in its group's history: ``str(position)`` is ``"epoch:offset"``.
+
+    Positions of one epoch are ordered by offset; positions of different epochs are not
+    comparable (compare ``epoch`` first)."""
+
+    epoch: str
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: object) -> Position | None:
+        """The position ``text`` names, or None if it names none (never raises)."""
+        if not isinstance(text, str) or len(text) > 64:
+            return None
+        epoch, sep, offset = text.rpartition(":")
+        if not sep or not epoch or not offset.isdigit() or not offset.isascii():
+            return None
+        if not epoch.isascii() or not epoch.isalnum():
+            return None
+        return cls(epoch, int(offset))
+
+
+def new_epoch() -> str:
+    """A new epoch name: 12 random lower-case hex digits."""
+    return secrets.token_hex(6)
+
+
+# -- what a join returns ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``ws.join(group, since=...)`` did.
+
+    ``position``: the group's position when the member went live, i.e. of the last message
+    it got from the history or the one before the first live one (None: the group keeps no
+    history, or Redis could not be asked). ``since``: the position asked for.
+    ``recovered``: True when every message after ``since`` was delivered (``missed`` of
+    them). When ``failed`` (``since`` given, not recovered) the view should send the full
+    state: some messages the client missed are gone.
+    """
+
+    since: str | None
+    position: str | None
+    recovered: bool
+    missed: int = 0
+
+    @property
+    def failed(self) -> bool:
+        """True when a position was given but what followed it could not all be delivered."""
+        return self.since is not None and not self.recovered
+
+
+# -- a message with its position --------------------------------------------------------------
+
+
+class Item:
+    """A group message as followers get it: the message, its position (None when it was
+    not kept: Redis was unreachable), and its ``dws`` envelope, encoded once per message
+    whatever the number of members."""
+
+    __slots__ = ("_envelope", "group", "message", "position")
+
+    def __init__(self, group: str, message: Message, position: Position | None) -> None:
+        self.group = group
+        self.message = message
+        self.position = position
+        self._envelope: str | None = None
+
+    def envelope(self) -> str:
+        """The message in the ``dws`` envelope (see :mod:`dwebsocket.dws`)."""
+        if self._envelope is None:
+            self._envelope = envelope(self.group, self.message, self.position)
+        return self._envelope
+
+
+def envelope(group: str, message: Message, position: Position | None) -> str:
+    """``{"dws":"msg","g":group,"p":position,"d":text}``; binary messages as base64 in
+    ``"b"`` instead of ``"d"``, so that one frame carries message and position."""
+    fields: dict[str, Any] = {
+        "dws": "msg",
+        "g": group,
+        "p": None if position is None else str(position),
+    }
+    if isinstance(message, str):
+        fields["d"] = message
+    else:
+        fields["b"] = base64.b64encode(message).decode("ascii")
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def joined_envelope(group: str, recovery: Recovery) -> str:
+    """``{"dws":"joined",...}``: the outcome of a join, for a client that speaks ``dws``."""
+    return json.dumps(
+        {
+            "dws": "joined",
+            "g": group,
+            "p": recovery.position,
+            "since": recovery.since,
+            "recovered": recovery.recovered,
+            "missed": recovery.missed,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+# -- followers: members of history groups -----------------------------------------------------
+
+
+class Sink(Protocol):
+    def deliver(self, message: Message) -> None: ...
+    def is_closed(self) -> bool: ...
+
+
+class Follower:
+    """One member of one history group: delivers each message once, in order.
+
+    While the member recovers, live messages are buffered (at most :data:`BUFFER`, the
+    oldest dropped first: they are read again from the history). Afterwards a message at
+    or before the last position delivered, in the same epoch, is a duplicate and dropped.
+    ``envelope``: the member's client speaks ``dws`` and gets each message with its
+    position. Thread-safe; never blocks but on its own short lock."""
+
+    __slots__ = ("buffer", "dropped", "envelope", "group", "last", "lock", "member")
+
+    def __init__(self, member: Sink, group: str, envelope: bool) -> None:
+        self.member = member
+        self.group = group
+        self.envelope = envelope
+        self.lock = threading.Lock()
+        self.buffer: deque[Item] | None = deque()
+        self.dropped = False  # the buffer overflowed: read the history again
+        self.last: Position | None = None
+
+    def deliver(self, item: Item) -> None:
+        """Hand ``item`` to the member, or buffer it while the member recovers."""
+        with self.lock:
+            buffer = self.buffer
+            if buffer is not None:
+                if len(buffer) >= BUFFER:
+                    buffer.popleft()
+                    self.dropped = True
+                buffer.append(item)
+                return
+            self._deliver(item, self.member.deliver)
+
+    def _deliver(self, item: Item, send: Callable[[Message], None]) -> bool:
+        position, last = item.position, self.last
+        if position is not None:
+            if last is not None and position.epoch == last.epoch and position.offset <= last.offset:
+                return False
+            self.last = position
+        send(item.envelope() if self.envelope else item.message)
+        return True
+
+
+class Followers:
+    """The followers of every history group in this process: group -> member id -> it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: dict[str, dict[int, Follower]] = {}
+
+    def add(self, group: str, member: Any, follower: Follower) -> None:
+        with self._lock:
+            self._groups.setdefault(group, {})[id(member)] = follower
+
+    def get(self, group: str) -> dict[int, Follower] | None:
+        """The followers of ``group`` (a live dict: read it, do not change it), or None."""
+        return self._groups.get(group)
+
+    def remove(self, group: str, member: Any) -> None:
+        with self._lock:
+            followers = self._groups.get(group)
+            if followers is not None:
+                followers.pop(id(member), None)
+                if not followers:
+                    del self._groups[group]
+
+    def remove_all(self, member: Any, groups: set[str]) -> None:
+        for group in groups:
+            self.remove(group, member)
+
+
+# -- reading the history ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """Part of a group's history, as a layer reads it: the current ``epoch``, the offset of
+    the newest message (``head``; 0 before the first), and the messages still kept after
+    the offset asked for, oldest first, at most the count asked for. An entry that is
+    missing (trimmed, expired) is simply not there: ``entries[0][0]`` tells."""
+
+    epoch: str
+    head: int
+    entries: list[tuple[int, Message]]
+
+
+class History(Protocol):
+    def read(self, group: str, after: int, count: int) -> Page: ...
+
+
+def recover(
+    layer: History,
+    follower: Follower,
+    since: str | None,
+    send: Callable[[Message], None],
+) -> Recovery:
+    """Bring a just-registered, buffering ``follower`` up to date and make it live.
+
+    Reads the history after ``since`` page by page and sends it with ``send`` (blocking:
+    the view's own thread pays for the replay, and the connection's buffer stays bounded),
+    then delivers what was buffered meanwhile, newer than the last replayed. Without
+    ``since`` nothing is replayed. Raises what ``send`` raises (``ConnectionClosed``) and
+    what ``layer.read`` raises; the caller then removes the follower."""
+    group = follower.group
+    asked = Position.parse(since) if since is not None else None
+    page = layer.read(group, asked.offset if asked is not None else 0, 0 if asked is None else PAGE)
+    missed = 0
+    recovered = False
+    position = Position(page.epoch, page.head)
+    if asked is not None and asked.epoch == page.epoch and asked.offset <= page.head:
+        recovered = True
+        last = asked.offset
+        while True:
+            if page.epoch != asked.epoch:
+                recovered = False  # history lost while replaying
+                break
+            if last < page.head and (not page.entries or page.entries[0][0] != last + 1):
+                recovered = False  # trimmed or expired since the position
+                break
+            for offset, message in page.entries:
+                follower._deliver(Item(group, message, Position(page.epoch, offset)), send)
+                last = offset
+                missed += 1
+            position = Position(page.epoch, last)
+            # Caught up with the history as read, and with the buffer? The buffer holds all
+            # that came live since the member was registered, unless it overflowed.
+            with follower.lock:
+                buffer = follower.buffer
+                assert buffer is not None
+                gap = follower.dropped and (
+                    not buffer
+                    or buffer[0].position is None
+                    or buffer[0].position.epoch != page.epoch
+                    or buffer[0].position.offset > last + 1
+                )
+                if last >= page.head and not gap:
+                    break
+                follower.dropped = False
+            page = layer.read(group, last, PAGE)
+    if not recovered:
+        position = Position(page.epoch, page.head)
+    if asked is not None and not recovered:
+        logger.debug(
+            "Recovery of group %r from %s failed (history now %s, %d replayed)",
+            group,
+            since,
+            position,
+            missed,
+        )
+    recovery = Recovery(
+        since=since,
+        position=str(position),
+        recovered=recovered,
+        missed=missed,
+    )
+    go_live(follower, position, recovery)
+    return recovery
+
+
+def go_live(follower: Follower, position: Position | None, recovery: Recovery) -> None:
+    """Tell a ``dws`` client how the join went, deliver what the follower buffered after
+    ``position``, and deliver live from now on."""
+    with follower.lock:
+        if position is not None:
+            follower.last = position
+        if follower.envelope:
+            follower.member.deliver(joined_envelope(follower.group, recovery))
+        buffer, follower.buffer = follower.buffer, None
+        for item in buffer or ():
+            follower._deliver(item, follower.member.deliver)

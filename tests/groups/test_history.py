@@ -1,0 +1,297 @@
+"""Group history and recovery in one process (``memory://``), with real WebSockets:
+``dwebsocket.testing`` runs ``tests/groups/views.py``'s ``follower`` view over a socket pair
+with the default backend. The Redis layer's twin of these tests is ``test_history_redis.py``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core import checks
+from django.test import RequestFactory, override_settings
+
+from dwebsocket import groups
+from dwebsocket.groups.history import Position, Recovery, parse_setting, policy
+from dwebsocket.testing import WebSocketClient
+from dwebsocket.typing import Message
+
+HISTORY = {"room": {"size": 50, "ttl": 60}, "kept.*": {"size": 5, "ttl": 60}}
+
+
+@pytest.fixture(autouse=True)
+def history() -> Iterator[None]:
+    groups.reset()
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=HISTORY):
+        yield
+    groups.reset()
+
+
+def follow(
+    group: str, since: str | None = None, dws: bool = False, **query: str
+) -> WebSocketClient:
+    """A client of the ``follower`` view, for ``with``."""
+    params = dict(query)
+    if dws:
+        params["dws"] = "1"
+    if since is not None:
+        params["dws_since"] = json.dumps({group: since})
+    suffix = "?" + urllib.parse.urlencode(params) if params else ""
+    return WebSocketClient(f"/group/{group}/follow/{suffix}", timeout=10)
+
+
+def recovery_of(ws: WebSocketClient) -> dict[str, Any]:
+    """The ``recovery`` report the view sends after its join."""
+    while True:
+        message = ws.receive_json()
+        if "recovery" in message:
+            report: dict[str, Any] = message["recovery"]
+            return report
+
+
+def receive(ws: WebSocketClient, count: int) -> list[Message]:
+    return [ws.receive() for _ in range(count)]
+
+
+# -- settings and positions --------------------------------------------------------------------
+
+
+def test_policy_exact_name_first_then_patterns_in_order() -> None:
+    setting = {
+        "a.*": {"size": 1, "ttl": 1},
+        "*": {"size": 2, "ttl": 2},
+        "a.b": {"size": 3, "ttl": 3},
+    }
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=setting):
+        assert policy("a.b").size == 3  # type: ignore[union-attr]
+        assert policy("a.c").size == 1  # type: ignore[union-attr]
+        assert policy("z").size == 2  # type: ignore[union-attr]
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={}):
+        assert policy("a.b") is None
+    assert policy("other") is None
+    assert policy("kept.x") is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("x", "must be a dict"),
+        ({"": {"size": 1, "ttl": 1}}, "non-empty str"),
+        ({"g": 5}, "expected"),
+        ({"g": {"size": 0, "ttl": 1}}, "'size' must be a positive int"),
+        ({"g": {"size": True, "ttl": 1}}, "'size' must be a positive int"),
+        ({"g": {"size": 1, "ttl": 0}}, "'ttl' must be a positive number"),
+        ({"g": {"size": 1, "ttl": "1"}}, "'ttl' must be a positive number"),
+        ({"g": {"size": 1, "ttl": 1, "maxlen": 3}}, "unknown option"),
+    ],
+)
+def test_setting_problems_are_system_check_errors(value: object, problem: str) -> None:
+    assert problem in parse_setting(value)[1][0]
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=value):
+        errors = [m for m in checks.run_checks() if m.id == "dwebsocket.E023"]
+    assert len(errors) == 1 and problem in errors[0].msg
+
+
+def test_a_good_setting_passes_the_check() -> None:
+    assert parse_setting(HISTORY)[1] == []
+    assert not [m for m in checks.run_checks() if m.id == "dwebsocket.E023"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [None, 5, "", "abc", ":5", "ab:", "ab:-1", "ab:1.5", "a b:1", "ab:١", "é:1", "a:" + "9" * 70],
+)
+def test_malformed_positions_parse_as_none(text: object) -> None:
+    assert Position.parse(text) is None
+
+
+def test_positions_round_trip_and_order() -> None:
+    position = Position.parse("0a1b2c:42")
+    assert position == Position("0a1b2c", 42) and str(position) == "0a1b2c:42"
+    assert Position("e", 9) < Position("e", 10)
+
+
+def test_since_reads_the_clients_query_parameter() -> None:
+    factory = RequestFactory()
+    asked = factory.get("/", {"dws_since": json.dumps({"room": "e:3", "other": 5})})
+    assert groups.since(asked, "room") == "e:3"
+    assert groups.since(asked, "other") is None  # not a str
+    assert groups.since(asked, "missing") is None
+    for raw in ["", "not json", "[1]", "x" * 70000]:
+        assert groups.since(factory.get("/", {"dws_since": raw}), "room") is None
+    assert groups.since(factory.get("/"), "room") is None
+
+
+# -- send and join -----------------------------------------------------------------------------
+
+
+def test_send_returns_ordered_positions_for_history_groups_only() -> None:
+    first = Position.parse(groups.send("room", "one"))
+    second = Position.parse(groups.send("room", b"two"))
+    assert first is not None and second is not None
+    assert first.epoch == second.epoch and (first.offset, second.offset) == (1, 2)
+    assert groups.send("plain", "x") is None
+    other = Position.parse(groups.send("kept.a", "x"))
+    assert other is not None and other.offset == 1 and other.epoch != first.epoch
+
+
+def test_join_without_since_gets_the_position_and_live_messages() -> None:
+    groups.send("room", "before")
+    with follow("room") as ws:
+        report = recovery_of(ws)
+        assert report["recovered"] is False and report["failed"] is False
+        assert Position.parse(report["position"]).offset == 1  # type: ignore[union-attr]
+        ws.send("live")
+        assert ws.receive() == "live"
+
+
+def test_join_since_replays_what_was_missed_then_live_in_order() -> None:
+    with follow("room") as ws:
+        start = recovery_of(ws)["position"]
+    for i in range(20):
+        groups.send("room", f"missed {i}")
+    with follow("room", since=start) as ws:
+        assert receive(ws, 20) == [f"missed {i}" for i in range(20)]
+        report = recovery_of(ws)
+        assert report == {
+            "since": start,
+            "position": f"{start.split(':')[0]}:20",
+            "recovered": True,
+            "failed": False,
+            "missed": 20,
+        }
+        groups.send("room", "live")
+        assert ws.receive() == "live"
+
+
+def test_join_since_the_last_position_recovers_nothing_missed() -> None:
+    position = groups.send("room", "x")
+    with follow("room", since=position) as ws:
+        report = recovery_of(ws)
+        assert report["recovered"] is True and report["missed"] == 0
+        assert report["position"] == position
+
+
+@pytest.mark.parametrize("since", ["garbage", "otherepoch:1", "{epoch}:99", "{epoch}:1"])
+def test_recovery_fails_explicitly(since: str) -> None:
+    """Another epoch, a position from the future, one trimmed away (size 5), garbage."""
+    for i in range(10):
+        position = groups.send("kept.a", f"m{i}")
+    epoch = Position.parse(position).epoch  # type: ignore[union-attr]
+    since = since.format(epoch=epoch)
+    with follow("kept.a", since=since) as ws:
+        report = recovery_of(ws)
+        assert report["failed"] is True and report["recovered"] is False
+        assert report["position"] == f"{epoch}:10"
+        groups.send("kept.a", "live")
+        assert ws.receive() == "live"
+
+
+def test_the_last_size_messages_are_recoverable() -> None:
+    for i in range(10):
+        groups.send("kept.a", f"m{i}")
+    epoch = Position.parse(groups.send("kept.a", "m10")).epoch  # type: ignore[union-attr]
+    with follow("kept.a", since=f"{epoch}:6") as ws:
+        assert receive(ws, 5) == ["m6", "m7", "m8", "m9", "m10"]
+        assert recovery_of(ws)["recovered"] is True
+
+
+def test_expired_messages_make_recovery_fail() -> None:
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"room": {"size": 50, "ttl": 0.2}}):
+        position = groups.send("room", "old")
+        groups.send("room", "older than the ttl soon")
+        time.sleep(0.3)
+        with follow("room", since=position) as ws:
+            assert recovery_of(ws)["failed"] is True
+
+
+def test_a_group_without_history_fails_any_since() -> None:
+    with follow("plain", since="e:1") as ws:
+        report = recovery_of(ws)
+        assert report["failed"] is True and report["position"] is None
+
+
+def test_join_rejects_a_since_that_is_not_a_str() -> None:
+    class Closed:
+        def deliver(self, message: Message) -> None:
+            pass
+
+        def is_closed(self) -> bool:
+            return True
+
+    with pytest.raises(TypeError):
+        groups.join("room", Closed(), since=5)  # type: ignore[arg-type]
+    assert groups.join("room", Closed(), since="e:1") == Recovery("e:1", None, False)
+
+
+def test_live_messages_during_a_long_replay_are_neither_lost_nor_doubled() -> None:
+    """Messages sent while a member replays 2,000 missed ones come after them, once."""
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"big": {"size": 5000, "ttl": 60}}):
+        start = groups.send("big", "start")
+        for i in range(2000):
+            groups.send("big", f"m{i}")
+        with follow("big", since=start) as ws:
+            for i in range(2000, 2100):  # while the view replays (its thread)
+                groups.send("big", f"m{i}")
+            got = [m for m in receive(ws, 2101) if not str(m).startswith('{"recovery"')]
+            assert got[:2100] == [f"m{i}" for i in range(2100)]
+
+
+# -- the dws envelope --------------------------------------------------------------------------
+
+
+def test_a_dws_client_gets_messages_with_positions() -> None:
+    with follow("room", dws=True) as ws:
+        joined = ws.receive_json()
+        assert joined["dws"] == "joined" and joined["g"] == "room"
+        assert joined["recovered"] is False and joined["since"] is None
+        assert recovery_of(ws)["position"] == joined["p"]
+        text = groups.send("room", "héllo")
+        binary = groups.send("room", b"\x00\xff")
+        plain = groups.send("plain", "not kept")
+        assert plain is None
+        assert ws.receive_json() == {"dws": "msg", "g": "room", "p": text, "d": "héllo"}
+        envelope = ws.receive_json()
+        assert envelope == {"dws": "msg", "g": "room", "p": binary, "b": "AP8="}
+        assert base64.b64decode(envelope["b"]) == b"\x00\xff"
+
+
+def test_a_dws_client_recovers_with_joined_after_the_replay() -> None:
+    position = groups.send("room", "seen")
+    missed = [groups.send("room", f"m{i}") for i in range(3)]
+    with follow("room", since=position, dws=True) as ws:
+        got = [ws.receive_json() for _ in range(4)]
+        assert [m["p"] for m in got[:3]] == missed
+        assert got[3] == {
+            "dws": "joined",
+            "g": "room",
+            "p": missed[-1],
+            "since": position,
+            "recovered": True,
+            "missed": 3,
+        }
+
+
+def test_dws_ping_is_answered_and_the_view_never_sees_it() -> None:
+    with follow("room", dws=True) as ws:
+        assert ws.receive_json()["dws"] == "joined"
+        recovery_of(ws)
+        ws.send('{"dws":"ping"}')
+        assert ws.receive() == '{"dws":"pong"}'
+        ws.send('{"dws":"later-version"}')  # ignored
+        ws.send('{"dws" but not JSON')  # the application's
+        ws.send('{"dwsx":1}')
+        got = [ws.receive_json() for _ in range(1)]
+        assert got[0]["dws"] == "msg" and got[0]["d"] == '{"dws" but not JSON'
+        assert ws.receive_json()["d"] == '{"dwsx":1}'
+
+
+def test_a_plain_client_never_gets_envelopes_and_may_send_dws_text() -> None:
+    with follow("room") as ws:
+        recovery_of(ws)
+        ws.send('{"dws":"ping"}')  # not a dws client: an application message
+        assert ws.receive() == '{"dws":"ping"}'
