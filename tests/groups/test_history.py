@@ -103,7 +103,20 @@ def test_a_good_setting_passes_the_check() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [None, 5, "", "abc", ":5", "ab:", "ab:-1", "ab:1.5", "a b:1", "ab:١", "é:1", "a:" + "9" * 70],
+    [
+        None,
+        5,
+        "",
+        "abc",
+        ":5",
+        "ab:",
+        "ab:-1",
+        "ab:1.5",
+        "a b:1",
+        "ab:\u0661",
+        "é:1",
+        "a:" + "9" * 70,
+    ],
 )
 def test_malformed_positions_parse_as_none(text: object) -> None:
     assert Position.parse(text) is None

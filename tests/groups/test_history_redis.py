@@ -1,0 +1,179 @@
+"""Group history and recovery on a real, private ``redis-server`` (the Redis layer in this
+process; real server processes are in ``test_history_servers.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.test import override_settings
+
+from dwebsocket import groups
+from dwebsocket.groups.history import Item, Position
+from dwebsocket.groups.memory import Registry
+from dwebsocket.groups.redis import (
+    BINARY_AT,
+    HEADER,
+    TEXT_AT,
+    RedisLayer,
+    UnknownKind,
+    decode,
+    decode_positioned,
+)
+from tests.groups.redis_server import RedisServer
+from tests.groups.test_history import follow, receive, recovery_of
+from tests.groups.test_redis_layer import Inbox
+
+HISTORY = {"room": {"size": 100, "ttl": 60}, "small": {"size": 5, "ttl": 60}}
+
+
+@pytest.fixture
+def redis_groups(redis_server: RedisServer) -> Iterator[RedisServer]:
+    groups.reset()
+    with override_settings(
+        WEBSOCKET_GROUPS_URL=redis_server.url + "?socket_timeout=2",
+        WEBSOCKET_GROUPS_HISTORY=HISTORY,
+    ):
+        yield redis_server
+        groups.reset()
+
+
+@pytest.fixture
+def layers(redis_groups: RedisServer) -> Iterator[Callable[[], RedisLayer]]:
+    """More "processes" on the same Redis, closed after the test."""
+    made: list[RedisLayer] = []
+
+    def make() -> RedisLayer:
+        layer = RedisLayer(redis_groups.url, Registry())
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        layer.close()
+
+
+def test_wire_format_with_a_position() -> None:
+    origin = b"ORIGIN42"
+    text = HEADER.pack(TEXT_AT, origin, 7) + b"\x0aabcdef:123" + "é".encode()
+    assert decode_positioned(text) == (origin, 7, "é", Position("abcdef", 123))
+    assert decode(text) == (origin, 7, "é")
+    binary = HEADER.pack(BINARY_AT, origin, 8) + b"\x03e:1\x00"
+    assert decode_positioned(binary) == (origin, 8, b"\x00", Position("e", 1))
+    for bad in [
+        HEADER.pack(TEXT_AT, origin, 1),  # no position
+        HEADER.pack(TEXT_AT, origin, 1) + b"\x05e:x",  # malformed
+        HEADER.pack(TEXT_AT, origin, 1) + b"\x09e:1",  # shorter than its length
+    ]:
+        with pytest.raises(ValueError):
+            decode_positioned(bad)
+    with pytest.raises(UnknownKind):  # a later version's kind: ignored, not an error
+        decode_positioned(HEADER.pack(9, origin, 1) + b"x")
+
+
+def test_keys_share_one_hash_slot(redis_groups: RedisServer) -> None:
+    layer = groups.get_layer()
+    assert isinstance(layer, RedisLayer)
+    groups.send("room", "x")
+    assert layer.keys("room") == ["dwebsocket:0:{room}:meta", "dwebsocket:0:{room}:history"]
+    slots = {redis_groups.command("CLUSTER", "KEYSLOT", key) for key in layer.keys("room")}
+    # A standalone server answers CLUSTER KEYSLOT too (or refuses it the same way twice).
+    assert len(slots) == 1
+    assert b"stream" in redis_groups.command("TYPE", "dwebsocket:0:{room}:history")
+    ttl = int(redis_groups.command("PTTL", "dwebsocket:0:{room}:history")[1:].strip())
+    assert 60_000 <= ttl <= 61_000
+
+
+def test_send_returns_positions_and_replays_across_processes(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    other = layers()  # another process sends
+    first = Position.parse(other.send("room", "one"))
+    assert first is not None and first.offset == 1
+    assert groups.send("plain", "x") is None
+    with follow("room", since=f"{first.epoch}:0") as ws:
+        assert ws.receive() == "one"
+        assert recovery_of(ws)["recovered"] is True
+        assert other.send("room", b"\x00two") == f"{first.epoch}:2"
+        assert ws.receive() == b"\x00two"
+        ws.send("three")  # the view sends it to the group from this process
+        assert ws.receive() == "three"
+
+
+def test_live_messages_during_the_replay_come_once_in_order(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    other = layers()
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"big": {"size": 5000, "ttl": 60}}):
+        start = other.send("big", "start")
+        for i in range(1500):
+            other.send("big", f"m{i}")
+        with follow("big", since=start) as ws:
+            for i in range(1500, 1600):
+                other.send("big", f"m{i}")
+            got = [m for m in receive(ws, 1601) if not str(m).startswith('{"recovery"')]
+            assert got[:1600] == [f"m{i}" for i in range(1600)]
+
+
+def test_trimmed_history_fails_explicitly(redis_groups: RedisServer) -> None:
+    position = groups.send("small", "seen")
+    for i in range(300):  # far past size 5 and the stream's approximate trimming
+        groups.send("small", f"m{i}")
+    with follow("small", since=position) as ws:
+        report = recovery_of(ws)
+        assert report["failed"] is True
+        assert Position.parse(report["position"]).offset == 301  # type: ignore[union-attr]
+    epoch = Position.parse(position).epoch  # type: ignore[union-attr]
+    with follow("small", since=f"{epoch}:296") as ws:  # within the last 5: recovered
+        assert receive(ws, 5) == [f"m{i}" for i in range(295, 300)]
+        assert recovery_of(ws)["recovered"] is True
+
+
+def test_flushed_redis_is_a_new_epoch_and_fails_explicitly(redis_groups: RedisServer) -> None:
+    position = groups.send("room", "before the flush")
+    assert redis_groups.command("FLUSHALL") == b"+OK\r\n"
+    after = groups.send("room", "after the flush")
+    assert Position.parse(after).epoch != Position.parse(position).epoch  # type: ignore[union-attr]
+    assert Position.parse(after).offset == 1  # type: ignore[union-attr]
+    with follow("room", since=position) as ws:
+        report = recovery_of(ws)
+        assert report["failed"] is True and report["position"] == after
+
+
+def test_a_flush_while_joined_delivers_the_new_epoch(redis_groups: RedisServer) -> None:
+    with follow("room", dws=True) as ws:
+        assert ws.receive_json()["dws"] == "joined"
+        recovery_of(ws)
+        old = groups.send("room", "old")
+        assert ws.receive_json()["p"] == old
+        redis_groups.command("FLUSHALL")
+        new = groups.send("room", "new")
+        assert ws.receive_json() == {"dws": "msg", "g": "room", "p": new, "d": "new"}
+
+
+def test_redis_down_at_join_fails_and_sends_deliver_locally(redis_groups: RedisServer) -> None:
+    position = groups.send("room", "x")
+    redis_groups.stop()
+    with follow("room", since=position) as ws:
+        report = recovery_of(ws)
+        assert report["failed"] is True and report["position"] is None
+        assert groups.send("room", "while down") is None
+        assert ws.receive() == "while down"
+
+
+def test_a_reader_delivers_positions_to_followers_once(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    """A follower gets a message at most once even if it arrives twice (the subscription
+    coming up while the sender delivered locally), and in order."""
+    layer = groups.get_layer()
+    assert isinstance(layer, RedisLayer)
+    inbox = Inbox()
+    recovery = groups.join("room", inbox)
+    assert recovery.position is not None and not recovery.failed
+    epoch = Position.parse(recovery.position).epoch  # type: ignore[union-attr]
+    item = Item("room", "dup", Position(epoch, 1))
+    layer._fan_out_item(item)
+    layer._fan_out_item(item)
+    assert inbox.get() == "dup"
+    inbox.assert_empty()
