@@ -1,0 +1,438 @@
+"""A synchronous WebSocket client that reconnects and resumes, for services and tests.
+
+The Python twin of the browser client (``dwebsocket/static/dwebsocket/dwebsocket.js``):
+it speaks the ``dws`` envelope, so group messages of history groups come with their
+position; when the connection drops it reconnects with jittered exponential backoff and
+asks to resume every group from the last position it saw::
+
+    from dwebsocket.client import ReconnectingClient
+
+    with ReconnectingClient("ws://127.0.0.1:8000/chat/lobby/") as client:
+        client.send("hello")
+        for received in client:           # reconnects by itself; stops when closed for good
+            print(received.group, received.position, received.data)
+
+It runs in the caller's thread only: everything (reading, answering pings, the heartbeat,
+reconnecting) happens inside :meth:`~ReconnectingClient.recv`; between calls nothing
+does. One client is for one thread. Events (``open``, ``close``, ``joined``,
+``recovered``, ``recovery_failed``) go to ``on_event``, called from ``recv()`` in the
+order they happened relative to the messages.
+
+Built on dwebsocket's own protocol core (``dwebsocket.protocol``) and the standard
+library: no other dependency, no Django settings needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import random
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake
+from dwebsocket.protocol.connection import Close, Connection
+from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
+from dwebsocket.websocket import Message
+
+__all__ = ["Event", "Received", "ReconnectingClient"]
+
+#: The close code the client uses when it gives up on a silent connection.
+HEARTBEAT_CLOSE = 4002
+_RECV = 65536
+_PING = '{"dws":"ping"}'
+
+
+class _Refused(OSError):
+    """The server answered the handshake with ``status``, not 101."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"handshake refused: HTTP {status}")
+        self.status = status
+
+
+class Received(NamedTuple):
+    """An application message: ``data`` (``str`` or ``bytes``); for a group message of a
+    history group, its ``group`` and ``position`` (else None)."""
+
+    data: Message
+    group: str | None = None
+    position: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to the connection.
+
+    ``type``: ``"open"`` (``reconnect`` says if it is not the first), ``"close"``
+    (``code``, ``reason``, ``will_retry``, ``delay`` until the next attempt, in seconds),
+    ``"joined"`` (the server joined this client to a history group: ``group``,
+    ``position``, ``since``, ``missed``), then also ``"recovered"`` or
+    ``"recovery_failed"`` when ``since`` was given."""
+
+    type: str
+    code: int | None = None
+    reason: str = ""
+    will_retry: bool = False
+    delay: float | None = None
+    reconnect: bool = False
+    group: str | None = None
+    position: str | None = None
+    since: str | None = None
+    missed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ReconnectingClient:
+    """See the module docstring.
+
+    ``url``: ``ws://`` or ``wss://``. ``positions``: group -> position to resume from on the
+    first connection (e.g. saved by an earlier run); :attr:`positions` holds the current
+    ones. Backoff: attempt ``n`` after a drop waits a random time up to
+    ``min(max_delay, min_delay * 2**n)`` seconds (``n`` starts again at 0 after a
+    connection that stayed open ``stable`` seconds). Heartbeat: after ``ping_interval``
+    seconds without any message it sends ``{"dws":"ping"}``; nothing within
+    ``ping_timeout`` more and the connection counts as dead (close code 4002). Close codes
+    in ``no_retry`` (policy, session revoked), a handshake refused with a 4xx status (but
+    408 and 429) and :meth:`close` end it for good. ``timeout`` bounds each connection
+    attempt and each write. ``headers``, ``origin``, ``subprotocols`` go into the
+    handshake; ``ssl_context`` for ``wss://``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        positions: Mapping[str, str] | None = None,
+        min_delay: float = 1.0,
+        max_delay: float = 16.0,
+        stable: float = 10.0,
+        ping_interval: float = 25.0,
+        ping_timeout: float = 10.0,
+        no_retry: Sequence[int] = (1008, 4001),
+        timeout: float = 10.0,
+        headers: Sequence[tuple[str, str]] = (),
+        origin: str | None = None,
+        subprotocols: Sequence[str] = (),
+        ssl_context: ssl.SSLContext | None = None,
+        max_message_size: int | None = 2**24,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"expected a ws:// or wss:// URL, not {url!r}")
+        self.url = url
+        self._parts = parts
+        self.positions: dict[str, str] = dict(positions or {})
+        self.min_delay, self.max_delay, self.stable = min_delay, max_delay, stable
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.no_retry = frozenset(no_retry)
+        self.timeout = timeout
+        self.headers = list(headers)
+        self.origin = origin
+        self.subprotocols = list(subprotocols)
+        self.ssl_context = ssl_context
+        self.max_message_size = max_message_size
+        self.on_event = on_event
+        #: Consecutive failed attempts (the backoff's exponent).
+        self.attempts = 0
+        #: Connections opened so far.
+        self.opened = 0
+        #: Set once closed for good: the last close code and reason.
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._closed_for_good = False
+        self._sock: socket.socket | None = None
+        self._conn: Connection | None = None
+        self._inbox: deque[Received] = deque()
+        self._retry_at = 0.0
+        self._opened_at = 0.0
+        self._heard = 0.0
+        self._ping_sent: float | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed_for_good else "open" if self.connected else "waiting"
+        return f"<ReconnectingClient {state} {self.url}>"
+
+    def __enter__(self) -> ReconnectingClient:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open."""
+        return self._conn is not None
+
+    # -- public calls --------------------------------------------------------------------
+
+    def connect(self, timeout: float | None = None) -> ReconnectingClient:
+        """Block until a connection is open (retrying with backoff), at most ``timeout``
+        seconds (None: until closed for good). Returns ``self``. Raises ``TimeoutError``,
+        or ``ConnectionClosed`` once closed for good."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._conn is None:
+            self._check_open()
+            if not self._reconnect(deadline):
+                raise TimeoutError(f"not connected to {self.url} within {timeout}s")
+        return self
+
+    def recv(self, timeout: float | None = None) -> Received:
+        """The next application message, reconnecting (and resuming) as needed.
+
+        Blocks up to ``timeout`` seconds (None: forever) and raises ``TimeoutError`` then.
+        Raises ``ConnectionClosed`` once closed for good (and every message before was
+        received)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._inbox:
+            self._check_open()
+            if self._conn is None:
+                if not self._reconnect(deadline):
+                    raise TimeoutError(f"no message from {self.url} within {timeout}s")
+                continue
+            if not self._pump(deadline):
+                raise TimeoutError(f"no message from {self.url} within {timeout}s")
+        return self._inbox.popleft()
+
+    def __iter__(self) -> Iterator[Received]:
+        """Every message until the client is closed for good."""
+        while True:
+            try:
+                yield self.recv()
+            except ConnectionClosed:
+                return
+
+    def send(self, message: Message | bytearray | memoryview) -> None:
+        """Send ``message`` now (``str``: text, bytes-like: binary). Raises
+        ``ConnectionClosed`` while not connected: what to do then is the caller's call."""
+        conn = self._conn
+        if conn is None:
+            raise ConnectionClosed(self.close_code or 1006, "not connected")
+        self._write(conn.send_message(message))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close for good (no reconnection): a close frame, a short wait for the server's,
+        then the socket. Idempotent."""
+        if self._closed_for_good:
+            return
+        conn, sock = self._conn, self._sock
+        self._closed_for_good = True
+        self.close_code, self.close_reason = code, reason
+        if conn is not None and sock is not None:
+            with contextlib.suppress(OSError, ConnectionClosed):
+                self._write(conn.send_close(code, reason))
+                deadline = time.monotonic() + min(self.timeout, 2.0)
+                while not conn.close_received and (left := deadline - time.monotonic()) > 0:
+                    sock.settimeout(left)
+                    data = sock.recv(_RECV)
+                    conn.receive_data(data)
+                    if not data:
+                        break
+        self._drop()
+
+    # -- connecting ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed_for_good:
+            raise ConnectionClosed(self.close_code or 1006, self.close_reason)
+
+    def _reconnect(self, deadline: float | None) -> bool:
+        """Wait for the next attempt (False at ``deadline``), then make it."""
+        wait = self._retry_at - time.monotonic()
+        if deadline is not None and time.monotonic() + max(wait, 0) > deadline:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return False
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            self._open()
+        except (OSError, InvalidHandshake, ValueError) as exc:
+            self._drop()
+            status = exc.status if isinstance(exc, _Refused) else None
+            final = status is not None and 400 <= status < 500 and status not in (408, 429)
+            self._lost(1006, str(exc) or type(exc).__name__, final=final)
+        return True
+
+    def _address(self) -> str:
+        query = [(k, v) for k, v in parse_qsl(self._parts.query) if k not in ("dws", "dws_since")]
+        query.append(("dws", "1"))
+        if self.positions:
+            query.append(("dws_since", json.dumps(self.positions, separators=(",", ":"))))
+        path = urlunsplit(("", "", self._parts.path or "/", urlencode(query), ""))
+        return path
+
+    def _open(self) -> None:
+        parts = self._parts
+        secure = parts.scheme == "wss"
+        host = parts.hostname or ""
+        port = parts.port or (443 if secure else 80)
+        sock = socket.create_connection((host, port), timeout=self.timeout)
+        self._sock = sock
+        if secure:
+            context = self.ssl_context or ssl.create_default_context()
+            sock = self._sock = context.wrap_socket(sock, server_hostname=host)
+        key = generate_key()
+        sock.sendall(
+            build_request(
+                parts.netloc.rpartition("@")[2],
+                self._address(),
+                key=key,
+                subprotocols=self.subprotocols,
+                origin=self.origin,
+                extra_headers=self.headers,
+            )
+        )
+        data = b""
+        deadline = time.monotonic() + self.timeout
+        while (parsed := parse_response(data, key)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer to the handshake")
+            sock.settimeout(left)
+            chunk = sock.recv(_RECV)
+            if not chunk:
+                raise ConnectionResetError("connection closed during the handshake")
+            data += chunk
+        status, _headers, consumed = parsed
+        if status != 101:
+            raise _Refused(status)
+        self._conn = Connection(client=True, max_message_size=self.max_message_size)
+        now = time.monotonic()
+        self._opened_at = self._heard = now
+        self._ping_sent = None
+        reconnect = self.opened > 0
+        self.opened += 1
+        self._emit(Event("open", reconnect=reconnect))
+        if len(data) > consumed:
+            self._feed(data[consumed:])
+
+    def _lost(self, code: int, reason: str, *, final: bool = False) -> None:
+        """The connection (or an attempt) ended: schedule the next attempt, or stop."""
+        if self._opened_at and time.monotonic() - self._opened_at >= self.stable:
+            self.attempts = 0
+        self._opened_at = 0.0
+        self._drop()
+        if final or code in self.no_retry:
+            self._closed_for_good = True
+            self.close_code, self.close_reason = code, reason
+            self._emit(Event("close", code=code, reason=reason))
+            return
+        cap = min(self.max_delay, self.min_delay * 2**self.attempts)
+        self.attempts += 1
+        delay = random.uniform(0, cap)  # full jitter: clients dropped together spread out
+        self._retry_at = time.monotonic() + delay
+        self._emit(Event("close", code=code, reason=reason, will_retry=True, delay=delay))
+
+    def _drop(self) -> None:
+        sock, self._sock, self._conn = self._sock, None, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _pump(self, deadline: float | None) -> bool:
+        """Read once (or run the heartbeat); False at ``deadline``."""
+        sock = self._sock
+        assert sock is not None
+        now = time.monotonic()
+        if self._ping_sent is None:
+            due = self._heard + self.ping_interval
+        else:
+            due = self._ping_sent + self.ping_timeout
+        if now >= due:
+            if self._ping_sent is None:
+                self._ping_sent = now
+                with contextlib.suppress(ConnectionClosed):
+                    self.send(_PING)
+            else:
+                self._lost(HEARTBEAT_CLOSE, "no heartbeat")
+            return True
+        if deadline is not None and now >= deadline:
+            return False
+        sock.settimeout(max(0.001, min(due, deadline or due) - now))
+        try:
+            data = sock.recv(_RECV)
+        except TimeoutError:
+            return deadline is None or time.monotonic() < deadline
+        except OSError as exc:
+            self._lost(1006, str(exc))
+            return True
+        self._feed(data)
+        return True
+
+    def _feed(self, data: bytes) -> None:
+        conn = self._conn
+        assert conn is not None
+        if data:
+            self._heard = time.monotonic()
+            self._ping_sent = None
+        events = conn.receive_data(data)
+        out = conn.data_to_send()  # pongs, the answer to a close frame
+        if out:
+            with contextlib.suppress(ConnectionClosed):
+                self._write(out)
+        for event in events:
+            if isinstance(event, (str, bytes)):
+                self._message(event)
+            elif isinstance(event, Close):
+                self._lost(event.code, event.reason)
+                return
+
+    def _message(self, message: Message) -> None:
+        data: Any = None
+        if isinstance(message, str) and message.startswith('{"dws"'):
+            with contextlib.suppress(ValueError):
+                data = json.loads(message)
+        if not isinstance(data, dict) or "dws" not in data:
+            self._inbox.append(Received(message))
+            return
+        kind, group, position = data["dws"], data.get("g"), data.get("p")
+        if kind == "msg":
+            if isinstance(position, str) and isinstance(group, str):
+                self.positions[group] = position
+            body = data["d"] if "d" in data else base64.b64decode(data.get("b", ""))
+            self._inbox.append(Received(body, group, position))
+        elif kind == "joined":
+            if isinstance(position, str) and isinstance(group, str):
+                self.positions[group] = position
+            info = {
+                "group": group,
+                "position": position,
+                "since": data.get("since"),
+                "missed": data.get("missed", 0),
+            }
+            self._emit(Event("joined", **info))
+            if info["since"] is not None:
+                outcome = "recovered" if data.get("recovered") else "recovery_failed"
+                self._emit(Event(outcome, **info))
+        elif kind != "pong":
+            self._emit(Event("dws", extra=data))
+
+    def _write(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionClosed(1006, "not connected")
+        sock.settimeout(self.timeout)
+        try:
+            sock.sendall(data)
+        except OSError as exc:
+            self._lost(1006, str(exc))
+            raise ConnectionClosed(1006, str(exc)) from None
+
+    def _emit(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)

@@ -1,0 +1,220 @@
+/*! dwebsocket browser client: reconnects, checks the connection, resumes groups where it
+ * left off. No dependencies. As a plain script it defines `dwebsocket` globally; as an ES
+ * module import dwebsocket.mjs. Protocol and options: dwebsocket's docs (recovery, the
+ * dws envelope).
+ *
+ *   const ws = new dwebsocket.Socket("/chat/lobby/");
+ *   ws.on("message", (data, meta) => ...);  // meta.group, meta.position for group messages
+ *   ws.on("recoveryfailed", (e) => reloadState());
+ *   ws.send("hello");
+ */
+(function (root) {
+  "use strict";
+
+  var DEFAULTS = {
+    minDelay: 1000, // ms: the first retry waits up to this (full jitter) ...
+    maxDelay: 16000, // ... doubling per failed attempt up to this
+    stable: 10000, // ms open before a later drop starts the backoff again from minDelay
+    pingInterval: 25000, // ms without any message before sending {"dws":"ping"}
+    pingTimeout: 10000, // ms then without any message: the connection is dead
+    noRetry: [1008, 4001], // close codes not to reconnect after: policy, session revoked
+    protocols: undefined,
+    binaryType: "arraybuffer",
+    positions: null, // {group: position} to resume from on the first connection
+  };
+  var HEARTBEAT_CLOSE = 4002; // we gave up on a silent connection
+
+  function Socket(url, options) {
+    var o = {};
+    for (var k in DEFAULTS) o[k] = DEFAULTS[k];
+    for (k in options || {}) o[k] = options[k];
+    this.options = o;
+    this.url = url;
+    this.positions = Object.assign({}, o.positions || {});
+    this.attempts = 0;
+    this.closed = false; // close() called, or a close code in noRetry
+    this.ws = null;
+    this._handlers = {};
+    this._timer = null;
+    this._beat = null;
+    this._connect();
+  }
+
+  var proto = Socket.prototype;
+
+  proto.on = function (type, handler) {
+    (this._handlers[type] = this._handlers[type] || []).push(handler);
+    return this;
+  };
+
+  proto.off = function (type, handler) {
+    var list = this._handlers[type] || [];
+    var i = list.indexOf(handler);
+    if (i >= 0) list.splice(i, 1);
+    return this;
+  };
+
+  proto._emit = function (type, a, b) {
+    var list = (this._handlers[type] || []).slice();
+    for (var i = 0; i < list.length; i++) {
+      try {
+        list[i].call(this, a, b);
+      } catch (err) {
+        setTimeout(function () {
+          throw err; // reported, without stopping the client
+        });
+      }
+    }
+  };
+
+  /** True while connected. */
+  proto.isOpen = function () {
+    return !!this.ws && this.ws.readyState === 1;
+  };
+
+  /** Sends now and returns true, or returns false while not connected. */
+  proto.send = function (data) {
+    if (!this.isOpen()) return false;
+    this.ws.send(data);
+    return true;
+  };
+
+  /** Closes for good: no reconnection. */
+  proto.close = function (code, reason) {
+    this.closed = true;
+    clearTimeout(this._timer);
+    clearTimeout(this._beat);
+    if (this.ws) this.ws.close(code || 1000, reason || "");
+  };
+
+  /** Reconnects now if waiting to (e.g. when the browser says it is online again). */
+  proto.retryNow = function () {
+    if (!this.closed && !this.ws) {
+      clearTimeout(this._timer);
+      this._connect();
+    }
+  };
+
+  proto._address = function () {
+    var loc = root.location;
+    var u = new URL(this.url, loc ? loc.href : undefined);
+    if (u.protocol === "http:") u.protocol = "ws:";
+    if (u.protocol === "https:") u.protocol = "wss:";
+    u.searchParams.set("dws", "1");
+    u.searchParams.delete("dws_since");
+    if (Object.keys(this.positions).length) {
+      u.searchParams.set("dws_since", JSON.stringify(this.positions));
+    }
+    return u.href;
+  };
+
+  proto._connect = function () {
+    var self = this;
+    var ws;
+    try {
+      ws = new root.WebSocket(this._address(), this.options.protocols);
+    } catch (err) {
+      // A malformed URL never gets better: report it and stop.
+      this.closed = true;
+      this._emit("close", { code: 1006, reason: String(err), willRetry: false });
+      return;
+    }
+    ws.binaryType = this.options.binaryType;
+    this.ws = ws;
+    var openedAt = 0;
+    ws.onopen = function () {
+      openedAt = Date.now();
+      self._alive();
+      self._emit("open", { reconnect: self.attempts > 0 || self._opened === true });
+      self._opened = true;
+    };
+    ws.onmessage = function (event) {
+      self._alive();
+      self._receive(event.data);
+    };
+    ws.onclose = function (event) {
+      if (self.ws !== ws) return;
+      if (openedAt && Date.now() - openedAt >= self.options.stable) self.attempts = 0;
+      self._closed(event.code, event.reason);
+    };
+  };
+
+  proto._closed = function (code, reason) {
+    this.ws = null;
+    clearTimeout(this._beat);
+    if (this.options.noRetry.indexOf(code) >= 0) this.closed = true;
+    var delay = this.closed ? null : this._delay();
+    this._emit("close", { code: code, reason: reason, willRetry: !this.closed, delay: delay });
+    if (!this.closed) {
+      var self = this;
+      this._timer = setTimeout(function () {
+        self._connect();
+      }, delay);
+    }
+  };
+
+  /** Full jitter: a random wait up to minDelay * 2^attempts, capped at maxDelay. */
+  proto._delay = function () {
+    var o = this.options;
+    var cap = Math.min(o.maxDelay, o.minDelay * Math.pow(2, this.attempts));
+    this.attempts++;
+    return Math.floor(Math.random() * cap);
+  };
+
+  /** Something came: the connection lives; ping after pingInterval of silence. */
+  proto._alive = function () {
+    var self = this;
+    var ws = this.ws;
+    clearTimeout(this._beat);
+    this._beat = setTimeout(function () {
+      if (self.ws !== ws || ws.readyState !== 1) return;
+      ws.send('{"dws":"ping"}');
+      self._beat = setTimeout(function () {
+        if (self.ws !== ws) return;
+        // Dead: stop listening to it (its close may take minutes) and start again.
+        ws.onclose = ws.onmessage = null;
+        try {
+          ws.close(HEARTBEAT_CLOSE, "no heartbeat");
+        } catch (err) {
+          /* closing a dead socket may throw: it is gone either way */
+        }
+        self._closed(HEARTBEAT_CLOSE, "no heartbeat");
+      }, self.options.pingTimeout);
+    }, this.options.pingInterval);
+  };
+
+  proto._receive = function (data) {
+    var m;
+    if (typeof data === "string" && data.lastIndexOf('{"dws"', 0) === 0) {
+      try {
+        m = JSON.parse(data);
+      } catch (err) {
+        m = null;
+      }
+    }
+    if (!m || typeof m !== "object" || !("dws" in m)) {
+      this._emit("message", data, {});
+      return;
+    }
+    if (m.dws === "msg") {
+      if (m.p) this.positions[m.g] = m.p;
+      this._emit("message", "d" in m ? m.d : decode(m.b), { group: m.g, position: m.p });
+    } else if (m.dws === "joined") {
+      if (m.p) this.positions[m.g] = m.p;
+      var info = { group: m.g, position: m.p, since: m.since, missed: m.missed };
+      this._emit("joined", info);
+      if (m.since != null) this._emit(m.recovered ? "recovered" : "recoveryfailed", info);
+    } else {
+      this._emit("dws", m); // pong, and types of later versions
+    }
+  };
+
+  function decode(b64) {
+    var text = atob(b64);
+    var bytes = new Uint8Array(text.length);
+    for (var i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+    return bytes.buffer;
+  }
+
+  root.dwebsocket = { Socket: Socket, DEFAULTS: DEFAULTS };
+})(typeof globalThis !== "undefined" ? globalThis : this);
