@@ -410,10 +410,9 @@ class RedisLayer:
             return
         if origin == self.origin and not self._claim(seq):
             return
-        if position is None:
-            self._fan_out(group, message)
-        else:
-            self._fan_out_item(Item(group, message, position))
+        # Through the followers even without a position (a sender that keeps no history
+        # for this group, or that could not reach Redis): still once, still in order.
+        self._fan_out_item(Item(group, message, position))
 
     def _fan_out(self, group: str, message: Message) -> None:
         for emptied in fan_out(self.registry, group, message):

@@ -1,0 +1,101 @@
+"""A TCP forwarder on 127.0.0.1 standing for a load balancer in front of server processes.
+
+``target(port)`` picks the backend new connections go to; ``cut()`` drops every open
+connection and refuses new ones (accepts, then closes at once: what a client sees of a
+network that went away) until ``restore()``. Threads only; ``close()`` stops everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from tests.servers import HOST
+
+
+class Proxy:
+    def __init__(self, target: int) -> None:
+        self._target = target
+        self._listener = socket.create_server((HOST, 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._cut = False
+        self._stopping = False
+        #: Connections accepted and forwarded (refused ones not counted).
+        self.forwarded = 0
+        self._thread = threading.Thread(target=self._accept, name="proxy", daemon=True)
+        self._thread.start()
+
+    def url(self, path: str = "/", scheme: str = "ws") -> str:
+        return f"{scheme}://{HOST}:{self.port}{path}"
+
+    def target(self, port: int) -> None:
+        with self._lock:
+            self._target = port
+
+    def cut(self) -> None:
+        """Drop every connection; refuse new ones until :meth:`restore`."""
+        with self._lock:
+            self._cut = True
+            sockets, self._open = self._open, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._stopping = True
+        self._thread.join(5)
+        self._listener.close()
+        self.cut()
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                cut, target = self._cut, self._target
+            if cut:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection((HOST, target), timeout=5)
+            except OSError:
+                client.close()  # the backend is down: like a load balancer without one
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._cut:
+                    client.close()
+                    upstream.close()
+                    continue
+                self._open |= {client, upstream}
+                self.forwarded += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open.discard(source)
+                self._open.discard(sink)
+            source.close()
