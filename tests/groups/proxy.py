@@ -2,7 +2,9 @@
 
 ``target(port)`` picks the backend new connections go to; ``cut()`` drops every open
 connection and refuses new ones (accepts, then closes at once: what a client sees of a
-network that went away) until ``restore()``. Threads only; ``close()`` stops everything.
+network that went away) until ``restore()``; ``freeze()`` keeps the open connections but
+forwards nothing more on them, either way (a peer gone silent: only a heartbeat tells).
+Threads only; ``close()`` stops everything.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Proxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self._frozen: set[socket.socket] = set()
         self._cut = False
         self._stopping = False
         #: Connections accepted and forwarded (refused ones not counted).
@@ -45,6 +48,11 @@ class Proxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def freeze(self) -> None:
+        """Forward nothing more on the connections open now (new ones work)."""
+        with self._lock:
+            self._frozen |= self._open
 
     def restore(self) -> None:
         with self._lock:
@@ -88,7 +96,8 @@ class Proxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if source not in self._frozen:
+                    sink.sendall(data)
         except OSError:
             pass
         finally:

@@ -1,8 +1,16 @@
-from django.urls import path
+from pathlib import Path
 
+from django.urls import path
+from django.views.static import serve
+
+import dwebsocket
 from tests.groups import views
 
+STATIC = Path(dwebsocket.__file__).parent / "static"
+
 urlpatterns = [
+    path("page/", views.page),
+    path("static/<path:path>", serve, {"document_root": STATIC}),
     path("<str:name>/", views.member),
     path("<str:name>/status/", views.status),
     path("<str:name>/follow/", views.follower),

@@ -59,3 +59,36 @@ def follower(request: HttpRequest, name: str) -> None:
     )
     for message in ws:
         groups.send(name, message)
+
+
+#: The browser client's test page: ``?group=NAME`` (and ``ping``/``pingTimeout`` in ms,
+#: ``module=1`` to load the ES module instead of the plain script). It records the group
+#: messages in ``window.got`` and the events in ``window.events``.
+PAGE = """<!doctype html>
+<meta charset="utf-8"><title>dwebsocket client</title>
+<script src="/group/static/dwebsocket/dwebsocket.js"></script>
+<script type="module">
+const params = new URLSearchParams(location.search);
+const Socket = params.get("module")
+  ? (await import("/group/static/dwebsocket/dwebsocket.module.js")).Socket
+  : window.dwebsocket.Socket;
+window.got = [];
+window.plain = [];
+window.events = [];
+const options = { minDelay: 200, maxDelay: 2000 };
+if (params.get("ping")) options.pingInterval = +params.get("ping");
+if (params.get("pingTimeout")) options.pingTimeout = +params.get("pingTimeout");
+window.sock = new Socket("/group/" + params.get("group") + "/follow/", options);
+sock.on("message", (data, meta) => {
+  if (meta.group) got.push([typeof data === "string" ? data : [...new Uint8Array(data)], meta.position]);
+  else plain.push(data);
+});
+for (const type of ["open", "close", "joined", "recovered", "recoveryfailed", "dws"]) {
+  sock.on(type, (e) => events.push([type, e]));
+}
+</script>
+"""
+
+
+def page(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(PAGE)

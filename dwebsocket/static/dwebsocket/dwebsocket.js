@@ -1,6 +1,6 @@
 /*! dwebsocket browser client: reconnects, checks the connection, resumes groups where it
  * left off. No dependencies. As a plain script it defines `dwebsocket` globally; as an ES
- * module import dwebsocket.mjs. Protocol and options: dwebsocket's docs (recovery, the
+ * module import dwebsocket.module.js. Protocol and options: dwebsocket's docs (recovery, the
  * dws envelope).
  *
  *   const ws = new dwebsocket.Socket("/chat/lobby/");

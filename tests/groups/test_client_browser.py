@@ -1,0 +1,195 @@
+"""The browser client (``dwebsocket/static/dwebsocket/``) in headless Chromium against real
+gevent servers, a real private ``redis-server`` and the proxy standing for a load
+balancer. The page is ``tests/groups/views.py``'s ``PAGE``: it records group messages in
+``window.got`` (``[data, position]``) and events in ``window.events``."""
+
+from __future__ import annotations
+
+import gzip
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from django.test import override_settings
+
+import dwebsocket
+from dwebsocket.groups.memory import Registry
+from dwebsocket.groups.redis import RedisLayer
+from tests.demo.conftest import WAIT_MS, browser  # noqa: F401 - the session's Chromium
+from tests.groups.proxy import Proxy
+from tests.groups.redis_server import RedisServer
+from tests.servers import ServerProcess
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+STATIC = Path(dwebsocket.__file__).parent / "static" / "dwebsocket"
+HISTORY = {"feed": {"size": 10_000, "ttl": 600}}
+
+
+def test_the_client_is_under_5_kb_gzipped() -> None:
+    """The contract: < 5 KB gzipped, the plain script and the ES module entry together."""
+    size = sum(len(gzip.compress(path.read_bytes(), 9)) for path in STATIC.glob("*.js"))
+    assert size < 5 * 1024, size
+
+
+@pytest.fixture
+def worker(redis_server: RedisServer) -> Iterator[RedisLayer]:
+    """A task worker publishing through the private Redis, with the servers' history."""
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=HISTORY):
+        layer = RedisLayer(redis_server.url, Registry())
+        try:
+            yield layer
+        finally:
+            layer.close()
+
+
+@pytest.fixture
+def start(
+    redis_server: RedisServer, make_server: Callable[..., ServerProcess]
+) -> Callable[[], ServerProcess]:
+    settings = {"WEBSOCKET_GROUPS_URL": redis_server.url, "WEBSOCKET_GROUPS_HISTORY": HISTORY}
+    return lambda: make_server("gevent", settings=settings)
+
+
+@pytest.fixture
+def balancer() -> Iterator[Callable[[ServerProcess], Proxy]]:
+    made: list[Proxy] = []
+
+    def make(server: ServerProcess) -> Proxy:
+        made.append(Proxy(server.port))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[Callable[[str], Page]]:  # noqa: F811
+    contexts = []
+
+    def open_(url: str) -> Page:
+        context = browser.new_context()
+        context.set_default_timeout(WAIT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_function("window.events && window.events.some(e => e[0] === 'joined')")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def events(page: Page, kind: str) -> list[Any]:
+    found: list[Any] = page.evaluate(f"events.filter(e => e[0] === '{kind}').map(e => e[1])")
+    return found
+
+
+def wait_for_messages(page: Page, count: int) -> list[Any]:
+    page.wait_for_function(f"window.got.length >= {count}")
+    got: list[Any] = page.evaluate("window.got")
+    return got
+
+
+def test_the_page_recovers_what_it_missed_while_the_server_was_down(
+    start: Callable[[], ServerProcess],
+    balancer: Callable[[ServerProcess], Proxy],
+    worker: RedisLayer,
+    open_page: Callable[[str], Page],
+) -> None:
+    """Kill the server (SIGKILL), publish while it is down, start it again: the page
+    reconnects by itself and gets the missed messages, then the live ones, in order."""
+    server = start()
+    proxy = balancer(server)
+    page = open_page(proxy.url("/group/page/?group=feed", scheme="http"))
+    sent = [worker.send("feed", f"before {i}") for i in range(5)]
+    assert [m[0] for m in wait_for_messages(page, 5)] == [f"before {i}" for i in range(5)]
+
+    server.stop(signal.SIGKILL)
+    page.wait_for_function("window.events.some(e => e[0] === 'close')")
+    sent += [worker.send("feed", f"missed {i}") for i in range(20)]
+    restarted = start()
+    proxy.target(restarted.port)
+    page.wait_for_function("window.events.some(e => e[0] === 'recovered')")
+    sent += [worker.send("feed", f"after {i}") for i in range(5)]
+
+    got = wait_for_messages(page, 30)
+    assert [m[0] for m in got] == (
+        [f"before {i}" for i in range(5)]
+        + [f"missed {i}" for i in range(20)]
+        + [f"after {i}" for i in range(5)]
+    )
+    assert [m[1] for m in got] == sent
+    (recovered,) = events(page, "recovered")
+    assert recovered["missed"] == 20 and recovered["since"] == sent[4]
+    assert not events(page, "recoveryfailed")
+    closes = events(page, "close")
+    assert all(c["willRetry"] for c in closes) and closes[0]["code"] == 1006
+    assert events(page, "open")[-1]["reconnect"] is True
+
+
+def test_the_es_module_and_binary_messages(
+    start: Callable[[], ServerProcess],
+    balancer: Callable[[ServerProcess], Proxy],
+    worker: RedisLayer,
+    open_page: Callable[[str], Page],
+) -> None:
+    proxy = balancer(start())
+    page = open_page(proxy.url("/group/page/?group=feed&module=1", scheme="http"))
+    position = worker.send("feed", b"\x00\x01\xfe\xff")
+    assert wait_for_messages(page, 1) == [[[0, 1, 254, 255], position]]
+    assert page.evaluate("sock.positions") == {"feed": position}
+    assert page.evaluate("sock.send('from the page')") is True
+    page.wait_for_function("window.got.length >= 2")
+    assert page.evaluate("window.got[1][0]") == "from the page"
+
+
+def test_the_heartbeat_finds_a_silent_connection_and_recovers(
+    start: Callable[[], ServerProcess],
+    balancer: Callable[[ServerProcess], Proxy],
+    worker: RedisLayer,
+    open_page: Callable[[str], Page],
+) -> None:
+    """The connection goes silent without closing (the proxy forwards nothing more): the
+    client pings after 300 ms of silence, gives up 300 ms later (4002), reconnects and
+    recovers what was sent meanwhile. Before that, the library answers its pings."""
+    proxy = balancer(start())
+    page = open_page(proxy.url("/group/page/?group=feed&ping=300&pingTimeout=2000", scheme="http"))
+    page.wait_for_function("window.events.some(e => e[0] === 'dws' && e[1].dws === 'pong')")
+    assert page.evaluate("window.plain.filter(m => m.includes('dws')).length") == 0
+    page.evaluate("sock.options.pingTimeout = 300")
+    proxy.freeze()
+    missed = [worker.send("feed", f"m{i}") for i in range(3)]
+    page.wait_for_function("window.events.some(e => e[0] === 'recovered')")
+    got = wait_for_messages(page, 3)
+    assert [m[1] for m in got] == missed
+    (close,) = events(page, "close")
+    assert close["code"] == 4002 and close["willRetry"] is True
+
+
+@pytest.mark.parametrize("code", [1008, 4001])
+def test_no_reconnection_after_policy_or_revoked_session_closes(
+    code: int,
+    start: Callable[[], ServerProcess],
+    balancer: Callable[[ServerProcess], Proxy],
+    open_page: Callable[[str], Page],
+) -> None:
+    proxy = balancer(start())
+    page = open_page(proxy.url("/group/page/?group=feed", scheme="http"))
+    page.evaluate(
+        """(code) => new Promise((done) => {
+            window.opens = 0;
+            const s = new dwebsocket.Socket(`/close/?code=${code}`, {minDelay: 10});
+            s.on("open", () => { window.opens++; s.send("close now, please"); });
+            s.on("close", (e) => { window.lastClose = e; setTimeout(done, 500); });
+        })""",
+        code,
+    )
+    closed = page.evaluate("window.lastClose")
+    assert closed["code"] == code and closed["willRetry"] is False
+    assert page.evaluate("window.opens") == 1  # a retry would have come by now (10 ms)
