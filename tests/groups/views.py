@@ -80,7 +80,8 @@ if (params.get("ping")) options.pingInterval = +params.get("ping");
 if (params.get("pingTimeout")) options.pingTimeout = +params.get("pingTimeout");
 window.sock = new Socket("/group/" + params.get("group") + "/follow/", options);
 sock.on("message", (data, meta) => {
-  if (meta.group) got.push([typeof data === "string" ? data : [...new Uint8Array(data)], meta.position]);
+  const value = typeof data === "string" ? data : [...new Uint8Array(data)];
+  if (meta.group) got.push([value, meta.position]);
   else plain.push(data);
 });
 for (const type of ["open", "close", "joined", "recovered", "recoveryfailed", "dws"]) {
