@@ -1,0 +1,120 @@
+"""``dwebsocket.client.ReconnectingClient`` against real gevent servers (the test project),
+through the proxy of ``tests/groups/proxy.py`` where a connection must be cut or frozen.
+Recovery across processes with it is in ``tests/groups/test_history_servers.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from dwebsocket.client import Event, ReconnectingClient
+from dwebsocket.exceptions import ConnectionClosed
+from tests.groups.proxy import Proxy
+from tests.servers import ServerProcess
+
+pytestmark = pytest.mark.server
+
+WAIT = 20.0
+
+
+@pytest.fixture
+def gevent(make_server: Callable[..., ServerProcess]) -> ServerProcess:
+    return make_server("gevent")
+
+
+@pytest.fixture
+def proxy(gevent: ServerProcess) -> Iterator[Proxy]:
+    balancer = Proxy(gevent.port)
+    yield balancer
+    balancer.close()
+
+
+def test_url_must_be_ws() -> None:
+    for url in ["http://h/", "ws:///path", "nonsense"]:
+        with pytest.raises(ValueError):
+            ReconnectingClient(url)
+
+
+def test_echo_binary_and_the_envelope_query(gevent: ServerProcess) -> None:
+    events: list[Event] = []
+    with ReconnectingClient(
+        gevent.url("/echo/?keep=1"), positions={"g": "e:1"}, on_event=events.append
+    ) as client:
+        assert client.connected and events[0].type == "open" and not events[0].reconnect
+        client.send("hello")
+        assert client.recv(WAIT).data == "hello"
+        client.send(b"\x00\xff")
+        received = client.recv(WAIT)
+        assert received == (b"\x00\xff", None, None)
+        # The client speaks the envelope: its ping is answered, never echoed by the view.
+        client.send('{"dws":"ping"}')
+        client.send("after")
+        assert client.recv(WAIT).data == "after"
+        assert "dws=1" in client._address() and "keep=1" in client._address()
+        assert "dws_since" in client._address()
+    with pytest.raises(ConnectionClosed):
+        client.recv(0.1)
+    with pytest.raises(ConnectionClosed):
+        client.send("closed")
+
+
+@pytest.mark.parametrize("code", [1008, 4001])
+def test_no_retry_after_policy_and_revoked_session(gevent: ServerProcess, code: int) -> None:
+    events: list[Event] = []
+    client = ReconnectingClient(gevent.url(f"/close/?code={code}"), on_event=events.append)
+    client.connect(WAIT)
+    client.send("close, please")
+    with pytest.raises(ConnectionClosed) as raised:
+        client.recv(WAIT)
+    assert raised.value.code == code
+    assert [e.type for e in events] == ["open", "close"]
+    assert events[1].code == code and not events[1].will_retry
+    client.close()
+
+
+def test_a_refused_handshake_is_final(gevent: ServerProcess) -> None:
+    client = ReconnectingClient(gevent.url("/refuse/"))
+    with pytest.raises(ConnectionClosed) as raised:
+        client.connect(WAIT)
+    assert "HTTP 403" in raised.value.reason
+
+
+def test_reconnects_after_a_drop_with_backoff(proxy: Proxy) -> None:
+    events: list[Event] = []
+    client = ReconnectingClient(
+        proxy.url("/echo/"), min_delay=0.05, max_delay=0.2, on_event=events.append
+    )
+    with client:
+        proxy.cut()
+        with pytest.raises(TimeoutError):
+            client.recv(0.5)  # reconnecting meanwhile: refused, retried with backoff
+        closes = [e for e in events if e.type == "close"]
+        assert len(closes) >= 2 and all(e.will_retry for e in closes)
+        assert all(0 <= (e.delay or 0) <= 0.2 for e in closes)
+        proxy.restore()
+        client.connect(WAIT)
+        client.send("back")
+        assert client.recv(WAIT).data == "back"
+        assert [e for e in events if e.type == "open"][-1].reconnect
+
+
+def test_the_heartbeat_finds_a_silent_connection(proxy: Proxy) -> None:
+    events: list[Event] = []
+    client = ReconnectingClient(
+        proxy.url("/echo/"),
+        ping_interval=0.2,
+        ping_timeout=0.3,
+        min_delay=0.05,
+        on_event=events.append,
+    )
+    with client:
+        with pytest.raises(TimeoutError):
+            client.recv(0.6)  # pinged and answered: still the first connection
+        assert [e.type for e in events] == ["open"]
+        proxy.freeze()
+        with pytest.raises(TimeoutError):
+            client.recv(1.5)
+        closes = [e for e in events if e.type == "close"]
+        assert closes and closes[0].code == 4002
+        assert events[-1].type == "open" and events[-1].reconnect
