@@ -10,8 +10,9 @@ away can join again from the position of the last message it saw.
 Positions: every message a history group keeps gets a position, ``"<epoch>:<offset>"``.
 The offset counts the group's messages (1, 2, 3, ...); the epoch names one unbroken run of
 offsets. A new epoch starts when the group's history is lost as a whole (Redis flushed or
-restarted without persistence, its keys expired after a long silence, a ``memory://``
-process restarted): a position of another epoch cannot be resumed from, and says so.
+restarted without persistence, the group silent for longer than its ``ttl``, a
+``memory://`` process restarted): a position of another epoch cannot be resumed from, and
+says so.
 Positions are opaque to applications; :class:`Position` compares them.
 
 Recovery (:func:`recover`): a member joining with ``since`` gets every message after that
@@ -56,10 +57,6 @@ __all__ = [
 
 logger = logging.getLogger("dwebsocket.groups")
 
-#: How long (seconds) a group's epoch and offset outlive its last message, at least its
-#: ``ttl``: a member that saw the last message of a group quiet for hours still resumes
-#: from it without being told "recovery failed".
-KEEP_POSITIONS = 24 * 3600.0
 #: Messages one :meth:`Page` read returns at most (recovery reads page after page).
 PAGE = 1000
 #: Live messages a recovering member buffers at most; past it the oldest are dropped and
@@ -76,11 +73,6 @@ class Policy:
 
     size: int
     ttl: float
-
-    @property
-    def keep(self) -> float:
-        """Seconds the group's position counter outlives its last message."""
-        return max(self.ttl, KEEP_POSITIONS)
 
 
 def parse_setting(value: Any) -> tuple[list[tuple[str, Policy]], list[str]]:
@@ -413,6 +405,10 @@ def recover(
             page = layer.read(group, last, PAGE)
     if not recovered:
         position = Position(page.epoch, page.head)
+    if not page.epoch:  # nothing kept: no epoch until the next message makes one
+        recovery = Recovery(since=since, position=None, recovered=False)
+        go_live(follower, None, recovery)
+        return recovery
     if asked is not None and not recovered:
         logger.debug(
             "Recovery of group %r from %s failed (history now %s, %d replayed)",

@@ -192,8 +192,8 @@ class MemoryHistory:
     ``size``, none older than ``ttl``), an epoch made when the group's history starts and
     an offset counting its messages.
 
-    A group's history goes (and with it its epoch) once its last message is older than
-    ``Policy.keep``, swept whenever the number of groups has doubled since the last sweep,
+    A group's history goes (and with it its epoch) once its last message is older than its
+    ``ttl``, swept whenever the number of groups has doubled since the last sweep,
     so memory stays bounded by the groups active within that time."""
 
     def __init__(self) -> None:
@@ -206,7 +206,7 @@ class MemoryHistory:
         now = time.monotonic()
         with self._lock:
             kept = self._groups.get(group)
-            if kept is not None and now - kept.last > policy.keep:
+            if kept is not None and now - kept.last > policy.ttl:
                 kept = None
             if kept is None:
                 kept = self._groups[group] = _Kept(new_epoch(), last=now)
@@ -217,7 +217,7 @@ class MemoryHistory:
     def _sweep(self, now: float) -> None:
         for group, kept in list(self._groups.items()):
             found = policy(group)
-            if found is None or now - kept.last > found.keep:
+            if found is None or now - kept.last > found.ttl:
                 del self._groups[group]
         self._sweep_at = max(64, 2 * len(self._groups))
 

@@ -19,23 +19,18 @@ Wire format of a published message (all integers big-endian)::
 A process ignores, with one debug log, a kind it does not know (``groups/__init__`` lists
 who allocated which), so that processes of two versions can share a Redis during a deploy.
 
-History (groups named in ``WEBSOCKET_GROUPS_HISTORY``): each group has two keys, its
-hash-tagged name making them one Redis Cluster slot::
-
-    dwebsocket:<db>:{<group>}:meta      hash: e = epoch, o = offset of the last message
-    dwebsocket:<db>:{<group>}:history   stream: entry id "<offset>-0", fields k (kind),
-                                        d (payload), t (Redis time, ms)
-
-One Lua script (``PUBLISH_SCRIPT``) counts the offset, appends the stream entry (trimmed to
-about ``size`` entries), refreshes both keys' expiry and publishes the message with its
-position, so the history and what subscribers receive never disagree. Another
-(``READ_SCRIPT``) reads the epoch, the last offset and the entries after an offset at once.
-Either starts a new epoch when the meta key is gone (flushed, expired, evicted), dropping
-any stream left without it. ``size`` and ``ttl`` are enforced exactly when reading.
-
-``origin`` + ``seq`` let a process recognise its own messages, so that one it already
-delivered locally (while its subscription was not confirmed, or when publishing failed)
-is not delivered a second time when it does come back.
+History (groups named in ``WEBSOCKET_GROUPS_HISTORY``): each group has one stream,
+``dwebsocket:<db>:{<group>}:history``, its group name in a hash tag (for Redis Cluster:
+any other key of the group will share its slot). An entry's id is ``<epoch>-<offset>``:
+the epoch is the Redis time (us) when the stream was made, the offset counts the group's
+messages from 1 (``XADD <epoch>-*`` numbers them); its fields are ``k`` (kind), ``d``
+(payload), ``t`` (Redis time, ms). One Lua script (``PUBLISH_SCRIPT``) appends the entry
+(trimming the stream to about ``size``), sets the stream to expire ``ttl`` after it and
+publishes the message with its position, so what the history holds and what subscribers
+receive never disagree, and they come in one order. Another (``READ_SCRIPT``) reads the
+epoch, the last offset and the entries after an offset at once. A stream that is gone
+(flushed, restarted without persistence, expired after ``ttl`` of silence, evicted) comes
+back with a new epoch. ``size`` and ``ttl`` are enforced exactly when reading.
 
 Faults: no call into Redis waits longer than ``socket_timeout`` / ``socket_connect_timeout``
 (2 s unless the URL says otherwise). When Redis is unreachable, ``send`` delivers to this
@@ -64,7 +59,7 @@ from urllib.parse import urlsplit, urlunsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
-from dwebsocket.groups.history import Item, Page, Policy, Position, new_epoch, policy
+from dwebsocket.groups.history import Item, Page, Policy, Position, policy
 from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_item
 from dwebsocket.typing import BytesLike, Message
 
@@ -92,42 +87,58 @@ TEXT_AT = 5
 BINARY_AT = 6
 HEADER = struct.Struct("!B8sQ")
 
+#: Appends a message to its group's stream and publishes it with its position, atomically.
+#: KEYS: stream. ARGV: size, ttl (ms), epoch the sender saw last ("0": none), channel,
+#: header (kind, origin, seq), payload. Returns the position "epoch:offset".
 PUBLISH_SCRIPT = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local now = redis.call('TIME')
 local ms = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], offset .. '-0',
-  'k', string.sub(ARGV[6], 1, 1), 'd', ARGV[7], 't', ms)
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local position = epoch .. ':' .. offset
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. string.char(#position) .. position .. ARGV[7])
+local kind = string.sub(ARGV[5], 1, 1)
+local function append(id, create)
+  if create then
+    return redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
+      'k', kind, 'd', ARGV[6], 't', ms)
+  end
+  return redis.pcall('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], id,
+    'k', kind, 'd', ARGV[6], 't', ms)
+end
+local id = append(ARGV[3] .. '-*', false)
+if not id then
+  -- No stream: a new epoch, named by the time in microseconds.
+  id = append(now[1] .. string.format('%06d', now[2]) .. '-1', true)
+elseif type(id) == 'table' then
+  -- The sender's epoch is older than the stream's (or it has none): use the stream's.
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  id = append(string.match(top[1], '^%d+') .. '-*', false)
+elseif string.sub(id, -2) == '-0' then
+  -- Newer than the stream's (a clock that went back): the epoch starts there, at 1.
+  redis.call('XDEL', KEYS[1], id)
+  id = append(ARGV[3] .. '-*', false)
+end
+if type(id) == 'table' then return id end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local position = string.gsub(id, '%-', ':')
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. string.char(#position) .. position .. ARGV[6])
 return position
 """
 
+#: The epoch, last offset and Redis time (ms) of a group's stream, and its entries after an
+#: offset. KEYS: stream. ARGV: offset, count. Epoch "" when the stream does not exist.
 READ_SCRIPT = """
-local epoch = redis.call('HGET', KEYS[1], 'e')
-local head = 0
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-else
-  head = tonumber(redis.call('HGET', KEYS[1], 'o'))
-end
 local now = redis.call('TIME')
-local entries = {}
-if tonumber(ARGV[3]) > 0 then
-  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[2] .. '-0', '+', 'COUNT', ARGV[3])
+local ms = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
+local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+if info.err then return {'', 0, ms, {}} end
+local last
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
 end
-return {epoch, head, now[1] .. string.format('%03d', math.floor(now[2] / 1000)), entries}
+local epoch, head = string.match(last, '^(%d+)-(%d+)$')
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[1], '(' .. epoch .. '-' .. ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {epoch, tonumber(head), ms, entries}
 """
 
 #: Timeouts (seconds) unless the URL sets them (``?socket_timeout=0.5``).
@@ -139,6 +150,8 @@ BACKOFF_CAP = 5.0
 KEEPALIVE = 10.0
 #: Own messages remembered to deliver each exactly once (see ``RedisLayer._claim``).
 CLAIMS = 4096
+#: Groups whose epoch a sender remembers (see ``RedisLayer._remember_epoch``).
+EPOCHS = 4096
 #: Connections ``send`` may use at once; more senders wait (up to ``socket_timeout``).
 MAX_PUBLISH_CONNECTIONS = 32
 
@@ -241,6 +254,7 @@ class RedisLayer:
         self._retry_at = 0.0
         self._claims: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._publish_kept = self._client.register_script(PUBLISH_SCRIPT)
+        self._epochs: dict[str, str] = {}  # group -> the epoch its last message had
         self._read_kept = self._client.register_script(READ_SCRIPT)
         self.subscriber = Subscriber(self)
         if registry.groups():  # members joined under another layer: take them over
@@ -257,10 +271,17 @@ class RedisLayer:
         name = channel.decode(errors="replace")
         return name[len(self._prefix) :] if name.startswith(self._prefix) else None
 
-    def keys(self, group: str) -> list[str]:
-        """The history keys of ``group``: meta, stream (one hash slot: see the docstring)."""
-        tagged = f"{self._prefix}{{{group}}}:"
-        return [tagged + "meta", tagged + "history"]
+    def stream(self, group: str) -> str:
+        """The key of ``group``'s history stream (its name a hash tag: see the docstring)."""
+        return f"{self._prefix}{{{group}}}:history"
+
+    def _remember_epoch(self, group: str, epoch: str) -> None:
+        """The epoch to append in, next time (the script corrects a stale one)."""
+        epochs = self._epochs
+        if epochs.get(group) != epoch:
+            if len(epochs) >= EPOCHS:
+                epochs.clear()  # per-user groups are unbounded; a miss costs one lookup
+            epochs[group] = epoch
 
     # -- membership -----------------------------------------------------------------------
 
@@ -344,12 +365,11 @@ class RedisLayer:
         else:
             try:
                 answer = self._publish_kept(
-                    keys=self.keys(group),
+                    keys=[self.stream(group)],
                     args=[
-                        new_epoch(),
                         kept_by.size,
-                        int(kept_by.ttl * 1000) + 1000,
-                        int(kept_by.keep * 1000),
+                        int(kept_by.ttl * 1000) + 1000,  # a second more than the newest needs
+                        self._epochs.get(group, "0"),
                         self.channel(group),
                         header,
                         payload,
@@ -361,6 +381,8 @@ class RedisLayer:
             else:
                 self._publish_ok()
                 position = Position.parse(answer.decode() if isinstance(answer, bytes) else answer)
+                if position is not None:
+                    self._remember_epoch(group, position.epoch)
         unserved = error is not None or group not in self.subscriber.subscribed
         if unserved and group in self.registry and self._claim(seq):
             self._fan_out_item(Item(group, message, position))
@@ -378,16 +400,17 @@ class RedisLayer:
             raise ValueError(f"group {group!r} keeps no history (WEBSOCKET_GROUPS_HISTORY)")
         try:
             epoch, head, now, found = self._read_kept(
-                keys=self.keys(group),
-                args=[new_epoch(), after, count, int(kept_by.keep * 1000)],
+                keys=[self.stream(group)], args=[after, count]
             )
         except (redis.RedisError, OSError) as exc:
             raise GroupsUnavailable(f"history of group {group!r} not read: {exc}") from exc
+        if not epoch:  # no stream: nothing kept, no epoch yet (the next message makes one)
+            return Page("", 0, [])
         oldest = max(int(head) - kept_by.size, 0)  # offsets <= oldest are past the size
         expired = int(now) - int(kept_by.ttl * 1000)
         entries: list[tuple[int, Message]] = []
         for entry_id, flat in found:
-            offset = int(entry_id.split(b"-", 1)[0])
+            offset = int(entry_id.split(b"-", 1)[1])
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
             if offset <= oldest or int(fields[b"t"]) < expired:
                 continue

@@ -71,17 +71,33 @@ def test_wire_format_with_a_position() -> None:
         decode_positioned(HEADER.pack(9, origin, 1) + b"x")
 
 
-def test_keys_share_one_hash_slot(redis_groups: RedisServer) -> None:
+def test_the_stream_key_has_the_group_as_hash_tag_and_expires(redis_groups: RedisServer) -> None:
     layer = groups.get_layer()
     assert isinstance(layer, RedisLayer)
-    groups.send("room", "x")
-    assert layer.keys("room") == ["dwebsocket:0:{room}:meta", "dwebsocket:0:{room}:history"]
-    slots = {redis_groups.command("CLUSTER", "KEYSLOT", key) for key in layer.keys("room")}
-    # A standalone server answers CLUSTER KEYSLOT too (or refuses it the same way twice).
-    assert len(slots) == 1
+    position = Position.parse(groups.send("room", "x"))
+    assert layer.stream("room") == "dwebsocket:0:{room}:history"
     assert b"stream" in redis_groups.command("TYPE", "dwebsocket:0:{room}:history")
     ttl = int(redis_groups.command("PTTL", "dwebsocket:0:{room}:history")[1:].strip())
     assert 60_000 <= ttl <= 61_000
+    assert position is not None and position.offset == 1
+    entry = redis_groups.command("XRANGE", "dwebsocket:0:{room}:history", "-", "+")
+    assert f"{position.epoch}-1".encode() in entry
+
+
+def test_a_sender_with_a_stale_epoch_appends_to_the_current_one(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    """A process that remembers the epoch of a stream since flushed (or never saw one)
+    appends to the current stream's epoch, numbering on."""
+    stale = layers()
+    first = Position.parse(stale.send("room", "1"))
+    redis_groups.command("FLUSHALL")
+    other = layers()
+    current = Position.parse(other.send("room", "2"))
+    assert current is not None and first is not None
+    assert current.epoch != first.epoch and current.offset == 1
+    assert Position.parse(stale.send("room", "3")) == Position(current.epoch, 2)
+    assert Position.parse(layers().send("room", "4")) == Position(current.epoch, 3)
 
 
 def test_send_returns_positions_and_replays_across_processes(
@@ -169,10 +185,13 @@ def test_a_reader_delivers_positions_to_followers_once(
     layer = groups.get_layer()
     assert isinstance(layer, RedisLayer)
     inbox = Inbox()
+    assert groups.join("room", inbox).position is None  # nothing kept yet: no epoch
+    groups.leave("room", inbox)
+    groups.send("room", "first")
     recovery = groups.join("room", inbox)
     assert recovery.position is not None and not recovery.failed
     epoch = Position.parse(recovery.position).epoch  # type: ignore[union-attr]
-    item = Item("room", "dup", Position(epoch, 1))
+    item = Item("room", "dup", Position(epoch, 2))
     layer._fan_out_item(item)
     layer._fan_out_item(item)
     assert inbox.get() == "dup"

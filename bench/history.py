@@ -1,0 +1,240 @@
+"""What group history costs, and how fast a client recovers (issue 19).
+
+    .venv/bin/python bench/history.py            # the published run (~3 min): history.json
+    .venv/bin/python bench/history.py --quick    # a smoke run (seconds), printed only
+
+One private redis-server, one gevent server of the test project (``tests/``) with
+``WEBSOCKET_GROUPS_URL`` on it, ``MEMBERS`` members of two groups that differ only in
+keeping history (``plain``, ``kept``: ``WEBSOCKET_GROUPS_HISTORY``), raw sockets read by
+one thread of this process. A task worker (this process, the Redis layer) publishes.
+
+- **publish**: ``COUNT`` messages of 32 bytes sent one after the other as fast as
+  ``groups.send`` returns, to ``plain`` then to ``kept``, alternating for ``ROUNDS``
+  rounds; messages per second sent (the sender's view) and delivered (until every member
+  has the last one). The goal: with history at most 15 % slower.
+- **recovery**: a ``dwebsocket.client.ReconnectingClient`` goes away, 1,000 messages are
+  published, it connects again with its last position: the time from ``connect()`` to
+  its 1,000th message (handshake, join, history read, replay), ``ROUNDS`` times.
+
+Medians (and the extremes) go to ``docs/benchmarks/history.json``, which
+``docs/recovery.rst`` quotes (``tests/docs/test_recovery_numbers.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.test import override_settings  # noqa: E402
+
+from dwebsocket.client import ReconnectingClient  # noqa: E402
+from dwebsocket.groups.memory import Registry  # noqa: E402
+from dwebsocket.groups.redis import RedisLayer  # noqa: E402
+from dwebsocket.protocol.handshake import build_request, generate_key, parse_response  # noqa: E402
+from tests.groups.redis_server import REDIS_SERVER, RedisServer  # noqa: E402
+from tests.servers import ServerProcess, start_server  # noqa: E402
+
+HISTORY = {"kept": {"size": 1_000_000, "ttl": 3600}, "recover": {"size": 10_000, "ttl": 3600}}
+PAYLOAD = "x" * 32
+FRAME = 2 + len(PAYLOAD)  # what a member receives per message (text frame, short)
+WAIT = 120.0
+MISSED = 1000
+
+
+class Members:
+    """Members of ``group`` on raw sockets; one thread counts the bytes they receive."""
+
+    def __init__(self, server: ServerProcess, group: str, count: int) -> None:
+        self.received = [0] * count
+        self.sockets = [_member(server, f"/group/{group}/") for _ in range(count)]
+        self._selector = selectors.DefaultSelector()
+        for n, sock in enumerate(self.sockets):
+            sock.setblocking(False)
+            self._selector.register(sock, selectors.EVENT_READ, n)
+        self._stop = False
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop:
+            for key, _ in self._selector.select(0.05):
+                try:
+                    data = key.fileobj.recv(1 << 20)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                if not data:
+                    self._selector.unregister(key.fileobj)
+                self.received[key.data] += len(data)
+
+    def wait_all(self, messages: int, deadline: float) -> None:
+        """Until every member has received ``messages`` more (counted from zero)."""
+        while min(self.received) < messages * FRAME:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"members got {min(self.received) // FRAME} of {messages}")
+            time.sleep(0.0005)
+
+    def reset(self) -> None:
+        self.received = [0] * len(self.received)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        for sock in self.sockets:
+            sock.close()
+
+
+def _member(server: ServerProcess, path: str) -> socket.socket:
+    sock = socket.create_connection((server.host, server.port), timeout=WAIT)
+    key = generate_key()
+    sock.sendall(build_request(f"{server.host}:{server.port}", path, key=key))
+    data = b""
+    while (parsed := parse_response(data, key)) is None:
+        data += sock.recv(4096)
+    data = data[parsed[2] :]
+    while len(data) < 8:  # "joined"
+        data += sock.recv(4096)
+    return sock
+
+
+def publish_round(layer: RedisLayer, members: Members, group: str, count: int) -> dict[str, float]:
+    members.reset()
+    started = time.monotonic()
+    for _ in range(count):
+        layer.send(group, PAYLOAD, fail_silently=False)
+    sent = time.monotonic()
+    members.wait_all(count, sent + WAIT)
+    done = time.monotonic()
+    return {"sent_per_s": count / (sent - started), "delivered_per_s": count / (done - started)}
+
+
+def recovery_round(layer: RedisLayer, server: ServerProcess) -> float:
+    """Seconds from ``connect()`` to the last of ``MISSED`` messages recovered."""
+    url = server.url("/group/recover/follow/")
+    client = ReconnectingClient(url).connect(WAIT)
+    client.recv(WAIT)  # the view's report: its join is done
+    layer.send("recover", "seen", fail_silently=False)
+    while client.recv(WAIT).group is None:
+        pass
+    positions = dict(client.positions)
+    client.close()
+    for i in range(MISSED):
+        layer.send("recover", f"{PAYLOAD}{i}", fail_silently=False)
+    started = time.monotonic()
+    again = ReconnectingClient(url, positions=positions).connect(WAIT)
+    got = 0
+    while got < MISSED:
+        if again.recv(WAIT).group is not None:
+            got += 1
+    elapsed = time.monotonic() - started
+    again.close()
+    return elapsed
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run; writes nothing")
+    parser.add_argument("--members", type=int, default=100)
+    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "history.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.members, args.count, args.rounds = min(args.members, 5), min(args.count, 200), 2
+
+    redis = RedisServer()
+    redis.start()
+    workdir = tempfile.TemporaryDirectory(prefix="bench-history-")
+    server = start_server(
+        "gevent",
+        Path(workdir.name) / "server.log",
+        settings={
+            "WEBSOCKET_GROUPS_URL": redis.url,
+            "WEBSOCKET_GROUPS_HISTORY": HISTORY,
+            "LOGGING": {"version": 1},
+        },
+    )
+    try:
+        with override_settings(WEBSOCKET_GROUPS_HISTORY=HISTORY):
+            layer = RedisLayer(redis.url, Registry())
+            plain = Members(server, "plain", args.members)
+            kept = Members(server, "kept", args.members)
+            try:
+                publish_round(layer, plain, "plain", args.count)  # warm up both
+                publish_round(layer, kept, "kept", args.count)
+                runs: dict[str, list[dict[str, float]]] = {"plain": [], "kept": []}
+                for _ in range(args.rounds):
+                    runs["plain"].append(publish_round(layer, plain, "plain", args.count))
+                    runs["kept"].append(publish_round(layer, kept, "kept", args.count))
+                recovery = [recovery_round(layer, server) for _ in range(args.rounds)]
+            finally:
+                plain.close()
+                kept.close()
+                layer.close()
+    finally:
+        server.stop()
+        redis.close()
+        workdir.cleanup()
+
+    result: dict[str, Any] = {
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "python": platform.python_version(),
+        "redis": redis_version(),
+        "members": args.members,
+        "count": args.count,
+        "rounds": args.rounds,
+        "missed": MISSED,
+    }
+    for name in ("sent_per_s", "delivered_per_s"):
+        off = [r[name] for r in runs["plain"]]
+        on = [r[name] for r in runs["kept"]]
+        result[name] = {
+            "off": summary(off),
+            "on": summary(on),
+            "ratio": round(statistics.median(on) / statistics.median(off), 3),
+        }
+    result["recovery_s"] = summary(recovery)
+    text = json.dumps(result, indent=2) + "\n"
+    print(text)
+    if not args.quick:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+
+
+def redis_version() -> str:
+    out = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout
+    return out.split()[2].removeprefix("v=") if out else "?"
+
+
+if __name__ == "__main__":
+    main()
