@@ -30,7 +30,8 @@ publishes the message with its position, so what the history holds and what subs
 receive never disagree, and they come in one order. Another (``READ_SCRIPT``) reads the
 epoch, the last offset and the entries after an offset at once. A stream that is gone
 (flushed, restarted without persistence, expired after ``ttl`` of silence, evicted) comes
-back with a new epoch. ``size`` and ``ttl`` are enforced exactly when reading.
+back with a new epoch, made by the next message or the next join (an empty stream, at
+offset 0). ``size`` and ``ttl`` are enforced exactly when reading.
 
 Faults: no call into Redis waits longer than ``socket_timeout`` / ``socket_connect_timeout``
 (2 s unless the URL says otherwise). When Redis is unreachable, ``send`` delivers to this
@@ -108,8 +109,12 @@ if not id then
   id = append(now[1] .. string.format('%06d', now[2]) .. '-1', true)
 elseif type(id) == 'table' then
   -- The sender's epoch is older than the stream's (or it has none): use the stream's.
-  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-  id = append(string.match(top[1], '^%d+') .. '-*', false)
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      id = append(string.match(info[i + 1], '^%d+') .. '-*', false)
+    end
+  end
 elseif string.sub(id, -2) == '-0' then
   -- Newer than the stream's (a clock that went back): the epoch starts there, at 1.
   redis.call('XDEL', KEYS[1], id)
@@ -123,12 +128,19 @@ return position
 """
 
 #: The epoch, last offset and Redis time (ms) of a group's stream, and its entries after an
-#: offset. KEYS: stream. ARGV: offset, count. Epoch "" when the stream does not exist.
+#: offset. KEYS: stream. ARGV: offset, count, ttl (ms). A group without a stream gets an
+#: empty one (a new epoch, at offset 0), so that a member joining it has a position.
 READ_SCRIPT = """
 local now = redis.call('TIME')
 local ms = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
 local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
-if info.err then return {'', 0, ms, {}} end
+if info.err then
+  local epoch = now[1] .. string.format('%06d', now[2])
+  redis.call('XADD', KEYS[1], epoch .. '-0', 'k', '')
+  redis.call('XDEL', KEYS[1], epoch .. '-0')  -- empty; its last id stays: next is -1
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {epoch, 0, ms, {}}
+end
 local last
 for i = 1, #info, 2 do
   if info[i] == 'last-generated-id' then last = info[i + 1] end
@@ -400,12 +412,10 @@ class RedisLayer:
             raise ValueError(f"group {group!r} keeps no history (WEBSOCKET_GROUPS_HISTORY)")
         try:
             epoch, head, now, found = self._read_kept(
-                keys=[self.stream(group)], args=[after, count]
+                keys=[self.stream(group)], args=[after, count, int(kept_by.ttl * 1000) + 1000]
             )
         except (redis.RedisError, OSError) as exc:
             raise GroupsUnavailable(f"history of group {group!r} not read: {exc}") from exc
-        if not epoch:  # no stream: nothing kept, no epoch yet (the next message makes one)
-            return Page("", 0, [])
         oldest = max(int(head) - kept_by.size, 0)  # offsets <= oldest are past the size
         expired = int(now) - int(kept_by.ttl * 1000)
         entries: list[tuple[int, Message]] = []
