@@ -55,6 +55,8 @@ MORE_WRONG: list[tuple[str, object]] = [
     ("WEBSOCKET_SEND_QUEUE_SIZE", None),
     ("WEBSOCKET_GROUPS_URL", "localhost:6379"),
     ("WEBSOCKET_MAX_CONNECTIONS", -1),
+    ("WEBSOCKET_GROUPS_HISTORY", ["chat.*"]),
+    ("WEBSOCKET_GROUPS_HISTORY", {"chat.*": {"size": 10, "ttl": 60, "maxlen": 5}}),
 ]
 
 #: Values that are right, with what the property returns for them.
@@ -72,6 +74,7 @@ RIGHT: list[tuple[str, object, object]] = [
     ("WEBSOCKET_GROUPS_URL", "redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     ("WEBSOCKET_MAX_CONNECTIONS", 0, 0),
     ("WEBSOCKET_MAX_CONNECTIONS_PER_IP", None, None),
+    ("WEBSOCKET_GROUPS_HISTORY", {"a": {"size": 1, "ttl": 0.5}}, {"a": {"size": 1, "ttl": 0.5}}),
 ]
 
 
