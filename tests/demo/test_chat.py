@@ -142,3 +142,33 @@ def test_page_reconnects_after_server_restart(demo: Demo, open_chat: OpenChat) -
     say(alice, "after the restart")
     expect(bubbles(alice)).to_have_text(["before the crash", "after the restart"])
     assert restarted.process.poll() is None
+
+
+def test_page_recovers_what_was_said_while_its_server_restarted(
+    demo: Demo, open_chat: OpenChat, redis_url: str
+) -> None:
+    """Two processes share Redis and the database. Alice's server is killed; Bob, on the
+    other one, talks meanwhile; her server comes back on its port: her page reconnects by
+    itself and gets what she missed from the room's group history (not the database)."""
+    first = demo(redis_url=redis_url)
+    second = demo(redis_url=redis_url)
+    name = room()
+    alice = open_chat(first, name, "alice")
+    bob = open_chat(second, name, "bob")
+    say(bob, "before")
+    expect(bubbles(alice)).to_have_text(["before"])
+
+    first.process.kill()
+    first.process.wait(10)
+    expect(alice.locator("body")).not_to_have_attribute("data-state", "open")
+    for i in range(3):
+        say(bob, f"while you were away {i}")
+    expect(bubbles(bob)).to_have_count(4)
+
+    demo(port=first.port, redis_url=redis_url)
+    body = alice.locator("body")
+    expect(body).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    expect(body).to_have_attribute("data-recovered", "true")
+    expect(bubbles(alice)).to_have_text(["before"] + [f"while you were away {i}" for i in range(3)])
+    say(bob, "live again")
+    expect(bubbles(alice).last).to_have_text("live again")

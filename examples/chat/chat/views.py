@@ -1,16 +1,22 @@
 """The chat: a page, and one long-lived WebSocket view per browser tab.
 
-Wire format: JSON text messages.
+Wire format: JSON text messages (the page uses dwebsocket's browser client, which keeps
+the position of the last room message it saw and resumes from it when it reconnects).
 
 browser -> server   {"type": "message", "text": "..."}   {"type": "typing"}
-server -> browser   {"type": "welcome", "room", "user", "sid", "history": [...], "members": [...]}
+server -> browser   {"type": "welcome", "room", "user", "sid", "history": [...], "members": [...],
+                     "recovered"}
                     {"type": "message", "id", "user", "text", "time"}
                     {"type": "join" | "leave", "user", "sid", "members": [...]}
                     {"type": "typing", "user", "sid"}
                     {"type": "error", "error": "..."}
 
 Every process serving the room reaches every tab through ``dwebsocket.groups``; what must
-outlive a process (the history, who is here) lives in the database.
+outlive a process (the history, who is here) lives in the database. The room's group keeps
+its recent messages (``WEBSOCKET_GROUPS_HISTORY``), so a tab that comes back gets what it
+missed from the group; only a new tab, or one away for longer than that history reaches,
+gets the last messages from the database. Typing notices go to a group without history:
+they are stale a second later.
 
 Database connections: nothing to do here. Before ``wait()`` blocks, dwebsocket gives back
 the connections Django would close at the end of a request (``CONN_MAX_AGE``; see
@@ -57,14 +63,22 @@ def socket(request: HttpRequest, room: str) -> HttpResponse | None:
     ws = request.websocket
     group = f"chat.{room}"
     # Join before reading the history, so that nothing said in between is lost (the page
-    # drops a message it already has, by id).
-    ws.join(group)
+    # drops a message it already has, by id). A tab that reconnects gets what it missed
+    # from the group's history, before this returns.
+    joined = ws.join(group, since=groups.since(request, group))
+    ws.join(f"typing.{room}")
     me = Presence.objects.create(room=room, user=name)
     try:  # from here on, the presence row goes when the tab does, whatever happens
-        history = Message.history(room)
+        history = [] if joined.recovered else Message.history(room)
         members = Presence.members(room)
         welcome = dump(
-            type="welcome", room=room, user=name, sid=me.pk, history=history, members=members
+            type="welcome",
+            room=room,
+            user=name,
+            sid=me.pk,
+            history=history,
+            members=members,
+            recovered=joined.recovered,
         )
         ws.send(welcome)
         groups.send(group, dump(type="join", user=name, sid=me.pk, members=members))
@@ -106,7 +120,7 @@ def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
         elif kind == "typing":
             if now - typed >= TYPING_INTERVAL:
                 typed = now
-                groups.send(group, dump(type="typing", user=me.user, sid=me.pk))
+                groups.send(f"typing.{room}", dump(type="typing", user=me.user, sid=me.pk))
         else:
             ws.send(dump(type="error", error="expected a JSON object with type message or typing"))
 

@@ -43,6 +43,9 @@ TIME_ZONE = "UTC"
 WEBSOCKET_GROUPS_URL = (
     os.environ.get("DWEBSOCKET_GROUPS_URL") or os.environ.get("REDIS_URL") or "memory://"
 )
+# Each room's group keeps its last 500 messages for 10 minutes: a tab that reconnects
+# (a server restart, a train tunnel) gets what it missed instead of the whole room again.
+WEBSOCKET_GROUPS_HISTORY = {"chat.*": {"size": 500, "ttl": 600}}
 
 LOGGING = {
     "version": 1,

@@ -1,17 +1,23 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from chat import views
 from django.urls import path, re_path
 from django.views.generic import RedirectView
 from django.views.static import serve
 
+import dwebsocket
 from chatdemo.settings import HERE
+
+DWEBSOCKET_STATIC = Path(dwebsocket.__file__).parent / "static"
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/r/lobby/", query_string=True)),
     re_path(r"^r/(?P<room>[-\w]{1,40})/$", views.room, name="room"),
     re_path(r"^ws/(?P<room>[-\w]{1,40})/$", views.socket, name="socket"),
-    # A demo serves its two static files itself; a real site puts them behind its web
-    # server (or WhiteNoise).
+    # A demo serves its static files itself: its own two and dwebsocket's browser client. A
+    # real site collects them (collectstatic) behind its web server, or WhiteNoise.
+    re_path(r"^static/(?P<path>dwebsocket/.*)$", serve, {"document_root": DWEBSOCKET_STATIC}),
     re_path(r"^static/(?P<path>.*)$", serve, {"document_root": HERE / "chat" / "static"}),
 ]

@@ -1,11 +1,10 @@
-// The chat page's client: one WebSocket, reconnected with capped exponential backoff
-// (with jitter, so that a restarted server is not hit by every tab at the same instant),
-// and the connection state always on screen.
+// The chat page's client: dwebsocket's browser client (dwebsocket.js, loaded before this)
+// keeps one WebSocket open -- reconnecting with jittered exponential backoff, so that a
+// restarted server is not hit by every tab at the same instant, and resuming the room where
+// it left off -- and this file keeps the connection state always on screen.
 (function () {
   "use strict";
 
-  const BACKOFF_FIRST = 500;    // ms before the first reconnect attempt
-  const BACKOFF_MAX = 8000;     // ms, the longest wait between two attempts
   const TYPING_EVERY = 2000;    // ms between two typing notices while typing
   const TYPING_SHOWN = 3500;    // ms a typing notice stays on screen
 
@@ -19,9 +18,7 @@
     .find((candidate) => NAME.test(candidate)) ||
     "guest-" + Math.floor(1000 + Math.random() * 9000);
 
-  let ws = null;
-  let attempt = 0;          // failed attempts since the last successful open
-  let retryTimer = null;
+  let ws = null;             // the dwebsocket.Socket
   let countdown = null;
   let mySid = null;
   let welcomed = false;     // the current socket has had its welcome
@@ -41,56 +38,46 @@
   }
 
   function url() {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/ws/${encodeURIComponent(room)}/?name=${encodeURIComponent(name)}`;
+    return `/ws/${encodeURIComponent(room)}/?name=${encodeURIComponent(name)}`;
   }
 
-  function connect() {
-    clearTimeout(retryTimer);
-    clearInterval(countdown);
-    setState("connecting", attempt ? `reconnecting (attempt ${attempt + 1})…` : "connecting…");
-    const socket = new WebSocket(url());
+  function connect(positions) {
+    setState("connecting", "connecting…");
+    const socket = new dwebsocket.Socket(url(), { positions });
     ws = socket;
-    socket.onopen = () => {
-      attempt = 0;
+    socket.on("open", (event) => {
+      clearInterval(countdown);
       setState("open", "connected");
-    };
-    socket.onmessage = (event) => {
+    });
+    socket.on("message", (raw) => {
       let data;
-      try { data = JSON.parse(event.data); } catch (e) { return; }
+      try { data = JSON.parse(raw); } catch (e) { return; }
       handle(data);
-    };
-    socket.onclose = (event) => {
-      if (ws !== socket) return;   // replaced on purpose (rename)
-      ws = null;
+    });
+    socket.on("close", (event) => {
       const why = event.code === 1001 ? "server went away" :
         event.code === 1006 ? "connection lost" : `closed (${event.code})`;
       if (welcomed) notice(`Disconnected: ${why}. Reconnecting…`);
       welcomed = false;
-      retry(why);
-    };
-  }
-
-  function retry(why) {
-    // Exponential backoff, capped, with "equal jitter": half fixed, half random.
-    const ceiling = Math.min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt);
-    const delay = ceiling / 2 + Math.random() * ceiling / 2;
-    attempt += 1;
-    const due = Date.now() + delay;
-    const tick = () => {
-      const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-      setState(navigator.onLine === false ? "offline" : "closed",
-        `${why}; retrying in ${left} s`);
-    };
-    tick();
-    countdown = setInterval(tick, 250);
-    retryTimer = setTimeout(connect, delay);
+      clearInterval(countdown);
+      if (!event.willRetry) { setState("closed", why); return; }
+      const due = Date.now() + event.delay;
+      const tick = () => {
+        const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+        setState(navigator.onLine === false ? "offline" : "closed",
+          `${why}; retrying in ${left} s`);
+      };
+      tick();
+      countdown = setInterval(tick, 250);
+    });
   }
 
   function handle(data) {
     switch (data.type) {
       case "welcome":
         mySid = data.sid;
+        // recovered: what was said meanwhile came from the room's history, just before.
+        body.dataset.recovered = data.recovered;
         for (const message of data.history) show(message);
         notice(joinedOnce ? `Reconnected to #${data.room}.`
           : `You joined #${data.room} as ${data.user}.`);
@@ -185,11 +172,7 @@
   }
 
   function send(data) {
-    if (ws && ws.readyState === WebSocket.OPEN) {
-      ws.send(JSON.stringify(data));
-      return true;
-    }
-    return false;
+    return ws.send(JSON.stringify(data));   // false while reconnecting
   }
 
   $("compose").addEventListener("submit", (event) => {
@@ -215,11 +198,9 @@
     name = wanted;
     localStorage.setItem("chat.name", name);
     const old = ws;
-    ws = null;
-    if (old) old.close(1000, "renamed");
-    attempt = 0;
+    old.close(1000, "renamed");
     welcomed = false;
-    connect();
+    connect(old.positions);   // the new socket resumes where this one is
   });
 
   $("switch").addEventListener("submit", (event) => {
@@ -228,7 +209,7 @@
   });
 
   // Back online: try now instead of waiting out the backoff.
-  window.addEventListener("online", () => { if (!ws) { attempt = 0; connect(); } });
+  window.addEventListener("online", () => ws.retryNow());
 
   connect();
 })();
