@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration compliance compliance-full bench bench-servers bench-idle bench-groups lint typecheck docs coverage fuzz soak demo clean
+.PHONY: setup browser-setup test unit integration compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -91,6 +91,19 @@ bench-idle: setup $(BENCH_STAMP)
 # channels_redis group_send in the same run (~10 min; needs channels, channels_redis, daphne).
 bench-groups: setup $(BENCH_STAMP)
 	$(PY) bench/groups.py
+
+# Group history: publish throughput with history on and off, recovery of 1,000 missed
+# messages (~3 min); writes docs/benchmarks/history.json, which docs/recovery.rst quotes.
+bench-history: setup
+	$(PY) bench/history.py
+
+# Recovery at the scale of issue 19 (CI runs it smaller): a client cut off for 30 s while
+# 1,000 messages/s go to a group of 1,000 members, back with every message, in order, once
+# (two tests, ~2 min each; heavy: run it under the shared lock).
+recovery-full: setup
+	DWEBSOCKET_RECOVERY_CUT=30 DWEBSOCKET_RECOVERY_RATE=1000 DWEBSOCKET_RECOVERY_MEMBERS=1000 \
+		$(PY) -m pytest -q -s -p no:cacheprovider --timeout=900 \
+		tests/groups/test_history_servers.py -k cut_off
 
 # Coverage-guided fuzzing (atheris, installed here) of each parser for FUZZ_SECONDS (60),
 # then the hypothesis properties with FUZZ_EXAMPLES (10,000) each: ~10 min, not in CI.

@@ -5,6 +5,7 @@ peers of ``.[bench]`` and half an hour). Nothing here judges speed."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -107,3 +108,20 @@ def test_the_load_generator_holds_idle_connections(
         ("probed", 50, ""),
     ]
     assert [r["answered"] for r in reports if r["event"] == "probed"] == [20, 50]
+
+
+@pytest.mark.server
+def test_the_history_benchmark_runs() -> None:
+    """``bench/history.py --quick``: a redis-server, a gevent server, members, a worker."""
+    if not shutil.which("redis-server") and not os.environ.get("CI"):
+        pytest.skip("redis-server is not installed")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "history.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert report["sent_per_s"]["on"]["median"] > 0
+    assert report["recovery_s"]["median"] > 0

@@ -1,0 +1,68 @@
+"""Every number ``docs/recovery.rst`` gives comes from a committed results file: the
+reconnection table from ``docs/benchmarks/reconnect.json`` (``tests/groups/
+test_client_backoff.py``), the costs from ``docs/benchmarks/history.json``
+(``bench/history.py``, ``make bench-history``), the client's size from the file itself."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import dwebsocket
+
+DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
+PAGE = (DOCS / "recovery.rst").read_text()
+STATIC = Path(dwebsocket.__file__).parent / "static" / "dwebsocket"
+
+
+def substitutions() -> dict[str, str]:
+    return dict(re.findall(r"^\.\. \|(\w+)\| replace:: (.*)$", PAGE, re.M))
+
+
+def per_second(value: float) -> str:
+    return f"{round(value):,}"
+
+
+def expected() -> dict[str, str]:
+    history = json.loads((DOCS / "benchmarks" / "history.json").read_text())
+    recovery = history["recovery_s"]
+    return {
+        "client_size": f"{len(gzip.compress((STATIC / 'dwebsocket.js').read_bytes(), 9)):,}",
+        "bench_members": f"{history['members']:,}",
+        "bench_count": f"{history['count']:,}",
+        "bench_rounds": str(history["rounds"]),
+        "bench_redis": history["redis"],
+        "bench_machine": f"{history['machine']} (Python {history['python']})",
+        "sent_off": per_second(history["sent_per_s"]["off"]["median"]),
+        "sent_on": per_second(history["sent_per_s"]["on"]["median"]),
+        "sent_ratio": f"{history['sent_per_s']['ratio']:.2f}",
+        "delivered_off": per_second(history["delivered_per_s"]["off"]["median"]),
+        "delivered_on": per_second(history["delivered_per_s"]["on"]["median"]),
+        "delivered_ratio": f"{history['delivered_per_s']['ratio']:.2f}",
+        "recovery_median": f"{recovery['median'] * 1000:.0f}",
+        "recovery_min": f"{recovery['min'] * 1000:.0f}",
+        "recovery_max": f"{recovery['max'] * 1000:.0f}",
+    }
+
+
+def test_the_cost_numbers_are_the_committed_results() -> None:
+    assert substitutions() == expected()
+
+
+def test_the_reconnection_table_is_the_committed_results() -> None:
+    runs = json.loads((DOCS / "benchmarks" / "reconnect.json").read_text())["runs"]
+    for run in runs:
+        row = (
+            f"   * - {run['down_s']} s\n"
+            f"     - {run['t99_s']:.2f} s\n"
+            f"     - {run['all_s']:.2f} s\n"
+            f"     - {run['peak_per_s']}\n"
+        )
+        assert row in PAGE, row
+    worst = max(run["peak_per_s"] / run["clients"] for run in runs)
+    assert worst <= 0.6  # "at most 60 % of its clients in one second"
+    assert "at most 60 % of its clients in one" in PAGE
+    assert max(run["t99_s"] for run in runs) <= 15  # "measured: within 15 s"
+    assert "(measured: within 15 s)" in PAGE
