@@ -182,7 +182,8 @@ def client(url: str, recorder: Recorder) -> ReconnectingClient:
 def collect(ws: ReconnectingClient, count: int, recorder: Recorder) -> list[str]:
     """The group's messages until ``count`` came (the view's reports left out)."""
     got: list[str] = []
-    deadline = time.monotonic() + CUT + WAIT
+    # A big group on a small machine lags behind the publisher: wait in proportion.
+    deadline = time.monotonic() + CUT + WAIT + count * MEMBERS / 200_000
     while len(got) < count:
         try:
             received = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
