@@ -308,3 +308,32 @@ def test_a_plain_client_never_gets_envelopes_and_may_send_dws_text() -> None:
         recovery_of(ws)
         ws.send('{"dws":"ping"}')  # not a dws client: an application message
         assert ws.receive() == '{"dws":"ping"}'
+
+
+def test_a_recovering_members_buffer_overflowing_is_read_again_from_the_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Live messages held back during a replay are bounded (here 5): past that the oldest
+    are dropped and read again from the history, so still none is lost or doubled."""
+    import threading
+
+    from dwebsocket.groups import history
+
+    monkeypatch.setattr(history, "BUFFER", 5)
+    monkeypatch.setattr(history, "PAGE", 10)
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"big": {"size": 5000, "ttl": 60}}):
+        start = groups.send("big", "start")
+        for i in range(300):
+            groups.send("big", f"m{i}")
+        done = threading.Event()
+
+        def publish() -> None:  # while the view replays, page by page
+            for i in range(300, 600):
+                groups.send("big", f"m{i}")
+            done.set()
+
+        with follow("big", since=start) as ws:
+            threading.Thread(target=publish, daemon=True).start()
+            got = [m for m in receive(ws, 601) if not str(m).startswith('{"recovery"')]
+            assert done.wait(10)
+            assert got[:600] == [f"m{i}" for i in range(600)]
