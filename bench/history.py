@@ -185,6 +185,7 @@ def main() -> None:
             # One thread of this process reads every member: one that falls behind a burst
             # must not be closed (1008) and so stop counting.
             "WEBSOCKET_SEND_QUEUE_SIZE": 256 * 1024 * 1024,
+            "WEBSOCKET_PING_INTERVAL": None,  # the raw members do not answer pings
             "LOGGING": {"version": 1},
         },
     )

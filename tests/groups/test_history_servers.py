@@ -141,6 +141,7 @@ def history_servers(
             "WEBSOCKET_GROUPS_HISTORY": HISTORY,
             # A member of a big group falling behind must not be closed meanwhile.
             "WEBSOCKET_SEND_QUEUE_SIZE": 64 * 1024 * 1024,
+            "WEBSOCKET_PING_INTERVAL": None,  # the raw members do not answer pings
         }
         return [make_server("gevent", settings=settings) for _ in range(count)]
 
