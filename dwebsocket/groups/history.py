@@ -59,6 +59,8 @@ logger = logging.getLogger("dwebsocket.groups")
 
 #: Messages one :meth:`Page` read returns at most (recovery reads page after page).
 PAGE = 1000
+#: The close code of a member that missed live messages its client can recover.
+GAP_CLOSE = 4003
 #: Live messages a recovering member buffers at most; past it the oldest are dropped and
 #: read again from the history.
 BUFFER = 10_000
@@ -286,7 +288,12 @@ class Follower:
         self.last: Position | None = None
 
     def deliver(self, item: Item) -> None:
-        """Hand ``item`` to the member, or buffer it while the member recovers."""
+        """Hand ``item`` to the member, or buffer it while the member recovers.
+
+        A message that skips offsets (this process's subscription was interrupted while
+        Redis kept the history) means the member missed some: one whose client speaks
+        ``dws`` is closed with 4003 instead, and its client reconnects and recovers them
+        (the others get what comes, as members of any group)."""
         with self.lock:
             buffer = self.buffer
             if buffer is not None:
@@ -295,7 +302,26 @@ class Follower:
                     self.dropped = True
                 buffer.append(item)
                 return
-            self._deliver(item, self.member.deliver)
+            position, last = item.position, self.last
+            if not (
+                self.envelope
+                and position is not None
+                and last is not None
+                and position.epoch == last.epoch
+                and position.offset > last.offset + 1
+            ):
+                self._deliver(item, self.member.deliver)
+                return
+            self.buffer = deque()  # nothing more for it: its client recovers from ``last``
+        logger.info(
+            "Group %r: a member missed messages after %s (got %s): closing it (%d) so that "
+            "its client reconnects and recovers them",
+            self.group,
+            last,
+            position,
+            GAP_CLOSE,
+        )
+        threading.Thread(target=_close_for_gap, args=(self.member,), daemon=True).start()
 
     def _deliver(self, item: Item, send: Callable[[Message], None]) -> bool:
         position, last = item.position, self.last
@@ -305,6 +331,15 @@ class Follower:
             self.last = position
         send(item.envelope() if self.envelope else item.message)
         return True
+
+
+def _close_for_gap(member: Sink) -> None:
+    close = getattr(member, "close", None)
+    if close is not None:
+        try:
+            close(GAP_CLOSE, "missed messages: reconnect to recover them")
+        except Exception:  # already closed, or closing: the same outcome
+            logger.debug("Closing a member after a gap failed", exc_info=True)
 
 
 class Followers:

@@ -337,3 +337,23 @@ def test_a_recovering_members_buffer_overflowing_is_read_again_from_the_history(
             got = [m for m in receive(ws, 601) if not str(m).startswith('{"recovery"')]
             assert done.wait(10)
             assert got[:600] == [f"m{i}" for i in range(600)]
+
+
+def test_a_live_gap_closes_a_dws_member_4003_so_that_its_client_recovers() -> None:
+    """A live message that skips offsets (the process's subscription was interrupted):
+    a dws member is closed with 4003 and reconnects to recover; a plain one goes on."""
+    from dwebsocket.groups.history import Item
+
+    first = Position.parse(groups.send("room", "one"))
+    assert first is not None
+    with follow("room", dws=True) as dws_client, follow("room") as plain:
+        assert dws_client.receive_json()["dws"] == "joined"
+        recovery_of(dws_client)
+        recovery_of(plain)
+        layer = groups.get_layer()
+        skipped = Item("room", "three", Position(first.epoch, 3))  # 2 never came
+        from dwebsocket.groups.memory import fan_out_item
+
+        fan_out_item(layer.registry, skipped)  # type: ignore[attr-defined]
+        assert dws_client.wait_closed() == 4003
+        assert plain.receive() == "three"
