@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.backends.uwsgi.defects import pytest_collection_modifyitems  # noqa: F401 - uWSGI defect marks
+from tests.browser import browser  # noqa: F401 - one Chromium for the session's browser tests
 from tests.servers import SERVERS, ServerProcess, start_server
 
 

@@ -1,71 +1,30 @@
-"""Fixtures for the demo's tests: Debian's Chromium driven by Playwright, chat pages, and
-demo processes that are always stopped.
+"""Fixtures for the demo's tests: chat pages in the session's Chromium (``browser``,
+``tests/browser.py``), and demo processes that are always stopped.
 
-Chromium comes from ``make browser-setup`` (Debian's ``chromium`` package); Playwright
-only drives it (``playwright install`` is never run). Without it, or without Redis, the
-tests that need them are skipped locally and fail on CI (``CI`` set).
+Without Chromium or Redis the tests that need them are skipped locally and fail on CI
+(``CI`` set).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.browser import WAIT_MS, missing
 from tests.demo.demo_server import start_demo
 from tests.servers import ServerProcess
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REDIS = ("127.0.0.1", 6379)
 #: A Redis database number of its own; pub/sub channels are server-wide, so each test
 #: also uses a room name of its own.
 REDIS_URL = "redis://127.0.0.1:6379/11"
-#: Milliseconds any single browser expectation may take.
-WAIT_MS = 20_000
-
-
-def missing(what: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing on CI")
-    pytest.skip(f"{what} is missing")
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    if not os.access(CHROMIUM, os.X_OK) and shutil.which("chromium") is None:
-        missing("chromium (run `make browser-setup`)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("playwright (the dev extra)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium"),
-            args=CHROMIUM_ARGS,
-            timeout=60_000,
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.demo.conftest import WAIT_MS
+from tests.browser import WAIT_MS
 from tests.servers import REPO, ServerProcess
 
 pytest.importorskip("playwright")

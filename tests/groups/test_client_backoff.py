@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import dwebsocket
-from tests.demo.conftest import browser  # noqa: F401 - the session's Chromium
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -36,7 +35,7 @@ DOWNTIMES = [1000, 5000, 30000]
 PEAK_RATIO = 0.6
 
 
-def simulate(browser: Browser) -> list[dict[str, Any]]:  # noqa: F811
+def simulate(browser: Browser) -> list[dict[str, Any]]:
     page = browser.new_page()
     try:
         results: list[dict[str, Any]] = page.evaluate(
@@ -55,7 +54,7 @@ def simulate(browser: Browser) -> list[dict[str, Any]]:  # noqa: F811
         page.close()
 
 
-def test_1000_clients_come_back_spread_out(browser: Browser) -> None:  # noqa: F811
+def test_1000_clients_come_back_spread_out(browser: Browser) -> None:
     results = simulate(browser)
     if os.environ.get("DWEBSOCKET_UPDATE_RESULTS"):
         RESULTS.write_text(json.dumps({"runs": results}, indent=2) + "\n")

@@ -17,7 +17,7 @@ from django.test import override_settings
 import dwebsocket
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
-from tests.demo.conftest import WAIT_MS, browser  # noqa: F401 - the session's Chromium
+from tests.browser import WAIT_MS
 from tests.groups.proxy import Proxy
 from tests.groups.redis_server import RedisServer
 from tests.servers import ServerProcess
@@ -68,7 +68,7 @@ def balancer() -> Iterator[Callable[[ServerProcess], Proxy]]:
 
 
 @pytest.fixture
-def open_page(browser: Browser) -> Iterator[Callable[[str], Page]]:  # noqa: F811
+def open_page(browser: Browser) -> Iterator[Callable[[str], Page]]:
     contexts = []
 
     def open_(url: str) -> Page:
