@@ -29,7 +29,7 @@ browser-setup:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 unit: setup
-	$(PY) -m pytest -q -m "not server and not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not server and not slow" -p no:cacheprovider -n 2
 
 integration: setup browser-setup
 	$(PY) -m pytest -q -m "server" -p no:cacheprovider

@@ -25,6 +25,8 @@ from tests.servers import ServerProcess
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
+pytestmark = pytest.mark.server  # real servers and Chromium: not the unit layer
+
 STATIC = Path(dwebsocket.__file__).parent / "static" / "dwebsocket"
 HISTORY = {"feed": {"size": 10_000, "ttl": 600}}
 

@@ -27,6 +27,7 @@ KEY = b"\x0a\x0b\x0c\x0d"
 ONE_READ = 65536 // 7 + 1
 
 
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.2)  # the client never answers the view's close
 def test_a_polling_view_is_not_flooded() -> None:
     """100,000 messages sent at once; the view only counts them: the backend stops
     reading at its backlog (plus one read), and every message still arrives, in order."""
@@ -66,7 +67,7 @@ def test_a_polling_view_is_not_flooded() -> None:
     assert seen["in order"]
 
 
-@override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=64 * 1024)
+@override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=64 * 1024, WEBSOCKET_CLOSE_TIMEOUT=0.2)
 def test_one_read_of_compressed_frames_is_not_expanded_whole() -> None:
     """780 messages of 64 KiB of zeros in 64 KiB of deflate: what waits for the view
     stays near the backlog's 1 MiB, and all 780 arrive."""

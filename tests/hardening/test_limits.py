@@ -144,6 +144,7 @@ def test_a_refused_handshake_gets_503_and_the_view_does_not_run() -> None:
     assert not ran.is_set()
 
 
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.2)  # the client never answers the view's close
 def test_the_slot_is_held_for_the_whole_session_and_given_back() -> None:
     inside = threading.Event()
     go_on = threading.Event()

@@ -383,6 +383,7 @@ def test_receive_with_no_time_left() -> None:
         ws.receive(timeout=0)
 
 
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.2)  # the view's close frame is never answered
 def test_sending_after_the_view_is_gone() -> None:
     ws = WebSocketClient("/nothing/").connect()
     join_view(ws)  # the view returned: its close frame waits in our buffer, unread

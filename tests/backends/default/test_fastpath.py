@@ -155,6 +155,7 @@ def test_a_frame_split_over_reads(seen: dict[str, Any]) -> None:
         (masked(0x1, b"x" * 200), 1009),  # over WEBSOCKET_MAX_MESSAGE_SIZE
         (masked(0x1, b"x")[:1] + b"\x01x", 1002),  # not masked
     ],
+    ids=["invalid-utf8", "too-big", "not-masked"],  # the masks are random: ids stay put
 )
 @override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=100)
 def test_what_the_core_refuses_closes_as_before(
@@ -532,6 +533,7 @@ class _LockThatRuns:
 
 
 @pytest.mark.parametrize("hostile", ["calls-the-others-wait", "yields-to-the-others-greenlet"])
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.2)  # B's client does not answer B's close
 def test_python_run_during_a_read_never_hands_over_another_connections_bytes(
     seen: dict[str, Any], hostile: str, collect_often: None
 ) -> None:
