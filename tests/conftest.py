@@ -4,6 +4,10 @@
 name for the whole session; tests marked ``server`` use it. ``make_server``: one with
 extra settings, stopped after the test. Both check at the end that the server printed no
 traceback.
+
+The shared suite is every test that uses ``server``; collection marks them ``shared``.
+``DWEBSOCKET_TEST_SERVERS=runserver,gevent`` runs it on those servers only (the test
+matrix, ``noxfile.py``, does that on the interpreters other than the main one).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import pytest
 
 from tests.backends.uwsgi.defects import pytest_collection_modifyitems  # noqa: F401 - uWSGI defect marks
 from tests.browser import browser  # noqa: F401 - one Chromium for the session's browser tests
-from tests.servers import SERVERS, ServerProcess, start_server
+from tests.servers import ServerProcess, shared_servers, start_server
 
 
 def assert_no_traceback(server: ServerProcess, since: int = 0) -> None:
@@ -24,7 +28,12 @@ def assert_no_traceback(server: ServerProcess, since: int = 0) -> None:
     assert "Traceback" not in log, f"{server.name} printed a traceback:\n{log}"
 
 
-@pytest.fixture(scope="session", params=sorted(SERVERS))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if "server" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.shared)
+
+
+@pytest.fixture(scope="session", params=shared_servers())
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:

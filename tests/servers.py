@@ -32,6 +32,7 @@ __all__ = [
     "ServerProcess",
     "free_port",
     "running_server",
+    "shared_servers",
     "start_server",
 ]
 
@@ -136,6 +137,20 @@ LOGGING = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {"dwebsocket": {"handlers": ["stderr"], "level": "DEBUG", "propagate": False}},
 }
+
+
+def shared_servers() -> list[str]:
+    """The servers the shared suite runs on: those named in ``DWEBSOCKET_TEST_SERVERS``
+    (comma-separated; the test matrix names two), else all of :data:`SERVERS`.
+
+    Raises ``ValueError`` for a name that is not in :data:`SERVERS`.
+    """
+    names = [n.strip() for n in os.environ.get("DWEBSOCKET_TEST_SERVERS", "").split(",")]
+    chosen = [name for name in names if name]
+    unknown = sorted(set(chosen) - set(SERVERS))
+    if unknown:
+        raise ValueError(f"DWEBSOCKET_TEST_SERVERS names no server {unknown}: {sorted(SERVERS)}")
+    return chosen or sorted(SERVERS)
 
 
 def _uwsgi(host: str, port: int, backend: str, *loop: str) -> list[str]:

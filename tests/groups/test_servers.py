@@ -28,7 +28,7 @@ from dwebsocket.groups.redis import RedisLayer
 from dwebsocket.protocol.frames import Opcode, parse_close_payload
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
 from tests.groups.redis_server import RedisServer
-from tests.servers import REPO, SERVERS, ServerProcess
+from tests.servers import REPO, ServerProcess, shared_servers
 
 pytestmark = pytest.mark.server
 
@@ -371,7 +371,8 @@ def test_slow_member_is_closed_1008_and_others_keep_up(
         slow.close()
 
 
-@pytest.mark.parametrize("name", sorted(SERVERS))
+@pytest.mark.shared
+@pytest.mark.parametrize("name", shared_servers())
 def test_every_server_with_redis(
     name: str,
     redis_server: RedisServer,

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.groups.redis_server import REDIS_SERVER, RedisServer
-from tests.servers import REPO, SERVERS, ServerProcess, start_server
+from tests.servers import REPO, ServerProcess, shared_servers, start_server
 from tests.testing.support import CHAT_SETTINGS, PASSWORD, USERS
 
 pytestmark = pytest.mark.server
@@ -73,7 +73,7 @@ def chat_settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> d
     return settings
 
 
-@pytest.fixture(scope="module", params=sorted(SERVERS))
+@pytest.fixture(scope="module", params=shared_servers())
 def server(
     request: pytest.FixtureRequest,
     chat_settings: dict[str, Any],
