@@ -196,7 +196,9 @@ def _websocket_views(patterns: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return found
 
 
-@register(Tags.database)
+# Tags.urls, not Tags.database: it reads settings and the URLconf, and Django 6.1 runs
+# database-tagged checks only for ``check --database``.
+@register(Tags.urls)
 def check_atomic_requests(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:

@@ -46,6 +46,7 @@ from django.core.handlers.base import BaseHandler
 from django.core.handlers.wsgi import WSGIRequest
 from django.core.signals import got_request_exception, request_finished, request_started
 from django.db import close_old_connections, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.encoding import iri_to_uri
 
 from dwebsocket.exceptions import ConnectionClosed, HandshakeRefused, InvalidState
@@ -56,7 +57,6 @@ from dwebsocket.typing import BytesLike, Message
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
-    from django.db.backends.base.base import BaseDatabaseWrapper
     from django.http import HttpResponseBase
     from django.test import Client
 
@@ -485,6 +485,16 @@ class _Handler(BaseHandler):
         self.load_middleware()
 
 
+def _close(conn: BaseDatabaseWrapper) -> None:
+    """Close a connection this thread opened, for good: SQLite's ``close()`` keeps one to an
+    in-memory database open so as not to lose the database, but this thread's is one of
+    several to the test database (shared cache), and no one else would close it (Python
+    3.13 warns when it is collected open)."""
+    conn.close()
+    if conn.connection is not None and conn.vendor == "sqlite" and not conn.in_atomic_block:
+        BaseDatabaseWrapper.close(conn)
+
+
 class _ServerSide(threading.Thread):
     """The server end of one client: reads the request, runs Django, answers a refusal."""
 
@@ -524,7 +534,7 @@ class _ServerSide(threading.Thread):
             finally:
                 for conn in connections.all(initialized_only=True):
                     if conn.alias not in self.shared:
-                        conn.close()
+                        _close(conn)
         except BaseException as exc:
             self.error = exc
         finally:

@@ -10,8 +10,12 @@ import re
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import django
+
+import dwebsocket
 from tests.servers import ServerProcess
 
 #: Extra settings of every server the hardening tests start.
@@ -107,6 +111,13 @@ _WSGI_SERVER_NOISE = re.compile(
 )
 
 
+#: A traceback through these directories is ours, wherever the checkout or the venv is
+#: (their own paths may hold "django" or "dwebsocket": .nox/tests-python-3-12-django-6-0/).
+_OUR_CODE = tuple(
+    f'File "{Path(str(module.__file__)).parent}{os.sep}' for module in (dwebsocket, django)
+)
+
+
 def foreign_tracebacks(log: str) -> list[str]:
     """Tracebacks in ``log`` other than gevent.pywsgi's own for clients that reset the
     connection mid-request; each is returned whole."""
@@ -118,7 +129,7 @@ def foreign_tracebacks(log: str) -> list[str]:
             (i for i, line in enumerate(lines) if line and not line.startswith(" ")), len(lines)
         )
         body = "\n".join(lines[: end + 1])
-        ours = "dwebsocket" in body or "django" in body
+        ours = any(prefix in body for prefix in _OUR_CODE)
         if ours or not _WSGI_SERVER_NOISE.search(lines[end] if end < len(lines) else ""):
             found.append(body)
     return found
