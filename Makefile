@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean
+.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ unit: setup
 integration: setup browser-setup
 	$(PY) -m pytest -q -m "server" -p no:cacheprovider
 
+# The other supported Python x Django pairs (noxfile.py; README "Versions tested"): the
+# unit layer and the shared server suite on runserver and gevent for each, then the
+# release build (`build`). Needs python3.10 ... python3.13 (pyenv's are found).
+matrix: setup
+	$(VENV)/bin/nox -s tests build
+
+# dist/: the sdist and a wheel per supported Python, each checked (docs/release.rst).
+build: setup
+	$(VENV)/bin/nox -s build
+
 # CI's share: the whole Autobahn suite on gevent, categories 1-7 and 10 on the other servers.
 compliance: setup
 	$(PY) -m tests.compliance
@@ -42,9 +52,11 @@ compliance: setup
 compliance-full: setup
 	$(PY) -m tests.compliance --full
 
-# Seconds first (ruff, mypy, the docs), then every test under coverage, then Autobahn.
+# Seconds first (ruff, mypy, the docs), then every test under coverage, then Autobahn,
+# then the other Pythons and Djangos.
 test: setup browser-setup lint typecheck docs coverage
 	$(MAKE) compliance
+	$(MAKE) matrix
 
 lint: setup
 	$(PY) -m ruff check .
@@ -124,4 +136,4 @@ demo: $(DEMO_STAMP)
 	$(PY) examples/chat/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info reports
+	rm -rf $(VENV) .nox build dist *.egg-info reports
