@@ -44,7 +44,7 @@ PYTHONS = sorted({python for python, _ in MATRIX}, key=lambda v: tuple(map(int, 
 #: The servers of the shared suite on the other pairs (``tests/servers.py``).
 MATRIX_SERVERS = "runserver,gevent"
 #: What the matrix venvs install besides Django: the test tools and the servers' extras.
-EXTRAS = "test,gevent,gunicorn,eventlet,redis"
+EXTRAS = "test,gevent,gunicorn,eventlet,redis,prometheus"
 #: The two C extensions every wheel carries.
 EXTENSIONS = ("dwebsocket/protocol/_speedups", "dwebsocket/backends/default/_fastpath")
 

@@ -183,6 +183,7 @@ MAX_CONNECTIONS_PER_IP = Setting(
 GROUPS_HISTORY = Setting[Mapping[str, Mapping[str, float]]](
     "WEBSOCKET_GROUPS_HISTORY", {}, "dwebsocket.E023", _groups_history
 )
+METRICS = Setting("WEBSOCKET_METRICS", True, "dwebsocket.E024", _bool)
 
 #: Every setting dwebsocket reads, by name, in the order of ``docs/settings.rst``.
 SETTINGS: dict[str, Setting[object]] = {
@@ -202,6 +203,7 @@ SETTINGS: dict[str, Setting[object]] = {
         GROUPS_HISTORY,
         MAX_CONNECTIONS,
         MAX_CONNECTIONS_PER_IP,
+        METRICS,
     )
 }
 
@@ -286,6 +288,11 @@ class Settings:
     def WEBSOCKET_MAX_CONNECTIONS_PER_IP(self) -> int | None:
         """Sessions this process runs at once per client address; None: no cap."""
         return MAX_CONNECTIONS_PER_IP.read()
+
+    @property
+    def WEBSOCKET_METRICS(self) -> bool:
+        """Whether :mod:`dwebsocket.metrics` counts (with ``prometheus_client`` installed)."""
+        return METRICS.read()
 
 
 settings = Settings()

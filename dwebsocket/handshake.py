@@ -18,6 +18,7 @@ from django.conf import settings as django_settings
 from django.http import HttpRequest, HttpResponse
 from django.http.request import validate_host
 
+from dwebsocket import metrics
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import (
     BackendUnavailable,
@@ -282,6 +283,7 @@ def refuse(request: HttpRequest, exc: InvalidHandshake) -> HttpResponse:
         request.path,
         exc.reason,
     )
+    metrics.handshake(exc.status)
     return _plain_response(exc.reason, exc.status, exc.headers)
 
 
@@ -292,6 +294,7 @@ def unavailable(request: HttpRequest, exc: BackendUnavailable) -> HttpResponse:
     """
     reason = f"WebSockets are not available on this server: {exc}"
     logger.error("%s (%s from %s)", reason, request.path, _peer(request))
+    metrics.handshake(501)
     return _plain_response(reason, 501)
 
 

@@ -10,7 +10,9 @@ gunicorn stops a worker with SIGTERM (graceful: stop, ``HUP`` reload, ``TTOU``) 
 with SIGINT/SIGQUIT (quick stop) it exits at once. With these hooks every open WebSocket
 gets a 1001 close frame first, so the views return and the worker exits promptly.
 ``post_worker_init`` also logs the server checks for this worker (``dwebsocket.W002``:
-sync worker, ``dwebsocket.W003``: gthread with one thread).
+sync worker, ``dwebsocket.W003``: gthread with one thread). With ``PROMETHEUS_MULTIPROC_DIR``
+set, ``child_exit`` tells ``prometheus_client`` that a worker is gone, so that the open
+WebSockets it counted no longer count (``dwebsocket.metrics``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 from types import FrameType
 from typing import Any
 
-__all__ = ["post_worker_init", "worker_exit", "worker_int"]
+__all__ = ["child_exit", "post_worker_init", "worker_exit", "worker_int"]
 
 
 def post_worker_init(worker: Any) -> None:
@@ -50,6 +52,20 @@ def worker_int(worker: Any) -> None:
 def worker_exit(server: Any, worker: Any) -> None:
     """The worker is exiting: a goodbye to anything still open (a last resort)."""
     _going_away(None)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the arbiter, a worker exited: its live gauges (open WebSockets) are dropped from
+    ``PROMETHEUS_MULTIPROC_DIR``, as ``prometheus_client`` asks of gunicorn configs."""
+    import os
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    try:
+        from prometheus_client import multiprocess
+    except ImportError:
+        return
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def _going_away(timeout: float | None) -> None:

@@ -28,6 +28,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dwebsocket import metrics
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups.history import Follower, Page, Position, Recovery, go_live, policy, recover
 from dwebsocket.groups.memory import Member, MemoryLayer, Registry
@@ -250,6 +251,7 @@ def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) ->
         message = bytes(message)
     elif not isinstance(message, (str, bytes)):
         raise TypeError(f"group messages are str or bytes, not {type(message).__name__}")
+    metrics.group_send()
     return get_layer().send(group, message, fail_silently=fail_silently)
 
 

@@ -131,6 +131,10 @@ typedef struct {
     double last_heard;     /* monotonic time the peer was last heard from */
     double ping_sent_at;
     double db_checked;     /* the last release_idle_connections() */
+    /* What the connection carried since the 101 (dwebsocket.metrics adds them up): data
+       messages completed and encoded, bytes read and written. Plain increments here: the
+       metrics code reads them every few seconds, never per message. */
+    long long messages_in, bytes_in, messages_out, bytes_out;
 } IOState;
 
 static PyMemberDef IOState_members[] = {
@@ -141,6 +145,10 @@ static PyMemberDef IOState_members[] = {
     {"last_heard", T_DOUBLE, offsetof(IOState, last_heard), 0, NULL},
     {"ping_sent_at", T_DOUBLE, offsetof(IOState, ping_sent_at), 0, NULL},
     {"db_checked", T_DOUBLE, offsetof(IOState, db_checked), 0, NULL},
+    {"messages_in", T_LONGLONG, offsetof(IOState, messages_in), 0, NULL},
+    {"bytes_in", T_LONGLONG, offsetof(IOState, bytes_in), 0, NULL},
+    {"messages_out", T_LONGLONG, offsetof(IOState, messages_out), 0, NULL},
+    {"bytes_out", T_LONGLONG, offsetof(IOState, bytes_out), 0, NULL},
     {NULL},
 };
 
@@ -170,9 +178,11 @@ IOState_repr(IOState *self)
     if (heard != NULL && sent != NULL && checked != NULL) {
         r = PyUnicode_FromFormat(
             "IOState(shut=%s, unfed=%s, ping_outstanding=%s, queued=%zd, last_heard=%R, "
-            "ping_sent_at=%R, db_checked=%R)",
+            "ping_sent_at=%R, db_checked=%R, messages_in=%lld, bytes_in=%lld, "
+            "messages_out=%lld, bytes_out=%lld)",
             self->shut ? "True" : "False", self->unfed ? "True" : "False",
-            self->ping_outstanding ? "True" : "False", self->queued, heard, sent, checked);
+            self->ping_outstanding ? "True" : "False", self->queued, heard, sent, checked,
+            self->messages_in, self->bytes_in, self->messages_out, self->bytes_out);
     }
     Py_XDECREF(heard);
     Py_XDECREF(sent);
@@ -862,6 +872,7 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         rest = PyBytes_FromStringAndSize(NULL, 0);
         goto give;
     }
+    self->io->bytes_in += n; /* Transport.recv() counts the general path's reads */
     if (n == 0 || n == RECV_SIZE || limit < 0) {
         /* EOF, a read that filled the buffer (the general path reads on at once), or
            nothing the scan may take */
@@ -882,6 +893,7 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
     }
     if (rest != NULL) {
         /* The rest goes the general way, after the messages scanned before it. */
+        self->io->messages_in += PyList_GET_SIZE(out); /* _feed() counts the rest's */
         rc = deque_extend(self->messages, out, 0);
         Py_DECREF(out);
         if (rc < 0) {
@@ -893,6 +905,7 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
     /* DefaultWebSocket._feed(): heard from the peer, so no ping is outstanding. */
     self->io->last_heard = monotonic();
     self->io->ping_outstanding = 0;
+    self->io->messages_in += PyList_GET_SIZE(out);
     if (deque_extend(self->messages, out, 1) < 0) {
         Py_DECREF(out);
         return -1;
@@ -1088,16 +1101,19 @@ FastPath_send(FastPath *self, PyObject *message)
         iov[1].iov_len = (size_t)length;
         sent = writev(self->fd, iov, 2);
     }
-    if (sent == total) {
-        Py_XDECREF(encoded);
-        Py_RETURN_TRUE;
-    }
     if (sent < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             Py_XDECREF(encoded);
             Py_RETURN_FALSE; /* broken: the general send() fails the same way, and says so */
         }
         sent = 0;
+    }
+    /* The message is sent, or its rest follows (Transport.sendall() counts those bytes). */
+    self->io->messages_out += 1;
+    self->io->bytes_out += sent;
+    if (sent == total) {
+        Py_XDECREF(encoded);
+        Py_RETURN_TRUE;
     }
     /* The kernel took part of the frame: the rest must follow before anything else. */
     rest = PyBytes_FromStringAndSize(NULL, total - sent);

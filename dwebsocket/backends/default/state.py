@@ -27,6 +27,11 @@ FIELDS: dict[str, type] = {
     "last_heard": float,  # monotonic time the peer was last heard from
     "ping_sent_at": float,  # ... since this monotonic time
     "db_checked": float,  # the last release_idle_connections() (Transport.wait_readable)
+    # What the connection carried since the 101, for dwebsocket.metrics (each only grows):
+    "messages_in": int,  # data messages the core completed
+    "bytes_in": int,  # bytes read from the socket
+    "messages_out": int,  # data messages encoded to send
+    "bytes_out": int,  # bytes written to the socket (the 101 not included)
 }
 
 
@@ -43,6 +48,7 @@ class PyIOState:
         self.last_heard = 0.0
         self.ping_sent_at = math.nan
         self.db_checked = -1.0
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS)

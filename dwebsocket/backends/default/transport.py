@@ -100,6 +100,7 @@ class Transport:
             if not os.get_blocking(fd) and not hasattr(self.sock, "do_handshake"):
                 self._nb_fd = fd
         self._waiter = _gevent_waiter(self.sock)
+        self.io.bytes_in += len(buffered)
         return buffered
 
     def fast_path(self, **parts: Any) -> Any:
@@ -198,12 +199,15 @@ class Transport:
         Raises ``BlockingIOError`` if it was not readable after all."""
         try:
             if self._nb_fd >= 0:
-                return _read(self._nb_fd, _RECV_SIZE)
-            return self.sock.recv(_RECV_SIZE)
+                data = _read(self._nb_fd, _RECV_SIZE)
+            else:
+                data = self.sock.recv(_RECV_SIZE)
         except (TimeoutError, BlockingIOError, InterruptedError):
             raise
         except OSError:
             return b""
+        self.io.bytes_in += len(data)
+        return data
 
     def try_recv(self) -> bytes | None:
         """What the socket has now, without waiting: None if nothing (or the fd is not
@@ -211,11 +215,13 @@ class Transport:
         if self._nb_fd < 0:
             return None
         try:
-            return _read(self._nb_fd, _RECV_SIZE)
+            data = _read(self._nb_fd, _RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
             return b""
+        self.io.bytes_in += len(data)
+        return data
 
     def try_send(self, data: bytes) -> int:
         """Write what the kernel takes now; return how many bytes that was (0 when its
@@ -227,9 +233,11 @@ class Transport:
         if self._nb_fd < 0:
             return 0
         try:
-            return _write(self._nb_fd, data)
+            sent = _write(self._nb_fd, data)
         except (BlockingIOError, InterruptedError):
             return 0
+        self.io.bytes_out += sent
+        return sent
 
     def sendall(self, data: bytes) -> None:
         """Write all of ``data``, waiting for room like ``sock.sendall`` (cooperatively
@@ -244,11 +252,13 @@ class Transport:
                 sent = _write(fd, data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
+            self.io.bytes_out += sent
             if sent == len(data):
                 return
             if sent:
                 data = memoryview(data)[sent:]  # type: ignore[assignment]
         self.sock.sendall(data)
+        self.io.bytes_out += len(data)
 
     def shutdown(self) -> None:
         """``shutdown(SHUT_RDWR)``, never ``close()``: the server owns the socket.

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dwebsocket import metrics
 from dwebsocket.backends.default.outbox import Outbox
 from dwebsocket.backends.default.state import IOState
 from dwebsocket.backends.default.transport import RECV_SIZE, fast_messages
@@ -179,6 +180,7 @@ class DefaultWebSocket(WebSocket):
                 # still leads, since we hold the write lock until it is sent.
                 for message in self._outbox.take_early():
                     self._outbox.append(conn.send_message(message))
+                    self._io.messages_out += 1
             try:
                 self._transport.sock.sendall(response)
             except OSError as exc:
@@ -405,11 +407,14 @@ class DefaultWebSocket(WebSocket):
             if out:
                 self._outbox.append(out)
         close: Close | None = None
+        received = 0
         for event in events:
             if type(event) is str or type(event) is bytes:
                 self._messages.append(event)
+                received += 1
             elif type(event) is Close:
                 close = event
+        self._io.messages_in += received
         if out:
             self._flush()
         if close is not None:
@@ -441,6 +446,7 @@ class DefaultWebSocket(WebSocket):
                 self.request.path,
                 self._ping_timeout,
             )
+            metrics.keepalive_timeout()
             self._abort(1011, "keepalive ping timeout")
 
     # -- sending ----------------------------------------------------------------------
@@ -470,6 +476,7 @@ class DefaultWebSocket(WebSocket):
                         frame = conn.send_message(message)
                 except InvalidState:
                     raise self._closed_error() from None
+                self._io.messages_out += 1
                 pending = self._outbox.take()
             if pending and not self._sendall(pending):
                 raise self._closed_error()
@@ -519,6 +526,7 @@ class DefaultWebSocket(WebSocket):
                 frame = conn.send_message(message)
             except InvalidState:
                 return
+            self._io.messages_out += 1
             if self._outbox.size + len(frame) > self._queue_limit:
                 self._overflow_locked()
             elif (
@@ -564,6 +572,7 @@ class DefaultWebSocket(WebSocket):
         self._outbox.drop_whole_frames()
         out = self._conn.send_close(1008, "send queue overflow")
         if out:
+            metrics.group_member_dropped()
             self._closing(1008, "send queue overflow")
             self._outbox.append(out)
             self._shut_event = threading.Event()
@@ -744,6 +753,12 @@ class DefaultWebSocket(WebSocket):
                 time.monotonic() - self._opened_at,
             )
             self._send_signal(websocket_closed, code=self.close_code)
+
+    def traffic(self) -> metrics.Traffic:
+        """Data messages and bytes received and sent since the 101 (for
+        :mod:`dwebsocket.metrics`). Never blocks."""
+        io = self._io
+        return metrics.Traffic(io.messages_in, io.bytes_in, io.messages_out, io.bytes_out)
 
     def is_closed(self) -> bool:
         """True once a close frame was sent or received, or the connection broke."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import uwsgi  # type: ignore[import-untyped]
 
+from dwebsocket import metrics
 from dwebsocket.conf import settings
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed, InvalidState
@@ -86,6 +87,8 @@ class uWsgiWebSocket(WebSocket):
         self._handshake = handshake
         self.offered_subprotocols = list(handshake.subprotocols)
         self.subprotocol = None
+        # messages in, payload bytes in, messages out, payload bytes out (uWSGI frames them)
+        self._counted = [0, 0, 0, 0]
         self.close_code = None
         self.close_reason = ""
 
@@ -273,6 +276,9 @@ class uWsgiWebSocket(WebSocket):
                 self._close_now(1009, reason)
                 return
             self._received.append(_decode(data))
+            counted = self._counted
+            counted[0] += 1
+            counted[1] += len(data)
 
     def _peer_gone(self) -> None:
         """uWSGI's recv failed: the peer's close frame (uWSGI already answered it, without
@@ -391,6 +397,15 @@ class uWsgiWebSocket(WebSocket):
         except OSError:
             # uWSGI gave up writing (peer gone, or no progress for --socket-timeout).
             self._finish(1006, "")
+            return
+        counted = self._counted
+        counted[2] += 1
+        counted[3] += len(payload)
+
+    def traffic(self) -> metrics.Traffic:
+        """Data messages and their payload bytes received and sent (uWSGI does the framing,
+        so frame headers are not counted), for :mod:`dwebsocket.metrics`."""
+        return metrics.Traffic(*self._counted)
 
     def _write_control(self, frame: bytes) -> None:
         """Write a control frame uWSGI has no API for, straight to the connection."""

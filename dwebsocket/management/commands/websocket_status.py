@@ -1,0 +1,113 @@
+"""``manage.py websocket_status``: dwebsocket's counts, for people without Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from argparse import ArgumentParser
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+#: Metric (without ``django_websocket_``) -> its line in the report, in report order.
+ROWS = {
+    "connections_open": "Open WebSockets",
+    "handshakes_total": "Handshakes, by status",
+    "messages_received_total": "Messages received",
+    "received_bytes_total": "Bytes received",
+    "messages_sent_total": "Messages sent",
+    "sent_bytes_total": "Bytes sent",
+    "closes_total": "Closes, by code",
+    "group_sends_total": "Group sends",
+    "group_members_dropped_total": "Group members dropped (1008)",
+    "keepalive_timeouts_total": "Keepalive timeouts (1011)",
+}
+LABELS = {"handshakes_total": "status", "closes_total": "code"}
+
+
+class Command(BaseCommand):
+    help = (
+        "Print dwebsocket's counts (open WebSockets, handshakes, messages, bytes, closes...) "
+        "added up over this machine's server processes: those writing to "
+        "PROMETHEUS_MULTIPROC_DIR (set it here as for the servers), or the process behind "
+        "--url. Needs prometheus_client (pip install 'dwebsocket[prometheus]')."
+    )
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--url", help="read a /metrics page instead (a single-process server's)"
+        )
+        parser.add_argument("--json", action="store_true", help="print JSON instead")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            import prometheus_client  # noqa: F401 - only to say what is missing
+        except ImportError:
+            raise CommandError(
+                "prometheus_client is not installed: pip install 'dwebsocket[prometheus]'"
+            ) from None
+        url: str | None = options["url"]
+        if url:
+            families = _scrape(url)
+        elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            families = _multiprocess()
+        else:
+            raise CommandError(
+                "PROMETHEUS_MULTIPROC_DIR is not set, so the counts are in each server "
+                "process's own memory. Set it for the servers and for this command (see "
+                "docs/metrics.rst), or pass --url http://HOST:PORT/metrics."
+            )
+        counts = _counts(families)
+        if options["json"]:
+            self.stdout.write(json.dumps(counts, indent=2, sort_keys=True))
+            return
+        width = max(map(len, ROWS.values()))
+        for name, title in ROWS.items():
+            value = counts.get(name, 0)
+            if isinstance(value, dict):
+                shown = "  ".join(f"{k}: {v}" for k, v in sorted(value.items())) or "-"
+            else:
+                shown = str(value)
+            self.stdout.write(f"{title:<{width}}  {shown}")
+
+
+def _multiprocess() -> Iterable[Any]:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry.collect()
+
+
+def _scrape(url: str) -> Iterable[Any]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode("utf-8")
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"could not read {url}: {exc}") from None
+    return list(text_string_to_metric_families(text))
+
+
+def _counts(families: Iterable[Any]) -> dict[str, Any]:
+    """``{row: total}`` (``{row: {label: total}}`` for the labelled ones) from the samples
+    named ``[namespace_]django_websocket_<row>``."""
+    counts: dict[str, Any] = {}
+    for family in families:
+        for sample in family.samples:
+            _, found, row = sample.name.partition("django_websocket_")
+            if not found or row not in ROWS:
+                continue
+            value = int(sample.value)
+            label = LABELS.get(row)
+            if label is None:
+                counts[row] = counts.get(row, 0) + value
+            else:
+                by_label = counts.setdefault(row, defaultdict(int))
+                by_label[sample.labels[label]] += value
+    return {k: dict(v) if isinstance(v, defaultdict) else v for k, v in counts.items()}

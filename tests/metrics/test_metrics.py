@@ -1,0 +1,141 @@
+"""dwebsocket.metrics in one process: each counter moves by exactly what a session did,
+through the real default backend (``dwebsocket.testing``) and Django's test client for
+refused handshakes. ``test_gunicorn.py`` checks the same across gunicorn's workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.test import Client, override_settings
+from prometheus_client import REGISTRY
+
+from dwebsocket import ConnectionClosed, groups, metrics
+from dwebsocket.testing import HandshakeRefused, WebSocketClient
+
+NAMES = [
+    "connections_open",
+    "messages_received_total",
+    "messages_sent_total",
+    "received_bytes_total",
+    "sent_bytes_total",
+    "group_sends_total",
+    "group_members_dropped_total",
+    "keepalive_timeouts_total",
+]
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(f"django_websocket_{name}", labels) or 0.0
+
+
+class Counts:
+    """What the counters moved by since the snapshot."""
+
+    def __init__(self) -> None:
+        self.before = self.now()
+
+    @staticmethod
+    def now() -> dict[str, float]:
+        values = {name: value(name) for name in NAMES}
+        for status in ("101", "400", "403", "426", "503"):
+            values[f"handshakes:{status}"] = value("handshakes_total", status=status)
+        for code in ("1000", "1008", "1011", "4000"):
+            values[f"closes:{code}"] = value("closes_total", code=code)
+        return values
+
+    def delta(self) -> dict[str, float]:
+        metrics.flush()
+        now = self.now()
+        return {k: now[k] - self.before[k] for k in now if now[k] != self.before[k]}
+
+
+@pytest.fixture
+def counts() -> Iterator[Counts]:
+    assert metrics.enabled()
+    yield Counts()
+
+
+@override_settings(WEBSOCKET_COMPRESSION=False)
+def test_an_echo_session(counts: Counts) -> None:
+    with WebSocketClient("/echo/") as ws:
+        ws.send("hello")
+        assert ws.receive() == "hello"
+        ws.send(b"\x00\x01")
+        assert ws.receive() == b"\x00\x01"
+        assert counts.delta()["connections_open"] == 1
+    # Client frames are masked: 2 + 4 + payload bytes; the server's: 2 + payload. The
+    # close frames carry the code (2 bytes): the client's, then the server's answer.
+    assert counts.delta() == {
+        "handshakes:101": 1,
+        "messages_received_total": 2,
+        "messages_sent_total": 2,
+        "received_bytes_total": (6 + 5) + (6 + 2) + (6 + 2),
+        "sent_bytes_total": (2 + 5) + (2 + 2) + (2 + 2),
+        "closes:1000": 1,
+    }
+
+
+def test_a_close_code_of_the_views_choice(counts: Counts) -> None:
+    with WebSocketClient("/close/?code=4000") as ws:
+        ws.send("close, please")
+        with pytest.raises(ConnectionClosed):
+            ws.receive()
+    assert counts.delta()["closes:4000"] == 1
+
+
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Sec-WebSocket-Key": "short"}, 400),
+        ({"Sec-WebSocket-Version": "8"}, 426),
+        ({"Origin": "https://evil.example"}, 403),
+    ],
+    ids=["400", "426", "403"],
+)
+def test_refused_handshakes(counts: Counts, headers: dict[str, str], status: int) -> None:
+    response = Client().get("/echo/", headers={**UPGRADE, **headers})
+    assert response.status_code == status
+    assert counts.delta() == {f"handshakes:{status}": 1}
+
+
+@override_settings(WEBSOCKET_MAX_CONNECTIONS=1)
+def test_over_the_cap(counts: Counts) -> None:
+    with WebSocketClient("/echo/") as ws:
+        ws.send("x")
+        assert ws.receive() == "x"
+        with pytest.raises(HandshakeRefused) as refused, WebSocketClient("/echo/"):
+            pass
+        assert refused.value.status == 503
+    delta = counts.delta()
+    assert (delta["handshakes:101"], delta["handshakes:503"]) == (1, 1)
+
+
+def test_group_sends(counts: Counts) -> None:
+    with WebSocketClient("/group/room-metrics/") as member:
+        assert member.receive() == "joined"
+        member.send("one")  # the view sends it to the group: the member gets it back
+        assert member.receive() == "one"
+        groups.send("room-metrics", "two")
+        assert member.receive() == "two"
+    delta = counts.delta()
+    assert delta["group_sends_total"] == 2
+    assert delta["messages_sent_total"] == 3  # joined, one, two
+    assert delta["messages_received_total"] == 1
+
+
+@override_settings(WEBSOCKET_METRICS=False)
+def test_off(counts: Counts) -> None:
+    assert not metrics.enabled()
+    with WebSocketClient("/echo/") as ws:
+        ws.send("hello")
+        assert ws.receive() == "hello"
+    assert counts.delta() == {}
