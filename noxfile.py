@@ -122,9 +122,10 @@ def wheel(session: nox.Session) -> None:
     session.run("python", "-m", "build", "--wheel", "--outdir", str(DIST), str(sdist))
     (built,) = DIST.glob(f"*-{tag}-*.whl")
     names = zipfile.ZipFile(built).namelist()
+    abi = "cpython-" + session.python.replace(".", "")  # type: ignore[union-attr]
     for extension in EXTENSIONS:
-        if not any(n.startswith(f"{extension}.{tag}") and n.endswith(".so") for n in names):
-            session.error(f"{built.name} has no {extension} for {tag}: {names}")
+        if not any(n.startswith(f"{extension}.{abi}") and n.endswith(".so") for n in names):
+            session.error(f"{built.name} has no {extension}.{abi}-*.so")
     session.run("twine", "check", "--strict", str(built))
     session.install("--force-reinstall", "--no-deps", str(built))
     session.install("gevent")  # _fastpath links against greenlet
