@@ -17,4 +17,5 @@ urlpatterns = [
     path("nothing/", views.nothing),
     path("ping/", views.ping),
     path("info/", views.info),
+    path("", include("dwebsocket.metrics.urls")),  # /metrics
 ]

@@ -4,6 +4,7 @@ refused handshakes. ``test_gunicorn.py`` checks the same across gunicorn's worke
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -139,3 +140,19 @@ def test_off(counts: Counts) -> None:
         ws.send("hello")
         assert ws.receive() == "hello"
     assert counts.delta() == {}
+
+
+def test_open_connections_are_flushed_while_open(
+    counts: Counts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a scrape in this process (another worker serves /metrics), the traffic of
+    a connection still open reaches the counters every FLUSH_INTERVAL."""
+    monkeypatch.setattr(metrics, "FLUSH_INTERVAL", 0.05)
+    with WebSocketClient("/echo/") as ws:
+        for i in range(3):
+            ws.send(f"m{i}")
+            assert ws.receive() == f"m{i}"
+        deadline = time.monotonic() + 10
+        while value("messages_received_total") - counts.before["messages_received_total"] < 3:
+            assert time.monotonic() < deadline, "the flusher did not add the traffic"
+            time.sleep(0.02)
