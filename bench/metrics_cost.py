@@ -1,0 +1,106 @@
+"""What dwebsocket.metrics costs the echo: before (a revision without it), off
+(``WEBSOCKET_METRICS = False``) and on, interleaved, each the median of ``--repeat`` runs.
+
+    .venv/bin/python bench/metrics_cost.py --before main      # ~8 min; under the heavy lock
+
+Each run is ``bench/compare.py --stacks dwebsocket-gevent`` (its load generator, CPU
+pinning and measurement) of the given revision's checkout, one round; "before" runs from a
+temporary ``git worktree`` of ``--before`` with its C extensions built in place. Prints
+messages per second per scenario and the ratios on/before and on/off, and writes them to
+``bench/out/metrics_cost.json``. Needs ``prometheus_client`` (the ``prometheus`` extra)
+and the ``bench`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"
+SCENARIOS = "text32-c1,text32-c100,binary64k-c10,json1k-c10"
+
+
+def run(checkout: Path, settings: dict[str, object], out: Path) -> dict[str, float]:
+    """One compare.py run of ``checkout``; ``{scenario: msgs/s}``."""
+    env = {**os.environ, "DWEBSOCKET_BENCH_SETTINGS": json.dumps(settings)}
+    subprocess.run(
+        [
+            sys.executable,
+            str(checkout / "bench" / "compare.py"),
+            "--stacks",
+            "dwebsocket-gevent",
+            "--scenarios",
+            SCENARIOS,
+            "--rounds",
+            "1",
+            "--no-idle",
+            "--out",
+            str(out),
+        ],
+        cwd=checkout,
+        env=env,
+        check=True,
+        timeout=900,
+    )
+    results = json.loads((out / "results.json").read_text())
+    return {r["scenario"]: r.get("msgs_per_s", 0.0) for r in results["echo"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", default="main", help="a revision without the metrics")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="dwebsocket-metrics-cost-"))
+    before = work / "before"
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
+        check=True,
+        timeout=120,
+    )
+    try:
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+            cwd=before,
+            check=True,
+            timeout=600,
+        )
+        configs = {
+            "before": (before, {}),
+            "off": (REPO, {"WEBSOCKET_METRICS": False}),
+            "on": (REPO, {}),
+        }
+        rates: dict[str, dict[str, list[float]]] = {name: {} for name in configs}
+        for n in range(args.repeat):
+            for name, (checkout, settings) in configs.items():
+                print(f"-- run {n + 1}/{args.repeat}: {name}", flush=True)
+                for scenario, rate in run(checkout, settings, work / f"{name}-{n}").items():
+                    rates[name].setdefault(scenario, []).append(rate)
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)],
+            check=False,
+            timeout=120,
+        )
+        shutil.rmtree(work, ignore_errors=True)
+    medians = {name: {s: statistics.median(v) for s, v in by.items()} for name, by in rates.items()}
+    print(f"\n{'scenario':<16}{'before':>10}{'off':>10}{'on':>10}{'on/before':>11}{'on/off':>8}")
+    for scenario, on in medians["on"].items():
+        b, off = medians["before"][scenario], medians["off"][scenario]
+        print(f"{scenario:<16}{b:>10.0f}{off:>10.0f}{on:>10.0f}{on / b:>11.3f}{on / off:>8.3f}")
+    (OUT / "metrics_cost.json").write_text(
+        json.dumps({"before": args.before, "runs": rates, "medians": medians}, indent=1) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
