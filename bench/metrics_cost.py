@@ -1,11 +1,12 @@
 """What dwebsocket.metrics costs the echo: before (a revision without it), off
 (``WEBSOCKET_METRICS = False``) and on, interleaved, each the median of ``--repeat`` runs.
 
-    .venv/bin/python bench/metrics_cost.py --before main      # ~8 min; under the heavy lock
+    .venv/bin/python bench/metrics_cost.py --before main --after HEAD   # ~8 min; heavy lock
 
 Each run is ``bench/compare.py --stacks dwebsocket-gevent`` (its load generator, CPU
-pinning and measurement) of the given revision's checkout, one round; "before" runs from a
-temporary ``git worktree`` of ``--before`` with its C extensions built in place. Prints
+pinning and measurement) of a revision's checkout, one round: temporary worktrees
+of ``--before`` and ``--after``, their C extensions built in place (so the working tree
+may change meanwhile). Prints
 messages per second per scenario and the ratios on/before and on/off, and writes them to
 ``bench/out/metrics_cost.json``. Needs ``prometheus_client`` (the ``prometheus`` extra)
 and the ``bench`` extra.
@@ -57,27 +58,31 @@ def run(checkout: Path, settings: dict[str, object], out: Path) -> dict[str, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="main", help="a revision without the metrics")
+    parser.add_argument("--after", default="HEAD", help="a revision with them")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dwebsocket-metrics-cost-"))
-    before = work / "before"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
-        check=True,
-        timeout=120,
-    )
+    checkouts = {"before": work / "before", "after": work / "after"}
     try:
-        subprocess.run(
-            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-            cwd=before,
-            check=True,
-            timeout=600,
-        )
+        for name, checkout in checkouts.items():
+            revision = args.before if name == "before" else args.after
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(checkout), revision],
+                check=True,
+                timeout=120,
+            )
+            subprocess.run(
+                [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                cwd=checkout,
+                check=True,
+                timeout=600,
+            )
+        before, after = checkouts["before"], checkouts["after"]
         configs = {
             "before": (before, {}),
-            "off": (REPO, {"WEBSOCKET_METRICS": False}),
-            "on": (REPO, {}),
+            "off": (after, {"WEBSOCKET_METRICS": False}),
+            "on": (after, {}),
         }
         rates: dict[str, dict[str, list[float]]] = {name: {} for name in configs}
         for n in range(args.repeat):
@@ -86,11 +91,12 @@ def main() -> None:
                 for scenario, rate in run(checkout, settings, work / f"{name}-{n}").items():
                     rates[name].setdefault(scenario, []).append(rate)
     finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)],
-            check=False,
-            timeout=120,
-        )
+        for checkout in checkouts.values():
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(checkout)],
+                check=False,
+                timeout=120,
+            )
         shutil.rmtree(work, ignore_errors=True)
     medians = {name: {s: statistics.median(v) for s, v in by.items()} for name, by in rates.items()}
     print(f"\n{'scenario':<16}{'before':>10}{'off':>10}{'on':>10}{'on/before':>11}{'on/off':>8}")
@@ -98,7 +104,11 @@ def main() -> None:
         b, off = medians["before"][scenario], medians["off"][scenario]
         print(f"{scenario:<16}{b:>10.0f}{off:>10.0f}{on:>10.0f}{on / b:>11.3f}{on / off:>8.3f}")
     (OUT / "metrics_cost.json").write_text(
-        json.dumps({"before": args.before, "runs": rates, "medians": medians}, indent=1) + "\n"
+        json.dumps(
+            {"before": args.before, "after": args.after, "runs": rates, "medians": medians},
+            indent=1,
+        )
+        + "\n"
     )
 
 

@@ -3,20 +3,12 @@
 With ``prometheus_client`` installed (``pip install "dwebsocket[prometheus]"``) and
 ``WEBSOCKET_METRICS`` left True, dwebsocket keeps these, named as django-prometheus names
 its own (``django_`` first; ``PROMETHEUS_METRIC_NAMESPACE`` before that, if set):
-
-==============================================  ==============================================
-``django_websocket_connections_open``           open WebSockets (gauge)
-``django_websocket_handshakes_total{status}``   upgrade requests by answer: 101, 400, 403,
-                                                426, 501, 503
-``django_websocket_messages_received_total``    data messages from peers
-``django_websocket_messages_sent_total``        data messages to peers (groups' included)
-``django_websocket_received_bytes_total``       bytes read from WebSockets after the 101
-``django_websocket_sent_bytes_total``           bytes written to them (frames as sent)
-``django_websocket_closes_total{code}``         closed connections by close code
-``django_websocket_group_sends_total``          ``dwebsocket.groups.send()`` calls
-``django_websocket_group_members_dropped_total``  members closed with 1008: too slow
-``django_websocket_keepalive_timeouts_total``   peers closed with 1011: no answer to a ping
-==============================================  ==============================================
+``django_websocket_connections_open`` (a gauge), ``..._handshakes_total{status}`` (101,
+400, 403, 426, 501, 503), ``..._messages_received_total``, ``..._messages_sent_total``,
+``..._received_bytes_total``, ``..._sent_bytes_total`` (after the 101),
+``..._closes_total{code}``, ``..._group_sends_total``,
+``..._group_members_dropped_total`` (1008) and ``..._keepalive_timeouts_total`` (1011);
+``docs/metrics.rst`` says what each counts.
 
 They go to ``prometheus_client``'s default registry, so any exporter shows them:
 ``dwebsocket.metrics.urls`` (``/metrics``), django-prometheus' ``/metrics``, or

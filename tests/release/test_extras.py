@@ -9,6 +9,7 @@ extra brought it. The command lines are those of ``docs/deployment.rst``.
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,22 @@ def test_the_redis_extra_carries_group_messages(dist: Dist, tmp_path: Path) -> N
             assert ws.recv(timeout=WAIT) == "from cron"
     finally:
         redis.close()
+
+
+def test_the_prometheus_extra_serves_metrics(dist: Dist, tmp_path: Path) -> None:
+    """``dwebsocket[prometheus]`` and ``dwebsocket.metrics.urls``: /metrics counts the
+    quick start's echo."""
+    venv, project = venv_with("prometheus", dist, tmp_path)
+    with open(project / PROJECT / "urls.py", "a") as urls:
+        urls.write(
+            "\nfrom django.urls import include\n"
+            'urlpatterns.append(path("", include("dwebsocket.metrics.urls")))\n'
+        )
+    argv = ["python", "manage.py", "runserver", "127.0.0.1:{port}", "--noreload"]
+    with serving(venv, argv, project, tmp_path / "runserver.log") as port:
+        echo(port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as page:
+            text = page.read().decode()
+    assert 'django_websocket_handshakes_total{status="101"} 1.0' in text, text
+    assert "django_websocket_messages_received_total 2.0" in text, text
+    assert 'django_websocket_closes_total{code="1000"} 1.0' in text, text
