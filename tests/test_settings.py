@@ -40,6 +40,7 @@ WRONG: dict[str, object] = {
     "WEBSOCKET_MAX_CONNECTIONS": 1.5,
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": True,
     "WEBSOCKET_GROUPS_HISTORY": {"chat.*": {"size": 0, "ttl": 60}},
+    "WEBSOCKET_METRICS": "off",
 }
 
 #: More wrong values, for the settings whose range has more than one edge.
@@ -75,6 +76,7 @@ RIGHT: list[tuple[str, object, object]] = [
     ("WEBSOCKET_MAX_CONNECTIONS", 0, 0),
     ("WEBSOCKET_MAX_CONNECTIONS_PER_IP", None, None),
     ("WEBSOCKET_GROUPS_HISTORY", {"a": {"size": 1, "ttl": 0.5}}, {"a": {"size": 1, "ttl": 0.5}}),
+    ("WEBSOCKET_METRICS", False, False),
 ]
 
 

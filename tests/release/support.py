@@ -22,12 +22,10 @@ from pathlib import Path
 from websockets.sync.client import connect
 
 from tests.servers import free_port
-from tests.testing.test_readme import apply_settings, quick_start
+from tests.testing.test_readme import PROJECT, apply_settings, quick_start
 
 __all__ = ["PROJECT", "Venv", "echo", "make_project", "serving"]
 
-#: The README's project name.
-PROJECT = "myproject"
 INSTALL_TIMEOUT = 600.0
 RUN_TIMEOUT = 120.0
 START_TIMEOUT = 60.0
@@ -91,7 +89,7 @@ class Venv:
 
 
 def make_project(venv: Venv, root: Path) -> Path:
-    """``django-admin startproject myproject`` with the README's quick start applied
+    """``django-admin startproject mysite`` with the README's quick start applied
     (settings, ``views.py``, ``urls.py``, ``serve.py`` taking host and port); returns the
     directory of ``manage.py``."""
     root.mkdir(parents=True, exist_ok=True)
