@@ -4,12 +4,11 @@
     .venv/bin/python bench/metrics_cost.py --before main --after HEAD   # ~8 min; heavy lock
 
 Each run is ``bench/compare.py --stacks dwebsocket-gevent`` (its load generator, CPU
-pinning and measurement) of a revision's checkout, one round: temporary worktrees
-of ``--before`` and ``--after``, their C extensions built in place (so the working tree
-may change meanwhile). Prints
-messages per second per scenario and the ratios on/before and on/off, and writes them to
-``bench/out/metrics_cost.json``. Needs ``prometheus_client`` (the ``prometheus`` extra)
-and the ``bench`` extra.
+pinning and measurement) of a revision's checkout, one round. The checkouts are temporary
+worktrees of ``--before`` and ``--after`` with their C extensions built beside the
+sources, so the working tree may change meanwhile. Prints messages per second per
+scenario and the ratios on/before and on/off, and writes them to
+``bench/out/metrics_cost.json``. Needs the ``prometheus`` and ``bench`` extras.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +55,23 @@ def run(checkout: Path, settings: dict[str, object], out: Path) -> dict[str, flo
     return {r["scenario"]: r.get("msgs_per_s", 0.0) for r in results["echo"]}
 
 
+def build_in_place(checkout: Path, out: Path) -> None:
+    """The checkout's C extensions, built as ``pip install`` builds them (an isolated
+    build: the venv's own setuptools may be older than the project needs) and put beside
+    their sources."""
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(checkout)],
+        check=True,
+        timeout=600,
+        stdout=subprocess.DEVNULL,
+    )
+    (wheel,) = out.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.endswith(".so"):
+                archive.extract(name, checkout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="main", help="a revision without the metrics")
@@ -72,12 +89,7 @@ def main() -> None:
                 check=True,
                 timeout=120,
             )
-            subprocess.run(
-                [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-                cwd=checkout,
-                check=True,
-                timeout=600,
-            )
+            build_in_place(checkout, work / f"wheel-{name}")
         before, after = checkouts["before"], checkouts["after"]
         configs = {
             "before": (before, {}),
