@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -139,6 +138,7 @@ def handshake(status: int) -> None:
 # The open connections of this process that count, and what of each was added already.
 _open: weakref.WeakKeyDictionary[Any, Traffic] = weakref.WeakKeyDictionary()
 _flushing = False  # a flusher runs (under _lock)
+_wakeup = threading.Event()  # ends the flusher's wait early (tests)
 _ZERO = Traffic(0, 0, 0, 0)
 
 
@@ -239,7 +239,8 @@ def _flush_while_open() -> None:
     """Flush every :data:`FLUSH_INTERVAL` seconds until no connection is open."""
     global _flushing
     while True:
-        time.sleep(FLUSH_INTERVAL)
+        _wakeup.wait(FLUSH_INTERVAL)
+        _wakeup.clear()
         flush()
         with _lock:
             if not _open:

@@ -148,6 +148,7 @@ def test_open_connections_are_flushed_while_open(
     """Without a scrape in this process (another worker serves /metrics), the traffic of
     a connection still open reaches the counters every FLUSH_INTERVAL."""
     monkeypatch.setattr(metrics, "FLUSH_INTERVAL", 0.05)
+    metrics._wakeup.set()  # a flusher from an earlier test may be in its 5 s wait
     with WebSocketClient("/echo/") as ws:
         for i in range(3):
             ws.send(f"m{i}")
