@@ -6,7 +6,8 @@ own: the unit layer, and the shared suite (every test that uses the ``server`` f
 ``runserver``, whose request handling is Django's own, and ``gevent.pywsgi``, the
 production path with the C fast path. That is what changes between Pythons and Djangos;
 the other servers' code does not, and running them all on eight pairs would not fit CI's
-hour. ``build`` makes the sdist and a wheel per Python and checks them.
+hour. ``build`` makes the sdist and a wheel per Python and checks them (every extension of
+``setup.py`` in each: ``tools/check_wheel.py``).
 
     nox                                       # everything (needs python3.10 ... python3.13)
     nox -s "tests-3.12(django='6.0')"         # one pair
@@ -21,10 +22,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import nox
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
+from check_wheel import extensions
 
 #: (Python, Django) pairs, all supported; Django 6 needs Python 3.12 or later.
 MATRIX: list[tuple[str, str]] = [
@@ -45,8 +50,6 @@ PYTHONS = sorted({python for python, _ in MATRIX}, key=lambda v: tuple(map(int, 
 MATRIX_SERVERS = "runserver,gevent"
 #: What the matrix venvs install besides Django: the test tools and the servers' extras.
 EXTRAS = "test,gevent,gunicorn,eventlet,redis,prometheus"
-#: The two C extensions every wheel carries.
-EXTENSIONS = ("dwebsocket/protocol/_speedups", "dwebsocket/backends/default/_fastpath")
 
 REPO = Path(__file__).resolve().parent
 DIST = REPO / "dist"
@@ -123,9 +126,10 @@ def wheel(session: nox.Session) -> None:
     (built,) = DIST.glob(f"*-{tag}-*.whl")
     names = zipfile.ZipFile(built).namelist()
     abi = "cpython-" + session.python.replace(".", "")  # type: ignore[union-attr]
-    for extension in EXTENSIONS:
-        if not any(n.startswith(f"{extension}.{abi}") and n.endswith(".so") for n in names):
-            session.error(f"{built.name} has no {extension}.{abi}-*.so")
+    for module in extensions():  # every Extension of setup.py
+        path = module.replace(".", "/")
+        if not any(n.startswith(f"{path}.{abi}") and n.endswith(".so") for n in names):
+            session.error(f"{built.name} has no {path}.{abi}-*.so")
     session.run("twine", "check", "--strict", str(built))
     session.install("--force-reinstall", "--no-deps", str(built))
     session.install("gevent")  # _fastpath links against greenlet

@@ -17,6 +17,7 @@ from tests.release.conftest import Dist
 from tests.release.support import Venv, echo, make_project, serving
 from tests.release.test_metadata import MATRIX
 from tests.servers import REPO
+from tools.check_wheel import extensions
 
 pytestmark = [pytest.mark.server, pytest.mark.venv]
 
@@ -32,7 +33,7 @@ RUNSERVER = ["python", "manage.py", "runserver", "127.0.0.1:{port}", "--noreload
 
 def test_the_artifacts_hold_what_they_should(dist: Dist) -> None:
     with tarfile.open(dist.sdist) as sdist:
-        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+        names = sources = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     for name in (
         "LICENSE",
         "CHANGELOG.rst",
@@ -49,8 +50,12 @@ def test_the_artifacts_hold_what_they_should(dist: Dist) -> None:
 
     names = set(zipfile.ZipFile(dist.wheel).namelist())
     tag = f"cpython-{sys.version_info.major}{sys.version_info.minor}"
-    for module in ("dwebsocket/protocol/_speedups", "dwebsocket/backends/default/_fastpath"):
-        assert [n for n in names if n.startswith(f"{module}.{tag}") and n.endswith(".so")], module
+    declared = extensions()
+    assert len(declared) >= 2, declared
+    for module in declared:
+        path = module.replace(".", "/")
+        assert [n for n in names if n.startswith(f"{path}.{tag}") and n.endswith(".so")], path
+        assert f"{path}.c" in sources, path
     assert {"dwebsocket/py.typed", "dwebsocket/protocol/_speedups.h"} <= names
     assert not [n for n in names if n.endswith(".c")]
 
