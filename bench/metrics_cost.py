@@ -29,8 +29,9 @@ OUT = REPO / "bench" / "out"
 SCENARIOS = "text32-c1,text32-c100,binary64k-c10,json1k-c10"
 
 
-def run(checkout: Path, settings: dict[str, object], out: Path) -> dict[str, float]:
-    """One compare.py run of ``checkout``; ``{scenario: msgs/s}``."""
+def run(checkout: Path, settings: dict[str, object], out: Path) -> dict[str, tuple[float, float]]:
+    """One compare.py run of ``checkout``; ``{scenario: (msgs/s, server CPU us per msg)}``
+    (the second is the cost when the load generator, not the server, is the limit)."""
     env = {**os.environ, "DWEBSOCKET_BENCH_SETTINGS": json.dumps(settings)}
     subprocess.run(
         [
@@ -52,7 +53,11 @@ def run(checkout: Path, settings: dict[str, object], out: Path) -> dict[str, flo
         timeout=900,
     )
     results = json.loads((out / "results.json").read_text())
-    return {r["scenario"]: r.get("msgs_per_s", 0.0) for r in results["echo"]}
+    return {
+        r["scenario"]: (rate := r.get("msgs_per_s", 0.0), 1e4 * r["server_cpu_pct"] / rate)
+        for r in results["echo"]
+        if r.get("msgs_per_s")
+    }
 
 
 def build_in_place(checkout: Path, out: Path) -> None:
@@ -97,11 +102,14 @@ def main() -> None:
             "on": (after, {}),
         }
         rates: dict[str, dict[str, list[float]]] = {name: {} for name in configs}
+        cpu: dict[str, dict[str, list[float]]] = {name: {} for name in configs}
         for n in range(args.repeat):
             for name, (checkout, settings) in configs.items():
                 print(f"-- run {n + 1}/{args.repeat}: {name}", flush=True)
-                for scenario, rate in run(checkout, settings, work / f"{name}-{n}").items():
+                measured = run(checkout, settings, work / f"{name}-{n}")
+                for scenario, (rate, us) in measured.items():
                     rates[name].setdefault(scenario, []).append(rate)
+                    cpu[name].setdefault(scenario, []).append(us)
     finally:
         for checkout in checkouts.values():
             subprocess.run(
@@ -111,13 +119,28 @@ def main() -> None:
             )
         shutil.rmtree(work, ignore_errors=True)
     medians = {name: {s: statistics.median(v) for s, v in by.items()} for name, by in rates.items()}
-    print(f"\n{'scenario':<16}{'before':>10}{'off':>10}{'on':>10}{'on/before':>11}{'on/off':>8}")
+    cpu_medians = {
+        name: {s: statistics.median(v) for s, v in by.items()} for name, by in cpu.items()
+    }
+    print(f"\nmessages per second (server CPU us per message), median of {args.repeat}")
+    print(f"{'scenario':<16}{'before':>16}{'off':>16}{'on':>16}{'on/before':>11}{'on/off':>8}")
     for scenario, on in medians["on"].items():
         b, off = medians["before"][scenario], medians["off"][scenario]
-        print(f"{scenario:<16}{b:>10.0f}{off:>10.0f}{on:>10.0f}{on / b:>11.3f}{on / off:>8.3f}")
+        us = [cpu_medians[name][scenario] for name in ("before", "off", "on")]
+        cells = "".join(
+            f"{rate:>9.0f} ({u:>4.1f})" for rate, u in zip((b, off, on), us, strict=True)
+        )
+        print(f"{scenario:<16}{cells}{on / b:>11.3f}{on / off:>8.3f}")
     (OUT / "metrics_cost.json").write_text(
         json.dumps(
-            {"before": args.before, "after": args.after, "runs": rates, "medians": medians},
+            {
+                "before": args.before,
+                "after": args.after,
+                "msgs_per_s": rates,
+                "server_us_per_msg": cpu,
+                "medians": medians,
+                "cpu_medians": cpu_medians,
+            },
             indent=1,
         )
         + "\n"
