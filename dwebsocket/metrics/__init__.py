@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from django.conf import settings as django_settings
 
 from dwebsocket.conf import settings
+from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.signals import websocket_closed, websocket_opened
 
 if TYPE_CHECKING:
@@ -112,14 +113,18 @@ def _get() -> _Metrics | None:
             return None
         with _lock:
             if _metrics is None and not _unavailable:
+                # django-prometheus' setting, not ours: its metrics and ours share a prefix.
+                namespace = getattr(django_settings, "PROMETHEUS_METRIC_NAMESPACE", "")
                 try:
-                    _metrics = _Metrics(getattr(django_settings, "PROMETHEUS_METRIC_NAMESPACE", ""))
+                    _metrics = _Metrics(namespace)
                 except ImportError:
                     _unavailable = True
                     return None
-    if not settings.WEBSOCKET_METRICS:
+    try:
+        on = settings.WEBSOCKET_METRICS
+    except InvalidSetting:  # reported by check dwebsocket.E023; counting stays off
         return None
-    return _metrics
+    return _metrics if on else None
 
 
 def enabled() -> bool:
