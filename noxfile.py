@@ -60,20 +60,22 @@ nox.options.error_on_missing_interpreters = True
 
 
 def _pyenv_versions() -> None:
-    """Let pyenv's shims find every installed Python (``python3.12`` ...), as
+    """Let pyenv's shims find every installed supported Python (``python3.12`` ...), as
     ``pyenv global 3.11.7 3.12.1 ...`` would, without changing the machine's setting."""
-    if os.environ.get("PYENV_VERSION") or shutil.which("pyenv") is None:
+    if shutil.which("pyenv") is None:
         return
     run = subprocess.run
     bare = run(["pyenv", "versions", "--bare"], capture_output=True, text=True, timeout=30)
-    current = run(["pyenv", "version-name"], capture_output=True, text=True, timeout=30)
     found = [v for v in bare.stdout.split() if v.count(".") == 2 and v.replace(".", "").isdigit()]
     newest: dict[str, str] = {}
     for version in sorted(found, key=lambda v: tuple(map(int, v.split(".")))):
         newest[version.rsplit(".", 1)[0]] = version
-    chosen = [newest[p] for p in PYTHONS if p in newest]
-    first = current.stdout.split(":")[0].strip()
-    os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys([first, *chosen] if first else chosen))
+    current = (
+        os.environ.get("PYENV_VERSION")
+        or run(["pyenv", "version-name"], capture_output=True, text=True, timeout=30).stdout.strip()
+    )
+    chosen = [*current.split(":"), *(newest[p] for p in PYTHONS if p in newest)]
+    os.environ["PYENV_VERSION"] = ":".join(dict.fromkeys(v for v in chosen if v))
 
 
 _pyenv_versions()
