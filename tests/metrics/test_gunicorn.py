@@ -8,6 +8,7 @@ counters are checked exactly, as are ``manage.py websocket_status``'s numbers.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -285,6 +287,14 @@ def test_caps_keepalive_and_slow_members(
     )
     got = until(expected, server)
     assert {k2: got.get(k2) for k2 in expected} == expected
+
+    # websocket_status on the /metrics page (which adds up both workers here).
+    out = io.StringIO()
+    call_command("websocket_status", "--url", server.url("/metrics", "http"), stdout=out)
+    lines = dict(line.split("  ", 1) for line in out.getvalue().splitlines())
+    assert lines["Keepalive timeouts (1011)"].strip() == str(k)
+    assert lines["Group members dropped (1008)"].strip() == "1"
+    assert lines["Handshakes, by status"].strip() == f"101: {k + 1}  503: {3 - k}"
 
 
 def _bytes(values: dict[str, float]) -> dict[str, float]:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import Client, override_settings
 from prometheus_client import REGISTRY
 
@@ -157,3 +158,23 @@ def test_open_connections_are_flushed_while_open(
         while value("messages_received_total") - counts.before["messages_received_total"] < 3:
             assert time.monotonic() < deadline, "the flusher did not add the traffic"
             time.sleep(0.02)
+
+
+def test_the_metrics_page(counts: Counts) -> None:
+    with WebSocketClient("/echo/") as ws:
+        ws.send("hello")
+        assert ws.receive() == "hello"
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    page = response.content.decode()
+    assert 'django_websocket_handshakes_total{status="101"}' in page
+    assert "django_websocket_connections_open 0.0" in page
+
+
+def test_websocket_status_needs_a_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with pytest.raises(CommandError, match="PROMETHEUS_MULTIPROC_DIR is not set"):
+        call_command("websocket_status")
+    with pytest.raises(CommandError, match="could not read"):
+        call_command("websocket_status", "--url", "http://127.0.0.1:1/metrics")
