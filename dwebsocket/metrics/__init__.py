@@ -98,6 +98,22 @@ class _Metrics:
         self.keepalive_timeouts = counter(
             "keepalive_timeouts", "Peers closed with 1011 for not answering a ping."
         )
+        self.accepted = self.handshakes.labels("101")
+        # labels() takes a lock and builds a key at each call: keep the children.
+        self._by_status: dict[int, Any] = {}
+        self._by_code: dict[int, Any] = {}
+
+    def handshake(self, status: int) -> Any:
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.handshakes.labels(str(status))
+        return child
+
+    def close(self, code: int) -> Any:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self.closes.labels(str(code))
+        return child
 
 
 _metrics: _Metrics | None = None
@@ -137,7 +153,7 @@ def handshake(status: int) -> None:
     """Count an upgrade request answered with ``status`` (101 when accepted)."""
     metrics = _get()
     if metrics is not None:
-        metrics.handshakes.labels(str(status)).inc()
+        metrics.handshake(status).inc()
 
 
 # The open connections of this process that count, and what of each was added already.
@@ -154,7 +170,7 @@ def _opened(sender: Any, websocket: WebSocket, **kwargs: Any) -> None:
     if metrics is None:
         return
     try:
-        metrics.handshakes.labels("101").inc()
+        metrics.accepted.inc()
         metrics.open.inc()
         with _lock:
             _open[websocket] = _ZERO
@@ -179,7 +195,7 @@ def _closed(sender: Any, websocket: WebSocket, code: int | None = None, **kwargs
     try:
         _open.pop(websocket, None)
         metrics.open.dec()
-        metrics.closes.labels(str(code if code is not None else 1006)).inc()
+        metrics.close(code if code is not None else 1006).inc()
     except Exception as exc:
         logger.debug("Counting a closed WebSocket failed: %r", exc)
 
