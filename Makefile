@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean
+.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -116,6 +116,12 @@ recovery-full: setup
 	DWEBSOCKET_RECOVERY_CUT=30 DWEBSOCKET_RECOVERY_RATE=1000 DWEBSOCKET_RECOVERY_MEMBERS=1000 \
 		$(PY) -m pytest -q -s -p no:cacheprovider --timeout=900 \
 		tests/groups/test_history_servers.py -k cut_off
+
+# 150,000 WebSockets on this machine: gunicorn -k gevent workers and websockets processes,
+# every connection echoing and receiving one group broadcast through Redis (~20 min; heavy:
+# run it under flock /work/.heavy.lock on a shared machine). CONNS=5000 for a smoke run.
+bench-scale: setup $(BENCH_STAMP)
+	$(PY) bench/scale.py $(if $(CONNS),--conns $(CONNS) --json bench/out/scale.json)
 
 # Coverage-guided fuzzing (atheris, installed here) of each parser for FUZZ_SECONDS (60),
 # then the hypothesis properties with FUZZ_EXAMPLES (10,000) each: ~10 min, not in CI.

@@ -16,6 +16,10 @@
  * message on every open connection and reports how many answered ({"event":"probed"}),
  * "next" goes on to the next step, "quit" exits. Server pings are answered meanwhile.
  * With --deflate the probe is compressed where negotiated, as a browser's would be.
+ * "broadcast" prints {"event":"listening"} at once, then waits for one message the
+ * client did not ask for on every open connection (a group message the server pushes)
+ * and reports how many had one, with the CLOCK_MONOTONIC seconds of the first and last
+ * arrival ({"event":"broadcast"}); whoever triggers the push does so after "listening".
  *
  * Every frame the client sends is built once, masked once (RFC 6455 5.3 asks for
  * unpredictable keys to protect proxies' caches; a benchmark on loopback needs none),
@@ -63,6 +67,7 @@ typedef struct {
     uint8_t in_payload;  /* skipping the payload of a data frame */
     uint8_t payload_fin; /* ... which is the final frame of its message */
     uint8_t want_out;    /* EPOLLOUT registered */
+    uint8_t got_push;    /* had the message "broadcast" waits for */
     uint16_t carry_len;
     uint64_t skip;        /* payload bytes of the current data frame still to come */
     uint64_t reply_bytes; /* payload bytes of the current reply so far */
@@ -121,6 +126,8 @@ static uint64_t n_msgs, n_bytes;
 #define SUB (1 << SUB_BITS)
 static uint64_t hist[64 * SUB];
 static uint64_t n_answered; /* idle probe */
+static int push_waiting;    /* idle broadcast: count unsolicited messages */
+static uint64_t n_pushed, push_first, push_last;
 
 static uint8_t rbuf[CARRY + 262144];
 
@@ -412,7 +419,15 @@ static int start_connection(void) {
 }
 
 static void on_reply(conn_t *c, long idx, uint64_t t) {
-    if (!c->awaiting) { /* unsolicited message: not ours to count */
+    if (!c->awaiting) { /* unsolicited message: a broadcast's, or not ours to count */
+        if (push_waiting && !c->got_push) {
+            c->got_push = 1;
+            n_pushed++;
+            if (!push_first)
+                push_first = t;
+            push_last = t;
+            return;
+        }
         n_bad_replies++;
         return;
     }
@@ -809,6 +824,27 @@ static int wait_command(char *cmd, size_t n) {
     }
 }
 
+/* One unsolicited message on every open connection, or the probe timeout. */
+static void await_broadcast(void) {
+    for (long i = 0; i < nconns_started; i++)
+        conns[i].got_push = 0;
+    n_pushed = push_first = push_last = 0;
+    push_waiting = 1;
+    long open_before = n_open;
+    printf("{\"event\": \"listening\", \"open\": %ld}\n", n_open);
+    fflush(stdout);
+    uint64_t p0 = now_ns(), deadline = p0 + (uint64_t)(opt_probe_timeout * 1e9);
+    while (n_pushed < (uint64_t)n_open && now_ns() < deadline)
+        poll_once(10);
+    push_waiting = 0;
+    printf("{\"event\": \"broadcast\", \"received\": %llu, \"open_before\": %ld, "
+           "\"open\": %ld, \"dropped\": %ld, \"first\": %.6f, \"last\": %.6f, "
+           "\"error\": \"%s\"}\n",
+           (unsigned long long)n_pushed, open_before, n_open, n_dropped, push_first / 1e9,
+           push_last / 1e9, first_error);
+    fflush(stdout);
+}
+
 static void run_idle(void) {
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
     epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &ev);
@@ -859,6 +895,8 @@ static void run_idle(void) {
                 printf(", \"error\": \"%s\"}\n", first_error);
                 fflush(stdout);
             }
+            if (!strncmp(cmd, "broadcast", 9))
+                await_broadcast();
         }
     }
 }

@@ -1,0 +1,576 @@
+"""Many concurrent WebSockets on one machine, served as users deploy them.
+
+    .venv/bin/python bench/scale.py                         # 150,000 connections (make bench-scale)
+    .venv/bin/python bench/scale.py --conns 5000 --idle 5   # a smoke run
+
+For each stack: a private redis-server, the server (several processes sharing one port),
+and LOADGENS load-generating processes (``bench/loadgen/loadgen.c`` in idle mode) on the
+same machine, each opening its share of ``--conns`` from source addresses 127.21.0.x
+(each address has its own ephemeral port range: one gives about 28,000 connections to one
+server port). Then, in order:
+
+1. open: every connection is opened (the handshake done, and under dwebsocket the view
+   has joined group "scale");
+2. idle: ``--idle`` seconds of nothing but the servers' keepalive pings (20 s apart);
+3. echo: every connection sends one 32-byte text message and must get it back;
+4. broadcast: one message published to group "scale" must reach every connection.
+
+Stacks:
+
+- ``dwebsocket``: gunicorn ``-k gevent`` with ``--workers`` processes and the default
+  backend, ``WEBSOCKET_GROUPS_URL=redis://``; ``bench/stacks/djsite``'s ``member`` view;
+  the broadcast is one ``dwebsocket.groups.send()`` from this process.
+- ``websockets``: ``--workers`` processes of the ``websockets`` asyncio server behind one
+  port (SO_REUSEPORT), each relaying the Redis channel "scale" to its connections with
+  ``websockets.broadcast`` (``bench/stacks/websockets_group.py``); the broadcast is one
+  PUBLISH.
+
+Reported per stack: connections open and answering, how long opening took, the servers'
+RSS (summed over their processes; per connection: the growth over the servers' RSS before
+the first connection, divided by the connections), their CPU in each phase, the
+connections per process, and the kernel's side (``/proc/net/sockstat``, slab). Writes
+``docs/benchmarks/scale.json`` (``--json``); logs go to ``bench/out/scale-*``. Every wait
+is bounded; every process started is stopped. Not part of CI.
+
+This machine caps every process at 20,000 open files (``RLIMIT_NOFILE``, which nothing
+here may raise), so no process holds more than ``--per-process`` connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+OUT = BENCH / "out"
+LOADGEN_SRC = BENCH / "loadgen" / "loadgen.c"
+LOADGEN = BENCH / "loadgen" / "loadgen"
+RESULTS = REPO / "docs" / "benchmarks" / "scale.json"
+HOST = "127.0.0.1"
+PY = sys.executable
+#: Source addresses of the load generators: 127.21.0.1 and up (loopback, issue 21).
+SOURCE_PREFIX = "127.21.0."
+#: Ephemeral ports one source address offers one server port (ip_local_port_range).
+PORT_RANGE = (32768, 60999)
+#: Descriptors a server process keeps beyond its connections (listening socket, Redis,
+#: pipes to the arbiter, heartbeat file, ...), so its cap stays under RLIMIT_NOFILE.
+FD_MARGIN = 300
+START_TIMEOUT = 60.0
+OPEN_TIMEOUT = 900.0
+ANSWER_TIMEOUT = 300.0
+STOP_TIMEOUT = 30.0
+GROUP = "scale"
+BROADCAST = "broadcast"
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every process started, stopped on exit: SIGTERM to its process group, then SIGKILL."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        argv: list[str],
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        pipes: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as log_file:
+            process = subprocess.Popen(
+                argv,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else log_file,
+                stderr=log_file,
+                cwd=REPO,
+                start_new_session=True,
+            )
+        self.started.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+        if process in self.started:
+            self.started.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(list(self.started)):
+            self.stop(process)
+
+
+class Lines:
+    """JSON lines from several processes' stdout, read with a deadline."""
+
+    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.buffers: dict[int, bytes] = {}
+        for process in processes:
+            assert process.stdout is not None
+            os.set_blocking(process.stdout.fileno(), False)
+            self.selector.register(process.stdout, selectors.EVENT_READ, process)
+            self.buffers[process.pid] = b""
+
+    def read(self, timeout: float) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
+        """Yield (process, decoded line) until the caller stops or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for key, _ in self.selector.select(left):
+                process = key.data
+                stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
+                data = os.read(stream.fileno(), 65536)
+                if not data:
+                    raise RuntimeError(f"{process.args[0]} ended (exit {process.wait()})")
+                self.buffers[process.pid] += data
+                *lines, self.buffers[process.pid] = self.buffers[process.pid].split(b"\n")
+                for line in lines:
+                    yield process, json.loads(line)
+        raise TimeoutError(f"no complete answer within {timeout:.0f} s")
+
+    def each(
+        self, processes: list[subprocess.Popen[bytes]], event: str, timeout: float
+    ) -> list[dict[str, Any]]:
+        """The next line with ``"event": event`` from each of ``processes``, in their order."""
+        got: dict[int, dict[str, Any]] = {}
+        for process, line in self.read(timeout):
+            if line.get("event") == event:
+                got[process.pid] = line
+                if len(got) == len(processes):
+                    break
+        return [got[process.pid] for process in processes]
+
+    def close(self) -> None:
+        self.selector.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port} after {timeout:.0f} s")
+
+
+def raise_nofile() -> int:
+    """Raise this process's (and so its children's) soft RLIMIT_NOFILE to the hard one."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return int(hard)
+
+
+def build_loadgen() -> None:
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("no C compiler for bench/loadgen/loadgen.c")
+    subprocess.run(
+        [compiler, "-O2", "-o", str(LOADGEN), str(LOADGEN_SRC), "-lz"], check=True, timeout=120
+    )
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+class Servers:
+    """The processes of one server (a gunicorn arbiter and its workers, or several
+    independent processes): their RSS, CPU and open descriptors, summed or listed."""
+
+    def __init__(self, roots: list[subprocess.Popen[bytes]]) -> None:
+        self.roots = [psutil.Process(p.pid) for p in roots]
+
+    def processes(self) -> list[psutil.Process]:
+        found: list[psutil.Process] = []
+        for root in self.roots:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found += [root, *root.children(recursive=True)]
+        return found
+
+    def sample(self) -> dict[str, Any]:
+        rss = cpu = 0.0
+        per_process = []
+        for process in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                with process.oneshot():
+                    memory = process.memory_info()
+                    times = process.cpu_times()
+                    fds = process.num_fds()
+                rss += memory.rss
+                cpu += times.user + times.system + times.children_user + times.children_system
+                per_process.append({"pid": process.pid, "rss": memory.rss, "fds": fds})
+        return {"t": time.monotonic(), "rss": rss, "cpu": cpu, "processes": per_process}
+
+
+def kernel() -> dict[str, int]:
+    """Machine-wide figures: TCP sockets and their buffer pages, slab and used memory (KiB)."""
+    figures: dict[str, int] = {}
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            words = line.split()[1:]
+            figures.update(
+                {f"tcp_{k}": int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
+            )
+    meminfo = {
+        line.split(":")[0]: int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+    }
+    figures["slab_kib"] = meminfo["Slab"]
+    figures["used_kib"] = meminfo["MemTotal"] - meminfo["MemAvailable"]
+    return figures
+
+
+def phase(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    seconds = after["t"] - before["t"]
+    cpu = after["cpu"] - before["cpu"]
+    return {"seconds": seconds, "cpu_s": cpu, "cpu_percent": 100 * cpu / seconds}
+
+
+# -- the stacks -----------------------------------------------------------------------------
+
+
+def start_redis(processes: Processes, workdir: str, name: str) -> tuple[str, int]:
+    port = free_port()
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    argv = [server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    argv += ["--dir", workdir, "--maxclients", "1000"]
+    process = processes.start(
+        argv,
+        OUT / f"scale-{name}-redis.log",
+    )
+    wait_listening(port, process, START_TIMEOUT)
+    return f"redis://{HOST}:{port}/0", port
+
+
+def start_dwebsocket(
+    processes: Processes, port: int, redis_url: str, workers: int, per_process: int
+) -> list[subprocess.Popen[bytes]]:
+    argv = [
+        str(Path(PY).with_name("gunicorn")),
+        "-c",
+        "python:dwebsocket.contrib.gunicorn",
+        "-k",
+        "gevent",
+        "--workers",
+        str(workers),
+        "--worker-connections",
+        str(per_process),
+        "--backlog",
+        "4096",
+        "--bind",
+        f"{HOST}:{port}",
+        "--log-level",
+        "warning",
+        "bench.stacks.djsite.wsgi:application",
+    ]
+    env = {
+        "DJANGO_SETTINGS_MODULE": "bench.stacks.djsite.settings",
+        "DWEBSOCKET_BENCH_SETTINGS": json.dumps({"WEBSOCKET_GROUPS_URL": redis_url}),
+    }
+    return [processes.start(argv, OUT / "scale-dwebsocket-server.log", env=env)]
+
+
+def start_websockets(
+    processes: Processes, port: int, redis_url: str, workers: int, per_process: int
+) -> list[subprocess.Popen[bytes]]:
+    script = str(BENCH / "stacks" / "websockets_group.py")
+    return [
+        processes.start(
+            [PY, script, f"{HOST}:{port}", redis_url], OUT / f"scale-websockets-server{i}.log"
+        )
+        for i in range(workers)
+    ]
+
+
+STACKS = {
+    "dwebsocket": (start_dwebsocket, "dwebsocket · gunicorn -k gevent (default backend)"),
+    "websockets": (start_websockets, "websockets (asyncio), SO_REUSEPORT"),
+}
+
+
+def send_broadcast(stack: str, redis_url: str) -> float:
+    """Send the broadcast as the stack's users would; the CLOCK_MONOTONIC just before."""
+    if stack == "dwebsocket":
+        from dwebsocket import groups
+
+        with override_groups_url(redis_url):
+            groups.get_layer()  # connect first: the send is what is timed
+            t0 = time.monotonic()
+            groups.send(GROUP, BROADCAST, fail_silently=False)
+            groups.reset()
+        return t0
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.ping()
+    t0 = time.monotonic()
+    client.publish(GROUP, BROADCAST)
+    client.close()
+    return t0
+
+
+@contextlib.contextmanager
+def override_groups_url(url: str) -> Iterator[None]:
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(INSTALLED_APPS=["dwebsocket"], USE_TZ=True)
+        django.setup()
+    from django.test.utils import override_settings
+
+    with override_settings(WEBSOCKET_GROUPS_URL=url):
+        yield
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+def shares(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def run_stack(stack: str, args: argparse.Namespace, processes: Processes) -> dict[str, Any]:
+    start, label = STACKS[stack]
+    result: dict[str, Any] = {"stack": stack, "label": label, "target": args.conns}
+    lines: Lines | None = None
+    started: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as workdir:
+        try:
+            redis_url, _ = start_redis(processes, workdir, stack)
+            port = free_port()
+            roots = start(processes, port, redis_url, args.workers, args.cap)
+            started += roots
+            wait_listening(port, roots[0], START_TIMEOUT)
+            time.sleep(args.settle)  # every worker up, the app loaded
+            servers = Servers(roots)
+            samples = {"start": servers.sample()}
+            kernels = {"start": kernel()}
+            result["server_processes"] = len(servers.processes())
+
+            sources = [f"{SOURCE_PREFIX}{i + 1}" for i in range(args.sources)]
+            loadgens = []
+            for i, count in enumerate(shares(args.conns, args.loadgens)):
+                own = sources[i % len(sources) :] + sources[: i % len(sources)]
+                argv = [str(LOADGEN), "--mode", "idle", "--host", HOST, "--port", str(port)]
+                argv += ["--path", "/member/", "--steps", str(count), "--src", ",".join(own)]
+                argv += ["--connect-timeout", str(OPEN_TIMEOUT)]
+                argv += ["--probe-timeout", str(ANSWER_TIMEOUT)]
+                argv += ["--connect-concurrency", str(args.concurrency)]
+                loadgens.append(
+                    processes.start(argv, OUT / f"scale-{stack}-loadgen{i}.log", pipes=True)
+                )
+            started += loadgens
+            lines = Lines(loadgens)
+            print(f"  {stack}: opening {args.conns:,} connections", flush=True)
+            opened = lines.each(loadgens, "opened", OPEN_TIMEOUT + 60)
+            samples["open"], kernels["open"] = servers.sample(), kernel()
+            result["open"] = {
+                "open": sum(o["open"] for o in opened),
+                "failed": sum(o["failed"] for o in opened),
+                "dropped": sum(o["dropped"] for o in opened),
+                "seconds": max(o["seconds"] for o in opened),
+                "errors": sorted({o["error"] for o in opened if o["error"]}),
+            }
+            print(f"  {stack}: {result['open']}", flush=True)
+
+            time.sleep(args.idle)
+            samples["idle"] = servers.sample()
+
+            command(loadgens, "probe")
+            probed = lines.each(loadgens, "probed", ANSWER_TIMEOUT + 60)
+            samples["echo"] = servers.sample()
+            result["echo"] = {
+                "asked": sum(p["asked"] for p in probed),
+                "answered": sum(p["answered"] for p in probed),
+                "seconds": max(p["seconds"] for p in probed),
+                "p99_ms_worst": max(p["p99_us"] for p in probed) / 1000,
+                "max_ms": max(p["max_us"] for p in probed) / 1000,
+                "errors": sorted({p["error"] for p in probed if p["error"]}),
+            }
+            print(f"  {stack}: echo {result['echo']}", flush=True)
+
+            command(loadgens, "broadcast")
+            listening = lines.each(loadgens, "listening", 60)
+            before = servers.sample()
+            t0 = send_broadcast(stack, redis_url)
+            got = lines.each(loadgens, "broadcast", ANSWER_TIMEOUT + 60)
+            samples["broadcast"] = servers.sample()
+            arrived = [g for g in got if g["received"]]
+            result["broadcast"] = {
+                "open": sum(g["open"] for g in listening),
+                "received": sum(g["received"] for g in got),
+                "first_ms": 1000 * (min(g["first"] for g in arrived) - t0) if arrived else None,
+                "last_ms": 1000 * (max(g["last"] for g in arrived) - t0) if arrived else None,
+                "cpu_s": samples["broadcast"]["cpu"] - before["cpu"],
+            }
+            print(f"  {stack}: broadcast {result['broadcast']}", flush=True)
+            kernels["end"] = kernel()
+
+            open_n = result["open"]["open"]
+            grown = samples["open"]["rss"] - samples["start"]["rss"]
+            result["memory"] = {
+                "rss_start": samples["start"]["rss"],
+                "rss_open": samples["open"]["rss"],
+                "rss_end": samples["broadcast"]["rss"],
+                "kib_per_conn_open": grown / 1024 / open_n if open_n else None,
+                "kib_per_conn_end": (samples["broadcast"]["rss"] - samples["start"]["rss"])
+                / 1024
+                / open_n
+                if open_n
+                else None,
+            }
+            result["cpu"] = {
+                "open": phase(samples["start"], samples["open"]),
+                "idle": phase(samples["open"], samples["idle"]),
+                "echo": phase(samples["idle"], samples["echo"]),
+            }
+            result["per_process"] = [
+                {"fds": p["fds"], "rss": p["rss"]} for p in samples["broadcast"]["processes"]
+            ]
+            result["kernel"] = kernels
+            command(loadgens, "quit")
+        finally:
+            if lines is not None:
+                lines.close()
+            for process in reversed(started):
+                processes.stop(process)
+    return result
+
+
+def command(loadgens: list[subprocess.Popen[bytes]], line: str) -> None:
+    for process in loadgens:
+        assert process.stdin is not None
+        process.stdin.write(line.encode() + b"\n")
+        process.stdin.flush()
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conns", type=int, default=150_000)
+    parser.add_argument("--stacks", default="dwebsocket,websockets")
+    parser.add_argument(
+        "--per-process",
+        type=int,
+        default=15_000,
+        help="connections one server process aims at (workers = conns / this, rounded up)",
+    )
+    parser.add_argument(
+        "--workers", type=int, help="server processes (default: from --per-process)"
+    )
+    parser.add_argument("--loadgens", type=int, help="load generators (default: like workers)")
+    parser.add_argument("--sources", type=int, help="source addresses (default: enough ports x2)")
+    parser.add_argument(
+        "--concurrency", type=int, default=128, help="handshakes in flight per loadgen"
+    )
+    parser.add_argument("--idle", type=float, default=45.0, help="seconds idle after opening")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds for workers to start")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    hard = raise_nofile()
+    cap = hard - FD_MARGIN
+    args.workers = args.workers or math.ceil(args.conns / min(args.per_process, cap))
+    # The cap a gunicorn worker accepts up to (--worker-connections): the descriptors it
+    # may have, so that an uneven share of the accepts never makes one run out of them.
+    args.cap = cap
+    if args.conns > args.workers * cap:
+        raise SystemExit(f"{args.workers} processes hold at most {args.workers * cap:,}")
+    args.loadgens = args.loadgens or args.workers
+    if math.ceil(args.conns / args.loadgens) + 100 > hard:
+        raise SystemExit(f"RLIMIT_NOFILE is {hard:,}: use more --loadgens")
+    ports = PORT_RANGE[1] - PORT_RANGE[0] + 1
+    args.sources = args.sources or max(2, math.ceil(2 * args.conns / ports))
+    build_loadgen()
+    stacks = args.stacks.split(",")
+    print(
+        f"scale: {args.conns:,} connections, {args.workers} server processes (cap {cap:,} each), "
+        f"{args.loadgens} load generators, {args.sources} source addresses; "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
+    run: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory": psutil.virtual_memory().total,
+            "kernel": platform.release(),
+            "rlimit_nofile": hard,
+            "loadavg_before": os.getloadavg(),
+        },
+        "conns": args.conns,
+        "workers": args.workers,
+        "worker_cap": cap,
+        "per_process_target": args.per_process,
+        "loadgens": args.loadgens,
+        "sources": args.sources,
+        "idle_seconds": args.idle,
+        "results": [],
+    }
+    processes = Processes()
+    try:
+        for stack in stacks:
+            run["results"].append(run_stack(stack, args, processes))
+    finally:
+        processes.stop_all()
+    run["machine"]["loadavg_after"] = os.getloadavg()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(run, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
