@@ -318,6 +318,35 @@ def start_dwebsocket(
     return [processes.start(argv, OUT / "scale-dwebsocket-server.log", env=env)]
 
 
+def start_uwsgi(
+    processes: Processes, port: int, redis_url: str, workers: int, per_process: int
+) -> list[subprocess.Popen[bytes]]:
+    # docs/deployment.rst's "default backend under uWSGI", with --listen raised from 100.
+    argv = [
+        str(Path(PY).with_name("uwsgi")),
+        "--master",
+        "--die-on-term",
+        "--need-app",
+        "--processes",
+        str(workers),
+        "--http-socket",
+        f"{HOST}:{port}",
+        "--gevent",
+        str(per_process),
+        "--gevent-early-monkey-patch",
+        "--listen",
+        "4096",
+        "--disable-logging",
+        "--module",
+        "bench.stacks.djsite.wsgi:application",
+    ]
+    env = {
+        "DJANGO_SETTINGS_MODULE": "bench.stacks.djsite.settings",
+        "DWEBSOCKET_BENCH_SETTINGS": json.dumps({"WEBSOCKET_GROUPS_URL": redis_url}),
+    }
+    return [processes.start(argv, OUT / "scale-uwsgi-server.log", env=env)]
+
+
 def start_websockets(
     processes: Processes, port: int, redis_url: str, workers: int, per_process: int
 ) -> list[subprocess.Popen[bytes]]:
@@ -332,13 +361,14 @@ def start_websockets(
 
 STACKS = {
     "dwebsocket": (start_dwebsocket, "dwebsocket · gunicorn -k gevent (default backend)"),
+    "uwsgi": (start_uwsgi, "dwebsocket · uWSGI --gevent (default backend)"),
     "websockets": (start_websockets, "websockets (asyncio), SO_REUSEPORT"),
 }
 
 
 def send_broadcast(stack: str, redis_url: str) -> float:
     """Send the broadcast as the stack's users would; the CLOCK_MONOTONIC just before."""
-    if stack == "dwebsocket":
+    if stack in ("dwebsocket", "uwsgi"):
         from dwebsocket import groups
 
         with override_groups_url(redis_url):

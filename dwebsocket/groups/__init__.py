@@ -7,7 +7,9 @@
 
 A connection leaves its groups when it closes. ``WEBSOCKET_GROUPS_URL`` picks the layer that
 carries messages: unset or ``memory://`` stays inside the process (:mod:`.memory`);
-``redis://host:port/db`` reaches every process connected to that Redis (:mod:`.redis`).
+``redis://host:port/db`` reaches every process connected to that Redis (:mod:`.redis`),
+as do ``redis-sentinel://`` (the master Sentinels name, followed across failovers) and
+``redis-cluster://`` (a Redis Cluster, sharded pub/sub) (:mod:`.topology`).
 The setting is read at each call, so ``override_settings`` works; a layer is built on first
 use and rebuilt when the setting changes or the process forks.
 
@@ -97,8 +99,9 @@ def get_layer() -> Layer:
         return _layer
 
 
-#: The URL schemes of the Redis layer (:mod:`.redis`).
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+#: The URL schemes of the Redis layer (:mod:`.redis`): one server, a master found through
+#: Sentinels, a Redis Cluster (:mod:`.topology`).
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis-sentinel", "redis-cluster")
 
 
 def url_problem(url: str) -> str | None:
@@ -106,7 +109,11 @@ def url_problem(url: str) -> str | None:
     None. Looks at the scheme only; connects to nothing."""
     if url == MemoryLayer.url or url.partition("://")[0].lower() in REDIS_SCHEMES:
         return None
-    return f"WEBSOCKET_GROUPS_URL must be memory:// or redis://host:port/db, not {url!r}"
+    return (
+        "WEBSOCKET_GROUPS_URL must be memory://, redis://host:port/db, "
+        "redis-sentinel://host:port[,host:port...]/master_name or "
+        f"redis-cluster://host:port[,host:port...], not {url!r}"
+    )
 
 
 def _make_layer(url: str, registry: Registry) -> Layer:

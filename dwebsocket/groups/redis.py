@@ -90,7 +90,8 @@ HEADER = struct.Struct("!B8sQ")
 
 #: Appends a message to its group's stream and publishes it with its position, atomically.
 #: KEYS: stream. ARGV: size, ttl (ms), epoch the sender saw last ("0": none), channel,
-#: header (kind, origin, seq), payload. Returns the position "epoch:offset".
+#: header (kind, origin, seq), payload, the publishing command (PUBLISH; SPUBLISH on a
+#: Cluster). Returns the position "epoch:offset".
 PUBLISH_SCRIPT = """
 local now = redis.call('TIME')
 local ms = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
@@ -123,7 +124,7 @@ end
 if type(id) == 'table' then return id end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local position = string.gsub(id, '%-', ':')
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. string.char(#position) .. position .. ARGV[6])
+redis.call(ARGV[7], ARGV[4], ARGV[5] .. string.char(#position) .. position .. ARGV[6])
 return position
 """
 
@@ -245,8 +246,10 @@ class RedisLayer:
         }
         if MaintNotificationsConfig is not None:  # redis-py >= 7: a CLIENT call saved
             options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+        from dwebsocket.groups.topology import topology_for
+
         try:
-            self._pool = redis.BlockingConnectionPool.from_url(url, **options)
+            self.topology = topology_for(url, options)
         except ValueError as exc:
             from dwebsocket.conf import GROUPS_URL
 
@@ -256,19 +259,21 @@ class RedisLayer:
                 f"WEBSOCKET_GROUPS_URL {redact(url)!r}: {exc}",
                 GROUPS_URL.check_id,
             ) from exc
-        self._client = redis.Redis(connection_pool=self._pool)
-        kwargs = self._pool.connection_kwargs
-        self.timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
-        self._prefix = f"dwebsocket:{kwargs.get('db', 0)}:"
+        self._client = self.topology.client
+        self.timeout = float(self.topology.socket_timeout or DEFAULT_TIMEOUT)
+        self.backoff_cap = self.topology.backoff_cap or BACKOFF_CAP
+        self._prefix = f"dwebsocket:{self.topology.db}:"
         self._state_lock = threading.Lock()  # guards the fields below; never held over I/O
         self._outage = False
-        self._failures = 0
-        self._retry_at = 0.0
+        # Per shard (one key, None, but on a Cluster): a failing shard is not tried for a
+        # while, the others are.
+        self._failures: dict[str | None, int] = {}
+        self._retry_at: dict[str | None, float] = {}
         self._claims: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._publish_kept = self._client.register_script(PUBLISH_SCRIPT)
         self._epochs: dict[str, str] = {}  # group -> the epoch its last message had
         self._read_kept = self._client.register_script(READ_SCRIPT)
-        self.subscriber = Subscriber(self)
+        self.subscriber = self.topology.subscription(self)
         if registry.groups():  # members joined under another layer: take them over
             self.subscriber.start()
             for group in registry.groups():
@@ -277,11 +282,10 @@ class RedisLayer:
     # -- names ----------------------------------------------------------------------------
 
     def channel(self, group: str) -> bytes:
-        return (self._prefix + group).encode()
+        return self.topology.channel(self._prefix, group)
 
     def group(self, channel: bytes) -> str | None:
-        name = channel.decode(errors="replace")
-        return name[len(self._prefix) :] if name.startswith(self._prefix) else None
+        return self.topology.group(self._prefix, channel)
 
     def stream(self, group: str) -> str:
         """The key of ``group``'s history stream (its name a hash tag: see the docstring)."""
@@ -339,16 +343,18 @@ class RedisLayer:
             if delivered:
                 self._fan_out(group, message)
         error: Exception | None = None
-        if time.monotonic() < self._retry_at:
+        channel = self.channel(group)
+        shard = self.topology.shard(channel)
+        if time.monotonic() < self._retry_at.get(shard, 0.0):
             error = redis.ConnectionError("Redis unreachable recently; not retried yet")
         else:
             try:
-                self._client.publish(self.channel(group), data)
+                self.topology.publish(channel, data)
             except (redis.RedisError, OSError) as exc:
                 error = exc
-                self._publish_failed(exc)
+                self._publish_failed(exc, shard)
             else:
-                self._publish_ok()
+                self._publish_ok(shard)
         if error is None:
             return None
         if not delivered and group in self.registry and self._claim(seq):
@@ -372,7 +378,9 @@ class RedisLayer:
             header, payload = HEADER.pack(BINARY_AT, self.origin, seq), message
         error: Exception | None = None
         position: Position | None = None
-        if time.monotonic() < self._retry_at:
+        channel = self.channel(group)
+        shard = self.topology.shard(channel)
+        if time.monotonic() < self._retry_at.get(shard, 0.0):
             error = redis.ConnectionError("Redis unreachable recently; not retried yet")
         else:
             try:
@@ -382,16 +390,19 @@ class RedisLayer:
                         kept_by.size,
                         int(kept_by.ttl * 1000) + 1000,  # a second more than the newest needs
                         self._epochs.get(group, "0"),
-                        self.channel(group),
+                        channel,
                         header,
                         payload,
+                        # PUBLISH, or SPUBLISH on a Cluster: the channel has the stream's
+                        # hash tag, so both live in the slot the script runs in.
+                        self.topology.publish_command,
                     ],
                 )
             except (redis.RedisError, OSError) as exc:
                 error = exc
-                self._publish_failed(exc)
+                self._publish_failed(exc, shard)
             else:
-                self._publish_ok()
+                self._publish_ok(shard)
                 position = Position.parse(answer.decode() if isinstance(answer, bytes) else answer)
                 if position is not None:
                     self._remember_epoch(group, position.epoch)
@@ -470,21 +481,24 @@ class RedisLayer:
 
     # -- health -----------------------------------------------------------------------------
 
-    def _publish_failed(self, exc: BaseException) -> None:
-        # Stop trying for a while, so that views do not each pay a timeout while Redis is
-        # down; the reader's reconnection (or this delay running out) lets sends try again.
+    def _publish_failed(self, exc: BaseException, shard: str | None = None) -> None:
+        # Stop trying that shard for a while, so that views do not each pay a timeout while
+        # it is down; the reader's reconnection (or this delay running out) lets sends try
+        # again.
         with self._state_lock:
-            self._failures += 1
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (self._failures - 1))
-            self._retry_at = time.monotonic() + delay
+            failures = self._failures[shard] = self._failures.get(shard, 0) + 1
+            delay = min(self.backoff_cap, BACKOFF_BASE * 2 ** (failures - 1))
+            self._retry_at[shard] = time.monotonic() + delay
         self.report_down(exc)
 
-    def _publish_ok(self) -> None:
-        if self._failures:
+    def _publish_ok(self, shard: str | None = None) -> None:
+        if shard in self._failures:
             with self._state_lock:
-                self._failures = 0
-                self._retry_at = 0.0
-            self.report_up()
+                self._failures.pop(shard, None)
+                self._retry_at.pop(shard, None)
+                others = bool(self._failures)
+            if not others:
+                self.report_up()
 
     def report_down(self, exc: BaseException) -> None:
         """Log the start of an outage, once."""
@@ -503,8 +517,8 @@ class RedisLayer:
         """Log the end of an outage and let ``send`` publish again at once."""
         with self._state_lock:
             was, self._outage = self._outage, False
-            self._failures = 0
-            self._retry_at = 0.0
+            self._failures.clear()
+            self._retry_at.clear()
         if was:
             logger.warning(
                 "Redis at %s is reachable again: groups span processes again", redact(self.url)
@@ -515,21 +529,15 @@ class RedisLayer:
         """True between a failure to reach Redis and the next success."""
         return self._outage
 
-    def make_connection(self) -> redis.Connection:
-        """A new, unconnected connection for the subscription."""
-        kwargs = dict(self._pool.connection_kwargs)
-        # RESP2: subscription replies are plain arrays (redis-py 8 defaults to RESP3, whose
-        # push messages this reader does not need). Maintenance notifications need RESP3.
-        kwargs.update(protocol=2, retry=Retry(NoBackoff(), 0))
-        kwargs.pop("maint_notifications_config", None)
-        kwargs.pop("maint_notifications_pool_handler", None)
-        connection: redis.Connection = self._pool.connection_class(**kwargs)
-        return connection
+    def make_connection(self, address: str | None = None) -> redis.Connection:
+        """A new, unconnected connection for a subscription (to ``address``, a
+        ``host:port``, on a Cluster)."""
+        return self.topology.make_connection(address)
 
     def close(self) -> None:
         """Stop the reader and close every connection (waits up to ``socket_timeout``)."""
         self.subscriber.stop()
-        self._pool.disconnect()
+        self.topology.close()
 
 
 def _command(connection: redis.Connection, *args: str | bytes) -> None:
@@ -545,8 +553,15 @@ class Subscriber:
     changes in one place, in order, and no lock is held while anything waits on I/O.
     """
 
-    def __init__(self, layer: RedisLayer) -> None:
+    #: Pub/sub commands and replies: plain here; sharded (SSUBSCRIBE...) on a Cluster.
+    SUBSCRIBE, UNSUBSCRIBE = "SUBSCRIBE", "UNSUBSCRIBE"
+    MESSAGE, SUBSCRIBED, UNSUBSCRIBED = b"message", b"subscribe", b"unsubscribe"
+
+    def __init__(self, layer: RedisLayer, address: str | None = None) -> None:
         self.layer = layer
+        #: Where this subscription connects (``host:port``), if the topology says
+        #: (a Cluster's shards); else wherever the layer's connections go.
+        self.address = address
         #: Groups surely subscribed: Redis confirmed every SUBSCRIBE sent for them and no
         #: UNSUBSCRIBE was sent since. Read from any thread; replaced, never mutated, by
         #: the reader, so nobody sees it half-changed.
@@ -624,7 +639,7 @@ class Subscriber:
             connection = None
             served = False
             try:
-                connection = self.layer.make_connection()
+                connection = self.layer.make_connection(self.address)
                 connection.connect()  # type: ignore[no-untyped-call]
                 served = True
                 self._serve(connection)
@@ -644,7 +659,7 @@ class Subscriber:
                 delay = BACKOFF_BASE
             # Equal jitter: many processes losing the same Redis do not return in step.
             self._sleep(delay / 2 + random.uniform(0, delay / 2))
-            delay = min(delay * 2, BACKOFF_CAP)
+            delay = min(delay * 2, self.layer.backoff_cap)
         self._lost()
 
     def _sleep(self, seconds: float) -> None:
@@ -668,9 +683,9 @@ class Subscriber:
         assert self._wake_r is not None
         with self._lock:
             self._pending.clear()
-        groups = self.layer.registry.groups()
+        groups = {group for group in self.layer.registry.groups() if self.wants(group)}
         if groups:
-            _command(connection, "SUBSCRIBE", *map(self.layer.channel, groups))
+            self.subscribe(connection, groups)
         self._requested = set(groups)
         self._in_flight = dict.fromkeys(groups, 1)
         with self._lock:
@@ -683,7 +698,12 @@ class Subscriber:
         ping_sent: float | None = None
         while not self._stopping:
             while connection.can_read(timeout=0):
-                self._handle(connection.read_response(disconnect_on_error=False))
+                try:
+                    response = connection.read_response(disconnect_on_error=False)
+                except redis.ResponseError as exc:
+                    self.refused(exc)
+                else:
+                    self._handle(response)
                 last_heard, ping_sent = time.monotonic(), None
             self._sync(connection)
             now = time.monotonic()
@@ -701,9 +721,9 @@ class Subscriber:
         if not isinstance(response, list) or not response:
             return  # b"PONG" outside subscribed mode
         kind = response[0]
-        if kind == b"message":
+        if kind == self.MESSAGE:
             self.layer.receive(response[1], response[2])
-        elif kind == b"subscribe":
+        elif kind == self.SUBSCRIBED:
             group = self.layer.group(response[1])
             if group is not None:
                 left = self._in_flight.pop(group, 1) - 1
@@ -715,8 +735,15 @@ class Subscriber:
                     self._release(group)
                 if self.layer.outage:
                     self.layer.report_up()
-        # "unsubscribe" confirmations need nothing: the group left ``subscribed`` when the
-        # UNSUBSCRIBE was sent.
+        elif kind == self.UNSUBSCRIBED:
+            # The confirmation of an UNSUBSCRIBE needs nothing: the group left
+            # ``subscribed`` when it was sent. One for a group still requested was not
+            # asked for: Redis dropped it (a Cluster's slot moved away).
+            group = self.layer.group(response[1])
+            if group is not None and group in self._requested and group not in self._in_flight:
+                self._requested.discard(group)
+                self.subscribed = self.subscribed - {group}
+                self.dropped(group)
 
     def _sync(self, connection: redis.Connection) -> None:
         """Bring the subscription in line with the registry for the groups asked about.
@@ -730,18 +757,17 @@ class Subscriber:
             waiting = {group: self._waiters.pop(group) for group in todo if group in self._waiters}
         if not todo:
             return
-        registry = self.layer.registry
-        wanted = {group for group in todo if group in registry}
+        wanted = {group for group in todo if self.wants(group)}
         subscribe = wanted - self._requested
         unsubscribe = (todo - wanted) & self._requested
         if subscribe:
-            _command(connection, "SUBSCRIBE", *map(self.layer.channel, subscribe))
+            self.subscribe(connection, subscribe)
             self._requested |= subscribe
             for group in subscribe:
                 self._in_flight[group] = self._in_flight.get(group, 0) + 1
         if unsubscribe:
             self.subscribed = self.subscribed - unsubscribe
-            _command(connection, "UNSUBSCRIBE", *map(self.layer.channel, unsubscribe))
+            self.unsubscribe(connection, unsubscribe)
             self._requested -= unsubscribe
         for group, events in waiting.items():
             if group not in wanted or group in self.subscribed:
@@ -750,6 +776,25 @@ class Subscriber:
             else:
                 with self._lock:
                     self._waiters.setdefault(group, []).extend(events)
+
+    # -- what a topology may change (a Cluster's shards do: .cluster.ShardSubscriber) ----
+
+    def wants(self, group: str) -> bool:
+        """Whether this subscription should carry ``group``: it has members here."""
+        return group in self.layer.registry
+
+    def subscribe(self, connection: redis.Connection, groups: set[str]) -> None:
+        _command(connection, self.SUBSCRIBE, *map(self.layer.channel, groups))
+
+    def unsubscribe(self, connection: redis.Connection, groups: set[str]) -> None:
+        _command(connection, self.UNSUBSCRIBE, *map(self.layer.channel, groups))
+
+    def refused(self, error: redis.ResponseError) -> None:
+        """Redis answered a command on the subscription with an error: start again."""
+        raise error
+
+    def dropped(self, group: str) -> None:
+        """Redis ended the subscription to ``group`` by itself (see ``_handle``)."""
 
     def _release(self, group: str) -> None:
         with self._lock:

@@ -127,15 +127,10 @@ class RedisCluster:
         self._dir = tempfile.TemporaryDirectory(prefix="dwebsocket-cluster-")
         self.nodes: list[Node] = []
         for _ in range(masters * (1 + replicas)):
-            bus = free_port()
-            self.nodes.append(
-                Node(
-                    Path(self._dir.name),
-                    ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-                    + ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
-                    + ["--cluster-port", str(bus)],
-                )
-            )
+            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            args += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+            args += ["--cluster-port", str(free_port())]  # not port + 10000: it may be taken
+            self.nodes.append(Node(Path(self._dir.name), args))
         self.replicas = replicas
 
     @property
@@ -147,16 +142,19 @@ class RedisCluster:
         try:
             for node in self.nodes:
                 node.start()
+            create = [REDIS_CLI, "--cluster", "create", *(node.address for node in self.nodes)]
+            create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
             subprocess.run(
-                [REDIS_CLI, "--cluster", "create", *(node.address for node in self.nodes)]
-                + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                create,
                 check=True,
                 capture_output=True,
                 timeout=SETUP_TIMEOUT,
             )
             self.wait_ok()
             # A replica that never synchronised cannot take over: wait until all have.
-            wait_for("every replica in sync", lambda: all(map(replica_synced, self.replica_nodes())))
+            wait_for(
+                "every replica in sync", lambda: all(map(replica_synced, self.replica_nodes()))
+            )
         except BaseException:
             self.close()
             raise

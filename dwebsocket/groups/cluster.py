@@ -1,0 +1,247 @@
+"""Subscriptions on a Redis Cluster: one reader per shard, sharded pub/sub, batched per slot.
+
+A group's channel ``dwebsocket:0:{<group>}`` lives in the slot of its hash tag, on the
+master that serves that slot; ``SPUBLISH`` reaches only the subscribers of that master.
+So a process holds one subscription connection (:class:`ShardSubscriber`, the plain
+layer's reader with sharded commands) per master that serves a group it has members in,
+subscribed to exactly those groups: it receives nothing it does not deliver.
+
+``SSUBSCRIBE`` takes the channels of one slot at a time (Redis answers CROSSSLOT
+otherwise; redis-py#4038), so every subscription, first or after a reconnection, goes
+out as one command per slot.
+
+The topology changes under the subscriptions in three ways, and each ends in
+:meth:`ClusterSubscription.refresh` (ask a node for the slots again, move every group
+whose master changed to that master's reader, drop readers left with nothing):
+
+- a master fails: its reader's connection breaks and it asks for a refresh at each
+  reconnection attempt (at most a second apart), so its groups move to the replica as
+  soon as the cluster has promoted it;
+- a slot moves (resharding): the old master ends the subscriptions of that slot itself
+  (an ``sunsubscribe`` nobody asked for), and the reader asks for a refresh;
+- a subscription is sent to a node that no longer serves the slot: it answers ``MOVED``.
+
+Messages published while a group's subscription moves (during a failover, a second or
+two) are lost to this process, as any pub/sub message published while a process is not
+subscribed; history (where a group keeps it) lets members recover them.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import redis
+from redis.crc import key_slot
+
+from dwebsocket.groups.redis import BACKOFF_BASE, Subscriber
+
+if TYPE_CHECKING:
+    from dwebsocket.groups.redis import RedisLayer
+    from dwebsocket.groups.topology import Cluster
+
+__all__ = ["ClusterSubscription", "ShardSubscriber"]
+
+logger = logging.getLogger("dwebsocket.groups")
+
+
+class ShardSubscriber(Subscriber):
+    """The subscription connection to one master (``address``), for the groups whose
+    slot it serves; otherwise the plain layer's reader."""
+
+    SUBSCRIBE, UNSUBSCRIBE = "SSUBSCRIBE", "SUNSUBSCRIBE"
+    MESSAGE, SUBSCRIBED, UNSUBSCRIBED = b"smessage", b"ssubscribe", b"sunsubscribe"
+
+    def __init__(self, layer: RedisLayer, cluster: ClusterSubscription, address: str) -> None:
+        super().__init__(layer, address)
+        self.cluster = cluster
+
+    def wants(self, group: str) -> bool:
+        return group in self.layer.registry and self.cluster.routed(group) == self.address
+
+    def subscribe(self, connection: redis.Connection, groups: set[str]) -> None:
+        for channels in self._by_slot(groups).values():
+            connection.send_command(self.SUBSCRIBE, *channels, check_health=False)  # type: ignore[no-untyped-call]
+
+    def unsubscribe(self, connection: redis.Connection, groups: set[str]) -> None:
+        for channels in self._by_slot(groups).values():
+            connection.send_command(self.UNSUBSCRIBE, *channels, check_health=False)  # type: ignore[no-untyped-call]
+
+    def _by_slot(self, groups: set[str]) -> dict[int, list[bytes]]:
+        slots: dict[int, list[bytes]] = collections.defaultdict(list)
+        for group in groups:
+            channel = self.layer.channel(group)
+            slots[key_slot(channel)].append(channel)
+        return slots
+
+    def refused(self, error: redis.ResponseError) -> None:
+        """``MOVED``: a slot of ours is served elsewhere now. Forget the groups of that
+        slot here and have the cluster's map refreshed: they move to their new master."""
+        words = str(error).split()
+        if not words or words[0] not in ("MOVED", "ASK") or len(words) < 2:
+            raise error
+        slot = int(words[1])
+        moved = {g for g in self._requested if key_slot(self.layer.channel(g)) == slot}
+        self._requested -= moved
+        for group in moved:
+            self._in_flight.pop(group, None)
+        self.subscribed = self.subscribed - moved
+        self.cluster.refresh()
+
+    def dropped(self, group: str) -> None:
+        self.cluster.refresh()
+
+    def _lost(self) -> None:
+        super()._lost()
+        if not self._stopping:
+            self.cluster.refresh()
+
+
+class _Subscribed:
+    """``group in subscription.subscribed``: whether the reader of the group's master
+    has its subscription confirmed."""
+
+    def __init__(self, cluster: ClusterSubscription) -> None:
+        self.cluster = cluster
+
+    def __contains__(self, group: object) -> bool:
+        if not isinstance(group, str):
+            return False
+        shard = self.cluster.shard_of(group)
+        return shard is not None and group in shard.subscribed
+
+
+class ClusterSubscription:
+    """Every subscription of a process on a Redis Cluster: a :class:`ShardSubscriber` per
+    master in use. The layer talks to it as to the plain layer's one reader."""
+
+    def __init__(self, layer: RedisLayer, topology: Cluster) -> None:
+        self.layer = layer
+        self.topology = topology
+        self.subscribed = _Subscribed(self)
+        self._lock = threading.Lock()  # guards the two maps; never held over I/O
+        self._shards: dict[str, ShardSubscriber] = {}
+        self._routes: dict[str, str] = {}  # group -> master its subscription belongs to
+        self._unrouted: set[str] = set()  # groups with members here and no master known
+        self._retrying = False
+        self._refresh_lock = threading.Lock()
+        self._stopping = False
+
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            shards = list(self._shards.values())
+        return bool(shards) and all(shard.connected for shard in shards)
+
+    @property
+    def down(self) -> bool:
+        with self._lock:
+            shards = list(self._shards.values())
+        return any(shard.down for shard in shards)
+
+    def start(self) -> None:
+        """Readers start with their first group."""
+
+    def routed(self, group: str) -> str | None:
+        """The master whose reader carries ``group`` now (None: no reader does)."""
+        return self._routes.get(group)
+
+    def shard_of(self, group: str) -> ShardSubscriber | None:
+        address = self._routes.get(group)
+        return self._shards.get(address) if address is not None else None
+
+    def request(self, group: str, wait: float | None = None) -> None:
+        """Have the reader of ``group``'s master subscribe to it if it has members here,
+        unsubscribe otherwise (as :meth:`.redis.Subscriber.request`, ``wait`` included).
+        While no node of the cluster answers, nothing waits: the group is routed when
+        one does (:meth:`_retry`)."""
+        address = self.topology.owner(key_slot(self.layer.channel(group)))
+        wanted = group in self.layer.registry
+        with self._lock:
+            if self._stopping:
+                return
+            previous = self._routes.get(group)
+            if wanted and address is not None:
+                self._routes[group] = address
+                self._unrouted.discard(group)
+            else:
+                self._routes.pop(group, None)
+                if wanted:
+                    self._unrouted.add(group)
+                else:
+                    self._unrouted.discard(group)
+            moved = previous is not None and previous != self._routes.get(group)
+            old = self._shards.get(previous) if moved and previous is not None else None
+            shard = self._shard(address) if wanted and address is not None else None
+            retry = bool(self._unrouted) and not self._retrying
+            self._retrying = self._retrying or retry
+        if old is not None:
+            old.request(group)  # no longer its: it unsubscribes
+        if shard is not None:
+            shard.request(group, wait)
+        if retry:
+            self.layer.report_down(redis.ConnectionError("no node of the cluster answers"))
+            threading.Thread(
+                target=self._retry, name="dwebsocket-groups-cluster", daemon=True
+            ).start()
+
+    def _retry(self) -> None:
+        """While groups with members here have no master known, refresh the slots at
+        growing intervals (to the layer's backoff cap)."""
+        delay = BACKOFF_BASE
+        try:
+            while not self._stopping and self._unrouted:
+                time.sleep(delay / 2 + random.uniform(0, delay / 2))
+                delay = min(delay * 2, self.layer.backoff_cap)
+                self.refresh()
+        finally:
+            with self._lock:
+                self._retrying = False
+                again = bool(self._unrouted) and not self._stopping
+            if again:  # a group came in as this loop ended
+                self.refresh()
+
+    def _shard(self, address: str) -> ShardSubscriber:
+        shard = self._shards.get(address)
+        if shard is None:
+            shard = self._shards[address] = ShardSubscriber(self.layer, self, address)
+            shard.start()
+        return shard
+
+    def refresh(self) -> None:
+        """Learn the slots again and move every group whose master changed (called by the
+        readers, which see the changes). Blocks up to the socket timeouts; a refresh
+        already running in another thread is enough, so this one returns at once."""
+        if not self._refresh_lock.acquire(blocking=False):
+            return
+        try:
+            try:
+                self.topology.refresh()
+            except (redis.RedisError, OSError) as exc:
+                logger.debug("Redis Cluster slots not refreshed: %s", exc)
+                return
+            for group in self.layer.registry.groups():
+                self.request(group)
+            with self._lock:
+                used = set(self._routes.values())
+                idle = [
+                    self._shards.pop(address)
+                    for address in list(self._shards)
+                    if address not in used
+                ]
+        finally:
+            self._refresh_lock.release()
+        for shard in idle:  # a master that serves none of our groups any more (or died)
+            shard.stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            shards = list(self._shards.values())
+            self._shards.clear()
+        for shard in shards:
+            shard.stop()

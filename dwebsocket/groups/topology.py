@@ -1,0 +1,325 @@
+"""Where the Redis layer finds Redis: one server, a master Sentinels watch, or a Cluster.
+
+``WEBSOCKET_GROUPS_URL`` picks one (:func:`topology_for`):
+
+``redis://``, ``rediss://``, ``unix://`` (:class:`Server`)
+    One server, as redis-py reads the URL.
+``redis-sentinel://[user:password@]host:port[,host:port...]/master_name`` (:class:`Sentinels`)
+    The master that the Sentinels name, asked again at every new connection: after a
+    failover the layer's connections break (Sentinel closes them on the demoted master, or
+    the master is gone) and reconnect to the promoted replica. Options as query
+    parameters: ``db``, ``socket_timeout``, ``socket_connect_timeout``, and
+    ``sentinel_username``/``sentinel_password`` if the Sentinels require their own.
+``redis-cluster://[user:password@]host:port[,host:port...]`` (:class:`Cluster`)
+    A Redis Cluster, 7.0 or later: sharded pub/sub. A group's channel carries the group
+    name as a hash tag (``dwebsocket:0:{room}``), so the channel and every key of the
+    group (history, presence) live in one slot on one shard; messages are published with
+    ``SPUBLISH`` to that shard only, and each process holds one subscription connection
+    per shard that serves a group it has members in (:mod:`.cluster`). The hosts are
+    seeds: the client learns the others from them. Options: ``socket_timeout``,
+    ``socket_connect_timeout``. A cluster has database 0 only.
+
+A topology gives the layer what differs between them: the client that publishes (and runs
+scripts), the channel of a group and the command that publishes to it, the connections
+the subscriptions use, and how those are spread (:meth:`Topology.subscription`). The layer
+(:mod:`.redis`) does the rest the same way for all three.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode
+from redis.commands.core import Script
+from redis.connection import parse_url
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+if TYPE_CHECKING:
+    from dwebsocket.groups.redis import RedisLayer, Subscriber
+
+__all__ = ["CLUSTER_SCHEMES", "SENTINEL_SCHEMES", "Cluster", "Sentinels", "Server", "topology_for"]
+
+CLUSTER_SCHEMES = ("redis-cluster",)
+SENTINEL_SCHEMES = ("redis-sentinel",)
+#: Longest pause between two reconnection attempts of a subscription where a failover is
+#: part of the design (Sentinel, Cluster): a replica takes over within seconds, and the
+#: subscriptions should follow as soon as it has.
+FAILOVER_BACKOFF_CAP = 1.0
+
+
+def _subscriber_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Connection arguments for a subscription connection, from a pool's."""
+    kwargs = dict(kwargs)
+    # RESP2: subscription replies are plain arrays (redis-py 8 defaults to RESP3, whose
+    # push messages the reader does not need). Maintenance notifications need RESP3.
+    kwargs.update(protocol=2, retry=Retry(NoBackoff(), 0))
+    kwargs.pop("maint_notifications_config", None)
+    kwargs.pop("maint_notifications_pool_handler", None)
+    return kwargs
+
+
+class Server:
+    """One Redis server (``redis://``, ``rediss://``, ``unix://``)."""
+
+    publish_command = "PUBLISH"
+    backoff_cap: float | None = None  # the layer's own
+
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        self.pool = redis.BlockingConnectionPool.from_url(url, **options)
+        self.client: Any = redis.Redis(connection_pool=self.pool)
+        kwargs = self.pool.connection_kwargs
+        self.socket_timeout: float | None = kwargs.get("socket_timeout")
+        self.db = int(kwargs.get("db", 0))
+
+    def channel(self, prefix: str, group: str) -> bytes:
+        return (prefix + group).encode()
+
+    def group(self, prefix: str, channel: bytes) -> str | None:
+        name = channel.decode(errors="replace")
+        return name[len(prefix) :] if name.startswith(prefix) else None
+
+    def publish(self, channel: bytes, data: bytes) -> None:
+        self.client.publish(channel, data)
+
+    def shard(self, channel: bytes) -> str | None:
+        """Which shard serves ``channel`` (one failing shard does not stop the others):
+        None, there is one."""
+        return None
+
+    def make_connection(self, address: str | None = None) -> redis.Connection:
+        """A new, unconnected connection for a subscription."""
+        connection: redis.Connection = self.pool.connection_class(
+            **_subscriber_kwargs(self.pool.connection_kwargs)
+        )
+        return connection
+
+    def subscription(self, layer: RedisLayer) -> Subscriber:
+        from dwebsocket.groups.redis import Subscriber
+
+        return Subscriber(layer)
+
+    def close(self) -> None:
+        self.pool.disconnect()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Sentinel's pool that waits (up to ``timeout``) for a free connection, as the
+    layer's pool does for one server, instead of failing at ``max_connections``."""
+
+
+def _hosts(netloc: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in netloc.rpartition("@")[2].split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{item!r} is not host:port")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
+def _parse(url: str, schemes: tuple[str, ...]) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """``(hosts, path, connection kwargs)`` of a multi-host URL; the kwargs as redis-py
+    reads the same options from a ``redis://`` URL. Raises ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in schemes:
+        raise ValueError(f"the scheme must be {' or '.join(schemes)}")
+    hosts = _hosts(parts.netloc)
+    userinfo = parts.netloc.rpartition("@")[0]
+    query = dict(parse_qsl(parts.query))
+    extra: dict[str, Any] = {
+        key: query.pop(key) for key in ("sentinel_username", "sentinel_password") if key in query
+    }
+    single = (
+        "redis://" + (userinfo + "@" if userinfo else "") + f"{quote(hosts[0][0])}:{hosts[0][1]}"
+    )
+    if query:
+        single += "?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items())
+    kwargs: dict[str, Any] = parse_url(single)  # type: ignore[no-untyped-call]
+    kwargs.pop("host", None)
+    kwargs.pop("port", None)
+    kwargs.update(extra)
+    return hosts, parts.path.strip("/"), kwargs
+
+
+class Sentinels(Server):
+    """The master of ``master_name`` as the Sentinels at the URL's hosts say
+    (``redis-sentinel://host:port[,host:port...]/master_name``)."""
+
+    backoff_cap = FAILOVER_BACKOFF_CAP
+
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        hosts, path, kwargs = _parse(url, SENTINEL_SCHEMES)
+        if not path or "/" in path:
+            raise ValueError("name the master after the hosts: redis-sentinel://host:port/name")
+        self.service = path
+        sentinel_kwargs = {
+            "socket_timeout": kwargs.get("socket_timeout", options["socket_timeout"]),
+            "socket_connect_timeout": kwargs.get(
+                "socket_connect_timeout", options["socket_connect_timeout"]
+            ),
+            "username": kwargs.pop("sentinel_username", None),
+            "password": kwargs.pop("sentinel_password", None),
+            "protocol": 2,
+        }
+        self.sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)
+        self.pool = _BlockingSentinelPool(  # type: ignore[no-untyped-call]
+            self.service, self.sentinel, **(options | kwargs)
+        )
+        self.client = redis.Redis(connection_pool=self.pool)
+        self.socket_timeout = self.pool.connection_kwargs.get("socket_timeout")
+        self.db = int(self.pool.connection_kwargs.get("db", 0))
+
+    def close(self) -> None:
+        super().close()
+        for sentinel in self.sentinel.sentinels:
+            sentinel.close()
+
+
+class Cluster(Server):
+    """A Redis Cluster (``redis-cluster://host:port[,host:port...]``), sharded pub/sub."""
+
+    publish_command = "SPUBLISH"
+    backoff_cap = FAILOVER_BACKOFF_CAP
+
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        hosts, path, kwargs = _parse(url, CLUSTER_SCHEMES)
+        if path not in ("", "0") or kwargs.get("db", 0) != 0:
+            raise ValueError("a Redis Cluster has database 0 only")
+        kwargs.pop("db", None)
+        settings = options | kwargs
+        self.kwargs = {
+            key: settings[key]
+            for key in ("socket_timeout", "socket_connect_timeout", "username", "password")
+            if settings.get(key) is not None
+        }
+        self.client = LazyCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in hosts],  # type: ignore[no-untyped-call]
+            # The slots a failed shard served fail alone; the others go on.
+            require_full_coverage=False,
+            max_connections=settings["max_connections"],
+            protocol=2,
+            **self.kwargs,
+        )
+        self.socket_timeout = self.kwargs.get("socket_timeout")
+        self.db = 0
+
+    def channel(self, prefix: str, group: str) -> bytes:
+        # The group is the hash tag: its channel and its keys share one slot.
+        return f"{prefix}{{{group}}}".encode()
+
+    def group(self, prefix: str, channel: bytes) -> str | None:
+        name = channel.decode(errors="replace")
+        if not (name.startswith(prefix + "{") and name.endswith("}")):
+            return None
+        return name[len(prefix) + 1 : -1]
+
+    def publish(self, channel: bytes, data: bytes) -> None:
+        try:
+            self.client.spublish(channel, data)
+        except RedisClusterException as exc:  # not a RedisError: say what it means here
+            raise redis.ConnectionError(str(exc)) from exc
+
+    def shard(self, channel: bytes) -> str | None:
+        return self.owner(key_slot(channel))
+
+    def owner(self, slot: int) -> str | None:
+        """``host:port`` of the master serving ``slot`` as this process last learned it,
+        or None if it knows none (no node answered yet, or none serves the slot)."""
+        try:
+            node = self.client.get().nodes_manager.get_node_from_slot(slot)
+        except (redis.RedisError, RedisClusterException, OSError, IndexError, KeyError):
+            return None
+        return str(node.name) if node is not None else None
+
+    def refresh(self) -> None:
+        """Ask the cluster again which node serves which slot (blocks up to the socket
+        timeouts; raises ``redis.RedisError`` if no node answers)."""
+        try:
+            self.client.get(retry_now=True).nodes_manager.initialize()
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(str(exc)) from exc
+
+    def make_connection(self, address: str | None = None) -> redis.Connection:
+        assert address is not None
+        host, _, port = address.rpartition(":")
+        connection: redis.Connection = redis.Connection(  # type: ignore[no-untyped-call]
+            host=host, port=int(port), **_subscriber_kwargs(self.kwargs)
+        )
+        return connection
+
+    def subscription(self, layer: RedisLayer) -> Any:
+        from dwebsocket.groups.cluster import ClusterSubscription
+
+        return ClusterSubscription(layer, self)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class LazyCluster:
+    """A ``redis.RedisCluster`` made at first use, not at construction: making one asks a
+    seed for the slots, and a layer must be made (and joins return) while the cluster is
+    unreachable. Scripts registered through it bind to it, not to the client."""
+
+    #: Seconds between two attempts to make the client while no seed answers.
+    RETRY = 1.0
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._client: redis.RedisCluster | None = None
+        self._lock = threading.Lock()
+        self._failed_at = -math.inf
+        self._error: Exception | None = None
+
+    def get(self, *, retry_now: bool = False) -> redis.RedisCluster:
+        """The client; makes it if need be (blocks up to the connect timeouts). Raises
+        ``redis.RedisError`` if no seed answers (without trying again for
+        :data:`RETRY` seconds, unless ``retry_now``)."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                if not retry_now and time.monotonic() - self._failed_at < self.RETRY:
+                    assert self._error is not None
+                    raise redis.ConnectionError(str(self._error))
+                try:
+                    self._client = redis.RedisCluster(**self._kwargs)
+                except (redis.RedisError, RedisClusterException, OSError) as exc:
+                    self._failed_at, self._error = time.monotonic(), exc
+                    raise redis.ConnectionError(f"no seed of the cluster answers: {exc}") from exc
+            return self._client
+
+    def register_script(self, script: str) -> Script:
+        return Script(self, script)  # type: ignore[arg-type]  # duck-typed: evalsha, script_load
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def topology_for(url: str, options: dict[str, Any]) -> Server:
+    """The topology ``url`` names, built with the layer's connection ``options`` (the URL's
+    own win). Connects to nothing, except a Cluster, whose client asks a seed for the
+    slots (``redis.RedisError`` if none answers). Raises ``ValueError`` for a URL it
+    cannot read."""
+    scheme = url.partition("://")[0].lower()
+    if scheme in CLUSTER_SCHEMES:
+        return Cluster(url, options)
+    if scheme in SENTINEL_SCHEMES:
+        return Sentinels(url, options)
+    return Server(url, options)

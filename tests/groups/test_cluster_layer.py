@@ -1,0 +1,371 @@
+"""The Redis layer over a real Redis Cluster and real Sentinels (``redis-cluster://``,
+``redis-sentinel://``), in this process: each ``RedisLayer`` stands for one process, as in
+``test_redis_layer.py``. The same across real server processes: ``test_cluster_servers.py``.
+
+A failover here is a master killed with SIGKILL: the cluster (1 s node timeout) or the
+Sentinels (down after 1 s) promote its replica; delivery must then resume by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from redis.crc import key_slot
+
+from dwebsocket.exceptions import InvalidSetting
+from dwebsocket.groups.cluster import ClusterSubscription
+from dwebsocket.groups.memory import Registry
+from dwebsocket.groups.redis import RedisLayer
+from tests.groups.redis_cluster import RedisCluster, RedisSentinels, wait_for
+from tests.groups.redis_server import REDIS_SERVER
+from tests.groups.test_redis_layer import Inbox, until
+
+WAIT = 10.0
+#: How soon after the cluster (or the Sentinels) promoted a replica delivery must resume:
+#: the subscriptions look again at least every second (FAILOVER_BACKOFF_CAP).
+RESUME = 5.0
+OPTIONS = "socket_timeout=1&socket_connect_timeout=1"
+
+pytestmark = pytest.mark.skipif(
+    not __import__("os").path.exists(REDIS_SERVER), reason="redis-server is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    """A cluster for the tests that leave it whole (no kill)."""
+    setup = RedisCluster()
+    setup.start()
+    yield setup
+    setup.close()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisCluster]:
+    """A cluster for one test, which may kill a master or move slots."""
+    setup = RedisCluster()
+    setup.start()
+    yield setup
+    setup.close()
+
+
+@pytest.fixture
+def sentinels() -> Iterator[RedisSentinels]:
+    setup = RedisSentinels()
+    setup.start()
+    yield setup
+    setup.close()
+
+
+@pytest.fixture
+def layers() -> Iterator[Callable[[str], RedisLayer]]:
+    made: list[RedisLayer] = []
+
+    def make(url: str) -> RedisLayer:
+        layer = RedisLayer(f"{url}?{OPTIONS}", Registry())
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        layer.close()
+
+
+def groups_on_each_master(cluster: RedisCluster, count: int = 1) -> dict[int, list[str]]:
+    """``count`` group names per master: {master port: [group, ...]}."""
+    found: dict[int, list[str]] = {master.port: [] for master in cluster.masters()}
+    n = 0
+    while any(len(names) < count for names in found.values()):
+        group = f"room{n}"
+        owner = cluster.owner(key_slot(f"dwebsocket:0:{{{group}}}".encode())).port
+        if len(found[owner]) < count:
+            found[owner].append(group)
+        n += 1
+    return found
+
+
+def resumed(sender: RedisLayer, group: str, member: Inbox, timeout: float) -> float:
+    """Send probes to ``group`` until ``member`` gets one; the seconds it took. Probes
+    sent while the subscription was moving are lost (documented); later ones arrive."""
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < timeout:
+        sender.send(group, f"probe {n}")
+        n += 1
+        try:
+            message = member.get(timeout=0.1)
+        except Exception:
+            continue
+        assert str(message).startswith("probe")
+        return time.monotonic() - started
+    raise AssertionError(f"delivery did not resume within {timeout} s")
+
+
+def drain(member: Inbox) -> None:
+    while True:
+        try:
+            member.get(timeout=0.3)
+        except Exception:
+            return
+
+
+# -- URLs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis-cluster://",
+        "redis-cluster://127.0.0.1",
+        "redis-cluster://127.0.0.1:1/3",
+        "redis-sentinel://127.0.0.1:1",
+        "redis-sentinel://127.0.0.1:1/a/b",
+        "redis-sentinel://127.0.0.1:x/name",
+    ],
+)
+def test_bad_urls_are_invalid_settings(url: str) -> None:
+    with pytest.raises(InvalidSetting) as raised:
+        RedisLayer(url, Registry())
+    assert raised.value.check_id == "dwebsocket.E020"
+
+
+def test_cluster_unreachable_at_start_is_an_outage_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No node answers: the layer is made, join returns at once, send delivers locally and
+    raises only with fail_silently=False."""
+    from tests.groups.redis_server import free_port
+
+    layer = RedisLayer(f"redis-cluster://127.0.0.1:{free_port()}?{OPTIONS}", Registry())
+    try:
+        member = Inbox()
+        with caplog.at_level(logging.WARNING, "dwebsocket.groups"):
+            layer.join("room", member)
+            layer.send("room", "local")
+        assert member.get() == "local"
+        assert "unreachable" in caplog.text
+        from dwebsocket.groups import GroupsUnavailable
+
+        with pytest.raises(GroupsUnavailable):
+            layer.send("room", "again", fail_silently=False)
+    finally:
+        layer.close()
+
+
+# -- Cluster --------------------------------------------------------------------------------
+
+
+def test_cluster_delivers_between_processes_on_every_shard(
+    cluster: RedisCluster, layers: Callable[[str], RedisLayer]
+) -> None:
+    a, b = layers(cluster.url), layers(cluster.url)
+    names = [group for groups in groups_on_each_master(cluster, 2).values() for group in groups]
+    inboxes = {group: Inbox() for group in names}
+    for group, inbox in inboxes.items():
+        b.join(group, inbox)
+    for i in range(5):
+        for group in names:
+            a.send(group, f"{group}:{i}" if i % 2 else f"{group}:{i}".encode())
+    for group, inbox in inboxes.items():
+        assert inbox.get_all(5) == [
+            f"{group}:{i}" if i % 2 else f"{group}:{i}".encode() for i in range(5)
+        ]
+        inbox.assert_empty()
+    # One subscription connection per master, each subscribed to its own groups only.
+    subscription = b.subscriber
+    assert isinstance(subscription, ClusterSubscription)
+    shards = {shard.address: shard for shard in subscription._shards.values()}
+    assert set(shards) == {m.address for m in cluster.masters()}
+    for address, shard in shards.items():
+        port = int(address.rpartition(":")[2])
+        owned = {g for g in names if cluster.owner(key_slot(b.channel(g))).port == port}
+        assert set(shard.subscribed) == owned
+
+
+def test_cluster_process_receives_only_its_groups(
+    cluster: RedisCluster, layers: Callable[[str], RedisLayer]
+) -> None:
+    """Sharded pub/sub, per-group channels: a process with no member in a group is not
+    subscribed to it anywhere, so Redis sends it nothing of that group."""
+    a, b = layers(cluster.url), layers(cluster.url)
+    mine, theirs = Inbox(), Inbox()
+    a.join("only-a", mine)
+    b.join("only-b", theirs)
+    received: list[bytes] = []
+    original = a.receive
+    a.receive = lambda channel, data: (received.append(channel), original(channel, data))[1]  # type: ignore[method-assign]
+    for i in range(20):
+        b.send("only-b", f"b{i}")
+        b.send("only-a", f"a{i}")
+    assert theirs.get_all(20) == [f"b{i}" for i in range(20)]
+    assert mine.get_all(20) == [f"a{i}" for i in range(20)]
+    assert set(received) == {a.channel("only-a")}
+    for master in cluster.masters():
+        reply = master.command("PUBSUB", "SHARDNUMSUB", a.channel("only-b").decode())
+        assert reply[1] in (0, 1)  # b's own subscription, never a's
+
+
+def test_cluster_leave_unsubscribes_and_rejoin_subscribes(
+    cluster: RedisCluster, layers: Callable[[str], RedisLayer]
+) -> None:
+    a, b = layers(cluster.url), layers(cluster.url)
+    inbox = Inbox()
+    channel = a.channel("coming-and-going").decode()
+    owner = cluster.owner(key_slot(channel.encode()))
+
+    def subscribers() -> int:
+        count: int = owner.command("PUBSUB", "SHARDNUMSUB", channel)[1]
+        return count
+
+    for _ in range(3):
+        a.join("coming-and-going", inbox)
+        assert subscribers() == 1
+        b.send("coming-and-going", "hello")
+        assert inbox.get() == "hello"
+        a.leave("coming-and-going", inbox)
+        until(lambda: subscribers() == 0)
+
+
+def test_cluster_subscribes_per_slot_after_a_reconnection(
+    own_cluster: RedisCluster, layers: Callable[[str], RedisLayer]
+) -> None:
+    """Many groups on one master, in many slots: the first subscription and the one after
+    the connection is cut (CLIENT KILL) go out per slot (one SSUBSCRIBE across slots is
+    refused with CROSSSLOT), and delivery to every group resumes."""
+    a, b = layers(own_cluster.url), layers(own_cluster.url)
+    port, names = next(iter(groups_on_each_master(own_cluster, 30).items()))
+    master = own_cluster.by_port(port)
+    inboxes = {group: Inbox() for group in names}
+    for group, inbox in inboxes.items():
+        b.join(group, inbox)
+    master.command("CLIENT", "KILL", "TYPE", "pubsub")
+    for group, inbox in inboxes.items():
+        resumed(a, group, inbox, WAIT)
+        drain(inbox)
+    for group in names:
+        a.send(group, "after")
+    for inbox in inboxes.values():
+        assert inbox.get() == "after"
+
+
+def test_cluster_failover_resumes_delivery(
+    own_cluster: RedisCluster, layers: Callable[[str], RedisLayer]
+) -> None:
+    """The master of a group's slot is killed; its replica is promoted: delivery of that
+    group resumes within RESUME seconds of the promotion, with no call from anyone. The
+    groups of the other masters never stop."""
+    a, b = layers(own_cluster.url), layers(own_cluster.url)
+    on_each = groups_on_each_master(own_cluster)
+    victim_port, (group,) = next(iter(on_each.items()))
+    others = [g for port, gs in on_each.items() if port != victim_port for g in gs]
+    inbox, other_inboxes = Inbox(), {g: Inbox() for g in others}
+    b.join(group, inbox)
+    for g, other in other_inboxes.items():
+        b.join(g, other)
+    a.send(group, "before")
+    assert inbox.get() == "before"
+
+    killed_at = time.monotonic()
+    own_cluster.kill(own_cluster.by_port(victim_port))
+    promoted_at = time.monotonic()
+    for g, other in other_inboxes.items():  # the other shards carry on meanwhile
+        a.send(g, "meanwhile")
+        assert other.get() == "meanwhile"
+    took = resumed(a, group, inbox, RESUME)
+    print(
+        f"\n[cluster] promoted {promoted_at - killed_at:.2f} s after the kill; delivery "
+        f"resumed {took:.2f} s after the promotion"
+    )
+    drain(inbox)
+    for i in range(10):
+        a.send(group, f"after {i}")
+    assert inbox.get_all(10) == [f"after {i}" for i in range(10)]
+
+
+def test_cluster_group_moved_to_another_master_keeps_working(
+    own_cluster: RedisCluster, layers: Callable[[str], RedisLayer]
+) -> None:
+    """Resharding: the slot of a group moves to another master (CLUSTER SETSLOT, as
+    ``redis-cli --cluster reshard`` does); its subscription follows (the old master ends
+    it with an sunsubscribe), and a sender whose map is stale is redirected (MOVED)."""
+    a, b = layers(own_cluster.url), layers(own_cluster.url)
+    inbox = Inbox()
+    b.join("moving", inbox)
+    a.send("moving", "before")
+    assert inbox.get() == "before"
+    slot = key_slot(b.channel("moving"))
+    source = own_cluster.owner(slot)
+    target = next(m for m in own_cluster.masters() if m is not source)
+    own_cluster.move_slot(slot, target)
+
+    def subscribed_at_target() -> bool:
+        reply = target.command("PUBSUB", "SHARDNUMSUB", b.channel("moving").decode())
+        return bool(reply[1] == 1)
+
+    wait_for("the subscription moved to the new master", subscribed_at_target, WAIT)
+    for i in range(10):
+        a.send("moving", f"after {i}")
+    assert inbox.get_all(10) == [f"after {i}" for i in range(10)]
+    inbox.assert_empty()
+
+
+# -- Sentinel -------------------------------------------------------------------------------
+
+
+def test_sentinel_delivers_between_processes(
+    sentinels: RedisSentinels, layers: Callable[[str], RedisLayer]
+) -> None:
+    a, b = layers(sentinels.url), layers(sentinels.url)
+    inbox = Inbox()
+    b.join("room", inbox)
+    for i in range(10):
+        a.send("room", f"m{i}")
+    assert inbox.get_all(10) == [f"m{i}" for i in range(10)]
+    master = sentinels.current_master()
+    reply = master.command("PUBSUB", "NUMSUB", b.channel("room").decode())
+    assert reply[1] == 1
+
+
+def test_sentinel_failover_resumes_delivery(
+    sentinels: RedisSentinels, layers: Callable[[str], RedisLayer]
+) -> None:
+    """The master is killed; the Sentinels promote the replica: both processes find it
+    (publishing and subscribing) and delivery resumes within RESUME seconds of the
+    promotion."""
+    a, b = layers(sentinels.url), layers(sentinels.url)
+    inbox = Inbox()
+    b.join("room", inbox)
+    a.send("room", "before")
+    assert inbox.get() == "before"
+    killed_at = time.monotonic()
+    new = sentinels.kill_master()
+    promoted_at = time.monotonic()
+    took = resumed(a, "room", inbox, RESUME)
+    print(
+        f"\n[sentinel] promoted {promoted_at - killed_at:.2f} s after the kill; delivery "
+        f"resumed {took:.2f} s after the promotion"
+    )
+    drain(inbox)
+    for i in range(10):
+        a.send("room", f"after {i}")
+    assert inbox.get_all(10) == [f"after {i}" for i in range(10)]
+    reply = new.command("PUBSUB", "NUMSUB", b.channel("room").decode())
+    assert reply[1] == 1
+
+
+def test_sentinel_unreachable_is_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    from tests.groups.redis_server import free_port
+
+    layer = RedisLayer(f"redis-sentinel://127.0.0.1:{free_port()}/dws?{OPTIONS}", Registry())
+    try:
+        member = Inbox()
+        with caplog.at_level(logging.WARNING, "dwebsocket.groups"):
+            layer.join("room", member)
+            layer.send("room", "local")
+        assert member.get() == "local"
+        assert "unreachable" in caplog.text
+    finally:
+        layer.close()
