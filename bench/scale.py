@@ -76,7 +76,7 @@ PORT_RANGE = (32768, 60999)
 #: pipes to the arbiter, heartbeat file, ...), so its cap stays under RLIMIT_NOFILE.
 FD_MARGIN = 300
 START_TIMEOUT = 60.0
-OPEN_TIMEOUT = 900.0
+OPEN_TIMEOUT = 1800.0
 ANSWER_TIMEOUT = 300.0
 STOP_TIMEOUT = 30.0
 GROUP = "scale"
