@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale
+.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale redis-setup
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,17 @@ browser-setup:
 	command -v chromium >/dev/null 2>&1 || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
+# Debian's redis-server and redis-cli (7.0 or later: sharded pub/sub) for the groups tests,
+# which start their own servers, Redis Clusters and Sentinels on free ports.
+redis-setup:
+	command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		redis-server redis-tools; }
+
 unit: setup
 	$(PY) -m pytest -q -m "not server and not slow" -p no:cacheprovider -n 2
 
-integration: setup browser-setup
+integration: setup browser-setup redis-setup
 	$(PY) -m pytest -q -m "server" -p no:cacheprovider
 
 # The other supported Python x Django pairs (noxfile.py; README "Versions tested"): the
@@ -55,6 +62,9 @@ compliance-full: setup
 # Seconds first (ruff, mypy, the docs), then every test under coverage, then Autobahn,
 # then the other Pythons and Djangos.
 test: setup browser-setup lint typecheck docs coverage
+
+# Seconds first (ruff, mypy, the docs), then every test under coverage, then Autobahn.
+test: setup browser-setup redis-setup lint typecheck docs coverage
 	$(MAKE) compliance
 	$(MAKE) matrix
 
@@ -74,7 +84,7 @@ docs: setup
 # The protocol core stays at 100 %; the whole at least COVERAGE_MIN (measured: 88-90 %,
 # depending on which timing-dependent paths a run takes).
 COVERAGE_MIN ?= 85
-coverage: setup browser-setup
+coverage: setup browser-setup redis-setup
 	$(PY) -m coverage erase
 	$(PY) -X dev -m coverage run -m pytest -q -p no:cacheprovider
 	$(PY) -m coverage report --include='dwebsocket/protocol/*' --fail-under=100

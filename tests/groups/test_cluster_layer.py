@@ -16,6 +16,7 @@ import pytest
 from redis.crc import key_slot
 
 from dwebsocket.exceptions import InvalidSetting
+from dwebsocket.groups import url_problem
 from dwebsocket.groups.cluster import ClusterSubscription
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
@@ -29,9 +30,12 @@ WAIT = 10.0
 RESUME = 5.0
 OPTIONS = "socket_timeout=1&socket_connect_timeout=1"
 
-pytestmark = pytest.mark.skipif(
-    not __import__("os").path.exists(REDIS_SERVER), reason="redis-server is not installed"
-)
+pytestmark = [
+    pytest.mark.server,  # starts clusters and Sentinels: half a minute, not the unit layer's
+    pytest.mark.skipif(
+        not __import__("os").path.exists(REDIS_SERVER), reason="redis-server is not installed"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +131,7 @@ def drain(member: Inbox) -> None:
     ],
 )
 def test_bad_urls_are_invalid_settings(url: str) -> None:
+    assert url_problem(url) is None  # the scheme is right: the layer says what is wrong
     with pytest.raises(InvalidSetting) as raised:
         RedisLayer(url, Registry())
     assert raised.value.check_id == "dwebsocket.E020"
