@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale redis-setup
+.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale redis-setup bench-cluster
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -132,6 +132,12 @@ recovery-full: setup
 # run it under flock /work/.heavy.lock on a shared machine). CONNS=5000 for a smoke run.
 bench-scale: setup $(BENCH_STAMP)
 	$(PY) bench/scale.py $(if $(CONNS),--conns $(CONNS) --json bench/out/scale.json)
+
+# Groups over one Redis node vs a 3-master Redis Cluster: fan-out latency (1,000 and 10,000
+# members), publish throughput, and what each process receives that it does not need
+# (~15 min; QUICK=1 for a smoke run).
+bench-cluster: setup $(BENCH_STAMP) redis-setup
+	$(PY) bench/cluster.py $(if $(QUICK),--quick --json bench/out/cluster.json)
 
 # Coverage-guided fuzzing (atheris, installed here) of each parser for FUZZ_SECONDS (60),
 # then the hypothesis properties with FUZZ_EXAMPLES (10,000) each: ~10 min, not in CI.
