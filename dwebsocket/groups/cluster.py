@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import redis
 from redis.crc import key_slot
+from redis.exceptions import AskError
 
 from dwebsocket.groups.redis import BACKOFF_BASE, Subscriber
 
@@ -81,10 +82,9 @@ class ShardSubscriber(Subscriber):
     def refused(self, error: redis.ResponseError) -> None:
         """``MOVED``: a slot of ours is served elsewhere now. Forget the groups of that
         slot here and have the cluster's map refreshed: they move to their new master."""
-        words = str(error).split()
-        if not words or words[0] not in ("MOVED", "ASK") or len(words) < 2:
+        if not isinstance(error, AskError):  # MovedError is one too
             raise error
-        slot = int(words[1])
+        slot = error.slot_id
         moved = {g for g in self._requested if key_slot(self.layer.channel(g)) == slot}
         self._requested -= moved
         for group in moved:
