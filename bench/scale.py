@@ -60,6 +60,8 @@ from typing import IO, Any
 
 import psutil
 
+from dwebsocket.conf import DEFAULTS
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 OUT = BENCH / "out"
@@ -523,6 +525,57 @@ def command(loadgens: list[subprocess.Popen[bytes]], line: str) -> None:
         process.stdin.flush()
 
 
+# -- the machine's limits -------------------------------------------------------------------
+
+LIMITS = REPO / "docs" / "benchmarks" / "limits.json"
+#: The kernel settings docs/scaling.rst discusses.
+SYSCTLS = [
+    "fs.file-max",
+    "fs.nr_open",
+    "net.ipv4.ip_local_port_range",
+    "net.core.somaxconn",
+    "net.ipv4.tcp_max_syn_backlog",
+    "net.ipv4.tcp_mem",
+    "net.netfilter.nf_conntrack_max",
+    "net.netfilter.nf_conntrack_count",
+]
+CAP_SYS_RESOURCE = 24
+
+
+def limits() -> dict[str, Any]:
+    """This machine's limits for many connections, and which of them root may change here
+    (each sysctl is written back with its own value: nothing changes)."""
+    found: dict[str, Any] = {}
+    for name in SYSCTLS:
+        path = Path("/proc/sys") / name.replace(".", "/")
+        try:
+            value = path.read_text().split()
+        except OSError:
+            continue
+        writable = True
+        try:
+            path.write_text(" ".join(value))
+        except OSError:
+            writable = False
+        found[name] = {"value": [int(v) for v in value], "writable": writable}
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard + 1))
+        raisable = True
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    except (ValueError, OSError):
+        raisable = False
+    status = Path("/proc/self/status").read_text()
+    effective = int(next(line for line in status.splitlines() if line.startswith("CapEff"))[7:], 16)
+    found["RLIMIT_NOFILE"] = {
+        "value": [soft, hard],
+        "writable": raisable,
+        "cap_sys_resource": bool(effective >> CAP_SYS_RESOURCE & 1),
+    }
+    found["page_size"] = resource.getpagesize()
+    return found
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -547,7 +600,16 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=45.0, help="seconds idle after opening")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds for workers to start")
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--limits", action="store_true", help=f"only record the machine's limits ({LIMITS.name})"
+    )
     args = parser.parse_args()
+    if args.limits:
+        LIMITS.write_text(json.dumps(limits(), indent=1) + "\n")
+        print(f"wrote {LIMITS}")
+        return
+    # SIGTERM stops the run as Ctrl-C does: every process started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     hard = raise_nofile()
     cap = hard - FD_MARGIN
     args.workers = args.workers or math.ceil(args.conns / min(args.per_process, cap))
@@ -588,6 +650,9 @@ def main() -> None:
         "loadgens": args.loadgens,
         "sources": args.sources,
         "idle_seconds": args.idle,
+        # Both stacks' default keepalive: dwebsocket's WEBSOCKET_PING_INTERVAL and
+        # websockets' ping_interval.
+        "ping_interval": DEFAULTS["WEBSOCKET_PING_INTERVAL"],
         "results": [],
     }
     processes = Processes()
