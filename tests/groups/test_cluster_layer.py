@@ -20,8 +20,7 @@ from dwebsocket.groups import url_problem
 from dwebsocket.groups.cluster import ClusterSubscription
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
-from tests.groups.redis_cluster import RedisCluster, RedisSentinels, wait_for
-from tests.groups.redis_server import REDIS_SERVER
+from tests.groups.redis_cluster import RedisCluster, RedisSentinels, require, wait_for
 from tests.groups.test_redis_layer import Inbox, until
 
 WAIT = 10.0
@@ -32,15 +31,13 @@ OPTIONS = "socket_timeout=1&socket_connect_timeout=1"
 
 pytestmark = [
     pytest.mark.server,  # starts clusters and Sentinels: half a minute, not the unit layer's
-    pytest.mark.skipif(
-        not __import__("os").path.exists(REDIS_SERVER), reason="redis-server is not installed"
-    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
     """A cluster for the tests that leave it whole (no kill)."""
+    require()
     setup = RedisCluster()
     setup.start()
     yield setup
@@ -50,6 +47,7 @@ def cluster() -> Iterator[RedisCluster]:
 @pytest.fixture
 def own_cluster() -> Iterator[RedisCluster]:
     """A cluster for one test, which may kill a master or move slots."""
+    require()
     setup = RedisCluster()
     setup.start()
     yield setup
@@ -58,6 +56,7 @@ def own_cluster() -> Iterator[RedisCluster]:
 
 @pytest.fixture
 def sentinels() -> Iterator[RedisSentinels]:
+    require()
     setup = RedisSentinels()
     setup.start()
     yield setup

@@ -14,16 +14,12 @@ import pytest
 from redis.crc import key_slot
 from websockets.sync.client import ClientConnection
 
-from tests.groups.redis_cluster import RedisCluster, RedisSentinels, wait_for
-from tests.groups.redis_server import REDIS_SERVER
+from tests.groups.redis_cluster import RedisCluster, RedisSentinels, require, wait_for
 from tests.groups.test_servers import Clients, assert_nothing_more, receive, sent_by
 from tests.servers import ServerProcess
 
 pytestmark = [
     pytest.mark.server,
-    pytest.mark.skipif(
-        not __import__("os").path.exists(REDIS_SERVER), reason="redis-server is not installed"
-    ),
 ]
 
 WAIT = 20.0
@@ -39,6 +35,7 @@ def clients() -> Iterator[Clients]:
 
 @pytest.fixture
 def cluster() -> Iterator[RedisCluster]:
+    require()
     setup = RedisCluster()
     setup.start()
     yield setup
@@ -47,6 +44,7 @@ def cluster() -> Iterator[RedisCluster]:
 
 @pytest.fixture
 def sentinels() -> Iterator[RedisSentinels]:
+    require()
     setup = RedisSentinels()
     setup.start()
     yield setup
