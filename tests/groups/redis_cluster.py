@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.groups.redis_server import REDIS_SERVER, free_port
 
@@ -68,6 +70,10 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = SETUP_TI
     raise TimeoutError(f"{what}: not within {timeout} s (last error: {last})")
 
 
+class _PortTaken(RuntimeError):
+    """redis-server could not bind its port (or cluster bus port)."""
+
+
 class Node:
     """One redis-server process: a cluster node, a plain server or a sentinel."""
 
@@ -84,7 +90,22 @@ class Node:
     def address(self) -> str:
         return f"{HOST}:{self.port}"
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start the server and wait until it answers. A port another process took since
+        :func:`free_port` chose it (other test suites run on this machine) makes the
+        server exit: it is started again on new ports, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            try:
+                self._start()
+                return
+            except _PortTaken:
+                if attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                if "--cluster-port" in self.args:
+                    self.args[self.args.index("--cluster-port") + 1] = str(free_port())
+
+    def _start(self) -> None:
         assert self.process is None
         common = ["--port", str(self.port), "--bind", HOST, "--protected-mode", "no"]
         common += ["--dir", str(self.directory), "--logfile", str(self.log)]
@@ -101,15 +122,28 @@ class Node:
         wait_for(f"redis-server on {self.port}", self._answers, 10)
 
     def _answers(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            error = self.process.stderr.read().decode() if self.process.stderr else ""
-            raise RuntimeError(f"redis-server exited with {self.process.returncode}: {error}")
-        return bool(self.client().ping())
+        process = self.process
+        assert process is not None
+        if process.poll() is not None:
+            self.process = None
+            log = self.log.read_text(errors="replace") if self.log.exists() else ""
+            if process.stderr is not None:
+                log += process.stderr.read().decode(errors="replace")
+                process.stderr.close()
+            if "Address already in use" in log:
+                raise _PortTaken(log)
+            raise RuntimeError(f"redis-server exited with {process.returncode}: {log[-2000:]}")
+        with contextlib.closing(self.client(socket_timeout=1, socket_connect_timeout=1)) as client:
+            return bool(client.ping())
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A new client of this node (protocol 2, short timeouts). Close it after use."""
-        options: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5}
+        # No retries: a wait_for() around a call is the retry, and keeps to its deadline.
+        options: dict[str, Any] = {
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+            "retry": Retry(NoBackoff(), 0),
+        }
         return redis.Redis(HOST, self.port, protocol=2, **(options | kwargs))
 
     def command(self, *args: Any) -> Any:
