@@ -3,8 +3,8 @@
     .venv/bin/python bench/cluster.py                 # everything, ~15 min (make bench-cluster)
     .venv/bin/python bench/cluster.py --quick         # a smoke run
 
-Two measurements, each over both topologies (a private redis-server; a private cluster of 3
-masters and 3 replicas from ``tests/groups/redis_cluster.py``):
+Three measurements, the first two over both topologies (a private redis-server; a private
+cluster of 3 masters and 3 replicas from ``tests/groups/redis_cluster.py``):
 
 fan-out latency
     ``bench/groups.py``'s run, unchanged: one group of 1,000 or 10,000 WebSocket members
@@ -20,6 +20,12 @@ publish throughput, and what each process receives that it does not need
     process subscribes to one channel for all groups (python-socketio's Redis manager
     works so): the processes receive every message, ``--receivers`` times the published
     rate in all.
+
+failover
+    ``--failovers`` times each: a master of a Redis Cluster (the one serving the group),
+    or the master Sentinels watch (a master, a replica, 3 Sentinels), is killed with
+    SIGKILL under a group whose sender and member are in two layers: the seconds until
+    the replica was promoted, and from then until a message reached the member again.
 
 The members of the second measurement are objects in the receiving processes (what the
 layer delivers to; the WebSocket writes are the first measurement's). On a machine with
@@ -249,6 +255,60 @@ def throughput(
             processes.stop(process)
 
 
+class Inbox:
+    """A member that keeps what it is given, for the failover run."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.messages: queue.Queue[object] = queue.Queue()
+
+    def deliver(self, message: object) -> None:
+        self.messages.put(message)
+
+    def is_closed(self) -> bool:
+        return False
+
+
+def failover(kind: str) -> dict[str, float]:
+    """Kill the master serving a group (SIGKILL) under two layers (processes, as far as
+    the layer knows); how long until the replica was promoted, and until a message sent
+    from one layer reached a member in the other again."""
+    import queue
+
+    from dwebsocket.groups.memory import Registry
+    from dwebsocket.groups.redis import RedisLayer
+    from tests.groups.redis_cluster import RedisCluster, RedisSentinels
+
+    setup: Any = RedisCluster() if kind == "cluster" else RedisSentinels()
+    setup.start()
+    options = "?socket_timeout=1&socket_connect_timeout=1"
+    a, b = RedisLayer(setup.url + options, Registry()), RedisLayer(setup.url + options, Registry())
+    try:
+        member = Inbox()
+        b.join("room", member)  # type: ignore[arg-type]
+        a.send("room", "before")
+        member.messages.get(timeout=10)
+        killed = time.monotonic()
+        if kind == "cluster":
+            setup.kill(setup.owner(setup.keyslot(a.channel("room").decode())))
+        else:
+            setup.kill_master()
+        promoted = time.monotonic()
+        while True:
+            assert time.monotonic() - killed < 60, "delivery did not resume"
+            a.send("room", "probe")
+            with contextlib.suppress(queue.Empty):
+                member.messages.get(timeout=0.05)
+                break
+        resumed = time.monotonic()
+    finally:
+        a.close()
+        b.close()
+        setup.close()
+    return {"promoted_s": promoted - killed, "resumed_after_promotion_s": resumed - promoted}
+
+
 @contextlib.contextmanager
 def topology(name: str, bench: ModuleType, processes: Any, workdir: str) -> Any:
     if name == "node":
@@ -274,10 +334,11 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=10, help="latency rounds per size")
+    parser.add_argument("--failovers", type=int, default=5, help="failovers per topology")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
-        args.sizes, args.seconds, args.rounds = "1000", 2.0, 3
+        args.sizes, args.seconds, args.rounds, args.failovers = "1000", 2.0, 3, 1
     sizes = [int(s) for s in args.sizes.split(",")]
     bench = _groups_bench()
     bench.build_members()
@@ -297,6 +358,7 @@ def main() -> None:
         "senders": args.senders,
         "latency": [],
         "throughput": [],
+        "failover": [],
     }
     processes = bench.Processes()
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as workdir:
@@ -325,6 +387,20 @@ def main() -> None:
                             )
         finally:
             processes.stop_all()
+    import django
+    from django.conf import settings
+
+    settings.configure(INSTALLED_APPS=["dwebsocket"], USE_TZ=True)
+    django.setup()
+    for kind in ("cluster", "sentinel"):
+        for _ in range(args.failovers):
+            result = failover(kind)
+            run["failover"].append({"topology": kind, **result})
+            print(
+                f"failover ({kind}): promoted after {result['promoted_s']:.2f} s, delivery "
+                f"resumed {result['resumed_after_promotion_s']:.2f} s later",
+                flush=True,
+            )
     run["loadavg_after"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(run, indent=1) + "\n")
