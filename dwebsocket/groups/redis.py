@@ -7,6 +7,11 @@ the last leave. ``send`` publishes through a small connection pool; every proces
 including the sender's own, hands the message to its members when it comes back through
 its subscription, so all members everywhere see the messages of a group in the same order.
 
+Where Redis is -- one server, the master Sentinels name (``redis-sentinel://``), a Redis
+Cluster (``redis-cluster://``) -- is a connection strategy (:mod:`.topology`): the same
+layer and reader serve all three. On a Cluster a process has one such reader per shard
+it uses, with sharded pub/sub (:mod:`.cluster`).
+
 Wire format of a published message (all integers big-endian)::
 
     kind   1 byte   1 = text (UTF-8 payload), 2 = binary -- the RFC 6455 opcodes;
