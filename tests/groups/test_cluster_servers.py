@@ -15,7 +15,7 @@ from redis.crc import key_slot
 from websockets.sync.client import ClientConnection
 
 from tests.groups.redis_cluster import RedisCluster, RedisSentinels, require, wait_for
-from tests.groups.test_servers import Clients, assert_nothing_more, receive, sent_by
+from tests.groups.test_servers import Clients, assert_nothing_more, manage, receive, sent_by
 from tests.servers import ServerProcess
 
 pytestmark = [
@@ -107,6 +107,11 @@ def test_cluster_groups_across_two_gevent_processes(
     pairs = {name: (clients.open(one, name), clients.open(two, name)) for name in names.values()}
     for name, (a, b) in pairs.items():
         exchange(a, b, name)
+    for name in names.values():  # a management command (a third process) reaches them too
+        result = manage("websocket_send", name, f"command:{name}", groups_url=cluster.url)
+        assert result.returncode == 0, result.stderr.decode()
+    for name, (a, b) in pairs.items():
+        assert receive(a, 1) == receive(b, 1) == [f"command:{name}"]
 
     victim_port, group = next(iter(names.items()))
     a, b = pairs[group]
