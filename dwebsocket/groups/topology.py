@@ -205,6 +205,9 @@ class Cluster(Server):
             startup_nodes=[ClusterNode(host, port) for host, port in hosts],  # type: ignore[no-untyped-call]
             # The slots a failed shard served fail alone; the others go on.
             require_full_coverage=False,
+            # Keep asking the URL's hosts when the map is lost, not only the nodes last
+            # seen: a cluster rebuilt on other addresses is found again.
+            dynamic_startup_nodes=False,
             max_connections=settings["max_connections"],
             protocol=2,
             **self.kwargs,
