@@ -265,6 +265,11 @@ class RedisLayer:
                 GROUPS_URL.check_id,
             ) from exc
         self._client = self.topology.client
+        #: What publishes to a group's channel: PUBLISH, or SPUBLISH on a Cluster. A Lua
+        #: script that publishes (history, presence) must use this command, and touch only
+        #: keys with the group as hash tag (``dwebsocket:<db>:{<group>}:...``): on a
+        #: Cluster the channel lives in that slot.
+        self.publish_command = self.topology.publish_command
         self.timeout = float(self.topology.socket_timeout or DEFAULT_TIMEOUT)
         self.backoff_cap = self.topology.backoff_cap or BACKOFF_CAP
         self._prefix = f"dwebsocket:{self.topology.db}:"
