@@ -146,3 +146,8 @@ def test_every_substitution_is_used() -> None:
     text = PAGE.read_text()
     for name in substitutions():
         assert text.count(f"|{name}|") >= 2, name  # its definition and a use
+
+
+if __name__ == "__main__":  # python -m tests.docs.test_scale_numbers: the block to paste
+    for name, value in sorted(expected().items()):
+        print(f".. |{name}| replace:: {value}")
