@@ -318,7 +318,9 @@ class LazyCluster:
             return self._client
 
     def register_script(self, script: str) -> Script:
-        return Script(self, script)  # type: ignore[arg-type]  # duck-typed: evalsha, script_load
+        # As bytes: a Script of a str asks its client for an encoder, which would make
+        # (connect) the client here.
+        return Script(self, script.encode())  # type: ignore[arg-type]  # duck-typed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.get(), name)
