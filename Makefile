@@ -61,9 +61,6 @@ compliance-full: setup
 
 # Seconds first (ruff, mypy, the docs), then every test under coverage, then Autobahn,
 # then the other Pythons and Djangos.
-test: setup browser-setup lint typecheck docs coverage
-
-# Seconds first (ruff, mypy, the docs), then every test under coverage, then Autobahn.
 test: setup browser-setup redis-setup lint typecheck docs coverage
 	$(MAKE) compliance
 	$(MAKE) matrix
