@@ -15,14 +15,23 @@ extensions = [
         sources=["dwebsocket/protocol/_speedups.c"],
         depends=["dwebsocket/protocol/_speedups.h"],
         optional=True,
-    )
+    ),
+    # permessage-deflate's zlib streams, called directly (needs zlib's headers: without
+    # them, deflate.py uses Python's zlib module).
+    Extension(
+        "dwebsocket.protocol._deflate",
+        sources=["dwebsocket/protocol/_deflate.c"],
+        depends=["dwebsocket/protocol/_deflate.h"],
+        libraries=["z"],
+        optional=True,
+    ),
 ]
 if os.name == "posix":
     extensions.append(
         Extension(
             "dwebsocket.backends.default._fastpath",
             sources=["dwebsocket/backends/default/_fastpath.c"],
-            depends=["dwebsocket/protocol/_speedups.h"],
+            depends=["dwebsocket/protocol/_speedups.h", "dwebsocket/protocol/_deflate.h"],
             include_dirs=["dwebsocket/protocol"],
             optional=True,
         )

@@ -4,6 +4,11 @@
 :meth:`~PerMessageDeflate.client_offer` / :meth:`~PerMessageDeflate.from_response` are
 the client side. The codec compresses whole messages and decompresses them fragment by
 fragment with a bound on the output, so a decompression bomb costs at most the limit.
+
+The zlib streams are ``_deflate.Deflater`` and ``_deflate.Inflater`` (C, zlib called
+directly; an idle connection's streams are shared, see ``_deflate.c``) where that
+extension is built, else :class:`PyDeflater` and :class:`PyInflater` over Python's
+``zlib`` module: the same calls, the same bytes. The rules are here either way.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 from ..exceptions import InvalidHandshake, PayloadTooBig, ProtocolError
 from ..typing import BytesLike
+from .accelerator import speedups_disabled
 from .handshake import ExtensionOffer, parse_extensions
 
-__all__ = ["PerMessageDeflate"]
+__all__ = ["PerMessageDeflate", "PyDeflater", "PyInflater"]
 
 EXTENSION_NAME = "permessage-deflate"
 
@@ -31,6 +38,82 @@ DEFAULT_MEM_LEVEL = 5
 
 # RFC 7692 7.1.2.1: window bits are 8 to 15, written without leading zeros.
 _WINDOW_BITS = re.compile(r"8|9|1[0-5]")
+
+
+class PyDeflater:
+    """A raw deflate stream: ``zlib.compressobj``'s calls and :meth:`reset`; the twin of
+    ``_deflate.Deflater`` (the same zlib calls, the same bytes)."""
+
+    __slots__ = ("_args", "_z")
+
+    def __init__(
+        self, level: int, wbits: int, mem_level: int, strategy: int, no_context_takeover: bool
+    ) -> None:
+        self._args = (level, zlib.DEFLATED, -wbits, mem_level, strategy)
+        self._z: zlib._Compress | None = None
+
+    def compress(self, data: BytesLike) -> bytes:
+        z = self._z
+        if z is None:
+            z = self._z = zlib.compressobj(*self._args)
+        return z.compress(data)
+
+    def flush(self, mode: int) -> bytes:
+        z = self._z
+        if z is None:
+            z = self._z = zlib.compressobj(*self._args)
+        return z.flush(mode)
+
+    def reset(self) -> None:
+        """Forget the context: the next message starts a fresh stream."""
+        self._z = None
+
+
+class PyInflater:
+    """A raw inflate stream: ``zlib.decompressobj``'s calls and :meth:`reset`; the twin
+    of ``_deflate.Inflater``."""
+
+    __slots__ = ("_wbits", "_z")
+
+    def __init__(self, wbits: int, no_context_takeover: bool) -> None:
+        self._wbits = -wbits
+        self._z: zlib._Decompress | None = None
+
+    @property
+    def eof(self) -> bool:
+        return self._z is not None and self._z.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return b"" if self._z is None else self._z.unused_data
+
+    def decompress(self, data: BytesLike, max_length: int = 0) -> bytes:
+        z = self._z
+        if z is None:
+            z = self._z = zlib.decompressobj(self._wbits)
+        return z.decompress(data, max_length)
+
+    def reset(self) -> None:
+        """Forget the context and the end of the stream."""
+        self._z = None
+
+
+def _load_codecs() -> Any:
+    if speedups_disabled():
+        return None
+    try:  # zlib called directly (_deflate.c), where zlib's headers were found at build
+        from . import _deflate
+    except ImportError:  # pragma: no cover - exercised when the extension is not built
+        return None
+    return _deflate
+
+
+#: ``dwebsocket.protocol._deflate``, or None (not built, or turned off).
+_codecs: Any = _load_codecs()
+
+#: The stream types in use: ``_deflate``'s when it is built, else the twins above.
+Deflater: Any = _codecs.Deflater if _codecs is not None else PyDeflater
+Inflater: Any = _codecs.Inflater if _codecs is not None else PyInflater
 
 
 def _parse_params(
@@ -102,8 +185,17 @@ class PerMessageDeflate:
         self.remote_max_window_bits = remote_max_window_bits
         self.level = level
         self.mem_level = mem_level
-        self._encoder: zlib._Compress | None = None
-        self._decoder: zlib._Decompress | None = None
+        bits, strategy = local_max_window_bits, zlib.Z_DEFAULT_STRATEGY
+        if bits == 8:
+            # zlib refuses an 8-bit window for raw deflate (madler/zlib#171). Z_RLE only
+            # emits distance-1 matches, valid under any window, so 9 bits honour 8.
+            bits, strategy = 9, zlib.Z_RLE
+        #: The compressor and the decompressor (stream types above); each holds zlib
+        #: memory only while in use.
+        self.encoder = Deflater(level, bits, mem_level, strategy, local_no_context_takeover)
+        # A 9-bit window also reads 8-bit streams, and zlib-based peers asked for 8 bits
+        # really use 9 (see above).
+        self.decoder = Inflater(max(remote_max_window_bits, 9), remote_no_context_takeover)
 
     def __repr__(self) -> str:
         return (
@@ -211,24 +303,14 @@ class PerMessageDeflate:
 
     # -- codec -------------------------------------------------------------------------
 
-    def _new_encoder(self) -> zlib._Compress:
-        bits = self.local_max_window_bits
-        strategy = zlib.Z_DEFAULT_STRATEGY
-        if bits == 8:
-            # zlib refuses an 8-bit window for raw deflate (madler/zlib#171). Z_RLE only
-            # emits distance-1 matches, valid under any window, so 9 bits honour 8.
-            bits, strategy = 9, zlib.Z_RLE
-        return zlib.compressobj(self.level, zlib.DEFLATED, -bits, self.mem_level, strategy)
-
     def compress(self, data: BytesLike) -> bytes:
         """Return one whole message compressed, trailing ``00 00 ff ff`` stripped (7.2.1)."""
-        encoder = self._encoder
-        if encoder is None:
-            encoder = self._new_encoder()
+        encoder = self.encoder
         out = encoder.compress(data) + encoder.flush(zlib.Z_SYNC_FLUSH)
         # RFC 7692 7.1.1: without context takeover every message starts a fresh window.
-        self._encoder = None if self.local_no_context_takeover else encoder
-        return out[:-4]
+        if self.local_no_context_takeover:
+            encoder.reset()
+        return out[:-4]  # type: ignore[no-any-return]
 
     def decompress(self, data: BytesLike, max_size: int | None) -> bytes:
         """Return one whole compressed message decompressed (RFC 7692 7.2.2).
@@ -245,12 +327,7 @@ class PerMessageDeflate:
         ``max_size`` bounds this fragment's output (pass what is left of the message
         limit). Raises like :meth:`decompress`.
         """
-        decoder = self._decoder
-        if decoder is None:
-            # A 9-bit window also reads 8-bit streams, and zlib-based peers asked for 8
-            # bits really use 9 (see _new_encoder).
-            bits = max(self.remote_max_window_bits, 9)
-            decoder = self._decoder = zlib.decompressobj(-bits)
+        decoder = self.decoder
         if fin:
             data = bytes(data) + _TAIL
         try:
@@ -268,7 +345,7 @@ class PerMessageDeflate:
             if decoder.unused_data and not (fin and decoder.unused_data == _TAIL):
                 raise ProtocolError("compressed data after the final deflate block")
             if fin:
-                self._decoder = None
+                decoder.reset()
         elif fin and self.remote_no_context_takeover:
-            self._decoder = None
-        return out
+            decoder.reset()
+        return out  # type: ignore[no-any-return]

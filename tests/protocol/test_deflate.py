@@ -12,6 +12,9 @@ from dwebsocket.exceptions import InvalidHandshake, PayloadTooBig, ProtocolError
 from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.handshake import parse_extensions
 
+# With _deflate's C streams and with the zlib module's (the twins).
+pytestmark = pytest.mark.usefixtures("masking")
+
 
 def negotiate(offer: str) -> tuple[PerMessageDeflate, str] | None:
     return PerMessageDeflate.negotiate(parse_extensions(offer))

@@ -1,0 +1,320 @@
+"""Where an idle connection's memory goes: a breakdown for bench/FINDINGS.md.
+
+    .venv/bin/python bench/memory.py [--conns 2000] [--deflate] [--trace]
+
+Serves the benchmark site (``bench/stacks/djsite``) with monkey-patched gevent.pywsgi in
+this process, as ``tests/run_gevent.py`` does, and opens ``--conns`` idle WebSockets on it
+with the C load generator (``bench/loadgen``, idle mode); then every connection sends one
+32-byte message (compressed where deflate was negotiated) and gets its echo. At each of
+the two points it prints, per connection:
+
+- the RSS added (what ``make bench-servers``' idle rows measure);
+- the greenlets' saved C stacks (``greenlet._stack_saved``: the part of each view's
+  stack copied to the heap while it waits, which no Python tool sees);
+- with ``--trace``, ``tracemalloc``'s view of the rest, grouped by the innermost frame
+  in dwebsocket, Django, gevent or the standard library that allocated it (tracing slows
+  the server down and adds its own overhead to RSS: read the RSS of a run without it).
+
+Every process it starts is stopped; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import tracemalloc  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.stacks.djsite.settings")
+
+import gevent  # noqa: E402
+import greenlet  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+
+from bench.compare import LOADGEN, build_loadgen  # noqa: E402
+
+# Where an allocation is charged: the innermost frame whose file is under one of these.
+_GROUPS = [
+    ("dwebsocket", "dwebsocket/"),
+    ("django", "/django/"),
+    ("gevent", "/gevent/"),
+    ("greenlet", "/greenlet/"),
+]
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def heap() -> tuple[int, int]:
+    """glibc's (bytes in use, bytes free inside the heap): the free part is fragmentation
+    RSS still counts. (0, 0) where mallinfo2() is missing."""
+    try:
+        func = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return 0, 0
+    func.restype = _Mallinfo2
+    info = func()
+    return info.uordblks + info.hblkhd, info.fordblks
+
+
+def saved_stacks() -> tuple[int, int]:
+    """(greenlets alive, bytes of C stack they keep on the heap)."""
+    count = total = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, greenlet.greenlet) and not obj.dead:
+            count += 1
+            total += obj._stack_saved
+    return count, total
+
+
+def where(trace: tracemalloc.Traceback) -> str:
+    """The innermost frame in dwebsocket, Django, gevent or greenlet that led to the
+    allocation, and the innermost frame of all (the allocating line)."""
+    frames = list(reversed(trace))  # innermost first
+    alloc = frames[0]
+    inner = f"{Path(alloc.filename).name}:{alloc.lineno}"
+    for frame in frames:
+        for group, marker in _GROUPS:
+            if marker in frame.filename:
+                name = frame.filename.split(marker, 1)[1]
+                here = f"{group}: {name}:{frame.lineno}"
+                return here if frame is alloc else f"{here} ({inner})"
+    return f"other: {inner}"
+
+
+def diff(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> Counter[str]:
+    sizes: Counter[str] = Counter()
+    stats = after.compare_to(before, "traceback")
+    for stat in stats:
+        if stat.size_diff:
+            sizes[where(stat.traceback)] += stat.size_diff
+    return sizes
+
+
+def report(
+    label: str,
+    n: int,
+    rss_delta: int,
+    heap_delta: tuple[int, int],
+    stacks: tuple[int, int],
+    sizes: Counter[str],
+) -> dict[str, Any]:
+    print(f"\n== {label}: {n} connections ==")
+    print(f"RSS added: {rss_delta / 1024 / n:.1f} KiB per connection")
+    print(
+        f"malloc: {heap_delta[0] / 1024 / n:.1f} KiB per connection in use, "
+        f"{heap_delta[1] / 1024 / n:.1f} KiB free inside the heap"
+    )
+    print(
+        f"greenlets alive: {stacks[0]}, "
+        f"saved C stacks: {stacks[1] / 1024 / n:.2f} KiB per connection"
+    )
+    rows = []
+    if sizes:
+        total = sum(sizes.values())
+        print(f"tracemalloc: {total / 1024 / n:.2f} KiB per connection, by allocating line:")
+        for name, size in sizes.most_common(40):
+            if abs(size) / n < 16:
+                break
+            print(f"  {size / 1024 / n:7.2f} KiB  {name}")
+            rows.append((name, round(size / 1024 / n, 2)))
+    return {
+        "label": label,
+        "conns": n,
+        "rss_kib": round(rss_delta / 1024 / n, 2),
+        "malloc_in_use_kib": round(heap_delta[0] / 1024 / n, 2),
+        "malloc_free_kib": round(heap_delta[1] / 1024 / n, 2),
+        "saved_stack_kib": round(stacks[1] / 1024 / n, 2),
+        "traced": rows,
+    }
+
+
+def warm_up(port: int, deflate: bool) -> None:
+    """One WebSocket session: handshake, one message echoed, close (raw socket)."""
+    extensions = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /echo/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            + extensions.encode()
+            + b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise SystemExit("warm-up: no handshake answer")
+            head += chunk
+        sock.sendall(b"\x81\x82\x00\x00\x00\x00hi")  # masked with a zero key
+        sock.recv(4096)
+        sock.sendall(b"\x88\x82\x00\x00\x00\x00\x03\xe8")
+        sock.recv(4096)
+
+
+def stop_client(client: subprocess.Popen[bytes]) -> None:
+    try:
+        assert client.stdin is not None
+        client.stdin.write(b"quit\n")
+        client.stdin.close()
+    except OSError:
+        pass
+    try:
+        client.wait(30)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        client.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--conns", type=int, default=2000)
+    parser.add_argument("--deflate", action="store_true")
+    parser.add_argument("--trace", action="store_true", help="tracemalloc breakdown")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+
+    import django
+    from django.core.wsgi import get_wsgi_application
+
+    django.setup()
+    build_loadgen()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    port = listener.getsockname()[1]
+    server = WSGIServer(listener, get_wsgi_application(), log=None)
+    server.start()
+
+    results = []
+    client: subprocess.Popen[bytes] | None = None
+    try:
+        # Warm up: one session's imports and caches before the baseline.
+        for _ in range(3):
+            warm_up(port, args.deflate)
+        gevent.sleep(1)
+        gc.collect()
+        if args.trace:
+            tracemalloc.start(25)
+        snap0 = tracemalloc.take_snapshot() if args.trace else None
+        base, heap0 = rss(), heap()
+        # The load generator runs in another process; its lines are read by a real thread
+        # (monkey-patched: a greenlet), so the server keeps serving meanwhile.
+        client = subprocess.Popen(
+            [
+                str(LOADGEN),
+                "--mode",
+                "idle",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--path",
+                "/echo/",
+                "--steps",
+                str(args.conns),
+                "--connect-concurrency",
+                "200",
+                "--connect-timeout",
+                "120",
+                "--probe-timeout",
+                "60",
+                *(["--deflate"] if args.deflate else []),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert client.stdin is not None and client.stdout is not None
+
+        def line(timeout: float) -> dict[str, Any]:
+            box: list[bytes] = []
+            reader = threading.Thread(target=lambda: box.append(client.stdout.readline()))
+            reader.start()
+            reader.join(timeout)
+            if not box or not box[0]:
+                raise SystemExit("no report from the load generator")
+            return json.loads(box[0])  # type: ignore[no-any-return]
+
+        opened = line(300)
+        gevent.sleep(2)
+        gc.collect()
+        n = opened["open"]
+        rss_idle, heap1 = rss(), heap()
+        snap1 = tracemalloc.take_snapshot() if args.trace else None
+        results.append(
+            report(
+                "idle",
+                n,
+                rss_idle - base,
+                (heap1[0] - heap0[0], heap1[1] - heap0[1]),
+                saved_stacks(),
+                diff(snap0, snap1) if snap0 and snap1 else Counter(),
+            )
+        )
+        client.stdin.write(b"probe\n")
+        client.stdin.flush()
+        probed = line(120)
+        gevent.sleep(1)
+        gc.collect()
+        rss_after, heap2 = rss(), heap()
+        snap2 = tracemalloc.take_snapshot() if args.trace else None
+        results.append(
+            report(
+                f"after one message (answered {probed['answered']})",
+                n,
+                rss_after - base,
+                (heap2[0] - heap0[0], heap2[1] - heap0[1]),
+                saved_stacks(),
+                diff(snap0, snap2) if snap0 and snap2 else Counter(),
+            )
+        )
+        print(
+            "\nafter one message, added by the message: "
+            f"{(rss_after - rss_idle) / 1024 / n:.1f} KiB per connection"
+        )
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps({"deflate": args.deflate, "results": results}, indent=1)
+            )
+    finally:
+        if client is not None:
+            stop_client(client)
+        server.stop(timeout=5)
+
+
+if __name__ == "__main__":
+    main()
