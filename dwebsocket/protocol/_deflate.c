@@ -596,7 +596,10 @@ compress_message(PyObject *obj, const uint8_t *data, Py_ssize_t n, const uint8_t
         return -1;
     }
     self->pending = 1;
-    if ((end = deflate_into_scratch(zs, data, n, Z_SYNC_FLUSH, 0)) < 0) {
+    /* compress() then flush(Z_SYNC_FLUSH), as deflate.py calls them: one deflate() call
+       with Z_SYNC_FLUSH may cut the blocks differently. */
+    if ((end = deflate_into_scratch(zs, data, n, Z_NO_FLUSH, 0)) < 0 ||
+        (end = deflate_into_scratch(zs, NULL, 0, Z_SYNC_FLUSH, end)) < 0) {
         return -1;
     }
     self->pending = 0;

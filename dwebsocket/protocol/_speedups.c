@@ -13,8 +13,8 @@
  *                                       reads (Connection.rx; a struct, read without
  *                                       running Python)
  *
- * scan_frames(), encode_header() and ReceiveState are also exported to other extensions
- * (_speedups.h).
+ * scan_frames(), encode_header(), make_message() and ReceiveState are also exported to
+ * other extensions (_speedups.h).
  *
  * What may run Python code here. Python code (a finalizer, a gc callback, a greenlet
  * switch) can run only where an object is deallocated, or where an allocation starts a
@@ -253,6 +253,36 @@ utf8_valid(const uint8_t *s, Py_ssize_t n)
 }
 
 /*
+ * make_message(text, data, n, &message): a message's str (text: strict UTF-8) or bytes
+ * from its payload. 1, *message set; 0: not UTF-8 (nothing made, nothing raised); -1:
+ * out of memory. Runs no Python code (see the top of this file). Also exported: the
+ * fast path makes its inflated messages with it.
+ */
+static int
+make_message(int text, const uint8_t *data, Py_ssize_t n, PyObject **message)
+{
+    if (!text) {
+        *message = PyBytes_FromStringAndSize((const char *)data, n);
+        return *message == NULL ? -1 : 1;
+    }
+    switch (utf8_valid(data, n)) {
+    case 1: /* ASCII: its bytes are the str's */
+        *message = PyUnicode_New(n, 127);
+        if (*message != NULL) {
+            memcpy(PyUnicode_DATA(*message), data, (size_t)n);
+        }
+        break;
+    case 2:
+        *message = PyUnicode_DecodeUTF8((const char *)data, n, "strict");
+        break;
+    default:
+        *message = NULL;
+        return 0;
+    }
+    return *message == NULL ? -1 : 1;
+}
+
+/*
  * scan_frames(base, n, pos, masked, max_length, out) -> offset, or -1 with an exception
  *
  * From base[pos:n], while the next frame is a whole final text or binary frame with no RSV
@@ -312,40 +342,32 @@ scan_frames(const uint8_t *base, Py_ssize_t n, Py_ssize_t pos, int masked,
             break;
         }
         end = start + length;
-        if (b0 == 0x81) {
-            const uint8_t *text = base + start;
-            uint8_t *tmp = NULL;
-            int valid;
-            if (masked) {
-                tmp = length <= (Py_ssize_t)sizeof(stack) ? stack : PyMem_Malloc(length);
-                if (tmp == NULL) {
-                    PyErr_NoMemory();
-                    return -1;
-                }
-                xor_mask(base + start, tmp, length, base + start - 4);
-                text = tmp;
+        if (masked && b0 == 0x81) {
+            uint8_t *tmp = length <= (Py_ssize_t)sizeof(stack) ? stack : PyMem_Malloc(length);
+            int made;
+            if (tmp == NULL) {
+                PyErr_NoMemory();
+                return -1;
             }
-            valid = utf8_valid(text, length);
-            if (valid == 1) { /* ASCII: its bytes are the str's */
-                message = PyUnicode_New(length, 127);
-                if (message != NULL) {
-                    memcpy(PyUnicode_DATA(message), text, (size_t)length);
-                }
-            }
-            else if (valid == 2) {
-                message = PyUnicode_DecodeUTF8((const char *)text, length, "strict");
-            }
-            else {
-                message = NULL;
-            }
-            if (tmp != NULL && tmp != stack) {
+            xor_mask(base + start, tmp, length, base + start - 4);
+            made = make_message(1, tmp, length, &message);
+            if (tmp != stack) {
                 PyMem_Free(tmp);
             }
-            if (valid == 0) {
+            if (made < 0) {
+                return -1; /* out of memory */
+            }
+            if (made == 0) {
                 break; /* the Python loop fails the connection with 1007 */
             }
-            if (message == NULL) {
-                return -1; /* out of memory */
+        }
+        else if (b0 == 0x81) {
+            int made = make_message(1, base + start, length, &message);
+            if (made < 0) {
+                return -1;
+            }
+            if (made == 0) {
+                break;
             }
         }
         else {
@@ -482,23 +504,26 @@ frame_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMemberDef ReceiveState_members[] = {
     {"open", T_BOOL, offsetof(DwsReceiveState, open), 0,
      "True while the connection is OPEN (no close frame sent or received)."},
+    {"max_message", T_PYSSIZET, offsetof(DwsReceiveState, max_message), 0,
+     "The message limit after decompression, in bytes (sys.maxsize: none)."},
     {"scan_limit", T_PYSSIZET, offsetof(DwsReceiveState, scan_limit), 0,
      "The largest payload a fast path may take itself from the next bytes received, at a "
-     "frame boundary; -1 when it may take nothing (a frame or a fragmented message is in "
-     "progress, permessage-deflate is on, or the connection is done)."},
+     "frame boundary, compressed or not (compressed: on the wire); -1 when it may take "
+     "nothing (a frame or a fragmented message is in progress, or the connection is "
+     "done)."},
     {NULL},
 };
 
 static PyObject *
 ReceiveState_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"open", "scan_limit", NULL};
+    static char *kwlist[] = {"open", "scan_limit", "max_message", NULL};
     int open = 1;
-    Py_ssize_t scan_limit = -1;
+    Py_ssize_t scan_limit = -1, max_message = PY_SSIZE_T_MAX;
     DwsReceiveState *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$pn:ReceiveState", kwlist, &open,
-                                     &scan_limit)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$pnn:ReceiveState", kwlist, &open,
+                                     &scan_limit, &max_message)) {
         return NULL;
     }
     if ((self = (DwsReceiveState *)type->tp_alloc(type, 0)) == NULL) {
@@ -506,20 +531,22 @@ ReceiveState_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self->open = (char)open;
     self->scan_limit = scan_limit;
+    self->max_message = max_message;
     return (PyObject *)self;
 }
 
 static PyObject *
 ReceiveState_repr(DwsReceiveState *self)
 {
-    return PyUnicode_FromFormat("ReceiveState(open=%s, scan_limit=%zd)",
-                                self->open ? "True" : "False", self->scan_limit);
+    return PyUnicode_FromFormat("ReceiveState(open=%s, scan_limit=%zd, max_message=%zd)",
+                                self->open ? "True" : "False", self->scan_limit,
+                                self->max_message);
 }
 
 static PyTypeObject ReceiveState_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "dwebsocket.protocol._speedups.ReceiveState",
-    .tp_doc = "ReceiveState(*, open=True, scan_limit=-1): what Connection keeps current for "
+    .tp_doc = "ReceiveState(*, open=True, scan_limit=-1, max_message=sys.maxsize): what Connection keeps current for "
               "a fast path to read (connection.ReceiveState in C).",
     .tp_basicsize = sizeof(DwsReceiveState),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -528,7 +555,7 @@ static PyTypeObject ReceiveState_Type = {
     .tp_members = ReceiveState_members,
 };
 
-static DwsSpeedupsCAPI speedups_capi = {scan_frames, encode_header, NULL};
+static DwsSpeedupsCAPI speedups_capi = {scan_frames, encode_header, make_message, NULL};
 
 static int
 speedups_exec(PyObject *module)

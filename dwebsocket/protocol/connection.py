@@ -84,22 +84,30 @@ class PyReceiveState:
     """What :class:`Connection` keeps current for an I/O layer's fast path (``Connection.rx``).
 
     ``open``: the connection is OPEN. ``scan_limit``: the largest payload a fast path may
-    take itself out of the next bytes received (whole, final, unmasked-by-the-rules,
-    uncompressed text or binary frames, as ``frames.scan_messages`` takes them), or -1
-    when it may take nothing now (a frame or a fragmented message is in progress,
-    permessage-deflate is on, or the connection is done). The C twin,
+    take itself out of the next bytes received (whole, final, masked-by-the-rules text or
+    binary frames, as ``frames.scan_messages`` takes them; with permessage-deflate also
+    compressed ones, as :meth:`PerMessageDeflate.decompress` takes them, bounded by
+    ``max_message`` after decompression), or -1 when it may take nothing now (a frame or
+    a fragmented message is in progress, or the connection is done). ``max_message``:
+    the message limit after decompression (``sys.maxsize``: none). The C twin,
     ``_speedups.ReceiveState``, is a struct that the default backend's C fast path reads
     without running Python; this class stands in when the extension is not built.
     """
 
-    __slots__ = ("open", "scan_limit")
+    __slots__ = ("max_message", "open", "scan_limit")
 
-    def __init__(self, *, open: bool = True, scan_limit: int = -1) -> None:
+    def __init__(
+        self, *, open: bool = True, scan_limit: int = -1, max_message: int = sys.maxsize
+    ) -> None:
         self.open = open
         self.scan_limit = scan_limit
+        self.max_message = max_message
 
     def __repr__(self) -> str:
-        return f"ReceiveState(open={self.open}, scan_limit={self.scan_limit})"
+        return (
+            f"ReceiveState(open={self.open}, scan_limit={self.scan_limit}, "
+            f"max_message={self.max_message})"
+        )
 
 
 #: ``_speedups.ReceiveState`` when the C accelerator is built, else :class:`PyReceiveState`.
@@ -199,13 +207,15 @@ class Connection:
         # header per stored block; allow generous slack for odd encoders).
         self._max_wire = self._max_message + (self._max_message >> 3) + 4096
         self._fast_max = min(self._max_message, self._max_frame)
-        # rx.scan_limit at a frame boundary: compressed frames go the slow way.
-        self._scan_limit = -1 if self.deflate is not None else self._fast_max
+        # rx.scan_limit at a frame boundary. A compressed frame of up to _fast_max bytes
+        # passes _check_header() too (_max_wire > _max_message).
+        self._scan_limit = self._fast_max
 
     def _sync_rx(self) -> None:
         """Bring ``rx.scan_limit`` up to date after the limits changed."""
         at_boundary = not self._buf and not self._frag and not self._done
         self.rx.scan_limit = self._scan_limit if at_boundary else -1
+        self.rx.max_message = self._max_message
 
     @property
     def max_message_size(self) -> int | None:

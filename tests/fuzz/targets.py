@@ -207,9 +207,9 @@ def _feed_frames(
 def _check_rx(conn: Connection) -> None:
     """``Connection.rx``, which the backend's C fast path reads, says what the core is."""
     at_boundary = not conn._buf and not conn._frag and not conn._done
-    scan = at_boundary and conn.deflate is None
     assert conn.rx.open == (conn.state is State.OPEN), (conn.rx, conn.state)
-    assert conn.rx.scan_limit == (conn._fast_max if scan else -1), (conn.rx, conn._buf)
+    assert conn.rx.scan_limit == (conn._fast_max if at_boundary else -1), (conn.rx, conn._buf)
+    assert conn.rx.max_message == conn._max_message
 
 
 def _frames_in(out: bytes, client: bool) -> list[Event]:

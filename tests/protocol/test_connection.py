@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -819,9 +820,9 @@ def test_our_client_with_websockets_server(compress: bool) -> None:
 def test_receive_state_twin() -> None:
     from dwebsocket.protocol.connection import PyReceiveState
 
-    state = PyReceiveState(open=False, scan_limit=3)
-    assert (state.open, state.scan_limit) == (False, 3)
-    assert repr(state) == "ReceiveState(open=False, scan_limit=3)"
+    state = PyReceiveState(open=False, scan_limit=3, max_message=7)
+    assert (state.open, state.scan_limit, state.max_message) == (False, 3, 7)
+    assert repr(state) == "ReceiveState(open=False, scan_limit=3, max_message=7)"
 
 
 def test_rx_follows_the_core() -> None:
@@ -831,8 +832,12 @@ def test_rx_follows_the_core() -> None:
     assert conn.rx.scan_limit == -1
     conn.receive_data(b"\x00\x00\x00\x00hello")
     assert conn.rx.scan_limit == 100
+    assert conn.rx.max_message == 100
     conn.max_message_size = 50
-    assert conn.rx.scan_limit == 50
+    assert (conn.rx.scan_limit, conn.rx.max_message) == (50, 50)
+    conn.max_message_size = None
+    assert (conn.rx.scan_limit, conn.rx.max_message) == (sys.maxsize, sys.maxsize)
+    conn.max_message_size = 50
     conn.send_close(1000)
     assert (conn.rx.open, conn.rx.scan_limit) == (False, 50)
     conn.receive_data(b"")

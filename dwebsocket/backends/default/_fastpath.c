@@ -60,11 +60,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_deflate.h"
 #include "_speedups.h"
 
 #define RECV_SIZE 65536 /* transport.RECV_SIZE: the most one read returns */
 
 static const DwsSpeedupsCAPI *speedups;
+static const DwsDeflateCAPI *zcodec; /* NULL where _deflate is not built */
 static PyObject *getcurrent;     /* greenlet.getcurrent */
 static PyTypeObject *deque_type; /* collections.deque */
 
@@ -655,7 +657,10 @@ typedef struct {
     double ping_interval, ping_timeout; /* NAN: None */
     double db_interval;     /* transport._DB_CHECK_INTERVAL */
     int fd;
-    int deflate;            /* permessage-deflate negotiated: frames go through Python */
+    int deflate;            /* permessage-deflate negotiated */
+    PyObject *deflater;     /* its _deflate.Deflater and Inflater (PerMessageDeflate's), */
+    PyObject *inflater;     /* or NULL: then compressed frames go through Python */
+    Py_ssize_t backlog_bytes; /* DefaultWebSocket._backlog_bytes */
 } FastPath;
 
 static PyObject *
@@ -663,19 +668,31 @@ FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ws", "io", "rx", "waiter", "fd", "messages", "reading",
                              "writing", "core", "release_idle", "ping_interval",
-                             "ping_timeout", "db_interval", "deflate", NULL};
+                             "ping_timeout", "db_interval", "deflate", "deflater", "inflater",
+                             "backlog_bytes", NULL};
     PyObject *ws, *io, *rx, *waiter, *messages, *reading, *writing, *core;
     PyObject *release_idle, *ping_interval, *ping_timeout;
+    PyObject *deflater = Py_None, *inflater = Py_None;
     double db_interval;
+    Py_ssize_t backlog_bytes = 1 << 20;
     int fd, deflate;
     FastPath *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OO!O!O!iO!OOOOOOdp:FastPath", kwlist, &ws,
-                                     &IOState_Type, &io, speedups->receive_state_type, &rx,
-                                     &Waiter_Type, &waiter, &fd, deque_type, &messages,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OO!O!O!iO!OOOOOOdpOOn:FastPath", kwlist,
+                                     &ws, &IOState_Type, &io, speedups->receive_state_type,
+                                     &rx, &Waiter_Type, &waiter, &fd, deque_type, &messages,
                                      &reading, &writing, &core, &release_idle, &ping_interval,
-                                     &ping_timeout, &db_interval, &deflate)) {
+                                     &ping_timeout, &db_interval, &deflate, &deflater,
+                                     &inflater, &backlog_bytes)) {
         return NULL;
+    }
+    /* Only _deflate's own types: their C API runs no Python code (any other stream, the
+       zlib module's twin, goes through Python). */
+    if (!deflate || zcodec == NULL || !Py_IS_TYPE(deflater, zcodec->deflater_type)) {
+        deflater = Py_None;
+    }
+    if (!deflate || zcodec == NULL || !Py_IS_TYPE(inflater, zcodec->inflater_type)) {
+        inflater = Py_None;
     }
     if (!Py_IS_TYPE(messages, deque_type)) { /* a subclass could run Python in popleft() */
         PyErr_SetString(PyExc_TypeError, "FastPath(): messages must be a collections.deque");
@@ -702,6 +719,9 @@ FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->db_interval = db_interval;
     self->fd = fd;
     self->deflate = deflate;
+    self->deflater = deflater == Py_None ? NULL : Py_NewRef(deflater);
+    self->inflater = inflater == Py_None ? NULL : Py_NewRef(inflater);
+    self->backlog_bytes = backlog_bytes;
     return (PyObject *)self;
 }
 
@@ -717,6 +737,8 @@ FastPath_traverse(FastPath *self, visitproc visit, void *arg)
     Py_VISIT(self->writing);
     Py_VISIT(self->core);
     Py_VISIT(self->release_idle);
+    Py_VISIT(self->deflater);
+    Py_VISIT(self->inflater);
     return 0;
 }
 
@@ -732,6 +754,8 @@ FastPath_clear(FastPath *self)
     Py_CLEAR(self->writing);
     Py_CLEAR(self->core);
     Py_CLEAR(self->release_idle);
+    Py_CLEAR(self->deflater);
+    Py_CLEAR(self->inflater);
     return 0;
 }
 
@@ -827,6 +851,109 @@ static _Thread_local uint8_t recv_buf[RECV_SIZE];
 static _Thread_local char recv_buf_leased;
 
 /*
+ * The core's receive loop on recv_buf[0:n] (under the lease): scan_frames() takes the
+ * whole uncompressed messages, and this the whole compressed ones (RFC 7692: a final
+ * text or binary frame with RSV1), as Connection._receive_frame() and
+ * PerMessageDeflate.decompress() take them, while `inflater` is set. Stops at anything
+ * else, at a compressed message inflate_message() does not take (corrupt, too large,
+ * the peer ended the stream: its outcome is kept for Python's decompress(), so
+ * deflate.py's rules decide) or that is not UTF-8 (likewise), and once the messages
+ * taken total backlog_bytes (DefaultWebSocket._receive()'s bound: a read of small
+ * compressed frames cannot expand into more than about one message past the backlog).
+ * Returns where it stopped, or -1 with an exception. Runs no Python code.
+ */
+static Py_ssize_t
+scan_read(FastPath *self, const uint8_t *buf, Py_ssize_t n, Py_ssize_t limit, PyObject *out)
+{
+    Py_ssize_t pos = 0, taken = 0, counted = 0;
+    uint8_t stack[512];
+
+    for (;;) {
+        Py_ssize_t start, length, end, i, out_len;
+        const uint8_t *key, *data;
+        uint8_t *payload, b0, b1;
+        PyObject *message;
+        int rc;
+
+        pos = speedups->scan_frames(buf, n, pos, 1, limit, out);
+        if (pos < 0 || self->inflater == NULL || n - pos < 2) {
+            return pos;
+        }
+        for (i = counted; i < PyList_GET_SIZE(out); i++) { /* what scan_frames() took */
+            taken += PyObject_Length(PyList_GET_ITEM(out, i));
+        }
+        counted = PyList_GET_SIZE(out);
+        b0 = buf[pos];
+        b1 = buf[pos + 1];
+        if ((b0 != 0xC1 && b0 != 0xC2) || !(b1 & 0x80) || taken >= self->backlog_bytes) {
+            return pos;
+        }
+        length = b1 & 0x7F;
+        start = pos + 2;
+        if (length == 126) {
+            if (n - pos < 4) {
+                return pos;
+            }
+            length = ((Py_ssize_t)buf[pos + 2] << 8) | buf[pos + 3];
+            start = pos + 4;
+        }
+        else if (length == 127) {
+            uint64_t big = 0;
+            if (n - pos < 10) {
+                return pos;
+            }
+            for (i = 0; i < 8; i++) {
+                big = (big << 8) | buf[pos + 2 + i];
+            }
+            if (big > (uint64_t)limit) {
+                return pos;
+            }
+            length = (Py_ssize_t)big;
+            start = pos + 10;
+        }
+        start += 4; /* the mask key */
+        if (length > limit || start > n || length > n - start) {
+            return pos;
+        }
+        end = start + length;
+        /* The payload unmasked, then the tail deflate.py appends (RFC 7692 7.2.2). */
+        payload = length + 4 <= (Py_ssize_t)sizeof(stack) ? stack : PyMem_Malloc(length + 4);
+        if (payload == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        key = buf + start - 4;
+        for (i = 0; i < length; i++) {
+            payload[i] = buf[start + i] ^ key[i & 3];
+        }
+        memcpy(payload + length, "\x00\x00\xff\xff", 4);
+        rc = zcodec->inflate_message(self->inflater, payload, length + 4,
+                                     self->rx->max_message, &data, &out_len);
+        if (rc == 1) {
+            rc = speedups->make_message(b0 == 0xC1, data, out_len, &message);
+            if (rc == 0 && zcodec->keep_outcome(self->inflater, payload, length + 4, data,
+                                                out_len) < 0) {
+                rc = -1; /* not UTF-8: Python fails it with 1007, from the kept outcome */
+            }
+        }
+        if (payload != stack) {
+            PyMem_Free(payload);
+        }
+        if (rc <= 0) {
+            return rc < 0 ? -1 : pos;
+        }
+        if (PyList_Append(out, message) < 0) {
+            Py_DECREF(message);
+            return -1;
+        }
+        Py_DECREF(message);
+        taken += out_len;
+        counted++;
+        pos = end;
+    }
+}
+
+/*
  * One wait and one read, holding the read lock: DefaultWebSocket._read_once() after its
  * keepalive arithmetic, Transport.wait_readable() and recv(), and the core's fast path on
  * what was read. Sets *message to the first message read if the scan took the whole read
@@ -857,7 +984,7 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         Py_DECREF(out);
         return 0;
     }
-    limit = self->deflate ? -1 : self->rx->scan_limit;
+    limit = self->rx->scan_limit;
     /* 3. The read and the scan, under the lease; what is left is copied out of recv_buf
        before the lease ends. */
     recv_buf_leased = 1;
@@ -881,7 +1008,7 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         Py_DECREF(out);
         goto give;
     }
-    pos = speedups->scan_frames(recv_buf, n, 0, 1, limit, out);
+    pos = scan_read(self, recv_buf, n, limit, out);
     if (pos >= 0 && pos < n) {
         rest = PyBytes_FromStringAndSize((const char *)recv_buf + pos, n - pos);
     }
@@ -954,7 +1081,7 @@ FastPath_wait(FastPath *self, PyObject *arg)
         if (queued > 0) {
             return PyObject_CallMethodNoArgs(self->messages, str_popleft);
         }
-        if (!fast_is_open(self) || (self->deflate && self->io->unfed)) {
+        if (!fast_is_open(self) || self->io->unfed) {
             Py_RETURN_NONE; /* closed; or _read_once() feeds the backlog first */
         }
         /* _read_once(): wait no longer than until the keepalive has something to do. */
@@ -1034,7 +1161,7 @@ FastPath_send(FastPath *self, PyObject *message)
     uint8_t header[10], small[2048], b0;
     struct iovec iov[2];
     PyObject *encoded = NULL, *rest, *r;
-    int rc;
+    int rc, compressed_frame = 0;
 
     if (PyUnicode_CheckExact(message)) {
         b0 = 0x81;
@@ -1045,7 +1172,8 @@ FastPath_send(FastPath *self, PyObject *message)
     else {
         Py_RETURN_FALSE;
     }
-    if (self->deflate || PyThread_get_thread_ident() != self->waiter->thread) {
+    if ((self->deflate && self->deflater == NULL) ||
+        PyThread_get_thread_ident() != self->waiter->thread) {
         Py_RETURN_FALSE;
     }
     /* 1. What may run Python: the locks' state, the UTF-8 encoding (an allocation). */
@@ -1086,6 +1214,22 @@ FastPath_send(FastPath *self, PyObject *message)
         Py_XDECREF(encoded);
         Py_RETURN_FALSE;
     }
+    if (self->deflate) {
+        /* Connection.send_text()/send_binary(): PerMessageDeflate.compress(), RSV1 set.
+           The deflater's context moves on: from here the frame must go out whole, or the
+           connection end (a send() run again would compress the message twice). */
+        const uint8_t *compressed;
+        Py_ssize_t clen = zcodec->compress_message(self->deflater, (const uint8_t *)payload,
+                                                   length, &compressed);
+        if (clen < 0) {
+            Py_XDECREF(encoded);
+            return NULL;
+        }
+        payload = (const char *)compressed; /* zcodec's buffer, until its next call */
+        length = clen;
+        b0 |= 0x40;
+        compressed_frame = 1;
+    }
     hlen = speedups->encode_header(header, b0, length, 0); /* a server's frames: unmasked */
     total = hlen + length;
     if (total <= (Py_ssize_t)sizeof(small)) {
@@ -1102,11 +1246,11 @@ FastPath_send(FastPath *self, PyObject *message)
         sent = writev(self->fd, iov, 2);
     }
     if (sent < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && !compressed_frame) {
             Py_XDECREF(encoded);
             Py_RETURN_FALSE; /* broken: the general send() fails the same way, and says so */
         }
-        sent = 0;
+        sent = 0; /* (compressed: _send_rest() fails the same way, and shuts down) */
     }
     /* The message is sent, or its rest follows (Transport.sendall() counts those bytes). */
     self->io->messages_out += 1;
@@ -1153,7 +1297,8 @@ static PyTypeObject FastPath_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "dwebsocket.backends.default._fastpath.FastPath",
     .tp_doc = "FastPath(*, ws, io, rx, waiter, fd, messages, reading, writing, core, "
-              "release_idle, ping_interval, ping_timeout, db_interval, deflate): "
+              "release_idle, ping_interval, ping_timeout, db_interval, deflate, deflater, "
+              "inflater, backlog_bytes): "
               "DefaultWebSocket.wait() and send() in the common case (see _fastpath.c).",
     .tp_basicsize = sizeof(FastPath),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -1299,6 +1444,20 @@ fastpath_exec(PyObject *module)
             return -1;
         }
     }
+    if (zcodec == NULL) {
+        /* Optional: where _deflate is not built, compressed frames go through Python. */
+        PyObject *module_deflate = PyImport_ImportModule("dwebsocket.protocol._deflate");
+        if (module_deflate == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            Py_DECREF(module_deflate);
+            zcodec = (const DwsDeflateCAPI *)PyCapsule_Import(DWS_DEFLATE_CAPSULE, 0);
+            if (zcodec == NULL) {
+                return -1; /* built from another checkout: fail, don't misread memory */
+            }
+        }
+    }
     if (deque_type == NULL) {
         PyObject *collections = PyImport_ImportModule("collections");
         if (collections == NULL) {
@@ -1306,7 +1465,21 @@ fastpath_exec(PyObject *module)
         }
         deque_type = (PyTypeObject *)PyObject_GetAttrString(collections, "deque");
         Py_DECREF(collections);
-        if (deque_type == NULL) {
+        if (zcodec == NULL) {
+        /* Optional: where _deflate is not built, compressed frames go through Python. */
+        PyObject *module_deflate = PyImport_ImportModule("dwebsocket.protocol._deflate");
+        if (module_deflate == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            Py_DECREF(module_deflate);
+            zcodec = (const DwsDeflateCAPI *)PyCapsule_Import(DWS_DEFLATE_CAPSULE, 0);
+            if (zcodec == NULL) {
+                return -1; /* built from another checkout: fail, don't misread memory */
+            }
+        }
+    }
+    if (deque_type == NULL) {
             return -1;
         }
     }

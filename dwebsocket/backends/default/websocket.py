@@ -199,6 +199,9 @@ class DefaultWebSocket(WebSocket):
                 ping_interval=self._ping_interval,
                 ping_timeout=self._ping_timeout,
                 deflate=accepted.compression,
+                deflater=conn.deflate.encoder if conn.deflate is not None else None,
+                inflater=conn.deflate.decoder if conn.deflate is not None else None,
+                backlog_bytes=self._backlog_bytes,
             )
             with self._core:
                 self.subprotocol = subprotocol

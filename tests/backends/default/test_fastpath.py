@@ -342,18 +342,120 @@ def test_text_that_cannot_be_encoded_raises_as_before(seen: dict[str, Any]) -> N
         session.finish()
 
 
-def test_deflate_waits_in_c_and_frames_in_python(seen: dict[str, Any]) -> None:
-    headers = {"Sec-WebSocket-Extensions": PerMessageDeflate.client_offer()}
-    with Session(fast_view(echo_until_stop, seen), headers=headers) as session:
-        response = session.expect_101()
-        client = Connection(
-            client=True,
-            deflate=PerMessageDeflate.from_response(response["sec-websocket-extensions"]),
-        )
-        session.client.conn = client
-        echo_then_stop(session, ["compressed " * 20, b"\x00" * 1000])
+def _deflate_session(seen: dict[str, Any], view: Any, offer: str | None = None) -> Any:
+    """A session whose client negotiated permessage-deflate (``offer``: the browser's)."""
+    headers = {"Sec-WebSocket-Extensions": offer or PerMessageDeflate.client_offer()}
+    return Session(view, headers=headers)
+
+
+def _deflate_client(session: Session, response: dict[str, str]) -> Connection:
+    client = Connection(
+        client=True,
+        deflate=PerMessageDeflate.from_response(response["sec-websocket-extensions"]),
+    )
+    session.client.conn = client
+    return client
+
+
+def test_compressed_frames_are_taken_in_c(seen: dict[str, Any]) -> None:
+    messages: list[str | bytes] = ["compressed " * 20, b"\x00" * 1000, "é" * 300, b"", ""]
+    with _deflate_session(seen, fast_view(echo_until_stop, seen)) as session:
+        _deflate_client(session, session.expect_101())
+        echo_then_stop(session, messages)
     assert seen["fast"] is True
-    assert len(seen["to_python"]) == 3  # every read: RSV1 frames are the core's
+    assert seen["to_python"] == []  # RSV1 frames too: inflated and answered in C
+
+
+def test_compressed_frames_go_to_python_without_the_c_streams(seen: dict[str, Any]) -> None:
+    from dwebsocket.protocol import deflate
+
+    saved = deflate.Deflater, deflate.Inflater
+    deflate.Deflater, deflate.Inflater = deflate.PyDeflater, deflate.PyInflater
+    try:
+        with _deflate_session(seen, fast_view(echo_until_stop, seen)) as session:
+            _deflate_client(session, session.expect_101())
+            echo_then_stop(session, ["compressed " * 20, b"\x00" * 1000])
+    finally:
+        deflate.Deflater, deflate.Inflater = saved
+    assert seen["fast"] is True
+    assert len(seen["to_python"]) == 3  # every read: the zlib module's streams are Python's
+
+
+@pytest.mark.parametrize(
+    ("frame", "close"),
+    [
+        (b"\xff\xff\xff\xff", 1002),  # corrupt
+        (b"\x03\x00\x01", 1002),  # the peer ended the stream (BFINAL), then more data
+        (b"\x03\x00", 0),  # ... then nothing: "" (RFC 7692 7.2.3.3), and a new stream
+        (None, 1009),  # over the message limit after decompression
+        (b"\xfb\xff\x00", 1007),  # text that is not UTF-8 (a stored block of ff)
+    ],
+)
+def test_a_compressed_message_c_does_not_take_closes_as_python_decides(
+    seen: dict[str, Any], frame: bytes | None, close: int
+) -> None:
+    """The C path keeps zlib's outcome for deflate.py's rules: the same close code and
+    reason as the pure-Python path gives (tests/fuzz compares them byte for byte)."""
+    import zlib
+
+    if frame is None:  # 2 MiB of zeros: a bomb past the 1 MiB default limit
+        z = zlib.compressobj(wbits=-9)
+        frame = (z.compress(b"\0" * (2 << 20)) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    elif close == 1007:
+        z = zlib.compressobj(wbits=-9)
+        frame = (z.compress(b"\xff\xfe") + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    with _deflate_session(seen, fast_view(echo_until_stop, seen)) as session:
+        _deflate_client(session, session.expect_101())
+        session.client.send("first")
+        assert session.client.recv() == "first"
+        session.client.sock.sendall(masked(0x1, frame, rsv1=True))
+        if not close:
+            assert session.client.recv() == ""
+            echo_then_stop(session, ["after"])
+            return
+        event = session.client.recv()
+        assert isinstance(event, Close) and event.code == close, event
+        session.finish()
+    assert seen["fast"] is True
+
+
+def test_the_c_compressed_send_path_writes_what_the_python_one_does(
+    seen: dict[str, Any],
+) -> None:
+    from dwebsocket.protocol import deflate
+
+    messages = [m for n in SIZES for m in _messages_of_size(n)] * 2  # context taken over
+
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        assert ws.wait(TIMEOUT) == "go"
+        for message in messages:
+            ws.send(message)
+
+    # What the pure-Python codec, negotiated the same way, writes for the same messages.
+    saved = deflate.Deflater, deflate.Inflater
+    deflate.Deflater, deflate.Inflater = deflate.PyDeflater, deflate.PyInflater
+    try:
+        negotiated = PerMessageDeflate.negotiate(
+            [("permessage-deflate", [("client_max_window_bits", None)])]
+        )
+    finally:
+        deflate.Deflater, deflate.Inflater = saved
+    assert negotiated is not None
+    python = Connection(deflate=negotiated[0])
+    expected = b"".join(python.send_message(m) for m in messages)
+    with _deflate_session(seen, fast_view(body, seen)) as session:
+        session.expect_101()
+        session.client.send("go")
+        received = b""
+        while len(received) < len(expected):
+            chunk = session.client.sock.recv(1 << 20)
+            assert chunk, f"EOF after {len(received)} of {len(expected)} bytes"
+            received += chunk
+        assert received[: len(expected)] == expected
+        session.client.receive(received[len(expected) :])  # the close frame, maybe
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen["fast"] is True
 
 
 def test_two_greenlets_share_one_iterator(seen: dict[str, Any]) -> None:

@@ -53,8 +53,8 @@ def test_iostate_and_its_twin_have_the_same_fields() -> None:
 @needs_speedups
 def test_receive_state_and_its_twin_have_the_same_fields() -> None:
     assert speedups is not None
-    assert _members(speedups.ReceiveState) == {"open": bool, "scan_limit": int}
-    assert connection.PyReceiveState.__slots__ == ("open", "scan_limit")
+    assert _members(speedups.ReceiveState) == {"open": bool, "max_message": int, "scan_limit": int}
+    assert set(connection.PyReceiveState.__slots__) == {"open", "max_message", "scan_limit"}
     assert repr(speedups.ReceiveState()) == repr(connection.PyReceiveState())
     assert connection.ReceiveState is speedups.ReceiveState
 
