@@ -49,7 +49,6 @@
 #define DEFAULT_LIVE_LIMIT 256 /* live streams of each kind: 256 deflate streams ~ 10 MiB */
 #define SCRATCH_KEEP (256 * 1024) /* a larger output buffer is freed at the next call */
 
-static const uint8_t TAIL[4] = {0x00, 0x00, 0xff, 0xff};
 static PyObject *zlib_error; /* zlib.error */
 
 /* -- the per-thread output buffer --------------------------------------------------- */
@@ -712,10 +711,13 @@ inflate_failed(int err)
 }
 
 /* After an inflate of `data` ending at *rest: the eof flag and unused data, and whether
-   the stream may be parked (all input taken, ending with a sync flush's empty block). */
+   the stream may be parked: all input taken, and zlib between two blocks with no bit
+   left over (data_type 128: mode TYPE, not the last block, not inside a stored block),
+   which is where a sync flush's empty block leaves it. Only the window is kept then;
+   anywhere else (a peer's odd bytes may leave a block half read) the stream stays. */
 static int
-inflate_settle(Codec *self, int err, const uint8_t *data, Py_ssize_t n, Py_ssize_t rest,
-               int capped)
+inflate_settle(Codec *self, z_stream *zs, int err, const uint8_t *data, Py_ssize_t n,
+               Py_ssize_t rest, int capped)
 {
     if (err == Z_STREAM_END) {
         PyObject *unused = PyBytes_FromStringAndSize((const char *)data + n - rest, rest);
@@ -727,7 +729,7 @@ inflate_settle(Codec *self, int err, const uint8_t *data, Py_ssize_t n, Py_ssize
         self->pending = 1; /* ended: only reset() makes it usable */
         return 0;
     }
-    self->pending = capped || rest != 0 || n < 4 || memcmp(data + n - 4, TAIL, 4) != 0;
+    self->pending = capped || rest != 0 || zs->data_type != 128;
     return 0;
 }
 
@@ -800,7 +802,7 @@ Inflater_decompress(Codec *self, PyObject *args, PyObject *kwds)
         set_zlib_error(zs, err, "while decompressing data");
         goto out;
     }
-    if (inflate_settle(self, err, view.buf, view.len, rest, produced >= limit) < 0) {
+    if (inflate_settle(self, zs, err, view.buf, view.len, rest, produced >= limit) < 0) {
         goto out;
     }
     r = PyBytes_FromStringAndSize((const char *)scratch, produced);
@@ -917,7 +919,7 @@ inflate_message(PyObject *obj, const uint8_t *data, Py_ssize_t n, Py_ssize_t max
         self->pending = 1;
         return keep(self, data, n, scratch, produced, NULL, 0, NULL) < 0 ? -1 : 0;
     }
-    if (inflate_settle(self, err, data, n, rest, 0) < 0) {
+    if (inflate_settle(self, zs, err, data, n, rest, 0) < 0) {
         return -1;
     }
     if (self->no_context_takeover) {

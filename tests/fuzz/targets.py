@@ -16,7 +16,9 @@ Targets:
 - ``response``: a raw HTTP response head through the client side (``parse_response``,
   ``PerMessageDeflate.from_response``).
 - ``frames``: a byte stream through ``Connection.receive_data`` in chunks, server or
-  client side, with or without permessage-deflate, under small limits.
+  client side, with or without permessage-deflate, under small limits; on the server
+  side also through the default backend's C receive loop first (``_fastpath.scan``,
+  compressed frames included), as its fast path reads: the same events, the same output.
 - ``deflate``: compressed fragments through ``PerMessageDeflate.decompress_fragment``
   with output budgets.
 """
@@ -25,10 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+from dwebsocket.backends.default.state import fastpath as _fastpath
 from dwebsocket.exceptions import InvalidHandshake, ProtocolError
 from dwebsocket.protocol import connection as core
+from dwebsocket.protocol import deflate as deflate_module
 from dwebsocket.protocol import frames
 from dwebsocket.protocol.connection import Close, Connection, Event, Ping, Pong, State
 from dwebsocket.protocol.deflate import PerMessageDeflate
@@ -48,6 +52,9 @@ LIMITS = (0, 1, 125, 1024, 65536)
 #: What the core may hold besides the payload bytes of one message: an incomplete frame
 #: header (14 bytes) and Python object overheads (the parts list, the merged tail).
 SLACK = 16 * 1024
+#: The fast path's per-read bound on what it inflates (DefaultWebSocket's backlog), small
+#: here so that inputs reach it.
+BACKLOG = 4096
 
 
 class Input:
@@ -178,8 +185,11 @@ def _feed_frames(
     stream: bytes,
     eof: bool,
     pure_python: bool,
+    fast: bool = False,
 ) -> tuple[Connection, list[Event], bytes]:
-    """Feed ``stream`` to a new core ``chunk`` bytes at a time: (core, events, output)."""
+    """Feed ``stream`` to a new core ``chunk`` bytes at a time: (core, events, output).
+    ``fast``: each chunk goes through the C fast path's receive loop first, the rest to
+    the core, as ``FastPath.wait()`` hands a read over (``_fastpath.c``)."""
     conn = Connection(client=client, deflate=deflate, max_message_size=limit)
     saved = frames.apply_mask, core.unmask, core._scan  # type: ignore[attr-defined]
     if pure_python:
@@ -189,7 +199,16 @@ def _feed_frames(
         events: list[Event] = []
         out = b""
         for start in range(0, len(stream), chunk):
-            got = conn.receive_data(stream[start : start + chunk])
+            piece = stream[start : start + chunk]
+            got = []
+            rx = conn.rx
+            if fast and rx.open and rx.scan_limit >= 0:
+                codec = conn.deflate.decoder if conn.deflate is not None else None
+                pos = _fastpath.scan(piece, rx.scan_limit, rx.max_message, codec, BACKLOG, got)
+                assert 0 <= pos <= len(piece)
+                piece = piece[pos:]
+            if piece:
+                got += conn.receive_data(piece)
             assert not (events and isinstance(events[-1], Close)) or not got, "events after Close"
             events += got
             out += conn.data_to_send()
@@ -212,6 +231,21 @@ def _check_rx(conn: Connection) -> None:
     assert conn.rx.max_message == conn._max_message
 
 
+@contextlib.contextmanager
+def _python_streams(python: bool) -> Iterator[None]:
+    """Make PerMessageDeflate use the zlib module's streams (the twins) if ``python``."""
+    if not python:
+        yield
+        return
+    saved = deflate_module.Deflater, deflate_module.Inflater
+    deflate_module.Deflater = deflate_module.PyDeflater
+    deflate_module.Inflater = deflate_module.PyInflater
+    try:
+        yield
+    finally:
+        deflate_module.Deflater, deflate_module.Inflater = saved
+
+
 def _frames_in(out: bytes, client: bool) -> list[Event]:
     """What the other side reads from ``out``, the core's output."""
     return Connection(client=not client, max_message_size=None).receive_data(out)
@@ -230,11 +264,14 @@ def frames_target(data: bytes) -> None:
 
     window = (9 + source.byte() % 7 if stream else 15) if compressed else 0
 
-    def feed(pure_python: bool) -> tuple[Connection, list[Event], bytes]:
+    def feed(pure_python: bool, fast: bool = False) -> tuple[Connection, list[Event], bytes]:
         deflate = None
         if window:
-            deflate = PerMessageDeflate(remote_max_window_bits=window, local_max_window_bits=window)
-        return _feed_frames(client, deflate, limit, chunk, stream, eof, pure_python)
+            with _python_streams(pure_python):
+                deflate = PerMessageDeflate(
+                    remote_max_window_bits=window, local_max_window_bits=window
+                )
+        return _feed_frames(client, deflate, limit, chunk, stream, eof, pure_python, fast)
 
     conn, events, out = feed(pure_python)
     if frames.scan_messages is not None:
@@ -243,6 +280,15 @@ def frames_target(data: bytes) -> None:
         other, other_events, other_out = feed(not pure_python)
         assert (events, conn.close_code) == (other_events, other.close_code)
         assert _frames_in(out, client) == _frames_in(other_out, client)
+    if _fastpath is not None and not client:
+        # So does the backend's C receive loop, compressed frames included (zlib's
+        # outcome kept for deflate.py's rules where the C code does not take a message).
+        other, other_events, other_out = feed(False, fast=True)
+        assert (events, conn.close_code) == (other_events, other.close_code), (
+            events,
+            other_events,
+        )
+        assert out == other_out
 
     closes = [e for e in events if isinstance(e, Close)]
     assert len(closes) <= 1 and (not closes or events[-1] is closes[0]), events
@@ -271,6 +317,22 @@ def frames_target(data: bytes) -> None:
 # -- deflate ----------------------------------------------------------------------------
 
 
+def _inflate_all(codec: PerMessageDeflate, pieces: list[bytes], budget: int) -> list[object]:
+    """Each fragment's output, or the error that ended the message (its text)."""
+    outcome: list[object] = []
+    total = 0
+    try:
+        for i, piece in enumerate(pieces):
+            fin = i == len(pieces) - 1
+            out = codec.decompress_fragment(piece, fin, budget - total)
+            total += len(out)
+            assert total <= budget
+            outcome.append(out)
+    except ProtocolError as exc:
+        outcome.append((type(exc).__name__, exc.code, exc.reason))
+    return outcome
+
+
 def deflate(data: bytes) -> None:
     source = Input(data)
     config = source.byte()
@@ -279,24 +341,41 @@ def deflate(data: bytes) -> None:
     no_context = bool(config & 0x80)
     fragments = source.byte() % 8 + 1
     stream = source.rest()
-    codec = PerMessageDeflate(remote_max_window_bits=window, remote_no_context_takeover=no_context)
     size = max(1, len(stream) // fragments)
     pieces = [stream[i : i + size] for i in range(0, len(stream), size)] or [b""]
-    total = 0
+    codecs = deflate_module._codecs
+    parked = codecs is not None and bool(config & 0x40)
+    limits = codecs.set_live_limit(1, 1) if parked else None  # every use parks another's
     try:
-        for i, piece in enumerate(pieces):
-            fin = i == len(pieces) - 1
-            out = codec.decompress_fragment(piece, fin, budget - total)
-            total += len(out)
-            assert total <= budget
-    except ProtocolError:
-        pass
-    # And what we compress, we (and zlib) decompress back.
-    encoder = PerMessageDeflate(local_max_window_bits=window)
-    compressed = encoder.compress(stream)
-    assert zlib.decompressobj(-15).decompress(compressed + b"\x00\x00\xff\xff") == stream
-    decoder = PerMessageDeflate(remote_max_window_bits=window)
-    assert decoder.decompress(compressed, None) == stream
+        results = []
+        for python in (True, False) if codecs is not None else (True,):
+            with _python_streams(python):
+                codec = PerMessageDeflate(
+                    remote_max_window_bits=window, remote_no_context_takeover=no_context
+                )
+                other = PerMessageDeflate(remote_max_window_bits=window)
+                # Twice over (a second message in the same context), with another codec's
+                # use in between (which parks this one's streams when `parked`).
+                first = _inflate_all(codec, pieces, budget)
+                _inflate_all(other, [b"\x02\x00"], 10)
+                results.append((first, _inflate_all(codec, pieces, budget)))
+                # What we compress, we (and zlib) decompress back; twice, so the second
+                # message refers to the first.
+                encoder = PerMessageDeflate(local_max_window_bits=window)
+                decoder = PerMessageDeflate(remote_max_window_bits=window)
+                compressed = [encoder.compress(stream), encoder.compress(stream)]
+                check = zlib.decompressobj(-15)
+                for message in compressed:
+                    assert check.decompress(message + b"\x00\x00\xff\xff") == stream
+                    assert decoder.decompress(message, None) == stream
+                results.append(compressed)
+        # The C streams and the zlib module's give the same bytes and the same outcomes.
+        if len(results) == 4:
+            assert results[0] == results[2], (results[0], results[2])
+            assert results[1] == results[3]
+    finally:
+        if limits is not None:
+            codecs.set_live_limit(*limits)
 
 
 #: Target name -> function.

@@ -863,7 +863,8 @@ static _Thread_local char recv_buf_leased;
  * Returns where it stopped, or -1 with an exception. Runs no Python code.
  */
 static Py_ssize_t
-scan_read(FastPath *self, const uint8_t *buf, Py_ssize_t n, Py_ssize_t limit, PyObject *out)
+scan_read(const uint8_t *buf, Py_ssize_t n, Py_ssize_t limit, PyObject *inflater,
+          Py_ssize_t max_message, Py_ssize_t backlog_bytes, PyObject *out)
 {
     Py_ssize_t pos = 0, taken = 0, counted = 0;
     uint8_t stack[512];
@@ -876,7 +877,7 @@ scan_read(FastPath *self, const uint8_t *buf, Py_ssize_t n, Py_ssize_t limit, Py
         int rc;
 
         pos = speedups->scan_frames(buf, n, pos, 1, limit, out);
-        if (pos < 0 || self->inflater == NULL || n - pos < 2) {
+        if (pos < 0 || inflater == NULL || n - pos < 2) {
             return pos;
         }
         for (i = counted; i < PyList_GET_SIZE(out); i++) { /* what scan_frames() took */
@@ -885,7 +886,7 @@ scan_read(FastPath *self, const uint8_t *buf, Py_ssize_t n, Py_ssize_t limit, Py
         counted = PyList_GET_SIZE(out);
         b0 = buf[pos];
         b1 = buf[pos + 1];
-        if ((b0 != 0xC1 && b0 != 0xC2) || !(b1 & 0x80) || taken >= self->backlog_bytes) {
+        if ((b0 != 0xC1 && b0 != 0xC2) || !(b1 & 0x80) || taken >= backlog_bytes) {
             return pos;
         }
         length = b1 & 0x7F;
@@ -927,12 +928,12 @@ scan_read(FastPath *self, const uint8_t *buf, Py_ssize_t n, Py_ssize_t limit, Py
             payload[i] = buf[start + i] ^ key[i & 3];
         }
         memcpy(payload + length, "\x00\x00\xff\xff", 4);
-        rc = zcodec->inflate_message(self->inflater, payload, length + 4,
-                                     self->rx->max_message, &data, &out_len);
+        rc = zcodec->inflate_message(inflater, payload, length + 4, max_message, &data,
+                                     &out_len);
         if (rc == 1) {
             rc = speedups->make_message(b0 == 0xC1, data, out_len, &message);
-            if (rc == 0 && zcodec->keep_outcome(self->inflater, payload, length + 4, data,
-                                                out_len) < 0) {
+            if (rc == 0 &&
+                zcodec->keep_outcome(inflater, payload, length + 4, data, out_len) < 0) {
                 rc = -1; /* not UTF-8: Python fails it with 1007, from the kept outcome */
             }
         }
@@ -1008,7 +1009,8 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         Py_DECREF(out);
         goto give;
     }
-    pos = scan_read(self, recv_buf, n, limit, out);
+    pos = scan_read(recv_buf, n, limit, self->inflater, self->rx->max_message,
+                    self->backlog_bytes, out);
     if (pos >= 0 && pos < n) {
         rest = PyBytes_FromStringAndSize((const char *)recv_buf + pos, n - pos);
     }
@@ -1419,6 +1421,34 @@ static PyTypeObject Messages_Type = {
     .tp_iternext = (iternextfunc)Messages_next,
 };
 
+/* scan(buf, scan_limit, max_message, inflater, backlog_bytes, out) -> int: scan_read() on
+   a buffer, for tests/fuzz to run the fast path's receive loop against the core's. */
+static PyObject *
+fastpath_scan(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t limit, max_message, backlog_bytes, pos;
+    PyObject *inflater, *out;
+    if (!PyArg_ParseTuple(args, "y*nnOnO!:scan", &view, &limit, &max_message, &inflater,
+                          &backlog_bytes, &PyList_Type, &out)) {
+        return NULL;
+    }
+    if (inflater == Py_None || zcodec == NULL || !Py_IS_TYPE(inflater, zcodec->inflater_type)) {
+        inflater = NULL;
+    }
+    pos = scan_read(view.buf, view.len, limit, inflater, max_message, backlog_bytes, out);
+    PyBuffer_Release(&view);
+    return pos < 0 ? NULL : PyLong_FromSsize_t(pos);
+}
+
+static PyMethodDef fastpath_functions[] = {
+    {"scan", (PyCFunction)fastpath_scan, METH_VARARGS,
+     "scan(buf, scan_limit, max_message, inflater, backlog_bytes, out) -> int: the fast "
+     "path's receive loop on buf (a server's: masked frames); appends the messages it "
+     "takes to out, returns where it stopped."},
+    {NULL, NULL, 0, NULL},
+};
+
 /* -- the module ----------------------------------------------------------------------- */
 
 static int
@@ -1520,7 +1550,7 @@ static struct PyModuleDef fastpath_module = {
     "dwebsocket.backends.default._fastpath",
     "The default backend's I/O fast path under gevent (optional; see _fastpath.c).",
     0,
-    NULL,
+    fastpath_functions,
     fastpath_slots,
     NULL,
     NULL,

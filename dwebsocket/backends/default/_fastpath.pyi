@@ -1,6 +1,8 @@
 from collections.abc import Callable
 from typing import Any
 
+from dwebsocket.backends.default.state import PyIOState as IOState
+
 class Waiter:
     def __init__(self, hub: Any, fd: int) -> None: ...
     def wait(self, deadline: float | None, /) -> bool | None: ...
@@ -35,3 +37,13 @@ class Messages:
     def __init__(self, ws: Any) -> None: ...
     def __iter__(self) -> Messages: ...
     def __next__(self) -> str | bytes: ...
+
+def scan(
+    buf: bytes,
+    scan_limit: int,
+    max_message: int,
+    inflater: Any,
+    backlog_bytes: int,
+    out: list[Any],
+    /,
+) -> int: ...
