@@ -152,6 +152,40 @@ class Connection:
     layer serializes calls.
     """
 
+    # Slots: 30 attributes overflow CPython's key-sharing dict (1.5 KiB a connection).
+    __slots__ = (
+        "_buf",
+        "_compressed",
+        "_done",
+        "_fast_max",
+        "_frag",
+        "_mask_bit",
+        "_mask_keys",
+        "_max_frame",
+        "_max_frame_size",
+        "_max_message",
+        "_max_message_size",
+        "_max_wire",
+        "_need",
+        "_out",
+        "_parts",
+        "_scan_limit",
+        "_size",
+        "_tail",
+        "_text_decoder",
+        "_wire",
+        "client",
+        "close_code",
+        "close_reason",
+        "close_received",
+        "close_sent",
+        "deflate",
+        "eof",
+        "error",
+        "rx",
+        "state",
+    )
+
     def __init__(
         self,
         *,
