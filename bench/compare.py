@@ -240,6 +240,35 @@ STACKS: dict[str, Stack] = {
 
 #: The stack the ratios are computed for, and the peers the issue asks about.
 OURS = "dwebsocket-gevent"
+#: ``--baseline DIR``: the same stack served from another checkout (its own built C
+#: extensions), measured in the same rounds: a before/after in one run.
+BASELINE = "dwebsocket-gevent-baseline"
+
+
+def baseline_stack(path: Path) -> Stack:
+    """dwebsocket · gevent.pywsgi served from the checkout at ``path`` (tests/run_gevent.py
+    puts that checkout first on sys.path: its dwebsocket, its extensions, its bench site)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = path.name
+    return Stack(
+        BASELINE,
+        f"dwebsocket · gevent.pywsgi, before ({commit})",
+        lambda host, port: [PY, str(path / "tests" / "run_gevent.py"), f"{host}:{port}"],
+        {**DJANGO_ENV, "PYTHONPATH": str(path)},
+        ours=True,
+        unavailable=lambda: (
+            None if (path / "tests" / "run_gevent.py").exists() else f"no checkout at {path}"
+        ),
+    )
+
 
 # -- the scenarios ----------------------------------------------------------------------
 
@@ -901,6 +930,12 @@ def main() -> None:
     )
     parser.add_argument("--idle-slow", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="another checkout (with its C extensions built) to measure side by side, "
+        "echo and idle on the host: a before/after in one run",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="where results.* and *.png go")
     args = parser.parse_args()
 
@@ -914,6 +949,10 @@ def main() -> None:
         )
     ]
     stacks = [STACKS[name] for name in args.stacks.split(",") if name]
+    baseline = baseline_stack(Path(args.baseline).resolve()) if args.baseline else None
+    if baseline is not None:  # right after ours, so that each round interleaves the two
+        at = next((i + 1 for i, s in enumerate(stacks) if s.name == OURS), len(stacks))
+        stacks.insert(at, baseline)
     scenarios = [SCENARIOS[name] for name in args.scenarios.split(",") if name]
     pin_server, pin_client = ([], []) if args.no_pin else pinning()
     out = Path(args.out)
@@ -1005,26 +1044,31 @@ def main() -> None:
             # The host's own run, as far as its limit goes.
             run["idle_guest"] = {"error": str(exc)}
             print(f"idle connections: no guest ({exc}); on the host", flush=True)
-    if not args.no_idle and STACKS[OURS] in stacks and not idle_in_guest:
+    idle_stacks = [STACKS[OURS]] if not idle_in_guest else []
+    if baseline is not None:  # on the host, interleaved with ours
+        idle_stacks.append(baseline)
+    if not args.no_idle and STACKS[OURS] in stacks:
         for deflate in (False, True):
-            print(
-                f"idle connections, {OURS}, deflate {'offered' if deflate else 'not offered'}",
-                flush=True,
-            )
-            try:
-                run["idle"].append(
-                    run_idle(
-                        STACKS[OURS],
-                        idle_steps,
-                        deflate,
-                        pin_server,
-                        pin_client,
-                        OUT / f"{OURS}-idle.log",
-                        slow=args.idle_slow,
-                    )
+            for stack in idle_stacks:
+                print(
+                    f"idle connections, {stack.name}, "
+                    f"deflate {'offered' if deflate else 'not offered'}",
+                    flush=True,
                 )
-            except RuntimeError as exc:
-                run["idle"].append({"stack": OURS, "deflate": deflate, "error": str(exc)})
+                try:
+                    run["idle"].append(
+                        run_idle(
+                            stack,
+                            idle_steps,
+                            deflate,
+                            pin_server,
+                            pin_client,
+                            OUT / f"{stack.name}-idle.log",
+                            slow=args.idle_slow,
+                        )
+                    )
+                except RuntimeError as exc:
+                    run["idle"].append({"stack": stack.name, "deflate": deflate, "error": str(exc)})
 
     run["load_after"] = os.getloadavg()
     run["minutes"] = round((time.time() - started) / 60, 1)

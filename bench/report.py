@@ -355,6 +355,8 @@ def _load(load: list[float] | tuple[float, ...]) -> str:
 
 def idle_claim(run: dict[str, Any], add: Any) -> None:
     for outcome in run.get("idle", []):
+        if outcome.get("stack", OURS) != OURS:
+            continue  # a --baseline checkout: in the idle section
         steps = outcome.get("steps", [])
         mode = "deflate negotiated" if outcome.get("deflate") else "no compression"
         if not steps:
@@ -398,8 +400,12 @@ def idle_section(run: dict[str, Any], add: Any) -> None:
         "KiB/conn idle | KiB/conn after one message |"
     )
     add("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    labels = {name: s["label"] for name, s in run.get("stacks", {}).items()}
     for outcome in run.get("idle", []):
         mode = "negotiated" if outcome.get("deflate") else "not offered"
+        stack = outcome.get("stack", OURS)
+        if stack != OURS:  # a --baseline checkout, measured in the same run
+            mode = f"{mode}, {labels.get(stack, stack)}"
         for step in outcome.get("steps", []):
             add(
                 f"| {mode} | {step['target']:,} | {step['open']:,} | {step['answered']:,} | "
@@ -588,6 +594,8 @@ def plots(run: dict[str, Any], out: Path) -> list[Path]:
             if not steps:
                 continue
             mode = "deflate negotiated" if outcome["deflate"] else "no compression"
+            if outcome.get("stack", OURS) != OURS:
+                mode += ", before"
             xs = [st["open"] for st in steps]
             ax.plot(xs, [st["kb_per_conn_idle"] for st in steps], marker="o", label=f"{mode}, idle")
             ax.plot(

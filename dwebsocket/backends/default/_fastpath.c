@@ -21,7 +21,12 @@
  * The contract with the Python side: FastPath reads and writes the connection's state
  * only through two structs, IOState (this file; DefaultWebSocket._io) and the core's
  * ReceiveState (_speedups.h; Connection.rx), type-checked when the FastPath is made, and
- * read as plain memory. The Python it calls is named in STR_NAMES: the read and write
+ * read as plain memory; and, with permessage-deflate, through PerMessageDeflate's two
+ * zlib streams when they are _deflate's own Deflater and Inflater, used only through
+ * _deflate's C API (_deflate.h: compress_message(), inflate_message(), which repeat
+ * PerMessageDeflate.compress() and decompress() for the common case and run no Python
+ * code; what inflate_message() does not take, it keeps for Python's next decompress()
+ * of the same frame, so deflate.py's rules decide). The Python it calls is named in STR_NAMES: the read and write
  * locks' acquire/release/locked, the deque's popleft/append, DefaultWebSocket's
  * _received/_send_rest/wait/is_closed/_fast, and gevent's loop and watchers
  * (tests/backends/default/test_state.py checks that each exists).
@@ -39,9 +44,11 @@
  *   1. do every call that may run Python first; then check the structs and the waiter;
  *      then nothing that may run Python until the system call and the hand-off are done;
  *   2. the one shared buffer, recv_buf (per thread), is held under a lease: taken right
- *      before read(2), given back once what was read is scanned (scan_frames() runs no
- *      Python code, _speedups.c) and what remains is copied into a bytes object (not
- *      GC-tracked), before any Python runs; a FastPath that finds the lease taken leaves
+ *      before read(2), given back once what was read is scanned (scan_read(): neither
+ *      scan_frames() nor make_message(), _speedups.c, nor inflate_message(), _deflate.c,
+ *      runs Python code) and what remains is copied into a bytes object (not GC-tracked),
+ *      before any Python runs; likewise a message compressed by compress_message() lives
+ *      in _deflate's per-thread buffer only until it is written or copied; a FastPath that finds the lease taken leaves
  *      the read to the general path. So no Python code can ever see recv_buf in use, and
  *      no connection can be handed another's bytes.
  *
