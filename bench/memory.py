@@ -39,7 +39,14 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+# --checkout DIR: measure another checkout's dwebsocket (its own built extensions), e.g.
+# the commit before a change, with this script.
+_CHECKOUT = next(
+    (Path(sys.argv[i + 1]).resolve() for i, a in enumerate(sys.argv[:-1]) if a == "--checkout"),
+    REPO,
+)
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(_CHECKOUT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.stacks.djsite.settings")
 
 import gevent  # noqa: E402
@@ -206,11 +213,15 @@ def main() -> None:
     parser.add_argument("--deflate", action="store_true")
     parser.add_argument("--trace", action="store_true", help="tracemalloc breakdown")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--checkout", help="measure the dwebsocket of this checkout")
     args = parser.parse_args()
 
     import django
     from django.core.wsgi import get_wsgi_application
 
+    import dwebsocket
+
+    print(f"dwebsocket from {Path(dwebsocket.__file__).parent}")
     django.setup()
     build_loadgen()
     listener = socket.socket()
