@@ -69,6 +69,6 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def _going_away(timeout: float | None) -> None:
-    from dwebsocket.backends.default.registry import going_away
+    from dwebsocket.contrib.shutdown import going_away
 
     going_away(timeout=timeout)

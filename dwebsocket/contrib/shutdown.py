@@ -28,10 +28,17 @@ __all__ = ["going_away", "install", "install_for_runserver"]
 
 def going_away(timeout: float | None = None) -> int:
     """Close every open WebSocket of this process with 1001; see
-    ``dwebsocket.backends.default.registry.going_away``."""
-    from dwebsocket.backends.default.registry import going_away as close_all
+    ``dwebsocket.backends.default.registry.going_away``.
 
-    return close_all(timeout=timeout)
+    Signal handlers call this, so it may run in the middle of any import (a gunicorn
+    worker told to stop while it is still loading the app). It imports nothing: until
+    the registry is loaded no WebSocket can be open, and importing it from inside a
+    half-done import of ``dwebsocket.conf`` would fail on the import circle."""
+    registry = sys.modules.get("dwebsocket.backends.default.registry")
+    close_all = getattr(registry, "going_away", None)
+    if close_all is None:
+        return 0
+    return int(close_all(timeout=timeout))
 
 
 def _interruption(signum: int) -> BaseException:

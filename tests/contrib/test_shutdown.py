@@ -61,3 +61,26 @@ def test_not_from_another_thread(sigterm: None) -> None:
 def test_the_serving_process_gets_the_handler(sigterm: None) -> None:
     assert install_for_runserver(["manage.py", "runserver", "--noreload"]) is True
     assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+
+
+def test_a_signal_during_the_apps_import_closes_nothing_and_imports_nothing() -> None:
+    # CI saw it: a gunicorn worker told to stop while it was still importing the app ran
+    # the SIGTERM hook inside the import of dwebsocket.conf; importing the registry from
+    # there failed on the circle (registry -> websocket -> metrics -> conf) and the
+    # worker died with "Worker failed to boot". A half-imported dwebsocket.conf stands
+    # in for that moment, in a fresh interpreter.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, types\n"
+        "sys.modules['dwebsocket.conf'] = types.ModuleType('dwebsocket.conf')\n"
+        "from dwebsocket.contrib import gunicorn, shutdown\n"
+        "gunicorn._going_away(0)\n"
+        "print(shutdown.going_away(0), 'dwebsocket.backends.default.registry' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "False"]
