@@ -19,6 +19,9 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.W005``: ``WEBSOCKET_ACCEPT_ALL`` without ``WebSocketMiddleware``.
 - ``dwebsocket.W006``: middleware with a ``process_view`` listed after
   ``WebSocketMiddleware`` (it does not run for WebSocket views).
+- ``dwebsocket.W010`` (``check --deploy``): any origin may open a WebSocket (``"*"``).
+- ``dwebsocket.W011`` (``check --deploy``): the allowed origins name development hosts
+  (``localhost``, ``127.0.0.1``, ``[::1]``).
 - ``dwebsocket.W008``: the uwsgi backend without its WSGI wrapper
   (``dwebsocket.backends.uwsgi.checks``; tested in ``tests/backends/uwsgi/test_wsgi.py``).
 
@@ -44,6 +47,7 @@ from dwebsocket.exceptions import InvalidSetting
 __all__ = [
     "check_allowed_origins",
     "check_atomic_requests",
+    "check_deploy_origins",
     "check_middleware",
     "check_server",
     "check_settings",
@@ -217,22 +221,26 @@ def check_atomic_requests(
         views = _websocket_views(get_resolver().url_patterns)
     except Exception:  # a broken URLconf: Django's own URL checks report it
         return []
-    messages: list[CheckMessage] = []
+    held: dict[tuple[str, ...], list[str]] = {}
     for route, view in views:
-        atomic = [a for a in aliases if a not in getattr(view, "_non_atomic_requests", set())]
+        atomic = tuple(a for a in aliases if a not in getattr(view, "_non_atomic_requests", set()))
         if atomic:
-            name = f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', view)}"
-            messages.append(
-                checks.Warning(
-                    f"ATOMIC_REQUESTS ({', '.join(atomic)}) holds a transaction open for the "
-                    f"whole WebSocket session of {name} (route {route!r}).",
-                    hint="Decorate the view with django.db.transaction.non_atomic_requests "
-                    "(outermost) and use transaction.atomic() per message.",
-                    obj=view,
-                    id="dwebsocket.W004",
-                )
-            )
-    return messages
+            name = f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', '?')}"
+            held.setdefault(atomic, []).append(f"{route!r} ({name})")
+    # One warning per set of databases, naming every view by route: a project with many
+    # WebSocket views reads one message, not one per view with its function's repr.
+    return [
+        checks.Warning(
+            f"ATOMIC_REQUESTS ({', '.join(atomic)}) holds a transaction open for the whole "
+            f"WebSocket session of {len(routes)} view{'s' if len(routes) > 1 else ''}: "
+            + ", ".join(routes)
+            + ".",
+            hint="Decorate each with django.db.transaction.non_atomic_requests "
+            "(outermost) and use transaction.atomic() per message.",
+            id="dwebsocket.W004",
+        )
+        for atomic, routes in held.items()
+    ]
 
 
 @register(Tags.compatibility)
@@ -279,6 +287,51 @@ def check_middleware(
                 f"the middleware after it ({', '.join(after)}) does not run for them.",
                 hint="Put it last in MIDDLEWARE.",
                 id="dwebsocket.W006",
+            )
+        )
+    return messages
+
+
+# What a browser page served in development comes from; never an origin in production.
+_DEVELOPMENT_HOSTS = {"localhost", ".localhost", "127.0.0.1", "[::1]", "::1"}
+
+
+@register(Tags.security, deploy=True)
+def check_deploy_origins(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``manage.py check --deploy``: W010 when every origin may open a WebSocket, W011 when
+    the allow-list names development hosts."""
+    from dwebsocket.handshake import OriginRule, allowed_origins, parse_origin_rule
+
+    patterns, explicit = allowed_origins()
+    source = (
+        "WEBSOCKET_ALLOWED_ORIGINS" if explicit else "ALLOWED_HOSTS (no WEBSOCKET_ALLOWED_ORIGINS)"
+    )
+    messages: list[CheckMessage] = []
+    if "*" in patterns:
+        messages.append(
+            checks.Warning(
+                f'{source} contains "*": a page on any site can open a WebSocket with your '
+                "users' cookies (cross-site WebSocket hijacking).",
+                hint="List the origins of your pages: WEBSOCKET_ALLOWED_ORIGINS = "
+                '["https://example.com"].',
+                id="dwebsocket.W010",
+            )
+        )
+    development = []
+    for entry in patterns:
+        rule = parse_origin_rule(entry) if explicit else None
+        host = rule.host if isinstance(rule, OriginRule) else str(entry).lower()
+        if host in _DEVELOPMENT_HOSTS or host.endswith(".localhost"):
+            development.append(entry)
+    if development:
+        messages.append(
+            checks.Warning(
+                f"{source} allows development origins: {', '.join(map(repr, development))}.",
+                hint="A page served from the user's own machine is not yours in production: "
+                "remove them from the deployed settings.",
+                id="dwebsocket.W011",
             )
         )
     return messages

@@ -21,6 +21,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from dwebsocket import dws, limits
+from dwebsocket.apps import report_if_not_installed
 from dwebsocket.exceptions import (
     BackendUnavailable,
     ConnectionClosed,
@@ -98,6 +99,7 @@ def run_view(
             return _not_websocket(request)
         return view(request, *args, **kwargs)  # type: ignore[return-value]
 
+    report_if_not_installed()
     try:
         websocket = get_factory_class()(request).create_websocket()
         if websocket is not None:

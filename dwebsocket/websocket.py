@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+import json
+import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from dwebsocket.groups.history import Recovery
@@ -12,6 +14,8 @@ if TYPE_CHECKING:
 from dwebsocket.typing import BytesLike, Message
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("dwebsocket")
 
 __all__ = ["Message", "WebSocket"]
 
@@ -81,6 +85,24 @@ class WebSocket(abc.ABC):
                 continue  # pragma: no cover - wait() without timeout returns None only closed
             yield message
 
+    def wait_json(self, timeout: float | None = None) -> Any:
+        """:meth:`wait` for the next message and decode it as JSON (text or UTF-8 binary).
+
+        Returns None, as :meth:`wait` does, when the connection is closed or the timeout
+        expired -- and also after a message that is not JSON: the peer broke the
+        contract, so the connection is closed with 1007 (invalid payload data) instead
+        of the view raising (one traceback per bad client). A JSON ``null`` is returned
+        as None too: use :meth:`wait` and :func:`json.loads` when null is meaningful."""
+        message = self.wait(timeout)
+        if message is None:
+            return None
+        try:
+            return json.loads(message)
+        except ValueError:  # JSONDecodeError, or binary that is not UTF-8
+            logger.info("Closing a WebSocket with 1007: its message is not JSON")
+            self.close(1007, "invalid JSON")
+            return None
+
     # -- sending and closing --------------------------------------------------------------
 
     @abc.abstractmethod
@@ -90,6 +112,16 @@ class WebSocket(abc.ABC):
         Safe to call from any thread or greenlet. Blocks until the frame is handed to the
         kernel (or, for backends that must, to the connection's own greenlet). Raises
         :class:`~dwebsocket.exceptions.ConnectionClosed` once the connection is closed."""
+
+    def send_json(self, data: Any, *, cls: type[json.JSONEncoder] | None = None) -> None:
+        """Send ``data`` as JSON in a text frame. The encoder is Django's
+        ``DjangoJSONEncoder`` (dates, decimals, UUIDs, lazy strings), as for
+        ``JsonResponse``; ``cls`` picks another."""
+        if cls is None:
+            from django.core.serializers.json import DjangoJSONEncoder
+
+            cls = DjangoJSONEncoder
+        self.send(json.dumps(data, cls=cls))
 
     @abc.abstractmethod
     def deliver(self, message: Message) -> None:

@@ -7,6 +7,7 @@ urlpatterns = [
     path("lifecycle/", include("tests.lifecycle")),
     path("echo/", views.echo),
     path("echo-wait/", views.echo_wait),
+    path("json/", views.json_echo),
     path("refuse/", views.refuse),
     path("subprotocol/", views.subprotocol),
     path("close/", views.close_with),

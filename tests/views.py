@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 
@@ -32,6 +33,15 @@ def echo_wait(request: HttpRequest) -> None:
         if message is None:
             return
         request.websocket.send(message)
+
+
+@require_websocket
+def json_echo(request: HttpRequest) -> None:
+    """``wait_json()`` / ``send_json()``: each JSON value comes back inside an object
+    with a date (Django's encoder)."""
+    ws = request.websocket
+    while (data := ws.wait_json()) is not None:
+        ws.send_json({"got": data, "on": datetime.date(2026, 12, 4)})
 
 
 @require_websocket

@@ -156,6 +156,21 @@ def test_client_closes_with_code_and_reason(server: ServerProcess) -> None:
     assert json.loads(body) == {"code": 4000, "reason": "client says bye", "closed": True}
 
 
+def test_json_both_ways_and_not_json_closes_1007(server: ServerProcess) -> None:
+    with ws(server, "/json/") as client:
+        client.send('{"a": [1, 2]}')
+        assert json.loads(client.recv(timeout=TIMEOUT)) == {
+            "got": {"a": [1, 2]},
+            "on": "2026-12-04",
+        }
+        client.send(b'"binary is read as UTF-8"')
+        assert json.loads(client.recv(timeout=TIMEOUT))["got"] == "binary is read as UTF-8"
+        client.send("{not json")
+        with pytest.raises(ClientClosed):
+            client.recv(timeout=TIMEOUT)
+    assert (client.close_code, client.close_reason) == (1007, "invalid JSON")
+
+
 def test_connection_closed_escaping_the_view_is_a_normal_end(server: ServerProcess) -> None:
     mark = server.mark()
     with ws(server, "/raise-closed/") as client:

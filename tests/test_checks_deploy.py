@@ -1,0 +1,116 @@
+"""``manage.py check --deploy`` (W010, W011), W004 as one message for many views, and the
+report made at the first WebSocket when ``"dwebsocket"`` is not in ``INSTALLED_APPS``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core import checks
+from django.test import override_settings
+from django.urls import path
+
+from dwebsocket import apps as dwebsocket_apps
+from dwebsocket import require_websocket
+from dwebsocket.checks import check_atomic_requests, check_deploy_origins
+from dwebsocket.exceptions import HandshakeRefused
+from dwebsocket.testing import WebSocketClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@require_websocket
+def first_view(request: Any) -> None: ...
+
+
+@require_websocket
+def second_view(request: Any) -> None: ...
+
+
+urlpatterns = [path("first/", first_view), path("second/<int:n>/", second_view)]
+
+
+def ids(messages: list[checks.CheckMessage]) -> list[str]:
+    return [message.id or "" for message in messages]
+
+
+def test_w004_one_message_naming_every_view_by_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(settings.DATABASES["default"], "ATOMIC_REQUESTS", True)
+    with override_settings(ROOT_URLCONF=__name__):
+        [warning] = check_atomic_requests()
+    assert warning.id == "dwebsocket.W004" and warning.obj is None
+    assert "2 views" in warning.msg
+    assert "'first/' (tests.test_checks_deploy.first_view)" in warning.msg
+    assert "'second/<int:n>/' (tests.test_checks_deploy.second_view)" in warning.msg
+    assert "<function" not in warning.msg
+
+
+@pytest.mark.parametrize(
+    ("configured", "hosts", "expected"),
+    [
+        (["*"], [], ["dwebsocket.W010"]),
+        (None, ["*"], ["dwebsocket.W010"]),
+        (["https://example.com", "http://localhost:8000"], [], ["dwebsocket.W011"]),
+        ([".localhost", "https://*.example.com"], [], ["dwebsocket.W011"]),
+        (["127.0.0.1"], [], ["dwebsocket.W011"]),
+        (None, ["example.com", "127.0.0.1"], ["dwebsocket.W011"]),
+        (["https://example.com", "https://*.example.com"], [], []),
+        (None, ["example.com", ".example.org"], []),
+    ],
+)
+def test_deploy_origins(configured: object, hosts: list[str], expected: list[str]) -> None:
+    with override_settings(WEBSOCKET_ALLOWED_ORIGINS=configured, ALLOWED_HOSTS=hosts, DEBUG=False):
+        assert ids(check_deploy_origins()) == expected
+
+
+@override_settings(WEBSOCKET_ALLOWED_ORIGINS=["*"])
+def test_deploy_checks_run_only_with_deploy() -> None:
+    assert "dwebsocket.W010" not in ids(checks.run_checks(include_deployment_checks=False))
+    assert "dwebsocket.W010" in ids(checks.run_checks(include_deployment_checks=True))
+
+
+def test_check_deploy_from_the_command_line() -> None:
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(ROOT))
+    code = (
+        "import django; from django.conf import settings; django.setup();"
+        "settings.WEBSOCKET_ALLOWED_ORIGINS = ['*'];"
+        "from django.core.management import call_command;"
+        "call_command('check', '--deploy')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stderr.count("dwebsocket.W010") == 1, done.stderr
+
+
+def test_the_first_websocket_says_that_the_app_is_not_installed(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dwebsocket_apps, "_not_installed_reported", False)
+    others = [app for app in settings.INSTALLED_APPS if app != "dwebsocket"]
+    with (
+        override_settings(INSTALLED_APPS=others, WEBSOCKET_MAX_MESSAGE_SIZE="1M"),
+        caplog.at_level(logging.ERROR, "dwebsocket"),
+    ):
+        for _ in range(2):
+            with pytest.raises(HandshakeRefused) as refused, WebSocketClient("/echo/"):
+                pass
+            assert refused.value.status == 503  # the wrong setting
+    [record] = [r for r in caplog.records if "INSTALLED_APPS" in r.getMessage()]
+    assert "dwebsocket.E014" in record.getMessage()
+
+
+def test_nothing_said_when_the_app_is_installed(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dwebsocket_apps, "_not_installed_reported", False)
+    with caplog.at_level(logging.ERROR, "dwebsocket"), WebSocketClient("/echo/") as ws:
+        ws.send("hi")
+        assert ws.receive() == "hi"
+    assert not [r for r in caplog.records if "INSTALLED_APPS" in r.getMessage()]
