@@ -79,8 +79,6 @@ def test_a_signal_during_the_apps_import_closes_nothing_and_imports_nothing() ->
         "gunicorn._going_away(0)\n"
         "print(shutdown.going_away(0), 'dwebsocket.backends.default.registry' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "False"]
