@@ -174,5 +174,6 @@ def _going_away(exc: BaseException) -> bool:
 
 def _session_over() -> HttpResponse:
     # The backend has shut the connection down: the server's attempt to write this
-    # response fails quietly, as for a client that went away.
-    return HttpResponse()
+    # response fails quietly, as for a client that went away. Its status is what the
+    # server's access log shows for the session: 101 (a view that raised stays a 500).
+    return HttpResponse(status=101)

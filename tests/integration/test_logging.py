@@ -31,3 +31,25 @@ def test_refusals_and_limits_show_in_development(name: str, tmp_path: Path) -> N
     log = server.log()  # stopped: every line is written
     assert "Origin 'https://evil.example' is not allowed" in log, log
     assert "over the size limit" in log, log
+
+
+@pytest.mark.parametrize("name", ["gevent", "eventlet", "gunicorn-gevent"])
+def test_sessions_are_101_in_the_access_log(name: str, tmp_path: Path) -> None:
+    # A session is a 101 (it was logged as "200"); a view that raised stays a 500, as
+    # Django answers it, so errors still stand out in the access log.
+    env = {"GUNICORN_CMD_ARGS": "--access-logfile -"} if name.startswith("gunicorn") else None
+    with running_server(name, tmp_path / "server.log", env=env) as server:
+        with RawClient.connect(server.host, server.port, "/echo/") as client:
+            client.sock.sendall(masked(0x1, b"hi"))
+            client.recv()
+            client.close()
+        with RawClient.connect(server.host, server.port, "/raise-error/") as client:
+            client.sock.sendall(masked(0x1, b"hi"))
+            event = client.recv()
+            assert isinstance(event, Close) and event.code == 1011
+    lines = server.log().splitlines()
+    [echo] = [line for line in lines if '"GET /echo/ HTTP/1.1"' in line]
+    [error] = [line for line in lines if '"GET /raise-error/ HTTP/1.1"' in line]
+    assert '" 101 ' in echo, echo
+    if name != "eventlet":  # it logs its default, 200, when it finds the request handled
+        assert '" 500 ' in error, error
