@@ -111,7 +111,7 @@ def test_accept_all(pair: tuple[socket.socket, RawClient]) -> None:
 @override_settings(MIDDLEWARE=MIDDLEWARE)
 def test_view_with_accept_attribute(pair: tuple[socket.socket, RawClient]) -> None:
     sock, raw = pair
-    assert upgrade(Client(), "/marked/", sock).status_code == 200
+    assert upgrade(Client(), "/marked/", sock).status_code == 101
     head, frames, trailing = wire(raw)
     assert head.startswith(b"HTTP/1.1 101 ")
     assert frames == [(0x81, b"marked"), (0x88, b"\x03\xe8")]
