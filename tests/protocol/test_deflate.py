@@ -401,3 +401,24 @@ def test_final_block_in_a_first_fragment() -> None:
     assert receiver.decompress_fragment(data, False, None) == TEXT
     assert receiver.decompress_fragment(b"", True, None) == b""
     assert receiver.decompress(PerMessageDeflate().compress(TEXT), None) == TEXT
+
+
+def test_a_flush_before_any_data_is_the_same_in_both_twins() -> None:
+    # An empty message: flush() is the stream's first call (the Python twin then makes
+    # its zlib stream there, as the C one does).
+    from dwebsocket.protocol import deflate
+
+    args = (6, 12, 5, zlib.Z_DEFAULT_STRATEGY, False)
+    python = deflate.PyDeflater(*args).flush(zlib.Z_SYNC_FLUSH)
+    assert python == zlib.compressobj(6, zlib.DEFLATED, -12, 5).flush(zlib.Z_SYNC_FLUSH)
+    if deflate._codecs is not None:
+        assert deflate._codecs.Deflater(*args).flush(zlib.Z_SYNC_FLUSH) == python
+
+
+def test_no_speedups_means_the_python_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dwebsocket.protocol import deflate
+
+    monkeypatch.setenv("DWEBSOCKET_NO_SPEEDUPS", "1")
+    assert deflate._load_codecs() is None
+    monkeypatch.setenv("DWEBSOCKET_NO_SPEEDUPS", "0")  # "0" means speedups on
+    assert (deflate._load_codecs() is None) == (deflate._codecs is None)
