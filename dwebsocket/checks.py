@@ -25,13 +25,14 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.W008``: the uwsgi backend without its WSGI wrapper
   (``dwebsocket.backends.uwsgi.checks``; tested in ``tests/backends/uwsgi/test_wsgi.py``).
 
-W002/W003/W007 can only be known inside a gunicorn worker: ``dwebsocket.server`` runs
-:func:`check_server` there and logs what it finds.
+W002/W003/W007 can only be known inside a gunicorn worker (``dwebsocket.worker``):
+:func:`report_once` runs :func:`check_server` there and logs what it finds.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,7 @@ from django.core.checks import CheckMessage, Tags, register
 from dwebsocket.backends.uwsgi.checks import check_wsgi_wrapper
 from dwebsocket.conf import ACCEPT_ALL, DEFAULTS, FACTORY_CLASS, GROUPS_URL, SETTINGS
 from dwebsocket.exceptions import InvalidSetting
+from dwebsocket.worker import gunicorn_worker
 
 __all__ = [
     "check_allowed_origins",
@@ -52,6 +54,7 @@ __all__ = [
     "check_server",
     "check_settings",
     "check_unknown_settings",
+    "report_once",
 ]
 
 MIDDLEWARE_PATH = "dwebsocket.middleware.WebSocketMiddleware"
@@ -143,9 +146,7 @@ def check_server(
 
     Not registered with Django: it says nothing in ``manage.py check``; see the module
     docstring."""
-    from dwebsocket import server
-
-    worker = server.gunicorn_worker()
+    worker = gunicorn_worker()
     if worker is None:
         return []
     messages: list[CheckMessage] = []
@@ -169,7 +170,7 @@ def check_server(
                 id="dwebsocket.W003",
             )
         )
-    if not server.hooks_installed:
+    if not worker.hooks:
         messages.append(
             checks.Warning(
                 "gunicorn runs without dwebsocket's hooks: on a stop or reload, open "
@@ -181,6 +182,27 @@ def check_server(
             )
         )
     return messages
+
+
+logger = logging.getLogger("dwebsocket")
+_reported = False
+
+
+def report_once() -> None:
+    """Log the server checks' findings at WARNING, once per process (the gunicorn hooks'
+    ``post_worker_init`` and every WebSocket session's start call it). Does not block;
+    never raises."""
+    global _reported
+    if _reported:
+        return
+    _reported = True
+    try:
+        messages = check_server()
+    except Exception:  # a failing check must never fail the request that runs it
+        logger.exception("dwebsocket's server checks failed")
+        return
+    for message in messages:
+        logger.warning("%s", message)
 
 
 def _websocket_views(patterns: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -26,11 +26,10 @@ __all__ = ["child_exit", "post_worker_init", "worker_exit", "worker_int"]
 
 def post_worker_init(worker: Any) -> None:
     """Chain a goodbye to the worker's SIGTERM handler; log the server checks."""
-    from dwebsocket import server
-    from dwebsocket.server import note_gunicorn_worker, report_once
+    from dwebsocket.checks import report_once
+    from dwebsocket.worker import note_gunicorn_worker
 
-    server.hooks_installed = True
-    note_gunicorn_worker(worker)
+    note_gunicorn_worker(worker, hooks=True)
     report_once()
     previous = signal.getsignal(signal.SIGTERM)
 

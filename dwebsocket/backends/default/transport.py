@@ -515,9 +515,8 @@ def gunicorn(environ: dict[str, Any]) -> Transport | None:
     unreader = getattr(getattr(environ.get("wsgi.input"), "reader", None), "unreader", None)
     # The sync worker and a one-thread gthread worker cannot serve WebSockets well; the
     # first takeover finds the worker (on the call stack) and logs the server checks.
-    from dwebsocket.server import gunicorn_worker, report_once
+    from dwebsocket.checks import report_once
 
-    gunicorn_worker()
     report_once()
 
     def drain() -> bytes:

@@ -1,23 +1,22 @@
-"""Which WSGI server runs this process, as far as it matters to WebSockets.
+"""Which gunicorn worker runs this process, if any: what the server checks need to know.
 
 Only gunicorn has settings that make WebSockets fail by design (the sync worker's
 ``--timeout``, a gthread worker's single thread), and they are only known inside a
-worker. The worker is found by ``dwebsocket.contrib.gunicorn``'s ``post_worker_init``
-hook, or else at the first WebSocket a gunicorn worker takes over (from the call
-stack); either way the server checks (``dwebsocket.checks``) then run once and are logged.
+worker. The worker is noted by ``dwebsocket.contrib.gunicorn``'s ``post_worker_init``
+hook, or else found on the call stack at the first WebSocket session; either way the
+server checks (``dwebsocket.checks.report_once``) then run once and are logged.
 ``manage.py check`` runs outside any server, so it reports none of them.
+
+A leaf: imports nothing of dwebsocket (the checks import it, not the other way round).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GunicornWorker", "gunicorn_worker", "note_gunicorn_worker", "report_once"]
-
-logger = logging.getLogger("dwebsocket")
+__all__ = ["GunicornWorker", "gunicorn_worker", "note_gunicorn_worker"]
 
 
 @dataclass(frozen=True)
@@ -27,12 +26,11 @@ class GunicornWorker:
     kind: str  # "sync", "gthread", "gevent", "eventlet", "tornado" or the class's path
     threads: int
     timeout: float
+    #: ``dwebsocket.contrib.gunicorn``'s hooks run in it (stops send 1001).
+    hooks: bool = False
 
 
 _worker: GunicornWorker | None = None
-_reported = False
-#: Set by ``dwebsocket.contrib.gunicorn``'s ``post_worker_init``: stops send 1001.
-hooks_installed = False
 
 
 def gunicorn_worker() -> GunicornWorker | None:
@@ -45,8 +43,9 @@ def gunicorn_worker() -> GunicornWorker | None:
     return _worker
 
 
-def note_gunicorn_worker(worker: Any) -> GunicornWorker:
-    """Remember ``worker`` (a ``gunicorn.workers.base.Worker``) as this process's."""
+def note_gunicorn_worker(worker: Any, *, hooks: bool = False) -> GunicornWorker:
+    """Remember ``worker`` (a ``gunicorn.workers.base.Worker``) as this process's;
+    ``hooks``: ``dwebsocket.contrib.gunicorn``'s hooks are installed in it."""
     global _worker
     cls = type(worker)
     kinds = {
@@ -70,6 +69,7 @@ def note_gunicorn_worker(worker: Any) -> GunicornWorker:
         kind=kind,
         threads=int(getattr(cfg, "threads", 1) or 1),
         timeout=float(getattr(cfg, "timeout", 0) or 0),
+        hooks=hooks,
     )
     return _worker
 
@@ -83,20 +83,3 @@ def _worker_on_stack() -> Any:
             return candidate
         frame = frame.f_back  # type: ignore[assignment]
     return None
-
-
-def report_once() -> None:
-    """Log the server checks' findings at WARNING, once per process."""
-    global _reported
-    if _reported:
-        return
-    _reported = True
-    try:
-        from dwebsocket.checks import check_server
-
-        messages = check_server()
-    except Exception:  # a failing check must never fail the request that runs it
-        logger.exception("dwebsocket's server checks failed")
-        return
-    for message in messages:
-        logger.warning("%s", message)
