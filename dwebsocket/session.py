@@ -22,6 +22,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from dwebsocket import dws, limits
 from dwebsocket.apps import report_if_not_installed
+from dwebsocket.checks import report_once
 from dwebsocket.exceptions import (
     BackendUnavailable,
     ConnectionClosed,
@@ -100,6 +101,9 @@ def run_view(
         return view(request, *args, **kwargs)  # type: ignore[return-value]
 
     report_if_not_installed()
+    # The sync worker and a one-thread gthread worker cannot serve WebSockets well: the
+    # first session in a gunicorn worker finds it (on the call stack) and logs the checks.
+    report_once()
     try:
         websocket = get_factory_class()(request).create_websocket()
         if websocket is not None:

@@ -174,3 +174,32 @@ def _reachable(start: str) -> set[str]:
 @pytest.mark.parametrize("module", ["dwebsocket.worker", "dwebsocket.typing"])
 def test_leaf_modules_import_nothing_of_ours(module: str) -> None:
     assert GRAPH[module] == set()
+
+
+def _every_import(path: Path) -> Iterator[tuple[ast.Import | ast.ImportFrom, str]]:
+    """Every import statement of ``path``, at any depth, with the module it names."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            yield node, "." * node.level + (node.module or "")
+
+
+def test_the_default_backend_never_imports_the_uwsgi_backend() -> None:
+    """Not even inside a function: under uWSGI the default backend's takeover
+    (``takeovers.uwsgi_connection``) imports ``uwsgi`` itself, nothing of
+    ``dwebsocket.backends.uwsgi``."""
+    for module, (path, _) in MODULES.items():
+        if module.startswith("dwebsocket.backends.default"):
+            for _node, name in _every_import(path):
+                assert not name.startswith("dwebsocket.backends.uwsgi"), (module, name)
+                assert not name.startswith(".."), (module, name)
+
+
+def test_uwsgi_is_imported_inside_functions_only_outside_the_uwsgi_backend() -> None:
+    for module, (path, _) in MODULES.items():
+        tree = ast.parse(path.read_text())
+        at_import = {alias.name for node in _run_at_import(tree.body) for alias in node.names}
+        if not module.startswith("dwebsocket.backends.uwsgi"):
+            assert "uwsgi" not in at_import, module

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dwebsocket.backends.default import registry  # noqa: F401 - tracks open connections
-from dwebsocket.backends.default.transport import find_transport
+from dwebsocket.backends.default.takeovers import find_transport
 from dwebsocket.backends.default.websocket import DefaultWebSocket
 from dwebsocket.factory import WebSocketFactory as BaseWebSocketFactory
 from dwebsocket.handshake import parse_handshake

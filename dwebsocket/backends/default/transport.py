@@ -1,19 +1,14 @@
-"""Taking a connection over from the WSGI server: the raw socket, and the bytes the
-server's HTTP parser already buffered past the request head.
+"""The raw socket of a connection taken over from the WSGI server: reading, waiting and
+writing on it, and the bytes the server's HTTP parser already buffered past the request
+head.
 
-Each server hides its socket somewhere else, so there is a small registry of *takeover*
-functions, each trying one server: it returns a :class:`Transport` when the environ is
-its server's, else None. :func:`find_transport` asks them in order and raises
-``BackendUnavailable`` when none applies. To support another server, write one function
-and decorate it with :func:`takeover` (see ``docs/internals/backends.md``).
-
-Measured facts behind each function: ``shared/notes/servers.md``.
+Where each server keeps that socket is :mod:`.takeovers`' business; a
+:class:`Transport` is what a takeover function returns.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import select
 import socket
@@ -31,11 +26,10 @@ try:  # the C functions: eventlet's monkey-patching makes os.read/os.write wait 
 except ImportError:  # pragma: no cover - Windows
     from os import read as _read
     from os import write as _write
-from dwebsocket.exceptions import BackendUnavailable
 
 _fastpath: Any = fastpath
 
-__all__ = ["RECV_SIZE", "TAKEOVERS", "Transport", "find_transport", "takeover"]
+__all__ = ["RECV_SIZE", "Transport"]
 
 _RECV_SIZE = 65536
 RECV_SIZE = _RECV_SIZE  # the most one recv() returns
@@ -50,7 +44,10 @@ class BufferedStream(Protocol):
 class Transport:
     """The raw socket of one request, taken over from the server.
 
-    ``sock`` stays the server's: we shut it down at the end but never close it.
+    ``sock`` stays the server's: we shut it down at the end but never close it. Or,
+    instead of ``sock``, ``open_socket`` makes one when it is first needed (at
+    :meth:`take_over`; a view that answers with plain HTTP never needs it): that socket is
+    ours, and :meth:`release` closes it.
     ``rfile`` is the server's buffered reader on it, if any, drained once at takeover,
     and closed then if ``close_rfile`` (which frees its 8 KiB buffer: a server that looks
     at ``rfile.closed`` after the application, as gevent.pywsgi does, then ends the
@@ -60,15 +57,19 @@ class Transport:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | None,
         *,
         server: str,
         rfile: BufferedStream | None = None,
         drain: Callable[[], bytes] | None = None,
         on_release: Callable[[], None] | None = None,
         close_rfile: bool = False,
+        open_socket: Callable[[], socket.socket] | None = None,
     ) -> None:
-        self.sock = sock
+        if (sock is None) == (open_socket is None):
+            raise TypeError("Transport() takes a socket or open_socket, not both or neither")
+        self._sock = sock
+        self._open_socket = open_socket
         self.server = server
         self.rfile = rfile
         self._close_rfile = close_rfile
@@ -81,7 +82,17 @@ class Transport:
         self._nb_fd = -1  # for try_send() and recv(): the fd, once known to be non-blocking
 
     def __repr__(self) -> str:
-        return f"<Transport {self.server} fd={self.sock.fileno()}>"
+        fd = "-" if self._sock is None else self._sock.fileno()
+        return f"<Transport {self.server} fd={fd}>"
+
+    @property
+    def sock(self) -> socket.socket:
+        """The socket; made by ``open_socket`` at first use if the transport has one."""
+        sock = self._sock
+        if sock is None:
+            assert self._open_socket is not None
+            sock = self._sock = self._open_socket()
+        return sock
 
     def take_over(self, timeout: float | None, io: Any = None) -> bytes:
         """Make the socket ours; return the bytes the server had already buffered.
@@ -93,6 +104,7 @@ class Transport:
         """
         if io is not None:
             self.io = io
+        sock = self.sock  # opened now if it is ours to open
         buffered = self._drain() if self._drain is not None else self._drain_rfile()
         if self._close_rfile and self.rfile is not None:
             # Read no more: the socket is ours. Closing a BufferedReader frees its buffer
@@ -102,16 +114,16 @@ class Transport:
                 self.rfile.close()  # type: ignore[attr-defined]
             self.rfile = None
         with contextlib.suppress(OSError):  # not TCP (a socketpair in tests)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(timeout)
         # A timeout makes the fd O_NONBLOCK (for gevent's and eventlet's sockets too),
         # which is what lets try_send() and recv() use it directly. Not under TLS (a
         # server's certfile): the bytes on the fd are TLS records.
         with contextlib.suppress(OSError, ValueError):
-            fd = self.sock.fileno()
-            if not os.get_blocking(fd) and not hasattr(self.sock, "do_handshake"):
+            fd = sock.fileno()
+            if not os.get_blocking(fd) and not hasattr(sock, "do_handshake"):
                 self._nb_fd = fd
-        self._waiter = _gevent_waiter(self.sock)
+        self._waiter = _gevent_waiter(sock)
         self.io.bytes_in += len(buffered)
         return buffered
 
@@ -277,8 +289,10 @@ class Transport:
 
         The client sees EOF at once, and the server's later write of Django's response
         fails like a write to a client that went away (servers.md, pitfall 2)."""
+        if self._sock is None:
+            return  # never opened
         with contextlib.suppress(OSError):  # already shut down, or reset by the peer
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     def release(self) -> None:
         """Tell the server the session is over (call after :meth:`shutdown`)."""
@@ -287,6 +301,8 @@ class Transport:
             self._waiter.close()
         if self._on_release is not None:
             self._on_release()
+        if self._open_socket is not None and self._sock is not None:
+            self._sock.close()  # ours (see the class docstring)
 
 
 _DB_CHECK_INTERVAL = 1.0  # seconds between two release_idle_connections()
@@ -420,150 +436,3 @@ class _GeventReadWaiter:
         if not self._io_closed:
             self._io_closed = True
             self._io.close()
-
-
-Takeover = Callable[[dict[str, Any]], "Transport | None"]
-
-#: The takeover functions, tried in order by :func:`find_transport`.
-TAKEOVERS: list[Takeover] = []
-
-
-def takeover(func: Takeover) -> Takeover:
-    """Register ``func`` (``environ -> Transport | None``) as a takeover function."""
-    TAKEOVERS.append(func)
-    return func
-
-
-def find_transport(environ: dict[str, Any]) -> Transport:
-    """The transport of the request in ``environ``; does not read or write anything.
-
-    Raises ``BackendUnavailable`` when no takeover function recognises the server.
-    """
-    for func in TAKEOVERS:
-        transport = func(environ)
-        if transport is not None:
-            return transport
-    software = environ.get("SERVER_SOFTWARE") or "an unknown server"
-    raise BackendUnavailable(
-        f"the default backend cannot take the connection over from {software}; "
-        "run under manage.py runserver, gevent, gunicorn or eventlet, or use the uwsgi "
-        "backend under uWSGI"
-    )
-
-
-def _socket_of(rfile: Any) -> socket.socket | None:
-    """The socket under a ``sock.makefile('rb')`` reader (``BufferedReader(SocketIO)``)."""
-    sock = getattr(getattr(rfile, "raw", None), "_sock", None)
-    if sock is None or not hasattr(sock, "recv") or not hasattr(sock, "shutdown"):
-        return None
-    return sock  # type: ignore[no-any-return]
-
-
-@takeover
-def explicit(environ: dict[str, Any]) -> Transport | None:
-    """A server (or a test) that hands us the socket as ``environ["dwebsocket.socket"]``,
-    optionally with its buffered reader as ``environ["dwebsocket.rfile"]``."""
-    sock = environ.get("dwebsocket.socket")
-    if sock is None:
-        return None
-    return Transport(sock, server="explicit", rfile=environ.get("dwebsocket.rfile"))
-
-
-@takeover
-def runserver(environ: dict[str, Any]) -> Transport | None:
-    """``manage.py runserver``: ``wsgi.input`` is a ``LimitedStream`` over the handler's
-    rfile. Since Django 4.2 it keeps only the bound ``read`` method (``_read``)."""
-    from django.core.handlers.wsgi import LimitedStream
-
-    stream = environ.get("wsgi.input")
-    if not isinstance(stream, LimitedStream):
-        return None
-    rfile = getattr(getattr(stream, "_read", None), "__self__", None)
-    sock = _socket_of(rfile)
-    if sock is None:
-        return None
-    return Transport(sock, server="runserver", rfile=rfile)
-
-
-@takeover
-def gevent_pywsgi(environ: dict[str, Any]) -> Transport | None:
-    """``gevent.pywsgi``: for upgrade requests ``wsgi.input`` is the raw rfile itself."""
-    if not str(environ.get("SERVER_SOFTWARE", "")).startswith("gevent/"):
-        return None
-    rfile = environ.get("wsgi.input")
-    # An upgrade request gevent did not recognise as one (it compares the whole
-    # Connection/Upgrade values) gets its Input wrapper: the rfile is inside.
-    rfile = getattr(rfile, "rfile", rfile)
-    sock = _socket_of(rfile)
-    if sock is None:
-        return None
-    # pywsgi ends the connection when it finds its rfile closed after the application
-    # (WSGIHandler.handle_one_request): closing it at takeover frees its buffer.
-    return Transport(sock, server="gevent", rfile=rfile, close_rfile=True)
-
-
-@takeover
-def gunicorn(environ: dict[str, Any]) -> Transport | None:
-    """gunicorn's sync, gthread and gevent workers: ``environ["gunicorn.socket"]``.
-
-    Bytes past the request head sit in the parser's unreader, which ``wsgi.input``
-    (``Body`` -> reader -> ``unreader``) leads to: ``take_buffered()`` on gunicorn 27,
-    the ``buf`` BytesIO before."""
-    sock = environ.get("gunicorn.socket")
-    if sock is None:
-        return None
-    unreader = getattr(getattr(environ.get("wsgi.input"), "reader", None), "unreader", None)
-    # The sync worker and a one-thread gthread worker cannot serve WebSockets well; the
-    # first takeover finds the worker (on the call stack) and logs the server checks.
-    from dwebsocket.checks import report_once
-
-    report_once()
-
-    def drain() -> bytes:
-        if unreader is None:
-            return b""
-        take = getattr(unreader, "take_buffered", None)
-        if take is not None:
-            return bytes(take())
-        buf = getattr(unreader, "buf", None)
-        if buf is None:
-            return b""
-        unreader.buf = io.BytesIO()
-        return bytes(buf.getvalue())
-
-    return Transport(sock, server="gunicorn", drain=drain)
-
-
-@takeover
-def eventlet_wsgi(environ: dict[str, Any]) -> Transport | None:
-    """``eventlet.wsgi``: the socket is ``environ["eventlet.input"].get_socket()``, the
-    buffered bytes in that input's ``rfile``. At the end the request is marked handled,
-    or eventlet would write Django's response (and log the failure) after ours."""
-    request_input = environ.get("eventlet.input")
-    get_socket = getattr(request_input, "get_socket", None)
-    if get_socket is None:
-        return None
-    sock = get_socket()
-    if sock is None:
-        return None
-
-    def release() -> None:
-        # WSGI_LOCAL is green-thread local: this runs in the request's green thread.
-        from eventlet.wsgi import WSGI_LOCAL  # type: ignore[import-untyped]
-
-        WSGI_LOCAL.already_handled = True
-
-    return Transport(
-        sock, server="eventlet", rfile=getattr(request_input, "rfile", None), on_release=release
-    )
-
-
-@takeover
-def uwsgi(environ: dict[str, Any]) -> Transport | None:
-    """uWSGI (``--http-socket``, or ``--http`` relaying raw bytes): its connection fd.
-    Lives with the uwsgi backend, the only package that imports ``uwsgi``."""
-    if "uwsgi.version" not in environ:
-        return None
-    from dwebsocket.backends.uwsgi.takeover import transport
-
-    return transport(environ)

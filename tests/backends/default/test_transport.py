@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import io
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from dwebsocket.backends.default import transport as transport_module
-from dwebsocket.backends.default.transport import (
-    TAKEOVERS,
-    Transport,
-    find_transport,
-    gevent_pywsgi,
-    runserver,
-)
-from dwebsocket.exceptions import BackendUnavailable
+from dwebsocket.backends.default.transport import Transport
 
 
 @pytest.fixture
@@ -72,24 +68,195 @@ def test_release_hook(pair) -> None:  # type: ignore[no-untyped-def]
     assert calls == [1]
 
 
-def test_registry_order_and_unknown_server() -> None:
-    assert TAKEOVERS[0].__name__ == "explicit"
-    with pytest.raises(BackendUnavailable, match="waitress"):
-        find_transport({"SERVER_SOFTWARE": "waitress", "wsgi.input": io.BytesIO()})
+def run_script(source: str) -> None:
+    """Run ``source`` in a fresh interpreter (monkey-patching is per process); it must
+    print "ok"."""
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", source],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert result.stdout.strip() == "ok", result.stderr
 
 
-def test_runserver_takeover(pair) -> None:  # type: ignore[no-untyped-def]
-    from django.core.handlers.wsgi import LimitedStream
+_EVENTLET_NO_YIELD = """
+import eventlet
+eventlet.monkey_patch()
+import socket
+from dwebsocket.backends.default.transport import Transport
 
-    with pair[0].makefile("rb") as rfile:
-        transport = runserver({"wsgi.input": LimitedStream(rfile, 0)})
-        assert transport is not None and transport.sock is pair[0] and transport.rfile is rfile
-    assert runserver({"wsgi.input": io.BytesIO()}) is None
+a, b = socket.socketpair()
+transport = Transport(a, server="eventlet")
+transport.take_over(5.0)
+ran = []
+eventlet.spawn(ran.append, 1)  # runs at the first switch to the hub
+assert transport.try_send(b"x" * 10) == 10
+assert transport.try_recv() is None  # nothing to read: no wait for it either
+b.sendall(b"pong")
+assert transport.try_recv() == b"pong"
+assert ran == [], "try_send/try_recv switched to eventlet's hub"
+eventlet.sleep(0)
+assert ran == [1]
+print("ok")
+"""
 
 
-def test_gevent_takeover(pair) -> None:  # type: ignore[no-untyped-def]
-    with pair[0].makefile("rb") as rfile:
-        environ = {"SERVER_SOFTWARE": "gevent/26.9 Python/3.11", "wsgi.input": rfile}
-        transport = gevent_pywsgi(environ)
-        assert transport is not None and transport.sock is pair[0]
-        assert gevent_pywsgi({**environ, "SERVER_SOFTWARE": "other"}) is None
+def test_raw_reads_and_writes_never_wait_under_eventlet() -> None:
+    # eventlet's monkey-patching makes os.read/os.write wait in its hub before each call:
+    # a write that yielded let the session end and the fd be closed under it (EBADF).
+    pytest.importorskip("eventlet")
+    run_script(_EVENTLET_NO_YIELD)
+
+
+_GEVENT_WAITER = """
+from gevent import monkey
+monkey.patch_all()
+import socket, time
+import gevent
+from dwebsocket.backends.default import transport as transport_module
+from dwebsocket.backends.default.transport import Transport
+
+transport_module.release_idle_connections = lambda: None  # no database here
+if WAITER == "python":
+    transport_module._fastpath = None
+a, b = socket.socketpair()
+transport = Transport(a, server="gevent")
+transport.take_over(5.0)
+waiter = transport._waiter
+assert type(waiter).__name__ == {"c": "Waiter", "python": "_GeventReadWaiter"}[WAITER], waiter
+
+# Readable: the io watcher switches straight back to the waiting greenlet.
+gevent.spawn_later(0.05, b.sendall, b"x")
+assert transport.wait_readable(5.0) is True and transport.recv() == b"x"
+# Nothing comes: False, not before the timeout has passed.
+started = time.monotonic()
+assert transport.wait_readable(0.1) is False
+assert time.monotonic() - started >= 0.09
+
+# Readable while the greenlet waits on something else (the C waiter's io watcher stays
+# started between waits): that wait is not disturbed, and the next wait ends at once.
+gevent.spawn_later(0.01, b.sendall, b"z")
+started = time.monotonic()
+gevent.sleep(0.1)
+assert time.monotonic() - started >= 0.09
+assert waiter.wait(time.monotonic() + 5.0) is True and transport.recv() == b"z"
+
+# Two greenlets wait at once: the second is refused the waiter (None) and polls; the
+# byte wakes both.
+results = []
+def wait_for(name):
+    results.append((name, transport.wait_readable(5.0)))
+first = gevent.spawn(wait_for, "first")
+gevent.sleep(0.01)
+assert waiter.wait(time.monotonic() + 1.0) is None  # busy: first holds it
+second = gevent.spawn(wait_for, "second")
+gevent.sleep(0.01)
+b.sendall(b"y")
+gevent.joinall([first, second], timeout=5)
+assert sorted(results) == [("first", True), ("second", True)], results
+assert transport.recv() == b"y"
+
+# A real thread (with a hub of its own) is refused the waiter too, and polls.
+seen = []
+done = monkey.get_original("threading", "Event")()
+def in_thread():
+    seen.append(waiter.wait(time.monotonic() + 0.05))
+    seen.append(transport.wait_readable(0.05))
+    done.set()
+monkey.get_original("_thread", "start_new_thread")(in_thread, ())
+assert done.wait(5)
+assert seen == [None, False], seen
+
+# Between waits the io watcher does not keep the loop alive (gevent.wait() returns).
+gevent.spawn_later(0.01, b.sendall, b"w")
+assert waiter.wait(time.monotonic() + 5.0) is True and transport.recv() == b"w"
+assert gevent.wait(timeout=5) is True
+
+# Closed (by release()) while a greenlet waits: that wait ends with False, and later
+# ones are refused (None) so that callers poll.
+waiting = gevent.spawn(waiter.wait, None)
+gevent.sleep(0.01)
+waiter.close()
+assert waiting.get(timeout=5) is False
+assert waiter.wait(None) is None
+
+# close() of a waiter whose greenlet is readable in the same turn of the loop: that wait
+# ends False (never True after close), and the wake-up scheduled by close() does not
+# switch into the greenlet later, when it waits on something else (a stray switch).
+import gevent.event
+pairs = [socket.socketpair() for _ in range(2)]
+transports = [Transport(server_end, server="gevent") for server_end, _ in pairs]
+for each in transports:
+    each.take_over(5.0)
+waiters = [each._waiter for each in transports]
+outcome = {}
+def waits_then_closes_the_other(i):
+    readable = waiters[i].wait(None)
+    waiters[1 - i].close()  # the other may still be waiting, and readable too
+    try:
+        outcome[i] = (readable, gevent.event.Event().wait(0.2))
+    except BaseException as exc:  # a stray switch
+        outcome[i] = (readable, repr(exc))
+greenlets = [gevent.spawn(waits_then_closes_the_other, i) for i in range(2)]
+gevent.sleep(0.05)
+for _, client_end in pairs:
+    client_end.sendall(b"!")  # both readable before the hub runs again
+gevent.joinall(greenlets, timeout=5)
+assert sorted(outcome.values()) == [(False, False), (True, False)], outcome
+
+# close() from another OS thread (the hub may be inside libev without the GIL): the
+# watchers are freed in the hub's thread, and the wait in progress ends (False).
+get_ident = monkey.get_original("_thread", "get_ident")
+c3, d3 = socket.socketpair()
+t3 = Transport(c3, server="gevent")
+t3.take_over(5.0)
+w3 = t3._waiter
+closed_in = []
+if WAITER == "python":
+    close_io = w3._close_io
+    w3._close_io = lambda: (closed_in.append(get_ident()), close_io())
+waiting = gevent.spawn(w3.wait, None)
+gevent.sleep(0.01)
+monkey.get_original("_thread", "start_new_thread")(w3.close, ())
+assert waiting.get(timeout=5) is False
+assert w3.wait(None) is None
+if WAITER == "python":
+    assert closed_in == [get_ident()], closed_in
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("waiter", ["c", "python"])
+def test_the_gevent_waiter(waiter: str) -> None:
+    pytest.importorskip("gevent")
+    if waiter == "c" and transport_module._fastpath is None:
+        pytest.skip("the C extension is not built")
+    run_script(f"WAITER = {waiter!r}\n" + _GEVENT_WAITER)
+
+
+def test_a_socket_opened_at_takeover_is_ours(pair) -> None:  # type: ignore[no-untyped-def]
+    # uWSGI's takeover: a dup of the server's fd, made only once the WebSocket is accepted.
+    opened: list[socket.socket] = []
+
+    def open_socket() -> socket.socket:
+        opened.append(socket.socket(fileno=os.dup(pair[0].fileno())))
+        return opened[-1]
+
+    transport = Transport(None, server="test", open_socket=open_socket)
+    assert "fd=-" in repr(transport) and opened == []
+    transport.shutdown()  # never opened: nothing to shut down, nothing opened
+    assert opened == []
+    assert transport.take_over(1.0) == b""
+    assert transport.sock is opened[0]
+    transport.release()
+    assert opened[0].fileno() == -1  # ours: closed
+    pair[0].send(b"x")  # the server's: still open
+
+
+def test_a_socket_or_open_socket(pair) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TypeError):
+        Transport(None, server="test")
+    with pytest.raises(TypeError):
+        Transport(pair[0], server="test", open_socket=lambda: pair[0])
