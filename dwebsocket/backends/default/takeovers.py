@@ -91,7 +91,50 @@ def runserver(environ: dict[str, Any]) -> Transport | None:
     sock = _socket_of(rfile)
     if sock is None:
         return None
-    return Transport(sock, server="runserver", rfile=rfile)
+    handler = _runserver_handler()
+    if handler is None:
+        return Transport(sock, server="runserver", rfile=rfile)
+
+    def stop_runserver() -> None:
+        # runserver's request handler loops while the connection is kept alive (an
+        # upgrade is HTTP/1.1): it would read what follows the session (the rest of a
+        # message over the limit, the client's close frame) as the next request, and
+        # answer it ("Bad HTTP/0.9 request type", "Broken pipe"). It reads nothing more
+        # now, and writes Django's response nowhere; its access log says 101.
+        request_handler = handler.request_handler
+        request_handler.close_connection = True
+        handler.stdout = _Discard()
+        log_request = request_handler.log_request
+        request_handler.log_request = lambda code="-", size="-": log_request(101, size)
+
+    return Transport(sock, server="runserver", rfile=rfile, on_take_over=stop_runserver)
+
+
+def _runserver_handler() -> Any:
+    """The ``django.core.servers.basehttp.ServerHandler`` running this request, found on
+    the call stack (its ``run()`` frame), or None. Reads nothing but frames."""
+    basehttp = sys.modules.get("django.core.servers.basehttp")
+    if basehttp is None:
+        return None
+    run = basehttp.ServerHandler.run.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is run:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, basehttp.ServerHandler):
+                return candidate
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+class _Discard:
+    """Where runserver writes Django's response after a takeover: nowhere."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 @takeover

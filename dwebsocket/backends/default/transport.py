@@ -51,8 +51,8 @@ class Transport:
     ``rfile`` is the server's buffered reader on it, if any, drained once at takeover,
     and closed then if ``close_rfile`` (which frees its 8 KiB buffer: a server that looks
     at ``rfile.closed`` after the application, as gevent.pywsgi does, then ends the
-    connection). ``on_release`` runs when the session is over (for servers that must be
-    told).
+    connection). ``on_take_over`` runs at :meth:`take_over` and ``on_release`` when the
+    session is over (for servers that must be told).
     """
 
     def __init__(
@@ -65,6 +65,7 @@ class Transport:
         on_release: Callable[[], None] | None = None,
         close_rfile: bool = False,
         open_socket: Callable[[], socket.socket] | None = None,
+        on_take_over: Callable[[], None] | None = None,
     ) -> None:
         if (sock is None) == (open_socket is None):
             raise TypeError("Transport() takes a socket or open_socket, not both or neither")
@@ -74,6 +75,7 @@ class Transport:
         self.rfile = rfile
         self._close_rfile = close_rfile
         self._drain = drain
+        self._on_take_over = on_take_over
         self._on_release = on_release
         self._poller: Any = None
         self._waiter: _ReadWaiter | None = None
@@ -105,6 +107,8 @@ class Transport:
         if io is not None:
             self.io = io
         sock = self.sock  # opened now if it is ours to open
+        if self._on_take_over is not None:
+            self._on_take_over()
         buffered = self._drain() if self._drain is not None else self._drain_rfile()
         if self._close_rfile and self.rfile is not None:
             # Read no more: the socket is ours. Closing a BufferedReader frees its buffer
