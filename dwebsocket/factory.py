@@ -14,7 +14,14 @@ if TYPE_CHECKING:
 
     from dwebsocket.websocket import WebSocket
 
-__all__ = ["WebSocketFactory", "get_factory_class"]
+__all__ = ["WebSocketFactory", "get_factory_class", "is_upgrade"]
+
+
+def is_upgrade(request: HttpRequest) -> bool:
+    """True if the request asks for a WebSocket (``Upgrade: websocket``); cheap. The one
+    test of an upgrade: the session, the middleware and the factories all ask it."""
+    upgrade = request.META.get("HTTP_UPGRADE", "")
+    return "websocket" in (token.strip().lower() for token in upgrade.split(","))
 
 
 class WebSocketFactory(abc.ABC):
@@ -24,10 +31,8 @@ class WebSocketFactory(abc.ABC):
         self.request = request
 
     def is_websocket(self) -> bool:
-        """True if the request asks for a WebSocket upgrade (``Upgrade: websocket``)."""
-        return "websocket" in (
-            token.strip().lower() for token in self.request.META.get("HTTP_UPGRADE", "").split(",")
-        )
+        """True if the request asks for a WebSocket upgrade (:func:`is_upgrade`)."""
+        return is_upgrade(self.request)
 
     @abc.abstractmethod
     def create_websocket(self) -> WebSocket | None:

@@ -6,10 +6,10 @@ Whoever calls ``run_view`` first for a request owns the session; nested calls (t
 middleware and a decorator, or two decorators) just call the view, so a request is
 never handshaken twice.
 
-Backends may refine how a session ends with an optional method on their WebSocket,
-``end_session(code, abort)``: ``abort`` is True when the view was killed by a
-``BaseException`` (greenlet kill, worker timeout), where only a close frame without
-waiting for the peer's is appropriate. Without it, ``close(code)`` is called.
+A session ends with the WebSocket's ``end_session(code, abort=...)``
+(:meth:`dwebsocket.websocket.WebSocket.end_session`): ``abort`` is True when the view was
+killed by a ``BaseException`` (greenlet kill, worker timeout), where only a close frame
+without waiting for the peer's is appropriate.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dwebsocket.exceptions import (
     InvalidHandshake,
     InvalidSetting,
 )
-from dwebsocket.factory import get_factory_class
+from dwebsocket.factory import get_factory_class, is_upgrade
 from dwebsocket.websocket import WebSocket
 
 __all__ = ["attach", "end_websocket", "is_upgrade", "run_view"]
@@ -37,12 +37,6 @@ __all__ = ["attach", "end_websocket", "is_upgrade", "run_view"]
 logger = logging.getLogger("dwebsocket")
 
 _OWNED = "_dwebsocket_session"
-
-
-def is_upgrade(request: HttpRequest) -> bool:
-    """True if the request asks for a WebSocket (``Upgrade: websocket``); cheap."""
-    upgrade = request.META.get("HTTP_UPGRADE", "")
-    return "websocket" in (token.strip().lower() for token in upgrade.split(","))
 
 
 def attach(request: HttpRequest, websocket: WebSocket | None) -> None:
@@ -53,11 +47,7 @@ def attach(request: HttpRequest, websocket: WebSocket | None) -> None:
 
 def end_websocket(websocket: WebSocket, code: int, *, abort: bool = False) -> None:
     """Close ``websocket`` as the session ends (see the module docstring)."""
-    end = getattr(websocket, "end_session", None)
-    if end is not None:
-        end(code, abort=abort)
-    else:
-        websocket.close(code)
+    websocket.end_session(code, abort=abort)
 
 
 def _not_websocket(request: HttpRequest) -> HttpResponse:

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from django.dispatch import Signal
+    from django.http import HttpRequest
+
     from dwebsocket.groups.history import Recovery
 
 from dwebsocket.typing import BytesLike, Message
@@ -27,9 +30,13 @@ class WebSocket(abc.ABC):
     the first call that needs the connection (``wait``, ``read``, ``send``, iteration, ...)
     accepts it, so until then the view may still answer with any HTTP response (a 403, say).
 
-    Backends subclass this and implement the abstract methods; everything else is shared.
+    Backends subclass this and implement the abstract methods; everything else is shared:
+    the accepted state and its guard, the subprotocol check, the end of a session and the
+    signals.
     """
 
+    #: The request this connection answers.
+    request: HttpRequest
     #: Subprotocols the client offered (``Sec-WebSocket-Protocol``), in its order.
     offered_subprotocols: list[str]
     #: The subprotocol chosen by ``accept(subprotocol=...)``, or None.
@@ -50,10 +57,47 @@ class WebSocket(abc.ABC):
         """dwebsocket 0.5 name of :meth:`accept`."""
         self.accept()
 
+    #: Set by the backend's :meth:`accept` once the 101 response is sent.
+    _accepted: bool = False
+
     @property
-    @abc.abstractmethod
     def accepted(self) -> bool:
         """True once the 101 response is sent."""
+        return self._accepted
+
+    @property
+    def protocols(self) -> list[str]:
+        """dwebsocket 0.5 name of :attr:`offered_subprotocols`."""
+        return self.offered_subprotocols
+
+    def _ensure_accepted(self) -> None:
+        """Accept now unless done: every call that needs the connection runs this first
+        (the handshake is lazy). Raises what :meth:`accept` raises."""
+        if not self._accepted:
+            self.accept()
+
+    def _check_subprotocol(self, subprotocol: str | None) -> None:
+        """Raise ``ValueError`` unless ``subprotocol`` is None or one the client offered
+        (RFC 6455 4.2.2: the server selects one of the client's values, or none)."""
+        if subprotocol is not None and subprotocol not in self.offered_subprotocols:
+            raise ValueError(
+                f"subprotocol {subprotocol!r} was not offered by the client "
+                f"(offered: {self.offered_subprotocols})"
+            )
+
+    def end_session(self, code: int, *, abort: bool = False) -> None:
+        """Called by dwebsocket when the view is done (:mod:`dwebsocket.session`): close
+        with ``code``. ``abort`` is True when the view was killed by a ``BaseException``
+        (greenlet kill, worker timeout): a backend that can then sends its close frame
+        without waiting for the peer's. Backends override this to end a session their
+        own way (and free what they hold); this one calls :meth:`close`."""
+        self.close(code)
+
+    def _send_signal(self, signal: Signal, **kwargs: object) -> None:
+        """Send ``signal`` (``websocket_opened``, ``websocket_closed``) for this
+        connection. ``send_robust``: a failing receiver (logged by Django) must not break
+        the I/O path, which may be a background flusher."""
+        signal.send_robust(sender=type(self), request=self.request, websocket=self, **kwargs)
 
     # -- receiving ----------------------------------------------------------------------
 

@@ -46,7 +46,6 @@ from dwebsocket.typing import BytesLike, Message
 from dwebsocket.websocket import WebSocket
 
 if TYPE_CHECKING:
-    from django.dispatch import Signal
     from django.http import HttpRequest
 
     from dwebsocket.backends.default.transport import Transport
@@ -140,15 +139,6 @@ class DefaultWebSocket(WebSocket):
         state = "closed" if self.is_closed() else "open" if self._accepted else "new"
         return f"<DefaultWebSocket {state} {self.request.path} via {self._transport.server}>"
 
-    @property
-    def protocols(self) -> list[str]:
-        """dwebsocket 0.5 name of :attr:`offered_subprotocols`."""
-        return self.offered_subprotocols
-
-    @property
-    def accepted(self) -> bool:
-        return self._accepted
-
     # -- the handshake ----------------------------------------------------------------
 
     def accept(self, subprotocol: str | None = None) -> None:
@@ -159,11 +149,7 @@ class DefaultWebSocket(WebSocket):
         if the client is already gone. Blocks only to write the 101."""
         if self._accepted:
             return
-        if subprotocol is not None and subprotocol not in self.offered_subprotocols:
-            raise ValueError(
-                f"subprotocol {subprotocol!r} was not offered by the client "
-                f"(offered: {self.offered_subprotocols})"
-            )
+        self._check_subprotocol(subprotocol)
         with self._writing:
             if self._accepted:
                 return
@@ -228,10 +214,6 @@ class DefaultWebSocket(WebSocket):
             self._overflow()
         if self._outbox:
             self._flush()
-
-    def _ensure_accepted(self) -> None:
-        if not self._accepted:
-            self.accept()
 
     # -- receiving --------------------------------------------------------------------
 
@@ -784,8 +766,3 @@ class DefaultWebSocket(WebSocket):
         return (
             f"{meta.get('REMOTE_ADDR', '?')}:{port}" if port else str(meta.get("REMOTE_ADDR", "?"))
         )
-
-    def _send_signal(self, signal: Signal, **kwargs: object) -> None:
-        # send_robust: a failing receiver (logged by Django) must not break the I/O path,
-        # which may be a background flusher.
-        signal.send_robust(sender=type(self), request=self.request, websocket=self, **kwargs)

@@ -36,7 +36,6 @@ from . import wsgi
 from .loops import Mode, Waiter, current_mode, owner_key
 
 if TYPE_CHECKING:
-    from django.dispatch import Signal
     from django.http import HttpRequest
 
 __all__ = ["uWsgiWebSocket"]
@@ -119,11 +118,6 @@ class uWsgiWebSocket(WebSocket):
         state = "closed" if self._closed else "open" if self._accepted else "new"
         return f"<uWsgiWebSocket fd={self._fd} {state} {self._mode.value}>"
 
-    @property
-    def protocols(self) -> list[str]:
-        """dwebsocket 0.5 name of :attr:`offered_subprotocols`."""
-        return self.offered_subprotocols
-
     # -- who is calling --------------------------------------------------------------
 
     def _is_owner(self) -> bool:
@@ -138,10 +132,6 @@ class uWsgiWebSocket(WebSocket):
 
     # -- the handshake ----------------------------------------------------------------
 
-    @property
-    def accepted(self) -> bool:
-        return self._accepted
-
     def accept(self, subprotocol: str | None = None) -> None:
         """Send the 101 response choosing ``subprotocol``. Owner only; idempotent.
 
@@ -154,11 +144,7 @@ class uWsgiWebSocket(WebSocket):
         self._require_owner("accept")
         if self._closed:
             raise ConnectionClosed(self.close_code or 1006, self.close_reason)
-        if subprotocol is not None and subprotocol not in self.offered_subprotocols:
-            raise ValueError(
-                f"subprotocol {subprotocol!r} was not offered by the client "
-                f"(offered: {self.offered_subprotocols})"
-            )
+        self._check_subprotocol(subprotocol)
         try:
             self._send_handshake(subprotocol)
         except OSError:
@@ -200,10 +186,6 @@ class uWsgiWebSocket(WebSocket):
         uwsgi.websocket_handshake(
             self._handshake.key, self._handshake.origin or "", subprotocol or ""
         )
-
-    def _ensure_accepted(self) -> None:
-        if not self._accepted:
-            self.accept()
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -456,7 +438,7 @@ class uWsgiWebSocket(WebSocket):
         self._flush_outbox()
         self._close_now(code, reason)
 
-    def end_session(self, code: int, abort: bool = False) -> None:
+    def end_session(self, code: int, *, abort: bool = False) -> None:
         """Called once the view is over: close (without waiting for the peer's close
         frame if ``abort``), then release the connection's fds."""
         try:
@@ -520,10 +502,6 @@ class uWsgiWebSocket(WebSocket):
             pass
         # Groups leave on this; the owner sends it (it is the only one that closes).
         self._send_signal(websocket_closed, code=code)
-
-    def _send_signal(self, signal: Signal, **kwargs: object) -> None:
-        # send_robust: a failing receiver (logged by Django) must not break the I/O path.
-        signal.send_robust(sender=type(self), request=self._request, websocket=self, **kwargs)
 
     def release(self) -> None:
         """Free the fds this connection added (idempotent); the connection's own fd is

@@ -409,7 +409,7 @@ def test_deliver_during_the_101_does_not_overtake_earlier_ones(holder: Holder) -
                     late.start()
                     late.join(TIMEOUT)
 
-        ws._transport.sock = DeliverDuringThe101()  # type: ignore[assignment]
+        ws._transport._sock = DeliverDuringThe101()  # type: ignore[assignment]
         ws.accept()
         session.expect_101()
         assert [session.client.recv(), session.client.recv()] == ["first", "second"]
