@@ -19,6 +19,6 @@ copyright = "2026, dwebsocket developers"
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-exclude_patterns = ["_build", "internals"]
+exclude_patterns = ["_build"]  # internals/*.md are notes in the repository, not pages
 html_theme = "alabaster"
 nitpicky = False

@@ -171,9 +171,41 @@ def _reachable(start: str) -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("module", ["dwebsocket.worker", "dwebsocket.typing"])
+LEAVES = [
+    "dwebsocket.typing",
+    "dwebsocket.exceptions",
+    "dwebsocket.signals",
+    "dwebsocket.log",
+    "dwebsocket.db",
+    "dwebsocket.worker",
+    "dwebsocket.contrib.gunicorn",
+    "dwebsocket.contrib.shutdown",
+]
+
+
+@pytest.mark.parametrize("module", LEAVES)
 def test_leaf_modules_import_nothing_of_ours(module: str) -> None:
     assert GRAPH[module] == set()
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if m.startswith("dwebsocket.protocol"))
+)
+def test_the_protocol_core_imports_itself_and_two_leaves(module: str) -> None:
+    """Sans-I/O: nothing of dwebsocket but itself, ``typing`` and ``exceptions``; no
+    Django, no socket, no uwsgi (not even inside a function)."""
+    allowed = {"dwebsocket.typing", "dwebsocket.exceptions"}
+    assert {m for m in GRAPH[module] if not m.startswith("dwebsocket.protocol")} <= allowed
+    for _node, name in _every_import(MODULES[module][0]):
+        assert name.split(".")[0] not in {"django", "socket", "select", "uwsgi"}, (module, name)
+
+
+SESSION_LAYER = {"dwebsocket.session", "dwebsocket.decorators", "dwebsocket.middleware"}
+
+
+def test_nothing_below_the_session_layer_imports_it() -> None:
+    importers = {m for m, targets in GRAPH.items() if targets & SESSION_LAYER}
+    assert importers <= SESSION_LAYER | {"dwebsocket.apps"}, importers - SESSION_LAYER
 
 
 def _every_import(path: Path) -> Iterator[tuple[ast.Import | ast.ImportFrom, str]]:

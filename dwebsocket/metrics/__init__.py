@@ -42,16 +42,8 @@ from dwebsocket.signals import websocket_closed, websocket_opened
 if TYPE_CHECKING:
     from dwebsocket.websocket import WebSocket
 
-__all__ = [
-    "FLUSH_INTERVAL",
-    "Traffic",
-    "enabled",
-    "flush",
-    "group_member_dropped",
-    "group_send",
-    "handshake",
-    "keepalive_timeout",
-]
+# The recording hooks (handshake(), group_send(), ...) are dwebsocket's own, not exported.
+__all__ = ["FLUSH_INTERVAL", "Traffic", "enabled", "flush"]
 
 logger = logging.getLogger("dwebsocket")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -47,3 +48,90 @@ def test_every_public_name_is_in_the_api_reference(name: str) -> None:
     )
     whole_module = re.search(rf"^\.\. automodule:: {re.escape(module)}\n   :members:$", api, re.M)
     assert documented or whole_module, f"{module}.{name} is not in docs/api.rst"
+
+
+def api_directives() -> list[tuple[str, str, list[str] | None]]:
+    """``(directive, target, members)`` of each autodoc directive in docs/api.rst;
+    ``members`` None when the directive has no ``:members:`` option, [] for a bare one
+    (all of ``__all__``)."""
+    found: list[tuple[str, str, list[str] | None]] = []
+    pattern = re.compile(r"^\.\. (auto\w+):: (\S+)\n((?:   :.*\n)*)", re.M)
+    for directive, target, options in pattern.findall((DOCS / "api.rst").read_text()):
+        members = re.search(r"^   :members:(.*)$", options, re.M)
+        names = None if members is None else [n.strip() for n in members[1].split(",") if n.strip()]
+        found.append((directive, target, names))
+    return found
+
+
+def documented_names() -> dict[str, set[str] | None]:
+    """``{module: the names of its __all__ the reference documents}`` (None: all)."""
+    import importlib
+
+    documented: dict[str, set[str] | None] = {}
+    for directive, target, members in api_directives():
+        if directive == "automodule":
+            importlib.import_module(target)
+            if members == []:
+                documented[target] = None
+            elif members is not None:
+                documented.setdefault(target, set())
+                names = documented[target]
+                if names is not None:
+                    names.update(members)
+        elif directive in ("autofunction", "autoclass", "autodata", "autoexception"):
+            module, _, name = target.rpartition(".")
+            documented.setdefault(module, set())
+            names = documented[module]
+            if names is not None:
+                names.add(name)
+    return documented
+
+
+def reexported(module: ModuleType) -> set[str]:
+    """The names ``module`` imports at module level (re-exports: documented at home)."""
+    import ast
+
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text())
+    return {
+        alias.asname or alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+
+
+def test_the_api_reference_documents_exactly_what_modules_export() -> None:
+    """Every module docs/api.rst names: each name of its ``__all__`` (but those it
+    re-exports from another module) is documented, and nothing it documents is missing
+    from ``__all__``."""
+    import importlib
+
+    problems = []
+    for module_name, names in sorted(documented_names().items()):
+        module = importlib.import_module(module_name)
+        exported = set(getattr(module, "__all__", ()))
+        assert exported, f"{module_name} has no __all__"
+        if names is None:
+            continue  # automodule with every member: autodoc follows __all__
+        own = exported - reexported(module)
+        problems += [f"{module_name}.{n}: documented, not in __all__" for n in names - exported]
+        problems += [f"{module_name}.{n}: in __all__, not documented" for n in own - names]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/internals/architecture.rst has a paragraph per module: a new module (a new
+    file name, or a new package) must get one."""
+    page = (DOCS / "internals" / "architecture.rst").read_text()
+    package = DOCS.parent / "dwebsocket"
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if path.name == "__init__.py":
+            named = f"{relative.parent.as_posix()}/" if relative.parent.parts else "__init__.py"
+        else:
+            named = path.name
+        if f"``{named}" not in page and f"/{named}``" not in page and f"{named}``" not in page:
+            missing.append(relative.as_posix())
+    assert not missing, f"not in docs/internals/architecture.rst: {missing}"

@@ -148,9 +148,9 @@ class Transport:
 
     def _drain_rfile(self) -> bytes:
         # The client may send its first frame in the same segment as the handshake;
-        # the server's reader then holds it (servers.md, pitfall 1). With the socket
-        # non-blocking, read1() returns what is buffered, then what the kernel has,
-        # then b"" instead of blocking.
+        # the server's reader then holds it (docs/internals/architecture.rst, pitfall 1).
+        # With the socket non-blocking, read1() returns what is buffered, then what the
+        # kernel has, then b"" instead of blocking.
         if self.rfile is None:
             return b""
         chunks = []
@@ -292,7 +292,8 @@ class Transport:
         """``shutdown(SHUT_RDWR)``, never ``close()``: the server owns the socket.
 
         The client sees EOF at once, and the server's later write of Django's response
-        fails like a write to a client that went away (servers.md, pitfall 2)."""
+        fails like a write to a client that went away (docs/internals/architecture.rst,
+        "Taking a connection over, per server", pitfall 2)."""
         if self._sock is None:
             return  # never opened
         with contextlib.suppress(OSError):  # already shut down, or reset by the peer
