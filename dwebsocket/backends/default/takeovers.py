@@ -100,12 +100,10 @@ def runserver(environ: dict[str, Any]) -> Transport | None:
         # upgrade is HTTP/1.1): it would read what follows the session (the rest of a
         # message over the limit, the client's close frame) as the next request, and
         # answer it ("Bad HTTP/0.9 request type", "Broken pipe"). It reads nothing more
-        # now, and writes Django's response nowhere; its access log says 101.
-        request_handler = handler.request_handler
-        request_handler.close_connection = True
+        # now, and writes Django's response nowhere (its access log still shows its
+        # status: 101, or 500 for a view that raised).
+        handler.request_handler.close_connection = True
         handler.stdout = _Discard()
-        log_request = request_handler.log_request
-        request_handler.log_request = lambda code="-", size="-": log_request(101, size)
 
     return Transport(sock, server="runserver", rfile=rfile, on_take_over=stop_runserver)
 
