@@ -32,7 +32,6 @@ import json
 import math
 import os
 import platform
-import resource
 import selectors
 import shutil
 import signal
@@ -46,6 +45,9 @@ from typing import IO, Any
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its helper modules
+from processes import HOST, free_port, nofile_hard, raise_nofile, stop_group
+
 from dwebsocket.conf import DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +56,6 @@ OUT = BENCH / "out"
 LOADGEN_SRC = BENCH / "loadgen" / "loadgen.c"
 LOADGEN = BENCH / "loadgen" / "loadgen"
 RESULTS = REPO / "docs" / "benchmarks"
-HOST = "127.0.0.1"
 PY = sys.executable
 
 START_TIMEOUT = 30.0
@@ -355,23 +356,6 @@ def pinning() -> tuple[list[str], list[str]]:
     return ["taskset", "-c", str(cpus[1])], ["taskset", "-c", str(cpus[0])]
 
 
-def nofile_hard() -> int:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-
-
-def _raise_nofile() -> None:
-    # Children get the soft limit raised to the hard one (which only CAP_SYS_RESOURCE
-    # could raise further).
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def build_loadgen() -> None:
     if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
         return
@@ -404,7 +388,7 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_raise_nofile,
+            preexec_fn=raise_nofile,
         )
         self.ps = psutil.Process(self.process.pid)
 
@@ -447,18 +431,7 @@ class Server:
         return len(self.processes())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, self.stack.stop_signal)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(STOP_TIMEOUT)
-        # Children that outlived the leader (uWSGI workers) share its process group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process, STOP_TIMEOUT, self.stack.stop_signal)
         self._log.close()
 
 
@@ -541,7 +514,7 @@ def run_echo(
         "30",
         *scenario.loadgen_args(),
     ]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, preexec_fn=_raise_nofile)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, preexec_fn=raise_nofile)
     reader = LineReader(process)
     bound = 30 + warmup + duration + 15
     try:
@@ -676,7 +649,7 @@ def run_idle(
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
-                preexec_fn=_raise_nofile,
+                preexec_fn=raise_nofile,
             )
             clients.append((process, LineReader(process)))
         try:

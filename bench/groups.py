@@ -32,10 +32,8 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import selectors
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -46,13 +44,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its helper modules
+from processes import HOST, free_port, raise_nofile, stop_group
+
 REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "bench" / "groups"
 MEMBERS_SRC = HERE / "members.c"
 MEMBERS = HERE / "members"
 OUT = REPO / "bench" / "out"
 PY = sys.executable
-HOST = "127.0.0.1"
 SETUP_TIMEOUT = 300.0  # connecting 10,000 members to a slow stack
 ROUND_TIMEOUT = 120.0
 DJANGO_WEBSOCKET_REDIS_1000 = 1.5  # seconds, published figure (1,000 gevent subscribers)
@@ -65,12 +65,6 @@ def build_members() -> None:
     cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(MEMBERS), str(MEMBERS_SRC)]
     print("building the member client:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class Processes:
@@ -106,15 +100,7 @@ class Processes:
         if process.stdin is not None:
             with contextlib.suppress(OSError):
                 process.stdin.close()
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop_group(process, 10)
         if process.stdout is not None:
             process.stdout.close()
         if process in self.started:
@@ -366,8 +352,7 @@ def main() -> None:
         build_members()
     sizes = [int(s) for s in args.sizes.split(",")]
     stacks = args.stacks.split(",")
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hard = raise_nofile()
     if max(sizes) // args.servers + 100 > hard or max(sizes) // args.clients + 100 > hard:
         raise SystemExit(f"ulimit -Hn is {hard}: use more --servers/--clients")
 

@@ -75,6 +75,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: its helper modules
+from processes import stop_group
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CACHE = HERE / ".cache"
@@ -583,22 +586,6 @@ def _child_setup(console_fd: int) -> None:
         os.dup2(console_fd, 3)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT, to the guest's process group (UML's
-    guest processes are host processes in it); waits (bounded) for the leader."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(STOP_TIMEOUT)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 def _job_script(argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> str:
     lines = ["# written by bench/vm/run.py: the command, run by init.sh in the guest"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
@@ -715,7 +702,8 @@ def run(
                 if timed_out:
                     print(f"\nvm: no power-off after {timeout + BOOT_MARGIN:g} s: killing it")
             finally:
-                _stop(process)
+                # The guest's process group: UML's guest processes are host processes in it.
+                stop_group(process, STOP_TIMEOUT)
                 console.close()
         status = ctl / "rc"
         if status.exists():
