@@ -152,7 +152,7 @@ class Connection:
     layer serializes calls.
     """
 
-    # Slots: 30 attributes overflow CPython's key-sharing dict (1.5 KiB a connection).
+    # Slots: 30 attributes overflow CPython's key-sharing dict (bench/FINDINGS.md, sec. 11).
     __slots__ = (
         "_buf",
         "_compressed",

@@ -112,7 +112,7 @@ class Transport:
         buffered = self._drain() if self._drain is not None else self._drain_rfile()
         if self._close_rfile and self.rfile is not None:
             # Read no more: the socket is ours. Closing a BufferedReader frees its buffer
-            # (8 KiB, a third of an idle connection's memory); its raw SocketIO's close()
+            # (bench/FINDINGS.md, section 11); its raw SocketIO's close()
             # leaves the socket open (the socket object holds its own reference).
             with contextlib.suppress(Exception):
                 self.rfile.close()  # type: ignore[attr-defined]
@@ -183,8 +183,9 @@ class Transport:
         # About to block, maybe for long: give back the database connections Django would
         # close at the end of a request (docs/deployment.rst, "Database connections"). This
         # runs on the view's thread, whose connections they are. At one wait per message
-        # that cost 10% of the CPU, so a busy socket is checked at most once a second; an
-        # idle one still is within a second: the wait is cut there for the check.
+        # that cost a tenth of the CPU (bench/FINDINGS.md, section 1), so a busy socket is
+        # checked at most once a second; an idle one still is within a second: the wait
+        # is cut there for the check.
         now = _monotonic()
         deadline = None if timeout is None else now + timeout
         check_at = self.io.db_checked + _DB_CHECK_INTERVAL
@@ -339,8 +340,9 @@ def _gevent_waiter(sock: socket.socket) -> _ReadWaiter | None:
 class _GeventReadWaiter:
     """Waits until a gevent socket is readable, cheaply: at one wait per message, gevent's
     ``select.poll()`` (new watchers and a result object per call) and a ``Timeout`` per
-    call took a quarter of the server's CPU. ``_fastpath.Waiter`` is the same in C,
-    except that its io watcher stays started between waits (see _fastpath.c).
+    call took a large share of the server's CPU (bench/FINDINGS.md, sections 1 and 12).
+    ``_fastpath.Waiter`` is the same in C, except that its io watcher stays started between
+    waits (see _fastpath.c).
 
     One libev io watcher serves the socket's whole life. One timer is armed for the
     earliest deadline asked and re-armed only when a wait must end sooner: a later

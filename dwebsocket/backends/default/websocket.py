@@ -73,8 +73,9 @@ _DEFAULT_IO_TIMEOUT = 60.0
 
 def _new_lock() -> threading.Lock:
     """A new ``threading.Lock()``; under gevent's monkey-patching, the semaphore that
-    gevent's ``Lock`` wraps, without the wrapper. Its Python-level ``acquire()`` cost
-    0.6 us per lock pair, and an echoed message takes four pairs (the same behaviour
+    gevent's ``Lock`` wraps, without the wrapper: its Python-level ``acquire()`` doubled
+    the cost of a lock pair, and an echoed message takes four (bench/FINDINGS.md,
+    section 8; the same behaviour
     otherwise: ``acquire(blocking=False)``, ``acquire(timeout=t)`` with t > 0, ``with``)."""
     gevent_thread = sys.modules.get("gevent.thread")
     if gevent_thread is not None and threading.Lock is getattr(gevent_thread, "LockType", None):
@@ -132,7 +133,8 @@ class DefaultWebSocket(WebSocket):
     @property
     def _io_timeout(self) -> float:
         """How long a send may make no progress (a property: an instance's attributes
-        stay within the 30 that CPython's key-sharing dicts hold, ~1.3 KiB less each)."""
+        stay within the 30 that CPython's key-sharing dicts hold: bench/FINDINGS.md,
+        section 11)."""
         return self._ping_timeout or _DEFAULT_IO_TIMEOUT
 
     def __repr__(self) -> str:
@@ -524,8 +526,9 @@ class DefaultWebSocket(WebSocket):
             ):
                 # Nothing queued and no one writing: one non-blocking write(2) now, under
                 # _core so that no frame the core encodes later can overtake this one. A
-                # flusher per member per group message cost ~250 us of a fan-out's ~300 us
-                # per member, and each lock pair ~2 us more: this path takes two.
+                # flusher per member per group message was most of a fan-out's cost, and
+                # each lock pair more counts: this path takes two (bench/FINDINGS.md,
+                # sections 8 and 12).
                 try:
                     sent = self._transport.try_send(frame)
                 except OSError:
