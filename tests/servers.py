@@ -115,6 +115,12 @@ OTHER_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         f"--listen={host}:{port}",
         "tests.wsgi:application",
     ],
+    # The default backend under uWSGI where its takeover refuses (501): --async cores,
+    # and --gevent without monkey-patched sockets.
+    "uwsgi-takeover-async": lambda host, port: _uwsgi(
+        host, port, "default", "--async", "10", "--ugreen"
+    ),
+    "uwsgi-takeover-unpatched": lambda host, port: _uwsgi(host, port, "default", "--gevent", "10"),
     "granian": lambda host, port: [
         _script("granian"),
         "--interface",

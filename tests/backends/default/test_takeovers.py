@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -22,6 +22,8 @@ from dwebsocket.backends.default.takeovers import (
 )
 from dwebsocket.backends.uwsgi import wsgi as uwsgi_wrapper
 from dwebsocket.exceptions import BackendUnavailable
+from tests.servers import ServerProcess
+from tests.wire import TIMEOUT, read_http_response, upgrade_request
 
 
 @pytest.fixture
@@ -133,3 +135,25 @@ def test_uwsgi_environ_keys_are_the_wrappers() -> None:
     # The default backend imports nothing of the uwsgi backend: its copy of the keys.
     assert UWSGI_START_RESPONSE == uwsgi_wrapper.START_RESPONSE
     assert UWSGI_TAKEN_OVER == uwsgi_wrapper.TAKEN_OVER
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("uwsgi-takeover-async", "cannot serve uWSGI --async cores"),
+        ("uwsgi-takeover-unpatched", "needs monkey-patched sockets"),
+    ],
+)
+def test_uwsgi_takeover_refuses_where_it_cannot_work(
+    make_server: Callable[..., ServerProcess], name: str, reason: str
+) -> None:
+    """uWSGI's takeover (``takeovers.uwsgi_connection``) reads the concurrency mode from
+    ``uwsgi`` itself: where its sockets would block every core, a 501 naming why."""
+    server = make_server(name)
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request("/echo/"))
+        status, _headers, body = read_http_response(sock)
+    assert status == 501
+    assert reason.encode() in body
+    assert reason in server.log()
