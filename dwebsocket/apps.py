@@ -16,11 +16,15 @@ class DWebSocketConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
-        from dwebsocket import checks  # noqa: F401  (registers the checks)
+        from dwebsocket import (
+            checks,  # noqa: F401  (registers the checks)
+            users,
+        )
         from dwebsocket.contrib.shutdown import install_for_runserver
         from dwebsocket.log import install_debug_handler
 
         install_for_runserver()
+        users.connect_signals()
         install_debug_handler(getattr(settings, "LOGGING", None))
 
 

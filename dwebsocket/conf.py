@@ -184,6 +184,11 @@ GROUPS_HISTORY = Setting[Mapping[str, Mapping[str, float]]](
     "WEBSOCKET_GROUPS_HISTORY", {}, "dwebsocket.E023", _groups_history
 )
 METRICS = Setting("WEBSOCKET_METRICS", True, "dwebsocket.E024", _bool)
+# Users and sessions (dwebsocket.users): ids from E030 up.
+REVOKE_SESSIONS = Setting("WEBSOCKET_REVOKE_SESSIONS", True, "dwebsocket.E030", _bool)
+SESSION_CHECK_INTERVAL = Setting[float | None](
+    "WEBSOCKET_SESSION_CHECK_INTERVAL", 60.0, "dwebsocket.E031", _optional_interval
+)
 
 #: Every setting dwebsocket reads, by name, in the order of ``docs/settings.rst``.
 SETTINGS: dict[str, Setting[object]] = {
@@ -204,6 +209,8 @@ SETTINGS: dict[str, Setting[object]] = {
         MAX_CONNECTIONS,
         MAX_CONNECTIONS_PER_IP,
         METRICS,
+        REVOKE_SESSIONS,
+        SESSION_CHECK_INTERVAL,
     )
 }
 
@@ -293,6 +300,18 @@ class Settings:
     def WEBSOCKET_METRICS(self) -> bool:
         """Whether :mod:`dwebsocket.metrics` counts (with ``prometheus_client`` installed)."""
         return METRICS.read()
+
+    @property
+    def WEBSOCKET_REVOKE_SESSIONS(self) -> bool:
+        """Whether the sockets of a session that ends (logout, flush, password change,
+        expiry) are closed with 4001 (:mod:`dwebsocket.users`)."""
+        return REVOKE_SESSIONS.read()
+
+    @property
+    def WEBSOCKET_SESSION_CHECK_INTERVAL(self) -> float | None:
+        """Seconds between two checks that an authenticated socket's session is still
+        valid; None: only the signals (logout, deleted session row, user saved)."""
+        return SESSION_CHECK_INTERVAL.read()
 
 
 settings = Settings()

@@ -4,7 +4,12 @@ import os
 SECRET_KEY = "dwebsocket-tests"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "dwebsocket"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "dwebsocket",
+]
 MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "tests.urls"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}

@@ -41,6 +41,8 @@ WRONG: dict[str, object] = {
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP": True,
     "WEBSOCKET_GROUPS_HISTORY": {"chat.*": {"size": 0, "ttl": 60}},
     "WEBSOCKET_METRICS": "off",
+    "WEBSOCKET_REVOKE_SESSIONS": 1,
+    "WEBSOCKET_SESSION_CHECK_INTERVAL": 0,
 }
 
 #: More wrong values, for the settings whose range has more than one edge.
@@ -77,6 +79,8 @@ RIGHT: list[tuple[str, object, object]] = [
     ("WEBSOCKET_MAX_CONNECTIONS_PER_IP", None, None),
     ("WEBSOCKET_GROUPS_HISTORY", {"a": {"size": 1, "ttl": 0.5}}, {"a": {"size": 1, "ttl": 0.5}}),
     ("WEBSOCKET_METRICS", False, False),
+    ("WEBSOCKET_REVOKE_SESSIONS", False, False),
+    ("WEBSOCKET_SESSION_CHECK_INTERVAL", None, None),
 ]
 
 

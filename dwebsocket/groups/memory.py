@@ -291,5 +291,11 @@ class MemoryLayer:
             raise ValueError(f"group {group!r} keeps no history (WEBSOCKET_GROUPS_HISTORY)")
         return self.history.read(group, kept_by, after, count)
 
+    def control(self, group: str, payload: bytes, *, fail_silently: bool = True) -> None:
+        """Hand command ``payload`` to this process's members of ``group`` (:mod:`.control`)."""
+        from dwebsocket.groups.control import dispatch
+
+        dispatch(self.registry, group, payload)
+
     def close(self) -> None:
         """Nothing to release."""

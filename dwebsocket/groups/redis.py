@@ -15,6 +15,7 @@ it uses, with sharded pub/sub (:mod:`.cluster`).
 Wire format of a published message (all integers big-endian)::
 
     kind   1 byte   1 = text (UTF-8 payload), 2 = binary -- the RFC 6455 opcodes;
+                    3 = a command to the members (JSON payload, :mod:`.control`);
                     5 = text, 6 = binary, of a group that keeps history (see below)
     origin 8 bytes  random id of the sending process
     seq    8 bytes  the sender's message counter
@@ -89,6 +90,7 @@ logger = logging.getLogger("dwebsocket.groups")
 
 TEXT = 1
 BINARY = 2
+CONTROL = 3
 TEXT_AT = 5
 BINARY_AT = 6
 HEADER = struct.Struct("!B8sQ")
@@ -352,19 +354,7 @@ class RedisLayer:
             delivered = self._claim(seq)
             if delivered:
                 self._fan_out(group, message)
-        error: Exception | None = None
-        channel = self.channel(group)
-        shard = self.topology.shard(channel)
-        if time.monotonic() < self._retry_at.get(shard, 0.0):
-            error = redis.ConnectionError("Redis unreachable recently; not retried yet")
-        else:
-            try:
-                self.topology.publish(channel, data)
-            except (redis.RedisError, OSError) as exc:
-                error = exc
-                self._publish_failed(exc, shard)
-            else:
-                self._publish_ok(shard)
+        error = self._publish(group, data)
         if error is None:
             return None
         if not delivered and group in self.registry and self._claim(seq):
@@ -372,6 +362,41 @@ class RedisLayer:
         if not fail_silently:
             raise GroupsUnavailable(f"group message not published: {error}") from error
         return None
+
+    def _publish(self, group: str, data: bytes) -> Exception | None:
+        """PUBLISH ``data`` on ``group``'s channel; the error if that failed, else None."""
+        channel = self.channel(group)
+        shard = self.topology.shard(channel)
+        if time.monotonic() < self._retry_at.get(shard, 0.0):
+            return redis.ConnectionError("Redis unreachable recently; not retried yet")
+        try:
+            self.topology.publish(channel, data)
+        except (redis.RedisError, OSError) as exc:
+            self._publish_failed(exc, shard)
+            return exc
+        self._publish_ok(shard)
+        return None
+
+    def control(self, group: str, payload: bytes, *, fail_silently: bool = True) -> None:
+        """Publish command ``payload`` (:mod:`.control`) to ``group``'s members in every
+        process (kind 3). Like :meth:`send`: exactly once here, local members served
+        while Redis is unreachable (then :class:`GroupsUnavailable` unless
+        ``fail_silently``)."""
+        from dwebsocket.groups.control import dispatch
+
+        seq = next(self._seq)
+        delivered = False
+        if group in self.registry and group not in self.subscriber.subscribed:
+            delivered = self._claim(seq)
+            if delivered:
+                dispatch(self.registry, group, payload)
+        error = self._publish(group, HEADER.pack(CONTROL, self.origin, seq) + payload)
+        if error is None:
+            return
+        if not delivered and group in self.registry and self._claim(seq):
+            dispatch(self.registry, group, payload)
+        if not fail_silently:
+            raise GroupsUnavailable(f"group command not published: {error}") from error
 
     def _send_kept(
         self, group: str, message: Message, kept_by: Policy, fail_silently: bool
@@ -453,6 +478,13 @@ class RedisLayer:
         """Deliver a message that came through the subscription (the reader calls this)."""
         group = self.group(channel)
         if group is None:
+            return
+        if data[:1] == b"\x03" and len(data) >= HEADER.size:
+            _, origin, seq = HEADER.unpack_from(data)
+            if origin != self.origin or self._claim(seq):
+                from dwebsocket.groups.control import dispatch
+
+                dispatch(self.registry, group, data[HEADER.size :])
             return
         try:
             origin, seq, message, position = decode_positioned(data)

@@ -1,0 +1,427 @@
+"""Users: reach every WebSocket of a user, close them, close the sockets of an ended session.
+
+::
+
+    dwebsocket.users.send(request.user, "you have mail")   # every tab, every process
+    dwebsocket.users.disconnect(user_pk)                     # closes them all (4001)
+
+A WebSocket opened by an authenticated request (Django's ``SessionMiddleware`` and
+``AuthenticationMiddleware``) is known by its user and its session key: when it is
+accepted it joins the reserved groups ``dwebsocket.user.<pk>`` and
+``dwebsocket.session.<session key>`` -- no code in the view. So this works wherever
+groups do: in one process (``memory://``) and across processes and machines (Redis).
+
+Revocation (``WEBSOCKET_REVOKE_SESSIONS``, on by default): the sockets of a session that
+stops being valid are closed with :data:`REVOKED` (4001):
+
+* at once, in every process, on ``user_logged_out``, when a session row is deleted
+  (``session.flush()``, ``cycle_key()``, ``clearsessions``, an admin deleting it), and
+  when the user is saved (a changed password: each process checks that user's sockets
+  once the transaction commits);
+* otherwise at the next periodic check: every ``WEBSOCKET_SESSION_CHECK_INTERVAL``
+  seconds (60 by default) each process checks the sessions of its authenticated sockets
+  as ``django.contrib.auth.get_user`` would (the session exists and has not expired, it
+  names the same user through a configured backend, the user still exists and may log
+  in, the password hash in the session still matches). That covers what sends no
+  signal: a session in the cache that was flushed, one past ``SESSION_COOKIE_AGE``.
+
+A socket belongs to the session key it was opened with: when Django gives the session a
+new key (``login()`` again, ``update_session_auth_hash``) the old key's sockets close
+too; the browser reconnects with the new cookie.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from dwebsocket import groups
+from dwebsocket.conf import SESSION_CHECK_INTERVAL
+from dwebsocket.groups import control
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.http import HttpRequest
+
+    from dwebsocket.groups.memory import Member
+    from dwebsocket.typing import BytesLike
+    from dwebsocket.websocket import WebSocket
+
+__all__ = [
+    "REVOKED",
+    "asend",
+    "disconnect",
+    "disconnect_session",
+    "send",
+    "session_group",
+    "user_group",
+]
+
+logger = logging.getLogger("dwebsocket.users")
+
+#: The close code of a socket whose session ended or whose user was disconnected.
+REVOKED = 4001
+
+_USER_PREFIX = "dwebsocket.user."
+_SESSION_PREFIX = "dwebsocket.session."
+
+
+def _pk(user: Any) -> str:
+    """The primary key of ``user`` (a user object or a pk), as a string."""
+    if user is None:
+        raise TypeError("user is a user object or its primary key, not None")
+    pk = getattr(user, "pk", user)
+    if pk is None:
+        raise ValueError("this user has no primary key (anonymous, or not saved)")
+    return str(pk)
+
+
+def user_group(user: Any) -> str:
+    """The reserved group every WebSocket of ``user`` (object or pk) is in."""
+    return _USER_PREFIX + _pk(user)
+
+
+def session_group(session_key: str) -> str:
+    """The reserved group of the WebSockets opened with session ``session_key``."""
+    return _SESSION_PREFIX + session_key
+
+
+def send(user: AbstractBaseUser | Any, message: str | BytesLike) -> None:
+    """Send ``message`` to every open WebSocket of ``user`` (a user object or its primary
+    key), in every process. Returns nothing; blocks as :func:`dwebsocket.groups.send` does
+    (never on a socket). If Redis is unreachable the sockets in this process still get it
+    and one WARNING per outage is logged. Raises ``TypeError`` for a message that is
+    neither ``str`` nor bytes-like."""
+    groups.send(user_group(user), message)
+
+
+async def asend(user: AbstractBaseUser | Any, message: str | BytesLike) -> None:
+    """:func:`send` for ``async`` code (it runs in a worker thread)."""
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(send, thread_sensitive=False)(user, message)
+
+
+def disconnect(user: AbstractBaseUser | Any, code: int = REVOKED, reason: str = "") -> None:
+    """Close every open WebSocket of ``user`` (object or pk), in every process, with
+    ``code`` and ``reason``. Returns at once: each socket runs its closing handshake in
+    the background. Raises ``ValueError`` for a code that may not be sent (RFC 6455 7.4:
+    1000, 1001, 1003, 1007-1014, 3000-4999) or a reason over 123 bytes of UTF-8."""
+    _check_close(code, reason)
+    get_layer().control(user_group(user), control.encode("close", code=code, reason=reason))
+
+
+def disconnect_session(session_key: str, code: int = REVOKED, reason: str = "") -> None:
+    """Close every open WebSocket opened with session ``session_key``, everywhere."""
+    _check_close(code, reason)
+    get_layer().control(
+        session_group(session_key), control.encode("close", code=code, reason=reason)
+    )
+
+
+def get_layer() -> groups.Layer:
+    groups._connect_signal()  # members leave their groups on close, as for groups.join
+    return groups.get_layer()
+
+
+def _check_close(code: int, reason: str) -> None:
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"close codes are int, not {type(code).__name__}")
+    if not (code in (1000, 1001, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        raise ValueError(f"close code {code} may not be sent (RFC 6455 7.4)")
+    if len(reason.encode()) > 123:
+        raise ValueError("close reason over 123 bytes of UTF-8")
+
+
+# -- which socket is whose -------------------------------------------------------------
+
+
+@dataclass
+class _Owner:
+    """Who opened a socket: the user's pk (as Django keeps it in the session) and the
+    session key."""
+
+    user: str
+    session_key: str | None
+
+
+_lock = threading.Lock()
+_owners: dict[int, tuple[WebSocket, _Owner]] = {}
+
+
+def owner(websocket: Member) -> _Owner | None:
+    """Who opened ``websocket`` (None: anonymous, or not opened through a session)."""
+    entry = _owners.get(id(websocket))
+    return entry[1] if entry is not None and entry[0] is websocket else None
+
+
+def _opened(
+    sender: Any, request: HttpRequest | None = None, websocket: Any = None, **kwargs: Any
+) -> None:
+    """``websocket_opened``: join the user's and the session's groups."""
+    if websocket is None or request is None:
+        return
+    found = _authenticated(request)
+    if found is None:
+        return
+    with _lock:
+        _owners[id(websocket)] = (websocket, found)
+    groups.join(_USER_PREFIX + found.user, websocket)
+    if found.session_key:
+        groups.join(_SESSION_PREFIX + found.session_key, websocket)
+    _checker.start()
+
+
+def _authenticated(request: HttpRequest) -> _Owner | None:
+    user = getattr(request, "user", None)
+    if user is None:
+        return None
+    try:
+        if not user.is_authenticated or user.pk is None:
+            return None
+    except Exception:  # a user that cannot be loaded here (no database, async context)
+        logger.warning("WebSocket opened with an unreadable request.user", exc_info=True)
+        return None
+    session = getattr(request, "session", None)
+    key = getattr(session, "session_key", None)
+    return _Owner(str(user.pk), key if isinstance(key, str) and key else None)
+
+
+def _closed(sender: Any, websocket: Any = None, **kwargs: Any) -> None:
+    with _lock:
+        entry = _owners.get(id(websocket))
+        if entry is not None and entry[0] is websocket:
+            del _owners[id(websocket)]
+
+
+# -- closing -----------------------------------------------------------------------------
+
+
+def _spawn(target: Any, *args: Any) -> None:
+    from dwebsocket.backends.default.registry import spawn
+
+    spawn(target, *args)
+
+
+def _close(websocket: Member, code: int, reason: str) -> None:
+    try:
+        websocket.close(code, reason)  # type: ignore[attr-defined]
+    except Exception as exc:
+        logger.debug("Closing %r with %d failed: %r", websocket, code, exc)
+
+
+def _on_close(group: str, members: list[Member], command: dict[str, Any]) -> None:
+    """Command ``close``: close the local members with the given code (in the background:
+    a close handshake waits for the peer)."""
+    code, reason = command.get("code", REVOKED), command.get("reason", "")
+    if not isinstance(code, int) or not isinstance(reason, str):
+        return
+    logger.info("Closing %d WebSocket(s) of %s with %d", len(members), group, code)
+    for member in members:
+        _spawn(_close, member, code, reason)
+
+
+def _on_check(group: str, members: list[Member], command: dict[str, Any]) -> None:
+    """Command ``check``: check the sessions of these members now (in the background: it
+    queries the session store and the database)."""
+    if members:
+        _spawn(_checker.check, members)
+
+
+control.register("close", _on_close)
+control.register("check", _on_check)
+
+
+# -- validity of a session ----------------------------------------------------------------
+
+
+def session_is_valid(session_key: str, user: str) -> bool:
+    """Whether session ``session_key`` still authenticates user ``user`` (its pk as a str),
+    as ``django.contrib.auth.get_user`` would decide -- without flushing anything.
+    Blocks on the session store and the database."""
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
+    from django.utils.crypto import constant_time_compare
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    data = store.load()
+    if not data or str(data.get(SESSION_KEY)) != user:
+        return False
+    backend_path = data.get(BACKEND_SESSION_KEY)
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return False
+    found = load_backend(backend_path).get_user(user)
+    if found is None:
+        return False
+    if not hasattr(found, "get_session_auth_hash"):
+        return True
+    session_hash = data.get(HASH_SESSION_KEY)
+    if not session_hash:
+        return False
+    if constant_time_compare(session_hash, found.get_session_auth_hash()):
+        return True
+    # SECRET_KEY_FALLBACKS (Django >= 4.1), as get_user() accepts them.
+    fallbacks = getattr(found, "get_session_auth_fallback_hash", lambda: ())
+    return any(constant_time_compare(session_hash, fallback) for fallback in fallbacks())
+
+
+class _Checker:
+    """The periodic check of this process's authenticated sockets (one thread -- a
+    greenlet under gevent -- started at the first such socket)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._run, name="dwebsocket-sessions", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        from dwebsocket.conf import settings
+
+        last = time.monotonic()
+        while True:
+            # Wakes every second at most, so that a changed interval applies soon.
+            try:
+                interval = settings.WEBSOCKET_SESSION_CHECK_INTERVAL
+            except Exception:  # reported by check dwebsocket.E031
+                interval = SESSION_CHECK_INTERVAL.default
+            time.sleep(1.0 if interval is None else min(interval, 1.0))
+            if interval is None or time.monotonic() - last < interval:
+                continue
+            last = time.monotonic()
+            try:
+                with _lock:
+                    for key, (websocket, _) in list(_owners.items()):
+                        if websocket.is_closed():  # its websocket_closed was missed
+                            del _owners[key]
+                    open_sockets: list[Member] = [ws for ws, _ in _owners.values()]
+                self.check(open_sockets)
+            except Exception:  # pragma: no cover - keep checking at the next round
+                logger.exception("Checking the sessions of the open WebSockets failed")
+
+    def check(self, members: list[Member]) -> None:
+        """Close (4001) those of ``members`` whose session is no longer valid. Blocks on
+        the session store and the database; one lookup per session."""
+        from django.db import connections
+
+        from dwebsocket.conf import settings
+
+        if not settings.WEBSOCKET_REVOKE_SESSIONS:
+            return
+        verdicts: dict[tuple[str, str], bool] = {}
+        try:
+            for member in members:
+                found = owner(member)
+                if found is None or found.session_key is None or member.is_closed():
+                    continue
+                key = (found.session_key, found.user)
+                if key not in verdicts:
+                    try:
+                        verdicts[key] = session_is_valid(*key)
+                    except Exception:
+                        logger.warning("Could not check a WebSocket's session", exc_info=True)
+                        verdicts[key] = True  # an unreachable store revokes nothing
+                if not verdicts[key]:
+                    logger.info(
+                        "Session of user %s ended: closing its WebSocket (%d)", found.user, REVOKED
+                    )
+                    _spawn(_close, member, REVOKED, "session ended")
+        finally:
+            connections.close_all()  # this thread's connections only
+
+
+_checker = _Checker()
+
+
+# -- the signals ----------------------------------------------------------------------------
+
+
+def _revoking() -> bool:
+    from dwebsocket.conf import settings
+
+    try:
+        return settings.WEBSOCKET_REVOKE_SESSIONS
+    except Exception:
+        return True
+
+
+def _logged_out(
+    sender: Any, request: HttpRequest | None = None, user: Any = None, **kwargs: Any
+) -> None:
+    session = getattr(request, "session", None)
+    key = getattr(session, "session_key", None)
+    if key and _revoking():
+        disconnect_session(key, REVOKED, "logged out")
+
+
+def _session_deleted(sender: Any, instance: Any = None, **kwargs: Any) -> None:
+    if _revoking():
+        disconnect_session(instance.session_key, REVOKED, "session ended")
+
+
+def _user_saved(
+    sender: Any,
+    instance: Any = None,
+    created: bool = False,
+    update_fields: Any = None,
+    **kwargs: Any,
+) -> None:
+    from django.db import transaction
+
+    if created or instance is None or instance.pk is None:
+        return
+    if update_fields is not None and set(update_fields) <= {"last_login"}:
+        return  # login() saves this; no session changes validity by it
+    if not _revoking():
+        return
+    group = user_group(instance)
+    # Once committed: other processes must read the new password hash.
+    transaction.on_commit(lambda: get_layer().control(group, control.encode("check")))
+
+
+def connect_signals() -> None:
+    """Connect the receivers (``AppConfig.ready`` calls this)."""
+    from django.apps import apps
+    from django.conf import settings
+    from django.db.models.signals import post_delete, post_save
+
+    from dwebsocket.signals import websocket_closed, websocket_opened
+
+    websocket_opened.connect(_opened, dispatch_uid="dwebsocket.users")
+    websocket_closed.connect(_closed, dispatch_uid="dwebsocket.users")
+    if apps.is_installed("django.contrib.auth"):
+        from django.contrib.auth.signals import user_logged_out
+
+        user_logged_out.connect(_logged_out, dispatch_uid="dwebsocket.users")
+        try:
+            user_model = apps.get_model(settings.AUTH_USER_MODEL, require_ready=False)
+        except (LookupError, ValueError):  # reported by Django's own checks
+            user_model = None
+        if user_model is not None:
+            post_save.connect(_user_saved, sender=user_model, dispatch_uid="dwebsocket.users")
+    if apps.is_installed("django.contrib.sessions"):
+        from django.contrib.sessions.base_session import AbstractBaseSession
+
+        for model in apps.get_models():
+            if issubclass(model, AbstractBaseSession):
+                post_delete.connect(
+                    _session_deleted,
+                    sender=model,
+                    dispatch_uid=f"dwebsocket.users.{model._meta.label}",
+                )

@@ -1,0 +1,143 @@
+"""``dwebsocket.users`` in one process (``memory://``), driven by ``dwebsocket.testing``:
+a logged-in client per tab, the site's own views logging in and out.
+
+``test_users_servers.py`` runs the same scenarios across real server processes and Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+
+from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
+from django.test import Client, TransactionTestCase, override_settings
+from django.utils import timezone
+
+from dwebsocket import groups, users
+from dwebsocket.testing import WebSocketClient
+from tests.groups.user_views import PASSWORD
+
+SETTINGS = {
+    "ROOT_URLCONF": "tests.groups.user_urls",
+    "MIDDLEWARE": [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+    ],
+    "PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],  # fast, tests only
+}
+WAIT = 10.0
+
+
+def logged_in(username: str) -> Client:
+    """A browser with its own session of ``username`` (through the site's login view)."""
+    client = Client()
+    assert client.get("/login/", {"username": username}).status_code == 200
+    return client
+
+
+@contextlib.contextmanager
+def tab(client: Client | None = None, user: User | None = None) -> Iterator[WebSocketClient]:
+    """A socket of this browser (``client``) or of a new session of ``user``."""
+    with WebSocketClient("/ws/", client=client, user=user, timeout=WAIT) as ws:
+        hello = json.loads(ws.receive())
+        assert hello["user"] is not None
+        yield ws
+
+
+@override_settings(**SETTINGS)
+class UsersTests(TransactionTestCase):
+    """Committed data, as in production: the periodic check reads the sessions from its
+    own thread (a ``TestCase``'s open transaction would lock their table)."""
+
+    def setUp(self) -> None:
+        self.alice = User.objects.create_user("alice", password=PASSWORD)
+        self.bob = User.objects.create_user("bob", password=PASSWORD)
+
+    def tearDown(self) -> None:
+        groups.reset()
+
+    def test_send_reaches_every_tab_of_the_user_and_nobody_else(self) -> None:
+        browser = logged_in("alice")
+        with (
+            tab(browser) as a1,
+            tab(browser) as a2,
+            tab(user=self.alice) as a3,
+            tab(user=self.bob) as b,
+            WebSocketClient("/ws/", timeout=WAIT) as anonymous,
+        ):
+            self.assertEqual(json.loads(anonymous.receive())["user"], None)
+            users.send(self.alice, "for alice")
+            users.send(self.alice.pk, b"\x00pk")
+            for ws in (a1, a2, a3):
+                self.assertEqual(ws.receive(), "for alice")
+                self.assertEqual(ws.receive(), b"\x00pk")
+            users.send(self.bob, "for bob")
+            self.assertEqual(b.receive(), "for bob")  # bob got only his own
+            for ws in (a1, a2, a3, anonymous):
+                with self.assertRaises(TimeoutError):
+                    ws.receive(timeout=0.2)
+
+    def test_disconnect_closes_every_tab_with_the_code(self) -> None:
+        with tab(user=self.alice) as a1, tab(user=self.alice) as a2, tab(user=self.bob) as b:
+            users.disconnect(self.alice)
+            self.assertEqual(a1.wait_closed(WAIT), users.REVOKED)
+            self.assertEqual(a2.wait_closed(WAIT), users.REVOKED)
+            users.disconnect(self.bob.pk, code=4242, reason="bye")
+            self.assertEqual(b.wait_closed(WAIT), 4242)
+            self.assertEqual(b.close_reason, "bye")
+
+    def test_disconnect_refuses_a_code_that_may_not_be_sent(self) -> None:
+        for code in (1005, 1006, 999, 5000):
+            with self.assertRaises(ValueError):
+                users.disconnect(self.alice, code=code)
+        with self.assertRaises(TypeError):
+            users.send(None, "x")
+
+    def test_logout_closes_that_sessions_sockets_only(self) -> None:
+        here, elsewhere = logged_in("alice"), logged_in("alice")
+        with tab(here) as closing, tab(here) as closing_too, tab(elsewhere) as staying:
+            here.get("/logout/")
+            self.assertEqual(closing.wait_closed(WAIT), users.REVOKED)
+            self.assertEqual(closing_too.wait_closed(WAIT), users.REVOKED)
+            self.assertEqual(closing.close_reason, "logged out")
+            users.send(self.alice, "still here")
+            self.assertEqual(staying.receive(), "still here")
+
+    def test_password_change_closes_every_session(self) -> None:
+        one, two = logged_in("alice"), logged_in("alice")
+        with tab(one) as a1, tab(two) as a2, tab(user=self.bob) as b:
+            one.get("/password/", {"username": "alice", "password": "new one"})
+            self.assertEqual(a1.wait_closed(WAIT), users.REVOKED)
+            self.assertEqual(a2.wait_closed(WAIT), users.REVOKED)
+            users.send(self.bob, "bob stays")
+            self.assertEqual(b.receive(), "bob stays")
+
+    def test_deleted_session_closes_its_sockets(self) -> None:
+        browser = logged_in("alice")
+        with tab(browser) as ws:
+            Session.objects.get(session_key=browser.session.session_key).delete()
+            self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
+
+    @override_settings(WEBSOCKET_SESSION_CHECK_INTERVAL=0.2)
+    def test_expired_session_is_closed_by_the_periodic_check(self) -> None:
+        browser, other = logged_in("alice"), logged_in("alice")
+        with tab(browser) as expiring, tab(other) as staying:
+            # No signal: the row's expiry passes (SESSION_COOKIE_AGE) as time goes by.
+            Session.objects.filter(session_key=browser.session.session_key).update(
+                expire_date=timezone.now() - timezone.timedelta(seconds=1)
+            )
+            self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
+            users.send(self.alice, "other session stays")
+            self.assertEqual(staying.receive(), "other session stays")
+
+    @override_settings(WEBSOCKET_REVOKE_SESSIONS=False)
+    def test_revocation_can_be_turned_off(self) -> None:
+        browser = logged_in("alice")
+        with tab(browser) as ws:
+            browser.get("/logout/")
+            users.send(self.alice, "still open")
+            self.assertEqual(ws.receive(), "still open")
+            users.disconnect(self.alice)  # explicit: still works
+            self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)

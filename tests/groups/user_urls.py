@@ -1,0 +1,13 @@
+from django.urls import path
+
+from tests.groups import user_views
+
+urlpatterns = [
+    path("ws/", user_views.socket),
+    path("login/", user_views.log_in),
+    path("logout/", user_views.log_out),
+    path("password/", user_views.set_password),
+    path("send/", user_views.send),
+    path("disconnect/", user_views.disconnect),
+    path("presence/<str:name>/", user_views.presence),
+]

@@ -1,0 +1,83 @@
+"""Views for the users and presence tests (``tests/groups/user_urls.py``): a socket that
+says whose it is, and plain HTTP views that log in and out, change a password, and call
+``dwebsocket.users`` -- what a site's own views would do."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from django.contrib.auth import authenticate, login, logout
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from dwebsocket import groups, require_websocket, users
+
+PASSWORD = "correct horse battery staple"
+
+
+@require_websocket
+def socket(request: HttpRequest) -> None:
+    """Say ``{"user": name or null, "pid": ...}``, then stay open until the client
+    closes (what arrives is ignored). With ``?group=G`` join G; with ``&presence=1`` as a
+    present member (info: the user name and the ``tab`` parameter); with ``&events=1``
+    receive the join/leave events."""
+    ws = request.websocket
+    name = request.user.get_username() if request.user.is_authenticated else None
+    group = request.GET.get("group")
+    if group:
+        if request.GET.get("presence"):
+            ws.join(
+                group,
+                presence={"name": name, "tab": request.GET.get("tab", "")},
+                events=bool(request.GET.get("events")),
+            )
+        else:
+            ws.join(group)
+    ws.send(json.dumps({"user": name, "pid": os.getpid()}))
+    for _message in ws:
+        pass
+
+
+def log_in(request: HttpRequest) -> HttpResponse:
+    """``?username=X``: log X in (password ``PASSWORD``); the session cookie is set."""
+    user = authenticate(request, username=request.GET["username"], password=PASSWORD)
+    if user is None:
+        return HttpResponse("bad credentials", status=403)
+    login(request, user)
+    return JsonResponse({"session": request.session.session_key})
+
+
+def log_out(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return HttpResponse("bye")
+
+
+def set_password(request: HttpRequest) -> HttpResponse:
+    """``?username=X&password=Y``: change X's password, without
+    ``update_session_auth_hash`` (every session of X ends)."""
+    user = User.objects.get(username=request.GET["username"])
+    user.set_password(request.GET["password"])
+    user.save()
+    return HttpResponse("changed")
+
+
+def send(request: HttpRequest) -> HttpResponse:
+    """``?username=X&text=T``: ``users.send(X, T)``."""
+    user = User.objects.get(username=request.GET["username"])
+    users.send(user, request.GET["text"])
+    return HttpResponse("sent")
+
+
+def disconnect(request: HttpRequest) -> HttpResponse:
+    """``?username=X&code=C``: ``users.disconnect(X's pk, code=C)``."""
+    user = User.objects.get(username=request.GET["username"])
+    users.disconnect(user.pk, code=int(request.GET.get("code", users.REVOKED)))
+    return HttpResponse("disconnected")
+
+
+def presence(request: HttpRequest, name: str) -> HttpResponse:
+    """``groups.presence(name)`` as JSON, with this process's pid."""
+    return JsonResponse(
+        {"pid": os.getpid(), "presence": [e._asdict() for e in groups.presence(name)]}
+    )
