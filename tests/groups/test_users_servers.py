@@ -1,0 +1,256 @@
+"""``dwebsocket.users`` across real server processes: two gevent servers sharing a
+private redis-server and a database (SQLite file), browsers logging in through the site's
+own views, sockets from ``websockets``' client with the browser's cookie.
+
+Each test runs twice: ``redis`` (two processes) and ``memory`` (``memory://``, one
+process playing both parts): the same answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.cookiejar
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.groups.redis_server import RedisServer
+from tests.groups.user_views import PASSWORD
+from tests.servers import REPO, ServerProcess
+
+pytestmark = pytest.mark.server
+
+WAIT = 20.0  # no single wait is longer
+REVOKED = 4001
+#: Bound for a revocation to reach a socket in another process (the issue asks 1 s at
+#: p99: bench/presence.py measures it; here only a generous bound, never a timing).
+CLOSE_BOUND = 5.0
+
+USERS = ("alice", "bob")
+
+
+def site_settings(db: Path, groups_url: str) -> dict[str, Any]:
+    return {
+        "ROOT_URLCONF": "tests.groups.user_urls",
+        "DATABASES": {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(db)}},
+        "MIDDLEWARE": [
+            "django.contrib.sessions.middleware.SessionMiddleware",
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+        ],
+        "PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],
+        "WEBSOCKET_GROUPS_URL": groups_url,
+        "WEBSOCKET_SESSION_CHECK_INTERVAL": 0.5,
+    }
+
+
+def manage_with(settings: dict[str, Any], *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``python tests/manage.py ARGS`` with the test settings and ``settings`` on top."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DWEBSOCKET_TEST_SETTINGS": json.dumps(settings),
+    }
+    return subprocess.run(
+        [sys.executable, str(REPO / "tests" / "manage.py"), *args],
+        capture_output=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+
+
+class Site:
+    """The servers of one test: ``servers[0]`` and ``servers[1]`` are two processes with
+    Redis, the same one with ``memory://``."""
+
+    def __init__(self, servers: list[ServerProcess], db: Path) -> None:
+        self.servers = servers
+        self.db = db
+        self.stack = contextlib.ExitStack()
+
+    def browser(self) -> Browser:
+        return Browser(self)
+
+    def expire(self, session_key: str) -> None:
+        """Make a session expired in the database, as time would: no signal is sent."""
+        with contextlib.closing(sqlite3.connect(self.db, timeout=WAIT)) as db, db:
+            db.execute(
+                "UPDATE django_session SET expire_date = '2000-01-01 00:00:00' "
+                "WHERE session_key = ?",
+                (session_key,),
+            )
+
+
+class Browser:
+    """One browser: its own cookies (so its own session), tabs on any server."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def get(self, server: ServerProcess, path: str, **params: str) -> bytes:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with self.opener.open(server.url(path + query, "http"), timeout=WAIT) as response:
+            body: bytes = response.read()
+            return body
+
+    def login(self, server: ServerProcess, username: str) -> str:
+        return str(json.loads(self.get(server, "/login/", username=username))["session"])
+
+    def tab(self, server: ServerProcess, query: str = "") -> ClientConnection:
+        """A socket of this browser on ``server``, once the view said whose it is."""
+        cookie = "; ".join(f"{c.name}={c.value}" for c in self.cookies)
+        ws = self.site.stack.enter_context(
+            connect(
+                server.url(f"/ws/{query}"),
+                additional_headers={"Cookie": cookie} if cookie else {},
+                open_timeout=WAIT,
+                close_timeout=WAIT,
+                compression=None,
+            )
+        )
+        json.loads(ws.recv(timeout=WAIT))
+        return ws
+
+
+def closed_with(ws: ClientConnection, bound: float = CLOSE_BOUND) -> int:
+    """The close code the server sent; fails if the socket is still open after ``bound``."""
+    try:
+        while True:
+            ws.recv(timeout=bound)
+    except ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd is not None else 1006
+
+
+def nothing_for(ws: ClientConnection, wait: float = 0.3) -> None:
+    with pytest.raises(TimeoutError):
+        ws.recv(timeout=wait)
+
+
+@pytest.fixture(params=["redis", "memory"])
+def site(
+    request: pytest.FixtureRequest,
+    make_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+) -> Iterator[Site]:
+    db = tmp_path / "site.sqlite3"
+    if request.param == "redis":
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        url = redis_server.url
+    else:
+        url = "memory://"
+    settings = site_settings(db, url)
+    for args in (
+        ("migrate", "--verbosity", "0"),
+        (
+            "shell",
+            "-c",
+            "from django.contrib.auth.models import User\n"
+            + "".join(f"User.objects.create_user({n!r}, password={PASSWORD!r})\n" for n in USERS),
+        ),
+    ):
+        result = manage_with(settings, *args)
+        assert result.returncode == 0, result.stderr.decode()
+    if request.param == "redis":
+        servers = [make_server("gevent", settings=settings) for _ in range(2)]
+    else:
+        servers = [make_server("gevent", settings=settings)] * 2
+    site = Site(servers, db)
+    with site.stack:
+        yield site
+
+
+def test_send_reaches_every_tab_of_the_user_in_every_process_and_nobody_else(site: Site) -> None:
+    one, two = site.servers
+    laptop, phone, bob, anonymous = (site.browser() for _ in range(4))
+    laptop.login(one, "alice")
+    phone.login(two, "alice")
+    bob.login(one, "bob")
+    alice_tabs = [laptop.tab(one), laptop.tab(two), phone.tab(two)]
+    others = [bob.tab(one), bob.tab(two), anonymous.tab(one), anonymous.tab(two)]
+
+    laptop.get(one, "/send/", username="alice", text="for alice")
+    anonymous.get(two, "/send/", username="alice", text="again")  # from the other process
+    for ws in alice_tabs:
+        assert [ws.recv(timeout=WAIT), ws.recv(timeout=WAIT)] == ["for alice", "again"]
+    bob.get(two, "/send/", username="bob", text="for bob")
+    for ws in others[:2]:
+        assert ws.recv(timeout=WAIT) == "for bob"
+    for ws in alice_tabs + others:
+        nothing_for(ws)
+
+
+def test_logout_in_one_process_closes_that_session_in_the_other(site: Site) -> None:
+    one, two = site.servers
+    laptop, phone = site.browser(), site.browser()
+    laptop.login(one, "alice")
+    phone.login(one, "alice")
+    leaving = [laptop.tab(two), laptop.tab(two), laptop.tab(one)]
+    staying = phone.tab(two)
+
+    laptop.get(one, "/logout/")
+    for ws in leaving:
+        assert closed_with(ws) == REVOKED
+        assert ws.close_reason == "logged out"
+    phone.get(one, "/send/", username="alice", text="still here")
+    assert staying.recv(timeout=WAIT) == "still here"
+
+
+def test_password_change_closes_every_session_of_the_user(site: Site) -> None:
+    one, two = site.servers
+    laptop, phone, bob = site.browser(), site.browser(), site.browser()
+    laptop.login(one, "alice")
+    phone.login(two, "alice")
+    bob.login(two, "bob")
+    alice_tabs = [laptop.tab(one), laptop.tab(two), phone.tab(two)]
+    bob_tab = bob.tab(one)
+
+    bob.get(one, "/password/", username="alice", password="a new one")
+    for ws in alice_tabs:
+        assert closed_with(ws) == REVOKED
+    bob.get(two, "/send/", username="bob", text="bob stays")
+    assert bob_tab.recv(timeout=WAIT) == "bob stays"
+
+
+def test_disconnect_closes_every_tab_everywhere_with_the_code(site: Site) -> None:
+    one, two = site.servers
+    laptop, bob = site.browser(), site.browser()
+    laptop.login(one, "alice")
+    bob.login(one, "bob")
+    alice_tabs = [laptop.tab(one), laptop.tab(two)]
+    bob_tab = bob.tab(two)
+
+    bob.get(two, "/disconnect/", username="alice", code="4003")
+    for ws in alice_tabs:
+        assert closed_with(ws) == 4003
+    nothing_for(bob_tab)
+
+
+def test_expired_session_is_closed_by_the_periodic_check(site: Site) -> None:
+    """No signal: the session's row expires (as ``SESSION_COOKIE_AGE`` passing does);
+    every process's periodic check (0.5 s here) closes its sockets."""
+    one, two = site.servers
+    laptop, phone = site.browser(), site.browser()
+    key = laptop.login(one, "alice")
+    phone.login(one, "alice")
+    expiring = [laptop.tab(one), laptop.tab(two)]
+    staying = phone.tab(two)
+
+    site.expire(key)
+    for ws in expiring:
+        assert closed_with(ws) == REVOKED
+    nothing_for(staying)
