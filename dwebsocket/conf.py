@@ -189,6 +189,9 @@ REVOKE_SESSIONS = Setting("WEBSOCKET_REVOKE_SESSIONS", True, "dwebsocket.E030", 
 SESSION_CHECK_INTERVAL = Setting[float | None](
     "WEBSOCKET_SESSION_CHECK_INTERVAL", 60.0, "dwebsocket.E031", _optional_interval
 )
+PRESENCE_HEARTBEAT = Setting(
+    "WEBSOCKET_PRESENCE_HEARTBEAT", 10.0, "dwebsocket.E032", lambda v: _seconds(v, zero=False)
+)
 
 #: Every setting dwebsocket reads, by name, in the order of ``docs/settings.rst``.
 SETTINGS: dict[str, Setting[object]] = {
@@ -211,6 +214,7 @@ SETTINGS: dict[str, Setting[object]] = {
         METRICS,
         REVOKE_SESSIONS,
         SESSION_CHECK_INTERVAL,
+        PRESENCE_HEARTBEAT,
     )
 }
 
@@ -312,6 +316,12 @@ class Settings:
         """Seconds between two checks that an authenticated socket's session is still
         valid; None: only the signals (logout, deleted session row, user saved)."""
         return SESSION_CHECK_INTERVAL.read()
+
+    @property
+    def WEBSOCKET_PRESENCE_HEARTBEAT(self) -> float:
+        """Seconds between two heartbeats of a process with present members on Redis; a
+        process silent for twice as long counts as dead (its members vanish)."""
+        return PRESENCE_HEARTBEAT.read()
 
 
 settings = Settings()

@@ -154,10 +154,15 @@ _lock = threading.Lock()
 _owners: dict[int, tuple[WebSocket, _Owner]] = {}
 
 
-def owner(websocket: Member) -> _Owner | None:
-    """Who opened ``websocket`` (None: anonymous, or not opened through a session)."""
+def owner(websocket: Member, lookup: bool = False) -> _Owner | None:
+    """Who opened ``websocket`` (None: anonymous, or not opened through a session). With
+    ``lookup``, a socket not accepted yet is looked up in its request (which may query
+    the database)."""
     entry = _owners.get(id(websocket))
-    return entry[1] if entry is not None and entry[0] is websocket else None
+    if entry is not None and entry[0] is websocket:
+        return entry[1]
+    request = getattr(websocket, "request", None) if lookup else None
+    return _authenticated(request) if request is not None else None
 
 
 def _opened(

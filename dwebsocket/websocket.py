@@ -197,15 +197,24 @@ class WebSocket(abc.ABC):
     #: group messages of history groups then reach it with their position.
     dws: bool = False
 
-    def join(self, group: str, since: str | None = None) -> Recovery:
+    def join(
+        self,
+        group: str,
+        since: str | None = None,
+        *,
+        presence: dict[str, Any] | None = None,
+        events: bool = False,
+    ) -> Recovery:
         """Add this connection to ``group``; ``dwebsocket.groups.send(group, ...)`` reaches it.
         Left automatically when the connection closes.
 
         For a group that keeps history, ``since`` resumes after that position (see
-        :func:`dwebsocket.groups.join`); returns a :class:`~dwebsocket.groups.Recovery`."""
+        :func:`dwebsocket.groups.join`); returns a :class:`~dwebsocket.groups.Recovery`.
+        ``presence=info`` makes it a present member (:func:`dwebsocket.groups.presence`),
+        ``events=True`` has it receive the group's join and leave events."""
         from dwebsocket import groups
 
-        return groups.join(group, self, since)
+        return groups.join(group, self, since, presence=presence, events=events)
 
     def leave(self, group: str) -> None:
         """Remove this connection from ``group`` (no error if it was not a member)."""

@@ -43,6 +43,7 @@ WRONG: dict[str, object] = {
     "WEBSOCKET_METRICS": "off",
     "WEBSOCKET_REVOKE_SESSIONS": 1,
     "WEBSOCKET_SESSION_CHECK_INTERVAL": 0,
+    "WEBSOCKET_PRESENCE_HEARTBEAT": None,
 }
 
 #: More wrong values, for the settings whose range has more than one edge.
@@ -81,6 +82,7 @@ RIGHT: list[tuple[str, object, object]] = [
     ("WEBSOCKET_METRICS", False, False),
     ("WEBSOCKET_REVOKE_SESSIONS", False, False),
     ("WEBSOCKET_SESSION_CHECK_INTERVAL", None, None),
+    ("WEBSOCKET_PRESENCE_HEARTBEAT", 1, 1.0),
 ]
 
 

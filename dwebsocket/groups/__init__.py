@@ -34,6 +34,7 @@ from dwebsocket import metrics
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups.history import Follower, Page, Position, Recovery, go_live, policy, recover
 from dwebsocket.groups.memory import Member, MemoryLayer, Registry
+from dwebsocket.groups.presence import Local, Present, check_info, member_key
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -45,11 +46,13 @@ __all__ = [
     "GroupsUnavailable",
     "Member",
     "Position",
+    "Present",
     "Recovery",
     "get_layer",
     "join",
     "leave",
     "members",
+    "presence",
     "send",
     "since",
 ]
@@ -66,6 +69,8 @@ class Layer(Protocol):
     def send(self, group: str, message: Message, *, fail_silently: bool = True) -> str | None: ...
     def read(self, group: str, after: int, count: int) -> Page: ...
     def control(self, group: str, payload: bytes, *, fail_silently: bool = True) -> None: ...
+    def present(self, group: str, entry: Local, count: int, info: str, joined: bool) -> None: ...
+    def presence(self, group: str) -> list[Present]: ...
     def close(self) -> None: ...
 
 
@@ -149,7 +154,14 @@ def _check_group(group: Any) -> None:
 _NO_HISTORY = Recovery(since=None, position=None, recovered=False)
 
 
-def join(group: str, websocket: WebSocket | Member, since: str | None = None) -> Recovery:
+def join(
+    group: str,
+    websocket: WebSocket | Member,
+    since: str | None = None,
+    *,
+    presence: dict[str, Any] | None = None,
+    events: bool = False,
+) -> Recovery:
     """Add ``websocket`` to ``group``: from now on ``send(group, ...)`` reaches it.
 
     With Redis, the first local member of a group waits (up to the socket timeout) for the
@@ -165,11 +177,25 @@ def join(group: str, websocket: WebSocket | Member, since: str | None = None) ->
     malformed position counts as such): send the full state. ``since`` for a group without
     history always fails. Raises ``ConnectionClosed`` if the connection closes during the
     replay.
+
+    ``presence`` (a JSON-able dict of at most 1 KiB, ``{}`` will do) makes the
+    connection a present member: :func:`presence` lists it, one entry per user. With
+    ``events``, the connection receives the group's join and leave events, one per user,
+    as JSON text messages (:mod:`.presence`). ``TypeError``/``ValueError`` for an info
+    that is not a small JSON-able dict.
     """
     _check_group(group)
     if since is not None and not isinstance(since, str):
         raise TypeError(f"since is a position (str) or None, not {type(since).__name__}")
+    info = check_info(presence) if presence is not None else None
     _connect_signal()
+    recovery = _join(group, websocket, since)
+    if (info is not None or events) and not websocket.is_closed():
+        _present(group, websocket, info, events)
+    return recovery
+
+
+def _join(group: str, websocket: WebSocket | Member, since: str | None) -> Recovery:
     kept = policy(group)
     if websocket.is_closed():
         return _failed(since) if kept is not None else _NO_HISTORY
@@ -224,14 +250,49 @@ def since(request: HttpRequest, group: str) -> str | None:
 
 
 def leave(group: str, websocket: WebSocket | Member) -> None:
-    """Remove ``websocket`` from ``group``; no error if it was not a member. Never blocks."""
+    """Remove ``websocket`` from ``group``; no error if it was not a member. Blocks only
+    for a present member on Redis (up to the socket timeout)."""
     _check_group(group)
-    get_layer().leave(group, websocket)
+    layer = get_layer()
+    layer.leave(group, websocket)
+    _registry.presence.unlisten(group, websocket)
+    removed = _registry.presence.remove(group, websocket)
+    if removed is not None:
+        entry, left, info = removed
+        layer.present(group, entry, left, info, False)
 
 
 def leave_all(websocket: WebSocket | Member) -> None:
     """Remove ``websocket`` from every group (done for you when it closes)."""
-    get_layer().leave_all(websocket)
+    layer = get_layer()
+    layer.leave_all(websocket)
+    for group, entry, left, info in _registry.presence.remove_all(websocket):
+        layer.present(group, entry, left, info, False)
+
+
+def _present(group: str, websocket: WebSocket | Member, info: str | None, events: bool) -> None:
+    layer = get_layer()
+    if events:
+        _registry.presence.listen(group, websocket)
+    if info is None:
+        return
+    key, user = member_key(websocket)
+    entry = Local(key, user, info)
+    count, shown = _registry.presence.add(group, websocket, entry)
+    layer.present(group, entry, count, shown, True)
+    if websocket.is_closed():  # closed meanwhile: its signal may have fired before
+        leave_all(websocket)
+
+
+def presence(group: str) -> list[Present]:
+    """Who is present in ``group``, in every process: one :class:`Present` per user (its
+    sockets counted, the info of one of them), one per anonymous socket; in no particular
+    order. A socket is present from ``join(group, presence=...)`` until it leaves or
+    closes; the sockets of a process that died are gone within twice
+    ``WEBSOCKET_PRESENCE_HEARTBEAT``. Blocks up to the socket timeout on Redis; raises
+    :class:`GroupsUnavailable` if Redis cannot answer."""
+    _check_group(group)
+    return get_layer().presence(group)
 
 
 def members(group: str) -> list[Member]:

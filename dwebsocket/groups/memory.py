@@ -12,6 +12,7 @@ alike (monkey-patched ``threading.Lock`` is a cooperative lock).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dwebsocket.groups.history import Followers, Item, Page, Policy, Position, new_epoch, policy
+from dwebsocket.groups.presence import Local, PresenceRegistry, Present, deliver_event, event_text
 from dwebsocket.typing import Message
 
 __all__ = ["Member", "MemoryHistory", "MemoryLayer", "Registry", "fan_out", "fan_out_item"]
@@ -54,6 +56,8 @@ class Registry:
         self._sweep_at: dict[str, int] = {}
         #: Members of history groups, with their position (``history.Follower``).
         self.followers = Followers()
+        #: Present members and event listeners (``presence``).
+        self.presence = PresenceRegistry()
 
     def add(self, group: str, member: Member) -> bool:
         """Add ``member`` to ``group``. Returns True if ``group`` had no local member before."""
@@ -290,6 +294,22 @@ class MemoryLayer:
         if kept_by is None:
             raise ValueError(f"group {group!r} keeps no history (WEBSOCKET_GROUPS_HISTORY)")
         return self.history.read(group, kept_by, after, count)
+
+    def present(self, group: str, entry: Local, count: int, info: str, joined: bool) -> None:
+        """``entry``'s key has ``count`` sockets present in ``group`` here now, after one
+        ``joined`` (else left), showing ``info``: a join event at the first, a leave at
+        none."""
+        if count == (1 if joined else 0):
+            event = "join" if joined else "leave"
+            text = event_text(event, group, entry.key, entry.user, info)
+            deliver_event(self.registry.presence, group, text)
+
+    def presence(self, group: str) -> list[Present]:
+        """Who is present in ``group`` (this process is every process). Never blocks."""
+        return [
+            Present(key, user, json.loads(info), sockets)
+            for key, user, info, sockets in self.registry.presence.entries(group)
+        ]
 
     def control(self, group: str, payload: bytes, *, fail_silently: bool = True) -> None:
         """Hand command ``payload`` to this process's members of ``group`` (:mod:`.control`)."""

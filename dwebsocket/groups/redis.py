@@ -16,6 +16,7 @@ Wire format of a published message (all integers big-endian)::
 
     kind   1 byte   1 = text (UTF-8 payload), 2 = binary -- the RFC 6455 opcodes;
                     3 = a command to the members (JSON payload, :mod:`.control`);
+                    4 = a presence event for the listeners (JSON text, :mod:`.presence`);
                     5 = text, 6 = binary, of a group that keeps history (see below)
     origin 8 bytes  random id of the sending process
     seq    8 bytes  the sender's message counter
@@ -52,6 +53,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
 import logging
 import os
 import random
@@ -68,6 +70,14 @@ from django.core.exceptions import ImproperlyConfigured
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups.history import Item, Page, Policy, Position, policy
 from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_item
+from dwebsocket.groups.presence import (
+    Local,
+    Present,
+    deliver_event,
+    event_prefix,
+    event_suffix,
+    event_text,
+)
 from dwebsocket.typing import BytesLike, Message
 
 try:
@@ -91,6 +101,7 @@ logger = logging.getLogger("dwebsocket.groups")
 TEXT = 1
 BINARY = 2
 CONTROL = 3
+PRESENCE_EVENT = 4
 TEXT_AT = 5
 BINARY_AT = 6
 HEADER = struct.Struct("!B8sQ")
@@ -159,6 +170,110 @@ if tonumber(ARGV[2]) > 0 then
   entries = redis.call('XRANGE', KEYS[1], '(' .. epoch .. '-' .. ARGV[1], '+', 'COUNT', ARGV[2])
 end
 return {epoch, tonumber(head), ms, entries}
+"""
+
+#: Presence of one group: hash ``{<group>}:presence``, field ``<process>|<key>`` -> JSON
+#: ``[key, user, info, sockets in that process]``; hash ``{<group>}:presence:procs``,
+#: field ``<process>`` -> Redis time (ms) of its last heartbeat. A process whose heartbeat
+#: is older than ``stale`` ms is dead: its fields are ignored, and removed by the next
+#: heartbeat of another process.
+
+#: A key's sockets in this process changed to ARGV[4]; publish a join/leave event if the
+#: key has no socket in any other live process. KEYS: presence, procs. ARGV: process,
+#: key, entry JSON without its count ("[key,user,info"), count, stale (ms), publishing
+#: command, channel, event head (header + JSON up to the event's name), event tail,
+#: expiry (ms). Returns the event published, or false.
+PRESENT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[2], ARGV[1], now)
+local field = ARGV[1] .. '|' .. ARGV[2]
+local n = tonumber(ARGV[4])
+local elsewhere = false
+local procs = redis.call('HGETALL', KEYS[2])
+for i = 1, #procs, 2 do
+  if procs[i] ~= ARGV[1] and now - tonumber(procs[i + 1]) <= tonumber(ARGV[5]) then
+    if redis.call('HEXISTS', KEYS[1], procs[i] .. '|' .. ARGV[2]) == 1 then
+      elsewhere = true
+      break
+    end
+  end
+end
+local had = redis.call('HEXISTS', KEYS[1], field) == 1
+if n > 0 then
+  redis.call('HSET', KEYS[1], field, ARGV[3] .. ',' .. n .. ']')
+else
+  redis.call('HDEL', KEYS[1], field)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[10])
+redis.call('PEXPIRE', KEYS[2], ARGV[10])
+local event = false
+if not elsewhere then
+  if n > 0 and not had then event = 'join' elseif n == 0 and had then event = 'leave' end
+end
+if event then redis.call(ARGV[6], ARGV[7], ARGV[8] .. event .. ARGV[9]) end
+return event
+"""
+
+#: The heartbeat of this process for one group: its entries written again (after a Redis
+#: restart they were lost), its time renewed, dead processes' entries removed (a leave
+#: event for each key left with no socket). KEYS: presence, procs. ARGV: process, stale
+#: (ms), expiry (ms), publishing command, channel, event head, then field/value pairs.
+HEARTBEAT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[2], ARGV[1], now)
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local dead = {}
+local live = {}
+local procs = redis.call('HGETALL', KEYS[2])
+for i = 1, #procs, 2 do
+  if now - tonumber(procs[i + 1]) > tonumber(ARGV[2]) then
+    dead[procs[i]] = true
+    redis.call('HDEL', KEYS[2], procs[i])
+  else
+    live[#live + 1] = procs[i]
+  end
+end
+if next(dead) then
+  local fields = redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    local process, key = string.match(fields[i], '^([^|]*)|(.*)$')
+    if process and dead[process] then
+      redis.call('HDEL', KEYS[1], fields[i])
+      local left = true
+      for _, other in ipairs(live) do
+        if redis.call('HEXISTS', KEYS[1], other .. '|' .. key) == 1 then left = false end
+      end
+      if left then
+        local entry = cjson.decode(fields[i + 1])
+        local tail = '","key":' .. cjson.encode(entry[1]) .. ',"user":' ..
+          cjson.encode(entry[2]) .. ',"info":' .. cjson.encode(entry[3]) .. '}'
+        redis.call(ARGV[4], ARGV[5], ARGV[6] .. 'leave' .. tail)
+      end
+    end
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return #live
+"""
+
+#: The live entries of a group, as one JSON array. KEYS: presence, procs. ARGV: stale (ms).
+PRESENCE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = {}
+local procs = redis.call('HGETALL', KEYS[2])
+for i = 1, #procs, 2 do
+  if now - tonumber(procs[i + 1]) <= tonumber(ARGV[1]) then live[procs[i]] = true end
+end
+local out = {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if live[string.match(fields[i], '^[^|]*')] then out[#out + 1] = fields[i + 1] end
+end
+return '[' .. table.concat(out, ',') .. ']'
 """
 
 #: Timeouts (seconds) unless the URL sets them (``?socket_timeout=0.5``).
@@ -285,6 +400,12 @@ class RedisLayer:
         self._publish_kept = self._client.register_script(PUBLISH_SCRIPT)
         self._epochs: dict[str, str] = {}  # group -> the epoch its last message had
         self._read_kept = self._client.register_script(READ_SCRIPT)
+        self._present = self._client.register_script(PRESENT_SCRIPT)
+        self._heartbeat = self._client.register_script(HEARTBEAT_SCRIPT)
+        self._presence = self._client.register_script(PRESENCE_SCRIPT)
+        #: This process in the presence hashes (its origin, in hex).
+        self.process = self.origin.hex()
+        self._heartbeats: threading.Thread | None = None
         self.subscriber = self.topology.subscription(self)
         if registry.groups():  # members joined under another layer: take them over
             self.subscriber.start()
@@ -448,6 +569,115 @@ class RedisLayer:
             raise GroupsUnavailable(f"group message not published: {error}") from error
         return None if position is None else str(position)
 
+    # -- presence ---------------------------------------------------------------------------
+
+    def presence_keys(self, group: str) -> list[str]:
+        """The presence hash of ``group`` and its processes' heartbeats (same slot)."""
+        key = f"{self._prefix}{{{group}}}:presence"
+        return [key, key + ":procs"]
+
+    @staticmethod
+    def _times() -> tuple[float, int, int]:
+        """The heartbeat (s), after how long a process is dead, when the keys expire (ms)."""
+        from dwebsocket.conf import settings
+
+        heartbeat = settings.WEBSOCKET_PRESENCE_HEARTBEAT
+        return heartbeat, int(heartbeat * 2000), int(heartbeat * 3000) + 1000
+
+    def present(self, group: str, entry: Local, count: int, info: str, joined: bool) -> None:
+        """Write that ``entry``'s key has ``count`` sockets present here in ``group`` (after
+        one ``joined``, else left), showing ``info``; the script publishes the join or
+        leave event if no other process has a socket of that key. Blocks up to
+        ``socket_timeout``; while Redis is unreachable, the event is decided and
+        delivered here only, and the next heartbeat writes the entries."""
+        _, stale, expiry = self._times()
+        seq = next(self._seq)
+        try:
+            self._present(
+                keys=self.presence_keys(group),
+                args=[
+                    self.process,
+                    entry.key,
+                    f"[{json.dumps(entry.key)},{json.dumps(entry.user)},{info}",
+                    count,
+                    stale,
+                    self.topology.publish_command,
+                    self.channel(group),
+                    HEADER.pack(PRESENCE_EVENT, self.origin, seq) + event_prefix(group).encode(),
+                    event_suffix(entry.key, entry.user, info),
+                    expiry,
+                ],
+            )
+        except (redis.RedisError, OSError) as exc:
+            self.report_down(exc)
+            if count == (1 if joined else 0):
+                event = "join" if joined else "leave"
+                text = event_text(event, group, entry.key, entry.user, info)
+                deliver_event(self.registry.presence, group, text)
+        self._start_heartbeats()
+
+    def presence(self, group: str) -> list[Present]:
+        """Who is present in ``group`` in every live process, one entry per key. Blocks up
+        to ``socket_timeout``; raises :class:`GroupsUnavailable` if Redis cannot answer."""
+        _, stale, _ = self._times()
+        try:
+            raw = self._presence(keys=self.presence_keys(group), args=[stale])
+        except (redis.RedisError, OSError) as exc:
+            raise GroupsUnavailable(f"presence of group {group!r} not read: {exc}") from exc
+        merged: dict[str, list[Any]] = {}
+        for key, user, info, sockets in json.loads(raw):
+            found = merged.get(key)
+            if found is None:
+                merged[key] = [user, info, sockets]
+            else:
+                found[2] += sockets
+        return [Present(key, user, info, sockets) for key, (user, info, sockets) in merged.items()]
+
+    def _start_heartbeats(self) -> None:
+        if self._heartbeats is not None:
+            return
+        with self._state_lock:
+            if self._heartbeats is not None:
+                return
+            self._heartbeats = threading.Thread(
+                target=self._beat, name="dwebsocket-presence", daemon=True
+            )
+        self._heartbeats.start()
+
+    def _beat(self) -> None:
+        """Every heartbeat: for each group with present members here, renew this process
+        and write its entries again (see ``HEARTBEAT_SCRIPT``)."""
+        while not self.subscriber._stopping:
+            heartbeat, stale, expiry = self._times()
+            time.sleep(heartbeat)
+            for group in self.registry.presence.groups():
+                self.heartbeat(group, stale, expiry)
+
+    def heartbeat(self, group: str, stale: int, expiry: int) -> None:
+        """One heartbeat of this process in ``group``. Never raises."""
+        fields: list[str] = []
+        for key, user, info, sockets in self.registry.presence.entries(group):
+            fields.append(f"{self.process}|{key}")
+            fields.append(f"[{json.dumps(key)},{json.dumps(user)},{info},{sockets}]")
+        seq = next(self._seq)
+        try:
+            self._heartbeat(
+                keys=self.presence_keys(group),
+                args=[
+                    self.process,
+                    stale,
+                    expiry,
+                    self.topology.publish_command,
+                    self.channel(group),
+                    HEADER.pack(PRESENCE_EVENT, self.origin, seq) + event_prefix(group).encode(),
+                    *fields,
+                ],
+            )
+        except (redis.RedisError, OSError) as exc:
+            self.report_down(exc)
+        except Exception:  # pragma: no cover - a bug: say so, keep beating
+            logger.exception("Presence heartbeat of group %r failed", group)
+
     def read(self, group: str, after: int, count: int) -> Page:
         """The history of ``group`` after offset ``after``: at most ``count`` messages, none
         older than its ``ttl`` nor outside its last ``size``. Blocks up to
@@ -478,6 +708,14 @@ class RedisLayer:
         """Deliver a message that came through the subscription (the reader calls this)."""
         group = self.group(channel)
         if group is None:
+            return
+        if data[:1] == b"\x04" and len(data) >= HEADER.size:
+            try:
+                text = data[HEADER.size :].decode()
+            except UnicodeDecodeError:
+                logger.warning("Dropping a malformed presence event on group %r", group)
+                return
+            deliver_event(self.registry.presence, group, text)
             return
         if data[:1] == b"\x03" and len(data) >= HEADER.size:
             _, origin, seq = HEADER.unpack_from(data)

@@ -1,0 +1,214 @@
+"""Presence: who is in a group, one entry per user, across processes; join/leave events.
+
+``ws.join(group, presence=info)`` makes a socket a present member; ``events=True`` has it
+receive the group's join and leave events. :func:`dwebsocket.groups.presence` lists the
+present members, one :class:`Present` per user (anonymous sockets one each).
+
+This module keeps the local part (:class:`PresenceRegistry`: this process's present
+members, per group and user) and the JSON of the events; the layers keep the shared part:
+``memory://`` nothing more, Redis one hash per group (:mod:`.redis`).
+
+Events are text messages, JSON::
+
+    {"group": "room", "presence": "join", "key": "user:42", "user": "42", "info": {...}}
+
+``join`` when a user's first socket anywhere becomes present, ``leave`` when their last
+one leaves (a second tab is no join, closing one of two is no leave). They are decided
+where all processes' members are known (in one Lua script on Redis), so each happens once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from dwebsocket.groups.memory import Member
+
+__all__ = [
+    "INFO_LIMIT",
+    "Local",
+    "PresenceRegistry",
+    "Present",
+    "deliver_event",
+    "event_text",
+    "member_key",
+]
+
+#: Bytes of JSON the info of a present member may take.
+INFO_LIMIT = 1024
+
+
+class Present(NamedTuple):
+    """One present user (or anonymous socket) of a group."""
+
+    #: ``"user:<pk>"``, or ``"socket:<id>"`` for an anonymous socket.
+    key: str
+    #: The user's primary key as a string (as Django keeps it in the session); None for
+    #: an anonymous socket.
+    user: str | None
+    #: The ``presence=`` info of one of the user's sockets (the first to join, in the
+    #: process that answers for it).
+    info: dict[str, Any]
+    #: How many of the user's sockets are present, in every process.
+    sockets: int
+
+
+_token = ("", 0)
+
+
+def _process_token() -> str:
+    """A random id of this process (a new one after a fork)."""
+    global _token
+    if _token[1] != os.getpid():
+        _token = (os.urandom(6).hex(), os.getpid())
+    return _token[0]
+
+
+def member_key(member: Member) -> tuple[str, str | None]:
+    """``(key, user)`` of ``member``: its user's, or its own if anonymous."""
+    from dwebsocket.users import owner
+
+    found = owner(member, lookup=True)
+    if found is not None:
+        return "user:" + found.user, found.user
+    return f"socket:{_process_token()}-{id(member):x}", None
+
+
+def check_info(info: object) -> str:
+    """The JSON of ``info``; ``TypeError`` unless a JSON-able dict, ``ValueError`` if
+    over :data:`INFO_LIMIT` bytes."""
+    if not isinstance(info, dict):
+        raise TypeError(f"presence info is a dict, not {type(info).__name__}")
+    text = json.dumps(info, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > INFO_LIMIT:
+        raise ValueError(f"presence info over {INFO_LIMIT} bytes of JSON")
+    return text
+
+
+def event_text(event: str, group: str, key: str, user: str | None, info_json: str) -> str:
+    """The text message of a join or leave event (see the module docstring)."""
+    return event_prefix(group) + event + event_suffix(key, user, info_json)
+
+
+def event_prefix(group: str) -> str:
+    """The event's JSON up to its name (which the Redis script adds)."""
+    return '{"group":' + json.dumps(group) + ',"presence":"'
+
+
+def event_suffix(key: str, user: str | None, info_json: str) -> str:
+    return f'","key":{json.dumps(key)},"user":{json.dumps(user)},"info":{info_json}}}'
+
+
+class Local(NamedTuple):
+    """A present socket's entry: its key, user and info (JSON)."""
+
+    key: str
+    user: str | None
+    info: str  # JSON
+
+
+class PresenceRegistry:
+    """This process's present members and event listeners, per group.
+
+    Like the group registry, its lock is held only over the dictionaries."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # group -> key -> member id -> (member, its entry), in joining order.
+        self._present: dict[str, dict[str, dict[int, tuple[Member, Local]]]] = {}
+        self._of: dict[int, dict[str, Local]] = {}  # member id -> group -> entry
+        self._listeners: dict[str, dict[int, Member]] = {}
+        self._listening: dict[int, set[str]] = {}
+
+    def add(self, group: str, member: Member, entry: Local) -> tuple[int, str]:
+        """Make ``member`` present in ``group``. Returns how many sockets of its key are
+        present here now, and the info shown for the key (its first socket's)."""
+        with self._lock:
+            keys = self._present.setdefault(group, {})
+            sockets = keys.setdefault(entry.key, {})
+            sockets[id(member)] = (member, entry)
+            self._of.setdefault(id(member), {})[group] = entry
+            return len(sockets), next(iter(sockets.values()))[1].info
+
+    def remove(self, group: str, member: Member) -> tuple[Local, int, str] | None:
+        """Make ``member`` absent from ``group``. Returns its entry, how many sockets of
+        its key are left here and the info now shown, or None if it was not present."""
+        with self._lock:
+            return self._remove(group, member)
+
+    def _remove(self, group: str, member: Member) -> tuple[Local, int, str] | None:
+        entries = self._of.get(id(member))
+        entry = entries.pop(group, None) if entries is not None else None
+        if entry is None:
+            return None
+        if not entries:
+            del self._of[id(member)]
+        keys = self._present[group]
+        sockets = keys[entry.key]
+        del sockets[id(member)]
+        left = len(sockets)
+        info = next(iter(sockets.values()))[1].info if sockets else entry.info
+        if not sockets:
+            del keys[entry.key]
+            if not keys:
+                del self._present[group]
+        return entry, left, info
+
+    def remove_all(self, member: Member) -> list[tuple[str, Local, int, str]]:
+        """Make ``member`` absent everywhere, stop its events: ``(group, entry, left,
+        info)`` for each group it was present in."""
+        with self._lock:
+            done = []
+            for group in list(self._of.get(id(member), ())):
+                removed = self._remove(group, member)
+                if removed is not None:
+                    done.append((group, *removed))
+            for group in self._listening.pop(id(member), ()):
+                listeners = self._listeners.get(group)
+                if listeners is not None:
+                    listeners.pop(id(member), None)
+                    if not listeners:
+                        del self._listeners[group]
+            return done
+
+    def listen(self, group: str, member: Member) -> None:
+        with self._lock:
+            self._listeners.setdefault(group, {})[id(member)] = member
+            self._listening.setdefault(id(member), set()).add(group)
+
+    def unlisten(self, group: str, member: Member) -> None:
+        with self._lock:
+            listeners = self._listeners.get(group)
+            if listeners is not None and listeners.pop(id(member), None) is not None:
+                if not listeners:
+                    del self._listeners[group]
+                self._listening[id(member)].discard(group)
+
+    def listeners(self, group: str) -> list[Member]:
+        with self._lock:
+            return list(self._listeners.get(group, {}).values())
+
+    def entries(self, group: str) -> list[tuple[str, str | None, str, int]]:
+        """``(key, user, info JSON, sockets)`` per key present here in ``group``."""
+        with self._lock:
+            keys = self._present.get(group, {})
+            return [
+                (key, first[1].user, first[1].info, len(sockets))
+                for key, sockets in keys.items()
+                for first in (next(iter(sockets.values())),)
+            ]
+
+    def groups(self) -> list[str]:
+        """Groups with a present member here."""
+        with self._lock:
+            return list(self._present)
+
+
+def deliver_event(registry: PresenceRegistry, group: str, text: str) -> None:
+    """Hand event ``text`` to this process's listeners of ``group``; never blocks."""
+    for member in registry.listeners(group):
+        if not member.is_closed():
+            member.deliver(text)
