@@ -38,6 +38,9 @@ REVOKED = 4001
 CLOSE_BOUND = 5.0
 
 USERS = ("alice", "bob")
+#: The presence heartbeat of these servers (seconds): a killed one's members are gone
+#: within twice that.
+HEARTBEAT = 1.0
 
 
 def site_settings(db: Path, groups_url: str) -> dict[str, Any]:
@@ -51,6 +54,7 @@ def site_settings(db: Path, groups_url: str) -> dict[str, Any]:
         "PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],
         "WEBSOCKET_GROUPS_URL": groups_url,
         "WEBSOCKET_SESSION_CHECK_INTERVAL": 0.5,
+        "WEBSOCKET_PRESENCE_HEARTBEAT": HEARTBEAT,
     }
 
 
@@ -111,8 +115,11 @@ class Browser:
     def login(self, server: ServerProcess, username: str) -> str:
         return str(json.loads(self.get(server, "/login/", username=username))["session"])
 
-    def tab(self, server: ServerProcess, query: str = "") -> ClientConnection:
-        """A socket of this browser on ``server``, once the view said whose it is."""
+    def tab(
+        self, server: ServerProcess, query: str = "", early: list[Any] | None = None
+    ) -> ClientConnection:
+        """A socket of this browser on ``server``, once the view said whose it is (what
+        came before that, its own join event say, goes to ``early``)."""
         cookie = "; ".join(f"{c.name}={c.value}" for c in self.cookies)
         ws = self.site.stack.enter_context(
             connect(
@@ -123,7 +130,9 @@ class Browser:
                 compression=None,
             )
         )
-        json.loads(ws.recv(timeout=WAIT))
+        while "pid" not in (got := json.loads(ws.recv(timeout=WAIT))):
+            if early is not None:
+                early.append(got)
         return ws
 
 
