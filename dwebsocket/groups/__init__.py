@@ -277,7 +277,7 @@ def _present(group: str, websocket: WebSocket | Member, info: str | None, events
     if info is None:
         return
     key, user = member_key(websocket)
-    entry = Local(key, user, info)
+    entry = Local(key, user, info, json.loads(info))
     count, shown = _registry.presence.add(group, websocket, entry)
     layer.present(group, entry, count, shown, True)
     if websocket.is_closed():  # closed meanwhile: its signal may have fired before

@@ -12,7 +12,6 @@ alike (monkey-patched ``threading.Lock`` is a cooperative lock).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 import time
@@ -306,10 +305,7 @@ class MemoryLayer:
 
     def presence(self, group: str) -> list[Present]:
         """Who is present in ``group`` (this process is every process). Never blocks."""
-        return [
-            Present(key, user, json.loads(info), sockets)
-            for key, user, info, sockets in self.registry.presence.entries(group)
-        ]
+        return self.registry.presence.present(group)
 
     def control(self, group: str, payload: bytes, *, fail_silently: bool = True) -> None:
         """Hand command ``payload`` to this process's members of ``group`` (:mod:`.control`)."""

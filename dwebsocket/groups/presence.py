@@ -103,11 +103,12 @@ def event_suffix(key: str, user: str | None, info_json: str) -> str:
 
 
 class Local(NamedTuple):
-    """A present socket's entry: its key, user and info (JSON)."""
+    """A present socket's entry: its key, user and info (JSON, and as given)."""
 
     key: str
     user: str | None
     info: str  # JSON
+    data: dict[str, Any]
 
 
 class PresenceRegistry:
@@ -122,6 +123,11 @@ class PresenceRegistry:
         self._of: dict[int, dict[str, Local]] = {}  # member id -> group -> entry
         self._listeners: dict[str, dict[int, Member]] = {}
         self._listening: dict[int, set[str]] = {}
+        #: Changes of the present members, per group (for caching answers); a group
+        #: gone and back starts again from a new number, never one seen before.
+        self._versions: dict[str, int] = {}
+        self._counter = 0
+        self._cache: dict[str, tuple[int, list[Present]]] = {}
 
     def add(self, group: str, member: Member, entry: Local) -> tuple[int, str]:
         """Make ``member`` present in ``group``. Returns how many sockets of its key are
@@ -131,6 +137,7 @@ class PresenceRegistry:
             sockets = keys.setdefault(entry.key, {})
             sockets[id(member)] = (member, entry)
             self._of.setdefault(id(member), {})[group] = entry
+            self._changed(group)
             return len(sockets), next(iter(sockets.values()))[1].info
 
     def remove(self, group: str, member: Member) -> tuple[Local, int, str] | None:
@@ -149,12 +156,15 @@ class PresenceRegistry:
         keys = self._present[group]
         sockets = keys[entry.key]
         del sockets[id(member)]
+        self._changed(group)
         left = len(sockets)
         info = next(iter(sockets.values()))[1].info if sockets else entry.info
         if not sockets:
             del keys[entry.key]
             if not keys:
                 del self._present[group]
+                self._versions.pop(group, None)
+                self._cache.pop(group, None)
         return entry, left, info
 
     def remove_all(self, member: Member) -> list[tuple[str, Local, int, str]]:
@@ -190,6 +200,28 @@ class PresenceRegistry:
     def listeners(self, group: str) -> list[Member]:
         with self._lock:
             return list(self._listeners.get(group, {}).values())
+
+    def _changed(self, group: str) -> None:
+        self._counter += 1
+        self._versions[group] = self._counter
+
+    def present(self, group: str) -> list[Present]:
+        """:class:`Present` per key here in ``group`` (a new list; the answer is kept
+        until the group changes, so asking again costs a copy)."""
+        with self._lock:
+            version = self._versions.get(group)
+            cached = self._cache.get(group)
+            if cached is not None and cached[0] == version:
+                return list(cached[1])
+            keys = self._present.get(group, {})
+            found = [
+                Present(key, first[1].user, first[1].data, len(sockets))
+                for key, sockets in keys.items()
+                for first in (next(iter(sockets.values())),)
+            ]
+            if version is not None:
+                self._cache[group] = (version, found)
+            return list(found)
 
     def entries(self, group: str) -> list[tuple[str, str | None, str, int]]:
         """``(key, user, info JSON, sockets)`` per key present here in ``group``."""

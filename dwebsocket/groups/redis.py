@@ -174,12 +174,13 @@ return {epoch, tonumber(head), ms, entries}
 
 #: Presence of one group: hash ``{<group>}:presence``, field ``<process>|<key>`` -> JSON
 #: ``[key, user, info, sockets in that process]``; hash ``{<group>}:presence:procs``,
-#: field ``<process>`` -> Redis time (ms) of its last heartbeat. A process whose heartbeat
+#: field ``<process>`` -> Redis time (ms) of its last heartbeat; ``{<group>}:presence:v``
+#: counts the changes (so that an unchanged answer is not read again). A process whose heartbeat
 #: is older than ``stale`` ms is dead: its fields are ignored, and removed by the next
 #: heartbeat of another process.
 
 #: A key's sockets in this process changed to ARGV[4]; publish a join/leave event if the
-#: key has no socket in any other live process. KEYS: presence, procs. ARGV: process,
+#: key has no socket in any other live process. KEYS: presence, procs, version. ARGV: process,
 #: key, entry JSON without its count ("[key,user,info"), count, stale (ms), publishing
 #: command, channel, event head (header + JSON up to the event's name), event tail,
 #: expiry (ms). Returns the event published, or false.
@@ -205,8 +206,8 @@ if n > 0 then
 else
   redis.call('HDEL', KEYS[1], field)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[10])
-redis.call('PEXPIRE', KEYS[2], ARGV[10])
+redis.call('INCR', KEYS[3])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[10]) end
 local event = false
 if not elsewhere then
   if n > 0 and not had then event = 'join' elseif n == 0 and had then event = 'leave' end
@@ -217,7 +218,7 @@ return event
 
 #: The heartbeat of this process for one group: its entries written again (after a Redis
 #: restart they were lost), its time renewed, dead processes' entries removed (a leave
-#: event for each key left with no socket). KEYS: presence, procs. ARGV: process, stale
+#: event for each key left with no socket). KEYS: presence, procs, version. ARGV: process, stale
 #: (ms), expiry (ms), publishing command, channel, event head, then field/value pairs.
 HEARTBEAT_SCRIPT = """
 local t = redis.call('TIME')
@@ -236,6 +237,7 @@ for i = 1, #procs, 2 do
   end
 end
 if next(dead) then
+  redis.call('INCR', KEYS[3])
   local fields = redis.call('HGETALL', KEYS[1])
   for i = 1, #fields, 2 do
     local process, key = string.match(fields[i], '^([^|]*)|(.*)$')
@@ -254,26 +256,37 @@ if next(dead) then
     end
   end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return #live
 """
 
-#: The live entries of a group, as one JSON array. KEYS: presence, procs. ARGV: stale (ms).
+#: The live entries of a group, as one JSON array, with what they depend on: the group's
+#: version (counts its changes) and its live processes. KEYS: presence, procs, version.
+#: ARGV: stale (ms), the version and processes of the caller's cached answer. Returns
+#: ``{version, processes}`` alone if the cached answer still holds, else ``{version,
+#: processes, entries}``.
 PRESENCE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = {}
+local names = {}
 local procs = redis.call('HGETALL', KEYS[2])
 for i = 1, #procs, 2 do
-  if now - tonumber(procs[i + 1]) <= tonumber(ARGV[1]) then live[procs[i]] = true end
+  if now - tonumber(procs[i + 1]) <= tonumber(ARGV[1]) then
+    live[procs[i]] = true
+    names[#names + 1] = procs[i]
+  end
 end
+table.sort(names)
+local version = redis.call('GET', KEYS[3]) or '0'
+local processes = table.concat(names, ',')
+if version == ARGV[2] and processes == ARGV[3] then return {version, processes} end
 local out = {}
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   if live[string.match(fields[i], '^[^|]*')] then out[#out + 1] = fields[i + 1] end
 end
-return '[' .. table.concat(out, ',') .. ']'
+return {version, processes, '[' .. table.concat(out, ',') .. ']'}
 """
 
 #: Timeouts (seconds) unless the URL sets them (``?socket_timeout=0.5``).
@@ -406,6 +419,8 @@ class RedisLayer:
         #: This process in the presence hashes (its origin, in hex).
         self.process = self.origin.hex()
         self._heartbeats: threading.Thread | None = None
+        #: group -> (version, live processes, answer) of its last presence read.
+        self._presence_cache: dict[str, tuple[bytes, bytes, list[Present]]] = {}
         self.subscriber = self.topology.subscription(self)
         if registry.groups():  # members joined under another layer: take them over
             self.subscriber.start()
@@ -572,9 +587,10 @@ class RedisLayer:
     # -- presence ---------------------------------------------------------------------------
 
     def presence_keys(self, group: str) -> list[str]:
-        """The presence hash of ``group`` and its processes' heartbeats (same slot)."""
+        """The presence hash of ``group``, its processes' heartbeats and its version (all
+        in the group's slot)."""
         key = f"{self._prefix}{{{group}}}:presence"
-        return [key, key + ":procs"]
+        return [key, key + ":procs", key + ":v"]
 
     @staticmethod
     def _times() -> tuple[float, int, int]:
@@ -620,18 +636,28 @@ class RedisLayer:
         """Who is present in ``group`` in every live process, one entry per key. Blocks up
         to ``socket_timeout``; raises :class:`GroupsUnavailable` if Redis cannot answer."""
         _, stale, _ = self._times()
+        cached = self._presence_cache.get(group)
         try:
-            raw = self._presence(keys=self.presence_keys(group), args=[stale])
+            answer = self._presence(
+                keys=self.presence_keys(group),
+                args=[stale, *(cached[:2] if cached else (b"", b""))],
+            )
         except (redis.RedisError, OSError) as exc:
             raise GroupsUnavailable(f"presence of group {group!r} not read: {exc}") from exc
+        if len(answer) == 2 and cached is not None:
+            return list(cached[2])
         merged: dict[str, list[Any]] = {}
-        for key, user, info, sockets in json.loads(raw):
+        for key, user, info, sockets in json.loads(answer[2]):
             found = merged.get(key)
             if found is None:
                 merged[key] = [user, info, sockets]
             else:
                 found[2] += sockets
-        return [Present(key, user, info, sockets) for key, (user, info, sockets) in merged.items()]
+        result = [Present(key, user, info, n) for key, (user, info, n) in merged.items()]
+        if len(self._presence_cache) >= EPOCHS:
+            self._presence_cache.clear()
+        self._presence_cache[group] = (answer[0], answer[1], result)
+        return list(result)
 
     def _start_heartbeats(self) -> None:
         if self._heartbeats is not None:
