@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INFO_LIMIT",
     "Local",
+    "Mirror",
     "PresenceRegistry",
     "Present",
     "deliver_event",
@@ -123,11 +124,8 @@ class PresenceRegistry:
         self._of: dict[int, dict[str, Local]] = {}  # member id -> group -> entry
         self._listeners: dict[str, dict[int, Member]] = {}
         self._listening: dict[int, set[str]] = {}
-        #: Changes of the present members, per group (for caching answers); a group
-        #: gone and back starts again from a new number, never one seen before.
-        self._versions: dict[str, int] = {}
-        self._counter = 0
-        self._cache: dict[str, tuple[int, list[Present]]] = {}
+        #: The answer of :meth:`present`, kept up to date: group -> key -> Present.
+        self._answers: dict[str, dict[str, Present]] = {}
 
     def add(self, group: str, member: Member, entry: Local) -> tuple[int, str]:
         """Make ``member`` present in ``group``. Returns how many sockets of its key are
@@ -137,8 +135,10 @@ class PresenceRegistry:
             sockets = keys.setdefault(entry.key, {})
             sockets[id(member)] = (member, entry)
             self._of.setdefault(id(member), {})[group] = entry
-            self._changed(group)
-            return len(sockets), next(iter(sockets.values()))[1].info
+            first = next(iter(sockets.values()))[1]
+            answer = Present(entry.key, first.user, first.data, len(sockets))
+            self._answers.setdefault(group, {})[entry.key] = answer
+            return len(sockets), first.info
 
     def remove(self, group: str, member: Member) -> tuple[Local, int, str] | None:
         """Make ``member`` absent from ``group``. Returns its entry, how many sockets of
@@ -156,16 +156,16 @@ class PresenceRegistry:
         keys = self._present[group]
         sockets = keys[entry.key]
         del sockets[id(member)]
-        self._changed(group)
         left = len(sockets)
-        info = next(iter(sockets.values()))[1].info if sockets else entry.info
-        if not sockets:
-            del keys[entry.key]
-            if not keys:
-                del self._present[group]
-                self._versions.pop(group, None)
-                self._cache.pop(group, None)
-        return entry, left, info
+        answers = self._answers[group]
+        if sockets:
+            first = next(iter(sockets.values()))[1]
+            answers[entry.key] = Present(entry.key, first.user, first.data, left)
+            return entry, left, first.info
+        del keys[entry.key], answers[entry.key]
+        if not keys:
+            del self._present[group], self._answers[group]
+        return entry, left, entry.info
 
     def remove_all(self, member: Member) -> list[tuple[str, Local, int, str]]:
         """Make ``member`` absent everywhere, stop its events: ``(group, entry, left,
@@ -201,27 +201,11 @@ class PresenceRegistry:
         with self._lock:
             return list(self._listeners.get(group, {}).values())
 
-    def _changed(self, group: str) -> None:
-        self._counter += 1
-        self._versions[group] = self._counter
-
     def present(self, group: str) -> list[Present]:
-        """:class:`Present` per key here in ``group`` (a new list; the answer is kept
-        until the group changes, so asking again costs a copy)."""
+        """:class:`Present` per key here in ``group`` (a new list; kept up to date at each
+        change, so this costs a copy)."""
         with self._lock:
-            version = self._versions.get(group)
-            cached = self._cache.get(group)
-            if cached is not None and cached[0] == version:
-                return list(cached[1])
-            keys = self._present.get(group, {})
-            found = [
-                Present(key, first[1].user, first[1].data, len(sockets))
-                for key, sockets in keys.items()
-                for first in (next(iter(sockets.values())),)
-            ]
-            if version is not None:
-                self._cache[group] = (version, found)
-            return list(found)
+            return list(self._answers.get(group, {}).values())
 
     def entries(self, group: str) -> list[tuple[str, str | None, str, int]]:
         """``(key, user, info JSON, sockets)`` per key present here in ``group``."""
@@ -244,3 +228,78 @@ def deliver_event(registry: PresenceRegistry, group: str, text: str) -> None:
     for member in registry.listeners(group):
         if not member.is_closed():
             member.deliver(text)
+
+
+class Mirror:
+    """A process's copy of one group's presence on Redis, brought up to date from the
+    changes since its version (see ``redis.PRESENCE_SCRIPT``): asking again after one
+    member joined costs one small script and a copy of the answer, not a read of every
+    member. Call it with its ``lock`` held."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.epoch = ""
+        self.n = 0
+        self.live: frozenset[str] = frozenset()
+        # key -> process -> (user, info, sockets)
+        self._by_key: dict[str, dict[str, tuple[str | None, dict[str, Any], int]]] = {}
+        self._answer: dict[str, Present] = {}
+
+    def answer(self) -> list[Present]:
+        return list(self._answer.values())
+
+    def update(self, version: str, live: frozenset[str], kind: str | None, data: Any) -> None:
+        """Apply the script's answer: ``kind`` None (nothing changed), ``"log"`` (``data``
+        the changes) or ``"full"`` (``data`` every field, as JSON)."""
+        epoch, _, count = version.partition(":")
+        n = int(count or 0)
+        if kind == "full" and (epoch != self.epoch or n > self.n):
+            self._by_key = {}
+            for field, value in json.loads(data).items():
+                self._set(field, value)
+            self.epoch, self.n, self.live = epoch, n, live
+            self._rebuild()
+            return
+        if epoch != self.epoch:
+            return  # a concurrent reader's older answer
+        touched = set()
+        if kind == "log":
+            for change in data:
+                number, field, value = change.decode().split("\n", 2)
+                if int(number) <= self.n:
+                    continue  # applied already, by a concurrent reader
+                touched.add(self._set(field, json.loads(value) if value else None))
+            self.n = max(self.n, n)
+        if live != self.live:
+            self.live = live
+            self._rebuild()
+        else:
+            for key in touched:
+                self._recompute(key)
+
+    def _set(self, field: str, value: list[Any] | None) -> str:
+        process, _, key = field.partition("|")
+        entries = self._by_key.setdefault(key, {})
+        if value is None:
+            entries.pop(process, None)
+            if not entries:
+                del self._by_key[key]
+        else:
+            entries[process] = (value[1], value[2], value[3])
+        return key
+
+    def _recompute(self, key: str) -> None:
+        total, first = 0, None
+        for process, entry in self._by_key.get(key, {}).items():
+            if process in self.live:
+                total += entry[2]
+                first = first or entry
+        if first is None:
+            self._answer.pop(key, None)
+        else:
+            self._answer[key] = Present(key, first[0], first[1], total)
+
+    def _rebuild(self) -> None:
+        self._answer = {}
+        for key in self._by_key:
+            self._recompute(key)

@@ -72,6 +72,7 @@ from dwebsocket.groups.history import Item, Page, Policy, Position, policy
 from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_item
 from dwebsocket.groups.presence import (
     Local,
+    Mirror,
     Present,
     deliver_event,
     event_prefix,
@@ -172,21 +173,48 @@ end
 return {epoch, tonumber(head), ms, entries}
 """
 
-#: Presence of one group: hash ``{<group>}:presence``, field ``<process>|<key>`` -> JSON
-#: ``[key, user, info, sockets in that process]``; hash ``{<group>}:presence:procs``,
-#: field ``<process>`` -> Redis time (ms) of its last heartbeat; ``{<group>}:presence:v``
-#: counts the changes (so that an unchanged answer is not read again). A process whose heartbeat
-#: is older than ``stale`` ms is dead: its fields are ignored, and removed by the next
-#: heartbeat of another process.
+#: Presence of one group (all its keys carry the group as hash tag, so they share a slot
+#: with its channel): hash ``{<group>}:presence``, field ``<process>|<key>`` -> JSON
+#: ``[key, user, info, sockets in that process]``; hash ``{<group>}:presence:procs``, field
+#: ``<process>`` -> Redis time (ms) of its last heartbeat; ``{<group>}:presence:v``, the
+#: version ``<epoch>:<n>`` (``n`` counts the changes of the hash, the epoch changes when
+#: the keys were lost); ``{<group>}:presence:log``, the last ``PRESENCE_LOG`` changes
+#: (``n``, field, new value or empty if deleted), so that a reader who knows version ``n``
+#: reads only what changed since. A process whose heartbeat is older than ``stale`` ms is
+#: dead: its fields do not count, and the next heartbeat of another process removes them.
+PRESENCE_LOG = 1000
 
-#: A key's sockets in this process changed to ARGV[4]; publish a join/leave event if the
-#: key has no socket in any other live process. KEYS: presence, procs, version. ARGV: process,
-#: key, entry JSON without its count ("[key,user,info"), count, stale (ms), publishing
-#: command, channel, event head (header + JSON up to the event's name), event tail,
-#: expiry (ms). Returns the event published, or false.
-PRESENT_SCRIPT = """
+_PRESENCE_PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function changed(field, value)
+  local epoch, n = nil, 0
+  local version = redis.call('GET', KEYS[3])
+  if version then
+    local e, c = string.match(version, '^(%d+):(%d+)$')
+    epoch, n = e, tonumber(c)
+  else
+    epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+    redis.call('DEL', KEYS[4])
+  end
+  n = n + 1
+  redis.call('SET', KEYS[3], epoch .. ':' .. n)
+  redis.call('RPUSH', KEYS[4], n .. '\\n' .. field .. '\\n' .. (value or ''))
+  redis.call('LTRIM', KEYS[4], -PRESENCE_LOG, -1)
+end
+local function expire(ms)
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ms) end
+end
+""".replace("PRESENCE_LOG", str(PRESENCE_LOG))
+
+#: A key's sockets in this process changed to ARGV[4]; publish a join/leave event if the
+#: key has no socket in any other live process. KEYS: presence, procs, version, log.
+#: ARGV: process, key, entry JSON without its count ("[key,user,info"), count, stale (ms),
+#: publishing command, channel, event head (header + JSON up to the event's name), event
+#: tail, expiry (ms). Returns the event published, or false.
+PRESENT_SCRIPT = (
+    _PRESENCE_PRELUDE
+    + """
 redis.call('HSET', KEYS[2], ARGV[1], now)
 local field = ARGV[1] .. '|' .. ARGV[2]
 local n = tonumber(ARGV[4])
@@ -202,12 +230,14 @@ for i = 1, #procs, 2 do
 end
 local had = redis.call('HEXISTS', KEYS[1], field) == 1
 if n > 0 then
-  redis.call('HSET', KEYS[1], field, ARGV[3] .. ',' .. n .. ']')
-else
+  local value = ARGV[3] .. ',' .. n .. ']'
+  redis.call('HSET', KEYS[1], field, value)
+  changed(field, value)
+elseif had then
   redis.call('HDEL', KEYS[1], field)
+  changed(field, false)
 end
-redis.call('INCR', KEYS[3])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[10]) end
+expire(ARGV[10])
 local event = false
 if not elsewhere then
   if n > 0 and not had then event = 'join' elseif n == 0 and had then event = 'leave' end
@@ -215,16 +245,31 @@ end
 if event then redis.call(ARGV[6], ARGV[7], ARGV[8] .. event .. ARGV[9]) end
 return event
 """
+)
 
-#: The heartbeat of this process for one group: its entries written again (after a Redis
-#: restart they were lost), its time renewed, dead processes' entries removed (a leave
-#: event for each key left with no socket). KEYS: presence, procs, version. ARGV: process, stale
-#: (ms), expiry (ms), publishing command, channel, event head, then field/value pairs.
-HEARTBEAT_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+#: The heartbeat of this process in one group: its time renewed, dead processes' entries
+#: removed (a leave event for each key left with no socket). With ARGV[7] "sync", also
+#: its entries made what it says (written again after Redis lost them, removed if they
+#: left while Redis was out of reach); without, if the group's keys are gone (Redis lost
+#: them), nothing is done and "lost" returned: the caller syncs. KEYS: presence, procs,
+#: version, log. ARGV: process, stale (ms), expiry (ms), publishing command, channel,
+#: event head, "sync" or "", then (to sync) this process's field/value pairs.
+HEARTBEAT_SCRIPT = (
+    _PRESENCE_PRELUDE
+    + """
+local sync = ARGV[7] == 'sync'
+if not sync and redis.call('EXISTS', KEYS[3]) == 0 then return 'lost' end
 redis.call('HSET', KEYS[2], ARGV[1], now)
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local mine = {}
+if sync then
+  for i = 8, #ARGV, 2 do
+    mine[ARGV[i]] = ARGV[i + 1]
+    if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+      redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+      changed(ARGV[i], ARGV[i + 1])
+    end
+  end
+end
 local dead = {}
 local live = {}
 local procs = redis.call('HGETALL', KEYS[2])
@@ -236,58 +281,66 @@ for i = 1, #procs, 2 do
     live[#live + 1] = procs[i]
   end
 end
-if next(dead) then
-  redis.call('INCR', KEYS[3])
-  local fields = redis.call('HGETALL', KEYS[1])
-  for i = 1, #fields, 2 do
-    local process, key = string.match(fields[i], '^([^|]*)|(.*)$')
-    if process and dead[process] then
-      redis.call('HDEL', KEYS[1], fields[i])
-      local left = true
-      for _, other in ipairs(live) do
-        if redis.call('HEXISTS', KEYS[1], other .. '|' .. key) == 1 then left = false end
-      end
-      if left then
-        local entry = cjson.decode(fields[i + 1])
-        local tail = '","key":' .. cjson.encode(entry[1]) .. ',"user":' ..
-          cjson.encode(entry[2]) .. ',"info":' .. cjson.encode(entry[3]) .. '}'
-        redis.call(ARGV[4], ARGV[5], ARGV[6] .. 'leave' .. tail)
-      end
+local fields = {}
+if sync or next(dead) then fields = redis.call('HGETALL', KEYS[1]) end
+for i = 1, #fields, 2 do
+  local process, key = string.match(fields[i], '^([^|]*)|(.*)$')
+  if sync and process == ARGV[1] and not mine[fields[i]] then
+    redis.call('HDEL', KEYS[1], fields[i])
+    changed(fields[i], false)
+  elseif process and dead[process] then
+    redis.call('HDEL', KEYS[1], fields[i])
+    changed(fields[i], false)
+    local left = true
+    for _, other in ipairs(live) do
+      if redis.call('HEXISTS', KEYS[1], other .. '|' .. key) == 1 then left = false end
+    end
+    if left then
+      local entry = cjson.decode(fields[i + 1])
+      local tail = '","key":' .. cjson.encode(entry[1]) .. ',"user":' ..
+        cjson.encode(entry[2]) .. ',"info":' .. cjson.encode(entry[3]) .. '}'
+      redis.call(ARGV[4], ARGV[5], ARGV[6] .. 'leave' .. tail)
     end
   end
 end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+expire(ARGV[3])
 return #live
 """
+)
 
-#: The live entries of a group, as one JSON array, with what they depend on: the group's
-#: version (counts its changes) and its live processes. KEYS: presence, procs, version.
-#: ARGV: stale (ms), the version and processes of the caller's cached answer. Returns
-#: ``{version, processes}`` alone if the cached answer still holds, else ``{version,
-#: processes, entries}``.
-PRESENCE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = {}
+#: What a reader needs to bring its copy of a group's presence up to date. KEYS:
+#: presence, procs, version, log. ARGV: stale (ms), the epoch and ``n`` of the reader's
+#: copy. Returns ``{version, live processes}`` if the copy is current; ``{version,
+#: processes, "log", changes}`` if the log reaches back to it; else ``{version,
+#: processes, "full", JSON object of every field}``.
+PRESENCE_SCRIPT = (
+    _PRESENCE_PRELUDE
+    + """
 local names = {}
 local procs = redis.call('HGETALL', KEYS[2])
 for i = 1, #procs, 2 do
-  if now - tonumber(procs[i + 1]) <= tonumber(ARGV[1]) then
-    live[procs[i]] = true
-    names[#names + 1] = procs[i]
-  end
+  if now - tonumber(procs[i + 1]) <= tonumber(ARGV[1]) then names[#names + 1] = procs[i] end
 end
 table.sort(names)
-local version = redis.call('GET', KEYS[3]) or '0'
 local processes = table.concat(names, ',')
-if version == ARGV[2] and processes == ARGV[3] then return {version, processes} end
+local version = redis.call('GET', KEYS[3]) or '0:0'
+local epoch, n = string.match(version, '^(%d+):(%d+)$')
+if epoch == ARGV[2] then
+  local have = tonumber(ARGV[3])
+  if tonumber(n) == have then return {version, processes} end
+  local first = redis.call('LINDEX', KEYS[4], 0)
+  first = first and tonumber(string.match(first, '^%d+'))
+  if first and first <= have + 1 then
+    -- Numbers in the log are consecutive: have + 1 is at index have + 1 - first.
+    return {version, processes, 'log', redis.call('LRANGE', KEYS[4], have + 1 - first, -1)}
+  end
+end
 local out = {}
 local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if live[string.match(fields[i], '^[^|]*')] then out[#out + 1] = fields[i + 1] end
-end
-return {version, processes, '[' .. table.concat(out, ',') .. ']'}
+for i = 1, #fields, 2 do out[#out + 1] = cjson.encode(fields[i]) .. ':' .. fields[i + 1] end
+return {version, processes, 'full', '{' .. table.concat(out, ',') .. '}'}
 """
+)
 
 #: Timeouts (seconds) unless the URL sets them (``?socket_timeout=0.5``).
 DEFAULT_TIMEOUT = 2.0
@@ -419,8 +472,10 @@ class RedisLayer:
         #: This process in the presence hashes (its origin, in hex).
         self.process = self.origin.hex()
         self._heartbeats: threading.Thread | None = None
-        #: group -> (version, live processes, answer) of its last presence read.
-        self._presence_cache: dict[str, tuple[bytes, bytes, list[Present]]] = {}
+        #: Groups whose entries Redis may not have right (a write failed).
+        self._unsynced: set[str] = set()
+        #: group -> this process's copy of its presence (see ``presence.Mirror``).
+        self._mirrors: dict[str, Mirror] = {}
         self.subscriber = self.topology.subscription(self)
         if registry.groups():  # members joined under another layer: take them over
             self.subscriber.start()
@@ -590,7 +645,7 @@ class RedisLayer:
         """The presence hash of ``group``, its processes' heartbeats and its version (all
         in the group's slot)."""
         key = f"{self._prefix}{{{group}}}:presence"
-        return [key, key + ":procs", key + ":v"]
+        return [key, key + ":procs", key + ":v", key + ":log"]
 
     @staticmethod
     def _times() -> tuple[float, int, int]:
@@ -626,6 +681,7 @@ class RedisLayer:
             )
         except (redis.RedisError, OSError) as exc:
             self.report_down(exc)
+            self._unsynced.add(group)  # the next heartbeat writes every entry
             if count == (1 if joined else 0):
                 event = "join" if joined else "leave"
                 text = event_text(event, group, entry.key, entry.user, info)
@@ -636,28 +692,28 @@ class RedisLayer:
         """Who is present in ``group`` in every live process, one entry per key. Blocks up
         to ``socket_timeout``; raises :class:`GroupsUnavailable` if Redis cannot answer."""
         _, stale, _ = self._times()
-        cached = self._presence_cache.get(group)
+        with self._state_lock:
+            mirror = self._mirrors.get(group)
+            if mirror is None:
+                if len(self._mirrors) >= EPOCHS:
+                    self._mirrors.clear()
+                mirror = self._mirrors[group] = Mirror()
+        with mirror.lock:
+            epoch, n = mirror.epoch, mirror.n
         try:
-            answer = self._presence(
-                keys=self.presence_keys(group),
-                args=[stale, *(cached[:2] if cached else (b"", b""))],
-            )
+            answer = self._presence(keys=self.presence_keys(group), args=[stale, epoch, n])
         except (redis.RedisError, OSError) as exc:
             raise GroupsUnavailable(f"presence of group {group!r} not read: {exc}") from exc
-        if len(answer) == 2 and cached is not None:
-            return list(cached[2])
-        merged: dict[str, list[Any]] = {}
-        for key, user, info, sockets in json.loads(answer[2]):
-            found = merged.get(key)
-            if found is None:
-                merged[key] = [user, info, sockets]
-            else:
-                found[2] += sockets
-        result = [Present(key, user, info, n) for key, (user, info, n) in merged.items()]
-        if len(self._presence_cache) >= EPOCHS:
-            self._presence_cache.clear()
-        self._presence_cache[group] = (answer[0], answer[1], result)
-        return list(result)
+        processes = answer[1].decode()
+        live = frozenset(processes.split(",")) if processes else frozenset()
+        with mirror.lock:
+            mirror.update(
+                answer[0].decode(),
+                live,
+                answer[2].decode() if len(answer) > 2 else None,
+                answer[3] if len(answer) > 2 else None,
+            )
+            return mirror.answer()
 
     def _start_heartbeats(self) -> None:
         if self._heartbeats is not None:
@@ -679,15 +735,19 @@ class RedisLayer:
             for group in self.registry.presence.groups():
                 self.heartbeat(group, stale, expiry)
 
-    def heartbeat(self, group: str, stale: int, expiry: int) -> None:
-        """One heartbeat of this process in ``group``. Never raises."""
+    def heartbeat(self, group: str, stale: int, expiry: int, sync: bool = False) -> None:
+        """One heartbeat of this process in ``group`` (see ``HEARTBEAT_SCRIPT``): a few
+        commands, unless ``sync`` -- asked for after a write failed, or when the script
+        finds the group's keys gone -- writes every entry of this process. Never raises."""
+        sync = sync or group in self._unsynced
         fields: list[str] = []
-        for key, user, info, sockets in self.registry.presence.entries(group):
-            fields.append(f"{self.process}|{key}")
-            fields.append(f"[{json.dumps(key)},{json.dumps(user)},{info},{sockets}]")
+        if sync:
+            for key, user, info, sockets in self.registry.presence.entries(group):
+                fields.append(f"{self.process}|{key}")
+                fields.append(f"[{json.dumps(key)},{json.dumps(user)},{info},{sockets}]")
         seq = next(self._seq)
         try:
-            self._heartbeat(
+            answer = self._heartbeat(
                 keys=self.presence_keys(group),
                 args=[
                     self.process,
@@ -696,13 +756,20 @@ class RedisLayer:
                     self.topology.publish_command,
                     self.channel(group),
                     HEADER.pack(PRESENCE_EVENT, self.origin, seq) + event_prefix(group).encode(),
+                    "sync" if sync else "",
                     *fields,
                 ],
             )
         except (redis.RedisError, OSError) as exc:
             self.report_down(exc)
+            self._unsynced.add(group)
+            return
         except Exception:  # pragma: no cover - a bug: say so, keep beating
             logger.exception("Presence heartbeat of group %r failed", group)
+            return
+        self._unsynced.discard(group)
+        if answer == b"lost":
+            self.heartbeat(group, stale, expiry, sync=True)
 
     def read(self, group: str, after: int, count: int) -> Page:
         """The history of ``group`` after offset ``after``: at most ``count`` messages, none

@@ -1,0 +1,99 @@
+"""Presence on the Redis layer itself, through a real (private) redis-server: two
+``RedisLayer`` objects stand for two processes (``test_redis_layer`` explains). What the
+server tests cannot reach easily: a reader's copy kept up to date from the change log,
+past the log's length, across a Redis that lost everything, and after leaving while
+Redis was unreachable."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.test import override_settings
+
+from dwebsocket.groups import GroupsUnavailable
+from dwebsocket.groups.presence import Local
+from dwebsocket.groups.redis import PRESENCE_LOG, RedisLayer
+from tests.groups import test_redis_layer
+from tests.groups.redis_server import RedisServer
+from tests.groups.test_redis_layer import Inbox
+
+pytestmark = pytest.mark.usefixtures("short_heartbeat")
+layers = test_redis_layer.layers  # the fixture: layers ("processes") on a private Redis
+
+STALE, EXPIRY = 2000, 4000  # ms, as WEBSOCKET_PRESENCE_HEARTBEAT = 1 gives
+
+
+@pytest.fixture
+def short_heartbeat() -> Iterator[None]:
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=1.0):
+        yield
+
+
+def join(layer: RedisLayer, member: Inbox, user: str, group: str = "room") -> None:
+    info = json.dumps({"name": user})
+    entry = Local(f"user:{user}", user, info, {"name": user})
+    layer.join(group, member)
+    count, shown = layer.registry.presence.add(group, member, entry)
+    layer.present(group, entry, count, shown, True)
+
+
+def leave(layer: RedisLayer, member: Inbox, group: str = "room") -> None:
+    layer.leave(group, member)
+    removed = layer.registry.presence.remove(group, member)
+    assert removed is not None
+    entry, left, info = removed
+    layer.present(group, entry, left, info, False)
+
+
+def who(layer: RedisLayer, group: str = "room") -> dict[str, int]:
+    return {p.key: p.sockets for p in layer.presence(group)}
+
+
+def test_copies_follow_every_change_past_the_log(layers: Callable[[], RedisLayer]) -> None:
+    one, two, reader = layers(), layers(), layers()
+    alice = [Inbox(), Inbox()]
+    join(one, alice[0], "alice")
+    join(two, alice[1], "alice")
+    assert who(reader) == who(one) == {"user:alice": 2}
+    many = [Inbox() for _ in range(PRESENCE_LOG + 10)]  # more changes than the log keeps
+    for n, member in enumerate(many):
+        join(one if n % 2 else two, member, f"u{n}")
+    expected = {"user:alice": 2, **{f"user:u{n}": 1 for n in range(len(many))}}
+    assert who(reader) == who(two) == expected  # two read all of it from the log's past
+    leave(one, alice[0])
+    leave(two, many[0])
+    del expected["user:u0"]
+    expected["user:alice"] = 1
+    assert who(reader) == who(one) == who(two) == expected  # these from the log
+
+
+def test_a_redis_that_lost_everything_is_written_again_by_the_heartbeats(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    one, reader = layers(), layers()
+    join(one, Inbox(), "alice")
+    assert who(reader) == {"user:alice": 1}
+    one._client.flushall()
+    assert who(reader) == {}
+    one.heartbeat("room", STALE, EXPIRY)
+    assert who(reader) == {"user:alice": 1}
+
+
+def test_a_leave_while_redis_is_away_is_written_by_the_next_heartbeat(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    one, reader = layers(), layers()
+    alice, bob = Inbox(), Inbox()
+    join(one, alice, "alice")
+    join(one, bob, "bob")
+    assert who(reader) == {"user:alice": 1, "user:bob": 1}
+    redis_server.stop()
+    leave(one, bob)  # not written: Redis is down
+    with pytest.raises(GroupsUnavailable):
+        reader.presence("room")
+    redis_server.start()
+    one.report_up()
+    one.heartbeat("room", STALE, EXPIRY)
+    assert who(reader) == {"user:alice": 1}
