@@ -51,6 +51,11 @@ def main() -> int:
 
     django.setup()
     call_command("migrate", interactive=False, verbosity=0)
+    from django.contrib.auth.models import User
+
+    for username in settings.DEMO_USERS:  # demo accounts (settings.DEMO_PASSWORD)
+        if not User.objects.filter(username=username).exists():
+            User.objects.create_user(username, password=settings.DEMO_PASSWORD)
     from django.db import connections
 
     connections.close_all()  # the serving greenlets open their own
@@ -77,7 +82,11 @@ def main() -> int:
         f"   database: {settings.DATABASES['default']['NAME']}",
         flush=True,
     )
-    print("  Open it in two browser tabs. Ctrl-C stops.", flush=True)
+    print(
+        "  Open it in two browser tabs; log in as alice, bob or carol "
+        f"(password {settings.DEMO_PASSWORD!r}). Ctrl-C stops.",
+        flush=True,
+    )
 
     stop = gevent.event.Event()
 

@@ -12,7 +12,7 @@ from tests.browser import WAIT_MS
 from tests.servers import REPO, ServerProcess
 
 pytest.importorskip("playwright")
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 pytestmark = pytest.mark.server
 
@@ -172,3 +172,36 @@ def test_page_recovers_what_was_said_while_its_server_restarted(
     expect(bubbles(alice)).to_have_text(["before"] + [f"while you were away {i}" for i in range(3)])
     say(bob, "live again")
     expect(bubbles(alice).last).to_have_text("live again")
+
+
+def test_logout_in_another_tab_closes_the_socket(demo: Demo, browser: Browser) -> None:
+    """Log in through Django's login page, chat in one tab, log out in another: the first
+    tab's socket closes with 4001 (the session ended) and the page says so rather than
+    reconnecting. Who is here comes from ``groups.presence``: one entry per user, however
+    many tabs."""
+    srv = demo()
+    context = browser.new_context(viewport={"width": 960, "height": 600}, locale="en-US")
+    context.set_default_timeout(WAIT_MS)
+    try:
+        login = context.new_page()
+        login.goto(srv.url(f"/login/?next=/r/{room()}/", scheme="http"))
+        login.fill("#id_username", "alice")
+        login.fill("#id_password", "dwebsocket")
+        login.click("#login-form button[type=submit]")
+        expect(login.locator("body")).to_have_attribute("data-state", "open")
+        expect(login.locator("#me")).to_have_text("alice")
+        chatting = context.new_page()  # a second tab of the same browser: same session
+        chatting.goto(login.url)
+        expect(chatting.locator("body")).to_have_attribute("data-state", "open")
+        expect(chatting.locator("#members li")).to_have_count(1)  # alice, once
+        expect(chatting.locator("#members")).to_contain_text("alice")
+
+        login.click("#logout button")
+        expect(login).to_have_url(srv.url("/login/", scheme="http"))
+        expect(chatting.locator("body")).to_have_attribute("data-state", "revoked")
+        expect(chatting.locator("#status")).to_have_text("logged out (4001)")
+        expect(chatting.locator("#log .notice").last).to_have_text(
+            "Your session ended: log in again to chat."
+        )
+    finally:
+        context.close()

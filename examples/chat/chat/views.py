@@ -11,12 +11,19 @@ server -> browser   {"type": "welcome", "room", "user", "sid", "history": [...],
                     {"type": "typing", "user", "sid"}
                     {"type": "error", "error": "..."}
 
-Every process serving the room reaches every tab through ``dwebsocket.groups``; what must
-outlive a process (the history, who is here) lives in the database. The room's group keeps
-its recent messages (``WEBSOCKET_GROUPS_HISTORY``), so a tab that comes back gets what it
-missed from the group; only a new tab, or one away for longer than that history reaches,
-gets the last messages from the database. Typing notices go to a group without history:
-they are stale a second later.
+Every process serving the room reaches every tab through ``dwebsocket.groups``. Who is
+here comes from ``groups.presence``: each socket joins the room's group as a present
+member (``presence={"name": ...}``), so every process answers the same, and the tabs of a
+process that died vanish within twice ``WEBSOCKET_PRESENCE_HEARTBEAT``. The messages
+live in the database; the room's group keeps its recent ones (``WEBSOCKET_GROUPS_HISTORY``),
+so a tab that comes back gets what it missed from the group; only a new tab, or one away
+for longer than that history reaches, gets the last messages from the database. Typing
+notices go to a group without history: they are stale a second later.
+
+A page of a logged-in user (Django's ``LoginView``) chats under the user's name; its
+socket is known by its user and session, so logging out -- in any tab, through any
+process -- closes it with 4001 (``dwebsocket.users``), and the page says so instead of
+reconnecting. Anonymous pages pick a name (``?name=``).
 
 Database connections: nothing to do here. Before ``wait()`` blocks, dwebsocket gives back
 the connections Django would close at the end of a request (``CONN_MAX_AGE``; see
@@ -31,19 +38,18 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
-from django.utils import timezone
 
-from chat.models import Message, Presence
+from chat.models import Message
 from dwebsocket import groups, require_websocket
+from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.websocket import WebSocket
 
-#: Seconds between presence refreshes while a socket is idle (see models.PRESENCE_TTL).
-HEARTBEAT = 20.0
 #: Seconds between two typing notices one tab may cause; the page sends one every 2 s.
 TYPING_INTERVAL = 1.0
 MAX_TEXT = 2000
@@ -56,55 +62,57 @@ def room(request: HttpRequest, room: str) -> HttpResponse:
 
 @require_websocket
 def socket(request: HttpRequest, room: str) -> HttpResponse | None:
-    name = request.GET.get("name", "").strip()
+    if request.user.is_authenticated:
+        name = request.user.get_username()[:24]
+    else:
+        name = request.GET.get("name", "").strip()
     if not NAME.match(name):
         # The handshake has not happened yet: a plain HTTP answer still works.
         return HttpResponseBadRequest("name: 1 to 24 letters, digits, spaces, '.', '-' or '_'")
     ws = request.websocket
     group = f"chat.{room}"
+    sid = secrets.token_hex(6)  # this tab, so that the page knows its own notices
     # Join before reading the history, so that nothing said in between is lost (the page
     # drops a message it already has, by id). A tab that reconnects gets what it missed
-    # from the group's history, before this returns.
-    joined = ws.join(group, since=groups.since(request, group))
+    # from the group's history, before this returns. Present from here on, in every
+    # process's groups.presence, until the socket closes.
+    joined = ws.join(group, since=groups.since(request, group), presence={"name": name})
     ws.join(f"typing.{room}")
-    me = Presence.objects.create(room=room, user=name)
-    try:  # from here on, the presence row goes when the tab does, whatever happens
+    try:
         history = [] if joined.recovered else Message.history(room)
-        members = Presence.members(room)
+        members = present(group)
         welcome = dump(
             type="welcome",
             room=room,
             user=name,
-            sid=me.pk,
+            sid=sid,
             history=history,
             members=members,
             recovered=joined.recovered,
         )
         ws.send(welcome)
-        groups.send(group, dump(type="join", user=name, sid=me.pk, members=members))
-        converse(ws, group, room, me)
+        groups.send(group, dump(type="join", user=name, sid=sid, members=members))
+        converse(ws, group, room, name, sid)
     finally:
-        me.delete()
-        members = Presence.members(room)
-        groups.send(group, dump(type="leave", user=name, sid=me.pk, members=members))
+        groups.leave(group, ws)  # no longer present (closing would do it too)
+        groups.send(group, dump(type="leave", user=name, sid=sid, members=present(group)))
     return None
 
 
-def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
+def present(group: str) -> list[str]:
+    """Names connected to the room now, in every process, sorted, each once (a user may
+    have two tabs; anonymous pages may pick the same name)."""
+    try:
+        return sorted({str(member.info.get("name")) for member in groups.presence(group)})
+    except GroupsUnavailable:  # Redis away for now: the list comes with the next notice
+        return []
+
+
+def converse(ws: WebSocket, group: str, room: str, name: str, sid: str) -> None:
     """Handle the tab's messages until it goes away."""
-    refreshed = time.monotonic()
-    typed = refreshed - TYPING_INTERVAL
-    while True:
-        # A timeout, not a bare wait(): the presence row must be refreshed while idle.
-        raw = ws.wait(timeout=HEARTBEAT)
-        if raw is None and ws.is_closed():
-            return
+    typed = time.monotonic() - TYPING_INTERVAL
+    for raw in ws:
         now = time.monotonic()
-        if now - refreshed >= HEARTBEAT:
-            Presence.objects.filter(pk=me.pk).update(seen=timezone.now())
-            refreshed = now
-        if raw is None:
-            continue
         event = parse(raw)
         kind = event.get("type")
         if kind == "message":
@@ -112,7 +120,7 @@ def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
             if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
                 ws.send(dump(type="error", error=f"a message is 1 to {MAX_TEXT} characters"))
                 continue
-            message = Message.objects.create(room=room, user=me.user, text=text.strip())
+            message = Message.objects.create(room=room, user=name, text=text.strip())
             # Sent after the write has committed: a tab that reconnects right now finds the
             # message in its history, and the page drops the duplicate.
             groups.send(group, dump(**message.as_json()))
@@ -120,7 +128,7 @@ def converse(ws: WebSocket, group: str, room: str, me: Presence) -> None:
         elif kind == "typing":
             if now - typed >= TYPING_INTERVAL:
                 typed = now
-                groups.send(f"typing.{room}", dump(type="typing", user=me.user, sid=me.pk))
+                groups.send(f"typing.{room}", dump(type="typing", user=name, sid=sid))
         else:
             ws.send(dump(type="error", error="expected a JSON object with type message or typing"))
 

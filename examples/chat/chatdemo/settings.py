@@ -15,11 +15,34 @@ DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
 # host cannot open a socket here.
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 
-INSTALLED_APPS = ["dwebsocket", "chat"]
-MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "dwebsocket",
+    "chat",
+]
+# Django's own log-in: a socket opened by a logged-in page is known by its user and
+# session, and closes (4001) when that session logs out, in any tab, in any process.
+MIDDLEWARE = [
+    "django.middleware.common.CommonMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+#: The demo's accounts, made at start (run.py); their password is DEMO_PASSWORD.
+DEMO_USERS = ("alice", "bob", "carol")
+DEMO_PASSWORD = "dwebsocket"
 ROOT_URLCONF = "chatdemo.urls"
 TEMPLATES = [
-    {"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True},
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    },
 ]
 
 DATABASES = {

@@ -13,7 +13,8 @@
   const room = body.dataset.room;
   const NAME = /^[\p{L}\p{N}_ .-]{1,24}$/u;  // what the server accepts (views.NAME)
   const params = new URLSearchParams(location.search);
-  let name = [params.get("name"), localStorage.getItem("chat.name")]
+  // A logged-in page chats under its account's name (the server ignores ?name= then).
+  let name = [body.dataset.user, params.get("name"), localStorage.getItem("chat.name")]
     .map((candidate) => (candidate || "").trim())
     .find((candidate) => NAME.test(candidate)) ||
     "guest-" + Math.floor(1000 + Math.random() * 9000);
@@ -55,12 +56,19 @@
       handle(data);
     });
     socket.on("close", (event) => {
+      // 4001: this page's session ended (logged out, in this tab or another one): the
+      // client does not reconnect, the page says so.
       const why = event.code === 1001 ? "server went away" :
-        event.code === 1006 ? "connection lost" : `closed (${event.code})`;
+        event.code === 1006 ? "connection lost" :
+        event.code === 4001 ? "logged out (4001)" : `closed (${event.code})`;
       if (welcomed) notice(`Disconnected: ${why}. Reconnecting…`);
       welcomed = false;
       clearInterval(countdown);
-      if (!event.willRetry) { setState("closed", why); return; }
+      if (!event.willRetry) {
+        setState(event.code === 4001 ? "revoked" : "closed", why);
+        if (event.code === 4001) notice("Your session ended: log in again to chat.");
+        return;
+      }
       const due = Date.now() + event.delay;
       const tick = () => {
         const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
