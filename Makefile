@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale redis-setup bench-cluster
+.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history bench-presence recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale redis-setup bench-cluster
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -115,6 +115,11 @@ bench-groups: setup $(BENCH_STAMP)
 # messages (~3 min); writes docs/benchmarks/history.json, which docs/recovery.rst quotes.
 bench-history: setup
 	$(PY) bench/history.py
+
+# Presence of 10,000 members, users.send to 3 processes, revocation latency (< 2 min);
+# writes docs/benchmarks/presence.json, which docs/users.rst quotes.
+bench-presence: setup
+	$(PY) bench/presence.py
 
 # Recovery at the scale of issue 19 (CI runs it smaller): a client cut off for 30 s while
 # 1,000 messages/s go to a group of 1,000 members, back with every message, in order, once
