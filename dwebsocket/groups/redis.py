@@ -728,11 +728,20 @@ class RedisLayer:
 
     def _beat(self) -> None:
         """Every heartbeat: for each group with present members here, renew this process
-        and write its entries again (see ``HEARTBEAT_SCRIPT``)."""
-        while not self.subscriber._stopping:
-            heartbeat, stale, expiry = self._times()
-            time.sleep(heartbeat)
+        (see ``HEARTBEAT_SCRIPT``). Ends once the layer is closed."""
+        while True:
+            try:
+                heartbeat, stale, expiry = self._times()
+            except InvalidSetting:  # reported by check dwebsocket.E032; keep the default
+                heartbeat, stale, expiry = 10.0, 20_000, 31_000
+            deadline = time.monotonic() + heartbeat
+            while (left := deadline - time.monotonic()) > 0:
+                if self.subscriber._stopping:
+                    return
+                time.sleep(min(left, 0.5))
             for group in self.registry.presence.groups():
+                if self.subscriber._stopping:
+                    return
                 self.heartbeat(group, stale, expiry)
 
     def heartbeat(self, group: str, stale: int, expiry: int, sync: bool = False) -> None:
