@@ -1,0 +1,54 @@
+"""``dwebsocket.users`` on the Redis layer when Redis is unreachable: the same as
+``groups.send`` -- this process's sockets still get the message (and the command), one
+WARNING per outage, nothing raised."""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Iterator
+
+import pytest
+from django.test import override_settings
+
+from dwebsocket import groups, users
+from tests.groups.redis_server import RedisServer
+from tests.groups.test_redis_layer import Inbox
+
+
+class Closable(Inbox):
+    """An inbox that also records ``close()`` (what ``users.disconnect`` calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closes: queue.Queue[tuple[int, str]] = queue.Queue()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closes.put((code, reason))
+        self.closed = True
+
+
+@pytest.fixture
+def on_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    with override_settings(WEBSOCKET_GROUPS_URL=redis_server.url + "?socket_timeout=1"):
+        yield redis_server
+        groups.reset()
+
+
+def test_unreachable_redis_still_reaches_this_process(
+    on_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    tab = Closable()
+    groups.join(users.user_group(7), tab)
+    users.send(7, "before")
+    assert tab.get() == "before"
+
+    on_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="dwebsocket.groups"):
+        users.send(7, "during")
+        users.send("7", b"again")
+        assert [tab.get(), tab.get()] == ["during", b"again"]
+        users.disconnect(7, code=4003, reason="bye")
+        assert tab.closes.get(timeout=10) == (4003, "bye")
+    outage = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(outage) == 1, [r.getMessage() for r in caplog.records]
