@@ -55,13 +55,11 @@ from dwebsocket import groups, users  # noqa: E402
 from dwebsocket.users import _lock, _Owner, _owners  # noqa: E402
 from tests.groups.redis_server import RedisServer  # noqa: E402
 from tests.groups.test_users_servers import (  # noqa: E402
-    USERS,
     Browser,
     Site,
-    manage_with,
+    create_site,
     site_settings,
 )
-from tests.groups.user_views import PASSWORD  # noqa: E402
 from tests.servers import ServerProcess, start_server  # noqa: E402
 
 RESULTS = REPO / "docs" / "benchmarks" / "presence.json"
@@ -149,17 +147,7 @@ def closed_code(ws: Any) -> int:
 def bench_users(redis_url: str, sends: int, rounds: int, workdir: Path) -> dict[str, Any]:
     db = workdir / "site.sqlite3"
     settings = site_settings(db, redis_url)
-    for args in (
-        ("migrate", "--verbosity", "0"),
-        (
-            "shell",
-            "-c",
-            "from django.contrib.auth.models import User\n"
-            + "".join(f"User.objects.create_user({n!r}, password={PASSWORD!r})\n" for n in USERS),
-        ),
-    ):
-        result = manage_with(settings, *args)
-        assert result.returncode == 0, result.stderr.decode()
+    create_site(settings)
     servers: list[ServerProcess] = []
     try:
         for n in range(3):

@@ -145,6 +145,21 @@ def closed_with(ws: ClientConnection, bound: float = CLOSE_BOUND) -> int:
         return exc.rcvd.code if exc.rcvd is not None else 1006
 
 
+def create_site(settings: dict[str, Any]) -> None:
+    """The site's database: its tables, and the users of :data:`USERS`."""
+    for args in (
+        ("migrate", "--verbosity", "0"),
+        (
+            "shell",
+            "-c",
+            "from django.contrib.auth.models import User\n"
+            + "".join(f"User.objects.create_user({n!r}, password={PASSWORD!r})\n" for n in USERS),
+        ),
+    ):
+        result = manage_with(settings, *args)
+        assert result.returncode == 0, result.stderr.decode()
+
+
 def nothing_for(ws: ClientConnection, wait: float = 0.3) -> None:
     with pytest.raises(TimeoutError):
         ws.recv(timeout=wait)
@@ -163,17 +178,7 @@ def site(
     else:
         url = "memory://"
     settings = site_settings(db, url)
-    for args in (
-        ("migrate", "--verbosity", "0"),
-        (
-            "shell",
-            "-c",
-            "from django.contrib.auth.models import User\n"
-            + "".join(f"User.objects.create_user({n!r}, password={PASSWORD!r})\n" for n in USERS),
-        ),
-    ):
-        result = manage_with(settings, *args)
-        assert result.returncode == 0, result.stderr.decode()
+    create_site(settings)
     if request.param == "redis":
         servers = [make_server("gevent", settings=settings) for _ in range(2)]
     else:
