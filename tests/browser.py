@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.requirements import missing
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
-__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "WAIT_MS", "browser", "missing"]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "WAIT_MS", "browser"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -33,12 +35,6 @@ CHROMIUM_ARGS = [
 ]
 #: Milliseconds any single browser expectation may take.
 WAIT_MS = 20_000
-
-
-def missing(what: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing on CI")
-    pytest.skip(f"{what} is missing")
 
 
 @pytest.fixture(scope="session")

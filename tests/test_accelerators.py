@@ -5,16 +5,13 @@ code, tested everywhere too); that skips here locally and fails on CI."""
 from __future__ import annotations
 
 import importlib.util
-import os
 
-import pytest
+from tests.requirements import missing
 
 EXTENSIONS = ["dwebsocket.protocol._speedups", "dwebsocket.backends.default._fastpath"]
 
 
 def test_the_c_extensions_are_built() -> None:
-    missing = [name for name in EXTENSIONS if importlib.util.find_spec(name) is None]
-    if missing and os.environ.get("CI"):
-        pytest.fail(f"not built on CI: {missing}")
-    if missing:
-        pytest.skip(f"not built: {missing}")
+    not_built = [name for name in EXTENSIONS if importlib.util.find_spec(name) is None]
+    if not_built:
+        missing(f"the C extensions {', '.join(not_built)} (not built)")

@@ -5,7 +5,6 @@ peers of ``.[bench]`` and half an hour). Nothing here judges speed."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.requirements import REDIS_SETUP, executable
 from tests.servers import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,8 +113,7 @@ def test_the_load_generator_holds_idle_connections(
 @pytest.mark.server
 def test_the_history_benchmark_runs() -> None:
     """``bench/history.py --quick``: a redis-server, a gevent server, members, a worker."""
-    if not shutil.which("redis-server") and not os.environ.get("CI"):
-        pytest.skip("redis-server is not installed")
+    executable("redis-server", REDIS_SETUP)
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "history.py"), "--quick"],
         capture_output=True,

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.browser import WAIT_MS, missing
+from tests.browser import WAIT_MS
 from tests.demo.demo_server import start_demo
+from tests.requirements import missing
 from tests.servers import ServerProcess
 
 if TYPE_CHECKING:

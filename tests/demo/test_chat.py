@@ -9,10 +9,13 @@ from collections.abc import Callable
 import pytest
 
 from tests.browser import WAIT_MS
+from tests.requirements import missing
 from tests.servers import REPO, ServerProcess
 
-pytest.importorskip("playwright")
-from playwright.sync_api import Browser, Page, expect
+try:
+    from playwright.sync_api import Browser, Page, expect
+except ImportError:  # the dev extra
+    missing("playwright (the dev extra)", allow_module_level=True)
 
 pytestmark = pytest.mark.server
 

@@ -1,19 +1,18 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from dwebsocket import groups
-from tests.groups.redis_server import REDIS_SERVER, RedisServer
+from tests.groups.redis_server import RedisServer
+from tests.requirements import REDIS_SETUP, executable
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A private redis-server for one test (it may stop and restart it)."""
-    if not os.path.exists(REDIS_SERVER):
-        pytest.skip("redis-server is not installed")
+    executable("redis-server", REDIS_SETUP)
     server = RedisServer()
     server.start()
     try:

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from dwebsocket.protocol import connection, deflate, frames
+from tests.requirements import c_extension
 
 
 @pytest.fixture(scope="module", params=["c", "python"])
@@ -22,12 +23,10 @@ def masking(request: pytest.FixtureRequest) -> Iterator[str]:
             frames.apply_mask, connection.unmask, connection._scan = saved
             deflate.Deflater, deflate.Inflater = codecs
     else:
-        if frames._c_apply_mask is None:
-            pytest.skip("the C accelerator (_speedups) is not built")
+        c_extension(frames._c_apply_mask, "_speedups")
         assert frames.apply_mask is frames._c_apply_mask
         assert connection.unmask is frames._c_unmask
         assert connection._scan is frames.scan_messages is not None
-        if deflate._codecs is None:
-            pytest.skip("the C zlib streams (_deflate) are not built")
+        c_extension(deflate._codecs, "_deflate")
         assert deflate.Deflater is deflate._codecs.Deflater
         yield "c"

@@ -16,6 +16,7 @@ from dwebsocket.protocol.frames import (
     is_valid_close_code,
     parse_close_payload,
 )
+from tests.requirements import c_extension
 
 from .support import KEY, xor
 
@@ -105,8 +106,7 @@ def _masked(opcode: int, payload: bytes) -> bytes:
     ],
 )
 def test_scan_messages_takes_simple_frames_and_stops_at_anything_else(stopper: bytes) -> None:
-    if frames.scan_messages is None:
-        pytest.skip("the C accelerator (_speedups) is not built")
+    c_extension(frames.scan_messages, "_speedups")
     text = "é" * 100  # 200 bytes: unmasked into a heap buffer, not the stack one
     head = b"junk" + _masked(1, b"hi") + _masked(2, b"\x00\x01") + _masked(1, text.encode())
     out: list[str | bytes] = []
@@ -261,8 +261,7 @@ def test_frame_header_c_and_python(length: int, b0: int, masked: bool) -> None:
 
 @pytest.mark.parametrize("header", [frames._py_frame_header, frames._c_frame_header])
 def test_frame_header_refuses_what_cannot_be_encoded(header: object) -> None:
-    if header is None:
-        pytest.skip("_speedups is not built")
+    c_extension(header, "_speedups")
     for b0, length in [(-1, 0), (256, 0), (0x81, -1)]:
         with pytest.raises(ValueError):
             header(b0, length, False)  # type: ignore[operator]

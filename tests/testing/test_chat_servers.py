@@ -23,7 +23,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.groups.redis_server import REDIS_SERVER, RedisServer
+from tests.groups.redis_server import RedisServer
+from tests.requirements import REDIS_SETUP, executable
 from tests.servers import REPO, ServerProcess, shared_servers, start_server
 from tests.testing.support import CHAT_SETTINGS, PASSWORD, USERS
 
@@ -44,8 +45,7 @@ for name in {USERS!r}:
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    if not os.path.exists(REDIS_SERVER):
-        pytest.skip("redis-server is not installed (servers with several workers need it)")
+    executable("redis-server", REDIS_SETUP)  # servers with several workers need it
     redis = RedisServer()
     redis.start()
     try:

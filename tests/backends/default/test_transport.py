@@ -12,6 +12,7 @@ import pytest
 
 from dwebsocket.backends.default import transport as transport_module
 from dwebsocket.backends.default.transport import Transport
+from tests.requirements import c_extension
 
 
 @pytest.fixture
@@ -231,8 +232,8 @@ print("ok")
 @pytest.mark.parametrize("waiter", ["c", "python"])
 def test_the_gevent_waiter(waiter: str) -> None:
     pytest.importorskip("gevent")
-    if waiter == "c" and transport_module._fastpath is None:
-        pytest.skip("the C extension is not built")
+    if waiter == "c":
+        c_extension(transport_module._fastpath, "_fastpath")
     run_script(f"WAITER = {waiter!r}\n" + _GEVENT_WAITER)
 
 
