@@ -13,6 +13,11 @@ Each run starts the echo view under the server (``tests/servers.py``) with
 library default stays 1 MiB), runs ``kosoku`` in fuzzing-client mode, and prints every
 case that is not OK / NON-STRICT / INFORMATIONAL with its reason; at the end one table,
 a row per server. Exits non-zero if any case failed, or if a server printed a traceback.
+
+A case passes as kosoku itself judges it: both its ``behavior`` (the messages exchanged)
+and its ``behaviorClose`` (the closing handshake) are OK, NON-STRICT or INFORMATIONAL.
+A report that cannot be read, a case the index lacks a verdict for, or a kosoku exit
+status that disagrees with the verdicts read here is an error, never a pass.
 """
 
 from __future__ import annotations
@@ -80,6 +85,20 @@ def _kosoku() -> str:
     return str(exe) if exe.exists() else "kosoku"
 
 
+def passed(entry: dict[str, object]) -> bool:
+    """kosoku's verdict for one case of its index: messages *and* closing handshake."""
+    return entry.get("behavior") in PASSING and entry.get("behaviorClose") in PASSING
+
+
+def outcome(entry: dict[str, object]) -> str:
+    """The column a case is counted in: its ``behavior``, or ``close <behaviorClose>``
+    when the messages passed but the closing handshake did not."""
+    behavior = str(entry.get("behavior"))
+    if behavior in PASSING and entry.get("behaviorClose") not in PASSING:
+        return f"close {entry.get('behaviorClose')}"
+    return behavior
+
+
 def _reason(outdir: Path, entry: dict[str, object]) -> str:
     """A one-line reason for a failing case, from its report file."""
     try:
@@ -97,8 +116,49 @@ def _case_key(case: str) -> list[int]:
     return [int(p) for p in case.split(".") if p.isdigit()]
 
 
-def run(server_name: str, cases: list[str], exclude: list[str], parallelism: int) -> Result:
-    """Run kosoku against ``server_name``; print its failures; return the :class:`Result`."""
+def judge(result: Result, outdir: Path, returncode: int | None, output: str = "") -> None:
+    """Fill ``result`` from kosoku's reports in ``outdir`` (``returncode``: kosoku's exit
+    status, None if it did not finish). Anything unreadable is an error, never a pass."""
+    name = result.server
+    index_path = outdir / "index.json"
+    if not index_path.exists():
+        print(output)
+        result.error = result.error or "kosoku wrote no report"
+        print(f"[{name}] {result.error}", file=sys.stderr)
+        return
+    try:
+        index = json.loads(index_path.read_text())
+        results = {case: entry for agent in index.values() for case, entry in agent.items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        result.error = f"kosoku's index is unreadable: {exc}"
+        print(f"[{name}] {result.error}", file=sys.stderr)
+        return
+    result.counts.update(outcome(entry) for entry in results.values())
+    result.failing = {
+        case: _reason(outdir, entry) for case, entry in results.items() if not passed(entry)
+    }
+    if returncode is not None and (returncode != 0) != bool(result.failing):
+        # kosoku exits 1 exactly when a case failed by its own verdict: a disagreement
+        # means this script misread the report.
+        result.error = f"kosoku exited {returncode} but {len(result.failing)} cases failed"
+        print(output)
+    if name in uwsgi_compliance.UWSGI_BACKEND:
+        for case in list(result.failing):
+            defect = uwsgi_compliance.explain(case, outdir / str(results[case].get("reportfile")))
+            if defect is not None:
+                result.explained[case] = defect
+                del result.failing[case]
+
+
+def run(
+    server_name: str,
+    cases: list[str],
+    exclude: list[str],
+    parallelism: int,
+    keep: Path | None = None,
+) -> Result:
+    """Run kosoku against ``server_name``; print its failures; return the :class:`Result`.
+    With ``keep``, kosoku's reports stay in ``keep/<server_name>``."""
     if server_name in uwsgi_compliance.UWSGI_BACKEND:
         parallelism = 1  # a case that crashes uWSGI's worker must not take others along
     selection = ",".join(cases) if cases else "all"
@@ -108,7 +168,7 @@ def run(server_name: str, cases: list[str], exclude: list[str], parallelism: int
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dwebsocket-compliance-") as tmp:
         tmpdir = Path(tmp)
-        outdir = tmpdir / "report"
+        outdir = keep / server_name if keep else tmpdir / "report"
         with running_server(server_name, tmpdir / "server.log", settings=SETTINGS) as server:
             argv = [_kosoku(), "-p", str(parallelism), server.url(ECHO_PATH), "-o", str(outdir)]
             for case in cases:
@@ -116,6 +176,7 @@ def run(server_name: str, cases: list[str], exclude: list[str], parallelism: int
             for case in exclude:
                 argv += ["-x", case]
             print(f"[{server_name}] $", " ".join(argv), flush=True)
+            completed: subprocess.CompletedProcess[bytes] | None = None
             try:
                 completed = subprocess.run(
                     argv,
@@ -129,26 +190,7 @@ def run(server_name: str, cases: list[str], exclude: list[str], parallelism: int
                 output, result.error = "", f"kosoku did not finish within {SUITE_TIMEOUT} s"
         log = server.log()
         result.seconds = time.monotonic() - started
-        index_path = outdir / "index.json"
-        if not index_path.exists():
-            print(output)
-            result.error = result.error or "kosoku wrote no report"
-            print(f"[{server_name}] {result.error}", file=sys.stderr)
-            return result
-        index = json.loads(index_path.read_text())
-        results = {case: entry for agent in index.values() for case, entry in agent.items()}
-        result.counts.update(str(entry["behavior"]) for entry in results.values())
-        result.failing = {
-            case: _reason(outdir, entry)
-            for case, entry in results.items()
-            if entry["behavior"] not in PASSING
-        }
-        if server_name in uwsgi_compliance.UWSGI_BACKEND:
-            for case in list(result.failing):
-                defect = uwsgi_compliance.explain(case, outdir / str(results[case]["reportfile"]))
-                if defect is not None:
-                    result.explained[case] = defect
-                    del result.failing[case]
+        judge(result, outdir, completed.returncode if completed else None, output)
     for defect, count in collections.Counter(result.explained.values()).most_common():
         print(f"[{server_name}] {count} cases: {uwsgi_compliance.EXPLANATIONS[defect]}")
     for case in sorted(result.failing, key=_case_key):
@@ -220,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--exclude", action="append", default=[], metavar="CASE")
     parser.add_argument("-p", "--parallelism", type=int, default=2)
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep kosoku's reports in DIR/<server>"
+    )
     args = parser.parse_args(argv)
 
     servers = [s for s in args.server if s != "all"]
@@ -231,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plan = [(name, args.cases) for name in servers]
 
-    results = [run(name, cases, args.exclude, args.parallelism) for name, cases in plan]
+    results = [run(name, cases, args.exclude, args.parallelism, args.keep) for name, cases in plan]
     print()
     print(table(results))
     return 0 if all(r.ok for r in results) else 1
