@@ -8,6 +8,7 @@ forwards what the client sends to the group (``tests/groups/views.py``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from dwebsocket.groups import redis as redis_layer
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from dwebsocket.protocol.frames import Opcode, parse_close_payload
@@ -301,6 +304,24 @@ def status(server: ServerProcess, group: str) -> dict[str, int]:
         return answer
 
 
+#: The outgoing buffer of each member in the slow-member test.
+SEND_QUEUE = 65536
+
+
+def claims_bytes() -> int:
+    """The memory of the Redis layer's claim record when full: ``CLAIMS`` sequence numbers
+    (64-bit, as Redis's INCR gives them) in an OrderedDict, measured here."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        claims = collections.OrderedDict((2**40 + n, None) for n in range(redis_layer.CLAIMS))
+        size = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(claims) == redis_layer.CLAIMS
+    return size
+
+
 def vm_rss(pid: int) -> int:
     """Resident memory of process ``pid`` in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -318,13 +339,14 @@ def test_slow_member_is_closed_1008_and_others_keep_up(
 ) -> None:
     """One member stops reading; the group goes on: the others get every message, the slow
     one is closed with 1008 once its outgoing buffer (64 KiB here) overflows, and the
-    server's memory stays bounded although 64 MiB went to the group."""
+    server's memory stays bounded although 64 MiB went to the group: it may grow by what
+    the configuration lets it hold, not by what went through (see ``allowed``)."""
     url = redis_server.url if layer == "redis" else "memory://"
     srv = make_server(
         "gevent",
         settings={
             "WEBSOCKET_GROUPS_URL": url,
-            "WEBSOCKET_SEND_QUEUE_SIZE": 65536,
+            "WEBSOCKET_SEND_QUEUE_SIZE": SEND_QUEUE,
             "WEBSOCKET_PING_INTERVAL": None,  # only the 1008 close can end the view's wait()
             "WEBSOCKET_CLOSE_TIMEOUT": 1.0,
         },
@@ -354,7 +376,17 @@ def test_slow_member_is_closed_1008_and_others_keep_up(
         # peer not answering) and saw close code 1008.
         report = json.loads(receive(monitor, 1)[0])
         assert report["id"] == "slow" and report["code"] == 1008
-        assert rss_after - rss_before < 32 * 1024 * 1024, (rss_before, rss_after)
+        # What the server may hold at the end whatever went through: each connection
+        # (the monitor, the readers, the slow one) a full send queue and one message being
+        # read; the Redis layer its last CLAIMS message claims; and what the allocators
+        # may keep of freed memory: one pymalloc arena (1 MiB on Python 3.11) and glibc's
+        # trim threshold (128 KiB). About 2 MiB with Redis, for 64 MiB sent (measured:
+        # 0 to 0.7 MiB; the fixed 32 MiB bound let half of what went through leak).
+        connections = 1 + len(readers) + 1
+        allowed = connections * (SEND_QUEUE + len(chunk)) + 2**20 + 128 * 1024
+        if layer == "redis":
+            allowed += claims_bytes()
+        assert rss_after - rss_before < allowed, (rss_before, rss_after, allowed)
         # Latency is printed, not asserted (no timing assertions): first vs last 100.
         print(
             f"\n[{layer}] round trip to 3 readers: first 100 avg "

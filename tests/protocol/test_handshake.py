@@ -76,9 +76,17 @@ def test_host_is_optional() -> None:
     assert parse_request("GET", "HTTP/1.1", headers(host=None)).host is None
 
 
-@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/2", "HTTP/2.0", "HTTP/1.2"])
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/2", "HTTP/2.0", "HTTP/1.2", " HTTP/10.0"])
 def test_http_versions_accepted(version: str) -> None:
-    parse_request("GET", version, headers())
+    # Accepted means the whole request read as with HTTP/1.1, and answered with the key's
+    # accept value; the version below (HTTP/1.0) is refused.
+    request = parse_request("GET", version, headers(origin="https://example.com"))
+    assert request == HandshakeRequest(key=KEY, origin="https://example.com", host="example.com")
+    assert f"Sec-WebSocket-Accept: {ACCEPT}\r\n".encode() in build_response(request)
+    below = version.replace("HTTP/1.1", "HTTP/1.0").replace("HTTP/1.2", "HTTP/1.0")
+    if below != version:
+        with pytest.raises(InvalidHandshake, match="HTTP/1.1 or later required"):
+            parse_request("GET", below, headers())
 
 
 @pytest.mark.parametrize(

@@ -332,9 +332,16 @@ def test_deliver_and_send_keep_their_order_across_both_paths(holder: Holder) -> 
 @override_settings(
     WEBSOCKET_SEND_QUEUE_SIZE=1000, WEBSOCKET_PING_INTERVAL=None, WEBSOCKET_CLOSE_TIMEOUT=0.2
 )
-def test_overflow_releases_a_waiting_view_within_the_close_timeout() -> None:
+def test_overflow_releases_a_waiting_view_within_the_close_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The view is released *because* the close timeout ran out: by the time its wait()
+    returns, the connection has logged that no close frame came within 0.2 s (a release
+    for any other reason, such as a shutdown before the timeout, would not have). No
+    timing window: the only bound is TIMEOUT, against a hang."""
     ready = threading.Event()
     seen: dict[str, Any] = {}
+    timed_out = "No close frame from {} within 0.2s"
 
     @require_websocket
     def view(request: HttpRequest) -> None:
@@ -342,13 +349,13 @@ def test_overflow_releases_a_waiting_view_within_the_close_timeout() -> None:
         ws.accept()
         ready.set()
         seen["wait"] = ws.wait()  # no keepalive: only the overflow's close can end this
-        seen["returned"] = time.monotonic()
+        seen["logged"] = [r.getMessage() for r in caplog.records]
         seen["code"] = ws.close_code
+        seen["peer"] = ws._peer()
 
-    with Session(view) as session:
+    with caplog.at_level(logging.DEBUG, logger="dwebsocket"), Session(view) as session:
         assert ready.wait(TIMEOUT)
         time.sleep(0.05)  # let the view block in wait()
-        delivered = time.monotonic()
         seen["ws"].deliver(b"x" * 2000)
         data = read_until_eof(session.client.sock)  # never answers the close
         session.finish()
@@ -356,7 +363,7 @@ def test_overflow_releases_a_waiting_view_within_the_close_timeout() -> None:
     assert head.startswith(b"HTTP/1.1 101 ")
     assert split_frames(data) == ([(0x88, b"\x03\xf0send queue overflow")], b"")
     assert seen["wait"] is None and seen["code"] == 1008
-    assert 0.15 <= seen["returned"] - delivered < 0.2 + 2.0  # 2 s: a loaded machine
+    assert timed_out.format(seen["peer"]) in seen["logged"], seen["logged"]
 
 
 def test_session_ends_while_a_flusher_is_published_but_not_started(holder: Holder) -> None:
