@@ -6,6 +6,13 @@ defect, as a *strict* xfail: a uWSGI that fixed it would make the test pass, whi
 fails the run and shows up. Each defect is a row of the capability table in
 ``docs/backends.rst`` and is asserted on its own in ``tests/backends/uwsgi/test_defects.py``.
 
+A strict xfail names where it must fail, so that a test failing earlier for another
+reason (a regression of ours) does not pass for the defect: every mark has
+``raises=DefectShown``, and only the defect's own signature raises it -- in
+``test_defects.py``, :func:`check` at the point the defect shows; here, a :class:`Where`
+per marked test (the exception, the test's source line, what its frame holds), checked
+on the failing traceback. Any other failure of a marked test fails the run.
+
 One defect is not deterministic: ``--async --ugreen`` on Python 3.11 corrupts memory
 when concurrent requests end out of order, which crashes the worker sooner or later.
 Tests that keep several connections open at once on ``uwsgi-async`` are skipped with
@@ -16,9 +23,15 @@ Loaded from ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import functools
+import linecache
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import pytest
 
-__all__ = ["DEFECTS", "pytest_collection_modifyitems"]
+__all__ = ["DEFECTS", "DefectShown", "Where", "check", "defect", "pytest_collection_modifyitems"]
 
 #: The servers running the uwsgi backend, and the one running the default backend.
 UWSGI_BACKEND = frozenset({"uwsgi-gevent", "uwsgi-async"})
@@ -52,21 +65,112 @@ DEFECTS = {
     ),
 }
 
-# (test function, parameter id or None for all) -> defect, for the uwsgi backend.
-_BACKEND: dict[tuple[str, str | None], str] = {
-    ("test_echo", None): "empty-message",
-    ("test_fragmented_messages", None): "opcode-lost",
-    ("test_compression_negotiated_unless_the_client_declines", "deflate"): "no-deflate",
-    ("test_compression_negotiated_unless_the_client_declines", "None"): "empty-message",
-    ("test_ping_pong", None): "empty-pong",
-    ("test_client_closes_with_code_and_reason", None): "close-reply",
-    ("test_nothing_after_the_close_frame_when_the_client_closes", None): "close-reply",
-    ("test_protocol_error_closes_1002_and_eof", None): "no-validation",
-    ("test_many_clients_at_once", None): "close-reply",
-    ("test_leaving_is_announced", None): "close-reply",
+
+class DefectShown(AssertionError):
+    """What a test observed is exactly what a named uWSGI defect predicts."""
+
+
+def defect(name: str) -> pytest.MarkDecorator:
+    """The strict xfail of a test that must fail by :func:`check` (or a :class:`Where`)
+    finding defect ``name`` (a key of :data:`DEFECTS`, or a description)."""
+    return pytest.mark.xfail(strict=True, reason=DEFECTS.get(name, name), raises=DefectShown)
+
+
+def check(name: str, observed: object, *, correct: object, signature: object) -> None:
+    """The point where defect ``name`` shows. ``observed == correct``: nothing (a uWSGI
+    that fixed it; the strict xfail then fails the run). ``observed == signature`` (or
+    ``signature(observed)`` if callable): :class:`DefectShown`. Anything else fails the
+    test as itself."""
+    if observed == correct:
+        return
+    shows = signature(observed) if callable(signature) else observed == signature
+    if shows:
+        raise DefectShown(f"{DEFECTS.get(name, name)}: observed {observed!r}")
+    raise AssertionError(
+        f"neither the correct {correct!r} nor the signature of {name!r}: {observed!r}"
+    )
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a defect makes a shared test fail: the exception ``raises``, raised at a line
+    of the test module containing ``line``, whose frame's locals satisfy ``shows``."""
+
+    raises: type[BaseException]
+    line: str
+    shows: Callable[[dict[str, Any]], bool] = lambda _locals: True
+
+    def matches(self, exc: BaseException) -> bool:
+        if not isinstance(exc, self.raises):
+            return False
+        tb = exc.__traceback__
+        while tb is not None:
+            source = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+            if self.line in source and self.shows(tb.tb_frame.f_locals):
+                return True
+            tb = tb.tb_next
+        return False
+
+
+def _empty(name: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: frame.get(name) in ("", b"")
+
+
+def _closed_without_code(name: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: getattr(frame.get(name), "close_code", None) == 1005
+
+
+def _empty_header(frame: dict[str, Any]) -> bool:
+    return frame.get("extensions") is None
+
+
+_ECHO = "client.recv(timeout=TIMEOUT)"
+
+# (test function, parameter id or None for all) -> (defect, where), for the uwsgi backend.
+_BACKEND: dict[tuple[str, str | None], tuple[str, Where]] = {
+    ("test_echo", None): ("empty-message", Where(TimeoutError, _ECHO, _empty("message"))),
+    ("test_fragmented_messages", None): (
+        "opcode-lost",
+        Where(AssertionError, 'recv(timeout=TIMEOUT) == b"\\x01\\x02\\x03"'),
+    ),
+    ("test_compression_negotiated_unless_the_client_declines", "deflate"): (
+        "no-deflate",
+        Where(AssertionError, '"permessage-deflate" in extensions)', _empty_header),
+    ),
+    ("test_compression_negotiated_unless_the_client_declines", "None"): (
+        "empty-message",
+        Where(TimeoutError, _ECHO, _empty("message")),
+    ),
+    ("test_ping_pong", None): (
+        "empty-pong",
+        Where(AssertionError, 'client.ping(b"client ping").wait(TIMEOUT)'),
+    ),
+    ("test_client_closes_with_code_and_reason", None): (
+        "close-reply",
+        Where(AssertionError, "client.close_code == 4000", _closed_without_code("client")),
+    ),
+    ("test_nothing_after_the_close_frame_when_the_client_closes", None): (
+        "close-reply",
+        Where(AssertionError, "assert frames ==", lambda f: f.get("frames") == [(0x88, b"")]),
+    ),
+    ("test_protocol_error_closes_1002_and_eof", None): (
+        "no-validation",
+        Where(TimeoutError, "data = read_until_eof(client.sock)"),
+    ),
+    ("test_many_clients_at_once", None): (
+        "close-reply",
+        Where(AssertionError, "ws.close_code == 1000", _closed_without_code("ws")),
+    ),
+    ("test_leaving_is_announced", None): (
+        "close-reply",
+        Where(AssertionError, "bob.close_code == 1000", _closed_without_code("bob")),
+    ),
 }
-_TAKEOVER: dict[tuple[str, str | None], str] = {
-    ("test_handshake_and_first_frame_in_one_segment", None): "pipelined",
+_TAKEOVER: dict[tuple[str, str | None], tuple[str, Where]] = {
+    ("test_handshake_and_first_frame_in_one_segment", None): (
+        "pipelined",
+        Where(TimeoutError, 'client.recv() == "in the same segment"'),
+    ),
 }
 # Tests that hold several connections open at once: skipped on uwsgi-async.
 _CONCURRENT = frozenset(
@@ -92,7 +196,9 @@ def _server_of(item: pytest.Item) -> str | None:
     return None
 
 
-def _lookup(table: dict[tuple[str, str | None], str], item: pytest.Item) -> str | None:
+def _lookup(
+    table: dict[tuple[str, str | None], tuple[str, Where]], item: pytest.Item
+) -> tuple[str, Where] | None:
     name = getattr(item, "originalname", item.name)
     params = item.callspec.params  # type: ignore[attr-defined]
     for (test, param), defect in table.items():
@@ -114,6 +220,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=DEFECTS["ugreen-crash"]))
             continue
         table = _BACKEND if server in UWSGI_BACKEND else _TAKEOVER
-        defect = _lookup(table, item)
-        if defect is not None:
-            item.add_marker(pytest.mark.xfail(strict=True, reason=DEFECTS[defect]))
+        found = _lookup(table, item)
+        if found is not None:
+            item.add_marker(defect(found[0]))
+            _fail_as_defect(item, *found)
+
+
+def _fail_as_defect(item: pytest.Item, name: str, where: Where) -> None:
+    """Make ``item`` raise :class:`DefectShown` when it fails as ``where`` says, and only
+    then (the test's own exception otherwise)."""
+    test = item.obj  # type: ignore[attr-defined]
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return test(*args, **kwargs)
+        except BaseException as exc:
+            if where.matches(exc):
+                raise DefectShown(f"{DEFECTS[name]} (at {where.line!r})") from exc
+            raise
+
+    item.obj = run  # type: ignore[attr-defined]

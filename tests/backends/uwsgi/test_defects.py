@@ -2,6 +2,14 @@
 strict xfail with the defect as reason, so a uWSGI that fixed one makes the run fail
 (XPASS) and shows up. One row each in the capability table of docs/backends.rst.
 
+Each xfail counts only where the defect shows: ``check()`` compares what the test
+observed with the correct behaviour and with the defect's signature, and only the
+signature raises ``DefectShown`` (the marks' ``raises=``). A test that fails anywhere
+else, or observes anything else, fails.
+
+The one defect that is not deterministic (``ugreen-crash``) is not a strict xfail: a
+run that does not crash proves nothing either way (see its test).
+
 Where it matters that the defect is uWSGI's and not dwebsocket's, the test talks to
 ``tests/backends/uwsgi/bare.py``: uWSGI's websocket API alone, no Django, no dwebsocket.
 """
@@ -17,15 +25,11 @@ from websockets.sync.client import ClientConnection, connect
 import tests.backends.uwsgi.servers  # noqa: F401 - registers the uWSGI command lines used here
 from dwebsocket.protocol.connection import Close
 from dwebsocket.protocol.frames import encode_frame
-from tests.backends.uwsgi.defects import DEFECTS
+from tests.backends.uwsgi.defects import DEFECTS, check, defect
 from tests.servers import ServerProcess
 from tests.wire import TIMEOUT, RawClient, masked
 
 pytestmark = pytest.mark.server
-
-
-def defect(name: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=DEFECTS.get(name, name))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,11 @@ def ws(server: ServerProcess, path: str = "/echo/") -> ClientConnection:
 
 def raw(server: ServerProcess, path: str = "/echo/", *, first: bytes = b"") -> RawClient:
     client = RawClient(socket.create_connection((server.host, server.port), timeout=TIMEOUT))
-    client.handshake(path, first=first)
+    try:
+        client.handshake(path, first=first)
+    except BaseException:
+        client.close()
+        raise
     return client
 
 
@@ -56,47 +64,137 @@ def ping_through(client: RawClient) -> None:
         pass
 
 
+def or_nothing(read: Callable[[], object]) -> object:
+    """``read()`` (bounded by its own timeout), or None if nothing came in time."""
+    try:
+        return read()
+    except TimeoutError:
+        return None
+
+
+def or_dropped(read: Callable[[], object]) -> object:
+    """``read()``, or None if the server dropped the connection without a close frame."""
+    try:
+        return read()
+    except (EOFError, ConnectionError):
+        return None
+
+
+def next_but_pings(client: RawClient) -> object:
+    """The next event that is not a ping (uWSGI pings once when the view first waits)."""
+    while type(event := client.next_event()).__name__ == "Ping":
+        pass
+    return event
+
+
 @defect("empty-message")
 def test_empty_message_arrives(uwsgi_gevent: ServerProcess) -> None:
     with ws(uwsgi_gevent) as client:
         client.send("")
-        assert client.recv(timeout=2) == ""
+        check(
+            "empty-message", or_nothing(lambda: client.recv(timeout=2)), correct="", signature=None
+        )
+        client.send("after")  # the connection itself is fine
+        assert client.recv(timeout=TIMEOUT) == "after"
 
 
 @defect("opcode-lost")
 def test_binary_that_is_utf8_stays_binary(uwsgi_gevent: ServerProcess) -> None:
     with ws(uwsgi_gevent) as client:
         client.send(b"abc")
-        assert client.recv(timeout=TIMEOUT) == b"abc"
+        check("opcode-lost", client.recv(timeout=TIMEOUT), correct=b"abc", signature="abc")
 
 
 @defect("opcode-lost")
 def test_text_that_is_not_utf8_closes_1007(uwsgi_gevent: ServerProcess) -> None:
     with raw(uwsgi_gevent) as client:
         client.sock.sendall(masked(0x1, b"\xff\xfe"))
-        assert client.recv() == Close(1007, client.conn.close_reason)
+        event = client.recv()
+        check(
+            "opcode-lost",
+            event,
+            correct=Close(1007, getattr(event, "reason", "")),
+            signature=b"\xff\xfe",
+        )
 
 
 @defect("empty-pong")
 def test_pong_echoes_the_ping_payload(uwsgi_gevent: ServerProcess) -> None:
     with raw(uwsgi_gevent) as client:
         client.sock.sendall(masked(0x9, b"payload"))
-        event = client.next_event()
-        assert type(event).__name__ == "Pong" and event.data == b"payload"  # type: ignore[union-attr]
+        event = next_but_pings(client)
+        observed = (type(event).__name__, getattr(event, "data", None))
+        check("empty-pong", observed, correct=("Pong", b"payload"), signature=("Pong", b""))
 
 
 @defect("close-reply")
 def test_close_reply_echoes_the_code(uwsgi_gevent: ServerProcess) -> None:
     with raw(uwsgi_gevent) as client:
         client.sock.sendall(masked(0x8, (4000).to_bytes(2, "big") + b"bye"))
-        assert client.recv() == Close(4000, "")
+        check("close-reply", client.recv(), correct=Close(4000, ""), signature=Close(1005, ""))
+
+
+@defect("no-validation")
+@pytest.mark.parametrize(
+    "frame",
+    [
+        bytes([0xA1]) + masked(0x1, b"with rsv2")[1:],  # FIN, RSV2, text
+        encode_frame(0x1, b"not masked"),
+        bytes([0x83]) + masked(0x1, b"reserved opcode")[1:],  # FIN, opcode 3
+    ],
+    ids=["rsv-bit", "unmasked", "reserved-opcode"],
+)
+def test_invalid_frames_close_1002(uwsgi_gevent: ServerProcess, frame: bytes) -> None:
+    """RFC 6455 5.2/5.1: a frame with an RSV bit no extension defined, an unmasked client
+    frame or a reserved opcode fails the connection with 1002. uWSGI passes the first two
+    on as messages and drops the third: after a ping, the next thing back is its pong
+    (or the echo), never a close frame."""
+    with raw(uwsgi_gevent) as client:
+        client.sock.sendall(frame + masked(0x1, b"next"))
+        event = or_dropped(client.recv)
+        check(
+            "no-validation",
+            event,
+            correct=Close(1002, getattr(event, "reason", "")),
+            signature=lambda e: e in {"with rsv2", "not masked", "next"},
+        )
+
+
+@defect("no-deflate")
+def test_permessage_deflate_is_negotiated(uwsgi_gevent: ServerProcess) -> None:
+    with ws(uwsgi_gevent) as client:  # websockets offers permessage-deflate by default
+        assert client.request is not None and client.response is not None
+        assert "permessage-deflate" in client.request.headers["Sec-WebSocket-Extensions"]
+        accepted = client.response.headers.get("Sec-WebSocket-Extensions", "")
+        check("no-deflate", "permessage-deflate" in accepted, correct=True, signature=False)
+        client.send("uncompressed")  # declined, not broken: the connection works
+        assert client.recv(timeout=TIMEOUT) == "uncompressed"
+
+
+@defect("pipelined")
+def test_takeover_keeps_a_frame_sent_with_the_handshake(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """The default backend taking the connection over from uWSGI (--http-socket): a frame
+    sent in the same segment as the upgrade request stays in uWSGI's parser buffer."""
+    server = make_server("uwsgi-takeover")
+    client = raw(server, "/echo/", first=masked(0x1, b"first"))
+    with client:
+        client.sock.settimeout(2)  # the frame is gone: bound the wait for its echo
+        check("pipelined", or_nothing(client.recv), correct="first", signature=None)
+        client.sock.settimeout(TIMEOUT)
+        client.send("second")  # the connection itself works
+        assert client.recv() == "second"
 
 
 @defect(
     "uWSGI defect: the buffer of a fragmented message in progress is process-global; "
-    "fragments interleaved on two connections of one worker mix"
+    "fragments interleaved on two connections of one worker leave the first one's "
+    "continuation with no buffer: 'Error continuation with empty previous buffer', and "
+    "the worker crashes (uWSGI's own echo, tests/backends/uwsgi/bare.py, does the same)"
 )
 def test_interleaved_fragments_stay_apart(uwsgi_gevent: ServerProcess) -> None:
+    since = uwsgi_gevent.mark()
     with raw(uwsgi_gevent) as a, raw(uwsgi_gevent) as b:
         a.sock.sendall(masked(0x1, b"from a, ", fin=False))
         ping_through(a)
@@ -104,7 +202,14 @@ def test_interleaved_fragments_stay_apart(uwsgi_gevent: ServerProcess) -> None:
         ping_through(b)
         a.sock.sendall(masked(0x0, b"end a"))
         b.sock.sendall(masked(0x0, b"end b"))
-        assert (a.recv(), b.recv()) == ("from a, end a", "from b, end b")
+        received = (or_dropped(a.recv), or_dropped(b.recv))
+    log = uwsgi_gevent.log(since)
+    check(
+        "interleaved fragments",
+        (*received, "Error continuation with empty previous buffer" in log),
+        correct=("from a, end a", "from b, end b", False),
+        signature=lambda o: o[2] is True and o[0] in {None, Close(1006, "")},
+    )
 
 
 @defect(
@@ -119,20 +224,15 @@ def test_lone_continuation_frame_closes_1002_and_spares_the_others(
         bystander.send("before")
         assert bystander.recv() == "before"
         attacker.sock.sendall(masked(0x0, b"no message in progress"))
-        try:
-            event = attacker.recv()
-        except (EOFError, OSError):
-            event = None
+        event = or_dropped(attacker.recv)
         bystander.send("after")
-        try:
-            answer = bystander.recv()
-        except (EOFError, OSError):
-            answer = None
+        answer = or_dropped(bystander.recv)
         crashed = "Segmentation Fault" in server.log()
-        assert (event, answer, crashed) == (
-            Close(1002, event.reason if event else ""),
-            "after",
-            False,
+        check(
+            "lone continuation",
+            (event, answer, crashed),
+            correct=(Close(1002, getattr(event, "reason", "")), "after", False),
+            signature=lambda o: o[2] is True and o[1] in {None, Close(1006, "")},
         )
 
 
@@ -144,11 +244,13 @@ def test_frame_over_uwsgis_limit_closes_1009(make_server: Callable[..., ServerPr
     server = make_server("uwsgi-gevent-small-frames")  # --websocket-max-size 1 (KiB)
     with raw(server) as client:
         client.sock.sendall(masked(0x2, b"\xff" * 2048))
-        try:
-            event = client.recv()
-        except (EOFError, OSError):
-            event = None
-        assert isinstance(event, Close) and event.code == 1009
+        event = or_dropped(client.recv)
+        check(
+            "frame over the limit",
+            event,
+            correct=Close(1009, getattr(event, "reason", "")),
+            signature=lambda e: e is None or e == Close(1006, ""),
+        )
 
 
 def test_messages_over_the_limit_in_small_fragments_close_1009(
@@ -175,7 +277,7 @@ def test_router_keeps_a_frame_sent_with_the_handshake(
     client = raw(server, "/", first=masked(0x1, b"first"))
     with client:
         client.sock.settimeout(2)  # the frame is gone: bound the wait for its echo
-        assert client.recv() == "first"
+        check("router", or_nothing(client.recv), correct="first", signature=None)
 
 
 @defect(
@@ -189,21 +291,31 @@ def test_python_suspend_serves_two_connections(make_server: Callable[..., Server
         assert first.recv() == "one"
         second = RawClient(socket.create_connection((server.host, server.port), timeout=2))
         with second:
-            second.handshake("/")
-            second.send("two")
-            assert second.recv() == "two"
+
+            def handshake_and_echo() -> object:
+                second.handshake("/")
+                second.send("two")
+                return second.recv()
+
+            check("suspend", or_nothing(handshake_and_echo), correct="two", signature=None)
 
 
-@defect("ugreen-crash")
-def test_ugreen_survives_requests_ending_out_of_order(
+def test_ugreen_crashes_when_requests_end_out_of_order(
     make_server: Callable[..., ServerProcess],
 ) -> None:
     """uWSGI's own blocking echo under --async 60 --ugreen: rounds of 50 connections,
-    closed first-opened first, until the worker crashes (at most 20 rounds)."""
+    closed first-opened first, until the worker crashes (at most 20 rounds).
+
+    The crash is random, so this is no strict xfail (a run without it would pass by
+    luck, the rule the uwsgi-async skips of defects.py follow): the crash, when it comes,
+    is the defect shown (xfail); 20 rounds without it skip, saying so. The first round
+    must work (the server does serve), and any failure the crash does not explain fails."""
     server = make_server("uwsgi-bare-ugreen")
-    for _ in range(20):
+    for round_ in range(20):
+        clients: list[RawClient] = []
         try:
-            clients = [raw(server, "/") for _ in range(50)]
+            for _ in range(50):
+                clients.append(raw(server, "/"))
             for n, client in enumerate(clients):
                 client.send(f"m{n}")
             for n, client in enumerate(clients):
@@ -212,10 +324,14 @@ def test_ugreen_survives_requests_ending_out_of_order(
                 client.sock.sendall(masked(0x8, b"\x03\xe8"))
                 client.close()
         except (AssertionError, EOFError, OSError):
-            pass  # connections the crash dropped: the log says why
+            if "Segmentation Fault" not in server.log():
+                raise  # not the crash: a failure of its own
+        finally:
+            for client in clients:
+                client.close()
         if "Segmentation Fault" in server.log():
-            break
-    assert "Segmentation Fault" not in server.log()
+            pytest.xfail(DEFECTS["ugreen-crash"] + f" (round {round_ + 1})")
+    pytest.skip("no crash in 20 rounds: the defect is random (fixed, or not this time)")
 
 
 def test_close_frame_is_answered_once(uwsgi_gevent: ServerProcess) -> None:
