@@ -32,8 +32,10 @@ def run_without_redis(tmp_path: Path, ci: str | None) -> subprocess.CompletedPro
     if ci is not None:
         env["CI"] = ci
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider"]
-        + ["-p", "tests.groups.conftest", "test_needs_redis.py"],
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider"),
+            *("-p", "tests.groups.conftest", "test_needs_redis.py"),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -85,7 +85,7 @@ def test_http_versions_accepted(version: str) -> None:
     assert f"Sec-WebSocket-Accept: {ACCEPT}\r\n".encode() in build_response(request)
     below = version.replace("HTTP/1.1", "HTTP/1.0").replace("HTTP/1.2", "HTTP/1.0")
     if below != version:
-        with pytest.raises(InvalidHandshake, match="HTTP/1.1 or later required"):
+        with pytest.raises(InvalidHandshake, match=r"HTTP/1\.1 or later required"):
             parse_request("GET", below, headers())
 
 
