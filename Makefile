@@ -12,7 +12,7 @@ DEMO_STAMP := $(VENV)/.demo-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,gevent,gunicorn,eventlet,redis,uwsgi,prometheus]'
+	$(PY) -m pip install -q -e '.[dev,asgi,gevent,gunicorn,eventlet,redis,uwsgi,prometheus]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -192,6 +192,9 @@ SESSION_CHECK_INTERVAL = Setting[float | None](
 PRESENCE_HEARTBEAT = Setting(
     "WEBSOCKET_PRESENCE_HEARTBEAT", 10.0, "dwebsocket.E032", lambda v: _seconds(v, zero=False)
 )
+ASGI_THREADS = Setting[int | None](
+    "WEBSOCKET_ASGI_THREADS", 1000, "dwebsocket.E025", _optional_count
+)
 
 #: Every setting dwebsocket reads, by name, in the order of ``docs/settings.rst``.
 SETTINGS: dict[str, Setting[object]] = {
@@ -215,6 +218,7 @@ SETTINGS: dict[str, Setting[object]] = {
         REVOKE_SESSIONS,
         SESSION_CHECK_INTERVAL,
         PRESENCE_HEARTBEAT,
+        ASGI_THREADS,
     )
 }
 
@@ -322,6 +326,12 @@ class Settings:
         """Seconds between two heartbeats of a process with present members on Redis; a
         process silent for twice as long counts as dead (its members vanish)."""
         return PRESENCE_HEARTBEAT.read()
+
+    @property
+    def WEBSOCKET_ASGI_THREADS(self) -> int | None:
+        """Under ASGI, sync WebSocket views running at once in this process (each holds a
+        worker thread for its session); None: no cap."""
+        return ASGI_THREADS.read()
 
 
 settings = Settings()

@@ -10,6 +10,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from asgiref.sync import iscoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from dwebsocket.session import run_view
@@ -39,13 +40,25 @@ def _websocket_view(view: _View, *, require: bool) -> _View:
         view.require_websocket = view.require_websocket or require  # type: ignore[attr-defined]
         return view
 
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        return run_view(request, view, args, kwargs, require=wrapper.require_websocket)  # type: ignore[attr-defined]
+    wrapper: Any
+    if iscoroutinefunction(view):
+        # An async def view gets an async wrapper, which Django awaits (under WSGI too,
+        # through async_to_sync): never an unawaited coroutine.
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            from dwebsocket.backends.asgi.session import arun_view
+
+            return await arun_view(request, view, args, kwargs, require=wrapper.require_websocket)
+
+    else:
+
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            return run_view(request, view, args, kwargs, require=wrapper.require_websocket)
 
     # The 0.x attributes the middleware reads, and a mark telling it the decorator runs
     # the session itself.
-    wrapper.accept_websocket = True  # type: ignore[attr-defined]
-    wrapper.require_websocket = require  # type: ignore[attr-defined]
-    wrapper._dwebsocket_view = True  # type: ignore[attr-defined]
-    return wrapper  # type: ignore[return-value]
+    wrapper.accept_websocket = True
+    wrapper.require_websocket = require
+    wrapper._dwebsocket_view = True
+    return wrapper  # type: ignore[no-any-return]

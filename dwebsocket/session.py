@@ -15,9 +15,11 @@ without waiting for the peer's is appropriate.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from dwebsocket import dws, limits
@@ -78,6 +80,12 @@ def run_view(
     escape), 1011 when it raises, which Django then logs as for any view. A view that
     returns None without touching the connection gets it accepted and closed with 1000.
     """
+    if iscoroutinefunction(view):
+        # An async def view reached through the middleware: its session is async
+        # (under WSGI, Django's own way of calling an async view, and a 501 for upgrades).
+        from dwebsocket.backends.asgi.session import arun_view
+
+        return async_to_sync(arun_view)(request, view, args, kwargs, require=require)
     if getattr(request, _OWNED, False):
         if require and getattr(request, "websocket", None) is None:
             return _not_websocket(request)
@@ -95,11 +103,9 @@ def run_view(
     # first session in a gunicorn worker finds it (on the call stack) and logs the checks.
     report_once()
     try:
-        websocket = get_factory_class()(request).create_websocket()
-        if websocket is not None:
-            websocket = dws.adopt(websocket, request)  # the client may speak the envelope
+        websocket = _create_websocket(request)
         # Over a connection cap (dwebsocket.limits): 503, as for any refused handshake.
-        release = limits.acquire(request) if websocket is not None else None
+        release = _acquire(request, websocket) if websocket is not None else None
     except InvalidHandshake as exc:
         attach(request, None)
         from dwebsocket.handshake import refuse
@@ -122,6 +128,45 @@ def run_view(
         return _run_session(request, websocket, view, args, kwargs)
     finally:
         release()
+
+
+def _create_websocket(request: HttpRequest) -> WebSocket | None:
+    """The backend's unaccepted ``request.websocket``, or None for plain HTTP. A request
+    from an ASGI ``websocket`` scope (:mod:`dwebsocket.asgi`) gets the ASGI backend's,
+    whatever ``WEBSOCKET_FACTORY_CLASS`` says. Raises what the factories raise."""
+    if "dwebsocket.backends.asgi.session" in sys.modules:  # else no ASGI server here
+        from dwebsocket.backends.asgi.session import connection_of, create_websocket
+
+        connection = connection_of(request)
+        if connection is not None:
+            return create_websocket(request, connection)  # the envelope: the connection's
+    websocket = get_factory_class()(request).create_websocket()
+    if websocket is not None:
+        websocket = dws.adopt(websocket, request)  # the client may speak the envelope
+    return websocket
+
+
+def _acquire(request: HttpRequest, websocket: WebSocket) -> Callable[[], None]:
+    """The session's slots (:mod:`dwebsocket.limits`, and under ASGI the worker thread a
+    sync view holds); returns what gives them back. Raises ``TooManyConnections``."""
+    release = limits.acquire(request)
+    if "dwebsocket.backends.asgi.session" not in sys.modules:
+        return release  # no ASGI server in this process
+    from dwebsocket.backends.asgi.session import connection_of, thread_slot
+
+    if connection_of(request) is None:
+        return release
+    try:
+        release_thread = thread_slot()
+    except BaseException:
+        release()
+        raise
+
+    def release_both() -> None:
+        release_thread()
+        release()
+
+    return release_both
 
 
 def _run_session(

@@ -44,6 +44,7 @@ WRONG: dict[str, object] = {
     "WEBSOCKET_REVOKE_SESSIONS": 1,
     "WEBSOCKET_SESSION_CHECK_INTERVAL": 0,
     "WEBSOCKET_PRESENCE_HEARTBEAT": None,
+    "WEBSOCKET_ASGI_THREADS": "1000",
 }
 
 #: More wrong values, for the settings whose range has more than one edge.
@@ -59,6 +60,7 @@ MORE_WRONG: list[tuple[str, object]] = [
     ("WEBSOCKET_SEND_QUEUE_SIZE", None),
     ("WEBSOCKET_GROUPS_URL", "localhost:6379"),
     ("WEBSOCKET_MAX_CONNECTIONS", -1),
+    ("WEBSOCKET_ASGI_THREADS", -1),
     ("WEBSOCKET_GROUPS_HISTORY", ["chat.*"]),
     ("WEBSOCKET_GROUPS_HISTORY", {"chat.*": {"size": 10, "ttl": 60, "maxlen": 5}}),
 ]
@@ -83,6 +85,7 @@ RIGHT: list[tuple[str, object, object]] = [
     ("WEBSOCKET_REVOKE_SESSIONS", False, False),
     ("WEBSOCKET_SESSION_CHECK_INTERVAL", None, None),
     ("WEBSOCKET_PRESENCE_HEARTBEAT", 1, 1.0),
+    ("WEBSOCKET_ASGI_THREADS", None, None),
 ]
 
 

@@ -1,0 +1,480 @@
+"""The event-loop side of one ASGI ``websocket`` scope: dwebsocket's events mapped to ASGI's.
+
+The ASGI server does the framing (RFC 6455, permessage-deflate, pings); this object turns
+its events into dwebsocket's state. One task, the *pump*, is the only caller of the
+server's ``receive()`` once the connection is accepted: it queues ``websocket.receive``
+messages for the view and records ``websocket.disconnect``. Everything the view sends goes
+through :meth:`ASGIConnection.send_event` in order (an ``asyncio.Lock``, first come first
+served). Both the sync and the async ``request.websocket``
+(:mod:`dwebsocket.backends.asgi.websocket`) are thin layers over it.
+
+Received messages sit in one deque guarded by a ``threading`` condition, so a view's
+worker thread can wait on it while the loop fills it; the pump stops reading while the
+view's backlog is full (:data:`BACKLOG_MESSAGES`, :data:`BACKLOG_BYTES`), so a client that
+sends faster than the view reads is pushed back by the server's own flow control.
+
+Every method here runs on the event loop, except those documented as thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from dwebsocket import dws
+from dwebsocket.exceptions import ConnectionClosed
+from dwebsocket.protocol.frames import encode_close_payload
+from dwebsocket.typing import Message
+
+__all__ = ["ASGIConnection", "Scope", "State"]
+
+logger = logging.getLogger("dwebsocket")
+
+# As django-stubs spells them for Django's ASGIHandler.
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+#: The view's backlog: with this many messages waiting, or this many bytes of them (the
+#: message limit, if larger), the pump stops calling ``receive()`` until the view reads.
+BACKLOG_MESSAGES = 1024
+BACKLOG_BYTES = 1 << 20
+
+#: ``websocket.http.response``: the ASGI extension that lets an application refuse a
+#: handshake with any HTTP response. Without it, a refusal is a 403.
+HTTP_RESPONSE_EXTENSION = "websocket.http.response"
+
+
+class State:
+    """Where the connection is (plain strings: they show in reprs and logs)."""
+
+    CONNECTING = "connecting"  # websocket.connect received, nothing sent yet
+    OPEN = "open"  # websocket.accept sent
+    CLOSING = "closing"  # websocket.close sent, websocket.disconnect not yet received
+    CLOSED = "closed"  # websocket.disconnect received, or the server failed us
+    REFUSED = "refused"  # answered with an HTTP response (or a close before accept)
+
+
+class ASGIConnection:
+    """One ``websocket`` scope, from ``websocket.connect`` to ``websocket.disconnect``."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        max_message_size: int | None,
+        close_timeout: float,
+        queue_limit: int,
+        speaks_dws: bool = False,
+    ) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.extensions: dict[str, Any] = dict(scope.get("extensions") or {})
+        self.offered_subprotocols: list[str] = list(scope.get("subprotocols") or ())
+        self.max_message_size = max_message_size
+        self.close_timeout = close_timeout
+        self.queue_limit = queue_limit
+        self.speaks_dws = speaks_dws
+
+        self.state = State.CONNECTING
+        self.subprotocol: str | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.opened_at = 0.0
+        #: Messages and bytes received and sent since the accept (dwebsocket.metrics).
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
+
+        # The received messages, shared with worker threads.
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)
+        self.messages: deque[Message] = deque()
+        self.backlog_bytes = 0
+        self.backlog_limit = max(BACKLOG_BYTES, max_message_size or 0)
+        self.sync_waiters = 0  # worker threads in ready.wait()
+        self._async_waiter: asyncio.Future[None] | None = None
+
+        self._send_lock = asyncio.Lock()
+        self._room = asyncio.Event()  # set while the backlog has room
+        self._room.set()
+        self._disconnected = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        # deliver(): messages queued for sending without a waiting caller, and their bytes.
+        self._queued: deque[Message] = deque()
+        self._queued_bytes = 0
+        self._flusher: asyncio.Task[None] | None = None
+        #: Called (on the loop) once the connection is closed, for the signals.
+        self.on_closed: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ASGIConnection {self.state} {self.scope.get('path', '?')}>"
+
+    @property
+    def accepted(self) -> bool:
+        return self.state in (State.OPEN, State.CLOSING, State.CLOSED) and self.opened_at > 0
+
+    def is_closed(self) -> bool:
+        """True once a close was sent or received, or the connection broke. Thread-safe."""
+        return self.state in (State.CLOSING, State.CLOSED, State.REFUSED)
+
+    def on_loop(self) -> bool:
+        """True when called from the event loop's thread. Thread-safe."""
+        return threading.get_ident() == self.loop_thread
+
+    # -- the handshake --------------------------------------------------------------------
+
+    async def accept(self, subprotocol: str | None = None) -> None:
+        """Send ``websocket.accept`` and start the pump. Idempotent.
+
+        Raises ``ConnectionClosed`` if the connection was refused or the server cannot
+        send any more (the client left)."""
+        if self.state is not State.CONNECTING:
+            if self.state is State.REFUSED or self.opened_at == 0:
+                raise self.closed_error()
+            return
+        try:
+            await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+        except Exception as exc:  # the server says the client is gone
+            logger.debug("websocket.accept failed for %s: %r", self.scope.get("path"), exc)
+            self._mark_closed(1006, "")
+            raise self.closed_error() from None
+        self.subprotocol = subprotocol
+        self.opened_at = time.monotonic()
+        self.state = State.OPEN
+        self._pump = asyncio.create_task(self._run_pump())
+        if self._queued:  # delivered before the accept (groups joined early)
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def refuse(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Answer the handshake with an HTTP response instead: with the server's
+        ``websocket.http.response`` extension as is, else with ``websocket.close`` before
+        ``websocket.accept``, which the server answers with 403 (the ASGI spec)."""
+        if self.state is not State.CONNECTING:
+            return
+        self.state = State.REFUSED
+        try:
+            if HTTP_RESPONSE_EXTENSION in self.extensions:
+                await self._send(
+                    {
+                        "type": "websocket.http.response.start",
+                        "status": status,
+                        "headers": headers,
+                    }
+                )
+                await self._send({"type": "websocket.http.response.body", "body": body})
+            else:
+                await self._send({"type": "websocket.close", "code": 1008})
+        except Exception as exc:
+            logger.debug("Refusing %s failed: %r", self.scope.get("path"), exc)
+        self._mark_closed(1006, "")
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def _run_pump(self) -> None:
+        try:
+            while True:
+                if not self._room.is_set():
+                    await self._room.wait()
+                event = await self._receive()
+                kind = event.get("type")
+                if kind == "websocket.receive":
+                    text = event.get("text")
+                    message: Message = text if text is not None else (event.get("bytes") or b"")
+                    if self.state is not State.OPEN:
+                        continue  # closing: discarded, as RFC 6455 5.5.1 allows
+                    self._received(message)
+                elif kind == "websocket.disconnect":
+                    code = event.get("code", 1005)
+                    reason = event.get("reason") or ""
+                    self._mark_closed(int(code) if code is not None else 1005, str(reason))
+                    return
+        except asyncio.CancelledError:
+            self._mark_closed(1006, "")
+            raise
+        except Exception as exc:  # the server's receive() failed: the connection is gone
+            logger.debug("receive() failed for %s: %r", self.scope.get("path"), exc)
+            self._mark_closed(1006, "")
+
+    def _received(self, message: Message) -> None:
+        size = len(message.encode()) if isinstance(message, str) else len(message)
+        limit = self.max_message_size
+        if limit is not None and size > limit:
+            logger.info(
+                "WebSocket message of %s bytes from %s over WEBSOCKET_MAX_MESSAGE_SIZE "
+                "(%s): closing with 1009",
+                size,
+                self._peer(),
+                limit,
+            )
+            self._start_close(1009, "message too big")
+            return
+        if self.speaks_dws and isinstance(message, str) and message.startswith(dws.PREFIX):
+            kind = _envelope_kind(message)
+            if kind is not None:  # dwebsocket's own, never the view's (dwebsocket.dws)
+                if kind == "ping":
+                    self.deliver(dws.PONG)
+                return
+        self.messages_in += 1
+        self.bytes_in += size
+        with self.lock:
+            self.messages.append(message)
+            self.backlog_bytes += size
+            if len(self.messages) >= BACKLOG_MESSAGES or self.backlog_bytes >= self.backlog_limit:
+                self._room.clear()
+            if self.sync_waiters:
+                self.ready.notify()
+        waiter = self._async_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> Message | None:
+        """The next received message, or None. Thread-safe; never blocks."""
+        with self.lock:
+            if not self.messages:
+                return None
+            message = self.messages.popleft()
+            self._took(message)
+        return message
+
+    def _took(self, message: Message) -> None:
+        # Called with the lock held.
+        self.backlog_bytes -= len(message.encode()) if isinstance(message, str) else len(message)
+        if not self._room.is_set() and len(self.messages) < BACKLOG_MESSAGES // 2:
+            if self.on_loop():
+                self._room.set()
+            else:
+                self.loop.call_soon_threadsafe(self._room.set)
+
+    def wait_sync(self, timeout: float | None) -> Message | None:
+        """For worker threads: the next message, blocking up to ``timeout`` seconds (None:
+        forever); None once closed or timed out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while not self.messages:
+                if self.state is not State.OPEN:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self.sync_waiters += 1
+                try:
+                    self.ready.wait(remaining)
+                finally:
+                    self.sync_waiters -= 1
+            message = self.messages.popleft()
+            self._took(message)
+        return message
+
+    async def wait_async(self, timeout: float | None) -> Message | None:
+        """For coroutines: the next message, waiting up to ``timeout`` seconds (None:
+        forever); None once closed or timed out."""
+        while True:
+            message = self.take()
+            if message is not None:
+                return message
+            if self.state is not State.OPEN:
+                return None
+            waiter = self._async_waiter = self.loop.create_future()
+            try:
+                if timeout is None:
+                    await waiter
+                else:
+                    try:
+                        await asyncio.wait_for(waiter, timeout)
+                    except asyncio.TimeoutError:
+                        return self.take()
+            finally:
+                self._async_waiter = None
+
+    def count_messages(self) -> int:
+        """Messages ready now. Thread-safe; never blocks."""
+        return len(self.messages)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send_message(self, message: Message) -> None:
+        """Send one message (``str``: text, bytes: binary), in order with every other send.
+
+        Raises ``ConnectionClosed`` once closed."""
+        if self.state is not State.OPEN:
+            raise self.closed_error()
+        if isinstance(message, str):
+            event: dict[str, Any] = {"type": "websocket.send", "text": message}
+            size = len(message)
+        else:
+            event = {"type": "websocket.send", "bytes": bytes(message)}
+            size = len(event["bytes"])
+        async with self._send_lock:
+            if self.state is not State.OPEN:
+                raise self.closed_error()
+            try:
+                await self._send(event)
+            except Exception as exc:
+                logger.debug("websocket.send failed for %s: %r", self._peer(), exc)
+                self._mark_closed(1006, "")
+                raise self.closed_error() from None
+        self.messages_out += 1
+        self.bytes_out += size
+
+    def deliver(self, message: Message) -> None:
+        """Queue ``message`` for sending; never blocks. Thread-safe. Dropped once closed;
+        over ``WEBSOCKET_SEND_QUEUE_SIZE`` of queued bytes the connection is closed with
+        1008 (policy violation)."""
+        if self.is_closed():
+            return
+        if self.on_loop():
+            self._queue(message)
+        else:
+            self.loop.call_soon_threadsafe(self._queue, message)
+
+    def _queue(self, message: Message) -> None:
+        if self.is_closed():
+            return
+        self._queued.append(message)
+        self._queued_bytes += len(message)
+        if self._queued_bytes > self.queue_limit:
+            logger.info(
+                "WebSocket %s: over WEBSOCKET_SEND_QUEUE_SIZE (%s bytes queued): closing with 1008",
+                self._peer(),
+                self.queue_limit,
+            )
+            self._queued.clear()
+            self._queued_bytes = 0
+            from dwebsocket import metrics
+
+            metrics.group_member_dropped()
+            self._start_close(1008, "send queue overflow")
+            return
+        if self._flusher is None and self.state is State.OPEN:
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._queued and self.state is State.OPEN:
+                message = self._queued.popleft()
+                self._queued_bytes -= len(message)
+                try:
+                    await self.send_message(message)
+                except ConnectionClosed:
+                    return
+        finally:
+            self._flusher = None
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send ``websocket.close`` and wait up to the close timeout for the server's
+        ``websocket.disconnect``. Idempotent. Raises ``ValueError`` for a code that may not
+        be sent or a reason over 123 bytes of UTF-8."""
+        _check_close(code, reason)
+        if self.state is State.CONNECTING:
+            await self.accept()
+        if self.state is State.OPEN:
+            await self._send_close(code, reason)
+        if self.state is State.CLOSING:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._disconnected.wait(), self.close_timeout)
+            if self.state is State.CLOSING:
+                logger.debug(
+                    "No websocket.disconnect for %s within %ss", self._peer(), self.close_timeout
+                )
+                self._mark_closed(code, reason)
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        if self.state is not State.OPEN:
+            return
+        self.state = State.CLOSING
+        self.close_code, self.close_reason = code, reason
+        self._wake_readers()
+        event: dict[str, Any] = {"type": "websocket.close", "code": code}
+        if reason:
+            event["reason"] = reason
+        try:
+            async with self._send_lock:
+                await self._send(event)
+        except Exception as exc:
+            logger.debug("websocket.close failed for %s: %r", self._peer(), exc)
+            self._mark_closed(code, reason)
+
+    def _start_close(self, code: int, reason: str) -> None:
+        """Begin a close from the loop without waiting for it (the pump, the outbox)."""
+        if self.state is State.OPEN:
+            task = asyncio.ensure_future(self._send_close(code, reason))
+            task.add_done_callback(_log_failure)
+
+    def _mark_closed(self, code: int, reason: str) -> None:
+        """The connection is over: record the code (if we did not close first), wake
+        every waiter, run ``on_closed`` once."""
+        if self.state is State.CLOSED:
+            return
+        was_open = self.opened_at > 0 and self.state is not State.REFUSED
+        if self.state is not State.REFUSED:
+            self.state = State.CLOSED
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self._disconnected.set()
+        self._room.set()
+        self._queued.clear()
+        self._queued_bytes = 0
+        self._wake_readers()
+        if was_open and self.on_closed is not None:
+            callback, self.on_closed = self.on_closed, None
+            callback()
+
+    def _wake_readers(self) -> None:
+        with self.lock:
+            self.ready.notify_all()
+        waiter = self._async_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def finish(self) -> None:
+        """After the view: make sure nothing of the connection is left running."""
+        if self.state is State.OPEN:
+            await self.close(1000)
+        elif self.state is State.CLOSING:
+            await self.close(self.close_code or 1000)
+        for task in (self._pump, self._flusher):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.state is State.CONNECTING:
+            self.state = State.REFUSED
+
+    def closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(self.close_code or 1006, self.close_reason)
+
+    def _peer(self) -> str:
+        client = self.scope.get("client")
+        return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def _check_close(code: int, reason: str) -> None:
+    # The core's rules (RFC 6455 5.5, 7.4), though the server encodes the frame.
+    encode_close_payload(code, reason)
+
+
+def _envelope_kind(text: str) -> object:
+    """The ``dws`` type of an envelope message, or None if ``text`` is the application's."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data.get("dws") if isinstance(data, dict) else None
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("Closing failed: %r", task.exception())

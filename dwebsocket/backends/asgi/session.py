@@ -1,0 +1,204 @@
+"""WebSocket sessions under ASGI: the ``request.websocket`` of a ``websocket`` scope, and the
+session of an ``async def`` view (:func:`arun_view`, what the decorators run for one).
+
+A sync view's session runs in the worker thread Django gives the view (one per request,
+``asgiref``'s ``ThreadSensitiveContext``) and holds it until the view returns:
+``WEBSOCKET_ASGI_THREADS`` (default 1000) caps how many do at once per process, and a
+handshake over it is refused with 503 and ``Retry-After``, before the view runs, rather
+than queued. Async views hold no thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from dwebsocket import dws, limits
+from dwebsocket.backends.asgi.connection import ASGIConnection
+from dwebsocket.backends.asgi.websocket import ASGIWebSocket, AsyncWebSocket
+from dwebsocket.conf import settings
+from dwebsocket.exceptions import (
+    BackendUnavailable,
+    ConnectionClosed,
+    ForbiddenOrigin,
+    InvalidHandshake,
+    InvalidSetting,
+    TooManyConnections,
+)
+
+__all__ = [
+    "SCOPE_KEY",
+    "arun_view",
+    "connection_of",
+    "create_websocket",
+    "needs_asgi",
+    "thread_slot",
+]
+
+logger = logging.getLogger("dwebsocket")
+
+#: Where ``dwebsocket.asgi`` puts the scope's connection in ``request.META``.
+SCOPE_KEY = "dwebsocket.asgi.connection"
+
+_lock = threading.Lock()
+_threads = 0
+
+
+def connection_of(request: HttpRequest) -> ASGIConnection | None:
+    """The ASGI connection of a request built from a ``websocket`` scope, else None."""
+    connection = request.META.get(SCOPE_KEY)
+    return connection if isinstance(connection, ASGIConnection) else None
+
+
+def create_websocket(request: HttpRequest, connection: ASGIConnection) -> ASGIWebSocket:
+    """The unaccepted sync ``request.websocket`` of a ``websocket`` scope.
+
+    The server validated the handshake itself (key, version, method); this checks the
+    Origin. Raises ``ForbiddenOrigin`` (403). Never blocks."""
+    from dwebsocket.handshake import origin_allowed
+
+    origin = request.META.get("HTTP_ORIGIN")
+    if not origin_allowed(origin):
+        raise ForbiddenOrigin(f"Origin {origin!r} is not allowed")
+    return ASGIWebSocket(request, connection)
+
+
+def thread_slot() -> Callable[[], None]:
+    """Take one of the ``WEBSOCKET_ASGI_THREADS`` slots of sync sessions; return the
+    function that gives it back (once; later calls do nothing). Raises
+    ``TooManyConnections`` (503) at the cap. Never blocks."""
+    global _threads
+    cap = settings.WEBSOCKET_ASGI_THREADS
+    with _lock:
+        if cap is not None and _threads >= cap:
+            raise TooManyConnections(
+                f"too many sync WebSocket views running under ASGI (WEBSOCKET_ASGI_THREADS "
+                f"= {cap}); retry later",
+                limits.RETRY_AFTER,
+            )
+        _threads += 1
+    released = False
+
+    def release() -> None:
+        global _threads
+        nonlocal released
+        with _lock:
+            if not released:
+                released = True
+                _threads -= 1
+
+    return release
+
+
+def sync_threads() -> int:
+    """Sync WebSocket sessions holding a worker thread now, in this process."""
+    return _threads
+
+
+def needs_asgi(request: HttpRequest) -> HttpResponse:
+    """501 for a WebSocket request to an ``async def`` view under a WSGI server."""
+    from dwebsocket.handshake import unavailable
+
+    return unavailable(
+        request,
+        _NeedsASGI(
+            "this view is an async def view, and async WebSocket views run only under an "
+            "ASGI server: serve the project with dwebsocket.asgi.get_asgi_application() "
+            "(uvicorn, daphne, hypercorn; see dwebsocket's docs/asgi.rst), or make the view "
+            "a plain def view"
+        ),
+    )
+
+
+class _NeedsASGI(BackendUnavailable):
+    pass
+
+
+async def arun_view(
+    request: HttpRequest,
+    view: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    require: bool,
+) -> HttpResponse:
+    """:func:`dwebsocket.session.run_view` for an ``async def`` view: the same answers
+    (400, 403, 426, 503 before the view; 1000 or 1011 after it), with an
+    :class:`AsyncWebSocket`. A WebSocket request outside ASGI gets 501 naming the fix."""
+    from dwebsocket.handshake import misconfigured, refuse
+    from dwebsocket.session import _OWNED, _not_websocket, attach, is_upgrade
+
+    if getattr(request, _OWNED, False):
+        if require and getattr(request, "websocket", None) is None:
+            return _not_websocket(request)
+        return await view(request, *args, **kwargs)  # type: ignore[no-any-return]
+    setattr(request, _OWNED, True)
+
+    if not is_upgrade(request):
+        attach(request, None)
+        if require:
+            return _not_websocket(request)
+        return await view(request, *args, **kwargs)  # type: ignore[no-any-return]
+    connection = connection_of(request)
+    if connection is None:
+        attach(request, None)
+        return needs_asgi(request)
+    try:
+        websocket = AsyncWebSocket(create_websocket(request, connection))
+        release = limits.acquire(request)
+    except InvalidHandshake as exc:
+        attach(request, None)
+        return refuse(request, exc)
+    except InvalidSetting as exc:
+        attach(request, None)
+        return misconfigured(request, exc)
+    request.websocket = websocket  # type: ignore[attr-defined]
+    request.is_websocket = lambda: True  # type: ignore[attr-defined]
+    try:
+        return await _arun_session(request, websocket, view, args, kwargs)
+    finally:
+        release()
+
+
+async def _arun_session(
+    request: HttpRequest,
+    websocket: AsyncWebSocket,
+    view: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> HttpResponse:
+    from dwebsocket.session import _going_away, _session_over
+
+    try:
+        response = await view(request, *args, **kwargs)
+    except ConnectionClosed as exc:
+        logger.debug("ConnectionClosed escaped the view for %s: %s", request.path, exc)
+        await websocket.end_session(1000)
+        return _session_over()
+    except Exception:
+        if websocket.accepted:
+            await websocket.end_session(1011)
+        raise
+    except BaseException as exc:  # cancelled: the server is stopping, or the task was killed
+        if websocket.accepted:
+            await websocket.end_session(1001 if _going_away(exc) else 1011, abort=True)
+        raise
+    if not websocket.accepted:
+        if response is not None:
+            return response  # type: ignore[no-any-return]
+        try:
+            await websocket.accept()
+        except ConnectionClosed:
+            return _session_over()
+    await websocket.end_session(1000)
+    return _session_over()
+
+
+def adopt_dws(request: HttpRequest) -> bool:
+    """Whether the client announced dwebsocket's envelope (the connection answers its
+    pings itself, for sync and async views alike)."""
+    return dws.announced(request)

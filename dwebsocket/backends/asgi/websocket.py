@@ -1,0 +1,361 @@
+"""``request.websocket`` under an ASGI server: :class:`ASGIWebSocket` for sync views (run in a
+worker thread), :class:`AsyncWebSocket` for ``async def`` views.
+
+Both are layers over one :class:`~dwebsocket.backends.asgi.connection.ASGIConnection`,
+which lives on the server's event loop. The sync class hands each call to the loop and
+waits for it (``send()`` from any thread); it must not be called from the loop itself,
+where it would wait for itself: async code uses :class:`AsyncWebSocket`, whose
+``sync`` attribute is the connection's :class:`ASGIWebSocket` (what groups and the
+signals know the connection by, in both cases).
+
+What the server does and dwebsocket cannot (docs/asgi.rst has the table): the frames,
+permessage-deflate (``WEBSOCKET_COMPRESSION`` is the server's setting there), keepalive
+pings (``ping()`` sends nothing: ASGI has no ping event), and the close handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dwebsocket import metrics
+from dwebsocket.backends.asgi.connection import ASGIConnection
+from dwebsocket.exceptions import ConnectionClosed
+from dwebsocket.signals import websocket_closed, websocket_opened
+from dwebsocket.typing import BytesLike, Message
+from dwebsocket.websocket import WebSocket
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal
+    from django.http import HttpRequest
+
+    from dwebsocket.groups.history import Recovery
+
+__all__ = ["ASGIWebSocket", "AsyncWebSocket"]
+
+logger = logging.getLogger("dwebsocket")
+
+_T = TypeVar("_T")
+#: How long a worker thread waits for the loop to send one message before it takes the
+#: connection for dead (the server's own keepalive usually ends a dead peer sooner).
+IO_TIMEOUT = 60.0
+
+
+def _message(message: str | BytesLike) -> Message:
+    if isinstance(message, (str, bytes)):
+        return message
+    if isinstance(message, (bytearray, memoryview)):
+        return bytes(message)
+    raise TypeError(f"WebSocket messages are str or bytes, not {type(message).__name__}")
+
+
+class ASGIWebSocket(WebSocket):
+    """The sync ``request.websocket`` under ASGI (see the module docstring)."""
+
+    def __init__(self, request: HttpRequest, connection: ASGIConnection) -> None:
+        self.request = request
+        self.connection = connection
+        self.offered_subprotocols = list(connection.offered_subprotocols)
+        self.dws = connection.speaks_dws
+        connection.on_closed = self._on_closed
+
+    def __repr__(self) -> str:
+        return f"<ASGIWebSocket {self.connection.state} {self.request.path}>"
+
+    @property
+    def protocols(self) -> list[str]:
+        """dwebsocket 0.5 name of :attr:`offered_subprotocols`."""
+        return self.offered_subprotocols
+
+    # What the connection knows, read through (set on the loop).
+    @property
+    def subprotocol(self) -> str | None:  # type: ignore[override]
+        return self.connection.subprotocol
+
+    @property
+    def close_code(self) -> int | None:  # type: ignore[override]
+        return self.connection.close_code if self.connection.is_closed() else None
+
+    @property
+    def close_reason(self) -> str:  # type: ignore[override]
+        return self.connection.close_reason if self.connection.is_closed() else ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.connection.accepted
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
+        """Run ``coroutine`` on the loop and wait for it in this thread."""
+        if self.connection.on_loop():
+            coroutine.close()
+            raise RuntimeError(
+                "the sync request.websocket was called from the event loop: in async code, "
+                "use the async view's request.websocket (await ws.send(...))"
+            )
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.connection.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ConnectionClosed(1006, "") from None
+
+    # -- the handshake ----------------------------------------------------------------------
+
+    def accept(self, subprotocol: str | None = None) -> None:
+        """Send ``websocket.accept`` (choosing ``subprotocol``). Idempotent. Raises
+        ``ValueError`` if ``subprotocol`` was not offered, ``ConnectionClosed`` if the client
+        is gone. Blocks until the server took the event."""
+        if self.connection.accepted:
+            return
+        _check_subprotocol(subprotocol, self.offered_subprotocols)
+        self._run(self.connection.accept(subprotocol), IO_TIMEOUT)
+        self._opened()
+
+    def _opened(self) -> None:
+        logger.debug(
+            "WebSocket opened: %s %s via ASGI (subprotocol %s)",
+            self.connection._peer(),
+            self.request.path,
+            self.connection.subprotocol,
+        )
+        self._send_signal(websocket_opened)
+
+    def _ensure_accepted(self) -> None:
+        if not self.connection.accepted:
+            self.accept()
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> Message | None:
+        """The next message, blocking up to ``timeout`` seconds (None or negative: forever);
+        None once closed or when the timeout expires."""
+        try:
+            self._ensure_accepted()
+        except ConnectionClosed:
+            return None
+        return self.connection.wait_sync(None if timeout is None or timeout < 0 else timeout)
+
+    def read(self, fallback: _T | None = None) -> Message | _T | None:
+        """A message that is ready now, or ``fallback``. Never blocks (beyond the accept)."""
+        try:
+            self._ensure_accepted()
+        except ConnectionClosed:
+            return fallback
+        message = self.connection.take()
+        return fallback if message is None else message
+
+    def count_messages(self) -> int:
+        return self.connection.count_messages()
+
+    # -- sending and closing ----------------------------------------------------------------
+
+    def send(self, message: str | BytesLike) -> None:
+        """Send ``message`` (``str``: text, bytes-like: binary). Any thread but the loop's;
+        blocks until the server took it. Raises ``ConnectionClosed`` once closed."""
+        message = _message(message)
+        self._ensure_accepted()
+        self._run(self.connection.send_message(message), IO_TIMEOUT)
+
+    def deliver(self, message: Message) -> None:
+        """Queue ``message`` without blocking (groups); any thread, the loop's included."""
+        self.connection.deliver(message)
+
+    def ping(self, data: bytes = b"") -> None:
+        """Sends nothing: ASGI has no ping event, the server pings on its own schedule
+        (uvicorn ``--ws-ping-interval``, hypercorn ``websocket_ping_interval``, daphne
+        ``--ping-interval``). Raises ``ConnectionClosed`` once closed."""
+        self._ensure_accepted()
+        if self.connection.is_closed():
+            raise self.connection.closed_error()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close: ``websocket.close`` with ``code`` and ``reason``, then wait up to
+        ``WEBSOCKET_CLOSE_TIMEOUT`` for the server's ``websocket.disconnect``. Idempotent.
+        Raises ``ValueError`` for a code that may not be sent or a reason over 123 bytes."""
+        if self.connection.state == "closed":
+            return
+        try:
+            self._run(
+                self.connection.close(code, reason), self.connection.close_timeout + IO_TIMEOUT
+            )
+        except ConnectionClosed:
+            return
+
+    def end_session(self, code: int, *, abort: bool = False) -> None:
+        """Called by dwebsocket when the view is done (``dwebsocket.session``)."""
+        if abort:
+            # Killed: do not wait for the peer, the loop finishes the close by itself.
+            if not self.connection.on_loop() and not self.connection.is_closed():
+                asyncio.run_coroutine_threadsafe(self.connection.close(code), self.connection.loop)
+            return
+        self.close(code)
+
+    def is_closed(self) -> bool:
+        return self.connection.is_closed()
+
+    def traffic(self) -> metrics.Traffic:
+        """Messages and bytes received and sent since the accept (dwebsocket.metrics)."""
+        c = self.connection
+        return metrics.Traffic(c.messages_in, c.bytes_in, c.messages_out, c.bytes_out)
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _on_closed(self) -> None:
+        # On the loop: receivers may block (groups, users), so they run in a thread.
+        connection = self.connection
+        logger.debug(
+            "WebSocket closed: %s %s code %s%s after %.3fs",
+            connection._peer(),
+            self.request.path,
+            connection.close_code,
+            f" ({connection.close_reason})" if connection.close_reason else "",
+            time.monotonic() - connection.opened_at,
+        )
+        connection.loop.run_in_executor(
+            None, lambda: self._send_signal(websocket_closed, code=connection.close_code)
+        )
+
+    def _send_signal(self, signal: Signal, **kwargs: object) -> None:
+        signal.send_robust(sender=type(self), request=self.request, websocket=self, **kwargs)
+
+
+class AsyncWebSocket:
+    """The ``request.websocket`` of an ``async def`` view under ASGI.
+
+    The same API as :class:`~dwebsocket.websocket.WebSocket`, with coroutines where the
+    connection is used: ``await ws.accept(subprotocol=...)``, ``await ws.wait(timeout)``,
+    ``await ws.read()``, ``await ws.send(message)``, ``await ws.close(code, reason)``,
+    ``await ws.ping()``, ``await ws.join(group)``, ``await ws.leave(group)``, and
+    ``async for message in ws``. ``count_messages()``, ``has_messages()``, ``is_closed()``,
+    ``deliver()`` and the attributes are plain (they never wait).
+    """
+
+    def __init__(self, sync: ASGIWebSocket) -> None:
+        #: The same connection as a sync :class:`ASGIWebSocket`: the object groups, users
+        #: and the signals know it by; usable from worker threads (``sync_to_async`` code).
+        self.sync = sync
+        self.connection = sync.connection
+        self.request = sync.request
+        self.offered_subprotocols = sync.offered_subprotocols
+        self.dws = sync.dws
+
+    def __repr__(self) -> str:
+        return f"<AsyncWebSocket {self.connection.state} {self.request.path}>"
+
+    protocols = property(lambda self: self.offered_subprotocols)
+    subprotocol = property(lambda self: self.sync.subprotocol)
+    close_code = property(lambda self: self.sync.close_code)
+    close_reason = property(lambda self: self.sync.close_reason)
+
+    @property
+    def accepted(self) -> bool:
+        return self.connection.accepted
+
+    @property
+    def closed(self) -> bool:
+        return self.connection.is_closed()
+
+    def is_closed(self) -> bool:
+        return self.connection.is_closed()
+
+    async def accept(self, subprotocol: str | None = None) -> None:
+        """Send ``websocket.accept``; see :meth:`ASGIWebSocket.accept`."""
+        if self.connection.accepted:
+            return
+        _check_subprotocol(subprotocol, self.offered_subprotocols)
+        await self.connection.accept(subprotocol)
+        await asyncio.get_running_loop().run_in_executor(None, self.sync._opened)
+
+    async def _ensure_accepted(self) -> None:
+        if not self.connection.accepted:
+            await self.accept()
+
+    async def wait(self, timeout: float | None = None) -> Message | None:
+        """The next message, waiting up to ``timeout`` seconds (None or negative:
+        forever); None once closed or when the timeout expires."""
+        try:
+            await self._ensure_accepted()
+        except ConnectionClosed:
+            return None
+        return await self.connection.wait_async(None if timeout is None or timeout < 0 else timeout)
+
+    async def read(self, fallback: _T | None = None) -> Message | _T | None:
+        """A message that is ready now, or ``fallback``; waits for nothing but the accept."""
+        try:
+            await self._ensure_accepted()
+        except ConnectionClosed:
+            return fallback
+        message = self.connection.take()
+        return fallback if message is None else message
+
+    def count_messages(self) -> int:
+        return self.connection.count_messages()
+
+    def has_messages(self) -> bool:
+        return self.connection.count_messages() > 0
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Message]:
+        while True:
+            message = await self.wait()
+            if message is None:
+                return
+            yield message
+
+    async def send(self, message: str | BytesLike) -> None:
+        """Send ``message``; raises ``ConnectionClosed`` once closed."""
+        message = _message(message)
+        await self._ensure_accepted()
+        await self.connection.send_message(message)
+
+    def deliver(self, message: Message) -> None:
+        """Queue ``message`` without waiting (see :meth:`ASGIWebSocket.deliver`)."""
+        self.connection.deliver(message)
+
+    async def ping(self, data: bytes = b"") -> None:
+        """Sends nothing (see :meth:`ASGIWebSocket.ping`)."""
+        await self._ensure_accepted()
+        if self.connection.is_closed():
+            raise self.connection.closed_error()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with ``code`` and ``reason``; see :meth:`ASGIWebSocket.close`."""
+        try:
+            await self.connection.close(code, reason)
+        except ConnectionClosed:
+            return
+
+    async def end_session(self, code: int, *, abort: bool = False) -> None:
+        if abort:
+            if not self.connection.is_closed():
+                task = asyncio.ensure_future(self.connection.close(code))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return
+        await self.close(code)
+
+    async def join(self, group: str, since: str | None = None) -> Recovery:
+        """Join ``group`` (see :meth:`dwebsocket.websocket.WebSocket.join`); runs in a
+        worker thread, since joining may wait for Redis and replay history."""
+        from asgiref.sync import sync_to_async
+
+        await self._ensure_accepted()
+        return await sync_to_async(self.sync.join, thread_sensitive=False)(group, since)
+
+    async def leave(self, group: str) -> None:
+        """Leave ``group`` (no error if not a member)."""
+        from asgiref.sync import sync_to_async
+
+        await sync_to_async(self.sync.leave, thread_sensitive=False)(group)
+
+
+def _check_subprotocol(subprotocol: str | None, offered: list[str]) -> None:
+    if subprotocol is not None and subprotocol not in offered:
+        raise ValueError(
+            f"subprotocol {subprotocol!r} was not offered by the client (offered: {offered})"
+        )
