@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "ASGI_SERVERS",
     "OTHER_SERVERS",
     "SERVERS",
     "ServerProcess",
@@ -132,6 +133,41 @@ OTHER_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         "--workers",
         "1",
         "tests.wsgi:application",
+    ],
+}
+
+#: ASGI servers serving the test project through ``dwebsocket.asgi`` (``tests/asgi/app.py``);
+#: ``tests/asgi/`` runs the shared tests on them, with sync and with async views.
+ASGI_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
+    "uvicorn": lambda host, port: [
+        _script("uvicorn"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--lifespan",
+        "on",
+        "--no-access-log",
+        # The server's own limit: above WEBSOCKET_MAX_MESSAGE_SIZE, dwebsocket says 1009.
+        "--ws-max-size",
+        str(64 << 20),
+        "tests.asgi.app:application",
+    ],
+    "daphne": lambda host, port: [
+        _script("daphne"),
+        "-b",
+        host,
+        "-p",
+        str(port),
+        "tests.asgi.app:application",
+    ],
+    "hypercorn": lambda host, port: [
+        _script("hypercorn"),
+        "--bind",
+        f"{host}:{port}",
+        "--config",
+        "python:tests.asgi.hypercorn_config",
+        "tests.asgi.app:application",
     ],
 }
 
@@ -287,7 +323,7 @@ def start_server(
         port = free_port()
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed by ServerProcess.stop()
         process = subprocess.Popen(
-            {**SERVERS, **OTHER_SERVERS}[name](HOST, port),
+            {**SERVERS, **OTHER_SERVERS, **ASGI_SERVERS}[name](HOST, port),
             cwd=REPO,
             env=child_env,
             stdin=subprocess.DEVNULL,

@@ -48,6 +48,7 @@ __all__ = [
     "Position",
     "Present",
     "Recovery",
+    "asend",
     "get_layer",
     "join",
     "leave",
@@ -322,6 +323,19 @@ def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) ->
         raise TypeError(f"group messages are str or bytes, not {type(message).__name__}")
     metrics.group_send()
     return get_layer().send(group, message, fail_silently=fail_silently)
+
+
+async def asend(group: str, message: str | BytesLike, *, fail_silently: bool = True) -> str | None:
+    """:func:`send` for async code (an ``async def`` view under ASGI): the same arguments,
+    return value and exceptions. With Redis it runs in a worker thread, so the event loop
+    never waits for Redis; in-process (``memory://``) it just calls :func:`send`."""
+    if isinstance(get_layer(), MemoryLayer):
+        return send(group, message, fail_silently=fail_silently)
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(send, thread_sensitive=False)(
+        group, message, fail_silently=fail_silently
+    )
 
 
 _signal_connected = False

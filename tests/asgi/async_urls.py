@@ -1,0 +1,25 @@
+"""The URLs of ``tests/urls.py``, served by the ``async def`` views of ``tests/asgi/views.py``
+(the shared tests then run against async views), and the group views (sync: groups are
+shared between the two kinds of views)."""
+
+from django.urls import include, path
+
+from tests.asgi import views
+
+urlpatterns = [
+    path("counts/", views.counts),
+    path("room/<str:name>/", views.room),
+    path("group/", include("tests.groups.urls")),
+    path("echo/", views.echo),
+    path("echo-wait/", views.echo_wait),
+    path("refuse/", views.refuse),
+    path("subprotocol/", views.subprotocol),
+    path("close/", views.close_with),
+    path("record/", views.record),
+    path("raise-closed/", views.raise_closed),
+    path("raise-error/", views.raise_error),
+    path("big/", views.big),
+    path("nothing/", views.nothing),
+    path("ping/", views.ping),
+    path("info/", views.info),
+]

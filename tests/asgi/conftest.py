@@ -1,0 +1,184 @@
+"""The ASGI servers of ``tests/servers.py`` for the tests in this folder.
+
+``server`` here is one ASGI server (uvicorn, daphne, hypercorn) running the test project
+through ``dwebsocket.asgi``, with the sync views of ``tests/urls.py`` (``-sync``) or the
+same URLs served by ``async def`` views (``-async``, ``tests/asgi/async_urls.py``); it
+replaces the WSGI ``server`` fixture for this folder, so the shared tests imported into
+``test_shared.py`` run on each. ``DWEBSOCKET_TEST_ASGI_SERVERS=uvicorn`` picks servers.
+
+Where a server cannot do what a shared test asks, the test is marked here with the
+reason, as a strict xfail (:data:`CANNOT`): a server that learned it would fail the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ASGI_SERVERS, ServerProcess, start_server
+
+HERE = Path(__file__).resolve().parent
+
+KINDS = {"sync": "tests.asgi.urls", "async": "tests.asgi.async_urls"}
+
+
+def asgi_servers() -> list[str]:
+    names = [n.strip() for n in os.environ.get("DWEBSOCKET_TEST_ASGI_SERVERS", "").split(",")]
+    chosen = [name for name in names if name]
+    unknown = sorted(set(chosen) - set(ASGI_SERVERS))
+    if unknown:
+        raise ValueError(f"DWEBSOCKET_TEST_ASGI_SERVERS names no server {unknown}")
+    return chosen or list(ASGI_SERVERS)
+
+
+def start_asgi(name: str, kind: str, log: Path, **settings: object) -> ServerProcess:
+    """ASGI server ``name`` with the ``kind`` ("sync" or "async") views."""
+    return start_server(name, log, settings={"ROOT_URLCONF": KINDS[kind], **settings})
+
+
+@pytest.fixture(
+    scope="session", params=[f"{name}-{kind}" for name in asgi_servers() for kind in KINDS]
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    name, kind = request.param.rsplit("-", 1)
+    srv = start_asgi(name, kind, tmp_path_factory.mktemp(request.param) / "server.log")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+    assert_no_unexpected_traceback(srv)
+
+
+def assert_no_unexpected_traceback(server: ServerProcess) -> None:
+    """No traceback in the server's log but Django's log of the views that raise on
+    purpose (daphne and hypercorn configure the root logger, so Django's ERROR for a view
+    that raised reaches their output; under WSGI servers it goes nowhere)."""
+    blocks = server.log().split("Traceback")[1:]
+    unexpected = [
+        block
+        for block in blocks
+        if "on purpose" not in block.split("\n\n")[0] and not _hypercorn_stopping(block)
+    ]
+    assert not unexpected, f"{server.name} printed a traceback:\n{server.log()}"
+
+
+def _hypercorn_stopping(block: str) -> bool:
+    """hypercorn's own CancelledError when it stops with a connection whose protocol error
+    it never reported to the application (see ``test_protocol_error_closes_1002_and_eof``)."""
+    return "hypercorn/asyncio/run.py" in block and block.rstrip().endswith("CancelledError")
+
+
+_NO_PING = "ASGI has no ping event: ws.ping() sends nothing, the server pings on its schedule"
+_PIPELINED = "{} defect: a frame in the same TCP segment as the upgrade request is lost{}"
+_ECHOES_REASON = (
+    "the close reply is the server's: {} echoes the client's reason with its code "
+    "(RFC 6455 5.5.1 allows it; dwebsocket's own backend echoes the code only)"
+)
+_NO_426 = (
+    "{} defect: an unsupported Sec-WebSocket-Version gets 400, not 426 with "
+    "Sec-WebSocket-Version: 13 (RFC 6455 4.4)"
+)
+_DAPHNE_CODES = (
+    "daphne defect: autobahn's sendClose() takes only 1000 and 3000-4999, so the "
+    "application's 1009/1011 never leave and the connection stays open until the peer leaves"
+)
+_DAPHNE_EMPTY = (
+    "daphne defect: an empty message the application sends is dropped "
+    "(ws_protocol.handle_reply tests text/bytes for truth)"
+)
+_DAPHNE_REASON = "daphne defect: websocket.close's reason is dropped (serverClose sends the code)"
+_NO_HTTP_RESPONSE = (
+    "daphne has no websocket.http.response extension: a refusal is a bare 403 "
+    "(ASGI's close before accept), without the view's status or body"
+)
+
+#: What ASGI itself cannot do, or a server does otherwise: (test, server or None for all,
+#: a part of the test id or None) -> reason.
+CANNOT: dict[tuple[str, str | None, str | None], str] = {
+    ("test_server_ping_reaches_the_client", None, None): _NO_PING,
+    # uvicorn
+    ("test_handshake_and_first_frame_in_one_segment", "uvicorn", None): _PIPELINED.format(
+        "uvicorn", " (httptools_impl.handle_websocket_upgrade replays the request head only)"
+    ),
+    ("test_nothing_after_the_close_frame_when_the_client_closes", "uvicorn", None): (
+        _ECHOES_REASON.format("uvicorn")
+    ),
+    ("test_refused_handshakes", "uvicorn", "426"): _NO_426.format("uvicorn"),
+    # hypercorn
+    ("test_handshake_and_first_frame_in_one_segment", "hypercorn", None): (
+        "hypercorn defect: a frame in the same TCP segment as the upgrade request makes it "
+        "answer 400"
+    ),
+    ("test_nothing_after_the_close_frame_when_the_client_closes", "hypercorn", None): (
+        _ECHOES_REASON.format("hypercorn")
+    ),
+    ("test_protocol_error_closes_1002_and_eof", "hypercorn", None): (
+        "hypercorn defect: a reserved opcode ends the TCP connection without a close frame "
+        "(no 1002, RFC 6455 7.1.7), and the application gets no websocket.disconnect"
+    ),
+    ("test_refused_handshakes", "hypercorn", "400"): (
+        "hypercorn defect: a Sec-WebSocket-Key that is not 16 bytes of base64 is accepted "
+        "(RFC 6455 4.2.1)"
+    ),
+    ("test_refused_handshakes", "hypercorn", "426"): _NO_426.format("hypercorn"),
+    ("test_client_closes_with_code_and_reason", "hypercorn", None): (
+        "hypercorn defect: the client's close code and reason are not passed on: "
+        "websocket.disconnect says 1006 (ws_stream: StreamClosed while CONNECTED)"
+    ),
+    # daphne
+    ("test_echo", "daphne", None): _DAPHNE_EMPTY,
+    ("test_compression_negotiated_unless_the_client_declines", "daphne", "None"): (_DAPHNE_EMPTY),
+    ("test_compression_negotiated_unless_the_client_declines", "daphne", "deflate"): (
+        "daphne negotiates no permessage-deflate"
+    ),
+    ("test_client_closes_with_code_and_reason", "daphne", None): (
+        "daphne defect: the client's close code is not echoed (RFC 6455 5.5.1): it gets 1000"
+    ),
+    ("test_handshake_and_first_frame_in_one_segment", "daphne", None): _PIPELINED.format(
+        "daphne", ""
+    ),
+    ("test_nothing_after_the_close_frame_when_the_server_closes", "daphne", None): (_DAPHNE_REASON),
+    ("test_server_closes_with_code_and_reason", "daphne", None): _DAPHNE_REASON,
+    ("test_over_the_message_limit_closes_1009", "daphne", None): _DAPHNE_CODES,
+    ("test_view_error_closes_1011", "daphne", None): _DAPHNE_CODES,
+    ("test_sessions_end_without_noise_in_the_server_log", "daphne", None): _DAPHNE_CODES,
+    ("test_protocol_error_closes_1002_and_eof", "daphne", None): (
+        "daphne defect: a reserved opcode resets the TCP connection without a close frame "
+        "(no 1002, RFC 6455 7.1.7)"
+    ),
+    ("test_refused_before_accepting", "daphne", None): _NO_HTTP_RESPONSE,
+    ("test_refused_handshakes", "daphne", "403"): _NO_HTTP_RESPONSE,
+    ("test_refused_handshakes", "daphne", "400"): (
+        "daphne answers a malformed Sec-WebSocket-Key itself, with an empty 400"
+    ),
+    ("test_refused_handshakes", "daphne", "426"): (
+        "daphne defect: Sec-WebSocket-Version 8 is accepted with 101 (autobahn still speaks "
+        "the hybi drafts)"
+    ),
+}
+
+
+def reason_for(name: str, server: str, test_id: str) -> str | None:
+    for (test, on, part), reason in CANNOT.items():
+        if test == name and on in (None, server) and (part is None or part in test_id):
+            return reason
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE not in Path(str(item.fspath)).parents:
+            continue
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("server") if callspec is not None else None
+        if not isinstance(param, str):
+            continue
+        name = getattr(item, "originalname", item.name)
+        reason = reason_for(name, param.rsplit("-", 1)[0], callspec.id)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))

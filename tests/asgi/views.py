@@ -1,0 +1,148 @@
+"""The views of ``tests/views.py`` as ``async def`` views (the same URLs in
+``tests/asgi/async_urls.py``), and what the ASGI tests read from a server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
+
+from dwebsocket import ConnectionClosed, accept_websocket, groups, require_websocket
+from tests.views import _CLOSES_LOCK, CLOSES
+
+
+@accept_websocket
+async def echo(request: HttpRequest) -> HttpResponse | None:
+    """Echo every message, with ``async for``; plain HTTP gets a page."""
+    if not request.is_websocket():
+        return HttpResponse("echo: plain HTTP\n", content_type="text/plain")
+    async for message in request.websocket:
+        await request.websocket.send(message)
+    return None
+
+
+@require_websocket
+async def echo_wait(request: HttpRequest) -> None:
+    """Echo every message, with ``await wait()``."""
+    while True:
+        message = await request.websocket.wait()
+        if message is None:
+            return
+        await request.websocket.send(message)
+
+
+@require_websocket
+async def refuse(request: HttpRequest) -> HttpResponse:
+    """Refuse before accepting."""
+    return HttpResponseForbidden("not you\n", content_type="text/plain")
+
+
+@require_websocket
+async def subprotocol(request: HttpRequest) -> None:
+    """Choose "chat" if offered; report what was offered and chosen."""
+    ws = request.websocket
+    await ws.accept(subprotocol="chat" if "chat" in ws.offered_subprotocols else None)
+    await ws.send(json.dumps({"offered": ws.protocols, "chosen": ws.subprotocol}))
+    await ws.wait()
+
+
+@require_websocket
+async def close_with(request: HttpRequest) -> None:
+    """Wait for one message, then close with ``?code=`` and ``?reason=``."""
+    ws = request.websocket
+    await ws.wait()
+    await ws.close(int(request.GET.get("code", "1000")), request.GET.get("reason", ""))
+    await ws.close(4999, "idempotent: never sent")
+
+
+@accept_websocket
+async def record(request: HttpRequest) -> HttpResponse | None:
+    """As ``tests.views.record``: echo, then record how the connection closed."""
+    key = request.GET["id"]
+    if not request.is_websocket():
+        with _CLOSES_LOCK:
+            seen = CLOSES.get(key)
+        return JsonResponse(seen) if seen is not None else HttpResponse(status=404)
+    ws = request.websocket
+    async for message in ws:
+        await ws.send(message)
+    with _CLOSES_LOCK:
+        CLOSES[key] = {"code": ws.close_code, "reason": ws.close_reason, "closed": ws.closed}
+    return None
+
+
+@require_websocket
+async def raise_closed(request: HttpRequest) -> None:
+    """Raise ConnectionClosed after the first message: a normal end."""
+    await request.websocket.wait()
+    raise ConnectionClosed(1000, "done")
+
+
+@require_websocket
+async def raise_error(request: HttpRequest) -> None:
+    """Raise after the first message: 1011 for the client."""
+    await request.websocket.wait()
+    raise RuntimeError("boom (on purpose, tests.asgi.views.raise_error)")
+
+
+@require_websocket
+async def big(request: HttpRequest) -> None:
+    """Send 1 MiB, binary, or text with ``?text=1``."""
+    size = int(request.GET.get("size", str(1 << 20)))
+    if request.GET.get("text"):
+        await request.websocket.send("é" * (size // 2))
+    else:
+        await request.websocket.send(bytes(range(256)) * (size // 256))
+    await request.websocket.wait()
+
+
+@require_websocket
+async def nothing(request: HttpRequest) -> None:
+    """Return None without touching the connection: accepted, then closed with 1000."""
+    return None
+
+
+@require_websocket
+async def ping(request: HttpRequest) -> None:
+    """Ping the client (under ASGI: nothing is sent), then echo."""
+    await request.websocket.ping(b"server ping")
+    async for message in request.websocket:
+        await request.websocket.send(message)
+
+
+@require_websocket
+async def info(request: HttpRequest) -> None:
+    """Send what the server sees: read()/count_messages() before and after a message."""
+    ws = request.websocket
+    first = await ws.read()
+    await ws.send(json.dumps({"read": first}))
+    message = await ws.wait(10)
+    await ws.send(json.dumps({"wait": message, "count": ws.count_messages()}))
+    await ws.wait()
+
+
+@require_websocket
+async def room(request: HttpRequest, name: str) -> None:
+    """Join group ``name``; every message goes to the group (``groups.asend``)."""
+    ws = request.websocket
+    await ws.join(name)
+    await ws.send("joined")
+    async for message in ws:
+        await groups.asend(name, message)
+
+
+async def counts(request: HttpRequest) -> JsonResponse:
+    """Threads and tasks of this process, and the sessions open (plain HTTP)."""
+    from dwebsocket.backends.asgi.session import sync_threads
+    from dwebsocket.limits import open_sessions
+
+    return JsonResponse(
+        {
+            "threads": threading.active_count(),
+            "tasks": len(asyncio.all_tasks()),
+            "sync_sessions": sync_threads(),
+            "sessions": open_sessions()[0],
+        }
+    )
