@@ -138,9 +138,14 @@ async def counts(request: HttpRequest) -> JsonResponse:
     from dwebsocket.backends.asgi.session import sync_threads
     from dwebsocket.limits import open_sessions
 
+    # The loop's default executor (signals run there) is a bounded pool that grows up to
+    # its max_workers on demand and keeps its threads: not counted as a session's.
+    executor = getattr(asyncio.get_running_loop(), "_default_executor", None)
+    pooled = len(getattr(executor, "_threads", ()))
     return JsonResponse(
         {
-            "threads": threading.active_count(),
+            "threads": threading.active_count() - pooled,
+            "pooled": pooled,
             "tasks": len(asyncio.all_tasks()),
             "sync_sessions": sync_threads(),
             "sessions": open_sessions()[0],

@@ -1,0 +1,206 @@
+"""What the shared suite does not cover under ASGI: the caps, a client that vanishes (nothing
+leaks: threads, tasks, sessions counted before and after), the Origin check's status on
+every server, and async views outside ASGI (never an unawaited coroutine)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from tests.asgi.conftest import KINDS, asgi_servers, start_asgi
+from tests.servers import ServerProcess
+from tests.wire import TIMEOUT, RawClient
+
+SERVERS = [f"{name}-{kind}" for name in asgi_servers() for kind in KINDS]
+#: The status a refused handshake gets: the view's where the server has the
+#: websocket.http.response extension, else ASGI's 403.
+NO_HTTP_RESPONSE = {"daphne"}
+
+
+def ws(server: ServerProcess, path: str, **kwargs: Any) -> ClientConnection:
+    return connect(
+        server.url(path), open_timeout=TIMEOUT, close_timeout=TIMEOUT, proxy=None, **kwargs
+    )
+
+
+def counts(server: ServerProcess) -> dict[str, int]:
+    with urllib.request.urlopen(server.url("/counts/", "http"), timeout=TIMEOUT) as response:
+        data: dict[str, int] = json.loads(response.read())
+    return data
+
+
+def refused_status(server: ServerProcess, path: str, **kwargs: Any) -> int:
+    with pytest.raises(InvalidStatus) as info:
+        ws(server, path, **kwargs).close()
+    return info.value.response.status_code
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Any:
+    servers: list[ServerProcess] = []
+
+    def start(param: str, **settings: object) -> ServerProcess:
+        name, kind = param.rsplit("-", 1)
+        srv = start_asgi(name, kind, tmp_path / f"{param}-{len(servers)}.log", **settings)
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("param", SERVERS)
+def test_origin_check_and_connection_cap(started: Callable[..., ServerProcess], param: str) -> None:
+    server = started(param, WEBSOCKET_MAX_CONNECTIONS=1)
+    name = param.rsplit("-", 1)[0]
+    assert refused_status(server, "/echo/", origin="http://evil.example") == 403
+    with ws(server, "/echo/", origin=f"http://127.0.0.1:{server.port}") as first:
+        first.send("one")
+        assert first.recv(timeout=TIMEOUT) == "one"
+        status = refused_status(server, "/echo/")
+        assert status == (403 if name in NO_HTTP_RESPONSE else 503)
+    # The slot is given back when the session ends.
+    deadline = time.monotonic() + TIMEOUT
+    while counts(server)["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with ws(server, "/echo/") as again:
+        again.send("two")
+        assert again.recv(timeout=TIMEOUT) == "two"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", asgi_servers())
+def test_sync_views_hold_at_most_websocket_asgi_threads(
+    started: Callable[..., ServerProcess], name: str
+) -> None:
+    server = started(f"{name}-sync", WEBSOCKET_ASGI_THREADS=2)
+    with ws(server, "/echo/") as one, ws(server, "/echo/") as two:
+        for client in (one, two):
+            client.send("held")
+            assert client.recv(timeout=TIMEOUT) == "held"
+        assert counts(server)["sync_sessions"] == 2
+        # Over the cap: refused at once, never queued behind the threads.
+        assert refused_status(server, "/echo/") == (403 if name in NO_HTTP_RESPONSE else 503)
+    deadline = time.monotonic() + TIMEOUT
+    while counts(server)["sync_sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with ws(server, "/echo/") as three:
+        three.send("again")
+        assert three.recv(timeout=TIMEOUT) == "again"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", asgi_servers())
+def test_async_views_hold_no_thread(started: Callable[..., ServerProcess], name: str) -> None:
+    server = started(f"{name}-async", WEBSOCKET_ASGI_THREADS=0)
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(ws(server, "/echo/")) for _ in range(5)]
+        for client in clients:
+            client.send("no thread")
+            assert client.recv(timeout=TIMEOUT) == "no thread"
+        assert counts(server)["sync_sessions"] == 0
+
+
+#: Connections per server and kind of view in the vanishing test (issue 20 asks for 1,000;
+#: CI's share keeps it modest).
+VANISHING = 200
+
+
+def vanish(server: ServerProcess, count: int) -> None:
+    """``count`` clients that open, echo once, and drop the TCP connection (RST, no close
+    frame), 50 at a time."""
+    for start in range(0, count, 50):
+        batch = []
+        for _ in range(min(50, count - start)):
+            client = RawClient.connect(server.host, server.port, "/echo/")
+            client.send("here")
+            batch.append(client)
+        for client in batch:
+            assert client.recv() == "here"
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("param", SERVERS)
+def test_clients_that_vanish_leave_nothing_behind(
+    started: Callable[..., ServerProcess], param: str
+) -> None:
+    server = started(param)
+    vanish(server, 50)  # warm up: the loop's executor, Django's thread-sensitive pools
+    deadline = time.monotonic() + 30
+    while counts(server)["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    before = counts(server)
+    vanish(server, VANISHING)
+    deadline = time.monotonic() + 30
+    while True:
+        after = counts(server)
+        settled = (
+            after["sessions"] == 0
+            and after["sync_sessions"] == 0
+            and after["threads"] <= before["threads"]
+            and after["tasks"] <= before["tasks"]
+        )
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert after["sessions"] == 0 and after["sync_sessions"] == 0, after
+    assert after["threads"] <= before["threads"], (before, after)
+    assert after["tasks"] <= before["tasks"], (before, after)
+
+
+# -- async views without an ASGI server -------------------------------------------------------
+
+
+def test_the_decorators_keep_async_views_async() -> None:
+    from asgiref.sync import iscoroutinefunction
+
+    from tests.asgi import views
+
+    assert iscoroutinefunction(views.echo) and iscoroutinefunction(views.echo_wait)
+    assert views.echo.accept_websocket and views.echo_wait.require_websocket  # type: ignore[attr-defined]
+
+
+@pytest.mark.urls("tests.asgi.async_urls")
+def test_an_async_view_under_wsgi_answers_http_and_refuses_websockets_with_501() -> None:
+    client = Client()
+    response = client.get("/echo/")
+    assert response.status_code == 200 and response.content == b"echo: plain HTTP\n"
+    response = client.get(
+        "/echo/",
+        HTTP_UPGRADE="websocket",
+        HTTP_CONNECTION="Upgrade",
+        HTTP_SEC_WEBSOCKET_KEY="dGhlIHNhbXBsZSBub25jZQ==",
+        HTTP_SEC_WEBSOCKET_VERSION="13",
+    )
+    assert response.status_code == 501
+    assert b"dwebsocket.asgi.get_asgi_application()" in response.content
+    assert b"async def" in response.content
+    assert client.get("/echo-wait/").status_code == 400  # require_websocket, plain HTTP
+
+
+@pytest.mark.server
+def test_an_async_view_under_runserver(make_server: Callable[..., ServerProcess]) -> None:
+    server = make_server("runserver", settings={"ROOT_URLCONF": "tests.asgi.async_urls"})
+    with urllib.request.urlopen(server.url("/echo/", "http"), timeout=TIMEOUT) as response:
+        assert response.read() == b"echo: plain HTTP\n"
+    with pytest.raises(InvalidStatus) as info:
+        ws(server, "/echo/").close()
+    assert info.value.response.status_code == 501
+    assert b"get_asgi_application" in info.value.response.body
+    assert "RuntimeWarning" not in server.log() and "never awaited" not in server.log()
