@@ -161,6 +161,18 @@ ASGI_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         str(port),
         "tests.asgi.app:application",
     ],
+    "granian": lambda host, port: [
+        _script("granian"),
+        "--interface",
+        "asgi",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "tests.asgi.app:application",
+    ],
     "hypercorn": lambda host, port: [
         _script("hypercorn"),
         "--bind",
