@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history bench-presence recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale redis-setup bench-cluster
+.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history bench-presence recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale redis-setup bench-cluster bench-asgi
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -110,6 +110,12 @@ bench-idle: setup $(BENCH_STAMP)
 # channels_redis group_send in the same run (~10 min; needs channels, channels_redis, daphne).
 bench-groups: setup $(BENCH_STAMP)
 	$(PY) bench/groups.py
+
+# dwebsocket under uvicorn (sync and async views) against Channels on the same uvicorn:
+# 32 B echo at 100 connections, idle memory (~1.5 min); writes docs/benchmarks/asgi.json,
+# which docs/asgi.rst quotes (tests/docs/test_asgi_numbers.py).
+bench-asgi: setup $(BENCH_STAMP)
+	$(PY) bench/asgi.py
 
 # Group history: publish throughput with history on and off, recovery of 1,000 missed
 # messages (~3 min); writes docs/benchmarks/history.json, which docs/recovery.rst quotes.
