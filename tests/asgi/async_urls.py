@@ -9,6 +9,7 @@ from tests.asgi import views
 urlpatterns = [
     path("counts/", views.counts),
     path("room/<str:name>/", views.room),
+    path("json/", views.json_echo),
     path("group/", include("tests.groups.urls")),
     path("echo/", views.echo),
     path("echo-wait/", views.echo_wait),

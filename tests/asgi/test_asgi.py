@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from django.test import Client
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.asgi.conftest import KINDS, asgi_servers, start_asgi
@@ -35,9 +35,9 @@ def ws(server: ServerProcess, path: str, **kwargs: Any) -> ClientConnection:
     )
 
 
-def counts(server: ServerProcess) -> dict[str, int]:
+def counts(server: ServerProcess) -> dict[str, Any]:
     with urllib.request.urlopen(server.url("/counts/", "http"), timeout=TIMEOUT) as response:
-        data: dict[str, int] = json.loads(response.read())
+        data: dict[str, Any] = json.loads(response.read())
     return data
 
 
@@ -162,6 +162,21 @@ def test_clients_that_vanish_leave_nothing_behind(
     assert after["sessions"] == 0 and after["sync_sessions"] == 0, after
     assert after["threads"] <= before["threads"], (before, after)
     assert after["tasks"] <= before["tasks"], (before, after)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", asgi_servers())
+def test_async_json_helpers(started: Callable[..., ServerProcess], name: str) -> None:
+    server = started(f"{name}-async")
+    with ws(server, "/json/") as client:
+        client.send(json.dumps({"n": 1}))
+        assert json.loads(client.recv(timeout=TIMEOUT)) == {"got": {"n": 1}}
+        if name == "daphne":
+            return  # daphne cannot send 1007 (autobahn: 1000 and 3000-4999 only)
+        client.send("not json")
+        with pytest.raises(ConnectionClosedError):
+            client.recv(timeout=TIMEOUT)
+    assert client.close_code == 1007
 
 
 # -- async views without an ASGI server -------------------------------------------------------

@@ -133,15 +133,30 @@ async def room(request: HttpRequest, name: str) -> None:
         await groups.asend(name, message)
 
 
+@require_websocket
+async def json_echo(request: HttpRequest) -> None:
+    """``wait_json`` / ``send_json``: answer each JSON message with ``{"got": ...}``."""
+    ws = request.websocket
+    while True:
+        data = await ws.wait_json()
+        if data is None:
+            return
+        await ws.send_json({"got": data})
+
+
 async def counts(request: HttpRequest) -> JsonResponse:
     """Threads and tasks of this process, and the sessions open (plain HTTP)."""
     from dwebsocket.backends.asgi.session import sync_threads
     from dwebsocket.limits import open_sessions
 
-    # The loop's default executor (signals run there) is a bounded pool that grows up to
-    # its max_workers on demand and keeps its threads: not counted as a session's.
-    executor = getattr(asyncio.get_running_loop(), "_default_executor", None)
-    pooled = len(getattr(executor, "_threads", ()))
+    # Bounded pools keep their threads whatever the traffic: dwebsocket's signal threads,
+    # the loop's default executor (sync_to_async(thread_sensitive=False)), the metrics
+    # flusher. Counted apart from the others, which a session could leak.
+    pooled = sum(
+        1
+        for thread in threading.enumerate()
+        if thread.name.startswith(("dwebsocket-signals", "asyncio_", "dwebsocket-metrics"))
+    )
     return JsonResponse(
         {
             "threads": threading.active_count() - pooled,
@@ -149,5 +164,8 @@ async def counts(request: HttpRequest) -> JsonResponse:
             "tasks": len(asyncio.all_tasks()),
             "sync_sessions": sync_threads(),
             "sessions": open_sessions()[0],
+            "names": sorted(
+                {thread.name.rstrip("0123456789_-") for thread in threading.enumerate()}
+            ),
         }
     )

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -43,6 +45,21 @@ _T = TypeVar("_T")
 #: How long a worker thread waits for the loop to send one message before it takes the
 #: connection for dead (the server's own keepalive usually ends a dead peer sooner).
 IO_TIMEOUT = 60.0
+
+
+#: The signals' receivers (groups, users, metrics) may block: they run in these threads,
+#: never on the event loop. A bounded pool: its threads stay, whatever the traffic.
+SIGNAL_THREADS = 4
+_signal_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _signals() -> concurrent.futures.ThreadPoolExecutor:
+    global _signal_pool
+    if _signal_pool is None:
+        _signal_pool = concurrent.futures.ThreadPoolExecutor(
+            SIGNAL_THREADS, thread_name_prefix="dwebsocket-signals"
+        )
+    return _signal_pool
 
 
 def _message(message: str | BytesLike) -> Message:
@@ -215,9 +232,7 @@ class ASGIWebSocket(WebSocket):
             f" ({connection.close_reason})" if connection.close_reason else "",
             time.monotonic() - connection.opened_at,
         )
-        connection.loop.run_in_executor(
-            None, lambda: self._send_signal(websocket_closed, code=connection.close_code)
-        )
+        _signals().submit(self._send_signal, websocket_closed, code=connection.close_code)
 
     def _send_signal(self, signal: Signal, **kwargs: object) -> None:
         signal.send_robust(sender=type(self), request=self.request, websocket=self, **kwargs)
@@ -229,7 +244,8 @@ class AsyncWebSocket:
     The same API as :class:`~dwebsocket.websocket.WebSocket`, with coroutines where the
     connection is used: ``await ws.accept(subprotocol=...)``, ``await ws.wait(timeout)``,
     ``await ws.read()``, ``await ws.send(message)``, ``await ws.close(code, reason)``,
-    ``await ws.ping()``, ``await ws.join(group)``, ``await ws.leave(group)``, and
+    ``await ws.ping()``, ``await ws.join(group)``, ``await ws.leave(group)``,
+    ``await ws.send_json(data)``, ``await ws.wait_json()``, and
     ``async for message in ws``. ``count_messages()``, ``has_messages()``, ``is_closed()``,
     ``deliver()`` and the attributes are plain (they never wait).
     """
@@ -268,7 +284,7 @@ class AsyncWebSocket:
             return
         _check_subprotocol(subprotocol, self.offered_subprotocols)
         await self.connection.accept(subprotocol)
-        await asyncio.get_running_loop().run_in_executor(None, self.sync._opened)
+        await asyncio.wrap_future(_signals().submit(self.sync._opened))
 
     async def _ensure_accepted(self) -> None:
         if not self.connection.accepted:
@@ -339,13 +355,45 @@ class AsyncWebSocket:
             return
         await self.close(code)
 
-    async def join(self, group: str, since: str | None = None) -> Recovery:
-        """Join ``group`` (see :meth:`dwebsocket.websocket.WebSocket.join`); runs in a
-        worker thread, since joining may wait for Redis and replay history."""
+    async def join(
+        self,
+        group: str,
+        since: str | None = None,
+        *,
+        presence: dict[str, Any] | None = None,
+        events: bool = False,
+    ) -> Recovery:
+        """Join ``group`` (see :meth:`dwebsocket.websocket.WebSocket.join`: ``since``,
+        ``presence``, ``events``); runs in a worker thread, since joining may wait for
+        Redis and replay history."""
         from asgiref.sync import sync_to_async
 
         await self._ensure_accepted()
-        return await sync_to_async(self.sync.join, thread_sensitive=False)(group, since)
+        join = functools.partial(self.sync.join, presence=presence, events=events)
+        return await sync_to_async(join, thread_sensitive=False)(group, since)
+
+    async def wait_json(self, timeout: float | None = None) -> Any:
+        """``await`` :meth:`wait`, decoded as JSON; as
+        :meth:`dwebsocket.websocket.WebSocket.wait_json` (a message that is not JSON
+        closes the connection with 1007 and gives None)."""
+        message = await self.wait(timeout)
+        if message is None:
+            return None
+        try:
+            return json.loads(message)
+        except ValueError:
+            logger.info("Closing a WebSocket with 1007: its message is not JSON")
+            await self.close(1007, "invalid JSON")
+            return None
+
+    async def send_json(self, data: Any, *, cls: type[json.JSONEncoder] | None = None) -> None:
+        """Send ``data`` as JSON in a text message (Django's ``DjangoJSONEncoder`` unless
+        ``cls``)."""
+        if cls is None:
+            from django.core.serializers.json import DjangoJSONEncoder
+
+            cls = DjangoJSONEncoder
+        await self.send(json.dumps(data, cls=cls))
 
     async def leave(self, group: str) -> None:
         """Leave ``group`` (no error if not a member)."""
