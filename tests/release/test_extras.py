@@ -33,6 +33,8 @@ SERVERS = {
     "eventlet": ["python", "serve_eventlet.py", "{port}"],
     "uwsgi": [*UWSGI, "--threads", "8"],
     "uwsgi,gevent": [*UWSGI, "--gevent", "100", "--gevent-early-monkey-patch"],
+    # docs/asgi.rst: the asgi extra brings uvicorn, asgi.py uses dwebsocket.asgi
+    "asgi": ["uvicorn", "--host", "127.0.0.1", "--port", "{port}", f"{PROJECT}.asgi:application"],
 }
 
 #: ``eventlet.wsgi`` as ``docs/deployment.rst`` shows it (``tests/run_eventlet.py``).
@@ -67,6 +69,18 @@ application = get_wsgi_application()
 """
 
 
+#: ``asgi.py`` as ``docs/asgi.rst`` shows it.
+ASGI_PY = f"""\
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "{PROJECT}.settings")
+
+from dwebsocket.asgi import get_asgi_application
+
+application = get_asgi_application()
+"""
+
+
 def venv_with(extras: str, dist: Dist, tmp_path: Path) -> tuple[Venv, Path]:
     venv = Venv(tmp_path / "venv")
     venv.install(f"dwebsocket[{extras}] @ {dist.wheel.as_uri()}")
@@ -74,6 +88,8 @@ def venv_with(extras: str, dist: Dist, tmp_path: Path) -> tuple[Venv, Path]:
     (project / "serve_eventlet.py").write_text(SERVE_EVENTLET)
     if "uwsgi" in extras:
         (project / PROJECT / "wsgi.py").write_text(UWSGI_WSGI)
+    if extras == "asgi":
+        (project / PROJECT / "asgi.py").write_text(ASGI_PY)
     return venv, project
 
 
