@@ -10,6 +10,7 @@ urlpatterns = [
     path("counts/", views.counts),
     path("room/<str:name>/", views.room),
     path("json/", views.json_echo),
+    path("close-from-the-loop/", views.close_from_the_loop),
     path("group/", include("tests.groups.urls")),
     path("echo/", views.echo),
     path("echo-wait/", views.echo_wait),

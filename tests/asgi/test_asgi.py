@@ -179,6 +179,18 @@ def test_async_json_helpers(started: Callable[..., ServerProcess], name: str) ->
     assert client.close_code == 1007
 
 
+@pytest.mark.server
+def test_sync_close_called_on_the_loop_does_not_wait_for_itself(
+    started: Callable[..., ServerProcess],
+) -> None:
+    server = started("uvicorn-async")
+    with ws(server, "/close-from-the-loop/") as client:
+        client.send("go")
+        with pytest.raises(ConnectionClosedError):
+            client.recv(timeout=TIMEOUT)
+    assert (client.close_code, client.close_reason) == (4003, "closed from the loop")
+
+
 # -- async views without an ASGI server -------------------------------------------------------
 
 

@@ -144,6 +144,16 @@ async def json_echo(request: HttpRequest) -> None:
         await ws.send_json({"got": data})
 
 
+@require_websocket
+async def close_from_the_loop(request: HttpRequest) -> None:
+    """After one message, close through the sync connection object, as sync code called
+    from this coroutine would (``users.disconnect``, say): it must not wait for itself."""
+    ws = request.websocket
+    await ws.wait()
+    ws.sync.close(4003, "closed from the loop")
+    await ws.wait()  # returns None once the close is done
+
+
 async def counts(request: HttpRequest) -> JsonResponse:
     """Threads and tasks of this process, and the sessions open (plain HTTP)."""
     from dwebsocket.backends.asgi.session import sync_threads

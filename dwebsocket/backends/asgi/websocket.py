@@ -195,6 +195,13 @@ class ASGIWebSocket(WebSocket):
         Raises ``ValueError`` for a code that may not be sent or a reason over 123 bytes."""
         if self.connection.state == "closed":
             return
+        if self.connection.on_loop():
+            # From async code on the loop (users.disconnect in an async view, say): the
+            # close runs as a task of its own; waiting here would wait for ourselves.
+            _check_close_args(code, reason)
+            task = asyncio.ensure_future(self.connection.close(code, reason))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return
         try:
             self._run(
                 self.connection.close(code, reason), self.connection.close_timeout + IO_TIMEOUT
@@ -400,6 +407,12 @@ class AsyncWebSocket:
         from asgiref.sync import sync_to_async
 
         await sync_to_async(self.sync.leave, thread_sensitive=False)(group)
+
+
+def _check_close_args(code: int, reason: str) -> None:
+    from dwebsocket.protocol.frames import encode_close_payload
+
+    encode_close_payload(code, reason)  # ValueError for what may not be sent
 
 
 def _check_subprotocol(subprotocol: str | None, offered: list[str]) -> None:
