@@ -161,7 +161,8 @@ ASGI_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         str(port),
         "tests.asgi.app:application",
     ],
-    "granian": lambda host, port: [
+    # (granian's WSGI interface is OTHER_SERVERS' "granian")
+    "granian-asgi": lambda host, port: [
         _script("granian"),
         "--interface",
         "asgi",

@@ -131,28 +131,28 @@ CANNOT: dict[tuple[str, str | None, str | None], str] = {
         "websocket.disconnect says 1006 (ws_stream: StreamClosed while CONNECTED)"
     ),
     # granian
-    ("test_client_closes_with_code_and_reason", "granian", None): (
+    ("test_client_closes_with_code_and_reason", "granian-asgi", None): (
         "granian defect: websocket.disconnect carries the client's close code, not its reason"
     ),
-    ("test_compression_negotiated_unless_the_client_declines", "granian", "deflate"): (
+    ("test_compression_negotiated_unless_the_client_declines", "granian-asgi", "deflate"): (
         "granian negotiates no permessage-deflate"
     ),
-    ("test_nothing_after_the_close_frame_when_the_client_closes", "granian", None): (
+    ("test_nothing_after_the_close_frame_when_the_client_closes", "granian-asgi", None): (
         _ECHOES_REASON.format("granian")
     ),
-    ("test_nothing_after_the_close_frame_when_the_server_closes", "granian", None): (
+    ("test_nothing_after_the_close_frame_when_the_server_closes", "granian-asgi", None): (
         "granian closes the TCP connection right after its close frame, without waiting "
         "for the client's (RFC 6455 7.1.1): the client's close frame meets a reset"
     ),
-    ("test_protocol_error_closes_1002_and_eof", "granian", None): (
+    ("test_protocol_error_closes_1002_and_eof", "granian-asgi", None): (
         "granian defect: a protocol violation is answered with a close frame without a "
         "status code, not 1002 (RFC 6455 7.4.1)"
     ),
-    ("test_refused_handshakes", "granian", "400"): (
+    ("test_refused_handshakes", "granian-asgi", "400"): (
         "granian defect: a Sec-WebSocket-Key that is not 16 bytes of base64 is accepted "
         "(RFC 6455 4.2.1)"
     ),
-    ("test_refused_handshakes", "granian", "426"): _NO_426.format("granian"),
+    ("test_refused_handshakes", "granian-asgi", "426"): _NO_426.format("granian"),
     # daphne
     ("test_echo", "daphne", None): _DAPHNE_EMPTY,
     ("test_compression_negotiated_unless_the_client_declines", "daphne", "None"): (_DAPHNE_EMPTY),
