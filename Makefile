@@ -109,7 +109,7 @@ bench-idle: setup $(BENCH_STAMP)
 # One group message to 1,000 and 10,000 members over 4 processes, against Channels +
 # channels_redis group_send in the same run (~10 min; needs channels, channels_redis, daphne).
 bench-groups: setup $(BENCH_STAMP)
-	$(PY) bench/groups.py
+	$(PY) bench/fanout.py
 
 # dwebsocket under uvicorn (sync and async views) against Channels on the same uvicorn:
 # 32 B echo at 100 connections, idle memory (~1.5 min); writes docs/benchmarks/asgi.json,

@@ -7,7 +7,7 @@ Three measurements, the first two over both topologies (a private redis-server; 
 cluster of 3 masters and 3 replicas from ``tests/groups/redis_cluster.py``):
 
 fan-out latency
-    ``bench/groups.py``'s run, unchanged: one group of 1,000 or 10,000 WebSocket members
+    ``bench/fanout.py``'s run, unchanged: one group of 1,000 or 10,000 WebSocket members
     over 4 gevent server processes, held by 4 C client processes; the time from just
     before one ``groups.send()`` in a separate process until the last member has it.
 publish throughput, and what each process receives that it does not need
@@ -59,7 +59,7 @@ sys.path.insert(0, str(REPO))
 
 
 def _groups_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_groups", REPO / "bench" / "groups.py")
+    spec = importlib.util.spec_from_file_location("bench_fanout", REPO / "bench" / "fanout.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,7 +1,7 @@
 """What the benchmark scripts share about the processes they start: a free port on
 127.0.0.1, the open-files limit, and stopping a process group.
 
-``bench/compare.py``, ``bench/groups.py`` and ``bench/vm/run.py`` each had their own copy.
+``bench/compare.py``, ``bench/fanout.py`` and ``bench/vm/run.py`` each had their own copy.
 They put ``bench/`` on ``sys.path`` and ``import processes`` (which also works when
 ``bench/memory.py`` imports ``bench.compare``).
 """

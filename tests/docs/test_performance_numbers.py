@@ -1,6 +1,6 @@
 """docs/performance.rst quotes ``docs/benchmarks/results.json`` (``bench/compare.py``, read
 through ``bench/report.py``'s own medians) and ``docs/benchmarks/groups.json``
-(``bench/groups.py``): every measured figure of the page is computed here from those files,
+(``bench/fanout.py``): every measured figure of the page is computed here from those files,
 rounded as the page writes it, and must be on the page.
 
 Then no number may be left over: after the computed figures and the few numbers that are

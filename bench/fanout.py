@@ -1,7 +1,7 @@
 """How long one group message takes to reach every member: dwebsocket vs Channels.
 
-    .venv/bin/python bench/groups.py                  # 1,000 and 10,000 members, ~12 min
-    .venv/bin/python bench/groups.py --sizes 1000 --rounds 3 --stacks dwebsocket
+    .venv/bin/python bench/fanout.py                  # 1,000 and 10,000 members, ~12 min
+    .venv/bin/python bench/fanout.py --sizes 1000 --rounds 3 --stacks dwebsocket
 
 For each stack and group size: SERVERS server processes, CLIENTS client processes holding
 the members (``groups/members.c``, built with gcc, or ``--client python`` for
