@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dwebsocket.conf import DEFAULTS
 
@@ -110,16 +111,39 @@ def _per_round_ratios(run: dict[str, Any], scenario: str, field: str, peer: str)
     return f"{min(ratios):.2f}–{max(ratios):.2f}×"
 
 
+class _View(NamedTuple):
+    """What every section of the report reads: the run's medians and its stacks."""
+
+    run: dict[str, Any]
+    agg: dict[tuple[str, str], dict[str, Any]]
+    labels: dict[str, str]
+    present: list[str]
+    ours: str
+
+
 def markdown(run: dict[str, Any]) -> str:
+    """The report: the run's header, then one section per function below."""
     agg = aggregate(run)
-    stacks = list(run["stacks"])
     labels = {name: info["label"] for name, info in run["stacks"].items()}
-    present = [s for s in stacks if any(k[0] == s for k in agg)]
-    m = run["machine"]
-    v = run["versions"]
+    present = [s for s in run["stacks"] if any(k[0] == s for k in agg)]
+    view = _View(run, agg, labels, present, labels.get(OURS, OURS))
     lines: list[str] = []
     add = lines.append
+    header_section(view, add)
+    claims_section(view, add)
+    echo_section(view, add)
+    binary_section(view, add)
+    compression_section(view, add)
+    idle_section(run, add)
+    loadgen_section(view, add)
+    return "\n".join(lines)
 
+
+def header_section(view: _View, add: Callable[[str], None]) -> None:
+    """When, where and how the run was made."""
+    run, labels = view.run, view.labels
+    m = run["machine"]
+    v = run["versions"]
     add("# dwebsocket benchmarks")
     add("")
     quick = " (quick smoke run: not for publication)" if run["quick"] else ""
@@ -157,8 +181,10 @@ def markdown(run: dict[str, Any]) -> str:
         )
         add("")
 
-    # -- what the issue asks -----------------------------------------------------------
-    ours = labels.get(OURS, OURS)
+
+def claims_section(view: _View, add: Callable[[str], None]) -> None:
+    """The table of the issue's claims, each a ratio against one peer."""
+    run, agg, ours = view.run, view.agg, view.ours
     add("## What the issue asks")
     add("")
     add(
@@ -234,7 +260,10 @@ def markdown(run: dict[str, Any]) -> str:
     )
     add("")
 
-    # -- 32-byte echo ------------------------------------------------------------------
+
+def echo_section(view: _View, add: Callable[[str], None]) -> None:
+    """The 32-byte echo at 1, 10 and 100 connections."""
+    agg, labels, present, ours = view.agg, view.labels, view.present, view.ours
     add("## 32-byte text echo (msg/s; latency at 100 connections)")
     add("")
     add("![32-byte echo](echo.png)")
@@ -258,7 +287,10 @@ def markdown(run: dict[str, Any]) -> str:
         )
     add("")
 
-    # -- 64 KiB --------------------------------------------------------------------------
+
+def binary_section(view: _View, add: Callable[[str], None]) -> None:
+    """The 64 KiB binary echo."""
+    agg, labels, present, ours = view.agg, view.labels, view.present, view.ours
     add("## 64 KiB binary echo, 10 connections")
     add("")
     add(
@@ -278,7 +310,10 @@ def markdown(run: dict[str, Any]) -> str:
         )
     add("")
 
-    # -- compression -----------------------------------------------------------------------
+
+def compression_section(view: _View, add: Callable[[str], None]) -> None:
+    """permessage-deflate on and off."""
+    agg, labels, present = view.agg, view.labels, view.present
     add("## Compression (permessage-deflate) on vs off")
     add("")
     add(
@@ -317,10 +352,10 @@ def markdown(run: dict[str, Any]) -> str:
         )
     add("")
 
-    # -- idle ----------------------------------------------------------------------------------
-    idle_section(run, add)
 
-    # -- load generator headroom -----------------------------------------------------------
+def loadgen_section(view: _View, add: Callable[[str], None]) -> None:
+    """How busy the load generator was."""
+    agg, labels, present = view.agg, view.labels, view.present
     add("## Is the load generator the bottleneck?")
     add("")
     add(
@@ -346,7 +381,6 @@ def markdown(run: dict[str, Any]) -> str:
     add("")
     add("Raw figures for every round: `results.json`.")
     add("")
-    return "\n".join(lines)
 
 
 def _load(load: list[float] | tuple[float, ...]) -> str:
