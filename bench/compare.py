@@ -561,6 +561,122 @@ def check_stack(server: Server, pin: list[str], log: IO[bytes], warm: float = 0.
 SOURCES = [f"127.0.0.{i}" for i in range(1, 11)]  # 10 x ~28,000 ephemeral ports
 
 
+def _idle_plan(steps: list[int]) -> tuple[int, list[int], list[int]]:
+    """The open-files limit, the steps one process can hold under it (plus the largest
+    round number below it when steps were cut), and the steps it cannot."""
+    limit = nofile_hard()
+    max_conns = limit - FD_MARGIN
+    runnable = [n for n in steps if n <= max_conns]
+    skipped = [n for n in steps if n > max_conns]
+    if skipped and (not runnable or runnable[-1] < max_conns):
+        runnable.append(max_conns // 1000 * 1000 if max_conns >= 2000 else max_conns)
+    return limit, runnable, skipped
+
+
+def _idle_clients(
+    server: Server,
+    runnable: list[int],
+    per_client: int,
+    deflate: bool,
+    slow: float,
+    pin_client: list[str],
+    log: IO[bytes],
+) -> list[tuple[subprocess.Popen[bytes], LineReader]]:
+    """Enough idle-mode load generators for the largest step, each opening its share of
+    every step when told ``next``."""
+    nclients = math.ceil(runnable[-1] / per_client)
+    clients = []
+    for k in range(nclients):
+        share = [n // nclients + (k < n % nclients) for n in runnable]
+        argv = [
+            *pin_client,
+            str(LOADGEN),
+            "--mode",
+            "idle",
+            "--host",
+            HOST,
+            "--port",
+            str(server.port),
+            "--path",
+            "/echo/",
+            "--steps",
+            ",".join(str(n) for n in share),
+            "--src",
+            ",".join(SOURCES),
+            "--connect-concurrency",
+            "500",
+            "--connect-timeout",
+            str(round(300 * slow)),
+            "--probe-timeout",
+            str(round(120 * slow)),
+            *(["--deflate"] if deflate else []),
+        ]
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            preexec_fn=raise_nofile,
+        )
+        clients.append((process, LineReader(process)))
+    return clients
+
+
+def _tell(clients: list[tuple[subprocess.Popen[bytes], LineReader]], command: bytes) -> None:
+    for process, _ in clients:
+        assert process.stdin is not None
+        process.stdin.write(command)
+        process.stdin.flush()
+
+
+def _idle_step(
+    target: int,
+    clients: list[tuple[subprocess.Popen[bytes], LineReader]],
+    server: Server,
+    slow: float,
+    baseline: int,
+    prev_rss: int,
+    prev_open: int,
+) -> dict[str, Any] | str:
+    """One step: wait until the clients opened their share, RSS idle, probe every
+    connection, RSS again. The step's figures, or what went wrong."""
+    opened = [reader.line(330 * slow) for _, reader in clients]
+    if any(o is None for o in opened):
+        return f"no report from the load generator at {target}"
+    time.sleep(2)  # let the server settle (greenlets parked, buffers freed)
+    rss_idle = server.rss()
+    _tell(clients, b"probe\n")
+    probed = [reader.line(150 * slow) for _, reader in clients]
+    if any(p is None for p in probed):
+        return f"no probe report from the load generator at {target}"
+    time.sleep(1)
+    rss_after = server.rss()
+    n_open = sum(o["open"] for o in opened)  # type: ignore[index]
+    answered = sum(p["answered"] for p in probed)  # type: ignore[index]
+    return {
+        "target": target,
+        "open": n_open,
+        "failed": sum(o["failed"] for o in opened),  # type: ignore[index]
+        "deflate_negotiated": sum(o["deflate"] for o in opened),  # type: ignore[index]
+        "open_seconds": max(o["seconds"] for o in opened),  # type: ignore[index]
+        "answered": answered,
+        "still_open": sum(p["open"] for p in probed),  # type: ignore[index]
+        "probe_seconds": max(p["seconds"] for p in probed),  # type: ignore[index]
+        "probe_p99_ms": round(max(p["p99_us"] for p in probed) / 1000, 1),  # type: ignore[index]
+        "rss_idle_mb": round(rss_idle / 2**20, 1),
+        "rss_after_probe_mb": round(rss_after / 2**20, 1),
+        "rss_baseline": baseline,
+        "rss_idle": rss_idle,
+        "rss_after_probe": rss_after,
+        # Marginal: what each connection opened by this step added, idle.
+        "kb_per_conn_idle": round((rss_idle - prev_rss) / 1024 / max(n_open - prev_open, 1), 1),
+        # All connections open so far, each having exchanged a message.
+        "kb_per_conn_after_probe": round((rss_after - baseline) / 1024 / max(n_open, 1), 1),
+        "all_answered": n_open == target and answered == target,
+        "errors": sorted({o["error"] for o in opened + probed if o["error"]}),  # type: ignore[index]
+    }
+
+
 def run_idle(
     stack: Stack,
     steps: list[int],
@@ -573,12 +689,7 @@ def run_idle(
     """Open connections step by step on one server process; at each step record RSS,
     probe every connection, record RSS again. ``slow`` multiplies every wait (a guest
     under emulation is that many times slower)."""
-    limit = nofile_hard()
-    max_conns = limit - FD_MARGIN
-    runnable = [n for n in steps if n <= max_conns]
-    skipped = [n for n in steps if n > max_conns]
-    if skipped and (not runnable or runnable[-1] < max_conns):
-        runnable.append(max_conns // 1000 * 1000 if max_conns >= 2000 else max_conns)
+    limit, runnable, skipped = _idle_plan(steps)
     outcome: dict[str, Any] = {
         "stack": stack.name,
         "deflate": deflate,
@@ -593,7 +704,6 @@ def run_idle(
             for n in skipped
         ],
     }
-    per_client = max(1, limit - 64)
     if slow > 1:
         # dwebsocket pings a connection after WEBSOCKET_PING_INTERVAL of silence and drops
         # it WEBSOCKET_PING_TIMEOUT later without a pong: in a guest `slow` times slower,
@@ -616,101 +726,25 @@ def run_idle(
         # message when the next step opens more, so the idle figure is the marginal cost
         # of the connections this step added.
         prev_rss, prev_open = baseline, 0
-        top = runnable[-1]
-        nclients = math.ceil(top / per_client)
-        clients = []
-        for k in range(nclients):
-            share = [n // nclients + (k < n % nclients) for n in runnable]
-            argv = [
-                *pin_client,
-                str(LOADGEN),
-                "--mode",
-                "idle",
-                "--host",
-                HOST,
-                "--port",
-                str(server.port),
-                "--path",
-                "/echo/",
-                "--steps",
-                ",".join(str(n) for n in share),
-                "--src",
-                ",".join(SOURCES),
-                "--connect-concurrency",
-                "500",
-                "--connect-timeout",
-                str(round(300 * slow)),
-                "--probe-timeout",
-                str(round(120 * slow)),
-                *(["--deflate"] if deflate else []),
-            ]
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                preexec_fn=raise_nofile,
-            )
-            clients.append((process, LineReader(process)))
+        clients = _idle_clients(
+            server, runnable, max(1, limit - 64), deflate, slow, pin_client, log
+        )
         try:
             for target in runnable:
-                opened = [reader.line(330 * slow) for _, reader in clients]
-                if any(o is None for o in opened):
-                    outcome["error"] = f"no report from the load generator at {target}"
+                step = _idle_step(target, clients, server, slow, baseline, prev_rss, prev_open)
+                if isinstance(step, str):
+                    outcome["error"] = step
                     break
-                time.sleep(2)  # let the server settle (greenlets parked, buffers freed)
-                rss_idle = server.rss()
-                for process, _ in clients:
-                    assert process.stdin is not None
-                    process.stdin.write(b"probe\n")
-                    process.stdin.flush()
-                probed = [reader.line(150 * slow) for _, reader in clients]
-                if any(p is None for p in probed):
-                    outcome["error"] = f"no probe report from the load generator at {target}"
-                    break
-                time.sleep(1)
-                rss_after = server.rss()
-                n_open = sum(o["open"] for o in opened)  # type: ignore[index]
-                answered = sum(p["answered"] for p in probed)  # type: ignore[index]
-                step = {
-                    "target": target,
-                    "open": n_open,
-                    "failed": sum(o["failed"] for o in opened),  # type: ignore[index]
-                    "deflate_negotiated": sum(o["deflate"] for o in opened),  # type: ignore[index]
-                    "open_seconds": max(o["seconds"] for o in opened),  # type: ignore[index]
-                    "answered": answered,
-                    "still_open": sum(p["open"] for p in probed),  # type: ignore[index]
-                    "probe_seconds": max(p["seconds"] for p in probed),  # type: ignore[index]
-                    "probe_p99_ms": round(max(p["p99_us"] for p in probed) / 1000, 1),  # type: ignore[index]
-                    "rss_idle_mb": round(rss_idle / 2**20, 1),
-                    "rss_after_probe_mb": round(rss_after / 2**20, 1),
-                    "rss_baseline": baseline,
-                    "rss_idle": rss_idle,
-                    "rss_after_probe": rss_after,
-                    # Marginal: what each connection opened by this step added, idle.
-                    "kb_per_conn_idle": round(
-                        (rss_idle - prev_rss) / 1024 / max(n_open - prev_open, 1), 1
-                    ),
-                    # All connections open so far, each having exchanged a message.
-                    "kb_per_conn_after_probe": round(
-                        (rss_after - baseline) / 1024 / max(n_open, 1), 1
-                    ),
-                    "all_answered": n_open == target and answered == target,
-                    "errors": sorted({o["error"] for o in opened + probed if o["error"]}),  # type: ignore[index]
-                }
                 outcome["steps"].append(step)
-                prev_rss, prev_open = rss_after, n_open
+                prev_rss, prev_open = step["rss_after_probe"], step["open"]
                 print(
                     f"    idle {'deflate' if deflate else 'plain  '} {target:>6}: "
-                    f"open {n_open}, answered {answered}, "
+                    f"open {step['open']}, answered {step['answered']}, "
                     f"{step['kb_per_conn_idle']} KiB/conn idle, "
                     f"{step['kb_per_conn_after_probe']} KiB/conn after one message",
                     flush=True,
                 )
-                for process, _ in clients:
-                    assert process.stdin is not None
-                    process.stdin.write(b"next\n")
-                    process.stdin.flush()
+                _tell(clients, b"next\n")
         finally:
             for process, _ in clients:
                 with contextlib.suppress(OSError):
