@@ -22,6 +22,8 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.W010`` (``check --deploy``): any origin may open a WebSocket (``"*"``).
 - ``dwebsocket.W011`` (``check --deploy``): the allowed origins name development hosts
   (``localhost``, ``127.0.0.1``, ``[::1]``).
+- ``dwebsocket.W012`` (``check --deploy``): gunicorn installed, its hooks named nowhere
+  this process can see.
 - ``dwebsocket.W008``: the uwsgi backend without its WSGI wrapper
   (``dwebsocket.backends.uwsgi.checks``; tested in ``tests/backends/uwsgi/test_wsgi.py``).
 
@@ -49,6 +51,7 @@ from dwebsocket.worker import gunicorn_worker
 __all__ = [
     "check_allowed_origins",
     "check_atomic_requests",
+    "check_deploy_gunicorn",
     "check_deploy_origins",
     "check_middleware",
     "check_server",
@@ -357,6 +360,42 @@ def check_deploy_origins(
             )
         )
     return messages
+
+
+_HOOKS = "dwebsocket.contrib.gunicorn"
+
+
+@register(Tags.compatibility, deploy=True)
+def check_deploy_gunicorn(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``manage.py check --deploy``: W012 when gunicorn is installed and neither
+    ``GUNICORN_CMD_ARGS`` nor ``./gunicorn.conf.py`` (gunicorn's default config file)
+    names dwebsocket's hooks: without them a stop or reload cuts open WebSockets with
+    1006 instead of 1001. A command line elsewhere (a Procfile, a unit file) cannot be
+    seen from here: silence the check then (``SILENCED_SYSTEM_CHECKS``)."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    if importlib.util.find_spec("gunicorn") is None:
+        return []
+    if _HOOKS in os.environ.get("GUNICORN_CMD_ARGS", ""):
+        return []
+    config = Path("gunicorn.conf.py")
+    if config.is_file() and _HOOKS in config.read_text(errors="replace"):
+        return []
+    return [
+        checks.Warning(
+            "gunicorn is installed, and neither GUNICORN_CMD_ARGS nor gunicorn.conf.py "
+            "names dwebsocket's hooks: a stop or reload of gunicorn would cut open "
+            "WebSockets (1006) instead of closing them with 1001.",
+            hint=f"Start gunicorn with -c python:{_HOOKS}, or import it from your "
+            'gunicorn.conf.py; if you already do elsewhere, add "dwebsocket.W012" to '
+            "SILENCED_SYSTEM_CHECKS.",
+            id="dwebsocket.W012",
+        )
+    ]
 
 
 def _has_process_view(path: str) -> bool:

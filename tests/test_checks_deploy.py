@@ -114,3 +114,16 @@ def test_nothing_said_when_the_app_is_installed(
         ws.send("hi")
         assert ws.receive() == "hi"
     assert not [r for r in caplog.records if "INSTALLED_APPS" in r.getMessage()]
+
+
+def test_w012_gunicorn_without_its_hooks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dwebsocket.checks import check_deploy_gunicorn
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
+    assert ids(check_deploy_gunicorn()) == ["dwebsocket.W012"]  # gunicorn is installed here
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "-c python:dwebsocket.contrib.gunicorn -k gevent")
+    assert check_deploy_gunicorn() == []
+    monkeypatch.delenv("GUNICORN_CMD_ARGS")
+    (tmp_path / "gunicorn.conf.py").write_text("from dwebsocket.contrib.gunicorn import *\n")
+    assert check_deploy_gunicorn() == []
