@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history bench-presence recovery-full lint typecheck docs coverage fuzz soak demo clean bench-scale redis-setup bench-cluster bench-asgi
+.PHONY: setup browser-setup test unit integration matrix build compliance compliance-full bench bench-servers bench-idle bench-groups bench-history bench-presence recovery-full vanish-full lint typecheck docs coverage fuzz soak demo clean bench-scale redis-setup bench-cluster bench-asgi
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -134,6 +134,12 @@ recovery-full: setup
 	DWEBSOCKET_RECOVERY_CUT=30 DWEBSOCKET_RECOVERY_RATE=1000 DWEBSOCKET_RECOVERY_MEMBERS=1000 \
 		$(PY) -m pytest -q -s -p no:cacheprovider --timeout=900 \
 		tests/groups/test_history_servers.py -k cut_off
+
+# Issue 20's count: 1,000 clients that vanish (RST, no close frame) on each ASGI server,
+# sync and async views; nothing left behind (sessions, threads, tasks). CI runs 200.
+vanish-full: setup
+	DWEBSOCKET_VANISHING=1000 $(PY) -m pytest -q -p no:cacheprovider \
+		tests/asgi/test_asgi.py -k vanish
 
 # 150,000 WebSockets on this machine: gunicorn -k gevent workers and websockets processes,
 # every connection echoing and receiving one group broadcast through Redis (~20 min; heavy:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import struct
 import time
@@ -115,9 +116,9 @@ def test_async_views_hold_no_thread(started: Callable[..., ServerProcess], name:
         assert counts(server)["sync_sessions"] == 0
 
 
-#: Connections per server and kind of view in the vanishing test (issue 20 asks for 1,000;
-#: CI's share keeps it modest).
-VANISHING = 200
+#: Connections per server and kind of view in the vanishing test: CI's share keeps it
+#: modest; ``make vanish-full`` runs the 1,000 of issue 20.
+VANISHING = int(os.environ.get("DWEBSOCKET_VANISHING", "200"))
 
 
 def vanish(server: ServerProcess, count: int) -> None:
