@@ -27,6 +27,7 @@ its transaction.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -36,6 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from http import HTTPStatus
 from http.cookies import SimpleCookie
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -52,12 +54,19 @@ from django.utils.encoding import iri_to_uri
 from dwebsocket.exceptions import ConnectionClosed, HandshakeRefused, InvalidState
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.deflate import PerMessageDeflate
-from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
+from dwebsocket.protocol.handshake import (
+    HandshakeRequest,
+    build_request,
+    generate_key,
+    parse_request,
+    parse_response,
+)
+from dwebsocket.protocol.server import accept
 from dwebsocket.typing import BytesLike, Message
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
-    from django.http import HttpResponseBase
+    from django.http import HttpRequest, HttpResponseBase
     from django.test import Client
 
 __all__ = ["HandshakeRefused", "WebSocketClient"]
@@ -168,11 +177,14 @@ class WebSocketClient:
         """
         if self._server is not None:
             raise InvalidState("this client is already connected; make a new one")
-        _check_backend()
+        asynchronous = _is_async_view(self.path)
+        if not asynchronous:
+            _check_backend()
         key = generate_key()
         request = self._build_request(key)
         server_sock, self._sock = socket.socketpair()
-        self._server = _ServerSide(server_sock, self)
+        side = _ASGIServerSide if asynchronous else _ServerSide
+        self._server = side(server_sock, self)
         self._server.start()
         deadline = time.monotonic() + self.timeout
         try:
@@ -271,7 +283,7 @@ class WebSocketClient:
     # -- talking ---------------------------------------------------------------------------
 
     @property
-    def request(self) -> WSGIRequest | None:
+    def request(self) -> HttpRequest | None:
         """The ``HttpRequest`` the view got (``request.websocket``, ``request.user``...),
         once the server has read the handshake."""
         return None if self._server is None else self._server.request
@@ -502,7 +514,7 @@ class _ServerSide(threading.Thread):
         super().__init__(name=f"dwebsocket.testing {client.path}", daemon=True)
         self.sock = sock
         self.client = client
-        self.request: WSGIRequest | None = None
+        self.request: HttpRequest | None = None
         self.response: HttpResponseBase | None = None
         #: The exception that escaped the view (Django answered it with a 500).
         self.exc_info: _ExcInfo | None = None
@@ -631,3 +643,177 @@ class _ServerSide(threading.Thread):
         body = b"".join(response)
         with contextlib.suppress(OSError):  # the client gave up waiting
             self.sock.sendall(head + body)
+
+
+def _is_async_view(path: str) -> bool:
+    """Whether ``path`` resolves to an ``async def`` view (decorated or not)."""
+    from asgiref.sync import iscoroutinefunction
+    from django.urls import Resolver404, resolve
+
+    try:
+        match = resolve(path.partition("?")[0])
+    except Resolver404:
+        return False
+    return iscoroutinefunction(match.func)
+
+
+class _ASGIServerSide(_ServerSide):
+    """The server end for an ``async def`` view: the request goes through
+    :class:`dwebsocket.asgi.ASGIHandler` as under an ASGI server, and this thread plays
+    that server: an event loop, the framing done by the protocol core, the ASGI events
+    mapped to and from the socket. Its sync code (middleware, ``sync_to_async``) runs in
+    asgiref's threads, with database connections of their own: a ``TestCase``'s
+    transaction is not lent to them (use ``TransactionTestCase`` for data the view must
+    see)."""
+
+    def __init__(self, sock: socket.socket, client: WebSocketClient) -> None:
+        super().__init__(sock, client)
+        self.release()  # nothing lent: the view's threads are asgiref's
+        self.connection: Connection | None = None
+        self.handshake: HandshakeRequest | None = None
+        self.refusal: tuple[int, list[tuple[bytes, bytes]]] | None = None
+
+    def run(self) -> None:
+        try:
+            self.sock.settimeout(self.client.timeout)
+            head, rest = self.read_head()
+            asyncio.run(self.serve(head, rest))
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+
+    def scope(self, head: bytes) -> dict[str, Any]:
+        """The ``websocket`` scope an ASGI server would build (RequestFactory's host)."""
+        client = self.client
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        method, target, protocol = request_line.split(" ")
+        path, _, query = target.partition("?")
+        headers: list[tuple[bytes, bytes]] = []
+        joined: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            name, value = name.strip().lower(), value.strip(" \t")
+            headers.append((name.encode("latin-1"), value.encode("latin-1")))
+            joined[name] = f"{joined[name]}, {value}" if name in joined else value
+        remote = "127.0.0.1"
+        for key, value in client.extra.items():
+            if key.startswith("HTTP_"):
+                name = key[5:].replace("_", "-").lower()
+                headers.append((name.encode("latin-1"), str(value).encode("latin-1")))
+            elif key == "REMOTE_ADDR":
+                remote = str(value)
+        self.handshake = parse_request(method, protocol, joined)
+        return {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": "wss" if client.secure else "ws",
+            "path": unquote_to_bytes(path).decode("utf-8", "replace"),
+            "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "root_path": "",
+            "headers": headers,
+            "client": (remote, 50000),
+            "server": (HOST, 443 if client.secure else 80),
+            "subprotocols": self.handshake.subprotocols,
+            "extensions": {"websocket.http.response": {}},
+        }
+
+    async def serve(self, head: bytes, rest: bytes) -> None:
+        from dwebsocket.asgi import ASGIHandler
+
+        side = self
+
+        class Handler(ASGIHandler):
+            async def run_get_response(self, request: Any) -> HttpResponseBase:
+                side.request = request
+                response = await super().run_get_response(request)
+                side.response = response
+                return response
+
+        scope = self.scope(head)
+        loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        pending: deque[dict[str, Any]] = deque([{"type": "websocket.connect"}])
+        unread = [rest] if rest else []
+        accepted = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            while not pending:
+                await accepted.wait()  # the client sends nothing before the 101
+                conn = self.connection
+                assert conn is not None
+                data = unread.pop() if unread else await loop.sock_recv(self.sock, _RECV_SIZE)
+                if not data:
+                    return {"type": "websocket.disconnect", "code": 1006}
+                events = conn.receive_data(data)
+                out = conn.data_to_send()  # pongs, the reply to a close frame
+                if out:
+                    with contextlib.suppress(OSError):
+                        await loop.sock_sendall(self.sock, out)
+                for event in events:
+                    if isinstance(event, str):
+                        pending.append({"type": "websocket.receive", "text": event})
+                    elif isinstance(event, bytes):
+                        pending.append({"type": "websocket.receive", "bytes": event})
+                    elif isinstance(event, Close):
+                        code, reason = event.code, event.reason
+                        pending.append(
+                            {"type": "websocket.disconnect", "code": code, "reason": reason}
+                        )
+            return pending.popleft()
+
+        async def send(event: dict[str, Any]) -> None:
+            kind = event["type"]
+            out = b""
+            if kind == "websocket.accept":
+                assert self.handshake is not None
+                opened = accept(
+                    self.handshake,
+                    subprotocol=event.get("subprotocol"),
+                    compression=True,
+                    max_message_size=None,
+                )
+                self.connection = opened.connection
+                out = opened.response
+                accepted.set()
+            elif kind == "websocket.send" and self.connection is not None:
+                text = event.get("text")
+                out = (
+                    self.connection.send_text(text)
+                    if text is not None
+                    else self.connection.send_binary(event.get("bytes") or b"")
+                )
+            elif kind == "websocket.close":
+                if self.connection is None:  # before the accept: a 403, as servers do
+                    out = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
+                else:
+                    code = event.get("code", 1000)
+                    out = self.connection.send_close(code, event.get("reason") or "")
+            elif kind == "websocket.http.response.start":
+                self.refusal = (event["status"], list(event.get("headers", [])))
+                return
+            elif kind == "websocket.http.response.body" and self.refusal is not None:
+                status, headers = self.refusal
+                body = event.get("body", b"")
+                lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+                lines += [f"{n.decode('latin-1')}: {v.decode('latin-1')}" for n, v in headers]
+                if not any(n.lower() == b"content-length" for n, _ in headers):
+                    lines.append(f"Content-Length: {len(body)}")
+                out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+            if out:
+                with contextlib.suppress(OSError):  # the client is gone
+                    await loop.sock_sendall(self.sock, out)
+
+        def store_exc_info(sender: Any, request: Any = None, **kwargs: Any) -> None:
+            if request is not None and request is self.request:
+                self.exc_info = sys.exc_info()  # type: ignore[assignment]
+
+        got_request_exception.connect(store_exc_info, weak=False, dispatch_uid=id(self))
+        try:
+            await Handler()(scope, receive, send)  # type: ignore[arg-type]
+        finally:
+            got_request_exception.disconnect(dispatch_uid=id(self))

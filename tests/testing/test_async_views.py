@@ -1,0 +1,82 @@
+"""``WebSocketClient`` driving ``async def`` views: the request goes through
+``dwebsocket.asgi``'s handler as under an ASGI server (the views of ``tests/asgi``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dwebsocket import ConnectionClosed
+from dwebsocket.testing import HandshakeRefused, WebSocketClient
+
+pytestmark = pytest.mark.urls("tests.asgi.async_urls")
+
+
+def test_text_binary_and_iteration() -> None:
+    with WebSocketClient("/echo/") as ws:
+        ws.send("héllo")
+        assert ws.receive() == "héllo"
+        ws.send(b"\x00\xff")
+        assert ws.receive() == b"\x00\xff"
+        ws.send("x" * 100_000)
+        assert ws.receive() == "x" * 100_000
+    assert ws.close_code == 1000
+
+
+def test_json_helpers() -> None:
+    with WebSocketClient("/json/") as ws:
+        ws.send_json({"n": 1})
+        assert ws.receive_json() == {"got": {"n": 1}}
+
+
+def test_refused_before_accepting_with_the_views_response() -> None:
+    with pytest.raises(HandshakeRefused) as refused:
+        WebSocketClient("/refuse/").connect()
+    assert refused.value.status_code == 403
+    assert refused.value.content == b"not you\n"
+
+
+def test_subprotocol() -> None:
+    with WebSocketClient("/subprotocol/", subprotocols=["nope", "chat"]) as ws:
+        assert ws.subprotocol == "chat"
+
+
+def test_the_view_closes_with_code_and_reason() -> None:
+    with WebSocketClient("/close/?code=4001&reason=bye") as ws:
+        ws.send("go")
+        assert ws.wait_closed() == 4001
+    assert ws.close_reason == "bye"
+
+
+def test_a_view_that_raises_closes_1011_and_the_test_sees_the_error() -> None:
+    ws = WebSocketClient("/raise-error/", raise_request_exception=False)
+    with ws:
+        ws.send("go")
+        assert ws.wait_closed() == 1011
+
+
+def test_the_request_is_the_views() -> None:
+    with WebSocketClient("/echo/?a=1", headers={"X-Thing": "yes"}) as ws:
+        ws.send("hi")
+        assert ws.receive() == "hi"
+        assert ws.request is not None
+        assert ws.request.GET["a"] == "1"
+        assert ws.request.headers["X-Thing"] == "yes"
+
+
+def test_sending_after_the_view_closed_raises() -> None:
+    with WebSocketClient("/close/?code=4000") as ws:
+        ws.send("go")
+        ws.wait_closed()
+        with pytest.raises(ConnectionClosed):
+            ws.send("late")
+    assert json.dumps(ws.close_code) == "4000"
+
+
+def test_the_views_exception_reaches_the_test() -> None:
+    ws = WebSocketClient("/raise-error/")
+    with pytest.raises(RuntimeError, match="boom"), ws:  # raised as the client closes
+        ws.send("go")
+        ws.wait_closed()
+    assert ws.close_code == 1011
