@@ -29,10 +29,8 @@ Channels stacks. Every wait is bounded; every process started is stopped. Not pa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import selectors
 import shutil
 import socket
 import statistics
@@ -40,12 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its helper modules
-from processes import HOST, free_port, raise_nofile, stop_group
+from processes import HOST, Lines, Processes, free_port, raise_nofile, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "bench" / "groups"
@@ -65,95 +61,6 @@ def build_members() -> None:
     cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(MEMBERS), str(MEMBERS_SRC)]
     print("building the member client:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, timeout=120)
-
-
-class Processes:
-    """Every process started, stopped on exit: SIGTERM to its group, SIGKILL after 10 s."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self,
-        argv: list[str],
-        log: Path,
-        *,
-        env: dict[str, str] | None = None,
-        stdin: bool = False,
-        stdout: bool = False,
-    ) -> subprocess.Popen[bytes]:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as log_file:
-            process = subprocess.Popen(
-                argv,
-                env={**os.environ, **(env or {})},
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout else log_file,
-                stderr=log_file,
-                cwd=HERE,
-                start_new_session=True,
-            )
-        self.started.append(process)
-        return process
-
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        if process.stdin is not None:
-            with contextlib.suppress(OSError):
-                process.stdin.close()
-        stop_group(process, 10)
-        if process.stdout is not None:
-            process.stdout.close()
-        if process in self.started:
-            self.started.remove(process)
-
-    def stop_all(self) -> None:
-        for process in reversed(list(self.started)):
-            self.stop(process)
-
-
-class Lines:
-    """JSON lines from several processes' stdout, read with a deadline."""
-
-    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
-        self.selector = selectors.DefaultSelector()
-        self.buffers: dict[int, bytes] = {}
-        for process in processes:
-            assert process.stdout is not None
-            os.set_blocking(process.stdout.fileno(), False)
-            self.selector.register(process.stdout, selectors.EVENT_READ, process)
-            self.buffers[process.pid] = b""
-
-    def read(self, timeout: float) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
-        """Yield (process, decoded line) until the caller stops or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            for key, _ in self.selector.select(left):
-                process = key.data
-                stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
-                data = os.read(stream.fileno(), 65536)
-                if not data:
-                    raise RuntimeError(f"process {process.args} ended (exit {process.wait()})")
-                self.buffers[process.pid] += data
-                *lines, self.buffers[process.pid] = self.buffers[process.pid].split(b"\n")
-                for line in lines:
-                    yield process, json.loads(line)
-        raise TimeoutError(f"no complete answer within {timeout} s")
-
-    def close(self) -> None:
-        self.selector.close()
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout} s")
 
 
 def start_redis(processes: Processes, workdir: str) -> tuple[str, int]:
@@ -356,7 +263,7 @@ def main() -> None:
     if max(sizes) // args.servers + 100 > hard or max(sizes) // args.clients + 100 > hard:
         raise SystemExit(f"ulimit -Hn is {hard}: use more --servers/--clients")
 
-    processes = Processes()
+    processes = Processes(HERE)
     results: dict[tuple[str, int], list[float]] = {}
     print(
         f"groups benchmark: {args.servers} server processes, {args.clients} client "

@@ -46,19 +46,18 @@ import math
 import os
 import platform
 import resource
-import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
+from processes import HOST, Lines, Processes, free_port, raise_nofile, wait_listening
 
 from dwebsocket.conf import DEFAULTS
 
@@ -68,7 +67,6 @@ OUT = BENCH / "out"
 LOADGEN_SRC = BENCH / "loadgen" / "loadgen.c"
 LOADGEN = BENCH / "loadgen" / "loadgen"
 RESULTS = REPO / "docs" / "benchmarks" / "scale.json"
-HOST = "127.0.0.1"
 PY = sys.executable
 #: Source addresses of the load generators: 127.21.0.1 and up (loopback, issue 21).
 SOURCE_PREFIX = "127.21.0."
@@ -86,127 +84,6 @@ BROADCAST = "broadcast"
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-class Processes:
-    """Every process started, stopped on exit: SIGTERM to its process group, then SIGKILL."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self,
-        argv: list[str],
-        log: Path,
-        *,
-        env: dict[str, str] | None = None,
-        pipes: bool = False,
-    ) -> subprocess.Popen[bytes]:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "wb") as log_file:
-            process = subprocess.Popen(
-                argv,
-                env={**os.environ, **(env or {})},
-                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipes else log_file,
-                stderr=log_file,
-                cwd=REPO,
-                start_new_session=True,
-            )
-        self.started.append(process)
-        return process
-
-    def stop(self, process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-        if process.stdin is not None:
-            with contextlib.suppress(OSError):
-                process.stdin.close()
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-        if process.stdout is not None:
-            process.stdout.close()
-        if process in self.started:
-            self.started.remove(process)
-
-    def stop_all(self) -> None:
-        for process in reversed(list(self.started)):
-            self.stop(process)
-
-
-class Lines:
-    """JSON lines from several processes' stdout, read with a deadline."""
-
-    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
-        self.selector = selectors.DefaultSelector()
-        self.buffers: dict[int, bytes] = {}
-        for process in processes:
-            assert process.stdout is not None
-            os.set_blocking(process.stdout.fileno(), False)
-            self.selector.register(process.stdout, selectors.EVENT_READ, process)
-            self.buffers[process.pid] = b""
-
-    def read(self, timeout: float) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
-        """Yield (process, decoded line) until the caller stops or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            for key, _ in self.selector.select(left):
-                process = key.data
-                stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
-                data = os.read(stream.fileno(), 65536)
-                if not data:
-                    raise RuntimeError(f"{process.args[0]} ended (exit {process.wait()})")
-                self.buffers[process.pid] += data
-                *lines, self.buffers[process.pid] = self.buffers[process.pid].split(b"\n")
-                for line in lines:
-                    yield process, json.loads(line)
-        raise TimeoutError(f"no complete answer within {timeout:.0f} s")
-
-    def each(
-        self, processes: list[subprocess.Popen[bytes]], event: str, timeout: float
-    ) -> list[dict[str, Any]]:
-        """The next line with ``"event": event`` from each of ``processes``, in their order."""
-        got: dict[int, dict[str, Any]] = {}
-        for process, line in self.read(timeout):
-            if line.get("event") == event:
-                got[process.pid] = line
-                if len(got) == len(processes):
-                    break
-        return [got[process.pid] for process in processes]
-
-    def close(self) -> None:
-        self.selector.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port} after {timeout:.0f} s")
-
-
-def raise_nofile() -> int:
-    """Raise this process's (and so its children's) soft RLIMIT_NOFILE to the hard one."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return int(hard)
 
 
 def build_loadgen() -> None:
@@ -438,7 +315,9 @@ def run_stack(stack: str, args: argparse.Namespace, processes: Processes) -> dic
                 argv += ["--probe-timeout", str(ANSWER_TIMEOUT)]
                 argv += ["--connect-concurrency", str(args.concurrency)]
                 loadgens.append(
-                    processes.start(argv, OUT / f"scale-{stack}-loadgen{i}.log", pipes=True)
+                    processes.start(
+                        argv, OUT / f"scale-{stack}-loadgen{i}.log", stdin=True, stdout=True
+                    )
                 )
             started += loadgens
             lines = Lines(loadgens)
@@ -655,7 +534,7 @@ def main() -> None:
         "ping_interval": DEFAULTS["WEBSOCKET_PING_INTERVAL"],
         "results": [],
     }
-    processes = Processes()
+    processes = Processes(REPO, STOP_TIMEOUT)
     try:
         for stack in stacks:
             run["results"].append(run_stack(stack, args, processes))
