@@ -538,21 +538,25 @@ class _ServerSide(threading.Thread):
     def run(self) -> None:
         try:
             self.sock.settimeout(self.client.timeout)
-            environ = self.environ(*self.read_head())
-            for alias, conn in self.shared.items():
-                connections[alias] = conn
-            try:
-                self.handle(environ)
-            finally:
-                for conn in connections.all(initialized_only=True):
-                    if conn.alias not in self.shared:
-                        _close(conn)
+            self.serve(*self.read_head())
         except BaseException as exc:
             self.error = exc
         finally:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
             self.sock.close()
+
+    def serve(self, head: bytes, rest: bytes) -> None:
+        """Run Django for the request whose head (and first bytes after it) were read."""
+        environ = self.environ(head, rest)
+        for alias, conn in self.shared.items():
+            connections[alias] = conn
+        try:
+            self.handle(environ)
+        finally:
+            for conn in connections.all(initialized_only=True):
+                if conn.alias not in self.shared:
+                    _close(conn)
 
     def read_head(self) -> tuple[bytes, bytes]:
         data = b""
@@ -673,17 +677,8 @@ class _ASGIServerSide(_ServerSide):
         self.handshake: HandshakeRequest | None = None
         self.refusal: tuple[int, list[tuple[bytes, bytes]]] | None = None
 
-    def run(self) -> None:
-        try:
-            self.sock.settimeout(self.client.timeout)
-            head, rest = self.read_head()
-            asyncio.run(self.serve(head, rest))
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-            self.sock.close()
+    def serve(self, head: bytes, rest: bytes) -> None:
+        asyncio.run(self.aserve(head, rest))
 
     def scope(self, head: bytes) -> dict[str, Any]:
         """The ``websocket`` scope an ASGI server would build (RequestFactory's host)."""
@@ -722,7 +717,7 @@ class _ASGIServerSide(_ServerSide):
             "extensions": {"websocket.http.response": {}},
         }
 
-    async def serve(self, head: bytes, rest: bytes) -> None:
+    async def aserve(self, head: bytes, rest: bytes) -> None:
         from dwebsocket.asgi import ASGIHandler
 
         side = self
