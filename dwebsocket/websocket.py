@@ -23,6 +23,22 @@ logger = logging.getLogger("dwebsocket")
 __all__ = ["Message", "WebSocket"]
 
 
+def to_json(data: Any, cls: type[json.JSONEncoder] | None) -> str:
+    """``send_json``'s text: ``data`` encoded by ``cls`` (Django's ``DjangoJSONEncoder``
+    by default)."""
+    if cls is None:
+        from django.core.serializers.json import DjangoJSONEncoder
+
+        cls = DjangoJSONEncoder
+    return json.dumps(data, cls=cls)
+
+
+def not_json() -> tuple[int, str]:
+    """What ``wait_json`` closes with after a message that is not JSON (logged once)."""
+    logger.info("Closing a WebSocket with 1007: its message is not JSON")
+    return 1007, "invalid JSON"
+
+
 class WebSocket(abc.ABC):
     """One WebSocket connection, as a view sees it.
 
@@ -143,8 +159,7 @@ class WebSocket(abc.ABC):
         try:
             return json.loads(message)
         except ValueError:  # JSONDecodeError, or binary that is not UTF-8
-            logger.info("Closing a WebSocket with 1007: its message is not JSON")
-            self.close(1007, "invalid JSON")
+            self.close(*not_json())
             return None
 
     # -- sending and closing --------------------------------------------------------------
@@ -161,11 +176,7 @@ class WebSocket(abc.ABC):
         """Send ``data`` as JSON in a text frame. The encoder is Django's
         ``DjangoJSONEncoder`` (dates, decimals, UUIDs, lazy strings), as for
         ``JsonResponse``; ``cls`` picks another."""
-        if cls is None:
-            from django.core.serializers.json import DjangoJSONEncoder
-
-            cls = DjangoJSONEncoder
-        self.send(json.dumps(data, cls=cls))
+        self.send(to_json(data, cls))
 
     @abc.abstractmethod
     def deliver(self, message: Message) -> None:

@@ -29,7 +29,7 @@ from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
-from dwebsocket.websocket import WebSocket
+from dwebsocket.websocket import WebSocket, not_json, to_json
 
 if TYPE_CHECKING:
     from django.dispatch import Signal
@@ -389,18 +389,13 @@ class AsyncWebSocket:
         try:
             return json.loads(message)
         except ValueError:
-            logger.info("Closing a WebSocket with 1007: its message is not JSON")
-            await self.close(1007, "invalid JSON")
+            await self.close(*not_json())
             return None
 
     async def send_json(self, data: Any, *, cls: type[json.JSONEncoder] | None = None) -> None:
         """Send ``data`` as JSON in a text message (Django's ``DjangoJSONEncoder`` unless
         ``cls``)."""
-        if cls is None:
-            from django.core.serializers.json import DjangoJSONEncoder
-
-            cls = DjangoJSONEncoder
-        await self.send(json.dumps(data, cls=cls))
+        await self.send(to_json(data, cls))
 
     async def leave(self, group: str) -> None:
         """Leave ``group`` (no error if not a member)."""
