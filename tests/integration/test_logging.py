@@ -5,6 +5,7 @@ not only Django's ``Forbidden: /echo/``."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,17 @@ def test_sessions_are_101_in_the_access_log(name: str, tmp_path: Path) -> None:
             client.sock.sendall(masked(0x1, b"hi"))
             event = client.recv()
             assert isinstance(event, Close) and event.code == 1011
-    lines = server.log().splitlines()
-    [echo] = [line for line in lines if '"GET /echo/ HTTP/1.1"' in line]
-    [error] = [line for line in lines if '"GET /raise-error/ HTTP/1.1"' in line]
-    assert '" 101 ' in echo, echo
+        # A server writes its access line once the request's handler returns, which may
+        # be after the client saw the close: wait for both lines (bounded), then stop.
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            lines = server.log().splitlines()
+            echo = [line for line in lines if '"GET /echo/ HTTP/1.1"' in line]
+            error = [line for line in lines if '"GET /raise-error/ HTTP/1.1"' in line]
+            if echo and error:
+                break
+            time.sleep(0.05)
+    assert len(echo) == 1 and len(error) == 1, server.log()
+    assert '" 101 ' in echo[0], echo
     if name != "eventlet":  # it logs its default, 200, when it finds the request handled
-        assert '" 500 ' in error, error
+        assert '" 500 ' in error[0], error
