@@ -10,6 +10,8 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
   a stop or reload cuts open WebSockets without a close frame.
 - ``dwebsocket.W004``: ``ATOMIC_REQUESTS`` wraps a WebSocket view in a transaction that
   lasts the whole session.
+- ``dwebsocket.I001``: ``async def`` WebSocket views in the URLconf: ASGI servers only
+  (501 under WSGI).
 - ``dwebsocket.E001``: ``WebSocketMiddleware`` in ``MIDDLEWARE_CLASSES``, which Django
   ignores.
 - ``dwebsocket.E010``: ``WEBSOCKET_ALLOWED_ORIGINS`` is not None or a list of origins (a
@@ -50,6 +52,7 @@ from dwebsocket.worker import gunicorn_worker
 
 __all__ = [
     "check_allowed_origins",
+    "check_async_views",
     "check_atomic_requests",
     "check_deploy_gunicorn",
     "check_deploy_origins",
@@ -265,6 +268,37 @@ def check_atomic_requests(
             id="dwebsocket.W004",
         )
         for atomic, routes in held.items()
+    ]
+
+
+@register(Tags.urls)
+def check_async_views(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``dwebsocket.I001`` (information, not a warning: this process cannot know which
+    server will run the project): ``async def`` WebSocket views need an ASGI server
+    with ``dwebsocket.asgi.get_asgi_application()``; under a WSGI server a WebSocket
+    request to one is answered 501 naming that."""
+    from asgiref.sync import iscoroutinefunction
+
+    try:
+        from django.urls import get_resolver
+
+        views = _websocket_views(get_resolver().url_patterns)
+    except Exception:  # a broken URLconf: Django's own URL checks report it
+        return []
+    routes = [repr(route) for route, view in views if iscoroutinefunction(view)]
+    if not routes:
+        return []
+    return [
+        checks.Info(
+            f"async WebSocket views ({', '.join(routes)}) run under an ASGI server only: "
+            "under a WSGI server (runserver, gunicorn, uWSGI) their WebSocket requests are "
+            "answered 501.",
+            hint="Serve the project with uvicorn, daphne, hypercorn or granian, its asgi.py "
+            "using dwebsocket.asgi.get_asgi_application() (docs: asgi).",
+            id="dwebsocket.I001",
+        )
     ]
 
 

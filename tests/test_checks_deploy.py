@@ -127,3 +127,14 @@ def test_w012_gunicorn_without_its_hooks(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.delenv("GUNICORN_CMD_ARGS")
     (tmp_path / "gunicorn.conf.py").write_text("from dwebsocket.contrib.gunicorn import *\n")
     assert check_deploy_gunicorn() == []
+
+
+def test_i001_async_websocket_views_need_an_asgi_server() -> None:
+    from dwebsocket.checks import check_async_views
+
+    with override_settings(ROOT_URLCONF="tests.asgi.async_urls"):
+        [info] = check_async_views()
+    assert info.id == "dwebsocket.I001" and info.level == checks.INFO
+    assert "'echo/'" in info.msg and "501" in info.msg
+    with override_settings(ROOT_URLCONF=__name__):
+        assert check_async_views() == []
