@@ -46,10 +46,13 @@ MATRIX: list[tuple[str, str]] = [
 #: supports it): ``make test`` runs every test there, so the matrix skips it.
 MAIN = ("3.11", "5.2")
 PYTHONS = sorted({python for python, _ in MATRIX}, key=lambda v: tuple(map(int, v.split("."))))
-#: The servers of the shared suite on the other pairs (``tests/servers.py``).
+#: The servers of the shared suite on the other pairs (``tests/servers.py``), and the
+#: ASGI server it runs on there (``tests/asgi``: sync and async views through Django's
+#: own ASGIHandler, which each Django version changes).
 MATRIX_SERVERS = "runserver,gevent"
+MATRIX_ASGI_SERVERS = "uvicorn"
 #: What the matrix venvs install besides Django: the test tools and the servers' extras.
-EXTRAS = "test,gevent,gunicorn,eventlet,redis,prometheus"
+EXTRAS = "test,gevent,gunicorn,eventlet,redis,prometheus,asgi"
 
 REPO = Path(__file__).resolve().parent
 DIST = REPO / "dist"
@@ -102,7 +105,10 @@ def tests(session: nox.Session, django: str) -> None:
         "not slow and (not server or shared)",
         # Two workers: most of these tests wait on sockets and subprocesses, not the CPU.
         *(session.posargs or ["-n", "2"]),
-        env={"DWEBSOCKET_TEST_SERVERS": MATRIX_SERVERS},
+        env={
+            "DWEBSOCKET_TEST_SERVERS": MATRIX_SERVERS,
+            "DWEBSOCKET_TEST_ASGI_SERVERS": MATRIX_ASGI_SERVERS,
+        },
     )
 
 

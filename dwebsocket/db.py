@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
-__all__ = ["release_idle_connections"]
+__all__ = ["close_thread_connections", "release_idle_connections"]
 
 logger = logging.getLogger("dwebsocket")
 
@@ -31,3 +32,17 @@ def release_idle_connections() -> None:
             conn.close_if_unusable_or_obsolete()
         except Exception as exc:  # hygiene must never break wait(); Django retries later
             logger.debug("Could not release database connection %r: %r", conn.alias, exc)
+
+
+def close_thread_connections(keep: frozenset[str] = frozenset()) -> None:
+    """Close, for good, the database connections this thread opened (but those named in
+    ``keep``): for a thread of ours that queried the database outside a request. SQLite's
+    ``close()`` keeps a connection to an in-memory database open so as not to lose it;
+    this one is one of several to it (a test database's shared cache) and nobody else
+    would close it (Python 3.13 warns when it is collected open)."""
+    for conn in connections.all(initialized_only=True):
+        if conn.alias in keep:
+            continue
+        conn.close()
+        if conn.connection is not None and conn.vendor == "sqlite" and not conn.in_atomic_block:
+            BaseDatabaseWrapper.close(conn)

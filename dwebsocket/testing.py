@@ -51,6 +51,7 @@ from django.db import close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.encoding import iri_to_uri
 
+from dwebsocket.db import close_thread_connections
 from dwebsocket.exceptions import ConnectionClosed, HandshakeRefused, InvalidState
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.deflate import PerMessageDeflate
@@ -497,16 +498,6 @@ class _Handler(BaseHandler):
         self.load_middleware()
 
 
-def _close(conn: BaseDatabaseWrapper) -> None:
-    """Close a connection this thread opened, for good: SQLite's ``close()`` keeps one to an
-    in-memory database open so as not to lose the database, but this thread's is one of
-    several to the test database (shared cache), and no one else would close it (Python
-    3.13 warns when it is collected open)."""
-    conn.close()
-    if conn.connection is not None and conn.vendor == "sqlite" and not conn.in_atomic_block:
-        BaseDatabaseWrapper.close(conn)
-
-
 class _ServerSide(threading.Thread):
     """The server end of one client: reads the request, runs Django, answers a refusal."""
 
@@ -554,9 +545,7 @@ class _ServerSide(threading.Thread):
         try:
             self.handle(environ)
         finally:
-            for conn in connections.all(initialized_only=True):
-                if conn.alias not in self.shared:
-                    _close(conn)
+            close_thread_connections(keep=frozenset(self.shared))
 
     def read_head(self) -> tuple[bytes, bytes]:
         data = b""

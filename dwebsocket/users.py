@@ -323,9 +323,8 @@ class _Checker:
     def check(self, members: list[Member]) -> None:
         """Close (4001) those of ``members`` whose session is no longer valid. Blocks on
         the session store and the database; one lookup per session."""
-        from django.db import connections
-
         from dwebsocket.conf import settings
+        from dwebsocket.db import close_thread_connections
 
         if not settings.WEBSOCKET_REVOKE_SESSIONS:
             return
@@ -348,7 +347,7 @@ class _Checker:
                     )
                     _spawn(_close, member, REVOKED, "session ended")
         finally:
-            connections.close_all()  # this thread's connections only
+            close_thread_connections()
 
 
 _checker = _Checker()

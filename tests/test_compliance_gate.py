@@ -23,6 +23,9 @@ from websockets.sync.server import ServerConnection, serve
 from dwebsocket.protocol.handshake import accept_key
 from tests.compliance import Result, _kosoku, judge
 
+# Real servers and kosoku (a dev tool the test matrix's venvs do not install).
+pytestmark = pytest.mark.server
+
 CASES = ["1.1.1", "1.1.2"]
 WAIT = 10.0
 
