@@ -368,6 +368,9 @@ class RedisSentinels:
 
 @contextlib.contextmanager
 def running(setup: RedisCluster | RedisSentinels) -> Iterator[Any]:
+    """``setup`` started, then closed; fails on CI (skips elsewhere) without
+    redis-server and redis-cli."""
+    require()
     setup.start()
     try:
         yield setup

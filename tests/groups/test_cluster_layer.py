@@ -20,7 +20,7 @@ from dwebsocket.groups import url_problem
 from dwebsocket.groups.cluster import ClusterSubscription
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
-from tests.groups.redis_cluster import RedisCluster, RedisSentinels, require, wait_for
+from tests.groups.redis_cluster import RedisCluster, RedisSentinels, running, wait_for
 from tests.groups.test_redis_layer import Inbox, until
 
 WAIT = 10.0
@@ -37,30 +37,21 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisCluster]:
     """A cluster for the tests that leave it whole (no kill)."""
-    require()
-    setup = RedisCluster()
-    setup.start()
-    yield setup
-    setup.close()
+    with running(RedisCluster()) as setup:
+        yield setup
 
 
 @pytest.fixture
 def own_cluster() -> Iterator[RedisCluster]:
     """A cluster for one test, which may kill a master or move slots."""
-    require()
-    setup = RedisCluster()
-    setup.start()
-    yield setup
-    setup.close()
+    with running(RedisCluster()) as setup:
+        yield setup
 
 
 @pytest.fixture
 def sentinels() -> Iterator[RedisSentinels]:
-    require()
-    setup = RedisSentinels()
-    setup.start()
-    yield setup
-    setup.close()
+    with running(RedisSentinels()) as setup:
+        yield setup
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from redis.crc import key_slot
 from websockets.sync.client import ClientConnection
 
-from tests.groups.redis_cluster import RedisCluster, RedisSentinels, require, wait_for
+from tests.groups.redis_cluster import RedisCluster, RedisSentinels, running, wait_for
 from tests.groups.test_servers import Clients, assert_nothing_more, manage, receive, sent_by
 from tests.servers import ServerProcess
 
@@ -35,20 +35,14 @@ def clients() -> Iterator[Clients]:
 
 @pytest.fixture
 def cluster() -> Iterator[RedisCluster]:
-    require()
-    setup = RedisCluster()
-    setup.start()
-    yield setup
-    setup.close()
+    with running(RedisCluster()) as setup:
+        yield setup
 
 
 @pytest.fixture
 def sentinels() -> Iterator[RedisSentinels]:
-    require()
-    setup = RedisSentinels()
-    setup.start()
-    yield setup
-    setup.close()
+    with running(RedisSentinels()) as setup:
+        yield setup
 
 
 def two_servers(make_server: Callable[..., ServerProcess], url: str) -> list[ServerProcess]:
