@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
+from tests.docs.pages import assert_quotes
+
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
-PAGE = (DOCS / "asgi.rst").read_text()
+PAGE = DOCS / "asgi.rst"
 RESULTS = DOCS / "benchmarks" / "asgi.json"
-
-
-def substitutions() -> dict[str, str]:
-    return dict(re.findall(r"^\.\. \|(\w+)\| replace:: (.*)$", PAGE, re.M))
 
 
 def expected() -> dict[str, str]:
@@ -34,7 +31,7 @@ def expected() -> dict[str, str]:
 
 
 def test_the_numbers_are_the_committed_results() -> None:
-    assert substitutions() == expected()
+    assert_quotes(PAGE, expected())
 
 
 def test_the_goals_of_issue_20_hold_in_the_committed_run() -> None:

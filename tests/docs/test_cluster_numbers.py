@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import statistics
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.docs.pages import assert_quotes, print_block
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "groups.rst"
 RESULTS = ROOT / "docs" / "benchmarks" / "cluster.json"
 PREFIX = "cl_"  # this page's substitutions from cluster.json; others are not ours
-
-
-def substitutions() -> dict[str, str]:
-    found = re.findall(r"^\.\. \|(\w+)\| replace:: (.+)$", PAGE.read_text(), re.M)
-    return {name: value for name, value in found if name.startswith(PREFIX)}
 
 
 def _throughput(run: dict[str, Any], topology: str, design: str, size: int) -> dict[str, Any]:
@@ -78,23 +72,9 @@ def expected() -> dict[str, str]:
     return {PREFIX + name: value for name, value in values.items()}
 
 
-@pytest.mark.parametrize("name", sorted(expected()))
-def test_the_page_quotes_the_results(name: str) -> None:
-    written = substitutions()
-    assert name in written, f"|{name}| is not defined in docs/groups.rst"
-    assert written[name] == expected()[name], name
-
-
-def test_the_page_defines_nothing_unchecked() -> None:
-    assert set(substitutions()) <= set(expected())
-
-
-def test_every_substitution_is_used() -> None:
-    text = PAGE.read_text()
-    for name in substitutions():
-        assert text.count(f"|{name}|") >= 2, name  # its definition and a use
+def test_the_page_quotes_the_results() -> None:
+    assert_quotes(PAGE, expected(), PREFIX)
 
 
 if __name__ == "__main__":  # python -m tests.docs.test_cluster_numbers: the block to paste
-    for name, value in sorted(expected().items()):
-        print(f".. |{name}| replace:: {value}")
+    print_block(expected())

@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
+from tests.docs.pages import assert_quotes, print_block
+
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
-PAGE = (DOCS / "users.rst").read_text()
+PAGE = DOCS / "users.rst"
 RESULTS = json.loads((DOCS / "benchmarks" / "presence.json").read_text())
-
-
-def substitutions() -> dict[str, str]:
-    return dict(re.findall(r"^\.\. \|(\w+)\| replace:: (.*)$", PAGE, re.M))
 
 
 def ms(value: float) -> str:
@@ -48,7 +45,7 @@ def expected() -> dict[str, str]:
 
 
 def test_the_numbers_are_the_committed_results() -> None:
-    assert substitutions() == expected()
+    assert_quotes(PAGE, expected())
 
 
 def test_the_goals_hold() -> None:
@@ -66,5 +63,4 @@ def test_the_goals_hold() -> None:
 
 
 if __name__ == "__main__":  # prints the substitutions to paste after a new run
-    for name, value in expected().items():
-        print(f".. |{name}| replace:: {value}")
+    print_block(expected())

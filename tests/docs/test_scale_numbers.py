@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.docs.pages import assert_quotes, print_block
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "scaling.rst"
 RESULTS = ROOT / "docs" / "benchmarks" / "scale.json"
 LIMITS = ROOT / "docs" / "benchmarks" / "limits.json"
 GIB = 2**30
-
-
-def substitutions() -> dict[str, str]:
-    return dict(re.findall(r"^\.\. \|(\w+)\| replace:: (.+)$", PAGE.read_text(), re.M))
 
 
 def _stack(run: dict[str, Any], name: str) -> dict[str, Any]:
@@ -131,23 +126,9 @@ def _limits() -> dict[str, str]:
     return values
 
 
-@pytest.mark.parametrize("name", sorted(expected()))
-def test_the_page_quotes_the_results(name: str) -> None:
-    written = substitutions()
-    assert name in written, f"|{name}| is not defined in docs/scaling.rst"
-    assert written[name] == expected()[name], name
-
-
-def test_the_page_defines_nothing_unchecked() -> None:
-    assert set(substitutions()) <= set(expected())
-
-
-def test_every_substitution_is_used() -> None:
-    text = PAGE.read_text()
-    for name in substitutions():
-        assert text.count(f"|{name}|") >= 2, name  # its definition and a use
+def test_the_page_quotes_the_results() -> None:
+    assert_quotes(PAGE, expected())
 
 
 if __name__ == "__main__":  # python -m tests.docs.test_scale_numbers: the block to paste
-    for name, value in sorted(expected().items()):
-        print(f".. |{name}| replace:: {value}")
+    print_block(expected())
