@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests import wire
-from tests.integration import test_default_backend
 from tests.servers import ASGI_SERVERS, ServerProcess, start_server
 
 HERE = Path(__file__).resolve().parent
@@ -188,21 +187,14 @@ CANNOT: dict[tuple[str, str | None, str | None], str] = {
 }
 
 
-#: How long a test marked in :data:`CANNOT` waits for what will not come (``tests.wire``'s
-#: ``TIMEOUT``, 10 s, everywhere else). Most of these defects show as a wait that runs
-#: out, a dozen of them per run; a server that learned passes without waiting, so the
-#: strict xfail still catches it.
-DEFECT_TIMEOUT = 2.0
-
-
 @pytest.fixture(autouse=True)
-def _short_waits_where_a_defect_is_expected(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _short_waits_where_a_defect_is_expected(request: pytest.FixtureRequest) -> Iterator[None]:
     marker = request.node.get_closest_marker("xfail")
-    if marker is not None and marker.kwargs.get("reason") in CANNOT.values():
-        for module in (wire, test_default_backend):
-            monkeypatch.setattr(module, "TIMEOUT", DEFECT_TIMEOUT)
+    if marker is None or marker.kwargs.get("reason") not in CANNOT.values():
+        yield
+        return
+    with wire.defect_waits(request.function):
+        yield
 
 
 def reason_for(name: str, server: str, test_id: str) -> str | None:

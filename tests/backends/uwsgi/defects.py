@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from tests.wire import defect_waits
+
 __all__ = ["DEFECTS", "DefectShown", "Where", "check", "defect", "pytest_collection_modifyitems"]
 
 #: The servers running the uwsgi backend, and the one running the default backend.
@@ -234,7 +236,8 @@ def _fail_as_defect(item: pytest.Item, name: str, where: Where) -> None:
     @functools.wraps(test)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return test(*args, **kwargs)
+            with defect_waits(test):
+                return test(*args, **kwargs)
         except BaseException as exc:
             if where.matches(exc):
                 raise DefectShown(f"{DEFECTS[name]} (at {where.line!r})") from exc
