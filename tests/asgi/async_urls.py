@@ -8,6 +8,8 @@ from tests.asgi import views
 
 urlpatterns = [
     path("counts/", views.counts),
+    path("held/", views.held_async),
+    path("release/", views.release),
     path("room/<str:name>/", views.room),
     path("json/", views.json_echo),
     path("close-from-the-loop/", views.close_from_the_loop),

@@ -20,9 +20,10 @@ from django.test import Client
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.asgi.conftest import KINDS, asgi_servers, start_asgi
+from tests.asgi.conftest import HYPERCORN_PIPELINED, KINDS, asgi_servers, start_asgi
+from tests.backends.uwsgi.defects import DefectShown, check
 from tests.servers import ServerProcess
-from tests.wire import TIMEOUT, RawClient
+from tests.wire import TIMEOUT, RawClient, masked, read_http_response, upgrade_request
 
 SERVERS = [f"{name}-{kind}" for name in asgi_servers() for kind in KINDS]
 #: The status a refused handshake gets: the view's where the server has the
@@ -163,6 +164,56 @@ def test_clients_that_vanish_leave_nothing_behind(
     assert after["sessions"] == 0 and after["sync_sessions"] == 0, after
     assert after["threads"] <= before["threads"], (before, after)
     assert after["tasks"] <= before["tasks"], (before, after)
+
+
+@pytest.mark.server
+@pytest.mark.skipif("hypercorn" not in asgi_servers(), reason="hypercorn not chosen")
+@pytest.mark.xfail(strict=True, raises=DefectShown, reason=HYPERCORN_PIPELINED)
+@pytest.mark.parametrize("kind", KINDS)
+def test_hypercorn_ends_the_session_it_answered_400(
+    started: Callable[..., ServerProcess], kind: str
+) -> None:
+    """A frame before the 101 (here: after the request reached the view, before the view
+    accepts): hypercorn, which started the application with ``websocket.connect``,
+    answers 400 itself. The client is gone; the session must end, and a sync view's
+    thread come back. On hypercorn 0.18 neither happens: the application is never sent
+    ``websocket.disconnect`` and its sends are dropped without an error, so nothing tells
+    dwebsocket (the view runs until hypercorn stops, which cancels it)."""
+    server = started(f"hypercorn-{kind}")
+    release = server.url("/release/?id=pipelined", "http")
+    with ws(server, "/echo/") as warm:  # the loop's and Django's thread pools
+        warm.send("warm")
+        assert warm.recv(timeout=TIMEOUT) == "warm"
+    urllib.request.urlopen(release.replace("pipelined", "warm"), timeout=TIMEOUT).close()
+    settle(server, lambda now: now["sessions"] == 0)
+    before = counts(server)
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request("/held/?id=pipelined"))
+        settle(server, lambda now: now["sessions"] == 1)  # the view waits at its gate
+        sock.sendall(masked(0x1, b"before the 101"))
+        status = read_http_response(sock)[0]
+    urllib.request.urlopen(release, timeout=TIMEOUT).close()
+    # With the defect, this wait runs out.
+    after = settle(server, lambda now: not now["sessions"] and now["threads"] <= before["threads"])
+    # sync_sessions: the worker threads sync views hold (the process's thread count also
+    # moves with the loop's and Django's pools, so it is only waited for above).
+    check(
+        HYPERCORN_PIPELINED,
+        (status, after["sessions"], after["sync_sessions"]),
+        correct=(status, 0, 0),  # whatever the answer, nothing left running
+        # 400, and one session left running; for a sync view, holding its thread.
+        signature=(400, 1, 1) if kind == "sync" else (400, 1, 0),
+    )
+
+
+def settle(
+    server: ServerProcess, done: Callable[[dict[str, Any]], bool], bound: float = TIMEOUT
+) -> dict[str, Any]:
+    """``counts(server)`` once ``done`` says so, or when ``bound`` seconds ran out."""
+    deadline = time.monotonic() + bound
+    while not done(now := counts(server)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return now
 
 
 @pytest.mark.server

@@ -6,5 +6,7 @@ from tests.asgi import views
 
 urlpatterns = [
     path("counts/", views.counts),
+    path("held/", views.held),
+    path("release/", views.release),
     path("", include("tests.urls")),
 ]

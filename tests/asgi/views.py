@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 
@@ -152,6 +153,44 @@ async def close_from_the_loop(request: HttpRequest) -> None:
     await ws.wait()
     ws.sync.close(4003, "closed from the loop")
     await ws.wait()  # returns None once the close is done
+
+
+#: Gates that ``held`` views wait at before accepting, by ``?id=``; ``release`` opens one.
+_GATES: dict[str, threading.Event] = {}
+_GATES_LOCK = threading.Lock()
+#: How long a held view waits for its release before it goes on anyway (under the
+#: tests' socket timeout, tests.wire.TIMEOUT).
+HOLD = 5.0
+
+
+def _gate(key: str) -> threading.Event:
+    with _GATES_LOCK:
+        return _GATES.setdefault(key, threading.Event())
+
+
+@require_websocket
+def held(request: HttpRequest) -> None:
+    """A sync echo view that accepts only once ``release/?id=`` was requested (so that a
+    test can act between the handshake reaching the view and the accept)."""
+    _gate(request.GET["id"]).wait(HOLD)
+    for message in request.websocket:
+        request.websocket.send(message)
+
+
+@require_websocket
+async def held_async(request: HttpRequest) -> None:
+    """:func:`held` as an ``async def`` view."""
+    gate, deadline = _gate(request.GET["id"]), time.monotonic() + HOLD
+    while not gate.is_set() and time.monotonic() < deadline:  # no thread for the wait
+        await asyncio.sleep(0.02)
+    async for message in request.websocket:
+        await request.websocket.send(message)
+
+
+def release(request: HttpRequest) -> HttpResponse:
+    """Let the held view of ``?id=`` accept."""
+    _gate(request.GET["id"]).set()
+    return HttpResponse("released")
 
 
 async def counts(request: HttpRequest) -> JsonResponse:
