@@ -11,8 +11,9 @@ allows one reader and one writer on a socket at a time, never two of either).
 
 Everything written goes through one ordered outbox, so frames reach the wire in the
 order the core encoded them (permessage-deflate's shared context depends on it):
-``send()`` flushes it itself; ``deliver()`` (groups) appends, then writes what the kernel
-takes at once if no one else is writing, and leaves the rest to a short-lived flusher
+``send()`` flushes it itself; ``deliver()`` and ``deliver_batch()`` (groups: one message, or
+the frames of all a group's reader received together) append, then write what the kernel
+takes at once if no one else is writing, and leave the rest to a short-lived flusher
 thread (a greenlet under monkey-patching); the pongs and close replies the core produces
 are flushed by the reader.
 
