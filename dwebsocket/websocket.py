@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from django.dispatch import Signal
     from django.http import HttpRequest
 
+    from dwebsocket.groups.batch import Batch
     from dwebsocket.groups.history import Recovery
 
 from dwebsocket.typing import BytesLike, Message
@@ -184,6 +185,13 @@ class WebSocket(abc.ABC):
 
         Each connection has a bounded outgoing buffer; a connection whose buffer overflows is
         closed with 1008 (policy violation). Messages for a closed connection are dropped."""
+
+    def deliver_batch(self, batch: Batch) -> None:
+        """:meth:`deliver` each of ``batch.messages``, in order (groups hand a member the
+        messages that arrived together in one call). Never blocks. Backends that can
+        queue them at once (one write for all) override it."""
+        for message in batch.messages:
+            self.deliver(message)
 
     @abc.abstractmethod
     def ping(self, data: bytes = b"") -> None:

@@ -40,12 +40,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from dwebsocket.groups.batch import Batch, deliver_batch
 from dwebsocket.typing import Message
 
 __all__ = [
     "Follower",
     "Followers",
     "Item",
+    "Items",
     "Page",
     "Policy",
     "Position",
@@ -228,6 +230,27 @@ class Item:
         return self._envelope
 
 
+class Items:
+    """Consecutive messages of one group, fanned out together: each member gets them in
+    one :class:`~dwebsocket.groups.batch.Batch`, made once for all members (as they are,
+    or in ``dws`` envelopes)."""
+
+    __slots__ = ("_batches", "items")
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        self._batches: dict[bool, Batch] = {}
+
+    def batch(self, envelope: bool) -> Batch:
+        """Every message, in envelopes if ``envelope``: the same object for every member."""
+        batch = self._batches.get(envelope)
+        if batch is None:
+            batch = self._batches[envelope] = Batch(
+                [item.envelope() if envelope else item.message for item in self.items]
+            )
+        return batch
+
+
 def envelope(group: str, message: Message, position: Position | None) -> str:
     """``{"dws":"msg","g":group,"p":position,"d":text}``; binary messages as base64 in
     ``"b"`` instead of ``"d"``, so that one frame carries message and position."""
@@ -294,42 +317,70 @@ class Follower:
         Redis kept the history) means the member missed some: one whose client speaks
         ``dws`` is closed with 4003 instead, and its client reconnects and recovers them
         (the others get what comes, as members of any group)."""
+        self.deliver_items(Items([item]))
+
+    def deliver_items(self, items: Items) -> None:
+        """:meth:`deliver` for each of ``items``, in order, handed to the member in one
+        ``deliver_batch`` (the batch ``items`` made for every member, when this one gets
+        them all)."""
         with self.lock:
             buffer = self.buffer
             if buffer is not None:
-                if len(buffer) >= BUFFER:
-                    buffer.popleft()
-                    self.dropped = True
-                buffer.append(item)
+                for item in items.items:
+                    if len(buffer) >= BUFFER:
+                        buffer.popleft()
+                        self.dropped = True
+                    buffer.append(item)
                 return
-            position, last = item.position, self.last
-            if not (
-                self.envelope
-                and position is not None
-                and last is not None
-                and position.epoch == last.epoch
-                and position.offset > last.offset + 1
-            ):
-                self._deliver(item, self.member.deliver)
+            kept: list[Item] = []
+            gap: Item | None = None
+            for item in items.items:
+                position, last = item.position, self.last
+                if (
+                    self.envelope
+                    and position is not None
+                    and last is not None
+                    and position.epoch == last.epoch
+                    and position.offset > last.offset + 1
+                ):
+                    gap = item
+                    break
+                if self._fresh(item):
+                    kept.append(item)
+            if kept:
+                if len(kept) == len(items.items):
+                    batch = items.batch(self.envelope)
+                else:
+                    batch = Batch([i.envelope() if self.envelope else i.message for i in kept])
+                deliver_batch(self.member, batch)
+            if gap is None:
                 return
+            last = self.last
             self.buffer = deque()  # nothing more for it: its client recovers from ``last``
         logger.info(
             "Group %r: a member missed messages after %s (got %s): closing it (%d) so that "
             "its client reconnects and recovers them",
             self.group,
             last,
-            position,
+            gap.position,
             GAP_CLOSE,
         )
         threading.Thread(target=_close_for_gap, args=(self.member,), daemon=True).start()
 
     def _deliver(self, item: Item, send: Callable[[Message], None]) -> bool:
+        if not self._fresh(item):
+            return False
+        send(item.envelope() if self.envelope else item.message)
+        return True
+
+    def _fresh(self, item: Item) -> bool:
+        """False for a duplicate (at or before the last position delivered, same epoch);
+        else True, and ``item``'s position becomes the last (call with ``lock`` held)."""
         position, last = item.position, self.last
         if position is not None:
             if last is not None and position.epoch == last.epoch and position.offset <= last.offset:
                 return False
             self.last = position
-        send(item.envelope() if self.envelope else item.message)
         return True
 
 

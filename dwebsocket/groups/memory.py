@@ -19,11 +19,29 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dwebsocket.groups.history import Followers, Item, Page, Policy, Position, new_epoch, policy
+from dwebsocket.groups.batch import deliver_batch
+from dwebsocket.groups.history import (
+    Followers,
+    Item,
+    Items,
+    Page,
+    Policy,
+    Position,
+    new_epoch,
+    policy,
+)
 from dwebsocket.groups.presence import Local, PresenceRegistry, Present, deliver_event, event_text
 from dwebsocket.typing import Message
 
-__all__ = ["Member", "MemoryHistory", "MemoryLayer", "Registry", "fan_out", "fan_out_item"]
+__all__ = [
+    "Member",
+    "MemoryHistory",
+    "MemoryLayer",
+    "Registry",
+    "fan_out",
+    "fan_out_item",
+    "fan_out_items",
+]
 
 logger = logging.getLogger("dwebsocket.groups")
 
@@ -133,44 +151,39 @@ def fan_out(registry: Registry, group: str, message: Message) -> list[str]:
 
     Closed members are dropped from the registry on the way. Returns the groups that became
     empty because of that (the Redis layer unsubscribes from them)."""
-    members = registry.members(group)
-    closed: list[Member] = []
-    for member in members:
-        if member.is_closed():
-            closed.append(member)
-            continue
-        try:
-            member.deliver(message)
-        except Exception:
-            # deliver() must not raise; if a backend's does, that member alone pays for it.
-            logger.exception("Dropping group member %r: deliver() raised", member)
-            closed.append(member)
-    emptied: list[str] = []
-    for member in closed:
-        emptied.extend(registry.remove_all(member))
-    return emptied
+    return fan_out_items(registry, group, Items([Item(group, message, None)]))
 
 
 def fan_out_item(registry: Registry, item: Item) -> list[str]:
-    """:func:`fan_out` for a message of a history group: a member that joined it through
-    ``join(..., since=...)`` gets it through its follower (once, in order, with its
-    position if its client speaks ``dws``); any other member as it is."""
-    followers = registry.followers.get(item.group)
-    if not followers:
-        return fan_out(registry, item.group, item.message)
-    members = registry.members(item.group)
+    """:func:`fan_out` for a message of a history group (see :func:`fan_out_items`)."""
+    return fan_out_items(registry, item.group, Items([item]))
+
+
+def fan_out_items(registry: Registry, group: str, items: Items) -> list[str]:
+    """Hand consecutive messages of ``group`` to every open local member, each member
+    getting them all in one ``deliver_batch`` (the batch made once for all); never blocks.
+
+    A member that joined a history group through ``join(..., since=...)`` gets them through
+    its follower (once, in order, with their positions if its client speaks ``dws``); any
+    other member as they are. Closed members are dropped from the registry on the way.
+    Returns the groups that became empty because of that (the Redis layer unsubscribes
+    from them)."""
+    members = registry.members(group)
+    followers = registry.followers.get(group)
+    plain = items.batch(False)
     closed: list[Member] = []
     for member in members:
         if member.is_closed():
             closed.append(member)
             continue
         try:
-            follower = followers.get(id(member))
+            follower = followers.get(id(member)) if followers else None
             if follower is None:
-                member.deliver(item.message)
+                deliver_batch(member, plain)
             else:
-                follower.deliver(item)
+                follower.deliver_items(items)
         except Exception:
+            # deliver() must not raise; if a backend's does, that member alone pays for it.
             logger.exception("Dropping group member %r: deliver() raised", member)
             closed.append(member)
     emptied: list[str] = []

@@ -68,8 +68,8 @@ from urllib.parse import urlsplit, urlunsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
-from dwebsocket.groups.history import Item, Page, Policy, Position, policy
-from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_item
+from dwebsocket.groups.history import Item, Items, Page, Policy, Position, policy
+from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_items
 from dwebsocket.groups.presence import (
     Local,
     Mirror,
@@ -349,6 +349,9 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 5.0
 #: Seconds of silence on the subscription before the reader checks it with a PING.
 KEEPALIVE = 10.0
+#: Messages the subscription's reader fans out together at most: all that arrived by the
+#: time it looks, so that a member gets them in one write (bench/FINDINGS.md, section 14).
+BATCH = 1000
 #: Own messages remembered to deliver each exactly once (see ``RedisLayer._claim``).
 CLAIMS = 4096
 #: Groups whose epoch a sender remembers (see ``RedisLayer._remember_epoch``).
@@ -807,46 +810,66 @@ class RedisLayer:
         return Page(epoch.decode(), int(head), entries)
 
     def receive(self, channel: bytes, data: bytes) -> None:
-        """Deliver a message that came through the subscription (the reader calls this)."""
-        group = self.group(channel)
-        if group is None:
-            return
-        if data[:1] == b"\x04" and len(data) >= HEADER.size:
-            try:
-                text = data[HEADER.size :].decode()
-            except UnicodeDecodeError:
-                logger.warning("Dropping a malformed presence event on group %r", group)
-                return
-            deliver_event(self.registry.presence, group, text)
-            return
-        if data[:1] == b"\x03" and len(data) >= HEADER.size:
-            _, origin, seq = HEADER.unpack_from(data)
-            if origin != self.origin or self._claim(seq):
-                from dwebsocket.groups.control import dispatch
+        """Deliver a message that came through the subscription."""
+        self.receive_all([(channel, data)])
 
-                dispatch(self.registry, group, data[HEADER.size :])
-            return
-        try:
-            origin, seq, message, position = decode_positioned(data)
-        except UnknownKind as exc:
-            logger.debug("Ignoring a message on group %r: %s (a newer version's?)", group, exc)
-            return
-        except ValueError as exc:
-            logger.warning("Dropping a malformed message on group %r: %s", group, exc)
-            return
-        if origin == self.origin and not self._claim(seq):
-            return
-        # Through the followers even without a position (a sender that keeps no history
-        # for this group, or that could not reach Redis): still once, still in order.
-        self._fan_out_item(Item(group, message, position))
+    def receive_all(self, messages: list[tuple[bytes, bytes]]) -> None:
+        """Deliver messages that came through the subscription together, in order (the
+        reader calls this with all it has read at once): consecutive messages of one group
+        go to each member in one ``deliver_batch``."""
+        run: list[Item] = []
+        for channel, data in messages:
+            group = self.group(channel)
+            if group is None:
+                continue
+            if run and run[0].group != group:
+                self._fan_out_items(run)
+                run = []
+            if data[:1] == b"\x04" and len(data) >= HEADER.size:
+                self._fan_out_items(run)  # what came before goes first
+                run = []
+                try:
+                    text = data[HEADER.size :].decode()
+                except UnicodeDecodeError:
+                    logger.warning("Dropping a malformed presence event on group %r", group)
+                    continue
+                deliver_event(self.registry.presence, group, text)
+                continue
+            if data[:1] == b"\x03" and len(data) >= HEADER.size:
+                self._fan_out_items(run)
+                run = []
+                _, origin, seq = HEADER.unpack_from(data)
+                if origin != self.origin or self._claim(seq):
+                    from dwebsocket.groups.control import dispatch
+
+                    dispatch(self.registry, group, data[HEADER.size :])
+                continue
+            try:
+                origin, seq, message, position = decode_positioned(data)
+            except UnknownKind as exc:
+                logger.debug("Ignoring a message on group %r: %s (a newer version's?)", group, exc)
+                continue
+            except ValueError as exc:
+                logger.warning("Dropping a malformed message on group %r: %s", group, exc)
+                continue
+            if origin == self.origin and not self._claim(seq):
+                continue
+            # Through the followers even without a position (a sender that keeps no history
+            # for this group, or that could not reach Redis): still once, still in order.
+            run.append(Item(group, message, position))
+        self._fan_out_items(run)
 
     def _fan_out(self, group: str, message: Message) -> None:
         for emptied in fan_out(self.registry, group, message):
             self.subscriber.request(emptied)
 
     def _fan_out_item(self, item: Item) -> None:
-        for emptied in fan_out_item(self.registry, item):
-            self.subscriber.request(emptied)
+        self._fan_out_items([item])
+
+    def _fan_out_items(self, items: list[Item]) -> None:
+        if items:
+            for emptied in fan_out_items(self.registry, items[0].group, Items(items)):
+                self.subscriber.request(emptied)
 
     def _claim(self, seq: int) -> bool:
         """Own message ``seq`` is delivered locally by whichever of the sender (fallback)
@@ -1079,14 +1102,26 @@ class Subscriber:
         last_heard = time.monotonic()
         ping_sent: float | None = None
         while not self._stopping:
-            while connection.can_read(timeout=0):
+            received: list[tuple[bytes, bytes]] = []
+            while len(received) < BATCH and connection.can_read(timeout=0):
                 try:
                     response = connection.read_response(disconnect_on_error=False)
                 except redis.ResponseError as exc:
                     self.refused(exc)
                 else:
-                    self._handle(response)
+                    if isinstance(response, list) and response and response[0] == self.MESSAGE:
+                        received.append((response[1], response[2]))
+                    else:
+                        self.layer.receive_all(received)  # what came before goes first
+                        received = []
+                        self._handle(response)
                 last_heard, ping_sent = time.monotonic(), None
+            if received:
+                self.layer.receive_all(received)
+                # Under gevent this thread is a greenlet, and select() below returns at
+                # once while messages keep coming: let the hub run the others (a
+                # reconnecting client's handshake) between batches.
+                time.sleep(0)
             self._sync(connection)
             now = time.monotonic()
             if ping_sent is not None and now - ping_sent > self.layer.timeout:

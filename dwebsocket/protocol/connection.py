@@ -21,6 +21,7 @@ import enum
 import os
 import struct
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
@@ -35,7 +36,16 @@ from .frames import (
     unmask,
 )
 
-__all__ = ["Close", "Connection", "Event", "Ping", "Pong", "ReceiveState", "State"]
+__all__ = [
+    "Close",
+    "Connection",
+    "Event",
+    "Ping",
+    "Pong",
+    "ReceiveState",
+    "State",
+    "plain_frames",
+]
 
 
 class State(enum.Enum):
@@ -130,6 +140,23 @@ _SMALL = 256
 # The headers of final unmasked frames with payloads under 126 bytes, made once.
 _TEXT_HEADERS = [frame_header(0x81, n, False) for n in range(126)]
 _BINARY_HEADERS = [frame_header(0x82, n, False) for n in range(126)]
+
+
+def plain_frames(messages: Sequence[str | bytes | bytearray | memoryview]) -> bytes:
+    """The frames of ``messages``, in order, as a server connection without an extension
+    sends them (``Connection.send_messages``): unmasked (RFC 6455 5.1), uncompressed, so
+    the same bytes for every such connection -- a group encodes them once for all its
+    members. ``str`` as text, bytes-like as binary."""
+    out = []
+    for message in messages:
+        if isinstance(message, str):
+            data = message.encode()
+            n = len(data)
+            out.append(_TEXT_HEADERS[n] + data if n < 126 else encode_frame(0x1, data))
+        else:
+            n = len(message)
+            out.append(_BINARY_HEADERS[n] + message if n < 126 else encode_frame(0x2, message))
+    return b"".join(out)
 
 
 def _truncate_reason(reason: str) -> str:
@@ -627,6 +654,22 @@ class Connection:
         if isinstance(message, str):
             return self.send_text(message)
         return self.send_binary(message)
+
+    def send_messages(
+        self,
+        messages: Sequence[str | bytes | bytearray | memoryview],
+        plain: Callable[[], bytes] | None = None,
+    ) -> bytes:
+        """Return the frames of ``messages``, in order, as one bytes object: what
+        :meth:`send_message` returns for each. ``plain``, if given, returns
+        :func:`plain_frames` of the same messages, encoded once for many connections; it
+        is used when this one is a server connection without an extension. Raises
+        ``InvalidState`` unless OPEN."""
+        if self.state is not _OPEN:
+            self._check_open()
+        if plain is not None and self.deflate is None and not self.client:
+            return plain()
+        return b"".join([self.send_message(message) for message in messages])
 
     def send_ping(self, data: bytes = b"") -> bytes:
         """Return a ping frame (at most 125 bytes of data). Raises ``InvalidState``

@@ -190,8 +190,11 @@ def test_cluster_process_receives_only_its_groups(
     a.join("only-a", mine)
     b.join("only-b", theirs)
     received: list[bytes] = []
-    original = a.receive
-    a.receive = lambda channel, data: (received.append(channel), original(channel, data))[1]  # type: ignore[method-assign]
+    original = a.receive_all
+    a.receive_all = lambda messages: (  # type: ignore[method-assign]
+        received.extend(channel for channel, _ in messages),
+        original(messages),
+    )[1]
     for i in range(20):
         b.send("only-b", f"b{i}")
         b.send("only-a", f"a{i}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -16,7 +17,17 @@ from django.core import checks
 from django.test import RequestFactory, override_settings
 
 from dwebsocket import groups
-from dwebsocket.groups.history import Position, Recovery, parse_setting, policy
+from dwebsocket.groups.batch import Batch
+from dwebsocket.groups.history import (
+    GAP_CLOSE,
+    Follower,
+    Item,
+    Items,
+    Position,
+    Recovery,
+    parse_setting,
+    policy,
+)
 from dwebsocket.testing import WebSocketClient
 from dwebsocket.typing import Message
 
@@ -357,3 +368,43 @@ def test_a_live_gap_closes_a_dws_member_4003_so_that_its_client_recovers() -> No
         fan_out_item(layer.registry, skipped)  # type: ignore[attr-defined]
         assert dws_client.wait_closed() == 4003
         assert plain.receive() == "three"
+
+
+def test_a_follower_takes_a_batch_once_in_order_up_to_a_gap() -> None:
+    """Messages fanned out together: duplicates dropped, the rest handed over in one
+    ``deliver_batch`` (the batch shared by every member when nothing was dropped); a gap
+    ends the batch there and closes a dws member with 4003."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.batches: list[Batch] = []
+            self.closed: list[int] = []
+            self.done = threading.Event()
+
+        def deliver(self, message: Message) -> None:
+            raise AssertionError("a batch comes in one deliver_batch")
+
+        def deliver_batch(self, batch: Batch) -> None:
+            self.batches.append(batch)
+
+        def is_closed(self) -> bool:
+            return False
+
+        def close(self, code: int, reason: str) -> None:
+            self.closed.append(code)
+            self.done.set()
+
+    def items(*offsets: int) -> Items:
+        return Items([Item("g", f"m{n}", Position("e", n)) for n in offsets])
+
+    sink = Sink()
+    follower = Follower(sink, "g", envelope=True)
+    follower.buffer, follower.last = None, Position("e", 1)  # live, after e:1
+    whole = items(2, 3)
+    follower.deliver_items(whole)
+    assert sink.batches == [whole.batch(True)]
+    follower.deliver_items(items(3, 4, 5, 7, 8))  # 3 seen; 7 skips 6
+    assert [json.loads(m)["d"] for m in sink.batches[-1].messages] == ["m4", "m5"]
+    assert sink.done.wait(10) and sink.closed == [GAP_CLOSE]
+    follower.deliver_items(items(9))
+    assert len(sink.batches) == 2  # buffered: its client recovers from e:5

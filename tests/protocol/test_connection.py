@@ -18,6 +18,7 @@ from dwebsocket.protocol.connection import (
     Pong,
     State,
     _truncate_reason,
+    plain_frames,
 )
 from dwebsocket.protocol.deflate import PerMessageDeflate
 
@@ -157,6 +158,42 @@ def test_server_frames_exact_bytes() -> None:
     assert conn.send_ping(b"Hello") == bytes.fromhex("890548656c6c6f")
     assert conn.send_pong() == b"\x8a\x00"
     assert conn.send_close(1001, "bye") == b"\x88\x05\x03\xe9bye"
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=300),
+            st.binary(max_size=300),
+            st.sampled_from(["x" * 125, "x" * 126, b"y" * 65535, b"y" * 65536]),
+        ),
+        max_size=8,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_plain_frames_are_what_a_plain_server_connection_sends(
+    messages: list[str | bytes],
+) -> None:
+    """The frames a group encodes once for all its members (``plain_frames``), byte for
+    byte what each member's own connection would have encoded, message by message."""
+    conn = server()
+    expected = b"".join(conn.send_message(m) for m in messages)
+    assert plain_frames(messages) == expected
+    assert conn.send_messages(messages) == expected
+    assert conn.send_messages(messages, lambda: plain_frames(messages)) == expected
+
+
+def test_send_messages_encodes_itself_where_frames_differ() -> None:
+    """A client (masked) or permessage-deflate connection does not take the plain frames."""
+    shared = lambda: b"not these"  # noqa: E731
+    client = Connection(client=True)
+    assert client.send_messages(["a", b"b"], shared)[:1] == b"\x81"
+    deflating = Connection(deflate=PerMessageDeflate())
+    assert deflating.send_messages(["a" * 50], shared)[:1] == b"\xc1"  # RSV1: compressed
+    closed = server()
+    closed.send_close()
+    with pytest.raises(InvalidState):
+        closed.send_messages(["a"], shared)
 
 
 def test_client_frames_are_masked_with_fresh_keys() -> None:

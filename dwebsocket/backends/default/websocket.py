@@ -11,8 +11,9 @@ allows one reader and one writer on a socket at a time, never two of either).
 
 Everything written goes through one ordered outbox, so frames reach the wire in the
 order the core encoded them (permessage-deflate's shared context depends on it):
-``send()`` flushes it itself; ``deliver()`` (groups) appends, then writes what the kernel
-takes at once if no one else is writing, and leaves the rest to a short-lived flusher
+``send()`` flushes it itself; ``deliver()`` and ``deliver_batch()`` (groups: one message, or
+the frames of all a group's reader received together) append, then write what the kernel
+takes at once if no one else is writing, and leave the rest to a short-lived flusher
 thread (a greenlet under monkey-patching); the pongs and close replies the core produces
 are flushed by the reader.
 
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from django.http import HttpRequest
 
     from dwebsocket.backends.default.transport import Transport
+    from dwebsocket.groups.batch import Batch
 
 __all__ = ["DefaultWebSocket"]
 
@@ -506,19 +508,29 @@ class DefaultWebSocket(WebSocket):
         Past ``WEBSOCKET_SEND_QUEUE_SIZE`` bytes pending, the connection is closed with
         1008. Messages for a closed connection are dropped. Never raises for a broken
         connection: the flusher's write fails and shuts it down."""
+        self._deliver((message,), None)
+
+    def deliver_batch(self, batch: Batch) -> None:
+        """:meth:`deliver` for every message of ``batch``, under one lock pair and in at
+        most one write now: their frames go out together (those of a connection without
+        an extension are the batch's, encoded once for every member)."""
+        self._deliver(batch.messages, batch.frames)
+
+    def _deliver(self, messages: Sequence[Message], plain: Callable[[], bytes] | None) -> None:
         flusher = None
         with self._core:
             conn = self._conn
             if self._io.shut or (conn is not None and conn.state is not _OPEN):
                 return
             if conn is None:
-                self._outbox.add_early(message, self._queue_limit)
+                for message in messages:
+                    self._outbox.add_early(message, self._queue_limit)
                 return
             try:
-                frame = conn.send_message(message)
+                frame = conn.send_messages(messages, plain)
             except InvalidState:
                 return
-            self._io.messages_out += 1
+            self._io.messages_out += len(messages)
             if self._outbox.size + len(frame) > self._queue_limit:
                 self._overflow_locked()
             elif (

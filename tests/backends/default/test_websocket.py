@@ -14,6 +14,7 @@ from django.test import override_settings
 
 from dwebsocket import ConnectionClosed, require_websocket
 from dwebsocket.backends.default.websocket import DefaultWebSocket
+from dwebsocket.groups.batch import Batch
 from dwebsocket.protocol.connection import Close, Ping
 from dwebsocket.protocol.frames import encode_frame
 from dwebsocket.signals import websocket_closed, websocket_opened
@@ -256,6 +257,31 @@ def test_deliver_writes_directly_when_the_socket_has_room(holder: Holder) -> Non
         assert flushers() == before
         session.expect_101()
         assert [session.client.recv() for _ in range(20)] == [f"d{i}" for i in range(20)]
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+def test_deliver_batch_is_one_write_of_the_batch_frames(holder: Holder) -> None:
+    """A group's batch goes out in one write: the frames encoded once for all members,
+    the same bytes as delivering its messages one by one; then one by one again."""
+    with Session(holding_view(holder)) as session:
+        ws = holder.websocket()
+        session.expect_101()
+        writes: list[bytes] = []
+        transport = ws._transport
+        original = transport.try_send
+
+        def try_send(data: bytes) -> int:
+            writes.append(bytes(data))
+            return original(data)
+
+        transport.try_send = try_send  # type: ignore[method-assign]
+        batch = Batch(["a", b"b", "c" * 200])
+        ws.deliver_batch(batch)
+        ws.deliver("d")
+        assert writes == [batch.frames(), b"\x81\x01d"]
+        assert [session.client.recv() for _ in range(4)] == ["a", b"b", "c" * 200, "d"]
         holder.release.set()
         assert session.client.recv() == Close(1000, "")
         session.finish()
