@@ -142,21 +142,25 @@ _TEXT_HEADERS = [frame_header(0x81, n, False) for n in range(126)]
 _BINARY_HEADERS = [frame_header(0x82, n, False) for n in range(126)]
 
 
+def _plain_frame(data: bytes | bytearray | memoryview, text: bool) -> bytes:
+    """An unmasked (RFC 6455 5.1), uncompressed frame of one message: what a server
+    connection without an extension sends, the same bytes for every such connection."""
+    n = len(data)
+    if n < 126:
+        return (_TEXT_HEADERS if text else _BINARY_HEADERS)[n] + data
+    return encode_frame(0x1 if text else 0x2, data)
+
+
 def plain_frames(messages: Sequence[str | bytes | bytearray | memoryview]) -> bytes:
     """The frames of ``messages``, in order, as a server connection without an extension
-    sends them (``Connection.send_messages``): unmasked (RFC 6455 5.1), uncompressed, so
-    the same bytes for every such connection -- a group encodes them once for all its
+    sends them (``Connection.send_messages``): a group encodes them once for all its
     members. ``str`` as text, bytes-like as binary."""
-    out = []
-    for message in messages:
-        if isinstance(message, str):
-            data = message.encode()
-            n = len(data)
-            out.append(_TEXT_HEADERS[n] + data if n < 126 else encode_frame(0x1, data))
-        else:
-            n = len(message)
-            out.append(_BINARY_HEADERS[n] + message if n < 126 else encode_frame(0x2, message))
-    return b"".join(out)
+    return b"".join(
+        [
+            _plain_frame(m.encode(), True) if isinstance(m, str) else _plain_frame(m, False)
+            for m in messages
+        ]
+    )
 
 
 def _truncate_reason(reason: str) -> str:
@@ -631,10 +635,7 @@ class Connection:
             return self._encode(0x1, self.deflate.compress(data), True)
         if self.client:
             return encode_frame(0x1, data, mask_key=self._mask_key())
-        n = len(data)
-        if n < 126:
-            return _TEXT_HEADERS[n] + data
-        return encode_frame(0x1, data)
+        return _plain_frame(data, True)
 
     def send_binary(self, data: bytes | bytearray | memoryview) -> bytes:
         """Return the frame of a binary message. Raises ``InvalidState`` unless OPEN."""
@@ -644,10 +645,7 @@ class Connection:
             return self._encode(0x2, self.deflate.compress(data), True)
         if self.client:
             return encode_frame(0x2, data, mask_key=self._mask_key())
-        n = len(data)
-        if n < 126:
-            return _BINARY_HEADERS[n] + data
-        return encode_frame(0x2, data)
+        return _plain_frame(data, False)
 
     def send_message(self, message: str | bytes | bytearray | memoryview) -> bytes:
         """Return the frame of ``message``: ``str`` as text, bytes-like as binary."""
