@@ -102,9 +102,10 @@ z_free(voidpf opaque, voidpf address)
     PyMem_RawFree(address);
 }
 
-/* zlib's error as the zlib module words it (zlibmodule.c, zlib_error()). */
-static void
-set_zlib_error(const z_stream *zs, int err, const char *what)
+/* zlib's error as the zlib module words it (zlibmodule.c, zlib_error()): a new str, or
+   NULL with MemoryError. */
+static PyObject *
+zlib_error_message(const z_stream *zs, int err, const char *what)
 {
     const char *zmsg = err == Z_VERSION_ERROR ? "library version mismatch" : zs->msg;
     if (zmsg == NULL) {
@@ -121,10 +122,19 @@ set_zlib_error(const z_stream *zs, int err, const char *what)
         }
     }
     if (zmsg == NULL) {
-        PyErr_Format(zlib_error, "Error %d %s", err, what);
+        return PyUnicode_FromFormat("Error %d %s", err, what);
     }
-    else {
-        PyErr_Format(zlib_error, "Error %d %s: %.200s", err, what, zmsg);
+    return PyUnicode_FromFormat("Error %d %s: %.200s", err, what, zmsg);
+}
+
+/* Raise zlib.error with that message. */
+static void
+set_zlib_error(const z_stream *zs, int err, const char *what)
+{
+    PyObject *message = zlib_error_message(zs, err, what);
+    if (message != NULL) {
+        PyErr_SetObject(zlib_error, message);
+        Py_DECREF(message);
     }
 }
 
@@ -890,21 +900,14 @@ inflate_message(PyObject *obj, const uint8_t *data, Py_ssize_t n, Py_ssize_t max
         return -1;
     }
     if (inflate_failed(err)) {
-        /* The message the zlib module would raise, made now (a str: not GC-tracked). */
-        PyObject *type, *value, *tb, *message;
-        self->pending = 1;
-        set_zlib_error(zs, err, "while decompressing data");
-        PyErr_Fetch(&type, &value, &tb);
-        message = value != NULL && PyUnicode_Check(value) ? Py_NewRef(value) : NULL;
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
+        /* The message the zlib module would raise, made now (a str: not GC-tracked). It
+           is not read back from a raised exception: Python 3.12 and later keep only the
+           exception object, not the str it was set with. */
+        PyObject *message = zlib_error_message(zs, err, "while decompressing data");
         if (message == NULL) {
-            message = PyUnicode_FromString("Error while decompressing data");
-            if (message == NULL) {
-                return -1;
-            }
+            return -1;
         }
+        self->pending = 1;
         return keep(self, data, n, NULL, 0, message, 0, NULL) < 0 ? -1 : 0;
     }
     if (err == Z_STREAM_END) {
