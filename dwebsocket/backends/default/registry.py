@@ -76,7 +76,8 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
 def spawn(target: Callable[..., None], *args: Any) -> None:
     """Run ``target(*args)`` concurrently without blocking the caller, which may be a
     signal handler running inside gevent's or eventlet's event loop (where even
-    ``Thread.start()`` would block, waiting for the new thread to start)."""
+    ``Thread.start()`` would block, waiting for the new thread to start). At interpreter
+    exit (``atexit``), where Python 3.12 and later start no thread, it runs here."""
     gevent_monkey = sys.modules.get("gevent.monkey")
     if gevent_monkey is not None and gevent_monkey.is_module_patched("threading"):
         import gevent  # type: ignore[import-untyped]
@@ -89,7 +90,13 @@ def spawn(target: Callable[..., None], *args: Any) -> None:
 
         eventlet.spawn_n(target, *args)
         return
-    threading.Thread(target=target, args=args, name="dwebsocket-going-away", daemon=True).start()
+    thread = threading.Thread(target=target, args=args, name="dwebsocket-going-away", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown"
+        if not sys.is_finalizing() and not _exiting:
+            raise
+        target(*args)
 
 
 def _close(websocket: DefaultWebSocket, reason: str) -> None:
@@ -107,7 +114,13 @@ def _closed(sender: Any, websocket: DefaultWebSocket, **kwargs: Any) -> None:
     _open.discard(websocket)
 
 
+#: True once the interpreter runs its exit hooks (``sys.is_finalizing()`` is not yet).
+_exiting = False
+
+
 def _at_exit() -> None:
+    global _exiting
+    _exiting = True
     if _open:
         going_away()
 
