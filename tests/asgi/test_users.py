@@ -134,3 +134,34 @@ def test_presence_lists_both_processes_until_uvicorn_is_killed(site: Site) -> No
     assert sorted(p[3] for p in found) == [1, 1]  # alice's tab on gevent, bob
     assert event(watching, early) == ("leave", None)  # the anonymous socket only
     nothing_for(watching, 2 * HEARTBEAT)
+
+
+def _open_files(server: ServerProcess, path: Path) -> int:
+    """How many of ``server``'s file descriptors are open on ``path`` (its connections to
+    that SQLite database)."""
+    fds = Path(f"/proc/{server.process.pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            if Path(fd.readlink()) == path:
+                count += 1
+        except OSError:  # closed meanwhile
+            continue
+    return count
+
+
+@pytest.mark.parametrize("site", ["uvicorn-async"], indirect=True)
+def test_the_signal_threads_keep_no_database_connection(site: Site) -> None:
+    """``websocket_opened``/``closed`` run in dwebsocket's signal threads, whose receivers
+    query the database (``request.user``, the session): once the sockets are closed, those
+    threads hold no connection to it (they outlive every request, so nothing else would
+    close theirs)."""
+    uvicorn = site.servers[0]
+    laptop = site.browser()
+    laptop.login(uvicorn, "alice")
+    for n in range(6):  # more than the pool's threads
+        laptop.tab(uvicorn, ROOM + f"&tab={n}").close()
+    deadline = time.monotonic() + WAIT
+    while (count := _open_files(uvicorn, site.db.resolve())) != 0:
+        assert time.monotonic() < deadline, f"{count} connection(s) to {site.db} still open"
+        time.sleep(0.05)

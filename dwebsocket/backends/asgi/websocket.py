@@ -21,11 +21,12 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dwebsocket import metrics
 from dwebsocket.backends.asgi.connection import ASGIConnection
+from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
@@ -60,6 +61,16 @@ def _signals() -> concurrent.futures.ThreadPoolExecutor:
             SIGNAL_THREADS, thread_name_prefix="dwebsocket-signals"
         )
     return _signal_pool
+
+
+def _in_signal_thread(target: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """``target(...)`` in a signal thread, then the end of a request's treatment of that
+    thread's database connections (receivers query: ``request.user``, the session): these
+    threads outlive every request, so without it each would keep its connections open."""
+    try:
+        target(*args, **kwargs)
+    finally:
+        release_idle_connections()
 
 
 def _message(message: str | BytesLike) -> Message:
@@ -239,7 +250,9 @@ class ASGIWebSocket(WebSocket):
             f" ({connection.close_reason})" if connection.close_reason else "",
             time.monotonic() - connection.opened_at,
         )
-        _signals().submit(self._send_signal, websocket_closed, code=connection.close_code)
+        _signals().submit(
+            _in_signal_thread, self._send_signal, websocket_closed, code=connection.close_code
+        )
 
     def _send_signal(self, signal: Signal, **kwargs: object) -> None:
         signal.send_robust(sender=type(self), request=self.request, websocket=self, **kwargs)
@@ -291,7 +304,7 @@ class AsyncWebSocket:
             return
         _check_subprotocol(subprotocol, self.offered_subprotocols)
         await self.connection.accept(subprotocol)
-        await asyncio.wrap_future(_signals().submit(self.sync._opened))
+        await asyncio.wrap_future(_signals().submit(_in_signal_thread, self.sync._opened))
 
     async def _ensure_accepted(self) -> None:
         if not self.connection.accepted:
