@@ -6,12 +6,14 @@
 One private redis-server, one gevent server of the test project (``tests/``) with
 ``WEBSOCKET_GROUPS_URL`` on it, ``MEMBERS`` members of two groups that differ only in
 keeping history (``plain``, ``kept``: ``WEBSOCKET_GROUPS_HISTORY``), raw sockets read by
-one thread of this process. A task worker (this process, the Redis layer) publishes.
+a process of their own. A task worker (this process, the Redis layer) publishes.
 
 - **publish**: ``COUNT`` messages of 32 bytes sent one after the other as fast as
   ``groups.send`` returns, to ``plain`` then to ``kept``, alternating for ``ROUNDS``
   rounds; messages per second sent (the sender's view) and delivered (until every member
   has the last one). The goal: with history at most 15 % slower.
+- **Redis's CPU** per message, off and on, from ``INFO commandstats``: the part of the
+  cost that the machine's load does not change.
 - **recovery**: a ``dwebsocket.client.ReconnectingClient`` goes away, 1,000 messages are
   published, it connects again with its last position: the time from ``connect()`` to
   its 1,000th message (handshake, join, history read, replay), ``ROUNDS`` times.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import selectors
@@ -32,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,55 +64,72 @@ MISSED = 1000
 
 
 class Members:
-    """Members of ``group`` on raw sockets; one thread counts the bytes they receive."""
+    """``count`` members of ``group`` on raw sockets, read by a process of their own (not a
+    thread of this one: the sender's loop would share its GIL with the reads, and measure
+    them too); its counts of the bytes each member received are shared memory."""
 
     def __init__(self, server: ServerProcess, group: str, count: int) -> None:
-        self.received = [0] * count
-        self.sockets = [_member(server, f"/group/{group}/") for _ in range(count)]
-        self._selector = selectors.DefaultSelector()
-        for n, sock in enumerate(self.sockets):
-            sock.setblocking(False)
-            self._selector.register(sock, selectors.EVENT_READ, n)
-        self._stop = False
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while not self._stop:
-            for key, _ in self._selector.select(0.05):
-                try:
-                    data = key.fileobj.recv(1 << 20)  # type: ignore[union-attr]
-                except (BlockingIOError, InterruptedError):
-                    continue
-                if not data:
-                    self._selector.unregister(key.fileobj)
-                self.received[key.data] += len(data)
+        context = multiprocessing.get_context("spawn")
+        self.received = context.Array("q", count, lock=False)
+        self._base = [0] * count
+        ready, told = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_drain,
+            args=(server.host, server.port, f"/group/{group}/", self.received, told),
+            daemon=True,
+        )
+        self._process.start()
+        if not ready.poll(WAIT):
+            self.close()
+            raise TimeoutError(f"{count} members of {group!r} not joined in {WAIT} s")
+        ready.recv()
 
     def wait_all(self, messages: int, deadline: float) -> None:
-        """Until every member has received ``messages`` more (counted from zero)."""
-        while min(self.received) < messages * FRAME:
+        """Until every member has received ``messages`` more (since :meth:`reset`)."""
+        while True:
+            now = self.received[:]
+            least = min(now[n] - self._base[n] for n in range(len(now)))
+            if least >= messages * FRAME:
+                return
             if time.monotonic() > deadline:
-                closed = len(self.sockets) - len(self._selector.get_map())
-                raise TimeoutError(
-                    f"members got {min(self.received) // FRAME} of {messages} "
-                    f"({closed} closed by the server)"
-                )
+                raise TimeoutError(f"a member got {least // FRAME} of {messages}")
             time.sleep(0.0005)
 
     def reset(self) -> None:
-        self.received = [0] * len(self.received)
+        self._base = list(self.received[:])
 
     def close(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        for sock in self.sockets:
-            sock.close()
+        self._process.terminate()
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
 
 
-def _member(server: ServerProcess, path: str) -> socket.socket:
-    sock = socket.create_connection((server.host, server.port), timeout=WAIT)
+def _drain(host: str, port: int, path: str, received: Any, ready: Any) -> None:
+    """The members' process: join them all, say so, then count what each receives until
+    the server closes them (or the process is stopped)."""
+    sockets = [_member(host, port, path) for _ in range(len(received))]
+    selector = selectors.DefaultSelector()
+    for n, sock in enumerate(sockets):
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, n)
+    ready.send(True)
+    while selector.get_map():
+        for key, _ in selector.select(0.05):
+            try:
+                data = key.fileobj.recv(1 << 20)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not data:
+                selector.unregister(key.fileobj)
+            received[key.data] += len(data)
+
+
+def _member(host: str, port: int, path: str) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=WAIT)
     key = generate_key()
-    sock.sendall(build_request(f"{server.host}:{server.port}", path, key=key))
+    sock.sendall(build_request(f"{host}:{port}", path, key=key))
     data = b""
     while (parsed := parse_response(data, key)) is None:
         data += sock.recv(4096)
@@ -182,8 +201,8 @@ def main() -> None:
         settings={
             "WEBSOCKET_GROUPS_URL": redis.url,
             "WEBSOCKET_GROUPS_HISTORY": HISTORY,
-            # One thread of this process reads every member: one that falls behind a burst
-            # must not be closed (1008) and so stop counting.
+            # One process reads every member: one that falls behind a burst must not be
+            # closed (1008) and so stop counting.
             "WEBSOCKET_SEND_QUEUE_SIZE": 256 * 1024 * 1024,
             "WEBSOCKET_PING_INTERVAL": None,  # the raw members do not answer pings
             "LOGGING": {"version": 1},
@@ -202,6 +221,7 @@ def main() -> None:
                     runs["plain"].append(publish_round(layer, plain, "plain", args.count))
                     runs["kept"].append(publish_round(layer, kept, "kept", args.count))
                 recovery = [recovery_round(layer, server) for _ in range(args.rounds)]
+                redis_cost = redis_usec_per_message(redis.url)
             finally:
                 plain.close()
                 kept.close()
@@ -232,11 +252,28 @@ def main() -> None:
             "ratio": round(statistics.median(on) / statistics.median(off), 3),
         }
     result["recovery_s"] = summary(recovery)
+    result["redis_usec_per_message"] = redis_cost
     text = json.dumps(result, indent=2) + "\n"
     print(text)
     if not args.quick:
         args.out.write_text(text)
         print(f"wrote {args.out}")
+
+
+def redis_usec_per_message(url: str) -> dict[str, float]:
+    """What one message costs Redis's CPU, from its own accounting (``INFO commandstats``),
+    which the machine's load does not skew as it does the rates: a PUBLISH without
+    history, the script that keeps and publishes with it (the PUBLISH inside included)."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    off = float(stats["cmdstat_publish"]["usec_per_call"])
+    on = float(stats["cmdstat_evalsha"]["usec_per_call"])
+    return {"off": off, "on": on, "ratio": round(off / on, 3)}
 
 
 def redis_version() -> str:
