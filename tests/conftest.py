@@ -12,6 +12,7 @@ matrix, ``noxfile.py``, does that on the interpreters other than the main one).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,14 @@ import pytest
 from tests.backends.uwsgi.defects import pytest_collection_modifyitems  # noqa: F401 - uWSGI defect marks
 from tests.browser import browser  # noqa: F401 - one Chromium for the session's browser tests
 from tests.servers import ServerProcess, shared_servers, start_server
+
+# A run started in the background by a shell without job control (``(make test &)``)
+# inherits SIGINT ignored (POSIX), and so would every server it starts: the tests that
+# stop a server with Ctrl-C would wait for a stop that never comes (a test that saves and
+# restores SIGINT would bring the ignoring back, so this is not left to them). A Python
+# handler here becomes the default disposition in the processes the tests start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def assert_no_traceback(server: ServerProcess, since: int = 0) -> None:
