@@ -44,6 +44,8 @@ def expected() -> dict[str, str]:
         "recovery_median": f"{recovery['median'] * 1000:.0f}",
         "recovery_min": f"{recovery['min'] * 1000:.0f}",
         "recovery_max": f"{recovery['max'] * 1000:.0f}",
+        "redis_off": f"{history['redis_usec_per_message']['off']:.1f}",
+        "redis_on": f"{history['redis_usec_per_message']['on']:.1f}",
     }
 
 
