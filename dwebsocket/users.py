@@ -283,6 +283,7 @@ class _Checker:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._checking = threading.Lock()  # held by a check() in progress
 
     def start(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -320,14 +321,28 @@ class _Checker:
             except Exception:  # pragma: no cover - keep checking at the next round
                 logger.exception("Checking the sessions of the open WebSockets failed")
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a check in progress to end (a test, before
+        it empties the database the check reads); whether none runs now."""
+        if not self._checking.acquire(timeout=timeout):
+            return False
+        self._checking.release()
+        return True
+
     def check(self, members: list[Member]) -> None:
         """Close (4001) those of ``members`` whose session is no longer valid. Blocks on
-        the session store and the database; one lookup per session."""
+        the session store and the database; one lookup per session. One check at a time
+        (the periodic one, or one a signal started)."""
         from dwebsocket.conf import settings
-        from dwebsocket.db import close_thread_connections
 
         if not settings.WEBSOCKET_REVOKE_SESSIONS:
             return
+        with self._checking:
+            self._check(members)
+
+    def _check(self, members: list[Member]) -> None:
+        from dwebsocket.db import close_thread_connections
+
         verdicts: dict[tuple[str, str], bool] = {}
         try:
             for member in members:

@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import TransactionTestCase, override_settings
 
-from dwebsocket import groups
+from dwebsocket import groups, users
 from dwebsocket.groups.memory import MemoryLayer, Registry
 from dwebsocket.groups.presence import INFO_LIMIT
 from dwebsocket.testing import WebSocketClient
@@ -50,6 +50,8 @@ class PresenceTests(TransactionTestCase):
         self.bob = User.objects.create_user("bob", password=PASSWORD)
 
     def tearDown(self) -> None:
+        # As in test_users: no session check may read the database while it is emptied.
+        self.assertTrue(users._checker.wait_idle(WAIT))
         groups.reset()
 
     def test_one_entry_per_user_anonymous_one_each(self) -> None:

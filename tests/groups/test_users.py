@@ -56,6 +56,10 @@ class UsersTests(TransactionTestCase):
         self.bob = User.objects.create_user("bob", password=PASSWORD)
 
     def tearDown(self) -> None:
+        # The periodic check reads the sessions from its own thread: the database is
+        # emptied after this, and SQLite's shared in-memory database refuses that
+        # ("table is locked") while another connection reads it.
+        self.assertTrue(users._checker.wait_idle(WAIT))
         groups.reset()
 
     def test_send_reaches_every_tab_of_the_user_and_nobody_else(self) -> None:
