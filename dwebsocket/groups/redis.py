@@ -115,34 +115,39 @@ PUBLISH_SCRIPT = """
 local now = redis.call('TIME')
 local ms = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
 local kind = string.sub(ARGV[5], 1, 1)
-local function append(id, create)
-  if create then
-    return redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
+local id = redis.pcall('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], ARGV[3] .. '-*',
+  'k', kind, 'd', ARGV[6], 't', ms)
+if type(id) ~= 'string' or string.sub(id, -2) == '-0' then
+  -- Not in the sender's epoch: set right here, off the common path.
+  local function append(id, create)
+    if create then
+      return redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id,
+        'k', kind, 'd', ARGV[6], 't', ms)
+    end
+    return redis.pcall('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], id,
       'k', kind, 'd', ARGV[6], 't', ms)
   end
-  return redis.pcall('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], id,
-    'k', kind, 'd', ARGV[6], 't', ms)
-end
-local id = append(ARGV[3] .. '-*', false)
-if not id then
-  -- No stream: a new epoch, named by the time in microseconds.
-  id = append(now[1] .. string.format('%06d', now[2]) .. '-1', true)
-elseif type(id) == 'table' then
-  -- The sender's epoch is older than the stream's (or it has none): use the stream's.
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      id = append(string.match(info[i + 1], '^%d+') .. '-*', false)
+  if not id then
+    -- No stream: a new epoch, named by the time in microseconds.
+    id = append(now[1] .. string.format('%06d', now[2]) .. '-1', true)
+  elseif type(id) == 'table' then
+    -- The sender's epoch is older than the stream's (or it has none): use the stream's.
+    local info = redis.call('XINFO', 'STREAM', KEYS[1])
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        id = append(string.match(info[i + 1], '^%d+') .. '-*', false)
+      end
     end
+  else
+    -- Newer than the stream's (a clock that went back): the epoch starts there, at 1.
+    redis.call('XDEL', KEYS[1], id)
+    id = append(ARGV[3] .. '-*', false)
   end
-elseif string.sub(id, -2) == '-0' then
-  -- Newer than the stream's (a clock that went back): the epoch starts there, at 1.
-  redis.call('XDEL', KEYS[1], id)
-  id = append(ARGV[3] .. '-*', false)
+  if type(id) == 'table' then return id end
 end
-if type(id) == 'table' then return id end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-local position = string.gsub(id, '%-', ':')
+local dash = string.find(id, '-', 1, true)
+local position = string.sub(id, 1, dash - 1) .. ':' .. string.sub(id, dash + 1)
 redis.call(ARGV[7], ARGV[4], ARGV[5] .. string.char(#position) .. position .. ARGV[6])
 return position
 """
@@ -468,6 +473,7 @@ class RedisLayer:
         self._claims: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._publish_kept = self._client.register_script(PUBLISH_SCRIPT)
         self._epochs: dict[str, str] = {}  # group -> the epoch its last message had
+        self._kept_args: dict[Policy, tuple[bytes, bytes, bytes]] = {}  # see _send_kept
         self._read_kept = self._client.register_script(READ_SCRIPT)
         self._present = self._client.register_script(PRESENT_SCRIPT)
         self._heartbeat = self._client.register_script(HEARTBEAT_SCRIPT)
@@ -606,41 +612,59 @@ class RedisLayer:
         else:
             header, payload = HEADER.pack(BINARY_AT, self.origin, seq), message
         error: Exception | None = None
-        position: Position | None = None
+        position: str | None = None
         channel = self.channel(group)
         shard = self.topology.shard(channel)
         if time.monotonic() < self._retry_at.get(shard, 0.0):
             error = redis.ConnectionError("Redis unreachable recently; not retried yet")
         else:
+            args = self._kept_args.get(kept_by)
+            if args is None:
+                # size, ttl (ms: a second more than the newest needs) and PUBLISH (SPUBLISH
+                # on a Cluster: the channel has the stream's hash tag, so both live in the
+                # slot the script runs in), encoded once per policy.
+                args = self._kept_args[kept_by] = (
+                    str(kept_by.size).encode(),
+                    str(int(kept_by.ttl * 1000) + 1000).encode(),
+                    self.topology.publish_command.encode(),
+                )
+            size, ttl, command = args
             try:
-                answer = self._publish_kept(
-                    keys=[self.stream(group)],
-                    args=[
-                        kept_by.size,
-                        int(kept_by.ttl * 1000) + 1000,  # a second more than the newest needs
-                        self._epochs.get(group, "0"),
-                        channel,
-                        header,
-                        payload,
-                        # PUBLISH, or SPUBLISH on a Cluster: the channel has the stream's
-                        # hash tag, so both live in the slot the script runs in.
-                        self.topology.publish_command,
-                    ],
+                answer = self._evalsha(
+                    self._publish_kept,
+                    self.stream(group),
+                    size,
+                    ttl,
+                    self._epochs.get(group, "0"),
+                    channel,
+                    header,
+                    payload,
+                    command,
                 )
             except (redis.RedisError, OSError) as exc:
                 error = exc
                 self._publish_failed(exc, shard)
             else:
                 self._publish_ok(shard)
-                position = Position.parse(answer.decode() if isinstance(answer, bytes) else answer)
-                if position is not None:
-                    self._remember_epoch(group, position.epoch)
+                # The script's own "epoch:offset", as it is (Position.parse would check it).
+                position = answer.decode() if isinstance(answer, bytes) else str(answer)
+                self._remember_epoch(group, position.partition(":")[0])
         unserved = error is not None or group not in self.subscriber.subscribed
         if unserved and group in self.registry and self._claim(seq):
-            self._fan_out_item(Item(group, message, position))
+            self._fan_out_item(Item(group, message, Position.parse(position)))
         if error is not None and not fail_silently:
             raise GroupsUnavailable(f"group message not published: {error}") from error
-        return None if position is None else str(position)
+        return position
+
+    def _evalsha(self, script: Any, key: str, *args: Any) -> Any:
+        """Run registered ``script`` on ``key`` with ``args``: EVALSHA straight through the
+        client (redis-py's ``Script`` call costs a kept send a few µs more each time), and
+        through ``Script`` when Redis does not know it (restarted, flushed, a new node),
+        which loads it."""
+        try:
+            return self._client.execute_command("EVALSHA", script.sha, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            return script(keys=[key], args=args)
 
     # -- presence ---------------------------------------------------------------------------
 

@@ -156,6 +156,23 @@ def test_flushed_redis_is_a_new_epoch_and_fails_explicitly(redis_groups: RedisSe
         assert report["failed"] is True and report["position"] == after
 
 
+def test_a_redis_that_forgot_the_script_still_keeps_and_publishes(
+    redis_groups: RedisServer,
+) -> None:
+    """Sends run the script by its SHA; a Redis that no longer knows it (restarted,
+    SCRIPT FLUSH, a new replica promoted) is given it again, and nothing is lost."""
+    with follow("room", dws=True) as ws:
+        assert ws.receive_json()["dws"] == "joined"
+        recovery_of(ws)
+        first = groups.send("room", "first")
+        assert redis_groups.command("SCRIPT", "FLUSH") == b"+OK\r\n"
+        second = groups.send("room", "second")
+        assert ws.receive_json()["p"] == first
+        assert ws.receive_json() == {"dws": "msg", "g": "room", "p": second, "d": "second"}
+    before, after = Position.parse(first), Position.parse(second)
+    assert before is not None and after == Position(before.epoch, before.offset + 1)
+
+
 def test_a_flush_while_joined_delivers_the_new_epoch(redis_groups: RedisServer) -> None:
     with follow("room", dws=True) as ws:
         assert ws.receive_json()["dws"] == "joined"
