@@ -14,6 +14,10 @@ a process of their own. A task worker (this process, the Redis layer) publishes.
   has the last one). The goal: with history at most 15 % slower.
 - **Redis's CPU** per message, off and on, from ``INFO commandstats``: the part of the
   cost that the machine's load does not change.
+- **CPU per message of each process** (the server, redis-server, the sender, the members'
+  reader), off and on, from their CPU times over each round: where the difference goes.
+  On a machine with fewer cores than busy processes, a process that costs more per message
+  slows the others too, and a server that gets messages more slowly gets smaller batches.
 - **recovery**: a ``dwebsocket.client.ReconnectingClient`` goes away, 1,000 messages are
   published, it connects again with its last position: the time from ``connect()`` to
   its 1,000th message (handshake, join, history read, replay), ``ROUNDS`` times.
@@ -84,6 +88,11 @@ class Members:
             raise TimeoutError(f"{count} members of {group!r} not joined in {WAIT} s")
         ready.recv()
 
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
     def wait_all(self, messages: int, deadline: float) -> None:
         """Until every member has received ``messages`` more (since :meth:`reset`)."""
         while True:
@@ -139,15 +148,29 @@ def _member(host: str, port: int, path: str) -> socket.socket:
     return sock
 
 
-def publish_round(layer: RedisLayer, members: Members, group: str, count: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def publish_round(
+    layer: RedisLayer, members: Members, group: str, count: int, pids: dict[str, int]
+) -> dict[str, float]:
+    """Rates, and the CPU µs per message of each of ``pids`` over the round."""
     members.reset()
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.monotonic()
     for _ in range(count):
         layer.send(group, PAYLOAD, fail_silently=False)
     sent = time.monotonic()
     members.wait_all(count, sent + WAIT)
     done = time.monotonic()
-    return {"sent_per_s": count / (sent - started), "delivered_per_s": count / (done - started)}
+    result = {"sent_per_s": count / (sent - started), "delivered_per_s": count / (done - started)}
+    for name, pid in pids.items():
+        result[f"cpu_us_{name}"] = (cpu_seconds(pid) - before[name]) / count * 1e6
+    return result
 
 
 def recovery_round(layer: RedisLayer, server: ServerProcess) -> float:
@@ -213,13 +236,21 @@ def main() -> None:
             layer = RedisLayer(redis.url, Registry())
             plain = Members(server, "plain", args.members)
             kept = Members(server, "kept", args.members)
+            assert redis.process is not None
+            pids = {
+                "server": server.process.pid,
+                "redis": redis.process.pid,
+                "sender": os.getpid(),
+            }
+            readers = {"plain": plain.pid, "kept": kept.pid}
             try:
-                publish_round(layer, plain, "plain", args.count)  # warm up both
-                publish_round(layer, kept, "kept", args.count)
                 runs: dict[str, list[dict[str, float]]] = {"plain": [], "kept": []}
-                for _ in range(args.rounds):
-                    runs["plain"].append(publish_round(layer, plain, "plain", args.count))
-                    runs["kept"].append(publish_round(layer, kept, "kept", args.count))
+                for n in range(args.rounds + 1):  # the first warms both up
+                    for group, members in (("plain", plain), ("kept", kept)):
+                        both = {**pids, "members": readers[group]}
+                        run = publish_round(layer, members, group, args.count, both)
+                        if n:
+                            runs[group].append(run)
                 recovery = [recovery_round(layer, server) for _ in range(args.rounds)]
                 redis_cost = redis_usec_per_message(redis.url)
             finally:
@@ -251,6 +282,19 @@ def main() -> None:
             "on": summary(on),
             "ratio": round(statistics.median(on) / statistics.median(off), 3),
         }
+    result["cpu_us_per_message"] = {
+        name: {
+            "off": round(statistics.median(r[f"cpu_us_{name}"] for r in runs["plain"]), 1),
+            "on": round(statistics.median(r[f"cpu_us_{name}"] for r in runs["kept"]), 1),
+        }
+        for name in ("server", "redis", "sender", "members")
+    }
+    for side, group in (("off", "plain"), ("on", "kept")):
+        total = statistics.median(
+            sum(r[f"cpu_us_{name}"] for name in ("server", "redis", "sender", "members"))
+            for r in runs[group]
+        )
+        result["cpu_us_per_message"].setdefault("all", {})[side] = round(total, 1)
     result["recovery_s"] = summary(recovery)
     result["redis_usec_per_message"] = redis_cost
     text = json.dumps(result, indent=2) + "\n"

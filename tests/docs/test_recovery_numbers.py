@@ -29,7 +29,12 @@ def expected() -> dict[str, str]:
         return {}
     history = json.loads(RESULTS.read_text())
     recovery = history["recovery_s"]
-    return {
+    cpu = {
+        f"cpu_{name}_{side}": f"{sides[side]:.0f}"
+        for name, sides in history["cpu_us_per_message"].items()
+        for side in ("off", "on")
+    }
+    return cpu | {
         "bench_members": f"{history['members']:,}",
         "bench_count": f"{history['count']:,}",
         "bench_rounds": str(history["rounds"]),
