@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.asgi.conftest import HYPERCORN_PIPELINED, KINDS, asgi_servers, start_asgi
-from tests.backends.uwsgi.defects import DefectShown, check
+from tests.defects import DefectShown, check
 from tests.servers import ServerProcess
 from tests.wire import TIMEOUT, RawClient, masked, read_http_response, upgrade_request
 

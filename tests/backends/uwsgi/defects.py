@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from tests import defects
+from tests.defects import DefectShown
 from tests.wire import defect_waits
 
 __all__ = ["DEFECTS", "DefectShown", "Where", "check", "defect", "pytest_collection_modifyitems"]
@@ -68,10 +70,6 @@ DEFECTS = {
 }
 
 
-class DefectShown(AssertionError):
-    """What a test observed is exactly what a named uWSGI defect predicts."""
-
-
 def defect(name: str) -> pytest.MarkDecorator:
     """The strict xfail of a test that must fail by :func:`check` (or a :class:`Where`)
     finding defect ``name`` (a key of :data:`DEFECTS`, or a description)."""
@@ -79,18 +77,9 @@ def defect(name: str) -> pytest.MarkDecorator:
 
 
 def check(name: str, observed: object, *, correct: object, signature: object) -> None:
-    """The point where defect ``name`` shows. ``observed == correct``: nothing (a uWSGI
-    that fixed it; the strict xfail then fails the run). ``observed == signature`` (or
-    ``signature(observed)`` if callable): :class:`DefectShown`. Anything else fails the
-    test as itself."""
-    if observed == correct:
-        return
-    shows = signature(observed) if callable(signature) else observed == signature
-    if shows:
-        raise DefectShown(f"{DEFECTS.get(name, name)}: observed {observed!r}")
-    raise AssertionError(
-        f"neither the correct {correct!r} nor the signature of {name!r}: {observed!r}"
-    )
+    """:func:`tests.defects.check` for uWSGI defect ``name`` (a key of :data:`DEFECTS`, or
+    a description)."""
+    defects.check(DEFECTS.get(name, name), observed, correct=correct, signature=signature)
 
 
 @dataclass(frozen=True)
