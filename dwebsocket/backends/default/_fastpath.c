@@ -1108,9 +1108,10 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
 {
     PyObject *out, *rest = NULL, *payload = NULL, *taken = NULL;
     Py_ssize_t n, pos, limit;
-    BigFrame big = {{0}, 0, 0, 0};
+    BigFrame big;
     int rc;
 
+    big.length = 0; /* no large frame (set by big_frame_at()) */
     /* 1. Everything that may run Python: the wait, the core lock's state, the list. */
     rc = fast_wait_readable(self, now, until);
     if (rc != 1) {
@@ -1144,7 +1145,8 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         goto give;
     }
     self->io->bytes_in += n; /* Transport.recv() counts the general path's reads */
-    if (limit >= 0 && n > 0 && big_frame_at(recv_buf, n, limit, &big)) {
+    if (n >= 8 && (recv_buf[1] & 0x7F) >= 126 && limit >= 0 &&
+        big_frame_at(recv_buf, n, limit, &big)) {
         /* The start of a large frame: its rest is read into its message (below). A bytes
            object is not GC-tracked: its allocation runs no Python code. */
         if ((payload = PyBytes_FromStringAndSize(NULL, big.length)) != NULL) {
