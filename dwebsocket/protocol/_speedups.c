@@ -13,8 +13,8 @@
  *                                       reads (Connection.rx; a struct, read without
  *                                       running Python)
  *
- * scan_frames(), encode_header(), make_message() and ReceiveState are also exported to
- * other extensions (_speedups.h).
+ * scan_frames(), encode_header(), make_message(), xor_mask() and ReceiveState are also
+ * exported to other extensions (_speedups.h).
  *
  * What may run Python code here. Python code (a finalizer, a gc callback, a greenlet
  * switch) can run only where an object is deallocated, or where an allocation starts a
@@ -555,7 +555,8 @@ static PyTypeObject ReceiveState_Type = {
     .tp_members = ReceiveState_members,
 };
 
-static DwsSpeedupsCAPI speedups_capi = {scan_frames, encode_header, make_message, NULL};
+static DwsSpeedupsCAPI speedups_capi = {scan_frames, encode_header, make_message, NULL,
+                                        xor_mask};
 
 static int
 speedups_exec(PyObject *module)

@@ -223,6 +223,75 @@ def _feed_frames(
     return conn, events, out
 
 
+def feed_reads_fast(
+    stream: bytes, reads: list[int], limit: int
+) -> tuple[Connection, list[Event], bytes]:
+    """Feed ``stream`` to a server core as the backend's C fast path reads it: ``reads``
+    are the sizes of successive reads (cycled); after each, the next read's worth of
+    bytes has arrived too. A read that begins a large frame has the frame's rest read
+    from the socket into its message (``_fastpath.read_large``: a pipe holds what has
+    arrived); any other read goes through ``_fastpath.scan``; what neither takes goes to
+    the core, as ``FastPath.wait()`` hands it over. (core, events, output)."""
+    import os
+
+    conn = Connection(max_message_size=limit)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    events: list[Event] = []
+    out = b""
+    pos = turn = 0
+    try:
+        while pos < len(stream):
+            piece = stream[pos : pos + reads[turn % len(reads)]]
+            pos += len(piece)
+            turn += 1
+            got: list[Event] = []
+            rx = conn.rx
+            if rx.open and rx.scan_limit >= 0:
+                arrived = stream[pos : pos + min(reads[turn % len(reads)], 65536)]
+                os.write(w, arrived)  # a pipe holds 64 KiB: all of it
+                taken = _fastpath.read_large(piece, rx.scan_limit, r)
+                left = b""
+                while True:
+                    try:
+                        more = os.read(r, 65536)
+                    except BlockingIOError:
+                        break
+                    left += more
+                pos += len(arrived) - len(left)
+                if taken is not None:
+                    message, given_back = taken
+                    if message is not None:
+                        got.append(message)
+                        piece = b""
+                    else:
+                        assert given_back is not None
+                        piece = given_back
+                else:
+                    end = _fastpath.scan(piece, rx.scan_limit, rx.max_message, None, BACKLOG, got)
+                    piece = piece[end:]
+            if piece:
+                got += conn.receive_data(piece)
+            assert not (events and isinstance(events[-1], Close)) or not got, "events after Close"
+            events += got
+            out += conn.data_to_send()
+            _check_rx(conn)
+    finally:
+        os.close(r)
+        os.close(w)
+    return conn, events, out
+
+
+def large_reads(stream: bytes, reads: list[int], limit: int) -> None:
+    """The C fast path's reads of large frames (``feed_reads_fast``) and the pure-Python
+    core fed the same bytes agree: the same events, the same output."""
+    conn, events, out = _feed_frames(False, None, limit, 4096, stream, False, True)
+    fast, fast_events, fast_out = feed_reads_fast(stream, reads, limit)
+    assert (events, conn.close_code) == (fast_events, fast.close_code), (events, fast_events)
+    assert [type(e) for e in events] == [type(e) for e in fast_events]
+    assert out == fast_out
+
+
 def _check_rx(conn: Connection) -> None:
     """``Connection.rx``, which the backend's C fast path reads, says what the core is."""
     at_boundary = not conn._buf and not conn._frag and not conn._done

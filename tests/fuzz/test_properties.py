@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.deflate import PerMessageDeflate
-from dwebsocket.protocol.frames import encode_frame
+from dwebsocket.protocol.frames import apply_mask, encode_frame, frame_header
 from dwebsocket.protocol.handshake import generate_key
 from tests.fuzz import targets
 
@@ -87,6 +87,54 @@ def test_frame_streams(config: int, chunk: int, window: int, stream: bytes) -> N
 )
 def test_random_bytes_as_frames(config: int, chunk: int, stream: bytes) -> None:
     targets.frames_target(bytes([config, chunk]) + stream)
+
+
+@st.composite
+def large_frame(draw: st.DrawFn) -> bytes:
+    """A frame of 3 KiB to 140 KiB, usually one the fast path reads into its message
+    (final text or binary, masked), sometimes not: invalid UTF-8, unmasked, RSV bits, not
+    final, another opcode, past the limit."""
+    n = draw(st.sampled_from([65536, 65537, 80_000, 100_000, 131_000]) | st.integers(3000, 140_000))
+    kind = draw(
+        st.sampled_from(["binary", "binary", "text", "text", "utf8", "bad-utf8"])
+        | st.sampled_from(["unmasked", "rsv", "not-final", "ping-opcode", "continuation"])
+    )
+    seed = draw(st.binary(min_size=1, max_size=64))
+    if kind == "utf8":
+        payload = ("é€😀" * (n // 9 + 1)).encode()[:n]
+        payload = payload.decode(errors="ignore").encode()  # whole characters only
+    elif kind == "bad-utf8":
+        payload = bytearray((b"a" * n)[:n])
+        payload[draw(st.integers(0, n - 1))] = draw(st.sampled_from([0x80, 0xC0, 0xFF, 0xED]))
+        payload = bytes(payload)
+    elif kind == "text":
+        payload = (seed.hex().encode() * (n // (2 * len(seed)) + 1))[:n]
+    else:
+        payload = (seed * (n // len(seed) + 1))[:n]
+    opcode = {"text": 1, "utf8": 1, "bad-utf8": 1, "ping-opcode": 9, "continuation": 0}.get(kind, 2)
+    b0 = (0 if kind == "not-final" else 0x80) | (0x40 if kind == "rsv" else 0) | opcode
+    if kind == "unmasked":
+        return frame_header(b0, len(payload), False) + payload
+    key = draw(st.binary(min_size=4, max_size=4))
+    return frame_header(b0, len(payload), True) + key + apply_mask(payload, key)
+
+
+@fuzz
+@given(
+    frames=st.lists(large_frame() | raw_frame(), min_size=1, max_size=3),
+    reads=st.lists(
+        st.sampled_from([65536, 65536, 40000, 30000]) | st.integers(1, 65536),
+        min_size=1,
+        max_size=6,
+    ),
+    limit=st.sampled_from([4096, 65536, 100_000, 1 << 20]),
+)
+def test_large_frames_read_into_their_message(
+    frames: list[bytes], reads: list[int], limit: int
+) -> None:
+    """The C fast path reads the rest of a large frame straight into its message: the
+    same messages, close and output as the pure-Python core, however the bytes arrive."""
+    targets.large_reads(b"".join(frames), reads, limit)
 
 
 # -- exact round trips ------------------------------------------------------------------

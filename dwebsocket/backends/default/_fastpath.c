@@ -50,7 +50,13 @@
  *      before any Python runs; likewise a message compressed by compress_message() lives
  *      in _deflate's per-thread buffer only until it is written or copied; a FastPath that finds the lease taken leaves
  *      the read to the general path. So no Python code can ever see recv_buf in use, and
- *      no connection can be handed another's bytes.
+ *      no connection can be handed another's bytes;
+ *   3. a read that begins a large frame (big_frame_at()) reads the frame's rest straight
+ *      into its message, a bytes object allocated for it (not GC-tracked: no Python runs)
+ *      that no Python code holds until it is handed over; those reads follow the first
+ *      without any Python code between (read_big_frame() does not wait), so the checks
+ *      made before the first read still hold for them. What they do not complete goes
+ *      to the general path as received, before any Python runs.
  *
  * The other statics (the interned names, greenlet.getcurrent, the _speedups C API, the
  * deque type) are set once at import and only read after.
@@ -962,6 +968,135 @@ scan_read(const uint8_t *buf, Py_ssize_t n, Py_ssize_t limit, PyObject *inflater
 }
 
 /*
+ * A large frame that one read began: what scan_frames() would take (a whole final text or
+ * binary frame, masked, no RSV bit, at most `limit` bytes of payload) were it all there,
+ * at the start of buf[0:n], with its header whole and its payload not. Its rest is read
+ * straight into the message (read_big_frame()), instead of going through the core's
+ * buffer (bench/FINDINGS.md, section 15). Taken only when at least half of its payload
+ * is here, so that its rest is likely in the socket already (read_big_frame() does not
+ * wait: a frame mostly still to come goes the general way, which waits for it, and the
+ * message allocated for it never outlives the call), and only when it is the first
+ * frame of the read (nothing scanned before it: with
+ * permessage-deflate the backlog is then empty, as DefaultWebSocket._receive() would find
+ * it at every slice of the frame). 1 and *big set, or 0. Runs no Python code.
+ */
+typedef struct {
+    uint8_t header[14]; /* the header and the mask key, as received */
+    Py_ssize_t hlen;    /* their length */
+    Py_ssize_t length;  /* the payload's */
+    Py_ssize_t have;    /* of which buf holds this much */
+} BigFrame;
+
+#define BIG_FRAME_MIN 4096 /* smaller frames split over reads go the general way */
+
+static int
+big_frame_at(const uint8_t *buf, Py_ssize_t n, Py_ssize_t limit, BigFrame *big)
+{
+    uint8_t b0, b1;
+    Py_ssize_t length, hlen;
+    int i;
+
+    if (n < 2) {
+        return 0;
+    }
+    b0 = buf[0];
+    b1 = buf[1];
+    if ((b0 != 0x81 && b0 != 0x82) || !(b1 & 0x80)) {
+        return 0;
+    }
+    length = b1 & 0x7F;
+    if (length < 126) {
+        return 0; /* under BIG_FRAME_MIN */
+    }
+    if (length == 126) {
+        hlen = 8;
+        if (n < hlen) {
+            return 0;
+        }
+        length = ((Py_ssize_t)buf[2] << 8) | buf[3];
+    }
+    else {
+        uint64_t declared = 0;
+        hlen = 14;
+        if (n < hlen) {
+            return 0;
+        }
+        for (i = 0; i < 8; i++) {
+            declared = (declared << 8) | buf[2 + i];
+        }
+        if (declared > (uint64_t)PY_SSIZE_T_MAX) {
+            return 0;
+        }
+        length = (Py_ssize_t)declared;
+    }
+    if (length < BIG_FRAME_MIN || length > limit || n - hlen >= length ||
+        (n - hlen) < length - (n - hlen)) {
+        return 0; /* small, too large for the core's fast path, whole, or mostly to come */
+    }
+    memcpy(big->header, buf, (size_t)hlen);
+    big->hlen = hlen;
+    big->length = length;
+    big->have = n - hlen;
+    return 1;
+}
+
+/*
+ * The rest of `big` read from fd straight into `payload` (a bytes object of its
+ * length holding its first big->have bytes, still masked), without waiting: the read of
+ * the frame's start found most of it there. 1: the message is made (*message: `payload`
+ * unmasked, or the str decoded from it); 0: not taken, *rest holds the frame's bytes as
+ * received (header, key and the masked payload so far) for DefaultWebSocket._received(),
+ * which decides: the socket had no more yet, EOF, an error, text that is not UTF-8;
+ * -1: an exception. Steals `payload`; adds what it reads to *bytes_in. Runs no Python
+ * code: called with the checks of fast_read_locked() still holding (nothing ran since).
+ */
+static int
+read_big_frame(int fd, long long *bytes_in, BigFrame *big, PyObject *payload,
+               PyObject **message, PyObject **rest)
+{
+    uint8_t *data = (uint8_t *)PyBytes_AS_STRING(payload);
+    const uint8_t *key = big->header + big->hlen - 4;
+    Py_ssize_t r;
+
+    while (big->have < big->length) {
+        r = read(fd, data + big->have, (size_t)(big->length - big->have));
+        if (r > 0) {
+            *bytes_in += r;
+            big->have += r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        goto give_back; /* no more yet, EOF or an error: the general path reads on */
+    }
+    speedups->xor_mask(data, data, big->length, key);
+    if (big->header[0] == 0x82) {
+        *message = payload;
+        return 1;
+    }
+    switch (speedups->make_message(1, data, big->length, message)) {
+    case 1:
+        Py_DECREF(payload);
+        return 1;
+    case 0: /* not UTF-8: the core fails it (1007) */
+        speedups->xor_mask(data, data, big->length, key);
+        goto give_back;
+    default:
+        Py_DECREF(payload);
+        return -1;
+    }
+give_back:
+    *rest = PyBytes_FromStringAndSize(NULL, big->hlen + big->have);
+    if (*rest != NULL) {
+        memcpy(PyBytes_AS_STRING(*rest), big->header, (size_t)big->hlen);
+        memcpy(PyBytes_AS_STRING(*rest) + big->hlen, data, (size_t)big->have);
+    }
+    Py_DECREF(payload);
+    return *rest == NULL ? -1 : 0;
+}
+
+/*
  * One wait and one read, holding the read lock: DefaultWebSocket._read_once() after its
  * keepalive arithmetic, Transport.wait_readable() and recv(), and the core's fast path on
  * what was read. Sets *message to the first message read if the scan took the whole read
@@ -971,10 +1106,12 @@ scan_read(const uint8_t *buf, Py_ssize_t n, Py_ssize_t limit, PyObject *inflater
 static int
 fast_read_locked(FastPath *self, double now, double until, PyObject **message)
 {
-    PyObject *out, *rest = NULL;
+    PyObject *out, *rest = NULL, *payload = NULL, *taken = NULL;
     Py_ssize_t n, pos, limit;
+    BigFrame big;
     int rc;
 
+    big.length = 0; /* no large frame (set by big_frame_at()) */
     /* 1. Everything that may run Python: the wait, the core lock's state, the list. */
     rc = fast_wait_readable(self, now, until);
     if (rc != 1) {
@@ -1008,7 +1145,16 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         goto give;
     }
     self->io->bytes_in += n; /* Transport.recv() counts the general path's reads */
-    if (n == 0 || n == RECV_SIZE || limit < 0) {
+    if (n >= 8 && (recv_buf[1] & 0x7F) >= 126 && limit >= 0 &&
+        big_frame_at(recv_buf, n, limit, &big)) {
+        /* The start of a large frame: its rest is read into its message (below). A bytes
+           object is not GC-tracked: its allocation runs no Python code. */
+        if ((payload = PyBytes_FromStringAndSize(NULL, big.length)) != NULL) {
+            memcpy(PyBytes_AS_STRING(payload), recv_buf + big.hlen, (size_t)big.have);
+        }
+        pos = n;
+    }
+    else if (n == 0 || n == RECV_SIZE || limit < 0) {
         /* EOF, a read that filled the buffer (the general path reads on at once), or
            nothing the scan may take */
         rest = PyBytes_FromStringAndSize((const char *)recv_buf, n);
@@ -1016,14 +1162,37 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         Py_DECREF(out);
         goto give;
     }
-    pos = scan_read(recv_buf, n, limit, self->inflater, self->rx->max_message,
-                    self->backlog_bytes, out);
-    if (pos >= 0 && pos < n) {
-        rest = PyBytes_FromStringAndSize((const char *)recv_buf + pos, n - pos);
+    else {
+        pos = scan_read(recv_buf, n, limit, self->inflater, self->rx->max_message,
+                        self->backlog_bytes, out);
+        if (pos >= 0 && pos < n) {
+            rest = PyBytes_FromStringAndSize((const char *)recv_buf + pos, n - pos);
+        }
     }
     recv_buf_leased = 0;
+    if (big.length > 0) {
+        /* Still nothing that may run Python: the checks above hold for its reads. */
+        if (payload == NULL) {
+            Py_DECREF(out);
+            return -1;
+        }
+        if ((rc = read_big_frame(self->fd, &self->io->bytes_in, &big, payload, &taken,
+                                 &rest)) < 0) {
+            Py_DECREF(out);
+            return -1;
+        }
+        if (rc == 1) {
+            rc = PyList_Append(out, taken);
+            Py_DECREF(taken);
+            if (rc < 0) {
+                Py_DECREF(out);
+                return -1;
+            }
+        }
+    }
     /* 4. From here Python may run again. */
     if (pos < 0 || (pos < n && rest == NULL)) {
+        Py_XDECREF(rest);
         Py_DECREF(out);
         return -1;
     }
@@ -1448,11 +1617,51 @@ fastpath_scan(PyObject *module, PyObject *args)
     return pos < 0 ? NULL : PyLong_FromSsize_t(pos);
 }
 
+/* read_large(buf, scan_limit, fd) -> None, or (message, None), or (None, given_back):
+   the fast path's take on a read `buf` that begins a large frame (big_frame_at()), its
+   rest read from fd (non-blocking) by read_big_frame(): for tests/fuzz, which run it
+   against the core. None: not a large frame the fast path reads on (the scan takes buf). */
+static PyObject *
+fastpath_read_large(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t limit;
+    int fd, rc;
+    long long bytes_in = 0;
+    BigFrame big;
+    PyObject *payload, *message = NULL, *rest = NULL, *r;
+    if (!PyArg_ParseTuple(args, "y*ni:read_large", &view, &limit, &fd)) {
+        return NULL;
+    }
+    if (!big_frame_at(view.buf, view.len, limit, &big)) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    payload = PyBytes_FromStringAndSize(NULL, big.length);
+    if (payload != NULL) {
+        memcpy(PyBytes_AS_STRING(payload), (const char *)view.buf + big.hlen, (size_t)big.have);
+    }
+    PyBuffer_Release(&view);
+    if (payload == NULL) {
+        return NULL;
+    }
+    if ((rc = read_big_frame(fd, &bytes_in, &big, payload, &message, &rest)) < 0) {
+        return NULL;
+    }
+    r = rc == 1 ? PyTuple_Pack(2, message, Py_None) : PyTuple_Pack(2, Py_None, rest);
+    Py_XDECREF(message);
+    Py_XDECREF(rest);
+    return r;
+}
+
 static PyMethodDef fastpath_functions[] = {
     {"scan", (PyCFunction)fastpath_scan, METH_VARARGS,
      "scan(buf, scan_limit, max_message, inflater, backlog_bytes, out) -> int: the fast "
      "path's receive loop on buf (a server's: masked frames); appends the messages it "
      "takes to out, returns where it stopped."},
+    {"read_large", (PyCFunction)fastpath_read_large, METH_VARARGS,
+     "read_large(buf, scan_limit, fd) -> None | (message, None) | (None, given_back): the "
+     "fast path on a read that begins a large frame, its rest read from fd."},
     {NULL, NULL, 0, NULL},
 };
 

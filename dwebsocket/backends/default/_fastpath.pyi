@@ -47,3 +47,6 @@ def scan(
     out: list[Any],
     /,
 ) -> int: ...
+def read_large(
+    buf: bytes, scan_limit: int, fd: int, /
+) -> tuple[str | bytes, None] | tuple[None, bytes] | None: ...

@@ -148,6 +148,107 @@ def test_a_frame_split_over_reads(seen: dict[str, Any]) -> None:
     assert b"".join(seen["to_python"]) == frame
 
 
+# -- large frames: the rest of one that a read began is read into its message --
+
+LARGE: list[str | bytes] = [
+    b"L" * 65536,  # 65,550 bytes: a read of 64 KiB, then its last 14
+    "é" * 40000,  # 80,004 bytes of text, not ASCII
+    bytes(range(256)) * 500,  # 128,000 bytes: more than half in the first read
+    "a" * 5000,  # whole in one read: the scan takes it
+]
+
+
+@override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=1 << 20)
+def test_a_large_frame_is_read_into_its_message(seen: dict[str, Any]) -> None:
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        got = seen["messages"] = []
+        for _ in LARGE:
+            time.sleep(0.1)  # the whole frame is in the socket before the first read
+            got.append(ws.wait(TIMEOUT))
+            ws.send(str(len(got)))
+
+    with Session(fast_view(body, seen)) as session:
+        session.expect_101()
+        for n, message in enumerate(LARGE, 1):
+            session.client.send(message)
+            assert session.client.recv() == str(n)
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen["messages"] == LARGE
+    assert seen["to_python"] == []
+
+
+@override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=1 << 20)
+@pytest.mark.parametrize("first", [60000, 20000], ids=["most-here", "most-to-come"])
+def test_a_large_frame_whose_rest_is_late_goes_to_python_as_received(
+    seen: dict[str, Any], first: int
+) -> None:
+    """The rest is not in the socket yet: what was read goes to the general path as it
+    came (header, key, masked payload), which waits for the rest."""
+    frame = masked(0x2, bytes(range(256)) * 256)
+
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        seen["message"] = ws.wait(TIMEOUT)
+
+    with Session(fast_view(body, seen)) as session:
+        session.expect_101()
+        time.sleep(0.05)  # the view waits in the fast path
+        session.client.sock.sendall(frame[:first])
+        time.sleep(0.1)
+        session.client.sock.sendall(frame[first:])
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen["message"] == bytes(range(256)) * 256
+    assert b"".join(seen["to_python"]) == frame
+    assert seen["to_python"][0] == frame[:first]
+
+
+@override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=100_000)
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [(b"\xff" + b"a" * 70000, 1007), (b"a" * 100_001, 1009)],
+    ids=["invalid-utf8", "too-big"],
+)
+def test_a_large_frame_the_core_refuses_closes_as_before(
+    seen: dict[str, Any], payload: bytes, code: int
+) -> None:
+    frame = masked(0x1, payload)
+
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        time.sleep(0.1)  # the whole frame is in the socket
+        seen["message"] = ws.wait(TIMEOUT)
+        seen["code"] = ws.close_code
+
+    with Session(fast_view(body, seen)) as session:
+        session.expect_101()
+        session.client.sock.sendall(frame)
+        closing = session.client.recv()
+        assert isinstance(closing, Close) and closing.code == code
+        session.finish()
+    assert (seen["message"], seen["code"]) == (None, code)
+    to_python = b"".join(seen["to_python"])  # as received (too big: the core stops early)
+    assert frame.startswith(to_python) and len(to_python) >= 65536
+
+
+@override_settings(WEBSOCKET_MAX_MESSAGE_SIZE=1 << 20)
+def test_a_large_frame_after_others_in_its_read_goes_to_python(seen: dict[str, Any]) -> None:
+    """Only a read that begins with the large frame reads on into it."""
+    small, large = masked(0x1, b"first"), masked(0x2, b"B" * 65536)
+
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        time.sleep(0.1)
+        seen["messages"] = [ws.wait(TIMEOUT), ws.wait(TIMEOUT)]
+
+    with Session(fast_view(body, seen)) as session:
+        session.expect_101()
+        session.client.sock.sendall(small + large)
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen["messages"] == ["first", b"B" * 65536]
+    # (a read of a full 64 KiB goes to the general path whole, as before: it reads on)
+    assert b"".join(seen["to_python"]) in (large, small + large)
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
