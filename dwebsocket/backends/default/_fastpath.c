@@ -1711,21 +1711,7 @@ fastpath_exec(PyObject *module)
         }
         deque_type = (PyTypeObject *)PyObject_GetAttrString(collections, "deque");
         Py_DECREF(collections);
-        if (zcodec == NULL) {
-        /* Optional: where _deflate is not built, compressed frames go through Python. */
-        PyObject *module_deflate = PyImport_ImportModule("dwebsocket.protocol._deflate");
-        if (module_deflate == NULL) {
-            PyErr_Clear();
-        }
-        else {
-            Py_DECREF(module_deflate);
-            zcodec = (const DwsDeflateCAPI *)PyCapsule_Import(DWS_DEFLATE_CAPSULE, 0);
-            if (zcodec == NULL) {
-                return -1; /* built from another checkout: fail, don't misread memory */
-            }
-        }
-    }
-    if (deque_type == NULL) {
+        if (deque_type == NULL) {
             return -1;
         }
     }
