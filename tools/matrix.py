@@ -4,8 +4,12 @@ Run one after the other, the seven pairs took ~17 min of CI's hour: each spends 
 time waiting on sockets and subprocesses, so two at a time fit the machine's two cores.
 The sessions are split into two lanes by Python, so that no two sessions of one Python
 run together (``pip install -e .`` builds that Python's extension modules into the
-checkout). Each session's output is printed whole when it ends, so the two do not
-interleave; the exit status is 1 if any session failed or ran out of time.
+checkout). Each session's pytest gets a temporary root of its own
+(``PYTEST_DEBUG_TEMPROOT``): pytest removes all but the newest of the numbered directories
+under its root when a run ends, and with one root for two sessions it removed the other's,
+in use ("Directory not empty" at the end of a session that had passed). Each session's
+output is printed whole when it ends, so the two do not interleave; the exit status is 1
+if any session failed or ran out of time.
 
     python tools/matrix.py             # every pair (make matrix)
     python tools/matrix.py --lanes 1   # one after the other
@@ -19,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -56,24 +61,26 @@ def lanes(found: list[tuple[str, str]], count: int) -> list[list[str]]:
 def run_lane(names: list[str], failed: list[str], printing: threading.Lock) -> None:
     for name in names:
         start = time.monotonic()
-        # Its own process group, so that a session out of time is stopped with everything
-        # it started (pytest, its workers, the servers).
-        process = subprocess.Popen(
-            [str(NOX), "-s", name],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            output, _ = process.communicate(timeout=SESSION_TIMEOUT)
-            ok = process.returncode == 0
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate(timeout=60)
-            output += f"\n{name}: no end after {SESSION_TIMEOUT} s, stopped\n"
-            ok = False
+        with tempfile.TemporaryDirectory(prefix="matrix-", ignore_cleanup_errors=True) as root:
+            # Its own process group, so that a session out of time is stopped with
+            # everything it started (pytest, its workers, the servers).
+            process = subprocess.Popen(
+                [str(NOX), "-s", name],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+                env={**os.environ, "PYTEST_DEBUG_TEMPROOT": root},
+            )
+            try:
+                output, _ = process.communicate(timeout=SESSION_TIMEOUT)
+                ok = process.returncode == 0
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                output, _ = process.communicate(timeout=60)
+                output += f"\n{name}: no end after {SESSION_TIMEOUT} s, stopped\n"
+                ok = False
         with printing:
             verdict = "passed" if ok else "FAILED"
             print(f"==== {name}: {verdict} in {time.monotonic() - start:.0f} s ====", flush=True)
