@@ -109,6 +109,70 @@ def saved_stacks() -> tuple[int, int]:
     return count, total
 
 
+# CPython 3.11-3.13: a frame object's pointer to its interpreter frame (``f_frame``) follows
+# its header and ``f_back``; an interpreter frame's first slot is after 9 pointers' worth
+# of fields (FRAME_SPECIALS_SIZE), and a data-stack chunk's first frame after its 3-word
+# header (``_PyStackChunk``: previous, size, top).
+_F_FRAME = 3 * ctypes.sizeof(ctypes.c_void_p)
+_CHUNK_HEADER = 3 * ctypes.sizeof(ctypes.c_void_p)
+_SPECIALS = 9
+
+
+def python_stacks() -> tuple[int, int, int, int]:
+    """(greenlets waiting, their Python frames, bytes of data stack they span, 4 KiB pages
+    those spans touch), over the greenlets that have a frame. CPython >= 3.11 gives each
+    greenlet its own data-stack chunk (16 KiB, mmap'd, so only the pages written count in
+    RSS); a greenlet's frames lie in it one after the other, from its run function's, at
+    the chunk's start, up to the one it is waiting in. The span is measured from the
+    interpreter frames' own addresses; pages count from the chunk's start (page-aligned)."""
+    if sys.version_info < (3, 11) or sys.implementation.name != "cpython":
+        return 0, 0, 0, 0
+    count = frames = span = pages = 0
+    for obj in gc.get_objects():
+        if not isinstance(obj, greenlet.greenlet) or obj.dead or obj.gr_frame is None:
+            continue
+        chain = []
+        frame = obj.gr_frame
+        while frame is not None:
+            chain.append(frame)
+            frame = frame.f_back
+        top = ctypes.c_void_p.from_address(id(chain[0]) + _F_FRAME).value or 0
+        bottom = ctypes.c_void_p.from_address(id(chain[-1]) + _F_FRAME).value or 0
+        code = chain[0].f_code
+        slots = code.co_nlocals + len(code.co_cellvars) + len(code.co_freevars)
+        end = top + (slots + code.co_stacksize + _SPECIALS) * ctypes.sizeof(ctypes.c_void_p)
+        if not bottom or end - bottom > 16 * 1024 or end < bottom:
+            continue  # not one chunk's frames (a deeper stack): left out
+        count += 1
+        frames += len(chain)
+        span += end - bottom
+        start = bottom - _CHUNK_HEADER
+        pages += -(-(end - (start & ~4095)) // 4096)
+    return count, frames, span, pages
+
+
+def print_frames() -> None:
+    """One waiting view's Python frames, outermost first, with each one's size in the data
+    stack (``--frames``)."""
+    for obj in gc.get_objects():
+        if isinstance(obj, greenlet.greenlet) and not obj.dead and obj.gr_frame is not None:
+            chain = []
+            frame = obj.gr_frame
+            while frame is not None:
+                chain.append(frame)
+                frame = frame.f_back
+            if len(chain) < 5:
+                continue
+            print("one waiting greenlet's Python frames, outermost first (bytes, where):")
+            for frame in reversed(chain):
+                code = frame.f_code
+                slots = code.co_nlocals + len(code.co_cellvars) + len(code.co_freevars)
+                size = (slots + code.co_stacksize + _SPECIALS) * ctypes.sizeof(ctypes.c_void_p)
+                where = f"{Path(code.co_filename).parent.name}/{Path(code.co_filename).name}"
+                print(f"  {size:5d}  {where}:{frame.f_lineno} {code.co_name}")
+            return
+
+
 def where(trace: tracemalloc.Traceback) -> str:
     """The innermost frame in dwebsocket, Django, gevent or greenlet that led to the
     allocation, and the innermost frame of all (the allocating line)."""
@@ -140,6 +204,7 @@ def report(
     heap_delta: tuple[int, int],
     stacks: tuple[int, int],
     sizes: Counter[str],
+    python: tuple[int, int, int, int] = (0, 0, 0, 0),
 ) -> dict[str, Any]:
     print(f"\n== {label}: {n} connections ==")
     print(f"RSS added: {rss_delta / 1024 / n:.1f} KiB per connection")
@@ -151,6 +216,12 @@ def report(
         f"greenlets alive: {stacks[0]}, "
         f"saved C stacks: {stacks[1] / 1024 / n:.2f} KiB per connection"
     )
+    if python[0]:
+        count, frames, span, pages = python
+        print(
+            f"Python data stacks: {frames / count:.1f} frames, {span / count / 1024:.2f} KiB "
+            f"per waiting greenlet ({count}), {pages / count:.2f} pages of 4 KiB touched"
+        )
     rows = []
     if sizes:
         total = sum(sizes.values())
@@ -167,6 +238,9 @@ def report(
         "malloc_in_use_kib": round(heap_delta[0] / 1024 / n, 2),
         "malloc_free_kib": round(heap_delta[1] / 1024 / n, 2),
         "saved_stack_kib": round(stacks[1] / 1024 / n, 2),
+        "python_frames": round(python[1] / python[0], 1) if python[0] else None,
+        "python_stack_kib": round(python[2] / python[0] / 1024, 2) if python[0] else None,
+        "python_stack_pages": round(python[3] / python[0], 2) if python[0] else None,
         "traced": rows,
     }
 
@@ -213,6 +287,7 @@ def main() -> None:
     parser.add_argument("--deflate", action="store_true")
     parser.add_argument("--trace", action="store_true", help="tracemalloc breakdown")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--frames", action="store_true", help="list one view's Python frames")
     parser.add_argument("--checkout", help="measure the dwebsocket of this checkout")
     args = parser.parse_args()
 
@@ -294,8 +369,11 @@ def main() -> None:
                 (heap1[0] - heap0[0], heap1[1] - heap0[1]),
                 saved_stacks(),
                 diff(snap0, snap1) if snap0 and snap1 else Counter(),
+                python_stacks(),
             )
         )
+        if args.frames:
+            print_frames()
         client.stdin.write(b"probe\n")
         client.stdin.flush()
         probed = line(120)
@@ -311,6 +389,7 @@ def main() -> None:
                 (heap2[0] - heap0[0], heap2[1] - heap0[1]),
                 saved_stacks(),
                 diff(snap0, snap2) if snap0 and snap2 else Counter(),
+                python_stacks(),
             )
         )
         print(

@@ -177,6 +177,16 @@ def _held(conn: Connection) -> int:
     return len(conn._buf) + sum(len(part) for part in conn._parts) + len(conn._tail)
 
 
+def _to_core(conn: Connection, piece: bytes, got: list[Event], events: list[Event]) -> bytes:
+    """Hand what the fast path left of a read to the core, as ``FastPath.wait()`` does: the
+    fast path's events (``got``) and the core's join ``events``; returns the core's output."""
+    if piece:
+        got += conn.receive_data(piece)
+    assert not (events and isinstance(events[-1], Close)) or not got, "events after Close"
+    events += got
+    return conn.data_to_send()
+
+
 def _feed_frames(
     client: bool,
     deflate: PerMessageDeflate | None,
@@ -207,11 +217,7 @@ def _feed_frames(
                 pos = _fastpath.scan(piece, rx.scan_limit, rx.max_message, codec, BACKLOG, got)
                 assert 0 <= pos <= len(piece)
                 piece = piece[pos:]
-            if piece:
-                got += conn.receive_data(piece)
-            assert not (events and isinstance(events[-1], Close)) or not got, "events after Close"
-            events += got
-            out += conn.data_to_send()
+            out += _to_core(conn, piece, got, events)
             # Whatever the peer sends, the core holds at most one message's worth.
             assert _held(conn) <= 2 * limit + SLACK, (_held(conn), limit)
             _check_rx(conn)
@@ -270,11 +276,7 @@ def feed_reads_fast(
                 else:
                     end = _fastpath.scan(piece, rx.scan_limit, rx.max_message, None, BACKLOG, got)
                     piece = piece[end:]
-            if piece:
-                got += conn.receive_data(piece)
-            assert not (events and isinstance(events[-1], Close)) or not got, "events after Close"
-            events += got
-            out += conn.data_to_send()
+            out += _to_core(conn, piece, got, events)
             _check_rx(conn)
     finally:
         os.close(r)
