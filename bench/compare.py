@@ -852,9 +852,10 @@ def run_idle_in_guest(steps: list[int], no_pin: bool) -> dict[str, Any]:
     finally:
         _stop_guest(process)
     if not (results / "results.json").exists():
+        why = json.loads(info.read_text()).get("why_not", "") if info.exists() else ""
         raise RuntimeError(
             f"the guest wrote no {results.name}/results.json (bench/vm/run.py exit "
-            f"{process.returncode}; see {VM_OUT.relative_to(REPO)}/)"
+            f"{process.returncode}; see {VM_OUT.relative_to(REPO)}/){why and ': ' + why}"
         )
     guest_run = json.loads((results / "results.json").read_text())
     about = json.loads(info.read_text()) if info.exists() else {"backend": backend}

@@ -127,6 +127,19 @@ KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
 
 
+#: What Debian 12's UML (6.1) prints when the host's XSAVE area is larger than the one it
+#: copies (AVX-512 with AMX, e.g. Sapphire Rapids): the host refuses its
+#: PTRACE_SETREGSET with EFAULT and the guest panics at boot. Hiding NT_X86_XSTATE from
+#: it (a seccomp filter, so that it keeps to FXSAVE's registers) gets it past that, and
+#: then the guest's first process dies of a SIGSEGV (tried 2026-12-05); Debian 13's UML
+#: (6.12) needs glibc 2.38. No guest on such a host.
+_UML_XSTATE = b"ptrace set fp regs failed"
+UML_XSTATE_WHY = (
+    "vm: this host's CPU keeps more XSAVE state (AVX-512, AMX) than Debian 12's User-Mode "
+    "Linux 6.1 knows: it panics at boot ('ptrace set fp regs failed, errno = 14')"
+)
+
+
 class VMError(RuntimeError):
     """No guest can be started: what is missing, in words."""
 
@@ -711,6 +724,9 @@ def run(
         else:
             rc = 124 if timed_out else 125
             print(f"vm: the guest wrote no exit status (exit {process.returncode})")
+            if guest.backend == "uml" and _UML_XSTATE in console_log.read_bytes():
+                print(UML_XSTATE_WHY, file=sys.stderr)
+                description["why_not"] = UML_XSTATE_WHY
         seconds = time.monotonic() - started
         print(
             f"vm: exit status {rc} after {seconds:.0f} s; console in {console_log}",
