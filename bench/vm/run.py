@@ -131,12 +131,13 @@ KVM_CREATE_VM = 0xAE01
 #: copies (AVX-512 with AMX, e.g. Sapphire Rapids): the host refuses its
 #: PTRACE_SETREGSET with EFAULT and the guest panics at boot. Hiding NT_X86_XSTATE from
 #: it (a seccomp filter, so that it keeps to FXSAVE's registers) gets it past that, and
-#: then the guest's first process dies of a SIGSEGV (tried 2026-12-05); Debian 13's UML
-#: (6.12) needs glibc 2.38. No guest on such a host.
+#: then the guest's first process dies of a SIGSEGV; Debian 13's UML (6.12, run here
+#: with its three glibc 2.38 symbols supplied by a preloaded shim) panics the same way
+#: (both tried 2026-12-05). No guest on such a host.
 _UML_XSTATE = b"ptrace set fp regs failed"
 UML_XSTATE_WHY = (
-    "vm: this host's CPU keeps more XSAVE state (AVX-512, AMX) than Debian 12's User-Mode "
-    "Linux 6.1 knows: it panics at boot ('ptrace set fp regs failed, errno = 14')"
+    "vm: this host's CPU keeps more XSAVE state (AVX-512, AMX) than User-Mode Linux "
+    "(6.1, and 6.12 too) knows: it panics at boot ('ptrace set fp regs failed, errno = 14')"
 )
 
 
