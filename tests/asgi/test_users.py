@@ -11,7 +11,6 @@ views and the sockets carry the browser's cookie.
 
 from __future__ import annotations
 
-import signal
 import socket
 import struct
 import time
@@ -26,6 +25,7 @@ from tests.groups.redis_server import RedisServer
 from tests.groups.test_presence_servers import (  # noqa: F401 - collected here
     ROOM,
     event,
+    killed_process_members_vanish,
     presence,
     test_join_and_leave_events_once_per_user,
     test_presence_agrees_in_every_process,
@@ -108,32 +108,10 @@ def test_a_vanished_client_leaves_presence(site: Site) -> None:
 @pytest.mark.parametrize("site", ["gevent+uvicorn-sync", "gevent+uvicorn-async"], indirect=True)
 def test_presence_lists_both_processes_until_uvicorn_is_killed(site: Site) -> None:
     """Members on uvicorn and on gevent are listed by both; when the uvicorn process dies
-    without a word, its members are gone within 2 x the heartbeat (1 s here): a leave for
-    a user with no socket left elsewhere, none for one who has a tab on gevent."""
+    without a word, its members are gone within 2 x the heartbeat (1 s here)
+    (:func:`killed_process_members_vanish`)."""
     uvicorn, gevent = site.servers
-    watcher, laptop, carol = site.browser(), site.browser(), site.browser()
-    watcher.login(gevent, "bob")
-    laptop.login(uvicorn, "alice")
-    early: list[Any] = []
-    watching = watcher.tab(gevent, ROOM + "&events=1", early)
-    event(watching, early)  # bob's join
-    carol.tab(uvicorn, ROOM + "&tab=dying")  # anonymous: its own entry
-    assert event(watching, early)[0] == "join"
-    laptop.tab(uvicorn, ROOM + "&tab=dying")
-    assert event(watching, early)[0] == "join"  # alice
-    laptop.tab(gevent, ROOM + "&tab=surviving")
-    both = [presence(watcher, server) for server in (uvicorn, gevent)]
-    assert both[0] == both[1]
-    assert sorted(p[3] for p in both[0]) == [1, 1, 2]  # anonymous, bob, alice's two tabs
-
-    uvicorn.stop(signal.SIGKILL)
-    deadline = time.monotonic() + WAIT
-    while len(found := presence(watcher, gevent)) != 2:
-        assert time.monotonic() < deadline, found
-        time.sleep(HEARTBEAT / 4)
-    assert sorted(p[3] for p in found) == [1, 1]  # alice's tab on gevent, bob
-    assert event(watching, early) == ("leave", None)  # the anonymous socket only
-    nothing_for(watching, 2 * HEARTBEAT)
+    killed_process_members_vanish(site, gevent, uvicorn)
 
 
 def _open_files(server: ServerProcess, path: Path) -> int:

@@ -84,31 +84,42 @@ def test_join_and_leave_events_once_per_user(site: Site) -> None:
     nothing_for(watching)
 
 
-@pytest.mark.parametrize("site", ["redis"], indirect=True)  # memory://: nobody survives
-def test_killed_process_members_vanish(site: Site) -> None:
-    """The members of a process that dies without a word are gone within 2 x the
-    heartbeat (here 1 s): a leave event for each user who has no socket left elsewhere,
-    none for one who has."""
-    one, two = site.servers
+def killed_process_members_vanish(
+    site: Site, survivor: ServerProcess, dying: ServerProcess
+) -> None:
+    """The members of ``dying``, a process that dies without a word, are gone from
+    presence as ``survivor`` answers it within 2 x the heartbeat: a leave event for each
+    user who has no socket left elsewhere (an anonymous tab), none for one who has (alice,
+    with a tab on each). Before, both processes list the same members."""
     watcher, laptop, phone = site.browser(), site.browser(), site.browser()
-    watcher.login(one, "bob")
-    laptop.login(one, "alice")
+    watcher.login(survivor, "bob")
+    laptop.login(dying, "alice")
     early: list[Any] = []
-    watching = watcher.tab(one, ROOM + "&events=1", early)
+    watching = watcher.tab(survivor, ROOM + "&events=1", early)
     event(watching, early)  # bob's join
-    phone.tab(two, ROOM + "&tab=dying")  # anonymous: its own entry
+    phone.tab(dying, ROOM + "&tab=dying")  # anonymous: its own entry
     assert event(watching, early)[0] == "join"
-    laptop.tab(two, ROOM + "&tab=dying")
-    laptop.tab(one, ROOM + "&tab=surviving")
+    laptop.tab(dying, ROOM + "&tab=dying")
     assert event(watching, early)[0] == "join"  # alice
-    assert len(presence(watcher, one)) == 3
+    laptop.tab(survivor, ROOM + "&tab=surviving")
+    both = [presence(watcher, server) for server in (survivor, dying)]
+    assert both[0] == both[1]
+    assert sorted(p[3] for p in both[0]) == [1, 1, 2]  # anonymous, bob, alice's two tabs
 
-    two.stop(signal.SIGKILL)
+    dying.stop(signal.SIGKILL)
     # Bounded wait; the bound (2 x heartbeat) is what bench/presence.py reports on.
     deadline = time.monotonic() + WAIT
-    while len(found := presence(watcher, one)) != 2:
+    while len(found := presence(watcher, survivor)) != 2:
         assert time.monotonic() < deadline, found
         time.sleep(HEARTBEAT / 4)
     assert sorted(p[3] for p in found) == [1, 1]  # alice's surviving tab, bob
     assert event(watching, early) == ("leave", None)  # the anonymous socket only
     nothing_for(watching, 2 * HEARTBEAT)
+
+
+@pytest.mark.parametrize("site", ["redis"], indirect=True)  # memory://: nobody survives
+def test_killed_process_members_vanish(site: Site) -> None:
+    """Two gevent processes over Redis: the second dies (see
+    :func:`killed_process_members_vanish`)."""
+    one, two = site.servers
+    killed_process_members_vanish(site, one, two)
