@@ -1,12 +1,18 @@
 """What group history costs, and how fast a client recovers (issue 19).
 
-    .venv/bin/python bench/history.py            # the published run (~3 min): history.json
+    .venv/bin/python bench/history.py            # the published run (~1 min): history.json
     .venv/bin/python bench/history.py --quick    # a smoke run (seconds), printed only
 
 One private redis-server, one gevent server of the test project (``tests/``) with
 ``WEBSOCKET_GROUPS_URL`` on it, ``MEMBERS`` members of two groups that differ only in
 keeping history (``plain``, ``kept``: ``WEBSOCKET_GROUPS_HISTORY``), raw sockets read by
 a process of their own. A task worker (this process, the Redis layer) publishes.
+
+The processes are pinned: the sender and redis-server share the first core, the server
+and the members' reader the second (on a machine with at least two). Unpinned, on two
+cores, which processes the scheduler put together decided a round's rate more than
+history did: the ratio below moved between 0.66 and 1.45 from one run to the next
+(bench/FINDINGS.md, section 16); pinned, it moves by a percent.
 
 - **publish**: ``COUNT`` messages of 32 bytes sent one after the other as fast as
   ``groups.send`` returns, to ``plain`` then to ``kept``, alternating for ``ROUNDS``
@@ -29,6 +35,7 @@ Medians (and the extremes) go to ``docs/benchmarks/history.json``, which
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -155,6 +162,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def pin(pids: list[int], cpu: int) -> None:
+    """Every thread of each of ``pids`` onto CPU ``cpu`` (threads they start later inherit
+    it)."""
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(int(tid), {cpu})
+
+
 def publish_round(
     layer: RedisLayer, members: Members, group: str, count: int, pids: dict[str, int]
 ) -> dict[str, float]:
@@ -208,7 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run; writes nothing")
     parser.add_argument("--members", type=int, default=100)
-    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "history.json")
     args = parser.parse_args()
@@ -243,6 +259,11 @@ def main() -> None:
                 "sender": os.getpid(),
             }
             readers = {"plain": plain.pid, "kept": kept.pid}
+            cpus = sorted(os.sched_getaffinity(0))
+            pinned = len(cpus) >= 2
+            if pinned:
+                pin([redis.process.pid, os.getpid()], cpus[0])
+                pin([server.process.pid, plain.pid, kept.pid], cpus[1])
             try:
                 runs: dict[str, list[dict[str, float]]] = {"plain": [], "kept": []}
                 for n in range(args.rounds + 1):  # the first warms both up
@@ -273,6 +294,7 @@ def main() -> None:
         "count": args.count,
         "rounds": args.rounds,
         "missed": MISSED,
+        "pinned": pinned,
     }
     for name in ("sent_per_s", "delivered_per_s"):
         off = [r[name] for r in runs["plain"]]
