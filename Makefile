@@ -120,7 +120,7 @@ bench-asgi: setup $(BENCH_STAMP)
 	$(PY) bench/asgi.py
 
 # Group history: publish throughput with history on and off, recovery of 1,000 missed
-# messages (~3 min); writes docs/benchmarks/history.json, which docs/recovery.rst quotes.
+# messages (under a minute); writes docs/benchmarks/history.json, which docs/recovery.rst quotes.
 bench-history: setup
 	$(PY) bench/history.py
 

@@ -1,6 +1,6 @@
 """What group history costs, and how fast a client recovers (issue 19).
 
-    .venv/bin/python bench/history.py            # the published run (~1 min): history.json
+    .venv/bin/python bench/history.py            # the published run (under a minute)
     .venv/bin/python bench/history.py --quick    # a smoke run (seconds), printed only
 
 One private redis-server, one gevent server of the test project (``tests/``) with
