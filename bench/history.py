@@ -12,7 +12,7 @@ The processes are pinned: the sender and redis-server share the first core, the 
 and the members' reader the second (on a machine with at least two). Unpinned, on two
 cores, which processes the scheduler put together decided a round's rate more than
 history did: the ratio below moved between 0.66 and 1.45 from one run to the next
-(bench/FINDINGS.md, section 16); pinned, it moves by a percent.
+(bench/FINDINGS.md, section 16); pinned, by a percent or two.
 
 - **publish**: ``COUNT`` messages of 32 bytes sent one after the other as fast as
   ``groups.send`` returns, to ``plain`` then to ``kept``, alternating for ``ROUNDS``
