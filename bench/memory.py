@@ -118,6 +118,31 @@ _CHUNK_HEADER = 3 * ctypes.sizeof(ctypes.c_void_p)
 _SPECIALS = 9
 
 
+def _frames(waiting: greenlet.greenlet) -> list[Any]:
+    """``waiting``'s Python frames, innermost first."""
+    chain = []
+    frame = waiting.gr_frame
+    while frame is not None:
+        chain.append(frame)
+        frame = frame.f_back
+    return chain
+
+
+def _frame_bytes(code: Any) -> int:
+    """What a frame of ``code`` takes in the data stack."""
+    slots = code.co_nlocals + len(code.co_cellvars) + len(code.co_freevars)
+    return (slots + code.co_stacksize + _SPECIALS) * ctypes.sizeof(ctypes.c_void_p)
+
+
+def _waiting() -> list[greenlet.greenlet]:
+    """The live greenlets that have a Python frame (are waiting in one)."""
+    return [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, greenlet.greenlet) and not obj.dead and obj.gr_frame is not None
+    ]
+
+
 def python_stacks() -> tuple[int, int, int, int]:
     """(greenlets waiting, their Python frames, bytes of data stack they span, 4 KiB pages
     those spans touch), over the greenlets that have a frame. CPython >= 3.11 gives each
@@ -128,19 +153,11 @@ def python_stacks() -> tuple[int, int, int, int]:
     if sys.version_info < (3, 11) or sys.implementation.name != "cpython":
         return 0, 0, 0, 0
     count = frames = span = pages = 0
-    for obj in gc.get_objects():
-        if not isinstance(obj, greenlet.greenlet) or obj.dead or obj.gr_frame is None:
-            continue
-        chain = []
-        frame = obj.gr_frame
-        while frame is not None:
-            chain.append(frame)
-            frame = frame.f_back
+    for waiting in _waiting():
+        chain = _frames(waiting)
         top = ctypes.c_void_p.from_address(id(chain[0]) + _F_FRAME).value or 0
         bottom = ctypes.c_void_p.from_address(id(chain[-1]) + _F_FRAME).value or 0
-        code = chain[0].f_code
-        slots = code.co_nlocals + len(code.co_cellvars) + len(code.co_freevars)
-        end = top + (slots + code.co_stacksize + _SPECIALS) * ctypes.sizeof(ctypes.c_void_p)
+        end = top + _frame_bytes(chain[0].f_code)
         if not bottom or end - bottom > 16 * 1024 or end < bottom:
             continue  # not one chunk's frames (a deeper stack): left out
         count += 1
@@ -154,23 +171,16 @@ def python_stacks() -> tuple[int, int, int, int]:
 def print_frames() -> None:
     """One waiting view's Python frames, outermost first, with each one's size in the data
     stack (``--frames``)."""
-    for obj in gc.get_objects():
-        if isinstance(obj, greenlet.greenlet) and not obj.dead and obj.gr_frame is not None:
-            chain = []
-            frame = obj.gr_frame
-            while frame is not None:
-                chain.append(frame)
-                frame = frame.f_back
-            if len(chain) < 5:
-                continue
-            print("one waiting greenlet's Python frames, outermost first (bytes, where):")
-            for frame in reversed(chain):
-                code = frame.f_code
-                slots = code.co_nlocals + len(code.co_cellvars) + len(code.co_freevars)
-                size = (slots + code.co_stacksize + _SPECIALS) * ctypes.sizeof(ctypes.c_void_p)
-                where = f"{Path(code.co_filename).parent.name}/{Path(code.co_filename).name}"
-                print(f"  {size:5d}  {where}:{frame.f_lineno} {code.co_name}")
-            return
+    for waiting in _waiting():
+        chain = _frames(waiting)
+        if len(chain) < 5:
+            continue
+        print("one waiting greenlet's Python frames, outermost first (bytes, where):")
+        for frame in reversed(chain):
+            code = frame.f_code
+            where = f"{Path(code.co_filename).parent.name}/{Path(code.co_filename).name}"
+            print(f"  {_frame_bytes(code):5d}  {where}:{frame.f_lineno} {code.co_name}")
+        return
 
 
 def where(trace: tracemalloc.Traceback) -> str:
