@@ -100,6 +100,24 @@ def test_a_sender_with_a_stale_epoch_appends_to_the_current_one(
     assert Position.parse(layers().send("room", "4")) == Position(current.epoch, 3)
 
 
+def test_a_sender_with_a_newer_epoch_than_the_stream_starts_it_there(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    """A stream made again with an older epoch than a process remembers (Redis's clock
+    went back across a flush): that process's next message starts its epoch at offset 1,
+    and every sender numbers on from there."""
+    ahead = layers()
+    current = Position.parse(layers().send("room", "1"))
+    assert current is not None
+    newer = str(int(current.epoch) + 1_000_000)
+    ahead._remember_epoch("room", newer)
+    assert Position.parse(ahead.send("room", "2")) == Position(newer, 1)
+    assert Position.parse(layers().send("room", "3")) == Position(newer, 2)
+    entries = redis_groups.command("XRANGE", "dwebsocket:0:{room}:history", "-", "+")
+    assert f"{newer}-0".encode() not in entries
+    assert f"{newer}-1".encode() in entries and f"{newer}-2".encode() in entries
+
+
 def test_send_returns_positions_and_replays_across_processes(
     redis_groups: RedisServer, layers: Callable[[], RedisLayer]
 ) -> None:
