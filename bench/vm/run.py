@@ -26,8 +26,11 @@ Backends (``--backend``; ``auto`` takes the first that works here):
   natively, their system calls and page faults go through the UML kernel (ptrace). One
   vCPU. Its guest pages are mmap()ed into the host processes one range each, so the
   host's ``vm.max_map_count`` is raised for the run (and put back after).
-- ``tcg``: the ``kvm`` guest under qemu's software emulation: runs anywhere, about 30 times
-  slower than the host (measured: 60-80 WebSocket handshakes a second).
+- ``tcg``: the ``kvm`` guest under qemu's software emulation: runs anywhere, many times
+  slower than the host (measured: 60-80 WebSocket handshakes a second on an AMD EPYC,
+  130-150 on a Sapphire Rapids Xeon, where 100,000 idle connections, both deflate
+  settings, took 32 minutes). ``auto`` never picks it; ``bench/compare.py`` falls back
+  to it when User-Mode Linux panics at boot (``UML_XSTATE_WHY``).
 
 In every backend the guest sees the host's whole root file system READ-ONLY, with a
 tmpfs overlay on top (writes inside the guest land in its RAM and vanish with it),
