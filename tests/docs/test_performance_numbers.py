@@ -82,8 +82,15 @@ def _run(path: Path = RESULTS) -> dict[str, Any]:
     return run
 
 
+def _ours_idle(run: dict[str, Any], deflate: bool) -> dict[str, Any]:
+    result: dict[str, Any] = next(
+        r for r in run["idle"] if r["stack"] == OURS and r["deflate"] is deflate
+    )
+    return result
+
+
 def _idle_step(run: dict[str, Any], deflate: bool, target: int) -> dict[str, Any]:
-    result = next(r for r in run["idle"] if r["stack"] == OURS and r["deflate"] is deflate)
+    result = _ours_idle(run, deflate)
     step: dict[str, Any] = next(s for s in result["steps"] if s["target"] == target)
     assert step["all_answered"], step
     return step
@@ -139,13 +146,6 @@ def _idle_row(run: dict[str, Any], target: int) -> str:
             f"{deflated['kb_per_conn_after_probe']:.1f} KiB",
         ]
     )
-
-
-def _ours_idle(run: dict[str, Any], deflate: bool) -> dict[str, Any]:
-    result: dict[str, Any] = next(
-        r for r in run["idle"] if r["stack"] == OURS and r["deflate"] is deflate
-    )
-    return result
 
 
 def _guest_figures() -> list[str]:
