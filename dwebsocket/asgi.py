@@ -37,7 +37,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import sync_to_async
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
 from django.core.handlers.asgi import get_script_prefix
@@ -47,6 +47,7 @@ from django.urls import set_script_prefix
 from dwebsocket import dws
 from dwebsocket.backends.asgi.connection import ASGIConnection, State
 from dwebsocket.backends.asgi.session import SCOPE_KEY
+from dwebsocket.backends.asgi.threads import session_context
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import InvalidSetting
 
@@ -75,8 +76,9 @@ class ASGIHandler(DjangoASGIHandler):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
-            # One worker thread per session for sync code, as Django gives each request.
-            async with ThreadSensitiveContext():
+            # One worker thread per session for sync code, as Django gives each request,
+            # given back while the session makes no sync call (backends/asgi/threads.py).
+            async with session_context():
                 await self.handle_websocket(scope, receive, send)
         elif kind == "lifespan":
             await self.handle_lifespan(receive, send)

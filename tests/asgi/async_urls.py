@@ -10,6 +10,7 @@ urlpatterns = [
     path("counts/", views.counts),
     path("held/", views.held_async),
     path("release/", views.release),
+    path("stalled/", views.stalled_async),
     path("room/<str:name>/", views.room),
     path("json/", views.json_echo),
     path("close-from-the-loop/", views.close_from_the_loop),

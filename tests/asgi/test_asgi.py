@@ -20,6 +20,7 @@ from django.test import Client
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from dwebsocket.backends.asgi.connection import BACKLOG_MESSAGES
 from tests.asgi.conftest import HYPERCORN_PIPELINED, KINDS, asgi_servers, start_asgi
 from tests.defects import DefectShown, check
 from tests.servers import ServerProcess
@@ -108,13 +109,45 @@ def test_sync_views_hold_at_most_websocket_asgi_threads(
 @pytest.mark.server
 @pytest.mark.parametrize("name", asgi_servers())
 def test_async_views_hold_no_thread(started: Callable[..., ServerProcess], name: str) -> None:
+    """Not a WEBSOCKET_ASGI_THREADS slot, and not an OS thread either: the thread that ran
+    the handshake's sync code (request_started) is given back while the session waits
+    (until 2026-12-05 every async session kept one, asgiref's per-request executor)."""
     server = started(f"{name}-async", WEBSOCKET_ASGI_THREADS=0)
+    before = counts(server)["threads"]
     with contextlib.ExitStack() as stack:
-        clients = [stack.enter_context(ws(server, "/echo/")) for _ in range(5)]
+        clients = [stack.enter_context(ws(server, "/echo/")) for _ in range(20)]
         for client in clients:
             client.send("no thread")
             assert client.recv(timeout=TIMEOUT) == "no thread"
-        assert counts(server)["sync_sessions"] == 0
+        deadline = time.monotonic() + TIMEOUT
+        while (now := counts(server))["threads"] > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert now["threads"] <= before, (before, now)
+        assert now["sessions"] == 20 and now["sync_sessions"] == 0, now
+        for client in clients:  # and the sessions go on
+            client.send("still here")
+            assert client.recv(timeout=TIMEOUT) == "still here"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("param", SERVERS)
+def test_a_full_backlog_stops_the_reading_until_the_view_catches_up(
+    started: Callable[..., ServerProcess], param: str
+) -> None:
+    """Three backlogs' worth of messages to a view that reads none until released: the
+    pump stops at a full backlog and reads again once the view has taken half of it
+    (from the view's worker thread for a sync view, on the loop for an async one)."""
+    server = started(param)
+    total = BACKLOG_MESSAGES * 3
+    with ws(server, f"/stalled/?id={param}") as client:
+        for n in range(total):
+            client.send(str(n))
+        with urllib.request.urlopen(
+            server.url(f"/release/?id={param}", "http"), timeout=TIMEOUT
+        ) as response:
+            assert response.read() == b"released"
+        received = [client.recv(timeout=TIMEOUT) for _ in range(total)]
+    assert received == [str(n) for n in range(total)]
 
 
 #: Connections per server and kind of view in the vanishing test: CI's share keeps it

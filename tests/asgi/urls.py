@@ -8,5 +8,6 @@ urlpatterns = [
     path("counts/", views.counts),
     path("held/", views.held),
     path("release/", views.release),
+    path("stalled/", views.stalled),
     path("", include("tests.urls")),
 ]

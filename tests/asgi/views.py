@@ -187,6 +187,27 @@ async def held_async(request: HttpRequest) -> None:
         await request.websocket.send(message)
 
 
+@require_websocket
+def stalled(request: HttpRequest) -> None:
+    """Accepts, then reads nothing until ``release/?id=`` was requested (or ``HOLD``
+    passed), so that what the client sends fills the backlog; then echoes it all."""
+    request.websocket.accept()
+    _gate(request.GET["id"]).wait(HOLD)
+    for message in request.websocket:
+        request.websocket.send(message)
+
+
+@require_websocket
+async def stalled_async(request: HttpRequest) -> None:
+    """:func:`stalled` as an ``async def`` view."""
+    await request.websocket.accept()
+    gate, deadline = _gate(request.GET["id"]), time.monotonic() + HOLD
+    while not gate.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    async for message in request.websocket:
+        await request.websocket.send(message)
+
+
 def release(request: HttpRequest) -> HttpResponse:
     """Let the held view of ``?id=`` accept."""
     _gate(request.GET["id"]).set()

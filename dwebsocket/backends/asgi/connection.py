@@ -63,7 +63,51 @@ class State:
 
 
 class ASGIConnection:
-    """One ``websocket`` scope, from ``websocket.connect`` to ``websocket.disconnect``."""
+    """One ``websocket`` scope, from ``websocket.connect`` to ``websocket.disconnect``.
+
+    What only some connections need is made when first needed, so that an idle one holds
+    little: the received messages' deque, the condition sync views wait on, the outbox of
+    ``deliver()``, the futures of a pump waiting for room and of a close waiting for the
+    disconnect (``bench/FINDINGS.md`` section 18)."""
+
+    __slots__ = (
+        "_async_waiter",
+        "_closed_waiter",
+        "_flusher",
+        "_full",
+        "_pump",
+        "_queued",
+        "_queued_bytes",
+        "_ready",
+        "_receive",
+        "_room_waiter",
+        "_send",
+        "_send_lock",
+        "backlog_bytes",
+        "backlog_limit",
+        "bytes_in",
+        "bytes_out",
+        "close_code",
+        "close_reason",
+        "close_timeout",
+        "extensions",
+        "lock",
+        "loop",
+        "loop_thread",
+        "max_message_size",
+        "messages",
+        "messages_in",
+        "messages_out",
+        "offered_subprotocols",
+        "on_closed",
+        "opened_at",
+        "queue_limit",
+        "scope",
+        "speaks_dws",
+        "state",
+        "subprotocol",
+        "sync_waiters",
+    )
 
     def __init__(
         self,
@@ -98,20 +142,20 @@ class ASGIConnection:
 
         # The received messages, shared with worker threads.
         self.lock = threading.Lock()
-        self.ready = threading.Condition(self.lock)
-        self.messages: deque[Message] = deque()
+        self._ready: threading.Condition | None = None  # on self.lock, for sync waiters
+        self.messages: deque[Message] | None = None  # made by the first message
         self.backlog_bytes = 0
         self.backlog_limit = max(BACKLOG_BYTES, max_message_size or 0)
-        self.sync_waiters = 0  # worker threads in ready.wait()
+        self.sync_waiters = 0  # worker threads in _ready.wait()
         self._async_waiter: asyncio.Future[None] | None = None
 
         self._send_lock = asyncio.Lock()
-        self._room = asyncio.Event()  # set while the backlog has room
-        self._room.set()
-        self._disconnected = asyncio.Event()
+        self._full = False  # the backlog is full: the pump waits for room
+        self._room_waiter: asyncio.Future[None] | None = None  # the pump, while full
+        self._closed_waiter: asyncio.Future[None] | None = None  # close(), until CLOSED
         self._pump: asyncio.Task[None] | None = None
         # deliver(): messages queued for sending without a waiting caller, and their bytes.
-        self._queued: deque[Message] = deque()
+        self._queued: deque[Message] | None = None
         self._queued_bytes = 0
         self._flusher: asyncio.Task[None] | None = None
         #: Called (on the loop) once the connection is closed, for the signals.
@@ -184,8 +228,12 @@ class ASGIConnection:
     async def _run_pump(self) -> None:
         try:
             while True:
-                if not self._room.is_set():
-                    await self._room.wait()
+                if self._full:
+                    self._room_waiter = self.loop.create_future()
+                    try:
+                        await self._room_waiter
+                    finally:
+                        self._room_waiter = None
                 event = await self._receive()
                 kind = event.get("type")
                 if kind == "websocket.receive":
@@ -228,12 +276,14 @@ class ASGIConnection:
         self.messages_in += 1
         self.bytes_in += size
         with self.lock:
+            if self.messages is None:
+                self.messages = deque()
             self.messages.append(message)
             self.backlog_bytes += size
             if len(self.messages) >= BACKLOG_MESSAGES or self.backlog_bytes >= self.backlog_limit:
-                self._room.clear()
-            if self.sync_waiters:
-                self.ready.notify()
+                self._full = True
+            if self._ready is not None and self.sync_waiters:
+                self._ready.notify()
         waiter = self._async_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -241,7 +291,7 @@ class ASGIConnection:
     def take(self) -> Message | None:
         """The next received message, or None. Thread-safe; never blocks."""
         with self.lock:
-            if not self.messages:
+            if not self.messages:  # None before the first message
                 return None
             message = self.messages.popleft()
             self._took(message)
@@ -250,11 +300,18 @@ class ASGIConnection:
     def _took(self, message: Message) -> None:
         # Called with the lock held.
         self.backlog_bytes -= len(message.encode()) if isinstance(message, str) else len(message)
-        if not self._room.is_set() and len(self.messages) < BACKLOG_MESSAGES // 2:
+        if self._full and len(self.messages or ()) < BACKLOG_MESSAGES // 2:
             if self.on_loop():
-                self._room.set()
+                self._make_room()
             else:
-                self.loop.call_soon_threadsafe(self._room.set)
+                self.loop.call_soon_threadsafe(self._make_room)
+
+    def _make_room(self) -> None:
+        # On the loop: the pump may read again.
+        self._full = False
+        waiter = self._room_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def wait_sync(self, timeout: float | None) -> Message | None:
         """For worker threads: the next message, blocking up to ``timeout`` seconds (None:
@@ -267,9 +324,11 @@ class ASGIConnection:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
+                if self._ready is None:
+                    self._ready = threading.Condition(self.lock)
                 self.sync_waiters += 1
                 try:
-                    self.ready.wait(remaining)
+                    self._ready.wait(remaining)
                 finally:
                     self.sync_waiters -= 1
             message = self.messages.popleft()
@@ -299,7 +358,7 @@ class ASGIConnection:
 
     def count_messages(self) -> int:
         """Messages ready now. Thread-safe; never blocks."""
-        return len(self.messages)
+        return len(self.messages or ())
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -341,6 +400,8 @@ class ASGIConnection:
     def _queue(self, message: Message) -> None:
         if self.is_closed():
             return
+        if self._queued is None:
+            self._queued = deque()
         self._queued.append(message)
         self._queued_bytes += len(message)
         if self._queued_bytes > self.queue_limit:
@@ -349,7 +410,7 @@ class ASGIConnection:
                 self._peer(),
                 self.queue_limit,
             )
-            self._queued.clear()
+            self._queued = None
             self._queued_bytes = 0
             from dwebsocket import metrics
 
@@ -361,7 +422,7 @@ class ASGIConnection:
 
     async def _flush(self) -> None:
         try:
-            while self._queued and self.state is State.OPEN:
+            while self._queued and self.state is State.OPEN:  # None once closed
                 message = self._queued.popleft()
                 self._queued_bytes -= len(message)
                 try:
@@ -383,8 +444,10 @@ class ASGIConnection:
         if self.state is State.OPEN:
             await self._send_close(code, reason)
         if self.state is State.CLOSING:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._disconnected.wait(), self.close_timeout)
+            if self._closed_waiter is None:
+                self._closed_waiter = self.loop.create_future()
+            # asyncio.wait, not wait_for: a timeout must not cancel another close()'s wait.
+            await asyncio.wait((self._closed_waiter,), timeout=self.close_timeout)
             if self.state is State.CLOSING:
                 logger.debug(
                     "No websocket.disconnect for %s within %ss", self._peer(), self.close_timeout
@@ -423,9 +486,10 @@ class ASGIConnection:
             self.state = State.CLOSED
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-        self._disconnected.set()
-        self._room.set()
-        self._queued.clear()
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
+        self._make_room()
+        self._queued = None
         self._queued_bytes = 0
         self._wake_readers()
         if was_open and self.on_closed is not None:
@@ -434,7 +498,8 @@ class ASGIConnection:
 
     def _wake_readers(self) -> None:
         with self.lock:
-            self.ready.notify_all()
+            if self._ready is not None:
+                self._ready.notify_all()
         waiter = self._async_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -1,0 +1,146 @@
+"""The worker thread of a ``websocket`` scope (``dwebsocket/backends/asgi/threads.py``): one
+call at a time on one thread while calls come, the thread given back after ``linger`` idle
+seconds with its database connections closed, kept while a transaction is open; and asgiref
+running a session's sync code on it. ``test_asgi.py`` checks the same on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections, transaction
+
+from dwebsocket.backends.asgi.threads import SessionExecutor, session_context
+from tests.wire import TIMEOUT
+
+LINGER = 0.05
+
+
+def ended(executor: SessionExecutor) -> bool:
+    """Wait up to TIMEOUT for the executor's thread to end."""
+    deadline = time.monotonic() + TIMEOUT
+    while executor.thread is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return executor.thread is None
+
+
+def run(executor: SessionExecutor, fn: Callable[[], Any]) -> Any:
+    return executor.submit(fn).result(TIMEOUT)
+
+
+def test_calls_run_in_order_on_one_thread_that_ends_when_idle() -> None:
+    executor = SessionExecutor(linger=LINGER)
+    try:
+        assert executor.thread is None  # nothing runs before the first call
+        seen: list[tuple[int, threading.Thread]] = []
+        release = threading.Event()
+        first = executor.submit(release.wait, TIMEOUT)
+        worker = executor.thread  # busy until released: it cannot end meanwhile
+        later = [
+            executor.submit(lambda n=n: seen.append((n, threading.current_thread())))
+            for n in range(5)
+        ]
+        release.set()
+        assert first.result(TIMEOUT) is True
+        for future in later:
+            future.result(TIMEOUT)
+        assert [n for n, _ in seen] == list(range(5))
+        assert {thread for _, thread in seen} == {worker} != {threading.current_thread()}
+        assert ended(executor)
+        assert worker is not None and not worker.is_alive()
+        # The next call gets a new thread.
+        assert run(executor, threading.current_thread) not in (worker, threading.current_thread())
+    finally:
+        executor.shutdown()
+    assert executor.thread is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_thread_closes_its_database_connections_before_it_ends() -> None:
+    executor = SessionExecutor(linger=LINGER)
+    try:
+
+        def query() -> Any:
+            conn = connections["default"]
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return conn
+
+        conn = run(executor, query)
+        assert ended(executor)
+        assert conn.connection is None
+    finally:
+        executor.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_thread_stays_while_a_transaction_is_open() -> None:
+    executor = SessionExecutor(linger=LINGER)
+    atomic = transaction.atomic()
+    try:
+        run(executor, atomic.__enter__)
+        thread = executor.thread
+        time.sleep(LINGER * 6)
+        assert executor.thread is thread and thread is not None and thread.is_alive()
+        assert run(executor, threading.current_thread) is thread
+        run(executor, lambda: atomic.__exit__(None, None, None))
+        assert ended(executor)
+    finally:
+        executor.shutdown()
+
+
+def test_shutdown_ends_the_thread_and_refuses_new_calls() -> None:
+    executor = SessionExecutor(linger=TIMEOUT * 10)
+    run(executor, lambda: None)
+    thread = executor.thread
+    assert thread is not None
+    executor.shutdown(wait=True)
+    assert not thread.is_alive() and executor.thread is None
+    with pytest.raises(RuntimeError):
+        executor.submit(lambda: None)
+
+
+def test_shutdown_can_cancel_what_has_not_started() -> None:
+    executor = SessionExecutor(linger=LINGER)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return release.wait(TIMEOUT)
+
+    running = executor.submit(hold)
+    assert started.wait(TIMEOUT)
+    waiting = executor.submit(lambda: "never")
+    executor.shutdown(wait=False, cancel_futures=True)
+    assert waiting.cancelled()
+    thread = executor.thread
+    release.set()
+    assert running.result(TIMEOUT) is True
+    assert thread is not None
+    thread.join(TIMEOUT)
+    assert not thread.is_alive() and executor.thread is None
+
+
+def test_a_session_runs_its_sync_code_on_its_own_thread_and_gives_it_back() -> None:
+    async def session() -> tuple[threading.Thread, threading.Thread, threading.Thread, int]:
+        async with session_context():
+            here = sync_to_async(threading.current_thread)
+            first, again = await here(), await here()
+            deadline = time.monotonic() + TIMEOUT
+            while first.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # the default linger is a second
+            later = await here()
+            async with session_context():  # nested: the outer context's executor
+                inner = await here()
+            return first, again, later, int(inner is later)
+
+    first, again, later, same = asyncio.run(session())
+    assert first is again  # one thread while the calls keep coming
+    assert not first.is_alive()  # given back while idle
+    assert later is not first and same
+    assert first.name == later.name == "dwebsocket-session"
