@@ -14,6 +14,11 @@ MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "tests.urls"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 USE_TZ = True
+# No periodic session check (dwebsocket.users) unless a test asks for one: it reads the
+# sessions of the open authenticated sockets from its own thread whenever its interval
+# comes round, and a read of SQLite's shared in-memory test database table-locks it, so a
+# test that wrote a session at that moment failed with "database table is locked".
+WEBSOCKET_SESSION_CHECK_INTERVAL = None
 
 
 # Server subprocesses started by the tests (tests/servers.py) get extra settings as JSON,
