@@ -12,12 +12,21 @@ INSTALLED_APPS = [
 ]
 MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "tests.urls"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+# The tests' database is SQLite's shared in-memory one, where a read table-locks what it
+# reads until it ends, and a write from another connection meanwhile fails at once with
+# "database table is locked" (no busy timeout for those locks). Threads of the library
+# read while a test writes (the session checks of dwebsocket.users, views' threads), and
+# two fresh-clone runs failed that way; read_uncommitted readers take no such locks.
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": ":memory:",
+        "OPTIONS": {"init_command": "PRAGMA read_uncommitted = 1"},
+    }
+}
 USE_TZ = True
-# No periodic session check (dwebsocket.users) unless a test asks for one: it reads the
-# sessions of the open authenticated sockets from its own thread whenever its interval
-# comes round, and a read of SQLite's shared in-memory test database table-locks it, so a
-# test that wrote a session at that moment failed with "database table is locked".
+# No periodic session check (dwebsocket.users) unless a test asks for one: less reading
+# from a thread of its own while tests write.
 WEBSOCKET_SESSION_CHECK_INTERVAL = None
 
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
+from django.db import connections
 from django.test import Client, TransactionTestCase, override_settings
 from django.utils import timezone
 
 from dwebsocket import groups, users
+from dwebsocket.db import close_thread_connections
 from dwebsocket.testing import WebSocketClient
 from tests.groups.user_views import PASSWORD
 
@@ -61,6 +64,32 @@ class UsersTests(TransactionTestCase):
         # ("table is locked") while another connection reads it.
         self.assertTrue(users._checker.wait_idle(WAIT))
         groups.reset()
+
+    def test_a_read_in_another_thread_does_not_lock_out_a_session_write(self) -> None:
+        """The test database's setting (tests/settings.py): a session check's read, from
+        its own thread, while the test saves a session (what failed two fresh clones)."""
+        browser, *_ = [logged_in("alice") for _ in range(3)]
+        reading, done = threading.Event(), threading.Event()
+
+        def read() -> None:
+            try:
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT session_key FROM django_session")
+                    cursor.fetchone()  # the statement stays open: its read lock with it
+                    reading.set()
+                    done.wait(WAIT)
+            finally:
+                close_thread_connections()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            self.assertTrue(reading.wait(WAIT))
+            logged_in("alice").session.save()
+            browser.session.save()
+        finally:
+            done.set()
+            reader.join(WAIT)
 
     def test_send_reaches_every_tab_of_the_user_and_nobody_else(self) -> None:
         browser = logged_in("alice")
