@@ -284,9 +284,7 @@ class ASGIConnection:
                 self._full = True
             if self._ready is not None and self.sync_waiters:
                 self._ready.notify()
-        waiter = self._async_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _wake(self._async_waiter)
 
     def take(self) -> Message | None:
         """The next received message, or None. Thread-safe; never blocks."""
@@ -309,9 +307,7 @@ class ASGIConnection:
     def _make_room(self) -> None:
         # On the loop: the pump may read again.
         self._full = False
-        waiter = self._room_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _wake(self._room_waiter)
 
     def wait_sync(self, timeout: float | None) -> Message | None:
         """For worker threads: the next message, blocking up to ``timeout`` seconds (None:
@@ -486,8 +482,7 @@ class ASGIConnection:
             self.state = State.CLOSED
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-        if self._closed_waiter is not None and not self._closed_waiter.done():
-            self._closed_waiter.set_result(None)
+        _wake(self._closed_waiter)
         self._make_room()
         self._queued = None
         self._queued_bytes = 0
@@ -500,9 +495,7 @@ class ASGIConnection:
         with self.lock:
             if self._ready is not None:
                 self._ready.notify_all()
-        waiter = self._async_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _wake(self._async_waiter)
 
     async def finish(self) -> None:
         """After the view: make sure nothing of the connection is left running."""
@@ -524,6 +517,12 @@ class ASGIConnection:
     def _peer(self) -> str:
         client = self.scope.get("client")
         return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    """Resolve ``waiter`` if it is there and still waiting (on the loop)."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _check_close(code: int, reason: str) -> None:

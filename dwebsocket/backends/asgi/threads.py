@@ -4,8 +4,9 @@ Django runs each ASGI request in ``asgiref``'s ``ThreadSensitiveContext``: the r
 sync code (``request_started``, sync middleware, a sync view, an async view's
 ``sync_to_async`` calls) runs in one thread of its own, a ``ThreadPoolExecutor`` of one
 worker that lives until the request ends. A WebSocket request ends hours later, so every
-``async def`` view waiting for messages held an idle OS thread for its whole session (under
-uvicorn, 57 of the 58 KiB an idle connection cost; ``bench/FINDINGS.md`` section 18).
+``async def`` view waiting for messages held an idle OS thread for its whole session
+(``bench/FINDINGS.md`` section 18: under uvicorn an idle async connection cost 58 KiB, 35
+once the thread was given back and the connection trimmed).
 
 :class:`SessionExecutor` keeps asgiref's rule, one call at a time on one thread while the
 calls keep coming, and lets the thread go after :data:`LINGER` seconds without one. Before
