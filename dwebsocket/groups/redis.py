@@ -1165,6 +1165,11 @@ class Subscriber:
         if kind == self.MESSAGE:
             self.layer.receive(response[1], response[2])
         elif kind == self.SUBSCRIBED:
+            # Redis answers again: the outage ends before the group counts as subscribed,
+            # so that whoever sees it subscribed (a join() waiting for it) finds sends
+            # published again, not still held back by the outage's backoff.
+            if self.layer.outage:
+                self.layer.report_up()
             group = self.layer.group(response[1])
             if group is not None:
                 left = self._in_flight.pop(group, 1) - 1
@@ -1174,8 +1179,6 @@ class Subscriber:
                     # Redis has carried out every SUBSCRIBE sent and no UNSUBSCRIBE since.
                     self.subscribed = self.subscribed | {group}
                     self._release(group)
-                if self.layer.outage:
-                    self.layer.report_up()
         elif kind == self.UNSUBSCRIBED:
             # The confirmation of an UNSUBSCRIBE needs nothing: the group left
             # ``subscribed`` when it was sent. One for a group still requested was not

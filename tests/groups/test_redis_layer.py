@@ -284,6 +284,39 @@ def test_outage_local_delivery_loss_elsewhere_and_resume(
     assert any("reachable again" in r.getMessage() for r in caplog.records)
 
 
+def test_the_outage_ends_before_a_group_counts_as_subscribed_again(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """Whoever sees a group subscribed again (a ``join()`` waiting for it, the test above)
+    must find sends published again, not held back by the outage's backoff: the reader
+    ends the outage first. In the other order, a send in between reached only this
+    process's members (it failed the test above once, on a loaded machine)."""
+    a, b = layers(), layers()
+    here, there = Inbox(), Inbox()
+    a.join("room", here)
+    b.join("room", there)
+    redis_server.stop()
+    until(lambda: a.subscriber.down)
+    a.send("room", "during")  # starts the sends' backoff
+    assert a.outage and here.get() == "during"
+    seen: list[bool] = []  # at the outage's end: did "room" already count as subscribed?
+    report_up = a.report_up
+
+    def observed() -> None:
+        if a.outage:
+            seen.append("room" in a.subscriber.subscribed)
+        report_up()
+
+    a.report_up = observed  # type: ignore[method-assign]
+    redis_server.start()
+    until(
+        lambda: "room" in a.subscriber.subscribed and "room" in b.subscriber.subscribed, timeout=20
+    )
+    assert seen == [False]
+    a.send("room", "after")
+    assert there.get() == "after"
+
+
 def test_send_from_a_process_without_members(
     layers: Callable[[], RedisLayer], redis_server: RedisServer
 ) -> None:
