@@ -10,6 +10,7 @@ import os
 import socket
 import struct
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -262,6 +263,37 @@ def test_async_json_helpers(started: Callable[..., ServerProcess], name: str) ->
         with pytest.raises(ConnectionClosedError):
             client.recv(timeout=TIMEOUT)
     assert client.close_code == 1007
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", asgi_servers())
+def test_two_tasks_waiting_at_once_each_get_a_message_and_the_close(
+    started: Callable[..., ServerProcess], name: str
+) -> None:
+    """An async view's tasks may wait for messages at the same time: none is forgotten.
+    (The connection once kept one waiter: the second wait replaced the first, whose task
+    then waited forever, through the close too.)"""
+    server = started(f"{name}-async")
+    key = f"two-readers-{name}"
+    with ws(server, f"/two-readers/?id={key}") as client:
+        assert client.recv(timeout=TIMEOUT) == "waiting"
+        client.send("a")
+        client.send("b")
+        got = json.loads(client.recv(timeout=TIMEOUT))
+        assert got != "timed out" and sorted(got) == ["a", "b"], got
+        assert client.recv(timeout=TIMEOUT) == "waiting"
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(
+                server.url(f"/two-readers/?id={key}", "http"), timeout=TIMEOUT
+            ) as response:
+                seen = json.loads(response.read())
+            break
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and time.monotonic() < deadline, exc
+            time.sleep(0.05)
+    assert seen["closed"] == [None, None], seen
 
 
 @pytest.mark.server

@@ -155,6 +155,38 @@ async def close_from_the_loop(request: HttpRequest) -> None:
     await ws.wait()  # returns None once the close is done
 
 
+@accept_websocket
+async def two_readers(request: HttpRequest) -> HttpResponse | None:
+    """Two tasks of the view wait for a message at the same time, twice: the client's two
+    messages reach one each, then its close ends both waits. Plain HTTP with the same
+    ``?id=`` gets what the two waits returned (404 until then)."""
+    key = request.GET["id"]
+    if not request.is_websocket():
+        with _CLOSES_LOCK:
+            seen = CLOSES.get(key)
+        return JsonResponse(seen) if seen is not None else HttpResponse(status=404)
+    ws = request.websocket
+    await ws.accept()
+
+    async def both() -> object:
+        readers = [asyncio.ensure_future(ws.wait()) for _ in range(2)]
+        await asyncio.sleep(0)  # each runs up to its wait
+        if ws.is_closed():
+            return None
+        await ws.send("waiting")
+        try:
+            return await asyncio.wait_for(asyncio.gather(*readers), HOLD)
+        except asyncio.TimeoutError:
+            return "timed out"
+
+    got = await both()
+    await ws.send(json.dumps(got))
+    got_then = await both()  # the client closes instead of sending
+    with _CLOSES_LOCK:
+        CLOSES[key] = {"messages": got, "closed": got_then}
+    return None
+
+
 #: Gates that ``held`` views wait at before accepting, by ``?id=``; ``release`` opens one.
 _GATES: dict[str, threading.Event] = {}
 _GATES_LOCK = threading.Lock()

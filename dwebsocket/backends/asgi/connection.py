@@ -71,7 +71,7 @@ class ASGIConnection:
     disconnect (``bench/FINDINGS.md`` section 18)."""
 
     __slots__ = (
-        "_async_waiter",
+        "_async_waiters",
         "_closed_waiter",
         "_flusher",
         "_full",
@@ -147,7 +147,9 @@ class ASGIConnection:
         self.backlog_bytes = 0
         self.backlog_limit = max(BACKLOG_BYTES, max_message_size or 0)
         self.sync_waiters = 0  # worker threads in _ready.wait()
-        self._async_waiter: asyncio.Future[None] | None = None
+        # Coroutines waiting in wait_async(), oldest first (an async view's tasks may
+        # wait at the same time).
+        self._async_waiters: list[asyncio.Future[None]] | None = None
 
         self._send_lock = asyncio.Lock()
         self._full = False  # the backlog is full: the pump waits for room
@@ -284,7 +286,7 @@ class ASGIConnection:
                 self._full = True
             if self._ready is not None and self.sync_waiters:
                 self._ready.notify()
-        _wake(self._async_waiter)
+        self._wake_async()
 
     def take(self) -> Message | None:
         """The next received message, or None. Thread-safe; never blocks."""
@@ -340,7 +342,10 @@ class ASGIConnection:
                 return message
             if self.state is not State.OPEN:
                 return None
-            waiter = self._async_waiter = self.loop.create_future()
+            waiter = self.loop.create_future()
+            if self._async_waiters is None:
+                self._async_waiters = []
+            self._async_waiters.append(waiter)
             try:
                 if timeout is None:
                     await waiter
@@ -349,8 +354,22 @@ class ASGIConnection:
                         await asyncio.wait_for(waiter, timeout)
                     except asyncio.TimeoutError:
                         return self.take()
+            except BaseException:
+                # Cancelled, perhaps after a message woke this waiter: the next one gets it.
+                if self.messages:
+                    self._wake_async()
+                raise
             finally:
-                self._async_waiter = None
+                self._async_waiters.remove(waiter)
+
+    def _wake_async(self, every: bool = False) -> None:
+        """Wake the oldest coroutine still waiting for a message (``every``: all of them).
+        On the loop."""
+        for waiter in self._async_waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+                if not every:
+                    return
 
     def count_messages(self) -> int:
         """Messages ready now. Thread-safe; never blocks."""
@@ -495,7 +514,7 @@ class ASGIConnection:
         with self.lock:
             if self._ready is not None:
                 self._ready.notify_all()
-        _wake(self._async_waiter)
+        self._wake_async(every=True)
 
     async def finish(self) -> None:
         """After the view: make sure nothing of the connection is left running."""
