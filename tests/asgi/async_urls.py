@@ -11,6 +11,7 @@ urlpatterns = [
     path("held/", views.held_async),
     path("release/", views.release),
     path("stalled/", views.stalled_async),
+    path("lazy-accepts/", views.lazy_accepts),
     path("room/<str:name>/", views.room),
     path("json/", views.json_echo),
     path("close-from-the-loop/", views.close_from_the_loop),

@@ -297,6 +297,26 @@ def test_two_tasks_waiting_at_once_each_get_a_message_and_the_close(
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("param", SERVERS)
+def test_two_first_uses_at_once_accept_once(
+    started: Callable[..., ServerProcess], param: str
+) -> None:
+    """A view that never accepts explicitly, one task (or thread) sending while the view
+    waits: both accept on first use, and the server gets one ``websocket.accept`` (a second
+    one killed the connection on granian) and the view one ``websocket_opened``."""
+    server = started(param)
+    key = f"lazy-{param}"
+    with ws(server, f"/lazy-accepts/?lazy={key}") as client:
+        assert client.recv(timeout=TIMEOUT) == "tick"
+        client.send("hi")
+        assert client.recv(timeout=TIMEOUT) == "got hi"
+    with urllib.request.urlopen(
+        server.url(f"/lazy-accepts/?lazy={key}", "http"), timeout=TIMEOUT
+    ) as response:
+        assert json.loads(response.read()) == {"opened": 1}
+
+
+@pytest.mark.server
 def test_sync_close_called_on_the_loop_does_not_wait_for_itself(
     started: Callable[..., ServerProcess],
 ) -> None:

@@ -13,26 +13,55 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from dwebsocket.backends.asgi.connection import ASGIConnection
+import pytest
+from django.test import RequestFactory
+
+from dwebsocket.backends.asgi import websocket as asgi_websocket
+from dwebsocket.backends.asgi.connection import BACKLOG_MESSAGES, ASGIConnection
+from dwebsocket.backends.asgi.websocket import ASGIWebSocket, AsyncWebSocket
+from dwebsocket.exceptions import ConnectionClosed
 
 TIMEOUT = 5.0
 
 
-async def opened() -> tuple[ASGIConnection, asyncio.Queue[Mapping[str, Any]]]:
+class Connection(ASGIConnection):
+    """An ``ASGIConnection`` that keeps what it sent (its ``send`` callable's events)."""
+
+    __slots__ = ("sent",)
+
+
+async def opened(
+    *,
+    close_timeout: float = TIMEOUT,
+    queue_limit: int = 1 << 20,
+    accept: bool = True,
+    stuck_on: str | None = None,
+    slow: bool = False,
+) -> tuple[Connection, asyncio.Queue[Mapping[str, Any]]]:
+    """A connection whose ``receive()`` reads ``inbox``; ``stuck_on``: a text message the
+    server's ``send()`` never returns from (a client that stopped reading); ``slow``: its
+    ``send()`` lets the loop run other tasks before it returns, as a server's may."""
     inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+    sent: list[Mapping[str, Any]] = []
 
     async def send(event: Mapping[str, Any]) -> None:
-        pass
+        if stuck_on is not None and event.get("text") == stuck_on:
+            await asyncio.Event().wait()
+        if slow:
+            await asyncio.sleep(0)
+        sent.append(event)
 
-    connection = ASGIConnection(
+    connection = Connection(
         {"type": "websocket", "path": "/"},
         inbox.get,
         send,
         max_message_size=None,
-        close_timeout=TIMEOUT,
-        queue_limit=1 << 20,
+        close_timeout=close_timeout,
+        queue_limit=queue_limit,
     )
-    await connection.accept()
+    connection.sent = sent
+    if accept:
+        await connection.accept()
     return connection, inbox
 
 
@@ -65,3 +94,115 @@ def test_waiters_are_served_oldest_first_and_all_woken_by_the_close() -> None:
         return rest
 
     assert asyncio.run(scenario()) == [None, None]
+
+
+def test_two_accepts_at_once_send_one() -> None:
+    """Two first uses at once (a task sends while another waits): one ``websocket.accept``
+    reaches the server, and only its caller says it sent it (it alone signals
+    ``websocket_opened``); ``test_asgi.py`` checks the same on real servers."""
+
+    async def scenario() -> tuple[list[bool], list[str]]:
+        connection, inbox = await opened(accept=False, slow=True)
+        results = await asyncio.gather(connection.accept(), connection.accept())
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await connection.finish()
+        return list(results), [e["type"] for e in connection.sent]
+
+    results, sent = asyncio.run(scenario())
+    assert sorted(results) == [False, True]
+    assert sent.count("websocket.accept") == 1, sent
+
+
+# -- closing --------------------------------------------------------------------------------
+
+
+def test_a_close_reads_on_past_a_full_backlog_to_the_disconnect() -> None:
+    """The view closes without reading a full backlog: the pump, parked until the view
+    makes room, reads on (discarding) to the server's ``websocket.disconnect``; the close
+    does not sit out its timeout (30 s here: the bound below is a third of it)."""
+
+    async def scenario() -> tuple[int | None, str]:
+        connection, inbox = await opened(close_timeout=30.0)
+        for n in range(BACKLOG_MESSAGES + 10):
+            inbox.put_nowait({"type": "websocket.receive", "text": str(n)})
+        while connection.count_messages() < BACKLOG_MESSAGES:
+            await asyncio.sleep(0.01)
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(connection.close(1000), 10.0)
+        await connection.finish()
+        return connection.close_code, connection.state
+
+    assert asyncio.run(scenario()) == (1000, "closed")
+
+
+def test_an_outbox_that_overflows_before_the_accept_closes_with_1008_after_it() -> None:
+    async def scenario() -> list[Mapping[str, Any]]:
+        connection, inbox = await opened(queue_limit=8, accept=False)
+        connection.deliver("12345")
+        connection.deliver("67890")  # 10 bytes queued: over the limit
+        connection.deliver("later")  # dropped too: the member is being closed
+        assert await connection.accept() is True
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1008})
+        await connection.finish()
+        return connection.sent
+
+    sent = asyncio.run(scenario())
+    assert [e["type"] for e in sent] == ["websocket.accept", "websocket.close"], sent
+    assert sent[1]["code"] == 1008
+
+
+def test_a_cancelled_async_view_closes_with_its_code_not_1000() -> None:
+    """``end_session(abort=True)`` (the view's task was cancelled) then the scope's
+    ``finish()``, as ``dwebsocket.asgi`` runs them: the close sent is the abort's."""
+
+    async def scenario() -> list[Mapping[str, Any]]:
+        connection, inbox = await opened()
+        ws = AsyncWebSocket(ASGIWebSocket(RequestFactory().get("/"), connection))
+        await ws.end_session(1001, abort=True)
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1001})
+        await connection.finish()
+        return connection.sent
+
+    closes = [e for e in asyncio.run(scenario()) if e["type"] == "websocket.close"]
+    assert closes == [{"type": "websocket.close", "code": 1001}]
+
+
+# -- the sync request.websocket -----------------------------------------------------------
+
+
+def test_a_sync_send_the_server_does_not_take_in_time_ends_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client stopped reading, so the server's ``send()`` does not return: after
+    ``IO_TIMEOUT`` the send raises ``ConnectionClosed(1006)``, and the connection says
+    so too (a later send raises instead of going through after a lost message)."""
+    monkeypatch.setattr(asgi_websocket, "IO_TIMEOUT", 0.2)
+
+    async def scenario() -> tuple[object, ...]:
+        connection, _inbox = await opened(stuck_on="first")
+        ws = ASGIWebSocket(RequestFactory().get("/"), connection)
+
+        def view() -> tuple[object, ...]:
+            with pytest.raises(ConnectionClosed) as first:
+                ws.send("first")
+            with pytest.raises(ConnectionClosed):
+                ws.send("second")
+            return first.value.code, ws.is_closed(), ws.close_code
+
+        seen = await asyncio.to_thread(view)
+        await connection.finish()
+        return (*seen, [e.get("text") for e in connection.sent[1:]])
+
+    assert asyncio.run(scenario()) == (1006, True, 1006, [])
+
+
+def test_the_sync_wait_refuses_to_block_the_event_loop() -> None:
+    async def scenario() -> None:
+        connection, inbox = await opened()
+        ws = ASGIWebSocket(RequestFactory().get("/"), connection)
+        with pytest.raises(RuntimeError, match="event loop"):
+            ws.wait(0.5)
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await connection.finish()
+
+    asyncio.run(scenario())

@@ -9,5 +9,6 @@ urlpatterns = [
     path("held/", views.held),
     path("release/", views.release),
     path("stalled/", views.stalled),
+    path("lazy-accepts/", views.lazy_accepts_sync),
     path("", include("tests.urls")),
 ]

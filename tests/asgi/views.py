@@ -11,6 +11,7 @@ import time
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 
 from dwebsocket import ConnectionClosed, accept_websocket, groups, require_websocket
+from dwebsocket.signals import websocket_opened
 from tests.views import _CLOSES_LOCK, CLOSES
 
 
@@ -184,6 +185,53 @@ async def two_readers(request: HttpRequest) -> HttpResponse | None:
     got_then = await both()  # the client closes instead of sending
     with _CLOSES_LOCK:
         CLOSES[key] = {"messages": got, "closed": got_then}
+    return None
+
+
+#: ``websocket_opened`` signals sent for the ``lazy-accepts`` views, by ``?id=``.
+OPENED: dict[str, int] = {}
+
+
+def _count_opened(sender: object, request: HttpRequest, **kwargs: object) -> None:
+    key = request.GET.get("lazy")
+    if key is not None:
+        with _CLOSES_LOCK:
+            OPENED[key] = OPENED.get(key, 0) + 1
+
+
+websocket_opened.connect(_count_opened, dispatch_uid="tests.asgi.views.count_opened")
+
+
+def _opened_count(request: HttpRequest) -> JsonResponse:
+    with _CLOSES_LOCK:
+        return JsonResponse({"opened": OPENED.get(request.GET["lazy"], 0)})
+
+
+@accept_websocket
+async def lazy_accepts(request: HttpRequest) -> HttpResponse | None:
+    """No explicit accept: a task sends while the view waits, both accepting on first use.
+    Plain HTTP with the same ``?lazy=`` gets how many ``websocket_opened`` were sent."""
+    if not request.is_websocket():
+        return _opened_count(request)
+    ws = request.websocket
+    sender = asyncio.ensure_future(ws.send("tick"))
+    message = await ws.wait()
+    await sender
+    await ws.send(f"got {message}")
+    return None
+
+
+@accept_websocket
+def lazy_accepts_sync(request: HttpRequest) -> HttpResponse | None:
+    """:func:`lazy_accepts` as a sync view, with a thread that sends."""
+    if not request.is_websocket():
+        return _opened_count(request)
+    ws = request.websocket
+    sender = threading.Thread(target=ws.send, args=("tick",))
+    sender.start()
+    message = ws.wait()
+    sender.join(HOLD)
+    ws.send(f"got {message}")
     return None
 
 

@@ -71,10 +71,12 @@ class ASGIConnection:
     disconnect (``bench/FINDINGS.md`` section 18)."""
 
     __slots__ = (
+        "_accepting",
         "_async_waiters",
         "_closed_waiter",
         "_flusher",
         "_full",
+        "_overflowed",
         "_pump",
         "_queued",
         "_queued_bytes",
@@ -152,6 +154,8 @@ class ASGIConnection:
         self._async_waiters: list[asyncio.Future[None]] | None = None
 
         self._send_lock = asyncio.Lock()
+        self._accepting: asyncio.Future[None] | None = None  # an accept() under way
+        self._overflowed = False  # the outbox overflowed before the accept: 1008 after it
         self._full = False  # the backlog is full: the pump waits for room
         self._room_waiter: asyncio.Future[None] | None = None  # the pump, while full
         self._closed_waiter: asyncio.Future[None] | None = None  # close(), until CLOSED
@@ -180,27 +184,38 @@ class ASGIConnection:
 
     # -- the handshake --------------------------------------------------------------------
 
-    async def accept(self, subprotocol: str | None = None) -> None:
-        """Send ``websocket.accept`` and start the pump. Idempotent.
+    async def accept(self, subprotocol: str | None = None) -> bool:
+        """Send ``websocket.accept`` and start the pump. Idempotent: True for the one call
+        that sent it; another call meanwhile (a task sending while another waits, both
+        accepting on first use) waits for that one, then returns False.
 
         Raises ``ConnectionClosed`` if the connection was refused or the server cannot
         send any more (the client left)."""
+        if self._accepting is not None:
+            await asyncio.shield(self._accepting)
         if self.state is not State.CONNECTING:
             if self.state is State.REFUSED or self.opened_at == 0:
                 raise self.closed_error()
-            return
+            return False
+        accepting = self._accepting = self.loop.create_future()
         try:
             await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
         except Exception as exc:  # the server says the client is gone
             logger.debug("websocket.accept failed for %s: %r", self.scope.get("path"), exc)
             self._mark_closed(1006, "")
             raise self.closed_error() from None
+        finally:
+            self._accepting = None
+            _wake(accepting)
         self.subprotocol = subprotocol
         self.opened_at = time.monotonic()
         self.state = State.OPEN
         self._pump = asyncio.create_task(self._run_pump())
-        if self._queued:  # delivered before the accept (groups joined early)
+        if self._overflowed:  # deliver() overflowed the outbox before the accept
+            self._start_close(1008, "send queue overflow")
+        elif self._queued:  # delivered before the accept (groups joined early)
             self._flusher = asyncio.create_task(self._flush())
+        return True
 
     async def refuse(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Answer the handshake with an HTTP response instead: with the server's
@@ -413,7 +428,7 @@ class ASGIConnection:
             self.loop.call_soon_threadsafe(self._queue, message)
 
     def _queue(self, message: Message) -> None:
-        if self.is_closed():
+        if self.is_closed() or self._overflowed:
             return
         if self._queued is None:
             self._queued = deque()
@@ -430,6 +445,8 @@ class ASGIConnection:
             from dwebsocket import metrics
 
             metrics.group_member_dropped()
+            if self.state is State.CONNECTING:
+                self._overflowed = True  # closed with 1008 once accepted
             self._start_close(1008, "send queue overflow")
             return
         if self._flusher is None and self.state is State.OPEN:
@@ -472,9 +489,18 @@ class ASGIConnection:
     async def _send_close(self, code: int, reason: str) -> None:
         if self.state is not State.OPEN:
             return
+        self._closing(code, reason)
+        await self._send_close_event(code, reason)
+
+    def _closing(self, code: int, reason: str) -> None:
+        """OPEN -> CLOSING: sends stop, waiters wake, and the pump reads on (discarding)
+        until the server's ``websocket.disconnect``, even from a full backlog."""
         self.state = State.CLOSING
         self.close_code, self.close_reason = code, reason
         self._wake_readers()
+        self._make_room()
+
+    async def _send_close_event(self, code: int, reason: str) -> None:
         event: dict[str, Any] = {"type": "websocket.close", "code": code}
         if reason:
             event["reason"] = reason
@@ -486,10 +512,19 @@ class ASGIConnection:
             self._mark_closed(code, reason)
 
     def _start_close(self, code: int, reason: str) -> None:
-        """Begin a close from the loop without waiting for it (the pump, the outbox)."""
+        """Begin a close from the loop without waiting for it (the pump, the outbox, a
+        cancelled view): the connection is CLOSING with ``code`` at once, a task sends the
+        event. On the loop."""
         if self.state is State.OPEN:
-            task = asyncio.ensure_future(self._send_close(code, reason))
+            self._closing(code, reason)
+            task = asyncio.ensure_future(self._send_close_event(code, reason))
             task.add_done_callback(_log_failure)
+
+    def abandon(self) -> None:
+        """The server did not take an event in time (a peer that stopped reading): the
+        connection is over for dwebsocket (1006), whatever the server does with it. On the
+        loop."""
+        self._mark_closed(1006, "")
 
     def _mark_closed(self, code: int, reason: str) -> None:
         """The connection is over: record the code (if we did not close first), wake

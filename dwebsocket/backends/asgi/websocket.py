@@ -20,6 +20,7 @@ import concurrent.futures
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -118,18 +119,40 @@ class ASGIWebSocket(WebSocket):
 
     def _run(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
         """Run ``coroutine`` on the loop and wait for it in this thread."""
-        if self.connection.on_loop():
-            coroutine.close()
-            raise RuntimeError(
-                "the sync request.websocket was called from the event loop: in async code, "
-                "use the async view's request.websocket (await ws.send(...))"
-            )
+        self._refuse_on_loop(coroutine)
         future = asyncio.run_coroutine_threadsafe(coroutine, self.connection.loop)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
+            # The server did not take it in time: the connection is over for this view, so
+            # that what it reads next agrees with the exception (not a send that goes on).
+            self._on_loop_and_wait(self.connection.abandon)
             raise ConnectionClosed(1006, "") from None
+
+    def _refuse_on_loop(self, coroutine: Coroutine[Any, Any, Any] | None = None) -> None:
+        """Raise RuntimeError if called on the event loop's thread, where waiting for the
+        loop would wait for ourselves (and block every connection of the process)."""
+        if self.connection.on_loop():
+            if coroutine is not None:
+                coroutine.close()
+            raise RuntimeError(
+                "the sync request.websocket was called from the event loop: in async code, "
+                "use the async view's request.websocket (await ws.send(...))"
+            )
+
+    def _on_loop_and_wait(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop and wait (a bounded while) until it ran."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                callback()
+            finally:
+                done.set()
+
+        self.connection.loop.call_soon_threadsafe(run)
+        done.wait(IO_TIMEOUT)
 
     # -- the handshake ----------------------------------------------------------------------
 
@@ -140,8 +163,8 @@ class ASGIWebSocket(WebSocket):
         if self.connection.accepted:
             return
         _check_subprotocol(subprotocol, self.offered_subprotocols)
-        self._run(self.connection.accept(subprotocol), IO_TIMEOUT)
-        self._opened()
+        if self._run(self.connection.accept(subprotocol), IO_TIMEOUT):
+            self._opened()  # once: not by a call that found another's accept under way
 
     def _opened(self) -> None:
         logger.debug(
@@ -161,6 +184,7 @@ class ASGIWebSocket(WebSocket):
     def wait(self, timeout: float | None = None) -> Message | None:
         """The next message, blocking up to ``timeout`` seconds (None or negative: forever);
         None once closed or when the timeout expires."""
+        self._refuse_on_loop()
         try:
             self._ensure_accepted()
         except ConnectionClosed:
@@ -225,7 +249,7 @@ class ASGIWebSocket(WebSocket):
         if abort:
             # Killed: do not wait for the peer, the loop finishes the close by itself.
             if not self.connection.on_loop() and not self.connection.is_closed():
-                asyncio.run_coroutine_threadsafe(self.connection.close(code), self.connection.loop)
+                self.connection.loop.call_soon_threadsafe(self.connection._start_close, code, "")
             return
         self.close(code)
 
@@ -303,8 +327,8 @@ class AsyncWebSocket:
         if self.connection.accepted:
             return
         _check_subprotocol(subprotocol, self.offered_subprotocols)
-        await self.connection.accept(subprotocol)
-        await asyncio.wrap_future(_signals().submit(_in_signal_thread, self.sync._opened))
+        if await self.connection.accept(subprotocol):
+            await asyncio.wrap_future(_signals().submit(_in_signal_thread, self.sync._opened))
 
     async def _ensure_accepted(self) -> None:
         if not self.connection.accepted:
@@ -369,9 +393,9 @@ class AsyncWebSocket:
 
     async def end_session(self, code: int, *, abort: bool = False) -> None:
         if abort:
-            if not self.connection.is_closed():
-                task = asyncio.ensure_future(self.connection.close(code))
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            # Cancelled: the close starts now, with this code, before the connection's
+            # finish() would close it with 1000; finish() waits for the rest.
+            self.connection._start_close(code, "")
             return
         await self.close(code)
 
