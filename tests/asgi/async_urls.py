@@ -12,6 +12,7 @@ urlpatterns = [
     path("release/", views.release),
     path("stalled/", views.stalled_async),
     path("lazy-accepts/", views.lazy_accepts),
+    path("close-first/", views.close_first),
     path("room/<str:name>/", views.room),
     path("json/", views.json_echo),
     path("close-from-the-loop/", views.close_from_the_loop),

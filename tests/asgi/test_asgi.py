@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from django.test import Client
-from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from dwebsocket.backends.asgi.connection import BACKLOG_MESSAGES
@@ -310,10 +310,37 @@ def test_two_first_uses_at_once_accept_once(
         assert client.recv(timeout=TIMEOUT) == "tick"
         client.send("hi")
         assert client.recv(timeout=TIMEOUT) == "got hi"
-    with urllib.request.urlopen(
-        server.url(f"/lazy-accepts/?lazy={key}", "http"), timeout=TIMEOUT
-    ) as response:
-        assert json.loads(response.read()) == {"opened": 1}
+    assert signalled(server, "/lazy-accepts/", key)["opened"] == 1
+
+
+def signalled(server: ServerProcess, path: str, key: str, closed: int = 0) -> dict[str, int]:
+    """The signals sent for the connections of ``?lazy=key``, once at least ``closed``
+    ``websocket_closed`` were (they are sent after the session, in a thread of their own)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        with urllib.request.urlopen(
+            server.url(f"{path}?lazy={key}", "http"), timeout=TIMEOUT
+        ) as response:
+            seen: dict[str, int] = json.loads(response.read())
+        if seen["closed"] >= closed or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.05)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("param", SERVERS)
+def test_a_close_before_the_accept_is_signalled_as_opened_then_closed(
+    started: Callable[..., ServerProcess], param: str
+) -> None:
+    """``close()`` without an accept accepts first, as the default backend does, and
+    signals it: ``websocket_closed`` never comes without ``websocket_opened`` (the
+    open-connections gauge went below zero)."""
+    server = started(param)
+    key = f"close-first-{param}"
+    with ws(server, f"/close-first/?lazy={key}") as client, pytest.raises(ConnectionClosed):
+        client.recv(timeout=TIMEOUT)
+    assert client.close_code == 4000
+    assert signalled(server, "/close-first/", key, closed=1) == {"opened": 1, "closed": 1}
 
 
 @pytest.mark.server

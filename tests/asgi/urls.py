@@ -10,5 +10,6 @@ urlpatterns = [
     path("release/", views.release),
     path("stalled/", views.stalled),
     path("lazy-accepts/", views.lazy_accepts_sync),
+    path("close-first/", views.close_first_sync),
     path("", include("tests.urls")),
 ]

@@ -7,11 +7,12 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 
 from dwebsocket import ConnectionClosed, accept_websocket, groups, require_websocket
-from dwebsocket.signals import websocket_opened
+from dwebsocket.signals import websocket_closed, websocket_opened
 from tests.views import _CLOSES_LOCK, CLOSES
 
 
@@ -188,23 +189,29 @@ async def two_readers(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-#: ``websocket_opened`` signals sent for the ``lazy-accepts`` views, by ``?id=``.
-OPENED: dict[str, int] = {}
+#: ``websocket_opened`` and ``websocket_closed`` signals sent for the ``lazy-accepts`` and
+#: ``close-first`` views, by ``?lazy=``.
+SIGNALLED: dict[str, dict[str, int]] = {}
 
 
-def _count_opened(sender: object, request: HttpRequest, **kwargs: object) -> None:
-    key = request.GET.get("lazy")
-    if key is not None:
-        with _CLOSES_LOCK:
-            OPENED[key] = OPENED.get(key, 0) + 1
+def _counter(kind: str) -> Callable[..., None]:
+    def count(sender: object, request: HttpRequest, **kwargs: object) -> None:
+        key = request.GET.get("lazy")
+        if key is not None:
+            with _CLOSES_LOCK:
+                seen = SIGNALLED.setdefault(key, {"opened": 0, "closed": 0})
+                seen[kind] += 1
+
+    return count
 
 
-websocket_opened.connect(_count_opened, dispatch_uid="tests.asgi.views.count_opened")
+websocket_opened.connect(_counter("opened"), weak=False, dispatch_uid="tests.asgi.opened")
+websocket_closed.connect(_counter("closed"), weak=False, dispatch_uid="tests.asgi.closed")
 
 
 def _opened_count(request: HttpRequest) -> JsonResponse:
     with _CLOSES_LOCK:
-        return JsonResponse({"opened": OPENED.get(request.GET["lazy"], 0)})
+        return JsonResponse(SIGNALLED.get(request.GET["lazy"], {"opened": 0, "closed": 0}))
 
 
 @accept_websocket
@@ -232,6 +239,25 @@ def lazy_accepts_sync(request: HttpRequest) -> HttpResponse | None:
     message = ws.wait()
     sender.join(HOLD)
     ws.send(f"got {message}")
+    return None
+
+
+@accept_websocket
+async def close_first(request: HttpRequest) -> HttpResponse | None:
+    """Closes (4000) without accepting first: the accept it implies is signalled as any
+    other. Plain HTTP with the same ``?lazy=`` gets the signals sent."""
+    if not request.is_websocket():
+        return _opened_count(request)
+    await request.websocket.close(4000, "closed first")
+    return None
+
+
+@accept_websocket
+def close_first_sync(request: HttpRequest) -> HttpResponse | None:
+    """:func:`close_first` as a sync view."""
+    if not request.is_websocket():
+        return _opened_count(request)
+    request.websocket.close(4000, "closed first")
     return None
 
 

@@ -237,7 +237,9 @@ class ASGIWebSocket(WebSocket):
             task = asyncio.ensure_future(self.connection.close(code, reason))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             return
+        _check_close_args(code, reason)
         try:
+            self._ensure_accepted()  # as the default backend: signalled, then closed
             self._run(
                 self.connection.close(code, reason), self.connection.close_timeout + IO_TIMEOUT
             )
@@ -386,7 +388,9 @@ class AsyncWebSocket:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with ``code`` and ``reason``; see :meth:`ASGIWebSocket.close`."""
+        _check_close_args(code, reason)
         try:
+            await self._ensure_accepted()  # as the default backend: signalled, then closed
             await self.connection.close(code, reason)
         except ConnectionClosed:
             return
