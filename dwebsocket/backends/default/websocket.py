@@ -258,6 +258,10 @@ class DefaultWebSocket(WebSocket):
             try:
                 conn = self._conn
                 if not messages and not self._io.shut and (conn is None or conn.state is _OPEN):
+                    if deadline is not None:  # the wait for the lock took some of it
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return None
                     self._read_once(remaining)
             finally:
                 reading.release()
