@@ -27,7 +27,9 @@ def upgrade_headers(key: str, **extra: str) -> dict[str, str]:
 
 
 class Session:
-    """``Session(view)``: the view runs at once; ``client`` is a :class:`RawClient`."""
+    """``Session(view)``: the view runs at once; ``client`` is a :class:`RawClient`.
+    ``environ``: more WSGI environ keys (``"dwebsocket.rfile"``: the bytes a server's
+    reader already buffered, such as a first frame that came with the handshake)."""
 
     def __init__(
         self,
@@ -36,6 +38,7 @@ class Session:
         *,
         headers: dict[str, str] | None = None,
         call: Callable[[HttpRequest], Any] | None = None,
+        environ: dict[str, Any] | None = None,
     ) -> None:
         self.server_sock, client_sock = socket.socketpair()
         self.client = RawClient(client_sock)
@@ -43,7 +46,7 @@ class Session:
         self.request = RequestFactory().get(
             path,
             headers=upgrade_headers(self.key, **(headers or {})),
-            **{"dwebsocket.socket": self.server_sock},
+            **{"dwebsocket.socket": self.server_sock, **(environ or {})},
         )
         self.response: Any = None
         self.error: BaseException | None = None

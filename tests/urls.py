@@ -18,5 +18,6 @@ urlpatterns = [
     path("nothing/", views.nothing),
     path("ping/", views.ping),
     path("info/", views.info),
+    path("helper-accepts/", views.helper_accepts),
     path("", include("dwebsocket.metrics.urls")),  # /metrics
 ]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import threading
+import time
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 
 from dwebsocket import ConnectionClosed, accept_websocket, require_websocket
+from dwebsocket.signals import websocket_opened
 
 #: What ``record`` saw when its connection closed, by ``?id=``; read back over plain HTTP.
 CLOSES: dict[str, dict[str, object]] = {}
@@ -133,3 +137,43 @@ def info(request: HttpRequest) -> None:
     message = ws.wait(10)
     ws.send(json.dumps({"wait": message, "count": ws.count_messages()}))
     ws.wait()
+
+
+@require_websocket
+def helper_accepts(request: HttpRequest) -> None:
+    """A helper thread's ``send("hello")`` is the first use of the connection, so it runs
+    the handshake, and its ``websocket_opened`` (``_opened_slowly``, standing in for a
+    receiver that queries a database) lasts until the view is waiting; the view echoes
+    every message, prefixed "echo:"."""
+    ws = request.websocket
+    opened, waiting = threading.Event(), threading.Event()
+    request.dws_opened_slowly = (opened, waiting)  # type: ignore[attr-defined]
+
+    def hello() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            ws.send("hello")
+
+    helper = threading.Thread(target=hello, daemon=True)
+    helper.start()
+    if opened.wait(_WAIT):  # the helper accepted and is in websocket_opened
+        waiting.set()
+    for message in ws:
+        ws.send(f"echo:{message}")
+    helper.join(_WAIT)
+
+
+_WAIT = 10.0
+
+
+def _opened_slowly(sender: type, request: HttpRequest, **kwargs: Any) -> None:
+    """``helper_accepts``' receiver: return only once the view waits for a message (and a
+    little later, so that the view's ``wait()`` is reading the socket by then)."""
+    events = getattr(request, "dws_opened_slowly", None)
+    if events is not None:
+        opened, waiting = events
+        opened.set()
+        waiting.wait(_WAIT)
+        time.sleep(0.2)
+
+
+websocket_opened.connect(_opened_slowly, dispatch_uid="tests.views.opened_slowly")

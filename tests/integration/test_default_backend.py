@@ -265,6 +265,23 @@ def test_handshake_and_first_frame_in_one_segment(server: ServerProcess) -> None
         assert client.recv() == "in the same segment"
 
 
+@pytest.mark.parametrize(
+    "name", ["runserver", "gevent", "gunicorn-gevent", "gunicorn-gthread", "eventlet"]
+)
+def test_first_frame_with_the_handshake_while_a_helper_accepts(make_server: Any, name: str) -> None:
+    # A helper thread's send() runs the handshake; while its websocket_opened receiver
+    # runs (tests.views._opened_slowly) the view starts waiting. The frame that came with
+    # the handshake reaches the view at once: it used to wait, in the helper's hands,
+    # until the client sent again (runserver), or be lost (gevent).
+    server = make_server(name)
+    with RawClient(raw(server)) as client:
+        client.handshake("/helper-accepts/", first=masked(0x1, b"first"))
+        assert sorted([client.recv(), client.recv()]) == ["echo:first", "hello"]  # type: ignore[type-var]
+        client.sock.sendall(masked(0x8, b"\x03\xe8"))
+        data = read_until_eof(client.sock)
+    assert split_frames(data) == ([(0x88, b"\x03\xe8")], b"")
+
+
 def test_nothing_after_the_close_frame_when_the_client_closes(server: ServerProcess) -> None:
     with RawClient(raw(server)) as client:
         client.handshake("/echo/")

@@ -168,6 +168,13 @@ class DefaultWebSocket(WebSocket):
             )
             conn, response = accepted.connection, accepted.response
             buffered = self._transport.take_over(self._io_timeout, self._io)
+            # The client's first frame may have come with the handshake. It is unread
+            # input from now on, fed to the core by whoever reads first (the fast path
+            # hands it to Python), not kept here while websocket_opened's receivers run:
+            # a reader begun meanwhile would wait on the socket for it. Set before the
+            # connection counts as accepted, so no reader can have looked yet.
+            self._unfed = buffered
+            self._io.unfed = bool(buffered)
             with self._core:
                 self._conn = conn
                 # Messages delivered before the handshake go first: queued in the same step
@@ -176,10 +183,17 @@ class DefaultWebSocket(WebSocket):
                 for message in self._outbox.take_early():
                     self._outbox.append(conn.send_message(message))
                     self._io.messages_out += 1
+                if self._outbox.early_overflow:
+                    # They went over the limit: the 1008 close follows the 101 at once,
+                    # before anything sent or delivered after the handshake.
+                    self._overflow_locked()
+                early = self._outbox.take()
             try:
                 self._transport.sock.sendall(response)
+                if early:  # not left for after websocket_opened, whose receivers may be slow
+                    self._transport.sendall(early)
             except OSError as exc:
-                logger.debug("Client %s went away before the 101: %s", self._peer(), exc)
+                logger.debug("Client %s went away during the handshake: %s", self._peer(), exc)
                 self._shutdown(1006)
                 raise self._closed_error() from None
             self._opened_at = self._io.last_heard = time.monotonic()
@@ -211,11 +225,14 @@ class DefaultWebSocket(WebSocket):
             "on" if accepted.compression else "off",
         )
         self._send_signal(websocket_opened)
-        if buffered:
-            with self._reading:
-                self._receive(buffered)
-        if self._outbox.early_overflow:
-            self._overflow()
+        # Feed the first frame now (a ping gets its pong, a close frame shows in
+        # is_closed()), unless a reader is at it: it takes _unfed before the socket.
+        if self._unfed and self._reading.acquire(blocking=False):
+            try:
+                if self._unfed:
+                    self._receive(self._take_unfed())
+            finally:
+                self._reading.release()
         if self._outbox:
             self._flush()
 
@@ -563,11 +580,6 @@ class DefaultWebSocket(WebSocket):
                 )
         if flusher is not None:
             flusher.start()
-
-    def _overflow(self) -> None:
-        with self._core:
-            self._overflow_locked()
-        self._flush()
 
     def _overflow_locked(self) -> None:
         """Drop what is queued and close with 1008 (call with ``_core`` held)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from dwebsocket.groups.batch import Batch
 from dwebsocket.protocol.connection import Close, Ping
 from dwebsocket.protocol.frames import encode_frame
 from dwebsocket.signals import websocket_closed, websocket_opened
+from tests import views
 from tests.inprocess import Session
 from tests.wire import TIMEOUT, masked, read_until_eof, split_frames
 
@@ -473,6 +475,36 @@ def test_deliver_overflow_closes_1008_then_drops(
     assert any("1008" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
 
 
+@override_settings(WEBSOCKET_SEND_QUEUE_SIZE=1000)
+def test_deliver_overflow_before_accept_closes_before_anything_else(holder: Holder) -> None:
+    # Messages delivered before the handshake went over the limit: the 1008 close follows
+    # the 101 at once. It used to wait until websocket_opened's receivers had returned,
+    # and what they (or any thread) sent meanwhile went out before it.
+    seen: list[object] = []
+
+    def opened(sender: type, websocket: DefaultWebSocket, **kwargs: Any) -> None:
+        if websocket is holder.ws:
+            try:
+                websocket.send("from websocket_opened")
+            except ConnectionClosed as exc:
+                seen.append(exc.code)
+
+    websocket_opened.connect(opened, dispatch_uid="test_websocket.early_overflow")
+    try:
+        with Session(holding_view(holder, accept=False)) as session:
+            ws = holder.websocket()
+            ws.deliver(b"x" * 2000)
+            ws.accept()
+            session.expect_101()
+            assert session.client.recv() == Close(1008, "send queue overflow")
+            holder.release.set()
+            session.finish()
+    finally:
+        websocket_opened.disconnect(dispatch_uid="test_websocket.early_overflow")
+    assert seen == [1008]
+    assert ws.close_code == 1008
+
+
 @override_settings(
     WEBSOCKET_SEND_QUEUE_SIZE=1_000_000, WEBSOCKET_PING_INTERVAL=None, WEBSOCKET_CLOSE_TIMEOUT=0.2
 )
@@ -664,6 +696,40 @@ def test_send_from_another_thread_while_waiting(holder: Holder) -> None:
         assert session.client.recv() == Close(1000, "")
         session.finish()
     assert seen == {"wait": "done"}
+
+
+def test_a_first_frame_that_came_with_the_handshake_reaches_any_reader() -> None:
+    # The server's reader held the client's first frame (it came with the handshake). A
+    # helper thread's send() ran the handshake, and while its websocket_opened receiver
+    # ran (views._opened_slowly) the view began waiting. The frame used to stay in the
+    # helper's hands meanwhile: the view read the socket, which had nothing, and the
+    # helper then waited for the view's read lock, until the client sent again.
+    first = masked(0x1, b"first")
+    with Session(views.helper_accepts, environ={"dwebsocket.rfile": io.BytesIO(first)}) as session:
+        session.expect_101()
+        assert sorted([session.client.recv(), session.client.recv()]) == ["echo:first", "hello"]
+        session.client.sock.sendall(masked(0x8, b"\x03\xe8"))
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert session.error is None
+
+
+def test_a_first_frame_that_came_with_the_handshake_is_read_after_accept() -> None:
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws.accept()
+        seen["count"] = ws.count_messages()
+        seen["read"] = ws.read()
+
+    first = masked(0x1, b"first")
+    with Session(view, environ={"dwebsocket.rfile": io.BytesIO(first)}) as session:
+        session.expect_101()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen == {"count": 1, "read": "first"}
 
 
 def test_wait_behind_another_reader_keeps_its_own_timeout() -> None:
