@@ -195,3 +195,40 @@ def test_no_reconnection_after_policy_or_revoked_session_closes(
     closed = page.evaluate("window.lastClose")
     assert closed["code"] == code and closed["willRetry"] is False
     assert page.evaluate("window.opens") == 1  # a retry would have come by now (10 ms)
+
+
+def test_retry_now_in_a_close_handler_opens_one_socket_only(
+    start: Callable[[], ServerProcess],
+    balancer: Callable[[ServerProcess], Proxy],
+    open_page: Callable[[str], Page],
+) -> None:
+    """A "close" handler that calls ``retryNow()`` (say, when the browser is online)
+    reconnects at once; the retry the close had scheduled must not open a second socket,
+    which would stay open after ``close()`` and keep delivering. The page counts the
+    sockets the client makes (``window.WebSocket`` wrapped; the sockets are real)."""
+    proxy = balancer(start())
+    page = open_page(proxy.url("/group/page/?group=feed", scheme="http"))
+    page.evaluate(
+        """() => new Promise((done) => {
+            const Real = window.WebSocket;
+            window.made = [];
+            window.WebSocket = function (url, protocols) {
+                const ws = new Real(url, protocols);
+                if (url.includes("/close/")) made.push(ws);
+                return ws;
+            };
+            const s = window.closer = new dwebsocket.Socket("/close/?code=1001",
+                {minDelay: 50, maxDelay: 50});
+            s.on("open", () => { if (made.length === 1) s.send("close now, please"); });
+            s.on("close", (e) => {
+                if (!e.willRetry || window.retried) return;
+                window.retried = true;
+                s.retryNow();
+                setTimeout(done, e.delay + 500);  // the scheduled retry would be due by now
+            });
+        })"""
+    )
+    assert page.evaluate("made.length") == 2
+    assert page.evaluate("made.filter(ws => ws.readyState < 2).length") == 1
+    page.evaluate("closer.close()")
+    page.wait_for_function("made.every(ws => ws.readyState === 3)")

@@ -145,7 +145,9 @@
     if (this.options.noRetry.indexOf(code) >= 0) this.closed = true;
     var delay = this.closed ? null : this._delay();
     this._emit("close", { code: code, reason: reason, willRetry: !this.closed, delay: delay });
-    if (!this.closed) {
+    // A "close" handler may have reconnected already (retryNow): a timer would open a
+    // second socket, which nothing would ever close.
+    if (!this.closed && !this.ws) {
       var self = this;
       this._timer = setTimeout(function () {
         self._connect();
