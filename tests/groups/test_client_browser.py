@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from dwebsocket.groups.redis import RedisLayer
 from tests.browser import WAIT_MS
 from tests.groups.proxy import Proxy
 from tests.groups.redis_server import RedisServer
-from tests.servers import ServerProcess
+from tests.servers import HOST, ServerProcess
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -232,3 +233,32 @@ def test_retry_now_in_a_close_handler_opens_one_socket_only(
     assert page.evaluate("made.filter(ws => ws.readyState < 2).length") == 1
     page.evaluate("closer.close()")
     page.wait_for_function("made.every(ws => ws.readyState === 3)")
+
+
+def test_an_attempt_without_an_answer_times_out_and_is_retried(
+    start: Callable[[], ServerProcess],
+    balancer: Callable[[ServerProcess], Proxy],
+    open_page: Callable[[str], Page],
+) -> None:
+    """A backend that accepts the TCP connection but never answers the handshake (wedged,
+    or a half-dead load balancer): the client gives the attempt up after
+    ``connectTimeout`` (1006, "connect timeout") and tries again; without that it would wait
+    for Chromium's own timeout (minutes). The backend is a listening socket that nobody
+    accepts from: the kernel completes the TCP handshake, nothing more ever comes."""
+    proxy = balancer(start())
+    page = open_page(proxy.url("/group/page/?group=feed", scheme="http"))
+    with socket.create_server((HOST, 0)) as wedged:
+        page.evaluate(
+            """(port) => {
+                window.wedgedCloses = [];
+                window.wedged = new dwebsocket.Socket(`ws://127.0.0.1:${port}/x/`,
+                    {connectTimeout: 300, minDelay: 50, maxDelay: 100});
+                wedged.on("close", (e) => wedgedCloses.push(e));
+            }""",
+            wedged.getsockname()[1],
+        )
+        page.wait_for_function("wedgedCloses.length >= 2")
+        page.evaluate("wedged.close()")
+        closes = page.evaluate("wedgedCloses")
+    assert all(c["code"] == 1006 and c["willRetry"] for c in closes), closes
+    assert closes[0]["reason"] == "connect timeout"

@@ -17,6 +17,7 @@
     stable: 10000, // ms open before a later drop starts the backoff again from minDelay
     pingInterval: 25000, // ms without any message before sending {"dws":"ping"}
     pingTimeout: 10000, // ms then without any message: the connection is dead
+    connectTimeout: 10000, // ms for an attempt to open before it is given up
     noRetry: [1008, 4001], // close codes not to reconnect after: policy, session revoked
     protocols: undefined,
     binaryType: "arraybuffer",
@@ -137,6 +138,22 @@
       if (openedAt && Date.now() - openedAt >= self.options.stable) self.attempts = 0;
       self._closed(event.code, event.reason);
     };
+    // A server that accepts the connection but never answers the handshake would keep
+    // the browser waiting for minutes (and retryNow() with it).
+    setTimeout(function () {
+      if (self.ws === ws && ws.readyState === 0) self._abandon(ws, 1006, "connect timeout");
+    }, this.options.connectTimeout);
+  };
+
+  /** Stops listening to ws (its close may take minutes) and starts again. */
+  proto._abandon = function (ws, code, reason) {
+    ws.onopen = ws.onclose = ws.onmessage = null;
+    try {
+      ws.close(HEARTBEAT_CLOSE, reason);
+    } catch (err) {
+      /* closing a dead socket may throw: it is gone either way */
+    }
+    this._closed(code, reason);
   };
 
   proto._closed = function (code, reason) {
@@ -172,15 +189,7 @@
       if (self.ws !== ws || ws.readyState !== 1) return;
       ws.send('{"dws":"ping"}');
       self._beat = setTimeout(function () {
-        if (self.ws !== ws) return;
-        // Dead: stop listening to it (its close may take minutes) and start again.
-        ws.onclose = ws.onmessage = null;
-        try {
-          ws.close(HEARTBEAT_CLOSE, "no heartbeat");
-        } catch (err) {
-          /* closing a dead socket may throw: it is gone either way */
-        }
-        self._closed(HEARTBEAT_CLOSE, "no heartbeat");
+        if (self.ws === ws) self._abandon(ws, HEARTBEAT_CLOSE, "no heartbeat");
       }, self.options.pingTimeout);
     }, this.options.pingInterval);
   };
