@@ -262,3 +262,39 @@ def test_an_attempt_without_an_answer_times_out_and_is_retried(
         closes = page.evaluate("wedgedCloses")
     assert all(c["code"] == 1006 and c["willRetry"] for c in closes), closes
     assert closes[0]["reason"] == "connect timeout"
+
+
+def test_a_heartbeat_death_after_a_stable_connection_restarts_the_backoff(
+    start: Callable[[], ServerProcess],
+    balancer: Callable[[ServerProcess], Proxy],
+    open_page: Callable[[str], Page],
+) -> None:
+    """Attempts fail while the load balancer refuses (the backoff grows), then a
+    connection stays open longer than ``stable`` and goes silent: the heartbeat gives up
+    on it, and the next wait starts from ``minDelay`` again, as after any other drop of a
+    stable connection."""
+    server = start()
+    proxy = balancer(server)
+    page = open_page(proxy.url("/group/page/?group=feed", scheme="http"))
+    refusing = balancer(server)
+    refusing.cut()
+    page.evaluate(
+        """(port) => {
+            window.beats = [];
+            const s = window.beating = new dwebsocket.Socket(
+                `ws://127.0.0.1:${port}/group/feed/follow/`,
+                {minDelay: 20, maxDelay: 60000, stable: 300, pingInterval: 300, pingTimeout: 300});
+            s.on("open", () => { window.openedAt = Date.now(); });
+            s.on("close", (e) => beats.push([e.code, e.delay, s.attempts]));
+        }""",
+        refusing.port,
+    )
+    page.wait_for_function("beating.attempts >= 4")
+    refusing.restore()
+    page.evaluate("beating.retryNow()")
+    page.wait_for_function("window.openedAt && Date.now() - openedAt > 600")  # > stable
+    refusing.freeze()
+    page.wait_for_function("beats.some(b => b[0] === 4002)")
+    page.evaluate("beating.close()")
+    _code, delay, attempts = page.evaluate("beats.find(b => b[0] === 4002)")
+    assert attempts == 1 and delay < 20

@@ -122,9 +122,9 @@
     }
     ws.binaryType = this.options.binaryType;
     this.ws = ws;
-    var openedAt = 0;
+    this._openedAt = 0;
     ws.onopen = function () {
-      openedAt = Date.now();
+      self._openedAt = Date.now();
       self._alive();
       self._emit("open", { reconnect: self.attempts > 0 || self._opened === true });
       self._opened = true;
@@ -134,9 +134,7 @@
       self._receive(event.data);
     };
     ws.onclose = function (event) {
-      if (self.ws !== ws) return;
-      if (openedAt && Date.now() - openedAt >= self.options.stable) self.attempts = 0;
-      self._closed(event.code, event.reason);
+      if (self.ws === ws) self._closed(event.code, event.reason);
     };
     // A server that accepts the connection but never answers the handshake would keep
     // the browser waiting for minutes (and retryNow() with it).
@@ -159,6 +157,8 @@
   proto._closed = function (code, reason) {
     this.ws = null;
     clearTimeout(this._beat);
+    // Here, not in onclose: a connection the heartbeat or a timeout gave up ends here too.
+    if (this._openedAt && Date.now() - this._openedAt >= this.options.stable) this.attempts = 0;
     if (this.options.noRetry.indexOf(code) >= 0) this.closed = true;
     var delay = this.closed ? null : this._delay();
     this._emit("close", { code: code, reason: reason, willRetry: !this.closed, delay: delay });
