@@ -258,8 +258,8 @@ def test_an_attempt_without_an_answer_times_out_and_is_retried(
             wedged.getsockname()[1],
         )
         page.wait_for_function("wedgedCloses.length >= 2")
+        closes = page.evaluate("wedgedCloses.slice(0, 2)")  # close() below adds its own
         page.evaluate("wedged.close()")
-        closes = page.evaluate("wedgedCloses")
     assert all(c["code"] == 1006 and c["willRetry"] for c in closes), closes
     assert closes[0]["reason"] == "connect timeout"
 
