@@ -16,7 +16,8 @@ It runs in the caller's thread only: everything (reading, answering pings, the h
 reconnecting) happens inside :meth:`~ReconnectingClient.recv`; between calls nothing
 does. One client is for one thread. Events (``open``, ``close``, ``joined``,
 ``recovered``, ``recovery_failed``) go to ``on_event``, called from ``recv()`` in the
-order they happened relative to the messages.
+order they happened relative to the messages. An exception ``on_event`` raises is logged
+(logger ``dwebsocket``), not raised.
 
 Built on dwebsocket's own protocol core (``dwebsocket.protocol``) and the standard
 library: no other dependency, no Django settings needed.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import random
 import socket
 import ssl
@@ -44,6 +46,8 @@ from dwebsocket.protocol.handshake import build_request, generate_key, parse_res
 from dwebsocket.websocket import Message
 
 __all__ = ["Event", "Received", "ReconnectingClient"]
+
+logger = logging.getLogger("dwebsocket")
 
 #: The close code the client uses when it gives up on a silent connection.
 HEARTBEAT_CLOSE = 4002
@@ -434,5 +438,11 @@ class ReconnectingClient:
             raise ConnectionClosed(1006, str(exc)) from None
 
     def _emit(self, event: Event) -> None:
+        """Call ``on_event``; an error there is the application's: logged, and the client
+        goes on (raised here, it would lose the rest of a read, as the browser client's
+        handlers cannot either)."""
         if self.on_event is not None:
-            self.on_event(event)
+            try:
+                self.on_event(event)
+            except Exception:
+                logger.exception("dwebsocket client: the on_event handler raised on %r", event)

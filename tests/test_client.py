@@ -4,6 +4,8 @@ Recovery across processes with it is in ``tests/groups/test_history_servers.py``
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -26,6 +28,17 @@ def gevent(make_server: Callable[..., ServerProcess]) -> ServerProcess:
 @pytest.fixture
 def proxy(gevent: ServerProcess) -> Iterator[Proxy]:
     balancer = Proxy(gevent.port)
+    yield balancer
+    balancer.close()
+
+
+@pytest.fixture
+def history(make_server: Callable[..., ServerProcess]) -> Iterator[Proxy]:
+    """A gevent server keeping group ``feed``'s history (``memory://``), behind a proxy."""
+    server = make_server(
+        "gevent", settings={"WEBSOCKET_GROUPS_HISTORY": {"feed": {"size": 100, "ttl": 600}}}
+    )
+    balancer = Proxy(server.port)
     yield balancer
     balancer.close()
 
@@ -124,3 +137,25 @@ def test_the_heartbeat_finds_a_silent_connection(proxy: Proxy) -> None:
         closes = [e for e in events if e.type == "close"]
         assert closes and closes[0].code == 4002
         assert events[-1].type == "open" and events[-1].reconnect
+
+
+def test_an_event_handler_that_raises_loses_nothing(
+    history: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The application's handler raises on ``joined`` while the message after it came in
+    the same read (the proxy hands over the 101, ``joined`` and the view's first message
+    at once): the error is logged to the ``dwebsocket`` logger, and the message still
+    comes."""
+
+    def on_event(event: Event) -> None:
+        if event.type == "joined":
+            raise RuntimeError("a bug in the application")
+
+    history.hold(until=b'"recovery"')
+    with (
+        caplog.at_level(logging.ERROR, logger="dwebsocket"),
+        ReconnectingClient(history.url("/group/feed/follow/"), on_event=on_event) as client,
+    ):
+        assert "recovery" in json.loads(client.recv(WAIT).data)
+    (logged,) = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert isinstance(logged, RuntimeError)

@@ -3,8 +3,10 @@
 ``target(port)`` picks the backend new connections go to; ``cut()`` drops every open
 connection and refuses new ones (accepts, then closes at once: what a client sees of a
 network that went away) until ``restore()``; ``freeze()`` keeps the open connections but
-forwards nothing more on them, either way (a peer gone silent: only a heartbeat tells).
-Threads only; ``close()`` stops everything.
+forwards nothing more on them, either way (a peer gone silent: only a heartbeat tells);
+``hold(until)`` keeps what the servers send until it contains ``until``, then forwards it in
+one write (a buffering load balancer: several frames, even the 101 and the frames after it,
+reach the client in one read). Threads only; ``close()`` stops everything.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class Proxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._frozen: set[socket.socket] = set()
+        self._upstreams: set[socket.socket] = set()
+        self._until: bytes | None = None
+        self._held: dict[socket.socket, bytearray] = {}
         self._cut = False
         self._stopping = False
         #: Connections accepted and forwarded (refused ones not counted).
@@ -53,6 +58,13 @@ class Proxy:
         """Forward nothing more on the connections open now (new ones work)."""
         with self._lock:
             self._frozen |= self._open
+
+    def hold(self, until: bytes) -> None:
+        """Keep what the servers send (on every connection, new ones too) until what one
+        connection kept contains ``until``; then send each its bytes in one write and
+        forward as usual again."""
+        with self._lock:
+            self._until = until
 
     def restore(self) -> None:
         with self._lock:
@@ -89,6 +101,7 @@ class Proxy:
                     upstream.close()
                     continue
                 self._open |= {client, upstream}
+                self._upstreams.add(upstream)
                 self.forwarded += 1
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -96,8 +109,9 @@ class Proxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                if source not in self._frozen:
-                    sink.sendall(data)
+                if source in self._frozen or self._keep(source, sink, data):
+                    continue
+                sink.sendall(data)
         except OSError:
             pass
         finally:
@@ -108,3 +122,18 @@ class Proxy:
                 self._open.discard(source)
                 self._open.discard(sink)
             source.close()
+
+    def _keep(self, source: socket.socket, sink: socket.socket, data: bytes) -> bool:
+        """True if ``data`` is held (see :meth:`hold`), or sent here with what was held."""
+        with self._lock:  # held while sending: nothing overtakes what was held
+            if self._until is None or source not in self._upstreams:
+                return False
+            kept = self._held.setdefault(sink, bytearray())
+            kept += data
+            if self._until in kept:
+                self._until = None
+                held, self._held = self._held, {}
+                for client, chunk in held.items():
+                    with contextlib.suppress(OSError):
+                        client.sendall(chunk)
+            return True
