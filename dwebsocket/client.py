@@ -320,7 +320,7 @@ class ReconnectingClient:
         reconnect = self.opened > 0
         self.opened += 1
         self._emit(Event("open", reconnect=reconnect))
-        if len(data) > consumed:
+        if len(data) > consumed and self._conn is not None:  # the handler may have closed
             self._feed(data[consumed:])
 
     def _lost(self, code: int, reason: str, *, final: bool = False) -> None:

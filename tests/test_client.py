@@ -159,3 +159,20 @@ def test_an_event_handler_that_raises_loses_nothing(
         assert "recovery" in json.loads(client.recv(WAIT).data)
     (logged,) = [r.exc_info[1] for r in caplog.records if r.exc_info]
     assert isinstance(logged, RuntimeError)
+
+
+def test_close_from_the_open_handler(history: Proxy) -> None:
+    """The application closes the client from its ``open`` handler while the server's
+    first frames came in the same read as the 101 (the proxy hands them over at once):
+    the client is closed, and ``connect()`` says so."""
+    client: ReconnectingClient
+
+    def on_event(event: Event) -> None:
+        if event.type == "open":
+            client.close()
+
+    history.hold(until=b'"recovery"')
+    client = ReconnectingClient(history.url("/group/feed/follow/"), on_event=on_event)
+    with pytest.raises(ConnectionClosed) as raised:
+        client.connect(WAIT)
+    assert raised.value.code == 1000 and not client.connected
