@@ -107,8 +107,11 @@ class ReconnectingClient:
     ``ping_timeout`` more and the connection counts as dead (close code 4002). Close codes
     in ``no_retry`` (policy, session revoked), a handshake refused with a 4xx status (but
     408 and 429) and :meth:`close` end it for good. ``timeout`` bounds each connection
-    attempt and each write. ``headers``, ``origin``, ``subprotocols`` go into the
-    handshake; ``ssl_context`` for ``wss://``."""
+    attempt (from the TCP connection to the 101) and each write; the ``timeout`` of
+    :meth:`connect` and :meth:`recv` bounds their attempts too (an attempt the caller's
+    time cut short is not a failure: the next call starts afresh, without backoff).
+    ``headers``, ``origin``, ``subprotocols`` go into the handshake; ``ssl_context`` for
+    ``wss://``."""
 
     def __init__(
         self,
@@ -262,9 +265,15 @@ class ReconnectingClient:
         if wait > 0:
             time.sleep(wait)
         try:
-            self._open()
+            self._open(deadline)
         except (OSError, InvalidHandshake, ValueError) as exc:
             self._drop()
+            if (
+                isinstance(exc, TimeoutError)
+                and deadline is not None
+                and time.monotonic() >= deadline
+            ):
+                return False  # the caller's time ran out, not the server's: no failure
             status = exc.status if isinstance(exc, _Refused) else None
             final = status is not None and 400 <= status < 500 and status not in (408, 429)
             self._lost(1006, str(exc) or type(exc).__name__, final=final)
@@ -278,17 +287,32 @@ class ReconnectingClient:
         path = urlunsplit(("", "", self._parts.path or "/", urlencode(query), ""))
         return path
 
-    def _open(self) -> None:
+    def _open(self, deadline: float | None) -> None:
+        """One attempt, within ``timeout`` and the caller's ``deadline`` (from the TCP
+        connection to the 101, not for each step: else a call could block for twice its
+        timeout). Raises ``TimeoutError`` when either runs out."""
         parts = self._parts
         secure = parts.scheme == "wss"
         host = parts.hostname or ""
         port = parts.port or (443 if secure else 80)
-        sock = socket.create_connection((host, port), timeout=self.timeout)
+        end = time.monotonic() + self.timeout
+        if deadline is not None:
+            end = min(end, deadline)
+
+        def left() -> float:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no answer to the handshake")
+            return remaining
+
+        sock = socket.create_connection((host, port), timeout=left())
         self._sock = sock
         if secure:
             context = self.ssl_context or ssl.create_default_context()
+            sock.settimeout(left())
             sock = self._sock = context.wrap_socket(sock, server_hostname=host)
         key = generate_key()
+        sock.settimeout(left())
         sock.sendall(
             build_request(
                 parts.netloc.rpartition("@")[2],
@@ -300,12 +324,8 @@ class ReconnectingClient:
             )
         )
         data = b""
-        deadline = time.monotonic() + self.timeout
         while (parsed := parse_response(data, key)) is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no answer to the handshake")
-            sock.settimeout(left)
+            sock.settimeout(left())
             chunk = sock.recv(_RECV)
             if not chunk:
                 raise ConnectionResetError("connection closed during the handshake")

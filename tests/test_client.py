@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -176,3 +178,31 @@ def test_close_from_the_open_handler(history: Proxy) -> None:
     with pytest.raises(ConnectionClosed) as raised:
         client.connect(WAIT)
     assert raised.value.code == 1000 and not client.connected
+
+
+def test_connect_and_recv_keep_to_the_callers_timeout() -> None:
+    """A backend that accepts TCP but never answers the handshake (a listening socket
+    nobody accepts from): ``connect(0.5)`` and ``recv(0.5)`` raise ``TimeoutError`` though
+    the client's own ``timeout`` (per attempt) is far longer. Not a speed test: the calls
+    run in a thread the test waits for up to ``WAIT``, a fraction of ``timeout``; closing
+    the listener ends an attempt still waiting (its connection is reset)."""
+    outcomes: list[BaseException] = []
+    with socket.create_server(("127.0.0.1", 0)) as wedged:
+        client = ReconnectingClient(f"ws://127.0.0.1:{wedged.getsockname()[1]}/", timeout=600)
+
+        def calls() -> None:
+            for call in (client.connect, client.recv):
+                try:
+                    call(0.5)
+                except BaseException as exc:  # the test looks at it
+                    outcomes.append(exc)
+
+        thread = threading.Thread(target=calls, daemon=True)
+        thread.start()
+        thread.join(WAIT)
+        done = not thread.is_alive()
+    thread.join(WAIT)
+    client.close()
+    assert done and len(outcomes) == 2, outcomes
+    assert all(isinstance(exc, TimeoutError) for exc in outcomes), outcomes
+    assert client.attempts == 0  # the caller's time ran out, not the server's
