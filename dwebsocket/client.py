@@ -345,6 +345,9 @@ class ReconnectingClient:
 
     def _lost(self, code: int, reason: str, *, final: bool = False) -> None:
         """The connection (or an attempt) ended: schedule the next attempt, or stop."""
+        if self._closed_for_good:  # a write failed in close(): nothing to announce
+            self._drop()
+            return
         if self._opened_at and time.monotonic() - self._opened_at >= self.stable:
             self.attempts = 0
         self._opened_at = 0.0

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -206,3 +207,23 @@ def test_connect_and_recv_keep_to_the_callers_timeout() -> None:
     assert done and len(outcomes) == 2, outcomes
     assert all(isinstance(exc, TimeoutError) for exc in outcomes), outcomes
     assert client.attempts == 0  # the caller's time ran out, not the server's
+
+
+def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
+    """The connection was reset under the client (the proxy went away; the client's next
+    write drew the reset) and the application closes the client: the failed close frame
+    must not announce a reconnection that will never come."""
+    events: list[Event] = []
+    client = ReconnectingClient(proxy.url("/echo/"), on_event=events.append)
+    client.connect(WAIT)
+    proxy.cut()
+    client.send("into a closed socket: answered with a reset")
+    sock = client._sock
+    assert sock is not None
+    deadline = time.monotonic() + WAIT
+    while not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # the reset came
+        assert time.monotonic() < deadline, "no reset"
+        time.sleep(0.01)
+    client.close()
+    assert [e.type for e in events] == ["open"], events
+    assert client.close_code == 1000
