@@ -15,9 +15,10 @@ asks to resume every group from the last position it saw::
 It runs in the caller's thread only: everything (reading, answering pings, the heartbeat,
 reconnecting) happens inside :meth:`~ReconnectingClient.recv`; between calls nothing
 does. One client is for one thread. Events (``open``, ``close``, ``joined``,
-``recovered``, ``recovery_failed``) go to ``on_event``, called from ``recv()`` in the
-order they happened relative to the messages. An exception ``on_event`` raises is logged
-(logger ``dwebsocket``), not raised.
+``recovered``, ``recovery_failed``) go to ``on_event``, called from ``recv()`` (and
+``connect()``) in the order they happened relative to the messages: an event that came
+after a message is emitted when ``recv()`` is called after that message was returned.
+An exception ``on_event`` raises is logged (logger ``dwebsocket``), not raised.
 
 Built on dwebsocket's own protocol core (``dwebsocket.protocol``) and the standard
 library: no other dependency, no Django settings needed.
@@ -99,8 +100,10 @@ class ReconnectingClient:
     """See the module docstring.
 
     ``url``: ``ws://`` or ``wss://``. ``positions``: group -> position to resume from on the
-    first connection (e.g. saved by an earlier run); :attr:`positions` holds the current
-    ones. Backoff: attempt ``n`` after a drop waits a random time up to
+    first connection (e.g. saved by an earlier run); :attr:`positions` holds, for each
+    group, the position of the last message :meth:`recv` returned (never of one still
+    waiting to be: save it after handling a message, and a later run resumes right
+    after that message). Backoff: attempt ``n`` after a drop waits a random time up to
     ``min(max_delay, min_delay * 2**n)`` seconds (``n`` starts again at 0 after a
     connection that stayed open ``stable`` seconds). Heartbeat: after ``ping_interval``
     seconds without any message it sends ``{"dws":"ping"}``; nothing within
@@ -137,7 +140,12 @@ class ReconnectingClient:
             raise ValueError(f"expected a ws:// or wss:// URL, not {url!r}")
         self.url = url
         self._parts = parts
+        #: Group -> the position of the last message :meth:`recv` returned (or of the
+        #: last ``joined`` event): what the application has seen.
         self.positions: dict[str, str] = dict(positions or {})
+        # Group -> the position of the last message read from the socket, which may wait
+        # in the inbox still: where a reconnection resumes (no message comes twice).
+        self._arrived: dict[str, str] = dict(self.positions)
         self.min_delay, self.max_delay, self.stable = min_delay, max_delay, stable
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.no_retry = frozenset(no_retry)
@@ -158,7 +166,8 @@ class ReconnectingClient:
         self._closed_for_good = False
         self._sock: socket.socket | None = None
         self._conn: Connection | None = None
-        self._inbox: deque[Received] = deque()
+        # Messages and events in the order they happened; recv() hands them over.
+        self._inbox: deque[Received | Event] = deque()
         self._retry_at = 0.0
         self._opened_at = 0.0
         self._heard = 0.0
@@ -191,11 +200,13 @@ class ReconnectingClient:
         seconds (None: until closed for good). Returns ``self``. Raises ``TimeoutError``,
         or ``ConnectionClosed`` once closed for good."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._conn is None:
+        while True:
+            self._emit_events()  # "open" (or "close"), unless messages come before
+            if self._conn is not None:
+                return self
             self._check_open()
             if not self._reconnect(deadline):
                 raise TimeoutError(f"not connected to {self.url} within {timeout}s")
-        return self
 
     def recv(self, timeout: float | None = None) -> Received:
         """The next application message, reconnecting (and resuming) as needed.
@@ -204,7 +215,7 @@ class ReconnectingClient:
         Raises ``ConnectionClosed`` once closed for good (and every message before was
         received)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._inbox:
+        while (received := self._next()) is None:
             self._check_open()
             if self._conn is None:
                 if not self._reconnect(deadline):
@@ -212,7 +223,7 @@ class ReconnectingClient:
                 continue
             if not self._pump(deadline):
                 raise TimeoutError(f"no message from {self.url} within {timeout}s")
-        return self._inbox.popleft()
+        return received
 
     def __iter__(self) -> Iterator[Received]:
         """Every message until the client is closed for good."""
@@ -282,8 +293,8 @@ class ReconnectingClient:
     def _address(self) -> str:
         query = [(k, v) for k, v in parse_qsl(self._parts.query) if k not in ("dws", "dws_since")]
         query.append(("dws", "1"))
-        if self.positions:
-            query.append(("dws_since", json.dumps(self.positions, separators=(",", ":"))))
+        if self._arrived:
+            query.append(("dws_since", json.dumps(self._arrived, separators=(",", ":"))))
         path = urlunsplit(("", "", self._parts.path or "/", urlencode(query), ""))
         return path
 
@@ -339,7 +350,7 @@ class ReconnectingClient:
         self._ping_sent = None
         reconnect = self.opened > 0
         self.opened += 1
-        self._emit(Event("open", reconnect=reconnect))
+        self._inbox.append(Event("open", reconnect=reconnect))
         if len(data) > consumed and self._conn is not None:  # the handler may have closed
             self._feed(data[consumed:])
 
@@ -355,13 +366,13 @@ class ReconnectingClient:
         if final or code in self.no_retry:
             self._closed_for_good = True
             self.close_code, self.close_reason = code, reason
-            self._emit(Event("close", code=code, reason=reason))
+            self._inbox.append(Event("close", code=code, reason=reason))
             return
         cap = min(self.max_delay, self.min_delay * 2**self.attempts)
         self.attempts += 1
         delay = random.uniform(0, cap)  # full jitter: clients dropped together spread out
         self._retry_at = time.monotonic() + delay
-        self._emit(Event("close", code=code, reason=reason, will_retry=True, delay=delay))
+        self._inbox.append(Event("close", code=code, reason=reason, will_retry=True, delay=delay))
 
     def _drop(self) -> None:
         sock, self._sock, self._conn = self._sock, None, None
@@ -430,24 +441,24 @@ class ReconnectingClient:
         kind, group, position = data["dws"], data.get("g"), data.get("p")
         if kind == "msg":
             if isinstance(position, str) and isinstance(group, str):
-                self.positions[group] = position
+                self._arrived[group] = position
             body = data["d"] if "d" in data else base64.b64decode(data.get("b", ""))
             self._inbox.append(Received(body, group, position))
         elif kind == "joined":
             if isinstance(position, str) and isinstance(group, str):
-                self.positions[group] = position
+                self._arrived[group] = position
             info = {
                 "group": group,
                 "position": position,
                 "since": data.get("since"),
                 "missed": data.get("missed", 0),
             }
-            self._emit(Event("joined", **info))
+            self._inbox.append(Event("joined", **info))
             if info["since"] is not None:
                 outcome = "recovered" if data.get("recovered") else "recovery_failed"
-                self._emit(Event(outcome, **info))
+                self._inbox.append(Event(outcome, **info))
         elif kind != "pong":
-            self._emit(Event("dws", extra=data))
+            self._inbox.append(Event("dws", extra=data))
 
     def _write(self, data: bytes) -> None:
         sock = self._sock
@@ -459,6 +470,26 @@ class ReconnectingClient:
         except OSError as exc:
             self._lost(1006, str(exc))
             raise ConnectionClosed(1006, str(exc)) from None
+
+    def _next(self) -> Received | None:
+        """Emit the events at the head of the inbox, then take its first message (None:
+        empty). Positions move here, when the application gets what they follow."""
+        self._emit_events()
+        if not self._inbox:
+            return None
+        received = self._inbox.popleft()
+        assert isinstance(received, Received)
+        if received.group is not None and received.position is not None:
+            self.positions[received.group] = received.position
+        return received
+
+    def _emit_events(self) -> None:
+        """Emit the events at the head of the inbox, up to its first message."""
+        while self._inbox and isinstance(event := self._inbox[0], Event):
+            self._inbox.popleft()
+            if event.type == "joined" and event.group is not None and event.position:
+                self.positions[event.group] = event.position
+            self._emit(event)
 
     def _emit(self, event: Event) -> None:
         """Call ``on_event``; an error there is the application's: logged, and the client

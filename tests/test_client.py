@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -227,3 +228,41 @@ def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
     client.close()
     assert [e.type for e in events] == ["open"], events
     assert client.close_code == 1000
+
+
+def test_positions_and_events_follow_what_the_application_received(history: Proxy) -> None:
+    """A recovery replay reaches the client in one read (the proxy hands the 101, three
+    missed messages, ``joined`` and the view's first message over at once). The
+    application sees ``positions`` move with each message it receives, and ``joined`` and
+    ``recovered`` after the three messages they follow; a position it saves after the
+    first message resumes from there (the other two come again), while the client itself
+    resumes after all it read (no duplicates)."""
+    url = history.url("/group/feed/follow/")
+    with ReconnectingClient(url) as before:
+        before.recv(WAIT)  # the view's first message: the client has joined
+        start = before.positions["feed"]
+    with ReconnectingClient(url) as sender:
+        sender.recv(WAIT)
+        for text in ("m1", "m2", "m3"):
+            sender.send(text)
+        sent = [sender.recv(WAIT) for _ in range(3)]
+    assert [r.data for r in sent] == ["m1", "m2", "m3"]
+
+    seen: list[object] = []
+    history.hold(until=b'"recovery"')
+    client = ReconnectingClient(
+        url, positions={"feed": start}, on_event=lambda e: seen.append(e.type)
+    )
+    with client:
+        for _ in range(4):
+            received = client.recv(WAIT)
+            seen.append((received.data, client.positions["feed"]))
+            if received.data == "m1":
+                saved = dict(client.positions)
+                query = dict(parse_qsl(urlsplit(client._address()).query))
+                resume = json.loads(query["dws_since"])
+    p1, p2, p3 = (r.position for r in sent)
+    assert seen[:6] == ["open", ("m1", p1), ("m2", p2), ("m3", p3), "joined", "recovered"]
+    assert resume == {"feed": p3}
+    with ReconnectingClient(url, positions=saved) as later:
+        assert [later.recv(WAIT).data for _ in range(2)] == ["m2", "m3"]
