@@ -19,9 +19,9 @@ Recovery (:func:`recover`): a member joining with ``since`` gets every message a
 position, then the live ones, in order, none twice and none missing. The layer registers
 the member first, buffering what is delivered live (a :class:`Follower`); then the history
 is read and sent; then the buffered messages newer than the last one replayed are
-delivered and the follower goes live. Whatever cannot be recovered (the position is of
-another epoch, or older than what is kept) is reported in the returned :class:`Recovery`,
-so the view can send the full state instead.
+delivered (checked for gaps as live messages are) and the follower goes live. Whatever
+cannot be recovered (the position is of another epoch, or older than what is kept) is
+reported in the returned :class:`Recovery`, so the view can send the full state instead.
 
 The layers (``memory.py``, ``redis.py``) keep the messages; this module holds the parts
 they share.
@@ -332,21 +332,7 @@ class Follower:
                         self.dropped = True
                     buffer.append(item)
                 return
-            kept: list[Item] = []
-            gap: Item | None = None
-            for item in items.items:
-                position, last = item.position, self.last
-                if (
-                    self.envelope
-                    and position is not None
-                    and last is not None
-                    and position.epoch == last.epoch
-                    and position.offset > last.offset + 1
-                ):
-                    gap = item
-                    break
-                if self._fresh(item):
-                    kept.append(item)
+            kept, gap = self._take(items.items)
             if kept:
                 if len(kept) == len(items.items):
                     batch = items.batch(self.envelope)
@@ -355,8 +341,35 @@ class Follower:
                 deliver_batch(self.member, batch)
             if gap is None:
                 return
-            last = self.last
-            self.buffer = deque()  # nothing more for it: its client recovers from ``last``
+            last = self._stop()
+        self._close_for_gap(last, gap)
+
+    def _take(self, items: list[Item]) -> tuple[list[Item], Item | None]:
+        """Of ``items``, the ones to deliver (duplicates left out; the last becomes
+        ``last``), up to the first that skips offsets after ``last`` when the member's
+        client speaks ``dws`` (returned second, else None). Call with ``lock`` held."""
+        kept: list[Item] = []
+        for item in items:
+            position, last = item.position, self.last
+            if (
+                self.envelope
+                and position is not None
+                and last is not None
+                and position.epoch == last.epoch
+                and position.offset > last.offset + 1
+            ):
+                return kept, item
+            if self._fresh(item):
+                kept.append(item)
+        return kept, None
+
+    def _stop(self) -> Position | None:
+        """After a gap: nothing more for the member (its client recovers from the last
+        position it got, returned). Call with ``lock`` held."""
+        self.buffer = deque()
+        return self.last
+
+    def _close_for_gap(self, last: Position | None, gap: Item) -> None:
         logger.info(
             "Group %r: a member missed messages after %s (got %s): closing it (%d) so that "
             "its client reconnects and recovers them",
@@ -515,12 +528,22 @@ def recover(
 
 def go_live(follower: Follower, position: Position | None, recovery: Recovery) -> None:
     """Tell a ``dws`` client how the join went, deliver what the follower buffered after
-    ``position``, and deliver live from now on."""
+    ``position``, and deliver live from now on.
+
+    The buffered messages are checked for gaps as live ones are: this process's
+    subscription may have been interrupted during the replay, and a message sent then is
+    in the history but neither replayed (it came after what was read) nor buffered. A
+    member whose client speaks ``dws`` is closed with 4003 at the gap, as when live."""
     with follower.lock:
         if position is not None:
             follower.last = position
         if follower.envelope:
             follower.member.deliver(joined_envelope(follower.group, recovery))
         buffer, follower.buffer = follower.buffer, None
-        for item in buffer or ():
-            follower._deliver(item, follower.member.deliver)
+        kept, gap = follower._take(list(buffer or ()))
+        for item in kept:
+            follower.member.deliver(item.envelope() if follower.envelope else item.message)
+        if gap is None:
+            return
+        last = follower._stop()
+    follower._close_for_gap(last, gap)

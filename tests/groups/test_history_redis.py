@@ -3,13 +3,15 @@ process; real server processes are in ``test_history_servers.py``)."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 from django.test import override_settings
 
 from dwebsocket import groups
-from dwebsocket.groups.history import Item, Position
+from dwebsocket.groups.history import GAP_CLOSE, Item, Position
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import (
     BINARY_AT,
@@ -22,7 +24,7 @@ from dwebsocket.groups.redis import (
 )
 from tests.groups.redis_server import RedisServer
 from tests.groups.test_history import follow, receive, recovery_of
-from tests.groups.test_redis_layer import Inbox
+from tests.groups.test_redis_layer import WAIT, Inbox, until
 
 HISTORY = {"room": {"size": 100, "ttl": 60}, "small": {"size": 5, "ttl": 60}}
 
@@ -229,3 +231,68 @@ def test_a_reader_delivers_positions_to_followers_once(
     layer._fan_out_item(item)
     assert inbox.get() == "dup"
     inbox.assert_empty()
+
+
+class HeldMember:
+    """A member whose client speaks ``dws`` and whose replay (``send``, the view's thread)
+    waits until :attr:`release` is set; what it gets and its close codes are kept."""
+
+    dws = True
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, object]] = []
+        self.closed: list[int] = []
+        self.replaying = threading.Event()
+        self.release = threading.Event()
+        self.closed_event = threading.Event()
+
+    def send(self, message: str) -> None:
+        self.replaying.set()
+        assert self.release.wait(WAIT)
+        self.deliver(message)
+
+    def deliver(self, message: str) -> None:
+        self.got.append(json.loads(message))
+
+    def is_closed(self) -> bool:
+        return bool(self.closed)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed.append(code)
+        self.closed_event.set()
+
+
+def test_a_gap_in_what_came_live_during_the_replay_closes_a_dws_member_4003(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    """This process's subscription drops during a replay while Redis stays up: a message
+    sent then is neither replayed (it is after what was read) nor buffered. When the member
+    goes live, the next buffered message shows the gap: closed with 4003 as when live,
+    not handed over as if nothing was missing."""
+    here = groups.get_layer()
+    assert isinstance(here, RedisLayer)
+    other = layers()
+    positions = [other.send("room", f"m{i}") for i in range(1, 5)]
+    member = HeldMember()
+    joined: list[groups.Recovery] = []
+    joiner = threading.Thread(
+        target=lambda: joined.append(groups.join("room", member, since=positions[2]))
+    )
+    joiner.start()
+    try:
+        assert member.replaying.wait(WAIT)  # m4 is being replayed
+        redis_groups.command("CLIENT", "KILL", "TYPE", "pubsub")
+        until(lambda: "room" not in here.subscriber.subscribed)
+        other.send("room", "m5")  # missed by this process
+        until(lambda: "room" in here.subscriber.subscribed)
+        other.send("room", "m6")
+        followers = groups._registry.followers.get("room")
+        assert followers is not None
+        follower = followers[id(member)]
+        until(lambda: bool(follower.buffer))  # m6 held back
+    finally:
+        member.release.set()
+        joiner.join(WAIT)
+    assert not joiner.is_alive() and joined[0].recovered
+    assert member.closed_event.wait(WAIT) and member.closed == [GAP_CLOSE]
+    assert [m.get("d") for m in member.got if m["dws"] == "msg"] == ["m4"]
