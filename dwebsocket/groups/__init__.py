@@ -167,8 +167,10 @@ def join(
 
     With Redis, the first local member of a group waits (up to the socket timeout) for the
     subscription to be confirmed, so nothing sent after ``join`` returns is missed; while
-    Redis is down it returns at once. Joining twice is harmless; a closed connection is not
-    added. Raises ``TypeError``/``ValueError`` for a group name that is not a non-empty str.
+    Redis is down it returns at once. Joining twice is harmless (a member of a history group
+    joined again without ``since`` goes on as it was, nothing lost or repeated; its
+    ``position`` is the last it got); a closed connection is not added. Raises
+    ``TypeError``/``ValueError`` for a group name that is not a non-empty str.
 
     For a group that keeps history (``WEBSOCKET_GROUPS_HISTORY``), ``since`` is the position
     of the last message the client saw (:func:`since` reads it from the request): every
@@ -210,6 +212,14 @@ def _join(group: str, websocket: WebSocket | Member, since: str | None) -> Recov
         return _failed(since) if since is not None else _NO_HISTORY
     from dwebsocket import dws
 
+    followers = _registry.followers.get(group)
+    joined = followers.get(id(websocket)) if followers is not None and since is None else None
+    if joined is not None and joined.member is websocket:
+        # Already a member: its follower goes on. A new one would hold back what is in
+        # flight to it now and then drop it as older than the history's head.
+        layer.join(group, websocket)
+        last = joined.last
+        return Recovery(since=None, position=None if last is None else str(last), recovered=False)
     follower = Follower(websocket, group, dws.speaks(websocket))
     _registry.followers.add(group, websocket, follower)
     layer.join(group, websocket)

@@ -30,6 +30,7 @@ from dwebsocket.groups.history import (
 )
 from dwebsocket.testing import WebSocketClient
 from dwebsocket.typing import Message
+from tests.groups.test_redis_layer import WAIT, Inbox, until
 
 HISTORY = {"room": {"size": 50, "ttl": 60}, "kept.*": {"size": 5, "ttl": 60}}
 
@@ -408,3 +409,44 @@ def test_a_follower_takes_a_batch_once_in_order_up_to_a_gap() -> None:
     assert sink.done.wait(10) and sink.closed == [GAP_CLOSE]
     follower.deliver_items(items(9))
     assert len(sink.batches) == 2  # buffered: its client recovers from e:5
+
+
+def test_joining_a_live_member_again_loses_nothing_sent_meanwhile() -> None:
+    """The memory layer's twin of test_history_redis's: a message on its way to a member
+    (its fan-out held by a member before it) when the member joins again arrives, once."""
+    release, holding = threading.Event(), threading.Event()
+
+    class Holder:
+        def deliver(self, message: Message) -> None:
+            holding.set()
+            assert release.wait(WAIT)
+
+        def is_closed(self) -> bool:
+            return False
+
+    member = Inbox()
+    groups.join("room", Holder())
+    groups.join("room", member)
+    followers = groups._registry.followers.get("room")
+    assert followers is not None
+    original = followers[id(member)]
+    sender = threading.Thread(target=groups.send, args=("room", "in flight"))
+    sender.start()
+    again: list[Recovery] = []
+    joiner = threading.Thread(target=lambda: again.append(groups.join("room", member)))
+    try:
+        assert holding.wait(WAIT)  # kept; the fan-out is held before the member
+        joiner.start()
+        until(lambda: not joiner.is_alive() or followers.get(id(member)) is not original)
+    finally:
+        release.set()
+        sender.join(WAIT)
+        if joiner.ident is not None:
+            joiner.join(WAIT)
+    assert not sender.is_alive() and not joiner.is_alive()
+    groups.send("room", "after")
+    got: list[Message] = []
+    while "after" not in got:
+        got.append(member.get())
+    assert got == ["in flight", "after"]
+    member.assert_empty()

@@ -296,3 +296,49 @@ def test_a_gap_in_what_came_live_during_the_replay_closes_a_dws_member_4003(
     assert not joiner.is_alive() and joined[0].recovered
     assert member.closed_event.wait(WAIT) and member.closed == [GAP_CLOSE]
     assert [m.get("d") for m in member.got if m["dws"] == "msg"] == ["m4"]
+
+
+class Holder:
+    """A member that holds the fan-out that reaches it (here: this process's Redis reader)
+    until :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def deliver(self, message: str) -> None:
+        self.holding.set()
+        assert self.release.wait(WAIT)
+
+    def is_closed(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("dws", [True, False], ids=["dws", "plain"])
+def test_joining_a_live_member_again_loses_nothing_in_flight(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer], dws: bool
+) -> None:
+    """A message already kept and published, on its way to the member through this
+    process's reader, when the member joins the group again: it still arrives, once. (A
+    second join replaced the member's follower, which held the message back and then
+    dropped it as not newer than the history's head.)"""
+    holder, member = Holder(), Inbox()
+    member.dws = dws  # type: ignore[attr-defined]
+    groups.join("room", holder)  # first: the reader reaches it before the member
+    first = groups.join("room", member)
+    other = layers()
+    other.send("room", "in flight")
+    try:
+        assert holder.holding.wait(WAIT)  # the reader has it, the member not yet
+        again = groups.join("room", member)
+    finally:
+        holder.release.set()
+    other.send("room", "after")
+    got: list[object] = []
+    while "after" not in got:
+        message = member.get()
+        got.append(json.loads(message).get("d", "joined") if dws else message)
+    assert got == ["joined"] * dws + ["in flight", "after"]
+    member.assert_empty()
+    # It was a member all along: the join changed nothing (position: the last it got).
+    assert again == groups.Recovery(since=None, position=first.position, recovered=False)
