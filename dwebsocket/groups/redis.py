@@ -38,7 +38,10 @@ receive never disagree, and they come in one order. Another (``READ_SCRIPT``) re
 epoch, the last offset and the entries after an offset at once. A stream that is gone
 (flushed, restarted without persistence, expired after ``ttl`` of silence, evicted) comes
 back with a new epoch, made by the next message or the next join (an empty stream, at
-offset 0). ``size`` and ``ttl`` are enforced exactly when reading.
+offset 0). A sender still in an epoch newer than the stream's (the stream was made again
+by a clock behind the one that named it) appends in the stream's epoch, as one in an older
+epoch does: an epoch never goes on after its stream was lost, so no position of it ever
+names another message. ``size`` and ``ttl`` are enforced exactly when reading.
 
 Faults: no call into Redis waits longer than ``socket_timeout`` / ``socket_connect_timeout``
 (2 s unless the URL says otherwise). When Redis is unreachable, ``send`` delivers to this
@@ -139,9 +142,19 @@ if type(id) ~= 'string' or string.sub(id, -2) == '-0' then
       end
     end
   else
-    -- Newer than the stream's (a clock that went back): the epoch starts there, at 1.
+    -- Newer than the stream's: the stream was lost and made again by a clock behind the
+    -- one that named the sender's epoch. Numbering on in that epoch would give its old
+    -- positions to other messages: take the entry back and use the stream's epoch.
     redis.call('XDEL', KEYS[1], id)
-    id = append(ARGV[3] .. '-*', false)
+    local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+    if top then
+      redis.call('XSETID', KEYS[1], top[1], 'MAXDELETEDID', top[1])
+      id = append(string.match(top[1], '^%d+') .. '-*', false)
+    else
+      -- Empty (a join made it): its epoch is not known any more; start a new one.
+      redis.call('DEL', KEYS[1])
+      id = append(now[1] .. string.format('%06d', now[2]) .. '-1', true)
+    end
   end
   if type(id) == 'table' then return id end
 end

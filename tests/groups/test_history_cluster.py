@@ -18,6 +18,7 @@ from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.groups.redis_cluster import RedisCluster, RedisSentinels, require
 from tests.groups.test_history import follow, receive, recovery_of
+from tests.groups.test_redis_layer import Inbox
 
 pytestmark = pytest.mark.server  # starts a cluster or Sentinels for each test
 
@@ -103,3 +104,27 @@ def test_history_survives_a_failover_where_the_replica_had_it(
     with follow("room", since=f"{position.epoch}:0") as ws:
         assert receive(ws, 5) == [f"m{i}" for i in range(5)]
         assert recovery_of(ws)["recovered"] is True
+
+
+def test_a_lost_epoch_never_goes_on_with_other_messages(
+    setup: Any, layers: Callable[[], RedisLayer]
+) -> None:
+    """The stream is lost and made again with an epoch behind the one a sender is still
+    in: the sender appends in the stream's epoch (as in test_history_redis.py), so a
+    position of the lost epoch fails explicitly instead of naming another message."""
+    ahead = layers()
+    seen = Position.parse(ahead.send("room", "old"))
+    assert seen is not None
+    stream = ahead.stream("room")
+    if isinstance(setup, RedisCluster):
+        master = setup.owner(setup.keyslot(stream))
+    else:
+        master = setup.current_master()
+    behind = str(int(seen.epoch) - 5_000_000)
+    master.command("DEL", stream)
+    master.command("XADD", stream, f"{behind}-0", "k", "")
+    master.command("XDEL", stream, f"{behind}-0")
+    assert Position.parse(layers().send("room", "new1")) == Position(behind, 1)
+    assert Position.parse(ahead.send("room", "new2")) == Position(behind, 2)
+    recovery = groups.join("room", Inbox(), since=str(seen))
+    assert recovery.failed and recovery.position == f"{behind}:2"

@@ -102,22 +102,73 @@ def test_a_sender_with_a_stale_epoch_appends_to_the_current_one(
     assert Position.parse(layers().send("room", "4")) == Position(current.epoch, 3)
 
 
-def test_a_sender_with_a_newer_epoch_than_the_stream_starts_it_there(
+def made_again_behind(server: RedisServer, epoch: str) -> str:
+    """Lose every stream, then make ``room``'s again, empty, as a join does but with an
+    epoch 5 s before ``epoch`` (Redis restarted without persistence, its clock behind the
+    one that named ``epoch``); the new epoch."""
+    assert server.command("FLUSHALL") == b"+OK\r\n"
+    behind = str(int(epoch) - 5_000_000)
+    key = "dwebsocket:0:{room}:history"
+    server.command("XADD", key, f"{behind}-0", "k", "")
+    server.command("XDEL", key, f"{behind}-0")
+    return behind
+
+
+def test_a_sender_with_a_newer_epoch_than_the_stream_appends_to_the_streams(
     redis_groups: RedisServer, layers: Callable[[], RedisLayer]
 ) -> None:
-    """A stream made again with an older epoch than a process remembers (Redis's clock
-    went back across a flush): that process's next message starts its epoch at offset 1,
-    and every sender numbers on from there."""
+    """A sender still in an epoch whose stream was lost, the stream made again with an older
+    epoch (Redis's clock went back): it appends in the stream's epoch, as a sender with an
+    older epoch does. (It used to number on in its own epoch, from 1: the lost epoch's
+    positions then named other messages, and a client holding one recovered the wrong
+    ones; test_a_lost_epoch_never_goes_on_with_other_messages.)"""
     ahead = layers()
-    current = Position.parse(layers().send("room", "1"))
-    assert current is not None
-    newer = str(int(current.epoch) + 1_000_000)
-    ahead._remember_epoch("room", newer)
-    assert Position.parse(ahead.send("room", "2")) == Position(newer, 1)
-    assert Position.parse(layers().send("room", "3")) == Position(newer, 2)
+    first = Position.parse(ahead.send("room", "1"))
+    assert first is not None
+    behind = made_again_behind(redis_groups, first.epoch)
+    assert Position.parse(layers().send("room", "2")) == Position(behind, 1)
+    assert Position.parse(ahead.send("room", "3")) == Position(behind, 2)
+    assert Position.parse(ahead.send("room", "4")) == Position(behind, 3)
+    assert Position.parse(layers().send("room", "5")) == Position(behind, 4)
     entries = redis_groups.command("XRANGE", "dwebsocket:0:{room}:history", "-", "+")
-    assert f"{newer}-0".encode() not in entries
-    assert f"{newer}-1".encode() in entries and f"{newer}-2".encode() in entries
+    assert first.epoch.encode() not in entries
+    assert all(f"{behind}-{n}".encode() in entries for n in range(1, 5))
+
+
+def test_a_lost_epoch_never_goes_on_with_other_messages(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    """The review's case: a client saw old1..old3 of epoch E; the stream is lost and made
+    again behind E; this process, still in E, sends four messages. Asking to recover from
+    E:3 fails explicitly, instead of "recovering" new4 under the position E:4."""
+    old = [groups.send("room", f"old{i}") for i in range(1, 6)]
+    seen = Position.parse(old[2])
+    assert seen is not None
+    behind = made_again_behind(redis_groups, seen.epoch)
+    assert Position.parse(layers().send("room", "new1")) == Position(behind, 1)
+    new = [groups.send("room", f"new{i}") for i in range(2, 5)]
+    assert new == [f"{behind}:{n}" for n in range(2, 5)]
+    member = Inbox()
+    recovery = groups.join("room", member, since=old[2])
+    assert recovery.failed and recovery.position == new[-1]
+    member.assert_empty()
+
+
+def test_a_sender_with_a_newer_epoch_than_an_empty_stream_starts_a_new_epoch(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    """The stream made again behind the sender's epoch is still empty (a join made it):
+    its epoch is gone with its last entry, so the sender starts a new one, neither the
+    sender's nor the join's, and a position of either fails explicitly."""
+    ahead = layers()
+    first = Position.parse(ahead.send("room", "1"))
+    assert first is not None
+    behind = made_again_behind(redis_groups, first.epoch)
+    new = Position.parse(ahead.send("room", "2"))
+    assert new is not None and new.offset == 1 and new.epoch not in (first.epoch, behind)
+    assert Position.parse(layers().send("room", "3")) == Position(new.epoch, 2)
+    for since in (f"{first.epoch}:1", f"{behind}:0"):
+        assert groups.join("room", Inbox(), since=since).failed
 
 
 def test_send_returns_positions_and_replays_across_processes(
