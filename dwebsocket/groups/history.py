@@ -18,8 +18,9 @@ Positions are opaque to applications; :class:`Position` compares them.
 Recovery (:func:`recover`): a member joining with ``since`` gets every message after that
 position, then the live ones, in order, none twice and none missing. The layer registers
 the member first, buffering what is delivered live (a :class:`Follower`); then the history
-is read and sent; then the buffered messages newer than the last one replayed are
-delivered (checked for gaps as live messages are) and the follower goes live. Whatever
+is read and sent (read again up to what was buffered, if the buffer overflowed or skips
+offsets); then the buffered messages newer than the last one replayed are delivered
+(checked for gaps as live messages are) and the follower goes live. Whatever
 cannot be recovered (the position is of another epoch, or older than what is kept) is
 reported in the returned :class:`Recovery`, so the view can send the full state instead.
 
@@ -488,16 +489,20 @@ def recover(
                 missed += 1
             position = Position(page.epoch, last)
             # Caught up with the history as read, and with the buffer? The buffer holds all
-            # that came live since the member was registered, unless it overflowed.
+            # that came live since the member was registered, unless it overflowed or this
+            # process's subscription was interrupted meanwhile: what it lacks is read again.
             with follower.lock:
                 buffer = follower.buffer
                 assert buffer is not None
-                gap = follower.dropped and (
-                    not buffer
-                    or buffer[0].position is None
-                    or buffer[0].position.epoch != page.epoch
-                    or buffer[0].position.offset > last + 1
-                )
+                gap = (
+                    follower.dropped
+                    and (
+                        not buffer
+                        or buffer[0].position is None
+                        or buffer[0].position.epoch != page.epoch
+                        or buffer[0].position.offset > last + 1
+                    )
+                ) or _skips(buffer, page.epoch, last)
                 if last >= page.head and not gap:
                     break
                 follower.dropped = False
@@ -526,14 +531,24 @@ def recover(
     return recovery
 
 
+def _skips(buffer: deque[Item], epoch: str, last: int) -> bool:
+    """True if the first buffered message of ``epoch`` after offset ``last`` is not the
+    next one: some came while this process was not subscribed (they are in the history)."""
+    for item in buffer:
+        position = item.position
+        if position is not None and position.epoch == epoch and position.offset > last:
+            return position.offset > last + 1
+    return False
+
+
 def go_live(follower: Follower, position: Position | None, recovery: Recovery) -> None:
     """Tell a ``dws`` client how the join went, deliver what the follower buffered after
     ``position``, and deliver live from now on.
 
     The buffered messages are checked for gaps as live ones are: this process's
-    subscription may have been interrupted during the replay, and a message sent then is
-    in the history but neither replayed (it came after what was read) nor buffered. A
-    member whose client speaks ``dws`` is closed with 4003 at the gap, as when live."""
+    subscription may have been interrupted after :func:`recover` last read the history,
+    and a message sent then is neither replayed nor buffered. A member whose client speaks
+    ``dws`` is closed with 4003 at the gap, as when live."""
     with follower.lock:
         if position is not None:
             follower.last = position

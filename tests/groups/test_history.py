@@ -25,6 +25,7 @@ from dwebsocket.groups.history import (
     Items,
     Position,
     Recovery,
+    go_live,
     parse_setting,
     policy,
 )
@@ -450,3 +451,35 @@ def test_joining_a_live_member_again_loses_nothing_sent_meanwhile() -> None:
         got.append(member.get())
     assert got == ["in flight", "after"]
     member.assert_empty()
+
+
+def test_a_gap_in_what_was_held_back_closes_a_dws_member_4003_when_it_goes_live() -> None:
+    """What a recovering member held back goes through the live path's gap check: a skip
+    after the last position (this process was not subscribed after the last read of the
+    history) closes a dws member with 4003, as when live, and nothing after it is sent."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.got: list[Message] = []
+            self.closed: list[int] = []
+            self.done = threading.Event()
+
+        def deliver(self, message: Message) -> None:
+            self.got.append(message)
+
+        def is_closed(self) -> bool:
+            return False
+
+        def close(self, code: int, reason: str) -> None:
+            self.closed.append(code)
+            self.done.set()
+
+    sink = Sink()
+    follower = Follower(sink, "g", envelope=True)
+    follower.deliver_items(Items([Item("g", f"m{n}", Position("e", n)) for n in (4, 5, 7, 8)]))
+    recovery = Recovery(since="e:3", position="e:4", recovered=True, missed=1)
+    go_live(follower, Position("e", 4), recovery)
+    assert [json.loads(m).get("d", "joined") for m in sink.got] == ["joined", "m5"]
+    assert sink.done.wait(10) and sink.closed == [GAP_CLOSE]
+    follower.deliver_items(Items([Item("g", "m9", Position("e", 9))]))
+    assert len(sink.got) == 2  # nothing more: its client recovers from e:5
