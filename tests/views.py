@@ -72,15 +72,20 @@ def close_with(request: HttpRequest) -> None:
     ws.close(4999, "idempotent: never sent")
 
 
+def recorded(key: str) -> HttpResponse:
+    """What a ``record``-like view recorded under ``key``, as JSON (404 until then)."""
+    with _CLOSES_LOCK:
+        seen = CLOSES.get(key)
+    return JsonResponse(seen) if seen is not None else HttpResponse(status=404)
+
+
 @accept_websocket
 def record(request: HttpRequest) -> HttpResponse | None:
     """WebSocket: echo until closed, then record close code/reason under ``?id=``.
     Plain HTTP: return the record as JSON (404 until there is one)."""
     key = request.GET["id"]
     if not request.is_websocket():
-        with _CLOSES_LOCK:
-            seen = CLOSES.get(key)
-        return JsonResponse(seen) if seen is not None else HttpResponse(status=404)
+        return recorded(key)
     ws = request.websocket
     for message in ws:
         ws.send(message)

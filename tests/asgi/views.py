@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonRe
 
 from dwebsocket import ConnectionClosed, accept_websocket, groups, require_websocket
 from dwebsocket.signals import websocket_closed, websocket_opened
-from tests.views import _CLOSES_LOCK, CLOSES
+from tests.views import _CLOSES_LOCK, CLOSES, recorded
 
 
 @accept_websocket
@@ -65,9 +65,7 @@ async def record(request: HttpRequest) -> HttpResponse | None:
     """As ``tests.views.record``: echo, then record how the connection closed."""
     key = request.GET["id"]
     if not request.is_websocket():
-        with _CLOSES_LOCK:
-            seen = CLOSES.get(key)
-        return JsonResponse(seen) if seen is not None else HttpResponse(status=404)
+        return recorded(key)
     ws = request.websocket
     async for message in ws:
         await ws.send(message)
@@ -164,9 +162,7 @@ async def two_readers(request: HttpRequest) -> HttpResponse | None:
     ``?id=`` gets what the two waits returned (404 until then)."""
     key = request.GET["id"]
     if not request.is_websocket():
-        with _CLOSES_LOCK:
-            seen = CLOSES.get(key)
-        return JsonResponse(seen) if seen is not None else HttpResponse(status=404)
+        return recorded(key)
     ws = request.websocket
     await ws.accept()
 
