@@ -18,6 +18,9 @@ stops being valid are closed with :data:`REVOKED` (4001):
   (``session.flush()``, ``cycle_key()``, ``clearsessions``, an admin deleting it), and
   when the user is saved (a changed password: each process checks that user's sockets
   once the transaction commits);
+* a socket whose session ended while it was opening (after the request was
+  authenticated, before the socket joined its session's group, so that no command found
+  it): once it has joined, its session is checked in the background;
 * otherwise at the next periodic check: every ``WEBSOCKET_SESSION_CHECK_INTERVAL``
   seconds (60 by default) each process checks the sessions of its authenticated sockets
   as ``django.contrib.auth.get_user`` would (the session exists and has not expired, it
@@ -179,6 +182,9 @@ def _opened(
     groups.join(_USER_PREFIX + found.user, websocket)
     if found.session_key:
         groups.join(_SESSION_PREFIX + found.session_key, websocket)
+        # A revocation between the request's authentication and these joins closed no
+        # socket of this one's: check its session once more, now that it is reachable.
+        _checker.soon(websocket)
     _checker.start()
 
 
@@ -284,6 +290,8 @@ class _Checker:
         self._pid = 0
         self._lock = threading.Lock()
         self._checking = threading.Lock()  # held by a check() in progress
+        self._pending: list[Member] = []  # sockets just opened, for soon()
+        self._draining = False
 
     def start(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -321,10 +329,37 @@ class _Checker:
             except Exception:  # pragma: no cover - keep checking at the next round
                 logger.exception("Checking the sessions of the open WebSockets failed")
 
+    def soon(self, member: Member) -> None:
+        """Check ``member``'s session in the background, with the others opened
+        meanwhile (one check at a time, however many sockets open); never blocks."""
+        with self._lock:
+            self._pending.append(member)
+            if self._draining:
+                return
+            self._draining = True
+        _spawn(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._draining = False
+                    return
+            try:
+                self.check(batch)
+            except Exception:  # pragma: no cover - the periodic check comes next
+                logger.exception("Checking the sessions of new WebSockets failed")
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a check in progress to end (a test, before
         it empties the database the check reads); whether none runs now."""
-        if not self._checking.acquire(timeout=timeout):
+        deadline = time.monotonic() + timeout
+        while self._draining:  # sockets just opened, whose check may not have begun
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        if not self._checking.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False
         self._checking.release()
         return True

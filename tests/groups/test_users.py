@@ -153,6 +153,13 @@ class UsersTests(TransactionTestCase):
             Session.objects.get(session_key=browser.session.session_key).delete()
             self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
 
+    def test_a_session_that_ends_while_its_socket_opens_closes_it(self) -> None:
+        """The session ends after the request loaded it and before the socket joined its
+        session's group: the revocation's command found no socket to close."""
+        browser = logged_in("alice")
+        with WebSocketClient("/ws/revoked-while-opening/", client=browser, timeout=WAIT) as ws:
+            self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
+
     @override_settings(WEBSOCKET_SESSION_CHECK_INTERVAL=0.2)
     def test_expired_session_is_closed_by_the_periodic_check(self) -> None:
         browser, other = logged_in("alice"), logged_in("alice")

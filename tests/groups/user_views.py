@@ -39,6 +39,17 @@ def socket(request: HttpRequest) -> None:
         pass
 
 
+@require_websocket
+def revoked_while_opening(request: HttpRequest) -> None:
+    """As :func:`socket`, but the session ends after the request was authenticated and
+    before the socket is accepted (a logout in another tab, landing meanwhile)."""
+    from django.contrib.sessions.models import Session
+
+    assert request.user.is_authenticated
+    Session.objects.get(session_key=request.session.session_key).delete()
+    socket(request)
+
+
 def log_in(request: HttpRequest) -> HttpResponse:
     """``?username=X``: log X in (password ``PASSWORD``); the session cookie is set."""
     user = authenticate(request, username=request.GET["username"], password=PASSWORD)
