@@ -207,6 +207,15 @@ class PresenceRegistry:
         with self._lock:
             return list(self._answers.get(group, {}).values())
 
+    def count(self, group: str, key: str) -> tuple[int, str | None]:
+        """How many sockets of ``key`` are present here in ``group``, and the info shown
+        for it (None if none is)."""
+        with self._lock:
+            sockets = self._present.get(group, {}).get(key)
+            if not sockets:
+                return 0, None
+            return len(sockets), next(iter(sockets.values()))[1].info
+
     def entries(self, group: str) -> list[tuple[str, str | None, str, int]]:
         """``(key, user, info JSON, sockets)`` per key present here in ``group``."""
         with self._lock:

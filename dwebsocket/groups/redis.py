@@ -496,6 +496,8 @@ class RedisLayer:
         self._heartbeats: threading.Thread | None = None
         #: Groups whose entries Redis may not have right (a write failed).
         self._unsynced: set[str] = set()
+        #: One write of a key's entry at a time (striped by group and key): see present.
+        self._writing = [threading.Lock() for _ in range(64)]
         #: group -> this process's copy of its presence (see ``presence.Mirror``).
         self._mirrors: dict[str, Mirror] = {}
         self.subscriber = self.topology.subscription(self)
@@ -696,36 +698,44 @@ class RedisLayer:
         return heartbeat, int(heartbeat * 2000), int(heartbeat * 3000) + 1000
 
     def present(self, group: str, entry: Local, count: int, info: str, joined: bool) -> None:
-        """Write that ``entry``'s key has ``count`` sockets present here in ``group`` (after
-        one ``joined``, else left), showing ``info``; the script publishes the join or
+        """Write how many sockets of ``entry``'s key are present here in ``group`` now (the
+        caller's change -- one ``joined``, else left -- made it ``count``, showing
+        ``info``; a concurrent change of the same key may have changed it since, and
+        writes of one key are in order); the script publishes the join or
         leave event if no other process has a socket of that key. Blocks up to
         ``socket_timeout``; while Redis is unreachable, the event is decided and
         delivered here only, and the next heartbeat writes the entries."""
         _, stale, expiry = self._times()
         seq = next(self._seq)
-        try:
-            self._present(
-                keys=self.presence_keys(group),
-                args=[
-                    self.process,
-                    entry.key,
-                    f"[{json.dumps(entry.key)},{json.dumps(entry.user)},{info}",
-                    count,
-                    stale,
-                    self.topology.publish_command,
-                    self.channel(group),
-                    HEADER.pack(PRESENCE_EVENT, self.origin, seq) + event_prefix(group).encode(),
-                    event_suffix(entry.key, entry.user, info),
-                    expiry,
-                ],
-            )
-        except (redis.RedisError, OSError) as exc:
-            self.report_down(exc)
-            self._unsynced.add(group)  # the next heartbeat writes every entry
-            if count == (1 if joined else 0):
-                event = "join" if joined else "leave"
-                text = event_text(event, group, entry.key, entry.user, info)
-                deliver_event(self.registry.presence, group, text)
+        # What the registry holds now, not what the caller saw: two changes of one key here
+        # (two tabs closing) may reach this line in either order, and the last write wins.
+        writing = self._writing[hash((group, entry.key)) % len(self._writing)]
+        with writing:
+            try:
+                now, shown = self.registry.presence.count(group, entry.key)
+                self._present(
+                    keys=self.presence_keys(group),
+                    args=[
+                        self.process,
+                        entry.key,
+                        f"[{json.dumps(entry.key)},{json.dumps(entry.user)},{shown or info}",
+                        now,
+                        stale,
+                        self.topology.publish_command,
+                        self.channel(group),
+                        HEADER.pack(PRESENCE_EVENT, self.origin, seq)
+                        + event_prefix(group).encode(),
+                        event_suffix(entry.key, entry.user, info),
+                        expiry,
+                    ],
+                )
+            except (redis.RedisError, OSError) as exc:
+                self.report_down(exc)
+                self._unsynced.add(group)  # the next heartbeat writes every entry
+                if count == (1 if joined else 0):
+                    event = "join" if joined else "leave"
+                    text = event_text(event, group, entry.key, entry.user, info)
+                    deliver_event(self.registry.presence, group, text)
         self._start_heartbeats()
 
     def presence(self, group: str) -> list[Present]:

@@ -7,7 +7,9 @@ Redis was unreachable."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("short_heartbeat")
 layers = test_redis_layer.layers  # the fixture: layers ("processes") on a private Redis
 
 STALE, EXPIRY = 2000, 4000  # ms, as WEBSOCKET_PRESENCE_HEARTBEAT = 1 gives
+WAIT = 10.0
 
 
 @pytest.fixture
@@ -97,3 +100,40 @@ def test_a_leave_while_redis_is_away_is_written_by_the_next_heartbeat(
     one.report_up()
     one.heartbeat("room", STALE, EXPIRY)
     assert who(reader) == {"user:alice": 1}
+
+
+def test_two_tabs_closing_at_once_leave_no_ghost(layers: Callable[[], RedisLayer]) -> None:
+    """Two tabs of one user in one process leave at once, and the write of the first
+    (1 socket left) reaches Redis after the second's (none left): the user stayed
+    present, with one socket, though both were gone."""
+    one, reader = layers(), layers()
+    tabs, bob = [Inbox(), Inbox()], Inbox()
+    for member in tabs:
+        join(one, member, "alice")
+    join(one, bob, "bob")  # the process stays live: its heartbeats would keep a ghost
+    assert who(reader) == {"user:alice": 2, "user:bob": 1}
+    script, entered, second_done = one._present, threading.Event(), threading.Event()
+
+    def held_first(*args: Any, **kwargs: Any) -> Any:
+        if not entered.is_set():
+            entered.set()
+            second_done.wait(2.0)  # the first write is late (bounded: the fix serializes)
+        return script(*args, **kwargs)
+
+    def second() -> None:
+        leave(one, tabs[1])
+        second_done.set()
+
+    one._present = held_first  # type: ignore[method-assign]
+    first_thread = threading.Thread(target=leave, args=(one, tabs[0]))
+    second_thread = threading.Thread(target=second)
+    first_thread.start()
+    try:
+        assert entered.wait(WAIT)
+        second_thread.start()
+    finally:
+        first_thread.join(WAIT)
+        if second_thread.ident is not None:
+            second_thread.join(WAIT)
+    assert not first_thread.is_alive() and not second_thread.is_alive()
+    assert who(reader) == who(one) == {"user:bob": 1}
