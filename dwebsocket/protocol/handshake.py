@@ -43,6 +43,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _QUOTED = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x09\x20-\x7e\x80-\xff])*)"')
 _OWS = re.compile(r"[ \t]*")
 _UNQUOTE = re.compile(r"\\(.)")
+_DIGITS = re.compile(r"[0-9]+")
 # RFC 7230 3.2: a header value must not contain CR, LF or NUL (response splitting).
 _BAD_VALUE = re.compile(r"[\x00\r\n]")
 
@@ -195,9 +196,12 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
     # A GET upgrade carries no body; one would be read as WebSocket frames.
     content_length = headers.get("content-length")
     if content_length is not None:
-        if not content_length.strip().isdigit():
+        # Digits read without int(): str.isdigit() also takes "²" (a latin-1 byte), and
+        # int() refuses it, or more than 4300 digits, with a ValueError (a 500).
+        digits = content_length.strip(" \t")
+        if not _DIGITS.fullmatch(digits):
             raise InvalidHandshake(f"invalid Content-Length {content_length!r}")
-        if int(content_length) > 0:
+        if digits.strip("0"):
             raise InvalidHandshake("an upgrade request must not have a body")
     if headers.get("transfer-encoding") is not None:
         raise InvalidHandshake("an upgrade request must not have a body (Transfer-Encoding)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import time
 from collections.abc import Iterator
 
@@ -24,8 +25,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.sync.client import connect
 
+from tests.conftest import assert_no_traceback
 from tests.servers import LOGGING, ServerProcess, running_server
-from tests.wire import TIMEOUT
+from tests.wire import TIMEOUT, read_http_response, upgrade_request
 
 pytestmark = pytest.mark.server
 
@@ -130,3 +132,25 @@ def test_runserver_reads_nothing_after_the_session(
     # went nowhere): 101, or 500 for the view that raised.
     status = 500 if code == 1011 else 101
     assert log.count(f'"GET {path} HTTP/1.1" {status} ') == ROUNDS, log
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [(b"\xb2", 400), (b"1\xb9", 400), (b"1" * 5000, 400), (b"0" * 5000, 101)],
+    ids=["superscript-two", "digit-and-superscript-one", "5000-digits", "5000-zeros"],
+)
+def test_a_content_length_int_refuses_gets_an_answer_not_a_500(
+    runserver: ServerProcess, value: bytes, status: int
+) -> None:
+    """runserver passes any Content-Length on; "\\xb2" (latin-1 "²") passed
+    ``str.isdigit()`` and then failed ``int()``, as did 5000 digits (Python's limit is
+    4300): a ValueError, a 500 and a traceback for a malformed handshake."""
+    since = runserver.mark()
+    request = upgrade_request("/echo/").replace(
+        b"\r\n\r\n", b"\r\nContent-Length: " + value + b"\r\n\r\n"
+    )
+    with socket.create_connection((runserver.host, runserver.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        answer, _, _ = read_http_response(sock)
+    assert answer == status
+    assert_no_traceback(runserver, since)

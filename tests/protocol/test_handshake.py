@@ -129,6 +129,10 @@ def test_http_versions_accepted(version: str) -> None:
         ("GET", "HTTP/1.1", {"sec_websocket_key": "é" * 24}, "invalid Sec-WebSocket-Key"),
         ("GET", "HTTP/1.1", {"content_length": "5"}, "must not have a body"),
         ("GET", "HTTP/1.1", {"content_length": "x"}, "invalid Content-Length"),
+        # str.isdigit() takes these, int() does not: they were a ValueError (a 500).
+        ("GET", "HTTP/1.1", {"content_length": "\xb2"}, "invalid Content-Length"),
+        ("GET", "HTTP/1.1", {"content_length": "1\xb9"}, "invalid Content-Length"),
+        ("GET", "HTTP/1.1", {"content_length": "1" * 5000}, "must not have a body"),
         ("GET", "HTTP/1.1", {"transfer_encoding": "chunked"}, "must not have a body"),
         (
             "GET",
