@@ -14,6 +14,7 @@ without waiting for the peer's is appropriate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Callable
@@ -79,6 +80,8 @@ def run_view(
     closed when the view ends: 1000 when it returns (or lets ``ConnectionClosed``
     escape), 1011 when it raises, which Django then logs as for any view. A view that
     returns None without touching the connection gets it accepted and closed with 1000.
+    A connection whose accept found the client gone is ended the same way (its view's
+    response goes nowhere), so the backend gives it back to the server.
     """
     if iscoroutinefunction(view):
         # An async def view reached through the middleware: its session is async
@@ -185,23 +188,30 @@ def _run_session(
         end_websocket(websocket, 1000)
         return _session_over()
     except Exception:
-        if websocket.accepted:
+        if _taken_over(websocket):
             end_websocket(websocket, 1011)
         raise  # Django answers and logs it, as for any view
     except BaseException as exc:
         # A greenlet kill, a worker timeout, Ctrl-C: say goodbye, free the socket, go on.
-        if websocket.accepted:
+        if _taken_over(websocket):
             end_websocket(websocket, 1001 if _going_away(exc) else 1011, abort=True)
         raise
     if not websocket.accepted:
-        if response is not None:
+        if response is not None and not websocket.is_closed():
             return response  # the view answered with HTTP (a 403, say) instead
-        try:
+        # A client gone during the handshake: the connection is ended all the same.
+        with contextlib.suppress(ConnectionClosed):
             websocket.accept()
-        except ConnectionClosed:
-            return _session_over()
     end_websocket(websocket, 1000)
     return _session_over()
+
+
+def _taken_over(websocket: WebSocket) -> bool:
+    """Whether the backend began taking the connection over: accepted, or closed by an
+    accept that found the client gone. Either way only ``end_websocket`` gives the
+    connection back to the server (eventlet would otherwise write Django's response on
+    it and log a traceback; a backend's own fds would stay open)."""
+    return websocket.accepted or websocket.is_closed()
 
 
 def _going_away(exc: BaseException) -> bool:
