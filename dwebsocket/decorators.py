@@ -36,8 +36,12 @@ def require_websocket(view: _View) -> _View:
 
 def _websocket_view(view: _View, *, require: bool) -> _View:
     if getattr(view, "_dwebsocket_view", False):
-        # Stacked decorators: one wrapper is enough; require wins over accept.
-        view.require_websocket = view.require_websocket or require  # type: ignore[attr-defined]
+        # Stacked decorators: one wrapper is enough; require wins over accept. Set on the
+        # wrapper that reads it, which ``view`` may wrap in turn (csrf_exempt,
+        # login_required: functools.wraps copies the attributes, not their later changes).
+        inner: Any = getattr(view, "_dwebsocket_wrapper", view)
+        inner.require_websocket = inner.require_websocket or require
+        view.require_websocket = inner.require_websocket  # type: ignore[attr-defined]
         return view
 
     wrapper: Any
@@ -61,4 +65,5 @@ def _websocket_view(view: _View, *, require: bool) -> _View:
     wrapper.accept_websocket = True
     wrapper.require_websocket = require
     wrapper._dwebsocket_view = True
+    wrapper._dwebsocket_wrapper = wrapper  # copied by decorators that wrap this one
     return wrapper  # type: ignore[no-any-return]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory
+from django.views.decorators.csrf import csrf_exempt
 
 from dwebsocket import accept_websocket, require_websocket
 from dwebsocket.protocol.connection import Close
@@ -43,6 +44,20 @@ def test_stacking_keeps_one_wrapper_and_require_wins() -> None:
     wrapped = require_websocket(view)
     assert accept_websocket(wrapped) is wrapped
     assert wrapped.require_websocket
+
+
+def test_require_wins_over_accept_under_another_decorator() -> None:
+    """require_websocket over csrf_exempt over accept_websocket: functools.wraps copied
+    the attributes to csrf_exempt's wrapper, require was set there, and the inner wrapper,
+    which decides, still let plain HTTP through to the view (request.websocket None)."""
+
+    def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(f"view ran, websocket={request.websocket!r}")
+
+    wrapped = require_websocket(csrf_exempt(accept_websocket(view)))
+    response = wrapped(RequestFactory().get("/"))
+    assert response.status_code == 400
+    assert b"only accepts WebSocket" in response.content
 
 
 def test_plain_http() -> None:
