@@ -384,8 +384,12 @@ class Follower:
     def _deliver(self, item: Item, send: Callable[[Message], None]) -> bool:
         if not self._fresh(item):
             return False
-        send(item.envelope() if self.envelope else item.message)
+        send(self._payload(item))
         return True
+
+    def _payload(self, item: Item) -> Message:
+        """What the member gets for ``item``: its envelope, or the message alone."""
+        return item.envelope() if self.envelope else item.message
 
     def _fresh(self, item: Item) -> bool:
         """False for a duplicate (at or before the last position delivered, same epoch);
@@ -494,13 +498,13 @@ def recover(
             with follower.lock:
                 buffer = follower.buffer
                 assert buffer is not None
+                # (A head past last + 1 in this epoch is what _skips finds first.)
                 gap = (
                     follower.dropped
                     and (
                         not buffer
                         or buffer[0].position is None
                         or buffer[0].position.epoch != page.epoch
-                        or buffer[0].position.offset > last + 1
                     )
                 ) or _skips(buffer, page.epoch, last)
                 if last >= page.head and not gap:
@@ -557,7 +561,7 @@ def go_live(follower: Follower, position: Position | None, recovery: Recovery) -
         buffer, follower.buffer = follower.buffer, None
         kept, gap = follower._take(list(buffer or ()))
         for item in kept:
-            follower.member.deliver(item.envelope() if follower.envelope else item.message)
+            follower.member.deliver(follower._payload(item))
         if gap is None:
             return
         last = follower._stop()
