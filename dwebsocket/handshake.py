@@ -26,11 +26,12 @@ from dwebsocket.exceptions import (
     InvalidHandshake,
     InvalidSetting,
 )
-from dwebsocket.protocol.handshake import HandshakeRequest, parse_request
+from dwebsocket.protocol.handshake import HandshakeRequest, parse_request, quoted
 
 __all__ = [
     "OriginRule",
     "allowed_origins",
+    "check_origin",
     "misconfigured",
     "origin_allowed",
     "origin_setting_errors",
@@ -73,9 +74,15 @@ def parse_handshake(request: HttpRequest) -> HandshakeRequest:
         # (and keeps the real version to itself): there is nothing to check.
         protocol = "HTTP/1.1"
     handshake = parse_request(meta.get("REQUEST_METHOD", ""), protocol, request_headers(meta))
-    if not origin_allowed(handshake.origin):
-        raise ForbiddenOrigin(f"Origin {handshake.origin!r} is not allowed")
+    check_origin(handshake.origin)
     return handshake
+
+
+def check_origin(origin: str | None) -> None:
+    """Raise ``ForbiddenOrigin`` (403) unless :func:`origin_allowed` allows ``origin``
+    (the ``Origin`` header's value, None without one). Does not block."""
+    if origin is not None and not origin_allowed(origin):
+        raise ForbiddenOrigin(f"Origin {quoted(origin)} is not allowed")
 
 
 def _normalize_origin(origin: str) -> tuple[str, str, int | None] | None:
@@ -148,6 +155,10 @@ def parse_origin_rule(entry: object) -> OriginRule | str | None:
     value = entry.strip().lower()
     if value == "*":
         return "*"
+    if value == "null":
+        # Not a host pattern for a host named "null": the opaque origin browsers send, which
+        # no entry but "*" allows (origin_setting_errors says why).
+        return None
     scheme: str | None = None
     port: int | None = None
     host = value
@@ -192,11 +203,19 @@ def origin_setting_errors(configured: object) -> list[str]:
             "WEBSOCKET_ALLOWED_ORIGINS must be None or a list of origins, not "
             f"{type(configured).__name__}"
         ]
-    return [
-        f'WEBSOCKET_ALLOWED_ORIGINS entry {entry!r} is not an origin, a host pattern or "*"'
-        for entry in configured
-        if parse_origin_rule(entry) is None
-    ]
+    problems = []
+    for entry in configured:
+        if isinstance(entry, str) and entry.strip().lower() == "null":
+            problems.append(
+                'WEBSOCKET_ALLOWED_ORIGINS entry "null" cannot be allowed: browsers send '
+                "Origin: null from sandboxed frames and file: pages, which any site can make, "
+                'so it would allow every site ("*" says so openly)'
+            )
+        elif parse_origin_rule(entry) is None:
+            problems.append(
+                f'WEBSOCKET_ALLOWED_ORIGINS entry {entry!r} is not an origin, a host pattern or "*"'
+            )
+    return problems
 
 
 def allowed_origins() -> tuple[list[str], bool]:

@@ -35,6 +35,7 @@ def test_w001_registered_with_django() -> None:
         ("https://*.example.com", 1),
         (["https://ok.example", "https://ex*ample.com", "*example.com"], 2),
         ({"origins": "*"}, 1),
+        (["https://ok.example", "null"], 1),
     ],
 )
 def test_e010_allowed_origins(configured: object, problems: int) -> None:
@@ -52,3 +53,9 @@ def test_e010_allowed_origins(configured: object, problems: int) -> None:
 def test_e010_silent_for_the_documented_forms(configured: object) -> None:
     with override_settings(WEBSOCKET_ALLOWED_ORIGINS=configured):
         assert check_allowed_origins() == []
+
+
+def test_e010_says_why_null_cannot_be_allowed() -> None:
+    with override_settings(WEBSOCKET_ALLOWED_ORIGINS=["null"]):
+        [error] = check_allowed_origins()
+    assert '"null" cannot be allowed' in error.msg and "any site" in error.msg

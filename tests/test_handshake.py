@@ -252,6 +252,8 @@ def test_each_documented_form(entry: str, allowed: list[str], refused: list[str]
         "**.example.com",
         "",
         42,
+        "null",
+        " NULL ",
     ],
 )
 def test_an_entry_that_is_no_documented_form_matches_nothing(entry: object) -> None:
@@ -265,3 +267,18 @@ def test_an_entry_that_is_no_documented_form_matches_nothing(entry: object) -> N
 def test_a_string_setting_gets_403_at_the_handshake() -> None:
     with pytest.raises(ForbiddenOrigin):
         parse_handshake(_request(Origin=EVIL))
+
+
+def test_a_refused_origin_is_quoted_in_part(caplog: pytest.LogCaptureFixture) -> None:
+    """A 64 KiB Origin is named in the 403 and its log line by its first 100 characters
+    and its length, not echoed whole."""
+    origin = "https://" + "e" * 65_536 + ".example"
+    with pytest.raises(ForbiddenOrigin) as info:
+        parse_handshake(_request(Origin=origin))
+    assert (
+        info.value.reason == f"Origin {origin[:100]!r}... ({len(origin)} characters) is not allowed"
+    )
+    with caplog.at_level(logging.INFO, logger="dwebsocket"):
+        response = refuse(_request(), info.value)
+    assert response.status_code == 403 and len(response.content) < 300
+    assert len(caplog.records[0].getMessage()) < 400

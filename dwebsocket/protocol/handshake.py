@@ -30,6 +30,7 @@ __all__ = [
     "parse_request",
     "parse_response",
     "parse_token_list",
+    "quoted",
 ]
 
 #: The magic string of RFC 6455 1.3, appended to the key before hashing.
@@ -48,6 +49,18 @@ _DIGITS = re.compile(r"[0-9]+")
 _BAD_VALUE = re.compile(r"[\x00\r\n]")
 
 _MAX_RESPONSE_HEAD = 65536
+
+#: How many characters of a header value a refusal quotes (its 400 body, the log line):
+#: enough to see what was wrong, never an echo of a 64 KiB header.
+QUOTED_MAX = 100
+
+
+def quoted(value: str) -> str:
+    """``repr(value)`` for a refusal's reason, cut after ``QUOTED_MAX`` characters (then
+    followed by the value's length)."""
+    if len(value) <= QUOTED_MAX:
+        return repr(value)
+    return f"{value[:QUOTED_MAX]!r}... ({len(value)} characters)"
 
 
 @dataclass
@@ -76,7 +89,7 @@ def parse_token_list(value: str, header: str) -> list[str]:
         if not item:
             continue
         if not _TOKEN.fullmatch(item):
-            raise InvalidHandshake(f"invalid {header} header: {value!r}")
+            raise InvalidHandshake(f"invalid {header} header: {quoted(value)}")
         tokens.append(item)
     return tokens
 
@@ -90,7 +103,7 @@ def parse_extensions(value: str) -> list[ExtensionOffer]:
     """
 
     def fail() -> InvalidHandshake:
-        return InvalidHandshake(f"invalid Sec-WebSocket-Extensions header: {value!r}")
+        return InvalidHandshake(f"invalid Sec-WebSocket-Extensions header: {quoted(value)}")
 
     result: list[ExtensionOffer] = []
     pos, end = 0, len(value)
@@ -166,19 +179,23 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
     if upgrade is None:
         raise InvalidHandshake("missing Upgrade header")
     if not _has_token(upgrade, "websocket"):
-        raise InvalidHandshake(f"Upgrade header must contain 'websocket', got {upgrade!r}")
+        raise InvalidHandshake(f"Upgrade header must contain 'websocket', got {quoted(upgrade)}")
     connection = headers.get("connection")
     if connection is None:
         raise InvalidHandshake("missing Connection header")
     if not _has_token(connection, "upgrade"):
-        raise InvalidHandshake(f"Connection header must contain 'Upgrade', got {connection!r}")
+        raise InvalidHandshake(
+            f"Connection header must contain 'Upgrade', got {quoted(connection)}"
+        )
 
     # RFC 6455 4.2.2: answer a version we do not speak with 426 and the one we do.
     version = headers.get("sec-websocket-version")
     if version is None:
         raise UnsupportedVersion("missing Sec-WebSocket-Version header")
     if version.strip() != "13":
-        raise UnsupportedVersion(f"unsupported Sec-WebSocket-Version {version!r}, expected 13")
+        raise UnsupportedVersion(
+            f"unsupported Sec-WebSocket-Version {quoted(version)}, expected 13"
+        )
 
     key = headers.get("sec-websocket-key")
     if key is None:
@@ -190,7 +207,7 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
         raw_key = b""
     if len(raw_key) != 16:
         raise InvalidHandshake(
-            f"invalid Sec-WebSocket-Key {key!r}: must be 16 bytes encoded in base64"
+            f"invalid Sec-WebSocket-Key {quoted(key)}: must be 16 bytes encoded in base64"
         )
 
     # A GET upgrade carries no body; one would be read as WebSocket frames.
@@ -200,7 +217,7 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
         # int() refuses it, or more than 4300 digits, with a ValueError (a 500).
         digits = content_length.strip(" \t")
         if not _DIGITS.fullmatch(digits):
-            raise InvalidHandshake(f"invalid Content-Length {content_length!r}")
+            raise InvalidHandshake(f"invalid Content-Length {quoted(content_length)}")
         if digits.strip("0"):
             raise InvalidHandshake("an upgrade request must not have a body")
     if headers.get("transfer-encoding") is not None:
@@ -325,13 +342,13 @@ def parse_response(data: bytes, key: str) -> tuple[int, list[tuple[str, str]], i
     status_line, *header_lines = head.split("\r\n")
     match = re.fullmatch(r"HTTP/(\d+\.\d+) (\d{3})(?: .*)?", status_line)
     if match is None:
-        raise InvalidHandshake(f"invalid status line {status_line!r}")
+        raise InvalidHandshake(f"invalid status line {quoted(status_line)}")
     status = int(match.group(2))
     headers: list[tuple[str, str]] = []
     for line in header_lines:
         name, sep, value = line.partition(":")
         if not sep or not _TOKEN.fullmatch(name):
-            raise InvalidHandshake(f"invalid header line {line!r}")
+            raise InvalidHandshake(f"invalid header line {quoted(line)}")
         headers.append((name.lower(), value.strip(" \t")))
     if status == 101:
         joined: dict[str, str] = {}

@@ -93,6 +93,29 @@ def test_huge_but_valid_handshake_headers(server: ServerProcess) -> None:
     assert status == 101 and headers["sec-websocket-extensions"].startswith("permessage-deflate")
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "status"),
+    [
+        ("Sec-WebSocket-Protocol", "a@" * 30_000, 400),
+        ("Origin", "https://" + "e" * 60_000 + ".example", 403),
+    ],
+    ids=["400-bad-subprotocols", "403-foreign-origin"],
+)
+def test_a_refusal_quotes_a_long_header_only_in_part(
+    server: ServerProcess, name: str, value: str, status: int
+) -> None:
+    """The 400 or 403 body names the value at fault by its first 100 characters and its
+    length: a 60 kB header is not echoed back, nor written to the log."""
+    with connect(server) as sock:
+        sock.sendall(head(f"{name}: {value}\r\n".encode()))
+        got, _, body = read_http_response(sock)
+    assert got == status
+    assert repr(value[:100]).encode() in body
+    assert f"... ({len(value)} characters)".encode() in body
+    assert len(body) < 300
+    assert value[:101] not in server.log()
+
+
 SLOW_CLIENTS = 200
 SLOW_SECONDS = 6.0
 

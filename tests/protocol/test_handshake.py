@@ -17,6 +17,7 @@ from dwebsocket.protocol.handshake import (
     parse_request,
     parse_response,
     parse_token_list,
+    quoted,
 )
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3
@@ -383,3 +384,30 @@ def test_websockets_client_handshake() -> None:
     assert client.handshake_exc is None
     assert client.subprotocol == "chat"
     assert response.status_code == 101  # type: ignore[union-attr]
+
+
+def test_quoted_cuts_a_long_value() -> None:
+    assert quoted("a" * 100) == repr("a" * 100)
+    assert quoted("a" * 101) == repr("a" * 100) + "... (101 characters)"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "upgrade",
+        "connection",
+        "sec_websocket_key",
+        "sec_websocket_version",
+        "content_length",
+        "sec_websocket_protocol",
+        "sec_websocket_extensions",
+    ],
+)
+def test_a_refusal_quotes_a_64k_value_in_part(name: str) -> None:
+    """Whichever header is at fault, the refusal's reason (the 400 or 426 body, the log
+    line) holds its first 100 characters and its length, not 64 KiB."""
+    value = "@" * 65_536
+    with pytest.raises(InvalidHandshake) as info:
+        parse_request("GET", "HTTP/1.1", headers(**{name: value}))
+    assert f"{value[:100]!r}... (65536 characters)" in info.value.reason
+    assert len(info.value.reason) < 250

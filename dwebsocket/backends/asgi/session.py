@@ -24,7 +24,6 @@ from dwebsocket.conf import settings
 from dwebsocket.exceptions import (
     BackendUnavailable,
     ConnectionClosed,
-    ForbiddenOrigin,
     InvalidHandshake,
     InvalidSetting,
     TooManyConnections,
@@ -59,11 +58,9 @@ def create_websocket(request: HttpRequest, connection: ASGIConnection) -> ASGIWe
 
     The server validated the handshake itself (key, version, method); this checks the
     Origin. Raises ``ForbiddenOrigin`` (403). Never blocks."""
-    from dwebsocket.handshake import origin_allowed
+    from dwebsocket.handshake import check_origin
 
-    origin = request.META.get("HTTP_ORIGIN")
-    if not origin_allowed(origin):
-        raise ForbiddenOrigin(f"Origin {origin!r} is not allowed")
+    check_origin(request.META.get("HTTP_ORIGIN"))
     return ASGIWebSocket(request, connection)
 
 
