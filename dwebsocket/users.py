@@ -292,6 +292,7 @@ class _Checker:
         self._checking = threading.Lock()  # held by a check() in progress
         self._pending: list[Member] = []  # sockets just opened, for soon()
         self._draining = False
+        self._unreadable = False  # the last session lookup failed (under _checking)
 
     def start(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -375,6 +376,29 @@ class _Checker:
         with self._checking:
             self._check(members)
 
+    def _verdict(self, session_key: str, user: str) -> bool:
+        """:func:`session_is_valid`, True when the store cannot be read (that revokes
+        nothing). Logs one WARNING per outage of the store, not one per session and
+        check: a database that went away would log for every socket, every minute."""
+        try:
+            valid = session_is_valid(session_key, user)
+        except Exception as exc:
+            if not self._unreadable:
+                self._unreadable = True
+                logger.warning(
+                    "Could not read the session store (%s): no WebSocket's session is "
+                    "revoked by the checks until it can be read again",
+                    exc,
+                    exc_info=True,
+                )
+            else:
+                logger.debug("The session store still cannot be read: %r", exc)
+            return True
+        if self._unreadable:
+            self._unreadable = False
+            logger.info("The session store can be read again: the session checks resume")
+        return valid
+
     def _check(self, members: list[Member]) -> None:
         from dwebsocket.db import close_thread_connections
 
@@ -386,11 +410,7 @@ class _Checker:
                     continue
                 key = (found.session_key, found.user)
                 if key not in verdicts:
-                    try:
-                        verdicts[key] = session_is_valid(*key)
-                    except Exception:
-                        logger.warning("Could not check a WebSocket's session", exc_info=True)
-                        verdicts[key] = True  # an unreachable store revokes nothing
+                    verdicts[key] = self._verdict(*key)
                 if not verdicts[key]:
                     logger.info(
                         "Session of user %s ended: closing its WebSocket (%d)", found.user, REVOKED

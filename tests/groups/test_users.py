@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -20,6 +21,7 @@ from django.utils import timezone
 from dwebsocket import groups, users
 from dwebsocket.db import close_thread_connections
 from dwebsocket.testing import WebSocketClient
+from tests.groups import flaky_sessions
 from tests.groups.user_views import PASSWORD
 
 SETTINGS = {
@@ -159,6 +161,54 @@ class UsersTests(TransactionTestCase):
         browser = logged_in("alice")
         with WebSocketClient("/ws/revoked-while-opening/", client=browser, timeout=WAIT) as ws:
             self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
+
+    @override_settings(SESSION_ENGINE="tests.groups.flaky_sessions")
+    def test_a_session_store_that_cannot_be_read_is_logged_once_and_revokes_nothing(
+        self,
+    ) -> None:
+        """The session database goes away while sockets open: each one's check at opening
+        fails. One WARNING for the outage (not one per socket: a flood when many
+        reconnect), the sockets stay open (docs/users.rst: a store that cannot be read
+        revokes nothing), and once the store reads again the next check runs and
+        revokes."""
+        browser = logged_in("alice")
+        try:
+            with (
+                self.assertLogs("dwebsocket.users", "DEBUG") as logs,
+                contextlib.ExitStack() as stack,
+            ):
+                sockets = []
+                for _ in range(3):
+                    flaky_sessions.DOWN.clear()  # the request reads its session; its view breaks it
+                    ws = stack.enter_context(
+                        WebSocketClient(
+                            "/ws/store-down-while-opening/", client=browser, timeout=WAIT
+                        )
+                    )
+                    self.assertEqual(json.loads(ws.receive())["user"], "alice")
+                    self.assertTrue(users._checker.wait_idle(WAIT))  # its check failed
+                    sockets.append(ws)
+                users.send(self.alice, "still open")
+                for ws in sockets:
+                    self.assertEqual(ws.receive(), "still open")
+
+                flaky_sessions.DOWN.clear()  # back: the next check reads and revokes
+                with WebSocketClient(
+                    "/ws/revoked-while-opening/", client=logged_in("alice"), timeout=WAIT
+                ) as revoked:
+                    self.assertEqual(revoked.wait_closed(WAIT), users.REVOKED)
+                self.assertTrue(users._checker.wait_idle(WAIT))
+                users.send(self.alice, "and still open")
+                for ws in sockets:
+                    self.assertEqual(ws.receive(), "and still open")
+        finally:
+            flaky_sessions.DOWN.clear()
+        loud = [r for r in logs.records if r.levelno >= logging.WARNING]
+        self.assertEqual(len(loud), 1, [r.getMessage() for r in loud])
+        self.assertIn("could not connect to the session database", loud[0].getMessage())
+        self.assertIsNotNone(loud[0].exc_info)  # its traceback, once
+        failures = [r for r in logs.records if "session store" in r.getMessage()]
+        self.assertEqual([r.levelname for r in failures], ["WARNING", "DEBUG", "DEBUG", "INFO"])
 
     @override_settings(WEBSOCKET_SESSION_CHECK_INTERVAL=0.2)
     def test_expired_session_is_closed_by_the_periodic_check(self) -> None:

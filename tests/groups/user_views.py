@@ -50,6 +50,17 @@ def revoked_while_opening(request: HttpRequest) -> None:
     socket(request)
 
 
+@require_websocket
+def store_down_while_opening(request: HttpRequest) -> None:
+    """As :func:`socket`, but the session store (``tests.groups.flaky_sessions``) goes
+    down after the request was authenticated and before the socket is accepted."""
+    from tests.groups import flaky_sessions
+
+    assert request.user.is_authenticated
+    flaky_sessions.DOWN.set()
+    socket(request)
+
+
 def log_in(request: HttpRequest) -> HttpResponse:
     """``?username=X``: log X in (password ``PASSWORD``); the session cookie is set."""
     user = authenticate(request, username=request.GET["username"], password=PASSWORD)
