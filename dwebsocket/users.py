@@ -254,14 +254,21 @@ control.register("check", _on_check)
 def session_is_valid(session_key: str, user: str) -> bool:
     """Whether session ``session_key`` still authenticates user ``user`` (its pk as a str),
     as ``django.contrib.auth.get_user`` would decide -- without flushing anything.
-    Blocks on the session store and the database."""
+    Blocks on the session store and the database; raises what they raise when they
+    cannot be read (the cache engine included, which ``get_user`` would read as logged
+    out)."""
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
     from django.utils.crypto import constant_time_compare
 
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     data = store.load()
-    if not data or str(data.get(SESSION_KEY)) != user:
+    if not data:
+        # Django's cache engine reads a cache it cannot reach as an empty session (its
+        # load() swallows the error): asked this way, it raises instead.
+        store.exists(session_key)
+        return False
+    if str(data.get(SESSION_KEY)) != user:
         return False
     backend_path = data.get(BACKEND_SESSION_KEY)
     if backend_path not in settings.AUTHENTICATION_BACKENDS:

@@ -1,0 +1,65 @@
+"""The session check (``dwebsocket.users``) with Django's cache sessions on a real
+redis-server that goes away: Django's cache engine reads a cache it cannot reach as an
+empty session, which must not revoke every socket of the process (docs/users.rst: a
+store that cannot be read revokes nothing)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import override_settings
+
+from dwebsocket import users
+from tests.groups.redis_server import RedisServer
+from tests.groups.test_users import SETTINGS, WAIT, logged_in, tab
+from tests.groups.user_views import PASSWORD
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str, count: int = 1) -> bool:
+    """Wait up to WAIT for ``count`` records of dwebsocket.users containing ``text``."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if sum(text in r.getMessage() for r in caplog.records) >= count:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_session_cache_that_went_away_revokes_nothing_until_it_is_back(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": redis_server.url,
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+    with (
+        override_settings(
+            **SETTINGS,
+            CACHES={"default": cache},
+            SESSION_ENGINE="django.contrib.sessions.backends.cache",
+            WEBSOCKET_SESSION_CHECK_INTERVAL=0.2,
+        ),
+        caplog.at_level(logging.DEBUG, logger="dwebsocket.users"),
+    ):
+        alice = User.objects.create_user("alice", password=PASSWORD)
+        try:
+            with tab(logged_in("alice")) as one, tab(logged_in("alice")) as two:
+                redis_server.stop()
+                # Three periodic checks that could not read the cache.
+                assert logged(caplog, "Could not read the session store")
+                assert logged(caplog, "still cannot be read", count=2)
+                users.send(alice, "still open")
+                assert one.receive() == two.receive() == "still open"
+
+                redis_server.start()  # back, empty: both sessions are gone now
+                assert one.wait_closed(WAIT) == two.wait_closed(WAIT) == users.REVOKED
+                assert logged(caplog, "can be read again")
+        finally:
+            assert users._checker.wait_idle(WAIT)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1, [r.getMessage() for r in loud]
