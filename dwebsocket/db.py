@@ -11,6 +11,7 @@ then gets Django's per-request treatment.
 from __future__ import annotations
 
 import logging
+import threading
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -39,10 +40,30 @@ def close_thread_connections(keep: frozenset[str] = frozenset()) -> None:
     ``keep``): for a thread of ours that queried the database outside a request. SQLite's
     ``close()`` keeps a connection to an in-memory database open so as not to lose it;
     this one is one of several to it (a test database's shared cache) and nobody else
-    would close it (Python 3.13 warns when it is collected open)."""
+    would close it (Python 3.13 warns when it is collected open).
+
+    Never raises: a connection whose close fails (its server went away meanwhile) is
+    dropped all the same (Django forgets it) and the others are still closed. The first
+    failure of each database in this process is a WARNING, later ones DEBUG (every
+    thread ending would log one while that database is away)."""
     for conn in connections.all(initialized_only=True):
         if conn.alias in keep:
             continue
-        conn.close()
-        if conn.connection is not None and conn.vendor == "sqlite" and not conn.in_atomic_block:
-            BaseDatabaseWrapper.close(conn)
+        try:
+            conn.close()
+            if conn.connection is not None and conn.vendor == "sqlite" and not conn.in_atomic_block:
+                BaseDatabaseWrapper.close(conn)
+        except Exception as exc:
+            loud = conn.alias not in _close_failed
+            _close_failed.add(conn.alias)
+            logger.log(
+                logging.WARNING if loud else logging.DEBUG,
+                "Closing database connection %r of thread %s failed (it is dropped): %r",
+                conn.alias,
+                threading.current_thread().name,
+                exc,
+            )
+
+
+#: The databases whose close failed in this process (one WARNING each).
+_close_failed: set[str] = set()

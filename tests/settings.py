@@ -22,7 +22,19 @@ DATABASES = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": ":memory:",
         "OPTIONS": {"init_command": "PRAGMA read_uncommitted = 1"},
-    }
+    },
+    # Two more connections to the same test database, for the tests of closing a
+    # thread's connections (tests/asgi/test_threads.py): the first one's close can fail.
+    "close_fails": {
+        "ENGINE": "tests.failing_db",
+        "NAME": ":memory:",
+        "TEST": {"MIRROR": "default"},
+    },
+    "after_close_fails": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": ":memory:",
+        "TEST": {"MIRROR": "default"},
+    },
 }
 USE_TZ = True
 # No periodic session check (dwebsocket.users) unless a test asks for one: less reading

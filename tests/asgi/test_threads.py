@@ -6,6 +6,7 @@ running a session's sync code on it. ``test_asgi.py`` checks the same on real se
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections, transaction
 
+from dwebsocket import db
 from dwebsocket.backends.asgi.threads import SessionExecutor, session_context
+from tests.failing_db import base as failing_db
 from tests.wire import TIMEOUT
 
 LINGER = 0.05
@@ -144,3 +147,46 @@ def test_a_session_runs_its_sync_code_on_its_own_thread_and_gives_it_back() -> N
     assert not first.is_alive()  # given back while idle
     assert later is not first and same
     assert first.name == later.name == "dwebsocket-session"
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "close_fails", "after_close_fails"])
+def test_a_connection_whose_close_fails_is_logged_and_the_next_call_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The thread ends after its idle linger and one of its connections fails to close
+    (its server went away meanwhile): the others are closed all the same, the failure is
+    logged, and the executor starts a new thread for the next call."""
+    executor = SessionExecutor(linger=LINGER)
+    aliases = ("default", "close_fails", "after_close_fails")
+
+    def query() -> list[Any]:
+        used = []
+        for alias in aliases:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT 1")
+            used.append(connections[alias])
+        return used
+
+    db._close_failed.discard("close_fails")  # its first failure in this process
+    failing_db.CLOSE_FAILS.set()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="dwebsocket"):
+            used = run(executor, query)
+            first = executor.thread
+            assert ended(executor)
+            assert first is not None and not first.is_alive()
+            assert [conn.connection for conn in used] == [None, None, None]
+            logged = [r for r in caplog.records if "close_fails" in r.getMessage()]
+            assert [r.levelname for r in logged] == ["WARNING"], caplog.text
+            assert "server closed the connection unexpectedly" in logged[0].getMessage()
+
+            # The next call: a new thread, whose connections work; the same failure again
+            # is not logged as loudly again.
+            assert run(executor, lambda: len(query())) == 3
+            assert executor.thread is not first
+            assert ended(executor)
+            logged = [r for r in caplog.records if "close_fails" in r.getMessage()]
+            assert [r.levelname for r in logged] == ["WARNING", "DEBUG"], caplog.text
+    finally:
+        failing_db.CLOSE_FAILS.clear()
+        executor.shutdown()
