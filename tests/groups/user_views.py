@@ -61,6 +61,16 @@ def store_down_while_opening(request: HttpRequest) -> None:
     socket(request)
 
 
+@require_websocket
+def disconnected_while_opening(request: HttpRequest) -> None:
+    """As :func:`socket`, but ``users.disconnect`` of its user runs (and returns) after
+    the request was authenticated and before the socket is accepted (a ban by an admin,
+    landing while the page loads)."""
+    assert request.user.is_authenticated
+    users.disconnect(request.user, code=4003, reason="banned")
+    socket(request)
+
+
 def log_in(request: HttpRequest) -> HttpResponse:
     """``?username=X``: log X in (password ``PASSWORD``); the session cookie is set."""
     user = authenticate(request, username=request.GET["username"], password=PASSWORD)
