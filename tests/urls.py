@@ -19,5 +19,6 @@ urlpatterns = [
     path("ping/", views.ping),
     path("info/", views.info),
     path("helper-accepts/", views.helper_accepts),
+    path("opened-while-gone/", views.opened_while_gone),
     path("", include("dwebsocket.metrics.urls")),  # /metrics
 ]

@@ -12,7 +12,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 
 from dwebsocket import ConnectionClosed, accept_websocket, require_websocket
-from dwebsocket.signals import websocket_opened
+from dwebsocket.signals import websocket_closed, websocket_opened
 
 #: What ``record`` saw when its connection closed, by ``?id=``; read back over plain HTTP.
 CLOSES: dict[str, dict[str, object]] = {}
@@ -182,3 +182,68 @@ def _opened_slowly(sender: type, request: HttpRequest, **kwargs: Any) -> None:
 
 
 websocket_opened.connect(_opened_slowly, dispatch_uid="tests.views.opened_slowly")
+
+
+#: The signals each ``opened_while_gone`` connection got, in order, by ``?id=``.
+SIGNALS: dict[str, list[str]] = {}
+
+
+@accept_websocket
+def opened_while_gone(request: HttpRequest) -> HttpResponse | None:
+    """WebSocket: a helper thread's ``send("hello")`` runs the handshake, and its
+    ``websocket_opened`` receiver (``_opened_until_closed``) returns only once the
+    connection is closed; meanwhile the view waits, and sees the client leave (it does
+    right after the 101). What the connection's receivers got is recorded under ``?id=``.
+    Plain HTTP: that record and how many connections the default backend's registry
+    holds, as JSON."""
+    key = request.GET["id"]
+    if not request.is_websocket():
+        from dwebsocket.backends.default.registry import open_websockets
+
+        with _CLOSES_LOCK:
+            seen = list(SIGNALS.get(key, []))
+        return JsonResponse({"signals": seen, "open": len(open_websockets())})
+    ws = request.websocket
+    entered = threading.Event()
+    with _CLOSES_LOCK:
+        SIGNALS[key] = []
+    request.dws_until_closed = (key, entered)  # type: ignore[attr-defined]
+
+    def hello() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            ws.send("hello")
+
+    helper = threading.Thread(target=hello, daemon=True)
+    helper.start()
+    entered.wait(_WAIT)  # the helper accepted and is in websocket_opened
+    while ws.wait(_WAIT) is not None:
+        pass
+    helper.join(_WAIT)
+    return None
+
+
+def _signal(request: HttpRequest, what: str) -> tuple[str, threading.Event] | None:
+    marks = getattr(request, "dws_until_closed", None)
+    if marks is not None:
+        with _CLOSES_LOCK:
+            SIGNALS[marks[0]].append(what)
+    return marks
+
+
+def _opened_until_closed(sender: type, request: HttpRequest, websocket: Any, **kwargs: Any) -> None:
+    """``opened_while_gone``'s receiver: returns once the connection is closed (bounded)."""
+    marks = _signal(request, "opened")
+    if marks is not None:
+        marks[1].set()
+        deadline = time.monotonic() + _WAIT
+        while not websocket.is_closed() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _signal(request, "opened returned")
+
+
+def _closed_after(sender: type, request: HttpRequest, code: int, **kwargs: Any) -> None:
+    _signal(request, f"closed {code}")
+
+
+websocket_opened.connect(_opened_until_closed, dispatch_uid="tests.views.opened_until_closed")
+websocket_closed.connect(_closed_after, dispatch_uid="tests.views.closed_after")

@@ -125,6 +125,8 @@ class DefaultWebSocket(WebSocket):
         # Set on shutdown; made by a 1008 overflow, for the flusher waiting out the close.
         self._shut_event: threading.Event | None = None
         self._close_deadline: float | None = None
+        # When the 101 went out; 0.0 until websocket_opened has been sent (its receivers
+        # returned): until then websocket_closed is accept()'s to send, not _shutdown()'s.
         self._opened_at = 0.0
 
         # threading.* looked up now, so monkey-patched locks are used under gevent/eventlet.
@@ -196,7 +198,7 @@ class DefaultWebSocket(WebSocket):
                 logger.debug("Client %s went away during the handshake: %s", self._peer(), exc)
                 self._shutdown(1006)
                 raise self._closed_error() from None
-            self._opened_at = self._io.last_heard = time.monotonic()
+            opened_at = self._io.last_heard = time.monotonic()
             fast = self._transport.fast_path(
                 ws=self,
                 io=self._io,
@@ -224,7 +226,17 @@ class DefaultWebSocket(WebSocket):
             subprotocol,
             "on" if accepted.compression else "off",
         )
-        self._send_signal(websocket_opened)
+        try:
+            self._send_signal(websocket_opened)
+        finally:
+            # Another thread may have shut the connection down meanwhile (a flusher's
+            # write to a client gone right after the 101, a reader's EOF): it left
+            # websocket_closed to us, so that no receiver sees it before websocket_opened.
+            with self._core:
+                self._opened_at = opened_at
+                closed = self._io.shut
+            if closed:
+                self._closed_signal()
         # Feed the first frame now (a ping gets its pong, a close frame shows in
         # is_closed()), unless a reader is at it: it takes _unfed before the socket.
         if self._unfed and self._reading.acquire(blocking=False):
@@ -761,19 +773,29 @@ class DefaultWebSocket(WebSocket):
                 self.close_code = code if code is not None else 1006
                 self.close_reason = reason
             event = self._shut_event
+            # websocket_opened sent: websocket_closed is ours. Being sent (accepted, its
+            # receivers running in accept()): accept() sends it after them. Never sent
+            # (the 101 or what follows it could not be written): neither is sent.
+            opened = self._opened_at != 0.0
         self._transport.shutdown()
         if event is not None:
             event.set()
-        if self._accepted:
-            logger.debug(
-                "WebSocket closed: %s %s code %s%s after %.3fs",
-                self._peer(),
-                self.request.path,
-                self.close_code,
-                f" ({self.close_reason})" if self.close_reason else "",
-                time.monotonic() - self._opened_at,
-            )
-            self._send_signal(websocket_closed, code=self.close_code)
+        if opened:
+            self._closed_signal()
+
+    def _closed_signal(self) -> None:
+        """Log the close and send ``websocket_closed``: once, after ``websocket_opened``
+        (by ``_shutdown`` or, if that ran while ``websocket_opened`` was being sent, by
+        ``accept``)."""
+        logger.debug(
+            "WebSocket closed: %s %s code %s%s after %.3fs",
+            self._peer(),
+            self.request.path,
+            self.close_code,
+            f" ({self.close_reason})" if self.close_reason else "",
+            time.monotonic() - self._opened_at,
+        )
+        self._send_signal(websocket_closed, code=self.close_code)
 
     def traffic(self) -> metrics.Traffic:
         """Data messages and bytes received and sent since the 101 (for

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.http import HttpRequest
 from django.test import override_settings
+from prometheus_client import REGISTRY
 
 from dwebsocket import ConnectionClosed, require_websocket
+from dwebsocket.backends.default import registry
 from dwebsocket.backends.default.websocket import DefaultWebSocket
 from dwebsocket.groups.batch import Batch
 from dwebsocket.protocol.connection import Close, Ping
@@ -759,3 +762,166 @@ def test_wait_behind_another_reader_keeps_its_own_timeout() -> None:
         session.finish()
     assert seen["other"] is None and seen["view"] is None
     assert seen["took"] < 3.0, seen
+
+
+class Signals:
+    """The ``websocket_opened`` / ``websocket_closed`` one connection got, in order;
+    ``while_opened`` runs in ``websocket_opened`` (after dwebsocket's own receivers)."""
+
+    def __init__(self) -> None:
+        self.ws: DefaultWebSocket | None = None
+        self.events: list[object] = []
+        self.while_opened: Callable[[], None] | None = None
+
+    def opened(self, sender: type, websocket: DefaultWebSocket, **kwargs: Any) -> None:
+        if websocket is self.ws:
+            self.events.append("opened")
+            if self.while_opened is not None:
+                self.while_opened()
+            self.events.append("opened returned")
+
+    def closed(self, sender: type, websocket: DefaultWebSocket, **kwargs: Any) -> None:
+        if websocket is self.ws:
+            self.events.append(("closed", kwargs["code"]))
+
+
+@pytest.fixture
+def signals() -> Iterator[Signals]:
+    recorder = Signals()
+    websocket_opened.connect(recorder.opened, dispatch_uid="test_websocket.signals")
+    websocket_closed.connect(recorder.closed, dispatch_uid="test_websocket.signals")
+    try:
+        yield recorder
+    finally:
+        websocket_opened.disconnect(dispatch_uid="test_websocket.signals")
+        websocket_closed.disconnect(dispatch_uid="test_websocket.signals")
+
+
+def open_gauge() -> float:
+    return REGISTRY.get_sample_value("django_websocket_connections_open") or 0.0
+
+
+def until_shut(ws: DefaultWebSocket) -> None:
+    """Wait (bounded) until another thread has shut ``ws`` down."""
+    deadline = time.monotonic() + TIMEOUT
+    while not ws._io.shut:
+        assert time.monotonic() < deadline, "the connection was not shut down"
+        time.sleep(0.005)
+
+
+def test_a_client_gone_before_the_early_messages_gets_no_signal(
+    holder: Holder, signals: Signals
+) -> None:
+    # The 101 is written, the messages delivered before it are not (the client left):
+    # accept() raises ConnectionClosed(1006) before the connection counts as accepted,
+    # and neither websocket_opened nor websocket_closed is sent (the registry and the
+    # open gauge never saw it).
+    gauge = open_gauge()
+    with Session(holding_view(holder, accept=False)) as session:
+        ws = signals.ws = holder.websocket()
+        ws.deliver("early")
+        real = ws._transport.sock
+
+        class LeaveAfterThe101:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def sendall(self, data: bytes) -> None:
+                real.sendall(data)
+                session.client.sock.close()
+
+        ws._transport._sock = LeaveAfterThe101()  # type: ignore[assignment]
+        with pytest.raises(ConnectionClosed) as info:
+            ws.accept()
+        assert info.value.code == 1006 and not ws.accepted and ws.is_closed()
+        holder.release.set()
+        session.finish()
+    assert signals.events == []
+    assert ws not in registry.open_websockets()
+    assert open_gauge() == gauge
+
+
+def test_websocket_closed_follows_websocket_opened_when_a_flusher_finds_the_client_gone(
+    holder: Holder, signals: Signals
+) -> None:
+    # A group message delivered while accept() writes the 101 is the flusher's to write
+    # once accept() lets go of the write lock; the client left right after the 101, so
+    # that write fails and shuts the connection down before accept() sends
+    # websocket_opened. websocket_closed used to go out then, before websocket_opened:
+    # the registry then kept the dead connection and the open gauge stayed one up.
+    gauge = open_gauge()
+    paused = threading.Event()
+    with Session(holding_view(holder, accept=False)) as session:
+        ws = signals.ws = holder.websocket()
+        real = ws._transport.sock
+
+        class LeaveAfterThe101:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def sendall(self, data: bytes) -> None:
+                real.sendall(data)
+                session.client.sock.close()
+                late = threading.Thread(target=ws.deliver, args=("late",))
+                late.start()
+                late.join(TIMEOUT)
+
+        def pause_before_opened(record: logging.LogRecord) -> bool:
+            """Holds accept() between publishing the connection and websocket_opened
+            (its "WebSocket opened" line) until the flusher has shut it down. A filter
+            of the logger, not a handler: it runs without a handler's lock, which the
+            flusher's own log line needs."""
+            if record.getMessage().startswith("WebSocket opened"):
+                paused.set()
+                until_shut(ws)
+            return True
+
+        ws._transport._sock = LeaveAfterThe101()  # type: ignore[assignment]
+        logger = logging.getLogger("dwebsocket")
+        level = logger.level
+        logger.addFilter(pause_before_opened)
+        logger.setLevel(logging.DEBUG)
+        try:
+            ws.accept()
+        finally:
+            logger.removeFilter(pause_before_opened)
+            logger.setLevel(level)
+        assert paused.is_set()  # the race under test happened
+        assert signals.events == ["opened", "opened returned", ("closed", 1006)]
+        assert ws not in registry.open_websockets()
+        holder.release.set()
+        session.finish()
+    assert signals.events == ["opened", "opened returned", ("closed", 1006)]
+    assert open_gauge() == gauge
+
+
+def test_websocket_closed_waits_for_websocket_opened_receivers(
+    holder: Holder, signals: Signals
+) -> None:
+    # A helper thread's send() ran the handshake; while its websocket_opened receivers
+    # run (one that queries a database, say), the client leaves and the view's wait()
+    # reads EOF. websocket_closed used to go out from the view's thread then, in the
+    # middle of websocket_opened: a receiver of both (a registry, a gauge, a group
+    # join) saw the close before the open, and kept a dead connection.
+    gauge = open_gauge()
+    with Session(holding_view(holder, accept=False)) as session:
+        ws = signals.ws = holder.websocket()
+        signals.while_opened = lambda: until_shut(ws)
+
+        def hello() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                ws.send("hello")
+
+        helper = threading.Thread(target=hello)
+        helper.start()
+        session.expect_101()
+        session.client.sock.close()
+        assert ws.wait(TIMEOUT) is None  # EOF: shut down while websocket_opened runs
+        helper.join(TIMEOUT)
+        assert not helper.is_alive()
+        assert signals.events == ["opened", "opened returned", ("closed", 1006)]
+        assert ws not in registry.open_websockets()
+        holder.release.set()
+        session.finish()
+    assert signals.events == ["opened", "opened returned", ("closed", 1006)]
+    assert open_gauge() == gauge
