@@ -183,6 +183,14 @@ def _run_session(
     of the connection."""
     try:
         response = view(request, *args, **kwargs)
+        if not websocket.accepted:
+            if response is not None and not websocket.is_closed():
+                return response  # the view answered with HTTP (a 403, say) instead
+            # A view that returned None untouched: accepted here, so what websocket_opened's
+            # receivers raise (a greenlet kill, a worker timeout) ends the session as it
+            # would in the view. A client gone during the handshake: ended all the same.
+            with contextlib.suppress(ConnectionClosed):
+                websocket.accept()
     except ConnectionClosed as exc:
         logger.debug("ConnectionClosed escaped the view for %s: %s", request.path, exc)
         end_websocket(websocket, 1000)
@@ -196,12 +204,6 @@ def _run_session(
         if _taken_over(websocket):
             end_websocket(websocket, 1001 if _going_away(exc) else 1011, abort=True)
         raise
-    if not websocket.accepted:
-        if response is not None and not websocket.is_closed():
-            return response  # the view answered with HTTP (a 403, say) instead
-        # A client gone during the handshake: the connection is ended all the same.
-        with contextlib.suppress(ConnectionClosed):
-            websocket.accept()
     end_websocket(websocket, 1000)
     return _session_over()
 

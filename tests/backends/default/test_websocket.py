@@ -925,3 +925,30 @@ def test_websocket_closed_waits_for_websocket_opened_receivers(
         session.finish()
     assert signals.events == ["opened", "opened returned", ("closed", 1006)]
     assert open_gauge() == gauge
+
+
+def test_an_untouched_view_whose_accept_is_killed_in_websocket_opened_is_ended(
+    signals: Signals,
+) -> None:
+    # A view that returns None untouched gets its connection accepted by the session;
+    # a BaseException in a websocket_opened receiver there (a greenlet killed, a worker
+    # timeout, while a receiver queries a database) used to leave the session without
+    # end_session: websocket_closed never came, the socket stayed open.
+    class Killed(BaseException):
+        pass
+
+    def kill() -> None:
+        raise Killed
+
+    signals.while_opened = kill
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        signals.ws = request.websocket
+
+    with Session(view) as session:
+        session.expect_101()
+        assert session.client.recv() == Close(1011, "")
+        session.finish()
+    assert isinstance(session.error, Killed)
+    assert signals.events == ["opened", ("closed", 1011)]
