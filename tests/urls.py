@@ -7,6 +7,7 @@ urlpatterns = [
     path("lifecycle/", include("tests.lifecycle")),
     path("echo/", views.echo),
     path("echo-wait/", views.echo_wait),
+    path("stacked/", views.stacked),
     path("json/", views.json_echo),
     path("refuse/", views.refuse),
     path("subprotocol/", views.subprotocol),

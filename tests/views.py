@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from dwebsocket import ConnectionClosed, accept_websocket, require_websocket
 from dwebsocket.signals import websocket_closed, websocket_opened
@@ -36,6 +37,16 @@ def echo_wait(request: HttpRequest) -> None:
         message = request.websocket.wait()
         if message is None:
             return
+        request.websocket.send(message)
+
+
+@require_websocket
+@csrf_exempt
+@accept_websocket
+def stacked(request: HttpRequest) -> None:
+    """``require_websocket(csrf_exempt(accept_websocket(view)))``: plain HTTP gets the 400
+    (had it reached the view, ``request.websocket`` would be None: a 500). Echoes."""
+    for message in request.websocket:
         request.websocket.send(message)
 
 

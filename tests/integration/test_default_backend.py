@@ -227,6 +227,17 @@ def test_plain_http(server: ServerProcess) -> None:
     assert status == 400 and b"WebSocket" in body
 
 
+def test_require_over_another_decorator_over_accept(server: ServerProcess) -> None:
+    # tests.views.stacked: require_websocket(csrf_exempt(accept_websocket(view))). Before
+    # a00ad07 require_websocket set its flag on csrf_exempt's wrapper, the inner one let
+    # plain HTTP through to the view, and request.websocket None made it a 500.
+    status, body = http_get(server, "/stacked/")
+    assert status == 400 and b"only accepts WebSocket" in body, (status, body)
+    with ws(server, "/stacked/") as client:
+        client.send("hé")
+        assert client.recv(timeout=TIMEOUT) == "hé"
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "in_body"),
     [
