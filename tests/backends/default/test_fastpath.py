@@ -520,6 +520,50 @@ def test_a_compressed_message_c_does_not_take_closes_as_python_decides(
     assert seen["fast"] is True
 
 
+def _compressed(data: bytes, z: Any = None) -> bytes:
+    """``data`` as one permessage-deflate message's payload (``z``: the client's stream,
+    for context takeover across messages)."""
+    import zlib
+
+    z = z or zlib.compressobj(wbits=-9)
+    return (z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+@pytest.mark.parametrize("count", [10, 1100])
+@pytest.mark.parametrize(
+    ("payload", "close"),
+    [
+        (b"\xff" * 700, 1002),  # not a deflate stream
+        (_compressed(b"\0" * (2 << 20)), 1009),  # over the limit once inflated
+        (_compressed(bytes(range(256)) * 4), 1007),  # text that is not UTF-8
+    ],
+    ids=["corrupt", "bomb", "not-utf8"],
+)
+def test_a_compressed_message_c_does_not_take_behind_many_it_did(
+    seen: dict[str, Any], count: int, payload: bytes, close: int
+) -> None:
+    """``count`` small compressed messages, then one the C path leaves to Python, in one
+    write: every message before it reaches the view in order (with 1,100 the rest of the
+    read waits for the view to drain the backlog first), then the close Python decides."""
+    import zlib
+
+    got: list[Any] = []
+
+    def body(ws: Any, seen: dict[str, Any]) -> None:
+        got.extend(ws)
+
+    with _deflate_session(seen, fast_view(body, seen)) as session:
+        _deflate_client(session, session.expect_101())
+        z = zlib.compressobj(wbits=-9)
+        frames = b"".join(masked(0x1, _compressed(b"x", z), rsv1=True) for _ in range(count))
+        session.client.sock.sendall(frames + masked(0x1, payload, rsv1=True))
+        event = session.client.recv()
+        assert isinstance(event, Close) and event.code == close, event
+        session.finish()
+    assert got == ["x"] * count
+    assert seen["fast"] is True
+
+
 def test_the_c_compressed_send_path_writes_what_the_python_one_does(
     seen: dict[str, Any],
 ) -> None:
