@@ -70,6 +70,10 @@ logger = logging.getLogger("dwebsocket.users")
 #: The close code of a socket whose session ended or whose user was disconnected.
 REVOKED = 4001
 
+#: Seconds the check of newly opened sockets waits for more of them before it ends and
+#: closes its database connections.
+LINGER = 1.0
+
 _USER_PREFIX = "dwebsocket.user."
 _SESSION_PREFIX = "dwebsocket.session."
 
@@ -298,7 +302,9 @@ class _Checker:
         self._lock = threading.Lock()
         self._checking = threading.Lock()  # held by a check() in progress
         self._pending: list[Member] = []  # sockets just opened, for soon()
-        self._draining = False
+        self._draining = False  # a _drain() runs (checking, or lingering for more)
+        self._more = threading.Event()  # soon() gave a lingering _drain() more to check
+        self._stop_lingering = False  # wait_idle(): a lingering _drain() ends now
         self._unreadable = False  # the last session lookup failed (under _checking)
 
     def start(self) -> None:
@@ -343,26 +349,47 @@ class _Checker:
         with self._lock:
             self._pending.append(member)
             if self._draining:
+                self._more.set()
                 return
             self._draining = True
+            self._stop_lingering = False
         _spawn(self._drain)
 
     def _drain(self) -> None:
-        while True:
-            with self._lock:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    self._draining = False
-                    return
-            try:
-                self.check(batch)
-            except Exception:  # pragma: no cover - the periodic check comes next
-                logger.exception("Checking the sessions of new WebSockets failed")
+        """Check what :meth:`soon` gathered until nothing is left, then linger up to
+        :data:`LINGER` seconds for more, keeping this thread's database connections: while
+        sockets keep opening, their checks reuse one connection instead of opening one
+        each (a new server process per socket on PostgreSQL). Closes them when it ends."""
+        from dwebsocket.db import close_thread_connections
+
+        try:
+            while True:
+                with self._lock:
+                    batch, self._pending = self._pending, []
+                    if not batch:
+                        self._more.clear()
+                if batch:
+                    try:
+                        self.check(batch, keep_connections=True)
+                    except Exception:  # pragma: no cover - the periodic check comes next
+                        logger.exception("Checking the sessions of new WebSockets failed")
+                    continue
+                if not self._stop_lingering and self._more.wait(LINGER):
+                    continue
+                with self._lock:
+                    if not self._pending:
+                        self._draining = False
+                        return
+        finally:
+            close_thread_connections()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a check in progress to end (a test, before
-        it empties the database the check reads); whether none runs now."""
+        """Wait up to ``timeout`` seconds for the checks of sockets just opened to end
+        (a test, before it empties the database the check reads; a lingering drain ends
+        at once, its connections closed); whether none runs now."""
         deadline = time.monotonic() + timeout
+        self._stop_lingering = True
+        self._more.set()
         while self._draining:  # sockets just opened, whose check may not have begun
             if time.monotonic() >= deadline:
                 return False
@@ -372,16 +399,23 @@ class _Checker:
         self._checking.release()
         return True
 
-    def check(self, members: list[Member]) -> None:
+    def check(self, members: list[Member], keep_connections: bool = False) -> None:
         """Close (4001) those of ``members`` whose session is no longer valid. Blocks on
         the session store and the database; one lookup per session. One check at a time
-        (the periodic one, or one a signal started)."""
+        (the periodic one, or one a signal started). Closes this thread's database
+        connections after, unless ``keep_connections`` (then only if a lookup failed:
+        the next check gets a new one)."""
         from dwebsocket.conf import settings
+        from dwebsocket.db import close_thread_connections
 
         if not settings.WEBSOCKET_REVOKE_SESSIONS:
             return
         with self._checking:
-            self._check(members)
+            try:
+                self._check(members)
+            finally:
+                if not keep_connections or self._unreadable:
+                    close_thread_connections()
 
     def _verdict(self, session_key: str, user: str) -> bool:
         """:func:`session_is_valid`, True when the store cannot be read (that revokes
@@ -407,24 +441,19 @@ class _Checker:
         return valid
 
     def _check(self, members: list[Member]) -> None:
-        from dwebsocket.db import close_thread_connections
-
         verdicts: dict[tuple[str, str], bool] = {}
-        try:
-            for member in members:
-                found = owner(member)
-                if found is None or found.session_key is None or member.is_closed():
-                    continue
-                key = (found.session_key, found.user)
-                if key not in verdicts:
-                    verdicts[key] = self._verdict(*key)
-                if not verdicts[key]:
-                    logger.info(
-                        "Session of user %s ended: closing its WebSocket (%d)", found.user, REVOKED
-                    )
-                    _spawn(_close, member, REVOKED, "session ended")
-        finally:
-            close_thread_connections()
+        for member in members:
+            found = owner(member)
+            if found is None or found.session_key is None or member.is_closed():
+                continue
+            key = (found.session_key, found.user)
+            if key not in verdicts:
+                verdicts[key] = self._verdict(*key)
+            if not verdicts[key]:
+                logger.info(
+                    "Session of user %s ended: closing its WebSocket (%d)", found.user, REVOKED
+                )
+                _spawn(_close, member, REVOKED, "session ended")
 
 
 _checker = _Checker()

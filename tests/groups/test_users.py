@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import threading
 import unittest
+import unittest.mock
 from collections.abc import Iterator
 
 from django.contrib.auth.models import User
@@ -162,6 +164,36 @@ class UsersTests(TransactionTestCase):
         browser = logged_in("alice")
         with WebSocketClient("/ws/revoked-while-opening/", client=browser, timeout=WAIT) as ws:
             self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
+
+    def test_sockets_opening_one_after_another_share_the_checks_database_connection(
+        self,
+    ) -> None:
+        """Each new socket's session is checked in the background. While sockets keep
+        opening, that check keeps its database connection (a connection per socket would
+        be a new server process per socket on PostgreSQL); it closes it once idle."""
+        from django.db.backends.signals import connection_created
+
+        opened: list[str] = []
+
+        def created(sender: object, connection: object, **kwargs: object) -> None:
+            frame = sys._getframe()
+            while frame is not None and frame.f_code is not users._Checker._check.__code__:
+                frame = frame.f_back  # type: ignore[assignment]
+            if frame is not None:  # a check's session lookup opened it
+                opened.append(threading.current_thread().name)
+
+        browser = logged_in("alice")
+        connection_created.connect(created)
+        try:
+            with unittest.mock.patch.object(users, "LINGER", WAIT):
+                for _ in range(5):
+                    with tab(browser):
+                        pass
+                self.assertTrue(users._checker.wait_idle(WAIT))
+        finally:
+            connection_created.disconnect(created)
+        self.assertEqual(len(opened), 1, opened)
+        self.assertFalse(users._checker._draining)
 
     @unittest.expectedFailure  # the window is still open: see docs/users.rst
     def test_a_user_disconnected_while_their_socket_opens_is_closed(self) -> None:
