@@ -103,8 +103,11 @@ def main() -> None:
                 )
             result = json.loads(out.stdout.decode().strip().splitlines()[-1])
             results[checkout].append(result)
-            print(f"round {round_ + 1} {checkout}: {result['per_s']:.0f}/s, "
-                  f"{result['cpu_us']:.0f} us of server CPU per handshake", flush=True)
+            print(
+                f"round {round_ + 1} {checkout}: {result['per_s']:.0f}/s, "
+                f"{result['cpu_us']:.0f} us of server CPU per handshake",
+                flush=True,
+            )
     for checkout, rounds in results.items():
         print(
             f"{checkout}: median {statistics.median(r['per_s'] for r in rounds):.0f}/s, "
