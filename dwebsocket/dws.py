@@ -109,7 +109,7 @@ def _envelope_message(websocket: WebSocket, text: str) -> bool:
     application's, then)."""
     try:
         data: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than json decodes
         return False
     if not isinstance(data, dict) or "dws" not in data:
         return False
