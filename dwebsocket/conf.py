@@ -62,6 +62,17 @@ class Setting(Generic[_T]):
 
 # -- parsers: the value as its type, or ValueError saying what it must be -----------------
 
+#: The longest a number of seconds may be. Waits are bounded by what the platform can
+#: wait in one call: poll() takes at most 2**31 - 1 ms (about 24.8 days), threading
+#: waits ``threading.TIMEOUT_MAX``; a value over that would pass the check and raise
+#: OverflowError in every session. None says "never" where a setting allows it.
+MAX_SECONDS = 7 * 24 * 3600
+
+#: The largest number of bytes a size may be: RFC 6455 5.2 frame lengths have 63 bits,
+#: and the protocol core adds its wire budget (an eighth more) to the message limit in
+#: C ``ssize_t``. None says "no limit" where a setting allows it.
+MAX_SIZE = 2**62
+
 
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
@@ -75,24 +86,29 @@ def _dotted_path(value: object) -> str:
     return value
 
 
-def _integer(value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _integer(value: object, minimum: int, maximum: int | None = None) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         raise ValueError(f"must be an integer >= {minimum}")
     return value
 
 
 def _size(value: object) -> int:
     try:
-        return _integer(value, 1)
+        return _integer(value, 1, MAX_SIZE)
     except ValueError:
-        raise ValueError("must be a number of bytes: an integer >= 1") from None
+        raise ValueError("must be a number of bytes: an integer from 1 to 2**62") from None
 
 
 def _optional_size(value: object) -> int | None:
     try:
-        return None if value is None else _integer(value, 1)
+        return None if value is None else _integer(value, 1, MAX_SIZE)
     except ValueError:
-        raise ValueError("must be None or a number of bytes: an integer >= 1") from None
+        raise ValueError("must be None or a number of bytes: an integer from 1 to 2**62") from None
 
 
 def _optional_count(value: object) -> int | None:
@@ -109,8 +125,12 @@ def _seconds(value: object, *, zero: bool) -> float:
         or not math.isfinite(value)
         or value < 0
         or (value == 0 and not zero)
+        or value > MAX_SECONDS
     ):
-        raise ValueError(f"must be a number of seconds {'>= 0' if zero else '> 0'}")
+        raise ValueError(
+            f"must be a number of seconds {'>= 0' if zero else '> 0'} and at most "
+            f"{MAX_SECONDS} (a week)"
+        )
     return float(value)
 
 
@@ -118,7 +138,9 @@ def _optional_interval(value: object) -> float | None:
     try:
         return None if value is None else _seconds(value, zero=False)
     except ValueError:
-        raise ValueError("must be None or a number of seconds > 0") from None
+        raise ValueError(
+            f"must be None or a number of seconds > 0 and at most {MAX_SECONDS} (a week)"
+        ) from None
 
 
 def _timeout(value: object) -> float:

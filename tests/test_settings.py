@@ -63,6 +63,17 @@ MORE_WRONG: list[tuple[str, object]] = [
     ("WEBSOCKET_ASGI_THREADS", -1),
     ("WEBSOCKET_GROUPS_HISTORY", ["chat.*"]),
     ("WEBSOCKET_GROUPS_HISTORY", {"chat.*": {"size": 10, "ttl": 60, "maxlen": 5}}),
+    # Longer than poll() (2**31 - 1 ms) or threading can wait in one call, larger than a
+    # frame length (63 bits) and the core's C limits: each raised OverflowError in every
+    # session, a 500 (test_the_largest_values_accepted_run_a_session shows the edge).
+    ("WEBSOCKET_PING_INTERVAL", 30 * 24 * 3600),
+    ("WEBSOCKET_PING_TIMEOUT", 1e10),
+    ("WEBSOCKET_CLOSE_TIMEOUT", 1e10),
+    ("WEBSOCKET_SESSION_CHECK_INTERVAL", 1e10),
+    ("WEBSOCKET_PRESENCE_HEARTBEAT", 1e10),
+    ("WEBSOCKET_MAX_MESSAGE_SIZE", 2**63 - 1),
+    ("WEBSOCKET_MAX_FRAME_SIZE", 2**63),
+    ("WEBSOCKET_SEND_QUEUE_SIZE", 2**64),
 ]
 
 #: Values that are right, with what the property returns for them.
@@ -151,6 +162,34 @@ def test_reading_a_wrong_value_raises_invalid_setting(name: str) -> None:
     assert raised.value.setting == name
     assert raised.value.check_id == SETTINGS[name].check_id
     assert name in str(raised.value) and SETTINGS[name].check_id in str(raised.value)
+
+
+@pytest.mark.urls("tests.urls")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WEBSOCKET_PING_INTERVAL", conf.MAX_SECONDS),
+        ("WEBSOCKET_PING_TIMEOUT", conf.MAX_SECONDS),
+        ("WEBSOCKET_CLOSE_TIMEOUT", conf.MAX_SECONDS),
+        ("WEBSOCKET_MAX_MESSAGE_SIZE", conf.MAX_SIZE),
+        ("WEBSOCKET_MAX_FRAME_SIZE", conf.MAX_SIZE),
+        ("WEBSOCKET_SEND_QUEUE_SIZE", conf.MAX_SIZE),
+    ],
+)
+@pytest.mark.parametrize("compression", [True, False])
+def test_the_largest_values_accepted_run_a_session(
+    name: str, value: object, compression: bool
+) -> None:
+    """What the check accepts works at runtime, on the default backend (its poll() waits,
+    the protocol core's C scanner, permessage-deflate's output bound)."""
+    from dwebsocket.testing import WebSocketClient
+
+    with override_settings(**{name: value}):
+        assert dwebsocket_errors() == set()
+        with WebSocketClient("/echo-wait/", compression=compression, timeout=5) as ws:
+            ws.send("x" * 100_000)
+            assert ws.receive() == "x" * 100_000
+    assert ws.close_code == 1000
 
 
 def test_overrides_are_seen_at_once() -> None:
