@@ -130,7 +130,7 @@ def _get() -> _Metrics | None:
                     return None
     try:
         on = settings.WEBSOCKET_METRICS
-    except InvalidSetting:  # reported by check dwebsocket.E023; counting stays off
+    except InvalidSetting:  # reported by check dwebsocket.E024; counting stays off
         return None
     return _metrics if on else None
 
@@ -177,7 +177,9 @@ def _opened(sender: Any, websocket: WebSocket, **kwargs: Any) -> None:
 
 def _closed(sender: Any, websocket: WebSocket, code: int | None = None, **kwargs: Any) -> None:
     """``websocket_closed``: count the close code and add the rest of the traffic."""
-    metrics = _get()
+    # Not _get(): a connection counted open is counted closed, even if WEBSOCKET_METRICS
+    # was turned off (or made invalid) since, or the open gauge would stay up for good.
+    metrics = _metrics
     if metrics is None or websocket not in _open:
         return
     try:
@@ -185,9 +187,11 @@ def _closed(sender: Any, websocket: WebSocket, code: int | None = None, **kwargs
     except Exception as exc:
         logger.debug("Counting the traffic of %r failed: %r", websocket, exc)
     try:
-        _open.pop(websocket, None)
-        metrics.open.dec()
-        metrics.close(code if code is not None else 1006).inc()
+        with _lock:
+            counted = _open.pop(websocket, None) is not None
+        if counted:
+            metrics.open.dec()
+            metrics.close(code if code is not None else 1006).inc()
     except Exception as exc:
         logger.debug("Counting a closed WebSocket failed: %r", exc)
 
@@ -219,11 +223,16 @@ def _add(metrics: _Metrics, websocket: Any) -> None:
     traffic = getattr(websocket, "traffic", None)
     if traffic is None:
         return
-    now: Traffic = traffic()
-    before = _open.get(websocket, _ZERO)
-    if now == before:
-        return
-    _open[websocket] = now
+    # Read and record under the lock: the flusher, the exporter's flush() and the close
+    # may add one connection's traffic at once; each new count is added by one of them.
+    with _lock:
+        before = _open.get(websocket)
+        if before is None:  # closed: its traffic was added then
+            return
+        now: Traffic = traffic()
+        if now == before:
+            return
+        _open[websocket] = now
     for counter, new, old in (
         (metrics.messages_in, now.messages_in, before.messages_in),
         (metrics.bytes_in, now.bytes_in, before.bytes_in),

@@ -4,6 +4,7 @@ refused handshakes. ``test_gunicorn.py`` checks the same across gunicorn's worke
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -178,3 +179,61 @@ def test_websocket_status_needs_a_source(monkeypatch: pytest.MonkeyPatch) -> Non
         call_command("websocket_status")
     with pytest.raises(CommandError, match="could not read"):
         call_command("websocket_status", "--url", "http://127.0.0.1:1/metrics")
+
+
+def test_the_open_gauge_comes_down_when_metrics_were_turned_off_meanwhile(
+    counts: Counts,
+) -> None:
+    """A connection counted open is counted closed whatever WEBSOCKET_METRICS says by
+    then; before, its close was not counted and connections_open stayed one up."""
+    with WebSocketClient("/echo/") as ws:
+        ws.send("x")
+        assert ws.receive() == "x"
+        assert counts.delta()["connections_open"] == 1
+        with override_settings(WEBSOCKET_METRICS=False):
+            ws.close()
+    delta = counts.delta()
+    assert delta.get("connections_open", 0) == 0
+    assert delta["closes:1000"] == 1
+
+
+def test_a_close_during_a_flush_adds_the_traffic_once(counts: Counts) -> None:
+    """The flusher thread (or the exporter's flush()) and the close may add one
+    connection's traffic at the same moment: each message and byte is counted once, and
+    the closed connection is forgotten. Before, a flush that had read the traffic before
+    the close added it again after (the close had reset what was added to nothing) and
+    put the connection back among the open ones."""
+    entered, go = threading.Event(), threading.Event()
+
+    class Connection:
+        calls = 0
+
+        def traffic(self) -> metrics.Traffic:
+            self.calls += 1
+            if self.calls == 1:  # the first flush is held here while the close runs
+                entered.set()
+                go.wait(5)
+            return metrics.Traffic(1, 10, 0, 0)
+
+    connection = Connection()
+    metrics._opened(None, connection)
+    try:
+        flush = threading.Thread(target=metrics.flush)
+        flush.start()
+        assert entered.wait(5)
+        close = threading.Thread(target=metrics._closed, args=(None, connection, 1000))
+        close.start()
+        close.join(0.5)  # before: it counted everything meanwhile; now it waits its turn
+        go.set()
+        flush.join(5)
+        close.join(5)
+        assert not flush.is_alive() and not close.is_alive()
+    finally:
+        go.set()
+    assert connection not in metrics._open
+    assert counts.delta() == {
+        "handshakes:101": 1,
+        "messages_received_total": 1,
+        "received_bytes_total": 10,
+        "closes:1000": 1,
+    }
