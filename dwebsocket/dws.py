@@ -29,7 +29,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dwebsocket.typing import Message
-from dwebsocket.websocket import WebSocket
+from dwebsocket.websocket import WebSocket, wait_timeout
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -80,7 +80,9 @@ def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
     base_wait, base_read = cls.wait, cls.read
 
     def wait(self: WebSocket, timeout: float | None = None) -> Message | None:
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        if timeout is not None:
+            timeout = wait_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             message = base_wait(self, timeout)
             if message.__class__ is not str or not message.startswith(PREFIX):

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from dwebsocket.groups.batch import Batch
     from dwebsocket.groups.history import Recovery
 
+from dwebsocket.conf import MAX_SECONDS
 from dwebsocket.typing import BytesLike, Message
 
 _T = TypeVar("_T")
@@ -32,6 +33,16 @@ def to_json(data: Any, cls: type[json.JSONEncoder] | None) -> str:
 
         cls = DjangoJSONEncoder
     return json.dumps(data, cls=cls)
+
+
+def wait_timeout(timeout: float | None) -> float | None:
+    """A ``wait()`` timeout as the backends' waits take it: None (no end) for None, a
+    negative number, or more than ``conf.MAX_SECONDS`` (a week: infinity and NaN too,
+    which no platform wait takes: ``poll()`` waits at most about 24.8 days); else
+    ``timeout``."""
+    if timeout is None or not 0 <= timeout <= MAX_SECONDS:
+        return None
+    return timeout
 
 
 def not_json() -> tuple[int, str]:

@@ -3,6 +3,7 @@ and the one upgrade test (``dwebsocket.factory.is_upgrade``)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from django.test import RequestFactory
 from dwebsocket.factory import WebSocketFactory, is_upgrade
 from dwebsocket.signals import websocket_opened
 from dwebsocket.typing import BytesLike, Message
-from dwebsocket.websocket import WebSocket
+from dwebsocket.websocket import WebSocket, wait_timeout
 
 
 class Minimal(WebSocket):
@@ -117,3 +118,23 @@ def test_one_upgrade_test(upgrade: str | None, expected: bool) -> None:
             return None
 
     assert Factory(request).is_websocket() is expected
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"),
+    [
+        (None, None),
+        (-1, None),
+        (0, 0),
+        (2.5, 2.5),
+        (7 * 24 * 3600, 7 * 24 * 3600),
+        (7 * 24 * 3600 + 1, None),
+        (1e10, None),
+        (math.inf, None),
+        (math.nan, None),
+    ],
+)
+def test_wait_timeout(timeout: float | None, expected: float | None) -> None:
+    """What every backend's ``wait()`` makes of its timeout: None is a wait without end,
+    and so is what no platform wait can take (poll(): about 24.8 days at most)."""
+    assert wait_timeout(timeout) == expected

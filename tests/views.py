@@ -32,9 +32,11 @@ def echo(request: HttpRequest) -> HttpResponse | None:
 
 @require_websocket
 def echo_wait(request: HttpRequest) -> None:
-    """Echo every message, with ``wait()``."""
+    """Echo every message, with ``wait()`` (``?timeout=``: with that timeout, which
+    ``inf``, ``nan`` or more than a week make a wait without end)."""
+    timeout = float(request.GET["timeout"]) if "timeout" in request.GET else None
     while True:
-        message = request.websocket.wait()
+        message = request.websocket.wait(timeout)
         if message is None:
             return
         request.websocket.send(message)

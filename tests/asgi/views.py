@@ -28,9 +28,10 @@ async def echo(request: HttpRequest) -> HttpResponse | None:
 
 @require_websocket
 async def echo_wait(request: HttpRequest) -> None:
-    """Echo every message, with ``await wait()``."""
+    """Echo every message, with ``await wait()`` (``?timeout=``: as in tests/views.py)."""
+    timeout = float(request.GET["timeout"]) if "timeout" in request.GET else None
     while True:
-        message = await request.websocket.wait()
+        message = await request.websocket.wait(timeout)
         if message is None:
             return
         await request.websocket.send(message)

@@ -56,7 +56,17 @@ def raw(server: ServerProcess) -> socket.socket:
 MESSAGES = ["hello", "héllo wörld ☃ 🚀", "", b"", b"\x00\x01\xfe\xff", "x" * 70000, b"\x00" * 70000]
 
 
-@pytest.mark.parametrize("path", ["/echo/", "/echo-wait/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/echo/",
+        "/echo-wait/",
+        # No platform wait takes these (poll(): ~24.8 days at most): a wait without end.
+        "/echo-wait/?timeout=inf",
+        "/echo-wait/?timeout=nan",
+        "/echo-wait/?timeout=1e10",
+    ],
+)
 def test_echo(server: ServerProcess, path: str) -> None:
     with ws(server, path) as client:
         for message in MESSAGES:

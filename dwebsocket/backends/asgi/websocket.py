@@ -31,7 +31,7 @@ from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
-from dwebsocket.websocket import WebSocket, not_json, to_json
+from dwebsocket.websocket import WebSocket, not_json, to_json, wait_timeout
 
 if TYPE_CHECKING:
     from django.dispatch import Signal
@@ -189,7 +189,7 @@ class ASGIWebSocket(WebSocket):
             self._ensure_accepted()
         except ConnectionClosed:
             return None
-        return self.connection.wait_sync(None if timeout is None or timeout < 0 else timeout)
+        return self.connection.wait_sync(wait_timeout(timeout))
 
     def read(self, fallback: _T | None = None) -> Message | _T | None:
         """A message that is ready now, or ``fallback``. Never blocks (beyond the accept)."""
@@ -343,7 +343,7 @@ class AsyncWebSocket:
             await self._ensure_accepted()
         except ConnectionClosed:
             return None
-        return await self.connection.wait_async(None if timeout is None or timeout < 0 else timeout)
+        return await self.connection.wait_async(wait_timeout(timeout))
 
     async def read(self, fallback: _T | None = None) -> Message | _T | None:
         """A message that is ready now, or ``fallback``; waits for nothing but the accept."""

@@ -44,7 +44,7 @@ from dwebsocket.protocol.handshake import HandshakeRequest
 from dwebsocket.protocol.server import accept as accept_request
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
-from dwebsocket.websocket import WebSocket
+from dwebsocket.websocket import WebSocket, wait_timeout
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -257,7 +257,9 @@ class DefaultWebSocket(WebSocket):
         Sends a keepalive ping after ``WEBSOCKET_PING_INTERVAL`` of silence; without an
         answer within ``WEBSOCKET_PING_TIMEOUT`` the peer counts as dead: the connection
         is closed (1011) and None returned."""
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        if timeout is not None:
+            timeout = wait_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         fast = self._fast
         if fast is not None:  # the common case in C; None: it could not decide alone
             message = fast.wait(deadline)

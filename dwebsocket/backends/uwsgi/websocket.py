@@ -30,7 +30,7 @@ from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_fram
 from dwebsocket.protocol.handshake import HandshakeRequest, accept_key
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
-from dwebsocket.websocket import WebSocket
+from dwebsocket.websocket import WebSocket, wait_timeout
 
 from . import wsgi
 from .loops import Mode, Waiter, current_mode, owner_key
@@ -195,7 +195,8 @@ class uWsgiWebSocket(WebSocket):
             self._ensure_accepted()
         except ConnectionClosed:
             return None
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        timeout = wait_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         assert self._waiter is not None
         while True:
             self._service()
