@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
@@ -33,7 +34,10 @@ from dwebsocket.exceptions import (
     InvalidSetting,
 )
 from dwebsocket.factory import get_factory_class, is_upgrade
-from dwebsocket.websocket import WebSocket
+from dwebsocket.websocket import REQUEST_STARTED, WebSocket
+
+if TYPE_CHECKING:
+    from dwebsocket.backends.asgi.websocket import AsyncWebSocket
 
 __all__ = ["attach", "end_websocket", "is_upgrade", "run_view"]
 
@@ -42,8 +46,11 @@ logger = logging.getLogger("dwebsocket")
 _OWNED = "_dwebsocket_session"
 
 
-def attach(request: HttpRequest, websocket: WebSocket | None) -> None:
-    """Set ``request.websocket`` and ``request.is_websocket()`` (the 0.x API)."""
+def attach(request: HttpRequest, websocket: WebSocket | AsyncWebSocket | None) -> None:
+    """Set ``request.websocket`` and ``request.is_websocket()`` (the 0.x API); for a
+    WebSocket, when it started (``REQUEST_STARTED``)."""
+    if websocket is not None:
+        setattr(request, REQUEST_STARTED, time.monotonic())
     request.websocket = websocket  # type: ignore[attr-defined]
     request.is_websocket = (lambda: True) if websocket is not None else (lambda: False)  # type: ignore[attr-defined]
 

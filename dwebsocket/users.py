@@ -20,7 +20,9 @@ stops being valid are closed with :data:`REVOKED` (4001):
   once the transaction commits);
 * a socket whose session ended while it was opening (after the request was
   authenticated, before the socket joined its session's group, so that no command found
-  it): once it has joined, its session is checked in the background;
+  it): once it has joined, it looks for the commands its groups got since its request
+  began (the layer keeps them ``control.MEMORY`` seconds) and does what they said -- so
+  does a socket of a user disconnected meanwhile;
 * otherwise at the next periodic check: every ``WEBSOCKET_SESSION_CHECK_INTERVAL``
   seconds (60 by default) each process checks the sessions of its authenticated sockets
   as ``django.contrib.auth.get_user`` would (the session exists and has not expired, it
@@ -35,6 +37,7 @@ too; the browser reconnects with the new cookie.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -45,7 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 from dwebsocket import groups
 from dwebsocket.conf import SESSION_CHECK_INTERVAL
+from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups import control
+from dwebsocket.websocket import REQUEST_STARTED
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -151,10 +156,12 @@ def _check_close(code: int, reason: str) -> None:
 @dataclass
 class _Owner:
     """Who opened a socket: the user's pk (as Django keeps it in the session) and the
-    session key."""
+    session key; when dwebsocket first saw its request (``time.monotonic()``, 0.0 if
+    unknown)."""
 
     user: str
     session_key: str | None
+    started: float = 0.0
 
 
 _lock = threading.Lock()
@@ -186,8 +193,8 @@ def _opened(
     groups.join(_USER_PREFIX + found.user, websocket)
     if found.session_key:
         groups.join(_SESSION_PREFIX + found.session_key, websocket)
-        # A revocation between the request's authentication and these joins closed no
-        # socket of this one's: check its session once more, now that it is reachable.
+        # A command sent between the request's authentication and these joins (a
+        # revocation, a disconnect) found no socket of this one's: look for one.
         _checker.soon(websocket)
     _checker.start()
 
@@ -204,7 +211,12 @@ def _authenticated(request: HttpRequest) -> _Owner | None:
         return None
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None)
-    return _Owner(str(user.pk), key if isinstance(key, str) and key else None)
+    started = getattr(request, REQUEST_STARTED, None)
+    return _Owner(
+        str(user.pk),
+        key if isinstance(key, str) and key else None,
+        started if isinstance(started, float) else time.monotonic(),
+    )
 
 
 def _closed(sender: Any, websocket: Any = None, **kwargs: Any) -> None:
@@ -370,7 +382,7 @@ class _Checker:
                         self._more.clear()
                 if batch:
                     try:
-                        self.check(batch, keep_connections=True)
+                        self._opening(batch)
                     except Exception:  # pragma: no cover - the periodic check comes next
                         logger.exception("Checking the sessions of new WebSockets failed")
                     continue
@@ -398,6 +410,72 @@ class _Checker:
             return False
         self._checking.release()
         return True
+
+    def _opening(self, members: list[Member]) -> None:
+        """What sockets that just joined their user's and session's groups missed while
+        they opened, from the commands those groups got since each one's request began
+        (the layer's ``recent_controls``: one read per group, no database): a close is
+        done, a check command (a user saved) checks the session; so does a layer that
+        cannot be read, or a socket that took longer than ``control.MEMORY`` to open."""
+        layer = get_layer()
+        recent: dict[str, list[tuple[bytes, float]] | None] = {}
+        to_check: list[Member] = []
+        for member in members:
+            found = owner(member)
+            if found is None or member.is_closed():
+                continue
+            missed = self._missed(layer, recent, found, time.monotonic() - found.started)
+            if isinstance(missed, tuple):
+                logger.info(
+                    "Closing a WebSocket of user %s sent %d while it opened", found.user, missed[0]
+                )
+                _spawn(_close, member, *missed)
+            elif missed:
+                to_check.append(member)
+        if to_check:
+            self.check(to_check, keep_connections=True)
+
+    @staticmethod
+    def _missed(
+        layer: groups.Layer,
+        recent: dict[str, list[tuple[bytes, float]] | None],
+        found: _Owner,
+        age: float,
+    ) -> tuple[int, str] | bool:
+        """For a socket ``age`` seconds after its request began: the ``(code, reason)``
+        of a close its groups got since, else whether its session must be checked.
+        ``recent``: the commands read so far, by group (None: not readable)."""
+        if age > control.MEMORY:
+            return True  # older commands are forgotten
+        check = False
+        names = [_USER_PREFIX + found.user]
+        if found.session_key:
+            names.append(_SESSION_PREFIX + found.session_key)
+        for name in names:
+            if name not in recent:
+                try:
+                    recent[name] = layer.recent_controls(name, control.MEMORY)
+                except GroupsUnavailable:
+                    recent[name] = None
+            commands = recent[name]
+            if commands is None:
+                check = True
+                continue
+            for payload, ago in commands:
+                if ago > age:
+                    continue  # before the request began: what it authenticated saw it
+                try:
+                    command = json.loads(payload)
+                except ValueError:
+                    continue
+                op = command.get("op") if isinstance(command, dict) else None
+                if op == "check":
+                    check = True
+                elif op == "close":
+                    code, reason = command.get("code", REVOKED), command.get("reason", "")
+                    if isinstance(code, int) and isinstance(reason, str):
+                        return code, reason
+        return check
 
     def check(self, members: list[Member], keep_connections: bool = False) -> None:
         """Close (4001) those of ``members`` whose session is no longer valid. Blocks on

@@ -35,6 +35,12 @@ def to_json(data: Any, cls: type[json.JSONEncoder] | None) -> str:
     return json.dumps(data, cls=cls)
 
 
+#: The attribute of a WebSocket request holding when dwebsocket first saw it
+#: (``time.monotonic()``): :mod:`dwebsocket.users` looks for what was sent to the user's
+#: groups since, once the socket has joined them.
+REQUEST_STARTED = "_dwebsocket_started"
+
+
 def wait_timeout(timeout: float | None) -> float | None:
     """A ``wait()`` timeout as the backends' waits take it: None (no end) for None, a
     negative number, or more than ``conf.MAX_SECONDS`` (a week: infinity and NaN too,

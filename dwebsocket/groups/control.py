@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from dwebsocket.groups.memory import Member, Registry
 
-__all__ = ["Handler", "dispatch", "encode", "register"]
+__all__ = ["MEMORY", "Handler", "Recent", "dispatch", "encode", "register"]
 
 logger = logging.getLogger("dwebsocket.groups")
 
@@ -29,6 +32,46 @@ logger = logging.getLogger("dwebsocket.groups")
 Handler = Callable[[str, list[Member], dict[str, Any]], None]
 
 _handlers: dict[str, Handler] = {}
+
+#: Seconds a command is remembered after it was sent, for a member that joins its group
+#: just after (the layers' ``recent_controls``: :mod:`dwebsocket.users` looks there for a
+#: revocation sent while a socket was opening, before it had joined).
+MEMORY = 60.0
+
+
+class Recent:
+    """The commands of the last :data:`MEMORY` seconds, per group: ``memory://``'s record
+    (Redis keeps its own, in a sorted set per group). Thread-safe; never blocks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_group: dict[str, deque[tuple[float, bytes]]] = {}
+        self._order: deque[tuple[float, str]] = deque()  # every command, oldest first
+
+    def add(self, group: str, payload: bytes) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            self._by_group.setdefault(group, deque()).append((now, payload))
+            self._order.append((now, group))
+
+    def since(self, group: str, within: float) -> list[tuple[bytes, float]]:
+        """The commands sent to ``group`` in the last ``within`` seconds: ``(payload,
+        seconds ago)``, oldest first."""
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            sent = self._by_group.get(group, ())
+            return [(payload, now - at) for at, payload in sent if now - at <= within]
+
+    def _expire(self, now: float) -> None:
+        order = self._order
+        while order and now - order[0][0] > MEMORY:
+            group = order.popleft()[1]
+            sent = self._by_group[group]
+            sent.popleft()
+            if not sent:
+                del self._by_group[group]
 
 
 def register(op: str, handler: Handler) -> None:

@@ -274,8 +274,11 @@ class MemoryLayer:
     url = "memory://"
 
     def __init__(self, registry: Registry) -> None:
+        from dwebsocket.groups.control import Recent  # it imports this module
+
         self.registry = registry
         self.history = MemoryHistory()
+        self.recent = Recent()
 
     def join(self, group: str, member: Member) -> None:
         self.registry.add(group, member)
@@ -321,10 +324,17 @@ class MemoryLayer:
         return self.registry.presence.present(group)
 
     def control(self, group: str, payload: bytes, *, fail_silently: bool = True) -> None:
-        """Hand command ``payload`` to this process's members of ``group`` (:mod:`.control`)."""
+        """Hand command ``payload`` to this process's members of ``group`` (:mod:`.control`),
+        and remember it for :meth:`recent_controls`."""
         from dwebsocket.groups.control import dispatch
 
+        self.recent.add(group, payload)
         dispatch(self.registry, group, payload)
+
+    def recent_controls(self, group: str, within: float) -> list[tuple[bytes, float]]:
+        """The commands sent to ``group`` in the last ``within`` seconds (at most
+        ``control.MEMORY``): ``(payload, seconds ago)``, oldest first. Never blocks."""
+        return self.recent.since(group, within)
 
     def close(self) -> None:
         """Nothing to release."""

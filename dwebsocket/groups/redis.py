@@ -43,6 +43,11 @@ by a clock behind the one that named it) appends in the stream's epoch, as one i
 epoch does: an epoch never goes on after its stream was lost, so no position of it ever
 names another message. ``size`` and ``ttl`` are enforced exactly when reading.
 
+Commands (kind 3, :mod:`.control`) are also kept ``control.MEMORY`` seconds in a sorted set
+per group, ``dwebsocket:<db>:{<group>}:control``, scored by Redis time, written before the
+command is published (``REMEMBER_SCRIPT``): a member that subscribed too late for one
+finds it there (``recent_controls``).
+
 Faults: no call into Redis waits longer than ``socket_timeout`` / ``socket_connect_timeout``
 (2 s unless the URL says otherwise). When Redis is unreachable, ``send`` delivers to this
 process's members, drops the rest and logs one WARNING per outage; the reader reconnects
@@ -71,6 +76,7 @@ from urllib.parse import urlsplit, urlunsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
+from dwebsocket.groups import control
 from dwebsocket.groups.history import Item, Items, Page, Policy, Position, policy
 from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_items
 from dwebsocket.groups.presence import (
@@ -360,6 +366,28 @@ return {version, processes, 'full', '{' .. table.concat(out, ',') .. '}'}
 """
 )
 
+#: Remembers a group command for ``recent_controls``: sorted set ``{<group>}:control`` of
+#: the command's message (header and payload: unique), scored by Redis time (ms); older
+#: than ARGV[2] ms dropped. KEYS: the set. ARGV: the message, how long to keep it (ms).
+REMEMBER_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+#: The commands remembered for a group in the last ARGV[1] ms, oldest first: message, age
+#: (ms), message, age, ...
+RECENT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf', 'WITHSCORES')
+for i = 2, #found, 2 do found[i] = tostring(now - tonumber(found[i])) end
+return found
+"""
+
 #: Timeouts (seconds) unless the URL sets them (``?socket_timeout=0.5``).
 DEFAULT_TIMEOUT = 2.0
 #: Reconnection backoff of the reader: first delay, cap.
@@ -491,6 +519,8 @@ class RedisLayer:
         self._present = self._client.register_script(PRESENT_SCRIPT)
         self._heartbeat = self._client.register_script(HEARTBEAT_SCRIPT)
         self._presence = self._client.register_script(PRESENCE_SCRIPT)
+        self._remember_control = self._client.register_script(REMEMBER_SCRIPT)
+        self._recent_controls = self._client.register_script(RECENT_SCRIPT)
         #: This process in the presence hashes (its origin, in hex).
         self.process = self.origin.hex()
         self._heartbeats: threading.Thread | None = None
@@ -578,13 +608,20 @@ class RedisLayer:
             raise GroupsUnavailable(f"group message not published: {error}") from error
         return None
 
-    def _publish(self, group: str, data: bytes) -> Exception | None:
-        """PUBLISH ``data`` on ``group``'s channel; the error if that failed, else None."""
+    def _publish(self, group: str, data: bytes, remember: bool = False) -> Exception | None:
+        """PUBLISH ``data`` on ``group``'s channel (``remember``: a command, kept for
+        :meth:`recent_controls` first); the error if that failed, else None."""
         channel = self.channel(group)
         shard = self.topology.shard(channel)
         if time.monotonic() < self._retry_at.get(shard, 0.0):
             return redis.ConnectionError("Redis unreachable recently; not retried yet")
         try:
+            if remember:
+                # Before the PUBLISH: a member subscribed too late for the command reads
+                # the set after its subscription, so it finds the command there.
+                self._remember_control(
+                    keys=[self.control_key(group)], args=[data, int(control.MEMORY * 1000)]
+                )
             self.topology.publish(channel, data)
         except (redis.RedisError, OSError) as exc:
             self._publish_failed(exc, shard)
@@ -605,13 +642,30 @@ class RedisLayer:
             delivered = self._claim(seq)
             if delivered:
                 dispatch(self.registry, group, payload)
-        error = self._publish(group, HEADER.pack(CONTROL, self.origin, seq) + payload)
+        error = self._publish(group, HEADER.pack(CONTROL, self.origin, seq) + payload, True)
         if error is None:
             return
         if not delivered and group in self.registry and self._claim(seq):
             dispatch(self.registry, group, payload)
         if not fail_silently:
             raise GroupsUnavailable(f"group command not published: {error}") from error
+
+    def recent_controls(self, group: str, within: float) -> list[tuple[bytes, float]]:
+        """The commands sent to ``group`` in the last ``within`` seconds (at most
+        ``control.MEMORY``), from every process: ``(payload, seconds ago)``, oldest first.
+        Blocks on Redis (up to ``socket_timeout``); raises :class:`GroupsUnavailable` if it
+        cannot be read (at once while a recent failure holds sends back)."""
+        if time.monotonic() < self._retry_at.get(self.topology.shard(self.channel(group)), 0.0):
+            raise GroupsUnavailable(f"commands of group {group!r} not read: Redis unreachable")
+        try:
+            found = self._recent_controls(
+                keys=[self.control_key(group)], args=[int(within * 1000) + 1]
+            )
+        except (redis.RedisError, OSError) as exc:
+            raise GroupsUnavailable(f"commands of group {group!r} not read: {exc}") from exc
+        return [
+            (found[i][HEADER.size :], int(found[i + 1]) / 1000) for i in range(0, len(found), 2)
+        ]
 
     def _send_kept(
         self, group: str, message: Message, kept_by: Policy, fail_silently: bool
@@ -682,6 +736,10 @@ class RedisLayer:
             return script(keys=[key], args=args)
 
     # -- presence ---------------------------------------------------------------------------
+
+    def control_key(self, group: str) -> str:
+        """The commands sent to ``group`` lately (in the group's slot)."""
+        return f"{self._prefix}{{{group}}}:control"
 
     def presence_keys(self, group: str) -> list[str]:
         """The presence hash of ``group``, its processes' heartbeats and its version (all

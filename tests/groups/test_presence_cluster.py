@@ -81,3 +81,18 @@ def test_commands_reach_the_members_of_every_process(layers: Callable[[], RedisL
     assert got.get(timeout=WAIT) == ("dwebsocket.user.7", 2, {"op": "test-record", "n": 1})
     with pytest.raises(queue.Empty):
         got.get(timeout=0.3)  # once, and none for the sender's process (no member there)
+
+
+def test_a_command_is_remembered_for_a_member_that_joins_late(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """A command is kept in its group's slot (written before it is published): another
+    process reads it with its age, for its group only."""
+    one, two = layers(), layers()
+    one.control("dwebsocket.user.7", control.encode("check"))
+    one.control("dwebsocket.session.abc", control.encode("close", code=4001, reason=""))
+    [(payload, ago)] = two.recent_controls("dwebsocket.user.7", control.MEMORY)
+    assert json.loads(payload) == {"op": "check"} and 0 <= ago < WAIT
+    [(payload, _)] = two.recent_controls("dwebsocket.session.abc", control.MEMORY)
+    assert json.loads(payload)["code"] == 4001
+    assert two.recent_controls("dwebsocket.user.8", control.MEMORY) == []

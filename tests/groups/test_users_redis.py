@@ -4,8 +4,10 @@ WARNING per outage, nothing raised."""
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -52,3 +54,32 @@ def test_unreachable_redis_still_reaches_this_process(
         assert tab.closes.get(timeout=10) == (4003, "bye")
     outage = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(outage) == 1, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("url", ["memory://", "redis"])
+def test_commands_are_remembered_for_a_while(
+    url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``users`` reads for a socket that joined its groups after a command was sent:
+    the commands of the last ``control.MEMORY`` seconds (here 0.5), in order, with their
+    age; none later."""
+    from dwebsocket.groups import control
+
+    if url == "redis":
+        url = request.getfixturevalue("redis_server").url
+    monkeypatch.setattr(control, "MEMORY", 0.5)
+    with override_settings(WEBSOCKET_GROUPS_URL=url):
+        try:
+            users.disconnect(7, code=4003, reason="bye")
+            users.disconnect_session("abc")
+            layer = groups.get_layer()
+            found = layer.recent_controls(users.user_group(7), control.MEMORY)
+            assert [json.loads(payload)["code"] for payload, _ in found] == [4003]
+            assert 0 <= found[0][1] < control.MEMORY
+            assert layer.recent_controls(users.user_group(8), control.MEMORY) == []
+            [(payload, _)] = layer.recent_controls(users.session_group("abc"), control.MEMORY)
+            assert json.loads(payload)["code"] == users.REVOKED
+            time.sleep(control.MEMORY + 0.1)
+            assert layer.recent_controls(users.user_group(7), control.MEMORY) == []
+        finally:
+            groups.reset()

@@ -254,6 +254,23 @@ def test_disconnect_closes_every_tab_everywhere_with_the_code(site: Site) -> Non
     nothing_for(bob_tab)
 
 
+def test_commands_sent_while_a_socket_opens_reach_it(site: Site) -> None:
+    """A disconnect, then a logout, land after the request was authenticated and before
+    its socket joined its groups (each view sends it itself, in a process with no other
+    socket of alice's: on Redis, not subscribed to her groups then). The socket finds the
+    command in the layer's record once it has joined, and closes with its code; a socket
+    opened after the disconnect stays open."""
+    one, two = site.servers
+    laptop = site.browser()
+    laptop.login(one, "alice")
+    assert closed_with(laptop.tab(two, "disconnected-while-opening/")) == 4003
+    after = laptop.tab(two)
+    laptop.get(one, "/send/", username="alice", text="still open")
+    assert after.recv(timeout=WAIT) == "still open"
+    assert closed_with(laptop.tab(two, "revoked-while-opening/")) == REVOKED
+    assert closed_with(after) == REVOKED  # the same session: its logout closes it too
+
+
 def test_expired_session_is_closed_by_the_periodic_check(site: Site) -> None:
     """No signal: the session's row expires (as ``SESSION_COOKIE_AGE`` passing does);
     every process's periodic check (0.5 s here) closes its sockets."""

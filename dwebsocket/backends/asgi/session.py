@@ -153,8 +153,7 @@ async def arun_view(
     except InvalidSetting as exc:
         attach(request, None)
         return misconfigured(request, exc)
-    request.websocket = websocket  # type: ignore[attr-defined]
-    request.is_websocket = lambda: True  # type: ignore[attr-defined]
+    attach(request, websocket)
     try:
         return await _arun_session(request, websocket, view, args, kwargs)
     finally:
