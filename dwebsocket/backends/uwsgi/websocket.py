@@ -98,6 +98,9 @@ class uWsgiWebSocket(WebSocket):
         self._finalizer: weakref.finalize[[], uWsgiWebSocket] | None = None
 
         self._accepted = False
+        # websocket_opened was sent (its receivers returned): until then websocket_closed
+        # is accept()'s to send, not _finish()'s (a receiver may close the connection).
+        self._opened = False
         self._closed = False  # the owner has finished with the connection
         self._received: deque[Message] = deque()
 
@@ -156,7 +159,15 @@ class uWsgiWebSocket(WebSocket):
         self._waiter = Waiter(self._mode, self._fd)
         self._finalizer = weakref.finalize(self, self._waiter.close)
         self._environ[wsgi.TAKEN_OVER] = self
-        self._send_signal(websocket_opened)
+        try:
+            self._send_signal(websocket_opened)
+        finally:
+            # A receiver may have closed the connection (close(), or a send() to a client
+            # already gone): _finish() left websocket_closed to us, so that no receiver
+            # sees it before websocket_opened.
+            self._opened = True
+            if self._closed:
+                self._send_signal(websocket_closed, code=self.close_code)
         # Anything other greenlets queued before the handshake goes out now.
         self._flush_outbox()
 
@@ -501,8 +512,10 @@ class uWsgiWebSocket(WebSocket):
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        # Groups leave on this; the owner sends it (it is the only one that closes).
-        self._send_signal(websocket_closed, code=code)
+        # Groups leave on this; the owner sends it (it is the only one that closes), once
+        # websocket_opened's receivers have returned (else accept() sends it after them).
+        if self._opened:
+            self._send_signal(websocket_closed, code=code)
 
     def release(self) -> None:
         """Free the fds this connection added (idempotent); the connection's own fd is

@@ -11,6 +11,7 @@ import json
 import socket
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -230,3 +231,21 @@ def test_groups_reach_members_and_forget_them_on_close(uwsgi_server: ServerProce
     deadline = time.monotonic() + TIMEOUT
     while http_json(uwsgi_server, "/group/uwsgi-room/status/")["members"] != 0:
         assert time.monotonic() < deadline, "closed members stayed in the group"
+
+
+def test_a_close_in_websocket_opened_is_signalled_after_it(uwsgi_server: ServerProcess) -> None:
+    """A websocket_opened receiver that closes the connection (its close frame goes out
+    at once): websocket_closed follows the receivers of websocket_opened, never runs in
+    their middle, so a "who is online" receiver connected after the closing one lets the
+    connection go (it used to add it after websocket_closed had removed it)."""
+    path = f"/uwsgi/close-in-opened/?id={uuid.uuid4().hex}"
+    with ws(uwsgi_server, path) as client, pytest.raises(ClientClosed):
+        client.recv(timeout=TIMEOUT)
+    assert (client.close_code, client.close_reason) == (4000, "not today")
+    deadline = time.monotonic() + TIMEOUT
+    while not any(s.startswith("closed") for s in http_json(uwsgi_server, path)["signals"]):
+        assert time.monotonic() < deadline, "no websocket_closed"
+        time.sleep(0.05)
+    seen = http_json(uwsgi_server, path)
+    assert seen["signals"] == ["opened", "opened returned", "closed 4000"]
+    assert seen["online"] is False

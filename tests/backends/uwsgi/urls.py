@@ -8,5 +8,6 @@ urlpatterns = [
     path("uwsgi/from-thread/", views.from_thread),
     path("uwsgi/wait-timeout/", views.wait_timeout),
     path("uwsgi/finished/", views.finished),
+    path("uwsgi/close-in-opened/", views.close_in_opened),
     path("", include("tests.urls")),
 ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from dwebsocket import require_websocket
+from dwebsocket import accept_websocket, require_websocket
+from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.websocket import WebSocket
 
 #: Open connections of the ``broadcast`` view in this process.
@@ -94,3 +96,51 @@ def wait_timeout(request: HttpRequest) -> None:
 def finished(request: HttpRequest) -> HttpResponse:
     """Plain HTTP: how many times request_finished fired so far in this process."""
     return JsonResponse({"finished": FINISHED[0]})
+
+
+#: The signals each ``close_in_opened`` connection's receivers got, in order, by ``?id=``.
+SIGNALS: dict[str, list[str]] = {}
+#: What a "who is online" receiver (connected after the one that closes) holds, by ``?id=``.
+ONLINE: dict[str, WebSocket] = {}
+
+
+@accept_websocket
+def close_in_opened(request: HttpRequest) -> HttpResponse | None:
+    """WebSocket: ``wait()`` accepts, and a ``websocket_opened`` receiver
+    (``_close_when_opened``) closes the connection with 4000 before it returns; the view
+    waits until it is closed. Plain HTTP: what the receivers of the connection ``?id=``
+    saw, and whether the "who is online" receiver still holds it, as JSON."""
+    key = request.GET["id"]
+    if not request.is_websocket():
+        return JsonResponse({"signals": list(SIGNALS.get(key, [])), "online": key in ONLINE})
+    SIGNALS[key] = []
+    request.dws_close_in_opened = key  # type: ignore[attr-defined]
+    while request.websocket.wait(10.0) is not None:
+        pass
+    return None
+
+
+def _close_when_opened(sender: type, request: HttpRequest, websocket: Any, **kwargs: Any) -> None:
+    key = getattr(request, "dws_close_in_opened", None)
+    if key is not None:
+        SIGNALS[key].append("opened")
+        websocket.close(4000, "not today")
+        SIGNALS[key].append("opened returned")
+
+
+def _online(sender: type, request: HttpRequest, websocket: Any, **kwargs: Any) -> None:
+    key = getattr(request, "dws_close_in_opened", None)
+    if key is not None:
+        ONLINE[key] = websocket
+
+
+def _offline(sender: type, request: HttpRequest, code: int, **kwargs: Any) -> None:
+    key = getattr(request, "dws_close_in_opened", None)
+    if key is not None:
+        SIGNALS[key].append(f"closed {code}")
+        ONLINE.pop(key, None)
+
+
+websocket_opened.connect(_close_when_opened, dispatch_uid="tests.backends.uwsgi.close_when_opened")
+websocket_opened.connect(_online, dispatch_uid="tests.backends.uwsgi.online")
+websocket_closed.connect(_offline, dispatch_uid="tests.backends.uwsgi.offline")
