@@ -460,7 +460,13 @@ class uWsgiWebSocket(WebSocket):
                 else:
                     self.close(code)
         finally:
-            self.release()
+            try:
+                if self._accepted and not self._closed and self._is_owner():
+                    # Killed before it could close (a request timeout while a queued
+                    # frame was written): ended all the same, websocket_closed included.
+                    self._finish(code, "")
+            finally:
+                self.release()
 
     def _close_now(self, code: int, reason: str, *, wait: bool = True) -> None:
         """Owner: send our close frame, wait for the peer's (bounded), end the connection."""
@@ -470,9 +476,13 @@ class uWsgiWebSocket(WebSocket):
         frame = protocol.send_close(code, reason)
         with self._lock:
             self._closing = (code, reason)
-        if self._write_raw(frame, self._close_timeout) and wait:
-            self._await_close_frame(protocol)
-        self._finish(code, reason)
+        try:
+            if self._write_raw(frame, self._close_timeout) and wait:
+                self._await_close_frame(protocol)
+        finally:
+            # Also when the wait is killed (a request timeout, a greenlet kill): the
+            # connection is over either way, and websocket_closed must be sent.
+            self._finish(code, reason)
 
     def _await_close_frame(self, protocol: Connection) -> None:
         # uWSGI would answer the peer's close frame with a second close frame: read the

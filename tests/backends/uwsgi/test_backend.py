@@ -249,3 +249,29 @@ def test_a_close_in_websocket_opened_is_signalled_after_it(uwsgi_server: ServerP
     seen = http_json(uwsgi_server, path)
     assert seen["signals"] == ["opened", "opened returned", "closed 4000"]
     assert seen["online"] is False
+
+
+def test_a_session_killed_while_it_closes_still_signals_the_close(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """A request timeout (gevent.Timeout around the view) that expires while the session
+    waits for the client's close frame: websocket_closed is still sent (groups, users and
+    the open-connections gauge let the connection go) and the client sees EOF at once."""
+    server = make_server("uwsgi-gevent")
+    path = f"/uwsgi/killed-while-closing/?id={uuid.uuid4().hex}&after=0.5"
+    with RawClient(socket.create_connection((server.host, server.port))) as client:
+        client.conn = _DeafClient()  # type: ignore[assignment]  # never answers the close
+        client.handshake(path)
+        started = time.monotonic()
+        while client.sock.recv(65536):
+            pass
+        # EOF once the timeout fired, not when uWSGI's request ended WEBSOCKET_CLOSE_TIMEOUT
+        # (5 s) later -- or never.
+        assert time.monotonic() - started < 3.0
+    deadline = time.monotonic() + TIMEOUT
+    while not any(s.startswith("closed") for s in http_json(server, path)["signals"]):
+        assert time.monotonic() < deadline, "no websocket_closed"
+        time.sleep(0.05)
+    seen = http_json(server, path)
+    assert seen["signals"] == ["opened", "closed 1000"]
+    assert seen["online"] is False

@@ -9,5 +9,6 @@ urlpatterns = [
     path("uwsgi/wait-timeout/", views.wait_timeout),
     path("uwsgi/finished/", views.finished),
     path("uwsgi/close-in-opened/", views.close_in_opened),
+    path("uwsgi/killed-while-closing/", views.killed_while_closing),
     path("", include("tests.urls")),
 ]

@@ -98,44 +98,79 @@ def finished(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"finished": FINISHED[0]})
 
 
-#: The signals each ``close_in_opened`` connection's receivers got, in order, by ``?id=``.
+#: The signals the receivers of each ``close_in_opened`` / ``killed_while_closing``
+#: connection got, in order, by ``?id=``.
 SIGNALS: dict[str, list[str]] = {}
 #: What a "who is online" receiver (connected after the one that closes) holds, by ``?id=``.
 ONLINE: dict[str, WebSocket] = {}
+
+
+def _recorded(request: HttpRequest) -> HttpResponse:
+    """Plain HTTP: what the receivers of the connection ``?id=`` saw, and whether the
+    "who is online" receiver still holds it, as JSON."""
+    key = request.GET["id"]
+    return JsonResponse({"signals": list(SIGNALS.get(key, [])), "online": key in ONLINE})
+
+
+def _record(request: HttpRequest) -> None:
+    key = request.GET["id"]
+    SIGNALS[key] = []
+    request.dws_record = key  # type: ignore[attr-defined]
 
 
 @accept_websocket
 def close_in_opened(request: HttpRequest) -> HttpResponse | None:
     """WebSocket: ``wait()`` accepts, and a ``websocket_opened`` receiver
     (``_close_when_opened``) closes the connection with 4000 before it returns; the view
-    waits until it is closed. Plain HTTP: what the receivers of the connection ``?id=``
-    saw, and whether the "who is online" receiver still holds it, as JSON."""
-    key = request.GET["id"]
+    waits until it is closed. Plain HTTP: :func:`_recorded`."""
     if not request.is_websocket():
-        return JsonResponse({"signals": list(SIGNALS.get(key, [])), "online": key in ONLINE})
-    SIGNALS[key] = []
-    request.dws_close_in_opened = key  # type: ignore[attr-defined]
+        return _recorded(request)
+    _record(request)
+    request.dws_close_in_opened = True  # type: ignore[attr-defined]
     while request.websocket.wait(10.0) is not None:
         pass
     return None
 
 
+@accept_websocket
+def _hello(request: HttpRequest) -> None:
+    request.websocket.send("hello")  # then the session closes, waiting for the reply
+
+
+def killed_while_closing(request: HttpRequest) -> HttpResponse | None:
+    """WebSocket (uwsgi --gevent): sends ``hello`` and returns, under a request timeout
+    (``gevent.Timeout(?after=)``, as a middleware would set one) that expires while the
+    session waits for the client's close frame. Plain HTTP: :func:`_recorded`."""
+    if request.META.get("HTTP_UPGRADE", "").lower() != "websocket":
+        return _recorded(request)
+    import gevent
+
+    _record(request)
+    try:
+        with gevent.Timeout(float(request.GET.get("after", "0.5"))):
+            return _hello(request)
+    except gevent.Timeout:
+        return HttpResponse("request timeout", status=504)
+
+
 def _close_when_opened(sender: type, request: HttpRequest, websocket: Any, **kwargs: Any) -> None:
-    key = getattr(request, "dws_close_in_opened", None)
-    if key is not None:
+    key = getattr(request, "dws_record", None)
+    if key is not None and getattr(request, "dws_close_in_opened", False):
         SIGNALS[key].append("opened")
         websocket.close(4000, "not today")
         SIGNALS[key].append("opened returned")
 
 
 def _online(sender: type, request: HttpRequest, websocket: Any, **kwargs: Any) -> None:
-    key = getattr(request, "dws_close_in_opened", None)
+    key = getattr(request, "dws_record", None)
     if key is not None:
+        if not getattr(request, "dws_close_in_opened", False):
+            SIGNALS[key].append("opened")
         ONLINE[key] = websocket
 
 
 def _offline(sender: type, request: HttpRequest, code: int, **kwargs: Any) -> None:
-    key = getattr(request, "dws_close_in_opened", None)
+    key = getattr(request, "dws_record", None)
     if key is not None:
         SIGNALS[key].append(f"closed {code}")
         ONLINE.pop(key, None)
