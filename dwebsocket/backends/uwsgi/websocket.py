@@ -295,9 +295,13 @@ class uWsgiWebSocket(WebSocket):
     def send(self, message: str | BytesLike) -> None:
         kind, payload = self._frame_kind(message)
         if self._is_owner():
+            if self._closed:
+                raise self._closed_error()
+            # Accept even when a close was asked for meanwhile: the close needs the
+            # handshake (accept() runs it), and the session must not answer with HTTP.
+            self._ensure_accepted()
             if self._closed or self._closing is not None:
                 raise self._closed_error()
-            self._ensure_accepted()
             self._flush_outbox()
             self._write_message(kind, payload)
             if self._closed:
@@ -318,9 +322,11 @@ class uWsgiWebSocket(WebSocket):
             if not self._enqueue(_PING, data):
                 raise self._closed_error()
             return
+        if self._closed:
+            raise self._closed_error()
+        self._ensure_accepted()  # as in send()
         if self._closed or self._closing is not None:
             raise self._closed_error()
-        self._ensure_accepted()
         self._flush_outbox()
         self._write_control(encode_frame(Opcode.PING, data))
         if self._closed:

@@ -275,3 +275,15 @@ def test_a_session_killed_while_it_closes_still_signals_the_close(
     seen = http_json(server, path)
     assert seen["signals"] == ["opened", "closed 1000"]
     assert seen["online"] is False
+
+
+def test_a_send_after_a_close_before_the_accept_still_completes_the_handshake(
+    uwsgi_server: ServerProcess,
+) -> None:
+    """Another thread's close(4001) before the view accepted, then the view's send():
+    the client gets the 101 and the 4001 close frame, as for a wait() there (the send
+    used to raise before accepting, and the session's HttpResponse(101) then reached the
+    client as a 101 without Upgrade or Sec-WebSocket-Accept: a failed handshake)."""
+    with ws(uwsgi_server, "/uwsgi/closed-before-accept/") as client, pytest.raises(ClientClosed):
+        client.recv(timeout=TIMEOUT)
+    assert (client.close_code, client.close_reason) == (4001, "closed early")

@@ -10,5 +10,6 @@ urlpatterns = [
     path("uwsgi/finished/", views.finished),
     path("uwsgi/close-in-opened/", views.close_in_opened),
     path("uwsgi/killed-while-closing/", views.killed_while_closing),
+    path("uwsgi/closed-before-accept/", views.closed_before_accept),
     path("", include("tests.urls")),
 ]

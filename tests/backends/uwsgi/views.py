@@ -153,6 +153,17 @@ def killed_while_closing(request: HttpRequest) -> HttpResponse | None:
         return HttpResponse("request timeout", status=504)
 
 
+@require_websocket
+def closed_before_accept(request: HttpRequest) -> None:
+    """Another thread closes the connection with 4001 before the view has accepted it;
+    then the view sends (its first use of the connection)."""
+    ws = request.websocket
+    helper = threading.Thread(target=ws.close, args=(4001, "closed early"))
+    helper.start()
+    helper.join(10.0)
+    ws.send("too late")
+
+
 def _close_when_opened(sender: type, request: HttpRequest, websocket: Any, **kwargs: Any) -> None:
     key = getattr(request, "dws_record", None)
     if key is not None and getattr(request, "dws_close_in_opened", False):
