@@ -24,7 +24,9 @@ server's event loop, because (measured on 2.0.31, ``core/async.c``):
 
 Under ``--gevent`` the selector fd is waited on with ``gevent.socket.wait_read``
 (``uwsgi.wait_fd_read`` + ``suspend`` fails there); under processes/threads with a
-plain blocking ``select``.
+plain blocking ``select``. The selectors are the interpreter's own even when gevent has
+monkey-patched ``selectors`` (``--gevent-early-monkey-patch``): gevent's
+``DefaultSelector`` has no fd to hand to the event loop.
 """
 
 from __future__ import annotations
@@ -168,6 +170,15 @@ def _suspend() -> None:
         uwsgi.suspend()
 
 
+def _new_selector() -> selectors.BaseSelector:
+    """A selector of the platform's (epoll, kqueue), also where gevent has monkey-patched
+    ``selectors`` and its ``DefaultSelector`` (gevent's) has no ``fileno()``."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("selectors"):
+        return monkey.get_original("selectors", "DefaultSelector")()  # type: ignore[no-any-return]
+    return selectors.DefaultSelector()
+
+
 def _timerfd_available() -> bool:
     return sys.platform.startswith("linux")
 
@@ -181,7 +192,7 @@ class Waiter:
 
     def __init__(self, mode: Mode, connection_fd: int) -> None:
         self.mode = mode
-        self._selector = selectors.DefaultSelector()
+        self._selector = _new_selector()
         if not hasattr(self._selector, "fileno") and mode is not Mode.BLOCKING:
             self._selector.close()
             raise RuntimeError("the uwsgi backend needs epoll or kqueue under --gevent and --async")
@@ -274,7 +285,7 @@ class Waiter:
         few raw writes and reads uWSGI has no API for (close frames, pings)."""
         event = selectors.EVENT_WRITE if write else selectors.EVENT_READ
         deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
+        with _new_selector() as selector:
             selector.register(self._connection_fd, event)
             while not selector.select(0):
                 remaining = deadline - time.monotonic()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -56,6 +57,17 @@ def _decode(data: bytes) -> Message:
         return data.decode()
     except UnicodeDecodeError:
         return data
+
+
+def _dup_socket(fd: int) -> socket.socket:
+    """A socket over a dup of ``fd``, of the interpreter's own class also where gevent has
+    monkey-patched ``socket`` (``--gevent-early-monkey-patch``): gevent's ``recv()``
+    waits for data despite ``MSG_DONTWAIT``."""
+    cls: type[socket.socket] = socket.socket
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("socket"):
+        cls = monkey.get_original("socket", "socket")
+    return cls(fileno=os.dup(fd))
 
 
 def _uwsgi_option(name: str, default: int) -> int:
@@ -282,7 +294,7 @@ class uWsgiWebSocket(WebSocket):
 
     def _socket_open(self) -> bool:
         try:
-            with socket.socket(fileno=os.dup(self._fd)) as sock:
+            with _dup_socket(self._fd) as sock:
                 try:
                     return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
                 except BlockingIOError:
@@ -524,7 +536,7 @@ class uWsgiWebSocket(WebSocket):
             self._outbox_bytes = 0
         self.close_code, self.close_reason = code, reason
         try:
-            with socket.socket(fileno=os.dup(self._fd)) as sock:
+            with _dup_socket(self._fd) as sock:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass

@@ -17,6 +17,10 @@ OTHER_SERVERS.update(
             "--websocket-pong-tolerance",
             "1",
         ],
+        # Monkey-patched, as docs/deployment.rst says views using blocking libraries need.
+        "uwsgi-gevent-patched": lambda host, port: _uwsgi(
+            host, port, "uwsgi", "--gevent", "10", "--gevent-early-monkey-patch"
+        ),
         # uWSGI's per-frame limit at 1 KiB, below WEBSOCKET_MAX_MESSAGE_SIZE.
         "uwsgi-gevent-small-frames": lambda host, port: [
             *_uwsgi(host, port, "uwsgi", "--gevent", "10"),

@@ -287,3 +287,33 @@ def test_a_send_after_a_close_before_the_accept_still_completes_the_handshake(
     with ws(uwsgi_server, "/uwsgi/closed-before-accept/") as client, pytest.raises(ClientClosed):
         client.recv(timeout=TIMEOUT)
     assert (client.close_code, client.close_reason) == (4001, "closed early")
+
+
+def test_under_gevent_early_monkey_patch(make_server: Callable[..., ServerProcess]) -> None:
+    """--gevent-early-monkey-patch (docs/deployment.rst: needed as soon as views use a
+    database driver) replaces selectors.DefaultSelector with gevent's, which has no fd to
+    wait on, and makes socket.socket gevent's, whose recv() waits even with MSG_DONTWAIT.
+    Echo, a helper thread's sends (a greenlet here) while the view waits, a wait that
+    times out; each session ends at once when the client closes (its close frame is
+    answered, then TCP ends: the client does not wait for its close timeout)."""
+    import tests.backends.uwsgi.servers  # noqa: F401 - registers uwsgi-gevent-patched
+
+    server = make_server("uwsgi-gevent-patched")
+
+    @contextlib.contextmanager
+    def session(path: str) -> Iterator[ClientConnection]:
+        with ws(server, path) as client:
+            yield client
+            started = time.monotonic()
+            client.close()
+            assert time.monotonic() - started < TIMEOUT / 4, f"{path}: slow close"
+
+    with session("/echo/") as client:
+        client.send("hello")
+        assert client.recv(timeout=TIMEOUT) == "hello"
+    with session("/uwsgi/from-thread/?n=5") as client:
+        got = [client.recv(timeout=TIMEOUT) for _ in range(6)]
+    assert got == [f"t{i}" for i in range(5)] + ["done"]
+    with session("/uwsgi/wait-timeout/") as client:
+        assert client.recv(timeout=TIMEOUT) == b"\x00" * (5 << 20)
+        assert client.recv(timeout=TIMEOUT) == "timeout:None:False"
