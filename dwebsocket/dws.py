@@ -1,7 +1,8 @@
 """The ``dws`` envelope: dwebsocket's own messages between the library and its clients.
 
-A text message that is a JSON object with a ``"dws"`` key belongs to this protocol; every
-other message is the application's and passes through untouched. A client announces that
+A text message that begins with ``{"dws"`` and is a JSON object belongs to this protocol
+(``docs/protocol.rst``); every other message is the application's and passes through
+untouched. A client announces that
 it speaks the envelope with ``dws=1`` in the URL's query string (dwebsocket's browser
 client and :mod:`dwebsocket.client` do); only then does the library send it envelopes.
 Every type is listed in ``docs/protocol.rst``.
