@@ -96,6 +96,8 @@ def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
     def read(self: WebSocket, fallback: _T | None = None) -> Message | _T | None:
         while True:
             message = base_read(self, fallback)
+            if message is fallback:  # nothing ready (the fallback is the view's own)
+                return message
             if message.__class__ is not str or not message.startswith(PREFIX):
                 return message
             if not _envelope_message(self, message):

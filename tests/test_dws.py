@@ -1,19 +1,25 @@
-"""``dwebsocket.dws``: the envelope's messages from a client that announced it, on real
-servers (the default backend with gevent's C fast path, and runserver's threads)."""
+"""``dwebsocket.dws``: the envelope's messages from a client that announced it, in-process
+and on real servers (the default backend with gevent's C fast path, and runserver's
+threads)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from django.http import HttpRequest
 
+from dwebsocket import accept_websocket
+from tests.inprocess import Session
 from tests.servers import ServerProcess
 from tests.wire import RawClient
 
-pytestmark = pytest.mark.server
+PING = '{"dws":"ping"}'
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("name", ["gevent", "runserver"])
 def test_an_envelope_nested_too_deep_to_parse_goes_to_the_view(
     name: str, make_server: Callable[..., ServerProcess]
@@ -33,3 +39,23 @@ def test_an_envelope_nested_too_deep_to_parse_goes_to_the_view(
         assert client.recv() == deep
         client.send("after")
         assert client.recv() == "after"
+
+
+def test_read_returns_a_fallback_that_looks_like_an_envelope() -> None:
+    """``read(fallback)`` with nothing ready returns the fallback, whatever it is: one
+    that looks like an envelope was taken for a message from the client (answered with
+    a pong) and read again, forever."""
+    seen: dict[str, Any] = {}
+
+    @accept_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws.accept()
+        seen["read"] = ws.read(fallback=PING)
+        ws.send("done")
+
+    with Session(view, path="/ws/?dws=1") as session:
+        session.expect_101()
+        assert session.client.recv() == "done"
+        session.finish()
+    assert seen == {"read": PING}
