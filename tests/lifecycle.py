@@ -5,6 +5,8 @@ servers kill them, and a view that reports on its database connection."""
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 from django.db import connection, transaction
 from django.http import HttpRequest
@@ -20,6 +22,18 @@ def wait(request: HttpRequest) -> None:
     ws.send("ready")
     for message in ws:
         ws.send(message)
+
+
+@require_websocket
+def late(request: HttpRequest) -> None:
+    """A handshake still in progress: create the file ``?mark=`` before touching the
+    connection, wait (at most 10 s) for the file ``?go=`` to exist, then as ``wait``."""
+    Path(request.GET["mark"]).touch()
+    go = Path(request.GET["go"])
+    deadline = time.monotonic() + 10.0
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    wait(request)
 
 
 def _exception(name: str) -> BaseException:
@@ -69,6 +83,7 @@ def db(request: HttpRequest) -> None:
 
 urlpatterns = [
     path("wait/", wait),
+    path("late/", late),
     path("die/", die),
     path("db/", db),
 ]

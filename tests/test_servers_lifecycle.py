@@ -12,6 +12,7 @@ import json
 import signal
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ import pytest
 from websockets.sync.client import connect
 
 from dwebsocket.protocol.connection import Close
-from tests.servers import ServerProcess, start_server
+from tests.servers import STOP_TIMEOUT, ServerProcess, start_server
 from tests.wire import (
     TIMEOUT,
     RawClient,
@@ -67,6 +68,21 @@ def expect_close_then_eof(client: RawClient, code: int) -> None:
     assert isinstance(event, Close), event
     assert event.code == code, event
     assert read_until_eof(client.sock) == b""
+
+
+def echo_once_serving(server: ServerProcess, text: str) -> None:
+    """``text`` echoed by a worker that is not stopping: a connection a stopping worker
+    still accepted (gunicorn's accept loop runs for up to a second after SIGTERM) gets
+    1001 as it opens, and the client tries again, as a browser would (bounded)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        with raw_client(server, "/echo/") as client:
+            client.send(text)
+            event = client.recv()
+        if event != Close(1001, "server shutting down") or time.monotonic() > deadline:
+            assert event == text, event
+            return
+        time.sleep(0.1)
 
 
 def assert_no_write_errors(log: str) -> None:
@@ -122,6 +138,45 @@ def test_graceful_stop_sends_1001(
     assert_no_write_errors(server.log())
 
 
+#: The servers whose stop waits for the views (gunicorn for ``--graceful-timeout``, 30 s;
+#: eventlet for ever) and SIGTERM, what stops them.
+LATE_STOPS = ["gunicorn-gevent", "gunicorn-gthread", "eventlet"]
+
+#: Long enough for a server process to have run its stop signal's handlers.
+SIGNAL_HANDLED = 0.5
+
+
+@pytest.mark.parametrize("name", LATE_STOPS)
+def test_a_handshake_in_progress_at_a_stop_gets_1001(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, name: str
+) -> None:
+    """A stop signal while a view has not accepted its connection yet: once it does, the
+    connection gets 1001 as the others did, and the server exits promptly rather than
+    waiting for that view (until gunicorn's --graceful-timeout, or for ever on eventlet)."""
+    server = make_server(name)
+    mark, go = tmp_path / "in-the-view", tmp_path / "go"
+    path = f"/lifecycle/late/?mark={mark}&go={go}"
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(raw_client, server, path)  # returns at the 101
+        deadline = time.monotonic() + TIMEOUT
+        while not mark.exists():
+            assert time.monotonic() < deadline and not pending.done(), "the view never ran"
+            time.sleep(0.02)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(SIGNAL_HANDLED)  # the goodbyes to what was open (nothing) have begun
+        go.touch()
+        client = pending.result(TIMEOUT)
+    with client:
+        event = client.recv()
+        if event == "ready":  # the view may speak before the goodbye
+            event = client.recv()
+        assert isinstance(event, Close) and event.code == 1001, event
+        assert read_until_eof(client.sock) == b""
+    status = server.process.wait(STOP_TIMEOUT)
+    assert status == 0 or status == -signal.SIGTERM, f"exit {status}:\n{server.log()}"
+    assert_no_write_errors(server.log())
+
+
 @pytest.mark.parametrize(
     ("name", "exc", "code"),
     [
@@ -142,10 +197,9 @@ def test_killed_view_ends_cleanly(tmp_path: Path, name: str, exc: str, code: int
             assert client.recv() == "ready"
             client.send("die now")
             expect_close_then_eof(client, code)
-        # The server is still serving.
-        with raw_client(server, "/echo/") as client:
-            client.send("after")
-            assert client.recv() == "after"
+        # The server is still serving (gthread: SystemExit ends the worker, which gunicorn
+        # replaces).
+        echo_once_serving(server, "after")
     finally:
         server.stop()
     log = server.log()
@@ -255,7 +309,5 @@ def test_gunicorn_reload_sends_1001_and_keeps_serving(
         assert client.recv() == "ready"
         server.process.send_signal(signal.SIGHUP)
         expect_close_then_eof(client, 1001)
-    with raw_client(server, "/echo/") as client:
-        client.send("after the reload")
-        assert client.recv() == "after the reload"
+    echo_once_serving(server, "after the reload")
     assert_no_write_errors(server.log())

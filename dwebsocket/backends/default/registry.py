@@ -4,7 +4,9 @@ A connection of the default backend is registered when its 101 response is out a
 unregistered when it closes (through the ``websocket_opened`` / ``websocket_closed``
 signals). :func:`going_away` closes every registered connection with 1001 (RFC 6455
 7.4.1: "an endpoint is going away, such as a server going down"); the views blocked in
-``wait()`` then see the connection closed and return. The per-server hooks that call it
+``wait()`` then see the connection closed and return. A connection that opens after it
+(its handshake was in progress when the stop began) is closed with 1001 as it opens:
+the server is waiting for its views to return. The per-server hooks that call it
 on SIGTERM/SIGINT are in ``dwebsocket.contrib`` (see ``docs/deployment.rst``); an
 :mod:`atexit` hook calls it as a last resort, for servers stopped with Ctrl-C
 (``manage.py runserver``).
@@ -36,6 +38,9 @@ _POLL = 0.05  # seconds between looks while waiting for the goodbyes
 # handler interrupting a thread in the middle of an update cannot deadlock.
 _open: set[DefaultWebSocket] = set()
 
+#: The reason :func:`going_away` gave, once it was called: this process is stopping.
+_stopping: str | None = None
+
 
 def open_websockets() -> list[DefaultWebSocket]:
     """The connections of this process that are open now (a snapshot)."""
@@ -49,8 +54,11 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
     monkey-patched), as ``websocket.close(1001, reason)`` does. Waits up to ``timeout``
     seconds for them (None: ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second; 0: not at all --
     what a signal handler running on a view's own thread must pass, since that view
-    has to run for its connection to finish closing). Never raises.
+    has to run for its connection to finish closing). From then on, a connection that
+    opens in this process is closed with 1001 as it opens. Never raises.
     """
+    global _stopping
+    _stopping = reason  # before the snapshot: a connection opening meanwhile is in one of them
     websockets = open_websockets()
     if not websockets:
         return 0
@@ -108,6 +116,8 @@ def _close(websocket: DefaultWebSocket, reason: str) -> None:
 
 def _opened(sender: Any, websocket: DefaultWebSocket, **kwargs: Any) -> None:
     _open.add(websocket)
+    if _stopping is not None:  # its handshake was in progress when the stop began
+        spawn(_close, websocket, _stopping)
 
 
 def _closed(sender: Any, websocket: DefaultWebSocket, **kwargs: Any) -> None:
