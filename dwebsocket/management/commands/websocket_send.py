@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import sys
 from argparse import ArgumentParser
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from dwebsocket import groups
+from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.groups.memory import MemoryLayer
+
+_NOT_UTF8 = "is not UTF-8 text (send bytes with --binary-file PATH)"
 
 
 class Command(BaseCommand):
@@ -36,7 +41,14 @@ class Command(BaseCommand):
         path: Path | None = options["binary_file"]
         if (text is None) == (path is None):
             raise CommandError("give either MESSAGE or --binary-file PATH")
-        layer = groups.get_layer()
+        if not group:
+            raise CommandError("GROUP is empty: give the name of a group")
+        if text is not None and text != "-" and not _is_utf8(text):
+            raise CommandError(f"MESSAGE {_NOT_UTF8}")
+        try:
+            layer = groups.get_layer()
+        except (InvalidSetting, ImproperlyConfigured) as exc:  # a URL no layer serves, no redis-py
+            raise CommandError(str(exc)) from exc
         if isinstance(layer, MemoryLayer):
             raise CommandError(
                 "WEBSOCKET_GROUPS_URL is unset or memory://: a message sent from this command "
@@ -49,7 +61,7 @@ class Command(BaseCommand):
             except OSError as exc:
                 raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
         elif text == "-":
-            messages = (line.rstrip("\r\n") for line in sys.stdin)
+            messages = _lines(sys.stdin)
         else:
             messages = [text]
         count = 0
@@ -59,5 +71,29 @@ class Command(BaseCommand):
                 count += 1
         except groups.GroupsUnavailable as exc:
             raise CommandError(f"{exc} ({count} message(s) sent before)") from exc
+        except UnicodeError as exc:
+            raise CommandError(
+                f"line {count + 1} of standard input {_NOT_UTF8} ({count} message(s) sent before)"
+            ) from exc
         if options["verbosity"] >= 1:
             self.stdout.write(f"Sent {count} message(s) to group {group!r}.")
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes to UTF-8: bytes that were not UTF-8 in the command line
+    (or in standard input read with ``surrogateescape``) reach Python as lone
+    surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lines(stream: Any) -> Iterator[str]:
+    """Each line of ``stream`` without its end. Raises ``UnicodeError`` at a line that is
+    not UTF-8 (decoding it strictly failed, or it holds lone surrogates)."""
+    for line in stream:
+        if not _is_utf8(line):
+            raise UnicodeEncodeError("utf-8", line, 0, len(line), "not UTF-8")
+        yield line.rstrip("\r\n")
