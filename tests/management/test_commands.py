@@ -4,13 +4,18 @@ that says what is wrong (exit status 1, one line), never a traceback. (Their nor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from tests.groups.redis_server import RedisServer
 from tests.requirements import REDIS_SETUP, executable
@@ -95,3 +100,69 @@ def test_send_lines_that_are_not_utf8(redis_url: str, locale: str) -> None:
 def test_send_with_a_groups_url_that_cannot_work() -> None:
     result = manage("websocket_send", "room", "hi", groups_url="redis://127.0.0.1:notaport/0")
     assert_command_error(result, "WEBSOCKET_GROUPS_URL", "notaport")
+
+
+# -- websocket_status -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving(body: bytes, content_type: str = "text/plain") -> Iterator[str]:
+    """A one-page HTTP server on 127.0.0.1 (a thread); yields its URL."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        # --url at the site rather than its /metrics page
+        b"<!doctype html><html><body>Welcome { to the site</body></html>\n",
+        b"django_websocket_connections_open NaN\n",
+        b"django_websocket_connections_open +Inf\n",
+        # a counter of that name without dwebsocket's label
+        b"# TYPE django_websocket_handshakes_total counter\ndjango_websocket_handshakes_total 3\n",
+    ],
+    ids=["html", "nan", "inf", "no-label"],
+)
+def test_status_of_a_page_that_is_not_dwebsockets_metrics(page: bytes) -> None:
+    pytest.importorskip("prometheus_client")
+    with serving(page) as url, pytest.raises(CommandError, match="could not read"):
+        call_command("websocket_status", "--url", url)
+
+
+def test_status_with_a_multiprocess_dir_that_is_not_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("prometheus_client")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    with pytest.raises(CommandError, match="PROMETHEUS_MULTIPROC_DIR"):
+        call_command("websocket_status")
+
+
+def test_status_with_a_damaged_multiprocess_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("prometheus_client")
+    (tmp_path / "counter_1.db").write_bytes(b"garbage")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(CommandError, match="could not read"):
+        call_command("websocket_status")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import urllib.request
 from argparse import ArgumentParser
 from collections import defaultdict
@@ -50,17 +51,23 @@ class Command(BaseCommand):
                 "prometheus_client is not installed: pip install 'dwebsocket[prometheus]'"
             ) from None
         url: str | None = options["url"]
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if url:
-            families = _scrape(url)
-        elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            families = _multiprocess()
+            families, source = _scrape(url), url
+        elif directory:
+            families, source = _multiprocess(directory), f"PROMETHEUS_MULTIPROC_DIR {directory}"
         else:
             raise CommandError(
                 "PROMETHEUS_MULTIPROC_DIR is not set, so the counts are in each server "
                 "process's own memory. Set it for the servers and for this command (see "
                 "docs/metrics.rst), or pass --url http://HOST:PORT/metrics."
             )
-        counts = _counts(families)
+        try:
+            counts = _counts(families)
+        # Not dwebsocket's metrics, or a damaged file: NaN or a missing label (ValueError,
+        # OverflowError, KeyError), a file cut short (struct.error).
+        except (ValueError, OverflowError, KeyError, struct.error) as exc:
+            raise CommandError(f"could not read dwebsocket's counts from {source}: {exc}") from None
         if options["json"]:
             self.stdout.write(json.dumps(counts, indent=2, sort_keys=True))
             return
@@ -74,12 +81,17 @@ class Command(BaseCommand):
             self.stdout.write(f"{title:<{width}}  {shown}")
 
 
-def _multiprocess() -> Iterable[Any]:
+def _multiprocess(directory: str) -> Iterable[Any]:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    if not os.path.isdir(directory):
+        raise CommandError(
+            f"PROMETHEUS_MULTIPROC_DIR {directory} is not a directory: set it to the "
+            "servers' (see docs/metrics.rst)"
+        )
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     return registry.collect()
 
 
@@ -89,9 +101,9 @@ def _scrape(url: str) -> Iterable[Any]:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode("utf-8")
-    except (OSError, ValueError) as exc:
+        return list(text_string_to_metric_families(text))
+    except (OSError, ValueError) as exc:  # ValueError: not a URL, not UTF-8, not metrics
         raise CommandError(f"could not read {url}: {exc}") from None
-    return list(text_string_to_metric_families(text))
 
 
 def _counts(families: Iterable[Any]) -> dict[str, Any]:
