@@ -8,7 +8,8 @@ at INFO like any refused handshake.
 A session holds its slot from the handshake's validation until the view has returned
 and the connection is closed, whichever backend runs it (``dwebsocket.session.run_view``
 takes and gives back the slot). The client address is ``REMOTE_ADDR``: behind a proxy
-that is the proxy's, unless something trusted rewrites it (see ``docs/security.rst``).
+that is the proxy's, unless something trusted rewrites it (uvicorn does, from
+``X-Forwarded-For``, for a proxy on the same host; see ``docs/security.rst``).
 
 The counts are per process: with N worker processes the machine holds up to N times the
 cap. Settings are read at each handshake, so ``override_settings`` works.

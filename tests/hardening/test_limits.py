@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -272,3 +273,42 @@ def test_the_cap_through_a_real_server(capped: ServerProcess) -> None:
                 with contextlib.suppress(OSError):
                     sock.sendall(close_frame(1000))
                 sock.close()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(("name", "per_client"), [("gevent", False), ("uvicorn", True)])
+def test_the_client_address_behind_a_proxy_on_this_host(
+    tmp_path: Path, name: str, per_client: bool
+) -> None:
+    """What docs/security.rst says of WEBSOCKET_MAX_CONNECTIONS_PER_IP behind a proxy: a
+    WSGI server's REMOTE_ADDR is the proxy's, so every client counts together; uvicorn
+    takes the address from X-Forwarded-For when the proxy is on this host (its
+    --proxy-headers and --forwarded-allow-ips defaults), so each client counts alone."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect as ws_connect
+
+    from tests.servers import running_server
+
+    settings = {**SETTINGS, "WEBSOCKET_MAX_CONNECTIONS_PER_IP": 1}
+
+    def open_as(server: ServerProcess, client: str) -> Any:
+        return ws_connect(
+            server.url("/echo/"),
+            additional_headers={"X-Forwarded-For": client},
+            open_timeout=TIMEOUT,
+            proxy=None,
+        )
+
+    log = tmp_path / f"{name}.log"
+    with running_server(name, log, settings=settings) as server, open_as(server, "203.0.113.1"):
+        if per_client:
+            with open_as(server, "203.0.113.2") as other:
+                other.send("another client")
+                assert other.recv(TIMEOUT) == "another client"
+        with pytest.raises(InvalidStatus) as refused, open_as(server, "203.0.113.1"):
+            pass
+        assert refused.value.response.status_code == 503
+        if not per_client:
+            with pytest.raises(InvalidStatus) as refused, open_as(server, "203.0.113.2"):
+                pass
+            assert refused.value.response.status_code == 503
