@@ -74,6 +74,11 @@ class Server:
     backoff_cap: float | None = None  # the layer's own
 
     def __init__(self, url: str, options: dict[str, Any]) -> None:
+        parts = urlsplit(url)
+        db = parts.path.strip("/")
+        if parts.scheme.lower() != "unix" and db and not (db.isascii() and db.isdigit()):
+            # redis-py would quietly use database 0 instead.
+            raise ValueError(f"the database after the host is a number, not {db!r}")
         self.pool = redis.BlockingConnectionPool.from_url(url, **options)
         self.client: Any = redis.Redis(connection_pool=self.pool)
         kwargs = self.pool.connection_kwargs

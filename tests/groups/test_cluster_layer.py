@@ -118,6 +118,9 @@ def drain(member: Inbox) -> None:
         "redis-sentinel://127.0.0.1:1",
         "redis-sentinel://127.0.0.1:1/a/b",
         "redis-sentinel://127.0.0.1:x/name",
+        "redis://127.0.0.1:1/notadb",  # redis-py would use database 0
+        "redis://127.0.0.1:1/1/2",
+        "rediss://127.0.0.1:1/\u00b2",
     ],
 )
 def test_bad_urls_are_invalid_settings(url: str) -> None:
