@@ -107,8 +107,8 @@ def send(user: AbstractBaseUser | Any, message: str | BytesLike) -> None:
     """Send ``message`` to every open WebSocket of ``user`` (a user object or its primary
     key), in every process. Returns nothing; blocks as :func:`dwebsocket.groups.send` does
     (never on a socket). If Redis is unreachable the sockets in this process still get it
-    and one WARNING per outage is logged. Raises ``TypeError`` for a message that is
-    neither ``str`` nor bytes-like."""
+    and one WARNING per outage is logged. Raises what :func:`dwebsocket.groups.send`
+    raises for a message it cannot send (``TypeError``, ``UnicodeEncodeError``)."""
     groups.send(user_group(user), message)
 
 

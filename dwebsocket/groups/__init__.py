@@ -322,7 +322,9 @@ def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) ->
     socket timeout for Redis itself. If Redis is unreachable the members in this process
     still get the message, the others do not, and nothing is raised unless
     ``fail_silently=False`` (then :class:`GroupsUnavailable`).
-    Raises ``TypeError`` for a message that is neither ``str`` nor bytes-like.
+    Raises ``TypeError`` for a message that is neither ``str`` nor bytes-like, and
+    ``UnicodeEncodeError`` (a ``ValueError``) for a ``str`` that UTF-8 cannot encode (a lone
+    surrogate, such as ``json.loads`` makes of ``"\\ud800"``): then no member gets it.
 
     Returns the message's position (``"epoch:offset"``) when the group keeps history
     (``WEBSOCKET_GROUPS_HISTORY``) and the message was kept, else None.
@@ -332,6 +334,10 @@ def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) ->
         message = bytes(message)
     elif not isinstance(message, (str, bytes)):
         raise TypeError(f"group messages are str or bytes, not {type(message).__name__}")
+    elif isinstance(message, str) and not message.isascii():
+        # Here, not in each member's deliver(), which would drop every member of the group
+        # (an ERROR each) for one client's text that a view passed on.
+        message.encode()
     metrics.group_send()
     return get_layer().send(group, message, fail_silently=fail_silently)
 

@@ -50,6 +50,24 @@ def test_send_reaches_every_member_text_and_binary() -> None:
             three.receive(timeout=0.2)
 
 
+@pytest.mark.parametrize("url", ["memory://", "redis"])
+def test_text_utf8_cannot_encode_is_refused_and_the_members_stay(
+    url: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone surrogate (what ``json.loads`` makes of ``"\\ud800"`` in a client's JSON)
+    cannot be sent as UTF-8: ``groups.send`` raises, as ``ws.send`` would, and no member
+    gets it. In-process, each member's delivery used to raise instead: every member of
+    the group was dropped from it, with an ERROR each, and got nothing more."""
+    if url == "redis":
+        url = request.getfixturevalue("redis_server").url
+    with override_settings(WEBSOCKET_GROUPS_URL=url), member("room") as one, member("room") as two:
+        with caplog.at_level(logging.ERROR, logger="dwebsocket"), pytest.raises(UnicodeEncodeError):
+            groups.send("room", "caf\u00e9 \ud800")
+        assert caplog.records == []
+        groups.send("room", "caf\u00e9 after")
+        assert one.receive() == two.receive() == "caf\u00e9 after"
+
+
 def test_a_member_forwarding_to_its_group() -> None:
     with member("room") as one, member("room") as two:
         one.send("from one")
