@@ -55,7 +55,9 @@ def test_calls_run_in_order_on_one_thread_that_ends_when_idle() -> None:
         assert [n for n, _ in seen] == list(range(5))
         assert {thread for _, thread in seen} == {worker} != {threading.current_thread()}
         assert ended(executor)
-        assert worker is not None and not worker.is_alive()
+        assert worker is not None
+        worker.join(TIMEOUT)  # it lets go of the executor, then returns
+        assert not worker.is_alive()
         # The next call gets a new thread.
         assert run(executor, threading.current_thread) not in (worker, threading.current_thread())
     finally:
@@ -174,7 +176,9 @@ def test_a_connection_whose_close_fails_is_logged_and_the_next_call_works(
             used = run(executor, query)
             first = executor.thread
             assert ended(executor)
-            assert first is not None and not first.is_alive()
+            assert first is not None
+            first.join(TIMEOUT)  # it lets go of the executor, then returns
+            assert not first.is_alive()
             assert [conn.connection for conn in used] == [None, None, None]
             logged = [r for r in caplog.records if "close_fails" in r.getMessage()]
             assert [r.levelname for r in logged] == ["WARNING"], caplog.text

@@ -85,6 +85,10 @@ class SessionExecutor(Executor):
                 except queue.Empty:
                     call = None
                 if call is None:
+                    if self._calls.empty() and (self._closed or not _in_transaction()):
+                        # Before letting go of the executor: once ``thread`` is None, this
+                        # thread holds no connection (a call arriving meanwhile reopens).
+                        db.close_thread_connections()
                     with self._lock:
                         if self._calls.empty() and (self._closed or not _in_transaction()):
                             self._thread = None
@@ -102,7 +106,7 @@ class SessionExecutor(Executor):
                 # An idle thread keeps no reference to what it ran.
                 del future, fn, args, kwargs
         finally:
-            db.close_thread_connections()  # never raises: a failure is logged
+            db.close_thread_connections()  # never raises: a failure is logged (again: a no-op)
 
 
 _Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
