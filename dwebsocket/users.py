@@ -392,6 +392,11 @@ class _Checker:
                     if not self._pending:
                         self._draining = False
                         return
+        except BaseException:
+            # Killed (a greenlet kill, a timeout): the next soon() starts another drain.
+            with self._lock:
+                self._draining = False
+            raise
         finally:
             close_thread_connections()
 

@@ -15,6 +15,7 @@ import unittest
 import unittest.mock
 from collections.abc import Iterator
 
+import pytest
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 from django.db import connections
@@ -205,6 +206,20 @@ class UsersTests(TransactionTestCase):
         that check keeps its database connection (a connection per socket would be a new
         server process per socket on PostgreSQL); it closes it once idle."""
         self.assertEqual(len(self.connections_of_opening_checks("/ws/saved-while-opening/", 5)), 1)
+
+    @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+    def test_a_drain_killed_midway_does_not_stop_the_checks_at_opening(self) -> None:
+        """Something kills the background check of new sockets (SystemExit here, as a
+        greenlet kill or a timeout would be): the next socket still gets its own."""
+        browser = logged_in("alice")
+
+        def killed(members: object) -> None:
+            raise SystemExit  # what a kill is to the thread: not an Exception
+
+        with unittest.mock.patch.object(users._checker, "_opening", killed), tab(browser):
+            self.assertTrue(users._checker.wait_idle(WAIT))
+        with WebSocketClient("/ws/revoked-while-opening/", client=browser, timeout=WAIT) as ws:
+            self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
 
     def test_a_user_disconnected_while_their_socket_opens_is_closed(self) -> None:
         """``users.disconnect`` returns after the request was authenticated and before the
