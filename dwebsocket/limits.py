@@ -11,12 +11,17 @@ takes and gives back the slot). The client address is ``REMOTE_ADDR``: behind a 
 that is the proxy's, unless something trusted rewrites it (uvicorn does, from
 ``X-Forwarded-For``, for a proxy on the same host; see ``docs/security.rst``).
 
+An IPv6 client is counted by its /64 network, the block one subscriber or host usually
+gets (counting each address would let it open as many sessions as it has addresses:
+2**64); an IPv4-mapped IPv6 address by its IPv4 address.
+
 The counts are per process: with N worker processes the machine holds up to N times the
 cap. Settings are read at each handshake, so ``override_settings`` works.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections.abc import Callable
 
@@ -25,7 +30,7 @@ from django.http import HttpRequest
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import TooManyConnections
 
-__all__ = ["RETRY_AFTER", "TooManyConnections", "acquire", "open_sessions"]
+__all__ = ["RETRY_AFTER", "TooManyConnections", "acquire", "client_key", "open_sessions"]
 
 #: The ``Retry-After`` of a 503, in seconds: long enough not to invite a reconnect storm,
 #: short enough for a browser's reconnect loop to succeed once load drops.
@@ -52,7 +57,7 @@ def acquire(request: HttpRequest) -> Callable[[], None]:
     global _total
     max_total = settings.WEBSOCKET_MAX_CONNECTIONS
     max_per_ip = settings.WEBSOCKET_MAX_CONNECTIONS_PER_IP
-    address = str(request.META.get("REMOTE_ADDR") or "")
+    address = client_key(str(request.META.get("REMOTE_ADDR") or ""))
     with _lock:
         if max_total is not None and _total >= max_total:
             raise TooManyConnections(
@@ -88,7 +93,25 @@ def acquire(request: HttpRequest) -> Callable[[], None]:
     return release
 
 
+def client_key(address: str) -> str:
+    """What ``WEBSOCKET_MAX_CONNECTIONS_PER_IP`` counts for a ``REMOTE_ADDR``: an IPv4
+    address as it is, an IPv6 one as its /64 network (``"2001:db8:1:2::/64"``), an
+    IPv4-mapped one as its IPv4 address; anything else (a Unix socket's empty address)
+    as it is."""
+    try:
+        parsed = ipaddress.ip_address(address.partition("%")[0])  # no IPv6 zone
+    except ValueError:
+        return address
+    if parsed.version == 4:
+        return address
+    mapped = parsed.ipv4_mapped
+    if mapped is not None:
+        return str(mapped)
+    return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+
+
 def open_sessions() -> tuple[int, dict[str, int]]:
-    """``(sessions open in this process, {client address: sessions})``, a snapshot."""
+    """``(sessions open in this process, {client (see client_key): sessions})``, a
+    snapshot."""
     with _lock:
         return _total, dict(_per_ip)

@@ -80,6 +80,45 @@ def test_per_address_cap() -> None:
         release()
 
 
+@override_settings(WEBSOCKET_MAX_CONNECTIONS_PER_IP=2)
+def test_an_ipv6_client_is_counted_by_its_64_network() -> None:
+    """Addresses of one /64 (what one subscriber gets: 2**64 of them) share the cap; the
+    next /64 does not. An IPv4-mapped address counts as its IPv4 address."""
+    held = [
+        limits.acquire(request_from("2001:db8:1:2::1")),
+        limits.acquire(request_from("2001:db8:1:2:ffff:ffff:ffff:fffe")),
+    ]
+    with pytest.raises(limits.TooManyConnections) as refused:
+        limits.acquire(request_from("2001:db8:1:2:abcd::9"))
+    assert "2001:db8:1:2::/64" in refused.value.reason
+    held.append(limits.acquire(request_from("2001:db8:1:3::1")))  # another /64
+    held.append(limits.acquire(request_from("::ffff:10.0.0.1")))
+    held.append(limits.acquire(request_from("10.0.0.1")))
+    with pytest.raises(limits.TooManyConnections):
+        limits.acquire(request_from("10.0.0.1"))
+    assert limits.open_sessions() == (
+        5,
+        {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1, "10.0.0.1": 2},
+    )
+    for release in held:
+        release()
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("10.1.2.3", "10.1.2.3"),
+        ("::1", "::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("", ""),
+        ("not an address", "not an address"),
+    ],
+)
+def test_client_key(address: str, key: str) -> None:
+    assert limits.client_key(address) == key
+
+
 def test_no_cap_by_default() -> None:
     releases = [limits.acquire(request_from("10.0.0.1")) for _ in range(1000)]
     assert limits.open_sessions() == (1000, {"10.0.0.1": 1000})
