@@ -198,6 +198,11 @@ class DefaultWebSocket(WebSocket):
                 logger.debug("Client %s went away during the handshake: %s", self._peer(), exc)
                 self._shutdown(1006)
                 raise self._closed_error() from None
+            except BaseException:
+                # Killed mid-write (a timeout, a greenlet kill): a 101 half out is no
+                # connection; shut it down so that the session gives it back.
+                self._shutdown(1006)
+                raise
             opened_at = self._io.last_heard = time.monotonic()
             fast = self._transport.fast_path(
                 ws=self,

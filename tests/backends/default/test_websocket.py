@@ -952,3 +952,39 @@ def test_an_untouched_view_whose_accept_is_killed_in_websocket_opened_is_ended(
         session.finish()
     assert isinstance(session.error, Killed)
     assert signals.events == ["opened", ("closed", 1011)]
+
+
+class Killed(BaseException):
+    """What a greenlet kill or a ``gevent.Timeout`` is to the code it interrupts."""
+
+
+def test_a_kill_while_the_101_is_written_gives_the_connection_back(signals: Signals) -> None:
+    # The view is killed halfway through the 101's write (a request timeout, a worker
+    # stopping): the connection is neither accepted nor usable, so it is shut down and
+    # given back to the server like one whose client left, and no signal is sent.
+    # Before, it stayed open and taken over: nothing ended it (the session ends only a
+    # connection it counts as taken over), and the client waited.
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = signals.ws = request.websocket
+        real = ws._transport.sock
+
+        class KilledMidWrite:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def sendall(self, data: bytes) -> None:
+                real.sendall(data[:20])
+                raise Killed
+
+        ws._transport._sock = KilledMidWrite()  # type: ignore[assignment]
+        ws.accept()
+
+    with Session(view) as session:
+        assert read_until_eof(session.client.sock).startswith(b"HTTP/1.1 101")
+        session._thread.join(TIMEOUT)
+        assert isinstance(session.error, Killed)
+        session.close()
+    ws = signals.ws
+    assert ws is not None and ws.is_closed() and not ws.accepted
+    assert signals.events == []
