@@ -11,9 +11,10 @@ development.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-__all__ = ["install_debug_handler", "logger", "protocol_error"]
+__all__ = ["closed", "install_debug_handler", "logger", "protocol_error"]
 
 logger = logging.getLogger("dwebsocket")
 
@@ -36,6 +37,19 @@ def protocol_error(peer: str, path: str, reason: str, code: int) -> None:
             reason,
             code,
         )
+
+
+def closed(peer: str, path: str, code: int | None, reason: str, opened_at: float) -> None:
+    """Log, at DEBUG, a connection's end: who, where, the close code (and reason) and how
+    long it was open (``opened_at``: ``time.monotonic()`` at the 101)."""
+    logger.debug(
+        "WebSocket closed: %s %s code %s%s after %.3fs",
+        peer,
+        path,
+        code,
+        f" ({reason})" if reason else "",
+        time.monotonic() - opened_at,
+    )
 
 
 def install_debug_handler(configured: Any = None) -> bool:

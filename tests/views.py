@@ -167,12 +167,7 @@ def helper_accepts(request: HttpRequest) -> None:
     opened, waiting = threading.Event(), threading.Event()
     request.dws_opened_slowly = (opened, waiting)  # type: ignore[attr-defined]
 
-    def hello() -> None:
-        with contextlib.suppress(ConnectionClosed):
-            ws.send("hello")
-
-    helper = threading.Thread(target=hello, daemon=True)
-    helper.start()
+    helper = _hello_from_a_helper(ws)
     if opened.wait(_WAIT):  # the helper accepted and is in websocket_opened
         waiting.set()
     for message in ws:
@@ -181,6 +176,19 @@ def helper_accepts(request: HttpRequest) -> None:
 
 
 _WAIT = 10.0
+
+
+def _hello_from_a_helper(ws: Any) -> threading.Thread:
+    """A started helper thread whose ``send("hello")`` is the connection's first use: it
+    runs the handshake (and ``websocket_opened``) itself."""
+
+    def hello() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            ws.send("hello")
+
+    helper = threading.Thread(target=hello, daemon=True)
+    helper.start()
+    return helper
 
 
 def _opened_slowly(sender: type, request: HttpRequest, **kwargs: Any) -> None:
@@ -222,12 +230,7 @@ def opened_while_gone(request: HttpRequest) -> HttpResponse | None:
         SIGNALS[key] = []
     request.dws_until_closed = (key, entered)  # type: ignore[attr-defined]
 
-    def hello() -> None:
-        with contextlib.suppress(ConnectionClosed):
-            ws.send("hello")
-
-    helper = threading.Thread(target=hello, daemon=True)
-    helper.start()
+    helper = _hello_from_a_helper(ws)
     entered.wait(_WAIT)  # the helper accepted and is in websocket_opened
     while ws.wait(_WAIT) is not None:
         pass

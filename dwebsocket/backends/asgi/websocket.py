@@ -21,11 +21,10 @@ import functools
 import json
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dwebsocket import metrics
+from dwebsocket import log, metrics
 from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed
@@ -268,13 +267,12 @@ class ASGIWebSocket(WebSocket):
     def _on_closed(self) -> None:
         # On the loop: receivers may block (groups, users), so they run in a thread.
         connection = self.connection
-        logger.debug(
-            "WebSocket closed: %s %s code %s%s after %.3fs",
+        log.closed(
             connection._peer(),
             self.request.path,
             connection.close_code,
-            f" ({connection.close_reason})" if connection.close_reason else "",
-            time.monotonic() - connection.opened_at,
+            connection.close_reason,
+            connection.opened_at,
         )
         _signals().submit(
             _in_signal_thread, self._send_signal, websocket_closed, code=connection.close_code

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dwebsocket import metrics
+from dwebsocket import log, metrics
 from dwebsocket.backends.default.outbox import Outbox
 from dwebsocket.backends.default.state import IOState
 from dwebsocket.backends.default.transport import RECV_SIZE, fast_messages
@@ -794,13 +794,8 @@ class DefaultWebSocket(WebSocket):
         """Log the close and send ``websocket_closed``: once, after ``websocket_opened``
         (by ``_shutdown`` or, if that ran while ``websocket_opened`` was being sent, by
         ``accept``)."""
-        logger.debug(
-            "WebSocket closed: %s %s code %s%s after %.3fs",
-            self._peer(),
-            self.request.path,
-            self.close_code,
-            f" ({self.close_reason})" if self.close_reason else "",
-            time.monotonic() - self._opened_at,
+        log.closed(
+            self._peer(), self.request.path, self.close_code, self.close_reason, self._opened_at
         )
         self._send_signal(websocket_closed, code=self.close_code)
 

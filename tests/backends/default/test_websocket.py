@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -432,22 +433,15 @@ def test_deliver_during_the_101_does_not_overtake_earlier_ones(holder: Holder) -
     with Session(holding_view(holder, accept=False)) as session:
         ws = holder.websocket()
         ws.deliver("first")
-        real = ws._transport.sock
 
-        class DeliverDuringThe101:
-            """The real socket, but another thread delivers just as the 101 is written."""
+        def deliver_during_the_101(real: socket.socket, data: bytes) -> None:
+            real.sendall(data)
+            if data.startswith(b"HTTP/1.1 101"):
+                late = threading.Thread(target=ws.deliver, args=("second",))
+                late.start()
+                late.join(TIMEOUT)
 
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-            def sendall(self, data: bytes) -> None:
-                real.sendall(data)
-                if data.startswith(b"HTTP/1.1 101"):
-                    late = threading.Thread(target=ws.deliver, args=("second",))
-                    late.start()
-                    late.join(TIMEOUT)
-
-        ws._transport._sock = DeliverDuringThe101()  # type: ignore[assignment]
+        replace_sendall(ws, deliver_during_the_101)
         ws.accept()
         session.expect_101()
         assert [session.client.recv(), session.client.recv()] == ["first", "second"]
@@ -801,6 +795,25 @@ def open_gauge() -> float:
     return REGISTRY.get_sample_value("django_websocket_connections_open") or 0.0
 
 
+class Killed(BaseException):
+    """What a greenlet kill or a ``gevent.Timeout`` is to the code it interrupts."""
+
+
+def replace_sendall(ws: DefaultWebSocket, sendall: Callable[[socket.socket, bytes], None]) -> None:
+    """``ws``'s transport keeps its socket, but its writes go through ``sendall(real,
+    data)``: what happens around one (a client leaving, a delivery, a kill)."""
+    real = ws._transport.sock
+
+    class Wrapped:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def sendall(self, data: bytes) -> None:
+            sendall(real, data)
+
+    ws._transport._sock = Wrapped()  # type: ignore[assignment]
+
+
 def until_shut(ws: DefaultWebSocket) -> None:
     """Wait (bounded) until another thread has shut ``ws`` down."""
     deadline = time.monotonic() + TIMEOUT
@@ -820,17 +833,12 @@ def test_a_client_gone_before_the_early_messages_gets_no_signal(
     with Session(holding_view(holder, accept=False)) as session:
         ws = signals.ws = holder.websocket()
         ws.deliver("early")
-        real = ws._transport.sock
 
-        class LeaveAfterThe101:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
+        def leave_after_the_101(real: socket.socket, data: bytes) -> None:
+            real.sendall(data)
+            session.client.sock.close()
 
-            def sendall(self, data: bytes) -> None:
-                real.sendall(data)
-                session.client.sock.close()
-
-        ws._transport._sock = LeaveAfterThe101()  # type: ignore[assignment]
+        replace_sendall(ws, leave_after_the_101)
         with pytest.raises(ConnectionClosed) as info:
             ws.accept()
         assert info.value.code == 1006 and not ws.accepted and ws.is_closed()
@@ -853,18 +861,13 @@ def test_websocket_closed_follows_websocket_opened_when_a_flusher_finds_the_clie
     paused = threading.Event()
     with Session(holding_view(holder, accept=False)) as session:
         ws = signals.ws = holder.websocket()
-        real = ws._transport.sock
 
-        class LeaveAfterThe101:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-            def sendall(self, data: bytes) -> None:
-                real.sendall(data)
-                session.client.sock.close()
-                late = threading.Thread(target=ws.deliver, args=("late",))
-                late.start()
-                late.join(TIMEOUT)
+        def leave_after_the_101(real: socket.socket, data: bytes) -> None:
+            real.sendall(data)
+            session.client.sock.close()
+            late = threading.Thread(target=ws.deliver, args=("late",))
+            late.start()
+            late.join(TIMEOUT)
 
         def pause_before_opened(record: logging.LogRecord) -> bool:
             """Holds accept() between publishing the connection and websocket_opened
@@ -876,7 +879,7 @@ def test_websocket_closed_follows_websocket_opened_when_a_flusher_finds_the_clie
                 until_shut(ws)
             return True
 
-        ws._transport._sock = LeaveAfterThe101()  # type: ignore[assignment]
+        replace_sendall(ws, leave_after_the_101)
         logger = logging.getLogger("dwebsocket")
         level = logger.level
         logger.addFilter(pause_before_opened)
@@ -934,9 +937,6 @@ def test_an_untouched_view_whose_accept_is_killed_in_websocket_opened_is_ended(
     # a BaseException in a websocket_opened receiver there (a greenlet killed, a worker
     # timeout, while a receiver queries a database) used to leave the session without
     # end_session: websocket_closed never came, the socket stayed open.
-    class Killed(BaseException):
-        pass
-
     def kill() -> None:
         raise Killed
 
@@ -954,10 +954,6 @@ def test_an_untouched_view_whose_accept_is_killed_in_websocket_opened_is_ended(
     assert signals.events == ["opened", ("closed", 1011)]
 
 
-class Killed(BaseException):
-    """What a greenlet kill or a ``gevent.Timeout`` is to the code it interrupts."""
-
-
 def test_a_kill_while_the_101_is_written_gives_the_connection_back(signals: Signals) -> None:
     # The view is killed halfway through the 101's write (a request timeout, a worker
     # stopping): the connection is neither accepted nor usable, so it is shut down and
@@ -967,17 +963,12 @@ def test_a_kill_while_the_101_is_written_gives_the_connection_back(signals: Sign
     @require_websocket
     def view(request: HttpRequest) -> None:
         ws = signals.ws = request.websocket
-        real = ws._transport.sock
 
-        class KilledMidWrite:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
+        def killed_mid_write(real: socket.socket, data: bytes) -> None:
+            real.sendall(data[:20])
+            raise Killed
 
-            def sendall(self, data: bytes) -> None:
-                real.sendall(data[:20])
-                raise Killed
-
-        ws._transport._sock = KilledMidWrite()  # type: ignore[assignment]
+        replace_sendall(ws, killed_mid_write)
         ws.accept()
 
     with Session(view) as session:
