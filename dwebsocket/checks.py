@@ -26,6 +26,8 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
   (``localhost``, ``127.0.0.1``, ``[::1]``).
 - ``dwebsocket.W012`` (``check --deploy``): gunicorn installed, its hooks named nowhere
   this process can see.
+- ``dwebsocket.W013``: the URLconf routes dwebsocket's ``/metrics`` view but
+  ``prometheus_client`` is not installed (it answers 503).
 - ``dwebsocket.W008``: the uwsgi backend without its WSGI wrapper
   (``dwebsocket.backends.uwsgi.checks``; tested in ``tests/backends/uwsgi/test_wsgi.py``).
 
@@ -36,8 +38,9 @@ W002/W003/W007 can only be known inside a gunicorn worker (``dwebsocket.worker``
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.apps import AppConfig
@@ -56,6 +59,7 @@ __all__ = [
     "check_atomic_requests",
     "check_deploy_gunicorn",
     "check_deploy_origins",
+    "check_metrics_view",
     "check_middleware",
     "check_server",
     "check_settings",
@@ -211,21 +215,27 @@ def report_once() -> None:
         logger.warning("%s", message)
 
 
-def _websocket_views(patterns: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``(route, view)`` for every view in the URLconf decorated for WebSockets."""
+def _views(patterns: Any, keep: Callable[[Any], bool], prefix: str = "") -> list[tuple[str, Any]]:
+    """``(route, view)`` for every view in the URLconf that ``keep`` keeps."""
     from django.urls import URLPattern, URLResolver
 
     found: list[tuple[str, Any]] = []
     for pattern in patterns:
         if isinstance(pattern, URLResolver):
-            found += _websocket_views(pattern.url_patterns, prefix + str(pattern.pattern))
-        elif isinstance(pattern, URLPattern):
-            view = pattern.callback
-            if getattr(view, "accept_websocket", False) or getattr(
-                view, "require_websocket", False
-            ):
-                found.append((prefix + str(pattern.pattern), view))
+            found += _views(pattern.url_patterns, keep, prefix + str(pattern.pattern))
+        elif isinstance(pattern, URLPattern) and keep(pattern.callback):
+            found.append((prefix + str(pattern.pattern), pattern.callback))
     return found
+
+
+def _websocket_views(patterns: Any) -> list[tuple[str, Any]]:
+    """``(route, view)`` for every view in the URLconf decorated for WebSockets."""
+    return _views(
+        patterns,
+        lambda view: bool(
+            getattr(view, "accept_websocket", False) or getattr(view, "require_websocket", False)
+        ),
+    )
 
 
 # Tags.urls, not Tags.database: it reads settings and the URLconf, and Django 6.1 runs
@@ -298,6 +308,37 @@ def check_async_views(
             hint="Serve the project with uvicorn, daphne, hypercorn or granian, its asgi.py "
             "using dwebsocket.asgi.get_asgi_application() (docs: asgi).",
             id="dwebsocket.I001",
+        )
+    ]
+
+
+@register(Tags.urls)
+def check_metrics_view(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W013: the URLconf serves dwebsocket's ``/metrics`` view but ``prometheus_client``
+    is not installed, so it answers 503 to every scrape."""
+    if importlib.util.find_spec("prometheus_client") is not None:
+        return []
+    try:
+        from django.urls import get_resolver
+
+        from dwebsocket.metrics.views import metrics
+
+        routes = [
+            repr(route)
+            for route, _ in _views(get_resolver().url_patterns, lambda view: view is metrics)
+        ]
+    except Exception:  # a broken URLconf: Django's own URL checks report it
+        return []
+    if not routes:
+        return []
+    return [
+        checks.Warning(
+            f"dwebsocket's metrics view is routed ({', '.join(routes)}) but "
+            "prometheus_client is not installed: it answers 503 to every scrape.",
+            hint="pip install 'dwebsocket[prometheus]', or remove the route.",
+            id="dwebsocket.W013",
         )
     ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from django.core import checks
 from django.test import override_settings
@@ -59,3 +61,15 @@ def test_e010_says_why_null_cannot_be_allowed() -> None:
     with override_settings(WEBSOCKET_ALLOWED_ORIGINS=["null"]):
         [error] = check_allowed_origins()
     assert '"null" cannot be allowed' in error.msg and "any site" in error.msg
+
+
+def test_w013_the_metrics_view_without_prometheus_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tests/urls.py routes /metrics; without prometheus_client it could only answer 503."""
+    assert "dwebsocket.W013" not in [message.id for message in checks.run_checks()]
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # an import of it fails
+    [warning] = [message for message in checks.run_checks() if message.id == "dwebsocket.W013"]
+    assert warning.level == checks.WARNING
+    assert "'metrics'" in warning.msg
+    assert "dwebsocket[prometheus]" in warning.hint

@@ -4,6 +4,7 @@ refused handshakes. ``test_gunicorn.py`` checks the same across gunicorn's worke
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -237,3 +238,20 @@ def test_a_close_during_a_flush_adds_the_traffic_once(counts: Counts) -> None:
         "received_bytes_total": 10,
         "closes:1000": 1,
     }
+
+
+def test_the_metrics_page_without_prometheus_client(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, an ImportError: a 500 and a traceback for every scrape."""
+    from dwebsocket.metrics import views
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # an import of it fails
+    monkeypatch.setattr(views, "_warned", False)
+    with caplog.at_level("WARNING", logger="dwebsocket.metrics"):
+        for _ in range(3):
+            response = Client().get("/metrics")
+            assert response.status_code == 503
+            assert response.content.decode() == views.UNAVAILABLE
+    ours = [r.getMessage() for r in caplog.records if r.name == "dwebsocket.metrics"]
+    assert ours == [views.UNAVAILABLE.strip()]
