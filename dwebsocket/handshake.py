@@ -343,4 +343,5 @@ def misconfigured(request: HttpRequest, exc: InvalidSetting) -> HttpResponse:
         exc.setting,
         exc.check_id,
     )
+    metrics.handshake(503)
     return _plain_response("WebSockets are not available: the server is misconfigured.", 503)

@@ -16,20 +16,17 @@ middleware leaves them alone, so nothing is handshaken twice.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpRequest, HttpResponse
 
 from dwebsocket.conf import settings
-from dwebsocket.exceptions import InvalidSetting
-from dwebsocket.handshake import misconfigured
+from dwebsocket.exceptions import InvalidHandshake, InvalidSetting
+from dwebsocket.handshake import misconfigured, refuse
 from dwebsocket.session import attach, is_upgrade, run_view
 
 __all__ = ["WebSocketMiddleware"]
-
-logger = logging.getLogger("dwebsocket")
 
 
 class WebSocketMiddleware:
@@ -62,12 +59,7 @@ class WebSocketMiddleware:
             attach(request, None)
             return misconfigured(request, exc)
         if not (require or accept_all or getattr(view_func, "accept_websocket", False)):
-            logger.info(
-                "WebSocket request for %s refused with 400: the view does not accept WebSockets",
-                request.path,
-            )
-            return HttpResponseBadRequest(
-                "This URL does not accept WebSocket connections.\n",
-                content_type="text/plain; charset=utf-8",
+            return refuse(
+                request, InvalidHandshake("This URL does not accept WebSocket connections.")
             )
         return run_view(request, view_func, view_args, view_kwargs, require=require)

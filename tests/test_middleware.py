@@ -9,6 +9,7 @@ import pytest
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from django.urls import path
+from prometheus_client import REGISTRY
 
 from dwebsocket import accept_websocket
 from dwebsocket.middleware import WebSocketMiddleware
@@ -93,8 +94,15 @@ def test_plain_requests_get_the_attributes() -> None:
 def test_websocket_refused_for_views_that_do_not_accept(
     pair: tuple[socket.socket, RawClient],
 ) -> None:
+    counted = REGISTRY.get_sample_value("django_websocket_handshakes_total", {"status": "400"})
     response = upgrade(Client(), "/plain/", pair[0])
     assert response.status_code == 400
+    assert response.content == b"This URL does not accept WebSocket connections.\n"
+    # Counted like any refused handshake (it was not before).
+    assert (
+        REGISTRY.get_sample_value("django_websocket_handshakes_total", {"status": "400"})
+        == (counted or 0) + 1
+    )
 
 
 @override_settings(MIDDLEWARE=MIDDLEWARE, WEBSOCKET_ACCEPT_ALL=True)

@@ -111,6 +111,15 @@ def test_refused_handshakes(counts: Counts, headers: dict[str, str], status: int
     assert counts.delta() == {f"handshakes:{status}": 1}
 
 
+@override_settings(WEBSOCKET_MAX_CONNECTIONS="many")
+def test_an_invalid_setting(counts: Counts) -> None:
+    """Answered 503 (the server is misconfigured); before, not counted."""
+    with pytest.raises(HandshakeRefused) as refused, WebSocketClient("/echo/"):
+        pass
+    assert refused.value.status == 503
+    assert counts.delta() == {"handshakes:503": 1}
+
+
 @override_settings(WEBSOCKET_MAX_CONNECTIONS=1)
 def test_over_the_cap(counts: Counts) -> None:
     with WebSocketClient("/echo/") as ws:
