@@ -119,21 +119,50 @@ async def asend(user: AbstractBaseUser | Any, message: str | BytesLike) -> None:
     await sync_to_async(send, thread_sensitive=False)(user, message)
 
 
-def disconnect(user: AbstractBaseUser | Any, code: int = REVOKED, reason: str = "") -> None:
+def disconnect(
+    user: AbstractBaseUser | Any,
+    code: int = REVOKED,
+    reason: str = "",
+    *,
+    fail_silently: bool = True,
+) -> None:
     """Close every open WebSocket of ``user`` (object or pk), in every process, with
     ``code`` and ``reason``. Returns at once: each socket runs its closing handshake in
     the background. Raises ``ValueError`` for a code that may not be sent (RFC 6455 7.4:
-    1000, 1001, 1003, 1007-1014, 3000-4999) or a reason over 123 bytes of UTF-8."""
+    1000, 1001, 1003, 1007-1014, 3000-4999) or a reason over 123 bytes of UTF-8.
+
+    If the groups layer cannot reach the other processes, this process's sockets are
+    closed all the same and a WARNING says the others were not; with
+    ``fail_silently=False``, :class:`GroupsUnavailable` is raised instead of the warning."""
     _check_close(code, reason)
-    get_layer().control(user_group(user), control.encode("close", code=code, reason=reason))
+    _close_group(user_group(user), f"user {_pk(user)}", code, reason, fail_silently)
 
 
-def disconnect_session(session_key: str, code: int = REVOKED, reason: str = "") -> None:
-    """Close every open WebSocket opened with session ``session_key``, everywhere."""
+def disconnect_session(
+    session_key: str, code: int = REVOKED, reason: str = "", *, fail_silently: bool = True
+) -> None:
+    """Close every open WebSocket opened with session ``session_key``, everywhere (as
+    :func:`disconnect`; where the command cannot go, the periodic check closes the
+    session's sockets once the session has ended)."""
     _check_close(code, reason)
-    get_layer().control(
-        session_group(session_key), control.encode("close", code=code, reason=reason)
-    )
+    _close_group(session_group(session_key), "a session", code, reason, fail_silently)
+
+
+def _close_group(group: str, whose: str, code: int, reason: str, fail_silently: bool) -> None:
+    payload = control.encode("close", code=code, reason=reason)
+    try:
+        get_layer().control(group, payload, fail_silently=False)
+    except GroupsUnavailable as exc:
+        if not fail_silently:
+            raise
+        # Not the groups layer's one warning per outage: each disconnect that does not
+        # reach every process leaves sockets open that were meant to close.
+        logger.warning(
+            "disconnecting %s closed this process's sockets only: the other processes "
+            "were not told (%s)",
+            whose,
+            exc,
+        )
 
 
 def get_layer() -> groups.Layer:
