@@ -1,0 +1,162 @@
+"""The C extensions of the protocol when an allocation fails: ``python -m
+tests.protocol.nomemory`` prints one JSON line (``test_allocation_failures.py`` runs it in
+a subprocess, so that a crash is a failed test, not a dead test run).
+
+For each ``n`` from 0, CPython's ``_testcapi.set_nomemory(n, n + 1)`` makes the ``n``-th
+allocation after it fail (every allocator: raw, mem and object), then a fixed scenario
+runs through ``_deflate`` (two stream pairs, with and without context takeover, while at
+most one stream of each kind stays attached, so that parking and restoring windows run
+too) and ``_speedups`` (``scan_messages`` over a stream of masked frames, ``unmask``,
+``apply_mask``). The sweep stops after ``CLEAN_RUNS`` runs in a row that fail nothing:
+every allocation the scenario makes has failed once.
+
+What must hold: a failed allocation is a ``MemoryError`` from the call that made it (or
+an error of the compressed stream it broke: ``zlib.error``), never a crash; the same
+objects stay usable afterwards (the scenario goes on with them); a run that failed
+nothing gives exactly the reference output; and once the codecs are gone no zlib stream is
+left (``live_counts() == (0, 0)``).
+
+The C fast path of the default backend (``_fastpath``) is not swept here: it switches
+greenlets, and greenlet ends the process (``Fatal Python error: g_switchstack``) when it
+cannot allocate the copy of a stack, whoever else made the allocation fail.
+"""
+
+from __future__ import annotations
+
+import _testcapi  # type: ignore[import-not-found]
+import json
+import random
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from dwebsocket.protocol import _deflate, _speedups
+
+TAIL = b"\x00\x00\xff\xff"
+#: More than any run needs (a few hundred): a sweep that does not end by then is a bug.
+LIMIT = 5000
+#: The sweep ends after this many runs in a row in which nothing failed.
+CLEAN_RUNS = 20
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, key: bytes = b"abcd") -> bytes:
+    """A masked client frame."""
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes([first, 0x80 | n])
+    elif n < 65536:
+        head = bytes([first, 0xFE]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([first, 0xFF]) + n.to_bytes(8, "big")
+    return head + key + _speedups.apply_mask(payload, key)
+
+
+def scenario_ops() -> tuple[list[Callable[[], Any]], Callable[[], list[Any]], Callable[[], None]]:
+    """The scenario as a list of steps (so that a failed step does not stop the rest),
+    what they produced, and how to let go of the codecs."""
+    noise = random.Random(7).randbytes(3000)
+    messages = [b'{"type":"chat","text":"hello %d"}' % i for i in range(3)]
+    messages += [noise, b"ab" * 35000]
+    deflaters = [_deflate.Deflater(6, 12, 5, 0, takeover) for takeover in (False, True)]
+    inflaters = [_deflate.Inflater(12, takeover) for takeover in (False, True)]
+    sent: list[bytes] = [b"", b""]
+    results: list[Any] = []
+
+    def compress(k: int, message: bytes) -> None:
+        sent[k] = deflaters[k].compress(message) + deflaters[k].flush(zlib.Z_SYNC_FLUSH)
+
+    def decompress(k: int) -> None:
+        inflater = inflaters[k]
+        results.append(inflater.decompress(sent[k][:-4] + TAIL, 1 << 20))
+        results.append((inflater.eof, inflater.unused_data))
+
+    stream = b"".join(
+        [
+            frame(1, b"hello"),
+            frame(2, noise[:300]),
+            frame(1, "é".encode() * 50),
+            frame(9, b"ping"),
+            frame(1, b"frag", fin=False),
+            frame(0, b"ment"),
+            frame(2, noise),
+        ]
+    )
+
+    def scan() -> None:
+        out: list[Any] = []
+        results.append(_speedups.scan_messages(stream, 0, 1, 1 << 20, out))
+        results.append(out)
+        results.append(_speedups.unmask(stream, 6, 11))
+        results.append(_speedups.apply_mask(noise, b"wxyz"))
+
+    ops: list[Callable[[], Any]] = [scan]
+    for _ in range(2):
+        for message in messages:
+            for k in (0, 1):
+                ops.append(lambda k=k, m=message: compress(k, m))
+                ops.append(lambda k=k: decompress(k))
+        ops.append(deflaters[0].reset)
+        ops.append(inflaters[0].reset)
+
+    def release() -> None:
+        deflaters.clear()
+        inflaters.clear()
+
+    return ops, lambda: results, release
+
+
+def run(n: int | None) -> tuple[int, int, list[Any]]:
+    """The scenario with allocation ``n`` failing (None: none); (MemoryErrors, other
+    errors, results)."""
+    ops, results, release = scenario_ops()
+    steps = iter(ops)
+    memory_errors = others = 0
+    if n is not None:
+        _testcapi.set_nomemory(n, n + 1)
+    try:
+        while True:
+            try:
+                step = next(steps, None)
+                if step is None:
+                    break
+                step()
+            except MemoryError:
+                memory_errors += 1
+                _testcapi.remove_mem_hooks()
+            except zlib.error:
+                others += 1  # a stream that lost a step earlier: expected
+    finally:
+        _testcapi.remove_mem_hooks()
+    produced = results()
+    release()
+    return memory_errors, others, produced
+
+
+def main() -> None:
+    _deflate.set_live_limit(1, 1)
+    _, _, reference = run(None)
+    report: dict[str, Any] = {"swept": None, "memory_errors": 0, "wrong_results": []}
+    clean = 0  # runs in a row that failed nothing
+    for n in range(LIMIT):
+        memory_errors, others, produced = run(n)
+        report["memory_errors"] += memory_errors
+        if _deflate.live_counts() != (0, 0):
+            report["live_after"] = [n, list(_deflate.live_counts())]
+            break
+        if memory_errors or others:
+            clean = 0
+            continue
+        # Nothing failed: past the scenario's last allocation, or one whose failure the
+        # code got over. Either way the output must be the reference.
+        if produced != reference:
+            report["wrong_results"].append(n)
+        clean += 1
+        if clean == CLEAN_RUNS:
+            report["swept"] = n - CLEAN_RUNS
+            break
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

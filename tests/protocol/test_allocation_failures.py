@@ -1,0 +1,38 @@
+"""The protocol's C extensions when memory runs out: ``tests/protocol/nomemory.py`` makes
+each allocation of a fixed scenario fail in turn (CPython's ``_testcapi``) and checks that
+it is a ``MemoryError`` and nothing worse; here it runs in a subprocess, so that a crash
+fails this test instead of ending the run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dwebsocket.protocol import deflate
+from dwebsocket.protocol.accelerator import speedups
+from tests.requirements import c_extension, missing
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def test_every_failed_allocation_is_a_memory_error() -> None:
+    c_extension(speedups, "_speedups")
+    c_extension(deflate._codecs, "_deflate")
+    if importlib.util.find_spec("_testcapi") is None:
+        missing("CPython's _testcapi module (part of a full CPython build)")
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.protocol.nomemory"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["swept"] is not None and report["swept"] > 50, report  # the sweep ended
+    assert report["memory_errors"] > 50, report  # and reached the C code
+    assert report["wrong_results"] == [], report
+    assert "live_after" not in report, report  # no zlib stream left behind
