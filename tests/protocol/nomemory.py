@@ -6,9 +6,11 @@ For each ``n`` from 0, CPython's ``_testcapi.set_nomemory(n, n + 1)`` makes the 
 allocation after it fail (every allocator: raw, mem and object), then a fixed scenario
 runs through ``_deflate`` (two stream pairs, with and without context takeover, while at
 most one stream of each kind stays attached, so that parking and restoring windows run
-too) and ``_speedups`` (``scan_messages`` over a stream of masked frames, ``unmask``,
-``apply_mask``). The sweep stops after ``CLEAN_RUNS`` runs in a row that fail nothing:
-every allocation the scenario makes has failed once.
+too), ``_speedups`` (``scan_messages`` over a stream of masked frames, ``unmask``,
+``apply_mask``) and the default backend's C receive loop (``_fastpath.scan``, plain and
+compressed frames, and ``_fastpath.read_large``, the rest of a large frame read from a
+pipe). The sweep stops after ``CLEAN_RUNS`` runs in a row that fail nothing: every
+allocation the scenario makes has failed once.
 
 What must hold: a failed allocation is a ``MemoryError`` from the call that made it (or
 an error of the compressed stream it broke: ``zlib.error``), never a crash; the same
@@ -16,20 +18,22 @@ objects stay usable afterwards (the scenario goes on with them); a run that fail
 nothing gives exactly the reference output; and once the codecs are gone no zlib stream is
 left (``live_counts() == (0, 0)``).
 
-The C fast path of the default backend (``_fastpath``) is not swept here: it switches
-greenlets, and greenlet ends the process (``Fatal Python error: g_switchstack``) when it
-cannot allocate the copy of a stack, whoever else made the allocation fail.
+``_fastpath.FastPath`` itself is not swept: it switches greenlets, and greenlet ends the
+process (``Fatal Python error: g_switchstack``) when it cannot allocate the copy of a
+stack, whichever allocation the sweep made fail.
 """
 
 from __future__ import annotations
 
 import _testcapi  # type: ignore[import-not-found]
 import json
+import os
 import random
 import zlib
 from collections.abc import Callable
 from typing import Any
 
+from dwebsocket.backends.default import _fastpath
 from dwebsocket.protocol import _deflate, _speedups
 
 TAIL = b"\x00\x00\xff\xff"
@@ -90,7 +94,33 @@ def scenario_ops() -> tuple[list[Callable[[], Any]], Callable[[], list[Any]], Ca
         results.append(_speedups.unmask(stream, 6, 11))
         results.append(_speedups.apply_mask(noise, b"wxyz"))
 
-    ops: list[Callable[[], Any]] = [scan]
+    # The default backend's receive loop in C, compressed frames included (a client's
+    # deflater, the server's inflater), and its read of a large frame's rest from an fd.
+    client = _deflate.Deflater(6, 12, 5, 0, False)
+    server = _deflate.Inflater(12, False)
+    compressed = b""
+    for message in messages[:4]:
+        payload = client.compress(message) + client.flush(zlib.Z_SYNC_FLUSH)
+        compressed += frame(0x40 | 2, payload[:-4])  # RSV1: compressed
+    large = frame(2, messages[4])
+
+    def fast_scan() -> None:
+        for buf, codec in ((stream, None), (compressed, server)):
+            out: list[Any] = []
+            results.append(_fastpath.scan(buf, 1 << 20, 1 << 20, codec, 4096, out))
+            results.append(out)
+
+    def read_large() -> None:
+        r, w = os.pipe()
+        try:
+            os.set_blocking(r, False)
+            os.write(w, large[40000:])  # more than half of it is in the read: taken
+            results.append(_fastpath.read_large(large[:40000], 1 << 20, r))
+        finally:
+            os.close(r)
+            os.close(w)
+
+    ops: list[Callable[[], Any]] = [scan, fast_scan, read_large]
     for _ in range(2):
         for message in messages:
             for k in (0, 1):
