@@ -193,17 +193,24 @@ class Waiter:
     def __init__(self, mode: Mode, connection_fd: int) -> None:
         self.mode = mode
         self._selector = _new_selector()
-        if not hasattr(self._selector, "fileno") and mode is not Mode.BLOCKING:
-            self._selector.close()
-            raise RuntimeError("the uwsgi backend needs epoll or kqueue under --gevent and --async")
-        self._wake_r, self._wake_w = self._wake_fds()
+        self._wake_r = self._wake_w = -1
         self._timer: _TimerFd | None = None
-        if mode is Mode.ASYNC and _timerfd_available():
-            self._timer = _TimerFd()
-            self._selector.register(self._timer.fd, selectors.EVENT_READ)
-        self._connection_fd = connection_fd
-        self._selector.register(connection_fd, selectors.EVENT_READ)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            if not hasattr(self._selector, "fileno") and mode is not Mode.BLOCKING:
+                raise RuntimeError(
+                    "the uwsgi backend needs epoll or kqueue under --gevent and --async"
+                )
+            self._wake_r, self._wake_w = self._wake_fds()
+            if mode is Mode.ASYNC and _timerfd_available():
+                self._timer = _TimerFd()
+                self._selector.register(self._timer.fd, selectors.EVENT_READ)
+            self._connection_fd = connection_fd
+            self._selector.register(connection_fd, selectors.EVENT_READ)
+            self._selector.register(self._wake_r, selectors.EVENT_READ)
+        except BaseException:
+            # Out of fds halfway (EMFILE): give back those taken, the caller refuses.
+            self._release()
+            raise
         self._closed = False
         # wake() may run in another thread while the owner closes: never write to an fd
         # number that close() released (it may already be another connection's socket).
@@ -242,9 +249,10 @@ class Waiter:
         except (BlockingIOError, OSError):
             pass
 
-    def _block(self, selector: selectors.BaseSelector, timeout: float | None) -> None:
-        """Block the owning core until something in ``selector`` is ready or ``timeout``
+    def _block(self, timeout: float | None) -> None:
+        """Block the owning core until something in the selector is ready or ``timeout``
         seconds passed (None: no limit); cooperative under ``--gevent`` and ``--async``."""
+        selector = self._selector
         if self.mode is Mode.GEVENT:
             from gevent.socket import wait_read  # type: ignore[import-untyped]
 
@@ -255,14 +263,10 @@ class Waiter:
             if timer is not None:
                 if timeout is not None:
                     timer.arm(timeout)
-                if selector is not self._selector:
-                    selector.register(timer.fd, selectors.EVENT_READ)
                 try:
                     uwsgi.wait_fd_read(selector.fileno())  # type: ignore[attr-defined]
                     _suspend()
                 finally:
-                    if selector is not self._selector:
-                        selector.unregister(timer.fd)
                     if timeout is not None:
                         timer.disarm()
             else:  # pragma: no cover - not Linux: uWSGI's own (whole-second) timeout
@@ -276,7 +280,7 @@ class Waiter:
         """Block the owning core until the connection is readable, :meth:`wake` was
         called, or ``timeout`` seconds passed (None: no limit). Returns nothing: the
         caller looks at everything again anyway."""
-        self._block(self._selector, timeout)
+        self._block(timeout)
         self._clear_wake()
 
     def wait_connection(self, *, write: bool, timeout: float) -> bool:
@@ -285,13 +289,20 @@ class Waiter:
         few raw writes and reads uWSGI has no API for (close frames, pings)."""
         event = selectors.EVENT_WRITE if write else selectors.EVENT_READ
         deadline = time.monotonic() + timeout
-        with _new_selector() as selector:
-            selector.register(self._connection_fd, event)
-            while not selector.select(0):
+        fd, selector = self._connection_fd, self._selector
+        # The connection's own selector with the wake-up fd left out, not a new one: a
+        # worker out of file descriptors must still be able to close its connections.
+        selector.unregister(self._wake_r)
+        selector.modify(fd, event)
+        try:
+            while not any(key.fd == fd for key, _ in selector.select(0)):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._block(selector, remaining)
+                self._block(remaining)
+        finally:
+            selector.modify(fd, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
         return True
 
     def close(self) -> None:
@@ -300,9 +311,11 @@ class Waiter:
             if self._closed:
                 return
             self._closed = True
+        self._release()
+
+    def _release(self) -> None:
         self._selector.close()
-        fds = {self._wake_r, self._wake_w}
-        for fd in fds:
+        for fd in {self._wake_r, self._wake_w} - {-1}:
             os.close(fd)
         if self._timer is not None:
             self._timer.close()

@@ -9,6 +9,9 @@ on receive) is listed in ``docs/backends.rst``, each with a test.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import errno
 import logging
 import os
 import socket
@@ -17,6 +20,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import uwsgi  # type: ignore[import-untyped]
@@ -24,7 +28,8 @@ import uwsgi  # type: ignore[import-untyped]
 from dwebsocket import metrics
 from dwebsocket.conf import settings
 from dwebsocket.db import release_idle_connections
-from dwebsocket.exceptions import ConnectionClosed, InvalidState
+from dwebsocket.exceptions import ConnectionClosed, InvalidState, TooManyConnections
+from dwebsocket.limits import RETRY_AFTER
 from dwebsocket.log import protocol_error
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
@@ -59,15 +64,46 @@ def _decode(data: bytes) -> Message:
         return data
 
 
-def _dup_socket(fd: int) -> socket.socket:
-    """A socket over a dup of ``fd``, of the interpreter's own class also where gevent has
-    monkey-patched ``socket`` (``--gevent-early-monkey-patch``): gevent's ``recv()``
-    waits for data despite ``MSG_DONTWAIT``."""
+@contextlib.contextmanager
+def _borrowed_socket(fd: int) -> Iterator[socket.socket]:
+    """A socket object over uWSGI's ``fd`` itself (no dup: a worker out of file
+    descriptors must still see and shut its connections), given back on exit. Of the
+    interpreter's own class also where gevent has monkey-patched ``socket``
+    (``--gevent-early-monkey-patch``): gevent's ``recv()`` waits for data despite
+    ``MSG_DONTWAIT``."""
     cls: type[socket.socket] = socket.socket
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None and monkey.is_module_patched("socket"):
         cls = monkey.get_original("socket", "socket")
-    return cls(fileno=os.dup(fd))
+    sock = cls(fileno=fd)
+    try:
+        yield sock
+    finally:
+        sock.detach()
+
+
+#: What creating a connection's fds fails with when the worker or the system has no
+#: file descriptors (or memory) to spare: a refusal (503), not an error.
+_NO_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+# Django logs that 503 (django.utils.log.log_response) through the unicode_escape codec,
+# whose module Python imports at its first use: a worker with no fd left to open it would
+# answer the refusal with a traceback instead. Looked up (and cached) now.
+codecs.lookup("unicode_escape")
+_NO_FDS_WARNING_EVERY = 60.0  # seconds: one line per episode, not one per handshake
+_warned_no_fds_at: float | None = None
+
+
+def _warn_no_fds(exc: OSError) -> None:
+    global _warned_no_fds_at
+    now = time.monotonic()
+    if _warned_no_fds_at is not None and now - _warned_no_fds_at < _NO_FDS_WARNING_EVERY:
+        return
+    _warned_no_fds_at = now
+    logger.warning(
+        "WebSocket handshakes refused with 503: this uWSGI worker is out of file "
+        "descriptors (%s); raise its limit (ulimit -n, --max-fd)",
+        exc.strerror,
+    )
 
 
 def _uwsgi_option(name: str, default: int) -> int:
@@ -106,8 +142,20 @@ class uWsgiWebSocket(WebSocket):
         self._mode: Mode = current_mode()
         self._owner = owner_key(self._mode)
         self._fd: int = uwsgi.connection_fd()
-        self._waiter: Waiter | None = None
-        self._finalizer: weakref.finalize[[], uWsgiWebSocket] | None = None
+        # The fds the connection needs are taken now, before the view runs: a worker out
+        # of them refuses the handshake with 503 instead of sending a 101 it cannot serve.
+        try:
+            self._waiter = Waiter(self._mode, self._fd)
+        except OSError as exc:
+            if exc.errno not in _NO_FDS:
+                raise
+            _warn_no_fds(exc)
+            raise TooManyConnections(
+                "the server cannot open more connections right now; retry later", RETRY_AFTER
+            ) from None
+        self._finalizer = weakref.finalize(self, self._waiter.close)
+        # The WSGI wrapper releases them as the request ends, whatever the view answered.
+        self._environ[wsgi.CONNECTION] = self
 
         self._accepted = False
         # websocket_opened was sent (its receivers returned): until then websocket_closed
@@ -168,8 +216,6 @@ class uWsgiWebSocket(WebSocket):
             raise ConnectionClosed(1006, "") from None
         self.subprotocol = subprotocol
         self._accepted = True
-        self._waiter = Waiter(self._mode, self._fd)
-        self._finalizer = weakref.finalize(self, self._waiter.close)
         self._environ[wsgi.TAKEN_OVER] = self
         try:
             self._send_signal(websocket_opened)
@@ -220,7 +266,6 @@ class uWsgiWebSocket(WebSocket):
             return None
         timeout = wait_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        assert self._waiter is not None
         while True:
             self._service()
             if self._received:
@@ -294,7 +339,7 @@ class uWsgiWebSocket(WebSocket):
 
     def _socket_open(self) -> bool:
         try:
-            with _dup_socket(self._fd) as sock:
+            with _borrowed_socket(self._fd) as sock:
                 try:
                     return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
                 except BlockingIOError:
@@ -374,8 +419,7 @@ class uWsgiWebSocket(WebSocket):
                 self._outbox.append((kind, payload))
                 self._outbox_bytes += size
                 overflow = False
-        if self._waiter is not None:
-            self._waiter.wake()
+        self._waiter.wake()
         return not overflow
 
     def _flush_outbox(self) -> None:
@@ -425,7 +469,6 @@ class uWsgiWebSocket(WebSocket):
             self._finish(1006, "")
 
     def _write_raw(self, data: bytes, timeout: float) -> bool:
-        assert self._waiter is not None
         view = memoryview(data)
         deadline = time.monotonic() + timeout
         while view:
@@ -455,8 +498,7 @@ class uWsgiWebSocket(WebSocket):
                 if self._closed or self._closing is not None:
                     return
                 self._closing = (code, reason)
-            if self._waiter is not None:
-                self._waiter.wake()
+            self._waiter.wake()
             return
         if self._closed:
             return
@@ -506,7 +548,6 @@ class uWsgiWebSocket(WebSocket):
         # uWSGI would answer the peer's close frame with a second close frame: read the
         # reply ourselves. Any partial frame left in uWSGI's buffer makes this parse
         # fail, which ends the wait early -- the bound is the timeout anyway.
-        assert self._waiter is not None
         deadline = time.monotonic() + self._close_timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -536,7 +577,7 @@ class uWsgiWebSocket(WebSocket):
             self._outbox_bytes = 0
         self.close_code, self.close_reason = code, reason
         try:
-            with _dup_socket(self._fd) as sock:
+            with _borrowed_socket(self._fd) as sock:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -548,8 +589,7 @@ class uWsgiWebSocket(WebSocket):
     def release(self) -> None:
         """Free the fds this connection added (idempotent); the connection's own fd is
         uWSGI's."""
-        if self._finalizer is not None:
-            self._finalizer()
+        self._finalizer()
 
     def is_closed(self) -> bool:
         return self._closed or self._closing is not None

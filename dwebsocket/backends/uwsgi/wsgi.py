@@ -20,12 +20,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["START_RESPONSE", "TAKEN_OVER", "get_wsgi_application", "is_wrapped", "wrap"]
+__all__ = [
+    "CONNECTION",
+    "START_RESPONSE",
+    "TAKEN_OVER",
+    "get_wsgi_application",
+    "is_wrapped",
+    "wrap",
+]
 
 #: environ key: the server's ``start_response``, for the backend's own 101 response.
 START_RESPONSE = "dwebsocket.uwsgi.start_response"
 #: environ key, set once the 101 response is out: the connection (or True).
 TAKEN_OVER = "dwebsocket.uwsgi.taken_over"
+#: environ key, set when the uwsgi backend creates the request's connection (which holds
+#: fds of its own from then on): released as the request ends, accepted or not.
+CONNECTION = "dwebsocket.uwsgi.connection"
 
 _MARK = "_dwebsocket_uwsgi_wrapper"
 
@@ -57,7 +67,12 @@ def wrap(application: WSGIApplication) -> WSGIApplication:
                 return start_response(status, headers, exc_info)  # type: ignore[no-any-return]
             return start_response(status, headers)  # type: ignore[no-any-return]
 
-        result = application(environ, guarded_start_response)
+        try:
+            result = application(environ, guarded_start_response)
+        finally:
+            created = environ.get(CONNECTION)
+            if created is not None and not environ.get(TAKEN_OVER):
+                created.release()  # refused over HTTP: its fds are not needed
         connection = environ.get(TAKEN_OVER)
         if not connection:
             return result

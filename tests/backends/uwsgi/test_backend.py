@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import resource
 import socket
+import sys
 import time
 import urllib.request
 import uuid
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed as ClientClosed
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.servers import ServerProcess
@@ -317,3 +321,70 @@ def test_under_gevent_early_monkey_patch(make_server: Callable[..., ServerProces
     with session("/uwsgi/wait-timeout/") as client:
         assert client.recv(timeout=TIMEOUT) == b"\x00" * (5 << 20)
         assert client.recv(timeout=TIMEOUT) == "timeout:None:False"
+
+
+def _worker_pid(server: ServerProcess) -> int:
+    """The pid of the one worker of ``server`` (started with ``--processes 1``)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+                # pid (comm) state ppid ...: comm may hold spaces, not ")".
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == server.process.pid:
+                    return int(entry)
+    raise AssertionError("no uWSGI worker found")
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _leave_free(pid: int, free: int) -> None:
+    """Lower the worker's soft fd limit to what it holds now plus ``free``."""
+    hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (_open_fds(pid) + free, hard))
+
+
+def _refused_with_503(server: ServerProcess) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        ws(server, "/echo/", ping_interval=None)
+    response = refused.value.response
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc, uses prlimit")
+def test_a_worker_out_of_file_descriptors_refuses_with_503_and_recovers(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """A connection needs fds of its own (an epoll fd and an eventfd under --gevent): a
+    worker that has none left answers the handshake with 503 and Retry-After -- not a 101
+    followed by a dropped connection and two tracebacks -- also with no fd at all left
+    for the refusal itself. Its open connections keep working and close cleanly (with
+    no fd to spare), and once fds are free again it serves as before. (With none left
+    for the TCP connection itself uWSGI does not accept it: the client waits in the
+    listen backlog, which is uWSGI's.)"""
+    server = make_server("uwsgi-gevent")
+    with ws(server, "/echo/") as client:  # the worker has served one session
+        client.send("warm")
+        assert client.recv(timeout=TIMEOUT) == "warm"
+    pid = _worker_pid(server)
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    with contextlib.ExitStack() as stack:
+        echo = stack.enter_context(ws(server, "/echo/", ping_interval=None))
+        closer = stack.enter_context(ws(server, "/close/?code=4003&reason=bye", ping_interval=None))
+        _leave_free(pid, 2)  # the TCP connection and an epoll fd, no eventfd
+        _refused_with_503(server)
+        _leave_free(pid, 1)  # the TCP connection, nothing for the connection's own
+        _refused_with_503(server)
+        echo.send("still here")
+        assert echo.recv(timeout=TIMEOUT) == "still here"
+        _leave_free(pid, 0)
+        closer.send("go")  # the view closes: its close handshake needs no new fd
+        with pytest.raises(ClientClosed):
+            closer.recv(timeout=TIMEOUT)
+        assert (closer.close_code, closer.close_reason) == (4003, "bye")
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        echo.send("and after")
+        assert echo.recv(timeout=TIMEOUT) == "and after"
+    with ws(server, "/echo/") as client:
+        client.send("serving")
+        assert client.recv(timeout=TIMEOUT) == "serving"
