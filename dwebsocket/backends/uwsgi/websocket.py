@@ -176,6 +176,10 @@ class uWsgiWebSocket(WebSocket):
         # uWSGI pings and checks pongs only inside websocket_recv_nb(): call it at least
         # this often even when nothing arrives, or a dead peer is never noticed.
         self._keepalive = max(1, _uwsgi_option("websocket-ping-freq", 30))
+        # uWSGI gives up on a peer that sent no pong this long after its ping.
+        self._pong_tolerance = max(1, _uwsgi_option("websocket-pong-tolerance", 3))
+        # When the peer was last seen sending anything (see _silent()).
+        self._heard = 0.0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._accepted else "new"
@@ -216,6 +220,7 @@ class uWsgiWebSocket(WebSocket):
             raise ConnectionClosed(1006, "") from None
         self.subprotocol = subprotocol
         self._accepted = True
+        self._heard = time.monotonic()
         self._environ[wsgi.TAKEN_OVER] = self
         try:
             self._send_signal(websocket_opened)
@@ -308,16 +313,22 @@ class uWsgiWebSocket(WebSocket):
         if self._closed:
             return
         max_size = self._max_message_size
+        silent = self._silent()
         while True:
             try:
                 data = uwsgi.websocket_recv_nb()
             except OSError as exc:
                 logger.debug("uWSGI's websocket_recv_nb failed for %s: %s", self._request.path, exc)
-                self._peer_gone()
+                if silent:
+                    self._keepalive_timeout()
+                else:
+                    self._peer_gone()
                 return
+            silent = False
             if not data:
                 # Nothing ready -- or an empty message, which recv_nb cannot tell apart.
                 return
+            self._heard = time.monotonic()
             if data == _FRAGMENT_PLACEHOLDER:
                 continue
             if max_size is not None and len(data) > max_size:
@@ -330,6 +341,37 @@ class uWsgiWebSocket(WebSocket):
             counted = self._counted
             counted[0] += 1
             counted[1] += len(data)
+
+    def _silent(self) -> bool:
+        """Whether the peer sent nothing for ``--websocket-pong-tolerance`` seconds and
+        nothing waits in the socket now. If so, a ``websocket_recv_nb()`` that fails is
+        uWSGI's keepalive giving up (no pong in time: it fails before reading), not the
+        peer's close frame, which it would have had to read. Peeks only after such a
+        silence."""
+        now = time.monotonic()
+        if now - self._heard < self._pong_tolerance:
+            return False
+        try:
+            with _borrowed_socket(self._fd) as sock:
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        self._heard = now  # bytes, or EOF
+        return False
+
+    def _keepalive_timeout(self) -> None:
+        """uWSGI's keepalive gave up on the peer: close with 1011, as the default backend
+        does when ``WEBSOCKET_PING_TIMEOUT`` runs out (uWSGI itself just stops)."""
+        logger.info(
+            "WebSocket peer %s on %s sent nothing within %ss of a ping: closing (1011)",
+            self._request.META.get("REMOTE_ADDR", "?"),
+            self._request.path,
+            self._pong_tolerance,
+        )
+        metrics.keepalive_timeout()
+        self._close_now(1011, "keepalive ping timeout", wait=False)
 
     def _peer_gone(self) -> None:
         """uWSGI's recv failed: the peer's close frame (uWSGI already answered it, without

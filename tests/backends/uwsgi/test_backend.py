@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
 from tests.servers import ServerProcess
 from tests.wire import TIMEOUT, RawClient, masked
 
@@ -178,6 +179,53 @@ def test_keepalive_is_uwsgis(make_server: Callable[..., ServerProcess]) -> None:
         while chunk := client.sock.recv(65536):
             data += chunk
     assert data.startswith(b"\x89\x00")  # uWSGI's ping: always empty
+
+
+def _signals(server: ServerProcess, path: str, last: str) -> list[str]:
+    """The signals recorded for ``path`` (a ``?id=`` view), once one starts with ``last``."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        seen: list[str] = http_json(server, path)["signals"]
+        if any(s.startswith(last) for s in seen):
+            return seen
+        assert time.monotonic() < deadline, f"nothing starting with {last!r} in {seen}"
+        time.sleep(0.05)
+
+
+def test_a_peer_that_answers_no_ping_is_closed_1011(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """uWSGI's keepalive gives up on a client that answers no ping by failing the next
+    recv, as it fails after the peer's close frame. The backend tells the two apart: the
+    client gets a 1011 close frame ("keepalive ping timeout"), and the view and
+    websocket_closed see 1011, as with the default backend at WEBSOCKET_PING_TIMEOUT (it
+    read 1005, a close by the client, and no close frame went out). A client that
+    answers the pings and closes after a longer silence still reads as its close."""
+    import tests.backends.uwsgi.servers  # noqa: F401 - registers uwsgi-gevent-ping
+
+    server = make_server("uwsgi-gevent-ping")  # a ping every second, a second to answer
+    path = f"/uwsgi/signalled/?id={uuid.uuid4().hex}"
+    with RawClient(socket.create_connection((server.host, server.port))) as client:
+        deaf = client.conn = _DeafClient()  # type: ignore[assignment]  # never answers pings
+        client.handshake(path)
+        data = deaf.received
+        while chunk := client.sock.recv(65536):
+            data += chunk
+    close = encode_frame(Opcode.CLOSE, encode_close_payload(1011, "keepalive ping timeout"))
+    assert data.startswith(b"\x89\x00") and data.endswith(close)
+    assert _signals(server, path, "view") == [
+        "opened",
+        "closed 1011",
+        "view 1011 keepalive ping timeout",
+    ]
+
+    path = f"/uwsgi/signalled/?id={uuid.uuid4().hex}"
+    with ws(server, path) as answering:  # answers uWSGI's pings
+        time.sleep(2.5)  # silent for longer than the tolerance: pongs only
+        answering.send("still here")
+        assert answering.recv(timeout=TIMEOUT) == "still here"
+        time.sleep(2.5)
+    assert _signals(server, path, "view") == ["opened", "closed 1005", "view 1005 "]
 
 
 class _DeafClient:

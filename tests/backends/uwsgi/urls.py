@@ -11,5 +11,6 @@ urlpatterns = [
     path("uwsgi/close-in-opened/", views.close_in_opened),
     path("uwsgi/killed-while-closing/", views.killed_while_closing),
     path("uwsgi/closed-before-accept/", views.closed_before_accept),
+    path("uwsgi/signalled/", views.signalled),
     path("", include("tests.urls")),
 ]

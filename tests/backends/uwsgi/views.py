@@ -164,6 +164,20 @@ def closed_before_accept(request: HttpRequest) -> None:
     ws.send("too late")
 
 
+@accept_websocket
+def signalled(request: HttpRequest) -> HttpResponse | None:
+    """WebSocket: echo until closed, then add ``view CODE REASON`` (what the view saw) to
+    the signals recorded for ``?id=``. Plain HTTP: :func:`_recorded`."""
+    if not request.is_websocket():
+        return _recorded(request)
+    _record(request)
+    ws = request.websocket
+    for message in ws:
+        ws.send(message)
+    SIGNALS[request.GET["id"]].append(f"view {ws.close_code} {ws.close_reason}")
+    return None
+
+
 def _close_when_opened(sender: type, request: HttpRequest, websocket: Any, **kwargs: Any) -> None:
     key = getattr(request, "dws_record", None)
     if key is not None and getattr(request, "dws_close_in_opened", False):
@@ -190,3 +204,4 @@ def _offline(sender: type, request: HttpRequest, code: int, **kwargs: Any) -> No
 websocket_opened.connect(_close_when_opened, dispatch_uid="tests.backends.uwsgi.close_when_opened")
 websocket_opened.connect(_online, dispatch_uid="tests.backends.uwsgi.online")
 websocket_closed.connect(_offline, dispatch_uid="tests.backends.uwsgi.offline")
+
