@@ -53,6 +53,7 @@ _T = TypeVar("_T")
 # (core/websockets.c, uwsgi_websockets_parse): not a message.
 _FRAGMENT_PLACEHOLDER = b"\x00"
 _TEXT, _BINARY, _PING = "text", "binary", "ping"
+_OVERFLOW = (1008, "send queue overflow")
 _warned_no_wrapper = False
 
 
@@ -169,6 +170,10 @@ class uWsgiWebSocket(WebSocket):
         self._outbox: deque[tuple[str, Any]] = deque()
         self._outbox_bytes = 0
         self._closing: tuple[int, str] | None = None  # close requested, not yet done
+        # Deliveries before the handshake went over the queue limit. Not a close yet, as
+        # with the default backend: the view may still refuse over HTTP; if it accepts,
+        # the 1008 follows the 101.
+        self._overflowed_early = False
 
         self._max_message_size: int | None = settings.WEBSOCKET_MAX_MESSAGE_SIZE
         self._queue_limit: int = settings.WEBSOCKET_SEND_QUEUE_SIZE
@@ -219,7 +224,10 @@ class uWsgiWebSocket(WebSocket):
             self.close_code = 1006
             raise ConnectionClosed(1006, "") from None
         self.subprotocol = subprotocol
-        self._accepted = True
+        with self._lock:
+            self._accepted = True
+            if self._overflowed_early:
+                self._closing = _OVERFLOW  # before any close asked for meanwhile
         self._heard = time.monotonic()
         self._environ[wsgi.TAKEN_OVER] = self
         try:
@@ -442,20 +450,25 @@ class uWsgiWebSocket(WebSocket):
     def _closed_error(self) -> ConnectionClosed:
         if self._closing is not None and not self._closed:
             return ConnectionClosed(*self._closing)
+        if self._overflowed_early and not self._closed:
+            return ConnectionClosed(*_OVERFLOW)
         return ConnectionClosed(self.close_code or 1006, self.close_reason)
 
     def _enqueue(self, kind: str, payload: bytes) -> bool:
         """Hand a frame to the owner; never blocks. False if the connection is closed (the
         frame is dropped). Past the queue limit the connection is closed with 1008."""
         with self._lock:
-            if self._closed or self._closing is not None:
+            if self._closed or self._closing is not None or self._overflowed_early:
                 return False
             size = len(payload)
             if self._outbox_bytes + size > self._queue_limit:
                 # A member that cannot keep up must not hold memory or delay the others.
                 self._outbox.clear()
                 self._outbox_bytes = 0
-                self._closing = (1008, "send queue overflow")
+                if self._accepted:
+                    self._closing = _OVERFLOW
+                else:
+                    self._overflowed_early = True
                 overflow = True
             else:
                 self._outbox.append((kind, payload))
@@ -556,7 +569,13 @@ class uWsgiWebSocket(WebSocket):
         """Called once the view is over: close (without waiting for the peer's close
         frame if ``abort``), then release the connection's fds."""
         try:
-            if self._accepted and not self._closed and self._is_owner():
+            if not self._accepted and self._closing is not None and self._is_owner():
+                # close() from another thread before the handshake: the default backend
+                # runs it there and then (101 and close frame), whatever the view does
+                # next; here only this core can, so it does now (accept() runs it).
+                with contextlib.suppress(ConnectionClosed):
+                    self.accept()
+            elif self._accepted and not self._closed and self._is_owner():
                 if abort:
                     self._close_now(code, "", wait=False)
                 else:

@@ -436,3 +436,46 @@ def test_a_worker_out_of_file_descriptors_refuses_with_503_and_recovers(
     with ws(server, "/echo/") as client:
         client.send("serving")
         assert client.recv(timeout=TIMEOUT) == "serving"
+
+
+def _outcome(server: ServerProcess, path: str) -> int | tuple[int | None, str | None]:
+    """The HTTP status that refused the handshake, or the close code and reason after a 101."""
+    try:
+        with ws(server, path) as client, contextlib.suppress(ClientClosed):
+            client.recv(timeout=TIMEOUT)
+    except InvalidStatus as refused:
+        return refused.response.status_code
+    return client.close_code, client.close_reason
+
+
+def test_a_close_before_the_accept_then_a_refusal_as_with_the_default_backend(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """A close before the view accepted, then a refusal (a 403, an exception) or a
+    wait(), on the default backend and the uwsgi backend alike. close() -- by the view or
+    by another thread -- is a close handshake: the default backend runs it at once, so the
+    client gets the 101 and the close frame whatever the view does next (under uWSGI only
+    the view's core may write: a close asked for by another thread used to be dropped
+    when the view then raised, a 500 instead). Deliveries over the send queue before the
+    handshake are no close yet: the view's refusal reaches the client (under uWSGI a 101
+    and a 1008 close used to), and an accept is followed by the 1008."""
+    closed = (4003, "no")
+    expected = {
+        ("view", "refuse"): closed,
+        ("view", "raise"): closed,
+        ("view", "accept"): closed,
+        ("thread", "refuse"): closed,
+        ("thread", "raise"): closed,
+        ("thread", "accept"): closed,
+        ("overflow", "refuse"): 403,
+        ("overflow", "raise"): 500,
+        ("overflow", "accept"): (1008, "send queue overflow"),
+    }
+    default = {"ROOT_URLCONF": "tests.backends.uwsgi.urls"}  # these views, on gevent
+    for name in ["gevent", *BACKEND_SERVERS]:
+        server = make_server(name, settings=default if name == "gevent" else {})
+        seen = {
+            (by, then): _outcome(server, f"/uwsgi/close-then-refuse/?by={by}&then={then}")
+            for by, then in expected
+        }
+        assert seen == expected, name

@@ -12,5 +12,6 @@ urlpatterns = [
     path("uwsgi/killed-while-closing/", views.killed_while_closing),
     path("uwsgi/closed-before-accept/", views.closed_before_accept),
     path("uwsgi/signalled/", views.signalled),
+    path("uwsgi/close-then-refuse/", views.close_then_refuse),
     path("", include("tests.urls")),
 ]

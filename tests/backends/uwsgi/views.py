@@ -205,3 +205,27 @@ websocket_opened.connect(_close_when_opened, dispatch_uid="tests.backends.uwsgi.
 websocket_opened.connect(_online, dispatch_uid="tests.backends.uwsgi.online")
 websocket_closed.connect(_offline, dispatch_uid="tests.backends.uwsgi.offline")
 
+
+@require_websocket
+def close_then_refuse(request: HttpRequest) -> HttpResponse:
+    """A close before the view accepted -- by the view (``?by=view``), by another thread
+    (``?by=thread``) or by deliveries over the send queue (``?by=overflow``) -- then a
+    refusal -- a 403 (``?then=refuse``) or an exception (``?then=raise``) -- or a
+    ``wait()`` (``?then=accept``), then the 403."""
+    ws = request.websocket
+    by = request.GET.get("by", "view")
+    if by == "view":
+        ws.close(4003, "no")
+    elif by == "thread":
+        helper = threading.Thread(target=ws.close, args=(4003, "no"))
+        helper.start()
+        helper.join(10.0)
+    else:
+        for _ in range(5000):
+            ws.deliver("x" * 1000)
+    then = request.GET.get("then", "refuse")
+    if then == "accept":
+        ws.wait()
+    elif then == "raise":
+        raise RuntimeError("refused (on purpose, tests.backends.uwsgi.views.close_then_refuse)")
+    return HttpResponse("refused\n", status=403, content_type="text/plain")
