@@ -482,22 +482,24 @@ class uWsgiWebSocket(WebSocket):
         close they asked for, if any."""
         if not self._accepted:
             return
+        self._write_queued()
+        with self._lock:
+            closing = None if self._closed else self._closing
+        if closing is not None:
+            self._close_now(*closing)
+
+    def _write_queued(self) -> None:
+        """Owner: write the frames queued so far, in order, until none is left."""
         while not self._closed:
             with self._lock:
-                if self._outbox:
-                    kind, payload = self._outbox.popleft()
-                    self._outbox_bytes -= len(payload)
-                else:
-                    kind, payload = "", b""
-                    closing = self._closing
+                if not self._outbox:
+                    return
+                kind, payload = self._outbox.popleft()
+                self._outbox_bytes -= len(payload)
             if kind == _PING:
                 self._write_control(encode_frame(Opcode.PING, payload))
-            elif kind:
-                self._write_message(kind, payload)
             else:
-                if closing is not None:
-                    self._close_now(*closing)
-                return
+                self._write_message(kind, payload)
 
     def _write_message(self, kind: str, payload: bytes) -> None:
         try:
@@ -590,7 +592,9 @@ class uWsgiWebSocket(WebSocket):
                 self.release()
 
     def _close_now(self, code: int, reason: str, *, wait: bool = True) -> None:
-        """Owner: send our close frame, wait for the peer's (bounded), end the connection."""
+        """Owner: write what is queued, send our close frame, wait for the peer's
+        (bounded), end the connection. Without ``wait`` (a killed view, a dead peer) only
+        the close frame is tried: what is queued is dropped with the connection."""
         if self._closed:
             return
         protocol = Connection(max_message_size=None)
@@ -598,7 +602,11 @@ class uWsgiWebSocket(WebSocket):
         with self._lock:
             self._closing = (code, reason)
         try:
-            if self._write_raw(frame, self._close_timeout) and wait:
+            if wait:
+                # No send() queues a frame from here on (they raise): those that returned
+                # before go out ahead of the close frame, as on the default backend.
+                self._write_queued()
+            if not self._closed and self._write_raw(frame, self._close_timeout) and wait:
                 self._await_close_frame(protocol)
         finally:
             # Also when the wait is killed (a request timeout, a greenlet kill): the

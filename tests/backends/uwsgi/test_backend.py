@@ -13,6 +13,7 @@ import resource
 import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -479,3 +480,29 @@ def test_a_close_before_the_accept_then_a_refusal_as_with_the_default_backend(
             for by, then in expected
         }
         assert seen == expected, name
+
+
+def test_a_send_from_another_thread_as_the_view_closes_is_delivered_or_raises(
+    uwsgi_server: ServerProcess,
+) -> None:
+    """Another thread's send() at the moment the view's close has written everything
+    queued and is about to write its close frame: the message reaches the client before
+    the close frame, as on the default backend, where every send() that returned was
+    written before it (it used to be queued, the send() returned, and the close dropped
+    it). Whatever the timing, a send() that returned is delivered; one that is not
+    raises ConnectionClosed."""
+    path = f"/uwsgi/send-in-the-close/?id={uuid.uuid4().hex}"
+    received = []
+    with ws(uwsgi_server, path) as client, pytest.raises(ClientClosed):
+        while True:
+            received.append(client.recv(timeout=TIMEOUT))
+    assert (client.close_code, client.close_reason) == (4004, "bye")
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            sent = http_json(uwsgi_server, path)["send"]
+            break
+        except urllib.error.HTTPError as not_yet:
+            assert not_yet.code == 404 and time.monotonic() < deadline, "no send() ended"
+            time.sleep(0.05)
+    assert (sent, received) == ("returned", ["from the thread"])

@@ -12,6 +12,7 @@ urlpatterns = [
     path("uwsgi/killed-while-closing/", views.killed_while_closing),
     path("uwsgi/closed-before-accept/", views.closed_before_accept),
     path("uwsgi/signalled/", views.signalled),
+    path("uwsgi/send-in-the-close/", views.send_in_the_close),
     path("uwsgi/close-then-refuse/", views.close_then_refuse),
     path("", include("tests.urls")),
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
 from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from dwebsocket import accept_websocket, require_websocket
+from dwebsocket import ConnectionClosed, accept_websocket, require_websocket
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.websocket import WebSocket
 
@@ -204,6 +205,51 @@ def _offline(sender: type, request: HttpRequest, code: int, **kwargs: Any) -> No
 websocket_opened.connect(_close_when_opened, dispatch_uid="tests.backends.uwsgi.close_when_opened")
 websocket_opened.connect(_online, dispatch_uid="tests.backends.uwsgi.online")
 websocket_closed.connect(_offline, dispatch_uid="tests.backends.uwsgi.offline")
+
+
+#: What a thread's ``send()`` during the view's close did, by ``?id=`` (``send_in_the_close``).
+SENT: dict[str, str] = {}
+
+
+@accept_websocket
+def send_in_the_close(request: HttpRequest) -> HttpResponse | None:
+    """WebSocket: the view closes (4004); at the moment it has decided to -- the call of
+    the backend's ``_close_now``, with nothing queued -- it lets a thread send ``from
+    the thread`` and waits for that send to return or raise. Plain HTTP: what the send
+    did for ``?id=`` (``{"send": "returned"}`` or ``"raised CODE"``; 404 until then)."""
+    key = request.GET["id"]
+    if not request.is_websocket():
+        if key not in SENT:
+            return HttpResponse(status=404)
+        return JsonResponse({"send": SENT[key]})
+    ws = request.websocket
+    ws.accept()
+    go, done = threading.Event(), threading.Event()
+
+    def send() -> None:
+        go.wait(10.0)
+        try:
+            ws.send("from the thread")
+            SENT[key] = "returned"
+        except ConnectionClosed as exc:
+            SENT[key] = f"raised {exc.code}"
+        done.set()
+
+    def closing(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == "_close_now" and not go.is_set():
+            go.set()
+            done.wait(10.0)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    sys.setprofile(closing)
+    try:
+        ws.close(4004, "bye")
+    finally:
+        sys.setprofile(None)
+        go.set()  # the hook never ran: the send goes after the close (and raises)
+        thread.join(10.0)
+    return None
 
 
 @require_websocket
