@@ -360,13 +360,11 @@ class uWsgiWebSocket(WebSocket):
         if now - self._heard < self._pong_tolerance:
             return False
         try:
-            with _borrowed_socket(self._fd) as sock:
-                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
+            if self._peek() is None:
+                return True
         except OSError:
-            return False
-        self._heard = now  # bytes, or EOF
+            pass
+        self._heard = now  # bytes, EOF or an error: not silence
         return False
 
     def _keepalive_timeout(self) -> None:
@@ -389,13 +387,18 @@ class uWsgiWebSocket(WebSocket):
 
     def _socket_open(self) -> bool:
         try:
-            with _borrowed_socket(self._fd) as sock:
-                try:
-                    return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-                except BlockingIOError:
-                    return True
+            return self._peek() != b""
         except OSError:
             return False
+
+    def _peek(self) -> bytes | None:
+        """The next byte waiting in the socket (b"": EOF), None if none is. Never blocks;
+        raises ``OSError``."""
+        with _borrowed_socket(self._fd) as sock:
+            try:
+                return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return None
 
     # -- sending -------------------------------------------------------------------------
 
