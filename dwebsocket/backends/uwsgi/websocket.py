@@ -353,9 +353,9 @@ class uWsgiWebSocket(WebSocket):
     def _silent(self) -> bool:
         """Whether the peer sent nothing for ``--websocket-pong-tolerance`` seconds and
         nothing waits in the socket now. If so, a ``websocket_recv_nb()`` that fails is
-        uWSGI's keepalive giving up (no pong in time: it fails before reading), not the
-        peer's close frame, which it would have had to read. Peeks only after such a
-        silence."""
+        uWSGI's keepalive giving up (no pong in time), not the peer's close frame: uWSGI
+        answers a close frame as it completes, so its bytes would have been waiting now
+        (or read with a message since). Peeks only after such a silence."""
         now = time.monotonic()
         if now - self._heard < self._pong_tolerance:
             return False
