@@ -23,3 +23,6 @@ urlpatterns = [
     path("opened-while-gone/", views.opened_while_gone),
     path("", include("dwebsocket.metrics.urls")),  # /metrics
 ]
+urlpatterns += [
+    path("fail-accept/", views.fail_accept),
+]

@@ -263,3 +263,18 @@ def _closed_after(sender: type, request: HttpRequest, code: int, **kwargs: Any) 
 
 websocket_opened.connect(_opened_until_closed, dispatch_uid="tests.views.opened_until_closed")
 websocket_closed.connect(_closed_after, dispatch_uid="tests.views.closed_after")
+
+
+@require_websocket
+def fail_accept(request: HttpRequest) -> None:
+    """The transport's ``?step=`` (``take_over`` or ``fast_path``) raises ``MemoryError``
+    once done, in the view's ``accept()``: the connection cannot open."""
+    transport = request.websocket._transport
+    real = getattr(transport, request.GET["step"])
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise MemoryError("tests.views.fail_accept")
+
+    setattr(transport, request.GET["step"], failing)
+    request.websocket.accept()

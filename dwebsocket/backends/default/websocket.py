@@ -41,6 +41,7 @@ from dwebsocket.exceptions import ConnectionClosed, InvalidState
 from dwebsocket.log import protocol_error
 from dwebsocket.protocol.connection import Close, Connection, State
 from dwebsocket.protocol.handshake import HandshakeRequest
+from dwebsocket.protocol.server import Accepted
 from dwebsocket.protocol.server import accept as accept_request
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
@@ -168,57 +169,16 @@ class DefaultWebSocket(WebSocket):
                 max_message_size=self._max_message_size,
                 max_frame_size=self._max_frame_size,
             )
-            conn, response = accepted.connection, accepted.response
-            buffered = self._transport.take_over(self._io_timeout, self._io)
-            # The client's first frame may have come with the handshake. It is unread
-            # input from now on, fed to the core by whoever reads first (the fast path
-            # hands it to Python), not kept here while websocket_opened's receivers run:
-            # a reader begun meanwhile would wait on the socket for it. Set before the
-            # connection counts as accepted, so no reader can have looked yet.
-            self._unfed = buffered
-            self._io.unfed = bool(buffered)
-            with self._core:
-                self._conn = conn
-                # Messages delivered before the handshake go first: queued in the same step
-                # that lets deliver() encode new ones, so none can overtake them. The 101
-                # still leads, since we hold the write lock until it is sent.
-                for message in self._outbox.take_early():
-                    self._outbox.append(conn.send_message(message))
-                    self._io.messages_out += 1
-                if self._outbox.early_overflow:
-                    # They went over the limit: the 1008 close follows the 101 at once,
-                    # before anything sent or delivered after the handshake.
-                    self._overflow_locked()
-                early = self._outbox.take()
             try:
-                self._transport.sock.sendall(response)
-                if early:  # not left for after websocket_opened, whose receivers may be slow
-                    self._transport.sendall(early)
-            except OSError as exc:
-                logger.debug("Client %s went away during the handshake: %s", self._peer(), exc)
-                self._shutdown(1006)
-                raise self._closed_error() from None
+                opened_at, fast = self._take_over(accepted)
             except BaseException:
-                # Killed mid-write (a timeout, a greenlet kill): a 101 half out is no
-                # connection; shut it down so that the session gives it back.
+                # Whatever failed between the takeover and here (the server's socket,
+                # memory, the 101's write, the fast path; a timeout or a greenlet kill
+                # too): the connection is ours but neither accepted nor usable. Shut it
+                # down, so that the session, which ends only a connection it counts as
+                # taken over, gives it back; no signal, since it never opened.
                 self._shutdown(1006)
                 raise
-            opened_at = self._io.last_heard = time.monotonic()
-            fast = self._transport.fast_path(
-                ws=self,
-                io=self._io,
-                rx=conn.rx,
-                messages=self._messages,
-                reading=self._reading,
-                writing=self._writing,
-                core=self._core,
-                ping_interval=self._ping_interval,
-                ping_timeout=self._ping_timeout,
-                deflate=accepted.compression,
-                deflater=conn.deflate.encoder if conn.deflate is not None else None,
-                inflater=conn.deflate.decoder if conn.deflate is not None else None,
-                backlog_bytes=self._backlog_bytes,
-            )
             with self._core:
                 self.subprotocol = subprotocol
                 self._accepted = True
@@ -252,6 +212,61 @@ class DefaultWebSocket(WebSocket):
                 self._reading.release()
         if self._outbox:
             self._flush()
+
+    def _take_over(self, accepted: Accepted) -> tuple[float, Any]:
+        """Take the connection over from the server, write the 101 (and the messages
+        delivered before it) and set up the C fast path (call with ``_writing`` held);
+        return when the 101 went out and the fast path (None where there is none).
+
+        Raises ``ConnectionClosed`` if the client went away meanwhile; the caller shuts
+        the connection down whatever it raises."""
+        conn, response = accepted.connection, accepted.response
+        buffered = self._transport.take_over(self._io_timeout, self._io)
+        # The client's first frame may have come with the handshake. It is unread
+        # input from now on, fed to the core by whoever reads first (the fast path
+        # hands it to Python), not kept here while websocket_opened's receivers run:
+        # a reader begun meanwhile would wait on the socket for it. Set before the
+        # connection counts as accepted, so no reader can have looked yet.
+        self._unfed = buffered
+        self._io.unfed = bool(buffered)
+        with self._core:
+            self._conn = conn
+            # Messages delivered before the handshake go first: queued in the same step
+            # that lets deliver() encode new ones, so none can overtake them. The 101
+            # still leads, since we hold the write lock until it is sent.
+            for message in self._outbox.take_early():
+                self._outbox.append(conn.send_message(message))
+                self._io.messages_out += 1
+            if self._outbox.early_overflow:
+                # They went over the limit: the 1008 close follows the 101 at once,
+                # before anything sent or delivered after the handshake.
+                self._overflow_locked()
+            early = self._outbox.take()
+        try:
+            self._transport.sock.sendall(response)
+            if early:  # not left for after websocket_opened, whose receivers may be slow
+                self._transport.sendall(early)
+        except OSError as exc:
+            logger.debug("Client %s went away during the handshake: %s", self._peer(), exc)
+            self._shutdown(1006)
+            raise self._closed_error() from None
+        opened_at = self._io.last_heard = time.monotonic()
+        fast = self._transport.fast_path(
+            ws=self,
+            io=self._io,
+            rx=conn.rx,
+            messages=self._messages,
+            reading=self._reading,
+            writing=self._writing,
+            core=self._core,
+            ping_interval=self._ping_interval,
+            ping_timeout=self._ping_timeout,
+            deflate=accepted.compression,
+            deflater=conn.deflate.encoder if conn.deflate is not None else None,
+            inflater=conn.deflate.decoder if conn.deflate is not None else None,
+            backlog_bytes=self._backlog_bytes,
+        )
+        return opened_at, fast
 
     # -- receiving --------------------------------------------------------------------
 

@@ -979,3 +979,46 @@ def test_a_kill_while_the_101_is_written_gives_the_connection_back(signals: Sign
     ws = signals.ws
     assert ws is not None and ws.is_closed() and not ws.accepted
     assert signals.events == []
+
+
+def _fail_after(real: Callable[..., Any], error: BaseException) -> Callable[..., Any]:
+    """``real``, then ``error`` raised: a failure once its work is done."""
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise error
+
+    return failing
+
+
+@pytest.mark.parametrize("step", ["take_over", "fast_path"])
+@pytest.mark.parametrize(
+    "error", [OSError(24, "Too many open files"), MemoryError(), Killed()], ids=type
+)
+def test_a_failure_between_the_takeover_and_the_accept_gives_the_connection_back(
+    signals: Signals, step: str, error: BaseException
+) -> None:
+    # Taking the socket over from the server, or setting up the C fast path, raises (a
+    # file descriptor limit, memory, a kill): the connection is neither accepted nor
+    # usable, so it is shut down and given back to the server like one whose client
+    # left, no signal is sent, and the error goes on. Before, it stayed taken over but
+    # neither accepted nor shut: the session ends only such a connection, so nothing
+    # ended it, the client waited and the socket leaked.
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = signals.ws = request.websocket
+        transport = ws._transport
+        setattr(transport, step, _fail_after(getattr(transport, step), error))
+        ws.accept()
+
+    with Session(view) as session:
+        data = read_until_eof(session.client.sock)
+        assert data.startswith(b"HTTP/1.1 101") == (step == "fast_path")
+        session._thread.join(TIMEOUT)
+        assert session.error is error
+        session.close()
+    ws = signals.ws
+    assert ws is not None and ws.is_closed() and not ws.accepted and ws.close_code == 1006
+    assert ws._transport._nb_fd == -1  # released
+    assert signals.events == []
+    assert ws not in registry.open_websockets()
