@@ -26,3 +26,6 @@ urlpatterns = [
 urlpatterns += [
     path("fail-accept/", views.fail_accept),
 ]
+urlpatterns += [
+    path("answered-while-a-helper-accepts/", views.answered_while_a_helper_accepts),
+]

@@ -278,3 +278,44 @@ def fail_accept(request: HttpRequest) -> None:
 
     setattr(transport, request.GET["step"], failing)
     request.websocket.accept()
+
+
+class _Answer(HttpResponse):
+    """A 200 that sets ``answered`` once the server is done with it (WSGI's ``close()``)."""
+
+    def __init__(self, answered: threading.Event) -> None:
+        super().__init__("answered\n", content_type="text/plain")
+        self._answered = answered
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._answered.set()
+
+
+@require_websocket
+def answered_while_a_helper_accepts(request: HttpRequest) -> HttpResponse:
+    """A helper thread's ``send("hello")`` runs the handshake, held right after taking the
+    socket over until the server is done with the view's answer (at most a second): the
+    view returns a 200 while the helper is inside ``accept()``. The connection's
+    receivers are ``opened_while_gone``'s, which record under ``?id=`` (read back there)."""
+    ws = request.websocket
+    key = request.GET["id"]
+    with _CLOSES_LOCK:
+        SIGNALS[key] = []
+    request.dws_until_closed = (key, threading.Event())  # type: ignore[attr-defined]
+    inside, answered = threading.Event(), threading.Event()
+    transport = ws._transport
+    take_over = transport.take_over
+
+    def held(*args: Any, **kwargs: Any) -> bytes:
+        buffered = take_over(*args, **kwargs)
+        inside.set()
+        answered.wait(1.0)
+        return buffered
+
+    transport.take_over = held
+    _hello_from_a_helper(ws)
+    inside.wait(_WAIT)
+    return _Answer(answered)

@@ -82,6 +82,8 @@ class Transport:
         # The connection's IOState (state.py), given at take_over(): db_checked is ours.
         self.io: Any = PyIOState()
         self._nb_fd = -1  # for try_send() and recv(): the fd, once known to be non-blocking
+        #: :meth:`take_over` was called: the socket is no longer the server's.
+        self.taken_over = False
 
     def __repr__(self) -> str:
         fd = "-" if self._sock is None else self._sock.fileno()
@@ -104,6 +106,7 @@ class Transport:
         not apply). ``io`` is the connection's ``IOState``, which the transport shares
         (``db_checked``). Call once; does not block.
         """
+        self.taken_over = True
         if io is not None:
             self.io = io
         sock = self.sock  # opened now if it is ours to open

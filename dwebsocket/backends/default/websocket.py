@@ -148,6 +148,14 @@ class DefaultWebSocket(WebSocket):
 
     # -- the handshake ----------------------------------------------------------------
 
+    @property
+    def accepted(self) -> bool:
+        """True once the 101 response is sent, or while another thread or greenlet's
+        ``accept()`` takes the connection over: from then on it is no longer the server's,
+        so a view that answers with HTTP meanwhile has its session end the connection
+        (its close waits for that accept) instead of its answer going to the server."""
+        return self._accepted or (self._transport.taken_over and not self._io.shut)
+
     def accept(self, subprotocol: str | None = None) -> None:
         """Write the 101 response to the raw socket (with the negotiated
         permessage-deflate parameters) and take the connection over. Idempotent.
@@ -162,15 +170,8 @@ class DefaultWebSocket(WebSocket):
                 return
             if self._io.shut:
                 raise self._closed_error()
-            accepted = accept_request(
-                self.handshake,
-                subprotocol=subprotocol,
-                compression=self._compression,
-                max_message_size=self._max_message_size,
-                max_frame_size=self._max_frame_size,
-            )
             try:
-                opened_at, fast = self._take_over(accepted)
+                accepted, opened_at, fast = self._take_over(subprotocol)
             except BaseException:
                 # Whatever failed between the takeover and here (the server's socket,
                 # memory, the 101's write, the fast path; a timeout or a greenlet kill
@@ -213,15 +214,25 @@ class DefaultWebSocket(WebSocket):
         if self._outbox:
             self._flush()
 
-    def _take_over(self, accepted: Accepted) -> tuple[float, Any]:
+    def _take_over(self, subprotocol: str | None) -> tuple[Accepted, float, Any]:
         """Take the connection over from the server, write the 101 (and the messages
         delivered before it) and set up the C fast path (call with ``_writing`` held);
-        return when the 101 went out and the fast path (None where there is none).
+        return the handshake's outcome, when the 101 went out and the fast path (None
+        where there is none).
 
         Raises ``ConnectionClosed`` if the client went away meanwhile; the caller shuts
         the connection down whatever it raises."""
-        conn, response = accepted.connection, accepted.response
+        # First, so that from here on the session counts the connection as ours
+        # (``accepted``) even if its view answers with HTTP while this runs in a helper.
         buffered = self._transport.take_over(self._io_timeout, self._io)
+        accepted = accept_request(
+            self.handshake,
+            subprotocol=subprotocol,
+            compression=self._compression,
+            max_message_size=self._max_message_size,
+            max_frame_size=self._max_frame_size,
+        )
+        conn, response = accepted.connection, accepted.response
         # The client's first frame may have come with the handshake. It is unread
         # input from now on, fed to the core by whoever reads first (the fast path
         # hands it to Python), not kept here while websocket_opened's receivers run:
@@ -266,7 +277,7 @@ class DefaultWebSocket(WebSocket):
             inflater=conn.deflate.decoder if conn.deflate is not None else None,
             backlog_bytes=self._backlog_bytes,
         )
-        return opened_at, fast
+        return accepted, opened_at, fast
 
     # -- receiving --------------------------------------------------------------------
 

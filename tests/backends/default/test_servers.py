@@ -3,12 +3,18 @@ check depends on what each server does with a connection the backend gave back."
 
 from __future__ import annotations
 
+import json
 import socket
+import time
+import urllib.request
+import uuid
 from typing import Any
 
 import pytest
 
-from tests.wire import TIMEOUT, read_until_eof, upgrade_request
+from dwebsocket.protocol.connection import Close
+from tests.servers import ServerProcess
+from tests.wire import TIMEOUT, RawClient, read_until_eof, upgrade_request
 
 pytestmark = pytest.mark.server
 
@@ -34,3 +40,43 @@ def test_a_failure_between_the_takeover_and_the_accept_ends_the_connection(
             assert data == b"", data  # before the 101
         else:
             assert head.startswith(b"HTTP/1.1 101 ") and rest == b"", data
+
+
+def record(server: ServerProcess, key: str) -> dict[str, Any]:
+    """``tests.views.opened_while_gone``'s record of connection ``key`` once it has closed
+    (bounded), and how many connections that process's registry holds. Asked again
+    until the process that served it answers (gunicorn runs two)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        url = server.url(f"/opened-while-gone/?id={key}", "http")
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            seen: dict[str, Any] = json.loads(response.read())
+        signals = seen["signals"]
+        if (signals and signals[-1].startswith("closed")) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_a_view_answering_while_a_helper_accepts_ends_the_session(
+    make_server: Any, name: str
+) -> None:
+    # tests.views.answered_while_a_helper_accepts: the view returns a 200 while a
+    # helper's send() is inside accept(), the socket taken over. The session ends the
+    # connection (1000) once that accept is done, and websocket_closed follows
+    # websocket_opened. Before, the session handed the 200 to the server, on a socket
+    # no longer the server's, and never ended the connection: the client got the 200
+    # (or, under runserver, nothing), the helper wrote its 101 into a socket the
+    # server had closed, and nothing gave back what the takeover holds.
+    server = make_server(name)
+    key = uuid.uuid4().hex
+    sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
+    with RawClient(sock) as client:
+        client.handshake(f"/answered-while-a-helper-accepts/?id={key}")
+        # The helper's "hello" finds the connection closed: its receiver returns only then.
+        assert client.recv() == Close(1000, "")
+        assert read_until_eof(client.sock) == b""
+    assert record(server, key) == {
+        "signals": ["opened", "opened returned", "closed 1000"],
+        "open": 0,
+    }
