@@ -18,7 +18,15 @@ from tests.wire import TIMEOUT, RawClient, read_until_eof, upgrade_request
 
 pytestmark = pytest.mark.server
 
-SERVERS = ["runserver", "gevent", "gunicorn-gevent", "gunicorn-gthread", "eventlet"]
+#: Every server the default backend takes connections over from.
+SERVERS = [
+    "runserver",
+    "gevent",
+    "gunicorn-gevent",
+    "gunicorn-gthread",
+    "eventlet",
+    "uwsgi-takeover",
+]
 
 
 @pytest.mark.parametrize("name", SERVERS)
@@ -28,8 +36,8 @@ def test_a_failure_between_the_takeover_and_the_accept_ends_the_connection(
     # tests.views.fail_accept: taking the socket over, or setting up the fast path,
     # raises in accept(). The connection is shut down: the client gets EOF, after the
     # 101 if it went out, and nothing else. Before, it was neither accepted nor shut:
-    # eventlet's client waited forever, gevent and gunicorn wrote the view's 500 on the
-    # socket taken over (after the 101).
+    # eventlet's and uWSGI's clients waited forever (uWSGI: our dup of its fd leaked),
+    # gevent and gunicorn wrote the view's 500 on the socket taken over (after the 101).
     server = make_server(name)
     for step in ["take_over", "fast_path"]:
         with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
@@ -66,8 +74,9 @@ def test_a_view_answering_while_a_helper_accepts_ends_the_session(
     # connection (1000) once that accept is done, and websocket_closed follows
     # websocket_opened. Before, the session handed the 200 to the server, on a socket
     # no longer the server's, and never ended the connection: the client got the 200
-    # (or, under runserver, nothing), the helper wrote its 101 into a socket the
-    # server had closed, and nothing gave back what the takeover holds.
+    # and then the helper's 101 (runserver: the 101 and EOF; uWSGI: no EOF), and
+    # websocket_closed never followed websocket_opened (eventlet's registry kept the
+    # connection), nor did anything give back what the takeover holds.
     server = make_server(name)
     key = uuid.uuid4().hex
     sock = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
