@@ -67,6 +67,9 @@ GAP_CLOSE = 4003
 #: Live messages a recovering member buffers at most; past it the oldest are dropped and
 #: read again from the history.
 BUFFER = 10_000
+#: The largest offset a position may have: a Redis stream entry's sequence number is a
+#: 64-bit unsigned integer.
+MAX_OFFSET = 2**64 - 1
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -174,7 +177,10 @@ class Position(NamedTuple):
             return None
         if not epoch.isascii() or not epoch.isalnum():
             return None
-        return cls(epoch, int(offset))
+        number = int(offset)
+        if number > MAX_OFFSET:  # no group ever gave it (and Redis would refuse it)
+            return None
+        return cls(epoch, number)
 
 
 def new_epoch() -> str:

@@ -254,6 +254,8 @@ class MemoryHistory:
         now = time.monotonic()
         with kept.lock:
             kept_entries = kept.entries
+            if after >= kept.offset:  # nothing after it (a position from the future)
+                return Page(kept.epoch, kept.offset, [])
             # Offsets are consecutive: the first one wanted is at a known index.
             start = max(0, after + 1 - kept_entries[0][0]) if kept_entries else 0
             entries = [

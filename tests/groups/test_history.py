@@ -129,6 +129,7 @@ def test_a_good_setting_passes_the_check() -> None:
         "ab:\u0661",
         "é:1",
         "a:" + "9" * 70,
+        "a:18446744073709551616",  # past a Redis stream's 64-bit sequence numbers
     ],
 )
 def test_malformed_positions_parse_as_none(text: object) -> None:
@@ -202,9 +203,21 @@ def test_join_since_the_last_position_recovers_nothing_missed() -> None:
         assert report["position"] == position
 
 
-@pytest.mark.parametrize("since", ["garbage", "otherepoch:1", "{epoch}:99", "{epoch}:1"])
+@pytest.mark.parametrize(
+    "since",
+    [
+        "garbage",
+        "otherepoch:1",
+        "{epoch}:99",
+        "{epoch}:1",
+        "{epoch}:18446744073709551615",
+        "{epoch}:" + "9" * 40,
+    ],
+)
 def test_recovery_fails_explicitly(since: str) -> None:
-    """Another epoch, a position from the future, one trimmed away (size 5), garbage."""
+    """Another epoch, a position from the future, one trimmed away (size 5), garbage, a
+    hostile offset. (One past the process's word size raised ValueError from the history
+    read: the view's 500, its socket dropped.)"""
     for i in range(10):
         position = groups.send("kept.a", f"m{i}")
     epoch = Position.parse(position).epoch  # type: ignore[union-attr]

@@ -217,6 +217,22 @@ def test_trimmed_history_fails_explicitly(redis_groups: RedisServer) -> None:
         assert recovery_of(ws)["recovered"] is True
 
 
+@pytest.mark.parametrize("offset", ["18446744073709551615", "18446744073709551616", "9" * 40])
+def test_a_hostile_offset_fails_explicitly_and_reads_the_history(
+    redis_groups: RedisServer, offset: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A position no group gave, past a stream's 64-bit ids: "recovery failed" with the
+    group's position, as for any position from the future. (Redis refused to read from
+    it: the join went on as if Redis were unreachable, with no position, and a client's
+    every such URL logged a WARNING.)"""
+    position = groups.send("small", "x")
+    epoch = Position.parse(position).epoch  # type: ignore[union-attr]
+    with follow("small", since=f"{epoch}:{offset}") as ws:
+        report = recovery_of(ws)
+        assert report["failed"] is True and report["position"] == position
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_flushed_redis_is_a_new_epoch_and_fails_explicitly(redis_groups: RedisServer) -> None:
     position = groups.send("room", "before the flush")
     assert redis_groups.command("FLUSHALL") == b"+OK\r\n"
