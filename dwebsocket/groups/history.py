@@ -321,9 +321,11 @@ class Follower:
         """Hand ``item`` to the member, or buffer it while the member recovers.
 
         A message that skips offsets (this process's subscription was interrupted while
-        Redis kept the history) means the member missed some: one whose client speaks
-        ``dws`` is closed with 4003 instead, and its client reconnects and recovers them
-        (the others get what comes, as members of any group)."""
+        Redis kept the history), or the first of a new epoch that is not its first message
+        (interrupted while Redis lost the history and others sent on), means the member
+        missed some: one whose client speaks ``dws`` is closed with 4003 instead, and its
+        client reconnects and recovers them or is told it cannot (the others get what
+        comes, as members of any group)."""
         self.deliver_items(Items([item]))
 
     def deliver_items(self, items: Items) -> None:
@@ -354,7 +356,8 @@ class Follower:
     def _take(self, items: list[Item]) -> tuple[list[Item], Item | None]:
         """Of ``items``, the ones to deliver (duplicates left out; the last becomes
         ``last``), up to the first that skips offsets after ``last`` when the member's
-        client speaks ``dws`` (returned second, else None). Call with ``lock`` held."""
+        client speaks ``dws`` (returned second, else None): in ``last``'s epoch, one past
+        the next offset; in another epoch, any but its first. Call with ``lock`` held."""
         kept: list[Item] = []
         for item in items:
             position, last = item.position, self.last
@@ -362,9 +365,12 @@ class Follower:
                 self.envelope
                 and position is not None
                 and last is not None
-                and position.epoch == last.epoch
-                and position.offset > last.offset + 1
+                and position.offset > (last.offset + 1 if position.epoch == last.epoch else 1)
             ):
+                # Another epoch: the history was lost (Redis restarted without persistence,
+                # flushed) and begun again while this process was not subscribed. Its
+                # client would take this position as its own and later "recover" from it,
+                # never told of the messages before it.
                 return kept, item
             if self._fresh(item):
                 kept.append(item)

@@ -425,6 +425,43 @@ def test_a_follower_takes_a_batch_once_in_order_up_to_a_gap() -> None:
     assert len(sink.batches) == 2  # buffered: its client recovers from e:5
 
 
+def test_a_new_epoch_that_does_not_start_at_its_first_message_is_a_gap() -> None:
+    """The history was lost and begun again while this process was not subscribed: the
+    first message of the new epoch a live member gets is not its first. A dws member is
+    closed with 4003 (its client then gets "recovery failed"); it was handed the message,
+    and its client took that position as its own, never told of those before it. A new
+    epoch from its first message on is no gap (a group silent past its ttl)."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.got: list[str] = []
+            self.closed: list[int] = []
+            self.done = threading.Event()
+
+        def deliver(self, message: Message) -> None:
+            self.got.append(json.loads(message)["p"])
+
+        def is_closed(self) -> bool:
+            return False
+
+        def close(self, code: int, reason: str) -> None:
+            self.closed.append(code)
+            self.done.set()
+
+    sink = Sink()
+    follower = Follower(sink, "g", envelope=True)
+    follower.buffer, follower.last = None, Position("old", 7)
+    follower.deliver(Item("g", "m", Position("new", 1)))
+    follower.deliver(Item("g", "m", Position("new", 2)))
+    follower.deliver(Item("g", "m", Position("newer", 3)))  # newer:1 and 2 never came
+    assert sink.done.wait(10) and sink.closed == [GAP_CLOSE]
+    assert sink.got == ["new:1", "new:2"]
+    plain = Follower(Inbox(), "g", envelope=False)  # a plain member goes on
+    plain.buffer, plain.last = None, Position("old", 7)
+    plain.deliver(Item("g", "m", Position("new", 3)))
+    assert plain.member.get() == "m" and plain.last == Position("new", 3)  # type: ignore[attr-defined]
+
+
 def test_joining_a_live_member_again_loses_nothing_sent_meanwhile() -> None:
     """The memory layer's twin of test_history_redis's: a message on its way to a member
     (its fan-out held by a member before it) when the member joins again arrives, once."""

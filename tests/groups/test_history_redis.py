@@ -12,7 +12,7 @@ import pytest
 from django.test import override_settings
 
 from dwebsocket import groups
-from dwebsocket.groups.history import Item, Position
+from dwebsocket.groups.history import GAP_CLOSE, Item, Position
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import (
     BINARY_AT,
@@ -23,6 +23,7 @@ from dwebsocket.groups.redis import (
     decode,
     decode_positioned,
 )
+from tests.groups.proxy import Proxy
 from tests.groups.redis_server import RedisServer
 from tests.groups.test_history import follow, receive, recovery_of
 from tests.groups.test_redis_layer import WAIT, Inbox, until
@@ -370,6 +371,48 @@ def test_a_message_missed_during_the_replay_is_read_from_the_history(
     assert got == ["m4", "m5", "m6"] + ["joined"] * dws + ["m7"]
     assert joined == [groups.Recovery(since=positions[2], position=last, recovered=True, missed=3)]
     assert not member.closed
+
+
+def test_a_new_epoch_begun_while_unsubscribed_closes_a_dws_member(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    """Redis loses the history (restarted without persistence) while this process is cut
+    off, and another process sends on in a new epoch: the first message this process then
+    gets is that epoch's fourth. Its dws member is closed with 4003, so that its client
+    reconnects and hears "recovery failed". (It was handed the message: its client took
+    new:4 as its position, missed new:1 to new:3 without a word, and a later reconnection
+    from new:4 "recovered".)"""
+    proxy = Proxy(redis_groups.port)
+    other = layers()
+    try:
+        with override_settings(
+            WEBSOCKET_GROUPS_URL=f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=1"
+        ):
+            member = HeldMember()
+            groups.join("room", member)  # type: ignore[arg-type]
+            old = other.send("room", "old")
+            until(lambda: len(member.got) == 2)  # joined, old
+            here = groups.get_layer()
+            assert isinstance(here, RedisLayer)
+            proxy.cut()
+            until(lambda: "room" not in here.subscriber.subscribed)
+            redis_groups.command("FLUSHALL")
+            sent = [other.send("room", f"new {n}") for n in range(1, 4)]
+            assert [Position.parse(p).offset for p in sent] == [1, 2, 3]  # type: ignore[union-attr]
+            proxy.restore()
+            until(lambda: "room" in here.subscriber.subscribed)
+            other.send("room", "new 4")
+            assert member.closed_event.wait(WAIT)
+            assert member.closed == [GAP_CLOSE]
+            assert [m.get("dws") for m in member.got] == ["joined", "msg"]
+            assert member.got[1]["p"] == old  # nothing of the new epoch
+            # Its client comes back from the last position it got: that epoch is gone.
+            recovery = groups.join("room", HeldMember(), since=old)  # type: ignore[arg-type]
+            epoch = Position.parse(sent[-1]).epoch  # type: ignore[union-attr]
+            assert recovery.failed and recovery.position == f"{epoch}:4"
+    finally:
+        groups.reset()
+        proxy.close()
 
 
 class Holder:
