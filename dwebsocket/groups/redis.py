@@ -235,10 +235,13 @@ end
 #: key has no socket in any other live process. KEYS: presence, procs, version, log.
 #: ARGV: process, key, entry JSON without its count ("[key,user,info"), count, stale (ms),
 #: publishing command, channel, event head (header + JSON up to the event's name), event
-#: tail, expiry (ms). Returns the event published, or false.
+#: tail, expiry (ms). Returns ``{event published or "", 1 if this process had no
+#: heartbeat here (Redis lost the keys, or another process found it dead and removed its
+#: entries; or its first entry here) else 0}``.
 PRESENT_SCRIPT = (
     _PRESENCE_PRELUDE
     + """
+local unknown = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0
 redis.call('HSET', KEYS[2], ARGV[1], now)
 local field = ARGV[1] .. '|' .. ARGV[2]
 local n = tonumber(ARGV[4])
@@ -264,25 +267,36 @@ end
 expire(ARGV[10])
 local event = false
 if not elsewhere then
-  if n > 0 and not had then event = 'join' elseif n == 0 and had then event = 'leave' end
+  -- A leave whose entry Redis lost (keys lost, or this process counted dead meanwhile)
+  -- is still one: the listeners saw the key join. (Counted dead, it may be a second.)
+  if n > 0 and not had then
+    event = 'join'
+  elseif n == 0 and (had or unknown) then
+    event = 'leave'
+  end
 end
 if event then redis.call(ARGV[6], ARGV[7], ARGV[8] .. event .. ARGV[9]) end
-return event
+return {event or '', unknown and 1 or 0}
 """
 )
 
 #: The heartbeat of this process in one group: its time renewed, dead processes' entries
 #: removed (a leave event for each key left with no socket). With ARGV[7] "sync", also
 #: its entries made what it says (written again after Redis lost them, removed if they
-#: left while Redis was out of reach); without, if the group's keys are gone (Redis lost
-#: them), nothing is done and "lost" returned: the caller syncs. KEYS: presence, procs,
-#: version, log. ARGV: process, stale (ms), expiry (ms), publishing command, channel,
-#: event head, "sync" or "", then (to sync) this process's field/value pairs.
+#: left while Redis was out of reach); without, if its entries may be gone -- the group's
+#: keys are (Redis lost them), or this process's heartbeat is (Redis lost the keys and a
+#: join made them again, or another process found this one dead and removed its
+#: entries) -- nothing is done and "lost" returned: the caller syncs. KEYS: presence,
+#: procs, version, log. ARGV: process, stale (ms), expiry (ms), publishing command,
+#: channel, event head, "sync" or "", then (to sync) this process's field/value pairs.
 HEARTBEAT_SCRIPT = (
     _PRESENCE_PRELUDE
     + """
 local sync = ARGV[7] == 'sync'
-if not sync and redis.call('EXISTS', KEYS[3]) == 0 then return 'lost' end
+if not sync and (redis.call('EXISTS', KEYS[3]) == 0
+    or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0) then
+  return 'lost'
+end
 redis.call('HSET', KEYS[2], ARGV[1], now)
 local mine = {}
 if sync then
@@ -771,7 +785,7 @@ class RedisLayer:
         with writing:
             try:
                 now, shown = self.registry.presence.count(group, entry.key)
-                self._present(
+                _, unknown = self._present(
                     keys=self.presence_keys(group),
                     args=[
                         self.process,
@@ -787,6 +801,11 @@ class RedisLayer:
                         expiry,
                     ],
                 )
+                if unknown and len(self.registry.presence.entries(group)) > int(now > 0):
+                    # Redis had no heartbeat of this process here, yet it has other entries
+                    # here: they may be gone (see PRESENT_SCRIPT), and this write made the
+                    # heartbeat's own check pass. The next heartbeat writes them all.
+                    self._unsynced.add(group)
             except (redis.RedisError, OSError) as exc:
                 self.report_down(exc)
                 self._unsynced.add(group)  # the next heartbeat writes every entry
@@ -884,7 +903,8 @@ class RedisLayer:
         except Exception:  # pragma: no cover - a bug: say so, keep beating
             logger.exception("Presence heartbeat of group %r failed", group)
             return
-        self._unsynced.discard(group)
+        if sync:  # (not otherwise: a write that failed meanwhile asked for the next one)
+            self._unsynced.discard(group)
         if answer == b"lost":
             self.heartbeat(group, stale, expiry, sync=True)
 

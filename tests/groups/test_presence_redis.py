@@ -137,3 +137,63 @@ def test_two_tabs_closing_at_once_leave_no_ghost(layers: Callable[[], RedisLayer
             second_thread.join(WAIT)
     assert not first_thread.is_alive() and not second_thread.is_alive()
     assert who(reader) == who(one) == {"user:bob": 1}
+
+
+def listen(layer: RedisLayer, group: str = "room") -> Inbox:
+    """A member of ``layer`` that receives ``group``'s join and leave events."""
+    listener = Inbox()
+    layer.join(group, listener)
+    layer.registry.presence.listen(group, listener)
+    return listener
+
+
+def test_a_join_after_redis_lost_the_keys_leaves_no_one_out(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """Redis restarts without persistence, and a socket joins before the heartbeats: its
+    write makes the group's keys again. The heartbeats still write every other entry
+    again, its own process's and the others'. (They found the keys there and wrote
+    nothing: alice and bob were gone from ``presence`` for good, and their leaves were
+    never events.)"""
+    one, two, reader = layers(), layers(), layers()
+    join(one, Inbox(), "alice")
+    join(two, Inbox(), "bob")
+    assert who(reader) == {"user:alice": 1, "user:bob": 1}
+    one._client.flushall()
+    join(one, Inbox(), "carol")
+    assert who(reader) == {"user:carol": 1}  # until the heartbeats
+    one.heartbeat("room", STALE, EXPIRY)
+    two.heartbeat("room", STALE, EXPIRY)
+    assert who(reader) == {"user:alice": 1, "user:bob": 1, "user:carol": 1}
+
+
+def test_a_process_counted_dead_comes_back_at_its_next_heartbeat(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """A process silent for more than twice the heartbeat (a frozen event loop) is counted
+    dead and its entries removed; at its next heartbeat they are back (docs/users.rst).
+    (They were not: the heartbeat renewed the process, not its entries.)"""
+    one, two, reader = layers(), layers(), layers()
+    join(one, Inbox(), "alice")
+    join(two, Inbox(), "bob")
+    procs = one.presence_keys("room")[1]
+    one._client.hset(procs, one.process, 1)  # its last heartbeat, long ago
+    two.heartbeat("room", STALE, EXPIRY)
+    assert who(reader) == {"user:bob": 1}
+    one.heartbeat("room", STALE, EXPIRY)
+    assert who(reader) == {"user:alice": 1, "user:bob": 1}
+
+
+def test_a_leave_whose_entry_redis_lost_is_an_event(layers: Callable[[], RedisLayer]) -> None:
+    """A socket leaves after Redis lost the group's keys, before any heartbeat wrote them
+    again: the listeners, who saw its join, get its leave. (There was no entry to remove,
+    so no event: the user stayed in every page's list.)"""
+    one, reader = layers(), layers()
+    listener = listen(reader)
+    alice = Inbox()
+    join(one, alice, "alice")
+    assert json.loads(listener.get())["presence"] == "join"
+    one._client.flushall()
+    leave(one, alice)
+    event = json.loads(listener.get())
+    assert (event["presence"], event["key"]) == ("leave", "user:alice")
