@@ -1228,19 +1228,27 @@ class Subscriber:
         ping_sent: float | None = None
         while not self._stopping:
             received: list[tuple[bytes, bytes]] = []
-            while len(received) < BATCH and connection.can_read(timeout=0):
-                try:
-                    response = connection.read_response(disconnect_on_error=False)
-                except redis.ResponseError as exc:
-                    self.refused(exc)
-                else:
-                    if isinstance(response, list) and response and response[0] == self.MESSAGE:
-                        received.append((response[1], response[2]))
+            try:
+                while len(received) < BATCH and connection.can_read(timeout=0):
+                    try:
+                        response = connection.read_response(disconnect_on_error=False)
+                    except redis.ResponseError as exc:
+                        self.refused(exc)
                     else:
-                        self.layer.receive_all(received)  # what came before goes first
-                        received = []
-                        self._handle(response)
-                last_heard, ping_sent = time.monotonic(), None
+                        if isinstance(response, list) and response and response[0] == self.MESSAGE:
+                            received.append((response[1], response[2]))
+                        else:
+                            self.layer.receive_all(received)  # what came before goes first
+                            received = []
+                            self._handle(response)
+                    last_heard, ping_sent = time.monotonic(), None
+            except (redis.RedisError, OSError):
+                # The connection broke (a restart, a failover, a cut) or Redis refused a
+                # command after these had arrived whole: they are the members' all the
+                # same (a history group's would show as a gap and have every member whose
+                # client speaks dws reconnect).
+                self.layer.receive_all(received)
+                raise
             if received:
                 self.layer.receive_all(received)
                 # Under gevent this thread is a greenlet, and select() below returns at
