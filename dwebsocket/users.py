@@ -37,9 +37,11 @@ too; the browser reconnects with the new cookie.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -309,9 +311,7 @@ def session_is_valid(session_key: str, user: str) -> bool:
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     data = store.load()
     if not data:
-        # Django's cache engine reads a cache it cannot reach as an empty session (its
-        # load() swallows the error): asked this way, it raises instead.
-        store.exists(session_key)
+        _confirm_ended(store, session_key)
         return False
     if str(data.get(SESSION_KEY)) != user:
         return False
@@ -331,6 +331,27 @@ def session_is_valid(session_key: str, user: str) -> bool:
     # SECRET_KEY_FALLBACKS (Django >= 4.1), as get_user() accepts them.
     fallbacks = getattr(found, "get_session_auth_fallback_hash", lambda: ())
     return any(constant_time_compare(session_hash, fallback) for fallback in fallbacks())
+
+
+def _confirm_ended(store: Any, session_key: str) -> None:
+    """Raise if ``store``, whose ``load()`` answered an empty session, may only have
+    failed to read it: Django's cache and file engines swallow their errors there."""
+    from django.contrib.sessions.backends.file import SessionStore as FileStore
+
+    if not isinstance(store, FileStore):
+        store.exists(session_key)  # the cache engine's raises for a cache out of reach
+        return
+    # A session file that cannot be opened or read (EACCES, EIO, a directory in its
+    # place...) is a store that cannot be read; one that is not there has ended -- if
+    # its directory is there: a directory gone (a mount gone) or replaced is an outage.
+    try:
+        with open(store._key_to_file(session_key), "rb") as file:  # type: ignore[attr-defined]
+            file.read()
+        return
+    except FileNotFoundError:
+        pass
+    if not stat.S_ISDIR(os.stat(store.storage_path).st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), store.storage_path)
 
 
 class _Checker:
