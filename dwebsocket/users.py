@@ -336,8 +336,13 @@ def session_is_valid(session_key: str, user: str) -> bool:
 def _confirm_ended(store: Any, session_key: str) -> None:
     """Raise if ``store``, whose ``load()`` answered an empty session, may only have
     failed to read it: Django's cache and file engines swallow their errors there."""
+    from django.contrib.sessions.backends.db import SessionStore as DatabaseStore
     from django.contrib.sessions.backends.file import SessionStore as FileStore
 
+    if isinstance(store, DatabaseStore):
+        # Its load() raises what the database raises. cached_db's reads the database
+        # when the cache cannot answer, whose exists() would ask that cache again.
+        return
     if not isinstance(store, FileStore):
         store.exists(session_key)  # the cache engine's raises for a cache out of reach
         return

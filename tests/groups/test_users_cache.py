@@ -5,12 +5,15 @@ store that cannot be read revokes nothing)."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 
 import pytest
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 from django.test import override_settings
+from django.utils import timezone
 
 from dwebsocket import users
 from tests.groups.redis_server import RedisServer
@@ -63,3 +66,39 @@ def test_a_session_cache_that_went_away_revokes_nothing_until_it_is_back(
             assert users._checker.wait_idle(WAIT)
     loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(loud) == 1, [r.getMessage() for r in loud]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cached_db_sessions_still_end_while_the_cache_is_away(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``cached_db`` reads the database when the cache cannot answer: that answer is the
+    session store's own (Django logs the user out on it), not an outage."""
+    cache = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": redis_server.url,
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+    with (
+        override_settings(
+            **SETTINGS,
+            CACHES={"default": cache},
+            SESSION_ENGINE="django.contrib.sessions.backends.cached_db",
+            WEBSOCKET_SESSION_CHECK_INTERVAL=0.2,
+        ),
+        caplog.at_level(logging.DEBUG, logger="dwebsocket.users"),
+    ):
+        User.objects.create_user("alice", password=PASSWORD)
+        try:
+            browser = logged_in("alice")
+            with tab(browser) as ws:
+                redis_server.stop()
+                # Past SESSION_COOKIE_AGE: no signal, the periodic check finds it.
+                Session.objects.filter(session_key=browser.session.session_key).update(
+                    expire_date=timezone.now() - datetime.timedelta(days=1)
+                )
+                assert ws.wait_closed(WAIT) == users.REVOKED
+        finally:
+            assert users._checker.wait_idle(WAIT)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert loud == [], [r.getMessage() for r in loud]
