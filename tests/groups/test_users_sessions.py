@@ -126,3 +126,37 @@ def test_a_session_file_that_cannot_be_read_is_an_outage_a_missing_one_ended(
         sessions.write_text("")
         with pytest.raises(NotADirectoryError):
             users.session_is_valid(key, "1")
+
+
+@pytest.mark.server
+def test_a_session_database_that_went_away_revokes_nothing(
+    make_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The db engine: its load() raises what the database raises (SQLite: a directory
+    where the database file was), an outage; once back, an expired session still ends."""
+    db, log = tmp_path / "site.sqlite3", tmp_path / "users.log"
+    settings = {**site_settings(db, "memory://"), "LOGGING": logging_to(log)}
+    create_site(settings)
+    server = make_server("gevent", settings=settings)
+    site = Site([server], db)
+    with site.stack:
+        laptop, phone = site.browser(), site.browser()
+        key = laptop.login(server, "alice")
+        phone.login(server, "alice")
+        leaving, staying = laptop.tab(server), phone.tab(server)
+
+        away = db.rename(tmp_path / "away.sqlite3")
+        db.mkdir()
+        assert logged(log, "Could not read the session store") == 1
+        assert logged(log, "still cannot be read", 2) >= 2
+        nothing_for(leaving)
+        nothing_for(staying)
+        db.rmdir()
+        away.rename(db)
+        assert logged(log, "can be read again") == 1
+
+        site.expire(key)
+        assert closed_with(leaving) == REVOKED
+        nothing_for(staying)
+    warnings = [line for line in log.read_text().splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, warnings
