@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 
 from dwebsocket import groups
 from dwebsocket.conf import SESSION_CHECK_INTERVAL
-from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups import control
 from dwebsocket.websocket import REQUEST_STARTED
 
@@ -474,17 +473,32 @@ class _Checker:
     def _opening(self, members: list[Member]) -> None:
         """What sockets that just joined their user's and session's groups missed while
         they opened, from the commands those groups got since each one's request began
-        (the layer's ``recent_controls``: one read per group, no database): a close is
-        done, a check command (a user saved) checks the session; so does a layer that
-        cannot be read, or a socket that took longer than ``control.MEMORY`` to open."""
-        layer = get_layer()
-        recent: dict[str, list[tuple[bytes, float]] | None] = {}
+        (the layer's ``recent_controls``: one round trip for them all on one Redis, no
+        database): a close is done, a check command (a user saved) checks the session;
+        so does a layer that cannot be read, or a socket that took longer than
+        ``control.MEMORY`` to open."""
+        # Ages as of before the read: a command it finds counts as sent after a request
+        # began only if it surely was (never one the request's authentication saw).
+        now = time.monotonic()
+        opened = [
+            (member, found, now - found.started)
+            for member in members
+            if (found := owner(member)) is not None and not member.is_closed()
+        ]
+        names = list(
+            dict.fromkeys(
+                name
+                for _, found, age in opened
+                if age <= control.MEMORY
+                for name in _groups_of(found)
+            )
+        )
+        recent = dict(
+            zip(names, get_layer().recent_controls_many(names, control.MEMORY), strict=True)
+        )
         to_check: list[Member] = []
-        for member in members:
-            found = owner(member)
-            if found is None or member.is_closed():
-                continue
-            missed = self._missed(layer, recent, found, time.monotonic() - found.started)
+        for member, found, age in opened:
+            missed = self._missed(recent, found, age)
             if isinstance(missed, tuple):
                 logger.info(
                     "Closing a WebSocket of user %s sent %d while it opened", found.user, missed[0]
@@ -497,27 +511,18 @@ class _Checker:
 
     @staticmethod
     def _missed(
-        layer: groups.Layer,
         recent: dict[str, list[tuple[bytes, float]] | None],
         found: _Owner,
         age: float,
     ) -> tuple[int, str] | bool:
         """For a socket ``age`` seconds after its request began: the ``(code, reason)``
         of a close its groups got since, else whether its session must be checked.
-        ``recent``: the commands read so far, by group (None: not readable)."""
+        ``recent``: the commands of its groups (None, or missing: not read)."""
         if age > control.MEMORY:
             return True  # older commands are forgotten
         check = False
-        names = [_USER_PREFIX + found.user]
-        if found.session_key:
-            names.append(_SESSION_PREFIX + found.session_key)
-        for name in names:
-            if name not in recent:
-                try:
-                    recent[name] = layer.recent_controls(name, control.MEMORY)
-                except GroupsUnavailable:
-                    recent[name] = None
-            commands = recent[name]
+        for name in _groups_of(found):
+            commands = recent.get(name)
             if commands is None:
                 check = True
                 continue
@@ -592,6 +597,14 @@ class _Checker:
                     "Session of user %s ended: closing its WebSocket (%d)", found.user, REVOKED
                 )
                 _spawn(_close, member, REVOKED, "session ended")
+
+
+def _groups_of(found: _Owner) -> list[str]:
+    """The reserved groups a socket of ``found`` is in."""
+    names = [_USER_PREFIX + found.user]
+    if found.session_key:
+        names.append(_SESSION_PREFIX + found.session_key)
+    return names
 
 
 _checker = _Checker()

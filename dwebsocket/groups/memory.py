@@ -338,5 +338,11 @@ class MemoryLayer:
         ``control.MEMORY``): ``(payload, seconds ago)``, oldest first. Never blocks."""
         return self.recent.since(group, within)
 
+    def recent_controls_many(
+        self, groups: list[str], within: float
+    ) -> list[list[tuple[bytes, float]] | None]:
+        """:meth:`recent_controls` of each of ``groups``."""
+        return [self.recent.since(group, within) for group in groups]
+
     def close(self) -> None:
         """Nothing to release."""

@@ -402,6 +402,12 @@ for i = 2, #found, 2 do found[i] = tostring(now - tonumber(found[i])) end
 return found
 """
 
+
+def _controls(found: list[bytes]) -> list[tuple[bytes, float]]:
+    """What RECENT_SCRIPT answered: ``(payload, seconds ago)``, oldest first."""
+    return [(found[i][HEADER.size :], int(found[i + 1]) / 1000) for i in range(0, len(found), 2)]
+
+
 #: Timeouts (seconds) unless the URL sets them (``?socket_timeout=0.5``).
 DEFAULT_TIMEOUT = 2.0
 #: Reconnection backoff of the reader: first delay, cap.
@@ -677,9 +683,41 @@ class RedisLayer:
             )
         except (redis.RedisError, OSError) as exc:
             raise GroupsUnavailable(f"commands of group {group!r} not read: {exc}") from exc
-        return [
-            (found[i][HEADER.size :], int(found[i + 1]) / 1000) for i in range(0, len(found), 2)
-        ]
+        return _controls(found)
+
+    def recent_controls_many(
+        self, groups: list[str], within: float
+    ) -> list[list[tuple[bytes, float]] | None]:
+        """:meth:`recent_controls` of each of ``groups`` (None: it cannot be read), in one
+        round trip on one Redis (a pipeline of the script, which does not need the keys in
+        one slot); one call per group on a Cluster, whose groups live on several nodes."""
+        if len(groups) < 2 or not isinstance(self._client, redis.Redis):
+            return [self._recent_or_none(group, within) for group in groups]
+        if time.monotonic() < self._retry_at.get(None, 0.0):  # one shard: None
+            return [None] * len(groups)
+        pipe = self._client.pipeline(transaction=False)
+        for group in groups:
+            pipe.evalsha(
+                self._recent_controls.sha, 1, self.control_key(group), int(within * 1000) + 1
+            )
+        try:
+            answers = pipe.execute(raise_on_error=False)
+        except (redis.RedisError, OSError):
+            return [None] * len(groups)
+        found: list[list[tuple[bytes, float]] | None] = []
+        for group, answer in zip(groups, answers, strict=True):
+            if isinstance(answer, redis.exceptions.NoScriptError):
+                # Redis does not know the script (restarted, flushed): this loads it.
+                found.append(self._recent_or_none(group, within))
+            else:
+                found.append(None if isinstance(answer, Exception) else _controls(answer))
+        return found
+
+    def _recent_or_none(self, group: str, within: float) -> list[tuple[bytes, float]] | None:
+        try:
+            return self.recent_controls(group, within)
+        except GroupsUnavailable:
+            return None
 
     def _send_kept(
         self, group: str, message: Message, kept_by: Policy, fail_silently: bool

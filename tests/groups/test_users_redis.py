@@ -83,3 +83,47 @@ def test_commands_are_remembered_for_a_while(
             assert layer.recent_controls(users.user_group(7), control.MEMORY) == []
         finally:
             groups.reset()
+
+
+def test_sockets_just_opened_read_their_groups_commands_in_one_round_trip(
+    on_redis: RedisServer,
+) -> None:
+    """The check of sockets just opened reads the commands of all their groups (each
+    one's user and session) in one round trip to Redis, however many: counted by the
+    redis-server itself (its read events)."""
+    import redis
+
+    opened = {pk: Closable() for pk in (7, 8, 9)}
+    again: dict[int, Closable] = {}
+    started = time.monotonic() - 1.0  # their requests began a second ago
+    users.disconnect(8, code=4003, reason="bye")  # landed while they opened
+    layer = users.get_layer()
+    layer.recent_controls(users.user_group(7), 1.0)  # Redis knows the script now
+    admin = redis.Redis.from_url(on_redis.url)
+    try:
+        for pk, tab in opened.items():
+            users._owners[id(tab)] = (tab, users._Owner(str(pk), f"key{pk}", started))
+
+        def reads() -> int:
+            return int(admin.info("stats")["total_reads_processed"])
+
+        before = reads()
+        info = reads() - before  # the INFO itself
+        before = reads()
+        users._checker._opening(list(opened.values()))
+        trips = reads() - before - info
+        assert opened[8].closes.get(timeout=10) == (4003, "bye")
+        assert opened[7].closes.empty() and opened[9].closes.empty()
+        assert trips == 1
+
+        admin.script_flush()  # Redis restarted, say: the script is loaded again
+        again = {pk: Closable() for pk in (7, 8)}
+        for pk, tab in again.items():
+            users._owners[id(tab)] = (tab, users._Owner(str(pk), f"key{pk}", started))
+        users._checker._opening(list(again.values()))
+        assert again[8].closes.get(timeout=10) == (4003, "bye")
+        assert again[7].closes.empty()
+    finally:
+        admin.close()
+        for tab in [*opened.values(), *again.values()]:
+            users._owners.pop(id(tab), None)
