@@ -304,7 +304,14 @@ def session_is_valid(session_key: str, user: str) -> bool:
     cannot be read (the cache engine included, which ``get_user`` would read as logged
     out)."""
     from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, load_backend
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        get_user_model,
+        load_backend,
+    )
+    from django.core.exceptions import ValidationError
     from django.utils.crypto import constant_time_compare
 
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
@@ -312,12 +319,19 @@ def session_is_valid(session_key: str, user: str) -> bool:
     if not data:
         _confirm_ended(store, session_key)
         return False
-    if str(data.get(SESSION_KEY)) != user:
+    if SESSION_KEY not in data:
+        return False
+    # As get_user() hands it to the backend (an int for an AutoField), not as a str.
+    try:
+        user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
+    except ValidationError:
+        return False  # names no user
+    if str(user_id) != user:
         return False
     backend_path = data.get(BACKEND_SESSION_KEY)
     if backend_path not in settings.AUTHENTICATION_BACKENDS:
         return False
-    found = load_backend(backend_path).get_user(user)
+    found = load_backend(backend_path).get_user(user_id)
     if found is None:
         return False
     if not hasattr(found, "get_session_auth_hash"):

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.db import connections
 from django.test import Client, TransactionTestCase, override_settings
@@ -308,6 +309,24 @@ class UsersTests(TransactionTestCase):
             self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
             users.send(self.alice, "other session stays")
             self.assertEqual(staying.receive(), "other session stays")
+
+    @override_settings(AUTHENTICATION_BACKENDS=["tests.groups.user_views.DirectoryBackend"])
+    def test_a_session_is_checked_with_the_user_key_django_gives_its_backend(self) -> None:
+        """``get_user`` gets the session's user key as Django's own ``get_user`` gives it
+        (``pk.to_python``), not as a str: a backend that minds the type keeps its users."""
+        browser = logged_in("alice")
+        key = browser.session.session_key
+        self.assertTrue(users.session_is_valid(key, str(self.alice.pk)))
+        self.assertFalse(users.session_is_valid(key, str(self.bob.pk)))
+        naming_nobody = SessionStore()
+        naming_nobody["_auth_user_id"] = "not a primary key"
+        naming_nobody.create()
+        self.assertFalse(users.session_is_valid(naming_nobody.session_key, "1"))
+        with tab(browser) as ws:
+            self.assertTrue(users._checker.wait_idle(WAIT))
+            users._checker.check([m for m, _ in users._owners.values()], keep_connections=True)
+            with self.assertRaises(TimeoutError):  # not closed
+                ws.receive(timeout=0.3)
 
     @override_settings(WEBSOCKET_REVOKE_SESSIONS=False)
     def test_revocation_can_be_turned_off(self) -> None:
