@@ -220,12 +220,12 @@ def _opened(
         return
     with _lock:
         _owners[id(websocket)] = (websocket, found)
-    groups.join(_USER_PREFIX + found.user, websocket)
-    if found.session_key:
-        groups.join(_SESSION_PREFIX + found.session_key, websocket)
-        # A command sent between the request's authentication and these joins (a
-        # revocation, a disconnect) found no socket of this one's: look for one.
-        _checker.soon(websocket)
+    for name in _groups_of(found):
+        groups.join(name, websocket)
+    # A command sent between the request's authentication and these joins (a
+    # revocation, a disconnect) found no socket of this one's: look for one -- also for
+    # a user no session names (authenticated by a token), whom disconnect() reaches.
+    _checker.soon(websocket)
     _checker.start()
 
 

@@ -238,6 +238,16 @@ class UsersTests(TransactionTestCase):
             users.send(self.alice, "still open")
             self.assertEqual(after.receive(), "still open")
 
+    def test_a_user_without_a_session_disconnected_while_their_socket_opens_is_closed(
+        self,
+    ) -> None:
+        """As above for a socket whose user no session names (authenticated by a token,
+        say): it joined its user's group only, and still reads what it missed there."""
+        path = "/ws/token-disconnected-while-opening/?username=alice"
+        with WebSocketClient(path, timeout=WAIT) as ws:
+            self.assertEqual(ws.wait_closed(WAIT), 4003)
+            self.assertEqual(ws.close_reason, "banned")
+
     @override_settings(SESSION_ENGINE="tests.groups.flaky_sessions")
     def test_a_session_store_that_cannot_be_read_is_logged_once_and_revokes_nothing(
         self,

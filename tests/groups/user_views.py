@@ -93,6 +93,15 @@ def disconnected_while_opening(request: HttpRequest) -> None:
     socket(request)
 
 
+@require_websocket
+def token_disconnected_while_opening(request: HttpRequest) -> None:
+    """As :func:`disconnected_while_opening`, for a socket whose user is not in a session
+    (``?username=X``: what a middleware authenticating by a token in the URL does)."""
+    request.user = User.objects.get(username=request.GET["username"])
+    users.disconnect(request.user, code=4003, reason="banned")
+    socket(request)
+
+
 def log_in(request: HttpRequest) -> HttpResponse:
     """``?username=X``: log X in (password ``PASSWORD``); the session cookie is set."""
     user = authenticate(request, username=request.GET["username"], password=PASSWORD)
