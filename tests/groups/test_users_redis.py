@@ -8,13 +8,16 @@ import json
 import logging
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.test import override_settings
 
 from dwebsocket import groups, users
+from dwebsocket.groups import control
+from dwebsocket.groups.redis import RedisLayer
 from tests.groups.redis_server import RedisServer
+from tests.groups.test_presence_cluster import layers  # noqa: F401 - the fixture
 from tests.groups.test_redis_layer import Inbox
 
 
@@ -63,8 +66,6 @@ def test_commands_are_remembered_for_a_while(
     """What ``users`` reads for a socket that joined its groups after a command was sent:
     the commands of the last ``control.MEMORY`` seconds (here 0.5), in order, with their
     age; none later."""
-    from dwebsocket.groups import control
-
     if url == "redis":
         url = request.getfixturevalue("redis_server").url
     monkeypatch.setattr(control, "MEMORY", 0.5)
@@ -127,3 +128,19 @@ def test_sockets_just_opened_read_their_groups_commands_in_one_round_trip(
         admin.close()
         for tab in [*opened.values(), *again.values()]:
             users._owners.pop(id(tab), None)
+
+
+@pytest.mark.server  # starts a cluster or Sentinels
+def test_recent_controls_of_several_groups_on_a_cluster_and_on_sentinels(
+    layers: Callable[[], RedisLayer],  # noqa: F811 - the fixture imported above
+) -> None:
+    """``recent_controls_many``: one call per group on a Cluster (the groups' slots are
+    on several nodes), a pipeline behind Sentinels; the same answers."""
+    one, two = layers(), layers()
+    one.control(users.user_group(7), control.encode("check"))
+    one.control(users.session_group("abc"), control.encode("close", code=4001, reason=""))
+    names = [users.user_group(7), users.session_group("abc"), users.user_group(8)]
+    (check,), (close,), none = two.recent_controls_many(names, control.MEMORY)
+    assert json.loads(check[0]) == {"op": "check"}
+    assert json.loads(close[0])["code"] == users.REVOKED
+    assert none == []
