@@ -385,7 +385,9 @@ class _Checker:
         self._draining = False  # a _drain() runs (checking, or lingering for more)
         self._more = threading.Event()  # soon() gave a lingering _drain() more to check
         self._stop_lingering = False  # wait_idle(): a lingering _drain() ends now
-        self._unreadable = False  # the last session lookup failed (under _checking)
+        #: The sessions (key, user) whose last lookup failed (under _checking): the
+        #: store counts as unreadable until none is left.
+        self._failing: set[tuple[str, str]] = set()
 
     def start(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -571,18 +573,18 @@ class _Checker:
             try:
                 self._check(members)
             finally:
-                if not keep_connections or self._unreadable:
+                if not keep_connections or self._failing:
                     close_thread_connections()
 
-    def _verdict(self, session_key: str, user: str) -> bool:
-        """:func:`session_is_valid`, True when the store cannot be read (that revokes
-        nothing). Logs one WARNING per outage of the store, not one per session and
-        check: a database that went away would log for every socket, every minute."""
+    def _verdict(self, key: tuple[str, str]) -> bool | None:
+        """:func:`session_is_valid` of ``key`` (session key, user), None when the store
+        cannot be read (that revokes nothing). Logs one WARNING per outage of the store,
+        not one per session and check: a database that went away would log for every
+        socket, every minute."""
         try:
-            valid = session_is_valid(session_key, user)
+            valid = session_is_valid(*key)
         except Exception as exc:
-            if not self._unreadable:
-                self._unreadable = True
+            if not self._failing:
                 logger.warning(
                     "Could not read the session store (%s): no WebSocket's session is "
                     "revoked by the checks until it can be read again",
@@ -591,26 +593,34 @@ class _Checker:
                 )
             else:
                 logger.debug("The session store still cannot be read: %r", exc)
-            return True
-        if self._unreadable:
-            self._unreadable = False
-            logger.info("The session store can be read again: the session checks resume")
+            self._failing.add(key)
+            return None
+        self._failing.discard(key)
         return valid
 
     def _check(self, members: list[Member]) -> None:
-        verdicts: dict[tuple[str, str], bool] = {}
+        failing = bool(self._failing)
+        verdicts: dict[tuple[str, str], bool | None] = {}
         for member in members:
             found = owner(member)
             if found is None or found.session_key is None or member.is_closed():
                 continue
             key = (found.session_key, found.user)
             if key not in verdicts:
-                verdicts[key] = self._verdict(*key)
-            if not verdicts[key]:
+                verdicts[key] = self._verdict(key)
+            if verdicts[key] is False:
                 logger.info(
                     "Session of user %s ended: closing its WebSocket (%d)", found.user, REVOKED
                 )
                 _spawn(_close, member, REVOKED, "session ended")
+        if self._failing:
+            # The outage ends once every session that could not be read has been read
+            # (other checks read other sessions meanwhile) or has no open socket left.
+            with _lock:
+                live = {(o.session_key, o.user) for _, o in _owners.values()}
+            self._failing &= live
+        if failing and not self._failing:
+            logger.info("The session store can be read again: the session checks resume")
 
 
 def _groups_of(found: _Owner) -> list[str]:

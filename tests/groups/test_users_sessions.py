@@ -160,3 +160,49 @@ def test_a_session_database_that_went_away_revokes_nothing(
         nothing_for(staying)
     warnings = [line for line in log.read_text().splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1, warnings
+
+
+@pytest.mark.server
+def test_one_session_file_that_cannot_be_read_is_one_warning_while_the_others_are_checked(
+    make_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """One session's file cannot be read (a directory in its place), the others can: one
+    WARNING for as long as it lasts, not one for each check (the others read in between
+    are no end of the outage), and the other sessions still end."""
+    sessions, log = tmp_path / "sessions", tmp_path / "users.log"
+    sessions.mkdir()
+    settings = {
+        **site_settings(tmp_path / "site.sqlite3", "memory://"),
+        "SESSION_ENGINE": "django.contrib.sessions.backends.file",
+        "SESSION_FILE_PATH": str(sessions),
+        "LOGGING": logging_to(log),
+    }
+    create_site(settings)
+    server = make_server("gevent", settings=settings)
+    site = Site([server], tmp_path / "site.sqlite3")
+    with site.stack:
+        laptop, phone = site.browser(), site.browser()
+        key, unreadable = laptop.login(server, "alice"), phone.login(server, "alice")
+        leaving, staying = laptop.tab(server), phone.tab(server)
+        bobs = site.browser()
+        bobs.login(server, "bob")
+        bob = bobs.tab(server)
+
+        path = sessions / f"sessionid{unreadable}"
+        content = path.read_bytes()
+        path.unlink()
+        path.mkdir()
+        assert logged(log, "still cannot be read", 3) >= 3
+        # A check of some sessions only (a user saved) reads them: the outage goes on.
+        laptop.get(server, "/password/", username="bob", password="bob's new one")
+        assert closed_with(bob) == REVOKED
+        assert logged(log, "still cannot be read", 6) >= 6
+        (sessions / f"sessionid{key}").unlink()
+        assert closed_with(leaving) == REVOKED
+        nothing_for(staying)
+        path.rmdir()
+        path.write_bytes(content)
+        assert logged(log, "can be read again") == 1
+        nothing_for(staying)
+    warnings = [line for line in log.read_text().splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, warnings
