@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from dwebsocket import groups
 from dwebsocket.conf import SESSION_CHECK_INTERVAL
+from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups import control
 from dwebsocket.websocket import REQUEST_STARTED
 
