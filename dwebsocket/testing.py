@@ -449,8 +449,11 @@ class WebSocketClient:
         if self._conn is not None and self.close_code is None:
             self.close_code = 1006
         server.join(self.timeout)
+        returned = not server.is_alive()
+        if not returned:
+            server.stop()
         server.release()
-        if check_returned and server.is_alive():
+        if check_returned and not returned:
             raise TimeoutError(
                 f"the view for {self.path} did not return within {self.timeout}s after its "
                 "connection closed"
@@ -525,6 +528,10 @@ class _ServerSide(threading.Thread):
         for conn in self.shared.values():
             conn.dec_thread_sharing()
         self.shared = {}
+
+    def stop(self) -> None:
+        """The view did not return: a sync view cannot be stopped from outside, so its
+        thread (a daemon) is left to it."""
 
     def run(self) -> None:
         try:
@@ -665,9 +672,23 @@ class _ASGIServerSide(_ServerSide):
         self.connection: Connection | None = None
         self.handshake: HandshakeRequest | None = None
         self.refusal: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def serve(self, head: bytes, rest: bytes) -> None:
         asyncio.run(self.aserve(head, rest))
+
+    def stop(self) -> None:
+        """Unlike a sync view, a coroutine can be stopped: it is cancelled, so that its
+        thread ends instead of waiting for ever (up to the client's ``timeout`` for the
+        view to unwind)."""
+        task = self._task
+        if task is None:
+            return
+        self._stopped = True
+        with contextlib.suppress(RuntimeError):  # its loop has just ended
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        self.join(self.client.timeout)
 
     def scope(self, head: bytes) -> dict[str, Any]:
         """The ``websocket`` scope an ASGI server would build (RequestFactory's host)."""
@@ -797,7 +818,11 @@ class _ASGIServerSide(_ServerSide):
                 self.exc_info = sys.exc_info()  # type: ignore[assignment]
 
         got_request_exception.connect(store_exc_info, weak=False, dispatch_uid=id(self))
+        self._task = asyncio.current_task()
         try:
             await Handler()(scope, receive, send)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            if not self._stopped:
+                raise
         finally:
             got_request_exception.disconnect(dispatch_uid=id(self))

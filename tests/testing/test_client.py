@@ -208,6 +208,19 @@ def test_a_view_that_does_not_return() -> None:
         assert not ws._server.is_alive()
 
 
+
+def test_an_async_view_that_does_not_return_leaves_no_thread_behind() -> None:
+    """As for a sync view, close() says the view did not return; an ``async def`` view
+    can be stopped, though: it is cancelled, and its thread (the event loop playing the
+    ASGI server) ends instead of waiting for ever."""
+    ws = WebSocketClient("/stubborn-async/", timeout=0.2).connect()
+    with pytest.raises(TimeoutError, match="did not return"):
+        ws.close()
+    assert ws._server is not None
+    ws._server.join(10)
+    assert not ws._server.is_alive()
+    assert ws._server.error is None
+
 # -- refused handshakes ------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ urlpatterns = [
     path("inspect/<str:name>/", views.inspect),
     path("fail-before-accepting/", views.fail_before_accepting),
     path("stubborn/", views.stubborn),
+    path("stubborn-async/", views.stubborn_async),
     path("refuse-with-cookie/", views.refuse_with_cookie),
     path("refuse-at-length/", views.refuse_at_length),
     path("hesitant/", views.hesitant),

@@ -3,6 +3,7 @@ process (``test_chat.py``) and through real servers (``test_chat_servers.py``)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 
@@ -109,3 +110,10 @@ def stubborn(request: HttpRequest) -> None:
     """Accept, then ignore the connection until ``RELEASE`` is set."""
     request.websocket.accept()
     RELEASE.wait(30)
+
+
+@require_websocket
+async def stubborn_async(request: HttpRequest) -> None:
+    """Accept, then never return: waits on nothing, and never reads."""
+    await request.websocket.accept()
+    await asyncio.Event().wait()
