@@ -243,23 +243,27 @@ class ReconnectingClient:
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close for good (no reconnection): a close frame, a short wait for the server's,
-        then the socket. Idempotent."""
+        then the socket. Idempotent. A close frame that cannot be made (a ``code`` that may
+        not be sent, a ``reason`` over 123 bytes) raises ``ValueError``, the client closed
+        all the same."""
         if self._closed_for_good:
             return
         conn, sock = self._conn, self._sock
         self._closed_for_good = True
         self.close_code, self.close_reason = code, reason
-        if conn is not None and sock is not None:
-            with contextlib.suppress(OSError, ConnectionClosed):
-                self._write(conn.send_close(code, reason))
-                deadline = time.monotonic() + min(self.timeout, 2.0)
-                while not conn.close_received and (left := deadline - time.monotonic()) > 0:
-                    sock.settimeout(left)
-                    data = sock.recv(_RECV)
-                    conn.receive_data(data)
-                    if not data:
-                        break
-        self._drop()
+        try:
+            if conn is not None and sock is not None:
+                with contextlib.suppress(OSError, ConnectionClosed):
+                    self._write(conn.send_close(code, reason))
+                    deadline = time.monotonic() + min(self.timeout, 2.0)
+                    while not conn.close_received and (left := deadline - time.monotonic()) > 0:
+                        sock.settimeout(left)
+                        data = sock.recv(_RECV)
+                        conn.receive_data(data)
+                        if not data:
+                            break
+        finally:
+            self._drop()  # whatever went wrong above: closed for good holds no socket
 
     # -- connecting ----------------------------------------------------------------------
 

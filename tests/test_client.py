@@ -230,6 +230,24 @@ def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
     assert client.close_code == 1000
 
 
+
+@pytest.mark.parametrize(("code", "reason"), [(1006, ""), (1000, "x" * 124)])
+def test_close_with_a_code_or_reason_that_may_not_be_sent_still_closes(
+    gevent: ServerProcess, code: int, reason: str
+) -> None:
+    """``close()`` with a code no endpoint may send (1006) or a reason over 123 bytes: the
+    mistake is raised (``ValueError``), and the client is closed all the same; before, it
+    counted as closed for good (a second ``close()`` did nothing) but its socket stayed
+    open, the server never told."""
+    client = ReconnectingClient(gevent.url("/echo/")).connect(WAIT)
+    sock = client._sock
+    assert sock is not None
+    with pytest.raises(ValueError):
+        client.close(code, reason)
+    assert not client.connected and sock.fileno() == -1
+    with pytest.raises(ConnectionClosed):
+        client.recv(0.1)
+
 def test_positions_and_events_follow_what_the_application_received(history: Proxy) -> None:
     """A recovery replay reaches the client in one read (the proxy hands the 101, three
     missed messages, ``joined`` and the view's first message over at once). The
