@@ -298,3 +298,55 @@ def test_a_heartbeat_death_after_a_stable_connection_restarts_the_backoff(
     page.evaluate("beating.close()")
     _code, delay, attempts = page.evaluate("beats.find(b => b[0] === 4002)")
     assert attempts == 1 and delay < 20
+
+
+@pytest.fixture
+def gevent(make_server: Callable[..., ServerProcess]) -> ServerProcess:
+    return make_server("gevent")
+
+
+@pytest.fixture
+def bare_page(browser: Browser, gevent: ServerProcess) -> Iterator[Page]:
+    """A page of ``gevent``'s origin with nothing but the client, loaded after
+    ``setTimeout`` is counted: ``window.pending`` holds the timers set and not yet run or
+    cleared."""
+    context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    page.goto(gevent.url("/group/static/dwebsocket/dwebsocket.module.js", scheme="http"))
+    page.evaluate(
+        """() => {
+            const set = window.setTimeout, clear = window.clearTimeout;
+            window.pending = new Set();
+            window.setTimeout = (fn, ms) => {
+                const id = set(() => { pending.delete(id); fn(); }, ms);
+                pending.add(id);
+                return id;
+            };
+            window.clearTimeout = (id) => { pending.delete(id); clear(id); };
+        }"""
+    )
+    page.add_script_tag(content=(STATIC / "dwebsocket.js").read_text())
+    yield page
+    context.close()
+
+
+def test_close_with_a_code_the_browser_refuses_still_closes(bare_page: Page) -> None:
+    """``close(1001)`` (a browser may send only 1000 and 3000-4999): the browser's error is
+    raised, and the client is closed all the same; before, it counted as closed for good
+    but its socket stayed open, delivering messages and never reconnecting."""
+    outcome = bare_page.evaluate(
+        """(url) => new Promise((done) => {
+            const s = window.leaving = new dwebsocket.Socket(url);
+            s.on("close", (e) => { window.ended = e; });
+            s.on("open", () => {
+                let error = null;
+                try { s.close(1001, "going away"); } catch (err) { error = err.name; }
+                done({error, open: s.isOpen()});
+            });
+        })""",
+        "/echo/",
+    )
+    assert outcome == {"error": "InvalidAccessError", "open": False}
+    bare_page.wait_for_function("window.ended")
+    assert bare_page.evaluate("ended.willRetry") is False

@@ -82,10 +82,18 @@
 
   /** Closes for good: no reconnection. */
   proto.close = function (code, reason) {
+    var ws = this.ws;
     this.closed = true;
     clearTimeout(this._timer);
     clearTimeout(this._beat);
-    if (this.ws) this.ws.close(code || 1000, reason || "");
+    if (ws) {
+      try {
+        ws.close(code || 1000, reason || "");
+      } catch (err) {
+        ws.close(); // a code or reason the browser will not send: closed all the same
+        throw err;
+      }
+    }
   };
 
   /** Reconnects now if waiting to (e.g. when the browser says it is online again). */
