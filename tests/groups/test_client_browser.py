@@ -331,6 +331,22 @@ def bare_page(browser: Browser, gevent: ServerProcess) -> Iterator[Page]:
     context.close()
 
 
+def test_close_leaves_no_timer_running(bare_page: Page) -> None:
+    """Once the page closed the client and heard its "close", nothing of the client is
+    left waiting: before, each attempt's connect timeout stayed set for ``connectTimeout``
+    (10 s) after the connection opened, close() or not."""
+    closed = bare_page.evaluate(
+        """(url) => new Promise((done) => {
+            const s = new dwebsocket.Socket(url);
+            s.on("open", () => s.close());
+            s.on("close", (e) => setTimeout(() => done(e), 0));
+        })""",
+        "/echo/",
+    )
+    assert closed["willRetry"] is False
+    assert bare_page.evaluate("pending.size") == 0
+
+
 def test_close_with_a_code_the_browser_refuses_still_closes(bare_page: Page) -> None:
     """``close(1001)`` (a browser may send only 1000 and 3000-4999): the browser's error is
     raised, and the client is closed all the same; before, it counted as closed for good

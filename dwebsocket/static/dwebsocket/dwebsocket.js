@@ -132,6 +132,7 @@
     this.ws = ws;
     this._openedAt = 0;
     ws.onopen = function () {
+      clearTimeout(self._timer);
       self._openedAt = Date.now();
       self._alive();
       self._emit("open", { reconnect: self.attempts > 0 || self._opened === true });
@@ -145,8 +146,9 @@
       if (self.ws === ws) self._closed(event.code, event.reason);
     };
     // A server that accepts the connection but never answers the handshake would keep
-    // the browser waiting for minutes (and retryNow() with it).
-    setTimeout(function () {
+    // the browser waiting for minutes (and retryNow() with it). In _timer: no retry is
+    // due while an attempt is under way.
+    this._timer = setTimeout(function () {
       if (self.ws === ws && ws.readyState === 0) self._abandon(ws, 1006, "connect timeout");
     }, this.options.connectTimeout);
   };
@@ -164,6 +166,7 @@
 
   proto._closed = function (code, reason) {
     this.ws = null;
+    clearTimeout(this._timer);
     clearTimeout(this._beat);
     // Here, not in onclose: a connection the heartbeat or a timeout gave up ends here too.
     if (this._openedAt && Date.now() - this._openedAt >= this.options.stable) this.attempts = 0;
