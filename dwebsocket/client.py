@@ -292,6 +292,12 @@ class ReconnectingClient:
             status = exc.status if isinstance(exc, _Refused) else None
             final = status is not None and 400 <= status < 500 and status not in (408, 429)
             self._lost(1006, str(exc) or type(exc).__name__, final=final)
+        except BaseException:
+            # KeyboardInterrupt, a gevent.Timeout around the call: the attempt is abandoned
+            # (not a failure); its socket must not wait for the next one to replace it.
+            if self._conn is None:
+                self._drop()
+            raise
         return True
 
     def _address(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from tests.servers import ServerProcess
 pytestmark = pytest.mark.server
 
 WAIT = 20.0
+_READ = 65536
 
 
 @pytest.fixture
@@ -209,6 +211,37 @@ def test_connect_and_recv_keep_to_the_callers_timeout() -> None:
     assert all(isinstance(exc, TimeoutError) for exc in outcomes), outcomes
     assert client.attempts == 0  # the caller's time ran out, not the server's
 
+
+
+class Interrupted(BaseException):
+    """Stands for a ``gevent.Timeout`` or a ``KeyboardInterrupt`` in the caller's thread."""
+
+
+def test_an_attempt_interrupted_midway_leaves_no_socket_open() -> None:
+    """A ``BaseException`` (here from a signal handler, as ``KeyboardInterrupt`` comes)
+    while an attempt waits for the 101: the attempt is abandoned and its socket closed
+    (the backend, a listening socket that never answers, sees its end); before, the socket
+    stayed with the client, and the next attempt replaced it without closing it."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    with socket.create_server(("127.0.0.1", 0)) as wedged:
+        client = ReconnectingClient(f"ws://127.0.0.1:{wedged.getsockname()[1]}/", timeout=600)
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(Interrupted):
+                client.connect()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        attempt, _ = wedged.accept()
+        with attempt:
+            attempt.settimeout(WAIT)
+            while attempt.recv(_READ):  # the request, then the end of the connection
+                pass
+    client.close()
 
 def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
     """The connection was reset under the client (the proxy went away; the client's next
