@@ -301,7 +301,11 @@ class ReconnectingClient:
         return True
 
     def _address(self) -> str:
-        query = [(k, v) for k, v in parse_qsl(self._parts.query) if k not in ("dws", "dws_since")]
+        query = [
+            (k, v)
+            for k, v in parse_qsl(self._parts.query, keep_blank_values=True)
+            if k not in ("dws", "dws_since")
+        ]
         query.append(("dws", "1"))
         if self._arrived:
             query.append(("dws_since", json.dumps(self._arrived, separators=(",", ":"))))

@@ -55,6 +55,21 @@ def test_url_must_be_ws() -> None:
             ReconnectingClient(url)
 
 
+def test_the_urls_blank_query_parameters_are_kept() -> None:
+    """The client adds ``dws`` and ``dws_since`` to the URL's query; the application's own
+    parameters go as they were, blank ones (``?debug``, ``?a=``) included: they were
+    dropped."""
+    client = ReconnectingClient("ws://127.0.0.1:9/x/?debug&a=&b=1&dws=7", positions={"g": "e:1"})
+    query = parse_qsl(urlsplit(client._address()).query, keep_blank_values=True)
+    assert query == [
+        ("debug", ""),
+        ("a", ""),
+        ("b", "1"),
+        ("dws", "1"),
+        ("dws_since", '{"g":"e:1"}'),
+    ]
+
+
 @pytest.mark.parametrize("name", ["gevent", "runserver", "uwsgi-gevent"])
 def test_echo_binary_and_the_envelope_query(
     name: str, make_server: Callable[..., ServerProcess]
@@ -212,7 +227,6 @@ def test_connect_and_recv_keep_to_the_callers_timeout() -> None:
     assert client.attempts == 0  # the caller's time ran out, not the server's
 
 
-
 class Interrupted(BaseException):
     """Stands for a ``gevent.Timeout`` or a ``KeyboardInterrupt`` in the caller's thread."""
 
@@ -243,6 +257,7 @@ def test_an_attempt_interrupted_midway_leaves_no_socket_open() -> None:
                 pass
     client.close()
 
+
 def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
     """The connection was reset under the client (the proxy went away; the client's next
     write drew the reset) and the application closes the client: the failed close frame
@@ -263,7 +278,6 @@ def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
     assert client.close_code == 1000
 
 
-
 @pytest.mark.parametrize(("code", "reason"), [(1006, ""), (1000, "x" * 124)])
 def test_close_with_a_code_or_reason_that_may_not_be_sent_still_closes(
     gevent: ServerProcess, code: int, reason: str
@@ -280,6 +294,7 @@ def test_close_with_a_code_or_reason_that_may_not_be_sent_still_closes(
     assert not client.connected and sock.fileno() == -1
     with pytest.raises(ConnectionClosed):
         client.recv(0.1)
+
 
 def test_positions_and_events_follow_what_the_application_received(history: Proxy) -> None:
     """A recovery replay reaches the client in one read (the proxy hands the 101, three
