@@ -208,7 +208,6 @@ def test_a_view_that_does_not_return() -> None:
         assert not ws._server.is_alive()
 
 
-
 def test_an_async_view_that_does_not_return_leaves_no_thread_behind() -> None:
     """As for a sync view, close() says the view did not return; an ``async def`` view
     can be stopped, though: it is cancelled, and its thread (the event loop playing the
@@ -220,6 +219,7 @@ def test_an_async_view_that_does_not_return_leaves_no_thread_behind() -> None:
     ws._server.join(10)
     assert not ws._server.is_alive()
     assert ws._server.error is None
+
 
 # -- refused handshakes ------------------------------------------------------------------
 
