@@ -221,6 +221,15 @@ def test_an_async_view_that_does_not_return_leaves_no_thread_behind() -> None:
     assert ws._server.error is None
 
 
+def test_an_async_view_that_never_answers_the_handshake_leaves_no_thread_behind() -> None:
+    ws = WebSocketClient("/hesitant-async/", timeout=0.2)
+    with pytest.raises(TimeoutError):
+        ws.connect()
+    assert ws._server is not None
+    ws._server.join(10)
+    assert not ws._server.is_alive()
+
+
 # -- refused handshakes ------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ urlpatterns = [
     path("fail-before-accepting/", views.fail_before_accepting),
     path("stubborn/", views.stubborn),
     path("stubborn-async/", views.stubborn_async),
+    path("hesitant-async/", views.hesitant_async),
     path("refuse-with-cookie/", views.refuse_with_cookie),
     path("refuse-at-length/", views.refuse_at_length),
     path("hesitant/", views.hesitant),

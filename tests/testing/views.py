@@ -117,3 +117,9 @@ async def stubborn_async(request: HttpRequest) -> None:
     """Accept, then never return: waits on nothing, and never reads."""
     await request.websocket.accept()
     await asyncio.Event().wait()
+
+
+@require_websocket
+async def hesitant_async(request: HttpRequest) -> None:
+    """Neither accept nor refuse, ever."""
+    await asyncio.Event().wait()
