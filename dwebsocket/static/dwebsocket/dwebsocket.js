@@ -6,7 +6,7 @@
  *   const ws = new dwebsocket.Socket("/chat/lobby/");
  *   ws.on("message", (data, meta) => ...);  // meta.group, meta.position for group messages
  *   ws.on("recoveryfailed", (e) => reloadState());
- *   ws.send("hello");
+ *   ws.on("open", () => ws.send("hello"));  // send() is false while not connected
  */
 (function (root) {
   "use strict";
