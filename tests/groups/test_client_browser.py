@@ -366,3 +366,19 @@ def test_close_with_a_code_the_browser_refuses_still_closes(bare_page: Page) -> 
     assert outcome == {"error": "InvalidAccessError", "open": False}
     bare_page.wait_for_function("window.ended")
     assert bare_page.evaluate("ended.willRetry") is False
+
+
+def test_a_url_that_can_never_connect_is_reported_to_the_page(bare_page: Page) -> None:
+    """A URL the browser refuses outright (``ftp:``): the client stops and says so with a
+    "close" event (1006, no retry). It was emitted inside the constructor, before the page
+    could listen: nobody heard it."""
+    bare_page.evaluate(
+        """() => {
+            const s = window.bad = new dwebsocket.Socket("ftp://127.0.0.1/x/");
+            s.on("close", (e) => { window.badClose = e; });
+        }"""
+    )
+    bare_page.wait_for_function("window.badClose")
+    close = bare_page.evaluate("badClose")
+    assert close["code"] == 1006 and close["willRetry"] is False
+    assert bare_page.evaluate("bad.closed") is True

@@ -123,9 +123,12 @@
     try {
       ws = new root.WebSocket(this._address(), this.options.protocols);
     } catch (err) {
-      // A malformed URL never gets better: report it and stop.
+      // A malformed URL never gets better: report it and stop. Later: on the first
+      // attempt this runs in the constructor, before the page can listen.
       this.closed = true;
-      this._emit("close", { code: 1006, reason: String(err), willRetry: false });
+      setTimeout(function () {
+        self._emit("close", { code: 1006, reason: String(err), willRetry: false });
+      });
       return;
     }
     ws.binaryType = this.options.binaryType;
