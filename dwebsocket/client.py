@@ -410,15 +410,21 @@ class ReconnectingClient:
                 self._ping_sent = now
                 with contextlib.suppress(ConnectionClosed):
                     self.send(_PING)
-            else:
-                self._lost(HEARTBEAT_CLOSE, "no heartbeat")
-            return True
-        if deadline is not None and now >= deadline:
+                return True
+            # The caller may have been away since the ping (recv() is not always being
+            # called): the answer may be waiting unread. Only nothing at all is silence.
+            dead, wait = True, 0.0
+        elif deadline is not None and now >= deadline:
             return False
-        sock.settimeout(max(0.001, min(due, deadline or due) - now))
+        else:
+            dead, wait = False, max(0.001, min(due, deadline or due) - now)
+        sock.settimeout(wait)
         try:
             data = sock.recv(_RECV)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
+            if dead:
+                self._lost(HEARTBEAT_CLOSE, "no heartbeat")
+                return True
             return deadline is None or time.monotonic() < deadline
         except OSError as exc:
             self._lost(1006, str(exc))

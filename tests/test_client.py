@@ -160,6 +160,25 @@ def test_the_heartbeat_finds_a_silent_connection(proxy: Proxy) -> None:
         assert events[-1].type == "open" and events[-1].reconnect
 
 
+def test_an_answer_waiting_unread_is_not_taken_for_a_dead_connection(gevent: ServerProcess) -> None:
+    """The application calls ``recv()`` now and then (a poll with a short timeout): a
+    ping went out in one call, and the next comes after ``ping_timeout``, the pong and an
+    echo waiting in the socket. They are read, not the connection given up (4002) with
+    the echo in it."""
+    events: list[Event] = []
+    with ReconnectingClient(
+        gevent.url("/echo/"), ping_interval=0.2, ping_timeout=0.3, on_event=events.append
+    ) as client:
+        time.sleep(0.25)  # the ping is due
+        with pytest.raises(TimeoutError):
+            client.recv(0)  # sends it, reads nothing
+        assert client._ping_sent is not None
+        client.send("still here")
+        time.sleep(0.5)  # the application is busy for longer than ping_timeout
+        assert client.recv(WAIT).data == "still here"
+    assert [e.type for e in events] == ["open"], events
+
+
 def test_an_event_handler_that_raises_loses_nothing(
     history: Proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
