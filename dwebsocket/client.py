@@ -490,6 +490,11 @@ class ReconnectingClient:
         except OSError as exc:
             self._lost(1006, str(exc))
             raise ConnectionClosed(1006, str(exc)) from None
+        except BaseException:
+            # KeyboardInterrupt, a gevent.Timeout around send(): part of the frame may be
+            # on the wire, and the next one would land in its middle.
+            self._lost(1006, "a write was interrupted")
+            raise
 
     def _next(self) -> Received | None:
         """Emit the events at the head of the inbox, then take its first message (None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import socket
 import threading
@@ -17,6 +18,7 @@ import pytest
 
 from dwebsocket.client import Event, ReconnectingClient
 from dwebsocket.exceptions import ConnectionClosed
+from dwebsocket.protocol.handshake import accept_key
 from tests.groups.proxy import Proxy
 from tests.servers import ServerProcess
 
@@ -275,6 +277,55 @@ def test_an_attempt_interrupted_midway_leaves_no_socket_open() -> None:
             while attempt.recv(_READ):  # the request, then the end of the connection
                 pass
     client.close()
+
+
+def test_a_write_interrupted_midway_gives_the_connection_up() -> None:
+    """A ``BaseException`` while ``send()`` waits to write a large message (the backend
+    accepted, then reads nothing): part of the frame may be on the wire, so the
+    connection cannot carry another frame; it is given up (a reconnection scheduled), not
+    kept to send the next message into the middle of this one."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    with socket.create_server(("127.0.0.1", 0)) as backend:
+        client = ReconnectingClient(f"ws://127.0.0.1:{backend.getsockname()[1]}/", timeout=600)
+        accepted: list[socket.socket] = []
+
+        def answer() -> None:  # a 101, then nothing is ever read
+            conn, _ = backend.accept()
+            accepted.append(conn)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(_READ)
+            key = re.search(rb"Sec-WebSocket-Key: (\S+)", request, re.I)
+            assert key is not None
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                + accept_key(key.group(1).decode()).encode()
+                + b"\r\n\r\n"
+            )
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        client.connect(WAIT)
+        thread.join(WAIT)
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            # Well after the frame is made (a tenth of that), while the write waits.
+            signal.setitimer(signal.ITIMER_REAL, 1.0)
+            with pytest.raises(Interrupted):
+                client.send(b"x" * 2**25)  # more than the buffers take
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert not client.connected
+        with pytest.raises(ConnectionClosed):
+            client.send("into the middle of the last frame")
+        client.close()
+        for conn in accepted:
+            conn.close()
 
 
 def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
