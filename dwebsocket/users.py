@@ -668,16 +668,27 @@ def _user_saved(
     update_fields: Any = None,
     **kwargs: Any,
 ) -> None:
-    from django.db import transaction
-
     if created or instance is None or instance.pk is None:
         return
     if update_fields is not None and set(update_fields) <= {"last_login"}:
         return  # login() saves this; no session changes validity by it
+    _check_once_committed(instance)
+
+
+def _user_deleted(sender: Any, instance: Any = None, **kwargs: Any) -> None:
+    """A user deleted: no session names them any more (nothing deletes the sessions)."""
+    if instance is not None and instance.pk is not None:
+        _check_once_committed(instance)
+
+
+def _check_once_committed(user: Any) -> None:
+    """Every process checks ``user``'s sockets, once the transaction commits."""
+    from django.db import transaction
+
     if not _revoking():
         return
-    group = user_group(instance)
-    # Once committed: other processes must read the new password hash.
+    group = user_group(user)
+    # Once committed: other processes must read the new password hash (or find no user).
     transaction.on_commit(lambda: get_layer().control(group, control.encode("check")))
 
 
@@ -701,6 +712,7 @@ def connect_signals() -> None:
             user_model = None
         if user_model is not None:
             post_save.connect(_user_saved, sender=user_model, dispatch_uid="dwebsocket.users")
+            post_delete.connect(_user_deleted, sender=user_model, dispatch_uid="dwebsocket.users")
     if apps.is_installed("django.contrib.sessions"):
         from django.contrib.sessions.base_session import AbstractBaseSession
 
