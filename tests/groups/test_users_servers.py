@@ -240,6 +240,22 @@ def test_password_change_closes_every_session_of_the_user(site: Site) -> None:
     assert bob_tab.recv(timeout=WAIT) == "bob stays"
 
 
+def test_a_deleted_user_is_closed_in_every_process(site: Site) -> None:
+    one, two = site.servers
+    laptop, phone, bob = site.browser(), site.browser(), site.browser()
+    laptop.login(one, "alice")
+    phone.login(two, "alice")
+    bob.login(two, "bob")
+    alice_tabs = [laptop.tab(one), laptop.tab(two), phone.tab(two)]
+    bob_tab = bob.tab(one)
+
+    bob.get(one, "/delete-user/", username="alice")
+    for ws in alice_tabs:
+        assert closed_with(ws) == REVOKED
+    bob.get(two, "/send/", username="bob", text="bob stays")
+    assert bob_tab.recv(timeout=WAIT) == "bob stays"
+
+
 def test_disconnect_closes_every_tab_everywhere_with_the_code(site: Site) -> None:
     one, two = site.servers
     laptop, bob = site.browser(), site.browser()

@@ -12,6 +12,7 @@ urlpatterns = [
     path("login/", user_views.log_in),
     path("logout/", user_views.log_out),
     path("password/", user_views.set_password),
+    path("delete-user/", user_views.delete_user),
     path("send/", user_views.send),
     path("disconnect/", user_views.disconnect),
     path("presence/<str:name>/", user_views.presence),

@@ -125,6 +125,12 @@ def set_password(request: HttpRequest) -> HttpResponse:
     return HttpResponse("changed")
 
 
+def delete_user(request: HttpRequest) -> HttpResponse:
+    """``?username=X``: delete X (their sessions stay, naming nobody)."""
+    User.objects.get(username=request.GET["username"]).delete()
+    return HttpResponse("deleted")
+
+
 def send(request: HttpRequest) -> HttpResponse:
     """``?username=X&text=T``: ``users.send(X, T)``."""
     user = User.objects.get(username=request.GET["username"])
