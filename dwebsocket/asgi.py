@@ -32,6 +32,7 @@ peer closed or vanished (close_code)    ``websocket.disconnect``
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -128,7 +129,14 @@ class ASGIHandler(DjangoASGIHandler):
                 # The upgrade is the server's; the views see it as under WSGI.
                 request.META.setdefault("HTTP_UPGRADE", "websocket")
                 connection.speaks_dws = dws.announced(request)
-                response = await self.run_get_response(request)
+                try:
+                    response = await self.run_get_response(request)
+                except asyncio.CancelledError:
+                    # The server is stopping (hypercorn after its graceful timeout): going
+                    # away, not the 1000 of a view that returned; a sync view's thread
+                    # goes on until its wait() sees the close.
+                    connection.going_away()
+                    raise
             if connection.state is State.CONNECTING:
                 # The view answered with HTTP (or never was a WebSocket view).
                 await connection.refuse(*_http_parts(response))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import struct
 import time
@@ -353,6 +354,36 @@ def test_sync_close_called_on_the_loop_does_not_wait_for_itself(
         with pytest.raises(ConnectionClosedError):
             client.recv(timeout=TIMEOUT)
     assert (client.close_code, client.close_reason) == (4003, "closed from the loop")
+
+
+#: The close a client gets when the server stops with its session open: uvicorn sends its
+#: own (1012, service restart) and then tells the view; hypercorn cancels the scope after
+#: its graceful timeout, and dwebsocket says going away (RFC 6455 7.4.1).
+STOPPING_CLOSE = {"uvicorn": 1012, "hypercorn": 1001}
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    "param", [param for param in SERVERS if param.rsplit("-", 1)[0] in STOPPING_CLOSE]
+)
+def test_a_server_that_stops_ends_open_sessions_going_away(
+    started: Callable[..., ServerProcess], param: str
+) -> None:
+    """SIGTERM with a session open, its view waiting for a message: the client gets a
+    going-away close (not 1000 for a sync view, nor 1011 for an async one, as when a
+    cancelled scope was taken for a failed view), the session ends once (one
+    ``websocket_closed``) and the process exits (no session thread left behind)."""
+    server = started(param, WEBSOCKET_CLOSE_TIMEOUT=1.0)
+    with ws(server, "/echo/") as client:
+        client.send("here")
+        assert client.recv(timeout=TIMEOUT) == "here"
+        server.process.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed):
+            client.recv(timeout=TIMEOUT)
+    server.process.wait(TIMEOUT)
+    closes = [line for line in server.log().splitlines() if "WebSocket closed:" in line]
+    assert client.close_code == STOPPING_CLOSE[param.rsplit("-", 1)[0]], server.log()
+    assert len(closes) == 1 and f"code {client.close_code} " in closes[0], server.log()
 
 
 # -- async views without an ASGI server -------------------------------------------------------

@@ -520,6 +520,11 @@ class ASGIConnection:
             task = asyncio.ensure_future(self._send_close_event(code, reason))
             task.add_done_callback(_log_failure)
 
+    def going_away(self) -> None:
+        """The server cancelled the scope, as it does when it stops: close with 1001
+        (RFC 6455 7.4.1) without waiting; :meth:`finish` waits for the rest. On the loop."""
+        self._start_close(1001, "")
+
     def abandon(self) -> None:
         """The server did not take an event in time (a peer that stopped reading): the
         connection is over for dwebsocket (1006), whatever the server does with it. On the

@@ -10,6 +10,7 @@ than queued. Async views hold no thread.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -181,7 +182,8 @@ async def _arun_session(
         raise
     except BaseException as exc:  # cancelled: the server is stopping, or the task was killed
         if websocket.accepted:
-            await websocket.end_session(1001 if _going_away(exc) else 1011, abort=True)
+            going = _going_away(exc) or isinstance(exc, asyncio.CancelledError)
+            await websocket.end_session(1001 if going else 1011, abort=True)
         raise
     if not websocket.accepted:
         if response is not None:
