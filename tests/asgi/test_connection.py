@@ -151,6 +151,26 @@ def test_an_outbox_that_overflows_before_the_accept_closes_with_1008_after_it() 
     assert sent[1]["code"] == 1008
 
 
+def test_the_outbox_counts_text_in_bytes_of_utf_8() -> None:
+    """``WEBSOCKET_SEND_QUEUE_SIZE`` is bytes, as the default backend counts them: 40
+    two-byte characters are 80 bytes over a limit of 64 (they were counted as 40
+    characters, so text of wider characters queued up to four times the limit)."""
+
+    async def scenario() -> list[Mapping[str, Any]]:
+        connection, inbox = await opened(queue_limit=64, accept=False)
+        connection.deliver("é" * 40)
+        assert await connection.accept() is True
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1008})
+        await connection.finish()
+        return connection.sent
+
+    sent = asyncio.run(scenario())
+    assert [(e["type"], e.get("code")) for e in sent] == [
+        ("websocket.accept", None),
+        ("websocket.close", 1008),
+    ], sent
+
+
 def test_a_cancelled_async_view_closes_with_its_code_not_1000() -> None:
     """``end_session(abort=True)`` (the view's task was cancelled) then the scope's
     ``finish()``, as ``dwebsocket.asgi`` runs them: the close sent is the abort's."""

@@ -272,7 +272,7 @@ class ASGIConnection:
             self._mark_closed(1006, "")
 
     def _received(self, message: Message) -> None:
-        size = len(message.encode()) if isinstance(message, str) else len(message)
+        size = _size(message)
         limit = self.max_message_size
         if limit is not None and size > limit:
             logger.info(
@@ -314,7 +314,7 @@ class ASGIConnection:
 
     def _took(self, message: Message) -> None:
         # Called with the lock held.
-        self.backlog_bytes -= len(message.encode()) if isinstance(message, str) else len(message)
+        self.backlog_bytes -= _size(message)
         if self._full and len(self.messages or ()) < BACKLOG_MESSAGES // 2:
             if self.on_loop():
                 self._make_room()
@@ -433,7 +433,7 @@ class ASGIConnection:
         if self._queued is None:
             self._queued = deque()
         self._queued.append(message)
-        self._queued_bytes += len(message)
+        self._queued_bytes += _size(message)
         if self._queued_bytes > self.queue_limit:
             logger.info(
                 "WebSocket %s: over WEBSOCKET_SEND_QUEUE_SIZE (%s bytes queued): closing with 1008",
@@ -456,7 +456,7 @@ class ASGIConnection:
         try:
             while self._queued and self.state is State.OPEN:  # None once closed
                 message = self._queued.popleft()
-                self._queued_bytes -= len(message)
+                self._queued_bytes -= _size(message)
                 try:
                     await self.send_message(message)
                 except ConnectionClosed:
@@ -576,6 +576,14 @@ class ASGIConnection:
     def _peer(self) -> str:
         client = self.scope.get("client")
         return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def _size(message: Message) -> int:
+    """The bytes of ``message`` on the wire: text as UTF-8 (what the limits count), with
+    no encoding for ASCII (``isascii()`` reads a flag)."""
+    if isinstance(message, str) and not message.isascii():
+        return len(message.encode("utf-8", "surrogatepass"))  # never raises here
+    return len(message)
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
