@@ -386,6 +386,36 @@ def test_a_server_that_stops_ends_open_sessions_going_away(
     assert len(closes) == 1 and f"code {client.close_code} " in closes[0], server.log()
 
 
+@pytest.mark.server
+@pytest.mark.parametrize("name", asgi_servers())
+def test_a_client_gone_while_websocket_opened_runs_is_signalled_closed_after_it(
+    started: Callable[..., ServerProcess], name: str
+) -> None:
+    """As on WSGI (``tests/integration/test_vanished_handshake.py``): a client that
+    leaves while ``websocket_opened``'s receivers run gets ``websocket_closed`` once they
+    returned, never in the middle (a receiver that registers the connection somewhere,
+    users or presence, would register it after the close unregistered it, for good)."""
+    server = started(f"{name}-sync")
+    key = f"gone-{name}"
+    path = f"/opened-while-gone/?id={key}"
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request(path))
+        assert read_http_response(sock)[0] == 101
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        with urllib.request.urlopen(server.url(path, "http"), timeout=TIMEOUT) as response:
+            seen = json.loads(response.read())["signals"]
+        if any(s.startswith("closed") for s in seen) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # whatever else would come
+    with urllib.request.urlopen(server.url(path, "http"), timeout=TIMEOUT) as response:
+        seen = json.loads(response.read())["signals"]
+    assert seen[:2] == ["opened", "opened returned"] and len(seen) == 3, seen
+    assert seen[2].startswith("closed "), seen
+
+
 # -- async views without an ASGI server -------------------------------------------------------
 
 

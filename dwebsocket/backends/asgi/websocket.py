@@ -89,6 +89,11 @@ class ASGIWebSocket(WebSocket):
         self.connection = connection
         self.offered_subprotocols = list(connection.offered_subprotocols)
         self.dws = connection.speaks_dws
+        # websocket_closed waits for websocket_opened's receivers (the pump may see the
+        # client leave while they run, before they even start): see _opened, _on_closed.
+        # Both flags under connection.lock (a lock more per connection costs memory).
+        self._opened_sent = False
+        self._closed_due = False
         connection.on_closed = self._on_closed
 
     def __repr__(self) -> str:
@@ -166,13 +171,22 @@ class ASGIWebSocket(WebSocket):
             self._opened()  # once: not by a call that found another's accept under way
 
     def _opened(self) -> None:
+        """Send ``websocket_opened``: called once, by whoever sent the accept. Then
+        ``websocket_closed`` if the connection closed meanwhile."""
         logger.debug(
             "WebSocket opened: %s %s via ASGI (subprotocol %s)",
             self.connection._peer(),
             self.request.path,
             self.connection.subprotocol,
         )
-        self._send_signal(websocket_opened)
+        try:
+            self._send_signal(websocket_opened)
+        finally:
+            with self.connection.lock:
+                self._opened_sent = True
+                closed = self._closed_due
+            if closed:
+                self._signal_closed()
 
     def _ensure_accepted(self) -> None:
         if not self.connection.accepted:
@@ -233,7 +247,8 @@ class ASGIWebSocket(WebSocket):
             # From async code on the loop (users.disconnect in an async view, say): the
             # close runs as a task of its own; waiting here would wait for ourselves.
             _check_close_args(code, reason)
-            task = asyncio.ensure_future(self.connection.close(code, reason))
+            # AsyncWebSocket's close: an accept it implies is signalled as any other.
+            task = asyncio.ensure_future(AsyncWebSocket(self).close(code, reason))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             return
         _check_close_args(code, reason)
@@ -274,8 +289,17 @@ class ASGIWebSocket(WebSocket):
             connection.close_reason,
             connection.opened_at,
         )
+        with self.connection.lock:
+            # As on WSGI, never before websocket_opened's receivers returned (they may
+            # register the connection: users, presence); _opened sends it then.
+            now = self._opened_sent
+            self._closed_due = not now
+        if now:
+            self._signal_closed()
+
+    def _signal_closed(self) -> None:
         _signals().submit(
-            _in_signal_thread, self._send_signal, websocket_closed, code=connection.close_code
+            _in_signal_thread, self._send_signal, websocket_closed, code=self.connection.close_code
         )
 
     def _send_signal(self, signal: Signal, **kwargs: object) -> None:
