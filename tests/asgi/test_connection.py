@@ -171,6 +171,22 @@ def test_the_outbox_counts_text_in_bytes_of_utf_8() -> None:
     ], sent
 
 
+def test_traffic_counts_text_in_bytes_of_utf_8_both_ways() -> None:
+    """``dwebsocket.metrics``' sent and received bytes: text as UTF-8 both ways (the
+    sent side counted characters)."""
+
+    async def scenario() -> tuple[int, int]:
+        connection, inbox = await opened()
+        await connection.send_message("é" * 10)
+        inbox.put_nowait({"type": "websocket.receive", "text": "é" * 10})
+        assert await connection.wait_async(TIMEOUT) == "é" * 10
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await connection.finish()
+        return connection.bytes_out, connection.bytes_in
+
+    assert asyncio.run(scenario()) == (20, 20)
+
+
 def test_a_cancelled_async_view_closes_with_its_code_not_1000() -> None:
     """``end_session(abort=True)`` (the view's task was cancelled) then the scope's
     ``finish()``, as ``dwebsocket.asgi`` runs them: the close sent is the abort's."""

@@ -400,10 +400,8 @@ class ASGIConnection:
             raise self.closed_error()
         if isinstance(message, str):
             event: dict[str, Any] = {"type": "websocket.send", "text": message}
-            size = len(message)
         else:
             event = {"type": "websocket.send", "bytes": bytes(message)}
-            size = len(event["bytes"])
         async with self._send_lock:
             if self.state is not State.OPEN:
                 raise self.closed_error()
@@ -414,7 +412,7 @@ class ASGIConnection:
                 self._mark_closed(1006, "")
                 raise self.closed_error() from None
         self.messages_out += 1
-        self.bytes_out += size
+        self.bytes_out += _size(message)
 
     def deliver(self, message: Message) -> None:
         """Queue ``message`` for sending; never blocks. Thread-safe. Dropped once closed;
