@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.test import RequestFactory
 
+from dwebsocket.backends.asgi import connection as asgi_connection
 from dwebsocket.backends.asgi import websocket as asgi_websocket
 from dwebsocket.backends.asgi.connection import BACKLOG_MESSAGES, ASGIConnection
 from dwebsocket.backends.asgi.websocket import ASGIWebSocket, AsyncWebSocket
@@ -228,6 +229,28 @@ def test_a_sync_send_the_server_does_not_take_in_time_ends_the_connection(
         seen = await asyncio.to_thread(view)
         await connection.finish()
         return (*seen, [e.get("text") for e in connection.sent[1:]])
+
+    assert asyncio.run(scenario()) == (1006, True, 1006, [])
+
+
+def test_an_async_send_the_server_does_not_take_in_time_ends_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same for an ``async def`` view's ``await ws.send()``, which waited for the
+    server as long as it took (forever, behind a client that stopped reading, where the
+    server pings nobody): ``ConnectionClosed(1006)`` after ``IO_TIMEOUT``."""
+    monkeypatch.setattr(asgi_connection, "IO_TIMEOUT", 0.2, raising=False)
+
+    async def scenario() -> tuple[object, ...]:
+        connection, _inbox = await opened(stuck_on="first")
+        ws = AsyncWebSocket(ASGIWebSocket(RequestFactory().get("/"), connection))
+        with pytest.raises(ConnectionClosed) as first:
+            await asyncio.wait_for(ws.send("first"), TIMEOUT)
+        with pytest.raises(ConnectionClosed):
+            await ws.send("second")
+        await connection.finish()
+        texts = [e.get("text") for e in connection.sent[1:]]
+        return first.value.code, ws.is_closed(), ws.close_code, texts
 
     assert asyncio.run(scenario()) == (1006, True, 1006, [])
 

@@ -51,6 +51,11 @@ BACKLOG_BYTES = 1 << 20
 #: handshake with any HTTP response. Without it, a refusal is a 403.
 HTTP_RESPONSE_EXTENSION = "websocket.http.response"
 
+#: Seconds the server may take to take one event (a message, the accept): after that (a
+#: client that stopped reading, where the server pings nobody) the connection is over for
+#: dwebsocket (1006), as a default backend's send that makes no progress gives up.
+IO_TIMEOUT = 60.0
+
 
 class State:
     """Where the connection is (plain strings: they show in reprs and logs)."""
@@ -85,6 +90,10 @@ class ASGIConnection:
         "_room_waiter",
         "_send",
         "_send_lock",
+        "_sender",
+        "_sends",
+        "_watchdog",
+        "_watched",
         "backlog_bytes",
         "backlog_limit",
         "bytes_in",
@@ -154,6 +163,11 @@ class ASGIConnection:
         self._async_waiters: list[asyncio.Future[None]] | None = None
 
         self._send_lock = asyncio.Lock()
+        # The send under way (its task) and how many began, watched by one timer at a
+        # time (_watch), not one per send; _watched: the count it saw (-1: given up).
+        self._sender: asyncio.Task[Any] | None = None
+        self._sends = self._watched = 0
+        self._watchdog: asyncio.TimerHandle | None = None
         self._accepting: asyncio.Future[None] | None = None  # an accept() under way
         self._overflowed = False  # the outbox overflowed before the accept: 1008 after it
         self._full = False  # the backlog is full: the pump waits for room
@@ -405,14 +419,46 @@ class ASGIConnection:
         async with self._send_lock:
             if self.state is not State.OPEN:
                 raise self.closed_error()
+            self._sends += 1
+            self._sender = asyncio.current_task()
+            if self._watchdog is None:
+                self._watched = self._sends
+                self._watchdog = self.loop.call_later(IO_TIMEOUT, self._watch)
             try:
                 await self._send(event)
             except Exception as exc:
                 logger.debug("websocket.send failed for %s: %r", self._peer(), exc)
                 self._mark_closed(1006, "")
                 raise self.closed_error() from None
+            except asyncio.CancelledError:
+                if self._watched >= 0:
+                    raise
+                # _watch gave up on it: the view learns it as any other end.
+                task = asyncio.current_task()
+                if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
+                    task.uncancel()
+                raise self.closed_error() from None
+            finally:
+                self._sender = None
         self.messages_out += 1
         self.bytes_out += _size(message)
+
+    def _watch(self) -> None:
+        """The send watchdog (on the loop), ``IO_TIMEOUT`` after it was armed: the send
+        under way then, if no other began since, has waited that long at least: it is
+        given up (the connection is over, 1006). Else the latest one is watched."""
+        self._watchdog = None
+        sender = self._sender
+        if sender is None:
+            return  # the next send arms it again
+        if self._sends != self._watched:
+            self._watched = self._sends
+            self._watchdog = self.loop.call_later(IO_TIMEOUT, self._watch)
+            return
+        logger.debug("websocket.send not taken within %ss for %s", IO_TIMEOUT, self._peer())
+        self._watched = -1
+        sender.cancel()
+        self.abandon()
 
     def deliver(self, message: Message) -> None:
         """Queue ``message`` for sending; never blocks. Thread-safe. Dropped once closed;
@@ -540,6 +586,9 @@ class ASGIConnection:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         _wake(self._closed_waiter)
+        if self._watchdog is not None:
+            self._watchdog.cancel()  # nothing is sent any more (it holds the connection)
+            self._watchdog = None
         self._make_room()
         self._queued = None
         self._queued_bytes = 0

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dwebsocket import log, metrics
+from dwebsocket.backends.asgi import connection as connection_module
 from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed
@@ -45,7 +46,7 @@ logger = logging.getLogger("dwebsocket")
 _T = TypeVar("_T")
 #: How long a worker thread waits for the loop to send one message before it takes the
 #: connection for dead (the server's own keepalive usually ends a dead peer sooner).
-IO_TIMEOUT = 60.0
+IO_TIMEOUT = connection_module.IO_TIMEOUT
 
 
 #: The signals' receivers (groups, users, metrics) may block: they run in these threads,
