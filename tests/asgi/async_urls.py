@@ -17,6 +17,7 @@ urlpatterns = [
     path("json/", views.json_echo),
     path("close-from-the-loop/", views.close_from_the_loop),
     path("two-readers/", views.two_readers),
+    path("stream/", views.stream),
     path("group/", include("tests.groups.urls")),
     path("echo/", views.echo),
     path("echo-wait/", views.echo_wait),

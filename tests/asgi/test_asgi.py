@@ -416,6 +416,38 @@ def test_a_client_gone_while_websocket_opened_runs_is_signalled_closed_after_it(
     assert seen[2].startswith("closed "), seen
 
 
+@pytest.mark.server
+@pytest.mark.parametrize("name", asgi_servers())
+def test_an_async_view_sending_without_pause_lets_the_server_serve(
+    started: Callable[..., ServerProcess], name: str
+) -> None:
+    """An ``async def`` view that sends as fast as it can to a client that reads as fast:
+    the server's ``send()`` never suspends (its buffer never fills), so ``await
+    ws.send()`` must give the loop a turn now and then, or nothing else runs: not the
+    client's close (the view sent on for good), nor any other connection's handshake or
+    request (the whole process hung)."""
+    server = started(f"{name}-async")
+    key = f"stream-{name}"
+    with ws(server, f"/stream/?id={key}", max_size=None) as client:
+        for _ in range(10):
+            client.recv(timeout=TIMEOUT)
+        with urllib.request.urlopen(server.url("/counts/", "http"), timeout=TIMEOUT) as answer:
+            assert answer.status == 200  # the loop serves others meanwhile
+        client.close(4001, "enough")
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(
+                server.url(f"/stream/?id={key}", "http"), timeout=TIMEOUT
+            ) as response:
+                seen = json.loads(response.read())
+            break
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and time.monotonic() < deadline, exc
+            time.sleep(0.05)
+    assert seen["sent"] >= 10, seen
+
+
 # -- async views without an ASGI server -------------------------------------------------------
 
 

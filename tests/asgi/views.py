@@ -186,6 +186,26 @@ async def two_readers(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+@accept_websocket
+async def stream(request: HttpRequest) -> HttpResponse | None:
+    """Send 64 KiB messages, as fast as the server takes them, until the client leaves;
+    then record how many and the close code under ``?id=`` (plain HTTP: that record, 404
+    until then)."""
+    key = request.GET["id"]
+    if not request.is_websocket():
+        return recorded(key)
+    ws = request.websocket
+    chunk, sent = bytes(1 << 16), 0
+    try:
+        while True:
+            await ws.send(chunk)
+            sent += 1
+    except ConnectionClosed:
+        with _CLOSES_LOCK:
+            CLOSES[key] = {"code": ws.close_code, "sent": sent}
+    return None
+
+
 #: ``websocket_opened`` and ``websocket_closed`` signals sent for the ``lazy-accepts`` and
 #: ``close-first`` views, by ``?lazy=``.
 SIGNALLED: dict[str, dict[str, int]] = {}

@@ -56,6 +56,11 @@ HTTP_RESPONSE_EXTENSION = "websocket.http.response"
 #: dwebsocket (1006), as a default backend's send that makes no progress gives up.
 IO_TIMEOUT = 60.0
 
+#: A send yields to the loop after this many sends: a server's ``send()`` suspends only
+#: while its buffer is full, so a view sending to a client that reads as fast would run
+#: on without ever letting the loop read (the client's close, every other connection).
+YIELD_EVERY = 16
+
 
 class State:
     """Where the connection is (plain strings: they show in reprs and logs)."""
@@ -442,6 +447,8 @@ class ASGIConnection:
                 self._sender = None
         self.messages_out += 1
         self.bytes_out += _size(message)
+        if not self._sends % YIELD_EVERY:
+            await asyncio.sleep(0)
 
     def _watch(self) -> None:
         """The send watchdog (on the loop), ``IO_TIMEOUT`` after it was armed: the send
