@@ -448,6 +448,37 @@ def test_an_async_view_sending_without_pause_lets_the_server_serve(
     assert seen["sent"] >= 10, seen
 
 
+@pytest.mark.server
+@pytest.mark.parametrize(
+    "name", [name for name in asgi_servers() if name in ("uvicorn", "granian-asgi")]
+)
+def test_a_client_that_closes_during_a_send_is_closed_with_its_code(
+    started: Callable[..., ServerProcess], name: str
+) -> None:
+    """The client closes (4001) while the view sends: the server refuses the next send,
+    then reports the close. The view and ``websocket_closed`` get 4001, as with a view
+    waiting for a message, not the 1006 of a send that failed first. (hypercorn passes on
+    no client code, daphne said 1006 itself here: not theirs to show.)"""
+    server = started(f"{name}-async")
+    key = f"stream-closed-{name}"
+    with ws(server, f"/stream/?id={key}", max_size=None) as client:
+        for _ in range(10):
+            client.recv(timeout=TIMEOUT)
+        client.close(4001, "enough")
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(
+                server.url(f"/stream/?id={key}", "http"), timeout=TIMEOUT
+            ) as response:
+                seen = json.loads(response.read())
+            break
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and time.monotonic() < deadline, exc
+            time.sleep(0.05)
+    assert seen["code"] == 4001, seen
+
+
 # -- async views without an ASGI server -------------------------------------------------------
 
 

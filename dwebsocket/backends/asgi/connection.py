@@ -433,7 +433,7 @@ class ASGIConnection:
                 await self._send(event)
             except Exception as exc:
                 logger.debug("websocket.send failed for %s: %r", self._peer(), exc)
-                self._mark_closed(1006, "")
+                await self._send_failed()
                 raise self.closed_error() from None
             except asyncio.CancelledError:
                 if self._watched >= 0:
@@ -449,6 +449,18 @@ class ASGIConnection:
         self.bytes_out += _size(message)
         if not self._sends % YIELD_EVERY:
             await asyncio.sleep(0)
+
+    async def _send_failed(self) -> None:
+        """The server refused a send: the peer is gone, and the server is about to say how
+        (its ``websocket.disconnect``, the client's close code, which the view and
+        ``websocket_closed`` should get rather than 1006). The pump, if it reads, gets it
+        within the close timeout; else, or then, the connection is over with 1006."""
+        pump = self._pump
+        if pump is not None and not pump.done() and not self._full:
+            if self._closed_waiter is None:
+                self._closed_waiter = self.loop.create_future()
+            await asyncio.wait((self._closed_waiter,), timeout=self.close_timeout)
+        self._mark_closed(1006, "")
 
     def _watch(self) -> None:
         """The send watchdog (on the loop), ``IO_TIMEOUT`` after it was armed: the send
