@@ -57,11 +57,21 @@ _PING = '{"dws":"ping"}'
 
 
 class _Refused(OSError):
-    """The server answered the handshake with ``status``, not 101."""
+    """The server answered the handshake with ``status``, not 101; ``retry_after``: the
+    seconds its ``Retry-After`` header asks for (None: none, or an HTTP date)."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, retry_after: float | None = None) -> None:
         super().__init__(f"handshake refused: HTTP {status}")
         self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: list[tuple[str, str]]) -> float | None:
+    """The delay a ``Retry-After: <seconds>`` header asks for (RFC 9110 10.2.3)."""
+    for name, value in headers:
+        if name == "retry-after" and value.isascii() and value.isdigit():
+            return float(value)
+    return None
 
 
 class Received(NamedTuple):
@@ -109,10 +119,12 @@ class ReconnectingClient:
     seconds without any message it sends ``{"dws":"ping"}``; nothing within
     ``ping_timeout`` more and the connection counts as dead (close code 4002). Close codes
     in ``no_retry`` (policy, session revoked), a handshake refused with a 4xx status (but
-    408 and 429) and :meth:`close` end it for good. ``timeout`` bounds each connection
-    attempt (from the TCP connection to the 101) and each write; the ``timeout`` of
-    :meth:`connect` and :meth:`recv` bounds their attempts too (an attempt the caller's
-    time cut short is not a failure: the next call starts afresh, without backoff).
+    408 and 429) and :meth:`close` end it for good; a refusal with ``Retry-After:
+    <seconds>`` waits that long (at most ``max_delay``) before the jittered delay.
+    ``timeout`` bounds each connection attempt (from the TCP connection to the 101) and
+    each write; the ``timeout`` of :meth:`connect` and :meth:`recv` bounds their attempts
+    too (an attempt the caller's time cut short is not a failure: the next call starts
+    afresh, without backoff).
     ``headers``, ``origin``, ``subprotocols`` go into the handshake; ``ssl_context`` for
     ``wss://``."""
 
@@ -291,7 +303,8 @@ class ReconnectingClient:
                 return False  # the caller's time ran out, not the server's: no failure
             status = exc.status if isinstance(exc, _Refused) else None
             final = status is not None and 400 <= status < 500 and status not in (408, 429)
-            self._lost(1006, str(exc) or type(exc).__name__, final=final)
+            retry_after = exc.retry_after if isinstance(exc, _Refused) else None
+            self._lost(1006, str(exc) or type(exc).__name__, final=final, not_before=retry_after)
         except BaseException:
             # KeyboardInterrupt, a gevent.Timeout around the call: the attempt is abandoned
             # (not a failure); its socket must not wait for the next one to replace it.
@@ -355,9 +368,9 @@ class ReconnectingClient:
             if not chunk:
                 raise ConnectionResetError("connection closed during the handshake")
             data += chunk
-        status, _headers, consumed = parsed
+        status, headers, consumed = parsed
         if status != 101:
-            raise _Refused(status)
+            raise _Refused(status, _retry_after(headers))
         self._conn = Connection(client=True, max_message_size=self.max_message_size)
         now = time.monotonic()
         self._opened_at = self._heard = now
@@ -368,8 +381,12 @@ class ReconnectingClient:
         if len(data) > consumed and self._conn is not None:  # the handler may have closed
             self._feed(data[consumed:])
 
-    def _lost(self, code: int, reason: str, *, final: bool = False) -> None:
-        """The connection (or an attempt) ended: schedule the next attempt, or stop."""
+    def _lost(
+        self, code: int, reason: str, *, final: bool = False, not_before: float | None = None
+    ) -> None:
+        """The connection (or an attempt) ended: schedule the next attempt, or stop.
+        ``not_before``: the seconds the server asked for (``Retry-After``), waited at most
+        ``max_delay`` and jittered after, not instead."""
         if self._closed_for_good:  # a write failed in close(): nothing to announce
             self._drop()
             return
@@ -385,6 +402,10 @@ class ReconnectingClient:
         cap = min(self.max_delay, self.min_delay * 2**self.attempts)
         self.attempts += 1
         delay = random.uniform(0, cap)  # full jitter: clients dropped together spread out
+        if not_before is not None:
+            # A server over its limits (503) says when: all its refused clients waiting
+            # exactly that long would come back together, so the jitter comes after it.
+            delay += min(not_before, self.max_delay)
         self._retry_at = time.monotonic() + delay
         self._inbox.append(Event("close", code=code, reason=reason, will_retry=True, delay=delay))
 

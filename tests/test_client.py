@@ -122,6 +122,28 @@ def test_a_refused_handshake_is_final(gevent: ServerProcess) -> None:
     assert "HTTP 403" in raised.value.reason
 
 
+def test_a_server_over_its_limits_is_retried_after_what_it_asked(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """Refused with 503 and ``Retry-After: 5`` (one connection at most): the next attempt
+    waits 5 s (``max_delay`` 8) and then its jitter; before, the header was ignored (a
+    delay up to ``min_delay`` 0.05)."""
+    server = make_server("gevent", settings={"WEBSOCKET_MAX_CONNECTIONS": 1})
+    events: list[Event] = []
+    with ReconnectingClient(server.url("/echo/")) as holder:
+        holder.send("one")
+        assert holder.recv(WAIT).data == "one"
+        client = ReconnectingClient(
+            server.url("/echo/"), min_delay=0.05, max_delay=8.0, on_event=events.append
+        )
+        with pytest.raises(TimeoutError):
+            client.connect(1.0)
+        client.close()
+    [refused] = [e for e in events if e.type == "close"][:1]
+    assert "HTTP 503" in refused.reason and refused.will_retry
+    assert 5.0 <= (refused.delay or 0) <= 5.05
+
+
 def test_reconnects_after_a_drop_with_backoff(proxy: Proxy) -> None:
     events: list[Event] = []
     client = ReconnectingClient(
