@@ -266,6 +266,21 @@ def test_async_json_helpers(started: Callable[..., ServerProcess], name: str) ->
     assert client.close_code == 1007
 
 
+def recorded(server: ServerProcess, path: str, key: str) -> Any:
+    """What the view at ``path`` with ``?id=key`` recorded once it ended (404 until then;
+    at most TIMEOUT)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(
+                server.url(f"{path}?id={key}", "http"), timeout=TIMEOUT
+            ) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and time.monotonic() < deadline, exc
+            time.sleep(0.05)
+
+
 @pytest.mark.server
 @pytest.mark.parametrize("name", asgi_servers())
 def test_two_tasks_waiting_at_once_each_get_a_message_and_the_close(
@@ -283,17 +298,7 @@ def test_two_tasks_waiting_at_once_each_get_a_message_and_the_close(
         got = json.loads(client.recv(timeout=TIMEOUT))
         assert got != "timed out" and sorted(got) == ["a", "b"], got
         assert client.recv(timeout=TIMEOUT) == "waiting"
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            with urllib.request.urlopen(
-                server.url(f"/two-readers/?id={key}", "http"), timeout=TIMEOUT
-            ) as response:
-                seen = json.loads(response.read())
-            break
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 404 and time.monotonic() < deadline, exc
-            time.sleep(0.05)
+    seen = recorded(server, "/two-readers/", key)
     assert seen["closed"] == [None, None], seen
 
 
@@ -434,17 +439,7 @@ def test_an_async_view_sending_without_pause_lets_the_server_serve(
         with urllib.request.urlopen(server.url("/counts/", "http"), timeout=TIMEOUT) as answer:
             assert answer.status == 200  # the loop serves others meanwhile
         client.close(4001, "enough")
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            with urllib.request.urlopen(
-                server.url(f"/stream/?id={key}", "http"), timeout=TIMEOUT
-            ) as response:
-                seen = json.loads(response.read())
-            break
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 404 and time.monotonic() < deadline, exc
-            time.sleep(0.05)
+    seen = recorded(server, "/stream/", key)
     assert seen["sent"] >= 10, seen
 
 
@@ -465,17 +460,7 @@ def test_a_client_that_closes_during_a_send_is_closed_with_its_code(
         for _ in range(10):
             client.recv(timeout=TIMEOUT)
         client.close(4001, "enough")
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            with urllib.request.urlopen(
-                server.url(f"/stream/?id={key}", "http"), timeout=TIMEOUT
-            ) as response:
-                seen = json.loads(response.read())
-            break
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 404 and time.monotonic() < deadline, exc
-            time.sleep(0.05)
+    seen = recorded(server, "/stream/", key)
     assert seen["code"] == 4001, seen
 
 

@@ -385,29 +385,41 @@ def test_a_live_gap_closes_a_dws_member_4003_so_that_its_client_recovers() -> No
         assert plain.receive() == "three"
 
 
+class ClosingSink:
+    """A member that keeps what it is handed (``got``) and the codes it is closed with
+    (``closed``; ``done`` is set at the first)."""
+
+    def __init__(self) -> None:
+        self.got: list[Message] = []
+        self.closed: list[int] = []
+        self.done = threading.Event()
+
+    def deliver(self, message: Message) -> None:
+        self.got.append(message)
+
+    def is_closed(self) -> bool:
+        return False
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed.append(code)
+        self.done.set()
+
+
 def test_a_follower_takes_a_batch_once_in_order_up_to_a_gap() -> None:
     """Messages fanned out together: duplicates dropped, the rest handed over in one
     ``deliver_batch`` (the batch shared by every member when nothing was dropped); a gap
     ends the batch there and closes a dws member with 4003."""
 
-    class Sink:
+    class Sink(ClosingSink):
         def __init__(self) -> None:
+            super().__init__()
             self.batches: list[Batch] = []
-            self.closed: list[int] = []
-            self.done = threading.Event()
 
         def deliver(self, message: Message) -> None:
             raise AssertionError("a batch comes in one deliver_batch")
 
         def deliver_batch(self, batch: Batch) -> None:
             self.batches.append(batch)
-
-        def is_closed(self) -> bool:
-            return False
-
-        def close(self, code: int, reason: str) -> None:
-            self.closed.append(code)
-            self.done.set()
 
     def items(*offsets: int) -> Items:
         return Items([Item("g", f"m{n}", Position("e", n)) for n in offsets])
@@ -432,30 +444,14 @@ def test_a_new_epoch_that_does_not_start_at_its_first_message_is_a_gap() -> None
     and its client took that position as its own, never told of those before it. A new
     epoch from its first message on is no gap (a group silent past its ttl)."""
 
-    class Sink:
-        def __init__(self) -> None:
-            self.got: list[str] = []
-            self.closed: list[int] = []
-            self.done = threading.Event()
-
-        def deliver(self, message: Message) -> None:
-            self.got.append(json.loads(message)["p"])
-
-        def is_closed(self) -> bool:
-            return False
-
-        def close(self, code: int, reason: str) -> None:
-            self.closed.append(code)
-            self.done.set()
-
-    sink = Sink()
+    sink = ClosingSink()
     follower = Follower(sink, "g", envelope=True)
     follower.buffer, follower.last = None, Position("old", 7)
     follower.deliver(Item("g", "m", Position("new", 1)))
     follower.deliver(Item("g", "m", Position("new", 2)))
     follower.deliver(Item("g", "m", Position("newer", 3)))  # newer:1 and 2 never came
     assert sink.done.wait(10) and sink.closed == [GAP_CLOSE]
-    assert sink.got == ["new:1", "new:2"]
+    assert [json.loads(m)["p"] for m in sink.got] == ["new:1", "new:2"]
     plain = Follower(Inbox(), "g", envelope=False)  # a plain member goes on
     plain.buffer, plain.last = None, Position("old", 7)
     plain.deliver(Item("g", "m", Position("new", 3)))
@@ -508,23 +504,7 @@ def test_a_gap_in_what_was_held_back_closes_a_dws_member_4003_when_it_goes_live(
     after the last position (this process was not subscribed after the last read of the
     history) closes a dws member with 4003, as when live, and nothing after it is sent."""
 
-    class Sink:
-        def __init__(self) -> None:
-            self.got: list[Message] = []
-            self.closed: list[int] = []
-            self.done = threading.Event()
-
-        def deliver(self, message: Message) -> None:
-            self.got.append(message)
-
-        def is_closed(self) -> bool:
-            return False
-
-        def close(self, code: int, reason: str) -> None:
-            self.closed.append(code)
-            self.done.set()
-
-    sink = Sink()
+    sink = ClosingSink()
     follower = Follower(sink, "g", envelope=True)
     follower.deliver_items(Items([Item("g", f"m{n}", Position("e", n)) for n in (4, 5, 7, 8)]))
     recovery = Recovery(since="e:3", position="e:4", recovered=True, missed=1)

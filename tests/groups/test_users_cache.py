@@ -31,24 +31,27 @@ def logged(caplog: pytest.LogCaptureFixture, text: str, count: int = 1) -> bool:
     return False
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_session_cache_that_went_away_revokes_nothing_until_it_is_back(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
-) -> None:
+def sessions_in(redis_server: RedisServer, engine: str) -> override_settings:
+    """The site's settings with Django's session ``engine`` (``cache``, ``cached_db``) on
+    a cache in ``redis_server`` (1 s timeouts), checked every 0.2 s."""
     cache = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": redis_server.url,
         "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }
-    with (
-        override_settings(
-            **SETTINGS,
-            CACHES={"default": cache},
-            SESSION_ENGINE="django.contrib.sessions.backends.cache",
-            WEBSOCKET_SESSION_CHECK_INTERVAL=0.2,
-        ),
-        caplog.at_level(logging.DEBUG, logger="dwebsocket.users"),
-    ):
+    return override_settings(
+        **SETTINGS,
+        CACHES={"default": cache},
+        SESSION_ENGINE=f"django.contrib.sessions.backends.{engine}",
+        WEBSOCKET_SESSION_CHECK_INTERVAL=0.2,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_session_cache_that_went_away_revokes_nothing_until_it_is_back(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with sessions_in(redis_server, "cache"), caplog.at_level(logging.DEBUG, "dwebsocket.users"):
         alice = User.objects.create_user("alice", password=PASSWORD)
         try:
             with tab(logged_in("alice")) as one, tab(logged_in("alice")) as two:
@@ -74,20 +77,7 @@ def test_cached_db_sessions_still_end_while_the_cache_is_away(
 ) -> None:
     """``cached_db`` reads the database when the cache cannot answer: that answer is the
     session store's own (Django logs the user out on it), not an outage."""
-    cache = {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": redis_server.url,
-        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
-    }
-    with (
-        override_settings(
-            **SETTINGS,
-            CACHES={"default": cache},
-            SESSION_ENGINE="django.contrib.sessions.backends.cached_db",
-            WEBSOCKET_SESSION_CHECK_INTERVAL=0.2,
-        ),
-        caplog.at_level(logging.DEBUG, logger="dwebsocket.users"),
-    ):
+    with sessions_in(redis_server, "cached_db"), caplog.at_level(logging.DEBUG, "dwebsocket.users"):
         User.objects.create_user("alice", password=PASSWORD)
         try:
             browser = logged_in("alice")

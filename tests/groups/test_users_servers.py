@@ -224,7 +224,10 @@ def test_logout_in_one_process_closes_that_session_in_the_other(site: Site) -> N
     assert staying.recv(timeout=WAIT) == "still here"
 
 
-def test_password_change_closes_every_session_of_the_user(site: Site) -> None:
+def alice_everywhere_closed_by(site: Site, path: str, **query: str) -> None:
+    """Alice has three tabs in two sessions across both processes, Bob one: Bob's
+    request to ``path`` about Alice (with ``query``) closes every tab of hers (4001), and
+    his stays open."""
     one, two = site.servers
     laptop, phone, bob = site.browser(), site.browser(), site.browser()
     laptop.login(one, "alice")
@@ -233,27 +236,19 @@ def test_password_change_closes_every_session_of_the_user(site: Site) -> None:
     alice_tabs = [laptop.tab(one), laptop.tab(two), phone.tab(two)]
     bob_tab = bob.tab(one)
 
-    bob.get(one, "/password/", username="alice", password="a new one")
+    bob.get(one, path, username="alice", **query)
     for ws in alice_tabs:
         assert closed_with(ws) == REVOKED
     bob.get(two, "/send/", username="bob", text="bob stays")
     assert bob_tab.recv(timeout=WAIT) == "bob stays"
+
+
+def test_password_change_closes_every_session_of_the_user(site: Site) -> None:
+    alice_everywhere_closed_by(site, "/password/", password="a new one")
 
 
 def test_a_deleted_user_is_closed_in_every_process(site: Site) -> None:
-    one, two = site.servers
-    laptop, phone, bob = site.browser(), site.browser(), site.browser()
-    laptop.login(one, "alice")
-    phone.login(two, "alice")
-    bob.login(two, "bob")
-    alice_tabs = [laptop.tab(one), laptop.tab(two), phone.tab(two)]
-    bob_tab = bob.tab(one)
-
-    bob.get(one, "/delete-user/", username="alice")
-    for ws in alice_tabs:
-        assert closed_with(ws) == REVOKED
-    bob.get(two, "/send/", username="bob", text="bob stays")
-    assert bob_tab.recv(timeout=WAIT) == "bob stays"
+    alice_everywhere_closed_by(site, "/delete-user/")
 
 
 def test_disconnect_closes_every_tab_everywhere_with_the_code(site: Site) -> None:

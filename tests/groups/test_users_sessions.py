@@ -58,10 +58,11 @@ def logged(path: Path, text: str, count: int = 1) -> int:
         time.sleep(0.05)
 
 
-@pytest.mark.server
-def test_an_unreadable_session_directory_revokes_nothing_a_deleted_file_does(
+def file_session_site(
     make_server: Callable[..., ServerProcess], tmp_path: Path
-) -> None:
+) -> tuple[Path, Path, ServerProcess, Site]:
+    """A gevent server of the site with the file session engine: its session directory,
+    its users log, the server and the site."""
     sessions, log = tmp_path / "sessions", tmp_path / "users.log"
     sessions.mkdir()
     settings = {
@@ -72,7 +73,14 @@ def test_an_unreadable_session_directory_revokes_nothing_a_deleted_file_does(
     }
     create_site(settings)
     server = make_server("gevent", settings=settings)
-    site = Site([server], tmp_path / "site.sqlite3")
+    return sessions, log, server, Site([server], tmp_path / "site.sqlite3")
+
+
+@pytest.mark.server
+def test_an_unreadable_session_directory_revokes_nothing_a_deleted_file_does(
+    make_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    sessions, log, server, site = file_session_site(make_server, tmp_path)
     with site.stack:
         laptop, phone, anonymous = site.browser(), site.browser(), site.browser()
         key = laptop.login(server, "alice")
@@ -169,17 +177,7 @@ def test_one_session_file_that_cannot_be_read_is_one_warning_while_the_others_ar
     """One session's file cannot be read (a directory in its place), the others can: one
     WARNING for as long as it lasts, not one for each check (the others read in between
     are no end of the outage), and the other sessions still end."""
-    sessions, log = tmp_path / "sessions", tmp_path / "users.log"
-    sessions.mkdir()
-    settings = {
-        **site_settings(tmp_path / "site.sqlite3", "memory://"),
-        "SESSION_ENGINE": "django.contrib.sessions.backends.file",
-        "SESSION_FILE_PATH": str(sessions),
-        "LOGGING": logging_to(log),
-    }
-    create_site(settings)
-    server = make_server("gevent", settings=settings)
-    site = Site([server], tmp_path / "site.sqlite3")
+    sessions, log, server, site = file_session_site(make_server, tmp_path)
     with site.stack:
         laptop, phone = site.browser(), site.browser()
         key, unreadable = laptop.login(server, "alice"), phone.login(server, "alice")
