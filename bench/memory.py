@@ -1,6 +1,6 @@
 """Where an idle connection's memory goes: a breakdown for bench/FINDINGS.md.
 
-    .venv/bin/python bench/memory.py [--conns 2000] [--deflate] [--trace]
+    .venv/bin/python bench/memory.py [--conns 2000] [--deflate] [--trace] [--middleware]
 
 Serves the benchmark site (``bench/stacks/djsite``) with monkey-patched gevent.pywsgi in
 this process, as ``tests/run_gevent.py`` does, and opens ``--conns`` idle WebSockets on it
@@ -14,6 +14,10 @@ the two points it prints, per connection:
 - with ``--trace``, ``tracemalloc``'s view of the rest, grouped by the innermost frame
   in dwebsocket, Django, gevent or the standard library that allocated it (tracing slows
   the server down and adds its own overhead to RSS: read the RSS of a run without it).
+
+``--middleware`` serves the site with the seven middleware classes of Django's
+``startproject`` (the bare site has none): each is a layer of C stack and Python frames
+under the view for as long as it runs (``bench/FINDINGS.md``, section 21).
 
 Every process it starts is stopped; every wait is bounded.
 """
@@ -62,6 +66,30 @@ _GROUPS = [
     ("gevent", "/gevent/"),
     ("greenlet", "/greenlet/"),
 ]
+
+
+# What `django-admin startproject` enables (Django 5.2 and 6.0), so that --middleware
+# measures what a connection costs in an ordinary project rather than in the bare
+# benchmark site. Sessions are signed cookies: the site has no database.
+STARTPROJECT: dict[str, Any] = {
+    "MIDDLEWARE": [
+        "django.middleware.security.SecurityMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    ],
+    "INSTALLED_APPS": [
+        "dwebsocket",
+        "django.contrib.auth",
+        "django.contrib.contenttypes",
+        "django.contrib.sessions",
+        "django.contrib.messages",
+    ],
+    "SESSION_ENGINE": "django.contrib.sessions.backends.signed_cookies",
+}
 
 
 def rss() -> int:
@@ -299,7 +327,16 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--frames", action="store_true", help="list one view's Python frames")
     parser.add_argument("--checkout", help="measure the dwebsocket of this checkout")
+    parser.add_argument(
+        "--middleware",
+        action="store_true",
+        help="serve the site with the seven middleware classes of Django's startproject",
+    )
     args = parser.parse_args()
+    if args.middleware:
+        # Before Django reads its settings: bench/stacks/djsite/settings.py takes these.
+        extra = json.loads(os.environ.get("DWEBSOCKET_BENCH_SETTINGS", "{}"))
+        os.environ["DWEBSOCKET_BENCH_SETTINGS"] = json.dumps({**extra, **STARTPROJECT})
 
     import django
     from django.core.wsgi import get_wsgi_application
@@ -419,7 +456,10 @@ def main() -> None:
         )
         if args.json:
             Path(args.json).write_text(
-                json.dumps({"deflate": args.deflate, "results": results}, indent=1)
+                json.dumps(
+                    {"deflate": args.deflate, "middleware": args.middleware, "results": results},
+                    indent=1,
+                )
             )
     finally:
         if client is not None:

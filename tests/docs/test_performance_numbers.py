@@ -1,8 +1,9 @@
 """docs/performance.rst quotes ``docs/benchmarks/results.json`` (``bench/compare.py``, read
 through ``bench/report.py``'s own medians), ``docs/benchmarks/idle-guest.json`` (its idle
-steps alone, in a guest: ``make bench-idle``) and ``docs/benchmarks/groups.json``
-(``bench/fanout.py``): every measured figure of the page is computed here from those files,
-rounded as the page writes it, and must be on the page.
+steps alone, in a guest: ``make bench-idle``), ``docs/benchmarks/groups.json``
+(``bench/fanout.py``) and ``docs/benchmarks/memory/`` (``bench/memory.py``): every measured
+figure of the page is computed here from those files, rounded as the page writes it, and
+must be on the page.
 
 Then no number may be left over: after the computed figures and the few numbers that are
 not measurements (:data:`NOT_MEASURED`, each with its reason) are taken out, the page must
@@ -31,6 +32,8 @@ PAGE = ROOT / "docs" / "performance.rst"
 RESULTS = ROOT / "docs" / "benchmarks" / "results.json"
 GROUPS = ROOT / "docs" / "benchmarks" / "groups.json"
 GUEST = ROOT / "docs" / "benchmarks" / "idle-guest.json"
+# bench/memory.py's idle figures for the bare site and with startproject's middleware.
+MEMORY = ROOT / "docs" / "benchmarks" / "memory"
 OURS = "dwebsocket-gevent"
 GIB = 2**30
 WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -60,6 +63,7 @@ NOT_MEASURED = {
     "sections 8 to 10": "sections of bench/FINDINGS.md",
     "section 11": "a section of bench/FINDINGS.md",
     "section 15": "a section of bench/FINDINGS.md",
+    "section 21": "a section of bench/FINDINGS.md",
     "Debian 12's User-Mode Linux": "a release of Debian",
     "``bench/FINDINGS.md``, section 11": "a section of bench/FINDINGS.md",
     "256 most recently active": "DEFAULT_LIVE_LIMIT in dwebsocket/protocol/_deflate.c",
@@ -175,6 +179,27 @@ def _guest_figures() -> list[str]:
     ]
 
 
+def _middleware_figures() -> list[str]:
+    """What Django's startproject middleware adds to an idle connection (bench/memory.py)."""
+    bare, full = (_run(MEMORY / f"{name}.json") for name in ("bare", "startproject"))
+    assert not bare["middleware"] and full["middleware"]
+    assert not bare["deflate"] and not full["deflate"]
+    b, f = bare["results"][0], full["results"][0]
+    assert b["label"] == f["label"] == "idle" and b["conns"] == f["conns"]
+    classes = 7  # bench/memory.py's STARTPROJECT
+    stack = f["saved_stack_kib"] - b["saved_stack_kib"]
+    assert (b["python_stack_pages"], f["python_stack_pages"]) == (1, 2)
+    return [
+        f"(``bench/memory.py --middleware``, {f['conns']:,} connections, run\nright after "
+        f"the bare site, which measured {b['rss_kib']:.1f} KiB idle), an idle connection "
+        f"costs {f['rss_kib']:.1f}\nKiB. Of the {f['rss_kib'] - b['rss_kib']:.1f} KiB more, "
+        f"{stack:.1f} KiB is C stack",
+        f"({f['saved_stack_kib']:.1f} KiB against {b['saved_stack_kib']:.1f}: "
+        f"{stack / classes:.2f} KiB a class)",
+        f"({f['python_frames']:.0f} frames instead of {b['python_frames']:.0f})",
+    ]
+
+
 def _and(items: Any) -> str:
     words = list(items)
     return ", ".join(words[:-1]) + " and " + words[-1]
@@ -277,6 +302,7 @@ def expected() -> list[str]:
         f"at most {ours_plain['nofile_limit']:,} files",
         f"idle steps up to\n{max(skipped):,} connections",
         f"({min(steps):,} to {max(skipped):,} on one\n    process",
+        *_middleware_figures(),
         *_guest_figures(),
         f":alt: server memory per connection at {_and(f'{t:,}' for t in steps)} connections",
         # How it was measured.
