@@ -177,7 +177,7 @@ def python_stacks() -> tuple[int, int, int, int]:
     greenlet its own data-stack chunk (16 KiB, mmap'd, so only the pages written count in
     RSS); a greenlet's frames lie in it one after the other, from its run function's, at
     the chunk's start, up to the one it is waiting in. The span is measured from the
-    interpreter frames' own addresses; pages count from the chunk's start (page-aligned)."""
+    interpreter frames' own addresses; the pages are those of the chunk in memory."""
     if sys.version_info < (3, 11) or sys.implementation.name != "cpython":
         return 0, 0, 0, 0
     count = frames = span = pages = 0
@@ -191,9 +191,24 @@ def python_stacks() -> tuple[int, int, int, int]:
         count += 1
         frames += len(chain)
         span += end - bottom
-        start = bottom - _CHUNK_HEADER
-        pages += -(-(end - (start & ~4095)) // 4096)
+        chunk = (bottom - _CHUNK_HEADER) & ~4095
+        # The pages the chunk has in memory: a deeper call earlier in the session (the
+        # handshake's, a signal's receivers) may have touched more than the frames
+        # waiting now span, and a touched page stays. The span's pages where mincore fails.
+        pages += _resident(chunk) or -(-(end - chunk) // 4096)
     return count, frames, span, pages
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _resident(chunk: int) -> int:
+    """How many pages of the 16 KiB data-stack chunk at ``chunk`` are in memory
+    (mincore(2)); 0 if that cannot be read."""
+    vec = (ctypes.c_ubyte * 4)()
+    if _libc.mincore(ctypes.c_void_p(chunk), ctypes.c_size_t(16 * 1024), vec) != 0:
+        return 0
+    return sum(v & 1 for v in vec)
 
 
 def print_frames() -> None:
