@@ -54,6 +54,9 @@ logger = logging.getLogger("dwebsocket")
 HEARTBEAT_CLOSE = 4002
 _RECV = 65536
 _PING = '{"dws":"ping"}'
+# What the server closes a member with when it reads group messages too slowly
+# (WEBSOCKET_SEND_QUEUE_SIZE): not a verdict on the client, so retried despite the 1008.
+_OVERFLOW = (1008, "send queue overflow")
 
 
 class _Refused(OSError):
@@ -119,7 +122,9 @@ class ReconnectingClient:
     seconds without any message it sends ``{"dws":"ping"}``; nothing within
     ``ping_timeout`` more and the connection counts as dead (close code 4002). Close codes
     in ``no_retry`` (policy, session revoked), a handshake refused with a 4xx status (but
-    408 and 429) and :meth:`close` end it for good; a refusal with ``Retry-After:
+    408 and 429) and :meth:`close` end it for good, except a 1008 whose reason is exactly
+    ``"send queue overflow"`` (the server dropped a member that read too slowly): that one
+    is retried with the backoff, and resumes where it left off. A refusal with ``Retry-After:
     <seconds>`` waits that long (at most ``max_delay``) before the jittered delay.
     ``timeout`` bounds each connection attempt (from the TCP connection to the 101) and
     each write; the ``timeout`` of :meth:`connect` and :meth:`recv` bounds their attempts
@@ -394,7 +399,7 @@ class ReconnectingClient:
             self.attempts = 0
         self._opened_at = 0.0
         self._drop()
-        if final or code in self.no_retry:
+        if final or (code in self.no_retry and (code, reason) != _OVERFLOW):
             self._closed_for_good = True
             self.close_code, self.close_reason = code, reason
             self._inbox.append(Event("close", code=code, reason=reason))

@@ -6,7 +6,10 @@ network that went away) until ``restore()``; ``freeze()`` keeps the open connect
 forwards nothing more on them, either way (a peer gone silent: only a heartbeat tells);
 ``hold(until)`` keeps what the servers send until it contains ``until``, then forwards it in
 one write (a buffering load balancer: several frames, even the 101 and the frames after it,
-reach the client in one read). Threads only; ``close()`` stops everything.
+reach the client in one read); ``pause()`` stops reading what the servers send on the
+connections open now, until ``resume()`` (a slow network, or a client reading slowly, as a
+server sees it: its writes back up, nothing is lost). Threads only; ``close()`` stops
+everything.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class Proxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._frozen: set[socket.socket] = set()
+        self._paused: set[socket.socket] = set()
+        self._resumed = threading.Event()
         self._upstreams: set[socket.socket] = set()
         self._until: bytes | None = None
         self._held: dict[socket.socket, bytearray] = {}
@@ -59,6 +64,18 @@ class Proxy:
         with self._lock:
             self._frozen |= self._open
 
+    def pause(self) -> None:
+        """Read nothing more from the servers on the connections open now (a read under
+        way is still forwarded) until :meth:`resume`."""
+        with self._lock:
+            self._resumed.clear()
+            self._paused |= self._upstreams & self._open
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused.clear()
+            self._resumed.set()
+
     def hold(self, until: bytes) -> None:
         """Keep what the servers send (on every connection, new ones too) until what one
         connection kept contains ``until``; then send each its bytes in one write and
@@ -72,6 +89,7 @@ class Proxy:
 
     def close(self) -> None:
         self._stopping = True
+        self.resume()
         self._thread.join(5)
         self._listener.close()
         self.cut()
@@ -108,7 +126,11 @@ class Proxy:
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
-            while data := source.recv(65536):
+            while True:
+                while source in self._paused and not self._stopping:
+                    self._resumed.wait(0.1)
+                if not (data := source.recv(65536)):
+                    break
                 if source in self._frozen or self._keep(source, sink, data):
                     continue
                 sink.sendall(data)

@@ -19,6 +19,7 @@
     pingTimeout: 10000, // ms then without any message: the connection is dead
     connectTimeout: 10000, // ms for an attempt to open before it is given up
     noRetry: [1008, 4001], // close codes not to reconnect after: policy, session revoked
+    // (but 1008 "send queue overflow": the server dropped a member reading too slowly)
     protocols: undefined,
     binaryType: "arraybuffer",
     positions: null, // {group: position} to resume from on the first connection
@@ -173,7 +174,8 @@
     clearTimeout(this._beat);
     // Here, not in onclose: a connection the heartbeat or a timeout gave up ends here too.
     if (this._openedAt && Date.now() - this._openedAt >= this.options.stable) this.attempts = 0;
-    if (this.options.noRetry.indexOf(code) >= 0) this.closed = true;
+    var overflow = code === 1008 && reason === "send queue overflow";
+    if (this.options.noRetry.indexOf(code) >= 0 && !overflow) this.closed = true;
     var delay = this.closed ? null : this._delay();
     this._emit("close", { code: code, reason: reason, willRetry: !this.closed, delay: delay });
     // A "close" handler may have reconnected already (retryNow): a timer would open a
