@@ -14,7 +14,8 @@ asks to resume every group from the last position it saw::
 
 It runs in the caller's thread only: everything (reading, answering pings, the heartbeat,
 reconnecting) happens inside :meth:`~ReconnectingClient.recv`; between calls nothing
-does. One client is for one thread. Events (``open``, ``close``, ``joined``,
+does (but a DNS lookup that outlived its attempt, in a daemon thread: see ``timeout``).
+One client is for one thread. Events (``open``, ``close``, ``joined``,
 ``recovered``, ``recovery_failed``) go to ``on_event``, called from ``recv()`` (and
 ``connect()``) in the order they happened relative to the messages: an event that came
 after a message is emitted when ``recv()`` is called after that message was returned.
@@ -28,11 +29,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
+import ipaddress
 import json
 import logging
+import os
 import random
 import socket
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -75,6 +80,103 @@ def _retry_after(headers: list[tuple[str, str]]) -> float | None:
         if name == "retry-after" and value.isascii() and value.isdigit():
             return float(value)
     return None
+
+
+# What getaddrinfo() returns for one address; the last item, the address, goes to connect().
+_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
+
+
+class _Lookup:
+    """One ``getaddrinfo()`` under way in its own thread, and what it found."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.addresses: Sequence[_AddrInfo] = ()
+        self.error: BaseException | None = None
+
+
+# (host, port) -> the lookup under way: a retry while one still runs waits for it instead
+# of starting another thread (a resolver that never answers holds each for minutes).
+_lookups: dict[tuple[str, int], _Lookup] = {}
+_lookups_lock = threading.Lock()
+
+
+def _forget_lookups() -> None:
+    # A forked child has none of the parent's threads: their lookups never end there.
+    global _lookups_lock
+    _lookups.clear()
+    _lookups_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_lookups)
+
+
+def _resolve(host: str, port: int, timeout: float) -> Sequence[_AddrInfo]:
+    """The TCP addresses of ``host`` (``socket.getaddrinfo``), blocking at most
+    ``timeout`` seconds.
+
+    ``getaddrinfo()`` takes no timeout and cannot be interrupted, and a resolver that gets
+    no answer waits its own limits (``resolv.conf``: up to minutes), so the lookup runs in
+    a daemon thread that the caller waits for; callers asking for the same name meanwhile
+    wait for the same thread. Raises ``TimeoutError`` when ``timeout`` runs out first
+    (the lookup goes on, for the next attempt to use), else what ``getaddrinfo`` raised
+    (``socket.gaierror``, ``UnicodeError`` for a name IDNA cannot encode)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:  # an address: nothing to ask a server
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    key = (host, port)
+    with _lookups_lock:
+        lookup = _lookups.get(key)
+        if lookup is None:
+            lookup = _lookups[key] = _Lookup()
+            thread = threading.Thread(
+                target=_look_up, args=(key, lookup), name="dwebsocket-resolve", daemon=True
+            )
+            try:
+                thread.start()
+            except BaseException:
+                del _lookups[key]
+                raise
+    if not lookup.done.wait(timeout):
+        raise TimeoutError(f"no answer resolving {host!r} in time")
+    if lookup.error is not None:
+        raise copy.copy(lookup.error)  # a copy: other attempts may raise the same
+    return lookup.addresses
+
+
+def _look_up(key: tuple[str, int], lookup: _Lookup) -> None:
+    try:
+        lookup.addresses = socket.getaddrinfo(*key, type=socket.SOCK_STREAM)
+    except BaseException as exc:  # handed to the attempts waiting
+        lookup.error = exc
+    finally:
+        with _lookups_lock:
+            if _lookups.get(key) is lookup:
+                del _lookups[key]  # no cache: the next attempt asks afresh
+        lookup.done.set()
+
+
+def _connect_tcp(host: str, port: int, left: Callable[[], float]) -> socket.socket:
+    """A TCP connection to the first address of ``host`` that accepts one (as
+    ``socket.create_connection``), every step within ``left()`` seconds, which raises
+    ``TimeoutError`` once none are left. Raises the last address's error."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _resolve(host, port, left()):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left())
+            sock.connect(address)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            error = exc
+        else:
+            return sock
+    raise error or OSError(f"no address for {host!r}")
 
 
 class Received(NamedTuple):
@@ -126,10 +228,11 @@ class ReconnectingClient:
     ``"send queue overflow"`` (the server dropped a member that read too slowly): that one
     is retried with the backoff, and resumes where it left off. A refusal with ``Retry-After:
     <seconds>`` waits that long (at most ``max_delay``) before the jittered delay.
-    ``timeout`` bounds each connection attempt (from the TCP connection to the 101) and
-    each write; the ``timeout`` of :meth:`connect` and :meth:`recv` bounds their attempts
-    too (an attempt the caller's time cut short is not a failure: the next call starts
-    afresh, without backoff).
+    ``timeout`` bounds each connection attempt (from the DNS lookup to the 101) and
+    each write (a lookup still unanswered then goes on in a thread of its own, which the
+    next attempt waits for rather than starting another); the ``timeout`` of
+    :meth:`connect` and :meth:`recv` bounds their attempts too (an attempt the caller's
+    time cut short is not a failure: the next call starts afresh, without backoff).
     ``headers``, ``origin``, ``subprotocols`` go into the handshake; ``ssl_context`` for
     ``wss://``."""
 
@@ -331,8 +434,8 @@ class ReconnectingClient:
         return path
 
     def _open(self, deadline: float | None) -> None:
-        """One attempt, within ``timeout`` and the caller's ``deadline`` (from the TCP
-        connection to the 101, not for each step: else a call could block for twice its
+        """One attempt, within ``timeout`` and the caller's ``deadline`` (from the DNS
+        lookup to the 101, not for each step: else a call could block for twice its
         timeout). Raises ``TimeoutError`` when either runs out."""
         parts = self._parts
         secure = parts.scheme == "wss"
@@ -348,8 +451,7 @@ class ReconnectingClient:
                 raise TimeoutError("no answer to the handshake")
             return remaining
 
-        sock = socket.create_connection((host, port), timeout=left())
-        self._sock = sock
+        sock = self._sock = _connect_tcp(host, port, left)
         if secure:
             context = self.ssl_context or ssl.create_default_context()
             sock.settimeout(left())

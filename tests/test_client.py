@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -20,7 +24,8 @@ from dwebsocket.client import Event, ReconnectingClient
 from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.protocol.handshake import accept_key
 from tests.groups.proxy import Proxy
-from tests.servers import ServerProcess
+from tests.requirements import executable, missing
+from tests.servers import REPO, ServerProcess
 
 pytestmark = pytest.mark.server
 
@@ -268,6 +273,63 @@ def test_connect_and_recv_keep_to_the_callers_timeout() -> None:
     assert done and len(outcomes) == 2, outcomes
     assert all(isinstance(exc, TimeoutError) for exc in outcomes), outcomes
     assert client.attempts == 0  # the caller's time ran out, not the server's
+
+
+def test_a_dns_server_that_never_answers_is_bounded_by_the_timeout(tmp_path: Path) -> None:
+    """The host name's lookup never gets an answer: each attempt gives up within the
+    client's ``timeout`` (a retryable failure naming the lookup), ``connect(2.0)`` raises
+    ``TimeoutError``, and the attempts share one lookup thread (no pile-up). Before,
+    ``getaddrinfo`` held the caller until the resolver itself gave up (here, minutes:
+    ``RES_OPTIONS`` asks 30 s per try, 5 tries).
+
+    Real: ``tests/silent_dns.py`` runs in private user, mount and network namespaces with
+    its own ``resolv.conf`` (glibc reads no environment variable naming a nameserver)
+    pointing at a DNS server on its 127.0.0.1:53 that never answers; nothing of the
+    machine changes. Bounded: the process gets ``WAIT`` seconds."""
+    unshare = executable("unshare", "util-linux")
+    executable("mount", "util-linux")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "RES_OPTIONS": "timeout:30 attempts:5",
+    }
+    command = [unshare, "--user", "--map-root-user", "--mount", "--net", "--"]
+    probe = subprocess.run([*command, "true"], capture_output=True, timeout=WAIT)
+    if probe.returncode:
+        missing(f"unprivileged user namespaces ({probe.stderr.decode(errors='replace')})")
+    try:
+        run = subprocess.run(
+            [*command, sys.executable, "-m", "tests.silent_dns", str(resolv)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=WAIT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"connect(2.0) still blocked after {WAIT} s: {exc.stderr!r}") from None
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    outcome = json.loads(run.stdout)
+    assert outcome["queries"] >= 1  # the resolver asked the silent server
+    assert [r.split(":")[0] for r in outcome["raised"]] == ["TimeoutError", "TimeoutError"]
+    closes = outcome["closes"]
+    assert len(closes) >= 4 and all(c["code"] == 1006 and c["retry"] for c in closes)
+    assert all("dws-never-answers.test" in c["reason"] for c in closes), closes
+    assert outcome["most_lookups"] == 1  # every attempt waited for the same lookup
+    assert outcome["tcp_sockets"] == 1  # the DNS server's listener: no client socket left
+
+
+def test_a_host_name_is_looked_up_and_connected(gevent: ServerProcess) -> None:
+    """``localhost`` (from ``/etc/hosts``): the lookup thread's answer is used, and the
+    thread is gone once it answered (nothing kept, nothing cached)."""
+    with ReconnectingClient(f"ws://localhost:{gevent.port}/echo/") as client:
+        client.send("by name")
+        assert client.recv(WAIT).data == "by name"
+    lookups = [t for t in threading.enumerate() if t.name == "dwebsocket-resolve"]
+    for thread in lookups:
+        thread.join(WAIT)  # it answered: it ends right after
+    assert not [t for t in lookups if t.is_alive()]
 
 
 class Interrupted(BaseException):
