@@ -12,11 +12,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from secrets import token_hex
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import pytest
 from django.test import override_settings
 
 from dwebsocket.client import Event, ReconnectingClient
+from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.browser import WAIT_MS
@@ -233,3 +235,29 @@ def test_overflow_closes_soon_after_opening_back_off_in_the_browser(
     assert [c[4] for c in closes] == [1, 2, 3, 4]
     assert all(c[:3] == [1008, "send queue overflow", True] for c in closes)
     assert all(c[3] <= 10 * 2**n for n, c in enumerate(closes))
+
+
+@pytest.mark.parametrize("reason", ["not allowed", "send queue overflow!", "Send queue overflow"])
+def test_any_other_1008_stays_final(server: ServerProcess, page: Page, reason: str) -> None:
+    """A view closing with 1008 itself, with any reason but exactly "send queue overflow":
+    both clients stay closed (a retry would have come by now: ``min_delay`` 10 ms)."""
+    url = f"/close/?code=1008&reason={quote(reason)}"
+    events: list[Event] = []
+    client = ReconnectingClient(server.url(url), min_delay=0.01, on_event=events.append)
+    client.connect(WAIT)
+    client.send("close, please")
+    with pytest.raises(ConnectionClosed) as raised:
+        client.recv(WAIT)
+    assert (raised.value.code, raised.value.reason) == (1008, reason)
+    assert [(e.type, e.will_retry) for e in events] == [("open", False), ("close", False)]
+    closed = page.evaluate(
+        """(url) => new Promise((done) => {
+            let opens = 0;
+            const s = new dwebsocket.Socket(url, {minDelay: 10});
+            s.on("open", () => { opens++; s.send("close now, please"); });
+            s.on("close", (e) => setTimeout(
+                () => done([e.code, e.reason, e.willRetry, opens]), 500));
+        })""",
+        url,
+    )
+    assert closed == [1008, reason, False, 1]
