@@ -37,16 +37,19 @@ too; the browser reconnects with the new cookie.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import queue
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dwebsocket import groups
 from dwebsocket.conf import SESSION_CHECK_INTERVAL
@@ -80,6 +83,12 @@ REVOKED = 4001
 #: Seconds the check of newly opened sockets waits for more of them before it ends and
 #: closes its database connections.
 LINGER = 1.0
+
+#: Seconds a check waits for one session lookup. A store that hangs (NFS, a database
+#: without a timeout) is then an outage: nothing revoked, one WARNING.
+LOOKUP_TIMEOUT = 5.0
+
+_T = TypeVar("_T")
 
 _USER_PREFIX = "dwebsocket.user."
 _SESSION_PREFIX = "dwebsocket.session."
@@ -373,6 +382,94 @@ def _confirm_ended(store: Any, session_key: str) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), store.storage_path)
 
 
+class _Overrun(Exception):
+    """Raised by :meth:`_Lookups.call` when a lookup has not returned in time, or when
+    the one that overran before still has not."""
+
+
+class _Job(Generic[_T]):
+    """One call for the lookup thread, and what it returned or raised."""
+
+    def __init__(self, function: Callable[[], _T]) -> None:
+        self.function = function
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.function()
+        except BaseException as exc:
+            self.error = exc
+            if not isinstance(exc, Exception):
+                raise  # a kill: the thread ends (the next call starts another)
+        finally:
+            self.done.set()
+
+
+class _Lookups:
+    """The thread (a greenlet under gevent) that runs the checks' session lookups, so
+    that a check can stop waiting for one that hangs. The hung one keeps the thread until
+    it returns; meanwhile every call overruns at once instead of queueing behind it: no
+    check, and no thread, piles up. Its database connections are its own (closed by
+    :meth:`close_connections`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[_Job[Any]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._hung: _Job[Any] | None = None  # overran, still running
+
+    def call(self, function: Callable[[], _T], timeout: float = LOOKUP_TIMEOUT) -> _T:
+        """``function()`` in the lookup thread: what it returns, or raises. Blocks up to
+        ``timeout`` seconds, then raises :class:`_Overrun` (``function`` goes on); raises
+        it at once while a call that overran has not returned."""
+        with self._lock:
+            if self._pid != os.getpid():  # forked: that thread and its queue are not ours
+                self._pid, self._thread, self._hung = os.getpid(), None, None
+                self._jobs = queue.Queue()
+            hung = self._hung
+            if hung is not None:
+                waited = time.monotonic() - hung.started
+                raise _Overrun(f"a session lookup has not answered for {waited:.0f} s")
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="dwebsocket-session-lookups", daemon=True
+                )
+                self._thread.start()
+            job: _Job[_T] = _Job(function)
+            self._jobs.put(job)
+        if not job.done.wait(timeout):
+            with self._lock:
+                if not job.done.is_set():
+                    self._hung = job
+                    raise _Overrun(f"a session lookup got no answer within {timeout:g} s")
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def _run(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            try:
+                job.run()
+            finally:
+                with self._lock:
+                    if self._hung is job:
+                        self._hung = None
+
+    def close_connections(self) -> None:
+        """Close the lookup thread's database connections (waits as :meth:`call`; not at
+        all while a lookup hangs: that one's connection is in use)."""
+        from dwebsocket.db import close_thread_connections
+
+        with contextlib.suppress(_Overrun):
+            self.call(close_thread_connections)
+
+
 class _Checker:
     """The periodic check of this process's authenticated sockets (one thread -- a
     greenlet under gevent -- started at the first such socket)."""
@@ -389,6 +486,7 @@ class _Checker:
         #: The sessions (key, user) whose last lookup failed (under _checking): the
         #: store counts as unreadable until none is left.
         self._failing: set[tuple[str, str]] = set()
+        self._lookups = _Lookups()  # used under _checking
 
     def start(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -443,8 +541,6 @@ class _Checker:
         :data:`LINGER` seconds for more, keeping this thread's database connections: while
         sockets keep opening, their checks reuse one connection instead of opening one
         each (a new server process per socket on PostgreSQL). Closes them when it ends."""
-        from dwebsocket.db import close_thread_connections
-
         try:
             while True:
                 with self._lock:
@@ -469,7 +565,8 @@ class _Checker:
                 self._draining = False
             raise
         finally:
-            close_thread_connections()
+            with self._checking:
+                self._lookups.close_connections()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the checks of sockets just opened to end
@@ -561,12 +658,12 @@ class _Checker:
 
     def check(self, members: list[Member], keep_connections: bool = False) -> None:
         """Close (4001) those of ``members`` whose session is no longer valid. Blocks on
-        the session store and the database; one lookup per session. One check at a time
-        (the periodic one, or one a signal started). Closes this thread's database
-        connections after, unless ``keep_connections`` (then only if a lookup failed:
-        the next check gets a new one)."""
+        the session store and the database, up to :data:`LOOKUP_TIMEOUT` per session
+        (one lookup each, in the lookup thread): a lookup that overruns is an outage. One
+        check at a time (the periodic one, or one a signal started). Closes the lookups'
+        database connections after, unless ``keep_connections`` (then only if a lookup
+        failed: the next check gets a new one)."""
         from dwebsocket.conf import settings
-        from dwebsocket.db import close_thread_connections
 
         if not settings.WEBSOCKET_REVOKE_SESSIONS:
             return
@@ -575,22 +672,23 @@ class _Checker:
                 self._check(members)
             finally:
                 if not keep_connections or self._failing:
-                    close_thread_connections()
+                    self._lookups.close_connections()
 
     def _verdict(self, key: tuple[str, str]) -> bool | None:
         """:func:`session_is_valid` of ``key`` (session key, user), None when the store
         cannot be read (that revokes nothing). Logs one WARNING per outage of the store,
         not one per session and check: a database that went away would log for every
         socket, every minute."""
+        session_key, user = key
         try:
-            valid = session_is_valid(*key)
+            valid = self._lookups.call(lambda: session_is_valid(session_key, user))
         except Exception as exc:
             if not self._failing:
                 logger.warning(
                     "Could not read the session store (%s): no WebSocket's session is "
                     "revoked by the checks until it can be read again",
                     exc,
-                    exc_info=True,
+                    exc_info=not isinstance(exc, _Overrun),  # its traceback says nothing
                 )
             else:
                 logger.debug("The session store still cannot be read: %r", exc)

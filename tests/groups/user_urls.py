@@ -16,4 +16,7 @@ urlpatterns = [
     path("send/", user_views.send),
     path("disconnect/", user_views.disconnect),
     path("presence/<str:name>/", user_views.presence),
+    path("sessions/hang/", user_views.hang_sessions),
+    path("sessions/answer/", user_views.answer_sessions),
+    path("tasks/", user_views.tasks),
 ]

@@ -4,8 +4,11 @@ says whose it is, and plain HTTP views that log in and out, change a password, a
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
+import threading
 from typing import Any
 
 from django.contrib.auth import authenticate, login, logout
@@ -150,3 +153,32 @@ def presence(request: HttpRequest, name: str) -> HttpResponse:
     return JsonResponse(
         {"pid": os.getpid(), "presence": [e._asdict() for e in groups.presence(name)]}
     )
+
+
+def hang_sessions(request: HttpRequest) -> HttpResponse:
+    """``?keys=K1,K2``: reads of those sessions hang (``tests.groups.flaky_sessions``)
+    until :func:`answer_sessions`."""
+    from tests.groups import flaky_sessions
+
+    flaky_sessions.ANSWER.clear()
+    flaky_sessions.HUNG.update(request.GET["keys"].split(","))
+    return HttpResponse("hung")
+
+
+def answer_sessions(request: HttpRequest) -> HttpResponse:
+    """The reads that :func:`hang_sessions` hung return, and no read hangs any more."""
+    from tests.groups import flaky_sessions
+
+    flaky_sessions.HUNG.clear()
+    flaky_sessions.ANSWER.set()
+    return HttpResponse("answered")
+
+
+def tasks(request: HttpRequest) -> HttpResponse:
+    """How many threads run in this process, and greenlets under gevent."""
+    count = threading.active_count()
+    if "gevent" in sys.modules:
+        from greenlet import greenlet
+
+        count += sum(isinstance(o, greenlet) and not o.dead for o in gc.get_objects())
+    return JsonResponse({"tasks": count})
