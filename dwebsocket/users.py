@@ -91,6 +91,8 @@ LOOKUP_TIMEOUT = 5.0
 _T = TypeVar("_T")
 
 _USER_PREFIX = "dwebsocket.user."
+#: The key of :func:`_request_started`'s stamp in a WSGI environ or an ASGI scope.
+_STARTED = "dwebsocket.started"
 _SESSION_PREFIX = "dwebsocket.session."
 
 
@@ -196,8 +198,7 @@ def _check_close(code: int, reason: str) -> None:
 @dataclass
 class _Owner:
     """Who opened a socket: the user's pk (as Django keeps it in the session) and the
-    session key; when dwebsocket first saw its request (``time.monotonic()``, 0.0 if
-    unknown)."""
+    session key; when its request began (``time.monotonic()``: see :func:`_started`)."""
 
     user: str
     session_key: str | None
@@ -251,12 +252,39 @@ def _authenticated(request: HttpRequest) -> _Owner | None:
         return None
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None)
-    started = getattr(request, REQUEST_STARTED, None)
-    return _Owner(
-        str(user.pk),
-        key if isinstance(key, str) and key else None,
-        started if isinstance(started, float) else time.monotonic(),
-    )
+    return _Owner(str(user.pk), key if isinstance(key, str) and key else None, _started(request))
+
+
+def _started(request: HttpRequest) -> float:
+    """When ``request`` began (``time.monotonic()``): as ``request_started`` saw it if
+    :func:`_request_started` stamped it, else as dwebsocket's view wrapper saw it
+    (``REQUEST_STARTED``), else now."""
+    for stamp in (
+        request.META.get(_STARTED),
+        (getattr(request, "scope", None) or {}).get(_STARTED),
+        getattr(request, REQUEST_STARTED, None),
+    ):
+        if isinstance(stamp, float):
+            return stamp
+    return time.monotonic()
+
+
+def _request_started(
+    sender: Any,
+    environ: dict[str, Any] | None = None,
+    scope: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> None:
+    """``request_started``: stamp a WebSocket request's environ (WSGI) or scope (ASGI)
+    with the time, before any middleware runs. A socket looks for the commands its groups
+    got since then: ``REQUEST_STARTED``, taken as the view is called, comes after the
+    middleware that authenticated the request, and a logout landing in between was taken
+    for one the authentication had seen."""
+    if environ is not None:
+        if "websocket" in str(environ.get("HTTP_UPGRADE", "")).lower():
+            environ[_STARTED] = time.monotonic()
+    elif scope is not None and scope.get("type") == "websocket":
+        scope[_STARTED] = time.monotonic()
 
 
 def _closed(sender: Any, websocket: Any = None, **kwargs: Any) -> None:
@@ -794,10 +822,12 @@ def connect_signals() -> None:
     """Connect the receivers (``AppConfig.ready`` calls this)."""
     from django.apps import apps
     from django.conf import settings
+    from django.core.signals import request_started
     from django.db.models.signals import post_delete, post_save
 
     from dwebsocket.signals import websocket_closed, websocket_opened
 
+    request_started.connect(_request_started, dispatch_uid="dwebsocket.users")
     websocket_opened.connect(_opened, dispatch_uid="dwebsocket.users")
     websocket_closed.connect(_closed, dispatch_uid="dwebsocket.users")
     if apps.is_installed("django.contrib.auth"):

@@ -33,6 +33,7 @@ SETTINGS = {
     "MIDDLEWARE": [
         "django.contrib.sessions.middleware.SessionMiddleware",
         "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "tests.groups.user_views.EndedAfterAuthentication",
     ],
     "PASSWORD_HASHERS": ["django.contrib.auth.hashers.MD5PasswordHasher"],  # fast, tests only
 }
@@ -176,6 +177,17 @@ class UsersTests(TransactionTestCase):
         browser = logged_in("alice")
         with WebSocketClient("/ws/revoked-while-opening/", client=browser, timeout=WAIT) as ws:
             self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
+
+    def test_a_session_that_ends_before_dwebsocket_sees_the_request_closes_it(self) -> None:
+        """The same, with the session read and ended by a middleware, before the view
+        (``user_views.EndedAfterAuthentication``): the ending came before the view's
+        decorator saw the request, yet after the request began. The periodic check is off:
+        only the socket's own look at what it missed can close it."""
+        browser = logged_in("alice")
+        path = "/ws/ended-after-authentication/"
+        with WebSocketClient(path, client=browser, timeout=WAIT) as ws:
+            self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
+            self.assertEqual(ws.close_reason, "session ended")
 
     def connections_of_opening_checks(self, path: str, sockets: int) -> list[str]:
         """Open ``sockets`` sockets of one browser at ``path`` one after the other; the

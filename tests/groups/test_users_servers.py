@@ -296,3 +296,35 @@ def test_expired_session_is_closed_by_the_periodic_check(site: Site) -> None:
     for ws in expiring:
         assert closed_with(ws) == REVOKED
     nothing_for(staying)
+
+
+@pytest.mark.parametrize("server_name", ["gevent", "uvicorn"])
+def test_a_session_ended_before_the_view_saw_the_request_closes_its_socket(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, server_name: str
+) -> None:
+    """A middleware authenticates the request, then its session ends (a logout in
+    another tab, landing then: ``user_views.EndedAfterAuthentication``), before the
+    view's decorator sees the request. The socket still finds that command once it has
+    joined its groups, under WSGI and ASGI; no periodic check here to catch it later."""
+    db = tmp_path / "site.sqlite3"
+    settings = site_settings(db, "memory://")
+    settings["MIDDLEWARE"] = [
+        *settings["MIDDLEWARE"],
+        "tests.groups.user_views.EndedAfterAuthentication",
+    ]
+    settings["WEBSOCKET_SESSION_CHECK_INTERVAL"] = None
+    create_site(settings)
+    server = make_server(server_name, settings=settings)
+    site = Site([server], db)
+    with site.stack:
+        browser = site.browser()
+        browser.login(server, "alice")
+        cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+        with connect(
+            server.url("/ws/ended-after-authentication/"),
+            additional_headers={"Cookie": cookie},
+            open_timeout=WAIT,
+            close_timeout=WAIT,
+        ) as ws:
+            assert closed_with(ws) == REVOKED
+            assert ws.close_reason == "session ended"

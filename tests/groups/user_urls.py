@@ -5,6 +5,7 @@ from tests.groups import user_views
 urlpatterns = [
     path("ws/", user_views.socket),
     path("ws/revoked-while-opening/", user_views.revoked_while_opening),
+    path("ws/ended-after-authentication/", user_views.socket),
     path("ws/store-down-while-opening/", user_views.store_down_while_opening),
     path("ws/disconnected-while-opening/", user_views.disconnected_while_opening),
     path("ws/saved-while-opening/", user_views.saved_while_opening),

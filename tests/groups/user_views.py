@@ -53,6 +53,24 @@ def socket(request: HttpRequest) -> None:
         pass
 
 
+class EndedAfterAuthentication:
+    """Middleware: on ``/ws/ended-after-authentication/``, authenticate the request (as a
+    middleware checking access does), then end its session (a logout in another tab,
+    landing then) -- all before the view, and so before its decorator sees the request."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path == "/ws/ended-after-authentication/":
+            from django.contrib.sessions.models import Session
+
+            assert request.user.is_authenticated
+            Session.objects.get(session_key=request.session.session_key).delete()
+        response: HttpResponse = self.get_response(request)
+        return response
+
+
 @require_websocket
 def revoked_while_opening(request: HttpRequest) -> None:
     """As :func:`socket`, but the session ends after the request was authenticated and
