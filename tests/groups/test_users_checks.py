@@ -1,9 +1,13 @@
 """The session checks (``dwebsocket.users``) on a real gevent server, when the store
-misbehaves: a store that hangs is an outage, bounded, and stalls nothing else."""
+misbehaves or the peer does: a store that hangs is an outage, bounded, and stalls
+nothing else; a socket already closing is not closed again by later checks."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +27,7 @@ from tests.groups.test_users_servers import (
     site_settings,
 )
 from tests.groups.test_users_sessions import logged, logging_to
-from tests.servers import ServerProcess
+from tests.servers import HOST, ServerProcess
 
 pytestmark = pytest.mark.server
 
@@ -98,3 +102,43 @@ def test_a_store_that_hangs_is_an_outage_that_stalls_nothing_else(
         assert closed_with(bobs) == REVOKED  # his password changed meanwhile
     warnings = [line for line in log.read_text().splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1, warnings
+
+
+def silent_tab(browser: Browser, server: ServerProcess) -> socket.socket:
+    """A socket of ``browser`` on ``server`` from a peer that will never answer a close
+    frame (nor send anything), once the view said whose it is."""
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+    port = int(server.url("/", "http").split(":")[2].split("/")[0])
+    sock = socket.create_connection((HOST, port), timeout=WAIT)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws/ HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n".encode()
+    )
+    got = b""
+    while b'"pid"' not in got:
+        data = sock.recv(4096)
+        assert data, got
+        got += data
+    return sock
+
+
+def test_a_socket_closing_is_not_closed_again_by_the_next_checks(
+    make_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """A revoked socket's peer never answers the close frame: the socket stays closing
+    for ``WEBSOCKET_CLOSE_TIMEOUT`` (3 s), through some fifteen checks, each of which
+    skips it (``is_closed()`` is true from the close frame on): one close, one INFO."""
+    log, server, site = checked_site(make_server, tmp_path, WEBSOCKET_CLOSE_TIMEOUT=3.0)
+    with site.stack:
+        browser = site.browser()
+        key = browser.login(server, "alice")
+        with silent_tab(browser, server) as sock:
+            site.expire(key)
+            got = b""
+            while data := sock.recv(4096):  # until the server gives up waiting
+                got += data
+        assert got == b"\x88\x0f\x0f\xa1session ended"  # one close frame, 4001
+    ended = [line for line in log.read_text().splitlines() if "ended: closing" in line]
+    assert len(ended) == 1, ended
