@@ -349,14 +349,20 @@ def session_is_valid(session_key: str, user: str) -> bool:
         get_user_model,
         load_backend,
     )
+    from django.contrib.sessions.backends.file import SessionStore as FileStore
     from django.core.exceptions import ValidationError
     from django.utils.crypto import constant_time_compare
 
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    # Before the read: had the directory changed in between, it is the old one that is
+    # taken for the store, and a file missing from the new one is an outage.
+    directory = _directory(store.storage_path) if isinstance(store, FileStore) else None
     data = store.load()
     if not data:
         _confirm_ended(store, session_key)
         return False
+    if directory is not None:
+        _read_sessions_in(directory)
     if SESSION_KEY not in data:
         return False
     # As get_user() hands it to the backend (an int for an AutoField), not as a str.
@@ -399,15 +405,60 @@ def _confirm_ended(store: Any, session_key: str) -> None:
         return
     # A session file that cannot be opened or read (EACCES, EIO, a directory in its
     # place...) is a store that cannot be read; one that is not there has ended -- if
-    # its directory is there: a directory gone (a mount gone) or replaced is an outage.
+    # its directory is the store: a directory gone, replaced, or a volume not mounted
+    # (its empty mount point in its place) is an outage.
     try:
         with open(store._key_to_file(session_key), "rb") as file:  # type: ignore[attr-defined]
             file.read()
         return
     except FileNotFoundError:
         pass
-    if not stat.S_ISDIR(os.stat(store.storage_path).st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), store.storage_path)
+    path, device, inode, _ = _directory(store.storage_path)
+    known = _sessions_directory
+    if known is None or known[0] != path:
+        # No session read there yet: a directory holding no session file at all (an
+        # empty mount point) is not taken for a store whose every session ended.
+        with os.scandir(path) as entries:
+            if not any(entry.name.startswith(store.file_prefix) for entry in entries):
+                raise _NotTheStore(f"{path} holds no session file (a volume not mounted?)")
+    elif (device, inode) != known[1:3]:
+        raise _NotTheStore(
+            f"{path} is not the directory sessions were read from (device {known[1]}, "
+            f"inode {known[2]}; now {device}, {inode}): a volume not mounted, a directory "
+            "replaced?"
+        )
+
+
+class _NotTheStore(OSError):
+    """Raised when the file engine's directory is not the one that holds the sessions."""
+
+
+#: The file engine's directory as last found holding a session: its path, device and
+#: inode, and whether it was a mount point.
+_sessions_directory: tuple[str, int, int, bool] | None = None
+
+
+def _directory(path: str) -> tuple[str, int, int, bool]:
+    """``path``, its device and inode, and whether it is a mount point. Raises
+    ``OSError`` if it cannot be read, ``NotADirectoryError`` if not a directory."""
+    status = os.stat(path)
+    if not stat.S_ISDIR(status.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    return path, status.st_dev, status.st_ino, os.path.ismount(path)
+
+
+def _read_sessions_in(directory: tuple[str, int, int, bool]) -> None:
+    """A session was read from ``directory`` (:func:`_directory`): it is the store from
+    now on -- unless the store was a mount point and this is not: the volume went away,
+    and what is read meanwhile is a session written under it (a login since)."""
+    global _sessions_directory
+    known = _sessions_directory
+    if known == directory:
+        return
+    if known is not None and known[0] == directory[0] and known[3] and not directory[3]:
+        return
+    _sessions_directory = directory
+    logger.debug("Session files are read from %s (device %d, inode %d)", *directory[:3])
 
 
 class _Overrun(Exception):

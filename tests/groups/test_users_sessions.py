@@ -9,6 +9,9 @@ looked like every session had ended.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import time
 import unittest.mock
 from collections.abc import Callable
@@ -107,6 +110,18 @@ def test_an_unreadable_session_directory_revokes_nothing_a_deleted_file_does(
     assert len(warnings) == 1, warnings
 
 
+def file_sessions_in(directory: Path) -> contextlib.ExitStack:
+    """This process's sessions: the file engine's, in ``directory``, which no check of
+    this process has read yet."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(override_settings(SESSION_ENGINE="django.contrib.sessions.backends.file"))
+    stack.enter_context(
+        unittest.mock.patch.object(FileStore, "_storage_path", str(directory), create=True)
+    )
+    stack.enter_context(unittest.mock.patch.object(users, "_sessions_directory", None))
+    return stack
+
+
 def test_a_session_file_that_cannot_be_read_is_an_outage_a_missing_one_ended(
     tmp_path: Path,
 ) -> None:
@@ -114,10 +129,8 @@ def test_a_session_file_that_cannot_be_read_is_an_outage_a_missing_one_ended(
     answer False (the session ended) with the file engine, as root too (no chmod)."""
     sessions = tmp_path / "sessions"
     sessions.mkdir()
-    with (
-        override_settings(SESSION_ENGINE="django.contrib.sessions.backends.file"),
-        unittest.mock.patch.object(FileStore, "_storage_path", str(sessions), create=True),
-    ):
+    (sessions / f"sessionid{'b' * 32}").write_text("")  # another session: the store
+    with file_sessions_in(sessions):
         key = "a" * 32
         path = sessions / f"sessionid{key}"
         assert users.session_is_valid(key, "1") is False  # no such file: ended
@@ -128,12 +141,116 @@ def test_a_session_file_that_cannot_be_read_is_an_outage_a_missing_one_ended(
         with pytest.raises(IsADirectoryError):
             users.session_is_valid(key, "1")
         path.rmdir()
-        sessions.rmdir()
+        shutil.rmtree(sessions)
         with pytest.raises(FileNotFoundError):
             users.session_is_valid(key, "1")
         sessions.write_text("")
         with pytest.raises(NotADirectoryError):
             users.session_is_valid(key, "1")
+
+
+def saved_session(**data: object) -> str:
+    """A new session of the file engine holding ``data``: its key."""
+    store = FileStore()
+    store.update(data)
+    store.save(must_create=True)
+    assert store.session_key is not None
+    return store.session_key
+
+
+def test_a_missing_session_file_has_ended_only_in_the_directory_that_holds_the_sessions(
+    tmp_path: Path,
+) -> None:
+    """What :func:`users.session_is_valid` makes of a missing file with the file engine:
+    in a directory where no session has been read yet, an ended session only if the
+    directory holds some session file (an empty mount point holds none); then only in
+    the very directory (device and inode) a session was last read from -- and never in
+    one that is no longer a mount point where the sessions were read from one.
+
+    A test cannot mount a volume here: the directory is replaced instead (a new inode),
+    and ``os.path.ismount`` is told that the first one was a mount point."""
+    sessions, gone = tmp_path / "sessions", "a" * 32
+    sessions.mkdir()
+    with file_sessions_in(sessions):
+        with pytest.raises(users._NotTheStore, match="holds no session file"):
+            users.session_is_valid(gone, "1")  # an empty directory, never read
+        read = saved_session(seen=True)
+        assert users.session_is_valid(gone, "1") is False  # it holds sessions: ended
+        assert users.session_is_valid(read, "1") is False  # names no user, but was read
+        assert users._sessions_directory is not None
+
+        # Replaced: not the directory the sessions were read from, even once it holds one.
+        sessions.rename(tmp_path / "old")
+        sessions.mkdir()
+        with pytest.raises(users._NotTheStore, match="not the directory sessions were read"):
+            users.session_is_valid(gone, "1")
+        since = saved_session(seen=True)
+        with pytest.raises(users._NotTheStore):
+            users.session_is_valid(gone, "1")
+        # ...until a session is read there: it is the store now.
+        assert users.session_is_valid(since, "1") is False
+        assert users.session_is_valid(gone, "1") is False
+
+        # A mount point, then not one (the volume went away, the empty directory under
+        # it in its place): a session read there (a login since) does not make it the store.
+        shutil.rmtree(sessions)
+        (tmp_path / "old").rename(sessions)
+        mount = str(sessions)
+        real_ismount = os.path.ismount
+        mounted = [True]
+        with unittest.mock.patch.object(
+            os.path, "ismount", lambda p: mounted[0] if str(p) == mount else real_ismount(p)
+        ):
+            assert users.session_is_valid(read, "1") is False
+            assert users._sessions_directory is not None and users._sessions_directory[3]
+            sessions.rename(tmp_path / "volume")
+            sessions.mkdir()
+            mounted[0] = False
+            under = saved_session(seen=True)
+            assert users.session_is_valid(under, "1") is False
+            with pytest.raises(users._NotTheStore):
+                users.session_is_valid(gone, "1")
+            shutil.rmtree(sessions)
+            (tmp_path / "volume").rename(sessions)
+            mounted[0] = True
+            assert users.session_is_valid(gone, "1") is False  # the volume is back
+
+
+@pytest.mark.server
+def test_a_session_directory_replaced_by_an_empty_one_revokes_nothing(
+    make_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The session directory is replaced by an empty one, as a volume that is not
+    mounted leaves its empty mount point in its place: every session file is missing at
+    once, which is an outage (one WARNING), not every session ended. Once the directory
+    is back, a session file deleted still ends its session.
+
+    A real unmount (the device changes, not only the inode) cannot be made here; the
+    rule compares both."""
+    sessions, log, server, site = file_session_site(make_server, tmp_path)
+    with site.stack:
+        laptop, phone, anonymous = site.browser(), site.browser(), site.browser()
+        key = laptop.login(server, "alice")
+        phone.login(server, "alice")
+        leaving, staying = laptop.tab(server), phone.tab(server)
+        assert logged(log, "Session files are read from") == 1  # a periodic check ran
+
+        volume = sessions.rename(tmp_path / "volume")
+        sessions.mkdir()
+        assert logged(log, "Could not read the session store") == 1
+        assert logged(log, "still cannot be read", 2) >= 2
+        anonymous.get(server, "/send/", username="alice", text="still open")
+        assert leaving.recv(timeout=WAIT) == staying.recv(timeout=WAIT) == "still open"
+        sessions.rmdir()
+        volume.rename(sessions)
+        assert logged(log, "can be read again") == 1
+
+        (sessions / f"sessionid{key}").unlink()
+        assert closed_with(leaving) == REVOKED
+        nothing_for(staying)
+    warnings = [line for line in log.read_text().splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, warnings
+    assert "is not the directory sessions were read from" in warnings[0]
 
 
 @pytest.mark.server
