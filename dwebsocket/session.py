@@ -88,7 +88,10 @@ def run_view(
     escape), 1011 when it raises, which Django then logs as for any view. A view that
     returns None without touching the connection gets it accepted and closed with 1000.
     A connection whose accept found the client gone is ended the same way (its view's
-    response goes nowhere), so the backend gives it back to the server.
+    response goes nowhere), so the backend gives it back to the server. A view that
+    answers with HTTP (or raises) unaccepted refuses the connection for good: an
+    ``accept()`` or ``send()`` that another thread starts after that raises
+    ``ConnectionClosed`` (1006) and leaves the socket to the server.
     """
     if iscoroutinefunction(view):
         # An async def view reached through the middleware: its session is async
@@ -191,8 +194,10 @@ def _run_session(
     try:
         response = view(request, *args, **kwargs)
         if not websocket.accepted:
-            if response is not None and not websocket.is_closed():
-                return response  # the view answered with HTTP (a 403, say) instead
+            if response is not None and websocket.refuse_session():
+                # The view answered with HTTP (a 403, say) instead: a helper's accept
+                # or send() after this raises, the socket stays the server's.
+                return response
             # A view that returned None untouched: accepted here, so what websocket_opened's
             # receivers raise (a greenlet kill, a worker timeout) ends the session as it
             # would in the view. A client gone during the handshake: ended all the same.
@@ -216,11 +221,13 @@ def _run_session(
 
 
 def _taken_over(websocket: WebSocket) -> bool:
-    """Whether the backend began taking the connection over: accepted, or closed by an
-    accept that found the client gone. Either way only ``end_websocket`` gives the
-    connection back to the server (eventlet would otherwise write Django's response on
-    it and log a traceback; a backend's own fds would stay open)."""
-    return websocket.accepted or websocket.is_closed()
+    """Whether the backend began taking the connection over: accepted (or being
+    accepted by another thread), or closed by an accept that found the client gone.
+    Either way only ``end_websocket`` gives the connection back to the server (eventlet
+    would otherwise write Django's response on it and log a traceback; a backend's own
+    fds would stay open). If not, the connection is refused from now on, in the same
+    step (``refuse_session``): Django's answer (a 500) is the server's to write."""
+    return not websocket.refuse_session()
 
 
 def _going_away(exc: BaseException) -> bool:

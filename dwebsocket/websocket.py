@@ -35,6 +35,10 @@ def to_json(data: Any, cls: type[json.JSONEncoder] | None) -> str:
     return json.dumps(data, cls=cls)
 
 
+#: ``close_reason`` (with ``close_code`` 1006) of a connection its view refused: what the
+#: ``ConnectionClosed`` of a later ``accept()`` or ``send()`` says.
+REFUSED_REASON = "the view answered with HTTP"
+
 #: The attribute of a WebSocket request holding when dwebsocket first saw it
 #: (``time.monotonic()``): :mod:`dwebsocket.users` looks for what was sent to the user's
 #: groups since, once the socket has joined them.
@@ -63,6 +67,9 @@ class WebSocket(abc.ABC):
     Text messages are ``str``, binary messages ``bytes``. The opening handshake runs lazily:
     the first call that needs the connection (``wait``, ``read``, ``send``, iteration, ...)
     accepts it, so until then the view may still answer with any HTTP response (a 403, say).
+    Once it has (or has raised), the connection is refused for good: an ``accept()`` or
+    ``send()`` that another thread starts then raises ``ConnectionClosed`` (1006,
+    ``REFUSED_REASON``) and leaves the socket to the server.
 
     Backends subclass this and implement the abstract methods; everything else is shared:
     the accepted state and its guard, the subprotocol check, the end of a session and the
@@ -126,6 +133,19 @@ class WebSocket(abc.ABC):
         without waiting for the peer's. Backends override this to end a session their
         own way (and free what they hold); this one calls :meth:`close`."""
         self.close(code)
+
+    def refuse_session(self) -> bool:
+        """Called by dwebsocket when the view is done without accepting (it answered with
+        HTTP, or raised): return True if the connection is still the server's, and from
+        then on refused: ``accept()``, and every call that would accept (``send()``,
+        ``wait()``, ...), raises ``ConnectionClosed`` (1006) without touching the socket,
+        whatever thread calls it, so that the server's HTTP answer is all the client
+        gets. False if the backend has it already (accepted, an accept under way in
+        another thread, or closed by one): the session then ends it. Never blocks for
+        long (at most for an accept under way). Backends override this to make the
+        check and the refusal one step against a concurrent accept; this one only
+        checks."""
+        return not (self.accepted or self.is_closed())
 
     def _send_signal(self, signal: Signal, **kwargs: object) -> None:
         """Send ``signal`` (``websocket_opened``, ``websocket_closed``) for this

@@ -29,3 +29,6 @@ urlpatterns += [
 urlpatterns += [
     path("answered-while-a-helper-accepts/", views.answered_while_a_helper_accepts),
 ]
+urlpatterns += [
+    path("answered-then-a-helper-uses/", views.answered_then_a_helper_uses),
+]

@@ -281,10 +281,12 @@ def fail_accept(request: HttpRequest) -> None:
 
 
 class _Answer(HttpResponse):
-    """A 200 that sets ``answered`` once the server is done with it (WSGI's ``close()``)."""
+    """A 200 (or ``status``) that sets ``answered`` once the server is done with it (WSGI's
+    ``close()``)."""
 
-    def __init__(self, answered: threading.Event) -> None:
-        super().__init__("answered\n", content_type="text/plain")
+    def __init__(self, answered: threading.Event, status: int = 200) -> None:
+        super().__init__("answered\n", content_type="text/plain", status=status)
+        self["Content-Length"] = str(len(self.content))  # a reader knows where it ends
         self._answered = answered
 
     def close(self) -> None:
@@ -319,3 +321,43 @@ def answered_while_a_helper_accepts(request: HttpRequest) -> HttpResponse:
     _hello_from_a_helper(ws)
     inside.wait(_WAIT)
     return _Answer(answered)
+
+
+@require_websocket
+def _answered_403(request: HttpRequest, answered: threading.Event) -> HttpResponse:
+    return _Answer(answered, status=403)
+
+
+def answered_then_a_helper_uses(request: HttpRequest) -> HttpResponse:
+    """Around a view that answers 403 unaccepted, a helper thread's ``accept()`` or
+    ``send("hello")`` (``?use=``) starts once the server is done with that answer
+    (``?when=served``, at most ``_WAIT``), or (``?when=returned``) as soon as the session
+    returned it, before the server has it: this view then waits until the helper is done
+    (bounded). What the helper's call raised is recorded under ``?id=`` as
+    ``"helper: ..."``, after any signal of the connection (``opened_while_gone``'s
+    receivers; read back there)."""
+    key, use = request.GET["id"], request.GET["use"]
+    with _CLOSES_LOCK:
+        SIGNALS[key] = []
+    request.dws_until_closed = (key, threading.Event())  # type: ignore[attr-defined]
+    answered, done = threading.Event(), threading.Event()
+
+    def late() -> None:
+        answered.wait(_WAIT)
+        ws = request.websocket  # type: ignore[attr-defined]
+        try:
+            ws.accept() if use == "accept" else ws.send("hello")
+        except Exception as exc:
+            outcome = f"{type(exc).__name__} {getattr(exc, 'code', '')}".strip()
+        else:
+            outcome = "returned"
+        with _CLOSES_LOCK:
+            SIGNALS[key].append(f"helper: {outcome}")
+        done.set()
+
+    threading.Thread(target=late, daemon=True).start()
+    response = _answered_403(request, answered)
+    if request.GET.get("when") == "returned":
+        answered.set()
+        done.wait(_WAIT)
+    return response

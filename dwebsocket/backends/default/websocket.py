@@ -45,7 +45,7 @@ from dwebsocket.protocol.server import Accepted
 from dwebsocket.protocol.server import accept as accept_request
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
-from dwebsocket.websocket import WebSocket, wait_timeout
+from dwebsocket.websocket import REFUSED_REASON, WebSocket, wait_timeout
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -213,6 +213,25 @@ class DefaultWebSocket(WebSocket):
                 self._reading.release()
         if self._outbox:
             self._flush()
+
+    def refuse_session(self) -> bool:
+        """See :meth:`WebSocket.refuse_session`: under the write lock, which ``accept()``
+        holds from before the takeover to the 101, so that an accept is either under way
+        or done (False: the session ends the connection) or will find the connection
+        shut and raise before taking anything over (True). Waits at most for an accept
+        under way. Idempotent."""
+        if self._accepted:
+            return False
+        with self._writing, self._core:
+            if self._accepted or self._transport.taken_over:
+                return False
+            if not self._io.shut:
+                # Shut, not shut down: the socket is the server's, which writes the
+                # answer. What groups delivered meanwhile goes nowhere.
+                self._io.shut = True
+                self.close_code, self.close_reason = 1006, REFUSED_REASON
+                self._outbox.take_early()
+        return True
 
     def _take_over(self, subprotocol: str | None) -> tuple[Accepted, float, Any]:
         """Take the connection over from the server, write the 101 (and the messages

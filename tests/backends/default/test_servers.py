@@ -14,7 +14,7 @@ import pytest
 
 from dwebsocket.protocol.connection import Close
 from tests.servers import ServerProcess
-from tests.wire import TIMEOUT, RawClient, read_until_eof, upgrade_request
+from tests.wire import TIMEOUT, RawClient, read_http_response, read_until_eof, upgrade_request
 
 pytestmark = pytest.mark.server
 
@@ -50,17 +50,18 @@ def test_a_failure_between_the_takeover_and_the_accept_ends_the_connection(
             assert head.startswith(b"HTTP/1.1 101 ") and rest == b"", data
 
 
-def record(server: ServerProcess, key: str) -> dict[str, Any]:
-    """``tests.views.opened_while_gone``'s record of connection ``key`` once it has closed
-    (bounded), and how many connections that process's registry holds. Asked again
-    until the process that served it answers (gunicorn runs two)."""
+def record(server: ServerProcess, key: str, last: str = "closed") -> dict[str, Any]:
+    """``tests.views.opened_while_gone``'s record of connection ``key`` once its last
+    entry starts with ``last`` (the connection has closed; bounded), and how many
+    connections that process's registry holds. Asked again until the process that served
+    it answers (gunicorn runs two)."""
     deadline = time.monotonic() + TIMEOUT
     while True:
         url = server.url(f"/opened-while-gone/?id={key}", "http")
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
             seen: dict[str, Any] = json.loads(response.read())
         signals = seen["signals"]
-        if (signals and signals[-1].startswith("closed")) or time.monotonic() > deadline:
+        if (signals and signals[-1].startswith(last)) or time.monotonic() > deadline:
             return seen
         time.sleep(0.02)
 
@@ -89,3 +90,43 @@ def test_a_view_answering_while_a_helper_accepts_ends_the_session(
         "signals": ["opened", "opened returned", "closed 1000"],
         "open": 0,
     }
+
+
+@pytest.mark.parametrize("when", ["served", "returned"])
+@pytest.mark.parametrize("use", ["accept", "send"])
+@pytest.mark.parametrize("name", SERVERS)
+def test_a_helper_using_the_connection_after_the_views_answer_is_refused(
+    make_server: Any, name: str, use: str, when: str
+) -> None:
+    # tests.views.answered_then_a_helper_uses: the view answers 403 without accepting,
+    # and a helper's accept() or send() starts once the server is done with that answer,
+    # or as soon as the session returned it. It raises ConnectionClosed(1006) without
+    # touching the socket: the client gets the 403 and nothing else (the server then
+    # serves its next request, or closes), and the connection never opens (no signal,
+    # nothing in the registry). Before, the helper took the socket over: the client got
+    # the 403 and then a 101 (gunicorn gthread, uWSGI), or a 101 before the 403, and
+    # websocket_opened with no websocket_closed; or it hung in the takeover until the
+    # client left (runserver), or failed on the server's socket (gevent: RuntimeError,
+    # eventlet: OSError).
+    server = make_server(name)
+    key = uuid.uuid4().hex
+    path = f"/answered-then-a-helper-uses/?id={key}&use={use}&when={when}"
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request(path))
+        status, _, body = read_http_response(sock)
+        assert (status, body) == (403, b"answered\n")
+        assert record(server, key, "helper") == {
+            "signals": ["helper: ConnectionClosed 1006"],
+            "open": 0,
+        }
+        try:
+            sock.sendall(b"GET /echo/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = read_until_eof(sock)
+        except ConnectionResetError:
+            data = b""  # the server had closed: the request came after it
+    # The server's next answer, and only that (it may be chunked).
+    assert data == b"" or (
+        data.startswith(b"HTTP/1.1 200 ")
+        and data.count(b"HTTP/1.1 ") == 1
+        and b"echo: plain HTTP\n" in data
+    ), data

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
@@ -1020,5 +1020,56 @@ def test_a_failure_between_the_takeover_and_the_accept_gives_the_connection_back
     ws = signals.ws
     assert ws is not None and ws.is_closed() and not ws.accepted and ws.close_code == 1006
     assert ws._transport._nb_fd == -1  # released
+    assert signals.events == []
+    assert ws not in registry.open_websockets()
+
+
+@pytest.mark.parametrize("use", ["accept", "send", "wait"])
+@pytest.mark.parametrize("answer", ["403", "error"])
+def test_a_helper_using_the_connection_after_the_views_answer_is_refused(
+    signals: Signals, answer: str, use: str
+) -> None:
+    # The view answers with HTTP without accepting (a 403, or an error: Django's 500);
+    # then another thread's accept(), send() or wait() starts. It raises (wait(): None)
+    # and the socket stays the server's: nothing is written on it, the connection never
+    # opens. Before, it took the socket over and wrote its 101 after the server's answer,
+    # websocket_opened came and nothing ever ended the connection.
+    @require_websocket
+    def view(request: HttpRequest) -> HttpResponse:
+        signals.ws = request.websocket
+        if answer == "error":
+            raise ValueError("tests: the view fails unaccepted")
+        return HttpResponseForbidden("not you\n")
+
+    with Session(view) as session:
+        session._thread.join(TIMEOUT)
+        if answer == "error":
+            assert isinstance(session.error, ValueError)
+        else:
+            assert session.response.status_code == 403
+        ws = signals.ws
+        assert ws is not None
+        outcome: list[object] = []
+
+        def helper() -> None:
+            try:
+                if use == "wait":
+                    outcome.append(ws.wait(TIMEOUT))
+                else:
+                    ws.accept() if use == "accept" else ws.send("hello")
+                    outcome.append("returned")
+            except ConnectionClosed as exc:
+                outcome.append((exc.code, exc.reason))
+
+        thread = threading.Thread(target=helper)
+        thread.start()
+        thread.join(TIMEOUT)
+        refused = (1006, "the view answered with HTTP")
+        assert outcome == [None if use == "wait" else refused]
+        session.server_sock.shutdown(socket.SHUT_WR)  # as the server ends the connection
+        assert read_until_eof(session.client.sock) == b""
+    assert ws.is_closed() and not ws.accepted
+    assert (ws.close_code, ws.close_reason) == refused
+    assert not ws._transport.taken_over
     assert signals.events == []
     assert ws not in registry.open_websockets()
