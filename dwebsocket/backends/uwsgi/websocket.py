@@ -36,7 +36,7 @@ from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_fram
 from dwebsocket.protocol.handshake import HandshakeRequest, accept_key
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
-from dwebsocket.websocket import WebSocket, wait_timeout
+from dwebsocket.websocket import REFUSED_REASON, WebSocket, wait_timeout
 
 from . import wsgi
 from .loops import Mode, Waiter, current_mode, owner_key
@@ -126,7 +126,8 @@ class uWsgiWebSocket(WebSocket):
     greenlet or thread they hand the frame to the owner (a bounded queue of
     ``WEBSOCKET_SEND_QUEUE_SIZE`` bytes) and wake it; the owner writes it the next time
     it is inside one of its websocket calls (a view waiting in ``wait()`` or iterating
-    writes it at once).
+    writes it at once). Once the view answered with HTTP unaccepted, they raise
+    ``ConnectionClosed`` (1006), as ``accept()`` does from anywhere.
     """
 
     def __init__(self, request: HttpRequest, handshake: HandshakeRequest) -> None:
@@ -159,6 +160,7 @@ class uWsgiWebSocket(WebSocket):
         self._environ[wsgi.CONNECTION] = self
 
         self._accepted = False
+        self._refused = False  # refuse_session(): the view answered with HTTP
         # websocket_opened was sent (its receivers returned): until then websocket_closed
         # is accept()'s to send, not _finish()'s (a receiver may close the connection).
         self._opened = False
@@ -213,6 +215,8 @@ class uWsgiWebSocket(WebSocket):
         client did not offer, ``ConnectionClosed`` if the client is gone."""
         if self._accepted:
             return
+        if self._refused:  # whoever asks: the view answered with HTTP, for good
+            raise ConnectionClosed(1006, REFUSED_REASON)
         self._require_owner("accept")
         if self._closed:
             raise ConnectionClosed(self.close_code or 1006, self.close_reason)
@@ -268,6 +272,24 @@ class uWsgiWebSocket(WebSocket):
         uwsgi.websocket_handshake(
             self._handshake.key, self._handshake.origin or "", subprotocol or ""
         )
+
+    def refuse_session(self) -> bool:
+        """See :meth:`WebSocket.refuse_session`. Only the owner accepts, and the session
+        runs there: the lock orders the refusal against other threads' ``send()``, which
+        raise ``ConnectionClosed`` from then on instead of queueing for an owner that
+        will never write. Never blocks; idempotent."""
+        with self._lock:
+            if self._refused:
+                return True
+            if self._accepted or self._closed or self._closing is not None:
+                return False
+            self._refused = self._closed = True
+            self.close_code, self.close_reason = 1006, REFUSED_REASON
+            # Queued before the answer (a send() that returned, a delivery): never written.
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            self._overflowed_early = False
+        return True
 
     # -- receiving ----------------------------------------------------------------------
 

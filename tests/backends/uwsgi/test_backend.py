@@ -26,7 +26,14 @@ from websockets.sync.client import ClientConnection, connect
 
 from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
 from tests.servers import ServerProcess
-from tests.wire import TIMEOUT, RawClient, masked
+from tests.wire import (
+    TIMEOUT,
+    RawClient,
+    masked,
+    read_http_response,
+    read_until_eof,
+    upgrade_request,
+)
 
 pytestmark = pytest.mark.server
 
@@ -506,3 +513,35 @@ def test_a_send_from_another_thread_as_the_view_closes_is_delivered_or_raises(
             assert not_yet.code == 404 and time.monotonic() < deadline, "no send() ended"
             time.sleep(0.05)
     assert (sent, received) == ("returned", ["from the thread"])
+
+
+@pytest.mark.parametrize("use", ["accept", "send"])
+def test_a_helper_using_the_connection_after_the_views_answer_is_refused(
+    uwsgi_server: ServerProcess, use: str
+) -> None:
+    """tests.views.answered_then_a_helper_uses: the view answers 403 unaccepted, then
+    another greenlet or thread's accept() or send() starts. It raises ConnectionClosed
+    (1006), as on the default backend, and the client gets the 403 alone. Before, send()
+    queued the message for an owner that had answered already and returned, the message
+    lost without a word; accept() raised InvalidState (not the request's greenlet)."""
+    key = uuid.uuid4().hex
+    with socket.create_connection((uwsgi_server.host, uwsgi_server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request(f"/answered-then-a-helper-uses/?id={key}&use={use}"))
+        status, _, body = read_http_response(sock)
+        assert (status, body) == (403, b"answered\n")
+        deadline = time.monotonic() + TIMEOUT
+        while not (seen := http_json(uwsgi_server, f"/opened-while-gone/?id={key}"))["signals"]:
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.02)
+        assert seen["signals"] == ["helper: ConnectionClosed 1006"]
+        try:
+            sock.sendall(b"GET /echo/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = read_until_eof(sock)
+        except ConnectionResetError:
+            data = b""  # the server had closed: the request came after it
+    # Nothing more (uWSGI closes after the answer), or the server's next answer alone.
+    assert data == b"" or (
+        data.startswith(b"HTTP/1.1 200 ")
+        and data.count(b"HTTP/1.1 ") == 1
+        and b"echo: plain HTTP\n" in data
+    ), data
