@@ -46,7 +46,7 @@ from django.http import HttpResponseBase
 from django.urls import set_script_prefix
 
 from dwebsocket import dws
-from dwebsocket.backends.asgi.connection import ASGIConnection, State
+from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.backends.asgi.session import SCOPE_KEY
 from dwebsocket.backends.asgi.threads import session_context
 from dwebsocket.conf import settings
@@ -137,7 +137,7 @@ class ASGIHandler(DjangoASGIHandler):
                     # goes on until its wait() sees the close.
                     connection.going_away()
                     raise
-            if connection.state is State.CONNECTING:
+            if connection.answer_due:
                 # The view answered with HTTP (or never was a WebSocket view).
                 await connection.refuse(*_http_parts(response))
         finally:

@@ -4,6 +4,7 @@ shared between the two kinds of views)."""
 
 from django.urls import include, path
 
+from tests import views as sync_views
 from tests.asgi import views
 
 urlpatterns = [
@@ -31,4 +32,6 @@ urlpatterns = [
     path("nothing/", views.nothing),
     path("ping/", views.ping),
     path("info/", views.info),
+    path("answered-then-a-helper-uses/", views.answered_then_a_task_uses),
+    path("opened-while-gone/", sync_views.opened_while_gone),  # read back over HTTP
 ]

@@ -13,6 +13,7 @@ import struct
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -504,3 +505,34 @@ def test_an_async_view_under_runserver(make_server: Callable[..., ServerProcess]
     assert info.value.response.status_code == 501
     assert b"get_asgi_application" in info.value.response.body
     assert "RuntimeWarning" not in server.log() and "never awaited" not in server.log()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("use", ["accept", "send"])
+@pytest.mark.parametrize("param", SERVERS)
+def test_a_helper_using_the_connection_after_the_views_answer_is_refused(
+    started: Callable[..., ServerProcess], param: str, use: str
+) -> None:
+    """tests.views.answered_then_a_helper_uses (sync views; async views:
+    tests.asgi.views.answered_then_a_task_uses): the view answers 403 unaccepted, and an
+    accept() or send() starts as soon as the session returned that answer, before the
+    server has it. It raises ConnectionClosed(1006), and the client gets the 403, as
+    under WSGI. Before, it sent websocket.accept: the client got a 101 instead (the
+    view's answer lost) and the scope closed it with 1000."""
+    server = started(param)
+    name = param.rsplit("-", 1)[0]
+    key = uuid.uuid4().hex
+    with pytest.raises(InvalidStatus) as info:
+        ws(server, f"/answered-then-a-helper-uses/?id={key}&use={use}&when=returned").close()
+    response = info.value.response
+    assert response.status_code == 403
+    assert response.body == (b"" if name in NO_HTTP_RESPONSE else b"answered\n")
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        url = server.url(f"/opened-while-gone/?id={key}", "http")
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
+            signals = json.loads(answer.read())["signals"]
+        if signals or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert signals == ["helper: ConnectionClosed 1006"]

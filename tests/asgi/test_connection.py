@@ -21,6 +21,7 @@ from dwebsocket.backends.asgi import websocket as asgi_websocket
 from dwebsocket.backends.asgi.connection import BACKLOG_MESSAGES, ASGIConnection
 from dwebsocket.backends.asgi.websocket import ASGIWebSocket, AsyncWebSocket
 from dwebsocket.exceptions import ConnectionClosed
+from dwebsocket.websocket import REFUSED_REASON
 
 TIMEOUT = 5.0
 
@@ -265,3 +266,40 @@ def test_the_sync_wait_refuses_to_block_the_event_loop() -> None:
         await connection.finish()
 
     asyncio.run(scenario())
+
+
+def test_the_session_refuses_in_one_step_against_an_accept() -> None:
+    # refuse_session(), on the loop: an accept whose websocket.accept is with the server
+    # makes it False (the session ends the connection: no HTTP answer after an accept);
+    # once refused, an accept raises ConnectionClosed(1006) and sends nothing, and the
+    # scope owes the server the answer until refuse() sent it.
+    async def scenario() -> tuple[Any, ...]:
+        accepting, inbox = await opened(accept=False, slow=True)
+        task = asyncio.ensure_future(accepting.accept())
+        await asyncio.sleep(0)  # its websocket.accept is with the server
+        in_flight = accepting.refuse_session()
+        await task
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await accepting.finish()
+        refused, _ = await opened(accept=False)
+        first = refused.refuse_session()
+        with pytest.raises(ConnectionClosed) as raised:
+            await refused.accept()
+        due = refused.answer_due
+        await refused.refuse(403, [], b"no")
+        return (
+            in_flight,
+            first,
+            refused.refuse_session(),
+            raised.value,
+            due,
+            refused.answer_due,
+            [event["type"] for event in refused.sent],
+        )
+
+    in_flight, first, again, error, due, after, sent = asyncio.run(scenario())
+    assert in_flight is False
+    assert first is True and again is True
+    assert (error.code, error.reason) == (1006, REFUSED_REASON)
+    assert due is True and after is False
+    assert sent == ["websocket.close"]  # the server answers it with 403 (no extension)

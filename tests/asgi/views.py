@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonRe
 
 from dwebsocket import ConnectionClosed, accept_websocket, groups, require_websocket
 from dwebsocket.signals import websocket_closed, websocket_opened
-from tests.views import _CLOSES_LOCK, CLOSES, recorded
+from tests.views import _CLOSES_LOCK, CLOSES, SIGNALS, recorded
 
 
 @accept_websocket
@@ -362,3 +362,29 @@ async def counts(request: HttpRequest) -> JsonResponse:
             ),
         }
     )
+
+
+@require_websocket
+async def _answered_403(request: HttpRequest) -> HttpResponse:
+    return HttpResponseForbidden("answered\n", content_type="text/plain")
+
+
+async def answered_then_a_task_uses(request: HttpRequest) -> HttpResponse:
+    """``tests.views.answered_then_a_helper_uses`` with ``?when=returned`` for async views:
+    around a view that answers 403 unaccepted, an ``accept()`` or ``send("hello")``
+    (``?use=``) as soon as the session returned that answer, before the server has it.
+    What it raised is recorded under ``?id=`` (read back at ``opened-while-gone/``)."""
+    key, use = request.GET["id"], request.GET["use"]
+    with _CLOSES_LOCK:
+        SIGNALS[key] = []
+    response = await _answered_403(request)
+    ws = request.websocket  # type: ignore[attr-defined]
+    try:
+        await (ws.accept() if use == "accept" else ws.send("hello"))
+    except Exception as exc:
+        outcome = f"{type(exc).__name__} {getattr(exc, 'code', '')}".strip()
+    else:
+        outcome = "returned"
+    with _CLOSES_LOCK:
+        SIGNALS[key].append(f"helper: {outcome}")
+    return response

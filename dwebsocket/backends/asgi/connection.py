@@ -32,6 +32,7 @@ from dwebsocket import dws
 from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.protocol.frames import encode_close_payload
 from dwebsocket.typing import Message
+from dwebsocket.websocket import REFUSED_REASON
 
 __all__ = ["ASGIConnection", "Scope", "State"]
 
@@ -82,6 +83,7 @@ class ASGIConnection:
 
     __slots__ = (
         "_accepting",
+        "_answer_due",
         "_async_waiters",
         "_closed_waiter",
         "_flusher",
@@ -174,6 +176,8 @@ class ASGIConnection:
         self._sends = self._watched = 0
         self._watchdog: asyncio.TimerHandle | None = None
         self._accepting: asyncio.Future[None] | None = None  # an accept() under way
+        # refuse_session() refused it: the view's HTTP answer is still to be sent.
+        self._answer_due = False
         self._overflowed = False  # the outbox overflowed before the accept: 1008 after it
         self._full = False  # the backlog is full: the pump waits for room
         self._room_waiter: asyncio.Future[None] | None = None  # the pump, while full
@@ -236,12 +240,37 @@ class ASGIConnection:
             self._flusher = asyncio.create_task(self._flush())
         return True
 
+    def refuse_session(self) -> bool:
+        """The view answered with HTTP unaccepted (see
+        :meth:`dwebsocket.websocket.WebSocket.refuse_session`): True if the connection is
+        refused now (or was), so that any accept from then on raises ``ConnectionClosed``
+        (1006) and :attr:`answer_due` is True until :meth:`refuse` sends the answer; False
+        if it is accepted, being accepted (the accept's ``websocket.accept`` went to the
+        server) or closed. On the loop, so one step against any accept; never blocks."""
+        if self.state is State.REFUSED:
+            return True
+        if self.state is not State.CONNECTING or self._accepting is not None:
+            return False
+        self.state = State.REFUSED
+        self._answer_due = True
+        self._mark_closed(1006, REFUSED_REASON)  # drops what deliver() queued meanwhile
+        return True
+
+    @property
+    def answer_due(self) -> bool:
+        """Whether the scope still owes the server an HTTP answer to the handshake: never
+        accepted, and not refused yet (or refused by :meth:`refuse_session`, the answer
+        not sent). On the loop."""
+        return self.state is State.CONNECTING or self._answer_due
+
     async def refuse(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Answer the handshake with an HTTP response instead: with the server's
         ``websocket.http.response`` extension as is, else with ``websocket.close`` before
-        ``websocket.accept``, which the server answers with 403 (the ASGI spec)."""
-        if self.state is not State.CONNECTING:
+        ``websocket.accept``, which the server answers with 403 (the ASGI spec). Does
+        nothing unless :attr:`answer_due`."""
+        if not self.answer_due:
             return
+        self._answer_due = False
         self.state = State.REFUSED
         try:
             if HTTP_RESPONSE_EXTENSION in self.extensions:

@@ -177,16 +177,19 @@ async def _arun_session(
         await websocket.end_session(1000)
         return _session_over()
     except Exception:
-        if websocket.accepted:
+        if not websocket.connection.refuse_session():  # else Django's 500 is the answer
             await websocket.end_session(1011)
         raise
     except BaseException as exc:  # cancelled: the server is stopping, or the task was killed
-        if websocket.accepted:
+        if not websocket.connection.refuse_session():
             going = _going_away(exc) or isinstance(exc, asyncio.CancelledError)
             await websocket.end_session(1001 if going else 1011, abort=True)
         raise
     if not websocket.accepted:
-        if response is not None:
+        # Refused in one step against a task's accept: one begun meanwhile (its
+        # websocket.accept sent) makes the session end the connection instead, and
+        # one begun later raises ConnectionClosed.
+        if response is not None and websocket.connection.refuse_session():
             return response  # type: ignore[no-any-return]
         try:
             await websocket.accept()

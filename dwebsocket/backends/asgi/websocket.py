@@ -193,6 +193,21 @@ class ASGIWebSocket(WebSocket):
         if not self.connection.accepted:
             self.accept()
 
+    def refuse_session(self) -> bool:
+        """See :meth:`WebSocket.refuse_session`: decided on the loop, where accepts run
+        (:meth:`ASGIConnection.refuse_session`). Blocks until the loop did (at most
+        ``IO_TIMEOUT``: then ``ConnectionClosed``, the connection abandoned)."""
+        connection = self.connection
+        if connection.accepted:
+            return False
+        if connection.on_loop():
+            return connection.refuse_session()
+
+        async def refuse() -> bool:
+            return connection.refuse_session()
+
+        return self._run(refuse(), IO_TIMEOUT)
+
     # -- receiving --------------------------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> Message | None:
