@@ -171,10 +171,12 @@ def join(
 
     With Redis, the first local member of a group waits (up to the socket timeout) for the
     subscription to be confirmed, so nothing sent after ``join`` returns is missed; while
-    Redis is down it returns at once. Joining twice is harmless (a member of a history group
-    joined again without ``since`` goes on as it was, nothing lost or repeated; its
-    ``position`` is the last it got); a closed connection is not added. Raises
-    ``TypeError``/``ValueError`` for a group name that is not a non-empty str.
+    the subscription is down it waits for one attempt to reconnect, made at once, and
+    returns when that failed (Redis is still unreachable). Joining twice is harmless (a
+    member of a history group joined again without ``since`` goes on as it was, nothing
+    lost or repeated; its ``position`` is the last it got); a closed connection is not
+    added. Raises ``TypeError``/``ValueError`` for a group name that is not a non-empty
+    str.
 
     For a group that keeps history (``WEBSOCKET_GROUPS_HISTORY``), ``since`` is the position
     of the last message the client saw (:func:`since` reads it from the request): every

@@ -51,9 +51,10 @@ finds it there (``recent_controls``).
 Faults: no call into Redis waits longer than ``socket_timeout`` / ``socket_connect_timeout``
 (2 s unless the URL says otherwise). When Redis is unreachable, ``send`` delivers to this
 process's members, drops the rest and logs one WARNING per outage; the reader reconnects
-with capped exponential backoff (0.1 s doubling to 5 s, jittered) and subscribes again to
-every current group. Pub/sub keeps no history: what was published while a process was
-disconnected never reaches that process's members.
+with capped exponential backoff (0.1 s doubling to 5 s, jittered; a join cuts it short,
+see ``RedisLayer.join``) and subscribes again to every current group. Pub/sub keeps no
+history: what was published while a process was disconnected never reaches that
+process's members.
 """
 
 from __future__ import annotations
@@ -581,7 +582,9 @@ class RedisLayer:
     def join(self, group: str, member: Member) -> None:
         """Add ``member``; on the group's first local member, subscribe to its channel and
         wait (up to ``socket_timeout``) until Redis confirms, so that every message sent
-        after ``join`` returns reaches ``member``. Does not wait while Redis is down."""
+        after ``join`` returns reaches ``member``. While the subscription is down, waits
+        for one attempt to reconnect (made at once, not at the end of the backoff): it
+        returns subscribed if Redis is back, else as soon as the attempt failed."""
         first = self.registry.add(group, member)
         self.subscriber.start()
         # On a first member, ask even if the group looks subscribed: the reader may have
@@ -1166,15 +1169,18 @@ class Subscriber:
     def request(self, group: str, wait: float | None = None) -> None:
         """Have the reader subscribe to ``group`` if it has local members, unsubscribe
         otherwise. With ``wait``, block up to that many seconds until Redis confirms the
-        subscription (returns at once while disconnected)."""
+        subscription; while disconnected, until the reader's next attempt to reconnect,
+        which a waiter has it make at once, ends (confirmed, or failed)."""
         event = None
         with self._lock:
             self._pending.add(group)
-            if wait is not None and not self.down and not self._stopping:
+            down = self.down
+            if wait is not None and not self._stopping:
                 event = threading.Event()
                 self._waiters.setdefault(group, []).append(event)
         self._wake()
-        if event is not None and not event.wait(wait):
+        if event is not None and not event.wait(wait) and not down:
+            # (While down, the outage was logged once already.)
             logger.warning(
                 "Redis did not confirm the subscription to group %r in %s s", group, wait
             )
@@ -1231,12 +1237,19 @@ class Subscriber:
         self._lost()
 
     def _sleep(self, seconds: float) -> None:
-        """Wait ``seconds``, or less if stopped."""
+        """Wait ``seconds``, or less if stopped or a joiner waits for a subscription."""
         assert self._wake_r is not None
         deadline = time.monotonic() + seconds
         while not self._stopping and (left := deadline - time.monotonic()) > 0:
             if select.select([self._wake_r], [], [], left)[0]:
                 self._drain_wake()
+                with self._lock:
+                    waited = bool(self._waiters)
+                if waited:
+                    # A join now: Redis may be back while the backoff still runs, and
+                    # what other processes publish meanwhile would miss its member, with
+                    # nothing to tell it so. Try at once; the joiner waits for the answer.
+                    return
 
     def _drain_wake(self) -> None:
         assert self._wake_r is not None

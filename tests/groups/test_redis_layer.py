@@ -412,6 +412,52 @@ def test_join_while_down_subscribes_on_reconnect(
     assert late.get() == "found you"
 
 
+def test_join_during_the_backoff_after_redis_is_back_misses_nothing(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis is back, but this process's reader still waits out its backoff (up to 5 s in
+    production; 10 s or more here, so the window is certain): a plain member joining then
+    must get what other processes send once ``join`` returned. (``join`` returned at once
+    while the reader was down, and every message another process sent before the backoff
+    ended missed the member, with nothing to tell it: no history, no close code.)"""
+    monkeypatch.setattr("dwebsocket.groups.redis.BACKOFF_BASE", 20.0)
+    a, b = layers(), layers()
+    first = Inbox()
+    a.join("first", first)
+    redis_server.stop()
+    until(lambda: a.subscriber.down)
+    redis_server.start()  # the reader sleeps on: 10 to 20 s
+    late = Inbox()
+    a.join("late", late)
+    b.send("late", "right after the join")
+    assert late.get() == "right after the join"
+    b.send("first", "and the others")
+    assert first.get() == "and the others"
+
+
+def test_join_while_redis_is_still_down_returns_after_one_attempt(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The join's attempt fails (Redis refuses): the join returns, unsubscribed, and the
+    member is served once the reader is back."""
+    monkeypatch.setattr("dwebsocket.groups.redis.BACKOFF_BASE", 0.5)
+    a, b = layers(), layers()
+    a.join("first", Inbox())
+    redis_server.stop()
+    until(lambda: a.subscriber.down)
+    late = Inbox()
+    a.join("late", late)
+    assert "late" not in a.subscriber.subscribed
+    redis_server.start()
+    until(lambda: "late" in a.subscriber.subscribed, timeout=20)
+    b.send("late", "found you")
+    assert late.get() == "found you"
+
+
 def test_keepalive_pings_an_idle_subscription(
     layers: Callable[[], RedisLayer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
