@@ -548,7 +548,15 @@ class RedisLayer:
         #: Groups whose entries Redis may not have right (a write failed).
         self._unsynced: set[str] = set()
         #: One write of a key's entry at a time (striped by group and key): see present.
+        #: A syncing heartbeat holds them all.
         self._writing = [threading.Lock() for _ in range(64)]
+        #: group -> field -> value of each entry of this process, as its last write made
+        #: it (what a syncing heartbeat writes again): not the registry, which a join or a
+        #: leave changes before its own write, and whose event that write decides.
+        self._written: dict[str, dict[str, str]] = {}
+        for group in registry.presence.groups():  # taken over from another layer
+            for key, user, info, sockets in registry.presence.entries(group):
+                self._record(group, key, f"[{json.dumps(key)},{json.dumps(user)},{info}", sockets)
         #: group -> this process's copy of its presence (see ``presence.Mirror``).
         self._mirrors: dict[str, Mirror] = {}
         self.subscriber = self.topology.subscription(self)
@@ -802,6 +810,19 @@ class RedisLayer:
         key = f"{self._prefix}{{{group}}}:presence"
         return [key, key + ":procs", key + ":v", key + ":log"]
 
+    def _record(self, group: str, key: str, head: str, sockets: int) -> None:
+        """Note the entry of ``key`` as written: ``head`` (``[key,user,info``) and its
+        ``sockets`` here, or none (0: removed)."""
+        field = f"{self.process}|{key}"
+        with self._state_lock:
+            fields = self._written.setdefault(group, {})
+            if sockets > 0:
+                fields[field] = f"{head},{sockets}]"
+            else:
+                fields.pop(field, None)
+                if not fields:
+                    del self._written[group]
+
     @staticmethod
     def _times() -> tuple[float, int, int]:
         """The heartbeat (s), after how long a process is dead, when the keys expire (ms)."""
@@ -826,12 +847,15 @@ class RedisLayer:
         with writing:
             try:
                 now, shown = self.registry.presence.count(group, entry.key)
+                head = f"[{json.dumps(entry.key)},{json.dumps(entry.user)},{shown or info}"
+                # Before the write: if it fails, the next sync makes it.
+                self._record(group, entry.key, head, now)
                 _, unknown = self._present(
                     keys=self.presence_keys(group),
                     args=[
                         self.process,
                         entry.key,
-                        f"[{json.dumps(entry.key)},{json.dumps(entry.user)},{shown or info}",
+                        head,
                         now,
                         stale,
                         self.topology.publish_command,
@@ -917,11 +941,28 @@ class RedisLayer:
         commands, unless ``sync`` -- asked for after a write failed, or when the script
         finds the group's keys gone -- writes every entry of this process. Never raises."""
         sync = sync or group in self._unsynced
-        fields: list[str] = []
-        if sync:
-            for key, user, info, sockets in self.registry.presence.entries(group):
-                fields.append(f"{self.process}|{key}")
-                fields.append(f"[{json.dumps(key)},{json.dumps(user)},{info},{sockets}]")
+        with contextlib.ExitStack() as held:
+            fields: list[str] = []
+            if sync:
+                # No entry of this process is written while the sync runs: a join's write
+                # landing between taking the entries and the script would be removed by it
+                # as gone, a leave's undone (and either's event already decided).
+                for lock in self._writing:  # in order; a write takes only one
+                    held.enter_context(lock)
+                with self._state_lock:
+                    fields = [
+                        part for item in self._written.get(group, {}).items() for part in item
+                    ]
+            answer = self._beat_once(group, stale, expiry, sync, fields)
+            if answer is not None and sync:
+                # Under the locks: a write that fails now asks for the next sync. (Not
+                # without sync: one that failed meanwhile asked for the next one.)
+                self._unsynced.discard(group)
+        if answer == b"lost":
+            self.heartbeat(group, stale, expiry, sync=True)
+
+    def _beat_once(self, group: str, stale: int, expiry: int, sync: bool, fields: list[str]) -> Any:
+        """Run ``HEARTBEAT_SCRIPT`` once; its answer, or None if it failed (logged)."""
         seq = next(self._seq)
         try:
             answer = self._heartbeat(
@@ -940,14 +981,11 @@ class RedisLayer:
         except (redis.RedisError, OSError) as exc:
             self.report_down(exc)
             self._unsynced.add(group)
-            return
+            return None
         except Exception:  # pragma: no cover - a bug: say so, keep beating
             logger.exception("Presence heartbeat of group %r failed", group)
-            return
-        if sync:  # (not otherwise: a write that failed meanwhile asked for the next one)
-            self._unsynced.discard(group)
-        if answer == b"lost":
-            self.heartbeat(group, stale, expiry, sync=True)
+            return None
+        return answer
 
     def read(self, group: str, after: int, count: int) -> Page:
         """The history of ``group`` after offset ``after``: at most ``count`` messages, none

@@ -197,3 +197,67 @@ def test_a_leave_whose_entry_redis_lost_is_an_event(layers: Callable[[], RedisLa
     leave(one, alice)
     event = json.loads(listener.get())
     assert (event["presence"], event["key"]) == ("leave", "user:alice")
+
+
+def _race_a_sync(one: RedisLayer, change: Callable[[], None]) -> None:
+    """Run ``change`` (a join or a leave, with its write) while a syncing heartbeat of
+    ``one`` has taken its entries and not yet written them: the change's write reaches
+    Redis first if nothing holds it back."""
+    script, entered, go = one._heartbeat, threading.Event(), threading.Event()
+
+    def held_sync(*args: Any, **kwargs: Any) -> Any:
+        if "sync" in kwargs.get("args", ()) and not entered.is_set():
+            entered.set()
+            assert go.wait(WAIT)
+        return script(*args, **kwargs)
+
+    one._heartbeat = held_sync  # type: ignore[method-assign]
+    syncing = threading.Thread(target=one.heartbeat, args=("room", STALE, EXPIRY, True))
+    changing = threading.Thread(target=change)
+    syncing.start()
+    try:
+        assert entered.wait(WAIT)
+        changing.start()
+        # The change's write either lands now (the race) or waits for the sync: give it
+        # the chance, bounded; no assertion on which.
+        changing.join(2.0)
+    finally:
+        go.set()
+        syncing.join(WAIT)
+        if changing.ident is not None:
+            changing.join(WAIT)
+    assert not syncing.is_alive() and not changing.is_alive()
+
+
+def test_a_join_during_a_syncing_heartbeat_stays_present(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """A socket joins while a syncing heartbeat (after a failed write, or keys Redis lost)
+    is between taking this process's entries and writing them. (The sync removed the
+    new entry as one that had left: bob was missing from ``presence`` in every process
+    until some later sync, though his join event had gone out.)"""
+    one, reader = layers(), layers()
+    join(one, Inbox(), "alice")
+    listener = listen(reader)
+    _race_a_sync(one, lambda: join(one, Inbox(), "bob"))
+    assert who(reader) == who(one) == {"user:alice": 1, "user:bob": 1}
+    event = json.loads(listener.get())
+    assert (event["presence"], event["key"]) == ("join", "user:bob")
+    listener.assert_empty()
+
+
+def test_a_leave_during_a_syncing_heartbeat_leaves_no_ghost(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """The same race with a leave: the sync wrote the entry back after the leave removed
+    it, a ghost until some later sync."""
+    one, reader = layers(), layers()
+    alice, bob = Inbox(), Inbox()
+    join(one, alice, "alice")
+    join(one, bob, "bob")
+    listener = listen(reader)
+    _race_a_sync(one, lambda: leave(one, bob))
+    assert who(reader) == who(one) == {"user:alice": 1}
+    event = json.loads(listener.get())
+    assert (event["presence"], event["key"]) == ("leave", "user:bob")
+    listener.assert_empty()
