@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from dwebsocket.websocket import WebSocket
 
 __all__ = [
+    "MAX_MESSAGE_SIZE",
     "GroupsUnavailable",
     "Member",
     "Position",
@@ -78,6 +79,15 @@ class Layer(Protocol):
     def presence(self, group: str) -> list[Present]: ...
     def close(self) -> None: ...
 
+
+#: The largest group message :func:`send` takes, in bytes (UTF-8 for text), on every layer.
+#: Redis closes a subscriber whose output buffer passes 32 MB (its default
+#: ``client-output-buffer-limit pubsub 32mb 8mb 60``), and every process subscribed to
+#: the group has one message in it: one larger message would cut every process off, losing
+#: what it and the messages after it carry for all members (a history group's dws members
+#: closed 4003), and never reach anyone. 8 MiB is Redis's soft limit: a message this size
+#: passes unless the subscriber stays that far behind for a minute.
+MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 
 _lock = threading.Lock()
 _registry = Registry()
@@ -322,14 +332,16 @@ def members(group: str) -> list[Member]:
 def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) -> str | None:
     """Send ``message`` to every member of ``group``, in every process.
 
-    ``str`` is sent as a text message, bytes-like as a binary one. Never blocks on a member:
+    ``str`` is sent as a text message, bytes-like as a binary one, of at most
+    :data:`MAX_MESSAGE_SIZE` bytes (UTF-8 for ``str``). Never blocks on a member:
     a slow one is closed (1008) rather than waited for. With Redis it waits at most the
     socket timeout for Redis itself. If Redis is unreachable the members in this process
     still get the message, the others do not, and nothing is raised unless
     ``fail_silently=False`` (then :class:`GroupsUnavailable`).
     Raises ``TypeError`` for a message that is neither ``str`` nor bytes-like, and
     ``UnicodeEncodeError`` (a ``ValueError``) for a ``str`` that UTF-8 cannot encode (a lone
-    surrogate, such as ``json.loads`` makes of ``"\\ud800"``): then no member gets it.
+    surrogate, such as ``json.loads`` makes of ``"\\ud800"``), ``ValueError`` for a message
+    over :data:`MAX_MESSAGE_SIZE`: then no member gets it.
 
     Returns the message's position (``"epoch:offset"``) when the group keeps history
     (``WEBSOCKET_GROUPS_HISTORY``) and the message was kept, else None.
@@ -339,10 +351,16 @@ def send(group: str, message: str | BytesLike, *, fail_silently: bool = True) ->
         message = bytes(message)
     elif not isinstance(message, (str, bytes)):
         raise TypeError(f"group messages are str or bytes, not {type(message).__name__}")
-    elif isinstance(message, str) and not message.isascii():
+    size = len(message)
+    if isinstance(message, str) and not message.isascii():
         # Here, not in each member's deliver(), which would drop every member of the group
         # (an ERROR each) for one client's text that a view passed on.
-        message.encode()
+        size = len(message.encode())
+    if size > MAX_MESSAGE_SIZE:
+        raise ValueError(
+            f"group message of {size} bytes is over dwebsocket.groups.MAX_MESSAGE_SIZE "
+            f"({MAX_MESSAGE_SIZE} bytes): send a reference to the data (a URL, an id) instead"
+        )
     metrics.group_send()
     return get_layer().send(group, message, fail_silently=fail_silently)
 

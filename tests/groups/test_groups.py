@@ -68,6 +68,36 @@ def test_text_utf8_cannot_encode_is_refused_and_the_members_stay(
         assert one.receive() == two.receive() == "caf\u00e9 after"
 
 
+@pytest.mark.parametrize("url", ["memory://", "redis"])
+def test_a_message_over_the_ceiling_is_refused_at_the_sender(
+    url: str, request: pytest.FixtureRequest
+) -> None:
+    """``groups.send`` refuses a message over ``MAX_MESSAGE_SIZE`` (UTF-8 bytes for text)
+    with ``ValueError``, the same on every layer; the ceiling itself goes through, and
+    the subscription with it. (Over Redis's pub/sub output-buffer limit, 32 MB, a message
+    made Redis disconnect every process's subscriber: no member anywhere got it, nor
+    what others sent until each reader was back, and the sender was told nothing.)"""
+    server = request.getfixturevalue("redis_server") if url == "redis" else None
+    with override_settings(WEBSOCKET_GROUPS_URL=server.url if server else url):
+        here = Inbox()
+        groups.join("room", here)
+        subscribers = server.command("CLIENT", "LIST", "TYPE", "pubsub") if server else b""
+        limit = groups.MAX_MESSAGE_SIZE
+        with pytest.raises(ValueError, match="MAX_MESSAGE_SIZE"):
+            groups.send("room", b"x" * (limit + 1))
+        with pytest.raises(ValueError, match="MAX_MESSAGE_SIZE"):
+            groups.send("room", "\u00e9" * (limit // 2 + 1))  # fewer characters, more bytes
+        groups.send("room", memoryview(b"y" * limit))
+        groups.send("room", "after")
+        assert here.get() == b"y" * limit
+        assert here.get() == "after"
+        here.assert_empty()
+        if server:  # the same subscription connection all along
+            ids = [line.split()[0] for line in subscribers.splitlines()[1:] if b"id=" in line]
+            now = server.command("CLIENT", "LIST", "TYPE", "pubsub")
+            assert ids and all(client_id in now for client_id in ids)
+
+
 def test_a_member_forwarding_to_its_group() -> None:
     with member("room") as one, member("room") as two:
         one.send("from one")
@@ -241,6 +271,18 @@ def test_command_binary_file_and_stdin(
         monkeypatch.setattr("sys.stdin", io.StringIO("one\ntwo\r\n\nthree"))
         call_command("websocket_send", "room", "-", verbosity=0)
         assert [ws.receive() for _ in range(4)] == ["one", "two", "", "three"]
+
+
+def test_command_refuses_a_file_over_the_ceiling(
+    redis_server: RedisServer, tmp_path: pytest.TempPathFactory
+) -> None:
+    path = tmp_path / "blob"  # type: ignore[operator]
+    path.write_bytes(b"x" * (groups.MAX_MESSAGE_SIZE + 1))
+    with (
+        override_settings(WEBSOCKET_GROUPS_URL=redis_server.url),
+        pytest.raises(CommandError, match="MAX_MESSAGE_SIZE"),
+    ):
+        call_command("websocket_send", "room", "--binary-file", str(path), verbosity=0)
 
 
 def test_command_refuses_the_memory_layer() -> None:

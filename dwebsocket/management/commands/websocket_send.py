@@ -75,6 +75,8 @@ class Command(BaseCommand):
             raise CommandError(
                 f"line {count + 1} of standard input {_NOT_UTF8} ({count} message(s) sent before)"
             ) from exc
+        except ValueError as exc:  # over groups.MAX_MESSAGE_SIZE
+            raise CommandError(f"{exc} ({count} message(s) sent before)") from exc
         if options["verbosity"] >= 1:
             self.stdout.write(f"Sent {count} message(s) to group {group!r}.")
 
