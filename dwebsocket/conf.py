@@ -153,22 +153,25 @@ def _optional_url(value: object) -> str | None:
     return value
 
 
-_history_checked: list[object] = [None]
+_check_history: Callable[[object], object] | None = None
 
 
 def _groups_history(value: object) -> Mapping[str, Mapping[str, float]]:
-    # Read at every groups.send(): a value once found right is not checked again.
-    if value is _history_checked[0]:
-        return value  # type: ignore[return-value]
-    from dwebsocket.groups.history import parse_setting
+    # Read at every groups.send(): history.checked keeps the last right value, compared by
+    # value (so a dict changed in place is checked again). Imported once: an import
+    # statement here would cost more than the rest of the call.
+    global _check_history
+    check = _check_history
+    if check is None:
+        from dwebsocket.groups.history import checked
 
-    problems = parse_setting(value)[1]
-    if problems:
+        check = _check_history = checked
+    try:
+        check(value)
+    except ValueError as exc:
         raise ValueError(
-            'must be a dict of group name or pattern -> {"size": N, "ttl": seconds} '
-            f"({problems[0]})"
-        )
-    _history_checked[0] = value
+            f'must be a dict of group name or pattern -> {{"size": N, "ttl": seconds}} ({exc})'
+        ) from None
     return value  # type: ignore[return-value]
 
 

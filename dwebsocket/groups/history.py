@@ -45,6 +45,7 @@ from dwebsocket.groups.batch import Batch, deliver_batch
 from dwebsocket.typing import Message
 
 __all__ = [
+    "Checked",
     "Follower",
     "Followers",
     "Item",
@@ -53,6 +54,7 @@ __all__ = [
     "Policy",
     "Position",
     "Recovery",
+    "checked",
     "new_epoch",
     "policy",
     "recover",
@@ -115,9 +117,41 @@ def parse_setting(value: Any) -> tuple[list[tuple[str, Policy]], list[str]]:
     return exact + patterns, problems
 
 
-_cache_lock = threading.Lock()
-_cache: tuple[Any, list[tuple[str, Policy]], dict[str, Policy | None]] | None = None
+class Checked(dict[str, dict[str, Any]]):
+    """A ``WEBSOCKET_GROUPS_HISTORY`` value found right (:func:`checked`): a copy of it,
+    two levels deep, so that the setting changed in place no longer equals it; its
+    policies in lookup order (``rules``); :func:`policy`'s answers so far (``answers``)."""
+
+    __slots__ = ("answers", "rules")
+
+    def __init__(self, value: Mapping[str, Mapping[str, Any]], rules: list[tuple[str, Policy]]):
+        super().__init__((name, dict(options)) for name, options in value.items())
+        self.rules = rules
+        self.answers: dict[str, Policy | None] = {}
+
+
+_checked: Checked | None = None
 _CACHE_SIZE = 4096
+
+
+def checked(value: object) -> Checked:
+    """``value`` (of ``WEBSOCKET_GROUPS_HISTORY``) as a :class:`Checked`; raises
+    ``ValueError`` with its first problem. Never blocks.
+
+    Read at every ``groups.send``: the last value found right is kept and compared with
+    ``value`` by value, not by identity -- a dict changed in place, or an override reusing
+    one, is checked and read again. (``True == 1``: a ``size`` changed from 1 to True in
+    place goes on as 1 rather than raising.)"""
+    global _checked
+    last = _checked
+    if last is not None and last == value:
+        return last
+    rules, problems = parse_setting(value)
+    if problems:
+        raise ValueError(problems[0])
+    found = Checked(value if isinstance(value, Mapping) else {}, rules)
+    _checked = found
+    return found
 
 
 def policy(group: str) -> Policy | None:
@@ -125,31 +159,28 @@ def policy(group: str) -> Policy | None:
 
     An exact name wins over patterns; patterns (``fnmatch``: ``*``, ``?``, ``[...]``) are
     tried in the order the setting lists them. Read at each call (``override_settings``
-    works); the answers are cached per value of the setting. Never blocks."""
-    global _cache
+    works, and so does changing the setting's dict in place); the answers are cached per
+    value of the setting. Never blocks."""
     from dwebsocket.conf import settings
 
     value = settings.WEBSOCKET_GROUPS_HISTORY
     if not value:
         return None
-    cache = _cache
-    if cache is None or cache[0] is not value:
-        with _cache_lock:
-            cache = _cache = (value, parse_setting(value)[0], {})
-    answers = cache[2]
+    found = checked(value)  # found right by the read: the same value, compared again
+    answers = found.answers
     try:
         return answers[group]
     except KeyError:
         pass
-    found = None
-    for pattern, candidate in cache[1]:
+    answer = None
+    for pattern, candidate in found.rules:
         if pattern == group or fnmatch.fnmatchcase(group, pattern):
-            found = candidate
+            answer = candidate
             break
     if len(answers) >= _CACHE_SIZE:
         answers.clear()  # group names are unbounded (per-user groups): so is no cache
-    answers[group] = found
-    return found
+    answers[group] = answer
+    return answer
 
 
 # -- positions --------------------------------------------------------------------------------

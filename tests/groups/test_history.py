@@ -17,12 +17,14 @@ from django.core import checks
 from django.test import RequestFactory, override_settings
 
 from dwebsocket import groups
+from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.groups.batch import Batch
 from dwebsocket.groups.history import (
     GAP_CLOSE,
     Follower,
     Item,
     Items,
+    Policy,
     Position,
     Recovery,
     go_live,
@@ -87,6 +89,28 @@ def test_policy_exact_name_first_then_patterns_in_order() -> None:
         assert policy("a.b") is None
     assert policy("other") is None
     assert policy("kept.x") is not None
+
+
+def test_policy_follows_a_setting_changed_in_place() -> None:
+    """The setting's dict changed in place (or an override reusing one object) is read
+    again, as every setting is. (Answers and the check were cached by the identity of the
+    value: the old policy went on, and a wrong value went unreported.)"""
+    setting: dict[str, dict[str, Any]] = {"room": {"size": 10, "ttl": 60}}
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=setting):
+        assert policy("room") == Policy(10, 60.0)
+        assert policy("other") is None
+        setting["room"]["size"] = 20
+        setting["other"] = {"size": 5, "ttl": 1}
+        assert policy("room") == Policy(20, 60.0)
+        assert policy("other") == Policy(5, 1.0)
+        del setting["room"]
+        assert policy("room") is None
+        setting["other"]["ttl"] = 0
+        with pytest.raises(InvalidSetting) as wrong:
+            policy("other")
+        assert wrong.value.check_id == "dwebsocket.E023"
+        setting["other"]["ttl"] = 2
+        assert policy("other") == Policy(5, 2.0)
 
 
 @pytest.mark.parametrize(
