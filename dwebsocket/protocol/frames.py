@@ -59,7 +59,6 @@ class CloseCode(enum.IntEnum):
 
 
 _CHUNK = 4096  # big-int XOR slows down past a few KiB: mask longer data in chunks
-_CHUNK_KEYS: dict[bytes, int] = {}
 
 
 def _py_apply_mask(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
@@ -80,11 +79,9 @@ def _py_apply_mask(data: bytes | bytearray | memoryview, key: bytes | bytearray)
         return (int.from_bytes(data, "little") ^ int.from_bytes(key_stream[:n], "little")).to_bytes(
             n, "little"
         )
-    if len(_CHUNK_KEYS) > 4096:
-        _CHUNK_KEYS.clear()
-    key_int = _CHUNK_KEYS.get(key)
-    if key_int is None:
-        key_int = _CHUNK_KEYS[key] = int.from_bytes(key * (_CHUNK >> 2), "little")
+    # Made for each call, not kept: a client picks a new key for every frame (RFC 6455
+    # 5.3), so a cache of keys would never be hit and would hold 4 KiB per key.
+    key_int = int.from_bytes(key * (_CHUNK >> 2), "little")
     view = memoryview(data)
     from_bytes = int.from_bytes
     parts = [
