@@ -102,6 +102,22 @@ def read_until_eof(sock: socket.socket) -> bytes:
         chunks.append(chunk)
 
 
+def next_answer_alone(sock: socket.socket) -> None:
+    """Ask for ``/echo/`` over plain HTTP on ``sock`` after a refused handshake, and check
+    that what comes back is nothing (the server had closed: the request came after it) or
+    the server's answer to it alone (it may be chunked): nothing of a WebSocket between."""
+    try:
+        sock.sendall(b"GET /echo/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = read_until_eof(sock)
+    except ConnectionResetError:
+        data = b""
+    assert data == b"" or (
+        data.startswith(b"HTTP/1.1 200 ")
+        and data.count(b"HTTP/1.1 ") == 1
+        and b"echo: plain HTTP\n" in data
+    ), data
+
+
 def split_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
     """Unmasked server frames in ``data``: ``([(first byte, payload), ...], trailing bytes)``.
     Parsing stops after a close frame: whatever follows it is returned as trailing."""

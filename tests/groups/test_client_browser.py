@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from django.test import override_settings
 
 import dwebsocket
-from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.browser import WAIT_MS
+from tests.groups.conftest import FEED_HISTORY
 from tests.groups.proxy import Proxy
 from tests.groups.redis_server import RedisServer
 from tests.servers import HOST, ServerProcess
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.server  # real servers and Chromium: not the unit layer
 
 STATIC = Path(dwebsocket.__file__).parent / "static" / "dwebsocket"
-HISTORY = {"feed": {"size": 10_000, "ttl": 600}}
 
 
 def test_the_client_is_under_5_kb_gzipped() -> None:
@@ -39,21 +37,10 @@ def test_the_client_is_under_5_kb_gzipped() -> None:
 
 
 @pytest.fixture
-def worker(redis_server: RedisServer) -> Iterator[RedisLayer]:
-    """A task worker publishing through the private Redis, with the servers' history."""
-    with override_settings(WEBSOCKET_GROUPS_HISTORY=HISTORY):
-        layer = RedisLayer(redis_server.url, Registry())
-        try:
-            yield layer
-        finally:
-            layer.close()
-
-
-@pytest.fixture
 def start(
     redis_server: RedisServer, make_server: Callable[..., ServerProcess]
 ) -> Callable[[], ServerProcess]:
-    settings = {"WEBSOCKET_GROUPS_URL": redis_server.url, "WEBSOCKET_GROUPS_HISTORY": HISTORY}
+    settings = {"WEBSOCKET_GROUPS_URL": redis_server.url, "WEBSOCKET_GROUPS_HISTORY": FEED_HISTORY}
     return lambda: make_server("gevent", settings=settings)
 
 

@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
-from django.test import override_settings
 
 from dwebsocket.client import Event, ReconnectingClient
 from dwebsocket.exceptions import ConnectionClosed
-from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.browser import WAIT_MS
+from tests.groups.conftest import FEED_HISTORY
 from tests.groups.proxy import Proxy
 from tests.groups.redis_server import RedisServer
 from tests.servers import ServerProcess
@@ -32,20 +31,9 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.server
 
 WAIT = 20.0
-HISTORY = {"feed": {"size": 10_000, "ttl": 600}}
 #: The servers' WEBSOCKET_SEND_QUEUE_SIZE: small, so a member that stops reading is
 #: dropped after a few MiB (what the kernel's buffers and the proxy's take, then this).
 QUEUE = 64 * 1024
-
-
-@pytest.fixture
-def worker(redis_server: RedisServer) -> Iterator[RedisLayer]:
-    with override_settings(WEBSOCKET_GROUPS_HISTORY=HISTORY):
-        layer = RedisLayer(redis_server.url, Registry())
-        try:
-            yield layer
-        finally:
-            layer.close()
 
 
 @pytest.fixture
@@ -54,7 +42,7 @@ def server(redis_server: RedisServer, make_server: Callable[..., ServerProcess])
         "gevent",
         settings={
             "WEBSOCKET_GROUPS_URL": redis_server.url,
-            "WEBSOCKET_GROUPS_HISTORY": HISTORY,
+            "WEBSOCKET_GROUPS_HISTORY": FEED_HISTORY,
             "WEBSOCKET_SEND_QUEUE_SIZE": QUEUE,
             # Only the overflow may end the slow member's connection, and its close
             # frame must wait for the client to read up to it.
