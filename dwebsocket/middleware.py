@@ -12,13 +12,21 @@ for the whole session). As in dwebsocket 0.x:
 
 Views decorated with ``accept_websocket`` / ``require_websocket`` run their own session; the
 middleware leaves them alone, so nothing is handshaken twice.
+
+Under an ASGI server Django runs it async when every middleware after it is
+async-capable (Django's are); an ``async def`` view's session then holds no thread. A
+sync-only middleware anywhere in ``MIDDLEWARE`` makes Django run the chain in the
+request's worker thread and the view from there: such a session holds the thread, and a
+``WEBSOCKET_ASGI_THREADS`` slot, until it ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse
 
 from dwebsocket.conf import settings
@@ -30,14 +38,37 @@ __all__ = ["WebSocketMiddleware"]
 
 
 class WebSocketMiddleware:
-    """New-style (``MIDDLEWARE``) middleware; see the module docstring."""
+    """New-style (``MIDDLEWARE``) middleware; see the module docstring.
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    Sync and async: Django runs it async under an ASGI server when the middleware after
+    it are async-capable (all of Django's are), and then an ``async def`` view's session
+    runs on the loop and holds no thread. Run sync there (a sync-only middleware after
+    it), its ``process_view`` runs in the request's worker thread and an async view's
+    session holds that thread (and a ``WEBSOCKET_ASGI_THREADS`` slot) until it ends.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)  # Django then awaits __call__
+            # Django adapts process_view to its handler's mode: a coroutine function is
+            # awaited on the loop under ASGI (async_mode without ASGI, only behind an
+            # async-only middleware under WSGI: Django then calls it with async_to_sync).
+            self.process_view = self.aprocess_view  # type: ignore[method-assign, assignment]
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if self.async_mode:
+            return self.__acall__(request)
         attach(request, None)
-        return self.get_response(request)
+        return self.get_response(request)  # type: ignore[no-any-return]
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        attach(request, None)
+        return await self.get_response(request)  # type: ignore[no-any-return]
 
     def process_view(
         self,
@@ -46,20 +77,58 @@ class WebSocketMiddleware:
         view_args: tuple[Any, ...],
         view_kwargs: dict[str, Any],
     ) -> HttpResponse | None:
-        if getattr(view_func, "_dwebsocket_view", False):
-            return None  # the decorator runs the session
-        require = bool(getattr(view_func, "require_websocket", False))
-        if not is_upgrade(request):
-            if require:
-                return run_view(request, view_func, view_args, view_kwargs, require=True)
-            return None
-        try:
-            accept_all = settings.WEBSOCKET_ACCEPT_ALL
-        except InvalidSetting as exc:
-            attach(request, None)
-            return misconfigured(request, exc)
-        if not (require or accept_all or getattr(view_func, "accept_websocket", False)):
-            return refuse(
-                request, InvalidHandshake("This URL does not accept WebSocket connections.")
-            )
-        return run_view(request, view_func, view_args, view_kwargs, require=require)
+        """The session, or the answer, for a WebSocket request (and a plain one to a view
+        that requires WebSockets); None otherwise. Blocks for the whole session."""
+        answer = _screen(request, view_func)
+        if answer is not _Verdict.SESSION:
+            return answer
+        return run_view(request, view_func, view_args, view_kwargs, require=_requires(view_func))
+
+    async def aprocess_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> HttpResponse | None:
+        """:meth:`process_view` in async mode: an ``async def`` view's session on the
+        loop, a sync view's in the request's worker thread (as Django would run the sync
+        ``process_view``)."""
+        answer = _screen(request, view_func)
+        if answer is not _Verdict.SESSION:
+            return answer
+        require = _requires(view_func)
+        if iscoroutinefunction(view_func):
+            from dwebsocket.backends.asgi.session import arun_view
+
+            return await arun_view(request, view_func, view_args, view_kwargs, require=require)
+        return await sync_to_async(run_view, thread_sensitive=True)(
+            request, view_func, view_args, view_kwargs, require=require
+        )
+
+
+class _Verdict(enum.Enum):
+    SESSION = enum.auto()  # run_view / arun_view decides
+
+
+def _requires(view_func: Callable[..., Any]) -> bool:
+    return bool(getattr(view_func, "require_websocket", False))
+
+
+def _screen(request: HttpRequest, view_func: Callable[..., Any]) -> HttpResponse | _Verdict | None:
+    """What the middleware does with ``request`` for ``view_func``: None, leave it to
+    Django (the decorator's session, or plain HTTP); a response, the refusal;
+    ``_Verdict.SESSION``, run the view through ``run_view``. Never blocks."""
+    if getattr(view_func, "_dwebsocket_view", False):
+        return None  # the decorator runs the session
+    require = _requires(view_func)
+    if not is_upgrade(request):
+        return _Verdict.SESSION if require else None  # 400 from run_view
+    try:
+        accept_all = settings.WEBSOCKET_ACCEPT_ALL
+    except InvalidSetting as exc:
+        attach(request, None)
+        return misconfigured(request, exc)
+    if not (require or accept_all or getattr(view_func, "accept_websocket", False)):
+        return refuse(request, InvalidHandshake("This URL does not accept WebSocket connections."))
+    return _Verdict.SESSION

@@ -109,27 +109,101 @@ def test_sync_views_hold_at_most_websocket_asgi_threads(
         assert three.recv(timeout=TIMEOUT) == "again"
 
 
+MIDDLEWARE = "dwebsocket.middleware.WebSocketMiddleware"
+#: How an ``async def`` view gets its session: the URL, and the MIDDLEWARE setting.
+ASYNC_VIA = {
+    "decorator": ("/echo/", []),
+    "middleware": ("/marked-echo/", [MIDDLEWARE]),
+    # The decorator's session inside the middleware's request.
+    "both": ("/echo/", [MIDDLEWARE]),
+}
+
+
 @pytest.mark.server
+@pytest.mark.parametrize("via", ASYNC_VIA)
 @pytest.mark.parametrize("name", asgi_servers())
-def test_async_views_hold_no_thread(started: Callable[..., ServerProcess], name: str) -> None:
+def test_async_views_hold_no_thread(
+    started: Callable[..., ServerProcess], name: str, via: str
+) -> None:
     """Not a WEBSOCKET_ASGI_THREADS slot, and not an OS thread either: the thread that ran
     the handshake's sync code (request_started) is given back while the session waits
-    (until 2026-12-05 every async session kept one, asgiref's per-request executor)."""
-    server = started(f"{name}-async", WEBSOCKET_ASGI_THREADS=0)
-    before = counts(server)["threads"]
+    (until 2026-12-05 every async session kept one, asgiref's per-request executor), and
+    so it is for a view whose session ``WebSocketMiddleware`` runs (until 2026-12-06 that
+    one held its worker thread for the whole session, and no slot: the sync
+    ``process_view`` ran it with ``async_to_sync``)."""
+    path, middleware = ASYNC_VIA[via]
+    server = started(f"{name}-async", WEBSOCKET_ASGI_THREADS=0, MIDDLEWARE=middleware)
+    with ws(server, path) as warm:  # the loop's and Django's thread pools
+        warm.send("warm")
+        assert warm.recv(timeout=TIMEOUT) == "warm"
+    before = settle(server, lambda now: now["sessions"] == 0)["threads"]
     with contextlib.ExitStack() as stack:
-        clients = [stack.enter_context(ws(server, "/echo/")) for _ in range(20)]
+        clients = [stack.enter_context(ws(server, path)) for _ in range(20)]
         for client in clients:
             client.send("no thread")
             assert client.recv(timeout=TIMEOUT) == "no thread"
-        deadline = time.monotonic() + TIMEOUT
-        while (now := counts(server))["threads"] > before and time.monotonic() < deadline:
-            time.sleep(0.1)
+        now = settle(server, lambda now: now["threads"] <= before)
         assert now["threads"] <= before, (before, now)
         assert now["sessions"] == 20 and now["sync_sessions"] == 0, now
         for client in clients:  # and the sessions go on
             client.send("still here")
             assert client.recv(timeout=TIMEOUT) == "still here"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("via", ["middleware", "both"])
+@pytest.mark.parametrize("name", asgi_servers())
+def test_an_async_view_run_from_a_thread_holds_a_thread_slot(
+    started: Callable[..., ServerProcess], name: str, via: str
+) -> None:
+    """A sync-only middleware makes Django run the middleware outside it sync, and the
+    view through ``async_to_sync`` from the request's worker thread: an ``async def``
+    view's session then holds that thread until it ends, whether ``WebSocketMiddleware``
+    (run sync too) or the decorator runs it. Then it counts against
+    ``WEBSOCKET_ASGI_THREADS`` as a sync view does (it did not: the cap let any number
+    through)."""
+    path = ASYNC_VIA[via][0]
+    server = started(
+        f"{name}-async",
+        WEBSOCKET_ASGI_THREADS=2,
+        MIDDLEWARE=[MIDDLEWARE, "tests.asgi.views.SyncOnlyMiddleware"],
+    )
+    with ws(server, path) as one, ws(server, path) as two:
+        for client in (one, two):
+            client.send("held")
+            assert client.recv(timeout=TIMEOUT) == "held"
+        assert counts(server)["sync_sessions"] == 2
+        assert refused_status(server, path) == (403 if name in NO_HTTP_RESPONSE else 503)
+    settle(server, lambda now: now["sync_sessions"] == 0)
+    with ws(server, path) as three:
+        three.send("again")
+        assert three.recv(timeout=TIMEOUT) == "again"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", asgi_servers())
+def test_the_middleware_run_async_answers_as_it_does_sync(
+    started: Callable[..., ServerProcess], name: str
+) -> None:
+    """``WebSocketMiddleware`` last, so that Django runs it async: plain HTTP reaches the
+    views as usual (400 for a view that requires WebSockets), a WebSocket request to a
+    view that does not accept them gets 400, and the views that do accept them run their
+    sessions: an async one on the loop, a sync one in its thread, with a slot."""
+    server = started(f"{name}-async", MIDDLEWARE=[MIDDLEWARE])
+    http = server.url("/marked-echo/", "http")
+    with urllib.request.urlopen(http, timeout=TIMEOUT) as response:
+        assert response.read() == b"marked echo: plain HTTP\n"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(server.url("/required-echo/", "http"), timeout=TIMEOUT).close()
+    assert info.value.code == 400
+    info.value.close()
+    assert refused_status(server, "/counts/") == (403 if name in NO_HTTP_RESPONSE else 400)
+    with ws(server, "/required-echo/") as required, ws(server, "/marked-echo-sync/") as sync:
+        for client in (required, sync):
+            client.send("hello")
+            assert client.recv(timeout=TIMEOUT) == "hello"
+        assert counts(server)["sync_sessions"] == 1, counts(server)
+    assert settle(server, lambda now: now["sessions"] == 0)["sync_sessions"] == 0
 
 
 @pytest.mark.server

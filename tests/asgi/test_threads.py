@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connections, transaction
 
 from dwebsocket import db
-from dwebsocket.backends.asgi.threads import SessionExecutor, session_context
+from dwebsocket.backends.asgi.threads import SessionExecutor, held, session_context
 from tests.failing_db import base as failing_db
 from tests.wire import TIMEOUT
 
@@ -63,6 +63,47 @@ def test_calls_run_in_order_on_one_thread_that_ends_when_idle() -> None:
     finally:
         executor.shutdown()
     assert executor.thread is None
+
+
+def test_running_says_whether_the_thread_is_in_a_call() -> None:
+    executor = SessionExecutor(linger=LINGER)
+    try:
+        started, release = threading.Event(), threading.Event()
+
+        def hold() -> bool:
+            started.set()
+            return release.wait(TIMEOUT)
+
+        assert not executor.running
+        call = executor.submit(hold)
+        assert started.wait(TIMEOUT)
+        assert executor.running
+        release.set()
+        assert call.result(TIMEOUT) is True
+        deadline = time.monotonic() + TIMEOUT
+        while executor.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not executor.running
+    finally:
+        executor.shutdown()
+
+
+def test_held_says_whether_a_sync_frame_of_the_session_waits_for_the_loop() -> None:
+    """What ``arun_view`` asks before an async view's session: a coroutine the
+    session's thread waits for (``async_to_sync`` from a ``sync_to_async`` call, as
+    Django runs a view behind a sync-only middleware) holds that thread."""
+
+    async def inner() -> bool:
+        return held()
+
+    async def session() -> tuple[bool, bool, bool]:
+        async with session_context():
+            on_the_loop = held()
+            from_the_thread = await sync_to_async(async_to_sync(inner))()
+            return on_the_loop, from_the_thread, held()
+
+    assert asyncio.run(session()) == (False, True, False)
+    assert held() is False  # outside any session
 
 
 @pytest.mark.django_db(transaction=True)

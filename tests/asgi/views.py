@@ -206,6 +206,51 @@ async def stream(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+async def marked_echo(request: HttpRequest) -> HttpResponse | None:
+    """:func:`echo` without a decorator, for ``WebSocketMiddleware`` (which runs the
+    session of a view with a true ``accept_websocket``)."""
+    if not request.is_websocket():
+        return HttpResponse("marked echo: plain HTTP\n", content_type="text/plain")
+    async for message in request.websocket:
+        await request.websocket.send(message)
+    return None
+
+
+marked_echo.accept_websocket = True  # type: ignore[attr-defined]
+
+
+def marked_echo_sync(request: HttpRequest) -> HttpResponse | None:
+    """:func:`marked_echo` as a sync view."""
+    if not request.is_websocket():
+        return HttpResponse("marked sync echo: plain HTTP\n", content_type="text/plain")
+    for message in request.websocket:
+        request.websocket.send(message)
+    return None
+
+
+marked_echo_sync.accept_websocket = True  # type: ignore[attr-defined]
+
+
+async def required_echo(request: HttpRequest) -> None:
+    """:func:`marked_echo` for WebSocket requests only (``require_websocket`` attribute)."""
+    async for message in request.websocket:
+        await request.websocket.send(message)
+
+
+required_echo.require_websocket = True  # type: ignore[attr-defined]
+
+
+class SyncOnlyMiddleware:
+    """A middleware that can only be sync (Django's default for a class without
+    ``async_capable``): listed after ``WebSocketMiddleware``, it makes that one sync too."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+
 #: ``websocket_opened`` and ``websocket_closed`` signals sent for the ``lazy-accepts`` and
 #: ``close-first`` views, by ``?lazy=``.
 SIGNALLED: dict[str, dict[str, int]] = {}

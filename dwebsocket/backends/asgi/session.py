@@ -5,7 +5,8 @@ A sync view's session runs in the worker thread Django gives the view (one per r
 ``asgiref``'s ``ThreadSensitiveContext``) and holds it until the view returns:
 ``WEBSOCKET_ASGI_THREADS`` (default 1000) caps how many do at once per process, and a
 handshake over it is refused with 503 and ``Retry-After``, before the view runs, rather
-than queued. Async views hold no thread.
+than queued. Async views hold no thread, unless a sync-only middleware runs them from
+one (:func:`dwebsocket.backends.asgi.threads.held`): then they count against the cap too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from dwebsocket import dws, limits
+from dwebsocket.backends.asgi import threads
 from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.backends.asgi.websocket import ASGIWebSocket, AsyncWebSocket
 from dwebsocket.conf import settings
@@ -66,7 +68,8 @@ def create_websocket(request: HttpRequest, connection: ASGIConnection) -> ASGIWe
 
 
 def thread_slot() -> Callable[[], None]:
-    """Take one of the ``WEBSOCKET_ASGI_THREADS`` slots of sync sessions; return the
+    """Take one of the ``WEBSOCKET_ASGI_THREADS`` slots of sessions holding a worker
+    thread (a sync view's; an async view's under a sync-only middleware); return the
     function that gives it back (once; later calls do nothing). Raises
     ``TooManyConnections`` (503) at the cap. Never blocks."""
     global _threads
@@ -74,7 +77,7 @@ def thread_slot() -> Callable[[], None]:
     with _lock:
         if cap is not None and _threads >= cap:
             raise TooManyConnections(
-                f"too many sync WebSocket views running under ASGI (WEBSOCKET_ASGI_THREADS "
+                f"too many WebSocket sessions holding a thread under ASGI (WEBSOCKET_ASGI_THREADS "
                 f"= {cap}); retry later",
                 limits.RETRY_AFTER,
             )
@@ -93,7 +96,8 @@ def thread_slot() -> Callable[[], None]:
 
 
 def sync_threads() -> int:
-    """Sync WebSocket sessions holding a worker thread now, in this process."""
+    """WebSocket sessions holding a worker thread now (a ``WEBSOCKET_ASGI_THREADS``
+    slot), in this process."""
     return _threads
 
 
@@ -126,7 +130,9 @@ async def arun_view(
 ) -> HttpResponse:
     """:func:`dwebsocket.session.run_view` for an ``async def`` view: the same answers
     (400, 403, 426, 503 before the view; 1000 or 1011 after it), with an
-    :class:`AsyncWebSocket`. A WebSocket request outside ASGI gets 501 naming the fix."""
+    :class:`AsyncWebSocket`. A WebSocket request outside ASGI gets 501 naming the fix.
+    The session holds no thread, and takes no ``WEBSOCKET_ASGI_THREADS`` slot, unless a
+    sync frame of the request waits for it (see :func:`_acquire`)."""
     from dwebsocket.handshake import misconfigured, refuse
     from dwebsocket.session import _OWNED, _not_websocket, attach, is_upgrade
 
@@ -147,7 +153,7 @@ async def arun_view(
         return needs_asgi(request)
     try:
         websocket = AsyncWebSocket(create_websocket(request, connection))
-        release = limits.acquire(request)
+        release = _acquire(request)
     except InvalidHandshake as exc:
         attach(request, None)
         return refuse(request, exc)
@@ -159,6 +165,27 @@ async def arun_view(
         return await _arun_session(request, websocket, view, args, kwargs)
     finally:
         release()
+
+
+def _acquire(request: HttpRequest) -> Callable[[], None]:
+    """The session's :mod:`dwebsocket.limits` slots, and a ``WEBSOCKET_ASGI_THREADS`` one
+    if a sync frame of the request holds its worker thread while the view runs
+    (:func:`threads.held`); returns what gives them back. Raises
+    ``TooManyConnections``. Never blocks."""
+    release = limits.acquire(request)
+    if not threads.held():
+        return release
+    try:
+        release_thread = thread_slot()
+    except BaseException:
+        release()
+        raise
+
+    def release_both() -> None:
+        release_thread()
+        release()
+
+    return release_both
 
 
 async def _arun_session(

@@ -13,7 +13,10 @@ calls keep coming, and lets the thread go after :data:`LINGER` seconds without o
 it ends, the thread closes its database connections, as a request's end does, unless one
 of them is inside a transaction: then the thread stays until it is not. The next call
 starts a new thread. A sync view's session is one long call, so it keeps its thread as
-before (``WEBSOCKET_ASGI_THREADS`` counts those).
+before (``WEBSOCKET_ASGI_THREADS`` counts those). So is an ``async def`` view's, when a
+sync frame of the request waits for it (a sync-only middleware: Django then runs the
+rest of the chain in the thread, and the view through ``async_to_sync``):
+:func:`held` tells, and the session counts against the cap as well.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 
 from dwebsocket import db
 
-__all__ = ["LINGER", "SessionExecutor", "session_context"]
+__all__ = ["LINGER", "SessionExecutor", "held", "session_context"]
 
 #: Seconds a session's thread waits for its next call before it ends.
 LINGER = 1.0
@@ -47,6 +50,7 @@ class SessionExecutor(Executor):
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._running = False  # written by the thread only
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
@@ -77,6 +81,11 @@ class SessionExecutor(Executor):
         """The thread now serving this executor's calls, if any."""
         return self._thread
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread is in a call now."""
+        return self._running
+
     def _work(self) -> None:
         try:
             while True:
@@ -98,11 +107,14 @@ class SessionExecutor(Executor):
                 del call
                 if not future.set_running_or_notify_cancel():
                     continue
+                self._running = True
                 try:
                     future.set_result(fn(*args, **kwargs))
                 except BaseException as exc:
                     future.set_exception(exc)
                     del exc  # no cycle through this frame
+                finally:
+                    self._running = False
                 # An idle thread keeps no reference to what it ran.
                 del future, fn, args, kwargs
         finally:
@@ -117,6 +129,17 @@ def _in_transaction() -> bool:
     from django.db import connections
 
     return any(conn.in_atomic_block for conn in connections.all(initialized_only=True))
+
+
+def held() -> bool:
+    """Whether the worker thread of the current ``websocket`` scope is in a call now. On
+    the loop, in a coroutine of the request, that call is a sync frame waiting for this
+    coroutine (``async_to_sync``), which holds the thread for as long as it runs. False
+    outside :func:`session_context`, and inside another application's thread-sensitive
+    context (its executor is not a :class:`SessionExecutor`). Never blocks."""
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    executor = SyncToAsync.context_to_thread_executor.get(context) if context else None
+    return isinstance(executor, SessionExecutor) and executor.running
 
 
 @contextlib.asynccontextmanager
