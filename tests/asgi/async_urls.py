@@ -19,6 +19,7 @@ urlpatterns = [
     path("close-from-the-loop/", views.close_from_the_loop),
     path("two-readers/", views.two_readers),
     path("stream/", views.stream),
+    path("close-behind-a-send/", views.close_behind_a_send),
     path("group/", include("tests.groups.urls")),
     path("echo/", views.echo),
     path("marked-echo/", views.marked_echo),

@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 from dwebsocket.backends.asgi.connection import BACKLOG_MESSAGES
 from tests.asgi.conftest import HYPERCORN_PIPELINED, KINDS, asgi_servers, start_asgi
 from tests.defects import DefectShown, check
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, start_server
 from tests.wire import TIMEOUT, RawClient, masked, read_http_response, upgrade_request
 
 SERVERS = [f"{name}-{kind}" for name in asgi_servers() for kind in KINDS]
@@ -537,6 +537,36 @@ def test_a_client_that_closes_during_a_send_is_closed_with_its_code(
         client.close(4001, "enough")
     seen = recorded(server, "/stream/", key)
     assert seen["code"] == 4001, seen
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", asgi_servers())
+def test_a_close_the_server_does_not_take_ends_the_session(tmp_path: Path, name: str) -> None:
+    """A client that stopped reading: a send the server does not take is given up after
+    IO_TIMEOUT (1 s here), and so must a close waiting behind it be. It was not: once the
+    send was given up, the close was handed to the server all the same, and uvicorn and
+    hypercorn (whose send blocks while the client does not read) never took it either,
+    so ``await ws.close()`` never returned: the session held on for as long as the
+    client kept the connection open."""
+    server = start_server(
+        name,
+        tmp_path / "server.log",
+        settings={"ROOT_URLCONF": KINDS["async"], "WEBSOCKET_CLOSE_TIMEOUT": 1.0},
+        env={"DWEBSOCKET_TEST_IO_TIMEOUT": "1.0"},
+    )
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+            sock.settimeout(TIMEOUT)
+            sock.connect((server.host, server.port))
+            sock.sendall(upgrade_request(f"/close-behind-a-send/?id={name}"))
+            assert read_http_response(sock)[0] == 101
+            # Never read again, while the session ends.
+            seen = recorded(server, "/close-behind-a-send/", name)
+            assert seen == {"code": 4000, "closed": True}, seen
+            assert settle(server, lambda now: now["sessions"] == 0)["sessions"] == 0
+    finally:
+        server.stop()
 
 
 # -- async views without an ASGI server -------------------------------------------------------

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -249,6 +250,32 @@ class SyncOnlyMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         return self.get_response(request)
+
+
+@accept_websocket
+async def close_behind_a_send(request: HttpRequest) -> HttpResponse | None:
+    """A task sends 256 KiB messages until the connection closes, while the view closes
+    (4000): behind a client that does not read, the close waits behind a send. Plain
+    HTTP with the same ``?id=`` gets how the close ended, once it returned (404 until
+    then)."""
+    key = request.GET["id"]
+    if not request.is_websocket():
+        return recorded(key)
+    ws = request.websocket
+    await ws.accept()
+
+    async def send() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.send(bytes(256 << 10))
+
+    sender = asyncio.ensure_future(send())
+    await asyncio.sleep(0.5)  # the client's buffers are full by now
+    await ws.close(4000, "bye")
+    await sender
+    with _CLOSES_LOCK:
+        CLOSES[key] = {"code": ws.close_code, "closed": ws.is_closed()}
+    return None
 
 
 #: ``websocket_opened`` and ``websocket_closed`` signals sent for the ``lazy-accepts`` and

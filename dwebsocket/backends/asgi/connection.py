@@ -598,7 +598,13 @@ class ASGIConnection:
             event["reason"] = reason
         try:
             async with self._send_lock:
-                await self._send(event)
+                # Bounded as a send is: a server whose send() blocks while the client does
+                # not read (uvicorn, hypercorn, granian) would otherwise hold the close,
+                # and the session, for as long as the client keeps the connection open.
+                await asyncio.wait_for(self._send(event), IO_TIMEOUT)
+        except asyncio.TimeoutError:
+            logger.debug("websocket.close not taken within %ss for %s", IO_TIMEOUT, self._peer())
+            self.abandon()
         except Exception as exc:
             logger.debug("websocket.close failed for %s: %r", self._peer(), exc)
             self._mark_closed(code, reason)
