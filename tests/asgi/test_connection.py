@@ -39,16 +39,20 @@ async def opened(
     accept: bool = True,
     stuck_on: str | None = None,
     slow: bool = False,
+    refused: str | None = None,
 ) -> tuple[Connection, asyncio.Queue[Mapping[str, Any]]]:
     """A connection whose ``receive()`` reads ``inbox``; ``stuck_on``: a text message the
     server's ``send()`` never returns from (a client that stopped reading); ``slow``: its
-    ``send()`` lets the loop run other tasks before it returns, as a server's may."""
+    ``send()`` lets the loop run other tasks before it returns, as a server's may;
+    ``refused``: a text message the server's ``send()`` raises for (the peer is gone)."""
     inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
     sent: list[Mapping[str, Any]] = []
 
     async def send(event: Mapping[str, Any]) -> None:
         if stuck_on is not None and event.get("text") == stuck_on:
             await asyncio.Event().wait()
+        if refused is not None and event.get("text") == refused:
+            raise OSError("the peer is gone")
         if slow:
             await asyncio.sleep(0)
         sent.append(event)
@@ -254,6 +258,31 @@ def test_an_async_send_the_server_does_not_take_in_time_ends_the_connection(
         return first.value.code, ws.is_closed(), ws.close_code, texts
 
     assert asyncio.run(scenario()) == (1006, True, 1006, [])
+
+
+def test_a_refused_send_waiting_for_the_disconnect_is_not_cancelled_by_the_watchdog(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server refuses a send (the peer is gone) and sends no ``websocket.disconnect``
+    within the close timeout, which is longer than ``IO_TIMEOUT``: the send raises
+    ``ConnectionClosed(1006)``. The watchdog took that wait for a send the server had
+    not taken and cancelled it: the view's ``await ws.send()`` raised ``CancelledError``,
+    as if the view itself were cancelled."""
+    monkeypatch.setattr(asgi_connection, "IO_TIMEOUT", 0.2, raising=False)
+
+    async def scenario() -> tuple[object, ...]:
+        connection, _inbox = await opened(refused="gone", close_timeout=1.0)
+        ws = AsyncWebSocket(ASGIWebSocket(RequestFactory().get("/"), connection))
+        raised: object = None
+        code = None
+        try:
+            await asyncio.wait_for(ws.send("gone"), TIMEOUT)
+        except BaseException as exc:  # what it raises is the point
+            raised, code = type(exc).__name__, getattr(exc, "code", None)
+        await connection.finish()
+        return raised, code, ws.close_code
+
+    assert asyncio.run(scenario()) == ("ConnectionClosed", 1006, 1006)
 
 
 def test_the_sync_wait_refuses_to_block_the_event_loop() -> None:

@@ -462,6 +462,10 @@ class ASGIConnection:
                 await self._send(event)
             except Exception as exc:
                 logger.debug("websocket.send failed for %s: %r", self._peer(), exc)
+                # The server answered: what follows is a wait for its disconnect, bounded
+                # by the close timeout, not a send for the watchdog to give up (it would
+                # cancel this task, and the view get CancelledError for ConnectionClosed).
+                self._sender = None
                 await self._send_failed()
                 raise self.closed_error() from None
             except asyncio.CancelledError:
