@@ -107,14 +107,19 @@ class SessionExecutor(Executor):
                 del call
                 if not future.set_running_or_notify_cancel():
                     continue
+                # Cleared before the caller can see the call's end: held(), asked on the
+                # loop right after awaiting it, must not find it still running.
                 self._running = True
                 try:
-                    future.set_result(fn(*args, **kwargs))
+                    result = fn(*args, **kwargs)
                 except BaseException as exc:
+                    self._running = False
                     future.set_exception(exc)
                     del exc  # no cycle through this frame
-                finally:
+                else:
                     self._running = False
+                    future.set_result(result)
+                    del result
                 # An idle thread keeps no reference to what it ran.
                 del future, fn, args, kwargs
         finally:
