@@ -229,6 +229,7 @@ def _race_a_sync(one: RedisLayer, change: Callable[[], None]) -> None:
     assert not syncing.is_alive() and not changing.is_alive()
 
 
+@pytest.mark.slow  # waits out heartbeats (2 s): not the unit layer
 def test_a_join_during_a_syncing_heartbeat_stays_present(
     layers: Callable[[], RedisLayer],
 ) -> None:
@@ -246,6 +247,7 @@ def test_a_join_during_a_syncing_heartbeat_stays_present(
     listener.assert_empty()
 
 
+@pytest.mark.slow  # waits out heartbeats (2 s): not the unit layer
 def test_a_leave_during_a_syncing_heartbeat_leaves_no_ghost(
     layers: Callable[[], RedisLayer],
 ) -> None:
