@@ -165,21 +165,11 @@ def _acquire(request: HttpRequest, websocket: WebSocket) -> Callable[[], None]:
     release = limits.acquire(request)
     if "dwebsocket.backends.asgi.session" not in sys.modules:
         return release  # no ASGI server in this process
-    from dwebsocket.backends.asgi.session import connection_of, thread_slot
+    from dwebsocket.backends.asgi.session import connection_of, with_thread_slot
 
     if connection_of(request) is None:
         return release
-    try:
-        release_thread = thread_slot()
-    except BaseException:
-        release()
-        raise
-
-    def release_both() -> None:
-        release_thread()
-        release()
-
-    return release_both
+    return with_thread_slot(release)
 
 
 def _run_session(

@@ -175,6 +175,13 @@ def _acquire(request: HttpRequest) -> Callable[[], None]:
     release = limits.acquire(request)
     if not threads.held():
         return release
+    return with_thread_slot(release)
+
+
+def with_thread_slot(release: Callable[[], None]) -> Callable[[], None]:
+    """Take a ``WEBSOCKET_ASGI_THREADS`` slot on top of the slots ``release`` gives back;
+    return what gives back both. If the slot is refused (``TooManyConnections``), gives
+    back ``release``'s first and raises. Never blocks."""
     try:
         release_thread = thread_slot()
     except BaseException:
