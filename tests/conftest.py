@@ -5,7 +5,10 @@ name for the whole session; tests marked ``server`` use it. ``make_server``: one
 extra settings, stopped after the test. Both check at the end that the server printed no
 traceback.
 
-The shared suite is every test that uses ``server``; collection marks them ``shared``.
+The shared suite is every test that uses ``server`` and not ``browser``; collection marks
+them ``shared``. A browser test stays out: the matrix (``noxfile.py``) runs the shared suite
+on the other Python x Django pairs without Playwright, and what a browser test checks (the
+page's client against a server) does not change with the pair; ``make coverage`` runs it.
 ``DWEBSOCKET_TEST_SERVERS=runserver,gevent`` runs it on those servers only (the test
 matrix, ``noxfile.py``, does that on the interpreters other than the main one).
 """
@@ -38,7 +41,8 @@ def assert_no_traceback(server: ServerProcess, since: int = 0) -> None:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    if "server" in getattr(item, "fixturenames", ()):
+    fixtures = getattr(item, "fixturenames", ())
+    if "server" in fixtures and "browser" not in fixtures:
         item.add_marker(pytest.mark.shared)
 
 
