@@ -258,6 +258,11 @@ class ReconnectingClient:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise ValueError(f"expected a ws:// or wss:// URL, not {url!r}")
+        try:
+            # What getaddrinfo() does to a name first: one it refuses would fail every attempt.
+            parts.hostname.encode("idna")
+        except UnicodeError as exc:
+            raise ValueError(f"the host of {url!r} is not a valid name: {exc}") from None
         self.url = url
         self._parts = parts
         #: Group -> the position of the last message :meth:`recv` returned (or of the

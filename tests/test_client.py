@@ -62,6 +62,18 @@ def test_url_must_be_ws() -> None:
             ReconnectingClient(url)
 
 
+def test_a_host_idna_cannot_encode_is_refused_at_once() -> None:
+    """A host name no lookup can take (a label over 63 characters, an empty label: IDNA,
+    which ``getaddrinfo`` applies, refuses them) is the caller's mistake, raised by the
+    constructor: before, each attempt failed with ``UnicodeError`` and the client retried
+    it for ever. A name IDNA does encode is kept as given."""
+    for host in ["a" * 64 + ".example", "a..example", "é" * 60 + ".example"]:
+        with pytest.raises(ValueError, match="host"):
+            ReconnectingClient(f"ws://{host}/")
+    for host in ["bücher.example", "example.", "[::1]", "localhost"]:
+        ReconnectingClient(f"ws://{host}:9/")
+
+
 def test_the_urls_blank_query_parameters_are_kept() -> None:
     """The client adds ``dws`` and ``dws_since`` to the URL's query; the application's own
     parameters go as they were, blank ones (``?debug``, ``?a=``) included: they were
