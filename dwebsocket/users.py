@@ -356,7 +356,12 @@ def session_is_valid(session_key: str, user: str) -> bool:
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     # Before the read: had the directory changed in between, it is the old one that is
     # taken for the store, and a file missing from the new one is an outage.
-    directory = _directory(store.storage_path) if isinstance(store, FileStore) else None
+    directory = None
+    if isinstance(store, FileStore):
+        directory = _directory(store.storage_path)
+        # Its load() puts a new empty session (a file of a random key) in the place of an
+        # expired one, for the request it thinks it serves: there is none here.
+        store.create = lambda: None  # type: ignore[method-assign]
     data = store.load()
     if not data:
         _confirm_ended(store, session_key)

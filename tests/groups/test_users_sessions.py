@@ -158,6 +158,29 @@ def saved_session(**data: object) -> str:
     return store.session_key
 
 
+def test_an_expired_or_garbled_session_file_ends_its_session_and_leaves_no_new_one(
+    tmp_path: Path,
+) -> None:
+    """Django's file engine, reading an expired session, makes a new empty session in its
+    place (``load()`` calls ``create()``): each check of such a session wrote a session
+    file of a random key, there for ``SESSION_COOKIE_AGE`` (two weeks) until
+    ``clearsessions``. The check answers False and writes nothing; the expired file is
+    removed, as Django's own read would. A garbled file ends its session too, and stays."""
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    with file_sessions_in(sessions):
+        expired = saved_session(_auth_user_id="1")
+        store = FileStore(expired)
+        store.load()
+        store.set_expiry(-1)
+        store.save()
+        garbled = saved_session(_auth_user_id="1")
+        (sessions / f"sessionid{garbled}").write_text("not a session")
+        assert users.session_is_valid(expired, "1") is False
+        assert users.session_is_valid(garbled, "1") is False
+        assert sorted(p.name for p in sessions.iterdir()) == [f"sessionid{garbled}"]
+
+
 def test_a_missing_session_file_has_ended_only_in_the_directory_that_holds_the_sessions(
     tmp_path: Path,
 ) -> None:
