@@ -270,7 +270,7 @@ def since(request: HttpRequest, group: str) -> str | None:
         return None
     try:
         asked = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than json decodes
         return None
     value = asked.get(group) if isinstance(asked, dict) else None
     return value if isinstance(value, str) else None

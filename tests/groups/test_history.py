@@ -177,6 +177,17 @@ def test_since_reads_the_clients_query_parameter() -> None:
     assert groups.since(factory.get("/"), "room") is None
 
 
+@pytest.mark.parametrize("raw", ["[" * 5000, '{"room":' * 2000])
+def test_a_dws_since_nested_too_deep_to_parse_joins_without_a_position(raw: str) -> None:
+    """A ``dws_since`` nested deeper than ``json`` decodes (RecursionError, not
+    ValueError) is malformed like any other: the client joins without a position. Before,
+    the RecursionError escaped ``groups.since``: the view's 500, from any client's URL."""
+    assert groups.since(RequestFactory().get("/", {"dws_since": raw}), "room") is None
+    with follow("room", dws_since=raw) as ws:
+        report = recovery_of(ws)
+        assert report["since"] is None and report["failed"] is False
+
+
 # -- send and join -----------------------------------------------------------------------------
 
 
