@@ -164,6 +164,11 @@ def _check_group(group: Any) -> None:
         raise TypeError(f"group names are str, not {type(group).__name__}")
     if not group:
         raise ValueError("group name is empty")
+    if not group.isascii():
+        try:
+            group.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no Redis channel or key can name it
+            raise ValueError(f"group name {group!r} cannot be encoded as UTF-8") from None
 
 
 _NO_HISTORY = Recovery(since=None, position=None, recovered=False)
@@ -186,7 +191,7 @@ def join(
     member of a history group joined again without ``since`` goes on as it was, nothing
     lost or repeated; its ``position`` is the last it got); a closed connection is not
     added. Raises ``TypeError``/``ValueError`` for a group name that is not a non-empty
-    str.
+    str UTF-8 can encode.
 
     For a group that keeps history (``WEBSOCKET_GROUPS_HISTORY``), ``since`` is the position
     of the last message the client saw (:func:`since` reads it from the request): every

@@ -170,6 +170,42 @@ def test_argument_errors() -> None:
         groups.leave("", Inbox())
 
 
+@pytest.mark.parametrize("url", ["memory://", "redis"])
+def test_a_group_name_utf8_cannot_encode_is_refused_and_the_other_groups_stay(
+    url: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A group name with a lone surrogate (what ``json.loads`` makes of ``"\\ud800"`` in a
+    client's JSON, which a view may make a group name of) is refused with ``ValueError``
+    on every layer, as an empty one is. On Redis it was taken: its channel name could not
+    be encoded, so the reader failed at each SUBSCRIBE (an ERROR and a traceback every
+    ~80 ms) and every group of the process was cut off from the other processes."""
+    server = request.getfixturevalue("redis_server") if url == "redis" else None
+    bad = "room \ud800"
+    with override_settings(WEBSOCKET_GROUPS_URL=server.url if server else url):
+        here = Inbox()
+        groups.join("room", here)
+        with caplog.at_level(logging.ERROR, logger="dwebsocket"):
+            for call in (
+                lambda: groups.join(bad, Inbox()),
+                lambda: groups.send(bad, "x"),
+                lambda: groups.leave(bad, here),
+                lambda: groups.members(bad),
+                lambda: groups.presence(bad),
+            ):
+                with pytest.raises(ValueError, match="UTF-8"):
+                    call()
+            if server is None:
+                groups.send("room", "after")
+            else:
+                other = RedisLayer(server.url, Registry())  # another process
+                try:
+                    other.send("room", "after")
+                finally:
+                    other.close()
+            assert here.get() == "after"
+        assert caplog.records == []
+
+
 @pytest.mark.parametrize("url", ["mysql://x", "memory", "http://localhost/"])
 def test_unknown_layer(url: str) -> None:
     with override_settings(WEBSOCKET_GROUPS_URL=url), pytest.raises(InvalidSetting) as bad:
