@@ -29,6 +29,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from django.core.exceptions import TooManyFieldsSent
+
 from dwebsocket.typing import Message
 from dwebsocket.websocket import WebSocket, wait_timeout
 
@@ -51,7 +53,12 @@ _W = TypeVar("_W", bound=WebSocket)
 def announced(request: HttpRequest) -> bool:
     """True if the client's URL says it speaks the envelope (``dws=1``). Never raises."""
     query = request.META.get("QUERY_STRING", "")
-    return "dws=" in query and request.GET.get("dws") == VERSION
+    if "dws=" not in query:
+        return False
+    try:
+        return request.GET.get("dws") == VERSION
+    except TooManyFieldsSent:  # a query Django will not read announces nothing
+        return False
 
 
 def speaks(websocket: object) -> bool:

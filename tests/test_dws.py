@@ -41,6 +41,28 @@ def test_an_envelope_nested_too_deep_to_parse_goes_to_the_view(
         assert client.recv() == "after"
 
 
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("name", "urls"), [("uvicorn", "tests.asgi.urls"), ("gevent", "tests.urls")]
+)
+def test_a_query_django_will_not_parse_announces_no_envelope(
+    name: str, urls: str, make_server: Callable[..., ServerProcess]
+) -> None:
+    """A URL with ``dws=1`` among more fields than ``DATA_UPLOAD_MAX_NUMBER_FIELDS`` (any
+    client can send one): Django will not read its query, so the client announced nothing
+    and the view runs as for any client. ``dws.announced`` let ``TooManyFieldsSent``
+    out: under an ASGI server, where it runs before Django's handler, the handshake was
+    refused with a 500 and a traceback in the server's log (under WSGI a 400, even for
+    a view that never reads the query)."""
+    server = make_server(name, settings={"ROOT_URLCONF": urls})
+    fields = "&".join(f"f{i}=" for i in range(1001))
+    with RawClient.connect(server.host, server.port, f"/echo/?dws=1&{fields}") as client:
+        client.send(PING)  # not an envelope: this client announced none
+        assert client.recv() == PING
+        client.send("after")
+        assert client.recv() == "after"
+
+
 def test_read_returns_a_fallback_that_looks_like_an_envelope() -> None:
     """``read(fallback)`` with nothing ready returns the fallback, whatever it is: one
     that looks like an envelope was taken for a message from the client (answered with
