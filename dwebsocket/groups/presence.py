@@ -80,10 +80,11 @@ def member_key(member: Member) -> tuple[str, str | None]:
 
 def check_info(info: object) -> str:
     """The JSON of ``info``; ``TypeError`` unless a JSON-able dict, ``ValueError`` if
-    over :data:`INFO_LIMIT` bytes."""
+    over :data:`INFO_LIMIT` bytes or holding what JSON cannot carry (NaN, an infinity)."""
     if not isinstance(info, dict):
         raise TypeError(f"presence info is a dict, not {type(info).__name__}")
-    text = json.dumps(info, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: every listener's JSON.parse would refuse the events of a NaN.
+    text = json.dumps(info, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     if len(text.encode()) > INFO_LIMIT:
         raise ValueError(f"presence info over {INFO_LIMIT} bytes of JSON")
     return text

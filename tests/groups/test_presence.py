@@ -104,6 +104,21 @@ class PresenceTests(TransactionTestCase):
             groups.join("room", _Dummy(), presence={"big": "x" * INFO_LIMIT})
         layer.close()
 
+    def test_info_that_json_cannot_carry_is_refused(self) -> None:
+        """NaN and the infinities, which ``json.loads`` makes of a client's ``NaN`` or
+        ``1e999``, are not JSON: they were taken, and every listener of the group got a
+        join event its browser's ``JSON.parse`` refuses (``{"info":{"x":NaN}}``)."""
+        listener = _Listener()
+        groups.join("room", listener, events=True)
+        for number in (float("nan"), float("inf"), float("-inf")):
+            with pytest.raises(ValueError):
+                groups.join("room", _Dummy(), presence={"x": [number]})
+        self.assertEqual(groups.presence("room"), [])
+        groups.join("room", _Dummy(), presence={"x": 1e308})
+        event = listener.got.pop()
+        self.assertEqual(json.loads(event, parse_constant=_refuse)["info"], {"x": 1e308})
+        self.assertEqual(listener.got, [])
+
 
 class _Dummy:
     def deliver(self, message: object) -> None:
@@ -111,3 +126,16 @@ class _Dummy:
 
     def is_closed(self) -> bool:
         return False
+
+
+class _Listener(_Dummy):
+    def __init__(self) -> None:
+        self.got: list[str] = []
+
+    def deliver(self, message: object) -> None:
+        assert isinstance(message, str)
+        self.got.append(message)
+
+
+def _refuse(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON")
