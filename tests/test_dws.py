@@ -20,16 +20,20 @@ PING = '{"dws":"ping"}'
 
 
 @pytest.mark.server
-@pytest.mark.parametrize("name", ["gevent", "runserver"])
+@pytest.mark.parametrize(
+    ("name", "urls"),
+    [("gevent", "tests.urls"), ("runserver", "tests.urls"), ("uvicorn", "tests.asgi.urls")],
+)
 def test_an_envelope_nested_too_deep_to_parse_goes_to_the_view(
-    name: str, make_server: Callable[..., ServerProcess]
+    name: str, urls: str, make_server: Callable[..., ServerProcess]
 ) -> None:
     """A text message that starts like an envelope but nests deeper than ``json`` can
     decode (RecursionError, not ValueError) is the application's, as any other message
     that is not valid JSON: the view gets it and the connection stays open. Before, the
     RecursionError escaped ``wait()``: a 500 in the server's log and 1011 for the client,
-    from any client that sends ``?dws=1``."""
-    server = make_server(name)
+    from any client that sends ``?dws=1``; under ASGI it escaped the connection's receive
+    task, which dropped the connection (1006, no close frame)."""
+    server = make_server(name, settings={"ROOT_URLCONF": urls})
     depth = sys.getrecursionlimit() * 10
     deep = '{"dws":' + "[" * depth + "]" * depth + "}"
     with RawClient.connect(server.host, server.port, "/echo/?dws=1") as client:

@@ -706,7 +706,7 @@ def _envelope_kind(text: str) -> object:
     """The ``dws`` type of an envelope message, or None if ``text`` is the application's."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than json decodes
         return None
     return data.get("dws") if isinstance(data, dict) else None
 
