@@ -49,6 +49,24 @@ def test_an_envelope_nested_too_deep_to_parse_goes_to_the_view(
 @pytest.mark.parametrize(
     ("name", "urls"), [("uvicorn", "tests.asgi.urls"), ("gevent", "tests.urls")]
 )
+def test_an_envelope_of_any_type_is_never_the_views(
+    name: str, urls: str, make_server: Callable[..., ServerProcess]
+) -> None:
+    """Every JSON object that begins with ``{"dws"`` is the library's (docs/protocol.rst):
+    a type this server does not know -- ``null`` included -- is ignored on every server.
+    Under ASGI a ``null`` type went to the view, as if the object were the application's."""
+    server = make_server(name, settings={"ROOT_URLCONF": urls})
+    with RawClient.connect(server.host, server.port, "/echo/?dws=1") as client:
+        for unknown in ('{"dws":null}', '{"dws":"later-version"}', '{"dws":false,"x":1}'):
+            client.send(unknown)
+        client.send("after")
+        assert client.recv() == "after"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("name", "urls"), [("uvicorn", "tests.asgi.urls"), ("gevent", "tests.urls")]
+)
 def test_a_query_django_will_not_parse_announces_no_envelope(
     name: str, urls: str, make_server: Callable[..., ServerProcess]
 ) -> None:

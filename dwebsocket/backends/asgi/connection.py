@@ -334,7 +334,7 @@ class ASGIConnection:
             return
         if self.speaks_dws and isinstance(message, str) and message.startswith(dws.PREFIX):
             kind = _envelope_kind(message)
-            if kind is not None:  # dwebsocket's own, never the view's (dwebsocket.dws)
+            if kind is not _NOT_ENVELOPE:  # dwebsocket's own, never the view's (dwebsocket.dws)
                 if kind == "ping":
                     self.deliver(dws.PONG)
                 return
@@ -702,13 +702,18 @@ def _check_close(code: int, reason: str) -> None:
     encode_close_payload(code, reason)
 
 
+#: What :func:`_envelope_kind` returns for a message that is the application's.
+_NOT_ENVELOPE = object()
+
+
 def _envelope_kind(text: str) -> object:
-    """The ``dws`` type of an envelope message, or None if ``text`` is the application's."""
+    """The ``dws`` type of an envelope message (any JSON value, ``null`` included), or
+    :data:`_NOT_ENVELOPE` if ``text`` is the application's."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than json decodes
-        return None
-    return data.get("dws") if isinstance(data, dict) else None
+        return _NOT_ENVELOPE
+    return data["dws"] if isinstance(data, dict) and "dws" in data else _NOT_ENVELOPE
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:
