@@ -310,8 +310,9 @@ def _present(group: str, websocket: WebSocket | Member, info: str | None, events
         return
     key, user = member_key(websocket)
     entry = Local(key, user, info, json.loads(info))
+    again = _registry.presence.has(group, websocket)  # its info changes; nobody joined
     count, shown = _registry.presence.add(group, websocket, entry)
-    layer.present(group, entry, count, shown, True)
+    layer.present(group, entry, count, shown, not again)
     if websocket.is_closed():  # closed meanwhile: its signal may have fired before
         leave_all(websocket)
 

@@ -314,8 +314,8 @@ class MemoryLayer:
 
     def present(self, group: str, entry: Local, count: int, info: str, joined: bool) -> None:
         """``entry``'s key has ``count`` sockets present in ``group`` here now, after one
-        ``joined`` (else left), showing ``info``: a join event at the first, a leave at
-        none."""
+        ``joined`` (else left, or joined again: no event), showing ``info``: a join event
+        at the first, a leave at none."""
         if count == (1 if joined else 0):
             event = "join" if joined else "leave"
             text = event_text(event, group, entry.key, entry.user, info)

@@ -141,6 +141,11 @@ class PresenceRegistry:
             self._answers.setdefault(group, {})[entry.key] = answer
             return len(sockets), first.info
 
+    def has(self, group: str, member: Member) -> bool:
+        """True if ``member`` is present in ``group``."""
+        with self._lock:
+            return group in self._of.get(id(member), ())
+
     def remove(self, group: str, member: Member) -> tuple[Local, int, str] | None:
         """Make ``member`` absent from ``group``. Returns its entry, how many sockets of
         its key are left here and the info now shown, or None if it was not present."""

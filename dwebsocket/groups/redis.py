@@ -833,9 +833,9 @@ class RedisLayer:
 
     def present(self, group: str, entry: Local, count: int, info: str, joined: bool) -> None:
         """Write how many sockets of ``entry``'s key are present here in ``group`` now (the
-        caller's change -- one ``joined``, else left -- made it ``count``, showing
-        ``info``; a concurrent change of the same key may have changed it since, and
-        writes of one key are in order); the script publishes the join or
+        caller's change -- one ``joined``, else left or joined again -- made it ``count``,
+        showing ``info``; a concurrent change of the same key may have changed it since,
+        and writes of one key are in order); the script publishes the join or
         leave event if no other process has a socket of that key. Blocks up to
         ``socket_timeout``; while Redis is unreachable, the event is decided and
         delivered here only, and the next heartbeat writes the entries."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 from collections.abc import Iterator
 
@@ -204,6 +205,28 @@ def test_a_group_name_utf8_cannot_encode_is_refused_and_the_other_groups_stay(
                     other.close()
             assert here.get() == "after"
         assert caplog.records == []
+
+
+@pytest.mark.parametrize("url", ["memory://", "redis"])
+def test_a_present_socket_joining_again_is_no_new_join(
+    url: str, request: pytest.FixtureRequest
+) -> None:
+    """Joining twice is harmless, with ``presence=`` too: the socket was present already,
+    so its user did not join, and the listeners get no second join event (the Redis
+    layer's script says so: the entry existed). In-process, each join of a user's only
+    socket was announced as the user's join."""
+    server = request.getfixturevalue("redis_server") if url == "redis" else None
+    with override_settings(WEBSOCKET_GROUPS_URL=server.url if server else url):
+        listener, here = Inbox(), Inbox()
+        groups.join("room", listener, events=True)
+        groups.join("room", here, presence={"tab": 1})
+        assert json.loads(listener.get())["presence"] == "join"
+        groups.join("room", here, presence={"tab": 2})
+        assert [p.info for p in groups.presence("room")] == [{"tab": 2}]
+        groups.leave("room", here)
+        assert json.loads(listener.get())["presence"] == "leave"
+        listener.assert_empty()
+        assert groups.presence("room") == []
 
 
 @pytest.mark.parametrize("url", ["mysql://x", "memory", "http://localhost/"])
