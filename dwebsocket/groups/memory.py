@@ -95,6 +95,8 @@ class Registry:
                     self._remove(group, other)
                 if group in self._groups:
                     self._sweep_at[group] = max(16, 2 * len(self._groups[group]))
+            for other in closed:  # a history group's follower holds its member
+                self.followers.remove(group, other)
         return first
 
     def remove(self, group: str, member: Member) -> bool:

@@ -293,6 +293,20 @@ def test_registry_sweeps_closed_members_of_a_quiet_group() -> None:
     assert registry.groups_of(gone) <= {"quiet"}
 
 
+def test_the_sweep_drops_the_followers_of_closed_members_too() -> None:
+    """In a group that keeps history each member has a follower, which holds it: the
+    sweep of closed members left their followers, so every socket that closed without
+    the signal stayed in memory, with its buffers, for as long as the process ran."""
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"quiet": {"size": 10, "ttl": 60}}):
+        for _ in range(1000):
+            gone = Inbox()
+            groups.join("quiet", gone)
+            gone.closed = True
+        assert len(groups.members("quiet")) < 64
+        followers = groups._registry.followers.get("quiet")
+        assert followers is not None and len(followers) < 64
+
+
 def test_registry_bookkeeping() -> None:
     registry = Registry()
     a, b = Inbox(), Inbox()
