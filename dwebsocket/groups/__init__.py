@@ -164,6 +164,10 @@ def _check_group(group: Any) -> None:
         raise TypeError(f"group names are str, not {type(group).__name__}")
     if not group:
         raise ValueError("group name is empty")
+    if group[0] == "}":
+        # Its Redis keys and channel carry it as a Cluster hash tag, "{group}": empty then,
+        # so they would hash to different slots. Refused on every layer alike.
+        raise ValueError(f"group name {group!r} may not begin with '}}'")
     if not group.isascii():
         try:
             group.encode()
@@ -191,7 +195,7 @@ def join(
     member of a history group joined again without ``since`` goes on as it was, nothing
     lost or repeated; its ``position`` is the last it got); a closed connection is not
     added. Raises ``TypeError``/``ValueError`` for a group name that is not a non-empty
-    str UTF-8 can encode.
+    str UTF-8 can encode, not beginning with ``}``.
 
     For a group that keeps history (``WEBSOCKET_GROUPS_HISTORY``), ``since`` is the position
     of the last message the client saw (:func:`since` reads it from the request): every

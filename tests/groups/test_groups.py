@@ -19,6 +19,7 @@ from dwebsocket.groups.memory import MemoryLayer, Registry
 from dwebsocket.groups.redis import RedisLayer
 from dwebsocket.signals import websocket_closed
 from dwebsocket.testing import WebSocketClient
+from tests.groups.redis_cluster import RedisCluster, running
 from tests.groups.redis_server import RedisServer
 from tests.groups.test_redis_layer import Inbox
 
@@ -205,6 +206,42 @@ def test_a_group_name_utf8_cannot_encode_is_refused_and_the_other_groups_stay(
                     other.close()
             assert here.get() == "after"
         assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    "url", ["memory://", "redis", pytest.param("cluster", marks=pytest.mark.server)]
+)
+def test_a_group_name_beginning_with_a_closing_brace_is_refused(
+    url: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A group's Redis keys and channel carry its name as a Redis Cluster hash tag,
+    ``{name}``: a name that begins with ``}`` makes the tag empty, and its channel and
+    keys hash to different slots. On a Cluster each send to it that keeps history failed
+    ("non local key"), was logged as Redis unreachable and held back this process's
+    sends to every group of that shard for the backoff; presence raised
+    ``RedisClusterException`` (a view's 500). Refused on every layer, so that a name
+    does not work in development and fail on the Cluster."""
+    with contextlib.ExitStack() as stack:
+        if url == "redis":
+            url = request.getfixturevalue("redis_server").url
+        elif url == "cluster":
+            url = stack.enter_context(running(RedisCluster())).url
+        stack.callback(groups.reset)  # before the cluster stops
+        everything = {"*": {"size": 10, "ttl": 60}}
+        with override_settings(WEBSOCKET_GROUPS_URL=url, WEBSOCKET_GROUPS_HISTORY=everything):
+            with caplog.at_level(logging.WARNING, logger="dwebsocket"):
+                for call in (
+                    lambda: groups.join("}x", Inbox(), presence={}),
+                    lambda: groups.send("}x", "x"),
+                    lambda: groups.presence("}x"),
+                ):
+                    with pytest.raises(ValueError, match="begin"):
+                        call()
+                here = Inbox()
+                groups.join("room}", here)  # a brace elsewhere is a name like any other
+                assert groups.send("room}", "after") is not None
+                assert here.get() == "after"
+            assert caplog.records == []
 
 
 @pytest.mark.parametrize("url", ["memory://", "redis"])
