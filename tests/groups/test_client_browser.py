@@ -369,3 +369,21 @@ def test_a_url_that_can_never_connect_is_reported_to_the_page(bare_page: Page) -
     close = bare_page.evaluate("badClose")
     assert close["code"] == 1006 and close["willRetry"] is False
     assert bare_page.evaluate("bad.closed") is True
+
+
+def test_a_url_with_a_fragment_connects(bare_page: Page) -> None:
+    """The page's own URL (``@accept_websocket`` serves the page and the socket at one
+    address, as ``/echo/`` does) may carry a fragment, ``#latest``: the client drops it, as
+    ``ReconnectingClient`` does. The browser refuses a WebSocket URL with a fragment: the
+    client stopped for good (1006, no retry) and never connected."""
+    echoed = bare_page.evaluate(
+        """(url) => new Promise((done) => {
+            const s = window.fragment = new dwebsocket.Socket(url);
+            s.on("open", () => s.send("hello"));
+            s.on("message", (data) => done(data));
+            s.on("close", (e) => done(e));
+        })""",
+        "/echo/?x=1#latest",
+    )
+    bare_page.evaluate("fragment.close()")
+    assert echoed == "hello"

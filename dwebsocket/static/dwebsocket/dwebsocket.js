@@ -110,6 +110,7 @@
     var u = new URL(this.url, loc ? loc.href : undefined);
     if (u.protocol === "http:") u.protocol = "ws:";
     if (u.protocol === "https:") u.protocol = "wss:";
+    u.hash = ""; // the browser refuses a WebSocket URL with a fragment: the page's may have one
     u.searchParams.set("dws", "1");
     u.searchParams.delete("dws_since");
     if (Object.keys(this.positions).length) {
