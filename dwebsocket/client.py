@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake
 from dwebsocket.protocol.connection import Close, Connection
@@ -435,8 +435,9 @@ class ReconnectingClient:
         query.append(("dws", "1"))
         if self._arrived:
             query.append(("dws_since", json.dumps(self._arrived, separators=(",", ":"))))
-        path = urlunsplit(("", "", self._parts.path or "/", urlencode(query), ""))
-        return path
+        # As a browser sends it: UTF-8, percent-encoded (what is already stays as it is).
+        path = quote(self._parts.path or "/", safe="/%!$&'()*+,;=:@[]|^")
+        return urlunsplit(("", "", path, urlencode(query), ""))
 
     def _open(self, deadline: float | None) -> None:
         """One attempt, within ``timeout`` and the caller's ``deadline`` (from the DNS

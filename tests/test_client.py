@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 
@@ -130,6 +131,26 @@ def test_no_retry_after_policy_and_revoked_session(gevent: ServerProcess, code: 
     assert [e.type for e in events] == ["open", "close"]
     assert events[1].code == code and not events[1].will_retry
     client.close()
+
+
+@pytest.mark.parametrize("name", ["café", "日本", "a b"])
+def test_a_path_is_sent_percent_encoded(gevent: ServerProcess, name: str) -> None:
+    """A path with characters a request line cannot carry as they are (a room's name:
+    ``/group/日本/follow/``) goes percent-encoded in UTF-8, as the browser sends it, and
+    the view joins that group. It went raw: ``é`` as one latin-1 byte (Django read
+    another name), and ``日本`` or a space made every attempt fail building the request
+    (``ValueError``), which the client retried for ever."""
+    events: list[Event] = []
+    client = ReconnectingClient(gevent.url(f"/group/{name}/follow/"), on_event=events.append)
+    try:
+        client.connect(WAIT)
+        client.recv(WAIT)  # the view's first message: it has joined
+        url = gevent.url(f"/group/{quote(name)}/status/", scheme="http")
+        with urllib.request.urlopen(url, timeout=WAIT) as response:
+            assert json.load(response)["members"] == 1
+    finally:
+        client.close()
+    assert [e.type for e in events] == ["open"], events
 
 
 def test_a_refused_handshake_is_final(gevent: ServerProcess) -> None:
