@@ -139,6 +139,33 @@ def test_the_es_module_and_binary_messages(
     assert page.evaluate("window.got[1][0]") == "from the page"
 
 
+def test_a_binary_group_message_arrives_as_binary_type_says(
+    start: Callable[[], ServerProcess], worker: RedisLayer, open_page: Callable[[str], Page]
+) -> None:
+    """With ``binaryType: "blob"`` a binary group message (base64 in its envelope) arrives
+    as a ``Blob``, as any other binary message does; it came as an ``ArrayBuffer``
+    whatever the option."""
+    page = open_page(start().url("/group/page/?group=feed", scheme="http"))
+    page.evaluate(
+        """() => new Promise((joined) => {
+            window.blobs = [];
+            const s = window.blobby = new dwebsocket.Socket("/group/feed/follow/",
+                {binaryType: "blob"});
+            s.on("joined", joined);
+            s.on("message", (data, meta) => {
+                if (!meta.group) return;
+                const isBlob = data instanceof Blob;
+                new Response(data).arrayBuffer().then(
+                    (b) => blobs.push([isBlob, [...new Uint8Array(b)]]));
+            });
+        })"""
+    )
+    worker.send("feed", b"\x00\x01\xfe\xff")
+    page.wait_for_function("window.blobs.length >= 1")
+    page.evaluate("blobby.close()")
+    assert page.evaluate("blobs") == [[True, [0, 1, 254, 255]]]
+
+
 def test_the_heartbeat_finds_a_silent_connection_and_recovers(
     start: Callable[[], ServerProcess],
     balancer: Callable[[ServerProcess], Proxy],

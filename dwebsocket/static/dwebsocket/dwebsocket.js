@@ -226,7 +226,7 @@
     }
     if (m.dws === "msg") {
       if (m.p) this.positions[m.g] = m.p;
-      this._emit("message", "d" in m ? m.d : decode(m.b), { group: m.g, position: m.p });
+      this._emit("message", "d" in m ? m.d : decode(m.b, this.options.binaryType), { group: m.g, position: m.p });
     } else if (m.dws === "joined") {
       if (m.p) this.positions[m.g] = m.p;
       var info = { group: m.g, position: m.p, since: m.since, missed: m.missed };
@@ -237,11 +237,12 @@
     }
   };
 
-  function decode(b64) {
+  /** A binary group message (base64 in its envelope), as binaryType says binary arrives. */
+  function decode(b64, binaryType) {
     var text = atob(b64);
     var bytes = new Uint8Array(text.length);
     for (var i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
-    return bytes.buffer;
+    return binaryType === "blob" ? new Blob([bytes]) : bytes.buffer;
   }
 
   root.dwebsocket = { Socket: Socket, DEFAULTS: DEFAULTS };
