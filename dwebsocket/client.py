@@ -336,7 +336,8 @@ class ReconnectingClient:
     def recv(self, timeout: float | None = None) -> Received:
         """The next application message, reconnecting (and resuming) as needed.
 
-        Blocks up to ``timeout`` seconds (None: forever) and raises ``TimeoutError`` then.
+        Blocks up to ``timeout`` seconds (None: forever; 0: a message already there) and
+        raises ``TimeoutError`` then.
         Raises ``ConnectionClosed`` once closed for good (and every message before was
         received)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -531,7 +532,8 @@ class ReconnectingClient:
     # -- reading -------------------------------------------------------------------------
 
     def _pump(self, deadline: float | None) -> bool:
-        """Read once (or run the heartbeat); False at ``deadline``."""
+        """Read once (or run the heartbeat); False at ``deadline`` (past it, what is
+        ready is still read, without waiting)."""
         sock = self._sock
         assert sock is not None
         now = time.monotonic()
@@ -544,12 +546,12 @@ class ReconnectingClient:
                 self._ping_sent = now
                 with contextlib.suppress(ConnectionClosed):
                     self.send(_PING)
-                return True
+                return deadline is None or now < deadline  # a poll reads at the next call
             # The caller may have been away since the ping (recv() is not always being
             # called): the answer may be waiting unread. Only nothing at all is silence.
             dead, wait = True, 0.0
         elif deadline is not None and now >= deadline:
-            return False
+            dead, wait = False, 0.0  # no time to wait (recv(0), a poll): what is ready now
         else:
             dead, wait = False, max(0.001, min(due, deadline or due) - now)
         sock.settimeout(wait)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -306,6 +307,20 @@ def test_connect_and_recv_keep_to_the_callers_timeout() -> None:
     assert done and len(outcomes) == 2, outcomes
     assert all(isinstance(exc, TimeoutError) for exc in outcomes), outcomes
     assert client.attempts == 0  # the caller's time ran out, not the server's
+
+
+def test_recv_with_no_time_to_wait_returns_a_message_ready(gevent: ServerProcess) -> None:
+    """``recv(0)``, a poll from a loop that has other work: the echo is waiting in the
+    socket, and is returned. It raised ``TimeoutError`` without reading, so a poller never
+    got a message (the server would drop it as a slow reader)."""
+    with ReconnectingClient(gevent.url("/echo/")).connect(WAIT) as client:
+        client.send("hello")
+        sock = client._sock
+        assert sock is not None
+        assert select.select([sock], [], [], WAIT)[0], "no echo"
+        assert client.recv(0).data == "hello"
+        with pytest.raises(TimeoutError):
+            client.recv(0)  # nothing more: no wait either
 
 
 def test_a_dns_server_that_never_answers_is_bounded_by_the_timeout(tmp_path: Path) -> None:
