@@ -513,7 +513,8 @@ class ReconnectingClient:
             self.close_code, self.close_reason = code, reason
             self._inbox.append(Event("close", code=code, reason=reason))
             return
-        cap = min(self.max_delay, self.min_delay * 2**self.attempts)
+        # 2**1024 is too large for a float (OverflowError); long before, the cap is max_delay.
+        cap = min(self.max_delay, self.min_delay * 2 ** min(self.attempts, 1023))
         self.attempts += 1
         delay = random.uniform(0, cap)  # full jitter: clients dropped together spread out
         if not_before is not None:

@@ -202,6 +202,24 @@ def test_reconnects_after_a_drop_with_backoff(proxy: Proxy) -> None:
         assert [e for e in events if e.type == "open"][-1].reconnect
 
 
+def test_a_server_down_for_hours_is_still_retried() -> None:
+    """Over a thousand failed attempts in a row (a server down for a weekend: two hours
+    at the default delays) the backoff stays at ``max_delay``: ``min_delay * 2**1024``
+    raised ``OverflowError`` (an int too large for a float) out of ``connect()`` and
+    ``recv()``, ending the client. Here the delays are tiny and nothing listens on the
+    port (a socket bound but not listening): each attempt is refused at once."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        client = ReconnectingClient(f"ws://127.0.0.1:{port}/", min_delay=1e-9, max_delay=1e-9)
+        deadline = time.monotonic() + WAIT
+        while client.attempts <= 1100:
+            assert time.monotonic() < deadline, client.attempts
+            with pytest.raises(TimeoutError):
+                client.connect(0.05)
+        client.close()
+
+
 def test_the_heartbeat_finds_a_silent_connection(proxy: Proxy) -> None:
     events: list[Event] = []
     client = ReconnectingClient(
