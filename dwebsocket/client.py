@@ -590,7 +590,7 @@ class ReconnectingClient:
     def _message(self, message: Message) -> None:
         data: Any = None
         if isinstance(message, str) and message.startswith('{"dws"'):
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):  # nested too deep: not one
                 data = json.loads(message)
         if not isinstance(data, dict) or "dws" not in data:
             self._inbox.append(Received(message))

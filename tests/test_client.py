@@ -120,6 +120,23 @@ def test_echo_binary_and_the_envelope_query(
         client.send("closed")
 
 
+def test_a_message_nested_too_deep_to_parse_is_the_applications(gevent: ServerProcess) -> None:
+    """A message that starts like an envelope but nests deeper than ``json`` decodes (a
+    chat relaying what a user typed; the server hands it to the view as the
+    application's, ``test_dws.py``) comes back as a message, and the connection goes on.
+    Before, the RecursionError escaped ``recv()``, losing the rest of that read: one user
+    could end every Python client in the room."""
+    depth = sys.getrecursionlimit() * 10
+    deep = '{"dws":' + "[" * depth + "]" * depth + "}"
+    events: list[Event] = []
+    with ReconnectingClient(gevent.url("/echo/"), on_event=events.append).connect(WAIT) as client:
+        client.send(deep)
+        client.send("after")
+        assert client.recv(WAIT).data == deep
+        assert client.recv(WAIT).data == "after"
+    assert [e.type for e in events] == ["open"], events
+
+
 @pytest.mark.parametrize("code", [1008, 4001])
 def test_no_retry_after_policy_and_revoked_session(gevent: ServerProcess, code: int) -> None:
     events: list[Event] = []
