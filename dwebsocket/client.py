@@ -221,7 +221,7 @@ class ReconnectingClient:
     after that message). Backoff: attempt ``n`` after a drop waits a random time up to
     ``min(max_delay, min_delay * 2**n)`` seconds (``n`` starts again at 0 after a
     connection that stayed open ``stable`` seconds). Heartbeat: after ``ping_interval``
-    seconds without any message it sends ``{"dws":"ping"}``; nothing within
+    seconds (``inf``: never) without any message it sends ``{"dws":"ping"}``; nothing within
     ``ping_timeout`` more and the connection counts as dead (close code 4002). Close codes
     in ``no_retry`` (policy, session revoked), a handshake refused with a 4xx status (but
     408 and 429) and :meth:`close` end it for good, except a 1008 whose reason is exactly
@@ -555,7 +555,8 @@ class ReconnectingClient:
             dead, wait = False, 0.0  # no time to wait (recv(0), a poll): what is ready now
         else:
             dead, wait = False, max(0.001, min(due, deadline or due) - now)
-        sock.settimeout(wait)
+        # settimeout() refuses what it cannot count (ping_interval inf: no heartbeat).
+        sock.settimeout(min(wait, 86400.0))
         try:
             data = sock.recv(_RECV)
         except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):

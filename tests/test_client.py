@@ -258,6 +258,19 @@ def test_the_heartbeat_finds_a_silent_connection(proxy: Proxy) -> None:
         assert events[-1].type == "open" and events[-1].reconnect
 
 
+def test_a_heartbeat_interval_of_infinity_reads_without_a_timeout(gevent: ServerProcess) -> None:
+    """``ping_interval=inf`` (no heartbeat, as ``pingInterval: Infinity`` in the browser):
+    ``recv()`` reads with no time limit. It gave the socket a timeout of inf, which
+    ``settimeout()`` refuses: ``OverflowError`` out of every ``recv()`` without a timeout
+    (and the same for any interval past what it counts, about 292 years)."""
+    with ReconnectingClient(gevent.url("/echo/"), ping_interval=float("inf")) as client:
+        client.send("hello")
+        sock = client._sock
+        assert sock is not None
+        assert select.select([sock], [], [], WAIT)[0], "no echo"
+        assert client.recv().data == "hello"  # ready: no wait
+
+
 def test_an_answer_waiting_unread_is_not_taken_for_a_dead_connection(gevent: ServerProcess) -> None:
     """The application calls ``recv()`` now and then (a poll with a short timeout): a
     ping went out in one call, and the next comes after ``ping_timeout``, the pong and an

@@ -414,3 +414,28 @@ def test_a_url_with_a_fragment_connects(bare_page: Page) -> None:
     )
     bare_page.evaluate("fragment.close()")
     assert echoed == "hello"
+
+
+def test_a_heartbeat_interval_past_what_timers_take_sends_no_ping(bare_page: Page) -> None:
+    """``pingInterval: Infinity`` (or anything past 2**31 - 1 ms, 24.8 days: "never"):
+    no ping goes out while messages come and go. ``setTimeout`` takes its delay as a
+    32-bit integer, so the timer fired at once: a ping after every message received, a
+    flood at the speed of the round trip. The server's pongs show each ping; one was
+    answered before the second echo, which the page asked for after the first. The
+    same for ``connectTimeout: Infinity``: each attempt was given up at once."""
+    pongs = bare_page.evaluate(
+        """(url) => new Promise((done) => {
+            let pongs = 0;
+            const s = new dwebsocket.Socket(url,
+                {pingInterval: Infinity, connectTimeout: Infinity});
+            s.on("close", (e) => done(e));
+            s.on("dws", (m) => { if (m.dws === "pong") pongs++; });
+            s.on("open", () => s.send("a"));
+            s.on("message", (data) => {
+                if (data === "a") s.send("b");
+                else { s.close(); done(pongs); }
+            });
+        })""",
+        "/echo/",
+    )
+    assert pongs == 0

@@ -153,7 +153,7 @@
     // A server that accepts the connection but never answers the handshake would keep
     // the browser waiting for minutes (and retryNow() with it). In _timer: no retry is
     // due while an attempt is under way.
-    this._timer = setTimeout(function () {
+    this._timer = later(function () {
       if (self.ws === ws && ws.readyState === 0) self._abandon(ws, 1006, "connect timeout");
     }, this.options.connectTimeout);
   };
@@ -183,7 +183,7 @@
     // second socket, which nothing would ever close.
     if (!this.closed && !this.ws) {
       var self = this;
-      this._timer = setTimeout(function () {
+      this._timer = later(function () {
         self._connect();
       }, delay);
     }
@@ -202,10 +202,10 @@
     var self = this;
     var ws = this.ws;
     clearTimeout(this._beat);
-    this._beat = setTimeout(function () {
+    this._beat = later(function () {
       if (self.ws !== ws || ws.readyState !== 1) return;
       ws.send('{"dws":"ping"}');
-      self._beat = setTimeout(function () {
+      self._beat = later(function () {
         if (self.ws === ws) self._abandon(ws, HEARTBEAT_CLOSE, "no heartbeat");
       }, self.options.pingTimeout);
     }, this.options.pingInterval);
@@ -236,6 +236,12 @@
       this._emit("dws", m); // pong, and types of later versions
     }
   };
+
+  /** setTimeout, whose delay is a 32-bit integer: a longer one (Infinity: never) fired at
+   * once. Waits the longest it can instead, 24.8 days. */
+  function later(fn, ms) {
+    return setTimeout(fn, Math.min(ms, 2147483647));
+  }
 
   /** A binary group message (base64 in its envelope), as binaryType says binary arrives. */
   function decode(b64, binaryType) {
