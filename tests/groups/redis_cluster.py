@@ -73,8 +73,9 @@ class Node:
 
     def __init__(self, directory: Path, args: list[str], *, sentinel: bool = False) -> None:
         self.port = free_port()
-        self.directory = directory / str(self.port)
-        self.directory.mkdir()
+        # Not named by the port: two nodes may be handed the same one (the socket that
+        # chose it was closed each time); the second then starts again on another.
+        self.directory = Path(tempfile.mkdtemp(prefix=f"{self.port}-", dir=directory))
         self.args = args
         self.sentinel = sentinel
         self.process: subprocess.Popen[bytes] | None = None
@@ -128,7 +129,9 @@ class Node:
                 raise _PortTaken(log)
             raise RuntimeError(f"redis-server exited with {process.returncode}: {log[-2000:]}")
         with contextlib.closing(self.client(socket_timeout=1, socket_connect_timeout=1)) as client:
-            return bool(client.ping())
+            # Ours, not another's that held the port first (it answers while ours, unable
+            # to bind, has yet to exit): wait for that exit, then start again elsewhere.
+            return bool(client.info("server").get("process_id") == process.pid)
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A new client of this node (protocol 2, short timeouts). Close it after use."""

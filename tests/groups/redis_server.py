@@ -59,8 +59,16 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    # Ours, not another's that held the port first (it answers while ours,
+                    # unable to bind, has yet to exit).
+                    sock.sendall(b"INFO server\r\n")
+                    answer = b""
+                    while b"\r\n\r\n" not in answer and len(answer) < 65536:
+                        chunk = sock.recv(4096)
+                        if not chunk:
+                            break
+                        answer += chunk
+                    if f"\r\nprocess_id:{self.process.pid}\r\n".encode() in answer:
                         return
             except OSError:
                 pass
