@@ -93,12 +93,15 @@ def _normalize_origin(origin: str) -> tuple[str, str, int | None] | None:
         port = parts.port
     except ValueError:
         return None
-    if not parts.scheme or not parts.hostname:
+    # A trailing dot names the same host (Django drops it from Host before matching
+    # ALLOWED_HOSTS, and a page at "example.com." sends that origin).
+    host = (parts.hostname or "").lower().removesuffix(".")
+    if not parts.scheme or not host:
         return None
     scheme = parts.scheme.lower()
     if port == _DEFAULT_PORTS.get(scheme):
         port = None
-    return scheme, parts.hostname.lower(), port
+    return scheme, host, port
 
 
 def _host_for_django(host: str) -> str:
@@ -184,7 +187,8 @@ def parse_origin_rule(entry: object) -> OriginRule | str | None:
         host, apex_too = host[1:], True
     if not host or not _HOST.fullmatch(host):
         return None
-    return OriginRule(scheme, host, port, subdomains, apex_too)
+    # As for the origin (_normalize_origin): "example.com." is example.com.
+    return OriginRule(scheme, host.removesuffix("."), port, subdomains, apex_too)
 
 
 def origin_setting_errors(configured: object) -> list[str]:

@@ -48,6 +48,12 @@ def test_request_headers() -> None:
         ("http://127.0.0.1.evil.example", False),
         ("null", False),
         ("not a url", False),
+        # Django drops a trailing dot from Host before matching ALLOWED_HOSTS: a page it
+        # serves at "localhost." opens its WebSockets with that origin.
+        ("http://localhost.:8000", True),
+        ("http://127.0.0.1.", True),
+        ("http://.", False),
+        ("http://evil.example.", False),
     ],
 )
 def test_origin_from_allowed_hosts(origin: str | None, allowed: bool) -> None:
@@ -62,6 +68,9 @@ def test_origin_from_allowed_hosts(origin: str | None, allowed: bool) -> None:
         ("https://chat.example.com:8443", True),
         ("https://example.com.evil", False),
         ("http://[::1]:8000", True),
+        ("https://example.com.", True),
+        ("https://chat.example.com.:8443", True),
+        ("https://example.com.evil.", False),
     ],
 )
 def test_origin_leading_dot_and_ipv6(origin: str, allowed: bool) -> None:
@@ -190,7 +199,12 @@ def test_a_string_setting_refuses_instead_of_widening(
     [
         (
             "https://example.com",
-            ["https://example.com", "https://example.com:443", "https://EXAMPLE.com"],
+            [
+                "https://example.com",
+                "https://example.com:443",
+                "https://EXAMPLE.com",
+                "https://example.com.",
+            ],
             ["http://example.com", "https://app.example.com", "https://example.com:8443"],
         ),
         (
@@ -200,7 +214,7 @@ def test_a_string_setting_refuses_instead_of_widening(
         ),
         (
             "https://*.example.com",
-            ["https://app.example.com", "https://a.b.example.com"],
+            ["https://app.example.com", "https://a.b.example.com", "https://app.example.com."],
             [
                 "https://example.com",
                 "http://app.example.com",
@@ -230,6 +244,11 @@ def test_a_string_setting_refuses_instead_of_widening(
             ["http://[::1]:8001", "http://127.0.0.1:8000"],
         ),
         ("[::1]", ["http://[::1]:8000", "https://[::1]"], ["http://127.0.0.1"]),
+        (
+            "https://example.com.",
+            ["https://example.com", "https://example.com."],
+            ["https://app.example.com."],
+        ),
     ],
 )
 def test_each_documented_form(entry: str, allowed: list[str], refused: list[str]) -> None:

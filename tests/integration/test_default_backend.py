@@ -280,6 +280,14 @@ def test_same_origin_allowed(server: ServerProcess) -> None:
         assert client.recv(timeout=TIMEOUT) == "same origin"
 
 
+def test_same_origin_with_a_trailing_dot_allowed(server: ServerProcess) -> None:
+    # Django serves a page at localhost. (it drops the dot before matching ALLOWED_HOSTS),
+    # and the page's WebSocket carries that origin: it was refused with 403.
+    with ws(server, "/echo/", origin=f"http://localhost.:{server.port}") as client:
+        client.send("fqdn")
+        assert client.recv(timeout=TIMEOUT) == "fqdn"
+
+
 def test_handshake_and_first_frame_in_one_segment(server: ServerProcess) -> None:
     with RawClient(raw(server)) as client:
         client.handshake("/echo/", first=masked(0x1, b"in the same segment"))
