@@ -409,7 +409,9 @@ def check_deploy_origins(
         "WEBSOCKET_ALLOWED_ORIGINS" if explicit else "ALLOWED_HOSTS (no WEBSOCKET_ALLOWED_ORIGINS)"
     )
     messages: list[CheckMessage] = []
-    if "*" in patterns:
+    # Read as the handshake reads them: parse_origin_rule takes " * " for "*".
+    rules = [parse_origin_rule(entry) for entry in patterns] if explicit else patterns
+    if "*" in rules:
         messages.append(
             checks.Warning(
                 f'{source} contains "*": a page on any site can open a WebSocket with your '

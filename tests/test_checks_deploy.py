@@ -20,6 +20,7 @@ from dwebsocket import apps as dwebsocket_apps
 from dwebsocket import require_websocket
 from dwebsocket.checks import check_atomic_requests, check_deploy_origins
 from dwebsocket.exceptions import HandshakeRefused
+from dwebsocket.handshake import origin_allowed
 from dwebsocket.testing import WebSocketClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,17 @@ def test_w004_one_message_naming_every_view_by_route(monkeypatch: pytest.MonkeyP
 def test_deploy_origins(configured: object, hosts: list[str], expected: list[str]) -> None:
     with override_settings(WEBSOCKET_ALLOWED_ORIGINS=configured, ALLOWED_HOSTS=hosts, DEBUG=False):
         assert ids(check_deploy_origins()) == expected
+
+
+@pytest.mark.parametrize("star", [" *", "* ", " * "])
+def test_a_star_with_spaces_is_warned_about(star: str) -> None:
+    # What "https://example.com, *".split(",") from an environment variable gives: the
+    # handshake reads it as "*" (every origin allowed), and so must the check (it said
+    # nothing).
+    configured = ["https://example.com", star]
+    with override_settings(WEBSOCKET_ALLOWED_ORIGINS=configured, DEBUG=False):
+        assert origin_allowed("https://evil.example")
+        assert ids(check_deploy_origins()) == ["dwebsocket.W010"]
 
 
 @override_settings(WEBSOCKET_ALLOWED_ORIGINS=["*"])
