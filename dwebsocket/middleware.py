@@ -10,8 +10,9 @@ for the whole session). As in dwebsocket 0.x:
   attribute, or ``WEBSOCKET_ACCEPT_ALL`` is on; otherwise it is answered with 400;
 - a plain request to a view with a true ``require_websocket`` attribute gets 400.
 
-Views decorated with ``accept_websocket`` / ``require_websocket`` run their own session; the
-middleware leaves them alone, so nothing is handshaken twice.
+Views decorated with ``accept_websocket`` / ``require_websocket`` (and class-based views whose
+handler is, through ``method_decorator``) run their own session; the middleware leaves them
+alone, so nothing is handshaken twice.
 
 Under an ASGI server Django runs it async when every middleware after it is
 async-capable (Django's are); an ``async def`` view's session then holds no thread. A
@@ -115,11 +116,24 @@ def _requires(view_func: Callable[..., Any]) -> bool:
     return bool(getattr(view_func, "require_websocket", False))
 
 
+def _decorated(request: HttpRequest, view_func: Callable[..., Any]) -> bool:
+    """Whether a decorator runs the session: on the view, or on the handler a class-based
+    view (``View.as_view()``) dispatches this request to (``method_decorator`` on
+    ``get``), which Django's resolved view does not show."""
+    if getattr(view_func, "_dwebsocket_view", False):
+        return True
+    view_class = getattr(view_func, "view_class", None)
+    method = (request.method or "").lower()
+    if view_class is None or method not in getattr(view_class, "http_method_names", ()):
+        return False
+    return bool(getattr(getattr(view_class, method, None), "_dwebsocket_view", False))
+
+
 def _screen(request: HttpRequest, view_func: Callable[..., Any]) -> HttpResponse | _Verdict | None:
     """What the middleware does with ``request`` for ``view_func``: None, leave it to
     Django (the decorator's session, or plain HTTP); a response, the refusal;
     ``_Verdict.SESSION``, run the view through ``run_view``. Never blocks."""
-    if getattr(view_func, "_dwebsocket_view", False):
+    if _decorated(request, view_func):
         return None  # the decorator runs the session
     require = _requires(view_func)
     if not is_upgrade(request):

@@ -9,6 +9,8 @@ import pytest
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from django.urls import path
+from django.utils.decorators import method_decorator
+from django.views import View
 from prometheus_client import REGISTRY
 
 from dwebsocket import accept_websocket
@@ -45,11 +47,23 @@ def decorated(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+class DecoratedGet(View):
+    """A class-based view whose handler is decorated, as Django's docs decorate them."""
+
+    @method_decorator(accept_websocket)
+    def get(self, request: HttpRequest) -> HttpResponse | None:
+        if not request.is_websocket():
+            return HttpResponse("decorated get, plain")
+        request.websocket.send("decorated get")
+        return None
+
+
 urlpatterns = [
     path("plain/", plain),
     path("marked/", marked),
     path("required/", required),
     path("decorated/", decorated),
+    path("decorated-get/", DecoratedGet.as_view()),
 ]
 
 pytestmark = pytest.mark.urls(__name__)
@@ -143,6 +157,20 @@ def test_decorator_and_middleware_handshake_once(pair: tuple[socket.socket, RawC
     assert head.count(b"101 Switching Protocols") == 1
     assert frames == [(0x81, b"decorated"), (0x88, b"\x03\xe8")]
     assert b"HTTP/1.1" not in trailing
+
+
+@override_settings(MIDDLEWARE=MIDDLEWARE)
+def test_class_based_view_with_a_decorated_handler(pair: tuple[socket.socket, RawClient]) -> None:
+    # Without the middleware the decorated get() runs the session; adding the middleware
+    # (for other views) answered it 400 "does not accept WebSocket connections": the view
+    # Django resolves, as_view()'s function, carries no attribute of get()'s decorator.
+    sock, raw = pair
+    assert upgrade(Client(), "/decorated-get/", sock).status_code == 101
+    head, frames, trailing = wire(raw)
+    assert head.count(b"101 Switching Protocols") == 1
+    assert frames == [(0x81, b"decorated get"), (0x88, b"\x03\xe8")]
+    assert b"HTTP/1.1" not in trailing
+    assert Client().get("/decorated-get/").content == b"decorated get, plain"
 
 
 @override_settings(MIDDLEWARE=MIDDLEWARE)
