@@ -32,6 +32,7 @@ __all__ = [
     "OriginRule",
     "allowed_origins",
     "check_origin",
+    "handshake_origin",
     "misconfigured",
     "origin_allowed",
     "origin_setting_errors",
@@ -83,6 +84,17 @@ def check_origin(origin: str | None) -> None:
     (the ``Origin`` header's value, None without one). Does not block."""
     if origin is not None and not origin_allowed(origin):
         raise ForbiddenOrigin(f"Origin {quoted(origin)} is not allowed")
+
+
+def handshake_origin(headers: Mapping[str, str]) -> str | None:
+    """The origin a handshake's page declares (``headers`` as :func:`request_headers`
+    gives them): ``Origin`` (RFC 6455 4.1), or in a handshake of the hybi drafts 8 to 12
+    (``Sec-WebSocket-Version: 8``, which daphne still accepts) the name those drafts gave
+    it, ``Sec-WebSocket-Origin``. None without either. Does not block."""
+    origin = headers.get("origin")
+    if origin is None and headers.get("sec-websocket-version", "13").strip() != "13":
+        origin = headers.get("sec-websocket-origin")
+    return origin
 
 
 def _normalize_origin(origin: str) -> tuple[str, str, int | None] | None:

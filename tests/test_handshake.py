@@ -14,6 +14,7 @@ from dwebsocket.exceptions import (
     UnsupportedVersion,
 )
 from dwebsocket.handshake import (
+    handshake_origin,
     origin_allowed,
     parse_handshake,
     refuse,
@@ -118,6 +119,28 @@ def test_origin_explicit_list(origin: str | None, allowed: bool) -> None:
 @override_settings(WEBSOCKET_ALLOWED_ORIGINS=["*"])
 def test_origin_explicit_star() -> None:
     assert origin_allowed("null")
+
+
+@pytest.mark.parametrize(
+    ("headers", "origin"),
+    [
+        ({"origin": "https://a.example"}, "https://a.example"),
+        (
+            {"origin": "https://a.example", "sec-websocket-origin": "https://b.example"},
+            "https://a.example",
+        ),
+        (
+            {"sec-websocket-version": "8", "sec-websocket-origin": "https://b.example"},
+            "https://b.example",
+        ),
+        ({"sec-websocket-version": "13", "sec-websocket-origin": "https://b.example"}, None),
+        ({"sec-websocket-origin": "https://b.example"}, None),
+        ({}, None),
+    ],
+)
+def test_handshake_origin(headers: dict[str, str], origin: str | None) -> None:
+    # The hybi drafts' name only where a draft's version says so (daphne accepts them).
+    assert handshake_origin(headers) == origin
 
 
 def _request(**headers: str):  # type: ignore[no-untyped-def]

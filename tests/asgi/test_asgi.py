@@ -180,6 +180,38 @@ def test_an_async_view_run_from_a_thread_holds_a_thread_slot(
         assert three.recv(timeout=TIMEOUT) == "again"
 
 
+def _draft_handshake(server: ServerProcess, origin_header: str, origin: str) -> int:
+    """The status of a hybi-10 handshake (``Sec-WebSocket-Version: 8``), whose browsers
+    sent the page's origin as ``Sec-WebSocket-Origin``."""
+    request = (
+        f"GET /echo/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 8\r\n{origin_header}: {origin}\r\n\r\n"
+    )
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request.encode())
+        status, _, _ = read_http_response(sock)
+    return status
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("kind", KINDS)
+def test_daphne_checks_the_origin_of_a_draft_handshake(
+    started: Callable[..., ServerProcess], kind: str
+) -> None:
+    """daphne (autobahn) accepts the hybi drafts' version 8, whose browsers name the page's
+    origin ``Sec-WebSocket-Origin``: a foreign page's handshake was let through (101),
+    as if it came from no browser."""
+    if "daphne" not in asgi_servers():
+        pytest.skip("daphne is not among the ASGI servers tested")
+    server = started(f"daphne-{kind}")
+    evil = "http://evil.example"
+    assert _draft_handshake(server, "Sec-WebSocket-Origin", evil) == 403
+    assert _draft_handshake(server, "Origin", evil) == 403
+    same = f"http://127.0.0.1:{server.port}"
+    assert _draft_handshake(server, "Sec-WebSocket-Origin", same) == 101
+
+
 @pytest.mark.server
 @pytest.mark.parametrize("name", asgi_servers())
 def test_the_middleware_run_async_answers_as_it_does_sync(

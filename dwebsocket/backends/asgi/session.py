@@ -60,10 +60,11 @@ def create_websocket(request: HttpRequest, connection: ASGIConnection) -> ASGIWe
     """The unaccepted sync ``request.websocket`` of a ``websocket`` scope.
 
     The server validated the handshake itself (key, version, method); this checks the
-    Origin. Raises ``ForbiddenOrigin`` (403). Never blocks."""
-    from dwebsocket.handshake import check_origin
+    Origin (``Sec-WebSocket-Origin`` in a hybi draft's handshake, which daphne accepts).
+    Raises ``ForbiddenOrigin`` (403). Never blocks."""
+    from dwebsocket.handshake import check_origin, handshake_origin, request_headers
 
-    check_origin(request.META.get("HTTP_ORIGIN"))
+    check_origin(handshake_origin(request_headers(request.META)))
     return ASGIWebSocket(request, connection)
 
 
