@@ -229,12 +229,18 @@ def _views(patterns: Any, keep: Callable[[Any], bool], prefix: str = "") -> list
 
 
 def _websocket_views(patterns: Any) -> list[tuple[str, Any]]:
-    """``(route, view)`` for every view in the URLconf decorated for WebSockets."""
-    return _views(
-        patterns,
-        lambda view: bool(
-            getattr(view, "accept_websocket", False) or getattr(view, "require_websocket", False)
-        ),
+    """``(route, view)`` for every view in the URLconf decorated for WebSockets, class-based
+    views whose handler is (``method_decorator`` on ``get``) included."""
+    return _views(patterns, _is_websocket_view)
+
+
+def _is_websocket_view(view: Any) -> bool:
+    if getattr(view, "accept_websocket", False) or getattr(view, "require_websocket", False):
+        return True
+    view_class = getattr(view, "view_class", None)  # View.as_view()'s
+    return any(
+        getattr(getattr(view_class, method, None), "_dwebsocket_view", False)
+        for method in getattr(view_class, "http_method_names", ())
     )
 
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,9 +16,11 @@ from django.conf import settings
 from django.core import checks
 from django.test import override_settings
 from django.urls import path
+from django.utils.decorators import method_decorator
+from django.views import View
 
+from dwebsocket import accept_websocket, require_websocket
 from dwebsocket import apps as dwebsocket_apps
-from dwebsocket import require_websocket
 from dwebsocket.checks import check_atomic_requests, check_deploy_origins
 from dwebsocket.exceptions import HandshakeRefused
 from dwebsocket.handshake import origin_allowed
@@ -50,6 +53,35 @@ def test_w004_one_message_naming_every_view_by_route(monkeypatch: pytest.MonkeyP
     assert "'first/' (tests.test_checks_deploy.first_view)" in warning.msg
     assert "'second/<int:n>/' (tests.test_checks_deploy.second_view)" in warning.msg
     assert "<function" not in warning.msg
+
+
+class DecoratedGet(View):
+    @method_decorator(accept_websocket)
+    def get(self, request: Any) -> None: ...
+
+
+class PlainGet(View):
+    def get(self, request: Any) -> None: ...
+
+
+#: A URLconf: a class-based WebSocket view (its handler decorated) and a plain one.
+CLASS_BASED_VIEWS = ModuleType("class_based_views")
+CLASS_BASED_VIEWS.urlpatterns = [  # type: ignore[attr-defined]
+    path("cbv/", DecoratedGet.as_view()),
+    path("plain/", PlainGet.as_view()),
+]
+
+
+def test_w004_names_a_class_based_view_whose_handler_is_decorated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ATOMIC_REQUESTS wraps the view Django resolves, as_view()'s function, so the session
+    # of the decorated get() holds a transaction: W004 said nothing.
+    monkeypatch.setitem(settings.DATABASES["default"], "ATOMIC_REQUESTS", True)
+    with override_settings(ROOT_URLCONF=CLASS_BASED_VIEWS):
+        [warning] = check_atomic_requests()
+    assert warning.id == "dwebsocket.W004"
+    assert "1 view:" in warning.msg and "'cbv/'" in warning.msg, warning.msg
 
 
 @pytest.mark.parametrize(
