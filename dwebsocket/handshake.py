@@ -26,6 +26,7 @@ from dwebsocket.exceptions import (
     InvalidHandshake,
     InvalidSetting,
 )
+from dwebsocket.log import printable
 from dwebsocket.protocol.handshake import HandshakeRequest, parse_request, quoted
 
 __all__ = [
@@ -315,7 +316,7 @@ def refuse(request: HttpRequest, exc: InvalidHandshake) -> HttpResponse:
         "WebSocket handshake refused with %s from %s for %s: %s",
         exc.status,
         _peer(request),
-        request.path,
+        printable(request.path),
         exc.reason,
     )
     metrics.handshake(exc.status)
@@ -328,7 +329,7 @@ def unavailable(request: HttpRequest, exc: BackendUnavailable) -> HttpResponse:
     Logged at ERROR: the deployment is wrong, not the client.
     """
     reason = f"WebSockets are not available on this server: {exc}"
-    logger.error("%s (%s from %s)", reason, request.path, _peer(request))
+    logger.error("%s (%s from %s)", reason, printable(request.path), _peer(request))
     metrics.handshake(501)
     return _plain_response(reason, 501)
 
@@ -355,7 +356,7 @@ def misconfigured(request: HttpRequest, exc: InvalidSetting) -> HttpResponse:
     logger.info(
         "WebSocket handshake refused with 503 from %s for %s: %s is invalid (%s)",
         _peer(request),
-        request.path,
+        printable(request.path),
         exc.setting,
         exc.check_id,
     )

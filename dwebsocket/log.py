@@ -14,9 +14,16 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["closed", "install_debug_handler", "logger", "protocol_error"]
+__all__ = ["closed", "install_debug_handler", "logger", "printable", "protocol_error"]
 
 logger = logging.getLogger("dwebsocket")
+
+
+def printable(text: str) -> str:
+    """``text`` (a request's path) as Django's request log writes it (``log_response``,
+    since CVE-2025-48432): control and non-ASCII characters escaped, so that a path with
+    ``%0A`` in it cannot add lines of its own to the log."""
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def protocol_error(peer: str, path: str, reason: str, code: int) -> None:
@@ -26,14 +33,14 @@ def protocol_error(peer: str, path: str, reason: str, code: int) -> None:
         logger.info(
             "WebSocket message from %s on %s over the size limit: %s (closing with 1009)",
             peer,
-            path,
+            printable(path),
             reason,
         )
     else:
         logger.info(
             "WebSocket protocol error from %s on %s: %s (closing with %s)",
             peer,
-            path,
+            printable(path),
             reason,
             code,
         )
@@ -45,7 +52,7 @@ def closed(peer: str, path: str, code: int | None, reason: str, opened_at: float
     logger.debug(
         "WebSocket closed: %s %s code %s%s after %.3fs",
         peer,
-        path,
+        printable(path),
         code,
         f" ({reason})" if reason else "",
         time.monotonic() - opened_at,

@@ -34,6 +34,7 @@ from dwebsocket.exceptions import (
     InvalidSetting,
 )
 from dwebsocket.factory import get_factory_class, is_upgrade
+from dwebsocket.log import printable
 from dwebsocket.websocket import REQUEST_STARTED, WebSocket
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ def end_websocket(websocket: WebSocket, code: int, *, abort: bool = False) -> No
 
 
 def _not_websocket(request: HttpRequest) -> HttpResponse:
-    logger.info("Plain HTTP request for WebSocket-only %s refused with 400", request.path)
+    logger.info(
+        "Plain HTTP request for WebSocket-only %s refused with 400", printable(request.path)
+    )
     return HttpResponseBadRequest(
         "This URL only accepts WebSocket connections.\n", content_type="text/plain; charset=utf-8"
     )
@@ -194,7 +197,7 @@ def _run_session(
             with contextlib.suppress(ConnectionClosed):
                 websocket.accept()
     except ConnectionClosed as exc:
-        logger.debug("ConnectionClosed escaped the view for %s: %s", request.path, exc)
+        logger.debug("ConnectionClosed escaped the view for %s: %s", printable(request.path), exc)
         end_websocket(websocket, 1000)
         return _session_over()
     except Exception:

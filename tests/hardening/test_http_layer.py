@@ -116,6 +116,41 @@ def test_a_refusal_quotes_a_long_header_only_in_part(
     assert value[:101] not in server.log()
 
 
+#: A log line of the attacker's choosing, in a path: ``%0A`` decodes to a newline.
+FORGED = "[WARNING dwebsocket] forged"
+
+
+def _logged(server: ServerProcess, mark: int, count: int, text: str) -> str:
+    """The log since ``mark`` once ``text`` is in it ``count`` times (bounded wait)."""
+    deadline = time.monotonic() + TIMEOUT
+    while server.log(mark).count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server.log(mark)
+
+
+def test_a_path_cannot_write_lines_of_its_own_in_the_log(server: ServerProcess) -> None:
+    """A request's path decodes to any character, a newline included. Django escapes it in
+    its own request log (CVE-2025-48432); dwebsocket's lines wrote it raw, so a client
+    could add the log lines it wanted: here through a refused handshake, a plain request
+    to a WebSocket-only view, and a protocol error, each logged with the path."""
+    path = "/group/x%0A" + FORGED.replace(" ", "%20") + "/"
+    mark = server.mark()
+    request = head(path=path)
+    no_key = b"".join(line + b"\r\n" for line in request.split(b"\r\n")[:-2] if b"Key" not in line)
+    assert status_of(server, no_key + b"\r\n") == 400
+    plain = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    assert status_of(server, plain.encode()) == 400
+    sock, _ = open_websocket(server, path)
+    with sock:
+        sock.sendall(frame(0x3, b"reserved opcode"))
+        sock.settimeout(TIMEOUT)
+        while sock.recv(65536):
+            pass
+    log = _logged(server, mark, 3, "\\n" + FORGED)
+    assert [line for line in log.splitlines() if line.startswith(FORGED)] == []
+    assert log.count("\\n" + FORGED) >= 3, log
+
+
 SLOW_CLIENTS = 200
 SLOW_SECONDS = 6.0
 

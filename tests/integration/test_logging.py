@@ -62,3 +62,25 @@ def test_sessions_are_101_in_the_access_log(name: str, tmp_path: Path) -> None:
     assert '" 101 ' in echo[0], echo
     if name != "eventlet":  # it logs its default, 200, when it finds the request handled
         assert '" 500 ' in error[0], error
+
+
+#: A log line of the client's choosing, in a path: ``%0A`` decodes to a newline.
+FORGED = "[WARNING dwebsocket] forged"
+
+
+@pytest.mark.parametrize("name", ["gevent", "uvicorn"])
+def test_a_path_cannot_write_lines_of_its_own_in_the_debug_log(name: str, tmp_path: Path) -> None:
+    """A session's DEBUG lines (opened, closed) name its path as Django's request log
+    does, escaped: a path with ``%0A`` wrote lines of the client's choosing (see
+    tests/hardening/test_http_layer.py for the INFO lines)."""
+    path = "/group/x%0A" + FORGED.replace(" ", "%20") + "/"
+    with running_server(name, tmp_path / "server.log") as server:
+        with RawClient.connect(server.host, server.port, path) as client:
+            assert client.recv() == "joined"
+            client.close()
+        deadline = time.monotonic() + TIMEOUT
+        while server.log().count("\\n" + FORGED) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    log = server.log()
+    assert [line for line in log.splitlines() if line.startswith(FORGED)] == []
+    assert "WebSocket opened" in log and log.count("\\n" + FORGED) >= 2, log

@@ -31,6 +31,7 @@ from dwebsocket.exceptions import (
     InvalidSetting,
     TooManyConnections,
 )
+from dwebsocket.log import printable
 
 __all__ = [
     "SCOPE_KEY",
@@ -208,7 +209,7 @@ async def _arun_session(
     try:
         response = await view(request, *args, **kwargs)
     except ConnectionClosed as exc:
-        logger.debug("ConnectionClosed escaped the view for %s: %s", request.path, exc)
+        logger.debug("ConnectionClosed escaped the view for %s: %s", printable(request.path), exc)
         await websocket.end_session(1000)
         return _session_over()
     except Exception:

@@ -29,6 +29,7 @@ from dwebsocket.backends.asgi import connection as connection_module
 from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed
+from dwebsocket.log import printable
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
 from dwebsocket.websocket import WebSocket, not_json, to_json, wait_timeout
@@ -177,7 +178,7 @@ class ASGIWebSocket(WebSocket):
         logger.debug(
             "WebSocket opened: %s %s via ASGI (subprotocol %s)",
             self.connection._peer(),
-            self.request.path,
+            printable(self.request.path),
             self.connection.subprotocol,
         )
         try:

@@ -38,7 +38,7 @@ from dwebsocket.backends.default.state import IOState
 from dwebsocket.backends.default.transport import RECV_SIZE, fast_messages
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import ConnectionClosed, InvalidState
-from dwebsocket.log import protocol_error
+from dwebsocket.log import printable, protocol_error
 from dwebsocket.protocol.connection import Close, Connection, State
 from dwebsocket.protocol.handshake import HandshakeRequest
 from dwebsocket.protocol.server import Accepted
@@ -187,7 +187,7 @@ class DefaultWebSocket(WebSocket):
         logger.debug(
             "WebSocket opened: %s %s via %s (subprotocol %s, compression %s)",
             self._peer(),
-            self.request.path,
+            printable(self.request.path),
             self._transport.server,
             subprotocol,
             "on" if accepted.compression else "off",
@@ -522,7 +522,7 @@ class DefaultWebSocket(WebSocket):
             logger.info(
                 "WebSocket peer %s on %s sent nothing within %ss of a ping: closing (1011)",
                 self._peer(),
-                self.request.path,
+                printable(self.request.path),
                 self._ping_timeout,
             )
             metrics.keepalive_timeout()
@@ -650,7 +650,7 @@ class DefaultWebSocket(WebSocket):
         logger.info(
             "WebSocket peer %s on %s reads too slowly (more than %s bytes queued): closing (1008)",
             self._peer(),
-            self.request.path,
+            printable(self.request.path),
             self._queue_limit,
         )
         assert self._conn is not None

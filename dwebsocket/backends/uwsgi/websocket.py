@@ -30,7 +30,7 @@ from dwebsocket.conf import settings
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed, InvalidState, TooManyConnections
 from dwebsocket.limits import RETRY_AFTER
-from dwebsocket.log import protocol_error
+from dwebsocket.log import printable, protocol_error
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
 from dwebsocket.protocol.handshake import HandshakeRequest, accept_key
@@ -348,7 +348,11 @@ class uWsgiWebSocket(WebSocket):
             try:
                 data = uwsgi.websocket_recv_nb()
             except OSError as exc:
-                logger.debug("uWSGI's websocket_recv_nb failed for %s: %s", self._request.path, exc)
+                logger.debug(
+                    "uWSGI's websocket_recv_nb failed for %s: %s",
+                    printable(self._request.path),
+                    exc,
+                )
                 if silent:
                     self._keepalive_timeout()
                 else:
@@ -395,7 +399,7 @@ class uWsgiWebSocket(WebSocket):
         logger.info(
             "WebSocket peer %s on %s sent nothing within %ss of a ping: closing (1011)",
             self._request.META.get("REMOTE_ADDR", "?"),
-            self._request.path,
+            printable(self._request.path),
             self._pong_tolerance,
         )
         metrics.keepalive_timeout()
