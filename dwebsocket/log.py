@@ -54,7 +54,7 @@ def closed(peer: str, path: str, code: int | None, reason: str, opened_at: float
         peer,
         printable(path),
         code,
-        f" ({reason})" if reason else "",
+        f" ({printable(reason)})" if reason else "",  # the peer's text
         time.monotonic() - opened_at,
     )
 

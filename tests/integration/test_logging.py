@@ -5,6 +5,7 @@ not only Django's ``Forbidden: /echo/``."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -84,3 +85,22 @@ def test_a_path_cannot_write_lines_of_its_own_in_the_debug_log(name: str, tmp_pa
     log = server.log()
     assert [line for line in log.splitlines() if line.startswith(FORGED)] == []
     assert "WebSocket opened" in log and log.count("\\n" + FORGED) >= 2, log
+
+
+@pytest.mark.parametrize("name", ["gevent", "uvicorn"])
+def test_a_close_reason_cannot_write_lines_of_its_own_in_the_debug_log(
+    name: str, tmp_path: Path
+) -> None:
+    """The peer's close reason is any UTF-8 text, newlines included: the DEBUG line of
+    the session's end names it escaped, as it does the path."""
+    reason = ("bye\n" + FORGED).encode()
+    with running_server(name, tmp_path / "server.log") as server:
+        with RawClient.connect(server.host, server.port, "/echo/") as client:
+            client.sock.sendall(masked(0x8, struct.pack("!H", 1000) + reason))
+            assert isinstance(client.recv(), Close)
+        deadline = time.monotonic() + TIMEOUT
+        while "WebSocket closed" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    log = server.log()
+    assert [line for line in log.splitlines() if line.startswith(FORGED)] == []
+    assert "bye\\n" + FORGED in log, log
