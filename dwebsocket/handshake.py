@@ -323,13 +323,27 @@ def refuse(request: HttpRequest, exc: InvalidHandshake) -> HttpResponse:
     return _plain_response(exc.reason, exc.status, exc.headers)
 
 
+_unavailable_logged: set[str] = set()
+
+
 def unavailable(request: HttpRequest, exc: BackendUnavailable) -> HttpResponse:
     """501 for a server the backend cannot take a connection over from.
 
-    Logged at ERROR: the deployment is wrong, not the client.
+    Logged at ERROR once per reason and process: the deployment is wrong, not the client,
+    but any client can ask again (under an ASGI server, a handshake the server does not
+    take for one, ``Upgrade: websocket, foo``, arrives as plain HTTP). Each refusal is
+    logged at INFO, like any refused handshake.
     """
     reason = f"WebSockets are not available on this server: {exc}"
-    logger.error("%s (%s from %s)", reason, printable(request.path), _peer(request))
+    if reason not in _unavailable_logged:
+        _unavailable_logged.add(reason)
+        logger.error("%s (%s from %s)", reason, printable(request.path), _peer(request))
+    logger.info(
+        "WebSocket handshake refused with 501 from %s for %s: %s",
+        _peer(request),
+        printable(request.path),
+        reason,
+    )
     metrics.handshake(501)
     return _plain_response(reason, 501)
 

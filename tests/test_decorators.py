@@ -102,7 +102,10 @@ def test_refused_handshake_does_not_call_the_view(headers: dict[str, str], statu
     assert called == []
 
 
-def test_no_socket_is_501(caplog: pytest.LogCaptureFixture) -> None:
+def test_no_socket_is_501(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dwebsocket.handshake._unavailable_logged", set())  # ERROR once
     called: list[Any] = []
 
     @accept_websocket

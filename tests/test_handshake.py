@@ -182,12 +182,16 @@ def test_refuse(caplog: pytest.LogCaptureFixture) -> None:
     assert "version 8, expected 13" in record.getMessage()
 
 
-def test_unavailable(caplog: pytest.LogCaptureFixture) -> None:
+def test_unavailable(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dwebsocket.handshake._unavailable_logged", set())
     with caplog.at_level(logging.DEBUG, logger="dwebsocket"):
-        response = unavailable(_request(), BackendUnavailable("no socket here"))
+        for _ in range(3):
+            response = unavailable(_request(), BackendUnavailable("no socket here"))
     assert response.status_code == 501
     assert b"no socket here" in response.content
-    assert "no socket here" in caplog.records[0].getMessage()
+    # The deployment's fault, said once; each refusal at INFO (any client can ask again).
+    levels = [r.levelno for r in caplog.records if "no socket here" in r.getMessage()]
+    assert levels == [logging.ERROR, logging.INFO, logging.INFO, logging.INFO]
 
 
 # -- WEBSOCKET_ALLOWED_ORIGINS: each documented form, and mistakes that must not widen it --

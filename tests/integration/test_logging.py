@@ -104,3 +104,26 @@ def test_a_close_reason_cannot_write_lines_of_its_own_in_the_debug_log(
     log = server.log()
     assert [line for line in log.splitlines() if line.startswith(FORGED)] == []
     assert "bye\\n" + FORGED in log, log
+
+
+def test_a_client_cannot_fill_the_log_with_errors_under_an_asgi_server(tmp_path: Path) -> None:
+    """``Upgrade: websocket, foo`` is a valid handshake (RFC 7230 lists), but uvicorn takes
+    only ``websocket`` alone for one: the request reaches the view as plain HTTP, where no
+    socket can be taken over, and gets 501. That is logged at ERROR, once per process:
+    each such request logged one, so any client could fill the log with ERRORs, which
+    the levels' rule says a client's requests never are (docs/logging.rst)."""
+    request = upgrade_request("/echo/").replace(
+        b"Upgrade: websocket\r\n", b"Upgrade: websocket, foo\r\n"
+    )
+    with running_server("uvicorn", tmp_path / "server.log") as server:
+        for _ in range(3):
+            with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+                sock.sendall(request)
+                status, _, _ = read_http_response(sock)
+            assert status == 501
+        deadline = time.monotonic() + TIMEOUT
+        while server.log().count("refused with 501") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    log = server.log()
+    assert log.count("refused with 501") == 3, log
+    assert log.count("[ERROR dwebsocket]") == 1, log
