@@ -5,10 +5,11 @@
 or, in your own ``gunicorn.conf.py``: ``from dwebsocket.contrib.gunicorn import *``
 (then call these hooks from yours if you define the same ones).
 
-gunicorn stops a worker with SIGTERM (graceful: stop, ``HUP`` reload, ``TTOU``) and waits
-``--graceful-timeout`` for its requests, which for WebSockets never end by themselves;
-with SIGINT/SIGQUIT (quick stop) it exits at once. With these hooks every open WebSocket
-gets a 1001 close frame first, so the views return and the worker exits promptly.
+gunicorn stops a worker with SIGTERM (graceful: stop, ``HUP`` reload, ``TTOU``), or the
+worker stops by itself (``--max-requests``), and waits ``--graceful-timeout`` for its
+requests, which for WebSockets never end by themselves; with SIGINT/SIGQUIT (quick stop)
+it exits at once. With these hooks every open WebSocket gets a 1001 close frame first,
+so the views return and the worker exits promptly.
 ``post_worker_init`` also logs the server checks for this worker (``dwebsocket.W002``:
 sync worker, ``dwebsocket.W003``: gthread with one thread). With ``PROMETHEUS_MULTIPROC_DIR``
 set, ``child_exit`` tells ``prometheus_client`` that a worker is gone, so that the open
@@ -18,6 +19,7 @@ WebSockets it counted no longer count (``dwebsocket.metrics``).
 from __future__ import annotations
 
 import signal
+import sys
 from types import FrameType
 from typing import Any
 
@@ -25,7 +27,8 @@ __all__ = ["child_exit", "post_worker_init", "worker_exit", "worker_int"]
 
 
 def post_worker_init(worker: Any) -> None:
-    """Chain a goodbye to the worker's SIGTERM handler; log the server checks."""
+    """Chain a goodbye to the worker's SIGTERM handler and to its liveness notice (for a
+    worker that stops by itself); log the server checks."""
     from dwebsocket.checks import report_once
     from dwebsocket.worker import note_gunicorn_worker
 
@@ -41,6 +44,22 @@ def post_worker_init(worker: Any) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+    # A worker also stops without a signal: --max-requests reached (or the arbiter
+    # gone) sets ``alive`` to False, and it then waits --graceful-timeout for its
+    # requests. It keeps telling the arbiter it lives while it waits: say goodbye there.
+    notify = worker.notify
+    said = [False]
+
+    def notify_then_goodbye() -> None:
+        notify()
+        if not worker.alive and not said[0]:
+            # Said only once the registry is loaded: the request that reached the limit
+            # may be the worker's first WebSocket, still before its handshake.
+            said[0] = "dwebsocket.backends.default.registry" in sys.modules
+            _going_away(0)
+
+    worker.notify = notify_then_goodbye
 
 
 def worker_int(worker: Any) -> None:
