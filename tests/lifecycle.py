@@ -1,6 +1,7 @@
 """Views for the server lifecycle tests (``tests/test_servers_lifecycle.py``), under
-``/lifecycle/``: connections that stay open until the server stops, views killed the way
-servers kill them, and a view that reports on its database connection."""
+``/lifecycle/``: connections that stay open until the server stops (one with a slow
+``finally``), views killed the way servers kill them, and a view that reports on its
+database connection."""
 
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ def late(request: HttpRequest) -> None:
     while not go.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     wait(request)
+
+
+@require_websocket
+def cleanup(request: HttpRequest) -> None:
+    """As ``wait``, then a ``finally`` that takes a moment (a database write, a group
+    leave) and creates the file ``?done=`` once over."""
+    try:
+        wait(request)
+    finally:
+        time.sleep(0.3)
+        Path(request.GET["done"]).touch()
 
 
 def _exception(name: str) -> BaseException:
@@ -84,6 +96,7 @@ def db(request: HttpRequest) -> None:
 urlpatterns = [
     path("wait/", wait),
     path("late/", late),
+    path("cleanup/", cleanup),
     path("die/", die),
     path("db/", db),
 ]

@@ -138,6 +138,29 @@ def test_graceful_stop_sends_1001(
     assert_no_write_errors(server.log())
 
 
+@pytest.mark.parametrize(("name", "sig"), STOPS, ids=[f"{n}-{s.name}" for n, s in STOPS])
+def test_a_stop_lets_the_views_finish(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, name: str, sig: signal.Signals
+) -> None:
+    """The views' ``finally`` blocks run before the server exits, also one that takes a
+    moment after the connection closed (a database write): a server may exit, or kill
+    what still runs, as soon as the goodbyes return."""
+    server = make_server(name)
+    done = [tmp_path / f"done-{n}" for n in range(2)]
+    clients = [raw_client(server, f"/lifecycle/cleanup/?done={path}") for path in done]
+    try:
+        for client in clients:
+            assert client.recv() == "ready"
+        status = server.stop(sig)
+        for client in clients:
+            expect_close_then_eof(client, 1001)
+    finally:
+        for client in clients:
+            client.close()
+    assert status != -signal.SIGKILL, f"{name} had to be killed:\n{server.log()}"
+    assert [path.exists() for path in done] == [True, True], server.log()
+
+
 #: The servers whose stop waits for the views (gunicorn for ``--graceful-timeout``, 30 s;
 #: eventlet for ever) and SIGTERM, what stops them.
 LATE_STOPS = ["gunicorn-gevent", "gunicorn-gthread", "eventlet"]

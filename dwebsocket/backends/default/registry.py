@@ -52,7 +52,9 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
 
     Each is closed concurrently (a thread, or a greenlet / green thread when
     monkey-patched), as ``websocket.close(1001, reason)`` does. Waits up to ``timeout``
-    seconds for them (None: ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second; 0: not at all --
+    seconds for them to close and for their views to return, ``finally`` blocks included,
+    since the server may exit or kill what still runs as soon as this returns (None:
+    ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second; 0: not at all --
     what a signal handler running on a view's own thread must pass, since that view
     has to run for its connection to finish closing). From then on, a connection that
     opens in this process is closed with 1001 as it opens. Never raises.
@@ -73,12 +75,17 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
     deadline = time.monotonic() + timeout
     # Poll rather than join: cooperative under gevent/eventlet (time.sleep is patched),
     # and the same code whatever ran the goodbyes.
-    while any(websocket in _open for websocket in websockets):
+    while any(_running(websocket) for websocket in websockets):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         time.sleep(min(_POLL, remaining))
     return len(websockets)
+
+
+def _running(websocket: DefaultWebSocket) -> bool:
+    """Open, or its session not over yet (the view still runs)."""
+    return websocket in _open or not getattr(websocket, "_session_over", True)
 
 
 def spawn(target: Callable[..., None], *args: Any) -> None:

@@ -129,6 +129,9 @@ class DefaultWebSocket(WebSocket):
         # When the 101 went out; 0.0 until websocket_opened has been sent (its receivers
         # returned): until then websocket_closed is accept()'s to send, not _shutdown()'s.
         self._opened_at = 0.0
+        # The view has returned (its finally blocks run) and end_session() is over: what a
+        # stopping server waits for (registry.going_away), not only the close.
+        self._session_over = False
 
         # threading.* looked up now, so monkey-patched locks are used under gevent/eventlet.
         self._reading = _new_lock()
@@ -813,6 +816,7 @@ class DefaultWebSocket(WebSocket):
             ):
                 flusher.join(self._io_timeout)
             self._transport.release()
+            self._session_over = True
 
     def _shutdown(self, code: int | None = None, reason: str = "") -> None:
         """Shut the transport down once; record the close code; tell the world."""
