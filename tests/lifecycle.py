@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from django.db import connection, transaction
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 from dwebsocket import require_websocket
@@ -46,6 +47,24 @@ def cleanup(request: HttpRequest) -> None:
     finally:
         time.sleep(0.3)
         Path(request.GET["done"]).touch()
+
+
+class HoldBeforeTheView:
+    """Middleware: a request with ``?hold=1`` creates the file ``?mark=`` and waits (at
+    most 10 s) for the file ``?go=`` before going on: a handshake under way before
+    dwebsocket has seen any WebSocket request in this process."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.GET.get("hold"):
+            Path(request.GET["mark"]).touch()
+            go = Path(request.GET["go"])
+            deadline = time.monotonic() + 10.0
+            while not go.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return self.get_response(request)
 
 
 def _exception(name: str) -> BaseException:

@@ -200,6 +200,37 @@ def test_a_handshake_in_progress_at_a_stop_gets_1001(
     assert_no_write_errors(server.log())
 
 
+@pytest.mark.parametrize("name", LATE_STOPS)
+def test_a_first_handshake_in_progress_at_a_stop_gets_1001(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, name: str
+) -> None:
+    """As above, with the stop before dwebsocket has seen any WebSocket request in the
+    worker (the request is in a middleware, the registry of open connections not even
+    imported): that connection gets 1001 as it opens too."""
+    server = make_server(name, settings={"MIDDLEWARE": ["tests.lifecycle.HoldBeforeTheView"]})
+    mark, go = tmp_path / "in-the-middleware", tmp_path / "go"
+    path = f"/lifecycle/wait/?hold=1&mark={mark}&go={go}"
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(raw_client, server, path)  # returns at the 101
+        deadline = time.monotonic() + TIMEOUT
+        while not mark.exists():
+            assert time.monotonic() < deadline and not pending.done(), "no request came"
+            time.sleep(0.02)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(SIGNAL_HANDLED)  # the goodbyes to what was open (nothing) have begun
+        go.touch()
+        client = pending.result(TIMEOUT)
+    with client:
+        event = client.recv()
+        if event == "ready":  # the view may speak before the goodbye
+            event = client.recv()
+        assert isinstance(event, Close) and event.code == 1001, event
+        assert read_until_eof(client.sock) == b""
+    status = server.process.wait(STOP_TIMEOUT)
+    assert status == 0 or status == -signal.SIGTERM, f"exit {status}:\n{server.log()}"
+    assert_no_write_errors(server.log())
+
+
 @pytest.mark.parametrize(
     ("name", "exc", "code"),
     [

@@ -54,8 +54,9 @@ def post_worker_init(worker: Any) -> None:
     def notify_then_goodbye() -> None:
         notify()
         if not worker.alive and not said[0]:
-            # Said only once the registry is loaded: the request that reached the limit
-            # may be the worker's first WebSocket, still before its handshake.
+            # Said until the registry is loaded: the request that reached the limit, or
+            # that was under way at a SIGTERM (whose goodbye found no registry and was
+            # lost), may be the worker's first WebSocket, still before its handshake.
             said[0] = "dwebsocket.backends.default.registry" in sys.modules
             _going_away(0)
 
