@@ -365,6 +365,7 @@ def test_gunicorn_reload_sends_1001_and_keeps_serving(
         expect_close_then_eof(client, 1001)
     echo_once_serving(server, "after the reload")
     assert_no_write_errors(server.log())
+    assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
 
 
 @pytest.mark.parametrize("name", ["gunicorn-gevent", "gunicorn-gthread"])

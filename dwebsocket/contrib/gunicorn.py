@@ -35,11 +35,19 @@ def post_worker_init(worker: Any) -> None:
     note_gunicorn_worker(worker, hooks=True)
     report_once()
     previous = signal.getsignal(signal.SIGTERM)
+    said = [False]
+
+    def goodbye() -> None:
+        # Said until the registry is loaded: the request that reached the limit, or
+        # that was under way at a SIGTERM (whose goodbye found no registry and was
+        # lost), may be the worker's first WebSocket, still before its handshake.
+        said[0] = "dwebsocket.backends.default.registry" in sys.modules
+        _going_away(0)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         # No waiting here: in the sync worker this handler interrupts the very view
         # whose connection is closing, and that view has to run for it to finish.
-        _going_away(0)
+        goodbye()
         if callable(previous):
             previous(signum, frame)
 
@@ -49,16 +57,11 @@ def post_worker_init(worker: Any) -> None:
     # gone) sets ``alive`` to False, and it then waits --graceful-timeout for its
     # requests. It keeps telling the arbiter it lives while it waits: say goodbye there.
     notify = worker.notify
-    said = [False]
 
     def notify_then_goodbye() -> None:
         notify()
         if not worker.alive and not said[0]:
-            # Said until the registry is loaded: the request that reached the limit, or
-            # that was under way at a SIGTERM (whose goodbye found no registry and was
-            # lost), may be the worker's first WebSocket, still before its handshake.
-            said[0] = "dwebsocket.backends.default.registry" in sys.modules
-            _going_away(0)
+            goodbye()
 
     worker.notify = notify_then_goodbye
 
