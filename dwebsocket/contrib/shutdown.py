@@ -5,11 +5,12 @@
     install()                     # eventlet.wsgi: before eventlet.wsgi.server(...)
 
 On SIGTERM or SIGINT every open WebSocket gets a 1001 close frame ("going away"), then
-the server stops: ``stop()`` is called once the connections are closed (or after
-``WEBSOCKET_CLOSE_TIMEOUT``). Without ``stop``, the main thread (greenlet) is interrupted
-as Python would do it -- ``KeyboardInterrupt`` for SIGINT, ``SystemExit`` for SIGTERM --
-right away under threads and eventlet (whose ``wsgi.server`` then waits for its requests,
-which end as their connections close), after the goodbyes under gevent.
+the server stops: ``stop()`` is called once the connections are closed and their views
+have returned (or after ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second). Without ``stop``, the
+main thread (greenlet) is interrupted as Python would do it -- ``KeyboardInterrupt`` for
+SIGINT, ``SystemExit`` for SIGTERM -- right away under threads and eventlet (whose
+``wsgi.server`` then waits for its requests, which end as their connections close),
+after the goodbyes under gevent.
 ``manage.py runserver`` needs nothing: on Ctrl-C an :mod:`atexit` hook says goodbye, and
 the app (:func:`install_for_runserver`) makes SIGTERM end it as Ctrl-C does.
 gunicorn has its own hooks: ``dwebsocket.contrib.gunicorn``.
