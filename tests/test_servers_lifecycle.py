@@ -369,26 +369,21 @@ def test_gunicorn_reload_sends_1001_and_keeps_serving(
 
 
 @pytest.mark.parametrize("name", ["gunicorn-gevent", "gunicorn-gthread"])
-def test_gunicorn_max_requests_recycling_sends_1001(tmp_path: Path, name: str) -> None:
+def test_gunicorn_max_requests_recycling_sends_1001(
+    make_server: Callable[..., ServerProcess], name: str
+) -> None:
     """--max-requests: a worker that took its last request stops accepting and exits
     once its requests are over, which for a WebSocket is at --graceful-timeout (gunicorn
     replaces it only then). Its open WebSockets get 1001 at once instead, and it exits.
     (The WebSocket is that last request here: the limit is 1.)"""
-    server = start_server(
-        name,
-        tmp_path / "server.log",
-        env={"GUNICORN_CMD_ARGS": "--max-requests 1 --graceful-timeout 60"},
-    )
-    try:
-        with raw_client(server, "/lifecycle/wait/") as client:
-            assert client.recv() == "ready"
-            expect_close_then_eof(client, 1001)
-        deadline = time.monotonic() + TIMEOUT
-        while "Worker exiting" not in server.log():
-            assert time.monotonic() < deadline, f"the worker did not exit:\n{server.log()}"
-            time.sleep(0.1)
-        with urllib.request.urlopen(server.url("/echo/", "http"), timeout=TIMEOUT) as response:
-            assert response.read() == b"echo: plain HTTP\n"
-    finally:
-        server.stop()
+    server = make_server(name, env={"GUNICORN_CMD_ARGS": "--max-requests 1 --graceful-timeout 60"})
+    with raw_client(server, "/lifecycle/wait/") as client:
+        assert client.recv() == "ready"
+        expect_close_then_eof(client, 1001)
+    deadline = time.monotonic() + TIMEOUT
+    while "Worker exiting" not in server.log():
+        assert time.monotonic() < deadline, f"the worker did not exit:\n{server.log()}"
+        time.sleep(0.1)
+    with urllib.request.urlopen(server.url("/echo/", "http"), timeout=TIMEOUT) as response:
+        assert response.read() == b"echo: plain HTTP\n"
     assert_no_write_errors(server.log())
