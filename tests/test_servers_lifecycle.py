@@ -387,3 +387,18 @@ def test_gunicorn_max_requests_recycling_sends_1001(
     with urllib.request.urlopen(server.url("/echo/", "http"), timeout=TIMEOUT) as response:
         assert response.read() == b"echo: plain HTTP\n"
     assert_no_write_errors(server.log())
+
+
+@pytest.mark.parametrize("name", ["gunicorn-gevent", "gunicorn-gthread"])
+def test_gunicorn_workers_left_by_a_dead_arbiter_send_1001(
+    make_server: Callable[..., ServerProcess], name: str
+) -> None:
+    """The arbiter killed (the OOM killer, SIGKILL): each worker sees its parent gone and
+    stops by itself, waiting --graceful-timeout for its requests. Its open WebSockets get
+    1001 at once instead. (make_server's stop kills the workers left, if any.)"""
+    server = make_server(name, env={"GUNICORN_CMD_ARGS": "--graceful-timeout 60"})
+    with raw_client(server, "/lifecycle/wait/") as client:
+        assert client.recv() == "ready"
+        server.process.kill()
+        expect_close_then_eof(client, 1001)
+    assert_no_write_errors(server.log())

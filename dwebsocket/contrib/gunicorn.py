@@ -18,6 +18,7 @@ WebSockets it counted no longer count (``dwebsocket.metrics``).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -53,14 +54,16 @@ def post_worker_init(worker: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
-    # A worker also stops without a signal: --max-requests reached (or the arbiter
-    # gone) sets ``alive`` to False, and it then waits --graceful-timeout for its
-    # requests. It keeps telling the arbiter it lives while it waits: say goodbye there.
+    # A worker also stops without a signal: --max-requests reached sets ``alive`` to
+    # False, the arbiter gone (its parent changed) ends gthread's loop, and it then waits
+    # --graceful-timeout for its requests. It keeps telling the arbiter it lives while it
+    # waits: say goodbye there.
     notify = worker.notify
 
     def notify_then_goodbye() -> None:
         notify()
-        if not worker.alive and not said[0]:
+        stopping = not worker.alive or worker.ppid != os.getppid()
+        if stopping and not said[0]:
             goodbye()
 
     worker.notify = notify_then_goodbye
