@@ -41,6 +41,10 @@ _open: set[DefaultWebSocket] = set()
 #: The reason :func:`going_away` gave, once it was called: this process is stopping.
 _stopping: str | None = None
 
+#: A :func:`going_away` has waited for the connections: the exit hook does not again (a
+#: connection whose goodbye cannot go out would hold the exit for a second timeout).
+_waited = False
+
 
 def open_websockets() -> list[DefaultWebSocket]:
     """The connections of this process that are open now (a snapshot)."""
@@ -59,7 +63,7 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
     has to run for its connection to finish closing). From then on, a connection that
     opens in this process is closed with 1001 as it opens. Never raises.
     """
-    global _stopping
+    global _stopping, _waited
     _stopping = reason  # before the snapshot: a connection opening meanwhile is in one of them
     websockets = open_websockets()
     if not websockets:
@@ -80,6 +84,7 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
         if remaining <= 0:
             break
         time.sleep(min(_POLL, remaining))
+    _waited = _waited or timeout > 0
     return len(websockets)
 
 
@@ -138,7 +143,7 @@ _exiting = False
 def _at_exit() -> None:
     global _exiting
     _exiting = True
-    if _open:
+    if _open and not _waited:
         going_away()
 
 
