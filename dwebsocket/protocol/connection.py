@@ -28,6 +28,7 @@ from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
 from .accelerator import speedups
 from .deflate import PerMessageDeflate
 from .frames import (
+    as_octets,
     encode_close_payload,
     encode_frame,
     frame_header,
@@ -145,6 +146,7 @@ _BINARY_HEADERS = [frame_header(0x82, n, False) for n in range(126)]
 def _plain_frame(data: bytes | bytearray | memoryview, text: bool) -> bytes:
     """An unmasked (RFC 6455 5.1), uncompressed frame of one message: what a server
     connection without an extension sends, the same bytes for every such connection."""
+    data = as_octets(data)
     n = len(data)
     if n < 126:
         return (_TEXT_HEADERS if text else _BINARY_HEADERS)[n] + data
@@ -642,7 +644,7 @@ class Connection:
         if self.state is not _OPEN:
             self._check_open()
         if self.deflate is not None:
-            return self._encode(0x2, self.deflate.compress(data), True)
+            return self._encode(0x2, self.deflate.compress(as_octets(data)), True)
         if self.client:
             return encode_frame(0x2, data, mask_key=self._mask_key())
         return _plain_frame(data, False)

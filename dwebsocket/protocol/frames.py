@@ -18,6 +18,7 @@ __all__ = [
     "CloseCode",
     "Opcode",
     "apply_mask",
+    "as_octets",
     "encode_close_payload",
     "encode_frame",
     "frame_header",
@@ -146,6 +147,15 @@ frame_header: Callable[[int, int, bool], bytes] = (
 )
 
 
+def as_octets(data: _BytesLike) -> _BytesLike:
+    """``data``, or ``bytes(data)`` when ``len(data)`` does not count its bytes or they
+    are not in one piece (a memoryview of wider items, several dimensions or strides):
+    a frame carries ``bytes(data)``, and its header counts those bytes."""
+    if type(data) is memoryview and (data.ndim != 1 or data.itemsize != 1 or not data.c_contiguous):
+        return data.tobytes()
+    return data
+
+
 def encode_frame(
     opcode: int,
     payload: bytes | bytearray | memoryview,
@@ -161,6 +171,7 @@ def encode_frame(
     """
     if opcode not in _OPCODES:
         raise ValueError(f"invalid opcode {opcode}")
+    payload = as_octets(payload)
     n = len(payload)
     if opcode >= 8 and (n > 125 or not fin):
         raise ValueError("control frames must be final and carry at most 125 bytes")

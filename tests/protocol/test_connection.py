@@ -21,6 +21,7 @@ from dwebsocket.protocol.connection import (
     plain_frames,
 )
 from dwebsocket.protocol.deflate import PerMessageDeflate
+from dwebsocket.protocol.frames import encode_frame
 
 from .support import bytewise, close_frame, feed, frame, split, xor
 
@@ -158,6 +159,28 @@ def test_server_frames_exact_bytes() -> None:
     assert conn.send_ping(b"Hello") == bytes.fromhex("890548656c6c6f")
     assert conn.send_pong() == b"\x8a\x00"
     assert conn.send_close(1001, "bye") == b"\x88\x05\x03\xe9bye"
+
+
+def test_any_bytes_like_is_sent_as_its_bytes() -> None:
+    # The frame carries bytes(data), its length counted in bytes: a memoryview of 4-byte
+    # items once got a header of len() (3) before 12 bytes, which the peer read as frames.
+    import array
+
+    items = memoryview(array.array("i", [1, 2, 3]))
+    strided = memoryview(b"abcdef")[::2]
+    codec = deflate_pair()
+    for data in (items, strided):
+        for conn, peer in (
+            (server(), Connection(client=True)),
+            (Connection(client=True), server()),
+            (server(deflate=codec[1]), Connection(client=True, deflate=codec[0])),
+        ):
+            assert peer.receive_data(conn.send_binary(data)) == [bytes(data)]
+            assert peer.receive_data(conn.send_message(data)) == [bytes(data)]
+        assert Connection(client=True).receive_data(plain_frames([data])) == [bytes(data)]
+        assert encode_frame(2, data) == encode_frame(2, bytes(data))
+    with pytest.raises(ValueError):  # 160 bytes: too long for a control frame
+        server().send_ping(memoryview(array.array("i", range(40))))  # type: ignore[arg-type]
 
 
 @given(
