@@ -154,7 +154,8 @@ def _has_token(value: str, token: str) -> bool:
 
 
 def _http_version_ok(http_version: str) -> bool:
-    match = re.fullmatch(r"HTTP/(\d+)(?:\.(\d+))?", http_version.strip())
+    # At most 9 digits: int() refuses more than 4300 with a ValueError (RFC 7230 2.6 has 1).
+    match = re.fullmatch(r"HTTP/([0-9]{1,9})(?:\.([0-9]{1,9}))?", http_version.strip())
     if match is None:
         return False
     return (int(match.group(1)), int(match.group(2) or 0)) >= (1, 1)

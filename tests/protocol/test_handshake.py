@@ -97,6 +97,10 @@ def test_http_versions_accepted(version: str) -> None:
         ("GET", "HTTP/1.0", {}, "HTTP/1.1 or later required"),
         ("GET", "HTTP/0.9", {}, "HTTP/1.1 or later required"),
         ("GET", "garbage", {}, "HTTP/1.1 or later required"),
+        # int() refuses more than 4300 digits with a ValueError (a 500), as for
+        # Content-Length below; RFC 7230 2.6 allows one digit each.
+        ("GET", "HTTP/" + "1" * 5000, {}, "HTTP/1.1 or later required"),
+        ("GET", "HTTP/1." + "1" * 5000, {}, "HTTP/1.1 or later required"),
         ("GET", "HTTP/1.1", {"upgrade": None}, "missing Upgrade header"),
         ("GET", "HTTP/1.1", {"upgrade": "h2c"}, "Upgrade header must contain 'websocket'"),
         ("GET", "HTTP/1.1", {"connection": None}, "missing Connection header"),
