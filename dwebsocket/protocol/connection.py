@@ -146,7 +146,8 @@ _BINARY_HEADERS = [frame_header(0x82, n, False) for n in range(126)]
 def _plain_frame(data: bytes | bytearray | memoryview, text: bool) -> bytes:
     """An unmasked (RFC 6455 5.1), uncompressed frame of one message: what a server
     connection without an extension sends, the same bytes for every such connection."""
-    data = as_octets(data)
+    if type(data) is memoryview:
+        data = as_octets(data)
     n = len(data)
     if n < 126:
         return (_TEXT_HEADERS if text else _BINARY_HEADERS)[n] + data

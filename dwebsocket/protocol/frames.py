@@ -171,7 +171,8 @@ def encode_frame(
     """
     if opcode not in _OPCODES:
         raise ValueError(f"invalid opcode {opcode}")
-    payload = as_octets(payload)
+    if type(payload) is memoryview:
+        payload = as_octets(payload)
     n = len(payload)
     if opcode >= 8 and (n > 125 or not fin):
         raise ValueError("control frames must be final and carry at most 125 bytes")
