@@ -10,6 +10,7 @@ callables of an in-memory queue, and its loop-side entry point is called directl
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -332,3 +333,49 @@ def test_the_session_refuses_in_one_step_against_an_accept() -> None:
     assert (error.code, error.reason) == (1006, REFUSED_REASON)
     assert due is True and after is False
     assert sent == ["websocket.close"]  # the server answers it with 403 (no extension)
+
+
+# -- logging --------------------------------------------------------------------------------
+
+#: A log line of the client's choosing, in a path: the server decodes ``%0A`` to a newline.
+FORGED = "INFO forged line"
+
+
+def test_a_failing_server_call_logs_the_path_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    """The server's ``send()`` fails for the accept and for a refusal, its ``receive()``
+    fails for the pump: each is logged at DEBUG with the scope's path, which is the
+    client's (decoded: ``%0A`` is a newline), so escaped as every other log line has it."""
+    path = "/x\n" + FORGED
+
+    async def failing(*event: Any) -> Any:
+        raise OSError("the server failed")
+
+    def connection(send: Any, receive: Any = failing) -> ASGIConnection:
+        return ASGIConnection(
+            {"type": "websocket", "path": path},
+            receive,
+            send,
+            max_message_size=None,
+            close_timeout=TIMEOUT,
+            queue_limit=1 << 20,
+        )
+
+    async def scenario() -> None:
+        with pytest.raises(ConnectionClosed):
+            await connection(failing).accept()  # websocket.accept failed
+        await connection(failing).refuse(403, [], b"no")  # Refusing ... failed
+
+        async def accepted(event: Mapping[str, Any]) -> None:
+            pass
+
+        pumped = connection(accepted)
+        await pumped.accept()
+        assert pumped._pump is not None
+        await asyncio.wait_for(pumped._pump, TIMEOUT)  # receive() failed
+        await pumped.finish()
+
+    with caplog.at_level(logging.DEBUG, logger="dwebsocket"):
+        asyncio.run(scenario())
+    logged = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(logged) == 3, caplog.text
+    assert not [line for line in logged if "\n" in line], logged

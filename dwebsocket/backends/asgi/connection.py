@@ -30,6 +30,7 @@ from typing import Any
 
 from dwebsocket import dws
 from dwebsocket.exceptions import ConnectionClosed
+from dwebsocket.log import printable
 from dwebsocket.protocol.frames import encode_close_payload
 from dwebsocket.typing import Message
 from dwebsocket.websocket import REFUSED_REASON
@@ -224,7 +225,7 @@ class ASGIConnection:
         try:
             await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
         except Exception as exc:  # the server says the client is gone
-            logger.debug("websocket.accept failed for %s: %r", self.scope.get("path"), exc)
+            logger.debug("websocket.accept failed for %s: %r", self._path(), exc)
             self._mark_closed(1006, "")
             raise self.closed_error() from None
         finally:
@@ -285,7 +286,7 @@ class ASGIConnection:
             else:
                 await self._send({"type": "websocket.close", "code": 1008})
         except Exception as exc:
-            logger.debug("Refusing %s failed: %r", self.scope.get("path"), exc)
+            logger.debug("Refusing %s failed: %r", self._path(), exc)
         self._mark_closed(1006, "")
 
     # -- receiving --------------------------------------------------------------------------
@@ -316,7 +317,7 @@ class ASGIConnection:
             self._mark_closed(1006, "")
             raise
         except Exception as exc:  # the server's receive() failed: the connection is gone
-            logger.debug("receive() failed for %s: %r", self.scope.get("path"), exc)
+            logger.debug("receive() failed for %s: %r", self._path(), exc)
             self._mark_closed(1006, "")
 
     def _received(self, message: Message) -> None:
@@ -677,6 +678,10 @@ class ASGIConnection:
 
     def closed_error(self) -> ConnectionClosed:
         return ConnectionClosed(self.close_code or 1006, self.close_reason)
+
+    def _path(self) -> str:
+        """The scope's path as the log writes it (the client's, decoded: escaped)."""
+        return printable(str(self.scope.get("path", "?")))
 
     def _peer(self) -> str:
         client = self.scope.get("client")
