@@ -379,3 +379,53 @@ def test_a_failing_server_call_logs_the_path_escaped(caplog: pytest.LogCaptureFi
     logged = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert len(logged) == 3, caplog.text
     assert not [line for line in logged if "\n" in line], logged
+
+
+def test_a_view_cancelled_while_its_accept_is_with_the_server_goes_away_with_1001() -> None:
+    """The server cancels an async view's task (it is stopping) while the view's
+    ``await ws.accept()`` waits for the server to take the ``websocket.accept`` (uvicorn's
+    waits for its handshake to complete): the server has the accept, so the session
+    closes with 1001 as for any open connection. It refused it instead, sent nothing
+    more, and the server ended the connection its own way (1000 or 1006)."""
+    from dwebsocket.backends.asgi.session import SCOPE_KEY, arun_view
+
+    async def scenario() -> list[Mapping[str, Any]]:
+        inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+        sent: list[Mapping[str, Any]] = []
+        taking = asyncio.Event()
+
+        async def send(event: Mapping[str, Any]) -> None:
+            sent.append(event)
+            if event["type"] == "websocket.accept":
+                taking.set()
+                await asyncio.Event().wait()  # the handshake completes after the cancel
+
+        connection = ASGIConnection(
+            {"type": "websocket", "path": "/"},
+            inbox.get,
+            send,
+            max_message_size=None,
+            close_timeout=TIMEOUT,
+            queue_limit=1 << 20,
+        )
+        request = RequestFactory().get("/", HTTP_UPGRADE="websocket")
+        request.META[SCOPE_KEY] = connection
+
+        async def view(request: Any) -> None:
+            await request.websocket.accept()
+
+        task = asyncio.ensure_future(arun_view(request, view, (), {}, require=True))
+        await asyncio.wait_for(taking.wait(), TIMEOUT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        connection.going_away()  # as dwebsocket.asgi does for a cancelled scope
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1001})
+        await asyncio.wait_for(connection.finish(), TIMEOUT)
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert [(e["type"], e.get("code")) for e in sent] == [
+        ("websocket.accept", None),
+        ("websocket.close", 1001),
+    ], sent

@@ -224,6 +224,12 @@ class ASGIConnection:
         accepting = self._accepting = self.loop.create_future()
         try:
             await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+        except asyncio.CancelledError:
+            # The server has the accept (uvicorn's send() waits for the handshake): the
+            # connection is open for it, so the cancelled view's close (1001) follows.
+            if self.state is State.CONNECTING:
+                self._open(subprotocol)
+            raise
         except Exception as exc:  # the server says the client is gone
             logger.debug("websocket.accept failed for %s: %r", self._path(), exc)
             self._mark_closed(1006, "")
@@ -231,15 +237,18 @@ class ASGIConnection:
         finally:
             self._accepting = None
             _wake(accepting)
-        self.subprotocol = subprotocol
-        self.opened_at = time.monotonic()
-        self.state = State.OPEN
-        self._pump = asyncio.create_task(self._run_pump())
+        self._open(subprotocol)
         if self._overflowed:  # deliver() overflowed the outbox before the accept
             self._start_close(1008, "send queue overflow")
         elif self._queued:  # delivered before the accept (groups joined early)
             self._flusher = asyncio.create_task(self._flush())
         return True
+
+    def _open(self, subprotocol: str | None) -> None:
+        self.subprotocol = subprotocol
+        self.opened_at = time.monotonic()
+        self.state = State.OPEN
+        self._pump = asyncio.create_task(self._run_pump())
 
     def refuse_session(self) -> bool:
         """The view answered with HTTP unaccepted (see
