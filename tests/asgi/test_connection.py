@@ -429,3 +429,42 @@ def test_a_view_cancelled_while_its_accept_is_with_the_server_goes_away_with_100
         ("websocket.accept", None),
         ("websocket.close", 1001),
     ], sent
+
+
+def test_an_accept_waiting_for_one_cancelled_in_flight_sends_no_second() -> None:
+    """Two first uses at once, and the task whose ``websocket.accept`` is with the server
+    is cancelled before the server returns: the other call finds the connection open. It
+    sent a second ``websocket.accept``, which no server takes after the first."""
+
+    async def scenario() -> tuple[bool, list[str]]:
+        inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+        sent: list[str] = []
+
+        async def send(event: Mapping[str, Any]) -> None:
+            sent.append(event["type"])
+            if sent == ["websocket.accept"]:
+                await asyncio.Event().wait()  # the first is cancelled meanwhile
+
+        connection = ASGIConnection(
+            {"type": "websocket", "path": "/"},
+            inbox.get,
+            send,
+            max_message_size=None,
+            close_timeout=TIMEOUT,
+            queue_limit=1 << 20,
+        )
+        first = asyncio.ensure_future(connection.accept())
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(connection.accept())
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        again = await asyncio.wait_for(second, TIMEOUT)
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(connection.finish(), TIMEOUT)
+        return again, sent
+
+    again, sent = asyncio.run(scenario())
+    assert again is False
+    assert sent == ["websocket.accept"], sent  # the disconnect came first: no close
