@@ -119,6 +119,7 @@ def _get() -> _Metrics | None:
     if _metrics is None:
         if _unavailable:
             return None
+        failed: OSError | None = None
         with _lock:
             if _metrics is None and not _unavailable:
                 # django-prometheus' setting, not ours: its metrics and ours share a prefix.
@@ -128,6 +129,16 @@ def _get() -> _Metrics | None:
                 except ImportError:
                     _unavailable = True
                     return None
+                except OSError as exc:  # PROMETHEUS_MULTIPROC_DIR gone, or not ours to write
+                    _unavailable = True
+                    failed = exc
+        if failed is not None:  # logged outside the lock: a handler may do I/O
+            logger.warning(
+                "dwebsocket's metrics are off in this process: prometheus_client "
+                "cannot write to PROMETHEUS_MULTIPROC_DIR (%s)",
+                failed,
+            )
+            return None
     try:
         on = settings.WEBSOCKET_METRICS
     except InvalidSetting:  # reported by check dwebsocket.E024; counting stays off

@@ -102,6 +102,21 @@ def test_send_with_a_groups_url_that_cannot_work() -> None:
     assert_command_error(result, "WEBSOCKET_GROUPS_URL", "notaport")
 
 
+def test_send_with_a_multiprocess_dir_that_is_gone(redis_url: str, tmp_path: Path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR exported for websocket_status, its directory gone (or not
+    this user's to write): counting is off (a warning in the log); the message is sent."""
+    result = manage(
+        "websocket_send",
+        "room",
+        "hi",
+        groups_url=redis_url,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")},
+    )
+    assert result.returncode == 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "Sent 1 message(s)" in result.stdout, result
+
+
 # -- websocket_status -------------------------------------------------------------------
 
 
