@@ -26,7 +26,8 @@ _warned = False
 def metrics(request: HttpRequest) -> HttpResponse:
     """The Prometheus text exposition of the metrics (this process's open connections'
     traffic added first); without ``prometheus_client``, 503 saying so (and one warning
-    per process: a scraper retries every few seconds). Does not block beyond reading the
+    per process: a scraper retries every few seconds); 503 too when
+    ``PROMETHEUS_MULTIPROC_DIR`` is not a directory. Does not block beyond reading the
     multiprocess files."""
     global _warned
     try:
@@ -41,7 +42,14 @@ def metrics(request: HttpRequest) -> HttpResponse:
     dwebsocket_metrics.flush()
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ:
         registry = prometheus_client.CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        try:
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        except ValueError as exc:  # the variable names no directory
+            return HttpResponse(
+                f"metrics unavailable: {exc}\n",
+                status=503,
+                content_type="text/plain; charset=utf-8",
+            )
     else:
         registry = prometheus_client.REGISTRY
     return HttpResponse(

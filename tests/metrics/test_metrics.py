@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -264,3 +265,13 @@ def test_the_metrics_page_without_prometheus_client(
             assert response.content.decode() == views.UNAVAILABLE
     ours = [r.getMessage() for r in caplog.records if r.name == "dwebsocket.metrics"]
     assert ours == [views.UNAVAILABLE.strip()]
+
+
+def test_the_metrics_page_with_a_multiprocess_dir_that_is_gone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Before, prometheus_client's ValueError: a 500 and a traceback for every scrape."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    response = Client().get("/metrics")
+    assert response.status_code == 503
+    assert "PROMETHEUS_MULTIPROC_DIR" in response.content.decode()
