@@ -148,6 +148,7 @@ class WebSocketClient:
         self._conn: Connection | None = None
         self._messages: deque[Message] = deque()
         self._finished = False
+        self._polled = 0.0  # the deadline _recv read at once past
 
     def __repr__(self) -> str:
         state = "new" if self._server is None else "closed" if self.closed else "open"
@@ -313,7 +314,8 @@ class WebSocketClient:
     def receive(self, timeout: float | None = None) -> Message:
         """Return the next message the view sent: ``str`` for text, ``bytes`` for binary.
 
-        Blocks up to ``timeout`` seconds (default: the client's). Raises
+        Blocks up to ``timeout`` seconds (default: the client's; 0 takes what has arrived
+        already). Raises
         ``ConnectionClosed`` (with the close code and reason) once the connection is closed
         and every message before the close was received, ``TimeoutError`` if none came.
         Answers the server's pings meanwhile."""
@@ -378,15 +380,20 @@ class WebSocketClient:
         return self._conn
 
     def _recv(self, deadline: float) -> bytes | None:
-        """One recv; None at the deadline, b"" at EOF (or when the connection broke)."""
+        """One recv; None at the deadline, b"" at EOF (or when the connection broke).
+        Past the deadline, what has arrived already is still read, once per deadline (so
+        that ``receive(timeout=0)`` polls, and a peer that keeps writing cannot hold a
+        wait open)."""
         assert self._sock is not None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return None
+            if self._polled == deadline:
+                return None
+            self._polled, remaining = deadline, 0.0  # 0: non-blocking
         self._sock.settimeout(remaining)
         try:
             return self._sock.recv(_RECV_SIZE)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             return None
         except OSError:  # pragma: no cover - ECONNRESET: the view's side closed on unread data
             return b""

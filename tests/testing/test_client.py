@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 from collections.abc import Iterator
 from typing import Any
 
@@ -403,6 +404,21 @@ def test_wait_closed_times_out() -> None:
 def test_receive_with_no_time_left() -> None:
     with WebSocketClient("/echo/") as ws, pytest.raises(TimeoutError):
         ws.receive(timeout=0)
+
+
+def test_receive_with_no_time_left_takes_what_has_arrived() -> None:
+    """timeout=0 polls, as in websockets' recv(timeout=0): before, TimeoutError ("no
+    message") for a message, or a close, already in the client's socket."""
+    with WebSocketClient("/echo/") as ws:
+        ws.send("hi")
+        assert ws._sock is not None
+        assert select.select([ws._sock], [], [], 10)[0], "no echo"
+        assert ws.receive(timeout=0) == "hi"
+    ws = WebSocketClient("/nothing/").connect()
+    join_view(ws)  # its close frame waits in our buffer
+    with pytest.raises(ConnectionClosed):
+        ws.receive(timeout=0)
+    ws.close()
 
 
 @override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.2)  # the view's close frame is never answered
