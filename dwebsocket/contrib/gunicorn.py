@@ -84,7 +84,9 @@ def child_exit(server: Any, worker: Any) -> None:
     ``PROMETHEUS_MULTIPROC_DIR``, as ``prometheus_client`` asks of gunicorn configs."""
     import os
 
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Either spelling, as prometheus_client reads them (the lower-case one is deprecated).
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not (directory or os.environ.get("prometheus_multiproc_dir")):  # noqa: SIM112
         return
     try:
         from prometheus_client import multiprocess

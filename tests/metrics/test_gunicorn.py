@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -315,5 +316,43 @@ def sessions_per_worker(directory: Path) -> dict[str, float]:
         for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
             _, name, labels, _ = json.loads(key)
             if name.endswith("django_websocket_handshakes_total") and labels == {"status": "101"}:
+                found[path.stem.rsplit("_", 1)[1]] = value
+    return found
+
+
+@pytest.mark.parametrize("variable", ["PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"])
+def test_a_killed_workers_websockets_stop_counting_as_open(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, variable: str
+) -> None:
+    """child_exit drops a dead worker's open gauge, whichever spelling of the variable
+    the servers have (prometheus_client and the /metrics view read both). Before, with
+    the lower-case one child_exit did nothing: connections_open stayed 1 for good."""
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    server = make_server(
+        "gunicorn-gevent",
+        settings={"WEBSOCKET_PING_INTERVAL": None},
+        env={variable: str(directory)},
+    )
+    with contextlib.ExitStack() as stack:
+        client = Client(stack, server, "/echo/")
+        client.ws.send("x")
+        assert client.ws.recv(timeout=TIMEOUT) == "x"
+        assert until({"connections_open": 1}, server).get("connections_open") == 1
+        (pid,) = [pid for pid, n in open_per_worker(directory).items() if n == 1]
+        os.kill(int(pid), signal.SIGKILL)
+        with pytest.raises(ConnectionClosed):
+            client.ws.recv(timeout=TIMEOUT)
+    assert until({"connections_open": 0}, server).get("connections_open", 0) == 0
+
+
+def open_per_worker(directory: Path) -> dict[str, float]:
+    """``{pid: open WebSockets}`` from each worker's own gauge file."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    found = {}
+    for path in directory.glob("gauge_livesum_*.db"):
+        for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+            if json.loads(key)[1].endswith("django_websocket_connections_open"):
                 found[path.stem.rsplit("_", 1)[1]] = value
     return found
