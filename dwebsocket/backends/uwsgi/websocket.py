@@ -230,8 +230,11 @@ class uWsgiWebSocket(WebSocket):
         self.subprotocol = subprotocol
         with self._lock:
             self._accepted = True
-            if self._overflowed_early:
+            dropped = self._overflowed_early
+            if dropped:
                 self._closing = _OVERFLOW  # before any close asked for meanwhile
+        if dropped:
+            metrics.group_member_dropped()
         self._heard = time.monotonic()
         self._environ[wsgi.TAKEN_OVER] = self
         try:
@@ -494,15 +497,18 @@ class uWsgiWebSocket(WebSocket):
                 # A member that cannot keep up must not hold memory or delay the others.
                 self._outbox.clear()
                 self._outbox_bytes = 0
-                if self._accepted:
+                dropped = self._accepted
+                if dropped:
                     self._closing = _OVERFLOW
                 else:
-                    self._overflowed_early = True
+                    self._overflowed_early = True  # counted by accept(), as by default
                 overflow = True
             else:
                 self._outbox.append((kind, payload))
                 self._outbox_bytes += size
-                overflow = False
+                overflow = dropped = False
+        if dropped:
+            metrics.group_member_dropped()
         self._waiter.wake()
         return not overflow
 

@@ -135,6 +135,26 @@ def test_deliver_overflow_closes_1008(
         assert client.close_code == 1008, name
 
 
+def test_deliver_overflow_counts_a_dropped_member(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """The overflow's 1008 counts in group_members_dropped_total, as with the default
+    backend (docs/metrics.rst); before, the uwsgi backend never counted it (0.0)."""
+    for name in BACKEND_SERVERS:
+        server = make_server(name, settings={"WEBSOCKET_SEND_QUEUE_SIZE": 4096})
+        with (
+            ws(server, "/uwsgi/from-thread/?n=20&deliver=1") as client,
+            pytest.raises(ClientClosed),
+        ):
+            while True:
+                client.recv(timeout=TIMEOUT)
+        assert client.close_code == 1008, name
+        with urllib.request.urlopen(server.url("/metrics", "http"), timeout=TIMEOUT) as page:
+            lines = page.read().decode().splitlines()
+        ours = [line for line in lines if line.startswith("django_websocket_")]
+        assert "django_websocket_group_members_dropped_total 1.0" in ours, (name, ours)
+
+
 def test_wait_timeout_then_a_large_send(uwsgi_server: ServerProcess) -> None:
     """A timed-out wait() leaves no trace: under --async a uWSGI timeout would make the
     next write that has to wait fail (the backend uses a timerfd instead)."""
