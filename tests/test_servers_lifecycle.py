@@ -184,25 +184,7 @@ def test_a_handshake_in_progress_at_a_stop_gets_1001(
     server = make_server(name)
     mark, go = tmp_path / "in-the-view", tmp_path / "go"
     path = f"/lifecycle/late/?mark={mark}&go={go}"
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(raw_client, server, path)  # returns at the 101
-        deadline = time.monotonic() + TIMEOUT
-        while not mark.exists():
-            assert time.monotonic() < deadline and not pending.done(), "the view never ran"
-            time.sleep(0.02)
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(SIGNAL_HANDLED)  # the goodbyes to what was open (nothing) have begun
-        go.touch()
-        client = pending.result(TIMEOUT)
-    with client:
-        event = client.recv()
-        if event == "ready":  # the view may speak before the goodbye
-            event = client.recv()
-        assert isinstance(event, Close) and event.code == 1001, event
-        assert read_until_eof(client.sock) == b""
-    status = server.process.wait(STOP_TIMEOUT)
-    assert status == 0 or status == -signal.SIGTERM, f"exit {status}:\n{server.log()}"
-    assert_no_write_errors(server.log())
+    stop_while_held(server, path, mark, go, "the view never ran")
 
 
 @pytest.mark.parametrize("name", LATE_STOPS)
@@ -215,11 +197,18 @@ def test_a_first_handshake_in_progress_at_a_stop_gets_1001(
     server = make_server(name, settings={"MIDDLEWARE": ["tests.lifecycle.HoldBeforeTheView"]})
     mark, go = tmp_path / "in-the-middleware", tmp_path / "go"
     path = f"/lifecycle/wait/?hold=1&mark={mark}&go={go}"
+    stop_while_held(server, path, mark, go, "no request came")
+
+
+def stop_while_held(server: ServerProcess, path: str, mark: Path, go: Path, absent: str) -> None:
+    """Open ``path``, whose request makes ``mark`` and then waits for ``go``; SIGTERM the
+    server once ``mark`` is there, then let the request go on: its connection gets 1001
+    as it opens, and the server exits promptly. ``absent``: what a missing ``mark`` means."""
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(raw_client, server, path)  # returns at the 101
         deadline = time.monotonic() + TIMEOUT
         while not mark.exists():
-            assert time.monotonic() < deadline and not pending.done(), "no request came"
+            assert time.monotonic() < deadline and not pending.done(), absent
             time.sleep(0.02)
         server.process.send_signal(signal.SIGTERM)
         time.sleep(SIGNAL_HANDLED)  # the goodbyes to what was open (nothing) have begun
