@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake
 from dwebsocket.protocol.connection import Close, Connection
@@ -234,7 +234,11 @@ class ReconnectingClient:
     :meth:`connect` and :meth:`recv` bounds their attempts too (an attempt the caller's
     time cut short is not a failure: the next call starts afresh, without backoff).
     ``headers``, ``origin``, ``subprotocols`` go into the handshake; ``ssl_context`` for
-    ``wss://``."""
+    ``wss://``. ``since_limit``: the most characters the positions may take in the URL
+    (``dws_since``, URL-encoded); past it, those of the groups that got a message longest
+    ago are left out, and a group of those the server joins again without them gets
+    ``"recovery_failed"`` (with the ``since`` left out), as when history no longer reaches
+    back."""
 
     def __init__(
         self,
@@ -253,6 +257,7 @@ class ReconnectingClient:
         subprotocols: Sequence[str] = (),
         ssl_context: ssl.SSLContext | None = None,
         max_message_size: int | None = 2**24,
+        since_limit: int = 2048,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
@@ -271,6 +276,9 @@ class ReconnectingClient:
         # Group -> the position of the last message read from the socket, which may wait
         # in the inbox still: where a reconnection resumes (no message comes twice).
         self._arrived: dict[str, str] = dict(self.positions)
+        self.since_limit = since_limit
+        # Group -> position: those the last attempt's URL had no room for (see _address).
+        self._left_out: dict[str, str] = {}
         self.min_delay, self.max_delay, self.stable = min_delay, max_delay, stable
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.no_retry = frozenset(no_retry)
@@ -434,11 +442,30 @@ class ReconnectingClient:
             if k not in ("dws", "dws_since")
         ]
         query.append(("dws", "1"))
-        if self._arrived:
-            query.append(("dws_since", json.dumps(self._arrived, separators=(",", ":"))))
+        since = self._since()
+        if since:
+            query.append(("dws_since", json.dumps(since, separators=(",", ":"))))
         # As a browser sends it: UTF-8, percent-encoded (what is already stays as it is).
         path = quote(self._parts.path or "/", safe="/%!$&'()*+,;=:@[]|^")
         return urlunsplit(("", "", path, urlencode(query), ""))
+
+    def _since(self) -> dict[str, str]:
+        """The positions to resume from that fit in ``since_limit`` characters of the URL,
+        the most recent first: they grow with every group ever followed, and past a
+        server's request-line limit (4 KiB for gunicorn, 8 KiB for gevent) every attempt
+        was refused for good. The older ones are left out, and a ``joined`` of one of them
+        without ``since`` says ``recovery_failed`` (:meth:`_message`)."""
+        kept: dict[str, str] = {}
+        room = self.since_limit - len(quote_plus("{}"))
+        self._left_out = {}
+        for group, position in reversed(self._arrived.items()):  # the most recent last
+            pair = json.dumps({group: position}, separators=(",", ":"))[1:-1]
+            room -= len(quote_plus(pair + ","))
+            if room < 0 or self._left_out:
+                self._left_out[group] = position
+            else:
+                kept[group] = position
+        return dict(reversed(kept.items()))
 
     def _open(self, deadline: float | None) -> None:
         """One attempt, within ``timeout`` and the caller's ``deadline`` (from the DNS
@@ -599,12 +626,13 @@ class ReconnectingClient:
         kind, group, position = data["dws"], data.get("g"), data.get("p")
         if kind == "msg":
             if isinstance(position, str) and isinstance(group, str):
-                self._arrived[group] = position
+                self._arrive(group, position)
             body = data["d"] if "d" in data else base64.b64decode(data.get("b", ""))
             self._inbox.append(Received(body, group, position))
         elif kind == "joined":
+            left_out = self._left_out.pop(group, None) if isinstance(group, str) else None
             if isinstance(position, str) and isinstance(group, str):
-                self._arrived[group] = position
+                self._arrive(group, position)
             info = {
                 "group": group,
                 "position": position,
@@ -615,8 +643,15 @@ class ReconnectingClient:
             if info["since"] is not None:
                 outcome = "recovered" if data.get("recovered") else "recovery_failed"
                 self._inbox.append(Event(outcome, **info))
+            elif left_out is not None:
+                # Its position had no room in the URL: what it missed is not coming.
+                self._inbox.append(Event("recovery_failed", **{**info, "since": left_out}))
         elif kind != "pong":
             self._inbox.append(Event("dws", extra=data))
+
+    def _arrive(self, group: str, position: str) -> None:
+        self._arrived.pop(group, None)  # to the end: the most recent are kept in the URL
+        self._arrived[group] = position
 
     def _write(self, data: bytes) -> None:
         sock = self._sock

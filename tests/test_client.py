@@ -582,3 +582,31 @@ def test_positions_and_events_follow_what_the_application_received(history: Prox
     assert resume == {"feed": p3}
     with ReconnectingClient(url, positions=saved) as later:
         assert [later.recv(WAIT).data for _ in range(2)] == ["m2", "m3"]
+
+
+def test_a_client_that_followed_many_groups_still_reconnects(history: Proxy) -> None:
+    """Positions of 300 groups make a ``dws_since`` of ~19 KB, past every server's
+    request-line limit (gevent answers 414): the client took the refusal as final and
+    never reconnected. It now sends those that fit in ``since_limit``, the most recent
+    first; a group left out and joined again gets ``recovery_failed`` with its ``since``,
+    one kept is recovered."""
+    url = history.url("/group/feed/follow/")
+    with ReconnectingClient(url) as first:
+        first.recv(WAIT)
+        start = first.positions["feed"]
+        first.send("missed")
+        first.recv(WAIT)
+    others = {f"room-{i}": f"1733312345678901:{i}" for i in range(300)}
+    for positions, outcome in (
+        ({"feed": start, **others}, "recovery_failed"),  # feed's position is the oldest
+        ({**others, "feed": start}, "recovered"),
+    ):
+        events: list[Event] = []
+        with ReconnectingClient(url, positions=positions, on_event=events.append) as client:
+            got = [client.recv(WAIT).data for _ in range(2 if outcome == "recovered" else 1)]
+            assert len(client._address()) < 2100
+        (ended,) = [e for e in events if e.type in ("recovered", "recovery_failed")]
+        assert ended.type == outcome and ended.group == "feed" and ended.since == start
+        report = json.loads(got[-1])["recovery"]
+        assert report["since"] == (start if outcome == "recovered" else None)
+        assert got[:-1] == (["missed"] if outcome == "recovered" else [])

@@ -123,6 +123,35 @@ def test_the_page_recovers_what_it_missed_while_the_server_was_down(
     assert events(page, "open")[-1]["reconnect"] is True
 
 
+def test_a_page_that_followed_many_groups_still_reconnects(
+    start: Callable[[], ServerProcess], worker: RedisLayer, open_page: Callable[[str], Page]
+) -> None:
+    """Positions of 300 groups make a ``dws_since`` of ~19 KB: the server refused every
+    attempt (414) and the page retried for ever. The client now sends those that fit in
+    ``sinceLimit``, the most recent first; a group left out and joined again gets
+    "recoveryfailed" with its ``since``, one kept is recovered."""
+    server = start()
+    page = open_page(server.url("/group/page/?group=feed", scheme="http"))
+    first = worker.send("feed", "m0")
+    worker.send("feed", "missed")
+    wait_for_messages(page, 2)
+    outcomes = page.evaluate(
+        """(feed) => Promise.all([true, false].map((feedFirst) => new Promise((done) => {
+            const positions = feedFirst ? {feed} : {};
+            for (let i = 0; i < 300; i++) positions["room-" + i] = "1733312345678901:" + i;
+            if (!feedFirst) positions.feed = feed;
+            const s = new dwebsocket.Socket("/group/feed/follow/", {positions, minDelay: 100});
+            const end = (e) => { s.close(); done(e); };
+            let closes = 0;
+            s.on("close", (e) => { if (++closes === 3) end(["close", e.code]); });
+            s.on("recovered", (e) => end(["recovered", e.since, e.missed]));
+            s.on("recoveryfailed", (e) => end(["recoveryfailed", e.since]));
+        })))""",
+        first,
+    )
+    assert outcomes == [["recoveryfailed", first], ["recovered", first, 1]]
+
+
 def test_the_es_module_and_binary_messages(
     start: Callable[[], ServerProcess],
     balancer: Callable[[ServerProcess], Proxy],

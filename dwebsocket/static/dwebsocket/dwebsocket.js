@@ -23,6 +23,10 @@
     protocols: undefined,
     binaryType: "arraybuffer",
     positions: null, // {group: position} to resume from on the first connection
+    // Most characters the positions may take in the URL (dws_since, encoded): past a
+    // server's request-line limit every attempt is refused. The groups that got a
+    // message longest ago are left out; joined again, they get "recoveryfailed".
+    sinceLimit: 2048,
   };
   var HEARTBEAT_CLOSE = 4002; // we gave up on a silent connection
 
@@ -33,6 +37,10 @@
     this.options = o;
     this.url = url;
     this.positions = Object.assign({}, o.positions || {});
+    this._recent = Object.create(null); // group -> when its position last moved
+    this._tick = 0;
+    for (k in this.positions) this._recent[k] = ++this._tick;
+    this._leftOut = Object.create(null); // group -> position the last URL had no room for
     this.attempts = 0;
     this.closed = false; // close() called, or a close code in noRetry
     this.ws = null;
@@ -113,10 +121,32 @@
     u.hash = ""; // the browser refuses a WebSocket URL with a fragment: the page's may have one
     u.searchParams.set("dws", "1");
     u.searchParams.delete("dws_since");
-    if (Object.keys(this.positions).length) {
-      u.searchParams.set("dws_since", JSON.stringify(this.positions));
-    }
+    var since = this._since();
+    if (since) u.searchParams.set("dws_since", since);
     return u.href;
+  };
+
+  /** The positions that fit in sinceLimit, as JSON, the most recent first to be kept. */
+  proto._since = function () {
+    var self = this;
+    var room = this.options.sinceLimit - 6; // "{}", encoded
+    var kept = [];
+    var names = Object.keys(this.positions).sort(function (a, b) {
+      return (self._recent[b] || 0) - (self._recent[a] || 0);
+    });
+    this._leftOut = Object.create(null);
+    for (var i = 0; i < names.length; i++) {
+      var pair = JSON.stringify(names[i]) + ":" + JSON.stringify(this.positions[names[i]]);
+      room -= new URLSearchParams({ s: pair + "," }).toString().length - 2;
+      if (room < 0) this._leftOut[names[i]] = this.positions[names[i]];
+      else kept.push(pair);
+    }
+    return kept.length ? "{" + kept.reverse().join(",") + "}" : "";
+  };
+
+  proto._saw = function (group, position) {
+    this.positions[group] = position;
+    this._recent[group] = ++this._tick;
   };
 
   proto._connect = function () {
@@ -225,13 +255,19 @@
       return;
     }
     if (m.dws === "msg") {
-      if (m.p) this.positions[m.g] = m.p;
+      if (m.p) this._saw(m.g, m.p);
       this._emit("message", "d" in m ? m.d : decode(m.b, this.options.binaryType), { group: m.g, position: m.p });
     } else if (m.dws === "joined") {
-      if (m.p) this.positions[m.g] = m.p;
+      var leftOut = this._leftOut[m.g];
+      delete this._leftOut[m.g];
+      if (m.p) this._saw(m.g, m.p);
       var info = { group: m.g, position: m.p, since: m.since, missed: m.missed };
       this._emit("joined", info);
       if (m.since != null) this._emit(m.recovered ? "recovered" : "recoveryfailed", info);
+      else if (leftOut != null) {
+        // Its position had no room in the URL: what it missed is not coming.
+        this._emit("recoveryfailed", { group: m.g, position: m.p, since: leftOut, missed: m.missed });
+      }
     } else {
       this._emit("dws", m); // pong, and types of later versions
     }
