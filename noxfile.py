@@ -20,6 +20,7 @@ The README's "Versions tested" table and the package's classifiers are checked a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,11 +54,13 @@ MATRIX_SERVERS = "runserver,gevent"
 MATRIX_ASGI_SERVERS = "uvicorn"
 #: What the matrix venvs install besides Django: the test tools and the servers' extras.
 EXTRAS = "test,gevent,gunicorn,eventlet,redis,prometheus,asgi"
+#: The oldest asgiref Django 5.2 itself accepts (it comes with Django, not from us).
+ASGIREF_LOWEST = "asgiref~=3.8.1"
 
 REPO = Path(__file__).resolve().parent
 DIST = REPO / "dist"
 
-nox.options.sessions = ["tests", "build"]
+nox.options.sessions = ["tests", "lowest", "build"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -89,6 +92,38 @@ _pyenv_versions()
 def tests(session: nox.Session, django: str) -> None:
     """The unit layer and the shared suite on runserver and gevent, on one pair."""
     session.install("-e", f".[{EXTRAS}]", f"Django~={django}.0")
+    _shared_suite(session)
+
+
+@nox.session(python=PYTHONS[0])
+def lowest(session: nox.Session) -> None:
+    """The same on the oldest Python, with Django and every server's extra at the lower
+    bound pyproject.toml declares (its newest patch release): a bound nobody ran is a
+    guess. The test tools are the newest."""
+    session.install("-e", f".[{EXTRAS}]", *lower_bounds(), ASGIREF_LOWEST)
+    _shared_suite(session)
+
+
+def lower_bounds() -> list[str]:
+    """``name~=X.Y.0`` (``==X.Y.Z`` for a bound with a patch number) for each ``>=``
+    requirement of Django and of ``EXTRAS`` but ``test``."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = [e for e in EXTRAS.split(",") if e != "test"]
+    found = [*project["dependencies"]]
+    found += [r for e in extras for r in project["optional-dependencies"][e]]
+    pins = []
+    for requirement in found:
+        if match := re.match(r"([\w.-]+(?:\[[\w,]+\])?)>=([\d.]+)", requirement):
+            name, version = match.groups()
+            parts = [*version.split("."), "0", "0"][:3]  # "5" is 5.0.0, "0.36" 0.36.0
+            exact = version.count(".") == 2
+            pins.append(f"{name}=={version}" if exact else f"{name}~={'.'.join(parts)}")
+    return pins
+
+
+def _shared_suite(session: nox.Session) -> None:
     session.run(
         "python",
         "-c",

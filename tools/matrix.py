@@ -1,4 +1,5 @@
-"""``make matrix``: noxfile.py's ``tests`` sessions, two at a time (then ``nox -s build``).
+"""``make matrix``: noxfile.py's ``tests`` sessions and ``lowest``, two at a time (then
+``nox -s build``).
 
 Run one after the other, the seven pairs took ~17 min of CI's hour: each spends half its
 time waiting on sockets and subprocesses, so two at a time fit the machine's two cores.
@@ -37,14 +38,15 @@ SESSION_TIMEOUT = 20 * 60
 def sessions() -> list[tuple[str, str]]:
     """(session name, Python) of every ``tests`` session nox would run."""
     listed = subprocess.run(
-        [str(NOX), "-l", "--json", "-s", "tests"],
+        [str(NOX), "-l", "--json", "-s", "tests", "lowest"],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
     )
-    return [(s["session"], s["python"]) for s in json.loads(listed.stdout) if s["name"] == "tests"]
+    found = json.loads(listed.stdout)
+    return [(s["session"], s["python"]) for s in found if s["name"] in ("tests", "lowest")]
 
 
 def lanes(found: list[tuple[str, str]], count: int) -> list[list[str]]:
@@ -90,7 +92,7 @@ def run_lane(names: list[str], failed: list[str], printing: threading.Lock) -> N
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lanes", type=int, default=2)
     args = parser.parse_args()
     failed: list[str] = []
