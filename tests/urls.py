@@ -16,6 +16,7 @@ urlpatterns = [
     path("raise-closed/", views.raise_closed),
     path("raise-error/", views.raise_error),
     path("big/", views.big),
+    path("deliver-wide/", views.deliver_wide),
     path("nothing/", views.nothing),
     path("ping/", views.ping),
     path("info/", views.info),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import datetime
 import json
@@ -129,6 +130,20 @@ def big(request: HttpRequest) -> None:
         request.websocket.send("é" * (size // 2))
     else:
         request.websocket.send(bytes(range(256)) * (size // 256))
+    request.websocket.wait()
+
+
+@require_websocket
+def deliver_wide(request: HttpRequest) -> None:
+    """``deliver()`` a memoryview of ``?n=`` 4-byte ints (4n bytes, n items), or with
+    ``?text=1`` n times "é" (2n bytes of UTF-8), after the accept or, with ``?early=1``,
+    before it; then wait for the close."""
+    n = int(request.GET["n"])
+    items = array.array("i", range(n))
+    assert items.itemsize == 4
+    if not request.GET.get("early"):
+        request.websocket.accept()
+    request.websocket.deliver("é" * n if request.GET.get("text") else memoryview(items))
     request.websocket.wait()
 
 

@@ -32,7 +32,7 @@ from dwebsocket import dws
 from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.log import printable
 from dwebsocket.protocol.frames import encode_close_payload
-from dwebsocket.typing import Message
+from dwebsocket.typing import BytesLike, Message
 from dwebsocket.websocket import REFUSED_REASON
 
 __all__ = ["ASGIConnection", "Scope", "State"]
@@ -522,12 +522,17 @@ class ASGIConnection:
         sender.cancel()
         self.abandon()
 
-    def deliver(self, message: Message) -> None:
+    def deliver(self, message: str | BytesLike) -> None:
         """Queue ``message`` for sending; never blocks. Thread-safe. Dropped once closed;
         over ``WEBSOCKET_SEND_QUEUE_SIZE`` of queued bytes the connection is closed with
         1008 (policy violation)."""
         if self.is_closed():
             return
+        if isinstance(message, (bytearray, memoryview)):
+            # Queued as its bytes: what the queue's bound and the byte counters count
+            # (len() of a memoryview counts its items), and the caller may reuse its
+            # buffer once this returns.
+            message = bytes(message)
         if self.on_loop():
             self._queue(message)
         else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dwebsocket.typing import Message
+from dwebsocket.typing import BytesLike, Message
 
 __all__ = ["Outbox"]
 
@@ -75,10 +75,16 @@ class Outbox:
 
     # -- before the handshake -------------------------------------------------------
 
-    def add_early(self, message: Message, limit: int) -> None:
+    def add_early(self, message: str | BytesLike, limit: int) -> None:
         """Keep ``message``, delivered before the handshake, unless the early messages
         would exceed ``limit`` bytes: then drop them all and set :attr:`early_overflow`."""
+        if isinstance(message, (bytearray, memoryview)):
+            # A bytes-like's bytes (len() of a memoryview counts its items), as they are
+            # now: the caller may reuse its buffer once deliver() returns.
+            message = bytes(message)
         size = len(message)
+        if isinstance(message, str) and not message.isascii():
+            size = len(message.encode("utf-8", "surrogatepass"))  # UTF-8 on the wire
         if self.early_overflow or self._early_size + size > limit:
             self._early, self._early_size, self.early_overflow = [], 0, True
             return

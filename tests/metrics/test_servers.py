@@ -1,0 +1,52 @@
+"""``/metrics`` scraped from a real server of each backend (default, ASGI, uwsgi) while
+``websockets`` clients do what a counter or a bound is about."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+from collections.abc import Callable
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.metrics.test_gunicorn import Client, until
+from tests.servers import ServerProcess
+from tests.wire import TIMEOUT
+
+pytestmark = pytest.mark.server
+
+#: One server of each backend: the default (gevent), the ASGI one (uvicorn), uwsgi's.
+BACKENDS = ["gevent", "uvicorn", "uwsgi-gevent"]
+#: Backends whose byte counters count payloads (their server does the framing).
+PAYLOAD_COUNTED = {"uvicorn", "uwsgi-gevent"}
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_memoryview_of_wide_items_counts_its_bytes(
+    make_server: Callable[..., ServerProcess], name: str
+) -> None:
+    """deliver() of a memoryview of 4-byte items: the send queue's bound and the byte
+    counters count its bytes, not its items (len()): 1,600 bytes in 400 items go over a
+    1,000-byte queue (before: the default backend's early queue and the ASGI queue took
+    them and sent them), and 400 bytes in 100 items count 400 (before: ASGI counted 100).
+    The early queue counts text in UTF-8 (before: 600 "é" counted 600, not 1,200)."""
+    server = make_server(name, settings={"WEBSOCKET_SEND_QUEUE_SIZE": 1000})
+    for query in ("n=400", "n=400&early=1", "n=600&early=1&text=1"):
+        with (
+            contextlib.ExitStack() as stack,
+            pytest.raises(ConnectionClosed) as closed,
+        ):
+            client = Client(stack, server, f"/deliver-wide/?{query}")
+            got = client.ws.recv(timeout=TIMEOUT)
+            pytest.fail(f"{name} sent {len(got)} past its 1000-byte queue ({query})")
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, (name, query)
+
+    before = until({"connections_open": 0}, server)
+    with contextlib.ExitStack() as stack:
+        client = Client(stack, server, "/deliver-wide/?n=100")
+        assert client.ws.recv(timeout=TIMEOUT) == array.array("i", range(100)).tobytes()
+    sent = before.get("messages_sent_total", 0) + 1
+    got = until({"messages_sent_total": sent, "connections_open": 0}, server)
+    counted = got.get("sent_bytes_total", 0) - before.get("sent_bytes_total", 0)
+    assert counted == (400 if name in PAYLOAD_COUNTED else client.bytes()[1]), (name, got)
