@@ -47,6 +47,15 @@
 #include "_deflate.h"
 
 #define DEFAULT_LIVE_LIMIT 256 /* live streams of each kind: 256 deflate streams ~ 10 MiB */
+/* zlib counts input and output in uInt: a larger input goes to it in pieces of at most
+   this (and the output room is at most UINT_MAX). A test build lowers it
+   (tests/protocol/test_deflate_pieces.py) to check many pieces against the zlib module
+   without gigabytes of data. Not the output room: where a sync flush's output ends
+   exactly at the end of the room, zlib's next call adds another empty block, so the
+   bytes would depend on the room, as the zlib module's do on its buffer's size. */
+#ifndef DWS_ZLIB_PIECE
+#define DWS_ZLIB_PIECE UINT_MAX
+#endif
 #define SCRATCH_KEEP (256 * 1024) /* a larger output buffer is freed at the next call */
 
 static PyObject *zlib_error; /* zlib.error */
@@ -506,18 +515,31 @@ deflate_into_scratch(z_stream *zs, const uint8_t *data, Py_ssize_t n, int flush,
     int err;
     zs->next_in = (Bytef *)data;
     do {
-        zs->avail_in = n > UINT_MAX ? UINT_MAX : (uInt)n;
+        zs->avail_in = n > DWS_ZLIB_PIECE ? DWS_ZLIB_PIECE : (uInt)n;
         n -= zs->avail_in;
         do {
             Py_ssize_t room;
-            if (scratch_cap - at < 64 && scratch_reserve(at + (zs->avail_in + 64)) < 0) {
-                return -1;
+            /* In Py_ssize_t: in uInt, a piece of 4 GiB - 64 bytes asked for nothing more,
+               and zlib got no room (Z_STREAM_ERROR in a thread with no buffer yet; with
+               a full one, at a later piece's start, the same call for ever). */
+            Py_ssize_t more = (Py_ssize_t)zs->avail_in + 64;
+            if (scratch_cap - at < 64) {
+                if (at > PY_SSIZE_T_MAX - more) {
+                    PyErr_NoMemory();
+                    return -1;
+                }
+                if (scratch_reserve(at + more) < 0) {
+                    return -1;
+                }
             }
             room = scratch_cap - at;
+            if (room > UINT_MAX) {
+                room = UINT_MAX;
+            }
             zs->next_out = scratch + at;
-            zs->avail_out = room > UINT_MAX ? UINT_MAX : (uInt)room;
+            zs->avail_out = (uInt)room;
             err = deflate(zs, n > 0 ? Z_NO_FLUSH : flush);
-            at += (room > UINT_MAX ? UINT_MAX : room) - zs->avail_out;
+            at += room - zs->avail_out;
             if (err == Z_STREAM_ERROR) {
                 set_zlib_error(zs, err, "while compressing data");
                 return -1;
@@ -679,7 +701,7 @@ inflate_into_scratch(z_stream *zs, const uint8_t *data, Py_ssize_t n, Py_ssize_t
 
     zs->next_in = (Bytef *)data;
     do {
-        zs->avail_in = left > UINT_MAX ? UINT_MAX : (uInt)left;
+        zs->avail_in = left > DWS_ZLIB_PIECE ? DWS_ZLIB_PIECE : (uInt)left;
         left -= zs->avail_in;
         do {
             Py_ssize_t room;
@@ -687,7 +709,10 @@ inflate_into_scratch(z_stream *zs, const uint8_t *data, Py_ssize_t n, Py_ssize_t
                 goto done; /* the output limit: the rest stays unconsumed */
             }
             if (at == scratch_cap) {
-                Py_ssize_t want = scratch_cap ? scratch_cap * 2 : 4096;
+                Py_ssize_t want = 4096;
+                if (scratch_cap) {
+                    want = scratch_cap > PY_SSIZE_T_MAX / 2 ? PY_SSIZE_T_MAX : scratch_cap * 2;
+                }
                 if (want > limit) {
                     want = limit;
                 }
