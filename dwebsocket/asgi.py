@@ -45,7 +45,7 @@ from django.core.handlers.asgi import get_script_prefix
 from django.http import HttpResponseBase
 from django.urls import set_script_prefix
 
-from dwebsocket import dws
+from dwebsocket import dws, metrics
 from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.backends.asgi.session import SCOPE_KEY
 from dwebsocket.backends.asgi.threads import session_context
@@ -164,7 +164,9 @@ def _http_parts(response: HttpResponseBase) -> tuple[int, list[tuple[bytes, byte
 
 
 async def _refuse_raw(scope: Scope, send: Send, status: int, body: bytes) -> None:
-    if "websocket.http.response" in (scope.get("extensions") or {}):
+    extension = "websocket.http.response" in (scope.get("extensions") or {})
+    metrics.handshake(status if extension else 403)  # as ASGIConnection.refuse() counts
+    if extension:
         await send(
             {
                 "type": "websocket.http.response.start",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -310,6 +311,18 @@ def _peer(request: HttpRequest) -> str:
     return str(request.META.get("REMOTE_ADDR", "?"))
 
 
+def count_refused(request: HttpRequest, status: int) -> None:
+    """Count an upgrade request answered with ``status`` instead of a 101. Under ASGI
+    nothing: :mod:`dwebsocket.asgi` counts each refusal as it sends it, with the status
+    the server answers (which may not be this one)."""
+    if "dwebsocket.backends.asgi.session" in sys.modules:  # else no ASGI server here
+        from dwebsocket.backends.asgi.session import connection_of
+
+        if connection_of(request) is not None:
+            return
+    metrics.handshake(status)
+
+
 def refuse(request: HttpRequest, exc: InvalidHandshake) -> HttpResponse:
     """The HTTP answer to a refused handshake: ``exc.status``, its reason, its headers."""
     logger.info(
@@ -319,7 +332,7 @@ def refuse(request: HttpRequest, exc: InvalidHandshake) -> HttpResponse:
         printable(request.path),
         exc.reason,
     )
-    metrics.handshake(exc.status)
+    count_refused(request, exc.status)
     return _plain_response(exc.reason, exc.status, exc.headers)
 
 
@@ -344,7 +357,7 @@ def unavailable(request: HttpRequest, exc: BackendUnavailable) -> HttpResponse:
         printable(request.path),
         reason,
     )
-    metrics.handshake(501)
+    count_refused(request, 501)
     return _plain_response(reason, 501)
 
 
@@ -374,5 +387,5 @@ def misconfigured(request: HttpRequest, exc: InvalidSetting) -> HttpResponse:
         exc.setting,
         exc.check_id,
     )
-    metrics.handshake(503)
+    count_refused(request, 503)
     return _plain_response("WebSockets are not available: the server is misconfigured.", 503)

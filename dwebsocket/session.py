@@ -22,7 +22,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http.multipartparser import MultiPartParserError
 
 from dwebsocket import dws, limits
 from dwebsocket.apps import report_if_not_installed
@@ -190,6 +192,7 @@ def _run_session(
             if response is not None and websocket.refuse_session():
                 # The view answered with HTTP (a 403, say) instead: a helper's accept
                 # or send() after this raises, the socket stays the server's.
+                _count_refused(request, response.status_code)
                 return response
             # A view that returned None untouched: accepted here, so what websocket_opened's
             # receivers raise (a greenlet kill, a worker timeout) ends the session as it
@@ -200,9 +203,11 @@ def _run_session(
         logger.debug("ConnectionClosed escaped the view for %s: %s", printable(request.path), exc)
         end_websocket(websocket, 1000)
         return _session_over()
-    except Exception:
+    except Exception as exc:
         if _taken_over(websocket):
             end_websocket(websocket, 1011)
+        else:
+            _count_refused(request, _answer_status(exc))
         raise  # Django answers and logs it, as for any view
     except BaseException as exc:
         # A greenlet kill, a worker timeout, Ctrl-C: say goodbye, free the socket, go on.
@@ -221,6 +226,24 @@ def _taken_over(websocket: WebSocket) -> bool:
     fds would stay open). If not, the connection is refused from now on, in the same
     step (``refuse_session``): Django's answer (a 500) is the server's to write."""
     return not websocket.refuse_session()
+
+
+def _count_refused(request: HttpRequest, status: int) -> None:
+    from dwebsocket.handshake import count_refused
+
+    count_refused(request, status)
+
+
+def _answer_status(exc: Exception) -> int:
+    """The status of Django's answer to ``exc`` raised by a view, as
+    ``django.core.handlers.exception.response_for_exception`` chooses it."""
+    if isinstance(exc, Http404):
+        return 404
+    if isinstance(exc, PermissionDenied):
+        return 403
+    if isinstance(exc, (BadRequest, SuspiciousOperation, MultiPartParserError)):
+        return 400
+    return 500
 
 
 def _going_away(exc: BaseException) -> bool:

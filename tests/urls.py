@@ -17,6 +17,8 @@ urlpatterns = [
     path("raise-error/", views.raise_error),
     path("big/", views.big),
     path("deliver-wide/", views.deliver_wide),
+    path("refuse-by-raising/", views.refuse_by_raising),
+    path("close-unaccepted/", views.close_unaccepted),
     path("nothing/", views.nothing),
     path("ping/", views.ping),
     path("info/", views.info),

@@ -10,7 +10,8 @@ import threading
 import time
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from dwebsocket import ConnectionClosed, accept_websocket, require_websocket
@@ -131,6 +132,20 @@ def big(request: HttpRequest) -> None:
     else:
         request.websocket.send(bytes(range(256)) * (size // 256))
     request.websocket.wait()
+
+
+@require_websocket
+def refuse_by_raising(request: HttpRequest) -> None:
+    """Raise before accepting: ``Http404`` with ``?status=404``, else ``PermissionDenied``."""
+    if request.GET.get("status") == "404":
+        raise Http404("no such room")
+    raise PermissionDenied("not your room")
+
+
+@require_websocket
+def close_unaccepted(request: HttpRequest) -> None:
+    """Close before accepting (which accepts first: a 101, then the close)."""
+    request.websocket.close(4000, "closed before the accept")
 
 
 @require_websocket

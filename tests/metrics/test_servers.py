@@ -8,10 +8,10 @@ import contextlib
 from collections.abc import Callable
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.metrics.test_gunicorn import Client, until
-from tests.servers import ServerProcess
+from tests.metrics.test_gunicorn import Client, scrape, until
+from tests.servers import LOGGING, ServerProcess
 from tests.wire import TIMEOUT
 
 pytestmark = pytest.mark.server
@@ -20,6 +20,8 @@ pytestmark = pytest.mark.server
 BACKENDS = ["gevent", "uvicorn", "uwsgi-gevent"]
 #: Backends whose byte counters count payloads (their server does the framing).
 PAYLOAD_COUNTED = {"uvicorn", "uwsgi-gevent"}
+#: ASGI servers without the websocket.http.response extension: a refusal is a 403.
+NO_HTTP_RESPONSE = {"daphne"}
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -50,3 +52,29 @@ def test_a_memoryview_of_wide_items_counts_its_bytes(
     got = until({"messages_sent_total": sent, "connections_open": 0}, server)
     counted = got.get("sent_bytes_total", 0) - before.get("sent_bytes_total", 0)
     assert counted == (400 if name in PAYLOAD_COUNTED else client.bytes()[1]), (name, got)
+
+
+@pytest.mark.parametrize("name", [*BACKENDS, "daphne"])
+def test_a_handshake_the_view_refuses_counts_once_with_the_status_sent(
+    make_server: Callable[..., ServerProcess], name: str
+) -> None:
+    """A view that answers with HTTP or raises before accepting: the handshake counts in
+    handshakes_total with the status the client got, once (before: not at all; a close
+    before the accept was already a 101)."""
+    # Django logs the refusals (with a traceback for an exception); not this test's matter.
+    quiet = {**LOGGING, "loggers": {**LOGGING["loggers"], "django.request": {"level": "ERROR"}}}
+    server = make_server(name, settings={"LOGGING": quiet})
+    statuses = []
+    for path in ("/refuse/", "/refuse-by-raising/?status=403", "/refuse-by-raising/?status=404"):
+        with contextlib.ExitStack() as stack, pytest.raises(InvalidStatus) as refused:
+            Client(stack, server, path)
+        statuses.append(refused.value.response.status_code)
+    with contextlib.ExitStack() as stack, pytest.raises(ConnectionClosed) as closed:
+        Client(stack, server, "/close-unaccepted/").ws.recv(timeout=TIMEOUT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+    assert statuses == ([403, 403, 403] if name in NO_HTTP_RESPONSE else [403, 403, 404])
+    expected = {f"handshakes_total{{status={s}}}": float(statuses.count(s)) for s in statuses}
+    expected["handshakes_total{status=101}"] = 1.0
+    until(expected, server)
+    got = {k: v for k, v in scrape(server).items() if k.startswith("handshakes_total")}
+    assert got == expected, name

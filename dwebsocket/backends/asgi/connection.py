@@ -282,8 +282,14 @@ class ASGIConnection:
             return
         self._answer_due = False
         self.state = State.REFUSED
+        from dwebsocket import metrics
+
+        # Every refusal of the scope, once, here: what the view (or dwebsocket before it)
+        # answered, or what the server makes of a websocket.close before the accept.
+        extension = HTTP_RESPONSE_EXTENSION in self.extensions
+        metrics.handshake(status if extension else 403)
         try:
-            if HTTP_RESPONSE_EXTENSION in self.extensions:
+            if extension:
                 await self._send(
                     {
                         "type": "websocket.http.response.start",
