@@ -54,15 +54,16 @@ async def opened(
     slow: bool = False,
     refused: str | None = None,
 ) -> tuple[Connection, asyncio.Queue[Mapping[str, Any]]]:
-    """A connection whose ``receive()`` reads ``inbox``; ``stuck_on``: a text message the
-    server's ``send()`` never returns from (a client that stopped reading); ``slow``: its
+    """A connection whose ``receive()`` reads ``inbox``; ``stuck_on``: a text message (or
+    ``"websocket.close"``: that event) the server's ``send()`` never returns from (a
+    client that stopped reading); ``slow``: its
     ``send()`` lets the loop run other tasks before it returns, as a server's may;
     ``refused``: a text message the server's ``send()`` raises for (the peer is gone)."""
     inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
     sent: list[Mapping[str, Any]] = []
 
     async def send(event: Mapping[str, Any]) -> None:
-        if stuck_on is not None and event.get("text") == stuck_on:
+        if stuck_on is not None and stuck_on in (event.get("text"), event["type"]):
             await asyncio.Event().wait()
         if refused is not None and event.get("text") == refused:
             raise OSError("the peer is gone")
@@ -220,6 +221,24 @@ def test_a_cancelled_async_view_closes_with_its_code_not_1000() -> None:
 
     closes = [e for e in asyncio.run(scenario()) if e["type"] == "websocket.close"]
     assert closes == [{"type": "websocket.close", "code": 1001}]
+
+
+def test_finish_leaves_no_close_task_running() -> None:
+    """A close the pump begins (a message over the limit: 1009) whose websocket.close the
+    server does not take (the client stopped reading): finish() gives up on it after the
+    close timeout and returns with no task of the connection left. The close task ran on
+    for IO_TIMEOUT (60 s) after the session had finished, holding the send lock, and sent
+    its event to a scope the application had left."""
+
+    async def scenario() -> tuple[list[str], int | None, str]:
+        connection, _inbox = await opened(stuck_on="websocket.close", close_timeout=0.2)
+        connection.max_message_size = 4
+        connection._received("too long")
+        await asyncio.wait_for(connection.finish(), TIMEOUT)
+        left = [repr(t) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return left, connection.close_code, connection.state
+
+    assert asyncio.run(scenario()) == ([], 1009, "closed")
 
 
 # -- the sync request.websocket -----------------------------------------------------------

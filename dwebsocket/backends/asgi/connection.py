@@ -87,6 +87,7 @@ class ASGIConnection:
         "_answer_due",
         "_async_waiters",
         "_closed_waiter",
+        "_closer",
         "_flusher",
         "_full",
         "_overflowed",
@@ -188,6 +189,7 @@ class ASGIConnection:
         self._queued: deque[Message] | None = None
         self._queued_bytes = 0
         self._flusher: asyncio.Task[None] | None = None
+        self._closer: asyncio.Future[None] | None = None  # _start_close()'s send
         #: Called (on the loop) once the connection is closed, for the signals.
         self.on_closed: Callable[[], None] | None = None
 
@@ -640,7 +642,7 @@ class ASGIConnection:
         event. On the loop."""
         if self.state is State.OPEN:
             self._closing(code, reason)
-            task = asyncio.ensure_future(self._send_close_event(code, reason))
+            task = self._closer = asyncio.ensure_future(self._send_close_event(code, reason))
             task.add_done_callback(_log_failure)
 
     def going_away(self) -> None:
@@ -688,7 +690,9 @@ class ASGIConnection:
             await self.close(1000)
         elif self.state is State.CLOSING:
             await self.close(self.close_code or 1000)
-        for task in (self._pump, self._flusher):
+        # The close task too: its send is bounded by IO_TIMEOUT, not the close timeout
+        # close() just waited, and the session must not go on after it reports finished.
+        for task in (self._pump, self._flusher, self._closer):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
