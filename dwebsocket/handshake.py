@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,14 +72,40 @@ def parse_handshake(request: HttpRequest) -> HandshakeRequest:
     ``UnsupportedVersion`` (426) or ``ForbiddenOrigin`` (403). Does not block.
     """
     meta = request.META
-    protocol = meta.get("SERVER_PROTOCOL", "HTTP/1.1")
-    if "eventlet.input" in meta:
-        # eventlet.wsgi puts "HTTP/1.0" in every environ, whatever the request line said
-        # (and keeps the real version to itself): there is nothing to check.
-        protocol = "HTTP/1.1"
-    handshake = parse_request(meta.get("REQUEST_METHOD", ""), protocol, request_headers(meta))
+    handshake = parse_request(
+        meta.get("REQUEST_METHOD", ""), _http_version(meta), request_headers(meta)
+    )
     check_origin(handshake.origin)
     return handshake
+
+
+def _http_version(meta: Mapping[str, Any]) -> str:
+    """The request line's HTTP version: ``SERVER_PROTOCOL``, except under eventlet.wsgi,
+    which puts "HTTP/1.0" in every environ whatever the request line said and keeps the
+    real one on its request handler (``request_version``), found on the call stack: its
+    ``handle_one_response`` frame, whose handler's environ has this request's
+    ``eventlet.input`` (a WSGI middleware may have copied the environ). "HTTP/1.1" if it
+    is not there (a request passed to another green thread)."""
+    if "eventlet.input" not in meta:
+        return str(meta.get("SERVER_PROTOCOL", "HTTP/1.1"))
+    wsgi = sys.modules.get("eventlet.wsgi")
+    if wsgi is not None:
+        code = wsgi.HttpProtocol.handle_one_response.__code__
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code is code:
+                handler = frame.f_locals.get("self")
+                version = getattr(handler, "request_version", None)
+                environ = getattr(handler, "environ", None)
+                if (
+                    isinstance(environ, dict)
+                    and environ.get("eventlet.input") is meta["eventlet.input"]
+                    and isinstance(version, str)
+                ):
+                    return version
+                break
+            frame = frame.f_back
+    return "HTTP/1.1"
 
 
 def check_origin(origin: str | None) -> None:

@@ -274,6 +274,17 @@ def test_refused_handshakes(
     assert "Traceback" not in server.log(mark)
 
 
+def test_an_http_1_0_upgrade_is_refused_400(server: ServerProcess) -> None:
+    # RFC 6455 4.1: the handshake is an HTTP/1.1 request. eventlet.wsgi puts "HTTP/1.0" in
+    # every environ, whatever the request line said: the version went unchecked there, and
+    # an HTTP/1.0 upgrade got its 101 where every other server said 400.
+    request = upgrade_request("/echo/").replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    with raw(server) as sock:
+        sock.sendall(request)
+        status, _, body = read_http_response(sock)
+    assert (status, body) == (400, b"HTTP/1.1 or later required\n")
+
+
 def test_same_origin_allowed(server: ServerProcess) -> None:
     with ws(server, "/echo/", origin=f"http://127.0.0.1:{server.port}") as client:
         client.send("same origin")
