@@ -63,6 +63,13 @@ def json_echo(request: HttpRequest) -> None:
         ws.send_json({"got": data, "on": datetime.date(2026, 12, 4)})
 
 
+def slow(request: HttpRequest) -> HttpResponse:
+    """Plain HTTP only: answers after ``?seconds=`` (a request that takes its time, ahead
+    of another on the same connection)."""
+    time.sleep(min(float(request.GET.get("seconds", "1")), 10.0))
+    return HttpResponse("slow\n", content_type="text/plain")
+
+
 @require_websocket
 def refuse(request: HttpRequest) -> HttpResponse:
     """Refuse before accepting."""

@@ -38,4 +38,5 @@ urlpatterns = [
     path("info/", views.info),
     path("answered-then-a-helper-uses/", views.answered_then_a_task_uses),
     path("opened-while-gone/", sync_views.opened_while_gone),  # read back over HTTP
+    path("slow/", sync_views.slow),  # plain HTTP only
 ]

@@ -285,6 +285,28 @@ def test_an_http_1_0_upgrade_is_refused_400(server: ServerProcess) -> None:
     assert (status, body) == (400, b"HTTP/1.1 or later required\n")
 
 
+def test_a_request_pipelined_before_an_upgrade_is_answered_first(server: ServerProcess) -> None:
+    # HTTP/1.1 pipelining: a plain request and an upgrade in one segment are answered in
+    # that order, the 101 last (or the server closes after the first answer: runserver
+    # and uWSGI do when it has no Content-Length); a 101 first would put the 200 inside
+    # the WebSocket stream. The plain request takes its time, so that a server that
+    # answers the upgrade at once does so every time.
+    plain = b"GET /slow/?seconds=2 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    data = b""
+    with raw(server) as sock:
+        sock.sendall(plain + upgrade_request("/echo/"))
+        while True:
+            at = data.find(b"HTTP/1.1 101 ")
+            if at >= 0 and b"\r\n\r\n" in data[at:]:
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    assert b"slow\n" in data.partition(b"HTTP/1.1 101 ")[0], data
+
+
 def test_same_origin_allowed(server: ServerProcess) -> None:
     with ws(server, "/echo/", origin=f"http://127.0.0.1:{server.port}") as client:
         client.send("same origin")
