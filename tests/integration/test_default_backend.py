@@ -285,6 +285,22 @@ def test_an_http_1_0_upgrade_is_refused_400(server: ServerProcess) -> None:
     assert (status, body) == (400, b"HTTP/1.1 or later required\n")
 
 
+@pytest.mark.parametrize(
+    ("header", "body"),
+    [("Content-Length: 5", b"hello"), ("Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n")],
+    ids=["content-length", "chunked"],
+)
+def test_an_upgrade_with_a_body_is_refused_400(
+    server: ServerProcess, header: str, body: bytes
+) -> None:
+    # A GET upgrade carries no body (RFC 6455 4.1); one would be read as WebSocket frames.
+    request = upgrade_request("/echo/").replace(b"\r\n\r\n", f"\r\n{header}\r\n\r\n".encode())
+    with raw(server) as sock:
+        sock.sendall(request + body)
+        status, _, _ = read_http_response(sock)
+    assert status == 400
+
+
 def test_a_request_pipelined_before_an_upgrade_is_answered_first(server: ServerProcess) -> None:
     # HTTP/1.1 pipelining: a plain request and an upgrade in one segment are answered in
     # that order, the 101 last (or the server closes after the first answer: runserver
