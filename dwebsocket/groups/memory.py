@@ -323,6 +323,9 @@ class MemoryLayer:
             text = event_text(event, group, entry.key, entry.user, info)
             deliver_event(self.registry.presence, group, text)
 
+    def listen(self, group: str) -> None:
+        """Nothing to do: this process is every process."""
+
     def presence(self, group: str) -> list[Present]:
         """Who is present in ``group`` (this process is every process). Never blocks."""
         return self.registry.presence.present(group)

@@ -237,6 +237,11 @@ class PresenceRegistry:
         with self._lock:
             return list(self._present)
 
+    def listened(self) -> list[str]:
+        """Groups with a listener here."""
+        with self._lock:
+            return list(self._listeners)
+
 
 def deliver_event(registry: PresenceRegistry, group: str, text: str) -> None:
     """Hand event ``text`` to this process's listeners of ``group``; never blocks."""

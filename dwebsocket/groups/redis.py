@@ -287,18 +287,24 @@ return {event or '', unknown and 1 or 0}
 #: left while Redis was out of reach); without, if its entries may be gone -- the group's
 #: keys are (Redis lost them), or this process's heartbeat is (Redis lost the keys and a
 #: join made them again, or another process found this one dead and removed its
-#: entries) -- nothing is done and "lost" returned: the caller syncs. KEYS: presence,
-#: procs, version, log. ARGV: process, stale (ms), expiry (ms), publishing command,
-#: channel, event head, "sync" or "", then (to sync) this process's field/value pairs.
+#: entries) -- nothing is done and "lost" returned: the caller syncs. With "reap" (a
+#: process that only listens to the group's events), only the dead processes' entries
+#: removed: this one is not made live. KEYS: presence, procs, version, log. ARGV:
+#: process, stale (ms), expiry (ms), publishing command, channel, event head, "sync",
+#: "reap" or "", then (to sync) this process's field/value pairs.
 HEARTBEAT_SCRIPT = (
     _PRESENCE_PRELUDE
     + """
 local sync = ARGV[7] == 'sync'
-if not sync and (redis.call('EXISTS', KEYS[3]) == 0
+local reap = ARGV[7] == 'reap'
+if reap then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+elseif not sync and (redis.call('EXISTS', KEYS[3]) == 0
     or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0) then
   return 'lost'
+else
+  redis.call('HSET', KEYS[2], ARGV[1], now)
 end
-redis.call('HSET', KEYS[2], ARGV[1], now)
 local mine = {}
 if sync then
   for i = 8, #ARGV, 2 do
@@ -342,7 +348,8 @@ for i = 1, #fields, 2 do
     end
   end
 end
-expire(ARGV[3])
+-- A reaper renews nothing: the keys of a group nobody is present in expire.
+if not reap or next(dead) then expire(ARGV[3]) end
 return #live
 """
 )
@@ -880,6 +887,12 @@ class RedisLayer:
                     deliver_event(self.registry.presence, group, text)
         self._start_heartbeats()
 
+    def listen(self, group: str) -> None:
+        """A member here listens to ``group``'s events: the heartbeats run, so that the
+        entries of a process found dead are removed, with their leave events, even if no
+        member here is present in the group. Never blocks."""
+        self._start_heartbeats()
+
     def presence(self, group: str) -> list[Present]:
         """Who is present in ``group`` in every live process, one entry per key. Blocks up
         to ``socket_timeout``; raises :class:`GroupsUnavailable` if Redis cannot answer."""
@@ -919,8 +932,9 @@ class RedisLayer:
         self._heartbeats.start()
 
     def _beat(self) -> None:
-        """Every heartbeat: for each group with present members here, renew this process
-        (see ``HEARTBEAT_SCRIPT``). Ends once the layer is closed."""
+        """Every heartbeat: for each group with present members here, renew this process;
+        for each other group with listeners here, remove the dead processes' entries (see
+        ``HEARTBEAT_SCRIPT``). Ends once the layer is closed."""
         while True:
             try:
                 heartbeat, stale, expiry = self._times()
@@ -931,10 +945,18 @@ class RedisLayer:
                 if self.subscriber._stopping:
                     return
                 time.sleep(min(left, 0.5))
-            for group in self.registry.presence.groups():
+            present = self.registry.presence.groups()
+            for group in present:
                 if self.subscriber._stopping:
                     return
                 self.heartbeat(group, stale, expiry)
+            for group in self.registry.presence.listened():
+                if self.subscriber._stopping:
+                    return
+                if group not in present:
+                    # No heartbeat of this process there to remove the dead ones: their
+                    # users' leaves would reach no one here.
+                    self._beat_once(group, stale, expiry, "reap", [])
 
     def heartbeat(self, group: str, stale: int, expiry: int, sync: bool = False) -> None:
         """One heartbeat of this process in ``group`` (see ``HEARTBEAT_SCRIPT``): a few
@@ -953,7 +975,7 @@ class RedisLayer:
                     fields = [
                         part for item in self._written.get(group, {}).items() for part in item
                     ]
-            answer = self._beat_once(group, stale, expiry, sync, fields)
+            answer = self._beat_once(group, stale, expiry, "sync" if sync else "", fields)
             if answer is not None and sync:
                 # Under the locks: a write that fails now asks for the next sync. (Not
                 # without sync: one that failed meanwhile asked for the next one.)
@@ -961,8 +983,9 @@ class RedisLayer:
         if answer == b"lost":
             self.heartbeat(group, stale, expiry, sync=True)
 
-    def _beat_once(self, group: str, stale: int, expiry: int, sync: bool, fields: list[str]) -> Any:
-        """Run ``HEARTBEAT_SCRIPT`` once; its answer, or None if it failed (logged)."""
+    def _beat_once(self, group: str, stale: int, expiry: int, mode: str, fields: list[str]) -> Any:
+        """Run ``HEARTBEAT_SCRIPT`` once (``mode``: "", "sync" or "reap"); its answer, or
+        None if it failed (logged)."""
         seq = next(self._seq)
         try:
             answer = self._heartbeat(
@@ -974,13 +997,14 @@ class RedisLayer:
                     self.topology.publish_command,
                     self.channel(group),
                     HEADER.pack(PRESENCE_EVENT, self.origin, seq) + event_prefix(group).encode(),
-                    "sync" if sync else "",
+                    mode,
                     *fields,
                 ],
             )
         except (redis.RedisError, OSError) as exc:
             self.report_down(exc)
-            self._unsynced.add(group)
+            if mode != "reap":
+                self._unsynced.add(group)
             return None
         except Exception:  # pragma: no cover - a bug: say so, keep beating
             logger.exception("Presence heartbeat of group %r failed", group)

@@ -123,3 +123,25 @@ def test_killed_process_members_vanish(site: Site) -> None:
     :func:`killed_process_members_vanish`)."""
     one, two = site.servers
     killed_process_members_vanish(site, one, two)
+
+
+@pytest.mark.parametrize("site", ["redis"], indirect=True)
+def test_a_killed_process_members_leave_where_sockets_only_listen(site: Site) -> None:
+    """The process that survives has no present member, only a socket listening to the
+    events (``events=True`` without ``presence=``, a page showing who is online): it
+    gets the leave of each user of the killed process all the same. (No heartbeat ran
+    where no one was present, so no process removed the dead one's entries: the page
+    showed alice online for good.)"""
+    survivor, dying = site.servers
+    watcher, laptop = site.browser(), site.browser()
+    watcher.login(survivor, "bob")
+    laptop.login(dying, "alice")
+    watching = watcher.tab(survivor, "?group=room&events=1")
+    laptop.tab(dying, ROOM)
+    joined, alice = event(watching, [])
+    assert joined == "join"
+    assert presence(watcher, survivor)[0][3] == 1
+
+    dying.stop(signal.SIGKILL)
+    assert event(watching, []) == ("leave", alice)
+    assert presence(watcher, survivor) == []

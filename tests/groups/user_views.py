@@ -35,7 +35,7 @@ def socket(request: HttpRequest) -> None:
     """Say ``{"user": name or null, "pid": ...}``, then stay open until the client
     closes (what arrives is ignored). With ``?group=G`` join G; with ``&presence=1`` as a
     present member (info: the user name and the ``tab`` parameter); with ``&events=1``
-    receive the join/leave events."""
+    receive the join/leave events (without ``presence``: listening, not present)."""
     ws = request.websocket
     name = request.user.get_username() if request.user.is_authenticated else None
     group = request.GET.get("group")
@@ -47,7 +47,7 @@ def socket(request: HttpRequest) -> None:
                 events=bool(request.GET.get("events")),
             )
         else:
-            ws.join(group)
+            ws.join(group, events=bool(request.GET.get("events")))
     ws.send(json.dumps({"user": name, "pid": os.getpid()}))
     for _message in ws:
         pass
