@@ -894,9 +894,13 @@ def connect_signals() -> None:
             user_model = apps.get_model(settings.AUTH_USER_MODEL, require_ready=False)
         except (LookupError, ValueError):  # reported by Django's own checks
             user_model = None
-        if user_model is not None:
-            post_save.connect(_user_saved, sender=user_model, dispatch_uid="dwebsocket.users")
-            post_delete.connect(_user_deleted, sender=user_model, dispatch_uid="dwebsocket.users")
+        # Its proxies and subclasses too: Django sends their saves and deletes with their
+        # own class as sender (a proxy "Staff" model with its own admin, say).
+        for model in apps.get_models():
+            if user_model is not None and issubclass(model, user_model):
+                uid = f"dwebsocket.users.user.{model._meta.label}"
+                post_save.connect(_user_saved, sender=model, dispatch_uid=uid)
+                post_delete.connect(_user_deleted, sender=model, dispatch_uid=uid)
     if apps.is_installed("django.contrib.sessions"):
         from django.contrib.sessions.base_session import AbstractBaseSession
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -165,26 +166,40 @@ def nothing_for(ws: ClientConnection, wait: float = 0.3) -> None:
         ws.recv(timeout=wait)
 
 
+@contextlib.contextmanager
+def running_site(
+    request: pytest.FixtureRequest,
+    make_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+    kind: str,
+    **extra: Any,
+) -> Iterator[Site]:
+    """A :class:`Site` on ``kind`` ("redis" or "memory"), its servers' settings
+    :func:`site_settings` with ``extra`` on top."""
+    db = tmp_path / "site.sqlite3"
+    if kind == "redis":
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        url = redis_server.url
+    else:
+        url = "memory://"
+    settings = {**site_settings(db, url), **extra}
+    create_site(settings)
+    if kind == "redis":
+        servers = [make_server("gevent", settings=settings) for _ in range(2)]
+    else:
+        servers = [make_server("gevent", settings=settings)] * 2
+    site = Site(servers, db)
+    with site.stack:
+        yield site
+
+
 @pytest.fixture(params=["redis", "memory"])
 def site(
     request: pytest.FixtureRequest,
     make_server: Callable[..., ServerProcess],
     tmp_path: Path,
 ) -> Iterator[Site]:
-    db = tmp_path / "site.sqlite3"
-    if request.param == "redis":
-        redis_server: RedisServer = request.getfixturevalue("redis_server")
-        url = redis_server.url
-    else:
-        url = "memory://"
-    settings = site_settings(db, url)
-    create_site(settings)
-    if request.param == "redis":
-        servers = [make_server("gevent", settings=settings) for _ in range(2)]
-    else:
-        servers = [make_server("gevent", settings=settings)] * 2
-    site = Site(servers, db)
-    with site.stack:
+    with running_site(request, make_server, tmp_path, request.param) as site:
         yield site
 
 
@@ -249,6 +264,30 @@ def test_password_change_closes_every_session_of_the_user(site: Site) -> None:
 
 def test_a_deleted_user_is_closed_in_every_process(site: Site) -> None:
     alice_everywhere_closed_by(site, "/delete-user/")
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+@pytest.mark.parametrize("path", ["/deactivate/", "/delete-user/"])
+def test_a_user_saved_or_deleted_through_a_proxy_model_is_closed_in_every_process(
+    request: pytest.FixtureRequest,
+    make_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+    kind: str,
+    path: str,
+) -> None:
+    """Alice made inactive, or deleted, through a proxy of the user model (``Staff``, as
+    a staff admin has): Django sends the signal with the proxy as sender, and every
+    process checks her sockets all the same. No periodic check here to catch it later.
+    (Only ``User``'s own signals were connected: her sockets stayed open.)"""
+    with running_site(
+        request,
+        make_server,
+        tmp_path,
+        kind,
+        INSTALLED_APPS=[*django_settings.INSTALLED_APPS, "tests.groups.staff"],
+        WEBSOCKET_SESSION_CHECK_INTERVAL=None,
+    ) as site:
+        alice_everywhere_closed_by(site, path, through="staff")
 
 
 def test_disconnect_closes_every_tab_everywhere_with_the_code(site: Site) -> None:

@@ -14,6 +14,7 @@ urlpatterns = [
     path("logout/", user_views.log_out),
     path("password/", user_views.set_password),
     path("delete-user/", user_views.delete_user),
+    path("deactivate/", user_views.deactivate),
     path("send/", user_views.send),
     path("disconnect/", user_views.disconnect),
     path("presence/<str:name>/", user_views.presence),

@@ -146,10 +146,28 @@ def set_password(request: HttpRequest) -> HttpResponse:
     return HttpResponse("changed")
 
 
+def _user_model(request: HttpRequest) -> type[User]:
+    """``User``, or with ``?through=staff`` its proxy ``Staff`` (``tests.groups.staff``,
+    which the server must have installed)."""
+    if request.GET.get("through") == "staff":
+        from tests.groups.staff.models import Staff
+
+        return Staff
+    return User
+
+
 def delete_user(request: HttpRequest) -> HttpResponse:
     """``?username=X``: delete X (their sessions stay, naming nobody)."""
-    User.objects.get(username=request.GET["username"]).delete()
+    _user_model(request).objects.get(username=request.GET["username"]).delete()
     return HttpResponse("deleted")
+
+
+def deactivate(request: HttpRequest) -> HttpResponse:
+    """``?username=X``: X may no longer log in (``is_active = False``, saved)."""
+    user = _user_model(request).objects.get(username=request.GET["username"])
+    user.is_active = False
+    user.save()
+    return HttpResponse("deactivated")
 
 
 def send(request: HttpRequest) -> HttpResponse:

@@ -1,0 +1,6 @@
+from django.contrib.auth.models import User
+
+
+class Staff(User):
+    class Meta:
+        proxy = True
