@@ -71,6 +71,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -116,6 +117,9 @@ PRESENCE_EVENT = 4
 TEXT_AT = 5
 BINARY_AT = 6
 HEADER = struct.Struct("!B8sQ")
+#: The ``seq`` of a presence event its sender's listeners had already (see
+#: ``HEARTBEAT_SCRIPT``): ``itertools.count(1)`` never makes it.
+DELIVERED = 0
 
 #: Appends a message to its group's stream and publishes it with its position, atomically.
 #: KEYS: stream. ARGV: size, ttl (ms), epoch the sender saw last ("0": none), channel,
@@ -289,9 +293,14 @@ return {event or '', unknown and 1 or 0}
 #: join made them again, or another process found this one dead and removed its
 #: entries) -- nothing is done and "lost" returned: the caller syncs. With "reap" (a
 #: process that only listens to the group's events), only the dead processes' entries
-#: removed: this one is not made live. KEYS: presence, procs, version, log. ARGV:
-#: process, stale (ms), expiry (ms), publishing command, channel, event head, "sync",
-#: "reap" or "", then (to sync) this process's field/value pairs.
+#: removed: this one is not made live. A sync also publishes the events this process
+#: decided alone while its writes failed (ARGV[9] of them: key, event, tail), each
+#: unless another live process has a socket of that key, with the head ARGV[8] (which
+#: this process's reader skips: its listeners had them then). KEYS: presence, procs,
+#: version, log. ARGV: process, stale (ms), expiry (ms), publishing command, channel,
+#: event head, "sync", "reap" or "", the head of events delivered here already, how
+#: many such events, their key/event/tail triples, then (to sync) this process's
+#: field/value pairs.
 HEARTBEAT_SCRIPT = (
     _PRESENCE_PRELUDE
     + """
@@ -306,8 +315,9 @@ else
   redis.call('HSET', KEYS[2], ARGV[1], now)
 end
 local mine = {}
+local decided = 10 + 3 * tonumber(ARGV[9])
 if sync then
-  for i = 8, #ARGV, 2 do
+  for i = decided, #ARGV, 2 do
     mine[ARGV[i]] = ARGV[i + 1]
     if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
       redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
@@ -347,6 +357,15 @@ for i = 1, #fields, 2 do
       redis.call(ARGV[4], ARGV[5], ARGV[6] .. 'leave' .. tail)
     end
   end
+end
+for i = 10, decided - 1, 3 do
+  local elsewhere = false
+  for _, other in ipairs(live) do
+    if other ~= ARGV[1] and redis.call('HEXISTS', KEYS[1], other .. '|' .. ARGV[i]) == 1 then
+      elsewhere = true
+    end
+  end
+  if not elsewhere then redis.call(ARGV[4], ARGV[5], ARGV[8] .. ARGV[i + 1] .. ARGV[i + 2]) end
 end
 -- A reaper renews nothing: the keys of a group nobody is present in expire.
 if not reap or next(dead) then expire(ARGV[3]) end
@@ -498,6 +517,7 @@ class RedisLayer:
         self.url = url
         self.registry = registry
         self.origin = os.urandom(8)
+        self._delivered = self.origin + DELIVERED.to_bytes(8, "big")
         self._seq = itertools.count(1)
         options: dict[str, Any] = {
             "socket_timeout": DEFAULT_TIMEOUT,
@@ -561,6 +581,9 @@ class RedisLayer:
         #: it (what a syncing heartbeat writes again): not the registry, which a join or a
         #: leave changes before its own write, and whose event that write decides.
         self._written: dict[str, dict[str, str]] = {}
+        #: group -> key -> (event, tail) of the events this process decided alone while
+        #: its writes failed, for the next sync to publish to the others.
+        self._decided: dict[str, dict[str, tuple[str, str]]] = {}
         for group in registry.presence.groups():  # taken over from another layer
             for key, user, info, sockets in registry.presence.entries(group):
                 self._record(group, key, f"[{json.dumps(key)},{json.dumps(user)},{info}", sockets)
@@ -873,6 +896,7 @@ class RedisLayer:
                         expiry,
                     ],
                 )
+                self._decide(group, entry.key, None)  # Redis has the key's state again
                 if unknown and len(self.registry.presence.entries(group)) > int(now > 0):
                     # Redis had no heartbeat of this process here, yet it has other entries
                     # here: they may be gone (see PRESENT_SCRIPT), and this write made the
@@ -885,7 +909,24 @@ class RedisLayer:
                     event = "join" if joined else "leave"
                     text = event_text(event, group, entry.key, entry.user, info)
                     deliver_event(self.registry.presence, group, text)
+                    self._decide(
+                        group, entry.key, (event, event_suffix(entry.key, entry.user, info))
+                    )
         self._start_heartbeats()
+
+    def _decide(self, group: str, key: str, event: tuple[str, str] | None) -> None:
+        """Note ``event`` (its name and tail) as decided here alone for ``key``, or None:
+        Redis has the key's state, nothing to publish. A key's events alternate, so a
+        second one undoes the first: the other processes saw neither."""
+        with self._state_lock:
+            decided = self._decided.get(group)
+            if decided is None and event is None:
+                return
+            decided = self._decided.setdefault(group, {})
+            if decided.pop(key, None) is None and event is not None:
+                decided[key] = event
+            if not decided:
+                del self._decided[group]
 
     def listen(self, group: str) -> None:
         """A member here listens to ``group``'s events: the heartbeats run, so that the
@@ -950,6 +991,11 @@ class RedisLayer:
                 if self.subscriber._stopping:
                     return
                 self.heartbeat(group, stale, expiry)
+            with self._state_lock:
+                for group in self._decided.keys() - set(present):
+                    # Its last member here left while Redis was away: no heartbeat here
+                    # renews this process there, whose entries then go as a dead one's.
+                    del self._decided[group]
             for group in self.registry.presence.listened():
                 if self.subscriber._stopping:
                     return
@@ -965,6 +1011,7 @@ class RedisLayer:
         sync = sync or group in self._unsynced
         with contextlib.ExitStack() as held:
             fields: list[str] = []
+            decided: list[str] = []
             if sync:
                 # No entry of this process is written while the sync runs: a join's write
                 # landing between taking the entries and the script would be removed by it
@@ -975,17 +1022,33 @@ class RedisLayer:
                     fields = [
                         part for item in self._written.get(group, {}).items() for part in item
                     ]
-            answer = self._beat_once(group, stale, expiry, "sync" if sync else "", fields)
+                    decided = [
+                        part
+                        for key, (event, tail) in self._decided.get(group, {}).items()
+                        for part in (key, event, tail)
+                    ]
+            mode = "sync" if sync else ""
+            answer = self._beat_once(group, stale, expiry, mode, fields, decided)
             if answer is not None and sync:
                 # Under the locks: a write that fails now asks for the next sync. (Not
                 # without sync: one that failed meanwhile asked for the next one.)
                 self._unsynced.discard(group)
+                with self._state_lock:
+                    self._decided.pop(group, None)
         if answer == b"lost":
             self.heartbeat(group, stale, expiry, sync=True)
 
-    def _beat_once(self, group: str, stale: int, expiry: int, mode: str, fields: list[str]) -> Any:
-        """Run ``HEARTBEAT_SCRIPT`` once (``mode``: "", "sync" or "reap"); its answer, or
-        None if it failed (logged)."""
+    def _beat_once(
+        self,
+        group: str,
+        stale: int,
+        expiry: int,
+        mode: str,
+        fields: list[str],
+        decided: Sequence[str] = (),
+    ) -> Any:
+        """Run ``HEARTBEAT_SCRIPT`` once (``mode``: "", "sync" or "reap"; ``decided``: the
+        events to publish, see ``_decided``); its answer, or None if it failed (logged)."""
         seq = next(self._seq)
         try:
             answer = self._heartbeat(
@@ -998,6 +1061,10 @@ class RedisLayer:
                     self.channel(group),
                     HEADER.pack(PRESENCE_EVENT, self.origin, seq) + event_prefix(group).encode(),
                     mode,
+                    HEADER.pack(PRESENCE_EVENT, self.origin, DELIVERED)
+                    + event_prefix(group).encode(),
+                    len(decided) // 3,
+                    *decided,
                     *fields,
                 ],
             )
@@ -1056,6 +1123,8 @@ class RedisLayer:
             if data[:1] == b"\x04" and len(data) >= HEADER.size:
                 self._fan_out_items(run)  # what came before goes first
                 run = []
+                if data[1:].startswith(self._delivered):
+                    continue  # this process's listeners had it when it was decided
                 try:
                     text = data[HEADER.size :].decode()
                 except UnicodeDecodeError:

@@ -19,7 +19,7 @@ from dwebsocket.groups.presence import Local
 from dwebsocket.groups.redis import PRESENCE_LOG, RedisLayer
 from tests.groups import test_redis_layer
 from tests.groups.redis_server import RedisServer
-from tests.groups.test_redis_layer import Inbox
+from tests.groups.test_redis_layer import Inbox, until
 
 pytestmark = pytest.mark.usefixtures("short_heartbeat")
 layers = test_redis_layer.layers  # the fixture: layers ("processes") on a private Redis
@@ -263,3 +263,40 @@ def test_a_leave_during_a_syncing_heartbeat_leaves_no_ghost(
     event = json.loads(listener.get())
     assert (event["presence"], event["key"]) == ("leave", "user:bob")
     listener.assert_empty()
+
+
+def events(listener: Inbox, count: int) -> list[tuple[str, str]]:
+    return [(e["presence"], e["key"]) for e in map(json.loads, listener.get_all(count))]
+
+
+def test_what_changed_while_redis_was_away_is_an_event_elsewhere_once_it_is_back(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """Bob leaves and carol joins in one process while Redis is unreachable: that
+    process's listeners get both events at once (decided from its own members), the other
+    process's once its heartbeat has written them with Redis back -- each listener each
+    event once. (The heartbeat wrote the entries and published nothing: the other
+    process's pages showed bob online for good, and never carol.)"""
+    one, two = layers(), layers()
+    # No heartbeat but the test's own: one running before two subscribed again would
+    # publish the events where two's reader cannot get them.
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):
+        join(one, Inbox(), "alice")
+        bob = Inbox()
+        join(one, bob, "bob")
+        here, there = listen(one), listen(two)
+        redis_server.stop()
+        leave(one, bob)
+        join(one, Inbox(), "carol")
+        assert events(here, 2) == [("leave", "user:bob"), ("join", "user:carol")]
+        redis_server.start()
+        until(
+            lambda: "room" in one.subscriber.subscribed and "room" in two.subscriber.subscribed,
+            timeout=20,
+        )
+        one.report_up()
+        one.heartbeat("room", STALE, EXPIRY)
+        assert events(there, 2) == [("leave", "user:bob"), ("join", "user:carol")]
+        assert who(two) == {"user:alice": 1, "user:carol": 1}
+        here.assert_empty()
+        there.assert_empty()
