@@ -854,24 +854,25 @@ def _user_saved(
         return
     if update_fields is not None and set(update_fields) <= {"last_login"}:
         return  # login() saves this; no session changes validity by it
-    _check_once_committed(instance)
+    _check_once_committed(instance, kwargs.get("using"))
 
 
 def _user_deleted(sender: Any, instance: Any = None, **kwargs: Any) -> None:
     """A user deleted: no session names them any more (nothing deletes the sessions)."""
     if instance is not None and instance.pk is not None:
-        _check_once_committed(instance)
+        _check_once_committed(instance, kwargs.get("using"))
 
 
-def _check_once_committed(user: Any) -> None:
-    """Every process checks ``user``'s sockets, once the transaction commits."""
+def _check_once_committed(user: Any, using: str | None) -> None:
+    """Every process checks ``user``'s sockets, once the transaction of database
+    ``using`` (the one the user was written to; None: ``default``) commits."""
     from django.db import transaction
 
     if not _revoking():
         return
     group = user_group(user)
     # Once committed: other processes must read the new password hash (or find no user).
-    transaction.on_commit(lambda: get_layer().control(group, control.encode("check")))
+    transaction.on_commit(lambda: get_layer().control(group, control.encode("check")), using)
 
 
 def connect_signals() -> None:

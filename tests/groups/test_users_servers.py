@@ -147,9 +147,9 @@ def closed_with(ws: ClientConnection, bound: float = CLOSE_BOUND) -> int:
 
 
 def create_site(settings: dict[str, Any]) -> None:
-    """The site's database: its tables, and the users of :data:`USERS`."""
+    """The site's databases: their tables, and the users of :data:`USERS`."""
     for args in (
-        ("migrate", "--verbosity", "0"),
+        *(("migrate", "--database", alias, "--verbosity", "0") for alias in settings["DATABASES"]),
         (
             "shell",
             "-c",
@@ -288,6 +288,32 @@ def test_a_user_saved_or_deleted_through_a_proxy_model_is_closed_in_every_proces
         WEBSOCKET_SESSION_CHECK_INTERVAL=None,
     ) as site:
         alice_everywhere_closed_by(site, path, through="staff")
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_a_user_saved_in_a_transaction_of_its_own_database_is_checked_once_it_commits(
+    request: pytest.FixtureRequest,
+    make_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    """The users live in a database of their own (the ``auth_db`` of Django's multi-database
+    example), and the view that makes alice inactive goes on in its transaction after
+    the save: her sockets are checked once that transaction commits, and closed. No
+    periodic check here to catch it later. (They were checked at once, once ``default``
+    committed, and read her still active: they stayed open.)"""
+    databases = site_settings(tmp_path / "site.sqlite3", "memory://")["DATABASES"]
+    databases["auth_db"] = {**databases["default"], "NAME": str(tmp_path / "auth.sqlite3")}
+    with running_site(
+        request,
+        make_server,
+        tmp_path,
+        kind,
+        DATABASES=databases,
+        DATABASE_ROUTERS=["tests.groups.auth_db.AuthRouter"],
+        WEBSOCKET_SESSION_CHECK_INTERVAL=None,
+    ) as site:
+        alice_everywhere_closed_by(site, "/deactivate/", hold="1")
 
 
 def test_disconnect_closes_every_tab_everywhere_with_the_code(site: Site) -> None:

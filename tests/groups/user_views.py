@@ -9,11 +9,13 @@ import json
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import User
+from django.db import router, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from dwebsocket import groups, require_websocket, users
@@ -163,10 +165,14 @@ def delete_user(request: HttpRequest) -> HttpResponse:
 
 
 def deactivate(request: HttpRequest) -> HttpResponse:
-    """``?username=X``: X may no longer log in (``is_active = False``, saved)."""
-    user = _user_model(request).objects.get(username=request.GET["username"])
-    user.is_active = False
-    user.save()
+    """``?username=X``: X may no longer log in (``is_active = False``, saved). With
+    ``&hold=S``, in a transaction that goes on S seconds after the save."""
+    model = _user_model(request)
+    with transaction.atomic(using=router.db_for_write(model)):
+        user = model.objects.get(username=request.GET["username"])
+        user.is_active = False
+        user.save()
+        time.sleep(float(request.GET.get("hold", 0)))  # more work: nothing committed yet
     return HttpResponse("deactivated")
 
 
