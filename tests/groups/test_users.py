@@ -15,6 +15,7 @@ import unittest.mock
 from collections.abc import Iterator
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
@@ -164,6 +165,26 @@ class UsersTests(TransactionTestCase):
             self.assertEqual(a2.wait_closed(WAIT), users.REVOKED)
             users.send(self.bob, "bob stays")
             self.assertEqual(b.receive(), "bob stays")
+
+    @override_settings(SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies")
+    def test_signed_cookie_sessions_a_logout_closes_the_sockets_of_its_cookie_only(
+        self,
+    ) -> None:
+        """What docs/users.rst says of ``signed_cookies``: the session is the cookie, a
+        new one at every write (a view putting something in the session here), and a
+        logout reaches the sockets opened with the cookie it came with, not those of an
+        older one, which Django still takes as valid."""
+        browser = logged_in("alice")
+        with tab(browser) as older:
+            session = browser.session
+            session["cart"] = [42]
+            session.save()
+            browser.cookies[settings.SESSION_COOKIE_NAME] = session.session_key
+            with tab(browser) as newer:
+                browser.get("/logout/")
+                self.assertEqual(newer.wait_closed(WAIT), users.REVOKED)
+                users.send(self.alice, "still open")
+                self.assertEqual(older.receive(), "still open")
 
     def test_deleted_session_closes_its_sockets(self) -> None:
         browser = logged_in("alice")
