@@ -9,6 +9,7 @@ process playing both parts): the same answers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.cookiejar
 import json
 import os
@@ -193,6 +194,16 @@ def running_site(
         yield site
 
 
+@pytest.fixture
+def make_site(
+    request: pytest.FixtureRequest,
+    make_server: Callable[..., ServerProcess],
+    tmp_path: Path,
+) -> Callable[..., contextlib.AbstractContextManager[Site]]:
+    """``make_site(kind, **settings)``: :func:`running_site` in this test."""
+    return functools.partial(running_site, request, make_server, tmp_path)
+
+
 @pytest.fixture(params=["redis", "memory"])
 def site(
     request: pytest.FixtureRequest,
@@ -269,20 +280,13 @@ def test_a_deleted_user_is_closed_in_every_process(site: Site) -> None:
 @pytest.mark.parametrize("kind", ["redis", "memory"])
 @pytest.mark.parametrize("path", ["/deactivate/", "/delete-user/"])
 def test_a_user_saved_or_deleted_through_a_proxy_model_is_closed_in_every_process(
-    request: pytest.FixtureRequest,
-    make_server: Callable[..., ServerProcess],
-    tmp_path: Path,
-    kind: str,
-    path: str,
+    make_site: Callable[..., contextlib.AbstractContextManager[Site]], kind: str, path: str
 ) -> None:
     """Alice made inactive, or deleted, through a proxy of the user model (``Staff``, as
     a staff admin has): Django sends the signal with the proxy as sender, and every
     process checks her sockets all the same. No periodic check here to catch it later.
     (Only ``User``'s own signals were connected: her sockets stayed open.)"""
-    with running_site(
-        request,
-        make_server,
-        tmp_path,
+    with make_site(
         kind,
         INSTALLED_APPS=[*django_settings.INSTALLED_APPS, "tests.groups.staff"],
         WEBSOCKET_SESSION_CHECK_INTERVAL=None,
@@ -292,8 +296,7 @@ def test_a_user_saved_or_deleted_through_a_proxy_model_is_closed_in_every_proces
 
 @pytest.mark.parametrize("kind", ["redis", "memory"])
 def test_a_user_saved_in_a_transaction_of_its_own_database_is_checked_once_it_commits(
-    request: pytest.FixtureRequest,
-    make_server: Callable[..., ServerProcess],
+    make_site: Callable[..., contextlib.AbstractContextManager[Site]],
     tmp_path: Path,
     kind: str,
 ) -> None:
@@ -304,10 +307,7 @@ def test_a_user_saved_in_a_transaction_of_its_own_database_is_checked_once_it_co
     committed, and read her still active: they stayed open.)"""
     databases = site_settings(tmp_path / "site.sqlite3", "memory://")["DATABASES"]
     databases["auth_db"] = {**databases["default"], "NAME": str(tmp_path / "auth.sqlite3")}
-    with running_site(
-        request,
-        make_server,
-        tmp_path,
+    with make_site(
         kind,
         DATABASES=databases,
         DATABASE_ROUTERS=["tests.groups.auth_db.AuthRouter"],
