@@ -281,10 +281,12 @@ def test_what_changed_while_redis_was_away_is_an_event_elsewhere_once_it_is_back
     # No heartbeat but the test's own: one running before two subscribed again would
     # publish the events where two's reader cannot get them.
     with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):
+        here, there = listen(one), listen(two)
         join(one, Inbox(), "alice")
         bob = Inbox()
         join(one, bob, "bob")
-        here, there = listen(one), listen(two)
+        for listener in (here, there):
+            assert events(listener, 2) == [("join", "user:alice"), ("join", "user:bob")]
         redis_server.stop()
         leave(one, bob)
         join(one, Inbox(), "carol")
