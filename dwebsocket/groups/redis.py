@@ -325,6 +325,28 @@ if sync then
     end
   end
 end
+-- The end of the JSON string (or null) at i in s; #s if it has none.
+local function json_end(s, i)
+  if string.sub(s, i, i) ~= '"' then return i + 3 end
+  i = i + 1
+  while i <= #s do
+    local c = string.sub(s, i, i)
+    if c == '"' then return i end
+    if c == '\\\\' then i = i + 1 end
+    i = i + 1
+  end
+  return #s
+end
+-- A leave event's tail from an entry ("[key,user,info,sockets]"), its parts as they were
+-- written: cjson does not encode again what it decoded ([] comes out {}, 2^60 rounded).
+local function leave_tail(value)
+  local key_end = json_end(value, 2)
+  local user_end = json_end(value, key_end + 2)
+  local info_end = string.find(value, ',%d+%]$')
+  return '","key":' .. string.sub(value, 2, key_end) .. ',"user":' ..
+    string.sub(value, key_end + 2, user_end) .. ',"info":' ..
+    string.sub(value, user_end + 2, (info_end or #value + 1) - 1) .. '}'
+end
 local dead = {}
 local live = {}
 local procs = redis.call('HGETALL', KEYS[2])
@@ -350,12 +372,7 @@ for i = 1, #fields, 2 do
     for _, other in ipairs(live) do
       if redis.call('HEXISTS', KEYS[1], other .. '|' .. key) == 1 then left = false end
     end
-    if left then
-      local entry = cjson.decode(fields[i + 1])
-      local tail = '","key":' .. cjson.encode(entry[1]) .. ',"user":' ..
-        cjson.encode(entry[2]) .. ',"info":' .. cjson.encode(entry[3]) .. '}'
-      redis.call(ARGV[4], ARGV[5], ARGV[6] .. 'leave' .. tail)
-    end
+    if left then redis.call(ARGV[4], ARGV[5], ARGV[6] .. 'leave' .. leave_tail(fields[i + 1])) end
   end
 end
 for i = 10, decided - 1, 3 do

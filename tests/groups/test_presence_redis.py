@@ -302,3 +302,28 @@ def test_what_changed_while_redis_was_away_is_an_event_elsewhere_once_it_is_back
         assert who(two) == {"user:alice": 1, "user:carol": 1}
         here.assert_empty()
         there.assert_empty()
+
+
+def test_a_dead_process_users_leave_with_their_info_as_it_was_given(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """The leave event of a user whose process died carries the info of their join, as
+    any leave does. (The heartbeat's script decoded the entry and encoded its info again
+    with Redis's cjson: an empty list came out as ``{}``, a large integer rounded.)"""
+    one, two = layers(), layers()
+    listener = listen(two)
+    join(two, Inbox(), "bob")
+    assert json.loads(listener.get())["key"] == "user:bob"
+    info = {"name": "alice", "tags": [], "id": 12345678901234567, "url": "/u/alice/"}
+    pk = 'al"i\\ce,1]'  # a string primary key: escapes, and what ends an entry
+    entry = Local(f"user:{pk}", pk, json.dumps(info), info)
+    alice = Inbox()
+    one.join("room", alice)
+    count, shown = one.registry.presence.add("room", alice, entry)
+    one.present("room", entry, count, shown, True)
+    assert json.loads(listener.get())["info"] == info  # the join
+    one._client.hset(one.presence_keys("room")[1], one.process, 1)  # last heard long ago
+    two.heartbeat("room", STALE, EXPIRY)
+    left = json.loads(listener.get())
+    assert (left["presence"], left["key"], left["user"]) == ("leave", f"user:{pk}", pk)
+    assert left["info"] == info
