@@ -54,7 +54,9 @@ process's members, drops the rest and logs one WARNING per outage; the reader re
 with capped exponential backoff (0.1 s doubling to 5 s, jittered; a join cuts it short,
 see ``RedisLayer.join``) and subscribes again to every current group. Pub/sub keeps no
 history: what was published while a process was disconnected never reaches that
-process's members.
+process's members. A Redis that answers but refuses to write (``REFUSED``) is no outage:
+a history group's message is published without being kept, a command without being
+remembered.
 """
 
 from __future__ import annotations
@@ -468,6 +470,10 @@ CLAIMS = 4096
 EPOCHS = 4096
 #: Connections ``send`` may use at once; more senders wait (up to ``socket_timeout``).
 MAX_PUBLISH_CONNECTIONS = 32
+#: What Redis answers when it is there but will not write: ``maxmemory`` reached under the
+#: ``noeviction`` policy (OOM), an ACL user without the right (NOPERM). Not an outage: a
+#: message it will not keep is still published (``RedisLayer._send_kept``).
+REFUSED = (redis.exceptions.OutOfMemoryError, redis.exceptions.NoPermissionError)
 
 
 def encode(message: str | BytesLike, origin: bytes, seq: int) -> bytes:
@@ -572,6 +578,7 @@ class RedisLayer:
         self._prefix = f"dwebsocket:{self.topology.db}:"
         self._state_lock = threading.Lock()  # guards the fields below; never held over I/O
         self._outage = False
+        self._refusing = False  # Redis refused a write (REFUSED) and took none since
         # Per shard (one key, None, but on a Cluster): a failing shard is not tried for a
         # while, the others are.
         self._failures: dict[str | None, int] = {}
@@ -697,15 +704,27 @@ class RedisLayer:
             if remember:
                 # Before the PUBLISH: a member subscribed too late for the command reads
                 # the set after its subscription, so it finds the command there.
-                self._remember_control(
-                    keys=[self.control_key(group)], args=[data, int(control.MEMORY * 1000)]
-                )
+                self._remember(group, data)
             self.topology.publish(channel, data)
         except (redis.RedisError, OSError) as exc:
             self._publish_failed(exc, shard)
             return exc
         self._publish_ok(shard)
         return None
+
+    def _remember(self, group: str, data: bytes) -> None:
+        """Keep command ``data`` for :meth:`recent_controls`. Redis refusing the write
+        (:data:`REFUSED`) is logged, not raised: the command is published all the same
+        (a ``users.disconnect`` must still reach every process), and only a socket that
+        subscribes too late for it misses it."""
+        try:
+            self._remember_control(
+                keys=[self.control_key(group)], args=[data, int(control.MEMORY * 1000)]
+            )
+        except REFUSED as exc:
+            self._refused(exc)
+        else:
+            self._took_write()
 
     def control(self, group: str, payload: bytes, *, fail_silently: bool = True) -> None:
         """Publish command ``payload`` (:mod:`.control`) to ``group``'s members in every
@@ -820,11 +839,18 @@ class RedisLayer:
                     payload,
                     command,
                 )
+            except REFUSED as exc:
+                # Redis is there but will not keep it: not an outage (held back, every group
+                # of the process would lose its messages elsewhere). Published without
+                # history, as a message of a group without one: no position.
+                self._refused(exc)
+                error = self._publish(group, encode(message, self.origin, seq))
             except (redis.RedisError, OSError) as exc:
                 error = exc
                 self._publish_failed(exc, shard)
             else:
                 self._publish_ok(shard)
+                self._took_write()
                 # The script's own "epoch:offset", as it is (Position.parse would check it).
                 position = answer.decode() if isinstance(answer, bytes) else str(answer)
                 self._remember_epoch(group, position.partition(":")[0])
@@ -1242,6 +1268,27 @@ class RedisLayer:
             logger.warning(
                 "Redis at %s is reachable again: groups span processes again", redact(self.url)
             )
+
+    def _refused(self, exc: BaseException) -> None:
+        """Log, once until Redis takes a write again, that it refuses them (REFUSED)."""
+        with self._state_lock:
+            first, self._refusing = not self._refusing, True
+        if first:
+            logger.warning(
+                "Redis at %s refuses to write (%s): group messages are published without "
+                "history (not kept, no position) and commands without being remembered, "
+                "until it takes writes again",
+                redact(self.url),
+                exc,
+            )
+
+    def _took_write(self) -> None:
+        """Redis took a write: log the end of a refusal, if one was logged."""
+        if self._refusing:
+            with self._state_lock:
+                was, self._refusing = self._refusing, False
+            if was:
+                logger.warning("Redis at %s takes writes again", redact(self.url))
 
     @property
     def outage(self) -> bool:

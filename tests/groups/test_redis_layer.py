@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from django.test import override_settings
 
-from dwebsocket.groups import GroupsUnavailable
+from dwebsocket.groups import GroupsUnavailable, control
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer, decode, encode, redact
 from dwebsocket.websocket import Message
@@ -497,6 +498,48 @@ def test_a_hung_redis_is_detected_by_timeouts(
     )
     a.send("room", "resumed")
     assert here.get() == there.get() == "resumed"
+
+
+def test_a_redis_refusing_writes_still_delivers_everywhere(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis answers but will not write (``maxmemory`` reached under ``noeviction``): a
+    history group's message cannot be kept, a command cannot be remembered. That is no
+    outage: both reach every process (the message without a position), the process's
+    other groups go on, and one WARNING says so. (The failed script was taken for Redis
+    unreachable: the message and the command, a ``users.disconnect``, reached this process
+    only, and the backoff then held back every group's sends, lost elsewhere.)"""
+    commands: queue.Queue[dict[str, object]] = queue.Queue()
+    monkeypatch.setitem(control._handlers, "probe", lambda g, m, command: commands.put(command))
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept": {"size": 10, "ttl": 60}}):
+        a, b = layers(), layers()
+        kept, plain, closable = Inbox(), Inbox(), Inbox()
+        b.join("kept", kept)
+        b.join("plain", plain)
+        b.join("users", closable)
+        assert a.send("kept", "before") is not None
+        assert kept.get() == "before"
+        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+        redis_server.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        redis_server.command("CONFIG", "SET", "maxmemory", "1")  # below what it uses
+        try:
+            assert a.send("kept", "not kept", fail_silently=False) is None
+            assert kept.get() == "not kept"
+            a.send("plain", "other groups go on")
+            assert plain.get() == "other groups go on"
+            a.control("users", control.encode("probe", n=1), fail_silently=False)
+            assert commands.get(timeout=WAIT) == {"op": "probe", "n": 1}
+        finally:
+            redis_server.command("CONFIG", "SET", "maxmemory", "0")
+        assert a.send("kept", "kept again") is not None
+        assert kept.get() == "kept again"
+    said = [r.getMessage() for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert len(said) == 2, said
+    assert "refuses to write" in said[0] and "maxmemory" in said[0]
+    assert "takes writes again" in said[1]
 
 
 def test_rejoin_right_after_the_last_leave(layers: Callable[[], RedisLayer]) -> None:
