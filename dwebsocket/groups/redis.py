@@ -551,6 +551,10 @@ class RedisLayer:
             # One retry, at once, only for a broken connection (a pooled one that Redis
             # closed while restarting); a timeout is not retried: it already took its time.
             "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            # RESP2, as the subscriptions speak (topology._subscriber_kwargs), so that
+            # both authenticate alike: redis-py 8's RESP3 logs in by HELLO, which a Redis
+            # without a password accepts with any, where the subscription's AUTH is refused.
+            "protocol": 2,
         }
         if MaintNotificationsConfig is not None:  # redis-py >= 7: a CLIENT call saved
             options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)

@@ -542,6 +542,54 @@ def test_a_redis_refusing_writes_still_delivers_everywhere(
     assert "takes writes again" in said[1]
 
 
+def test_a_password_redis_does_not_ask_for_fails_sends_and_subscriptions_alike(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URL with a password for a Redis that has none: each connection is refused alike,
+    so a strict send raises and the cause is logged once. (redis-py 8 speaks RESP3 unless
+    told otherwise and authenticates by ``HELLO 3 AUTH default <password>``, which such a
+    Redis accepts, while the subscription, RESP2, sends ``AUTH <password>``, refused:
+    sends went out, returning as if delivered, and no process ever received one.)"""
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    url = f"redis://:secret@127.0.0.1:{redis_server.port}/0?socket_timeout=1"
+    layer = RedisLayer(url, Registry())
+    try:
+        member = Inbox()
+        layer.join("room", member)  # returns after the reader's one attempt
+        with pytest.raises(GroupsUnavailable, match="without any password configured"):
+            layer.send("room", "strict", fail_silently=False)
+        assert member.get() == "strict"  # this process's members, as in any outage
+    finally:
+        layer.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert len(said) == 1 and "without any password configured" in said[0], said
+    assert "secret" not in said[0]
+
+
+def test_an_acl_user_and_a_database_in_the_url(redis_server: RedisServer) -> None:
+    """``redis://user:password@host/db``: the publishing connections and the subscription
+    authenticate as that ACL user; a wrong password is refused alike, not retried in a
+    loop of tracebacks (the reader's attempts are DEBUG lines)."""
+    redis_server.command("ACL", "SETUSER", "site", "on", ">right", "~*", "&*", "+@all")
+    good = f"redis://site:right@127.0.0.1:{redis_server.port}/3?socket_timeout=1"
+    a, b = RedisLayer(good, Registry()), RedisLayer(good, Registry())
+    wrong = RedisLayer(good.replace(":right@", ":wrong@"), Registry())
+    try:
+        member, refused = Inbox(), Inbox()
+        a.join("room", member)
+        assert b"user=site" in redis_server.command("CLIENT", "LIST", "TYPE", "pubsub")
+        b.send("room", "as site", fail_silently=False)
+        assert member.get() == "as site"
+        wrong.join("room", refused)
+        with pytest.raises(GroupsUnavailable, match="invalid username-password"):
+            wrong.send("room", "refused", fail_silently=False)
+        assert refused.get() == "refused"  # its own members, as in any outage
+        member.assert_empty()
+    finally:
+        for layer in (a, b, wrong):
+            layer.close()
+
+
 def test_rejoin_right_after_the_last_leave(layers: Callable[[], RedisLayer]) -> None:
     """Leaving (UNSUBSCRIBE on its way) and joining again at once must end subscribed:
     every message sent after the join returns arrives."""
