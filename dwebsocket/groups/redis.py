@@ -949,8 +949,9 @@ class RedisLayer:
                     # here: they may be gone (see PRESENT_SCRIPT), and this write made the
                     # heartbeat's own check pass. The next heartbeat writes them all.
                     self._unsynced.add(group)
+                self._took_write()
             except (redis.RedisError, OSError) as exc:
-                self.report_down(exc)
+                self._write_failed(exc)
                 self._unsynced.add(group)  # the next heartbeat writes every entry
                 if count == (1 if joined else 0):
                     event = "join" if joined else "leave"
@@ -1116,13 +1117,14 @@ class RedisLayer:
                 ],
             )
         except (redis.RedisError, OSError) as exc:
-            self.report_down(exc)
+            self._write_failed(exc)
             if mode != "reap":
                 self._unsynced.add(group)
             return None
         except Exception:  # pragma: no cover - a bug: say so, keep beating
             logger.exception("Presence heartbeat of group %r failed", group)
             return None
+        self._took_write()
         return answer
 
     def read(self, group: str, after: int, count: int) -> Page:
@@ -1280,11 +1282,18 @@ class RedisLayer:
         if first:
             logger.warning(
                 "Redis at %s refuses to write (%s): group messages are published without "
-                "history (not kept, no position) and commands without being remembered, "
-                "until it takes writes again",
+                "history (not kept, no position), commands without being remembered, and "
+                "presence is not updated, until it takes writes again",
                 redact(self.url),
                 exc,
             )
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """A write without a fallback (presence) failed: Redis refused it, or is down."""
+        if isinstance(exc, REFUSED):
+            self._refused(exc)
+        else:
+            self.report_down(exc)
 
     def _took_write(self) -> None:
         """Redis took a write: log the end of a refusal, if one was logged."""

@@ -7,6 +7,7 @@ Redis was unreachable."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -100,6 +101,37 @@ def test_a_leave_while_redis_is_away_is_written_by_the_next_heartbeat(
     one.report_up()
     one.heartbeat("room", STALE, EXPIRY)
     assert who(reader) == {"user:alice": 1}
+
+
+def test_presence_writes_redis_refuses_are_no_outage(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis refuses the presence writes (``maxmemory`` reached under ``noeviction``):
+    one WARNING says so, the next heartbeat after it takes writes again writes the
+    entries, and a real outage later is logged as always. (A refused write was taken for
+    Redis unreachable, and that outage never ended -- no send or subscription had
+    failed to end it -- so the real one after it logged nothing.)"""
+    one = layers()
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    redis_server.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    redis_server.command("CONFIG", "SET", "maxmemory", "1")  # below what it uses
+    try:
+        join(one, Inbox(), "alice")
+        one.heartbeat("room", STALE, EXPIRY)
+        assert who(one) == {}  # read all the same: what Redis holds
+    finally:
+        redis_server.command("CONFIG", "SET", "maxmemory", "0")
+    one.heartbeat("room", STALE, EXPIRY)
+    assert who(one) == {"user:alice": 1}
+    redis_server.stop()
+    one.send("room", "finds Redis gone")
+    said = [r.getMessage() for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert len(said) == 3, said
+    assert "refuses to write" in said[0]
+    assert "takes writes again" in said[1]
+    assert "is unreachable" in said[2]
 
 
 def test_two_tabs_closing_at_once_leave_no_ghost(layers: Callable[[], RedisLayer]) -> None:
