@@ -214,6 +214,10 @@ class Cluster(Server):
             # seen: a cluster rebuilt on other addresses is found again.
             dynamic_startup_nodes=False,
             max_connections=settings["max_connections"],
+            # Senders past max_connections wait their turn (up to ``timeout``), as the
+            # other topologies' pools have them do; the default pool refuses them at once.
+            connection_pool_class=redis.BlockingConnectionPool,
+            timeout=settings["timeout"],
             protocol=2,
             **self.kwargs,
         )

@@ -9,6 +9,7 @@ Sentinels (down after 1 s) promote its replica; delivery must then resume by its
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -19,7 +20,7 @@ from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.groups import url_problem
 from dwebsocket.groups.cluster import ClusterSubscription
 from dwebsocket.groups.memory import Registry
-from dwebsocket.groups.redis import RedisLayer
+from dwebsocket.groups.redis import MAX_PUBLISH_CONNECTIONS, RedisLayer
 from tests.groups.redis_cluster import RedisCluster, RedisSentinels, running, wait_for
 from tests.groups.test_redis_layer import Inbox, until
 
@@ -181,6 +182,37 @@ def test_cluster_delivers_between_processes_on_every_shard(
         port = int(address.rpartition(":")[2])
         owned = {g for g in names if cluster.owner(key_slot(b.channel(g))).port == port}
         assert set(shard.subscribed) == owned
+
+
+def test_cluster_senders_past_the_pool_wait_their_turn(
+    cluster: RedisCluster, layers: Callable[[str], RedisLayer]
+) -> None:
+    """Every connection of the pool to a group's master is in use (32 senders at once):
+    the next sender waits for one, as on one server (docs/groups.rst), and its message
+    reaches every process. (A Cluster's node pools refused it at once, "Too many
+    connections": the message reached this process only, and the shard's sends were held
+    back as if it were down.)"""
+    a, b = layers(cluster.url), layers(cluster.url)
+    inbox = Inbox()
+    b.join("busy", inbox)
+    a.send("busy", "warm")  # a's client knows the slots
+    assert inbox.get() == "warm"
+    node = a.topology.client.get().nodes_manager.get_node_from_slot(key_slot(a.channel("busy")))
+    pool = node.redis_connection.connection_pool
+    taken = [pool.get_connection() for _ in range(MAX_PUBLISH_CONNECTIONS)]
+
+    def give_back() -> None:
+        for connection in taken:
+            pool.release(connection)
+
+    timer = threading.Timer(0.3, give_back)  # while the send below waits: not asserted
+    timer.start()
+    try:
+        a.send("busy", "waited", fail_silently=False)
+    finally:
+        timer.join(WAIT)
+    assert inbox.get() == "waited"
+    assert not a.outage
 
 
 def test_cluster_process_receives_only_its_groups(
