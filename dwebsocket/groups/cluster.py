@@ -23,7 +23,10 @@ whose master changed to that master's reader, drop readers left with nothing):
 
 Messages published while a group's subscription moves (during a failover, a second or
 two) are lost to this process, as any pub/sub message published while a process is not
-subscribed; history (where a group keeps it) lets members recover them.
+subscribed; history (where a group keeps it) lets members recover them. So are those of
+a history group while its slot migrates, once its stream has moved: the script runs on
+the new owner (``ASK``) and publishes there, while Redis serves the slot's channels from
+the old one until the move ends.
 """
 
 from __future__ import annotations
