@@ -471,9 +471,14 @@ EPOCHS = 4096
 #: Connections ``send`` may use at once; more senders wait (up to ``socket_timeout``).
 MAX_PUBLISH_CONNECTIONS = 32
 #: What Redis answers when it is there but will not write: ``maxmemory`` reached under the
-#: ``noeviction`` policy (OOM), an ACL user without the right (NOPERM). Not an outage: a
-#: message it will not keep is still published (``RedisLayer._send_kept``).
-REFUSED = (redis.exceptions.OutOfMemoryError, redis.exceptions.NoPermissionError)
+#: ``noeviction`` policy (OOM), an ACL user without the right (NOPERM), a restart still
+#: loading its data (LOADING: pub/sub works meanwhile). Not an outage: a message it will
+#: not keep is still published (``RedisLayer._send_kept``).
+REFUSED = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.NoPermissionError,
+    redis.exceptions.BusyLoadingError,
+)
 
 
 def encode(message: str | BytesLike, origin: bytes, seq: int) -> bytes:

@@ -32,7 +32,8 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="dwebsocket-redis-")
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 10.0, options: tuple[str, ...] = ()) -> None:
+        """Start it (``options``: more command-line options, for this run only)."""
         assert self.process is None
         self.process = subprocess.Popen(
             [
@@ -49,6 +50,7 @@ class RedisServer:
                 self._dir.name,
                 "--protected-mode",
                 "no",
+                *options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

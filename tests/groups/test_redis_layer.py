@@ -542,6 +542,36 @@ def test_a_redis_refusing_writes_still_delivers_everywhere(
     assert "takes writes again" in said[1]
 
 
+def test_a_redis_loading_its_data_still_delivers_everywhere(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """A Redis restarted with its data answers LOADING to scripts until it has read it
+    (seconds, minutes for a large one) while pub/sub already works: a history group's
+    message is published without being kept, and the process's other groups go on.
+    (The refused script was taken for Redis unreachable: the message reached this process
+    only, and the backoff held back the other groups' sends, lost elsewhere.)"""
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept": {"size": 10, "ttl": 60}}):
+        a, b = layers(), layers()
+        kept, plain = Inbox(), Inbox()
+        b.join("kept", kept)
+        b.join("plain", plain)
+        script = "for i = 1, 20000 do redis.call('SET', 'k' .. i, i) end"
+        redis_server.command("EVAL", script, "0")
+        redis_server.command("SAVE")
+        redis_server.stop()
+        # 20,000 keys at 1 ms each: loading for 20 s, longer than the test needs, and
+        # answering clients every KiB read (every 80-odd keys).
+        loading = ("--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024")
+        redis_server.start(options=loading)
+        assert redis_server.command("PING").startswith(b"-LOADING")
+        until(lambda: {"kept", "plain"} <= b.subscriber.subscribed, timeout=20)
+        a.send("kept", "not kept")
+        assert kept.get() == "not kept"
+        a.send("plain", "other groups go on")
+        assert plain.get() == "other groups go on"
+        assert redis_server.command("PING").startswith(b"-LOADING")  # all while loading
+
+
 def test_a_password_redis_does_not_ask_for_fails_sends_and_subscriptions_alike(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
