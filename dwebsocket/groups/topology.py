@@ -295,7 +295,8 @@ class Cluster(Server):
 class LazyCluster:
     """A ``redis.RedisCluster`` made at first use, not at construction: making one asks a
     seed for the slots, and a layer must be made (and joins return) while the cluster is
-    unreachable. Scripts registered through it bind to it, not to the client."""
+    unreachable. Scripts registered through it bind to it, not to the client. Its calls
+    raise ``redis.ConnectionError`` for redis-py's ``RedisClusterException``."""
 
     #: Seconds between two attempts to make the client while no seed answers.
     RETRY = 1.0
@@ -332,7 +333,20 @@ class LazyCluster:
         return Script(self, script.encode())  # type: ignore[arg-type]  # duck-typed
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.get(), name)
+        attribute = getattr(self.get(), name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            # No node answers, or none serves the slot: RedisClusterException, which is
+            # not a RedisError. Raised as what it means here, as publish() does, so that
+            # the layer takes it for an outage (else a view's 500).
+            try:
+                return attribute(*args, **kwargs)
+            except RedisClusterException as exc:
+                raise redis.ConnectionError(str(exc)) from exc
+
+        return call
 
     def close(self) -> None:
         with self._lock:

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from django.test import override_settings
 from redis.crc import key_slot
 
 from dwebsocket.exceptions import InvalidSetting
-from dwebsocket.groups import url_problem
+from dwebsocket.groups import GroupsUnavailable, url_problem
 from dwebsocket.groups.cluster import ClusterSubscription
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import MAX_PUBLISH_CONNECTIONS, RedisLayer
@@ -152,6 +153,32 @@ def test_cluster_unreachable_at_start_is_an_outage_not_an_error(
             layer.send("room", "again", fail_silently=False)
     finally:
         layer.close()
+
+
+def test_cluster_gone_after_start_is_an_outage_not_an_error(
+    own_cluster: RedisCluster, layers: Callable[[str], RedisLayer]
+) -> None:
+    """Every node dies after the layer knew the cluster: a history group's send, a
+    history read and presence are an outage as with one server -- nothing raised but
+    GroupsUnavailable, and only when asked for. (redis-py's RedisClusterUnreachableError,
+    not a RedisError, escaped them: a 500 from every view sending to a history group, or
+    joining one, while the cluster was down.)"""
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept": {"size": 10, "ttl": 60}}):
+        a = layers(own_cluster.url)
+        member = Inbox()
+        a.join("kept", member)
+        assert a.send("kept", "before") is not None
+        assert member.get() == "before"
+        for node in own_cluster.nodes:
+            node.stop()
+        assert a.send("kept", "during") is None
+        assert member.get() == "during"  # this process's members, as in any outage
+        with pytest.raises(GroupsUnavailable):
+            a.send("kept", "strict", fail_silently=False)
+        with pytest.raises(GroupsUnavailable):
+            a.read("kept", 0, 10)
+        with pytest.raises(GroupsUnavailable):
+            a.presence("kept")
 
 
 # -- Cluster --------------------------------------------------------------------------------
