@@ -218,6 +218,11 @@ class Cluster(Server):
             # other topologies' pools have them do; the default pool refuses them at once.
             connection_pool_class=redis.BlockingConnectionPool,
             timeout=settings["timeout"],
+            # One attempt, as with one server: redis-py retries a timed-out command three
+            # times, learning the slots again and sleeping in between, so that one send to
+            # a master that hangs held its view some 15 s at a socket timeout of 1 s.
+            # MOVED and ASK are followed all the same; the next call learns the slots.
+            retry=Retry(NoBackoff(), 0),
             protocol=2,
             **self.kwargs,
         )
@@ -247,7 +252,7 @@ class Cluster(Server):
                 try:
                     connection.execute_command("SPUBLISH", channel, data)
                     return
-                except (redis.ConnectionError, redis.TimeoutError):
+                except redis.ConnectionError:  # a dead node: the general way finds its heir
                     pass
                 except AskError:  # MOVED too (a subclass)
                     pass

@@ -9,6 +9,7 @@ Sentinels (down after 1 s) promote its replica; delivery must then resume by its
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -179,6 +180,40 @@ def test_cluster_gone_after_start_is_an_outage_not_an_error(
             a.read("kept", 0, 10)
         with pytest.raises(GroupsUnavailable):
             a.presence("kept")
+
+
+@pytest.mark.parametrize("history", [False, True], ids=["plain", "history"])
+def test_cluster_send_to_a_hung_master_waits_one_socket_timeout(
+    layers: Callable[[str], RedisLayer], history: bool
+) -> None:
+    """A group's master stops answering (SIGSTOP: a frozen host, a partition), and has
+    no replica to take over: a send waits for it once, up to the socket timeout (1 s
+    here), as with one server; the message reaches the other processes when it answers
+    again. (redis-py's cluster client retried the timed-out command three times, learning
+    the slots again and sleeping in between, and the plain send's fast path fell back to
+    it after its own timeout: one send held its view some 15 s.)"""
+    kept = {"room": {"size": 10, "ttl": 60}} if history else {}
+    with (
+        running(RedisCluster(replicas=0)) as own_cluster,
+        override_settings(WEBSOCKET_GROUPS_HISTORY=kept),
+    ):
+        a, b = layers(own_cluster.url), layers(own_cluster.url)
+        member = Inbox()
+        b.join("room", member)
+        a.send("room", "before")
+        assert member.get() == "before"
+        master = own_cluster.owner(key_slot(a.channel("room")))
+        assert master.process is not None
+        sending = threading.Thread(target=a.send, args=("room", "while hung"))
+        master.process.send_signal(signal.SIGSTOP)
+        try:
+            sending.start()
+            sending.join(WAIT)  # ten socket timeouts
+            assert not sending.is_alive(), "send still waiting for the hung master"
+        finally:
+            master.process.send_signal(signal.SIGCONT)
+            sending.join(WAIT)
+        assert member.get() == "while hung"  # carried out once it answered
 
 
 # -- Cluster --------------------------------------------------------------------------------
