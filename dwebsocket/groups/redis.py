@@ -1362,6 +1362,9 @@ class Subscriber:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._stopping = False
+        #: Redis answered a command on the current connection (reader only): only then does
+        #: the reconnection backoff start over.
+        self._answered = False
 
     # -- called from any thread -------------------------------------------------------------
 
@@ -1424,11 +1427,10 @@ class Subscriber:
         delay = BACKOFF_BASE
         while not self._stopping:
             connection = None
-            served = False
+            self._answered = False
             try:
                 connection = self.layer.make_connection(self.address)
                 connection.connect()  # type: ignore[no-untyped-call]
-                served = True
                 self._serve(connection)
             except Exception as exc:
                 if self._stopping:
@@ -1442,7 +1444,9 @@ class Subscriber:
             finally:
                 if connection is not None:
                     connection.disconnect()  # type: ignore[no-untyped-call]
-            if served:
+            if self._answered:
+                # Not a mere connection: one whose SUBSCRIBE Redis refuses (an ACL user
+                # without the channels) would have every process reconnect ten times a second.
                 delay = BACKOFF_BASE
             # Equal jitter: many processes losing the same Redis do not return in step.
             self._sleep(delay / 2 + random.uniform(0, delay / 2))
@@ -1499,6 +1503,7 @@ class Subscriber:
                     except redis.ResponseError as exc:
                         self.refused(exc)
                     else:
+                        self._answered = True
                         if isinstance(response, list) and response and response[0] == self.MESSAGE:
                             received.append((response[1], response[2]))
                         else:

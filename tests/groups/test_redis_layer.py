@@ -620,6 +620,33 @@ def test_an_acl_user_and_a_database_in_the_url(redis_server: RedisServer) -> Non
             layer.close()
 
 
+def test_a_subscription_redis_refuses_is_retried_with_backoff(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ACL user without the channels (Redis 7 gives a new user none, unless
+    ``acl-pubsub-default allchannels``): Redis takes the connection and refuses the
+    SUBSCRIBE. The reader backs off as from a refused connection. (A connection counted as
+    a success and started the backoff over: every process reconnected, logged in and was
+    refused some fourteen times a second, for ever.)"""
+    redis_server.command("ACL", "SETUSER", "site", "on", ">pw", "~*", "+@all", "resetchannels")
+    layer = RedisLayer(f"redis://site:pw@127.0.0.1:{redis_server.port}/0", Registry())
+    pauses: list[float] = []
+    sleep = layer.subscriber._sleep
+
+    def recorded(seconds: float) -> None:
+        pauses.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(layer.subscriber, "_sleep", recorded)
+    try:
+        layer.join("room", Inbox())  # returns after the refused attempt
+        until(lambda: len(pauses) >= 4)
+    finally:
+        layer.close()
+    # Equal jitter: the n-th pause is in [d/2, d] for d = 0.1 * 2**n; the fourth past 0.1.
+    assert pauses[3] > 0.1, pauses
+
+
 def test_rejoin_right_after_the_last_leave(layers: Callable[[], RedisLayer]) -> None:
     """Leaving (UNSUBSCRIBE on its way) and joining again at once must end subscribed:
     every message sent after the join returns arrives."""
