@@ -27,6 +27,7 @@ the subscriptions use, and how those are spread (:meth:`Topology.subscription`).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -216,8 +217,10 @@ class Cluster(Server):
             max_connections=settings["max_connections"],
             # Senders past max_connections wait their turn (up to ``timeout``), as the
             # other topologies' pools have them do; the default pool refuses them at once.
-            connection_pool_class=redis.BlockingConnectionPool,
-            timeout=settings["timeout"],
+            # (The timeout bound here: older redis-py drops a ``timeout`` argument.)
+            connection_pool_class=functools.partial(
+                redis.BlockingConnectionPool, timeout=settings["timeout"]
+            ),
             # One attempt, as with one server: redis-py retries a timed-out command three
             # times, learning the slots again and sleeping in between, so that one send to
             # a master that hangs held its view some 15 s at a socket timeout of 1 s.
