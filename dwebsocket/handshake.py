@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
 from django.http import HttpRequest, HttpResponse
-from django.http.request import validate_host
+from django.http.request import host_validation_re, validate_host
 
 from dwebsocket import metrics
 from dwebsocket.conf import settings
@@ -128,12 +128,16 @@ def handshake_origin(headers: Mapping[str, str]) -> str | None:
 
 def _normalize_origin(origin: str) -> tuple[str, str, int | None] | None:
     """``(scheme, host, port)`` of an ``Origin`` value, default ports dropped; None if it
-    is not a URL origin (``"null"``, garbage)."""
+    is not a URL origin (``"null"``, garbage). Its host is checked as Django checks
+    ``Host`` before matching ``ALLOWED_HOSTS``: ``http://evil.com,x.example.com`` matched
+    ``.example.com``."""
     try:
         parts = urlsplit(origin.strip())
         port = parts.port
     except ValueError:
         return None
+    if not host_validation_re.match(parts.netloc.lower()) or parts[2:] != ("", "", ""):
+        return None  # userinfo, a path, a query: not an origin (RFC 6454 6.1)
     # A trailing dot names the same host (Django drops it from Host before matching
     # ALLOWED_HOSTS, and a page at "example.com." sends that origin).
     host = (parts.hostname or "").lower().removesuffix(".")

@@ -72,6 +72,10 @@ def test_origin_from_allowed_hosts(origin: str | None, allowed: bool) -> None:
         ("https://example.com.", True),
         ("https://chat.example.com.:8443", True),
         ("https://example.com.evil.", False),
+        # Not an origin (RFC 6454), whatever its tail: Django's own Host check refuses them.
+        ("http://evil.com,chat.example.com", False),
+        ("https://user@chat.example.com", False),
+        ("https://chat.example.com/", False),
     ],
 )
 def test_origin_leading_dot_and_ipv6(origin: str, allowed: bool) -> None:
