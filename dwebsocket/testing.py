@@ -63,6 +63,7 @@ from dwebsocket.protocol.handshake import (
     parse_response,
 )
 from dwebsocket.protocol.server import accept
+from dwebsocket.signals import websocket_opened
 from dwebsocket.typing import BytesLike, Message
 
 if TYPE_CHECKING:
@@ -170,8 +171,10 @@ class WebSocketClient:
     def connect(self) -> WebSocketClient:
         """Send the upgrade request and wait for the view to accept it; returns ``self``.
 
-        Blocks until the view accepts (its first use of ``request.websocket``) or answers,
-        at most ``timeout`` seconds. Raises :class:`HandshakeRefused` for any answer but
+        Blocks until the view accepts (its first use of ``request.websocket``) and the
+        receivers of ``websocket_opened`` have returned (the socket is then its user's:
+        ``users.send`` reaches it), or until the view answers, at most ``timeout``
+        seconds. Raises :class:`HandshakeRefused` for any answer but
         101, the view's own exception if it raised before accepting (with
         ``raise_request_exception``), ``TimeoutError`` if nothing came, and
         ``ImproperlyConfigured`` unless ``WEBSOCKET_FACTORY_CLASS`` is the default backend
@@ -186,7 +189,24 @@ class WebSocketClient:
         request = self._build_request(key)
         server_sock, self._sock = socket.socketpair()
         side = _ASGIServerSide if asynchronous else _ServerSide
-        self._server = side(server_sock, self)
+        server = self._server = side(server_sock, self)
+        opened = threading.Event()
+
+        def on_opened(sender: Any, request: Any = None, **kwargs: Any) -> None:
+            if request is not None and request is server.request:
+                opened.set()
+
+        # Connected last, so called once the other receivers have returned.
+        uid = ("dwebsocket.testing.opened", id(self))
+        websocket_opened.connect(on_opened, weak=False, dispatch_uid=uid)
+        try:
+            self._handshake(key, request, opened)
+        finally:
+            websocket_opened.disconnect(dispatch_uid=uid)
+        return self
+
+    def _handshake(self, key: str, request: bytes, opened: threading.Event) -> None:
+        assert self._server is not None and self._sock is not None
         self._server.start()
         deadline = time.monotonic() + self.timeout
         try:
@@ -198,13 +218,16 @@ class WebSocketClient:
                 self._finish()
                 raise HandshakeRefused(status, headers, content, self._server.response)
             self._open(headers, rest)
+            # The server sends websocket_opened just after the 101: until its receivers
+            # have run, dwebsocket.users has not registered the socket as its user's,
+            # and a users.send() the test makes next would miss it.
+            opened.wait(max(0.0, deadline - time.monotonic()))
         except BaseException as exc:
             try:
                 self._finish(check_returned=False)
             except BaseException as server_side:
                 raise server_side from exc  # what went wrong in the view explains the rest
             raise
-        return self
 
     def _build_request(self, key: str) -> bytes:
         host, origin = HOST, self.origin

@@ -120,6 +120,15 @@ class UsersTests(TransactionTestCase):
                 with self.assertRaises(TimeoutError):
                     ws.receive(timeout=0.2)
 
+    def test_send_as_soon_as_connected_reaches_the_socket(self) -> None:
+        """docs/users.rst's test: ``users.send`` right after ``connect()``, before the view
+        sent anything. connect() returns once websocket_opened's receivers, which
+        register the socket as alice's, have run."""
+        for path in ("/ws/quiet/", "/ws/quiet-async/"):
+            with WebSocketClient(path, user=self.alice, timeout=WAIT) as ws:
+                users.send(self.alice, "hi")
+                self.assertEqual(ws.receive(), "hi", path)
+
     def test_disconnect_closes_every_tab_with_the_code(self) -> None:
         with tab(user=self.alice) as a1, tab(user=self.alice) as a2, tab(user=self.bob) as b:
             users.disconnect(self.alice)

@@ -4,6 +4,8 @@ from tests.groups import user_views
 
 urlpatterns = [
     path("ws/", user_views.socket),
+    path("ws/quiet/", user_views.quiet),
+    path("ws/quiet-async/", user_views.quiet_async),
     path("ws/revoked-while-opening/", user_views.revoked_while_opening),
     path("ws/ended-after-authentication/", user_views.socket),
     path("ws/store-down-while-opening/", user_views.store_down_while_opening),

@@ -55,6 +55,20 @@ def socket(request: HttpRequest) -> None:
         pass
 
 
+@require_websocket
+def quiet(request: HttpRequest) -> None:
+    """Send nothing; stay open until the client closes (what arrives is ignored)."""
+    for _message in request.websocket:
+        pass
+
+
+@require_websocket
+async def quiet_async(request: HttpRequest) -> None:
+    """:func:`quiet` as an ``async def`` view."""
+    async for _message in request.websocket:
+        pass
+
+
 class EndedAfterAuthentication:
     """Middleware: on ``/ws/ended-after-authentication/``, authenticate the request (as a
     middleware checking access does), then end its session (a logout in another tab,

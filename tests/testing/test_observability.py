@@ -72,6 +72,14 @@ def test_signals_count_who_is_online(online: Online) -> None:
     assert online.codes == [1000, 1000]
 
 
+def test_connect_returns_once_the_opened_signal_was_handled(online: Online) -> None:
+    # docs/logging.rst's test: counted as soon as connect() returns, before the view
+    # sent anything.
+    with WebSocketClient("/echo/"):
+        assert online.count() == 1
+    assert online.count() == 0
+
+
 def test_closed_signal_carries_the_code(online: Online) -> None:
     with WebSocketClient("/close/?code=4003") as ws:
         ws.send("go")
