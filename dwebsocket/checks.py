@@ -16,8 +16,9 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
   ignores.
 - ``dwebsocket.E010``: ``WEBSOCKET_ALLOWED_ORIGINS`` is not None or a list of origins (a
   bare string, or an entry that is not one of the documented forms).
-- ``dwebsocket.E011`` to ``dwebsocket.E024``: one per setting, of the wrong type or out of
-  range (``dwebsocket.conf.SETTINGS`` gives each its id; ``docs/settings.rst`` lists them).
+- ``dwebsocket.E011`` to ``dwebsocket.E025`` and ``dwebsocket.E030`` to ``dwebsocket.E032``:
+  one per setting, of the wrong type or out of range (``dwebsocket.conf.SETTINGS`` gives
+  each its id; ``docs/settings.rst`` lists them).
 - ``dwebsocket.W005``: ``WEBSOCKET_ACCEPT_ALL`` without ``WebSocketMiddleware``.
 - ``dwebsocket.W006``: middleware with a ``process_view`` listed after
   ``WebSocketMiddleware`` (it does not run for WebSocket views).
