@@ -83,22 +83,64 @@ def view_sample(page: str, start: str) -> str:
 
 
 def settings_sample() -> str:
-    """``recovery.rst``'s settings, with the test's redis-server for the one on 6379."""
+    """``recovery.rst``'s settings, with the test's redis-server for the one on 6379, and
+    the test settings ``users.rst`` recommends (used by ``manage.py test`` only)."""
     [block] = [b for b in blocks("recovery.rst") if "WEBSOCKET_GROUPS_HISTORY" in b]
     assert '"redis://127.0.0.1:6379/0"' in block
-    return block.replace('"redis://127.0.0.1:6379/0"', 'os.environ["SAMPLES_REDIS_URL"]')
+    [tests] = [b for b in blocks("users.rst") if "read_uncommitted" in b]
+    return (
+        block.replace('"redis://127.0.0.1:6379/0"', 'os.environ["SAMPLES_REDIS_URL"]')
+        + 'if sys.argv[1:2] == ["test"]:\n'
+        + textwrap.indent(tests, "    ")
+    )
+
+
+NOTIFICATIONS = """
+from django.http import HttpResponseForbidden
+from dwebsocket import require_websocket
+
+
+@require_websocket
+def notifications(request):
+    if not request.user.is_authenticated:
+        return HttpResponseForbidden()
+    for message in request.websocket:
+        pass
+"""
+
+
+def case_sample(page: str, start: str) -> str:
+    """The block on ``page`` that holds ``start`` (a test case, with its imports)."""
+    [block] = [b for b in blocks(page) if start in b]
+    return block
+
+
+#: The test cases of users.rst and testing.rst, which the project's own tests run.
+TEST_CASES = [
+    ("users.rst", "class Notify(TransactionTestCase):"),
+    ("testing.rst", "class EndToEnd(LiveServerTestCase):"),
+]
 
 
 def test_each_sample_is_found() -> None:
     for page, start, _ in SAMPLES.values():
         assert view_sample(page, start).count("request.websocket") >= 1, page
+    for page, start in TEST_CASES:
+        assert "def test_" in case_sample(page, start)
 
 
-def run(cwd: Path, *args: str) -> None:
+def run(cwd: Path, *args: str, **extra: str) -> str:
     done = subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=120
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env(**extra),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -117,7 +159,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     package = root / "mysite"
     settings = package / "settings.py"
     settings.write_text(
-        "import os\n"
+        "import os\nimport sys\n"
         + settings.read_text()
         + '\nINSTALLED_APPS = [*INSTALLED_APPS, "dwebsocket"]\n'
         + settings_sample()
@@ -127,10 +169,25 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (package / f"{module}.py").write_text(PRELUDE + view_sample(page, start))
         name = start.split("def ")[1].split("(")[0]
         patterns.append(f'    path("{route}", {module}.{name}),')
+    # What the test cases need besides: the README's echo view, a socket for
+    # notifications (its view is not on the page), Django's own logout view (whose page
+    # is the admin's).
+    (package / "views.py").write_text(quick_start()["views.py"] + NOTIFICATIONS)
+    patterns += [
+        '    path("admin/", admin.site.urls),',
+        '    path("echo/", views.echo),',
+        '    path("notifications/", views.notifications),',
+        '    path("logout/", LogoutView.as_view()),',
+    ]
     (package / "urls.py").write_text(
+        "from django.contrib import admin\n"
+        "from django.contrib.auth.views import LogoutView\n"
         "from django.urls import path\n\n"
-        f"from mysite import {', '.join(SAMPLES)}\n\n"
+        f"from mysite import views, {', '.join(SAMPLES)}\n\n"
         "urlpatterns = [\n" + "\n".join(patterns) + "\n]\n"
+    )
+    (package / "tests.py").write_text(
+        "\n\n".join(case_sample(page, start) for page, start in TEST_CASES)
     )
     # channels.rst's asgi.py: dwebsocket's get_asgi_application() for Django's.
     asgi = package / "asgi.py"
@@ -225,6 +282,13 @@ def served(
             process.kill()
             process.wait(WAIT)
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_the_test_cases_pass(project: Path) -> None:
+    """users.rst's (a logout closes the socket with 4001) and testing.rst's (the live
+    server), in the project's ``manage.py test``; memory:// as users.rst says."""
+    output = run(project, "manage.py", "test", "--noinput", SAMPLES_REDIS_URL="memory://")
+    assert re.search(r"Ran 2 tests\b.*\nOK\b", output, re.S), output
 
 
 def ws(port: int, path: str) -> ClientConnection:
