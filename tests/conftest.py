@@ -3,7 +3,7 @@
 ``server``: a real server process (parametrized over ``tests.servers.SERVERS``), one per
 name for the whole session; tests marked ``server`` use it. ``make_server``: one with
 extra settings, stopped after the test. Both check at the end that the server printed no
-traceback.
+traceback. ``redis_url``: a private redis-server for a test module.
 
 The shared suite is every test that uses ``server`` and not ``browser``; collection marks
 them ``shared``. A browser test stays out: the matrix (``noxfile.py``) runs the shared suite
@@ -24,6 +24,8 @@ import pytest
 
 from tests.backends.uwsgi.defects import pytest_collection_modifyitems  # noqa: F401 - uWSGI defect marks
 from tests.browser import browser  # noqa: F401 - one Chromium for the session's browser tests
+from tests.groups.redis_server import RedisServer
+from tests.requirements import REDIS_SETUP, executable
 from tests.servers import ServerProcess, shared_servers, start_server
 
 # A run started in the background by a shell without job control (``(make test &)``)
@@ -72,3 +74,16 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         srv.stop()
     for srv in started:
         assert_no_traceback(srv)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """The URL of a private redis-server, one per test module (a skip without
+    redis-server locally, a failure on CI)."""
+    executable("redis-server", REDIS_SETUP)
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()

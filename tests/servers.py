@@ -359,3 +359,50 @@ def running_server(name: str, log_path: Path, **kwargs: Any) -> Iterator[ServerP
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def project_server(
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    ready: Callable[[], object],
+    timeout: float = START_TIMEOUT,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv``, a server of a project a test made in ``cwd``, its output in ``log``,
+    and yield its process once ``ready()`` no longer raises ``OSError``. On leaving:
+    SIGTERM, SIGKILL after ``timeout``, then to what is left of its process group; its
+    log must hold no traceback. Raises
+    ``AssertionError`` with the log if it exits or is not ready within ``timeout``."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                ready()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # what is left of it (gunicorn's workers)
+    assert "Traceback" not in log.read_text(), log.read_text()

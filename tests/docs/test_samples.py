@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +22,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from dwebsocket.client import ReconnectingClient
-from tests.groups.redis_server import RedisServer
-from tests.requirements import REDIS_SETUP, executable
-from tests.servers import REPO, free_port
-from tests.testing.test_readme import quick_start
+from tests.servers import REPO, free_port, project_server
+from tests.testing.test_readme import env, quick_start, run
 
 pytestmark = pytest.mark.server
 
@@ -129,29 +124,6 @@ def test_each_sample_is_found() -> None:
         assert "def test_" in case_sample(page, start)
 
 
-def run(cwd: Path, *args: str, **extra: str) -> str:
-    done = subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env=env(**extra),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
-
-
-def env(**extra: str) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")},
-        "PYTHONPATH": str(REPO),
-        "PYTHONUNBUFFERED": "1",
-        **extra,
-    }
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("samples")
@@ -204,17 +176,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    executable("redis-server", REDIS_SETUP)
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.close()
-
-
 def uvicorn() -> str:
     script = Path(sys.executable).with_name("uvicorn")
     return str(script) if script.exists() else "uvicorn"
@@ -253,35 +214,10 @@ def served(
 ) -> Iterator[tuple[str, int]]:
     port = free_port()
     log = tmp_path_factory.mktemp(request.param) / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            SERVE[request.param](port),
-            cwd=project,
-            env=env(SAMPLES_REDIS_URL=redis_url),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                status(port, "/")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+    argv = SERVE[request.param](port)
+    samples_env = env(SAMPLES_REDIS_URL=redis_url)
+    with project_server(argv, project, samples_env, log, lambda: status(port, "/"), WAIT):
         yield request.param, port
-    finally:
-        process.terminate()
-        try:
-            process.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(WAIT)
-    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def test_the_test_cases_pass(project: Path) -> None:

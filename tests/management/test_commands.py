@@ -17,22 +17,9 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.groups.redis_server import RedisServer
-from tests.requirements import REDIS_SETUP, executable
 from tests.servers import REPO
 
 TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    executable("redis-server", REDIS_SETUP)
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.close()
 
 
 def manage(

@@ -23,8 +23,6 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.groups.redis_server import RedisServer
-from tests.requirements import REDIS_SETUP, executable
 from tests.servers import REPO, ServerProcess, shared_servers, start_server
 from tests.testing.support import CHAT_SETTINGS, PASSWORD, USERS
 
@@ -41,17 +39,6 @@ call_command("migrate", verbosity=0)
 for name in {USERS!r}:
     User.objects.create_user(name, password={PASSWORD!r})
 """
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    executable("redis-server", REDIS_SETUP)  # servers with several workers need it
-    redis = RedisServer()
-    redis.start()
-    try:
-        yield redis.url
-    finally:
-        redis.close()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from tests.servers import REPO, free_port
+from tests.servers import REPO, free_port, project_server
 
 pytestmark = pytest.mark.server
 
@@ -95,19 +94,23 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def env() -> dict[str, str]:
+def env(**extra: str) -> dict[str, str]:
+    """The environment of the project's processes: this checkout, no DJANGO_* of ours."""
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")},
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
+        **extra,
     }
 
 
-def run(cwd: Path, *args: str) -> str:
+def run(cwd: Path, *args: str, **extra: str) -> str:
+    """``python *args`` in ``cwd`` (``extra``: more environment); its output. Fails the
+    test if it fails."""
     done = subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
-        env=env(),
+        env=env(**extra),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -164,36 +167,13 @@ def served(
     request: pytest.FixtureRequest, project: Path, tmp_path: Path
 ) -> Iterator[tuple[int, subprocess.Popen[bytes], str]]:
     port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            SERVE[request.param](port),
-            cwd=project,
-            env=env(),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                assert get(port, "/echo/") == b"connect with a WebSocket client"
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+
+    def ready() -> None:
+        assert get(port, "/echo/") == b"connect with a WebSocket client"
+
+    argv = SERVE[request.param](port)
+    with project_server(argv, project, env(), tmp_path / "server.log", ready, WAIT) as process:
         yield port, process, request.param
-    finally:
-        process.terminate()
-        try:
-            process.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(WAIT)
-    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def test_the_echo_view_answers_a_browser(
