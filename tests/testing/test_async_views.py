@@ -80,3 +80,14 @@ def test_the_views_exception_reaches_the_test() -> None:
         ws.send("go")
         ws.wait_closed()
     assert ws.close_code == 1011
+
+
+def test_an_async_view_joins_its_group_before_the_101() -> None:
+    """channels.rst's chat: ``await ws.join(room)`` before its loop, like a sync view's
+    join, is done before the connection opens: what the group gets once the client is
+    connected reaches it (the view then says "joined", in either order)."""
+    from dwebsocket import groups
+
+    with WebSocketClient("/room/early/") as ws:
+        groups.send("early", "sent as soon as connected")
+        assert sorted(ws.receive() for _ in range(2)) == ["joined", "sent as soon as connected"]

@@ -65,12 +65,13 @@ def _signals() -> concurrent.futures.ThreadPoolExecutor:
     return _signal_pool
 
 
-def _in_signal_thread(target: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-    """``target(...)`` in a signal thread, then the end of a request's treatment of that
-    thread's database connections (receivers query: ``request.user``, the session): these
-    threads outlive every request, so without it each would keep its connections open."""
+def _in_signal_thread(target: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``target(...)`` in a signal thread (or a worker thread: an async view's join), then
+    the end of a request's treatment of that thread's database connections (receivers
+    and joins query: ``request.user``, the session): these threads outlive every request,
+    so without it each would keep its connections open."""
     try:
-        target(*args, **kwargs)
+        return target(*args, **kwargs)
     finally:
         release_idle_connections()
 
@@ -452,12 +453,15 @@ class AsyncWebSocket:
     ) -> Recovery:
         """Join ``group`` (see :meth:`dwebsocket.websocket.WebSocket.join`: ``since``,
         ``presence``, ``events``); runs in a worker thread, since joining may wait for
-        Redis and replay history."""
+        Redis and replay history. As a sync view's join, it does not accept: a view that
+        joins before it uses the connection is a member when the client sees it open
+        (what arrives meanwhile waits for the accept; a replay accepts)."""
         from asgiref.sync import sync_to_async
 
-        await self._ensure_accepted()
-        join = functools.partial(self.sync.join, presence=presence, events=events)
-        return await sync_to_async(join, thread_sensitive=False)(group, since)
+        join = functools.partial(
+            _in_signal_thread, self.sync.join, group, since, presence=presence, events=events
+        )
+        return await sync_to_async(join, thread_sensitive=False)()
 
     async def wait_json(self, timeout: float | None = None) -> Any:
         """``await`` :meth:`wait`, decoded as JSON; as
