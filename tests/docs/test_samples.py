@@ -227,8 +227,29 @@ def test_the_test_cases_pass(project: Path) -> None:
     assert re.search(r"Ran 2 tests\b.*\nOK\b", output, re.S), output
 
 
-def ws(port: int, path: str) -> ClientConnection:
-    return connect(f"ws://127.0.0.1:{port}{path}", proxy=None, open_timeout=WAIT)
+def ws(port: int, path: str, cookie: str | None = None) -> ClientConnection:
+    headers = {"Cookie": cookie} if cookie else None
+    return connect(
+        f"ws://127.0.0.1:{port}{path}", additional_headers=headers, proxy=None, open_timeout=WAIT
+    )
+
+
+@pytest.fixture(scope="module")
+def logged_in(project: Path) -> str:
+    """The cookie of a session of a user in the project's database (``db.sqlite3``)."""
+    run(project, "manage.py", "migrate", "--noinput", SAMPLES_REDIS_URL="memory://")
+    output = run(
+        project,
+        "manage.py",
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; from django.test import Client; "
+        "c = Client(); c.force_login(User.objects.create_user('alice')); "
+        "print('cookie', c.cookies['sessionid'].value)",
+        SAMPLES_REDIS_URL="memory://",
+    )
+    [session] = re.findall(r"^cookie (\w+)$", output, re.M)
+    return f"sessionid={session}"
 
 
 def test_groups_room_reaches_everyone_this_one_included(served: tuple[str, int]) -> None:
@@ -256,6 +277,21 @@ def test_channels_chat_refuses_anonymous_users_with_a_real_403(served: tuple[str
         ws(port, "/achat/lobby/")
     # Under WSGI an async def view is answered 501 (asgi.rst); under ASGI, the view's 403.
     assert refused.value.response.status_code == (403 if name == "uvicorn" else 501)
+
+
+def test_channels_chat_relays_a_logged_in_users_messages(
+    served: tuple[str, int], logged_in: str
+) -> None:
+    name, port = served
+    if name != "uvicorn":  # an async def view: ASGI servers only, logged in or not
+        with pytest.raises(InvalidStatus) as refused:
+            ws(port, "/achat/lobby/", logged_in)
+        assert refused.value.response.status_code == 501
+        return
+    with ws(port, "/achat/lobby/", logged_in) as alice, ws(port, "/achat/lobby/", logged_in) as tab:
+        alice.send("hello")
+        for member in (alice, tab):
+            assert member.recv(timeout=WAIT) == "hello"
 
 
 def test_recovery_room_gives_a_returning_client_what_it_missed(served: tuple[str, int]) -> None:
