@@ -142,7 +142,8 @@ def disconnect(
     """Close every open WebSocket of ``user`` (object or pk), in every process, with
     ``code`` and ``reason``. Returns at once: each socket runs its closing handshake in
     the background. Raises ``ValueError`` for a code that may not be sent (RFC 6455 7.4:
-    1000, 1001, 1003, 1007-1014, 3000-4999) or a reason over 123 bytes of UTF-8.
+    1000, 1001, 1003, 1007-1014, 3000-4999) or a reason over 123 bytes of UTF-8, and
+    ``TypeError`` for a code that is not an int or a reason that is not a str.
 
     If the groups layer cannot reach the other processes, this process's sockets are
     closed all the same and a WARNING says the others were not; with
@@ -188,6 +189,8 @@ def _check_close(code: int, reason: str) -> None:
         raise TypeError(f"close codes are int, not {type(code).__name__}")
     if not (code in (1000, 1001, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
         raise ValueError(f"close code {code} may not be sent (RFC 6455 7.4)")
+    if not isinstance(reason, str):
+        raise TypeError(f"close reasons are str, not {type(reason).__name__}")
     if len(reason.encode()) > 123:
         raise ValueError("close reason over 123 bytes of UTF-8")
 

@@ -145,6 +145,13 @@ class UsersTests(TransactionTestCase):
         with self.assertRaises(TypeError):
             users.send(None, "x")
 
+    def test_disconnect_refuses_a_reason_that_is_not_text(self) -> None:
+        for reason in (None, b"bye", 7):
+            with self.assertRaisesRegex(TypeError, "close reasons are str"):
+                users.disconnect(self.alice, reason=reason)  # type: ignore[arg-type]
+            with self.assertRaisesRegex(TypeError, "close reasons are str"):
+                users.disconnect_session("k", reason=reason)  # type: ignore[arg-type]
+
     def test_logout_closes_that_sessions_sockets_only(self) -> None:
         here, elsewhere = logged_in("alice"), logged_in("alice")
         with tab(here) as closing, tab(here) as closing_too, tab(elsewhere) as staying:
