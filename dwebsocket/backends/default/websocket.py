@@ -618,9 +618,8 @@ class DefaultWebSocket(WebSocket):
                 frame = conn.send_messages(messages, plain)
             except InvalidState:
                 return
-            self._io.messages_out += len(messages)
             if self._outbox.size + len(frame) > self._queue_limit:
-                self._overflow_locked()
+                self._overflow_locked()  # dropped, not sent: not counted in messages_out
             elif (
                 not self._outbox and self._flusher is None and self._writing.acquire(blocking=False)
             ):
@@ -629,6 +628,7 @@ class DefaultWebSocket(WebSocket):
                 # flusher per member per group message was most of a fan-out's cost, and
                 # each lock pair more counts: this path takes two (bench/FINDINGS.md,
                 # sections 8 and 12).
+                self._io.messages_out += len(messages)
                 try:
                     sent = self._transport.try_send(frame)
                 except OSError:
@@ -639,6 +639,7 @@ class DefaultWebSocket(WebSocket):
                     return
                 self._outbox.append(frame[sent:] if sent else frame, partial=sent > 0)
             else:
+                self._io.messages_out += len(messages)
                 self._outbox.append(frame)
             needed = self._outbox or self._shut_event is not None  # bytes left, or a 1008
             if self._flusher is None and not self._io.shut and needed:
