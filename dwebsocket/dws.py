@@ -111,7 +111,13 @@ def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
                 return message
 
     name = f"Dws{cls.__name__}"
-    namespace = {"wait": wait, "read": read, "dws": True, "__module__": cls.__module__}
+    namespace = {
+        "wait": wait,
+        "read": read,
+        "dws": True,
+        "_signal_sender": cls._signal_sender or cls,  # receivers connect to the backend's
+        "__module__": cls.__module__,
+    }
     found = _subclasses[cls] = type(name, (cls,), namespace)
     return found
 

@@ -6,7 +6,7 @@ import abc
 import json
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
     from django.dispatch import Signal
@@ -85,6 +85,9 @@ class WebSocket(abc.ABC):
     #: Close code and reason once closed (1006 when the TCP connection just ended).
     close_code: int | None = None
     close_reason: str = ""
+    #: The ``sender`` of this connection's signals when it is not its own class: the
+    #: backend's class, for the envelope-aware subclass a ``dws`` client gets.
+    _signal_sender: ClassVar[type[WebSocket] | None] = None
 
     # -- the handshake ----------------------------------------------------------------
 
@@ -151,7 +154,8 @@ class WebSocket(abc.ABC):
         """Send ``signal`` (``websocket_opened``, ``websocket_closed``) for this
         connection. ``send_robust``: a failing receiver (logged by Django) must not break
         the I/O path, which may be a background flusher."""
-        signal.send_robust(sender=type(self), request=self.request, websocket=self, **kwargs)
+        sender = self._signal_sender or type(self)
+        signal.send_robust(sender=sender, request=self.request, websocket=self, **kwargs)
 
     # -- receiving ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.test import RequestFactory
 
+from dwebsocket import dws
 from dwebsocket.factory import WebSocketFactory, is_upgrade
 from dwebsocket.signals import websocket_opened
 from dwebsocket.typing import BytesLike, Message
@@ -96,6 +97,27 @@ def test_signals_carry_the_request_and_the_connection() -> None:
     [kwargs] = seen
     assert kwargs["sender"] is Minimal
     assert kwargs["websocket"] is ws and kwargs["request"] is ws.request
+
+
+def test_a_dws_connections_signals_name_the_backends_class() -> None:
+    """A client that announced the envelope gets dws's subclass of the backend's class;
+    its signals still name the backend's (docs/logging.rst), so receivers connected with
+    ``sender=`` (the shutdown registry's) see it (before: sender was the subclass)."""
+    ws = Minimal([])
+    ws.request = RequestFactory().get("/ws/", {"dws": "1"})
+    dws.adopt(ws, ws.request)
+    assert type(ws) is not Minimal and dws.speaks(ws)
+    seen: list[Any] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        seen.append(sender)
+
+    websocket_opened.connect(receiver, sender=Minimal, dispatch_uid="test_websocket.dws")
+    try:
+        ws._send_signal(websocket_opened)
+    finally:
+        websocket_opened.disconnect(sender=Minimal, dispatch_uid="test_websocket.dws")
+    assert seen == [Minimal]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -34,22 +35,25 @@ def test_serves_the_page_then_ctrl_c_says_goodbye(tmp_path: Path) -> None:
         assert f"http://127.0.0.1:{srv.port}/" in srv.log()
 
         url = srv.url("/ws/lobby/?name=probe")
+        # The page's client announces the dws envelope (dws=1): its socket is the backend's
+        # envelope-aware subclass, which the goodbye must reach as well.
         with (
             connect(url, open_timeout=10, close_timeout=10) as one,
-            connect(url, open_timeout=10, close_timeout=10) as two,
+            connect(f"{url}&dws=1", open_timeout=10, close_timeout=10) as two,
         ):
             for client in (one, two):
-                welcome = json.loads(client.recv(timeout=10))
+                welcome = first_application_message(client)
                 assert welcome["type"] == "welcome"
                 assert welcome["user"] == "probe"
 
             srv.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
             for client in (one, two):
-                assert close_code(client) == 1001
+                assert close_frame(client) == (1001, "server shutting down")
         assert srv.process.wait(20) == 0
         log = srv.log()
-        assert "stopped" in log
+        assert "stopped (2 WebSocket(s) closed)" in log, log
         assert "Traceback" not in log
+        assert '" 500 ' not in log, log  # no session ended by killing its view
     finally:
         srv.stop()
 
@@ -102,7 +106,7 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
         with connect(srv.url("/ws/lobby/?name=newcomer"), open_timeout=10) as client:
             assert json.loads(client.recv(timeout=10))["type"] == "welcome"
             os.killpg(make.pid, signal.SIGINT)  # Ctrl-C: make and the demo both get it
-            assert close_code(client) == 1001
+            assert close_frame(client)[0] == 1001
         make.wait(30)
         log = srv.log()
         assert "stopped (1 WebSocket(s) closed)" in log, log
@@ -114,9 +118,18 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
         srv.stop()
 
 
-def close_code(client: ClientConnection) -> int | None:
-    """Read until the server closes; the code of its close frame."""
+def first_application_message(client: ClientConnection) -> Any:
+    """The first message that is not a ``dws`` envelope (a ``joined`` comes first)."""
+    while True:
+        message = json.loads(client.recv(timeout=10))
+        if "dws" not in message:
+            return message
+
+
+def close_frame(client: ClientConnection) -> tuple[int | None, str | None]:
+    """Read until the server closes; the code and reason of its close frame."""
     with pytest.raises(ConnectionClosed) as closed:
         while True:  # join/leave notices may come first
             client.recv(timeout=10)
-    return closed.value.rcvd.code if closed.value.rcvd is not None else None
+    frame = closed.value.rcvd
+    return (frame.code, frame.reason) if frame is not None else (None, None)

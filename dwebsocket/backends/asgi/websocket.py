@@ -35,7 +35,6 @@ from dwebsocket.typing import BytesLike, Message
 from dwebsocket.websocket import WebSocket, not_json, to_json, wait_timeout
 
 if TYPE_CHECKING:
-    from django.dispatch import Signal
     from django.http import HttpRequest
 
     from dwebsocket.groups.history import Recovery
@@ -319,9 +318,6 @@ class ASGIWebSocket(WebSocket):
         _signals().submit(
             _in_signal_thread, self._send_signal, websocket_closed, code=self.connection.close_code
         )
-
-    def _send_signal(self, signal: Signal, **kwargs: object) -> None:
-        signal.send_robust(sender=type(self), request=self.request, websocket=self, **kwargs)
 
 
 class AsyncWebSocket:
