@@ -41,8 +41,10 @@ FINISH_TIMEOUT = 2.0
 def main() -> int:
     try:
         port = int(os.environ.get("PORT", "8000"))
+        if not 0 <= port <= 65535:
+            raise ValueError
     except ValueError:
-        print(f"PORT must be a number, not {os.environ['PORT']!r}", file=sys.stderr)
+        print(f"PORT must be a number from 0 to 65535, not {os.environ['PORT']!r}", file=sys.stderr)
         return 2
 
     import django

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.demo.demo_server import START_TIMEOUT, start_demo, wait_for_page
+from tests.demo.demo_server import RUN, START_TIMEOUT, start_demo, wait_for_page
 from tests.servers import REPO, ServerProcess, free_port
 
 pytestmark = pytest.mark.server
@@ -56,6 +57,25 @@ def test_serves_the_page_then_ctrl_c_says_goodbye(tmp_path: Path) -> None:
         assert '" 500 ' not in log, log  # no session ended by killing its view
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("port", ["eighty", "70000", "-1"])
+def test_a_port_that_is_no_port_is_refused_in_a_line(tmp_path: Path, port: str) -> None:
+    """``PORT=70000 make demo``: one line saying what PORT takes, exit status 2 (before:
+    a number out of range got past the check, and bind() raised OverflowError)."""
+    env = {**os.environ, "PORT": port, "CHAT_DB": str(tmp_path / "db.sqlite3")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        [sys.executable, str(RUN)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result
+    assert result.stderr == f"PORT must be a number from 0 to 65535, not {port!r}\n", result
 
 
 #: A fresh clone's ``make demo`` creates a virtual env and installs Django, gevent and
