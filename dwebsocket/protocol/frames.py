@@ -198,8 +198,14 @@ def is_valid_close_code(code: int) -> bool:
 def encode_close_payload(code: int, reason: str = "") -> bytes:
     """Return the payload of a close frame: 2-byte code then UTF-8 reason (RFC 6455 5.5.1).
 
-    Raises ``ValueError`` for a code that may not be sent or a payload over 125 bytes.
+    Raises ``ValueError`` for a code that may not be sent or a payload over 125 bytes,
+    ``TypeError`` for a code that is not an int or a reason that is not a str (``None``
+    raised ``AttributeError`` from deep in a view's ``close()``).
     """
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"close codes are int, not {type(code).__name__}")
+    if not isinstance(reason, str):
+        raise TypeError(f"close reasons are str, not {type(reason).__name__}")
     if not is_valid_close_code(code):
         raise ValueError(f"invalid close code {code}")
     payload = _pack_H(code) + reason.encode()

@@ -235,6 +235,16 @@ def test_close_payload_edge_cases() -> None:
         encode_close_payload(1000, "x" * 124)
 
 
+@pytest.mark.parametrize(
+    ("code", "reason"), [(1000, None), (1000, b"bye"), ("1000", ""), (1000.0, ""), (True, "")]
+)
+def test_close_payload_of_the_wrong_types(code: object, reason: object) -> None:
+    # close(1000, None) raised AttributeError ('NoneType' object has no attribute 'encode'),
+    # close("1000") a TypeError about '<=', close(1000.0) a struct.error.
+    with pytest.raises(TypeError, match=r"close (codes are int|reasons are str)"):
+        encode_close_payload(code, reason)  # type: ignore[arg-type]
+
+
 def test_py_apply_mask_keeps_nothing_per_key() -> None:
     """A client masks every frame with a new key: masking long payloads with 4,000 keys
     leaves nothing behind (a cache of keys once kept 4 KiB for each, up to 17 MiB)."""
