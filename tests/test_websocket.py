@@ -11,7 +11,7 @@ from django.test import RequestFactory
 
 from dwebsocket import dws
 from dwebsocket.factory import WebSocketFactory, is_upgrade
-from dwebsocket.signals import websocket_opened
+from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
 from dwebsocket.websocket import WebSocket, wait_timeout
 
@@ -94,6 +94,8 @@ def test_signals_carry_the_request_and_the_connection() -> None:
     finally:
         websocket_opened.disconnect(dispatch_uid="test_websocket.receiver")
         websocket_opened.disconnect(dispatch_uid="test_websocket.failing")
+        # The other receivers counted it open (metrics' gauge, in this process): closed.
+        ws._send_signal(websocket_closed)
     [kwargs] = seen
     assert kwargs["sender"] is Minimal
     assert kwargs["websocket"] is ws and kwargs["request"] is ws.request
@@ -117,6 +119,8 @@ def test_a_dws_connections_signals_name_the_backends_class() -> None:
         ws._send_signal(websocket_opened)
     finally:
         websocket_opened.disconnect(sender=Minimal, dispatch_uid="test_websocket.dws")
+        # The other receivers counted it open (metrics' gauge, in this process): closed.
+        ws._send_signal(websocket_closed)
     assert seen == [Minimal]
 
 
