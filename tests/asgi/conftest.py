@@ -8,6 +8,7 @@ replaces the WSGI ``server`` fixture for this folder, so the shared tests import
 
 Where a server cannot do what a shared test asks, the test is marked here with the
 reason, as a strict xfail (:data:`CANNOT`): a server that learned it would fail the run.
+What depends on the server's release (:data:`VARIES`) is a non-strict one.
 """
 
 from __future__ import annotations
@@ -252,8 +253,21 @@ def _short_waits_where_a_defect_is_expected(request: pytest.FixtureRequest) -> I
         yield
 
 
-def reason_for(name: str, server: str, test_id: str) -> str | None:
-    for (test, on, part), reason in CANNOT.items():
+#: What a server's release decides, not dwebsocket: a non-strict xfail (the server's
+#: newest release may do it right, an older one the tests also run on not).
+VARIES: dict[tuple[str, str | None, str | None], str] = {
+    ("test_an_upgrade_with_a_body_is_refused_400", "uvicorn", None): (
+        "uvicorn's answer to an upgrade request with a body depends on its release: its "
+        "own 400 in 0.55 (websockets 17), no answer in 0.54 (websockets 16, the newest on "
+        "Python 3.10), a 101 in 0.31 (the lowest session)"
+    ),
+}
+
+
+def reason_for(
+    name: str, server: str, test_id: str, table: dict[tuple[str, str | None, str | None], str]
+) -> str | None:
+    for (test, on, part), reason in table.items():
         if test == name and on in (None, server) and (part is None or part in test_id):
             return reason
     return None
@@ -268,6 +282,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not isinstance(param, str):
             continue
         name = getattr(item, "originalname", item.name)
-        reason = reason_for(name, param.rsplit("-", 1)[0], callspec.id)
-        if reason is not None:
-            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+        server = param.rsplit("-", 1)[0]
+        for table, strict in ((CANNOT, True), (VARIES, False)):
+            reason = reason_for(name, server, callspec.id, table)
+            if reason is not None:
+                item.add_marker(pytest.mark.xfail(strict=strict, reason=reason))
