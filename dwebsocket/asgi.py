@@ -45,8 +45,8 @@ from django.core.handlers.asgi import get_script_prefix
 from django.http import HttpResponseBase
 from django.urls import set_script_prefix
 
-from dwebsocket import dws, metrics
-from dwebsocket.backends.asgi.connection import ASGIConnection
+from dwebsocket import dws
+from dwebsocket.backends.asgi.connection import ASGIConnection, count_refusal
 from dwebsocket.backends.asgi.session import SCOPE_KEY
 from dwebsocket.backends.asgi.threads import session_context
 from dwebsocket.conf import settings
@@ -164,9 +164,7 @@ def _http_parts(response: HttpResponseBase) -> tuple[int, list[tuple[bytes, byte
 
 
 async def _refuse_raw(scope: Scope, send: Send, status: int, body: bytes) -> None:
-    extension = "websocket.http.response" in (scope.get("extensions") or {})
-    metrics.handshake(status if extension else 403)  # as ASGIConnection.refuse() counts
-    if extension:
+    if count_refusal(scope.get("extensions"), status):
         await send(
             {
                 "type": "websocket.http.response.start",

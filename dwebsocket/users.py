@@ -55,6 +55,7 @@ from dwebsocket import groups
 from dwebsocket.conf import SESSION_CHECK_INTERVAL
 from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups import control
+from dwebsocket.protocol.frames import encode_close_payload
 from dwebsocket.websocket import REQUEST_STARTED
 
 if TYPE_CHECKING:
@@ -189,10 +190,7 @@ def _check_close(code: int, reason: str) -> None:
         raise TypeError(f"close codes are int, not {type(code).__name__}")
     if not (code in (1000, 1001, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999):
         raise ValueError(f"close code {code} may not be sent (RFC 6455 7.4)")
-    if not isinstance(reason, str):
-        raise TypeError(f"close reasons are str, not {type(reason).__name__}")
-    if len(reason.encode()) > 123:
-        raise ValueError("close reason over 123 bytes of UTF-8")
+    encode_close_payload(code, reason)  # the reason's rules: a str, at most 123 bytes
 
 
 # -- which socket is whose -------------------------------------------------------------

@@ -245,6 +245,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def end_process(
+    process: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM, group: bool = True
+) -> None:
+    """Send ``sig`` to a process still running, SIGKILL after ``timeout``; with ``group``
+    (one started with ``start_new_session``), then SIGKILL what is left of its process
+    group (gunicorn's workers)."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 class ServerProcess:
     """A running server; see the module docstring."""
 
@@ -282,15 +300,7 @@ class ServerProcess:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Send ``sig`` (SIGTERM), then SIGKILL after ``STOP_TIMEOUT``; returns the exit
         status. Whatever is left of the process group (gunicorn's workers) is killed."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        end_process(self.process, STOP_TIMEOUT, sig)
         if not self._log_file.closed:
             self._log_file.close()
         return self.process.returncode
@@ -397,12 +407,5 @@ def project_server(
                 time.sleep(0.1)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # what is left of it (gunicorn's workers)
+        end_process(process, timeout)
     assert "Traceback" not in log.read_text(), log.read_text()

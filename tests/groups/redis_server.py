@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 import time
 
+from tests.servers import end_process
+
 #: On ``PATH`` only: tests that need it call ``tests.requirements.executable("redis-server")``
 #: first (a skip locally, a failure on CI without it).
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
@@ -82,12 +84,7 @@ class RedisServer:
         process, self.process = self.process, None
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        end_process(process, timeout, group=False)
 
     def restart(self) -> None:
         self.stop()

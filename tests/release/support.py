@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-from tests.servers import free_port
+from tests.servers import end_process, free_port
 from tests.testing.test_readme import PROJECT, apply_settings, quick_start
 
 __all__ = ["PROJECT", "Venv", "echo", "make_project", "serving"]
@@ -136,14 +135,7 @@ def serving(venv: Venv, argv: Sequence[str], cwd: Path, log: Path) -> Iterator[i
                 time.sleep(0.1)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        end_process(process, STOP_TIMEOUT)
 
 
 def echo(port: int, path: str = "/echo/") -> None:

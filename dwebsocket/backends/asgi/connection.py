@@ -53,6 +53,18 @@ BACKLOG_BYTES = 1 << 20
 #: handshake with any HTTP response. Without it, a refusal is a 403.
 HTTP_RESPONSE_EXTENSION = "websocket.http.response"
 
+
+def count_refusal(extensions: Mapping[str, Any] | None, status: int) -> bool:
+    """Count a refused scope in ``handshakes_total`` with what the client gets: ``status``
+    where the server has the HTTP response extension, else its 403 for a
+    ``websocket.close`` before the accept. Returns whether it has the extension."""
+    from dwebsocket import metrics
+
+    extension = HTTP_RESPONSE_EXTENSION in (extensions or {})
+    metrics.handshake(status if extension else 403)
+    return extension
+
+
 #: Seconds the server may take to take one event (a message, the accept): after that (a
 #: client that stopped reading, where the server pings nobody) the connection is over for
 #: dwebsocket (1006), as a default backend's send that makes no progress gives up.
@@ -284,12 +296,9 @@ class ASGIConnection:
             return
         self._answer_due = False
         self.state = State.REFUSED
-        from dwebsocket import metrics
-
         # Every refusal of the scope, once, here: what the view (or dwebsocket before it)
         # answered, or what the server makes of a websocket.close before the accept.
-        extension = HTTP_RESPONSE_EXTENSION in self.extensions
-        metrics.handshake(status if extension else 403)
+        extension = count_refusal(self.extensions, status)
         try:
             if extension:
                 await self._send(
