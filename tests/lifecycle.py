@@ -29,8 +29,13 @@ def wait(request: HttpRequest) -> None:
 @require_websocket
 def late(request: HttpRequest) -> None:
     """A handshake still in progress: create the file ``?mark=`` before touching the
-    connection, wait (at most 10 s) for the file ``?go=`` to exist, then as ``wait``."""
+    connection, wait (at most 10 s) for the file ``?go=`` to exist, then as ``wait``.
+    ``?busy=SECONDS``: first run Python code that long without yielding, so that a stop
+    signal sent meanwhile is handled on this view's own thread (greenlet)."""
     Path(request.GET["mark"]).touch()
+    busy_until = time.monotonic() + float(request.GET.get("busy", 0))
+    while time.monotonic() < busy_until:
+        pass
     go = Path(request.GET["go"])
     deadline = time.monotonic() + 10.0
     while not go.exists() and time.monotonic() < deadline:

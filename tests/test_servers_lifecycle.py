@@ -200,6 +200,20 @@ def test_a_first_handshake_in_progress_at_a_stop_gets_1001(
     stop_while_held(server, path, mark, go, "no request came")
 
 
+def test_a_stop_handled_on_a_views_greenlet_still_gets_1001_on_eventlet(
+    make_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Python runs a signal handler on whichever greenlet runs when the signal lands:
+    usually eventlet's hub (waiting in epoll), but a view busy in Python code gets it on
+    its own greenlet. The stop must not be raised there, where it would end that request
+    without an answer (EOF during the handshake): the view goes on, and its connection
+    gets 1001 as it opens, as when the hub handles the signal."""
+    server = make_server("eventlet")
+    mark, go = tmp_path / "in-the-view", tmp_path / "go"
+    path = f"/lifecycle/late/?mark={mark}&go={go}&busy=1.5"
+    stop_while_held(server, path, mark, go, "the view never ran")
+
+
 def stop_while_held(server: ServerProcess, path: str, mark: Path, go: Path, absent: str) -> None:
     """Open ``path``, whose request makes ``mark`` and then waits for ``go``; SIGTERM the
     server once ``mark`` is there, then let the request go on: its connection gets 1001

@@ -51,6 +51,20 @@ def _gevent_patched() -> bool:
     return bool(monkey is not None and monkey.is_module_patched("socket"))
 
 
+def _eventlet_view_hub() -> Any:
+    """eventlet's hub, if eventlet has patched threads and this code runs on a greenlet
+    other than the hub's and the main one (the server's); else None."""
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is None or not patcher.is_monkey_patched("thread"):
+        return None
+    import greenlet  # type: ignore[import-untyped]
+    from eventlet import hubs  # type: ignore[import-untyped]
+
+    hub = hubs.get_hub()
+    current = greenlet.getcurrent()
+    return None if current is hub.greenlet or current is hub.greenlet.parent else hub
+
+
 def install(
     stop: Callable[[], Any] | None = None,
     *,
@@ -62,8 +76,8 @@ def install(
     stopping is ignored. ``timeout`` bounds the wait for the goodbyes before ``stop()``
     (None: ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second). Under gevent the handlers are
     gevent's (``gevent.signal_handler``, run by the event loop); elsewhere
-    :func:`signal.signal` handlers, which never block (under eventlet they run in the
-    hub)."""
+    :func:`signal.signal` handlers, which never block (under eventlet the interruption
+    reaches the server's greenlet, whichever greenlet the handler ran on)."""
     from dwebsocket.backends.default.registry import spawn
 
     signals = list(signals)
@@ -102,6 +116,15 @@ def install(
             spawn(goodbye_then_stop)
             return
         going_away(0)  # starts the goodbyes; the server's own wait lets them finish
+        hub = _eventlet_view_hub()
+        if hub is not None:
+            # Python runs this on whichever greenlet is running. Usually the hub's, waiting
+            # in epoll: raised there, the interruption ends the wait and reaches the main
+            # greenlet (the server's, the hub's parent). But a view busy in Python code gets
+            # it on its own greenlet, where it would end its request unanswered: the hub
+            # throws it into the main greenlet once that view yields.
+            hub.schedule_call_global(0, hub.greenlet.parent.throw, _interruption(signum))
+            return
         raise _interruption(signum)
 
     for signum in signals:

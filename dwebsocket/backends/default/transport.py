@@ -220,7 +220,8 @@ class Transport:
                 poller = self._poller = select.poll()
                 poller.register(self.sock, select.POLLIN | select.POLLPRI)
             return bool(poller.poll(None if timeout is None else int(timeout * 1000 + 0.999)))
-        readable, _, _ = select.select([self.sock], [], [], timeout)  # pragma: no cover - Windows
+        # eventlet (its green select module has no poll) and Windows:
+        readable, _, _ = select.select([self.sock], [], [], timeout)
         return bool(readable)
 
     def recv(self) -> bytes:
