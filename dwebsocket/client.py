@@ -268,6 +268,10 @@ class ReconnectingClient:
             parts.hostname.encode("idna")
         except UnicodeError as exc:
             raise ValueError(f"the host of {url!r} is not a valid name: {exc}") from None
+        try:
+            parts.port  # noqa: B018 -- raises for a port out of range or not a number
+        except ValueError as exc:
+            raise ValueError(f"the port of {url!r} is not valid: {exc}") from None
         self.url = url
         self._parts = parts
         #: Group -> the position of the last message :meth:`recv` returned (or of the

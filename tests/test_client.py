@@ -64,6 +64,15 @@ def test_url_must_be_ws() -> None:
             ReconnectingClient(url)
 
 
+@pytest.mark.parametrize("port", ["99999", "abc", "-1"])
+def test_a_port_no_connection_can_use_is_refused_at_once(port: str) -> None:
+    """A port out of range or not a number is the caller's mistake, raised by the
+    constructor: before, reading it raised ``ValueError`` inside each attempt, which the
+    client took for a failed attempt and retried for ever (``connect()`` timed out)."""
+    with pytest.raises(ValueError, match="port of"):
+        ReconnectingClient(f"ws://127.0.0.1:{port}/").connect(0.2)
+
+
 def test_a_host_idna_cannot_encode_is_refused_at_once() -> None:
     """A host name no lookup can take (a label over 63 characters, an empty label: IDNA,
     which ``getaddrinfo`` applies, refuses them) is the caller's mistake, raised by the
