@@ -609,15 +609,23 @@ class ReconnectingClient:
             self._ping_sent = None
         events = conn.receive_data(data)
         out = conn.data_to_send()  # pongs, the answer to a close frame
+        broken = None
         if out:
-            with contextlib.suppress(ConnectionClosed):
-                self._write(out)
+            try:
+                self._write(out, lose=False)
+            except ConnectionClosed as exc:
+                broken = exc.reason
+        # What came before the write failed is delivered; a close frame among it says why
+        # the connection ended (a server that closed with 4001 and reset the connection
+        # before its answer came: one "close", final, not a 1006 announcing a retry first).
         for event in events:
             if isinstance(event, (str, bytes)):
                 self._message(event)
             elif isinstance(event, Close):
                 self._lost(event.code, event.reason)
                 return
+        if broken is not None:
+            self._lost(1006, broken)
 
     def _message(self, message: Message) -> None:
         data: Any = None
@@ -657,7 +665,9 @@ class ReconnectingClient:
         self._arrived.pop(group, None)  # to the end: the most recent are kept in the URL
         self._arrived[group] = position
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, *, lose: bool = True) -> None:
+        """Write ``data``; raises ``ConnectionClosed`` when the socket fails, the
+        connection then lost (``lose`` False: the caller calls :meth:`_lost` itself)."""
         sock = self._sock
         if sock is None:
             raise ConnectionClosed(1006, "not connected")
@@ -665,7 +675,8 @@ class ReconnectingClient:
         try:
             sock.sendall(data)
         except OSError as exc:
-            self._lost(1006, str(exc))
+            if lose:
+                self._lost(1006, str(exc))
             raise ConnectionClosed(1006, str(exc)) from None
         except BaseException:
             # KeyboardInterrupt, a gevent.Timeout around send(): part of the frame may be

@@ -11,6 +11,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -437,6 +438,24 @@ def test_a_host_name_is_looked_up_and_connected(gevent: ServerProcess) -> None:
     assert not [t for t in lookups if t.is_alive()]
 
 
+def _answer_handshake(backend: socket.socket) -> socket.socket:
+    """Accept one connection on ``backend``, read its request and answer 101."""
+    conn, _ = backend.accept()
+    conn.settimeout(WAIT)
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += conn.recv(_READ)
+    key = re.search(rb"Sec-WebSocket-Key: (\S+)", request, re.I)
+    assert key is not None
+    conn.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+        + accept_key(key.group(1).decode()).encode()
+        + b"\r\n\r\n"
+    )
+    return conn
+
+
 class Interrupted(BaseException):
     """Stands for a ``gevent.Timeout`` or a ``KeyboardInterrupt`` in the caller's thread."""
 
@@ -482,19 +501,7 @@ def test_a_write_interrupted_midway_gives_the_connection_up() -> None:
         accepted: list[socket.socket] = []
 
         def answer() -> None:  # a 101, then nothing is ever read
-            conn, _ = backend.accept()
-            accepted.append(conn)
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(_READ)
-            key = re.search(rb"Sec-WebSocket-Key: (\S+)", request, re.I)
-            assert key is not None
-            conn.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                + accept_key(key.group(1).decode()).encode()
-                + b"\r\n\r\n"
-            )
+            accepted.append(_answer_handshake(backend))
 
         thread = threading.Thread(target=answer, daemon=True)
         thread.start()
@@ -515,6 +522,40 @@ def test_a_write_interrupted_midway_gives_the_connection_up() -> None:
         client.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_close_frame_whose_answer_cannot_be_written_is_one_final_close() -> None:
+    """The server closes with 4001 and resets the connection before the client answers
+    (its close timeout ran out while the client was not reading, say): the answer's
+    write fails. The close frame says how the connection ended: one "close", 4001, no
+    retry. Before, the failed write announced a 1006 with a retry first, then the 4001
+    ended the client: two "close" events, the first promising what never came."""
+    events: list[Event] = []
+    with socket.create_server(("127.0.0.1", 0)) as backend:
+        url = f"ws://127.0.0.1:{backend.getsockname()[1]}/"
+        client = ReconnectingClient(url, on_event=events.append)
+        accepted: list[socket.socket] = []
+        thread = threading.Thread(target=lambda: accepted.append(_answer_handshake(backend)))
+        thread.start()
+        client.connect(WAIT)
+        thread.join(WAIT)
+    [conn] = accepted
+    conn.sendall(b"\x88\x09\x0f\xa1revoked")  # close 4001 "revoked"
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # a reset: the client's answer finds no connection to go to
+    sock = client._sock
+    assert sock is not None
+    deadline = time.monotonic() + WAIT
+    while not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # the reset came
+        assert time.monotonic() < deadline, "no reset"
+        time.sleep(0.01)
+    with pytest.raises(ConnectionClosed) as raised:
+        client.recv(WAIT)
+    assert (raised.value.code, raised.value.reason) == (4001, "revoked")
+    assert [(e.type, e.code, e.will_retry) for e in events] == [
+        ("open", None, False),
+        ("close", 4001, False),
+    ]
 
 
 def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
