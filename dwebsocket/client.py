@@ -228,9 +228,11 @@ class ReconnectingClient:
     ``"send queue overflow"`` (the server dropped a member that read too slowly): that one
     is retried with the backoff, and resumes where it left off. A refusal with ``Retry-After:
     <seconds>`` waits that long (at most ``max_delay``) before the jittered delay.
-    ``timeout`` bounds each connection attempt (from the DNS lookup to the 101) and
-    each write (a lookup still unanswered then goes on in a thread of its own, which the
-    next attempt waits for rather than starting another); the ``timeout`` of
+    ``timeout`` bounds each connection attempt (from the DNS lookup to the 101; a
+    lookup still unanswered then goes on in a thread of its own, which the next attempt
+    waits for rather than starting another) and a write's wait for the socket to take
+    more of it (a write of a large message over a slow link lasts as long as its bytes
+    keep moving); the ``timeout`` of
     :meth:`connect` and :meth:`recv` bounds their attempts too (an attempt the caller's
     time cut short is not a failure: the next call starts afresh, without backoff).
     ``headers``, ``origin``, ``subprotocols`` go into the handshake; ``ssl_context`` for
@@ -673,7 +675,11 @@ class ReconnectingClient:
             raise ConnectionClosed(1006, "not connected")
         sock.settimeout(self.timeout)
         try:
-            sock.sendall(data)
+            # timeout for each send() to move some bytes, not for the whole message (as
+            # sendall() has it, but ssl's): a large one over a slow link is not a dead one.
+            view, sent = memoryview(data), 0
+            while sent < len(view):
+                sent += sock.send(view[sent:])
         except OSError as exc:
             if lose:
                 self._lost(1006, str(exc))

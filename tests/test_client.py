@@ -229,6 +229,30 @@ def test_reconnects_after_a_drop_with_backoff(proxy: Proxy) -> None:
         assert [e for e in events if e.type == "open"][-1].reconnect
 
 
+def test_a_large_message_over_a_slow_link_is_sent_while_bytes_move(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """``timeout`` bounds a write that stops moving, not one that takes long: 8 MiB
+    through a link forwarding 64 KiB every 5 ms (over half a second; the socket takes more
+    every 0.2 s at most) with a ``timeout`` of 0.35 s arrives, and the connection goes on.
+    Before, ``sendall`` gave the whole write 0.35 s: the send raised ``ConnectionClosed``
+    and the client reconnected, for any message the link carries more slowly than
+    ``timeout`` (over ``wss://``, ``ssl`` gave each part of the write the timeout: the
+    two disagreed)."""
+    server = make_server("gevent", settings={"WEBSOCKET_MAX_MESSAGE_SIZE": 2**24})
+    link = Proxy(server.port)
+    events: list[Event] = []
+    try:
+        link.throttle(65536, 0.005)
+        with ReconnectingClient(link.url("/echo/"), timeout=0.35, on_event=events.append) as client:
+            message = bytes(range(256)) * (2**23 // 256)
+            client.send(message)
+            assert client.recv(WAIT).data == message
+    finally:
+        link.close()
+    assert [e.type for e in events] == ["open"], events
+
+
 def test_a_server_down_for_hours_is_still_retried() -> None:
     """Over a thousand failed attempts in a row (a server down for a weekend: two hours
     at the default delays) the backoff stays at ``max_delay``: ``min_delay * 2**1024``

@@ -8,8 +8,10 @@ forwards nothing more on them, either way (a peer gone silent: only a heartbeat 
 one write (a buffering load balancer: several frames, even the 101 and the frames after it,
 reach the client in one read); ``pause()`` stops reading what the servers send on the
 connections open now, until ``resume()`` (a slow network, or a client reading slowly, as a
-server sees it: its writes back up, nothing is lost). Threads only; ``close()`` stops
-everything.
+server sees it: its writes back up, nothing is lost); ``throttle(chunk, every)`` forwards
+what the clients send (on every connection, new ones too) at most ``chunk`` bytes every
+``every`` seconds (a slow uplink: a large message takes long, bytes keep moving). Threads
+only; ``close()`` stops everything.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 from tests.servers import HOST
 
@@ -37,6 +40,7 @@ class Proxy:
         self._held: dict[socket.socket, bytearray] = {}
         self._cut = False
         self._stopping = False
+        self._throttle: tuple[int, float] | None = None
         #: Connections accepted and forwarded (refused ones not counted).
         self.forwarded = 0
         self._thread = threading.Thread(target=self._accept, name="proxy", daemon=True)
@@ -82,6 +86,11 @@ class Proxy:
         forward as usual again."""
         with self._lock:
             self._until = until
+
+    def throttle(self, chunk: int, every: float) -> None:
+        """Forward what clients send at most ``chunk`` bytes every ``every`` seconds."""
+        with self._lock:
+            self._throttle = (chunk, every)
 
     def restore(self) -> None:
         with self._lock:
@@ -129,8 +138,11 @@ class Proxy:
             while True:
                 while source in self._paused and not self._stopping:
                     self._resumed.wait(0.1)
-                if not (data := source.recv(65536)):
+                throttle = None if source in self._upstreams else self._throttle
+                if not (data := source.recv(throttle[0] if throttle else 65536)):
                     break
+                if throttle:
+                    time.sleep(throttle[1])
                 if source in self._frozen or self._keep(source, sink, data):
                     continue
                 sink.sendall(data)
