@@ -6,6 +6,7 @@ import array
 import contextlib
 import datetime
 import json
+import os
 import threading
 import time
 from typing import Any
@@ -132,10 +133,13 @@ def raise_error(request: HttpRequest) -> None:
 
 @require_websocket
 def big(request: HttpRequest) -> None:
-    """Send 1 MiB, binary, or text with ``?text=1``."""
+    """Send 1 MiB, binary, or text with ``?text=1``, or random bytes (which compression
+    does not make smaller) with ``?random=1``."""
     size = int(request.GET.get("size", str(1 << 20)))
     if request.GET.get("text"):
         request.websocket.send("é" * (size // 2))
+    elif request.GET.get("random"):
+        request.websocket.send(os.urandom(size))
     else:
         request.websocket.send(bytes(range(256)) * (size // 256))
     request.websocket.wait()

@@ -10,8 +10,9 @@ reach the client in one read); ``pause()`` stops reading what the servers send o
 connections open now, until ``resume()`` (a slow network, or a client reading slowly, as a
 server sees it: its writes back up, nothing is lost); ``throttle(chunk, every)`` forwards
 what the clients send (on every connection, new ones too) at most ``chunk`` bytes every
-``every`` seconds (a slow uplink: a large message takes long, bytes keep moving). Threads
-only; ``close()`` stops everything.
+``every`` seconds (a slow uplink: a large message takes long, bytes keep moving), and
+``throttle(..., to_clients=True)`` what the servers send (a slow downlink). Threads only;
+``close()`` stops everything.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Proxy:
         self._cut = False
         self._stopping = False
         self._throttle: tuple[int, float] | None = None
+        self._throttle_to_clients: tuple[int, float] | None = None
         #: Connections accepted and forwarded (refused ones not counted).
         self.forwarded = 0
         self._thread = threading.Thread(target=self._accept, name="proxy", daemon=True)
@@ -87,10 +89,14 @@ class Proxy:
         with self._lock:
             self._until = until
 
-    def throttle(self, chunk: int, every: float) -> None:
-        """Forward what clients send at most ``chunk`` bytes every ``every`` seconds."""
+    def throttle(self, chunk: int, every: float, *, to_clients: bool = False) -> None:
+        """Forward what clients send (``to_clients``: what servers send) at most ``chunk``
+        bytes every ``every`` seconds."""
         with self._lock:
-            self._throttle = (chunk, every)
+            if to_clients:
+                self._throttle_to_clients = (chunk, every)
+            else:
+                self._throttle = (chunk, every)
 
     def restore(self) -> None:
         with self._lock:
@@ -138,7 +144,8 @@ class Proxy:
             while True:
                 while source in self._paused and not self._stopping:
                     self._resumed.wait(0.1)
-                throttle = None if source in self._upstreams else self._throttle
+                upstream = source in self._upstreams
+                throttle = self._throttle_to_clients if upstream else self._throttle
                 if not (data := source.recv(throttle[0] if throttle else 65536)):
                     break
                 if throttle:

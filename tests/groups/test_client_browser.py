@@ -468,3 +468,43 @@ def test_a_heartbeat_interval_past_what_timers_take_sends_no_ping(bare_page: Pag
         "/echo/",
     )
     assert pongs == 0
+
+
+def test_a_large_message_over_a_slow_link_is_not_taken_for_a_dead_connection(
+    bare_page: Page, gevent: ServerProcess
+) -> None:
+    """A browser sees a message only once all of it has come, so a message that takes
+    longer than ``pingTimeout`` to arrive after a ping looks like a dead connection: here
+    1 MiB of random bytes (``/big/``, sent as the connection opens; compression does not
+    shrink it) over a link carrying 16 KiB every 10 ms, about 0.7 s, with a ping after
+    200 ms of silence and 300 ms for an answer. The first connection is given up (4002);
+    each connection given up by the heartbeat waits twice as long on the next, so a later
+    one gets the message; one ping answered in time puts ``pingTimeout`` back. Before,
+    each reconnection started the message again and was given up again: it never came,
+    and the page reconnected for ever."""
+    link = Proxy(gevent.port)
+    link.throttle(16384, 0.01, to_clients=True)
+    try:
+        outcome = bare_page.evaluate(
+            """(url) => new Promise((done) => {
+                const closes = [];
+                const s = new dwebsocket.Socket(url,
+                    {pingInterval: 200, pingTimeout: 300, minDelay: 50, maxDelay: 50});
+                s.on("close", (e) => closes.push(e.code));
+                s.on("message", (data) => {
+                    const size = data.byteLength;
+                    const check = setInterval(() => {
+                        if (s._patience !== 1) return;  // a ping answered in time
+                        clearInterval(check);
+                        s.close();
+                        done({size, closes});
+                    }, 20);
+                });
+                setTimeout(() => { s.close(); done({size: 0, closes}); }, 6000);
+            })""",
+            link.url("/big/?random=1"),
+        )
+    finally:
+        link.close()
+    assert outcome["size"] == 2**20, outcome
+    assert outcome["closes"] and set(outcome["closes"]) == {4002}, outcome

@@ -47,6 +47,7 @@
     this._handlers = {};
     this._timer = null;
     this._beat = null;
+    this._patience = 1; // pingTimeout times this: see _alive
     this._connect();
   }
 
@@ -201,6 +202,7 @@
 
   proto._closed = function (code, reason) {
     this.ws = null;
+    this._pinged = 0; // the next connection's open answers no ping
     clearTimeout(this._timer);
     clearTimeout(this._beat);
     // Here, not in onclose: a connection the heartbeat or a timeout gave up ends here too.
@@ -227,18 +229,27 @@
     return Math.floor(Math.random() * cap);
   };
 
-  /** Something came: the connection lives; ping after pingInterval of silence. */
+  /** Something came: the connection lives; ping after pingInterval of silence.
+   * A message counts once all of it came: one slower to come than pingTimeout looks
+   * dead, on each reconnection. So each connection given up waits twice as long on the
+   * next (16 times at most) until a ping is answered within pingTimeout. */
   proto._alive = function () {
     var self = this;
     var ws = this.ws;
+    var o = this.options;
+    if (this._pinged && Date.now() - this._pinged <= o.pingTimeout) this._patience = 1;
+    this._pinged = 0;
     clearTimeout(this._beat);
     this._beat = later(function () {
       if (self.ws !== ws || ws.readyState !== 1) return;
       ws.send('{"dws":"ping"}');
+      self._pinged = Date.now();
       self._beat = later(function () {
-        if (self.ws === ws) self._abandon(ws, HEARTBEAT_CLOSE, "no heartbeat");
-      }, self.options.pingTimeout);
-    }, this.options.pingInterval);
+        if (self.ws !== ws) return;
+        self._patience = Math.min(self._patience * 2, 16);
+        self._abandon(ws, HEARTBEAT_CLOSE, "no heartbeat");
+      }, o.pingTimeout * self._patience);
+    }, o.pingInterval);
   };
 
   proto._receive = function (data) {
