@@ -15,8 +15,9 @@ asks to resume every group from the last position it saw::
 It runs in the caller's thread only: everything (reading, answering pings, the heartbeat,
 reconnecting) happens inside :meth:`~ReconnectingClient.recv`; between calls nothing
 does (but a DNS lookup that outlived its attempt, in a daemon thread: see ``timeout``).
-One client is for one thread. Events (``open``, ``close``, ``joined``,
-``recovered``, ``recovery_failed``) go to ``on_event``, called from ``recv()`` (and
+One client is for one thread, but :meth:`~ReconnectingClient.close` may come from any
+thread: it ends a ``recv()`` waiting in another at once. Events (``open``, ``close``,
+``joined``, ``recovered``, ``recovery_failed``) go to ``on_event``, called from ``recv()`` (and
 ``connect()``) in the order they happened relative to the messages: an event that came
 after a message is emitted when ``recv()`` is called after that message was returned.
 An exception ``on_event`` raises is logged (logger ``dwebsocket``), not raised.
@@ -48,6 +49,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlu
 
 from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake
 from dwebsocket.protocol.connection import Close, Connection
+from dwebsocket.protocol.frames import encode_close_payload
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
 from dwebsocket.websocket import Message
 
@@ -311,6 +313,11 @@ class ReconnectingClient:
         self._opened_at = 0.0
         self._heard = 0.0
         self._ping_sent: float | None = None
+        # For close() from another thread: the thread inside recv() or connect() (None:
+        # none), what wakes it from a wait to reconnect, and who takes the socket to close.
+        self._reader: int | None = None
+        self._wake = threading.Event()
+        self._closing = threading.Lock()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed_for_good else "open" if self.connected else "waiting"
@@ -339,13 +346,14 @@ class ReconnectingClient:
         seconds (None: until closed for good). Returns ``self``. Raises ``TimeoutError``,
         or ``ConnectionClosed`` once closed for good."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            self._emit_events()  # "open" (or "close"), unless messages come before
-            if self._conn is not None:
-                return self
-            self._check_open()
-            if not self._reconnect(deadline):
-                raise TimeoutError(f"not connected to {self.url} within {timeout}s")
+        with self._reading():
+            while True:
+                self._emit_events()  # "open" (or "close"), unless messages come before
+                self._check_open()
+                if self._conn is not None:
+                    return self
+                if not self._reconnect(deadline):
+                    raise TimeoutError(f"not connected to {self.url} within {timeout}s")
 
     def recv(self, timeout: float | None = None) -> Received:
         """The next application message, reconnecting (and resuming) as needed.
@@ -355,15 +363,29 @@ class ReconnectingClient:
         Raises ``ConnectionClosed`` once closed for good (and every message before was
         received)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (received := self._next()) is None:
-            self._check_open()
-            if self._conn is None:
-                if not self._reconnect(deadline):
+        with self._reading():
+            while (received := self._next()) is None:
+                self._check_open()
+                if self._conn is None:
+                    if not self._reconnect(deadline):
+                        raise TimeoutError(f"no message from {self.url} within {timeout}s")
+                    continue
+                if not self._pump(deadline):
                     raise TimeoutError(f"no message from {self.url} within {timeout}s")
-                continue
-            if not self._pump(deadline):
-                raise TimeoutError(f"no message from {self.url} within {timeout}s")
-        return received
+            return received
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Mark this thread as the one reading, for :meth:`close` from another."""
+        outer, self._reader = self._reader, threading.get_ident()
+        try:
+            yield
+        finally:
+            self._reader = outer
+            # close() from another thread just then found this one reading and left the
+            # socket to it (close() sets the flag before it looks: one of the two sees it).
+            if self._closed_for_good:
+                self._finish_close()
 
     def __iter__(self) -> Iterator[Received]:
         """Every message until the client is closed for good."""
@@ -385,13 +407,34 @@ class ReconnectingClient:
         """Close for good (no reconnection): a close frame, a short wait for the server's,
         then the socket. Idempotent. A close frame that cannot be made (a ``code`` that may
         not be sent, a ``reason`` over 123 bytes) raises ``ValueError``, the client closed
-        all the same."""
+        all the same.
+
+        From another thread than one inside :meth:`recv` (or :meth:`connect`), it wakes
+        that call and returns at once: the reading thread sends the close frame, lets go
+        of the socket and raises ``ConnectionClosed``."""
         if self._closed_for_good:
             return
-        conn, sock = self._conn, self._sock
         self._closed_for_good = True
         self.close_code, self.close_reason = code, reason
+        reader = self._reader
+        if reader is not None and reader != threading.get_ident():
+            # Another thread reads: the socket is its to close (closing it under a read
+            # leaves the read waiting on a dead descriptor, or on the next socket given
+            # its number). Wake it: from a wait to reconnect, from a read (b"" at once).
+            self._wake.set()
+            conn, sock = self._conn, self._sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    # socket's own: SSLSocket.shutdown() also drops the TLS session, and
+                    # the reader's close frame would go out in the clear.
+                    socket.socket.shutdown(sock, socket.SHUT_RD)
+            if conn is not None and not (code == 1005 and not reason):
+                encode_close_payload(code, reason)  # what the reader could not send: raised here
+            return
+        if not self._closing.acquire(blocking=False):
+            return  # the reading thread is closing it (see _finish_close)
         try:
+            conn, sock = self._conn, self._sock
             if conn is not None and sock is not None:
                 with contextlib.suppress(OSError, ConnectionClosed):
                     self._write(conn.send_close(code, reason))
@@ -404,21 +447,38 @@ class ReconnectingClient:
                             break
         finally:
             self._drop()  # whatever went wrong above: closed for good holds no socket
+            self._closing.release()
+
+    def _finish_close(self) -> None:
+        """In the reading thread, after :meth:`close` from another: send the close frame
+        (no wait for the server's: the read side is shut) and let go of the socket."""
+        if not self._closing.acquire(blocking=False):
+            return  # close() in this thread is at it (a write failed: _lost)
+        try:
+            conn, sock = self._conn, self._sock
+            if conn is not None and sock is not None:
+                with contextlib.suppress(OSError, ConnectionClosed, ValueError):
+                    code = self.close_code or 1000
+                    self._write(conn.send_close(code, self.close_reason), lose=False)
+        finally:
+            self._drop()
+            self._closing.release()
 
     # -- connecting ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed_for_good:
+            self._finish_close()  # close() came from another thread
             raise ConnectionClosed(self.close_code or 1006, self.close_reason)
 
     def _reconnect(self, deadline: float | None) -> bool:
         """Wait for the next attempt (False at ``deadline``), then make it."""
         wait = self._retry_at - time.monotonic()
         if deadline is not None and time.monotonic() + max(wait, 0) > deadline:
-            time.sleep(max(0.0, deadline - time.monotonic()))
-            return False
-        if wait > 0:
-            time.sleep(wait)
+            self._wake.wait(max(0.0, deadline - time.monotonic()))  # close() wakes it
+            return self._closed_for_good
+        if wait > 0 and self._wake.wait(wait):
+            return True  # closed from another thread: the caller raises
         try:
             self._open(deadline)
         except (OSError, InvalidHandshake, ValueError) as exc:
@@ -534,8 +594,8 @@ class ReconnectingClient:
         """The connection (or an attempt) ended: schedule the next attempt, or stop.
         ``not_before``: the seconds the server asked for (``Retry-After``), waited at most
         ``max_delay`` and jittered after, not instead."""
-        if self._closed_for_good:  # a write failed in close(): nothing to announce
-            self._drop()
+        if self._closed_for_good:  # a write failed in close(), or close() came from another
+            self._finish_close()  # thread: nothing to announce
             return
         if self._opened_at and time.monotonic() - self._opened_at >= self.stable:
             self.attempts = 0
@@ -569,7 +629,8 @@ class ReconnectingClient:
         """Read once (or run the heartbeat); False at ``deadline`` (past it, what is
         ready is still read, without waiting)."""
         sock = self._sock
-        assert sock is not None
+        if sock is None:
+            return True  # closed from another thread: the caller raises
         now = time.monotonic()
         if self._ping_sent is None:
             due = self._heard + self.ping_interval
@@ -599,6 +660,9 @@ class ReconnectingClient:
             return deadline is None or time.monotonic() < deadline
         except OSError as exc:
             self._lost(1006, str(exc))
+            return True
+        if self._closed_for_good:  # close() from another thread woke this read
+            self._finish_close()
             return True
         self._feed(data)
         return True

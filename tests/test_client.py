@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -580,6 +581,82 @@ def test_a_close_frame_whose_answer_cannot_be_written_is_one_final_close() -> No
         ("open", None, False),
         ("close", 4001, False),
     ]
+
+
+def _reading(client: ReconnectingClient) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread reading ``client`` until it ends; what ended it goes in the list."""
+    ended: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in client:
+                pass
+        except BaseException as exc:
+            ended.append(exc)
+        else:
+            ended.append(ConnectionClosed(client.close_code or 1006, "iteration ended"))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, ended
+
+
+def test_close_from_another_thread_ends_a_read_waiting_for_messages(proxy: Proxy) -> None:
+    """A service reads in one thread and stops from another (a signal handler, its main
+    thread): ``close()`` ends the read at once, even on a connection where nothing
+    comes (here frozen: the server's answer to the close frame never comes either).
+    Before, ``close()`` waited for that answer, closed the socket under the reading
+    thread and returned; the read went on waiting on a closed descriptor until the next
+    ping was due (``ping_interval``, 30 s here: days with ``inf``)."""
+    # The reading thread sends the close frame: the view sees the client's 1000.
+    recording = ReconnectingClient(proxy.url("/record/?id=threads"), ping_interval=30)
+    recording.connect(WAIT)
+    thread, ended = _reading(recording)
+    time.sleep(0.1)  # the read is waiting
+    recording.close(1000, "bye")
+    thread.join(3)
+    assert not thread.is_alive(), "the read did not end"
+    assert isinstance(ended[0], ConnectionClosed) and recording._sock is None
+    deadline = time.monotonic() + WAIT
+    record = proxy.url("/record/?id=threads", "http")
+    while True:
+        try:
+            with urllib.request.urlopen(record, timeout=WAIT) as response:
+                assert json.load(response) == {"code": 1000, "reason": "bye", "closed": True}
+                break
+        except urllib.error.HTTPError:  # 404: not closed yet
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    client = ReconnectingClient(proxy.url("/echo/"), ping_interval=30, timeout=0.3)
+    client.connect(WAIT)
+    proxy.freeze()
+    thread, ended = _reading(client)
+    time.sleep(0.1)
+    client.close()
+    thread.join(3)
+    assert not thread.is_alive(), "the read did not end"
+    assert isinstance(ended[0], ConnectionClosed) and client.close_code == 1000
+    assert client._sock is None
+
+
+def test_close_from_another_thread_ends_a_wait_to_reconnect() -> None:
+    """The same while the reading thread waits for its next attempt (the server is down,
+    the backoff long): ``close()`` ends the wait. Before, the reading thread slept out
+    the delay (up to ``max_delay``), then found the client closed."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: each attempt refused at once
+        client = ReconnectingClient(
+            f"ws://127.0.0.1:{closed.getsockname()[1]}/", min_delay=30, max_delay=30
+        )
+        with pytest.raises(TimeoutError):
+            client.connect(0.1)  # refused once: the next attempt is up to 30 s away
+        thread, ended = _reading(client)
+        time.sleep(0.1)
+        client.close()
+        thread.join(3)
+    assert not thread.is_alive(), "the wait did not end"
+    assert isinstance(ended[0], ConnectionClosed)
 
 
 def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
