@@ -508,3 +508,34 @@ def test_a_large_message_over_a_slow_link_is_not_taken_for_a_dead_connection(
         link.close()
     assert outcome["size"] == 2**20, outcome
     assert outcome["closes"] and set(outcome["closes"]) == {4002}, outcome
+
+
+def test_the_first_connection_is_not_a_reconnection(bare_page: Page, gevent: ServerProcess) -> None:
+    """The server is unreachable when the page loads (the load balancer refuses), then
+    comes: the first connection's "open" says ``reconnect: false``, as the Python
+    client's does, and the one after a drop says true. Before, any failed attempt made
+    the first "open" a reconnection: a page that set itself up on ``!reconnect`` never
+    did."""
+    link = Proxy(gevent.port)
+    link.cut()
+    try:
+        bare_page.evaluate(
+            """(url) => {
+                window.opens = [];
+                window.refused = 0;
+                const s = window.late = new dwebsocket.Socket(url, {minDelay: 20, maxDelay: 50});
+                s.on("open", (e) => opens.push(e.reconnect));
+                s.on("close", () => refused++);
+            }""",
+            link.url("/echo/"),
+        )
+        bare_page.wait_for_function("window.refused >= 2")
+        link.restore()
+        bare_page.wait_for_function("window.opens.length >= 1")
+        link.cut()
+        link.restore()
+        bare_page.wait_for_function("window.opens.length >= 2")
+        bare_page.evaluate("late.close()")
+    finally:
+        link.close()
+    assert bare_page.evaluate("opens") == [False, True]

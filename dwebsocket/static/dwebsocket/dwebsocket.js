@@ -171,7 +171,7 @@
       clearTimeout(self._timer);
       self._openedAt = Date.now();
       self._alive();
-      self._emit("open", { reconnect: self.attempts > 0 || self._opened === true });
+      self._emit("open", { reconnect: self._opened === true }); // not: attempts failed
       self._opened = true;
     };
     ws.onmessage = function (event) {
