@@ -70,10 +70,20 @@ class _Refused(OSError):
     """The server answered the handshake with ``status``, not 101; ``retry_after``: the
     seconds its ``Retry-After`` header asks for (None: none, or an HTTP date)."""
 
-    def __init__(self, status: int, retry_after: float | None = None) -> None:
-        super().__init__(f"handshake refused: HTTP {status}")
+    def __init__(
+        self, status: int, retry_after: float | None = None, location: str | None = None
+    ) -> None:
+        where = f" to {location}" if location and 300 <= status < 400 else ""
+        super().__init__(f"handshake refused: HTTP {status}{where}")
         self.status = status
         self.retry_after = retry_after
+
+    @property
+    def final(self) -> bool:
+        """True unless the status says "later" (5xx, 408, 429): a redirect (``APPEND_SLASH``,
+        ``SECURE_SSL_REDIRECT``), a 200 from a page that is no WebSocket view, a 403 or a
+        426 is the same answer on every attempt."""
+        return 200 <= self.status < 500 and self.status not in (408, 429)
 
 
 def _retry_after(headers: list[tuple[str, str]]) -> float | None:
@@ -225,11 +235,12 @@ class ReconnectingClient:
     connection that stayed open ``stable`` seconds). Heartbeat: after ``ping_interval``
     seconds (``inf``: never) without any message it sends ``{"dws":"ping"}``; nothing within
     ``ping_timeout`` more and the connection counts as dead (close code 4002). Close codes
-    in ``no_retry`` (policy, session revoked), a handshake refused with a 4xx status (but
-    408 and 429) and :meth:`close` end it for good, except a 1008 whose reason is exactly
-    ``"send queue overflow"`` (the server dropped a member that read too slowly): that one
-    is retried with the backoff, and resumes where it left off. A refusal with ``Retry-After:
-    <seconds>`` waits that long (at most ``max_delay``) before the jittered delay.
+    in ``no_retry`` (policy, session revoked), a handshake answered with a 2xx, 3xx or
+    4xx status (but 408 and 429) and :meth:`close` end it for good, except a 1008 whose
+    reason is exactly ``"send queue overflow"`` (the server dropped a member that read too
+    slowly): that one is retried with the backoff, and resumes where it left off. A
+    refusal with ``Retry-After: <seconds>`` waits that long (at most ``max_delay``)
+    before the jittered delay.
     ``timeout`` bounds each connection attempt (from the DNS lookup to the 101; a
     lookup still unanswered then goes on in a thread of its own, which the next attempt
     waits for rather than starting another) and a write's wait for the socket to take
@@ -489,8 +500,7 @@ class ReconnectingClient:
                 and time.monotonic() >= deadline
             ):
                 return False  # the caller's time ran out, not the server's: no failure
-            status = exc.status if isinstance(exc, _Refused) else None
-            final = status is not None and 400 <= status < 500 and status not in (408, 429)
+            final = isinstance(exc, _Refused) and exc.final
             retry_after = exc.retry_after if isinstance(exc, _Refused) else None
             self._lost(1006, str(exc) or type(exc).__name__, final=final, not_before=retry_after)
         except BaseException:
@@ -577,7 +587,7 @@ class ReconnectingClient:
             data += chunk
         status, headers, consumed = parsed
         if status != 101:
-            raise _Refused(status, _retry_after(headers))
+            raise _Refused(status, _retry_after(headers), dict(headers).get("location"))
         self._conn = Connection(client=True, max_message_size=self.max_message_size)
         now = time.monotonic()
         self._opened_at = self._heard = now

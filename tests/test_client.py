@@ -189,6 +189,21 @@ def test_a_refused_handshake_is_final(gevent: ServerProcess) -> None:
     assert "HTTP 403" in raised.value.reason
 
 
+def test_a_redirect_is_final_and_says_where(make_server: Callable[..., ServerProcess]) -> None:
+    """A handshake answered with a redirect (Django's ``APPEND_SLASH`` for a URL without
+    its slash; ``SECURE_SSL_REDIRECT`` the same for ``ws://``) gets the same answer on
+    every attempt: the client stops at once, saying where it was sent. Before, it
+    retried for ever with the backoff, each "close" saying only "HTTP 301"."""
+    middleware = ["django.middleware.common.CommonMiddleware"]
+    server = make_server("gevent", settings={"MIDDLEWARE": middleware})
+    events: list[Event] = []
+    client = ReconnectingClient(server.url("/echo"), min_delay=0.01, on_event=events.append)
+    with pytest.raises(ConnectionClosed) as raised:
+        client.connect(2)
+    assert "HTTP 301" in raised.value.reason and "/echo/" in raised.value.reason
+    assert [(e.type, e.will_retry) for e in events] == [("close", False)]
+
+
 def test_a_server_over_its_limits_is_retried_after_what_it_asked(
     make_server: Callable[..., ServerProcess],
 ) -> None:
