@@ -18,6 +18,7 @@ from tests.wire import TIMEOUT, RawClient
 
 def upgrade_headers(key: str, **extra: str) -> dict[str, str]:
     return {
+        "Host": "testserver",  # RequestFactory's SERVER_NAME; it sends no Host itself
         "Upgrade": "websocket",
         "Connection": "Upgrade",
         "Sec-WebSocket-Key": key,

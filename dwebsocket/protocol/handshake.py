@@ -45,6 +45,10 @@ _QUOTED = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x09\x20-\x7e\x80-\x
 _OWS = re.compile(r"[ \t]*")
 _UNQUOTE = re.compile(r"\\(.)")
 _DIGITS = re.compile(r"[0-9]+")
+# RFC 9110 7.2: Host = uri-host [":" port], uri-host as in RFC 3986 3.2.2 (an IP-literal
+# in brackets, or a reg-name / IPv4 address), without the comma of a reg-name's sub-delims:
+# servers join repeated headers with one.
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+;=%-]+\]|[0-9A-Za-z._~!$&'()*+;=%-]+)(?::[0-9]*)?")
 # RFC 7230 3.2: a header value must not contain CR, LF or NUL (response splitting).
 _BAD_VALUE = re.compile(r"[\x00\r\n]")
 
@@ -161,6 +165,21 @@ def _http_version_ok(http_version: str) -> bool:
     return (int(match.group(1)), int(match.group(2) or 0)) >= (1, 1)
 
 
+def _check_host(value: str | None) -> str:
+    """The ``Host`` value, stripped. RFC 6455 4.1 makes it part of the handshake, and
+    RFC 9112 3.2 says a server MUST answer 400 to a request without one, with more than
+    one, or with an invalid one; no WSGI server refuses the first (and only gunicorn the
+    second): they join repeated headers with a comma, which no host name holds."""
+    host = (value or "").strip(" \t")
+    if not host:
+        raise InvalidHandshake("missing Host header")
+    if "," in host:
+        raise InvalidHandshake(f"more than one Host header: {quoted(host)}")
+    if not _HOST.fullmatch(host):
+        raise InvalidHandshake(f"invalid Host header {quoted(host)}")
+    return host
+
+
 def parse_request(method: str, http_version: str, headers: Mapping[str, str]) -> HandshakeRequest:
     """Validate an upgrade request (RFC 6455 4.2.1) and return what the server needs.
 
@@ -174,8 +193,7 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
     if not _http_version_ok(http_version):
         raise InvalidHandshake("HTTP/1.1 or later required")
 
-    # No Host check: the WSGI server already accepted the request, Django falls back to
-    # SERVER_NAME, and its test client sends none.
+    host = _check_host(headers.get("host"))
     upgrade = headers.get("upgrade")
     if upgrade is None:
         raise InvalidHandshake("missing Upgrade header")
@@ -236,7 +254,7 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
         subprotocols=subprotocols,
         extensions=extensions,
         origin=headers.get("origin"),
-        host=headers.get("host"),
+        host=host,
     )
 
 

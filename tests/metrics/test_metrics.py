@@ -90,6 +90,7 @@ def test_a_close_code_of_the_views_choice(counts: Counts) -> None:
 
 
 UPGRADE = {
+    "Host": "testserver",  # django.test.Client sends none
     "Upgrade": "websocket",
     "Connection": "Upgrade",
     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",

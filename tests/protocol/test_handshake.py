@@ -72,9 +72,38 @@ def test_parse_full_request() -> None:
     ]
 
 
-def test_host_is_optional() -> None:
-    # Django's RequestFactory sends no Host header (SERVER_NAME stands in).
-    assert parse_request("GET", "HTTP/1.1", headers(host=None)).host is None
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        # RFC 6455 4.1 (the client sends the server's authority), RFC 9112 3.2 (a server
+        # MUST answer 400 to an HTTP/1.1 request without Host, with more than one, or with
+        # an invalid one). Servers join repeated headers with a comma.
+        (None, "missing Host header"),
+        ("", "missing Host header"),
+        (" \t", "missing Host header"),
+        ("example.com,example.com", "more than one Host header"),
+        ("example.com, evil.example", "more than one Host header"),
+        ("exa mple.com", "invalid Host header"),
+        ("user@example.com", "invalid Host header"),
+        ("example.com/path", "invalid Host header"),
+        ("example.com:80x", "invalid Host header"),
+        ("[::1", "invalid Host header"),
+        ("\xe9.example", "invalid Host header"),
+    ],
+)
+def test_host_is_required_and_single(host: str | None, reason: str) -> None:
+    with pytest.raises(InvalidHandshake) as info:
+        parse_request("GET", "HTTP/1.1", headers(host=host))
+    assert type(info.value) is InvalidHandshake
+    assert info.value.reason.startswith(reason)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["example.com", "EXAMPLE.com:8000", "127.0.0.1:1", "[::1]:8000", "[::1]", "a_b.local.", " x "],
+)
+def test_host_forms_accepted(host: str) -> None:
+    assert parse_request("GET", "HTTP/1.1", headers(host=host)).host == host.strip()
 
 
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/2", "HTTP/2.0", "HTTP/1.2", " HTTP/10.0"])
