@@ -185,7 +185,7 @@ class WebSocketClient:
         asynchronous = _is_async_view(self.path)
         if not asynchronous:
             _check_backend()
-        key = generate_key()
+        key = self._given_header("sec-websocket-key") or generate_key()
         request = self._build_request(key)
         server_sock, self._sock = socket.socketpair()
         side = _ASGIServerSide if asynchronous else _ServerSide
@@ -229,7 +229,18 @@ class WebSocketClient:
                 raise server_side from exc  # what went wrong in the view explains the rest
             raise
 
+    def _given_header(self, name: str) -> str | None:
+        """The value ``headers`` gives for ``name`` (lower-case), or None."""
+        for given, value in self.headers.items():
+            if given.lower() == name:
+                return value
+        return None
+
     def _build_request(self, key: str) -> bytes:
+        """The upgrade request. A header of ``headers`` that the client sends itself
+        (``Host``, ``Origin``, ``Upgrade``, ``Sec-WebSocket-Version``...) replaces the
+        client's, as a test of the answer to another value means; a server would join
+        the two (``13,8``)."""
         host, origin = HOST, self.origin
         extra_headers = []
         for name, value in self.headers.items():
@@ -237,12 +248,12 @@ class WebSocketClient:
                 host = value
             elif name.lower() == "origin":
                 origin = value
-            else:
+            elif name.lower() != "sec-websocket-key":  # ``key`` is the one given
                 extra_headers.append((name, value))
         cookie = self._cookie_header()
         if cookie:
             extra_headers.append(("Cookie", cookie))
-        return build_request(
+        request = build_request(
             host,
             iri_to_uri(self.path),
             key=key,
@@ -251,6 +262,17 @@ class WebSocketClient:
             origin=origin,
             extra_headers=extra_headers,
         )
+        # The request line, the client's own headers, then extra_headers: drop the
+        # client's own where extra_headers has one of that name.
+        request_line, *lines = request[:-4].split(b"\r\n")
+        own = len(lines) - len(extra_headers)
+        given = {name.lower().encode("latin-1") for name, _ in extra_headers}
+        kept = [
+            line
+            for i, line in enumerate(lines)
+            if i >= own or line.partition(b":")[0].lower() not in given
+        ]
+        return b"\r\n".join([request_line, *kept]) + b"\r\n\r\n"
 
     def _cookie_header(self) -> str:
         jar: SimpleCookie = SimpleCookie()

@@ -265,6 +265,23 @@ def test_a_malformed_handshake() -> None:
     assert refused.value.status_code == 400
 
 
+def test_a_handshake_header_given_replaces_the_clients_own() -> None:
+    # The client sent its own Sec-WebSocket-Version: 13 and the one given too, which the
+    # server joined ("13,8"): a test of the answer to version 8 tested another request.
+    with pytest.raises(HandshakeRefused) as refused:
+        WebSocketClient("/echo/", headers={"Sec-WebSocket-Version": "8"}).connect()
+    assert refused.value.status_code == 426
+    request = refused.value.response.wsgi_request  # type: ignore[union-attr]
+    assert request.META["HTTP_SEC_WEBSOCKET_VERSION"] == "8"
+    # A key of one's own is sent alone, and the 101's Sec-WebSocket-Accept checked for it.
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    with WebSocketClient("/echo/", headers={"sec-websocket-key": key}) as ws:
+        assert ws.request is not None
+        assert ws.request.META["HTTP_SEC_WEBSOCKET_KEY"] == key
+        ws.send("own key")
+        assert ws.receive() == "own key"
+
+
 def test_cookies_set_by_a_refusal_are_returned() -> None:
     with pytest.raises(HandshakeRefused) as refused:
         WebSocketClient("/refuse-with-cookie/").connect()
