@@ -45,6 +45,8 @@ _QUOTED = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x09\x20-\x7e\x80-\x
 _OWS = re.compile(r"[ \t]*")
 _UNQUOTE = re.compile(r"\\(.)")
 _DIGITS = re.compile(r"[0-9]+")
+# RFC 6455 4.3: version = DIGIT | NZDIGIT DIGIT | ... (0 to 255, no leading zero).
+_VERSION = re.compile(r"0|[1-9][0-9]{0,2}")
 # RFC 9110 7.2: Host = uri-host [":" port], uri-host as in RFC 3986 3.2.2 (an IP-literal
 # in brackets, or a reg-name / IPv4 address), without the comma of a reg-name's sub-delims:
 # servers join repeated headers with one.
@@ -185,8 +187,9 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
 
     ``headers`` maps lower-case header names to values, repeated headers joined with
     ``", "``. Raises ``InvalidHandshake`` (answer 400 with its ``reason``) for a malformed
-    request, ``UnsupportedVersion`` (answer 426 with its ``headers``) when
-    ``Sec-WebSocket-Version`` is missing or not 13. Does not check the Origin.
+    request (``Sec-WebSocket-Version`` repeated or not a version included),
+    ``UnsupportedVersion`` (answer 426 with its ``headers``) when ``Sec-WebSocket-Version``
+    is missing or another version than 13. Does not check the Origin.
     """
     if method != "GET":
         raise InvalidHandshake("method must be GET")
@@ -207,11 +210,19 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
             f"Connection header must contain 'Upgrade', got {quoted(connection)}"
         )
 
-    # RFC 6455 4.2.2: answer a version we do not speak with 426 and the one we do.
+    # RFC 6455 4.2.2: answer a version we do not speak with 426 and the one we do; a
+    # client without one (before RFC 6455) learns it too. Two versions, or something that
+    # is no version, is a malformed request: 400, as for the other headers (11.3.5: the
+    # header MUST NOT appear more than once; servers join repeated headers with a comma).
     version = headers.get("sec-websocket-version")
     if version is None:
         raise UnsupportedVersion("missing Sec-WebSocket-Version header")
-    if version.strip() != "13":
+    version = version.strip(" \t")
+    if "," in version:
+        raise InvalidHandshake(f"more than one Sec-WebSocket-Version header: {quoted(version)}")
+    if not _VERSION.fullmatch(version) or int(version) > 255:
+        raise InvalidHandshake(f"invalid Sec-WebSocket-Version {quoted(version)}")
+    if version != "13":
         raise UnsupportedVersion(
             f"unsupported Sec-WebSocket-Version {quoted(version)}, expected 13"
         )

@@ -300,6 +300,32 @@ def test_an_upgrade_without_one_host_is_refused_400(
     assert "Traceback" not in server.log(mark)
 
 
+@pytest.mark.parametrize(
+    ("version_lines", "reason"),
+    [
+        (
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 8\r\n",
+            b"more than one Sec-WebSocket-Version header",
+        ),
+        (b"Sec-WebSocket-Version: thirteen\r\n", b"invalid Sec-WebSocket-Version"),
+    ],
+    ids=["two", "not-a-number"],
+)
+def test_a_malformed_version_is_refused_400_not_426(
+    server: ServerProcess, version_lines: bytes, reason: bytes
+) -> None:
+    # RFC 6455 11.3.5: Sec-WebSocket-Version MUST NOT appear more than once, and a client
+    # sends one version (4.1). Every server joins two for Django ("13,8"), which answered
+    # 426 with "Sec-WebSocket-Version: 13", as for a version it does not speak: an
+    # invitation to retry with the version the client had sent. A malformed request is 400.
+    request = upgrade_request("/echo/").replace(b"Sec-WebSocket-Version: 13\r\n", version_lines)
+    with raw(server) as sock:
+        sock.sendall(request)
+        status, headers, body = read_http_response(sock)
+    assert (status, "sec-websocket-version" in headers) == (400, False)
+    assert reason in body
+
+
 def test_an_http_1_0_upgrade_is_refused_400(server: ServerProcess) -> None:
     # RFC 6455 4.1: the handshake is an HTTP/1.1 request. eventlet.wsgi puts "HTTP/1.0" in
     # every environ, whatever the request line said: the version went unchecked there, and

@@ -192,7 +192,33 @@ def test_invalid_requests_400(
     assert reason in info.value.reason
 
 
-@pytest.mark.parametrize("version", [None, "8", "12", "14", "13, 8", ""])
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [
+        # RFC 6455 11.3.5: it MUST NOT appear more than once; servers join repeated
+        # headers with a comma. A client sends one version (4.1), never a list.
+        ("13, 8", "more than one Sec-WebSocket-Version header"),
+        ("13,13", "more than one Sec-WebSocket-Version header"),
+        ("8, 13", "more than one Sec-WebSocket-Version header"),
+        # Not a version (RFC 6455 4.3: 0 to 255, no leading zero).
+        ("", "invalid Sec-WebSocket-Version"),
+        ("abc", "invalid Sec-WebSocket-Version"),
+        ("013", "invalid Sec-WebSocket-Version"),
+        ("1.3", "invalid Sec-WebSocket-Version"),
+        ("256", "invalid Sec-WebSocket-Version"),
+        ("1" * 5000, "invalid Sec-WebSocket-Version"),
+        ("\u0661\u0663", "invalid Sec-WebSocket-Version"),  # Arabic-Indic digits: isdigit()
+    ],
+)
+def test_malformed_versions_400(version: str, reason: str) -> None:
+    with pytest.raises(InvalidHandshake) as info:
+        parse_request("GET", "HTTP/1.1", headers(sec_websocket_version=version))
+    assert type(info.value) is InvalidHandshake
+    assert info.value.status == 400
+    assert info.value.reason.startswith(reason)
+
+
+@pytest.mark.parametrize("version", [None, "8", "12", "14", "0", "255", " 7 "])
 def test_unsupported_versions_426(version: str | None) -> None:
     with pytest.raises(UnsupportedVersion) as info:
         parse_request("GET", "HTTP/1.1", headers(sec_websocket_version=version))
