@@ -25,6 +25,7 @@ __all__ = [
     "accept_key",
     "build_request",
     "build_response",
+    "check_host",
     "generate_key",
     "parse_extensions",
     "parse_request",
@@ -167,11 +168,13 @@ def _http_version_ok(http_version: str) -> bool:
     return (int(match.group(1)), int(match.group(2) or 0)) >= (1, 1)
 
 
-def _check_host(value: str | None) -> str:
-    """The ``Host`` value, stripped. RFC 6455 4.1 makes it part of the handshake, and
-    RFC 9112 3.2 says a server MUST answer 400 to a request without one, with more than
-    one, or with an invalid one; no WSGI server refuses the first (and only gunicorn the
-    second): they join repeated headers with a comma, which no host name holds."""
+def check_host(value: str | None) -> str:
+    """Return the ``Host`` header's value (``value``, None without one), stripped.
+
+    RFC 6455 4.1 makes it part of the handshake, and RFC 9112 3.2 says a server MUST
+    answer 400 to a request without one, with more than one, or with an invalid one; no
+    WSGI server refuses the first (and only gunicorn the second): they join repeated
+    headers with a comma, which no host name holds. Raises ``InvalidHandshake`` (400)."""
     host = (value or "").strip(" \t")
     if not host:
         raise InvalidHandshake("missing Host header")
@@ -196,7 +199,7 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
     if not _http_version_ok(http_version):
         raise InvalidHandshake("HTTP/1.1 or later required")
 
-    host = _check_host(headers.get("host"))
+    host = check_host(headers.get("host"))
     upgrade = headers.get("upgrade")
     if upgrade is None:
         raise InvalidHandshake("missing Upgrade header")

@@ -233,6 +233,8 @@ CANNOT: dict[tuple[str, str | None, str | None], str] = {
     ),
     ("test_refused_before_accepting", "daphne", None): _NO_HTTP_RESPONSE,
     ("test_refused_handshakes", "daphne", "403"): _NO_HTTP_RESPONSE,
+    ("test_an_upgrade_without_one_host_is_refused_400", "daphne", "empty"): _NO_HTTP_RESPONSE,
+    ("test_an_upgrade_without_one_host_is_refused_400", "daphne", "two"): _NO_HTTP_RESPONSE,
     ("test_refused_handshakes", "daphne", "400"): (
         "daphne answers a malformed Sec-WebSocket-Key itself, with an empty 400"
     ),

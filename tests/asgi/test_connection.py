@@ -425,7 +425,7 @@ def test_a_view_cancelled_while_its_accept_is_with_the_server_goes_away_with_100
                 await asyncio.Event().wait()  # the handshake completes after the cancel
 
         connection = plain_connection(inbox.get, send)
-        request = RequestFactory().get("/", HTTP_UPGRADE="websocket")
+        request = RequestFactory().get("/", HTTP_UPGRADE="websocket", HTTP_HOST="testserver")
         request.META[SCOPE_KEY] = connection
 
         async def view(request: Any) -> None:

@@ -9,6 +9,7 @@ from tests.integration.test_default_backend import (  # noqa: F401 - collected h
     test_a_request_pipelined_before_an_upgrade_is_answered_first,
     test_an_http_1_0_upgrade_is_refused_400,
     test_an_upgrade_with_a_body_is_refused_400,
+    test_an_upgrade_without_one_host_is_refused_400,
     test_client_closes_with_code_and_reason,
     test_compression_negotiated_unless_the_client_declines,
     test_connection_closed_escaping_the_view_is_a_normal_end,

@@ -60,12 +60,17 @@ def connection_of(request: HttpRequest) -> ASGIConnection | None:
 def create_websocket(request: HttpRequest, connection: ASGIConnection) -> ASGIWebSocket:
     """The unaccepted sync ``request.websocket`` of a ``websocket`` scope.
 
-    The server validated the handshake itself (key, version, method); this checks the
-    Origin (``Sec-WebSocket-Origin`` in a hybi draft's handshake, which daphne accepts).
-    Raises ``ForbiddenOrigin`` (403). Never blocks."""
+    The server validated the handshake itself (key, version, method); this checks what
+    some servers do not: one ``Host`` header (uvicorn and granian accept none, or two,
+    which Django joins; RFC 9112 3.2), and the Origin (``Sec-WebSocket-Origin`` in a hybi
+    draft's handshake, which daphne accepts). Raises ``InvalidHandshake`` (400) or
+    ``ForbiddenOrigin`` (403). Never blocks."""
     from dwebsocket.handshake import check_origin, handshake_origin, request_headers
+    from dwebsocket.protocol.handshake import check_host
 
-    check_origin(handshake_origin(request_headers(request.META)))
+    headers = request_headers(request.META)
+    check_host(headers.get("host"))
+    check_origin(handshake_origin(headers))
     return ASGIWebSocket(request, connection)
 
 
