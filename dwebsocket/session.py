@@ -26,7 +26,7 @@ from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOpera
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.http.multipartparser import MultiPartParserError
 
-from dwebsocket import dws, limits
+from dwebsocket import dws, groups, limits
 from dwebsocket.apps import report_if_not_installed
 from dwebsocket.checks import report_once
 from dwebsocket.exceptions import (
@@ -121,6 +121,7 @@ def run_view(
     # first session in a gunicorn worker finds it (on the call stack) and logs the checks.
     report_once()
     try:
+        groups.check_settings()
         websocket = _create_websocket(request)
         # Over a connection cap (dwebsocket.limits): 503, as for any refused handshake.
         release = _acquire(request, websocket) if websocket is not None else None

@@ -3,10 +3,12 @@ wrong value, and at runtime a clear refusal (503, logged) instead of a 500."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,16 @@ MORE_WRONG: list[tuple[str, object]] = [
     ("WEBSOCKET_CLOSE_TIMEOUT", float("inf")),
     ("WEBSOCKET_SEND_QUEUE_SIZE", None),
     ("WEBSOCKET_GROUPS_URL", "localhost:6379"),
+    # A scheme the Redis layer serves, in a URL it cannot read: the check looked at the
+    # scheme only, and each WebSocket request that reached the layer got a 500.
+    ("WEBSOCKET_GROUPS_URL", "redis://localhost:notaport/0"),
+    ("WEBSOCKET_GROUPS_URL", "redis://localhost:6379/cache"),
+    ("WEBSOCKET_GROUPS_URL", "redis://[::1/0"),
+    ("WEBSOCKET_GROUPS_URL", "redis://localhost:6379/0?socket_timeout=soon"),
+    ("WEBSOCKET_GROUPS_URL", "redis-sentinel://localhost:26379"),
+    ("WEBSOCKET_GROUPS_URL", "redis-sentinel://localhost:x/mymaster"),
+    ("WEBSOCKET_GROUPS_URL", "redis-cluster://"),
+    ("WEBSOCKET_GROUPS_URL", "redis-cluster://localhost:7000/1"),
     ("WEBSOCKET_MAX_CONNECTIONS", -1),
     ("WEBSOCKET_ASGI_THREADS", -1),
     ("WEBSOCKET_GROUPS_HISTORY", ["chat.*"]),
@@ -136,6 +148,28 @@ def test_a_wrong_value_fails_manage_py_check_with_its_id(name: str) -> None:
 def test_more_wrong_values(name: str, value: object) -> None:
     with override_settings(**{name: value}):
         assert dwebsocket_errors() == {SETTINGS[name].check_id}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:s3cret@localhost:notaport/0", "redis://u:s3cret@[::1/0", "mysql://u:s3cret@h/db"],
+)
+def test_a_groups_urls_password_stays_out_of_the_check(url: str) -> None:
+    with override_settings(WEBSOCKET_GROUPS_URL=url):
+        [error] = [m for m in checks.run_checks() if m.id == "dwebsocket.E020"]
+    assert "WEBSOCKET_GROUPS_URL" in error.msg and "s3cret" not in error.msg
+
+
+def test_a_redis_url_without_redis_py_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, the check passed, and a session failed at its first join (a signed-in
+    user's at its accept) with ImproperlyConfigured."""
+    import dwebsocket.groups
+
+    monkeypatch.delattr(dwebsocket.groups, "topology", raising=False)
+    monkeypatch.setitem(sys.modules, "dwebsocket.groups.topology", None)  # import fails
+    with override_settings(WEBSOCKET_GROUPS_URL="redis://localhost:6379/0"):
+        [error] = [m for m in checks.run_checks() if m.id == "dwebsocket.E020"]
+    assert "redis-py is not installed" in error.msg
 
 
 @pytest.mark.parametrize(("name", "value", "read"), RIGHT)
@@ -217,7 +251,7 @@ def plain(request: HttpRequest) -> None:
 
 urlpatterns = [path("ws/", view), path("plain/", plain)]
 
-#: The settings a handshake reads (the others: at join/send, or in the middleware).
+#: The settings a handshake reads (the others: in the middleware, or in a session).
 READ_AT_HANDSHAKE = [
     "WEBSOCKET_FACTORY_CLASS",
     "WEBSOCKET_COMPRESSION",
@@ -229,6 +263,10 @@ READ_AT_HANDSHAKE = [
     "WEBSOCKET_SEND_QUEUE_SIZE",
     "WEBSOCKET_MAX_CONNECTIONS",
     "WEBSOCKET_MAX_CONNECTIONS_PER_IP",
+    # Read again at each join and send; a handshake reads them first so that a wrong one
+    # refuses it rather than failing its view (500, or 1011 once accepted) with a traceback.
+    "WEBSOCKET_GROUPS_URL",
+    "WEBSOCKET_GROUPS_HISTORY",
 ]
 
 
@@ -241,9 +279,13 @@ def fresh_log() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("fresh_log")
-@pytest.mark.parametrize("name", READ_AT_HANDSHAKE)
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, WRONG[name]) for name in READ_AT_HANDSHAKE]
+    + [("WEBSOCKET_GROUPS_URL", "redis://:s3cret@localhost:notaport/0")],
+)
 def test_a_handshake_meeting_a_wrong_setting_gets_503(
-    name: str, caplog: pytest.LogCaptureFixture
+    name: str, value: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     server_sock, client_sock = socket.socketpair()
 
@@ -257,7 +299,7 @@ def test_a_handshake_meeting_a_wrong_setting_gets_503(
     with (
         server_sock,
         client_sock,
-        override_settings(**{name: WRONG[name]}),
+        override_settings(**{name: value}),
         caplog.at_level(logging.INFO, logger="dwebsocket"),
     ):
         response = view(handshake_request())
@@ -267,6 +309,60 @@ def test_a_handshake_meeting_a_wrong_setting_gets_503(
     assert CALLED == []
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     [error] = errors
+    assert name in error and SETTINGS[name].check_id in error
+    assert "s3cret" not in caplog.text  # a URL's password is no one's business in a log
+
+
+@pytest.mark.usefixtures("fresh_log")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WEBSOCKET_GROUPS_URL", "redis://localhost:notaport/0"),
+        ("WEBSOCKET_GROUPS_HISTORY", WRONG["WEBSOCKET_GROUPS_HISTORY"]),
+    ],
+)
+def test_an_async_views_handshake_meeting_a_wrong_groups_setting_gets_503(
+    name: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under ASGI, for an ``async def`` view, driven in-process: it was accepted and
+    failed at its first join or send."""
+    from dwebsocket.asgi import get_asgi_application
+
+    application = get_asgi_application()
+
+    async def handshake() -> list[tuple[str, object]]:
+        inbox: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        inbox.put_nowait({"type": "websocket.connect"})
+        sent: list[tuple[str, object]] = []
+
+        async def send(event: Mapping[str, object]) -> None:
+            sent.append((str(event["type"]), event.get("status")))
+            if event["type"] == "websocket.accept":  # (before) the client leaves at once
+                inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+
+        scope = {
+            "type": "websocket",
+            "path": "/echo/",
+            "raw_path": b"/echo/",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver")],
+            "scheme": "ws",
+            "server": ("testserver", 80),
+            "client": ("127.0.0.1", 40000),
+            "asgi": {"version": "3.0"},
+            "subprotocols": [],
+            "extensions": {"websocket.http.response": {}},
+        }
+        await asyncio.wait_for(application(scope, inbox.get, send), 5)
+        return sent
+
+    with (
+        override_settings(ROOT_URLCONF="tests.asgi.async_urls", **{name: value}),
+        caplog.at_level(logging.ERROR, logger="dwebsocket"),
+    ):
+        sent = asyncio.run(handshake())
+    assert sent == [("websocket.http.response.start", 503), ("websocket.http.response.body", None)]
+    [error] = [r.getMessage() for r in caplog.records if r.name == "dwebsocket"]
     assert name in error and SETTINGS[name].check_id in error
 
 

@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from dwebsocket import metrics
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
@@ -100,8 +101,7 @@ def get_layer() -> Layer:
     """The layer ``WEBSOCKET_GROUPS_URL`` names, built on first use.
 
     Raises :class:`~dwebsocket.exceptions.InvalidSetting` (check ``dwebsocket.E020``) for
-    a URL no layer serves, ``ImproperlyConfigured`` for ``redis://`` without redis-py
-    installed."""
+    a URL no layer serves or can read, or a Redis URL without redis-py installed."""
     from dwebsocket.conf import settings
 
     global _layer, _registry, _pid
@@ -127,23 +127,75 @@ REDIS_SCHEMES = ("redis", "rediss", "unix", "redis-sentinel", "redis-cluster")
 
 
 def url_problem(url: str) -> str | None:
-    """What is wrong with ``url`` as a ``WEBSOCKET_GROUPS_URL`` (no layer serves it), or
-    None. Looks at the scheme only; connects to nothing."""
-    if url == MemoryLayer.url or url.partition("://")[0].lower() in REDIS_SCHEMES:
+    """What is wrong with ``url`` as a ``WEBSOCKET_GROUPS_URL`` (a sentence naming the
+    setting and what it takes, the URL's password hidden), or None: no layer serves its
+    scheme, the Redis layer cannot read it (a port, a database, an option, a master name),
+    or redis-py is not installed. Builds nothing, connects to nothing."""
+    if url == MemoryLayer.url:
         return None
-    return (
-        "WEBSOCKET_GROUPS_URL must be memory://, redis://host:port/db, "
-        "redis-sentinel://host:port[,host:port...]/master_name or "
-        f"redis-cluster://host:port[,host:port...], not {url!r}"
-    )
+    if url.partition("://")[0].lower() not in REDIS_SCHEMES:
+        return (
+            "WEBSOCKET_GROUPS_URL must be memory://, redis://host:port/db, "
+            "redis-sentinel://host:port[,host:port...]/master_name or "
+            f"redis-cluster://host:port[,host:port...], not {redact(url)!r}"
+        )
+    try:
+        from dwebsocket.groups import topology
+    except ImportError:
+        return (
+            "WEBSOCKET_GROUPS_URL names Redis but redis-py is not installed: "
+            "pip install 'dwebsocket[redis]'"
+        )
+    problem = topology.url_problem(url)
+    return None if problem is None else f"WEBSOCKET_GROUPS_URL {redact(url)!r}: {problem}"
 
 
-def _make_layer(url: str, registry: Registry) -> Layer:
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unreadable (a bad IPv6 address, a bad port): hide all credentials
+        head, at, tail = url.rpartition("@")
+        return f"{head.partition('://')[0]}://***@{tail}" if at else url
+    if password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+#: The last ``WEBSOCKET_GROUPS_URL`` :func:`check_settings` found right.
+_url_checked: str | None = None
+
+
+def check_settings() -> None:
+    """Raise :class:`~dwebsocket.exceptions.InvalidSetting` if ``WEBSOCKET_GROUPS_URL``
+    or ``WEBSOCKET_GROUPS_HISTORY`` has a wrong value (what checks ``dwebsocket.E020``
+    and ``dwebsocket.E023`` report). Every handshake calls it: a wrong one refuses it with
+    503 and one ERROR line (``dwebsocket.handshake.misconfigured``) rather than failing
+    its session at its first join or send, with a traceback each time. Builds no layer,
+    connects to nothing, never blocks."""
+    global _url_checked
+    from dwebsocket.conf import settings
+
+    url = settings.WEBSOCKET_GROUPS_URL or MemoryLayer.url
+    if url != _url_checked:
+        _raise_for(url)
+        _url_checked = url
+    settings.WEBSOCKET_GROUPS_HISTORY  # noqa: B018 -- read to be checked
+
+
+def _raise_for(url: str) -> None:
     problem = url_problem(url)
     if problem is not None:
         from dwebsocket.conf import GROUPS_URL
 
-        raise InvalidSetting(GROUPS_URL.name, url, problem, GROUPS_URL.check_id)
+        raise InvalidSetting(GROUPS_URL.name, redact(url), problem, GROUPS_URL.check_id)
+
+
+def _make_layer(url: str, registry: Registry) -> Layer:
+    _raise_for(url)
     if url == MemoryLayer.url:
         return MemoryLayer(registry)
     from dwebsocket.groups.redis import RedisLayer

@@ -75,12 +75,11 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
-from dwebsocket.groups import control
+from dwebsocket.groups import control, redact
 from dwebsocket.groups.history import Item, Items, Page, Policy, Position, policy
 from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_items
 from dwebsocket.groups.presence import (
@@ -521,16 +520,6 @@ def decode_positioned(data: bytes) -> tuple[bytes, int, Message, Position | None
     if kind == BINARY:
         return origin, seq, payload, position
     raise UnknownKind(f"unknown group message kind {kind}")
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class RedisLayer:

@@ -47,7 +47,15 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 if TYPE_CHECKING:
     from dwebsocket.groups.redis import RedisLayer, Subscriber
 
-__all__ = ["CLUSTER_SCHEMES", "SENTINEL_SCHEMES", "Cluster", "Sentinels", "Server", "topology_for"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "SENTINEL_SCHEMES",
+    "Cluster",
+    "Sentinels",
+    "Server",
+    "topology_for",
+    "url_problem",
+]
 
 CLUSTER_SCHEMES = ("redis-cluster",)
 SENTINEL_SCHEMES = ("redis-sentinel",)
@@ -75,16 +83,23 @@ class Server:
     backoff_cap: float | None = None  # the layer's own
 
     def __init__(self, url: str, options: dict[str, Any]) -> None:
-        parts = urlsplit(url)
-        db = parts.path.strip("/")
-        if parts.scheme.lower() != "unix" and db and not (db.isascii() and db.isdigit()):
-            # redis-py would quietly use database 0 instead.
-            raise ValueError(f"the database after the host is a number, not {db!r}")
+        self.parse(url)
         self.pool = redis.BlockingConnectionPool.from_url(url, **options)
         self.client: Any = redis.Redis(connection_pool=self.pool)
         kwargs = self.pool.connection_kwargs
         self.socket_timeout: float | None = kwargs.get("socket_timeout")
         self.db = int(kwargs.get("db", 0))
+
+    @staticmethod
+    def parse(url: str) -> None:
+        """Read ``url`` as :meth:`__init__` does, building nothing; ``ValueError`` saying
+        what is wrong with it."""
+        parts = urlsplit(url)
+        db = parts.path.strip("/")
+        if parts.scheme.lower() != "unix" and db and not (db.isascii() and db.isdigit()):
+            # redis-py would quietly use database 0 instead.
+            raise ValueError(f"the database after the host is a number, not {db!r}")
+        parse_url(url)  # type: ignore[no-untyped-call]
 
     def channel(self, prefix: str, group: str) -> bytes:
         return (prefix + group).encode()
@@ -163,9 +178,7 @@ class Sentinels(Server):
     backoff_cap = FAILOVER_BACKOFF_CAP
 
     def __init__(self, url: str, options: dict[str, Any]) -> None:
-        hosts, path, kwargs = _parse(url, SENTINEL_SCHEMES)
-        if not path or "/" in path:
-            raise ValueError("name the master after the hosts: redis-sentinel://host:port/name")
+        hosts, path, kwargs = self.read(url)
         self.service = path
         sentinel_kwargs = {
             "socket_timeout": kwargs.get("socket_timeout", options["socket_timeout"]),
@@ -184,6 +197,19 @@ class Sentinels(Server):
         self.socket_timeout = self.pool.connection_kwargs.get("socket_timeout")
         self.db = int(self.pool.connection_kwargs.get("db", 0))
 
+    @staticmethod
+    def read(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+        """``(hosts, master name, connection kwargs)``; ``ValueError`` saying what is
+        wrong with ``url``."""
+        hosts, path, kwargs = _parse(url, SENTINEL_SCHEMES)
+        if not path or "/" in path:
+            raise ValueError("name the master after the hosts: redis-sentinel://host:port/name")
+        return hosts, path, kwargs
+
+    @staticmethod
+    def parse(url: str) -> None:
+        Sentinels.read(url)
+
     def close(self) -> None:
         super().close()
         for sentinel in self.sentinel.sentinels:
@@ -197,10 +223,7 @@ class Cluster(Server):
     backoff_cap = FAILOVER_BACKOFF_CAP
 
     def __init__(self, url: str, options: dict[str, Any]) -> None:
-        hosts, path, kwargs = _parse(url, CLUSTER_SCHEMES)
-        if path not in ("", "0") or kwargs.get("db", 0) != 0:
-            raise ValueError("a Redis Cluster has database 0 only")
-        kwargs.pop("db", None)
+        hosts, kwargs = self.read(url)
         settings = options | kwargs
         self.kwargs = {
             key: settings[key]
@@ -231,6 +254,19 @@ class Cluster(Server):
         )
         self.socket_timeout = self.kwargs.get("socket_timeout")
         self.db = 0
+
+    @staticmethod
+    def read(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+        """``(seeds, connection kwargs)``; ``ValueError`` saying what is wrong with ``url``."""
+        hosts, path, kwargs = _parse(url, CLUSTER_SCHEMES)
+        if path not in ("", "0") or kwargs.get("db", 0) != 0:
+            raise ValueError("a Redis Cluster has database 0 only")
+        kwargs.pop("db", None)
+        return hosts, kwargs
+
+    @staticmethod
+    def parse(url: str) -> None:
+        Cluster.read(url)
 
     def channel(self, prefix: str, group: str) -> bytes:
         # The group is the hash tag: its channel and its keys share one slot.
@@ -363,14 +399,28 @@ class LazyCluster:
             client.close()
 
 
+def _kind(url: str) -> type[Server]:
+    scheme = url.partition("://")[0].lower()
+    if scheme in CLUSTER_SCHEMES:
+        return Cluster
+    if scheme in SENTINEL_SCHEMES:
+        return Sentinels
+    return Server
+
+
+def url_problem(url: str) -> str | None:
+    """What :func:`topology_for` would find wrong with ``url`` (a sentence), or None.
+    Builds nothing, connects to nothing."""
+    try:
+        _kind(url).parse(url)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def topology_for(url: str, options: dict[str, Any]) -> Server:
     """The topology ``url`` names, built with the layer's connection ``options`` (the URL's
     own win). Connects to nothing, except a Cluster, whose client asks a seed for the
     slots (``redis.RedisError`` if none answers). Raises ``ValueError`` for a URL it
     cannot read."""
-    scheme = url.partition("://")[0].lower()
-    if scheme in CLUSTER_SCHEMES:
-        return Cluster(url, options)
-    if scheme in SENTINEL_SCHEMES:
-        return Sentinels(url, options)
-    return Server(url, options)
+    return _kind(url)(url, options)

@@ -127,7 +127,9 @@ def drain(member: Inbox) -> None:
     ],
 )
 def test_bad_urls_are_invalid_settings(url: str) -> None:
-    assert url_problem(url) is None  # the scheme is right: the layer says what is wrong
+    # The check (and every handshake) reads it as the layer would: not only the scheme.
+    problem = url_problem(url)
+    assert problem is not None and problem.startswith("WEBSOCKET_GROUPS_URL ")
     with pytest.raises(InvalidSetting) as raised:
         RedisLayer(url, Registry())
     assert raised.value.check_id == "dwebsocket.E020"

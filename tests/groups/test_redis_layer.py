@@ -110,6 +110,8 @@ def test_redact() -> None:
     assert redact("redis://:secret@h:1/0") == "redis://:***@h:1/0"
     assert redact("redis://u:secret@h:1/0") == "redis://u:***@h:1/0"
     assert redact("redis://h:1/0") == "redis://h:1/0"
+    # A URL urlsplit cannot read (check dwebsocket.E020 quotes it) keeps no credentials.
+    assert redact("redis://u:secret@[::1/0") == "redis://***@[::1/0"
 
 
 # -- delivery ----------------------------------------------------------------------------

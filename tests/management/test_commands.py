@@ -85,7 +85,14 @@ def test_send_lines_that_are_not_utf8(redis_url: str, locale: str) -> None:
 
 
 def test_send_with_a_groups_url_that_cannot_work() -> None:
-    result = manage("websocket_send", "room", "hi", groups_url="redis://127.0.0.1:notaport/0")
+    url = "redis://127.0.0.1:notaport/0"
+    # The system checks read the URL as the layer would, and stop the command first.
+    result = manage("websocket_send", "room", "hi", groups_url=url)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("SystemCheckError: "), result.stderr
+    assert "(dwebsocket.E020) WEBSOCKET_GROUPS_URL" in result.stderr, result.stderr
+    result = manage("websocket_send", "--skip-checks", "room", "hi", groups_url=url)
     assert_command_error(result, "WEBSOCKET_GROUPS_URL", "notaport")
 
 

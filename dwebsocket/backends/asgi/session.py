@@ -19,7 +19,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from dwebsocket import dws, limits
+from dwebsocket import dws, groups, limits
 from dwebsocket.backends.asgi import threads
 from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.backends.asgi.websocket import ASGIWebSocket, AsyncWebSocket
@@ -159,6 +159,7 @@ async def arun_view(
         attach(request, None)
         return needs_asgi(request)
     try:
+        groups.check_settings()
         websocket = AsyncWebSocket(create_websocket(request, connection))
         release = _acquire(request)
     except InvalidHandshake as exc:
