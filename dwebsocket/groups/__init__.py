@@ -35,7 +35,7 @@ from dwebsocket import metrics
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups.history import Follower, Page, Position, Recovery, go_live, policy, recover
 from dwebsocket.groups.memory import Member, MemoryLayer, Registry
-from dwebsocket.groups.presence import Local, Present, check_info, member_key
+from dwebsocket.groups.presence import Local, Present, check_info, load_info, member_key
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -367,7 +367,7 @@ def _present(group: str, websocket: WebSocket | Member, info: str | None, events
     if info is None:
         return
     key, user = member_key(websocket)
-    entry = Local(key, user, info, json.loads(info))
+    entry = Local(key, user, info, load_info(info))
     again = _registry.presence.has(group, websocket)  # its info changes; nobody joined
     count, shown = _registry.presence.add(group, websocket, entry)
     layer.present(group, entry, count, shown, not again)

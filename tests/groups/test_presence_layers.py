@@ -1,0 +1,197 @@
+"""The same presence sequences on ``memory://`` and on ``redis://`` (a private
+redis-server): one process, the public API (``groups.join(..., presence=, events=)``,
+``leave``, ``leave_all`` as a close does, ``presence``), each member standing for one
+socket; a user's two tabs are two members of the same user. Both layers must give the
+same answers and the same events, once each. ``test_presence_redis.py`` covers what only
+Redis has (processes, heartbeats, outages)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import pickle
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from dwebsocket import groups
+from tests.groups.test_redis_layer import Inbox
+
+_names = itertools.count()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def room(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new group's name, on the layer of the test's parameter."""
+    if request.param == "memory":
+        url = "memory://"
+    else:
+        url = request.getfixturevalue("redis_url") + "?socket_timeout=2&socket_connect_timeout=2"
+    with override_settings(WEBSOCKET_GROUPS_URL=url, WEBSOCKET_PRESENCE_HEARTBEAT=1.0):
+        try:
+            yield f"room-{next(_names)}"
+        finally:
+            groups.reset()
+
+
+class Tab(Inbox):
+    """A socket of ``user`` (its pk; None: anonymous), as ``users`` finds its owner."""
+
+    def __init__(self, user: str | None = None) -> None:
+        super().__init__()
+        if user is not None:
+            self.request = SimpleNamespace(
+                user=SimpleNamespace(is_authenticated=True, pk=user),
+                session=SimpleNamespace(session_key=None),
+                META={},
+            )
+
+    def close(self) -> None:
+        """Closed: it leaves every group, as ``websocket_closed`` makes it."""
+        self.closed = True
+        groups.leave_all(self)
+
+
+def listener(group: str) -> Tab:
+    tab = Tab()
+    groups.join(group, tab, events=True)
+    return tab
+
+
+def present(group: str) -> dict[str, tuple[str | None, dict[str, Any], int]]:
+    return {p.key: (p.user, p.info, p.sockets) for p in groups.presence(group)}
+
+
+def events(tab: Tab, count: int) -> list[tuple[str, str, dict[str, Any]]]:
+    found = [json.loads(str(tab.get())) for _ in range(count)]
+    return [(e["presence"], e["key"], e["info"]) for e in found]
+
+
+def test_two_tabs_of_a_user_are_one_entry_one_join_one_leave(room: str) -> None:
+    watcher = listener(room)
+    one, two = Tab("1"), Tab("1")
+    groups.join(room, one, presence={"tab": 1})
+    groups.join(room, two, presence={"tab": 2})
+    assert present(room) == {"user:1": ("1", {"tab": 1}, 2)}
+    assert events(watcher, 1) == [("join", "user:1", {"tab": 1})]
+    one.close()  # one of two: no leave; the other's info is shown now
+    assert present(room) == {"user:1": ("1", {"tab": 2}, 1)}
+    two.close()
+    assert present(room) == {}
+    assert events(watcher, 1) == [("leave", "user:1", {"tab": 2})]
+    watcher.assert_empty()
+
+
+def test_joining_again_changes_the_info_without_an_event(room: str) -> None:
+    watcher = listener(room)
+    tab = Tab("1")
+    groups.join(room, tab, presence={"status": "away"})
+    groups.join(room, tab, presence={"status": "busy"})
+    assert present(room) == {"user:1": ("1", {"status": "busy"}, 1)}
+    assert events(watcher, 1) == [("join", "user:1", {"status": "away"})]
+    tab.close()
+    assert events(watcher, 1) == [("leave", "user:1", {"status": "busy"})]
+    watcher.assert_empty()
+
+
+def test_a_leave_then_a_close_is_one_leave(room: str) -> None:
+    watcher = listener(room)
+    tab = Tab("1")
+    groups.join(room, tab, presence={})
+    groups.leave(room, tab)
+    groups.leave(room, tab)  # again: nothing
+    assert present(room) == {}
+    tab.close()
+    assert events(watcher, 2) == [("join", "user:1", {}), ("leave", "user:1", {})]
+    watcher.assert_empty()
+
+
+def test_a_socket_present_in_two_groups_leaves_both_when_it_closes(room: str) -> None:
+    other = room + "-other"
+    watchers = listener(room), listener(other)
+    tab = Tab("1")
+    groups.join(room, tab, presence={"in": room})
+    groups.join(other, tab, presence={"in": other})
+    tab.close()
+    assert present(room) == present(other) == {}
+    for watcher, group in zip(watchers, (room, other), strict=True):
+        assert events(watcher, 2) == [
+            ("join", "user:1", {"in": group}),
+            ("leave", "user:1", {"in": group}),
+        ]
+        watcher.assert_empty()
+
+
+def test_a_member_without_presence_is_not_present_and_sends_no_event(room: str) -> None:
+    watcher = listener(room)
+    tab = Tab("1")
+    groups.join(room, tab)
+    assert present(room) == {}
+    tab.close()
+    watcher.assert_empty()
+
+
+def test_anonymous_sockets_are_one_entry_each(room: str) -> None:
+    one, two = Tab(), Tab()
+    groups.join(room, one, presence={"n": 1})
+    groups.join(room, two, presence={"n": 1})
+    found = present(room)
+    assert len(found) == 2
+    assert all(key.startswith("socket:") and v == (None, {"n": 1}, 1) for key, v in found.items())
+    one.close()
+    assert len(present(room)) == 1
+
+
+def test_a_listener_present_itself_gets_its_own_join(room: str) -> None:
+    tab = Tab("1")
+    groups.join(room, tab, presence={"me": True}, events=True)
+    assert events(tab, 1) == [("join", "user:1", {"me": True})]
+
+
+def test_an_answers_info_is_read_only_and_copies_are_plain(room: str) -> None:
+    """A caller changing an answer's info (to show it, say) changed every later answer in
+    the process: each ``Present.info`` was the layer's own dict. Copying each at each
+    answer made a 10,000-member ``presence()`` ten times slower, so it refuses changes;
+    copies of it are plain dicts and lists."""
+    info = {"name": "alice", "tags": ["a"], "more": {"x": 1}}
+    groups.join(room, Tab("1"), presence=info)
+    groups.join(room, Tab("2"), presence={"name": "bob"})
+    info["name"] = "changed after the join"
+    expected = {
+        "user:1": {"name": "alice", "tags": ["a"], "more": {"x": 1}},
+        "user:2": {"name": "bob"},
+    }
+    found = {p.key: p.info for p in groups.presence(room)}
+    assert found == expected
+    alice = found["user:1"]
+    changes = [
+        lambda: alice.__setitem__("name", "mallory"),
+        lambda: alice.update(name="mallory"),
+        lambda: alice.pop("name"),
+        lambda: alice.setdefault("new", 1),
+        lambda: alice["tags"].append("b"),
+        lambda: alice["tags"].__setitem__(0, "b"),
+        lambda: alice["more"].__setitem__("x", 2),
+        lambda: found["user:2"].clear(),
+    ]
+    for change in changes:
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert {p.key: p.info for p in groups.presence(room)} == expected
+    for copied in (
+        dict(alice),
+        copy.copy(alice),
+        copy.deepcopy(alice),
+        pickle.loads(pickle.dumps(alice)),
+    ):
+        assert copied == expected["user:1"] and type(copied) is dict
+        copied["name"] = "mallory"  # the caller's own
+    deep = copy.deepcopy(alice)
+    deep["tags"].append("b")
+    assert type(deep["more"]) is dict and type(pickle.loads(pickle.dumps(alice))["tags"]) is list
+    assert json.loads(json.dumps(alice)) == expected["user:1"]
+    assert {p.key: p.info for p in groups.presence(room)} == expected
