@@ -47,7 +47,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -163,10 +163,24 @@ def disconnect_session(
     _close_group(session_group(session_key), "a session", code, reason, fail_silently)
 
 
+def _disconnect_sessions(session_keys: list[str], code: int, reason: str) -> None:
+    """:func:`disconnect_session` of each of ``session_keys``, their commands sent
+    together (:meth:`~dwebsocket.groups.redis.RedisLayer.control_many`); one WARNING if
+    the other processes were not told."""
+    groups_ = [session_group(key) for key in session_keys]
+    _close_groups(groups_, f"{len(session_keys)} sessions", code, reason, True)
+
+
 def _close_group(group: str, whose: str, code: int, reason: str, fail_silently: bool) -> None:
+    _close_groups([group], whose, code, reason, fail_silently)
+
+
+def _close_groups(
+    groups_: list[str], whose: str, code: int, reason: str, fail_silently: bool
+) -> None:
     payload = control.encode("close", code=code, reason=reason)
     try:
-        get_layer().control(group, payload, fail_silently=False)
+        get_layer().control_many(groups_, payload, fail_silently=False)
     except GroupsUnavailable as exc:
         if not fail_silently:
             raise
@@ -839,9 +853,55 @@ def _logged_out(
         disconnect_session(key, REVOKED, "logged out")
 
 
-def _session_deleted(sender: Any, instance: Any = None, **kwargs: Any) -> None:
-    if _revoking():
-        disconnect_session(instance.session_key, REVOKED, "session ended")
+@dataclass
+class _Deletion:
+    """The session rows one ``QuerySet.delete()`` deletes (``clearsessions``): how many
+    pre_delete announced, the keys post_delete has given so far."""
+
+    origin: object
+    expected: int = 0
+    keys: list[str] = field(default_factory=list)
+
+
+class _Deletions(threading.local):
+    def __init__(self) -> None:
+        self.under_way: list[_Deletion] = []
+
+
+_deletions = _Deletions()
+
+
+def _session_deleting(sender: Any, instance: Any = None, origin: Any = None, **kwargs: Any) -> None:
+    """pre_delete of a session row. Django's ``Collector.delete`` sends every row's
+    pre_delete, deletes them, then sends every row's post_delete, in one thread: a
+    ``QuerySet``'s rows (``origin``) are counted here, so that :func:`_session_deleted`
+    sends their commands together once the last one is deleted (``clearsessions``: a few
+    Redis commands in all rather than two per session). A row deleted by itself
+    (``session.flush()``: ``origin`` is the row) is revoked at its post_delete alone."""
+    if origin is None or origin is instance:
+        return
+    under_way = _deletions.under_way
+    deletion = next((d for d in under_way if d.origin is origin), None)
+    if deletion is None:
+        if len(under_way) >= 8:  # left by deletes that failed between the two signals
+            del under_way[0]
+        deletion = _Deletion(origin)
+        under_way.append(deletion)
+    deletion.expected += 1
+
+
+def _session_deleted(sender: Any, instance: Any = None, origin: Any = None, **kwargs: Any) -> None:
+    under_way = _deletions.under_way
+    deletion = next((d for d in under_way if d.origin is origin), None) if under_way else None
+    if deletion is None:
+        if _revoking():
+            disconnect_session(instance.session_key, REVOKED, "session ended")
+        return
+    deletion.keys.append(instance.session_key)
+    if len(deletion.keys) >= deletion.expected:  # the last row of the delete
+        under_way.remove(deletion)
+        if _revoking():
+            _disconnect_sessions(deletion.keys, REVOKED, "session ended")
 
 
 def _user_saved(
@@ -881,7 +941,7 @@ def connect_signals() -> None:
     from django.apps import apps
     from django.conf import settings
     from django.core.signals import request_started
-    from django.db.models.signals import post_delete, post_save
+    from django.db.models.signals import post_delete, post_save, pre_delete
 
     from dwebsocket.signals import websocket_closed, websocket_opened
 
@@ -908,6 +968,11 @@ def connect_signals() -> None:
 
         for model in apps.get_models():
             if issubclass(model, AbstractBaseSession):
+                pre_delete.connect(
+                    _session_deleting,
+                    sender=model,
+                    dispatch_uid=f"dwebsocket.users.{model._meta.label}",
+                )
                 post_delete.connect(
                     _session_deleted,
                     sender=model,

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -72,6 +73,9 @@ class Layer(Protocol):
     def send(self, group: str, message: Message, *, fail_silently: bool = True) -> str | None: ...
     def read(self, group: str, after: int, count: int) -> Page: ...
     def control(self, group: str, payload: bytes, *, fail_silently: bool = True) -> None: ...
+    def control_many(
+        self, groups: Sequence[str], payload: bytes, *, fail_silently: bool = True
+    ) -> None: ...
     def recent_controls(self, group: str, within: float) -> list[tuple[bytes, float]]: ...
     def recent_controls_many(
         self, groups: list[str], within: float

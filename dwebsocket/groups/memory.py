@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -337,6 +338,13 @@ class MemoryLayer:
 
         self.recent.add(group, payload)
         dispatch(self.registry, group, payload)
+
+    def control_many(
+        self, groups: Sequence[str], payload: bytes, *, fail_silently: bool = True
+    ) -> None:
+        """:meth:`control` of ``payload`` to each of ``groups``."""
+        for group in groups:
+            self.control(group, payload)
 
     def recent_controls(self, group: str, within: float) -> list[tuple[bytes, float]]:
         """The commands sent to ``group`` in the last ``within`` seconds (at most

@@ -522,6 +522,7 @@ def test_a_redis_refusing_writes_still_delivers_everywhere(
         b.join("kept", kept)
         b.join("plain", plain)
         b.join("users", closable)
+        b.join("users-2", Inbox())
         assert a.send("kept", "before") is not None
         assert kept.get() == "before"
         caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
@@ -534,6 +535,9 @@ def test_a_redis_refusing_writes_still_delivers_everywhere(
             assert plain.get() == "other groups go on"
             a.control("users", control.encode("probe", n=1), fail_silently=False)
             assert commands.get(timeout=WAIT) == {"op": "probe", "n": 1}
+            # Several at once (clearsessions): published without being remembered too.
+            a.control_many(["users", "users-2"], control.encode("probe", n=2), fail_silently=False)
+            assert [commands.get(timeout=WAIT) for _ in range(2)] == [{"op": "probe", "n": 2}] * 2
         finally:
             redis_server.command("CONFIG", "SET", "maxmemory", "0")
         assert a.send("kept", "kept again") is not None

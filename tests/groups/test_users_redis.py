@@ -144,3 +144,105 @@ def test_recent_controls_of_several_groups_on_a_cluster_and_on_sentinels(
     assert json.loads(check[0]) == {"op": "check"}
     assert json.loads(close[0])["code"] == users.REVOKED
     assert none == []
+
+
+def _expired_sessions(count: int, prefix: str) -> list[str]:
+    """``count`` session rows past their expiry (bulk_create: no signal), their keys."""
+    from datetime import timedelta
+
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    past = timezone.now() - timedelta(days=1)
+    keys = [f"{prefix}{n:04d}".ljust(32, "x") for n in range(count)]
+    Session.objects.bulk_create(
+        Session(session_key=key, session_data="", expire_date=past) for key in keys
+    )
+    return keys
+
+
+@pytest.mark.django_db
+def test_clearsessions_revokes_its_sessions_in_a_few_redis_commands(on_redis: RedisServer) -> None:
+    """``clearsessions`` deletes the expired rows in one ``QuerySet.delete()``: each row's
+    post_delete sent its own command, two Redis commands (remember, publish) and two
+    round trips per session -- 20,000 for 10,000 expired sessions. Now one script call
+    per 500 sessions does both, counted by the redis-server itself (INFO commandstats);
+    the sockets of those sessions still close with 4001, the others stay open."""
+    import redis
+    from django.contrib.sessions.models import Session
+    from django.core.management import call_command
+
+    keys = _expired_sessions(300, "old")
+    tabs = {key: Closable() for key in (keys[0], keys[-1], "livexxxxxxxxxxxxxxxxxxxxxxxxxxxx")}
+    for key, tab in tabs.items():
+        groups.join(users.session_group(key), tab)
+    # Redis knows the script (the first call loads it), the pool has a connection.
+    users._disconnect_sessions(["warm-up-1", "warm-up-2"], users.REVOKED, "")
+    admin = redis.Redis.from_url(on_redis.url)
+    try:
+        admin.config_resetstat()
+        call_command("clearsessions")
+        calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
+    finally:
+        admin.close()
+    assert not Session.objects.filter(session_key__in=keys).exists()
+    for key in (keys[0], keys[-1]):
+        assert tabs[key].closes.get(timeout=10) == (users.REVOKED, "session ended")
+    assert tabs["livexxxxxxxxxxxxxxxxxxxxxxxxxxxx"].closes.empty()
+    # Each session's command remembered and published (ZADD, PUBLISH: 300 each) by one
+    # script call (one EVALSHA, one TIME), which the client sent 300 times and then
+    # 300 PUBLISHes after them.
+    assert calls.get("cmdstat_zadd") == calls.get("cmdstat_publish") == 300, calls
+    assert calls.get("cmdstat_evalsha") == calls.get("cmdstat_time") == 1, calls
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["memory://", "redis"])
+def test_a_session_deleted_alone_and_many_at_once_close_their_sockets(
+    url: str, request: pytest.FixtureRequest
+) -> None:
+    """The same on both layers: ``session.flush()``'s delete of one row, a
+    ``QuerySet.delete()`` of one row and of several."""
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+
+    if url == "redis":
+        url = request.getfixturevalue("redis_server").url + "?socket_timeout=1"
+    with override_settings(WEBSOCKET_GROUPS_URL=url):
+        try:
+            store = SessionStore()
+            store["x"] = 1
+            store.save()
+            one, many = _expired_sessions(1, "one"), _expired_sessions(3, "many")
+            tabs = {key: Closable() for key in [store.session_key, *one, *many]}
+            for key, tab in tabs.items():
+                groups.join(users.session_group(key), tab)
+            store.flush()
+            Session.objects.filter(session_key__in=one).delete()
+            Session.objects.filter(session_key__in=many).delete()
+            for tab in tabs.values():
+                assert tab.closes.get(timeout=10) == (users.REVOKED, "session ended")
+        finally:
+            groups.reset()
+
+
+@pytest.mark.django_db
+def test_clearsessions_while_redis_is_away_closes_this_process_sockets_warning_once(
+    on_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One WARNING for the whole delete, not one per session (10,000 lines for 10,000
+    expired sessions); this process's sockets of those sessions close all the same."""
+    from django.core.management import call_command
+
+    keys = _expired_sessions(50, "away")
+    tabs = [Closable() for _ in range(2)]
+    for key, tab in zip((keys[0], keys[-1]), tabs, strict=True):
+        groups.join(users.session_group(key), tab)
+    on_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="dwebsocket.users"):
+        call_command("clearsessions")
+        for tab in tabs:
+            assert tab.closes.get(timeout=10) == (users.REVOKED, "session ended")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dwebsocket.users"]
+    assert len(warnings) == 1, warnings
+    assert "50 sessions" in warnings[0]
