@@ -96,7 +96,27 @@ class Layer(Protocol):
 MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 
 _lock = threading.Lock()
-_registry = Registry()
+
+
+def _new_registry() -> Registry:
+    registry = Registry()
+    registry.dropped = _dropped
+    return registry
+
+
+def _dropped(member: Member) -> None:
+    """A closed member that its registry dropped by itself (its close signal never came:
+    a backend that could not send it, a member of the application's that sends none, one
+    whose deliver() raised) leaves its presence and its events too, as
+    :func:`leave_all` has it: in the background, as the caller may be the Redis reader,
+    and a leave on Redis waits for it."""
+    if _registry.presence.involves(member):
+        from dwebsocket.backends.default.registry import spawn
+
+        spawn(_on_closed, None, member)
+
+
+_registry = _new_registry()
 _layer: Layer | None = None
 _pid = os.getpid()
 
@@ -116,7 +136,7 @@ def get_layer() -> Layer:
     with _lock:
         if _pid != os.getpid():
             # A forked child has none of its parent's sockets, and no reader thread.
-            _registry, _layer, _pid = Registry(), None, os.getpid()
+            _registry, _layer, _pid = _new_registry(), None, os.getpid()
         elif _layer is not None and _layer.url != url:
             _layer.close()
             _layer = None
@@ -213,7 +233,7 @@ def reset() -> None:
     with _lock:
         if _layer is not None:
             _layer.close()
-        _layer, _registry = None, Registry()
+        _layer, _registry = None, _new_registry()
 
 
 def _check_group(group: Any) -> None:

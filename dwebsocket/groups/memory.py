@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,6 +64,7 @@ class Registry:
     at the next delivery to any of its groups, and by a sweep of a group whenever that group
     has doubled in size since its last sweep (so a group nobody sends to cannot grow without
     bound from sockets whose signal was missed). The sweep costs amortised O(1) per join.
+    One dropped so leaves its presence too (:attr:`dropped`).
     """
 
     def __init__(self) -> None:
@@ -76,6 +77,10 @@ class Registry:
         self.followers = Followers()
         #: Present members and event listeners (``presence``).
         self.presence = PresenceRegistry()
+        #: Called with each closed member this registry drops by itself (at a delivery,
+        #: in a sweep) rather than through a leave: :mod:`dwebsocket.groups` has it
+        #: leave its presence too. Must not block (the Redis reader may call it).
+        self.dropped: Callable[[Member], None] | None = None
 
     def add(self, group: str, member: Member) -> bool:
         """Add ``member`` to ``group``. Returns True if ``group`` had no local member before."""
@@ -98,7 +103,16 @@ class Registry:
                     self._sweep_at[group] = max(16, 2 * len(self._groups[group]))
             for other in closed:  # a history group's follower holds its member
                 self.followers.remove(group, other)
+                self._dropped(other)
         return first
+
+    def _dropped(self, member: Member) -> None:
+        dropped = self.dropped
+        if dropped is not None:
+            try:
+                dropped(member)
+            except Exception:  # the delivery or the join that found it goes on
+                logger.exception("Could not remove a closed group member's presence")
 
     def remove(self, group: str, member: Member) -> bool:
         """Remove ``member`` from ``group`` (nothing happens if it is not a member).
@@ -192,6 +206,7 @@ def fan_out_items(registry: Registry, group: str, items: Items) -> list[str]:
     emptied: list[str] = []
     for member in closed:
         emptied.extend(registry.remove_all(member))
+        registry._dropped(member)
     return emptied
 
 

@@ -272,6 +272,11 @@ class PresenceRegistry:
                         del self._listeners[group]
             return done
 
+    def involves(self, member: Member) -> bool:
+        """True if ``member`` is present in a group or listens to one's events."""
+        with self._lock:
+            return id(member) in self._of or id(member) in self._listening
+
     def listen(self, group: str, member: Member) -> None:
         with self._lock:
             self._listeners.setdefault(group, {})[id(member)] = member

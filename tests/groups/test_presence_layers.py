@@ -19,7 +19,7 @@ import pytest
 from django.test import override_settings
 
 from dwebsocket import groups
-from tests.groups.test_redis_layer import Inbox
+from tests.groups.test_redis_layer import Inbox, until
 
 _names = itertools.count()
 
@@ -67,8 +67,14 @@ def present(group: str) -> dict[str, tuple[str | None, dict[str, Any], int]]:
 
 
 def events(tab: Tab, count: int) -> list[tuple[str, str, dict[str, Any]]]:
-    found = [json.loads(str(tab.get())) for _ in range(count)]
-    return [(e["presence"], e["key"], e["info"]) for e in found]
+    """The next ``count`` presence events ``tab`` got (its group's messages skipped)."""
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    while len(found) < count:
+        message = tab.get()
+        event = json.loads(message) if isinstance(message, str) and message[:1] == "{" else {}
+        if "presence" in event:
+            found.append((event["presence"], event["key"], event["info"]))
+    return found
 
 
 def test_two_tabs_of_a_user_are_one_entry_one_join_one_leave(room: str) -> None:
@@ -195,3 +201,20 @@ def test_an_answers_info_is_read_only_and_copies_are_plain(room: str) -> None:
     assert type(deep["more"]) is dict and type(pickle.loads(pickle.dumps(alice))["tags"]) is list
     assert json.loads(json.dumps(alice)) == expected["user:1"]
     assert {p.key: p.info for p in groups.presence(room)} == expected
+
+
+def test_a_member_closed_without_its_signal_leaves_at_the_next_message(room: str) -> None:
+    """A closed member whose close signal never came (a backend that failed to send it, a
+    member of the application's that sends none, one whose deliver() raised) is dropped
+    from the group at the next message, as the registry promises: it left the group but
+    stayed present, and no leave was sent, for good on memory:// (and on Redis, kept
+    alive by this process's heartbeats)."""
+    watcher = listener(room)
+    tab = Tab("1")
+    groups.join(room, tab, presence={"n": 1})
+    assert events(watcher, 1) == [("join", "user:1", {"n": 1})]
+    tab.closed = True  # no leave_all
+    groups.send(room, "anyone?")
+    assert events(watcher, 1) == [("leave", "user:1", {"n": 1})]
+    until(lambda: present(room) == {})
+    watcher.assert_empty()
