@@ -75,6 +75,11 @@ MORE_WRONG: list[tuple[str, object]] = [
     ("WEBSOCKET_ASGI_THREADS", -1),
     ("WEBSOCKET_GROUPS_HISTORY", ["chat.*"]),
     ("WEBSOCKET_GROUPS_HISTORY", {"chat.*": {"size": 10, "ttl": 60, "maxlen": 5}}),
+    # Past what Redis takes (a 64-bit count of ms, a 64-bit MAXLEN): each of the group's
+    # messages failed, taken for Redis unreachable; inf raised OverflowError at each send.
+    ("WEBSOCKET_GROUPS_HISTORY", {"chat.*": {"size": 10, "ttl": float("inf")}}),
+    ("WEBSOCKET_GROUPS_HISTORY", {"chat.*": {"size": 10, "ttl": 1e16}}),
+    ("WEBSOCKET_GROUPS_HISTORY", {"chat.*": {"size": 2**63, "ttl": 60}}),
     # Longer than poll() (2**31 - 1 ms) or threading can wait in one call, larger than a
     # frame length (63 bits) and the core's C limits: each raised OverflowError in every
     # session, a 500 (test_the_largest_values_accepted_run_a_session shows the edge).

@@ -73,6 +73,15 @@ BUFFER = 10_000
 #: 64-bit unsigned integer.
 MAX_OFFSET = 2**64 - 1
 
+#: The longest a history's ``ttl`` may be, in seconds (ten years): Redis takes it in ms,
+#: as a 64-bit integer added to its clock; past some 1e15 s it refused every message of
+#: the group, which the layer took for Redis unreachable (holding back every group's
+#: sends), and an infinite one raised OverflowError at each send.
+MAX_TTL = 10 * 365 * 24 * 3600
+#: The most messages a history's ``size`` may keep (Redis's stream MAXLEN is a 64-bit
+#: integer, refused past 2**63 - 1 as above).
+MAX_HISTORY_SIZE = 2**62
+
 
 # -- settings ---------------------------------------------------------------------------------
 
@@ -107,10 +116,19 @@ def parse_setting(value: Any) -> tuple[list[tuple[str, Policy]], list[str]]:
         size, ttl = options.get("size"), options.get("ttl")
         if unknown:
             problems.append(f"{name!r}: unknown option(s) {', '.join(map(repr, sorted(unknown)))}")
-        elif type(size) is not int or size < 1:
-            problems.append(f"{name!r}: 'size' must be a positive int (messages), not {size!r}")
-        elif isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
-            problems.append(f"{name!r}: 'ttl' must be a positive number (seconds), not {ttl!r}")
+        elif type(size) is not int or not 1 <= size <= MAX_HISTORY_SIZE:
+            problems.append(
+                f"{name!r}: 'size' must be an int from 1 to 2**62 (messages), not {size!r}"
+            )
+        elif (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, (int, float))
+            or not 0 < ttl <= MAX_TTL  # NaN and the infinities too
+        ):
+            problems.append(
+                f"{name!r}: 'ttl' must be a number of seconds > 0 and at most {MAX_TTL} "
+                f"(ten years), not {ttl!r}"
+            )
         else:
             target = patterns if any(c in name for c in "*?[") else exact
             target.append((name, Policy(size, float(ttl))))

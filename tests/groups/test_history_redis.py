@@ -12,7 +12,7 @@ import pytest
 from django.test import override_settings
 
 from dwebsocket import groups
-from dwebsocket.groups.history import GAP_CLOSE, Item, Position
+from dwebsocket.groups.history import GAP_CLOSE, MAX_HISTORY_SIZE, MAX_TTL, Item, Position
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import (
     BINARY_AT,
@@ -55,6 +55,23 @@ def layers(redis_groups: RedisServer) -> Iterator[Callable[[], RedisLayer]]:
     yield make
     for layer in made:
         layer.close()
+
+
+def test_the_largest_history_the_check_accepts_works_on_redis(redis_server: RedisServer) -> None:
+    """``size`` 2**62 and ``ttl`` ten years: kept, published and read back (past them,
+    Redis refused every message of the group, taken for an outage)."""
+    largest = {"big": {"size": MAX_HISTORY_SIZE, "ttl": MAX_TTL}}
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=largest):
+        layer = RedisLayer(redis_server.url, Registry())
+        try:
+            member = Inbox()
+            layer.join("big", member)
+            position = layer.send("big", "kept", fail_silently=False)
+            assert position is not None and member.get() == "kept"
+            page = layer.read("big", 0, 10)
+            assert [message for _, message in page.entries] == ["kept"]
+        finally:
+            layer.close()
 
 
 def test_wire_format_with_a_position() -> None:
