@@ -132,6 +132,11 @@ class TooManyConnections(InvalidHandshake):
         super().__init__(reason, [("Retry-After", str(retry_after))])
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exception.args holds the reason only: pickle (Django's parallel test runner)
+        # would call __init__ without retry_after.
+        return type(self), (self.reason, self.retry_after)
+
 
 class HandshakeRefused(InvalidHandshake):
     """Raised when the server answers the test client's upgrade request with another status
@@ -154,6 +159,10 @@ class HandshakeRefused(InvalidHandshake):
         self.status = self.status_code = status_code
         self.content = content
         self.response = response
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # As TooManyConnections'; the response (Django's, with its request) stays behind.
+        return type(self), (self.status_code, self.headers, self.content)
 
     def __str__(self) -> str:
         reason = self.reason if len(self.reason) <= 200 else self.reason[:200] + "..."

@@ -3,6 +3,7 @@ drawn in its docstring as it is, and re-exported where it was first defined."""
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import pytest
@@ -64,3 +65,37 @@ def test_data_as_attributes() -> None:
     answer = exceptions.HandshakeRefused(403, [("content-type", "text/plain")], b"no\n")
     assert (answer.status_code, answer.status, answer.reason) == (403, 403, "no")
     assert str(answer) == "handshake refused with HTTP 403: no"
+
+
+#: One instance of each exception, as dwebsocket raises it.
+INSTANCES = [
+    exceptions.ConnectionClosed(1001, "going away"),
+    exceptions.ProtocolError("bad frame", 1007),
+    exceptions.PayloadTooBig("too big"),
+    exceptions.InvalidHandshake("no key", [("X-A", "b")]),
+    exceptions.UnsupportedVersion(),
+    exceptions.ForbiddenOrigin("not allowed"),
+    exceptions.TooManyConnections("full", retry_after=5),
+    exceptions.HandshakeRefused(403, [("content-type", "text/plain")], b"no\n"),
+    exceptions.InvalidState("not accepted"),
+    exceptions.BackendUnavailable("no socket"),
+    exceptions.GroupsUnavailable("Redis unreachable"),
+    exceptions.InvalidSetting("WEBSOCKET_X", 1, "WEBSOCKET_X must be ...", "dwebsocket.E0xx"),
+]
+
+
+def test_every_one_is_here() -> None:
+    assert {type(e).__name__ for e in INSTANCES} == set(exceptions.__all__) - {"WebSocketError"}
+
+
+@pytest.mark.parametrize("error", INSTANCES, ids=lambda e: type(e).__name__)
+def test_each_pickles_with_its_data(error: exceptions.WebSocketError) -> None:
+    """Django's parallel test runner (``manage.py test --parallel``) pickles a failing
+    test's exception: TooManyConnections and HandshakeRefused (which dwebsocket.testing
+    raises in users' tests) could not be unpickled (their __init__ wants more than
+    Exception.args holds), and the run stopped with a TypeError instead of the failure.
+    HandshakeRefused's ``response`` (Django's, with its request) stays behind."""
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error)
+    data = {k: v for k, v in vars(error).items() if k != "response"}
+    assert {k: v for k, v in vars(copy).items() if k != "response"} == data
