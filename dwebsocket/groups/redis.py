@@ -544,6 +544,10 @@ def decode_positioned(data: bytes) -> tuple[bytes, int, Message, Position | None
     raise UnknownKind(f"unknown group message kind {kind}")
 
 
+#: The wrong WEBSOCKET_PRESENCE_HEARTBEAT values logged (see ``RedisLayer._times``).
+_wrong_heartbeats: set[str] = set()
+
+
 class RedisLayer:
     """Groups across processes through Redis pub/sub (``redis://host:port/db``).
 
@@ -995,10 +999,22 @@ class RedisLayer:
 
     @staticmethod
     def _times() -> tuple[float, int, int]:
-        """The heartbeat (s), after how long a process is dead, when the keys expire (ms)."""
-        from dwebsocket.conf import settings
+        """The heartbeat (s), after how long a process is dead, when the keys expire (ms).
+        A wrong ``WEBSOCKET_PRESENCE_HEARTBEAT`` is replaced by its default, as
+        ``docs/settings.rst`` says, and logged at ERROR once per value (check
+        ``dwebsocket.E032`` reports it): it raised InvalidSetting out of every present
+        join and presence(), a traceback per session."""
+        from dwebsocket.conf import PRESENCE_HEARTBEAT, settings
 
-        heartbeat = settings.WEBSOCKET_PRESENCE_HEARTBEAT
+        try:
+            heartbeat = settings.WEBSOCKET_PRESENCE_HEARTBEAT
+        except InvalidSetting as exc:
+            heartbeat = PRESENCE_HEARTBEAT.default
+            if str(exc) not in _wrong_heartbeats:
+                _wrong_heartbeats.add(str(exc))
+                logger.error(
+                    "%s: presence uses the default, %g s, until it is fixed", exc, heartbeat
+                )
         return heartbeat, int(heartbeat * 2000), int(heartbeat * 3000) + 1000
 
     def present(self, group: str, entry: Local, count: int, info: str, joined: bool) -> None:
@@ -1118,10 +1134,7 @@ class RedisLayer:
         for each other group with listeners here, remove the dead processes' entries (see
         ``HEARTBEAT_SCRIPT``). Ends once the layer is closed."""
         while True:
-            try:
-                heartbeat, stale, expiry = self._times()
-            except InvalidSetting:  # reported by check dwebsocket.E032; keep the default
-                heartbeat, stale, expiry = 10.0, 20_000, 31_000
+            heartbeat, stale, expiry = self._times()
             deadline = time.monotonic() + heartbeat
             while (left := deadline - time.monotonic()) > 0:
                 if self.subscriber._stopping:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import pickle
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -218,3 +219,26 @@ def test_a_member_closed_without_its_signal_leaves_at_the_next_message(room: str
     assert events(watcher, 1) == [("leave", "user:1", {"n": 1})]
     until(lambda: present(room) == {})
     watcher.assert_empty()
+
+
+def test_a_wrong_heartbeat_setting_is_replaced_by_its_default(
+    room: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As docs/settings.rst says (check dwebsocket.E032 reports it): on Redis it raised
+    InvalidSetting out of every present join and presence(), a traceback per session."""
+    from dwebsocket.groups import redis as redis_layer
+
+    redis_layer._wrong_heartbeats.clear()
+    with (
+        override_settings(WEBSOCKET_PRESENCE_HEARTBEAT="10"),
+        caplog.at_level(logging.ERROR, logger="dwebsocket.groups"),
+    ):
+        for user in ("1", "2"):
+            groups.join(room, Tab(user), presence={})
+        assert set(present(room)) == {"user:1", "user:2"}
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    if "redis" in groups.get_layer().url:
+        [error] = errors
+        assert "WEBSOCKET_PRESENCE_HEARTBEAT" in error and "dwebsocket.E032" in error
+    else:
+        assert errors == []  # memory:// has no heartbeat
