@@ -165,6 +165,20 @@ def test_a_groups_urls_password_stays_out_of_the_check(url: str) -> None:
     assert "WEBSOCKET_GROUPS_URL" in error.msg and "s3cret" not in error.msg
 
 
+@pytest.mark.parametrize(
+    ("url", "form"),
+    [
+        ("redis://localhost:notaport/0", "redis://host:port/db"),
+        ("redis-sentinel://localhost:26379", "redis-sentinel://host:port[,host:port...]/"),
+        ("redis-cluster://localhost", "redis-cluster://host:port[,host:port...]"),
+    ],
+)
+def test_a_groups_url_problem_says_what_the_setting_takes(url: str, form: str) -> None:
+    with override_settings(WEBSOCKET_GROUPS_URL=url):
+        [error] = [m for m in checks.run_checks() if m.id == "dwebsocket.E020"]
+    assert error.msg.startswith(f"WEBSOCKET_GROUPS_URL {url!r}: ") and form in error.msg
+
+
 def test_a_redis_url_without_redis_py_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before, the check passed, and a session failed at its first join (a signed-in
     user's at its accept) with ImproperlyConfigured."""

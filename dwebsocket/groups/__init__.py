@@ -171,7 +171,20 @@ def url_problem(url: str) -> str | None:
             "pip install 'dwebsocket[redis]'"
         )
     problem = topology.url_problem(url)
-    return None if problem is None else f"WEBSOCKET_GROUPS_URL {redact(url)!r}: {problem}"
+    if problem is None:
+        return None
+    scheme = url.partition("://")[0].lower()
+    form = _FORMS.get(scheme, "redis://host:port/db")
+    return f"WEBSOCKET_GROUPS_URL {redact(url)!r}: {problem} (it takes {form})"
+
+
+#: What a Redis URL looks like, by scheme, for the messages of :func:`url_problem`.
+_FORMS = {
+    "unix": "unix:///path/to/redis.sock?db=N",
+    "rediss": "rediss://host:port/db",
+    "redis-sentinel": "redis-sentinel://host:port[,host:port...]/master_name",
+    "redis-cluster": "redis-cluster://host:port[,host:port...]",
+}
 
 
 def redact(url: str) -> str:
