@@ -242,3 +242,23 @@ def test_a_wrong_heartbeat_setting_is_replaced_by_its_default(
         assert "WEBSOCKET_PRESENCE_HEARTBEAT" in error and "dwebsocket.E032" in error
     else:
         assert errors == []  # memory:// has no heartbeat
+
+
+def test_a_tab_leaving_and_coming_back_beside_another_is_no_event(room: str) -> None:
+    watcher = listener(room)
+    one, two = Tab("1"), Tab("1")
+    groups.join(room, one, presence={"tab": 1})
+    groups.join(room, two, presence={"tab": 2})
+    groups.leave(room, one)
+    groups.join(room, one, presence={"tab": 1})
+    assert present(room) == {"user:1": ("1", {"tab": 2}, 2)}  # the first one here now
+    assert events(watcher, 1) == [("join", "user:1", {"tab": 1})]
+    watcher.assert_empty()
+
+
+def test_a_listener_that_left_gets_no_more_events(room: str) -> None:
+    watcher, other = listener(room), listener(room)
+    groups.leave(room, watcher)
+    groups.join(room, Tab("1"), presence={})
+    assert events(other, 1) == [("join", "user:1", {})]
+    watcher.assert_empty()
