@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dwebsocket import groups
 from dwebsocket.conf import SESSION_CHECK_INTERVAL
-from dwebsocket.exceptions import GroupsUnavailable
+from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups import control
 from dwebsocket.protocol.frames import encode_close_payload
 from dwebsocket.websocket import REQUEST_STARTED
@@ -762,9 +762,7 @@ class _Checker:
         check at a time (the periodic one, or one a signal started). Closes the lookups'
         database connections after, unless ``keep_connections`` (then only if a lookup
         failed: the next check gets a new one)."""
-        from dwebsocket.conf import settings
-
-        if not settings.WEBSOCKET_REVOKE_SESSIONS:
+        if not _revoking():
             return
         with self._checking:
             try:
@@ -835,12 +833,23 @@ _checker = _Checker()
 # -- the signals ----------------------------------------------------------------------------
 
 
+#: The wrong WEBSOCKET_REVOKE_SESSIONS values logged (see :func:`_revoking`).
+_wrong_revoke: set[str] = set()
+
+
 def _revoking() -> bool:
+    """``WEBSOCKET_REVOKE_SESSIONS``; a wrong value revokes as True does, logged at ERROR
+    once per value (check ``dwebsocket.E030`` reports it), as ``docs/settings.rst`` says.
+    (The session check read it unguarded: each periodic check failed with a traceback and
+    revoked nothing.)"""
     from dwebsocket.conf import settings
 
     try:
         return settings.WEBSOCKET_REVOKE_SESSIONS
-    except Exception:
+    except InvalidSetting as exc:
+        if str(exc) not in _wrong_revoke:
+            _wrong_revoke.add(str(exc))
+            logger.error("%s: sessions are revoked as with True until it is fixed", exc)
         return True
 
 

@@ -377,6 +377,23 @@ class UsersTests(TransactionTestCase):
             users.send(self.alice, "other session stays")
             self.assertEqual(staying.receive(), "other session stays")
 
+    @override_settings(WEBSOCKET_SESSION_CHECK_INTERVAL=0.2, WEBSOCKET_REVOKE_SESSIONS="yes")
+    def test_a_wrong_revoke_sessions_revokes_as_true_with_one_error(self) -> None:
+        """As docs/settings.rst says (check dwebsocket.E030 reports it): the periodic
+        check read the setting unguarded, failed with a traceback every round, and
+        revoked nothing."""
+        users._wrong_revoke.clear()
+        browser = logged_in("alice")
+        with self.assertLogs("dwebsocket.users", "ERROR") as logs, tab(browser) as expiring:
+            with users._checker._checking:  # as in the test above
+                Session.objects.filter(session_key=browser.session.session_key).update(
+                    expire_date=timezone.now() - timezone.timedelta(seconds=1)
+                )
+            self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
+        [error] = [r.getMessage() for r in logs.records]
+        self.assertIn("WEBSOCKET_REVOKE_SESSIONS", error)
+        self.assertIn("dwebsocket.E030", error)
+
     @override_settings(AUTHENTICATION_BACKENDS=["tests.groups.user_views.DirectoryBackend"])
     def test_a_session_is_checked_with_the_user_key_django_gives_its_backend(self) -> None:
         """``get_user`` gets the session's user key as Django's own ``get_user`` gives it
