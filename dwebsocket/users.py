@@ -607,8 +607,13 @@ class _Checker:
             # Wakes every second at most, so that a changed interval applies soon.
             try:
                 interval = settings.WEBSOCKET_SESSION_CHECK_INTERVAL
-            except Exception:  # reported by check dwebsocket.E031
+            except InvalidSetting as exc:  # reported by check dwebsocket.E031
                 interval = SESSION_CHECK_INTERVAL.default
+                if str(exc) not in _wrong_interval:
+                    _wrong_interval.add(str(exc))
+                    logger.error(
+                        "%s: sessions are checked every %g s until it is fixed", exc, interval
+                    )
             time.sleep(1.0 if interval is None else min(interval, 1.0))
             if interval is None or time.monotonic() - last < interval:
                 continue
@@ -833,8 +838,10 @@ _checker = _Checker()
 # -- the signals ----------------------------------------------------------------------------
 
 
-#: The wrong WEBSOCKET_REVOKE_SESSIONS values logged (see :func:`_revoking`).
+#: The wrong WEBSOCKET_REVOKE_SESSIONS values logged (see :func:`_revoking`), and the
+#: wrong WEBSOCKET_SESSION_CHECK_INTERVAL ones (the periodic check).
 _wrong_revoke: set[str] = set()
+_wrong_interval: set[str] = set()
 
 
 def _revoking() -> bool:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import unittest
 import unittest.mock
 from collections.abc import Iterator
@@ -393,6 +394,20 @@ class UsersTests(TransactionTestCase):
         [error] = [r.getMessage() for r in logs.records]
         self.assertIn("WEBSOCKET_REVOKE_SESSIONS", error)
         self.assertIn("dwebsocket.E030", error)
+
+    @override_settings(WEBSOCKET_SESSION_CHECK_INTERVAL="60")
+    def test_a_wrong_session_check_interval_is_logged(self) -> None:
+        """Replaced by its default, as docs/settings.rst says, and now said at ERROR
+        (it was silent, under servers that run no checks)."""
+        users._wrong_interval.clear()
+        with self.assertLogs("dwebsocket.users", "ERROR") as logs:
+            users._checker.start()  # its loop reads the setting every second
+            deadline = time.monotonic() + WAIT
+            while not logs.records and time.monotonic() < deadline:
+                time.sleep(0.05)
+        [error] = [r.getMessage() for r in logs.records]
+        self.assertIn("WEBSOCKET_SESSION_CHECK_INTERVAL", error)
+        self.assertIn("dwebsocket.E031", error)
 
     @override_settings(AUTHENTICATION_BACKENDS=["tests.groups.user_views.DirectoryBackend"])
     def test_a_session_is_checked_with_the_user_key_django_gives_its_backend(self) -> None:
