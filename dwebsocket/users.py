@@ -168,7 +168,8 @@ def _disconnect_sessions(session_keys: list[str], code: int, reason: str) -> Non
     together (:meth:`~dwebsocket.groups.redis.RedisLayer.control_many`); one WARNING if
     the other processes were not told."""
     groups_ = [session_group(key) for key in session_keys]
-    _close_groups(groups_, f"{len(session_keys)} sessions", code, reason, True)
+    whose = f"{len(session_keys)} sessions" if len(session_keys) > 1 else "a session"
+    _close_groups(groups_, whose, code, reason, True)
 
 
 def _close_group(group: str, whose: str, code: int, reason: str, fail_silently: bool) -> None:
