@@ -359,3 +359,29 @@ def test_a_dead_process_users_leave_with_their_info_as_it_was_given(
     left = json.loads(listener.get())
     assert (left["presence"], left["key"], left["user"]) == ("leave", f"user:{pk}", pk)
     assert left["info"] == info
+
+
+def test_a_user_present_in_a_live_process_stays_when_another_of_theirs_dies(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """Two tabs of one user in two processes; one process dies (a crash: nothing left):
+    once it counts as dead the user is still present, with one socket and the live tab's
+    info, and there is no leave event (a user is present while any socket is)."""
+    one, two = layers(), layers()
+    listener = listen(two)
+    entry = {
+        layer: Local("user:alice", "alice", json.dumps({"in": n}), {"in": n})
+        for n, layer in enumerate((one, two))
+    }
+    for layer in (one, two):
+        tab = Inbox()
+        layer.join("room", tab)
+        count, shown = layer.registry.presence.add("room", tab, entry[layer])
+        layer.present("room", entry[layer], count, shown, True)
+    assert json.loads(listener.get())["presence"] == "join"  # once
+    assert who(two) == {"user:alice": 2}
+    one._client.hset(one.presence_keys("room")[1], one.process, 1)  # last heard long ago
+    two.heartbeat("room", STALE, EXPIRY)
+    [alice] = two.presence("room")
+    assert (alice.key, alice.info, alice.sockets) == ("user:alice", {"in": 1}, 1)
+    listener.assert_empty()
