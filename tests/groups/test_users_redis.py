@@ -144,6 +144,17 @@ def test_recent_controls_of_several_groups_on_a_cluster_and_on_sentinels(
     assert json.loads(check[0]) == {"op": "check"}
     assert json.loads(close[0])["code"] == users.REVOKED
     assert none == []
+    # control_many (clearsessions): one call per group on a Cluster, one script call
+    # behind Sentinels; remembered and delivered everywhere alike.
+    tabs = {key: Closable() for key in ("s1", "s2")}
+    for key, tab in tabs.items():
+        two.join(users.session_group(key), tab)
+    groups_ = [users.session_group(key) for key in tabs]
+    one.control_many(groups_, control.encode("close", code=4002, reason="gone"))
+    for tab in tabs.values():
+        assert tab.closes.get(timeout=10) == (4002, "gone")
+    for found in two.recent_controls_many(groups_, control.MEMORY):
+        assert found is not None and json.loads(found[-1][0])["code"] == 4002
 
 
 def _expired_sessions(count: int, prefix: str) -> list[str]:
