@@ -103,10 +103,11 @@ class Registry:
                     self._sweep_at[group] = max(16, 2 * len(self._groups[group]))
             for other in closed:  # a history group's follower holds its member
                 self.followers.remove(group, other)
-                self._dropped(other)
+                self.report_dropped(other)
         return first
 
-    def _dropped(self, member: Member) -> None:
+    def report_dropped(self, member: Member) -> None:
+        """Hand ``member``, dropped as closed, to :attr:`dropped`; never raises."""
         dropped = self.dropped
         if dropped is not None:
             try:
@@ -206,7 +207,7 @@ def fan_out_items(registry: Registry, group: str, items: Items) -> list[str]:
     emptied: list[str] = []
     for member in closed:
         emptied.extend(registry.remove_all(member))
-        registry._dropped(member)
+        registry.report_dropped(member)
     return emptied
 
 
