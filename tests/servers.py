@@ -111,6 +111,12 @@ OTHER_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         f"{host}:{port}",
         "tests.wsgi",
     ],
+    # eventlet.wsgi with a stop callable: dwebsocket.contrib.shutdown.install(stop).
+    "eventlet-stop": lambda host, port: [
+        sys.executable,
+        str(TESTS / "run_eventlet_stop.py"),
+        f"{host}:{port}",
+    ],
     "waitress": lambda host, port: [
         _script("waitress-serve"),
         f"--listen={host}:{port}",

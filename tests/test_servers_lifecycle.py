@@ -214,6 +214,29 @@ def test_a_stop_handled_on_a_views_greenlet_still_gets_1001_on_eventlet(
     stop_while_held(server, path, mark, go, "the view never ran")
 
 
+def test_a_stop_callable_under_eventlet_runs_at_once(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """``install(stop)`` under eventlet: the signal handler spawns the goodbyes, usually
+    on the hub's greenlet while it waits in epoll. Python retries that wait when the
+    handler returns (PEP 475), for as long as the hub had reckoned, so the goodbyes
+    waited for the hub's next timer: 60 s with none (no pings and no metrics' flush
+    here; 5 s with the flush, 20 s with pings alone). They go out at once, and the
+    server exits."""
+    server = make_server(
+        "eventlet-stop", settings={"WEBSOCKET_PING_INTERVAL": None, "WEBSOCKET_METRICS": False}
+    )
+    with raw_client(server, "/lifecycle/wait/") as client:
+        assert client.recv() == "ready"
+        time.sleep(SIGNAL_HANDLED)  # the server is idle: its hub waits in epoll
+        server.process.send_signal(signal.SIGTERM)
+        expect_close_then_eof(client, 1001)  # within TIMEOUT (10 s)
+    status = server.process.wait(STOP_TIMEOUT)
+    assert status == 0, f"exit {status}:\n{server.log()}"
+    assert_no_write_errors(server.log())
+    assert "Server stopping" in server.log()
+
+
 def stop_while_held(server: ServerProcess, path: str, mark: Path, go: Path, absent: str) -> None:
     """Open ``path``, whose request makes ``mark`` and then waits for ``go``; SIGTERM the
     server once ``mark`` is there, then let the request go on: its connection gets 1001

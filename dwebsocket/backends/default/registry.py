@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 import threading
 import time
@@ -96,8 +97,9 @@ def _running(websocket: DefaultWebSocket) -> bool:
 def spawn(target: Callable[..., None], *args: Any) -> None:
     """Run ``target(*args)`` concurrently without blocking the caller, which may be a
     signal handler running inside gevent's or eventlet's event loop (where even
-    ``Thread.start()`` would block, waiting for the new thread to start). At interpreter
-    exit (``atexit``), where Python 3.12 and later start no thread, it runs here."""
+    ``Thread.start()`` would block, waiting for the new thread to start; eventlet's hub,
+    waiting for I/O there, is woken so that it starts at once). At interpreter exit
+    (``atexit``), where Python 3.12 and later start no thread, it runs here."""
     gevent_monkey = sys.modules.get("gevent.monkey")
     if gevent_monkey is not None and gevent_monkey.is_module_patched("threading"):
         import gevent  # type: ignore[import-untyped]
@@ -109,6 +111,7 @@ def spawn(target: Callable[..., None], *args: Any) -> None:
         import eventlet  # type: ignore[import-untyped]
 
         eventlet.spawn_n(target, *args)
+        _wake_eventlet_hub()
         return
     thread = threading.Thread(target=target, args=args, name="dwebsocket-going-away", daemon=True)
     try:
@@ -117,6 +120,30 @@ def spawn(target: Callable[..., None], *args: Any) -> None:
         if not sys.is_finalizing() and not _exiting:
             raise
         target(*args)
+
+
+def _wake_eventlet_hub() -> None:
+    """Called on eventlet's hub greenlet (a signal handler that ran while the hub waited
+    for I/O), make that wait end now. Python retries a wait that a signal interrupted once
+    its handler returns (PEP 475), for the time left, which the hub reckoned before
+    anything was spawned: the new green thread (a timer) would start at the hub's next
+    timer or I/O, seconds later (60 s with neither). The write end of a new pipe, which
+    is writable at once, ends the retried wait; the hub's callback closes the pipe.
+    Elsewhere (a view's green thread, the main one) the hub is not waiting: nothing to do."""
+    import greenlet  # type: ignore[import-untyped]
+    from eventlet import hubs
+
+    hub = hubs.get_hub()
+    if greenlet.getcurrent() is not hub.greenlet:
+        return
+    read_end, write_end = os.pipe()
+
+    def woken(fileno: int) -> None:
+        hub.remove(listener)
+        os.close(read_end)
+        os.close(write_end)
+
+    listener = hub.add(hub.WRITE, write_end, woken, lambda *_: None, lambda *_: None)
 
 
 def _close(websocket: DefaultWebSocket, reason: str) -> None:
