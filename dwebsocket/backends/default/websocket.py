@@ -702,12 +702,26 @@ class DefaultWebSocket(WebSocket):
         self._io.unfed = False
         return data
 
-    def _flush(self) -> bool:
-        """Write everything queued; False if the connection broke."""
-        with self._writing:
+    def _flush(self, until: float | None = None) -> bool:
+        """Write everything queued; False if the connection broke, or if another writer
+        still held the connection at ``until`` (a ``time.monotonic()`` deadline)."""
+        if until is None:
+            self._writing.acquire()
+        else:
+            remaining = until - time.monotonic()
+            acquired = (
+                self._writing.acquire(timeout=remaining)
+                if remaining > 0
+                else self._writing.acquire(blocking=False)
+            )
+            if not acquired:
+                return False
+        try:
             with self._core:
                 data = self._outbox.take()
             return not data or self._sendall(data)
+        finally:
+            self._writing.release()
 
     def _sendall(self, data: bytes) -> bool:
         """Write ``data`` (call with ``_writing`` held); on failure shut down, False."""
@@ -716,7 +730,8 @@ class DefaultWebSocket(WebSocket):
         try:
             self._transport.sendall(data)
         except OSError as exc:
-            logger.debug("WebSocket write to %s failed: %r", self._peer(), exc)
+            if not self._io.shut:  # else it failed because we shut the connection down
+                logger.debug("WebSocket write to %s failed: %r", self._peer(), exc)
             self._shutdown(1006)
             return False
         return True
@@ -743,7 +758,11 @@ class DefaultWebSocket(WebSocket):
             if out:
                 self._closing(code, reason)
                 self._outbox.append(out)
-        self._flush()
+        # Another writer (the view, the send queue's flusher) blocked on a peer that reads
+        # nothing holds the connection until its I/O timeout (WEBSOCKET_PING_TIMEOUT):
+        # wait for it no longer than the closing handshake may take, then shut down,
+        # which fails that write at once (a stopping server's goodbye waited 20 s).
+        self._flush(until=self._close_deadline or time.monotonic() + self._close_timeout)
         self._await_peer_close()
         self._shutdown()
 
