@@ -174,6 +174,28 @@ LATE_STOPS = ["gunicorn-gevent", "gunicorn-gthread", "eventlet"]
 SIGNAL_HANDLED = 0.5
 
 
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_during_runservers_goodbyes_ends_it_quietly(
+    make_server: Callable[..., ServerProcess], second: signal.Signals
+) -> None:
+    """Ctrl-C, then Ctrl-C again (or SIGTERM) while the exit hook waits for a goodbye to
+    be answered: runserver exits at once, without the exit hook's traceback ("Exception
+    ignored in atexit callback ... KeyboardInterrupt") it printed before."""
+    server = make_server("runserver")
+    with raw_client(server, "/lifecycle/wait/") as client:  # answers nothing until read
+        assert client.recv() == "ready"
+        server.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + TIMEOUT
+        while "Server stopping" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
+        server.process.send_signal(second)
+        status = server.process.wait(STOP_TIMEOUT)
+        expect_close_then_eof(client, 1001)
+    assert status == 0, f"exit {status}:\n{server.log()}"
+    assert "Traceback" not in server.log(), server.log()
+
+
 @pytest.mark.parametrize("name", LATE_STOPS)
 def test_a_handshake_in_progress_at_a_stop_gets_1001(
     make_server: Callable[..., ServerProcess], tmp_path: Path, name: str

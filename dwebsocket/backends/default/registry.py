@@ -15,6 +15,7 @@ on SIGTERM/SIGINT are in ``dwebsocket.contrib`` (see ``docs/deployment.rst``); a
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -171,7 +172,10 @@ def _at_exit() -> None:
     global _exiting
     _exiting = True
     if _open and not _waited:
-        going_away()
+        # A second Ctrl-C (or a SIGTERM) while the goodbyes finish: the 1001s are out,
+        # and whoever sent it wants the process gone now, not a traceback.
+        with contextlib.suppress(KeyboardInterrupt, SystemExit):
+            going_away()
 
 
 websocket_opened.connect(_opened, sender=DefaultWebSocket, dispatch_uid="dwebsocket.registry")
