@@ -71,6 +71,13 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
     if not websockets:
         return 0
     logger.info("Server stopping: closing %d WebSocket(s) with %d", len(websockets), GOING_AWAY)
+    if _exiting:
+        # Python 3.12 and later start no thread here: spawn() runs each close() in turn,
+        # and each waited for its peer's answer before the next close frame went out (N
+        # clients that do not answer: N times WEBSOCKET_CLOSE_TIMEOUT). Every close frame
+        # goes out first; the views' readers take the answers.
+        for websocket in websockets:
+            _start_close(websocket, reason)
     for websocket in websockets:
         spawn(_close, websocket, reason)
     if timeout is None:
@@ -151,6 +158,13 @@ def _close(websocket: DefaultWebSocket, reason: str) -> None:
     try:
         websocket.close(GOING_AWAY, reason)
     except Exception as exc:  # a goodbye that fails changes nothing: the server stops
+        logger.debug("Closing %r with 1001 failed: %r", websocket, exc)
+
+
+def _start_close(websocket: DefaultWebSocket, reason: str) -> None:
+    try:
+        websocket._start_close(GOING_AWAY, reason)
+    except Exception as exc:  # as _close: the close() that follows tries again
         logger.debug("Closing %r with 1001 failed: %r", websocket, exc)
 
 

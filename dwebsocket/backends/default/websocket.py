@@ -750,9 +750,17 @@ class DefaultWebSocket(WebSocket):
                 self.accept()
             except ConnectionClosed:
                 return
+        if self._start_close(code, reason):
+            self._await_peer_close()
+            self._shutdown()
+
+    def _start_close(self, code: int, reason: str) -> bool:
+        """The first half of :meth:`close` (call once accepted): queue our close frame, if
+        none was, and write it; False if the connection was shut down already. The
+        registry's exit hook sends every goodbye so before awaiting any answer."""
         with self._core:
             if self._io.shut:
-                return
+                return False
             assert self._conn is not None
             out = self._conn.send_close(code, reason)
             if out:
@@ -760,11 +768,10 @@ class DefaultWebSocket(WebSocket):
                 self._outbox.append(out)
         # Another writer (the view, the send queue's flusher) blocked on a peer that reads
         # nothing holds the connection until its I/O timeout (WEBSOCKET_PING_TIMEOUT):
-        # wait for it no longer than the closing handshake may take, then shut down,
-        # which fails that write at once (a stopping server's goodbye waited 20 s).
+        # wait for it no longer than the closing handshake may take; close() then shuts
+        # down, which fails that write at once (a stopping server's goodbye waited 20 s).
         self._flush(until=self._close_deadline or time.monotonic() + self._close_timeout)
-        self._await_peer_close()
-        self._shutdown()
+        return True
 
     def _closing(self, code: int, reason: str) -> None:
         """We sent the first close frame (call with ``_core`` held)."""

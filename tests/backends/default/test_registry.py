@@ -7,8 +7,18 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+from types import SimpleNamespace
 
-from tests.wire import TIMEOUT
+import pytest
+from django.http import HttpRequest
+from django.test import override_settings
+
+from dwebsocket import require_websocket
+from dwebsocket.backends.default import registry
+from dwebsocket.protocol.connection import Close
+from tests.inprocess import Session
+from tests.wire import TIMEOUT, split_frames
 
 SCRIPT = textwrap.dedent(
     """
@@ -40,3 +50,55 @@ def test_open_connections_are_closed_at_interpreter_exit() -> None:
     assert done.stdout.splitlines() == ["exiting", "closed 1001 server shutting down"]
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 0
+
+
+@require_websocket
+def _wait(request: HttpRequest) -> None:
+    ws = request.websocket  # type: ignore[attr-defined]
+    ws.send("ready")
+    ws.wait()
+
+
+class _NoThread(threading.Thread):
+    def start(self) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=30)
+def test_the_exit_hooks_goodbyes_go_out_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.12 and later start no thread from an ``atexit`` hook: the goodbyes ran one
+    after the other, each close() waiting for its peer's answer before the next close
+    frame went out, so ``runserver`` took N times WEBSOCKET_CLOSE_TIMEOUT to exit on
+    Ctrl-C with N clients that did not answer (15 s for three). Every close frame goes
+    out first now: here none waits 30 s for another (a thread that cannot start stands
+    in for Python 3.12)."""
+    sessions = [Session(_wait) for _ in range(3)]
+    try:
+        for session in sessions:
+            session.expect_101()
+            assert session.client.recv() == "ready"
+        monkeypatch.setattr(registry, "_exiting", True)
+        # What going_away() sets for good, restored after the test: the process stops.
+        monkeypatch.setattr(registry, "_stopping", None)
+        monkeypatch.setattr(registry, "_waited", False)
+        monkeypatch.setattr(registry, "threading", SimpleNamespace(Thread=_NoThread))
+        stopping = threading.Thread(target=registry.going_away, daemon=True)
+        stopping.start()
+        received = []
+        for session in sessions:  # read, not answered yet (a 30 s wait for an answer each)
+            data = b""
+            while not (frames := split_frames(data)[0]) or frames[-1][0] != 0x88:
+                chunk = session.client.sock.recv(65536)  # TIMEOUT: 10 s
+                assert chunk, data
+                data += chunk
+            received.append(data)
+        for session, data in zip(sessions, received, strict=True):
+            session.client.receive(data)  # answers the close
+            assert session.client.events.popleft() == Close(1001, "server shutting down")
+        stopping.join(TIMEOUT)
+        assert not stopping.is_alive()
+        for session in sessions:
+            session.finish()
+    finally:
+        for session in sessions:
+            session.close()
