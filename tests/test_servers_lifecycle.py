@@ -126,7 +126,9 @@ def test_many_clients_at_once(server: ServerProcess) -> None:
 def test_graceful_stop_sends_1001(
     make_server: Callable[..., ServerProcess], name: str, sig: signal.Signals
 ) -> None:
-    server = make_server(name)
+    """The clients answer the 1001 only once the server has exited: it exits after
+    WEBSOCKET_CLOSE_TIMEOUT (1 s here) nevertheless, without being killed."""
+    server = make_server(name, settings={"WEBSOCKET_CLOSE_TIMEOUT": 1})
     clients = [raw_client(server, "/lifecycle/wait/") for _ in range(3)]
     try:
         for client in clients:
@@ -149,20 +151,21 @@ def test_a_stop_lets_the_views_finish(
 ) -> None:
     """The views' ``finally`` blocks run before the server exits, also one that takes a
     moment after the connection closed (a database write): a server may exit, or kill
-    what still runs, as soon as the goodbyes return."""
+    what still runs, as soon as the goodbyes return. The clients answer the 1001 at
+    once, as browsers do."""
     server = make_server(name)
     done = [tmp_path / f"done-{n}" for n in range(2)]
     clients = [raw_client(server, f"/lifecycle/cleanup/?done={path}") for path in done]
     try:
         for client in clients:
             assert client.recv() == "ready"
-        status = server.stop(sig)
+        server.process.send_signal(sig)
         for client in clients:
             expect_close_then_eof(client, 1001)
+        server.process.wait(STOP_TIMEOUT)  # not stop(), whose second signal cuts it short
     finally:
         for client in clients:
             client.close()
-    assert status != -signal.SIGKILL, f"{name} had to be killed:\n{server.log()}"
     assert [path.exists() for path in done] == [True, True], server.log()
 
 
