@@ -1,7 +1,7 @@
 """Views for the server lifecycle tests (``tests/test_servers_lifecycle.py``), under
-``/lifecycle/``: connections that stay open until the server stops (one with a slow
-``finally``), views killed the way servers kill them, and a view that reports on its
-database connection."""
+``/lifecycle/``: connections that stay open until the server stops (with a slow
+``finally``, or one that outlasts any stop), views killed the way servers kill them, and
+a view that reports on its database connection."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def cleanup(request: HttpRequest) -> None:
     finally:
         time.sleep(0.3)
         Path(request.GET["done"]).touch()
+
+
+@require_websocket
+def stubborn(request: HttpRequest) -> None:
+    """As ``wait``, then a ``finally`` that runs ``?seconds=`` (a view that does not end
+    when its connection does)."""
+    try:
+        wait(request)
+    finally:
+        time.sleep(float(request.GET["seconds"]))
 
 
 class HoldBeforeTheView:
@@ -121,6 +131,7 @@ urlpatterns = [
     path("wait/", wait),
     path("late/", late),
     path("cleanup/", cleanup),
+    path("stubborn/", stubborn),
     path("die/", die),
     path("db/", db),
 ]

@@ -199,6 +199,23 @@ def test_a_second_signal_during_runservers_goodbyes_ends_it_quietly(
     assert "Traceback" not in server.log(), server.log()
 
 
+def test_a_second_signal_ends_eventlets_wait_for_its_requests(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """After the goodbyes, eventlet.wsgi waits for its requests as long as they run: a
+    view whose ``finally`` outlasts any stop keeps it alive. A second SIGTERM ends that
+    wait, as it does without ``install()``; it was ignored, leaving only SIGKILL."""
+    server = make_server("eventlet")
+    with raw_client(server, "/lifecycle/stubborn/?seconds=60") as client:
+        assert client.recv() == "ready"
+        server.process.send_signal(signal.SIGTERM)
+        expect_close_then_eof(client, 1001)
+    time.sleep(SIGNAL_HANDLED)  # the first signal has been handled
+    server.process.send_signal(signal.SIGTERM)
+    status = server.process.wait(STOP_TIMEOUT)
+    assert status == 128 + signal.SIGTERM, f"exit {status}:\n{server.log()}"  # SystemExit
+
+
 @pytest.mark.parametrize("name", LATE_STOPS)
 def test_a_handshake_in_progress_at_a_stop_gets_1001(
     make_server: Callable[..., ServerProcess], tmp_path: Path, name: str

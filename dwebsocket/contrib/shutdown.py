@@ -72,9 +72,11 @@ def install(
     timeout: float | None = None,
 ) -> None:
     """Say goodbye to every open WebSocket on each of ``signals``, then stop (see the
-    module docstring). Call from the main thread, before serving; a second signal while
-    stopping is ignored. ``timeout`` bounds the wait for the goodbyes before ``stop()``
-    (None: ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second). Under gevent the handlers are
+    module docstring). Call from the main thread, before serving. A second signal while
+    stopping is ignored, except without ``stop`` and gevent: it interrupts the main
+    thread again, ending the server's wait for requests that do not end. ``timeout``
+    bounds the wait for the goodbyes before ``stop()`` (None:
+    ``WEBSOCKET_CLOSE_TIMEOUT`` plus a second). Under gevent the handlers are
     gevent's (``gevent.signal_handler``, run by the event loop); elsewhere
     :func:`signal.signal` handlers, which never block (under eventlet the interruption
     reaches the server's greenlet, whichever greenlet the handler ran on)."""
@@ -110,12 +112,19 @@ def install(
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stopping[0]:
+            if stop is None:
+                # The server waits for its requests, for ever under eventlet: a second
+                # signal ends that wait, as it would without install().
+                interrupt(signum)
             return
         stopping[0] = True
         if stop is not None:
             spawn(goodbye_then_stop)
             return
         going_away(0)  # starts the goodbyes; the server's own wait lets them finish
+        interrupt(signum)
+
+    def interrupt(signum: int) -> None:
         hub = _eventlet_view_hub()
         if hub is not None:
             # Python runs this on whichever greenlet is running. Usually the hub's, waiting
