@@ -169,13 +169,16 @@ def _start_close(websocket: DefaultWebSocket, reason: str) -> None:
 
 
 def _opened(sender: Any, websocket: DefaultWebSocket, **kwargs: Any) -> None:
+    if not isinstance(websocket, DefaultWebSocket):
+        return
     _open.add(websocket)
     if _stopping is not None:  # its handshake was in progress when the stop began
         spawn(_close, websocket, _stopping)
 
 
 def _closed(sender: Any, websocket: DefaultWebSocket, **kwargs: Any) -> None:
-    _open.discard(websocket)
+    if isinstance(websocket, DefaultWebSocket):
+        _open.discard(websocket)
 
 
 #: True once the interpreter runs its exit hooks (``sys.is_finalizing()`` is not yet).
@@ -192,6 +195,8 @@ def _at_exit() -> None:
             going_away()
 
 
-websocket_opened.connect(_opened, sender=DefaultWebSocket, dispatch_uid="dwebsocket.registry")
-websocket_closed.connect(_closed, sender=DefaultWebSocket, dispatch_uid="dwebsocket.registry")
+# Every sender, not DefaultWebSocket's alone: the class an application's factory makes may
+# be a subclass of it, whose signals have that subclass as sender.
+websocket_opened.connect(_opened, dispatch_uid="dwebsocket.registry")
+websocket_closed.connect(_closed, dispatch_uid="dwebsocket.registry")
 atexit.register(_at_exit)

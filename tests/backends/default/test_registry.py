@@ -16,6 +16,8 @@ from django.test import override_settings
 
 from dwebsocket import require_websocket
 from dwebsocket.backends.default import registry
+from dwebsocket.backends.default.factory import WebSocketFactory as DefaultFactory
+from dwebsocket.backends.default.websocket import DefaultWebSocket
 from dwebsocket.protocol.connection import Close
 from tests.inprocess import Session
 from tests.wire import TIMEOUT, split_frames
@@ -102,3 +104,41 @@ def test_the_exit_hooks_goodbyes_go_out_together(monkeypatch: pytest.MonkeyPatch
     finally:
         for session in sessions:
             session.close()
+
+
+class _Subclass(DefaultWebSocket):
+    """An application's own WebSocket class (made by its ``WEBSOCKET_FACTORY_CLASS``)."""
+
+
+class _SubclassFactory(DefaultFactory):
+    def create_websocket(self) -> DefaultWebSocket | None:
+        websocket = super().create_websocket()
+        if websocket is not None:
+            websocket.__class__ = _Subclass
+        return websocket
+
+
+@override_settings(
+    WEBSOCKET_FACTORY_CLASS=f"{__name__}._SubclassFactory", WEBSOCKET_CLOSE_TIMEOUT=1
+)
+def test_a_subclass_of_the_backends_class_is_said_goodbye_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The registry listened to the signals of ``DefaultWebSocket`` itself only (their
+    ``sender``), so a subclass an application's factory made was never in it: a stop
+    closed every connection but those, which the server then cut (no 1001)."""
+    monkeypatch.setattr(registry, "_stopping", None)  # going_away() sets it for good
+    monkeypatch.setattr(registry, "_waited", False)
+    session = Session(_wait)
+    try:
+        session.expect_101()
+        assert session.client.recv() == "ready"
+        assert registry.open_websockets() and type(registry.open_websockets()[0]) is _Subclass
+        stopping = threading.Thread(target=registry.going_away, daemon=True)
+        stopping.start()
+        assert session.client.recv() == Close(1001, "server shutting down")
+        stopping.join(TIMEOUT)
+        assert not stopping.is_alive()
+        session.finish()
+    finally:
+        session.close()
