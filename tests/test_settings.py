@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from dwebsocket import conf, handshake, require_websocket
 from dwebsocket.conf import SETTINGS, settings
 from dwebsocket.exceptions import InvalidSetting
 from tests.inprocess import upgrade_headers
+from tests.wire import TIMEOUT
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -375,11 +377,14 @@ def test_an_async_views_handshake_meeting_a_wrong_groups_setting_gets_503(
         await asyncio.wait_for(application(scope, inbox.get, send), 5)
         return sent
 
+    # In a thread of its own: a session's Playwright (the browser tests) keeps an event
+    # loop running in this one, where asyncio.run() refuses to start another.
     with (
         override_settings(ROOT_URLCONF="tests.asgi.async_urls", **{name: value}),
         caplog.at_level(logging.ERROR, logger="dwebsocket"),
+        ThreadPoolExecutor(1) as pool,
     ):
-        sent = asyncio.run(handshake())
+        sent = pool.submit(asyncio.run, handshake()).result(TIMEOUT)
     assert sent == [("websocket.http.response.start", 503), ("websocket.http.response.body", None)]
     [error] = [r.getMessage() for r in caplog.records if r.name == "dwebsocket"]
     assert name in error and SETTINGS[name].check_id in error

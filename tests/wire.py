@@ -52,15 +52,25 @@ def upgrade_request(
     extensions: str | None = None,
     subprotocols: tuple[str, ...] = (),
 ) -> bytes:
-    return build_request(
+    """A client's upgrade request; a header in ``headers`` replaces the one of that name
+    the request would have (``{"Sec-WebSocket-Version": "8"}``: one version, 8)."""
+    request = build_request(
         host,
         path,
         key=key or generate_key(),
         origin=origin,
         extensions=extensions,
         subprotocols=subprotocols,
-        extra_headers=list((headers or {}).items()),
     )
+    if not headers:
+        return request
+    names = {name.lower() for name in headers}
+    head = request.removesuffix(b"\r\n\r\n").split(b"\r\n")
+    lines = [head[0]] + [
+        line for line in head[1:] if line.partition(b":")[0].decode().lower() not in names
+    ]
+    lines += [f"{name}: {value}".encode() for name, value in headers.items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def masked(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
