@@ -583,12 +583,7 @@ def test_a_close_frame_whose_answer_cannot_be_written_is_one_final_close() -> No
     conn.sendall(b"\x88\x09\x0f\xa1revoked")  # close 4001 "revoked"
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()  # a reset: the client's answer finds no connection to go to
-    sock = client._sock
-    assert sock is not None
-    deadline = time.monotonic() + WAIT
-    while not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # the reset came
-        assert time.monotonic() < deadline, "no reset"
-        time.sleep(0.01)
+    _wait_for_the_reset(client)
     with pytest.raises(ConnectionClosed) as raised:
         client.recv(WAIT)
     assert (raised.value.code, raised.value.reason) == (4001, "revoked")
@@ -683,12 +678,7 @@ def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
     client.connect(WAIT)
     proxy.cut()
     client.send("into a closed socket: answered with a reset")
-    sock = client._sock
-    assert sock is not None
-    deadline = time.monotonic() + WAIT
-    while not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # the reset came
-        assert time.monotonic() < deadline, "no reset"
-        time.sleep(0.01)
+    _wait_for_the_reset(client)
     client.close()
     assert [e.type for e in events] == ["open"], events
     assert client.close_code == 1000
@@ -776,3 +766,13 @@ def test_a_client_that_followed_many_groups_still_reconnects(history: Proxy) -> 
         report = json.loads(got[-1])["recovery"]
         assert report["since"] == (start if outcome == "recovered" else None)
         assert got[:-1] == (["missed"] if outcome == "recovered" else [])
+
+
+def _wait_for_the_reset(client: ReconnectingClient) -> None:
+    """Until the kernel has the peer's reset for the client's socket (bounded)."""
+    sock = client._sock
+    assert sock is not None
+    deadline = time.monotonic() + WAIT
+    while not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        assert time.monotonic() < deadline, "no reset"
+        time.sleep(0.01)

@@ -54,13 +54,13 @@ def _gevent_patched() -> bool:
 def _eventlet_view_hub() -> Any:
     """eventlet's hub, if eventlet has patched threads and this code runs on a greenlet
     other than the hub's and the main one (the server's); else None."""
-    patcher = sys.modules.get("eventlet.patcher")
-    if patcher is None or not patcher.is_monkey_patched("thread"):
+    from dwebsocket.backends.default.registry import eventlet_hub
+
+    hub = eventlet_hub()
+    if hub is None:
         return None
     import greenlet  # type: ignore[import-untyped]
-    from eventlet import hubs  # type: ignore[import-untyped]
 
-    hub = hubs.get_hub()
     current = greenlet.getcurrent()
     return None if current is hub.greenlet or current is hub.greenlet.parent else hub
 

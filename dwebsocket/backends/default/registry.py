@@ -114,12 +114,12 @@ def spawn(target: Callable[..., None], *args: Any) -> None:
 
         gevent.spawn(target, *args)
         return
-    eventlet_patcher = sys.modules.get("eventlet.patcher")
-    if eventlet_patcher is not None and eventlet_patcher.is_monkey_patched("thread"):
+    hub = eventlet_hub()
+    if hub is not None:
         import eventlet  # type: ignore[import-untyped]
 
         eventlet.spawn_n(target, *args)
-        _wake_eventlet_hub()
+        _wake_eventlet_hub(hub)
         return
     thread = threading.Thread(target=target, args=args, name="dwebsocket-going-away", daemon=True)
     try:
@@ -130,7 +130,17 @@ def spawn(target: Callable[..., None], *args: Any) -> None:
         target(*args)
 
 
-def _wake_eventlet_hub() -> None:
+def eventlet_hub() -> Any:
+    """eventlet's hub where eventlet has patched threads, else None."""
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is None or not patcher.is_monkey_patched("thread"):
+        return None
+    from eventlet import hubs
+
+    return hubs.get_hub()
+
+
+def _wake_eventlet_hub(hub: Any) -> None:
     """Called on eventlet's hub greenlet (a signal handler that ran while the hub waited
     for I/O), make that wait end now. Python retries a wait that a signal interrupted once
     its handler returns (PEP 475), for the time left, which the hub reckoned before
@@ -139,9 +149,7 @@ def _wake_eventlet_hub() -> None:
     is writable at once, ends the retried wait; the hub's callback closes the pipe.
     Elsewhere (a view's green thread, the main one) the hub is not waiting: nothing to do."""
     import greenlet  # type: ignore[import-untyped]
-    from eventlet import hubs
 
-    hub = hubs.get_hub()
     if greenlet.getcurrent() is not hub.greenlet:
         return
     read_end, write_end = os.pipe()
