@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.http import HttpRequest
+from django.test import override_settings
 
 from dwebsocket import accept_websocket
 from tests.inprocess import Session
@@ -85,6 +86,7 @@ def test_a_query_django_will_not_parse_announces_no_envelope(
         assert client.recv() == "after"
 
 
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.2)  # the view's close frame is never answered
 def test_read_returns_a_fallback_that_looks_like_an_envelope() -> None:
     """``read(fallback)`` with nothing ready returns the fallback, whatever it is: one
     that looks like an envelope was taken for a message from the client (answered with
