@@ -3,14 +3,21 @@ configuring anything."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 
 import pytest
-from django.test import override_settings
+from django.test import RequestFactory, override_settings
 
 from dwebsocket import log
+from dwebsocket.backends.asgi.websocket import ASGIWebSocket, AsyncWebSocket
+from dwebsocket.factory import get_factory_class
+from dwebsocket.protocol.handshake import generate_key
+from tests.asgi.test_connection import plain_connection
+from tests.inprocess import upgrade_headers
 
 
 @contextlib.contextmanager
@@ -66,3 +73,32 @@ def test_a_root_handler_is_left_alone() -> None:
     with bare_logging():
         logging.getLogger().addHandler(logging.NullHandler())
         assert log.install_debug_handler(None) is False
+
+
+FORGED = "/ws/\n[ERROR] forged line\x1b[31m"
+
+
+def test_a_websockets_repr_cannot_add_lines_to_a_log() -> None:
+    """``%r`` of a ``request.websocket`` (dwebsocket's own debug and error lines, a view's
+    ``logger.info("%r", ws)``) shows the path as Django's request log does: a ``%0A`` in
+    the URL must not start a forged line. Default backend over a real socket, and both
+    ASGI wrappers."""
+    server_sock, client_sock = socket.socketpair()
+    with server_sock, client_sock:
+        request = RequestFactory().get(
+            "/", headers=upgrade_headers(generate_key()), **{"dwebsocket.socket": server_sock}
+        )
+        request.path = FORGED  # PATH_INFO as a server decodes /ws/%0A...
+        websocket = get_factory_class()(request).create_websocket()
+        assert websocket is not None
+        texts = [repr(websocket)]
+
+    async def asgi() -> list[str]:  # a connection belongs to its loop
+        sync = ASGIWebSocket(RequestFactory().get("/"), plain_connection(None, None))
+        sync.request.path = FORGED
+        return [repr(sync), repr(AsyncWebSocket(sync))]
+
+    texts += asyncio.run(asgi())
+    for text in texts:
+        assert "\n" not in text and "\x1b" not in text, text
+        assert log.printable(FORGED) in text

@@ -99,7 +99,7 @@ class ASGIWebSocket(WebSocket):
         connection.on_closed = self._on_closed
 
     def __repr__(self) -> str:
-        return f"<ASGIWebSocket {self.connection.state} {self.request.path}>"
+        return f"<ASGIWebSocket {self.connection.state} {printable(self.request.path)}>"
 
     @property
     def protocols(self) -> list[str]:
@@ -342,7 +342,7 @@ class AsyncWebSocket:
         self.dws = sync.dws
 
     def __repr__(self) -> str:
-        return f"<AsyncWebSocket {self.connection.state} {self.request.path}>"
+        return f"<AsyncWebSocket {self.connection.state} {printable(self.request.path)}>"
 
     protocols = property(lambda self: self.offered_subprotocols)
     subprotocol = property(lambda self: self.sync.subprotocol)

@@ -147,7 +147,8 @@ class DefaultWebSocket(WebSocket):
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed() else "open" if self._accepted else "new"
-        return f"<DefaultWebSocket {state} {self.request.path} via {self._transport.server}>"
+        path = printable(self.request.path)  # it is in log lines: no forged ones
+        return f"<DefaultWebSocket {state} {path} via {self._transport.server}>"
 
     # -- the handshake ----------------------------------------------------------------
 
