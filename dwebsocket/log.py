@@ -5,7 +5,8 @@ Nothing is configured for you, except what Django itself does for its own logger
 ``DEBUG = True`` and no logging configured for ``dwebsocket`` (nor a handler on the root
 logger), :func:`install_debug_handler` prints its INFO lines to the console, as Django's
 default ``LOGGING`` prints ``django``'s, so a refused handshake shows its reason during
-development.
+development. With ``DEBUG = False`` it prints WARNING and up, as Python's last-resort
+handler would for a logger nobody configured.
 """
 
 from __future__ import annotations
@@ -59,19 +60,26 @@ def closed(peer: str, path: str, code: int | None, reason: str, opened_at: float
     )
 
 
-def install_debug_handler(configured: Any = None) -> bool:
-    """Give the ``dwebsocket`` logger a console handler for ``DEBUG = True`` (INFO and up;
-    silent when ``DEBUG`` is off, through Django's ``RequireDebugTrue``), unless logging
-    for it is configured already: ``LOGGING`` names it, it or the root logger has a
-    handler. ``configured`` is ``settings.LOGGING``. Returns whether it added one."""
-    from django.utils.log import RequireDebugTrue
+def _debug_or_warning(record: logging.LogRecord) -> bool:
+    """The console handler's filter: INFO with ``DEBUG = True``; WARNING and up always
+    (a handler on the logger stops Python's last-resort handler, which prints those)."""
+    from django.conf import settings as django_settings
 
+    return record.levelno >= logging.WARNING or bool(django_settings.DEBUG)
+
+
+def install_debug_handler(configured: Any = None) -> bool:
+    """Give the ``dwebsocket`` logger a console handler: INFO and up with ``DEBUG =
+    True``, WARNING and up without (what Python prints when nothing is configured),
+    unless logging for it is configured already: ``LOGGING`` names it, it or the root
+    logger has a handler. ``configured`` is ``settings.LOGGING``. Returns whether it
+    added one."""
     loggers = (configured or {}).get("loggers", {}) if isinstance(configured, dict) else {}
     if "dwebsocket" in loggers or logger.handlers or logging.getLogger().handlers:
         return False
     handler = logging.StreamHandler()
     handler.setLevel(logging.INFO)
-    handler.addFilter(RequireDebugTrue())
+    handler.addFilter(_debug_or_warning)
     handler.setFormatter(logging.Formatter("[dwebsocket] %(levelname)s %(message)s"))
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:

@@ -57,6 +57,22 @@ def test_development_shows_dwebsocket_info_lines(capsys: pytest.CaptureFixture[s
     assert "Origin not allowed" in err and "not in production" not in err
 
 
+def test_production_still_shows_warnings_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    """With ``DEBUG = False`` and nothing configured, the handler must not swallow what
+    Python's last-resort handler prints for an unconfigured logger (WARNING and up): a
+    wrong setting under gunicorn (every handshake 503, "logged at ERROR"), metrics off,
+    a gunicorn sync worker (W002) would otherwise leave no trace."""
+    with bare_logging() as logger:
+        assert log.install_debug_handler(None) is True
+        with override_settings(DEBUG=False):
+            logger.error("WEBSOCKET_MAX_CONNECTIONS must be None or an integer >= 0")
+            logging.getLogger("dwebsocket.metrics").warning("metrics unavailable")
+            logger.info("a client's mistake")
+    err = capsys.readouterr().err
+    assert "WEBSOCKET_MAX_CONNECTIONS must be" in err and "metrics unavailable" in err
+    assert "a client's mistake" not in err
+
+
 @pytest.mark.parametrize(
     "configured",
     [
