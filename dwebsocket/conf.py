@@ -122,10 +122,10 @@ def _seconds(value: object, *, zero: bool) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
+        or value > MAX_SECONDS  # first: isfinite() raises OverflowError for a huge int
         or not math.isfinite(value)
         or value < 0
         or (value == 0 and not zero)
-        or value > MAX_SECONDS
     ):
         raise ValueError(
             f"must be a number of seconds {'>= 0' if zero else '> 0'} and at most "

@@ -158,6 +158,18 @@ def test_more_wrong_values(name: str, value: object) -> None:
 
 
 @pytest.mark.parametrize(
+    "name", ["WEBSOCKET_CLOSE_TIMEOUT", "WEBSOCKET_PING_INTERVAL", "WEBSOCKET_PRESENCE_HEARTBEAT"]
+)
+def test_a_number_of_seconds_too_large_for_a_float(name: str) -> None:
+    """An int past the largest float: math.isfinite() raised OverflowError, so the check
+    crashed ``manage.py check`` and each handshake that read the setting got a 500."""
+    with override_settings(**{name: 2**1024}):
+        assert dwebsocket_errors() == {SETTINGS[name].check_id}
+        with pytest.raises(InvalidSetting):
+            SETTINGS[name].read()
+
+
+@pytest.mark.parametrize(
     "url",
     ["redis://:s3cret@localhost:notaport/0", "redis://u:s3cret@[::1/0", "mysql://u:s3cret@h/db"],
 )
