@@ -37,7 +37,7 @@ from dwebsocket.websocket import WebSocket, wait_timeout
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
-__all__ = ["PONG", "VERSION", "adopt", "announced", "speaks"]
+__all__ = ["NOT_ENVELOPE", "PONG", "VERSION", "adopt", "announced", "envelope_kind", "speaks"]
 
 logger = logging.getLogger("dwebsocket")
 
@@ -80,12 +80,12 @@ _subclasses: dict[type[WebSocket], type[WebSocket]] = {}
 def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
     """``cls`` whose ``wait()`` and ``read()`` answer the envelope's messages and return
     the others (one level of plain inheritance: ``__class__`` can be assigned only between
-    classes of one layout). ``count_messages()`` may count a pending envelope message that
-    ``read()`` then takes out."""
+    classes of one layout). ``count_messages()`` leaves the envelope's out: it counts
+    what ``read()`` returns."""
     found = _subclasses.get(cls)
     if found is not None:
         return found
-    base_wait, base_read = cls.wait, cls.read
+    base_wait, base_read, base_count = cls.wait, cls.read, cls.count_messages
 
     def wait(self: WebSocket, timeout: float | None = None) -> Message | None:
         if timeout is not None:
@@ -110,10 +110,18 @@ def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
             if not _envelope_message(self, message):
                 return message
 
+    def count_messages(self: WebSocket) -> int:
+        count = base_count(self)  # reads what is ready, as the backend's does
+        buffered = self._buffered()
+        if buffered is None:
+            return count
+        return sum(1 for message in buffered if not _is_envelope(message))
+
     name = f"Dws{cls.__name__}"
     namespace = {
         "wait": wait,
         "read": read,
+        "count_messages": count_messages,
         "dws": True,
         "_signal_sender": cls._signal_sender or cls,  # receivers connect to the backend's
         "__module__": cls.__module__,
@@ -122,16 +130,38 @@ def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
     return found
 
 
-def _envelope_message(websocket: WebSocket, text: str) -> bool:
-    """Act on an envelope message; False if ``text`` is not one after all (the
-    application's, then)."""
+#: What :func:`envelope_kind` returns for a message that is the application's.
+NOT_ENVELOPE = object()
+
+
+def envelope_kind(text: str) -> Any:
+    """The ``dws`` type of the envelope message ``text`` (any JSON value, ``null``
+    included), or :data:`NOT_ENVELOPE` if it is the application's (not a JSON object
+    with ``dws``). Never raises."""
     try:
         data: Any = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than json decodes
-        return False
+        return NOT_ENVELOPE
     if not isinstance(data, dict) or "dws" not in data:
+        return NOT_ENVELOPE
+    return data["dws"]
+
+
+def _is_envelope(message: Message) -> bool:
+    """Whether ``message`` is the envelope's (``wait()`` and ``read()`` take it out)."""
+    return (
+        isinstance(message, str)
+        and message.startswith(PREFIX)
+        and envelope_kind(message) is not NOT_ENVELOPE
+    )
+
+
+def _envelope_message(websocket: WebSocket, text: str) -> bool:
+    """Act on an envelope message; False if ``text`` is not one after all (the
+    application's, then)."""
+    kind = envelope_kind(text)
+    if kind is NOT_ENVELOPE:
         return False
-    kind = data["dws"]
     if kind == "ping":
         websocket.deliver(PONG)
     else:  # a newer client's: ignored, so that clients can be upgraded first

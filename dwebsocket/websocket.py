@@ -177,6 +177,12 @@ class WebSocket(abc.ABC):
         """True if a complete message is ready now. Never blocks."""
         return self.count_messages() > 0
 
+    def _buffered(self) -> tuple[Message, ...] | None:
+        """The messages :meth:`count_messages` counts, oldest first (a snapshot), for
+        the ``dws`` subclass to leave out the envelope's; None if the backend cannot
+        tell (it then counts them all)."""
+        return None
+
     def __iter__(self) -> Iterator[Message]:
         """Yield every message until the peer closes the connection."""
         while True:

@@ -5,6 +5,7 @@ threads)."""
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.servers import ServerProcess
 from tests.wire import RawClient
 
 PING = '{"dws":"ping"}'
+PONG = '{"dws":"pong"}'
 
 
 @pytest.mark.server
@@ -105,3 +107,39 @@ def test_read_returns_a_fallback_that_looks_like_an_envelope() -> None:
         assert session.client.recv() == "done"
         session.finish()
     assert seen == {"read": PING}
+
+
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.2)  # the view's close frame is never answered
+def test_envelope_messages_are_not_counted_as_the_views() -> None:
+    """``count_messages()`` / ``has_messages()`` count only the messages ``read()``
+    returns: the browser client's ``{"dws":"ping"}`` (sent after 25 s of silence) was
+    counted, so a view polling ``if ws.has_messages(): handle(ws.read())`` got None from
+    ``read()`` -- found by a view collecting what it read."""
+    seen: dict[str, Any] = {}
+    ready = threading.Event()
+
+    @accept_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws.send("go")
+        assert ready.wait(5)  # the client's five messages are in the socket by then
+        seen["count"] = ws.count_messages()
+        seen["has"] = ws.has_messages()
+        seen["read"] = [ws.read(), ws.read()]
+        seen["after"] = (ws.count_messages(), ws.has_messages(), ws.read("none"))  # a ping left
+        ws.send("done")
+
+    with Session(view, path="/ws/?dws=1") as session:
+        session.expect_101()
+        assert session.client.recv() == "go"
+        for message in (PING, "a", PING, "b", PING):
+            session.client.send(message)
+        ready.set()
+        assert [session.client.recv() for _ in range(4)] == [PONG] * 3 + ["done"]
+        session.finish()
+    assert seen == {
+        "count": 2,
+        "has": True,
+        "read": ["a", "b"],
+        "after": (0, False, "none"),
+    }

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -360,8 +359,8 @@ class ASGIConnection:
             self._start_close(1009, "message too big")
             return
         if self.speaks_dws and isinstance(message, str) and message.startswith(dws.PREFIX):
-            kind = _envelope_kind(message)
-            if kind is not _NOT_ENVELOPE:  # dwebsocket's own, never the view's (dwebsocket.dws)
+            kind = dws.envelope_kind(message)
+            if kind is not dws.NOT_ENVELOPE:  # dwebsocket's own, never the view's (dwebsocket.dws)
                 if kind == "ping":
                     self.deliver(dws.PONG)
                 return
@@ -738,20 +737,6 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 def _check_close(code: int, reason: str) -> None:
     # The core's rules (RFC 6455 5.5, 7.4), though the server encodes the frame.
     encode_close_payload(code, reason)
-
-
-#: What :func:`_envelope_kind` returns for a message that is the application's.
-_NOT_ENVELOPE = object()
-
-
-def _envelope_kind(text: str) -> object:
-    """The ``dws`` type of an envelope message (any JSON value, ``null`` included), or
-    :data:`_NOT_ENVELOPE` if ``text`` is the application's."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or nested deeper than json decodes
-        return _NOT_ENVELOPE
-    return data["dws"] if isinstance(data, dict) and "dws" in data else _NOT_ENVELOPE
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:

@@ -380,6 +380,9 @@ class DefaultWebSocket(WebSocket):
         self._read_ready()
         return len(self._messages)
 
+    def _buffered(self) -> tuple[Message, ...]:
+        return tuple(self._messages)
+
     def _read_once(self, limit: float | None) -> None:
         """Read once (waiting up to ``limit``) and feed the core; run the keepalive.
         Call with ``_reading`` held."""

@@ -340,6 +340,9 @@ class uWsgiWebSocket(WebSocket):
             self._service()
         return len(self._received)
 
+    def _buffered(self) -> tuple[Message, ...]:
+        return tuple(self._received)
+
     def _service(self) -> None:
         """Owner: write what others queued, then take every complete message uWSGI has."""
         self._flush_outbox()
