@@ -36,13 +36,15 @@ def require_websocket(view: _View) -> _View:
 
 def _websocket_view(view: _View, *, require: bool) -> _View:
     if getattr(view, "_dwebsocket_view", False):
-        # Stacked decorators: one wrapper is enough; require wins over accept. Set on the
-        # wrapper that reads it, which ``view`` may wrap in turn (csrf_exempt,
+        # Stacked decorators: require wins over accept. The wrapper that decides is
+        # ``_dwebsocket_wrapper``, which ``view`` may wrap in turn (csrf_exempt,
         # login_required: functools.wraps copies the attributes, not their later changes).
         inner: Any = getattr(view, "_dwebsocket_wrapper", view)
-        inner.require_websocket = inner.require_websocket or require
-        view.require_websocket = inner.require_websocket  # type: ignore[attr-defined]
-        return view
+        if inner.require_websocket or not require:
+            return view  # as strict already: one wrapper is enough
+        # require over accept: a wrapper of its own, never a change to ``view``, which
+        # may serve another URL as it is. The outer wrapper runs the session; the inner
+        # one, nested, just calls the view (dwebsocket.session).
 
     wrapper: Any
     if iscoroutinefunction(view):

@@ -60,6 +60,27 @@ def test_require_wins_over_accept_under_another_decorator() -> None:
     assert b"only accepts WebSocket" in response.content
 
 
+def test_requiring_a_shared_view_leaves_the_original_alone() -> None:
+    """``require_websocket`` over a view that ``accept_websocket`` decorated, for a
+    second URL (``path("ws/feed/", require_websocket(feed))``): stacking set
+    ``require_websocket`` on the shared wrapper itself, so the first URL's plain HTTP
+    requests got 400 too."""
+
+    def view(request: HttpRequest) -> HttpResponse | None:
+        return HttpResponse("plain") if request.websocket is None else None
+
+    feed = accept_websocket(view)
+    only_ws = require_websocket(feed)
+    assert only_ws(RequestFactory().get("/")).status_code == 400
+    assert only_ws.require_websocket
+    assert feed(RequestFactory().get("/")).content == b"plain"
+    assert not feed.require_websocket
+    with Session(only_ws) as session:  # the outer wrapper runs the one session
+        session.expect_101()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
 def test_plain_http() -> None:
     request = RequestFactory().get("/")
     assert either(request).content == b"plain"
