@@ -240,17 +240,21 @@ class WebSocketClient:
         """The upgrade request. A header of ``headers`` that the client sends itself
         (``Host``, ``Origin``, ``Upgrade``, ``Sec-WebSocket-Version``...) replaces the
         client's, as a test of the answer to another value means; a server would join
-        the two (``13,8``)."""
+        the two (``13,8``). A ``Cookie`` header joins the client's cookies instead."""
         host, origin = HOST, self.origin
         extra_headers = []
+        cookies = []
         for name, value in self.headers.items():
             if name.lower() == "host":
                 host = value
             elif name.lower() == "origin":
                 origin = value
+            elif name.lower() == "cookie":  # one Cookie header, as browsers send (RFC 6265 5.4)
+                cookies.append(value)
             elif name.lower() != "sec-websocket-key":  # ``key`` is the one given
                 extra_headers.append((name, value))
-        cookie = self._cookie_header()
+        cookies.append(self._cookie_header())
+        cookie = "; ".join(filter(None, cookies))
         if cookie:
             extra_headers.append(("Cookie", cookie))
         request = build_request(

@@ -155,6 +155,22 @@ def test_cookies_of_a_django_test_client() -> None:
 
 @pytest.mark.django_db
 @override_settings(**CHAT_SETTINGS)
+def test_a_cookie_header_joins_the_other_cookies() -> None:
+    """A ``Cookie`` in ``headers`` and the client's own cookies (``user=``, ``client=``,
+    ``cookies=``) make one ``Cookie`` header, as a browser sends. They went as two, which
+    the server joined with a comma: the view saw ``a`` as ``"1,sessionid=..."``, and no
+    session (an anonymous user)."""
+    carol = User.objects.create_user("carol")
+    with WebSocketClient(
+        "/inspect/", headers={"Cookie": "a=1"}, cookies={"b": "2"}, user=carol
+    ) as ws:
+        seen = inspect(ws)
+    assert {k: seen["cookies"][k] for k in ("a", "b")} == {"a": "1", "b": "2"}
+    assert seen["user"] == "carol"
+
+
+@pytest.mark.django_db
+@override_settings(**CHAT_SETTINGS)
 def test_anonymous_without_user() -> None:
     with WebSocketClient("/inspect/") as ws:
         assert inspect(ws)["user"] == ""
