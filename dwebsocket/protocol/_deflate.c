@@ -31,10 +31,11 @@
  *
  * What may run Python code here: nothing but the Python-facing methods' argument parsing
  * and result allocation. The pool, zlib (its allocator is PyMem_RawMalloc/Free, which
- * never run Python), the per-thread output buffer and the C API functions run no Python
+ * never run Python), the output buffer and the C API functions run no Python
  * code and create no GC-tracked object; the types are not GC-tracked and have no Python
  * finalizer (and cannot be subclassed), so a decref of one runs none either. All of it
- * holds the GIL, which guards the pool: one interpreter, and not free-threaded.
+ * holds the GIL, which guards the pool and the output buffer: one interpreter, and not
+ * free-threaded.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -60,10 +61,16 @@
 
 static PyObject *zlib_error; /* zlib.error */
 
-/* -- the per-thread output buffer --------------------------------------------------- */
+/* -- the output buffer -------------------------------------------------------------- */
 
-static _Thread_local uint8_t *scratch;
-static _Thread_local Py_ssize_t scratch_cap;
+/* One per process, guarded by the GIL like the pool: each call fills it and its caller
+   copies or writes what it holds before anything can release the GIL (no Python code, no
+   blocking call runs in between). Not one per thread: nothing frees a thread's own when
+   the thread ends, and under runserver every connection, every request that delivers to
+   a group, is a thread that ends (each kept its last call's output buffer, 4 KiB and up,
+   for the life of the process). */
+static uint8_t *scratch;
+static Py_ssize_t scratch_cap;
 
 /* Make scratch at least `need` bytes (keeping its content); 0, or -1 with MemoryError. */
 static int
@@ -520,7 +527,7 @@ deflate_into_scratch(z_stream *zs, const uint8_t *data, Py_ssize_t n, int flush,
         do {
             Py_ssize_t room;
             /* In Py_ssize_t: in uInt, a piece of 4 GiB - 64 bytes asked for nothing more,
-               and zlib got no room (Z_STREAM_ERROR in a thread with no buffer yet; with
+               and zlib got no room (Z_STREAM_ERROR with no buffer yet; with
                a full one, at a later piece's start, the same call for ever). */
             Py_ssize_t more = (Py_ssize_t)zs->avail_in + 64;
             if (scratch_cap - at < 64) {

@@ -16,20 +16,21 @@
 #include <Python.h>
 #include <stdint.h>
 
-#define DWS_DEFLATE_CAPSULE_ATTR "_C_API_1"
-#define DWS_DEFLATE_CAPSULE "dwebsocket.protocol._deflate._C_API_1"
+#define DWS_DEFLATE_CAPSULE_ATTR "_C_API_2"
+#define DWS_DEFLATE_CAPSULE "dwebsocket.protocol._deflate._C_API_2"
 
 typedef struct {
     PyTypeObject *deflater_type;
     PyTypeObject *inflater_type;
     /* One whole message compressed, the 00 00 ff ff tail stripped (RFC 7692 7.2.1), the
-       context dropped after it under no context takeover. *out points into a per-thread
-       buffer, valid until the next call. The length, or -1 with MemoryError (or a zlib
-       error) set. */
+       context dropped after it under no context takeover. *out points into _deflate's
+       output buffer (one per process, guarded by the GIL), valid until the next call from
+       any thread: write or copy it before anything may release the GIL. The length, or -1
+       with MemoryError (or a zlib error) set. */
     Py_ssize_t (*compress_message)(PyObject *deflater, const uint8_t *data, Py_ssize_t n,
                                    const uint8_t **out);
     /* One whole message (one final frame's payload) decompressed, at most max_size bytes
-       (RFC 7692 7.2.2). 1: done, *out (a per-thread buffer) and *out_len set; 0: not taken
+       (RFC 7692 7.2.2). 1: done, *out (that buffer) and *out_len set; 0: not taken
        the common way (corrupt data, over max_size, the peer ended the stream): the outcome
        is kept in the Inflater, whose next decompress() call from Python, with the same
        payload, returns or raises it, so that deflate.py's rules decide; -1: MemoryError. */

@@ -48,7 +48,7 @@
  *      scan_frames() nor make_message(), _speedups.c, nor inflate_message(), _deflate.c,
  *      runs Python code) and what remains is copied into a bytes object (not GC-tracked),
  *      before any Python runs; likewise a message compressed by compress_message() lives
- *      in _deflate's per-thread buffer only until it is written or copied; a FastPath that finds the lease taken leaves
+ *      in _deflate's output buffer only until it is written or copied; a FastPath that finds the lease taken leaves
  *      the read to the general path. So no Python code can ever see recv_buf in use, and
  *      no connection can be handed another's bytes;
  *   3. a read that begins a large frame (big_frame_at()) reads the frame's rest straight
