@@ -268,8 +268,12 @@ class Connection:
     def _set_limits(self, max_message_size: int | None, max_frame_size: int | None) -> None:
         self._max_message_size = max_message_size
         self._max_frame_size = max_frame_size
-        self._max_message = _NO_LIMIT if max_message_size is None else max_message_size
-        self._max_frame = _NO_LIMIT if max_frame_size is None else max_frame_size
+        # A limit of sys.maxsize or more is none: no message or frame can reach it (RFC 6455
+        # 5.2: 63-bit lengths), and rx (a C struct) holds C sizes.
+        self._max_message = (
+            _NO_LIMIT if max_message_size is None else min(max_message_size, _NO_LIMIT)
+        )
+        self._max_frame = _NO_LIMIT if max_frame_size is None else min(max_frame_size, _NO_LIMIT)
         # A compressed message cannot be much longer than its decompressed form; this
         # bounds what we buffer before decompressing (deflate's worst case is a 5-byte
         # header per stored block; allow generous slack for odd encoders).

@@ -14,6 +14,7 @@ extension is built, else :class:`PyDeflater` and :class:`PyInflater` over Python
 from __future__ import annotations
 
 import re
+import sys
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -331,7 +332,8 @@ class PerMessageDeflate:
         if fin:
             data = bytes(data) + _TAIL
         try:
-            if max_size is None:
+            if max_size is None or max_size >= sys.maxsize:
+                # No message reaches sys.maxsize, and zlib's bound (max_size + 1) is a C size.
                 out = decoder.decompress(data)
             else:
                 out = decoder.decompress(data, max_size + 1)

@@ -520,6 +520,31 @@ def test_limits_can_change() -> None:
     assert isinstance(close, Close) and close.code == 1009
 
 
+@pytest.mark.parametrize("limit", [sys.maxsize, 2**63, 2**64, 10**30])
+def test_a_limit_no_message_can_reach_is_no_limit(limit: int) -> None:
+    """A limit past what a frame can declare (RFC 6455 5.2: 63 bits) never applies, as
+    None: with the C accelerator ``Connection()`` raised ``OverflowError`` past
+    ``sys.maxsize`` (``rx`` is a C struct), and either way a compressed message raised
+    ``OverflowError`` out of ``receive_data()`` (zlib's output bound is a C size)."""
+    client_codec, server_codec = deflate_pair()
+    conn = server(deflate=server_codec, max_message_size=limit, max_frame_size=limit)
+    assert conn.max_message_size == limit and conn.max_frame_size == limit
+    client = Connection(client=True, deflate=client_codec, max_message_size=None)
+    message = bytes(1000) + b"end"
+    data = client.send_binary(message)
+    half = len(data) // 2
+    assert conn.receive_data(data[:half]) + conn.receive_data(data[half:]) == [message]
+    pieces = PerMessageDeflate().compress(message)
+    assert PerMessageDeflate().decompress(pieces, limit) == message
+    fragments = frame(0x2, pieces[:5], fin=False, rsv=4) + frame(0x0, pieces[5:])
+    conn = server(deflate=PerMessageDeflate(), max_message_size=limit)
+    assert conn.receive_data(fragments) == [message]
+    conn = server(max_message_size=limit)
+    assert conn.receive_data(frame(0x1, b"text")) == ["text"]
+    conn.max_frame_size = limit
+    assert conn.receive_data(frame(0x2, bytes(200))) == [bytes(200)]
+
+
 def test_limits_are_inclusive() -> None:
     conn = server(max_message_size=100, max_frame_size=60)
     assert conn.receive_data(frame(0x2, bytes(60), fin=False) + frame(0x0, bytes(40))) == [
