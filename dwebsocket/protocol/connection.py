@@ -166,6 +166,13 @@ def plain_frames(messages: Sequence[str | bytes | bytearray | memoryview]) -> by
     )
 
 
+def _limit(value: int | None) -> int:
+    """A size limit as the receive loop compares it: sys.maxsize for None and for any
+    limit no frame or message can reach (RFC 6455 5.2: 63-bit lengths), -1 for any
+    negative one (each refuses every message alike); rx, a C struct, holds C sizes."""
+    return _NO_LIMIT if value is None else min(max(value, -1), _NO_LIMIT)
+
+
 def _truncate_reason(reason: str) -> str:
     """Cut ``reason`` so that it fits in a close frame (123 bytes of UTF-8)."""
     encoded = reason.encode()
@@ -268,12 +275,8 @@ class Connection:
     def _set_limits(self, max_message_size: int | None, max_frame_size: int | None) -> None:
         self._max_message_size = max_message_size
         self._max_frame_size = max_frame_size
-        # A limit of sys.maxsize or more is none: no message or frame can reach it (RFC 6455
-        # 5.2: 63-bit lengths), and rx (a C struct) holds C sizes.
-        self._max_message = (
-            _NO_LIMIT if max_message_size is None else min(max_message_size, _NO_LIMIT)
-        )
-        self._max_frame = _NO_LIMIT if max_frame_size is None else min(max_frame_size, _NO_LIMIT)
+        self._max_message = _limit(max_message_size)
+        self._max_frame = _limit(max_frame_size)
         # A compressed message cannot be much longer than its decompressed form; this
         # bounds what we buffer before decompressing (deflate's worst case is a 5-byte
         # header per stored block; allow generous slack for odd encoders).

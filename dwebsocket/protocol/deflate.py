@@ -336,7 +336,8 @@ class PerMessageDeflate:
                 # No message reaches sys.maxsize, and zlib's bound (max_size + 1) is a C size.
                 out = decoder.decompress(data)
             else:
-                out = decoder.decompress(data, max_size + 1)
+                # A negative max_size refuses any output: still a bound for zlib (0 is none).
+                out = decoder.decompress(data, max(max_size, 0) + 1)
                 if len(out) > max_size:
                     raise PayloadTooBig(f"decompressed message exceeds {max_size} bytes")
         except zlib.error as exc:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dwebsocket.exceptions import InvalidState, ProtocolError
+from dwebsocket.exceptions import InvalidState, PayloadTooBig, ProtocolError
 from dwebsocket.protocol.connection import (
     Close,
     Connection,
@@ -543,6 +543,26 @@ def test_a_limit_no_message_can_reach_is_no_limit(limit: int) -> None:
     assert conn.receive_data(frame(0x1, b"text")) == ["text"]
     conn.max_frame_size = limit
     assert conn.receive_data(frame(0x2, bytes(200))) == [bytes(200)]
+
+
+@pytest.mark.parametrize("limit", [-1, -5, -(2**70)])
+def test_a_negative_limit_refuses_every_message_compressed_or_not(limit: int) -> None:
+    """A negative limit (which the settings refuse, but the core takes) fails every data
+    message with 1009, as one of 0 does a non-empty one: a compressed message below -1
+    raised ``ValueError`` out of ``receive_data()`` (zlib's bound was negative), and with
+    the C accelerator a limit past -sys.maxsize raised ``OverflowError`` from
+    ``Connection()``."""
+    message = PerMessageDeflate().compress(b"hello")
+    for frames in (
+        frame(0x1, b"hello"),
+        frame(0x1, message, rsv=4),
+        frame(0x1, message[:2], fin=False, rsv=4) + frame(0x0, message[2:]),
+    ):
+        conn = server(deflate=PerMessageDeflate(), max_message_size=limit)
+        [close] = conn.receive_data(frames)
+        assert isinstance(close, Close) and close.code == 1009, close
+    with pytest.raises(PayloadTooBig):
+        PerMessageDeflate().decompress(message, limit)
 
 
 def test_limits_are_inclusive() -> None:
