@@ -1,10 +1,10 @@
 """The optional C accelerators: whether to load them, and the core's, loaded once.
 
 ``DWEBSOCKET_NO_SPEEDUPS`` set to a true value (``1``, ``true``, ``yes``, ``on``) turns off
-every C extension of dwebsocket (this module's ``_speedups`` and the default backend's
-``_fastpath``); unset, empty or a false value (``0``, ``false``, ``no``, ``off``) leaves
-them on. Without a compiler at install time they are not built, and the same Python code
-runs (see ``setup.py``).
+every C extension of dwebsocket (the protocol core's ``_speedups`` and ``_deflate``, the
+default backend's ``_fastpath``); unset, empty or a false value (``0``, ``false``, ``no``,
+``off``) leaves them on. Without a compiler at install time they are not built, and the
+same Python code runs (see ``setup.py``).
 """
 
 from __future__ import annotations
