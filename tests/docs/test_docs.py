@@ -135,3 +135,18 @@ def test_the_architecture_page_names_every_module() -> None:
         if f"``{named}" not in page and f"/{named}``" not in page and f"{named}``" not in page:
             missing.append(relative.as_posix())
     assert not missing, f"not in docs/internals/architecture.rst: {missing}"
+
+
+def test_the_tests_and_files_the_pages_cite_exist() -> None:
+    """A page that says "proven by ``test_x``" or "see ``tests/y.py``" names a test that
+    is there: renaming one must update the page (docs/internals excepted: its own)."""
+    repo = DOCS.parent
+    tests = "\n".join(path.read_text() for path in (repo / "tests").rglob("*.py"))
+    pages = [repo / "README.rst", *sorted(DOCS.glob("*.rst"))]
+    text = "\n".join(page.read_text() for page in pages)
+    missing = sorted(
+        {name for name in re.findall(r"``(test_\w+)``", text) if f"def {name}(" not in tests}
+    )
+    cited = r"\b((?:tests|bench|examples|tools)/[\w./-]+\.(?:py|json|js))\b"
+    missing += sorted({path for path in re.findall(cited, text) if not (repo / path).exists()})
+    assert not missing, f"cited by the docs, not in the repository: {missing}"
