@@ -47,7 +47,7 @@ def _websocket_view(view: _View, *, require: bool) -> _View:
         # one, nested, just calls the view (dwebsocket.session).
 
     wrapper: Any
-    if iscoroutinefunction(view):
+    if iscoroutinefunction(view) or _async_dispatch(view):
         # An async def view gets an async wrapper, which Django awaits (under WSGI too,
         # through async_to_sync): never an unawaited coroutine.
         @functools.wraps(view)
@@ -69,3 +69,14 @@ def _websocket_view(view: _View, *, require: bool) -> _View:
     wrapper._dwebsocket_view = True
     wrapper._dwebsocket_wrapper = wrapper  # copied by decorators that wrap this one
     return wrapper  # type: ignore[no-any-return]
+
+
+def _async_dispatch(view: Callable[..., Any]) -> bool:
+    """Whether ``view`` is the ``dispatch`` of a class-based view whose handlers are
+    ``async def``, as ``method_decorator(..., name="dispatch")`` hands it over (a
+    ``functools.partial`` of the bound method): a sync method that returns the handler's
+    coroutine, so an async view."""
+    from django.views import View
+
+    instance = getattr(getattr(view, "func", view), "__self__", None)
+    return isinstance(instance, View) and type(instance).view_is_async

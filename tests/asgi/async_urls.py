@@ -23,6 +23,7 @@ urlpatterns = [
     path("group/", include("tests.groups.urls")),
     path("echo/", views.echo),
     path("marked-echo/", views.marked_echo),
+    path("class-echo/", views.ClassEcho.as_view()),
     path("marked-echo-sync/", views.marked_echo_sync),
     path("required-echo/", views.required_echo),
     path("echo-wait/", views.echo_wait),

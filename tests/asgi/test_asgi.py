@@ -630,12 +630,22 @@ def test_the_decorators_keep_async_views_async() -> None:
 
 
 @pytest.mark.urls("tests.asgi.async_urls")
-def test_an_async_view_under_wsgi_answers_http_and_refuses_websockets_with_501() -> None:
+@pytest.mark.parametrize(
+    ("path", "page"),
+    [("/echo/", b"echo: plain HTTP\n"), ("/class-echo/", b"class echo: plain HTTP\n")],
+    ids=["function", "class"],
+)
+def test_an_async_view_under_wsgi_answers_http_and_refuses_websockets_with_501(
+    path: str, page: bytes
+) -> None:
+    """Its page, and 501 naming the fix for a WebSocket request: for a function, and for
+    tests.asgi.views.ClassEcho (``async def`` handlers, the decorator on ``dispatch``),
+    which got a 500 (the coroutine ``dispatch`` returned was taken for its answer)."""
     client = Client()
-    response = client.get("/echo/")
-    assert response.status_code == 200 and response.content == b"echo: plain HTTP\n"
+    response = client.get(path)
+    assert response.status_code == 200 and response.content == page
     response = client.get(
-        "/echo/",
+        path,
         HTTP_UPGRADE="websocket",
         HTTP_CONNECTION="Upgrade",
         HTTP_SEC_WEBSOCKET_KEY="dGhlIHNhbXBsZSBub25jZQ==",
@@ -645,6 +655,18 @@ def test_an_async_view_under_wsgi_answers_http_and_refuses_websockets_with_501()
     assert b"dwebsocket.asgi.get_asgi_application()" in response.content
     assert b"async def" in response.content
     assert client.get("/echo-wait/").status_code == 400  # require_websocket, plain HTTP
+
+
+@pytest.mark.server
+def test_an_async_class_based_view_decorated_on_dispatch(server: ServerProcess) -> None:
+    """The session of tests.asgi.views.ClassEcho runs on every ASGI server (every
+    handshake got a 500, and the server logged a never-awaited coroutine)."""
+    with urllib.request.urlopen(server.url("/class-echo/", "http"), timeout=TIMEOUT) as page:
+        assert page.read() == b"class echo: plain HTTP\n"
+    with ws(server, "/class-echo/") as client:
+        client.send("hello")
+        assert client.recv(timeout=TIMEOUT) == "hello"
+    assert "never awaited" not in server.log()
 
 
 @pytest.mark.server

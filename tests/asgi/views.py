@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
 
 from dwebsocket import ConnectionClosed, accept_websocket, groups, require_websocket
 from dwebsocket.signals import websocket_closed, websocket_opened
@@ -205,6 +207,20 @@ async def stream(request: HttpRequest) -> HttpResponse | None:
         with _CLOSES_LOCK:
             CLOSES[key] = {"code": ws.close_code, "sent": sent}
     return None
+
+
+@method_decorator(accept_websocket, name="dispatch")
+class ClassEcho(View):
+    """:func:`echo` as a class-based view with ``async def`` handlers, decorated as
+    Django's docs decorate class-based views (``method_decorator`` on ``dispatch``, a
+    sync method that returns the handler's coroutine)."""
+
+    async def get(self, request: HttpRequest) -> HttpResponse | None:
+        if not request.is_websocket():  # type: ignore[attr-defined]
+            return HttpResponse("class echo: plain HTTP\n", content_type="text/plain")
+        async for message in request.websocket:  # type: ignore[attr-defined]
+            await request.websocket.send(message)  # type: ignore[attr-defined]
+        return None
 
 
 async def marked_echo(request: HttpRequest) -> HttpResponse | None:

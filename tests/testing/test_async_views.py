@@ -37,6 +37,18 @@ def test_refused_before_accepting_with_the_views_response() -> None:
     assert refused.value.content == b"not you\n"
 
 
+def test_an_async_class_based_view_decorated_on_dispatch() -> None:
+    """``method_decorator(accept_websocket, name="dispatch")`` on a class-based view with
+    ``async def`` handlers (Django's way to decorate a class-based view): ``dispatch`` is
+    a sync method that returns the handler's coroutine. The decorator ran it as a sync
+    view's session, on the event loop, and took that coroutine for the view's HTTP
+    answer: every handshake got a 500 (and a never-awaited coroutine)."""
+    with WebSocketClient("/class-echo/") as ws:
+        ws.send("héllo")
+        assert ws.receive() == "héllo"
+    assert ws.close_code == 1000
+
+
 def test_subprotocol() -> None:
     with WebSocketClient("/subprotocol/", subprotocols=["nope", "chat"]) as ws:
         assert ws.subprotocol == "chat"
