@@ -238,6 +238,11 @@ CANNOT: dict[tuple[str, str | None, str | None], str] = {
     ("test_refused_handshakes", "daphne", "400"): (
         "daphne answers a malformed Sec-WebSocket-Key itself, with an empty 400"
     ),
+    ("test_a_client_that_sends_faster_than_the_view_reads_is_pushed_back", "daphne", None): (
+        "daphne defect: it reads on whatever the application takes, queueing every message "
+        "for it without bound (server.py, create_application: an asyncio.Queue() without "
+        "maxsize): a client that sends faster than the view reads grows the process"
+    ),
     ("test_refused_handshakes", "daphne", "426"): (
         "daphne defect: Sec-WebSocket-Version 8 is accepted with 101 (autobahn still speaks "
         "the hybi drafts)"

@@ -29,7 +29,14 @@ from dwebsocket.limits import RETRY_AFTER
 from tests.asgi.conftest import HYPERCORN_PIPELINED, KINDS, asgi_servers, start_asgi
 from tests.defects import DefectShown, check
 from tests.servers import ServerProcess, start_server
-from tests.wire import TIMEOUT, RawClient, masked, read_http_response, upgrade_request
+from tests.wire import (
+    TIMEOUT,
+    RawClient,
+    masked,
+    read_http_response,
+    read_until_eof,
+    upgrade_request,
+)
 
 SERVERS = [f"{name}-{kind}" for name in asgi_servers() for kind in KINDS]
 #: The status a refused handshake gets: the view's where the server has the
@@ -273,6 +280,39 @@ def test_a_full_backlog_stops_the_reading_until_the_view_catches_up(
             assert response.read() == b"released"
         received = [client.recv(timeout=TIMEOUT) for _ in range(total)]
     assert received == [str(n) for n in range(total)]
+
+
+#: What a client may send to a view that reads nothing before the server stops reading:
+#: the view's backlog (1 MiB) and the server's and the kernel's buffers, with room to spare.
+PUSHED_BACK_WITHIN = 64 << 20
+
+
+@pytest.mark.server
+def test_a_client_that_sends_faster_than_the_view_reads_is_pushed_back(
+    server: ServerProcess,
+) -> None:
+    """The backlog's bound holds on the wire: once the view's backlog is full the
+    server stops reading, and a client sending on finds its socket's buffers full (a
+    send that makes no progress for half a second) long before 64 MiB. Where the server
+    read on, everything the client sent would pile up in the process."""
+    key = uuid.uuid4().hex
+    frame, sent = masked(0x2, bytes(1 << 16)), 0
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request(f"/stalled/?id={key}&sink=1"))
+        assert read_http_response(sock)[0] == 101
+        sock.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            while sent < PUSHED_BACK_WITHIN:
+                sock.sendall(frame)
+                sent += len(frame)
+        # The view reads it all once released; then a close handshake ends the session
+        # (a server whose reading waits for the application's would otherwise hold on).
+        with urllib.request.urlopen(server.url(f"/release/?id={key}", "http"), timeout=TIMEOUT):
+            pass
+        sock.settimeout(TIMEOUT)
+        sock.sendall(masked(0x8, struct.pack("!H", 1000)))
+        read_until_eof(sock)
+    assert sent < PUSHED_BACK_WITHIN, f"{sent >> 20} MiB sent without push-back"
 
 
 #: Connections per server and kind of view in the vanishing test: CI's share keeps it

@@ -401,11 +401,13 @@ async def held_async(request: HttpRequest) -> None:
 @require_websocket
 def stalled(request: HttpRequest) -> None:
     """Accepts, then reads nothing until ``release/?id=`` was requested (or ``HOLD``
-    passed), so that what the client sends fills the backlog; then echoes it all."""
+    passed), so that what the client sends fills the backlog; then echoes it all (with
+    ``?sink=1``, reads it all and sends nothing)."""
     request.websocket.accept()
     _gate(request.GET["id"]).wait(HOLD)
     for message in request.websocket:
-        request.websocket.send(message)
+        if "sink" not in request.GET:
+            request.websocket.send(message)
 
 
 @require_websocket
@@ -416,7 +418,8 @@ async def stalled_async(request: HttpRequest) -> None:
     while not gate.is_set() and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     async for message in request.websocket:
-        await request.websocket.send(message)
+        if "sink" not in request.GET:
+            await request.websocket.send(message)
 
 
 def release(request: HttpRequest) -> HttpResponse:

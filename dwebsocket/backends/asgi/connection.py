@@ -11,7 +11,8 @@ served). Both the sync and the async ``request.websocket``
 Received messages sit in one deque guarded by a ``threading`` condition, so a view's
 worker thread can wait on it while the loop fills it; the pump stops reading while the
 view's backlog is full (:data:`BACKLOG_MESSAGES`, :data:`BACKLOG_BYTES`), so a client that
-sends faster than the view reads is pushed back by the server's own flow control.
+sends faster than the view reads is pushed back by the server's own flow control (by
+every server but daphne, which queues what it reads without a bound: docs/asgi.rst).
 
 Every method here runs on the event loop, except those documented as thread-safe.
 """
