@@ -16,9 +16,14 @@ import threading
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-__all__ = ["close_thread_connections", "release_idle_connections"]
+__all__ = ["CHECK_INTERVAL", "close_thread_connections", "release_idle_connections"]
 
 logger = logging.getLogger("dwebsocket")
+
+#: Seconds between two :func:`release_idle_connections` of a view waiting for messages:
+#: within a second of blocking, and no more often (a call per message cost a tenth of
+#: the CPU of an echo, ``bench/FINDINGS.md`` section 1).
+CHECK_INTERVAL = 1.0
 
 
 def release_idle_connections() -> None:

@@ -282,6 +282,26 @@ def test_a_full_backlog_stops_the_reading_until_the_view_catches_up(
     assert received == [str(n) for n in range(total)]
 
 
+@pytest.mark.server
+def test_a_sync_view_waiting_gives_its_database_connection_back(
+    tmp_path: Path, started: Callable[..., ServerProcess]
+) -> None:
+    """docs/deployment.rst: a view blocked in ``wait()`` applies Django's end-of-request
+    rule to its thread's database connections within a second (here ``CONN_MAX_AGE =
+    0``: it closes them), as the WSGI backends do. A sync view under ASGI kept the
+    connection of its first query for the whole session (one database connection per
+    open WebSocket). The server does not matter: the wait is dwebsocket's. A file
+    database: SQLite never closes an in-memory one. Slow: waits out that second."""
+    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "db.sqlite3")}
+    server = started(f"{asgi_servers()[0]}-sync", DATABASES={"default": database})
+    with ws(server, "/database-while-waiting/") as client:
+        client.send("first")
+        assert json.loads(client.recv(timeout=TIMEOUT)) == {"message": "first", "held": False}
+        time.sleep(1.2)  # the view waits meanwhile
+        client.send("second")
+        assert json.loads(client.recv(timeout=TIMEOUT)) == {"message": "second", "held": False}
+
+
 #: What a client may send to a view that reads nothing before the server stops reading:
 #: the view's backlog (1 MiB) and the server's and the kernel's buffers, with room to spare.
 PUSHED_BACK_WITHIN = 64 << 20

@@ -9,6 +9,7 @@ urlpatterns = [
     path("held/", views.held),
     path("release/", views.release),
     path("stalled/", views.stalled),
+    path("database-while-waiting/", views.database_while_waiting),
     path("class-echo/", views.ClassEcho.as_view()),
     path("lazy-accepts/", views.lazy_accepts_sync),
     path("close-first/", views.close_first_sync),

@@ -422,6 +422,21 @@ async def stalled_async(request: HttpRequest) -> None:
             await request.websocket.send(message)
 
 
+@require_websocket
+def database_while_waiting(request: HttpRequest) -> None:
+    """At each message, whether this thread held a database connection when it came,
+    then a query (which opens one): a sync view waiting in ``wait()`` gives back what
+    Django would close at a request's end (docs/deployment.rst, "Database
+    connections")."""
+    from django.db import connection
+
+    for message in request.websocket:  # type: ignore[attr-defined]
+        held = connection.connection is not None
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        request.websocket.send(json.dumps({"message": message, "held": held}))  # type: ignore[attr-defined]
+
+
 def release(request: HttpRequest) -> HttpResponse:
     """Let the held view of ``?id=`` accept."""
     _gate(request.GET["id"]).set()

@@ -21,13 +21,14 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dwebsocket import log, metrics
 from dwebsocket.backends.asgi import connection as connection_module
 from dwebsocket.backends.asgi.connection import ASGIConnection
-from dwebsocket.db import release_idle_connections
+from dwebsocket.db import CHECK_INTERVAL, release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.log import printable
 from dwebsocket.signals import websocket_closed, websocket_opened
@@ -211,15 +212,39 @@ class ASGIWebSocket(WebSocket):
 
     # -- receiving --------------------------------------------------------------------------
 
+    #: When :meth:`wait` last gave back this thread's idle database connections.
+    _db_checked = 0.0
+
     def wait(self, timeout: float | None = None) -> Message | None:
         """The next message, blocking up to ``timeout`` seconds (None or negative: forever);
-        None once closed or when the timeout expires."""
+        None once closed or when the timeout expires. While it blocks, it closes the
+        calling thread's database connections that a request's end would close, within a
+        second and at most once a second, as the WSGI backends do
+        (:func:`dwebsocket.db.release_idle_connections`)."""
         self._refuse_on_loop()
         try:
             self._ensure_accepted()
         except ConnectionClosed:
             return None
-        return self.connection.wait_sync(wait_timeout(timeout))
+        connection = self.connection
+        timeout = wait_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = connection.take()
+            if message is not None or connection.is_closed():
+                return message
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return None
+            if now >= self._db_checked + CHECK_INTERVAL:
+                self._db_checked = now  # this thread's connections, about to block
+                release_idle_connections()
+            until = self._db_checked + CHECK_INTERVAL
+            if deadline is not None:
+                until = min(until, deadline)
+            message = connection.wait_sync(max(until - time.monotonic(), 0.0))
+            if message is not None:
+                return message
 
     def read(self, fallback: _T | None = None) -> Message | _T | None:
         """A message that is ready now, or ``fallback``. Never blocks (beyond the accept)."""

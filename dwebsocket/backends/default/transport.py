@@ -18,7 +18,7 @@ from time import monotonic as _monotonic
 from typing import Any, Protocol
 
 from dwebsocket.backends.default.state import PyIOState, fastpath
-from dwebsocket.db import release_idle_connections
+from dwebsocket.db import CHECK_INTERVAL, release_idle_connections
 
 try:  # the C functions: eventlet's monkey-patching makes os.read/os.write wait in its hub
     from posix import read as _read
@@ -315,7 +315,7 @@ class Transport:
             self._sock.close()  # ours (see the class docstring)
 
 
-_DB_CHECK_INTERVAL = 1.0  # seconds between two release_idle_connections()
+_DB_CHECK_INTERVAL = CHECK_INTERVAL  # seconds between two release_idle_connections()
 
 #: ``_fastpath.Messages``: ``iter(websocket)`` in C, None without the extension.
 fast_messages: Any = _fastpath.Messages if _fastpath is not None else None
