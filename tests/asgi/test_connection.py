@@ -63,6 +63,8 @@ async def opened(
     sent: list[Mapping[str, Any]] = []
 
     async def send(event: Mapping[str, Any]) -> None:
+        if event.get("text") is not None:
+            event["text"].encode()  # as a server frames it: UnicodeEncodeError, a lone surrogate
         if stuck_on is not None and stuck_on in (event.get("text"), event["type"]):
             await asyncio.Event().wait()
         if refused is not None and event.get("text") == refused:
@@ -205,6 +207,25 @@ def test_traffic_counts_text_in_bytes_of_utf_8_both_ways() -> None:
         return connection.bytes_out, connection.bytes_in
 
     assert asyncio.run(scenario()) == (20, 20)
+
+
+def test_a_text_utf_8_cannot_encode_raises_and_the_connection_stays_open() -> None:
+    """As the default backend's ``send()``: ``UnicodeEncodeError`` at once, nothing sent,
+    the connection open. The server encodes ASGI's text, and its error (every ASGI
+    server's) was taken for a client gone: the send waited out the close timeout for a
+    ``websocket.disconnect`` that never came, then raised ``ConnectionClosed(1006)``,
+    the session over for a client still there."""
+
+    async def scenario() -> None:
+        connection, _ = await opened(close_timeout=0.2)
+        with pytest.raises(UnicodeEncodeError):
+            await connection.send_message("lone \ud800")
+        assert not connection.is_closed()
+        await connection.send_message("fine")
+        assert connection.sent[-1] == {"type": "websocket.send", "text": "fine"}
+        assert (connection.messages_out, connection.bytes_out) == (1, 4)
+
+    asyncio.run(scenario())
 
 
 def test_a_cancelled_async_view_closes_with_its_code_not_1000() -> None:

@@ -470,12 +470,18 @@ class ASGIConnection:
     async def send_message(self, message: Message) -> None:
         """Send one message (``str``: text, bytes: binary), in order with every other send.
 
-        Raises ``ConnectionClosed`` once closed."""
+        Raises ``ConnectionClosed`` once closed, and ``UnicodeEncodeError`` (a
+        ``ValueError``) for a ``str`` that UTF-8 cannot encode (a lone surrogate), as the
+        default backend does: then nothing is sent, and the connection stays open."""
         if self.state is not State.OPEN:
             raise self.closed_error()
         if isinstance(message, str):
+            # Encoded here, not only by the server: its encoding error would read as the
+            # client gone (a send the server refused).
+            size = len(message) if message.isascii() else len(message.encode("utf-8"))
             event: dict[str, Any] = {"type": "websocket.send", "text": message}
         else:
+            size = len(message)
             event = {"type": "websocket.send", "bytes": bytes(message)}
         async with self._send_lock:
             if self.state is not State.OPEN:
@@ -506,7 +512,7 @@ class ASGIConnection:
             finally:
                 self._sender = None
         self.messages_out += 1
-        self.bytes_out += _size(message)
+        self.bytes_out += size
         if not self._sends % YIELD_EVERY:
             await asyncio.sleep(0)
 
