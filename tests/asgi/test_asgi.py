@@ -546,13 +546,25 @@ def test_sync_close_called_on_the_loop_does_not_wait_for_itself(
 
 #: The close a client gets when the server stops with its session open: uvicorn sends its
 #: own (1012, service restart) and then tells the view; hypercorn cancels the scope after
-#: its graceful timeout, and dwebsocket says going away (RFC 6455 7.4.1).
-STOPPING_CLOSE = {"uvicorn": 1012, "hypercorn": 1001}
+#: its graceful timeout, and dwebsocket says going away (RFC 6455 7.4.1). granian should.
+STOPPING_CLOSE = {"uvicorn": 1012, "hypercorn": 1001, "granian-asgi": 1001}
+GRANIAN_STOPPING = (
+    "granian defect: SIGTERM drops every WebSocket's TCP connection at once, without a "
+    "close frame (the client sees 1006) and before the application could say goodbye "
+    "(it is told nothing, or websocket.disconnect with 1005)"
+)
 
 
 @pytest.mark.server
 @pytest.mark.parametrize(
-    "param", [param for param in SERVERS if param.rsplit("-", 1)[0] in STOPPING_CLOSE]
+    "param",
+    [
+        pytest.param(param, marks=pytest.mark.xfail(strict=True, reason=GRANIAN_STOPPING))
+        if param.startswith("granian")
+        else param
+        for param in SERVERS
+        if param.rsplit("-", 1)[0] in STOPPING_CLOSE
+    ],
 )
 def test_a_server_that_stops_ends_open_sessions_going_away(
     started: Callable[..., ServerProcess], param: str
