@@ -119,7 +119,7 @@ class ASGIHandler(DjangoASGIHandler):
         set_script_prefix(get_script_prefix(scope))
         await signals.request_started.asend(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(http_scope(scope), io.BytesIO())
-        response: HttpResponseBase
+        response: HttpResponseBase | None = None
         try:
             if request is None:
                 assert error_response is not None
@@ -142,6 +142,10 @@ class ASGIHandler(DjangoASGIHandler):
                 await connection.refuse(*_http_parts(response))
         finally:
             await connection.finish()
+            if response is None:
+                # Cancelled: request_finished all the same, as Django's handler sends it
+                # for a cancelled request (its sync receivers after the view's thread).
+                await signals.request_finished.asend(sender=self.__class__)
         # request_finished, in the session's thread (free again: the view returned).
         await sync_to_async(response.close)()
 

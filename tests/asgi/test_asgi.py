@@ -4,6 +4,7 @@ every server, and async views outside ASGI (never an unawaited coroutine)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -687,6 +688,65 @@ def test_a_close_the_server_does_not_take_ends_the_session(tmp_path: Path, name:
             assert settle(server, lambda now: now["sessions"] == 0)["sessions"] == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_scope_the_server_cancels_still_sends_request_finished(kind: str) -> None:
+    """A stopping server cancels the scope (hypercorn, after its graceful timeout): the
+    session ends (1001), and ``request_finished`` is sent all the same, as Django's own
+    handler sends it for a cancelled request. It was not: its receivers (Django's
+    ``close_old_connections``, an application's cleanup) never ran for that request.
+    In-process, the handler driven through ASGI's callables: a server cancels a scope
+    only as it stops."""
+    from django.core.signals import request_finished
+    from django.test import override_settings
+
+    from dwebsocket.asgi import ASGIHandler
+
+    finished: list[object] = []
+    scope = {
+        "type": "websocket",
+        "path": "/echo/",
+        "raw_path": b"/echo/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "subprotocols": [],
+    }
+
+    async def scenario() -> list[dict[str, Any]]:
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        sent: list[dict[str, Any]] = []
+
+        async def send(event: dict[str, Any]) -> None:
+            sent.append(event)
+
+        for event in ({"type": "websocket.connect"}, {"type": "websocket.receive", "text": "hi"}):
+            inbox.put_nowait(event)
+        task = asyncio.ensure_future(ASGIHandler()(scope, inbox.get, send))
+        deadline = time.monotonic() + TIMEOUT
+        while not any(e["type"] == "websocket.send" for e in sent):
+            assert time.monotonic() < deadline and not task.done(), sent
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, TIMEOUT)
+        return sent
+
+    request_finished.connect(
+        lambda sender, **kwargs: finished.append(sender),
+        weak=False,
+        dispatch_uid="tests.asgi.cancelled",
+    )
+    try:
+        with override_settings(ROOT_URLCONF=KINDS[kind], WEBSOCKET_CLOSE_TIMEOUT=0.1):
+            sent = asyncio.run(scenario())
+    finally:
+        request_finished.disconnect(dispatch_uid="tests.asgi.cancelled")
+    assert {"type": "websocket.close", "code": 1001} in sent, sent
+    assert finished == [ASGIHandler], finished
 
 
 # -- async views without an ASGI server -------------------------------------------------------
