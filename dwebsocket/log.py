@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["closed", "install_debug_handler", "logger", "printable", "protocol_error"]
+__all__ = [
+    "closed",
+    "install_debug_handler",
+    "logger",
+    "opened",
+    "peer",
+    "printable",
+    "protocol_error",
+]
 
 logger = logging.getLogger("dwebsocket")
 
@@ -45,6 +54,27 @@ def protocol_error(peer: str, path: str, reason: str, code: int) -> None:
             reason,
             code,
         )
+
+
+def peer(meta: Mapping[str, Any]) -> str:
+    """The client of a request (its ``META``) as the log names it: ``address:port``, or
+    the address alone where the server gives no ``REMOTE_PORT``."""
+    port = meta.get("REMOTE_PORT")
+    address = meta.get("REMOTE_ADDR", "?")
+    return f"{address}:{port}" if port else str(address)
+
+
+def opened(peer: str, path: str, via: str, subprotocol: str | None, compression: bool) -> None:
+    """Log, at DEBUG, a connection's opening: who, where, how it was taken over (``via``),
+    the subprotocol and whether compression is on."""
+    logger.debug(
+        "WebSocket opened: %s %s via %s (subprotocol %s, compression %s)",
+        peer,
+        printable(path),
+        via,
+        subprotocol,
+        "on" if compression else "off",
+    )
 
 
 def closed(peer: str, path: str, code: int | None, reason: str, opened_at: float) -> None:

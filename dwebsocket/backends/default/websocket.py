@@ -188,13 +188,12 @@ class DefaultWebSocket(WebSocket):
                 self.subprotocol = subprotocol
                 self._accepted = True
                 self._fast = fast
-        logger.debug(
-            "WebSocket opened: %s %s via %s (subprotocol %s, compression %s)",
+        log.opened(
             self._peer(),
-            printable(self.request.path),
+            self.request.path,
             self._transport.server,
             subprotocol,
-            "on" if accepted.compression else "off",
+            accepted.compression,
         )
         try:
             self._send_signal(websocket_opened)
@@ -896,8 +895,4 @@ class DefaultWebSocket(WebSocket):
     # -- helpers ----------------------------------------------------------------------
 
     def _peer(self) -> str:
-        meta = self.request.META
-        port = meta.get("REMOTE_PORT")
-        return (
-            f"{meta.get('REMOTE_ADDR', '?')}:{port}" if port else str(meta.get("REMOTE_ADDR", "?"))
-        )
+        return log.peer(self.request.META)

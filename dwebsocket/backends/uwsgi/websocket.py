@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import uwsgi  # type: ignore[import-untyped]
 
-from dwebsocket import metrics
+from dwebsocket import log, metrics
 from dwebsocket.conf import settings
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed, InvalidState, TooManyConnections
@@ -187,6 +187,7 @@ class uWsgiWebSocket(WebSocket):
         self._pong_tolerance = max(1, _uwsgi_option("websocket-pong-tolerance", 3))
         # When the peer was last seen sending anything (see _silent()).
         self._heard = 0.0
+        self._opened_at = 0.0  # when the 101 went out (for the log)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._accepted else "new"
@@ -235,8 +236,9 @@ class uWsgiWebSocket(WebSocket):
                 self._closing = _OVERFLOW  # before any close asked for meanwhile
         if dropped:
             metrics.group_member_dropped()
-        self._heard = time.monotonic()
+        self._heard = self._opened_at = time.monotonic()
         self._environ[wsgi.TAKEN_OVER] = self
+        log.opened(self._peer(), self._request.path, "uwsgi backend", subprotocol, False)
         try:
             self._send_signal(websocket_opened)
         finally:
@@ -245,7 +247,7 @@ class uWsgiWebSocket(WebSocket):
             # sees it before websocket_opened.
             self._opened = True
             if self._closed:
-                self._send_signal(websocket_closed, code=self.close_code)
+                self._closed_signal()
         # Anything other greenlets queued before the handshake goes out now.
         self._flush_outbox()
 
@@ -373,8 +375,7 @@ class uWsgiWebSocket(WebSocket):
                 continue
             if max_size is not None and len(data) > max_size:
                 reason = f"message of {len(data)} bytes exceeds {max_size}"
-                peer = str(self._request.META.get("REMOTE_ADDR", "?"))
-                protocol_error(peer, self._request.path, reason, 1009)
+                protocol_error(self._peer(), self._request.path, reason, 1009)
                 self._close_now(1009, reason)
                 return
             self._received.append(_decode(data))
@@ -404,7 +405,7 @@ class uWsgiWebSocket(WebSocket):
         does when ``WEBSOCKET_PING_TIMEOUT`` runs out (uWSGI itself just stops)."""
         logger.info(
             "WebSocket peer %s on %s sent nothing within %ss of a ping: closing (1011)",
-            self._request.META.get("REMOTE_ADDR", "?"),
+            self._peer(),
             printable(self._request.path),
             self._pong_tolerance,
         )
@@ -691,7 +692,17 @@ class uWsgiWebSocket(WebSocket):
         # Groups leave on this; the owner sends it (it is the only one that closes), once
         # websocket_opened's receivers have returned (else accept() sends it after them).
         if self._opened:
-            self._send_signal(websocket_closed, code=code)
+            self._closed_signal()
+
+    def _closed_signal(self) -> None:
+        """Log the close and send ``websocket_closed``: once, after ``websocket_opened``."""
+        log.closed(
+            self._peer(), self._request.path, self.close_code, self.close_reason, self._opened_at
+        )
+        self._send_signal(websocket_closed, code=self.close_code)
+
+    def _peer(self) -> str:
+        return log.peer(self._request.META)
 
     def release(self) -> None:
         """Free the fds this connection added (idempotent); the connection's own fd is

@@ -541,3 +541,27 @@ def test_a_helper_using_the_connection_after_the_views_answer_is_refused(
             time.sleep(0.02)
         assert seen["signals"] == ["helper: ConnectionClosed 1006"]
         next_answer_alone(sock)
+
+
+def test_each_session_logs_its_open_and_its_close_at_debug(uwsgi_server: ServerProcess) -> None:
+    """docs/logging.rst, DEBUG: every connection's open (peer, path, how it was taken over,
+    subprotocol) and its close (peer, path, code and reason, how long it was open), as
+    the default and ASGI backends log them. The uwsgi backend logged neither. (uWSGI's
+    --http-socket gives no REMOTE_PORT: the peer is its address.)"""
+    mark = uwsgi_server.mark()
+    with ws(uwsgi_server, "/close/?code=4003&reason=bye") as client, pytest.raises(ClientClosed):
+        client.send("go")
+        client.recv(timeout=TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while "WebSocket closed" not in uwsgi_server.log(mark) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = [
+        line.split("] ", 1)[1]
+        for line in uwsgi_server.log(mark).splitlines()
+        if line.startswith("[DEBUG dwebsocket] WebSocket ")
+    ]
+    assert lines[0] == (
+        "WebSocket opened: 127.0.0.1 /close/ via uwsgi backend (subprotocol None, compression off)"
+    ), lines
+    assert lines[1].startswith("WebSocket closed: 127.0.0.1 /close/ code 4003 (bye) after "), lines
+    assert len(lines) == 2, lines
