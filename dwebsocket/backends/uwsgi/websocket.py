@@ -235,7 +235,7 @@ class uWsgiWebSocket(WebSocket):
             if dropped:
                 self._closing = _OVERFLOW  # before any close asked for meanwhile
         if dropped:
-            metrics.group_member_dropped()
+            self._dropped()
         self._heard = self._opened_at = time.monotonic()
         self._environ[wsgi.TAKEN_OVER] = self
         log.opened(self._peer(), self._request.path, "uwsgi backend", subprotocol, False)
@@ -512,9 +512,19 @@ class uWsgiWebSocket(WebSocket):
                 self._outbox_bytes += size
                 overflow = dropped = False
         if dropped:
-            metrics.group_member_dropped()
+            self._dropped()
         self._waiter.wake()
         return not overflow
+
+    def _dropped(self) -> None:
+        """The send queue overflowed on an accepted connection: it closes with 1008."""
+        logger.info(
+            "WebSocket peer %s on %s reads too slowly (more than %s bytes queued): closing (1008)",
+            self._peer(),
+            printable(self._request.path),
+            self._queue_limit,
+        )
+        metrics.group_member_dropped()
 
     def _flush_outbox(self) -> None:
         """Owner: write the frames other greenlets/threads queued, in order; then run the

@@ -124,8 +124,9 @@ def test_deliver_overflow_closes_1008_and_counts_a_dropped_member(
     make_server: Callable[..., ServerProcess],
 ) -> None:
     """deliver() never blocks; past WEBSOCKET_SEND_QUEUE_SIZE bytes the view closes 1008,
-    which counts in group_members_dropped_total, as with the default backend
-    (docs/metrics.rst; before, the uwsgi backend never counted it: 0.0)."""
+    which counts in group_members_dropped_total and is logged at INFO, as with the
+    default backend (docs/metrics.rst, docs/logging.rst; before, the uwsgi backend never
+    counted it, 0.0, nor logged it)."""
     for name in BACKEND_SERVERS:
         server = make_server(name, settings={"WEBSOCKET_SEND_QUEUE_SIZE": 4096})
         with (
@@ -139,6 +140,9 @@ def test_deliver_overflow_closes_1008_and_counts_a_dropped_member(
             lines = page.read().decode().splitlines()
         ours = [line for line in lines if line.startswith("django_websocket_")]
         assert "django_websocket_group_members_dropped_total 1.0" in ours, (name, ours)
+        slow = "[INFO dwebsocket] WebSocket peer 127.0.0.1 on /uwsgi/from-thread/ reads too "
+        slow += "slowly (more than 4096 bytes queued): closing (1008)"
+        assert server.log().count(slow) == 1, (name, server.log())
 
 
 def test_wait_timeout_then_a_large_send(uwsgi_server: ServerProcess) -> None:
