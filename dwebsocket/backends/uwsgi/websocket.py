@@ -376,7 +376,7 @@ class uWsgiWebSocket(WebSocket):
             if max_size is not None and len(data) > max_size:
                 reason = f"message of {len(data)} bytes exceeds {max_size}"
                 protocol_error(self._peer(), self._request.path, reason, 1009)
-                self._close_now(1009, reason)
+                self._close_now(1009, reason, fail=True)
                 return
             self._received.append(_decode(data))
             counted = self._counted
@@ -640,10 +640,13 @@ class uWsgiWebSocket(WebSocket):
             finally:
                 self.release()
 
-    def _close_now(self, code: int, reason: str, *, wait: bool = True) -> None:
+    def _close_now(self, code: int, reason: str, *, wait: bool = True, fail: bool = False) -> None:
         """Owner: write what is queued, send our close frame, wait for the peer's
-        (bounded), end the connection. Without ``wait`` (a killed view, a dead peer) only
-        the close frame is tried: what is queued is dropped with the connection."""
+        (bounded), end the connection. With ``fail`` (the peer broke the rules: RFC 6455
+        7.1.7, *Fail the WebSocket Connection*) the peer's close frame is not waited for,
+        as on the default backend: that wait would block the view's ``read()`` or
+        ``count_messages()``. Without ``wait`` (a killed view, a dead peer) only the close
+        frame is tried: what is queued is dropped with the connection."""
         if self._closed:
             return
         protocol = Connection(max_message_size=None)
@@ -655,7 +658,8 @@ class uWsgiWebSocket(WebSocket):
                 # No send() queues a frame from here on (they raise): those that returned
                 # before go out ahead of the close frame, as on the default backend.
                 self._write_queued()
-            if not self._closed and self._write_raw(frame, self._close_timeout) and wait:
+            written = not self._closed and self._write_raw(frame, self._close_timeout)
+            if written and wait and not fail:
                 self._await_close_frame(protocol)
         finally:
             # Also when the wait is killed (a request timeout, a greenlet kill): the

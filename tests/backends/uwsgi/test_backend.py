@@ -569,3 +569,25 @@ def test_each_session_logs_its_open_and_its_close_at_debug(uwsgi_server: ServerP
     ), lines
     assert lines[1].startswith("WebSocket closed: 127.0.0.1 /close/ code 4003 (bye) after "), lines
     assert len(lines) == 2, lines
+
+
+def test_a_message_over_the_limit_fails_the_connection_without_waiting(
+    uwsgi_server: ServerProcess,
+) -> None:
+    """A message over WEBSOCKET_MAX_MESSAGE_SIZE fails the connection (RFC 6455 7.1.7):
+    the 1009 close frame, then EOF at once, as on the default backend -- without waiting
+    WEBSOCKET_CLOSE_TIMEOUT (5 s here) for a close frame from a client that broke the
+    rules. The uwsgi backend waited for it inside the view's read(), count_messages() or
+    wait(timeout), which must not block (or not past their timeout)."""
+    with RawClient(socket.create_connection((uwsgi_server.host, uwsgi_server.port))) as client:
+        client.handshake("/echo/")
+        deaf = client.conn = _DeafClient()  # type: ignore[assignment]  # answers nothing
+        client.sock.sendall(masked(0x2, b"\x00" * ((1 << 20) + 1)))
+        started = time.monotonic()
+        data = deaf.received
+        while chunk := client.sock.recv(65536):
+            data += chunk
+        elapsed = time.monotonic() - started
+    reason = f"message of {(1 << 20) + 1} bytes exceeds {1 << 20}"
+    assert data.endswith(encode_frame(Opcode.CLOSE, encode_close_payload(1009, reason))), data
+    assert elapsed < TIMEOUT / 4, elapsed  # EOF at once, not after the 5 s close timeout
