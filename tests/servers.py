@@ -128,6 +128,9 @@ OTHER_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         host, port, "default", "--async", "10", "--ugreen"
     ),
     "uwsgi-takeover-unpatched": lambda host, port: _uwsgi(host, port, "default", "--gevent", "10"),
+    # --async cores without a suspend engine: nothing switches cores, a waiting view
+    # would hold the whole worker (refused by both backends).
+    "uwsgi-takeover-async-plain": lambda host, port: _uwsgi(host, port, "default", "--async", "4"),
     "granian": lambda host, port: [
         _script("granian"),
         "--interface",

@@ -244,7 +244,7 @@ def uwsgi_connection(environ: dict[str, Any]) -> Transport | None:  # pragma: no
                 "the default backend under uWSGI --gevent needs monkey-patched sockets: "
                 "add --gevent-early-monkey-patch (or use the uwsgi backend)"
             )
-    elif uwsgi.cores > 1 and not option("threads") and (option("ugreen") or option("greenlet")):
+    elif uwsgi.cores > 1 and not option("threads"):  # --async, with or without --ugreen
         raise BackendUnavailable(
             "the default backend cannot serve uWSGI --async cores (its sockets would block "
             "every core); use --gevent with monkey-patching, or the uwsgi backend"

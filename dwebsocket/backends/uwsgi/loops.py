@@ -45,6 +45,8 @@ from typing import Any
 
 import uwsgi  # type: ignore[import-untyped]
 
+from dwebsocket.exceptions import BackendUnavailable
+
 __all__ = ["Mode", "Waiter", "current_mode", "owner_key"]
 
 
@@ -64,12 +66,22 @@ def _opt(name: str) -> Any:
 
 
 def current_mode() -> Mode:
-    """The concurrency mode this worker runs in. Does not block."""
+    """The concurrency mode this worker runs in. Does not block.
+
+    Raises ``BackendUnavailable`` for ``--async`` cores without a suspend engine
+    (``--ugreen``, ``--greenlet``) and other loop engines: nothing would switch cores
+    while a view waits, so one WebSocket would hold the whole worker."""
     loop = uwsgi.loop
     if loop in (b"gevent", "gevent"):
         return Mode.GEVENT
-    if uwsgi.cores > 1 and not _opt("threads") and (_opt("ugreen") or _opt("greenlet")):
-        return Mode.ASYNC
+    if uwsgi.cores > 1 and not _opt("threads"):
+        if _opt("ugreen") or _opt("greenlet"):
+            return Mode.ASYNC
+        raise BackendUnavailable(
+            "the uwsgi backend cannot serve uWSGI --async cores without --ugreen (a view "
+            "waiting for messages would block every core of the worker); use --gevent, "
+            "or add --ugreen"
+        )
     return Mode.BLOCKING
 
 

@@ -142,6 +142,7 @@ def test_uwsgi_environ_keys_are_the_wrappers() -> None:
     ("name", "reason"),
     [
         ("uwsgi-takeover-async", "cannot serve uWSGI --async cores"),
+        ("uwsgi-takeover-async-plain", "cannot serve uWSGI --async cores"),
         ("uwsgi-takeover-unpatched", "needs monkey-patched sockets"),
     ],
 )

@@ -21,6 +21,8 @@ OTHER_SERVERS.update(
         "uwsgi-gevent-patched": lambda host, port: _uwsgi(
             host, port, "uwsgi", "--gevent", "10", "--gevent-early-monkey-patch"
         ),
+        # --async cores without a suspend engine (no --ugreen): refused (501).
+        "uwsgi-async-plain": lambda host, port: _uwsgi(host, port, "uwsgi", "--async", "4"),
         # uWSGI's per-frame limit at 1 KiB, below WEBSOCKET_MAX_MESSAGE_SIZE.
         "uwsgi-gevent-small-frames": lambda host, port: [
             *_uwsgi(host, port, "uwsgi", "--gevent", "10"),

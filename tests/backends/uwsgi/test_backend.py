@@ -591,3 +591,23 @@ def test_a_message_over_the_limit_fails_the_connection_without_waiting(
     reason = f"message of {(1 << 20) + 1} bytes exceeds {1 << 20}"
     assert data.endswith(encode_frame(Opcode.CLOSE, encode_close_payload(1009, reason))), data
     assert elapsed < TIMEOUT / 4, elapsed  # EOF at once, not after the 5 s close timeout
+
+
+def test_async_cores_without_a_suspend_engine_are_refused_with_501(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """uWSGI --async N without --ugreen (or --greenlet): nothing switches cores, so a
+    view waiting for messages held the whole worker -- every other handshake and plain
+    HTTP request waited until that WebSocket closed. The handshake is refused with 501
+    naming why (as the default backend's takeover is), and the worker goes on serving."""
+    import tests.backends.uwsgi.servers  # noqa: F401 - registers uwsgi-async-plain
+
+    server = make_server("uwsgi-async-plain")
+    reason = "cannot serve uWSGI --async cores without --ugreen"
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request("/echo/"))
+        status, _headers, body = read_http_response(sock)
+    assert status == 501 and reason.encode() in body, (status, body)
+    with urllib.request.urlopen(server.url("/echo/", "http"), timeout=TIMEOUT) as page:
+        assert page.read() == b"echo: plain HTTP\n"
+    assert reason in server.log()
