@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GunicornWorker", "gunicorn_worker", "note_gunicorn_worker"]
+__all__ = ["GunicornWorker", "gunicorn_worker", "note_gunicorn_worker", "worker_kind"]
 
 
 @dataclass(frozen=True)
@@ -47,31 +47,35 @@ def note_gunicorn_worker(worker: Any, *, hooks: bool = False) -> GunicornWorker:
     """Remember ``worker`` (a ``gunicorn.workers.base.Worker``) as this process's;
     ``hooks``: ``dwebsocket.contrib.gunicorn``'s hooks are installed in it."""
     global _worker
-    cls = type(worker)
-    kinds = {
-        "gunicorn.workers.sync.SyncWorker": "sync",
-        "gunicorn.workers.gthread.ThreadWorker": "gthread",
-        "gunicorn.workers.ggevent.GeventWorker": "gevent",
-        "gunicorn.workers.ggevent.GeventPyWSGIWorker": "gevent",
-        "gunicorn.workers.geventlet.EventletWorker": "eventlet",
-        "gunicorn.workers.gtornado.TornadoWorker": "tornado",
-    }
-    kind = next(
-        (
-            kinds[f"{c.__module__}.{c.__qualname__}"]
-            for c in cls.__mro__
-            if f"{c.__module__}.{c.__qualname__}" in kinds
-        ),
-        f"{cls.__module__}.{cls.__qualname__}",
-    )
     cfg = getattr(worker, "cfg", None)
     _worker = GunicornWorker(
-        kind=kind,
+        kind=worker_kind(worker),
         threads=int(getattr(cfg, "threads", 1) or 1),
         timeout=float(getattr(cfg, "timeout", 0) or 0),
         hooks=hooks,
     )
     return _worker
+
+
+_KINDS = {
+    "gunicorn.workers.sync.SyncWorker": "sync",
+    "gunicorn.workers.gthread.ThreadWorker": "gthread",
+    "gunicorn.workers.ggevent.GeventWorker": "gevent",
+    "gunicorn.workers.ggevent.GeventPyWSGIWorker": "gevent",
+    "gunicorn.workers.geventlet.EventletWorker": "eventlet",
+    "gunicorn.workers.gtornado.TornadoWorker": "tornado",
+}
+
+
+def worker_kind(worker: Any) -> str:
+    """The kind of gunicorn ``worker`` (:attr:`GunicornWorker.kind`): that of the gunicorn
+    class it is or derives from, else its class's dotted path."""
+    cls = type(worker)
+    for c in cls.__mro__:
+        kind = _KINDS.get(f"{c.__module__}.{c.__qualname__}")
+        if kind is not None:
+            return kind
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _worker_on_stack() -> Any:

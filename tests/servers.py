@@ -111,6 +111,19 @@ OTHER_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
         f"{host}:{port}",
         "tests.wsgi",
     ],
+    # The same with a worker class of the project's own, derived from the sync worker.
+    "gunicorn-sync-subclass": lambda host, port: [
+        _script("gunicorn"),
+        "-c",
+        "python:dwebsocket.contrib.gunicorn",
+        "-k",
+        "tests.gunicorn_workers.SyncSubclass",
+        "--workers",
+        "1",
+        "--bind",
+        f"{host}:{port}",
+        "tests.wsgi",
+    ],
     # eventlet.wsgi with a stop callable: dwebsocket.contrib.shutdown.install(stop).
     "eventlet-stop": lambda host, port: [
         sys.executable,

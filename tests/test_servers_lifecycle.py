@@ -354,6 +354,32 @@ def test_gunicorn_sync_serves_one_connection_and_warns(
     assert "dwebsocket.W007" not in log  # the recipe's -c python:dwebsocket.contrib.gunicorn
 
 
+def test_a_quick_stop_of_a_sync_worker_subclass_says_goodbye_at_once(tmp_path: Path) -> None:
+    """SIGINT (quick stop) of a worker whose class derives from gunicorn's sync worker:
+    the 1001 goes out at once and the worker exits, as for the sync worker itself. The
+    hook told the two apart by the class's name: for a subclass it waited for the view
+    to return -- the view this very signal handler interrupted -- so the client got its
+    1001 after WEBSOCKET_CLOSE_TIMEOUT (5 s) and the worker exited a second later.
+    (gunicorn logs the SystemExit that ends the request, as for any sync worker stopped
+    mid-request: that traceback is expected.)"""
+    server = start_server("gunicorn-sync-subclass", tmp_path / "server.log")
+    try:
+        with raw_client(server, "/lifecycle/wait/") as client:
+            assert client.recv() == "ready"
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGINT)
+            expect_close_then_eof(client, 1001)
+            elapsed = time.monotonic() - started
+        server.process.wait(STOP_TIMEOUT)
+    finally:
+        server.stop()
+    assert elapsed < TIMEOUT / 4, elapsed  # not the 5 s close timeout
+    log = server.log()
+    assert_no_write_errors(log)
+    assert log.count("Traceback (most recent call last)") == 1, log
+    assert "SystemExit: 0" in log
+
+
 def test_gunicorn_sync_timeout_kill_ends_cleanly(tmp_path: Path) -> None:
     """gunicorn's --timeout aborts the worker (SystemExit inside the view): the client
     gets 1001 and EOF, not the 500 page gunicorn writes after a timeout. (gunicorn logs

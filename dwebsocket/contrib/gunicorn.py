@@ -70,8 +70,12 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_int(worker: Any) -> None:
-    """SIGINT/SIGQUIT: the worker exits right after this hook; say goodbye first."""
-    _going_away(None if worker.__class__.__name__ != "SyncWorker" else 0)
+    """SIGINT/SIGQUIT: the worker exits right after this hook; say goodbye first. In the
+    sync worker (or a class derived from it) without waiting: this handler interrupts
+    the very view whose connection is closing."""
+    from dwebsocket.worker import worker_kind
+
+    _going_away(0 if worker_kind(worker) == "sync" else None)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
