@@ -248,7 +248,7 @@ def _opened(
     with _lock:
         _owners[id(websocket)] = (websocket, found)
     for name in _groups_of(found):
-        groups.join(name, websocket)
+        groups._join_own(name, websocket)
     # A command sent between the request's authentication and these joins (a
     # revocation, a disconnect) found no socket of this one's: look for one -- also for
     # a user no session names (authenticated by a token), whom disconnect() reaches.

@@ -267,6 +267,12 @@ def _check_group(group: Any) -> None:
 
 _NO_HISTORY = Recovery(since=None, position=None, recovered=False)
 
+#: The beginning of the names of dwebsocket's own groups (:mod:`dwebsocket.users`:
+#: ``dwebsocket.user.<pk>``, ``dwebsocket.session.<key>``), which :func:`join` refuses:
+#: a view joining a group its URL names would otherwise let any client read another
+#: user's ``users.send`` messages.
+RESERVED_PREFIX = "dwebsocket."
+
 
 def join(
     group: str,
@@ -301,8 +307,16 @@ def join(
     ``events``, the connection receives the group's join and leave events, one per user,
     as JSON text messages (:mod:`.presence`). ``TypeError``/``ValueError`` for an info
     that is not a small JSON-able dict.
+
+    ``ValueError`` for a name beginning with ``dwebsocket.`` (:data:`RESERVED_PREFIX`):
+    dwebsocket's own groups, which it alone joins.
     """
     _check_group(group)
+    if group.startswith(RESERVED_PREFIX):
+        raise ValueError(
+            f"group name {group!r} is reserved: names beginning with {RESERVED_PREFIX!r} are "
+            "dwebsocket's own (a user's or a session's sockets: see dwebsocket.users)"
+        )
     if since is not None and not isinstance(since, str):
         raise TypeError(f"since is a position (str) or None, not {type(since).__name__}")
     info = check_info(presence) if presence is not None else None
@@ -311,6 +325,13 @@ def join(
     if (info is not None or events) and not websocket.is_closed():
         _present(group, websocket, info, events)
     return recovery
+
+
+def _join_own(group: str, websocket: WebSocket | Member) -> None:
+    """:func:`join` of one of dwebsocket's own groups (:data:`RESERVED_PREFIX`)."""
+    _check_group(group)
+    _connect_signal()
+    _join(group, websocket, None)
 
 
 def _join(group: str, websocket: WebSocket | Member, since: str | None) -> Recovery:

@@ -121,6 +121,19 @@ class UsersTests(TransactionTestCase):
                 with self.assertRaises(TimeoutError):
                     ws.receive(timeout=0.2)
 
+    def test_a_client_cannot_join_another_users_group(self) -> None:
+        """A view joining a group named by its URL (docs/users.rst's ``room``) must not let
+        a client name another user's (or session's) reserved group and read what
+        ``users.send`` sends that user."""
+        with tab(user=self.alice) as alice:
+            for reserved in (users.user_group(self.alice), "dwebsocket.anything"):
+                spy = WebSocketClient(f"/ws/?group={reserved}", user=self.bob, timeout=WAIT)
+                with self.assertRaises(ValueError):
+                    spy.connect()
+            users.send(self.alice, "for alice")
+            self.assertEqual(alice.receive(), "for alice")
+        self.assertEqual(groups.members(users.user_group(self.alice)), [])
+
     def test_send_as_soon_as_connected_reaches_the_socket(self) -> None:
         """docs/users.rst's test: ``users.send`` right after ``connect()``, before the view
         sent anything. connect() returns once websocket_opened's receivers, which

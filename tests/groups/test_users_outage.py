@@ -22,19 +22,19 @@ def test_a_disconnect_that_reaches_this_process_only_says_so(
 ) -> None:
     # A member closed once is skipped by later commands: one for each.
     before, during, session, raised = Closable(), Closable(), Closable(), Closable()
-    groups.join(users.user_group(7), before)
-    groups.join(users.session_group("abc"), session)
+    groups._join_own(users.user_group(7), before)
+    groups._join_own(users.session_group("abc"), session)
     users.disconnect(7, code=4003, reason="before")
     assert before.closes.get(timeout=10) == (4003, "before")
 
     on_redis.stop()
     with caplog.at_level(logging.WARNING, logger="dwebsocket.users"):
-        groups.join(users.user_group(7), during)
+        groups._join_own(users.user_group(7), during)
         users.disconnect(7, code=4003, reason="during")
         users.disconnect_session("abc")
         assert during.closes.get(timeout=10) == (4003, "during")
         assert session.closes.get(timeout=10) == (users.REVOKED, "")
-        groups.join(users.user_group(7), raised)
+        groups._join_own(users.user_group(7), raised)
         with pytest.raises(GroupsUnavailable):
             users.disconnect(7, fail_silently=False)
         assert raised.closes.get(timeout=10) == (users.REVOKED, "")  # here all the same

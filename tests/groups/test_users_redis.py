@@ -44,7 +44,7 @@ def test_unreachable_redis_still_reaches_this_process(
     on_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     tab = Closable()
-    groups.join(users.user_group(7), tab)
+    groups._join_own(users.user_group(7), tab)
     users.send(7, "before")
     assert tab.get() == "before"
 
@@ -186,7 +186,7 @@ def test_clearsessions_revokes_its_sessions_in_a_few_redis_commands(on_redis: Re
     keys = _expired_sessions(300, "old")
     tabs = {key: Closable() for key in (keys[0], keys[-1], "livexxxxxxxxxxxxxxxxxxxxxxxxxxxx")}
     for key, tab in tabs.items():
-        groups.join(users.session_group(key), tab)
+        groups._join_own(users.session_group(key), tab)
     # Redis knows the script (the first call loads it), the pool has a connection.
     users._disconnect_sessions(["warm-up-1", "warm-up-2"], users.REVOKED, "")
     admin = redis.Redis.from_url(on_redis.url)
@@ -227,7 +227,7 @@ def test_a_session_deleted_alone_and_many_at_once_close_their_sockets(
             one, many = _expired_sessions(1, "one"), _expired_sessions(3, "many")
             tabs = {key: Closable() for key in [store.session_key, *one, *many]}
             for key, tab in tabs.items():
-                groups.join(users.session_group(key), tab)
+                groups._join_own(users.session_group(key), tab)
             store.flush()
             Session.objects.filter(session_key__in=one).delete()
             Session.objects.filter(session_key__in=many).delete()
@@ -248,7 +248,7 @@ def test_clearsessions_while_redis_is_away_closes_this_process_sockets_warning_o
     keys = _expired_sessions(50, "away")
     tabs = [Closable() for _ in range(2)]
     for key, tab in zip((keys[0], keys[-1]), tabs, strict=True):
-        groups.join(users.session_group(key), tab)
+        groups._join_own(users.session_group(key), tab)
     on_redis.stop()
     with caplog.at_level(logging.WARNING, logger="dwebsocket.users"):
         call_command("clearsessions")
