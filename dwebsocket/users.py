@@ -268,7 +268,26 @@ def _authenticated(request: HttpRequest) -> _Owner | None:
         return None
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None)
-    return _Owner(str(user.pk), key if isinstance(key, str) and key else None, _started(request))
+    if not (isinstance(key, str) and key and _names(session, user)):
+        key = None
+    return _Owner(str(user.pk), key, _started(request))
+
+
+def _names(session: Any, user: Any) -> bool:
+    """Whether ``session`` logs ``user`` in. A user authenticated otherwise (a token) may
+    come with a session that is anonymous or another user's: its end is not theirs, and
+    the checks, finding no such user in it, would close their sockets. A session that
+    cannot be read here counts as theirs (the checks then decide)."""
+    from django.contrib.auth import SESSION_KEY, get_user_model
+
+    try:
+        named = session.get(SESSION_KEY)
+        if named is None:
+            return False
+        return str(get_user_model()._meta.pk.to_python(named)) == str(user.pk)
+    except Exception:
+        logger.debug("Could not read the session of a WebSocket's user", exc_info=True)
+        return True
 
 
 def _started(request: HttpRequest) -> float:

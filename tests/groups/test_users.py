@@ -319,6 +319,29 @@ class UsersTests(TransactionTestCase):
             self.assertEqual(ws.wait_closed(WAIT), 4003)
             self.assertEqual(ws.close_reason, "banned")
 
+    def test_a_socket_of_a_user_its_session_does_not_name_outlives_that_session(
+        self,
+    ) -> None:
+        """A socket authenticated by a token, from a browser whose session (a cart, a
+        language) is anonymous or another user's: that session is not the socket's. Its
+        end (a flush, bob's logout) or a check of it (which finds no alice in it) must
+        not close alice's socket with 4001."""
+        anonymous = Client()
+        session = anonymous.session
+        session["cart"] = [1, 2]
+        session.save()
+        bob = logged_in("bob")
+        for browser in (anonymous, bob):
+            with WebSocketClient("/ws/token/?username=alice", client=browser, timeout=WAIT) as ws:
+                self.assertEqual(json.loads(ws.receive())["user"], "alice")
+                self.assertTrue(users._checker.wait_idle(WAIT))
+                users._checker.check(groups.members(users.user_group(self.alice)))
+                browser.session.flush()
+                with self.assertRaises(TimeoutError):
+                    ws.wait_closed(0.3)
+                users.send(self.alice, "still open")
+                self.assertEqual(ws.receive(), "still open")
+
     @override_settings(SESSION_ENGINE="tests.groups.flaky_sessions")
     def test_a_session_store_that_cannot_be_read_is_logged_once_and_revokes_nothing(
         self,
