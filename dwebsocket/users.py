@@ -363,8 +363,24 @@ def _on_check(group: str, members: list[Member], command: dict[str, Any]) -> Non
         _spawn(_checker.check, members)
 
 
+def _on_missed(registry: Any, names: list[str], within: float) -> None:
+    """The commands of ``names`` in the last ``within`` seconds may have reached no
+    socket here (the Redis subscription was lost meanwhile): each socket of ours in them
+    looks for what it missed, as one that just opened does, over that time (or since its
+    request began, if later)."""
+    seen: set[int] = set()
+    for name in names:
+        if not name.startswith((_USER_PREFIX, _SESSION_PREFIX)):
+            continue
+        for member in registry.members(name):
+            if id(member) not in seen and owner(member) is not None:
+                seen.add(id(member))
+                _checker.soon(member, within)
+
+
 control.register("close", _on_close)
 control.register("check", _on_check)
+control.on_missed(_on_missed)
 
 
 # -- validity of a session ----------------------------------------------------------------
@@ -598,7 +614,9 @@ class _Checker:
         self._pid = 0
         self._lock = threading.Lock()
         self._checking = threading.Lock()  # held by a check() in progress
-        self._pending: list[Member] = []  # sockets just opened, for soon()
+        #: Sockets just opened (or that may have missed commands), for soon(): each with
+        #: how far back to look (its request's start, or at most these seconds).
+        self._pending: list[tuple[Member, float]] = []
         self._draining = False  # a _drain() runs (checking, or lingering for more)
         self._more = threading.Event()  # soon() gave a lingering _drain() more to check
         self._stop_lingering = False  # wait_idle(): a lingering _drain() ends now
@@ -648,11 +666,13 @@ class _Checker:
             except Exception:  # pragma: no cover - keep checking at the next round
                 logger.exception("Checking the sessions of the open WebSockets failed")
 
-    def soon(self, member: Member) -> None:
+    def soon(self, member: Member, within: float = float("inf")) -> None:
         """Check ``member``'s session in the background, with the others opened
-        meanwhile (one check at a time, however many sockets open); never blocks."""
+        meanwhile (one check at a time, however many sockets open); never blocks. It looks
+        for the commands its groups got since its request began, or in the last
+        ``within`` seconds if that is shorter (it may have missed those only)."""
         with self._lock:
-            self._pending.append(member)
+            self._pending.append((member, within))
             if self._draining:
                 self._more.set()
                 return
@@ -708,7 +728,7 @@ class _Checker:
         self._checking.release()
         return True
 
-    def _opening(self, members: list[Member]) -> None:
+    def _opening(self, members: list[tuple[Member, float]]) -> None:
         """What sockets that just joined their user's and session's groups missed while
         they opened, from the commands those groups got since each one's request began
         (the layer's ``recent_controls``: one round trip for them all on one Redis, no
@@ -719,8 +739,8 @@ class _Checker:
         # began only if it surely was (never one the request's authentication saw).
         now = time.monotonic()
         opened = [
-            (member, found, now - found.started)
-            for member in members
+            (member, found, min(now - found.started, within))
+            for member, within in members
             if (found := owner(member)) is not None and not member.is_closed()
         ]
         names = list(

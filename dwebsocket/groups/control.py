@@ -23,7 +23,16 @@ from typing import Any
 
 from dwebsocket.groups.memory import Member, Registry
 
-__all__ = ["MEMORY", "Handler", "Recent", "dispatch", "encode", "register"]
+__all__ = [
+    "MEMORY",
+    "Handler",
+    "Recent",
+    "dispatch",
+    "encode",
+    "missed",
+    "on_missed",
+    "register",
+]
 
 logger = logging.getLogger("dwebsocket.groups")
 
@@ -32,6 +41,12 @@ logger = logging.getLogger("dwebsocket.groups")
 Handler = Callable[[str, list[Member], dict[str, Any]], None]
 
 _handlers: dict[str, Handler] = {}
+
+#: ``listener(registry, groups, within)``: this process may have missed the commands sent
+#: to ``groups`` in the last ``within`` seconds (see :func:`missed`).
+MissedListener = Callable[[Registry, list[str], float], None]
+
+_missed_listeners: list[MissedListener] = []
 
 #: Seconds a command is remembered after it was sent, for a member that joins its group
 #: just after (the layers' ``recent_controls``: :mod:`dwebsocket.users` looks there for a
@@ -77,6 +92,25 @@ class Recent:
 def register(op: str, handler: Handler) -> None:
     """Call ``handler`` for each command ``op`` that reaches this process."""
     _handlers[op] = handler
+
+
+def on_missed(listener: MissedListener) -> None:
+    """Call ``listener`` whenever this process may have missed commands (:func:`missed`).
+    It must not block: it runs on the Redis reader."""
+    if listener not in _missed_listeners:
+        _missed_listeners.append(listener)
+
+
+def missed(registry: Registry, groups: list[str], within: float) -> None:
+    """Tell the listeners that the commands sent to ``groups`` in the last ``within``
+    seconds may not have reached this process (its Redis subscription was lost meanwhile:
+    they were published to no one here); they read them with the layer's
+    ``recent_controls``. Never raises."""
+    for listener in list(_missed_listeners):
+        try:
+            listener(registry, groups, within)
+        except Exception:
+            logger.exception("Recovering the commands missed on %d group(s) failed", len(groups))
 
 
 def encode(op: str, **arguments: Any) -> bytes:

@@ -1466,6 +1466,14 @@ class Subscriber:
         #: Redis answered a command on the current connection (reader only): only then does
         #: the reconnection backoff start over.
         self._answered = False
+        #: Reader only: when the current connection was last heard from; after it was lost,
+        #: since when commands may have been published to no one here (the earliest of
+        #: the losses not recovered yet); the groups to recover once Redis confirms their
+        #: subscription again, each with its own such time; those confirmed.
+        self._last_heard: float | None = None
+        self._gap_from: float | None = None
+        self._recover: dict[str, float] = {}
+        self._recovered: list[tuple[str, float]] = []
 
     # -- called from any thread -------------------------------------------------------------
 
@@ -1537,6 +1545,7 @@ class Subscriber:
                 if self._stopping:
                     break
                 self._lost()
+                self._gap()
                 if isinstance(exc, (redis.RedisError, OSError)):
                     self.layer.report_down(exc)
                     logger.debug("Redis subscription lost (%s); retry in %.2f s", exc, delay)
@@ -1583,6 +1592,9 @@ class Subscriber:
         with self._lock:
             self._pending.clear()
         groups = {group for group in self.layer.registry.groups() if self.wants(group)}
+        gap, self._gap_from = self._gap_from, None
+        self._recover = dict.fromkeys(groups, gap) if gap is not None else {}
+        self._recovered = []
         if groups:
             self.subscribe(connection, groups)
         self._requested = set(groups)
@@ -1593,7 +1605,7 @@ class Subscriber:
             self.layer.report_up()
         sock = connection._sock  # redis-py has no public accessor; needed to select() on
         assert sock is not None
-        last_heard = time.monotonic()
+        last_heard = self._last_heard = time.monotonic()
         ping_sent: float | None = None
         while not self._stopping:
             received: list[tuple[bytes, bytes]] = []
@@ -1619,6 +1631,9 @@ class Subscriber:
                 # client speaks dws reconnect).
                 self.layer.receive_all(received)
                 raise
+            self._last_heard = last_heard
+            if self._recovered:
+                self._recover_commands()
             if received:
                 self.layer.receive_all(received)
                 # Under gevent this thread is a greenlet, and select() below returns at
@@ -1658,6 +1673,9 @@ class Subscriber:
                     # Redis has carried out every SUBSCRIBE sent and no UNSUBSCRIBE since.
                     self.subscribed = self.subscribed | {group}
                     self._release(group)
+                    gap = self._recover.pop(group, None)
+                    if gap is not None:
+                        self._recovered.append((group, gap))
         elif kind == self.UNSUBSCRIBED:
             # The confirmation of an UNSUBSCRIBE needs nothing: the group left
             # ``subscribed`` when it was sent. One for a group still requested was not
@@ -1724,6 +1742,35 @@ class Subscriber:
             events = self._waiters.pop(group, ())
         for event in events:
             event.set()
+
+    def _gap(self) -> None:
+        """The connection was lost (reader only): what was published since it was last
+        heard from reached no one here; the groups subscribed again are recovered from
+        then (:meth:`_recover_commands`)."""
+        times = [*self._recover.values(), *(gap for _, gap in self._recovered)]
+        for at in (self._last_heard, self._gap_from):
+            if at is not None:
+                times.append(at)
+        self._gap_from = min(times) if times else None
+        self._last_heard = None
+        self._recover, self._recovered = {}, []
+
+    def _recover_commands(self) -> None:
+        """Hand the groups subscribed again after a loss to ``control.missed`` (reader
+        only; its listeners do not block): the commands sent to them while nothing here
+        was subscribed (a ``users.disconnect``, a logout in another process) were
+        published to no one here. One second more than the gap: a command that was
+        handled already is handled again (a close is idempotent, a check costs a
+        lookup) rather than one missed."""
+        from dwebsocket.groups import control
+
+        now = time.monotonic()
+        by_gap: dict[float, list[str]] = {}
+        for group, gap in self._recovered:
+            by_gap.setdefault(gap, []).append(group)
+        self._recovered = []
+        for gap, groups in by_gap.items():
+            control.missed(self.layer.registry, groups, now - gap + 1.0)
 
     def _lost(self) -> None:
         """The connection is gone: nothing is subscribed, nobody waits for it."""

@@ -111,7 +111,7 @@ def test_sockets_just_opened_read_their_groups_commands_in_one_round_trip(
         before = reads()
         info = reads() - before  # the INFO itself
         before = reads()
-        users._checker._opening(list(opened.values()))
+        users._checker._opening([(tab, float("inf")) for tab in opened.values()])
         trips = reads() - before - info
         assert opened[8].closes.get(timeout=10) == (4003, "bye")
         assert opened[7].closes.empty() and opened[9].closes.empty()
@@ -121,7 +121,7 @@ def test_sockets_just_opened_read_their_groups_commands_in_one_round_trip(
         again = {pk: Closable() for pk in (7, 8)}
         for pk, tab in again.items():
             users._owners[id(tab)] = (tab, users._Owner(str(pk), f"key{pk}", started))
-        users._checker._opening(list(again.values()))
+        users._checker._opening([(tab, float("inf")) for tab in again.values()])
         assert again[8].closes.get(timeout=10) == (4003, "bye")
         assert again[7].closes.empty()
     finally:
@@ -257,3 +257,54 @@ def test_clearsessions_while_redis_is_away_closes_this_process_sockets_warning_o
     warnings = [r.getMessage() for r in caplog.records if r.name == "dwebsocket.users"]
     assert len(warnings) == 1, warnings
     assert "50 sessions" in warnings[0]
+
+
+def test_a_command_sent_while_the_subscription_was_lost_is_carried_out(
+    on_redis: RedisServer,
+) -> None:
+    """This process's subscription is lost (Redis closed it: a network blip, its pub/sub
+    output buffer limit) while Redis stays up for the others: a ``users.disconnect`` in
+    another process meanwhile was published to no one here. Once subscribed again, the
+    socket is closed with the code given, as a socket that opened meanwhile would be
+    (it left the socket open for good: a disconnect ends no session, so no check closes
+    it). One opened after the command is left open."""
+    import threading
+
+    from dwebsocket.groups.memory import Registry
+
+    here = groups.get_layer()
+    assert isinstance(here, RedisLayer)
+    other = RedisLayer(on_redis.url + "?socket_timeout=1", Registry())
+    before, after = Closable(), Closable()
+    release = threading.Event()
+    connect = here.make_connection
+
+    def held(address: str | None = None):  # type: ignore[no-untyped-def]
+        assert release.wait(10)
+        return connect(address)
+
+    try:
+        users._owners[id(before)] = (before, users._Owner("7", None, time.monotonic()))
+        groups._join_own(users.user_group(7), before)
+        here.make_connection = held  # type: ignore[method-assign]
+        on_redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+        deadline = time.monotonic() + 10
+        while here.subscriber.connected:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        other.control(users.user_group(7), control.encode("close", code=4003, reason="bye"))
+        time.sleep(0.01)  # the ages of the command and the later socket differ
+        users._owners[id(after)] = (after, users._Owner("7", None, time.monotonic()))
+        # Its group is subscribed already (before): a join would wait for the reader.
+        here.registry.add(users.user_group(7), after)
+        release.set()
+        assert before.closes.get(timeout=10) == (4003, "bye")
+        assert users._checker.wait_idle(10)
+        users.send(7, "still open")
+        assert after.get() == "still open"
+        assert after.closes.empty()
+    finally:
+        release.set()
+        for tab in (before, after):
+            users._owners.pop(id(tab), None)
+        other.close()
