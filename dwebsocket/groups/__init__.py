@@ -268,9 +268,10 @@ def _check_group(group: Any) -> None:
 _NO_HISTORY = Recovery(since=None, position=None, recovered=False)
 
 #: The beginning of the names of dwebsocket's own groups (:mod:`dwebsocket.users`:
-#: ``dwebsocket.user.<pk>``, ``dwebsocket.session.<key>``), which :func:`join` refuses:
-#: a view joining a group its URL names would otherwise let any client read another
-#: user's ``users.send`` messages.
+#: ``dwebsocket.user.<pk>``, ``dwebsocket.session.<key>``), which :func:`join` and
+#: :func:`leave` refuse: a view joining a group its URL names would otherwise let any
+#: client read another user's ``users.send`` messages, and one leaving a group its
+#: client names let a banned user's socket out of the reach of ``users.disconnect``.
 RESERVED_PREFIX = "dwebsocket."
 
 
@@ -309,14 +310,9 @@ def join(
     that is not a small JSON-able dict.
 
     ``ValueError`` for a name beginning with ``dwebsocket.`` (:data:`RESERVED_PREFIX`):
-    dwebsocket's own groups, which it alone joins.
+    dwebsocket's own groups, which it alone joins (:func:`leave` refuses them too).
     """
-    _check_group(group)
-    if group.startswith(RESERVED_PREFIX):
-        raise ValueError(
-            f"group name {group!r} is reserved: names beginning with {RESERVED_PREFIX!r} are "
-            "dwebsocket's own (a user's or a session's sockets: see dwebsocket.users)"
-        )
+    _check_own(group)
     if since is not None and not isinstance(since, str):
         raise TypeError(f"since is a position (str) or None, not {type(since).__name__}")
     info = check_info(presence) if presence is not None else None
@@ -325,6 +321,16 @@ def join(
     if (info is not None or events) and not websocket.is_closed():
         _present(group, websocket, info, events)
     return recovery
+
+
+def _check_own(group: Any) -> None:
+    """:func:`_check_group`, and refuse dwebsocket's own groups (:data:`RESERVED_PREFIX`)."""
+    _check_group(group)
+    if group.startswith(RESERVED_PREFIX):
+        raise ValueError(
+            f"group name {group!r} is reserved: names beginning with {RESERVED_PREFIX!r} are "
+            "dwebsocket's own (a user's or a session's sockets: see dwebsocket.users)"
+        )
 
 
 def _join_own(group: str, websocket: WebSocket | Member) -> None:
@@ -398,8 +404,10 @@ def since(request: HttpRequest, group: str) -> str | None:
 
 def leave(group: str, websocket: WebSocket | Member) -> None:
     """Remove ``websocket`` from ``group``; no error if it was not a member. Blocks only
-    for a present member on Redis (up to the socket timeout)."""
-    _check_group(group)
+    for a present member on Redis (up to the socket timeout). ``ValueError`` for one of
+    dwebsocket's own groups (:data:`RESERVED_PREFIX`): a socket leaves its user's and
+    session's groups only by closing, so that ``users.disconnect`` still reaches it."""
+    _check_own(group)
     layer = get_layer()
     layer.leave(group, websocket)
     _registry.presence.unlisten(group, websocket)

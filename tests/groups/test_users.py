@@ -134,6 +134,18 @@ class UsersTests(TransactionTestCase):
             self.assertEqual(alice.receive(), "for alice")
         self.assertEqual(groups.members(users.user_group(self.alice)), [])
 
+    def test_a_socket_cannot_leave_its_users_group(self) -> None:
+        """A view leaving a group the client names (a chat's ``{"leave": room}``) must
+        not let a client take its socket out of its user's or session's group: a ban
+        (``users.disconnect``) would no longer close it."""
+        with tab(user=self.alice) as alice:
+            (member,) = groups.members(users.user_group(self.alice))
+            for reserved in (users.user_group(self.alice), "dwebsocket.anything"):
+                with self.assertRaises(ValueError):
+                    member.leave(reserved)  # type: ignore[attr-defined]
+            users.disconnect(self.alice, code=4010, reason="banned")
+            self.assertEqual(alice.wait_closed(WAIT), 4010)
+
     def test_send_as_soon_as_connected_reaches_the_socket(self) -> None:
         """docs/users.rst's test: ``users.send`` right after ``connect()``, before the view
         sent anything. connect() returns once websocket_opened's receivers, which
