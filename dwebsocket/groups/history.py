@@ -19,7 +19,9 @@ Recovery (:func:`recover`): a member joining with ``since`` gets every message a
 position, then the live ones, in order, none twice and none missing. The layer registers
 the member first, buffering what is delivered live (a :class:`Follower`); then the history
 is read and sent (read again up to what was buffered, if the buffer overflowed or skips
-offsets); then the buffered messages newer than the last one replayed are delivered
+offsets, and while what was buffered meanwhile gets less: it goes at the client's pace,
+not into its send queue at once); then the buffered messages newer than the last one
+replayed are delivered
 (checked for gaps as live messages are) and the follower goes live. Whatever
 cannot be recovered (the position is of another epoch, or older than what is kept) is
 reported in the returned :class:`Recovery`, so the view can send the full state instead.
@@ -41,6 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups.batch import Batch, deliver_batch
 from dwebsocket.typing import Message
 
@@ -529,7 +532,8 @@ def recover(
 
     Reads the history after ``since`` page by page and sends it with ``send`` (blocking:
     the view's own thread pays for the replay, and the connection's buffer stays bounded),
-    then delivers what was buffered meanwhile, newer than the last replayed. Without
+    what came live meanwhile too (read from the history) while that gets less each round,
+    then delivers what is still buffered, newer than the last replayed. Without
     ``since`` nothing is replayed. Raises what ``send`` raises (``ConnectionClosed``) and
     what ``layer.read`` raises; the caller then removes the follower."""
     group = follower.group
@@ -541,12 +545,14 @@ def recover(
     if asked is not None and asked.epoch == page.epoch and asked.offset <= page.head:
         recovered = True
         last = asked.offset
+        held: int | None = None  # bytes held back when the replay last caught up
         while True:
-            if page.epoch != asked.epoch:
-                recovered = False  # history lost while replaying
-                break
-            if last < page.head and (not page.entries or page.entries[0][0] != last + 1):
-                recovered = False  # trimmed or expired since the position
+            if page.epoch != asked.epoch or (
+                last < page.head and (not page.entries or page.entries[0][0] != last + 1)
+            ):
+                # History lost while replaying, or trimmed or expired since the position.
+                # Catching up (held), what was held back may still follow on from last.
+                recovered = held is not None and _follows(follower, asked.epoch, last)
                 break
             for offset, message in page.entries:
                 follower._deliver(Item(group, message, Position(page.epoch, offset)), send)
@@ -559,19 +565,23 @@ def recover(
             with follower.lock:
                 buffer = follower.buffer
                 assert buffer is not None
-                # (A head past last + 1 in this epoch is what _skips finds first.)
-                gap = (
-                    follower.dropped
-                    and (
-                        not buffer
-                        or buffer[0].position is None
-                        or buffer[0].position.epoch != page.epoch
-                    )
-                ) or _skips(buffer, page.epoch, last)
-                if last >= page.head and not gap:
-                    break
+                if last >= page.head and not _behind(follower, page.epoch, last):
+                    # What came live during the replay is sent as the replay is, at the
+                    # client's pace, read from the history, while that makes it less:
+                    # handed over at once when the member goes live, it would overflow the
+                    # send queue of a client whose link the replay kept busy (1008).
+                    ahead = _held(buffer, page.epoch, last)
+                    if not ahead or (held is not None and ahead >= held):
+                        break
+                    held = ahead
                 follower.dropped = False
-            page = layer.read(group, last, PAGE)
+            try:
+                page = layer.read(group, last, PAGE)
+            except GroupsUnavailable:
+                if held is None:
+                    raise
+                recovered = _follows(follower, asked.epoch, last)  # caught up already
+                break
     if not recovered:
         position = Position(page.epoch, page.head)
     if not page.epoch:  # nothing kept: no epoch until the next message makes one
@@ -594,6 +604,36 @@ def recover(
     )
     go_live(follower, position, recovery)
     return recovery
+
+
+def _behind(follower: Follower, epoch: str, last: int) -> bool:
+    """True if what ``follower`` held back does not follow on from offset ``last`` of
+    ``epoch``: it overflowed past it, or it skips offsets (call with ``lock`` held)."""
+    buffer = follower.buffer
+    assert buffer is not None
+    # (A head past last + 1 in this epoch is what _skips finds first.)
+    return (
+        follower.dropped
+        and (not buffer or buffer[0].position is None or buffer[0].position.epoch != epoch)
+    ) or _skips(buffer, epoch, last)
+
+
+def _follows(follower: Follower, epoch: str, last: int) -> bool:
+    """:func:`_behind`'s opposite, taking ``follower``'s lock."""
+    with follower.lock:
+        return not _behind(follower, epoch, last)
+
+
+def _held(buffer: deque[Item], epoch: str, last: int) -> int:
+    """The size of the messages of ``epoch`` after offset ``last`` held back in ``buffer``
+    (characters of text, bytes of binary)."""
+    return sum(
+        len(item.message)
+        for item in buffer
+        if item.position is not None
+        and item.position.epoch == epoch
+        and item.position.offset > last
+    )
 
 
 def _skips(buffer: deque[Item], epoch: str, last: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import threading
 import time
 import urllib.parse
@@ -315,6 +316,58 @@ def test_live_messages_during_a_long_replay_are_neither_lost_nor_doubled() -> No
                 groups.send("big", f"m{i}")
             got = [m for m in receive(ws, 2101) if not str(m).startswith('{"recovery"')]
             assert got[:2100] == [f"m{i}" for i in range(2100)]
+
+
+def test_what_came_during_a_replay_goes_at_the_clients_pace_not_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that missed little, and reads only as fast as its link lets it (here:
+    not at all until the replay is done), while the group got more than
+    ``WEBSOCKET_SEND_QUEUE_SIZE`` during its replay: what came meanwhile is sent as the
+    replay is, at the client's pace, before it goes live. (It was handed to the send queue
+    all at once when the member went live: closed with 1008 "send queue overflow", and
+    again at each reconnection of a busy group.)"""
+    layer = groups.get_layer()
+    read, reading, gate = layer.read, threading.Event(), threading.Event()
+    reads: list[int] = []
+
+    def held_read(group: str, after: int, count: int) -> Any:
+        page = read(group, after, count)
+        reads.append(after)
+        if not reading.is_set():  # the replay has read: what comes now is held back
+            reading.set()
+            assert gate.wait(WAIT)
+        return page
+
+    monkeypatch.setattr(layer, "read", held_read)
+    noise = [secrets.token_hex(4096) for _ in range(100)]  # 800 KB deflate cannot shrink
+    with override_settings(
+        WEBSOCKET_GROUPS_HISTORY={"big": {"size": 5000, "ttl": 60}},
+        WEBSOCKET_SEND_QUEUE_SIZE=65536,
+    ):
+        start = groups.send("big", "start")
+        groups.send("big", "m0")
+        ws = follow("big", since=start)
+        connecting = threading.Thread(target=ws.connect)  # the 101 comes with the replay
+        connecting.start()
+        try:
+            assert reading.wait(WAIT)
+            for i, text in enumerate(noise, 1):
+                groups.send("big", f"m{i} {text}")
+            followers = groups._registry.followers.get("big")
+            assert followers is not None
+            follower = next(iter(followers.values()))
+            gate.set()
+            connecting.join(WAIT)
+            # Gone live (handed over at once), or reading the history again to send it.
+            until(lambda: follower.buffer is None or len(reads) > 1)
+            with follower.lock:  # the hand-over to live holds it while it delivers
+                pass
+            got = [str(m) for m in receive(ws, 102)]
+        finally:
+            ws.close()
+    assert [m.split(" ")[0] for m in got[:101]] == [f"m{i}" for i in range(101)]
+    assert json.loads(got[101])["recovery"]["recovered"] is True
 
 
 # -- the dws envelope --------------------------------------------------------------------------
