@@ -326,7 +326,13 @@ def test_what_came_during_a_replay_goes_at_the_clients_pace_not_at_once(
     ``WEBSOCKET_SEND_QUEUE_SIZE`` during its replay: what came meanwhile is sent as the
     replay is, at the client's pace, before it goes live. (It was handed to the send queue
     all at once when the member went live: closed with 1008 "send queue overflow", and
-    again at each reconnection of a busy group.)"""
+    again at each reconnection of a busy group.) The Redis layer's twin is in
+    ``test_history_redis.py``."""
+    replay_under_load(monkeypatch)
+
+
+def replay_under_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test above, with the current layer."""
     layer = groups.get_layer()
     read, reading, gate = layer.read, threading.Event(), threading.Event()
     reads: list[int] = []
@@ -357,6 +363,7 @@ def test_what_came_during_a_replay_goes_at_the_clients_pace_not_at_once(
             followers = groups._registry.followers.get("big")
             assert followers is not None
             follower = next(iter(followers.values()))
+            until(lambda: len(follower.buffer or ()) == len(noise))  # Redis: through its reader
             gate.set()
             connecting.join(WAIT)
             # Gone live (handed over at once), or reading the history again to send it.

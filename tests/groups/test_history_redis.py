@@ -25,7 +25,7 @@ from dwebsocket.groups.redis import (
 )
 from tests.groups.proxy import Proxy
 from tests.groups.redis_server import RedisServer
-from tests.groups.test_history import follow, receive, recovery_of
+from tests.groups.test_history import follow, receive, recovery_of, replay_under_load
 from tests.groups.test_redis_layer import WAIT, Inbox, until
 
 HISTORY = {"room": {"size": 100, "ttl": 60}, "small": {"size": 5, "ttl": 60}}
@@ -233,6 +233,13 @@ def test_trimmed_history_fails_explicitly(redis_groups: RedisServer) -> None:
     with follow("small", since=f"{epoch}:296") as ws:  # within the last 5: recovered
         assert receive(ws, 5) == [f"m{i}" for i in range(295, 300)]
         assert recovery_of(ws)["recovered"] is True
+
+
+def test_what_came_during_a_replay_goes_at_the_clients_pace_not_at_once(
+    redis_groups: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``test_history.py``'s test of that name (it was closed with 1008)."""
+    replay_under_load(monkeypatch)
 
 
 @pytest.mark.parametrize("offset", ["18446744073709551615", "18446744073709551616", "9" * 40])
