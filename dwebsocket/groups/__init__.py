@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from django.core.exceptions import TooManyFieldsSent
+
 from dwebsocket import metrics
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups.history import Follower, Page, Position, Recovery, go_live, policy, recover
@@ -391,7 +393,10 @@ def since(request: HttpRequest, group: str) -> str | None:
     dwebsocket's clients add it to the URL when they reconnect: ``dws_since``, a JSON
     object of group name -> position. Anything malformed reads as None (the client then
     gets the full state). Never raises, never blocks."""
-    raw = request.GET.get("dws_since")
+    try:
+        raw = request.GET.get("dws_since")
+    except TooManyFieldsSent:  # a query Django will not read asks for nothing
+        return None
     if not raw or len(raw) > 65536:
         return None
     try:

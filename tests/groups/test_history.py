@@ -191,6 +191,14 @@ def test_a_dws_since_nested_too_deep_to_parse_joins_without_a_position(raw: str)
         assert report["since"] is None and report["failed"] is False
 
 
+def test_a_query_django_will_not_read_asks_for_no_position() -> None:
+    """A URL with more fields than ``DATA_UPLOAD_MAX_NUMBER_FIELDS`` makes ``request.GET``
+    raise ``TooManyFieldsSent``: ``groups.since`` (documented "never raises") let it out,
+    a 1011 for a view that asks after its accept. As ``dws.announced``, it reads as none."""
+    query = "&".join(f"f{n}=1" for n in range(1001)) + '&dws_since={"room":"e:3"}'
+    assert groups.since(RequestFactory().get("/?" + query), "room") is None
+
+
 # -- send and join -----------------------------------------------------------------------------
 
 
