@@ -73,6 +73,14 @@ MORE_WRONG: list[tuple[str, object]] = [
     ("WEBSOCKET_GROUPS_URL", "redis-sentinel://localhost:x/mymaster"),
     ("WEBSOCKET_GROUPS_URL", "redis-cluster://"),
     ("WEBSOCKET_GROUPS_URL", "redis-cluster://localhost:7000/1"),
+    # An option redis-py does not know (a typo): the check passed, then every connection
+    # raised TypeError: each send a 500, the reader a traceback at every attempt.
+    ("WEBSOCKET_GROUPS_URL", "redis://localhost:6379/0?socket_timout=1"),
+    ("WEBSOCKET_GROUPS_URL", "redis-sentinel://localhost:26379/mymaster?socket_timout=1"),
+    # Options a Cluster's client does not take were dropped without a word: ssl=true
+    # connected in plain text.
+    ("WEBSOCKET_GROUPS_URL", "redis-cluster://localhost:7000?ssl=true"),
+    ("WEBSOCKET_GROUPS_URL", "redis-cluster://localhost:7000?health_check_interval=5"),
     ("WEBSOCKET_MAX_CONNECTIONS", -1),
     ("WEBSOCKET_ASGI_THREADS", -1),
     ("WEBSOCKET_GROUPS_HISTORY", ["chat.*"]),
@@ -437,3 +445,19 @@ def test_every_check_id_is_in_the_settings_and_deployment_docs() -> None:
         row = deployment.split(f"``{setting.check_id}``", 1)
         assert len(row) == 2, setting.check_id
         assert f"``{setting.name}``" in row[1].split("* - ``dwebsocket.", 1)[0], setting.name
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0?health_check_interval=5&max_connections=3&timeout=2",
+        "rediss://localhost:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false",
+        "unix:///run/redis.sock?db=1&socket_timeout=1",
+        "redis-sentinel://localhost:26379/mymaster?ssl=true&ssl_cert_reqs=none&db=1",
+        "redis-sentinel://localhost:26379/mymaster?sentinel_password=x&socket_timeout=1",
+        "redis-cluster://:pw@localhost:7000?socket_timeout=1&socket_connect_timeout=1",
+    ],
+)
+def test_a_groups_url_with_options_the_layer_uses_passes_the_check(url: str) -> None:
+    with override_settings(WEBSOCKET_GROUPS_URL=url):
+        assert "dwebsocket.E020" not in dwebsocket_errors()

@@ -17,7 +17,8 @@
     ``SPUBLISH`` to that shard only, and each process holds one subscription connection
     per shard that serves a group it has members in (:mod:`.cluster`). The hosts are
     seeds: the client learns the others from them. Options: ``socket_timeout``,
-    ``socket_connect_timeout``. A cluster has database 0 only.
+    ``socket_connect_timeout`` (no ``ssl``: refused, as is any option redis-py does not
+    know on every scheme). A cluster has database 0 only.
 
 A topology gives the layer what differs between them: the client that publishes (and runs
 scripts), the channel of a group and the command that publishes to it, the connections
@@ -28,6 +29,7 @@ the subscriptions use, and how those are spread (:meth:`Topology.subscription`).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import threading
 import time
@@ -42,7 +44,12 @@ from redis.connection import parse_url
 from redis.crc import key_slot
 from redis.exceptions import AskError, RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 if TYPE_CHECKING:
     from dwebsocket.groups.redis import RedisLayer, Subscriber
@@ -63,6 +70,33 @@ SENTINEL_SCHEMES = ("redis-sentinel",)
 #: part of the design (Sentinel, Cluster): a replica takes over within seconds, and the
 #: subscriptions should follow as soon as it has.
 FAILOVER_BACKOFF_CAP = 1.0
+#: What a ``redis-sentinel://`` URL takes besides what its connections take.
+SENTINEL_OPTIONS = ("ssl", "sentinel_username", "sentinel_password")
+#: What a ``redis-cluster://`` URL takes (the last two from the URL's user part).
+CLUSTER_OPTIONS = (
+    "socket_timeout",
+    "socket_connect_timeout",
+    "max_connections",
+    "timeout",
+    "username",
+    "password",
+)
+
+
+def _check_options(kwargs: dict[str, Any], *takers: type) -> None:
+    """Raise ValueError if ``kwargs`` (a URL's) has an option none of ``takers`` (a pool
+    class, a connection class) takes: redis-py passes such an option on to each new
+    connection, which then raises TypeError (every send a 500, the reader a traceback
+    at each attempt)."""
+    known = {"connection_class"}
+    for taker in takers:
+        for klass in taker.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None and klass is not object:
+                known.update(inspect.signature(init).parameters)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"redis-py takes no option {', '.join(unknown)}")
 
 
 def _subscriber_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +133,10 @@ class Server:
         if parts.scheme.lower() != "unix" and db and not (db.isascii() and db.isdigit()):
             # redis-py would quietly use database 0 instead.
             raise ValueError(f"the database after the host is a number, not {db!r}")
-        parse_url(url)  # type: ignore[no-untyped-call]
+        kwargs = parse_url(url)  # type: ignore[no-untyped-call]
+        _check_options(
+            kwargs, redis.BlockingConnectionPool, kwargs.get("connection_class", redis.Connection)
+        )
 
     def channel(self, prefix: str, group: str) -> bytes:
         return (prefix + group).encode()
@@ -204,6 +241,14 @@ class Sentinels(Server):
         hosts, path, kwargs = _parse(url, SENTINEL_SCHEMES)
         if not path or "/" in path:
             raise ValueError("name the master after the hosts: redis-sentinel://host:port/name")
+        connection = (
+            SentinelManagedSSLConnection if kwargs.get("ssl") else SentinelManagedConnection
+        )
+        _check_options(
+            {k: v for k, v in kwargs.items() if k not in SENTINEL_OPTIONS},
+            _BlockingSentinelPool,
+            connection,
+        )
         return hosts, path, kwargs
 
     @staticmethod
@@ -262,6 +307,13 @@ class Cluster(Server):
         if path not in ("", "0") or kwargs.get("db", 0) != 0:
             raise ValueError("a Redis Cluster has database 0 only")
         kwargs.pop("db", None)
+        unknown = sorted(set(kwargs) - set(CLUSTER_OPTIONS))
+        if unknown:
+            # The client would drop them without a word (ssl=true: plain text).
+            raise ValueError(
+                f"a Redis Cluster URL takes no option {', '.join(unknown)} "
+                f"(only {', '.join(CLUSTER_OPTIONS[:-2])})"
+            )
         return hosts, kwargs
 
     @staticmethod
