@@ -40,7 +40,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode
 from redis.commands.core import Script
-from redis.connection import parse_url
+from redis.connection import parse_url, to_bool
 from redis.crc import key_slot
 from redis.exceptions import AskError, RedisClusterException
 from redis.retry import Retry
@@ -241,6 +241,9 @@ class Sentinels(Server):
         hosts, path, kwargs = _parse(url, SENTINEL_SCHEMES)
         if not path or "/" in path:
             raise ValueError("name the master after the hosts: redis-sentinel://host:port/name")
+        if "ssl" in kwargs:
+            # parse_url leaves it a str, which the Sentinel pool takes for true: "false" too.
+            kwargs["ssl"] = bool(to_bool(kwargs["ssl"]))  # type: ignore[no-untyped-call]
         connection = (
             SentinelManagedSSLConnection if kwargs.get("ssl") else SentinelManagedConnection
         )

@@ -466,3 +466,21 @@ def test_sentinel_unreachable_is_an_outage(caplog: pytest.LogCaptureFixture) -> 
             until(lambda: "unreachable" in caplog.text)  # the reader may be the one to say it
     finally:
         layer.close()
+
+
+@pytest.mark.parametrize(("value", "tls"), [("false", False), ("no", False), ("true", True)])
+def test_sentinel_ssl_option_reads_as_a_boolean(value: str, tls: bool) -> None:
+    """``?ssl=false`` turned TLS on: redis-py's Sentinel pool took the string for true,
+    and every connection to a plain master failed its TLS handshake."""
+    from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+
+    from tests.groups.redis_server import free_port
+
+    url = f"redis-sentinel://127.0.0.1:{free_port()}/dws?ssl={value}&{OPTIONS}"
+    assert url_problem(url) is None
+    layer = RedisLayer(url, Registry())
+    try:
+        expected = SentinelManagedSSLConnection if tls else SentinelManagedConnection
+        assert layer.topology.pool.connection_class is expected
+    finally:
+        layer.close()
