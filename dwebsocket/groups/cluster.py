@@ -132,6 +132,7 @@ class ClusterSubscription:
         self._unrouted: set[str] = set()  # groups with members here and no master known
         self._retrying = False
         self._refresh_lock = threading.Lock()
+        self._asked = self._served = 0  # refresh() calls made, and answered by a run since
         self._stopping = False
 
     @property
@@ -217,11 +218,19 @@ class ClusterSubscription:
 
     def refresh(self) -> None:
         """Learn the slots again and move every group whose master changed (called by the
-        readers, which see the changes). Blocks up to the socket timeouts; a refresh
-        already running in another thread is enough, so this one returns at once."""
-        if not self._refresh_lock.acquire(blocking=False):
-            return
-        try:
+        readers, which see the changes). Blocks up to the socket timeouts. A refresh
+        already running in another thread is not enough: it may have read the map before
+        the change this one is for (a reader that just dropped a moved slot's groups, which
+        nothing else would subscribe again). So this one waits for it, then runs, unless
+        a refresh that started after this call has run meanwhile."""
+        with self._lock:
+            self._asked += 1
+            ticket = self._asked
+        with self._refresh_lock:
+            with self._lock:
+                if self._stopping or self._served >= ticket:
+                    return
+                self._served = self._asked  # every call so far: this run reads the map after
             try:
                 self.topology.refresh()
             except (redis.RedisError, OSError) as exc:
@@ -236,8 +245,6 @@ class ClusterSubscription:
                     for address in list(self._shards)
                     if address not in used
                 ]
-        finally:
-            self._refresh_lock.release()
         for shard in idle:  # a master that serves none of our groups any more (or died)
             shard.stop()
 

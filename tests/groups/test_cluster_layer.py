@@ -409,6 +409,36 @@ def test_cluster_group_moved_to_another_master_keeps_working(
     inbox.assert_empty()
 
 
+def test_cluster_slot_moved_while_another_refresh_runs_is_not_lost(
+    layers: Callable[[str], RedisLayer],
+) -> None:
+    """The old master ends a moved slot's subscriptions while another thread refreshes
+    the slot map (another shard's reader, the retry loop): the reader's own refresh
+    returned at once, the one running had read the map before the move, and the group
+    stayed unsubscribed for good, its messages lost without a word."""
+    with running(RedisCluster(masters=3, replicas=0)) as setup:
+        a, b = layers(setup.url), layers(setup.url)
+        inbox = Inbox()
+        b.join("moving", inbox)
+        a.send("moving", "before")
+        assert inbox.get() == "before"
+        slot = key_slot(b.channel("moving"))
+        target = next(m for m in setup.masters() if m is not setup.owner(slot))
+        subscription = b.subscriber
+        assert isinstance(subscription, ClusterSubscription)
+        with subscription._refresh_lock:  # a refresh that read the map before the move
+            setup.move_slot(slot, target)
+            until(lambda: "moving" not in subscription.subscribed)
+
+        def subscribed_at_target() -> bool:
+            reply = target.command("PUBSUB", "SHARDNUMSUB", b.channel("moving").decode())
+            return bool(reply[1] == 1)
+
+        wait_for("the subscription moved to the new master", subscribed_at_target, WAIT)
+        a.send("moving", "after")
+        assert inbox.get() == "after"
+
+
 # -- Sentinel -------------------------------------------------------------------------------
 
 
