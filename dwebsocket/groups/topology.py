@@ -34,7 +34,7 @@ import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -241,6 +241,7 @@ class Sentinels(Server):
         hosts, path, kwargs = _parse(url, SENTINEL_SCHEMES)
         if not path or "/" in path:
             raise ValueError("name the master after the hosts: redis-sentinel://host:port/name")
+        path = unquote(path)  # as redis-py reads a URL's path (and its password)
         if "ssl" in kwargs:
             # parse_url leaves it a str, which the Sentinel pool takes for true: "false" too.
             kwargs["ssl"] = bool(to_bool(kwargs["ssl"]))  # type: ignore[no-untyped-call]

@@ -514,3 +514,17 @@ def test_sentinel_ssl_option_reads_as_a_boolean(value: str, tls: bool) -> None:
         assert layer.topology.pool.connection_class is expected
     finally:
         layer.close()
+
+
+def test_sentinel_master_name_is_percent_decoded() -> None:
+    """The master name is the URL's path, read as a URL's path is: ``my%2Dmaster`` names
+    ``my-master`` (it was asked for literally, ``my%2Dmaster``, which no Sentinel knew)."""
+    from tests.groups.redis_server import free_port
+
+    layer = RedisLayer(
+        f"redis-sentinel://127.0.0.1:{free_port()}/my%2Dmaster?{OPTIONS}", Registry()
+    )
+    try:
+        assert layer.topology.service == "my-master"
+    finally:
+        layer.close()
