@@ -131,6 +131,9 @@ class ClusterSubscription:
         self._routes: dict[str, str] = {}  # group -> master its subscription belongs to
         self._unrouted: set[str] = set()  # groups with members here and no master known
         self._retrying = False
+        #: A refresh failed (no seed answered): groups a reader dropped for it (a moved
+        #: slot) wait for the next one, which :meth:`_retry` makes.
+        self._owed = False
         self._refresh_lock = threading.Lock()
         self._asked = self._served = 0  # refresh() calls made, and answered by a run since
         self._stopping = False
@@ -189,23 +192,24 @@ class ClusterSubscription:
             shard.request(group, wait)
         if retry:
             self.layer.report_down(redis.ConnectionError("no node of the cluster answers"))
-            threading.Thread(
-                target=self._retry, name="dwebsocket-groups-cluster", daemon=True
-            ).start()
+            self._start_retry()
+
+    def _start_retry(self) -> None:
+        threading.Thread(target=self._retry, name="dwebsocket-groups-cluster", daemon=True).start()
 
     def _retry(self) -> None:
-        """While groups with members here have no master known, refresh the slots at
-        growing intervals (to the layer's backoff cap)."""
+        """While groups with members here have no master known, or the last refresh
+        failed, refresh the slots at growing intervals (to the layer's backoff cap)."""
         delay = BACKOFF_BASE
         try:
-            while not self._stopping and self._unrouted:
+            while not self._stopping and (self._unrouted or self._owed):
                 time.sleep(delay / 2 + random.uniform(0, delay / 2))
                 delay = min(delay * 2, self.layer.backoff_cap)
                 self.refresh()
         finally:
             with self._lock:
                 self._retrying = False
-                again = bool(self._unrouted) and not self._stopping
+                again = (bool(self._unrouted) or self._owed) and not self._stopping
             if again:  # a group came in as this loop ended
                 self.refresh()
 
@@ -235,7 +239,15 @@ class ClusterSubscription:
                 self.topology.refresh()
             except (redis.RedisError, OSError) as exc:
                 logger.debug("Redis Cluster slots not refreshed: %s", exc)
+                with self._lock:
+                    self._owed = True
+                    retry = not self._retrying and not self._stopping
+                    self._retrying = self._retrying or retry
+                if retry:
+                    self._start_retry()
                 return
+            with self._lock:
+                self._owed = False
             for group in self.layer.registry.groups():
                 self.request(group)
             with self._lock:

@@ -439,6 +439,44 @@ def test_cluster_slot_moved_while_another_refresh_runs_is_not_lost(
         assert inbox.get() == "after"
 
 
+def test_cluster_slot_moved_while_no_seed_answers_is_subscribed_later(
+    layers: Callable[[str], RedisLayer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The old master ends a moved slot's subscriptions, and the refresh that should route
+    them again fails (no seed answers CLUSTER SLOTS for a moment; here the layer's user
+    may not run it): the group stayed unsubscribed for good once the seeds answered
+    again, its messages lost without a word. It is routed again as soon as they do."""
+    with running(RedisCluster(masters=3, replicas=0)) as setup:
+        user = ["ACL", "SETUSER", "layer", "on", ">pw", "~*", "&*", "+@all"]
+        for node in setup.masters():
+            node.command(*user)
+        url = setup.url.replace("redis-cluster://", "redis-cluster://layer:pw@")
+        a, b = layers(url), layers(url)
+        inbox = Inbox()
+        b.join("moving", inbox)
+        a.send("moving", "before")
+        assert inbox.get() == "before"
+        slot = key_slot(b.channel("moving"))
+        target = next(m for m in setup.masters() if m is not setup.owner(slot))
+        subscription = b.subscriber
+        assert isinstance(subscription, ClusterSubscription)
+        for node in setup.masters():
+            node.command("ACL", "SETUSER", "layer", "-cluster")
+        with caplog.at_level(logging.DEBUG, "dwebsocket.groups"):
+            setup.move_slot(slot, target)
+            until(lambda: "slots not refreshed" in caplog.text)
+        for node in setup.masters():
+            node.command("ACL", "SETUSER", "layer", "+cluster")
+
+        def subscribed_at_target() -> bool:
+            reply = target.command("PUBSUB", "SHARDNUMSUB", b.channel("moving").decode())
+            return bool(reply[1] == 1)
+
+        wait_for("the subscription moved to the new master", subscribed_at_target, WAIT)
+        a.send("moving", "after")
+        assert inbox.get() == "after"
+
+
 # -- Sentinel -------------------------------------------------------------------------------
 
 
