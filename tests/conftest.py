@@ -15,6 +15,7 @@ matrix, ``noxfile.py``, does that on the interpreters other than the main one).
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +36,23 @@ from tests.servers import ServerProcess, shared_servers, start_server
 # handler here becomes the default disposition in the processes the tests start.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True)
+def _no_browser_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Playwright's sync API (the session's ``browser``) leaves its event loop set as the
+    main thread's running loop for the rest of the session: a later test's
+    ``asyncio.run()`` there refuses to start ("cannot be called from a running event
+    loop"), although it passes alone. A test without the browser runs without that loop."""
+    loop = asyncio.events._get_running_loop()
+    if loop is None or "browser" in request.fixturenames:
+        yield
+        return
+    asyncio.events._set_running_loop(None)
+    try:
+        yield
+    finally:
+        asyncio.events._set_running_loop(loop)
 
 
 def assert_no_traceback(server: ServerProcess, since: int = 0) -> None:
