@@ -72,15 +72,20 @@ def post_worker_init(worker: Any) -> None:
 def worker_int(worker: Any) -> None:
     """SIGINT/SIGQUIT: the worker exits right after this hook; say goodbye first. In the
     sync worker (or a class derived from it) without waiting: this handler interrupts
-    the very view whose connection is closing."""
-    from dwebsocket.worker import worker_kind
+    the very view whose connection is closing. Nothing in a worker still loading the
+    application: it has no WebSocket open, and the signal may have interrupted an import
+    of the very modules a goodbye needs (half-initialized, they raise ImportError)."""
+    if getattr(worker, "booted", True):
+        from dwebsocket.worker import worker_kind
 
-    _going_away(0 if worker_kind(worker) == "sync" else None)
+        _going_away(0 if worker_kind(worker) == "sync" else None)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """The worker is exiting: a goodbye to anything still open (a last resort)."""
-    _going_away(None)
+    """The worker is exiting: a goodbye to anything still open (a last resort; nothing
+    if it never finished loading the application, as for ``worker_int``)."""
+    if getattr(worker, "booted", True):
+        _going_away(None)
 
 
 def child_exit(server: Any, worker: Any) -> None:
