@@ -56,6 +56,17 @@ def protocol_error(peer: str, path: str, reason: str, code: int) -> None:
         )
 
 
+def slow_reader(peer: str, path: str, limit: int) -> None:
+    """Log, at INFO, a connection closed with 1008 because more than ``limit`` bytes
+    waited in its send queue: its peer reads too slowly."""
+    logger.info(
+        "WebSocket peer %s on %s reads too slowly (more than %s bytes queued): closing (1008)",
+        peer,
+        printable(path),
+        limit,
+    )
+
+
 def peer(meta: Mapping[str, Any]) -> str:
     """The client of a request (its ``META``) as the log names it: ``address:port``, or
     the address alone where the server gives no ``REMOTE_PORT``."""

@@ -23,7 +23,7 @@ from dwebsocket.groups import GroupsUnavailable, url_problem
 from dwebsocket.groups.cluster import ClusterSubscription
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import MAX_PUBLISH_CONNECTIONS, RedisLayer
-from tests.groups.redis_cluster import RedisCluster, RedisSentinels, running, wait_for
+from tests.groups.redis_cluster import Node, RedisCluster, RedisSentinels, running, wait_for
 from tests.groups.test_redis_layer import Inbox, until
 
 WAIT = 10.0
@@ -382,6 +382,16 @@ def test_cluster_failover_resumes_delivery(
     assert inbox.get_all(10) == [f"after {i}" for i in range(10)]
 
 
+def wait_subscribed_at(node: Node, layer: RedisLayer, group: str) -> None:
+    """Wait until ``layer``'s subscription to ``group`` is on ``node`` (a slot moved)."""
+
+    def subscribed() -> bool:
+        reply = node.command("PUBSUB", "SHARDNUMSUB", layer.channel(group).decode())
+        return bool(reply[1] == 1)
+
+    wait_for("the subscription moved to the new master", subscribed, WAIT)
+
+
 def test_cluster_group_moved_to_another_master_keeps_working(
     own_cluster: RedisCluster, layers: Callable[[str], RedisLayer]
 ) -> None:
@@ -398,11 +408,7 @@ def test_cluster_group_moved_to_another_master_keeps_working(
     target = next(m for m in own_cluster.masters() if m is not source)
     own_cluster.move_slot(slot, target)
 
-    def subscribed_at_target() -> bool:
-        reply = target.command("PUBSUB", "SHARDNUMSUB", b.channel("moving").decode())
-        return bool(reply[1] == 1)
-
-    wait_for("the subscription moved to the new master", subscribed_at_target, WAIT)
+    wait_subscribed_at(target, b, "moving")
     for i in range(10):
         a.send("moving", f"after {i}")
     assert inbox.get_all(10) == [f"after {i}" for i in range(10)]
@@ -430,11 +436,7 @@ def test_cluster_slot_moved_while_another_refresh_runs_is_not_lost(
             setup.move_slot(slot, target)
             until(lambda: "moving" not in subscription.subscribed)
 
-        def subscribed_at_target() -> bool:
-            reply = target.command("PUBSUB", "SHARDNUMSUB", b.channel("moving").decode())
-            return bool(reply[1] == 1)
-
-        wait_for("the subscription moved to the new master", subscribed_at_target, WAIT)
+        wait_subscribed_at(target, b, "moving")
         a.send("moving", "after")
         assert inbox.get() == "after"
 
@@ -468,11 +470,7 @@ def test_cluster_slot_moved_while_no_seed_answers_is_subscribed_later(
         for node in setup.masters():
             node.command("ACL", "SETUSER", "layer", "+cluster")
 
-        def subscribed_at_target() -> bool:
-            reply = target.command("PUBSUB", "SHARDNUMSUB", b.channel("moving").decode())
-            return bool(reply[1] == 1)
-
-        wait_for("the subscription moved to the new master", subscribed_at_target, WAIT)
+        wait_subscribed_at(target, b, "moving")
         a.send("moving", "after")
         assert inbox.get() == "after"
 

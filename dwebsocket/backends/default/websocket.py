@@ -654,12 +654,7 @@ class DefaultWebSocket(WebSocket):
 
     def _overflow_locked(self) -> None:
         """Drop what is queued and close with 1008 (call with ``_core`` held)."""
-        logger.info(
-            "WebSocket peer %s on %s reads too slowly (more than %s bytes queued): closing (1008)",
-            self._peer(),
-            printable(self.request.path),
-            self._queue_limit,
-        )
+        log.slow_reader(self._peer(), self.request.path, self._queue_limit)
         assert self._conn is not None
         self._outbox.drop_whole_frames()
         out = self._conn.send_close(1008, "send queue overflow")

@@ -518,12 +518,7 @@ class uWsgiWebSocket(WebSocket):
 
     def _dropped(self) -> None:
         """The send queue overflowed on an accepted connection: it closes with 1008."""
-        logger.info(
-            "WebSocket peer %s on %s reads too slowly (more than %s bytes queued): closing (1008)",
-            self._peer(),
-            printable(self._request.path),
-            self._queue_limit,
-        )
+        log.slow_reader(self._peer(), self._request.path, self._queue_limit)
         metrics.group_member_dropped()
 
     def _flush_outbox(self) -> None:
