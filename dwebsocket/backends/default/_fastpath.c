@@ -668,7 +668,7 @@ typedef struct {
     PyObject *reading, *writing, *core; /* its three locks */
     PyObject *release_idle; /* dwebsocket.db.release_idle_connections */
     double ping_interval, ping_timeout; /* NAN: None */
-    double db_interval;     /* transport._DB_CHECK_INTERVAL */
+    double db_interval;     /* dwebsocket.db.CHECK_INTERVAL */
     int fd;
     int deflate;            /* permessage-deflate negotiated */
     PyObject *deflater;     /* its _deflate.Deflater and Inflater (PerMessageDeflate's), */

@@ -145,7 +145,7 @@ class Transport:
             waiter=waiter,
             fd=self._nb_fd,
             release_idle=release_idle_connections,
-            db_interval=_DB_CHECK_INTERVAL,
+            db_interval=CHECK_INTERVAL,
             **parts,
         )
 
@@ -191,7 +191,7 @@ class Transport:
         # is cut there for the check.
         now = _monotonic()
         deadline = None if timeout is None else now + timeout
-        check_at = self.io.db_checked + _DB_CHECK_INTERVAL
+        check_at = self.io.db_checked + CHECK_INTERVAL
         if now < check_at:
             if deadline is not None and deadline <= check_at:
                 return self._wait(deadline)
@@ -314,8 +314,6 @@ class Transport:
         if self._open_socket is not None and self._sock is not None:
             self._sock.close()  # ours (see the class docstring)
 
-
-_DB_CHECK_INTERVAL = CHECK_INTERVAL  # seconds between two release_idle_connections()
 
 #: ``_fastpath.Messages``: ``iter(websocket)`` in C, None without the extension.
 fast_messages: Any = _fastpath.Messages if _fastpath is not None else None
