@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-__all__ = ["CHECK_INTERVAL", "close_thread_connections", "release_idle_connections"]
+__all__ = [
+    "CHECK_INTERVAL",
+    "close_thread_connections",
+    "release_idle_connections",
+    "wait_releasing",
+]
 
 logger = logging.getLogger("dwebsocket")
 
@@ -24,6 +32,8 @@ logger = logging.getLogger("dwebsocket")
 #: within a second of blocking, and no more often (a call per message cost a tenth of
 #: the CPU of an echo, ``bench/FINDINGS.md`` section 1).
 CHECK_INTERVAL = 1.0
+
+_R = TypeVar("_R")
 
 
 def release_idle_connections() -> None:
@@ -38,6 +48,38 @@ def release_idle_connections() -> None:
             conn.close_if_unusable_or_obsolete()
         except Exception as exc:  # hygiene must never break wait(); Django retries later
             logger.debug("Could not release database connection %r: %r", conn.alias, exc)
+
+
+def wait_releasing(
+    wait: Callable[[float | None], _R | None],
+    checked: float,
+    deadline: float | None,
+    release: Callable[[], None] | None = None,
+) -> tuple[_R | None, float]:
+    """``wait(until)`` (``until``: a ``time.monotonic()`` time, None: no limit; None as the
+    answer: it timed out, or woke early and the caller looks again) until ``deadline``,
+    giving back this thread's idle database connections (:func:`release_idle_connections`)
+    once before it blocks: within ``CHECK_INTERVAL`` of blocking, and at most once per
+    ``CHECK_INTERVAL`` (``checked``: when they were last given back). A wait that would
+    come too soon after the last one is cut at the interval for the release, then goes on.
+    Returns what ``wait`` answered last and the new ``checked``. ``release``: what gives
+    the connections back, if not :func:`release_idle_connections`.
+
+    The default backend's C fast path (``_fastpath.c``, ``fast_wait_readable``) is the
+    same rule for the same transport."""
+    now = time.monotonic()
+    check_at = checked + CHECK_INTERVAL
+    if now < check_at:
+        if deadline is not None and deadline <= check_at:
+            return wait(deadline), checked
+        answer = wait(check_at)
+        if answer is not None:
+            return answer, checked
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return answer, checked
+    (release or release_idle_connections)()
+    return wait(deadline), now
 
 
 def close_thread_connections(keep: frozenset[str] = frozenset()) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from dwebsocket import log, metrics
 from dwebsocket.backends.asgi import connection as connection_module
 from dwebsocket.backends.asgi.connection import ASGIConnection
-from dwebsocket.db import CHECK_INTERVAL, release_idle_connections
+from dwebsocket.db import release_idle_connections, wait_releasing
 from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.log import printable
 from dwebsocket.signals import websocket_closed, websocket_opened
@@ -229,20 +229,18 @@ class ASGIWebSocket(WebSocket):
         connection = self.connection
         timeout = wait_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def wait_until(until: float | None) -> Message | None:
+            return connection.wait_sync(None if until is None else max(until - time.monotonic(), 0))
+
         while True:
             message = connection.take()
             if message is not None or connection.is_closed():
                 return message
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 return None
-            if now >= self._db_checked + CHECK_INTERVAL:
-                self._db_checked = now  # this thread's connections, about to block
-                release_idle_connections()
-            until = self._db_checked + CHECK_INTERVAL
-            if deadline is not None:
-                until = min(until, deadline)
-            message = connection.wait_sync(max(until - time.monotonic(), 0.0))
+            # This thread's connections, about to block.
+            message, self._db_checked = wait_releasing(wait_until, self._db_checked, deadline)
             if message is not None:
                 return message
 

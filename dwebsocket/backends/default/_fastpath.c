@@ -804,8 +804,9 @@ fast_is_open(FastPath *self)
 
 /* Transport.wait_readable() once the wait is known to block: release the thread's idle
    database connections at most every db_interval, cutting the wait there if it would
-   outlast the next check. 1 readable, 0 not, 2 waiter unusable, -1 exception. Runs
-   Python (the wait, release_idle()). */
+   outlast the next check (the rule of dwebsocket.db.wait_releasing, which the Python path
+   calls). 1 readable, 0 not, 2 waiter unusable, -1 exception. Runs Python (the wait,
+   release_idle()). */
 static int
 fast_wait_readable(FastPath *self, double now, double until)
 {

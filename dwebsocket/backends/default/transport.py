@@ -18,7 +18,7 @@ from time import monotonic as _monotonic
 from typing import Any, Protocol
 
 from dwebsocket.backends.default.state import PyIOState, fastpath
-from dwebsocket.db import CHECK_INTERVAL, release_idle_connections
+from dwebsocket.db import CHECK_INTERVAL, release_idle_connections, wait_releasing
 
 try:  # the C functions: eventlet's monkey-patching makes os.read/os.write wait in its hub
     from posix import read as _read
@@ -189,20 +189,15 @@ class Transport:
         # that cost a tenth of the CPU (bench/FINDINGS.md, section 1), so a busy socket is
         # checked at most once a second; an idle one still is within a second: the wait
         # is cut there for the check.
-        now = _monotonic()
-        deadline = None if timeout is None else now + timeout
-        check_at = self.io.db_checked + CHECK_INTERVAL
-        if now < check_at:
-            if deadline is not None and deadline <= check_at:
-                return self._wait(deadline)
-            if self._wait(check_at):
-                return True
-            now = _monotonic()
-            if deadline is not None and now >= deadline:
-                return False
-        self.io.db_checked = now
-        release_idle_connections()
-        return self._wait(deadline)
+        deadline = None if timeout is None else _monotonic() + timeout
+        readable, self.io.db_checked = wait_releasing(
+            self._ready, self.io.db_checked, deadline, release_idle_connections
+        )
+        return readable is not None
+
+    def _ready(self, deadline: float | None) -> bool | None:
+        """:meth:`_wait` as :func:`~dwebsocket.db.wait_releasing` asks: None, not False."""
+        return True if self._wait(deadline) else None
 
     def _wait(self, deadline: float | None) -> bool:
         """Wait until readable or the monotonic time ``deadline`` (None: no limit)."""

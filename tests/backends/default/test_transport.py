@@ -264,3 +264,37 @@ def test_a_socket_or_open_socket(pair) -> None:  # type: ignore[no-untyped-def]
         Transport(None, server="test")
     with pytest.raises(TypeError):
         Transport(pair[0], server="test", open_socket=lambda: pair[0])
+
+
+def test_the_python_wait_gives_database_connections_back_once_a_second(
+    pair,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """The Python twin of the C path's rule (``test_fastpath.py``,
+    ``test_database_connections_are_released_once_a_second``): the first blocking wait
+    releases, the next ones within the second do not, and an idle wait is cut at the
+    second for the next release, then goes on."""
+    import threading
+    import time
+
+    server, client = pair
+    releases: list[float] = []
+    monkeypatch.setattr(
+        transport_module, "release_idle_connections", lambda: releases.append(time.monotonic())
+    )
+    transport = Transport(server, server="test")
+    assert transport.take_over(3.0) == b""
+    client.sendall(b"a")
+    assert transport.wait_readable(1.0) and transport.recv() == b"a"
+    client.sendall(b"b")
+    assert transport.wait_readable(1.0) and transport.recv() == b"b"
+    assert len(releases) == 1
+    idle_from = time.monotonic()
+    timer = threading.Timer(1.3, client.sendall, (b"c",))
+    timer.start()
+    try:
+        assert transport.wait_readable(5.0) and transport.recv() == b"c"
+    finally:
+        timer.cancel()
+    assert len(releases) == 2
+    assert releases[1] - releases[0] >= 0.99 and releases[1] - idle_from < 1.1
