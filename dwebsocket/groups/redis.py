@@ -235,18 +235,44 @@ end
 local function expire(ms)
   for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ms) end
 end
+-- The version and the SHA-1 of the change that made it (the log's last entry); '' if none.
+local function head()
+  local version = redis.call('GET', KEYS[3])
+  if not version then return '', '' end
+  local last = redis.call('LINDEX', KEYS[4], -1)
+  return version, last and redis.sha1hex(last) or ''
+end
+-- True unless the change that made version ``anchor`` (SHA-1 ``digest``) is gone: Redis
+-- went back to an older copy (a restart from a snapshot, a failover to a replica that
+-- lagged), which has the keys, but not the changes since. True for anchor ''.
+local function holds(anchor, digest)
+  if anchor == '' then return true end
+  local version = redis.call('GET', KEYS[3])
+  if not version then return false end
+  local epoch, n = string.match(version, '^(%d+):(%d+)$')
+  local e, a = string.match(anchor, '^(%d+):(%d+)$')
+  if epoch ~= e or tonumber(a) > tonumber(n) then return false end
+  local first = redis.call('LINDEX', KEYS[4], 0)
+  first = first and tonumber(string.match(first, '^%d+'))
+  -- Older than the log: not to be checked, so taken as gone (the caller writes again).
+  if not first or tonumber(a) < first then return false end
+  return redis.sha1hex(redis.call('LINDEX', KEYS[4], tonumber(a) - first)) == digest
+end
 """.replace("PRESENCE_LOG", str(PRESENCE_LOG))
 
 #: A key's sockets in this process changed to ARGV[4]; publish a join/leave event if the
 #: key has no socket in any other live process. KEYS: presence, procs, version, log.
 #: ARGV: process, key, entry JSON without its count ("[key,user,info"), count, stale (ms),
 #: publishing command, channel, event head (header + JSON up to the event's name), event
-#: tail, expiry (ms). Returns ``{event published or "", 1 if this process had no
-#: heartbeat here (Redis lost the keys, or another process found it dead and removed its
-#: entries; or its first entry here) else 0}``.
+#: tail, expiry (ms), this process's anchor here (see ``holds``: the version of its last
+#: write or heartbeat, and that change's SHA-1; "" for none). Returns ``{event published
+#: or "", 1 if this process had no heartbeat here (Redis lost the keys, or another
+#: process found it dead and removed its entries; or its first entry here) else 0, 1 if
+#: its anchor is gone else 0, the version after the write, its SHA-1}``.
 PRESENT_SCRIPT = (
     _PRESENCE_PRELUDE
     + """
+local kept = holds(ARGV[11], ARGV[12])
 local unknown = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0
 redis.call('HSET', KEYS[2], ARGV[1], now)
 local field = ARGV[1] .. '|' .. ARGV[2]
@@ -282,7 +308,7 @@ if not elsewhere then
   end
 end
 if event then redis.call(ARGV[6], ARGV[7], ARGV[8] .. event .. ARGV[9]) end
-return {event or '', unknown and 1 or 0}
+return {event or '', unknown and 1 or 0, kept and 0 or 1, head()}
 """
 )
 
@@ -292,7 +318,9 @@ return {event or '', unknown and 1 or 0}
 #: left while Redis was out of reach); without, if its entries may be gone -- the group's
 #: keys are (Redis lost them), or this process's heartbeat is (Redis lost the keys and a
 #: join made them again, or another process found this one dead and removed its
-#: entries) -- nothing is done and "lost" returned: the caller syncs. With "reap" (a
+#: entries), or its anchor (ARGV[10], ARGV[11]: see ``holds``) is (Redis went back to an
+#: older copy), or the hash is while this process has entries (ARGV[12] "1": an
+#: eviction) -- nothing is done and "lost" returned: the caller syncs. With "reap" (a
 #: process that only listens to the group's events), only the dead processes' entries
 #: removed: this one is not made live. A sync also publishes the events this process
 #: decided alone while its writes failed (ARGV[9] of them: key, event, tail), each
@@ -300,8 +328,10 @@ return {event or '', unknown and 1 or 0}
 #: this process's reader skips: its listeners had them then). KEYS: presence, procs,
 #: version, log. ARGV: process, stale (ms), expiry (ms), publishing command, channel,
 #: event head, "sync", "reap" or "", the head of events delivered here already, how
-#: many such events, their key/event/tail triples, then (to sync) this process's
-#: field/value pairs.
+#: many such events, the anchor's version and SHA-1, "1" if this process has entries
+#: here, the events' key/event/tail triples, then (to sync) this process's field/value
+#: pairs. Returns "lost", the number of live processes (a reaper), or ``{that number,
+#: the version, its SHA-1}`` (the anchor from now on).
 HEARTBEAT_SCRIPT = (
     _PRESENCE_PRELUDE
     + """
@@ -310,13 +340,15 @@ local reap = ARGV[7] == 'reap'
 if reap then
   if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 elseif not sync and (redis.call('EXISTS', KEYS[3]) == 0
-    or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0) then
+    or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0
+    or (ARGV[12] == '1' and redis.call('EXISTS', KEYS[1]) == 0)
+    or not holds(ARGV[10], ARGV[11])) then
   return 'lost'
 else
   redis.call('HSET', KEYS[2], ARGV[1], now)
 end
 local mine = {}
-local decided = 10 + 3 * tonumber(ARGV[9])
+local decided = 13 + 3 * tonumber(ARGV[9])
 if sync then
   for i = decided, #ARGV, 2 do
     mine[ARGV[i]] = ARGV[i + 1]
@@ -376,7 +408,7 @@ for i = 1, #fields, 2 do
     if left then redis.call(ARGV[4], ARGV[5], ARGV[6] .. 'leave' .. leave_tail(fields[i + 1])) end
   end
 end
-for i = 10, decided - 1, 3 do
+for i = 13, decided - 1, 3 do
   local elsewhere = false
   for _, other in ipairs(live) do
     if other ~= ARGV[1] and redis.call('HEXISTS', KEYS[1], other .. '|' .. ARGV[i]) == 1 then
@@ -387,7 +419,8 @@ for i = 10, decided - 1, 3 do
 end
 -- A reaper renews nothing: the keys of a group nobody is present in expire.
 if not reap or next(dead) then expire(ARGV[3]) end
-return #live
+if reap then return #live end
+return {#live, head()}
 """
 )
 
@@ -633,6 +666,11 @@ class RedisLayer:
         #: group -> key -> (event, tail) of the events this process decided alone while
         #: its writes failed, for the next sync to publish to the others.
         self._decided: dict[str, dict[str, tuple[str, str]]] = {}
+        #: group -> (version, SHA-1) of a change Redis had once this process's last write
+        #: there was made (its write's, or a later heartbeat's): gone from Redis, Redis
+        #: went back to an older copy, and the next heartbeat syncs (``holds``). Kept for
+        #: the groups of ``_written``.
+        self._anchors: dict[str, tuple[str, str]] = {}
         for group in registry.presence.groups():  # taken over from another layer
             for key, user, info, sockets in registry.presence.entries(group):
                 self._record(group, key, f"[{json.dumps(key)},{json.dumps(user)},{info}", sockets)
@@ -996,6 +1034,29 @@ class RedisLayer:
                 fields.pop(field, None)
                 if not fields:
                     del self._written[group]
+                    self._anchors.pop(group, None)
+
+    def _anchor(self, group: str) -> tuple[str, str]:
+        """The anchor of this process in ``group`` (``("", "")`` for none)."""
+        with self._state_lock:
+            return self._anchors.get(group, ("", ""))
+
+    def _anchor_at(self, group: str, version: bytes, digest: bytes) -> None:
+        """Take ``version`` (its change's SHA-1 ``digest``), which a write or heartbeat of
+        this process in ``group`` answered, as its anchor if it is a later one."""
+        new_version = version.decode()
+        epoch, _, n = new_version.partition(":")
+        if not n:
+            return
+        with self._state_lock:
+            if group not in self._written:
+                return  # no entry here: nothing to check
+            old = self._anchors.get(group)
+            if old is not None:
+                old_epoch, _, old_n = old[0].partition(":")
+                if old_epoch == epoch and int(old_n) >= int(n):
+                    return  # a concurrent write's, answered before this one's
+            self._anchors[group] = (new_version, digest.decode())
 
     @staticmethod
     def _times() -> tuple[float, int, int]:
@@ -1036,7 +1097,7 @@ class RedisLayer:
                 head = f"[{json.dumps(entry.key)},{json.dumps(entry.user)},{shown or info}"
                 # Before the write: if it fails, the next sync makes it.
                 self._record(group, entry.key, head, now)
-                _, unknown = self._present(
+                _, unknown, gone, version, digest = self._present(
                     keys=self.presence_keys(group),
                     args=[
                         self.process,
@@ -1050,14 +1111,17 @@ class RedisLayer:
                         + event_prefix(group).encode(),
                         event_suffix(entry.key, entry.user, info),
                         expiry,
+                        *self._anchor(group),
                     ],
                 )
                 self._decide(group, entry.key, None)  # Redis has the key's state again
-                if unknown and len(self.registry.presence.entries(group)) > int(now > 0):
+                if gone or (unknown and len(self.registry.presence.entries(group)) > int(now > 0)):
                     # Redis had no heartbeat of this process here, yet it has other entries
                     # here: they may be gone (see PRESENT_SCRIPT), and this write made the
-                    # heartbeat's own check pass. The next heartbeat writes them all.
+                    # heartbeat's own check pass; or Redis went back to an older copy, with
+                    # entries this process removed since. The next heartbeat writes them all.
                     self._unsynced.add(group)
+                self._anchor_at(group, version, digest)
                 self._took_write()
             except (redis.RedisError, OSError) as exc:
                 self._write_failed(exc)
@@ -1191,6 +1255,8 @@ class RedisLayer:
                     self._decided.pop(group, None)
         if answer == b"lost":
             self.heartbeat(group, stale, expiry, sync=True)
+        elif isinstance(answer, list):
+            self._anchor_at(group, answer[1], answer[2])
 
     def _beat_once(
         self,
@@ -1204,6 +1270,9 @@ class RedisLayer:
         """Run ``HEARTBEAT_SCRIPT`` once (``mode``: "", "sync" or "reap"; ``decided``: the
         events to publish, see ``_decided``); its answer, or None if it failed (logged)."""
         seq = next(self._seq)
+        with self._state_lock:
+            anchor = self._anchors.get(group, ("", ""))
+            has_entries = "1" if self._written.get(group) else ""
         try:
             answer = self._heartbeat(
                 keys=self.presence_keys(group),
@@ -1218,6 +1287,8 @@ class RedisLayer:
                     HEADER.pack(PRESENCE_EVENT, self.origin, DELIVERED)
                     + event_prefix(group).encode(),
                     len(decided) // 3,
+                    *anchor,
+                    has_entries,
                     *decided,
                     *fields,
                 ],

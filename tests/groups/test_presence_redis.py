@@ -385,3 +385,51 @@ def test_a_user_present_in_a_live_process_stays_when_another_of_theirs_dies(
     [alice] = two.presence("room")
     assert (alice.key, alice.info, alice.sockets) == ("user:alice", {"in": 1}, 1)
     listener.assert_empty()
+
+
+def _restore_the_snapshot(redis_server: RedisServer) -> None:
+    """Restart Redis from the snapshot the test's ``SAVE`` took: what a crash with RDB
+    (or ``appendfsync everysec``'s last second), or a failover to a replica that lagged,
+    leaves -- the group's keys there, the changes since the snapshot gone."""
+    redis_server.stop()  # SIGTERM: with --save "" it writes no new snapshot
+    redis_server.start()
+
+
+#: A heartbeat long enough for the keys to outlive the restart (their expiry is 3 x it).
+LONG_STALE, LONG_EXPIRY = 1_200_000, 1_801_000
+
+
+def test_a_redis_restored_from_an_older_snapshot_gets_every_entry_back(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """Redis comes back with an older copy of the group: alice's entry, not bob's who
+    joined after it, nor carol's leave. The next heartbeat of their process writes its
+    entries as they are. (It found the keys and its own heartbeat there and wrote nothing:
+    bob was missing from ``presence`` in every process, and carol present, until each of
+    them next joined or left.)"""
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):
+        one, reader = layers(), layers()
+        carol = Inbox()
+        join(one, Inbox(), "alice")
+        join(one, carol, "carol")
+        assert redis_server.command("SAVE") == b"+OK\r\n"
+        join(one, Inbox(), "bob")
+        leave(one, carol)
+        _restore_the_snapshot(redis_server)
+        assert who(reader) == {"user:alice": 1, "user:carol": 1}  # the snapshot's
+        one.heartbeat("room", LONG_STALE, LONG_EXPIRY)
+        assert who(reader) == {"user:alice": 1, "user:bob": 1}
+
+
+def test_a_presence_hash_evicted_alone_is_written_again(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """Redis evicted a group's presence hash (``allkeys-lru``, say) and kept its version
+    and heartbeats: the next heartbeat writes the entries again. (It checked those two
+    keys only, and the group stayed empty.)"""
+    one, reader = layers(), layers()
+    join(one, Inbox(), "alice")
+    assert one._client.delete(one.presence_keys("room")[0]) == 1  # as an eviction does
+    assert who(layers()) == {}
+    one.heartbeat("room", STALE, EXPIRY)
+    assert who(reader) == {"user:alice": 1}
