@@ -19,6 +19,7 @@ where all processes' members are known (in one Lua script on Redis), so each hap
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -347,6 +348,8 @@ class Mirror:
         self.lock = threading.Lock()
         self.epoch = ""
         self.n = 0
+        #: SHA-1 of the change that made ``n`` (its entry in the log), "" if unknown.
+        self.digest = ""
         self.live: frozenset[str] = frozenset()
         # key -> process -> (user, info, sockets)
         self._by_key: dict[str, dict[str, tuple[str | None, dict[str, Any], int]]] = {}
@@ -355,16 +358,28 @@ class Mirror:
     def answer(self) -> list[Present]:
         return list(self._answer.values())
 
-    def update(self, version: str, live: frozenset[str], kind: str | None, data: Any) -> None:
-        """Apply the script's answer: ``kind`` None (nothing changed), ``"log"`` (``data``
-        the changes) or ``"full"`` (``data`` every field, as JSON)."""
+    def update(
+        self,
+        asked: tuple[str, int, str],
+        version: str,
+        live: frozenset[str],
+        kind: str | None,
+        data: Any,
+        digest: str = "",
+    ) -> None:
+        """Apply the script's answer to the question ``asked`` (the epoch, ``n`` and
+        digest the copy had): ``kind`` None (nothing changed), ``"log"`` (``data`` the
+        changes) or ``"full"`` (``data`` every field, as JSON; ``digest`` its version's)."""
         epoch, _, count = version.partition(":")
         n = int(count or 0)
-        if kind == "full" and (epoch != self.epoch or n > self.n):
+        # A full answer to the copy as it still is is newer than it, whatever its n (Redis
+        # went back to an older copy); else a concurrent reader's may have overtaken it.
+        unchanged = asked == (self.epoch, self.n, self.digest)
+        if kind == "full" and (unchanged or epoch != self.epoch or n > self.n):
             self._by_key = {}
             for field, value in json.loads(data).items():
                 self._set(field, value)
-            self.epoch, self.n, self.live = epoch, n, live
+            self.epoch, self.n, self.digest, self.live = epoch, n, digest, live
             self._rebuild()
             return
         if epoch != self.epoch:
@@ -376,7 +391,8 @@ class Mirror:
                 if int(number) <= self.n:
                     continue  # applied already, by a concurrent reader
                 touched.add(self._set(field, json.loads(value) if value else None))
-            self.n = max(self.n, n)
+            if n > self.n and data:
+                self.n, self.digest = n, hashlib.sha1(data[-1], usedforsecurity=False).hexdigest()
         if live != self.live:
             self.live = live
             self._rebuild()

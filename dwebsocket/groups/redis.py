@@ -426,9 +426,11 @@ return {#live, head()}
 
 #: What a reader needs to bring its copy of a group's presence up to date. KEYS:
 #: presence, procs, version, log. ARGV: stale (ms), the epoch and ``n`` of the reader's
-#: copy. Returns ``{version, live processes}`` if the copy is current; ``{version,
-#: processes, "log", changes}`` if the log reaches back to it; else ``{version,
-#: processes, "full", JSON object of every field}``.
+#: copy, and the SHA-1 of the change that made ``n`` (see ``holds``: a copy read before
+#: Redis went back to an older copy is not current, whatever its ``n``). Returns
+#: ``{version, live processes}`` if the copy is current; ``{version, processes, "log",
+#: changes}`` if the log reaches back to it; else ``{version, processes, "full", JSON
+#: object of every field, SHA-1 of the version's change}``.
 PRESENCE_SCRIPT = (
     _PRESENCE_PRELUDE
     + """
@@ -441,20 +443,19 @@ table.sort(names)
 local processes = table.concat(names, ',')
 local version = redis.call('GET', KEYS[3]) or '0:0'
 local epoch, n = string.match(version, '^(%d+):(%d+)$')
-if epoch == ARGV[2] then
+if ARGV[2] ~= '' and holds(ARGV[2] .. ':' .. ARGV[3], ARGV[4]) then
   local have = tonumber(ARGV[3])
   if tonumber(n) == have then return {version, processes} end
-  local first = redis.call('LINDEX', KEYS[4], 0)
-  first = first and tonumber(string.match(first, '^%d+'))
-  if first and first <= have + 1 then
-    -- Numbers in the log are consecutive: have + 1 is at index have + 1 - first.
-    return {version, processes, 'log', redis.call('LRANGE', KEYS[4], have + 1 - first, -1)}
-  end
+  -- Numbers in the log are consecutive, and holds() found have in it: have + 1 is at
+  -- index have + 1 - first.
+  local first = tonumber(string.match(redis.call('LINDEX', KEYS[4], 0), '^%d+'))
+  return {version, processes, 'log', redis.call('LRANGE', KEYS[4], have + 1 - first, -1)}
 end
 local out = {}
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do out[#out + 1] = cjson.encode(fields[i]) .. ':' .. fields[i + 1] end
-return {version, processes, 'full', '{' .. table.concat(out, ',') .. '}'}
+local _, digest = head()
+return {version, processes, 'full', '{' .. table.concat(out, ',') .. '}', digest}
 """
 )
 
@@ -1166,19 +1167,21 @@ class RedisLayer:
                     self._mirrors.clear()
                 mirror = self._mirrors[group] = Mirror()
         with mirror.lock:
-            epoch, n = mirror.epoch, mirror.n
+            asked = mirror.epoch, mirror.n, mirror.digest
         try:
-            answer = self._presence(keys=self.presence_keys(group), args=[stale, epoch, n])
+            answer = self._presence(keys=self.presence_keys(group), args=[stale, *asked])
         except (redis.RedisError, OSError) as exc:
             raise GroupsUnavailable(f"presence of group {group!r} not read: {exc}") from exc
         processes = answer[1].decode()
         live = frozenset(processes.split(",")) if processes else frozenset()
         with mirror.lock:
             mirror.update(
+                asked,
                 answer[0].decode(),
                 live,
                 answer[2].decode() if len(answer) > 2 else None,
                 answer[3] if len(answer) > 2 else None,
+                answer[4].decode() if len(answer) > 4 else "",
             )
             return mirror.answer()
 

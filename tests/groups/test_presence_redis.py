@@ -433,3 +433,22 @@ def test_a_presence_hash_evicted_alone_is_written_again(
     assert who(layers()) == {}
     one.heartbeat("room", STALE, EXPIRY)
     assert who(reader) == {"user:alice": 1}
+
+
+def test_a_copy_read_before_redis_went_back_to_an_older_snapshot_follows_it(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """A process read the group's presence, then Redis came back with an older copy (see
+    above) and dave joined elsewhere: that process's answer is what Redis holds. (Its
+    copy took dave's join, numbered as bob's was before the restart, for one it had
+    read: it showed bob, never dave, until the change log no longer reached back to it.)"""
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):
+        one, two, reader = layers(), layers(), layers()
+        join(one, Inbox(), "alice")
+        assert redis_server.command("SAVE") == b"+OK\r\n"
+        join(one, Inbox(), "bob")
+        assert who(reader) == {"user:alice": 1, "user:bob": 1}
+        _restore_the_snapshot(redis_server)
+        join(two, Inbox(), "dave")
+        assert who(layers()) == {"user:alice": 1, "user:dave": 1}  # a new reader's
+        assert who(reader) == {"user:alice": 1, "user:dave": 1}
