@@ -435,13 +435,12 @@ def _present(group: str, websocket: WebSocket | Member, info: str | None, events
     if events:
         _registry.presence.listen(group, websocket)
         layer.listen(group)
-    if info is None:
-        return
-    key, user = member_key(websocket)
-    entry = Local(key, user, info, load_info(info))
-    again = _registry.presence.has(group, websocket)  # its info changes; nobody joined
-    count, shown = _registry.presence.add(group, websocket, entry)
-    layer.present(group, entry, count, shown, not again)
+    if info is not None:
+        key, user = member_key(websocket)
+        entry = Local(key, user, info, load_info(info))
+        again = _registry.presence.has(group, websocket)  # its info changes; nobody joined
+        count, shown = _registry.presence.add(group, websocket, entry)
+        layer.present(group, entry, count, shown, not again)
     if websocket.is_closed():  # closed meanwhile: its signal may have fired before
         leave_all(websocket)
 

@@ -262,3 +262,26 @@ def test_a_listener_that_left_gets_no_more_events(room: str) -> None:
     groups.join(room, Tab("1"), presence={})
     assert events(other, 1) == [("join", "user:1", {})]
     watcher.assert_empty()
+
+
+def test_a_listener_that_closes_while_joining_is_not_kept(
+    room: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket asking for events (without ``presence=``) closes while it joins, its close
+    signal running just before it listens: it is no listener afterwards. (It stayed one
+    for good: the process kept the closed socket, and on Redis reaped the group at every
+    heartbeat, for each such close.)"""
+    from dwebsocket.groups.presence import PresenceRegistry
+
+    tab, listen = Tab(), PresenceRegistry.listen
+
+    def closing_first(self: PresenceRegistry, group: str, member: Any) -> None:
+        if member is tab and not tab.closed:
+            tab.close()  # its signal: leave_all, before the listen below
+        listen(self, group, member)
+
+    monkeypatch.setattr(PresenceRegistry, "listen", closing_first)
+    groups.join(room, tab, events=True)
+    assert tab.closed
+    assert not groups._registry.presence.involves(tab)
+    assert room not in groups._registry.presence.listened()
