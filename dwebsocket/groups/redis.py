@@ -1198,7 +1198,8 @@ class RedisLayer:
 
     def _beat(self) -> None:
         """Every heartbeat: for each group with present members here, renew this process;
-        for each other group with listeners here, remove the dead processes' entries (see
+        for each group whose last one here left while a write failed, sync; for each
+        other group with listeners here, remove the dead processes' entries (see
         ``HEARTBEAT_SCRIPT``). Ends once the layer is closed."""
         while True:
             heartbeat, stale, expiry = self._times()
@@ -1207,23 +1208,31 @@ class RedisLayer:
                 if self.subscriber._stopping:
                     return
                 time.sleep(min(left, 0.5))
-            present = self.registry.presence.groups()
-            for group in present:
-                if self.subscriber._stopping:
-                    return
-                self.heartbeat(group, stale, expiry)
-            with self._state_lock:
-                for group in self._decided.keys() - set(present):
-                    # Its last member here left while Redis was away: no heartbeat here
-                    # renews this process there, whose entries then go as a dead one's.
-                    del self._decided[group]
-            for group in self.registry.presence.listened():
-                if self.subscriber._stopping:
-                    return
-                if group not in present:
-                    # No heartbeat of this process there to remove the dead ones: their
-                    # users' leaves would reach no one here.
-                    self._beat_once(group, stale, expiry, "reap", [])
+            self._beat_all(stale, expiry)
+
+    def _beat_all(self, stale: int, expiry: int) -> None:
+        """One round of :meth:`_beat`."""
+        present = self.registry.presence.groups()
+        for group in present:
+            if self.subscriber._stopping:
+                return
+            self.heartbeat(group, stale, expiry)
+        for group in self._unsynced - set(present):
+            if self.subscriber._stopping:
+                return
+            # Its last member here left while Redis was away (or refused the write): its
+            # entry may be there still, and the leaves decided here reached no other
+            # process. A sync removes the one and publishes the others. (Left to go as a
+            # dead process's entries, they came back to life with this process's next
+            # join there, and were then removed without a leave.)
+            self.heartbeat(group, stale, expiry, sync=True)
+        for group in self.registry.presence.listened():
+            if self.subscriber._stopping:
+                return
+            if group not in present:
+                # No heartbeat of this process there to remove the dead ones: their
+                # users' leaves would reach no one here.
+                self._beat_once(group, stale, expiry, "reap", [])
 
     def heartbeat(self, group: str, stale: int, expiry: int, sync: bool = False) -> None:
         """One heartbeat of this process in ``group`` (see ``HEARTBEAT_SCRIPT``): a few

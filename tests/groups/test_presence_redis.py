@@ -452,3 +452,31 @@ def test_a_copy_read_before_redis_went_back_to_an_older_snapshot_follows_it(
         join(two, Inbox(), "dave")
         assert who(layers()) == {"user:alice": 1, "user:dave": 1}  # a new reader's
         assert who(reader) == {"user:alice": 1, "user:dave": 1}
+
+
+def test_a_user_who_left_a_process_last_while_redis_was_away_is_a_leave_elsewhere(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """Bob, the last present member of a process in the group, leaves while Redis is
+    unreachable, and Redis comes back with his entry (its data kept, as after a network
+    cut); then alice joins in that process. The other process's listeners get bob's leave
+    and ``presence`` has no bob. (The heartbeats forgot the leave the process had decided
+    alone, as it had no member there left; alice's join made the process live again, with
+    bob's entry: the next heartbeat removed it, and no one else ever got his leave.)"""
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):
+        one, two = layers(), layers()
+        there = listen(two)
+        bob = Inbox()
+        join(one, bob, "bob")
+        assert events(there, 1) == [("join", "user:bob")]
+        assert redis_server.command("SAVE") == b"+OK\r\n"
+        redis_server.stop()
+        leave(one, bob)  # not written: Redis is down
+        redis_server.start()  # with the copy SAVE took: bob's entry there
+        until(lambda: "room" in two.subscriber.subscribed, timeout=20)
+        one._beat_all(LONG_STALE, LONG_EXPIRY)
+        join(one, Inbox(), "alice")
+        one._beat_all(LONG_STALE, LONG_EXPIRY)
+        assert events(there, 2) == [("leave", "user:bob"), ("join", "user:alice")]
+        assert who(two) == {"user:alice": 1}
+        there.assert_empty()
