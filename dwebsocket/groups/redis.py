@@ -1201,13 +1201,20 @@ class RedisLayer:
         for each group whose last one here left while a write failed, sync; for each
         other group with listeners here, remove the dead processes' entries (see
         ``HEARTBEAT_SCRIPT``). Ends once the layer is closed."""
+        start = time.monotonic()
         while True:
             heartbeat, stale, expiry = self._times()
-            deadline = time.monotonic() + heartbeat
+            # A heartbeat after the last round began, not ended: a round takes a while
+            # with many groups, and a group's renewals must stay within twice the
+            # heartbeat (a round of more than one made them more, and the process dead).
+            deadline = start + heartbeat
             while (left := deadline - time.monotonic()) > 0:
                 if self.subscriber._stopping:
                     return
                 time.sleep(min(left, 0.5))
+            if self.subscriber._stopping:
+                return
+            start = time.monotonic()
             self._beat_all(stale, expiry)
 
     def _beat_all(self, stale: int, expiry: int) -> None:

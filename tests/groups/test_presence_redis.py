@@ -6,6 +6,7 @@ Redis was unreachable."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -480,3 +481,45 @@ def test_a_user_who_left_a_process_last_while_redis_was_away_is_a_leave_elsewher
         assert events(there, 2) == [("leave", "user:bob"), ("join", "user:alice")]
         assert who(two) == {"user:alice": 1}
         there.assert_empty()
+
+
+def test_heartbeats_that_take_long_still_renew_each_group_in_time(
+    layers: Callable[[], RedisLayer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round of heartbeats takes a while with many groups (one script each, a round
+    trip to Redis apiece: 10,000 groups at 1 ms is 10 s). Each group is still renewed
+    within twice the heartbeat while a round takes less, so this process is never
+    counted dead. (The heartbeat waited a whole interval after each round: a round of
+    more than one heartbeat made every group's renewals more than two apart, and its
+    members vanished from every process's ``presence`` and came back, round after
+    round.) A fake clock: the rounds take 1.2 heartbeats of it."""
+    from dwebsocket.groups import redis as redis_layer
+
+    layer = layers()
+    heartbeat = 600.0  # the short_heartbeat fixture's 1.0 is overridden below
+    starts: list[float] = []
+
+    class Clock:
+        now = 1000.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+        def sleep(self, seconds: float) -> None:
+            self.now += seconds
+
+    clock = Clock()
+
+    def a_round(stale: int, expiry: int) -> None:
+        starts.append(clock.now)
+        clock.now += 1.2 * heartbeat
+        if len(starts) == 4:
+            layer.subscriber._stopping = True
+
+    monkeypatch.setattr(redis_layer, "time", clock)
+    monkeypatch.setattr(layer, "_beat_all", a_round)
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=heartbeat):
+        layer._beat()
+    assert len(starts) == 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert max(gaps) <= 2 * heartbeat, gaps  # a group's renewals, one round apart
