@@ -523,3 +523,28 @@ def test_heartbeats_that_take_long_still_renew_each_group_in_time(
     assert len(starts) == 4
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
     assert max(gaps) <= 2 * heartbeat, gaps  # a group's renewals, one round apart
+
+
+def test_an_ordinary_heartbeat_writes_no_entry_again(layers: Callable[[], RedisLayer]) -> None:
+    """The checks above cost nothing while Redis keeps its data: with joins and leaves of
+    two processes between them, no heartbeat syncs (sends every entry of its process)."""
+    one, two = layers(), layers()
+    modes: list[str] = []
+    script = one._heartbeat
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        modes.append(kwargs["args"][6])
+        return script(*args, **kwargs)
+
+    one._heartbeat = noted  # type: ignore[method-assign]
+    alice, bob = Inbox(), Inbox()
+    join(one, alice, "alice")
+    join(two, bob, "bob")
+    one.heartbeat("room", STALE, EXPIRY)
+    join(one, Inbox(), "carol")
+    leave(two, bob)
+    one.heartbeat("room", STALE, EXPIRY)
+    leave(one, alice)
+    one.heartbeat("room", STALE, EXPIRY)
+    assert modes == ["", "", ""]
+    assert who(two) == {"user:carol": 1}
