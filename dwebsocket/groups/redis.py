@@ -258,10 +258,60 @@ local function holds(anchor, digest)
   if not first or tonumber(a) < first then return false end
   return redis.sha1hex(redis.call('LINDEX', KEYS[4], tonumber(a) - first)) == digest
 end
+-- The end of the JSON string (or null) at i in s; #s if it has none.
+local function json_end(s, i)
+  if string.sub(s, i, i) ~= '"' then return i + 3 end
+  i = i + 1
+  while i <= #s do
+    local c = string.sub(s, i, i)
+    if c == '"' then return i end
+    if c == '\\\\' then i = i + 1 end
+    i = i + 1
+  end
+  return #s
+end
+-- A leave event's tail from an entry ("[key,user,info,sockets]"), its parts as they were
+-- written: cjson does not encode again what it decoded ([] comes out {}, 2^60 rounded).
+local function leave_tail(value)
+  local key_end = json_end(value, 2)
+  local user_end = json_end(value, key_end + 2)
+  local info_end = string.find(value, ',%d+%]$')
+  return '","key":' .. string.sub(value, 2, key_end) .. ',"user":' ..
+    string.sub(value, key_end + 2, user_end) .. ',"info":' ..
+    string.sub(value, user_end + 2, (info_end or #value + 1) - 1) .. '}'
+end
+-- The live processes (a list) and the dead ones (a set: silent for more than stale ms),
+-- whose heartbeats are removed.
+local function processes(stale)
+  local dead, live = {}, {}
+  local procs = redis.call('HGETALL', KEYS[2])
+  for i = 1, #procs, 2 do
+    if now - tonumber(procs[i + 1]) > stale then
+      dead[procs[i]] = true
+      redis.call('HDEL', KEYS[2], procs[i])
+    else
+      live[#live + 1] = procs[i]
+    end
+  end
+  return dead, live
+end
+-- Remove a dead process's entry (field, value) of key, and publish its leave if no live
+-- process has a socket of the key and none was published for it yet (told: key -> true).
+local function bury(field, value, key, live, told, command, channel, event_head)
+  redis.call('HDEL', KEYS[1], field)
+  changed(field, false)
+  if told[key] then return end
+  for _, other in ipairs(live) do
+    if redis.call('HEXISTS', KEYS[1], other .. '|' .. key) == 1 then return end
+  end
+  told[key] = true
+  redis.call(command, channel, event_head .. 'leave' .. leave_tail(value))
+end
 """.replace("PRESENCE_LOG", str(PRESENCE_LOG))
 
 #: A key's sockets in this process changed to ARGV[4]; publish a join/leave event if the
-#: key has no socket in any other live process. KEYS: presence, procs, version, log.
+#: key has no socket in any other live process. The dead processes' entries are removed
+#: first, with their leaves, as a heartbeat removes them. KEYS: presence, procs, version, log.
 #: ARGV: process, key, entry JSON without its count ("[key,user,info"), count, stale (ms),
 #: publishing command, channel, event head (header + JSON up to the event's name), event
 #: tail, expiry (ms), this process's anchor here (see ``holds``: the version of its last
@@ -277,14 +327,25 @@ local unknown = redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0
 redis.call('HSET', KEYS[2], ARGV[1], now)
 local field = ARGV[1] .. '|' .. ARGV[2]
 local n = tonumber(ARGV[4])
-local elsewhere = false
-local procs = redis.call('HGETALL', KEYS[2])
-for i = 1, #procs, 2 do
-  if procs[i] ~= ARGV[1] and now - tonumber(procs[i + 1]) <= tonumber(ARGV[5]) then
-    if redis.call('HEXISTS', KEYS[1], procs[i] .. '|' .. ARGV[2]) == 1 then
-      elsewhere = true
-      break
+-- Dead processes' entries go first, with their leaves, as a heartbeat removes them: so
+-- each listener's events of a key alternate (a join here beside a dead entry was a
+-- second join; a leave here, then the dead entry's, two leaves).
+local dead, live = processes(tonumber(ARGV[5]))
+if next(dead) then
+  local fields = redis.call('HGETALL', KEYS[1])
+  local told = {}
+  for i = 1, #fields, 2 do
+    local process, key = string.match(fields[i], '^([^|]*)|(.*)$')
+    if process and dead[process] then
+      bury(fields[i], fields[i + 1], key, live, told, ARGV[6], ARGV[7], ARGV[8])
     end
+  end
+end
+local elsewhere = false
+for _, other in ipairs(live) do
+  if other ~= ARGV[1] and redis.call('HEXISTS', KEYS[1], other .. '|' .. ARGV[2]) == 1 then
+    elsewhere = true
+    break
   end
 end
 local had = redis.call('HEXISTS', KEYS[1], field) == 1
@@ -358,54 +419,17 @@ if sync then
     end
   end
 end
--- The end of the JSON string (or null) at i in s; #s if it has none.
-local function json_end(s, i)
-  if string.sub(s, i, i) ~= '"' then return i + 3 end
-  i = i + 1
-  while i <= #s do
-    local c = string.sub(s, i, i)
-    if c == '"' then return i end
-    if c == '\\\\' then i = i + 1 end
-    i = i + 1
-  end
-  return #s
-end
--- A leave event's tail from an entry ("[key,user,info,sockets]"), its parts as they were
--- written: cjson does not encode again what it decoded ([] comes out {}, 2^60 rounded).
-local function leave_tail(value)
-  local key_end = json_end(value, 2)
-  local user_end = json_end(value, key_end + 2)
-  local info_end = string.find(value, ',%d+%]$')
-  return '","key":' .. string.sub(value, 2, key_end) .. ',"user":' ..
-    string.sub(value, key_end + 2, user_end) .. ',"info":' ..
-    string.sub(value, user_end + 2, (info_end or #value + 1) - 1) .. '}'
-end
-local dead = {}
-local live = {}
-local procs = redis.call('HGETALL', KEYS[2])
-for i = 1, #procs, 2 do
-  if now - tonumber(procs[i + 1]) > tonumber(ARGV[2]) then
-    dead[procs[i]] = true
-    redis.call('HDEL', KEYS[2], procs[i])
-  else
-    live[#live + 1] = procs[i]
-  end
-end
+local dead, live = processes(tonumber(ARGV[2]))
 local fields = {}
 if sync or next(dead) then fields = redis.call('HGETALL', KEYS[1]) end
+local told = {}
 for i = 1, #fields, 2 do
   local process, key = string.match(fields[i], '^([^|]*)|(.*)$')
   if sync and process == ARGV[1] and not mine[fields[i]] then
     redis.call('HDEL', KEYS[1], fields[i])
     changed(fields[i], false)
   elseif process and dead[process] then
-    redis.call('HDEL', KEYS[1], fields[i])
-    changed(fields[i], false)
-    local left = true
-    for _, other in ipairs(live) do
-      if redis.call('HEXISTS', KEYS[1], other .. '|' .. key) == 1 then left = false end
-    end
-    if left then redis.call(ARGV[4], ARGV[5], ARGV[6] .. 'leave' .. leave_tail(fields[i + 1])) end
+    bury(fields[i], fields[i + 1], key, live, told, ARGV[4], ARGV[5], ARGV[6])
   end
 end
 for i = 13, decided - 1, 3 do

@@ -548,3 +548,70 @@ def test_an_ordinary_heartbeat_writes_no_entry_again(layers: Callable[[], RedisL
     one.heartbeat("room", STALE, EXPIRY)
     assert modes == ["", "", ""]
     assert who(two) == {"user:carol": 1}
+
+
+def _dead(layer: RedisLayer, group: str = "room") -> None:
+    """``layer``'s process counts as dead in ``group`` (killed: last heard long ago)."""
+    layer._client.hset(layer.presence_keys(group)[1], layer.process, 1)
+
+
+def test_a_user_on_two_processes_that_die_together_is_one_leave(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """A machine dies with both of its workers, alice having a tab on each: the heartbeat
+    that removes their entries sends one leave. (It sent one per entry.)"""
+    one, two, three = layers(), layers(), layers()
+    listener = listen(three)
+    join(three, Inbox(), "bob")
+    join(one, Inbox(), "alice")
+    join(two, Inbox(), "alice")
+    assert events(listener, 2) == [("join", "user:bob"), ("join", "user:alice")]
+    _dead(one)
+    _dead(two)
+    three.heartbeat("room", STALE, EXPIRY)
+    assert events(listener, 1) == [("leave", "user:alice")]
+    listener.assert_empty()
+    assert who(three) == {"user:bob": 1}
+
+
+def test_a_user_back_before_their_dead_process_is_reaped_leaves_then_joins(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """Alice's process is killed and she reconnects to another one after it counts as
+    dead, before a heartbeat removed its entries: her listeners get a leave (the dead
+    entry's, as a heartbeat would send it) and then her join, so that every listener's
+    events alternate, whether it saw her first join or read ``presence`` after the
+    process counted dead; none when the heartbeat comes. (Those who saw her first join
+    got a second one, and never a leave.)"""
+    one, two = layers(), layers()
+    listener = listen(two)
+    join(one, Inbox(), "alice")
+    assert events(listener, 1) == [("join", "user:alice")]
+    _dead(one)
+    join(two, Inbox(), "alice")
+    assert events(listener, 2) == [("leave", "user:alice"), ("join", "user:alice")]
+    assert who(two) == {"user:alice": 1}
+    two.heartbeat("room", STALE, EXPIRY)
+    listener.assert_empty()
+    assert who(two) == {"user:alice": 1}
+
+
+def test_a_user_leaving_beside_their_dead_process_is_one_leave(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """Alice has tabs in two processes; one is killed, and once it counts as dead, before
+    a heartbeat removed its entries, she closes the other: one leave. (One came at the
+    close, and another when the dead entry was removed.)"""
+    one, two, three = layers(), layers(), layers()
+    listener = listen(three)
+    join(three, Inbox(), "bob")
+    alice = Inbox()
+    join(one, Inbox(), "alice")
+    join(two, alice, "alice")
+    assert events(listener, 2) == [("join", "user:bob"), ("join", "user:alice")]
+    _dead(one)
+    leave(two, alice)
+    three.heartbeat("room", STALE, EXPIRY)
+    assert events(listener, 1) == [("leave", "user:alice")]
+    listener.assert_empty()
+    assert who(three) == {"user:bob": 1}
