@@ -615,3 +615,15 @@ def test_a_user_leaving_beside_their_dead_process_is_one_leave(
     assert events(listener, 1) == [("leave", "user:alice")]
     listener.assert_empty()
     assert who(three) == {"user:bob": 1}
+
+
+def test_a_process_judges_the_others_heartbeats_by_its_own_setting(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """What docs/users.rst warns of: a process whose ``WEBSOCKET_PRESENCE_HEARTBEAT`` is
+    shorter than the others' takes them for dead sooner (here at once), in its answers."""
+    one, reader = layers(), layers()
+    join(one, Inbox(), "alice")
+    assert who(reader) == {"user:alice": 1}
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=0.001):  # dead after 2 ms
+        until(lambda: who(reader) == {})
