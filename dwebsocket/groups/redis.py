@@ -545,7 +545,7 @@ KEEPALIVE = 10.0
 BATCH = 1000
 #: Own messages remembered to deliver each exactly once (see ``RedisLayer._claim``).
 CLAIMS = 4096
-#: Groups whose epoch a sender remembers (see ``RedisLayer._remember_epoch``).
+#: Groups whose epoch (and kept send arguments) a sender remembers (``RedisLayer._kept_group``).
 EPOCHS = 4096
 #: Connections ``send`` may use at once; more senders wait (up to ``socket_timeout``).
 MAX_PUBLISH_CONNECTIONS = 32
@@ -604,6 +604,33 @@ def decode_positioned(data: bytes) -> tuple[bytes, int, Message, Position | None
 
 #: The wrong WEBSOCKET_PRESENCE_HEARTBEAT values logged (see ``RedisLayer._times``).
 _wrong_heartbeats: set[str] = set()
+
+
+class _Kept:
+    """What a kept send to a group repeats (``RedisLayer._kept_group``): its policy, and
+    the script's arguments but the message's, as bytes."""
+
+    __slots__ = ("channel", "command", "epoch", "policy", "size", "stream", "ttl")
+
+    def __init__(
+        self,
+        policy: Policy,
+        stream: bytes,
+        size: bytes,
+        ttl: bytes,
+        epoch: bytes,
+        channel: bytes,
+        command: bytes,
+    ) -> None:
+        self.policy = policy
+        self.stream = stream
+        self.size = size
+        self.ttl = ttl
+        #: The epoch the group's last message had ("0": none yet): the one to append in
+        #: next time (the script corrects a stale one).
+        self.epoch = epoch
+        self.channel = channel
+        self.command = command
 
 
 class RedisLayer:
@@ -667,8 +694,8 @@ class RedisLayer:
         self._retry_at: dict[str | None, float] = {}
         self._claims: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._publish_kept = self._client.register_script(PUBLISH_SCRIPT)
-        self._epochs: dict[str, str] = {}  # group -> the epoch its last message had
-        self._kept_args: dict[Policy, tuple[bytes, bytes, bytes]] = {}  # see _send_kept
+        self._publish_kept_sha = self._publish_kept.sha.encode()
+        self._kept: dict[str, _Kept] = {}  # group -> what its kept sends repeat
         self._read_kept = self._client.register_script(READ_SCRIPT)
         self._present = self._client.register_script(PRESENT_SCRIPT)
         self._heartbeat = self._client.register_script(HEARTBEAT_SCRIPT)
@@ -719,13 +746,26 @@ class RedisLayer:
         """The key of ``group``'s history stream (its name a hash tag: see the docstring)."""
         return f"{self._prefix}{{{group}}}:history"
 
-    def _remember_epoch(self, group: str, epoch: str) -> None:
-        """The epoch to append in, next time (the script corrects a stale one)."""
-        epochs = self._epochs
-        if epochs.get(group) != epoch:
-            if len(epochs) >= EPOCHS:
-                epochs.clear()  # per-user groups are unbounded; a miss costs one lookup
-            epochs[group] = epoch
+    def _kept_group(self, group: str, kept_by: Policy) -> _Kept:
+        """What every kept send to ``group`` repeats, made at its first (again when its
+        policy changed), as bytes: redis-py's packing has nothing left to encode."""
+        kept = self._kept
+        old = kept.get(group)
+        if len(kept) >= EPOCHS:
+            kept.clear()  # per-user groups are unbounded; a miss costs one lookup
+        new = kept[group] = _Kept(
+            kept_by,
+            self.stream(group).encode(),
+            str(kept_by.size).encode(),
+            # ms: a second more than the newest entry needs
+            str(int(kept_by.ttl * 1000) + 1000).encode(),
+            old.epoch if old is not None else b"0",
+            # PUBLISH, or SPUBLISH on a Cluster: the channel has the stream's hash tag, so
+            # both live in the slot the script runs in.
+            self.channel(group),
+            self.publish_command.encode(),
+        )
+        return new
 
     # -- membership -----------------------------------------------------------------------
 
@@ -973,36 +1013,20 @@ class RedisLayer:
             header, payload = HEADER.pack(TEXT_AT, self.origin, seq), message.encode()
         else:
             header, payload = HEADER.pack(BINARY_AT, self.origin, seq), message
+        kept = self._kept.get(group)
+        if kept is None or kept.policy is not kept_by:
+            kept = self._kept_group(group, kept_by)
         error: Exception | None = None
         position: str | None = None
-        channel = self.channel(group)
-        shard = self.topology.shard(channel)
-        if time.monotonic() < self._retry_at.get(shard, 0.0):
+        # Which shard serves the group matters only while one failed (_retry_at and
+        # _failures are empty otherwise; read unlocked, as ever): on a Cluster, a slot
+        # lookup per send saved.
+        retry_at = self._retry_at
+        if retry_at and time.monotonic() < retry_at.get(self.topology.shard(kept.channel), 0.0):
             error = redis.ConnectionError("Redis unreachable recently; not retried yet")
         else:
-            args = self._kept_args.get(kept_by)
-            if args is None:
-                # size, ttl (ms: a second more than the newest needs) and PUBLISH (SPUBLISH
-                # on a Cluster: the channel has the stream's hash tag, so both live in the
-                # slot the script runs in), encoded once per policy.
-                args = self._kept_args[kept_by] = (
-                    str(kept_by.size).encode(),
-                    str(int(kept_by.ttl * 1000) + 1000).encode(),
-                    self.topology.publish_command.encode(),
-                )
-            size, ttl, command = args
             try:
-                answer = self._evalsha(
-                    self._publish_kept,
-                    self.stream(group),
-                    size,
-                    ttl,
-                    self._epochs.get(group, "0"),
-                    channel,
-                    header,
-                    payload,
-                    command,
-                )
+                answer = self._evalsha(kept, header, payload)
             except REFUSED as exc:
                 # Redis is there but will not keep it: not an outage (held back, every group
                 # of the process would lose its messages elsewhere). Published without
@@ -1011,13 +1035,15 @@ class RedisLayer:
                 error = self._publish(group, encode(message, self.origin, seq))
             except (redis.RedisError, OSError) as exc:
                 error = exc
-                self._publish_failed(exc, shard)
+                self._publish_failed(exc, self.topology.shard(kept.channel))
             else:
-                self._publish_ok(shard)
-                self._took_write()
+                if self._failures:
+                    self._publish_ok(self.topology.shard(kept.channel))
+                if self._refusing:
+                    self._took_write()
                 # The script's own "epoch:offset", as it is (Position.parse would check it).
                 position = answer.decode() if isinstance(answer, bytes) else str(answer)
-                self._remember_epoch(group, position.partition(":")[0])
+                kept.epoch = position.partition(":")[0].encode()
         unserved = error is not None or group not in self.subscriber.subscribed
         if unserved and group in self.registry and self._claim(seq):
             self._fan_out_item(Item(group, message, Position.parse(position)))
@@ -1025,15 +1051,29 @@ class RedisLayer:
             raise GroupsUnavailable(f"group message not published: {error}") from error
         return position
 
-    def _evalsha(self, script: Any, key: str, *args: Any) -> Any:
-        """Run registered ``script`` on ``key`` with ``args``: EVALSHA straight through the
-        client (redis-py's ``Script`` call costs a kept send a few µs more each time), and
+    def _evalsha(self, kept: _Kept, header: bytes, payload: BytesLike) -> Any:
+        """``PUBLISH_SCRIPT`` of ``header`` and ``payload`` to ``kept``'s group: EVALSHA
+        straight through the client, every argument bytes (redis-py's ``Script`` call,
+        and its encoding of each argument, cost a kept send a few µs more each time), and
         through ``Script`` when Redis does not know it (restarted, flushed, a new node),
         which loads it."""
         try:
-            return self._client.execute_command("EVALSHA", script.sha, 1, key, *args)
+            return self._client.execute_command(
+                "EVALSHA",
+                self._publish_kept_sha,
+                b"1",
+                kept.stream,
+                kept.size,
+                kept.ttl,
+                kept.epoch,
+                kept.channel,
+                header,
+                payload,
+                kept.command,
+            )
         except redis.exceptions.NoScriptError:
-            return script(keys=[key], args=args)
+            args = [kept.size, kept.ttl, kept.epoch, kept.channel, header, payload, kept.command]
+            return self._publish_kept(keys=[kept.stream], args=args)
 
     # -- presence ---------------------------------------------------------------------------
 

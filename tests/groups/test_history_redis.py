@@ -105,6 +105,21 @@ def test_the_stream_key_has_the_group_as_hash_tag_and_expires(redis_groups: Redi
     assert f"{position.epoch}-1".encode() in entry
 
 
+def test_a_changed_history_setting_applies_to_the_next_send(redis_groups: RedisServer) -> None:
+    """A sender encodes a group's script arguments once (``RedisLayer._kept_group``): a new
+    value of WEBSOCKET_GROUPS_HISTORY still applies from the next send, in the same epoch."""
+    key = "dwebsocket:0:{room}:history"
+    first = Position.parse(groups.send("room", "1"))
+    assert 60_000 <= int(redis_groups.command("PTTL", key)[1:].strip()) <= 61_000
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"room": {"size": 100, "ttl": 120}}):
+        second = Position.parse(groups.send("room", "2"))
+        assert 120_000 <= int(redis_groups.command("PTTL", key)[1:].strip()) <= 121_000
+    third = Position.parse(groups.send("room", "3"))
+    assert 60_000 <= int(redis_groups.command("PTTL", key)[1:].strip()) <= 61_000
+    assert first is not None
+    assert [second, third] == [Position(first.epoch, 2), Position(first.epoch, 3)]
+
+
 def test_a_sender_with_a_stale_epoch_appends_to_the_current_one(
     redis_groups: RedisServer, layers: Callable[[], RedisLayer]
 ) -> None:
