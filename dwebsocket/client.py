@@ -329,6 +329,9 @@ class ReconnectingClient:
         self._reader: int | None = None
         self._wake = threading.Event()
         self._closing = threading.Lock()
+        # Held while a frame is written: a close frame written meanwhile (close() from
+        # another thread, or from a signal handler in the writing one) would land inside it.
+        self._writing = threading.Lock()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed_for_good else "open" if self.connected else "waiting"
@@ -422,7 +425,9 @@ class ReconnectingClient:
 
         From another thread than one inside :meth:`recv` (or :meth:`connect`), it wakes
         that call and returns at once: the reading thread sends the close frame, lets go
-        of the socket and raises ``ConnectionClosed``."""
+        of the socket and raises ``ConnectionClosed``. During a :meth:`send` (in another
+        thread, or in this one, from a signal handler) it returns at once too: the
+        message goes out whole, then the close frame."""
         if self._closed_for_good:
             return
         self._closed_for_good = True
@@ -442,6 +447,14 @@ class ReconnectingClient:
             if conn is not None and not (code == 1005 and not reason):
                 encode_close_payload(code, reason)  # what the reader could not send: raised here
             return
+        if not self._writing.acquire(blocking=False):
+            # A frame is being written (by send() in another thread, or in this one, a
+            # signal handler's close() interrupting it): the writer sends the close frame
+            # once its own is out (_write), then lets go of the socket.
+            if self._conn is not None and not (code == 1005 and not reason):
+                encode_close_payload(code, reason)  # what the writer could not send: raised here
+            return
+        self._writing.release()  # (taken again by _write: no frame of another comes between)
         if not self._closing.acquire(blocking=False):
             return  # the reading thread is closing it (see _finish_close)
         try:
@@ -747,13 +760,14 @@ class ReconnectingClient:
         sock = self._sock
         if sock is None:
             raise ConnectionClosed(1006, "not connected")
-        sock.settimeout(self.timeout)
         try:
-            # timeout for each send() to move some bytes, not for the whole message (as
-            # sendall() has it, but ssl's): a large one over a slow link is not a dead one.
-            view, sent = memoryview(data), 0
-            while sent < len(view):
-                sent += sock.send(view[sent:])
+            with self._writing:
+                sock.settimeout(self.timeout)
+                # timeout for each send() to move some bytes, not for the whole message (as
+                # sendall() has it, but ssl's): a large one over a slow link is not a dead one.
+                view, sent = memoryview(data), 0
+                while sent < len(view):
+                    sent += sock.send(view[sent:])
         except OSError as exc:
             if lose:
                 self._lost(1006, str(exc))
@@ -763,6 +777,8 @@ class ReconnectingClient:
             # on the wire, and the next one would land in its middle.
             self._lost(1006, "a write was interrupted")
             raise
+        if self._closed_for_good:
+            self._finish_close()  # close() came during the write and left it to this one
 
     def _next(self) -> Received | None:
         """Emit the events at the head of the inbox, then take its first message (None:

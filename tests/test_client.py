@@ -20,12 +20,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 
 from dwebsocket.client import Event, ReconnectingClient
 from dwebsocket.exceptions import ConnectionClosed
+from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.handshake import accept_key
 from tests.groups.proxy import Proxy
 from tests.requirements import executable, missing
@@ -496,6 +498,22 @@ def _answer_handshake(backend: socket.socket) -> socket.socket:
     return conn
 
 
+def _connected_to_a_bare_backend(
+    **options: Any,
+) -> tuple[ReconnectingClient, socket.socket]:
+    """A client connected to a listening socket of the test's, and the test's end of that
+    connection (after the 101, nothing is read or sent unless the test does)."""
+    with socket.create_server(("127.0.0.1", 0)) as backend:
+        client = ReconnectingClient(f"ws://127.0.0.1:{backend.getsockname()[1]}/", **options)
+        accepted: list[socket.socket] = []
+        thread = threading.Thread(target=lambda: accepted.append(_answer_handshake(backend)))
+        thread.start()
+        client.connect(WAIT)
+        thread.join(WAIT)
+    [conn] = accepted
+    return client, conn
+
+
 class Interrupted(BaseException):
     """Stands for a ``gevent.Timeout`` or a ``KeyboardInterrupt`` in the caller's thread."""
 
@@ -564,6 +582,48 @@ def test_a_write_interrupted_midway_gives_the_connection_up() -> None:
             conn.close()
 
 
+def test_close_during_a_write_lets_the_frame_end_first() -> None:
+    """A service closes its client from a SIGTERM handler while the main thread's
+    ``send()`` writes a large message (the backend reads it, slowly): the close frame must
+    follow the message, not land inside it. Before, ``close()`` wrote its frame at once,
+    into the middle of the one being written, then closed the socket under it: the
+    server got a corrupt stream (here: a message cut short, no close frame)."""
+    message = b"x" * 2**25  # more than the buffers take: the write waits for the reader
+    fired = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        fired.set()
+        client.close(1001, "stopping")
+
+    client, conn = _connected_to_a_bare_backend()
+    received = bytearray()
+
+    def read() -> None:  # from the signal on, everything until the client's end
+        fired.wait(WAIT)
+        while chunk := conn.recv(_READ):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    previous = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.6)  # after the frame is made (0.2 s)
+        client.send(message)
+    except ConnectionClosed:
+        pass  # before: the socket closed under the write
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    reader.join(WAIT)
+    conn.close()
+    assert fired.is_set() and not reader.is_alive()
+    server = Connection(client=False, max_message_size=None)
+    events = server.receive_data(bytes(received))
+    assert events[:1] == [message], "the message did not arrive whole"
+    assert events[1:] == [Close(1001, "stopping")]
+    assert not client.connected
+
+
 def test_a_close_frame_whose_answer_cannot_be_written_is_one_final_close() -> None:
     """The server closes with 4001 and resets the connection before the client answers
     (its close timeout ran out while the client was not reading, say): the answer's
@@ -571,15 +631,7 @@ def test_a_close_frame_whose_answer_cannot_be_written_is_one_final_close() -> No
     retry. Before, the failed write announced a 1006 with a retry first, then the 4001
     ended the client: two "close" events, the first promising what never came."""
     events: list[Event] = []
-    with socket.create_server(("127.0.0.1", 0)) as backend:
-        url = f"ws://127.0.0.1:{backend.getsockname()[1]}/"
-        client = ReconnectingClient(url, on_event=events.append)
-        accepted: list[socket.socket] = []
-        thread = threading.Thread(target=lambda: accepted.append(_answer_handshake(backend)))
-        thread.start()
-        client.connect(WAIT)
-        thread.join(WAIT)
-    [conn] = accepted
+    client, conn = _connected_to_a_bare_backend(on_event=events.append)
     conn.sendall(b"\x88\x09\x0f\xa1revoked")  # close 4001 "revoked"
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()  # a reset: the client's answer finds no connection to go to
