@@ -123,14 +123,14 @@ def _forget_lookups() -> None:
 os.register_at_fork(after_in_child=_forget_lookups)
 
 
-def _resolve(host: str, port: int, timeout: float) -> Sequence[_AddrInfo]:
-    """The TCP addresses of ``host`` (``socket.getaddrinfo``), blocking at most
-    ``timeout`` seconds.
+def _resolve(host: str, port: int, left: Callable[[], float]) -> Sequence[_AddrInfo]:
+    """The TCP addresses of ``host`` (``socket.getaddrinfo``), blocking at most ``left()``
+    seconds (asked again every 0.1 s: it raises when the attempt is to stop).
 
     ``getaddrinfo()`` takes no timeout and cannot be interrupted, and a resolver that gets
     no answer waits its own limits (``resolv.conf``: up to minutes), so the lookup runs in
     a daemon thread that the caller waits for; callers asking for the same name meanwhile
-    wait for the same thread. Raises ``TimeoutError`` when ``timeout`` runs out first
+    wait for the same thread. Raises ``TimeoutError`` when ``left()`` runs out first
     (the lookup goes on, for the next attempt to use), else what ``getaddrinfo`` raised
     (``socket.gaierror``, ``UnicodeError`` for a name IDNA cannot encode)."""
     try:
@@ -152,8 +152,12 @@ def _resolve(host: str, port: int, timeout: float) -> Sequence[_AddrInfo]:
             except BaseException:
                 del _lookups[key]
                 raise
-    if not lookup.done.wait(timeout):
-        raise TimeoutError(f"no answer resolving {host!r} in time")
+    while not lookup.done.wait(0):
+        try:
+            wait = left()
+        except TimeoutError:
+            raise TimeoutError(f"no answer resolving {host!r} in time") from None
+        lookup.done.wait(min(wait, 0.1))
     if lookup.error is not None:
         raise copy.copy(lookup.error)  # a copy: other attempts may raise the same
     return lookup.addresses
@@ -171,14 +175,22 @@ def _look_up(key: tuple[str, int], lookup: _Lookup) -> None:
         lookup.done.set()
 
 
-def _connect_tcp(host: str, port: int, left: Callable[[], float]) -> socket.socket:
+def _connect_tcp(
+    host: str,
+    port: int,
+    left: Callable[[], float],
+    started: Callable[[socket.socket], None],
+) -> socket.socket:
     """A TCP connection to the first address of ``host`` that accepts one (as
     ``socket.create_connection``), every step within ``left()`` seconds, which raises
-    ``TimeoutError`` once none are left. Raises the last address's error."""
+    ``TimeoutError`` once none are left. ``started`` gets each socket before it
+    connects (``shutdown()`` from another thread then ends the wait: Linux gives the
+    connection up). Raises the last address's error."""
     error: OSError | None = None
-    for family, kind, proto, _, address in _resolve(host, port, left()):
+    for family, kind, proto, _, address in _resolve(host, port, left):
         sock = socket.socket(family, kind, proto)
         try:
+            started(sock)
             sock.settimeout(left())
             sock.connect(address)
         except BaseException as exc:
@@ -569,12 +581,14 @@ class ReconnectingClient:
             end = min(end, deadline)
 
         def left() -> float:
+            if self._closed_for_good:  # close() from another thread: see _started
+                raise ConnectionAbortedError("closed during the attempt")
             remaining = end - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("no answer to the handshake")
             return remaining
 
-        sock = self._sock = _connect_tcp(host, port, left)
+        sock = self._sock = _connect_tcp(host, port, left, self._started)
         if secure:
             context = self.ssl_context or ssl.create_default_context()
             sock.settimeout(left())
@@ -610,6 +624,11 @@ class ReconnectingClient:
         self._inbox.append(Event("open", reconnect=reconnect))
         if len(data) > consumed and self._conn is not None:  # the handler may have closed
             self._feed(data[consumed:])
+
+    def _started(self, sock: socket.socket) -> None:
+        """An attempt's socket, before it connects: for close() from another thread to
+        shut down (it sets the flag before it looks: left() sees one or the other)."""
+        self._sock = sock
 
     def _lost(
         self, code: int, reason: str, *, final: bool = False, not_before: float | None = None

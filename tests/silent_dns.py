@@ -4,12 +4,15 @@ Run by ``tests/test_client.py`` inside private namespaces (``unshare --user
 --map-root-user --mount --net``), so nothing of the machine changes: it binds the given
 ``resolv.conf`` over ``/etc/resolv.conf`` (in its own mount namespace), brings its own
 loopback up, listens on 127.0.0.1:53 (UDP and TCP) and never answers, then connects with a
-timeout twice. Prints one JSON line: what ``connect`` raised, the close events, the most
-lookup threads alive at once, the queries the server got, the TCP sockets left.
+timeout twice, then closes from another thread a client whose ``connect()`` waits for the
+lookup. Prints one JSON line: what ``connect`` raised, the close events, the most lookup
+threads alive at once, the queries the server got, the TCP sockets left, and whether the
+close ended that wait (within 3 s; its attempts may take 30).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import socket
@@ -17,6 +20,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 HOST = "dws-never-answers.test"
@@ -54,6 +58,7 @@ def main(resolv_conf: str) -> None:
     queries = silent_server()
 
     from dwebsocket.client import Event, ReconnectingClient
+    from dwebsocket.exceptions import ConnectionClosed
 
     closes: list[dict[str, Any]] = []
     most = 0
@@ -76,6 +81,19 @@ def main(resolv_conf: str) -> None:
         except Exception as exc:
             raised.append(f"{type(exc).__name__}: {exc}")
     client.close()
+
+    waiting = ReconnectingClient(f"ws://{HOST}:8000/x/", timeout=30)
+
+    def connect() -> None:
+        with contextlib.suppress(ConnectionClosed):  # what close() ends it with
+            waiting.connect()
+
+    reader = threading.Thread(target=connect, daemon=True)
+    reader.start()
+    time.sleep(0.2)  # the attempt waits for the lookup
+    waiting.close()
+    reader.join(3)
+    close_ended = not reader.is_alive()
     with open("/proc/net/tcp") as tcp, open("/proc/net/tcp6") as tcp6:
         # This namespace's TCP sockets: the DNS server's listener, and what leaked.
         sockets = len(tcp.read().splitlines()[1:]) + len(tcp6.read().splitlines()[1:])
@@ -87,6 +105,7 @@ def main(resolv_conf: str) -> None:
                 "most_lookups": most,
                 "queries": len(queries),
                 "tcp_sockets": sockets,
+                "close_ended": close_ended,
             }
         ),
         flush=True,

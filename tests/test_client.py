@@ -466,6 +466,7 @@ def test_a_dns_server_that_never_answers_is_bounded_by_the_timeout(tmp_path: Pat
     assert all("dws-never-answers.test" in c["reason"] for c in closes), closes
     assert outcome["most_lookups"] == 1  # every attempt waited for the same lookup
     assert outcome["tcp_sockets"] == 1  # the DNS server's listener: no client socket left
+    assert outcome["close_ended"], "close() from another thread did not end the lookup's wait"
 
 
 def test_a_host_name_is_looked_up_and_connected(gevent: ServerProcess) -> None:
@@ -719,6 +720,32 @@ def test_close_from_another_thread_ends_a_wait_to_reconnect() -> None:
         thread.join(3)
     assert not thread.is_alive(), "the wait did not end"
     assert isinstance(ended[0], ConnectionClosed)
+
+
+def test_close_from_another_thread_ends_an_attempt_under_way() -> None:
+    """The same while the reading thread's attempt waits for the TCP connection (the
+    server's host is gone: nothing answers, here a listener whose queue is full, so the
+    kernel drops the client's SYNs): ``close()`` ends the attempt. Before, the reading
+    thread waited out the attempt's ``timeout`` (10 s), then found the client closed."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as full:
+        port = full.getsockname()[1]
+        queued = []
+        for _ in range(4):  # more than the queue takes: the next SYN gets no answer
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            queued.append(filler)
+        client = ReconnectingClient(f"ws://127.0.0.1:{port}/")
+        try:
+            thread, ended = _reading(client)
+            time.sleep(0.2)  # the attempt is under way
+            client.close()
+            thread.join(3)
+            assert not thread.is_alive(), "the attempt did not end"
+            assert isinstance(ended[0], ConnectionClosed) and client._sock is None
+        finally:
+            for filler in queued:
+                filler.close()
 
 
 def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
