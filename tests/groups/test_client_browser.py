@@ -539,3 +539,31 @@ def test_the_first_connection_is_not_a_reconnection(bare_page: Page, gevent: Ser
     finally:
         link.close()
     assert bare_page.evaluate("opens") == [False, True]
+
+
+def test_close_while_waiting_to_reconnect_says_so(bare_page: Page, gevent: ServerProcess) -> None:
+    """The page closes the client while it waits for its next attempt (the server
+    unreachable; here from the "close" handler announcing that attempt): a "close" event
+    without a retry says it is over, as ``close()`` on a connection does. Before, nothing
+    came: the last word the page had was the previous "close" announcing a retry (a
+    "retrying in 16 s" countdown stayed on screen)."""
+    link = Proxy(gevent.port)
+    link.cut()
+    try:
+        bare_page.evaluate(
+            """(url) => {
+                window.waiting = [];
+                const s = new dwebsocket.Socket(url);
+                s.on("close", (e) => {
+                    waiting.push(e);
+                    if (waiting.length === 1) s.close();  // giving up: no wait for the retry
+                });
+            }""",
+            link.url("/echo/"),
+        )
+        bare_page.wait_for_function("waiting.length === 2")
+    finally:
+        link.close()
+    first, last = bare_page.evaluate("waiting")
+    assert first["willRetry"] is True
+    assert last["willRetry"] is False and last["code"] == 1000

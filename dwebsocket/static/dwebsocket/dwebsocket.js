@@ -92,10 +92,18 @@
 
   /** Closes for good: no reconnection. */
   proto.close = function (code, reason) {
+    var self = this;
     var ws = this.ws;
+    var was = this.closed;
     this.closed = true;
     clearTimeout(this._timer);
     clearTimeout(this._beat);
+    if (!ws && !was) {
+      // Waiting to reconnect: no socket to say it. Later, as a socket's close comes.
+      setTimeout(function () {
+        self._emit("close", { code: code || 1000, reason: reason || "", willRetry: false });
+      });
+    }
     if (ws) {
       try {
         ws.close(code || 1000, reason || "");
