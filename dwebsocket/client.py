@@ -260,7 +260,8 @@ class ReconnectingClient:
     keep moving); the ``timeout`` of
     :meth:`connect` and :meth:`recv` bounds their attempts too (an attempt the caller's
     time cut short is not a failure: the next call starts afresh, without backoff).
-    ``headers``, ``origin``, ``subprotocols`` go into the handshake; ``ssl_context`` for
+    ``headers``, ``origin``, ``subprotocols`` go into the handshake (one it cannot carry,
+    a line end or a character latin-1 has not, raises ``ValueError`` here); ``ssl_context`` for
     ``wss://``. ``since_limit``: the most characters the positions may take in the URL
     (``dws_since``, URL-encoded); past it, those of the groups that got a message longest
     ago are left out, and a group of those the server joins again without them gets
@@ -317,6 +318,9 @@ class ReconnectingClient:
         self.headers = list(headers)
         self.origin = origin
         self.subprotocols = list(subprotocols)
+        # A header the request cannot carry (a token read with its line end, a character
+        # latin-1 has not) would fail every attempt: raised here instead (ValueError).
+        self._request(generate_key())
         self.ssl_context = ssl_context
         self.max_message_size = max_message_size
         self.on_event = on_event
@@ -536,6 +540,17 @@ class ReconnectingClient:
             raise
         return True
 
+    def _request(self, key: str) -> bytes:
+        """The upgrade request; raises ``ValueError`` for a header it cannot carry."""
+        return build_request(
+            self._parts.netloc.rpartition("@")[2],
+            self._address(),
+            key=key,
+            subprotocols=self.subprotocols,
+            origin=self.origin,
+            extra_headers=self.headers,
+        )
+
     def _address(self) -> str:
         query = [
             (k, v)
@@ -595,16 +610,7 @@ class ReconnectingClient:
             sock = self._sock = context.wrap_socket(sock, server_hostname=host)
         key = generate_key()
         sock.settimeout(left())
-        sock.sendall(
-            build_request(
-                parts.netloc.rpartition("@")[2],
-                self._address(),
-                key=key,
-                subprotocols=self.subprotocols,
-                origin=self.origin,
-                extra_headers=self.headers,
-            )
-        )
+        sock.sendall(self._request(key))
         data = b""
         while (parsed := parse_response(data, key)) is None:
             sock.settimeout(left())

@@ -89,6 +89,28 @@ def test_a_host_idna_cannot_encode_is_refused_at_once() -> None:
         ReconnectingClient(f"ws://{host}:9/")
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"headers": [("Authorization", "Bearer token-read-from-a-file\n")]},
+        {"headers": [("X Token", "1")]},
+        {"headers": [("X-Name", "Zoë 🙂")]},
+        {"origin": "https://日本.example"},
+        {"subprotocols": ["chat\r\n"]},
+    ],
+)
+def test_a_handshake_no_attempt_can_send_is_refused_at_once(options: dict[str, Any]) -> None:
+    """A header the request cannot carry (a newline: a token read from a file with its
+    line end; a name that is no token; a character latin-1 has not) is the caller's
+    mistake, raised by the constructor: before, each attempt (to a listening socket: the
+    kernel accepts the connection) raised ``ValueError`` making the request, which the
+    client took for a failed attempt and retried for ever (``connect()`` without a
+    timeout never returned; nothing but "close" events said why)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, pytest.raises(ValueError):
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}/"
+        ReconnectingClient(url, **options).connect(0.5)
+
+
 def test_the_urls_blank_query_parameters_are_kept() -> None:
     """The client adds ``dws`` and ``dws_since`` to the URL's query; the application's own
     parameters go as they were, blank ones (``?debug``, ``?a=``) included: they were
