@@ -293,7 +293,7 @@ class ReconnectingClient:
             raise ValueError(f"expected a ws:// or wss:// URL, not {url!r}")
         try:
             # What getaddrinfo() does to a name first: one it refuses would fail every attempt.
-            parts.hostname.encode("idna")
+            name = parts.hostname.encode("idna").decode("ascii")
         except UnicodeError as exc:
             raise ValueError(f"the host of {url!r} is not a valid name: {exc}") from None
         try:
@@ -302,6 +302,11 @@ class ReconnectingClient:
             raise ValueError(f"the port of {url!r} is not valid: {exc}") from None
         self.url = url
         self._parts = parts
+        # Host: as given, but a name beyond ASCII in its IDNA form, as browsers send it
+        # (and as DNS and ALLOWED_HOSTS know it); latin-1 cannot carry most of them.
+        self._host = parts.netloc.rpartition("@")[2]
+        if not self._host.isascii():
+            self._host = name if parts.port is None else f"{name}:{parts.port}"
         #: Group -> the position of the last message :meth:`recv` returned (or of the
         #: last ``joined`` event): what the application has seen.
         self.positions: dict[str, str] = dict(positions or {})
@@ -543,7 +548,7 @@ class ReconnectingClient:
     def _request(self, key: str) -> bytes:
         """The upgrade request; raises ``ValueError`` for a header it cannot carry."""
         return build_request(
-            self._parts.netloc.rpartition("@")[2],
+            self._host,
             self._address(),
             key=key,
             subprotocols=self.subprotocols,

@@ -111,6 +111,21 @@ def test_a_handshake_no_attempt_can_send_is_refused_at_once(options: dict[str, A
         ReconnectingClient(url, **options).connect(0.5)
 
 
+def test_a_host_name_goes_in_the_host_header_as_dns_knows_it() -> None:
+    """A host name with characters beyond ASCII goes in ``Host`` in its IDNA form, as a
+    browser sends it, as DNS looked it up, as ``ALLOWED_HOSTS`` lists it: it went as
+    given, in latin-1 (``bücher``: a host Django refuses with 400, every attempt) or not
+    at all (``日本``: ``ValueError``, every attempt, retried for ever)."""
+    for url, host in [
+        ("ws://bücher.example:9/x/", b"xn--bcher-kva.example:9"),
+        ("ws://user@日本.example/", b"xn--wgv71a.example"),
+        ("ws://Example.COM:9/", b"Example.COM:9"),
+        ("ws://[::1]:9/", b"[::1]:9"),
+    ]:
+        request = ReconnectingClient(url)._request("dGhlIHNhbXBsZSBub25jZQ==")
+        assert re.search(rb"\r\nHost: (\S+)\r\n", request)[1] == host  # type: ignore[index]
+
+
 def test_the_urls_blank_query_parameters_are_kept() -> None:
     """The client adds ``dws`` and ``dws_since`` to the URL's query; the application's own
     parameters go as they were, blank ones (``?debug``, ``?a=``) included: they were
