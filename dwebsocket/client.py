@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
-from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake
+from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake, InvalidState
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.frames import encode_close_payload
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
@@ -436,7 +436,11 @@ class ReconnectingClient:
         conn = self._conn
         if conn is None:
             raise ConnectionClosed(self.close_code or 1006, "not connected")
-        self._write(conn.send_message(message))
+        try:
+            frame = conn.send_message(message)
+        except InvalidState:  # close() in another thread sent the close frame
+            raise ConnectionClosed(self.close_code or 1006, self.close_reason) from None
+        self._write(frame)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close for good (no reconnection): a close frame, a short wait for the server's,

@@ -785,6 +785,25 @@ def test_close_from_another_thread_ends_an_attempt_under_way() -> None:
                 filler.close()
 
 
+def test_send_while_another_thread_closes_raises_connection_closed(proxy: Proxy) -> None:
+    """A service's worker thread sends a reply while its main thread is in ``close()``
+    (waiting for the server's answer to the close frame, which never comes here: the
+    connection is frozen). ``send()`` raises ``ConnectionClosed``, what it documents and
+    what the worker catches; it raised the protocol core's ``InvalidState`` ("cannot send:
+    the connection is CLOSING"), which ended the worker with a traceback."""
+    client = ReconnectingClient(proxy.url("/echo/")).connect(WAIT)
+    proxy.freeze()
+    closing = threading.Thread(target=client.close)
+    closing.start()
+    try:
+        time.sleep(0.1)  # close() waits for the answer
+        assert closing.is_alive()
+        with pytest.raises(ConnectionClosed):
+            client.send("a reply")
+    finally:
+        closing.join(WAIT)
+
+
 def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
     """The connection was reset under the client (the proxy went away; the client's next
     write drew the reset) and the application closes the client: the failed close frame
