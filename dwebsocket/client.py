@@ -220,7 +220,8 @@ class Event:
     (``code``, ``reason``, ``will_retry``, ``delay`` until the next attempt, in seconds),
     ``"joined"`` (the server joined this client to a history group: ``group``,
     ``position``, ``since``, ``missed``), then also ``"recovered"`` or
-    ``"recovery_failed"`` when ``since`` was given."""
+    ``"recovery_failed"`` when ``since`` was given; ``"dws"`` for an envelope message of a
+    type this client does not know (a later version's), the whole of it in ``extra``."""
 
     type: str
     code: int | None = None

@@ -620,6 +620,21 @@ def test_a_write_interrupted_midway_gives_the_connection_up() -> None:
             conn.close()
 
 
+def test_an_envelope_of_a_later_version_is_an_event() -> None:
+    """An envelope type the client does not know (a later server's) is no message: it
+    comes to ``on_event`` as a ``"dws"`` event, the whole envelope in ``extra``."""
+    events: list[Event] = []
+    client, conn = _connected_to_a_bare_backend(on_event=events.append)
+    with client, conn:
+        later, plain = b'{"dws":"later","x":1}', b"plain"
+        conn.sendall(bytes([0x81, len(later)]) + later + bytes([0x81, len(plain)]) + plain)
+        assert client.recv(WAIT).data == "plain"
+        assert [(e.type, e.extra) for e in events] == [
+            ("open", {}),
+            ("dws", {"dws": "later", "x": 1}),
+        ]
+
+
 def test_close_during_a_write_lets_the_frame_end_first() -> None:
     """A service closes its client from a SIGTERM handler while the main thread's
     ``send()`` writes a large message (the backend reads it, slowly): the close frame must
