@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import fcntl
 import ipaddress
 import json
 import logging
@@ -38,6 +39,8 @@ import os
 import random
 import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -203,6 +206,16 @@ def _connect_tcp(
     raise error or OSError(f"no address for {host!r}")
 
 
+def _unsent(sock: socket.socket) -> int | None:
+    """The bytes written to ``sock`` that the peer has not acknowledged yet (``SIOCOUTQ``,
+    Linux), or None where the system does not say."""
+    try:
+        queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (OSError, ValueError, AttributeError):  # ValueError: closed (fileno -1)
+        return None
+    return queued
+
+
 class Received(NamedTuple):
     """An application message: ``data`` (``str`` or ``bytes``); for a group message of a
     history group, its ``group`` and ``position`` (else None)."""
@@ -247,7 +260,9 @@ class ReconnectingClient:
     ``min(max_delay, min_delay * 2**n)`` seconds (``n`` starts again at 0 after a
     connection that stayed open ``stable`` seconds). Heartbeat: after ``ping_interval``
     seconds (``inf``: never) without any message it sends ``{"dws":"ping"}``; nothing within
-    ``ping_timeout`` more and the connection counts as dead (close code 4002). Close codes
+    ``ping_timeout`` more and the connection counts as dead (close code 4002), unless what
+    it sent before is still leaving (on Linux: the send queue shrinks; the ping waits behind
+    it), which gives the answer ``ping_timeout`` more each time. Close codes
     in ``no_retry`` (policy, session revoked), a handshake answered with a 2xx, 3xx or
     4xx status (but 408 and 429) and :meth:`close` end it for good, except a 1008 whose
     reason is exactly ``"send queue overflow"`` (the server dropped a member that read too
@@ -346,6 +361,7 @@ class ReconnectingClient:
         self._opened_at = 0.0
         self._heard = 0.0
         self._ping_sent: float | None = None
+        self._unsent: int | None = None  # bytes of ours not yet acknowledged (see _pump)
         # For close() from another thread: the thread inside recv() or connect() (None:
         # none), what wakes it from a wait to reconnect, and who takes the socket to close.
         self._reader: int | None = None
@@ -697,9 +713,16 @@ class ReconnectingClient:
         if now >= due:
             if self._ping_sent is None:
                 self._ping_sent = now
+                self._unsent = _unsent(sock)  # before the ping: what it waits behind
                 with contextlib.suppress(ConnectionClosed):
                     self.send(_PING)
                 return deadline is None or now < deadline  # a poll reads at the next call
+            # The ping waits behind what send() left in the system's queue (a large
+            # message over a slow uplink): while that drains, the connection lives.
+            unsent = _unsent(sock)
+            if unsent is not None and self._unsent is not None and unsent < self._unsent:
+                self._ping_sent, self._unsent = now, unsent
+                return deadline is None or now < deadline
             # The caller may have been away since the ping (recv() is not always being
             # called): the answer may be waiting unread. Only nothing at all is silence.
             dead, wait = True, 0.0

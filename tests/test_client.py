@@ -537,11 +537,14 @@ def _answer_handshake(backend: socket.socket) -> socket.socket:
 
 
 def _connected_to_a_bare_backend(
-    **options: Any,
+    receive_buffer: int | None = None, **options: Any
 ) -> tuple[ReconnectingClient, socket.socket]:
     """A client connected to a listening socket of the test's, and the test's end of that
-    connection (after the 101, nothing is read or sent unless the test does)."""
+    connection (after the 101, nothing is read or sent unless the test does), with
+    ``receive_buffer`` its ``SO_RCVBUF``."""
     with socket.create_server(("127.0.0.1", 0)) as backend:
+        if receive_buffer is not None:
+            backend.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         client = ReconnectingClient(f"ws://127.0.0.1:{backend.getsockname()[1]}/", **options)
         accepted: list[socket.socket] = []
         thread = threading.Thread(target=lambda: accepted.append(_answer_handshake(backend)))
@@ -618,6 +621,38 @@ def test_a_write_interrupted_midway_gives_the_connection_up() -> None:
         client.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_large_message_sent_over_a_slow_link_is_not_taken_for_a_dead_connection() -> None:
+    """``send()`` returns once the system took the message: 1.5 MB waits in the send
+    queue while the server reads it in about 2 s (a slow uplink), and the ping
+    (after 0.2 s of silence) waits behind it, so no answer can come within
+    ``ping_timeout`` (0.5 s). The queue draining shows the connection alive: the server's
+    answer to the message comes on the same connection. Before, the connection was given
+    up (4002) while the message was still arriving, and every send of it again went the
+    same way: no backoff of the heartbeat here, unlike the browser client's."""
+    events: list[Event] = []
+    client, conn = _connected_to_a_bare_backend(
+        4096, on_event=events.append, ping_interval=0.2, ping_timeout=0.5
+    )
+    message = os.urandom(1_500_000)
+
+    def serve() -> None:  # a read (4 KiB: SO_RCVBUF) every 5 ms; "got" once it came whole
+        server = Connection(client=False, max_message_size=None)
+        while chunk := conn.recv(16384):
+            if message in server.receive_data(chunk):
+                conn.sendall(server.send_message("got"))
+            conn.sendall(server.data_to_send())  # the answer to the close frame, at the end
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with client:
+        client.send(message)
+        assert client.recv(WAIT).data == "got"
+        assert [e.type for e in events] == ["open"], events
+    thread.join(WAIT)
+    conn.close()
 
 
 def test_an_envelope_of_a_later_version_is_an_event() -> None:
