@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import fcntl
 import ipaddress
 import json
 import logging
@@ -40,7 +39,6 @@ import random
 import socket
 import ssl
 import struct
-import termios
 import threading
 import time
 from collections import deque
@@ -210,8 +208,11 @@ def _unsent(sock: socket.socket) -> int | None:
     """The bytes written to ``sock`` that the peer has not acknowledged yet (``SIOCOUTQ``,
     Linux), or None where the system does not say."""
     try:
+        import fcntl  # POSIX only: the client must import on Windows too
+        import termios
+
         queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
-    except (OSError, ValueError, AttributeError):  # ValueError: closed (fileno -1)
+    except (ImportError, OSError, ValueError, AttributeError):  # ValueError: closed (fileno -1)
         return None
     return queued
 

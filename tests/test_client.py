@@ -961,3 +961,18 @@ def _wait_for_the_reset(client: ReconnectingClient) -> None:
     while not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
         assert time.monotonic() < deadline, "no reset"
         time.sleep(0.01)
+
+
+def test_the_client_imports_where_the_system_has_no_fcntl() -> None:
+    """Windows has no ``fcntl``/``termios``: the client (a service's, a test's) must still
+    import there, its heartbeat without the send queue's count (as before it had one)."""
+    code = (
+        "import sys, socket; sys.modules['fcntl'] = sys.modules['termios'] = None\n"
+        "from dwebsocket.client import _unsent\n"
+        "a, b = socket.socketpair(); print(_unsent(a))\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "None"), done.stderr
