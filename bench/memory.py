@@ -183,6 +183,8 @@ def python_stacks() -> tuple[int, int, int, int]:
     count = frames = span = pages = 0
     for waiting in _waiting():
         chain = _frames(waiting)
+        if not chain:
+            continue  # it ended meanwhile
         top = ctypes.c_void_p.from_address(id(chain[0]) + _F_FRAME).value or 0
         bottom = ctypes.c_void_p.from_address(id(chain[-1]) + _F_FRAME).value or 0
         end = top + _frame_bytes(chain[0].f_code)
@@ -258,6 +260,7 @@ def report(
     stacks: tuple[int, int],
     sizes: Counter[str],
     python: tuple[int, int, int, int] = (0, 0, 0, 0),
+    only: str | None = None,
 ) -> dict[str, Any]:
     print(f"\n== {label}: {n} connections ==")
     print(f"RSS added: {rss_delta / 1024 / n:.1f} KiB per connection")
@@ -279,8 +282,13 @@ def report(
     if sizes:
         total = sum(sizes.values())
         print(f"tracemalloc: {total / 1024 / n:.2f} KiB per connection, by allocating line:")
-        for name, size in sizes.most_common(40):
-            if abs(size) / n < 16:
+        if only is not None:
+            # One group's lines, all of them down to a byte per connection.
+            mine = Counter({k: v for k, v in sizes.items() if k.startswith(f"{only}: ")})
+            print(f"  of which {only}: {sum(mine.values()) / 1024 / n:.2f} KiB")
+            sizes = mine
+        for name, size in sizes.most_common(None if only else 40):
+            if abs(size) / n < (1 if only else 16):
                 break
             print(f"  {size / 1024 / n:7.2f} KiB  {name}")
             rows.append((name, round(size / 1024 / n, 2)))
@@ -339,6 +347,11 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=2000)
     parser.add_argument("--deflate", action="store_true")
     parser.add_argument("--trace", action="store_true", help="tracemalloc breakdown")
+    parser.add_argument(
+        "--only",
+        choices=[group for group, _ in _GROUPS],
+        help="with --trace: every line of this group (dwebsocket's own objects, say)",
+    )
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--frames", action="store_true", help="list one view's Python frames")
     parser.add_argument("--checkout", help="measure the dwebsocket of this checkout")
@@ -432,6 +445,7 @@ def main() -> None:
                 saved_stacks(),
                 diff(snap0, snap1) if snap0 and snap1 else Counter(),
                 python_stacks(),
+                args.only,
             )
         )
         if args.frames:
@@ -463,6 +477,7 @@ def main() -> None:
                 saved_stacks(),
                 diff(snap0, snap2) if snap0 and snap2 else Counter(),
                 python_stacks(),
+                args.only,
             )
         )
         print(
