@@ -92,6 +92,43 @@ def _new_lock() -> threading.Lock:
 class DefaultWebSocket(WebSocket):
     """One connection taken over from the WSGI server (see the module docstring)."""
 
+    # Slots, not an instance dict: past the 30 keys that CPython 3.11's key-sharing dicts
+    # hold (an attribute more, in any instance, is enough), each connection had a 1.5 KiB
+    # dict of its own (bench/FINDINGS.md, sections 11 and 23). WebSocket keeps its
+    # __dict__, so subclasses and other attributes still work.
+    __slots__ = (
+        "_accepted",
+        "_backlog_bytes",
+        "_close_deadline",
+        "_close_timeout",
+        "_compression",
+        "_conn",
+        "_core",
+        "_fast",
+        "_flusher",
+        "_io",
+        "_max_frame_size",
+        "_max_message_size",
+        "_messages",
+        "_opened_at",
+        "_outbox",
+        "_ping_interval",
+        "_ping_timeout",
+        "_queue_limit",
+        "_reading",
+        "_session_over",
+        "_shut_event",
+        "_transport",
+        "_unfed",
+        "_writing",
+        "close_code",
+        "close_reason",
+        "handshake",
+        "offered_subprotocols",
+        "request",
+        "subprotocol",
+    )
+
     def __init__(
         self, request: HttpRequest, handshake: HandshakeRequest, transport: Transport
     ) -> None:
@@ -140,9 +177,7 @@ class DefaultWebSocket(WebSocket):
 
     @property
     def _io_timeout(self) -> float:
-        """How long a send may make no progress (a property: an instance's attributes
-        stay within the 30 that CPython's key-sharing dicts hold: bench/FINDINGS.md,
-        section 11)."""
+        """How long a send may make no progress."""
         return self._ping_timeout or _DEFAULT_IO_TIMEOUT
 
     def __repr__(self) -> str:

@@ -1072,3 +1072,17 @@ def test_a_helper_using_the_connection_after_the_views_answer_is_refused(
     assert not ws._transport.taken_over
     assert signals.events == []
     assert ws not in registry.open_websockets()
+
+
+def test_an_accepted_connection_keeps_no_instance_dict(holder: Holder) -> None:
+    """Its state is in slots: past the 30 keys CPython 3.11's key-sharing dicts hold, an
+    instance dict was 1.5 KiB of every idle connection (bench/FINDINGS.md, section 23)."""
+    with Session(holding_view(holder)) as session:
+        ws = holder.websocket()
+        session.expect_101()
+        ws.send("hi")
+        assert session.client.recv() == "hi"
+        assert vars(ws) == {}
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
