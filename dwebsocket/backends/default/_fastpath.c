@@ -21,7 +21,10 @@
  * The contract with the Python side: FastPath reads and writes the connection's state
  * only through two structs, IOState (this file; DefaultWebSocket._io) and the core's
  * ReceiveState (_speedups.h; Connection.rx), type-checked when the FastPath is made, and
- * read as plain memory; and, with permessage-deflate, through PerMessageDeflate's two
+ * read as plain memory (IOState.messages, the queue of received messages, is a deque
+ * only while the connection has one: it is made when a read completes more than one
+ * message and dropped, empty, before a wait, both under the read lock, so that an idle
+ * connection keeps no 64-slot deque block; used only when it is an exact deque); and, with permessage-deflate, through PerMessageDeflate's two
  * zlib streams when they are _deflate's own Deflater and Inflater, used only through
  * _deflate's C API (_deflate.h: compress_message(), inflate_message(), which repeat
  * PerMessageDeflate.compress() and decompress() for the common case and run no Python
@@ -150,6 +153,10 @@ typedef struct {
        messages completed and encoded, bytes read and written. Plain increments here: the
        metrics code reads them every few seconds, never per message. */
     long long messages_in, bytes_in, messages_out, bytes_out;
+    /* Messages received, not yet taken by the view: a collections.deque, or NULL/None
+       while there are none (see the contract above). Read and changed only with the GIL,
+       made and dropped only under the read lock. */
+    PyObject *messages;
 } IOState;
 
 static PyMemberDef IOState_members[] = {
@@ -164,6 +171,7 @@ static PyMemberDef IOState_members[] = {
     {"bytes_in", T_LONGLONG, offsetof(IOState, bytes_in), 0, NULL},
     {"messages_out", T_LONGLONG, offsetof(IOState, messages_out), 0, NULL},
     {"bytes_out", T_LONGLONG, offsetof(IOState, bytes_out), 0, NULL},
+    {"messages", T_OBJECT, offsetof(IOState, messages), 0, NULL},
     {NULL},
 };
 
@@ -183,6 +191,35 @@ IOState_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+static int
+IOState_traverse(IOState *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->messages);
+    return 0;
+}
+
+static int
+IOState_clear(IOState *self)
+{
+    Py_CLEAR(self->messages);
+    return 0;
+}
+
+static void
+IOState_dealloc(IOState *self)
+{
+    PyObject_GC_UnTrack(self);
+    IOState_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The queue of received messages, borrowed: NULL while there is none. */
+static PyObject *
+queue_of(IOState *io)
+{
+    return io->messages == Py_None ? NULL : io->messages;
+}
+
 static PyObject *
 IOState_repr(IOState *self)
 {
@@ -194,10 +231,11 @@ IOState_repr(IOState *self)
         r = PyUnicode_FromFormat(
             "IOState(shut=%s, unfed=%s, ping_outstanding=%s, queued=%zd, last_heard=%R, "
             "ping_sent_at=%R, db_checked=%R, messages_in=%lld, bytes_in=%lld, "
-            "messages_out=%lld, bytes_out=%lld)",
+            "messages_out=%lld, bytes_out=%lld, messages=%R)",
             self->shut ? "True" : "False", self->unfed ? "True" : "False",
             self->ping_outstanding ? "True" : "False", self->queued, heard, sent, checked,
-            self->messages_in, self->bytes_in, self->messages_out, self->bytes_out);
+            self->messages_in, self->bytes_in, self->messages_out, self->bytes_out,
+            self->messages == NULL ? Py_None : self->messages);
     }
     Py_XDECREF(heard);
     Py_XDECREF(sent);
@@ -211,8 +249,11 @@ static PyTypeObject IOState_Type = {
     .tp_doc = "IOState(): what DefaultWebSocket and its Transport share with the fast path "
               "(state.PyIOState in C).",
     .tp_basicsize = sizeof(IOState),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = IOState_new,
+    .tp_traverse = (traverseproc)IOState_traverse,
+    .tp_clear = (inquiry)IOState_clear,
+    .tp_dealloc = (destructor)IOState_dealloc,
     .tp_repr = (reprfunc)IOState_repr,
     .tp_members = IOState_members,
 };
@@ -664,7 +705,6 @@ typedef struct {
     IOState *io;            /* DefaultWebSocket._io */
     DwsReceiveState *rx;    /* its Connection.rx */
     PyObject *ws;           /* the DefaultWebSocket */
-    PyObject *messages;     /* its deque of received messages */
     PyObject *reading, *writing, *core; /* its three locks */
     PyObject *release_idle; /* dwebsocket.db.release_idle_connections */
     double ping_interval, ping_timeout; /* NAN: None */
@@ -679,11 +719,11 @@ typedef struct {
 static PyObject *
 FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ws", "io", "rx", "waiter", "fd", "messages", "reading",
+    static char *kwlist[] = {"ws", "io", "rx", "waiter", "fd", "reading",
                              "writing", "core", "release_idle", "ping_interval",
                              "ping_timeout", "db_interval", "deflate", "deflater", "inflater",
                              "backlog_bytes", NULL};
-    PyObject *ws, *io, *rx, *waiter, *messages, *reading, *writing, *core;
+    PyObject *ws, *io, *rx, *waiter, *reading, *writing, *core;
     PyObject *release_idle, *ping_interval, *ping_timeout;
     PyObject *deflater = Py_None, *inflater = Py_None;
     double db_interval;
@@ -691,10 +731,9 @@ FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     int fd, deflate;
     FastPath *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OO!O!O!iO!OOOOOOdpOOn:FastPath", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$OO!O!O!iOOOOOOdpOOn:FastPath", kwlist,
                                      &ws, &IOState_Type, &io, speedups->receive_state_type,
-                                     &rx, &Waiter_Type, &waiter, &fd, deque_type, &messages,
-                                     &reading, &writing, &core, &release_idle, &ping_interval,
+                                     &rx, &Waiter_Type, &waiter, &fd, &reading, &writing, &core, &release_idle, &ping_interval,
                                      &ping_timeout, &db_interval, &deflate, &deflater,
                                      &inflater, &backlog_bytes)) {
         return NULL;
@@ -706,10 +745,6 @@ FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     if (!deflate || zcodec == NULL || !Py_IS_TYPE(inflater, zcodec->inflater_type)) {
         inflater = Py_None;
-    }
-    if (!Py_IS_TYPE(messages, deque_type)) { /* a subclass could run Python in popleft() */
-        PyErr_SetString(PyExc_TypeError, "FastPath(): messages must be a collections.deque");
-        return NULL;
     }
     self = (FastPath *)type->tp_alloc(type, 0);
     if (self == NULL) {
@@ -724,7 +759,6 @@ FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->io = (IOState *)Py_NewRef(io);
     self->rx = (DwsReceiveState *)Py_NewRef(rx);
     self->ws = Py_NewRef(ws);
-    self->messages = Py_NewRef(messages);
     self->reading = Py_NewRef(reading);
     self->writing = Py_NewRef(writing);
     self->core = Py_NewRef(core);
@@ -745,7 +779,6 @@ FastPath_traverse(FastPath *self, visitproc visit, void *arg)
     Py_VISIT(self->io);
     Py_VISIT(self->rx);
     Py_VISIT(self->ws);
-    Py_VISIT(self->messages);
     Py_VISIT(self->reading);
     Py_VISIT(self->writing);
     Py_VISIT(self->core);
@@ -762,7 +795,6 @@ FastPath_clear(FastPath *self)
     Py_CLEAR(self->io);
     Py_CLEAR(self->rx);
     Py_CLEAR(self->ws);
-    Py_CLEAR(self->messages);
     Py_CLEAR(self->reading);
     Py_CLEAR(self->writing);
     Py_CLEAR(self->core);
@@ -846,18 +878,37 @@ give_to_python(FastPath *self, PyObject *bytes)
     return 0;
 }
 
-/* Append items[start:] to the deque. Runs no Python code: an exact deque's append()
-   allocates only its own blocks (PyMem). */
+/* Queue items[start:] in IOState.messages, making the deque if there is none
+   (DefaultWebSocket._feed()). Call with the read lock held. May run Python: the new deque
+   is a GC-tracked allocation (an exact deque's append() allocates only its own blocks). */
 static int
-deque_extend(PyObject *deque, PyObject *items, Py_ssize_t start)
+queue_messages(FastPath *self, PyObject *items, Py_ssize_t start)
 {
     Py_ssize_t i, n = PyList_GET_SIZE(items);
-    for (i = start; i < n; i++) {
-        if (call_method_void(deque, str_append, PyList_GET_ITEM(items, i)) < 0) {
+    PyObject *queue;
+    int rc = 0;
+
+    if (start >= n) {
+        return 0;
+    }
+    if (queue_of(self->io) == NULL) {
+        PyObject *made = PyObject_CallNoArgs((PyObject *)deque_type);
+        if (made == NULL) {
             return -1;
         }
+        if (queue_of(self->io) == NULL) { /* still none after the allocation */
+            Py_XSETREF(self->io->messages, made);
+        }
+        else {
+            Py_DECREF(made);
+        }
     }
-    return 0;
+    queue = Py_NewRef(queue_of(self->io));
+    for (i = start; i < n && rc == 0; i++) {
+        rc = call_method_void(queue, str_append, PyList_GET_ITEM(items, i));
+    }
+    Py_DECREF(queue);
+    return rc;
 }
 
 /* The receive buffer of this thread, and its lease (see the top of this file). */
@@ -1113,7 +1164,13 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
     int rc;
 
     big.length = 0; /* no large frame (set by big_frame_at()) */
-    /* 1. Everything that may run Python: the wait, the core lock's state, the list. */
+    /* 1. Everything that may run Python: the queue's end, the wait, the core lock's
+       state, the list. An idle connection keeps no queue (DefaultWebSocket._read_once()):
+       an empty one is dropped before the wait, under the read lock that its makers hold. */
+    if (queue_of(self->io) != NULL && Py_IS_TYPE(self->io->messages, deque_type) &&
+        PyObject_Length(self->io->messages) == 0) {
+        Py_CLEAR(self->io->messages);
+    }
     rc = fast_wait_readable(self, now, until);
     if (rc != 1) {
         return rc == -1 ? -1 : 0;
@@ -1200,7 +1257,7 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
     if (rest != NULL) {
         /* The rest goes the general way, after the messages scanned before it. */
         self->io->messages_in += PyList_GET_SIZE(out); /* _feed() counts the rest's */
-        rc = deque_extend(self->messages, out, 0);
+        rc = queue_messages(self, out, 0);
         Py_DECREF(out);
         if (rc < 0) {
             Py_DECREF(rest);
@@ -1212,7 +1269,7 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
     self->io->last_heard = monotonic();
     self->io->ping_outstanding = 0;
     self->io->messages_in += PyList_GET_SIZE(out);
-    if (deque_extend(self->messages, out, 1) < 0) {
+    if (queue_messages(self, out, 1) < 0) {
         Py_DECREF(out);
         return -1;
     }
@@ -1249,16 +1306,21 @@ FastPath_wait(FastPath *self, PyObject *arg)
         Py_RETURN_NONE; /* the locks are the hub thread's */
     }
     for (;;) {
-        PyObject *message = NULL, *acquired;
+        PyObject *message = NULL, *acquired, *queue = queue_of(self->io);
         double until = deadline, now;
-        Py_ssize_t queued = PyObject_Length(self->messages);
         int rc;
 
-        if (queued < 0) {
-            return NULL;
-        }
-        if (queued > 0) {
-            return PyObject_CallMethodNoArgs(self->messages, str_popleft);
+        if (queue != NULL) {
+            Py_ssize_t queued;
+            if (!Py_IS_TYPE(queue, deque_type)) {
+                Py_RETURN_NONE; /* a subclass could run Python in popleft(): wait() pops */
+            }
+            if ((queued = PyObject_Length(queue)) > 0) {
+                Py_INCREF(queue);
+                message = PyObject_CallMethodNoArgs(queue, str_popleft);
+                Py_DECREF(queue);
+                return message;
+            }
         }
         if (!fast_is_open(self) || self->io->unfed) {
             Py_RETURN_NONE; /* closed; or _read_once() feeds the backlog first */
@@ -1475,7 +1537,7 @@ static PyMethodDef FastPath_methods[] = {
 static PyTypeObject FastPath_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "dwebsocket.backends.default._fastpath.FastPath",
-    .tp_doc = "FastPath(*, ws, io, rx, waiter, fd, messages, reading, writing, core, "
+    .tp_doc = "FastPath(*, ws, io, rx, waiter, fd, reading, writing, core, "
               "release_idle, ping_interval, ping_timeout, db_interval, deflate, deflater, "
               "inflater, backlog_bytes): "
               "DefaultWebSocket.wait() and send() in the common case (see _fastpath.c).",

@@ -17,7 +17,6 @@ class FastPath:
         rx: Any,
         waiter: Waiter,
         fd: int,
-        messages: Any,
         reading: Any,
         writing: Any,
         core: Any,

@@ -12,9 +12,11 @@ test_state.py`` checks that both have the same fields. The core's share
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any
 
 from dwebsocket.protocol.accelerator import speedups_disabled
+from dwebsocket.typing import Message
 
 __all__ = ["FIELDS", "IOState", "PyIOState", "fastpath"]
 
@@ -32,6 +34,11 @@ FIELDS: dict[str, type] = {
     "bytes_in": int,  # bytes read from the socket
     "messages_out": int,  # data messages encoded to send
     "bytes_out": int,  # bytes written to the socket (the 101 not included)
+    # The messages received and not yet taken by the view: a collections.deque while
+    # there are some, else None (an empty deque is a 64-slot block: an idle connection
+    # keeps none). Made (DefaultWebSocket._feed) and dropped (_read_once) under the read
+    # lock only; taken from by anyone. The only field that is an object: None here.
+    "messages": type(None),
 }
 
 
@@ -49,6 +56,7 @@ class PyIOState:
         self.ping_sent_at = math.nan
         self.db_checked = -1.0
         self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
+        self.messages: deque[Message] | None = None
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS)

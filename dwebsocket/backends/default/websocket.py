@@ -109,7 +109,6 @@ class DefaultWebSocket(WebSocket):
         "_io",
         "_max_frame_size",
         "_max_message_size",
-        "_messages",
         "_opened_at",
         "_outbox",
         "_ping_interval",
@@ -150,12 +149,12 @@ class DefaultWebSocket(WebSocket):
         self._queue_limit: int = settings.WEBSOCKET_SEND_QUEUE_SIZE
 
         self._conn: Connection | None = None
-        # What the C fast path shares: shut, queued, last_heard, ... (state.py).
+        # What the C fast path shares: shut, queued, last_heard, ... and the messages
+        # received for the view (io.messages: a deque while there are some, else None).
         self._io = IOState()
         # The C fast path of wait() and send() (transport.fast_path()), once accepted.
         self._fast: Any = None
         self._accepted = False
-        self._messages: deque[Message] = deque()
         self._unfed = b""  # received, not yet given to the core: the backlog was full
         self._backlog_bytes = max(_BACKLOG_BYTES, self._max_message_size or 0)
         self._outbox = Outbox(self._io)
@@ -323,7 +322,6 @@ class DefaultWebSocket(WebSocket):
             ws=self,
             io=self._io,
             rx=conn.rx,
-            messages=self._messages,
             reading=self._reading,
             writing=self._writing,
             core=self._core,
@@ -358,8 +356,10 @@ class DefaultWebSocket(WebSocket):
                 self.accept()
             except ConnectionClosed:
                 return None
-        messages = self._messages
+        io = self._io
         while True:
+            # Again each time: it may have been made or dropped meanwhile.
+            messages: deque[Message] | None = io.messages
             if messages:
                 try:
                     return messages.popleft()
@@ -376,7 +376,7 @@ class DefaultWebSocket(WebSocket):
                 return None
             try:
                 conn = self._conn
-                if not messages and not self._io.shut and (conn is None or conn.state is _OPEN):
+                if not io.messages and not io.shut and (conn is None or conn.state is _OPEN):
                     if deadline is not None:  # the wait for the lock took some of it
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
@@ -398,10 +398,11 @@ class DefaultWebSocket(WebSocket):
             self._ensure_accepted()
         except ConnectionClosed:
             return fallback
-        if not self._messages:
+        if not self._io.messages:
             self._read_ready()
+        messages = self._io.messages
         try:
-            return self._messages.popleft()
+            return messages.popleft() if messages else fallback
         except IndexError:
             return fallback
 
@@ -410,12 +411,12 @@ class DefaultWebSocket(WebSocket):
         try:
             self._ensure_accepted()
         except ConnectionClosed:
-            return len(self._messages)
+            return len(self._io.messages or ())
         self._read_ready()
-        return len(self._messages)
+        return len(self._io.messages or ())
 
     def _buffered(self) -> tuple[Message, ...]:
-        return tuple(self._messages)
+        return tuple(self._io.messages or ())
 
     def _read_once(self, limit: float | None) -> None:
         """Read once (waiting up to ``limit``) and feed the core; run the keepalive.
@@ -436,6 +437,10 @@ class DefaultWebSocket(WebSocket):
                 until_due = due - _monotonic()  # if due, wait_readable() just looks
                 if wait is None or until_due < wait:
                     wait = until_due
+        if io.messages is not None and not io.messages:
+            # An idle connection keeps no queue (an empty deque is a 64-slot block): it
+            # is made again by the _feed() that needs it. Both under the read lock.
+            io.messages = None
         transport = self._transport
         if not transport.wait_readable(wait):
             self._keepalive()  # if due; else the caller looks at the time again
@@ -458,7 +463,7 @@ class DefaultWebSocket(WebSocket):
         # read: 64 KiB messages are) likely left the rest in the socket: take it now
         # rather than after another trip through the event loop. Bounded: each read
         # adds to one frame, which the core fails past the message limit.
-        while len(data) == RECV_SIZE and not self._messages and not self._io.shut:
+        while len(data) == RECV_SIZE and not self._io.messages and not self._io.shut:
             more = self._transport.try_recv()
             if more is None:
                 break
@@ -489,12 +494,12 @@ class DefaultWebSocket(WebSocket):
 
     def _backlog_full(self) -> bool:
         """Whether the messages waiting for the view are enough not to read on."""
-        waiting = len(self._messages)
-        if not waiting:
+        messages = self._io.messages
+        if not messages:
             return False
-        if waiting >= _BACKLOG_MESSAGES:
+        if len(messages) >= _BACKLOG_MESSAGES:
             return True
-        return sum(map(len, self._messages)) >= self._backlog_bytes
+        return sum(map(len, messages)) >= self._backlog_bytes
 
     def _receive(self, data: bytes) -> None:
         """Give ``data`` to the core (see :meth:`_feed`); with permessage-deflate a slice
@@ -528,9 +533,14 @@ class DefaultWebSocket(WebSocket):
                 self._outbox.append(out)
         close: Close | None = None
         received = 0
+        messages = None
         for event in events:
             if type(event) is str or type(event) is bytes:
-                self._messages.append(event)
+                if messages is None:  # made when needed (see _read_once)
+                    messages = self._io.messages
+                    if messages is None:
+                        messages = self._io.messages = deque()
+                messages.append(event)
                 received += 1
             elif type(event) is Close:
                 close = event
@@ -832,7 +842,7 @@ class DefaultWebSocket(WebSocket):
                     except (TimeoutError, BlockingIOError, InterruptedError):
                         continue
                     self._receive(data)
-                self._messages.clear()
+                self._io.messages = None
             finally:
                 self._reading.release()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import gc
 import io
 import logging
 import socket
@@ -1084,5 +1086,37 @@ def test_an_accepted_connection_keeps_no_instance_dict(holder: Holder) -> None:
         assert session.client.recv() == "hi"
         assert vars(ws) == {}
         holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+def test_an_idle_connection_keeps_no_message_queue(holder: Holder) -> None:
+    """Messages that arrive together are queued for the view, and the queue is dropped
+    once the view has taken them and waits again: an empty deque is a 64-slot block,
+    0.74 KiB of every idle connection (bench/FINDINGS.md, section 23)."""
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        holder.ws = request.websocket
+        holder.ready.set()
+        for message in request.websocket:
+            request.websocket.send(message)
+
+    def queues(ws: DefaultWebSocket) -> list[Any]:
+        held = [*gc.get_referents(ws), *gc.get_referents(ws._io)]
+        return [obj for obj in held if isinstance(obj, collections.deque)]
+
+    with Session(view) as session:
+        ws = holder.websocket()
+        session.expect_101()
+        session.client.sock.sendall(masked(0x1, b"one") + masked(0x1, b"two"))
+        assert session.client.recv() == "one"
+        assert session.client.recv() == "two"
+        # The view goes back to wait() after its send: a bounded poll for it.
+        deadline = time.monotonic() + TIMEOUT
+        while queues(ws) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert queues(ws) == []
+        session.client.sock.sendall(masked(0x8, b"\x03\xe8"))
         assert session.client.recv() == Close(1000, "")
         session.finish()
