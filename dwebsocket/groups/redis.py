@@ -560,6 +560,14 @@ REFUSED = (
 )
 
 
+class HeldBack(redis.ConnectionError):
+    """A call not made: its shard failed to answer moments ago, and is left alone for a
+    while (``RedisLayer._held_back``) rather than each call waiting a timeout for it."""
+
+
+HELD_BACK = "Redis unreachable recently; not retried yet"
+
+
 def encode(message: str | BytesLike, origin: bytes, seq: int) -> bytes:
     """The published form of ``message`` (see the module docstring)."""
     if isinstance(message, str):
@@ -826,8 +834,8 @@ class RedisLayer:
         :meth:`recent_controls` first); the error if that failed, else None."""
         channel = self.channel(group)
         shard = self.topology.shard(channel)
-        if time.monotonic() < self._retry_at.get(shard, 0.0):
-            return redis.ConnectionError("Redis unreachable recently; not retried yet")
+        if self._held_back(shard):
+            return HeldBack(HELD_BACK)
         try:
             if remember:
                 # Before the PUBLISH: a member subscribed too late for the command reads
@@ -921,8 +929,8 @@ class RedisLayer:
         """Remember and publish ``data[i]`` to ``groups[i]`` (CONTROL_MANY_SCRIPT); the
         error if that failed, else None. Redis refusing the writes (:data:`REFUSED`):
         published without being remembered, as :meth:`_remember` does."""
-        if time.monotonic() < self._retry_at.get(None, 0.0):  # one shard: None
-            return redis.ConnectionError("Redis unreachable recently; not retried yet")
+        if self._held_back(None):  # one shard: None
+            return HeldBack(HELD_BACK)
         channels = [self.channel(group) for group in groups]
         keys = [self.control_key(group) for group in groups]
         args = [int(control.MEMORY * 1000), self.publish_command, *channels, *data]
@@ -956,7 +964,7 @@ class RedisLayer:
         ``control.MEMORY``), from every process: ``(payload, seconds ago)``, oldest first.
         Blocks on Redis (up to ``socket_timeout``); raises :class:`GroupsUnavailable` if it
         cannot be read (at once while a recent failure holds sends back)."""
-        if time.monotonic() < self._retry_at.get(self.topology.shard(self.channel(group)), 0.0):
+        if self._held_back(self.topology.shard(self.channel(group))):
             raise GroupsUnavailable(f"commands of group {group!r} not read: Redis unreachable")
         try:
             found = self._recent_controls(
@@ -974,7 +982,7 @@ class RedisLayer:
         one slot); one call per group on a Cluster, whose groups live on several nodes."""
         if len(groups) < 2 or not isinstance(self._client, redis.Redis):
             return [self._recent_or_none(group, within) for group in groups]
-        if time.monotonic() < self._retry_at.get(None, 0.0):  # one shard: None
+        if self._held_back(None):  # one shard: None
             return [None] * len(groups)
         pipe = self._client.pipeline(transaction=False)
         for group in groups:
@@ -1021,9 +1029,8 @@ class RedisLayer:
         # Which shard serves the group matters only while one failed (_retry_at and
         # _failures are empty otherwise; read unlocked, as ever): on a Cluster, a slot
         # lookup per send saved.
-        retry_at = self._retry_at
-        if retry_at and time.monotonic() < retry_at.get(self.topology.shard(kept.channel), 0.0):
-            error = redis.ConnectionError("Redis unreachable recently; not retried yet")
+        if self._retry_at and self._held_back(self.topology.shard(kept.channel)):
+            error = HeldBack(HELD_BACK)
         else:
             try:
                 answer = self._evalsha(kept, header, payload)
@@ -1156,12 +1163,15 @@ class RedisLayer:
         # What the registry holds now, not what the caller saw: two changes of one key here
         # (two tabs closing) may reach this line in either order, and the last write wins.
         writing = self._writing[hash((group, entry.key)) % len(self._writing)]
+        shard = self.topology.shard(self.channel(group))
         with writing:
             try:
                 now, shown = self.registry.presence.count(group, entry.key)
                 head = f"[{json.dumps(entry.key)},{json.dumps(entry.user)},{shown or info}"
                 # Before the write: if it fails, the next sync makes it.
                 self._record(group, entry.key, head, now)
+                if self._held_back(shard):
+                    raise HeldBack(HELD_BACK)
                 _, unknown, gone, version, digest = self._present(
                     keys=self.presence_keys(group),
                     args=[
@@ -1189,7 +1199,7 @@ class RedisLayer:
                 self._anchor_at(group, version, digest)
                 self._took_write()
             except (redis.RedisError, OSError) as exc:
-                self._write_failed(exc)
+                self._write_failed(exc, shard)
                 self._unsynced.add(group)  # the next heartbeat writes every entry
                 if count == (1 if joined else 0):
                     event = "join" if joined else "leave"
@@ -1222,7 +1232,8 @@ class RedisLayer:
 
     def presence(self, group: str) -> list[Present]:
         """Who is present in ``group`` in every live process, one entry per key. Blocks up
-        to ``socket_timeout``; raises :class:`GroupsUnavailable` if Redis cannot answer."""
+        to ``socket_timeout``; raises :class:`GroupsUnavailable` if Redis cannot answer
+        (at once while a recent failure holds calls to it back)."""
         _, stale, _ = self._times()
         with self._state_lock:
             mirror = self._mirrors.get(group)
@@ -1232,6 +1243,8 @@ class RedisLayer:
                 mirror = self._mirrors[group] = Mirror()
         with mirror.lock:
             asked = mirror.epoch, mirror.n, mirror.digest
+        if self._held_back(self.topology.shard(self.channel(group))):
+            raise GroupsUnavailable(f"presence of group {group!r} not read: {HELD_BACK}")
         try:
             answer = self._presence(keys=self.presence_keys(group), args=[stale, *asked])
         except (redis.RedisError, OSError) as exc:
@@ -1356,7 +1369,10 @@ class RedisLayer:
         with self._state_lock:
             anchor = self._anchors.get(group, ("", ""))
             has_entries = "1" if self._written.get(group) else ""
+        shard = self.topology.shard(self.channel(group))
         try:
+            if self._held_back(shard):
+                raise HeldBack(HELD_BACK)
             answer = self._heartbeat(
                 keys=self.presence_keys(group),
                 args=[
@@ -1377,7 +1393,7 @@ class RedisLayer:
                 ],
             )
         except (redis.RedisError, OSError) as exc:
-            self._write_failed(exc)
+            self._write_failed(exc, shard)
             if mode != "reap":
                 self._unsynced.add(group)
             return None
@@ -1492,6 +1508,12 @@ class RedisLayer:
 
     # -- health -----------------------------------------------------------------------------
 
+    def _held_back(self, shard: str | None) -> bool:
+        """Whether calls to ``shard`` (None: the only one) wait out a recent failure to
+        reach it (:meth:`_publish_failed`) instead of each paying a timeout."""
+        retry_at = self._retry_at  # empty unless something failed: no clock read then
+        return bool(retry_at) and time.monotonic() < retry_at.get(shard, 0.0)
+
     def _publish_failed(self, exc: BaseException, shard: str | None = None) -> None:
         # Stop trying that shard for a while, so that views do not each pay a timeout while
         # it is down; the reader's reconnection (or this delay running out) lets sends try
@@ -1548,12 +1570,13 @@ class RedisLayer:
                 exc,
             )
 
-    def _write_failed(self, exc: BaseException) -> None:
-        """A write without a fallback (presence) failed: Redis refused it, or is down."""
+    def _write_failed(self, exc: BaseException, shard: str | None = None) -> None:
+        """A write without a fallback (presence) to ``shard`` failed: Redis refused it, or
+        is down (then calls to that shard are held back a while, as after a send)."""
         if isinstance(exc, REFUSED):
             self._refused(exc)
-        else:
-            self.report_down(exc)
+        elif not isinstance(exc, HeldBack):
+            self._publish_failed(exc, shard)
 
     def _took_write(self) -> None:
         """Redis took a write: log the end of a refusal, if one was logged."""

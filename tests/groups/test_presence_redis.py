@@ -17,6 +17,7 @@ import pytest
 from django.test import override_settings
 
 from dwebsocket.groups import GroupsUnavailable
+from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.presence import Local
 from dwebsocket.groups.redis import PRESENCE_LOG, RedisLayer
 from tests.groups import test_redis_layer
@@ -627,3 +628,103 @@ def test_a_process_judges_the_others_heartbeats_by_its_own_setting(
     assert who(reader) == {"user:alice": 1}
     with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=0.001):  # dead after 2 ms
         until(lambda: who(reader) == {})
+
+
+class SilentRedis:
+    """A Redis that accepts connections and never answers (a host gone behind a load
+    balancer, a frozen server): every call to it waits its socket timeout. Records what
+    reached it."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.received = bytearray()
+        self.accepted = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import selectors
+
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ)
+        while not self._stop.is_set():
+            for key, _ in selector.select(0.1):
+                if key.fileobj is self._listener:
+                    try:
+                        sock, _ = self._listener.accept()
+                    except OSError:
+                        continue
+                    selector.register(sock, selectors.EVENT_READ)
+                    with self._lock:
+                        self.accepted += 1
+                    continue
+                data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                if not data:
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()  # type: ignore[union-attr]
+                with self._lock:
+                    self.received += data
+        for key in list(selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        selector.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+
+def test_presence_does_not_wait_on_a_redis_that_failed_moments_ago() -> None:
+    """Sends stop trying a Redis that just failed them for a while (backing off, up to
+    5 s) so that views do not each wait a timeout; presence wrote on regardless, one
+    script per join or close and per group at each heartbeat, each waiting the socket
+    timeout: during an outage every closing socket held its thread that long (under
+    ASGI, the few signal threads for all the sockets). Held back as sends are now, and
+    a failed write holds sends back too. Nothing here waits on the clock: the layer is
+    held back for its longest delay before the calls."""
+    silent = SilentRedis()
+    layer = RedisLayer(
+        f"redis://127.0.0.1:{silent.port}/0?socket_timeout=0.5&socket_connect_timeout=0.5",
+        Registry(),
+    )
+    try:
+        for _ in range(8):  # as eight failed sends in a row leave it: held back 5 s
+            layer._publish_failed(ConnectionError("down"))
+        member = Inbox()
+        entry = Local("user:alice", "alice", "{}", {})
+        count, shown = layer.registry.presence.add("room", member, entry)
+        layer.present("room", entry, count, shown, True)
+        layer.heartbeat("room", STALE, EXPIRY)
+        with pytest.raises(GroupsUnavailable):
+            layer.presence("room")
+        assert "room" in layer._unsynced  # written by the first heartbeat Redis answers
+    finally:
+        layer.close()
+        silent.close()
+    assert (silent.accepted, bytes(silent.received)) == (0, b"")  # not even a connection
+
+
+def test_a_presence_write_that_fails_holds_the_next_calls_back(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """A presence write that finds Redis gone counts as a failed send would: the next
+    calls (sends too) do not try it again at once. ``report_up`` (the reader's
+    reconnection) ends it, as it ends a send's."""
+    one = layers()
+    redis_server.stop()
+    member = Inbox()
+    entry = Local("user:bob", "bob", "{}", {})
+    count, shown = one.registry.presence.add("room", member, entry)
+    one.present("room", entry, count, shown, True)
+    assert one._held_back(None)
+    redis_server.start()
+    one.report_up()
+    assert not one._held_back(None)
+    one.heartbeat("room", STALE, EXPIRY)
+    assert {p.key for p in one.presence("room")} == {"user:bob"}
