@@ -475,6 +475,10 @@ def test_a_user_who_left_a_process_last_while_redis_was_away_is_a_leave_elsewher
         redis_server.stop()
         leave(one, bob)  # not written: Redis is down
         redis_server.start()  # with the copy SAVE took: bob's entry there
+        # What a process's reader does on reconnecting: the failed leave held this
+        # process's calls to Redis back for a while (as a failed send does), and with no
+        # member left here it has no subscription to find Redis back by itself.
+        one.report_up()
         until(lambda: "room" in two.subscriber.subscribed, timeout=20)
         one._beat_all(LONG_STALE, LONG_EXPIRY)
         join(one, Inbox(), "alice")
