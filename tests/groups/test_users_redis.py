@@ -284,7 +284,12 @@ def test_a_command_sent_while_the_subscription_was_lost_is_carried_out(
         return connect(address)
 
     try:
-        users._owners[id(before)] = (before, users._Owner("7", None, time.monotonic()))
+        # Opened well before the command (a socket open when the blip came): one opened
+        # only as long before it as the kill took to be noticed (milliseconds) can count
+        # as opened after it, as users means it to: a command's age is read from Redis
+        # after the socket's is taken, so only a command surely sent later counts.
+        opened = time.monotonic() - 1.0
+        users._owners[id(before)] = (before, users._Owner("7", None, opened))
         groups._join_own(users.user_group(7), before)
         here.make_connection = held  # type: ignore[method-assign]
         on_redis.command("CLIENT", "KILL", "TYPE", "pubsub")
