@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -560,12 +561,15 @@ REFUSED = (
 )
 
 
+HELD_BACK = "Redis unreachable recently; not retried yet"
+
+
 class HeldBack(redis.ConnectionError):
     """A call not made: its shard failed to answer moments ago, and is left alone for a
     while (``RedisLayer._held_back``) rather than each call waiting a timeout for it."""
 
-
-HELD_BACK = "Redis unreachable recently; not retried yet"
+    def __init__(self) -> None:
+        super().__init__(HELD_BACK)
 
 
 def encode(message: str | BytesLike, origin: bytes, seq: int) -> bytes:
@@ -614,31 +618,20 @@ def decode_positioned(data: bytes) -> tuple[bytes, int, Message, Position | None
 _wrong_heartbeats: set[str] = set()
 
 
+@dataclasses.dataclass(slots=True)
 class _Kept:
     """What a kept send to a group repeats (``RedisLayer._kept_group``): its policy, and
     the script's arguments but the message's, as bytes."""
 
-    __slots__ = ("channel", "command", "epoch", "policy", "size", "stream", "ttl")
-
-    def __init__(
-        self,
-        policy: Policy,
-        stream: bytes,
-        size: bytes,
-        ttl: bytes,
-        epoch: bytes,
-        channel: bytes,
-        command: bytes,
-    ) -> None:
-        self.policy = policy
-        self.stream = stream
-        self.size = size
-        self.ttl = ttl
-        #: The epoch the group's last message had ("0": none yet): the one to append in
-        #: next time (the script corrects a stale one).
-        self.epoch = epoch
-        self.channel = channel
-        self.command = command
+    policy: Policy
+    stream: bytes
+    size: bytes
+    ttl: bytes
+    #: The epoch the group's last message had ("0": none yet): the one to append in next
+    #: time (the script corrects a stale one).
+    epoch: bytes
+    channel: bytes
+    command: bytes
 
 
 class RedisLayer:
@@ -835,7 +828,7 @@ class RedisLayer:
         channel = self.channel(group)
         shard = self.topology.shard(channel)
         if self._held_back(shard):
-            return HeldBack(HELD_BACK)
+            return HeldBack()
         try:
             if remember:
                 # Before the PUBLISH: a member subscribed too late for the command reads
@@ -930,7 +923,7 @@ class RedisLayer:
         error if that failed, else None. Redis refusing the writes (:data:`REFUSED`):
         published without being remembered, as :meth:`_remember` does."""
         if self._held_back(None):  # one shard: None
-            return HeldBack(HELD_BACK)
+            return HeldBack()
         channels = [self.channel(group) for group in groups]
         keys = [self.control_key(group) for group in groups]
         args = [int(control.MEMORY * 1000), self.publish_command, *channels, *data]
@@ -1030,7 +1023,7 @@ class RedisLayer:
         # _failures are empty otherwise; read unlocked, as ever): on a Cluster, a slot
         # lookup per send saved.
         if self._retry_at and self._held_back(self.topology.shard(kept.channel)):
-            error = HeldBack(HELD_BACK)
+            error = HeldBack()
         else:
             try:
                 answer = self._evalsha(kept, header, payload)
@@ -1171,7 +1164,7 @@ class RedisLayer:
                 # Before the write: if it fails, the next sync makes it.
                 self._record(group, entry.key, head, now)
                 if self._held_back(shard):
-                    raise HeldBack(HELD_BACK)
+                    raise HeldBack()
                 _, unknown, gone, version, digest = self._present(
                     keys=self.presence_keys(group),
                     args=[
@@ -1366,13 +1359,13 @@ class RedisLayer:
         """Run ``HEARTBEAT_SCRIPT`` once (``mode``: "", "sync" or "reap"; ``decided``: the
         events to publish, see ``_decided``); its answer, or None if it failed (logged)."""
         seq = next(self._seq)
+        anchor = self._anchor(group)
         with self._state_lock:
-            anchor = self._anchors.get(group, ("", ""))
             has_entries = "1" if self._written.get(group) else ""
         shard = self.topology.shard(self.channel(group))
         try:
             if self._held_back(shard):
-                raise HeldBack(HELD_BACK)
+                raise HeldBack()
             answer = self._heartbeat(
                 keys=self.presence_keys(group),
                 args=[

@@ -21,6 +21,7 @@ from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.presence import Local
 from dwebsocket.groups.redis import PRESENCE_LOG, RedisLayer
 from tests.groups import test_redis_layer
+from tests.groups.proxy import Proxy
 from tests.groups.redis_server import RedisServer
 from tests.groups.test_redis_layer import Inbox, until
 
@@ -634,57 +635,9 @@ def test_a_process_judges_the_others_heartbeats_by_its_own_setting(
         until(lambda: who(reader) == {})
 
 
-class SilentRedis:
-    """A Redis that accepts connections and never answers (a host gone behind a load
-    balancer, a frozen server): every call to it waits its socket timeout. Records what
-    reached it."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self.received = bytearray()
-        self.accepted = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        import selectors
-
-        selector = selectors.DefaultSelector()
-        selector.register(self._listener, selectors.EVENT_READ)
-        while not self._stop.is_set():
-            for key, _ in selector.select(0.1):
-                if key.fileobj is self._listener:
-                    try:
-                        sock, _ = self._listener.accept()
-                    except OSError:
-                        continue
-                    selector.register(sock, selectors.EVENT_READ)
-                    with self._lock:
-                        self.accepted += 1
-                    continue
-                data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                if not data:
-                    selector.unregister(key.fileobj)
-                    key.fileobj.close()  # type: ignore[union-attr]
-                with self._lock:
-                    self.received += data
-        for key in list(selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        selector.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._listener.close()
-
-
-def test_presence_does_not_wait_on_a_redis_that_failed_moments_ago() -> None:
+def test_presence_does_not_wait_on_a_redis_that_failed_moments_ago(
+    redis_server: RedisServer,
+) -> None:
     """Sends stop trying a Redis that just failed them for a while (backing off, up to
     5 s) so that views do not each wait a timeout; presence wrote on regardless, one
     script per join or close and per group at each heartbeat, each waiting the socket
@@ -692,9 +645,9 @@ def test_presence_does_not_wait_on_a_redis_that_failed_moments_ago() -> None:
     ASGI, the few signal threads for all the sockets). Held back as sends are now, and
     a failed write holds sends back too. Nothing here waits on the clock: the layer is
     held back for its longest delay before the calls."""
-    silent = SilentRedis()
+    proxy = Proxy(redis_server.port)  # counts the connections that reach Redis
     layer = RedisLayer(
-        f"redis://127.0.0.1:{silent.port}/0?socket_timeout=0.5&socket_connect_timeout=0.5",
+        f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=0.5&socket_connect_timeout=0.5",
         Registry(),
     )
     try:
@@ -710,8 +663,8 @@ def test_presence_does_not_wait_on_a_redis_that_failed_moments_ago() -> None:
         assert "room" in layer._unsynced  # written by the first heartbeat Redis answers
     finally:
         layer.close()
-        silent.close()
-    assert (silent.accepted, bytes(silent.received)) == (0, b"")  # not even a connection
+        proxy.close()
+    assert proxy.forwarded == 0  # not even a connection
 
 
 def test_a_presence_write_that_fails_holds_the_next_calls_back(
