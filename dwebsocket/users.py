@@ -735,8 +735,10 @@ class _Checker:
         database): a close is done, a check command (a user saved) checks the session;
         so does a layer that cannot be read, or a socket that took longer than
         ``control.MEMORY`` to open."""
-        # Ages as of before the read: a command it finds counts as sent after a request
-        # began only if it surely was (never one the request's authentication saw).
+        # Ages as of before the read, the commands' as it ran: where the two clocks cannot
+        # tell which came first (a command sent within the read's time, and Redis's
+        # millisecond, of the request's start), it counts as sent after -- a socket that
+        # a close was meant for is closed.
         now = time.monotonic()
         opened = [
             (member, found, min(now - found.started, within))
@@ -754,9 +756,10 @@ class _Checker:
         recent = dict(
             zip(names, get_layer().recent_controls_many(names, control.MEMORY), strict=True)
         )
+        slack = time.monotonic() - now + 0.001
         to_check: list[Member] = []
         for member, found, age in opened:
-            missed = self._missed(recent, found, age)
+            missed = self._missed(recent, found, age + slack)
             if isinstance(missed, tuple):
                 logger.info(
                     "Closing a WebSocket of user %s sent %d while it opened", found.user, missed[0]
@@ -773,9 +776,9 @@ class _Checker:
         found: _Owner,
         age: float,
     ) -> tuple[int, str] | bool:
-        """For a socket ``age`` seconds after its request began: the ``(code, reason)``
-        of a close its groups got since, else whether its session must be checked.
-        ``recent``: the commands of its groups (None, or missing: not read)."""
+        """For a socket at most ``age`` seconds after its request began: the ``(code,
+        reason)`` of a close its groups got since, else whether its session must be
+        checked. ``recent``: the commands of its groups (None, or missing: not read)."""
         if age > control.MEMORY:
             return True  # older commands are forgotten
         check = False
@@ -786,7 +789,7 @@ class _Checker:
                 continue
             for payload, ago in commands:
                 if ago > age:
-                    continue  # before the request began: what it authenticated saw it
+                    continue  # surely before the request began: its authentication saw it
                 try:
                     command = json.loads(payload)
                 except ValueError:

@@ -321,6 +321,26 @@ class UsersTests(TransactionTestCase):
             users.send(self.alice, "still open")
             self.assertEqual(after.receive(), "still open")
 
+    def test_a_disconnect_just_after_the_request_began_is_found_by_a_slow_read(self) -> None:
+        """The socket's age is taken before the commands are read, their ages as the read
+        runs: a read slower than the time between the request's start and the disconnect
+        (a thread switch, a Redis round trip, a loaded machine: here 0.3 s) made that
+        disconnect look older than the request. Where the clocks cannot tell, a close is
+        done: the socket of a user being banned must not stay open."""
+        layer = users.get_layer()
+        read = layer.recent_controls_many
+
+        def slow(names: list[str], within: float) -> list[list[tuple[bytes, float]] | None]:
+            time.sleep(0.3)
+            return read(names, within)
+
+        browser = logged_in("alice")
+        with (
+            unittest.mock.patch.object(layer, "recent_controls_many", slow),
+            WebSocketClient("/ws/disconnected-while-opening/", client=browser, timeout=WAIT) as ws,
+        ):
+            self.assertEqual(ws.wait_closed(WAIT), 4003)
+
     def test_a_user_without_a_session_disconnected_while_their_socket_opens_is_closed(
         self,
     ) -> None:
