@@ -283,7 +283,8 @@ class ReconnectingClient:
     (``dws_since``, URL-encoded); past it, those of the groups that got a message longest
     ago are left out, and a group of those the server joins again without them gets
     ``"recovery_failed"`` (with the ``since`` left out), as when history no longer reaches
-    back."""
+    back. A message over ``max_message_size`` (1009) leaves out every group's position
+    from the next attempt so (from a history it would come again with each resume)."""
 
     def __init__(
         self,
@@ -331,8 +332,10 @@ class ReconnectingClient:
         # in the inbox still: where a reconnection resumes (no message comes twice).
         self._arrived: dict[str, str] = dict(self.positions)
         self.since_limit = since_limit
-        # Group -> position: those the last attempt's URL had no room for (see _address).
+        # Group -> position: those the last attempt's URL had no room for (see _address),
+        # and those given up after a message too large to read (see _feed).
         self._left_out: dict[str, str] = {}
+        self._given_up: dict[str, str] = {}
         self.min_delay, self.max_delay, self.stable = min_delay, max_delay, stable
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.no_retry = frozenset(no_retry)
@@ -770,6 +773,12 @@ class ReconnectingClient:
             if isinstance(event, (str, bytes)):
                 self._message(event)
             elif isinstance(event, Close):
+                if event.code == 1009 and conn.error is not None:
+                    # Ours: a message over max_message_size. One from a group's history
+                    # would come again with every resume, and whose it was is unknown (it
+                    # was not read): no group resumes, each joined again says so.
+                    self._given_up.update(self._arrived)
+                    self._arrived.clear()
                 self._lost(event.code, event.reason)
                 return
         if broken is not None:
@@ -790,7 +799,11 @@ class ReconnectingClient:
             body = data["d"] if "d" in data else base64.b64decode(data.get("b", ""))
             self._inbox.append(Received(body, group, position))
         elif kind == "joined":
-            left_out = self._left_out.pop(group, None) if isinstance(group, str) else None
+            left_out = given_up = None
+            if isinstance(group, str):
+                left_out = self._left_out.pop(group, None)
+                given_up = self._given_up.pop(group, None)
+            left_out = left_out or given_up
             if isinstance(position, str) and isinstance(group, str):
                 self._arrive(group, position)
             info = {

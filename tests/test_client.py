@@ -953,6 +953,41 @@ def test_a_client_that_followed_many_groups_still_reconnects(history: Proxy) -> 
         assert got[:-1] == (["missed"] if outcome == "recovered" else [])
 
 
+def test_a_kept_message_over_max_message_size_ends_the_resume_not_the_client(
+    history: Proxy,
+) -> None:
+    """A message larger than the client's ``max_message_size`` closes the connection with
+    1009. From a group's history it came again with every resume: the client reconnected
+    with backoff for ever, and the messages after it never came. Whose message it was is
+    not known (it was not read), so no group resumes then: the groups joined again say
+    ``recovery_failed`` (the application reloads its state), and the client goes on."""
+    url = history.url("/group/feed/follow/")
+    with ReconnectingClient(url) as sender:
+        sender.recv(WAIT)
+        start = sender.positions["feed"]
+        sender.send("x" * 2000)
+        sender.send("after")
+        assert [len(sender.recv(WAIT).data) for _ in range(2)] == [2000, 5]
+    events: list[Event] = []
+    client = ReconnectingClient(
+        url,
+        positions={"feed": start},
+        max_message_size=1000,
+        min_delay=0.05,
+        max_delay=0.1,
+        on_event=events.append,
+    )
+    with client:
+        report = json.loads(client.recv(WAIT).data)["recovery"]
+        assert report["since"] is None
+        client.send("live")
+        assert client.recv(WAIT).data == "live"
+    closes = [e for e in events if e.type == "close"]
+    assert [(e.code, e.will_retry) for e in closes] == [(1009, True)]
+    (failed,) = [e for e in events if e.type == "recovery_failed"]
+    assert failed.group == "feed" and failed.since == start
+
+
 def _wait_for_the_reset(client: ReconnectingClient) -> None:
     """Until the kernel has the peer's reset for the client's socket (bounded)."""
     sock = client._sock
