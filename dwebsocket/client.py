@@ -657,7 +657,8 @@ class ReconnectingClient:
         self._ping_sent = None
         reconnect = self.opened > 0
         self.opened += 1
-        self._inbox.append(Event("open", reconnect=reconnect))
+        if not self._closed_for_good:  # else close() came from another thread meanwhile:
+            self._inbox.append(Event("open", reconnect=reconnect))  # not an open to announce
         if len(data) > consumed and self._conn is not None:  # the handler may have closed
             self._feed(data[consumed:])
 

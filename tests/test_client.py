@@ -835,6 +835,31 @@ def test_close_from_another_thread_ends_an_attempt_under_way() -> None:
                 filler.close()
 
 
+def test_close_from_another_thread_as_the_handshake_ends_announces_no_open(
+    gevent: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``close()`` from another thread lands after the server's 101 was read, before the
+    connection is set up (here: made to land exactly then). The application closed the
+    client: an ``open`` event after that announced a connection it had ended. None is
+    emitted, ``connect()`` raises ``ConnectionClosed`` and the socket is let go."""
+    import dwebsocket.client as client_module
+
+    events: list[Event] = []
+    client = ReconnectingClient(gevent.url("/echo/"), on_event=events.append)
+
+    def closed_meanwhile(*args: Any, **kwargs: Any) -> Connection:
+        closing = threading.Thread(target=client.close)
+        closing.start()
+        closing.join(WAIT)
+        return Connection(*args, **kwargs)
+
+    monkeypatch.setattr(client_module, "Connection", closed_meanwhile)
+    with pytest.raises(ConnectionClosed):
+        client.connect(WAIT)
+    assert [e.type for e in events] == []
+    assert client._sock is None and client.close_code == 1000
+
+
 def test_send_while_another_thread_closes_raises_connection_closed(proxy: Proxy) -> None:
     """A service's worker thread sends a reply while its main thread is in ``close()``
     (waiting for the server's answer to the close frame, which never comes here: the
