@@ -73,24 +73,31 @@ def acquire(request: HttpRequest) -> Callable[[], None]:
             )
         _total += 1
         _per_ip[address] = from_address + 1
+    return _Slot(address)
 
-    released = False
 
-    def release() -> None:
+class _Slot:
+    """A slot :func:`acquire` took: calling it gives the slot back, once. (An object of
+    two slots, not a closure: it lives as long as the connection.)"""
+
+    __slots__ = ("_address", "_released")
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        self._released = False
+
+    def __call__(self) -> None:
         global _total
-        nonlocal released
         with _lock:
-            if released:
+            if self._released:
                 return
-            released = True
+            self._released = True
             _total -= 1
-            left = _per_ip[address] - 1
+            left = _per_ip[self._address] - 1
             if left:
-                _per_ip[address] = left
+                _per_ip[self._address] = left
             else:
-                del _per_ip[address]  # the map holds only addresses with sessions open
-
-    return release
+                del _per_ip[self._address]  # the map holds only addresses with sessions open
 
 
 def client_key(address: str) -> str:

@@ -55,7 +55,17 @@ def attach(request: HttpRequest, websocket: WebSocket | AsyncWebSocket | None) -
     if websocket is not None:
         setattr(request, REQUEST_STARTED, time.monotonic())
     request.websocket = websocket  # type: ignore[attr-defined]
-    request.is_websocket = (lambda: True) if websocket is not None else (lambda: False)  # type: ignore[attr-defined]
+    request.is_websocket = _yes if websocket is not None else _no  # type: ignore[attr-defined]
+
+
+# request.is_websocket: one function for every request, not one made per request (for a
+# WebSocket, it lived as long as the connection).
+def _yes() -> bool:
+    return True
+
+
+def _no() -> bool:
+    return False
 
 
 def end_websocket(websocket: WebSocket, code: int, *, abort: bool = False) -> None:
