@@ -326,7 +326,10 @@ def envelope(group: str, message: Message, position: Position | None) -> str:
 
 
 def joined_envelope(group: str, recovery: Recovery) -> str:
-    """``{"dws":"joined",...}``: the outcome of a join, for a client that speaks ``dws``."""
+    """``{"dws":"joined",...}``: the outcome of a join, for a client that speaks ``dws``.
+
+    ASCII only: ``since`` is what the client asked for, any str (a lone surrogate from
+    ``"\\ud800"`` in its ``dws_since`` too), which UTF-8 could not encode raw."""
     return json.dumps(
         {
             "dws": "joined",
@@ -336,7 +339,6 @@ def joined_envelope(group: str, recovery: Recovery) -> str:
             "recovered": recovery.recovered,
             "missed": recovery.missed,
         },
-        ensure_ascii=False,
         separators=(",", ":"),
     )
 

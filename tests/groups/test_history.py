@@ -276,6 +276,20 @@ def test_recovery_fails_explicitly(since: str) -> None:
         assert ws.receive() == "live"
 
 
+def test_a_since_utf8_cannot_encode_fails_explicitly_for_a_dws_client() -> None:
+    """A ``dws_since`` naming a lone surrogate (``"\\ud800"`` is valid JSON) from a client
+    that speaks the envelope: "recovery failed", the ``joined`` envelope echoing it
+    escaped. (The envelope carried it raw: UTF-8 could not encode it, and the join's
+    first frame raised -- the view's 500 with a traceback, from any client's URL.)"""
+    position = groups.send("room", "x")
+    with follow("room", dws=True, dws_since='{"room":"\\ud800"}') as ws:
+        joined = ws.receive_json()
+        assert joined["dws"] == "joined" and joined["since"] == "\ud800"
+        assert joined["recovered"] is False and joined["p"] == position
+        report = recovery_of(ws)
+        assert report["failed"] is True and report["since"] == "\ud800"
+
+
 def test_the_last_size_messages_are_recoverable() -> None:
     for i in range(10):
         groups.send("kept.a", f"m{i}")
