@@ -639,12 +639,16 @@ def _held(buffer: deque[Item], epoch: str, last: int) -> int:
 
 
 def _skips(buffer: deque[Item], epoch: str, last: int) -> bool:
-    """True if the first buffered message of ``epoch`` after offset ``last`` is not the
-    next one: some came while this process was not subscribed (they are in the history)."""
+    """True if the buffered messages of ``epoch`` after offset ``last`` do not follow on
+    from it one by one: some came while this process was not subscribed (they are in the
+    history). Each one is checked, not the first alone: a hole behind messages held back
+    would otherwise go live with the member."""
     for item in buffer:
         position = item.position
         if position is not None and position.epoch == epoch and position.offset > last:
-            return position.offset > last + 1
+            if position.offset > last + 1:
+                return True
+            last = position.offset
     return False
 
 
