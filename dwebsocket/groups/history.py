@@ -179,9 +179,10 @@ def policy(group: str) -> Policy | None:
     """The history ``group`` keeps under ``WEBSOCKET_GROUPS_HISTORY``, or None.
 
     An exact name wins over patterns; patterns (``fnmatch``: ``*``, ``?``, ``[...]``) are
-    tried in the order the setting lists them. Read at each call (``override_settings``
-    works, and so does changing the setting's dict in place); the answers are cached per
-    value of the setting. Never blocks."""
+    tried in the order the setting lists them; dwebsocket's own groups (``dwebsocket.``,
+    :mod:`dwebsocket.users`) keep none, whatever they match. Read at each call
+    (``override_settings`` works, and so does changing the setting's dict in place); the
+    answers are cached per value of the setting. Never blocks."""
     from dwebsocket.conf import settings
 
     value = settings.WEBSOCKET_GROUPS_HISTORY
@@ -193,11 +194,16 @@ def policy(group: str) -> Policy | None:
         return answers[group]
     except KeyError:
         pass
+    from dwebsocket.groups import RESERVED_PREFIX
+
     answer = None
-    for pattern, candidate in found.rules:
-        if pattern == group or fnmatch.fnmatchcase(group, pattern):
-            answer = candidate
-            break
+    # dwebsocket's own groups never: a client's joined envelope, and the position its
+    # client sends back in the URL, would name its session (its key) and its user.
+    if not group.startswith(RESERVED_PREFIX):
+        for pattern, candidate in found.rules:
+            if pattern == group or fnmatch.fnmatchcase(group, pattern):
+                answer = candidate
+                break
     if len(answers) >= _CACHE_SIZE:
         answers.clear()  # group names are unbounded (per-user groups): so is no cache
     answers[group] = answer

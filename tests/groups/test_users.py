@@ -134,6 +134,27 @@ class UsersTests(TransactionTestCase):
             self.assertEqual(alice.receive(), "for alice")
         self.assertEqual(groups.members(users.user_group(self.alice)), [])
 
+    def test_a_history_pattern_never_matches_dwebsocket_own_groups(self) -> None:
+        """``WEBSOCKET_GROUPS_HISTORY = {"*": ...}`` (every group of the site) left out
+        dwebsocket's own groups: a client speaking ``dws`` got a ``joined`` envelope
+        naming its session's group -- its session key, handed to JavaScript (past the
+        cookie's HttpOnly), and kept by the browser client as a position to send back in
+        ``dws_since``: in the URL of every reconnection, in every access log -- and
+        ``users.send`` messages came in envelopes naming the user's group, kept in the
+        history for its ``ttl``."""
+        browser = logged_in("alice")
+        every_group = {"*": {"size": 100, "ttl": 60}}
+        with (
+            override_settings(WEBSOCKET_GROUPS_HISTORY=every_group),
+            WebSocketClient("/ws/?dws=1", client=browser, timeout=WAIT) as ws,
+        ):
+            self.assertEqual(json.loads(ws.receive())["user"], "alice")
+            self.assertIsNone(users.send(self.alice, "for alice"))
+            self.assertEqual(ws.receive(), "for alice")
+            self.assertIsNotNone(groups.send("room", "kept"))  # the site's groups: kept
+            with self.assertRaises(TimeoutError):
+                ws.receive(timeout=0.2)
+
     def test_a_socket_cannot_leave_its_users_group(self) -> None:
         """A view leaving a group the client names (a chat's ``{"leave": room}``) must
         not let a client take its socket out of its user's or session's group: a ban
