@@ -183,12 +183,14 @@ def fan_out_items(registry: Registry, group: str, items: Items) -> list[str]:
 
     A member that joined a history group through ``join(..., since=...)`` gets them through
     its follower (once, in order, with their positions if its client speaks ``dws``); any
-    other member as they are. Closed members are dropped from the registry on the way.
+    other member as they are (but one that left just now, whose client speaks ``dws``:
+    in envelopes). Closed members are dropped from the registry on the way.
     Returns the groups that became empty because of that (the Redis layer unsubscribes
     from them)."""
     members = registry.members(group)
     followers = registry.followers.get(group)
     plain = items.batch(False)
+    kept = items.items[0].position is not None  # a history group's (its members follow)
     closed: list[Member] = []
     for member in members:
         if member.is_closed():
@@ -197,7 +199,10 @@ def fan_out_items(registry: Registry, group: str, items: Items) -> list[str]:
         try:
             follower = followers.get(id(member)) if followers else None
             if follower is None:
-                deliver_batch(member, plain)
+                # A member of a history group without a follower left it after ``members``
+                # was read: whose client speaks dws still gets the message in its envelope.
+                envelope = kept and getattr(member, "dws", False)
+                deliver_batch(member, items.batch(True) if envelope else plain)
             else:
                 follower.deliver_items(items)
         except Exception:

@@ -618,6 +618,41 @@ def test_joining_a_live_member_again_loses_nothing_sent_meanwhile() -> None:
     member.assert_empty()
 
 
+def test_a_message_in_flight_to_a_dws_member_as_it_leaves_comes_in_its_envelope() -> None:
+    """A message on its way to a member whose client speaks ``dws`` (its fan-out held by
+    a member before it) when the member leaves the group: it may still arrive, as in any
+    group, but in its envelope. (The leave removed the member's follower, and the
+    fan-out that had found the member handed it the bare message: its client took it
+    for one of the application's, no group, no position.)"""
+    release, holding = threading.Event(), threading.Event()
+
+    class Holder:
+        def deliver(self, message: Message) -> None:
+            holding.set()
+            assert release.wait(WAIT)
+
+        def is_closed(self) -> bool:
+            return False
+
+    member = Inbox()
+    member.dws = True  # type: ignore[attr-defined]
+    groups.join("room", Holder())
+    groups.join("room", member)
+    assert json.loads(member.get())["dws"] == "joined"
+    sender = threading.Thread(target=groups.send, args=("room", "in flight"))
+    sender.start()
+    try:
+        assert holding.wait(WAIT)  # kept; the fan-out is held before the member
+        groups.leave("room", member)
+    finally:
+        release.set()
+        sender.join(WAIT)
+    assert not sender.is_alive()
+    got = json.loads(member.get())
+    assert got["dws"] == "msg" and got["g"] == "room" and got["d"] == "in flight"
+    member.assert_empty()
+
+
 def test_a_gap_in_what_was_held_back_closes_a_dws_member_4003_when_it_goes_live() -> None:
     """What a recovering member held back goes through the live path's gap check: a skip
     after the last position (this process was not subscribed after the last read of the
