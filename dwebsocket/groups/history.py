@@ -554,11 +554,17 @@ def recover(
         recovered = True
         last = asked.offset
         held: int | None = None  # bytes held back when the replay last caught up
+        newest: int | None = None  # the newest offset held back when the page was read
         while True:
-            if page.epoch != asked.epoch or (
-                last < page.head and (not page.entries or page.entries[0][0] != last + 1)
+            if (
+                page.epoch != asked.epoch
+                or (last < page.head and (not page.entries or page.entries[0][0] != last + 1))
+                or (newest is not None and page.head < newest)
             ):
-                # History lost while replaying, or trimmed or expired since the position.
+                # History lost while replaying, or trimmed or expired since the position,
+                # or gone back behind what was held back (Redis lost writes it had
+                # acknowledged: restarted from an older copy, a failover to a replica that
+                # lagged): what it lacks never comes, however often it is read again.
                 # Catching up (held), what was held back may still follow on from last.
                 recovered = held is not None and _follows(follower, asked.epoch, last)
                 break
@@ -583,6 +589,7 @@ def recover(
                         break
                     held = ahead
                 follower.dropped = False
+                newest = _newest(buffer, page.epoch)
             try:
                 page = layer.read(group, last, PAGE)
             except GroupsUnavailable:
@@ -641,6 +648,19 @@ def _held(buffer: deque[Item], epoch: str, last: int) -> int:
         if item.position is not None
         and item.position.epoch == epoch
         and item.position.offset > last
+    )
+
+
+def _newest(buffer: deque[Item], epoch: str) -> int | None:
+    """The highest offset of ``epoch`` held back in ``buffer`` (None: none): the history
+    had it when it came, and has it at any later read, unless it went back."""
+    return max(
+        (
+            item.position.offset
+            for item in buffer
+            if item.position is not None and item.position.epoch == epoch
+        ),
+        default=None,
     )
 
 

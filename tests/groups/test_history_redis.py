@@ -486,6 +486,54 @@ def test_a_message_missed_behind_others_held_back_is_read_from_the_history(
     assert not member.closed
 
 
+def test_a_history_gone_back_behind_what_was_held_back_fails_the_recovery(
+    redis_groups: RedisServer, layers: Callable[[], RedisLayer]
+) -> None:
+    """Redis loses writes it had acknowledged while a member recovers (it restarted from
+    an older snapshot, a failover to a replica that lagged): the stream goes back to m4,
+    in its epoch, and the member held back m6, after m5 this process missed (its
+    subscription dropped). The history will never have m5 again: the recovery fails, so
+    that the view sends the full state. (recover() read the history again and again,
+    finding nothing after m4: the view's thread spun, reading Redis in a hot loop, until
+    the group's next message.)"""
+    here = groups.get_layer()
+    assert isinstance(here, RedisLayer)
+    other = layers()
+    positions = [other.send("room", f"m{i}") for i in range(1, 5)]
+    member = HeldMember()
+    member.dws = False  # type: ignore[misc]
+    joined: list[groups.Recovery] = []
+    joiner = threading.Thread(
+        target=lambda: joined.append(groups.join("room", member, since=positions[2])),
+        daemon=True,  # (it spun for good)
+    )
+    joiner.start()
+    try:
+        assert member.replaying.wait(WAIT)  # m4 is being replayed
+        redis_groups.command("CLIENT", "KILL", "TYPE", "pubsub")
+        until(lambda: "room" not in here.subscriber.subscribed)
+        other.send("room", "m5")  # missed by this process
+        until(lambda: "room" in here.subscriber.subscribed)
+        other.send("room", "m6")
+        followers = groups._registry.followers.get("room")
+        assert followers is not None
+        follower = followers[id(member)]
+        until(lambda: bool(follower.buffer))  # m6 held back
+        # The older copy: m5 and m6 never happened.
+        key, epoch = "dwebsocket:0:{room}:history", positions[3].split(":")[0]  # type: ignore[union-attr]
+        assert redis_groups.command("XDEL", key, f"{epoch}-5", f"{epoch}-6") == b":2\r\n"
+        last = f"{epoch}-4"
+        assert redis_groups.command("XSETID", key, last, "MAXDELETEDID", last) == b"+OK\r\n"
+    finally:
+        member.release.set()
+        joiner.join(WAIT)
+    assert not joiner.is_alive()
+    assert joined == [
+        groups.Recovery(since=positions[2], position=positions[3], recovered=False, missed=1)
+    ]
+    assert member.got == ["m4", "m6"]
+
+
 def test_a_new_epoch_begun_while_unsubscribed_closes_a_dws_member(
     redis_groups: RedisServer, layers: Callable[[], RedisLayer]
 ) -> None:
