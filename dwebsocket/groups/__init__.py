@@ -244,11 +244,12 @@ def _make_layer(url: str, registry: Registry) -> Layer:
 
 def reset() -> None:
     """Close the current layer and forget every membership (for tests)."""
-    global _layer, _registry
+    global _layer, _registry, _warned_no_history
     with _lock:
         if _layer is not None:
             _layer.close()
         _layer, _registry = None, _new_registry()
+        _warned_no_history = False
 
 
 def _check_group(group: Any) -> None:
@@ -342,6 +343,26 @@ def _join_own(group: str, websocket: WebSocket | Member) -> None:
     _join(group, websocket, None)
 
 
+#: A join with ``since`` of a group without history was logged at WARNING (see below).
+_warned_no_history = False
+
+
+def _no_history(group: str) -> None:
+    """Log a join with ``since`` of a group that keeps no history: the ``since`` is the
+    client's, so every reconnection with an old position does it (after a deploy that
+    took the group's history away, say): the first at WARNING, the others at DEBUG."""
+    global _warned_no_history
+    if _warned_no_history:
+        logger.debug("join(%r, since=...): the group keeps no history", group)
+        return
+    _warned_no_history = True
+    logger.warning(
+        "join(%r, since=...): the group keeps no history (WEBSOCKET_GROUPS_HISTORY); "
+        "the next such joins in this process are logged at DEBUG",
+        group,
+    )
+
+
 def _join(group: str, websocket: WebSocket | Member, since: str | None) -> Recovery:
     kept = policy(group)
     if websocket.is_closed():
@@ -349,7 +370,7 @@ def _join(group: str, websocket: WebSocket | Member, since: str | None) -> Recov
     layer = get_layer()
     if kept is None:
         if since is not None:
-            logger.warning("join(%r, since=...): the group keeps no history", group)
+            _no_history(group)
         layer.join(group, websocket)
         if websocket.is_closed():  # closed meanwhile: its signal may have fired before
             layer.leave_all(websocket)

@@ -314,6 +314,21 @@ def test_a_group_without_history_fails_any_since() -> None:
         assert report["failed"] is True and report["position"] is None
 
 
+def test_a_since_for_a_group_without_history_warns_once_per_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ``since`` comes from the client: after a deploy that takes a group's history
+    away, every reconnection of every client with an old position joined with one, and
+    each logged a WARNING (a view naming its group from the URL: one per connection, as
+    many as a client cares to open). The first says what is wrong; the others are DEBUG."""
+    with caplog.at_level("DEBUG", logger="dwebsocket"):
+        for name in ("plain", "plain", "other"):
+            with follow(name, since="e:1") as ws:
+                assert recovery_of(ws)["failed"] is True
+    found = [r for r in caplog.records if "keeps no history" in r.getMessage()]
+    assert [r.levelname for r in found] == ["WARNING", "DEBUG", "DEBUG"]
+
+
 def test_join_rejects_a_since_that_is_not_a_str() -> None:
     class Closed:
         def deliver(self, message: Message) -> None:
