@@ -20,6 +20,7 @@ urlpatterns = [
     path("two-readers/", views.two_readers),
     path("stream/", views.stream),
     path("close-behind-a-send/", views.close_behind_a_send),
+    path("goodbye/", views.goodbye),
     path("group/", include("tests.groups.urls")),
     path("echo/", views.echo),
     path("marked-echo/", views.marked_echo),

@@ -661,6 +661,29 @@ def test_a_client_that_closes_during_a_send_is_closed_with_its_code(
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("close", ["return", "close"])
+@pytest.mark.parametrize("name", asgi_servers())
+def test_what_a_group_sent_before_the_close_reaches_the_client_first(
+    started: Callable[..., ServerProcess], name: str, close: str
+) -> None:
+    """tests.asgi.views.goodbye: an async view sends five messages to a group it is in,
+    then returns (1000) or closes (4000). The client gets the five, then the close, as
+    on the default backend, whose close frame goes out after what is queued. They were
+    lost: the close began at once and the group's queue for the connection was dropped
+    unsent."""
+    server = started(f"{name}-async")
+    query = f"id={uuid.uuid4().hex}" + ("&close=1" if close == "close" else "")
+    got = []
+    with ws(server, f"/goodbye/?{query}") as client:
+        client.send("go")
+        with pytest.raises(ConnectionClosed):
+            while True:
+                got.append(client.recv(timeout=TIMEOUT))
+    assert got == [f"m{i}" for i in range(5)]
+    assert client.close_code == (4000 if close == "close" else 1000)
+
+
+@pytest.mark.server
 @pytest.mark.parametrize("name", asgi_servers())
 def test_a_close_the_server_does_not_take_ends_the_session(tmp_path: Path, name: str) -> None:
     """A client that stopped reading: a send the server does not take is given up after

@@ -262,6 +262,46 @@ def test_finish_leaves_no_close_task_running() -> None:
     assert asyncio.run(scenario()) == ([], 1009, "closed")
 
 
+def test_a_close_sends_what_was_queued_first_even_a_message_the_flusher_held() -> None:
+    """Group messages delivered while the view's send was with the server: the flusher
+    took the first and waited for the send lock, then the view closed. Both go out, in
+    order, before the close, as the default backend's outbox writes them before its
+    close frame. The close used to drop them (CLOSING stopped the flusher, which lost
+    the one it held, and nothing sent the rest)."""
+
+    async def scenario() -> list[Any]:
+        gate = asyncio.Event()
+        inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+        sent: list[Any] = []
+
+        async def send(event: Mapping[str, Any]) -> None:
+            if event.get("text") == "view":
+                await gate.wait()  # the client reads slowly
+            sent.append(event.get("text") or event.get("code"))
+
+        connection = plain_connection(inbox.get, send)
+        await connection.accept()
+        view = asyncio.ensure_future(connection.send_message("view"))
+        await asyncio.sleep(0)  # the view's send holds the lock
+        connection.deliver("g1")
+        connection.deliver("g2")
+        for _ in range(3):
+            await asyncio.sleep(0)  # the flusher took g1 and waits for the lock
+        closing = asyncio.ensure_future(connection.close(4000))
+        for _ in range(3):
+            await asyncio.sleep(0)  # CLOSING; the close waits for the lock too
+        gate.set()
+        await asyncio.wait_for(view, TIMEOUT)
+        while 4000 not in sent:
+            await asyncio.sleep(0.01)
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 4000})
+        await asyncio.wait_for(closing, TIMEOUT)
+        await connection.finish()
+        return sent[1:]  # after websocket.accept's None
+
+    assert asyncio.run(asyncio.wait_for(scenario(), TIMEOUT)) == ["view", "g1", "g2", 4000]
+
+
 # -- the sync request.websocket -----------------------------------------------------------
 
 

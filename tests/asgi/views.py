@@ -294,6 +294,21 @@ async def close_behind_a_send(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+@require_websocket
+async def goodbye(request: HttpRequest) -> None:
+    """Join group ``goodbye-<id>``; after one message, send ``?n=`` messages to that group
+    (this connection among its members), then return, or close with 4000 (``?close=1``):
+    the messages queued for it go out before the close, as on the default backend."""
+    ws = request.websocket
+    group = f"goodbye-{request.GET['id']}"
+    await ws.join(group)
+    await ws.wait()
+    for i in range(int(request.GET.get("n", "5"))):
+        await groups.asend(group, f"m{i}")
+    if request.GET.get("close"):
+        await ws.close(4000, "bye")
+
+
 #: ``websocket_opened`` and ``websocket_closed`` signals sent for the ``lazy-accepts`` and
 #: ``close-first`` views, by ``?lazy=``.
 SIGNALLED: dict[str, dict[str, int]] = {}

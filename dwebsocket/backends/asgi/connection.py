@@ -594,6 +594,11 @@ class ASGIConnection:
                 try:
                     await self.send_message(message)
                 except ConnectionClosed:
+                    if self.state is State.CLOSING and self._queued is not None:
+                        # A close began while this one waited its turn: it goes out
+                        # before the close event, with the rest (_send_queued_then).
+                        self._queued.appendleft(message)
+                        self._queued_bytes += _size(message)
                     return
         finally:
             self._flusher = None
@@ -643,13 +648,35 @@ class ASGIConnection:
                 # Bounded as a send is: a server whose send() blocks while the client does
                 # not read (uvicorn, hypercorn, granian) would otherwise hold the close,
                 # and the session, for as long as the client keeps the connection open.
-                await asyncio.wait_for(self._send(event), IO_TIMEOUT)
+                await asyncio.wait_for(self._send_queued_then(event), IO_TIMEOUT)
         except asyncio.TimeoutError:
             logger.debug("websocket.close not taken within %ss for %s", IO_TIMEOUT, self._peer())
             self.abandon()
         except Exception as exc:
             logger.debug("websocket.close failed for %s: %r", self._peer(), exc)
             self._mark_closed(code, reason)
+
+    async def _send_queued_then(self, event: dict[str, Any]) -> None:
+        """What ``deliver()`` queued before the close began (a group's last messages, a
+        ``users.send()`` before ``users.disconnect()``), then ``event``, the close: the
+        default backend writes its close frame after its outbox too. An overflow (1008)
+        has dropped the queue first. Call with the send lock held."""
+        while self._queued:  # None once closed (the client left meanwhile)
+            message = self._queued.popleft()
+            size = _size(message)
+            self._queued_bytes -= size
+            if isinstance(message, str):
+                if not message.isascii():
+                    try:
+                        message.encode("utf-8")
+                    except UnicodeEncodeError:
+                        continue  # as send_message refuses it: never sent
+                await self._send({"type": "websocket.send", "text": message})
+            else:
+                await self._send({"type": "websocket.send", "bytes": message})
+            self.messages_out += 1
+            self.bytes_out += size
+        await self._send(event)
 
     def _start_close(self, code: int, reason: str) -> None:
         """Begin a close from the loop without waiting for it (the pump, the outbox, a
