@@ -425,6 +425,37 @@ def test_hypercorn_ends_the_session_it_answered_400(
     )
 
 
+DAPHNE_NO_CLOSE_REASON = (
+    "daphne defect: websocket.disconnect carries the client's close code, not its reason "
+    "(daphne 4.2, ws_protocol.onClose)"
+)
+
+
+@pytest.mark.server
+@pytest.mark.skipif("daphne" not in asgi_servers(), reason="daphne not chosen")
+@pytest.mark.xfail(strict=True, raises=DefectShown, reason=DAPHNE_NO_CLOSE_REASON)
+@pytest.mark.parametrize("kind", KINDS)
+def test_daphne_tells_the_view_the_clients_close_reason(
+    started: Callable[..., ServerProcess], kind: str
+) -> None:
+    """What the view sees of a client's close (4000, with a reason): on daphne the code
+    only, its reason empty (docs/asgi.rst said both reached the view; the shared test
+    ``test_client_closes_with_code_and_reason`` fails on daphne before it looks)."""
+    server = started(f"daphne-{kind}")
+    key = uuid.uuid4().hex
+    with ws(server, f"/record/?id={key}") as client:
+        client.send("hi")
+        assert client.recv(timeout=TIMEOUT) == "hi"
+        client.close(4000, "client says bye")
+    seen = recorded(server, "/record/", key)
+    check(
+        DAPHNE_NO_CLOSE_REASON,
+        (seen["code"], seen["reason"]),
+        correct=(4000, "client says bye"),
+        signature=(4000, ""),
+    )
+
+
 def settle(
     server: ServerProcess, done: Callable[[dict[str, Any]], bool], bound: float = TIMEOUT
 ) -> dict[str, Any]:
