@@ -551,7 +551,20 @@ def _connect_signal() -> None:
 
 def _on_closed(sender: Any, websocket: Member | None = None, **kwargs: Any) -> None:
     # Backends send the WebSocket class as ``sender`` and the connection as ``websocket``.
+    _leave_closed(websocket if websocket is not None else sender)
+
+
+def _leave_closed(websocket: Member) -> None:
+    """:func:`leave_all` for a connection that closed (what ``websocket_closed`` does, and
+    a backend for one that closed without opening, which gets no such signal); logs what
+    fails rather than raising. May block (Redis)."""
     try:
-        leave_all(websocket if websocket is not None else sender)
+        leave_all(websocket)
     except Exception:  # never let the groups break a backend's close path
         logger.exception("Could not remove a closed WebSocket from its groups")
+
+
+def _involved(websocket: Member) -> bool:
+    """Whether ``websocket`` is in a group of this process, present in one or listening to
+    its events. Never blocks."""
+    return bool(_registry.groups_of(websocket)) or _registry.presence.involves(websocket)

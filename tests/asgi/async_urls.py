@@ -10,6 +10,7 @@ from tests.asgi import views
 urlpatterns = [
     path("counts/", views.counts),
     path("held/", views.held_async),
+    path("joined-held/", views.joined_held_async),
     path("release/", views.release),
     path("stalled/", views.stalled_async),
     path("lazy-accepts/", views.lazy_accepts),

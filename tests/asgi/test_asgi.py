@@ -386,6 +386,41 @@ def test_clients_that_vanish_leave_nothing_behind(
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("param", SERVERS)
+def test_a_client_gone_before_the_accept_leaves_the_groups_its_view_joined(
+    started: Callable[..., ServerProcess], param: str
+) -> None:
+    """tests.asgi.views.joined_held: the view joins a group, present, before the 101 (as
+    docs/channels.rst's chat does), and the client leaves before the view accepts. The
+    accept finds it gone, the view ends, and the connection must leave the group. It
+    stayed a member, and present, until the next message to that group: a connection
+    that never opened gets no websocket_closed, the signal on which members leave."""
+    server = started(param)
+    key = uuid.uuid4().hex
+    path = f"/joined-held/?id={key}"
+
+    def membership() -> dict[str, int]:
+        with urllib.request.urlopen(server.url(path, "http"), timeout=TIMEOUT) as answer:
+            seen: dict[str, int] = json.loads(answer.read())
+        return seen
+
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(upgrade_request(path))
+        deadline = time.monotonic() + TIMEOUT
+        while membership() != {"members": 1, "present": 1}:  # the view joined
+            assert time.monotonic() < deadline, membership()
+            time.sleep(0.05)
+    urllib.request.urlopen(server.url(f"/release/?id={key}", "http"), timeout=TIMEOUT).close()
+    settle(server, lambda now: now["sessions"] == 0)
+    deadline = time.monotonic() + TIMEOUT
+    while membership() != {"members": 0, "present": 0}:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert membership() == {"members": 0, "present": 0}
+
+
+@pytest.mark.server
 @pytest.mark.skipif("hypercorn" not in asgi_servers(), reason="hypercorn not chosen")
 @pytest.mark.xfail(strict=True, raises=DefectShown, reason=HYPERCORN_PIPELINED)
 @pytest.mark.parametrize("kind", KINDS)

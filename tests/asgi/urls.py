@@ -7,6 +7,7 @@ from tests.asgi import views
 urlpatterns = [
     path("counts/", views.counts),
     path("held/", views.held),
+    path("joined-held/", views.joined_held),
     path("release/", views.release),
     path("stalled/", views.stalled),
     path("database-while-waiting/", views.database_while_waiting),

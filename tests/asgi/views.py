@@ -413,6 +413,31 @@ async def held_async(request: HttpRequest) -> None:
         await request.websocket.send(message)
 
 
+@accept_websocket
+def joined_held(request: HttpRequest) -> HttpResponse | None:
+    """Joins group ``joined-<id>`` (present) before the accept, then :func:`held`. Plain
+    HTTP with the same ``?id=``: the group's members and presence in this process."""
+    group = f"joined-{request.GET['id']}"
+    if not request.is_websocket():
+        return JsonResponse(_membership(group))
+    request.websocket.join(group, presence={})
+    return held(request)
+
+
+@accept_websocket
+async def joined_held_async(request: HttpRequest) -> HttpResponse | None:
+    """:func:`joined_held` as an ``async def`` view."""
+    group = f"joined-{request.GET['id']}"
+    if not request.is_websocket():
+        return JsonResponse(_membership(group))
+    await request.websocket.join(group, presence={})
+    return await held_async(request)
+
+
+def _membership(group: str) -> dict[str, int]:
+    return {"members": len(groups.members(group)), "present": len(groups.presence(group))}
+
+
 @require_websocket
 def stalled(request: HttpRequest) -> None:
     """Accepts, then reads nothing until ``release/?id=`` was requested (or ``HOLD``

@@ -202,8 +202,10 @@ class ASGIConnection:
         self._queued_bytes = 0
         self._flusher: asyncio.Task[None] | None = None
         self._closer: asyncio.Future[None] | None = None  # _start_close()'s send
-        #: Called (on the loop) once the connection is closed, for the signals.
-        self.on_closed: Callable[[], None] | None = None
+        #: Called (on the loop) once the connection is closed, for the signals: with
+        #: whether it had opened (a refused one, or one whose accept found the client
+        #: gone, had not).
+        self.on_closed: Callable[[bool], None] | None = None
 
     def __repr__(self) -> str:
         return f"<ASGIConnection {self.state} {self.scope.get('path', '?')}>"
@@ -716,9 +718,9 @@ class ASGIConnection:
         self._queued = None
         self._queued_bytes = 0
         self._wake_readers()
-        if was_open and self.on_closed is not None:
+        if self.on_closed is not None:
             callback, self.on_closed = self.on_closed, None
-            callback()
+            callback(was_open)
 
     def _wake_readers(self) -> None:
         with self.lock:
@@ -741,6 +743,7 @@ class ASGIConnection:
                     await task
         if self.state is State.CONNECTING:
             self.state = State.REFUSED
+            self._mark_closed(1006, "")
 
     def closed_error(self) -> ConnectionClosed:
         return ConnectionClosed(self.close_code or 1006, self.close_reason)

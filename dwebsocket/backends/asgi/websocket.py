@@ -319,9 +319,20 @@ class ASGIWebSocket(WebSocket):
 
     # -- signals ----------------------------------------------------------------------------
 
-    def _on_closed(self) -> None:
+    def _on_closed(self, opened: bool) -> None:
         # On the loop: receivers may block (groups, users), so they run in a thread.
         connection = self.connection
+        if not opened:
+            # Refused, or the client left before the accept: no websocket_opened, so no
+            # websocket_closed either, the signal on which members leave their groups.
+            # The view may have joined before the accept all the same (docs/channels.rst's
+            # chat does): it would stay a member, and present, until the group's next
+            # message found it closed.
+            from dwebsocket import groups
+
+            if groups._involved(self):
+                _signals().submit(_in_signal_thread, groups._leave_closed, self)
+            return
         log.closed(
             connection._peer(),
             self.request.path,
