@@ -157,6 +157,23 @@ def run_view(
         return _run_session(request, websocket, view, args, kwargs)
     finally:
         release()
+        _leave_groups_unopened(websocket)
+
+
+def _leave_groups_unopened(websocket: WebSocket) -> None:
+    """A connection that never opened (the view answered with HTTP, raised, or its accept
+    found the client gone) gets no ``websocket_closed``, the signal on which members
+    leave their groups; its view may have joined some before the accept all the same
+    (docs/channels.rst's chat does). Closed unaccepted, it can no longer open: it leaves
+    them here. Never blocks unless it is in a group (then as that signal would)."""
+    groups = sys.modules.get("dwebsocket.groups")
+    if (
+        groups is not None
+        and not websocket.accepted
+        and websocket.is_closed()
+        and groups._involved(websocket)
+    ):
+        groups._leave_closed(websocket)
 
 
 def _create_websocket(request: HttpRequest) -> WebSocket | None:

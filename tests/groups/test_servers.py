@@ -439,6 +439,28 @@ def test_every_server_with_redis(
 
 
 @pytest.mark.parametrize("name", ["eventlet", "gevent", "runserver"])
+def test_a_view_that_joined_then_refused_leaves_no_member(
+    name: str, make_server: Callable[..., ServerProcess]
+) -> None:
+    """The view joins a group, present, before the 101 (docs/channels.rst's chat does),
+    then answers 403: the connection never opened, so no websocket_closed, the signal on
+    which members leave their groups. It stayed a member, and present, until the group's
+    next message found it closed: a quiet room listed a user who never got in."""
+    srv = make_server(name)
+    request = build_request(
+        f"127.0.0.1:{srv.port}", "/group/quiet/joined-then-refused/", key=generate_key()
+    )
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    deadline = time.monotonic() + WAIT
+    while (now := status(srv, "quiet"))["members"] or now["present"]:
+        assert time.monotonic() < deadline, now
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("name", ["eventlet", "gevent", "runserver"])
 def test_single_process_servers_in_memory(
     name: str, make_server: Callable[..., ServerProcess], clients: Clients
 ) -> None:

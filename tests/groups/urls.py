@@ -14,4 +14,5 @@ urlpatterns = [
     path("<str:name>/", views.member),
     path("<str:name>/status/", views.status),
     path("<str:name>/follow/", views.follower),
+    path("<str:name>/joined-then-refused/", views.joined_then_refused),
 ]

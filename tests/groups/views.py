@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 
 from dwebsocket import accept_websocket, groups, require_websocket
 
@@ -27,8 +27,23 @@ def member(request: HttpRequest, name: str) -> None:
 
 @accept_websocket
 def status(request: HttpRequest, name: str) -> HttpResponse:
-    """Plain HTTP: this process's pid and the number of local members of ``name``."""
-    return JsonResponse({"pid": _pid(), "members": len(groups.members(name))})
+    """Plain HTTP: this process's pid and the number of local members of ``name``, and of
+    those present in it."""
+    return JsonResponse(
+        {
+            "pid": _pid(),
+            "members": len(groups.members(name)),
+            "present": len(groups.presence(name)),
+        }
+    )
+
+
+@require_websocket
+def joined_then_refused(request: HttpRequest, name: str) -> HttpResponse:
+    """Joins group ``name``, present, before the 101 (as docs/channels.rst's chat does),
+    then answers with HTTP: 403 (a check that failed after the join)."""
+    request.websocket.join(name, presence={})
+    return HttpResponseForbidden("not you")
 
 
 def _pid() -> int:
