@@ -28,7 +28,9 @@ Every function here returns at once when metrics are off (no ``prometheus_client
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -40,6 +42,8 @@ from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.signals import websocket_closed, websocket_opened
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from dwebsocket.websocket import WebSocket
 
 # The recording hooks (handshake(), group_send(), ...) are dwebsocket's own, not exported.
@@ -279,6 +283,46 @@ def _flush_while_open() -> None:
             if not _open:
                 _flushing = False
                 return
+
+
+def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
+    """A registry that adds up what the processes writing to ``path`` (by default
+    ``PROMETHEUS_MULTIPROC_DIR``) counted, as ``prometheus_client``'s
+    ``MultiProcessCollector`` does, but without the live gauges (``connections_open``) of
+    processes that no longer run. gunicorn's ``child_exit`` (``dwebsocket.contrib.gunicorn``)
+    deletes those; uWSGI has no such hook, so a worker killed with WebSockets open (OOM,
+    harakiri, SIGKILL) would count them as open for good. Nothing is deleted here: the
+    files are the servers'. Raises ``ValueError`` when ``path`` is not a directory,
+    ``ImportError`` without ``prometheus_client``. Reads files; never blocks otherwise."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    class LiveProcessesCollector(MultiProcessCollector):
+        def collect(self) -> Any:
+            files = glob.glob(os.path.join(self._path, "*.db"))
+            live = [f for f in files if not _of_a_dead_process(f)]
+            return self.merge(live, accumulate=True)  # type: ignore[no-untyped-call]
+
+    registry = CollectorRegistry()
+    LiveProcessesCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def _of_a_dead_process(file: str) -> bool:
+    """Whether ``file`` holds live gauges (``gauge_live*_<pid>.db``) of a process that is
+    gone. A pid that does not parse (a custom ``_pidFunc``) or that runs, also as another
+    user, is not gone."""
+    name = os.path.basename(file)
+    if not name.startswith("gauge_live"):
+        return False
+    try:
+        pid = int(name.removesuffix(".db").rsplit("_", 1)[1])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, OverflowError, OSError):  # PermissionError: it runs
+        return False
+    return False
 
 
 websocket_opened.connect(_opened, dispatch_uid="dwebsocket.metrics")

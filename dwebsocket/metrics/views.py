@@ -32,7 +32,6 @@ def metrics(request: HttpRequest) -> HttpResponse:
     global _warned
     try:
         import prometheus_client
-        from prometheus_client import multiprocess
     except ImportError:
         if not _warned:
             _warned = True
@@ -41,9 +40,8 @@ def metrics(request: HttpRequest) -> HttpResponse:
 
     dwebsocket_metrics.flush()
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ or "prometheus_multiproc_dir" in os.environ:
-        registry = prometheus_client.CollectorRegistry()
         try:
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry = dwebsocket_metrics.multiprocess_registry()
         except ValueError as exc:  # the variable names no directory
             return HttpResponse(
                 f"metrics unavailable: {exc}\n",

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import array
 import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.metrics.test_gunicorn import Client, scrape, until
-from tests.servers import LOGGING, ServerProcess
+from tests.metrics.test_gunicorn import Client, open_per_worker, scrape, until
+from tests.servers import LOGGING, REPO, ServerProcess
 from tests.wire import TIMEOUT
 
 pytestmark = pytest.mark.server
@@ -82,3 +88,40 @@ def test_a_handshake_the_view_refuses_counts_once_with_the_status_sent(
     until(expected, server)
     got = {k: v for k, v in scrape(server).items() if k.startswith("handshakes_total")}
     assert got == expected, name
+
+
+def test_a_killed_uwsgi_workers_websockets_stop_counting_as_open(
+    make_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """uWSGI has no child_exit hook: a worker killed with a WebSocket open leaves its
+    open gauge in PROMETHEUS_MULTIPROC_DIR, and the master starts another. /metrics (served
+    by the new worker) and websocket_status leave out the gauges of processes that are
+    gone. Before, connections_open stayed 1 for good."""
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    server = make_server("uwsgi-gevent", settings={"WEBSOCKET_PING_INTERVAL": None}, env=env)
+    with contextlib.ExitStack() as stack:
+        client = Client(stack, server, "/echo/")
+        client.ws.send("x")
+        assert client.ws.recv(timeout=TIMEOUT) == "x"
+        assert until({"connections_open": 1}, server).get("connections_open") == 1
+        (pid,) = [pid for pid, n in open_per_worker(directory).items() if n == 1]
+        os.kill(int(pid), signal.SIGKILL)
+        with pytest.raises(ConnectionClosed):
+            client.ws.recv(timeout=TIMEOUT)
+    got = until({"connections_open": 0, "handshakes_total{status=101}": 1}, server)
+    assert got.get("connections_open", 0) == 0, got
+    assert got["handshakes_total{status=101}"] == 1, got  # counters survive the worker
+    status = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "manage.py"), "websocket_status", "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert status.returncode == 0, status.stderr
+    counts = json.loads(status.stdout)
+    assert counts.get("connections_open", 0) == 0, counts
+    assert counts["handshakes_total"] == {"101": 1}, counts

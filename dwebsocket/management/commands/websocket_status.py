@@ -82,17 +82,15 @@ class Command(BaseCommand):
 
 
 def _multiprocess(directory: str) -> Iterable[Any]:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
+    from dwebsocket.metrics import multiprocess_registry
 
     if not os.path.isdir(directory):
         raise CommandError(
             f"PROMETHEUS_MULTIPROC_DIR {directory} is not a directory: set it to the "
             "servers' (see docs/metrics.rst)"
         )
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    return registry.collect()
+    # Without the open gauges of processes that are gone (a killed uWSGI worker's).
+    return multiprocess_registry(directory).collect()
 
 
 def _scrape(url: str) -> Iterable[Any]:
