@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,7 +23,11 @@ TIMEOUT = 60
 
 
 def manage(
-    *args: str | bytes, groups_url: str, stdin: bytes = b"", env: dict[str, str] | None = None
+    *args: str | bytes,
+    groups_url: str,
+    stdin: bytes = b"",
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``python tests/manage.py ARGS`` in a process of its own (what a user sees)."""
     result = subprocess.run(
@@ -40,6 +44,7 @@ def manage(
         cwd=REPO,
         timeout=TIMEOUT,
         check=False,
+        preexec_fn=preexec_fn,
     )
     return subprocess.CompletedProcess(
         result.args,
@@ -175,3 +180,23 @@ def test_status_with_a_damaged_multiprocess_file(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     with pytest.raises(CommandError, match="could not read"):
         call_command("websocket_status")
+
+
+def test_send_a_binary_file_without_end(redis_url: str) -> None:
+    """--binary-file /dev/zero (or a file of gigabytes): read up to the size a group
+    message may have, then refused. Before, the whole file was read into memory first
+    (here, under a 2 GiB address-space limit: a MemoryError traceback)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    result = manage(
+        "websocket_send",
+        "room",
+        "--binary-file",
+        "/dev/zero",
+        groups_url=redis_url,
+        preexec_fn=limit,
+    )
+    assert_command_error(result, "/dev/zero", "MAX_MESSAGE_SIZE", "0 message(s) sent")

@@ -56,10 +56,21 @@ class Command(BaseCommand):
                 "Set it to redis://host:port/db."
             )
         if path is not None:
+            # No more than a group message may hold: /dev/zero, a pipe that never ends or
+            # a file of gigabytes would otherwise be read into memory first.
+            limit = groups.MAX_MESSAGE_SIZE
             try:
-                messages: Any = [path.read_bytes()]
+                with path.open("rb") as file:
+                    data = file.read(limit + 1)
             except OSError as exc:
                 raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
+            if len(data) > limit:
+                raise CommandError(
+                    f"{path} is over dwebsocket.groups.MAX_MESSAGE_SIZE ({limit} bytes): "
+                    "send a reference to the data (a URL, an id) instead "
+                    "(0 message(s) sent before)"
+                )
+            messages: Any = [data]
         elif text == "-":
             messages = _lines(sys.stdin)
         else:
