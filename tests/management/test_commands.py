@@ -200,3 +200,14 @@ def test_send_a_binary_file_without_end(redis_url: str) -> None:
         preexec_fn=limit,
     )
     assert_command_error(result, "/dev/zero", "MAX_MESSAGE_SIZE", "0 message(s) sent")
+
+
+def test_send_lines_of_a_closed_standard_input(redis_url: str) -> None:
+    """MESSAGE '-' with no standard input at all (closed: ``<&-``, some daemons' way),
+    which Python gives as sys.stdin None. Before: a TypeError traceback."""
+
+    def close_stdin() -> None:
+        os.close(0)
+
+    result = manage("websocket_send", "room", "-", groups_url=redis_url, preexec_fn=close_stdin)
+    assert_command_error(result, "standard input")

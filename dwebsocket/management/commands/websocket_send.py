@@ -72,6 +72,8 @@ class Command(BaseCommand):
                 )
             messages: Any = [data]
         elif text == "-":
+            if sys.stdin is None:  # closed (``<&-``): Python has no stream to give
+                raise CommandError("MESSAGE is '-' but standard input is closed")
             messages = _lines(sys.stdin)
         else:
             messages = [text]
