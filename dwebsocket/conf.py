@@ -90,6 +90,9 @@ def _integer(value: object, minimum: int, maximum: int | None = None) -> int:
     if (
         isinstance(value, bool)
         or not isinstance(value, int)
+        # A lazy object (SimpleLazyObject) passes isinstance() by proxying __class__, yet
+        # does no arithmetic: type() tells.
+        or not issubclass(type(value), int)
         or value < minimum
         or (maximum is not None and value > maximum)
     ):
@@ -122,6 +125,7 @@ def _seconds(value: object, *, zero: bool) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
+        or not issubclass(type(value), (int, float))  # a lazy object: see _integer
         or value > MAX_SECONDS  # first: isfinite() raises OverflowError for a huge int
         or not math.isfinite(value)
         or value < 0

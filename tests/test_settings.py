@@ -19,6 +19,7 @@ from django.core.management.base import SystemCheckError
 from django.http import HttpRequest
 from django.test import Client, RequestFactory, override_settings
 from django.urls import path
+from django.utils.functional import SimpleLazyObject
 
 from dwebsocket import conf, handshake, require_websocket
 from dwebsocket.conf import SETTINGS, settings
@@ -101,6 +102,12 @@ MORE_WRONG: list[tuple[str, object]] = [
     ("WEBSOCKET_MAX_MESSAGE_SIZE", 2**63 - 1),
     ("WEBSOCKET_MAX_FRAME_SIZE", 2**63),
     ("WEBSOCKET_SEND_QUEUE_SIZE", 2**64),
+    # A lazy number passes isinstance() (it proxies __class__) but does no arithmetic: the
+    # check said nothing for a size (each session then a TypeError) and crashed for seconds.
+    ("WEBSOCKET_MAX_MESSAGE_SIZE", SimpleLazyObject(lambda: 1000)),
+    ("WEBSOCKET_MAX_CONNECTIONS", SimpleLazyObject(lambda: 5)),
+    ("WEBSOCKET_PING_INTERVAL", SimpleLazyObject(lambda: 5)),
+    ("WEBSOCKET_GROUPS_HISTORY", {"chat.*": {"size": 10, "ttl": SimpleLazyObject(lambda: 60)}}),
 ]
 
 #: Values that are right, with what the property returns for them.

@@ -126,6 +126,7 @@ def parse_setting(value: Any) -> tuple[list[tuple[str, Policy]], list[str]]:
         elif (
             isinstance(ttl, bool)
             or not isinstance(ttl, (int, float))
+            or not issubclass(type(ttl), (int, float))  # a lazy number: no float()
             or not 0 < ttl <= MAX_TTL  # NaN and the infinities too
         ):
             problems.append(
