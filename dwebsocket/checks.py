@@ -9,7 +9,7 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.W007``: running in a gunicorn worker without ``dwebsocket.contrib.gunicorn``:
   a stop or reload cuts open WebSockets without a close frame.
 - ``dwebsocket.W004``: ``ATOMIC_REQUESTS`` wraps a WebSocket view in a transaction that
-  lasts the whole session.
+  lasts the whole session (or, for an ``async def`` view, makes Django refuse to run it).
 - ``dwebsocket.I001``: ``async def`` WebSocket views in the URLconf: ASGI servers only
   (501 under WSGI).
 - ``dwebsocket.E001``: ``WebSocketMiddleware`` in ``MIDDLEWARE_CLASSES``, which Django
@@ -266,26 +266,42 @@ def check_atomic_requests(
         views = _websocket_views(get_resolver().url_patterns)
     except Exception:  # a broken URLconf: Django's own URL checks report it
         return []
-    held: dict[tuple[str, ...], list[str]] = {}
+    from asgiref.sync import iscoroutinefunction
+
+    held: dict[tuple[tuple[str, ...], bool], list[str]] = {}
     for route, view in views:
         atomic = tuple(a for a in aliases if a not in getattr(view, "_non_atomic_requests", set()))
         if atomic:
             name = f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', '?')}"
-            held.setdefault(atomic, []).append(f"{route!r} ({name})")
-    # One warning per set of databases, naming every view by route: a project with many
-    # WebSocket views reads one message, not one per view with its function's repr.
-    return [
-        checks.Warning(
-            f"ATOMIC_REQUESTS ({', '.join(atomic)}) holds a transaction open for the whole "
-            f"WebSocket session of {len(routes)} view{'s' if len(routes) > 1 else ''}: "
-            + ", ".join(routes)
-            + ".",
-            hint="Decorate each with django.db.transaction.non_atomic_requests "
-            "(outermost) and use transaction.atomic() per message.",
-            id="dwebsocket.W004",
+            # Django wraps no async view in the transaction: it refuses to run it.
+            key = (atomic, iscoroutinefunction(view))
+            held.setdefault(key, []).append(f"{route!r} ({name})")
+    # One warning per set of databases (and kind of view), naming every view by route: a
+    # project with many WebSocket views reads one message, not one per view.
+    messages: list[CheckMessage] = []
+    for (atomic, is_async), routes in held.items():
+        plural = "s" if len(routes) > 1 else ""
+        counted = f"{len(routes)} {'async ' if is_async else ''}view{plural}"
+        if is_async:
+            msg = (
+                f"ATOMIC_REQUESTS ({', '.join(atomic)}) cannot wrap async views: Django "
+                f"raises RuntimeError at each request, so every WebSocket request to "
+                f"{counted} is answered 500: "
+            )
+        else:
+            msg = (
+                f"ATOMIC_REQUESTS ({', '.join(atomic)}) holds a transaction open for the "
+                f"whole WebSocket session of {counted}: "
+            )
+        messages.append(
+            checks.Warning(
+                msg + ", ".join(routes) + ".",
+                hint="Decorate each with django.db.transaction.non_atomic_requests "
+                "(outermost) and use transaction.atomic() per message.",
+                id="dwebsocket.W004",
+            )
         )
-        for atomic, routes in held.items()
-    ]
+    return messages
 
 
 @register(Tags.urls)

@@ -182,3 +182,33 @@ def test_i001_async_websocket_views_need_an_asgi_server() -> None:
     assert "'echo/'" in info.msg and "501" in info.msg
     with override_settings(ROOT_URLCONF=__name__):
         assert check_async_views() == []
+
+
+@require_websocket
+async def async_view(request: Any) -> None: ...
+
+
+#: A URLconf: an async WebSocket view and a sync one.
+ASYNC_AND_SYNC_VIEWS = ModuleType("async_and_sync_views")
+ASYNC_AND_SYNC_VIEWS.urlpatterns = [  # type: ignore[attr-defined]
+    path("async/", async_view),
+    path("sync/", first_view),
+]
+
+
+def test_w004_says_that_django_refuses_to_run_an_async_view(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Django does not wrap an async view in ATOMIC_REQUESTS' transaction: it raises
+    # RuntimeError("You cannot use ATOMIC_REQUESTS with async views") at each request, so
+    # every WebSocket request to it is a 500. W004 said it held a transaction open.
+    monkeypatch.setitem(settings.DATABASES["default"], "ATOMIC_REQUESTS", True)
+    with override_settings(ROOT_URLCONF=ASYNC_AND_SYNC_VIEWS):
+        warnings = check_atomic_requests()
+    assert ids(warnings) == ["dwebsocket.W004", "dwebsocket.W004"]
+    [held] = [w for w in warnings if "'sync/'" in w.msg]
+    assert "holds a transaction open" in held.msg and "'async/'" not in held.msg
+    [refused] = [w for w in warnings if "'async/'" in w.msg]
+    assert "async" in refused.msg and "500" in refused.msg, refused.msg
+    assert "holds a transaction open" not in refused.msg, refused.msg
+    assert "non_atomic_requests" in (refused.hint or "")
