@@ -350,7 +350,7 @@ def check_metrics_view(
 
         routes = [
             repr(route)
-            for route, _ in _views(get_resolver().url_patterns, lambda view: view is metrics)
+            for route, _ in _views(get_resolver().url_patterns, lambda view: _is(view, metrics))
         ]
     except Exception:  # a broken URLconf: Django's own URL checks report it
         return []
@@ -496,6 +496,17 @@ def check_deploy_gunicorn(
             id="dwebsocket.W012",
         )
     ]
+
+
+def _is(view: Any, target: Any) -> bool:
+    """Whether ``view`` is ``target``, or wraps it (decorators that use functools.wraps:
+    login_required, never_cache...)."""
+    import inspect
+
+    try:
+        return inspect.unwrap(view) is target or view is target
+    except ValueError:  # a cycle of __wrapped__
+        return view is target
 
 
 def _has_process_view(path: str) -> bool:

@@ -73,3 +73,23 @@ def test_w013_the_metrics_view_without_prometheus_client(
     assert warning.level == checks.WARNING
     assert "'metrics'" in warning.msg
     assert "dwebsocket[prometheus]" in warning.hint
+
+
+def test_w013_the_metrics_view_behind_a_decorator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The view wrapped to protect it (login_required, never_cache...): W013 looked for
+    dwebsocket's view itself, so it said nothing."""
+    from types import ModuleType
+
+    from django.contrib.auth.decorators import login_required
+    from django.urls import path
+    from django.views.decorators.cache import never_cache
+
+    from dwebsocket.checks import check_metrics_view
+    from dwebsocket.metrics.views import metrics
+
+    urls = ModuleType("protected_metrics_urls")
+    urls.urlpatterns = [path("metrics", login_required(never_cache(metrics)))]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # an import of it fails
+    with override_settings(ROOT_URLCONF=urls):
+        [warning] = check_metrics_view()
+    assert warning.id == "dwebsocket.W013" and "'metrics'" in warning.msg
