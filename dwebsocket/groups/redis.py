@@ -134,6 +134,8 @@ local kind = string.sub(ARGV[5], 1, 1)
 local id = redis.pcall('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], ARGV[3] .. '-*',
   'k', kind, 'd', ARGV[6], 't', ms)
 if type(id) ~= 'string' or string.sub(id, -2) == '-0' then
+  -- A refusal (OOM at maxmemory, READONLY, NOPERM...) is the caller's, not an epoch's.
+  if type(id) == 'table' and string.sub(id.err, 1, 4) ~= 'ERR ' then return id end
   -- Not in the sender's epoch: set right here, off the common path.
   local function append(id, create)
     if create then

@@ -502,6 +502,35 @@ def test_a_hung_redis_is_detected_by_timeouts(
     assert here.get() == there.get() == "resumed"
 
 
+def test_a_redis_refusing_writes_delivers_a_history_group_whose_stream_is_gone(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """As below, for a history group with no stream in Redis (its ttl ran out in a quiet
+    group, or Redis was flushed): the script took the refused append for an older epoch
+    and asked Redis about a stream that is not there ("no such key"), so the send counted
+    as Redis unreachable: the message reached no other process, and the backoff then held
+    back every group's sends."""
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept": {"size": 10, "ttl": 60}}):
+        a, b = layers(), layers()
+        kept, plain = Inbox(), Inbox()
+        b.join("kept", kept)
+        b.join("plain", plain)
+        assert a.send("kept", "before") is not None
+        assert kept.get() == "before"
+        redis_server.command("DEL", a.stream("kept"))  # as its ttl would
+        redis_server.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        redis_server.command("CONFIG", "SET", "maxmemory", "1")  # below what it uses
+        try:
+            assert a.send("kept", "not kept", fail_silently=False) is None
+            assert kept.get() == "not kept"
+            a.send("plain", "other groups go on", fail_silently=False)
+            assert plain.get() == "other groups go on"
+        finally:
+            redis_server.command("CONFIG", "SET", "maxmemory", "0")
+        assert a.send("kept", "kept again") is not None
+        assert kept.get() == "kept again"
+
+
 def test_a_redis_refusing_writes_still_delivers_everywhere(
     layers: Callable[[], RedisLayer],
     redis_server: RedisServer,
