@@ -214,11 +214,14 @@ def _check_close(code: int, reason: str) -> None:
 @dataclass
 class _Owner:
     """Who opened a socket: the user's pk (as Django keeps it in the session) and the
-    session key; when its request began (``time.monotonic()``: see :func:`_started`)."""
+    session key; when its request began (``time.monotonic()``: see :func:`_started`);
+    whether the user is an instance of the user model (one made from a token's claims is
+    not, and may be in no database here: without a session, nothing checks it)."""
 
     user: str
     session_key: str | None
     started: float = 0.0
+    stored: bool = True
 
 
 _lock = threading.Lock()
@@ -270,7 +273,17 @@ def _authenticated(request: HttpRequest) -> _Owner | None:
     key = getattr(session, "session_key", None)
     if not (isinstance(key, str) and key and _names(session, user)):
         key = None
-    return _Owner(str(user.pk), key, _started(request))
+    return _Owner(str(user.pk), key, _started(request), _stored(user))
+
+
+def _stored(user: Any) -> bool:
+    """Whether ``user`` is an instance of the user model (read from its database)."""
+    from django.contrib.auth import get_user_model
+
+    try:
+        return isinstance(user, get_user_model())
+    except Exception:  # no user model (reported by Django's own checks)
+        return False
 
 
 def _names(session: Any, user: Any) -> bool:
@@ -444,6 +457,23 @@ def session_is_valid(session_key: str, user: str) -> bool:
     # SECRET_KEY_FALLBACKS (Django >= 4.1), as get_user() accepts them.
     fallbacks = getattr(found, "get_session_auth_fallback_hash", lambda: ())
     return any(constant_time_compare(session_hash, fallback) for fallback in fallbacks())
+
+
+def _user_is_valid(user: str) -> bool:
+    """Whether user ``user`` (its pk as a str), authenticated without a session (a
+    token), may still be: they exist and are active (``is_active``, which Django's
+    ``ModelBackend`` and the token schemes read). Blocks on the database; raises what it
+    raises."""
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import ValidationError
+
+    model = get_user_model()
+    try:
+        user_id = model._meta.pk.to_python(user)
+    except ValidationError:
+        return False
+    found = model._default_manager.filter(pk=user_id).first()
+    return found is not None and getattr(found, "is_active", True) is not False
 
 
 def _confirm_ended(store: Any, session_key: str) -> None:
@@ -622,7 +652,7 @@ class _Checker:
         self._stop_lingering = False  # wait_idle(): a lingering _drain() ends now
         #: The sessions (key, user) whose last lookup failed (under _checking): the
         #: store counts as unreadable until none is left.
-        self._failing: set[tuple[str, str]] = set()
+        self._failing: set[tuple[str | None, str]] = set()
         self._lookups = _Lookups()  # used under _checking
 
     def start(self) -> None:
@@ -804,7 +834,8 @@ class _Checker:
         return check
 
     def check(self, members: list[Member], keep_connections: bool = False) -> None:
-        """Close (4001) those of ``members`` whose session is no longer valid. Blocks on
+        """Close (4001) those of ``members`` whose session is no longer valid (for a
+        socket no session names, whose user is deleted or inactive). Blocks on
         the session store and the database, up to :data:`LOOKUP_TIMEOUT` per session
         (one lookup each, in the lookup thread): a lookup that overruns is an outage. One
         check at a time (the periodic one, or one a signal started). Closes the lookups'
@@ -819,14 +850,19 @@ class _Checker:
                 if not keep_connections or self._failing:
                     self._lookups.close_connections()
 
-    def _verdict(self, key: tuple[str, str]) -> bool | None:
-        """:func:`session_is_valid` of ``key`` (session key, user), None when the store
-        cannot be read (that revokes nothing). Logs one WARNING per outage of the store,
+    def _verdict(self, key: tuple[str | None, str]) -> bool | None:
+        """:func:`session_is_valid` of ``key`` (session key, user) -- :func:`_user_is_valid`
+        for a socket no session names --, None when the store cannot be read (that
+        revokes nothing). Logs one WARNING per outage of the store,
         not one per session and check: a database that went away would log for every
         socket, every minute."""
         session_key, user = key
+        if session_key is None:  # authenticated otherwise (a token): their user only
+            lookup = lambda: _user_is_valid(user)  # noqa: E731
+        else:
+            lookup = lambda: session_is_valid(session_key, user)  # noqa: E731
         try:
-            valid = self._lookups.call(lambda: session_is_valid(session_key, user))
+            valid = self._lookups.call(lookup)
         except Exception as exc:
             if not self._failing:
                 logger.warning(
@@ -844,15 +880,24 @@ class _Checker:
 
     def _check(self, members: list[Member]) -> None:
         failing = bool(self._failing)
-        verdicts: dict[tuple[str, str], bool | None] = {}
+        verdicts: dict[tuple[str | None, str], bool | None] = {}
         for member in members:
             found = owner(member)
-            if found is None or found.session_key is None or member.is_closed():
+            if found is None or member.is_closed():
                 continue
+            if found.session_key is None and not found.stored:
+                continue  # no session, a user of no database here: nothing to check
             key = (found.session_key, found.user)
             if key not in verdicts:
                 verdicts[key] = self._verdict(key)
-            if verdicts[key] is False:
+            if verdicts[key] is False and found.session_key is None:
+                logger.info(
+                    "User %s may no longer log in: closing their WebSocket (%d)",
+                    found.user,
+                    REVOKED,
+                )
+                _spawn(_close, member, REVOKED, "user inactive")
+            elif verdicts[key] is False:
                 logger.info(
                     "Session of user %s ended: closing its WebSocket (%d)", found.user, REVOKED
                 )

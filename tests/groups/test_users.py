@@ -395,6 +395,38 @@ class UsersTests(TransactionTestCase):
                 users.send(self.alice, "still open")
                 self.assertEqual(ws.receive(), "still open")
 
+    def test_a_user_without_a_session_made_inactive_or_deleted_has_their_sockets_closed(
+        self,
+    ) -> None:
+        """A socket authenticated by a token (no session names its user) is its user's
+        only: making that user inactive (``is_active = False``, saved: docs/users.rst's
+        way to keep a user out) or deleting them must close it, as for a session's
+        socket. Its check found no session and left it open for good. A password change
+        or any other save leaves it open (a token does not depend on the password), and
+        so does every check a user that is no instance of the user model (made from a
+        token's claims: not in this database)."""
+        with (
+            WebSocketClient("/ws/token/?username=alice", timeout=WAIT) as alice,
+            WebSocketClient("/ws/token/?username=bob", timeout=WAIT) as bob,
+            WebSocketClient("/ws/stateless-token/?pk=999", timeout=WAIT) as stateless,
+        ):
+            for ws, name in ((alice, "alice"), (bob, "bob"), (stateless, "user 999")):
+                self.assertEqual(json.loads(ws.receive())["user"], name)
+            self.assertTrue(users._checker.wait_idle(WAIT))
+            self.bob.set_password("a new one")
+            self.bob.save()
+            users._checker.check(groups.members(users.user_group(self.bob)))
+            users._checker.check(groups.members(users.user_group("999")))
+            for ws, pk in ((bob, self.bob.pk), (stateless, "999")):
+                users.send(pk, "still open")
+                self.assertEqual(ws.receive(), "still open")
+
+            self.alice.is_active = False
+            self.alice.save()
+            self.assertEqual(alice.wait_closed(WAIT), users.REVOKED)
+            self.bob.delete()
+            self.assertEqual(bob.wait_closed(WAIT), users.REVOKED)
+
     @override_settings(SESSION_ENGINE="tests.groups.flaky_sessions")
     def test_a_session_store_that_cannot_be_read_is_logged_once_and_revokes_nothing(
         self,

@@ -13,6 +13,7 @@ urlpatterns = [
     path("ws/saved-while-opening/", user_views.saved_while_opening),
     path("ws/token-disconnected-while-opening/", user_views.token_disconnected_while_opening),
     path("ws/token/", user_views.token),
+    path("ws/stateless-token/", user_views.stateless_token),
     path("login/", user_views.log_in),
     path("logout/", user_views.log_out),
     path("password/", user_views.set_password),
