@@ -1067,18 +1067,19 @@ def connect_signals() -> None:
                 uid = f"dwebsocket.users.user.{model._meta.label}"
                 post_save.connect(_user_saved, sender=model, dispatch_uid=uid)
                 post_delete.connect(_user_deleted, sender=model, dispatch_uid=uid)
-    if apps.is_installed("django.contrib.sessions"):
-        from django.contrib.sessions.base_session import AbstractBaseSession
+    # Every session model, django.contrib.sessions installed or not: a site's own
+    # (AbstractBaseSession, which Django lets it import without that app) may replace it.
+    from django.contrib.sessions.base_session import AbstractBaseSession
 
-        for model in apps.get_models():
-            if issubclass(model, AbstractBaseSession):
-                pre_delete.connect(
-                    _session_deleting,
-                    sender=model,
-                    dispatch_uid=f"dwebsocket.users.{model._meta.label}",
-                )
-                post_delete.connect(
-                    _session_deleted,
-                    sender=model,
-                    dispatch_uid=f"dwebsocket.users.{model._meta.label}",
-                )
+    for model in apps.get_models():
+        if issubclass(model, AbstractBaseSession):
+            pre_delete.connect(
+                _session_deleting,
+                sender=model,
+                dispatch_uid=f"dwebsocket.users.{model._meta.label}",
+            )
+            post_delete.connect(
+                _session_deleted,
+                sender=model,
+                dispatch_uid=f"dwebsocket.users.{model._meta.label}",
+            )

@@ -316,6 +316,34 @@ def test_a_user_saved_in_a_transaction_of_its_own_database_is_checked_once_it_co
         alice_everywhere_closed_by(site, "/deactivate/", hold="1")
 
 
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_a_session_of_a_model_of_the_sites_own_ending_closes_its_sockets(
+    make_site: Callable[..., contextlib.AbstractContextManager[Site]], kind: str
+) -> None:
+    """A site with a session model of its own (``AbstractBaseSession``, Django's
+    "extending database-backed session engines") in place of ``django.contrib.sessions``,
+    which it need not install: a session flushed (no logout) closes its sockets in every
+    process, as with Django's. No periodic check here to catch it later. (The receivers
+    of session deletions were connected only if ``django.contrib.sessions`` was
+    installed: the sockets stayed open.)"""
+    apps = [app for app in django_settings.INSTALLED_APPS if app != "django.contrib.sessions"]
+    with make_site(
+        kind,
+        INSTALLED_APPS=[*apps, "tests.groups.custom_sessions"],
+        SESSION_ENGINE="tests.groups.custom_sessions.backends",
+        WEBSOCKET_SESSION_CHECK_INTERVAL=None,
+    ) as site:
+        one, two = site.servers
+        laptop, phone = site.browser(), site.browser()
+        laptop.login(one, "alice")
+        phone.login(one, "alice")
+        leaving, staying = [laptop.tab(one), laptop.tab(two)], phone.tab(two)
+        laptop.get(one, "/flush/")
+        for ws in leaving:
+            assert closed_with(ws) == REVOKED
+        nothing_for(staying)
+
+
 def test_disconnect_closes_every_tab_everywhere_with_the_code(site: Site) -> None:
     one, two = site.servers
     laptop, bob = site.browser(), site.browser()

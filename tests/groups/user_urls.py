@@ -16,6 +16,7 @@ urlpatterns = [
     path("ws/stateless-token/", user_views.stateless_token),
     path("login/", user_views.log_in),
     path("logout/", user_views.log_out),
+    path("flush/", user_views.flush),
     path("password/", user_views.set_password),
     path("delete-user/", user_views.delete_user),
     path("deactivate/", user_views.deactivate),

@@ -183,6 +183,13 @@ def log_out(request: HttpRequest) -> HttpResponse:
     return HttpResponse("bye")
 
 
+def flush(request: HttpRequest) -> HttpResponse:
+    """``request.session.flush()``: this session ends without a logout (what a "log out
+    everywhere" page does to the other sessions, or ``login()`` as another user)."""
+    request.session.flush()
+    return HttpResponse("flushed")
+
+
 def set_password(request: HttpRequest) -> HttpResponse:
     """``?username=X&password=Y``: change X's password, without
     ``update_session_auth_hash`` (every session of X ends)."""
