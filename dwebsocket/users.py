@@ -948,13 +948,42 @@ def _revoking() -> bool:
         return True
 
 
+#: The errors :func:`_never_raising` logged at ERROR (the same again goes to DEBUG).
+_receiver_errors: set[str] = set()
+
+
+def _never_raising(what: str, revoke: Callable[[], None]) -> None:
+    """``revoke()``, from a receiver that runs inside the application's logout, save or
+    delete: what it raises (a groups layer that cannot be built: a wrong
+    ``WEBSOCKET_GROUPS_URL``, redis-py missing) must not fail those -- a 500 for a logout,
+    an error after a save's commit, ``clearsessions`` rolled back. Logged at ERROR once
+    per error, then at DEBUG: the sockets meant to close stay open."""
+    try:
+        revoke()
+    except Exception as exc:
+        said = f"{type(exc).__name__}: {exc}"
+        if said in _receiver_errors:
+            logger.debug("%s failed again: %s", what, said)
+            return
+        _receiver_errors.add(said)
+        logger.error(
+            "%s failed: the sockets it should close stay open (%s); the same error again "
+            "is logged at DEBUG",
+            what,
+            exc,
+            exc_info=True,
+        )
+
+
 def _logged_out(
     sender: Any, request: HttpRequest | None = None, user: Any = None, **kwargs: Any
 ) -> None:
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None)
     if key and _revoking():
-        disconnect_session(key, REVOKED, "logged out")
+        _never_raising(
+            "Revoking a logged out session", lambda: disconnect_session(key, REVOKED, "logged out")
+        )
 
 
 @dataclass
@@ -999,13 +1028,21 @@ def _session_deleted(sender: Any, instance: Any = None, origin: Any = None, **kw
     deletion = next((d for d in under_way if d.origin is origin), None) if under_way else None
     if deletion is None:
         if _revoking():
-            disconnect_session(instance.session_key, REVOKED, "session ended")
+            key = instance.session_key
+            _never_raising(
+                "Revoking a deleted session",
+                lambda: disconnect_session(key, REVOKED, "session ended"),
+            )
         return
     deletion.keys.append(instance.session_key)
     if len(deletion.keys) >= deletion.expected:  # the last row of the delete
         under_way.remove(deletion)
         if _revoking():
-            _disconnect_sessions(deletion.keys, REVOKED, "session ended")
+            keys = deletion.keys
+            _never_raising(
+                f"Revoking {len(keys)} deleted session(s)",
+                lambda: _disconnect_sessions(keys, REVOKED, "session ended"),
+            )
 
 
 def _user_saved(
@@ -1036,8 +1073,12 @@ def _check_once_committed(user: Any, using: str | None) -> None:
     if not _revoking():
         return
     group = user_group(user)
+
+    def check() -> None:
+        get_layer().control(group, control.encode("check"))
+
     # Once committed: other processes must read the new password hash (or find no user).
-    transaction.on_commit(lambda: get_layer().control(group, control.encode("check")), using)
+    transaction.on_commit(lambda: _never_raising(f"Checking the sockets of {group}", check), using)
 
 
 def connect_signals() -> None:

@@ -20,7 +20,8 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
-from django.db import connections
+from django.core.management import call_command
+from django.db import connections, transaction
 from django.test import Client, TransactionTestCase, override_settings
 from django.utils import timezone
 
@@ -426,6 +427,38 @@ class UsersTests(TransactionTestCase):
             self.assertEqual(alice.wait_closed(WAIT), users.REVOKED)
             self.bob.delete()
             self.assertEqual(bob.wait_closed(WAIT), users.REVOKED)
+
+    def test_a_groups_layer_that_cannot_be_built_breaks_no_logout_save_or_clearsessions(
+        self,
+    ) -> None:
+        """The receivers that revoke sessions run inside the application's logout, save
+        and deletes: a groups layer that cannot be built there (a wrong
+        ``WEBSOCKET_GROUPS_URL``, a Redis URL in an image without redis-py: a cron
+        container running ``clearsessions``) raised into them -- the logout a 500, the
+        save an error after its commit, ``clearsessions`` rolled back, its sessions never
+        cleared. They must go through, with one ERROR saying what was not revoked."""
+        alice, bob = logged_in("alice"), logged_in("bob")
+        keys = [alice.session.session_key, bob.session.session_key]
+        Session.objects.filter(session_key=keys[1]).update(
+            expire_date=timezone.now() - timezone.timedelta(seconds=1)
+        )
+        with (
+            override_settings(WEBSOCKET_GROUPS_URL="nats://127.0.0.1:4222"),
+            self.assertLogs("dwebsocket.users", "DEBUG") as logs,
+        ):
+            self.assertEqual(alice.get("/logout/").status_code, 200)
+            self.alice.set_password("a new one")
+            self.alice.save()
+            with transaction.atomic():
+                self.bob.is_active = False
+                self.bob.save()
+            call_command("clearsessions")
+        self.assertFalse(Session.objects.filter(session_key__in=keys).exists())
+        self.assertFalse(User.objects.get(pk=self.bob.pk).is_active)
+        loud = [r for r in logs.records if r.levelno >= logging.WARNING]
+        self.assertEqual(len(loud), 1, [r.getMessage() for r in loud])
+        self.assertEqual(loud[0].levelname, "ERROR")
+        self.assertIn("WEBSOCKET_GROUPS_URL", loud[0].getMessage())
 
     @override_settings(SESSION_ENGINE="tests.groups.flaky_sessions")
     def test_a_session_store_that_cannot_be_read_is_logged_once_and_revokes_nothing(
