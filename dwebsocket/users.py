@@ -15,9 +15,9 @@ Revocation (``WEBSOCKET_REVOKE_SESSIONS``, on by default): the sockets of a sess
 stops being valid are closed with :data:`REVOKED` (4001):
 
 * at once, in every process, on ``user_logged_out``, when a session row is deleted
-  (``session.flush()``, ``cycle_key()``, ``clearsessions``, an admin deleting it), and
-  when the user is saved (a changed password: each process checks that user's sockets
-  once the transaction commits);
+  (``session.flush()``, ``cycle_key()``, ``clearsessions``, an admin deleting it: once
+  the transaction commits), and when the user is saved (a changed password: each
+  process checks that user's sockets once the transaction commits);
 * a socket whose session ended while it was opening (after the request was
   authenticated, before the socket joined its session's group, so that no command found
   it): once it has joined, it looks for the commands its groups got since its request
@@ -1027,22 +1027,31 @@ def _session_deleted(sender: Any, instance: Any = None, origin: Any = None, **kw
     under_way = _deletions.under_way
     deletion = next((d for d in under_way if d.origin is origin), None) if under_way else None
     if deletion is None:
-        if _revoking():
-            key = instance.session_key
-            _never_raising(
-                "Revoking a deleted session",
-                lambda: disconnect_session(key, REVOKED, "session ended"),
-            )
-        return
-    deletion.keys.append(instance.session_key)
-    if len(deletion.keys) >= deletion.expected:  # the last row of the delete
+        keys = [instance.session_key]
+    else:
+        deletion.keys.append(instance.session_key)
+        if len(deletion.keys) < deletion.expected:
+            return  # not the last row of the delete
         under_way.remove(deletion)
-        if _revoking():
-            keys = deletion.keys
-            _never_raising(
-                f"Revoking {len(keys)} deleted session(s)",
-                lambda: _disconnect_sessions(keys, REVOKED, "session ended"),
-            )
+        keys = deletion.keys
+    if _revoking():
+        _revoke_once_committed(keys, kwargs.get("using"))
+
+
+def _revoke_once_committed(keys: list[str], using: str | None) -> None:
+    """Close the sockets of sessions ``keys``, deleted in database ``using``, once that
+    transaction commits: rolled back, the sessions go on; and a socket opening meanwhile
+    (its request read a row still there) begins before the command, which it then finds
+    (:meth:`_Checker._opening`). Sent at the delete, the command closed the sockets of
+    sessions that a rollback kept, and came before that socket's request: it stayed
+    open with a session that had ended."""
+    from django.db import transaction
+
+    def revoke() -> None:
+        _disconnect_sessions(keys, REVOKED, "session ended")
+
+    what = "Revoking a deleted session" if len(keys) == 1 else f"Revoking {len(keys)} sessions"
+    transaction.on_commit(lambda: _never_raising(what, revoke), using)
 
 
 def _user_saved(

@@ -172,7 +172,7 @@ def _expired_sessions(count: int, prefix: str) -> list[str]:
     return keys
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # revoked once committed
 def test_clearsessions_revokes_its_sessions_in_a_few_redis_commands(on_redis: RedisServer) -> None:
     """``clearsessions`` deletes the expired rows in one ``QuerySet.delete()``: each row's
     post_delete sent its own command, two Redis commands (remember, publish) and two
@@ -207,7 +207,7 @@ def test_clearsessions_revokes_its_sessions_in_a_few_redis_commands(on_redis: Re
     assert calls.get("cmdstat_evalsha") == calls.get("cmdstat_time") == 1, calls
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # revoked once committed
 @pytest.mark.parametrize("url", ["memory://", "redis"])
 def test_a_session_deleted_alone_and_many_at_once_close_their_sockets(
     url: str, request: pytest.FixtureRequest
@@ -237,7 +237,7 @@ def test_a_session_deleted_alone_and_many_at_once_close_their_sockets(
             groups.reset()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # revoked once committed
 def test_clearsessions_while_redis_is_away_closes_this_process_sockets_warning_once(
     on_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,6 +8,7 @@ process playing both parts): the same answers.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import http.cookiejar
@@ -16,6 +17,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -342,6 +344,50 @@ def test_a_session_of_a_model_of_the_sites_own_ending_closes_its_sockets(
         for ws in leaving:
             assert closed_with(ws) == REVOKED
         nothing_for(staying)
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_a_session_deletion_is_revoked_once_it_commits(
+    make_site: Callable[..., contextlib.AbstractContextManager[Site]],
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    """A session row deleted in a transaction (an admin's, ``ATOMIC_REQUESTS``): rolled
+    back, the session goes on and its sockets stay open; committed later, a socket
+    opened meanwhile -- its request read the row still there, after the revocation had
+    gone out -- is closed. The revocation was sent at the delete: the first socket was
+    closed for a session that was still valid, the second stayed open with one that had
+    ended. No periodic check here to catch it later."""
+    with make_site(kind, WEBSOCKET_SESSION_CHECK_INTERVAL=None) as site:
+        session_deletion_revoked_once_it_commits(site, tmp_path)
+
+
+def session_deletion_revoked_once_it_commits(site: Site, tmp_path: Path) -> None:
+    one, two = site.servers
+    laptop, admin = site.browser(), site.browser()
+    key = laptop.login(one, "alice")
+    staying = laptop.tab(two)
+    assert admin.get(one, "/sessions/delete/", key=key, rollback="1") == b"rolled back"
+    laptop.get(one, "/send/", username="alice", text="still open")
+    assert staying.recv(timeout=WAIT) == "still open"
+    nothing_for(staying)
+
+    deleted, commit = tmp_path / "deleted", tmp_path / "commit"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(
+            admin.get, one, "/sessions/delete/", key=key, deleted=str(deleted), commit=str(commit)
+        )
+        try:
+            deadline = time.monotonic() + WAIT
+            while not deleted.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert deleted.exists()
+            opened = laptop.tab(two)  # its session read before the commit: still alice's
+        finally:
+            commit.touch()
+        assert done.result(timeout=WAIT) == b"deleted"
+    for ws in (staying, opened):
+        assert closed_with(ws) == REVOKED
 
 
 def test_disconnect_closes_every_tab_everywhere_with_the_code(site: Site) -> None:

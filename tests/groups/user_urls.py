@@ -17,6 +17,7 @@ urlpatterns = [
     path("login/", user_views.log_in),
     path("logout/", user_views.log_out),
     path("flush/", user_views.flush),
+    path("sessions/delete/", user_views.delete_session),
     path("password/", user_views.set_password),
     path("delete-user/", user_views.delete_user),
     path("deactivate/", user_views.deactivate),

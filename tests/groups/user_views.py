@@ -190,6 +190,34 @@ def flush(request: HttpRequest) -> HttpResponse:
     return HttpResponse("flushed")
 
 
+class _RolledBack(Exception):
+    pass
+
+
+def delete_session(request: HttpRequest) -> HttpResponse:
+    """``?key=K``: delete session K's row (an admin deleting it) in a transaction that,
+    with ``&rollback=1``, is rolled back (something after it failed); with
+    ``&deleted=F&commit=G``, writes file F once the row is deleted, then waits (at most
+    20 s) for file G before it commits (the rest of a slow view)."""
+    from pathlib import Path
+
+    from django.contrib.sessions.models import Session
+
+    try:
+        with transaction.atomic(using=router.db_for_write(Session)):
+            Session.objects.filter(session_key=request.GET["key"]).delete()
+            if request.GET.get("rollback"):
+                raise _RolledBack
+            if "deleted" in request.GET:
+                Path(request.GET["deleted"]).touch()
+                deadline = time.monotonic() + 20.0
+                while not Path(request.GET["commit"]).exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+    except _RolledBack:
+        return HttpResponse("rolled back")
+    return HttpResponse("deleted")
+
+
 def set_password(request: HttpRequest) -> HttpResponse:
     """``?username=X&password=Y``: change X's password, without
     ``update_session_auth_hash`` (every session of X ends)."""
