@@ -1045,13 +1045,12 @@ def _revoke_once_committed(keys: list[str], using: str | None) -> None:
     (:meth:`_Checker._opening`). Sent at the delete, the command closed the sockets of
     sessions that a rollback kept, and came before that socket's request: it stayed
     open with a session that had ended."""
-    from django.db import transaction
 
     def revoke() -> None:
         _disconnect_sessions(keys, REVOKED, "session ended")
 
     what = "Revoking a deleted session" if len(keys) == 1 else f"Revoking {len(keys)} sessions"
-    transaction.on_commit(lambda: _never_raising(what, revoke), using)
+    _once_committed(lambda: _never_raising(what, revoke), using)
 
 
 def _user_saved(
@@ -1077,8 +1076,6 @@ def _user_deleted(sender: Any, instance: Any = None, **kwargs: Any) -> None:
 def _check_once_committed(user: Any, using: str | None) -> None:
     """Every process checks ``user``'s sockets, once the transaction of database
     ``using`` (the one the user was written to; None: ``default``) commits."""
-    from django.db import transaction
-
     if not _revoking():
         return
     group = user_group(user)
@@ -1087,7 +1084,20 @@ def _check_once_committed(user: Any, using: str | None) -> None:
         get_layer().control(group, control.encode("check"))
 
     # Once committed: other processes must read the new password hash (or find no user).
-    transaction.on_commit(lambda: _never_raising(f"Checking the sockets of {group}", check), using)
+    _once_committed(lambda: _never_raising(f"Checking the sockets of {group}", check), using)
+
+
+def _once_committed(callback: Callable[[], None], using: str | None) -> None:
+    """``transaction.on_commit(callback, using)``; ``callback()`` now under manual
+    transaction management (``set_autocommit(False)``), which ``on_commit`` refuses with
+    an error that must not go into the application's save or delete: there is no commit
+    to wait for."""
+    from django.db import transaction
+
+    try:
+        transaction.on_commit(callback, using)
+    except transaction.TransactionManagementError:
+        callback()
 
 
 def connect_signals() -> None:

@@ -460,6 +460,21 @@ class UsersTests(TransactionTestCase):
         self.assertEqual(loud[0].levelname, "ERROR")
         self.assertIn("WEBSOCKET_GROUPS_URL", loud[0].getMessage())
 
+    def test_a_user_saved_under_manual_transaction_management_is_saved(self) -> None:
+        """``transaction.set_autocommit(False)`` (Django's manual transaction management):
+        ``on_commit`` refuses it, and the receiver of user saves let that
+        ``TransactionManagementError`` go into the application's ``save()``: no user
+        could be saved. The check goes now then (there is no commit to wait for)."""
+        transaction.set_autocommit(False)
+        try:
+            self.alice.first_name = "Alice"
+            self.alice.save()
+            transaction.commit()
+        finally:
+            transaction.rollback()
+            transaction.set_autocommit(True)
+        self.assertEqual(User.objects.get(pk=self.alice.pk).first_name, "Alice")
+
     @override_settings(SESSION_ENGINE="tests.groups.flaky_sessions")
     def test_a_session_store_that_cannot_be_read_is_logged_once_and_revokes_nothing(
         self,
