@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,11 +27,15 @@ def manage(
     groups_url: str,
     stdin: bytes = b"",
     env: dict[str, str] | None = None,
-    preexec_fn: Callable[[], None] | None = None,
+    shell: str = 'exec "$@"',
 ) -> subprocess.CompletedProcess[str]:
-    """``python tests/manage.py ARGS`` in a process of its own (what a user sees)."""
+    """``python tests/manage.py ARGS`` in a process of its own (what a user sees), started
+    by ``sh -c SHELL`` (``"$@"``: that command): a limit or a closed descriptor is set
+    there, not by a ``preexec_fn``, which makes subprocess fork() this process, and
+    eventlet, imported by other tests, warns (an error here) at every fork."""
+    command = [sys.executable, str(REPO / "tests" / "manage.py"), *args]
     result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "manage.py"), *args],
+        ["/bin/sh", "-c", shell, "sh", *command],
         input=stdin,
         capture_output=True,
         env={
@@ -44,7 +48,6 @@ def manage(
         cwd=REPO,
         timeout=TIMEOUT,
         check=False,
-        preexec_fn=preexec_fn,
     )
     return subprocess.CompletedProcess(
         result.args,
@@ -186,18 +189,13 @@ def test_send_a_binary_file_without_end(redis_url: str) -> None:
     """--binary-file /dev/zero (or a file of gigabytes): read up to the size a group
     message may have, then refused. Before, the whole file was read into memory first
     (here, under a 2 GiB address-space limit: a MemoryError traceback)."""
-    import resource
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-
     result = manage(
         "websocket_send",
         "room",
         "--binary-file",
         "/dev/zero",
         groups_url=redis_url,
-        preexec_fn=limit,
+        shell='ulimit -v 2097152 && exec "$@"',  # KiB: 2 GiB
     )
     assert_command_error(result, "/dev/zero", "MAX_MESSAGE_SIZE", "0 message(s) sent")
 
@@ -205,9 +203,5 @@ def test_send_a_binary_file_without_end(redis_url: str) -> None:
 def test_send_lines_of_a_closed_standard_input(redis_url: str) -> None:
     """MESSAGE '-' with no standard input at all (closed: ``<&-``, some daemons' way),
     which Python gives as sys.stdin None. Before: a TypeError traceback."""
-
-    def close_stdin() -> None:
-        os.close(0)
-
-    result = manage("websocket_send", "room", "-", groups_url=redis_url, preexec_fn=close_stdin)
+    result = manage("websocket_send", "room", "-", groups_url=redis_url, shell='exec "$@" <&-')
     assert_command_error(result, "standard input")
