@@ -477,14 +477,7 @@ class ASGIConnection:
         default backend does: then nothing is sent, and the connection stays open."""
         if self.state is not State.OPEN:
             raise self.closed_error()
-        if isinstance(message, str):
-            # Encoded here, not only by the server: its encoding error would read as the
-            # client gone (a send the server refused).
-            size = len(message) if message.isascii() else len(message.encode("utf-8"))
-            event: dict[str, Any] = {"type": "websocket.send", "text": message}
-        else:
-            size = len(message)
-            event = {"type": "websocket.send", "bytes": bytes(message)}
+        event, size = _send_event(message)
         async with self._send_lock:
             if self.state is not State.OPEN:
                 raise self.closed_error()
@@ -665,17 +658,12 @@ class ASGIConnection:
         has dropped the queue first. Call with the send lock held."""
         while self._queued:  # None once closed (the client left meanwhile)
             message = self._queued.popleft()
-            size = _size(message)
-            self._queued_bytes -= size
-            if isinstance(message, str):
-                if not message.isascii():
-                    try:
-                        message.encode("utf-8")
-                    except UnicodeEncodeError:
-                        continue  # as send_message refuses it: never sent
-                await self._send({"type": "websocket.send", "text": message})
-            else:
-                await self._send({"type": "websocket.send", "bytes": message})
+            self._queued_bytes -= _size(message)
+            try:
+                send, size = _send_event(message)
+            except UnicodeEncodeError:
+                continue  # as send_message refuses it: never sent
+            await self._send(send)
             self.messages_out += 1
             self.bytes_out += size
         await self._send(event)
@@ -755,6 +743,16 @@ class ASGIConnection:
     def _peer(self) -> str:
         client = self.scope.get("client")
         return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def _send_event(message: Message) -> tuple[dict[str, Any], int]:
+    """The ``websocket.send`` event of ``message`` and its size on the wire. Raises
+    ``UnicodeEncodeError`` for a ``str`` UTF-8 cannot encode: encoded here, not only by
+    the server, whose encoding error would read as the client gone (a send it refused)."""
+    if isinstance(message, str):
+        size = len(message) if message.isascii() else len(message.encode("utf-8"))
+        return {"type": "websocket.send", "text": message}, size
+    return {"type": "websocket.send", "bytes": bytes(message)}, len(message)
 
 
 def _size(message: Message) -> int:
