@@ -23,16 +23,19 @@ $(DEMO_STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[gevent,redis]'
 	touch $(DEMO_STAMP)
 
+# apt-get waits for another apt-get's lock (two checkouts set up at once) instead of failing.
+APT_GET := apt-get -o DPkg::Lock::Timeout=600
+
 # Debian's Chromium for the demo's browser tests (tests/demo); Playwright only drives it.
 browser-setup:
-	command -v chromium >/dev/null 2>&1 || { apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	command -v chromium >/dev/null 2>&1 || { $(APT_GET) update -q && \
+		DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q chromium; }
 
 # Debian's redis-server and redis-cli (7.0 or later: sharded pub/sub) for the groups tests,
 # which start their own servers, Redis Clusters and Sentinels on free ports.
 redis-setup:
 	command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || \
-		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		{ $(APT_GET) update -q && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q \
 		redis-server redis-tools; }
 
 unit: setup
