@@ -38,8 +38,13 @@ redis-setup:
 		{ $(APT_GET) update -q && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q \
 		redis-server redis-tools; }
 
+# Four workers on two cores: the unit layer waits (timeouts, sockets, subprocesses) more than
+# it computes (~35 s of CPU in ~60 s of wall time with two). worksteal keeps a worker from
+# idling behind the gevent sub-suite (~8 s, one test). PYTHONDONTWRITEBYTECODE (set on some
+# machines) would make every worker rewrite every test module's asserts again (~2 s of CPU each).
 unit: setup
-	$(PY) -m pytest -q -m "not server and not slow" -p no:cacheprovider -n 2
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -m "not server and not slow" -p no:cacheprovider \
+		-n 4 --dist worksteal
 
 integration: setup browser-setup redis-setup
 	$(PY) -m pytest -q -m "server" -p no:cacheprovider
