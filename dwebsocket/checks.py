@@ -19,7 +19,8 @@ Ids are stable; each has a test in ``tests/test_checks.py``:
 - ``dwebsocket.E011`` to ``dwebsocket.E025`` and ``dwebsocket.E030`` to ``dwebsocket.E032``:
   one per setting, of the wrong type or out of range (``dwebsocket.conf.SETTINGS`` gives
   each its id; ``docs/settings.rst`` lists them).
-- ``dwebsocket.W005``: ``WEBSOCKET_ACCEPT_ALL`` without ``WebSocketMiddleware``.
+- ``dwebsocket.W005``: ``WEBSOCKET_ACCEPT_ALL`` without ``WebSocketMiddleware`` (or a
+  subclass of it, which counts as it for E001 and W006 too).
 - ``dwebsocket.W006``: middleware with a ``process_view`` listed after
   ``WebSocketMiddleware`` (it does not run for WebSocket views).
 - ``dwebsocket.W010`` (``check --deploy``): any origin may open a WebSocket (``"*"``).
@@ -374,17 +375,20 @@ def check_middleware(
     messages: list[CheckMessage] = []
     middleware = list(getattr(django_settings, "MIDDLEWARE", None) or [])
     old_style = list(getattr(django_settings, "MIDDLEWARE_CLASSES", None) or [])
-    if MIDDLEWARE_PATH in old_style and MIDDLEWARE_PATH not in middleware:
+    # WebSocketMiddleware or a subclass of it (a project's own, listed instead of it).
+    ours = _websocket_middleware_index(middleware)
+    old_ours = _websocket_middleware_index(old_style)
+    if old_ours is not None and ours is None:
         messages.append(
             checks.Error(
-                f"{MIDDLEWARE_PATH} is in MIDDLEWARE_CLASSES, which Django ignores.",
+                f"{old_style[old_ours]} is in MIDDLEWARE_CLASSES, which Django ignores.",
                 hint="Move it to MIDDLEWARE (last).",
                 id="dwebsocket.E001",
             )
         )
     # Read raw: a wrong value is check_settings' to report, not a reason to fail here.
     accept_all = getattr(django_settings, ACCEPT_ALL.name, ACCEPT_ALL.default)
-    if accept_all is True and MIDDLEWARE_PATH not in middleware:
+    if accept_all is True and ours is None:
         messages.append(
             checks.Warning(
                 "WEBSOCKET_ACCEPT_ALL is on but WebSocketMiddleware is not in MIDDLEWARE: "
@@ -395,12 +399,8 @@ def check_middleware(
             )
         )
     after = (
-        [
-            path
-            for path in middleware[middleware.index(MIDDLEWARE_PATH) + 1 :]
-            if _has_process_view(path)
-        ]
-        if MIDDLEWARE_PATH in middleware
+        [path for path in middleware[ours + 1 :] if _has_process_view(path)]
+        if ours is not None
         else []
     )
     if after:
@@ -413,6 +413,26 @@ def check_middleware(
             )
         )
     return messages
+
+
+def _websocket_middleware_index(paths: list[Any]) -> int | None:
+    """The index of the first entry of ``paths`` that is ``WebSocketMiddleware`` or a
+    subclass of it; None if none is. Imports the entries before it (as Django does when it
+    loads the middleware); one that does not import is not it."""
+    from django.utils.module_loading import import_string
+
+    from dwebsocket.middleware import WebSocketMiddleware
+
+    for index, path in enumerate(paths):
+        if path == MIDDLEWARE_PATH:
+            return index
+        try:
+            middleware = import_string(path)
+        except Exception:  # not importable: Django reports it when it loads the middleware
+            continue
+        if isinstance(middleware, type) and issubclass(middleware, WebSocketMiddleware):
+            return index
+    return None
 
 
 # What a browser page served in development comes from; never an origin in production.

@@ -27,6 +27,14 @@ from dwebsocket.checks import (
     check_middleware,
     check_server,
 )
+from dwebsocket.middleware import WebSocketMiddleware
+
+
+class ProjectWebSocketMiddleware(WebSocketMiddleware):
+    """A project's own subclass of the middleware, listed in MIDDLEWARE instead of it."""
+
+
+SUBCLASS_PATH = f"{__name__}.ProjectWebSocketMiddleware"
 
 
 @require_websocket
@@ -132,9 +140,22 @@ def test_w005_quiet_with_the_middleware() -> None:
     assert check_middleware() == []
 
 
-@override_settings(MIDDLEWARE=[MIDDLEWARE_PATH, "django.middleware.csrf.CsrfViewMiddleware"])
-def test_w006_process_view_middleware_after_ours() -> None:
-    [warning] = check_middleware()
+@override_settings(WEBSOCKET_ACCEPT_ALL=True, MIDDLEWARE=[SUBCLASS_PATH])
+def test_w005_quiet_with_a_subclass_of_the_middleware() -> None:
+    # The subclass runs the WebSocket sessions as the middleware does; W005 looked for
+    # dwebsocket's own dotted path in MIDDLEWARE and said WEBSOCKET_ACCEPT_ALL did nothing.
+    assert check_middleware() == []
+
+
+@override_settings(MIDDLEWARE_CLASSES=[SUBCLASS_PATH], MIDDLEWARE=[])
+def test_e001_a_subclass_in_middleware_classes() -> None:
+    assert ids(check_middleware()) == ["dwebsocket.E001"]
+
+
+@pytest.mark.parametrize("ours", [MIDDLEWARE_PATH, SUBCLASS_PATH])
+def test_w006_process_view_middleware_after_ours(ours: str) -> None:
+    with override_settings(MIDDLEWARE=[ours, "django.middleware.csrf.CsrfViewMiddleware"]):
+        [warning] = check_middleware()
     assert warning.id == "dwebsocket.W006"
     assert "CsrfViewMiddleware" in warning.msg
 
