@@ -42,7 +42,8 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from django.apps import AppConfig
@@ -237,6 +238,11 @@ def _websocket_views(patterns: Any) -> list[tuple[str, Any]]:
 
 
 def _is_websocket_view(view: Any) -> bool:
+    """Whether ``view``, or a view it calls (:func:`_layers`), carries the decorators' marks."""
+    return any(_marked(layer) for layer in _layers(view))
+
+
+def _marked(view: Any) -> bool:
     if getattr(view, "accept_websocket", False) or getattr(view, "require_websocket", False):
         return True
     view_class = getattr(view, "view_class", None)  # View.as_view()'s
@@ -244,6 +250,24 @@ def _is_websocket_view(view: Any) -> bool:
         getattr(getattr(view_class, method, None), "_dwebsocket_view", False)
         for method in getattr(view_class, "http_method_names", ())
     )
+
+
+def _layers(view: Any) -> Iterator[Any]:
+    """``view``, then each callable it wraps, outermost first: a decorator's
+    (``functools.wraps``' ``__wrapped__``: login_required, never_cache...) and a
+    ``functools.partial``'s (``func``). Stops at a cycle of ``__wrapped__``."""
+    seen: set[int] = set()
+    while view is not None and id(view) not in seen:
+        seen.add(id(view))
+        yield view
+        view = view.func if isinstance(view, partial) else getattr(view, "__wrapped__", None)
+
+
+def _view_name(view: Any) -> str:
+    """The dotted name of the function at the heart of ``view`` (:func:`_layers`): a
+    ``functools.partial`` has none, and a decorator that wraps one takes its module."""
+    *_, inner = _layers(view)
+    return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', '?')}"
 
 
 # Tags.urls, not Tags.database: it reads settings and the URLconf, and Django 6.1 runs
@@ -271,9 +295,10 @@ def check_atomic_requests(
 
     held: dict[tuple[tuple[str, ...], bool], list[str]] = {}
     for route, view in views:
+        # Read where Django reads it: on the view it resolves, not on one that view calls.
         atomic = tuple(a for a in aliases if a not in getattr(view, "_non_atomic_requests", set()))
         if atomic:
-            name = f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', '?')}"
+            name = _view_name(view)
             # Django wraps no async view in the transaction: it refuses to run it.
             key = (atomic, iscoroutinefunction(view))
             held.setdefault(key, []).append(f"{route!r} ({name})")
@@ -519,14 +544,8 @@ def check_deploy_gunicorn(
 
 
 def _is(view: Any, target: Any) -> bool:
-    """Whether ``view`` is ``target``, or wraps it (decorators that use functools.wraps:
-    login_required, never_cache...)."""
-    import inspect
-
-    try:
-        return inspect.unwrap(view) is target or view is target
-    except ValueError:  # a cycle of __wrapped__
-        return view is target
+    """Whether ``view`` is ``target``, or wraps it (:func:`_layers`)."""
+    return any(layer is target for layer in _layers(view))
 
 
 def _has_process_view(path: str) -> bool:

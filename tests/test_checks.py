@@ -75,9 +75,13 @@ def test_w013_the_metrics_view_without_prometheus_client(
     assert "dwebsocket[prometheus]" in warning.hint
 
 
-def test_w013_the_metrics_view_behind_a_decorator(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The view wrapped to protect it (login_required, never_cache...): W013 looked for
-    dwebsocket's view itself, so it said nothing."""
+@pytest.mark.parametrize("in_a_partial", [False, True], ids=["decorated", "partial"])
+def test_w013_the_metrics_view_behind_a_decorator(
+    monkeypatch: pytest.MonkeyPatch, in_a_partial: bool
+) -> None:
+    """The view wrapped to protect it (login_required, never_cache...), or handed over in
+    a functools.partial: W013 looked for dwebsocket's view itself, so it said nothing."""
+    import functools
     from types import ModuleType
 
     from django.contrib.auth.decorators import login_required
@@ -87,8 +91,11 @@ def test_w013_the_metrics_view_behind_a_decorator(monkeypatch: pytest.MonkeyPatc
     from dwebsocket.checks import check_metrics_view
     from dwebsocket.metrics.views import metrics
 
+    view = login_required(never_cache(metrics))
     urls = ModuleType("protected_metrics_urls")
-    urls.urlpatterns = [path("metrics", login_required(never_cache(metrics)))]  # type: ignore[attr-defined]
+    urls.urlpatterns = [  # type: ignore[attr-defined]
+        path("metrics", functools.partial(view) if in_a_partial else view)
+    ]
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # an import of it fails
     with override_settings(ROOT_URLCONF=urls):
         [warning] = check_metrics_view()

@@ -3,6 +3,7 @@ report made at the first WebSocket when ``"dwebsocket"`` is not in ``INSTALLED_A
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.core import checks
+from django.db import transaction
 from django.test import override_settings
 from django.urls import path
 from django.utils.decorators import method_decorator
@@ -21,7 +23,7 @@ from django.views import View
 
 from dwebsocket import accept_websocket, require_websocket
 from dwebsocket import apps as dwebsocket_apps
-from dwebsocket.checks import check_atomic_requests, check_deploy_origins
+from dwebsocket.checks import check_async_views, check_atomic_requests, check_deploy_origins
 from dwebsocket.exceptions import HandshakeRefused
 from dwebsocket.handshake import origin_allowed
 from dwebsocket.testing import WebSocketClient
@@ -212,3 +214,68 @@ def test_w004_says_that_django_refuses_to_run_an_async_view(
     assert "async" in refused.msg and "500" in refused.msg, refused.msg
     assert "holds a transaction open" not in refused.msg, refused.msg
     assert "non_atomic_requests" in (refused.hint or "")
+
+
+def takes_a_room(request: Any, room: str) -> None: ...
+
+
+@require_websocket
+def room_view(request: Any, room: str) -> None: ...
+
+
+@require_websocket
+def non_atomic_room_view(request: Any, room: str) -> None: ...
+
+
+@require_websocket
+async def async_room_view(request: Any, room: str) -> None: ...
+
+
+#: A URLconf of WebSocket views that are functools.partial objects, or wrap one.
+PARTIAL_VIEWS = ModuleType("partial_views")
+PARTIAL_VIEWS.urlpatterns = [  # type: ignore[attr-defined]
+    path("partial/", functools.partial(room_view, room="lobby")),
+    path("wraps-a-partial/", require_websocket(functools.partial(takes_a_room, room="lobby"))),
+    path("cbv-partial/", functools.partial(DecoratedGet.as_view())),
+    path("async-partial/", functools.partial(async_room_view, room="lobby")),
+    # non_atomic_requests on the partial: Django reads it there, and runs no transaction.
+    path(
+        "non-atomic/",
+        transaction.non_atomic_requests(functools.partial(room_view, room="lobby")),
+    ),
+    # ... but not through it: Django wraps this partial in the transaction.
+    path(
+        "non-atomic-inside/",
+        functools.partial(transaction.non_atomic_requests(non_atomic_room_view), room="x"),
+    ),
+]
+
+
+def test_w004_sees_websocket_views_that_are_partials(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Django wraps the view it resolves, the partial, in ATOMIC_REQUESTS' transaction (or
+    # refuses to run it, async), and the decorated view it calls runs the session in it.
+    # W004 read the decorator's marks on the partial, which has none: it said nothing, and
+    # named a decorated partial "functools._websocket_view.<locals>.wrapper".
+    monkeypatch.setitem(settings.DATABASES["default"], "ATOMIC_REQUESTS", True)
+    with override_settings(ROOT_URLCONF=PARTIAL_VIEWS):
+        warnings = check_atomic_requests()
+    assert ids(warnings) == ["dwebsocket.W004", "dwebsocket.W004"], warnings
+    [held] = [w for w in warnings if "holds a transaction open" in w.msg]
+    assert "4 views:" in held.msg, held.msg
+    assert "'partial/' (tests.test_checks_deploy.room_view)" in held.msg
+    assert "'wraps-a-partial/' (tests.test_checks_deploy.takes_a_room)" in held.msg
+    assert "'cbv-partial/'" in held.msg
+    assert "'non-atomic-inside/' (tests.test_checks_deploy.non_atomic_room_view)" in held.msg
+    assert "'non-atomic/'" not in held.msg and "functools" not in held.msg, held.msg
+    [refused] = [w for w in warnings if w is not held]
+    assert "1 async view is answered 500" in refused.msg, refused.msg
+    assert "'async-partial/' (tests.test_checks_deploy.async_room_view)" in refused.msg
+
+
+def test_i001_sees_async_websocket_views_that_are_partials() -> None:
+    # Django awaits the partial of an async view (asgiref's iscoroutinefunction unwraps
+    # it), so a WSGI server answers it 501. I001 did not see it (no decorator's marks).
+    with override_settings(ROOT_URLCONF=PARTIAL_VIEWS):
+        [info] = check_async_views()
+    assert info.id == "dwebsocket.I001"
+    assert "('async-partial/')" in info.msg, info.msg
