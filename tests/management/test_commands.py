@@ -5,8 +5,10 @@ that says what is wrong (exit status 1, one line), never a traceback. (Their nor
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -182,6 +184,38 @@ def test_status_with_a_damaged_multiprocess_file(
     (tmp_path / "counter_1.db").write_bytes(b"garbage")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     with pytest.raises(CommandError, match="could not read"):
+        call_command("websocket_status")
+
+
+def test_status_reads_the_lower_case_multiprocess_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prometheus_client still honours the deprecated prometheus_multiproc_dir when
+    PROMETHEUS_MULTIPROC_DIR is not in the environment: servers count into it, and
+    websocket_status said that PROMETHEUS_MULTIPROC_DIR was not set."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    # A server process's counter file, as prometheus_client writes it.
+    counters = MmapedDict(str(tmp_path / "counter_1.db"))
+    family = "django_websocket_handshakes"
+    key = mmap_key(family, f"{family}_total", ["status"], ["101"], "handshakes")
+    counters.write_value(key, 2.0, 0.0)
+    counters.close()
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("prometheus_multiproc_dir", str(tmp_path))
+    out = io.StringIO()
+    call_command("websocket_status", "--json", stdout=out)
+    assert json.loads(out.getvalue())["handshakes_total"] == {"101": 2}
+    # Named in the errors as set.
+    missing = tmp_path / "missing"
+    monkeypatch.setenv("prometheus_multiproc_dir", str(missing))
+    with pytest.raises(CommandError, match=re.escape(f"prometheus_multiproc_dir {missing} is")):
+        call_command("websocket_status")
+    # PROMETHEUS_MULTIPROC_DIR wins when both are set, as in prometheus_client.
+    monkeypatch.setenv("prometheus_multiproc_dir", str(tmp_path))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(missing))
+    with pytest.raises(CommandError, match=re.escape(f"PROMETHEUS_MULTIPROC_DIR {missing} is")):
         call_command("websocket_status")
 
 

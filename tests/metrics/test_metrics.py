@@ -187,6 +187,7 @@ def test_the_metrics_page(counts: Counts) -> None:
 
 def test_websocket_status_needs_a_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv("prometheus_multiproc_dir", raising=False)
     with pytest.raises(CommandError, match="PROMETHEUS_MULTIPROC_DIR is not set"):
         call_command("websocket_status")
     with pytest.raises(CommandError, match="could not read"):

@@ -51,11 +51,12 @@ class Command(BaseCommand):
                 "prometheus_client is not installed: pip install 'dwebsocket[prometheus]'"
             ) from None
         url: str | None = options["url"]
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        variable, directory = _multiprocess_dir()
         if url:
             families, source = _scrape(url), url
         elif directory:
-            families, source = _multiprocess(directory), f"PROMETHEUS_MULTIPROC_DIR {directory}"
+            source = f"{variable} {directory}"
+            families = _multiprocess(source, directory)
         else:
             raise CommandError(
                 "PROMETHEUS_MULTIPROC_DIR is not set, so the counts are in each server "
@@ -81,13 +82,24 @@ class Command(BaseCommand):
             self.stdout.write(f"{title:<{width}}  {shown}")
 
 
-def _multiprocess(directory: str) -> Iterable[Any]:
+def _multiprocess_dir() -> tuple[str, str | None]:
+    """The variable naming the servers' multiprocess directory, and its value (None if
+    unset), chosen as ``prometheus_client`` chooses: ``PROMETHEUS_MULTIPROC_DIR`` if it is
+    in the environment (even empty), else the deprecated ``prometheus_multiproc_dir``."""
+    for variable in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        if variable in os.environ:
+            return variable, os.environ[variable]
+    return "PROMETHEUS_MULTIPROC_DIR", None
+
+
+def _multiprocess(source: str, directory: str) -> Iterable[Any]:
+    """The metric families counted in ``directory``; ``source`` names it (the variable
+    and its value) in the error when it is not a directory."""
     from dwebsocket.metrics import multiprocess_registry
 
     if not os.path.isdir(directory):
         raise CommandError(
-            f"PROMETHEUS_MULTIPROC_DIR {directory} is not a directory: set it to the "
-            "servers' (see docs/metrics.rst)"
+            f"{source} is not a directory: set it to the servers' (see docs/metrics.rst)"
         )
     # Without the open gauges of processes that are gone (a killed uWSGI worker's).
     return multiprocess_registry(directory).collect()
