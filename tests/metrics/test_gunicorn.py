@@ -108,6 +108,22 @@ def until(expected: dict[str, float], server: ServerProcess) -> dict[str, float]
         time.sleep(0.2)
 
 
+def websocket_status(env: dict[str, str]) -> dict[str, Any]:
+    """The counts ``manage.py websocket_status --json`` prints, run as a user runs it: in a
+    process of its own, with ``env`` (the servers' ``PROMETHEUS_MULTIPROC_DIR``) added."""
+    status = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "manage.py"), "websocket_status", "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert status.returncode == 0, status.stderr
+    counts: dict[str, Any] = json.loads(status.stdout)
+    return counts
+
+
 def refused(server: ServerProcess, **kwargs: Any) -> int:
     with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
         sock.sendall(upgrade_request("/echo/", **kwargs))
@@ -213,16 +229,7 @@ def _every_counter(server: ServerProcess, env: dict[str, str], stack: contextlib
     assert until(final, server) == final  # connections_open: 0, so absent
 
     # manage.py websocket_status reads the same directory.
-    status = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "manage.py"), "websocket_status", "--json"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-    assert status.returncode == 0, status.stderr
-    counts = json.loads(status.stdout)
+    counts = websocket_status(env)
     assert counts["handshakes_total"] == {"101": opened + 2, "400": 1, "403": 1, "426": 1}
     assert counts["closes_total"] == {
         "1000": opened // 2 + 1,

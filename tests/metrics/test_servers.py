@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import array
 import contextlib
-import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.metrics.test_gunicorn import Client, open_per_worker, scrape, until
-from tests.servers import LOGGING, REPO, ServerProcess
+from tests.metrics.test_gunicorn import Client, open_per_worker, scrape, until, websocket_status
+from tests.servers import LOGGING, ServerProcess
 from tests.wire import TIMEOUT
 
 pytestmark = pytest.mark.server
@@ -113,15 +110,6 @@ def test_a_killed_uwsgi_workers_websockets_stop_counting_as_open(
     got = until({"connections_open": 0, "handshakes_total{status=101}": 1}, server)
     assert got.get("connections_open", 0) == 0, got
     assert got["handshakes_total{status=101}"] == 1, got  # counters survive the worker
-    status = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "manage.py"), "websocket_status", "--json"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-    assert status.returncode == 0, status.stderr
-    counts = json.loads(status.stdout)
+    counts = websocket_status(env)
     assert counts.get("connections_open", 0) == 0, counts
     assert counts["handshakes_total"] == {"101": 1}, counts
