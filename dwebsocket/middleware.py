@@ -12,7 +12,9 @@ for the whole session). As in dwebsocket 0.x:
 
 Views decorated with ``accept_websocket`` / ``require_websocket`` (and class-based views whose
 handler is, through ``method_decorator``) run their own session; the middleware leaves them
-alone, so nothing is handshaken twice.
+alone, so nothing is handshaken twice. These attributes are read on the view Django calls
+or, when it has none, on the views it calls in turn (``dwebsocket.marks``): a view routed as
+``functools.partial(decorated_view, ...)`` is the decorated view's.
 
 Under an ASGI server Django runs it async when every middleware after it is
 async-capable (Django's are); an ``async def`` view's session then holds no thread. A
@@ -33,6 +35,7 @@ from django.http import HttpRequest, HttpResponse
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import InvalidHandshake, InvalidSetting
 from dwebsocket.handshake import misconfigured, refuse
+from dwebsocket.marks import mark
 from dwebsocket.session import attach, is_upgrade, run_view
 
 __all__ = ["WebSocketMiddleware"]
@@ -113,16 +116,16 @@ class _Verdict(enum.Enum):
 
 
 def _requires(view_func: Callable[..., Any]) -> bool:
-    return bool(getattr(view_func, "require_websocket", False))
+    return bool(mark(view_func, "require_websocket"))
 
 
 def _decorated(request: HttpRequest, view_func: Callable[..., Any]) -> bool:
     """Whether a decorator runs the session: on the view, or on the handler a class-based
     view (``View.as_view()``) dispatches this request to (``method_decorator`` on
     ``get``), which Django's resolved view does not show."""
-    if getattr(view_func, "_dwebsocket_view", False):
+    if mark(view_func, "_dwebsocket_view"):
         return True
-    view_class = getattr(view_func, "view_class", None)
+    view_class = mark(view_func, "view_class")
     method = (request.method or "").lower()
     if view_class is None or method not in getattr(view_class, "http_method_names", ()):
         return False
@@ -143,6 +146,6 @@ def _screen(request: HttpRequest, view_func: Callable[..., Any]) -> HttpResponse
     except InvalidSetting as exc:
         attach(request, None)
         return misconfigured(request, exc)
-    if not (require or accept_all or getattr(view_func, "accept_websocket", False)):
+    if not (require or accept_all or mark(view_func, "accept_websocket")):
         return refuse(request, InvalidHandshake("This URL does not accept WebSocket connections."))
     return _Verdict.SESSION

@@ -178,6 +178,7 @@ LEAVES = [
     "dwebsocket.log",
     "dwebsocket.db",
     "dwebsocket.worker",
+    "dwebsocket.marks",
     "dwebsocket.contrib.gunicorn",
     "dwebsocket.contrib.shutdown",
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
 
 import pytest
 from django.http import HttpRequest, HttpResponse
@@ -11,10 +13,12 @@ from django.test import Client, override_settings
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.cache import never_cache
 from prometheus_client import REGISTRY
 
-from dwebsocket import accept_websocket
+from dwebsocket import accept_websocket, require_websocket
 from dwebsocket.middleware import WebSocketMiddleware
+from dwebsocket.testing import WebSocketClient
 from tests.inprocess import upgrade_headers
 from tests.wire import TIMEOUT, RawClient, read_until_eof, split_frames
 
@@ -58,12 +62,48 @@ class DecoratedGet(View):
         return None
 
 
+def greet(request: HttpRequest, greeting: str) -> HttpResponse | None:
+    """A view for ``functools.partial`` to give its ``greeting``."""
+    if not request.is_websocket():
+        return HttpResponse(f"{greeting}, plain")
+    request.websocket.send(greeting)
+    return None
+
+
+async def agreet(request: HttpRequest, greeting: str) -> HttpResponse | None:
+    """:func:`greet` as an ``async def`` view."""
+    if not request.is_websocket():
+        return HttpResponse(f"{greeting}, plain")
+    await request.websocket.send(greeting)
+    return None
+
+
+# Views routed as a functools.partial: of a decorated view (the partial carries none of
+# the decorator's attributes; Django calls it, and it calls the decorated view), nested,
+# under a decorator of its own, and a partial that is decorated (which does carry them).
+PARTIALS: dict[str, Callable[..., Any]] = {
+    "required": partial(require_websocket(greet), greeting="required"),
+    "accepted": partial(accept_websocket(greet), greeting="accepted"),
+    "under-never-cache": never_cache(
+        partial(require_websocket(greet), greeting="under-never-cache")
+    ),
+    "nested": partial(never_cache(partial(require_websocket(greet))), greeting="nested"),
+    "decorated": require_websocket(partial(greet, greeting="decorated")),
+    "async-required": partial(require_websocket(agreet), greeting="async-required"),
+    "async-accepted": partial(accept_websocket(agreet), greeting="async-accepted"),
+}
+
 urlpatterns = [
     path("plain/", plain),
     path("marked/", marked),
     path("required/", required),
     path("decorated/", decorated),
     path("decorated-get/", DecoratedGet.as_view()),
+    *(path(f"partial/{name}/", view) for name, view in PARTIALS.items()),
+    # The 0.x attributes, and a class-based view's decorated handler, through a partial.
+    path("partial/marked/", partial(marked)),
+    path("partial/required-attribute/", partial(required)),
+    path("partial/decorated-get/", partial(DecoratedGet.as_view())),
 ]
 
 pytestmark = pytest.mark.urls(__name__)
@@ -181,3 +221,42 @@ def test_decorated_view_plain_http_through_middleware() -> None:
 def test_process_view_leaves_decorated_views_alone() -> None:
     middleware = WebSocketMiddleware(lambda request: HttpResponse())
     assert middleware.process_view(HttpRequest(), decorated, (), {}) is None
+
+
+@override_settings(MIDDLEWARE=MIDDLEWARE)
+@pytest.mark.parametrize("name", [*PARTIALS, "marked", "decorated-get"])
+def test_views_routed_as_partials(name: str) -> None:
+    """A ``functools.partial`` of a decorated view (``path("x/", partial(view, ...))``)
+    carries none of the decorator's attributes: without the middleware Django called it
+    and the decorator ran the session, but with it (for other views) every WebSocket
+    request was refused, 400 "This URL does not accept WebSocket connections." (and a
+    partial of a view marked with the 0.x ``accept_websocket`` attribute, too). A
+    decorated partial (``"decorated"``) carries them, and was served. The ``async def``
+    ones go through the middleware's async ``process_view`` (ASGI)."""
+    expected = {"marked": "marked", "decorated-get": "decorated get"}.get(name, name)
+    with WebSocketClient(f"/partial/{name}/") as ws:
+        assert ws.receive() == expected
+        assert ws.wait_closed() == 1000
+
+
+@pytest.mark.parametrize("name", ["required", "under-never-cache", "nested", "async-required"])
+def test_plain_http_to_a_partial_of_a_required_view(name: str) -> None:
+    """With the middleware, plain HTTP to a partial of a ``require_websocket`` view gets
+    the answer it gets without it: the decorator's 400 (it did before the fix too, the
+    middleware leaving plain HTTP to the view: this keeps it so)."""
+    without = Client().get(f"/partial/{name}/")
+    with override_settings(MIDDLEWARE=MIDDLEWARE):
+        answer = Client().get(f"/partial/{name}/")
+    assert without.status_code == 400
+    assert (answer.status_code, answer.content) == (without.status_code, without.content)
+
+
+@override_settings(MIDDLEWARE=MIDDLEWARE)
+def test_plain_http_to_a_partial_of_a_view_with_the_require_attribute() -> None:
+    """As ``/required/`` (the 0.x ``require_websocket`` attribute): 400, where the view
+    was called with ``request.websocket`` None."""
+    answer = Client().get("/partial/required-attribute/")
+    assert (answer.status_code, answer.content) == (
+        400,
+        Client().get("/required/").content,
+    )
