@@ -42,8 +42,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from functools import partial
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.apps import AppConfig
@@ -54,6 +53,7 @@ from django.core.checks import CheckMessage, Tags, register
 from dwebsocket.backends.uwsgi.checks import check_wsgi_wrapper
 from dwebsocket.conf import ACCEPT_ALL, DEFAULTS, FACTORY_CLASS, GROUPS_URL, SETTINGS
 from dwebsocket.exceptions import InvalidSetting
+from dwebsocket.marks import layers
 from dwebsocket.worker import gunicorn_worker
 
 __all__ = [
@@ -238,8 +238,8 @@ def _websocket_views(patterns: Any) -> list[tuple[str, Any]]:
 
 
 def _is_websocket_view(view: Any) -> bool:
-    """Whether ``view``, or a view it calls (:func:`_layers`), carries the decorators' marks."""
-    return any(_marked(layer) for layer in _layers(view))
+    """Whether ``view``, or a view it calls (:func:`layers`), carries the decorators' marks."""
+    return any(_marked(layer) for layer in layers(view))
 
 
 def _marked(view: Any) -> bool:
@@ -252,21 +252,10 @@ def _marked(view: Any) -> bool:
     )
 
 
-def _layers(view: Any) -> Iterator[Any]:
-    """``view``, then each callable it wraps, outermost first: a decorator's
-    (``functools.wraps``' ``__wrapped__``: login_required, never_cache...) and a
-    ``functools.partial``'s (``func``). Stops at a cycle of ``__wrapped__``."""
-    seen: set[int] = set()
-    while view is not None and id(view) not in seen:
-        seen.add(id(view))
-        yield view
-        view = view.func if isinstance(view, partial) else getattr(view, "__wrapped__", None)
-
-
 def _view_name(view: Any) -> str:
-    """The dotted name of the function at the heart of ``view`` (:func:`_layers`): a
+    """The dotted name of the function at the heart of ``view`` (:func:`layers`): a
     ``functools.partial`` has none, and a decorator that wraps one takes its module."""
-    *_, inner = _layers(view)
+    *_, inner = layers(view)
     return f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', '?')}"
 
 
@@ -544,8 +533,8 @@ def check_deploy_gunicorn(
 
 
 def _is(view: Any, target: Any) -> bool:
-    """Whether ``view`` is ``target``, or wraps it (:func:`_layers`)."""
-    return any(layer is target for layer in _layers(view))
+    """Whether ``view`` is ``target``, or wraps it (:func:`layers`)."""
+    return any(layer is target for layer in layers(view))
 
 
 def _has_process_view(path: str) -> bool:
