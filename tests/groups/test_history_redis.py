@@ -370,6 +370,26 @@ class HeldMember:
         self.closed_event.set()
 
 
+def joining_from_m3(
+    layers: Callable[[], RedisLayer], member: Any, dws: bool, *, daemon: bool = False
+) -> tuple[RedisLayer, RedisLayer, list[Any], list[groups.Recovery], threading.Thread]:
+    """m1..m4 sent to "room" by another process, then ``member`` joining it here since m3 on
+    a started thread: (this process's layer, the other's, m1..m4's positions, the join's
+    result when it has returned, the thread)."""
+    here = groups.get_layer()
+    assert isinstance(here, RedisLayer)
+    other = layers()
+    positions = [other.send("room", f"m{i}") for i in range(1, 5)]
+    member.dws = dws
+    joined: list[groups.Recovery] = []
+    joiner = threading.Thread(
+        target=lambda: joined.append(groups.join("room", member, since=positions[2])),
+        daemon=daemon,
+    )
+    joiner.start()
+    return here, other, positions, joined, joiner
+
+
 @pytest.mark.parametrize("dws", [True, False], ids=["dws", "plain"])
 def test_a_message_missed_during_the_replay_is_read_from_the_history(
     redis_groups: RedisServer, layers: Callable[[], RedisLayer], dws: bool
@@ -378,17 +398,8 @@ def test_a_message_missed_during_the_replay_is_read_from_the_history(
     sent then is neither replayed (it is after what was read) nor held back. The next one
     held back skips it, so the history is read again before the member goes live: it gets
     every message once, in order. (It was handed over as if nothing was missing.)"""
-    here = groups.get_layer()
-    assert isinstance(here, RedisLayer)
-    other = layers()
-    positions = [other.send("room", f"m{i}") for i in range(1, 5)]
     member = HeldMember()
-    member.dws = dws  # type: ignore[misc]
-    joined: list[groups.Recovery] = []
-    joiner = threading.Thread(
-        target=lambda: joined.append(groups.join("room", member, since=positions[2]))
-    )
-    joiner.start()
+    here, other, positions, joined, joiner = joining_from_m3(layers, member, dws)
     try:
         assert member.replaying.wait(WAIT)  # m4 is being replayed
         redis_groups.command("CLIENT", "KILL", "TYPE", "pubsub")
@@ -443,17 +454,8 @@ def test_a_message_missed_behind_others_held_back_is_read_from_the_history(
     first held-back message was checked to follow on, so the member went live with the
     hole -- a plain client missed m7 for good (in the history all along), a dws one was
     closed with 4003 ("costs it nothing", says docs/recovery.rst)."""
-    here = groups.get_layer()
-    assert isinstance(here, RedisLayer)
-    other = layers()
-    positions = [other.send("room", f"m{i}") for i in range(1, 5)]
     member = GatedMember(gated=2)
-    member.dws = dws  # type: ignore[misc]
-    joined: list[groups.Recovery] = []
-    joiner = threading.Thread(
-        target=lambda: joined.append(groups.join("room", member, since=positions[2]))
-    )
-    joiner.start()
+    here, other, positions, joined, joiner = joining_from_m3(layers, member, dws)
     try:
         assert member.replaying[0].wait(WAIT)  # type: ignore[index]  # m4
         followers = groups._registry.followers.get("room")
@@ -496,18 +498,9 @@ def test_a_history_gone_back_behind_what_was_held_back_fails_the_recovery(
     that the view sends the full state. (recover() read the history again and again,
     finding nothing after m4: the view's thread spun, reading Redis in a hot loop, until
     the group's next message.)"""
-    here = groups.get_layer()
-    assert isinstance(here, RedisLayer)
-    other = layers()
-    positions = [other.send("room", f"m{i}") for i in range(1, 5)]
     member = HeldMember()
-    member.dws = False  # type: ignore[misc]
-    joined: list[groups.Recovery] = []
-    joiner = threading.Thread(
-        target=lambda: joined.append(groups.join("room", member, since=positions[2])),
-        daemon=True,  # (it spun for good)
-    )
-    joiner.start()
+    # A daemon: before the fix it spun for good.
+    here, other, positions, joined, joiner = joining_from_m3(layers, member, False, daemon=True)
     try:
         assert member.replaying.wait(WAIT)  # m4 is being replayed
         redis_groups.command("CLIENT", "KILL", "TYPE", "pubsub")
