@@ -387,7 +387,10 @@ class Mirror:
         touched = set()
         if kind == "log":
             for change in data:
-                number, field, value = change.decode().split("\n", 2)
+                # "n\nfield\nvalue": the field's key may hold newlines (a user's pk is any
+                # text), the value (JSON, or "" if deleted) holds none.
+                number, rest = change.decode().split("\n", 1)
+                field, _, value = rest.rpartition("\n")
                 if int(number) <= self.n:
                     continue  # applied already, by a concurrent reader
                 touched.add(self._set(field, json.loads(value) if value else None))

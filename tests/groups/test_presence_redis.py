@@ -685,3 +685,24 @@ def test_a_presence_write_that_fails_holds_the_next_calls_back(
     assert not one._held_back(None)
     one.heartbeat("room", STALE, EXPIRY)
     assert {p.key for p in one.presence("room")} == {"user:bob"}
+
+
+def test_a_key_with_a_newline_or_a_bar_reaches_the_other_processes_as_it_is(
+    layers: Callable[[], RedisLayer],
+) -> None:
+    """A user whose primary key (a string, as ``str(user.pk)`` gives it) holds a newline
+    and a ``|``: the other processes' copies, read from the change log, show their key
+    as it is, and drop it when they leave. (The log entry ``n\\nfield\\nvalue`` was split
+    at the key's newline: every later ``presence()`` of the group raised a
+    ``JSONDecodeError`` there, until a thousand changes pushed the entry out of the log.)"""
+    one, reader = layers(), layers()
+    join(one, Inbox(), "bob")
+    assert who(reader) == {"user:bob": 1}  # a full read: the next ones read the log
+    pk = "a\nb|c\n"
+    odd = Inbox()
+    join(one, odd, pk)
+    assert who(reader) == {"user:bob": 1, f"user:{pk}": 1}
+    [alice] = [p for p in reader.presence("room") if p.user == pk]
+    assert (alice.key, alice.info) == (f"user:{pk}", {"name": pk})
+    leave(one, odd)
+    assert who(reader) == {"user:bob": 1}
