@@ -289,7 +289,10 @@ class PresenceRegistry:
             if listeners is not None and listeners.pop(id(member), None) is not None:
                 if not listeners:
                     del self._listeners[group]
-                self._listening[id(member)].discard(group)
+                listening = self._listening[id(member)]
+                listening.discard(group)
+                if not listening:  # else involves() stays True, the set kept for good
+                    del self._listening[id(member)]
 
     def listeners(self, group: str) -> list[Member]:
         with self._lock:

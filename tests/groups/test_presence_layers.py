@@ -264,6 +264,22 @@ def test_a_listener_that_left_gets_no_more_events(room: str) -> None:
     watcher.assert_empty()
 
 
+def test_a_member_that_left_every_group_it_listened_to_is_not_involved(room: str) -> None:
+    """A socket that listened to two groups' events and left both is in nothing the
+    groups keep: not ``_involved`` (a connection closing unopened, or one its registry
+    drops, skips ``leave_all``), and the registry holds nothing of it. (An empty set of
+    groups stayed, keyed by the socket's id, until a ``leave_all`` -- for good for a
+    member that never closes through one -- and it counted as listening.)"""
+    other = f"{room}-b"
+    tab = listener(room)
+    groups.join(other, tab, events=True)
+    groups.leave(room, tab)
+    assert groups._involved(tab)  # still listening to the other
+    groups.leave(other, tab)
+    assert not groups._involved(tab)
+    assert id(tab) not in groups._registry.presence._listening
+
+
 def test_a_listener_that_closes_while_joining_is_not_kept(
     room: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
