@@ -98,13 +98,31 @@ _SESSION_PREFIX = "dwebsocket.session."
 
 
 def _pk(user: Any) -> str:
-    """The primary key of ``user`` (a user object or a pk), as a string."""
+    """The primary key of ``user`` (a user object or a pk), as a string: as the user's
+    sockets name it when they join (``str(user.pk)``, :func:`_authenticated`). A pk given
+    alone is read by the user model's pk field first, as Django reads the session's
+    (``"007"`` is user 7, a UUID in capitals or without dashes the same UUID); raises
+    ``ValueError`` for one the field cannot hold (it would name a group nobody is in)."""
     if user is None:
         raise TypeError("user is a user object or its primary key, not None")
-    pk = getattr(user, "pk", user)
-    if pk is None:
-        raise ValueError("this user has no primary key (anonymous, or not saved)")
-    return str(pk)
+    if hasattr(user, "pk"):
+        if user.pk is None:
+            raise ValueError("this user has no primary key (anonymous, or not saved)")
+        return str(user.pk)
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import ImproperlyConfigured, ValidationError
+
+    try:
+        field = get_user_model()._meta.pk
+    except ImproperlyConfigured:  # no user model: no field to read it by
+        return str(user)
+    try:
+        return str(field.to_python(user))
+    except ValidationError as exc:
+        raise ValueError(
+            f"{user!r} is not a primary key of {field.model._meta.label} "
+            f"({field.__class__.__name__}): {' '.join(exc.messages)}"
+        ) from exc
 
 
 def user_group(user: Any) -> str:
@@ -122,7 +140,8 @@ def send(user: AbstractBaseUser | Any, message: str | BytesLike) -> None:
     key), in every process. Returns nothing; blocks as :func:`dwebsocket.groups.send` does
     (never on a socket). If Redis is unreachable the sockets in this process still get it
     and one WARNING per outage is logged. Raises what :func:`dwebsocket.groups.send`
-    raises for a message it cannot send (``TypeError``, ``UnicodeEncodeError``)."""
+    raises for a message it cannot send (``TypeError``, ``UnicodeEncodeError``), and
+    ``ValueError`` for a pk the user model's primary key cannot hold."""
     groups.send(user_group(user), message)
 
 
@@ -144,7 +163,8 @@ def disconnect(
     ``code`` and ``reason``. Returns at once: each socket runs its closing handshake in
     the background. Raises ``ValueError`` for a code that may not be sent (RFC 6455 7.4:
     1000, 1001, 1003, 1007-1014, 3000-4999) or a reason over 123 bytes of UTF-8, and
-    ``TypeError`` for a code that is not an int or a reason that is not a str.
+    ``TypeError`` for a code that is not an int or a reason that is not a str (and
+    ``ValueError`` for a pk the user model's primary key cannot hold, as :func:`send`).
 
     If the groups layer cannot reach the other processes, this process's sockets are
     closed all the same and a WARNING says the others were not; with

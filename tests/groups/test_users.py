@@ -13,6 +13,7 @@ import threading
 import time
 import unittest
 import unittest.mock
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -185,6 +186,47 @@ class UsersTests(TransactionTestCase):
             users.disconnect(self.bob.pk, code=4242, reason="bye")
             self.assertEqual(b.wait_closed(WAIT), 4242)
             self.assertEqual(b.close_reason, "bye")
+
+    def test_a_pk_given_alone_names_the_group_of_its_users_sockets(self) -> None:
+        """A pk given as a string is read by the user model's pk field, as Django reads
+        the session's: ``users.send("007")`` named ``dwebsocket.user.007``, which no
+        socket is in (user 7's are in ``dwebsocket.user.7``), and nothing said so. A pk
+        the field cannot hold is refused, rather than naming a group nobody is in."""
+        pk = self.alice.pk
+        with tab(user=self.alice) as ws:
+            for given in (f"00{pk}", str(pk), pk):
+                self.assertEqual(users.user_group(given), users.user_group(self.alice))
+                users.send(given, f"for {given!r}")
+                self.assertEqual(ws.receive(), f"for {given!r}")
+            users.disconnect(f"0{pk}", code=4010)
+            self.assertEqual(ws.wait_closed(WAIT), 4010)
+        for wrong in ("alice", f"{pk}.5", ""):
+            with self.assertRaisesRegex(ValueError, "primary key"):
+                users.send(wrong, "x")
+            with self.assertRaisesRegex(ValueError, "primary key"):
+                users.disconnect(wrong)
+
+    @override_settings(
+        INSTALLED_APPS=[*settings.INSTALLED_APPS, "tests.groups.uuid_users"],
+        AUTH_USER_MODEL="uuid_users.UUIDUser",
+    )
+    def test_a_uuid_pk_given_alone_in_any_form_names_the_group_of_its_users_sockets(
+        self,
+    ) -> None:
+        """As above for a UUID primary key, given in capitals, without dashes, in braces
+        (what ``uuid.UUID`` and Django read): its socket joined the group of its canonical
+        form (``str(user.pk)``), which only that form named."""
+        pk = uuid.uuid4()
+        with WebSocketClient(f"/ws/model-token/?pk={pk.hex}", timeout=WAIT) as ws:
+            self.assertEqual(json.loads(ws.receive())["user"], f"user {pk}")
+            for given in (str(pk).upper(), pk.hex, f"{{{pk}}}", pk, str(pk)):
+                users.send(given, f"for {given!r}")
+                self.assertEqual(ws.receive(), f"for {given!r}")
+            users.disconnect(pk.hex.upper(), code=4010)
+            self.assertEqual(ws.wait_closed(WAIT), 4010)
+        for wrong in ("alice", str(pk)[:-1], str(self.alice.pk)):
+            with self.assertRaisesRegex(ValueError, "primary key"):
+                users.send(wrong, "x")
 
     def test_disconnect_refuses_a_code_that_may_not_be_sent(self) -> None:
         for code in (1005, 1006, 999, 5000):

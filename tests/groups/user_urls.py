@@ -14,6 +14,7 @@ urlpatterns = [
     path("ws/token-disconnected-while-opening/", user_views.token_disconnected_while_opening),
     path("ws/token/", user_views.token),
     path("ws/stateless-token/", user_views.stateless_token),
+    path("ws/model-token/", user_views.model_token),
     path("login/", user_views.log_in),
     path("logout/", user_views.log_out),
     path("flush/", user_views.flush),

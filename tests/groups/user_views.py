@@ -169,6 +169,19 @@ def stateless_token(request: HttpRequest) -> None:
     socket(request)
 
 
+@require_websocket
+def model_token(request: HttpRequest) -> None:
+    """:func:`socket` for an instance of the user model (whatever it is) of primary key
+    ``?pk=X`` (read by the model's pk field), made from a token's claims: not read from
+    the database (``tests.groups.uuid_users`` has no table)."""
+    from django.contrib.auth import get_user_model
+
+    model = get_user_model()
+    pk = model._meta.pk.to_python(request.GET["pk"])
+    request.user = model(pk=pk, **{model.USERNAME_FIELD: f"user {pk}"})
+    socket(request)
+
+
 def log_in(request: HttpRequest) -> HttpResponse:
     """``?username=X``: log X in (password ``PASSWORD``); the session cookie is set."""
     user = authenticate(request, username=request.GET["username"], password=PASSWORD)
