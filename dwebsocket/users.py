@@ -620,10 +620,7 @@ class _Lookups:
                 waited = time.monotonic() - hung.started
                 raise _Overrun(f"a session lookup has not answered for {waited:.0f} s")
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="dwebsocket-session-lookups", daemon=True
-                )
-                self._thread.start()
+                self._start()
             job: _Job[_T] = _Job(function)
             self._jobs.put(job)
         if not job.done.wait(timeout):
@@ -635,12 +632,31 @@ class _Lookups:
             raise job.error
         return job.result  # type: ignore[return-value]
 
+    def _start(self) -> None:
+        """Start the lookup thread (under ``_lock``)."""
+        self._thread = threading.Thread(
+            target=self._run, name="dwebsocket-session-lookups", daemon=True
+        )
+        self._thread.start()
+
     def _run(self) -> None:
         jobs = self._jobs
         while True:
             job = jobs.get()
             try:
                 job.run()
+            except BaseException:
+                # A kill (its caller raises it: job.error): this thread ends. A job queued
+                # meanwhile, seeing it still alive, gets another thread: it was left in
+                # the queue, its caller overran, and every lookup after it overran at once
+                # (the job taken for one that hangs) -- no session revoked by the checks
+                # for the life of the process.
+                with self._lock:
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                        if not jobs.empty():
+                            self._start()
+                return
             finally:
                 with self._lock:
                     if self._hung is job:
@@ -676,10 +692,12 @@ class _Checker:
         self._lookups = _Lookups()  # used under _checking
 
     def start(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        """Start the periodic check, unless it runs: in this process (a fork has none),
+        and alive (a killed one is started again, at the next socket opened)."""
+        if self._running():
             return
         with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
+            if self._running():
                 return
             self._pid = os.getpid()
             self._thread = threading.Thread(
@@ -687,34 +705,55 @@ class _Checker:
             )
             self._thread.start()
 
+    def _running(self) -> bool:
+        thread = self._thread
+        return thread is not None and self._pid == os.getpid() and thread.is_alive()
+
     def _run(self) -> None:
+        last = [time.monotonic()]
+        while True:
+            # Whatever a round raises, the next one checks: a round that ended the thread
+            # (a gevent or eventlet Timeout, SystemExit from code the store calls) ended
+            # the checks for the life of the process. A kill of this thread (GreenletExit)
+            # ends it: the next socket opened starts another (start()).
+            try:
+                self._round(last)
+            except BaseException as exc:
+                killed = any(cls.__name__ == "GreenletExit" for cls in type(exc).__mro__)
+                _error_once(
+                    _checker_errors,
+                    "The periodic check of the WebSockets' sessions",
+                    "it starts again with the next WebSocket opened"
+                    if killed
+                    else "it goes on at the next round",
+                    exc,
+                )
+                if killed:
+                    return
+                time.sleep(1.0)  # a round that fails before its wait: not in a busy loop
+
+    def _round(self, last: list[float]) -> None:
+        """Wait for the next round (a second at most, so that a changed interval applies
+        soon), and check the open sockets if the interval since ``last[0]`` is over."""
         from dwebsocket.conf import settings
 
-        last = time.monotonic()
-        while True:
-            # Wakes every second at most, so that a changed interval applies soon.
-            try:
-                interval = settings.WEBSOCKET_SESSION_CHECK_INTERVAL
-            except InvalidSetting as exc:  # reported by check dwebsocket.E031
-                interval = SESSION_CHECK_INTERVAL.default
-                if str(exc) not in _wrong_interval:
-                    _wrong_interval.add(str(exc))
-                    logger.error(
-                        "%s: sessions are checked every %g s until it is fixed", exc, interval
-                    )
-            time.sleep(1.0 if interval is None else min(interval, 1.0))
-            if interval is None or time.monotonic() - last < interval:
-                continue
-            last = time.monotonic()
-            try:
-                with _lock:
-                    for key, (websocket, _) in list(_owners.items()):
-                        if websocket.is_closed():  # its websocket_closed was missed
-                            del _owners[key]
-                    open_sockets: list[Member] = [ws for ws, _ in _owners.values()]
-                self.check(open_sockets)
-            except Exception:  # pragma: no cover - keep checking at the next round
-                logger.exception("Checking the sessions of the open WebSockets failed")
+        try:
+            interval = settings.WEBSOCKET_SESSION_CHECK_INTERVAL
+        except InvalidSetting as exc:  # reported by check dwebsocket.E031
+            interval = SESSION_CHECK_INTERVAL.default
+            if str(exc) not in _wrong_interval:
+                _wrong_interval.add(str(exc))
+                logger.error("%s: sessions are checked every %g s until it is fixed", exc, interval)
+        time.sleep(1.0 if interval is None else min(interval, 1.0))
+        if interval is None or time.monotonic() - last[0] < interval:
+            return
+        last[0] = time.monotonic()
+        with _lock:
+            for key, (websocket, _) in list(_owners.items()):
+                if websocket.is_closed():  # its websocket_closed was missed
+                    del _owners[key]
+            open_sockets: list[Member] = [ws for ws, _ in _owners.values()]
+        self.check(open_sockets)
 
     def soon(self, member: Member, within: float = float("inf")) -> None:
         """Check ``member``'s session in the background, with the others opened
@@ -968,8 +1007,27 @@ def _revoking() -> bool:
         return True
 
 
-#: The errors :func:`_never_raising` logged at ERROR (the same again goes to DEBUG).
+#: The errors :func:`_never_raising` logged at ERROR (the same again goes to DEBUG), and
+#: those the periodic check's rounds raised (:meth:`_Checker._run`).
 _receiver_errors: set[str] = set()
+_checker_errors: set[str] = set()
+
+
+def _error_once(seen: set[str], what: str, consequence: str, exc: BaseException) -> None:
+    """Log that ``what`` failed with ``exc``, and its ``consequence``: at ERROR with the
+    traceback the first time (per error, in ``seen``), then at DEBUG."""
+    said = f"{type(exc).__name__}: {exc}"
+    if said in seen:
+        logger.debug("%s failed again: %s", what, said)
+        return
+    seen.add(said)
+    logger.error(
+        "%s failed: %s (%s); the same error again is logged at DEBUG",
+        what,
+        consequence,
+        said,
+        exc_info=exc,
+    )
 
 
 def _never_raising(what: str, revoke: Callable[[], None]) -> None:
@@ -981,18 +1039,7 @@ def _never_raising(what: str, revoke: Callable[[], None]) -> None:
     try:
         revoke()
     except Exception as exc:
-        said = f"{type(exc).__name__}: {exc}"
-        if said in _receiver_errors:
-            logger.debug("%s failed again: %s", what, said)
-            return
-        _receiver_errors.add(said)
-        logger.error(
-            "%s failed: the sockets it should close stay open (%s); the same error again "
-            "is logged at DEBUG",
-            what,
-            exc,
-            exc_info=True,
-        )
+        _error_once(_receiver_errors, what, "the sockets it should close stay open", exc)
 
 
 def _logged_out(

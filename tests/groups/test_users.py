@@ -7,6 +7,7 @@ a logged-in client per tab, the site's own views logging in and out.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import threading
@@ -605,6 +606,71 @@ class UsersTests(TransactionTestCase):
         [error] = [r.getMessage() for r in logs.records]
         self.assertIn("WEBSOCKET_REVOKE_SESSIONS", error)
         self.assertIn("dwebsocket.E030", error)
+
+    @override_settings(
+        WEBSOCKET_SESSION_CHECK_INTERVAL=0.2, SESSION_ENGINE="tests.groups.flaky_sessions"
+    )
+    def test_the_periodic_check_goes_on_after_a_round_raises_what_is_no_exception(
+        self,
+    ) -> None:
+        """A round of the periodic check meets a ``BaseException`` that is no
+        ``Exception`` (``SystemExit`` from code the session store calls; a gevent or
+        eventlet ``Timeout``): it ended the check's thread, silently, and no session ended
+        since was revoked by it for the life of the process. One ERROR now, however often
+        it happens, and the next round checks."""
+        browser, other = logged_in("alice"), logged_in("alice")
+        try:
+            with (
+                self.assertLogs("dwebsocket.users", "DEBUG") as logs,
+                tab(browser) as expiring,
+                tab(other) as staying,
+            ):
+                for _ in range(2):
+                    flaky_sessions.RAISED.clear()
+                    flaky_sessions.RAISE[:] = [SystemExit("a library's sys.exit()")]
+                    self.assertTrue(flaky_sessions.RAISED.wait(WAIT))
+                    with users._checker._checking:  # that round is over
+                        flaky_sessions.RAISE.clear()
+                with users._checker._checking:  # as in the tests below
+                    Session.objects.filter(session_key=browser.session.session_key).update(
+                        expire_date=timezone.now() - timezone.timedelta(seconds=1)
+                    )
+                self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
+                users.send(self.alice, "other session stays")
+                self.assertEqual(staying.receive(), "other session stays")
+        finally:
+            flaky_sessions.RAISE.clear()
+        errors = [r.getMessage() for r in logs.records if r.levelno >= logging.ERROR]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("a library's sys.exit()", errors[0])
+
+    @override_settings(WEBSOCKET_SESSION_CHECK_INTERVAL=0.2)
+    def test_a_killed_periodic_check_starts_again_with_the_next_socket(self) -> None:
+        """The periodic check's thread is killed (``GreenletExit``: a greenlet kill, here
+        raised in the thread from outside): it ends, with one ERROR, and the next socket
+        opened starts it again. It was never started again: no session ended since was
+        revoked by it for the life of the process."""
+        from greenlet import GreenletExit
+
+        browser = logged_in("alice")
+        with self.assertLogs("dwebsocket.users", "ERROR") as logs, tab(browser) as expiring:
+            thread = users._checker._thread
+            assert thread is not None and thread.ident is not None
+            killed = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(thread.ident), ctypes.py_object(GreenletExit)
+            )
+            self.assertEqual(killed, 1)
+            thread.join(WAIT)
+            self.assertFalse(thread.is_alive())
+            with tab(user=self.bob):
+                pass  # a socket opened: the check starts again
+            with users._checker._checking:
+                Session.objects.filter(session_key=browser.session.session_key).update(
+                    expire_date=timezone.now() - timezone.timedelta(seconds=1)
+                )
+            self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
+        [error] = [r.getMessage() for r in logs.records]
+        self.assertIn("GreenletExit", error)
 
     @override_settings(WEBSOCKET_SESSION_CHECK_INTERVAL="60")
     def test_a_wrong_session_check_interval_is_logged(self) -> None:
