@@ -686,6 +686,47 @@ class UsersTests(TransactionTestCase):
         self.assertIn("WEBSOCKET_SESSION_CHECK_INTERVAL", error)
         self.assertIn("dwebsocket.E031", error)
 
+    def test_a_rotated_secret_key_revokes_only_sessions_no_key_verifies(self) -> None:
+        """``SECRET_KEY`` rotated, the old one in ``SECRET_KEY_FALLBACKS``: a session's
+        password hash made with the old key still verifies, for Django's ``get_user``
+        and for the checks -- a socket opened before stays open. The browser's next
+        request has Django give the session a new key (``cycle_key()``) with a new hash:
+        its sockets close with 4001, as for any new key (docs/users.rst), the browser is
+        still logged in, and a socket opened with the new cookie stays open. Once the
+        old key leaves the fallbacks, a session that made no request since no longer
+        verifies (Django logs it out): the checks close its sockets."""
+        old = settings.SECRET_KEY
+        laptop, phone = logged_in("alice"), logged_in("alice")
+        with tab(laptop) as before, tab(phone) as idle:
+            self.assertTrue(users._checker.wait_idle(WAIT))
+
+            def checked() -> None:
+                users._checker.check([m for m, _ in users._owners.values()])
+
+            with override_settings(SECRET_KEY="rotated", SECRET_KEY_FALLBACKS=[old]):
+                checked()
+                with self.assertRaises(TimeoutError):  # the fallback verifies it
+                    before.wait_closed(0.3)
+                with self.assertRaises(TimeoutError):
+                    idle.wait_closed(0.3)
+                key = laptop.session.session_key
+                self.assertEqual(laptop.get("/whoami/").content, b"alice")  # cycle_key()
+                self.assertNotEqual(laptop.session.session_key, key)
+                self.assertEqual(before.wait_closed(WAIT), users.REVOKED)
+                with tab(laptop) as after:
+                    self.assertTrue(users._checker.wait_idle(WAIT))
+                    checked()
+                    users.send(self.alice, "both stay")
+                    self.assertEqual(after.receive(), "both stay")
+                    self.assertEqual(idle.receive(), "both stay")
+
+                    with override_settings(SECRET_KEY_FALLBACKS=[]):  # the old key retired
+                        checked()
+                        self.assertEqual(idle.wait_closed(WAIT), users.REVOKED)
+                        self.assertEqual(phone.get("/whoami/").content, b"")
+                        users.send(self.alice, "still open")
+                        self.assertEqual(after.receive(), "still open")
+
     @override_settings(AUTHENTICATION_BACKENDS=["tests.groups.user_views.DirectoryBackend"])
     def test_a_session_is_checked_with_the_user_key_django_gives_its_backend(self) -> None:
         """``get_user`` gets the session's user key as Django's own ``get_user`` gives it

@@ -17,6 +17,7 @@ urlpatterns = [
     path("ws/model-token/", user_views.model_token),
     path("login/", user_views.log_in),
     path("logout/", user_views.log_out),
+    path("whoami/", user_views.whoami),
     path("flush/", user_views.flush),
     path("sessions/delete/", user_views.delete_session),
     path("password/", user_views.set_password),

@@ -191,6 +191,12 @@ def log_in(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"session": request.session.session_key})
 
 
+def whoami(request: HttpRequest) -> HttpResponse:
+    """The user name of the request's user (empty: anonymous): a page any request reads
+    the user in (``django.contrib.auth.get_user``)."""
+    return HttpResponse(request.user.get_username() if request.user.is_authenticated else "")
+
+
 def log_out(request: HttpRequest) -> HttpResponse:
     logout(request)
     return HttpResponse("bye")
