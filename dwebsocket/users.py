@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import json
 import logging
 import os
@@ -1129,9 +1130,48 @@ def _user_saved(
 ) -> None:
     if created or instance is None or instance.pk is None:
         return
-    if update_fields is not None and set(update_fields) <= {"last_login"}:
-        return  # login() saves this; no session changes validity by it
+    if update_fields is not None and not _may_change_checks(sender, set(update_fields)):
+        return  # login() saves last_login so: a check per login, for nothing
     _check_once_committed(instance, kwargs.get("using"))
+
+
+def _may_change_checks(model: Any, fields: set[str]) -> bool:
+    """Whether saving ``fields`` of a user of ``model`` may change what the checks decide
+    (:func:`session_is_valid`, :func:`_user_is_valid`): they read whether the user exists
+    and may log in (``is_active``) and the session's hash (of the password). Django's own
+    user model and backends read no other field; a session hash, a default manager, a
+    backend's ``get_user`` or ``user_can_authenticate``, or an ``is_active`` of the
+    site's own may read any, and so may any save then (``last_login`` aside: only
+    ``login()`` saves it alone, and Django's own ``get_user`` ignores it)."""
+    from django.conf import settings
+    from django.contrib.auth import load_backend
+    from django.contrib.auth.backends import AllowAllUsersModelBackend, ModelBackend
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.db.models.manager import BaseManager
+    from django.db.models.query_utils import DeferredAttribute
+
+    if fields <= {"last_login"}:
+        return False
+    if fields & {"password", "is_active"}:
+        return True
+    is_active = inspect.getattr_static(model, "is_active", True)
+    if (
+        getattr(model, "get_session_auth_hash", None) is not AbstractBaseUser.get_session_auth_hash
+        or type(model._default_manager).get_queryset is not BaseManager.get_queryset
+        or not isinstance(is_active, (bool, DeferredAttribute))
+    ):
+        return True
+    own = (ModelBackend.user_can_authenticate, AllowAllUsersModelBackend.user_can_authenticate)
+    for path in settings.AUTHENTICATION_BACKENDS:
+        try:
+            backend = type(load_backend(path))
+        except Exception:  # reported by Django at the next login; not into this save
+            return True
+        if backend.get_user is not ModelBackend.get_user:
+            return True
+        if getattr(backend, "user_can_authenticate", None) not in own:
+            return True
+    return False
 
 
 def _user_deleted(sender: Any, instance: Any = None, **kwargs: Any) -> None:

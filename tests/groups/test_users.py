@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from dwebsocket import groups, users
 from dwebsocket.db import close_thread_connections
+from dwebsocket.groups import control
 from dwebsocket.testing import WebSocketClient
 from tests.groups import flaky_sessions
 from tests.groups.user_views import PASSWORD
@@ -470,6 +471,49 @@ class UsersTests(TransactionTestCase):
             self.assertEqual(alice.wait_closed(WAIT), users.REVOKED)
             self.bob.delete()
             self.assertEqual(bob.wait_closed(WAIT), users.REVOKED)
+
+    def test_a_save_of_fields_the_checks_do_not_read_sends_no_check(self) -> None:
+        """``save(update_fields=...)`` of fields no check reads (a profile's name and
+        e-mail; ``last_login``, which every ``login()`` saves) cannot end a session: it
+        sent a check to every process, which read each of the user's sessions. A save of
+        what the checks read -- ``is_active``, the password (the session's hash) -- or of
+        every field, still does, and revokes; so does any save where the checks may read
+        any field (a backend's own ``get_user``: tests.groups.user_views.DirectoryBackend)."""
+        group = users.user_group(self.alice)
+
+        def checks_sent() -> int:
+            return len(users.get_layer().recent_controls(group, control.MEMORY))
+
+        browser = logged_in("alice")  # update_last_login: update_fields=["last_login"]
+        self.alice.refresh_from_db()
+        with tab(browser) as ws:
+            self.alice.first_name, self.alice.email = "Alice", "alice@example.com"
+            self.alice.save(update_fields=["first_name", "email"])
+            self.alice.save(update_fields=["last_login", "last_name", "is_staff"])
+            self.assertEqual(checks_sent(), 0)
+            # ModelBackend too: the session's, for the check this sends, whenever it runs.
+            backends = [
+                *settings.AUTHENTICATION_BACKENDS,
+                "tests.groups.user_views.DirectoryBackend",
+            ]
+            with override_settings(AUTHENTICATION_BACKENDS=backends):
+                self.alice.save(update_fields=["first_name"])
+                self.assertEqual(checks_sent(), 1)
+            self.alice.save(update_fields=["is_active"])  # unchanged: checked, stays open
+            self.alice.save()
+            self.assertEqual(checks_sent(), 3)
+            self.assertTrue(users._checker.wait_idle(WAIT))
+            with self.assertRaises(TimeoutError):
+                ws.wait_closed(0.3)
+            self.alice.is_active = False
+            self.alice.save(update_fields=["is_active"])
+            self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
+        self.alice.is_active = True
+        self.alice.save(update_fields=["is_active"])
+        with tab(logged_in("alice")) as ws:
+            self.alice.set_password("a new one")
+            self.alice.save(update_fields=["password"])
+            self.assertEqual(ws.wait_closed(WAIT), users.REVOKED)
 
     def test_a_groups_layer_that_cannot_be_built_breaks_no_logout_save_or_clearsessions(
         self,

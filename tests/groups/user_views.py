@@ -106,17 +106,17 @@ def store_down_while_opening(request: HttpRequest) -> None:
 
     assert request.user.is_authenticated
     flaky_sessions.DOWN.set()
-    request.user.save(update_fields=["first_name"])  # a user saved: check the sessions
+    request.user.save()  # a user saved (every field): check the sessions
     socket(request)
 
 
 @require_websocket
 def saved_while_opening(request: HttpRequest) -> None:
-    """As :func:`socket`, but its user is saved (a profile edited in another tab, say)
-    after the request was authenticated and before the socket is accepted: the command
-    to check that user's sessions finds no socket of this one's."""
+    """As :func:`socket`, but its user is saved (in the admin's change form, say: every
+    field) after the request was authenticated and before the socket is accepted: the
+    command to check that user's sessions finds no socket of this one's."""
     assert request.user.is_authenticated
-    request.user.save(update_fields=["first_name"])
+    request.user.save()
     socket(request)
 
 
