@@ -53,6 +53,16 @@ def logged_in(username: str) -> Client:
     return client
 
 
+def expire(client: Client) -> None:
+    """End ``client``'s session as time does: its expiry passes (``SESSION_COOKIE_AGE``),
+    no signal is sent. Written between two checks: a check's read would table-lock
+    SQLite's shared in-memory database (tests/settings.py)."""
+    with users._checker._checking:
+        Session.objects.filter(session_key=client.session.session_key).update(
+            expire_date=timezone.now() - timezone.timedelta(seconds=1)
+        )
+
+
 @contextlib.contextmanager
 def tab(client: Client | None = None, user: User | None = None) -> Iterator[WebSocketClient]:
     """A socket of this browser (``client``) or of a new session of ``user``."""
@@ -619,20 +629,21 @@ class UsersTests(TransactionTestCase):
         self.assertEqual(levels[-1], "INFO")
         self.assertEqual(set(levels[1:-1]), {"DEBUG"}, levels)
 
+    def expired_and_closed(
+        self, browser: Client, expiring: WebSocketClient, staying: WebSocketClient
+    ) -> None:
+        """``browser``'s session expires: the periodic check closes its socket
+        ``expiring``, and leaves alice's other session's socket ``staying`` open."""
+        expire(browser)
+        self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
+        users.send(self.alice, "other session stays")
+        self.assertEqual(staying.receive(), "other session stays")
+
     @override_settings(WEBSOCKET_SESSION_CHECK_INTERVAL=0.2)
     def test_expired_session_is_closed_by_the_periodic_check(self) -> None:
         browser, other = logged_in("alice"), logged_in("alice")
         with tab(browser) as expiring, tab(other) as staying:
-            # No signal: the row's expiry passes (SESSION_COOKIE_AGE) as time goes by.
-            # Written between two checks: a check's read would table-lock SQLite's shared
-            # in-memory database (tests/settings.py).
-            with users._checker._checking:
-                Session.objects.filter(session_key=browser.session.session_key).update(
-                    expire_date=timezone.now() - timezone.timedelta(seconds=1)
-                )
-            self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
-            users.send(self.alice, "other session stays")
-            self.assertEqual(staying.receive(), "other session stays")
+            self.expired_and_closed(browser, expiring, staying)
 
     @override_settings(WEBSOCKET_SESSION_CHECK_INTERVAL=0.2, WEBSOCKET_REVOKE_SESSIONS="yes")
     def test_a_wrong_revoke_sessions_revokes_as_true_with_one_error(self) -> None:
@@ -642,10 +653,7 @@ class UsersTests(TransactionTestCase):
         users._wrong_revoke.clear()
         browser = logged_in("alice")
         with self.assertLogs("dwebsocket.users", "ERROR") as logs, tab(browser) as expiring:
-            with users._checker._checking:  # as in the test above
-                Session.objects.filter(session_key=browser.session.session_key).update(
-                    expire_date=timezone.now() - timezone.timedelta(seconds=1)
-                )
+            expire(browser)
             self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
         [error] = [r.getMessage() for r in logs.records]
         self.assertIn("WEBSOCKET_REVOKE_SESSIONS", error)
@@ -675,13 +683,7 @@ class UsersTests(TransactionTestCase):
                     self.assertTrue(flaky_sessions.RAISED.wait(WAIT))
                     with users._checker._checking:  # that round is over
                         flaky_sessions.RAISE.clear()
-                with users._checker._checking:  # as in the tests below
-                    Session.objects.filter(session_key=browser.session.session_key).update(
-                        expire_date=timezone.now() - timezone.timedelta(seconds=1)
-                    )
-                self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
-                users.send(self.alice, "other session stays")
-                self.assertEqual(staying.receive(), "other session stays")
+                self.expired_and_closed(browser, expiring, staying)
         finally:
             flaky_sessions.RAISE.clear()
         errors = [r.getMessage() for r in logs.records if r.levelno >= logging.ERROR]
@@ -708,10 +710,7 @@ class UsersTests(TransactionTestCase):
             self.assertFalse(thread.is_alive())
             with tab(user=self.bob):
                 pass  # a socket opened: the check starts again
-            with users._checker._checking:
-                Session.objects.filter(session_key=browser.session.session_key).update(
-                    expire_date=timezone.now() - timezone.timedelta(seconds=1)
-                )
+            expire(browser)
             self.assertEqual(expiring.wait_closed(WAIT), users.REVOKED)
         [error] = [r.getMessage() for r in logs.records]
         self.assertIn("GreenletExit", error)
