@@ -50,13 +50,15 @@ finds it there (``recent_controls``).
 
 Faults: no call into Redis waits longer than ``socket_timeout`` / ``socket_connect_timeout``
 (2 s unless the URL says otherwise). When Redis is unreachable, ``send`` delivers to this
-process's members, drops the rest and logs one WARNING per outage; the reader reconnects
-with capped exponential backoff (0.1 s doubling to 5 s, jittered; a join cuts it short,
-see ``RedisLayer.join``) and subscribes again to every current group. Pub/sub keeps no
-history: what was published while a process was disconnected never reaches that
-process's members. A Redis that answers but refuses to write (``REFUSED``) is no outage:
-a history group's message is published without being kept, a command without being
-remembered.
+process's members, drops the rest and logs one WARNING per outage. No command is sent
+twice: one whose reply was lost (the connection broke, or timed out, after Redis ran it)
+fails like one that never reached Redis, though the other processes may have its message.
+The reader reconnects with capped exponential backoff (0.1 s doubling to 5 s, jittered; a
+join cuts it short, see ``RedisLayer.join``) and subscribes again to every current group.
+Pub/sub keeps no history: what was published while a process was disconnected never
+reaches that process's members. A Redis that answers but refuses to write (``REFUSED``)
+is no outage: a history group's message is published without being kept, a command
+without being remembered.
 """
 
 from __future__ import annotations
@@ -656,9 +658,12 @@ class RedisLayer:
             "health_check_interval": 0,
             "max_connections": MAX_PUBLISH_CONNECTIONS,
             "timeout": DEFAULT_TIMEOUT,  # waiting for a free pooled connection
-            # One retry, at once, only for a broken connection (a pooled one that Redis
-            # closed while restarting); a timeout is not retried: it already took its time.
-            "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            # No retry: a command whose reply was lost (the connection broke, or timed
+            # out, after Redis ran it) would run twice -- a message published twice, a
+            # second entry in a stream. redis-py cannot tell it from one never sent. A
+            # pooled connection Redis closed (a restart) is not one: the pool finds it
+            # closed when it hands it out, and connects again before sending.
+            "retry": Retry(NoBackoff(), 0),
             # RESP2, as the subscriptions speak (topology._subscriber_kwargs), so that
             # both authenticate alike: redis-py 8's RESP3 logs in by HELLO, which a Redis
             # without a password accepts with any, where the subscription's AUTH is refused.

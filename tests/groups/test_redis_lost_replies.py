@@ -1,0 +1,290 @@
+"""A command whose reply never came back is never sent again: it may have run.
+
+The layer talks to a real (private) redis-server through :class:`ReplyDropper`, a TCP
+forwarder on 127.0.0.1 that, once armed, forwards one command to Redis, waits for Redis's
+reply (so the command ran), and closes the client's side instead of forwarding it: what
+a sender sees of a connection that broke, or of a Redis restarting, right after a command
+ran. Another layer ("process") connected straight to the server, a raw subscriber, or the
+group's stream count what arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from django.test import override_settings
+
+from dwebsocket.groups import GroupsUnavailable
+from dwebsocket.groups.memory import Registry
+from dwebsocket.groups.redis import RedisLayer
+from dwebsocket.websocket import Message
+from tests.groups.redis_server import RedisServer
+
+WAIT = 10.0  # seconds any wait below may take at most
+QUIET = 0.5  # seconds in which a duplicate, if any, would have arrived (loopback)
+HOST = "127.0.0.1"
+
+
+class ReplyDropper:
+    """Forwards every connection to Redis; :meth:`arm` makes it drop one reply: that of
+    the next command whose bytes contain ``marker``, then close that client's side."""
+
+    def __init__(self, target: int) -> None:
+        self._target = target
+        self._listener = socket.create_server((HOST, 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._marker: bytes | None = None
+        self._victim: socket.socket | None = None  # the client whose reply is dropped
+        self.dropped = threading.Event()
+        self._sockets: set[socket.socket] = set()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._accept, name="dropper", daemon=True)
+        self._thread.start()
+
+    def url(self, query: str = "socket_timeout=1&socket_connect_timeout=1") -> str:
+        return f"redis://{HOST}:{self.port}/0?{query}"
+
+    def arm(self, marker: bytes) -> None:
+        with self._lock:
+            self._marker, self._victim = marker, None
+            self.dropped.clear()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._thread.join(WAIT)
+        self._listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            self._end(sock)
+
+    @staticmethod
+    def _end(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection((HOST, self._target), timeout=WAIT)
+            except OSError:
+                client.close()  # Redis is down: so is the connection
+                continue
+            upstream.settimeout(None)
+            client.settimeout(None)
+            with self._lock:
+                self._sockets |= {client, upstream}
+            threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Client to Redis: everything, noting the armed command's connection."""
+        try:
+            while data := client.recv(65536):
+                with self._lock:
+                    if self._marker is not None and self._marker in data:
+                        self._marker, self._victim = None, client
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._end(upstream)
+
+    def _down(self, upstream: socket.socket, client: socket.socket) -> None:
+        """Redis to client: everything but the armed command's reply, which ends the
+        client's connection instead (Redis ran the command: here is its reply)."""
+        try:
+            while data := upstream.recv(65536):
+                with self._lock:
+                    victim = self._victim is client
+                    if victim:
+                        self._victim = None
+                if victim:
+                    self.dropped.set()  # before the client can see it
+                    self._end(client)
+                    return
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._end(client)
+
+
+class Inbox:
+    """A group member that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.messages: queue.Queue[Message] = queue.Queue()
+
+    def deliver(self, message: Message) -> None:
+        self.messages.put(message)
+
+    def is_closed(self) -> bool:
+        return False
+
+    def get(self, timeout: float = WAIT) -> Message:
+        return self.messages.get(timeout=timeout)
+
+    def assert_empty(self, wait: float = QUIET) -> None:
+        with pytest.raises(queue.Empty):
+            self.messages.get(timeout=wait)
+
+
+@pytest.fixture
+def dropper(redis_server: RedisServer) -> Iterator[ReplyDropper]:
+    proxy = ReplyDropper(redis_server.port)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def layers() -> Iterator[Callable[[str], RedisLayer]]:
+    made: list[RedisLayer] = []
+
+    def make(url: str) -> RedisLayer:
+        layer = RedisLayer(url, Registry())
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        layer.close()
+
+
+def direct(server: RedisServer) -> str:
+    return server.url + "?socket_timeout=1&socket_connect_timeout=1"
+
+
+def published(server: RedisServer, channel: str) -> Callable[[], int]:
+    """Start counting what is published on ``channel`` (a raw redis-py subscriber); the
+    count, once nothing more came for :data:`QUIET` seconds."""
+    client = redis.Redis(host=HOST, port=server.port, socket_timeout=WAIT)
+    pubsub = client.pubsub()
+    pubsub.subscribe(channel)
+    confirmed = pubsub.get_message(timeout=WAIT)  # Redis's: subscribed from now on
+    assert confirmed is not None and confirmed["type"] == "subscribe"
+
+    def count() -> int:
+        seen = 0
+        try:
+            while pubsub.get_message(timeout=QUIET) is not None:
+                seen += 1
+        finally:
+            pubsub.close()
+            client.close()
+        return seen
+
+    return count
+
+
+def test_a_publish_whose_reply_was_lost_is_not_sent_again(
+    dropper: ReplyDropper,
+    redis_server: RedisServer,
+    layers: Callable[[str], RedisLayer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The PUBLISH ran; its reply was lost with the connection. redis-py's retry sent it
+    again: every member elsewhere got the message twice. Now it is sent once; the sender
+    takes it for an outage (its members get it, one WARNING) as the docstring says."""
+    sender, other = layers(dropper.url()), layers(direct(redis_server))
+    here, there = Inbox(), Inbox()
+    sender.join("room", here)
+    other.join("room", there)
+    sender.send("room", "warm")  # a pooled connection, through the dropper
+    assert here.get() == there.get() == "warm"
+
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    dropper.arm(b"PUBLISH")
+    sender.send("room", "once")
+    assert dropper.dropped.is_set()
+    assert there.get() == "once"
+    there.assert_empty()
+    assert here.get() == "once"
+    here.assert_empty()
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1  # an outage for all it knows: the documented one
+
+
+def test_a_kept_send_whose_reply_was_lost_is_kept_and_published_once(
+    dropper: ReplyDropper, redis_server: RedisServer, layers: Callable[[str], RedisLayer]
+) -> None:
+    """The script of a group with history appended and published; its reply was lost.
+    Sent again, the message had a second entry in the stream under a new position
+    (a member recovering got it twice) and reached every member twice."""
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"feed": {"size": 100, "ttl": 600}}):
+        sender, other = layers(dropper.url()), layers(direct(redis_server))
+        there = Inbox()
+        other.join("feed", there)
+        assert sender.send("feed", "warm") == f"{sender._kept['feed'].epoch.decode()}:1"
+        assert there.get() == "warm"
+
+        dropper.arm(b"EVALSHA")
+        assert sender.send("feed", "once") is None  # no answer: no position
+        assert dropper.dropped.is_set()
+        assert there.get() == "once"
+        there.assert_empty()
+        assert redis_server.command("XLEN", sender.stream("feed")) == b":2\r\n"
+
+
+def test_a_command_whose_reply_was_lost_is_published_once(
+    dropper: ReplyDropper, redis_server: RedisServer, layers: Callable[[str], RedisLayer]
+) -> None:
+    """A command (``users.disconnect`` and the like: kind 3) is remembered, then
+    published; the PUBLISH's reply lost, it was published twice."""
+    sender = layers(dropper.url())
+    sender.control("room", b'{"op": "warm"}')
+    count = published(redis_server, "dwebsocket:0:room")
+    dropper.arm(b"PUBLISH")
+    with pytest.raises(GroupsUnavailable):
+        sender.control("room", b'{"op": "once"}', fail_silently=False)
+    assert dropper.dropped.is_set()
+    assert count() == 1
+
+
+def subscribers(server: RedisServer, channel: str) -> int:
+    reply = server.command("PUBSUB", "NUMSUB", channel)
+    return int(reply.split(b"\r\n")[-2].lstrip(b":"))
+
+
+def test_the_send_after_a_restart_is_not_lost(
+    redis_server: RedisServer, layers: Callable[[str], RedisLayer]
+) -> None:
+    """Redis restarted between two sends: the pooled connection is closed, and the next
+    send must go out on a new one (the pool finds the old one closed when it hands it
+    out), not fail, nor be taken for an outage; a group with history too (its script
+    is loaded again)."""
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"feed": {"size": 100, "ttl": 600}}):
+        sender, other = layers(direct(redis_server)), layers(direct(redis_server))
+        room, feed = Inbox(), Inbox()
+        other.join("room", room)
+        other.join("feed", feed)
+        sender.send("room", "before", fail_silently=False)
+        assert sender.send("feed", "before", fail_silently=False) is not None
+        assert room.get() == feed.get() == "before"
+
+        redis_server.restart()  # empty: subscribed again once it counts the subscriber
+        deadline = time.monotonic() + 20
+        while not all(subscribers(redis_server, f"dwebsocket:0:{g}") for g in ("room", "feed")):
+            assert time.monotonic() < deadline, "the other process did not subscribe again"
+            time.sleep(0.01)
+        sender.send("room", "after", fail_silently=False)
+        assert sender.send("feed", "after", fail_silently=False) is not None
+        assert room.get() == feed.get() == "after"
+        assert not sender.outage
