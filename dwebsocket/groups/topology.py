@@ -342,15 +342,9 @@ class Cluster(Server):
             # (bench/FINDINGS.md, section 12). A redirection (the slot moved) or a dead
             # node goes the general way, which follows it and learns the slots again.
             node = client.nodes_manager.get_node_from_slot(key_slot(channel))
-            connection = node.redis_connection if node is not None else None
-            if connection is not None:
-                try:
-                    connection.execute_command("SPUBLISH", channel, data)
-                    return
-                except redis.ConnectionError:  # a dead node: the general way finds its heir
-                    pass
-                except AskError:  # MOVED too (a subclass)
-                    pass
+            server = node.redis_connection if node is not None else None
+            if server is not None and _spublish_at(server, channel, data):
+                return
             client.spublish(channel, data)
         except RedisClusterException as exc:  # not a RedisError: say what it means here
             raise redis.ConnectionError(str(exc)) from exc
@@ -390,6 +384,41 @@ class Cluster(Server):
 
     def close(self) -> None:
         self.client.close()
+
+
+#: redis-py 5's pools want the command named when handing out a connection; 6 and later
+#: warn if it is.
+_NAMES_COMMAND = (
+    inspect.signature(redis.BlockingConnectionPool.get_connection)
+    .parameters["command_name"]
+    .default
+    is inspect.Parameter.empty
+)
+
+
+def _spublish_at(server: redis.Redis, channel: bytes, data: bytes) -> bool:
+    """SPUBLISH ``data`` on ``channel`` at ``server`` (a master's client); False if it did
+    not run there: the master could not be reached before the command was written whole,
+    or answered that the slot moved. Raises if it may have run: a command whose reply was
+    lost (the connection broke after Redis got it) is never sent again, which the general
+    way would do (the message published twice)."""
+    pool = server.connection_pool
+    try:
+        connection = pool.get_connection(*(("SPUBLISH",) if _NAMES_COMMAND else ()))
+    except redis.ConnectionError:  # a dead node: the general way finds its heir
+        return False
+    try:
+        try:
+            connection.send_command("SPUBLISH", channel, data)  # type: ignore[no-untyped-call]
+        except redis.ConnectionError:  # not written whole: it did not run
+            return False
+        try:
+            connection.read_response()
+        except AskError:  # MOVED too (a subclass): not run there
+            return False
+        return True
+    finally:
+        pool.release(connection)
 
 
 class LazyCluster:

@@ -8,6 +8,7 @@ Sentinels (down after 1 s) promote its replica; delivery must then resume by its
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -22,9 +23,10 @@ from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.groups import GroupsUnavailable, url_problem
 from dwebsocket.groups.cluster import ClusterSubscription
 from dwebsocket.groups.memory import Registry
-from dwebsocket.groups.redis import MAX_PUBLISH_CONNECTIONS, RedisLayer
+from dwebsocket.groups.redis import MAX_PUBLISH_CONNECTIONS, RedisLayer, decode
 from tests.groups.redis_cluster import Node, RedisCluster, RedisSentinels, running, wait_for
 from tests.groups.test_redis_layer import Inbox, until
+from tests.groups.test_redis_lost_replies import QUIET, ReplyDropper
 
 WAIT = 10.0
 #: How soon after the cluster (or the Sentinels) promoted a replica delivery must resume:
@@ -216,6 +218,46 @@ def test_cluster_send_to_a_hung_master_waits_one_socket_timeout(
             master.process.send_signal(signal.SIGCONT)
             sending.join(WAIT)
         assert member.get() == "while hung"  # carried out once it answered
+
+
+def test_cluster_send_whose_reply_was_lost_is_not_sent_again(
+    layers: Callable[[str], RedisLayer],
+) -> None:
+    """The group's master ran the SPUBLISH, and the connection broke before its reply
+    came back (a :class:`ReplyDropper` between them, which the master announces as its
+    address): the send's fast path fell back to the cluster client's general way, which
+    published the message a second time. It is sent once; the send counts as failed."""
+    with running(RedisCluster(replicas=0)) as own_cluster:
+        channel = b"dwebsocket:0:{room}"
+        master = own_cluster.owner(key_slot(channel))
+        dropper = ReplyDropper(master.port)
+        try:
+            master.command("CONFIG", "SET", "cluster-announce-port", str(dropper.port))
+            wait_for(
+                "every node to know the master by the dropper's port",
+                lambda: all(
+                    any(int(m[1]) == dropper.port for _, _, m, *_ in n.command("CLUSTER", "SLOTS"))
+                    for n in own_cluster.live()
+                ),
+            )
+            sender = layers(own_cluster.url)
+            with contextlib.closing(master.client(socket_timeout=WAIT)) as client:
+                pubsub = client.pubsub()
+                pubsub.ssubscribe(channel)
+                confirmed = pubsub.get_message(timeout=WAIT)
+                assert confirmed is not None and confirmed["type"] == "ssubscribe"
+                sender.send("room", "warm")  # the fast path's connection, through the dropper
+                dropper.arm(b"SPUBLISH")
+                with pytest.raises(GroupsUnavailable):
+                    sender.send("room", "once", fail_silently=False)
+                assert dropper.dropped.is_set()
+                seen = []
+                while (message := pubsub.get_message(timeout=QUIET)) is not None:
+                    seen.append(decode(message["data"])[2])
+                pubsub.close()
+            assert seen == ["warm", "once"]
+        finally:
+            dropper.close()
 
 
 # -- Cluster --------------------------------------------------------------------------------
