@@ -16,6 +16,7 @@ urlpatterns = [
     path("lazy-accepts/", views.lazy_accepts),
     path("close-first/", views.close_first),
     path("room/<str:name>/", views.room),
+    path("room/<str:name>/then-direct/", views.room, {"then_direct": True}),
     path("json/", views.json_echo),
     path("close-from-the-loop/", views.close_from_the_loop),
     path("two-readers/", views.two_readers),

@@ -1,6 +1,8 @@
 """Groups between WSGI and ASGI processes: one real redis-server, a gevent.pywsgi process
 and a uvicorn process (sync and async views); a group message sent through either reaches
-the members connected through the other (the same Redis wire format)."""
+the members connected through the other (the same Redis wire format). And the order in
+which a member's client gets the group's messages and its view's own sends, in-process
+and over Redis (docs/groups.rst, "Order")."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.asgi.conftest import asgi_servers, start_asgi
+from tests.asgi.conftest import KINDS, asgi_servers, start_asgi
 from tests.groups.redis_server import RedisServer
 from tests.servers import ServerProcess, start_server
 from tests.wire import TIMEOUT
@@ -68,3 +70,66 @@ def test_group_messages_cross_between_gevent_and_uvicorn(
         on_uvicorn_async.send(b"\x00binary\xff")
         for client in everyone:
             assert client.recv(timeout=TIMEOUT) == b"\x00binary\xff"
+
+
+ROUNDS = 20
+
+
+def rounds_of(client: ClientConnection) -> list[str | bytes]:
+    """Ask a ``then-direct`` view for :data:`ROUNDS` rounds; what its client receives."""
+    client.send(str(ROUNDS))
+    return [client.recv(timeout=TIMEOUT) for _ in range(3 * ROUNDS)]
+
+
+def then_direct_path(param: str, group: str) -> str:
+    """The ``then-direct`` URL of ``param``'s kind: ``tests.groups.views.member`` (gevent's,
+    a sync ASGI server's) or ``tests.asgi.views.room`` (async), with ``then_direct``."""
+    if param.endswith("-async"):
+        return f"/room/{group}/then-direct/"
+    return f"/group/{group}/then-direct/"
+
+
+SENT = [f"{i} {what}" for i in range(ROUNDS) for what in ("group", "group again", "direct")]
+
+
+@pytest.mark.parametrize(
+    "param", ["gevent", *(f"{name}-{kind}" for name in asgi_servers() for kind in KINDS)]
+)
+def test_in_process_a_views_group_messages_reach_its_client_before_what_it_sends_next(
+    tmp_path: Path, param: str
+) -> None:
+    """With the in-process layer (``memory://``, the default), a view in a group sends to
+    the group (``groups.send``, ``groups.asend``), then to its own connection: its client
+    gets the group's messages first, in the order the view sent everything, on the
+    default backend (gevent) and on every ASGI server, sync and async views alike. Under
+    ASGI the connection's own ``send`` went out before the group's messages queued for
+    it (``deliver``) just before."""
+    if param == "gevent":
+        server = start_server("gevent", tmp_path / "gevent.log")
+    else:
+        name, kind = param.rsplit("-", 1)
+        server = start_asgi(name, kind, tmp_path / f"{param}.log")
+    try:
+        with contextlib.ExitStack() as stack:
+            client = member(stack, server, then_direct_path(param, "ordered"))
+            assert rounds_of(client) == SENT
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif("uvicorn" not in asgi_servers(), reason="uvicorn not chosen")
+def test_over_redis_a_views_group_messages_come_back_to_it_through_redis(
+    processes: dict[str, ServerProcess],
+) -> None:
+    """With Redis, a group message reaches every member, the sender's own connection
+    included, when it comes back through the process's subscription (docs/groups.rst):
+    the group's messages keep their order, the connection's own sends theirs, but a send
+    right after ``groups.send`` may reach the client before the group's message does
+    (docs/groups.rst, "Order")."""
+    for param, server in processes.items():
+        with contextlib.ExitStack() as stack:
+            client = member(stack, server, then_direct_path(param, f"ordered-{param}"))
+            got = rounds_of(client)
+        assert sorted(got) == sorted(SENT), param
+        assert [m for m in got if "group" in str(m)] == [m for m in SENT if "group" in m]
+        assert [m for m in got if "direct" in str(m)] == [m for m in SENT if "direct" in m]

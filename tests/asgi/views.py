@@ -129,13 +129,20 @@ async def info(request: HttpRequest) -> None:
 
 
 @require_websocket
-async def room(request: HttpRequest, name: str) -> None:
-    """Join group ``name``; every message goes to the group (``groups.asend``)."""
+async def room(request: HttpRequest, name: str, then_direct: bool = False) -> None:
+    """Join group ``name``; every message goes to the group (``groups.asend``). With
+    ``then_direct`` (``room/<name>/then-direct/``), as ``tests.groups.views.member``'s."""
     ws = request.websocket
     await ws.join(name)
     await ws.send("joined")
     async for message in ws:
-        await groups.asend(name, message)
+        if not then_direct:
+            await groups.asend(name, message)
+            continue
+        for i in range(int(message)):
+            await groups.asend(name, f"{i} group")
+            await groups.asend(name, f"{i} group again")
+            await ws.send(f"{i} direct")
 
 
 @require_websocket

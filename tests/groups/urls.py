@@ -13,6 +13,7 @@ urlpatterns = [
     path("static/<path:path>", serve, {"document_root": STATIC}),
     path("<str:name>/", views.member),
     path("<str:name>/status/", views.status),
+    path("<str:name>/then-direct/", views.member, {"then_direct": True}),
     path("<str:name>/follow/", views.follower),
     path("<str:name>/joined-then-refused/", views.joined_then_refused),
 ]

@@ -10,14 +10,23 @@ from dwebsocket import accept_websocket, groups, require_websocket
 
 
 @require_websocket
-def member(request: HttpRequest, name: str) -> None:
+def member(request: HttpRequest, name: str, then_direct: bool = False) -> None:
     """Join group ``name``, say ``joined``, then forward every message the client sends to
-    the group. With ``?id=X``, report the close code to group ``monitor`` when closed."""
+    the group. With ``?id=X``, report the close code to group ``monitor`` when closed.
+    With ``then_direct`` (``<name>/then-direct/``), a message ``n`` is ``n`` rounds of two
+    messages to the group (this connection among its members), then one to this
+    connection (``send``)."""
     ws = request.websocket
     ws.join(name)
     ws.send("joined")
     for message in ws:
-        groups.send(name, message)
+        if not then_direct:
+            groups.send(name, message)
+            continue
+        for i in range(int(message)):
+            groups.send(name, f"{i} group")
+            groups.send(name, f"{i} group again")
+            ws.send(f"{i} direct")
     if "id" in request.GET:
         groups.send(
             "monitor",

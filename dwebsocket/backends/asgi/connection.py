@@ -469,25 +469,35 @@ class ASGIConnection:
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send_message(self, message: Message) -> None:
-        """Send one message (``str``: text, bytes: binary), in order with every other send.
+    async def send_message(self, message: Message | None) -> None:
+        """Send one message (``str``: text, bytes: binary), in order with every other send,
+        after what :meth:`deliver` queued before it; None: only that (the flusher's call).
+        So a message the connection sends never overtakes the group messages queued for it
+        before (a view's own ``groups.asend`` then ``send``), as on the default backend,
+        whose ``send()`` writes its outbox first; with nothing queued, that costs a send
+        one test of the queue.
 
         Raises ``ConnectionClosed`` once closed, and ``UnicodeEncodeError`` (a
         ``ValueError``) for a ``str`` that UTF-8 cannot encode (a lone surrogate), as the
         default backend does: then nothing is sent, and the connection stays open."""
         if self.state is not State.OPEN:
             raise self.closed_error()
-        event, size = _send_event(message)
+        event, size = (None, 0) if message is None else _send_event(message)
         async with self._send_lock:
             if self.state is not State.OPEN:
                 raise self.closed_error()
-            self._sends += 1
             self._sender = asyncio.current_task()
-            if self._watchdog is None:
-                self._watched = self._sends
-                self._watchdog = self.loop.call_later(IO_TIMEOUT, self._watch)
             try:
+                if self._queued:
+                    await self._send_queued()
+                    if event is not None and self.state is not State.OPEN:
+                        raise self.closed_error()  # a close began: the rest goes before it
+                if event is None:
+                    return
+                self._counted()
                 await self._send(event)
+            except ConnectionClosed:
+                raise
             except Exception as exc:
                 logger.debug("websocket.send failed for %s: %r", self._peer(), exc)
                 # The server answered: what follows is a wait for its disconnect, bounded
@@ -510,6 +520,30 @@ class ASGIConnection:
         self.bytes_out += size
         if not self._sends % YIELD_EVERY:
             await asyncio.sleep(0)
+
+    def _counted(self) -> None:
+        """One more send, for the watchdog (armed if it is not). Send lock held."""
+        self._sends += 1
+        if self._watchdog is None:
+            self._watched = self._sends
+            self._watchdog = self.loop.call_later(IO_TIMEOUT, self._watch)
+
+    async def _send_queued(self) -> None:
+        """Send what :meth:`deliver` queued, oldest first, until the queue is empty (or None:
+        closed). Send lock held."""
+        while self._queued:
+            message = self._queued.popleft()
+            self._queued_bytes -= _size(message)
+            try:
+                event, size = _send_event(message)
+            except UnicodeEncodeError:
+                continue  # as send_message refuses it: never sent
+            self._counted()
+            await self._send(event)
+            self.messages_out += 1
+            self.bytes_out += size
+            if not self._sends % YIELD_EVERY:
+                await asyncio.sleep(0)
 
     async def _send_failed(self) -> None:
         """The server refused a send: the peer is gone, and the server is about to say how
@@ -583,18 +617,9 @@ class ASGIConnection:
 
     async def _flush(self) -> None:
         try:
-            while self._queued and self.state is State.OPEN:  # None once closed
-                message = self._queued.popleft()
-                self._queued_bytes -= _size(message)
-                try:
-                    await self.send_message(message)
-                except ConnectionClosed:
-                    if self.state is State.CLOSING and self._queued is not None:
-                        # A close began while this one waited its turn: it goes out
-                        # before the close event, with the rest (_send_queued_then).
-                        self._queued.appendleft(message)
-                        self._queued_bytes += _size(message)
-                    return
+            await self.send_message(None)
+        except ConnectionClosed:
+            pass  # once closing, what is left goes out before the close (_send_queued_then)
         finally:
             self._flusher = None
 
@@ -656,16 +681,8 @@ class ASGIConnection:
         ``users.send()`` before ``users.disconnect()``), then ``event``, the close: the
         default backend writes its close frame after its outbox too. An overflow (1008)
         has dropped the queue first. Call with the send lock held."""
-        while self._queued:  # None once closed (the client left meanwhile)
-            message = self._queued.popleft()
-            self._queued_bytes -= _size(message)
-            try:
-                send, size = _send_event(message)
-            except UnicodeEncodeError:
-                continue  # as send_message refuses it: never sent
-            await self._send(send)
-            self.messages_out += 1
-            self.bytes_out += size
+        if self._queued:
+            await self._send_queued()
         await self._send(event)
 
     def _start_close(self, code: int, reason: str) -> None:
