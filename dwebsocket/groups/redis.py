@@ -50,9 +50,10 @@ finds it there (``recent_controls``).
 
 Faults: no call into Redis waits longer than ``socket_timeout`` / ``socket_connect_timeout``
 (2 s unless the URL says otherwise). When Redis is unreachable, ``send`` delivers to this
-process's members, drops the rest and logs one WARNING per outage. No command is sent
+process's members, drops the rest and logs one WARNING per outage. No message is sent
 twice: one whose reply was lost (the connection broke, or timed out, after Redis ran it)
-fails like one that never reached Redis, though the other processes may have its message.
+fails like one that never reached Redis, though the other processes may have it. A
+command (kind 3) whose connection broke is sent once more: it may run twice, not be lost.
 The reader reconnects with capped exponential backoff (0.1 s doubling to 5 s, jittered; a
 join cuts it short, see ``RedisLayer.join``) and subscribes again to every current group.
 Pub/sub keeps no history: what was published while a process was disconnected never
@@ -76,7 +77,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -576,6 +577,21 @@ class HeldBack(redis.ConnectionError):
         super().__init__(HELD_BACK)
 
 
+def _again_if_broken(call: Callable[[], None]) -> None:
+    """``call()``, and once more if its connection broke (``redis.ConnectionError``, not a
+    timeout: that took its time already): for commands (kind 3) only. A message is never
+    sent again (see Faults in the module docstring), as Redis may have run it; a command
+    may run twice -- a socket closed or checked again is nothing more -- and must not be
+    lost to a broken connection: a ``users.disconnect`` would leave sockets open in the
+    other processes."""
+    try:
+        call()
+    except (HeldBack, *REFUSED):  # (BusyLoadingError is a ConnectionError)
+        raise
+    except redis.ConnectionError:
+        call()
+
+
 def encode(message: str | BytesLike, origin: bytes, seq: int) -> bytes:
     """The published form of ``message`` (see the module docstring)."""
     if isinstance(message, str):
@@ -836,12 +852,19 @@ class RedisLayer:
         shard = self.topology.shard(channel)
         if self._held_back(shard):
             return HeldBack()
-        try:
+
+        def publish() -> None:
             if remember:
                 # Before the PUBLISH: a member subscribed too late for the command reads
                 # the set after its subscription, so it finds the command there.
                 self._remember(group, data)
             self.topology.publish(channel, data)
+
+        try:
+            if remember:
+                _again_if_broken(publish)
+            else:
+                publish()
         except (redis.RedisError, OSError) as exc:
             self._publish_failed(exc, shard)
             return exc
@@ -934,13 +957,17 @@ class RedisLayer:
         channels = [self.channel(group) for group in groups]
         keys = [self.control_key(group) for group in groups]
         args = [int(control.MEMORY * 1000), self.publish_command, *channels, *data]
-        try:
+
+        def publish() -> None:
             try:
                 self._client.execute_command(
                     "EVALSHA", self._control_many.sha, len(keys), *keys, *args
                 )
             except redis.exceptions.NoScriptError:  # Redis restarted, flushed: this loads it
                 self._control_many(keys=keys, args=args)
+
+        try:
+            _again_if_broken(publish)
         except REFUSED as exc:
             self._refused(exc)
             try:

@@ -22,7 +22,6 @@ import pytest
 import redis
 from django.test import override_settings
 
-from dwebsocket.groups import GroupsUnavailable
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from dwebsocket.websocket import Message
@@ -45,6 +44,7 @@ class ReplyDropper:
         self._lock = threading.Lock()
         self._marker: bytes | None = None
         self._victim: socket.socket | None = None  # the client whose reply is dropped
+        self._before = False
         self.dropped = threading.Event()
         self._sockets: set[socket.socket] = set()
         self._stopping = False
@@ -54,9 +54,11 @@ class ReplyDropper:
     def url(self, query: str = "socket_timeout=1&socket_connect_timeout=1") -> str:
         return f"redis://{HOST}:{self.port}/0?{query}"
 
-    def arm(self, marker: bytes) -> None:
+    def arm(self, marker: bytes, *, before: bool = False) -> None:
+        """``before``: drop the command itself instead (Redis never gets it), as a
+        connection that broke while it was being sent."""
         with self._lock:
-            self._marker, self._victim = marker, None
+            self._marker, self._victim, self._before = marker, None, before
             self.dropped.clear()
 
     def close(self) -> None:
@@ -99,8 +101,14 @@ class ReplyDropper:
         try:
             while data := client.recv(65536):
                 with self._lock:
-                    if self._marker is not None and self._marker in data:
+                    armed = self._marker is not None and self._marker in data
+                    if armed:
                         self._marker, self._victim = None, client
+                    cut = armed and self._before
+                if cut:
+                    self.dropped.set()
+                    self._end(client)
+                    return
                 upstream.sendall(data)
         except OSError:
             pass
@@ -243,19 +251,42 @@ def test_a_kept_send_whose_reply_was_lost_is_kept_and_published_once(
         assert redis_server.command("XLEN", sender.stream("feed")) == b":2\r\n"
 
 
-def test_a_command_whose_reply_was_lost_is_published_once(
-    dropper: ReplyDropper, redis_server: RedisServer, layers: Callable[[str], RedisLayer]
+@pytest.mark.parametrize("before", [True, False], ids=["cut-before", "reply-lost"])
+def test_a_command_whose_connection_broke_is_sent_again(
+    dropper: ReplyDropper,
+    redis_server: RedisServer,
+    layers: Callable[[str], RedisLayer],
+    before: bool,
 ) -> None:
-    """A command (``users.disconnect`` and the like: kind 3) is remembered, then
-    published; the PUBLISH's reply lost, it was published twice."""
+    """A command (``users.disconnect``'s close, a session check: kind 3) may run twice --
+    a socket closed or checked again is nothing more -- but must not be lost: a revocation
+    lost with a broken connection left a banned user's sockets open in the other
+    processes. So, unlike a message, it is sent again once: published once if the
+    connection broke before Redis had it, twice if only the reply was lost; no outage
+    either way. (It failed with GroupsUnavailable, not published when cut before.)"""
     sender = layers(dropper.url())
     sender.control("room", b'{"op": "warm"}')
     count = published(redis_server, "dwebsocket:0:room")
-    dropper.arm(b"PUBLISH")
-    with pytest.raises(GroupsUnavailable):
-        sender.control("room", b'{"op": "once"}', fail_silently=False)
+    dropper.arm(b"PUBLISH", before=before)
+    sender.control("room", b'{"op": "once"}', fail_silently=False)
+    assert dropper.dropped.is_set()
+    assert count() == (1 if before else 2)
+    assert not sender.outage
+
+
+def test_a_batch_of_commands_whose_connection_broke_is_sent_again(
+    dropper: ReplyDropper, redis_server: RedisServer, layers: Callable[[str], RedisLayer]
+) -> None:
+    """As above, for ``control_many`` (``clearsessions`` revoking many sessions: one
+    script for the batch)."""
+    sender = layers(dropper.url())
+    sender.control("room", b'{"op": "warm"}')
+    count = published(redis_server, "dwebsocket:0:a")
+    dropper.arm(b"EVALSHA", before=True)
+    sender.control_many(["a", "b"], b'{"op": "once"}', fail_silently=False)
     assert dropper.dropped.is_set()
     assert count() == 1
+    assert not sender.outage
 
 
 def subscribers(server: RedisServer, channel: str) -> int:
