@@ -7,6 +7,7 @@ its headers, logged at INFO (a client's mistake is never a 500).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -43,6 +44,7 @@ __all__ = [
     "parse_origin_rule",
     "refuse",
     "request_headers",
+    "session_cookies",
     "unavailable",
 ]
 
@@ -420,3 +422,59 @@ def misconfigured(request: HttpRequest, exc: InvalidSetting) -> HttpResponse:
     )
     count_refused(request, 503)
     return _plain_response("WebSockets are not available: the server is misconfigured.", 503)
+
+
+def session_cookies(request: HttpRequest) -> list[tuple[str, str]]:
+    """The ``Set-Cookie`` headers Django's session middleware would put on an answer to
+    ``request`` now, for its 101 (RFC 6455 4.1: the client processes them): a session
+    written or given a new key during the handshake is saved and its cookie goes with
+    the 101, which is the only answer the browser reads. Empty for a request whose
+    session nothing changed, or with no session middleware.
+
+    ``request.user`` is read first when dwebsocket's users app will read it once the
+    socket is open: Django's ``get_user()`` may cycle the session key (a session hashed
+    with a ``SECRET_KEY_FALLBACKS`` key), which must happen before the 101, not after.
+    The session middleware's own ``process_response`` (the class in ``MIDDLEWARE``)
+    makes the cookies, on a throwaway response, so its settings and engine apply; the
+    session is then no longer counted as modified, so the same middleware at the end of
+    the connection saves it again only for what the view wrote after the 101 (or for
+    ``SESSION_SAVE_EVERY_REQUEST``). Raises what saving the session raises
+    (``SessionInterrupted`` for a session deleted meanwhile)."""
+    session = getattr(request, "session", None)
+    if session is None:
+        return []
+    middleware = _session_middleware()
+    if middleware is None:
+        return []
+    _read_user(request)
+    response = middleware(lambda _: HttpResponse()).process_response(request, HttpResponse())
+    session.modified = False
+    return [("Set-Cookie", c.output(header="").strip()) for c in response.cookies.values()]
+
+
+def _session_middleware() -> Any:
+    """The ``SessionMiddleware`` (or subclass) in ``MIDDLEWARE``, None without one."""
+    from django.contrib.sessions.middleware import SessionMiddleware
+    from django.utils.module_loading import import_string
+
+    for path in getattr(django_settings, "MIDDLEWARE", None) or ():
+        try:
+            cls = import_string(path)
+        except ImportError:  # reported by Django when it loads its middleware
+            continue
+        if isinstance(cls, type) and issubclass(cls, SessionMiddleware):
+            return cls
+    return None
+
+
+def _read_user(request: HttpRequest) -> None:
+    """Read ``request.user`` (see :func:`session_cookies`) when dwebsocket's users app
+    will: what reading it raises is left for the users app to log once it reads it."""
+    from django.apps import apps
+
+    if not apps.is_installed("dwebsocket"):
+        return
+    user = getattr(request, "user", None)
+    if user is not None:
+        with contextlib.suppress(Exception):
+            user.is_authenticated  # noqa: B018 -- loads the lazy user

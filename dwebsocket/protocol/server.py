@@ -7,6 +7,7 @@ the session then runs on. Taking the socket over and writing the bytes is the ba
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .connection import Connection
@@ -36,20 +37,24 @@ def accept(
     compression: bool = True,
     max_message_size: int | None = 2**20,
     max_frame_size: int | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
 ) -> Accepted:
     """Accept ``request`` (from ``parse_request``): the 101 response and the connection.
 
     ``subprotocol`` must be one the client offered (else ``ValueError``). With
     ``compression``, the client's first acceptable permessage-deflate offer is taken
     (``PerMessageDeflate.negotiate``'s defaults). The limits go to the
-    :class:`Connection`. Does no I/O.
+    :class:`Connection`. ``extra_headers`` go on the 101 after its own (``Set-Cookie``,
+    say). Does no I/O.
     """
     deflate = extensions = None
     if compression:
         negotiated = PerMessageDeflate.negotiate(request.extensions)
         if negotiated is not None:
             deflate, extensions = negotiated
-    response = build_response(request, subprotocol=subprotocol, extensions=extensions)
+    response = build_response(
+        request, subprotocol=subprotocol, extensions=extensions, extra_headers=extra_headers
+    )
     connection = Connection(
         deflate=deflate, max_message_size=max_message_size, max_frame_size=max_frame_size
     )

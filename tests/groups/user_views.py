@@ -182,6 +182,29 @@ def model_token(request: HttpRequest) -> None:
     socket(request)
 
 
+@require_websocket
+def session_written(request: HttpRequest) -> None:
+    """Before the handshake, ``?write=cycle``: ``request.session.cycle_key()`` (what
+    ``login()`` does); ``?write=value``: ``request.session["value"] = "written"``;
+    nothing else: the session untouched. Then accept, say the session key, and stay open
+    until the client closes."""
+    write = request.GET.get("write")
+    if write == "cycle":
+        request.session.cycle_key()
+    elif write == "value":
+        request.session["value"] = "written"
+    ws = request.websocket
+    ws.accept()  # the session saved: a new one has its key now
+    ws.send(json.dumps({"session": request.session.session_key}))
+    for _message in ws:
+        pass
+
+
+def session_value(request: HttpRequest) -> HttpResponse:
+    """What the session holds at "value" (empty: nothing)."""
+    return HttpResponse(request.session.get("value", ""))
+
+
 def log_in(request: HttpRequest) -> HttpResponse:
     """``?username=X``: log X in (password ``PASSWORD``); the session cookie is set."""
     user = authenticate(request, username=request.GET["username"], password=PASSWORD)

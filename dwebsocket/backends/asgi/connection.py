@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from dwebsocket import dws
@@ -224,10 +224,13 @@ class ASGIConnection:
 
     # -- the handshake --------------------------------------------------------------------
 
-    async def accept(self, subprotocol: str | None = None) -> bool:
-        """Send ``websocket.accept`` and start the pump. Idempotent: True for the one call
-        that sent it; another call meanwhile (a task sending while another waits, both
-        accepting on first use) waits for that one, then returns False.
+    async def accept(
+        self, subprotocol: str | None = None, headers: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        """Send ``websocket.accept`` (with ``headers`` for the 101: ``Set-Cookie``, which
+        the ASGI spec lets it carry since 2.1) and start the pump. Idempotent: True for
+        the one call that sent it; another call meanwhile (a task sending while another
+        waits, both accepting on first use) waits for that one, then returns False.
 
         Raises ``ConnectionClosed`` if the connection was refused or the server cannot
         send any more (the client left)."""
@@ -239,7 +242,13 @@ class ASGIConnection:
             return False
         accepting = self._accepting = self.loop.create_future()
         try:
-            await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+            message: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
+            if headers:
+                message["headers"] = [
+                    (name.lower().encode("latin-1"), value.encode("latin-1"))
+                    for name, value in headers
+                ]
+            await self._send(message)
         except asyncio.CancelledError:
             # The server has the accept (uvicorn's send() waits for the handshake): the
             # connection is open for it, so the cancelled view's close (1001) follows.

@@ -30,6 +30,7 @@ from dwebsocket.backends.asgi import connection as connection_module
 from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.db import release_idle_connections, wait_releasing
 from dwebsocket.exceptions import ConnectionClosed
+from dwebsocket.handshake import session_cookies
 from dwebsocket.log import printable
 from dwebsocket.signals import websocket_closed, websocket_opened
 from dwebsocket.typing import BytesLike, Message
@@ -170,7 +171,9 @@ class ASGIWebSocket(WebSocket):
         if self.connection.accepted:
             return
         _check_subprotocol(subprotocol, self.offered_subprotocols)
-        if self._run(self.connection.accept(subprotocol), IO_TIMEOUT):
+        self._refuse_on_loop()
+        cookies = session_cookies(self.request)
+        if self._run(self.connection.accept(subprotocol, cookies), IO_TIMEOUT):
             self._opened()  # once: not by a call that found another's accept under way
 
     def _opened(self) -> None:
@@ -399,7 +402,11 @@ class AsyncWebSocket:
         if self.connection.accepted:
             return
         _check_subprotocol(subprotocol, self.offered_subprotocols)
-        if await self.connection.accept(subprotocol):
+        # In a thread: the session may be saved, the user read (see session_cookies).
+        cookies = await asyncio.wrap_future(
+            _signals().submit(_in_signal_thread, session_cookies, self.request)
+        )
+        if await self.connection.accept(subprotocol, cookies):
             await asyncio.wrap_future(_signals().submit(_in_signal_thread, self.sync._opened))
 
     async def _ensure_accepted(self) -> None:

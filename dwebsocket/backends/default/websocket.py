@@ -38,6 +38,7 @@ from dwebsocket.backends.default.state import IOState
 from dwebsocket.backends.default.transport import RECV_SIZE, fast_messages
 from dwebsocket.conf import settings
 from dwebsocket.exceptions import ConnectionClosed, InvalidState
+from dwebsocket.handshake import session_cookies
 from dwebsocket.log import printable, protocol_error
 from dwebsocket.protocol.connection import Close, Connection, State
 from dwebsocket.protocol.handshake import HandshakeRequest
@@ -208,8 +209,11 @@ class DefaultWebSocket(WebSocket):
                 return
             if self._io.shut:
                 raise self._closed_error()
+            # Before the takeover: what saving the session raises leaves the connection
+            # the server's, to answer with Django's error.
+            cookies = session_cookies(self.request)
             try:
-                accepted, opened_at, fast = self._take_over(subprotocol)
+                accepted, opened_at, fast = self._take_over(subprotocol, cookies)
             except BaseException:
                 # Whatever failed between the takeover and here (the server's socket,
                 # memory, the 101's write, the fast path; a timeout or a greenlet kill
@@ -270,8 +274,11 @@ class DefaultWebSocket(WebSocket):
                 self._outbox.take_early()
         return True
 
-    def _take_over(self, subprotocol: str | None) -> tuple[Accepted, float, Any]:
-        """Take the connection over from the server, write the 101 (and the messages
+    def _take_over(
+        self, subprotocol: str | None, cookies: Sequence[tuple[str, str]]
+    ) -> tuple[Accepted, float, Any]:
+        """Take the connection over from the server, write the 101 (with ``cookies``,
+        the session's ``Set-Cookie`` headers, and the messages
         delivered before it) and set up the C fast path (call with ``_writing`` held);
         return the handshake's outcome, when the 101 went out and the fast path (None
         where there is none).
@@ -287,6 +294,7 @@ class DefaultWebSocket(WebSocket):
             compression=self._compression,
             max_message_size=self._max_message_size,
             max_frame_size=self._max_frame_size,
+            extra_headers=cookies,
         )
         conn, response = accepted.connection, accepted.response
         # The client's first frame may have come with the handshake. It is unread

@@ -29,6 +29,7 @@ from dwebsocket import log, metrics
 from dwebsocket.conf import settings
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed, InvalidState, TooManyConnections
+from dwebsocket.handshake import session_cookies
 from dwebsocket.limits import RETRY_AFTER
 from dwebsocket.log import printable, protocol_error
 from dwebsocket.protocol.connection import Close, Connection
@@ -222,8 +223,9 @@ class uWsgiWebSocket(WebSocket):
         if self._closed:
             raise ConnectionClosed(self.close_code or 1006, self.close_reason)
         self._check_subprotocol(subprotocol)
+        cookies = session_cookies(self._request)
         try:
-            self._send_handshake(subprotocol)
+            self._send_handshake(subprotocol, cookies)
         except OSError:
             self._closed = True
             self.close_code = 1006
@@ -251,7 +253,7 @@ class uWsgiWebSocket(WebSocket):
         # Anything other greenlets queued before the handshake goes out now.
         self._flush_outbox()
 
-    def _send_handshake(self, subprotocol: str | None) -> None:
+    def _send_handshake(self, subprotocol: str | None, cookies: list[tuple[str, str]]) -> None:
         start_response = self._environ.get(wsgi.START_RESPONSE)
         if start_response is not None:
             headers = [
@@ -261,6 +263,7 @@ class uWsgiWebSocket(WebSocket):
             ]
             if subprotocol is not None:
                 headers.append(("Sec-WebSocket-Protocol", subprotocol))
+            headers.extend(cookies)
             write = start_response("101 Switching Protocols", headers)
             # An empty write makes uWSGI send the headers now (and mark them sent).
             write(b"")
@@ -270,7 +273,8 @@ class uWsgiWebSocket(WebSocket):
             _warned_no_wrapper = True
             logger.warning(
                 "The uwsgi backend runs without its WSGI wrapper: Django's request_finished "
-                "will not fire after WebSocket requests. Serve "
+                "will not fire after WebSocket requests, and a session written during a "
+                "handshake sends no cookie with its 101. Serve "
                 "dwebsocket.backends.uwsgi.wsgi.get_wsgi_application() (see docs/deployment)."
             )
         # Always pass the protocol: with none, uWSGI echoes the client's whole offer.
