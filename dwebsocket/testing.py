@@ -323,7 +323,11 @@ class WebSocketClient:
         self.response_headers = headers
         deflate = None
         for name, value in headers:
-            if name == "sec-websocket-protocol":
+            if name == "set-cookie" and self.client is not None:
+                # As a browser keeps them (the session the handshake saved, say), and as
+                # the Client keeps those of its own responses.
+                self.client.cookies.load(value)
+            elif name == "sec-websocket-protocol":
                 self.subprotocol = value
             elif name == "sec-websocket-extensions":
                 deflate = PerMessageDeflate.from_response(value)

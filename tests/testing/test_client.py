@@ -154,6 +154,23 @@ def test_cookies_of_a_django_test_client() -> None:
 
 
 @pytest.mark.django_db
+@override_settings(**{**CHAT_SETTINGS, "SESSION_ENGINE": "django.contrib.sessions.backends.db"})
+def test_the_cookies_of_the_101_go_to_the_django_test_client() -> None:
+    """A browser keeps the cookies of a 101; so does ``client=``'s ``Client``. The view
+    gave bob's session a new key before accepting (``cycle_key()``, as ``login()`` does):
+    the 101's cookie holds it, and the client's next request is bob's with it."""
+    bob = User.objects.create_user("bob", password=PASSWORD)
+    client = Client()
+    assert client.login(username="bob", password=PASSWORD)
+    old = client.cookies["sessionid"].value
+    with WebSocketClient("/session-written/?write=cycle", client=client) as ws:
+        key = ws.receive_json()["session"]
+    assert key != old
+    assert client.cookies["sessionid"].value == key
+    assert client.session["_auth_user_id"] == str(bob.pk)
+
+
+@pytest.mark.django_db
 @override_settings(**CHAT_SETTINGS)
 def test_a_cookie_header_joins_the_other_cookies() -> None:
     """A ``Cookie`` in ``headers`` and the client's own cookies (``user=``, ``client=``,

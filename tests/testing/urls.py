@@ -2,6 +2,7 @@
 
 from django.urls import include, path
 
+from tests.groups import user_views
 from tests.testing import views
 
 urlpatterns = [
@@ -16,5 +17,6 @@ urlpatterns = [
     path("refuse-with-cookie/", views.refuse_with_cookie),
     path("refuse-at-length/", views.refuse_at_length),
     path("hesitant/", views.hesitant),
+    path("session-written/", user_views.session_written),
     path("", include("tests.urls")),
 ]
