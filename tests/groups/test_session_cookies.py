@@ -240,3 +240,16 @@ def test_chromium_keeps_the_cookie_of_a_101(
         assert page.inner_text("body") == "alice"
     finally:
         context.close()
+
+
+def test_a_server_that_drops_the_accepts_headers_says_so_once(
+    make_site: Callable[..., ServerProcess],
+) -> None:
+    """daphne's WebSocket scope says no ASGI spec version (2.0: before ``websocket.accept``
+    had ``headers``), and it drops them: the session cookie cannot reach the browser, and
+    the log says so, once."""
+    server = make_site("daphne")
+    for _ in range(2):
+        set_cookies, _ = handshake(server, "/ws/session-written/?write=value")
+        assert set_cookies == []
+    assert server.log().count("sends no headers with the 101") == 1

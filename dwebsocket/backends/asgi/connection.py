@@ -39,6 +39,31 @@ __all__ = ["ASGIConnection", "Scope", "State"]
 
 logger = logging.getLogger("dwebsocket")
 
+_headers_dropped_warned = False
+
+
+def _warn_if_headers_dropped(scope: Mapping[str, Any]) -> None:
+    """Warn (once per process) that a server whose WebSocket scope says an ASGI spec
+    before 2.1 (daphne says none: 2.0) drops ``websocket.accept``'s ``headers``: the
+    session cookie of a handshake (``dwebsocket.handshake.session_cookies``) cannot
+    reach the browser."""
+    global _headers_dropped_warned
+    version = str((scope.get("asgi") or {}).get("spec_version") or "2.0")
+    try:
+        older = tuple(int(part) for part in version.split(".")[:2]) < (2, 1)
+    except ValueError:
+        return
+    if older and not _headers_dropped_warned:
+        _headers_dropped_warned = True
+        logger.warning(
+            "This ASGI server (WebSocket spec_version %s) sends no headers with the 101: "
+            "a session written or given a new key during a handshake is saved, but its "
+            "cookie does not reach the browser (see docs/users.rst). Use uvicorn or "
+            "hypercorn to send it.",
+            printable(version),
+        )
+
+
 # As django-stubs spells them for Django's ASGIHandler.
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -244,6 +269,7 @@ class ASGIConnection:
         try:
             message: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
             if headers:
+                _warn_if_headers_dropped(self.scope)
                 message["headers"] = [
                     (name.lower().encode("latin-1"), value.encode("latin-1"))
                     for name, value in headers
