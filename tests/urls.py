@@ -14,6 +14,7 @@ urlpatterns = [
     path("subprotocol/", views.subprotocol),
     path("close/", views.close_with),
     path("record/", views.record),
+    path("tally/", views.tally),
     path("raise-closed/", views.raise_closed),
     path("raise-error/", views.raise_error),
     path("big/", views.big),

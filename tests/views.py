@@ -118,6 +118,16 @@ def record(request: HttpRequest) -> HttpResponse | None:
 
 
 @require_websocket
+def tally(request: HttpRequest) -> None:
+    """Read messages without a word until ``?size=`` bytes came, then send how many."""
+    size, got = int(request.GET["size"]), 0
+    for message in request.websocket:
+        got += len(message)
+        if got >= size:
+            request.websocket.send(str(got))
+
+
+@require_websocket
 def raise_closed(request: HttpRequest) -> None:
     """Raise ConnectionClosed after the first message: a normal end."""
     request.websocket.wait()

@@ -8,11 +8,15 @@ forwards nothing more on them, either way (a peer gone silent: only a heartbeat 
 one write (a buffering load balancer: several frames, even the 101 and the frames after it,
 reach the client in one read); ``pause()`` stops reading what the servers send on the
 connections open now, until ``resume()`` (a slow network, or a client reading slowly, as a
-server sees it: its writes back up, nothing is lost); ``throttle(chunk, every)`` forwards
-what the clients send (on every connection, new ones too) at most ``chunk`` bytes every
-``every`` seconds (a slow uplink: a large message takes long, bytes keep moving), and
-``throttle(..., to_clients=True)`` what the servers send (a slow downlink). Threads only;
-``close()`` stops everything.
+server sees it: its writes back up, nothing is lost), ``pause(clients=True)`` what the
+clients send (a link that stopped: their systems' buffers fill); ``throttle(chunk,
+every)`` forwards what the clients send (on every connection, new ones too) at most
+``chunk`` bytes every ``every`` seconds (a slow uplink: a large message takes long, bytes
+keep moving), and ``throttle(..., to_clients=True)`` what the servers send (a slow
+downlink). With ``real_link=True`` the clients' systems buffer what a real link leaves
+them: over loopback (64 KiB segments, receive buffers growing without bound) they take
+megabytes of a throttled upload at once, which its sender then no longer sees. Threads
+only; ``close()`` stops everything.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from tests.servers import HOST
 
 
 class Proxy:
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, *, real_link: bool = False) -> None:
         self._target = target
         self._listener = socket.create_server((HOST, 0))
+        if real_link:  # accepted connections inherit them: an Ethernet-sized MSS, a fixed buffer
+            self._listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1400)
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         self._listener.settimeout(0.2)
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -70,12 +77,13 @@ class Proxy:
         with self._lock:
             self._frozen |= self._open
 
-    def pause(self) -> None:
-        """Read nothing more from the servers on the connections open now (a read under
-        way is still forwarded) until :meth:`resume`."""
+    def pause(self, *, clients: bool = False) -> None:
+        """Read nothing more from the servers (``clients``: from the clients) on the
+        connections open now (a read under way is still forwarded) until :meth:`resume`."""
         with self._lock:
             self._resumed.clear()
-            self._paused |= self._upstreams & self._open
+            servers = self._upstreams & self._open
+            self._paused |= self._open - servers if clients else servers
 
     def resume(self) -> None:
         with self._lock:

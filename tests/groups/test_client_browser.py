@@ -510,6 +510,107 @@ def test_a_large_message_over_a_slow_link_is_not_taken_for_a_dead_connection(
     assert outcome["closes"] and set(outcome["closes"]) == {4002}, outcome
 
 
+#: The upload tests' heartbeat (ms): a ping after ``PING`` of silence, ``PATIENCE`` for the
+#: answer. Chromium's bufferedAmount leaves out what it handed to the system (here about
+#: 1.5 MB: its pipe to the network process, the socket's buffer), so the link is fast
+#: enough to carry that well within ``PATIENCE`` (0.5 s): the end of an upload is checked
+#: by nothing but the answer.
+PING, PATIENCE = 300, 1500
+#: 16 MiB of random bytes (nothing for permessage-deflate to shrink) over a link taking
+#: 64 KiB every 20 ms, about 3 MB/s: some 6 s, four times ``PATIENCE``; in chunks of
+#: ``CHUNK``, the page keeps up to ``AHEAD`` in the browser's buffer.
+UPLOAD, CHUNK, AHEAD = 16 << 20, 1 << 20, 8 << 20
+
+
+@pytest.fixture
+def uplink(make_server: Callable[..., ServerProcess]) -> Iterator[Proxy]:
+    """A slow uplink (what the page sends: 64 KiB every 20 ms; what it gets at full
+    speed) to a server taking messages of ``UPLOAD`` bytes."""
+    server = make_server("gevent", settings={"WEBSOCKET_MAX_MESSAGE_SIZE": UPLOAD})
+    link = Proxy(server.port, real_link=True)
+    link.throttle(1 << 16, 0.02)
+    try:
+        yield link
+    finally:
+        link.close()
+
+
+def upload(page: Page, link: Proxy, chunk: int) -> None:
+    """Start sending ``UPLOAD`` bytes to ``/tally/`` with a client of quick heartbeat, in
+    one message (``chunk`` 0) or in messages of ``chunk`` bytes, each sent while the
+    browser's buffer holds less than ``AHEAD``. It ends at the first "close" or the view's
+    answer (its count), or after 20 s: ``window.outcome`` (``ms`` since the upload began)."""
+    page.evaluate(
+        """([url, size, chunk, ahead, ping, patience]) => {
+            const s = new dwebsocket.Socket(url,
+                {pingInterval: ping, pingTimeout: patience, minDelay: 50, maxDelay: 50});
+            let sent = 0, feed;
+            const end = (answer, close) => {
+                clearInterval(feed);
+                s.close();
+                window.outcome = window.outcome
+                    || {answer, close, ms: Date.now() - window.uploading};
+            };
+            s.on("open", () => {
+                const data = new Uint8Array(size);
+                for (let i = 0; i < size; i += 65536) {
+                    crypto.getRandomValues(data.subarray(i, i + 65536));
+                }
+                window.uploading = Date.now();
+                feed = setInterval(() => {
+                    while (sent < size && s.ws.bufferedAmount < ahead) {
+                        s.send(data.subarray(sent, chunk ? sent + chunk : size));
+                        sent += chunk || size;
+                    }
+                }, 20);
+            });
+            s.on("message", (answer) => end(answer, null));
+            s.on("close", (e) => end(null, e.code));
+            setTimeout(() => end(null, null), 20000);
+        }""",
+        [link.url(f"/tally/?size={UPLOAD}"), UPLOAD, chunk, AHEAD, PING, PATIENCE],
+    )
+
+
+def outcome(page: Page) -> dict[str, Any]:
+    page.wait_for_function("window.outcome", timeout=30_000)
+    found: dict[str, Any] = page.evaluate("window.outcome")
+    return found
+
+
+@pytest.mark.parametrize("chunk", [0, CHUNK], ids=["one-message", "chunks"])
+def test_an_upload_over_a_slow_link_is_not_taken_for_a_dead_connection(
+    bare_page: Page, uplink: Proxy, chunk: int
+) -> None:
+    """The page uploads 16 MiB over a link carrying about 3 MB/s, some 6 s, and the view
+    says nothing until all of it came. The ping goes out behind the upload, so its answer
+    cannot come before the upload has gone: while what the browser holds to send
+    (``bufferedAmount``, what the page added since counted out) goes down, the client
+    waits on. The upload arrives, on the one connection. Before, the client gave up
+    after ``PATIENCE`` (4002), the upload lost, and the next connection would start it
+    again. In chunks, the page tops the buffer up as it drains: its own sends must not
+    hide the draining."""
+    upload(bare_page, uplink, chunk)
+    done = outcome(bare_page)
+    assert (done["answer"], done["close"]) == (str(UPLOAD), None), done
+    assert done["ms"] > 3 * PATIENCE, done  # the heartbeat had its chances
+
+
+def test_an_upload_over_a_link_that_stopped_is_given_up(bare_page: Page, uplink: Proxy) -> None:
+    """The same upload; in the middle of the client's third wait (it waited on twice)
+    the link stops carrying anything. The buffer stops draining, and the first whole
+    ``PATIENCE`` in which none of it drained ends the connection (4002), as an idle
+    one's: at most three after the stop (the one it stopped in, one in which the
+    browser's last bytes may still move into the system's full buffer, one without)."""
+    upload(bare_page, uplink, 0)
+    bare_page.wait_for_function(f"Date.now() - window.uploading > {PING + 2.5 * PATIENCE}")
+    uplink.pause(clients=True)
+    paused = bare_page.evaluate("Date.now() - window.uploading")
+    done = outcome(bare_page)
+    assert (done["answer"], done["close"]) == (None, 4002), done
+    assert paused < done["ms"] <= paused + 3 * PATIENCE, (paused, done)
+
+
 def test_the_first_connection_is_not_a_reconnection(bare_page: Page, gevent: ServerProcess) -> None:
     """The server is unreachable when the page loads (the load balancer refuses), then
     comes: the first connection's "open" says ``reconnect: false``, as the Python

@@ -86,7 +86,9 @@
   /** Sends now and returns true, or returns false while not connected. */
   proto.send = function (data) {
     if (!this.isOpen()) return false;
+    var queued = this.ws.bufferedAmount;
     this.ws.send(data);
+    this._queued += this.ws.bufferedAmount - queued; // not to hide a drain from _alive
     return true;
   };
 
@@ -240,7 +242,8 @@
   /** Something came: the connection lives; ping after pingInterval of silence.
    * A message counts once all of it came: one slower to come than pingTimeout looks
    * dead, on each reconnection. So each connection given up waits twice as long on the
-   * next (16 times at most) until a ping is answered within pingTimeout. */
+   * next (16 times at most) until a ping is answered within pingTimeout. The ping goes
+   * out after what we sent before it (a large upload): while that drains, wait on. */
   proto._alive = function () {
     var self = this;
     var ws = this.ws;
@@ -250,13 +253,20 @@
     clearTimeout(this._beat);
     this._beat = later(function () {
       if (self.ws !== ws || ws.readyState !== 1) return;
+      self._queued = ws.bufferedAmount; // what the ping waits behind
       ws.send('{"dws":"ping"}');
       self._pinged = Date.now();
-      self._beat = later(function () {
-        if (self.ws !== ws) return;
-        self._patience = Math.min(self._patience * 2, 16);
-        self._abandon(ws, HEARTBEAT_CLOSE, "no heartbeat");
-      }, o.pingTimeout * self._patience);
+      (function wait() {
+        self._beat = later(function () {
+          if (self.ws !== ws) return;
+          if (ws.bufferedAmount < self._queued) {
+            self._queued = ws.bufferedAmount; // some went out: the link lives
+            return wait();
+          }
+          self._patience = Math.min(self._patience * 2, 16);
+          self._abandon(ws, HEARTBEAT_CLOSE, "no heartbeat");
+        }, o.pingTimeout * self._patience);
+      })();
     }, o.pingInterval);
   };
 
