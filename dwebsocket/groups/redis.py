@@ -53,7 +53,10 @@ Faults: no call into Redis waits longer than ``socket_timeout`` / ``socket_conne
 process's members, drops the rest and logs one WARNING per outage. No message is sent
 twice: one whose reply was lost (the connection broke, or timed out, after Redis ran it)
 fails like one that never reached Redis, though the other processes may have it. A
-command (kind 3) whose connection broke is sent once more: it may run twice, not be lost.
+message whose connection broke (not timed out) is no outage if Redis answers a PING sent
+at once to its shard (``RedisLayer._send_failed``): that connection was closed alone, and
+the next sends go out; one WARNING per process says so. A command (kind 3) whose
+connection broke is sent once more: it may run twice, not be lost.
 The reader reconnects with capped exponential backoff (0.1 s doubling to 5 s, jittered; a
 join cuts it short, see ``RedisLayer.join``) and subscribes again to every current group.
 Pub/sub keeps no history: what was published while a process was disconnected never
@@ -712,6 +715,7 @@ class RedisLayer:
         self._state_lock = threading.Lock()  # guards the fields below; never held over I/O
         self._outage = False
         self._refusing = False  # Redis refused a write (REFUSED) and took none since
+        self._lost_logged = False  # a lost reply was logged at WARNING (_send_failed)
         # Per shard (one key, None, but on a Cluster): a failing shard is not tried for a
         # while, the others are.
         self._failures: dict[str | None, int] = {}
@@ -866,7 +870,10 @@ class RedisLayer:
             else:
                 publish()
         except (redis.RedisError, OSError) as exc:
-            self._publish_failed(exc, shard)
+            if remember:
+                self._publish_failed(exc, shard)
+            else:
+                self._send_failed(exc, channel, shard)
             return exc
         self._publish_ok(shard)
         return None
@@ -1069,7 +1076,7 @@ class RedisLayer:
                 error = self._publish(group, encode(message, self.origin, seq))
             except (redis.RedisError, OSError) as exc:
                 error = exc
-                self._publish_failed(exc, self.topology.shard(kept.channel))
+                self._send_failed(exc, kept.channel, self.topology.shard(kept.channel))
             else:
                 if self._failures:
                     self._publish_ok(self.topology.shard(kept.channel))
@@ -1550,6 +1557,42 @@ class RedisLayer:
             delay = min(self.backoff_cap, BACKOFF_BASE * 2 ** (failures - 1))
             self._retry_at[shard] = time.monotonic() + delay
         self.report_down(exc)
+
+    def _send_failed(self, exc: BaseException, channel: bytes, shard: str | None) -> None:
+        """A message to ``channel`` (on ``shard``) was not sent, or its reply was lost.
+
+        A broken connection (a ``redis.ConnectionError``, not a timeout) may be that
+        connection's alone -- ``CLIENT KILL``, a proxy or load balancer resetting it,
+        Redis closing it just after the pool checked it -- while Redis is up: then holding
+        the shard's sends back (:meth:`_publish_failed`) would lose the next ones for the
+        other processes, for nothing. So the shard is asked at once (a PING, through the
+        same pool, on a connection made again): if it answers, this message failed alone
+        and is not sent again (it may have run); if not, it is the outage it seemed.
+
+        The probe's cost to a real outage: a ``ConnectionError`` that is not a timeout is
+        Redis's side ending the connection (refused, reset, closed), not a wait, and a
+        Redis that is down does the same at once to the probe, which adds a round trip.
+        Only a Redis that went silent between the two may keep the probe up to one socket
+        timeout (connect or read), once: the sends after it are held back as before. A
+        timeout, already waited, is taken for the outage without a probe."""
+        if (
+            isinstance(exc, redis.ConnectionError)
+            and not isinstance(exc, (HeldBack, *REFUSED))
+            and self.topology.probe(channel)
+        ):
+            self._publish_ok(shard)  # it answers: an outage it was in has ended
+            with self._state_lock:
+                first, self._lost_logged = not self._lost_logged, True
+            logger.log(
+                logging.WARNING if first else logging.DEBUG,
+                "Redis at %s: a group message's connection broke before its reply came "
+                "(%s); Redis answers, so this is no outage, and the message, which may "
+                "have reached other processes, was not sent again: it counts as not sent",
+                redact(self.url),
+                exc,
+            )
+            return
+        self._publish_failed(exc, shard)
 
     def _publish_ok(self, shard: str | None = None) -> None:
         if shard in self._failures:

@@ -153,6 +153,15 @@ class Server:
         None, there is one."""
         return None
 
+    def probe(self, channel: bytes) -> bool:
+        """Whether the shard of ``channel`` answers a PING now, through the publishing
+        pool (a connection a failed send broke is connected again); bounded by the socket
+        timeouts, no retry."""
+        try:
+            return bool(self.client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
     def make_connection(self, address: str | None = None) -> redis.Connection:
         """A new, unconnected connection for a subscription."""
         connection: redis.Connection = self.pool.connection_class(
@@ -351,6 +360,17 @@ class Cluster(Server):
 
     def shard(self, channel: bytes) -> str | None:
         return self.owner(key_slot(channel))
+
+    def probe(self, channel: bytes) -> bool:
+        # The master of the channel's slot as this process knows it -- the node the direct
+        # path of publish() wrote to -- through its own pool (redis-py retries nothing
+        # there). None known: no probe, the failure stands.
+        try:
+            node = self.client.get().nodes_manager.get_node_from_slot(key_slot(channel))
+            server = node.redis_connection if node is not None else None
+            return server is not None and bool(server.ping())
+        except (redis.RedisError, RedisClusterException, OSError, IndexError, KeyError):
+            return False
 
     def owner(self, slot: int) -> str | None:
         """``host:port`` of the master serving ``slot`` as this process last learned it,

@@ -22,6 +22,7 @@ import pytest
 import redis
 from django.test import override_settings
 
+from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from dwebsocket.websocket import Message
@@ -209,8 +210,11 @@ def test_a_publish_whose_reply_was_lost_is_not_sent_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The PUBLISH ran; its reply was lost with the connection. redis-py's retry sent it
-    again: every member elsewhere got the message twice. Now it is sent once; the sender
-    takes it for an outage (its members get it, one WARNING) as the docstring says."""
+    again: every member elsewhere got the message twice. Now it is sent once, and fails
+    as one that never reached Redis (its members here get it; GroupsUnavailable if asked)
+    -- but Redis still answers, so it is no outage: the next send, at once, reaches the
+    other process. (It was held back, lost for the others, with an "unreachable" and a
+    "reachable again" WARNING, for a connection closed alone: CLIENT KILL, a proxy.)"""
     sender, other = layers(dropper.url()), layers(direct(redis_server))
     here, there = Inbox(), Inbox()
     sender.join("room", here)
@@ -218,16 +222,26 @@ def test_a_publish_whose_reply_was_lost_is_not_sent_again(
     sender.send("room", "warm")  # a pooled connection, through the dropper
     assert here.get() == there.get() == "warm"
 
-    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    caplog.set_level(logging.DEBUG, logger="dwebsocket.groups")
     dropper.arm(b"PUBLISH")
-    sender.send("room", "once")
+    with pytest.raises(GroupsUnavailable):
+        sender.send("room", "once", fail_silently=False)
     assert dropper.dropped.is_set()
     assert there.get() == "once"
     there.assert_empty()
     assert here.get() == "once"
     here.assert_empty()
-    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
-    assert len(warnings) == 1  # an outage for all it knows: the documented one
+    assert not sender.outage
+    sender.send("room", "next", fail_silently=False)  # not held back
+    assert there.get() == here.get() == "next"
+
+    dropper.arm(b"PUBLISH")  # again: logged at DEBUG only
+    sender.send("room", "twice")
+    assert dropper.dropped.is_set() and not sender.outage
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert not [m for _, m in messages if "unreachable" in m or "reachable again" in m]
+    lost = [level for level, m in messages if "not sent again" in m]
+    assert lost == [logging.WARNING, logging.DEBUG]
 
 
 def test_a_kept_send_whose_reply_was_lost_is_kept_and_published_once(
@@ -235,7 +249,8 @@ def test_a_kept_send_whose_reply_was_lost_is_kept_and_published_once(
 ) -> None:
     """The script of a group with history appended and published; its reply was lost.
     Sent again, the message had a second entry in the stream under a new position
-    (a member recovering got it twice) and reached every member twice."""
+    (a member recovering got it twice) and reached every member twice. Redis answering
+    still, it is no outage (as above)."""
     with override_settings(WEBSOCKET_GROUPS_HISTORY={"feed": {"size": 100, "ttl": 600}}):
         sender, other = layers(dropper.url()), layers(direct(redis_server))
         there = Inbox()
@@ -249,6 +264,38 @@ def test_a_kept_send_whose_reply_was_lost_is_kept_and_published_once(
         assert there.get() == "once"
         there.assert_empty()
         assert redis_server.command("XLEN", sender.stream("feed")) == b":2\r\n"
+        # Redis answers: no outage, the next send is kept and published at once.
+        assert not sender.outage
+        assert sender.send("feed", "next", fail_silently=False) is not None
+        assert there.get() == "next"
+
+
+def test_a_connection_broken_by_a_redis_that_is_down_is_an_outage(
+    dropper: ReplyDropper,
+    redis_server: RedisServer,
+    layers: Callable[[str], RedisLayer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis is down, the proxy before it up: each connection is accepted, then closed
+    -- a broken connection, as when a reply is lost, but the probe after it gets no
+    answer either: the outage of the docstring, one WARNING, sends held back."""
+    sender = layers(dropper.url())
+    here = Inbox()
+    sender.join("room", here)
+    sender.send("room", "warm")
+    assert here.get() == "warm"
+
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    redis_server.stop()
+    started = time.monotonic()
+    sender.send("room", "down")
+    assert time.monotonic() - started < 1.0  # connections end at once: no timeout waited
+    assert sender.outage and here.get() == "down"
+    sender.send("room", "held")
+    assert here.get() == "held"
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert not [r for r in caplog.records if "not sent again" in r.getMessage()]
 
 
 @pytest.mark.parametrize("before", [True, False], ids=["cut-before", "reply-lost"])
