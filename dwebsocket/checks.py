@@ -431,22 +431,12 @@ def check_middleware(
 
 def _websocket_middleware_index(paths: list[Any]) -> int | None:
     """The index of the first entry of ``paths`` that is ``WebSocketMiddleware`` or a
-    subclass of it; None if none is. Imports the entries before it (as Django does when it
-    loads the middleware); one that does not import is not it."""
-    from django.utils.module_loading import import_string
-
+    subclass of it (:func:`dwebsocket.handshake.find_middleware`); None if none is."""
+    from dwebsocket.handshake import find_middleware
     from dwebsocket.middleware import WebSocketMiddleware
 
-    for index, path in enumerate(paths):
-        if path == MIDDLEWARE_PATH:
-            return index
-        try:
-            middleware = import_string(path)
-        except Exception:  # not importable: Django reports it when it loads the middleware
-            continue
-        if isinstance(middleware, type) and issubclass(middleware, WebSocketMiddleware):
-            return index
-    return None
+    found = find_middleware(paths, WebSocketMiddleware)
+    return None if found is None else found[0]
 
 
 # What a browser page served in development comes from; never an origin in production.

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -36,6 +36,7 @@ __all__ = [
     "OriginRule",
     "allowed_origins",
     "check_origin",
+    "find_middleware",
     "handshake_origin",
     "misconfigured",
     "origin_allowed",
@@ -452,19 +453,29 @@ def session_cookies(request: HttpRequest) -> list[tuple[str, str]]:
     return [("Set-Cookie", c.output(header="").strip()) for c in response.cookies.values()]
 
 
+def find_middleware(paths: Sequence[Any], cls: type) -> tuple[int, type] | None:
+    """The index and class of the first of ``paths`` (dotted paths, as in ``MIDDLEWARE``)
+    that imports to ``cls`` or a subclass of it (a project's own, listed instead of it);
+    None if none does. One that does not import is not it: Django reports it when it
+    loads its middleware."""
+    from django.utils.module_loading import import_string
+
+    for index, path in enumerate(paths):
+        try:
+            found = import_string(path)
+        except Exception:
+            continue
+        if isinstance(found, type) and issubclass(found, cls):
+            return index, found
+    return None
+
+
 def _session_middleware() -> Any:
     """The ``SessionMiddleware`` (or subclass) in ``MIDDLEWARE``, None without one."""
     from django.contrib.sessions.middleware import SessionMiddleware
-    from django.utils.module_loading import import_string
 
-    for path in getattr(django_settings, "MIDDLEWARE", None) or ():
-        try:
-            cls = import_string(path)
-        except ImportError:  # reported by Django when it loads its middleware
-            continue
-        if isinstance(cls, type) and issubclass(cls, SessionMiddleware):
-            return cls
-    return None
+    found = find_middleware(getattr(django_settings, "MIDDLEWARE", None) or (), SessionMiddleware)
+    return None if found is None else found[1]
 
 
 def _read_user(request: HttpRequest) -> None:

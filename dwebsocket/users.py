@@ -691,6 +691,7 @@ class _Checker:
         #: store counts as unreadable until none is left.
         self._failing: set[tuple[str | None, str]] = set()
         self._lookups = _Lookups()  # used under _checking
+        self._last = 0.0  # monotonic time the last periodic check began (_run's thread)
 
     def start(self) -> None:
         """Start the periodic check, unless it runs: in this process (a fork has none),
@@ -711,14 +712,14 @@ class _Checker:
         return thread is not None and self._pid == os.getpid() and thread.is_alive()
 
     def _run(self) -> None:
-        last = [time.monotonic()]
+        self._last = time.monotonic()  # when the last check began
         while True:
             # Whatever a round raises, the next one checks: a round that ended the thread
             # (a gevent or eventlet Timeout, SystemExit from code the store calls) ended
             # the checks for the life of the process. A kill of this thread (GreenletExit)
             # ends it: the next socket opened starts another (start()).
             try:
-                self._round(last)
+                self._round()
             except BaseException as exc:
                 killed = any(cls.__name__ == "GreenletExit" for cls in type(exc).__mro__)
                 _error_once(
@@ -733,9 +734,10 @@ class _Checker:
                     return
                 time.sleep(1.0)  # a round that fails before its wait: not in a busy loop
 
-    def _round(self, last: list[float]) -> None:
+    def _round(self) -> None:
         """Wait for the next round (a second at most, so that a changed interval applies
-        soon), and check the open sockets if the interval since ``last[0]`` is over."""
+        soon), and check the open sockets if the interval since the last check is over
+        (even if that one raised)."""
         from dwebsocket.conf import settings
 
         try:
@@ -746,9 +748,9 @@ class _Checker:
                 _wrong_interval.add(str(exc))
                 logger.error("%s: sessions are checked every %g s until it is fixed", exc, interval)
         time.sleep(1.0 if interval is None else min(interval, 1.0))
-        if interval is None or time.monotonic() - last[0] < interval:
+        if interval is None or time.monotonic() - self._last < interval:
             return
-        last[0] = time.monotonic()
+        self._last = time.monotonic()
         with _lock:
             for key, (websocket, _) in list(_owners.items()):
                 if websocket.is_closed():  # its websocket_closed was missed

@@ -856,19 +856,11 @@ class RedisLayer:
         shard = self.topology.shard(channel)
         if self._held_back(shard):
             return HeldBack()
-
-        def publish() -> None:
-            if remember:
-                # Before the PUBLISH: a member subscribed too late for the command reads
-                # the set after its subscription, so it finds the command there.
-                self._remember(group, data)
-            self.topology.publish(channel, data)
-
         try:
             if remember:
-                _again_if_broken(publish)
-            else:
-                publish()
+                _again_if_broken(lambda: self._remember_and_publish(group, channel, data))
+            else:  # a message: the send path, no closure made for it
+                self.topology.publish(channel, data)
         except (redis.RedisError, OSError) as exc:
             if remember:
                 self._publish_failed(exc, shard)
@@ -877,6 +869,12 @@ class RedisLayer:
             return exc
         self._publish_ok(shard)
         return None
+
+    def _remember_and_publish(self, group: str, channel: bytes, data: bytes) -> None:
+        # The command kept before the PUBLISH: a member subscribed too late for it reads
+        # the set after its subscription, so it finds the command there.
+        self._remember(group, data)
+        self.topology.publish(channel, data)
 
     def _remember(self, group: str, data: bytes) -> None:
         """Keep command ``data`` for :meth:`recent_controls`. Redis refusing the write

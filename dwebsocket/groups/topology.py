@@ -350,8 +350,7 @@ class Cluster(Server):
             # less per call than RedisCluster.spublish, whose routing is for any command
             # (bench/FINDINGS.md, section 12). A redirection (the slot moved) or a dead
             # node goes the general way, which follows it and learns the slots again.
-            node = client.nodes_manager.get_node_from_slot(key_slot(channel))
-            server = node.redis_connection if node is not None else None
+            server = _master(client, channel)
             if server is not None and _spublish_at(server, channel, data):
                 return
             client.spublish(channel, data)
@@ -366,8 +365,7 @@ class Cluster(Server):
         # path of publish() wrote to -- through its own pool (redis-py retries nothing
         # there). None known: no probe, the failure stands.
         try:
-            node = self.client.get().nodes_manager.get_node_from_slot(key_slot(channel))
-            server = node.redis_connection if node is not None else None
+            server = _master(self.client.get(), channel)
             return server is not None and bool(server.ping())
         except (redis.RedisError, RedisClusterException, OSError, IndexError, KeyError):
             return False
@@ -414,6 +412,13 @@ _NAMES_COMMAND = (
     .default
     is inspect.Parameter.empty
 )
+
+
+def _master(client: Any, channel: bytes) -> redis.Redis | None:
+    """The client of the master serving ``channel``'s slot, as ``client`` (a
+    ``RedisCluster``) last learned the slots; None if it knows none."""
+    node = client.nodes_manager.get_node_from_slot(key_slot(channel))
+    return node.redis_connection if node is not None else None
 
 
 def _spublish_at(server: redis.Redis, channel: bytes, data: bytes) -> bool:
