@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.conf import settings as django_settings
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.browser import WAIT_MS
@@ -151,6 +152,23 @@ def test_a_session_value_written_before_the_accept_is_saved_and_its_cookie_sent(
     (cookie,) = session_cookies(set_cookies)
     assert cookie.value == said["session"]
     assert get(server, "/session-value/", cookie.value)[0] == "written"
+
+
+@pytest.mark.parametrize("name", ["gevent", "runserver", "uvicorn"])
+def test_a_session_that_cannot_be_saved_fails_the_handshake_as_django_answers(
+    make_site: Callable[..., ServerProcess], name: str
+) -> None:
+    """The session written before the accept, its row deleted meanwhile (a logout in
+    another tab): saving it for the 101 raises Django's ``SessionInterrupted``, so the
+    handshake gets Django's answer to it, a 400, as an HTTP response would -- not a 101
+    whose cookie names a session that is gone, nor a 500; the server goes on."""
+    server = make_site(name)
+    session = log_in(server, "alice")
+    with pytest.raises(InvalidStatus) as refused:
+        handshake(server, "/ws/session-written/?write=deleted", session)
+    assert refused.value.response.status_code == 400
+    assert get(server, "/whoami/", session)[0] == ""  # logged out, as the other tab did
+    assert handshake(server, "/ws/session-written/")[0] == []  # the server goes on
 
 
 @SERVERS

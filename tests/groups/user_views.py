@@ -186,13 +186,19 @@ def model_token(request: HttpRequest) -> None:
 def session_written(request: HttpRequest) -> None:
     """Before the handshake, ``?write=cycle``: ``request.session.cycle_key()`` (what
     ``login()`` does); ``?write=value``: ``request.session["value"] = "written"``;
-    nothing else: the session untouched. Then accept, say the session key, and stay open
+    ``?write=deleted``: that, and the session's row deleted behind it; nothing else: the
+    session untouched. Then accept, say the session key, and stay open
     until the client closes."""
     write = request.GET.get("write")
     if write == "cycle":
         request.session.cycle_key()
     elif write == "value":
         request.session["value"] = "written"
+    elif write == "deleted":
+        # A value written, and the session's row deleted meanwhile (a logout in another
+        # tab): saving it then raises, and Django answers SessionInterrupted.
+        request.session["value"] = "written"
+        type(request.session)().delete(request.session.session_key)
     ws = request.websocket
     ws.accept()  # the session saved: a new one has its key now
     ws.send(json.dumps({"session": request.session.session_key}))
