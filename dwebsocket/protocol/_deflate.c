@@ -7,11 +7,13 @@
  *   Inflater(wbits, no_context_takeover)
  *       decompress(data, max_length=0), eof, unused_data, reset(): zlib.decompressobj's
  *   set_live_limit(deflaters, inflaters) -> (old, old); live_counts() -> (d, i)
+ *   compress_message(deflater, data) -> bytes: the C API's compress_message() (tests)
  *
  * deflate.py's PerMessageDeflate holds one of each per connection and is the one
  * definition of the rules (when to flush, strip the tail, reset, what an error means).
  * The same zlib library, with the same calls in the same order, gives the same bytes as
- * the zlib module: tests/fuzz compares them. The C API (_deflate.h) does the common case
+ * the zlib module (zlib is given the same output room too: OUTPUT_BLOCKS): tests/fuzz
+ * compares them. The C API (_deflate.h) does the common case
  * of PerMessageDeflate.compress() and decompress() for the default backend's fast path.
  *
  * Memory: sharing the streams of idle connections. A zlib stream is large (a deflate
@@ -51,9 +53,8 @@
 /* zlib counts input and output in uInt: a larger input goes to it in pieces of at most
    this (and the output room is at most UINT_MAX). A test build lowers it
    (tests/protocol/test_deflate_pieces.py) to check many pieces against the zlib module
-   without gigabytes of data. Not the output room: where a sync flush's output ends
-   exactly at the end of the room, zlib's next call adds another empty block, so the
-   bytes would depend on the room, as the zlib module's do on its buffer's size. */
+   without gigabytes of data. Not the output room: it follows the zlib module's
+   (OUTPUT_BLOCKS), on which zlib's output depends. */
 #ifndef DWS_ZLIB_PIECE
 #define DWS_ZLIB_PIECE UINT_MAX
 #endif
@@ -514,35 +515,52 @@ Deflater_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)c;
 }
 
+/* The zlib module's output buffer, in which its compress() and flush() have zlib write:
+   blocks of these sizes, the last one repeated (CPython's _BlocksOutputBuffer,
+   pycore_blocks_output_buffer.h, BUFFER_BLOCK_SIZE, from 3.10 on). zlib's output
+   depends on where the room it is given ends: a sync flush whose output ends exactly
+   there gets another empty stored block (zlib's next call, made because the room is full,
+   adds one), and at level 0 the stored blocks are cut to the room. So each call here
+   gives zlib the same rooms, from the start of its own output, whatever scratch holds. */
+static const Py_ssize_t OUTPUT_BLOCKS[] = {
+    32 * 1024,        64 * 1024,        256 * 1024,       1024 * 1024,
+    4 * 1024 * 1024,  8 * 1024 * 1024,  16 * 1024 * 1024, 16 * 1024 * 1024,
+    32 * 1024 * 1024, 32 * 1024 * 1024, 32 * 1024 * 1024, 32 * 1024 * 1024,
+    64 * 1024 * 1024, 64 * 1024 * 1024, 128 * 1024 * 1024, 128 * 1024 * 1024,
+    256 * 1024 * 1024,
+};
+#define OUTPUT_BLOCK_COUNT ((int)(sizeof(OUTPUT_BLOCKS) / sizeof(OUTPUT_BLOCKS[0])))
+
 /* deflate() `data` with `flush` into scratch from offset `at`, until zlib has no more
-   output for it (as the zlib module's loops). The new end, or -1 with an exception. */
+   output for it, as the zlib module's Compress.compress() and flush() loop: the input in
+   pieces of at most DWS_ZLIB_PIECE, the output in OUTPUT_BLOCKS from `at` on. The new
+   end, or -1 with an exception. */
 static Py_ssize_t
 deflate_into_scratch(z_stream *zs, const uint8_t *data, Py_ssize_t n, int flush, Py_ssize_t at)
 {
-    int err;
+    Py_ssize_t block_end = at; /* the end of the zlib module's current block */
+    int block = 0, err;
     zs->next_in = (Bytef *)data;
     do {
         zs->avail_in = n > DWS_ZLIB_PIECE ? DWS_ZLIB_PIECE : (uInt)n;
         n -= zs->avail_in;
         do {
             Py_ssize_t room;
-            /* In Py_ssize_t: in uInt, a piece of 4 GiB - 64 bytes asked for nothing more,
-               and zlib got no room (Z_STREAM_ERROR with no buffer yet; with
-               a full one, at a later piece's start, the same call for ever). */
-            Py_ssize_t more = (Py_ssize_t)zs->avail_in + 64;
-            if (scratch_cap - at < 64) {
-                if (at > PY_SSIZE_T_MAX - more) {
+            if (at == block_end) { /* the first, or the block is full: the next one */
+                Py_ssize_t size = OUTPUT_BLOCKS[block];
+                if (block < OUTPUT_BLOCK_COUNT - 1) {
+                    block++;
+                }
+                if (block_end > PY_SSIZE_T_MAX - size) {
                     PyErr_NoMemory();
                     return -1;
                 }
-                if (scratch_reserve(at + more) < 0) {
+                block_end += size;
+                if (scratch_reserve(block_end) < 0) {
                     return -1;
                 }
             }
-            room = scratch_cap - at;
-            if (room > UINT_MAX) {
-                room = UINT_MAX;
-            }
+            room = block_end - at; /* at most 256 MiB: fits a uInt */
             zs->next_out = scratch + at;
             zs->avail_out = (uInt)room;
             err = deflate(zs, n > 0 ? Z_NO_FLUSH : flush);
@@ -1057,6 +1075,23 @@ live_counts(PyObject *module, PyObject *Py_UNUSED(ignored))
     return Py_BuildValue("(nn)", deflate_pool.live, inflate_pool.live);
 }
 
+/* compress_message(deflater, data) -> bytes: the C API's compress_message() for Python,
+   for tests/fuzz to compare the fast path's send with PerMessageDeflate.compress(). */
+static PyObject *
+compress_message_py(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    PyObject *deflater;
+    const uint8_t *out;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!y*:compress_message", &Deflater_Type, &deflater, &view)) {
+        return NULL;
+    }
+    n = compress_message(deflater, view.buf, view.len, &out);
+    PyBuffer_Release(&view);
+    return n < 0 ? NULL : PyBytes_FromStringAndSize((const char *)out, n);
+}
+
 static DwsDeflateCAPI deflate_capi = {NULL, NULL, compress_message, inflate_message,
                                       keep_outcome};
 
@@ -1103,6 +1138,9 @@ static PyMethodDef deflate_methods[] = {
      "streams of each kind stay attached to their codec (see _deflate.c)."},
     {"live_counts", (PyCFunction)live_counts, METH_NOARGS,
      "live_counts() -> (deflaters, inflaters) holding a stream now."},
+    {"compress_message", (PyCFunction)compress_message_py, METH_VARARGS,
+     "compress_message(deflater, data) -> bytes: the fast path's compression of one "
+     "message (the C API's), for tests."},
     {NULL, NULL, 0, NULL},
 };
 

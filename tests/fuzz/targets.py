@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from dwebsocket.backends.default.state import fastpath as _fastpath
 from dwebsocket.exceptions import InvalidHandshake, ProtocolError
@@ -404,6 +405,22 @@ def _inflate_all(codec: PerMessageDeflate, pieces: list[bytes], budget: int) -> 
     return outcome
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return z.compress(data) + z.flush()
+
+
+#: 300 KiB of zeros, compressed: inflating it grows _deflate's output buffer (one per
+#: process) past what it keeps (256 KiB), so that its next call starts a new one.
+_BIG_OUTPUT = _raw_deflate(bytes(300_000))
+
+
+def _fresh_output_buffer(codecs: Any) -> None:
+    """Make _deflate's next call start from a new output buffer, as a process's first
+    does: the bytes zlib writes may depend on where the room it is given ends."""
+    codecs.Inflater(15).decompress(_BIG_OUTPUT)
+
+
 def deflate(data: bytes) -> None:
     source = Input(data)
     config = source.byte()
@@ -431,15 +448,32 @@ def deflate(data: bytes) -> None:
                 _inflate_all(other, [b"\x02\x00"], 10)
                 results.append((first, _inflate_all(codec, pieces, budget)))
                 # What we compress, we (and zlib) decompress back; twice, so the second
-                # message refers to the first.
-                encoder = PerMessageDeflate(local_max_window_bits=window)
-                decoder = PerMessageDeflate(remote_max_window_bits=window)
+                # message refers to the first (unless no context takeover).
+                encoder = PerMessageDeflate(
+                    local_max_window_bits=window, local_no_context_takeover=no_context
+                )
+                decoder = PerMessageDeflate(
+                    remote_max_window_bits=window, remote_no_context_takeover=no_context
+                )
                 compressed = [encoder.compress(stream), encoder.compress(stream)]
                 check = zlib.decompressobj(-15)
                 for message in compressed:
+                    if no_context:
+                        check = zlib.decompressobj(-15)
                     assert check.decompress(message + b"\x00\x00\xff\xff") == stream
                     assert decoder.decompress(message, None) == stream
-                results.append(compressed)
+                # As the default backend's fast path sends (compress_message(), the C
+                # API): a small message first, as in a process whose output buffer is
+                # still the first one (4 KiB: its room decides where zlib's output ends).
+                sender = PerMessageDeflate(
+                    local_max_window_bits=window, local_no_context_takeover=no_context
+                )
+                if python:
+                    sent = [sender.compress(b"x"), sender.compress(stream)]
+                else:
+                    _fresh_output_buffer(codecs)
+                    sent = [codecs.compress_message(sender.encoder, m) for m in (b"x", stream)]
+                results.append((compressed, sent))
         # The C streams and the zlib module's give the same bytes and the same outcomes.
         if len(results) == 4:
             assert results[0] == results[2], (results[0], results[2])

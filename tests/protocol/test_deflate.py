@@ -454,3 +454,50 @@ def test_a_thread_that_ends_leaves_no_codec_memory_behind() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 100_000, f"{grown // 8} bytes left behind per thread"
+
+
+def _trim_the_c_output_buffer(codecs: object) -> None:
+    """Leave _deflate's output buffer (one per process) as a fresh process has it: a call
+    that needs more than its 256 KiB keep makes the next call free it."""
+    import random
+
+    big = codecs.Deflater(6, 15, 8, zlib.Z_DEFAULT_STRATEGY)  # type: ignore[attr-defined]
+    big.compress(random.Random(0).randbytes(300_000))
+
+
+def test_the_c_streams_write_the_zlib_modules_bytes_whatever_their_buffer() -> None:
+    """Where a sync flush's output ends exactly at the end of the output buffer, zlib's next
+    call (the buffer is full: the loop calls again) adds another empty stored block, and at
+    level 0 the stored blocks' sizes follow the room given: the bytes depend on where the
+    buffer ends. The C streams gave zlib their shared buffer's free room (its size the
+    history of the process's messages), the zlib module gives blocks of 32 KiB, 64 KiB,
+    256 KiB, ...: the default backend's send of a 4,081-byte message (random bytes, a
+    4 KiB buffer) was 5 bytes longer than the Python path's (valid, but not the same
+    frame), and a level-0 codec's blocks were cut elsewhere. Now the C streams give zlib
+    the zlib module's blocks, from the start of each call's output."""
+    import random
+
+    from dwebsocket.protocol import deflate
+
+    codecs = deflate._codecs
+    if codecs is None:
+        pytest.skip("_deflate is not built")
+    rng = random.Random(4081)
+    _trim_the_c_output_buffer(codecs)
+    # The fast path's compression (the C API's compress_message()), through a 4 KiB and
+    # an 8 KiB buffer: one of these sizes ends a flush at the buffer's end.
+    for size in [*range(3980, 4100), *range(8100, 8200)]:
+        message = rng.randbytes(size)
+        args = (6, 12, 5, zlib.Z_DEFAULT_STRATEGY, False)
+        expected = deflate.PyDeflater(*args)
+        out = expected.compress(message) + expected.flush(zlib.Z_SYNC_FLUSH)
+        assert codecs.compress_message(codecs.Deflater(*args), message) == out[:-4], size
+    # A level-0 codec (stored blocks, cut to the room zlib is given): compress() and flush().
+    _trim_the_c_output_buffer(codecs)
+    for size in (100_000, 40_000, 70_000):
+        message = rng.randbytes(size)
+        args = (0, 15, 8, zlib.Z_DEFAULT_STRATEGY, False)
+        python, c = deflate.PyDeflater(*args), codecs.Deflater(*args)
+        for _ in range(2):
+            assert c.compress(message) == python.compress(message), size
+            assert c.flush(zlib.Z_SYNC_FLUSH) == python.flush(zlib.Z_SYNC_FLUSH), size
