@@ -52,6 +52,7 @@ def responses() -> dict[str, bytes]:
         "GET",
         "HTTP/1.1",
         {
+            "host": "example.com",
             "upgrade": "websocket",
             "connection": "Upgrade",
             "sec-websocket-version": "13",
@@ -68,8 +69,9 @@ def responses() -> dict[str, bytes]:
 
 
 def frame_streams() -> dict[str, bytes]:
-    """``config byte, chunk byte, stream``: server side (masked frames), 64 KiB limit."""
-    server, limit64k = 0x00, 0x40
+    """``config byte, chunk byte, window byte, stream``: server side (masked frames), 64 KiB
+    limit; the window byte 7 is 15 bits, with context takeover (see ``frames_config``)."""
+    server, limit64k, limit1k, window15 = 0x00, 0x40, 0x30, 7
 
     def masked(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
         return encode_frame(opcode, payload, fin=fin, rsv1=rsv1, mask_key=MASK)
@@ -91,19 +93,34 @@ def frame_streams() -> dict[str, bytes]:
     part1 = deflater.compress(b"a" * 500) + deflater.flush(zlib.Z_SYNC_FLUSH)
     part2 = deflater.compress(b"b" * 500) + deflater.flush(zlib.Z_SYNC_FLUSH)
     fragmented_compressed = masked(1, part1, fin=False, rsv1=True) + masked(0, part2[:-4])
+    # Without context takeover, window 8 (zlib's 9): a text message whose UTF-8 is cut
+    # between fragments, a ping between them, then one compressed message exactly at the
+    # 1 KiB limit and one a byte over.
+    nct = PerMessageDeflate(local_no_context_takeover=True, local_max_window_bits=8)
+    text = nct.compress(("é" * 300).encode())
+    at_limit, over = nct.compress(b"z" * 1024), nct.compress(b"z" * 1025)
+    interleaved = (
+        masked(1, text[:7], fin=False, rsv1=True)
+        + masked(9, b"between")
+        + masked(0, text[7:])
+        + masked(2, at_limit, rsv1=True)
+        + masked(2, over, rsv1=True)
+    )
     client_side = (
         encode_frame(1, b"from server")
         + encode_frame(2, bytes(200))
         + encode_frame(8, struct.pack("!H", 1001))
     )
     return {
-        "messages": bytes([server | limit64k, 7]) + messages,
-        "messages-one-chunk": bytes([server | limit64k, 255]) + messages,
-        "deflate": bytes([server | 0x02 | limit64k, 13, 6]) + compressed,
-        "deflate-fragments": bytes([server | 0x02 | limit64k, 64, 6]) + fragmented_compressed,
-        "client-side": bytes([0x01 | limit64k, 5]) + client_side,
-        "pure-python-masking": bytes([server | 0x04 | 0x08 | limit64k, 3]) + messages,
-        "over-limit": bytes([server | 0x20, 200]) + masked(2, bytes(2000)),
+        "messages": bytes([server | limit64k, 7, window15]) + messages,
+        "messages-one-chunk": bytes([server | limit64k, 255, window15]) + messages,
+        "deflate": bytes([server | 0x02 | limit64k, 13, window15]) + compressed,
+        "deflate-fragments": bytes([server | 0x02 | limit64k, 64, window15])
+        + fragmented_compressed,
+        "deflate-no-context-window-8": bytes([server | 0x02 | limit1k, 1, 0x80]) + interleaved,
+        "client-side": bytes([0x01 | limit64k, 5, window15]) + client_side,
+        "pure-python-masking": bytes([server | 0x04 | 0x08 | limit64k, 3, window15]) + messages,
+        "over-limit": bytes([server | 0x20, 200, window15]) + masked(2, bytes(2000)),
     }
 
 

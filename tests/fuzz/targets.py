@@ -16,11 +16,13 @@ Targets:
 - ``response``: a raw HTTP response head through the client side (``parse_response``,
   ``PerMessageDeflate.from_response``).
 - ``frames``: a byte stream through ``Connection.receive_data`` in chunks, server or
-  client side, with or without permessage-deflate, under small limits; on the server
-  side also through the default backend's C receive loop first (``_fastpath.scan``,
-  compressed frames included), as its fast path reads: the same events, the same output.
+  client side, with or without permessage-deflate (window bits 8 to 15, context takeover
+  on or off), under small limits; on the server side also through the default backend's
+  C receive loop first (``_fastpath.scan``, compressed frames included), as its fast
+  path reads: the same events, the same output.
 - ``deflate``: compressed fragments through ``PerMessageDeflate.decompress_fragment``
-  with output budgets.
+  with output budgets; and a message compressed, as the Python path and as the fast
+  path's C API do (``_deflate.compress_message``): the same bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dwebsocket.backends.default.state import fastpath as _fastpath
@@ -323,25 +326,56 @@ def _frames_in(out: bytes, client: bool) -> list[Event]:
     return Connection(client=not client, max_message_size=None).receive_data(out)
 
 
-def frames_target(data: bytes) -> None:
+@dataclass(frozen=True)
+class FramesConfig:
+    """What the first three bytes of a ``frames`` input choose; ``stream`` is the rest."""
+
+    client: bool
+    compressed: bool
+    pure_python: bool
+    eof: bool
+    limit: int
+    chunk: int
+    window: int  # 8 to 15 (zlib's 8 is 9: deflate.py); 0 without permessage-deflate
+    no_context: bool  # no context takeover, both ways
+    stream: bytes
+
+
+def frames_config(data: bytes) -> FramesConfig:
+    """``config byte, chunk byte, window byte, stream``, as the seeds and the properties
+    write them."""
     source = Input(data)
     config = source.byte()
-    client = bool(config & 0x01)
-    compressed = bool(config & 0x02)
-    pure_python = bool(config & 0x04)
-    eof = bool(config & 0x08)
-    limit = LIMITS[(config >> 4) % len(LIMITS)]
     chunk = source.byte() or 1
-    stream = source.rest()
+    window = source.byte()
+    compressed = bool(config & 0x02)
+    return FramesConfig(
+        client=bool(config & 0x01),
+        compressed=compressed,
+        pure_python=bool(config & 0x04),
+        eof=bool(config & 0x08),
+        limit=LIMITS[(config >> 4) % len(LIMITS)],
+        chunk=chunk,
+        window=8 + window % 8 if compressed else 0,
+        no_context=bool(window & 0x80),
+        stream=source.rest(),
+    )
 
-    window = (9 + source.byte() % 7 if stream else 15) if compressed else 0
+
+def frames_target(data: bytes) -> None:
+    c = frames_config(data)
+    client, pure_python, eof, limit, chunk = c.client, c.pure_python, c.eof, c.limit, c.chunk
+    stream, window, no_context = c.stream, c.window, c.no_context
 
     def feed(pure_python: bool, fast: bool = False) -> tuple[Connection, list[Event], bytes]:
         deflate = None
         if window:
             with _python_streams(pure_python):
                 deflate = PerMessageDeflate(
-                    remote_max_window_bits=window, local_max_window_bits=window
+                    remote_max_window_bits=window,
+                    local_max_window_bits=window,
+                    remote_no_context_takeover=no_context,
+                    local_no_context_takeover=no_context,
                 )
         return _feed_frames(client, deflate, limit, chunk, stream, eof, pure_python, fast)
 
