@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -87,6 +88,63 @@ def test_frame_streams(config: int, chunk: int, window: int, stream: bytes) -> N
 )
 def test_random_bytes_as_frames(config: int, chunk: int, stream: bytes) -> None:
     targets.frames_target(bytes([config, chunk]) + stream)
+
+
+@st.composite
+def compressed_stream(draw: st.DrawFn) -> tuple[int, bytes]:
+    """``(window byte, stream)``: messages a client compressed as negotiated by the window
+    byte (``targets.frames_config``: 8 to 15 bits, context takeover or not), in fragments
+    cut anywhere (a character's UTF-8 too), with control frames between them; now and
+    then one not compressed, one ending the deflate stream, one with the tail left on, or
+    one with a byte flipped."""
+    window_byte = draw(st.integers(0, 255))
+    bits, no_context = 8 + window_byte % 8, bool(window_byte & 0x80)
+    encoder = PerMessageDeflate(local_max_window_bits=bits, local_no_context_takeover=no_context)
+    stream = b""
+    for item in draw(st.lists(message, min_size=1, max_size=5)):
+        text = isinstance(item, str)
+        data = item.encode() if text else item
+        how = draw(st.sampled_from(["compressed"] * 6 + ["plain", "final", "tail", "flipped"]))
+        payload = data if how == "plain" else encoder.compress(data)
+        if how == "final":  # the peer ends the deflate stream (RFC 7692 7.2.3.3)
+            z = zlib.compressobj(6, zlib.DEFLATED, -max(bits, 9))
+            payload = z.compress(data) + z.flush()
+        elif how == "tail":
+            payload += b"\x00\x00\xff\xff"
+        elif how == "flipped" and payload:
+            at = draw(st.integers(0, len(payload) - 1))
+            payload = payload[:at] + bytes([payload[at] ^ 0x10]) + payload[at + 1 :]
+        cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=3)))
+        pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+        for i, piece in enumerate(pieces):
+            if i and draw(st.integers(0, 3)) == 0:
+                stream += encode_frame(9, b"between", mask_key=MASK)
+            stream += encode_frame(
+                (1 if text else 2) if i == 0 else 0,
+                piece,
+                fin=i == len(pieces) - 1,
+                rsv1=how != "plain" and i == 0,
+                mask_key=MASK,
+            )
+    return window_byte, stream
+
+
+@fuzz
+@given(
+    limit=st.integers(0, len(targets.LIMITS) - 1),
+    chunk=st.integers(1, 255),
+    pure_python=st.booleans(),
+    compressed=compressed_stream(),
+)
+def test_compressed_streams(
+    limit: int, chunk: int, pure_python: bool, compressed: tuple[int, bytes]
+) -> None:
+    """Valid compressed messages, and some that are not quite, through the server side's
+    twins (the C loops, the fast path's included, and the pure-Python one) however they
+    are split: the same messages, close and output."""
+    window_byte, stream = compressed
+    config = 0x02 | (0x04 if pure_python else 0) | (limit << 4)
+    targets.frames_target(bytes([config, chunk, window_byte]) + stream)
 
 
 @st.composite
