@@ -67,6 +67,11 @@ logger = logging.getLogger("dwebsocket.groups")
 
 #: Messages one :meth:`Page` read returns at most (recovery reads page after page).
 PAGE = 1000
+#: Bytes of messages (characters of text) one page holds at most, but for the message that
+#: crosses it (at least one comes): a replay holds a page until the client has taken it,
+#: and a client may ask for any position and read slowly, so a page is bounded in size
+#: as well as in count (group messages are up to 8 MiB each).
+PAGE_BYTES = 1024 * 1024
 #: The close code of a member that missed live messages its client can recover.
 GAP_CLOSE = 4003
 #: Live messages a recovering member buffers at most; past it the oldest are dropped and
@@ -519,7 +524,8 @@ class Followers:
 class Page:
     """Part of a group's history, as a layer reads it: the current ``epoch``, the offset of
     the newest message (``head``; 0 before the first), and the messages still kept after
-    the offset asked for, oldest first, at most the count asked for. An entry that is
+    the offset asked for, oldest first, at most the count asked for and about
+    :data:`PAGE_BYTES` (the message that crosses it included). An entry that is
     missing (trimmed, expired) is simply not there: ``entries[0][0]`` tells."""
 
     epoch: str

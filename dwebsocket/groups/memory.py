@@ -22,6 +22,7 @@ from typing import Protocol
 
 from dwebsocket.groups.batch import deliver_batch
 from dwebsocket.groups.history import (
+    PAGE_BYTES,
     Followers,
     Item,
     Items,
@@ -273,7 +274,8 @@ class MemoryHistory:
         return Position(kept.epoch, kept.offset)
 
     def read(self, group: str, policy: Policy, after: int, count: int) -> Page:
-        """The messages of ``group`` kept after offset ``after``, at most ``count``."""
+        """The messages of ``group`` kept after offset ``after``, at most ``count`` of them
+        and about :data:`~dwebsocket.groups.history.PAGE_BYTES` (see ``history.Page``)."""
         kept = self.kept(group, policy)
         now = time.monotonic()
         with kept.lock:
@@ -282,11 +284,14 @@ class MemoryHistory:
                 return Page(kept.epoch, kept.offset, [])
             # Offsets are consecutive: the first one wanted is at a known index.
             start = max(0, after + 1 - kept_entries[0][0]) if kept_entries else 0
-            entries = [
-                (offset, message)
-                for offset, at, message in itertools.islice(kept_entries, start, start + count)
-                if at >= now - policy.ttl
-            ]
+            entries: list[tuple[int, Message]] = []
+            size = 0
+            for offset, at, message in itertools.islice(kept_entries, start, start + count):
+                if at >= now - policy.ttl:
+                    entries.append((offset, message))
+                    size += len(message)
+                    if size >= PAGE_BYTES:
+                        break
             return Page(kept.epoch, kept.offset, entries)
 
 

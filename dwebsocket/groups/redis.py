@@ -35,7 +35,8 @@ messages from 1 (``XADD <epoch>-*`` numbers them); its fields are ``k`` (kind), 
 (trimming the stream to about ``size``), sets the stream to expire ``ttl`` after it and
 publishes the message with its position, so what the history holds and what subscribers
 receive never disagree, and they come in one order. Another (``READ_SCRIPT``) reads the
-epoch, the last offset and the entries after an offset at once. A stream that is gone
+epoch, the last offset and the entries after an offset at once (a page: up to a count and
+about ``PAGE_BYTES``). A stream that is gone
 (flushed, restarted without persistence, expired after ``ttl`` of silence, evicted) comes
 back with a new epoch, made by the next message or the next join (an empty stream, at
 offset 0). A sender still in an epoch newer than the stream's (the stream was made again
@@ -87,7 +88,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups import control, redact
-from dwebsocket.groups.history import Item, Items, Page, Policy, Position, policy
+from dwebsocket.groups.history import PAGE_BYTES, Item, Items, Page, Policy, Position, policy
 from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_items
 from dwebsocket.groups.presence import (
     Local,
@@ -187,8 +188,11 @@ return position
 """
 
 #: The epoch, last offset and Redis time (ms) of a group's stream, and its entries after an
-#: offset. KEYS: stream. ARGV: offset, count, ttl (ms). A group without a stream gets an
-#: empty one (a new epoch, at offset 0), so that a member joining it has a position.
+#: offset: at most count, and no more once their data reach bytes (at least one: a page is
+#: held until the client has taken it; read one, then twice as many each time, to stop
+#: there). KEYS: stream.
+#: ARGV: offset, count, ttl (ms), bytes. A group without a stream gets an empty one (a new
+#: epoch, at offset 0), so that a member joining it has a position.
 READ_SCRIPT = """
 local now = redis.call('TIME')
 local ms = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
@@ -206,8 +210,22 @@ for i = 1, #info, 2 do
 end
 local epoch, head = string.match(last, '^(%d+)-(%d+)$')
 local entries = {}
-if tonumber(ARGV[2]) > 0 then
-  entries = redis.call('XRANGE', KEYS[1], '(' .. epoch .. '-' .. ARGV[1], '+', 'COUNT', ARGV[2])
+local want, budget, size, step = tonumber(ARGV[2]), tonumber(ARGV[4]), 0, 1
+local start = '(' .. epoch .. '-' .. ARGV[1]
+while want > 0 do
+  local chunk = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(step, want))
+  for i = 1, #chunk do
+    entries[#entries + 1] = chunk[i]
+    size = size + #chunk[i][2][4]  -- fields k, kind, d, data, t, ms
+    want = want - 1
+    if size >= budget then return {epoch, tonumber(head), ms, entries} end
+  end
+  if #chunk < step then break end
+  start = '(' .. chunk[#chunk][1]
+  -- Twice as many as so far, or what the rest of the budget holds at the size seen so
+  -- far if fewer: what XRANGE materialises in Redis stays near what is returned.
+  step = math.max(1, math.min(2 * #entries,
+    math.floor((budget - size) * #entries / math.max(size, 1))))
 end
 return {epoch, tonumber(head), ms, entries}
 """
@@ -1436,8 +1454,9 @@ class RedisLayer:
         return answer
 
     def read(self, group: str, after: int, count: int) -> Page:
-        """The history of ``group`` after offset ``after``: at most ``count`` messages, none
-        older than its ``ttl`` nor outside its last ``size``. Blocks up to
+        """The history of ``group`` after offset ``after``: at most ``count`` messages and
+        about :data:`~dwebsocket.groups.history.PAGE_BYTES`, none older than its ``ttl``
+        nor outside its last ``size``. Blocks up to
         ``socket_timeout``; raises :class:`GroupsUnavailable` if Redis cannot answer, and
         ``ValueError`` for a group without history."""
         kept_by = policy(group)
@@ -1445,7 +1464,8 @@ class RedisLayer:
             raise ValueError(f"group {group!r} keeps no history (WEBSOCKET_GROUPS_HISTORY)")
         try:
             epoch, head, now, found = self._read_kept(
-                keys=[self.stream(group)], args=[after, count, int(kept_by.ttl * 1000) + 1000]
+                keys=[self.stream(group)],
+                args=[after, count, int(kept_by.ttl * 1000) + 1000, PAGE_BYTES],
             )
         except (redis.RedisError, OSError) as exc:
             raise GroupsUnavailable(f"history of group {group!r} not read: {exc}") from exc

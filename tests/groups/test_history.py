@@ -22,6 +22,8 @@ from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.groups.batch import Batch
 from dwebsocket.groups.history import (
     GAP_CLOSE,
+    PAGE,
+    PAGE_BYTES,
     Follower,
     Item,
     Items,
@@ -412,6 +414,35 @@ def replay_under_load(monkeypatch: pytest.MonkeyPatch) -> None:
             ws.close()
     assert [m.split(" ")[0] for m in got[:101]] == [f"m{i}" for i in range(101)]
     assert json.loads(got[101])["recovery"]["recovered"] is True
+
+
+def test_a_replay_reads_big_messages_a_bounded_amount_at_a_time() -> None:
+    """A replay reads the history a page at a time, and a page of big messages is bounded
+    in bytes (about ``PAGE_BYTES``), not only in count: it read up to 1,000 messages at
+    once, whatever their size (up to 8 MiB each), and held them until the client had
+    taken them, so every client recovering from far back -- any client can ask to, and
+    read slowly -- held up to gigabytes of the server's memory (and on Redis had it read
+    in one reply). All the messages still come, in order, once. The Redis layer's twin is
+    in ``test_history_redis.py``."""
+    replay_of_big_messages()
+
+
+def replay_of_big_messages() -> None:
+    """The test above, with the current layer."""
+    noise = [secrets.token_hex(32768) for _ in range(48)]  # 64 KB each: 3 MiB
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"big": {"size": 100, "ttl": 60}}):
+        start = groups.send("big", "start")
+        for i, text in enumerate(noise):
+            groups.send("big", f"m{i} {text}")
+        page = groups.get_layer().read("big", 0, PAGE)
+        held = sum(len(message) for _, message in page.entries)
+        assert 0 < len(page.entries) < len(noise)
+        assert held < PAGE_BYTES + 70_000  # the budget, and the message that crossed it
+        with follow("big", since=start) as ws:
+            got = [str(m) for m in receive(ws, len(noise) + 1)]
+    assert [m.split(" ")[0] for m in got[:-1]] == [f"m{i}" for i in range(len(noise))]
+    report = json.loads(got[-1])["recovery"]
+    assert report["recovered"] is True and report["missed"] == len(noise)
 
 
 # -- the dws envelope --------------------------------------------------------------------------

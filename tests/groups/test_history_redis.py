@@ -25,7 +25,13 @@ from dwebsocket.groups.redis import (
 )
 from tests.groups.proxy import Proxy
 from tests.groups.redis_server import RedisServer
-from tests.groups.test_history import follow, receive, recovery_of, replay_under_load
+from tests.groups.test_history import (
+    follow,
+    receive,
+    recovery_of,
+    replay_of_big_messages,
+    replay_under_load,
+)
 from tests.groups.test_redis_layer import WAIT, Inbox, until
 
 HISTORY = {"room": {"size": 100, "ttl": 60}, "small": {"size": 5, "ttl": 60}}
@@ -255,6 +261,14 @@ def test_what_came_during_a_replay_goes_at_the_clients_pace_not_at_once(
 ) -> None:
     """As ``test_history.py``'s test of that name (it was closed with 1008)."""
     replay_under_load(monkeypatch)
+
+
+def test_a_replay_reads_big_messages_a_bounded_amount_at_a_time(
+    redis_groups: RedisServer,
+) -> None:
+    """As ``test_history.py``'s test of that name (Redis sent up to 1,000 messages, of up
+    to 8 MiB each, in one reply, which the server held until the client took them)."""
+    replay_of_big_messages()
 
 
 @pytest.mark.parametrize("offset", ["18446744073709551615", "18446744073709551616", "9" * 40])
