@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.core.exceptions import TooManyFieldsSent
 
+from dwebsocket.exceptions import InvalidState
 from dwebsocket.typing import Message
 from dwebsocket.websocket import WebSocket, wait_timeout
 
@@ -81,7 +82,7 @@ def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
     """``cls`` whose ``wait()`` and ``read()`` answer the envelope's messages and return
     the others (one level of plain inheritance: ``__class__`` can be assigned only between
     classes of one layout). ``count_messages()`` leaves the envelope's out: it counts
-    what ``read()`` returns."""
+    what ``read()`` returns, and acts on those that come before any of them."""
     found = _subclasses.get(cls)
     if found is not None:
         return found
@@ -115,6 +116,22 @@ def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
         buffered = self._buffered()
         if buffered is None:
             return count
+        # The envelope's messages ahead of the application's are acted on now (a ping
+        # answered): a view that reads only when has_messages() says there is something
+        # would never take a ping that came alone, and its client, never answered, would
+        # give the connection up as dead. (Those behind an application message are, when
+        # the view reads it: reading is the view's thread's, so the first is still the
+        # one read. Counting from another thread, where the uWSGI backend cannot read,
+        # leaves them to the view's.)
+        while buffered and _is_envelope(buffered[0]):
+            try:
+                message = base_read(self, None)
+            except InvalidState:
+                break
+            if not isinstance(message, str):  # nothing ready after all
+                break
+            _envelope_message(self, message)
+            buffered = self._buffered() or ()
         return sum(1 for message in buffered if not _is_envelope(message))
 
     name = f"Dws{cls.__name__}"

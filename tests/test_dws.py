@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -126,7 +127,8 @@ def test_envelope_messages_are_not_counted_as_the_views() -> None:
         seen["count"] = ws.count_messages()
         seen["has"] = ws.has_messages()
         seen["read"] = [ws.read(), ws.read()]
-        seen["after"] = (ws.count_messages(), ws.has_messages(), ws.read("none"))  # a ping left
+        # The last ping: answered by count_messages(), as the first was, not counted.
+        seen["after"] = (ws.count_messages(), ws.has_messages(), ws.read("none"))
         ws.send("done")
 
     with Session(view, path="/ws/?dws=1") as session:
@@ -143,3 +145,39 @@ def test_envelope_messages_are_not_counted_as_the_views() -> None:
         "read": ["a", "b"],
         "after": (0, False, "none"),
     }
+
+
+@override_settings(WEBSOCKET_CLOSE_TIMEOUT=0.2)  # the view's close frame is never answered
+def test_a_view_that_reads_only_what_has_messages_announces_answers_pings() -> None:
+    """A view in the polling style of dwebsocket 0.5 -- ``if ws.has_messages():
+    handle(ws.read())``, its own work between -- answers the browser client's
+    ``{"dws":"ping"}``. ``has_messages()`` rightly leaves the envelope's messages out,
+    so such a view never called ``read()`` for a ping alone: never answered, its client
+    took the healthy connection for dead after ``pingTimeout`` (4002) and reconnected,
+    every ``pingInterval`` + ``pingTimeout`` while idle."""
+    stop = threading.Event()
+    got: list[Any] = []
+
+    @accept_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws.send("polling")
+        deadline = time.monotonic() + 10
+        while not stop.is_set() and time.monotonic() < deadline:
+            if ws.has_messages():
+                got.append(ws.read())
+                ws.send("got it")
+            else:
+                time.sleep(0.01)  # the view's own work
+
+    with Session(view, path="/ws/?dws=1") as session:
+        session.expect_101()
+        assert session.client.recv() == "polling"
+        session.client.send(PING)
+        assert session.client.recv() == PONG
+        session.client.send("a")
+        session.client.send(PING)
+        assert [session.client.recv(), session.client.recv()] == ["got it", PONG]
+        stop.set()
+        session.finish()
+    assert got == ["a"]
