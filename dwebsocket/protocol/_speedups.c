@@ -595,7 +595,9 @@ static PyMethodDef speedups_methods[] = {
 static struct PyModuleDef_Slot speedups_slots[] = {
     {Py_mod_exec, speedups_exec},
 #if PY_VERSION_HEX >= 0x030C0000
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+    /* Not an interpreter with its own GIL: ReceiveState is a static type, and
+       speedups_capi (a global) points at it. Legacy subinterpreters share the GIL. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
 #endif
 #if PY_VERSION_HEX >= 0x030D0000
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
