@@ -16,6 +16,13 @@ Client to server, answered here without the view ever seeing them:
 Server to client (built in :mod:`dwebsocket.groups.history`): ``msg`` (a group message with
 its position), ``joined`` (how a join of a history group went).
 
+Sending: an application's text that begins with ``{"dws"`` would be taken by the client
+for the library's own (a user relaying a forged ``joined`` or ``msg`` to other users'
+clients through a group, say). To a client that speaks the envelope it goes as the
+application's message in a ``msg`` envelope of no group (:func:`outgoing`): the view's
+``send()`` (:func:`adopt`'s subclass; the ASGI backend's own) and the groups' fan-out do
+that; the library's own envelopes go out as they are (``deliver()``, ``_send_own()``).
+
 Receiving: a connection whose client announced ``dws`` gets a subclass of its backend's
 class (:func:`adopt`) whose ``wait()`` and ``read()`` take the envelope's messages out of
 the stream. Other connections keep their class, so their receive path (the default
@@ -38,7 +45,17 @@ from dwebsocket.websocket import WebSocket, wait_timeout
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
-__all__ = ["NOT_ENVELOPE", "PONG", "VERSION", "adopt", "announced", "envelope_kind", "speaks"]
+__all__ = [
+    "NOT_ENVELOPE",
+    "PONG",
+    "VERSION",
+    "adopt",
+    "announced",
+    "envelope_kind",
+    "escape",
+    "outgoing",
+    "speaks",
+]
 
 logger = logging.getLogger("dwebsocket")
 
@@ -49,6 +66,7 @@ PONG = '{"dws":"pong"}'
 
 _T = TypeVar("_T")
 _W = TypeVar("_W", bound=WebSocket)
+_M = TypeVar("_M", bound=Message)
 
 
 def announced(request: HttpRequest) -> bool:
@@ -67,6 +85,21 @@ def speaks(websocket: object) -> bool:
     return bool(getattr(websocket, "dws", False))
 
 
+def escape(text: str) -> str:
+    """The application's ``text`` in the envelope: ``{"dws":"msg","g":null,"p":null,
+    "d":text}``, which the clients hand to the page as the message ``text`` itself, of no
+    group and no position."""
+    return '{"dws":"msg","g":null,"p":null,"d":' + json.dumps(text, ensure_ascii=False) + "}"
+
+
+def outgoing(message: _M) -> _M:
+    """``message`` as it must go to a client that speaks the envelope: escaped
+    (:func:`escape`) if it is text that begins like one, else itself."""
+    if isinstance(message, str) and message.startswith(PREFIX):
+        return escape(message)  # type: ignore[return-value]
+    return message
+
+
 def adopt(websocket: _W, request: HttpRequest) -> _W:
     """Give ``websocket`` the envelope-aware subclass of its class if its client announced
     the envelope; return it. Called once, before the view runs."""
@@ -80,13 +113,19 @@ _subclasses: dict[type[WebSocket], type[WebSocket]] = {}
 
 def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
     """``cls`` whose ``wait()`` and ``read()`` answer the envelope's messages and return
-    the others (one level of plain inheritance: ``__class__`` can be assigned only between
-    classes of one layout). ``count_messages()`` leaves the envelope's out: it counts
+    the others, and whose ``send()`` sends the application's text that looks like one in
+    an envelope (:func:`outgoing`; ``_send_own()`` sends as it is, for the library's own
+    envelopes). One level of plain inheritance: ``__class__`` can be assigned only between
+    classes of one layout. ``count_messages()`` leaves the envelope's out: it counts
     what ``read()`` returns, and acts on those that come before any of them."""
     found = _subclasses.get(cls)
     if found is not None:
         return found
     base_wait, base_read, base_count = cls.wait, cls.read, cls.count_messages
+    base_send = cls.send
+
+    def send(self: WebSocket, message: Message) -> None:
+        base_send(self, outgoing(message))
 
     def wait(self: WebSocket, timeout: float | None = None) -> Message | None:
         if timeout is not None:
@@ -139,6 +178,8 @@ def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
         "wait": wait,
         "read": read,
         "count_messages": count_messages,
+        "send": send,
+        "_send_own": base_send,
         "dws": True,
         "_signal_sender": cls._signal_sender or cls,  # receivers connect to the backend's
         "__module__": cls.__module__,

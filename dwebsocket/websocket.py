@@ -220,6 +220,12 @@ class WebSocket(abc.ABC):
         kernel (or, for backends that must, to the connection's own greenlet). Raises
         :class:`~dwebsocket.exceptions.ConnectionClosed` once the connection is closed."""
 
+    def _send_own(self, message: Message) -> None:
+        """:meth:`send` for the library's own ``dws`` envelopes (a history replay): as
+        they are, where ``send()`` escapes the application's text that looks like one
+        (:func:`dwebsocket.dws.outgoing`)."""
+        self.send(message)
+
     def send_json(self, data: Any, *, cls: type[json.JSONEncoder] | None = None) -> None:
         """Send ``data`` as JSON in a text frame. The encoder is Django's
         ``DjangoJSONEncoder`` (dates, decimals, UUIDs, lazy strings), as for

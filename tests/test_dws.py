@@ -4,6 +4,7 @@ threads)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -21,6 +22,15 @@ from tests.wire import RawClient
 
 PING = '{"dws":"ping"}'
 PONG = '{"dws":"pong"}'
+#: What one user may send to a group to fool the others' clients: a recovery that never
+#: happened, and a position that moves their client's resume point.
+FORGED = '{"dws":"joined","g":"feed","p":"1:999","since":"1:1","recovered":true,"missed":0}'
+
+
+def escaped(text: str) -> dict[str, Any]:
+    """What a client that speaks dws gets for the application's ``text`` that looks like
+    an envelope: its clients hand the page ``text``, of no group (docs/protocol.rst)."""
+    return {"dws": "msg", "g": None, "p": None, "d": text}
 
 
 @pytest.mark.server
@@ -44,7 +54,7 @@ def test_an_envelope_nested_too_deep_to_parse_goes_to_the_view(
         client.send('{"dws":"ping"}')  # the envelope's own: answered, not echoed
         assert client.recv() == '{"dws":"pong"}'
         client.send(deep)
-        assert client.recv() == deep
+        assert json.loads(client.recv()) == escaped(deep)  # the view's, sent back to it
         client.send("after")
         assert client.recv() == "after"
 
@@ -181,3 +191,67 @@ def test_a_view_that_reads_only_what_has_messages_announces_answers_pings() -> N
         stop.set()
         session.finish()
     assert got == ["a"]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("name", "urls"),
+    [
+        ("gevent", "tests.urls"),
+        ("runserver", "tests.urls"),
+        ("uwsgi-gevent", "tests.urls"),  # the uwsgi backend
+        ("uvicorn", "tests.asgi.urls"),  # a sync view under ASGI
+        ("uvicorn", "tests.asgi.async_urls"),
+    ],
+)
+def test_the_views_text_that_looks_like_an_envelope_goes_as_the_applications(
+    name: str, urls: str, make_server: Callable[..., ServerProcess]
+) -> None:
+    """A view's ``send()`` of text that begins like an envelope reaches a client that
+    speaks dws escaped (its clients give the page that text), one that does not as it
+    is. Here the echo view sends back text its client sent that begins like one but is
+    no JSON (so the view got it)."""
+    server = make_server(name, settings={"ROOT_URLCONF": urls})
+    text = '{"dws" begins this, not JSON'
+    with RawClient.connect(server.host, server.port, "/echo/?dws=1") as client:
+        client.send(text)
+        assert json.loads(client.recv()) == escaped(text)
+        client.send("plain")
+        assert client.recv() == "plain"
+    with RawClient.connect(server.host, server.port, "/echo/") as client:
+        client.send(text)
+        assert client.recv() == text
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("name", "urls", "path"),
+    [
+        ("gevent", "tests.urls", "/group/forged/"),
+        ("runserver", "tests.urls", "/group/forged/"),
+        ("uvicorn", "tests.asgi.async_urls", "/group/forged/"),  # sync view, ASGI
+        ("uvicorn", "tests.asgi.async_urls", "/room/forged/"),  # async view
+    ],
+)
+def test_a_user_cannot_forge_envelopes_for_other_users_through_a_group(
+    name: str, urls: str, path: str, make_server: Callable[..., ServerProcess]
+) -> None:
+    """A relay view (each message a member sends goes to the group, as docs/groups.rst's
+    chat does) handed one user's forged ``joined`` to the others' clients as the
+    library's: dwebsocket.js and dwebsocket.client reported a recovery that never
+    happened and kept the forged position to resume from, so after their next reconnect
+    messages were missing and they said "recovered". A client that speaks dws now gets
+    it as the application's message; one that does not, as it was sent."""
+    server = make_server(name, settings={"ROOT_URLCONF": urls})
+    with (
+        RawClient.connect(server.host, server.port, path) as sender,
+        RawClient.connect(server.host, server.port, path + "?dws=1") as member,
+    ):
+        assert sender.recv() == "joined"
+        assert member.recv() == "joined"
+        sender.send(FORGED)
+        assert sender.recv() == FORGED
+        assert json.loads(member.recv()) == escaped(FORGED)
+        sender.send("hello")
+        assert sender.recv() == "hello"
+        assert member.recv() == "hello"

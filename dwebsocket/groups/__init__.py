@@ -391,7 +391,9 @@ def _join(group: str, websocket: WebSocket | Member, since: str | None) -> Recov
     if websocket.is_closed():
         layer.leave_all(websocket)
         return _failed(since)
-    send = getattr(websocket, "send", websocket.deliver)
+    # The library's envelopes as they are (send() escapes text that looks like one).
+    own = getattr(websocket, "_send_own", None)
+    send = own if own is not None else getattr(websocket, "send", websocket.deliver)
     try:
         return recover(layer, follower, since, send)
     except GroupsUnavailable as exc:

@@ -36,6 +36,7 @@ import base64
 import fnmatch
 import json
 import logging
+import operator
 import secrets
 import threading
 from collections import deque
@@ -304,13 +305,13 @@ class Item:
 class Items:
     """Consecutive messages of one group, fanned out together: each member gets them in
     one :class:`~dwebsocket.groups.batch.Batch`, made once for all members (as they are,
-    or in ``dws`` envelopes)."""
+    in ``dws`` envelopes, or as they are but text that looks like an envelope escaped)."""
 
     __slots__ = ("_batches", "items")
 
     def __init__(self, items: list[Item]) -> None:
         self.items = items
-        self._batches: dict[bool, Batch] = {}
+        self._batches: dict[bool | None, Batch] = {}
 
     def batch(self, envelope: bool) -> Batch:
         """Every message, in envelopes if ``envelope``: the same object for every member."""
@@ -319,6 +320,20 @@ class Items:
             batch = self._batches[envelope] = Batch(
                 [item.envelope() if envelope else item.message for item in self.items]
             )
+        return batch
+
+    def escaped(self) -> Batch:
+        """Every message as it is for a client that speaks ``dws`` (a plain group's):
+        text that begins like an envelope escaped (:func:`dwebsocket.dws.outgoing`), the
+        plain batch itself if none does."""
+        batch = self._batches.get(None)
+        if batch is None:
+            from dwebsocket.dws import outgoing
+
+            plain = self.batch(False)
+            messages = [outgoing(message) for message in plain.messages]
+            same = all(map(operator.is_, messages, plain.messages))
+            batch = self._batches[None] = plain if same else Batch(messages)
         return batch
 
 

@@ -200,10 +200,15 @@ def fan_out_items(registry: Registry, group: str, items: Items) -> list[str]:
         try:
             follower = followers.get(id(member)) if followers else None
             if follower is None:
-                # A member of a history group without a follower left it after ``members``
-                # was read: whose client speaks dws still gets the message in its envelope.
-                envelope = kept and getattr(member, "dws", False)
-                deliver_batch(member, items.batch(True) if envelope else plain)
+                if not getattr(member, "dws", False):
+                    deliver_batch(member, plain)
+                elif kept:
+                    # A member of a history group without a follower left it after
+                    # ``members`` was read: its client still gets the message in its
+                    # envelope.
+                    deliver_batch(member, items.batch(True))
+                else:  # the application's text that looks like an envelope, escaped
+                    deliver_batch(member, items.escaped())
             else:
                 follower.deliver_items(items)
         except Exception:

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dwebsocket import log, metrics
+from dwebsocket import dws, log, metrics
 from dwebsocket.backends.asgi import connection as connection_module
 from dwebsocket.backends.asgi.connection import ASGIConnection
 from dwebsocket.db import release_idle_connections, wait_releasing
@@ -265,6 +265,9 @@ class ASGIWebSocket(WebSocket):
         """Send ``message`` (``str``: text, bytes-like: binary). Any thread but the loop's;
         blocks until the server took it. Raises ``ConnectionClosed`` once closed."""
         message = _message(message)
+        self._send_own(dws.outgoing(message) if self.dws else message)
+
+    def _send_own(self, message: Message) -> None:
         self._ensure_accepted()
         self._run(self.connection.send_message(message), IO_TIMEOUT)
 
@@ -450,6 +453,8 @@ class AsyncWebSocket:
     async def send(self, message: str | BytesLike) -> None:
         """Send ``message``; raises ``ConnectionClosed`` once closed."""
         message = _message(message)
+        if self.dws:
+            message = dws.outgoing(message)
         await self._ensure_accepted()
         await self.connection.send_message(message)
 
