@@ -636,8 +636,14 @@ class ReconnectingClient:
         sock = self._sock = _connect_tcp(host, port, left, self._started)
         if secure:
             context = self.ssl_context or ssl.create_default_context()
+            # The TLS socket takes the plain one's descriptor over (the plain one's is -1
+            # then): it must be in _sock before its handshake waits, for close() to shut
+            # it down (then left() sees the flag, or the shut down ends the handshake).
+            sock = self._sock = context.wrap_socket(
+                sock, server_hostname=host, do_handshake_on_connect=False
+            )
             sock.settimeout(left())
-            sock = self._sock = context.wrap_socket(sock, server_hostname=host)
+            sock.do_handshake()
         key = generate_key()
         sock.settimeout(left())
         sock.sendall(self._request(key))

@@ -835,6 +835,29 @@ def test_close_from_another_thread_ends_an_attempt_under_way() -> None:
                 filler.close()
 
 
+def test_close_from_another_thread_ends_a_tls_handshake_under_way() -> None:
+    """The same while the attempt's TLS handshake waits (``wss://``: the server accepted
+    the TCP connection and answers nothing, a stopped process behind it): ``close()``
+    ends it. Before, ``close()`` shut down the plain socket, whose descriptor the TLS
+    socket had taken over (-1 then: nothing was shut down), and the reading thread
+    waited out the attempt's ``timeout`` (10 s here), then found the client closed."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        client = ReconnectingClient(f"wss://127.0.0.1:{silent.getsockname()[1]}/")
+        thread, ended = _reading(client)
+        accepted, _ = silent.accept()  # the ClientHello comes; no answer goes
+        try:
+            accepted.settimeout(WAIT)
+            assert accepted.recv(1)  # the handshake is under way
+            client.close()
+            thread.join(3)
+            assert not thread.is_alive(), "the TLS handshake did not end"
+            assert isinstance(ended[0], ConnectionClosed) and client._sock is None
+        finally:
+            accepted.close()
+            client.close()
+            thread.join(WAIT)
+
+
 def test_close_from_another_thread_as_the_handshake_ends_announces_no_open(
     gevent: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
