@@ -453,7 +453,9 @@ class ReconnectingClient:
 
     def send(self, message: Message | bytearray | memoryview) -> None:
         """Send ``message`` now (``str``: text, bytes-like: binary). Raises
-        ``ConnectionClosed`` while not connected: what to do then is the caller's call."""
+        ``ConnectionClosed`` while not connected: what to do then is the caller's call;
+        also when the connection ends during the write (with the server's code and reason
+        when it closed it first: 1009 for a message over its limit)."""
         conn = self._conn
         if conn is None:
             raise ConnectionClosed(self.close_code or 1006, "not connected")
@@ -849,7 +851,12 @@ class ReconnectingClient:
                     sent += sock.send(view[sent:])
         except OSError as exc:
             if lose:
-                self._lost(1006, str(exc))
+                conn = self._conn
+                self._read_last_words(sock)
+                if self._sock is sock:  # no close frame came: the link broke
+                    self._lost(1006, str(exc))
+                elif conn is not None and conn.close_code is not None:
+                    raise ConnectionClosed(conn.close_code, conn.close_reason) from None
             raise ConnectionClosed(1006, str(exc)) from None
         except BaseException:
             # KeyboardInterrupt, a gevent.Timeout around send(): part of the frame may be
@@ -858,6 +865,21 @@ class ReconnectingClient:
             raise
         if self._closed_for_good:
             self._finish_close()  # close() came during the write and left it to this one
+
+    def _read_last_words(self, sock: socket.socket) -> None:
+        """After a write failed: the server may have closed the connection with a code,
+        then been reset by what kept coming (the rest of a message over its limit: 1009;
+        of one sent as it revoked the session: 4001, which must not be retried). What it
+        sent before is still there to read (Linux keeps it past the reset): a close frame
+        among it ends the connection with its code (:meth:`_feed`), the messages before
+        it delivered, where the failed write knew only of a 1006. Reads only what is
+        there, and only where no other thread reads (:meth:`close` from one)."""
+        if self._closed_for_good or self._reader not in (None, threading.get_ident()):
+            return
+        with contextlib.suppress(OSError):
+            sock.settimeout(0)
+            while self._sock is sock and (data := sock.recv(_RECV)):
+                self._feed(data)
 
     def _next(self) -> Received | None:
         """Emit the events at the head of the inbox, then take its first message (None:

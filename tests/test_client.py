@@ -201,6 +201,59 @@ def test_no_retry_after_policy_and_revoked_session(gevent: ServerProcess, code: 
     client.close()
 
 
+@pytest.mark.parametrize("name", ["gevent", "runserver"])
+@pytest.mark.parametrize("code", [1008, 4001])
+def test_a_close_that_cuts_a_large_write_short_still_says_why(
+    make_server: Callable[..., ServerProcess], name: str, code: int
+) -> None:
+    """The server closes with 4001 (the session revoked) or 1008 while the client writes
+    a message larger than what the systems buffer (4 MiB): the server's socket is closed,
+    the rest of the message draws a reset and the write fails (EPIPE). The close frame
+    came before and is still there to read: ``send()`` raises ``ConnectionClosed`` with
+    its code and reason, and the client stops for good, as after any 4001. Before, the
+    failed write was all the client knew of (1006): it announced a retry and reconnected,
+    its session revoked."""
+    server = make_server(name)
+    events: list[Event] = []
+    client = ReconnectingClient(
+        server.url(f"/close/?code={code}&reason=go"), min_delay=0.01, on_event=events.append
+    )
+    client.connect(WAIT)
+    client.send("close, please")
+    assert client._sock is not None and select.select([client._sock], [], [], WAIT)[0]
+    time.sleep(0.2)  # the server's close frame came: its socket is closed (or about to be)
+    with pytest.raises(ConnectionClosed) as raised:
+        client.send(b"x" * 2**22)
+    assert (raised.value.code, raised.value.reason) == (code, "go")
+    with pytest.raises(ConnectionClosed):
+        client.recv(WAIT)
+    assert [(e.type, e.code, e.will_retry) for e in events] == [
+        ("open", None, False),
+        ("close", code, False),
+    ]
+    assert client._sock is None
+
+
+def test_a_message_over_the_servers_limit_is_told_apart_from_a_broken_link(
+    gevent: ServerProcess,
+) -> None:
+    """A message over the server's ``WEBSOCKET_MAX_MESSAGE_SIZE`` (1 MiB): the server
+    closes with 1009 as soon as the frame's header says its size, and the rest of the
+    write draws a reset. ``send()`` raises ``ConnectionClosed`` with the server's 1009
+    and its reason, and the ``close`` event says so (then the client reconnects, as after
+    any 1009). Before, both said 1006, ``[Errno 32] Broken pipe``: a link that broke."""
+    events: list[Event] = []
+    with ReconnectingClient(gevent.url("/echo/"), min_delay=0.01, on_event=events.append) as client:
+        with pytest.raises(ConnectionClosed) as raised:
+            client.send(b"x" * 2**22)
+        assert raised.value.code == 1009 and "1048576" in raised.value.reason
+        client.connect(WAIT)
+        client.send("back")
+        assert client.recv(WAIT).data == "back"
+    closes = [e for e in events if e.type == "close"]
+    assert [(e.code, e.will_retry) for e in closes] == [(1009, True)], closes
+
+
 @pytest.mark.parametrize("name", ["café", "日本", "a b"])
 def test_a_path_is_sent_percent_encoded(gevent: ServerProcess, name: str) -> None:
     """A path with characters a request line cannot carry as they are (a room's name:
