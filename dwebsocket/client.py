@@ -261,7 +261,8 @@ class ReconnectingClient:
     ``min(max_delay, min_delay * 2**n)`` seconds (``n`` starts again at 0 after a
     connection that stayed open ``stable`` seconds). Heartbeat: after ``ping_interval``
     seconds (``inf``: never) without any message it sends ``{"dws":"ping"}``; nothing within
-    ``ping_timeout`` more and the connection counts as dead (close code 4002), unless what
+    ``ping_timeout`` more and the connection counts as dead (close code 4002, in a close
+    frame if the socket takes it at once), unless what
     it sent before is still leaving (on Linux: the send queue shrinks; the ping waits behind
     it), which gives the answer ``ping_timeout`` more each time. Close codes
     in ``no_retry`` (policy, session revoked), a handshake answered with a 2xx, 3xx or
@@ -749,6 +750,7 @@ class ReconnectingClient:
             data = sock.recv(_RECV)
         except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             if dead:
+                self._say_why(sock, HEARTBEAT_CLOSE, "no heartbeat")
                 self._lost(HEARTBEAT_CLOSE, "no heartbeat")
                 return True
             return deadline is None or time.monotonic() < deadline
@@ -760,6 +762,21 @@ class ReconnectingClient:
             return True
         self._feed(data)
         return True
+
+    def _say_why(self, sock: socket.socket, code: int, reason: str) -> None:
+        """A close frame with ``code`` on a connection given up, as the browser client
+        sends one (4002: the server's logs and metrics say why the client went), if the
+        socket takes it at once: the connection is given up, nothing waits for it."""
+        conn = self._conn
+        if conn is None or not self._writing.acquire(blocking=False):
+            return  # another thread is writing: its frame would be cut
+        try:
+            with contextlib.suppress(OSError, InvalidState):
+                frame = conn.send_close(code, reason)
+                sock.settimeout(0)
+                sock.send(frame)
+        finally:
+            self._writing.release()
 
     def _feed(self, data: bytes) -> None:
         conn = self._conn

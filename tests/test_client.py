@@ -400,6 +400,40 @@ def test_the_heartbeat_finds_a_silent_connection(proxy: Proxy) -> None:
         assert events[-1].type == "open" and events[-1].reconnect
 
 
+def test_the_heartbeat_says_why_it_gives_a_connection_up(
+    gevent: ServerProcess, proxy: Proxy
+) -> None:
+    """The server's answers stop coming (the proxy reads nothing more from it), what the
+    client sends still goes: the client gives the connection up (4002) and says so with a
+    close frame, as ``dwebsocket.js`` does (docs/protocol.rst: 4002 is "sent by a client
+    that gave up on a silent connection"); the view sees 4002 (its metrics and logs say
+    why the client went). Before, the client dropped the socket without a word: the view
+    saw 1006."""
+    events: list[Event] = []
+    client = ReconnectingClient(
+        proxy.url("/record/?id=heartbeat"),
+        ping_interval=0.2,
+        ping_timeout=0.3,
+        min_delay=30,
+        on_event=events.append,
+    )
+    with client:
+        proxy.pause()
+        with pytest.raises(TimeoutError):
+            client.recv(1.5)
+        assert [(e.type, e.code) for e in events] == [("open", None), ("close", 4002)]
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            record = gevent.url("/record/?id=heartbeat", "http")
+            with urllib.request.urlopen(record, timeout=WAIT) as response:
+                assert json.load(response)["code"] == 4002
+                break
+        except urllib.error.HTTPError:  # 404: not closed yet
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def test_a_heartbeat_interval_of_infinity_reads_without_a_timeout(gevent: ServerProcess) -> None:
     """``ping_interval=inf`` (no heartbeat, as ``pingInterval: Infinity`` in the browser):
     ``recv()`` reads with no time limit. It gave the socket a timeout of inf, which
