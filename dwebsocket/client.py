@@ -50,6 +50,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlu
 
 from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake, InvalidState
 from dwebsocket.protocol.connection import Close, Connection
+from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.frames import encode_close_payload
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
 from dwebsocket.websocket import Message
@@ -278,7 +279,9 @@ class ReconnectingClient:
     keep moving); the ``timeout`` of
     :meth:`connect` and :meth:`recv` bounds their attempts too (an attempt the caller's
     time cut short is not a failure: the next call starts afresh, without backoff).
-    ``headers``, ``origin``, ``subprotocols`` go into the handshake (one it cannot carry,
+    ``compression``: offer permessage-deflate, as browsers do (the server's
+    ``WEBSOCKET_COMPRESSION`` decides; ``max_message_size`` counts the bytes
+    decompressed). ``headers``, ``origin``, ``subprotocols`` go into the handshake (one it cannot carry,
     a line end or a character latin-1 has not, raises ``ValueError`` here); ``ssl_context`` for
     ``wss://``. ``since_limit``: the most characters the positions may take in the URL
     (``dws_since``, URL-encoded); past it, those of the groups that got a message longest
@@ -305,6 +308,7 @@ class ReconnectingClient:
         ssl_context: ssl.SSLContext | None = None,
         max_message_size: int | None = 2**24,
         since_limit: int = 2048,
+        compression: bool = True,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
@@ -344,6 +348,7 @@ class ReconnectingClient:
         self.headers = list(headers)
         self.origin = origin
         self.subprotocols = list(subprotocols)
+        self.compression = compression
         # A header the request cannot carry (a token read with its line end, a character
         # latin-1 has not) would fail every attempt: raised here instead (ValueError).
         self._request(generate_key())
@@ -580,6 +585,7 @@ class ReconnectingClient:
             self._address(),
             key=key,
             subprotocols=self.subprotocols,
+            extensions=PerMessageDeflate.client_offer() if self.compression else None,
             origin=self.origin,
             extra_headers=self.headers,
         )
@@ -660,7 +666,14 @@ class ReconnectingClient:
         status, headers, consumed = parsed
         if status != 101:
             raise _Refused(status, _retry_after(headers), dict(headers).get("location"))
-        self._conn = Connection(client=True, max_message_size=self.max_message_size)
+        deflate = None
+        if extensions := [value for name, value in headers if name == "sec-websocket-extensions"]:
+            if not self.compression:  # RFC 6455 4.1: an extension not offered fails
+                raise InvalidHandshake(f"extensions not offered: {', '.join(extensions)!r}")
+            deflate = PerMessageDeflate.from_response(", ".join(extensions))
+        self._conn = Connection(
+            client=True, deflate=deflate, max_message_size=self.max_message_size
+        )
         now = time.monotonic()
         self._opened_at = self._heard = now
         self._ping_sent = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import select
 import signal
@@ -170,6 +171,67 @@ def test_echo_binary_and_the_envelope_query(
         client.send("closed")
 
 
+def _metrics(server: ServerProcess) -> dict[str, float]:
+    """The server's byte counters (``/metrics``), once both moved (the connections closed)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        with urllib.request.urlopen(server.url("/metrics", "http"), timeout=WAIT) as response:
+            text = response.read().decode()
+        found = dict(
+            (name.removeprefix("django_websocket_"), float(count))
+            for name, _, count in (line.partition(" ") for line in text.splitlines())
+            if name.endswith("_bytes_total")
+        )
+        if found.get("sent_bytes_total") and found.get("received_bytes_total"):
+            return found
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("compression", [True, False])
+def test_compression_is_negotiated_as_a_browser_does(
+    make_server: Callable[..., ServerProcess], compression: bool
+) -> None:
+    """The client offers permessage-deflate, as browsers (and ``dwebsocket.testing``) do,
+    and the server (``WEBSOCKET_COMPRESSION``, on by default) takes it: 200,000 bytes of
+    JSON-like text each way cross the wire in a few KB. Before, the client offered none,
+    and a service following a group got every byte as it was, where a browser got them
+    compressed. ``compression=False`` offers none."""
+    server = make_server("gevent")
+    message = '{"price": 1.5, "item": "apple"}' * 6500
+    with ReconnectingClient(server.url("/echo/"), compression=compression) as client:
+        client.send(message)
+        assert client.recv(WAIT).data == message
+        client.send(message.encode())
+        assert client.recv(WAIT).data == message.encode()
+    counted = _metrics(server)
+    if compression:
+        assert counted["received_bytes_total"] < 20_000 > counted["sent_bytes_total"], counted
+    else:
+        assert counted["received_bytes_total"] > 2 * len(message) < counted["sent_bytes_total"]
+
+
+def test_an_extension_the_server_answers_unoffered_fails_the_attempt() -> None:
+    """``compression=False`` offers no extension; a server that answers with one anyway
+    would send frames the client cannot read (RSV1): the attempt fails (RFC 6455 4.1)
+    and is retried, instead of a connection that breaks at the first message."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        events: list[Event] = []
+        client = ReconnectingClient(
+            f"ws://127.0.0.1:{port}/", compression=False, min_delay=30, on_event=events.append
+        )
+        extension = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+        thread = threading.Thread(target=lambda: _answer_handshake(listener, extension).close())
+        thread.start()
+        with pytest.raises(TimeoutError):
+            client.connect(1.0)
+        thread.join(WAIT)
+        client.close()
+    assert [(e.type, e.will_retry) for e in events] == [("close", True)], events
+    assert "extensions not offered" in events[0].reason
+
+
 def test_a_message_nested_too_deep_to_parse_is_the_applications(gevent: ServerProcess) -> None:
     """A message that starts like an envelope but nests deeper than ``json`` decodes (a
     chat relaying what a user typed; the server hands it to the view as the
@@ -223,7 +285,7 @@ def test_a_close_that_cuts_a_large_write_short_still_says_why(
     assert client._sock is not None and select.select([client._sock], [], [], WAIT)[0]
     time.sleep(0.2)  # the server's close frame came: its socket is closed (or about to be)
     with pytest.raises(ConnectionClosed) as raised:
-        client.send(b"x" * 2**22)
+        client.send(random.randbytes(2**22))  # incompressible: 4 MiB on the wire
     assert (raised.value.code, raised.value.reason) == (code, "go")
     with pytest.raises(ConnectionClosed):
         client.recv(WAIT)
@@ -245,7 +307,7 @@ def test_a_message_over_the_servers_limit_is_told_apart_from_a_broken_link(
     events: list[Event] = []
     with ReconnectingClient(gevent.url("/echo/"), min_delay=0.01, on_event=events.append) as client:
         with pytest.raises(ConnectionClosed) as raised:
-            client.send(b"x" * 2**22)
+            client.send(random.randbytes(2**22))  # incompressible: 4 MiB on the wire
         assert raised.value.code == 1009 and "1048576" in raised.value.reason
         client.connect(WAIT)
         client.send("back")
@@ -353,7 +415,7 @@ def test_a_large_message_over_a_slow_link_is_sent_while_bytes_move(
     try:
         link.throttle(65536, 0.005)
         with ReconnectingClient(link.url("/echo/"), timeout=0.35, on_event=events.append) as client:
-            message = bytes(range(256)) * (2**23 // 256)
+            message = random.Random(0).randbytes(2**23)  # incompressible: 8 MiB to go
             client.send(message)
             assert client.recv(WAIT).data == message
     finally:
@@ -481,7 +543,10 @@ def test_an_event_handler_that_raises_loses_nothing(
     history.hold(until=b'"recovery"')
     with (
         caplog.at_level(logging.ERROR, logger="dwebsocket"),
-        ReconnectingClient(history.url("/group/feed/follow/"), on_event=on_event) as client,
+        # Plain frames: the proxy looks for the view's message on the wire.
+        ReconnectingClient(
+            history.url("/group/feed/follow/"), on_event=on_event, compression=False
+        ) as client,
     ):
         assert "recovery" in json.loads(client.recv(WAIT).data)
     (logged,) = [r.exc_info[1] for r in caplog.records if r.exc_info]
@@ -499,7 +564,9 @@ def test_close_from_the_open_handler(history: Proxy) -> None:
             client.close()
 
     history.hold(until=b'"recovery"')
-    client = ReconnectingClient(history.url("/group/feed/follow/"), on_event=on_event)
+    client = ReconnectingClient(
+        history.url("/group/feed/follow/"), on_event=on_event, compression=False
+    )  # plain frames: the proxy looks for the view's message on the wire
     with pytest.raises(ConnectionClosed) as raised:
         client.connect(WAIT)
     assert raised.value.code == 1000 and not client.connected
@@ -605,8 +672,9 @@ def test_a_host_name_is_looked_up_and_connected(gevent: ServerProcess) -> None:
     assert not [t for t in lookups if t.is_alive()]
 
 
-def _answer_handshake(backend: socket.socket) -> socket.socket:
-    """Accept one connection on ``backend``, read its request and answer 101."""
+def _answer_handshake(backend: socket.socket, extra: bytes = b"") -> socket.socket:
+    """Accept one connection on ``backend``, read its request and answer 101 (``extra``:
+    more header lines)."""
     conn, _ = backend.accept()
     conn.settimeout(WAIT)
     request = b""
@@ -618,7 +686,9 @@ def _answer_handshake(backend: socket.socket) -> socket.socket:
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
         + accept_key(key.group(1).decode()).encode()
-        + b"\r\n\r\n"
+        + b"\r\n"
+        + extra
+        + b"\r\n"
     )
     return conn
 
@@ -1043,7 +1113,10 @@ def test_positions_and_events_follow_what_the_application_received(history: Prox
     seen: list[object] = []
     history.hold(until=b'"recovery"')
     client = ReconnectingClient(
-        url, positions={"feed": start}, on_event=lambda e: seen.append(e.type)
+        url,
+        positions={"feed": start},
+        on_event=lambda e: seen.append(e.type),
+        compression=False,  # plain frames: the proxy looks for the view's message on the wire
     )
     with client:
         for _ in range(4):
