@@ -281,11 +281,11 @@ class ReconnectingClient:
     time cut short is not a failure: the next call starts afresh, without backoff).
     ``compression``: offer permessage-deflate, as browsers do (the server's
     ``WEBSOCKET_COMPRESSION`` decides; ``max_message_size`` counts the bytes
-    decompressed). ``headers``, ``origin``, ``subprotocols`` go into the handshake (one it cannot carry,
-    a line end or a character latin-1 has not, raises ``ValueError`` here); ``ssl_context`` for
-    ``wss://``. ``since_limit``: the most characters the positions may take in the URL
-    (``dws_since``, URL-encoded); past it, those of the groups that got a message longest
-    ago are left out, and a group of those the server joins again without them gets
+    decompressed). ``headers``, ``origin``, ``subprotocols`` go into the handshake (one it
+    cannot carry, a line end or a character latin-1 has not, raises ``ValueError`` here);
+    ``ssl_context`` for ``wss://``. ``since_limit``: the most characters the positions may
+    take in the URL (``dws_since``, URL-encoded); past it, those of the groups that got a
+    message longest ago are left out, and a group of those the server joins again without them gets
     ``"recovery_failed"`` (with the ``since`` left out), as when history no longer reaches
     back. A message over ``max_message_size`` (1009) leaves out every group's position
     from the next attempt so (from a history it would come again with each resume)."""

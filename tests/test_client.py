@@ -484,13 +484,16 @@ def test_the_heartbeat_says_why_it_gives_a_connection_up(
         with pytest.raises(TimeoutError):
             client.recv(1.5)
         assert [(e.type, e.code) for e in events] == [("open", None), ("close", 4002)]
+    assert _recorded(gevent.url("/record/?id=heartbeat", "http"))["code"] == 4002
+
+
+def _recorded(record: str) -> Any:
+    """What the ``record`` view at ``record`` recorded of its close, once it has."""
     deadline = time.monotonic() + WAIT
     while True:
         try:
-            record = gevent.url("/record/?id=heartbeat", "http")
             with urllib.request.urlopen(record, timeout=WAIT) as response:
-                assert json.load(response)["code"] == 4002
-                break
+                return json.load(response)
         except urllib.error.HTTPError:  # 404: not closed yet
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -924,16 +927,8 @@ def test_close_from_another_thread_ends_a_read_waiting_for_messages(proxy: Proxy
     thread.join(3)
     assert not thread.is_alive(), "the read did not end"
     assert isinstance(ended[0], ConnectionClosed) and recording._sock is None
-    deadline = time.monotonic() + WAIT
-    record = proxy.url("/record/?id=threads", "http")
-    while True:
-        try:
-            with urllib.request.urlopen(record, timeout=WAIT) as response:
-                assert json.load(response) == {"code": 1000, "reason": "bye", "closed": True}
-                break
-        except urllib.error.HTTPError:  # 404: not closed yet
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    record = _recorded(proxy.url("/record/?id=threads", "http"))
+    assert record == {"code": 1000, "reason": "bye", "closed": True}
 
     client = ReconnectingClient(proxy.url("/echo/"), ping_interval=30, timeout=0.3)
     client.connect(WAIT)
