@@ -282,7 +282,8 @@ class ReconnectingClient:
     ``compression``: offer permessage-deflate, as browsers do (the server's
     ``WEBSOCKET_COMPRESSION`` decides; ``max_message_size`` counts the bytes
     decompressed). ``headers``, ``origin``, ``subprotocols`` go into the handshake (one it
-    cannot carry, a line end or a character latin-1 has not, raises ``ValueError`` here);
+    cannot carry, a line end or a character latin-1 has not, raises ``ValueError`` here;
+    the one the server chose is :attr:`subprotocol`, one it did not offer fails the attempt);
     ``ssl_context`` for ``wss://``. ``since_limit``: the most characters the positions may
     take in the URL (``dws_since``, URL-encoded); past it, those of the groups that got a
     message longest ago are left out, and a group of those the server joins again without them gets
@@ -348,6 +349,9 @@ class ReconnectingClient:
         self.headers = list(headers)
         self.origin = origin
         self.subprotocols = list(subprotocols)
+        #: The subprotocol the server chose for the connection open now, or the last one
+        #: (None: none chosen, or none opened yet).
+        self.subprotocol: str | None = None
         self.compression = compression
         # A header the request cannot carry (a token read with its line end, a character
         # latin-1 has not) would fail every attempt: raised here instead (ValueError).
@@ -666,6 +670,9 @@ class ReconnectingClient:
         status, headers, consumed = parsed
         if status != 101:
             raise _Refused(status, _retry_after(headers), dict(headers).get("location"))
+        chosen = dict(headers).get("sec-websocket-protocol")
+        if chosen is not None and chosen not in self.subprotocols:  # RFC 6455 4.1 too
+            raise InvalidHandshake(f"subprotocol not offered: {chosen!r}")
         deflate = None
         if extensions := [value for name, value in headers if name == "sec-websocket-extensions"]:
             if not self.compression:  # RFC 6455 4.1: an extension not offered fails
@@ -674,6 +681,7 @@ class ReconnectingClient:
         self._conn = Connection(
             client=True, deflate=deflate, max_message_size=self.max_message_size
         )
+        self.subprotocol = chosen
         now = time.monotonic()
         self._opened_at = self._heard = now
         self._ping_sent = None

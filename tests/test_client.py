@@ -211,25 +211,46 @@ def test_compression_is_negotiated_as_a_browser_does(
         assert counted["received_bytes_total"] > 2 * len(message) < counted["sent_bytes_total"]
 
 
-def test_an_extension_the_server_answers_unoffered_fails_the_attempt() -> None:
-    """``compression=False`` offers no extension; a server that answers with one anyway
-    would send frames the client cannot read (RSV1): the attempt fails (RFC 6455 4.1)
-    and is retried, instead of a connection that breaks at the first message."""
+def test_the_subprotocol_the_server_chose_is_known(gevent: ServerProcess) -> None:
+    """A service offering two versions of its protocol (``["v2", "chat"]``, the newer
+    first, while servers are upgraded) learns which one the server chose: ``subprotocol``
+    (None while not connected, or when the server chose none). Before, nothing said it."""
+    client = ReconnectingClient(gevent.url("/subprotocol/"), subprotocols=["v2", "chat"])
+    assert client.subprotocol is None
+    with client:
+        assert json.loads(client.recv(WAIT).data)["chosen"] == "chat"
+        assert client.subprotocol == "chat"
+    with ReconnectingClient(gevent.url("/subprotocol/"), subprotocols=["v2"]) as client:
+        assert json.loads(client.recv(WAIT).data)["chosen"] is None
+        assert client.subprotocol is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"Sec-WebSocket-Protocol: chat\r\n",
+        b"Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    ],
+)
+def test_what_the_server_answers_unoffered_fails_the_attempt(answer: bytes) -> None:
+    """A subprotocol the client did not offer, or an extension with ``compression=False``
+    (which offers none): the server would speak what the client does not (frames with
+    RSV1 it cannot read), so the attempt fails (RFC 6455 4.1) and is retried, instead of
+    a connection that breaks at the first message, or speaks another protocol."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         events: list[Event] = []
         client = ReconnectingClient(
             f"ws://127.0.0.1:{port}/", compression=False, min_delay=30, on_event=events.append
         )
-        extension = b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
-        thread = threading.Thread(target=lambda: _answer_handshake(listener, extension).close())
+        thread = threading.Thread(target=lambda: _answer_handshake(listener, answer).close())
         thread.start()
         with pytest.raises(TimeoutError):
             client.connect(1.0)
         thread.join(WAIT)
         client.close()
     assert [(e.type, e.will_retry) for e in events] == [("close", True)], events
-    assert "extensions not offered" in events[0].reason
+    assert "not offered" in events[0].reason
 
 
 def test_a_message_nested_too_deep_to_parse_is_the_applications(gevent: ServerProcess) -> None:
