@@ -47,6 +47,9 @@ STOPS = [
     ("gunicorn-gthread", signal.SIGINT),
     ("eventlet", signal.SIGTERM),
     ("eventlet", signal.SIGINT),
+    # uWSGI --die-on-term: SIGTERM and SIGINT both stop it ("killing workers").
+    ("uwsgi-takeover", signal.SIGTERM),
+    ("uwsgi-takeover", signal.SIGINT),
 ]
 
 #: What shows that a server wrote to a socket dwebsocket had shut down, and complained.
@@ -248,6 +251,25 @@ def test_a_first_handshake_in_progress_at_a_stop_gets_1001(
     stop_while_held(server, path, mark, go, "no request came")
 
 
+@pytest.mark.parametrize("first", [False, True], ids=["in-the-view", "first-in-the-middleware"])
+def test_a_handshake_in_progress_at_a_uwsgi_reload_gets_1001(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, first: bool
+) -> None:
+    """uWSGI's graceful reload (SIGHUP) waits for the worker's requests: a handshake
+    under way gets 1001 as it opens, also when it is the worker's first WebSocket (the
+    registry of open connections not imported yet when the goodbyes were said)."""
+    mark, go = tmp_path / "held", tmp_path / "go"
+    if first:
+        server = make_server(
+            "uwsgi-takeover", settings={"MIDDLEWARE": ["tests.lifecycle.HoldBeforeTheView"]}
+        )
+        path = f"/lifecycle/wait/?hold=1&mark={mark}&go={go}"
+    else:
+        server = make_server("uwsgi-takeover")
+        path = f"/lifecycle/late/?mark={mark}&go={go}"
+    stop_while_held(server, path, mark, go, "no request came", signal.SIGHUP)
+
+
 def test_a_stop_handled_on_a_views_greenlet_still_gets_1001_on_eventlet(
     make_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
@@ -285,17 +307,25 @@ def test_a_stop_callable_under_eventlet_runs_at_once(
     assert "Server stopping" in server.log()
 
 
-def stop_while_held(server: ServerProcess, path: str, mark: Path, go: Path, absent: str) -> None:
-    """Open ``path``, whose request makes ``mark`` and then waits for ``go``; SIGTERM the
-    server once ``mark`` is there, then let the request go on: its connection gets 1001
-    as it opens, and the server exits promptly. ``absent``: what a missing ``mark`` means."""
+def stop_while_held(
+    server: ServerProcess,
+    path: str,
+    mark: Path,
+    go: Path,
+    absent: str,
+    sig: signal.Signals = signal.SIGTERM,
+) -> None:
+    """Open ``path``, whose request makes ``mark`` and then waits for ``go``; SIGTERM (or
+    ``sig``) the server once ``mark`` is there, then let the request go on: its
+    connection gets 1001 as it opens, and the server exits promptly (with SIGHUP, a
+    reload: serves again). ``absent``: what a missing ``mark`` means."""
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(raw_client, server, path)  # returns at the 101
         deadline = time.monotonic() + TIMEOUT
         while not mark.exists():
             assert time.monotonic() < deadline and not pending.done(), absent
             time.sleep(0.02)
-        server.process.send_signal(signal.SIGTERM)
+        server.process.send_signal(sig)
         time.sleep(SIGNAL_HANDLED)  # the goodbyes to what was open (nothing) have begun
         go.touch()
         client = pending.result(TIMEOUT)
@@ -305,8 +335,11 @@ def stop_while_held(server: ServerProcess, path: str, mark: Path, go: Path, abse
             event = client.recv()
         assert isinstance(event, Close) and event.code == 1001, event
         assert read_until_eof(client.sock) == b""
-    status = server.process.wait(STOP_TIMEOUT)
-    assert status == 0 or status == -signal.SIGTERM, f"exit {status}:\n{server.log()}"
+    if sig == signal.SIGHUP:
+        echo_once_serving(server, "after the reload")
+    else:
+        status = server.process.wait(STOP_TIMEOUT)
+        assert status == 0 or status == -signal.SIGTERM, f"exit {status}:\n{server.log()}"
     assert_no_write_errors(server.log())
 
 
@@ -464,6 +497,23 @@ def test_gunicorn_reload_sends_1001_and_keeps_serving(
     """HUP: gunicorn starts new workers and stops the old ones with SIGTERM; their open
     WebSockets get 1001, new connections reach the new workers."""
     server = make_server(name)
+    with raw_client(server, "/lifecycle/wait/") as client:
+        assert client.recv() == "ready"
+        server.process.send_signal(signal.SIGHUP)
+        expect_close_then_eof(client, 1001)
+    echo_once_serving(server, "after the reload")
+    assert_no_write_errors(server.log())
+    assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
+
+
+def test_uwsgi_reload_sends_1001_and_keeps_serving(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """HUP: uWSGI's graceful reload waits --worker-reload-mercy (60 s) for each worker's
+    requests, which for WebSockets never end by themselves, then kills the worker: its
+    open WebSockets were cut without a close frame a minute later, and the new workers
+    started only then. They get 1001 at once, and the reload goes on."""
+    server = make_server("uwsgi-takeover")
     with raw_client(server, "/lifecycle/wait/") as client:
         assert client.recv() == "ready"
         server.process.send_signal(signal.SIGHUP)

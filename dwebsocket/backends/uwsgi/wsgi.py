@@ -12,6 +12,14 @@ subprotocols but none was chosen, echoes the whole offer, which clients reject).
 
 The same holds for the default backend when it takes a connection over under uWSGI.
 
+Under ``--gevent``, the wrapper also makes a stopping worker say goodbye (1001) to the
+default backend's open connections, as ``dwebsocket.contrib.gunicorn`` does for gunicorn:
+at its first request each worker adds a handler of its own for SIGHUP (graceful reload,
+``touch-reload``), which uWSGI's gevent loop would otherwise spend waiting
+``--worker-reload-mercy`` (60 s) for requests that never end before killing the worker,
+and chains ``uwsgi.atexit``, which the loop calls on a quick stop (SIGINT; SIGTERM with
+``--die-on-term``) before it exits, while the connections are still served.
+
 This module does not import ``uwsgi``: it is safe to import anywhere (system checks do).
 """
 
@@ -46,6 +54,49 @@ def _discard(data: bytes) -> None:
     """The ``write`` callable handed to Django after a takeover: writes nothing."""
 
 
+#: The goodbyes are wired in this process (see :func:`_say_goodbye_on_stop`).
+_goodbyes = False
+
+
+def _say_goodbye_on_stop() -> None:
+    """In a uWSGI worker running gevent's loop, close the open WebSockets with 1001 when
+    the worker stops: on SIGHUP (a graceful reload: a handler of our own, next to the
+    loop's, which waits for the requests) and in ``uwsgi.atexit`` (a quick stop: the loop
+    calls it before exiting, the hub still running). Called at the worker's first
+    request, in the hub's thread; once per process. Nothing under other loops: there
+    uWSGI runs no ``atexit`` while a request is under way, and its C signal handlers are
+    the worker's."""
+    global _goodbyes
+    _goodbyes = True
+    import uwsgi  # type: ignore[import-untyped]
+
+    if uwsgi.loop not in (b"gevent", "gevent"):
+        return
+    import signal
+
+    import gevent  # type: ignore[import-untyped]
+
+    # Loaded now, not when a stop comes: a goodbye said before any WebSocket opened in
+    # the worker must still mark it stopping, so that a handshake under way then (the
+    # first one, in a middleware still) gets 1001 as it opens.
+    from dwebsocket.backends.default.registry import going_away
+
+    def on_reload() -> None:  # gevent runs it in a greenlet of its own
+        going_away()
+
+    gevent.signal_handler(signal.SIGHUP, on_reload)
+    previous = getattr(uwsgi, "atexit", None)
+
+    def at_exit() -> None:
+        try:
+            going_away()
+        finally:
+            if callable(previous):
+                previous()
+
+    uwsgi.atexit = at_exit
+
+
 def wrap(application: WSGIApplication) -> WSGIApplication:
     """Return ``application`` wrapped for WebSockets under uWSGI (see the module doc).
 
@@ -57,6 +108,8 @@ def wrap(application: WSGIApplication) -> WSGIApplication:
         environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         environ[START_RESPONSE] = start_response
+        if not _goodbyes and "uwsgi.version" in environ:
+            _say_goodbye_on_stop()
 
         def guarded_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
