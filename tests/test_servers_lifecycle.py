@@ -47,9 +47,11 @@ STOPS = [
     ("gunicorn-gthread", signal.SIGINT),
     ("eventlet", signal.SIGTERM),
     ("eventlet", signal.SIGINT),
-    # uWSGI --die-on-term: SIGTERM and SIGINT both stop it ("killing workers").
+    # uWSGI --die-on-term: SIGTERM and SIGINT both stop it ("killing workers"); with the
+    # default backend (the recommended recipe) and with the uwsgi backend.
     ("uwsgi-takeover", signal.SIGTERM),
     ("uwsgi-takeover", signal.SIGINT),
+    ("uwsgi-gevent", signal.SIGTERM),
 ]
 
 #: What shows that a server wrote to a socket dwebsocket had shut down, and complained.
@@ -252,20 +254,19 @@ def test_a_first_handshake_in_progress_at_a_stop_gets_1001(
 
 
 @pytest.mark.parametrize("first", [False, True], ids=["in-the-view", "first-in-the-middleware"])
+@pytest.mark.parametrize("name", ["uwsgi-takeover", "uwsgi-gevent"])
 def test_a_handshake_in_progress_at_a_uwsgi_reload_gets_1001(
-    make_server: Callable[..., ServerProcess], tmp_path: Path, first: bool
+    make_server: Callable[..., ServerProcess], tmp_path: Path, name: str, first: bool
 ) -> None:
     """uWSGI's graceful reload (SIGHUP) waits for the worker's requests: a handshake
     under way gets 1001 as it opens, also when it is the worker's first WebSocket (the
     registry of open connections not imported yet when the goodbyes were said)."""
     mark, go = tmp_path / "held", tmp_path / "go"
     if first:
-        server = make_server(
-            "uwsgi-takeover", settings={"MIDDLEWARE": ["tests.lifecycle.HoldBeforeTheView"]}
-        )
+        server = make_server(name, settings={"MIDDLEWARE": ["tests.lifecycle.HoldBeforeTheView"]})
         path = f"/lifecycle/wait/?hold=1&mark={mark}&go={go}"
     else:
-        server = make_server("uwsgi-takeover")
+        server = make_server(name)
         path = f"/lifecycle/late/?mark={mark}&go={go}"
     stop_while_held(server, path, mark, go, "no request came", signal.SIGHUP)
 
@@ -506,14 +507,15 @@ def test_gunicorn_reload_sends_1001_and_keeps_serving(
     assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
 
 
+@pytest.mark.parametrize("name", ["uwsgi-takeover", "uwsgi-gevent"])
 def test_uwsgi_reload_sends_1001_and_keeps_serving(
-    make_server: Callable[..., ServerProcess],
+    make_server: Callable[..., ServerProcess], name: str
 ) -> None:
     """HUP: uWSGI's graceful reload waits --worker-reload-mercy (60 s) for each worker's
     requests, which for WebSockets never end by themselves, then kills the worker: its
     open WebSockets were cut without a close frame a minute later, and the new workers
     started only then. They get 1001 at once, and the reload goes on."""
-    server = make_server("uwsgi-takeover")
+    server = make_server(name)
     with raw_client(server, "/lifecycle/wait/") as client:
         assert client.recv() == "ready"
         server.process.send_signal(signal.SIGHUP)

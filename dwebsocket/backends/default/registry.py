@@ -81,10 +81,7 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
     for websocket in websockets:
         spawn(_close, websocket, reason)
     if timeout is None:
-        try:
-            timeout = settings.WEBSOCKET_CLOSE_TIMEOUT + 1.0
-        except InvalidSetting:  # reported at each handshake; the server is stopping
-            timeout = CLOSE_TIMEOUT.default + 1.0
+        timeout = stop_timeout()
     deadline = time.monotonic() + timeout
     # Poll rather than join: cooperative under gevent/eventlet (time.sleep is patched),
     # and the same code whatever ran the goodbyes.
@@ -95,6 +92,15 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
         time.sleep(min(_POLL, remaining))
     _waited = _waited or timeout > 0
     return len(websockets)
+
+
+def stop_timeout() -> float:
+    """How long a stop waits for its goodbyes by default: ``WEBSOCKET_CLOSE_TIMEOUT``
+    plus a second (the close handshake, then the views' ``finally`` blocks)."""
+    try:
+        return float(settings.WEBSOCKET_CLOSE_TIMEOUT) + 1.0
+    except InvalidSetting:  # reported at each handshake; the server is stopping
+        return CLOSE_TIMEOUT.default + 1.0
 
 
 def _running(websocket: DefaultWebSocket) -> bool:

@@ -725,5 +725,10 @@ class uWsgiWebSocket(WebSocket):
         uWSGI's."""
         self._finalizer()
 
+    @property
+    def released(self) -> bool:
+        """:meth:`release` ran: the session is over (the WSGI wrapper's stop waits for it)."""
+        return not self._finalizer.alive
+
     def is_closed(self) -> bool:
         return self._closed or self._closing is not None

@@ -12,8 +12,8 @@ subprotocols but none was chosen, echoes the whole offer, which clients reject).
 
 The same holds for the default backend when it takes a connection over under uWSGI.
 
-Under ``--gevent``, the wrapper also makes a stopping worker say goodbye (1001) to the
-default backend's open connections, as ``dwebsocket.contrib.gunicorn`` does for gunicorn:
+Under ``--gevent``, the wrapper also makes a stopping worker say goodbye (1001) to its
+open connections, either backend's, as ``dwebsocket.contrib.gunicorn`` does for gunicorn:
 at its first request each worker adds a handler of its own for SIGHUP (graceful reload,
 ``touch-reload``), which uWSGI's gevent loop would otherwise spend waiting
 ``--worker-reload-mercy`` (60 s) for requests that never end before killing the worker,
@@ -25,6 +25,7 @@ This module does not import ``uwsgi``: it is safe to import anywhere (system che
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -79,7 +80,50 @@ def _say_goodbye_on_stop() -> None:
     # Loaded now, not when a stop comes: a goodbye said before any WebSocket opened in
     # the worker must still mark it stopping, so that a handshake under way then (the
     # first one, in a middleware still) gets 1001 as it opens.
-    from dwebsocket.backends.default.registry import going_away
+    from dwebsocket.backends.default import registry
+    from dwebsocket.backends.uwsgi.websocket import uWsgiWebSocket
+    from dwebsocket.signals import websocket_closed, websocket_opened
+
+    # The uwsgi backend's connections, which the default backend's registry does not
+    # hold. Only the request's own greenlet may write to one: close() from here asks it
+    # to, and it does at once if it waits in wait() or iterates, as views do.
+    open_here: set[uWsgiWebSocket] = set()
+    stopping: list[bool] = []
+
+    def say_goodbye(websocket: uWsgiWebSocket) -> None:
+        try:
+            websocket.close(registry.GOING_AWAY, "server shutting down")
+        except Exception:  # noqa: S110 - the worker stops either way
+            pass
+
+    def opened(sender: Any, websocket: Any, **kwargs: Any) -> None:
+        if isinstance(websocket, uWsgiWebSocket):
+            open_here.add(websocket)
+            if stopping:  # its handshake was under way: 1001 once it waits
+                gevent.spawn(say_goodbye, websocket)
+
+    def closed(sender: Any, websocket: Any, **kwargs: Any) -> None:
+        open_here.discard(websocket)
+
+    websocket_opened.connect(opened, weak=False, dispatch_uid="dwebsocket.uwsgi.goodbyes")
+    websocket_closed.connect(closed, weak=False, dispatch_uid="dwebsocket.uwsgi.goodbyes")
+
+    def going_away() -> None:
+        stopping.append(True)  # before the snapshot: one opening meanwhile is in either
+        registry.going_away()  # the default backend's, waiting for their views
+        websockets = list(open_here)
+        if not websockets:
+            return
+        registry.logger.info(
+            "Server stopping: closing %d WebSocket(s) with %d", len(websockets), registry.GOING_AWAY
+        )
+        for websocket in websockets:
+            say_goodbye(websocket)
+        # Until their views have returned (the fds released), as the registry waits:
+        # the worker exits, or is killed, once this returns.
+        deadline = time.monotonic() + registry.stop_timeout()
+        while not all(w.released for w in websockets) and time.monotonic() < deadline:
+            gevent.sleep(0.05)  # the hub runs the views meanwhile, monkey-patched or not
 
     def on_reload() -> None:  # gevent runs it in a greenlet of its own
         going_away()
