@@ -363,6 +363,35 @@ def test_deliver_and_send_keep_their_order_across_both_paths(holder: Holder) -> 
         session.finish()
 
 
+@override_settings(WEBSOCKET_PING_TIMEOUT=0.3, WEBSOCKET_CLOSE_TIMEOUT=0.3)
+def test_a_send_to_a_client_that_reads_nothing_ends_after_the_ping_timeout() -> None:
+    """What docs/deployment.rst says of a client that stops reading: the view's send()
+    blocks while the socket is full, and once no byte went out for
+    WEBSOCKET_PING_TIMEOUT it raises ConnectionClosed (1006); the connection is shut
+    down (the client reads what went out, then EOF: no close frame could go)."""
+    seen: dict[str, Any] = {}
+    done = threading.Event()
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        try:
+            for _ in range(10_000):  # far more than a socketpair holds
+                ws.send("x" * 65536)
+        except ConnectionClosed as exc:
+            seen.update(code=exc.code, close_code=ws.close_code)
+        done.set()
+
+    with Session(view) as session:
+        assert done.wait(TIMEOUT), "send() blocked for good"
+        assert seen == {"code": 1006, "close_code": 1006}
+        session.expect_101()
+        data = read_until_eof(session.client.sock)  # EOF, not a wait for ever
+        # Text frames of "x" (headers 81 7f 00.. 01 00 00) and no close frame (88 ..).
+        assert data and b"\x88" not in data
+        session.finish()
+
+
 @override_settings(
     WEBSOCKET_SEND_QUEUE_SIZE=1000, WEBSOCKET_PING_INTERVAL=None, WEBSOCKET_CLOSE_TIMEOUT=0.2
 )
