@@ -855,7 +855,10 @@ class DefaultWebSocket(WebSocket):
                 self._reading.release()
 
     def _abort(self, code: int, reason: str = "") -> None:
-        """Send a close frame if we can without waiting for anyone, then shut down."""
+        """Send a close frame if we can without waiting for the peer, then shut down.
+        Another writer (a stop's goodbye writing its close frame) is waited for, at most
+        ``WEBSOCKET_CLOSE_TIMEOUT`` as :meth:`close` would: shutting down under it cut
+        that frame, and the client got no close at all."""
         if self._io.shut:
             return
         with self._core:
@@ -864,7 +867,9 @@ class DefaultWebSocket(WebSocket):
                 if out:
                     self._closing(code, reason)
                     self._outbox.append(out)
-        if self._writing.acquire(blocking=False):
+        if self._writing.acquire(blocking=False) or (
+            self._close_timeout > 0 and self._writing.acquire(timeout=self._close_timeout)
+        ):
             try:
                 with self._core:
                     data = self._outbox.take()

@@ -363,6 +363,48 @@ def test_deliver_and_send_keep_their_order_across_both_paths(holder: Holder) -> 
         session.finish()
 
 
+def test_a_killed_view_does_not_cut_the_close_frame_another_thread_is_writing() -> None:
+    """A stop's goodbye, close(1001) in a thread of its own, holds the connection's
+    writer lock while it writes the close frame; the stop then kills the view (gunicorn's
+    sync worker: SystemExit right after its quick stop's hook), whose session aborts. The
+    abort found the lock taken, wrote nothing and shut the socket down at once: when the
+    goodbye's thread had not written yet (a loaded machine: seen once on CI), its write
+    failed and the client got EOF without a close frame (1006). The abort now waits for
+    that writer (at most WEBSOCKET_CLOSE_TIMEOUT, as close() does)."""
+    writing, go_on = threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws.accept()
+        transport = ws._transport
+        sendall = transport.sendall
+
+        def held_sendall(data: bytes) -> None:  # the goodbye's thread, preempted
+            if data.startswith(b"\x88"):
+                writing.set()
+                go_on.wait(TIMEOUT)
+            sendall(data)
+
+        transport.sendall = held_sendall  # type: ignore[method-assign]
+        goodbye = threading.Thread(target=ws.close, args=(1001, "server shutting down"))
+        goodbye.start()
+        assert writing.wait(TIMEOUT)
+        seen["goodbye"] = goodbye
+        raise SystemExit(0)  # the worker's quick stop, in the view
+
+    with Session(view) as session:
+        session.expect_101()
+        assert writing.wait(TIMEOUT)
+        time.sleep(0.2)  # the view's abort is under way (a ordering, not a timing, check)
+        go_on.set()
+        assert session.client.recv() == Close(1001, "server shutting down")
+        assert read_until_eof(session.client.sock) == b""
+        seen["goodbye"].join(TIMEOUT)
+        session.finish()
+
+
 @override_settings(WEBSOCKET_PING_TIMEOUT=0.3, WEBSOCKET_CLOSE_TIMEOUT=0.3)
 def test_a_send_to_a_client_that_reads_nothing_ends_after_the_ping_timeout() -> None:
     """What docs/deployment.rst says of a client that stops reading: the view's send()
