@@ -297,7 +297,11 @@ class RedisSentinels:
 
     NAME = "dws"
 
-    def __init__(self, sentinels: int = 3) -> None:
+    def __init__(self, sentinels: int = 3, front: Callable[[int], int] | None = None) -> None:
+        """``front``: given the master's port, the port of something in front of it (a
+        proxy) that the sentinels are to monitor, and so name, instead."""
+        self._front = front
+        self.monitored = 0  # the port the sentinels monitor (the master's, or its front's)
         self._dir = tempfile.TemporaryDirectory(prefix="dwebsocket-sentinel-")
         root = Path(self._dir.name)
         self.master = Node(root, [])
@@ -314,9 +318,12 @@ class RedisSentinels:
             self.master.start()
             self.replica.start()
             wait_for("the replica in sync", lambda: replica_synced(self.replica))
+            self.monitored = (
+                self.master.port if self._front is None else self._front(self.master.port)
+            )
             for sentinel in self.sentinels:
                 sentinel.start()
-                sentinel.command("SENTINEL", "MONITOR", self.NAME, HOST, self.master.port, 2)
+                sentinel.command("SENTINEL", "MONITOR", self.NAME, HOST, self.monitored, 2)
                 for option, value in [
                     ("down-after-milliseconds", NODE_TIMEOUT_MS),
                     ("failover-timeout", 10_000),
@@ -343,7 +350,9 @@ class RedisSentinels:
         for sentinel in self.sentinels:
             if sentinel.running:
                 _host, port = sentinel.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.NAME)
-                return self.master if int(port) == self.master.port else self.replica
+                return (
+                    self.master if int(port) in (self.master.port, self.monitored) else self.replica
+                )
         raise LookupError("no sentinel running")
 
     def kill_master(self, timeout: float = SETUP_TIMEOUT) -> Node:
@@ -356,7 +365,9 @@ class RedisSentinels:
         def promoted() -> bool:
             for sentinel in self.sentinels:
                 reply = sentinel.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.NAME)
-                if int(reply[1]) != new.port:
+                if int(reply[1]) != new.port and not (
+                    new is self.master and int(reply[1]) == self.monitored
+                ):
                     return False
             return bool(new.command("ROLE")[0] == "master")
 
