@@ -57,7 +57,8 @@ fails like one that never reached Redis, though the other processes may have it.
 message whose connection broke (not timed out) is no outage if Redis answers a PING sent
 at once to its shard (``RedisLayer._send_failed``): that connection was closed alone, and
 the next sends go out; one WARNING per process says so. A command (kind 3) whose
-connection broke is sent once more: it may run twice, not be lost.
+connection broke is sent once more if that PING is answered: it may run twice, not be
+lost (``_again_if_broken``).
 The reader reconnects with capped exponential backoff (0.1 s doubling to 5 s, jittered; a
 join cuts it short, see ``RedisLayer.join``) and subscribes again to every current group.
 Pub/sub keeps no history: what was published while a process was disconnected never
@@ -598,19 +599,35 @@ class HeldBack(redis.ConnectionError):
         super().__init__(HELD_BACK)
 
 
-def _again_if_broken(call: Callable[[], None]) -> None:
+class BrokenAlone(redis.ConnectionError):
+    """A command's connection broke, and the one it was sent again on too, while Redis
+    answered a PING between the two (:func:`_again_if_broken`): not published, and no
+    outage."""
+
+
+def _again_if_broken(call: Callable[[], None], probe: Callable[[], bool]) -> None:
     """``call()``, and once more if its connection broke (``redis.ConnectionError``, not a
-    timeout: that took its time already): for commands (kind 3) only. A message is never
-    sent again (see Faults in the module docstring), as Redis may have run it; a command
-    may run twice -- a socket closed or checked again is nothing more -- and must not be
-    lost to a broken connection: a ``users.disconnect`` would leave sockets open in the
-    other processes."""
+    timeout: that took its time already) and ``probe()`` (a PING of its shard) finds
+    Redis answering: for commands (kind 3) only. A message is never sent again (see
+    Faults in the module docstring), as Redis may have run it; a command may run twice --
+    a socket closed or checked again is nothing more -- and must not be lost to a broken
+    connection: a ``users.disconnect`` would leave sockets open in the other processes.
+    Redis not answering: the first error, an outage, with no second try. Answering, and
+    the second try's connection broken too: :class:`BrokenAlone`, no outage."""
     try:
         call()
+        return
     except (HeldBack, *REFUSED):  # (BusyLoadingError is a ConnectionError)
         raise
     except redis.ConnectionError:
+        if not probe():
+            raise
+    try:
         call()
+    except (HeldBack, *REFUSED):
+        raise
+    except redis.ConnectionError as exc:
+        raise BrokenAlone(f"connection broke twice, Redis answering: {exc}") from exc
 
 
 def encode(message: str | BytesLike, origin: bytes, seq: int) -> bytes:
@@ -876,12 +893,15 @@ class RedisLayer:
             return HeldBack()
         try:
             if remember:
-                _again_if_broken(lambda: self._remember_and_publish(group, channel, data))
+                _again_if_broken(
+                    lambda: self._remember_and_publish(group, channel, data),
+                    lambda: self.topology.probe(channel),
+                )
             else:  # a message: the send path, no closure made for it
                 self.topology.publish(channel, data)
         except (redis.RedisError, OSError) as exc:
             if remember:
-                self._publish_failed(exc, shard)
+                self._command_failed(exc, shard)
             else:
                 self._send_failed(exc, channel, shard)
             return exc
@@ -990,7 +1010,7 @@ class RedisLayer:
                 self._control_many(keys=keys, args=args)
 
         try:
-            _again_if_broken(publish)
+            _again_if_broken(publish, lambda: self.topology.probe(channels[0]))
         except REFUSED as exc:
             self._refused(exc)
             try:
@@ -1002,7 +1022,7 @@ class RedisLayer:
                 self._publish_failed(exc2, None)
                 return exc2
         except (redis.RedisError, OSError) as exc:
-            self._publish_failed(exc, None)
+            self._command_failed(exc, None)
             return exc
         else:
             self._took_write()
@@ -1611,6 +1631,21 @@ class RedisLayer:
             )
             return
         self._publish_failed(exc, shard)
+
+    def _command_failed(self, exc: BaseException, shard: str | None) -> None:
+        """A command (:func:`_again_if_broken`) to ``shard`` was not published: an outage,
+        unless Redis answered between its two broken connections (:class:`BrokenAlone`:
+        logged, and the calls after it go out as ever)."""
+        if not isinstance(exc, BrokenAlone):
+            self._publish_failed(exc, shard)
+            return
+        self._publish_ok(shard)
+        logger.warning(
+            "Redis at %s: a group command was not published (%s); Redis answers, so this "
+            "is no outage",
+            redact(self.url),
+            exc,
+        )
 
     def _publish_ok(self, shard: str | None = None) -> None:
         if shard in self._failures:

@@ -46,6 +46,7 @@ class ReplyDropper:
         self._marker: bytes | None = None
         self._victim: socket.socket | None = None  # the client whose reply is dropped
         self._before = False
+        self._times = 0  # armed commands left to drop
         self.dropped = threading.Event()
         self._sockets: set[socket.socket] = set()
         self._stopping = False
@@ -55,11 +56,14 @@ class ReplyDropper:
     def url(self, query: str = "socket_timeout=1&socket_connect_timeout=1") -> str:
         return f"redis://{HOST}:{self.port}/0?{query}"
 
-    def arm(self, marker: bytes, *, before: bool = False) -> None:
+    def arm(self, marker: bytes, *, before: bool = False, times: int = 1) -> None:
         """``before``: drop the command itself instead (Redis never gets it), as a
-        connection that broke while it was being sent."""
+        connection that broke while it was being sent; ``times``: so many commands in a
+        row, each on its connection (``before`` only)."""
+        assert times == 1 or before
         with self._lock:
             self._marker, self._victim, self._before = marker, None, before
+            self._times = times
             self.dropped.clear()
 
     def close(self) -> None:
@@ -104,7 +108,10 @@ class ReplyDropper:
                 with self._lock:
                     armed = self._marker is not None and self._marker in data
                     if armed:
-                        self._marker, self._victim = None, client
+                        self._times -= 1
+                        self._victim = client
+                        if not self._times:
+                            self._marker = None
                     cut = armed and self._before
                 if cut:
                     self.dropped.set()
@@ -366,3 +373,52 @@ def test_the_send_after_a_restart_is_not_lost(
         assert sender.send("feed", "after", fail_silently=False) is not None
         assert room.get() == feed.get() == "after"
         assert not sender.outage
+
+
+def test_a_command_whose_connection_broke_twice_while_redis_answers_is_no_outage(
+    dropper: ReplyDropper,
+    redis_server: RedisServer,
+    layers: Callable[[str], RedisLayer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A command's connection broke, and so did the one it was sent again on, while Redis
+    was up (a proxy resetting them, ``CLIENT KILL``). That was taken for an outage with
+    no question asked -- "unreachable" logged, every send and command of the process
+    held back, lost for the other processes, for a Redis that answered all along. Now
+    Redis is asked (a PING) before the second try, as after a message's broken
+    connection: it answers, so the command fails alone (GroupsUnavailable; the caller,
+    ``users.disconnect``, says the other processes were not told), and the next one goes
+    out at once."""
+    sender = layers(dropper.url())
+    sender.control("room", b'{"op": "warm"}', fail_silently=False)
+    count = published(redis_server, "dwebsocket:0:room")
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    dropper.arm(b"PUBLISH", before=True, times=2)
+    with pytest.raises(GroupsUnavailable):
+        sender.control("room", b'{"op": "once"}', fail_silently=False)
+    assert dropper.dropped.is_set()
+    assert not sender.outage
+    sender.control("room", b'{"op": "next"}', fail_silently=False)  # not held back
+    assert count() == 1
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+
+
+def test_a_command_to_a_redis_that_is_down_is_an_outage_at_once(
+    dropper: ReplyDropper,
+    redis_server: RedisServer,
+    layers: Callable[[str], RedisLayer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis is down behind a proxy that closes each connection: a command's connection
+    breaks, the PING finds no Redis, and the command is an outage (one WARNING, the next
+    calls held back) without being sent a second time into a closed connection."""
+    sender = layers(dropper.url())
+    sender.control("room", b'{"op": "warm"}', fail_silently=False)
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    redis_server.stop()
+    with pytest.raises(GroupsUnavailable):
+        sender.control("room", b'{"op": "down"}', fail_silently=False)
+    assert sender.outage
+    with pytest.raises(GroupsUnavailable, match="not retried yet"):
+        sender.control("room", b'{"op": "held"}', fail_silently=False)
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
