@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 from django.test import override_settings
 
 from dwebsocket.groups import GroupsUnavailable, control
@@ -731,3 +732,55 @@ def test_concurrent_churn_ends_consistent(
         expected_groups = sorted(a.registry.groups_of(member))
         assert sorted(str(m) for m in member.get_all(len(expected_groups))) == expected_groups
         member.assert_empty(0.05)
+
+
+def answers(server: RedisServer) -> bool:
+    """Whether ``server`` answers a PING within 0.2 s (on a new connection)."""
+    client = redis.Redis("127.0.0.1", server.port, socket_timeout=0.2, socket_connect_timeout=0.2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("mode", ["WRITE", "ALL"])
+def test_a_paused_redis_bounds_every_wait_and_delivers_once(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer, mode: str
+) -> None:
+    """``CLIENT PAUSE`` (a manual failover, an operator): Redis keeps the connections and
+    holds their commands (WRITE: PUBLISH and the scripts; ALL: every command, PING too).
+    A send waits at most the socket timeout (1 s here) and counts as failed: its members
+    here get it, once, even when Redis runs the held PUBLISH after the pause (it comes
+    back through the subscription then, and is dropped); another process gets it once at
+    most. A join returns within the socket timeout too. After the pause, everything
+    goes on by itself."""
+    a, b = layers(), layers()
+    here, there = Inbox(), Inbox()
+    a.join("room", here)
+    b.join("room", there)
+    a.send("room", "before")
+    assert here.get() == there.get() == "before"
+
+    # ALL holds CLIENT UNPAUSE too: that pause runs out by itself instead.
+    redis_server.command("CLIENT", "PAUSE", "20000" if mode == "WRITE" else "3000", mode)
+    started = time.monotonic()
+    a.send("room", "paused")
+    a.join("other", Inbox())
+    assert time.monotonic() - started < 10  # each wait bounded: not the pause's end
+    assert here.get() == "paused"
+    if mode == "WRITE":
+        redis_server.command("CLIENT", "UNPAUSE")
+    else:
+        until(lambda: answers(redis_server), 20)
+    until(lambda: "room" in a.subscriber.subscribed and "room" in b.subscriber.subscribed, 20)
+    until(lambda: not a._held_back(None), 20)
+    a.send("room", "after")
+    assert here.get() == "after"
+    here.assert_empty()
+    seen = [there.get()]
+    while seen[-1] != "after":
+        seen.append(there.get())
+    assert seen in (["paused", "after"], ["after"])
+    there.assert_empty()
