@@ -1766,6 +1766,11 @@ class Subscriber:
         #: Redis answered a command on the current connection (reader only): only then does
         #: the reconnection backoff start over.
         self._answered = False
+        #: Reader only: what ended a connection Redis had answered on (it closed it:
+        #: ``CLIENT KILL``, a subscriber past its output buffer limit, Sentinel demoting
+        #: the master), not taken for an outage unless the next attempt fails too; said
+        #: once the subscription is made again.
+        self._closed: BaseException | None = None
         #: Reader only: when the current connection was last heard from; after it was lost,
         #: since when commands may have been published to no one here (the earliest of
         #: the losses not recovered yet); the groups to recover once Redis confirms their
@@ -1846,7 +1851,13 @@ class Subscriber:
                     break
                 self._lost()
                 self._gap()
-                if isinstance(exc, (redis.RedisError, OSError)):
+                if isinstance(exc, redis.ConnectionError) and self._answered:
+                    # Redis closed a connection it answered on: maybe that one alone,
+                    # Redis up. The next attempt (at once: answered) tells.
+                    self._closed = exc
+                    logger.debug("Redis subscription closed (%s); subscribing again", exc)
+                elif isinstance(exc, (redis.RedisError, OSError)):
+                    self._closed = None  # the outage's WARNING says it
                     self.layer.report_down(exc)
                     logger.debug("Redis subscription lost (%s); retry in %.2f s", exc, delay)
                 else:  # pragma: no cover - a bug: say so, and keep serving
@@ -1902,6 +1913,7 @@ class Subscriber:
         with self._lock:
             self.connected, self.down = True, False
         if not groups:
+            self._closed = None  # nothing was subscribed: nothing missed
             self.layer.report_up()
         sock = connection._sock  # redis-py has no public accessor; needed to select() on
         assert sock is not None
@@ -1964,6 +1976,15 @@ class Subscriber:
             # published again, not still held back by the outage's backoff.
             if self.layer.outage:
                 self.layer.report_up()
+            if self._closed is not None:
+                closed, self._closed = self._closed, None
+                logger.warning(
+                    "Redis at %s closed this process's group subscription (%s) and "
+                    "answers: subscribed again; group messages published in between did "
+                    "not reach this process's members",
+                    redact(self.layer.url),
+                    closed,
+                )
             group = self.layer.group(response[1])
             if group is not None:
                 left = self._in_flight.pop(group, 1) - 1
