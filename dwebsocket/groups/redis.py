@@ -1851,6 +1851,12 @@ class Subscriber:
                     break
                 self._lost()
                 self._gap()
+                if self._stopping:
+                    # _lost() had a Cluster's slots learned again, which moved this
+                    # reader's groups to another and stopped it: a reader that serves
+                    # nothing reports nothing (its "unreachable" could follow the new
+                    # reader's "reachable again", an outage then said for good).
+                    break
                 if isinstance(exc, redis.ConnectionError) and self._answered:
                     # Redis closed a connection it answered on: maybe that one alone,
                     # Redis up. The next attempt (at once: answered) tells.

@@ -5,11 +5,13 @@ subscribed with ``SSUBSCRIBE``. ``test_cluster_layer.py`` has the quiet cases.""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import pytest
 from redis.crc import key_slot
 
+from dwebsocket.groups.cluster import ClusterSubscription, ShardSubscriber
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.groups.redis_cluster import RedisCluster, running
@@ -81,3 +83,42 @@ def test_cluster_slot_moved_or_master_failed_while_sends_go_on(
     if how == "failover":  # sends to the dead master fail: delivered here at once
         assert mine == list(range(total)), "the sender's own member missed a message"
     assert not a.outage and not b.outage
+
+
+def test_cluster_reader_of_a_failed_master_does_not_reopen_the_outage(
+    own_cluster: RedisCluster,
+    layers: Callable[[str], RedisLayer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The reader of a killed master, once the replica is promoted, has the slots learned
+    again after its failed attempt; that moves its groups to the new master's reader and
+    stops it. It then reported its failed attempt all the same: when the new reader's
+    subscription was confirmed first (which ends the outage), the process was
+    "unreachable" again for good -- no "reachable again" ever came, ``outage`` stayed
+    true. (Here the old reader is made to wait for that confirmation, which only load
+    makes happen otherwise.) Now a stopped reader reports nothing."""
+    a = layers(own_cluster.url)
+    member = Inbox()
+    a.join("room", member)
+    subscription = a.subscriber
+    assert isinstance(subscription, ClusterSubscription)
+    old = subscription.shard_of("room")
+    assert old is not None
+    gap = ShardSubscriber._gap
+
+    def slow_gap(self: ShardSubscriber) -> None:
+        gap(self)
+        if self is old and self._stopping:  # its groups moved: let the new reader confirm
+            until(lambda: "room" in subscription.subscribed, timeout=WAIT)
+
+    monkeypatch.setattr(ShardSubscriber, "_gap", slow_gap)
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    own_cluster.kill(own_cluster.owner(key_slot(a.channel("room"))))
+    until(lambda: "room" in subscription.subscribed, timeout=RESUME + WAIT)
+    until(lambda: old._thread is not None and not old._thread.is_alive(), timeout=WAIT)
+    assert not a.outage
+    said = [r.getMessage() for r in caplog.records]
+    down = [m for m in said if "is unreachable" in m]
+    up = [m for m in said if "reachable again" in m]
+    assert len(down) == len(up) == 1, said
