@@ -22,7 +22,7 @@ import pytest
 from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
-from tests.groups.redis_cluster import RedisSentinels, running
+from tests.groups.redis_cluster import RedisSentinels, running, wait_for
 from tests.groups.test_redis_layer import Inbox, until
 from tests.groups.test_redis_lost_replies import QUIET, ReplyDropper
 
@@ -163,13 +163,18 @@ def test_sentinel_failover_while_sends_go_on(
         sentinels.sentinels[0].command("SENTINEL", "FAILOVER", sentinels.NAME)
         until(lambda: sentinels.current_master() is not old, timeout=WAIT)
         new = sentinels.current_master()
-        until(lambda: new.command("ROLE")[0] == "master", timeout=WAIT)
+        wait_for("promoted", lambda: new.command("ROLE")[0] == "master", WAIT)
         # The sentinels make the old master a replica of the new one some seconds later:
         # it closes its connections then, and they all move to the new one.
-        until(lambda: old.command("ROLE")[0] == "slave", timeout=3 * WAIT)
+        # (wait_for: the demotion's CLIENT KILL may reset the very connection asking)
+        wait_for("demoted", lambda: old.command("ROLE")[0] == "slave", 3 * WAIT)
     # Delivery resumes at the new master: both processes subscribed there.
     channel = other.channel("room").decode()
-    until(lambda: new.command("PUBSUB", "NUMSUB", channel)[1] == 2, timeout=RESUME + WAIT)
+    wait_for(
+        "both subscribed there",
+        lambda: new.command("PUBSUB", "NUMSUB", channel)[1] == 2,
+        RESUME + WAIT,
+    )
     mark = sending.sent
     until(lambda: sending.sent > mark + 50)
     total = sending.stop()
