@@ -817,7 +817,7 @@ def test_a_subscription_closed_alone_is_no_outage(
     admin = redis.Redis("127.0.0.1", redis_server.port, socket_timeout=WAIT)
     try:
         killed = {c["id"] for c in admin.client_list(_type="pubsub")}
-        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 2
+        assert admin.client_kill_filter(_type="pubsub") == 2
 
         def subscribed_again() -> bool:
             clients = admin.client_list(_type="pubsub")
