@@ -61,6 +61,8 @@ connection broke is sent once more if that PING is answered: it may run twice, n
 lost (``_again_if_broken``).
 The reader reconnects with capped exponential backoff (0.1 s doubling to 5 s, jittered; a
 join cuts it short, see ``RedisLayer.join``) and subscribes again to every current group.
+A subscription Redis closed after answering on it (``CLIENT KILL``, an output buffer
+limit) is no outage unless the next attempt fails (``Subscriber._closed``).
 Pub/sub keeps no history: what was published while a process was disconnected never
 reaches that process's members. A Redis that answers but refuses to write (``REFUSED``)
 is no outage: a history group's message is published without being kept, a command
