@@ -367,7 +367,20 @@ def refuse(request: HttpRequest, exc: InvalidHandshake) -> HttpResponse:
         exc.reason,
     )
     count_refused(request, exc.status)
-    return _plain_response(exc.reason, exc.status, exc.headers)
+    headers = list(exc.headers)
+    if exc.status == 426 and not _forbids_hop_by_hop(request.META):
+        # RFC 9110 15.5.22: a 426 MUST name the protocol to upgrade to.
+        headers.append(("Upgrade", "websocket"))
+    return _plain_response(exc.reason, exc.status, headers)
+
+
+def _forbids_hop_by_hop(meta: Mapping[str, Any]) -> bool:
+    """Whether the WSGI server refuses hop-by-hop headers (``Upgrade``) in the
+    application's response, as PEP 3333 allows: wsgiref's handlers (``manage.py
+    runserver``) fail the request with an ``AssertionError``, a 500. They are the ones
+    that give ``wsgiref.util.FileWrapper`` as ``wsgi.file_wrapper``."""
+    util = sys.modules.get("wsgiref.util")
+    return util is not None and meta.get("wsgi.file_wrapper") is util.FileWrapper
 
 
 _unavailable_logged: set[str] = set()

@@ -178,6 +178,7 @@ def test_refuse(caplog: pytest.LogCaptureFixture) -> None:
         response = refuse(_request(), UnsupportedVersion("version 8, expected 13"))
     assert response.status_code == 426
     assert response["Sec-WebSocket-Version"] == "13"
+    assert response["Upgrade"] == "websocket"  # RFC 9110 15.5.22
     assert response["Content-Type"].startswith("text/plain")
     assert response.content == b"version 8, expected 13\n"
     assert response["Content-Length"] == str(len(response.content))

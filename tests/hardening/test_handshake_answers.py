@@ -1,0 +1,57 @@
+"""What each server answers to upgrade requests dwebsocket refuses, byte for byte on a raw
+socket: the refusal's status and the headers RFCs require of it, never a 500."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_no_traceback
+from tests.servers import ServerProcess, start_server
+from tests.wire import TIMEOUT, read_http_response, upgrade_request
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
+
+#: The WSGI servers where dwebsocket answers a refused handshake itself.
+WSGI = ["gevent", "runserver", "gunicorn-gevent", "eventlet", "uwsgi-gevent"]
+
+
+@pytest.fixture(scope="module", params=WSGI)
+def wsgi_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    log: Path = tmp_path_factory.mktemp(request.param) / "server.log"
+    server = start_server(request.param, log)
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert_no_traceback(server)
+
+
+def answer(server: ServerProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        return read_http_response(sock)
+
+
+@pytest.mark.parametrize(
+    "version_line",
+    [b"Sec-WebSocket-Version: 8\r\n", b""],
+    ids=["version-8", "no-version"],
+)
+def test_a_426_names_the_protocol_to_upgrade_to(
+    wsgi_server: ServerProcess, version_line: bytes
+) -> None:
+    # RFC 9110 15.5.22: "The server MUST send an Upgrade header field in a 426 response to
+    # indicate the required protocol(s)"; RFC 6455 4.4 adds the versions it speaks.
+    # wsgiref (runserver) refuses hop-by-hop headers from the application (PEP 3333): an
+    # Upgrade header there would be its AssertionError and a 500.
+    request = upgrade_request("/echo/").replace(b"Sec-WebSocket-Version: 13\r\n", version_line)
+    status, headers, body = answer(wsgi_server, request)
+    assert (status, headers.get("sec-websocket-version")) == (426, "13"), (headers, body)
+    expected = None if wsgi_server.name == "runserver" else "websocket"
+    assert headers.get("upgrade") == expected, headers
