@@ -44,6 +44,7 @@ __all__ = [
     "parse_handshake",
     "parse_origin_rule",
     "refuse",
+    "refuse_not_taken",
     "request_headers",
     "session_cookies",
     "unavailable",
@@ -75,11 +76,53 @@ def parse_handshake(request: HttpRequest) -> HandshakeRequest:
     ``UnsupportedVersion`` (426) or ``ForbiddenOrigin`` (403). Does not block.
     """
     meta = request.META
-    handshake = parse_request(
-        meta.get("REQUEST_METHOD", ""), _http_version(meta), request_headers(meta)
-    )
+    headers = request_headers(meta)
+    handshake = parse_request(meta.get("REQUEST_METHOD", ""), _http_version(meta), headers)
     check_origin(handshake.origin)
+    if _asgi_http(request):
+        raise _not_taken(headers.get("upgrade", ""))
     return handshake
+
+
+def _asgi_http(request: HttpRequest) -> bool:
+    """Whether ``request`` came from an ASGI ``http`` scope: an upgrade request the ASGI
+    server did not take for a WebSocket handshake, and whose socket it keeps."""
+    scope = getattr(request, "scope", None)
+    return isinstance(scope, dict) and scope.get("type") == "http"
+
+
+def _not_taken(upgrade: str) -> InvalidHandshake | BackendUnavailable:
+    """Why an ASGI server passed an upgrade request on as plain HTTP (``upgrade``, its
+    ``Upgrade`` header). uvicorn, hypercorn and daphne take a handshake only with
+    ``Upgrade: websocket`` alone (any case): a list (valid, RFC 6455 4.2.1) is the
+    client's to change, 400 (INFO). ``websocket`` alone means the server's WebSocket
+    support is off: the deployment's to fix, 501 (ERROR once, :func:`unavailable`)."""
+    if upgrade.strip(" \t").lower() == "websocket":
+        return BackendUnavailable(
+            "the ASGI server passed a WebSocket handshake on as plain HTTP: its WebSocket "
+            "support is off or not installed (uvicorn: --ws auto, with websockets or "
+            "wsproto installed)"
+        )
+    return InvalidHandshake(
+        "this server takes a WebSocket handshake only with 'Upgrade: websocket', "
+        f"got Upgrade: {quoted(upgrade)}"
+    )
+
+
+def refuse_not_taken(request: HttpRequest) -> HttpResponse | None:
+    """The answer to an upgrade request that an ASGI server passed on as plain HTTP to an
+    ``async def`` view (where no backend's factory runs): what :func:`parse_handshake`
+    finds wrong, or why the server did not take it (:func:`_not_taken`). None for a
+    request from elsewhere (a WSGI server). Does not block."""
+    if not _asgi_http(request):
+        return None
+    try:
+        parse_handshake(request)
+    except InvalidHandshake as exc:
+        return refuse(request, exc)
+    except BackendUnavailable as exc:
+        return unavailable(request, exc)
+    raise AssertionError("parse_handshake() accepted a request from an http scope")
 
 
 def _http_version(meta: Mapping[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from django.test import RequestFactory, override_settings
+from django.test import AsyncRequestFactory, RequestFactory, override_settings
 
 from dwebsocket.exceptions import (
     BackendUnavailable,
@@ -18,6 +18,7 @@ from dwebsocket.handshake import (
     origin_allowed,
     parse_handshake,
     refuse,
+    refuse_not_taken,
     request_headers,
     unavailable,
 )
@@ -333,3 +334,40 @@ def test_a_refused_origin_is_quoted_in_part(caplog: pytest.LogCaptureFixture) ->
         response = refuse(_request(), info.value)
     assert response.status_code == 403 and len(response.content) < 300
     assert len(caplog.records[0].getMessage()) < 400
+
+
+def _asgi_request(key: str, **headers: str):  # type: ignore[no-untyped-def]
+    """An upgrade request from an ASGI http scope (its factory sends a Host of its own)."""
+    headers = {k: v for k, v in upgrade_headers(key, **headers).items() if k != "Host"}
+    return AsyncRequestFactory().get("/ws/", headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "status", "reason"),
+    [
+        ("websocket, foo", 400, "only with 'Upgrade: websocket', got Upgrade: 'websocket, foo'"),
+        ("foo, websocket", 400, "only with 'Upgrade: websocket'"),
+        # "websocket" alone is what every ASGI server takes: its WebSocket support is off.
+        ("WebSocket", 501, "the ASGI server passed a WebSocket handshake on as plain HTTP"),
+    ],
+)
+def test_an_upgrade_an_asgi_server_passed_on_as_http(upgrade: str, status: int, reason: str) -> None:
+    request = _asgi_request(KEY, Upgrade=upgrade)
+    with pytest.raises((InvalidHandshake, BackendUnavailable), match=reason):
+        parse_handshake(request)
+    response = refuse_not_taken(request)
+    assert response is not None
+    assert response.status_code == status
+    assert reason in response.content.decode()
+
+
+def test_an_upgrade_passed_on_as_http_is_checked_first() -> None:
+    # What is wrong with the handshake itself comes first: the client's to fix anyway.
+    bad_key = _asgi_request("short", Upgrade="websocket, foo")
+    response = refuse_not_taken(bad_key)
+    assert response is not None and response.status_code == 400
+    assert b"invalid Sec-WebSocket-Key" in response.content
+    foreign = _asgi_request(KEY, Upgrade="websocket, foo", Origin="http://evil.example")
+    response = refuse_not_taken(foreign)
+    assert response is not None and response.status_code == 403
+    assert refuse_not_taken(_request()) is None  # not from an ASGI server

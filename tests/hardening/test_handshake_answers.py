@@ -55,3 +55,47 @@ def test_a_426_names_the_protocol_to_upgrade_to(
     assert (status, headers.get("sec-websocket-version")) == (426, "13"), (headers, body)
     expected = None if wsgi_server.name == "runserver" else "websocket"
     assert headers.get("upgrade") == expected, headers
+
+
+#: ASGI servers, each with the sync views (tests/asgi/urls.py) and the async ones.
+ASGI = [
+    (name, urls)
+    for name in ("uvicorn", "hypercorn", "daphne")
+    for urls in ("tests.asgi.urls", "tests.asgi.async_urls")
+]
+
+
+@pytest.fixture(scope="module", params=ASGI, ids=lambda p: f"{p[0]}-{p[1].rpartition('.')[2]}")
+def asgi_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    name, urls = request.param
+    log: Path = tmp_path_factory.mktemp(name) / "server.log"
+    server = start_server(name, log, settings={"ROOT_URLCONF": urls})
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert_no_traceback(server)
+
+
+@pytest.mark.parametrize("upgrade", ["websocket, foo", "foo, WebSocket", "websocket,"])
+def test_an_upgrade_the_asgi_server_did_not_take_is_told_why(
+    asgi_server: ServerProcess, upgrade: str
+) -> None:
+    # A valid handshake (RFC 6455 4.2.1: Upgrade is a list that holds "websocket"), but
+    # uvicorn, hypercorn and daphne take one only with "websocket" alone: the request
+    # reaches the view from an http scope, with no socket. It got 501 "the default
+    # backend cannot take the connection over from an unknown server; run under manage.py
+    # runserver, gevent..." (an async view's: "async WebSocket views run only under an
+    # ASGI server"), and the first such request of a process wrote that at ERROR: any
+    # client could tell the operator a working deployment was broken.
+    mark = asgi_server.mark()
+    request = upgrade_request("/echo/").replace(
+        b"Upgrade: websocket\r\n", f"Upgrade: {upgrade}\r\n".encode()
+    )
+    status, _, body = answer(asgi_server, request)
+    assert status == 400, body
+    assert b"only with 'Upgrade: websocket'" in body, body
+    assert repr(upgrade).encode() in body, body
+    assert "[ERROR" not in asgi_server.log(mark), asgi_server.log(mark)

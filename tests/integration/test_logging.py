@@ -109,9 +109,10 @@ def test_a_close_reason_cannot_write_lines_of_its_own_in_the_debug_log(
 def test_a_client_cannot_fill_the_log_with_errors_under_an_asgi_server(tmp_path: Path) -> None:
     """``Upgrade: websocket, foo`` is a valid handshake (RFC 7230 lists), but uvicorn takes
     only ``websocket`` alone for one: the request reaches the view as plain HTTP, where no
-    socket can be taken over, and gets 501. That is logged at ERROR, once per process:
-    each such request logged one, so any client could fill the log with ERRORs, which
-    the levels' rule says a client's requests never are (docs/logging.rst)."""
+    socket can be taken over. Each such request logged an ERROR (501), so any client
+    could fill the log with ERRORs, which the levels' rule says a client's requests
+    never are (docs/logging.rst); then one per process, still telling the operator a
+    working server could not serve WebSockets. It is the client's to change: 400, INFO."""
     request = upgrade_request("/echo/").replace(
         b"Upgrade: websocket\r\n", b"Upgrade: websocket, foo\r\n"
     )
@@ -120,10 +121,10 @@ def test_a_client_cannot_fill_the_log_with_errors_under_an_asgi_server(tmp_path:
             with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
                 sock.sendall(request)
                 status, _, _ = read_http_response(sock)
-            assert status == 501
+            assert status == 400
         deadline = time.monotonic() + TIMEOUT
-        while server.log().count("refused with 501") < 3 and time.monotonic() < deadline:
+        while server.log().count("refused with 400") < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
     log = server.log()
-    assert log.count("refused with 501") == 3, log
-    assert log.count("[ERROR dwebsocket]") == 1, log
+    assert log.count("refused with 400") == 3, log
+    assert "[ERROR dwebsocket]" not in log, log

@@ -157,7 +157,9 @@ async def arun_view(
     connection = connection_of(request)
     if connection is None:
         attach(request, None)
-        return needs_asgi(request)
+        from dwebsocket.handshake import refuse_not_taken
+
+        return refuse_not_taken(request) or needs_asgi(request)
     try:
         groups.check_settings()
         websocket = AsyncWebSocket(create_websocket(request, connection))
