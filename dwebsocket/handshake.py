@@ -411,19 +411,26 @@ def refuse(request: HttpRequest, exc: InvalidHandshake) -> HttpResponse:
     )
     count_refused(request, exc.status)
     headers = list(exc.headers)
-    if exc.status == 426 and not _forbids_hop_by_hop(request.META):
+    if exc.status == 426 and _passes_upgrade_header(request):
         # RFC 9110 15.5.22: a 426 MUST name the protocol to upgrade to.
         headers.append(("Upgrade", "websocket"))
     return _plain_response(exc.reason, exc.status, headers)
 
 
-def _forbids_hop_by_hop(meta: Mapping[str, Any]) -> bool:
-    """Whether the WSGI server refuses hop-by-hop headers (``Upgrade``) in the
-    application's response, as PEP 3333 allows: wsgiref's handlers (``manage.py
-    runserver``) fail the request with an ``AssertionError``, a 500. They are the ones
-    that give ``wsgiref.util.FileWrapper`` as ``wsgi.file_wrapper``."""
-    util = sys.modules.get("wsgiref.util")
-    return util is not None and meta.get("wsgi.file_wrapper") is util.FileWrapper
+def _passes_upgrade_header(request: HttpRequest) -> bool:
+    """Whether the server lets the application's response carry ``Upgrade``, a
+    hop-by-hop header PEP 3333 lets a WSGI server refuse: the ones measured to pass it
+    (gevent.pywsgi, gunicorn, eventlet.wsgi, uWSGI; uvicorn, hypercorn and daphne for an
+    ASGI http scope). wsgiref (``manage.py runserver``) and waitress fail the request on
+    it, a 500; an unknown server gets its 426 without it."""
+    meta = request.META
+    return (
+        isinstance(getattr(request, "scope", None), dict)
+        or "gunicorn.socket" in meta
+        or "eventlet.input" in meta
+        or "uwsgi.version" in meta
+        or str(meta.get("SERVER_SOFTWARE", "")).startswith("gevent/")
+    )
 
 
 _unavailable_logged: set[str] = set()

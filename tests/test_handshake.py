@@ -179,7 +179,7 @@ def test_refuse(caplog: pytest.LogCaptureFixture) -> None:
         response = refuse(_request(), UnsupportedVersion("version 8, expected 13"))
     assert response.status_code == 426
     assert response["Sec-WebSocket-Version"] == "13"
-    assert response["Upgrade"] == "websocket"  # RFC 9110 15.5.22
+    assert "Upgrade" not in response  # an unknown server may refuse it (below)
     assert response["Content-Type"].startswith("text/plain")
     assert response.content == b"version 8, expected 13\n"
     assert response["Content-Length"] == str(len(response.content))
@@ -371,3 +371,24 @@ def test_an_upgrade_passed_on_as_http_is_checked_first() -> None:
     response = refuse_not_taken(foreign)
     assert response is not None and response.status_code == 403
     assert refuse_not_taken(_request()) is None  # not from an ASGI server
+
+
+@pytest.mark.parametrize(
+    ("meta", "upgrade"),
+    [
+        ({"SERVER_SOFTWARE": "gevent/26.9 Python/3.11"}, "websocket"),
+        ({"gunicorn.socket": object()}, "websocket"),
+        ({"eventlet.input": object()}, "websocket"),
+        ({"uwsgi.version": b"2.0.31"}, "websocket"),
+        ({"SERVER_SOFTWARE": "WSGIServer/0.2 CPython/3.11"}, None),  # runserver
+        ({"SERVER_SOFTWARE": "waitress"}, None),
+    ],
+)
+def test_a_426_carries_upgrade_where_the_server_lets_it(
+    meta: dict[str, object], upgrade: str | None
+) -> None:
+    # RFC 9110 15.5.22: a 426 MUST carry Upgrade; PEP 3333 lets a WSGI server refuse
+    # hop-by-hop headers from the application, and wsgiref and waitress do (a 500).
+    request = RequestFactory().get("/ws/", headers=upgrade_headers(KEY), **meta)
+    response = refuse(request, UnsupportedVersion("version 8, expected 13"))
+    assert response.get("Upgrade") == upgrade
