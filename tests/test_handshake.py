@@ -351,7 +351,9 @@ def _asgi_request(key: str, **headers: str):  # type: ignore[no-untyped-def]
         ("WebSocket", 501, "the ASGI server passed a WebSocket handshake on as plain HTTP"),
     ],
 )
-def test_an_upgrade_an_asgi_server_passed_on_as_http(upgrade: str, status: int, reason: str) -> None:
+def test_an_upgrade_an_asgi_server_passed_on_as_http(
+    upgrade: str, status: int, reason: str
+) -> None:
     request = _asgi_request(KEY, Upgrade=upgrade)
     with pytest.raises((InvalidHandshake, BackendUnavailable), match=reason):
         parse_handshake(request)

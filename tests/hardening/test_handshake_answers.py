@@ -103,3 +103,45 @@ def test_an_upgrade_the_asgi_server_did_not_take_is_told_why(
     assert b"only with 'Upgrade: websocket'" in body, body
     assert repr(upgrade).encode() in body, body
     assert "[ERROR" not in asgi_server.log(mark), asgi_server.log(mark)
+
+
+HYPERCORN_WINDOW_BITS = (
+    "hypercorn 0.18 (wsproto 1.3) cannot parse a window-bits value that is not a bare "
+    "number: when the view accepts, it drops the connection without an answer and logs a "
+    "traceback (docs/asgi.rst)"
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "uvicorn",
+        "daphne",
+        "granian-asgi",
+        pytest.param(
+            "hypercorn",
+            marks=pytest.mark.xfail(
+                strict=True, raises=AssertionError, reason=HYPERCORN_WINDOW_BITS
+            ),
+        ),
+    ],
+)
+def test_a_quoted_window_bits_offer_is_answered(tmp_path: Path, name: str) -> None:
+    # RFC 7692 7.1.2.1 allows a parameter's value quoted; a server may negotiate it or
+    # decline the offer, but must answer, without a traceback.
+    request = upgrade_request(
+        "/echo/", extensions='permessage-deflate; server_max_window_bits="10"'
+    )
+    server = start_server(name, tmp_path / "server.log")
+    try:
+        with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                assert chunk, f"{name} closed the connection without an answer"
+                head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+    finally:
+        server.stop()
+    assert_no_traceback(server)
