@@ -145,3 +145,35 @@ def test_a_quoted_window_bits_offer_is_answered(tmp_path: Path, name: str) -> No
     finally:
         server.stop()
     assert_no_traceback(server)
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "reason"),
+    [
+        ("uvicorn", 405, b"unsupported HTTP method"),  # uvicorn's own
+        ("daphne", 405, b""),  # its own, the reason in the status line
+        ("hypercorn", 400, b"method must be GET"),  # passed on as plain HTTP: dwebsocket's
+        pytest.param(
+            "granian-asgi",
+            400,
+            b"",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason="granian upgrades any method, and the websocket scope has none",
+            ),
+        ),
+    ],
+)
+def test_an_upgrade_by_post_is_refused_under_asgi(
+    tmp_path: Path, name: str, status: int, reason: bytes
+) -> None:
+    # docs/asgi.rst's server table, row "whose method is not GET".
+    request = upgrade_request("/echo/").replace(b"GET ", b"POST ", 1)
+    server = start_server(name, tmp_path / "server.log")
+    try:
+        got, _, body = answer(server, request)
+        assert (got, reason in body) == (status, True), body
+    finally:
+        server.stop()
+    assert_no_traceback(server)
