@@ -3,6 +3,8 @@ socket: the refusal's status and the headers RFCs require of it, never a 500."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_no_traceback
-from tests.servers import ServerProcess, start_server
+from tests.servers import (
+    HOST,
+    LOGGING,
+    REPO,
+    ServerProcess,
+    _uwsgi,
+    free_port,
+    project_server,
+    start_server,
+)
 from tests.wire import TIMEOUT, read_http_response, upgrade_request
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
@@ -177,3 +188,38 @@ def test_an_upgrade_by_post_is_refused_under_asgi(
     finally:
         server.stop()
     assert_no_traceback(server)
+
+
+@pytest.mark.parametrize(("options", "status"), [((), None), (("--buffer-size", "32768"), 101)])
+def test_uwsgi_resets_a_head_over_its_buffer_size(
+    tmp_path: Path, options: tuple[str, ...], status: int | None
+) -> None:
+    # docs/deployment.rst, the uWSGI options: a browser's few KiB of cookies put the head
+    # over uWSGI's default 4 KiB buffer, and the connection is reset without an answer
+    # (plain HTTP too), before Django. --buffer-size is the deployment's fix.
+    port = free_port()
+    argv = [*_uwsgi(HOST, port, "default", "--gevent", "10", "--gevent-early-monkey-patch")]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DWEBSOCKET_TEST_SETTINGS": json.dumps({"LOGGING": LOGGING}),
+    }
+    request = upgrade_request("/echo/").replace(
+        b"\r\n\r\n", b"\r\nCookie: a=" + b"x" * 5000 + b"\r\n\r\n"
+    )
+
+    def ready() -> None:
+        socket.create_connection((HOST, port), timeout=1).close()
+
+    log = tmp_path / "uwsgi.log"
+    with (
+        project_server([*argv, *options], REPO, env, log, ready),
+        socket.create_connection((HOST, port), timeout=TIMEOUT) as sock,
+    ):
+        sock.sendall(request)
+        try:
+            got: int | None = read_http_response(sock)[0]
+        except (ConnectionResetError, IndexError):  # reset, or EOF: no status line
+            got = None
+    assert got == status
