@@ -223,3 +223,41 @@ def test_uwsgi_resets_a_head_over_its_buffer_size(
         except (ConnectionResetError, IndexError):  # reset, or EOF: no status line
             got = None
     assert got == status
+
+
+def status_or_none(server: ServerProcess, request: bytes) -> int | None:
+    """The answer's status, None for a connection closed or reset without one."""
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        try:
+            return read_http_response(sock)[0]
+        except (ConnectionResetError, IndexError):
+            return None
+
+
+def with_cookies(*sizes: int) -> bytes:
+    lines = b"".join(b"Cookie: a=" + b"x" * size + b"\r\n" for size in sizes)
+    return upgrade_request("/echo/").replace(b"\r\n\r\n", b"\r\n" + lines + b"\r\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "answers"),
+    [
+        ("gunicorn-gevent", {(8000,): 101, (8300,): 431}),
+        ("uvicorn", {(8000,): 101, (8300,): 431}),
+        ("daphne", {(16000,): 101, (7000, 7000, 7000): 400, (16500,): None}),
+        ("hypercorn", {(40000,): 101}),
+        ("granian-asgi", {(40000,): 101}),
+    ],
+)
+def test_each_servers_limit_on_the_request_head(
+    tmp_path: Path, name: str, answers: dict[tuple[int, ...], int | None]
+) -> None:
+    # docs/security.rst, the threat model's "Oversized request head" row.
+    server = start_server(name, tmp_path / "server.log")
+    try:
+        got = {sizes: status_or_none(server, with_cookies(*sizes)) for sizes in answers}
+    finally:
+        server.stop()
+    assert got == answers
+    assert_no_traceback(server)
