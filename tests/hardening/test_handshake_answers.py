@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -261,3 +262,37 @@ def test_each_servers_limit_on_the_request_head(
         server.stop()
     assert got == answers
     assert_no_traceback(server)
+
+
+@pytest.mark.parametrize("urls", ["tests.asgi.urls", "tests.asgi.async_urls"])
+def test_an_asgi_server_without_websockets_is_the_deployments_fault(
+    tmp_path: Path, urls: str
+) -> None:
+    # uvicorn --ws none passes every handshake on as plain HTTP: 501, and the operator is
+    # told once at ERROR what is wrong (was: "run under manage.py runserver, gevent...",
+    # or for an async view "async WebSocket views run only under an ASGI server").
+    port = free_port()
+    argv = [
+        str(Path(sys.executable).with_name("uvicorn")),
+        *("--host", HOST, "--port", str(port), "--ws", "none", "--no-access-log"),
+        "tests.asgi.app:application",
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DWEBSOCKET_TEST_SETTINGS": json.dumps({"LOGGING": LOGGING, "ROOT_URLCONF": urls}),
+    }
+
+    def ready() -> None:
+        socket.create_connection((HOST, port), timeout=1).close()
+
+    log = tmp_path / "uvicorn.log"
+    with project_server(argv, REPO, env, log, ready):
+        for _ in range(2):
+            with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
+                sock.sendall(upgrade_request("/echo/"))
+                status, _, body = read_http_response(sock)
+            assert status == 501, body
+            assert b"the ASGI server passed a WebSocket handshake on as plain HTTP" in body
+    assert log.read_text().count("[ERROR dwebsocket]") == 1, log.read_text()
