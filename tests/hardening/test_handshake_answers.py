@@ -48,6 +48,21 @@ def wsgi_server(
     assert_no_traceback(server)
 
 
+def project_env(**settings: object) -> dict[str, str]:
+    """The environment of a test project server started by hand (``project_server``)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DWEBSOCKET_TEST_SETTINGS": json.dumps({"LOGGING": LOGGING, **settings}),
+    }
+
+
+def listening(port: int) -> None:
+    """Return once ``port`` accepts a connection; ``OSError`` until it does."""
+    socket.create_connection((HOST, port), timeout=1).close()
+
+
 def answer(server: ServerProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
     with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
         sock.sendall(request)
@@ -200,18 +215,13 @@ def test_uwsgi_resets_a_head_over_its_buffer_size(
     # (plain HTTP too), before Django. --buffer-size is the deployment's fix.
     port = free_port()
     argv = [*_uwsgi(HOST, port, "default", "--gevent", "10", "--gevent-early-monkey-patch")]
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DWEBSOCKET_TEST_SETTINGS": json.dumps({"LOGGING": LOGGING}),
-    }
+    env = project_env()
     request = upgrade_request("/echo/").replace(
         b"\r\n\r\n", b"\r\nCookie: a=" + b"x" * 5000 + b"\r\n\r\n"
     )
 
     def ready() -> None:
-        socket.create_connection((HOST, port), timeout=1).close()
+        listening(port)
 
     log = tmp_path / "uwsgi.log"
     with (
@@ -277,15 +287,10 @@ def test_an_asgi_server_without_websockets_is_the_deployments_fault(
         *("--host", HOST, "--port", str(port), "--ws", "none", "--no-access-log"),
         "tests.asgi.app:application",
     ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DWEBSOCKET_TEST_SETTINGS": json.dumps({"LOGGING": LOGGING, "ROOT_URLCONF": urls}),
-    }
+    env = project_env(ROOT_URLCONF=urls)
 
     def ready() -> None:
-        socket.create_connection((HOST, port), timeout=1).close()
+        listening(port)
 
     log = tmp_path / "uvicorn.log"
     with project_server(argv, REPO, env, log, ready):
