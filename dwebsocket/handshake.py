@@ -307,9 +307,17 @@ def origin_setting_errors(configured: object) -> list[str]:
                 'so it would allow every site ("*" says so openly)'
             )
         elif parse_origin_rule(entry) is None:
-            problems.append(
+            problem = (
                 f'WEBSOCKET_ALLOWED_ORIGINS entry {entry!r} is not an origin, a host pattern or "*"'
             )
+            if isinstance(entry, str) and not entry.isascii():
+                # Not computed for it: Python's idna codec (IDNA 2003) and browsers (UTS 46)
+                # disagree on some names ("ß").
+                problem += (
+                    ": write an internationalized domain name as browsers send it, in "
+                    "punycode (xn--...)"
+                )
+            problems.append(problem)
     return problems
 
 

@@ -16,6 +16,7 @@ from dwebsocket.exceptions import (
 from dwebsocket.handshake import (
     handshake_origin,
     origin_allowed,
+    origin_setting_errors,
     parse_handshake,
     refuse,
     refuse_not_taken,
@@ -394,3 +395,13 @@ def test_a_426_carries_upgrade_where_the_server_lets_it(
     request = RequestFactory().get("/ws/", headers=upgrade_headers(KEY), **meta)
     response = refuse(request, UnsupportedVersion("version 8, expected 13"))
     assert response.get("Upgrade") == upgrade
+
+
+def test_an_internationalized_host_in_allowed_origins_says_how_to_write_it() -> None:
+    # Browsers send an IDN's origin in its ASCII form (xn--...); an entry written in
+    # Unicode matches nothing, and the check said only "is not an origin".
+    [problem] = origin_setting_errors(["https://bücher.example"])
+    assert "xn--" in problem and "punycode" in problem, problem
+    assert origin_setting_errors(["https://xn--bcher-kva.example"]) == []
+    with override_settings(WEBSOCKET_ALLOWED_ORIGINS=["https://xn--bcher-kva.example"]):
+        assert origin_allowed("https://xn--bcher-kva.example")
