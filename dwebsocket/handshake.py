@@ -122,6 +122,8 @@ def refuse_not_taken(request: HttpRequest) -> HttpResponse | None:
         return refuse(request, exc)
     except BackendUnavailable as exc:
         return unavailable(request, exc)
+    except InvalidSetting as exc:  # as the sync session answers it
+        return misconfigured(request, exc)
     raise AssertionError("parse_handshake() accepted a request from an http scope")
 
 
