@@ -25,6 +25,7 @@ This module does not import ``uwsgi``: it is safe to import anywhere (system che
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -91,10 +92,8 @@ def _say_goodbye_on_stop() -> None:
     stopping: list[bool] = []
 
     def say_goodbye(websocket: uWsgiWebSocket) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the worker stops either way
             websocket.close(registry.GOING_AWAY, "server shutting down")
-        except Exception:  # noqa: S110 - the worker stops either way
-            pass
 
     def opened(sender: Any, websocket: Any, **kwargs: Any) -> None:
         if isinstance(websocket, uWsgiWebSocket):
