@@ -727,6 +727,32 @@ def test_a_client_that_closes_during_a_send_is_closed_with_its_code(
 
 
 @pytest.mark.server
+@pytest.mark.parametrize(
+    "name", [name for name in asgi_servers() if name in ("uvicorn", "granian-asgi")]
+)
+def test_a_client_that_stopped_reading_then_closes_ends_a_send_under_way(
+    started: Callable[..., ServerProcess], name: str
+) -> None:
+    """tests.asgi.views.stream to a client that reads nothing, whose buffers fill: the
+    view's ``await ws.send()`` is with the server, which does not return. The client then
+    closes (4001): the server reports it (``websocket.disconnect``), and the send must
+    raise ``ConnectionClosed(4001)``. It waited on, the connection closed and its
+    watchdog stopped, for as long as the TCP connection stayed (a stopping uvicorn waited
+    for it for ever). (hypercorn reads no close while its send waits; daphne's sends
+    never wait.)"""
+    server = started(f"{name}-async")
+    key = uuid.uuid4().hex
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(upgrade_request(f"/stream/?id={key}"))
+        assert read_http_response(sock)[0] == 101
+        time.sleep(0.5)  # the view streams until the buffers are full
+        sock.sendall(masked(0x8, struct.pack("!H", 4001)))
+        seen = recorded(server, "/stream/", key)  # while the client still holds on
+    assert seen["code"] == 4001, seen
+
+
+@pytest.mark.server
 @pytest.mark.parametrize("close", ["return", "close"])
 @pytest.mark.parametrize("name", asgi_servers())
 def test_what_a_group_sent_before_the_close_reaches_the_client_first(

@@ -353,6 +353,58 @@ def test_an_async_send_the_server_does_not_take_in_time_ends_the_connection(
     assert asyncio.run(scenario()) == (1006, True, 1006, [])
 
 
+def test_a_send_under_way_when_the_server_says_disconnect_ends_with_its_code() -> None:
+    """The server's ``send()`` does not return (the client stopped reading) when the server
+    reports the connection over (``websocket.disconnect``: uvicorn stopping says 1012).
+    The view's ``await ws.send()`` raises ``ConnectionClosed`` with that code. It waited
+    on: the disconnect stopped the watchdog, so nothing ended the send, and uvicorn,
+    waiting for the session before it exits, never did (it hung until killed)."""
+
+    async def scenario() -> tuple[object, ...]:
+        connection, inbox = await opened(stuck_on="first")
+        ws = AsyncWebSocket(ASGIWebSocket(RequestFactory().get("/"), connection))
+        send = asyncio.ensure_future(ws.send("first"))
+        await asyncio.sleep(0.05)  # the send is with the server
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1012})
+        raised: object = None
+        try:
+            await asyncio.wait_for(send, TIMEOUT)
+        except BaseException as exc:  # what it raises is the point
+            raised = (type(exc).__name__, getattr(exc, "code", None))
+        await connection.finish()
+        return raised, ws.close_code
+
+    assert asyncio.run(scenario()) == (("ConnectionClosed", 1012), 1012)
+
+
+def test_a_sync_send_under_way_when_the_server_says_disconnect_ends_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same for a sync view's ``send()``, which waited out ``IO_TIMEOUT`` (a minute)."""
+    monkeypatch.setattr(asgi_websocket, "IO_TIMEOUT", 3 * TIMEOUT)
+
+    async def scenario() -> tuple[object, ...]:
+        connection, inbox = await opened(stuck_on="first")
+        ws = ASGIWebSocket(RequestFactory().get("/"), connection)
+        loop = asyncio.get_running_loop()
+
+        def view() -> object:
+            try:
+                ws.send("first")
+            except ConnectionClosed as exc:
+                return exc.code
+            return "sent"
+
+        send = loop.run_in_executor(None, view)
+        await asyncio.sleep(0.05)
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1012})
+        code = await asyncio.wait_for(send, TIMEOUT)
+        await connection.finish()
+        return code, ws.close_code
+
+    assert asyncio.run(scenario()) == (1012, 1012)
+
+
 def test_a_refused_send_waiting_for_the_disconnect_is_not_cancelled_by_the_watchdog(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

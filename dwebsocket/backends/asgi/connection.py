@@ -544,7 +544,8 @@ class ASGIConnection:
             except asyncio.CancelledError:
                 if self._watched >= 0:
                     raise
-                # _watch gave up on it: the view learns it as any other end.
+                # _watch gave up on it, or the connection ended under it (_mark_closed):
+                # the view learns it as any other end.
                 task = asyncio.current_task()
                 if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
                     task.uncancel()
@@ -754,6 +755,13 @@ class ASGIConnection:
         if self._watchdog is not None:
             self._watchdog.cancel()  # nothing is sent any more (it holds the connection)
             self._watchdog = None
+        sender = self._sender
+        if sender is not None and self._watched >= 0 and sender is not asyncio.current_task():
+            # A send the server has not taken (a client that stopped reading) would wait
+            # on with the watchdog gone, for ever: uvicorn, stopping, waited for it. It
+            # raises ConnectionClosed with this close's code (see send_message).
+            self._watched = -1
+            sender.cancel()
         self._make_room()
         self._queued = None
         self._queued_bytes = 0
