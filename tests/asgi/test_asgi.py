@@ -727,29 +727,32 @@ def test_a_client_that_closes_during_a_send_is_closed_with_its_code(
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("view", ["stream", "close-behind-a-send"])
 @pytest.mark.parametrize(
     "name", [name for name in asgi_servers() if name in ("uvicorn", "granian-asgi")]
 )
 def test_a_client_that_stopped_reading_then_closes_ends_a_send_under_way(
-    started: Callable[..., ServerProcess], name: str
+    started: Callable[..., ServerProcess], name: str, view: str
 ) -> None:
     """tests.asgi.views.stream to a client that reads nothing, whose buffers fill: the
     view's ``await ws.send()`` is with the server, which does not return. The client then
     closes (4001): the server reports it (``websocket.disconnect``), and the send must
     raise ``ConnectionClosed(4001)``. It waited on, the connection closed and its
     watchdog stopped, for as long as the TCP connection stayed (a stopping uvicorn waited
-    for it for ever). (hypercorn reads no close while its send waits; daphne's sends
-    never wait.)"""
-    server = started(f"{name}-async")
+    for it for ever). ``close_behind_a_send``: the view's ``await ws.close(4000)`` waits
+    behind such a send; once the client's close is reported, it returns within the close
+    timeout (its ``websocket.close`` went to the server and waited ``IO_TIMEOUT``, a
+    minute). (hypercorn reads no close while its send waits; daphne's sends never wait.)"""
+    server = started(f"{name}-async", WEBSOCKET_CLOSE_TIMEOUT=1.0)
     key = uuid.uuid4().hex
     with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(upgrade_request(f"/stream/?id={key}"))
+        sock.sendall(upgrade_request(f"/{view}/?id={key}"))
         assert read_http_response(sock)[0] == 101
-        time.sleep(0.5)  # the view streams until the buffers are full
+        time.sleep(1.0)  # the view sends until the buffers are full (and closes at 0.5 s)
         sock.sendall(masked(0x8, struct.pack("!H", 4001)))
-        seen = recorded(server, "/stream/", key)  # while the client still holds on
-    assert seen["code"] == 4001, seen
+        seen = recorded(server, f"/{view}/", key)  # while the client still holds on
+    assert seen["code"] == (4001 if view == "stream" else 4000), seen
 
 
 @pytest.mark.server

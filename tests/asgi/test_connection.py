@@ -405,6 +405,27 @@ def test_a_sync_send_under_way_when_the_server_says_disconnect_ends_at_once(
     assert asyncio.run(scenario()) == (1012, 1012)
 
 
+def test_a_close_with_the_server_when_it_says_disconnect_returns_at_once() -> None:
+    """The view closes (4000) and the server's ``send()`` does not take the
+    ``websocket.close`` (the client stopped reading); then the server reports the
+    connection over (the client left, or uvicorn stops: 1012). ``await ws.close()``
+    returns then, not after ``IO_TIMEOUT`` (a minute) waiting for a send to a connection
+    that is over, holding the session and its slot."""
+
+    async def scenario() -> tuple[object, ...]:
+        connection, inbox = await opened(stuck_on="websocket.close", close_timeout=3 * TIMEOUT)
+        ws = AsyncWebSocket(ASGIWebSocket(RequestFactory().get("/"), connection))
+        close = asyncio.ensure_future(ws.close(4000, "bye"))
+        await asyncio.sleep(0.05)  # the close is with the server
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1012})
+        await asyncio.wait_for(close, TIMEOUT)
+        await asyncio.wait_for(connection.finish(), TIMEOUT)
+        left = [repr(t) for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return ws.close_code, connection.state, left
+
+    assert asyncio.run(scenario()) == (4000, "closed", [])
+
+
 def test_a_refused_send_waiting_for_the_disconnect_is_not_cancelled_by_the_watchdog(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -704,13 +704,42 @@ class ASGIConnection:
                 # Bounded as a send is: a server whose send() blocks while the client does
                 # not read (uvicorn, hypercorn, granian) would otherwise hold the close,
                 # and the session, for as long as the client keeps the connection open.
-                await asyncio.wait_for(self._send_queued_then(event), IO_TIMEOUT)
+                # And no longer than the connection: once the server says it is over (its
+                # websocket.disconnect), the event it has not taken is given up.
+                await self._send_bounded(self._send_queued_then(event))
         except asyncio.TimeoutError:
             logger.debug("websocket.close not taken within %ss for %s", IO_TIMEOUT, self._peer())
             self.abandon()
         except Exception as exc:
             logger.debug("websocket.close failed for %s: %r", self._peer(), exc)
             self._mark_closed(code, reason)
+
+    async def _send_bounded(self, sending: Awaitable[None]) -> None:
+        """Await ``sending`` for up to ``IO_TIMEOUT`` (then ``asyncio.TimeoutError``), or
+        until the connection is over: then it is cancelled. If it is over already (the
+        server said so while this waited for the send lock), for up to the close timeout,
+        quietly: what the server does not take at once it never will, if the client
+        stopped reading."""
+        task = asyncio.ensure_future(sending)
+        waits: list[asyncio.Future[Any]] = [task]
+        timeout = self.close_timeout
+        if self.state is not State.CLOSED:
+            timeout = IO_TIMEOUT
+            if self._closed_waiter is None:
+                self._closed_waiter = self.loop.create_future()
+            waits.append(self._closed_waiter)
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if task.cancelled():
+            if self.state is not State.CLOSED:
+                raise asyncio.TimeoutError
+            return
+        task.result()
 
     async def _send_queued_then(self, event: dict[str, Any]) -> None:
         """What ``deliver()`` queued before the close began (a group's last messages, a
