@@ -6,6 +6,7 @@ balancer. The page is ``tests/groups/views.py``'s ``PAGE``: it records group mes
 from __future__ import annotations
 
 import gzip
+import json
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from django.test import override_settings
 
 import dwebsocket
+from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.browser import WAIT_MS
 from tests.groups.conftest import FEED_HISTORY
@@ -668,3 +671,55 @@ def test_close_while_waiting_to_reconnect_says_so(bare_page: Page, gevent: Serve
     first, last = bare_page.evaluate("waiting")
     assert first["willRetry"] is True
     assert last["willRetry"] is False and last["code"] == 1000
+
+
+#: History for groups named as what every plain object inherits (a chat room the user named).
+PROTO_HISTORY = {"__proto__": {"size": 100, "ttl": 600}, "constructor": {"size": 100, "ttl": 600}}
+
+
+@pytest.mark.parametrize("group", ["__proto__", "constructor"])
+def test_a_group_named_like_an_object_property_resumes(
+    group: str,
+    redis_server: RedisServer,
+    make_server: Callable[..., ServerProcess],
+    open_page: Callable[[str], Page],
+) -> None:
+    """Group names come from the application, often from its users: a room called
+    ``__proto__``. The client kept positions in a plain object, where
+    ``positions["__proto__"] = p`` sets the object's prototype (a string: ignored), so that
+    group's position was never kept: no ``dws_since`` for it, and after a reconnection the
+    messages it missed were lost without a "recoveryfailed" to say so. The page's
+    connection drops (``ws.close()`` under the client); the next one recovers."""
+    history = {"WEBSOCKET_GROUPS_URL": redis_server.url, "WEBSOCKET_GROUPS_HISTORY": PROTO_HISTORY}
+    server = make_server("gevent", settings=history)
+    page = open_page(server.url(f"/group/page/?group={group}", scheme="http"))
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=PROTO_HISTORY):
+        layer = RedisLayer(redis_server.url, Registry())
+        try:
+            position = layer.send(group, "m0")
+            wait_for_messages(page, 1)
+            assert page.evaluate("Object.entries(sock.positions)") == [[group, position]]
+            page.evaluate("sock.ws.close()")
+            page.wait_for_function("window.events.filter(e => e[0] === 'joined').length >= 2")
+            missed = page.evaluate(
+                "events.filter(e => e[0] === 'recovered').map(e => [e[1].group, e[1].since])"
+            )
+        finally:
+            layer.close()
+    assert missed == [[group, position]]
+
+
+def test_positions_given_for_a_group_named_proto_are_sent(bare_page: Page) -> None:
+    """The ``positions`` option, as the page saved them (``JSON.parse`` makes
+    ``__proto__`` an own key): the first connection's ``dws_since`` has it. Copied into a
+    plain object, it was lost."""
+    since = bare_page.evaluate(
+        """() => {
+            const positions = JSON.parse('{"__proto__": "1:0", "toString": "2:0"}');
+            const s = new dwebsocket.Socket("/echo/", {positions});
+            const url = new URL(s.ws.url);
+            s.close();
+            return url.searchParams.get("dws_since");  // as text: a returned object loses __proto__
+        }"""
+    )
+    assert json.loads(since) == {"__proto__": "1:0", "toString": "2:0"}

@@ -36,7 +36,9 @@
     for (k in options || {}) o[k] = options[k];
     this.options = o;
     this.url = url;
-    this.positions = Object.assign({}, o.positions || {});
+    // Maps keyed by group names (the application's, its users' even) have no prototype:
+    // in a plain object positions["__proto__"] = p is lost, p not being an object.
+    this.positions = Object.assign(Object.create(null), o.positions);
     this._recent = Object.create(null); // group -> when its position last moved
     this._tick = 0;
     for (k in this.positions) this._recent[k] = ++this._tick;
