@@ -723,3 +723,23 @@ def test_positions_given_for_a_group_named_proto_are_sent(bare_page: Page) -> No
         }"""
     )
     assert json.loads(since) == {"__proto__": "1:0", "toString": "2:0"}
+
+
+def test_a_handler_removed_by_an_earlier_one_is_not_called(bare_page: Page) -> None:
+    """A handler may ``off()`` another of the same event (a component torn down on a
+    message): the removed one is not called for that event either, as a DOM event
+    listener removed during dispatch is not. Before, it was called once more, after its
+    owner had let it go (a component unmounted, its elements gone)."""
+    calls = bare_page.evaluate(
+        """(url) => new Promise((done) => {
+            const calls = [];
+            const s = new dwebsocket.Socket(url);
+            const second = (data) => calls.push("second " + data);
+            s.on("message", (data) => { calls.push("first " + data); s.off("message", second); });
+            s.on("message", second);
+            s.on("message", (data) => { if (data === "b") { s.close(); done(calls); } });
+            s.on("open", () => { s.send("a"); s.send("b"); });
+        })""",
+        "/echo/",
+    )
+    assert calls == ["first a", "first b"]

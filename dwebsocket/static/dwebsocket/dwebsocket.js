@@ -68,8 +68,10 @@
   };
 
   proto._emit = function (type, a, b) {
-    var list = (this._handlers[type] || []).slice();
+    var live = this._handlers[type] || [];
+    var list = live.slice(); // one added meanwhile waits for the next event, and ...
     for (var i = 0; i < list.length; i++) {
+      if (live.indexOf(list[i]) < 0) continue; // ... one removed is not called, as in the DOM
       try {
         list[i].call(this, a, b);
       } catch (err) {
