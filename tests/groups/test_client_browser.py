@@ -743,3 +743,24 @@ def test_a_handler_removed_by_an_earlier_one_is_not_called(bare_page: Page) -> N
         "/echo/",
     )
     assert calls == ["first a", "first b"]
+
+
+def test_close_before_the_connection_opened_says_what_the_page_asked(bare_page: Page) -> None:
+    """``close(4000, "bye")`` while the attempt is still connecting (a page leaving a view
+    right after it mounted): one "close" event, with that code and reason, and no
+    "open". Before, the browser's close of a socket that never opened came through:
+    1006, the code of a lost connection, so a page telling the two apart showed an
+    error for its own close."""
+    outcome = bare_page.evaluate(
+        """(url) => new Promise((done) => {
+            const seen = [];
+            const s = new dwebsocket.Socket(url);
+            s.on("open", () => seen.push("open"));
+            s.on("close", (e) => seen.push(e));
+            s.close(4000, "bye");
+            setTimeout(() => done(seen), 500);
+        })""",
+        "/echo/",
+    )
+    assert outcome == [{"code": 4000, "reason": "bye", "willRetry": False}]
+    assert bare_page.evaluate("pending.size") == 0

@@ -104,8 +104,15 @@
     this.closed = true;
     clearTimeout(this._timer);
     clearTimeout(this._beat);
-    if (!ws && !was) {
-      // Waiting to reconnect: no socket to say it. Later, as a socket's close comes.
+    var connecting = ws && ws.readyState === 0;
+    if (connecting) {
+      // Its close would say 1006, as a lost connection's: not ours to hear.
+      ws.onopen = ws.onclose = ws.onmessage = null;
+      this.ws = null;
+    }
+    if ((!ws || connecting) && !was) {
+      // No socket to say it (waiting to reconnect, or not open yet). Later, as a
+      // socket's close comes.
       setTimeout(function () {
         self._emit("close", { code: code || 1000, reason: reason || "", willRetry: false });
       });
