@@ -160,12 +160,20 @@ def _has_token(value: str, token: str) -> bool:
     return any(item.strip(" \t").lower() == token for item in value.split(","))
 
 
-def _http_version_ok(http_version: str) -> bool:
+def _check_http_version(http_version: str) -> None:
+    """Raise ``InvalidHandshake`` (400) unless ``http_version`` (the request line's) is
+    HTTP/1.1, or a later 1.x read as 1.1 (RFC 9112 2.3). RFC 6455 4.1 asks for "at least
+    1.1", but the major version names the message syntax: a request line saying HTTP/2 is
+    no HTTP/2 request (over HTTP/2 a WebSocket opens with an extended CONNECT, RFC 8441,
+    which ASGI servers take themselves), and uWSGI would answer its 101 as "HTTP/2.0"."""
     # At most 9 digits: int() refuses more than 4300 with a ValueError (RFC 7230 2.6 has 1).
     match = re.fullmatch(r"HTTP/([0-9]{1,9})(?:\.([0-9]{1,9}))?", http_version.strip())
-    if match is None:
-        return False
-    return (int(match.group(1)), int(match.group(2) or 0)) >= (1, 1)
+    if match is not None and int(match.group(1)) == 1 and int(match.group(2) or 0) >= 1:
+        return
+    reason = f"HTTP/1.1 required, got {quoted(http_version)}"
+    if match is not None and int(match.group(1)) >= 2:
+        reason += " (over HTTP/2, a WebSocket opens with an extended CONNECT: RFC 8441)"
+    raise InvalidHandshake(reason)
 
 
 def check_host(value: str | None) -> str:
@@ -196,8 +204,7 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
     """
     if method != "GET":
         raise InvalidHandshake("method must be GET")
-    if not _http_version_ok(http_version):
-        raise InvalidHandshake("HTTP/1.1 or later required")
+    _check_http_version(http_version)
 
     host = check_host(headers.get("host"))
     upgrade = headers.get("upgrade")

@@ -88,6 +88,31 @@ def test_a_426_names_the_protocol_to_upgrade_to(
     assert headers.get("upgrade") == expected, headers
 
 
+def test_a_request_line_saying_http_2_gets_no_101(wsgi_server: ServerProcess) -> None:
+    # An HTTP/2 request has no request line (a WebSocket there is an extended CONNECT, RFC
+    # 8441). gevent and gunicorn answer this one 400 themselves, wsgiref (runserver) and
+    # eventlet 505 (as HTTP/0.9: a page, no status line), waitress hands Django "HTTP/1.0"
+    # (refused 400 as such). uWSGI passed it to Django, whose handshake took "2.0" for
+    # "later than 1.1", and wrote the 101 with the request's version: "HTTP/2.0 101
+    # Switching Protocols", then WebSocket frames.
+    request = upgrade_request("/echo/").replace(b" HTTP/1.1\r\n", b" HTTP/2.0\r\n", 1)
+    with socket.create_connection((wsgi_server.host, wsgi_server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data and b"</html>" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    first_line = data.partition(b"\r\n")[0]
+    assert b" 101 " not in first_line, data
+    if wsgi_server.name == "uwsgi-gevent":
+        # uWSGI writes every status line with the request's version: "HTTP/2.0 400".
+        status, _, body = answer(wsgi_server, request)
+        assert status == 400
+        assert body.startswith(b"HTTP/1.1 required, got 'HTTP/2.0' (over HTTP/2, "), body
+
+
 #: ASGI servers, each with the sync views (tests/asgi/urls.py) and the async ones.
 ASGI = [
     (name, urls)

@@ -341,7 +341,7 @@ def test_an_http_1_0_upgrade_is_refused_400(server: ServerProcess) -> None:
     with raw(server) as sock:
         sock.sendall(request)
         status, _, body = read_http_response(sock)
-    assert (status, body) == (400, b"HTTP/1.1 or later required\n")
+    assert (status, body) == (400, b"HTTP/1.1 required, got 'HTTP/1.0'\n")
 
 
 @pytest.mark.parametrize(
