@@ -63,11 +63,13 @@ QUOTED_MAX = 100
 
 
 def quoted(value: str) -> str:
-    """``repr(value)`` for a refusal's reason, cut after ``QUOTED_MAX`` characters (then
-    followed by the value's length)."""
+    """``ascii(value)`` for a refusal's reason, cut after ``QUOTED_MAX`` characters (then
+    followed by the value's length). ASCII, not ``repr()``: a header's bytes arrive
+    decoded as latin-1 (PEP 3333), and a UTF-8 "ü" would read "Ã¼"; escaped, the quote
+    shows the bytes the client sent (``'\\xc3\\xbc'``), as the log escapes a path."""
     if len(value) <= QUOTED_MAX:
-        return repr(value)
-    return f"{value[:QUOTED_MAX]!r}... ({len(value)} characters)"
+        return ascii(value)
+    return f"{value[:QUOTED_MAX]!a}... ({len(value)} characters)"
 
 
 @dataclass

@@ -113,6 +113,35 @@ def test_a_request_line_saying_http_2_gets_no_101(wsgi_server: ServerProcess) ->
         assert body.startswith(b"HTTP/1.1 required, got 'HTTP/2.0' (over HTTP/2, "), body
 
 
+#: Header values with bytes over 0x7F (a UTF-8 "ü", then 0xFF), as raw bytes on the wire.
+#: The servers hand them to Django decoded as latin-1 (PEP 3333; Django's ASGI handler
+#: alike): the refusal quoted them with repr(), which kept "Ã¼ÿ", sent as UTF-8.
+NON_ASCII = [
+    (b"Origin", b"http://\xc3\xbc\xff.example", 403, b"Origin 'http://\\xc3\\xbc\\xff.example'"),
+    (b"Sec-WebSocket-Protocol", b"chat\xc3\xbc", 400, b"Protocol header: 'chat\\xc3\\xbc'\n"),
+]
+
+
+def non_ascii_request(name: bytes, value: bytes) -> bytes:
+    head = upgrade_request("/echo/").removesuffix(b"\r\n")
+    return head + name + b": " + value + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "status", "quote"), NON_ASCII, ids=["origin", "protocol"]
+)
+def test_a_refusal_quotes_non_ascii_bytes_escaped(
+    wsgi_server: ServerProcess, name: bytes, value: bytes, status: int, quote: bytes
+) -> None:
+    mark = wsgi_server.mark()
+    got, headers, body = answer(wsgi_server, non_ascii_request(name, value))
+    assert (got, headers.get("content-type")) == (status, "text/plain; charset=utf-8"), body
+    assert quote in body, body
+    assert body.isascii(), body
+    assert int(headers["content-length"]) == len(body)
+    assert quote.decode() in wsgi_server.log(mark)  # the log line quotes it alike
+
+
 #: ASGI servers, each with the sync views (tests/asgi/urls.py) and the async ones.
 ASGI = [
     (name, urls)
@@ -155,6 +184,18 @@ def test_an_upgrade_the_asgi_server_did_not_take_is_told_why(
     assert b"only with 'Upgrade: websocket'" in body, body
     assert repr(upgrade).encode() in body, body
     assert "[ERROR" not in asgi_server.log(mark), asgi_server.log(mark)
+
+
+def test_an_asgi_refusal_quotes_non_ascii_bytes_escaped(asgi_server: ServerProcess) -> None:
+    # The Origin check is dwebsocket's under ASGI too (the servers check the version, key
+    # and protocol list themselves, in their own words).
+    # daphne answers a refusal with its own empty 403 (no denial response extension).
+    name, value, status, quote = NON_ASCII[0]
+    mark = asgi_server.mark()
+    got, _, body = answer(asgi_server, non_ascii_request(name, value))
+    expected = b"" if asgi_server.name == "daphne" else quote
+    assert (got, expected in body, body.isascii()) == (status, True, True), body
+    assert quote.decode() in asgi_server.log(mark)
 
 
 HYPERCORN_WINDOW_BITS = (

@@ -457,6 +457,15 @@ def test_quoted_cuts_a_long_value() -> None:
     assert quoted("a" * 101) == repr("a" * 100) + "... (101 characters)"
 
 
+def test_quoted_escapes_what_is_not_ascii() -> None:
+    # A header's bytes reach Django decoded as latin-1 (PEP 3333): repr() kept 0xA1-0xFF
+    # as those letters, so a UTF-8 "ü" (C3 BC) was quoted as 'Ã¼' in the refusal (sent as
+    # UTF-8 again) and the log. Escaped, the quote shows the bytes the client sent.
+    assert quoted("http://\xc3\xbc.example") == "'http://\\xc3\\xbc.example'"
+    assert quoted("\xff\x80\xa0\u2028") == "'\\xff\\x80\\xa0\\u2028'"
+    assert quoted("é" * 101) == "'" + "\\xe9" * 100 + "'... (101 characters)"
+
+
 @pytest.mark.parametrize(
     "name",
     [
