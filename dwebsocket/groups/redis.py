@@ -1592,6 +1592,14 @@ class RedisLayer:
         # Stop trying that shard for a while, so that views do not each pay a timeout while
         # it is down; the reader's reconnection (or this delay running out) lets sends try
         # again.
+        if not self.topology.serves(shard):
+            # A Cluster's master replaced while the call waited for it (a failover, seen
+            # by a reader's refresh meanwhile): the shard is served elsewhere now, and
+            # nothing goes to this address any more, so no success would ever end an
+            # outage recorded under it (one said for good, after the new master's reader
+            # had ended it).
+            logger.debug("Redis at %s failed (%s) after its slots moved", shard, exc)
+            return
         with self._state_lock:
             failures = self._failures[shard] = self._failures.get(shard, 0) + 1
             delay = min(self.backoff_cap, BACKOFF_BASE * 2 ** (failures - 1))
@@ -1650,13 +1658,21 @@ class RedisLayer:
         )
 
     def _publish_ok(self, shard: str | None = None) -> None:
-        if shard in self._failures:
-            with self._state_lock:
-                self._failures.pop(shard, None)
-                self._retry_at.pop(shard, None)
-                others = bool(self._failures)
-            if not others:
-                self.report_up()
+        failures = self._failures  # empty unless something failed: nothing more to do then
+        if not failures:
+            return
+        with self._state_lock:
+            self._failures.pop(shard, None)
+            self._retry_at.pop(shard, None)
+            # A Cluster's master that failed and was replaced (its slots moved to the
+            # replica the cluster promoted): its failures end with it, as nothing is sent
+            # there any more; else the outage would last as long as the process.
+            for gone in [s for s in self._failures if not self.topology.serves(s)]:
+                self._failures.pop(gone, None)
+                self._retry_at.pop(gone, None)
+            others = bool(self._failures)
+        if not others:
+            self.report_up()
 
     def report_down(self, exc: BaseException) -> None:
         """Log the start of an outage, once."""

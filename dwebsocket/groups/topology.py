@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode
+from redis.cluster import PRIMARY, ClusterNode
 from redis.commands.core import Script
 from redis.connection import parse_url, to_bool
 from redis.crc import key_slot
@@ -161,6 +161,11 @@ class Server:
             return bool(self.client.ping())
         except (redis.RedisError, OSError):
             return False
+
+    def serves(self, shard: str | None) -> bool:
+        """Whether ``shard`` (what :meth:`shard` returned) still serves slots of this
+        process's map: always, but on a Cluster."""
+        return True
 
     def make_connection(self, address: str | None = None) -> redis.Connection:
         """A new, unconnected connection for a subscription."""
@@ -379,6 +384,18 @@ class Cluster(Server):
             return None
         return str(node.name) if node is not None else None
 
+    def serves(self, shard: str | None) -> bool:
+        """Whether ``shard`` (a ``host:port``) is a master in the slots as this process
+        last learned them; not once a failover or resharding replaced it. None (no master
+        known for a slot) and a map not learned yet count as serving: nothing says not."""
+        if shard is None:
+            return True
+        client = self.client.made  # never made here: this only reads the map
+        if client is None:
+            return True
+        node = client.nodes_manager.get_node(node_name=shard)
+        return node is not None and node.server_type == PRIMARY
+
     def refresh(self) -> None:
         """Ask the cluster again which node serves which slot (blocks up to the socket
         timeouts; raises ``redis.RedisError`` if no node answers)."""
@@ -480,6 +497,11 @@ class LazyCluster:
                     self._failed_at, self._error = time.monotonic(), exc
                     raise redis.ConnectionError(f"no seed of the cluster answers: {exc}") from exc
             return self._client
+
+    @property
+    def made(self) -> redis.RedisCluster | None:
+        """The client if it was made, else None (nothing is tried)."""
+        return self._client
 
     def register_script(self, script: str) -> Script:
         # As bytes: a Script of a str asks its client for an encoder, which would make

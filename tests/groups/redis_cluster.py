@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -80,6 +81,8 @@ class Node:
         self.sentinel = sentinel
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.directory / "log"
+        #: Stopped by SIGSTOP (:meth:`RedisCluster.hang`): running, answering nothing.
+        self.hung = False
 
     @property
     def address(self) -> str:
@@ -149,6 +152,7 @@ class Node:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
+        self.hung = False
         if process is None:
             return
         process.kill()  # as a crash would: no goodbye to clients or to the cluster
@@ -208,7 +212,8 @@ class RedisCluster:
         return [node for node in self.live() if node.command("ROLE")[0] == "slave"]
 
     def live(self) -> list[Node]:
-        return [node for node in self.nodes if node.running]
+        """The nodes that run and answer (not hung)."""
+        return [node for node in self.nodes if node.running and not node.hung]
 
     def node_id(self, node: Node) -> str:
         node_id: str = node.command("CLUSTER", "MYID")
@@ -267,6 +272,26 @@ class RedisCluster:
             return owners.pop()
 
         replica = wait_for(f"a replica of {master.address} promoted", promoted, timeout)
+        self.wait_ok(timeout)
+        return replica
+
+    def hang(self, master: Node, timeout: float = SETUP_TIMEOUT) -> Node:
+        """Stop ``master`` answering (SIGSTOP: a frozen host, a partition -- its sockets
+        stay open, nothing comes back, so clients time out instead of being refused) and
+        wait until one of its replicas serves its slots; return that replica.
+        :meth:`close` kills it all the same."""
+        served = [s for s, (_, _, m) in self.slots().items() if m is master]
+        assert master.process is not None
+        master.process.send_signal(signal.SIGSTOP)
+        master.hung = True
+
+        def promoted() -> Node | None:
+            owners = {self.owner(slot) for slot in served}
+            if len(owners) != 1 or master in owners:
+                return None
+            return owners.pop()
+
+        replica = wait_for(f"a replica of the hung {master.address} promoted", promoted, timeout)
         self.wait_ok(timeout)
         return replica
 

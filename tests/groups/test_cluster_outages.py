@@ -122,3 +122,49 @@ def test_cluster_reader_of_a_failed_master_does_not_reopen_the_outage(
     down = [m for m in said if "is unreachable" in m]
     up = [m for m in said if "reachable again" in m]
     assert len(down) == len(up) == 1, said
+
+
+def test_cluster_send_failed_at_a_replaced_master_does_not_reopen_the_outage(
+    own_cluster: RedisCluster,
+    layers: Callable[[str], RedisLayer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A group's master hangs (a frozen host: sends time out) and its replica is promoted.
+    A send that went to the old master before the process learned the new map timed out
+    after the reader had subscribed again at the new one (which ends the outage): its
+    failure was recorded under the old master's address, which no send goes to any more,
+    so no success ever cleared it -- ``outage`` stayed true, an "unreachable" WARNING
+    with no "reachable again". (Here that send is made to wait for the new reader's
+    confirmation; on a busy process one is nearly always in flight then: each waits out
+    the socket timeout.) A failure at a node that no longer serves a slot is no outage."""
+    a = layers(own_cluster.url)
+    member = Inbox()
+    a.join("room", member)
+    subscription = a.subscriber
+    assert isinstance(subscription, ClusterSubscription)
+    old = subscription.shard_of("room")
+    assert old is not None
+    send_failed = RedisLayer._send_failed
+
+    def moved() -> bool:
+        return subscription.shard_of("room") not in (None, old) and "room" in subscription.subscribed
+
+    def late(self: RedisLayer, exc: BaseException, channel: bytes, shard: str | None) -> None:
+        if shard == old.address:  # the new reader confirms first
+            until(moved, timeout=RESUME + WAIT)
+        send_failed(self, exc, channel, shard)
+
+    monkeypatch.setattr(RedisLayer, "_send_failed", late)
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    own_cluster.hang(own_cluster.owner(key_slot(a.channel("room"))))
+    a.send("room", "while hung")  # times out at the old master, fails late
+    assert member.get() == "while hung"  # this process's members, as in any outage
+    assert moved()
+    a.send("room", "after")
+    assert member.get() == "after"
+    until(lambda: not a.outage, timeout=WAIT)
+    said = [r.getMessage() for r in caplog.records]
+    down = [m for m in said if "is unreachable" in m]
+    up = [m for m in said if "reachable again" in m]
+    assert len(down) == len(up) <= 1, said
