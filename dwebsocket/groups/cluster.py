@@ -136,6 +136,8 @@ class ClusterSubscription:
         self._owed = False
         self._refresh_lock = threading.Lock()
         self._asked = self._served = 0  # refresh() calls made, and answered by a run since
+        self._relearning = False  # a refresh for a failed call runs (shard_failed)
+        self._relearner: threading.Thread | None = None
         self._stopping = False
 
     @property
@@ -213,6 +215,32 @@ class ClusterSubscription:
             if again:  # a group came in as this loop ended
                 self.refresh()
 
+    def shard_failed(self) -> None:
+        """A call to a master failed (the layer's send, command or presence write): learn
+        the slots again, in the background. A failover the readers see moves the map too,
+        but a process with no member in that master's groups has no reader there, and one
+        that has notices a master that hangs only at its keepalive: without this, its sends
+        would go to a master that hangs (timeouts, not refusals, which redis-py follows by
+        itself) for as long as it hangs, after the cluster promoted its replica. One such
+        refresh at a time: the sends of an outage fail together, and each failure holds
+        that master's sends back a while (``RedisLayer._publish_failed``), so another
+        comes after it if the master has not been replaced yet."""
+        with self._lock:
+            if self._relearning or self._stopping:
+                return
+            self._relearning = True
+            thread = self._relearner = threading.Thread(
+                target=self._relearn, name="dwebsocket-groups-cluster", daemon=True
+            )
+        thread.start()
+
+    def _relearn(self) -> None:
+        try:
+            self.refresh()
+        finally:
+            with self._lock:
+                self._relearning = False
+
     def _shard(self, address: str) -> ShardSubscriber:
         shard = self._shards.get(address)
         if shard is None:
@@ -267,3 +295,6 @@ class ClusterSubscription:
             self._shards.clear()
         for shard in shards:
             shard.stop()
+        relearner = self._relearner
+        if relearner is not None and relearner is not threading.current_thread():
+            relearner.join(self.layer.timeout + 1)  # it may be asking a seed: bounded

@@ -1605,6 +1605,11 @@ class RedisLayer:
             delay = min(self.backoff_cap, BACKOFF_BASE * 2 ** (failures - 1))
             self._retry_at[shard] = time.monotonic() + delay
         self.report_down(exc)
+        if shard is not None:
+            # A Cluster's master: have the slots learned again, or a process with no
+            # reader there would keep calling a master that hangs after its replica took
+            # over (only a refused connection has redis-py learn them by itself).
+            self.subscriber.shard_failed()
 
     def _send_failed(self, exc: BaseException, channel: bytes, shard: str | None) -> None:
         """A message to ``channel`` (on ``shard``) was not sent, or its reply was lost.
@@ -2081,6 +2086,10 @@ class Subscriber:
 
     def dropped(self, group: str) -> None:
         """Redis ended the subscription to ``group`` by itself (see ``_handle``)."""
+
+    def shard_failed(self) -> None:
+        """A call to one shard failed (a Cluster's: :class:`.cluster.ClusterSubscription`
+        learns the slots again); one server has nothing to learn."""
 
     def _release(self, group: str) -> None:
         with self._lock:

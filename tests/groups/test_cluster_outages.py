@@ -168,3 +168,45 @@ def test_cluster_send_failed_at_a_replaced_master_does_not_reopen_the_outage(
     down = [m for m in said if "is unreachable" in m]
     up = [m for m in said if "reachable again" in m]
     assert len(down) == len(up) <= 1, said
+
+
+def test_cluster_sender_follows_the_failover_of_a_master_that_hangs(
+    own_cluster: RedisCluster,
+    layers: Callable[[str], RedisLayer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A process that only sends to a group (a view's process, a task worker: no member
+    there, so no reader on that shard) while the group's master hangs (a frozen host, a
+    partition: its sends time out, nothing refuses them). The cluster promotes the
+    replica; the process kept sending to the old master -- each send a timeout, every
+    message lost for the other processes, for as long as the old master hung: nothing
+    had it learn the slots again (a refused connection does, through redis-py's own
+    path; a timeout on the direct path did not). A failed call to a master has the slots
+    learned again, in the background: its sends go to the new master, and its outage
+    ends with one "reachable again"."""
+    a, b = layers(own_cluster.url), layers(own_cluster.url)
+    member = Inbox()
+    b.join("room", member)
+    a.send("room", "before")
+    assert member.get() == "before"
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    channel = a.channel("room")
+    new = own_cluster.hang(own_cluster.owner(key_slot(channel)))
+    until(  # b's reader notices (its keepalive) and subscribes at the new master
+        lambda: new.command("PUBSUB", "SHARDNUMSUB", channel.decode())[1] == 1,
+        timeout=RESUME + WAIT,
+    )
+
+    def delivered() -> bool:
+        a.send("room", "after")
+        try:
+            return bool(member.get(timeout=0.2) == "after")
+        except Exception:
+            return False
+
+    until(delivered, timeout=WAIT)
+    until(lambda: not a.outage, timeout=WAIT)
+    said = [r.getMessage() for r in caplog.records]
+    down = [m for m in said if "is unreachable" in m]
+    up = [m for m in said if "reachable again" in m]
+    assert len(down) == len(up) >= 1, said
