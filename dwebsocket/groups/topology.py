@@ -492,7 +492,7 @@ class LazyCluster:
                     assert self._error is not None
                     raise redis.ConnectionError(str(self._error))
                 try:
-                    self._client = redis.RedisCluster(**self._kwargs)
+                    self._client = self._make()
                 except (redis.RedisError, RedisClusterException, OSError) as exc:
                     self._failed_at, self._error = time.monotonic(), exc
                     raise redis.ConnectionError(f"no seed of the cluster answers: {exc}") from exc
@@ -502,6 +502,24 @@ class LazyCluster:
     def made(self) -> redis.RedisCluster | None:
         """The client if it was made, else None (nothing is tried)."""
         return self._client
+
+    def _make(self) -> redis.RedisCluster:
+        """Make the client. Making one asks the default node (the master of slot 0) for
+        ``COMMAND``; redis-py asks another master if that one fails, as many times as its
+        retry allows -- none here, so a dead master of slot 0 (a shard down whole, or not
+        failed over yet) failed every process made meanwhile, for every shard. The retry
+        allows one attempt per seed while the client is made, none after: the same
+        object, which redis-py 5 hands to the nodes' connections and later versions keep
+        for the cluster's own attempts."""
+        retry = self._kwargs.get("retry")
+        if retry is None:
+            return redis.RedisCluster(**self._kwargs)
+        retries = retry._retries
+        retry._retries = max(retries, len(self._kwargs["startup_nodes"]))
+        try:
+            return redis.RedisCluster(**self._kwargs)
+        finally:
+            retry._retries = retries
 
     def register_script(self, script: str) -> Script:
         # As bytes: a Script of a str asks its client for an encoder, which would make

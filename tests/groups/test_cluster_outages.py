@@ -210,3 +210,35 @@ def test_cluster_sender_follows_the_failover_of_a_master_that_hangs(
     down = [m for m in said if "is unreachable" in m]
     up = [m for m in said if "reachable again" in m]
     assert len(down) == len(up) >= 1, said
+
+
+def test_cluster_process_started_while_a_shard_is_down_reaches_the_others(
+    layers: Callable[[str], RedisLayer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shard is down whole (its master dead, no replica left) on a cluster that serves
+    the rest (``cluster-require-full-coverage no``), and the down master is the one of
+    slot 0, which redis-py's client takes for its default node. A process started then (a
+    deploy, a worker recycled) could not make its cluster client at all: the client asks
+    the default node for ``COMMAND`` while it is made, and with retries turned off that
+    one refused connection failed it, so every send -- to every shard -- was an outage,
+    for as long as the shard was down. Its sends to the healthy shards go out; only the
+    down shard's groups are an outage."""
+    with running(RedisCluster(replicas=0)) as setup:
+        for node in setup.nodes:
+            node.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+        down = setup.owner(0)
+        healthy = next(
+            f"room{n}"
+            for n in range(1000)
+            if setup.owner(key_slot(f"dwebsocket:0:{{room{n}}}".encode())) is not down
+        )
+        a = layers(setup.url)
+        member = Inbox()
+        a.join(healthy, member)
+        down.stop()
+        setup.wait_ok()
+        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+        b = layers(setup.url)
+        b.send(healthy, "from a new process", fail_silently=False)
+        assert member.get() == "from a new process"
+        assert not b.outage
