@@ -148,7 +148,9 @@ def test_cluster_send_failed_at_a_replaced_master_does_not_reopen_the_outage(
     send_failed = RedisLayer._send_failed
 
     def moved() -> bool:
-        return subscription.shard_of("room") not in (None, old) and "room" in subscription.subscribed
+        return (
+            subscription.shard_of("room") not in (None, old) and "room" in subscription.subscribed
+        )
 
     def late(self: RedisLayer, exc: BaseException, channel: bytes, shard: str | None) -> None:
         if shard == old.address:  # the new reader confirms first
