@@ -12,7 +12,9 @@ out as one command per slot.
 
 The topology changes under the subscriptions in three ways, and each ends in
 :meth:`ClusterSubscription.refresh` (ask a node for the slots again, move every group
-whose master changed to that master's reader, drop readers left with nothing):
+whose master changed to that master's reader, drop readers left with nothing); a call of
+the layer's that fails at a master asks for one too (:meth:`ClusterSubscription.shard_failed`),
+as a process may have no reader there:
 
 - a master fails: its reader's connection breaks and it asks for a refresh at each
   reconnection attempt (at most a second apart), so its groups move to the replica as
