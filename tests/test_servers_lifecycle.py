@@ -507,6 +507,49 @@ def test_gunicorn_reload_sends_1001_and_keeps_serving(
     assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
 
 
+@pytest.mark.parametrize("stop", ["reload", "SIGQUIT"])
+def test_a_gevent_workers_goodbye_from_worker_int_is_said_once(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, stop: str
+) -> None:
+    """``--reload`` (a watched file changed) and the quick stop (SIGQUIT) call the
+    ``worker_int`` hook, whose goodbye waits for the connections to close. Meanwhile
+    gevent's worker, no longer alive, waits for its requests and tells the arbiter each
+    second that it lives: the goodbye chained there did not know ``worker_int`` had said
+    it, and said it again -- two "Server stopping" lines for one stop. Here the client
+    answers the 1001 only once the worker gave up waiting for it, so that the connection is still
+    open at that notice (WEBSOCKET_CLOSE_TIMEOUT, 2 s, outlasts its 1 s period)."""
+    watched = tmp_path / "watched.py"
+    watched.write_text("VERSION = 1\n")
+    args = f"--reload --reload-extra-file {watched}" if stop == "reload" else ""
+    server = make_server(
+        "gunicorn-gevent",
+        settings={"WEBSOCKET_CLOSE_TIMEOUT": 2},
+        env={"GUNICORN_CMD_ARGS": args},
+    )
+    with raw_client(server, "/lifecycle/wait/") as client:
+        assert client.recv() == "ready"
+        if stop == "reload":
+            # The reloader compares modification times (each second, or inotify's events):
+            # write until it has noticed, in case the first write fell in the second of
+            # the file's first look.
+            deadline = time.monotonic() + TIMEOUT
+            version = 1
+            while "Worker reloading" not in server.log():
+                assert time.monotonic() < deadline, server.log()
+                version += 1
+                watched.write_text(f"VERSION = {version}\n")
+                time.sleep(1.1)
+        else:
+            server.process.send_signal(signal.SIGQUIT)
+        deadline = time.monotonic() + TIMEOUT
+        while "WebSocket closed" not in server.log():  # unanswered, after the close timeout
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        expect_close_then_eof(client, 1001)
+    assert_no_write_errors(server.log())
+    assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
+
+
 @pytest.mark.parametrize("name", ["uwsgi-takeover", "uwsgi-gevent"])
 def test_uwsgi_reload_sends_1001_and_keeps_serving(
     make_server: Callable[..., ServerProcess], name: str

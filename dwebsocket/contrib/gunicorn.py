@@ -8,7 +8,8 @@ or, in your own ``gunicorn.conf.py``: ``from dwebsocket.contrib.gunicorn import 
 gunicorn stops a worker with SIGTERM (graceful: stop, ``HUP`` reload, ``TTOU``), or the
 worker stops by itself (``--max-requests``), and waits ``--graceful-timeout`` for its
 requests, which for WebSockets never end by themselves; with SIGINT/SIGQUIT (quick stop)
-it exits at once. With these hooks every open WebSocket gets a 1001 close frame first,
+or a file changed under ``--reload`` it exits at once. With these hooks every open
+WebSocket gets a 1001 close frame first (once: one "Server stopping" line per worker),
 so the views return and the worker exits promptly.
 ``post_worker_init`` also logs the server checks for this worker (``dwebsocket.W002``:
 sync worker, ``dwebsocket.W003``: gthread with one thread). With ``PROMETHEUS_MULTIPROC_DIR``
@@ -36,19 +37,11 @@ def post_worker_init(worker: Any) -> None:
     note_gunicorn_worker(worker, hooks=True)
     report_once()
     previous = signal.getsignal(signal.SIGTERM)
-    said = [False]
-
-    def goodbye() -> None:
-        # Said until the registry is loaded: the request that reached the limit, or
-        # that was under way at a SIGTERM (whose goodbye found no registry and was
-        # lost), may be the worker's first WebSocket, still before its handshake.
-        said[0] = "dwebsocket.backends.default.registry" in sys.modules
-        _going_away(0)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         # No waiting here: in the sync worker this handler interrupts the very view
         # whose connection is closing, and that view has to run for it to finish.
-        goodbye()
+        _goodbye(0)
         if callable(previous):
             previous(signum, frame)
 
@@ -63,14 +56,15 @@ def post_worker_init(worker: Any) -> None:
     def notify_then_goodbye() -> None:
         notify()
         stopping = not worker.alive or worker.ppid != os.getppid()
-        if stopping and not said[0]:
-            goodbye()
+        if stopping and not _said:
+            _goodbye(0)
 
     worker.notify = notify_then_goodbye
 
 
 def worker_int(worker: Any) -> None:
-    """SIGINT/SIGQUIT: the worker exits right after this hook; say goodbye first. In the
+    """SIGINT/SIGQUIT, or a file changed under ``--reload``: the worker exits right after
+    this hook; say goodbye first (the liveness notice then does not again). In the
     sync worker (or a class derived from it) without waiting: this handler interrupts
     the very view whose connection is closing. Nothing in a worker still loading the
     application: it has no WebSocket open, and the signal may have interrupted an import
@@ -78,7 +72,7 @@ def worker_int(worker: Any) -> None:
     if getattr(worker, "booted", True):
         from dwebsocket.worker import worker_kind
 
-        _going_away(0 if worker_kind(worker) == "sync" else None)
+        _goodbye(0 if worker_kind(worker) == "sync" else None)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
@@ -102,6 +96,20 @@ def child_exit(server: Any, worker: Any) -> None:
     except ImportError:
         return
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+#: This worker said its goodbye (a stop signal, ``--reload``, or its liveness notice once
+#: it stops by itself), so that the liveness notice does not say it again.
+_said = False
+
+
+def _goodbye(timeout: float | None) -> None:
+    global _said
+    # Said until the registry is loaded: the request that reached the limit, or that was
+    # under way at a stop (whose goodbye found no registry and was lost), may be the
+    # worker's first WebSocket, still before its handshake.
+    _said = "dwebsocket.backends.default.registry" in sys.modules
+    _going_away(timeout)
 
 
 def _going_away(timeout: float | None) -> None:
