@@ -550,6 +550,34 @@ def test_a_gevent_workers_goodbye_from_worker_int_is_said_once(
     assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
 
 
+@pytest.mark.parametrize("name", ["gunicorn-gevent", "gunicorn-gthread"])
+def test_a_gunicorn_reload_past_its_graceful_timeout_says_goodbye_once(
+    make_server: Callable[..., ServerProcess], name: str
+) -> None:
+    """A ``HUP`` reload whose old worker outlives ``--graceful-timeout`` (here 1 s, under
+    WEBSOCKET_CLOSE_TIMEOUT: a client that does not answer the 1001, a dead link): the
+    arbiter then sends that worker SIGTERM again each second, and each said the goodbye
+    again; so did the exit hook, as the worker left its wait for the requests -- up to
+    five "Server stopping" lines for one connection. The client answers only once the
+    worker gave up waiting for it."""
+    server = make_server(
+        name,
+        settings={"WEBSOCKET_CLOSE_TIMEOUT": 3},
+        env={"GUNICORN_CMD_ARGS": "--graceful-timeout 1"},
+    )
+    with raw_client(server, "/lifecycle/wait/") as client:
+        assert client.recv() == "ready"
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT
+        while "WebSocket closed" not in server.log():  # unanswered, after the close timeout
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        expect_close_then_eof(client, 1001)
+    echo_once_serving(server, "after the reload")
+    assert_no_write_errors(server.log())
+    assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
+
+
 @pytest.mark.parametrize("name", ["uwsgi-takeover", "uwsgi-gevent"])
 def test_uwsgi_reload_sends_1001_and_keeps_serving(
     make_server: Callable[..., ServerProcess], name: str

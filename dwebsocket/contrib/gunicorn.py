@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from types import FrameType
 from typing import Any
 
@@ -40,8 +41,11 @@ def post_worker_init(worker: Any) -> None:
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         # No waiting here: in the sync worker this handler interrupts the very view
-        # whose connection is closing, and that view has to run for it to finish.
-        _goodbye(0)
+        # whose connection is closing, and that view has to run for it to finish. Once
+        # only: the arbiter sends a worker that outlives --graceful-timeout (reload,
+        # TTOU) SIGTERM again each second.
+        if not _said:
+            _goodbye(0)
         if callable(previous):
             previous(signum, frame)
 
@@ -77,8 +81,14 @@ def worker_int(worker: Any) -> None:
 
 def worker_exit(server: Any, worker: Any) -> None:
     """The worker is exiting: a goodbye to anything still open (a last resort; nothing
-    if it never finished loading the application, as for ``worker_int``)."""
-    if getattr(worker, "booted", True):
+    if it never finished loading the application, as for ``worker_int``). Said already
+    (a worker that outlived ``--graceful-timeout``): no second one, a wait for those
+    goodbyes to finish (``WEBSOCKET_CLOSE_TIMEOUT`` plus a second at most)."""
+    if not getattr(worker, "booted", True):
+        return
+    if _said:
+        _wait_for_goodbyes()
+    else:
         _going_away(None)
 
 
@@ -110,6 +120,17 @@ def _goodbye(timeout: float | None) -> None:
     # worker's first WebSocket, still before its handshake.
     _said = "dwebsocket.backends.default.registry" in sys.modules
     _going_away(timeout)
+
+
+def _wait_for_goodbyes() -> None:
+    """Until the connections told goodbye have closed, or for ``stop_timeout()``. (Those
+    that opened since were told as they opened.) Then the registry's exit hook has
+    nothing left to say."""
+    from dwebsocket.backends.default.registry import open_websockets, stop_timeout
+
+    deadline = time.monotonic() + stop_timeout()
+    while open_websockets() and time.monotonic() < deadline:
+        time.sleep(0.05)  # cooperative under gevent (patched)
 
 
 def _going_away(timeout: float | None) -> None:
