@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.test import override_settings
@@ -8,6 +8,7 @@ from django.test import override_settings
 from dwebsocket import groups
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
+from tests.groups.redis_cluster import RedisCluster, running
 from tests.groups.redis_server import RedisServer
 from tests.requirements import REDIS_SETUP, executable
 
@@ -38,3 +39,29 @@ def worker(redis_server: RedisServer) -> Iterator[RedisLayer]:
             yield layer
         finally:
             layer.close()
+
+
+#: What the layers of the Cluster and Sentinel tests connect with: a second, not minutes.
+OPTIONS = "socket_timeout=1&socket_connect_timeout=1"
+
+
+@pytest.fixture
+def layers() -> Iterator[Callable[[str], RedisLayer]]:
+    """Makes layers on a URL (with :data:`OPTIONS`); closes every one at the end."""
+    made: list[RedisLayer] = []
+
+    def make(url: str) -> RedisLayer:
+        layer = RedisLayer(f"{url}?{OPTIONS}", Registry())
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        layer.close()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisCluster]:
+    """A cluster for one test, which may kill a master or move slots."""
+    with running(RedisCluster()) as setup:
+        yield setup

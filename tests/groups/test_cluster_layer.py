@@ -24,6 +24,7 @@ from dwebsocket.groups import GroupsUnavailable, url_problem
 from dwebsocket.groups.cluster import ClusterSubscription
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import MAX_PUBLISH_CONNECTIONS, RedisLayer, decode
+from tests.groups.conftest import OPTIONS
 from tests.groups.redis_cluster import Node, RedisCluster, RedisSentinels, running, wait_for
 from tests.groups.test_redis_layer import Inbox, until
 from tests.groups.test_redis_lost_replies import QUIET, ReplyDropper
@@ -32,7 +33,6 @@ WAIT = 10.0
 #: How soon after the cluster (or the Sentinels) promoted a replica delivery must resume:
 #: the subscriptions look again at least every second (FAILOVER_BACKOFF_CAP).
 RESUME = 5.0
-OPTIONS = "socket_timeout=1&socket_connect_timeout=1"
 
 pytestmark = [
     pytest.mark.server,  # starts clusters and Sentinels: half a minute, not the unit layer's
@@ -47,30 +47,9 @@ def cluster() -> Iterator[RedisCluster]:
 
 
 @pytest.fixture
-def own_cluster() -> Iterator[RedisCluster]:
-    """A cluster for one test, which may kill a master or move slots."""
-    with running(RedisCluster()) as setup:
-        yield setup
-
-
-@pytest.fixture
 def sentinels() -> Iterator[RedisSentinels]:
     with running(RedisSentinels()) as setup:
         yield setup
-
-
-@pytest.fixture
-def layers() -> Iterator[Callable[[str], RedisLayer]]:
-    made: list[RedisLayer] = []
-
-    def make(url: str) -> RedisLayer:
-        layer = RedisLayer(f"{url}?{OPTIONS}", Registry())
-        made.append(layer)
-        return layer
-
-    yield make
-    for layer in made:
-        layer.close()
 
 
 def groups_on_each_master(cluster: RedisCluster, count: int = 1) -> dict[int, list[str]]:

@@ -6,41 +6,18 @@ subscribed with ``SSUBSCRIBE``. ``test_cluster_layer.py`` has the quiet cases.""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from redis.crc import key_slot
 
 from dwebsocket.groups.cluster import ClusterSubscription, ShardSubscriber
-from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.groups.redis_cluster import RedisCluster, running
 from tests.groups.test_redis_layer import Inbox, until
 from tests.groups.test_sentinel_outages import RESUME, WAIT, Sending, received
 
-OPTIONS = "socket_timeout=1&socket_connect_timeout=1"
-
 pytestmark = [pytest.mark.server]  # starts clusters: seconds, not the unit layer's
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[RedisCluster]:
-    with running(RedisCluster()) as setup:
-        yield setup
-
-
-@pytest.fixture
-def layers() -> Iterator[Callable[[str], RedisLayer]]:
-    made: list[RedisLayer] = []
-
-    def make(url: str) -> RedisLayer:
-        layer = RedisLayer(f"{url}?{OPTIONS}", Registry())
-        made.append(layer)
-        return layer
-
-    yield make
-    for layer in made:
-        layer.close()
 
 
 @pytest.mark.parametrize("how", ["moved", "failover"])

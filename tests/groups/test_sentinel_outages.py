@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from dwebsocket.exceptions import GroupsUnavailable
-from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.groups.redis_cluster import RedisSentinels, running, wait_for
 from tests.groups.test_redis_layer import Inbox, until
@@ -30,7 +29,6 @@ WAIT = 10.0
 #: Seconds within which delivery resumes after the promotion (the readers and the held
 #: back sends look again at least every second: FAILOVER_BACKOFF_CAP).
 RESUME = 5.0
-OPTIONS = "socket_timeout=1&socket_connect_timeout=1"
 
 pytestmark = [pytest.mark.server]  # starts Sentinels: seconds, not the unit layer's
 
@@ -50,20 +48,6 @@ def fronted() -> Iterator[tuple[RedisSentinels, list[ReplyDropper]]]:
     finally:
         for dropper in droppers:
             dropper.close()
-
-
-@pytest.fixture
-def layers() -> Iterator[Callable[[str], RedisLayer]]:
-    made: list[RedisLayer] = []
-
-    def make(url: str) -> RedisLayer:
-        layer = RedisLayer(f"{url}?{OPTIONS}", Registry())
-        made.append(layer)
-        return layer
-
-    yield make
-    for layer in made:
-        layer.close()
 
 
 @pytest.mark.parametrize("before", [True, False], ids=["cut-before", "reply-lost"])
