@@ -10,14 +10,17 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from playwright.sync_api import Browser
 
 from tests.browser import WAIT_MS
 from tests.hardening.test_handshake_answers import listening, project_env
 from tests.requirements import executable
 from tests.servers import HOST, REPO, free_port, project_server
+
+if TYPE_CHECKING:  # Chromium's tests are server tests: the matrix has no playwright
+    from playwright.sync_api import Browser
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
