@@ -31,6 +31,7 @@ backend's C fast path included) pays nothing for this.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -51,8 +52,8 @@ __all__ = [
     "VERSION",
     "adopt",
     "announced",
+    "envelope",
     "envelope_kind",
-    "escape",
     "outgoing",
     "speaks",
 ]
@@ -85,18 +86,24 @@ def speaks(websocket: object) -> bool:
     return bool(getattr(websocket, "dws", False))
 
 
-def escape(text: str) -> str:
-    """The application's ``text`` in the envelope: ``{"dws":"msg","g":null,"p":null,
-    "d":text}``, which the clients hand to the page as the message ``text`` itself, of no
-    group and no position."""
-    return '{"dws":"msg","g":null,"p":null,"d":' + json.dumps(text, ensure_ascii=False) + "}"
+def envelope(group: str | None, message: Message, position: str | None) -> str:
+    """A ``msg`` envelope: ``{"dws":"msg","g":group,"p":position,"d":text}``, binary
+    messages as base64 in ``"b"`` instead of ``"d"`` (one frame carries message and
+    position). With no group and no position, the clients hand the page the message
+    itself (:func:`outgoing`)."""
+    fields: dict[str, Any] = {"dws": "msg", "g": group, "p": position}
+    if isinstance(message, str):
+        fields["d"] = message
+    else:
+        fields["b"] = base64.b64encode(message).decode("ascii")
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def outgoing(message: _M) -> _M:
-    """``message`` as it must go to a client that speaks the envelope: escaped
-    (:func:`escape`) if it is text that begins like one, else itself."""
+    """``message`` as it must go to a client that speaks the envelope: in a ``msg``
+    envelope of no group if it is text that begins like one, else itself."""
     if isinstance(message, str) and message.startswith(PREFIX):
-        return escape(message)  # type: ignore[return-value]
+        return envelope(None, message, None)  # type: ignore[return-value]
     return message
 
 
@@ -125,7 +132,9 @@ def _subclass(cls: type[WebSocket]) -> type[WebSocket]:
     base_send = cls.send
 
     def send(self: WebSocket, message: Message) -> None:
-        base_send(self, outgoing(message))
+        if isinstance(message, str) and message.startswith(PREFIX):  # outgoing(), inline
+            message = envelope(None, message, None)
+        base_send(self, message)
 
     def wait(self: WebSocket, timeout: float | None = None) -> Message | None:
         if timeout is not None:

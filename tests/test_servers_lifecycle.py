@@ -101,6 +101,13 @@ def assert_no_write_errors(log: str) -> None:
         assert needle not in log, f"the server wrote to a shut-down socket:\n{log}"
 
 
+def assert_one_clean_goodbye(server: ServerProcess) -> None:
+    """The stop said its goodbye once (one "Server stopping" line) and wrote nothing to a
+    shut-down socket."""
+    assert_no_write_errors(server.log())
+    assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
+
+
 def test_many_clients_at_once(server: ServerProcess) -> None:
     """CLIENTS connections open together, each echoing text and binary in turn."""
     barrier = threading.Barrier(CLIENTS, timeout=TIMEOUT * 3)
@@ -503,8 +510,7 @@ def test_gunicorn_reload_sends_1001_and_keeps_serving(
         server.process.send_signal(signal.SIGHUP)
         expect_close_then_eof(client, 1001)
     echo_once_serving(server, "after the reload")
-    assert_no_write_errors(server.log())
-    assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
+    assert_one_clean_goodbye(server)
 
 
 @pytest.mark.parametrize("stop", ["reload", "SIGQUIT"])
@@ -546,8 +552,7 @@ def test_a_gevent_workers_goodbye_from_worker_int_is_said_once(
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.1)
         expect_close_then_eof(client, 1001)
-    assert_no_write_errors(server.log())
-    assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
+    assert_one_clean_goodbye(server)
 
 
 @pytest.mark.parametrize("name", ["gunicorn-gevent", "gunicorn-gthread"])
@@ -574,8 +579,7 @@ def test_a_gunicorn_reload_past_its_graceful_timeout_says_goodbye_once(
             time.sleep(0.1)
         expect_close_then_eof(client, 1001)
     echo_once_serving(server, "after the reload")
-    assert_no_write_errors(server.log())
-    assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
+    assert_one_clean_goodbye(server)
 
 
 @pytest.mark.parametrize("name", ["uwsgi-takeover", "uwsgi-gevent"])
@@ -592,8 +596,7 @@ def test_uwsgi_reload_sends_1001_and_keeps_serving(
         server.process.send_signal(signal.SIGHUP)
         expect_close_then_eof(client, 1001)
     echo_once_serving(server, "after the reload")
-    assert_no_write_errors(server.log())
-    assert server.log().count("Server stopping") == 1, server.log()  # one goodbye
+    assert_one_clean_goodbye(server)
 
 
 @pytest.mark.parametrize("name", ["gunicorn-gevent", "gunicorn-gthread"])
@@ -652,5 +655,4 @@ def test_a_client_that_reads_nothing_delays_a_stop_once(
         time.sleep(SIGNAL_HANDLED)  # the view is sending
         status = server.stop(signal.SIGTERM)
     assert status != -signal.SIGKILL, f"{name} had to be killed:\n{server.log()}"
-    assert server.log().count("Server stopping") == 1, server.log()
-    assert_no_write_errors(server.log())
+    assert_one_clean_goodbye(server)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from types import FrameType
 from typing import Any
 
@@ -126,11 +125,9 @@ def _wait_for_goodbyes() -> None:
     """Until the connections told goodbye have closed, or for ``stop_timeout()``. (Those
     that opened since were told as they opened.) Then the registry's exit hook has
     nothing left to say."""
-    from dwebsocket.backends.default.registry import open_websockets, stop_timeout
+    from dwebsocket.backends.default.registry import open_websockets, wait_until
 
-    deadline = time.monotonic() + stop_timeout()
-    while open_websockets() and time.monotonic() < deadline:
-        time.sleep(0.05)  # cooperative under gevent (patched)
+    wait_until(lambda: not open_websockets())
 
 
 def _going_away(timeout: float | None) -> None:

@@ -32,7 +32,6 @@ they share.
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import json
 import logging
@@ -44,6 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from dwebsocket import dws
 from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups.batch import Batch, deliver_batch
 from dwebsocket.typing import Message
@@ -328,28 +328,17 @@ class Items:
         plain batch itself if none does."""
         batch = self._batches.get(None)
         if batch is None:
-            from dwebsocket.dws import outgoing
-
             plain = self.batch(False)
-            messages = [outgoing(message) for message in plain.messages]
+            messages = [dws.outgoing(message) for message in plain.messages]
             same = all(map(operator.is_, messages, plain.messages))
             batch = self._batches[None] = plain if same else Batch(messages)
         return batch
 
 
 def envelope(group: str, message: Message, position: Position | None) -> str:
-    """``{"dws":"msg","g":group,"p":position,"d":text}``; binary messages as base64 in
-    ``"b"`` instead of ``"d"``, so that one frame carries message and position."""
-    fields: dict[str, Any] = {
-        "dws": "msg",
-        "g": group,
-        "p": None if position is None else str(position),
-    }
-    if isinstance(message, str):
-        fields["d"] = message
-    else:
-        fields["b"] = base64.b64encode(message).decode("ascii")
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    """``message`` of ``group`` in its ``msg`` envelope, with its position
+    (:func:`dwebsocket.dws.envelope`)."""
+    return dws.envelope(group, message, None if position is None else str(position))
 
 
 def joined_envelope(group: str, recovery: Recovery) -> str:

@@ -15,7 +15,13 @@ from dwebsocket.groups.cluster import ClusterSubscription, ShardSubscriber
 from dwebsocket.groups.redis import RedisLayer
 from tests.groups.redis_cluster import RedisCluster, running
 from tests.groups.test_redis_layer import Inbox, until
-from tests.groups.test_sentinel_outages import RESUME, WAIT, Sending, received
+from tests.groups.test_sentinel_outages import (
+    RESUME,
+    WAIT,
+    Sending,
+    moved_then_stopped,
+    outage_lines,
+)
 
 pytestmark = [pytest.mark.server]  # starts clusters: seconds, not the unit layer's
 
@@ -49,17 +55,24 @@ def test_cluster_slot_moved_or_master_failed_while_sends_go_on(
         lambda: target.command("PUBSUB", "SHARDNUMSUB", channel.decode())[1] == 2,
         timeout=RESUME + WAIT,
     )
-    mark = sending.sent
-    until(lambda: sending.sent > mark + 50)
-    total = sending.stop()
-
-    mine, theirs = received(here), received(there)
-    for numbers in (mine, theirs):
-        assert numbers == sorted(set(numbers)), "a message twice, or out of order"
-        assert set(range(mark, total)) <= set(numbers), "lost once both had moved"
+    mine, total = moved_then_stopped(sending, here, there)
     if how == "failover":  # sends to the dead master fail: delivered here at once
         assert mine == list(range(total)), "the sender's own member missed a message"
     assert not a.outage and not b.outage
+
+
+def in_room(
+    a: RedisLayer,
+) -> tuple[RedisLayer, Inbox, ClusterSubscription, ShardSubscriber]:
+    """``a`` with a member in group "room", its Cluster subscription, and the reader
+    of the room's master."""
+    member = Inbox()
+    a.join("room", member)
+    subscription = a.subscriber
+    assert isinstance(subscription, ClusterSubscription)
+    old = subscription.shard_of("room")
+    assert old is not None
+    return a, member, subscription, old
 
 
 def test_cluster_reader_of_a_failed_master_does_not_reopen_the_outage(
@@ -75,13 +88,7 @@ def test_cluster_reader_of_a_failed_master_does_not_reopen_the_outage(
     "unreachable" again for good -- no "reachable again" ever came, ``outage`` stayed
     true. (Here the old reader is made to wait for that confirmation, which only load
     makes happen otherwise.) Now a stopped reader reports nothing."""
-    a = layers(own_cluster.url)
-    member = Inbox()
-    a.join("room", member)
-    subscription = a.subscriber
-    assert isinstance(subscription, ClusterSubscription)
-    old = subscription.shard_of("room")
-    assert old is not None
+    a, _, subscription, old = in_room(layers(own_cluster.url))
     gap = ShardSubscriber._gap
 
     def slow_gap(self: ShardSubscriber) -> None:
@@ -95,10 +102,8 @@ def test_cluster_reader_of_a_failed_master_does_not_reopen_the_outage(
     until(lambda: "room" in subscription.subscribed, timeout=RESUME + WAIT)
     until(lambda: old._thread is not None and not old._thread.is_alive(), timeout=WAIT)
     assert not a.outage
-    said = [r.getMessage() for r in caplog.records]
-    down = [m for m in said if "is unreachable" in m]
-    up = [m for m in said if "reachable again" in m]
-    assert len(down) == len(up) == 1, said
+    down, up = outage_lines(caplog)
+    assert len(down) == len(up) == 1, caplog.text
 
 
 def test_cluster_send_failed_at_a_replaced_master_does_not_reopen_the_outage(
@@ -115,13 +120,7 @@ def test_cluster_send_failed_at_a_replaced_master_does_not_reopen_the_outage(
     with no "reachable again". (Here that send is made to wait for the new reader's
     confirmation; on a busy process one is nearly always in flight then: each waits out
     the socket timeout.) A failure at a node that no longer serves a slot is no outage."""
-    a = layers(own_cluster.url)
-    member = Inbox()
-    a.join("room", member)
-    subscription = a.subscriber
-    assert isinstance(subscription, ClusterSubscription)
-    old = subscription.shard_of("room")
-    assert old is not None
+    a, member, subscription, old = in_room(layers(own_cluster.url))
     send_failed = RedisLayer._send_failed
 
     def moved() -> bool:
@@ -143,10 +142,8 @@ def test_cluster_send_failed_at_a_replaced_master_does_not_reopen_the_outage(
     a.send("room", "after")
     assert member.get() == "after"
     until(lambda: not a.outage, timeout=WAIT)
-    said = [r.getMessage() for r in caplog.records]
-    down = [m for m in said if "is unreachable" in m]
-    up = [m for m in said if "reachable again" in m]
-    assert len(down) == len(up) <= 1, said
+    down, up = outage_lines(caplog)
+    assert len(down) == len(up) <= 1, caplog.text
 
 
 def test_cluster_sender_follows_the_failover_of_a_master_that_hangs(
@@ -185,10 +182,8 @@ def test_cluster_sender_follows_the_failover_of_a_master_that_hangs(
 
     until(delivered, timeout=WAIT)
     until(lambda: not a.outage, timeout=WAIT)
-    said = [r.getMessage() for r in caplog.records]
-    down = [m for m in said if "is unreachable" in m]
-    up = [m for m in said if "reachable again" in m]
-    assert len(down) == len(up) >= 1, said
+    down, up = outage_lines(caplog)
+    assert len(down) == len(up) >= 1, caplog.text
 
 
 def test_cluster_process_started_while_a_shard_is_down_reaches_the_others(

@@ -62,6 +62,18 @@ def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
         time.sleep(0.01)
 
 
+def two_in_room(layers: Callable[[], RedisLayer]) -> tuple[RedisLayer, RedisLayer, Inbox, Inbox]:
+    """Two processes' layers, each with a member in group "room", which a message has
+    reached both: ``(a, b, a's member, b's member)``."""
+    a, b = layers(), layers()
+    here, there = Inbox(), Inbox()
+    a.join("room", here)
+    b.join("room", there)
+    a.send("room", "before")
+    assert here.get() == there.get() == "before"
+    return a, b, here, there
+
+
 @pytest.fixture
 def layers(redis_server: RedisServer) -> Iterator[Callable[[], RedisLayer]]:
     """Make layers ("processes") on the private Redis; all closed after the test."""
@@ -256,12 +268,7 @@ def test_outage_local_delivery_loss_elsewhere_and_resume(
     members still get its messages, other processes lose them (pub/sub has no history), no
     error reaches the sender, one WARNING per outage; afterwards delivery resumes by itself.
     """
-    a, b = layers(), layers()
-    here, there = Inbox(), Inbox()
-    a.join("room", here)
-    b.join("room", there)
-    a.send("room", "before")
-    assert here.get() == there.get() == "before"
+    a, b, here, there = two_in_room(layers)
 
     caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
     redis_server.stop()
@@ -763,12 +770,7 @@ def test_a_paused_redis_bounds_every_wait_and_delivers_once(
     back through the subscription then, and is dropped); another process gets it once at
     most. A join returns within the socket timeout too. After the pause, everything
     goes on by itself."""
-    a, b = layers(), layers()
-    here, there = Inbox(), Inbox()
-    a.join("room", here)
-    b.join("room", there)
-    a.send("room", "before")
-    assert here.get() == there.get() == "before"
+    a, b, here, there = two_in_room(layers)
 
     # ALL holds CLIENT UNPAUSE too: that pause runs out by itself instead.
     redis_server.command("CLIENT", "PAUSE", "20000" if mode == "WRITE" else "3000", mode)
@@ -806,12 +808,7 @@ def test_a_subscription_closed_alone_is_no_outage(
     fine, not after what was lost. Now the readers subscribe again at once, and one
     WARNING per process says what happened: the subscription was closed and made again,
     and what was published in between did not reach its members."""
-    a, b = layers(), layers()
-    here, there = Inbox(), Inbox()
-    a.join("room", here)
-    b.join("room", there)
-    a.send("room", "before")
-    assert here.get() == there.get() == "before"
+    a, b, here, there = two_in_room(layers)
 
     caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
     admin = redis.Redis("127.0.0.1", redis_server.port, socket_timeout=WAIT)

@@ -117,6 +117,26 @@ def received(member: Inbox) -> list[int]:
             return numbers
 
 
+def moved_then_stopped(sending: Sending, here: Inbox, there: Inbox) -> tuple[list[int], int]:
+    """Once both processes have moved: 50 sends more, then stop. Each member got every
+    message sent since, none twice, in order. Returns what ``here`` got, and how many
+    were sent."""
+    mark = sending.sent
+    until(lambda: sending.sent > mark + 50)
+    total = sending.stop()
+    mine, theirs = received(here), received(there)
+    for numbers in (mine, theirs):
+        assert numbers == sorted(set(numbers)), "a message twice, or out of order"
+        assert set(range(mark, total)) <= set(numbers), "lost once both had moved"
+    return mine, total
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
+    """The layer's "unreachable" WARNINGs, and its "reachable again" lines."""
+    said = [r.getMessage() for r in caplog.records]
+    return [m for m in said if "is unreachable" in m], [m for m in said if "reachable again" in m]
+
+
 @pytest.mark.parametrize("how", ["killed", "failover"])
 def test_sentinel_failover_while_sends_go_on(
     fronted: tuple[RedisSentinels, list[ReplyDropper]],
@@ -159,20 +179,11 @@ def test_sentinel_failover_while_sends_go_on(
         lambda: new.command("PUBSUB", "NUMSUB", channel)[1] == 2,
         RESUME + WAIT,
     )
-    mark = sending.sent
-    until(lambda: sending.sent > mark + 50)
-    total = sending.stop()
-
-    mine, theirs = received(here), received(there)
-    for numbers in (mine, theirs):
-        assert numbers == sorted(set(numbers)), "a message twice, or out of order"
-        assert set(range(mark, total)) <= set(numbers), "lost once both had moved"
+    mine, total = moved_then_stopped(sending, here, there)
     if how == "killed":
         assert mine == list(range(total)), "the sender's own member missed a message"
     assert not sender.outage and not other.outage
-    records = [r.getMessage() for r in caplog.records]
-    down = [m for m in records if "is unreachable" in m]
-    up = [m for m in records if "reachable again" in m]
+    down, up = outage_lines(caplog)
     assert len(down) <= 2 and len(up) == len(down)  # at most one each per process
     if how == "killed":
         assert down, "a killed master is an outage"

@@ -28,6 +28,7 @@ from dwebsocket.backends.default.websocket import DefaultWebSocket
 from dwebsocket.conf import CLOSE_TIMEOUT, settings
 from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.signals import websocket_closed, websocket_opened
+from dwebsocket.websocket import WebSocket
 
 __all__ = ["going_away", "open_websockets", "spawn"]
 
@@ -79,19 +80,29 @@ def going_away(reason: str = "server shutting down", timeout: float | None = Non
         for websocket in websockets:
             _start_close(websocket, reason)
     for websocket in websockets:
-        spawn(_close, websocket, reason)
+        spawn(goodbye, websocket, reason)
     if timeout is None:
         timeout = stop_timeout()
-    deadline = time.monotonic() + timeout
-    # Poll rather than join: cooperative under gevent/eventlet (time.sleep is patched),
-    # and the same code whatever ran the goodbyes.
-    while any(_running(websocket) for websocket in websockets):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        time.sleep(min(_POLL, remaining))
+    wait_until(lambda: not any(_running(websocket) for websocket in websockets), timeout)
     _waited = _waited or timeout > 0
     return len(websockets)
+
+
+def wait_until(
+    done: Callable[[], bool],
+    timeout: float | None = None,
+    sleep: Callable[[float], Any] | None = None,
+) -> None:
+    """Until ``done()``, for ``timeout`` seconds at most (None: :func:`stop_timeout`).
+    Polls rather than joins: cooperative under gevent and eventlet (``time.sleep``, looked
+    up at each call, is patched; ``sleep`` is the loop's own where it is not), and the
+    same code whatever ran the goodbyes."""
+    deadline = time.monotonic() + (stop_timeout() if timeout is None else timeout)
+    while not done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        (sleep or time.sleep)(min(_POLL, remaining))
 
 
 def stop_timeout() -> float:
@@ -168,7 +179,8 @@ def _wake_eventlet_hub(hub: Any) -> None:
     listener = hub.add(hub.WRITE, write_end, woken, lambda *_: None, lambda *_: None)
 
 
-def _close(websocket: DefaultWebSocket, reason: str) -> None:
+def goodbye(websocket: WebSocket, reason: str) -> None:
+    """``websocket.close(1001, reason)``; what it raises is logged at DEBUG only."""
     try:
         websocket.close(GOING_AWAY, reason)
     except Exception as exc:  # a goodbye that fails changes nothing: the server stops
@@ -178,7 +190,7 @@ def _close(websocket: DefaultWebSocket, reason: str) -> None:
 def _start_close(websocket: DefaultWebSocket, reason: str) -> None:
     try:
         websocket._start_close(GOING_AWAY, reason)
-    except Exception as exc:  # as _close: the close() that follows tries again
+    except Exception as exc:  # as goodbye(): the close() that follows tries again
         logger.debug("Closing %r with 1001 failed: %r", websocket, exc)
 
 
@@ -187,7 +199,7 @@ def _opened(sender: Any, websocket: DefaultWebSocket, **kwargs: Any) -> None:
         return
     _open.add(websocket)
     if _stopping is not None:  # its handshake was in progress when the stop began
-        spawn(_close, websocket, _stopping)
+        spawn(goodbye, websocket, _stopping)
 
 
 def _closed(sender: Any, websocket: DefaultWebSocket, **kwargs: Any) -> None:

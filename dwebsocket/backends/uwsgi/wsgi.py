@@ -25,8 +25,6 @@ This module does not import ``uwsgi``: it is safe to import anywhere (system che
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -58,6 +56,8 @@ def _discard(data: bytes) -> None:
 
 #: The goodbyes are wired in this process (see :func:`_say_goodbye_on_stop`).
 _goodbyes = False
+#: The close reason of a stop's 1001.
+REASON = "server shutting down"
 
 
 def _say_goodbye_on_stop() -> None:
@@ -91,15 +91,11 @@ def _say_goodbye_on_stop() -> None:
     open_here: set[uWsgiWebSocket] = set()
     stopping: list[bool] = []
 
-    def say_goodbye(websocket: uWsgiWebSocket) -> None:
-        with contextlib.suppress(Exception):  # the worker stops either way
-            websocket.close(registry.GOING_AWAY, "server shutting down")
-
     def opened(sender: Any, websocket: Any, **kwargs: Any) -> None:
         if isinstance(websocket, uWsgiWebSocket):
             open_here.add(websocket)
             if stopping:  # its handshake was under way: 1001 once it waits
-                gevent.spawn(say_goodbye, websocket)
+                gevent.spawn(registry.goodbye, websocket, REASON)
 
     def closed(sender: Any, websocket: Any, **kwargs: Any) -> None:
         open_here.discard(websocket)
@@ -117,12 +113,11 @@ def _say_goodbye_on_stop() -> None:
             "Server stopping: closing %d WebSocket(s) with %d", len(websockets), registry.GOING_AWAY
         )
         for websocket in websockets:
-            say_goodbye(websocket)
+            registry.goodbye(websocket, REASON)
         # Until their views have returned (the fds released), as the registry waits:
         # the worker exits, or is killed, once this returns.
-        deadline = time.monotonic() + registry.stop_timeout()
-        while not all(w.released for w in websockets) and time.monotonic() < deadline:
-            gevent.sleep(0.05)  # the hub runs the views meanwhile, monkey-patched or not
+        # gevent.sleep: the hub runs the views meanwhile, monkey-patched or not.
+        registry.wait_until(lambda: all(w.released for w in websockets), sleep=gevent.sleep)
 
     def on_reload() -> None:  # gevent runs it in a greenlet of its own
         going_away()
