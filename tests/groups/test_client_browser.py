@@ -764,3 +764,41 @@ def test_close_before_the_connection_opened_says_what_the_page_asked(bare_page: 
     )
     assert outcome == [{"code": 4000, "reason": "bye", "willRetry": False}]
     assert bare_page.evaluate("pending.size") == 0
+
+
+def test_a_handler_for_an_event_named_like_an_object_property(bare_page: Page) -> None:
+    """Handlers were kept in a plain object: ``on("constructor", h)`` found Object's own
+    ``constructor`` there and threw (it has no ``push``), and ``off("toString", h)`` did
+    too. Event names are the page's to choose (an app's own emits reuse the table)."""
+    outcome = bare_page.evaluate(
+        """() => {
+            const s = new dwebsocket.Socket("/echo/");
+            const seen = [];
+            try {
+                s.on("constructor", (a) => seen.push(a)).off("toString", () => {});
+                s._emit("constructor", 1);
+            } catch (err) {
+                seen.push(String(err));
+            }
+            s.close();
+            return seen;
+        }"""
+    )
+    assert outcome == [1]
+
+
+def test_one_sockets_options_are_not_every_sockets(bare_page: Page) -> None:
+    """``options.noRetry`` was the defaults' own array: a page adding a code to one
+    socket's list (``s.options.noRetry.push(4003)``) changed it for every socket made
+    after, and ``dwebsocket.DEFAULTS`` too."""
+    lists = bare_page.evaluate(
+        """() => {
+            const first = new dwebsocket.Socket("/echo/");
+            first.options.noRetry.push(4003);
+            const second = new dwebsocket.Socket("/echo/");
+            first.close();
+            second.close();
+            return [second.options.noRetry, dwebsocket.DEFAULTS.noRetry];
+        }"""
+    )
+    assert lists == [[1008, 4001], [1008, 4001]]

@@ -34,6 +34,7 @@
     var o = {};
     for (var k in DEFAULTS) o[k] = DEFAULTS[k];
     for (k in options || {}) o[k] = options[k];
+    o.noRetry = o.noRetry.slice(); // this socket's own: a page may add to it
     this.options = o;
     this.url = url;
     // Maps keyed by group names (the application's, its users' even) have no prototype:
@@ -46,7 +47,7 @@
     this.attempts = 0;
     this.closed = false; // close() called, or a close code in noRetry
     this.ws = null;
-    this._handlers = {};
+    this._handlers = Object.create(null); // event -> handlers: any name, "constructor" too
     this._timer = null;
     this._beat = null;
     this._patience = 1; // pingTimeout times this: see _alive
