@@ -1604,7 +1604,7 @@ class RedisLayer:
             failures = self._failures[shard] = self._failures.get(shard, 0) + 1
             delay = min(self.backoff_cap, BACKOFF_BASE * 2 ** (failures - 1))
             self._retry_at[shard] = time.monotonic() + delay
-        self.report_down(exc)
+        self.report_down(exc, shard)
         if shard is not None:
             # A Cluster's master: have the slots learned again, or a process with no
             # reader there would keep calling a master that hangs after its replica took
@@ -1679,16 +1679,28 @@ class RedisLayer:
         if not others:
             self.report_up()
 
-    def report_down(self, exc: BaseException) -> None:
-        """Log the start of an outage, once."""
+    def report_down(self, exc: BaseException, shard: str | None = None) -> None:
+        """Log the start of an outage, once; ``shard``: the Cluster's master that failed
+        (the others may be up, and their groups' messages go out as ever)."""
         with self._state_lock:
             first, self._outage = not self._outage, True
-        if first:
+        if not first:
+            return
+        if shard is None:
             logger.warning(
                 "Redis at %s is unreachable (%s): group messages reach this process's "
                 "members only, and those sent meanwhile are lost for other processes, "
                 "until it is back",
                 redact(self.url),
+                exc,
+            )
+        else:
+            logger.warning(
+                "Redis at %s: its master at %s is unreachable (%s): messages of the groups "
+                "it serves reach this process's members only, and those sent meanwhile are "
+                "lost for other processes, until it is back",
+                redact(self.url),
+                shard,
                 exc,
             )
 
@@ -1887,7 +1899,7 @@ class Subscriber:
                     logger.debug("Redis subscription closed (%s); subscribing again", exc)
                 elif isinstance(exc, (redis.RedisError, OSError)):
                     self._closed = None  # the outage's WARNING says it
-                    self.layer.report_down(exc)
+                    self.layer.report_down(exc, self.address)
                     logger.debug("Redis subscription lost (%s); retry in %.2f s", exc, delay)
                 else:  # pragma: no cover - a bug: say so, and keep serving
                     logger.exception("Redis group reader failed; restarting it")

@@ -167,7 +167,8 @@ def test_cluster_sender_follows_the_failover_of_a_master_that_hangs(
     assert member.get() == "before"
     caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
     channel = a.channel("room")
-    new = own_cluster.hang(own_cluster.owner(key_slot(channel)))
+    hung = own_cluster.owner(key_slot(channel))
+    new = own_cluster.hang(hung)
     until(  # b's reader notices (its keepalive) and subscribes at the new master
         lambda: new.command("PUBSUB", "SHARDNUMSUB", channel.decode())[1] == 1,
         timeout=RESUME + WAIT,
@@ -184,6 +185,8 @@ def test_cluster_sender_follows_the_failover_of_a_master_that_hangs(
     until(lambda: not a.outage, timeout=WAIT)
     down, up = outage_lines(caplog)
     assert len(down) == len(up) >= 1, caplog.text
+    # The master that failed, not only the cluster's URL: the other shards were up.
+    assert f"master at {hung.address}" in down[0], down[0]
 
 
 def test_cluster_process_started_while_a_shard_is_down_reaches_the_others(
