@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -166,6 +167,52 @@ def test_status_of_a_page_that_is_not_dwebsockets_metrics(page: bytes) -> None:
     pytest.importorskip("prometheus_client")
     with serving(page) as url, pytest.raises(CommandError, match="could not read"):
         call_command("websocket_status", "--url", url)
+
+
+@contextlib.contextmanager
+def answering(reply: bytes) -> Iterator[str]:
+    """A TCP server on 127.0.0.1 (a thread) that reads one request, writes ``reply`` and
+    closes; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(TIMEOUT)
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/metrics"
+    finally:
+        listener.close()
+        thread.join(TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # --url at another service's port (an SSH server, say): no HTTP status line
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        # a server that stops (a restart) in the middle of the page
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\ndjango_websocket_connections_open 1\n",
+    ],
+    ids=["not-http", "cut-short"],
+)
+def test_status_of_a_url_that_gives_no_http_page(reply: bytes) -> None:
+    """http.client's errors that are no OSError (BadStatusLine, IncompleteRead): a
+    CommandError naming the URL, on one line, not a traceback."""
+    pytest.importorskip("prometheus_client")
+    with (
+        answering(reply) as url,
+        pytest.raises(CommandError, match=re.escape(f"could not read {url}")) as e,
+    ):
+        call_command("websocket_status", "--url", url)
+    assert "\r" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_status_with_a_multiprocess_dir_that_is_not_one(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import struct
@@ -114,6 +115,9 @@ def _scrape(url: str) -> Iterable[Any]:
         return list(text_string_to_metric_families(text))
     except (OSError, ValueError) as exc:  # ValueError: not a URL, not UTF-8, not metrics
         raise CommandError(f"could not read {url}: {exc}") from None
+    except http.client.HTTPException as exc:  # another service's port, a page cut short
+        # repr(): the peer's bytes (a status line that is none) escaped, on one line
+        raise CommandError(f"could not read {url}: {exc!r}") from None
 
 
 def _counts(families: Iterable[Any]) -> dict[str, Any]:
