@@ -286,3 +286,33 @@ def test_send_lines_of_a_closed_standard_input(redis_url: str) -> None:
     which Python gives as sys.stdin None. Before: a TypeError traceback."""
     result = manage("websocket_send", "room", "-", groups_url=redis_url, shell='exec "$@" <&-')
     assert_command_error(result, "standard input")
+
+
+def test_send_lines_of_a_standard_input_without_end(redis_url: str) -> None:
+    """MESSAGE '-' with standard input that never ends a line (``< /dev/zero``, a pipe
+    that never ends, a file of gigabytes on one line): read up to the size a group message
+    may have, then refused, as ``--binary-file`` is. Before, the line was read whole into
+    memory first (here, under a 2 GiB address-space limit: a MemoryError traceback)."""
+    result = manage(
+        "websocket_send",
+        "room",
+        "-",
+        groups_url=redis_url,
+        shell='ulimit -v 2097152 && exec "$@" < /dev/zero',  # KiB: 2 GiB
+    )
+    assert_command_error(
+        result, "line 1 of standard input", "MAX_MESSAGE_SIZE", "0 message(s) sent"
+    )
+
+
+def test_lines_up_to_the_size_of_a_group_message() -> None:
+    """A line of MAX_MESSAGE_SIZE bytes is one message, whatever its end (``\\r\\n``
+    too: not that line cut, then an empty one); one byte more is refused."""
+    from dwebsocket.groups import MAX_MESSAGE_SIZE
+    from dwebsocket.management.commands.websocket_send import _lines
+
+    full = "x" * MAX_MESSAGE_SIZE
+    text = f"{full}\r\n{full}\n{full}\r\nlast"
+    assert list(_lines(io.StringIO(text, newline=""))) == [full, full, full, "last"]
+    with pytest.raises(ValueError, match="line 2 of standard input is over"):
+        list(_lines(io.StringIO(f"a\n{full}y\nb\n", newline="")))

@@ -107,8 +107,24 @@ def _is_utf8(text: str) -> bool:
 
 def _lines(stream: Any) -> Iterator[str]:
     """Each line of ``stream`` without its end. Raises ``UnicodeError`` at a line that is
-    not UTF-8 (decoding it strictly failed, or it holds lone surrogates)."""
-    for line in stream:
+    not UTF-8 (decoding it strictly failed, or it holds lone surrogates), ``ValueError``
+    at one longer than a group message may be (read no further: ``< /dev/zero`` or a
+    file of gigabytes on one line would otherwise be read into memory first)."""
+    limit = groups.MAX_MESSAGE_SIZE
+    number = 0
+    while True:
+        # Characters, each at least a byte: no line a message can hold is cut, "\r\n" and
+        # all, and a cut one is over the limit.
+        line = stream.readline(limit + 2)
+        if not line:
+            return
+        number += 1
         if not _is_utf8(line):
             raise UnicodeEncodeError("utf-8", line, 0, len(line), "not UTF-8")
-        yield line.rstrip("\r\n")
+        text = line.rstrip("\r\n")
+        if len(text) > limit or (not text.isascii() and len(text.encode()) > limit):
+            raise ValueError(
+                f"line {number} of standard input is over dwebsocket.groups.MAX_MESSAGE_SIZE "
+                f"({limit} bytes): send a reference to the data (a URL, an id) instead"
+            )
+        yield text
