@@ -265,7 +265,9 @@ def flush() -> None:
     metrics = _get()
     if metrics is None:
         return
-    for websocket in list(_open.keys()):
+    with _lock:  # an open or close in another thread meanwhile would break the listing
+        websockets = list(_open.keys())
+    for websocket in websockets:
         try:
             _add(metrics, websocket)
         except Exception as exc:  # counting must never break anything

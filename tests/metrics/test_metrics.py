@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -250,6 +251,47 @@ def test_a_close_during_a_flush_adds_the_traffic_once(counts: Counts) -> None:
         "received_bytes_total": 10,
         "closes:1000": 1,
     }
+
+
+def test_an_open_during_a_flush_does_not_break_it(counts: Counts) -> None:
+    """A connection opened (or closed) by another thread while flush() lists the open
+    ones: flush() goes on. Before, it listed them without the lock that opens and closes
+    take, and the listing raised ``RuntimeError: dictionary changed size during
+    iteration``: the flusher thread died, for good (the traffic of open connections then
+    reached the counters only at their close or a scrape), and a scrape got a 500.
+
+    The other thread's open is made here at the moment a thread switch could run it: in
+    the listing's loop, if the lock it takes is free then."""
+    import weakref
+
+    class Connection:
+        pass
+
+    listed, other = Connection(), Connection()
+    keys = weakref.WeakKeyDictionary.keys.__code__
+    opened: list[bool] = []
+
+    def tracer(frame: Any, event: str, arg: object) -> Any:
+        in_the_loop = frame.f_code is keys and event == "line" and "wr" in frame.f_locals
+        # Unless the listing holds the lock, which that open would wait for.
+        if in_the_loop and not opened and metrics._lock.acquire(blocking=False):
+            metrics._lock.release()
+            metrics._opened(None, other)
+            opened.append(True)
+        return tracer
+
+    metrics._opened(None, listed)
+    try:
+        previous = sys.gettrace()  # coverage's, under make coverage
+        sys.settrace(tracer)
+        try:
+            metrics.flush()
+        finally:
+            sys.settrace(previous)
+    finally:
+        metrics._closed(None, other, 1000)
+        metrics._closed(None, listed, 1000)
+    assert counts.delta() == {"handshakes:101": 1 + len(opened), "closes:1000": 1 + len(opened)}
 
 
 def test_the_metrics_page_without_prometheus_client(
