@@ -193,14 +193,25 @@ def _disconnect_sessions(session_keys: list[str], code: int, reason: str) -> Non
     _close_groups(groups_, whose, code, reason, True)
 
 
-def _close_group(group: str, whose: str, code: int, reason: str, fail_silently: bool) -> None:
-    _close_groups([group], whose, code, reason, fail_silently)
+def _close_group(
+    group: str, whose: str, code: int, reason: str, fail_silently: bool, ends: bool = False
+) -> None:
+    _close_groups([group], whose, code, reason, fail_silently, ends)
 
 
 def _close_groups(
-    groups_: list[str], whose: str, code: int, reason: str, fail_silently: bool
+    groups_: list[str],
+    whose: str,
+    code: int,
+    reason: str,
+    fail_silently: bool,
+    ends: bool = False,
 ) -> None:
-    payload = control.encode("close", code=code, reason=reason)
+    """Close the sockets of ``groups_`` everywhere. ``ends``: the session whose group it
+    is ends just after (a logout), so a socket of it opening after the command is closed
+    too (see :meth:`_Checker._missed`)."""
+    arguments: dict[str, Any] = {"ends": True} if ends else {}
+    payload = control.encode("close", code=code, reason=reason, **arguments)
     try:
         get_layer().control_many(groups_, payload, fail_silently=False)
     except GroupsUnavailable as exc:
@@ -880,13 +891,16 @@ class _Checker:
                 check = True
                 continue
             for payload, ago in commands:
-                if ago > age:
-                    continue  # surely before the request began: its authentication saw it
                 try:
                     command = json.loads(payload)
                 except ValueError:
                     continue
                 op = command.get("op") if isinstance(command, dict) else None
+                if ago > age and not (op == "close" and command.get("ends") is True):
+                    # Surely before the request began: its authentication saw it -- unless
+                    # the session ended only after the command (a logout: Django flushes
+                    # it once user_logged_out's receivers have returned).
+                    continue
                 if op == "check":
                     check = True
                 elif op == "close":
@@ -1051,8 +1065,13 @@ def _logged_out(
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None)
     if key and _revoking():
+        # Django flushes the session after this signal: a socket whose request begins
+        # in between authenticates with it, so the command says the session ends.
         _never_raising(
-            "Revoking a logged out session", lambda: disconnect_session(key, REVOKED, "logged out")
+            "Revoking a logged out session",
+            lambda: _close_group(
+                session_group(key), "a session", REVOKED, "logged out", True, ends=True
+            ),
         )
 
 

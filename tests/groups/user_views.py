@@ -15,6 +15,7 @@ from typing import Any
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import User
+from django.contrib.auth.signals import user_logged_out
 from django.db import router, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
@@ -227,8 +228,27 @@ def whoami(request: HttpRequest) -> HttpResponse:
 
 
 def log_out(request: HttpRequest) -> HttpResponse:
+    """``logout()``; with ``?paused=F&go=G`` its ``user_logged_out`` is slow
+    (:func:`_logging_out`)."""
     logout(request)
     return HttpResponse("bye")
+
+
+def _logging_out(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    """``user_logged_out`` of the site's own (an audit log, say), connected after
+    dwebsocket's: with ``?paused=F&go=G`` on the logout, it writes file F and waits (at
+    most 20 s) for file G -- Django flushes the session only after every receiver."""
+    from pathlib import Path
+
+    if request is None or "paused" not in request.GET:
+        return
+    Path(request.GET["paused"]).touch()
+    deadline = time.monotonic() + 20.0
+    while not Path(request.GET["go"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+user_logged_out.connect(_logging_out, dispatch_uid="tests.groups.user_views")
 
 
 def flush(request: HttpRequest) -> HttpResponse:
