@@ -58,7 +58,7 @@ message whose connection broke (not timed out) is no outage if Redis answers a P
 at once to its shard (``RedisLayer._send_failed``): that connection was closed alone, and
 the next sends go out; one WARNING per process says so. A command (kind 3) whose
 connection broke is sent once more if that PING is answered: it may run twice, not be
-lost (``_again_if_broken``).
+lost (``_again_if_broken``); so is a presence write, which publishes no second event.
 The reader reconnects with capped exponential backoff (0.1 s doubling to 5 s, jittered; a
 join cuts it short, see ``RedisLayer.join``) and subscribes again to every current group.
 A subscription Redis closed after answering on it (``CLIENT KILL``, an output buffer
@@ -602,9 +602,9 @@ class HeldBack(redis.ConnectionError):
 
 
 class BrokenAlone(redis.ConnectionError):
-    """A command's connection broke, and the one it was sent again on too, while Redis
-    answered a PING between the two (:func:`_again_if_broken`): not published, and no
-    outage."""
+    """A command's (or a presence write's) connection broke, and the one it was sent
+    again on too, while Redis answered a PING between the two (:func:`_again_if_broken`):
+    not published, and no outage."""
 
 
 def _again_if_broken(call: Callable[[], None], probe: Callable[[], bool]) -> None:
@@ -1244,23 +1244,35 @@ class RedisLayer:
                 self._record(group, entry.key, head, now)
                 if self._held_back(shard):
                     raise HeldBack()
-                _, unknown, gone, version, digest = self._present(
-                    keys=self.presence_keys(group),
-                    args=[
-                        self.process,
-                        entry.key,
-                        head,
-                        now,
-                        stale,
-                        self.topology.publish_command,
-                        self.channel(group),
-                        HEADER.pack(PRESENCE_EVENT, self.origin, seq)
-                        + event_prefix(group).encode(),
-                        event_suffix(entry.key, entry.user, info),
-                        expiry,
-                        *self._anchor(group),
-                    ],
-                )
+                channel = self.channel(group)
+                args = [
+                    self.process,
+                    entry.key,
+                    head,
+                    now,
+                    stale,
+                    self.topology.publish_command,
+                    channel,
+                    HEADER.pack(PRESENCE_EVENT, self.origin, seq) + event_prefix(group).encode(),
+                    event_suffix(entry.key, entry.user, info),
+                    expiry,
+                    *self._anchor(group),
+                ]
+                answer: list[Any] = []
+                runs: list[None] = []
+
+                def write() -> None:
+                    runs.append(None)
+                    answer[:] = self._present(keys=self.presence_keys(group), args=args)
+
+                # Run once more if its connection broke while Redis answers, as a command
+                # is: run twice, the script finds the entry as it says and publishes no
+                # second event. (Decided here instead, the event was doubled when Redis
+                # had run it: from Redis, then from here and the next heartbeat.)
+                _again_if_broken(write, lambda: self.topology.probe(channel))
+                _, unknown, gone, version, digest = answer
+                if len(runs) > 1:
+                    unknown = 1  # what the first run found is not known: sync
                 self._decide(group, entry.key, None)  # Redis has the key's state again
                 if gone or (unknown and len(self.registry.presence.entries(group)) > int(now > 0)):
                     # Redis had no heartbeat of this process here, yet it has other entries
@@ -1730,9 +1742,12 @@ class RedisLayer:
 
     def _write_failed(self, exc: BaseException, shard: str | None = None) -> None:
         """A write without a fallback (presence) to ``shard`` failed: Redis refused it, or
-        is down (then calls to that shard are held back a while, as after a send)."""
+        is down (then calls to that shard are held back a while, as after a send), or
+        its connections broke while Redis answered (:class:`BrokenAlone`: no outage)."""
         if isinstance(exc, REFUSED):
             self._refused(exc)
+        elif isinstance(exc, BrokenAlone):
+            self._publish_ok(shard)  # Redis answered between its two broken connections
         elif not isinstance(exc, HeldBack):
             self._publish_failed(exc, shard)
 

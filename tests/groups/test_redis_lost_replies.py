@@ -11,6 +11,7 @@ group's stream count what arrived.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import socket
@@ -24,6 +25,7 @@ from django.test import override_settings
 
 from dwebsocket.exceptions import GroupsUnavailable
 from dwebsocket.groups.memory import Registry
+from dwebsocket.groups.presence import Local, load_info
 from dwebsocket.groups.redis import RedisLayer
 from dwebsocket.websocket import Message
 from tests.groups.redis_server import RedisServer
@@ -341,6 +343,55 @@ def test_a_batch_of_commands_whose_connection_broke_is_sent_again(
     assert dropper.dropped.is_set()
     assert count() == 1
     assert not sender.outage
+
+
+def present(layer: RedisLayer, user: str) -> None:
+    """A socket of ``user`` becomes a present member of "room" in ``layer``'s process."""
+    info = json.dumps({"name": user})
+    entry = Local(f"user:{user}", user, info, load_info(info))
+    count, shown = layer.registry.presence.add("room", Inbox(), entry)
+    layer.present("room", entry, count, shown, True)
+
+
+def event(message: Message) -> tuple[str, str]:
+    found = json.loads(message)
+    return found["presence"], found["key"]
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["cut-before", "reply-lost"])
+def test_a_presence_write_whose_connection_broke_is_written_again_its_event_once(
+    dropper: ReplyDropper,
+    redis_server: RedisServer,
+    layers: Callable[[str], RedisLayer],
+    before: bool,
+) -> None:
+    """A join's presence script, whose connection broke while Redis answers, is run
+    once more, as a command is: run twice, it changes nothing the second time and
+    publishes no second event. It was taken for an outage ("unreachable", the sends held
+    back) and its join decided here alone: when Redis had run it (only the reply lost),
+    the listeners here got the join twice (from Redis, and from that decision), and
+    those of the other processes twice too, once the next heartbeat published it."""
+    sender, other = layers(dropper.url()), layers(direct(redis_server))
+    here, there = Inbox(), Inbox()
+    for layer, inbox in ((sender, here), (other, there)):
+        layer.join("room", inbox)
+        layer.registry.presence.listen("room", inbox)
+    present(sender, "bob")  # the script loaded, a pooled connection through the dropper
+    assert event(here.get()) == event(there.get()) == ("join", "user:bob")
+
+    dropper.arm(b"EVALSHA", before=before)
+    present(sender, "alice")
+    assert dropper.dropped.is_set()
+    assert not sender.outage
+    assert event(here.get()) == event(there.get()) == ("join", "user:alice")
+    deadline = time.monotonic() + WAIT
+    while sender._held_back(None):  # (as it was, after the outage it took it for)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sender.heartbeat("room", *sender._times()[1:])  # publishes what was decided here alone
+    here.assert_empty()
+    there.assert_empty()
+    assert sorted(p.key for p in other.presence("room")) == ["user:alice", "user:bob"]
 
 
 def subscribers(server: RedisServer, channel: str) -> int:
