@@ -58,7 +58,9 @@ message whose connection broke (not timed out) is no outage if Redis answers a P
 at once to its shard (``RedisLayer._send_failed``): that connection was closed alone, and
 the next sends go out; one WARNING per process says so. A command (kind 3) whose
 connection broke is sent once more if that PING is answered: it may run twice, not be
-lost (``_again_if_broken``); so is a presence write, which publishes no second event.
+lost (``_again_if_broken``); so are a presence write, which publishes no second event,
+and a presence heartbeat, but a sync: that one is no outage and not sent again (it would
+publish its decided events twice); the next heartbeat syncs.
 The reader reconnects with capped exponential backoff (0.1 s doubling to 5 s, jittered; a
 join cuts it short, see ``RedisLayer.join``) and subscribes again to every current group.
 A subscription Redis closed after answering on it (``CLIENT KILL``, an output buffer
@@ -607,23 +609,29 @@ class BrokenAlone(redis.ConnectionError):
     not published, and no outage."""
 
 
-def _again_if_broken(call: Callable[[], None], probe: Callable[[], bool]) -> None:
+def _again_if_broken(
+    call: Callable[[], None], probe: Callable[[], bool], again: bool = True
+) -> None:
     """``call()``, and once more if its connection broke (``redis.ConnectionError``, not a
     timeout: that took its time already) and ``probe()`` (a PING of its shard) finds
-    Redis answering: for commands (kind 3) only. A message is never sent again (see
-    Faults in the module docstring), as Redis may have run it; a command may run twice --
-    a socket closed or checked again is nothing more -- and must not be lost to a broken
-    connection: a ``users.disconnect`` would leave sockets open in the other processes.
+    Redis answering: for commands (kind 3) and presence writes only. A message is never
+    sent again (see Faults in the module docstring), as Redis may have run it; a command
+    may run twice -- a socket closed or checked again is nothing more -- and must not be
+    lost to a broken connection: a ``users.disconnect`` would leave sockets open in the
+    other processes; a presence write run twice finds its entry and publishes nothing.
     Redis not answering: the first error, an outage, with no second try. Answering, and
-    the second try's connection broken too: :class:`BrokenAlone`, no outage."""
+    the second try's connection broken too: :class:`BrokenAlone`, no outage. ``again``
+    False (what runs twice would do twice): no second try, :class:`BrokenAlone` at once."""
     try:
         call()
         return
     except (HeldBack, *REFUSED):  # (BusyLoadingError is a ConnectionError)
         raise
-    except redis.ConnectionError:
+    except redis.ConnectionError as exc:
         if not probe():
             raise
+        if not again:
+            raise BrokenAlone(f"connection broke, Redis answering: {exc}") from exc
     try:
         call()
     except (HeldBack, *REFUSED):
@@ -1453,29 +1461,36 @@ class RedisLayer:
         anchor = self._anchor(group)
         with self._state_lock:
             has_entries = "1" if self._written.get(group) else ""
-        shard = self.topology.shard(self.channel(group))
+        channel = self.channel(group)
+        shard = self.topology.shard(channel)
+        args = [
+            self.process,
+            stale,
+            expiry,
+            self.topology.publish_command,
+            channel,
+            HEADER.pack(PRESENCE_EVENT, self.origin, seq) + event_prefix(group).encode(),
+            mode,
+            HEADER.pack(PRESENCE_EVENT, self.origin, DELIVERED) + event_prefix(group).encode(),
+            len(decided) // 3,
+            *anchor,
+            has_entries,
+            *decided,
+            *fields,
+        ]
+        answers: list[Any] = []
+
+        def beat() -> None:
+            answers.append(self._heartbeat(keys=self.presence_keys(group), args=args))
+
         try:
             if self._held_back(shard):
                 raise HeldBack()
-            answer = self._heartbeat(
-                keys=self.presence_keys(group),
-                args=[
-                    self.process,
-                    stale,
-                    expiry,
-                    self.topology.publish_command,
-                    self.channel(group),
-                    HEADER.pack(PRESENCE_EVENT, self.origin, seq) + event_prefix(group).encode(),
-                    mode,
-                    HEADER.pack(PRESENCE_EVENT, self.origin, DELIVERED)
-                    + event_prefix(group).encode(),
-                    len(decided) // 3,
-                    *anchor,
-                    has_entries,
-                    *decided,
-                    *fields,
-                ],
-            )
+            # A broken connection while Redis answers is no outage. Sent once more unless
+            # a sync: that publishes its decided events, so twice would publish them twice
+            # (the next heartbeat syncs instead); run twice, any other changes nothing more.
+            _again_if_broken(beat, lambda: self.topology.probe(channel), again=mode != "sync")
+            answer = answers[-1]
         except (redis.RedisError, OSError) as exc:
             self._write_failed(exc, shard)
             if mode != "reap":

@@ -473,3 +473,48 @@ def test_a_command_to_a_redis_that_is_down_is_an_outage_at_once(
     with pytest.raises(GroupsUnavailable, match="not retried yet"):
         sender.control("room", b'{"op": "held"}', fail_silently=False)
     assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["cut-before", "reply-lost"])
+def test_a_heartbeat_whose_connection_broke_is_no_outage(
+    dropper: ReplyDropper,
+    redis_server: RedisServer,
+    layers: Callable[[str], RedisLayer],
+    before: bool,
+) -> None:
+    """A presence heartbeat whose connection broke while Redis answers (a proxy resetting
+    it, ``CLIENT KILL``) was taken for an outage: "unreachable" logged and the process's
+    group messages held back from the other processes, for a Redis that answered. A plain
+    heartbeat is sent once more (run twice, it changes nothing more: the dead processes'
+    entries it removes are gone the second time); no outage either way."""
+    sender = layers(dropper.url())
+    present(sender, "bob")  # the scripts loaded, a pooled connection through the dropper
+    dropper.arm(b"EVALSHA", before=before)
+    sender.heartbeat("room", *sender._times()[1:])
+    assert dropper.dropped.is_set()
+    assert not sender.outage
+    assert not sender._held_back(None)
+    assert "room" not in sender._unsynced  # the second run went through
+
+
+def test_a_sync_heartbeat_whose_connection_broke_is_no_outage_and_not_run_twice(
+    dropper: ReplyDropper, redis_server: RedisServer, layers: Callable[[str], RedisLayer]
+) -> None:
+    """A sync (after a failed write) publishes the events its process decided alone: run
+    twice, it would publish them twice. Its broken connection, Redis answering, is no
+    outage; it is not run again there, and the next heartbeat syncs."""
+    sender, other = layers(dropper.url()), layers(direct(redis_server))
+    there = Inbox()
+    other.join("room", there)
+    other.registry.presence.listen("room", there)
+    present(sender, "bob")
+    assert event(there.get()) == ("join", "user:bob")
+    dropper.arm(b"EVALSHA", before=False)  # the sync ran, its reply lost
+    sender.heartbeat("room", *sender._times()[1:], sync=True)
+    assert dropper.dropped.is_set()
+    assert not sender.outage
+    assert not sender._held_back(None)
+    assert "room" in sender._unsynced
+    sender.heartbeat("room", *sender._times()[1:])
+    assert "room" not in sender._unsynced
+    there.assert_empty()
