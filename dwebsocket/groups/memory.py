@@ -6,7 +6,9 @@ groups ``WEBSOCKET_GROUPS_HISTORY`` names in this process (:class:`MemoryHistory
 
 Concurrency: the registry's lock is held only to read or change the dictionaries, never
 around a call into a member or any I/O, so it is safe under threads, gevent and eventlet
-alike (monkey-patched ``threading.Lock`` is a cooperative lock).
+alike (monkey-patched ``threading.Lock`` is a cooperative lock). The layer's presence
+events are decided under a lock of their own and delivered after it is released, in the
+order decided (:meth:`MemoryLayer.present`).
 """
 
 from __future__ import annotations
@@ -315,6 +317,15 @@ class MemoryLayer:
         self.registry = registry
         self.history = MemoryHistory()
         self.recent = Recent()
+        # Presence events (see present()): per group, the keys whose last event was a
+        # join (those present already when the layer is made count as told), the events
+        # decided and not yet delivered, and the groups a thread is delivering them for.
+        self._events_lock = threading.Lock()
+        self._told: dict[str, set[str]] = {}
+        for group in registry.presence.groups():
+            self._told[group] = {key for key, *_ in registry.presence.entries(group)}
+        self._queued: dict[str, deque[str]] = {}
+        self._delivering: set[str] = set()
 
     def join(self, group: str, member: Member) -> None:
         self.registry.add(group, member)
@@ -347,13 +358,62 @@ class MemoryLayer:
         return self.history.read(group, kept_by, after, count)
 
     def present(self, group: str, entry: Local, count: int, info: str, joined: bool) -> None:
-        """``entry``'s key has ``count`` sockets present in ``group`` here now, after one
-        ``joined`` (else left, or joined again: no event), showing ``info``: a join event
-        at the first, a leave at none."""
-        if count == (1 if joined else 0):
-            event = "join" if joined else "leave"
-            text = event_text(event, group, entry.key, entry.user, info)
-            deliver_event(self.registry.presence, group, text)
+        """``entry``'s key changed in ``group`` (the caller's change made it ``count``
+        sockets, showing ``info``): a join event if the key is present now and the
+        listeners were last told it left (or nothing), a leave if it is absent now and
+        they were last told it joined (with ``info``, the leaving socket's). Never blocks.
+
+        Decided from the registry as it is now, under the layer's lock, so that each
+        key's events alternate and end on its state: two threads changing one key at
+        once (a user's only tab closing as another opens) decided from the counts each
+        saw and delivered each on its own, and a listener could get the second event
+        before the first -- the user left while present, or the reverse. Changes that
+        overlap may go unannounced as a pair, as on Redis (``present`` there). Delivered
+        in the order decided, with no lock held: a listener's ``deliver()`` may call back
+        into the groups (a leave, a close whose signal runs at once). An event decided
+        while a thread (or a ``deliver()`` up this one's stack) delivers the group's
+        events is queued, and that thread delivers it after the ones before it: this
+        call may return before the listeners have it."""
+        with self._events_lock:
+            now, shown = self.registry.presence.count(group, entry.key)
+            told = self._told.get(group)
+            if (now > 0) == (told is not None and entry.key in told):
+                return  # the listeners know
+            if now:
+                self._told.setdefault(group, set()).add(entry.key)
+                text = event_text("join", group, entry.key, entry.user, shown or info)
+            else:
+                assert told is not None
+                told.discard(entry.key)
+                if not told:
+                    del self._told[group]
+                text = event_text("leave", group, entry.key, entry.user, info)
+            self._queued.setdefault(group, deque()).append(text)
+            if group in self._delivering:
+                return
+            self._delivering.add(group)
+        self._deliver_queued(group)
+
+    def _deliver_queued(self, group: str) -> None:
+        """Deliver ``group``'s queued events, oldest first, until none is left (the
+        caller marked the group as being delivered)."""
+        try:
+            while True:
+                with self._events_lock:
+                    queued = self._queued.get(group)
+                    if not queued:
+                        self._queued.pop(group, None)
+                        self._delivering.discard(group)
+                        return
+                    text = queued.popleft()
+                try:
+                    deliver_event(self.registry.presence, group, text)
+                except Exception:  # deliver() must not raise; the others' events go on
+                    logger.exception("Group %r: a presence event's deliver() raised", group)
+        except BaseException:  # the next event decided delivers what is left, in order
+            with self._events_lock:
+                self._delivering.discard(group)
+            raise
 
     def listen(self, group: str) -> None:
         """Nothing to do: this process is every process."""

@@ -14,7 +14,8 @@ Events are text messages, JSON::
 
 ``join`` when a user's first socket anywhere becomes present, ``leave`` when their last
 one leaves (a second tab is no join, closing one of two is no leave). They are decided
-where all processes' members are known (in one Lua script on Redis), so each happens once.
+where all processes' members are known (in one Lua script on Redis; on ``memory://``
+under one lock, see ``MemoryLayer.present``), so each happens once.
 """
 
 from __future__ import annotations

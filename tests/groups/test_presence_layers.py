@@ -12,7 +12,8 @@ import itertools
 import json
 import logging
 import pickle
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from django.test import override_settings
 
 from dwebsocket import groups
-from tests.groups.test_redis_layer import Inbox, until
+from tests.groups.test_redis_layer import WAIT, Inbox, until
 
 _names = itertools.count()
 
@@ -301,3 +302,143 @@ def test_a_listener_that_closes_while_joining_is_not_kept(
     assert tab.closed
     assert not groups._registry.presence.involves(tab)
     assert room not in groups._registry.presence.listened()
+
+
+#: A presence event as :func:`events` gives it: (event, key, info).
+Event = tuple[str, str, dict[str, Any]]
+
+
+class Gate:
+    """Holds the first call through :meth:`passing` after :meth:`arm` until :meth:`open`
+    (bounded): the thread making it pauses there while another thread goes on."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.held = threading.Event()
+        self.opened = threading.Event()
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def passing(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.held.set()
+            self.opened.wait(WAIT)
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+class SlowListener(Tab):
+    """A listener whose deliver() goes through a :class:`Gate` first."""
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def deliver(self, message: Any) -> None:
+        self.gate.passing()
+        super().deliver(message)
+
+
+@pytest.mark.parametrize("pause", ["delivering", "deciding"])
+@pytest.mark.parametrize("first", ["leave", "join"])
+def test_a_users_events_follow_the_order_of_its_changes_across_threads(
+    room: str, monkeypatch: pytest.MonkeyPatch, first: str, pause: str
+) -> None:
+    """Two threads change one user's presence at once (its only tab closes as another
+    opens, or a tab opens and closes at once): the listeners' events say what the
+    registry says, in its order. Thread A pauses after its change, while delivering its
+    event to a first listener or before its event is decided, and thread B's change runs
+    to its end meanwhile. On ``memory://`` the events were decided and delivered by each
+    thread on its own: B's came first, and every listener concluded the user had left
+    while present (or the reverse). Changes that overlap may go unannounced as a pair
+    (the last state is what counts), as on Redis."""
+    gate = Gate()
+    slow = SlowListener(gate) if pause == "delivering" else Tab()
+    groups.join(room, slow, events=True)  # first: A delivers to it before the watcher
+    watcher = listener(room)
+    if pause == "deciding":
+        layer = type(groups.get_layer())
+        present_then = layer.present
+
+        def deciding(self: Any, *args: Any) -> None:
+            gate.passing()
+            present_then(self, *args)
+
+        monkeypatch.setattr(layer, "present", deciding)
+    # Another user first: on Redis, a process's first write in a group that finds no
+    # socket of its key is taken for a leave whose entry Redis lost (a leave is sent).
+    groups.join(room, Tab("2"), presence={})
+    assert events(watcher, 1) == events(slow, 1) == [("join", "user:2", {})]
+    one, two = Tab("1"), Tab("1")
+    join: Event = ("join", "user:1", {})
+    leave: Event = ("leave", "user:1", {})
+    now: dict[str, tuple[str | None, dict[str, Any], int]] = {"user:2": ("2", {}, 1)}
+
+    def opening(tab: Tab) -> Callable[[], None]:
+        def change() -> None:
+            groups.join(room, tab, presence={})
+
+        return change
+
+    if first == "leave":
+        groups.join(room, one, presence={})
+        assert events(watcher, 1) == events(slow, 1) == [join]
+        change_a, change_b = one.close, opening(two)
+        now["user:1"] = ("1", {}, 1)
+    else:
+        change_a, change_b = opening(one), one.close
+    cases: dict[tuple[str, str], list[Event]] = {
+        ("leave", "delivering"): [leave, join],
+        ("join", "delivering"): [join, leave],
+        ("leave", "deciding"): [],  # left and came back before either was announced
+        ("join", "deciding"): [],
+    }
+    expected = cases[first, pause]
+    gate.arm()
+    thread_a = threading.Thread(target=change_a, name="change A", daemon=True)
+    thread_a.start()
+    try:
+        assert gate.held.wait(WAIT), "thread A never reached the gate"
+        change_b()
+    finally:
+        gate.open()
+        thread_a.join(WAIT)
+    assert not thread_a.is_alive()
+    assert present(room) == now
+    assert events(watcher, len(expected)) == expected
+    assert events(slow, len(expected)) == expected
+    watcher.assert_empty()
+    slow.assert_empty()
+
+
+def test_a_listener_whose_deliver_changes_presence_gets_the_events_in_order(room: str) -> None:
+    """A listener's deliver() may call back into the groups: here the first listener
+    closes the tab whose join it gets (as an application's member might). Every listener
+    gets the join, then the leave, and the thread that joined is not stuck on a lock it
+    holds. (The leave went out inside the join's delivery: the listeners after the first
+    got it before the join.)"""
+    tab = Tab("1")
+
+    class Closing(Tab):
+        def deliver(self, message: Any) -> None:
+            super().deliver(message)
+            if '"presence":"join"' in message and not tab.closed:
+                tab.close()
+
+    closing = Closing()
+    groups.join(room, closing, events=True)
+    watcher = listener(room)
+    joining = threading.Thread(
+        target=groups.join, args=(room, tab), kwargs={"presence": {}}, daemon=True
+    )
+    joining.start()
+    joining.join(WAIT)
+    assert not joining.is_alive()
+    until(lambda: tab.closed)  # on Redis, once its reader delivered the join
+    expected: list[Event] = [("join", "user:1", {}), ("leave", "user:1", {})]
+    assert events(watcher, 2) == events(closing, 2) == expected
+    assert present(room) == {}
+    watcher.assert_empty()
