@@ -766,8 +766,13 @@ class _ASGIServerSide(_ServerSide):
         remote = "127.0.0.1"
         for key, value in client.extra.items():
             if key.startswith("HTTP_"):
+                # Replaces the request's header of that name, as it does in the environ
+                # (Django would join two, and refuse two Host headers).
                 name = key[5:].replace("_", "-").lower()
-                headers.append((name.encode("latin-1"), str(value).encode("latin-1")))
+                raw = name.encode("latin-1")
+                headers = [header for header in headers if header[0] != raw]
+                headers.append((raw, str(value).encode("latin-1")))
+                joined[name] = str(value)
             elif key == "REMOTE_ADDR":
                 remote = str(value)
         self.handshake = parse_request(method, protocol, joined)

@@ -123,6 +123,27 @@ def test_host_and_origin_headers() -> None:
     assert (seen["host"], seen["origin"]) == ("localhost", "http://localhost:8000")
 
 
+@override_settings(ALLOWED_HOSTS=["testserver", "example.com"])
+@pytest.mark.parametrize("path", ["/inspect/", "/inspect-async/"])
+def test_extra_headers_replace_the_requests_own(path: str) -> None:
+    """``**extra`` keys are WSGI environ keys, as for ``RequestFactory``:
+    ``HTTP_HOST="example.com"`` replaces the Host the client sends, for an ``async def``
+    view as for a sync one. For the async view they were added to the request's headers,
+    a second Host header that the handshake answered with 400 ("more than one Host
+    header": Django joins the two)."""
+    with WebSocketClient(
+        path,
+        headers={"X-Token": "given"},
+        HTTP_HOST="example.com",
+        HTTP_X_TOKEN="extra",
+        HTTP_COOKIE="theme=dark",
+    ) as ws:
+        seen = inspect(ws)
+    assert seen["host"] == "example.com"
+    assert seen["headers"] == {"X-Token": "extra"}
+    assert seen["cookies"] == {"theme": "dark"}
+
+
 @pytest.mark.django_db
 @override_settings(**CHAT_SETTINGS)
 def test_user_is_logged_in() -> None:

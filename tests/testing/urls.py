@@ -10,6 +10,7 @@ urlpatterns = [
     path("login/", views.login_view),
     path("inspect/", views.inspect),
     path("inspect/<str:name>/", views.inspect),
+    path("inspect-async/", views.inspect_async),
     path("fail-before-accepting/", views.fail_before_accepting),
     path("stubborn/", views.stubborn),
     path("stubborn-async/", views.stubborn_async),

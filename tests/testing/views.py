@@ -51,29 +51,43 @@ def login_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(status=204)
 
 
+def _seen(request: HttpRequest) -> str:
+    """What the view sees of the request, as JSON (``request.user`` left out: reading it
+    from an async view takes a thread)."""
+    return json.dumps(
+        {
+            "path": request.path,
+            "query": request.GET.dict(),
+            "headers": {k: v for k, v in request.headers.items() if k.startswith("X-")},
+            "cookies": request.COOKIES,
+            "secure": request.is_secure(),
+            "remote_addr": request.META["REMOTE_ADDR"],
+            "host": request.get_host(),
+            "origin": request.headers.get("Origin"),
+            "offered": request.websocket.offered_subprotocols,
+        }
+    )
+
+
 @require_websocket
 def inspect(request: HttpRequest, name: str = "") -> None:
     """Send what the view sees of the request as JSON, then echo until closed."""
     ws = request.websocket
     user = getattr(request, "user", None)
-    ws.send(
-        json.dumps(
-            {
-                "path": request.path,
-                "query": request.GET.dict(),
-                "headers": {k: v for k, v in request.headers.items() if k.startswith("X-")},
-                "cookies": request.COOKIES,
-                "user": user.get_username() if user is not None else None,
-                "secure": request.is_secure(),
-                "remote_addr": request.META["REMOTE_ADDR"],
-                "host": request.get_host(),
-                "origin": request.headers.get("Origin"),
-                "offered": ws.offered_subprotocols,
-            }
-        )
-    )
+    seen = json.loads(_seen(request))
+    seen["user"] = user.get_username() if user is not None else None
+    ws.send(json.dumps(seen))
     for message in ws:
         ws.send(message)
+
+
+@require_websocket
+async def inspect_async(request: HttpRequest, name: str = "") -> None:
+    """``inspect`` as an ``async def`` view (without the user)."""
+    ws = request.websocket
+    await ws.send(_seen(request))
+    async for message in ws:
+        await ws.send(message)
 
 
 @require_websocket
