@@ -41,7 +41,7 @@ from http import HTTPStatus
 from http.cookies import SimpleCookie
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.base import BaseHandler
@@ -711,7 +711,9 @@ def _is_async_view(path: str) -> bool:
     from django.urls import Resolver404, resolve
 
     try:
-        match = resolve(path.partition("?")[0])
+        # Decoded as the server and Django decode what the client sends (the path may be
+        # written percent-encoded, as for django.test.Client).
+        match = resolve(unquote(iri_to_uri(path).partition("?")[0]))
     except Resolver404:
         return False
     return iscoroutinefunction(match.func)

@@ -123,6 +123,17 @@ def test_host_and_origin_headers() -> None:
     assert (seen["host"], seen["origin"]) == ("localhost", "http://localhost:8000")
 
 
+@pytest.mark.parametrize("path", ["/inspect-async/café/", "/inspect-async/caf%C3%A9/"])
+def test_an_async_views_path_written_percent_encoded(path: str) -> None:
+    """The path may be written as a browser sends it, percent-encoded, as for
+    ``django.test.Client``: the view is found the way Django finds it, on the decoded
+    path. The client looked for an ``async def`` view on the path as written, which a
+    route matching "café" does not match as "caf%C3%A9": it took the view for a sync one
+    and ran it as under WSGI, where an async view is answered 501."""
+    with WebSocketClient(path) as ws:
+        assert inspect(ws)["path"] == "/inspect-async/café/"
+
+
 @override_settings(ALLOWED_HOSTS=["testserver", "example.com"])
 @pytest.mark.parametrize("path", ["/inspect/", "/inspect-async/"])
 def test_extra_headers_replace_the_requests_own(path: str) -> None:

@@ -1,6 +1,6 @@
 """URLs of the chat the ``tests.testing`` tests drive; the plain echo views come along."""
 
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from tests.groups import user_views
 from tests.testing import views
@@ -11,6 +11,8 @@ urlpatterns = [
     path("inspect/", views.inspect),
     path("inspect/<str:name>/", views.inspect),
     path("inspect-async/", views.inspect_async),
+    # \w: letters beyond ASCII too (é), not the %XX of a path written percent-encoded.
+    re_path(r"^inspect-async/(?P<name>\w+)/$", views.inspect_async),
     path("fail-before-accepting/", views.fail_before_accepting),
     path("stubborn/", views.stubborn),
     path("stubborn-async/", views.stubborn_async),
