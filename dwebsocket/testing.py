@@ -37,7 +37,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from http import HTTPStatus
+from http.client import responses
 from http.cookies import SimpleCookie
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -871,7 +871,10 @@ class _ASGIServerSide(_ServerSide):
             elif kind == "websocket.http.response.body" and self.refusal is not None:
                 status, headers = self.refusal
                 body = event.get("body", b"")
-                lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+                # Any status, as write_response sends it (HTTPStatus raises for 499),
+                # with Django's phrase for one it does not know.
+                phrase = responses.get(status, "Unknown Status Code")
+                lines = [f"HTTP/1.1 {status} {phrase}"]
                 lines += [f"{n.decode('latin-1')}: {v.decode('latin-1')}" for n, v in headers]
                 if not any(n.lower() == b"content-length" for n, _ in headers):
                     lines.append(f"Content-Length: {len(body)}")

@@ -311,6 +311,17 @@ def test_the_view_refuses() -> None:
     assert str(exc) == "handshake refused with HTTP 403: not you"
 
 
+@pytest.mark.parametrize("path", ["/refuse-unregistered/", "/refuse-unregistered-async/"])
+def test_a_refusal_with_a_status_http_does_not_name(path: str) -> None:
+    """A view may refuse with any status (499, 460...), as servers answer it. For an
+    ``async def`` view the client's server side looked its reason phrase up in
+    ``http.HTTPStatus``, whose ``ValueError`` ended the connection unanswered: the test
+    got ``ConnectionError`` instead of the refusal."""
+    with pytest.raises(HandshakeRefused) as refused:
+        WebSocketClient(path).connect()
+    assert (refused.value.status_code, refused.value.content) == (499, b"gone\n")
+
+
 def test_a_refused_origin() -> None:
     with pytest.raises(HandshakeRefused) as refused:
         WebSocketClient("/echo/", origin="https://evil.example").connect()

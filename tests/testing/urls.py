@@ -19,6 +19,8 @@ urlpatterns = [
     path("hesitant-async/", views.hesitant_async),
     path("refuse-with-cookie/", views.refuse_with_cookie),
     path("refuse-at-length/", views.refuse_at_length),
+    path("refuse-unregistered/", views.refuse_unregistered),
+    path("refuse-unregistered-async/", views.refuse_unregistered_async),
     path("hesitant/", views.hesitant),
     path("session-written/", user_views.session_written),
     path("", include("tests.urls")),

@@ -97,6 +97,19 @@ def refuse_with_cookie(request: HttpRequest) -> HttpResponse:
     return response
 
 
+def _refuse_unregistered(request: HttpRequest) -> HttpResponse:
+    """A status that ``http.HTTPStatus`` does not know (nginx's 499), a reason of its own."""
+    return HttpResponse("gone\n", status=499, reason="Client Closed Request")
+
+
+refuse_unregistered = require_websocket(_refuse_unregistered)
+
+
+@require_websocket
+async def refuse_unregistered_async(request: HttpRequest) -> HttpResponse:
+    return _refuse_unregistered(request)
+
+
 @require_websocket
 def refuse_at_length(request: HttpRequest) -> HttpResponse:
     """A refusal with a body longer than one read."""
