@@ -82,6 +82,16 @@ MORE_WRONG: list[tuple[str, object]] = [
     # connected in plain text.
     ("WEBSOCKET_GROUPS_URL", "redis-cluster://localhost:7000?ssl=true"),
     ("WEBSOCKET_GROUPS_URL", "redis-cluster://localhost:7000?health_check_interval=5"),
+    # Seconds socket.settimeout() or the pool's wait cannot take, a negative pool size: the
+    # check passed, then each connection raised ValueError or OverflowError out of every
+    # groups.send, fail_silently or not (test_a_groups_url_option_redis_py_cannot_use).
+    ("WEBSOCKET_GROUPS_URL", "redis://localhost:6379/0?socket_timeout=-1"),
+    ("WEBSOCKET_GROUPS_URL", "redis://localhost:6379/0?socket_connect_timeout=nan"),
+    ("WEBSOCKET_GROUPS_URL", "redis://localhost:6379/0?socket_timeout=1e12"),
+    ("WEBSOCKET_GROUPS_URL", "redis://localhost:6379/0?timeout=-1"),
+    ("WEBSOCKET_GROUPS_URL", "redis://localhost:6379/0?max_connections=-1"),
+    ("WEBSOCKET_GROUPS_URL", "redis-sentinel://localhost:26379/mymaster?socket_timeout=inf"),
+    ("WEBSOCKET_GROUPS_URL", "redis-cluster://localhost:7000?socket_connect_timeout=-5"),
     ("WEBSOCKET_MAX_CONNECTIONS", -1),
     ("WEBSOCKET_ASGI_THREADS", -1),
     ("WEBSOCKET_GROUPS_HISTORY", ["chat.*"]),
@@ -206,6 +216,28 @@ def test_a_groups_url_problem_says_what_the_setting_takes(url: str, form: str) -
     with override_settings(WEBSOCKET_GROUPS_URL=url):
         [error] = [m for m in checks.run_checks() if m.id == "dwebsocket.E020"]
     assert error.msg.startswith(f"WEBSOCKET_GROUPS_URL {url!r}: ") and form in error.msg
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["socket_timeout=-1", "socket_connect_timeout=nan", "socket_timeout=1e12", "timeout=-1"],
+)
+def test_a_groups_url_option_redis_py_cannot_use(redis_url: str, option: str) -> None:
+    """A URL option of seconds that redis-py gives socket.settimeout() or the pool's wait
+    as it is, through a real redis-server: the check passed, and every groups.send raised
+    the ValueError or OverflowError of each new connection (fail_silently only covers an
+    unreachable Redis), so each view that sent failed with a traceback. Now E020 says so,
+    and the layer is refused as for any URL it cannot read."""
+    from dwebsocket import groups
+
+    with override_settings(WEBSOCKET_GROUPS_URL=f"{redis_url}?{option}"):
+        assert dwebsocket_errors() == {"dwebsocket.E020"}
+        groups.reset()
+        try:
+            with pytest.raises(InvalidSetting, match=r"dwebsocket\.E020"):
+                groups.send("room", "hello")
+        finally:
+            groups.reset()
 
 
 def test_a_redis_url_without_redis_py_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,6 +51,8 @@ from redis.sentinel import (
     SentinelManagedSSLConnection,
 )
 
+from dwebsocket.conf import MAX_SECONDS
+
 if TYPE_CHECKING:
     from dwebsocket.groups.redis import RedisLayer, Subscriber
 
@@ -99,6 +101,28 @@ def _check_options(kwargs: dict[str, Any], *takers: type) -> None:
         raise ValueError(f"redis-py takes no option {', '.join(unknown)}")
 
 
+#: The URL options redis-py reads as seconds and hands as they are to
+#: ``socket.settimeout()`` or the pool's wait, which raise ValueError (negative, NaN) or
+#: OverflowError (past what the platform waits) at each new connection.
+_SECONDS = ("socket_timeout", "socket_connect_timeout", "timeout")
+
+
+def _check_values(kwargs: dict[str, Any]) -> None:
+    """Raise ValueError if an option of ``kwargs`` (a URL's, as redis-py reads them) has a
+    value redis-py would fail on at each connection rather than at once: the check would
+    pass, and every send raise it."""
+    for name in _SECONDS:
+        value = kwargs.get(name)
+        if value is not None and not 0 <= value <= MAX_SECONDS:  # NaN too
+            raise ValueError(
+                f"{name} must be a number of seconds from 0 to {MAX_SECONDS} (a week), "
+                f"not {value!r}"
+            )
+    connections = kwargs.get("max_connections")
+    if connections is not None and connections < 0:
+        raise ValueError(f"max_connections must be 0 or more, not {connections!r}")
+
+
 def _subscriber_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Connection arguments for a subscription connection, from a pool's."""
     kwargs = dict(kwargs)
@@ -137,6 +161,7 @@ class Server:
         _check_options(
             kwargs, redis.BlockingConnectionPool, kwargs.get("connection_class", redis.Connection)
         )
+        _check_values(kwargs)
 
     def channel(self, prefix: str, group: str) -> bytes:
         return (prefix + group).encode()
@@ -218,6 +243,7 @@ def _parse(url: str, schemes: tuple[str, ...]) -> tuple[list[tuple[str, int]], s
     kwargs: dict[str, Any] = parse_url(single)  # type: ignore[no-untyped-call]
     kwargs.pop("host", None)
     kwargs.pop("port", None)
+    _check_values(kwargs)
     kwargs.update(extra)
     return hosts, parts.path.strip("/"), kwargs
 
