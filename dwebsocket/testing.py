@@ -709,11 +709,16 @@ def _is_async_view(path: str) -> bool:
     """Whether ``path`` resolves to an ``async def`` view (decorated or not)."""
     from asgiref.sync import iscoroutinefunction
     from django.urls import Resolver404, resolve
+    from django.utils import translation
 
+    # Decoded as the server and Django decode what the client sends (the path may be
+    # written percent-encoded, as for django.test.Client).
+    path = unquote(iri_to_uri(path).partition("?")[0])
+    # In the language the path names (i18n_patterns), as LocaleMiddleware resolves it.
+    language = translation.get_language_from_path(path) or translation.get_language()
     try:
-        # Decoded as the server and Django decode what the client sends (the path may be
-        # written percent-encoded, as for django.test.Client).
-        match = resolve(unquote(iri_to_uri(path).partition("?")[0]))
+        with translation.override(language):
+            match = resolve(path)
     except Resolver404:
         return False
     return iscoroutinefunction(match.func)

@@ -134,6 +134,25 @@ def test_an_async_views_path_written_percent_encoded(path: str) -> None:
         assert inspect(ws)["path"] == "/inspect-async/café/"
 
 
+@override_settings(
+    USE_I18N=True,
+    LANGUAGE_CODE="en",
+    LANGUAGES=[("en", "English"), ("fr", "French")],
+    MIDDLEWARE=["django.middleware.locale.LocaleMiddleware"],
+)
+@pytest.mark.urls("tests.testing.i18n_urls")
+@pytest.mark.parametrize("path", ["/en/inspect-async/", "/fr/inspect-async/"])
+def test_an_async_view_under_a_language_prefix(path: str) -> None:
+    """``i18n_patterns``: the view is found in the language its path names, as
+    ``LocaleMiddleware`` has Django find it. The client looked for an ``async def`` view
+    in the test's own language, found none under ``/fr/``, took it for a sync view and
+    ran it as under WSGI, where an async view is answered 501."""
+    language = path[1:3]
+    with WebSocketClient(path) as ws:
+        assert inspect(ws)["path"] == path
+    assert getattr(ws.request, "LANGUAGE_CODE", None) == language
+
+
 @override_settings(ALLOWED_HOSTS=["testserver", "example.com"])
 @pytest.mark.parametrize("path", ["/inspect/", "/inspect-async/"])
 def test_extra_headers_replace_the_requests_own(path: str) -> None:
