@@ -45,10 +45,11 @@ from urllib.parse import unquote, unquote_to_bytes
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.base import BaseHandler
-from django.core.handlers.wsgi import WSGIRequest
+from django.core.handlers.wsgi import WSGIRequest, get_script_name
 from django.core.signals import got_request_exception, request_finished, request_started
 from django.db import close_old_connections, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.urls import set_script_prefix
 from django.utils.encoding import iri_to_uri
 
 from dwebsocket.db import close_thread_connections
@@ -670,6 +671,8 @@ class _ServerSide(threading.Thread):
 
     def handle(self, environ: dict[str, Any]) -> None:
         handler = _Handler()
+        # As WSGIHandler does for each request, in this thread (reverse() in the view).
+        set_script_prefix(get_script_name(environ))
         with _quiet_signals():
             request_started.send(sender=_Handler, environ=environ)
         request = self.request = WSGIRequest(environ)

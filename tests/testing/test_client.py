@@ -153,6 +153,17 @@ def test_an_async_view_under_a_language_prefix(path: str) -> None:
     assert getattr(ws.request, "LANGUAGE_CODE", None) == language
 
 
+@override_settings(FORCE_SCRIPT_NAME="/app")
+@pytest.mark.parametrize("path", ["/script-prefix/", "/script-prefix-async/"])
+def test_the_urls_a_view_makes_have_the_script_prefix(path: str) -> None:
+    """A site served under a prefix (``FORCE_SCRIPT_NAME``): ``reverse()`` in the view
+    gives ``/app/...``, as under a server, which sets the prefix for each request in the
+    thread that runs it (Django's ``WSGIHandler``). A sync view's thread had none set:
+    ``/``, so the URLs it sent lacked the prefix they have in production."""
+    with WebSocketClient(path) as ws:
+        assert ws.receive() == "/app/"
+
+
 @override_settings(ALLOWED_HOSTS=["testserver", "example.com"])
 @pytest.mark.parametrize("path", ["/inspect/", "/inspect-async/"])
 def test_extra_headers_replace_the_requests_own(path: str) -> None:

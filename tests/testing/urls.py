@@ -19,6 +19,8 @@ urlpatterns = [
     path("hesitant-async/", views.hesitant_async),
     path("refuse-with-cookie/", views.refuse_with_cookie),
     path("refuse-at-length/", views.refuse_at_length),
+    path("script-prefix/", views.script_prefix),
+    path("script-prefix-async/", views.script_prefix_async),
     path("refuse-unregistered/", views.refuse_unregistered),
     path("refuse-unregistered-async/", views.refuse_unregistered_async),
     path("hesitant/", views.hesitant),

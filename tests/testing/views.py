@@ -9,6 +9,7 @@ import threading
 
 from django.contrib.auth import authenticate, login
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.urls import get_script_prefix
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -88,6 +89,17 @@ async def inspect_async(request: HttpRequest, name: str = "") -> None:
     await ws.send(_seen(request))
     async for message in ws:
         await ws.send(message)
+
+
+@require_websocket
+def script_prefix(request: HttpRequest) -> None:
+    """Send the prefix ``reverse()`` gives the URLs the view makes."""
+    request.websocket.send(get_script_prefix())
+
+
+@require_websocket
+async def script_prefix_async(request: HttpRequest) -> None:
+    await request.websocket.send(get_script_prefix())
 
 
 @require_websocket
