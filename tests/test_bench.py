@@ -124,3 +124,20 @@ def test_the_history_benchmark_runs() -> None:
     report = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
     assert report["sent_per_s"]["on"]["median"] > 0
     assert report["recovery_s"]["median"] > 0
+
+
+@pytest.mark.server
+def test_the_xread_benchmark_runs() -> None:
+    """``bench/history_xread.py --quick``: a redis-server, a sender, subscribed and XREAD
+    readers."""
+    executable("redis-server", REDIS_SETUP)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "history_xread.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert report["designs"]["xadd"]["delivered_per_s"]["median"] > 0
+    assert report["designs"]["xadd"]["messages_per_read"]["median"] >= 1
