@@ -569,10 +569,23 @@ def report(
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "designs": designs,
+        # Round by round: how the rates went with Redis's CPU and the readers' batches.
         "per_round": {
             name: {
-                key: [round(x[key]) for x in runs[name]]
-                for key in ("sent_per_s", "delivered_per_s")
+                **{
+                    key: [round(x[key]) for x in runs[name]]
+                    for key in ("sent_per_s", "delivered_per_s")
+                },
+                "cpu_us_redis": [round(x["cpu_redis"], 2) for x in runs[name]],
+                **(
+                    {
+                        "messages_per_read": [
+                            round(count * args.readers / x["reads"], 2) for x in runs[name]
+                        ]
+                    }
+                    if runs[name][0]["reads"]
+                    else {}
+                ),
             }
             for name in DESIGNS
         },
