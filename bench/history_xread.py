@@ -47,7 +47,6 @@ import json
 import multiprocessing
 import os
 import platform
-import select
 import socket
 import statistics
 import subprocess
@@ -188,16 +187,18 @@ def _subscribed(
     ready: Any,
 ) -> None:
     """Subscribe to ``channel``, then count what comes as ``Subscriber._serve`` reads it:
-    select, then every reply already there (up to ``count``) as one batch."""
+    wait, then every reply already there (up to ``count``) as one batch.
+
+    The wait is redis-py's ``can_read``, not a ``select()`` of the socket as the layer's:
+    after a full batch, what redis-py has read from the socket already would not make it
+    readable, and the last messages of a burst would wait for the next one."""
     connection = _connect(port, cpu)
     connection.send_command("SUBSCRIBE", channel)
     connection.read_response()
     ready.send(True)
-    sock = connection._sock
-    assert sock is not None
     received = taken = 0
     while not stop.value:
-        if not select.select([sock], [], [], 0.1)[0]:
+        if not connection.can_read(timeout=0.1):
             continue
         batch: list[bytes] = []
         while len(batch) < count and connection.can_read(timeout=0):
