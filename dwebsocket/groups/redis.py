@@ -1992,8 +1992,10 @@ class Subscriber:
         ping_sent: float | None = None
         while not self._stopping:
             received: list[tuple[bytes, bytes]] = []
+            read = 0
             try:
-                while len(received) < BATCH and connection.can_read(timeout=0):
+                while read < BATCH and connection.can_read(timeout=0):
+                    read += 1
                     try:
                         response = connection.read_response(disconnect_on_error=False)
                     except redis.ResponseError as exc:
@@ -2030,6 +2032,11 @@ class Subscriber:
             if ping_sent is None and now - last_heard >= KEEPALIVE:
                 _command(connection, "PING")
                 ping_sent = now
+            if read >= BATCH:
+                # redis-py reads the socket in chunks: the replies after a batch may all
+                # be in its buffer already, none in the socket, and select() would wait
+                # for the next message (or the keepalive) to hand them on.
+                continue
             wait = ping_sent + self.layer.timeout if ping_sent else last_heard + KEEPALIVE
             readable = select.select([sock, self._wake_r], [], [], max(0.0, wait - now))[0]
             if self._wake_r in readable:

@@ -21,6 +21,7 @@ import redis
 from django.test import override_settings
 
 from dwebsocket.groups import GroupsUnavailable, control
+from dwebsocket.groups import redis as redis_layer
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer, decode, encode, redact
 from dwebsocket.websocket import Message
@@ -833,3 +834,39 @@ def test_a_subscription_closed_alone_is_no_outage(
     closed = [m for m in said if "subscription" in m and "subscribed again" in m]
     assert len(closed) == 2, said  # one per process
     assert not a.outage and not b.outage
+
+
+def test_a_burst_longer_than_a_batch_reaches_the_members_at_once(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader hands at most ``BATCH`` messages on at a time, then waited for its socket.
+    redis-py reads the socket in chunks, so the messages after the batch could all be in
+    its buffer already and none in the socket: they waited for the next message, or for
+    the keepalive (10 s; found by bench/history_xread.py, FINDINGS 29: bursts of 2,500
+    complete after 10.9 s). Here the keepalive is out of reach: they would wait for ever."""
+    monkeypatch.setattr(redis_layer, "KEEPALIVE", 3600.0)
+    a, b = layers(), layers()
+    entered, gate = threading.Event(), threading.Event()
+
+    class Held(Inbox):
+        def deliver(self, message: Message) -> None:
+            if message == "first":  # the reader waits here while the burst piles up
+                entered.set()
+                gate.wait(WAIT)
+            super().deliver(message)
+
+    member = Held()
+    a.join("room", member)
+    b.send("room", "first")
+    until(entered.is_set)
+    count = redis_layer.BATCH + 10
+    for n in range(count):
+        b.send("room", str(n))
+
+    def written() -> bool:  # Redis has written the burst to the reader's socket
+        listed = redis_server.command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+        return "omem=0 " in listed and " oll=0 " in listed
+
+    until(written)
+    gate.set()
+    assert member.get_all(count + 1) == ["first", *map(str, range(count))]
