@@ -34,7 +34,7 @@ from dwebsocket.groups.history import (
     new_epoch,
     policy,
 )
-from dwebsocket.groups.presence import Local, PresenceRegistry, Present, deliver_event, event_text
+from dwebsocket.groups.presence import EventQueue, Local, PresenceRegistry, Present, event_text
 from dwebsocket.typing import Message
 
 __all__ = [
@@ -318,14 +318,13 @@ class MemoryLayer:
         self.history = MemoryHistory()
         self.recent = Recent()
         # Presence events (see present()): per group, the keys whose last event was a
-        # join (those present already when the layer is made count as told), the events
-        # decided and not yet delivered, and the groups a thread is delivering them for.
+        # join (those present already when the layer is made count as told), and the
+        # events decided and not yet delivered.
         self._events_lock = threading.Lock()
         self._told: dict[str, set[str]] = {}
         for group in registry.presence.groups():
             self._told[group] = {key for key, *_ in registry.presence.entries(group)}
-        self._queued: dict[str, deque[str]] = {}
-        self._delivering: set[str] = set()
+        self._events = EventQueue(registry.presence)
 
     def join(self, group: str, member: Member) -> None:
         self.registry.add(group, member)
@@ -388,32 +387,9 @@ class MemoryLayer:
                 if not told:
                     del self._told[group]
                 text = event_text("leave", group, entry.key, entry.user, info)
-            self._queued.setdefault(group, deque()).append(text)
-            if group in self._delivering:
-                return
-            self._delivering.add(group)
-        self._deliver_queued(group)
-
-    def _deliver_queued(self, group: str) -> None:
-        """Deliver ``group``'s queued events, oldest first, until none is left (the
-        caller marked the group as being delivered)."""
-        try:
-            while True:
-                with self._events_lock:
-                    queued = self._queued.get(group)
-                    if not queued:
-                        self._queued.pop(group, None)
-                        self._delivering.discard(group)
-                        return
-                    text = queued.popleft()
-                try:
-                    deliver_event(self.registry.presence, group, text)
-                except Exception:  # deliver() must not raise; the others' events go on
-                    logger.exception("Group %r: a presence event's deliver() raised", group)
-        except BaseException:  # the next event decided delivers what is left, in order
-            with self._events_lock:
-                self._delivering.discard(group)
-            raise
+            deliver = self._events.put(group, text)
+        if deliver:
+            self._events.deliver(group)
 
     def listen(self, group: str) -> None:
         """Nothing to do: this process is every process."""

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INFO_LIMIT",
+    "EventQueue",
     "Info",
     "InfoList",
     "Local",
@@ -44,6 +47,8 @@ __all__ = [
     "member_key",
     "thawed",
 ]
+
+logger = logging.getLogger("dwebsocket.groups")
 
 #: Bytes of JSON the info of a present member may take.
 INFO_LIMIT = 1024
@@ -340,6 +345,56 @@ def deliver_event(registry: PresenceRegistry, group: str, text: str) -> None:
     for member in registry.listeners(group):
         if not member.is_closed():
             member.deliver(text)
+
+
+class EventQueue:
+    """Events a layer decided for this process's listeners, per group, handed to them in
+    the order queued, by one thread at a time, with no lock held while a listener's
+    ``deliver()`` runs: it may call back into the groups (a leave, a close whose signal
+    runs at once), and the event that decides is queued behind the current one instead
+    of overtaking it or waiting on a lock its own thread holds. A layer queues an event
+    under the lock it decided it under, so a key's events are delivered in that order."""
+
+    def __init__(self, registry: PresenceRegistry) -> None:
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._queued: dict[str, deque[str]] = {}
+        self._delivering: set[str] = set()
+
+    def put(self, group: str, text: str) -> bool:
+        """Queue event ``text`` of ``group``. Returns True if the caller is to
+        :meth:`deliver` the group's events (once it holds no lock), False if a thread (or
+        a ``deliver()`` up the caller's stack) is delivering them: it delivers this one
+        too. Never blocks."""
+        with self._lock:
+            self._queued.setdefault(group, deque()).append(text)
+            if group in self._delivering:
+                return False
+            self._delivering.add(group)
+            return True
+
+    def deliver(self, group: str) -> None:
+        """Deliver ``group``'s queued events, oldest first, until none is left (after
+        :meth:`put` returned True): this call may return before the listeners have an
+        event queued meanwhile by another thread. A ``deliver()`` that raises is logged,
+        and the others' events go on."""
+        try:
+            while True:
+                with self._lock:
+                    queued = self._queued.get(group)
+                    if not queued:
+                        self._queued.pop(group, None)
+                        self._delivering.discard(group)
+                        return
+                    text = queued.popleft()
+                try:
+                    deliver_event(self._registry, group, text)
+                except Exception:  # deliver() must not raise; the others' events go on
+                    logger.exception("Group %r: a presence event's deliver() raised", group)
+        except BaseException:  # the next event queued delivers what is left, in order
+            with self._lock:
+                self._delivering.discard(group)
+            raise
 
 
 class Mirror:

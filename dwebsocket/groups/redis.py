@@ -96,13 +96,13 @@ from dwebsocket.groups import control, redact
 from dwebsocket.groups.history import PAGE_BYTES, Item, Items, Page, Policy, Position, policy
 from dwebsocket.groups.memory import Member, Registry, fan_out, fan_out_items
 from dwebsocket.groups.presence import (
+    EventQueue,
     Local,
     Mirror,
     Present,
     deliver_event,
     event_prefix,
     event_suffix,
-    event_text,
 )
 from dwebsocket.typing import BytesLike, Message
 
@@ -791,6 +791,8 @@ class RedisLayer:
         #: group -> key -> (event, tail) of the events this process decided alone while
         #: its writes failed, for the next sync to publish to the others.
         self._decided: dict[str, dict[str, tuple[str, str]]] = {}
+        #: Those events, for this process's listeners (see ``present``).
+        self._events = EventQueue(registry.presence)
         #: group -> (version, SHA-1) of a change Redis had once this process's last write
         #: there was made (its write's, or a later heartbeat's): gone from Redis, Redis
         #: went back to an older copy, and the next heartbeat syncs (``holds``). Kept for
@@ -1174,19 +1176,22 @@ class RedisLayer:
         key = f"{self._prefix}{{{group}}}:presence"
         return [key, key + ":procs", key + ":v", key + ":log"]
 
-    def _record(self, group: str, key: str, head: str, sockets: int) -> None:
+    def _record(self, group: str, key: str, head: str, sockets: int) -> bool:
         """Note the entry of ``key`` as written: ``head`` (``[key,user,info``) and its
-        ``sockets`` here, or none (0: removed)."""
+        ``sockets`` here, or none (0: removed). Returns True if the key's last write
+        before this one had sockets here."""
         field = f"{self.process}|{key}"
         with self._state_lock:
             fields = self._written.setdefault(group, {})
             if sockets > 0:
+                had = fields.get(field) is not None
                 fields[field] = f"{head},{sockets}]"
             else:
-                fields.pop(field, None)
+                had = fields.pop(field, None) is not None
                 if not fields:
                     del self._written[group]
                     self._anchors.pop(group, None)
+            return had
 
     def _anchor(self, group: str) -> tuple[str, str]:
         """The anchor of this process in ``group`` (``("", "")`` for none)."""
@@ -1236,20 +1241,24 @@ class RedisLayer:
         showing ``info``; a concurrent change of the same key may have changed it since,
         and writes of one key are in order); the script publishes the join or
         leave event if no other process has a socket of that key. Blocks up to
-        ``socket_timeout``; while Redis is unreachable, the event is decided and
-        delivered here only, and the next heartbeat writes the entries."""
+        ``socket_timeout``; while Redis is unreachable, the event is decided here, from
+        the registry as it is and the key's last write here (so a key's events alternate
+        and end on its state, as the script's do), delivered here only, in the order
+        decided (with no lock held: this call may return before the listeners have it),
+        and the next heartbeat writes the entries."""
         _, stale, expiry = self._times()
         seq = next(self._seq)
         # What the registry holds now, not what the caller saw: two changes of one key here
         # (two tabs closing) may reach this line in either order, and the last write wins.
         writing = self._writing[hash((group, entry.key)) % len(self._writing)]
         shard = self.topology.shard(self.channel(group))
+        deliver = False
         with writing:
+            now, shown = self.registry.presence.count(group, entry.key)
+            head = f"[{json.dumps(entry.key)},{json.dumps(entry.user)},{shown or info}"
+            # Before the write: if it fails, the next sync makes it.
+            wrote = self._record(group, entry.key, head, now)
             try:
-                now, shown = self.registry.presence.count(group, entry.key)
-                head = f"[{json.dumps(entry.key)},{json.dumps(entry.user)},{shown or info}"
-                # Before the write: if it fails, the next sync makes it.
-                self._record(group, entry.key, head, now)
                 if self._held_back(shard):
                     raise HeldBack()
                 channel = self.channel(group)
@@ -1293,13 +1302,18 @@ class RedisLayer:
             except (redis.RedisError, OSError) as exc:
                 self._write_failed(exc, shard)
                 self._unsynced.add(group)  # the next heartbeat writes every entry
-                if count == (1 if joined else 0):
-                    event = "join" if joined else "leave"
-                    text = event_text(event, group, entry.key, entry.user, info)
-                    deliver_event(self.registry.presence, group, text)
-                    self._decide(
-                        group, entry.key, (event, event_suffix(entry.key, entry.user, info))
-                    )
+                # From the key's last write here and the registry now, as the script
+                # decides from the entry Redis has: not from the caller's count, which
+                # another thread's change of the key, decided first, may have undone (a
+                # join after the registry had the key leave, or the reverse).
+                if (now > 0) != wrote:
+                    event = "join" if now else "leave"
+                    tail = event_suffix(entry.key, entry.user, (shown or info) if now else info)
+                    self._decide(group, entry.key, (event, tail))
+                    # Queued under the key's lock: its events go out in the order decided.
+                    deliver = self._events.put(group, event_prefix(group) + event + tail)
+        if deliver:
+            self._events.deliver(group)
         self._start_heartbeats()
 
     def _decide(self, group: str, key: str, event: tuple[str, str] | None) -> None:

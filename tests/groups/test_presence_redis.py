@@ -6,6 +6,7 @@ Redis was unreachable."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -706,3 +707,104 @@ def test_a_key_with_a_newline_or_a_bar_reaches_the_other_processes_as_it_is(
     assert (alice.key, alice.info) == (f"user:{pk}", {"name": pk})
     leave(one, odd)
     assert who(reader) == {"user:bob": 1}
+
+
+@pytest.mark.parametrize("first", ["leave", "join"])
+def test_a_users_events_while_redis_is_away_follow_the_order_of_its_changes(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer, first: str
+) -> None:
+    """While Redis is unreachable, two threads change one user's presence at once in one
+    process (alice's only tab closes as another opens, or a tab opens and closes at
+    once): thread A's change is made in the registry, and A pauses before its write
+    while thread B's change runs to its end. The changes overlap, so no event (as with
+    Redis up, and on ``memory://``); the user is as the registry says, here and, once
+    Redis is back, elsewhere. (Each thread decided its event from the count its own
+    change gave: the listeners here got a join, then a leave while alice was present --
+    or a leave for a user never announced, then a join while she was gone.)"""
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):  # the test's beats only
+        one, two = layers(), layers()
+        here, there = listen(one), listen(two)
+        join(one, Inbox(), "bob")  # the process's first write: see the next test
+        tabs = [Inbox(), Inbox()]
+        if first == "leave":
+            join(one, tabs[0], "alice")
+        expected = [("join", "user:bob")] + [("join", "user:alice")] * (first == "leave")
+        for listener in (here, there):
+            assert events(listener, len(expected)) == expected
+        redis_server.stop()
+        present_then, armed = one.present, [True]
+        held, opened = threading.Event(), threading.Event()
+
+        def deciding(*args: Any) -> None:
+            if armed:
+                armed.clear()
+                held.set()
+                opened.wait(WAIT)  # bounded: the test opens it once B is done
+            present_then(*args)
+
+        one.present = deciding  # type: ignore[method-assign]
+        if first == "leave":  # the open tab closes as a new one opens
+            change_a = functools.partial(leave, one, tabs[0])
+            change_b = functools.partial(join, one, tabs[1], "alice")
+            now = {"user:alice": 1, "user:bob": 1}
+        else:  # a tab opens and closes
+            change_a = functools.partial(join, one, tabs[0], "alice")
+            change_b = functools.partial(leave, one, tabs[0])
+            now = {"user:bob": 1}
+        thread_a = threading.Thread(target=change_a, name="change A", daemon=True)
+        thread_a.start()
+        try:
+            assert held.wait(WAIT), "thread A never reached its write"
+            change_b()
+        finally:
+            opened.set()
+            thread_a.join(WAIT)
+        assert not thread_a.is_alive()
+        assert {p.key: p.sockets for p in one.registry.presence.present("room")} == now
+        join(one, Inbox(), "carol")  # an event after them: the ones before it came first
+        assert events(here, 1) == [("join", "user:carol")]
+        redis_server.start()
+        until(
+            lambda: "room" in one.subscriber.subscribed and "room" in two.subscriber.subscribed,
+            timeout=20,
+        )
+        one.report_up()
+        one.heartbeat("room", STALE, EXPIRY)  # syncs: publishes what it decided alone
+        assert events(there, 1) == [("join", "user:carol")]
+        assert who(two) == {**now, "user:carol": 1}
+        here.assert_empty()
+        there.assert_empty()
+
+
+def test_a_listener_whose_deliver_changes_presence_while_redis_is_away_is_not_stuck(
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
+) -> None:
+    """While Redis is unreachable the events are delivered by the thread that decided
+    them; a listener's deliver() may call back into the groups: here it closes the tab
+    whose join it gets. The join's thread returns, and the listeners get the join, then
+    the leave."""
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):
+        one = layers()
+        tab = Inbox()
+
+        class Closing(Inbox):
+            def deliver(self, message: Any) -> None:
+                super().deliver(message)
+                if '"presence":"join","key":"user:alice"' in message and not tab.closed:
+                    tab.closed = True
+                    leave(one, tab)
+
+        closing = Closing()
+        one.join("room", closing)
+        one.registry.presence.listen("room", closing)
+        watcher = listen(one)
+        join(one, Inbox(), "bob")
+        assert events(closing, 1) == events(watcher, 1) == [("join", "user:bob")]
+        redis_server.stop()
+        joining = threading.Thread(target=join, args=(one, tab, "alice"), daemon=True)
+        joining.start()
+        joining.join(WAIT)
+        assert not joining.is_alive(), "the join's thread is stuck"
+        expected = [("join", "user:alice"), ("leave", "user:alice")]
+        assert events(closing, 2) == events(watcher, 2) == expected
+        assert one.registry.presence.present("room")[0].key == "user:bob"
