@@ -347,10 +347,11 @@ end
 #: ARGV: process, key, entry JSON without its count ("[key,user,info"), count, stale (ms),
 #: publishing command, channel, event head (header + JSON up to the event's name), event
 #: tail, expiry (ms), this process's anchor here (see ``holds``: the version of its last
-#: write or heartbeat, and that change's SHA-1; "" for none). Returns ``{event published
-#: or "", 1 if this process had no heartbeat here (Redis lost the keys, or another
-#: process found it dead and removed its entries; or its first entry here) else 0, 1 if
-#: its anchor is gone else 0, the version after the write, its SHA-1}``.
+#: write or heartbeat, and that change's SHA-1; "" for none), "1" if this process's last
+#: write of the key had sockets (its entry is to be there) else "". Returns ``{event
+#: published or "", 1 if this process had no heartbeat here (Redis lost the keys, or
+#: another process found it dead and removed its entries; or its first entry here) else
+#: 0, 1 if its anchor is gone else 0, the version after the write, its SHA-1}``.
 PRESENT_SCRIPT = (
     _PRESENCE_PRELUDE
     + """
@@ -394,9 +395,11 @@ local event = false
 if not elsewhere then
   -- A leave whose entry Redis lost (keys lost, or this process counted dead meanwhile)
   -- is still one: the listeners saw the key join. (Counted dead, it may be a second.)
+  -- Not if this process never wrote the entry (ARGV[13]): a tab that opened and closed
+  -- at once, its join's write overtaken, is no leave of a key the listeners never saw.
   if n > 0 and not had then
     event = 'join'
-  elseif n == 0 and (had or unknown) then
+  elseif n == 0 and (had or (unknown and ARGV[13] == '1')) then
     event = 'leave'
   end
 end
@@ -1274,6 +1277,7 @@ class RedisLayer:
                     event_suffix(entry.key, entry.user, info),
                     expiry,
                     *self._anchor(group),
+                    "1" if wrote else "",
                 ]
                 answer: list[Any] = []
                 runs: list[None] = []

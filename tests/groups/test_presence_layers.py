@@ -368,8 +368,7 @@ def test_a_users_events_follow_the_order_of_its_changes_across_threads(
             present_then(self, *args)
 
         monkeypatch.setattr(layer, "present", deciding)
-    # Another user first: on Redis, a process's first write in a group that finds no
-    # socket of its key is taken for a leave whose entry Redis lost (a leave is sent).
+    # Another user first: both listeners get events (the gate is not armed yet).
     groups.join(room, Tab("2"), presence={})
     assert events(watcher, 1) == events(slow, 1) == [("join", "user:2", {})]
     one, two = Tab("1"), Tab("1")
@@ -412,6 +411,46 @@ def test_a_users_events_follow_the_order_of_its_changes_across_threads(
     assert events(slow, len(expected)) == expected
     watcher.assert_empty()
     slow.assert_empty()
+
+
+def test_a_tab_opening_and_closing_at_once_first_in_the_group_is_no_event(
+    room: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tab opens and closes at once, the first present socket of the process in the
+    group: the join's thread pauses between its change and its write, and the close's
+    write goes first. No event: the listeners never saw the user, and the next event is
+    the next user's join. (On Redis the close's write, the process's first in the group,
+    found no heartbeat of it there and was taken for a leave whose entry Redis had lost:
+    the listeners got a leave for a user never announced.)"""
+    with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):  # no heartbeat meanwhile
+        watcher = listener(room)
+        gate = Gate()
+        layer = type(groups.get_layer())
+        present_then = layer.present
+
+        def deciding(self: Any, *args: Any) -> None:
+            gate.passing()
+            present_then(self, *args)
+
+        monkeypatch.setattr(layer, "present", deciding)
+        tab = Tab("1")
+        gate.arm()
+        opening = threading.Thread(
+            target=groups.join, args=(room, tab), kwargs={"presence": {}}, daemon=True
+        )
+        opening.start()
+        try:
+            assert gate.held.wait(WAIT), "the join never reached its write"
+            tab.close()
+        finally:
+            gate.open()
+            opening.join(WAIT)
+        assert not opening.is_alive()
+        assert present(room) == {}
+        groups.join(room, Tab("2"), presence={})
+        assert events(watcher, 1) == [("join", "user:2", {})]
+        assert present(room) == {"user:2": ("2", {}, 1)}
+        watcher.assert_empty()
 
 
 def test_a_listener_whose_deliver_changes_presence_gets_the_events_in_order(room: str) -> None:

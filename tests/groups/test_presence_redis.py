@@ -724,7 +724,7 @@ def test_a_users_events_while_redis_is_away_follow_the_order_of_its_changes(
     with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):  # the test's beats only
         one, two = layers(), layers()
         here, there = listen(one), listen(two)
-        join(one, Inbox(), "bob")  # the process's first write: see the next test
+        join(one, Inbox(), "bob")  # another user: events flow before the outage
         tabs = [Inbox(), Inbox()]
         if first == "leave":
             join(one, tabs[0], "alice")
