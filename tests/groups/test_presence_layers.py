@@ -330,6 +330,19 @@ class Gate:
         self.opened.set()
 
 
+def gate_present(monkeypatch: pytest.MonkeyPatch, gate: Gate) -> None:
+    """Have the layer's ``present()`` (a change's event being decided, on Redis its
+    write) wait at ``gate`` once it is armed."""
+    layer = type(groups.get_layer())
+    present_then = layer.present
+
+    def deciding(self: Any, *args: Any) -> None:
+        gate.passing()
+        present_then(self, *args)
+
+    monkeypatch.setattr(layer, "present", deciding)
+
+
 class SlowListener(Tab):
     """A listener whose deliver() goes through a :class:`Gate` first."""
 
@@ -360,14 +373,7 @@ def test_a_users_events_follow_the_order_of_its_changes_across_threads(
     groups.join(room, slow, events=True)  # first: A delivers to it before the watcher
     watcher = listener(room)
     if pause == "deciding":
-        layer = type(groups.get_layer())
-        present_then = layer.present
-
-        def deciding(self: Any, *args: Any) -> None:
-            gate.passing()
-            present_then(self, *args)
-
-        monkeypatch.setattr(layer, "present", deciding)
+        gate_present(monkeypatch, gate)
     # Another user first: both listeners get events (the gate is not armed yet).
     groups.join(room, Tab("2"), presence={})
     assert events(watcher, 1) == events(slow, 1) == [("join", "user:2", {})]
@@ -425,14 +431,7 @@ def test_a_tab_opening_and_closing_at_once_first_in_the_group_is_no_event(
     with override_settings(WEBSOCKET_PRESENCE_HEARTBEAT=600.0):  # no heartbeat meanwhile
         watcher = listener(room)
         gate = Gate()
-        layer = type(groups.get_layer())
-        present_then = layer.present
-
-        def deciding(self: Any, *args: Any) -> None:
-            gate.passing()
-            present_then(self, *args)
-
-        monkeypatch.setattr(layer, "present", deciding)
+        gate_present(monkeypatch, gate)
         tab = Tab("1")
         gate.arm()
         opening = threading.Thread(

@@ -362,6 +362,30 @@ def test_a_session_deletion_is_revoked_once_it_commits(
         session_deletion_revoked_once_it_commits(site, tmp_path)
 
 
+def while_held(
+    request: Callable[[], bytes],
+    held: Path,
+    release: Path,
+    answer: bytes,
+    during: Callable[[], ClientConnection],
+) -> ClientConnection:
+    """``request()`` in a thread (a view that makes the file ``held``, then waits for
+    ``release``), ``during()`` while the view waits, then the view let go: what
+    ``during()`` returned, once the request answered ``answer``."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(request)
+        try:
+            deadline = time.monotonic() + WAIT
+            while not held.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert held.exists()
+            made = during()
+        finally:
+            release.touch()
+        assert done.result(timeout=WAIT) == answer
+    return made
+
+
 def session_deletion_revoked_once_it_commits(site: Site, tmp_path: Path) -> None:
     one, two = site.servers
     laptop, admin = site.browser(), site.browser()
@@ -373,19 +397,15 @@ def session_deletion_revoked_once_it_commits(site: Site, tmp_path: Path) -> None
     nothing_for(staying)
 
     deleted, commit = tmp_path / "deleted", tmp_path / "commit"
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        done = pool.submit(
+    opened = while_held(  # its session read before the commit: still alice's
+        functools.partial(
             admin.get, one, "/sessions/delete/", key=key, deleted=str(deleted), commit=str(commit)
-        )
-        try:
-            deadline = time.monotonic() + WAIT
-            while not deleted.exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert deleted.exists()
-            opened = laptop.tab(two)  # its session read before the commit: still alice's
-        finally:
-            commit.touch()
-        assert done.result(timeout=WAIT) == b"deleted"
+        ),
+        deleted,
+        commit,
+        b"deleted",
+        lambda: laptop.tab(two),
+    )
     for ws in (staying, opened):
         assert closed_with(ws) == REVOKED
 
@@ -418,17 +438,13 @@ def test_a_socket_opened_while_a_logout_finishes_is_closed(
         laptop.login(one, "alice")
         before = laptop.tab(two)
         paused, go = tmp_path / "paused", tmp_path / "go"
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            done = pool.submit(laptop.get, one, "/logout/", paused=str(paused), go=str(go))
-            try:
-                deadline = time.monotonic() + WAIT
-                while not paused.exists() and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                assert paused.exists()
-                opened = laptop.tab(two)  # its session read before the flush: still alice's
-            finally:
-                go.touch()
-            assert done.result(timeout=WAIT) == b"bye"
+        opened = while_held(  # its session read before the flush: still alice's
+            functools.partial(laptop.get, one, "/logout/", paused=str(paused), go=str(go)),
+            paused,
+            go,
+            b"bye",
+            lambda: laptop.tab(two),
+        )
         for ws in (before, opened):
             assert closed_with(ws) == REVOKED
             assert ws.close_reason == "logged out"
