@@ -55,13 +55,13 @@ def bubbles(page: Page):  # type: ignore[no-untyped-def]
 def test_two_pages_talk(demo: Demo, open_chat: OpenChat) -> None:
     srv = demo()  # in-process groups and a database of its own: any room name will do
     name = "lobby"
-    alice = open_chat(srv, name, "alice")
-    bob = open_chat(srv, name, "bob")
+    alice = open_chat(srv, name, "ann")
+    bob = open_chat(srv, name, "ben")
 
     # Presence and join notices.
     expect(alice.locator("#members li")).to_have_count(2)
-    expect(alice.locator("#members")).to_contain_text("bob")
-    expect(alice.locator("#log .notice").last).to_have_text("bob joined.")
+    expect(alice.locator("#members")).to_contain_text("ben")
+    expect(alice.locator("#log .notice").last).to_have_text("ben joined.")
 
     say(alice, "Hi Bob! Is the deploy done?")
     expect(bubbles(bob).last).to_have_text("Hi Bob! Is the deploy done?")
@@ -71,25 +71,25 @@ def test_two_pages_talk(demo: Demo, open_chat: OpenChat) -> None:
     expect(alice.locator("#log .message.mine")).to_have_count(1)
 
     # Typing indicator: bob types without sending.
-    carol = open_chat(srv, name, "carol")
+    carol = open_chat(srv, name, "cleo")
     say(carol, "And Redis for the groups between them.")
     expect(bubbles(alice).last).to_have_text("And Redis for the groups between them.")
     bob.locator("#text").press_sequentially("Nice, ", delay=20)
-    expect(alice.locator("#typing")).to_have_text("bob is typing…")
+    expect(alice.locator("#typing")).to_have_text("ben is typing…")
     if TAKE_SCREENSHOT:
         alice.screenshot(path=str(SCREENSHOT))
 
     # Leave notice and presence.
     carol.context.close()
-    expect(alice.locator("#log .notice").last).to_have_text("carol left.")
+    expect(alice.locator("#log .notice").last).to_have_text("cleo left.")
     expect(alice.locator("#members li")).to_have_count(2)
 
 
 def test_reloaded_page_sees_history(demo: Demo, open_chat: OpenChat) -> None:
     srv = demo()
     name = room()
-    alice = open_chat(srv, name, "alice")
-    bob = open_chat(srv, name, "bob")
+    alice = open_chat(srv, name, "ann")
+    bob = open_chat(srv, name, "ben")
     for n in range(3):
         say(alice, f"message {n}")
     expect(bubbles(bob)).to_have_count(3)
@@ -107,11 +107,11 @@ def test_reloaded_page_sees_history(demo: Demo, open_chat: OpenChat) -> None:
 def test_history_is_the_last_fifty(demo: Demo, open_chat: OpenChat) -> None:
     srv = demo()
     name = room()
-    alice = open_chat(srv, name, "alice")
+    alice = open_chat(srv, name, "ann")
     for n in range(55):
         say(alice, f"m{n}")
         expect(bubbles(alice).last).to_have_text(f"m{n}")
-    late = open_chat(srv, name, "bob")
+    late = open_chat(srv, name, "ben")
     expect(bubbles(late)).to_have_count(50)
     expect(bubbles(late).first).to_have_text("m5")
 
@@ -123,23 +123,23 @@ def test_two_processes_share_a_room_through_redis(
     second = demo(redis_url=redis_url)
     assert "groups: redis://" in first.log()
     name = room()
-    alice = open_chat(first, name, "alice")
-    bob = open_chat(second, name, "bob")
+    alice = open_chat(first, name, "ann")
+    bob = open_chat(second, name, "ben")
 
     expect(alice.locator("#members li")).to_have_count(2)
-    expect(alice.locator("#log .notice").last).to_have_text("bob joined.")
+    expect(alice.locator("#log .notice").last).to_have_text("ben joined.")
     say(alice, f"from port {first.port}")
     expect(bubbles(bob).last).to_have_text(f"from port {first.port}")
     say(bob, f"from port {second.port}")
     expect(bubbles(alice).last).to_have_text(f"from port {second.port}")
     bob.locator("#text").press_sequentially("x", delay=20)
-    expect(alice.locator("#typing")).to_have_text("bob is typing…")
+    expect(alice.locator("#typing")).to_have_text("ben is typing…")
 
 
 def test_page_reconnects_after_server_restart(demo: Demo, open_chat: OpenChat) -> None:
     srv = demo()
     name = room()
-    alice = open_chat(srv, name, "alice")
+    alice = open_chat(srv, name, "ann")
     say(alice, "before the crash")
     expect(bubbles(alice).last).to_have_text("before the crash")
 
@@ -167,8 +167,8 @@ def test_page_recovers_what_was_said_while_its_server_restarted(
     first = demo(redis_url=redis_url)
     second = demo(redis_url=redis_url)
     name = room()
-    alice = open_chat(first, name, "alice")
-    bob = open_chat(second, name, "bob")
+    alice = open_chat(first, name, "ann")
+    bob = open_chat(second, name, "ben")
     say(bob, "before")
     expect(bubbles(alice)).to_have_text(["before"])
 
@@ -217,5 +217,28 @@ def test_logout_in_another_tab_closes_the_socket(demo: Demo, browser: Browser) -
         expect(chatting.locator("#log .notice").last).to_have_text(
             "Your session ended: log in again to chat."
         )
+    finally:
+        context.close()
+
+
+def test_a_guest_page_cannot_chat_as_an_account(demo: Demo, browser: Browser) -> None:
+    """A page that has not logged in and asks for an account's name (alice) is closed, says
+    why and does not retry; renamed, it chats."""
+    srv = demo()
+    context = browser.new_context(viewport={"width": 960, "height": 600}, locale="en-US")
+    context.set_default_timeout(WAIT_MS)
+    try:
+        page = context.new_page()
+        page.goto(srv.url(f"/r/{room()}/?name=alice", scheme="http"))
+        body = page.locator("body")
+        expect(body).to_have_attribute("data-state", "closed")
+        expect(page.locator("#log .notice").last).to_contain_text("account")
+        expect(page.locator("#send")).to_be_disabled()
+        expect(page.locator("#status")).not_to_contain_text("retrying")
+
+        page.fill("#name", "alicia")
+        page.click("#rename button")
+        expect(body).to_have_attribute("data-state", "open")
+        expect(page.locator("#members")).to_contain_text("alicia")
     finally:
         context.close()

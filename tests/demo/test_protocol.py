@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.servers import ServerProcess
@@ -105,3 +105,20 @@ def database_files(pid: int, name: str) -> list[str]:
             if Path(target).name.startswith(name):
                 found.append(target)
     return found
+
+
+def test_a_guest_cannot_take_an_accounts_name(demo: Callable[..., ServerProcess]) -> None:
+    """alice, bob and carol are accounts (run.py makes them): a page that has not logged in
+    may not chat under one of their names, in any case, or its messages would read as the
+    account's. The socket is closed with 1008 and a reason the page shows (a refused
+    handshake would have the page retry forever); other names still work."""
+    srv = demo()
+    url = srv.url("/ws/lobby/?name={}")
+    for taken in ("alice", "Bob", "%20carol%20"):
+        with connect(url.format(taken), open_timeout=10, close_timeout=10) as guest:
+            with pytest.raises(ConnectionClosed):  # before any message: no welcome
+                guest.recv(timeout=10)
+            assert guest.close_code == 1008, taken
+            assert "account" in (guest.close_reason or ""), guest.close_reason
+    with connect(url.format("alicia"), open_timeout=10) as guest:
+        assert next_of(guest, "welcome")["user"] == "alicia"

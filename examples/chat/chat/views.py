@@ -23,7 +23,8 @@ notices go to a group without history: they are stale a second later.
 A page of a logged-in user (Django's ``LoginView``) chats under the user's name; its
 socket is known by its user and session, so logging out -- in any tab, through any
 process -- closes it with 4001 (``dwebsocket.users``), and the page says so instead of
-reconnecting. Anonymous pages pick a name (``?name=``).
+reconnecting. Anonymous pages pick a name (``?name=``), but not an account's: that socket
+is closed with 1008 and a reason, which the page shows.
 
 Database connections: nothing to do here. Before ``wait()`` blocks, dwebsocket gives back
 the connections Django would close at the end of a request (``CONN_MAX_AGE``; see
@@ -42,6 +43,7 @@ import secrets
 import time
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
 
@@ -70,6 +72,12 @@ def socket(request: HttpRequest, room: str) -> HttpResponse | None:
         # The handshake has not happened yet: a plain HTTP answer still works.
         return HttpResponseBadRequest("name: 1 to 24 letters, digits, spaces, '.', '-' or '_'")
     ws = request.websocket
+    if not request.user.is_authenticated and is_account(name):
+        # Else a guest's messages would read as the account's. A close the page shows and
+        # does not retry (1008), rather than a refused handshake it would retry forever.
+        ws.accept()
+        ws.close(1008, "that name is an account's: log in to use it, or pick another")
+        return None
     group = f"chat.{room}"
     sid = secrets.token_hex(6)  # this tab, so that the page knows its own notices
     # Join before reading the history, so that nothing said in between is lost (the page
@@ -97,6 +105,12 @@ def socket(request: HttpRequest, room: str) -> HttpResponse | None:
         groups.leave(group, ws)  # no longer present (closing would do it too)
         groups.send(group, dump(type="leave", user=name, sid=sid, members=present(group)))
     return None
+
+
+def is_account(name: str) -> bool:
+    """Whether ``name`` is a user name of an account, whatever its case."""
+    User = get_user_model()
+    return User._default_manager.filter(**{f"{User.USERNAME_FIELD}__iexact": name}).exists()
 
 
 def present(group: str) -> list[str]:

@@ -67,6 +67,8 @@
       if (!event.willRetry) {
         setState(event.code === 4001 ? "revoked" : "closed", why);
         if (event.code === 4001) notice("Your session ended: log in again to chat.");
+        // 1008: the server refused this page (a guest asking for an account's name).
+        else if (event.code === 1008 && event.reason) notice(`Closed: ${event.reason}.`);
         return;
       }
       const due = Date.now() + event.delay;
