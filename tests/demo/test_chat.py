@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 import uuid
 from collections.abc import Callable
 
 import pytest
+from websockets.sync.client import connect
 
 from tests.browser import WAIT_MS
+from tests.demo.test_protocol import next_of
 from tests.requirements import missing
 from tests.servers import REPO, ServerProcess
 
 try:
-    from playwright.sync_api import Browser, Page, expect
+    from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 except ImportError:  # the dev extra; the test matrix's venvs, which deselect these tests
     PLAYWRIGHT = False
 else:
@@ -240,5 +244,53 @@ def test_a_guest_page_cannot_chat_as_an_account(demo: Demo, browser: Browser) ->
         page.click("#rename button")
         expect(body).to_have_attribute("data-state", "open")
         expect(page.locator("#members")).to_contain_text("alicia")
+    finally:
+        context.close()
+
+
+def test_a_message_said_before_the_welcome_keeps_its_place(demo: Demo, browser: Browser) -> None:
+    """The view joins the room, then reads the history and sends the welcome: a message
+    said in between reaches the page first. It is shown after the history all the same.
+    (The page's socket goes through a route that holds the welcome back until that message
+    has passed, so that the window is wide rather than a few milliseconds.)"""
+    srv = demo()
+    name = room()
+    context = browser.new_context(viewport={"width": 960, "height": 600}, locale="en-US")
+    context.set_default_timeout(WAIT_MS)
+    held: list[str] = []
+    routes: list[WebSocketRoute] = []
+
+    def route(page_side: WebSocketRoute) -> None:
+        server = page_side.connect_to_server()
+        page_side.on_message(server.send)
+
+        def down(frame: str | bytes) -> None:
+            if not held and isinstance(frame, str) and json.loads(frame).get("type") == "welcome":
+                held.append(frame)
+            else:
+                page_side.send(frame)
+
+        server.on_message(down)
+        routes.append(page_side)
+
+    try:
+        with connect(srv.url(f"/ws/{name}/?name=ann"), open_timeout=10) as ann:
+            next_of(ann, "welcome")
+            for text in ("old 1", "old 2"):
+                ann.send(json.dumps({"type": "message", "text": text}))
+                next_of(ann, "message", text=text)
+            page = context.new_page()
+            page.route_web_socket("**/ws/**", route)
+            page.goto(srv.url(f"/r/{name}/?name=ben", scheme="http"))
+            deadline = time.monotonic() + WAIT_MS / 1000
+            while not held and time.monotonic() < deadline:
+                page.wait_for_timeout(50)  # the route's handlers run while the page waits
+            assert held, "the page's welcome never came"
+
+            ann.send(json.dumps({"type": "message", "text": "live"}))
+            expect(bubbles(page)).to_have_text(["live"])
+            routes[0].send(held[0])
+            expect(page.locator("#members")).to_contain_text("ben")
+            expect(bubbles(page)).to_have_text(["old 1", "old 2", "live"])
     finally:
         context.close()

@@ -80,10 +80,11 @@ def socket(request: HttpRequest, room: str) -> HttpResponse | None:
         return None
     group = f"chat.{room}"
     sid = secrets.token_hex(6)  # this tab, so that the page knows its own notices
-    # Join before reading the history, so that nothing said in between is lost (the page
-    # drops a message it already has, by id). A tab that reconnects gets what it missed
-    # from the group's history, before this returns. Present from here on, in every
-    # process's groups.presence, until the socket closes.
+    # Join before reading the history, so that nothing said in between is lost (it reaches
+    # the page before the welcome: the page drops a message it already has and shows each
+    # in the order of the ids). A tab that reconnects gets what it missed from the group's
+    # history, before this returns. Present from here on, in every process's
+    # groups.presence, until the socket closes.
     joined = ws.join(group, since=groups.since(request, group), presence={"name": name})
     ws.join(f"typing.{room}")
     try:

@@ -129,7 +129,14 @@
     bubble.className = "bubble";
     bubble.textContent = message.text;
     item.append(meta, bubble);
-    append(item);
+    // A message said between the server's join and its welcome arrives before the
+    // welcome's history: each goes before the messages said after it (ids grow).
+    const messages = $("log").querySelectorAll(".message");
+    let next = null;
+    for (let i = messages.length - 1; i >= 0 && Number(messages[i].dataset.id) > message.id; i--) {
+      next = messages[i];
+    }
+    if (next) next.before(item); else append(item);
   }
 
   function notice(text) {
