@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
@@ -292,5 +295,44 @@ def test_a_message_said_before_the_welcome_keeps_its_place(demo: Demo, browser: 
             routes[0].send(held[0])
             expect(page.locator("#members")).to_contain_text("ben")
             expect(bubbles(page)).to_have_text(["old 1", "old 2", "live"])
+    finally:
+        context.close()
+
+
+def test_an_account_named_as_django_allows_chats(
+    demo: Demo, browser: Browser, tmp_path: Path
+) -> None:
+    """Django's user names may hold '@' and '+' (an e-mail address, ``createsuperuser``'s
+    usual answer): logged in as one, the page chats under it. The name is the account's,
+    not a guest's pick, and the page shows it as text."""
+    db = tmp_path / "chat.sqlite3"
+    srv = demo(db=db)
+    username = "dee+chat@example.com"
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.contrib.auth.models import User; "
+            f"User.objects.create_user({username!r}, password='dwebsocket')",
+        ],
+        cwd=REPO / "examples" / "chat",
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "chatdemo.settings", "CHAT_DB": str(db)},
+        check=True,
+        timeout=60,
+    )
+    context = browser.new_context(viewport={"width": 960, "height": 600}, locale="en-US")
+    context.set_default_timeout(WAIT_MS)
+    try:
+        page = context.new_page()
+        page.goto(srv.url(f"/login/?next=/r/{room()}/", scheme="http"))
+        page.fill("#id_username", username)
+        page.fill("#id_password", "dwebsocket")
+        page.click("#login-form button[type=submit]")
+        expect(page.locator("#me")).to_have_text(username)
+        expect(page.locator("#members")).to_contain_text(username)
+        expect(page.locator("body")).to_have_attribute("data-state", "open")
+        say(page, "hello")
+        expect(page.locator("#log .message.mine .bubble")).to_have_text(["hello"])
+        expect(page.locator("#log .message .meta b")).to_have_text([username])
     finally:
         context.close()

@@ -65,12 +65,13 @@ def room(request: HttpRequest, room: str) -> HttpResponse:
 @require_websocket
 def socket(request: HttpRequest, room: str) -> HttpResponse | None:
     if request.user.is_authenticated:
+        # As Django allows it ('@', '+': an e-mail address), not as a guest may pick one.
         name = request.user.get_username()[:24]
     else:
         name = request.GET.get("name", "").strip()
-    if not NAME.match(name):
-        # The handshake has not happened yet: a plain HTTP answer still works.
-        return HttpResponseBadRequest("name: 1 to 24 letters, digits, spaces, '.', '-' or '_'")
+        if not NAME.match(name):
+            # The handshake has not happened yet: a plain HTTP answer still works.
+            return HttpResponseBadRequest("name: 1 to 24 letters, digits, spaces, '.', '-' or '_'")
     ws = request.websocket
     if not request.user.is_authenticated and is_account(name):
         # Else a guest's messages would read as the account's. A close the page shows and

@@ -86,6 +86,7 @@
     switch (data.type) {
       case "welcome":
         mySid = data.sid;
+        name = data.user;   // a logged-in page's is its account's, which NAME may not match
         // recovered: what was said meanwhile came from the room's history, just before.
         body.dataset.recovered = data.recovered;
         for (const message of data.history) show(message);
