@@ -122,3 +122,32 @@ def test_a_guest_cannot_take_an_accounts_name(demo: Callable[..., ServerProcess]
             assert "account" in (guest.close_reason or ""), guest.close_reason
     with connect(url.format("alicia"), open_timeout=10) as guest:
         assert next_of(guest, "welcome")["user"] == "alicia"
+
+
+def test_a_flood_of_messages_is_refused(demo: Callable[..., ServerProcess]) -> None:
+    """One socket sending message after message, as fast as it can, gets most of them
+    refused with an error: they are not written, nor sent to the room. (Typing notices
+    have their own limit.)"""
+    srv = demo()
+    url = srv.url("/ws/lobby/?name={}")
+    with (
+        connect(url.format("ann"), open_timeout=10) as ann,
+        connect(url.format("ben"), open_timeout=10) as ben,
+    ):
+        next_of(ann, "welcome")
+        next_of(ben, "welcome")
+        sent = 40
+        for n in range(sent):
+            ann.send(json.dumps({"type": "message", "text": f"flood {n}"}))
+        answers = {"message": 0, "error": 0}
+        while sum(answers.values()) < sent:  # each is answered once, to ann: bounded
+            event = json.loads(ann.recv(timeout=10))
+            if event["type"] in answers:
+                answers[event["type"]] += 1
+        assert answers["error"] >= sent // 2, answers
+        ben.send(json.dumps({"type": "message", "text": "ben is not limited by ann"}))
+        assert next_of(ann, "message", user="ben")["text"] == "ben is not limited by ann"
+
+    with connect(url.format("cat"), open_timeout=10) as cat:
+        history = next_of(cat, "welcome")["history"]
+        assert len(history) == answers["message"] + 1

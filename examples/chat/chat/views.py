@@ -54,6 +54,10 @@ from dwebsocket.websocket import WebSocket
 
 #: Seconds between two typing notices one tab may cause; the page sends one every 2 s.
 TYPING_INTERVAL = 1.0
+#: Messages one tab may send at once, then one every MESSAGE_INTERVAL seconds: each is a
+#: database write and a message to every tab of the room, so a flood is refused.
+MESSAGE_BURST = 10
+MESSAGE_INTERVAL = 1.0
 MAX_TEXT = 2000
 NAME = re.compile(r"^[\w .-]{1,24}$")
 
@@ -127,6 +131,8 @@ def present(group: str) -> list[str]:
 def converse(ws: WebSocket, group: str, room: str, name: str, sid: str) -> None:
     """Handle the tab's messages until it goes away."""
     typed = time.monotonic() - TYPING_INTERVAL
+    # A token bucket: MESSAGE_BURST at most, one more every MESSAGE_INTERVAL.
+    allowed, counted = float(MESSAGE_BURST), time.monotonic()
     for raw in ws:
         now = time.monotonic()
         event = parse(raw)
@@ -136,6 +142,12 @@ def converse(ws: WebSocket, group: str, room: str, name: str, sid: str) -> None:
             if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
                 ws.send(dump(type="error", error=f"a message is 1 to {MAX_TEXT} characters"))
                 continue
+            allowed = min(MESSAGE_BURST, allowed + (now - counted) / MESSAGE_INTERVAL)
+            counted = now
+            if allowed < 1:
+                ws.send(dump(type="error", error="too many messages: wait a moment"))
+                continue
+            allowed -= 1
             message = Message.objects.create(room=room, user=name, text=text.strip())
             # Sent after the write has committed: a tab that reconnects right now finds the
             # message in its history, and the page drops the duplicate.
