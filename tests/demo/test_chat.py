@@ -345,3 +345,19 @@ def test_an_account_named_as_django_allows_chats(
         expect(page.locator("#log .message .meta b")).to_have_text([username])
     finally:
         context.close()
+
+
+def test_another_room_by_a_name_in_any_script(demo: Demo, open_chat: OpenChat) -> None:
+    """Room names are letters, digits, '_' and '-' of any script, as the URLs take them
+    (``[-\\w]``): the page's "Another room" form takes them too."""
+    srv = demo()
+    page = open_chat(srv, room(), "ann")
+    for wrong in ("a b", "a/b", "a.b"):  # no such room URL: the form says so
+        page.fill("#goto", wrong)
+        assert not page.locator("#goto").evaluate("input => input.checkValidity()"), wrong
+    page.fill("#goto", "café-ü")
+    page.click("#switch button")
+    expect(page.locator("body")).to_have_attribute("data-room", "café-ü")
+    expect(page.locator("body")).to_have_attribute("data-state", "open")
+    say(page, "hé")
+    expect(bubbles(page)).to_have_text(["hé"])
