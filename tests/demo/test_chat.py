@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from websockets.sync.client import connect
@@ -20,11 +21,13 @@ from tests.requirements import missing
 from tests.servers import REPO, ServerProcess
 
 try:
-    from playwright.sync_api import Browser, Page, WebSocketRoute, expect
+    from playwright.sync_api import Browser, Page, expect
 except ImportError:  # the dev extra; the test matrix's venvs, which deselect these tests
     PLAYWRIGHT = False
 else:
     PLAYWRIGHT = True
+if TYPE_CHECKING:
+    from playwright.sync_api import WebSocketRoute  # Playwright 1.48
 
 pytestmark = pytest.mark.server
 
