@@ -17,6 +17,7 @@ urlpatterns = [
     path("close-first/", views.close_first),
     path("room/<str:name>/", views.room),
     path("room/<str:name>/then-direct/", views.room, {"then_direct": True}),
+    path("room/<str:name>/follow/", views.follower),
     path("json/", views.json_echo),
     path("close-from-the-loop/", views.close_from_the_loop),
     path("two-readers/", views.two_readers),

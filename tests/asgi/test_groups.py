@@ -2,18 +2,28 @@
 and a uvicorn process (sync and async views); a group message sent through either reaches
 the members connected through the other (the same Redis wire format). And the order in
 which a member's client gets the group's messages and its view's own sends, in-process
-and over Redis (docs/groups.rst, "Order")."""
+and over Redis (docs/groups.rst, "Order"). And clients that read a history replay slowly
+hold up no other session's joins (docs/recovery.rst)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
+from django.test import override_settings
 from websockets.sync.client import ClientConnection, connect
 
+from dwebsocket.groups.memory import Registry
+from dwebsocket.groups.redis import RedisLayer
+from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
 from tests.asgi.conftest import KINDS, asgi_servers, start_asgi
+from tests.groups.conftest import redis_server  # noqa: F401 - the fixture
 from tests.groups.redis_server import RedisServer
 from tests.servers import ServerProcess, start_server
 from tests.wire import TIMEOUT
@@ -133,3 +143,80 @@ def test_over_redis_a_views_group_messages_come_back_to_it_through_redis(
         assert sorted(got) == sorted(SENT), param
         assert [m for m in got if "group" in str(m)] == [m for m in SENT if "group" in m]
         assert [m for m in got if "direct" in str(m)] == [m for m in SENT if "direct" in m]
+
+
+#: A history group for the replay tests, and what a task worker (this process) kept in it:
+#: more than the sockets of a client that reads nothing take.
+FEED_HISTORY = {"feed": {"size": 1000, "ttl": 600}}
+BACKLOG = 40
+BACKLOG_SIZE = 256 << 10
+
+
+def replayed_to_slowly(server: ServerProcess, path: str) -> socket.socket:
+    """A client that opens ``path`` (a join that replays history to it), reads the 101 and
+    nothing more: the replay to it waits for the server to take each message, for as long
+    as it stays connected."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    try:
+        sock.connect((server.host, server.port))
+        key = generate_key()
+        sock.sendall(build_request(f"{server.host}:{server.port}", path, key=key))
+        data = b""
+        while (parsed := parse_response(data, key)) is None:
+            chunk = sock.recv(1024)
+            assert chunk, "the server closed the connection during the handshake"
+            data += chunk
+        assert parsed[0] == 101
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@pytest.mark.skipif("uvicorn" not in asgi_servers(), reason="uvicorn not chosen")
+@pytest.mark.parametrize("kind", KINDS)
+def test_clients_that_read_a_replay_slowly_hold_up_no_other_session(
+    tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """docs/recovery.rst: a connection that reads slowly slows its replay, not the group.
+    More clients than the event loop's default executor has threads (``min(32, CPUs +
+    4)``) join a history group with a position far back and read nothing: each one's
+    ``join`` blocks, sending the replay at its client's pace. Every one of them still
+    gets its 101, and another client still joins a group, and its message goes to the
+    group through Redis and back. An async view's ``await ws.join()`` ran in that executor,
+    shared by the whole process (``groups.asend`` and ``users.asend`` over Redis too): the
+    joins of the clients beyond its size never started (no 101), and nobody else's
+    either, until a slow client left or its send timed out a minute later. It runs in the
+    session's own worker thread now, as a sync view's join runs in the view's."""
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    settings = {
+        "WEBSOCKET_GROUPS_URL": redis.url,
+        "WEBSOCKET_GROUPS_HISTORY": FEED_HISTORY,
+    }
+    server = start_asgi("uvicorn", kind, tmp_path / "uvicorn.log", **settings)
+    worker = RedisLayer(redis.url, Registry())
+    slow: list[socket.socket] = []
+    try:
+        with override_settings(WEBSOCKET_GROUPS_HISTORY=FEED_HISTORY):
+            first = worker.send("feed", "first", fail_silently=False)
+            for _ in range(BACKLOG):
+                worker.send("feed", "x" * BACKLOG_SIZE, fail_silently=False)
+        assert first is not None
+        follow = "/room/feed/follow/" if kind == "async" else "/group/feed/follow/"
+        query = urlencode({"dws_since": json.dumps({"feed": first})})
+        for n in range(min(32, (os.cpu_count() or 1) + 4) + 1):
+            try:
+                slow.append(replayed_to_slowly(server, f"{follow}?{query}"))
+            except TimeoutError:
+                raise AssertionError(f"no 101 for the slow client #{n + 1}") from None
+        with contextlib.ExitStack() as stack:
+            other = member(stack, server, "/room/other/" if kind == "async" else "/group/other/")
+            other.send("through Redis")
+            assert other.recv(timeout=TIMEOUT) == "through Redis"
+    finally:
+        for sock in slow:
+            sock.close()
+        worker.close()
+        server.stop()

@@ -146,6 +146,30 @@ async def room(request: HttpRequest, name: str, then_direct: bool = False) -> No
 
 
 @require_websocket
+async def follower(request: HttpRequest, name: str) -> None:
+    """``tests.groups.views.follower`` as an ``async def`` view: join history group
+    ``name`` from the position the client asks for (``groups.since``), report the outcome
+    as JSON, then forward what the client sends to the group (``groups.asend``)."""
+    ws = request.websocket
+    recovery = await ws.join(name, since=groups.since(request, name))
+    await ws.send(
+        json.dumps(
+            {
+                "recovery": {
+                    "since": recovery.since,
+                    "position": recovery.position,
+                    "recovered": recovery.recovered,
+                    "failed": recovery.failed,
+                    "missed": recovery.missed,
+                }
+            }
+        )
+    )
+    async for message in ws:
+        await groups.asend(name, message)
+
+
+@require_websocket
 async def json_echo(request: HttpRequest) -> None:
     """``wait_json`` / ``send_json``: answer each JSON message with ``{"got": ...}``."""
     ws = request.websocket

@@ -494,16 +494,19 @@ class AsyncWebSocket:
         events: bool = False,
     ) -> Recovery:
         """Join ``group`` (see :meth:`dwebsocket.websocket.WebSocket.join`: ``since``,
-        ``presence``, ``events``); runs in a worker thread, since joining may wait for
-        Redis and replay history. As a sync view's join, it does not accept: a view that
-        joins before it uses the connection is a member when the client sees it open
-        (what arrives meanwhile waits for the accept; a replay accepts)."""
+        ``presence``, ``events``); runs in the session's worker thread (as the view's
+        ``sync_to_async`` calls do), since joining may wait for Redis and replay history,
+        at the client's pace: in a pool the process shares, a few clients reading their
+        replay slowly would hold up every other session's joins and ``asend``. As a sync
+        view's join, it does not accept: a view that joins before it uses the connection
+        is a member when the client sees it open (what arrives meanwhile waits for the
+        accept; a replay accepts)."""
         from asgiref.sync import sync_to_async
 
         join = functools.partial(
             _in_signal_thread, self.sync.join, group, since, presence=presence, events=events
         )
-        return await sync_to_async(join, thread_sensitive=False)()
+        return await sync_to_async(join, thread_sensitive=True)()
 
     async def wait_json(self, timeout: float | None = None) -> Any:
         """``await`` :meth:`wait`, decoded as JSON; as
