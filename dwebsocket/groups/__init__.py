@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -319,11 +320,23 @@ def join(
     if since is not None and not isinstance(since, str):
         raise TypeError(f"since is a position (str) or None, not {type(since).__name__}")
     info = check_info(presence) if presence is not None else None
+    websocket = _connection(websocket)
     _connect_signal()
     recovery = _join(group, websocket, since)
     if (info is not None or events) and not websocket.is_closed():
         _present(group, websocket, info, events)
     return recovery
+
+
+def _connection(websocket: WebSocket | Member) -> WebSocket | Member:
+    """The object groups know ``websocket``'s connection by: for an ``async def`` view's
+    ``request.websocket`` under ASGI, its sync ``ASGIWebSocket`` (``.sync``), which
+    ``websocket_closed`` names (the connection leaves its groups on it) and whose sends
+    block (a replay's); ``websocket`` itself otherwise. Never blocks."""
+    module = sys.modules.get("dwebsocket.backends.asgi.websocket")
+    if module is not None and isinstance(websocket, module.AsyncWebSocket):
+        return websocket.sync  # type: ignore[no-any-return]
+    return websocket
 
 
 def _check_own(group: Any) -> None:
@@ -436,6 +449,7 @@ def leave(group: str, websocket: WebSocket | Member) -> None:
     dwebsocket's own groups (:data:`RESERVED_PREFIX`): a socket leaves its user's and
     session's groups only by closing, so that ``users.disconnect`` still reaches it."""
     _check_own(group)
+    websocket = _connection(websocket)
     layer = get_layer()
     layer.leave(group, websocket)
     _registry.presence.unlisten(group, websocket)

@@ -18,6 +18,7 @@ urlpatterns = [
     path("room/<str:name>/", views.room),
     path("room/<str:name>/then-direct/", views.room, {"then_direct": True}),
     path("room/<str:name>/follow/", views.follower),
+    path("room/<str:name>/by-function/", views.joined_by_function),
     path("json/", views.json_echo),
     path("close-from-the-loop/", views.close_from_the_loop),
     path("two-readers/", views.two_readers),

@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import socket
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -219,4 +221,72 @@ def test_clients_that_read_a_replay_slowly_hold_up_no_other_session(
         for sock in slow:
             sock.close()
         worker.close()
+        server.stop()
+
+
+def status(server: ServerProcess, group: str) -> dict[str, int]:
+    """``group``'s members and present sockets in ``server``'s process."""
+    url = server.url(f"/group/{group}/status/", scheme="http")
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        answer: dict[str, int] = json.loads(response.read())
+    return answer
+
+
+@pytest.mark.skipif("uvicorn" not in asgi_servers(), reason="uvicorn not chosen")
+def test_an_async_view_joining_with_the_groups_function_is_the_connection_joining(
+    tmp_path: Path,
+) -> None:
+    """docs/groups.rst: ``groups.join(group, websocket)`` is "the same as the methods, for
+    code that holds a WebSocket"; an ``async def`` view holds its ``request.websocket``.
+    Joined that way (from a worker thread, with ``since`` and ``presence``), the client
+    gets the history it missed, and the connection leaves the group and its presence
+    when it closes, as with ``await ws.join()``. The group took the async object for a
+    member of its own: the replay went to its ``send()``, a coroutine function, called
+    and never awaited (nothing sent, ``recovered`` all the same), and
+    ``websocket_closed``, which names the sync object, left the member and its presence
+    in place."""
+    history = {"fn-feed": {"size": 100, "ttl": 600}}
+    server = start_asgi(
+        "uvicorn", "async", tmp_path / "uvicorn.log", WEBSOCKET_GROUPS_HISTORY=history
+    )
+    path = "/room/fn-feed/by-function/?dws=1"
+    try:
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(
+                connect(server.url(path), open_timeout=TIMEOUT, close_timeout=TIMEOUT, proxy=None)
+            )
+            assert json.loads(first.recv(timeout=TIMEOUT))["dws"] == "joined"
+            assert json.loads(first.recv(timeout=TIMEOUT)) == {"recovered": False, "missed": 0}
+            positions = []
+            for text in ("a", "b", "c"):
+                first.send(text)
+                got = json.loads(first.recv(timeout=TIMEOUT))
+                assert got["d"] == text
+                positions.append(got["p"])
+            since = urlencode({"dws_since": json.dumps({"fn-feed": positions[0]})})
+            again = stack.enter_context(
+                connect(
+                    server.url(f"{path}&{since}"),
+                    open_timeout=TIMEOUT,
+                    close_timeout=TIMEOUT,
+                    proxy=None,
+                )
+            )
+            replayed = [json.loads(again.recv(timeout=TIMEOUT))]
+            while "dws" in replayed[-1]:  # up to the view's report
+                replayed.append(json.loads(again.recv(timeout=TIMEOUT)))
+            assert [(m.get("dws"), m.get("d"), m.get("p")) for m in replayed] == [
+                ("msg", "b", positions[1]),
+                ("msg", "c", positions[2]),
+                ("joined", None, positions[2]),
+                (None, None, None),
+            ]
+            assert replayed[-1] == {"recovered": True, "missed": 2}
+            now = status(server, "fn-feed")
+            assert (now["members"], now["present"]) == (2, 2)
+        deadline = time.monotonic() + TIMEOUT
+        while (now := status(server, "fn-feed"))["members"] or now["present"]:
+            assert time.monotonic() < deadline, f"still in the group after the close: {now}"
+            time.sleep(0.05)
+    finally:
         server.stop()

@@ -565,3 +565,18 @@ async def answered_then_a_task_uses(request: HttpRequest) -> HttpResponse:
     with _CLOSES_LOCK:
         SIGNALS[key].append(f"helper: {outcome}")
     return response
+
+
+@require_websocket
+async def joined_by_function(request: HttpRequest, name: str) -> None:
+    """:func:`follower` joining with ``dwebsocket.groups.join(name, request.websocket, ...)``
+    (from a worker thread, as async code calls sync code), present, rather than with the
+    method; then each message the client sends goes to the group."""
+    from asgiref.sync import sync_to_async
+
+    ws = request.websocket
+    since = groups.since(request, name)
+    recovery = await sync_to_async(groups.join)(name, ws, since, presence={})
+    await ws.send(json.dumps({"recovered": recovery.recovered, "missed": recovery.missed}))
+    async for message in ws:
+        await groups.asend(name, message)
