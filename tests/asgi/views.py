@@ -16,6 +16,7 @@ from django.views import View
 
 from dwebsocket import ConnectionClosed, accept_websocket, groups, require_websocket
 from dwebsocket.signals import websocket_closed, websocket_opened
+from tests.groups.views import recovery_json
 from tests.views import _CLOSES_LOCK, CLOSES, SIGNALS, recorded
 
 
@@ -152,19 +153,7 @@ async def follower(request: HttpRequest, name: str) -> None:
     as JSON, then forward what the client sends to the group (``groups.asend``)."""
     ws = request.websocket
     recovery = await ws.join(name, since=groups.since(request, name))
-    await ws.send(
-        json.dumps(
-            {
-                "recovery": {
-                    "since": recovery.since,
-                    "position": recovery.position,
-                    "recovered": recovery.recovered,
-                    "failed": recovery.failed,
-                    "missed": recovery.missed,
-                }
-            }
-        )
-    )
+    await ws.send(recovery_json(recovery))
     async for message in ws:
         await groups.asend(name, message)
 

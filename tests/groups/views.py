@@ -68,19 +68,7 @@ def follower(request: HttpRequest, name: str) -> None:
     to the group (``"position?"``: answer with the position ``groups.send`` returned)."""
     ws = request.websocket
     recovery = ws.join(name, since=groups.since(request, name))
-    ws.send(
-        json.dumps(
-            {
-                "recovery": {
-                    "since": recovery.since,
-                    "position": recovery.position,
-                    "recovered": recovery.recovered,
-                    "failed": recovery.failed,
-                    "missed": recovery.missed,
-                }
-            }
-        )
-    )
+    ws.send(recovery_json(recovery))
     for message in ws:
         groups.send(name, message)
 
@@ -117,3 +105,9 @@ for (const type of ["open", "close", "joined", "recovered", "recoveryfailed", "d
 
 def page(request: HttpRequest) -> HttpResponse:
     return HttpResponse(PAGE)
+
+
+def recovery_json(recovery: groups.Recovery) -> str:
+    """What ``follower`` (and its async twin) tells its client of its join."""
+    fields = ("since", "position", "recovered", "failed", "missed")
+    return json.dumps({"recovery": {name: getattr(recovery, name) for name in fields}})
