@@ -25,6 +25,7 @@ from asgiref.sync import async_to_sync, iscoroutinefunction
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.http.multipartparser import MultiPartParserError
+from django.http.response import HttpResponseBase
 
 from dwebsocket import dws, groups, limits
 from dwebsocket.apps import report_if_not_installed
@@ -101,7 +102,8 @@ def run_view(
     returns or raises is handled by Django as usual. Once accepted, the connection is
     closed when the view ends: 1000 when it returns (or lets ``ConnectionClosed``
     escape), 1011 when it raises, which Django then logs as for any view. A view that
-    returns None without touching the connection gets it accepted and closed with 1000.
+    returns None without touching the connection gets it accepted and closed with 1000;
+    a response it returns once accepted goes nowhere, and what it holds is freed.
     A connection whose accept found the client gone is ended the same way (its view's
     response goes nowhere), so the backend gives it back to the server. A view that
     answers with HTTP (or raises) unaccepted refuses the connection for good: an
@@ -243,7 +245,26 @@ def _run_session(
             end_websocket(websocket, 1001 if _going_away(exc) else 1011, abort=True)
         raise
     end_websocket(websocket, 1000)
+    if response is not None:
+        _discard(response)
     return _session_over()
+
+
+def _discard(response: HttpResponseBase) -> None:
+    """Free what a response the view returned after accepting holds (a
+    ``FileResponse``'s file, a streaming generator): it goes nowhere, so no server
+    closes it. Not with its ``close()``, which would send ``request_finished`` a second
+    time for the request (the session's own response sends it) and so close the
+    thread's database connections, even a test's inside its transaction. What a closer
+    raises is ignored, as ``close()`` does; a view's return value that is no response
+    is left alone, as before."""
+    closers = getattr(response, "_resource_closers", None)
+    if not isinstance(closers, list):
+        return
+    for close in closers:
+        with contextlib.suppress(Exception):
+            close()
+    closers.clear()
 
 
 def _taken_over(websocket: WebSocket) -> bool:

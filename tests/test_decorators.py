@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.test import RequestFactory
+from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from dwebsocket import accept_websocket, require_websocket
 from dwebsocket.protocol.connection import Close
+from dwebsocket.testing import WebSocketClient
 from tests.inprocess import Session, upgrade_headers
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -207,3 +210,49 @@ def test_error_before_accepting_is_plain_django() -> None:
     with Session(view) as session:
         session.finish()
     assert isinstance(session.error, PermissionError)
+
+
+def test_a_response_returned_after_accepting_is_closed(tmp_path: Path) -> None:
+    """A view that accepts, then returns a response: the response goes nowhere (the
+    server gets the session's own), so nobody closed it, nor what it holds: a
+    FileResponse's file stayed open until garbage collection (a ResourceWarning)."""
+    (tmp_path / "data").write_bytes(b"not for anyone")
+    files: list[BinaryIO] = []
+
+    @require_websocket
+    def view(request: HttpRequest) -> FileResponse:
+        request.websocket.send("up")
+        files.append((tmp_path / "data").open("rb"))
+        return FileResponse(files[0])
+
+    with Session(view) as session:
+        session.expect_101()
+        assert session.client.recv() == "up"
+        assert session.client.recv() == Close(1000, "")
+        response = session.finish()
+    assert response.status_code == 101
+    assert files[0].closed
+
+
+async def file_after_accepting(request: HttpRequest) -> FileResponse:
+    """The async view of :func:`test_an_async_view_s_response_after_accepting_is_closed`."""
+    await request.websocket.send("up")
+    ASYNC_FILES.append(open(request.GET["path"], "rb"))  # noqa: SIM115 - closed by the session
+    return FileResponse(ASYNC_FILES[-1])
+
+
+ASYNC_FILES: list[BinaryIO] = []
+urlpatterns = [path("file-after-accepting/", require_websocket(file_after_accepting))]
+
+
+@pytest.mark.urls(__name__)
+def test_an_async_view_s_response_after_accepting_is_closed(tmp_path: Path) -> None:
+    """:func:`test_a_response_returned_after_accepting_is_closed` for an ``async def``
+    view (its session, dwebsocket.backends.asgi.session, dropped the response too)."""
+    (tmp_path / "data").write_bytes(b"not for anyone")
+    ASYNC_FILES.clear()
+    with WebSocketClient(f"/file-after-accepting/?path={tmp_path / 'data'}") as ws:
+        assert ws.receive() == "up"
+        assert ws.wait_closed() == 1000
+    assert len(ASYNC_FILES) == 1
+    assert ASYNC_FILES[0].closed

@@ -17,7 +17,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 
 from dwebsocket import dws, groups, limits
 from dwebsocket.backends.asgi import threads
@@ -238,9 +240,21 @@ async def _arun_session(
         try:
             await websocket.accept()
         except ConnectionClosed:
+            await _discard_returned(response)
             return _session_over()
     await websocket.end_session(1000)
+    await _discard_returned(response)
     return _session_over()
+
+
+async def _discard_returned(response: HttpResponseBase | None) -> None:
+    """:func:`dwebsocket.session._discard` ``response``, if the view returned one: in a
+    worker thread, as Django closes an async view's response (its closers may be sync
+    code)."""
+    if response is not None:
+        from dwebsocket.session import _discard
+
+        await sync_to_async(_discard, thread_sensitive=True)(response)
 
 
 def adopt_dws(request: HttpRequest) -> bool:
