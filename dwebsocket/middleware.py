@@ -3,7 +3,10 @@
 Add ``"dwebsocket.middleware.WebSocketMiddleware"`` to ``MIDDLEWARE`` (last is best: for
 WebSocket requests it runs the view itself, so ``process_view`` hooks of middleware listed
 after it do not run, and neither does ``ATOMIC_REQUESTS``, which would hold a transaction
-for the whole session). As in dwebsocket 0.x:
+for the whole session; nor, when such a view raises, any middleware's
+``process_exception``: Django logs the error and answers 500 as for any view, but an error
+reporter hooked there misses it, where dwebsocket 0.x ran the view through Django and a
+decorated view still does). As in dwebsocket 0.x:
 
 - every request gets ``request.websocket`` (None for plain HTTP) and ``request.is_websocket()``;
 - a WebSocket request reaches a view only if the view has a true ``accept_websocket``

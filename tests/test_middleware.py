@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from django.http import HttpRequest, HttpResponse
@@ -49,6 +49,36 @@ def decorated(request: HttpRequest) -> HttpResponse | None:
         return HttpResponse("decorated, plain")
     request.websocket.send("decorated")
     return None
+
+
+def marked_raises(request: HttpRequest) -> None:
+    request.websocket.send("up")
+    raise RuntimeError("marked_raises")
+
+
+marked_raises.accept_websocket = True  # type: ignore[attr-defined]
+
+
+@accept_websocket
+def decorated_raises(request: HttpRequest) -> None:
+    request.websocket.send("up")
+    raise RuntimeError("decorated_raises")
+
+
+class ExceptionHook:
+    """A middleware with a ``process_exception`` hook, as error reporters have: it notes
+    what it sees in ``seen``."""
+
+    seen: ClassVar[list[str]] = []
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        self.seen.append(str(exception))
 
 
 class DecoratedGet(View):
@@ -99,6 +129,8 @@ urlpatterns = [
     path("required/", required),
     path("decorated/", decorated),
     path("decorated-get/", DecoratedGet.as_view()),
+    path("marked-raises/", marked_raises),
+    path("decorated-raises/", decorated_raises),
     *(path(f"partial/{name}/", view) for name, view in PARTIALS.items()),
     # The 0.x attributes, and a class-based view's decorated handler, through a partial.
     path("partial/marked/", partial(marked)),
@@ -260,3 +292,23 @@ def test_plain_http_to_a_partial_of_a_view_with_the_require_attribute() -> None:
         400,
         Client().get("/required/").content,
     )
+
+
+@override_settings(MIDDLEWARE=[f"{__name__}.ExceptionHook", *MIDDLEWARE])
+@pytest.mark.parametrize(("url", "hooked"), [("marked-raises", False), ("decorated-raises", True)])
+def test_process_exception_sees_a_decorated_view_s_error_only(
+    pair: tuple[socket.socket, RawClient], url: str, hooked: bool
+) -> None:
+    """As the middleware's docstring and docs/migration.rst say: a view the middleware
+    runs itself (the 0.x attribute, ``WEBSOCKET_ACCEPT_ALL``) raises from its
+    ``process_view``, where Django calls no ``process_exception`` hook; a decorated view
+    raises from the view, where Django does. Either way the client gets 1011."""
+    sock, raw = pair
+    ExceptionHook.seen.clear()
+    response = Client(raise_request_exception=False).get(
+        f"/{url}/", headers=upgrade_headers(KEY), **{"dwebsocket.socket": sock}
+    )
+    assert response.status_code == 500
+    _, frames, _ = wire(raw)
+    assert frames == [(0x81, b"up"), (0x88, b"\x03\xf3")]
+    assert ExceptionHook.seen == ([url.replace("-", "_")] if hooked else [])
