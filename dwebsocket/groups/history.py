@@ -168,11 +168,12 @@ def checked(value: object) -> Checked:
 
     Read at every ``groups.send``: the last value found right is kept and compared with
     ``value`` by value, not by identity -- a dict changed in place, or an override reusing
-    one, is checked and read again. (``True == 1``: a ``size`` changed from 1 to True in
-    place goes on as 1 rather than raising.)"""
+    one, is checked and read again -- and by the order of its keys, which dicts compare
+    without: patterns are tried in the order written. (``True == 1``: a ``size`` changed
+    from 1 to True in place goes on as 1 rather than raising.)"""
     global _checked
     last = _checked
-    if last is not None and last == value:
+    if last is not None and last == value and list(last) == list(value):
         return last
     rules, problems = parse_setting(value)
     if problems:

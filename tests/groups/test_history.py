@@ -116,6 +116,20 @@ def test_policy_follows_a_setting_changed_in_place() -> None:
         assert policy("other") == Policy(5, 2.0)
 
 
+def test_policy_follows_a_setting_reordered() -> None:
+    """Patterns are tried in the order written: the same patterns in another order (an
+    override, the dict rebuilt in place) are a new setting. (The last value was compared
+    as dicts compare, ignoring order: the old order's answers went on.)"""
+    first = {"a*": {"size": 1, "ttl": 1}, "ab*": {"size": 2, "ttl": 2}}
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=first):
+        assert policy("abc") == Policy(1, 1.0)
+    reordered = {"ab*": {"size": 2, "ttl": 2}, "a*": {"size": 1, "ttl": 1}}
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=reordered):
+        assert policy("abc") == Policy(2, 2.0)
+        reordered["ab*"] = reordered.pop("ab*")  # moved last, in place
+        assert policy("abc") == Policy(1, 1.0)
+
+
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
