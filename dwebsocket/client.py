@@ -258,7 +258,9 @@ class ReconnectingClient:
     first connection (e.g. saved by an earlier run); :attr:`positions` holds, for each
     group, the position of the last message :meth:`recv` returned (never of one still
     waiting to be: save it after handling a message, and a later run resumes right
-    after that message). Backoff: attempt ``n`` after a drop waits a random time up to
+    after that message), none for a group whose ``recovery_failed`` came without a
+    position (the server could not read Redis: given up, see ``docs/recovery.rst``).
+    Backoff: attempt ``n`` after a drop waits a random time up to
     ``min(max_delay, min_delay * 2**n)`` seconds (``n`` starts again at 0 after a
     connection that stayed open ``stable`` seconds). Heartbeat: after ``ping_interval``
     seconds (``inf``: never) without any message it sends ``{"dws":"ping"}``; nothing within
@@ -860,12 +862,22 @@ class ReconnectingClient:
                 "missed": data.get("missed", 0),
             }
             self._inbox.append(Event("joined", **info))
+            failed = None
             if info["since"] is not None:
                 outcome = "recovered" if data.get("recovered") else "recovery_failed"
                 self._inbox.append(Event(outcome, **info))
+                if outcome == "recovery_failed":
+                    failed = info["since"]
             elif left_out is not None:
                 # Its position had no room in the URL: what it missed is not coming.
                 self._inbox.append(Event("recovery_failed", **{**info, "since": left_out}))
+                failed = left_out
+            if failed is not None and position is None and isinstance(group, str):
+                # Failed with no position (the server could not read Redis): the view sends
+                # the full state, which has what came after the old one; resuming from that
+                # later would replay it on top. Given up: a first visit next time.
+                self._arrived.pop(group, None)
+                self._given_up[group] = failed
         elif kind != "pong":
             self._inbox.append(Event("dws", extra=data))
 
@@ -937,6 +949,8 @@ class ReconnectingClient:
             self._inbox.popleft()
             if event.type == "joined" and event.group is not None and event.position:
                 self.positions[event.group] = event.position
+            elif event.type == "recovery_failed" and event.position is None:
+                self.positions.pop(event.group or "", None)  # given up (see _message)
             self._emit(event)
 
     def _emit(self, event: Event) -> None:

@@ -9,6 +9,7 @@ import gzip
 import json
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ import pytest
 from django.test import override_settings
 
 import dwebsocket
+from dwebsocket.client import ReconnectingClient
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.browser import WAIT_MS
@@ -124,6 +126,59 @@ def test_the_page_recovers_what_it_missed_while_the_server_was_down(
     closes = events(page, "close")
     assert all(c["willRetry"] for c in closes) and closes[0]["code"] == 1006
     assert events(page, "open")[-1]["reconnect"] is True
+
+
+def test_a_resume_redis_could_not_serve_is_not_made_again_later(
+    redis_server: RedisServer,
+    make_server: Callable[..., ServerProcess],
+    balancer: Callable[[ServerProcess], Proxy],
+    worker: RedisLayer,
+    open_page: Callable[[str], Page],
+) -> None:
+    """The page comes back while its server cannot reach Redis: "recoveryfailed" with no
+    position, and the view sends the full state, which has what the page missed. Its next
+    reconnection, Redis back, resumed from the old position all the same: the missed
+    message came again on top of that full state, told "recovered". It is now a first
+    visit, told "recoveryfailed" again (as ``test_history_servers.py``'s client)."""
+    link = Proxy(redis_server.port)  # the server's way to Redis, which the test cuts
+    try:
+        server = make_server(
+            "gevent",
+            settings={
+                "WEBSOCKET_GROUPS_URL": f"redis://{HOST}:{link.port}/0?socket_timeout=1",
+                "WEBSOCKET_GROUPS_HISTORY": FEED_HISTORY,
+            },
+        )
+        proxy = balancer(server)
+        page = open_page(proxy.url("/group/page/?group=feed", scheme="http"))
+        seen = worker.send("feed", "seen")
+        wait_for_messages(page, 1)
+        proxy.cut()
+        page.wait_for_function("window.events.some(e => e[0] === 'close')")
+        worker.send("feed", "missed")  # kept; in the full state the view sends next
+        link.cut()
+        proxy.restore()
+        page.wait_for_function("window.events.some(e => e[0] === 'recoveryfailed')")
+        assert page.evaluate("'feed' in sock.positions") is False  # given up
+        link.restore()
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not _reaches_redis(server):
+            assert time.monotonic() < deadline, "the server never reached Redis again"
+            time.sleep(0.2)
+        page.evaluate("sock.ws.close()")
+        page.wait_for_function("window.events.filter(e => e[0] === 'joined').length >= 3")
+    finally:
+        link.close()
+    assert [m[0] for m in page.evaluate("window.got")] == ["seen"]
+    assert not events(page, "recovered")
+    assert [e["since"] for e in events(page, "recoveryfailed")] == [seen, seen]
+
+
+def _reaches_redis(server: ServerProcess) -> bool:
+    """True if a join on ``server`` gets a position: it can read Redis."""
+    with ReconnectingClient(server.url("/group/feed/follow/")) as probe:
+        report = json.loads(probe.recv(WAIT_MS / 1000).data)["recovery"]
+    return report["position"] is not None
 
 
 def test_a_page_that_followed_many_groups_still_reconnects(

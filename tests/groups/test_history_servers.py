@@ -14,6 +14,7 @@ environment variables; ``make recovery-full`` runs it at full scale::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import selectors
 import signal
@@ -291,3 +292,73 @@ def test_lost_history_gives_recovery_failed(
             assert received.data == "live" and received.position == live
     finally:
         worker.close()
+
+
+def test_a_resume_redis_could_not_serve_is_not_made_again_later(
+    redis_server: RedisServer,
+    make_server: Callable[..., ServerProcess],
+    proxy: Callable[[int], Proxy],
+) -> None:
+    """The client comes back while its server cannot reach Redis: "recovery failed" with
+    no position, and the view sends the full state, which has what the client missed.
+    Its next reconnection, Redis back, must not resume from the old position: that
+    replayed the missed message on top of that full state (twice, told "recovered").
+    It now joins as a first visit, told "recovery failed" again, with the old ``since``."""
+    link = proxy(redis_server.port)  # the server's way to Redis, which the test cuts
+    options = "?socket_timeout=1&socket_connect_timeout=1"
+    server = make_server(
+        "gevent",
+        settings={
+            "WEBSOCKET_GROUPS_URL": f"redis://127.0.0.1:{link.port}/0{options}",
+            "WEBSOCKET_GROUPS_HISTORY": HISTORY,
+        },
+    )
+    balancer = proxy(server.port)
+    worker = RedisLayer(redis_server.url, Registry())
+    recorder = Recorder()
+
+    def reports() -> list[dict[str, Any]]:
+        return [
+            json.loads(r.data)["recovery"]
+            for r in recorder.log
+            if isinstance(r, Received) and r.group is None and '"recovery"' in str(r.data)
+        ]
+
+    def read_until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + WAIT
+        while not condition():
+            assert time.monotonic() < deadline, recorder.log
+            with contextlib.suppress(TimeoutError):
+                recorder.log.append(ws.recv(timeout=0.5))
+
+    def server_reaches_redis() -> bool:
+        with ReconnectingClient(server.url("/group/small/follow/")) as probe:
+            report = json.loads(probe.recv(WAIT).data)["recovery"]
+        return report["position"] is not None
+
+    try:
+        with client(balancer.url("/group/small/follow/"), recorder) as ws:
+            seen = worker.send("small", "seen")
+            read_until(lambda: any(getattr(r, "data", None) == "seen" for r in recorder.log))
+            balancer.cut()
+            worker.send("small", "missed")  # kept; in the full state the view sends next
+            link.cut()
+            balancer.restore()
+            read_until(lambda: bool(recorder.events("recovery_failed")))
+            (failed,) = recorder.events("recovery_failed")
+            assert failed.since == seen and failed.position is None
+            assert "small" not in ws.positions  # given up
+            link.restore()
+            deadline = time.monotonic() + WAIT
+            while not server_reaches_redis():
+                assert time.monotonic() < deadline, "the server never reached Redis again"
+                time.sleep(0.2)
+            balancer.cut()
+            balancer.restore()
+            read_until(lambda: len(reports()) >= 3)
+    finally:
+        worker.close()
+    assert [r.data for r in recorder.log if isinstance(r, Received) and r.group] == ["seen"]
+    assert reports()[2]["since"] is None  # a first visit: the view sends the full state
+    assert not recorder.events("recovered")
+    assert [e.since for e in recorder.events("recovery_failed")] == [seen, seen]

@@ -44,6 +44,7 @@
     this._tick = 0;
     for (k in this.positions) this._recent[k] = ++this._tick;
     this._leftOut = Object.create(null); // group -> position the last URL had no room for
+    this._givenUp = Object.create(null); // group -> position a failed join gave up
     this.attempts = 0;
     this.closed = false; // close() called, or a close code in noRetry
     this.ws = null;
@@ -300,13 +301,23 @@
       this._emit("message", "d" in m ? m.d : decode(m.b, this.options.binaryType), { group: m.g, position: m.p });
     } else if (m.dws === "joined") {
       var leftOut = this._leftOut[m.g];
+      if (leftOut == null) leftOut = this._givenUp[m.g];
       delete this._leftOut[m.g];
+      delete this._givenUp[m.g];
+      var failed = m.since != null ? (m.recovered ? null : m.since) : leftOut;
       if (m.p) this._saw(m.g, m.p);
+      else if (failed != null) {
+        // Failed with no position (the server could not read Redis): the view sends the
+        // full state, which has what came after the old one; resuming from that later
+        // would replay it on top. Given up: a first visit next time.
+        delete this.positions[m.g];
+        this._givenUp[m.g] = failed;
+      }
       var info = { group: m.g, position: m.p, since: m.since, missed: m.missed };
       this._emit("joined", info);
       if (m.since != null) this._emit(m.recovered ? "recovered" : "recoveryfailed", info);
       else if (leftOut != null) {
-        // Its position had no room in the URL: what it missed is not coming.
+        // Its position had no room in the URL (or was given up): what it missed is not coming.
         this._emit("recoveryfailed", { group: m.g, position: m.p, since: leftOut, missed: m.missed });
       }
     } else {
