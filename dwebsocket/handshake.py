@@ -8,6 +8,7 @@ its headers, logged at INFO (a client's mistake is never a 500).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import re
 import sys
@@ -228,8 +229,23 @@ class OriginRule:
         return host == self.host
 
 
-# A DNS name or an IPv4 address, or an IPv6 literal (without its brackets).
-_HOST = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?|[0-9a-f:.]*:[0-9a-f:.]*")
+# A DNS name or an IPv4 address; an IPv6 literal (without its brackets) is checked by
+# _valid_rule_host.
+_HOST = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+
+
+def _valid_rule_host(host: str) -> bool:
+    """Whether ``host`` (lower-case, no brackets) is a DNS name, an IPv4 address or an IPv6
+    address. A colon makes it an IPv6 address or nothing: "127.0.0.1:8000" and
+    "face.cafe:8000" (a port without a scheme) are no host, though all their characters
+    may appear in one."""
+    if ":" not in host:
+        return _HOST.fullmatch(host) is not None
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_origin_rule(entry: object) -> OriginRule | str | None:
@@ -278,7 +294,7 @@ def parse_origin_rule(entry: object) -> OriginRule | str | None:
         host, subdomains = host[2:], True
     elif host.startswith(".") and scheme is None:
         host, apex_too = host[1:], True
-    if not host or not _HOST.fullmatch(host):
+    if not host or not _valid_rule_host(host):
         return None
     # As for the origin (_normalize_origin): "example.com." is example.com.
     return OriginRule(scheme, host.removesuffix("."), port, subdomains, apex_too)

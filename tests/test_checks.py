@@ -38,6 +38,10 @@ def test_w001_registered_with_django() -> None:
         (["https://ok.example", "https://ex*ample.com", "*example.com"], 2),
         ({"origins": "*"}, 1),
         (["https://ok.example", "null"], 1),
+        # A host pattern with a port, as a browser's address bar shows it: a port needs
+        # the scheme ("http://127.0.0.1:8000"). Taken for an IPv6 address when every
+        # letter of it is a hex digit, it was accepted silently and matched nothing.
+        (["127.0.0.1:8000", "example.com:8000", "face.cafe:8000", "a:b"], 4),
     ],
 )
 def test_e010_allowed_origins(configured: object, problems: int) -> None:
@@ -50,7 +54,13 @@ def test_e010_allowed_origins(configured: object, problems: int) -> None:
 
 @pytest.mark.parametrize(
     "configured",
-    [None, ["*"], ("https://example.com",), ["https://*.example.com", ".example.com", "[::1]"]],
+    [
+        None,
+        ["*"],
+        ("https://example.com",),
+        ["https://*.example.com", ".example.com", "[::1]"],
+        ["::1", "[2001:db8::1]", "https://[::1]:8000", "127.0.0.1", "https://127.0.0.1:8000"],
+    ],
 )
 def test_e010_silent_for_the_documented_forms(configured: object) -> None:
     with override_settings(WEBSOCKET_ALLOWED_ORIGINS=configured):
