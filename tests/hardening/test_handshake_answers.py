@@ -302,6 +302,24 @@ def test_uwsgi_resets_a_head_over_its_buffer_size(
     assert got == status
 
 
+@pytest.mark.parametrize(("name", "after"), [("uwsgi-gevent", 101), ("uwsgi-async", None)])
+def test_uwsgi_async_resets_every_head_after_one_over_its_buffer_size(
+    tmp_path: Path, name: str, after: int | None
+) -> None:
+    # docs/deployment.rst, the uWSGI options: under --async (uWSGI 2.0.31; also without
+    # dwebsocket, a bare WSGI app) the core that read a head over --buffer-size stays
+    # broken, and the worker resets every later connection ("invalid HTTP request size"
+    # each time), plain HTTP too, until it is restarted. --gevent only resets that one.
+    server = start_server(name, tmp_path / "server.log")
+    try:
+        before = status_or_none(server, upgrade_request("/echo/"))
+        oversized = status_or_none(server, with_cookies(5000))
+        got = [status_or_none(server, upgrade_request("/echo/")) for _ in range(3)]
+    finally:
+        server.stop()
+    assert (before, oversized, got) == (101, None, [after] * 3)
+
+
 def status_or_none(server: ServerProcess, request: bytes) -> int | None:
     """The answer's status, None for a connection closed or reset without one."""
     with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
