@@ -195,6 +195,23 @@ def check_host(value: str | None) -> str:
     return host
 
 
+def _check_no_body(headers: Mapping[str, str]) -> None:
+    """Raise ``InvalidHandshake`` (400) if ``headers`` (as :func:`parse_request` takes
+    them) announce a body: a GET upgrade carries none, and one would be read as WebSocket
+    frames. Also for a ``websocket`` scope, whose ASGI server may not check it."""
+    content_length = headers.get("content-length")
+    if content_length is not None:
+        # Digits read without int(): str.isdigit() also takes "²" (a latin-1 byte), and
+        # int() refuses it, or more than 4300 digits, with a ValueError (a 500).
+        digits = content_length.strip(" \t")
+        if not _DIGITS.fullmatch(digits):
+            raise InvalidHandshake(f"invalid Content-Length {quoted(content_length)}")
+        if digits.strip("0"):
+            raise InvalidHandshake("an upgrade request must not have a body")
+    if headers.get("transfer-encoding") is not None:
+        raise InvalidHandshake("an upgrade request must not have a body (Transfer-Encoding)")
+
+
 def parse_request(method: str, http_version: str, headers: Mapping[str, str]) -> HandshakeRequest:
     """Validate an upgrade request (RFC 6455 4.2.1) and return what the server needs.
 
@@ -252,18 +269,7 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
             f"invalid Sec-WebSocket-Key {quoted(key)}: must be 16 bytes encoded in base64"
         )
 
-    # A GET upgrade carries no body; one would be read as WebSocket frames.
-    content_length = headers.get("content-length")
-    if content_length is not None:
-        # Digits read without int(): str.isdigit() also takes "²" (a latin-1 byte), and
-        # int() refuses it, or more than 4300 digits, with a ValueError (a 500).
-        digits = content_length.strip(" \t")
-        if not _DIGITS.fullmatch(digits):
-            raise InvalidHandshake(f"invalid Content-Length {quoted(content_length)}")
-        if digits.strip("0"):
-            raise InvalidHandshake("an upgrade request must not have a body")
-    if headers.get("transfer-encoding") is not None:
-        raise InvalidHandshake("an upgrade request must not have a body (Transfer-Encoding)")
+    _check_no_body(headers)
 
     protocols = headers.get("sec-websocket-protocol")
     subprotocols = (

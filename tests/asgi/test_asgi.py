@@ -460,6 +460,30 @@ def test_hypercorn_ends_the_session_it_answered_400(
     )
 
 
+@pytest.mark.server
+@pytest.mark.skipif("hypercorn" not in asgi_servers(), reason="hypercorn not chosen")
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_upgrade_with_a_body_holds_no_session_under_hypercorn(
+    started: Callable[..., ServerProcess], kind: str
+) -> None:
+    """An upgrade request with a body in its segment: hypercorn answers 400 itself, but it
+    started the application first and never tells it (as for a frame before the 101,
+    above). dwebsocket refuses the body before the view runs, so no session is left
+    behind; it was: the view ran until hypercorn stopped, a sync one holding a thread and
+    a ``WEBSOCKET_ASGI_THREADS`` slot, for any client that sent a ``Content-Length``."""
+    server = started(f"hypercorn-{kind}")
+    release = server.url("/release/?id=with-body", "http")
+    with socket.create_connection((server.host, server.port), timeout=TIMEOUT) as sock:
+        request = upgrade_request("/held/?id=with-body")
+        sock.sendall(request.replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\nhello"))
+        status = read_http_response(sock)[0]
+    try:
+        after = settle(server, lambda now: not now["sessions"])
+    finally:
+        urllib.request.urlopen(release, timeout=TIMEOUT).close()
+    assert (status, after["sessions"], after["sync_sessions"]) == (400, 0, 0)
+
+
 DAPHNE_NO_CLOSE_REASON = (
     "daphne defect: websocket.disconnect carries the client's close code, not its reason "
     "(daphne 4.2, ws_protocol.onClose)"
