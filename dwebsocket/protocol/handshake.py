@@ -26,6 +26,7 @@ __all__ = [
     "build_request",
     "build_response",
     "check_host",
+    "check_no_body",
     "generate_key",
     "parse_extensions",
     "parse_request",
@@ -195,7 +196,7 @@ def check_host(value: str | None) -> str:
     return host
 
 
-def _check_no_body(headers: Mapping[str, str]) -> None:
+def check_no_body(headers: Mapping[str, str]) -> None:
     """Raise ``InvalidHandshake`` (400) if ``headers`` (as :func:`parse_request` takes
     them) announce a body: a GET upgrade carries none, and one would be read as WebSocket
     frames. Also for a ``websocket`` scope, whose ASGI server may not check it."""
@@ -269,7 +270,7 @@ def parse_request(method: str, http_version: str, headers: Mapping[str, str]) ->
             f"invalid Sec-WebSocket-Key {quoted(key)}: must be 16 bytes encoded in base64"
         )
 
-    _check_no_body(headers)
+    check_no_body(headers)
 
     protocols = headers.get("sec-websocket-protocol")
     subprotocols = (

@@ -69,11 +69,11 @@ def create_websocket(request: HttpRequest, connection: ASGIConnection) -> ASGIWe
     in a hybi draft's handshake, which daphne accepts). Raises ``InvalidHandshake`` (400)
     or ``ForbiddenOrigin`` (403). Never blocks."""
     from dwebsocket.handshake import check_origin, handshake_origin, request_headers
-    from dwebsocket.protocol.handshake import _check_no_body, check_host
+    from dwebsocket.protocol.handshake import check_host, check_no_body
 
     headers = request_headers(request.META)
     check_host(headers.get("host"))
-    _check_no_body(headers)
+    check_no_body(headers)
     check_origin(handshake_origin(headers))
     return ASGIWebSocket(request, connection)
 
