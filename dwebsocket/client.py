@@ -487,17 +487,21 @@ class ReconnectingClient:
         that call and returns at once: the reading thread sends the close frame, lets go
         of the socket and raises ``ConnectionClosed``. During a :meth:`send` (in another
         thread, or in this one, from a signal handler) it returns at once too: the
-        message goes out whole, then the close frame."""
+        message goes out whole, then the close frame. From a signal handler in the
+        thread waiting in :meth:`recv` to reconnect, it ends that wait."""
         if self._closed_for_good:
             return
         self._closed_for_good = True
         self.close_code, self.close_reason = code, reason
+        # Ends a wait to reconnect: another thread's, or this one's when a signal
+        # handler (a SIGTERM) calls close() during it, which would sleep out the delay.
+        self._wake.set()
         reader = self._reader
         if reader is not None and reader != threading.get_ident():
             # Another thread reads: the socket is its to close (closing it under a read
             # leaves the read waiting on a dead descriptor, or on the next socket given
-            # its number). Wake it: from a wait to reconnect, from a read (b"" at once).
-            self._wake.set()
+            # its number). Wake it: from a wait to reconnect (above), from a read (b""
+            # at once).
             conn, sock = self._conn, self._sock
             if sock is not None:
                 with contextlib.suppress(OSError):

@@ -985,6 +985,43 @@ def test_close_from_another_thread_ends_a_wait_to_reconnect() -> None:
     assert isinstance(ended[0], ConnectionClosed)
 
 
+def test_close_from_a_signal_handler_ends_a_wait_to_reconnect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service stops from a ``SIGTERM`` handler that calls ``close()`` while its main
+    thread, the reading one, waits for the next attempt (the server is down): the wait
+    ends and ``recv()`` raises ``ConnectionClosed``. Before, ``close()`` woke only a
+    reader in another thread: the handler returned into the wait, which slept out the
+    delay (up to ``max_delay``; more after a ``Retry-After``) before the service could
+    stop. Here a second alarm, 3 s later, interrupts a wait that did not end."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the whole delay
+    alarms: list[float] = []
+
+    def handler(signum: int, frame: object) -> None:
+        alarms.append(time.monotonic())
+        if len(alarms) == 1:
+            client.close()
+        else:
+            raise Interrupted
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: each attempt refused at once
+        client = ReconnectingClient(
+            f"ws://127.0.0.1:{closed.getsockname()[1]}/", min_delay=600, max_delay=600
+        )
+        with pytest.raises(TimeoutError):
+            client.connect(0.1)  # refused once: the next attempt is 600 s away
+        previous = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2, 3.0)
+            with pytest.raises(ConnectionClosed):
+                client.recv()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    assert len(alarms) == 1 and client.close_code == 1000
+
+
 def test_close_from_another_thread_ends_an_attempt_under_way() -> None:
     """The same while the reading thread's attempt waits for the TCP connection (the
     server's host is gone: nothing answers, here a listener whose queue is full, so the
