@@ -774,6 +774,17 @@ class ReconnectingClient:
         # settimeout() refuses what it cannot count (ping_interval inf: no heartbeat).
         sock.settimeout(min(wait, 86400.0))
         try:
+            if isinstance(sock, ssl.SSLSocket) and not sock.pending():
+                # Wait on the socket itself (a peek), not inside OpenSSL: close() from
+                # another thread ends the wait by shutting the read side, and an SSL read
+                # that met that end would leave the TLS session broken, the reader's
+                # close frame unsent (the server saw a 1006, not the code given).
+                socket.socket.recv(sock, 1, socket.MSG_PEEK)
+                if self._closed_for_good:
+                    self._finish_close()
+                    return True
+                if wait:  # what the peek took of it
+                    sock.settimeout(max(0.0, min(wait, 86400.0) - (time.monotonic() - now)))
             data = sock.recv(_RECV)
         except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             if dead:

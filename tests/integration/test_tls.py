@@ -8,15 +8,22 @@ the TLS stream at the first group message.
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from dwebsocket.client import ReconnectingClient
+from dwebsocket.exceptions import ConnectionClosed
 from tests.servers import ServerProcess, running_server
 from tests.wire import TIMEOUT
 
@@ -88,3 +95,45 @@ def test_group_messages_over_tls(server: ServerProcess, certificate: tuple[Path,
         for i in range(20):
             client.send(f"to the group {i}")
             assert client.recv(timeout=TIMEOUT) == f"to the group {i}"
+
+
+def test_the_python_clients_close_from_another_thread_reaches_the_view(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    """A service reads a ``wss://`` connection in one thread and stops from another:
+    ``close(1000, "bye")`` wakes the reader, which sends the close frame. Over TLS the
+    frame never went: the reader's SSL read met the shut-down read side (the wake-up),
+    which left the TLS session unable to write, and the view recorded 1006, where over
+    ``ws://`` it records 1000 "bye" (``tests/test_client.py``)."""
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    client = ReconnectingClient(
+        server.url("/record/?id=tls-threads", scheme="wss"), ssl_context=context, ping_interval=30
+    )
+    client.connect(TIMEOUT)
+    client.send("hello")
+    assert client.recv(TIMEOUT).data == "hello"
+    ended: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            client.recv()
+        except BaseException as exc:
+            ended.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    time.sleep(0.1)  # the read is waiting
+    client.close(1000, "bye")
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), "the read did not end"
+    assert isinstance(ended[0], ConnectionClosed) and client._sock is None
+    record = server.url("/record/?id=tls-threads", scheme="https")
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(record, timeout=TIMEOUT, context=context) as response:
+                assert json.load(response) == {"code": 1000, "reason": "bye", "closed": True}
+                break
+        except urllib.error.HTTPError:  # 404: not closed yet
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
