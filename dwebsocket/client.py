@@ -185,15 +185,18 @@ def _connect_tcp(
 ) -> socket.socket:
     """A TCP connection to the first address of ``host`` that accepts one (as
     ``socket.create_connection``), every step within ``left()`` seconds, which raises
-    ``TimeoutError`` once none are left. ``started`` gets each socket before it
-    connects (``shutdown()`` from another thread then ends the wait: Linux gives the
-    connection up). Raises the last address's error."""
+    ``TimeoutError`` once none are left; each address but the last gets its share of
+    them (one that drops the SYNs, an IPv6 route a firewall drops, would take them all,
+    and the next, which works, would never be tried). ``started`` gets each socket
+    before it connects (``shutdown()`` from another thread then ends the wait: Linux
+    gives the connection up). Raises the last address's error."""
     error: OSError | None = None
-    for family, kind, proto, _, address in _resolve(host, port, left):
+    addresses = _resolve(host, port, left)
+    for index, (family, kind, proto, _, address) in enumerate(addresses):
         sock = socket.socket(family, kind, proto)
         try:
             started(sock)
-            sock.settimeout(left())
+            sock.settimeout(left() / (len(addresses) - index))
             sock.connect(address)
         except BaseException as exc:
             sock.close()

@@ -699,6 +699,48 @@ def test_a_host_name_is_looked_up_and_connected(gevent: ServerProcess) -> None:
     assert not [t for t in lookups if t.is_alive()]
 
 
+def test_a_host_whose_first_address_drops_connections_is_reached_on_the_next(
+    gevent: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose first address takes no connections and refuses none (an IPv6 route
+    a firewall drops, on a dual-stack host: here 127.0.0.2, a listener whose queue is
+    full, so the kernel drops the SYNs) and whose next one has the server: the client
+    gets there, as ``socket.create_connection`` and browsers do. Before, the first
+    address's connect took all of the attempt's ``timeout``, the next was never tried,
+    and every attempt ended so: the client never connected."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "dual-stack.test":
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            ]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with socket.create_server(("127.0.0.2", gevent.port), backlog=0):
+        queued = []
+        try:
+            for _ in range(4):  # more than the queue takes: the next SYN gets no answer
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.2", gevent.port))
+                queued.append(filler)
+            client = ReconnectingClient(
+                f"ws://dual-stack.test:{gevent.port}/echo/", timeout=1.0, max_delay=0.5
+            )
+            try:
+                client.connect(6)
+                client.send("through the second address")
+                assert client.recv(WAIT).data == "through the second address"
+            finally:
+                client.close()
+        finally:
+            for filler in queued:
+                filler.close()
+
+
 def _answer_handshake(backend: socket.socket, extra: bytes = b"") -> socket.socket:
     """Accept one connection on ``backend``, read its request and answer 101 (``extra``:
     more header lines)."""
