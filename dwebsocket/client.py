@@ -487,11 +487,12 @@ class ReconnectingClient:
         all the same.
 
         From another thread than one inside :meth:`recv` (or :meth:`connect`), it wakes
-        that call and returns at once: the reading thread sends the close frame, lets go
-        of the socket and raises ``ConnectionClosed``. During a :meth:`send` (in another
-        thread, or in this one, from a signal handler) it returns at once too: the
-        message goes out whole, then the close frame. From a signal handler in the
-        thread waiting in :meth:`recv` to reconnect, it ends that wait."""
+        that call and returns at once: the reading thread sends the close frame (if the
+        socket takes it at once), lets go of the socket and raises ``ConnectionClosed``.
+        During a :meth:`send` (in another thread, or in this one, from a signal handler)
+        it returns at once too: the message goes out whole, then the close frame. From a
+        signal handler in the thread waiting in :meth:`recv` to reconnect, it ends that
+        wait."""
         if self._closed_for_good:
             return
         self._closed_for_good = True
@@ -540,9 +541,13 @@ class ReconnectingClient:
             self._drop()  # whatever went wrong above: closed for good holds no socket
             self._closing.release()
 
-    def _finish_close(self) -> None:
+    def _finish_close(self, *, at_once: bool = True) -> None:
         """In the reading thread, after :meth:`close` from another: send the close frame
-        (no wait for the server's: the read side is shut) and let go of the socket."""
+        (no wait for the server's: the read side is shut) and let go of the socket.
+        ``at_once``: the frame only if the socket takes it at once (a link that takes
+        nothing, its buffers full, would hold the reader up to ``timeout``), after the
+        write under way in another thread if there is one; False after a message written
+        in this thread (:meth:`_write`), which the frame follows as a write does."""
         if not self._closing.acquire(blocking=False):
             return  # close() in this thread is at it (a write failed: _lost)
         try:
@@ -550,7 +555,8 @@ class ReconnectingClient:
             if conn is not None and sock is not None:
                 with contextlib.suppress(OSError, ConnectionClosed, ValueError):
                     code = self.close_code or 1000
-                    self._write(conn.send_close(code, self.close_reason), lose=False)
+                    frame = conn.send_close(code, self.close_reason)
+                    self._write(frame, lose=False, timeout=0 if at_once else None)
         finally:
             self._drop()
             self._closing.release()
@@ -903,15 +909,16 @@ class ReconnectingClient:
         self._arrived.pop(group, None)  # to the end: the most recent are kept in the URL
         self._arrived[group] = position
 
-    def _write(self, data: bytes, *, lose: bool = True) -> None:
+    def _write(self, data: bytes, *, lose: bool = True, timeout: float | None = None) -> None:
         """Write ``data``; raises ``ConnectionClosed`` when the socket fails, the
-        connection then lost (``lose`` False: the caller calls :meth:`_lost` itself)."""
+        connection then lost (``lose`` False: the caller calls :meth:`_lost` itself).
+        ``timeout``: instead of :attr:`timeout` (0: only what the socket takes at once)."""
         sock = self._sock
         if sock is None:
             raise ConnectionClosed(1006, "not connected")
         try:
             with self._writing:
-                sock.settimeout(self.timeout)
+                sock.settimeout(self.timeout if timeout is None else timeout)
                 # timeout for each send() to move some bytes, not for the whole message (as
                 # sendall() has it, but ssl's): a large one over a slow link is not a dead one.
                 view, sent = memoryview(data), 0
@@ -932,7 +939,7 @@ class ReconnectingClient:
             self._lost(1006, "a write was interrupted")
             raise
         if self._closed_for_good:
-            self._finish_close()  # close() came during the write and left it to this one
+            self._finish_close(at_once=False)  # close() came during the write: left to it
 
     def _read_last_words(self, sock: socket.socket) -> None:
         """After a write failed: the server may have closed the connection with a code,

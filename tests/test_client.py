@@ -4,6 +4,7 @@ Recovery across processes with it is in ``tests/groups/test_history_servers.py``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -1006,6 +1007,31 @@ def test_close_from_another_thread_ends_a_read_waiting_for_messages(proxy: Proxy
     assert not thread.is_alive(), "the read did not end"
     assert isinstance(ended[0], ConnectionClosed) and client.close_code == 1000
     assert client._sock is None
+
+
+def test_close_from_another_thread_ends_a_read_on_a_link_that_takes_nothing() -> None:
+    """The same when the socket's send buffer is full (the server stopped reading while
+    the client was sending: here a backend that never reads, and bytes of the test's
+    own filling the buffers): the reading thread ends at once, without its close frame,
+    which nothing would take. Before, it waited up to ``timeout`` (600 s here) for room
+    to write the frame, and a service stopping waited as long for its reader."""
+    client, conn = _connected_to_a_bare_backend(receive_buffer=4096, timeout=600)
+    try:
+        sock = client._sock
+        assert sock is not None
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the payload of a binary frame no one reads: nothing more fits
+                sock.send(b"\0" * 65536)
+        thread, ended = _reading(client)
+        time.sleep(0.1)  # the read is waiting
+        client.close()
+        thread.join(3)
+        assert not thread.is_alive(), "the read did not end"
+        assert isinstance(ended[0], ConnectionClosed) and client._sock is None
+    finally:
+        conn.close()
+        client.close()
 
 
 def test_close_from_another_thread_ends_a_wait_to_reconnect() -> None:
