@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import random
+import select
 import socket
 import ssl
 import struct
@@ -221,6 +222,18 @@ def _unsent(sock: socket.socket) -> int | None:
     return queued
 
 
+def _writable(sock: socket.socket) -> bool:
+    """True if ``sock`` has room for a write now (or cannot say: closed meanwhile)."""
+    try:
+        if not hasattr(select, "poll"):  # Windows
+            return bool(select.select([], [sock], [], 0)[1])
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # ValueError: closed (fileno -1): the write will say
+        return True
+
+
 class Received(NamedTuple):
     """An application message: ``data`` (``str`` or ``bytes``); for a group message of a
     history group, its ``group`` and ``position`` (else None)."""
@@ -381,6 +394,7 @@ class ReconnectingClient:
         self._heard = 0.0
         self._ping_sent: float | None = None
         self._unsent: int | None = None  # bytes of ours not yet acknowledged (see _pump)
+        self._ping_owed = False  # a ping due that the socket had no room for (see _ping)
         # For close() from another thread: the thread inside recv() or connect() (None:
         # none), what wakes it from a wait to reconnect, and who takes the socket to close.
         self._reader: int | None = None
@@ -764,14 +778,15 @@ class ReconnectingClient:
             if self._ping_sent is None:
                 self._ping_sent = now
                 self._unsent = _unsent(sock)  # before the ping: what it waits behind
-                with contextlib.suppress(ConnectionClosed):
-                    self.send(_PING)
+                self._ping(sock)
                 return deadline is None or now < deadline  # a poll reads at the next call
             # The ping waits behind what send() left in the system's queue (a large
             # message over a slow uplink): while that drains, the connection lives.
             unsent = _unsent(sock)
             if unsent is not None and self._unsent is not None and unsent < self._unsent:
                 self._ping_sent, self._unsent = now, unsent
+                if self._ping_owed:
+                    self._ping(sock)
                 return deadline is None or now < deadline
             # The caller may have been away since the ping (recv() is not always being
             # called): the answer may be waiting unread. Only nothing at all is silence.
@@ -809,6 +824,18 @@ class ReconnectingClient:
             return True
         self._feed(data)
         return True
+
+    def _ping(self, sock: socket.socket) -> None:
+        """Send the heartbeat's ping; but where the system says how much of what was
+        sent is still to go (:func:`_unsent`) and the socket has no room now, the ping
+        is owed instead: :meth:`_pump` sends it once that shrinks, and counts the
+        connection dead after ``ping_timeout`` in which it did not. (A write waiting for
+        room would wait up to ``timeout``, past the caller's own and ``ping_timeout``,
+        on a link that takes nothing.)"""
+        self._ping_owed = self._unsent is not None and not _writable(sock)
+        if not self._ping_owed:
+            with contextlib.suppress(ConnectionClosed):
+                self.send(_PING)
 
     def _say_why(self, sock: socket.socket, code: int, reason: str) -> None:
         """A close frame with ``code`` on a connection given up, as the browser client

@@ -850,6 +850,53 @@ def test_a_write_interrupted_midway_gives_the_connection_up() -> None:
             conn.close()
 
 
+def test_the_heartbeat_gives_up_a_link_that_takes_nothing_within_ping_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server stopped reading while the client sent (a backend that never reads;
+    the socket's buffers full of whole frames): at the next ping the link takes nothing
+    at all, and after ``ping_timeout`` in which none of what waits went out the
+    connection counts as dead (4002), as documented, and ``recv(timeout)`` keeps to its
+    timeout. Before, the ping's write waited for room up to ``timeout`` (600 s here)
+    inside ``recv(3)``."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # no retry meanwhile
+    events: list[Event] = []
+    client, conn = _connected_to_a_bare_backend(
+        receive_buffer=4096,
+        timeout=600,
+        ping_interval=0.2,
+        ping_timeout=0.5,
+        min_delay=600,
+        max_delay=600,
+        on_event=events.append,
+    )
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            client.recv(3)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        sock, protocol = client._sock, client._conn
+        assert sock is not None and protocol is not None
+        sock.setblocking(False)
+        frame = protocol.send_message(b"\0" * 1000)
+        with contextlib.suppress(BlockingIOError):
+            while sock.send(frame) == len(frame):  # whole frames until nothing more fits
+                frame = protocol.send_message(b"\0" * 1000)
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "recv(3) was still writing the ping"
+        assert isinstance(outcome[0], TimeoutError)
+        assert [(e.type, e.code) for e in events] == [("open", None), ("close", 4002)]
+    finally:
+        conn.close()
+        client.close()
+
+
 def test_a_large_message_sent_over_a_slow_link_is_not_taken_for_a_dead_connection() -> None:
     """``send()`` returns once the system took the message: 1.5 MB waits in the send
     queue while the server reads it in about 2 s (a slow uplink), and the ping
