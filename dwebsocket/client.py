@@ -47,7 +47,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import (
+    SplitResult,
+    parse_qsl,
+    quote,
+    quote_plus,
+    unquote,
+    urlencode,
+    urlsplit,
+    urlunsplit,
+)
 
 from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake, InvalidState
 from dwebsocket.protocol.connection import Close, Connection
@@ -234,6 +243,14 @@ def _writable(sock: socket.socket) -> bool:
         return True
 
 
+def _without_password(url: str, parts: SplitResult) -> str:
+    """``url`` with the password of its user information (if any) shown as ``***``."""
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+
+
 class Received(NamedTuple):
     """An application message: ``data`` (``str`` or ``bytes``); for a group message of a
     history group, its ``group`` and ``position`` (else None)."""
@@ -299,7 +316,9 @@ class ReconnectingClient:
     time cut short is not a failure: the next call starts afresh, without backoff).
     ``compression``: offer permessage-deflate, as browsers do (the server's
     ``WEBSOCKET_COMPRESSION`` decides; ``max_message_size`` counts the bytes
-    decompressed). ``headers``, ``origin``, ``subprotocols`` go into the handshake (one it
+    decompressed). A user and password in the URL go as HTTP Basic auth (unless
+    ``headers`` has an ``Authorization``; ``repr()`` and errors show the password as
+    ``***``). ``headers``, ``origin``, ``subprotocols`` go into the handshake (one it
     cannot carry, a line end or a character latin-1 has not, raises ``ValueError`` here;
     the one the server chose is :attr:`subprotocol`, one it did not offer fails the attempt);
     ``ssl_context`` for ``wss://``. ``since_limit``: the most characters the positions may
@@ -331,17 +350,26 @@ class ReconnectingClient:
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
+        # The URL as repr() and error messages show it: without its password.
+        self._shown = _without_password(url, parts)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"expected a ws:// or wss:// URL, not {url!r}")
+            raise ValueError(f"expected a ws:// or wss:// URL, not {self._shown!r}")
         try:
             # What getaddrinfo() does to a name first: one it refuses would fail every attempt.
             name = parts.hostname.encode("idna").decode("ascii")
         except UnicodeError as exc:
-            raise ValueError(f"the host of {url!r} is not a valid name: {exc}") from None
+            raise ValueError(f"the host of {self._shown!r} is not a valid name: {exc}") from None
         try:
             parts.port  # noqa: B018 -- raises for a port out of range or not a number
         except ValueError as exc:
-            raise ValueError(f"the port of {url!r} is not valid: {exc}") from None
+            raise ValueError(f"the port of {self._shown!r} is not valid: {exc}") from None
+        if (parts.username is not None or parts.password is not None) and not any(
+            key.lower() == "authorization" for key, _ in headers
+        ):
+            # HTTP Basic auth, as the websockets client sends a URL's credentials.
+            credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+            basic = base64.b64encode(credentials.encode()).decode("ascii")
+            headers = [*headers, ("Authorization", f"Basic {basic}")]
         self.url = url
         self._parts = parts
         # Host: as given, but a name beyond ASCII in its IDNA form, as browsers send it
@@ -406,7 +434,7 @@ class ReconnectingClient:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed_for_good else "open" if self.connected else "waiting"
-        return f"<ReconnectingClient {state} {self.url}>"
+        return f"<ReconnectingClient {state} {self._shown}>"
 
     def __enter__(self) -> ReconnectingClient:
         return self.connect()
@@ -438,7 +466,7 @@ class ReconnectingClient:
                 if self._conn is not None:
                     return self
                 if not self._reconnect(deadline):
-                    raise TimeoutError(f"not connected to {self.url} within {timeout}s")
+                    raise TimeoutError(f"not connected to {self._shown} within {timeout}s")
 
     def recv(self, timeout: float | None = None) -> Received:
         """The next application message, reconnecting (and resuming) as needed.
@@ -453,10 +481,10 @@ class ReconnectingClient:
                 self._check_open()
                 if self._conn is None:
                     if not self._reconnect(deadline):
-                        raise TimeoutError(f"no message from {self.url} within {timeout}s")
+                        raise TimeoutError(f"no message from {self._shown} within {timeout}s")
                     continue
                 if not self._pump(deadline):
-                    raise TimeoutError(f"no message from {self.url} within {timeout}s")
+                    raise TimeoutError(f"no message from {self._shown} within {timeout}s")
             return received
 
     @contextlib.contextmanager

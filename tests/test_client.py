@@ -4,6 +4,7 @@ Recovery across processes with it is in ``tests/groups/test_history_servers.py``
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -126,6 +127,28 @@ def test_a_host_name_goes_in_the_host_header_as_dns_knows_it() -> None:
     ]:
         request = ReconnectingClient(url)._request("dGhlIHNhbXBsZSBub25jZQ==")
         assert re.search(rb"\r\nHost: (\S+)\r\n", request)[1] == host  # type: ignore[index]
+
+
+def test_credentials_in_the_url_go_as_basic_auth_and_never_into_repr() -> None:
+    """``ws://user:pass@host/`` sends the credentials as HTTP Basic auth, as the
+    ``websockets`` client does (percent-escapes decoded, UTF-8), unless ``headers`` has an
+    ``Authorization`` of its own; the password never shows in ``repr()`` or an error
+    message. They were dropped without a word, and the password was in both."""
+    client = ReconnectingClient("ws://al%40ice:p%3Ass%C3%A9@127.0.0.1:9/x/")
+    request = client._request("dGhlIHNhbXBsZSBub25jZQ==")
+    token = base64.b64encode("al@ice:p:ssé".encode()).decode()
+    assert f"\r\nAuthorization: Basic {token}\r\n".encode() in request
+    assert b"p%3A" not in request and "p%3A" not in repr(client)
+    assert "ws://al%40ice:***@127.0.0.1:9/x/" in repr(client)
+    with pytest.raises(TimeoutError) as raised:
+        client.connect(0.2)
+    assert "p%3A" not in str(raised.value) and "***" in str(raised.value)
+    own = ReconnectingClient("ws://u:secret@127.0.0.1:9/", headers=[("authorization", "Bearer t")])
+    request = own._request("dGhlIHNhbXBsZSBub25jZQ==")
+    assert b"Bearer t" in request and b"Basic" not in request
+    with pytest.raises(ValueError) as refused:
+        ReconnectingClient("http://u:secret@127.0.0.1:9/")
+    assert "secret" not in str(refused.value)
 
 
 def test_the_urls_blank_query_parameters_are_kept() -> None:
