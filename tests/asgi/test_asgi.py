@@ -26,6 +26,7 @@ from websockets.http11 import Response
 from websockets.sync.client import ClientConnection, connect
 
 from dwebsocket.backends.asgi.connection import BACKLOG_MESSAGES
+from dwebsocket.backends.asgi.websocket import SIGNAL_THREADS
 from dwebsocket.limits import RETRY_AFTER
 from tests.asgi.conftest import HYPERCORN_PIPELINED, KINDS, asgi_servers, start_asgi
 from tests.defects import DefectShown, check
@@ -172,6 +173,44 @@ def test_async_views_hold_no_thread(
         for client in clients:  # and the sessions go on
             client.send("still here")
             assert client.recv(timeout=TIMEOUT) == "still here"
+
+
+@pytest.mark.server
+@pytest.mark.skipif("uvicorn" not in asgi_servers(), reason="uvicorn not chosen")
+@pytest.mark.parametrize("kind", KINDS)
+def test_slow_websocket_opened_receivers_hold_up_no_other_handshake(
+    started: Callable[..., ServerProcess], kind: str
+) -> None:
+    """Connections whose ``websocket_opened`` receivers wait (users' join of a user's
+    group waits for Redis to confirm the subscription, up to the socket timeout; a
+    site's receiver that writes a row) hold up their own session, not the others'
+    handshakes. An async view's accept ran the session's cookies and those receivers in
+    the process's pool of ``SIGNAL_THREADS`` signal threads: that many connections whose
+    receivers waited, and no other async view in the process got its 101 (nor its
+    ``websocket_closed``) until one returned. They run in the session's worker thread
+    now, as a sync view's run in the view's."""
+    server = started(f"uvicorn-{kind}")
+    gate = uuid.uuid4().hex
+    with contextlib.ExitStack() as stack:
+        try:
+            held = [
+                stack.enter_context(ws(server, f"/echo/?open_gate={gate}"))
+                for _ in range(SIGNAL_THREADS)
+            ]
+            try:
+                other = stack.enter_context(ws(server, "/echo/"))
+            except TimeoutError:
+                raise AssertionError("no 101 while the other receivers wait") from None
+            other.send("not held up")
+            assert other.recv(timeout=TIMEOUT) == "not held up"
+        finally:
+            with urllib.request.urlopen(
+                server.url(f"/release/?id={gate}", "http"), timeout=TIMEOUT
+            ):
+                pass
+        for client in held:  # and the held ones go on once their receivers returned
+            client.send("released")
+            assert client.recv(timeout=TIMEOUT) == "released"
 
 
 @pytest.mark.server

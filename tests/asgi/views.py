@@ -349,6 +349,24 @@ websocket_opened.connect(_counter("opened"), weak=False, dispatch_uid="tests.asg
 websocket_closed.connect(_counter("closed"), weak=False, dispatch_uid="tests.asgi.closed")
 
 
+#: How long a ``?open_gate=`` connection's ``websocket_opened`` receiver waits for its
+#: release (beyond the tests' waits: the test releases it).
+OPEN_HOLD = 30.0
+
+
+def _held_open(sender: object, request: HttpRequest, **kwargs: object) -> None:
+    """``websocket_opened`` of a request with ``?open_gate=``: returns once
+    ``release/?id=`` of that gate was requested (or ``OPEN_HOLD`` passed), as a receiver
+    that waits for Redis does (users' join of a user's group waits for its SUBSCRIBE to be
+    confirmed, up to the socket timeout)."""
+    key = request.GET.get("open_gate")
+    if key is not None:
+        _gate(key).wait(OPEN_HOLD)
+
+
+websocket_opened.connect(_held_open, weak=False, dispatch_uid="tests.asgi.held_open")
+
+
 def _opened_count(request: HttpRequest) -> JsonResponse:
     with _CLOSES_LOCK:
         return JsonResponse(SIGNALLED.get(request.GET["lazy"], {"opened": 0, "closed": 0}))

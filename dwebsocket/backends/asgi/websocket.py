@@ -67,10 +67,10 @@ def _signals() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _in_signal_thread(target: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """``target(...)`` in a signal thread (or a worker thread: an async view's join), then
-    the end of a request's treatment of that thread's database connections (receivers
-    and joins query: ``request.user``, the session): these threads outlive every request,
-    so without it each would keep its connections open."""
+    """``target(...)`` in a signal thread (or a session's worker thread: an async view's
+    accept and join), then the end of a request's treatment of that thread's database
+    connections (receivers and joins query: ``request.user``, the session): these
+    threads outlive every request, so without it each would keep its connections open."""
     try:
         return target(*args, **kwargs)
     finally:
@@ -405,12 +405,21 @@ class AsyncWebSocket:
         if self.connection.accepted:
             return
         _check_subprotocol(subprotocol, self.offered_subprotocols)
-        # In a thread: the session may be saved, the user read (see session_cookies).
-        cookies = await asyncio.wrap_future(
-            _signals().submit(_in_signal_thread, session_cookies, self.request)
-        )
+        from asgiref.sync import sync_to_async
+
+        # In the session's worker thread, as a sync view's accept runs in the view's: the
+        # session may be saved, the user read (see session_cookies), and websocket_opened's
+        # receivers may wait (users' join waits for Redis to confirm the subscription).
+        # In the signal threads, which the whole process shares, a few such waits held up
+        # every other async view's handshake.
+        cookies = await sync_to_async(
+            functools.partial(_in_signal_thread, session_cookies, self.request),
+            thread_sensitive=True,
+        )()
         if await self.connection.accept(subprotocol, cookies):
-            await asyncio.wrap_future(_signals().submit(_in_signal_thread, self.sync._opened))
+            await sync_to_async(
+                functools.partial(_in_signal_thread, self.sync._opened), thread_sensitive=True
+            )()
 
     async def _ensure_accepted(self) -> None:
         if not self.connection.accepted:
