@@ -14,6 +14,7 @@ without waiting for the peer's is appropriate.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import sys
@@ -293,6 +294,14 @@ def _answer_status(exc: Exception) -> int:
     if isinstance(exc, (BadRequest, SuspiciousOperation, MultiPartParserError)):
         return 400
     return 500
+
+
+def _closed_only(exc: BaseException) -> bool:
+    """Whether ``exc`` is an exception group (an ``asyncio.TaskGroup``'s, Python 3.11+) of
+    nothing but ``ConnectionClosed``, however nested: the client left under several of the
+    view's tasks, which is no more the view failing than one ``ConnectionClosed`` is."""
+    group = getattr(builtins, "BaseExceptionGroup", None)
+    return group is not None and isinstance(exc, group) and exc.split(ConnectionClosed)[1] is None
 
 
 def _going_away(exc: BaseException) -> bool:

@@ -39,6 +39,7 @@ urlpatterns = [
     path("raise-closed/", views.raise_closed),
     path("raise-error/", views.raise_error),
     path("big/", views.big),
+    path("ticks/", views.ticks),
     path("nothing/", views.nothing),
     path("ping/", views.ping),
     path("info/", views.info),

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -211,6 +212,29 @@ def test_slow_websocket_opened_receivers_hold_up_no_other_handshake(
         for client in held:  # and the held ones go on once their receivers returned
             client.send("released")
             assert client.recv(timeout=TIMEOUT) == "released"
+
+
+@pytest.mark.server
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is Python 3.11+")
+@pytest.mark.parametrize("name", asgi_servers())
+def test_a_task_group_whose_tasks_found_the_client_gone_logs_no_error(
+    started: Callable[..., ServerProcess], name: str
+) -> None:
+    """An async view running a reader and a ticker in a ``TaskGroup``: when the client
+    leaves, the ticker's send raises ``ConnectionClosed``, which the group raises in an
+    ``ExceptionGroup``. That is the client leaving, as a ``ConnectionClosed`` the view
+    raises itself is, not the view failing: no 500 (Django's ``got_request_exception``,
+    what error reporters hook) and no "Internal Server Error" with a traceback at ERROR
+    (daphne shows Django's log) for each client that leaves."""
+    server = started(f"{name}-async")
+    for _ in range(3):
+        with ws(server, "/ticks/") as client:
+            assert client.recv(timeout=TIMEOUT) == "tick"
+    now = settle(server, lambda now: now["sessions"] == 0)
+    assert now["sessions"] == 0 and "/ticks/" not in now["errors"], now
+    server.stop()  # what the sessions' ends logged is all in
+    assert "Internal Server Error" not in server.log(), server.log()
+    assert "Traceback" not in server.log(), server.log()
 
 
 @pytest.mark.server

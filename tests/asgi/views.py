@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -91,6 +92,40 @@ async def raise_error(request: HttpRequest) -> None:
     """Raise after the first message: 1011 for the client."""
     await request.websocket.wait()
     raise RuntimeError("boom (on purpose, tests.asgi.views.raise_error)")
+
+
+@require_websocket
+async def ticks(request: HttpRequest) -> None:
+    """A reader and a ticker in a ``TaskGroup`` (Python 3.11+), the way to run a view's
+    tasks together: when the client leaves, the ticker's send raises ``ConnectionClosed``,
+    which the group raises in an ``ExceptionGroup``."""
+    ws = request.websocket
+
+    async def read() -> None:
+        async for _message in ws:
+            pass
+
+    async def tick() -> None:
+        while True:
+            await ws.send("tick")
+            await asyncio.sleep(0.01)
+
+    async with asyncio.TaskGroup() as tasks:  # type: ignore[attr-defined,unused-ignore]
+        tasks.create_task(read())
+        tasks.create_task(tick())
+
+
+#: Django's ``got_request_exception`` (a view that raised: a 500 logged), by path.
+ERRORS: dict[str, int] = {}
+
+
+def _count_error(sender: object, request: HttpRequest | None = None, **kwargs: object) -> None:
+    if request is not None:
+        with _CLOSES_LOCK:
+            ERRORS[request.path] = ERRORS.get(request.path, 0) + 1
+
+
+got_request_exception.connect(_count_error, weak=False, dispatch_uid="tests.asgi.errors")
 
 
 @require_websocket
@@ -541,6 +576,7 @@ async def counts(request: HttpRequest) -> JsonResponse:
             "tasks": len(asyncio.all_tasks()),
             "sync_sessions": sync_threads(),
             "sessions": open_sessions()[0],
+            "errors": dict(ERRORS),
             "names": sorted(
                 {thread.name.rstrip("0123456789_-") for thread in threading.enumerate()}
             ),

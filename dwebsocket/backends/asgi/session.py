@@ -216,7 +216,7 @@ async def _arun_session(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> HttpResponse:
-    from dwebsocket.session import _going_away, _session_over
+    from dwebsocket.session import _closed_only, _going_away, _session_over
 
     try:
         response = await view(request, *args, **kwargs)
@@ -224,7 +224,13 @@ async def _arun_session(
         logger.debug("ConnectionClosed escaped the view for %s: %s", printable(request.path), exc)
         await websocket.end_session(1000)
         return _session_over()
-    except Exception:
+    except Exception as exc:
+        if _closed_only(exc):  # a TaskGroup's: the client left under several tasks
+            logger.debug(
+                "ConnectionClosed escaped the view for %s: %r", printable(request.path), exc
+            )
+            await websocket.end_session(1000)
+            return _session_over()
         if not websocket.connection.refuse_session():  # else Django's 500 is the answer
             await websocket.end_session(1011)
         raise
