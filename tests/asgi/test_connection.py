@@ -302,6 +302,92 @@ def test_a_close_sends_what_was_queued_first_even_a_message_the_flusher_held() -
     assert asyncio.run(asyncio.wait_for(scenario(), TIMEOUT)) == ["view", "g1", "g2", 4000]
 
 
+def test_a_view_send_cancelled_while_it_sends_a_group_message_loses_none() -> None:
+    """A group message delivered just before the view's own send, which took the send
+    lock first and so sends that message before its own; the view's send is then
+    cancelled (its ``asyncio.wait_for``, an ``asyncio.timeout``, a ``TaskGroup`` ending)
+    while the server has not taken the group message yet (the client reads slowly). The
+    group message is the connection's, not the view's: it goes out, and so does what the
+    group sends next, in order; the view's own message does not. The cancellation lost
+    it: the connection went on without it, the client never knowing of the gap."""
+
+    async def scenario() -> list[Any]:
+        gate = asyncio.Event()
+        inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+        sent: list[Any] = []
+
+        async def send(event: Mapping[str, Any]) -> None:
+            if event.get("text") == "g1":
+                await gate.wait()  # the client reads slowly
+            if event["type"] == "websocket.send":
+                sent.append(event["text"])
+
+        connection = plain_connection(inbox.get, send)
+        await connection.accept()
+
+        async def view() -> None:
+            connection.deliver("g1")  # the flusher is to run after this task's step
+            await connection.send_message("own")
+
+        task = asyncio.ensure_future(view())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the view's send holds the lock, sending g1
+        connection.deliver("g2")
+        task.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, TIMEOUT)
+        await connection.send_message("later")
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await connection.finish()
+        return sent
+
+    assert asyncio.run(asyncio.wait_for(scenario(), TIMEOUT)) == ["g1", "g2", "later"]
+
+
+def test_a_view_send_cancelled_while_a_group_message_is_never_taken_ends_the_connection() -> None:
+    """:func:`test_a_view_send_cancelled_while_it_sends_a_group_message_loses_none`, with
+    a client that reads nothing: the cancellation waits for the group message no longer
+    than the close timeout, and then the connection is over (1006), so that no message
+    is missing from a connection that goes on."""
+
+    async def scenario() -> ASGIConnection:
+        inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+
+        async def send(event: Mapping[str, Any]) -> None:
+            if event.get("text") == "g1":
+                await asyncio.Event().wait()  # never taken
+
+        connection = ASGIConnection(
+            {"type": "websocket", "path": "/"},
+            inbox.get,
+            send,
+            max_message_size=None,
+            close_timeout=0.1,
+            queue_limit=1 << 20,
+        )
+        await connection.accept()
+
+        async def view() -> None:
+            connection.deliver("g1")
+            await connection.send_message("own")
+
+        task = asyncio.ensure_future(view())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, TIMEOUT)
+        assert connection.is_closed() and connection.close_code == 1006
+        with pytest.raises(ConnectionClosed):
+            await connection.send_message("later")
+        inbox.put_nowait({"type": "websocket.disconnect", "code": 1006})
+        await connection.finish()
+        return connection
+
+    asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
+
+
 # -- the sync request.websocket -----------------------------------------------------------
 
 

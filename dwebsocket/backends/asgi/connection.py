@@ -524,7 +524,7 @@ class ASGIConnection:
             self._sender = asyncio.current_task()
             try:
                 if self._queued:
-                    await self._send_queued()
+                    await self._send_queued(own=event is not None)
                     if event is not None and self.state is not State.OPEN:
                         raise self.closed_error()  # a close began: the rest goes before it
                 if event is None:
@@ -557,6 +557,35 @@ class ASGIConnection:
         if not self._sends % YIELD_EVERY:
             await asyncio.sleep(0)
 
+    async def _send_taken(self, event: dict[str, Any], size: int) -> None:
+        """Send ``event``, a message :meth:`deliver` queued, for a caller sending its own
+        after it. The message is the connection's (a group's), not the caller's: if the
+        caller is cancelled meanwhile (a view's ``wait_for`` or ``asyncio.timeout`` around
+        its ``send()``), the message goes out all the same, and the cancellation goes on
+        once the server took it, or after the close timeout, the connection then over for
+        dwebsocket (1006, as for a send the watchdog gives up): never a message missing
+        from a connection that goes on. The rest of the queue is the flusher's. A
+        cancellation that ends the connection (the watchdog, its end) ends it at once."""
+        sending = asyncio.ensure_future(self._send(event))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError:
+            if self._watched < 0 or self.state is not State.OPEN:
+                sending.cancel()  # the connection is over: so is the message
+                raise
+            try:
+                await asyncio.wait((sending,), timeout=self.close_timeout)
+            finally:
+                if not sending.done():
+                    sending.cancel()
+                    self.abandon()
+            if sending.done() and not sending.cancelled() and sending.exception() is None:
+                self.messages_out += 1
+                self.bytes_out += size
+                if self._queued and self._flusher is None and self.state is State.OPEN:
+                    self._flusher = asyncio.create_task(self._flush())
+            raise
+
     def _counted(self) -> None:
         """One more send, for the watchdog (armed if it is not). Send lock held."""
         self._sends += 1
@@ -564,9 +593,10 @@ class ASGIConnection:
             self._watched = self._sends
             self._watchdog = self.loop.call_later(IO_TIMEOUT, self._watch)
 
-    async def _send_queued(self) -> None:
+    async def _send_queued(self, own: bool = False) -> None:
         """Send what :meth:`deliver` queued, oldest first, until the queue is empty (or None:
-        closed). Send lock held."""
+        closed); ``own``: before a message of the caller's (see :meth:`_send_taken`). Send
+        lock held."""
         while self._queued:
             message = self._queued.popleft()
             self._queued_bytes -= _size(message)
@@ -575,7 +605,10 @@ class ASGIConnection:
             except UnicodeEncodeError:
                 continue  # as send_message refuses it: never sent
             self._counted()
-            await self._send(event)
+            if own:
+                await self._send_taken(event, size)
+            else:
+                await self._send(event)
             self.messages_out += 1
             self.bytes_out += size
             if not self._sends % YIELD_EVERY:
