@@ -388,6 +388,42 @@ def test_a_view_send_cancelled_while_a_group_message_is_never_taken_ends_the_con
     asyncio.run(asyncio.wait_for(scenario(), TIMEOUT))
 
 
+def test_a_close_whose_caller_is_cancelled_while_the_server_takes_it_still_goes_out() -> None:
+    """A view's ``await ws.close(4000, "bye")`` cancelled while the server takes the
+    ``websocket.close`` (an ``asyncio.timeout`` around it, a ``TaskGroup`` whose other
+    task failed, a client reading slowly): the close is the connection's end, not the
+    caller's, so it still goes out. It was cancelled with the caller: dwebsocket took the
+    connection for closed with 4000 (``websocket_closed`` said so), while the client never
+    got a close frame and saw the TCP connection end (1006), after the close timeout."""
+
+    async def scenario() -> list[Any]:
+        gate = asyncio.Event()
+        inbox: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
+        sent: list[Any] = []
+
+        async def send(event: Mapping[str, Any]) -> None:
+            if event["type"] == "websocket.close":
+                await gate.wait()  # the client reads slowly
+                inbox.put_nowait({"type": "websocket.disconnect", "code": event["code"]})
+            sent.append((event["type"], event.get("code")))
+
+        connection = plain_connection(inbox.get, send)
+        connection.close_timeout = TIMEOUT / 10
+        await connection.accept()
+        closing = asyncio.ensure_future(connection.close(4000, "bye"))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the close is with the server
+        closing.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(closing, TIMEOUT)
+        await connection.finish()
+        assert connection.close_code == 4000
+        return sent[1:]  # after websocket.accept
+
+    assert asyncio.run(asyncio.wait_for(scenario(), TIMEOUT)) == [("websocket.close", 4000)]
+
+
 # -- the sync request.websocket -----------------------------------------------------------
 
 

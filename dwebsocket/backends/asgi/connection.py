@@ -752,7 +752,13 @@ class ASGIConnection:
         until the connection is over: then it is cancelled. If it is over already (the
         server said so while this waited for the send lock), for up to the close timeout,
         quietly: what the server does not take at once it never will, if the client
-        stopped reading."""
+        stopped reading.
+
+        If the caller is cancelled while the connection is closing (a view's
+        ``asyncio.timeout`` around its ``close()``, a ``TaskGroup`` ending), the close is
+        the connection's end, not the caller's: it is still waited for, up to the close
+        timeout, before the cancellation goes on. Cancelled with its caller, it never went
+        out: the client saw the TCP connection end (1006), not the view's code."""
         task = asyncio.ensure_future(sending)
         waits: list[asyncio.Future[Any]] = [task]
         timeout = self.close_timeout
@@ -763,6 +769,12 @@ class ASGIConnection:
             waits.append(self._closed_waiter)
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not task.done() and self.state is State.CLOSING:
+                await asyncio.wait(
+                    waits, timeout=self.close_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            raise
         finally:
             if not task.done():
                 task.cancel()
