@@ -139,7 +139,7 @@ class ASGIHandler(DjangoASGIHandler):
                     raise
             if connection.answer_due:
                 # The view answered with HTTP (or never was a WebSocket view).
-                await connection.refuse(*_http_parts(response))
+                await connection.refuse(*await _http_parts(response))
         finally:
             await connection.finish()
             if response is None:
@@ -156,14 +156,27 @@ def http_scope(scope: Scope) -> dict[str, Any]:
     return {**scope, "type": "http", "method": "GET", "scheme": scheme}
 
 
-def _http_parts(response: HttpResponseBase) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body of ``response``, as ``websocket.http.response`` wants."""
+async def _http_parts(
+    response: HttpResponseBase,
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of ``response``, as ``websocket.http.response`` wants. A
+    streamed body (a ``FileResponse``, a generator's) is read whole, as Django's own ASGI
+    handler reads a sync iterator (a sync one in a thread); a response without a
+    ``Content-Length`` gets one."""
+    if response.streaming:
+        if getattr(response, "is_async", False):
+            body = b"".join([bytes(part) async for part in response])  # type: ignore[attr-defined]
+        else:
+            content = response.streaming_content  # type: ignore[attr-defined]
+            body = await sync_to_async(lambda: b"".join(bytes(part) for part in content))()
+        response["Content-Length"] = str(len(body))
+    else:
+        body = response.content  # type: ignore[attr-defined]
     headers = [(name.encode("latin1"), value.encode("latin1")) for name, value in response.items()]
     headers += [
         (b"Set-Cookie", cookie.output(header="").encode("ascii").strip())
         for cookie in response.cookies.values()
     ]
-    body = b"" if response.streaming else response.content  # type: ignore[attr-defined]
     return response.status_code, headers, body
 
 

@@ -10,6 +10,7 @@ urlpatterns = [
     path("stacked/", views.stacked),
     path("json/", views.json_echo),
     path("refuse/", views.refuse),
+    path("refuse-streaming/", views.refuse_streaming),
     path("slow/", views.slow),
     path("subprotocol/", views.subprotocol),
     path("close/", views.close_with),

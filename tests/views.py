@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import contextlib
 import datetime
+import io
 import json
 import os
 import threading
@@ -12,7 +13,15 @@ import time
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseForbidden,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.views.decorators.csrf import csrf_exempt
 
 from dwebsocket import ConnectionClosed, accept_websocket, require_websocket
@@ -75,6 +84,15 @@ def slow(request: HttpRequest) -> HttpResponse:
 def refuse(request: HttpRequest) -> HttpResponse:
     """Refuse before accepting."""
     return HttpResponseForbidden("not you\n", content_type="text/plain")
+
+
+@require_websocket
+def refuse_streaming(request: HttpRequest) -> StreamingHttpResponse:
+    """Refuse before accepting with a streamed body: a file's (Content-Length set) or a
+    generator's (``?kind=generator``)."""
+    if request.GET.get("kind") == "generator":
+        return StreamingHttpResponse(iter([b"not ", b"you\n"]), status=403)
+    return FileResponse(io.BytesIO(b"not you\n"), status=403)
 
 
 @require_websocket

@@ -33,6 +33,7 @@ urlpatterns = [
     path("required-echo/", views.required_echo),
     path("echo-wait/", views.echo_wait),
     path("refuse/", views.refuse),
+    path("refuse-streaming/", views.refuse_streaming),
     path("subprotocol/", views.subprotocol),
     path("close/", views.close_with),
     path("record/", views.record),

@@ -232,6 +232,7 @@ CANNOT: dict[tuple[str, str | None, str | None], str] = {
         "daphne waits for the body before it starts the application"
     ),
     ("test_refused_before_accepting", "daphne", None): _NO_HTTP_RESPONSE,
+    ("test_refused_before_accepting_with_a_streamed_body", "daphne", None): _NO_HTTP_RESPONSE,
     ("test_refused_handshakes", "daphne", "403"): _NO_HTTP_RESPONSE,
     ("test_an_upgrade_without_one_host_is_refused_400", "daphne", "empty"): _NO_HTTP_RESPONSE,
     ("test_an_upgrade_without_one_host_is_refused_400", "daphne", "two"): _NO_HTTP_RESPONSE,

@@ -25,6 +25,7 @@ from tests.integration.test_default_backend import (  # noqa: F401 - collected h
     test_protocol_error_closes_1002_and_eof,
     test_read_and_count_messages,
     test_refused_before_accepting,
+    test_refused_before_accepting_with_a_streamed_body,
     test_refused_handshakes,
     test_same_origin_allowed,
     test_server_closes_with_code_and_reason,

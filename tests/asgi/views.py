@@ -8,10 +8,16 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from django.core.signals import got_request_exception
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseForbidden,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.utils.decorators import method_decorator
 from django.views import View
 
@@ -46,6 +52,17 @@ async def echo_wait(request: HttpRequest) -> None:
 async def refuse(request: HttpRequest) -> HttpResponse:
     """Refuse before accepting."""
     return HttpResponseForbidden("not you\n", content_type="text/plain")
+
+
+@require_websocket
+async def refuse_streaming(request: HttpRequest) -> StreamingHttpResponse:
+    """Refuse before accepting with a body streamed by an async generator."""
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"not "
+        yield b"you\n"
+
+    return StreamingHttpResponse(parts(), status=403)
 
 
 @require_websocket

@@ -212,6 +212,17 @@ def test_refused_before_accepting(server: ServerProcess) -> None:
     assert info.value.response.body == b"not you\n"
 
 
+@pytest.mark.parametrize("kind", ["file", "generator"])
+def test_refused_before_accepting_with_a_streamed_body(server: ServerProcess, kind: str) -> None:
+    """A view refusing with a streamed response (a ``FileResponse``, a generator's; an
+    async view's async generator) gets it whole: under ASGI its body was dropped while its
+    ``Content-Length`` went out, so the client waited for bytes that never came."""
+    with pytest.raises(InvalidStatus) as info:
+        ws(server, f"/refuse-streaming/?kind={kind}")
+    assert info.value.response.status_code == 403
+    assert info.value.response.body == b"not you\n"
+
+
 def test_subprotocol(server: ServerProcess) -> None:
     with ws(server, "/subprotocol/", subprotocols=["other", "chat"]) as client:
         assert client.subprotocol == "chat"
