@@ -77,11 +77,16 @@ def _in_signal_thread(target: Callable[..., _T], *args: Any, **kwargs: Any) -> _
         release_idle_connections()
 
 
-def _message(message: str | BytesLike) -> Message:
+def _message(message: str | BytesLike, connection: ASGIConnection) -> Message:
+    """``message`` as the connection sends it. Raises ``TypeError`` for another type,
+    ``ConnectionClosed`` instead once ``connection`` is closed (``send(wait())`` after
+    the client left sends the None its ``wait()`` returned: a normal end)."""
     if isinstance(message, (str, bytes)):
         return message
     if isinstance(message, (bytearray, memoryview)):
         return bytes(message)
+    if connection.is_closed():
+        raise connection.closed_error()
     raise TypeError(f"WebSocket messages are str or bytes, not {type(message).__name__}")
 
 
@@ -264,7 +269,7 @@ class ASGIWebSocket(WebSocket):
     def send(self, message: str | BytesLike) -> None:
         """Send ``message`` (``str``: text, bytes-like: binary). Any thread but the loop's;
         blocks until the server took it. Raises ``ConnectionClosed`` once closed."""
-        message = _message(message)
+        message = _message(message, self.connection)
         self._send_own(dws.outgoing(message) if self.dws else message)
 
     def _send_own(self, message: Message) -> None:
@@ -461,7 +466,7 @@ class AsyncWebSocket:
 
     async def send(self, message: str | BytesLike) -> None:
         """Send ``message``; raises ``ConnectionClosed`` once closed."""
-        message = _message(message)
+        message = _message(message, self.connection)
         if self.dws:
             message = dws.outgoing(message)
         await self._ensure_accepted()

@@ -593,12 +593,14 @@ class DefaultWebSocket(WebSocket):
         """Send ``message``: ``str`` as a text frame, bytes-like as a binary frame.
 
         Safe from any thread or greenlet; blocks until the frame is handed to the kernel.
-        Raises ``ConnectionClosed`` once the connection is closed, ``TypeError`` for
-        anything else than ``str`` or bytes-like."""
+        Raises ``ConnectionClosed`` once the connection is closed (whatever ``message``
+        is), ``TypeError`` for anything else than ``str`` or bytes-like."""
         fast = self._fast
         if fast is not None and fast.send(message):  # the common case in C
             return
         if not isinstance(message, (str, bytes, bytearray, memoryview)):
+            if self.is_closed():  # the None of a wait() that found it closed: send(wait())
+                raise self._closed_error()
             raise TypeError(f"cannot send {type(message).__name__}: expected str or bytes")
         if not self._accepted:
             self.accept()

@@ -440,6 +440,8 @@ class uWsgiWebSocket(WebSocket):
     # -- sending -------------------------------------------------------------------------
 
     def send(self, message: str | BytesLike) -> None:
+        if not isinstance(message, (str, BytesLike)) and self.is_closed():
+            raise self._closed_error()  # the None of a wait() that found it closed
         kind, payload = self._frame_kind(message)
         if self._is_owner():
             if self._closed:
