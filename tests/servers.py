@@ -144,6 +144,19 @@ OTHER_SERVERS: dict[str, Callable[[str, int], list[str]]] = {
     # --async cores without a suspend engine: nothing switches cores, a waiting view
     # would hold the whole worker (refused by both backends).
     "uwsgi-takeover-async-plain": lambda host, port: _uwsgi(host, port, "default", "--async", "4"),
+    # The uwsgi backend behind uWSGI's HTTP router, as the 0.x README ran it ("--http :8080
+    # --http-websockets --processes 1 --async 30 --ugreen --http-timeout 300").
+    "uwsgi-readme": lambda host, port: (
+        [
+            "--http" if arg == "--http-socket" else arg
+            for arg in _uwsgi(host, port, "uwsgi", "--async", "30", "--ugreen")
+        ]
+        + [
+            "--http-websockets",
+            "--http-timeout",
+            "300",
+        ]
+    ),
     "granian": lambda host, port: [
         _script("granian"),
         "--interface",

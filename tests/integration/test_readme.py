@@ -22,7 +22,8 @@ from tests.wire import TIMEOUT
 
 pytestmark = pytest.mark.server
 
-SERVERS = ["runserver", "gevent", "gunicorn-gevent", "uwsgi-gevent", "uwsgi-async"]
+#: uwsgi-readme: the 0.x README's uWSGI command line (its HTTP router, --async --ugreen).
+SERVERS = ["runserver", "gevent", "gunicorn-gevent", "uwsgi-gevent", "uwsgi-async", "uwsgi-readme"]
 MIDDLEWARE = ["dwebsocket.middleware.WebSocketMiddleware"]
 #: The servers' log, and Django's errors ("Internal Server Error", with the traceback of a
 #: view that raised) on stderr too, which DEBUG = False otherwise sends to ADMINS only.
