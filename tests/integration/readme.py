@@ -182,3 +182,30 @@ urlpatterns = [
     path("cbv-require-dispatch/", RequireDispatch.as_view()),
     path("cbv-require-get/", RequireGet.as_view()),
 ]
+
+
+@accept_websocket
+def unread_at_close(request: HttpRequest) -> None:
+    """Messages the client sent before its close stay readable after it, as in 0.x."""
+    import time
+
+    ws = request.websocket  # type: ignore[attr-defined]
+    ws.wait()  # "go"
+    ws.send("ready")
+    deadline = time.monotonic() + 10
+    while not ws.is_closed() and time.monotonic() < deadline:
+        ws.count_messages()  # reads what is ready, the close frame included
+        time.sleep(0.01)
+    _report(
+        request,
+        {
+            "closed": ws.is_closed(),
+            "count": ws.count_messages(),
+            "has": ws.has_messages(),
+            "messages": [repr(ws.read()), repr(ws.read()), repr(ws.read())],
+            "list": list(ws),
+        },
+    )
+
+
+urlpatterns.append(path("unread-at-close/", unread_at_close))

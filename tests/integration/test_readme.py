@@ -215,3 +215,23 @@ def test_middleware_views(readme_server: ServerProcess) -> None:
     with ws(readme_server, "/flagged/") as client:
         client.send("f")
         assert client.recv(timeout=TIMEOUT) == "f"
+
+
+def test_messages_unread_at_the_close_stay_readable(
+    readme_server: ServerProcess, tmp_path: Path
+) -> None:
+    """count_messages(), has_messages() and read() still give what came before the
+    client's close, as 0.x's queue did; then None."""
+    out = tmp_path / "report.json"
+    with ws(readme_server, f"/unread-at-close/?out={out}") as client:
+        client.send("go")
+        assert client.recv(timeout=TIMEOUT) == "ready"
+        client.send("a")
+        client.send(b"\xff")  # not UTF-8: uWSGI loses the opcode (tests/backends/uwsgi)
+    assert report(out) == {
+        "closed": True,
+        "count": 2,
+        "has": True,
+        "messages": ["'a'", repr(b"\xff"), "None"],
+        "list": [],
+    }
