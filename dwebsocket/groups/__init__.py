@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -190,8 +191,15 @@ _FORMS = {
 }
 
 
+#: A query parameter of a URL that carries a secret: ``password`` (redis-py reads it as
+#: the user part's), ``sentinel_password``, ``ssl_password``...
+_SECRET_PARAMETER = re.compile(r"(^|[&;])([^=&;]*password[^=&;]*)=[^&;]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """``url`` without its password, for logs and messages."""
+    """``url`` without its passwords (the user part's, and any query parameter named
+    ``...password...``), for logs and messages."""
+    url = _redact_query(url)
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -203,6 +211,15 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _redact_query(url: str) -> str:
+    """``url`` with the value of each query parameter named ``...password...`` hidden."""
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url
+    query, hash_, fragment = query.partition("#")
+    return base + mark + _SECRET_PARAMETER.sub(r"\1\2=***", query) + hash_ + fragment
 
 
 #: The last ``WEBSOCKET_GROUPS_URL`` :func:`check_settings` found right.
