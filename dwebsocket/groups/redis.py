@@ -68,7 +68,8 @@ limit) is no outage unless the next attempt fails (``Subscriber._closed``).
 Pub/sub keeps no history: what was published while a process was disconnected never
 reaches that process's members. A Redis that answers but refuses to write (``REFUSED``)
 is no outage: a history group's message is published without being kept, a command
-without being remembered.
+without being remembered. Nor is a call Redis refuses for what one group's keys hold
+(``WRONGTYPE``: ``_per_call``): the same, for that group alone, with one ERROR.
 """
 
 from __future__ import annotations
@@ -595,6 +596,32 @@ REFUSED = (
 )
 
 
+#: What Redis answers to every call, whatever its keys, while the server (or a Cluster's
+#: shard) is in a state: no master (READONLY), a cluster down, a slot migrating, a script
+#: running (BUSY), writes stopped (MASTERDOWN, NOREPLICAS, MISCONF), a login Redis cannot
+#: take. An outage of that server, as a timeout is; what is not one of these (nor
+#: :data:`REFUSED`) is refused for what one call asks of its keys (:func:`_per_call`).
+_SERVER_STATES = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AuthenticationWrongNumberOfArgsError,
+)
+_SERVER_STATE_CODES = ("BUSY ", "MASTERDOWN ", "NOREPLICAS ", "MISCONF ")
+
+
+def _per_call(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis, answering, refusing one call for what it asks of its keys:
+    WRONGTYPE (a key of another type at a group's name -- another application's, one set
+    by hand), a script's error, NOSCRIPT again after loading it. That group's alone: no
+    outage, which would hold back every group's calls to that server."""
+    return (
+        isinstance(exc, redis.ResponseError)
+        and not isinstance(exc, (*REFUSED, *_SERVER_STATES))
+        and not str(exc).startswith(_SERVER_STATE_CODES)
+    )
+
+
 HELD_BACK = "Redis unreachable recently; not retried yet"
 
 
@@ -764,6 +791,9 @@ class RedisLayer:
         self._outage = False
         self._refusing = False  # Redis refused a write (REFUSED) and took none since
         self._lost_logged = False  # a lost reply was logged at WARNING (_send_failed)
+        #: (group, outcome) of the calls Redis refused for their keys, logged at ERROR
+        #: (``_call_refused``).
+        self._calls_refused: set[tuple[str, str]] = set()
         # Per shard (one key, None, but on a Cluster): a failing shard is not tried for a
         # while, the others are.
         self._failures: dict[str | None, int] = {}
@@ -940,6 +970,10 @@ class RedisLayer:
             )
         except REFUSED as exc:
             self._refused(exc)
+        except redis.ResponseError as exc:
+            if not _per_call(exc):
+                raise
+            self._call_refused(exc, group, "its commands are published without being remembered")
         else:
             self._took_write()
 
@@ -1037,6 +1071,15 @@ class RedisLayer:
                 self._publish_failed(exc2, None)
                 return exc2
         except (redis.RedisError, OSError) as exc:
+            if _per_call(exc):
+                # A group's key holds another type (WRONGTYPE): the script stopped there,
+                # the groups before it published. Each group on its own, as control()
+                # sends it: that group's published without being remembered, and those
+                # before it once more (a command may run twice, not be lost).
+                again = None
+                for group, one in zip(groups, data, strict=True):
+                    again = self._publish(group, one, True) or again
+                return again
             self._command_failed(exc, None)
             return exc
         else:
@@ -1126,8 +1169,14 @@ class RedisLayer:
                 self._refused(exc)
                 error = self._publish(group, encode(message, self.origin, seq))
             except (redis.RedisError, OSError) as exc:
-                error = exc
-                self._send_failed(exc, kept.channel, self.topology.shard(kept.channel))
+                if _per_call(exc):
+                    # Its stream's key holds another type (WRONGTYPE): the group's own
+                    # problem, which no wait ends. Published without history, as refused.
+                    self._call_refused(exc, group, "its messages are published without history")
+                    error = self._publish(group, encode(message, self.origin, seq))
+                else:
+                    error = exc
+                    self._send_failed(exc, kept.channel, self.topology.shard(kept.channel))
             else:
                 if self._failures:
                     self._publish_ok(self.topology.shard(kept.channel))
@@ -1304,7 +1353,7 @@ class RedisLayer:
                 self._anchor_at(group, version, digest)
                 self._took_write()
             except (redis.RedisError, OSError) as exc:
-                self._write_failed(exc, shard)
+                self._write_failed(exc, shard, group)
                 self._unsynced.add(group)  # the next heartbeat writes every entry
                 # From the key's last write here and the registry now, as the script
                 # decides from the entry Redis has: not from the caller's count, which
@@ -1510,7 +1559,7 @@ class RedisLayer:
             _again_if_broken(beat, lambda: self.topology.probe(channel), again=mode != "sync")
             answer = answers[-1]
         except (redis.RedisError, OSError) as exc:
-            self._write_failed(exc, shard)
+            self._write_failed(exc, shard, group)
             if mode != "reap":
                 self._unsynced.add(group)
             return None
@@ -1673,6 +1722,9 @@ class RedisLayer:
         Only a Redis that went silent between the two may keep the probe up to one socket
         timeout (connect or read), once: the sends after it are held back as before. A
         timeout, already waited, is taken for the outage without a probe."""
+        if _per_call(exc):
+            self._call_refused(exc, self.group(channel) or "?", "its message was not published")
+            return
         if (
             isinstance(exc, redis.ConnectionError)
             and not isinstance(exc, (HeldBack, *REFUSED))
@@ -1773,12 +1825,35 @@ class RedisLayer:
                 exc,
             )
 
-    def _write_failed(self, exc: BaseException, shard: str | None = None) -> None:
-        """A write without a fallback (presence) to ``shard`` failed: Redis refused it, or
-        is down (then calls to that shard are held back a while, as after a send), or
-        its connections broke while Redis answered (:class:`BrokenAlone`: no outage)."""
+    def _call_refused(self, exc: BaseException, group: str, outcome: str) -> None:
+        """Log that Redis refused a call of ``group`` for what it asks of its keys
+        (:func:`_per_call`): at ERROR the first time for that group and ``outcome``, then
+        at DEBUG (a busy group would log each message)."""
+        with self._state_lock:
+            first = (group, outcome) not in self._calls_refused
+            if first:
+                if len(self._calls_refused) >= EPOCHS:
+                    self._calls_refused.clear()
+                self._calls_refused.add((group, outcome))
+        logger.log(
+            logging.ERROR if first else logging.DEBUG,
+            "Redis at %s refused a call of group %r (%s): %s. Redis answers, so this is "
+            "no outage: the other groups go on",
+            redact(self.url),
+            group,
+            exc,
+            outcome,
+        )
+
+    def _write_failed(self, exc: BaseException, shard: str | None, group: str) -> None:
+        """A write without a fallback (presence of ``group``) to ``shard`` failed: Redis
+        refused it (all writes, or this one: :func:`_per_call`), or is down (then calls
+        to that shard are held back a while, as after a send), or its connections broke
+        while Redis answered (:class:`BrokenAlone`: no outage)."""
         if isinstance(exc, REFUSED):
             self._refused(exc)
+        elif _per_call(exc):
+            self._call_refused(exc, group, "its presence is not written")
         elif isinstance(exc, BrokenAlone):
             self._publish_ok(shard)  # Redis answered between its two broken connections
         elif not isinstance(exc, HeldBack):

@@ -808,3 +808,30 @@ def test_a_listener_whose_deliver_changes_presence_while_redis_is_away_is_not_st
         expected = [("join", "user:alice"), ("leave", "user:alice")]
         assert events(closing, 2) == events(watcher, 2) == expected
         assert one.registry.presence.present("room")[0].key == "user:bob"
+
+
+def test_a_presence_key_of_another_type_is_no_outage(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key of another type where a group's presence hash goes: Redis answers WRONGTYPE
+    to that group's presence writes alone. One ERROR names the group; the process's other
+    groups go on (their sends reach the other processes, their presence is written), and
+    nothing says Redis is unreachable. (Each write and heartbeat was taken for an outage,
+    holding back every group's sends.)"""
+    one, two = layers(), layers()
+    there = Inbox()
+    two.join("other", there)
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    redis_server.command("SET", one.presence_keys("room")[0], "foreign")
+    join(one, Inbox(), "alice")
+    one.heartbeat("room", STALE, EXPIRY)
+    one.send("other", "goes on", fail_silently=False)
+    assert there.get() == "goes on"
+    join(one, Inbox(), "bob", group="other")
+    assert who(two, "other") == {"user:bob": 1}
+    assert not one.outage
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert [level for level, _ in said] == ["ERROR"], said
+    assert "'room'" in said[0][1] and "WRONGTYPE" in said[0][1]

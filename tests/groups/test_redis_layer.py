@@ -594,6 +594,51 @@ def test_a_redis_refusing_writes_still_delivers_everywhere(
     assert "takes writes again" in said[1]
 
 
+def test_a_key_of_another_type_at_a_group_s_name_is_that_group_s_problem_alone(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key of another type where a group's history stream or command set goes (another
+    application's key, one set by hand): Redis answers WRONGTYPE to that group's calls
+    alone. That is no outage: the group's messages reach every process without history,
+    its commands without being remembered, the process's other groups go on, and one
+    ERROR names the group, not "unreachable". (Taken for Redis unreachable: the group's
+    messages and commands -- a ``users.disconnect`` -- reached this process only, and each
+    held back every group's sends, lost for the other processes.)"""
+    commands: queue.Queue[dict[str, object]] = queue.Queue()
+    monkeypatch.setitem(control._handlers, "probe", lambda g, m, command: commands.put(command))
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept": {"size": 10, "ttl": 60}}):
+        a, b = layers(), layers()
+        kept, plain = Inbox(), Inbox()
+        b.join("kept", kept)
+        b.join("plain", plain)
+        b.join("users", Inbox())
+        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+        redis_server.command("SET", a.stream("kept"), "foreign")
+        redis_server.command("SET", a.control_key("users"), "foreign")
+        for n in range(3):
+            assert a.send("kept", f"not kept {n}", fail_silently=False) is None
+            assert kept.get() == f"not kept {n}"
+            a.send("plain", f"other groups go on {n}", fail_silently=False)
+            assert plain.get() == f"other groups go on {n}"
+            a.control("users", control.encode("probe", n=n), fail_silently=False)
+            assert commands.get(timeout=WAIT) == {"op": "probe", "n": n}
+        # Several at once (clearsessions): the script stops at the foreign key.
+        a.control_many(["users", "plain"], control.encode("probe", n=9), fail_silently=False)
+        assert [commands.get(timeout=WAIT) for _ in range(2)] == [{"op": "probe", "n": 9}] * 2
+        assert not a.outage
+        redis_server.command("DEL", a.stream("kept"))
+        assert a.send("kept", "kept again") is not None
+        assert kept.get() == "kept again"
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert [level for level, _ in said] == ["ERROR", "ERROR"], said
+    assert "'kept'" in said[0][1] and "WRONGTYPE" in said[0][1]
+    assert "'users'" in said[1][1] and "WRONGTYPE" in said[1][1]
+    assert not any("unreachable" in text for _, text in said), said
+
+
 def test_a_redis_loading_its_data_still_delivers_everywhere(
     layers: Callable[[], RedisLayer], redis_server: RedisServer
 ) -> None:
