@@ -220,14 +220,23 @@ def test_a_groups_url_problem_says_what_the_setting_takes(url: str, form: str) -
 
 @pytest.mark.parametrize(
     "option",
-    ["socket_timeout=-1", "socket_connect_timeout=nan", "socket_timeout=1e12", "timeout=-1"],
+    [
+        "socket_timeout=-1",
+        "socket_connect_timeout=nan",
+        "socket_timeout=1e12",
+        "timeout=-1",
+        "socket_timeout=0",
+        "socket_connect_timeout=0",
+    ],
 )
 def test_a_groups_url_option_redis_py_cannot_use(redis_url: str, option: str) -> None:
     """A URL option of seconds that redis-py gives socket.settimeout() or the pool's wait
     as it is, through a real redis-server: the check passed, and every groups.send raised
     the ValueError or OverflowError of each new connection (fail_silently only covers an
-    unreachable Redis), so each view that sent failed with a traceback. Now E020 says so,
-    and the layer is refused as for any URL it cannot read."""
+    unreachable Redis), so each view that sent failed with a traceback. A socket timeout
+    of 0 makes the socket non-blocking: every connection failed (EINPROGRESS), or every
+    reply not there at once (EAGAIN), an outage for as long as the process ran. Now E020
+    says so, and the layer is refused as for any URL it cannot read."""
     from dwebsocket import groups
 
     with override_settings(WEBSOCKET_GROUPS_URL=f"{redis_url}?{option}"):

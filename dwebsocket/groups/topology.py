@@ -105,6 +105,9 @@ def _check_options(kwargs: dict[str, Any], *takers: type) -> None:
 #: ``socket.settimeout()`` or the pool's wait, which raise ValueError (negative, NaN) or
 #: OverflowError (past what the platform waits) at each new connection.
 _SECONDS = ("socket_timeout", "socket_connect_timeout", "timeout")
+#: Those of them that 0 makes a socket non-blocking: every connect (``EINPROGRESS``) or
+#: every read not answered at once (``EAGAIN``) fails, an outage that never ends.
+_ABOVE_ZERO = ("socket_timeout", "socket_connect_timeout")
 
 
 def _check_values(kwargs: dict[str, Any]) -> None:
@@ -113,7 +116,14 @@ def _check_values(kwargs: dict[str, Any]) -> None:
     pass, and every send raise it."""
     for name in _SECONDS:
         value = kwargs.get(name)
-        if value is not None and not 0 <= value <= MAX_SECONDS:  # NaN too
+        if value is None:
+            continue
+        if name in _ABOVE_ZERO and not 0 < value <= MAX_SECONDS:  # NaN too
+            raise ValueError(
+                f"{name} must be a number of seconds above 0 and at most {MAX_SECONDS} "
+                f"(a week), not {value!r}"
+            )
+        if not 0 <= value <= MAX_SECONDS:
             raise ValueError(
                 f"{name} must be a number of seconds from 0 to {MAX_SECONDS} (a week), "
                 f"not {value!r}"
