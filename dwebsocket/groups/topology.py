@@ -42,7 +42,7 @@ from redis.cluster import PRIMARY, ClusterNode
 from redis.commands.core import Script
 from redis.connection import parse_url, to_bool
 from redis.crc import key_slot
-from redis.exceptions import AskError, RedisClusterException
+from redis.exceptions import AskError, NoScriptError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import (
     Sentinel,
@@ -499,6 +499,22 @@ def _spublish_at(server: redis.Redis, channel: bytes, data: bytes) -> bool:
         pool.release(connection)
 
 
+class _ShardScript(Script):
+    """A script that a master which does not know it (a replica promoted, a node
+    restarted: scripts are not replicated) is sent whole, by ``EVAL`` to the node of its
+    keys, which keeps it. redis-py's ``Script`` sends ``SCRIPT LOAD`` to every master
+    instead: one that is down or hangs failed the call on a healthy shard."""
+
+    def __call__(self, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        keys, args = keys or [], args or []
+        if client is None:
+            client = self.registered_client
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.script, len(keys), *keys, *args)
+
+
 class LazyCluster:
     """A ``redis.RedisCluster`` made at first use, not at construction: making one asks a
     seed for the slots, and a layer must be made (and joins return) while the cluster is
@@ -560,7 +576,7 @@ class LazyCluster:
     def register_script(self, script: str) -> Script:
         # As bytes: a Script of a str asks its client for an encoder, which would make
         # (connect) the client here.
-        return Script(self, script.encode())  # type: ignore[arg-type]  # duck-typed
+        return _ShardScript(self, script.encode())  # type: ignore[arg-type]  # duck-typed
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.get(), name)

@@ -6,9 +6,11 @@ subscribed with ``SSUBSCRIBE``. ``test_cluster_layer.py`` has the quiet cases.""
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable
 
 import pytest
+from django.test import override_settings
 from redis.crc import key_slot
 
 from dwebsocket.groups.cluster import ClusterSubscription, ShardSubscriber
@@ -219,3 +221,37 @@ def test_cluster_process_started_while_a_shard_is_down_reaches_the_others(
         b.send(healthy, "from a new process", fail_silently=False)
         assert member.get() == "from a new process"
         assert not b.outage
+
+
+def test_cluster_history_send_loads_its_script_on_its_own_shard_only(
+    layers: Callable[[str], RedisLayer],
+) -> None:
+    """A history group's master does not know the layer's script (a replica promoted, a
+    node restarted: Redis keeps scripts in memory, not in the data it replicates) while
+    another master hangs (a frozen host, a partition). The send loads the script on the
+    group's master only. (redis-py's ``Script`` loads it with ``SCRIPT LOAD`` on every
+    master: the hung one failed the send after a socket timeout, and the group's
+    healthy shard was taken for an outage, its sends held back.)"""
+    with (
+        running(RedisCluster(replicas=0)) as setup,
+        override_settings(WEBSOCKET_GROUPS_HISTORY={"room*": {"size": 10, "ttl": 60}}),
+    ):
+        for node in setup.nodes:
+            node.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+        a, b = layers(setup.url), layers(setup.url)
+        group = "room0"
+        master = setup.owner(key_slot(a.channel(group)))
+        hung = next(node for node in setup.masters() if node is not master)
+        member = Inbox()
+        b.join(group, member)
+        assert a.send(group, "before", fail_silently=False) is not None
+        assert member.get() == "before"
+        master.command("SCRIPT", "FLUSH")  # as a promoted replica starts
+        assert hung.process is not None
+        hung.process.send_signal(signal.SIGSTOP)
+        try:
+            assert a.send(group, "while another hangs", fail_silently=False) is not None
+            assert member.get() == "while another hangs"
+            assert not a.outage
+        finally:
+            hung.process.send_signal(signal.SIGCONT)
