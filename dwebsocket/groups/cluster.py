@@ -157,6 +157,13 @@ class ClusterSubscription:
     def start(self) -> None:
         """Readers start with their first group."""
 
+    def down_besides(self, address: str | None) -> bool:
+        """Whether the reader of a master other than ``address`` is down (failed to
+        connect, not connected again yet): the outage goes on while one is."""
+        with self._lock:
+            shards = [shard for at, shard in self._shards.items() if at != address]
+        return any(shard.down for shard in shards)
+
     def routed(self, group: str) -> str | None:
         """The master whose reader carries ``group`` now (None: no reader does)."""
         return self._routes.get(group)
@@ -289,6 +296,9 @@ class ClusterSubscription:
                 ]
         for shard in idle:  # a master that serves none of our groups any more (or died)
             shard.stop()
+        if idle and self.layer.outage:
+            # A reader that was down is gone: the outage may have waited only for it.
+            self.layer._shard_up(None)
 
     def stop(self) -> None:
         with self._lock:

@@ -1763,9 +1763,18 @@ class RedisLayer:
         failures = self._failures  # empty unless something failed: nothing more to do then
         if not failures:
             return
+        self._shard_up(shard)
+
+    def _shard_up(self, shard: str | None) -> None:
+        """``shard`` (a Cluster's master; None for one server) answered: its calls are
+        not held back any more, and the outage ends unless another shard is down -- its
+        calls failed, or its subscription is not made again yet. (Any shard answering
+        ended it: on a Cluster with one master down, each subscription made at another
+        said "reachable again" and let the down one's sends each wait a timeout.)"""
         with self._state_lock:
-            self._failures.pop(shard, None)
-            self._retry_at.pop(shard, None)
+            for up in {shard, None}:  # a master answering: the cluster is known again
+                self._failures.pop(up, None)
+                self._retry_at.pop(up, None)
             # A Cluster's master that failed and was replaced (its slots moved to the
             # replica the cluster promoted): its failures end with it, as nothing is sent
             # there any more; else the outage would last as long as the process.
@@ -1773,7 +1782,7 @@ class RedisLayer:
                 self._failures.pop(gone, None)
                 self._retry_at.pop(gone, None)
             others = bool(self._failures)
-        if not others:
+        if not others and not self.subscriber.down_besides(shard):
             self.report_up()
 
     def report_down(self, exc: BaseException, shard: str | None = None) -> None:
@@ -2078,7 +2087,7 @@ class Subscriber:
             self.connected, self.down = True, False
         if not groups:
             self._closed = None  # nothing was subscribed: nothing missed
-            self.layer.report_up()
+            self.layer._shard_up(self.address)
         sock = connection._sock  # redis-py has no public accessor; needed to select() on
         assert sock is not None
         last_heard = self._last_heard = time.monotonic()
@@ -2146,7 +2155,7 @@ class Subscriber:
             # so that whoever sees it subscribed (a join() waiting for it) finds sends
             # published again, not still held back by the outage's backoff.
             if self.layer.outage:
-                self.layer.report_up()
+                self.layer._shard_up(self.address)
             if self._closed is not None:
                 closed, self._closed = self._closed, None
                 logger.warning(
@@ -2232,6 +2241,11 @@ class Subscriber:
     def shard_failed(self) -> None:
         """A call to one shard failed (a Cluster's: :class:`.cluster.ClusterSubscription`
         learns the slots again); one server has nothing to learn."""
+
+    def down_besides(self, address: str | None) -> bool:
+        """Whether a subscription to another shard than ``address`` is down: none, with
+        one server (a Cluster's: :class:`.cluster.ClusterSubscription`)."""
+        return False
 
     def _release(self, group: str) -> None:
         with self._lock:

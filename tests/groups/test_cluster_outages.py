@@ -255,3 +255,42 @@ def test_cluster_history_send_loads_its_script_on_its_own_shard_only(
             assert not a.outage
         finally:
             hung.process.send_signal(signal.SIGCONT)
+
+
+def test_cluster_subscriptions_at_healthy_masters_do_not_end_another_s_outage(
+    layers: Callable[[str], RedisLayer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A master is down (no replica to take over; the cluster serves the rest) while
+    members here join groups of the other masters: the outage goes on until that master
+    is back, then ends once. (Each subscription confirmed at a healthy master ended the
+    outage: "reachable again" while it was down, "unreachable" again at its next send or
+    reconnection attempt, and its sends no longer held back, each waiting for it.)"""
+    with running(RedisCluster(replicas=0)) as setup:
+        for node in setup.nodes:
+            node.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+        a = layers(setup.url)
+        down = setup.masters()[0]
+
+        def on_down(group: str) -> bool:
+            return setup.owner(key_slot(a.channel(group))) is down
+
+        there = next(f"b{n}" for n in range(1000) if on_down(f"b{n}"))
+        healthy = [f"a{n}" for n in range(1000) if not on_down(f"a{n}")][:4]
+        member = Inbox()
+        a.join(there, member)
+        a.join(healthy[0], Inbox())
+        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+        down.stop()
+        a.send(there, "while down")
+        assert member.get() == "while down"  # this process's members, as in any outage
+        until(lambda: a.outage)
+        for group in healthy[1:]:
+            a.join(group, Inbox())
+            a.send(there, "still down")
+            assert a.outage
+        down_lines, up_lines = outage_lines(caplog)
+        assert len(down_lines) == 1 and not up_lines, caplog.text
+        down.start()
+        until(lambda: not a.outage, timeout=RESUME + WAIT)
+        down_lines, up_lines = outage_lines(caplog)
+        assert len(down_lines) == len(up_lines) == 1, caplog.text
