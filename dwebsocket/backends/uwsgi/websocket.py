@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import uwsgi  # type: ignore[import-untyped]
 
 from dwebsocket import log, metrics
+from dwebsocket.backends.default.websocket import _BACKLOG_BYTES, _BACKLOG_MESSAGES
 from dwebsocket.conf import settings
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed, InvalidState, TooManyConnections
@@ -167,6 +168,10 @@ class uWsgiWebSocket(WebSocket):
         self._opened = False
         self._closed = False  # the owner has finished with the connection
         self._received: deque[Message] = deque()
+        # The view's backlog, as the default backend bounds it: with this many messages
+        # (or bytes of them: len() of each, as there) waiting for the view, uWSGI is
+        # asked for no more, so the socket is left unread and TCP pushes the peer back.
+        self._received_size = 0
 
         # Shared with other greenlets/threads; never held across a blocking call.
         self._lock = threading.Lock()
@@ -313,7 +318,7 @@ class uWsgiWebSocket(WebSocket):
         while True:
             self._service()
             if self._received:
-                return self._received.popleft()
+                return self._take()
             if self._closed:
                 return None
             delay: float = self._keepalive
@@ -334,7 +339,7 @@ class uWsgiWebSocket(WebSocket):
                 return fallback
             self._service()
         if self._received:
-            return self._received.popleft()
+            return self._take()
         return fallback
 
     def count_messages(self) -> int:
@@ -349,14 +354,30 @@ class uWsgiWebSocket(WebSocket):
     def _buffered(self) -> tuple[Message, ...]:
         return tuple(self._received)
 
+    def _take(self) -> Message:
+        """Owner: the oldest message waiting for the view (there is one)."""
+        message = self._received.popleft()
+        self._received_size -= len(message)
+        return message
+
+    def _backlog_full(self) -> bool:
+        """Whether the messages waiting for the view are enough not to take more from
+        uWSGI (``dwebsocket.backends.default.websocket``'s limits)."""
+        return len(self._received) >= _BACKLOG_MESSAGES or self._received_size >= max(
+            _BACKLOG_BYTES, self._max_message_size or 0
+        )
+
     def _service(self) -> None:
-        """Owner: write what others queued, then take every complete message uWSGI has."""
+        """Owner: write what others queued, then take every complete message uWSGI has,
+        while the view's backlog has room: a peer sending faster than the view consumes
+        is pushed back by TCP instead of held here (it grew without bound). uWSGI holds at
+        most a read's worth meanwhile, and each call here asks it again."""
         self._flush_outbox()
         if self._closed:
             return
         max_size = self._max_message_size
         silent = self._silent()
-        while True:
+        while not self._backlog_full():
             try:
                 data = uwsgi.websocket_recv_nb()
             except OSError as exc:
@@ -382,7 +403,9 @@ class uWsgiWebSocket(WebSocket):
                 protocol_error(self._peer(), self._request.path, reason, 1009)
                 self._close_now(1009, reason, fail=True)
                 return
-            self._received.append(_decode(data))
+            message = _decode(data)
+            self._received.append(message)
+            self._received_size += len(message)
             counted = self._counted
             counted[0] += 1
             counted[1] += len(data)

@@ -174,6 +174,22 @@ def test_wait_timeout_then_a_large_send(uwsgi_server: ServerProcess) -> None:
         assert client.recv(timeout=TIMEOUT) == "timeout:None:False"
 
 
+def test_a_flood_is_pushed_back_not_buffered(uwsgi_server: ServerProcess) -> None:
+    """A client sending faster than its view consumes: the backend takes no more from
+    uWSGI once 1,024 messages wait for the view (the default backend's bound), so TCP
+    pushes the client back. It took every message uWSGI could read: a flood of small
+    messages grew the worker's memory without bound (64 MiB of 1-byte messages: +80 MB)."""
+    with RawClient.connect(uwsgi_server.host, uwsgi_server.port, "/uwsgi/backlog/") as client:
+        assert client.recv() == "ready"
+        flood = masked(Opcode.TEXT, b"go") + masked(Opcode.BINARY, b"\x01") * (600 << 10)
+        client.sock.settimeout(2.0)  # the view looks away for 0.5 s, then reads or not
+        with contextlib.suppress(TimeoutError, BrokenPipeError, ConnectionResetError):
+            client.sock.sendall(flood)  # 4.2 MiB: more than the socket buffers hold
+        client.sock.settimeout(TIMEOUT)
+        report = client.recv()
+    assert isinstance(report, str) and int(report) <= 1024, report
+
+
 def test_request_finished_fires(uwsgi_server: ServerProcess) -> None:
     """The WSGI wrapper swallows Django's start_response after the 101, so Django's
     response closes normally and request_finished fires for WebSocket requests."""

@@ -7,6 +7,7 @@ urlpatterns = [
     path("uwsgi/kinds/", views.kinds),
     path("uwsgi/from-thread/", views.from_thread),
     path("uwsgi/wait-timeout/", views.wait_timeout),
+    path("uwsgi/backlog/", views.backlog),
     path("uwsgi/finished/", views.finished),
     path("uwsgi/close-in-opened/", views.close_in_opened),
     path("uwsgi/killed-while-closing/", views.killed_while_closing),

@@ -94,6 +94,26 @@ def wait_timeout(request: HttpRequest) -> None:
     ws.wait()
 
 
+@require_websocket
+def backlog(request: HttpRequest) -> None:
+    """Say "ready", take one message, then look away for half a second (the client
+    floods meanwhile) and report how many messages ``count_messages()`` finds ready."""
+    import time
+
+    import uwsgi  # type: ignore[import-untyped]
+
+    ws = request.websocket
+    ws.send("ready")
+    ws.wait()
+    if uwsgi.loop in (b"gevent", "gevent"):
+        import gevent  # type: ignore[import-untyped]
+
+        gevent.sleep(0.5)
+    else:
+        time.sleep(0.5)  # --async: the whole worker pauses, which is the point
+    ws.send(str(ws.count_messages()))
+
+
 def finished(request: HttpRequest) -> HttpResponse:
     """Plain HTTP: how many times request_finished fired so far in this process."""
     return JsonResponse({"finished": FINISHED[0]})
