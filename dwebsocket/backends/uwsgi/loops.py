@@ -295,6 +295,14 @@ class Waiter:
         self._block(timeout)
         self._clear_wake()
 
+    def let_others_run(self) -> None:
+        """Let the worker's event loop run once (the other cores' I/O and requests), then
+        return; for the owning core, which otherwise waits only when nothing is ready.
+        Nothing where the loop is no one's to yield to (processes and threads), nor under
+        ``--async`` without a ``timerfd``, whose whole-second wait would stall the core."""
+        if self.mode is Mode.GEVENT or (self.mode is Mode.ASYNC and self._timer is not None):
+            self._block(0)
+
     def wait_connection(self, *, write: bool, timeout: float) -> bool:
         """Block the owning core until the connection is writable (``write``) or readable,
         up to ``timeout`` seconds; True if it is. Wake-ups do not end this wait. For the

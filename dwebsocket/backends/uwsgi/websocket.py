@@ -56,6 +56,9 @@ _T = TypeVar("_T")
 _FRAGMENT_PLACEHOLDER = b"\x00"
 _TEXT, _BINARY, _PING = "text", "binary", "ping"
 _OVERFLOW = (1008, "send queue overflow")
+# A wait() that finds a message ready does not wait: under --gevent and --async, after this
+# many seconds without waiting it lets the worker's loop run once all the same.
+_FAIR_SHARE = 0.01
 _warned_no_wrapper = False
 
 
@@ -193,6 +196,8 @@ class uWsgiWebSocket(WebSocket):
         self._pong_tolerance = max(1, _uwsgi_option("websocket-pong-tolerance", 3))
         # When the peer was last seen sending anything (see _silent()).
         self._heard = 0.0
+        # When the owner last let the worker's loop run (wait(): see _FAIR_SHARE).
+        self._yielded = 0.0
         self._opened_at = 0.0  # when the 101 went out (for the log)
 
     def __repr__(self) -> str:
@@ -318,6 +323,13 @@ class uWsgiWebSocket(WebSocket):
         while True:
             self._service()
             if self._received:
+                now = time.monotonic()
+                if now - self._yielded >= _FAIR_SHARE:
+                    # A peer that keeps a message ready (a flood, a burst) kept this core
+                    # from ever waiting: the worker's other connections and requests
+                    # waited until it stopped.
+                    self._yielded = now
+                    self._waiter.let_others_run()
                 return self._take()
             if self._closed:
                 return None
@@ -329,6 +341,7 @@ class uWsgiWebSocket(WebSocket):
                 delay = min(delay, remaining)
             release_idle_connections()  # as Django would between requests (dwebsocket.db)
             self._waiter.wait(delay)
+            self._yielded = time.monotonic()
 
     def read(self, fallback: _T | None = None) -> Message | _T | None:
         self._require_owner("read")

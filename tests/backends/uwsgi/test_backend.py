@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -25,7 +26,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
-from tests.servers import ServerProcess
+from tests.servers import REPO, ServerProcess
 from tests.wire import (
     TIMEOUT,
     RawClient,
@@ -188,6 +189,51 @@ def test_a_flood_is_pushed_back_not_buffered(uwsgi_server: ServerProcess) -> Non
         client.sock.settimeout(TIMEOUT)
         report = client.recv()
     assert isinstance(report, str) and int(report) <= 1024, report
+
+
+#: A client that sends 1-byte messages to /echo/ as fast as it can, reading the echoes,
+#: until killed: ``python -c _FLOODER HOST PORT``. It prints "flooding" once under way.
+_FLOODER = """
+import socket, sys, threading
+sys.path.insert(0, ".")
+from tests.wire import RawClient, masked
+client = RawClient.connect(sys.argv[1], int(sys.argv[2]), "/echo/")
+def drain():
+    while client.sock.recv(65536):
+        pass
+threading.Thread(target=drain, daemon=True).start()
+block = masked(1, b"m") * 10000
+client.sock.sendall(block)
+print("flooding", flush=True)
+while True:
+    client.sock.sendall(block)
+"""
+
+
+def test_a_client_flooding_its_view_does_not_starve_the_others(
+    uwsgi_server: ServerProcess,
+) -> None:
+    """One client sends messages as fast as its view echoes them: another client of the
+    same worker is still served meanwhile. The view's wait() found a message ready each
+    time and never let the worker's event loop run: every other connection, and every
+    new request, waited until the flood ended."""
+    flooder = subprocess.Popen(
+        [sys.executable, "-c", _FLOODER, uwsgi_server.host, str(uwsgi_server.port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert flooder.stdout is not None
+        assert flooder.stdout.readline() == b"flooding\n"
+        with RawClient.connect(uwsgi_server.host, uwsgi_server.port, "/echo/") as other:
+            other.send("still served")
+            assert other.recv() == "still served"
+    finally:
+        flooder.kill()
+        flooder.wait(TIMEOUT)
+        if flooder.stdout is not None:
+            flooder.stdout.close()
 
 
 def test_request_finished_fires(uwsgi_server: ServerProcess) -> None:
