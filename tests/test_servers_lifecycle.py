@@ -636,7 +636,8 @@ def test_gunicorn_workers_left_by_a_dead_arbiter_send_1001(
 
 
 @pytest.mark.parametrize(
-    "name", ["gevent", "eventlet", "gunicorn-gthread", "gunicorn-gevent", "uwsgi-takeover"]
+    "name",
+    ["runserver", "gevent", "eventlet", "gunicorn-gthread", "gunicorn-gevent", "uwsgi-takeover"],
 )
 def test_a_client_that_reads_nothing_delays_a_stop_once(
     make_server: Callable[..., ServerProcess], name: str

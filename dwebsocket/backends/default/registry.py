@@ -218,7 +218,15 @@ def _at_exit() -> None:
         # A second Ctrl-C (or a SIGTERM) while the goodbyes finish: the 1001s are out,
         # and whoever sent it wants the process gone now, not a traceback.
         with contextlib.suppress(KeyboardInterrupt, SystemExit):
-            going_away()
+            if _stopping is None:
+                going_away()
+            else:
+                # Said already, without a wait (going_away(0): a stop signal that
+                # interrupts runserver, dwebsocket.contrib.shutdown): no second goodbye,
+                # a wait for those (connections that opened since were told as they
+                # opened), as a going_away() that waits would have.
+                websockets = open_websockets()
+                wait_until(lambda: not any(_running(websocket) for websocket in websockets))
 
 
 # Every sender, not DefaultWebSocket's alone: the class an application's factory makes may
