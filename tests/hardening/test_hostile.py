@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 
@@ -28,7 +30,7 @@ from tests.hardening.client import (
     outcome,
 )
 from tests.hardening.support import HOSTILE_SETTINGS, memory_bounded, settled, stats
-from tests.servers import ServerProcess
+from tests.servers import REPO, ServerProcess
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]
 
@@ -290,6 +292,46 @@ def test_message_flood_against_a_polling_view(hostile_server: ServerProcess) -> 
                     sock.sendall(block)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     assert_still_serving(hostile_server)
+
+
+#: A client that sends unsolicited pongs as fast as it can until killed (``python -c
+#: _PONG_FLOODER HOST PORT``); it prints "flooding" once under way.
+_PONG_FLOODER = """
+import socket, sys
+sys.path.insert(0, ".")
+from tests.hardening.client import frame, handshake
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+handshake(sock)
+block = frame(0xA, b"p") * 10000
+for _ in range(50):  # 3.5 MB: the socket buffers are full, the server reads as fast as it can
+    sock.sendall(block)
+print("flooding", flush=True)
+while True:
+    sock.sendall(block)
+"""
+
+
+def test_a_flood_of_control_frames_does_not_starve_the_others(server: ServerProcess) -> None:
+    """Unsolicited pongs (RFC 6455 5.5.3 allows them) as fast as the client can send:
+    they complete no message, and the loop that reads the rest of a long frame at once
+    (while reads fill the buffer and complete nothing) read on as long as they came,
+    never letting gevent's loop run: no other connection of the worker was served, no
+    handshake answered, until the flood stopped. Another client is served meanwhile."""
+    flooder = subprocess.Popen(
+        [sys.executable, "-c", _PONG_FLOODER, server.host, str(server.port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert flooder.stdout is not None
+        assert flooder.stdout.readline() == b"flooding\n"
+        assert_still_serving(server)
+    finally:
+        flooder.kill()
+        flooder.wait(TIMEOUT)
+        if flooder.stdout is not None:
+            flooder.stdout.close()
 
 
 # -- afterwards -------------------------------------------------------------------------

@@ -469,9 +469,13 @@ class DefaultWebSocket(WebSocket):
             self._receive(data)
         # A read that filled the buffer and completed nothing (a frame longer than one
         # read: 64 KiB messages are) likely left the rest in the socket: take it now
-        # rather than after another trip through the event loop. Bounded: each read
-        # adds to one frame, which the core fails past the message limit.
-        while len(data) == RECV_SIZE and not self._io.messages and not self._io.shut:
+        # rather than after another trip through the event loop. At most
+        # _MAX_NONBLOCKING_READS reads: control frames complete no message either, and a
+        # peer that kept the socket full of them (unsolicited pongs) held this loop, and
+        # under gevent every other connection of the worker, for as long as it sent.
+        for _ in range(_MAX_NONBLOCKING_READS):
+            if len(data) != RECV_SIZE or self._io.messages or self._io.shut:
+                break
             more = self._transport.try_recv()
             if more is None:
                 break
