@@ -343,6 +343,11 @@ class Cluster(Server):
             connection_pool_class=functools.partial(
                 redis.BlockingConnectionPool, timeout=settings["timeout"]
             ),
+            # The first seed as a URL too (``RedisCluster.from_url``'s way): redis-py
+            # before 8.2 makes the nodes' pools of connection_pool_class only for a
+            # client made from a URL, and plain pools otherwise, which refused the 33rd
+            # sender to a master at once ("Too many connections": an outage).
+            url=_seed_url(*hosts[0]),
             # One attempt, as with one server: redis-py retries a timed-out command three
             # times, learning the slots again and sleeping in between, so that one send to
             # a master that hangs held its view some 15 s at a socket timeout of 1 s.
@@ -513,6 +518,11 @@ class _ShardScript(Script):
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return client.eval(self.script, len(keys), *keys, *args)
+
+
+def _seed_url(host: str, port: int) -> str:
+    """``redis://host:port``, an IPv6 address in brackets."""
+    return f"redis://[{host}]:{port}" if ":" in host else f"redis://{host}:{port}"
 
 
 class LazyCluster:

@@ -24,6 +24,7 @@ from dwebsocket.groups import GroupsUnavailable, url_problem
 from dwebsocket.groups.cluster import ClusterSubscription
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import MAX_PUBLISH_CONNECTIONS, RedisLayer, decode
+from dwebsocket.groups.topology import _NAMES_COMMAND
 from tests.groups.conftest import OPTIONS
 from tests.groups.redis_cluster import Node, RedisCluster, RedisSentinels, running, wait_for
 from tests.groups.test_redis_layer import Inbox, until
@@ -288,7 +289,8 @@ def test_cluster_senders_past_the_pool_wait_their_turn(
     assert inbox.get() == "warm"
     node = a.topology.client.get().nodes_manager.get_node_from_slot(key_slot(a.channel("busy")))
     pool = node.redis_connection.connection_pool
-    taken = [pool.get_connection() for _ in range(MAX_PUBLISH_CONNECTIONS)]
+    named = ("PUBLISH",) if _NAMES_COMMAND else ()  # redis-py 5 wants the command
+    taken = [pool.get_connection(*named) for _ in range(MAX_PUBLISH_CONNECTIONS)]
 
     def give_back() -> None:
         for connection in taken:
