@@ -222,6 +222,22 @@ class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool
     """Sentinel's pool that waits (up to ``timeout``) for a free connection, as the
     layer's pool does for one server, instead of failing at ``max_connections``."""
 
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        """When the master moves, redis-py's Sentinel code disconnects the idle
+        connections (``inuse_connections=False``); ``BlockingConnectionPool.disconnect``
+        took no argument before redis-py 7, and the TypeError ended every failover: this
+        disconnects them all there (those in use were talking to the old master)."""
+        if _DISCONNECT_CHOOSES:
+            super().disconnect(inuse_connections)
+        else:
+            super().disconnect()  # type: ignore[call-arg,unused-ignore]
+
+
+#: Whether ``BlockingConnectionPool.disconnect`` takes ``inuse_connections`` (redis-py 7+).
+_DISCONNECT_CHOOSES = (
+    "inuse_connections" in inspect.signature(redis.BlockingConnectionPool.disconnect).parameters
+)
+
 
 def _hosts(netloc: str) -> list[tuple[str, int]]:
     hosts = []
