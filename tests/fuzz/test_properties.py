@@ -147,11 +147,50 @@ def test_compressed_streams(
     targets.frames_target(bytes([config, chunk, window_byte]) + stream)
 
 
+@fuzz
+@given(
+    limit=st.integers(1, len(targets.LIMITS) - 1),
+    sizes=st.lists(st.integers(-2, 2), min_size=1, max_size=3),
+    text=st.booleans(),
+    fragmented=st.booleans(),
+    chunk=st.sampled_from([1, 3, 64, 255]),
+    pure_python=st.booleans(),
+    window_byte=st.integers(0, 255),
+)
+def test_compressed_messages_at_the_limit(
+    limit: int,
+    sizes: list[int],
+    text: bool,
+    fragmented: bool,
+    chunk: int,
+    pure_python: bool,
+    window_byte: int,
+) -> None:
+    """Compressed messages whose decompressed size lands just under, on or just over
+    the message limit (where the C inflaters' budget of limit + 1 decides), whole or in
+    two fragments with a ping between: the C loops and the pure-Python one agree."""
+    bits, no_context = 8 + window_byte % 8, bool(window_byte & 0x80)
+    encoder = PerMessageDeflate(local_max_window_bits=bits, local_no_context_takeover=no_context)
+    stream = b""
+    for delta in sizes:
+        n = max(targets.LIMITS[limit] + delta, 0)
+        data = b"a" * n if not text else ("é" * n).encode()[: n - n % 2] + b"a" * (n % 2)
+        payload = encoder.compress(data)
+        half = len(payload) // 2 if fragmented else len(payload)
+        opcode = 1 if text else 2
+        stream += encode_frame(opcode, payload[:half], fin=not fragmented, rsv1=True, mask_key=MASK)
+        if fragmented:
+            stream += encode_frame(9, b"", mask_key=MASK)
+            stream += encode_frame(0, payload[half:], mask_key=MASK)
+    config = 0x02 | (0x04 if pure_python else 0) | (limit << 4)
+    targets.frames_target(bytes([config, chunk, window_byte]) + stream)
+
+
 @st.composite
 def large_frame(draw: st.DrawFn) -> bytes:
     """A frame of 3 KiB to 140 KiB, usually one the fast path reads into its message
     (final text or binary, masked), sometimes not: invalid UTF-8, unmasked, RSV bits, not
-    final, another opcode, past the limit."""
+    final, another opcode, past the limit; now and then with its length in 64 bits."""
     n = draw(st.sampled_from([65536, 65537, 80_000, 100_000, 131_000]) | st.integers(3000, 140_000))
     kind = draw(
         st.sampled_from(["binary", "binary", "text", "text", "utf8", "bad-utf8"])
@@ -174,7 +213,10 @@ def large_frame(draw: st.DrawFn) -> bytes:
     if kind == "unmasked":
         return frame_header(b0, len(payload), False) + payload
     key = draw(st.binary(min_size=4, max_size=4))
-    return frame_header(b0, len(payload), True) + key + apply_mask(payload, key)
+    header = frame_header(b0, len(payload), True)
+    if draw(st.integers(0, 3)) == 0:  # a longer length encoding than needed (still valid)
+        header = bytes([b0, 0xFF]) + struct.pack("!Q", len(payload))
+    return header + key + apply_mask(payload, key)
 
 
 @fuzz
