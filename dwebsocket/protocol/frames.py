@@ -73,7 +73,8 @@ def _py_apply_mask(data: bytes | bytearray | memoryview, key: bytes | bytearray)
         raise ValueError("mask key must be 4 bytes long")
     if type(data) is not bytes and type(data) is not bytearray:
         view = memoryview(data)
-        data = view if view.itemsize == 1 and view.c_contiguous else view.tobytes()
+        one_piece = view.ndim == 1 and view.itemsize == 1 and view.c_contiguous
+        data = view if one_piece else view.tobytes()  # len() counts its bytes
     n = len(data)
     if n <= _CHUNK:
         key_stream = key * ((n >> 2) + 1)

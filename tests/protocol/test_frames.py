@@ -60,6 +60,31 @@ def test_apply_mask_accepts_bytes_like(kind: type) -> None:
     assert frames.apply_mask(kind(b"Hello"), kind(KEY)) == bytes.fromhex("7f9f4d5158")
 
 
+def _views() -> list[memoryview]:
+    import array
+
+    data = bytes(range(24))
+    return [
+        memoryview(data).cast("B", (4, 6)),  # 2-D, C-contiguous, 1-byte items
+        memoryview(bytearray(data)).cast("c", (2, 3, 4)),
+        memoryview(data)[::3],  # strided
+        memoryview(array.array("i", range(5))),  # wider items
+    ]
+
+
+@pytest.mark.parametrize("view", _views(), ids=["2d", "3d", "strided", "ints"])
+def test_apply_mask_reads_any_view_as_bytes_of_it(view: memoryview) -> None:
+    """Both twins mask ``bytes(view)``, whatever the view's shape (the C one always did;
+    the Python one took ``len()`` of a C-contiguous multi-dimensional byte view, its
+    first dimension, as its byte count)."""
+    expected = xor(view.tobytes(), KEY)
+    assert frames._py_apply_mask(view, KEY) == expected
+    if frames._c_apply_mask is not None:
+        assert frames._c_apply_mask(view, KEY) == expected
+    key = memoryview(KEY).cast("B", (2, 2))
+    assert frames._py_apply_mask(view, key) == expected
+
+
 @pytest.mark.parametrize("key", [b"", b"abc", b"abcde"])
 def test_apply_mask_rejects_bad_key(key: bytes) -> None:
     with pytest.raises(ValueError):
