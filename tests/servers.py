@@ -444,3 +444,25 @@ def project_server(
     finally:
         end_process(process, timeout)
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@contextlib.contextmanager
+def flooding(script: str, server: ServerProcess) -> Iterator[None]:
+    """Run ``script`` (Python source, given the server's host and port as arguments) in
+    another process until the block ends; entered once it printed ``flooding``: a client
+    sending as fast as it can, whose own process the server's event loop cannot slow."""
+    flooder = subprocess.Popen(
+        [sys.executable, "-c", script, server.host, str(server.port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert flooder.stdout is not None
+        assert flooder.stdout.readline() == b"flooding\n"
+        yield
+    finally:
+        flooder.kill()
+        flooder.wait(30)
+        if flooder.stdout is not None:
+            flooder.stdout.close()

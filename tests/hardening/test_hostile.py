@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 
@@ -30,7 +28,7 @@ from tests.hardening.client import (
     outcome,
 )
 from tests.hardening.support import HOSTILE_SETTINGS, memory_bounded, settled, stats
-from tests.servers import REPO, ServerProcess
+from tests.servers import ServerProcess, flooding
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]
 
@@ -317,21 +315,8 @@ def test_a_flood_of_control_frames_does_not_starve_the_others(server: ServerProc
     (while reads fill the buffer and complete nothing) read on as long as they came,
     never letting gevent's loop run: no other connection of the worker was served, no
     handshake answered, until the flood stopped. Another client is served meanwhile."""
-    flooder = subprocess.Popen(
-        [sys.executable, "-c", _PONG_FLOODER, server.host, str(server.port)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert flooder.stdout is not None
-        assert flooder.stdout.readline() == b"flooding\n"
+    with flooding(_PONG_FLOODER, server):
         assert_still_serving(server)
-    finally:
-        flooder.kill()
-        flooder.wait(TIMEOUT)
-        if flooder.stdout is not None:
-            flooder.stdout.close()
 
 
 # -- afterwards -------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import json
 import os
 import resource
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -26,7 +25,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from dwebsocket.protocol.frames import Opcode, encode_close_payload, encode_frame
-from tests.servers import REPO, ServerProcess
+from tests.servers import ServerProcess, flooding
 from tests.wire import (
     TIMEOUT,
     RawClient,
@@ -217,23 +216,12 @@ def test_a_client_flooding_its_view_does_not_starve_the_others(
     same worker is still served meanwhile. The view's wait() found a message ready each
     time and never let the worker's event loop run: every other connection, and every
     new request, waited until the flood ended."""
-    flooder = subprocess.Popen(
-        [sys.executable, "-c", _FLOODER, uwsgi_server.host, str(uwsgi_server.port)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert flooder.stdout is not None
-        assert flooder.stdout.readline() == b"flooding\n"
-        with RawClient.connect(uwsgi_server.host, uwsgi_server.port, "/echo/") as other:
-            other.send("still served")
-            assert other.recv() == "still served"
-    finally:
-        flooder.kill()
-        flooder.wait(TIMEOUT)
-        if flooder.stdout is not None:
-            flooder.stdout.close()
+    with (
+        flooding(_FLOODER, uwsgi_server),
+        RawClient.connect(uwsgi_server.host, uwsgi_server.port, "/echo/") as other,
+    ):
+        other.send("still served")
+        assert other.recv() == "still served"
 
 
 def test_request_finished_fires(uwsgi_server: ServerProcess) -> None:
