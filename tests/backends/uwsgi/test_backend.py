@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,6 +87,22 @@ def uwsgi_server(_uwsgi_servers: list[ServerProcess]) -> ServerProcess:
         log = srv.log_path.with_name(f"server-{len(_uwsgi_servers)}.log")
         _uwsgi_servers.append(start_server(srv.name, log))
     return _uwsgi_servers[-1]
+
+
+@pytest.fixture
+def own_uwsgi_server(uwsgi_server: ServerProcess, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the shared one's kind for one test alone: a flood leaves its worker
+    busy (and, under ``--async``, its connections reset) after the test, so the next
+    tests on a shared server failed for it."""
+    from tests.conftest import assert_no_traceback
+    from tests.servers import start_server
+
+    srv = start_server(uwsgi_server.name, tmp_path / "server.log")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+    assert_no_traceback(srv)
 
 
 def test_text_and_binary_stay_apart_on_send(uwsgi_server: ServerProcess) -> None:
@@ -174,12 +191,14 @@ def test_wait_timeout_then_a_large_send(uwsgi_server: ServerProcess) -> None:
         assert client.recv(timeout=TIMEOUT) == "timeout:None:False"
 
 
-def test_a_flood_is_pushed_back_not_buffered(uwsgi_server: ServerProcess) -> None:
+def test_a_flood_is_pushed_back_not_buffered(own_uwsgi_server: ServerProcess) -> None:
     """A client sending faster than its view consumes: the backend takes no more from
     uWSGI once 1,024 messages wait for the view (the default backend's bound), so TCP
     pushes the client back. It took every message uWSGI could read: a flood of small
     messages grew the worker's memory without bound (64 MiB of 1-byte messages: +80 MB)."""
-    with RawClient.connect(uwsgi_server.host, uwsgi_server.port, "/uwsgi/backlog/") as client:
+    with RawClient.connect(
+        own_uwsgi_server.host, own_uwsgi_server.port, "/uwsgi/backlog/"
+    ) as client:
         assert client.recv() == "ready"
         flood = masked(Opcode.TEXT, b"go") + masked(Opcode.BINARY, b"\x01") * (600 << 10)
         client.sock.settimeout(2.0)  # the view looks away for 0.5 s, then reads or not
@@ -210,15 +229,15 @@ while True:
 
 
 def test_a_client_flooding_its_view_does_not_starve_the_others(
-    uwsgi_server: ServerProcess,
+    own_uwsgi_server: ServerProcess,
 ) -> None:
     """One client sends messages as fast as its view echoes them: another client of the
     same worker is still served meanwhile. The view's wait() found a message ready each
     time and never let the worker's event loop run: every other connection, and every
     new request, waited until the flood ended."""
     with (
-        flooding(_FLOODER, uwsgi_server),
-        RawClient.connect(uwsgi_server.host, uwsgi_server.port, "/echo/") as other,
+        flooding(_FLOODER, own_uwsgi_server),
+        RawClient.connect(own_uwsgi_server.host, own_uwsgi_server.port, "/echo/") as other,
     ):
         other.send("still served")
         assert other.recv() == "still served"
