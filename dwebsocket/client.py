@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import (
-    SplitResult,
     parse_qsl,
     quote,
     quote_plus,
@@ -59,6 +58,7 @@ from urllib.parse import (
 )
 
 from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake, InvalidState
+from dwebsocket.log import redact
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.frames import encode_close_payload
@@ -243,14 +243,6 @@ def _writable(sock: socket.socket) -> bool:
         return True
 
 
-def _without_password(url: str, parts: SplitResult) -> str:
-    """``url`` with the password of its user information (if any) shown as ``***``."""
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
-
-
 class Received(NamedTuple):
     """An application message: ``data`` (``str`` or ``bytes``); for a group message of a
     history group, its ``group`` and ``position`` (else None)."""
@@ -351,7 +343,7 @@ class ReconnectingClient:
     ) -> None:
         parts = urlsplit(url)
         # The URL as repr() and error messages show it: without its password.
-        self._shown = _without_password(url, parts)
+        self._shown = redact(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise ValueError(f"expected a ws:// or wss:// URL, not {self._shown!r}")
         try:

@@ -12,9 +12,11 @@ handler would for a logger nobody configured.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "closed",
@@ -24,6 +26,7 @@ __all__ = [
     "peer",
     "printable",
     "protocol_error",
+    "redact",
 ]
 
 logger = logging.getLogger("dwebsocket")
@@ -126,3 +129,34 @@ def install_debug_handler(configured: Any = None) -> bool:
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
     return True
+
+
+#: A query parameter of a URL that carries a secret: ``password`` (redis-py reads it as
+#: the user part's), ``sentinel_password``, ``ssl_password``...
+_SECRET_PARAMETER = re.compile(r"(^|[&;])([^=&;]*password[^=&;]*)=[^&;]*", re.IGNORECASE)
+
+
+def redact(url: str) -> str:
+    """``url`` without its passwords (the user part's, and any query parameter named
+    ``...password...``), for logs and messages."""
+    url = _redact_query(url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unreadable (a bad IPv6 address, a bad port): hide all credentials
+        head, at, tail = url.rpartition("@")
+        return f"{head.partition('://')[0]}://***@{tail}" if at else url
+    if password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _redact_query(url: str) -> str:
+    """``url`` with the value of each query parameter named ``...password...`` hidden."""
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url
+    query, hash_, fragment = query.partition("#")
+    return base + mark + _SECRET_PARAMETER.sub(r"\1\2=***", query) + hash_ + fragment

@@ -27,12 +27,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import TooManyFieldsSent
 
@@ -41,6 +39,7 @@ from dwebsocket.exceptions import GroupsUnavailable, InvalidSetting
 from dwebsocket.groups.history import Follower, Page, Position, Recovery, go_live, policy, recover
 from dwebsocket.groups.memory import Member, MemoryLayer, Registry
 from dwebsocket.groups.presence import Local, Present, check_info, load_info, member_key
+from dwebsocket.log import redact as redact  # re-exported: its home was here
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -189,37 +188,6 @@ _FORMS = {
     "redis-sentinel": "redis-sentinel://host:port[,host:port...]/master_name",
     "redis-cluster": "redis-cluster://host:port[,host:port...]",
 }
-
-
-#: A query parameter of a URL that carries a secret: ``password`` (redis-py reads it as
-#: the user part's), ``sentinel_password``, ``ssl_password``...
-_SECRET_PARAMETER = re.compile(r"(^|[&;])([^=&;]*password[^=&;]*)=[^&;]*", re.IGNORECASE)
-
-
-def redact(url: str) -> str:
-    """``url`` without its passwords (the user part's, and any query parameter named
-    ``...password...``), for logs and messages."""
-    url = _redact_query(url)
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # unreadable (a bad IPv6 address, a bad port): hide all credentials
-        head, at, tail = url.rpartition("@")
-        return f"{head.partition('://')[0]}://***@{tail}" if at else url
-    if password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
-
-
-def _redact_query(url: str) -> str:
-    """``url`` with the value of each query parameter named ``...password...`` hidden."""
-    base, mark, query = url.partition("?")
-    if not mark:
-        return url
-    query, hash_, fragment = query.partition("#")
-    return base + mark + _SECRET_PARAMETER.sub(r"\1\2=***", query) + hash_ + fragment
 
 
 #: The last ``WEBSOCKET_GROUPS_URL`` :func:`check_settings` found right.
