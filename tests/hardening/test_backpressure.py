@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from django.test import override_settings
 
 from dwebsocket import require_websocket
-from dwebsocket.backends.default import websocket as backend
+from dwebsocket.backends import BACKLOG_MESSAGES
 from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.frames import encode_frame
 from tests.inprocess import Session
@@ -63,7 +63,7 @@ def test_a_polling_view_is_not_flooded() -> None:
         assert counted.wait(TIMEOUT)
         sender.join(TIMEOUT)
         session.finish()
-    assert seen["most"] <= backend._BACKLOG_MESSAGES + ONE_READ, seen
+    assert seen["most"] <= BACKLOG_MESSAGES + ONE_READ, seen
     assert seen["in order"]
 
 

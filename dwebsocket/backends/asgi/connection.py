@@ -10,7 +10,7 @@ served). Both the sync and the async ``request.websocket``
 
 Received messages sit in one deque guarded by a ``threading`` condition, so a view's
 worker thread can wait on it while the loop fills it; the pump stops reading while the
-view's backlog is full (:data:`BACKLOG_MESSAGES`, :data:`BACKLOG_BYTES`), so a client that
+view's backlog is full (:data:`dwebsocket.backends.BACKLOG_MESSAGES`), so a client that
 sends faster than the view reads is pushed back by the server's own flow control (by
 every server but daphne, which queues what it reads without a bound: docs/asgi.rst).
 
@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from dwebsocket import dws
+from dwebsocket.backends import BACKLOG_BYTES, BACKLOG_MESSAGES
 from dwebsocket.exceptions import ConnectionClosed
 from dwebsocket.log import printable
 from dwebsocket.protocol.frames import encode_close_payload
@@ -68,11 +69,6 @@ def _warn_if_headers_dropped(scope: Mapping[str, Any]) -> None:
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
-
-#: The view's backlog: with this many messages waiting, or this many bytes of them (the
-#: message limit, if larger), the pump stops calling ``receive()`` until the view reads.
-BACKLOG_MESSAGES = 1024
-BACKLOG_BYTES = 1 << 20
 
 #: ``websocket.http.response``: the ASGI extension that lets an application refuse a
 #: handshake with any HTTP response. Without it, a refusal is a 403.

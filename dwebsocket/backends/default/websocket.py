@@ -33,6 +33,7 @@ from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dwebsocket import log, metrics
+from dwebsocket.backends import BACKLOG_BYTES, BACKLOG_MESSAGES
 from dwebsocket.backends.default.outbox import Outbox
 from dwebsocket.backends.default.state import IOState
 from dwebsocket.backends.default.transport import RECV_SIZE, fast_messages
@@ -64,10 +65,6 @@ _CLOSED = State.CLOSED
 # read()/count_messages() never block, and stop after this many reads even if the peer
 # keeps the socket readable.
 _MAX_NONBLOCKING_READS = 16
-# The view's backlog: with this many messages waiting for it, or this many bytes of them
-# (the message limit, if larger), the socket is left unread until the view catches up.
-_BACKLOG_MESSAGES = 1024
-_BACKLOG_BYTES = 1 << 20
 # With permessage-deflate, received bytes go to the core this many at a time, the
 # backlog checked in between (64 KiB of deflate can carry ~60 GiB of zeros).
 _DEFLATE_SLICE = 512
@@ -157,7 +154,7 @@ class DefaultWebSocket(WebSocket):
         self._fast: Any = None
         self._accepted = False
         self._unfed = b""  # received, not yet given to the core: the backlog was full
-        self._backlog_bytes = max(_BACKLOG_BYTES, self._max_message_size or 0)
+        self._backlog_bytes = max(BACKLOG_BYTES, self._max_message_size or 0)
         self._outbox = Outbox(self._io)
         self._flusher: threading.Thread | None = None
         # Set on shutdown; made by a 1008 overflow, for the flusher waiting out the close.
@@ -509,7 +506,7 @@ class DefaultWebSocket(WebSocket):
         messages = self._io.messages
         if not messages:
             return False
-        if len(messages) >= _BACKLOG_MESSAGES:
+        if len(messages) >= BACKLOG_MESSAGES:
             return True
         return sum(map(len, messages)) >= self._backlog_bytes
 

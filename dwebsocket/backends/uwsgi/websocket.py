@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import uwsgi  # type: ignore[import-untyped]
 
 from dwebsocket import log, metrics
-from dwebsocket.backends.default.websocket import _BACKLOG_BYTES, _BACKLOG_MESSAGES
+from dwebsocket.backends import BACKLOG_BYTES, BACKLOG_MESSAGES
 from dwebsocket.conf import settings
 from dwebsocket.db import release_idle_connections
 from dwebsocket.exceptions import ConnectionClosed, InvalidState, TooManyConnections
@@ -376,8 +376,8 @@ class uWsgiWebSocket(WebSocket):
     def _backlog_full(self) -> bool:
         """Whether the messages waiting for the view are enough not to take more from
         uWSGI (``dwebsocket.backends.default.websocket``'s limits)."""
-        return len(self._received) >= _BACKLOG_MESSAGES or self._received_size >= max(
-            _BACKLOG_BYTES, self._max_message_size or 0
+        return len(self._received) >= BACKLOG_MESSAGES or self._received_size >= max(
+            BACKLOG_BYTES, self._max_message_size or 0
         )
 
     def _service(self) -> None:
