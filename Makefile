@@ -87,13 +87,17 @@ docs: setup
 	$(PY) -m sphinx -W --keep-going -q -E -b html docs docs/_build/html
 
 # Every test, warnings as errors (pyproject) in Python's development mode (-X dev: the test
-# process only, not the servers it starts), measured in the test process ([tool.coverage]).
-# The protocol core stays at 100 %; the whole at least COVERAGE_MIN (measured: 88-90 %,
-# depending on which timing-dependent paths a run takes).
+# processes only, not the servers they start), measured in the test processes
+# ([tool.coverage]): two pytest-xdist workers, each measuring itself
+# (tests/coverage_worker.py), their data combined. The protocol core stays at 100 %; the
+# whole at least COVERAGE_MIN (measured: 88-90 %, depending on which timing-dependent paths
+# a run takes).
 COVERAGE_MIN ?= 85
 coverage: setup browser-setup redis-setup
 	$(PY) -m coverage erase
-	$(PY) -X dev -m coverage run -m pytest -q -p no:cacheprovider
+	$(PY) -X dev -m pytest -q -rs -p no:cacheprovider -p tests.coverage_worker \
+		--dist worksteal --tx '2*popen//python=$(PY) -X dev'
+	$(PY) -m coverage combine -q
 	$(PY) -m coverage report --include='dwebsocket/protocol/*' --fail-under=100
 	$(PY) -m coverage report --fail-under=$(COVERAGE_MIN)
 
