@@ -462,7 +462,7 @@ waiter_after_wait(Waiter *self)
 /*
  * Wait until the socket is readable or the monotonic time ``deadline`` (INFINITY: no
  * limit). 1: readable; 0: woken otherwise (the timer, maybe armed for an earlier
- * deadline, or a stray switch); 2: this waiter cannot be used (closed, another greenlet
+ * deadline, a stray switch, or close()); 2: this waiter cannot be used (closed, another greenlet
  * waits, another thread, or the caller is the hub); -1: an exception (one thrown into the
  * waiting greenlet, say).
  *
@@ -473,7 +473,7 @@ static int
 waiter_wait(Waiter *self, double deadline)
 {
     PyObject *current, *r;
-    int readable;
+    int readable, moved;
 
     if (self->closed || self->waiting || PyThread_get_thread_ident() != self->thread) {
         return 2;
@@ -492,34 +492,51 @@ waiter_wait(Waiter *self, double deadline)
             Py_DECREF(current);
             return -1;
         }
-        Py_XSETREF(self->last, current);
+        Py_XSETREF(self->last, Py_NewRef(current));
         Py_XSETREF(self->last_switch, sw);
-    }
-    else {
-        Py_DECREF(current);
     }
     if (deadline < INFINITY && (self->timer == NULL || self->timer_at > deadline)) {
         if (waiter_arm(self, deadline) < 0) {
+            Py_DECREF(current);
             return -1;
         }
     }
     if (!self->io_active) {
         PyObject *ready = PyObject_GetAttr((PyObject *)self, str__ready);
         if (ready == NULL) {
+            Py_DECREF(current);
             return -1;
         }
         r = PyObject_CallMethodOneArg(self->io, str_start, ready);
         Py_DECREF(ready);
         if (r == NULL) {
+            Py_DECREF(current);
             return -1;
         }
         Py_DECREF(r);
         self->io_active = 1;
+        self->io_closed = 0; /* started again after a close() meanwhile: closed again */
     }
     /* The watcher keeps the loop alive only while someone waits on it (ref), as gevent's
        own waits do: a loop with nothing else to do still ends (LoopExit). */
     if (PyObject_SetAttr(self->io, str_ref, Py_True) < 0) {
+        Py_DECREF(current);
         return -1;
+    }
+    /* Python ran since the checks above (the calls, and any garbage collection they
+       started: rule 1 at the top of this file). A close() meanwhile (which cleared
+       last_switch, the wake's target) ends this wait as one during it would; another
+       greenlet's wait meanwhile keeps the waiter. */
+    moved = self->closed || self->waiting || self->last != current;
+    Py_DECREF(current);
+    if (moved) {
+        if (self->waiting) {
+            return 2;
+        }
+        if (waiter_after_wait(self) < 0) {
+            return -1;
+        }
+        return self->closed ? 0 : 2;
     }
     self->waiting = 1;
     r = PyObject_CallNoArgs(self->hub_switch);

@@ -383,14 +383,16 @@ class _GeventReadWaiter:
         current = self._getcurrent()
         if current is self._hub:
             return None
-        if deadline is not None and (self._timer is None or self._timer_at > deadline):
-            self._stop_timer()
-            self._timer = self._hub.loop.timer(max(deadline - _monotonic(), 0.0), ref=False)
-            self._timer.start(self._expired, update=True)
-            self._timer_at = deadline
+        # Taken before anything that may run Python (the calls below; a garbage collection
+        # they start): a close() or another greenlet's wait meanwhile then sees this wait.
         self._waiting = current
-        self._io.start(current.switch, True)
         try:
+            if deadline is not None and (self._timer is None or self._timer_at > deadline):
+                self._stop_timer()
+                self._timer = self._hub.loop.timer(max(deadline - _monotonic(), 0.0), ref=False)
+                self._timer.start(self._expired, update=True)
+                self._timer_at = deadline
+            self._io.start(current.switch, True)
             readable = self._hub.switch() is True
         finally:
             self._io.stop()

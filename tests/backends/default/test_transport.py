@@ -240,6 +240,60 @@ def test_the_gevent_waiter(waiter: str) -> None:
     run_script(f"WAITER = {waiter!r}\n" + _GEVENT_WAITER)
 
 
+_CLOSED_WHILE_THE_WAIT_BEGINS = """
+from gevent import monkey
+monkey.patch_all()
+import gc, socket, time
+import gevent
+from dwebsocket.backends.default import transport as transport_module
+
+if WAITER == "python":
+    transport_module._fastpath = None
+a, b = socket.socketpair()
+waiter = transport_module._gevent_waiter(a)
+gevent.spawn_later(0.01, b.sendall, b"x")
+assert waiter.wait(None) is True and a.recv(1) == b"x"  # the greenlet's first wait
+
+# close() (the session ending: Transport.release()) from Python code that runs while the
+# wait arms its timer: a finalizer or gc callback of the garbage collection that the
+# timer's allocation starts.
+armed = []
+def collecting(phase, info):
+    if armed:
+        armed.clear()
+        waiter.close()
+gc.callbacks.append(collecting)
+bound = gevent.Timeout(10)  # made now: its allocation must not be the one collecting
+bound.start()
+gc.set_threshold(1)
+armed.append(1)
+try:
+    result = waiter.wait(time.monotonic() + 60)
+except gevent.Timeout:
+    result = "still waiting after close()"
+finally:
+    gc.set_threshold(700)
+    bound.close()
+assert armed == [], "the wait allocated nothing"
+assert result is False, result  # ended by close(), as a wait in progress is
+b.sendall(b"y")  # a watcher left started would switch into this greenlet now
+gevent.sleep(0.05)
+assert waiter.wait(None) is None
+assert gevent.wait(timeout=5) is True  # and no watcher keeps the loop alive
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("waiter", ["c", "python"])
+def test_a_close_while_the_wait_begins_ends_it(waiter: str) -> None:
+    # The C waiter crashed (its wake-up target cleared by the close) once the socket was
+    # readable, and both waited on the closed waiter until the deadline.
+    pytest.importorskip("gevent")
+    if waiter == "c":
+        c_extension(transport_module._fastpath, "_fastpath")
+    run_script(f"WAITER = {waiter!r}\n" + _CLOSED_WHILE_THE_WAIT_BEGINS)
+
+
 def test_a_socket_opened_at_takeover_is_ours(pair) -> None:  # type: ignore[no-untyped-def]
     # uWSGI's takeover: a dup of the server's fd, made only once the WebSocket is accepted.
     opened: list[socket.socket] = []
