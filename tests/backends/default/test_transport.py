@@ -240,7 +240,7 @@ def test_the_gevent_waiter(waiter: str) -> None:
     run_script(f"WAITER = {waiter!r}\n" + _GEVENT_WAITER)
 
 
-_CLOSED_WHILE_THE_WAIT_BEGINS = """
+_WHILE_A_WAIT_BEGINS = """
 from gevent import monkey
 monkey.patch_all()
 import socket, time
@@ -260,8 +260,7 @@ class Loop:
 
     def timer(self, *args, **kwargs):
         if armed:
-            armed.clear()
-            waiter.close()
+            armed.pop()()
         return hub.loop.timer(*args, **kwargs)
 
 
@@ -278,7 +277,27 @@ else:
 gevent.spawn_later(0.01, b.sendall, b"x")
 assert waiter.wait(None) is True and a.recv(1) == b"x"  # the greenlet's first wait
 
-armed.append(1)
+if SCENARIO == "another greenlet waits":
+    # Another greenlet's wait meanwhile (the Python code yields): one of the two is
+    # refused (None: its caller polls) and the other is woken; neither waits for ever.
+    results = {}
+
+    def wait(name, deadline):
+        results[name] = waiter.wait(deadline)
+
+    armed.append(lambda: (gevent.spawn(wait, "second", None), gevent.sleep(0.01)))
+    first = gevent.spawn(wait, "first", time.monotonic() + 60)
+    gevent.sleep(0.05)
+    b.sendall(b"x")
+    gevent.joinall([first], timeout=5)
+    gevent.sleep(0.05)
+    assert sorted(map(repr, results.values())) == ["None", "True"], results
+    assert a.recv(1) == b"x"
+    waiter.close()
+    print("ok")
+    raise SystemExit
+
+armed.append(waiter.close)
 try:
     result = gevent.with_timeout(10, waiter.wait, time.monotonic() + 60)
 except gevent.Timeout:
@@ -293,14 +312,16 @@ print("ok")
 """
 
 
+@pytest.mark.parametrize("scenario", ["closed", "another greenlet waits"])
 @pytest.mark.parametrize("waiter", ["c", "python"])
-def test_a_close_while_the_wait_begins_ends_it(waiter: str) -> None:
-    # The C waiter crashed (its wake-up target cleared by the close) once the socket was
-    # readable, and both waited on the closed waiter until the deadline.
+def test_what_comes_while_a_wait_begins(waiter: str, scenario: str) -> None:
+    # The C waiter crashed on a close() there (its wake-up target cleared) once the socket
+    # was readable, and both waited on the closed waiter until the deadline; with another
+    # greenlet's wait there, one of the two greenlets was never woken.
     pytest.importorskip("gevent")
     if waiter == "c":
         c_extension(transport_module._fastpath, "_fastpath")
-    run_script(f"WAITER = {waiter!r}\n" + _CLOSED_WHILE_THE_WAIT_BEGINS)
+    run_script(f"WAITER = {waiter!r}\nSCENARIO = {scenario!r}\n" + _WHILE_A_WAIT_BEGINS)
 
 
 def test_a_socket_opened_at_takeover_is_ours(pair) -> None:  # type: ignore[no-untyped-def]
