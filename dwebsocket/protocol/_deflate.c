@@ -415,16 +415,23 @@ codec_acquire(Pool *pool, Codec *c)
         return NULL;
     }
     if (c->window != NULL) {
+        /* inflateSetDictionary() allocates zlib's window: failing, c keeps its own (its
+           context) for the next call. */
         err = pool->inflate ? inflateSetDictionary(&s->zs, c->window, (uInt)c->window_len)
                             : deflateSetDictionary(&s->zs, c->window, (uInt)c->window_len);
-        PyMem_RawFree(c->window);
-        c->window = NULL;
-        c->window_len = 0;
         if (err != Z_OK) {
-            set_zlib_error(&s->zs, err, "while restoring the window");
+            if (err == Z_MEM_ERROR) {
+                PyErr_NoMemory();
+            }
+            else {
+                set_zlib_error(&s->zs, err, "while restoring the window");
+            }
             pool_give_back(pool, s);
             return NULL;
         }
+        PyMem_RawFree(c->window);
+        c->window = NULL;
+        c->window_len = 0;
     }
     c->stream = s;
     pool_push_head(pool, c);

@@ -188,5 +188,47 @@ def main() -> None:
     print(json.dumps(report))
 
 
+def restore() -> None:
+    """Print one JSON line: the allocations of a parked ``Inflater``'s next ``decompress()``
+    failing in turn (``python -c 'from tests.protocol.nomemory import restore; restore()'``).
+
+    The other Inflater took its stream (at most one attached), with another window size,
+    so that getting one back allocates zlib's window for the kept one. Each failure must
+    be a ``MemoryError``, and one that left the Inflater without its stream (nothing
+    inflated yet) must leave its context as it was: the same call again gives the message.
+    """
+    _deflate.set_live_limit(1, 1)
+    z = zlib.compressobj(6, zlib.DEFLATED, -12)
+    first = b"the first message, which the second one refers to. " * 4
+    second = b"the first message, which the second one refers to, again"
+    sent = [z.compress(m) + z.flush(zlib.Z_SYNC_FLUSH) for m in (first, second)]
+    report: dict[str, Any] = {"failed": 0, "not_memory_errors": [], "context_lost": []}
+    for n in range(LIMIT):
+        kept, other = _deflate.Inflater(12), _deflate.Inflater(15)
+        kept.decompress(sent[0])
+        other.decompress(b"\x02\x00" + TAIL)  # an empty block: nothing to keep of its own
+        error: Exception | None = None
+        _testcapi.set_nomemory(n, n + 1)
+        try:
+            kept.decompress(sent[1])
+        except Exception as exc:
+            error = exc
+        finally:
+            _testcapi.remove_mem_hooks()
+        if error is None:
+            break  # past the call's last allocation
+        report["failed"] += 1
+        if not isinstance(error, MemoryError):
+            report["not_memory_errors"].append([n, repr(error)])
+        if _deflate.live_counts()[1] == 0:  # it did not get a stream: nothing inflated
+            try:
+                again: object = kept.decompress(sent[1]) == second
+            except zlib.error as exc:
+                again = repr(exc)
+            if again is not True:
+                report["context_lost"].append([n, again])
+    print(json.dumps(report))
+
+
 if __name__ == "__main__":
     main()

@@ -36,3 +36,25 @@ def test_every_failed_allocation_is_a_memory_error() -> None:
     assert report["memory_errors"] > 50, report  # and reached the C code
     assert report["wrong_results"] == [], report
     assert "live_after" not in report, report  # no zlib stream left behind
+
+
+def test_a_parked_window_that_cannot_be_restored_is_a_memory_error_and_is_kept() -> None:
+    # An Inflater whose stream another one took keeps its window; getting a stream back
+    # allocates zlib's window for it. That failing is a MemoryError (it was zlib.error,
+    # which deflate.py fails as the peer's bad data, 1002) and the window stays: the
+    # same decompress() again gives the message (it gave "invalid distance too far back").
+    c_extension(deflate._codecs, "_deflate")
+    if importlib.util.find_spec("_testcapi") is None:
+        missing("CPython's _testcapi module (part of a full CPython build)")
+    done = subprocess.run(
+        [sys.executable, "-c", "from tests.protocol.nomemory import restore; restore()"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["failed"] > 0, report  # the sweep reached the call's allocations
+    assert report["not_memory_errors"] == [], report
+    assert report["context_lost"] == [], report
