@@ -859,6 +859,7 @@ Inflater_decompress(Codec *self, PyObject *args, PyObject *kwds)
     if ((zs = codec_acquire(&inflate_pool, self)) == NULL) {
         goto out;
     }
+    self->pending = 1; /* until inflate_settle(): a failure may leave zlib anywhere */
     limit = max_length == 0 ? PY_SSIZE_T_MAX : max_length;
     err = inflate_into_scratch(zs, view.buf, view.len, limit, &produced, &rest);
     if (err == -100) {
@@ -951,6 +952,7 @@ inflate_message(PyObject *obj, const uint8_t *data, Py_ssize_t n, Py_ssize_t max
     if ((zs = codec_acquire(&inflate_pool, self)) == NULL) {
         return -1;
     }
+    self->pending = 1; /* until inflate_settle(): a failure may leave zlib anywhere */
     limit = max_size >= PY_SSIZE_T_MAX - 1 ? PY_SSIZE_T_MAX : max_size + 1;
     err = inflate_into_scratch(zs, data, n, limit, &produced, &rest);
     if (err == -100) {

@@ -230,5 +230,49 @@ def restore() -> None:
     print(json.dumps(report))
 
 
+def failed_inflate() -> None:
+    """Print one JSON line: the allocations of a decompression that ends the peer's
+    deflate stream failing in turn, through ``Inflater.decompress()`` (a message larger
+    than the output buffer keeps, which grows it as zlib writes) and through the fast
+    path's C receive loop (``_fastpath.scan``, a small message). After a failure in the
+    middle of zlib's work (or once it ended the stream) the Inflater must keep its stream:
+    another one's use, while at most one stays attached, must not take it, which would
+    keep only its window and forget the rest of its state (that the stream ended, or the
+    block it was in). Run as ``restore()`` is.
+    """
+    _deflate.set_live_limit(1, 1)
+    z = zlib.compressobj(6, zlib.DEFLATED, -12)
+    first = z.compress(b"first, ") + z.flush(zlib.Z_SYNC_FLUSH)
+    large = z.copy()
+    small = z.compress(b"and last") + z.flush(zlib.Z_FINISH)  # BFINAL: the stream ends
+    large_end = large.compress(random.Random(7).randbytes(100) * 3000) + large.flush() + TAIL
+    report: dict[str, Any] = {"failed": 0, "taken": []}
+    for via in ("decompress", "scan"):
+        for n in range(LIMIT):
+            kept, other = _deflate.Inflater(12), _deflate.Inflater(12)
+            kept.decompress(first)
+            out: list[Any] = []
+            error: Exception | None = None
+            data = frame(0x40 | 2, small)
+            decompress, scan = kept.decompress, _fastpath.scan
+            _testcapi.set_nomemory(n, n + 1)
+            try:
+                if via == "decompress":
+                    decompress(large_end)
+                else:
+                    scan(data, 1 << 20, 1 << 20, kept, 1 << 20, out)
+            except Exception as exc:
+                error = exc
+            finally:
+                _testcapi.remove_mem_hooks()
+            if error is None:
+                break  # past the call's last allocation
+            report["failed"] += 1
+            other.decompress(b"\x02\x00" + TAIL)
+            if _deflate.live_counts()[1] != 2:
+                report["taken"].append([via, n, repr(error)])
+    print(json.dumps(report))
+
+
 if __name__ == "__main__":
     main()

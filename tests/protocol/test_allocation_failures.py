@@ -58,3 +58,29 @@ def test_a_parked_window_that_cannot_be_restored_is_a_memory_error_and_is_kept()
     assert report["failed"] > 0, report  # the sweep reached the call's allocations
     assert report["not_memory_errors"] == [], report
     assert report["context_lost"] == [], report
+
+
+def test_an_inflater_that_failed_mid_stream_keeps_its_stream() -> None:
+    # A MemoryError while zlib inflated (the output buffer growing) or once the peer's
+    # stream ended (its unused data) left the Inflater free to give its stream up: the
+    # next use of another one took it, keeping only the window, so the Inflater forgot
+    # that its stream had ended (it decoded the next bytes as more of it) or the block it
+    # was in.
+    c_extension(deflate._codecs, "_deflate")
+    if importlib.util.find_spec("_testcapi") is None:
+        missing("CPython's _testcapi module (part of a full CPython build)")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from tests.protocol.nomemory import failed_inflate; failed_inflate()",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["failed"] > 2, report  # the sweep reached both calls' allocations
+    assert report["taken"] == [], report
