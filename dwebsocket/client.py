@@ -16,7 +16,8 @@ It runs in the caller's thread only: everything (reading, answering pings, the h
 reconnecting) happens inside :meth:`~ReconnectingClient.recv`; between calls nothing
 does (but a DNS lookup that outlived its attempt, in a daemon thread: see ``timeout``).
 One client is for one thread, but :meth:`~ReconnectingClient.close` may come from any
-thread: it ends a ``recv()`` waiting in another at once. Events (``open``, ``close``,
+thread: it ends a ``recv()`` waiting in another at once; and :meth:`~ReconnectingClient.send`
+too, from several at once (each message goes out whole, in turn). Events (``open``, ``close``,
 ``joined``, ``recovered``, ``recovery_failed``) go to ``on_event``, called from ``recv()`` (and
 ``connect()``) in the order they happened relative to the messages: an event that came
 after a message is emitted when ``recv()`` is called after that message was returned.
@@ -504,14 +505,20 @@ class ReconnectingClient:
         """Send ``message`` now (``str``: text, bytes-like: binary). Raises
         ``ConnectionClosed`` while not connected: what to do then is the caller's call;
         also when the connection ends during the write (with the server's code and reason
-        when it closed it first: 1009 for a message over its limit)."""
-        conn = self._conn
-        if conn is None:
+        when it closed it first: 1009 for a message over its limit).
+
+        From several threads at once, each message goes out whole, one after the other.
+        One whose connection ended before its turn to be written came raises
+        ``ConnectionClosed`` too: it never goes out on the next connection."""
+        if self._conn is None:
             raise ConnectionClosed(self.close_code or 1006, "not connected")
-        try:
-            frame = conn.send_message(message)
-        except InvalidState:  # close() in another thread sent the close frame
-            raise ConnectionClosed(self.close_code or 1006, self.close_reason) from None
+
+        def frame(conn: Connection) -> bytes:
+            try:
+                return conn.send_message(message)
+            except InvalidState:  # close() in another thread sent the close frame
+                raise ConnectionClosed(self.close_code or 1006, self.close_reason) from None
+
         self._write(frame)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -956,24 +963,46 @@ class ReconnectingClient:
         self._arrived.pop(group, None)  # to the end: the most recent are kept in the URL
         self._arrived[group] = position
 
-    def _write(self, data: bytes, *, lose: bool = True, timeout: float | None = None) -> None:
+    def _write(
+        self,
+        data: bytes | Callable[[Connection], bytes],
+        *,
+        lose: bool = True,
+        timeout: float | None = None,
+    ) -> None:
         """Write ``data``; raises ``ConnectionClosed`` when the socket fails, the
         connection then lost (``lose`` False: the caller calls :meth:`_lost` itself).
-        ``timeout``: instead of :attr:`timeout` (0: only what the socket takes at once)."""
-        sock = self._sock
+        ``timeout``: instead of :attr:`timeout` (0: only what the socket takes at once).
+        ``data`` may be what makes the frame of the connection open when this write's
+        turn comes (:meth:`send`, from several threads): frames are made in the order they
+        go out (permessage-deflate's context takeover, RFC 7692 7.2.3: each may refer to
+        the ones before it), and never go out on a connection they were not made for
+        (``ConnectionClosed`` if it ended meanwhile)."""
+        sock, conn, made = self._sock, self._conn, callable(data)
         if sock is None:
             raise ConnectionClosed(1006, "not connected")
         try:
             with self._writing:
+                if callable(data):
+                    # The socket after the connection: _open sets _sock first, _drop
+                    # clears it first; the connection unchanged after, they go together.
+                    conn, current = self._conn, self._sock
+                    if conn is None or current is None or self._conn is not conn:
+                        raise ConnectionClosed(self.close_code or 1006, "not connected")
+                    sock, data = current, data(conn)
                 sock.settimeout(self.timeout if timeout is None else timeout)
                 # timeout for each send() to move some bytes, not for the whole message (as
                 # sendall() has it, but ssl's): a large one over a slow link is not a dead one.
                 view, sent = memoryview(data), 0
                 while sent < len(view):
                     sent += sock.send(view[sent:])
+        except ConnectionClosed:  # nothing was written
+            if self._closed_for_good:
+                self._finish_close(at_once=False)  # close() came meanwhile: left to it
+            raise
         except OSError as exc:
             if lose:
-                conn = self._conn
+                conn = conn if made else self._conn
                 self._read_last_words(sock)
                 if self._sock is sock:  # no close frame came: the link broke
                     self._lost(1006, str(exc))

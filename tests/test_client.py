@@ -1253,6 +1253,114 @@ def test_send_while_another_thread_closes_raises_connection_closed(proxy: Proxy)
         closing.join(WAIT)
 
 
+def test_sends_from_several_threads_reach_the_server_whole_and_in_order(
+    gevent: ServerProcess,
+) -> None:
+    """A service's worker threads send at once, compression on (the server's default):
+    every message is echoed, whole, and the connection stays up. Each frame was written
+    whole, but compressed outside the write lock: one thread's frame could go out before
+    the one compressed just before it, and the server's inflater (RFC 7692 context
+    takeover: each message may refer to the ones before) read garbage and closed with
+    1002 ("invalid compressed data"). Threads switch as often as the interpreter lets
+    them, so that the order slips every run."""
+    events: list[Event] = []
+    client = ReconnectingClient(gevent.url("/echo/"), on_event=events.append).connect(WAIT)
+    sent: set[str] = set()
+    failures: list[BaseException] = []
+
+    def sender(number: int) -> None:
+        rnd = random.Random(number)
+        for index in range(50):
+            message = f"{number}:{index}:" + " ".join(
+                str(rnd.random()) for _ in range(rnd.randrange(1, 2000))
+            )
+            sent.add(message)
+            try:
+                client.send(message)
+            except BaseException as exc:  # the test looks at it
+                failures.append(exc)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        senders = [threading.Thread(target=sender, args=(n,), daemon=True) for n in range(4)]
+        for thread in senders:
+            thread.start()
+        echoed = []
+        with contextlib.suppress(TimeoutError):
+            while len(echoed) < 200:
+                echoed.append(client.recv(WAIT).data)
+        for thread in senders:
+            thread.join(WAIT)
+    finally:
+        sys.setswitchinterval(interval)
+        client.close()
+    assert not failures, failures
+    assert [e.type for e in events] == ["open"], events
+    assert len(echoed) == 200 and set(echoed) == sent
+
+
+def test_a_send_that_outlived_its_connection_never_reaches_the_next(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker thread's ``send()`` has made its frame when the connection drops and the
+    reading thread reconnects (made to happen exactly then, before the frame is written).
+    The frame belongs to the connection it was made for (its compression context, the
+    server's view of that session): ``send()`` raises ``ConnectionClosed``, as it
+    documents for a connection that ends during the write, and the new connection never
+    sees it. It went out on whatever
+    socket the client held by then: the new connection's (the server echoed a message
+    the worker was told nothing about), or the next attempt's before its handshake."""
+    import dwebsocket.client as client_module
+
+    making, made = threading.Event(), threading.Event()
+
+    class Slow(Connection):
+        def send_message(self, message: Any) -> bytes:
+            frame = super().send_message(message)
+            if message == "made for the first connection":
+                making.set()  # made: the connection drops before it is written
+                made.wait(WAIT)
+            return frame
+
+    monkeypatch.setattr(client_module, "Connection", Slow)
+    events: list[Event] = []
+    client = ReconnectingClient(
+        proxy.url("/echo/"), min_delay=0.01, max_delay=0.05, on_event=events.append
+    ).connect(WAIT)
+    outcome: list[BaseException | None] = []
+
+    def worker() -> None:
+        try:
+            client.send("made for the first connection")
+        except BaseException as exc:  # the test looks at it
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        assert making.wait(WAIT)
+        proxy.cut()
+        proxy.restore()
+        deadline = time.monotonic() + WAIT
+        while client.opened < 2:  # the reading thread reconnects meanwhile
+            assert time.monotonic() < deadline, events
+            with contextlib.suppress(TimeoutError):
+                client.recv(0.1)
+        made.set()
+        thread.join(WAIT)
+        assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosed), outcome
+        client.send("made for the second")
+        assert client.recv(WAIT).data == "made for the second"
+    finally:
+        made.set()
+        client.close()
+        thread.join(WAIT)
+
+
 def test_close_on_a_broken_connection_announces_no_retry(proxy: Proxy) -> None:
     """The connection was reset under the client (the proxy went away; the client's next
     write drew the reset) and the application closes the client: the failed close frame
