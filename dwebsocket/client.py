@@ -62,7 +62,7 @@ from dwebsocket.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from dwebsocket.log import redact
 from dwebsocket.protocol.connection import Close, Connection
 from dwebsocket.protocol.deflate import PerMessageDeflate
-from dwebsocket.protocol.frames import encode_close_payload
+from dwebsocket.protocol.frames import CloseCode, encode_close_payload
 from dwebsocket.protocol.handshake import build_request, generate_key, parse_response
 from dwebsocket.websocket import Message
 
@@ -295,7 +295,9 @@ class ReconnectingClient:
     it sent before is still leaving (on Linux: the send queue shrinks; the ping waits behind
     it), which gives the answer ``ping_timeout`` more each time. Close codes
     in ``no_retry`` (policy, session revoked), a handshake answered with a 2xx, 3xx or
-    4xx status (but 408 and 429) and :meth:`close` end it for good, except a 1008 whose
+    4xx status (but 408 and 429), a server certificate that fails verification (close
+    code 1015: ``ssl.SSLCertVerificationError``; other TLS failures are retried) and
+    :meth:`close` end it for good, except a 1008 whose
     reason is exactly ``"send queue overflow"`` (the server dropped a member that read too
     slowly): that one is retried with the backoff, and resumes where it left off. A
     refusal with ``Retry-After: <seconds>`` waits that long (at most ``max_delay``)
@@ -627,9 +629,14 @@ class ReconnectingClient:
                 and time.monotonic() >= deadline
             ):
                 return False  # the caller's time ran out, not the server's: no failure
-            final = isinstance(exc, _Refused) and exc.final
+            code, final = 1006, isinstance(exc, _Refused) and exc.final
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                # As a 4xx: the same answer on every attempt until someone changes the
+                # CA trusted, the host in the URL or the server's certificate. RFC 6455
+                # 7.4.1 names the code for it (never sent: the close is ours alone).
+                code, final = int(CloseCode.TLS_HANDSHAKE), True
             retry_after = exc.retry_after if isinstance(exc, _Refused) else None
-            self._lost(1006, str(exc) or type(exc).__name__, final=final, not_before=retry_after)
+            self._lost(code, str(exc) or type(exc).__name__, final=final, not_before=retry_after)
         except BaseException:
             # KeyboardInterrupt, a gevent.Timeout around the call: the attempt is abandoned
             # (not a failure); its socket must not wait for the next one to replace it.

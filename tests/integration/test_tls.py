@@ -16,13 +16,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from dwebsocket.client import ReconnectingClient
+from dwebsocket.client import Event, ReconnectingClient
 from dwebsocket.exceptions import ConnectionClosed
 from tests.servers import ServerProcess, running_server
 from tests.wire import TIMEOUT
@@ -137,3 +137,49 @@ def test_the_python_clients_close_from_another_thread_reaches_the_view(
         except urllib.error.HTTPError:  # 404: not closed yet
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_certificate_the_client_cannot_verify_ends_it(
+    server: ServerProcess, certificate: tuple[Path, Path], host: str
+) -> None:
+    """The server's certificate fails verification: not signed by a CA the client trusts
+    (the system's, here, for a self-signed one), or not for the host in the URL
+    (``localhost``, a certificate for 127.0.0.1 only). Every attempt would get the same
+    answer, as a 4xx refusal does: one ``close``, final, with RFC 6455's code for it
+    (1015) and OpenSSL's reason, and ``connect()`` raises ``ConnectionClosed``. Before,
+    the client retried it for ever with the backoff, and ``connect()`` without a timeout
+    never returned."""
+    trusted = ssl.create_default_context(cafile=str(certificate[0]))
+    context = trusted if host == "localhost" else ssl.create_default_context()
+    events: list[Event] = []
+    client = ReconnectingClient(
+        f"wss://{host}:{server.port}/echo/",
+        ssl_context=context,
+        min_delay=0.01,
+        max_delay=0.05,
+        on_event=events.append,
+    )
+    with pytest.raises(ConnectionClosed) as raised:
+        client.connect(TIMEOUT)
+    assert raised.value.code == 1015 and "certificate verify failed" in raised.value.reason
+    assert [(e.type, e.code, e.will_retry) for e in events] == [("close", 1015, False)]
+    assert client.close_code == 1015 and client._sock is None
+
+
+def test_a_tls_handshake_that_fails_otherwise_is_retried(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """A TLS failure that is no verdict on the certificate (here a server that speaks no
+    TLS at all: plain HTTP behind a ``wss://`` URL, as during a deployment whose proxy is
+    not up yet) is retried with the backoff, as a broken link is."""
+    plain = make_server("gevent")
+    events: list[Event] = []
+    client = ReconnectingClient(
+        plain.url("/echo/", scheme="wss"), min_delay=0.01, max_delay=0.05, on_event=events.append
+    )
+    with pytest.raises(TimeoutError):
+        client.connect(0.5)
+    client.close()
+    closes = [e for e in events if e.type == "close"]
+    assert closes and all(e.will_retry and e.code == 1006 for e in closes), closes
