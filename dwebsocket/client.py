@@ -219,6 +219,19 @@ def _connect_tcp(
     raise error or OSError(f"no address for {host!r}")
 
 
+class _Attempt:
+    """A connection attempt under way: what a call whose own time ran out leaves for the
+    next to go on with, until ``end`` (the client's ``timeout`` after it began)."""
+
+    def __init__(self, end: float) -> None:
+        self.end = end
+        self.sock: socket.socket | None = None  # once connected (TCP)
+        self.secured = False  # its TLS handshake done (wss://)
+        self.key = ""
+        self.request = b""  # what is left to send of the upgrade request
+        self.response = b""  # what came of the answer so far
+
+
 def _unsent(sock: socket.socket) -> int | None:
     """The bytes written to ``sock`` that the peer has not acknowledged yet (``SIOCOUTQ``,
     Linux), or None where the system does not say."""
@@ -307,8 +320,11 @@ class ReconnectingClient:
     waits for rather than starting another) and a write's wait for the socket to take
     more of it (a write of a large message over a slow link lasts as long as its bytes
     keep moving); the ``timeout`` of
-    :meth:`connect` and :meth:`recv` bounds their attempts too (an attempt the caller's
-    time cut short is not a failure: the next call starts afresh, without backoff).
+    :meth:`connect` and :meth:`recv` bounds their wait for an attempt too: one the
+    caller's time cut short goes on at the next call (its TLS handshake and HTTP
+    exchange where they stopped; a TCP connection not made yet starts again), and fails
+    only once its own ``timeout`` ran out, so ``recv(1)`` in a loop connects to a server
+    that takes longer than that to answer the handshake.
     ``compression``: offer permessage-deflate, as browsers do (the server's
     ``WEBSOCKET_COMPRESSION`` decides; ``max_message_size`` counts the bytes
     decompressed). A user and password in the URL go as HTTP Basic auth (unless
@@ -410,6 +426,8 @@ class ReconnectingClient:
         self._closed_for_good = False
         self._sock: socket.socket | None = None
         self._conn: Connection | None = None
+        # The connection attempt under way that a call's timeout cut short (see _reconnect).
+        self._attempt: _Attempt | None = None
         # Messages and events in the order they happened; recv() hands them over.
         self._inbox: deque[Received | Event] = deque()
         self._retry_at = 0.0
@@ -612,23 +630,33 @@ class ReconnectingClient:
             raise ConnectionClosed(self.close_code or 1006, self.close_reason)
 
     def _reconnect(self, deadline: float | None) -> bool:
-        """Wait for the next attempt (False at ``deadline``), then make it."""
-        wait = self._retry_at - time.monotonic()
-        if deadline is not None and time.monotonic() + max(wait, 0) > deadline:
-            self._wake.wait(max(0.0, deadline - time.monotonic()))  # close() wakes it
-            return self._closed_for_good
-        if wait > 0 and self._wake.wait(wait):
-            return True  # closed from another thread: the caller raises
+        """Wait for the next attempt (False at ``deadline``), then make it, or go on with
+        the one a call before left (False at ``deadline`` again)."""
+        attempt = self._attempt
+        if attempt is None:
+            wait = self._retry_at - time.monotonic()
+            if deadline is not None and time.monotonic() + max(wait, 0) > deadline:
+                self._wake.wait(max(0.0, deadline - time.monotonic()))  # close() wakes it
+                return self._closed_for_good
+            if wait > 0 and self._wake.wait(wait):
+                return True  # closed from another thread: the caller raises
+            attempt = self._attempt = _Attempt(time.monotonic() + self.timeout)
         try:
-            self._open(deadline)
+            self._open(attempt, deadline)
         except (OSError, InvalidHandshake, ValueError) as exc:
-            self._drop()
+            now = time.monotonic()
             if (
                 isinstance(exc, TimeoutError)
                 and deadline is not None
-                and time.monotonic() >= deadline
+                and deadline <= now < attempt.end
             ):
-                return False  # the caller's time ran out, not the server's: no failure
+                # The caller's time ran out, not the attempt's: the next call goes on with
+                # it (a handshake slower than the caller's timeout would never end, each
+                # call starting it again; one that never ends would never fail).
+                if attempt.sock is None:
+                    self._sock = None  # its TCP connection, closed, starts again
+                return False
+            self._drop()
             code, final = 1006, isinstance(exc, _Refused) and exc.final
             if isinstance(exc, ssl.SSLCertVerificationError):
                 # As a 4xx: the same answer on every attempt until someone changes the
@@ -689,17 +717,17 @@ class ReconnectingClient:
                 kept[group] = position
         return dict(reversed(kept.items()))
 
-    def _open(self, deadline: float | None) -> None:
-        """One attempt, within ``timeout`` and the caller's ``deadline`` (from the DNS
-        lookup to the 101, not for each step: else a call could block for twice its
-        timeout). Raises ``TimeoutError`` when either runs out."""
+    def _open(self, attempt: _Attempt, deadline: float | None) -> None:
+        """Go on with ``attempt`` within its ``timeout`` and the caller's ``deadline``
+        (from the DNS lookup to the 101, not for each step: else a call could block for
+        twice its timeout). Raises ``TimeoutError`` when either runs out; what was done
+        stays in ``attempt`` (the lookup, too, goes on in its thread), but for a TCP
+        connection cut short, which starts again."""
         parts = self._parts
         secure = parts.scheme == "wss"
         host = parts.hostname or ""
         port = parts.port or (443 if secure else 80)
-        end = time.monotonic() + self.timeout
-        if deadline is not None:
-            end = min(end, deadline)
+        end = attempt.end if deadline is None else min(attempt.end, deadline)
 
         def left() -> float:
             if self._closed_for_good:  # close() from another thread: see _started
@@ -709,27 +737,35 @@ class ReconnectingClient:
                 raise TimeoutError("no answer to the handshake")
             return remaining
 
-        sock = self._sock = _connect_tcp(host, port, left, self._started)
-        if secure:
-            context = self.ssl_context or ssl.create_default_context()
-            # The TLS socket takes the plain one's descriptor over (the plain one's is -1
-            # then): it must be in _sock before its handshake waits, for close() to shut
-            # it down (then left() sees the flag, or the shut down ends the handshake).
-            sock = self._sock = context.wrap_socket(
-                sock, server_hostname=host, do_handshake_on_connect=False
-            )
+        sock = attempt.sock
+        if sock is None:
+            sock = self._sock = _connect_tcp(host, port, left, self._started)
+            if secure:
+                context = self.ssl_context or ssl.create_default_context()
+                # The TLS socket takes the plain one's descriptor over (the plain one's is
+                # -1 then): it must be in _sock before its handshake waits, for close() to
+                # shut it down (then left() sees the flag, or the shut down ends it).
+                sock = self._sock = context.wrap_socket(
+                    sock, server_hostname=host, do_handshake_on_connect=False
+                )
+            attempt.sock, attempt.key = sock, generate_key()
+            attempt.request = self._request(attempt.key)
+        if secure and not attempt.secured:
+            assert isinstance(sock, ssl.SSLSocket)
             sock.settimeout(left())
-            sock.do_handshake()
-        key = generate_key()
-        sock.settimeout(left())
-        sock.sendall(self._request(key))
-        data = b""
-        while (parsed := parse_response(data, key)) is None:
+            sock.do_handshake()  # after a timeout, OpenSSL goes on where it stopped
+            attempt.secured = True
+        while attempt.request:
+            sock.settimeout(left())
+            attempt.request = attempt.request[sock.send(attempt.request) :]
+        key = attempt.key
+        while (parsed := parse_response(attempt.response, key)) is None:
             sock.settimeout(left())
             chunk = sock.recv(_RECV)
             if not chunk:
                 raise ConnectionResetError("connection closed during the handshake")
-            data += chunk
+            attempt.response += chunk
+        self._attempt, data = None, attempt.response
         status, headers, consumed = parsed
         if status != 101:
             raise _Refused(status, _retry_after(headers), dict(headers).get("location"))
@@ -790,7 +826,7 @@ class ReconnectingClient:
         self._inbox.append(Event("close", code=code, reason=reason, will_retry=True, delay=delay))
 
     def _drop(self) -> None:
-        sock, self._sock, self._conn = self._sock, None, None
+        sock, self._sock, self._conn, self._attempt = self._sock, None, None, None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()

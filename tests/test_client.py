@@ -651,6 +651,56 @@ def test_connect_and_recv_keep_to_the_callers_timeout() -> None:
     assert client.attempts == 0  # the caller's time ran out, not the server's
 
 
+def test_a_handshake_slower_than_the_callers_timeout_still_connects(proxy: Proxy) -> None:
+    """A service calls ``recv(0.3)`` in a loop (it has other work) and the server's 101
+    takes longer than that to arrive (a slow downlink: 32 bytes every 0.15 s). Each call
+    goes on with the attempt the one before left, and the client connects. Each call
+    abandoned its attempt when its own time ran out and the next started another, so
+    the client never connected, and said nothing (no ``close``: no attempt failed)."""
+    proxy.throttle(32, 0.15, to_clients=True)
+    events: list[Event] = []
+    client = ReconnectingClient(proxy.url("/echo/"), on_event=events.append)
+    try:
+        deadline = time.monotonic() + WAIT
+        while not client.connected:
+            assert time.monotonic() < deadline, events
+            with contextlib.suppress(TimeoutError):
+                client.recv(0.3)
+        assert [e.type for e in events] == ["open"], events
+        proxy.throttle(_READ, 0.001, to_clients=True)
+        client.send("through")
+        assert client.recv(WAIT).data == "through"
+    finally:
+        client.close()
+
+
+def test_a_server_that_never_answers_fails_attempts_under_short_calls() -> None:
+    """The same service against a server that accepts connections and never answers
+    (a listening socket nobody accepts from): each attempt lasts its ``timeout`` (0.5 s)
+    across the calls (``recv(0.2)``), then fails with a ``close`` and the backoff, as with
+    ``recv()`` without a timeout. The attempts the calls cut short were no failure: a new
+    connection every call for ever, no backoff, no ``close`` saying why."""
+    events: list[Event] = []
+    with socket.create_server(("127.0.0.1", 0)) as wedged:
+        client = ReconnectingClient(
+            f"ws://127.0.0.1:{wedged.getsockname()[1]}/",
+            timeout=0.5,
+            min_delay=0.01,
+            max_delay=0.05,
+            on_event=events.append,
+        )
+        try:
+            deadline = time.monotonic() + WAIT
+            while not [e for e in events if e.type == "close"]:
+                assert time.monotonic() < deadline, client.attempts
+                with pytest.raises(TimeoutError):
+                    client.recv(0.2)
+        finally:
+            client.close()
+    [failed] = [e for e in events if e.type == "close"][:1]
+    assert failed.will_retry and failed.code == 1006 and client.attempts >= 1
+
+
 def test_recv_with_no_time_to_wait_returns_a_message_ready(gevent: ServerProcess) -> None:
     """``recv(0)``, a poll from a loop that has other work: the echo is waiting in the
     socket, and is returned. It raised ``TimeoutError`` without reading, so a poller never

@@ -8,6 +8,7 @@ the TLS stream at the first group message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import ssl
@@ -24,6 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from dwebsocket.client import Event, ReconnectingClient
 from dwebsocket.exceptions import ConnectionClosed
+from tests.groups.proxy import Proxy
 from tests.servers import ServerProcess, running_server
 from tests.wire import TIMEOUT
 
@@ -183,3 +185,32 @@ def test_a_tls_handshake_that_fails_otherwise_is_retried(
     client.close()
     closes = [e for e in events if e.type == "close"]
     assert closes and all(e.will_retry and e.code == 1006 for e in closes), closes
+
+
+def test_a_tls_handshake_slower_than_the_callers_timeout_still_connects(
+    server: ServerProcess, certificate: tuple[Path, Path]
+) -> None:
+    """``recv(0.3)`` in a loop while the server's TLS handshake takes longer than that to
+    arrive (a slow downlink: 256 bytes every 0.1 s, the certificate among them): each
+    call goes on with the TLS handshake the one before left, and the client connects.
+    Each call started a new attempt, and the client never connected."""
+    link = Proxy(server.port)
+    link.throttle(256, 0.1, to_clients=True)
+    events: list[Event] = []
+    client = ReconnectingClient(
+        link.url("/echo/", scheme="wss"),
+        ssl_context=ssl.create_default_context(cafile=str(certificate[0])),
+        on_event=events.append,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not client.connected:
+            assert time.monotonic() < deadline, events
+            with contextlib.suppress(TimeoutError):
+                client.recv(0.3)
+        assert [e.type for e in events] == ["open"], events
+        client.send("through")
+        assert client.recv(TIMEOUT).data == "through"
+    finally:
+        client.close()
+        link.close()
