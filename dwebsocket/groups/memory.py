@@ -282,15 +282,19 @@ class MemoryHistory:
 
     def read(self, group: str, policy: Policy, after: int, count: int) -> Page:
         """The messages of ``group`` kept after offset ``after``, at most ``count`` of them
-        and about :data:`~dwebsocket.groups.history.PAGE_BYTES` (see ``history.Page``)."""
+        and about :data:`~dwebsocket.groups.history.PAGE_BYTES` (see ``history.Page``),
+        none older than ``policy.ttl`` nor outside its last ``policy.size``."""
         kept = self.kept(group, policy)
         now = time.monotonic()
         with kept.lock:
             kept_entries = kept.entries
             if after >= kept.offset:  # nothing after it (a position from the future)
                 return Page(kept.epoch, kept.offset, [])
-            # Offsets are consecutive: the first one wanted is at a known index.
-            start = max(0, after + 1 - kept_entries[0][0]) if kept_entries else 0
+            # Offsets are consecutive: the first one wanted is at a known index. None past
+            # the last ``size``: the deque is trimmed by the policy of the last append, and
+            # a new setting may keep fewer (as Redis, which trims about ``size``, reads).
+            first = max(after, kept.offset - policy.size) + 1
+            start = max(0, first - kept_entries[0][0]) if kept_entries else 0
             entries: list[tuple[int, Message]] = []
             size = 0
             for offset, at, message in itertools.islice(kept_entries, start, start + count):
