@@ -233,6 +233,7 @@ class _Kept:
     last: float = 0.0  # time.monotonic() of the last message
     entries: deque[tuple[int, float, Message]] = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    swept: bool = False  # taken out of MemoryHistory: the group's next one is another
 
 
 class MemoryHistory:
@@ -241,37 +242,57 @@ class MemoryHistory:
     an offset counting its messages.
 
     A group's history goes (and with it its epoch) once its last message is older than its
-    ``ttl``, swept whenever the number of groups has doubled since the last sweep,
-    so memory stays bounded by the groups active within that time."""
+    ``ttl``: decided under the history's own lock, by the send or read that finds it so
+    (the history begins again in place, in a new epoch), or by a sweep whenever the number
+    of groups has doubled since the last one, so memory stays bounded by the groups active
+    within that time. A send that took the history before it expired and waited for its
+    lock meanwhile so appends in the new epoch, never on in the lost one."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._groups: dict[str, _Kept] = {}
         self._sweep_at = 64
 
-    def kept(self, group: str, policy: Policy) -> _Kept:
-        """The history of ``group``, made if it has none (or only an expired one)."""
-        now = time.monotonic()
+    def kept(self, group: str) -> _Kept:
+        """The history of ``group``, made if it has none. Use it under its ``lock``, after
+        :meth:`renewed` (it may have been swept meanwhile)."""
         with self._lock:
             kept = self._groups.get(group)
-            if kept is not None and now - kept.last > policy.ttl:
-                kept = None
             if kept is None:
-                kept = self._groups[group] = _Kept(new_epoch(), last=now)
+                kept = self._groups[group] = _Kept(new_epoch(), last=time.monotonic())
                 if len(self._groups) >= self._sweep_at:
-                    self._sweep(now)
+                    self._sweep(time.monotonic())
             return kept
+
+    @staticmethod
+    def renewed(kept: _Kept, policy: Policy, now: float) -> bool:
+        """False if ``kept`` was swept (take the group's history again); else True, ``kept``
+        begun again in a new epoch if its last message is older than ``policy.ttl``. Call
+        with ``kept.lock`` held."""
+        if kept.swept:
+            return False
+        if now - kept.last > policy.ttl:
+            kept.epoch, kept.offset, kept.last = new_epoch(), 0, now
+            kept.entries.clear()
+        return True
 
     def _sweep(self, now: float) -> None:
         for group, kept in list(self._groups.items()):
             found = policy(group)
-            if found is None or now - kept.last > found.ttl:
-                del self._groups[group]
+            # One whose lock is held is in use: its user renews it (no sweep waits for a
+            # send's fan-out). Taken out under its lock, so that none appends to it after.
+            if (found is None or now - kept.last > found.ttl) and kept.lock.acquire(False):
+                try:
+                    if found is None or now - kept.last > found.ttl:
+                        kept.swept = True
+                        del self._groups[group]
+                finally:
+                    kept.lock.release()
         self._sweep_at = max(64, 2 * len(self._groups))
 
-    def append(self, kept: _Kept, message: Message, policy: Policy) -> Position:
-        """Keep ``message`` as ``kept``'s next one (call with ``kept.lock`` held)."""
-        now = time.monotonic()
+    def append(self, kept: _Kept, message: Message, policy: Policy, now: float) -> Position:
+        """Keep ``message`` as ``kept``'s next one (call with ``kept.lock`` held, after
+        :meth:`renewed` at ``now``)."""
         kept.offset += 1
         kept.last = now
         entries = kept.entries
@@ -284,26 +305,33 @@ class MemoryHistory:
         """The messages of ``group`` kept after offset ``after``, at most ``count`` of them
         and about :data:`~dwebsocket.groups.history.PAGE_BYTES` (see ``history.Page``),
         none older than ``policy.ttl`` nor outside its last ``policy.size``."""
-        kept = self.kept(group, policy)
-        now = time.monotonic()
-        with kept.lock:
-            kept_entries = kept.entries
-            if after >= kept.offset:  # nothing after it (a position from the future)
-                return Page(kept.epoch, kept.offset, [])
-            # Offsets are consecutive: the first one wanted is at a known index. None past
-            # the last ``size``: the deque is trimmed by the policy of the last append, and
-            # a new setting may keep fewer (as Redis, which trims about ``size``, reads).
-            first = max(after, kept.offset - policy.size) + 1
-            start = max(0, first - kept_entries[0][0]) if kept_entries else 0
-            entries: list[tuple[int, Message]] = []
-            size = 0
-            for offset, at, message in itertools.islice(kept_entries, start, start + count):
-                if at >= now - policy.ttl:
-                    entries.append((offset, message))
-                    size += len(message)
-                    if size >= PAGE_BYTES:
-                        break
-            return Page(kept.epoch, kept.offset, entries)
+        while True:
+            kept = self.kept(group)
+            with kept.lock:
+                now = time.monotonic()
+                if self.renewed(kept, policy, now):
+                    return self._read(kept, policy, now, after, count)
+
+    @staticmethod
+    def _read(kept: _Kept, policy: Policy, now: float, after: int, count: int) -> Page:
+        """:meth:`read` of ``kept`` (call with ``kept.lock`` held)."""
+        kept_entries = kept.entries
+        if after >= kept.offset:  # nothing after it (a position from the future)
+            return Page(kept.epoch, kept.offset, [])
+        # Offsets are consecutive: the first one wanted is at a known index. None past
+        # the last ``size``: the deque is trimmed by the policy of the last append, and
+        # a new setting may keep fewer (as Redis, which trims about ``size``, reads).
+        first = max(after, kept.offset - policy.size) + 1
+        start = max(0, first - kept_entries[0][0]) if kept_entries else 0
+        entries: list[tuple[int, Message]] = []
+        size = 0
+        for offset, at, message in itertools.islice(kept_entries, start, start + count):
+            if at >= now - policy.ttl:
+                entries.append((offset, message))
+                size += len(message)
+                if size >= PAGE_BYTES:
+                    break
+        return Page(kept.epoch, kept.offset, entries)
 
 
 class MemoryLayer:
@@ -346,12 +374,16 @@ class MemoryLayer:
         if kept_by is None:
             fan_out(self.registry, group, message)
             return None
-        kept = self.history.kept(group, kept_by)
-        # Under the group's lock: members get the group's messages in position order.
-        with kept.lock:
-            position = self.history.append(kept, message, kept_by)
-            fan_out_item(self.registry, Item(group, message, position))
-        return str(position)
+        history = self.history
+        while True:
+            kept = history.kept(group)
+            # Under the group's lock: members get the group's messages in position order.
+            with kept.lock:
+                now = time.monotonic()
+                if history.renewed(kept, kept_by, now):
+                    position = history.append(kept, message, kept_by, now)
+                    fan_out_item(self.registry, Item(group, message, position))
+                    return str(position)
 
     def read(self, group: str, after: int, count: int) -> Page:
         """The history of ``group`` after offset ``after`` (see ``history.Page``)."""

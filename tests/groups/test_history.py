@@ -727,3 +727,105 @@ def test_a_gap_in_what_was_held_back_closes_a_dws_member_4003_when_it_goes_live(
     assert sink.done.wait(10) and sink.closed == [GAP_CLOSE]
     follower.deliver_items(Items([Item("g", "m9", Position("e", 9))]))
     assert len(sink.got) == 2  # nothing more: its client recovers from e:5
+
+
+class Gate:
+    """A history's lock that counts the threads that came to take it (``waiting``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting = 0
+
+    def acquire(self, blocking: bool = True) -> bool:
+        self.waiting += 1
+        return self.lock.acquire(blocking)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> Gate:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def test_a_send_that_took_a_history_as_it_expired_never_goes_on_in_its_epoch() -> None:
+    """Two sends just as a group's history expires: one took the history before it did and
+    waits for its lock, the other comes after. Both go in one new epoch, as on Redis
+    (``test_a_lost_epoch_never_goes_on_with_other_messages``): the first appended to the
+    history the second had replaced, numbering on in the lost epoch a message no history
+    kept, and members got it after the new epoch's first (a gap: 4003 for a dws one)."""
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"room": {"size": 50, "ttl": 1}}):
+        epoch = Position.parse(groups.send("room", "m1")).epoch  # type: ignore[union-attr]
+        start = time.monotonic()
+        layer = groups.get_layer()
+        gate = Gate()
+        layer.history._groups["room"].lock = gate  # type: ignore[attr-defined]
+        positions: list[str | None] = []
+        gate.lock.acquire()
+        try:
+            first = threading.Thread(target=lambda: positions.append(groups.send("room", "a")))
+            first.start()
+            until(lambda: gate.waiting == 1)  # took the history (not expired), waits
+            until(lambda: time.monotonic() > start + 1.2)  # now it has expired
+            second = threading.Thread(target=lambda: positions.append(groups.send("room", "b")))
+            second.start()
+            until(lambda: not second.is_alive() or gate.waiting == 2)
+        finally:
+            gate.lock.release()
+        first.join(WAIT)
+        second.join(WAIT)
+        assert len(positions) == 2
+        found = [Position.parse(position) for position in positions]
+        assert found[0] is not None and found[1] is not None
+        assert found[0].epoch == found[1].epoch != epoch
+        assert sorted(position.offset for position in found) == [1, 2]
+        page = layer.read("room", 0, PAGE)  # type: ignore[attr-defined]
+        assert sorted(message for _, message in page.entries) == ["a", "b"]
+
+
+class PausedGate(Gate):
+    """A history's lock a thread comes to take (``arrived``) only once ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived, self.go = threading.Event(), threading.Event()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if blocking:  # the send's; the sweep only tries it
+            self.arrived.set()
+            assert self.go.wait(WAIT)
+        return super().acquire(blocking)
+
+
+def test_a_send_that_took_a_history_a_sweep_then_removed_keeps_its_message() -> None:
+    """A send took a group's history just before it expired and a sweep (made by the 64th
+    group's history) removed it: the send keeps its message in the group's new history,
+    in a new epoch. It appended to the history removed, which no read sees: a message
+    with a position no history held, in an epoch that went on after it was lost."""
+    setting = {"room": {"size": 50, "ttl": 1}, "other.*": {"size": 50, "ttl": 60}}
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=setting):
+        epoch = Position.parse(groups.send("room", "m1")).epoch  # type: ignore[union-attr]
+        start = time.monotonic()
+        layer = groups.get_layer()
+        history = layer.history  # type: ignore[attr-defined]
+        gate = PausedGate()
+        history._groups["room"].lock = gate
+        positions: list[str | None] = []
+        sender = threading.Thread(target=lambda: positions.append(groups.send("room", "a")))
+        sender.start()
+        try:
+            assert gate.arrived.wait(WAIT)  # took the history (not expired yet)
+            until(lambda: time.monotonic() > start + 1.2)  # expired now
+            for i in range(70):
+                groups.send(f"other.{i}", "x")
+            assert "room" not in history._groups  # swept
+        finally:
+            gate.go.set()
+            sender.join(WAIT)
+        found = Position.parse(positions[0])
+        assert found is not None and found.epoch != epoch
+        page = layer.read("room", 0, PAGE)  # type: ignore[attr-defined]
+        assert (page.epoch, page.entries) == (found.epoch, [(found.offset, "a")])
