@@ -829,3 +829,20 @@ def test_a_send_that_took_a_history_a_sweep_then_removed_keeps_its_message() -> 
         assert found is not None and found.epoch != epoch
         page = layer.read("room", 0, PAGE)  # type: ignore[attr-defined]
         assert (page.epoch, page.entries) == (found.epoch, [(found.offset, "a")])
+
+
+def test_expired_histories_are_swept_so_memory_stays_bounded_by_the_active_groups() -> None:
+    """Per-user groups come and go: a history whose group stayed silent past its ``ttl``
+    is taken out once the number of histories has doubled, whatever the number of groups
+    that ever sent."""
+    setting = {"old.*": {"size": 5, "ttl": 0.2}, "new.*": {"size": 5, "ttl": 60}}
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=setting):
+        history = groups.get_layer().history  # type: ignore[attr-defined]
+        for i in range(500):
+            groups.send(f"old.{i}", "x")
+        start = time.monotonic()
+        until(lambda: time.monotonic() > start + 0.3)  # every old.* has expired
+        for i in range(300):
+            groups.send(f"new.{i}", "x")
+        # The 512th history made a sweep: every old one went, every new one stays.
+        assert sorted(history._groups) == sorted(f"new.{i}" for i in range(300))
