@@ -338,3 +338,37 @@ def test_sends_from_several_threads_during_a_replay_come_once_in_order(group: st
         for name in range(threads):  # each thread's messages in the order it sent them
             mine = [text for _, text in got if text.startswith(f"t{name}.")]
             assert mine == [f"t{name}.{i}" for i in range(each)]
+
+
+def test_a_join_without_since_during_sends_gets_every_message_after_its_position(
+    group: str,
+) -> None:
+    """The position a first visit gets is where its live messages begin: every later
+    message comes once, none before it, while four threads send."""
+    threads, each = 4, 300
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept.*": {"size": 10_000, "ttl": 60}}):
+        sent(group, 1)
+        start = threading.Barrier(threads + 1)
+        failures: list[BaseException] = []
+
+        def send_all(name: int) -> None:
+            try:
+                start.wait(WAIT)
+                for i in range(each):
+                    assert groups.send(group, f"t{name}.{i}", fail_silently=False) is not None
+            except BaseException as exc:  # reported below, not lost in the thread
+                failures.append(exc)
+
+        senders = [threading.Thread(target=send_all, args=(n,)) for n in range(threads)]
+        for thread in senders:
+            thread.start()
+        start.wait(WAIT)
+        reader, recovery = join(group, None)
+        for thread in senders:
+            thread.join(WAIT)
+        assert not failures and recovery.position is not None
+        epoch, offset = Position.parse(recovery.position)  # type: ignore[misc]
+        last = 1 + threads * each
+        got = reader.next_messages(last - offset)
+        reader.assert_empty()
+        assert [p for p, _ in got] == [f"{epoch}:{n}" for n in range(offset + 1, last + 1)]
