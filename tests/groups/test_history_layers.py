@@ -372,3 +372,48 @@ def test_a_join_without_since_during_sends_gets_every_message_after_its_position
         got = reader.next_messages(last - offset)
         reader.assert_empty()
         assert [p for p, _ in got] == [f"{epoch}:{n}" for n in range(offset + 1, last + 1)]
+
+
+def test_a_replay_racing_the_trimming_recovers_all_or_fails_and_then_misses_nothing(
+    group: str,
+) -> None:
+    """A small history (``size`` 20) trimmed by four sending threads while a member
+    recovers from its oldest kept position: either the member got every later message,
+    or it is told the recovery failed; either way none twice, and every message after
+    the position the join returned."""
+    threads, each = 4, 200
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept.*": {"size": 20, "ttl": 60}}):
+        since = sent(group, 40)[19]  # 21 to 40 are kept
+        start = threading.Barrier(threads + 1)
+        failures: list[BaseException] = []
+
+        def send_all(name: int) -> None:
+            try:
+                start.wait(WAIT)
+                for i in range(each):
+                    assert groups.send(group, f"t{name}.{i}", fail_silently=False) is not None
+            except BaseException as exc:  # reported below, not lost in the thread
+                failures.append(exc)
+
+        senders = [threading.Thread(target=send_all, args=(n,)) for n in range(threads)]
+        for thread in senders:
+            thread.start()
+        start.wait(WAIT)
+        reader, recovery = join(group, since)
+        for thread in senders:
+            thread.join(WAIT)
+        assert not failures and recovery.position is not None
+        epoch, offset = Position.parse(recovery.position)  # type: ignore[misc]
+        last = 40 + threads * each
+        got: list[int] = []
+        while not got or got[-1] != last:
+            envelope = json.loads(reader.get())
+            if envelope["dws"] == "msg":
+                position = Position.parse(envelope["p"])
+                assert position is not None and position.epoch == epoch
+                got.append(position.offset)
+        reader.assert_empty()
+        assert got == sorted(set(got))  # in order, none twice
+        if recovery.recovered:
+            assert got == list(range(21, last + 1))
+        assert set(range(offset + 1, last + 1)) <= set(got)
