@@ -8,6 +8,7 @@ what only one layer has."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -305,31 +306,42 @@ def test_a_group_emptied_of_members_keeps_its_history(group: str) -> None:
 # -- concurrency ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def sending(group: str, threads: int, each: int) -> Iterator[None]:
+    """``threads`` threads each sending ``each`` messages (``t<thread>.<i>``) to ``group``,
+    started together with the ``with`` body, which runs while they send; each thread is
+    joined, and its failure raised, when the body is done."""
+    start = threading.Barrier(threads + 1)
+    failures: list[BaseException] = []
+
+    def send_all(name: int) -> None:
+        try:
+            start.wait(WAIT)
+            for i in range(each):
+                assert groups.send(group, f"t{name}.{i}", fail_silently=False) is not None
+        except BaseException as exc:  # raised below, not lost in the thread
+            failures.append(exc)
+
+    senders = [threading.Thread(target=send_all, args=(n,)) for n in range(threads)]
+    for thread in senders:
+        thread.start()
+    start.wait(WAIT)
+    try:
+        yield
+    finally:
+        for thread in senders:
+            thread.join(WAIT)
+    assert not failures, failures
+
+
 def test_sends_from_several_threads_during_a_replay_come_once_in_order(group: str) -> None:
     """Four threads send while a member recovers from the group's first position: it gets
     every later message once, in position order, the replayed and the live ones."""
     threads, each = 4, 300
     with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept.*": {"size": 10_000, "ttl": 60}}):
         since = sent(group, 200)[0]
-        start = threading.Barrier(threads + 1)
-        failures: list[BaseException] = []
-
-        def send_all(name: int) -> None:
-            try:
-                start.wait(WAIT)
-                for i in range(each):
-                    assert groups.send(group, f"t{name}.{i}", fail_silently=False) is not None
-            except BaseException as exc:  # reported below, not lost in the thread
-                failures.append(exc)
-
-        senders = [threading.Thread(target=send_all, args=(n,)) for n in range(threads)]
-        for thread in senders:
-            thread.start()
-        start.wait(WAIT)
-        reader, recovery = join(group, since)
-        for thread in senders:
-            thread.join(WAIT)
-        assert not failures
+        with sending(group, threads, each):
+            reader, recovery = join(group, since)
         assert recovery.recovered
         got = reader.next_messages(199 + threads * each)
         reader.assert_empty()
@@ -348,25 +360,9 @@ def test_a_join_without_since_during_sends_gets_every_message_after_its_position
     threads, each = 4, 300
     with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept.*": {"size": 10_000, "ttl": 60}}):
         sent(group, 1)
-        start = threading.Barrier(threads + 1)
-        failures: list[BaseException] = []
-
-        def send_all(name: int) -> None:
-            try:
-                start.wait(WAIT)
-                for i in range(each):
-                    assert groups.send(group, f"t{name}.{i}", fail_silently=False) is not None
-            except BaseException as exc:  # reported below, not lost in the thread
-                failures.append(exc)
-
-        senders = [threading.Thread(target=send_all, args=(n,)) for n in range(threads)]
-        for thread in senders:
-            thread.start()
-        start.wait(WAIT)
-        reader, recovery = join(group, None)
-        for thread in senders:
-            thread.join(WAIT)
-        assert not failures and recovery.position is not None
+        with sending(group, threads, each):
+            reader, recovery = join(group, None)
+        assert recovery.position is not None
         epoch, offset = Position.parse(recovery.position)  # type: ignore[misc]
         last = 1 + threads * each
         got = reader.next_messages(last - offset)
@@ -384,25 +380,9 @@ def test_a_replay_racing_the_trimming_recovers_all_or_fails_and_then_misses_noth
     threads, each = 4, 200
     with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept.*": {"size": 20, "ttl": 60}}):
         since = sent(group, 40)[19]  # 21 to 40 are kept
-        start = threading.Barrier(threads + 1)
-        failures: list[BaseException] = []
-
-        def send_all(name: int) -> None:
-            try:
-                start.wait(WAIT)
-                for i in range(each):
-                    assert groups.send(group, f"t{name}.{i}", fail_silently=False) is not None
-            except BaseException as exc:  # reported below, not lost in the thread
-                failures.append(exc)
-
-        senders = [threading.Thread(target=send_all, args=(n,)) for n in range(threads)]
-        for thread in senders:
-            thread.start()
-        start.wait(WAIT)
-        reader, recovery = join(group, since)
-        for thread in senders:
-            thread.join(WAIT)
-        assert not failures and recovery.position is not None
+        with sending(group, threads, each):
+            reader, recovery = join(group, since)
+        assert recovery.position is not None
         epoch, offset = Position.parse(recovery.position)  # type: ignore[misc]
         last = 40 + threads * each
         got: list[int] = []
