@@ -76,7 +76,8 @@ PAGE_BYTES = 1024 * 1024
 #: The close code of a member that missed live messages its client can recover.
 GAP_CLOSE = 4003
 #: Live messages a recovering member buffers at most; past it the oldest are dropped and
-#: read again from the history.
+#: read again from the history. The buffer is bounded in size too (group messages are up
+#: to 8 MiB each): to ``WEBSOCKET_SEND_QUEUE_SIZE``, what the member's send queue holds.
 BUFFER = 10_000
 #: The largest offset a position may have: a Redis stream entry's sequence number is a
 #: 64-bit unsigned integer.
@@ -371,20 +372,38 @@ class Sink(Protocol):
 class Follower:
     """One member of one history group: delivers each message once, in order.
 
-    While the member recovers, live messages are buffered (at most :data:`BUFFER`, the
-    oldest dropped first: they are read again from the history). Afterwards a message at
-    or before the last position delivered, in the same epoch, is a duplicate and dropped.
+    While the member recovers, live messages are buffered: at most :data:`BUFFER` of them
+    and ``WEBSOCKET_SEND_QUEUE_SIZE`` (read when the follower is made) of their size
+    (characters of text, bytes of binary; the newest is kept whatever its size), the
+    oldest dropped first: they are read again from the history. Held back any longer, or
+    in the member's send queue, they would be more than the queue may hold: the member
+    would be closed with 1008 for what the history still has. Afterwards a message at or
+    before the last position delivered, in the same epoch, is a duplicate and dropped.
     ``envelope``: the member's client speaks ``dws`` and gets each message with its
     position. Thread-safe; never blocks but on its own short lock."""
 
-    __slots__ = ("buffer", "dropped", "envelope", "group", "last", "lock", "member")
+    __slots__ = (
+        "buffer",
+        "buffered",
+        "dropped",
+        "envelope",
+        "group",
+        "last",
+        "limit",
+        "lock",
+        "member",
+    )
 
     def __init__(self, member: Sink, group: str, envelope: bool) -> None:
+        from dwebsocket.conf import settings
+
         self.member = member
         self.group = group
         self.envelope = envelope
         self.lock = threading.Lock()
         self.buffer: deque[Item] | None = deque()
+        self.buffered = 0  # the size of the messages in buffer
+        self.limit = settings.WEBSOCKET_SEND_QUEUE_SIZE  # the most buffered may be
         self.dropped = False  # the buffer overflowed: read the history again
         self.last: Position | None = None
 
@@ -407,10 +426,11 @@ class Follower:
             buffer = self.buffer
             if buffer is not None:
                 for item in items.items:
-                    if len(buffer) >= BUFFER:
-                        buffer.popleft()
-                        self.dropped = True
                     buffer.append(item)
+                    self.buffered += len(item.message)
+                    while len(buffer) > BUFFER or (self.buffered > self.limit and len(buffer) > 1):
+                        self.buffered -= len(buffer.popleft().message)
+                        self.dropped = True
                 return
             kept, gap = self._take(items.items)
             if kept:
@@ -451,6 +471,7 @@ class Follower:
         """After a gap: nothing more for the member (its client recovers from the last
         position it got, returned). Call with ``lock`` held."""
         self.buffer = deque()
+        self.buffered = 0
         return self.last
 
     def _close_for_gap(self, last: Position | None, gap: Item) -> None:
@@ -704,6 +725,7 @@ def go_live(follower: Follower, position: Position | None, recovery: Recovery) -
         if follower.envelope:
             follower.member.deliver(joined_envelope(follower.group, recovery))
         buffer, follower.buffer = follower.buffer, None
+        follower.buffered = 0
         kept, gap = follower._take(list(buffer or ()))
         for item in kept:
             follower.member.deliver(follower._payload(item))

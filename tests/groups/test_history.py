@@ -412,11 +412,17 @@ def replay_under_load(monkeypatch: pytest.MonkeyPatch) -> None:
         try:
             assert reading.wait(WAIT)
             for i, text in enumerate(noise, 1):
-                groups.send("big", f"m{i} {text}")
+                newest = groups.send("big", f"m{i} {text}")
             followers = groups._registry.followers.get("big")
             assert followers is not None
             follower = next(iter(followers.values()))
-            until(lambda: len(follower.buffer or ()) == len(noise))  # Redis: through its reader
+
+            def held_newest() -> bool:  # Redis: through its reader
+                with follower.lock:  # (the oldest dropped past WEBSOCKET_SEND_QUEUE_SIZE)
+                    buffer = follower.buffer
+                    return bool(buffer) and str(buffer[-1].position) == newest  # type: ignore[index]
+
+            until(held_newest)
             gate.set()
             connecting.join(WAIT)
             # Gone live (handed over at once), or reading the history again to send it.
@@ -614,6 +620,21 @@ def test_a_follower_takes_a_batch_once_in_order_up_to_a_gap() -> None:
     assert sink.done.wait(10) and sink.closed == [GAP_CLOSE]
     follower.deliver_items(items(9))
     assert len(sink.batches) == 2  # buffered: its client recovers from e:5
+
+
+def test_a_recovering_members_buffer_keeps_the_newest_within_the_send_queue_size() -> None:
+    """Past ``WEBSOCKET_SEND_QUEUE_SIZE`` of held-back messages the oldest are dropped
+    (to be read again from the history), as past :data:`~dwebsocket.groups.history.BUFFER`
+    of them; the newest is kept whatever its size."""
+    with override_settings(WEBSOCKET_SEND_QUEUE_SIZE=10):
+        follower = Follower(Inbox(), "g", envelope=True)
+    for n, size in enumerate([4, 4, 4], start=1):
+        follower.deliver(Item("g", "x" * size, Position("e", n)))
+    assert [item.position for item in follower.buffer or ()] == [("e", 2), ("e", 3)]
+    assert follower.dropped and follower.buffered == 8
+    follower.deliver(Item("g", b"x" * 20, Position("e", 4)))  # binary: bytes
+    assert [item.position for item in follower.buffer or ()] == [("e", 4)]
+    assert follower.buffered == 20
 
 
 def test_a_new_epoch_that_does_not_start_at_its_first_message_is_a_gap() -> None:

@@ -20,8 +20,9 @@ import pytest
 from django.test import override_settings
 
 from dwebsocket import groups
-from dwebsocket.groups.history import Position, Recovery
-from tests.groups.test_redis_layer import WAIT, Inbox
+from dwebsocket.groups.history import Item, Position, Recovery
+from dwebsocket.typing import Message
+from tests.groups.test_redis_layer import WAIT, Inbox, until
 
 _names = itertools.count()
 
@@ -397,3 +398,60 @@ def test_a_replay_racing_the_trimming_recovers_all_or_fails_and_then_misses_noth
         if recovery.recovered:
             assert got == list(range(21, last + 1))
         assert set(range(offset + 1, last + 1)) <= set(got)
+
+
+class StalledReader(Reader):
+    """A :class:`Reader` whose replay waits in its first ``send`` until ``release`` is set
+    (a client reading slowly: the view's thread blocked in the replay), so that what
+    comes live meanwhile is held back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+
+    def send(self, message: Message) -> None:
+        if not self.stalled.is_set():
+            self.stalled.set()
+            assert self.release.wait(WAIT)
+        self.deliver(message)
+
+
+def test_what_comes_live_during_a_replay_is_held_back_up_to_the_send_queue_size(
+    group: str,
+) -> None:
+    """Live messages held back while a member is replayed to take at most
+    ``WEBSOCKET_SEND_QUEUE_SIZE`` bytes (not 10,000 messages of up to 8 MiB each): the
+    oldest are dropped and read again from the history, so the member still gets every
+    message once, in order, and recovers."""
+    limit, size, live = 64 * 1024, 16 * 1024, 32
+    with override_settings(
+        WEBSOCKET_GROUPS_HISTORY={"kept.*": {"size": 1000, "ttl": 60}},
+        WEBSOCKET_SEND_QUEUE_SIZE=limit,
+    ):
+        since = sent(group, 2)[0]
+        reader = StalledReader()
+        joined: list[Recovery] = []
+        joining = threading.Thread(target=lambda: joined.append(groups.join(group, reader, since)))
+        joining.start()
+        try:
+            assert reader.stalled.wait(WAIT)
+            texts = [f"{i:04}".ljust(size, "x") for i in range(live)]
+            positions = [groups.send(group, text, fail_silently=False) for text in texts]
+            follower = groups._registry.followers.get(group)[id(reader)]  # type: ignore[index]
+
+            def held() -> list[Item]:
+                with follower.lock:
+                    return list(follower.buffer or ())
+
+            until(lambda: bool(held()) and str(held()[-1].position) == positions[-1])
+            assert sum(len(item.message) for item in held()) <= limit
+        finally:
+            reader.release.set()
+            joining.join(WAIT)
+        assert joined and joined[0].recovered and joined[0].missed == 1 + live
+        got = reader.next_messages(1 + live)  # all replayed: the joined envelope follows
+        assert reader.joined()["recovered"]
+        reader.assert_empty()
+        assert got[1:] == list(zip(positions, texts, strict=True))
+        assert [p for p, _ in got] == [f"{epoch_of(since)}:{n}" for n in range(2, 3 + live)]
