@@ -259,6 +259,22 @@ def test_a_smaller_size_in_a_new_setting_applies_to_the_next_join(group: str) ->
         assert recovery.recovered and recovery.missed == 2
 
 
+def test_messages_sent_while_history_was_off_are_missing_from_a_recovery(group: str) -> None:
+    """History turned off for a group and on again within its ``ttl``: the history goes
+    on in its epoch without the messages sent while it was off (they got no position),
+    and a position from before them recovers "successfully" without them (as
+    ``docs/recovery.rst`` says: a change of the setting is deployed like one of schema)."""
+    before = sent(group, 1)[0]
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={}):
+        assert groups.send(group, "while off") is None
+    reader, recovery = join(group, before)
+    assert recovery.recovered and recovery.missed == 0 and recovery.position == before
+    after = groups.send(group, "on again")
+    assert after == f"{epoch_of(before)}:2"
+    assert reader.next_messages(1) == [(after, "on again")]
+    reader.assert_empty()
+
+
 def test_a_reordered_setting_is_a_new_one(group: str) -> None:
     """Patterns are tried in the order written: the same patterns in another order give
     the group another size, from the next join on."""
