@@ -243,10 +243,13 @@ class MemoryHistory:
 
     A group's history goes (and with it its epoch) once its last message is older than its
     ``ttl``: decided under the history's own lock, by the send or read that finds it so
-    (the history begins again in place, in a new epoch), or by a sweep whenever the number
-    of groups has doubled since the last one, so memory stays bounded by the groups active
-    within that time. A send that took the history before it expired and waited for its
-    lock meanwhile so appends in the new epoch, never on in the lost one."""
+    (the history begins again in place, in a new epoch), or by a sweep, made when a new
+    group's history brings their number to twice what the last sweep left (at least 64).
+    So fewer histories are kept than twice what the last sweep left (or 64), not only
+    those of the groups active lately: an expired one that nobody sends to or reads stays,
+    with its messages, until the next sweep (for good, if no new group comes). A send that
+    took the history before it expired and waited for its lock meanwhile so appends in the
+    new epoch, never on in the lost one."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
