@@ -130,6 +130,7 @@ _OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
 _unpack_Q = struct.Struct("!Q").unpack_from
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 _NO_LIMIT = sys.maxsize
+_OCTETS = (bytes, bytearray, memoryview)
 _scan = scan_messages  # None: pure Python (tests set it so to run both)
 # What each frame of a message costs against its wire budget besides its payload (about
 # a masked header), so that no message can run on over endless empty fragments.
@@ -164,6 +165,13 @@ def plain_frames(messages: Sequence[str | bytes | bytearray | memoryview]) -> by
             for m in messages
         ]
     )
+
+
+def _binary_octets(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+    """``as_octets(data)`` of a binary message; ``TypeError`` if it is none."""
+    if not isinstance(data, _OCTETS):
+        raise TypeError(f"cannot send {type(data).__name__}: expected str or bytes")
+    return as_octets(data)
 
 
 def _limit(value: int | None) -> int:
@@ -632,27 +640,51 @@ class Connection:
             return encode_frame(opcode, payload, rsv1=rsv1, mask_key=self._mask_key())
         return encode_frame(opcode, payload, rsv1=rsv1)
 
+    def _deflated(self, opcode: int, data: bytes | bytearray | memoryview) -> bytes:
+        """The frame of one message compressed with permessage-deflate (RSV1, RFC 7692
+        6.1). Compressing moves the context on, the peer's copy of which decodes our next
+        messages (7.2.3): a failure part way (``MemoryError``; or a frame made and then
+        lost) leaves no way to send one the peer would decode as we meant, so it fails
+        the connection (1011, :meth:`_lose_compressor`) before raising."""
+        assert self.deflate is not None
+        try:
+            return self._encode(opcode, self.deflate.compress(data), True)
+        except BaseException:
+            self._lose_compressor()
+            raise
+
+    def _lose_compressor(self) -> None:
+        """Fail the connection (RFC 6455 7.1.7) after a compression failed part way:
+        queue a close frame with 1011 (internal error) in :meth:`data_to_send`, which is
+        the last frame we send. The closing handshake then ends as one we started."""
+        if not self.close_sent and self.state is not _CLOSED:
+            self._out.append(self.send_close(1011, "compression failed"))
+
     def _check_open(self) -> None:
         if self.state is not _OPEN:
             raise InvalidState(f"cannot send: the connection is {self.state.name}")
 
     def send_text(self, text: str) -> bytes:
-        """Return the frame of a text message. Raises ``InvalidState`` unless OPEN."""
+        """Return the frame of a text message. Raises ``InvalidState`` unless OPEN; with
+        permessage-deflate, a compression that fails (``MemoryError``) fails the
+        connection first: a close frame with 1011 waits in :meth:`data_to_send`."""
         if self.state is not _OPEN:
             self._check_open()
         data = text.encode()
         if self.deflate is not None:
-            return self._encode(0x1, self.deflate.compress(data), True)
+            return self._deflated(0x1, data)
         if self.client:
             return encode_frame(0x1, data, mask_key=self._mask_key())
         return _plain_frame(data, True)
 
     def send_binary(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Return the frame of a binary message. Raises ``InvalidState`` unless OPEN."""
+        """Return the frame of a binary message. Raises like :meth:`send_text`."""
         if self.state is not _OPEN:
             self._check_open()
         if self.deflate is not None:
-            return self._encode(0x2, self.deflate.compress(as_octets(data)), True)
+            if not isinstance(data, _OCTETS):  # here, not part way: see _deflated()
+                raise TypeError(f"cannot send {type(data).__name__}: expected bytes")
+            return self._deflated(0x2, as_octets(data))
         if self.client:
             return encode_frame(0x2, data, mask_key=self._mask_key())
         return _plain_frame(data, False)
@@ -672,12 +704,26 @@ class Connection:
         :meth:`send_message` returns for each. ``plain``, if given, returns
         :func:`plain_frames` of the same messages, encoded once for many connections; it
         is used when this one is a server connection without an extension. Raises
-        ``InvalidState`` unless OPEN."""
+        ``InvalidState`` unless OPEN, ``TypeError`` (or ``UnicodeEncodeError``) for any
+        message before compressing one; a compression that fails fails the connection,
+        as in :meth:`send_text`, and none of the frames is returned."""
         if self.state is not _OPEN:
             self._check_open()
-        if plain is not None and self.deflate is None and not self.client:
-            return plain()
-        return b"".join([self.send_message(message) for message in messages])
+        if self.deflate is None:
+            if plain is not None and not self.client:
+                return plain()
+            return b"".join([self.send_message(message) for message in messages])
+        # Every message's type and encoding first: a TypeError or UnicodeEncodeError
+        # after some were compressed would lose frames the compressor's context (and so
+        # the peer's next messages) already counts on.
+        payloads = [
+            (0x1, m.encode()) if isinstance(m, str) else (0x2, _binary_octets(m)) for m in messages
+        ]
+        try:
+            return b"".join([self._deflated(opcode, data) for opcode, data in payloads])
+        except BaseException:
+            self._lose_compressor()  # the frames made are dropped: no more may follow
+            raise
 
     def send_ping(self, data: bytes = b"") -> bytes:
         """Return a ping frame (at most 125 bytes of data). Raises ``InvalidState``

@@ -947,3 +947,86 @@ def test_rx_follows_the_core() -> None:
     assert (conn.rx.open, conn.rx.scan_limit) == (False, 50)
     conn.receive_data(b"")
     assert (conn.rx.open, conn.rx.scan_limit) == (False, -1)
+
+
+# -- a compressor that cannot go on (RFC 7692 7.2.3: the peer decodes in our context) ----
+
+
+def deflating_pair(offer: str = "permessage-deflate") -> tuple[Connection, Connection]:
+    """(server, client) connections sharing a negotiated permessage-deflate."""
+    client_codec, server_codec = deflate_pair(offer)
+    return Connection(deflate=server_codec), Connection(client=True, deflate=client_codec)
+
+
+class LosingEncoder:
+    """The server's encoder whose next ``compress()`` fails as one that ran out of memory
+    after zlib took the input: the stream moved on, its output is lost."""
+
+    def __init__(self, encoder: object) -> None:
+        self.encoder, self.fail = encoder, True
+
+    def compress(self, data: bytes) -> bytes:
+        out: bytes = self.encoder.compress(data)  # type: ignore[attr-defined]
+        if self.fail:
+            self.fail = False
+            raise MemoryError
+        return out
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.encoder, name)
+
+
+@pytest.mark.parametrize(
+    "offer", ["permessage-deflate", "permessage-deflate; server_no_context_takeover"]
+)
+def test_a_batch_with_an_item_of_another_type_compresses_none_of_it(offer: str) -> None:
+    """send_messages checks every message's type before compressing any: the TypeError
+    leaves the compressor where it was, so the peer decodes what comes next."""
+    conn, peer = deflating_pair(offer)
+    assert peer.receive_data(conn.send_text("a first message for context!")) == [
+        "a first message for context!"
+    ]
+    with pytest.raises(TypeError):
+        conn.send_messages(["hello, this is the lost one", 5])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        conn.send_messages([b"bytes", "text", None])  # type: ignore[list-item]
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate: str.encode() refuses it
+        conn.send_messages(["text", "\ud800"])
+    with pytest.raises(TypeError):  # and one message alone, as ever
+        conn.send_binary(5)  # type: ignore[arg-type]
+    assert conn.state is State.OPEN and conn.data_to_send() == b""
+    later = ["hello, this is the lost one!", b"and binary"]
+    assert peer.receive_data(conn.send_messages(later)) == later
+    assert peer.receive_data(conn.send_text("hello, this is the lost one!")) == [
+        "hello, this is the lost one!"
+    ]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize(
+    "offer", ["permessage-deflate", "permessage-deflate; server_no_context_takeover"]
+)
+def test_a_compressor_that_fails_mid_message_fails_the_connection(offer: str, batch: bool) -> None:
+    """A compression that raises part way (MemoryError) leaves a stream the peer cannot
+    follow: the connection fails with 1011 (RFC 6455 7.1.7) and sends no other frame."""
+    conn, peer = deflating_pair(offer)
+    first = conn.send_messages(["one", "two"]) if batch else conn.send_text("one")
+    assert peer.receive_data(first)[:1] == ["one"]
+    assert conn.deflate is not None
+    conn.deflate.encoder = LosingEncoder(conn.deflate.encoder)
+    with pytest.raises(MemoryError):
+        if batch:
+            conn.send_messages(["hello, this is the lost one", "and another"])
+        else:
+            conn.send_text("hello, this is the lost one")
+    assert conn.state is not State.OPEN
+    for send in (
+        lambda: conn.send_text("hello, this is the lost one!"),
+        lambda: conn.send_messages(["x"]),
+    ):
+        with pytest.raises(InvalidState):
+            send()
+    assert peer.receive_data(conn.data_to_send()) == [Close(1011, "compression failed")]
+    # The closing handshake ends as usual: the peer's reply (its code) closes it.
+    assert conn.receive_data(peer.data_to_send()) == [Close(1011, "")]
+    assert conn.state is State.CLOSED and conn.should_close_transport
