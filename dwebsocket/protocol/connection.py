@@ -656,9 +656,12 @@ class Connection:
     def _lose_compressor(self) -> None:
         """Fail the connection (RFC 6455 7.1.7) after a compression failed part way:
         queue a close frame with 1011 (internal error) in :meth:`data_to_send`, which is
-        the last frame we send. The closing handshake then ends as one we started."""
+        the last frame we send, and record it as ``close_code`` and ``close_reason``
+        (the peer's answer replaces them). The closing handshake then ends as one we
+        started."""
         if not self.close_sent and self.state is not _CLOSED:
             self._out.append(self.send_close(1011, "compression failed"))
+            self.close_code, self.close_reason = 1011, "compression failed"
 
     def _check_open(self) -> None:
         if self.state is not _OPEN:

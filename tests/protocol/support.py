@@ -72,3 +72,21 @@ def bytewise(data: bytes) -> list[bytes]:
 def close_frame(code: int, reason: bytes = b"", *, masked: bool = False) -> bytes:
     """A close frame with ``code`` (as the server would send it: unmasked by default)."""
     return frame(0x8, code.to_bytes(2, "big") + reason, masked=masked)
+
+
+class LosingEncoder:
+    """The server's encoder whose next ``compress()`` fails as one that ran out of memory
+    after zlib took the input: the stream moved on, its output is lost."""
+
+    def __init__(self, encoder: object) -> None:
+        self.encoder, self.fail = encoder, True
+
+    def compress(self, data: bytes) -> bytes:
+        out: bytes = self.encoder.compress(data)  # type: ignore[attr-defined]
+        if self.fail:
+            self.fail = False
+            raise MemoryError
+        return out
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.encoder, name)

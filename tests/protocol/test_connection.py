@@ -23,7 +23,7 @@ from dwebsocket.protocol.connection import (
 from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.frames import encode_frame
 
-from .support import bytewise, close_frame, feed, frame, split, xor
+from .support import LosingEncoder, bytewise, close_frame, feed, frame, split, xor
 
 pytestmark = pytest.mark.usefixtures("masking")
 
@@ -956,24 +956,6 @@ def deflating_pair(offer: str = "permessage-deflate") -> tuple[Connection, Conne
     """(server, client) connections sharing a negotiated permessage-deflate."""
     client_codec, server_codec = deflate_pair(offer)
     return Connection(deflate=server_codec), Connection(client=True, deflate=client_codec)
-
-
-class LosingEncoder:
-    """The server's encoder whose next ``compress()`` fails as one that ran out of memory
-    after zlib took the input: the stream moved on, its output is lost."""
-
-    def __init__(self, encoder: object) -> None:
-        self.encoder, self.fail = encoder, True
-
-    def compress(self, data: bytes) -> bytes:
-        out: bytes = self.encoder.compress(data)  # type: ignore[attr-defined]
-        if self.fail:
-            self.fail = False
-            raise MemoryError
-        return out
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.encoder, name)
 
 
 @pytest.mark.parametrize(

@@ -605,6 +605,7 @@ class DefaultWebSocket(WebSocket):
             raise TypeError(f"cannot send {type(message).__name__}: expected str or bytes")
         if not self._accepted:
             self.accept()
+        error: BaseException | None = None
         with self._writing:
             with self._core:
                 conn = self._conn
@@ -617,8 +618,16 @@ class DefaultWebSocket(WebSocket):
                         frame = conn.send_message(message)
                 except InvalidState:
                     raise self._closed_error() from None
-                self._io.messages_out += 1
+                except BaseException as exc:
+                    if not self._core_failed_locked():
+                        raise
+                    error = exc
+                else:
+                    self._io.messages_out += 1
                 pending = self._outbox.take()
+            if error is not None:
+                self._sendall(pending)  # ending with the core's close frame (1011)
+                raise error
             if pending and not self._sendall(pending):
                 raise self._closed_error()
             if not self._sendall(frame):
@@ -665,6 +674,7 @@ class DefaultWebSocket(WebSocket):
 
     def _deliver(self, messages: Sequence[Message], plain: Callable[[], bytes] | None) -> None:
         flusher = None
+        error: BaseException | None = None
         with self._core:
             conn = self._conn
             if self._io.shut or (conn is not None and conn.state is not _OPEN):
@@ -677,29 +687,36 @@ class DefaultWebSocket(WebSocket):
                 frame = conn.send_messages(messages, plain)
             except InvalidState:
                 return
-            if self._outbox.size + len(frame) > self._queue_limit:
-                self._overflow_locked()  # dropped, not sent: not counted in messages_out
-            elif (
-                not self._outbox and self._flusher is None and self._writing.acquire(blocking=False)
-            ):
-                # Nothing queued and no one writing: one non-blocking write(2) now, under
-                # _core so that no frame the core encodes later can overtake this one. A
-                # flusher per member per group message was most of a fan-out's cost, and
-                # each lock pair more counts: this path takes two (bench/FINDINGS.md,
-                # sections 8 and 12).
-                self._io.messages_out += len(messages)
-                try:
-                    sent = self._transport.try_send(frame)
-                except OSError:
-                    sent = 0  # the flusher's sendall() fails the same way and shuts down
-                finally:
-                    self._writing.release()
-                if sent == len(frame):
-                    return
-                self._outbox.append(frame[sent:] if sent else frame, partial=sent > 0)
+            except BaseException as exc:
+                if not self._core_failed_locked():
+                    raise
+                error = exc  # raised once the flusher has the close frame to write
             else:
-                self._io.messages_out += len(messages)
-                self._outbox.append(frame)
+                if self._outbox.size + len(frame) > self._queue_limit:
+                    self._overflow_locked()  # dropped, not sent: not counted in messages_out
+                elif (
+                    not self._outbox
+                    and self._flusher is None
+                    and self._writing.acquire(blocking=False)
+                ):
+                    # Nothing queued and no one writing: one non-blocking write(2) now,
+                    # under _core so that no frame the core encodes later can overtake
+                    # this one. A flusher per member per group message was most of a
+                    # fan-out's cost, and each lock pair more counts: this path takes two
+                    # (bench/FINDINGS.md, sections 8 and 12).
+                    self._io.messages_out += len(messages)
+                    try:
+                        sent = self._transport.try_send(frame)
+                    except OSError:
+                        sent = 0  # the flusher's sendall() fails the same way and shuts down
+                    finally:
+                        self._writing.release()
+                    if sent == len(frame):
+                        return
+                    self._outbox.append(frame[sent:] if sent else frame, partial=sent > 0)
+                else:
+                    self._io.messages_out += len(messages)
+                    self._outbox.append(frame)
             needed = self._outbox or self._shut_event is not None  # bytes left, or a 1008
             if self._flusher is None and not self._io.shut and needed:
                 flusher = self._flusher = threading.Thread(
@@ -707,6 +724,21 @@ class DefaultWebSocket(WebSocket):
                 )
         if flusher is not None:
             flusher.start()
+        if error is not None:
+            raise error
+
+    def _core_failed_locked(self) -> bool:
+        """After an encoding error: whether the core failed the connection over it (a
+        compression that failed part way, ``Connection.send_text()``), its close frame
+        (1011) then queued last in the outbox (call with ``_core`` held). No frame may
+        follow it: the peer could not decode one."""
+        assert self._conn is not None
+        out = self._conn.data_to_send()
+        if not out:
+            return False
+        self._closing(self._conn.close_code or 1011, self._conn.close_reason)
+        self._outbox.append(out)
+        return True
 
     def _overflow_locked(self) -> None:
         """Drop what is queued and close with 1008 (call with ``_core`` held)."""

@@ -22,11 +22,13 @@ from dwebsocket import ConnectionClosed, require_websocket
 from dwebsocket.backends.default import registry
 from dwebsocket.backends.default.websocket import DefaultWebSocket
 from dwebsocket.groups.batch import Batch
-from dwebsocket.protocol.connection import Close, Ping
+from dwebsocket.protocol.connection import Close, Connection, Ping
+from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.frames import encode_frame
 from dwebsocket.signals import websocket_closed, websocket_opened
 from tests import views
 from tests.inprocess import Session
+from tests.protocol.support import LosingEncoder
 from tests.wire import TIMEOUT, masked, read_until_eof, split_frames
 
 
@@ -1190,4 +1192,35 @@ def test_an_idle_connection_keeps_no_message_queue(holder: Holder) -> None:
         assert queues(ws) == []
         session.client.sock.sendall(masked(0x8, b"\x03\xe8"))
         assert session.client.recv() == Close(1000, "")
+        session.finish()
+
+
+@pytest.mark.parametrize("how", ["send", "deliver_batch"])
+def test_a_compression_that_fails_part_way_closes_1011(holder: Holder, how: str) -> None:
+    """A compression that raises part way (MemoryError) leaves a context the client
+    cannot follow: the core fails the connection, and its 1011 close frame goes out at
+    once, then nothing else; the error reaches the caller (a group drops the member)."""
+    headers = {"Sec-WebSocket-Extensions": PerMessageDeflate.client_offer()}
+    with Session(holding_view(holder), headers=headers) as session:
+        ws = holder.websocket()
+        response = session.expect_101()
+        session.client.conn = Connection(
+            client=True,
+            deflate=PerMessageDeflate.from_response(response["sec-websocket-extensions"]),
+        )
+        ws.send("a first message for context!")
+        assert session.client.recv() == "a first message for context!"
+        assert ws._conn is not None and ws._conn.deflate is not None
+        ws._conn.deflate.encoder = LosingEncoder(ws._conn.deflate.encoder)
+        ws._fast = None  # under gevent, the C fast path compresses on the C stream itself
+        with pytest.raises(MemoryError):
+            if how == "send":
+                ws.send("hello, this is the lost one")
+            else:
+                ws.deliver_batch(Batch(["hello, this is the lost one", "and another"]))
+        assert session.client.recv() == Close(1011, "compression failed")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.send("hello, this is the lost one!")
+        assert closed.value.code == 1011
+        holder.release.set()
         session.finish()
