@@ -3,7 +3,9 @@
  * and PyInflater, over Python's zlib module, are what runs without it):
  *
  *   Deflater(level, wbits, mem_level, strategy, no_context_takeover)
- *       compress(data), flush(mode), reset(): zlib.compressobj's calls, plus reset()
+ *       compress(data), flush(mode), reset(): zlib.compressobj's calls, plus reset();
+ *       a call that fails after zlib began (MemoryError: its output is lost) leaves the
+ *       stream lost: zlib.error until reset(), as PyDeflater
  *   Inflater(wbits, no_context_takeover)
  *       decompress(data, max_length=0), eof, unused_data, reset(): zlib.decompressobj's
  *   set_live_limit(deflaters, inflaters) -> (old, old); live_counts() -> (d, i)
@@ -183,6 +185,9 @@ typedef struct Codec {
     int wbits, mem_level, level, strategy;
     char no_context_takeover; /* for the C API: reset after each message */
     char pending;             /* mid-message: the stream cannot be parked */
+    /* Deflater only: a call failed after zlib took its input (its output lost), so the
+       context is no longer the one a peer decodes in; refuses until reset(). */
+    char lost;
     /* Inflater only */
     char eof;
     PyObject *unused_data; /* bytes, never NULL once made */
@@ -538,15 +543,30 @@ static const Py_ssize_t OUTPUT_BLOCKS[] = {
 };
 #define OUTPUT_BLOCK_COUNT ((int)(sizeof(OUTPUT_BLOCKS) / sizeof(OUTPUT_BLOCKS[0])))
 
+/* 0, or -1 with zlib.error if `c` is lost: what it would return next could not be
+   decoded in the context its earlier output built (RFC 7692 7.2.3). */
+static int
+deflater_lost(Codec *c)
+{
+    if (c->lost) {
+        PyErr_SetString(zlib_error, "a compression failed part way: the stream lost its "
+                                    "context (reset() starts a new one)");
+        return -1;
+    }
+    return 0;
+}
+
 /* deflate() `data` with `flush` into scratch from offset `at`, until zlib has no more
    output for it, as the zlib module's Compress.compress() and flush() loop: the input in
    pieces of at most DWS_ZLIB_PIECE, the output in OUTPUT_BLOCKS from `at` on. The new
-   end, or -1 with an exception. */
+   end, or -1 with an exception; `c` is lost if that comes after zlib began. */
 static Py_ssize_t
-deflate_into_scratch(z_stream *zs, const uint8_t *data, Py_ssize_t n, int flush, Py_ssize_t at)
+deflate_into_scratch(Codec *c, z_stream *zs, const uint8_t *data, Py_ssize_t n, int flush,
+                     Py_ssize_t at)
 {
     Py_ssize_t block_end = at; /* the end of the zlib module's current block */
     int block = 0, err;
+    char began = 0; /* zlib took input or made output that the caller then loses */
     zs->next_in = (Bytef *)data;
     do {
         zs->avail_in = n > DWS_ZLIB_PIECE ? DWS_ZLIB_PIECE : (uInt)n;
@@ -560,20 +580,24 @@ deflate_into_scratch(z_stream *zs, const uint8_t *data, Py_ssize_t n, int flush,
                 }
                 if (block_end > PY_SSIZE_T_MAX - size) {
                     PyErr_NoMemory();
+                    c->lost |= began;
                     return -1;
                 }
                 block_end += size;
                 if (scratch_reserve(block_end) < 0) {
+                    c->lost |= began;
                     return -1;
                 }
             }
             room = block_end - at; /* at most 256 MiB: fits a uInt */
             zs->next_out = scratch + at;
             zs->avail_out = (uInt)room;
+            began = 1;
             err = deflate(zs, n > 0 ? Z_NO_FLUSH : flush);
             at += room - zs->avail_out;
             if (err == Z_STREAM_ERROR) {
                 set_zlib_error(zs, err, "while compressing data");
+                c->lost = 1;
                 return -1;
             }
         } while (zs->avail_out == 0);
@@ -589,15 +613,15 @@ Deflater_compress(Codec *self, PyObject *arg)
     Py_ssize_t end;
     PyObject *r = NULL;
 
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+    if (deflater_lost(self) < 0 || PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
     scratch_trim();
     if ((zs = codec_acquire(&deflate_pool, self)) != NULL) {
         self->pending = 1;
-        end = deflate_into_scratch(zs, view.buf, view.len, Z_NO_FLUSH, 0);
-        if (end >= 0) {
-            r = PyBytes_FromStringAndSize((const char *)scratch, end);
+        end = deflate_into_scratch(self, zs, view.buf, view.len, Z_NO_FLUSH, 0);
+        if (end >= 0 && (r = PyBytes_FromStringAndSize((const char *)scratch, end)) == NULL) {
+            self->lost = 1; /* the input taken, its output lost */
         }
     }
     PyBuffer_Release(&view);
@@ -619,6 +643,9 @@ Deflater_flush(Codec *self, PyObject *const *args, Py_ssize_t nargs)
     if (nargs == 1 && (mode = PyLong_AsLong(args[0])) == -1 && PyErr_Occurred()) {
         return NULL;
     }
+    if (deflater_lost(self) < 0) {
+        return NULL;
+    }
     if (mode == Z_NO_FLUSH) {
         return PyBytes_FromStringAndSize(NULL, 0);
     }
@@ -626,10 +653,13 @@ Deflater_flush(Codec *self, PyObject *const *args, Py_ssize_t nargs)
     if ((zs = codec_acquire(&deflate_pool, self)) == NULL) {
         return NULL;
     }
-    if ((end = deflate_into_scratch(zs, NULL, 0, (int)mode, 0)) < 0) {
+    if ((end = deflate_into_scratch(self, zs, NULL, 0, (int)mode, 0)) < 0) {
         return NULL;
     }
-    r = PyBytes_FromStringAndSize((const char *)scratch, end);
+    if ((r = PyBytes_FromStringAndSize((const char *)scratch, end)) == NULL) {
+        self->lost = 1; /* the flush's output lost */
+        return NULL;
+    }
     if (mode == Z_FINISH) {
         codec_release(&deflate_pool, self); /* the stream is over: the next starts anew */
     }
@@ -643,6 +673,7 @@ static PyObject *
 Deflater_reset(Codec *self, PyObject *Py_UNUSED(ignored))
 {
     codec_release(&deflate_pool, self);
+    self->lost = 0;
     Py_RETURN_NONE;
 }
 
@@ -654,6 +685,9 @@ compress_message(PyObject *obj, const uint8_t *data, Py_ssize_t n, const uint8_t
     z_stream *zs;
     Py_ssize_t end;
 
+    if (deflater_lost(self) < 0) {
+        return -1;
+    }
     scratch_trim();
     if ((zs = codec_acquire(&deflate_pool, self)) == NULL) {
         return -1;
@@ -661,8 +695,11 @@ compress_message(PyObject *obj, const uint8_t *data, Py_ssize_t n, const uint8_t
     self->pending = 1;
     /* compress() then flush(Z_SYNC_FLUSH), as deflate.py calls them: one deflate() call
        with Z_SYNC_FLUSH may cut the blocks differently. */
-    if ((end = deflate_into_scratch(zs, data, n, Z_NO_FLUSH, 0)) < 0 ||
-        (end = deflate_into_scratch(zs, NULL, 0, Z_SYNC_FLUSH, end)) < 0) {
+    if ((end = deflate_into_scratch(self, zs, data, n, Z_NO_FLUSH, 0)) < 0) {
+        return -1;
+    }
+    if ((end = deflate_into_scratch(self, zs, NULL, 0, Z_SYNC_FLUSH, end)) < 0) {
+        self->lost = 1; /* the message taken, its output lost */
         return -1;
     }
     self->pending = 0;

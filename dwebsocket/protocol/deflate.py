@@ -28,6 +28,10 @@ __all__ = ["PerMessageDeflate", "PyDeflater", "PyInflater"]
 
 EXTENSION_NAME = "permessage-deflate"
 
+# What a lost compressor raises (PyDeflater, _deflate.Deflater): RFC 7692 7.2.3, its next
+# message could not be decoded in the context its earlier ones built.
+_LOST = "a compression failed part way: the stream lost its context (reset() starts a new one)"
+
 # RFC 7692 7.2.1: a sync flush ends with an empty stored block, 00 00 ff ff, which the
 # sender strips and the receiver appends back (7.2.2).
 _TAIL = b"\x00\x00\xff\xff"
@@ -43,31 +47,47 @@ _WINDOW_BITS = re.compile(r"8|9|1[0-5]")
 
 class PyDeflater:
     """A raw deflate stream: ``zlib.compressobj``'s calls and :meth:`reset`; the twin of
-    ``_deflate.Deflater`` (the same zlib calls, the same bytes)."""
+    ``_deflate.Deflater`` (the same zlib calls, the same bytes). Like it, a stream whose
+    call ran out of memory (zlib may have taken input whose output is lost) is lost: it
+    raises ``zlib.error`` until :meth:`reset`, never bytes a peer would decode wrongly."""
 
-    __slots__ = ("_args", "_z")
+    __slots__ = ("_args", "_lost", "_z")
 
     def __init__(
         self, level: int, wbits: int, mem_level: int, strategy: int, no_context_takeover: bool
     ) -> None:
         self._args = (level, zlib.DEFLATED, -wbits, mem_level, strategy)
         self._z: zlib._Compress | None = None
+        self._lost = False
+
+    def _stream(self) -> zlib._Compress:
+        if self._lost:
+            raise zlib.error(_LOST)
+        z = self._z
+        if z is None:
+            z = self._z = zlib.compressobj(*self._args)
+        return z
 
     def compress(self, data: BytesLike) -> bytes:
-        z = self._z
-        if z is None:
-            z = self._z = zlib.compressobj(*self._args)
-        return z.compress(data)
+        z = self._stream()
+        try:
+            return z.compress(data)
+        except MemoryError:
+            self._lost = True
+            raise
 
     def flush(self, mode: int) -> bytes:
-        z = self._z
-        if z is None:
-            z = self._z = zlib.compressobj(*self._args)
-        return z.flush(mode)
+        z = self._stream()
+        try:
+            return z.flush(mode)
+        except MemoryError:
+            self._lost = True
+            raise
 
     def reset(self) -> None:
         """Forget the context: the next message starts a fresh stream."""
         self._z = None
+        self._lost = False
 
 
 class PyInflater:

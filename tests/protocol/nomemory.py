@@ -276,3 +276,96 @@ def failed_inflate() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def lost_compression() -> None:
+    """Print one JSON line: the allocations of compressing a message larger than the
+    first output block failing in turn: one ``compress()`` of ``_deflate``'s Deflater and
+    of the zlib module's (``PyDeflater``), the fast path's ``compress_message()``, and a
+    server ``Connection``'s ``send_binary()`` over either stream.
+
+    A failure may come after zlib took part of the message, whose output is then lost:
+    the compressor's context is no longer the one the peer decodes in. What must hold:
+    the next message is refused (a stream: ``zlib.error`` until ``reset()``; the
+    connection: ``InvalidState``, having failed with 1011) or is one the peer, which got
+    only what was returned, decodes as sent.
+    """
+    report: dict[str, Any] = {"failed": 0, "wrong_bytes": [], "refused": 0}
+    for kind in ("c", "python", "c_api", "connection", "connection-python"):
+        for n in range(LIMIT):
+            outcome = _lose_compression(kind, n)
+            if outcome == "ok":
+                break  # past the call's last allocation
+            report["failed"] += 1
+            if outcome == "refused":
+                report["refused"] += 1
+            elif outcome != "decoded":
+                report["wrong_bytes"].append([kind, n, outcome])
+    print(json.dumps(report))
+
+
+_FIRST = b"a first message for context! " * 8
+_BIG = random.Random(7).randbytes(100_000)  # incompressible: more than the first block
+_LATER = b"a first message for context! and a later one"
+
+
+def _lose_compression(kind: str, n: int) -> str:
+    """One run of :func:`lost_compression`: "ok" (nothing failed), "refused", "decoded"
+    (the next message, as sent), or what the peer made of it."""
+    from dwebsocket.exceptions import InvalidState
+    from dwebsocket.protocol import deflate
+    from dwebsocket.protocol.connection import Connection
+
+    if kind.endswith("python"):
+        encoder: Any = deflate.PyDeflater(6, 15, 5, zlib.Z_DEFAULT_STRATEGY, False)
+    else:
+        encoder = _deflate.Deflater(6, 15, 5, zlib.Z_DEFAULT_STRATEGY, False)
+    codec = deflate.PerMessageDeflate()
+    codec.encoder = encoder
+    conn = Connection(deflate=codec)
+    client = Connection(client=True, deflate=deflate.PerMessageDeflate())
+    inflater = zlib.decompressobj(-15)
+    framed = kind.startswith("connection")
+    made: list[Any] = [b"", TAIL]  # filled in place: a new list could fail to be made
+
+    def compress(data: bytes, whole: bool = True) -> None:
+        """``data``'s frame or compressed bytes (without the tail)."""
+        made[1] = TAIL
+        if kind == "c_api":
+            made[0] = _deflate.compress_message(encoder, data)
+        elif framed:
+            made[0] = conn.send_binary(data)
+        else:  # as PerMessageDeflate.compress() calls them; one call when swept
+            made[0] = encoder.compress(data)
+            if whole:
+                made[1] = encoder.flush(zlib.Z_SYNC_FLUSH)
+
+    def sent() -> bytes:
+        return made[0] if framed or kind == "c_api" else (made[0] + made[1])[:-4]
+
+    def peer(data: bytes, message: bytes) -> str:
+        if framed:
+            events = client.receive_data(data)
+            return "decoded" if events == [message] else repr(events)[:80]
+        try:
+            out = inflater.decompress(data + TAIL)
+        except zlib.error as exc:
+            return repr(exc)
+        return "decoded" if out == message else repr(out)[:80]
+
+    compress(_FIRST)
+    assert peer(sent(), _FIRST) == "decoded"
+    _testcapi.set_nomemory(n, n + 1)
+    try:
+        compress(_BIG, whole=False)
+    except MemoryError:
+        pass
+    else:
+        return "ok"
+    finally:
+        _testcapi.remove_mem_hooks()
+    try:
+        compress(_LATER)
+    except (zlib.error, InvalidState):
+        return "refused"
+    return peer(sent(), _LATER)

@@ -84,3 +84,26 @@ def test_an_inflater_that_failed_mid_stream_keeps_its_stream() -> None:
     report = json.loads(done.stdout)
     assert report["failed"] > 2, report  # the sweep reached both calls' allocations
     assert report["taken"] == [], report
+
+
+def test_a_compression_that_fails_part_way_sends_nothing_the_peer_decodes_wrongly() -> None:
+    # A MemoryError after zlib took part of a message (its output buffer growing) lost
+    # that output while the stream went on from it: the next message, compressed in a
+    # context the peer does not have, decoded as other bytes or failed with 1002. Now
+    # the stream refuses (zlib.error) until reset(), in C and in the zlib module's twin,
+    # and the connection fails (1011) instead of sending again.
+    c_extension(deflate._codecs, "_deflate")
+    if importlib.util.find_spec("_testcapi") is None:
+        missing("CPython's _testcapi module (part of a full CPython build)")
+    done = subprocess.run(
+        [sys.executable, "-c", "from tests.protocol.nomemory import lost_compression as f; f()"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["failed"] > 10, report  # the sweep reached the calls' allocations
+    assert report["refused"] > 0, report
+    assert report["wrong_bytes"] == [], report

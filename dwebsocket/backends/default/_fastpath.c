@@ -1408,8 +1408,8 @@ FastPath_wait(FastPath *self, PyObject *arg)
  * core sections, done in one step). One write(2) of the frame (writev(2) of the header
  * and the payload past 2 KiB); the rest of a partial write goes to
  * DefaultWebSocket._send_rest() at once. False, having written nothing, whenever the
- * general send() must run instead: any other type, an encoding error, compression, a
- * lock held, a write that failed.
+ * general send() must run instead: any other type, an encoding error, a compression
+ * that failed, a lock held, a write that failed.
  */
 static PyObject *
 FastPath_send(FastPath *self, PyObject *message)
@@ -1480,8 +1480,12 @@ FastPath_send(FastPath *self, PyObject *message)
         Py_ssize_t clen = zcodec->compress_message(self->deflater, (const uint8_t *)payload,
                                                    length, &compressed);
         if (clen < 0) {
+            /* Nothing written: the general send() runs, and Connection decides. A stream
+               that failed after zlib began is lost (it refuses: the connection fails,
+               1011); one that failed before (MemoryError getting a stream) is as it was. */
+            PyErr_Clear();
             Py_XDECREF(encoded);
-            return NULL;
+            Py_RETURN_FALSE;
         }
         payload = (const char *)compressed; /* zcodec's buffer, until its next call */
         length = clen;

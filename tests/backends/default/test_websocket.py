@@ -5,11 +5,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import importlib.util
 import io
 import logging
+import random
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +32,7 @@ from dwebsocket.signals import websocket_closed, websocket_opened
 from tests import views
 from tests.inprocess import Session
 from tests.protocol.support import LosingEncoder
+from tests.requirements import missing
 from tests.wire import TIMEOUT, masked, read_until_eof, split_frames
 
 
@@ -1221,6 +1225,55 @@ def test_a_compression_that_fails_part_way_closes_1011(holder: Holder, how: str)
         assert session.client.recv() == Close(1011, "compression failed")
         with pytest.raises(ConnectionClosed) as closed:
             ws.send("hello, this is the lost one!")
+        assert closed.value.code == 1011
+        holder.release.set()
+        session.finish()
+
+
+def lose(encoder: Any) -> None:
+    """Make ``encoder``'s compressions fail until one fails part way and the stream is
+    lost (a ``zlib.error`` until reset), as when memory runs out (CPython's _testcapi)."""
+    if importlib.util.find_spec("_testcapi") is None:
+        missing("CPython's _testcapi module (part of a full CPython build)")
+    import _testcapi  # type: ignore[import-not-found]
+
+    big = random.Random(7).randbytes(100_000)  # incompressible: more than one block
+    for n in range(200):
+        _testcapi.set_nomemory(n, n + 1)
+        try:
+            encoder.compress(big)
+        except MemoryError:
+            pass
+        finally:
+            _testcapi.remove_mem_hooks()
+        try:
+            encoder.flush(zlib.Z_NO_FLUSH)  # refused by a lost stream, else nothing
+        except zlib.error:
+            return
+    raise AssertionError("no failed allocation lost the stream")
+
+
+def test_a_lost_compressor_closes_1011_on_the_next_send(holder: Holder) -> None:
+    """A stream that a compression failing part way left lost refuses; the send that
+    finds it so (under gevent, the C fast path's first: it hands over to send()) fails
+    the connection with 1011 instead of sending bytes the client would decode wrongly."""
+    headers = {"Sec-WebSocket-Extensions": PerMessageDeflate.client_offer()}
+    with Session(holding_view(holder), headers=headers) as session:
+        ws = holder.websocket()
+        response = session.expect_101()
+        session.client.conn = Connection(
+            client=True,
+            deflate=PerMessageDeflate.from_response(response["sec-websocket-extensions"]),
+        )
+        ws.send("a first message for context!")
+        assert session.client.recv() == "a first message for context!"
+        assert ws._conn is not None and ws._conn.deflate is not None
+        lose(ws._conn.deflate.encoder)
+        with pytest.raises(zlib.error):
+            ws.send("a first message for context! again")
+        assert session.client.recv() == Close(1011, "compression failed")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.send("a first message for context! again")
         assert closed.value.code == 1011
         holder.release.set()
         session.finish()
