@@ -1199,11 +1199,10 @@ def test_an_idle_connection_keeps_no_message_queue(holder: Holder) -> None:
         session.finish()
 
 
-@pytest.mark.parametrize("how", ["send", "deliver_batch"])
-def test_a_compression_that_fails_part_way_closes_1011(holder: Holder, how: str) -> None:
-    """A compression that raises part way (MemoryError) leaves a context the client
-    cannot follow: the core fails the connection, and its 1011 close frame goes out at
-    once, then nothing else; the error reaches the caller (a group drops the member)."""
+@contextlib.contextmanager
+def compressing(holder: Holder) -> Iterator[tuple[Session, DefaultWebSocket]]:
+    """A session with permessage-deflate, its client decoding, after a first message (the
+    context the next ones refer to); the view is let go and the session finished after."""
     headers = {"Sec-WebSocket-Extensions": PerMessageDeflate.client_offer()}
     with Session(holding_view(holder), headers=headers) as session:
         ws = holder.websocket()
@@ -1215,6 +1214,26 @@ def test_a_compression_that_fails_part_way_closes_1011(holder: Holder, how: str)
         ws.send("a first message for context!")
         assert session.client.recv() == "a first message for context!"
         assert ws._conn is not None and ws._conn.deflate is not None
+        yield session, ws
+        holder.release.set()
+        session.finish()
+
+
+def assert_failed_1011(session: Session, ws: DefaultWebSocket) -> None:
+    """The connection was failed for a lost compression: its 1011 close frame came, and
+    the view's next send raises."""
+    assert session.client.recv() == Close(1011, "compression failed")
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.send("hello, this is the lost one!")
+    assert closed.value.code == 1011
+
+
+@pytest.mark.parametrize("how", ["send", "deliver_batch"])
+def test_a_compression_that_fails_part_way_closes_1011(holder: Holder, how: str) -> None:
+    """A compression that raises part way (MemoryError) leaves a context the client
+    cannot follow: the core fails the connection, and its 1011 close frame goes out at
+    once, then nothing else; the error reaches the caller (a group drops the member)."""
+    with compressing(holder) as (session, ws):
         ws._conn.deflate.encoder = LosingEncoder(ws._conn.deflate.encoder)
         ws._fast = None  # under gevent, the C fast path compresses on the C stream itself
         with pytest.raises(MemoryError):
@@ -1222,12 +1241,7 @@ def test_a_compression_that_fails_part_way_closes_1011(holder: Holder, how: str)
                 ws.send("hello, this is the lost one")
             else:
                 ws.deliver_batch(Batch(["hello, this is the lost one", "and another"]))
-        assert session.client.recv() == Close(1011, "compression failed")
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.send("hello, this is the lost one!")
-        assert closed.value.code == 1011
-        holder.release.set()
-        session.finish()
+        assert_failed_1011(session, ws)
 
 
 def lose(encoder: Any) -> None:
@@ -1257,23 +1271,8 @@ def test_a_lost_compressor_closes_1011_on_the_next_send(holder: Holder) -> None:
     """A stream that a compression failing part way left lost refuses; the send that
     finds it so (under gevent, the C fast path's first: it hands over to send()) fails
     the connection with 1011 instead of sending bytes the client would decode wrongly."""
-    headers = {"Sec-WebSocket-Extensions": PerMessageDeflate.client_offer()}
-    with Session(holding_view(holder), headers=headers) as session:
-        ws = holder.websocket()
-        response = session.expect_101()
-        session.client.conn = Connection(
-            client=True,
-            deflate=PerMessageDeflate.from_response(response["sec-websocket-extensions"]),
-        )
-        ws.send("a first message for context!")
-        assert session.client.recv() == "a first message for context!"
-        assert ws._conn is not None and ws._conn.deflate is not None
+    with compressing(holder) as (session, ws):
         lose(ws._conn.deflate.encoder)
         with pytest.raises(zlib.error):
             ws.send("a first message for context! again")
-        assert session.client.recv() == Close(1011, "compression failed")
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.send("a first message for context! again")
-        assert closed.value.code == 1011
-        holder.release.set()
-        session.finish()
+        assert_failed_1011(session, ws)
