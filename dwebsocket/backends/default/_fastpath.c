@@ -59,7 +59,15 @@
  *      that no Python code holds until it is handed over; those reads follow the first
  *      without any Python code between (read_big_frame() does not wait), so the checks
  *      made before the first read still hold for them. What they do not complete goes
- *      to the general path as received, before any Python runs.
+ *      to the general path as received, before any Python runs;
+ *   4. from the read on, what was read exists only here until its messages are queued
+ *      and its rest handed to DefaultWebSocket._received(): a failure meanwhile (an
+ *      allocation; an exception from Python code that an allocation or the queue ran)
+ *      loses it, and the next read would begin in the middle of a frame. So it fails the
+ *      connection (lost_read(): DefaultWebSocket._lost_received(), 1011, what the Python
+ *      path does in the same place) and returns the exception. lost_read() runs Python:
+ *      it comes after the lease ends, and nothing but the return follows it. What
+ *      _received() raises, Python has decided on.
  *
  * The other statics (the interned names, greenlet.getcurrent, the _speedups C API, the
  * deque type) are set once at import and only read after.
@@ -92,7 +100,7 @@ static PyTypeObject *deque_type; /* collections.deque */
     X(run_callback) X(run_callback_threadsafe) X(start) X(stop) X(switch) X(timer)         \
     X(update)                                                                               \
     /* DefaultWebSocket */                                                                  \
-    X(_fast) X(_received) X(_send_rest) X(is_closed) X(wait)                                \
+    X(_fast) X(_lost_received) X(_received) X(_send_rest) X(is_closed) X(wait)              \
     /* the Waiter's own callbacks */                                                        \
     X(_expired) X(_ready) X(_close_in_hub)
 #define DECLARE(name) static PyObject *str_##name;
@@ -895,6 +903,44 @@ give_to_python(FastPath *self, PyObject *bytes)
     return 0;
 }
 
+/*
+ * What a read took off the socket is lost: an exception after the read(2), before its
+ * messages were queued and its rest handed to _received() (an allocation that failed,
+ * or an exception from Python code run meanwhile). Reading on would begin in the middle
+ * of a frame, so fail the connection as the Python path does in the same place
+ * (DefaultWebSocket._lost_received(): 1011), and keep the exception, as its `raise`
+ * does (an exception from _lost_received() itself goes on instead, with the first as its
+ * context). Returns -1. Runs Python: call it after the lease ends, and nothing after it
+ * but the return.
+ */
+static int
+lost_read(FastPath *self)
+{
+    PyObject *type, *value, *tb, *r;
+
+    PyErr_Fetch(&type, &value, &tb);
+    r = PyObject_CallMethodNoArgs(self->ws, str__lost_received);
+    if (r != NULL) {
+        Py_DECREF(r);
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    {
+        PyObject *type2, *value2, *tb2;
+        PyErr_Fetch(&type2, &value2, &tb2);
+        PyErr_NormalizeException(&type2, &value2, &tb2);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL) {
+            (void)PyException_SetTraceback(value, tb);
+        }
+        PyException_SetContext(value2, value); /* steals value */
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        PyErr_Restore(type2, value2, tb2);
+    }
+    return -1;
+}
+
 /* Queue items[start:] in IOState.messages, making the deque if there is none
    (DefaultWebSocket._feed()). Call with the read lock held. May run Python: the new deque
    is a GC-tracked allocation (an exact deque's append() allocates only its own blocks). */
@@ -1249,27 +1295,28 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         /* Still nothing that may run Python: the checks above hold for its reads. */
         if (payload == NULL) {
             Py_DECREF(out);
-            return -1;
+            return lost_read(self);
         }
         if ((rc = read_big_frame(self->fd, &self->io->bytes_in, &big, payload, &taken,
                                  &rest)) < 0) {
             Py_DECREF(out);
-            return -1;
+            return lost_read(self);
         }
         if (rc == 1) {
             rc = PyList_Append(out, taken);
             Py_DECREF(taken);
             if (rc < 0) {
                 Py_DECREF(out);
-                return -1;
+                return lost_read(self);
             }
         }
     }
-    /* 4. From here Python may run again. */
+    /* 4. From here Python may run again. Any failure until the messages are queued and
+       the rest handed over loses what was read: lost_read() fails the connection. */
     if (pos < 0 || (pos < n && rest == NULL)) {
         Py_XDECREF(rest);
         Py_DECREF(out);
-        return -1;
+        return lost_read(self);
     }
     if (rest != NULL) {
         /* The rest goes the general way, after the messages scanned before it. */
@@ -1278,7 +1325,7 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
         Py_DECREF(out);
         if (rc < 0) {
             Py_DECREF(rest);
-            return -1;
+            return lost_read(self);
         }
         goto give;
     }
@@ -1288,15 +1335,17 @@ fast_read_locked(FastPath *self, double now, double until, PyObject **message)
     self->io->messages_in += PyList_GET_SIZE(out);
     if (queue_messages(self, out, 1) < 0) {
         Py_DECREF(out);
-        return -1;
+        return lost_read(self);
     }
     *message = Py_NewRef(PyList_GET_ITEM(out, 0));
     Py_DECREF(out);
     return 1;
 give:
     if (rest == NULL) {
-        return -1;
+        return lost_read(self);
     }
+    /* What _received() raises, it decides on (DefaultWebSocket._feed() fails the
+       connection if the bytes were lost). */
     rc = give_to_python(self, rest);
     Py_DECREF(rest);
     return rc < 0 ? -1 : 1;
@@ -1381,8 +1430,13 @@ FastPath_wait(FastPath *self, PyObject *arg)
                 if (type != NULL) {
                     PyErr_WriteUnraisable(self->reading);
                 }
+                else if (message != NULL) {
+                    /* the message read is lost with this exception */
+                    Py_DECREF(message);
+                    (void)lost_read(self);
+                    return NULL;
+                }
                 else {
-                    Py_XDECREF(message);
                     return NULL;
                 }
             }

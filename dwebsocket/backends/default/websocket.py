@@ -70,6 +70,9 @@ _MAX_NONBLOCKING_READS = 16
 _DEFLATE_SLICE = 512
 # A send that makes no progress this long means the peer is gone, when keepalive is off.
 _DEFAULT_IO_TIMEOUT = 60.0
+# The close reason when bytes read from the socket were lost before the core or the view's
+# queue took them (see _lost_received).
+_LOST_REASON = "received data lost"
 
 
 def _new_lock() -> threading.Lock:
@@ -347,7 +350,10 @@ class DefaultWebSocket(WebSocket):
 
         Sends a keepalive ping after ``WEBSOCKET_PING_INTERVAL`` of silence; without an
         answer within ``WEBSOCKET_PING_TIMEOUT`` the peer counts as dead: the connection
-        is closed (1011) and None returned."""
+        is closed (1011) and None returned. An exception while bytes read from the socket
+        are on their way to the view (a ``MemoryError``, or one thrown into the reader)
+        loses them: the connection is closed (1011) and the exception propagates; later
+        calls return None."""
         if timeout is not None:
             timeout = wait_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -519,40 +525,54 @@ class DefaultWebSocket(WebSocket):
         if not data or conn is None or conn.deflate is None or len(data) <= _DEFLATE_SLICE:
             self._feed(data)
             return
-        for start in range(0, len(data), _DEFLATE_SLICE):
-            if self._io.shut:
-                return
-            if self._backlog_full():
-                self._unfed = data[start:]
-                self._io.unfed = True
-                return
-            self._feed(data[start : start + _DEFLATE_SLICE])
+        taken = 0  # data[:taken] went to _feed(), which fails the connection if it loses it
+        try:
+            for start in range(0, len(data), _DEFLATE_SLICE):
+                if self._io.shut:
+                    return
+                if self._backlog_full():
+                    self._unfed = data[start:]
+                    self._io.unfed = True
+                    return
+                piece = data[start : start + _DEFLATE_SLICE]
+                taken = start + len(piece)
+                self._feed(piece)
+        except BaseException:
+            if taken < len(data):  # the rest is neither in the core nor kept in _unfed
+                self._lost_received()
+            raise
 
     def _feed(self, data: bytes) -> None:
-        """Give received bytes (b"" for EOF) to the core and act on its events."""
-        if data:
-            self._io.last_heard = _monotonic()
-            self._io.ping_outstanding = False
-        with self._core:
-            conn = self._conn
-            assert conn is not None
-            events = conn.receive_data(data)
-            out = conn.data_to_send()
-            if out:
-                self._outbox.append(out)
-        close: Close | None = None
-        received = 0
-        messages = None
-        for event in events:
-            if type(event) is str or type(event) is bytes:
-                if messages is None:  # made when needed (see _read_once)
-                    messages = self._io.messages
-                    if messages is None:
-                        messages = self._io.messages = deque()
-                messages.append(event)
-                received += 1
-            elif type(event) is Close:
-                close = event
+        """Give received bytes (b"" for EOF) to the core and act on its events. What
+        raises before the core and the view's queue have them all fails the connection
+        (:meth:`_lost_received`), then propagates."""
+        try:
+            if data:
+                self._io.last_heard = _monotonic()
+                self._io.ping_outstanding = False
+            with self._core:
+                conn = self._conn
+                assert conn is not None
+                events = conn.receive_data(data)
+                out = conn.data_to_send()
+                if out:
+                    self._outbox.append(out)
+            close: Close | None = None
+            received = 0
+            messages = None
+            for event in events:
+                if type(event) is str or type(event) is bytes:
+                    if messages is None:  # made when needed (see _read_once)
+                        messages = self._io.messages
+                        if messages is None:
+                            messages = self._io.messages = deque()
+                    messages.append(event)
+                    received += 1
+                elif type(event) is Close:
+                    close = event
+        except BaseException:
+            self._lost_received()
+            raise
         self._io.messages_in += received
         if out:
             self._flush()
@@ -560,6 +580,18 @@ class DefaultWebSocket(WebSocket):
             if conn.error is not None:
                 protocol_error(self._peer(), self.request.path, conn.error.reason, conn.error.code)
             self._shutdown(close.code, close.reason)
+
+    def _lost_received(self) -> None:
+        """Bytes read from the socket were lost before the core or the view's queue took
+        them all (memory ran out, an exception was thrown into the reader): the stream
+        cannot go on, the next read would begin in the middle of a frame. Fail the
+        connection (1011), as for a dead peer; the caller re-raises what failed, and
+        ``wait()`` returns None from then on. Call with ``_reading`` held; the C fast path
+        calls it for what its own receive loop loses (``_fastpath.c``, ``lost_read()``)."""
+        try:
+            self._abort(1011, _LOST_REASON)
+        finally:
+            self._shutdown(1011, _LOST_REASON)  # even if the close frame could not go
 
     # -- keepalive ----------------------------------------------------------------------
 

@@ -91,6 +91,7 @@ def test_every_name_the_c_code_looks_up_exists() -> None:
         "timer": [hub.loop],
         "update": [],  # a keyword of timer.start()
         "_fast": [DefaultWebSocket],
+        "_lost_received": [DefaultWebSocket],
         "_received": [DefaultWebSocket],
         "_send_rest": [DefaultWebSocket],
         "is_closed": [DefaultWebSocket],

@@ -1276,3 +1276,67 @@ def test_a_lost_compressor_closes_1011_on_the_next_send(holder: Holder) -> None:
         with pytest.raises(zlib.error):
             ws.send("a first message for context! again")
         assert_failed_1011(session, ws)
+
+
+class _FailingQueue(collections.deque):  # type: ignore[type-arg]
+    """A queue of received messages whose first ``append()`` fails as a deque's does when
+    it cannot allocate its next block of slots."""
+
+    failed = False
+
+    def append(self, item: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise MemoryError
+        super().append(item)
+
+
+def test_a_failure_that_lost_received_bytes_fails_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read took two messages and the start of a third off the socket, then queueing
+    them ran out of memory: they are lost, so the connection is failed (1011), in the C
+    receive loop as in the Python one. The wait raises the MemoryError, the next returns
+    None; nothing is read on from the middle of the third frame (the C loop dropped it
+    and read its end as a frame of its own; the Python one lost two messages and went
+    on)."""
+    from dwebsocket.backends.default import transport
+
+    seen: dict[str, Any] = {}
+    raised = threading.Event()
+    third = masked(0x1, b"three")
+
+    def release_idle() -> None:
+        # Called by both receive loops just before they block: the failing queue is in
+        # place for the read that follows (an empty queue is dropped before it).
+        ws = seen.get("ws")
+        if ws is not None and "injected" not in seen:
+            seen["injected"] = True
+            ws._io.messages = _FailingQueue()
+
+    monkeypatch.setattr(transport, "release_idle_connections", release_idle)
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        ws.accept()  # the C path takes release_idle_connections now
+        seen["ws"] = ws
+        try:
+            seen["first"] = ws.wait(TIMEOUT)
+        except MemoryError:
+            seen["first"] = "MemoryError"
+        raised.set()
+        seen["after"] = ws.wait(TIMEOUT)
+        seen["code"] = ws.close_code
+
+    with Session(view) as session:
+        session.expect_101()
+        session.client.sock.sendall(masked(0x1, b"one") + masked(0x2, b"two") + third[:4])
+        assert raised.wait(TIMEOUT)
+        with contextlib.suppress(OSError):  # the connection may be shut down already
+            session.client.sock.sendall(third[4:])
+        closing = session.client.recv()
+        assert isinstance(closing, Close) and closing.code == 1011, closing
+        session.finish()
+    assert seen["injected"] is True
+    assert (seen["first"], seen["after"], seen["code"]) == ("MemoryError", None, 1011)
