@@ -184,7 +184,10 @@ class WebSocket(abc.ABC):
         return None
 
     def __iter__(self) -> Iterator[Message]:
-        """Yield every message until the peer closes the connection."""
+        """Yield every message until the peer closes the connection. An exception that
+        comes out of the iterator (a ``gevent.Timeout`` around the loop, a kill) ends it,
+        as it ends any generator: ``for message in request.websocket`` again starts a new
+        one, which reads on."""
         while True:
             message = self.wait()
             if message is None:

@@ -1631,7 +1631,10 @@ static PyTypeObject FastPath_Type = {
  * Messages(ws): iter(DefaultWebSocket), i.e. WebSocket.__iter__() without its generator
  * and wait()'s Python frame per message: FastPath.wait() once there is one, else (and
  * whenever it returns None) ws.wait(); stops when that returns None and the connection
- * is closed.
+ * is closed. Finished for good once it stopped or an exception came out of it (a
+ * gevent.Timeout thrown into the waiting greenlet, a kill), as the generator is. Unlike
+ * the generator, several greenlets may be in next() at once (each gets its own
+ * messages; none gets "generator already executing").
  */
 typedef struct {
     PyObject_HEAD
@@ -1680,7 +1683,7 @@ static PyObject *
 Messages_next(Messages *self)
 {
     PyObject *ws = self->ws, *result;
-    if (ws == NULL) {
+    if (ws == NULL) { /* finished: StopIteration */
         return NULL;
     }
     Py_INCREF(ws); /* another greenlet's next() may clear self->ws meanwhile */
@@ -1710,12 +1713,12 @@ Messages_next(Messages *self)
         }
         Py_DECREF(message);
         if ((closed = call_true(ws, str_is_closed)) != 0) {
-            if (closed > 0 && self->ws == ws) {
-                Py_CLEAR(self->ws); /* exhausted for good */
-            }
-            result = NULL;
+            result = NULL; /* closed, or an exception */
             break;
         }
+    }
+    if (result == NULL && self->ws == ws) {
+        Py_CLEAR(self->ws); /* exhausted, or an exception came out: finished for good */
     }
     Py_DECREF(ws);
     return result;

@@ -398,7 +398,8 @@ class DefaultWebSocket(WebSocket):
 
     def __iter__(self) -> Iterator[Message]:
         """Yield every message until the peer closes the connection (``WebSocket``'s
-        loop; in C where the fast path is built, without a Python frame per message)."""
+        loop; in C where the fast path is built, without a Python frame per message, and
+        likewise finished for good once an exception came out of it)."""
         if fast_messages is not None and type(self).wait is DefaultWebSocket.wait:
             return fast_messages(self)  # type: ignore[no-any-return]
         return super().__iter__()  # a subclass's own wait() is what iteration must call

@@ -10,6 +10,7 @@ import io
 import logging
 import random
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -25,7 +26,7 @@ from dwebsocket import ConnectionClosed, require_websocket
 from dwebsocket.backends.default import registry
 from dwebsocket.backends.default.websocket import DefaultWebSocket
 from dwebsocket.groups.batch import Batch
-from dwebsocket.protocol.connection import Close, Connection, Ping
+from dwebsocket.protocol.connection import Close, Connection, Ping, Pong
 from dwebsocket.protocol.deflate import PerMessageDeflate
 from dwebsocket.protocol.frames import encode_frame
 from dwebsocket.signals import websocket_closed, websocket_opened
@@ -1340,3 +1341,86 @@ def test_a_failure_that_lost_received_bytes_fails_the_connection(
         session.finish()
     assert seen["injected"] is True
     assert (seen["first"], seen["after"], seen["code"]) == ("MemoryError", None, 1011)
+
+
+def test_an_iterator_that_raised_is_finished() -> None:
+    """``iter(request.websocket)`` behaves as ``WebSocket.__iter__``, a generator, with the
+    C fast path as without it: once an exception came out of it (a ``gevent.Timeout``
+    thrown into the waiting greenlet, a kill), it is finished and yields nothing more;
+    a new iteration reads on. (The C iterator went on reading.)"""
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        messages = iter(ws)
+        seen["first"] = next(messages)
+        received = ws._received
+
+        def interrupted(data: bytes) -> None:
+            # The ping is answered, then the wait is interrupted: nothing read is lost.
+            del ws._received
+            received(data)
+            raise Killed
+
+        ws._received = interrupted  # type: ignore[method-assign]
+        ws.send("ping me")  # the ping comes in a read of its own
+        try:
+            next(messages)
+        except Killed:
+            seen["raised"] = True
+        seen["after"] = list(messages)
+        seen["again"] = next(iter(ws))
+
+    with Session(view) as session:
+        session.expect_101()
+        session.client.send("one")
+        assert session.client.recv() == "ping me"
+        session.client.sock.sendall(masked(0x9, b"there?"))
+        assert session.client.next_event() == Pong(b"there?")
+        session.client.send("two")
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen == {"first": "one", "raised": True, "after": [], "again": "two"}
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
+
+
+@pytest.mark.skipif(not _gevent_patched(), reason="needs gevent's monkey-patching")
+def test_an_iteration_a_gevent_timeout_ended_is_finished() -> None:
+    """``for message in messages`` inside a ``gevent.Timeout``: the timeout ends that
+    iterator for good, as it ends a generator; ``for message in request.websocket`` again
+    (a new iterator) reads on."""
+    import gevent
+
+    seen: dict[str, Any] = {}
+
+    @require_websocket
+    def view(request: HttpRequest) -> None:
+        ws = request.websocket
+        messages = iter(ws)
+        seen["first"] = next(messages)
+        got = seen["got"] = []
+        try:
+            with gevent.Timeout(0.1):  # the client sends nothing more until it is over
+                for message in messages:
+                    got.append(message)
+        except gevent.Timeout:
+            seen["timed out"] = True
+        ws.send("timed out")
+        seen["after"] = list(messages)
+        for message in ws:
+            seen["again"] = message
+            break
+
+    with Session(view) as session:
+        session.expect_101()
+        session.client.send("one")
+        assert session.client.recv() == "timed out"
+        session.client.send("two")
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert seen == {"first": "one", "got": [], "timed out": True, "after": [], "again": "two"}
