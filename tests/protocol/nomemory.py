@@ -274,10 +274,6 @@ def failed_inflate() -> None:
     print(json.dumps(report))
 
 
-if __name__ == "__main__":
-    main()
-
-
 def lost_compression() -> None:
     """Print one JSON line: the allocations of compressing a message larger than the
     first output block failing in turn: one ``compress()`` of ``_deflate``'s Deflater and
@@ -369,3 +365,7 @@ def _lose_compression(kind: str, n: int) -> str:
     except (zlib.error, InvalidState):
         return "refused"
     return peer(sent(), _LATER)
+
+
+if __name__ == "__main__":
+    main()
