@@ -415,6 +415,37 @@ def test_a_flush_before_any_data_is_the_same_in_both_twins() -> None:
         assert deflate._codecs.Deflater(*args).flush(zlib.Z_SYNC_FLUSH) == python
 
 
+class _OutOfMemory:
+    """A zlib stream whose every call runs out of memory (after taking its input, as
+    zlib's own may: its output is lost)."""
+
+    def compress(self, data: bytes) -> bytes:
+        raise MemoryError
+
+    def flush(self, mode: int) -> bytes:
+        raise MemoryError
+
+
+@pytest.mark.parametrize("call", ["compress", "flush"])
+def test_a_python_deflater_that_ran_out_of_memory_is_lost_until_reset(call: str) -> None:
+    # In-process, the Python twin's side of what tests/protocol/nomemory.py's
+    # lost_compression sweeps with _testcapi for both (in a subprocess): a stream whose
+    # call ran out of memory refuses (zlib.error) until reset(), then starts afresh.
+    from dwebsocket.protocol import deflate
+
+    stream = deflate.PyDeflater(6, 12, 5, zlib.Z_DEFAULT_STRATEGY, False)
+    stream._z = _OutOfMemory()  # type: ignore[assignment]
+    with pytest.raises(MemoryError):
+        stream.compress(b"lost") if call == "compress" else stream.flush(zlib.Z_SYNC_FLUSH)
+    with pytest.raises(zlib.error):
+        stream.compress(b"refused")
+    with pytest.raises(zlib.error):
+        stream.flush(zlib.Z_SYNC_FLUSH)
+    stream.reset()
+    sent = stream.compress(b"afresh") + stream.flush(zlib.Z_SYNC_FLUSH)
+    assert zlib.decompressobj(-12).decompress(sent) == b"afresh"
+
+
 def test_no_speedups_means_the_python_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     from dwebsocket.protocol import deflate
 
