@@ -57,7 +57,7 @@ def test_cluster_slot_moved_or_master_failed_while_sends_go_on(
         lambda: target.command("PUBSUB", "SHARDNUMSUB", channel.decode())[1] == 2,
         timeout=RESUME + WAIT,
     )
-    mine, total = moved_then_stopped(sending, here, there)
+    mine, total = moved_then_stopped(sending, here, there, b)
     if how == "failover":  # sends to the dead master fail: delivered here at once
         assert mine == list(range(total)), "the sender's own member missed a message"
     assert not a.outage and not b.outage

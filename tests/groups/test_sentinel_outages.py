@@ -90,6 +90,7 @@ class Sending:
     """A thread sending "0", "1", ... to ``group`` through ``layer``, as fast as it may."""
 
     def __init__(self, layer: RedisLayer, group: str) -> None:
+        self.layer = layer
         self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(layer, group), daemon=True)
@@ -117,11 +118,19 @@ def received(member: Inbox) -> list[int]:
             return numbers
 
 
-def moved_then_stopped(sending: Sending, here: Inbox, there: Inbox) -> tuple[list[int], int]:
-    """Once both processes have moved: 50 sends more, then stop. Each member got every
-    message sent since, none twice, in order. Returns what ``here`` got, and how many
-    were sent."""
-    mark = sending.sent
+def moved_then_stopped(
+    sending: Sending, here: Inbox, there: Inbox, other: RedisLayer
+) -> tuple[list[int], int]:
+    """Once both processes have moved (both subscribed at the new master, which the caller
+    waited for, and neither in an outage any more): 50 sends more, then stop. Each member
+    got every message sent since, none twice, in order. Returns what ``here`` got, and how
+    many were sent."""
+    # Redis counts a subscription (NUMSUB) before the reader has its reply, and only then
+    # does a process's outage end (Subscriber._handle): until it has, sends are still held
+    # back and reach its own members only.
+    until(lambda: not sending.layer.outage and not other.outage, timeout=WAIT)
+    # The send numbered ``sent`` may be under way, begun before the outage ended.
+    mark = sending.sent + 1
     until(lambda: sending.sent > mark + 50)
     total = sending.stop()
     mine, theirs = received(here), received(there)
@@ -179,7 +188,7 @@ def test_sentinel_failover_while_sends_go_on(
         lambda: new.command("PUBSUB", "NUMSUB", channel)[1] == 2,
         RESUME + WAIT,
     )
-    mine, total = moved_then_stopped(sending, here, there)
+    mine, total = moved_then_stopped(sending, here, there, other)
     if how == "killed":
         assert mine == list(range(total)), "the sender's own member missed a message"
     assert not sender.outage and not other.outage
