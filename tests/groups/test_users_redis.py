@@ -18,7 +18,7 @@ from dwebsocket.groups import control
 from dwebsocket.groups.redis import RedisLayer
 from tests.groups.redis_server import RedisServer
 from tests.groups.test_presence_cluster import layers  # noqa: F401 - the fixture
-from tests.groups.test_redis_layer import Inbox
+from tests.groups.test_redis_layer import Inbox, until
 
 
 class Closable(Inbox):
@@ -55,6 +55,9 @@ def test_unreachable_redis_still_reaches_this_process(
         assert [tab.get(), tab.get()] == ["during", b"again"]
         users.disconnect(7, code=4003, reason="bye")
         assert tab.closes.get(timeout=10) == (4003, "bye")
+        # The reader may have found the outage first (its connection closed too): it sets
+        # ``outage`` first and logs after, so its WARNING may come after all the above.
+        until(lambda: any(r.name == "dwebsocket.groups" for r in caplog.records))
     outage = [r for r in caplog.records if r.name == "dwebsocket.groups"]
     assert len(outage) == 1, [r.getMessage() for r in caplog.records]
 
