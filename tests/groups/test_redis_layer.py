@@ -8,6 +8,7 @@ used by the server tests).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -648,15 +649,26 @@ def test_a_key_of_another_type_at_a_group_s_name_is_that_group_s_problem_alone(
 
 
 def test_a_redis_loading_its_data_still_delivers_everywhere(
-    layers: Callable[[], RedisLayer], redis_server: RedisServer
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Redis restarted with its data answers LOADING to scripts until it has read it
     (seconds, minutes for a large one) while pub/sub already works: a history group's
     message is published without being kept, and the process's other groups go on.
     (The refused script was taken for Redis unreachable: the message reached this process
     only, and the backoff held back the other groups' sends, lost elsewhere.)"""
-    with override_settings(WEBSOCKET_GROUPS_HISTORY={"kept": {"size": 10, "ttl": 60}}):
-        a, b = layers(), layers()
+    # While loading, Redis answers clients only between chunks of its file (every KiB
+    # here): some 0.1 s apart, but more than the usual 1 s socket timeout on a loaded
+    # machine, and a send that times out is an outage, lost for b (failed once in CI:
+    # "is unreachable (Timeout reading ...)"). And no keepalive PING on b's subscription
+    # meanwhile: Redis refuses it with LOADING, and the reader subscribes again.
+    monkeypatch.setattr(redis_layer, "KEEPALIVE", 3600.0)
+    url = f"{redis_server.url}?socket_timeout={WAIT}&socket_connect_timeout={WAIT}"
+    a, b = RedisLayer(url, Registry()), RedisLayer(url, Registry())
+    with (
+        contextlib.closing(a),
+        contextlib.closing(b),
+        override_settings(WEBSOCKET_GROUPS_HISTORY={"kept": {"size": 10, "ttl": 60}}),
+    ):
         kept, plain = Inbox(), Inbox()
         b.join("kept", kept)
         b.join("plain", plain)
