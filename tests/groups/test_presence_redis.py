@@ -335,6 +335,9 @@ def test_what_changed_while_redis_was_away_is_an_event_elsewhere_once_it_is_back
         leave(one, bob)
         join(one, Inbox(), "carol")
         assert events(here, 2) == [("leave", "user:bob"), ("join", "user:carol")]
+        # Both readers saw Redis go: until one has, its ``subscribed`` still holds "room"
+        # from before, and the wait below could pass before it subscribed again.
+        until(lambda: one.subscriber.down and two.subscriber.down)
         redis_server.start()
         until(
             lambda: "room" in one.subscriber.subscribed and "room" in two.subscriber.subscribed,
@@ -484,6 +487,9 @@ def test_a_user_who_left_a_process_last_while_redis_was_away_is_a_leave_elsewher
         assert redis_server.command("SAVE") == b"+OK\r\n"
         redis_server.stop()
         leave(one, bob)  # not written: Redis is down
+        # Two's reader saw Redis go: until it has, its ``subscribed`` still holds "room"
+        # from before, and the wait below could pass before it subscribed again.
+        until(lambda: two.subscriber.down)
         redis_server.start()  # with the copy SAVE took: bob's entry there
         # What a process's reader does on reconnecting: the failed leave held this
         # process's calls to Redis back for a while (as a failed send does), and with no
@@ -774,6 +780,9 @@ def test_a_users_events_while_redis_is_away_follow_the_order_of_its_changes(
         assert {p.key: p.sockets for p in one.registry.presence.present("room")} == now
         join(one, Inbox(), "carol")  # an event after them: the ones before it came first
         assert events(here, 1) == [("join", "user:carol")]
+        # Both readers saw Redis go: until one has, its ``subscribed`` still holds "room"
+        # from before, and the wait below could pass before it subscribed again.
+        until(lambda: one.subscriber.down and two.subscriber.down)
         redis_server.start()
         until(
             lambda: "room" in one.subscriber.subscribed and "room" in two.subscriber.subscribed,

@@ -676,6 +676,9 @@ def test_a_redis_loading_its_data_still_delivers_everywhere(
         redis_server.command("EVAL", script, "0")
         redis_server.command("SAVE")
         redis_server.stop()
+        # b's reader saw Redis go: until it has, its ``subscribed`` still holds both groups
+        # from before, and the wait below could pass before it subscribed again.
+        until(lambda: b.subscriber.down)
         # 20,000 keys at 1 ms each: loading for 20 s, longer than the test needs, and
         # answering clients every KiB read (every 80-odd keys).
         loading = ("--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024")
