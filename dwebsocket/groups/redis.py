@@ -574,8 +574,17 @@ DEFAULT_TIMEOUT = 2.0
 #: Reconnection backoff of the reader: first delay, cap.
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 5.0
-#: Seconds of silence on the subscription before the reader checks it with a PING.
+#: Seconds of silence on the subscription before the reader checks it (KEEPALIVE_COMMAND).
 KEEPALIVE = 10.0
+#: The subscription's keepalive: an UNSUBSCRIBE of a channel never subscribed (a group's
+#: begins with the layer's prefix, ``dwebsocket:<db>:``), answered by an "unsubscribe"
+#: reply that names no group. Not a PING: while Redis loads its data (a restart, minutes
+#: for a large dataset) it refuses that with LOADING, and goes on with pub/sub meanwhile;
+#: the reader took the refusal for the connection's end and subscribed again at every
+#: keepalive, losing what was published in between. The pub/sub commands are the ones
+#: Redis runs while loading. A plain UNSUBSCRIBE on a Cluster's sharded subscriptions too:
+#: it names no key, so no node redirects it.
+KEEPALIVE_COMMAND = ("UNSUBSCRIBE", "dwebsocket:keepalive")
 #: Messages the subscription's reader fans out together at most: all that arrived by the
 #: time it looks, so that a member gets them in one write (bench/FINDINGS.md, section 14).
 BATCH = 1000
@@ -2130,9 +2139,9 @@ class Subscriber:
             self._sync(connection)
             now = time.monotonic()
             if ping_sent is not None and now - ping_sent > self.layer.timeout:
-                raise redis.TimeoutError("Redis did not answer a PING on the subscription")
+                raise redis.TimeoutError("Redis did not answer the subscription's keepalive")
             if ping_sent is None and now - last_heard >= KEEPALIVE:
-                _command(connection, "PING")
+                _command(connection, *KEEPALIVE_COMMAND)
                 ping_sent = now
             if read >= BATCH:
                 # redis-py reads the socket in chunks: the replies after a batch may all
