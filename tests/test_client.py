@@ -1295,8 +1295,13 @@ def test_send_while_another_thread_closes_raises_connection_closed(proxy: Proxy)
     closing = threading.Thread(target=client.close)
     closing.start()
     try:
-        time.sleep(0.1)  # close() waits for the answer
-        assert closing.is_alive()
+        # close() has sent its close frame (a thread started a moment ago may not have
+        # run yet on a loaded machine: a send before it goes out is a send like any other)
+        deadline = time.monotonic() + WAIT
+        while not (client._conn is not None and client._conn.close_sent):
+            assert time.monotonic() < deadline, "close() sent no close frame"
+            time.sleep(0.01)
+        assert closing.is_alive()  # and waits for the answer
         with pytest.raises(ConnectionClosed):
             client.send("a reply")
     finally:
