@@ -1124,8 +1124,11 @@ def test_close_from_another_thread_ends_a_read_waiting_for_messages(proxy: Proxy
     record = _recorded(proxy.url("/record/?id=threads", "http"))
     assert record == {"code": 1000, "reason": "bye", "closed": True}
 
-    client = ReconnectingClient(proxy.url("/echo/"), ping_interval=30, timeout=0.3)
+    client = ReconnectingClient(proxy.url("/echo/"), ping_interval=30)
     client.connect(WAIT)
+    # Short only now: each attempt of connect() has its handshake within ``timeout``,
+    # which 0.3 s on a loaded machine may not be.
+    client.timeout = 0.3
     proxy.freeze()
     thread, ended = _reading(client)
     time.sleep(0.1)
