@@ -32,6 +32,7 @@ __all__ = [
     "SERVERS",
     "ServerProcess",
     "free_port",
+    "listens",
     "running_server",
     "shared_servers",
     "start_server",
@@ -341,17 +342,68 @@ class ServerProcess:
         return self.process.returncode
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets listening on TCP ``port`` (``/proc/net/tcp``, IPv4)."""
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _session_socket_inodes(session: int) -> set[str]:
+    """The inodes of the sockets held by the processes of ``session`` (a server started
+    with ``start_new_session``: its own process, gunicorn's or uWSGI's workers...)."""
+    inodes = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if int(f.read().rpartition(")")[2].split()[3]) != session:
+                    continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
 def _wait_until_listening(process: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    """True once ``process`` (or a process of its session) listens on ``port``; False if it
+    exited, did not within ``timeout``, or another process listens there. A port open is
+    not enough: one picked at once by another test's server (two workers), or taken
+    between ``free_port()`` and the bind, answered for a server that had failed to bind
+    it (daphne logs that and keeps running), and the test talked to another's server."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
         try:
             with socket.create_connection((HOST, port), timeout=0.5):
-                return True
+                pass
         except OSError:
             time.sleep(0.05)
+            continue
+        ours = listens(process, port)
+        if ours is not None:
+            return ours
+        time.sleep(0.05)  # closed meanwhile
     return False
+
+
+def listens(process: subprocess.Popen[bytes], port: int) -> bool | None:
+    """Whether what listens on ``port`` is ``process``'s (or a process of its session's,
+    as :func:`start_server` starts them); None when nothing listens there."""
+    listening = _listening_inodes(port)
+    if not listening:
+        return None
+    return bool(listening & _session_socket_inodes(process.pid))
 
 
 def start_server(

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.servers import REPO, ServerProcess, free_port
+from tests.servers import REPO, ServerProcess, free_port, listens
 
 __all__ = ["RUN", "START_TIMEOUT", "start_demo", "wait_for_page"]
 
@@ -28,15 +28,19 @@ START_TIMEOUT = 30.0
 
 def wait_for_page(srv: ServerProcess, deadline: float) -> bool:
     """Poll the chat page until it answers 200, the process exits, or ``deadline``
-    (a ``time.monotonic()`` value) passes; True if it answered."""
+    (a ``time.monotonic()`` value) passes; True if it answered, from ``srv``'s process:
+    False if the port is another's (another test's demo picked it at once)."""
     url = srv.url("/r/lobby/", scheme="http")
     while time.monotonic() < deadline and srv.process.poll() is None:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
-                    return True
+                    ours = listens(srv.process, srv.port)
+                    if ours is not None:
+                        return ours
         except (OSError, urllib.error.URLError):
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     return False
 
 
