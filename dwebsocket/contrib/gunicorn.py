@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from types import FrameType
 from typing import Any
 
@@ -116,8 +115,11 @@ def _goodbye(timeout: float | None) -> None:
     global _said
     # Said until the registry is loaded: the request that reached the limit, or that was
     # under way at a stop (whose goodbye found no registry and was lost), may be the
-    # worker's first WebSocket, still before its handshake.
-    _said = "dwebsocket.backends.default.registry" in sys.modules
+    # worker's first WebSocket, still before its handshake. Loaded, not in sys.modules:
+    # the request's thread may be importing it, and that goodbye is lost too.
+    from dwebsocket.contrib.shutdown import loaded_registry
+
+    _said = loaded_registry() is not None
     _going_away(timeout)
 
 

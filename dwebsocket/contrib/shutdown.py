@@ -35,11 +35,20 @@ def going_away(timeout: float | None = None) -> int:
     worker told to stop while it is still loading the app). It imports nothing: until
     the registry is loaded no WebSocket can be open, and importing it from inside a
     half-done import of ``dwebsocket.conf`` would fail on the import circle."""
-    registry = sys.modules.get("dwebsocket.backends.default.registry")
-    close_all = getattr(registry, "going_away", None)
-    if close_all is None:
+    registry = loaded_registry()
+    if registry is None:
         return 0
-    return int(close_all(timeout=timeout))
+    return int(registry.going_away(timeout=timeout))
+
+
+def loaded_registry() -> Any:
+    """``dwebsocket.backends.default.registry`` once imported, else None: also while
+    another thread imports it (a worker's first WebSocket request), when it is in
+    ``sys.modules`` already, maybe with its ``going_away``, but not yet with what that
+    uses nor the receiver that tells the connections opening later. No WebSocket can open
+    before the import is over (their thread waits for it)."""
+    registry = sys.modules.get("dwebsocket.backends.default.registry")
+    return registry if getattr(registry, "loaded", False) else None
 
 
 def _interruption(signum: int) -> BaseException:

@@ -26,3 +26,33 @@ def test_a_stop_while_the_worker_still_boots_says_no_goodbye(
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     hooks.worker_int(worker)
     hooks.worker_exit(None, worker)
+
+
+def test_a_goodbye_while_the_registry_is_being_imported_is_said_at_the_next_notice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gthread worker's liveness notice after it reached ``--max-requests`` says the
+    goodbye; it came while the request's own thread imported the registry (the worker's
+    first WebSocket): in ``sys.modules`` already, its ``going_away`` maybe there, not yet
+    what that uses. That goodbye counted as said, found nothing to close, and was never
+    said again: the connection that opened next got no 1001 (a fresh-clone-like run, -n 3
+    under a CPU hog, failed test_gunicorn_max_requests_recycling_sends_1001[gunicorn-gthread]
+    with a timeout). It counts once the registry is loaded, and the next notice says it."""
+    name = "dwebsocket.backends.default.registry"
+    calls: list[float | None] = []
+
+    def going_away(timeout: float | None = None) -> int:
+        calls.append(timeout)
+        if not getattr(registry, "loaded", False):
+            raise NameError("name 'wait_until' is not defined")  # defined further down
+        return 0
+
+    registry = types.ModuleType(name)
+    registry.going_away = going_away  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, name, registry)
+    monkeypatch.setattr(hooks, "_said", False)
+    hooks._goodbye(0)
+    assert (hooks._said, calls) == (False, [])
+    registry.loaded = True  # type: ignore[attr-defined]
+    hooks._goodbye(0)
+    assert (hooks._said, calls) == (True, [0])

@@ -234,3 +234,6 @@ def _at_exit() -> None:
 websocket_opened.connect(_opened, dispatch_uid="dwebsocket.registry")
 websocket_closed.connect(_closed, dispatch_uid="dwebsocket.registry")
 atexit.register(_at_exit)
+
+#: Set last: the module is imported (``dwebsocket.contrib.shutdown.loaded_registry``).
+loaded = True
