@@ -60,15 +60,17 @@ def test_a_failure_between_the_takeover_and_the_accept_ends_the_connection(
 def record(server: ServerProcess, key: str, last: str = "closed") -> dict[str, Any]:
     """``tests.views.opened_while_gone``'s record of connection ``key`` once its last
     entry starts with ``last`` (the connection has closed; bounded), and how many
-    connections that process's registry holds. Asked again until the process that served
-    it answers (gunicorn runs two)."""
+    connections that process's registry holds, once none (bounded: the registry's
+    ``websocket_closed`` receiver may run after the one that records ``closed``). Asked
+    again until the process that served it answers (gunicorn runs two)."""
     deadline = time.monotonic() + TIMEOUT
     while True:
         url = server.url(f"/opened-while-gone/?id={key}", "http")
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
             seen: dict[str, Any] = json.loads(response.read())
         signals = seen["signals"]
-        if (signals and signals[-1].startswith(last)) or time.monotonic() > deadline:
+        settled = signals and signals[-1].startswith(last) and seen["open"] == 0
+        if settled or time.monotonic() > deadline:
             return seen
         time.sleep(0.02)
 
