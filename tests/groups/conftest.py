@@ -6,6 +6,7 @@ import pytest
 from django.test import override_settings
 
 from dwebsocket import groups
+from dwebsocket.groups import redis as redis_layer
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.redis import RedisLayer
 from tests.groups.redis_cluster import RedisCluster, running
@@ -28,6 +29,15 @@ def redis_server() -> Iterator[RedisServer]:
 
 #: The history the clients' tests give their servers and their task worker: group "feed".
 FEED_HISTORY = {"feed": {"size": 10_000, "ttl": 600}}
+
+
+@pytest.fixture
+def long_first_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layers' first backoff pause after a failure as long as their longest
+    (``BACKOFF_CAP``, 5 s): the calls a test makes next surely fall in it, which the 0.1 s
+    one did not promise on a loaded machine (a call came after it and was tried, not held
+    back)."""
+    monkeypatch.setattr(redis_layer, "BACKOFF_BASE", redis_layer.BACKOFF_CAP)
 
 
 @pytest.fixture

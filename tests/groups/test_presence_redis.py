@@ -18,7 +18,6 @@ import pytest
 from django.test import override_settings
 
 from dwebsocket.groups import GroupsUnavailable
-from dwebsocket.groups import redis as redis_layer
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.presence import Local
 from dwebsocket.groups.redis import PRESENCE_LOG, RedisLayer
@@ -682,15 +681,13 @@ def test_presence_does_not_wait_on_a_redis_that_failed_moments_ago(
     assert proxy.forwarded == 0  # not even a connection
 
 
+@pytest.mark.usefixtures("long_first_pause")  # the check below falls in it
 def test_a_presence_write_that_fails_holds_the_next_calls_back(
-    layers: Callable[[], RedisLayer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
 ) -> None:
     """A presence write that finds Redis gone counts as a failed send would: the next
     calls (sends too) do not try it again at once. ``report_up`` (the reader's
     reconnection) ends it, as it ends a send's."""
-    # The first pause as long as the longest: the check below surely falls in it (the
-    # 0.1 s one could run out first on a loaded machine).
-    monkeypatch.setattr(redis_layer, "BACKOFF_BASE", redis_layer.BACKOFF_CAP)
     one = layers()
     redis_server.stop()
     member = Inbox()

@@ -396,12 +396,10 @@ def test_send_from_a_process_without_members(
     command.send("room", "lost too")  # silently
 
 
+@pytest.mark.usefixtures("long_first_pause")  # the 100 sends below all fall in it
 def test_sends_do_not_wait_while_redis_is_down(
-    layers: Callable[[], RedisLayer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    layers: Callable[[], RedisLayer], redis_server: RedisServer
 ) -> None:
-    # The first pause as long as the longest: the 100 sends below surely fall in it (with
-    # the 0.1 s one, a loaded machine took long enough over them to pay a third attempt).
-    monkeypatch.setattr(redis_layer, "BACKOFF_BASE", redis_layer.BACKOFF_CAP)
     a = layers()
     member = Inbox()
     a.join("room", member)
@@ -648,18 +646,37 @@ def test_a_key_of_another_type_at_a_group_s_name_is_that_group_s_problem_alone(
     assert not any("unreachable" in text for _, text in said), said
 
 
+def patient_layers(redis_server: RedisServer) -> tuple[RedisLayer, RedisLayer]:
+    """Two layers ("processes") whose calls wait up to WAIT: while Redis loads its data it
+    answers clients only between chunks of its file (every KiB in :func:`restart_loading`),
+    some 0.1 s apart but more than the usual 1 s socket timeout on a loaded machine, and a
+    send that times out is an outage, lost for the other process (failed once in CI: "is
+    unreachable (Timeout reading ...)"). Close them."""
+    url = f"{redis_server.url}?socket_timeout={WAIT}&socket_connect_timeout={WAIT}"
+    return RedisLayer(url, Registry()), RedisLayer(url, Registry())
+
+
+def restart_loading(redis_server: RedisServer, reader: RedisLayer) -> None:
+    """Restart Redis with 20,000 keys to load at 1 ms each: loading for 20 s, longer than a
+    test needs, answering clients every KiB read (every 80-odd keys). Waits until
+    ``reader``'s reader saw Redis go: until it has, its ``subscribed`` still holds its
+    groups from before, and a wait for them could pass before it subscribed again."""
+    script = "for i = 1, 20000 do redis.call('SET', 'k' .. i, i) end"
+    redis_server.command("EVAL", script, "0")
+    redis_server.command("SAVE")
+    redis_server.stop()
+    until(lambda: reader.subscriber.down)
+    loading = ("--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024")
+    redis_server.start(options=loading)
+
+
 def test_a_redis_loading_its_data_still_delivers_everywhere(redis_server: RedisServer) -> None:
     """A Redis restarted with its data answers LOADING to scripts until it has read it
     (seconds, minutes for a large one) while pub/sub already works: a history group's
     message is published without being kept, and the process's other groups go on.
     (The refused script was taken for Redis unreachable: the message reached this process
     only, and the backoff held back the other groups' sends, lost elsewhere.)"""
-    # While loading, Redis answers clients only between chunks of its file (every KiB
-    # here): some 0.1 s apart, but more than the usual 1 s socket timeout on a loaded
-    # machine, and a send that times out is an outage, lost for b (failed once in CI:
-    # "is unreachable (Timeout reading ...)"). (The keepalive: the test below.)
-    url = f"{redis_server.url}?socket_timeout={WAIT}&socket_connect_timeout={WAIT}"
-    a, b = RedisLayer(url, Registry()), RedisLayer(url, Registry())
+    a, b = patient_layers(redis_server)
     with (
         contextlib.closing(a),
         contextlib.closing(b),
@@ -668,17 +685,7 @@ def test_a_redis_loading_its_data_still_delivers_everywhere(redis_server: RedisS
         kept, plain = Inbox(), Inbox()
         b.join("kept", kept)
         b.join("plain", plain)
-        script = "for i = 1, 20000 do redis.call('SET', 'k' .. i, i) end"
-        redis_server.command("EVAL", script, "0")
-        redis_server.command("SAVE")
-        redis_server.stop()
-        # b's reader saw Redis go: until it has, its ``subscribed`` still holds both groups
-        # from before, and the wait below could pass before it subscribed again.
-        until(lambda: b.subscriber.down)
-        # 20,000 keys at 1 ms each: loading for 20 s, longer than the test needs, and
-        # answering clients every KiB read (every 80-odd keys).
-        loading = ("--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024")
-        redis_server.start(options=loading)
+        restart_loading(redis_server, b)
         assert redis_server.command("PING").startswith(b"-LOADING")
         until(lambda: {"kept", "plain"} <= b.subscriber.subscribed, timeout=20)
         a.send("kept", "not kept")
@@ -707,19 +714,11 @@ def test_a_redis_loading_its_data_keeps_the_subscription(
         command(connection, *args)
 
     monkeypatch.setattr(redis_layer, "_command", counted)
-    url = f"{redis_server.url}?socket_timeout={WAIT}&socket_connect_timeout={WAIT}"
-    a, b = RedisLayer(url, Registry()), RedisLayer(url, Registry())
+    a, b = patient_layers(redis_server)
     with contextlib.closing(a), contextlib.closing(b):
         member = Inbox()
         b.join("room", member)
-        script = "for i = 1, 20000 do redis.call('SET', 'k' .. i, i) end"
-        redis_server.command("EVAL", script, "0")
-        redis_server.command("SAVE")
-        redis_server.stop()
-        until(lambda: b.subscriber.down)  # else "room" may still be there from before
-        # Loading for 20 s (as in the test above), answering clients every KiB read.
-        loading = ("--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024")
-        redis_server.start(options=loading)
+        restart_loading(redis_server, b)
         until(lambda: "room" in b.subscriber.subscribed, timeout=20)
         caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
         caplog.clear()  # the restart's own "subscribed again"

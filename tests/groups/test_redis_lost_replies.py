@@ -24,7 +24,6 @@ import redis
 from django.test import override_settings
 
 from dwebsocket.exceptions import GroupsUnavailable
-from dwebsocket.groups import redis as redis_layer
 from dwebsocket.groups.memory import Registry
 from dwebsocket.groups.presence import Local, load_info
 from dwebsocket.groups.redis import RedisLayer
@@ -462,19 +461,16 @@ def test_a_command_whose_connection_broke_twice_while_redis_answers_is_no_outage
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
 
 
+@pytest.mark.usefixtures("long_first_pause")  # the next command falls in it
 def test_a_command_to_a_redis_that_is_down_is_an_outage_at_once(
     dropper: ReplyDropper,
     redis_server: RedisServer,
     layers: Callable[[str], RedisLayer],
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Redis is down behind a proxy that closes each connection: a command's connection
     breaks, the PING finds no Redis, and the command is an outage (one WARNING, the next
     calls held back) without being sent a second time into a closed connection."""
-    # The first pause as long as the longest: the next command surely comes within it
-    # (0.1 s ran out before it on a loaded machine, and it was tried, not held back).
-    monkeypatch.setattr(redis_layer, "BACKOFF_BASE", redis_layer.BACKOFF_CAP)
     sender = layers(dropper.url())
     sender.control("room", b'{"op": "warm"}', fail_silently=False)
     caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
