@@ -240,7 +240,9 @@ class WebSocket(abc.ABC):
         """Queue ``message`` for sending without ever blocking the caller (used by groups).
 
         Each connection has a bounded outgoing buffer; a connection whose buffer overflows is
-        closed with 1008 (policy violation). Messages for a closed connection are dropped."""
+        closed with 1008 (policy violation). Messages for a closed connection are dropped.
+        A ``str`` that UTF-8 cannot encode (a lone surrogate) is refused here, whether or
+        not the connection is accepted yet: ``UnicodeEncodeError``, nothing queued."""
 
     def deliver_batch(self, batch: Batch) -> None:
         """:meth:`deliver` each of ``batch.messages``, in order (groups hand a member the

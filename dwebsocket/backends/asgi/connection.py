@@ -596,10 +596,7 @@ class ASGIConnection:
         while self._queued:
             message = self._queued.popleft()
             self._queued_bytes -= _size(message)
-            try:
-                event, size = _send_event(message)
-            except UnicodeEncodeError:
-                continue  # as send_message refuses it: never sent
+            event, size = _send_event(message)  # deliver() refused what UTF-8 cannot encode
             self._counted()
             if own:
                 await self._send_taken(event, size)
@@ -642,7 +639,9 @@ class ASGIConnection:
     def deliver(self, message: str | BytesLike) -> None:
         """Queue ``message`` for sending; never blocks. Thread-safe. Dropped once closed;
         over ``WEBSOCKET_SEND_QUEUE_SIZE`` of queued bytes the connection is closed with
-        1008 (policy violation)."""
+        1008 (policy violation). Raises ``UnicodeEncodeError`` for a ``str`` UTF-8 cannot
+        encode (a lone surrogate), queueing nothing, as the other backends do (it was
+        queued, then skipped without a word at the flush)."""
         if self.is_closed():
             return
         if isinstance(message, (bytearray, memoryview)):
@@ -650,18 +649,22 @@ class ASGIConnection:
             # (len() of a memoryview counts its items), and the caller may reuse its
             # buffer once this returns.
             message = bytes(message)
-        if self.on_loop():
-            self._queue(message)
+        if isinstance(message, str) and not message.isascii():
+            size = len(message.encode())  # UTF-8 on the wire; here, in the caller, it raises
         else:
-            self.loop.call_soon_threadsafe(self._queue, message)
+            size = len(message)
+        if self.on_loop():
+            self._queue(message, size)
+        else:
+            self.loop.call_soon_threadsafe(self._queue, message, size)
 
-    def _queue(self, message: Message) -> None:
+    def _queue(self, message: Message, size: int) -> None:
         if self.is_closed() or self._overflowed:
             return
         if self._queued is None:
             self._queued = deque()
         self._queued.append(message)
-        self._queued_bytes += _size(message)
+        self._queued_bytes += size
         if self._queued_bytes > self.queue_limit:
             logger.info(
                 "WebSocket %s: over WEBSOCKET_SEND_QUEUE_SIZE (%s bytes queued): closing with 1008",

@@ -12,6 +12,7 @@ here: the C fast path sends a frame itself only when it is 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from dwebsocket.typing import BytesLike, Message
@@ -75,20 +76,29 @@ class Outbox:
 
     # -- before the handshake -------------------------------------------------------
 
-    def add_early(self, message: str | BytesLike, limit: int) -> None:
-        """Keep ``message``, delivered before the handshake, unless the early messages
-        would exceed ``limit`` bytes: then drop them all and set :attr:`early_overflow`."""
-        if isinstance(message, (bytearray, memoryview)):
-            # A bytes-like's bytes (len() of a memoryview counts its items), as they are
-            # now: the caller may reuse its buffer once deliver() returns.
-            message = bytes(message)
-        size = len(message)
-        if isinstance(message, str) and not message.isascii():
-            size = len(message.encode("utf-8", "surrogatepass"))  # UTF-8 on the wire
+    def add_early(self, messages: Sequence[str | BytesLike], limit: int) -> None:
+        """Keep ``messages``, delivered before the handshake, unless the early messages
+        would exceed ``limit`` bytes: then drop them all and set :attr:`early_overflow`.
+
+        Raises ``UnicodeEncodeError`` for a ``str`` UTF-8 cannot encode (a lone
+        surrogate), keeping none of ``messages``: as the core refuses it once accepted.
+        Kept, it made the accept that encodes it fail after the takeover."""
+        kept = []
+        size = 0
+        for message in messages:
+            if isinstance(message, (bytearray, memoryview)):
+                # A bytes-like's bytes (len() of a memoryview counts its items), as they
+                # are now: the caller may reuse its buffer once deliver() returns.
+                message = bytes(message)
+            if isinstance(message, str) and not message.isascii():
+                size += len(message.encode())  # UTF-8 on the wire; raises for a surrogate
+            else:
+                size += len(message)
+            kept.append(message)
         if self.early_overflow or self._early_size + size > limit:
             self._early, self._early_size, self.early_overflow = [], 0, True
             return
-        self._early.append(message)
+        self._early.extend(kept)
         self._early_size += size
 
     def take_early(self) -> list[Message]:

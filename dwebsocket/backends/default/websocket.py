@@ -696,7 +696,9 @@ class DefaultWebSocket(WebSocket):
 
         Past ``WEBSOCKET_SEND_QUEUE_SIZE`` bytes pending, the connection is closed with
         1008. Messages for a closed connection are dropped. Never raises for a broken
-        connection: the flusher's write fails and shuts it down."""
+        connection: the flusher's write fails and shuts it down. Raises
+        ``UnicodeEncodeError`` for a ``str`` UTF-8 cannot encode (a lone surrogate),
+        before the handshake as after it, queueing nothing."""
         self._deliver((message,), None)
 
     def deliver_batch(self, batch: Batch) -> None:
@@ -713,8 +715,7 @@ class DefaultWebSocket(WebSocket):
             if self._io.shut or (conn is not None and conn.state is not _OPEN):
                 return
             if conn is None:
-                for message in messages:
-                    self._outbox.add_early(message, self._queue_limit)
+                self._outbox.add_early(messages, self._queue_limit)
                 return
             try:
                 frame = conn.send_messages(messages, plain)

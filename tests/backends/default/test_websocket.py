@@ -507,6 +507,36 @@ def test_deliver_before_accept_is_sent_after_the_101(holder: Holder) -> None:
         session.finish()
 
 
+@pytest.mark.parametrize("accepted", [False, True], ids=["before-accept", "after-accept"])
+def test_deliver_of_text_utf8_cannot_encode_is_refused_and_the_connection_goes_on(
+    holder: Holder, accepted: bool
+) -> None:
+    """A str with a lone surrogate (``json.loads`` of ``"\\ud800"``) handed to deliver()
+    is refused there (``UnicodeEncodeError``), before the handshake as after it, and
+    nothing of it is kept: the accept and what was delivered around it go through. A
+    batch with one such message keeps none of it. (Before the handshake it was kept, and
+    the accept that encoded it raised after the takeover: the connection was shut down,
+    no 101, and the view's wait() returned None.)"""
+    with Session(holding_view(holder, accept=accepted)) as session:
+        ws = holder.websocket()
+        ws.deliver("before")
+        with pytest.raises(UnicodeEncodeError):
+            ws.deliver("bad \ud800")
+        with pytest.raises(UnicodeEncodeError):
+            ws.deliver_batch(Batch(["kept? no", "caf\u00e9 \ud800"]))
+        ws.deliver("after")
+        ws.accept()
+        session.expect_101()
+        assert [session.client.recv(), session.client.recv()] == ["before", "after"]
+        ws.send("still open")
+        assert session.client.recv() == "still open"
+        holder.release.set()
+        assert session.client.recv() == Close(1000, "")
+        session.finish()
+    assert session.error is None
+    assert ws.close_code == 1000
+
+
 def test_deliver_during_the_101_does_not_overtake_earlier_ones(holder: Holder) -> None:
     # A group message may arrive from another thread while accept() writes the 101: it
     # must follow the messages delivered before the handshake (it used to overtake them).
