@@ -224,7 +224,10 @@ class Transport:
 
         On a non-blocking fd, ``read(2)`` itself: the socket is readable, so what gevent's
         or eventlet's ``recv()`` adds (a Python frame, a wait on EAGAIN) is not needed.
-        Raises ``BlockingIOError`` if it was not readable after all."""
+        Raises ``BlockingIOError`` if it was not readable after all. A ``MemoryError``
+        may come after the read (``os.read()``'s shrink of its buffer, the ``bytes_in``
+        count), its bytes lost: the caller fails the connection
+        (``DefaultWebSocket._lost_received``)."""
         try:
             if self._nb_fd >= 0:
                 data = _read(self._nb_fd, _RECV_SIZE)
@@ -239,7 +242,8 @@ class Transport:
 
     def try_recv(self) -> bytes | None:
         """What the socket has now, without waiting: None if nothing (or the fd is not
-        known to be non-blocking), b"" at EOF or when the connection broke."""
+        known to be non-blocking), b"" at EOF or when the connection broke. A
+        ``MemoryError`` may have lost what it read, as in :meth:`recv`."""
         if self._nb_fd < 0:
             return None
         try:

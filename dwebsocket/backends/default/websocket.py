@@ -461,6 +461,9 @@ class DefaultWebSocket(WebSocket):
             data = transport.recv()
         except (TimeoutError, BlockingIOError, InterruptedError):
             return
+        except MemoryError:
+            self._lost_received()  # it may have taken bytes off the socket (_lost_received)
+            raise
         self._received(data)
 
     def _received(self, data: bytes) -> None:
@@ -480,7 +483,11 @@ class DefaultWebSocket(WebSocket):
         for _ in range(_MAX_NONBLOCKING_READS):
             if len(data) != RECV_SIZE or self._io.messages or self._io.shut:
                 break
-            more = self._transport.try_recv()
+            try:
+                more = self._transport.try_recv()
+            except MemoryError:
+                self._lost_received()  # see _read_once()
+                raise
             if more is None:
                 break
             self._receive(more)
@@ -504,6 +511,9 @@ class DefaultWebSocket(WebSocket):
                         data = self._transport.recv()
                     except (TimeoutError, BlockingIOError, InterruptedError):
                         break
+                    except MemoryError:
+                        self._lost_received()  # see _read_once()
+                        raise
                 self._receive(data)
         finally:
             self._reading.release()
@@ -584,7 +594,10 @@ class DefaultWebSocket(WebSocket):
 
     def _lost_received(self) -> None:
         """Bytes read from the socket were lost before the core or the view's queue took
-        them all (memory ran out, an exception was thrown into the reader): the stream
+        them all (memory ran out, an exception was thrown into the reader), or may have
+        been: a ``Transport.recv()`` or ``try_recv()`` that raises ``MemoryError`` may
+        have read them first (``os.read()`` shrinks its 64 KiB buffer to what it read,
+        then the read is counted in ``bytes_in``; both allocate). The stream
         cannot go on, the next read would begin in the middle of a frame. Fail the
         connection (1011), as for a dead peer; the caller re-raises what failed, and
         ``wait()`` returns None from then on. Call with ``_reading`` held; the C fast path
@@ -918,6 +931,9 @@ class DefaultWebSocket(WebSocket):
                         data = self._transport.recv()
                     except (TimeoutError, BlockingIOError, InterruptedError):
                         continue
+                    except MemoryError:
+                        self._lost_received()  # see _read_once()
+                        raise
                     self._receive(data)
                 self._io.messages = None
             finally:

@@ -1334,7 +1334,6 @@ def test_a_failure_that_lost_received_bytes_fails_the_connection(
     from dwebsocket.backends.default import transport
 
     seen: dict[str, Any] = {}
-    raised = threading.Event()
     third = masked(0x1, b"three")
 
     def release_idle() -> None:
@@ -1347,30 +1346,108 @@ def test_a_failure_that_lost_received_bytes_fails_the_connection(
 
     monkeypatch.setattr(transport, "release_idle_connections", release_idle)
 
+    def prepare(ws: DefaultWebSocket) -> None:
+        seen["ws"] = ws  # accepted: the C path takes release_idle_connections then
+
+    outcome = lose_a_read(prepare, masked(0x1, b"one") + masked(0x2, b"two"), third)
+    assert seen["injected"] is True
+    assert outcome == ("MemoryError", None, 1011)
+
+
+def lose_a_read(
+    prepare: Callable[[DefaultWebSocket], None], whole: bytes, frame: bytes
+) -> tuple[Any, Any, Any]:
+    """A view accepts, calls ``prepare(ws)`` (which sets up a failure for the next read)
+    and waits; the client sends ``whole`` and the first 4 bytes of ``frame`` at once, then
+    the rest of ``frame`` once the wait is over, and must get a 1011 close. Returns what
+    the view's wait gave (``"MemoryError"`` if it raised), the next wait's, and the
+    connection's close code."""
+    seen: dict[str, Any] = {}
+    raised = threading.Event()
+
     @require_websocket
     def view(request: HttpRequest) -> None:
         ws = request.websocket
-        ws.accept()  # the C path takes release_idle_connections now
-        seen["ws"] = ws
+        ws.accept()
+        prepare(ws)
         try:
             seen["first"] = ws.wait(TIMEOUT)
         except MemoryError:
             seen["first"] = "MemoryError"
-        raised.set()
+        finally:
+            raised.set()
         seen["after"] = ws.wait(TIMEOUT)
         seen["code"] = ws.close_code
 
     with Session(view) as session:
         session.expect_101()
-        session.client.sock.sendall(masked(0x1, b"one") + masked(0x2, b"two") + third[:4])
+        session.client.sock.sendall(whole + frame[:4])
         assert raised.wait(TIMEOUT)
         with contextlib.suppress(OSError):  # the connection may be shut down already
-            session.client.sock.sendall(third[4:])
+            session.client.sock.sendall(frame[4:])
         closing = session.client.recv()
         assert isinstance(closing, Close) and closing.code == 1011, closing
         session.finish()
-    assert seen["injected"] is True
-    assert (seen["first"], seen["after"], seen["code"]) == ("MemoryError", None, 1011)
+    return seen["first"], seen["after"], seen["code"]
+
+
+class _FailingCount:
+    """A transport's ``IOState`` (``Transport.io``) whose next ``bytes_in`` update, once
+    armed, fails as the new int's allocation does when memory runs out."""
+
+    def __init__(self, io: Any) -> None:
+        object.__setattr__(self, "_io", io)
+        object.__setattr__(self, "armed", False)
+
+    def arm(self) -> None:
+        object.__setattr__(self, "armed", True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._io, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "bytes_in" and self.armed:
+            object.__setattr__(self, "armed", False)
+            raise MemoryError
+        setattr(self._io, name, value)
+
+
+@pytest.mark.parametrize("where", ["count", "shrink"])
+def test_a_read_that_fails_after_taking_bytes_fails_the_connection(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """``Transport.recv()`` took a message and the start of another off the socket, then
+    failed (a ``MemoryError``): counting them in ``bytes_in`` (``count``), or in
+    ``os.read()`` itself, whose shrink of its 64 KiB buffer to what was read may fail
+    (``shrink``). The bytes are gone: the connection is failed (1011), as for bytes lost
+    on their way to the view (``_lost_received``); the wait raises the MemoryError and
+    the next returns None. It used to read on from the middle of the second frame.
+    The Python path's reads (the C fast path's read counts into a C integer, and what
+    fails after it is ``lost_read()``'s, tested above)."""
+    from dwebsocket.backends.default import transport
+
+    armed = {"read": False}
+    real_read = transport._read
+
+    def read(fd: int, size: int) -> bytes:
+        data = real_read(fd, size)
+        if armed["read"] and data:
+            armed["read"] = False
+            raise MemoryError
+        return data
+
+    monkeypatch.setattr(transport, "_read", read)
+
+    def prepare(ws: DefaultWebSocket) -> None:
+        ws._fast = None  # the Python path's read (under gevent, the C one reads itself)
+        if where == "count":
+            counting = ws._transport.io = _FailingCount(ws._transport.io)
+            counting.arm()
+        else:
+            armed["read"] = True
+
+    outcome = lose_a_read(prepare, masked(0x1, b"one"), masked(0x1, b"two"))
+    assert outcome == ("MemoryError", None, 1011)
 
 
 def test_an_iterator_that_raised_is_finished() -> None:
