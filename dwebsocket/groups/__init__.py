@@ -279,7 +279,8 @@ def join(
     the subscription is down it waits for one attempt to reconnect, made at once, and
     returns when that failed (Redis is still unreachable). Joining twice is harmless (a
     member of a history group joined again without ``since`` goes on as it was, nothing
-    lost or repeated; its ``position`` is the last it got); a closed connection is not
+    lost or repeated; its ``position`` is the last it got; with ``since``, what it was
+    handed already is not replayed); a closed connection is not
     added. Raises ``TypeError``/``ValueError`` for a group name that is not a non-empty
     str UTF-8 can encode, not beginning with ``}``.
 
@@ -376,14 +377,20 @@ def _join(group: str, websocket: WebSocket | Member, since: str | None) -> Recov
     from dwebsocket import dws
 
     followers = _registry.followers.get(group)
-    joined = followers.get(id(websocket)) if followers is not None and since is None else None
-    if joined is not None and joined.member is websocket:
+    joined = followers.get(id(websocket)) if followers is not None else None
+    if joined is not None and joined.member is not websocket:
+        joined = None
+    if joined is not None and since is None:
         # Already a member: its follower goes on. A new one would hold back what is in
         # flight to it now and then drop it as older than the history's head.
         layer.join(group, websocket)
         last = joined.last
         return Recovery(since=None, position=None if last is None else str(last), recovered=False)
-    follower = Follower(websocket, group, dws.speaks(websocket))
+    # Joined again with since: its follower recovers, so that what it handed over already
+    # (queued to the connection, ahead of the replay) is neither replayed nor overtaken.
+    follower = joined if joined is not None and joined.hold() else None
+    if follower is None:
+        follower = Follower(websocket, group, dws.speaks(websocket))
     _registry.followers.add(group, websocket, follower)
     layer.join(group, websocket)
     if websocket.is_closed():

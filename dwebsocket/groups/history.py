@@ -407,6 +407,18 @@ class Follower:
         self.dropped = False  # the buffer overflowed: read the history again
         self.last: Position | None = None
 
+    def hold(self) -> bool:
+        """Hold back what comes live again, as while the member recovers (it joins the
+        group again with ``since``), keeping ``last``: what it was handed is not sent
+        again. False if it holds back already (recovering, or stopped after a gap)."""
+        with self.lock:
+            if self.buffer is not None:
+                return False
+            self.buffer = deque()
+            self.buffered = 0
+            self.dropped = False
+            return True
+
     def deliver(self, item: Item) -> None:
         """Hand ``item`` to the member, or buffer it while the member recovers.
 
@@ -579,6 +591,9 @@ def recover(
     what ``layer.read`` raises; the caller then removes the follower."""
     group = follower.group
     asked = Position.parse(since) if since is not None else None
+    had = follower.last  # a member joined again: what it was handed is on its way
+    if asked is not None and had is not None and had.epoch == asked.epoch:
+        asked = max(asked, had, key=operator.attrgetter("offset"))
     page = layer.read(group, asked.offset if asked is not None else 0, 0 if asked is None else PAGE)
     missed = 0
     recovered = False

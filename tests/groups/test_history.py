@@ -867,3 +867,52 @@ def test_expired_histories_are_swept_so_memory_stays_bounded_by_the_active_group
             groups.send(f"new.{i}", "x")
         # The 512th history made a sweep: every old one went, every new one stays.
         assert sorted(history._groups) == sorted(f"new.{i}" for i in range(300))
+
+
+def test_joining_again_with_since_sends_nothing_twice_and_nothing_out_of_order() -> None:
+    """A connection already in a history group, joined again with ``since`` (its client
+    asks to resume, say): the messages already handed to it (queued, or on the wire) are
+    not replayed, and those after them come once, in position order, then the live ones.
+    (The second join made a new follower that knew nothing of what the first had
+    delivered: its replay sent them all again, behind the queued ones.) The Redis layer's
+    twin is in ``test_history_redis.py``."""
+    joined_again_with_since()
+
+
+def joined_again_with_since() -> None:
+    """The connection of a ``follow`` client joined again, with ``since`` behind what it
+    was handed, gets every message once, in order (on the current layer)."""
+    with follow("room", dws=True) as ws:
+        assert ws.receive_json()["dws"] == "joined"
+        recovery_of(ws)
+        (connection,) = groups.members("room")
+        sent = [groups.send("room", f"m{i}") for i in range(1, 6)]
+        follower = groups._registry.followers.get("room")[id(connection)]  # type: ignore[index]
+        until(lambda: follower.last == Position.parse(sent[-1]))  # all handed to it (Redis)
+        again = groups.join("room", connection, since=sent[1])
+        live = groups.send("room", "m6")
+        got = [ws.receive_json() for _ in range(7)]
+    assert [m.get("p") for m in got if m["dws"] == "msg"] == [*sent, live][: len(got) - 1]
+    assert again == Recovery(since=sent[1], position=sent[-1], recovered=True, missed=0)
+    assert [m["dws"] for m in got] == ["msg"] * 5 + ["joined", "msg"]
+    assert got[5] == {
+        "dws": "joined",
+        "g": "room",
+        "p": sent[-1],
+        "since": sent[1],
+        "recovered": True,
+        "missed": 0,
+    }
+
+
+def test_joining_again_with_since_replays_nothing_a_plain_member_was_handed() -> None:
+    """The same for a member whose client does not speak ``dws``."""
+    member = Inbox()
+    groups.join("room", member)
+    sent = [groups.send("room", f"m{i}") for i in range(1, 4)]
+    assert member.get_all(3) == ["m1", "m2", "m3"]
+    again = groups.join("room", member, since=sent[0])
+    groups.send("room", "m4")
+    assert member.get() == "m4"
+    member.assert_empty()
+    assert again == Recovery(since=sent[0], position=sent[-1], recovered=True, missed=0)

@@ -28,6 +28,7 @@ from tests.groups.proxy import Proxy
 from tests.groups.redis_server import RedisServer
 from tests.groups.test_history import (
     follow,
+    joined_again_with_since,
     receive,
     recovery_of,
     replay_of_big_messages,
@@ -649,6 +650,13 @@ def test_joining_a_live_member_again_loses_nothing_in_flight(
     member.assert_empty()
     # It was a member all along: the join changed nothing (position: the last it got).
     assert again == groups.Recovery(since=None, position=first.position, recovered=False)
+
+
+def test_joining_again_with_since_sends_nothing_twice_and_nothing_out_of_order(
+    redis_groups: RedisServer,
+) -> None:
+    """test_history's twin: the messages come back through this process's reader."""
+    joined_again_with_since()
 
 
 @pytest.mark.slow  # two redis-servers and a replication to wait for: not the unit layer
