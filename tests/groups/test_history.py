@@ -916,3 +916,45 @@ def test_joining_again_with_since_replays_nothing_a_plain_member_was_handed() ->
     assert member.get() == "m4"
     member.assert_empty()
     assert again == Recovery(since=sent[0], position=sent[-1], recovered=True, missed=0)
+
+
+class SteppingClock:
+    """``time`` for :mod:`dwebsocket.groups.memory`: each reading of ``monotonic()``
+    moves the clock on by ``step`` seconds."""
+
+    def __init__(self, now: float, step: float = 0.0) -> None:
+        self.now, self.step = now, step
+
+    def monotonic(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("last_read", [0.4, 0.6])
+def test_a_read_at_the_ttl_boundary_finds_the_history_whole_or_gone(
+    monkeypatch: pytest.MonkeyPatch, last_read: float
+) -> None:
+    """A read whose clock crosses the group's ``ttl`` while it reads (here: each reading
+    of the clock moves it on, across the boundary) decides with one time whether the
+    history still reaches back and which messages it has: a join gets every message after
+    its position in the group's epoch, or "recovery failed" in a new one. (A read that
+    found the history not expired at one time and filtered its messages at a later one
+    gave an epoch that went on with its newest message gone: "failed" in the old epoch.)"""
+    from dwebsocket.groups import memory
+
+    clock = SteppingClock(100.0)
+    monkeypatch.setattr(memory, "time", clock)
+    with override_settings(WEBSOCKET_GROUPS_HISTORY={"room": {"size": 50, "ttl": 1}}):
+        first = Position.parse(groups.send("room", "m1"))
+        assert first is not None
+        clock.now, clock.step = 100.0 + last_read, 0.5  # 0.9 s, then 1.4 s after m1 ...
+        member = Inbox()
+        recovery = groups.join("room", member, since=f"{first.epoch}:0")
+    found = Position.parse(recovery.position)
+    assert found is not None
+    if found.epoch == first.epoch:  # read before m1 expired: it is replayed
+        assert recovery == Recovery(f"{first.epoch}:0", str(first), recovered=True, missed=1)
+        assert member.get() == "m1"
+    else:  # read after: a new epoch (m1 gone with the old one)
+        assert recovery.failed and found.offset == 0
+    member.assert_empty()
