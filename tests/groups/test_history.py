@@ -958,3 +958,43 @@ def test_a_read_at_the_ttl_boundary_finds_the_history_whole_or_gone(
     else:  # read after: a new epoch (m1 gone with the old one)
         assert recovery.failed and found.offset == 0
     member.assert_empty()
+
+
+def test_joining_again_with_since_while_a_message_is_on_its_way_gets_it_once() -> None:
+    """A re-join with ``since`` while a message is on its way to the member (its fan-out
+    held by a member before it): that message comes once, after those the member had,
+    whichever of the replay and the fan-out brings it."""
+    release, holding = threading.Event(), threading.Event()
+
+    class Holder:
+        def deliver(self, message: Message) -> None:
+            if message == "m4":
+                holding.set()
+                assert release.wait(WAIT)
+
+        def is_closed(self) -> bool:
+            return False
+
+    member = Inbox()
+    groups.join("room", Holder())
+    groups.join("room", member)
+    sent = [groups.send("room", f"m{i}") for i in range(1, 4)]
+    assert member.get_all(3) == ["m1", "m2", "m3"]
+    sender = threading.Thread(target=groups.send, args=("room", "m4"))
+    sender.start()
+    again: list[Recovery] = []
+    joiner = threading.Thread(
+        target=lambda: again.append(groups.join("room", member, since=sent[0]))
+    )
+    try:
+        assert holding.wait(WAIT)  # m4 kept; its fan-out held before the member
+        joiner.start()
+    finally:
+        release.set()
+        sender.join(WAIT)
+        joiner.join(WAIT)
+    assert not sender.is_alive() and not joiner.is_alive()
+    groups.send("room", "m5")
+    assert member.get_all(2) == ["m4", "m5"]
+    member.assert_empty()
+    assert len(again) == 1 and again[0].recovered
