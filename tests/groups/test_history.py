@@ -658,21 +658,32 @@ def test_a_new_epoch_that_does_not_start_at_its_first_message_is_a_gap() -> None
     assert plain.member.get() == "m" and plain.last == Position("new", 3)  # type: ignore[attr-defined]
 
 
+class Holder:
+    """A member that holds the fan-out that reaches it (the sending thread) until
+    :attr:`release` is set, from its ``let_through + 1``-th message on."""
+
+    def __init__(self, let_through: int = 0) -> None:
+        self.let_through = let_through
+        self.holding, self.release = threading.Event(), threading.Event()
+
+    def deliver(self, message: Message) -> None:
+        if self.let_through:
+            self.let_through -= 1
+            return
+        self.holding.set()
+        assert self.release.wait(WAIT)
+
+    def is_closed(self) -> bool:
+        return False
+
+
 def test_joining_a_live_member_again_loses_nothing_sent_meanwhile() -> None:
     """The memory layer's twin of test_history_redis's: a message on its way to a member
     (its fan-out held by a member before it) when the member joins again arrives, once."""
-    release, holding = threading.Event(), threading.Event()
-
-    class Holder:
-        def deliver(self, message: Message) -> None:
-            holding.set()
-            assert release.wait(WAIT)
-
-        def is_closed(self) -> bool:
-            return False
-
+    holder = Holder()
+    release, holding = holder.release, holder.holding
     member = Inbox()
-    groups.join("room", Holder())
+    groups.join("room", holder)
     groups.join("room", member)
     followers = groups._registry.followers.get("room")
     assert followers is not None
@@ -705,19 +716,11 @@ def test_a_message_in_flight_to_a_dws_member_as_it_leaves_comes_in_its_envelope(
     group, but in its envelope. (The leave removed the member's follower, and the
     fan-out that had found the member handed it the bare message: its client took it
     for one of the application's, no group, no position.)"""
-    release, holding = threading.Event(), threading.Event()
-
-    class Holder:
-        def deliver(self, message: Message) -> None:
-            holding.set()
-            assert release.wait(WAIT)
-
-        def is_closed(self) -> bool:
-            return False
-
+    holder = Holder()
+    release, holding = holder.release, holder.holding
     member = Inbox()
     member.dws = True  # type: ignore[attr-defined]
-    groups.join("room", Holder())
+    groups.join("room", holder)
     groups.join("room", member)
     assert json.loads(member.get())["dws"] == "joined"
     sender = threading.Thread(target=groups.send, args=("room", "in flight"))
@@ -964,19 +967,10 @@ def test_joining_again_with_since_while_a_message_is_on_its_way_gets_it_once() -
     """A re-join with ``since`` while a message is on its way to the member (its fan-out
     held by a member before it): that message comes once, after those the member had,
     whichever of the replay and the fan-out brings it."""
-    release, holding = threading.Event(), threading.Event()
-
-    class Holder:
-        def deliver(self, message: Message) -> None:
-            if message == "m4":
-                holding.set()
-                assert release.wait(WAIT)
-
-        def is_closed(self) -> bool:
-            return False
-
+    holder = Holder(let_through=3)
+    release, holding = holder.release, holder.holding
     member = Inbox()
-    groups.join("room", Holder())
+    groups.join("room", holder)
     groups.join("room", member)
     sent = [groups.send("room", f"m{i}") for i in range(1, 4)]
     assert member.get_all(3) == ["m1", "m2", "m3"]
