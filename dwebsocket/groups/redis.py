@@ -797,6 +797,10 @@ class RedisLayer:
         self.backoff_cap = self.topology.backoff_cap or BACKOFF_CAP
         self._prefix = f"dwebsocket:{self.topology.db}:"
         self._state_lock = threading.Lock()  # guards the fields below; never held over I/O
+        #: Held over a change of ``_outage`` or ``_refusing`` and the line that says it, so
+        #: that the lines come in the order of the changes (``report_down``). Reentrant: a
+        #: logging handler that sends to a group, failing, reports in the same thread.
+        self._report_lock = threading.RLock()
         self._outage = False
         self._refusing = False  # Redis refused a write (REFUSED) and took none since
         self._lost_logged = False  # a lost reply was logged at WARNING (_send_failed)
@@ -1796,11 +1800,24 @@ class RedisLayer:
 
     def report_down(self, exc: BaseException, shard: str | None = None) -> None:
         """Log the start of an outage, once; ``shard``: the Cluster's master that failed
-        (the others may be up, and their groups' messages go out as ever)."""
-        with self._state_lock:
-            first, self._outage = not self._outage, True
-        if not first:
-            return
+        (the others may be up, and their groups' messages go out as ever).
+
+        The change and its line are made under ``_report_lock``, as ``report_up``'s are:
+        else a send failing while the reader ends the outage could log "unreachable"
+        after "reachable again" (the log then saying Redis is down for good), or the
+        reverse. Not under ``_state_lock``, which the send path takes: a logging handler
+        that blocks (a slow disk, a remote log) holds back only the threads that report a
+        change meanwhile, as the handler's own lock does. An outage already said is
+        not waited for: every send held back during it reports it."""
+        if self._outage:
+            return  # said, or being said by the thread that holds _report_lock
+        with self._report_lock:
+            with self._state_lock:
+                first, self._outage = not self._outage, True
+            if first:
+                self._say_down(exc, shard)
+
+    def _say_down(self, exc: BaseException, shard: str | None) -> None:
         if shard is None:
             logger.warning(
                 "Redis at %s is unreachable (%s): group messages reach this process's "
@@ -1820,21 +1837,29 @@ class RedisLayer:
             )
 
     def report_up(self) -> None:
-        """Log the end of an outage and let ``send`` publish again at once."""
-        with self._state_lock:
-            was, self._outage = self._outage, False
-            self._failures.clear()
-            self._retry_at.clear()
-        if was:
-            logger.warning(
-                "Redis at %s is reachable again: groups span processes again", redact(self.url)
-            )
+        """Log the end of an outage and let ``send`` publish again at once (in the order
+        of the changes: see ``report_down``)."""
+        with self._report_lock:
+            with self._state_lock:
+                was, self._outage = self._outage, False
+                self._failures.clear()
+                self._retry_at.clear()
+            if was:
+                logger.warning(
+                    "Redis at %s is reachable again: groups span processes again",
+                    redact(self.url),
+                )
 
     def _refused(self, exc: BaseException) -> None:
-        """Log, once until Redis takes a write again, that it refuses them (REFUSED)."""
-        with self._state_lock:
-            first, self._refusing = not self._refusing, True
-        if first:
+        """Log, once until Redis takes a write again, that it refuses them (REFUSED); in
+        the order of the changes, as ``report_down`` does."""
+        if self._refusing:
+            return
+        with self._report_lock:
+            with self._state_lock:
+                first, self._refusing = not self._refusing, True
+            if not first:
+                return
             logger.warning(
                 "Redis at %s refuses to write (%s): group messages are published without "
                 "history (not kept, no position), commands without being remembered, and "
@@ -1880,10 +1905,11 @@ class RedisLayer:
     def _took_write(self) -> None:
         """Redis took a write: log the end of a refusal, if one was logged."""
         if self._refusing:
-            with self._state_lock:
-                was, self._refusing = self._refusing, False
-            if was:
-                logger.warning("Redis at %s takes writes again", redact(self.url))
+            with self._report_lock:
+                with self._state_lock:
+                    was, self._refusing = self._refusing, False
+                if was:
+                    logger.warning("Redis at %s takes writes again", redact(self.url))
 
     @property
     def outage(self) -> bool:

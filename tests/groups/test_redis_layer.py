@@ -13,6 +13,7 @@ import logging
 import queue
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -378,6 +379,70 @@ def test_the_outage_ends_before_a_group_counts_as_subscribed_again(
     assert seen == [False]
     a.send("room", "after")
     assert there.get() == "after"
+
+
+def _running_in(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is inside ``function`` now (one of its frames runs it)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_the_outage_s_lines_come_in_the_order_of_its_state(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failing send says "unreachable" while the reader ends the outage at the same
+    moment: the lines must come in the order the state changed, the last one saying the
+    state the layer is left in. (Each was logged after the state lock was let go: a send
+    whose logging was slow -- here a filter on the logger, as a handler doing I/O is --
+    had its "unreachable" written after the reader's "reachable again", and an
+    operator's log said Redis was still down for good.)"""
+    a = layers()
+    a.join("room", Inbox())
+    assert a.subscriber._thread is not None
+    reader: threading.Thread = a.subscriber._thread
+    sender = threading.Thread(target=lambda: a.send("room", "during"))
+    joiner = threading.Thread(target=lambda: a.join("other", Inbox()))
+
+    class Slow(logging.Filter):
+        """The sender's "unreachable" is held until the reader ends the outage (old
+        code: it logs "reachable again" meanwhile) or waits to (now)."""
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            if threading.current_thread() is sender and "unreachable" in record.getMessage():
+                redis_server.command("CLIENT", "UNPAUSE")
+                joiner.start()  # its SUBSCRIBE has the reader find Redis answering
+                deadline = time.monotonic() + WAIT
+                while a.outage and not _running_in(reader, "report_up"):
+                    if time.monotonic() > deadline:
+                        break  # the test fails below, on what was said
+                    time.sleep(0.01)
+            return True
+
+    slow = Slow()
+    logger = logging.getLogger("dwebsocket.groups")
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    logger.addFilter(slow)
+    try:
+        redis_server.command("CLIENT", "PAUSE", str(int(WAIT * 1000)), "WRITE")
+        sender.start()  # its PUBLISH waits: a timeout (1 s), an outage
+        sender.join(WAIT * 2)
+        joiner.join(WAIT * 2)
+    finally:
+        logger.removeFilter(slow)
+        redis_server.command("CLIENT", "UNPAUSE")
+    assert not sender.is_alive() and not joiner.is_alive()
+    said = [r.getMessage() for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert [("unreachable" in line, "reachable again" in line) for line in said] == [
+        (True, False),
+        (False, True),
+    ], said
+    assert not a.outage
 
 
 def test_send_from_a_process_without_members(
