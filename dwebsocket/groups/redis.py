@@ -69,7 +69,10 @@ Pub/sub keeps no history: what was published while a process was disconnected ne
 reaches that process's members. A Redis that answers but refuses to write (``REFUSED``)
 is no outage: a history group's message is published without being kept, a command
 without being remembered. Nor is a call Redis refuses for what one group's keys hold
-(``WRONGTYPE``: ``_per_call``): the same, for that group alone, with one ERROR.
+(``WRONGTYPE``: ``_per_call``): the same, for that group alone, with one ERROR; nor one
+an ACL refuses for a group's keys or channel (``NOPERM``, which for a command is
+``REFUSED``): the same, and a group whose channel is refused has its messages reach this
+process's members only.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ import json
 import logging
 import os
 import random
+import re
 import select
 import socket
 import struct
@@ -595,9 +599,11 @@ EPOCHS = 4096
 #: Connections ``send`` may use at once; more senders wait (up to ``socket_timeout``).
 MAX_PUBLISH_CONNECTIONS = 32
 #: What Redis answers when it is there but will not write: ``maxmemory`` reached under the
-#: ``noeviction`` policy (OOM), an ACL user without the right (NOPERM), a restart still
-#: loading its data (LOADING: pub/sub works meanwhile). Not an outage: a message it will
-#: not keep is still published (``RedisLayer._send_kept``).
+#: ``noeviction`` policy (OOM), an ACL user without the right to a command (NOPERM: ``-eval``,
+#: ``-@write``), a restart still loading its data (LOADING: pub/sub works meanwhile). Not an
+#: outage: a message it will not keep is still published (``RedisLayer._send_kept``). An
+#: ACL refusing a key or a channel (NOPERM too) refuses one group's calls: see
+#: :func:`_per_call`.
 REFUSED = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.NoPermissionError,
@@ -619,11 +625,26 @@ _SERVER_STATES = (
 _SERVER_STATE_CODES = ("BUSY ", "MASTERDOWN ", "NOREPLICAS ", "MISCONF ")
 
 
+#: NOPERM for a key or a channel, as Redis 6 and 7.0 say it ("... to access one of the
+#: keys used as arguments") and 7.2 on, and Valkey ("No permissions to access a channel",
+#: "... to access the 'x' key"), not for a command ("... to run the 'publish' command").
+_ACL_KEY_OR_CHANNEL = re.compile(
+    r"permissions to access (?:a|one of the) (?:key|channel)|"
+    r"permissions to access the '.*' (?:key|channel)$",
+    re.DOTALL,
+)
+
+
 def _per_call(exc: BaseException) -> bool:
     """Whether ``exc`` is Redis, answering, refusing one call for what it asks of its keys:
     WRONGTYPE (a key of another type at a group's name -- another application's, one set
-    by hand), a script's error, NOSCRIPT again after loading it. That group's alone: no
-    outage, which would hold back every group's calls to that server."""
+    by hand), NOPERM for a key or channel (an ACL user whose ``~`` keys or ``&`` channels
+    leave the group out), a script's error (one that may not publish to the group's
+    channel), NOSCRIPT again after loading it. That group's alone: no outage, which would
+    hold back every group's calls to that server. (NOPERM for a command is every group's:
+    :data:`REFUSED`.)"""
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return _ACL_KEY_OR_CHANNEL.search(str(exc)) is not None
     return (
         isinstance(exc, redis.ResponseError)
         and not isinstance(exc, (*REFUSED, *_SERVER_STATES))
@@ -959,7 +980,7 @@ class RedisLayer:
                 self.topology.publish(channel, data)
         except (redis.RedisError, OSError) as exc:
             if remember:
-                self._command_failed(exc, shard)
+                self._command_failed(exc, shard, group)
             else:
                 self._send_failed(exc, channel, shard)
             return exc
@@ -969,26 +990,33 @@ class RedisLayer:
     def _remember_and_publish(self, group: str, channel: bytes, data: bytes) -> None:
         # The command kept before the PUBLISH: a member subscribed too late for it reads
         # the set after its subscription, so it finds the command there.
-        self._remember(group, data)
+        refused = self._remember(group, data)
         self.topology.publish(channel, data)
+        if refused is not None:  # said once it is published (if not, the PUBLISH's error)
+            self._call_refused(
+                refused, group, "its commands are published without being remembered"
+            )
 
-    def _remember(self, group: str, data: bytes) -> None:
+    def _remember(self, group: str, data: bytes) -> redis.ResponseError | None:
         """Keep command ``data`` for :meth:`recent_controls`. Redis refusing the write
         (:data:`REFUSED`) is logged, not raised: the command is published all the same
         (a ``users.disconnect`` must still reach every process), and only a socket that
-        subscribes too late for it misses it."""
+        subscribes too late for it misses it. Refused for the group's key alone
+        (:func:`_per_call`): returned, for the caller to say."""
         try:
             self._remember_control(
                 keys=[self.control_key(group)], args=[data, int(control.MEMORY * 1000)]
             )
-        except REFUSED as exc:
-            self._refused(exc)
-        except redis.ResponseError as exc:
-            if not _per_call(exc):
+        except (redis.ResponseError, *REFUSED) as exc:
+            if _per_call(exc):
+                assert isinstance(exc, redis.ResponseError)
+                return exc
+            if not isinstance(exc, REFUSED):
                 raise
-            self._call_refused(exc, group, "its commands are published without being remembered")
+            self._refused(exc)
         else:
             self._took_write()
+        return None
 
     def control(self, group: str, payload: bytes, *, fail_silently: bool = True) -> None:
         """Publish command ``payload`` (:mod:`.control`) to ``group``'s members in every
@@ -1073,32 +1101,51 @@ class RedisLayer:
 
         try:
             _again_if_broken(publish, lambda: self.topology.probe(channels[0]))
-        except REFUSED as exc:
-            self._refused(exc)
-            try:
-                pipe = self._client.pipeline(transaction=False)
-                for channel, one in zip(channels, data, strict=True):
-                    pipe.publish(channel, one)
-                pipe.execute()
-            except (redis.RedisError, OSError) as exc2:
-                self._publish_failed(exc2, None)
-                return exc2
         except (redis.RedisError, OSError) as exc:
             if _per_call(exc):
-                # A group's key holds another type (WRONGTYPE): the script stopped there,
-                # the groups before it published. Each group on its own, as control()
-                # sends it: that group's published without being remembered, and those
-                # before it once more (a command may run twice, not be lost).
+                # A group's key holds another type (WRONGTYPE), or the ACL refuses a
+                # group's key or channel (NOPERM: the script did not run, or stopped
+                # there, the groups before it published). Each group on its own, as
+                # control() sends it: that group's published without being remembered
+                # (or not at all), and those before it once more (a command may run
+                # twice, not be lost).
                 again = None
                 for group, one in zip(groups, data, strict=True):
                     again = self._publish(group, one, True) or again
                 return again
-            self._command_failed(exc, None)
-            return exc
-        else:
-            self._took_write()
+            if not isinstance(exc, REFUSED):
+                self._command_failed(exc, None, groups[0])
+                return exc
+            self._refused(exc)
+            return self._publish_unremembered(groups, channels, data)
+        self._took_write()
         self._publish_ok(None)
         return None
+
+    def _publish_unremembered(
+        self, groups: list[str], channels: list[bytes], data: list[bytes]
+    ) -> Exception | None:
+        """:meth:`_publish_controls` while Redis refuses writes: PUBLISH each, in one
+        pipeline; the error if some were not published, else None."""
+        pipe = self._client.pipeline(transaction=False)
+        for channel, one in zip(channels, data, strict=True):
+            pipe.publish(channel, one)
+        try:
+            answers = pipe.execute(raise_on_error=False)
+        except (redis.RedisError, OSError) as exc:
+            self._publish_failed(exc, None)
+            return exc
+        error: Exception | None = None
+        for group, answer in zip(groups, answers, strict=True):
+            if not isinstance(answer, Exception):
+                continue
+            error = answer
+            if not _per_call(answer):  # a command refused for all (NOPERM for PUBLISH)
+                self._publish_failed(answer, None)
+                return answer
+            self._call_refused(answer, group, "its command was not published")
+        self._publish_ok(None)
+        return error
 
     def recent_controls(self, group: str, within: float) -> list[tuple[bytes, float]]:
         """The commands sent to ``group`` in the last ``within`` seconds (at most
@@ -1175,17 +1222,20 @@ class RedisLayer:
         else:
             try:
                 answer = self._evalsha(kept, header, payload)
-            except REFUSED as exc:
-                # Redis is there but will not keep it: not an outage (held back, every group
-                # of the process would lose its messages elsewhere). Published without
-                # history, as a message of a group without one: no position.
-                self._refused(exc)
-                error = self._publish(group, encode(message, self.origin, seq))
             except (redis.RedisError, OSError) as exc:
                 if _per_call(exc):
-                    # Its stream's key holds another type (WRONGTYPE): the group's own
-                    # problem, which no wait ends. Published without history, as refused.
-                    self._call_refused(exc, group, "its messages are published without history")
+                    # Its stream's key holds another type (WRONGTYPE), or the ACL refuses
+                    # it (NOPERM): the group's own problem, which no wait ends. Published
+                    # without history, as refused below; said once it is (if not -- the
+                    # channel refused too -- the PUBLISH's own error says why).
+                    error = self._publish(group, encode(message, self.origin, seq))
+                    if error is None:
+                        self._call_refused(exc, group, "its messages are published without history")
+                elif isinstance(exc, REFUSED):
+                    # Redis is there but will not keep it: not an outage (held back, every
+                    # group of the process would lose its messages elsewhere). Published
+                    # without history, as a message of a group without one: no position.
+                    self._refused(exc)
                     error = self._publish(group, encode(message, self.origin, seq))
                 else:
                     error = exc
@@ -1757,10 +1807,15 @@ class RedisLayer:
             return
         self._publish_failed(exc, shard)
 
-    def _command_failed(self, exc: BaseException, shard: str | None) -> None:
-        """A command (:func:`_again_if_broken`) to ``shard`` was not published: an outage,
-        unless Redis answered between its two broken connections (:class:`BrokenAlone`:
-        logged, and the calls after it go out as ever)."""
+    def _command_failed(self, exc: BaseException, shard: str | None, group: str) -> None:
+        """A command (:func:`_again_if_broken`) to ``group`` on ``shard`` was not
+        published: an outage, unless Redis refused it for that group alone
+        (:func:`_per_call`: an ACL refusing its channel) or answered between its two
+        broken connections (:class:`BrokenAlone`: logged, and the calls after it go out as
+        ever)."""
+        if _per_call(exc):
+            self._call_refused(exc, group, "its command was not published")
+            return
         if not isinstance(exc, BrokenAlone):
             self._publish_failed(exc, shard)
             return
@@ -1893,10 +1948,10 @@ class RedisLayer:
         refused it (all writes, or this one: :func:`_per_call`), or is down (then calls
         to that shard are held back a while, as after a send), or its connections broke
         while Redis answered (:class:`BrokenAlone`: no outage)."""
-        if isinstance(exc, REFUSED):
-            self._refused(exc)
-        elif _per_call(exc):
+        if _per_call(exc):
             self._call_refused(exc, group, "its presence is not written")
+        elif isinstance(exc, REFUSED):
+            self._refused(exc)
         elif isinstance(exc, BrokenAlone):
             self._publish_ok(shard)  # Redis answered between its two broken connections
         elif not isinstance(exc, HeldBack):

@@ -711,6 +711,76 @@ def test_a_key_of_another_type_at_a_group_s_name_is_that_group_s_problem_alone(
     assert not any("unreachable" in text for _, text in said), said
 
 
+def test_an_acl_refusing_a_group_s_channel_or_keys_is_that_group_s_problem_alone(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ACL user whose ``&`` channels or ``~`` keys leave out some groups: Redis answers
+    NOPERM to those groups' calls alone. That is no outage, as WRONGTYPE is not: a group
+    whose keys are refused has its messages published without history, one whose channel
+    is refused has them reach this process only, the other groups go on, and one ERROR
+    per group and outcome names the group. (Taken for Redis unreachable: a message to a
+    refused channel held back every group's sends, lost for the other processes; a
+    refused history key said "refuses to write", and the next kept message "takes writes
+    again", at each message.)"""
+    commands: queue.Queue[dict[str, object]] = queue.Queue()
+    monkeypatch.setitem(control._handlers, "probe", lambda g, m, command: commands.put(command))
+    redis_server.command(
+        "ACL", "SETUSER", "app", "on", ">pw", "resetchannels", "&dwebsocket:0:open*",
+        "resetkeys", "~dwebsocket:0:{open}:*", "+@all",
+    )  # fmt: skip
+    history = {group: {"size": 10, "ttl": 60} for group in ("open", "open-keyless")}
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=history):
+        b = layers()  # all rights
+        members = {group: Inbox() for group in ("open", "open-keyless", "shut")}
+        for group, member in members.items():
+            b.join(group, member)
+        url = redis_server.url.replace("://", "://app:pw@")
+        a = RedisLayer(f"{url}?socket_timeout=1&socket_connect_timeout=1", Registry())
+        try:
+            here = Inbox()
+            a.join("open-keyless", here)
+            caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+            for n in range(3):
+                assert a.send("open", f"kept {n}", fail_silently=False) is not None
+                assert members["open"].get() == f"kept {n}"
+                assert a.send("open-keyless", f"not kept {n}", fail_silently=False) is None
+                assert members["open-keyless"].get() == here.get() == f"not kept {n}"
+                with pytest.raises(GroupsUnavailable):
+                    a.send("shut", f"refused {n}", fail_silently=False)
+                a.send("shut", f"refused too {n}")
+                a.control("open-keyless", control.encode("probe", n=n), fail_silently=False)
+                # Its members here and in b's process.
+                assert [commands.get(timeout=WAIT) for _ in range(2)] == [
+                    {"op": "probe", "n": n}
+                ] * 2
+                with pytest.raises(GroupsUnavailable):
+                    a.control("shut", control.encode("probe", n=-1), fail_silently=False)
+                # Several at once (clearsessions): the script's keys are refused.
+                with pytest.raises(GroupsUnavailable):
+                    a.control_many(
+                        ["shut", "open", "open-keyless"],
+                        control.encode("probe", n=10 + n),
+                        fail_silently=False,
+                    )
+                assert [commands.get(timeout=WAIT) for _ in range(3)] == [
+                    {"op": "probe", "n": 10 + n}
+                ] * 3
+                assert not a.outage
+            members["shut"].assert_empty()
+            assert commands.empty()
+        finally:
+            a.close()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert [level for level, _ in said] == ["ERROR"] * 4, said
+    assert "'open-keyless'" in said[0][1] and "without history" in said[0][1]
+    assert "'shut'" in said[1][1] and "channels" in said[1][1]
+    assert "'open-keyless'" in said[2][1] and "without being remembered" in said[2][1]
+    assert "'shut'" in said[3][1] and "command was not published" in said[3][1]
+
+
 def patient_layers(redis_server: RedisServer) -> tuple[RedisLayer, RedisLayer]:
     """Two layers ("processes") whose calls wait up to WAIT: while Redis loads its data it
     answers clients only between chunks of its file (every KiB in :func:`restart_loading`),
