@@ -69,9 +69,16 @@ class ShardSubscriber(Subscriber):
     def wants(self, group: str) -> bool:
         return group in self.layer.registry and self.cluster.routed(group) == self.address
 
-    def subscribe(self, connection: redis.Connection, groups: set[str]) -> None:
-        for channels in self._by_slot(groups).values():
+    def subscribe(self, connection: redis.Connection, groups: set[str]) -> list[list[str]]:
+        # One SSUBSCRIBE per slot (Redis refuses one whose channels span slots): a refusal
+        # of one group's channel (an ACL's) refuses those of its slot here with it.
+        by_slot: dict[int, list[str]] = collections.defaultdict(list)
+        for group in groups:
+            by_slot[key_slot(self.layer.channel(group))].append(group)
+        for slot_groups in by_slot.values():
+            channels = [self.layer.channel(group) for group in slot_groups]
             connection.send_command(self.SUBSCRIBE, *channels, check_health=False)  # type: ignore[no-untyped-call]
+        return list(by_slot.values())
 
     def unsubscribe(self, connection: redis.Connection, groups: set[str]) -> None:
         for channels in self._by_slot(groups).values():
@@ -88,8 +95,12 @@ class ShardSubscriber(Subscriber):
         """``MOVED``: a slot of ours is served elsewhere now. Forget the groups of that
         slot here and have the cluster's map refreshed: they move to their new master."""
         if not isinstance(error, AskError):  # MovedError is one too
-            raise error
+            super().refused(error)  # a channel the ACL refuses: those groups alone
+            return
         slot = error.slot_id
+        head = self._subscribing[0] if self._subscribing else ()
+        if head and key_slot(self.layer.channel(head[0])) == slot:
+            self._subscribing.popleft()  # the SSUBSCRIBE it answers
         moved = {g for g in self._requested if key_slot(self.layer.channel(g)) == slot}
         self._requested -= moved
         for group in moved:

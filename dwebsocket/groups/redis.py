@@ -2016,6 +2016,9 @@ class Subscriber:
         self._waiters: dict[str, list[threading.Event]] = {}
         self._requested: set[str] = set()  # reader only: subscribed, or asked to be
         self._in_flight: dict[str, int] = {}  # reader only: SUBSCRIBEs not confirmed yet
+        #: Reader only: the groups of each SUBSCRIBE sent on the current connection and not
+        #: answered whole, in the order sent: what an error reply answers (``refused``).
+        self._subscribing: collections.deque[list[str]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -2130,7 +2133,7 @@ class Subscriber:
                     connection.disconnect()  # type: ignore[no-untyped-call]
             if self._answered:
                 # Not a mere connection: one whose SUBSCRIBE Redis refuses (an ACL user
-                # without the channels) would have every process reconnect ten times a second.
+                # without the command) would have every process reconnect ten times a second.
                 delay = BACKOFF_BASE
             # Equal jitter: many processes losing the same Redis do not return in step.
             self._sleep(delay / 2 + random.uniform(0, delay / 2))
@@ -2169,8 +2172,9 @@ class Subscriber:
         gap, self._gap_from = self._gap_from, None
         self._recover = dict.fromkeys(groups, gap) if gap is not None else {}
         self._recovered = []
+        self._subscribing = collections.deque()
         if groups:
-            self.subscribe(connection, groups)
+            self._subscribing.extend(self.subscribe(connection, groups))
         self._requested = set(groups)
         self._in_flight = dict.fromkeys(groups, 1)
         with self._lock:
@@ -2256,6 +2260,7 @@ class Subscriber:
                     closed,
                 )
             group = self.layer.group(response[1])
+            self._answers(group)
             if group is not None:
                 left = self._in_flight.pop(group, 1) - 1
                 if left > 0:
@@ -2277,6 +2282,20 @@ class Subscriber:
                 self.subscribed = self.subscribed - {group}
                 self.dropped(group)
 
+    def _answers(self, group: str | None) -> None:
+        """A SUBSCRIBE confirmed ``group``: its command has one answer fewer to come.
+        Replies come in the order sent, so the commands before the first that holds it
+        were answered (by an error no ``refused`` took for theirs)."""
+        subscribing = self._subscribing
+        if group is None:
+            return
+        while subscribing and group not in subscribing[0]:
+            subscribing.popleft()
+        if subscribing:
+            subscribing[0].remove(group)
+            if not subscribing[0]:
+                subscribing.popleft()
+
     def _sync(self, connection: redis.Connection) -> None:
         """Bring the subscription in line with the registry for the groups asked about.
 
@@ -2293,7 +2312,7 @@ class Subscriber:
         subscribe = wanted - self._requested
         unsubscribe = (todo - wanted) & self._requested
         if subscribe:
-            self.subscribe(connection, subscribe)
+            self._subscribing.extend(self.subscribe(connection, subscribe))
             self._requested |= subscribe
             for group in subscribe:
                 self._in_flight[group] = self._in_flight.get(group, 0) + 1
@@ -2315,15 +2334,51 @@ class Subscriber:
         """Whether this subscription should carry ``group``: it has members here."""
         return group in self.layer.registry
 
-    def subscribe(self, connection: redis.Connection, groups: set[str]) -> None:
-        _command(connection, self.SUBSCRIBE, *map(self.layer.channel, groups))
+    def subscribe(self, connection: redis.Connection, groups: set[str]) -> list[list[str]]:
+        """Send the SUBSCRIBEs of ``groups``; the groups of each command, in order.
+
+        One command per group (all in one write): Redis refuses a SUBSCRIBE whole, with
+        one error, if its ACL user may not use one of its channels, and that error must
+        name the group it refuses, not hold back every other (``refused``)."""
+        ordered = list(groups)
+        connection.send_packed_command(  # type: ignore[no-untyped-call]
+            connection.pack_commands(  # type: ignore[no-untyped-call]
+                [(self.SUBSCRIBE, self.layer.channel(group)) for group in ordered]
+            ),
+            check_health=False,
+        )
+        return [[group] for group in ordered]
 
     def unsubscribe(self, connection: redis.Connection, groups: set[str]) -> None:
         _command(connection, self.UNSUBSCRIBE, *map(self.layer.channel, groups))
 
     def refused(self, error: redis.ResponseError) -> None:
-        """Redis answered a command on the subscription with an error: start again."""
-        raise error
+        """Redis answered a command on the subscription with an error. Refused for a
+        group's channel (an ACL user's ``&`` patterns leave it out: :func:`_per_call`),
+        the oldest SUBSCRIBE not answered: those groups are not subscribed, their joiners
+        return, their members get this process's messages only (as while unsubscribed),
+        one ERROR per group, and the other groups go on. Anything else: start again."""
+        acl = isinstance(error, redis.exceptions.NoPermissionError) and _per_call(error)
+        if not self._subscribing or not acl:
+            raise error
+        self._answered = True
+        for group in self._subscribing.popleft():
+            left = self._in_flight.pop(group, 1) - 1
+            if left > 0:
+                self._in_flight[group] = left  # asked again since: that one answers
+            elif group in self._requested:
+                # Not requested any more: asked again at its next join (or reconnection),
+                # not at each round; nothing to UNSUBSCRIBE at its last leave.
+                self._requested.discard(group)
+                self._recover.pop(group, None)
+                self.layer._call_refused(
+                    error,
+                    group,
+                    "it is not subscribed, and its members here get this process's messages only",
+                )
+                self._release(group)
+        if self.layer.outage:
+            self.layer._shard_up(self.address)  # it answers
 
     def dropped(self, group: str) -> None:
         """Redis ended the subscription to ``group`` by itself (see ``_handle``)."""
@@ -2377,6 +2432,7 @@ class Subscriber:
         self.subscribed = frozenset()
         self._requested = set()
         self._in_flight = {}
+        self._subscribing = collections.deque()
         with self._lock:
             self.connected, self.down = False, True
             waiters, self._waiters = self._waiters, {}

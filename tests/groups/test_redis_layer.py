@@ -781,6 +781,64 @@ def test_an_acl_refusing_a_group_s_channel_or_keys_is_that_group_s_problem_alone
     assert "'shut'" in said[3][1] and "command was not published" in said[3][1]
 
 
+def test_an_acl_refusing_a_group_s_channel_leaves_the_other_subscriptions_alone(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A member joins a group whose channel the process's ACL user may not use: Redis
+    refuses that SUBSCRIBE alone. ``join`` returns, the member gets this process's
+    messages to the group (as while unsubscribed), the process's other groups go on, and
+    one ERROR names the group. (The refusal ended the subscription connection: one
+    "unreachable" WARNING, then every group subscribed again in one SUBSCRIBE, refused
+    whole, ten times a second: no group's messages from other processes reached this
+    one.)"""
+    redis_server.command(
+        "ACL", "SETUSER", "app", "on", ">pw", "resetchannels", "&dwebsocket:0:open*",
+        "~*", "+@all",
+    )  # fmt: skip
+    url = redis_server.url.replace("://", "://app:pw@")
+    a = RedisLayer(f"{url}?socket_timeout=1&socket_connect_timeout=1", Registry())
+    try:
+        b = layers()  # all rights
+        opened, there = Inbox(), Inbox()
+        a.join("open", opened)
+        b.join("open", there)
+
+        def subscription() -> list[str]:  # a's subscription connection: its id
+            listed = redis_server.command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+            return [line.split()[0] for line in listed.splitlines() if " user=app " in line]
+
+        connection = subscription()
+        assert len(connection) == 1
+        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+        shut = [Inbox(), Inbox()]
+        a.join("shut", shut[0])  # returns: refused
+        assert "shut" not in a.subscriber.subscribed
+        for n in range(3):
+            a.send("shut", f"here only {n}")
+            assert shut[0].get() == f"here only {n}"
+            b.send("open", f"from b {n}")
+            assert opened.get() == there.get() == f"from b {n}"
+        a.join("shut", shut[1])  # asked again, refused again: no second ERROR
+        a.join("open-too", here := Inbox())  # subscribed on the same connection
+        b.send("open-too", "still subscribing")
+        assert here.get() == "still subscribing"
+        a.send("shut", "both")
+        assert [member.get() for member in shut] == ["both", "both"]
+        a.leave("shut", shut[0])
+        a.leave("shut", shut[1])  # no UNSUBSCRIBE of what was never subscribed
+        a.send("open", "after")
+        assert opened.get() == there.get() == "after"
+        assert not a.outage and subscription() == connection  # never connected again
+    finally:
+        a.close()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert [level for level, _ in said] == ["ERROR", "ERROR"], said
+    assert "'shut'" in said[0][1] and "channels" in said[0][1] and "subscri" in said[0][1]
+    assert "'shut'" in said[1][1] and "message was not published" in said[1][1]
+
+
 def patient_layers(redis_server: RedisServer) -> tuple[RedisLayer, RedisLayer]:
     """Two layers ("processes") whose calls wait up to WAIT: while Redis loads its data it
     answers clients only between chunks of its file (every KiB in :func:`restart_loading`),
@@ -956,12 +1014,16 @@ def test_an_acl_user_and_a_database_in_the_url(redis_server: RedisServer) -> Non
 def test_a_subscription_redis_refuses_is_retried_with_backoff(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An ACL user without the channels (Redis 7 gives a new user none, unless
-    ``acl-pubsub-default allchannels``): Redis takes the connection and refuses the
-    SUBSCRIBE. The reader backs off as from a refused connection. (A connection counted as
-    a success and started the backoff over: every process reconnected, logged in and was
-    refused some fourteen times a second, for ever.)"""
-    redis_server.command("ACL", "SETUSER", "site", "on", ">pw", "~*", "+@all", "resetchannels")
+    """An ACL user without the SUBSCRIBE command: Redis takes the connection and refuses
+    the SUBSCRIBE. The reader backs off as from a refused connection. (A connection
+    counted as a success and started the backoff over: every process reconnected, logged
+    in and was refused some fourteen times a second, for ever.) One without the channels
+    (Redis 7 gives a new user none, unless ``acl-pubsub-default allchannels``) has each
+    group refused alone, and no reconnection: see
+    test_an_acl_refusing_a_group_s_channel_leaves_the_other_subscriptions_alone."""
+    redis_server.command(
+        "ACL", "SETUSER", "site", "on", ">pw", "~*", "allchannels", "+@all", "-subscribe"
+    )
     layer = RedisLayer(f"redis://site:pw@127.0.0.1:{redis_server.port}/0", Registry())
     pauses: list[float] = []
     sleep = layer.subscriber._sleep
