@@ -9,6 +9,7 @@ used by the server tests).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import random
@@ -26,6 +27,7 @@ from dwebsocket.exceptions import InvalidSetting
 from dwebsocket.groups import GroupsUnavailable, control
 from dwebsocket.groups import redis as redis_layer
 from dwebsocket.groups.memory import Registry
+from dwebsocket.groups.presence import Local
 from dwebsocket.groups.redis import RedisLayer, decode, encode, redact
 from dwebsocket.websocket import Message
 from tests.groups.redis_server import RedisServer
@@ -779,6 +781,44 @@ def test_an_acl_refusing_a_group_s_channel_or_keys_is_that_group_s_problem_alone
     assert "'shut'" in said[1][1] and "channels" in said[1][1]
     assert "'open-keyless'" in said[2][1] and "without being remembered" in said[2][1]
     assert "'shut'" in said[3][1] and "command was not published" in said[3][1]
+
+
+def test_an_acl_refusing_a_group_s_presence_keys_refuses_that_group_s_alone(
+    layers: Callable[[], RedisLayer],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ACL user whose ``~`` keys leave out a group's presence keys: its presence is not
+    written, one ERROR names the group, and the other groups' presence is. (Taken for
+    Redis refusing every write: "refuses to write", then "takes writes again" at the next
+    group's write.)"""
+    redis_server.command(
+        "ACL", "SETUSER", "app", "on", ">pw", "allchannels", "resetkeys",
+        "~dwebsocket:0:{open}:*", "+@all",
+    )  # fmt: skip
+    url = redis_server.url.replace("://", "://app:pw@")
+    a = RedisLayer(f"{url}?socket_timeout=1&socket_connect_timeout=1", Registry())
+    try:
+        b = layers()  # all rights
+
+        def present(group: str, user: str) -> None:
+            member, info = Inbox(), json.dumps({"name": user})
+            entry = Local(f"user:{user}", user, info, {"name": user})
+            a.join(group, member)
+            count, shown = a.registry.presence.add(group, member, entry)
+            a.present(group, entry, count, shown, True)
+
+        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+        present("shut", "alice")
+        present("open", "bob")
+        a.heartbeat("shut", 2000, 4000)
+        assert [p.key for p in b.presence("open")] == ["user:bob"]
+        assert not a.outage
+    finally:
+        a.close()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert [level for level, _ in said] == ["ERROR"], said
+    assert "'shut'" in said[0][1] and "presence is not written" in said[0][1]
 
 
 def test_an_acl_refusing_a_group_s_channel_leaves_the_other_subscriptions_alone(
