@@ -97,6 +97,23 @@ def layers(redis_server: RedisServer) -> Iterator[Callable[[], RedisLayer]]:
         layer.close()
 
 
+@pytest.fixture
+def acl_layer(redis_server: RedisServer) -> Iterator[Callable[..., RedisLayer]]:
+    """Make a layer ("process") logged in as ACL user "app", made with ``rules`` (ACL
+    SETUSER's: "resetchannels", "&pattern"...); closed after the test."""
+    made: list[RedisLayer] = []
+
+    def make(*rules: str) -> RedisLayer:
+        redis_server.command("ACL", "SETUSER", "app", "on", ">pw", "+@all", *rules)
+        url = redis_server.url.replace("://", "://app:pw@")
+        made.append(RedisLayer(f"{url}?socket_timeout=1&socket_connect_timeout=1", Registry()))
+        return made[-1]
+
+    yield make
+    for layer in made:
+        layer.close()
+
+
 def numsub(server: RedisServer, channel: str) -> int:
     reply = server.command("PUBSUB", "NUMSUB", channel)
     return int(reply.split(b"\r\n")[-2].lstrip(b":"))
@@ -715,7 +732,7 @@ def test_a_key_of_another_type_at_a_group_s_name_is_that_group_s_problem_alone(
 
 def test_an_acl_refusing_a_group_s_channel_or_keys_is_that_group_s_problem_alone(
     layers: Callable[[], RedisLayer],
-    redis_server: RedisServer,
+    acl_layer: Callable[..., RedisLayer],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -729,52 +746,42 @@ def test_an_acl_refusing_a_group_s_channel_or_keys_is_that_group_s_problem_alone
     again", at each message.)"""
     commands: queue.Queue[dict[str, object]] = queue.Queue()
     monkeypatch.setitem(control._handlers, "probe", lambda g, m, command: commands.put(command))
-    redis_server.command(
-        "ACL", "SETUSER", "app", "on", ">pw", "resetchannels", "&dwebsocket:0:open*",
-        "resetkeys", "~dwebsocket:0:{open}:*", "+@all",
-    )  # fmt: skip
     history = {group: {"size": 10, "ttl": 60} for group in ("open", "open-keyless")}
     with override_settings(WEBSOCKET_GROUPS_HISTORY=history):
         b = layers()  # all rights
         members = {group: Inbox() for group in ("open", "open-keyless", "shut")}
         for group, member in members.items():
             b.join(group, member)
-        url = redis_server.url.replace("://", "://app:pw@")
-        a = RedisLayer(f"{url}?socket_timeout=1&socket_connect_timeout=1", Registry())
-        try:
-            here = Inbox()
-            a.join("open-keyless", here)
-            caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
-            for n in range(3):
-                assert a.send("open", f"kept {n}", fail_silently=False) is not None
-                assert members["open"].get() == f"kept {n}"
-                assert a.send("open-keyless", f"not kept {n}", fail_silently=False) is None
-                assert members["open-keyless"].get() == here.get() == f"not kept {n}"
-                with pytest.raises(GroupsUnavailable):
-                    a.send("shut", f"refused {n}", fail_silently=False)
-                a.send("shut", f"refused too {n}")
-                a.control("open-keyless", control.encode("probe", n=n), fail_silently=False)
-                # Its members here and in b's process.
-                assert [commands.get(timeout=WAIT) for _ in range(2)] == [
-                    {"op": "probe", "n": n}
-                ] * 2
-                with pytest.raises(GroupsUnavailable):
-                    a.control("shut", control.encode("probe", n=-1), fail_silently=False)
-                # Several at once (clearsessions): the script's keys are refused.
-                with pytest.raises(GroupsUnavailable):
-                    a.control_many(
-                        ["shut", "open", "open-keyless"],
-                        control.encode("probe", n=10 + n),
-                        fail_silently=False,
-                    )
-                assert [commands.get(timeout=WAIT) for _ in range(3)] == [
-                    {"op": "probe", "n": 10 + n}
-                ] * 3
-                assert not a.outage
-            members["shut"].assert_empty()
-            assert commands.empty()
-        finally:
-            a.close()
+        a = acl_layer("resetchannels", "&dwebsocket:0:open*", "resetkeys", "~dwebsocket:0:{open}:*")
+        here = Inbox()
+        a.join("open-keyless", here)
+        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+        for n in range(3):
+            assert a.send("open", f"kept {n}", fail_silently=False) is not None
+            assert members["open"].get() == f"kept {n}"
+            assert a.send("open-keyless", f"not kept {n}", fail_silently=False) is None
+            assert members["open-keyless"].get() == here.get() == f"not kept {n}"
+            with pytest.raises(GroupsUnavailable):
+                a.send("shut", f"refused {n}", fail_silently=False)
+            a.send("shut", f"refused too {n}")
+            a.control("open-keyless", control.encode("probe", n=n), fail_silently=False)
+            # Its members here and in b's process.
+            assert [commands.get(timeout=WAIT) for _ in range(2)] == [{"op": "probe", "n": n}] * 2
+            with pytest.raises(GroupsUnavailable):
+                a.control("shut", control.encode("probe", n=-1), fail_silently=False)
+            # Several at once (clearsessions): the script's keys are refused.
+            with pytest.raises(GroupsUnavailable):
+                a.control_many(
+                    ["shut", "open", "open-keyless"],
+                    control.encode("probe", n=10 + n),
+                    fail_silently=False,
+                )
+            assert [commands.get(timeout=WAIT) for _ in range(3)] == [
+                {"op": "probe", "n": 10 + n}
+            ] * 3
+            assert not a.outage
+        members["shut"].assert_empty()
+        assert commands.empty()
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dwebsocket.groups"]
     assert [level for level, _ in said] == ["ERROR"] * 4, said
     assert "'open-keyless'" in said[0][1] and "without history" in said[0][1]
@@ -785,37 +792,29 @@ def test_an_acl_refusing_a_group_s_channel_or_keys_is_that_group_s_problem_alone
 
 def test_an_acl_refusing_a_group_s_presence_keys_refuses_that_group_s_alone(
     layers: Callable[[], RedisLayer],
-    redis_server: RedisServer,
+    acl_layer: Callable[..., RedisLayer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An ACL user whose ``~`` keys leave out a group's presence keys: its presence is not
     written, one ERROR names the group, and the other groups' presence is. (Taken for
     Redis refusing every write: "refuses to write", then "takes writes again" at the next
     group's write.)"""
-    redis_server.command(
-        "ACL", "SETUSER", "app", "on", ">pw", "allchannels", "resetkeys",
-        "~dwebsocket:0:{open}:*", "+@all",
-    )  # fmt: skip
-    url = redis_server.url.replace("://", "://app:pw@")
-    a = RedisLayer(f"{url}?socket_timeout=1&socket_connect_timeout=1", Registry())
-    try:
-        b = layers()  # all rights
+    a = acl_layer("allchannels", "resetkeys", "~dwebsocket:0:{open}:*")
+    b = layers()  # all rights
 
-        def present(group: str, user: str) -> None:
-            member, info = Inbox(), json.dumps({"name": user})
-            entry = Local(f"user:{user}", user, info, {"name": user})
-            a.join(group, member)
-            count, shown = a.registry.presence.add(group, member, entry)
-            a.present(group, entry, count, shown, True)
+    def present(group: str, user: str) -> None:
+        member, info = Inbox(), json.dumps({"name": user})
+        entry = Local(f"user:{user}", user, info, {"name": user})
+        a.join(group, member)
+        count, shown = a.registry.presence.add(group, member, entry)
+        a.present(group, entry, count, shown, True)
 
-        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
-        present("shut", "alice")
-        present("open", "bob")
-        a.heartbeat("shut", 2000, 4000)
-        assert [p.key for p in b.presence("open")] == ["user:bob"]
-        assert not a.outage
-    finally:
-        a.close()
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    present("shut", "alice")
+    present("open", "bob")
+    a.heartbeat("shut", 2000, 4000)
+    assert [p.key for p in b.presence("open")] == ["user:bob"]
+    assert not a.outage
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dwebsocket.groups"]
     assert [level for level, _ in said] == ["ERROR"], said
     assert "'shut'" in said[0][1] and "presence is not written" in said[0][1]
@@ -824,6 +823,7 @@ def test_an_acl_refusing_a_group_s_presence_keys_refuses_that_group_s_alone(
 def test_an_acl_refusing_a_group_s_channel_leaves_the_other_subscriptions_alone(
     layers: Callable[[], RedisLayer],
     redis_server: RedisServer,
+    acl_layer: Callable[..., RedisLayer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A member joins a group whose channel the process's ACL user may not use: Redis
@@ -833,46 +833,38 @@ def test_an_acl_refusing_a_group_s_channel_leaves_the_other_subscriptions_alone(
     "unreachable" WARNING, then every group subscribed again in one SUBSCRIBE, refused
     whole, ten times a second: no group's messages from other processes reached this
     one.)"""
-    redis_server.command(
-        "ACL", "SETUSER", "app", "on", ">pw", "resetchannels", "&dwebsocket:0:open*",
-        "~*", "+@all",
-    )  # fmt: skip
-    url = redis_server.url.replace("://", "://app:pw@")
-    a = RedisLayer(f"{url}?socket_timeout=1&socket_connect_timeout=1", Registry())
-    try:
-        b = layers()  # all rights
-        opened, there = Inbox(), Inbox()
-        a.join("open", opened)
-        b.join("open", there)
+    a = acl_layer("resetchannels", "&dwebsocket:0:open*", "~*")
+    b = layers()  # all rights
+    opened, there = Inbox(), Inbox()
+    a.join("open", opened)
+    b.join("open", there)
 
-        def subscription() -> list[str]:  # a's subscription connection: its id
-            listed = redis_server.command("CLIENT", "LIST", "TYPE", "pubsub").decode()
-            return [line.split()[0] for line in listed.splitlines() if " user=app " in line]
+    def subscription() -> list[str]:  # a's subscription connection: its id
+        listed = redis_server.command("CLIENT", "LIST", "TYPE", "pubsub").decode()
+        return [line.split()[0] for line in listed.splitlines() if " user=app " in line]
 
-        connection = subscription()
-        assert len(connection) == 1
-        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
-        shut = [Inbox(), Inbox()]
-        a.join("shut", shut[0])  # returns: refused
-        assert "shut" not in a.subscriber.subscribed
-        for n in range(3):
-            a.send("shut", f"here only {n}")
-            assert shut[0].get() == f"here only {n}"
-            b.send("open", f"from b {n}")
-            assert opened.get() == there.get() == f"from b {n}"
-        a.join("shut", shut[1])  # asked again, refused again: no second ERROR
-        a.join("open-too", here := Inbox())  # subscribed on the same connection
-        b.send("open-too", "still subscribing")
-        assert here.get() == "still subscribing"
-        a.send("shut", "both")
-        assert [member.get() for member in shut] == ["both", "both"]
-        a.leave("shut", shut[0])
-        a.leave("shut", shut[1])  # no UNSUBSCRIBE of what was never subscribed
-        a.send("open", "after")
-        assert opened.get() == there.get() == "after"
-        assert not a.outage and subscription() == connection  # never connected again
-    finally:
-        a.close()
+    connection = subscription()
+    assert len(connection) == 1
+    caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+    shut = [Inbox(), Inbox()]
+    a.join("shut", shut[0])  # returns: refused
+    assert "shut" not in a.subscriber.subscribed
+    for n in range(3):
+        a.send("shut", f"here only {n}")
+        assert shut[0].get() == f"here only {n}"
+        b.send("open", f"from b {n}")
+        assert opened.get() == there.get() == f"from b {n}"
+    a.join("shut", shut[1])  # asked again, refused again: no second ERROR
+    a.join("open-too", here := Inbox())  # subscribed on the same connection
+    b.send("open-too", "still subscribing")
+    assert here.get() == "still subscribing"
+    a.send("shut", "both")
+    assert [member.get() for member in shut] == ["both", "both"]
+    a.leave("shut", shut[0])
+    a.leave("shut", shut[1])  # no UNSUBSCRIBE of what was never subscribed
+    a.send("open", "after")
+    assert opened.get() == there.get() == "after"
+    assert not a.outage and subscription() == connection  # never connected again
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dwebsocket.groups"]
     assert [level for level, _ in said] == ["ERROR", "ERROR"], said
     assert "'shut'" in said[0][1] and "channels" in said[0][1] and "subscri" in said[0][1]
