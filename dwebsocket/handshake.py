@@ -176,12 +176,12 @@ def handshake_origin(headers: Mapping[str, str]) -> str | None:
 
 
 def _normalize_origin(origin: str) -> tuple[str, str, int | None] | None:
-    """``(scheme, host, port)`` of an ``Origin`` value, default ports dropped; None if it
-    is not a URL origin (``"null"``, garbage). Its host is checked as Django checks
-    ``Host`` before matching ``ALLOWED_HOSTS``: ``http://evil.com,x.example.com`` matched
-    ``.example.com``."""
+    """``(scheme, host, port)`` of an ``Origin`` value (:func:`_serialized`), default
+    ports dropped; None if it is not a URL origin (``"null"``, garbage). Its host is
+    checked as Django checks ``Host`` before matching ``ALLOWED_HOSTS``:
+    ``http://evil.com,x.example.com`` matched ``.example.com``."""
     try:
-        parts = urlsplit(origin.strip())
+        parts = urlsplit(origin)
         port = parts.port
     except ValueError:
         return None
@@ -196,6 +196,21 @@ def _normalize_origin(origin: str) -> tuple[str, str, int | None] | None:
     if port == _DEFAULT_PORTS.get(scheme):
         port = None
     return scheme, host, port
+
+
+# No serialized origin holds one (RFC 6454 6.2: scheme "://" host [":" port], ASCII): C0
+# and C1 controls, DEL, spaces, and what else str.isspace() takes (NBSP, U+2028...).
+_NOT_IN_AN_ORIGIN = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
+
+
+def _serialized(origin: str) -> str | None:
+    """An ``Origin`` header's value without the spaces and tabs around it (RFC 9110 5.5:
+    not part of a field value, and some servers keep them); None if a control character
+    or whitespace is left in it. urlsplit() removes tabs, CRs and LFs anywhere in a URL
+    (bpo-43882), and ``str.strip()`` took any whitespace off its ends: the check read
+    ``http://local\thost`` as ``http://localhost``, an origin the value is not."""
+    value = origin.strip(" \t")
+    return None if _NOT_IN_AN_ORIGIN.search(value) else value
 
 
 def _host_for_django(host: str) -> str:
@@ -375,14 +390,20 @@ def _log_misconfiguration() -> None:
 def origin_allowed(origin: str | None) -> bool:
     """Whether a handshake with this ``Origin`` header may proceed.
 
-    No Origin header (a non-browser client): allowed. By default the origin's host, any
-    scheme and port, must match ``ALLOWED_HOSTS`` the way Django matches ``Host``
-    (``".example.com"`` covers subdomains, ``"*"`` anything). ``WEBSOCKET_ALLOWED_ORIGINS``
-    replaces that list with the forms of :func:`parse_origin_rule`; entries that are not
-    one of them never match (and are logged at ERROR once).
+    No Origin header (a non-browser client): allowed. One with a control character or
+    whitespace in it (:func:`_serialized`), which no browser sends: refused, even where
+    ``"*"`` allows everything else. By default the origin's host, any scheme and port,
+    must match ``ALLOWED_HOSTS`` the way Django matches ``Host`` (``".example.com"``
+    covers subdomains, ``"*"`` anything). ``WEBSOCKET_ALLOWED_ORIGINS`` replaces that list
+    with the forms of :func:`parse_origin_rule`; entries that are not one of them never
+    match (and are logged at ERROR once).
     """
     if origin is None:
         return True
+    value = _serialized(origin)
+    if value is None:
+        return False
+    origin = value
     patterns, explicit = allowed_origins()
     if not explicit:
         if "*" in patterns:

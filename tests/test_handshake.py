@@ -128,6 +128,40 @@ def test_origin_explicit_star() -> None:
 
 
 @pytest.mark.parametrize(
+    "origin",
+    [
+        # urlsplit() removes tabs, CRs and LFs anywhere in a URL (bpo-43882): these were
+        # read as http://localhost and http://127.0.0.1.
+        "http://local\thost",
+        "http://127.0.\r0.1",
+        "http://127.0.0.1\n",
+        # str.strip() took any whitespace off the ends.
+        "\x0bhttp://localhost",
+        "http://localhost\x0c",
+        "http://localhost\x1f",
+        "http://localhost\x85",
+        "\xa0http://localhost",
+        "http://localhost\u2028",
+        "http://localhost\x00",
+        "http://local host",
+    ],
+)
+def test_an_origin_with_a_control_character_or_whitespace_is_refused(origin: str) -> None:
+    assert not origin_allowed(origin)
+    for star in ({"ALLOWED_HOSTS": ["*"]}, {"WEBSOCKET_ALLOWED_ORIGINS": ["*"]}):
+        with override_settings(**star):  # no browser sends one: not even "*" allows it
+            assert not origin_allowed(origin)
+    with pytest.raises(ForbiddenOrigin):
+        parse_handshake(_request(Origin=origin))
+
+
+def test_spaces_and_tabs_around_an_origin_are_not_part_of_it() -> None:
+    # RFC 9110 5.5: optional whitespace around a field value, which some servers keep.
+    assert origin_allowed(" \thttp://localhost \t")
+    assert not origin_allowed(" \thttp://evil.example \t")
+
+
+@pytest.mark.parametrize(
     ("headers", "origin"),
     [
         ({"origin": "https://a.example"}, "https://a.example"),
