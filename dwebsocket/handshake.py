@@ -1,8 +1,9 @@
 """The Django side of the opening handshake, shared by every backend.
 
-``request.META`` goes to the core's ``parse_request``, then the Origin is checked; a refused
-handshake becomes an ``HttpResponse`` with the exception's status, a plain-text reason and
-its headers, logged at INFO (a client's mistake is never a 500).
+``request.META`` goes to the core's ``parse_request``, then the Host (against
+``ALLOWED_HOSTS``) and the Origin are checked; a refused handshake becomes an
+``HttpResponse`` with the exception's status, a plain-text reason and its headers, logged
+at INFO (a client's mistake is never a 500).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
 from django.http.request import host_validation_re, validate_host
 
@@ -36,6 +38,8 @@ from dwebsocket.protocol.handshake import HandshakeRequest, parse_request, quote
 __all__ = [
     "OriginRule",
     "allowed_origins",
+    "check_allowed_host",
+    "check_host_and_origin",
     "check_origin",
     "find_middleware",
     "handshake_origin",
@@ -71,7 +75,8 @@ def request_headers(meta: Mapping[str, Any]) -> dict[str, str]:
 
 
 def parse_handshake(request: HttpRequest) -> HandshakeRequest:
-    """Validate ``request`` as an opening handshake and check its Origin.
+    """Validate ``request`` as an opening handshake and check its Host and Origin
+    (:func:`check_host_and_origin`).
 
     Returns the core's ``HandshakeRequest``. Raises ``InvalidHandshake`` (400),
     ``UnsupportedVersion`` (426) or ``ForbiddenOrigin`` (403). Does not block.
@@ -79,7 +84,7 @@ def parse_handshake(request: HttpRequest) -> HandshakeRequest:
     meta = request.META
     headers = request_headers(meta)
     handshake = parse_request(meta.get("REQUEST_METHOD", ""), _http_version(meta), headers)
-    check_origin(handshake.origin)
+    check_host_and_origin(request, handshake.origin)
     if _asgi_http(request):
         raise _not_taken(headers.get("upgrade", ""))
     return handshake
@@ -155,6 +160,36 @@ def _http_version(meta: Mapping[str, Any]) -> str:
                 break
             frame = frame.f_back
     return "HTTP/1.1"
+
+
+def check_host_and_origin(request: HttpRequest, origin: str | None) -> None:
+    """The checks of a handshake against the site's settings, for every backend (the
+    ASGI one calls it too): its host (:func:`check_allowed_host`, 400), then its origin
+    (:func:`check_origin`, 403; ``origin``, the value :func:`handshake_origin` reads).
+    Does not block."""
+    check_allowed_host(request)
+    check_origin(origin)
+
+
+def check_allowed_host(request: HttpRequest) -> None:
+    """Raise ``InvalidHandshake`` (400) unless ``request.get_host()`` accepts the request's
+    host: in ``ALLOWED_HOSTS`` (with ``DEBUG`` and none listed, the local names Django
+    then allows), read from ``X-Forwarded-Host`` with ``USE_X_FORWARDED_HOST``.
+
+    Django checks the host only when something calls ``get_host()`` (CommonMiddleware,
+    the CSRF middleware, ``build_absolute_uri()``), and answers ``DisallowedHost`` with
+    400: a project without such middleware took a handshake for any host, one that DNS
+    rebinding pointed at the server included. Does not block."""
+    try:
+        request.get_host()
+    except DisallowedHost:
+        meta = request.META
+        name, key = "Host", "HTTP_HOST"
+        if django_settings.USE_X_FORWARDED_HOST and "HTTP_X_FORWARDED_HOST" in meta:
+            name, key = "X-Forwarded-Host", "HTTP_X_FORWARDED_HOST"
+        raise InvalidHandshake(
+            f"{name} {quoted(str(meta.get(key, '')))} is not allowed (ALLOWED_HOSTS)"
+        ) from None
 
 
 def check_origin(origin: str | None) -> None:

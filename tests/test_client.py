@@ -782,7 +782,7 @@ def test_a_host_name_is_looked_up_and_connected(gevent: ServerProcess) -> None:
 
 
 def test_a_host_whose_first_address_drops_connections_is_reached_on_the_next(
-    gevent: ServerProcess, monkeypatch: pytest.MonkeyPatch
+    make_server: Callable[..., ServerProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A host whose first address takes no connections and refuses none (an IPv6 route
     a firewall drops, on a dual-stack host: here 127.0.0.2, a listener whose queue is
@@ -790,6 +790,8 @@ def test_a_host_whose_first_address_drops_connections_is_reached_on_the_next(
     gets there, as ``socket.create_connection`` and browsers do. Before, the first
     address's connect took all of the attempt's ``timeout``, the next was never tried,
     and every attempt ended so: the client never connected."""
+    # The handshake's Host is checked against ALLOWED_HOSTS.
+    gevent = make_server("gevent", settings={"ALLOWED_HOSTS": ["dual-stack.test"]})
     real_getaddrinfo = socket.getaddrinfo
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:

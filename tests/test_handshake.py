@@ -209,6 +209,43 @@ def test_parse_handshake_errors() -> None:
         parse_handshake(request)
 
 
+@pytest.mark.parametrize("origin", [None, "http://localhost", "http://evil.example"])
+def test_a_host_outside_allowed_hosts_is_refused_before_the_origin(origin: str | None) -> None:
+    """With no middleware that calls ``request.get_host()`` (CommonMiddleware, CSRF), the
+    handshake took any Host: 400, as Django answers ``DisallowedHost``, before the Origin
+    is read."""
+    headers = {"Host": "evil.example", **({} if origin is None else {"Origin": origin})}
+    for star in ({}, {"WEBSOCKET_ALLOWED_ORIGINS": ["*"]}):
+        with override_settings(**star), pytest.raises(InvalidHandshake) as info:
+            parse_handshake(_request(**headers))
+        assert type(info.value) is InvalidHandshake and info.value.status == 400
+        assert info.value.reason == "Host 'evil.example' is not allowed (ALLOWED_HOSTS)"
+
+
+def test_the_host_is_checked_as_django_checks_it() -> None:
+    assert parse_handshake(_request(Host="LOCALHOST.:8000"))
+    with override_settings(DEBUG=True, ALLOWED_HOSTS=[]):
+        assert parse_handshake(_request(Host="app.localhost:8000"))
+        with pytest.raises(InvalidHandshake, match=r"Host 'example\.com' is not allowed"):
+            parse_handshake(_request(Host="example.com"))
+    forwarded = {"Host": "localhost", "X-Forwarded-Host": "evil.example"}
+    assert parse_handshake(_request(**forwarded))  # not read without USE_X_FORWARDED_HOST
+    with override_settings(USE_X_FORWARDED_HOST=True):
+        with pytest.raises(InvalidHandshake) as info:
+            parse_handshake(_request(**forwarded))
+        assert info.value.reason == "X-Forwarded-Host 'evil.example' is not allowed (ALLOWED_HOSTS)"
+        assert parse_handshake(_request(**{**forwarded, "X-Forwarded-Host": "localhost"}))
+
+
+def test_a_long_host_is_quoted_in_part() -> None:
+    host = "h" * 65_536 + ".example"
+    with pytest.raises(InvalidHandshake) as info:
+        parse_handshake(_request(Host=host))
+    assert info.value.reason == (
+        f"Host {host[:100]!r}... ({len(host)} characters) is not allowed (ALLOWED_HOSTS)"
+    )
+
+
 def test_refuse(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="dwebsocket"):
         response = refuse(_request(), UnsupportedVersion("version 8, expected 13"))

@@ -65,16 +65,17 @@ def create_websocket(request: HttpRequest, connection: ASGIConnection) -> ASGIWe
     The server validated the handshake itself (key, version, method); this checks what
     some servers do not: one ``Host`` header (uvicorn and granian accept none, or two,
     which Django joins; RFC 9112 3.2), no body (granian takes one, hypercorn when it comes
-    after the head: it would be read as frames), and the Origin (``Sec-WebSocket-Origin``
-    in a hybi draft's handshake, which daphne accepts). Raises ``InvalidHandshake`` (400)
-    or ``ForbiddenOrigin`` (403). Never blocks."""
-    from dwebsocket.handshake import check_origin, handshake_origin, request_headers
+    after the head: it would be read as frames), then the Host and Origin as for every
+    backend (:func:`dwebsocket.handshake.check_host_and_origin`; the Origin is
+    ``Sec-WebSocket-Origin`` in a hybi draft's handshake, which daphne accepts). Raises
+    ``InvalidHandshake`` (400) or ``ForbiddenOrigin`` (403). Never blocks."""
+    from dwebsocket.handshake import check_host_and_origin, handshake_origin, request_headers
     from dwebsocket.protocol.handshake import check_host, check_no_body
 
     headers = request_headers(request.META)
     check_host(headers.get("host"))
     check_no_body(headers)
-    check_origin(handshake_origin(headers))
+    check_host_and_origin(request, handshake_origin(headers))
     return ASGIWebSocket(request, connection)
 
 
