@@ -72,7 +72,8 @@ without being remembered. Nor is a call Redis refuses for what one group's keys 
 (``WRONGTYPE``: ``_per_call``): the same, for that group alone, with one ERROR; nor one
 an ACL refuses for a group's keys or channel (``NOPERM``, which for a command is
 ``REFUSED``): the same, and a group whose channel is refused has its messages reach this
-process's members only.
+process's members only (a history group keeps none of them: ``PUBLISH_SCRIPT`` takes back
+the entry whose ``PUBLISH`` was refused).
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ DELIVERED = 0
 #: Appends a message to its group's stream and publishes it with its position, atomically.
 #: KEYS: stream. ARGV: size, ttl (ms), epoch the sender saw last ("0": none), channel,
 #: header (kind, origin, seq), payload, the publishing command (PUBLISH; SPUBLISH on a
-#: Cluster). Returns the position "epoch:offset".
+#: Cluster). Returns the position "epoch:offset", or the PUBLISH's error (an ACL refusing
+#: the channel), the entry taken back.
 PUBLISH_SCRIPT = """
 local now = redis.call('TIME')
 local ms = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
@@ -193,7 +195,16 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local dash = string.find(id, '-', 1, true)
 local position = string.sub(id, 1, dash - 1) .. ':' .. string.sub(id, dash + 1)
-redis.call(ARGV[7], ARGV[4], ARGV[5] .. string.char(#position) .. position .. ARGV[6])
+local sent = redis.pcall(ARGV[7], ARGV[4], ARGV[5] .. string.char(#position) .. position .. ARGV[6])
+if type(sent) == 'table' then
+  -- Not published (an ACL refusing the channel): no process had it live, so the history
+  -- takes it back, and its offset too (the next message's would be a gap to members:
+  -- XDEL keeps the last id), returning the refusal to the caller.
+  redis.call('XDEL', KEYS[1], id)
+  local offset = tonumber(string.sub(id, dash + 1))
+  redis.call('XSETID', KEYS[1], string.sub(id, 1, dash) .. string.format('%d', offset - 1))
+  return sent
+end
 return position
 """
 

@@ -871,6 +871,50 @@ def test_an_acl_refusing_a_group_s_channel_leaves_the_other_subscriptions_alone(
     assert "'shut'" in said[1][1] and "message was not published" in said[1][1]
 
 
+def test_an_acl_refusing_a_history_group_s_channel_keeps_none_of_its_messages(
+    layers: Callable[[], RedisLayer],
+    acl_layer: Callable[..., RedisLayer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ACL user that may write a history group's stream but not use its channel: the
+    group's messages reach this process's members only, and its history keeps none of
+    them (a client recovering would get what no other process had live), nor skips their
+    offsets (the next message, one past the last kept, is no gap to the members). One
+    ERROR per group. (The script appended the entry, then its PUBLISH was refused: the
+    error ended the script and the entry stayed.)"""
+    history = {group: {"size": 10, "ttl": 60} for group in ("shut", "shut-new")}
+    with override_settings(WEBSOCKET_GROUPS_HISTORY=history):
+        b = layers()  # all rights
+        there = Inbox()
+        b.join("shut", there)
+        first = b.send("shut", "first")
+        assert first is not None and there.get() == "first"
+        epoch = first.partition(":")[0]
+        a = acl_layer("resetchannels", "&dwebsocket:0:open*", "~*")
+        caplog.set_level(logging.WARNING, logger="dwebsocket.groups")
+        here = Inbox()
+        a.join("shut", here)  # returns: refused
+        for n in range(2):
+            with pytest.raises(GroupsUnavailable):
+                a.send("shut", f"here only {n}", fail_silently=False)
+            assert here.get() == f"here only {n}"
+        a.send("shut-new", "refused")  # no stream yet: the script makes it
+        assert b.send("shut", "second") == f"{epoch}:2"
+        assert there.get() == "second"
+        page = b.read("shut", 0, 10)
+        assert (page.epoch, page.head, page.entries) == (epoch, 2, [(1, "first"), (2, "second")])
+        page = b.read("shut-new", 0, 10)
+        assert (page.head, page.entries) == (0, [])
+        assert b.send("shut-new", "kept") == f"{page.epoch}:1"
+        assert not a.outage
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "dwebsocket.groups"]
+    assert [level for level, _ in said] == ["ERROR"] * 3, said
+    assert "'shut'" in said[0][1] and "subscri" in said[0][1]
+    assert "'shut'" in said[1][1] and "message was not published" in said[1][1]
+    assert "'shut-new'" in said[2][1] and "message was not published" in said[2][1]
+    there.assert_empty()
+
+
 def patient_layers(redis_server: RedisServer) -> tuple[RedisLayer, RedisLayer]:
     """Two layers ("processes") whose calls wait up to WAIT: while Redis loads its data it
     answers clients only between chunks of its file (every KiB in :func:`restart_loading`),
