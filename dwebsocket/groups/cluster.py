@@ -1,4 +1,4 @@
-"""Subscriptions on a Redis Cluster: one reader per shard, sharded pub/sub, batched per slot.
+"""Subscriptions on a Redis Cluster: one reader per shard, sharded pub/sub.
 
 A group's channel ``dwebsocket:0:{<group>}`` lives in the slot of its hash tag, on the
 master that serves that slot; ``SPUBLISH`` reaches only the subscribers of that master.
@@ -6,9 +6,12 @@ So a process holds one subscription connection (:class:`ShardSubscriber`, the pl
 layer's reader with sharded commands) per master that serves a group it has members in,
 subscribed to exactly those groups: it receives nothing it does not deliver.
 
-``SSUBSCRIBE`` takes the channels of one slot at a time (Redis answers CROSSSLOT
-otherwise; redis-py#4038), so every subscription, first or after a reconnection, goes
-out as one command per slot.
+Every subscription, first or after a reconnection, goes out as one ``SSUBSCRIBE`` per
+group, as the plain reader's ``SUBSCRIBE``: Redis refuses a command whole, with one error,
+if its ACL user may not use one of its channels, and that refusal must be its group's
+alone, not that of the other groups of its slot (one command may name the channels of one
+slot only: Redis answers CROSSSLOT otherwise, redis-py#4038). ``SUNSUBSCRIBE``, which no
+ACL refuses, goes out as one command per slot.
 
 The topology changes under the subscriptions in three ways, and each ends in
 :meth:`ClusterSubscription.refresh` (ask a node for the slots again, move every group
@@ -69,17 +72,6 @@ class ShardSubscriber(Subscriber):
     def wants(self, group: str) -> bool:
         return group in self.layer.registry and self.cluster.routed(group) == self.address
 
-    def subscribe(self, connection: redis.Connection, groups: set[str]) -> list[list[str]]:
-        # One SSUBSCRIBE per slot (Redis refuses one whose channels span slots): a refusal
-        # of one group's channel (an ACL's) refuses those of its slot here with it.
-        by_slot: dict[int, list[str]] = collections.defaultdict(list)
-        for group in groups:
-            by_slot[key_slot(self.layer.channel(group))].append(group)
-        for slot_groups in by_slot.values():
-            channels = [self.layer.channel(group) for group in slot_groups]
-            connection.send_command(self.SUBSCRIBE, *channels, check_health=False)  # type: ignore[no-untyped-call]
-        return list(by_slot.values())
-
     def unsubscribe(self, connection: redis.Connection, groups: set[str]) -> None:
         for channels in self._by_slot(groups).values():
             connection.send_command(self.UNSUBSCRIBE, *channels, check_health=False)  # type: ignore[no-untyped-call]
@@ -102,6 +94,8 @@ class ShardSubscriber(Subscriber):
         if head and key_slot(self.layer.channel(head[0])) == slot:
             self._subscribing.popleft()  # the SSUBSCRIBE it answers
         moved = {g for g in self._requested if key_slot(self.layer.channel(g)) == slot}
+        if not moved:
+            return  # another group of that slot's MOVED: forgotten and refreshed for already
         self._requested -= moved
         for group in moved:
             self._in_flight.pop(group, None)
