@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -32,7 +33,10 @@ from dwebsocket.groups.redis import RedisLayer, decode, encode, redact
 from dwebsocket.websocket import Message
 from tests.groups.redis_server import RedisServer
 
+T = TypeVar("T")
+
 WAIT = 10.0  # seconds any wait below may take at most
+FOREVER = 6 * WAIT  # socket timeouts a call must never wait out: it outlasts WAIT
 
 
 class Inbox:
@@ -68,6 +72,29 @@ def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
         time.sleep(0.01)
 
 
+def returns(call: Callable[[], T], within: float = WAIT) -> T:
+    """``call()``'s result (or exception), the call run in a thread and given ``within``
+    seconds: one still waiting then fails the test. For a call that must wait out no
+    timeout: the test sets that timeout far above ``within``, so that a call waiting it
+    is told from one that did not by whether it returned, not by how long it took."""
+    outcome: queue.Queue[tuple[bool, Any]] = queue.Queue()
+
+    def run() -> None:
+        try:
+            outcome.put((True, call()))
+        except BaseException as exc:  # handed to the test's thread
+            outcome.put((False, exc))
+
+    threading.Thread(target=run, name="returns", daemon=True).start()
+    try:
+        ok, value = outcome.get(timeout=within)
+    except queue.Empty:
+        pytest.fail(f"{call!r} still waiting after {within} s: it waited out a timeout")
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
 def two_in_room(layers: Callable[[], RedisLayer]) -> tuple[RedisLayer, RedisLayer, Inbox, Inbox]:
     """Two processes' layers, each with a member in group "room", which a message has
     reached both: ``(a, b, a's member, b's member)``."""
@@ -81,14 +108,14 @@ def two_in_room(layers: Callable[[], RedisLayer]) -> tuple[RedisLayer, RedisLaye
 
 
 @pytest.fixture
-def layers(redis_server: RedisServer) -> Iterator[Callable[[], RedisLayer]]:
-    """Make layers ("processes") on the private Redis; all closed after the test."""
+def layers(redis_server: RedisServer) -> Iterator[Callable[..., RedisLayer]]:
+    """Make layers ("processes") on the private Redis, with socket timeouts of 1 s unless
+    ``timeout`` says; all closed after the test."""
     made: list[RedisLayer] = []
 
-    def make() -> RedisLayer:
-        layer = RedisLayer(
-            redis_server.url + "?socket_timeout=1&socket_connect_timeout=1", Registry()
-        )
+    def make(timeout: float = 1.0) -> RedisLayer:
+        query = f"?socket_timeout={timeout}&socket_connect_timeout={timeout}"
+        layer = RedisLayer(redis_server.url + query, Registry())
         made.append(layer)
         return layer
 
@@ -506,17 +533,17 @@ def test_sends_do_not_wait_while_redis_is_down(
 
 
 def test_join_while_down_subscribes_on_reconnect(
-    layers: Callable[[], RedisLayer], redis_server: RedisServer
+    layers: Callable[..., RedisLayer], redis_server: RedisServer
 ) -> None:
-    a, b = layers(), layers()
+    """A join while Redis is down waits no socket timeout (``a``'s are longer than the
+    test's own wait: one waited fails it), and subscribes once Redis is back."""
+    a, b = layers(FOREVER), layers()
     first = Inbox()
     a.join("first", first)
     redis_server.stop()
     until(lambda: a.subscriber.down)
     late = Inbox()
-    started = time.monotonic()
-    a.join("late", late)  # does not wait for Redis
-    assert time.monotonic() - started < WAIT
+    returns(lambda: a.join("late", late))  # does not wait for Redis
     redis_server.start()
     until(lambda: {"first", "late"} <= a.subscriber.subscribed, timeout=20)
     b.send("late", "found you")
@@ -1195,10 +1222,9 @@ def test_a_paused_redis_bounds_every_wait_and_delivers_once(
 
     # ALL holds CLIENT UNPAUSE too: that pause runs out by itself instead.
     redis_server.command("CLIENT", "PAUSE", "20000" if mode == "WRITE" else "3000", mode)
-    started = time.monotonic()
-    a.send("room", "paused")
-    a.join("other", Inbox())
-    assert time.monotonic() - started < 10  # each wait bounded: not the pause's end
+    # Each wait bounded: a call waiting the pause's end (20 s) fails this wait (10 s).
+    # (ALL's 3 s pause, shorter, proves the rest: nothing is delivered twice, all resumes.)
+    returns(lambda: (a.send("room", "paused"), a.join("other", Inbox())), WAIT)
     assert here.get() == "paused"
     if mode == "WRITE":
         redis_server.command("CLIENT", "UNPAUSE")
