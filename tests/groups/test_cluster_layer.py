@@ -83,12 +83,17 @@ def resumed(sender: RedisLayer, group: str, member: Inbox, timeout: float) -> fl
     raise AssertionError(f"delivery did not resume within {timeout} s")
 
 
-def drain(member: Inbox) -> None:
-    while True:
-        try:
-            member.get(timeout=0.3)
-        except Exception:
-            return
+def drain(sender: RedisLayer, group: str, member: Inbox) -> None:
+    """Take the probes of :func:`resumed` still on their way to ``member`` (how many is
+    not known: some were lost): ``sender`` sends one more message, a fence, and this
+    waits (bounded) for it. ``sender``'s messages to a group reach a member in the order
+    Redis published them, and each send returned once Redis had: every probe that will
+    ever arrive comes before the fence, none after it. (A pause of 0.3 s without a probe
+    was no proof of that: one delayed longer came among the messages sent next.)"""
+    sender.send(group, "fence")
+    deadline = time.monotonic() + WAIT
+    while (message := member.get(timeout=max(0.0, deadline - time.monotonic()))) != "fence":
+        assert str(message).startswith("probe"), message
 
 
 # -- URLs -----------------------------------------------------------------------------------
@@ -368,7 +373,7 @@ def test_cluster_subscribes_per_slot_after_a_reconnection(
     master.command("CLIENT", "KILL", "TYPE", "pubsub")
     for group, inbox in inboxes.items():
         resumed(a, group, inbox, WAIT)
-        drain(inbox)
+        drain(a, group, inbox)
     for group in names:
         a.send(group, "after")
     for inbox in inboxes.values():
@@ -403,7 +408,7 @@ def test_cluster_failover_resumes_delivery(
         f"\n[cluster] promoted {promoted_at - killed_at:.2f} s after the kill; delivery "
         f"resumed {took:.2f} s after the promotion"
     )
-    drain(inbox)
+    drain(a, group, inbox)
     for i in range(10):
         a.send(group, f"after {i}")
     assert inbox.get_all(10) == [f"after {i}" for i in range(10)]
@@ -538,7 +543,7 @@ def test_sentinel_failover_resumes_delivery(
         f"\n[sentinel] promoted {promoted_at - killed_at:.2f} s after the kill; delivery "
         f"resumed {took:.2f} s after the promotion"
     )
-    drain(inbox)
+    drain(a, "room", inbox)
     for i in range(10):
         a.send("room", f"after {i}")
     assert inbox.get_all(10) == [f"after {i}" for i in range(10)]
