@@ -454,39 +454,51 @@ def running_server(name: str, log_path: Path, **kwargs: Any) -> Iterator[ServerP
 
 @contextlib.contextmanager
 def project_server(
-    argv: list[str],
+    argv: Callable[[int], list[str]],
     cwd: Path,
     env: dict[str, str],
     log: Path,
-    ready: Callable[[], object],
+    ready: Callable[[int], object] | None = None,
     timeout: float = START_TIMEOUT,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``argv``, a server of a project a test made in ``cwd``, its output in ``log``,
-    and yield its process once ``ready()`` no longer raises ``OSError``. On leaving:
-    SIGTERM, SIGKILL after ``timeout``, then to what is left of its process group; its
-    log must hold no traceback. Raises
-    ``AssertionError`` with the log if it exits or is not ready within ``timeout``."""
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Run ``argv(port)``, a server of a project a test made in ``cwd`` on a free
+    ``port``, its output in ``log``, and yield ``(its process, port)`` once it listens
+    there itself (:func:`listens`, as :func:`start_server` waits) and then ``ready(port)``
+    (what else the test needs of it: a page that answers) no longer raises ``OSError``.
+    A port that answers is not enough: it may be another test's server's, picked too or
+    taken before the bind, while this one failed to bind it. Not listening (exited, or
+    the port another's): stopped and started again on another port, up to three times.
+    On leaving: SIGTERM, SIGKILL after ``timeout``, then to what is left of its process
+    group; its log must hold no traceback. Raises ``AssertionError`` with the log if it
+    does not come up, or exits or is not ready within ``timeout``."""
+    for _attempt in range(3):  # another process may grab the port between check and bind
+        port = free_port()
+        with open(log, "wb") as out:  # the last attempt's: the one that ran, or failed
+            process = subprocess.Popen(
+                argv(port),
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if _wait_until_listening(process, port, timeout):
+            break
+        end_process(process, timeout)
+    else:
+        raise AssertionError(f"{argv(port)[0]} did not listen; its log:\n{log.read_text()}")
     try:
         deadline = time.monotonic() + timeout
-        while True:
+        while ready is not None:
             assert process.poll() is None, log.read_text()
             try:
-                ready()
+                ready(port)
                 break
             except OSError:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-        yield process
+        yield process, port
     finally:
         end_process(process, timeout)
     assert "Traceback" not in log.read_text(), log.read_text()

@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from dwebsocket.client import ReconnectingClient
-from tests.servers import REPO, free_port, project_server
+from tests.servers import REPO, project_server
 from tests.testing.test_readme import env, quick_start, run
 
 pytestmark = pytest.mark.server
@@ -212,12 +212,14 @@ def served(
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, int]]:
-    port = free_port()
     log = tmp_path_factory.mktemp(request.param) / "server.log"
-    argv = SERVE[request.param](port)
     samples_env = env(SAMPLES_REDIS_URL=redis_url)
-    with project_server(argv, project, samples_env, log, lambda: status(port, "/"), WAIT):
-        yield request.param, port
+
+    def ready(port: int) -> int:  # the project's pages answer: its URLconf loaded
+        return status(port, "/")
+
+    with project_server(SERVE[request.param], project, samples_env, log, ready, WAIT) as server:
+        yield request.param, server[1]
 
 
 def test_the_test_cases_pass(project: Path) -> None:

@@ -19,7 +19,6 @@ from tests.servers import (
     REPO,
     ServerProcess,
     _uwsgi,
-    free_port,
     project_server,
     start_server,
 )
@@ -56,11 +55,6 @@ def project_env(**settings: object) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DWEBSOCKET_TEST_SETTINGS": json.dumps({"LOGGING": LOGGING, **settings}),
     }
-
-
-def listening(port: int) -> None:
-    """Return once ``port`` accepts a connection; ``OSError`` until it does."""
-    socket.create_connection((HOST, port), timeout=1).close()
 
 
 def answer(server: ServerProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -279,19 +273,17 @@ def test_uwsgi_resets_a_head_over_its_buffer_size(
     # docs/deployment.rst, the uWSGI options: a browser's few KiB of cookies put the head
     # over uWSGI's default 4 KiB buffer, and the connection is reset without an answer
     # (plain HTTP too), before Django. --buffer-size is the deployment's fix.
-    port = free_port()
-    argv = [*_uwsgi(HOST, port, "default", "--gevent", "10", "--gevent-early-monkey-patch")]
+    def argv(port: int) -> list[str]:
+        uwsgi = _uwsgi(HOST, port, "default", "--gevent", "10", "--gevent-early-monkey-patch")
+        return [*uwsgi, *options]
+
     env = project_env()
     request = upgrade_request("/echo/").replace(
         b"\r\n\r\n", b"\r\nCookie: a=" + b"x" * 5000 + b"\r\n\r\n"
     )
-
-    def ready() -> None:
-        listening(port)
-
     log = tmp_path / "uwsgi.log"
     with (
-        project_server([*argv, *options], REPO, env, log, ready),
+        project_server(argv, REPO, env, log) as (_, port),
         socket.create_connection((HOST, port), timeout=TIMEOUT) as sock,
     ):
         sock.sendall(request)
@@ -365,19 +357,16 @@ def test_an_asgi_server_without_websockets_is_the_deployments_fault(
     # uvicorn --ws none passes every handshake on as plain HTTP: 501, and the operator is
     # told once at ERROR what is wrong (was: "run under manage.py runserver, gevent...",
     # or for an async view "async WebSocket views run only under an ASGI server").
-    port = free_port()
-    argv = [
-        str(Path(sys.executable).with_name("uvicorn")),
-        *("--host", HOST, "--port", str(port), "--ws", "none", "--no-access-log"),
-        "tests.asgi.app:application",
-    ]
+    def argv(port: int) -> list[str]:
+        return [
+            str(Path(sys.executable).with_name("uvicorn")),
+            *("--host", HOST, "--port", str(port), "--ws", "none", "--no-access-log"),
+            "tests.asgi.app:application",
+        ]
+
     env = project_env(ROOT_URLCONF=urls)
-
-    def ready() -> None:
-        listening(port)
-
     log = tmp_path / "uvicorn.log"
-    with project_server(argv, REPO, env, log, ready):
+    with project_server(argv, REPO, env, log) as (_, port):
         for _ in range(2):
             with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
                 sock.sendall(upgrade_request("/echo/"))

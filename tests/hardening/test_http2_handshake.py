@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.browser import WAIT_MS
-from tests.hardening.test_handshake_answers import listening, project_env
+from tests.hardening.test_handshake_answers import project_env
 from tests.requirements import executable
-from tests.servers import HOST, REPO, free_port, project_server
+from tests.servers import HOST, REPO, project_server
 
 if TYPE_CHECKING:  # Chromium's tests are server tests: the matrix has no playwright
     from playwright.sync_api import Browser
@@ -46,13 +47,15 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def hypercorn_h2(
     certificate: tuple[Path, Path], **settings: object
-) -> tuple[list[str], dict[str, str], int]:
-    """hypercorn's command line with TLS (so h2), its environment, and its port."""
-    port = free_port()
-    argv = [str(Path(sys.executable).with_name("hypercorn")), "--bind", f"{HOST}:{port}"]
-    argv += ["--certfile", str(certificate[0]), "--keyfile", str(certificate[1])]
-    argv += ["--access-logfile", "-", "tests.asgi.app:application"]
-    return argv, project_env(**settings), port
+) -> tuple[Callable[[int], list[str]], dict[str, str]]:
+    """hypercorn's command line with TLS (so h2) on a port, and its environment."""
+
+    def argv(port: int) -> list[str]:
+        line = [str(Path(sys.executable).with_name("hypercorn")), "--bind", f"{HOST}:{port}"]
+        line += ["--certfile", str(certificate[0]), "--keyfile", str(certificate[1])]
+        return [*line, "--access-logfile", "-", "tests.asgi.app:application"]
+
+    return argv, project_env(**settings)
 
 
 @pytest.mark.parametrize(
@@ -75,12 +78,10 @@ def test_a_websocket_over_http2(
     expected: str,
 ) -> None:
     log = tmp_path / "hypercorn.log"
-    argv, env, port = hypercorn_h2(
-        certificate, ROOT_URLCONF=urls, WEBSOCKET_ALLOWED_ORIGINS=origins
-    )
+    argv, env = hypercorn_h2(certificate, ROOT_URLCONF=urls, WEBSOCKET_ALLOWED_ORIGINS=origins)
     # The browser's h2 connection is closed before hypercorn stops: stopped with one
     # open, hypercorn logs a CancelledError traceback of its own.
-    with project_server(argv, REPO, env, log, lambda: listening(port)):
+    with project_server(argv, REPO, env, log) as (_, port):
         context = browser.new_context(ignore_https_errors=True)
         try:
             page = context.new_page()

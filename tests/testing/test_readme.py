@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
-from tests.servers import REPO, free_port, project_server
+from tests.servers import REPO, project_server
 
 pytestmark = pytest.mark.server
 
@@ -166,13 +166,12 @@ def get(port: int, path: str) -> bytes:
 def served(
     request: pytest.FixtureRequest, project: Path, tmp_path: Path
 ) -> Iterator[tuple[int, subprocess.Popen[bytes], str]]:
-    port = free_port()
-
-    def ready() -> None:
+    def ready(port: int) -> None:
         assert get(port, "/echo/") == b"connect with a WebSocket client"
 
-    argv = SERVE[request.param](port)
-    with project_server(argv, project, env(), tmp_path / "server.log", ready, WAIT) as process:
+    argv = SERVE[request.param]
+    log = tmp_path / "server.log"
+    with project_server(argv, project, env(), log, ready, WAIT) as (process, port):
         yield port, process, request.param
 
 
