@@ -407,20 +407,22 @@ def test_a_quick_stop_of_a_sync_worker_subclass_says_goodbye_at_once(tmp_path: P
     hook told the two apart by the class's name: for a subclass it waited for the view
     to return -- the view this very signal handler interrupted -- so the client got its
     1001 after WEBSOCKET_CLOSE_TIMEOUT (5 s) and the worker exited a second later.
-    (gunicorn logs the SystemExit that ends the request, as for any sync worker stopped
-    mid-request: that traceback is expected.)"""
-    server = start_server("gunicorn-sync-subclass", tmp_path / "server.log")
+    Here that timeout outlasts the client's own wait (``TIMEOUT``) and the wait for the
+    exit: a goodbye waiting it fails them. (gunicorn logs the SystemExit that ends the
+    request, as for any sync worker stopped mid-request: that traceback is expected.)"""
+    server = start_server(
+        "gunicorn-sync-subclass",
+        tmp_path / "server.log",
+        settings={"WEBSOCKET_CLOSE_TIMEOUT": 6 * TIMEOUT},
+    )
     try:
         with raw_client(server, "/lifecycle/wait/") as client:
             assert client.recv() == "ready"
-            started = time.monotonic()
             server.process.send_signal(signal.SIGINT)
             expect_close_then_eof(client, 1001)
-            elapsed = time.monotonic() - started
         server.process.wait(STOP_TIMEOUT)
     finally:
         server.stop()
-    assert elapsed < TIMEOUT / 4, elapsed  # not the 5 s close timeout
     log = server.log()
     assert_no_write_errors(log)
     assert log.count("Traceback (most recent call last)") == 1, log
