@@ -27,11 +27,9 @@ pytestmark = pytest.mark.server
 def test_serves_the_page_then_ctrl_c_says_goodbye(tmp_path: Path) -> None:
     db = tmp_path / "fresh.sqlite3"
     assert not db.exists()
-    started = time.monotonic()
+    # Returned: the page answered within START_TIMEOUT of the (last) process's start.
     srv = start_demo(tmp_path / "demo.log", db=db, timeout=START_TIMEOUT)
     try:
-        # start_demo returned: the page answered within START_TIMEOUT of the process start.
-        assert time.monotonic() - started < START_TIMEOUT
         assert db.exists()  # migrated
         assert f"http://127.0.0.1:{srv.port}/" in srv.log()
 
