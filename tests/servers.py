@@ -400,6 +400,22 @@ def listens(process: subprocess.Popen[bytes], port: int) -> bool | None:
     return bool(listening & _session_socket_inodes(process.pid))
 
 
+def spawn(
+    argv: list[str], cwd: Path, env: dict[str, str], out: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """A server process in a session of its own (so that :func:`listens` finds its
+    workers' sockets, and :func:`end_process` its whole group), its output in ``out``."""
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def start_server(
     name: str,
     log_path: Path,
@@ -426,15 +442,8 @@ def start_server(
     for _attempt in range(3):  # another process may grab the port between check and bind
         port = free_port()
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed by ServerProcess.stop()
-        process = subprocess.Popen(
-            {**SERVERS, **OTHER_SERVERS, **ASGI_SERVERS}[name](HOST, port),
-            cwd=REPO,
-            env=child_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = {**SERVERS, **OTHER_SERVERS, **ASGI_SERVERS}[name](HOST, port)
+        process = spawn(argv, REPO, child_env, log_file)
         server = ServerProcess(name, port, process, log_path, log_file)
         if _wait_until_listening(process, port, timeout):
             return server
@@ -474,15 +483,7 @@ def project_server(
     for _attempt in range(3):  # another process may grab the port between check and bind
         port = free_port()
         with open(log, "wb") as out:  # the last attempt's: the one that ran, or failed
-            process = subprocess.Popen(
-                argv(port),
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            process = spawn(argv(port), cwd, env, out)
         if _wait_until_listening(process, port, timeout):
             break
         end_process(process, timeout)

@@ -10,14 +10,13 @@ Every wait is bounded; ``tests.servers.ServerProcess.stop`` ends with SIGKILL.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.servers import REPO, ServerProcess, free_port, listens
+from tests.servers import REPO, ServerProcess, free_port, listens, spawn
 
 __all__ = ["RUN", "START_TIMEOUT", "start_demo", "wait_for_page"]
 
@@ -64,15 +63,7 @@ def start_demo(
         chosen = free_port() if port is None else port
         env["PORT"] = str(chosen)
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed by ServerProcess.stop()
-        process = subprocess.Popen(
-            [sys.executable, str(RUN)],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        process = spawn([sys.executable, str(RUN)], REPO, env, log_file)
         srv = ServerProcess("demo", chosen, process, log_path, log_file)
         if wait_for_page(srv, time.monotonic() + timeout):
             return srv
