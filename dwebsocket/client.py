@@ -297,8 +297,9 @@ class ReconnectingClient:
     first connection (e.g. saved by an earlier run); :attr:`positions` holds, for each
     group, the position of the last message :meth:`recv` returned (never of one still
     waiting to be: save it after handling a message, and a later run resumes right
-    after that message), none for a group whose ``recovery_failed`` came without a
-    position (the server could not read Redis: given up, see ``docs/recovery.rst``).
+    after that message), none for a group after its ``recovery_failed`` until
+    :meth:`state_loaded` (until then each reconnection joins it as a first visit, and the
+    view sends the full state again: see ``docs/recovery.rst``).
     Backoff: attempt ``n`` after a drop waits a random time up to
     ``min(max_delay, min_delay * 2**n)`` seconds (``n`` starts again at 0 after a
     connection that stayed open ``stable`` seconds). Heartbeat: after ``ping_interval``
@@ -396,9 +397,15 @@ class ReconnectingClient:
         self._arrived: dict[str, str] = dict(self.positions)
         self.since_limit = since_limit
         # Group -> position: those the last attempt's URL had no room for (see _address),
-        # and those given up after a message too large to read (see _feed).
+        # and those given up after a message too large to read (see _feed) or a failed
+        # join, until state_loaded(); with the last position read of each meanwhile, which
+        # state_loaded() adopts.
         self._left_out: dict[str, str] = {}
         self._given_up: dict[str, str] = {}
+        self._held: dict[str, str | None] = {}
+        # Group -> the last position recv() returned since its recovery_failed, until
+        # state_loaded(): then in positions (until then, the group is not there).
+        self._loading: dict[str, str | None] = {}
         self.min_delay, self.max_delay, self.stable = min_delay, max_delay, stable
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.no_retry = frozenset(no_retry)
@@ -540,6 +547,22 @@ class ReconnectingClient:
                 raise ConnectionClosed(self.close_code or 1006, self.close_reason) from None
 
         self._write(frame)
+
+    def state_loaded(self, group: str) -> None:
+        """Say that the application has ``group``'s full state, which the view sends after
+        a ``recovery_failed``: from now on a reconnection resumes the group again, after
+        the last message of it received. Until then, each reconnection joins it as a
+        first visit (the view sends the full state again, told ``recovery_failed`` with
+        the same ``since``) and :attr:`positions` has no position for it: a connection
+        lost before the full state came would otherwise resume after the failed join, the
+        server say "recovered", and the full state never come. Call it from the thread
+        that reads, once the state is in (a group not waiting for one: nothing to do)."""
+        if group in self._given_up:
+            del self._given_up[group]
+            if (held := self._held.pop(group, None)) is not None:
+                self._arrive(group, held)
+        if group in self._loading and (seen := self._loading.pop(group)) is not None:
+            self.positions[group] = seen
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close for good (no reconnection): a close frame, a short wait for the server's,
@@ -965,7 +988,10 @@ class ReconnectingClient:
         kind, group, position = data["dws"], data.get("g"), data.get("p")
         if kind == "msg":
             if isinstance(position, str) and isinstance(group, str):
-                self._arrive(group, position)
+                if group in self._given_up:
+                    self._held[group] = position  # see state_loaded
+                else:
+                    self._arrive(group, position)
             body = data["d"] if "d" in data else base64.b64decode(data.get("b", ""))
             self._inbox.append(Received(body, group, position))
         elif kind == "joined":
@@ -974,8 +1000,6 @@ class ReconnectingClient:
                 left_out = self._left_out.pop(group, None)
                 given_up = self._given_up.pop(group, None)
             left_out = left_out or given_up
-            if isinstance(position, str) and isinstance(group, str):
-                self._arrive(group, position)
             info = {
                 "group": group,
                 "position": position,
@@ -993,12 +1017,17 @@ class ReconnectingClient:
                 # Its position had no room in the URL: what it missed is not coming.
                 self._inbox.append(Event("recovery_failed", **{**info, "since": left_out}))
                 failed = left_out
-            if failed is not None and position is None and isinstance(group, str):
-                # Failed with no position (the server could not read Redis): the view sends
-                # the full state, which has what came after the old one; resuming from that
-                # later would replay it on top. Given up: a first visit next time.
+            if isinstance(group, str) and failed is not None:
+                # The view sends the full state next. Resumed from the join's position
+                # before it came (the connection lost meanwhile), the server would say
+                # "recovered" and the state would never come. Given up until
+                # state_loaded(): a first visit, told "recovery_failed" again. (No
+                # position: the server could not read Redis.)
                 self._arrived.pop(group, None)
                 self._given_up[group] = failed
+                self._held[group] = position if isinstance(position, str) else None
+            elif isinstance(group, str) and isinstance(position, str):
+                self._arrive(group, position)
         elif kind != "pong":
             self._inbox.append(Event("dws", extra=data))
 
@@ -1084,7 +1113,10 @@ class ReconnectingClient:
         received = self._inbox.popleft()
         assert isinstance(received, Received)
         if received.group is not None and received.position is not None:
-            self.positions[received.group] = received.position
+            if received.group in self._loading:
+                self._loading[received.group] = received.position
+            else:
+                self.positions[received.group] = received.position
         return received
 
     def _emit_events(self) -> None:
@@ -1093,8 +1125,11 @@ class ReconnectingClient:
             self._inbox.popleft()
             if event.type == "joined" and event.group is not None and event.position:
                 self.positions[event.group] = event.position
-            elif event.type == "recovery_failed" and event.position is None:
-                self.positions.pop(event.group or "", None)  # given up (see _message)
+            elif event.type == "recovered":
+                self._loading.pop(event.group or "", None)
+            elif event.type == "recovery_failed" and event.group is not None:
+                self.positions.pop(event.group, None)  # until state_loaded (see _message)
+                self._loading[event.group] = event.position
             self._emit(event)
 
     def _emit(self, event: Event) -> None:

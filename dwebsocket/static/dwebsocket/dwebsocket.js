@@ -44,7 +44,8 @@
     this._tick = 0;
     for (k in this.positions) this._recent[k] = ++this._tick;
     this._leftOut = Object.create(null); // group -> position the last URL had no room for
-    this._givenUp = Object.create(null); // group -> position a failed join gave up
+    this._givenUp = Object.create(null); // group -> position a failed join gave up ...
+    this._held = Object.create(null); // ... and its latest, for stateLoaded
     this.attempts = 0;
     this.closed = false; // close() called, or a close code in noRetry
     this.ws = null;
@@ -127,6 +128,15 @@
         throw err;
       }
     }
+  };
+
+  /** The page has group's full state (after "recoveryfailed"): resume it again. */
+  proto.stateLoaded = function (group) {
+    if (group in this._givenUp) {
+      delete this._givenUp[group];
+      if (this._held[group]) this._saw(group, this._held[group]);
+    }
+    return this;
   };
 
   /** Reconnects now if waiting to (e.g. when the browser says it is online again). */
@@ -297,7 +307,10 @@
       return;
     }
     if (m.dws === "msg") {
-      if (m.p) this._saw(m.g, m.p);
+      if (m.p) {
+        if (m.g in this._givenUp) this._held[m.g] = m.p;
+        else this._saw(m.g, m.p);
+      }
       this._emit("message", "d" in m ? m.d : decode(m.b, this.options.binaryType), { group: m.g, position: m.p });
     } else if (m.dws === "joined") {
       var leftOut = this._leftOut[m.g];
@@ -305,14 +318,13 @@
       delete this._leftOut[m.g];
       delete this._givenUp[m.g];
       var failed = m.since != null ? (m.recovered ? null : m.since) : leftOut;
-      if (m.p) this._saw(m.g, m.p);
-      else if (failed != null) {
-        // Failed with no position (the server could not read Redis): the view sends the
-        // full state, which has what came after the old one; resuming from that later
-        // would replay it on top. Given up: a first visit next time.
+      if (failed != null) {
+        // The view sends the full state: resumed from m.p before it came, it never would
+        // ("recovered"). Given up until stateLoaded: a first visit (no m.p: no Redis).
         delete this.positions[m.g];
         this._givenUp[m.g] = failed;
-      }
+        this._held[m.g] = m.p;
+      } else if (m.p) this._saw(m.g, m.p);
       var info = { group: m.g, position: m.p, since: m.since, missed: m.missed };
       this._emit("joined", info);
       if (m.since != null) this._emit(m.recovered ? "recovered" : "recoveryfailed", info);

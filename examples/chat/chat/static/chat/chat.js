@@ -54,6 +54,10 @@
       let data;
       try { data = JSON.parse(raw); } catch (e) { return; }
       handle(data);
+      // The welcome carries the room's state (its history, when the room's own could not
+      // be recovered): from now on a reconnection resumes the room after it. Until then
+      // (the connection lost before the welcome came) each one gets the welcome again.
+      if (data.type === "welcome") socket.stateLoaded(`chat.${room}`);
     });
     socket.on("close", (event) => {
       // 4001: this page's session ended (logged out, in this tab or another one): the
