@@ -279,7 +279,8 @@ typedef struct {
     PyObject *last_switch; /* ... and its switch method */
     double timer_at;      /* the deadline the timer was armed for */
     unsigned long thread; /* the hub's thread */
-    char waiting;         /* last is in wait() */
+    char waiting;         /* last is in wait(), switched to the hub */
+    char arming;          /* a wait() is making its calls before that (refuses another) */
     char io_active;
     char closed;          /* close() was called (in any thread): no wait reads readable */
     char close_scheduled; /* close() from another thread handed the rest to the hub's */
@@ -415,14 +416,19 @@ waiter_arm(Waiter *self, double deadline)
         if (kwnames == NULL) {
             goto done;
         }
+        /* The waiter's timer before it starts: Python that start() runs once it has
+           started it may see it fire (_expired() clears it: the wait sees it gone). */
+        Py_XSETREF(self->timer, Py_NewRef(timer)); /* none: only this arming sets it */
+        self->timer_at = deadline;
         r = PyObject_Vectorcall(start, args, 1, kwnames);
         Py_DECREF(kwnames);
     }
     if (r == NULL) {
+        if (self->timer == timer) {
+            Py_CLEAR(self->timer); /* not started */
+        }
         goto done;
     }
-    self->timer = Py_NewRef(timer);
-    self->timer_at = deadline;
     rc = 0;
 done:
     Py_XDECREF(r);
@@ -467,6 +473,45 @@ waiter_after_wait(Waiter *self)
     return waiter_close_io(self);
 }
 
+/* waiter_wait()'s calls before the switch, made for `current` (all may run Python): the
+   wake's target, the timer, the io watcher started and ref'd. 0, or -1 with an exception. */
+static int
+waiter_arm_all(Waiter *self, PyObject *current, double deadline)
+{
+    PyObject *r;
+
+    if (current != self->last) {
+        PyObject *sw = PyObject_GetAttr(current, str_switch);
+        if (sw == NULL) {
+            return -1;
+        }
+        Py_XSETREF(self->last, Py_NewRef(current));
+        Py_XSETREF(self->last_switch, sw);
+    }
+    if (deadline < INFINITY && (self->timer == NULL || self->timer_at > deadline)) {
+        if (waiter_arm(self, deadline) < 0) {
+            return -1;
+        }
+    }
+    if (!self->io_active) {
+        PyObject *ready = PyObject_GetAttr((PyObject *)self, str__ready);
+        if (ready == NULL) {
+            return -1;
+        }
+        r = PyObject_CallMethodOneArg(self->io, str_start, ready);
+        Py_DECREF(ready);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+        self->io_active = 1;
+        self->io_closed = 0; /* started again after a close() meanwhile: closed again */
+    }
+    /* The watcher keeps the loop alive only while someone waits on it (ref), as gevent's
+       own waits do: a loop with nothing else to do still ends (LoopExit). */
+    return PyObject_SetAttr(self->io, str_ref, Py_True);
+}
+
 /*
  * Wait until the socket is readable or the monotonic time ``deadline`` (INFINITY: no
  * limit). 1: readable; 0: woken otherwise (the timer, maybe armed for an earlier
@@ -476,76 +521,53 @@ waiter_after_wait(Waiter *self)
  *
  * The io watcher stays started between waits: a message read, answered and waited for
  * again costs no start()/stop(). When it fires with nobody waiting, _ready() stops it.
+ *
+ * The calls that arm the wait may run Python (rule 1 at the top of this file), which may
+ * yield to the hub and to other greenlets. So the wait counts as begun (arming) before
+ * them: another wait meanwhile, by any greenlet, is refused (2, as _GeventReadWaiter's
+ * _waiting refuses it), else it would arm a timer of its own that this one's replaced
+ * (a reference and a started timer lost). And the checks are made again after them: a
+ * close() meanwhile (which cleared last_switch, the wake's target) ends this wait as one
+ * during it would; a timer that fired meanwhile (found nobody waiting, so woke nobody) or
+ * a watcher _ready() stopped meanwhile (readable with nobody waiting yet) ends it too (0:
+ * the caller checks the time and waits again), instead of a wait past its deadline or
+ * on a watcher that no longer watches.
  */
 static int
 waiter_wait(Waiter *self, double deadline)
 {
     PyObject *current, *r;
-    int readable, moved;
+    int readable, rc;
 
-    if (self->closed || self->waiting || PyThread_get_thread_ident() != self->thread) {
+    if (self->closed || self->waiting || self->arming ||
+        PyThread_get_thread_ident() != self->thread) {
         return 2;
     }
+    self->arming = 1;
     current = PyObject_CallNoArgs(getcurrent);
     if (current == NULL) {
+        self->arming = 0;
         return -1;
     }
     if (current == self->hub) {
+        self->arming = 0;
         Py_DECREF(current);
         return 2;
     }
-    if (current != self->last) {
-        PyObject *sw = PyObject_GetAttr(current, str_switch);
-        if (sw == NULL) {
-            Py_DECREF(current);
-            return -1;
-        }
-        Py_XSETREF(self->last, Py_NewRef(current));
-        Py_XSETREF(self->last_switch, sw);
+    rc = waiter_arm_all(self, current, deadline);
+    self->arming = 0;
+    if (rc == 0 && (self->closed || self->last != current || !self->io_active ||
+                    (deadline < INFINITY && (self->timer == NULL || self->timer_at > deadline)))) {
+        rc = 1; /* Python ran since the checks above, and ended this wait (see above) */
     }
-    if (deadline < INFINITY && (self->timer == NULL || self->timer_at > deadline)) {
-        if (waiter_arm(self, deadline) < 0) {
-            Py_DECREF(current);
-            return -1;
-        }
-    }
-    if (!self->io_active) {
-        PyObject *ready = PyObject_GetAttr((PyObject *)self, str__ready);
-        if (ready == NULL) {
-            Py_DECREF(current);
-            return -1;
-        }
-        r = PyObject_CallMethodOneArg(self->io, str_start, ready);
-        Py_DECREF(ready);
-        if (r == NULL) {
-            Py_DECREF(current);
-            return -1;
-        }
-        Py_DECREF(r);
-        self->io_active = 1;
-        self->io_closed = 0; /* started again after a close() meanwhile: closed again */
-    }
-    /* The watcher keeps the loop alive only while someone waits on it (ref), as gevent's
-       own waits do: a loop with nothing else to do still ends (LoopExit). */
-    if (PyObject_SetAttr(self->io, str_ref, Py_True) < 0) {
-        Py_DECREF(current);
+    Py_DECREF(current);
+    if (rc < 0) {
         return -1;
     }
-    /* Python ran since the checks above (the calls, and any garbage collection they
-       started: rule 1 at the top of this file). A close() meanwhile (which cleared
-       last_switch, the wake's target) ends this wait as one during it would; another
-       greenlet's wait meanwhile keeps the waiter. */
-    moved = self->closed || self->waiting || self->last != current;
-    Py_DECREF(current);
-    if (moved) {
-        if (self->waiting) {
-            return 2;
-        }
-        if (waiter_after_wait(self) < 0) {
-            return -1;
-        }
-        return self->closed ? 0 : 2;
+    if (rc == 1) {
+        return waiter_after_wait(self) < 0 ? -1 : 0;
     }
+    /* Nothing that may run Python from the checks to the switch. */
     self->waiting = 1;
     r = PyObject_CallNoArgs(self->hub_switch);
     self->waiting = 0;

@@ -967,3 +967,182 @@ def test_the_c_send_path_writes_what_the_python_one_does(seen: dict[str, Any]) -
         session.finish()
     assert seen["fast"] is True
     assert b"".join(seen["python"]) == expected  # the general path, same bytes
+
+
+# -- the Waiter: Python code that runs while a wait arms its watchers --
+
+
+class _Watched:
+    """A watcher of the hub's loop that runs Python code: ``after_start`` right after its
+    ``start()``, ``after_ref`` right after ``ref`` is set true. The C waiter calls into
+    its loop's watchers while a wait arms them, and any such call may run Python code (a
+    garbage collection's finalizers; gevent's libuv loop is Python code) that yields to
+    the hub."""
+
+    def __init__(self, watcher: Any, hooks: dict[str, list[Callable[[], None]]]) -> None:
+        self._watcher, self._hooks = watcher, hooks
+
+    def _run(self, hook: str) -> None:
+        if self._hooks[hook]:
+            self._hooks[hook].pop()()
+
+    def start(self, callback: Any, *args: Any, **kwargs: Any) -> None:
+        self._watcher.start(callback, *args, **kwargs)
+        self._run("after_start")
+
+    def stop(self) -> None:
+        self._watcher.stop()
+
+    def close(self) -> None:
+        self._watcher.close()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._watcher.active)
+
+    @property
+    def ref(self) -> bool:
+        return bool(self._watcher.ref)
+
+    @ref.setter
+    def ref(self, value: bool) -> None:
+        self._watcher.ref = value
+        if value:
+            self._run("after_ref")
+
+
+def _waiter_with_hooks(kind: str, sock: socket.socket) -> tuple[Any, dict[str, Any]]:
+    """A C or Python waiter on ``sock`` whose loop's timers (and, for the C waiter, io
+    watcher) are ``_Watched``; the hooks to set, and the timers made."""
+    import gevent
+
+    hub = gevent.get_hub()
+    hooks: dict[str, Any] = {"before_timer": [], "after_start": [], "after_ref": []}
+    timers: list[_Watched] = []
+    hooks["timers"] = timers
+
+    class Loop:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(hub.loop, name)
+
+        def timer(self, *args: Any, **kwargs: Any) -> _Watched:
+            if hooks["before_timer"]:
+                hooks["before_timer"].pop()()
+            timers.append(_Watched(hub.loop.timer(*args, **kwargs), hooks))
+            return timers[-1]
+
+        def io(self, *args: Any, **kwargs: Any) -> _Watched:
+            return _Watched(hub.loop.io(*args, **kwargs), hooks)
+
+    class Hub:
+        loop = Loop()
+        switch = hub.switch
+
+    if kind == "c":
+        return transport_module._fastpath.Waiter(Hub(), sock.fileno()), hooks
+    return transport_module._GeventReadWaiter(sock, Hub()), hooks
+
+
+def _wait_in_greenlet(waiter: Any, deadline: float | None) -> Any:
+    """``waiter.wait(deadline)`` in a greenlet of its own: its result, its exception, or
+    "still waiting" after TIMEOUT (the greenlet then killed)."""
+    import gevent
+
+    waiting = gevent.spawn(waiter.wait, deadline)
+    waiting.join(TIMEOUT)
+    if not waiting.ready():
+        waiting.kill()
+        return "still waiting"
+    return waiting.exception if waiting.exception is not None else waiting.value
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "c",
+        pytest.param(
+            "python",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="transport._GeventReadWaiter: its _expired() switches into the "
+                "greenlet while that runs the Python code (InvalidSwitchError in "
+                "gevent.sleep), and its wait then has no timer left",
+            ),
+        ),
+    ],
+)
+def test_a_deadline_that_passes_while_the_wait_arms_its_timer_ends_it(kind: str) -> None:
+    """The timer fires while Python code run after its start() yields (the deadline
+    passes meanwhile): the wait ends (False), it does not wait on without a timer."""
+    import gevent
+
+    a, b = socket.socketpair()
+    with a, b:
+        waiter, hooks = _waiter_with_hooks(kind, a)
+        hooks["after_start"].append(lambda: gevent.sleep(0.05))
+        result = _wait_in_greenlet(waiter, time.monotonic() + 0.01)
+        assert hooks["after_start"] == []  # the scene was set
+        waiter.close()
+        assert result is False, result
+        b.sendall(b"x")  # a watcher left started would switch into this greenlet now
+        gevent.sleep(0.05)
+
+
+def test_the_c_waiter_s_watcher_stopped_while_a_wait_arms_it_ends_the_wait() -> None:
+    """Readable while Python code run as the wait sets its watcher's ``ref`` yields:
+    ``_ready()``, finding nobody waiting yet, stops the watcher; the wait then ends (the
+    caller waits again) instead of waiting on a stopped watcher. (The Python waiter sets
+    no ``ref``: it starts its watcher in every wait.)"""
+    import gevent
+
+    a, b = socket.socketpair()
+    with a, b:
+        waiter, hooks = _waiter_with_hooks("c", a)
+        b.sendall(b"1")
+        assert waiter.wait(None) is True  # its watcher stays started (and no timer)
+        assert a.recv(1) == b"1"
+
+        def readable_meanwhile() -> None:
+            b.sendall(b"2")
+            gevent.sleep(0.05)  # the hub runs: the watcher fires, nobody waits yet
+
+        hooks["after_ref"].append(readable_meanwhile)
+        result = _wait_in_greenlet(waiter, None)
+        assert hooks["after_ref"] == []  # the scene was set
+        assert result in (True, False), result
+        assert _wait_in_greenlet(waiter, None) is True
+        assert a.recv(1) == b"2"
+        waiter.close()
+
+
+@pytest.mark.parametrize("kind", ["c", "python"])
+def test_a_wait_another_greenlet_begins_while_a_wait_arms_leaves_no_timer(kind: str) -> None:
+    """Another greenlet's wait with a deadline, begun from Python code that runs (and
+    yields) while a wait arms its timer: one of the two is refused (None: its caller
+    polls), the other woken, and once the waiter is closed no timer of it is left
+    running (the C waiter kept the later timer and lost its reference to the earlier,
+    which went on running, and holding the waiter, for ever)."""
+    import gevent
+
+    a, b = socket.socketpair()
+    with a, b:
+        waiter, hooks = _waiter_with_hooks(kind, a)
+        results: dict[str, Any] = {}
+
+        def wait(name: str, deadline: float) -> None:
+            results[name] = waiter.wait(deadline)
+
+        hooks["before_timer"].append(
+            lambda: (gevent.spawn(wait, "second", time.monotonic() + 30), gevent.sleep(0.01))
+        )
+        first = gevent.spawn(wait, "first", time.monotonic() + 60)
+        gevent.sleep(0.05)
+        b.sendall(b"x")
+        gevent.joinall([first], timeout=TIMEOUT)
+        gevent.sleep(0.05)
+        assert sorted(map(repr, results.values())) == ["None", "True"], results
+        assert a.recv(1) == b"x"
+        waiter.close()
+        gevent.sleep(0)
+        assert hooks["timers"], "the scene was set"
+        assert [timer.active for timer in hooks["timers"]] == [False] * len(hooks["timers"])
