@@ -280,9 +280,10 @@ def join(
     returns when that failed (Redis is still unreachable). Joining twice is harmless (a
     member of a history group joined again without ``since`` goes on as it was, nothing
     lost or repeated; its ``position`` is the last it got; with ``since``, what it was
-    handed already is not replayed); a closed connection is not
-    added. Raises ``TypeError``/``ValueError`` for a group name that is not a non-empty
-    str UTF-8 can encode, not beginning with ``}``.
+    handed already is not replayed; two joins of one connection to one group at once are
+    made one after the other, the second going on from where the first left); a closed
+    connection is not added. Raises ``TypeError``/``ValueError`` for a group name that is
+    not a non-empty str UTF-8 can encode, not beginning with ``}``.
 
     For a group that keeps history (``WEBSOCKET_GROUPS_HISTORY``), ``since`` is the position
     of the last message the client saw (:func:`since` reads it from the request): every
@@ -374,6 +375,16 @@ def _join(group: str, websocket: WebSocket | Member, since: str | None) -> Recov
         if websocket.is_closed():  # closed meanwhile: its signal may have fired before
             layer.leave_all(websocket)
         return _failed(since) if since is not None else _NO_HISTORY
+    # One join of a connection to a history group at a time (threads of a view, an async
+    # view's): each finds the follower as the one before left it, and replays after that.
+    with _registry.followers.joining(group, websocket):
+        return _join_history(layer, group, websocket, since)
+
+
+def _join_history(
+    layer: Layer, group: str, websocket: WebSocket | Member, since: str | None
+) -> Recovery:
+    """:func:`_join` of a history group (call under its ``followers.joining``)."""
     from dwebsocket import dws
 
     followers = _registry.followers.get(group)

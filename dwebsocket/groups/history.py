@@ -32,6 +32,7 @@ they share.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -39,7 +40,7 @@ import operator
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -528,11 +529,43 @@ def _close_for_gap(member: Sink) -> None:
 
 
 class Followers:
-    """The followers of every history group in this process: group -> member id -> it."""
+    """The followers of every history group in this process: group -> member id -> it;
+    and the joins of each member to each group under way (:meth:`joining`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._groups: dict[str, dict[int, Follower]] = {}
+        # (group, member id) -> [its lock, the joins holding or waiting for it]
+        self._joins: dict[tuple[str, int], list[Any]] = {}
+
+    @contextlib.contextmanager
+    def joining(self, group: str, member: Any) -> Iterator[None]:
+        """Hold the lock of ``member``'s joins to ``group`` (for a whole join, replay
+        included): a second join of one connection to one group, from another thread,
+        waits for the first, then goes on from where it left (two replays side by side
+        would each send what the other does, interleaved). Only those joins ever wait for
+        it: live delivery, leaves and every other connection's joins do not. Reentrant:
+        a join made inside one (a member's ``send`` joining again) goes on as before."""
+        key = (group, id(member))
+        with self._lock:
+            entry = self._joins.get(key)
+            if entry is None:
+                entry = self._joins[key] = [threading.RLock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._joins[key]  # while one holds it, the member's id is its own
+
+    def joins(self, group: str, member: Any) -> int:
+        """How many joins of ``member`` to ``group`` hold or wait for :meth:`joining`."""
+        with self._lock:
+            entry = self._joins.get((group, id(member)))
+            return 0 if entry is None else int(entry[1])
 
     def add(self, group: str, member: Any, follower: Follower) -> None:
         with self._lock:

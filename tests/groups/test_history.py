@@ -992,3 +992,63 @@ def test_joining_again_with_since_while_a_message_is_on_its_way_gets_it_once() -
     assert member.get_all(2) == ["m4", "m5"]
     member.assert_empty()
     assert len(again) == 1 and again[0].recovered
+
+
+class ReplayHolder(Inbox):
+    """A member whose replay (:meth:`send`, which a join's replay uses) is held at its
+    ``hold_at``-th message until :attr:`release` is set; live messages (:meth:`deliver`)
+    are kept in the same order of arrival."""
+
+    def __init__(self, hold_at: int) -> None:
+        super().__init__()
+        self.hold_at = hold_at
+        self.holding, self.release = threading.Event(), threading.Event()
+
+    def send(self, message: Message) -> None:
+        self.hold_at -= 1
+        if self.hold_at == 0:
+            self.holding.set()
+            assert self.release.wait(WAIT)
+        self.deliver(message)
+
+
+def test_two_joins_of_one_connection_at_once_replay_each_message_once_in_order() -> None:
+    """A connection joined to a history group with ``since`` while another join of it to
+    that group is still replaying (two threads of a view, an ``async`` view's joins): the
+    second waits for the first and goes on from where it left, so every message comes
+    once, in order. (The second found the first's follower holding back, made one of its
+    own and replayed from its ``since`` beside the first: m1..m10 twice, interleaved.)"""
+    sent = [groups.send("room", f"m{i}") for i in range(1, 11)]
+    epoch = Position.parse(sent[0]).epoch  # type: ignore[union-attr]
+    member = ReplayHolder(hold_at=3)
+    joins: list[Recovery] = []
+
+    def join() -> None:
+        joins.append(groups.join("room", member, since=f"{epoch}:0"))
+
+    first, second = threading.Thread(target=join), threading.Thread(target=join)
+    first.start()
+    try:
+        assert member.holding.wait(WAIT)  # the first replay sent m1, m2 and holds at m3
+        second.start()
+        joins_of = groups._registry.followers.joins
+        until(lambda: not second.is_alive() or joins_of("room", member) == 2)
+        groups.send("room", "m11")  # live, while both joins are under way
+    finally:
+        member.release.set()
+        first.join(WAIT)
+        if second.ident is not None:
+            second.join(WAIT)
+    assert not first.is_alive() and not second.is_alive()
+    groups.send("room", "m12")
+    got: list[Message] = []
+    while "m12" not in got:
+        got.append(member.get())
+    assert got == [f"m{i}" for i in range(1, 13)]
+    member.assert_empty()
+    assert joins == [
+        # m11 came during the first replay: it is replayed with it
+        Recovery(since=f"{epoch}:0", position=f"{epoch}:11", recovered=True, missed=11),
+        Recovery(since=f"{epoch}:0", position=f"{epoch}:11", recovered=True, missed=0),
+    ]
+
