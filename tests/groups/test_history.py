@@ -677,6 +677,14 @@ class Holder:
         return False
 
 
+def received_until(member: Inbox, last: Message) -> list[Message]:
+    """What ``member`` gets, up to ``last`` (bounded: each message within ``WAIT``)."""
+    got: list[Message] = []
+    while last not in got:
+        got.append(member.get())
+    return got
+
+
 def test_joining_a_live_member_again_loses_nothing_sent_meanwhile() -> None:
     """The memory layer's twin of test_history_redis's: a message on its way to a member
     (its fan-out held by a member before it) when the member joins again arrives, once."""
@@ -703,10 +711,7 @@ def test_joining_a_live_member_again_loses_nothing_sent_meanwhile() -> None:
             joiner.join(WAIT)
     assert not sender.is_alive() and not joiner.is_alive()
     groups.send("room", "after")
-    got: list[Message] = []
-    while "after" not in got:
-        got.append(member.get())
-    assert got == ["in flight", "after"]
+    assert received_until(member, "after") == ["in flight", "after"]
     member.assert_empty()
 
 
@@ -1041,10 +1046,7 @@ def test_two_joins_of_one_connection_at_once_replay_each_message_once_in_order()
             second.join(WAIT)
     assert not first.is_alive() and not second.is_alive()
     groups.send("room", "m12")
-    got: list[Message] = []
-    while "m12" not in got:
-        got.append(member.get())
-    assert got == [f"m{i}" for i in range(1, 13)]
+    assert received_until(member, "m12") == [f"m{i}" for i in range(1, 13)]
     member.assert_empty()
     assert joins == [
         # m11 came during the first replay: it is replayed with it
