@@ -428,7 +428,9 @@ class Follower:
         (interrupted while Redis lost the history and others sent on), means the member
         missed some: one whose client speaks ``dws`` is closed with 4003 instead, and its
         client reconnects and recovers them or is told it cannot (the others get what
-        comes, as members of any group)."""
+        comes, as members of any group). So does a first message that is not its epoch's
+        first for a member with no last position (Redis could not be read at its join):
+        those before it may have come after the join, while this process was cut off."""
         self.deliver_items(Items([item]))
 
     def deliver_items(self, items: Items) -> None:
@@ -461,20 +463,23 @@ class Follower:
         """Of ``items``, the ones to deliver (duplicates left out; the last becomes
         ``last``), up to the first that skips offsets after ``last`` when the member's
         client speaks ``dws`` (returned second, else None): in ``last``'s epoch, one past
-        the next offset; in another epoch, any but its first. Call with ``lock`` held."""
+        the next offset; in another epoch, or without ``last``, any but its epoch's first.
+        Call with ``lock`` held."""
         kept: list[Item] = []
         for item in items:
             position, last = item.position, self.last
             if (
                 self.envelope
                 and position is not None
-                and last is not None
-                and position.offset > (last.offset + 1 if position.epoch == last.epoch else 1)
+                and position.offset
+                > (last.offset + 1 if last is not None and position.epoch == last.epoch else 1)
             ):
                 # Another epoch: the history was lost (Redis restarted without persistence,
-                # flushed) and begun again while this process was not subscribed. Its
-                # client would take this position as its own and later "recover" from it,
-                # never told of the messages before it.
+                # flushed) and begun again while this process was not subscribed. No last
+                # position (Redis could not be read at the join): what came before this
+                # message may have come after the join, while this process was not
+                # subscribed. Its client would take this position as its own and later
+                # "recover" from it, never told of the messages before it.
                 return kept, item
             if self._fresh(item):
                 kept.append(item)
@@ -492,7 +497,7 @@ class Follower:
             "Group %r: a member missed messages after %s (got %s): closing it (%d) so that "
             "its client reconnects and recovers them",
             self.group,
-            last,
+            "its join (no position)" if last is None else last,
             gap.position,
             GAP_CLOSE,
         )

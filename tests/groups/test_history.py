@@ -1054,3 +1054,28 @@ def test_two_joins_of_one_connection_at_once_replay_each_message_once_in_order()
         Recovery(since=f"{epoch}:0", position=f"{epoch}:11", recovered=True, missed=0),
     ]
 
+
+def test_a_dws_member_without_a_position_is_closed_at_a_first_message_past_offset_1() -> None:
+    """A member that went live with no position (Redis could not be read at its join, or
+    the group had no history yet) cannot tell whether the messages before its first one
+    came before its join or while this process was not subscribed: one whose client
+    speaks ``dws`` is closed with 4003 unless that first message is its epoch's first
+    (then the view sends the full state again). Messages without a position (sent while
+    Redis was unreachable) change nothing; a plain member goes on."""
+    sink = ClosingSink()
+    follower = Follower(sink, "g", envelope=True)
+    go_live(follower, None, Recovery(since="e:3", position=None, recovered=False))
+    follower.deliver(Item("g", "local", None))
+    follower.deliver(Item("g", "m", Position("f", 4)))  # f:1 to f:3: before the join?
+    assert sink.done.wait(10) and sink.closed == [GAP_CLOSE]
+    assert [json.loads(m).get("d", "joined") for m in sink.got] == ["joined", "local"]
+    first = ClosingSink()
+    follower = Follower(first, "g", envelope=True)
+    go_live(follower, None, Recovery(since=None, position=None, recovered=False))
+    follower.deliver_items(Items([Item("g", f"m{n}", Position("f", n)) for n in (1, 2)]))
+    assert [json.loads(m).get("d", "joined") for m in first.got] == ["joined", "m1", "m2"]
+    assert not first.closed
+    plain = Follower(Inbox(), "g", envelope=False)
+    go_live(plain, None, Recovery(since=None, position=None, recovered=False))
+    plain.deliver(Item("g", "m", Position("f", 4)))
+    assert plain.member.get() == "m" and plain.last == Position("f", 4)  # type: ignore[attr-defined]

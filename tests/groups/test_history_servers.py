@@ -294,6 +294,57 @@ def test_lost_history_gives_recovery_failed(
         worker.close()
 
 
+def server_behind_a_link(
+    redis_server: RedisServer,
+    make_server: Callable[..., ServerProcess],
+    proxy: Callable[[int], Proxy],
+) -> tuple[Proxy, ServerProcess]:
+    """A gevent server whose way to Redis goes through the returned proxy, which the test
+    cuts (short socket timeouts: it finds Redis gone soon)."""
+    link = proxy(redis_server.port)
+    options = "?socket_timeout=1&socket_connect_timeout=1"
+    server = make_server(
+        "gevent",
+        settings={
+            "WEBSOCKET_GROUPS_URL": f"redis://127.0.0.1:{link.port}/0{options}",
+            "WEBSOCKET_GROUPS_HISTORY": HISTORY,
+        },
+    )
+    return link, server
+
+
+def read_until(ws: ReconnectingClient, recorder: Recorder, condition: Callable[[], bool]) -> None:
+    """Read what ``ws`` gets into ``recorder`` until ``condition`` holds (bounded)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, recorder.log
+        with contextlib.suppress(TimeoutError):
+            recorder.log.append(ws.recv(timeout=0.5))
+
+
+def back_while_redis_is_cut_off(
+    ws: ReconnectingClient,
+    recorder: Recorder,
+    worker: RedisLayer,
+    balancer: Proxy,
+    link: Proxy,
+    missed: str | None = None,
+) -> str:
+    """``ws`` gets "seen" (its position returned), is cut off (``missed`` sent meanwhile)
+    and comes back while its server cannot reach Redis (``link`` cut, and left so): told
+    "recovery failed" (``recorder``)."""
+    seen = worker.send("small", "seen")
+    assert seen is not None
+    read_until(ws, recorder, lambda: any(getattr(r, "data", None) == "seen" for r in recorder.log))
+    balancer.cut()
+    if missed is not None:
+        worker.send("small", missed)  # kept; in the full state the view sends next
+    link.cut()
+    balancer.restore()
+    read_until(ws, recorder, lambda: bool(recorder.events("recovery_failed")))
+    return seen
+
+
 def test_a_resume_redis_could_not_serve_is_not_made_again_later(
     redis_server: RedisServer,
     make_server: Callable[..., ServerProcess],
@@ -304,15 +355,7 @@ def test_a_resume_redis_could_not_serve_is_not_made_again_later(
     Its next reconnection, Redis back, must not resume from the old position: that
     replayed the missed message on top of that full state (twice, told "recovered").
     It now joins as a first visit, told "recovery failed" again, with the old ``since``."""
-    link = proxy(redis_server.port)  # the server's way to Redis, which the test cuts
-    options = "?socket_timeout=1&socket_connect_timeout=1"
-    server = make_server(
-        "gevent",
-        settings={
-            "WEBSOCKET_GROUPS_URL": f"redis://127.0.0.1:{link.port}/0{options}",
-            "WEBSOCKET_GROUPS_HISTORY": HISTORY,
-        },
-    )
+    link, server = server_behind_a_link(redis_server, make_server, proxy)
     balancer = proxy(server.port)
     worker = RedisLayer(redis_server.url, Registry())
     recorder = Recorder()
@@ -324,13 +367,6 @@ def test_a_resume_redis_could_not_serve_is_not_made_again_later(
             if isinstance(r, Received) and r.group is None and '"recovery"' in str(r.data)
         ]
 
-    def read_until(condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + WAIT
-        while not condition():
-            assert time.monotonic() < deadline, recorder.log
-            with contextlib.suppress(TimeoutError):
-                recorder.log.append(ws.recv(timeout=0.5))
-
     def server_reaches_redis() -> bool:
         with ReconnectingClient(server.url("/group/small/follow/")) as probe:
             report = json.loads(probe.recv(WAIT).data)["recovery"]
@@ -338,13 +374,7 @@ def test_a_resume_redis_could_not_serve_is_not_made_again_later(
 
     try:
         with client(balancer.url("/group/small/follow/"), recorder) as ws:
-            seen = worker.send("small", "seen")
-            read_until(lambda: any(getattr(r, "data", None) == "seen" for r in recorder.log))
-            balancer.cut()
-            worker.send("small", "missed")  # kept; in the full state the view sends next
-            link.cut()
-            balancer.restore()
-            read_until(lambda: bool(recorder.events("recovery_failed")))
+            seen = back_while_redis_is_cut_off(ws, recorder, worker, balancer, link, "missed")
             (failed,) = recorder.events("recovery_failed")
             assert failed.since == seen and failed.position is None
             assert "small" not in ws.positions  # given up
@@ -355,10 +385,65 @@ def test_a_resume_redis_could_not_serve_is_not_made_again_later(
                 time.sleep(0.2)
             balancer.cut()
             balancer.restore()
-            read_until(lambda: len(reports()) >= 3)
+            read_until(ws, recorder, lambda: len(reports()) >= 3)
     finally:
         worker.close()
     assert [r.data for r in recorder.log if isinstance(r, Received) and r.group] == ["seen"]
     assert reports()[2]["since"] is None  # a first visit: the view sends the full state
     assert not recorder.events("recovered")
     assert [e.since for e in recorder.events("recovery_failed")] == [seen, seen]
+
+
+def test_a_member_joined_without_a_position_is_told_of_messages_it_may_have_missed(
+    redis_server: RedisServer,
+    make_server: Callable[..., ServerProcess],
+    proxy: Callable[[int], Proxy],
+) -> None:
+    """The client comes back while its server cannot reach Redis ("recovery failed", no
+    position), Redis is flushed, and another process sends a new epoch's first messages
+    while the server is still cut off from Redis. Redis back, the first message the
+    server gets is the new epoch's fourth or later: whether its client missed those before
+    it cannot be told (it had no position), so it is closed with 4003 and joins again as a
+    first visit, the view sending the full state. (It was handed the message: its client
+    took that position as its own, never told of the new epoch's first messages, and a
+    later reconnection from it "recovered".)"""
+    link, server = server_behind_a_link(redis_server, make_server, proxy)
+    balancer = proxy(server.port)
+    worker = RedisLayer(redis_server.url, Registry())
+    recorder = Recorder()
+
+    def closed_for_gap() -> bool:
+        return any(e.code == 4003 for e in recorder.events("close"))
+
+    try:
+        with client(balancer.url("/group/small/follow/"), recorder) as ws:
+            seen = back_while_redis_is_cut_off(ws, recorder, worker, balancer, link)
+            (failed,) = recorder.events("recovery_failed")
+            assert failed.since == seen and failed.position is None
+            assert redis_server.command("FLUSHALL") == b"+OK\r\n"
+            lost = [worker.send("small", f"new {n}") for n in range(1, 4)]
+            link.restore()
+            # Until the server, subscribed again, hands one of the next ones over.
+            deadline = time.monotonic() + WAIT
+            sent = 3
+            while not closed_for_gap() and not any(
+                isinstance(r, Received) and r.group == "small" and r.data != "seen"
+                for r in recorder.log
+            ):
+                assert time.monotonic() < deadline, recorder.log
+                sent += 1
+                worker.send("small", f"new {sent}")
+                with contextlib.suppress(TimeoutError):
+                    recorder.log.append(ws.recv(timeout=0.3))
+            got = [
+                (r.data, r.position) for r in recorder.log if isinstance(r, Received) and r.group
+            ]
+            assert got == [("seen", seen)] and closed_for_gap()
+            read_until(ws, recorder, lambda: len(recorder.events("joined")) >= 3)
+    finally:
+        worker.close()
+    epoch = lost[0].split(":")[0]  # type: ignore[union-attr]
+    assert lost == [f"{epoch}:{n}" for n in (1, 2, 3)]
+    again = recorder.events("joined")[2]  # a first visit: the view sends the full state
+    assert again.since is None and again.position is not None
+    assert again.position.split(":")[0] == epoch
