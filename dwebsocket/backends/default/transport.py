@@ -364,10 +364,13 @@ class _GeventReadWaiter:
         self._get_ident = get_original("_thread", "get_ident")
         self._thread = self._get_ident()  # the hub's
         self._hub = hub
+        self._hub_switch = hub.switch
         self._io = hub.loop.io(sock.fileno(), 1)
         self._timer: Any = None
         self._timer_at = 0.0
-        self._waiting: Any = None  # the greenlet in wait(), if any
+        self._waiting: Any = None  # the greenlet in wait() (arming or switched), if any
+        self._switched = False  # it is in the hub's switch(): the watchers may wake it
+        self._readable_meanwhile = False  # _ready() came while it armed (see wait())
         self._closed = False  # close() was called, in any thread
         self._torn_down = False  # the watchers are freed (or being freed)
         self._close_scheduled = False
@@ -380,25 +383,47 @@ class _GeventReadWaiter:
         caller is in another thread than the hub it was made with (the caller then falls
         back to ``select.poll()``).
 
-        The io watcher switches straight back to the waiting greenlet, without a gevent
-        ``Waiter`` between (FINDINGS.md, section 9)."""
+        The io watcher's callback switches straight back to the waiting greenlet, without
+        a gevent ``Waiter`` between (FINDINGS.md, section 9).
+
+        The calls that arm the wait (``loop.timer()``, ``start()``; a garbage collection
+        they start: its finalizers) may run Python that yields to the hub and to other
+        greenlets. So the wait counts as begun before them: a close() or another
+        greenlet's wait meanwhile sees it (that wait is refused). The watchers switch into
+        the greenlet only once it is in the hub's ``switch()`` (a switch into the code
+        running there would be a stray one); a timer that fired meanwhile or the socket
+        readable meanwhile, like a close(), end the wait after those calls (False: the
+        caller checks the time and waits again), as in ``_fastpath.Waiter``."""
         if self._closed or self._waiting is not None or self._get_ident() != self._thread:
             return None
         current = self._getcurrent()
         if current is self._hub:
             return None
-        # Taken before anything that may run Python (the calls below; a garbage collection
-        # they start): a close() or another greenlet's wait meanwhile then sees this wait.
         self._waiting = current
         try:
             if deadline is not None and (self._timer is None or self._timer_at > deadline):
                 self._stop_timer()
-                self._timer = self._hub.loop.timer(max(deadline - _monotonic(), 0.0), ref=False)
-                self._timer.start(self._expired, update=True)
-                self._timer_at = deadline
-            self._io.start(current.switch, True)
-            readable = self._hub.switch() is True
+                timer = self._hub.loop.timer(max(deadline - _monotonic(), 0.0), ref=False)
+                # The waiter's before start(): Python that start() runs once it has
+                # started it may see it fire (_expired() clears it: seen gone below).
+                self._timer, self._timer_at = timer, deadline
+                try:
+                    timer.start(self._expired, update=True)
+                except BaseException:
+                    if self._timer is timer:
+                        self._stop_timer()
+                    raise
+            self._io.start(self._ready)
+            if (
+                self._closed
+                or self._readable_meanwhile
+                or (deadline is not None and (self._timer is None or self._timer_at > deadline))
+            ):
+                return False
+            self._switched = True  # nothing that may run Python from the checks to the switch
+            readable = self._hub_switch() is True
         finally:
+            self._switched = self._readable_meanwhile = False
             self._io.stop()
             self._waiting = None
             if self._closed:  # during the wait: free the watchers here, in the hub's thread
@@ -407,11 +432,17 @@ class _GeventReadWaiter:
                 self._close_io()
         return readable and not self._closed  # closed: the fd may be another's by now
 
+    def _ready(self) -> None:
+        if self._switched:
+            self._waiting.switch(True)
+        elif self._waiting is not None:  # readable while the wait arms: it ends (wait())
+            self._readable_meanwhile = True
+            self._io.stop()  # or the loop calls again at every turn meanwhile
+
     def _expired(self) -> None:
         self._timer = None
-        waiting = self._waiting
-        if waiting is not None:
-            waiting.switch(False)
+        if self._switched:
+            self._waiting.switch(False)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:

@@ -1056,24 +1056,12 @@ def _wait_in_greenlet(waiter: Any, deadline: float | None) -> Any:
     return waiting.exception if waiting.exception is not None else waiting.value
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "c",
-        pytest.param(
-            "python",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="transport._GeventReadWaiter: its _expired() switches into the "
-                "greenlet while that runs the Python code (InvalidSwitchError in "
-                "gevent.sleep), and its wait then has no timer left",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("kind", ["c", "python"])
 def test_a_deadline_that_passes_while_the_wait_arms_its_timer_ends_it(kind: str) -> None:
     """The timer fires while Python code run after its start() yields (the deadline
-    passes meanwhile): the wait ends (False), it does not wait on without a timer."""
+    passes meanwhile): the wait ends (False), it does not wait on without a timer (the C
+    waiter), nor does the timer switch into the greenlet running that code (the Python
+    waiter: InvalidSwitchError in its gevent.sleep)."""
     import gevent
 
     a, b = socket.socketpair()
@@ -1088,31 +1076,60 @@ def test_a_deadline_that_passes_while_the_wait_arms_its_timer_ends_it(kind: str)
         gevent.sleep(0.05)
 
 
-def test_the_c_waiter_s_watcher_stopped_while_a_wait_arms_it_ends_the_wait() -> None:
-    """Readable while Python code run as the wait sets its watcher's ``ref`` yields:
-    ``_ready()``, finding nobody waiting yet, stops the watcher; the wait then ends (the
-    caller waits again) instead of waiting on a stopped watcher. (The Python waiter sets
-    no ``ref``: it starts its watcher in every wait.)"""
+@pytest.mark.parametrize(
+    ("kind", "hook"),
+    [("c", "after_ref"), ("c", "after_start"), ("python", "after_start")],
+    ids=["c-ref", "c-start", "python-start"],
+)
+def test_a_socket_readable_while_a_wait_arms_its_watcher_wakes_it(kind: str, hook: str) -> None:
+    """Readable while Python code run as the wait arms its io watcher yields (after its
+    ``start()``; for the C waiter, whose watcher stays started between waits, also as
+    the wait sets its ``ref``): the watcher fires with the greenlet still busy there.
+    ``_ready()``, finding nobody waiting yet, switches nowhere (the Python waiter's
+    watcher switched straight to the greenlet: InvalidSwitchError in that code's
+    gevent.sleep) and may stop the watcher; the wait then ends (the caller waits again)
+    or is readable, instead of waiting on a stopped watcher (the C waiter, ``ref``)."""
     import gevent
 
     a, b = socket.socketpair()
     with a, b:
-        waiter, hooks = _waiter_with_hooks("c", a)
-        b.sendall(b"1")
-        assert waiter.wait(None) is True  # its watcher stays started (and no timer)
-        assert a.recv(1) == b"1"
+        waiter, hooks = _waiter_with_hooks(kind, a)
+        if hook == "after_ref":
+            b.sendall(b"1")
+            assert waiter.wait(None) is True  # its watcher stays started (and no timer)
+            assert a.recv(1) == b"1"
 
         def readable_meanwhile() -> None:
             b.sendall(b"2")
             gevent.sleep(0.05)  # the hub runs: the watcher fires, nobody waits yet
 
-        hooks["after_ref"].append(readable_meanwhile)
-        result = _wait_in_greenlet(waiter, None)
-        assert hooks["after_ref"] == []  # the scene was set
+        hooks[hook].append(readable_meanwhile)
+        result = _wait_in_greenlet(waiter, None)  # no deadline: no timer's start()
+        assert hooks[hook] == []  # the scene was set
         assert result in (True, False), result
         assert _wait_in_greenlet(waiter, None) is True
         assert a.recv(1) == b"2"
         waiter.close()
+
+
+@pytest.mark.parametrize("kind", ["c", "python"])
+def test_a_close_while_a_wait_arms_and_yields_ends_it(kind: str) -> None:
+    """close() from Python code that runs (and yields) while a wait arms its timer: the
+    wake-up close() schedules runs meanwhile and does not switch into the greenlet
+    running that code; the wait ends (False) once armed, and leaves no watcher."""
+    import gevent
+
+    a, b = socket.socketpair()
+    with a, b:
+        waiter, hooks = _waiter_with_hooks(kind, a)
+        hooks["before_timer"].append(lambda: (waiter.close(), gevent.sleep(0.01)))
+        result = _wait_in_greenlet(waiter, time.monotonic() + 60)
+        assert hooks["before_timer"] == []  # the scene was set
+        assert result is False, result
+        assert waiter.wait(None) is None
+        b.sendall(b"x")  # a watcher left started would switch into this greenlet now
+        gevent.sleep(0.05)
+        assert [timer.active for timer in hooks["timers"]] == [False]
 
 
 @pytest.mark.parametrize("kind", ["c", "python"])
