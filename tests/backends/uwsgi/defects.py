@@ -63,6 +63,10 @@ DEFECTS = {
         "uWSGI defect: bytes a client sends before the 101 stay in uWSGI's HTTP parser "
         "buffer, out of Python's reach, so a raw takeover loses them"
     ),
+    "router-half-close": (
+        "uWSGI defect: the --http router ends the whole connection when the client shuts "
+        "down its write side (TCP FIN): what the app sends after it never arrives"
+    ),
     "ugreen-crash": (
         "uWSGI defect: --async --ugreen corrupts Python 3.11's frame chain when "
         "concurrent requests end out of order (worker segfault)"

@@ -59,5 +59,12 @@ APP_SERVERS = {
     "uwsgi-bare-router": lambda host, port: _bare(
         "echo", "--http", f"{host}:{port}", "--http-websockets", "--gevent", "10"
     ),
+    # Answers after the client's FIN arrived: behind the router, and (for contrast) not.
+    "uwsgi-bare-router-eof": lambda host, port: _bare(
+        "echo_after_eof", "--http", f"{host}:{port}", "--http-websockets", "--gevent", "10"
+    ),
+    "uwsgi-bare-eof": lambda host, port: _bare(
+        "echo_after_eof", "--http-socket", f"{host}:{port}", "--gevent", "10"
+    ),
 }
 OTHER_SERVERS.update(APP_SERVERS)

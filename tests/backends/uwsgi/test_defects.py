@@ -288,6 +288,29 @@ def test_router_keeps_a_frame_sent_with_the_handshake(
         check("router", or_nothing(client.recv), correct="first", signature=None)
 
 
+def half_closed_echo(server: ServerProcess) -> object:
+    """Send "hi", shut down the write side (TCP FIN), and return what came back first."""
+    with raw(server, "/") as client:
+        client.send("hi")
+        client.sock.shutdown(socket.SHUT_WR)
+        return client.recv()
+
+
+@defect("router-half-close")
+def test_router_passes_a_half_close_on(make_server: Callable[..., ServerProcess]) -> None:
+    """uWSGI's own API behind the router, answering once the client's FIN reached the app
+    (bare.echo_after_eof): the answer never reaches the client."""
+    server = make_server("uwsgi-bare-router-eof")
+    check("router-half-close", half_closed_echo(server), correct="hi", signature=Close(1006, ""))
+
+
+def test_without_the_router_a_half_closed_client_is_answered(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """The same app on --http-socket: the answer arrives, so the router is what drops it."""
+    assert half_closed_echo(make_server("uwsgi-bare-eof")) == "hi"
+
+
 @defect(
     "uWSGI defect: under --async --ugreen, Python's uwsgi.suspend() switches cores holding "
     "the GIL, so the next request hangs the worker (the backend suspends through ctypes)"
