@@ -171,6 +171,10 @@ class uWsgiWebSocket(WebSocket):
         self._opened = False
         self._closed = False  # the owner has finished with the connection
         self._received: deque[Message] = deque()
+        # The peer ended its side of TCP (EOF) after messages the view has not taken yet:
+        # uWSGI's API is done with the connection (see _peer_gone()), the socket still
+        # writable. The connection ends once the view asks for more than was received.
+        self._peer_eof = False
         # The view's backlog, as the default backend bounds it: with this many messages
         # (or bytes of them: len() of each, as there) waiting for the view, uWSGI is
         # asked for no more, so the socket is left unread and TCP pushes the peer back.
@@ -194,6 +198,12 @@ class uWsgiWebSocket(WebSocket):
         self._keepalive = max(1, _uwsgi_option("websocket-ping-freq", 30))
         # uWSGI gives up on a peer that sent no pong this long after its ping.
         self._pong_tolerance = max(1, _uwsgi_option("websocket-pong-tolerance", 3))
+        # uWSGI's sends give up after this long without progress (--socket-timeout; its
+        # gevent loop raises it to 30 s); a message written by hand (see _peer_gone())
+        # gets this long in all.
+        self._send_timeout = max(1, _uwsgi_option("socket-timeout", 4))
+        if self._mode is Mode.GEVENT:
+            self._send_timeout = max(30, self._send_timeout)
         # When the peer was last seen sending anything (see _silent()).
         self._heard = 0.0
         # When the owner last let the worker's loop run (wait(): see _FAIR_SHARE).
@@ -388,6 +398,10 @@ class uWsgiWebSocket(WebSocket):
         self._flush_outbox()
         if self._closed:
             return
+        if self._peer_eof:
+            if not self._received:
+                self._finish(1006, "")
+            return
         max_size = self._max_message_size
         silent = self._silent()
         while not self._backlog_full():
@@ -454,15 +468,22 @@ class uWsgiWebSocket(WebSocket):
 
     def _peer_gone(self) -> None:
         """uWSGI's recv failed: the peer's close frame (uWSGI already answered it, without
-        a status code, and dropped the peer's), EOF, or a limit uWSGI enforces."""
-        code = 1005 if self._socket_open() else 1006
-        self._finish(code, "")
+        a status code, and dropped the peer's), EOF, or a limit uWSGI enforces.
 
-    def _socket_open(self) -> bool:
+        At EOF with messages still waiting for the view (a client that sent its last
+        message, then shut down its write side), the connection stays up for the view to
+        take and answer them, as on the default backend; it ends (1006) once the view
+        asks for more. uWSGI's send API refuses from now on (its recv marked the
+        connection closed): _write_message() frames by hand."""
         try:
-            return self._peek() != b""
-        except OSError:
-            return False
+            eof = self._peek() == b""
+        except OSError:  # reset: gone both ways
+            self._finish(1006, "")
+            return
+        if eof and self._received:
+            self._peer_eof = True
+            return
+        self._finish(1006 if eof else 1005, "")
 
     def _peek(self) -> bytes | None:
         """The next byte waiting in the socket (b"": EOF), None if none is. Never blocks;
@@ -588,15 +609,21 @@ class uWsgiWebSocket(WebSocket):
                 self._write_message(kind, payload)
 
     def _write_message(self, kind: str, payload: bytes) -> None:
-        try:
-            if kind == _TEXT:
-                uwsgi.websocket_send(payload)
-            else:
-                uwsgi.websocket_send_binary(payload)
-        except OSError:
-            # uWSGI gave up writing (peer gone, or no progress for --socket-timeout).
-            self._finish(1006, "")
-            return
+        if self._peer_eof:  # uWSGI's send refuses (see _peer_gone()): by hand
+            opcode = Opcode.TEXT if kind == _TEXT else Opcode.BINARY
+            if not self._write_raw(encode_frame(opcode, payload), self._send_timeout):
+                self._finish(1006, "")
+                return
+        else:
+            try:
+                if kind == _TEXT:
+                    uwsgi.websocket_send(payload)
+                else:
+                    uwsgi.websocket_send_binary(payload)
+            except OSError:
+                # uWSGI gave up writing (peer gone, or no progress for --socket-timeout).
+                self._finish(1006, "")
+                return
         counted = self._counted
         counted[2] += 1
         counted[3] += len(payload)
