@@ -505,12 +505,20 @@ def test_gunicorn_reload_sends_1001_and_keeps_serving(
     make_server: Callable[..., ServerProcess], name: str
 ) -> None:
     """HUP: gunicorn starts new workers and stops the old ones with SIGTERM; their open
-    WebSockets get 1001, new connections reach the new workers."""
+    WebSockets get 1001, new connections reach the new workers. Those are tried once both
+    old workers ("--workers 2") have exited: the one without a WebSocket found nothing to
+    say goodbye to at its SIGTERM and, in the second it still accepts, could take the
+    connection and say its own (per worker) goodbye to it -- a second "Server stopping"
+    line in the server's log."""
     server = make_server(name)
     with raw_client(server, "/lifecycle/wait/") as client:
         assert client.recv() == "ready"
         server.process.send_signal(signal.SIGHUP)
         expect_close_then_eof(client, 1001)
+    deadline = time.monotonic() + TIMEOUT
+    while server.log().count("Worker exiting") < 2:
+        assert time.monotonic() < deadline, f"the old workers did not exit:\n{server.log()}"
+        time.sleep(0.1)
     echo_once_serving(server, "after the reload")
     assert_one_clean_goodbye(server)
 
