@@ -617,8 +617,8 @@ def test_gunicorn_max_requests_recycling_sends_1001(
     once its requests are over, which for a WebSocket is at --graceful-timeout (gunicorn
     replaces it only then). Its open WebSockets get 1001 at once instead, and it exits.
     (The WebSocket is that last request here: the limit is 1. So it opens in a stopping
-    worker, and gets 1001 as it opens: the worker says goodbye at its next liveness
-    notice, each second, after the view's "ready" or, if the view was slower, before it.)"""
+    worker, and gets 1001 as it opens: the goodbye, on a thread (greenlet) of its own,
+    goes out before the view's "ready" or after it.)"""
     server = make_server(name, env={"GUNICORN_CMD_ARGS": "--max-requests 1 --graceful-timeout 60"})
     with raw_client(server, "/lifecycle/wait/") as client:
         event = client.recv()

@@ -10,7 +10,8 @@ worker stops by itself (``--max-requests``), and waits ``--graceful-timeout`` fo
 requests, which for WebSockets never end by themselves; with SIGINT/SIGQUIT (quick stop)
 or a file changed under ``--reload`` it exits at once. With these hooks every open
 WebSocket gets a 1001 close frame first (once: one "Server stopping" line per worker),
-so the views return and the worker exits promptly.
+so the views return and the worker exits promptly; a WebSocket that opens in a stopping
+worker gets it as it opens.
 ``post_worker_init`` also logs the server checks for this worker (``dwebsocket.W002``:
 sync worker, ``dwebsocket.W003``: gthread with one thread). With ``PROMETHEUS_MULTIPROC_DIR``
 set, ``child_exit`` tells ``prometheus_client`` that a worker is gone, so that the open
@@ -28,8 +29,9 @@ __all__ = ["child_exit", "post_worker_init", "worker_exit", "worker_int"]
 
 
 def post_worker_init(worker: Any) -> None:
-    """Chain a goodbye to the worker's SIGTERM handler and to its liveness notice (for a
-    worker that stops by itself); log the server checks."""
+    """Chain a goodbye to the worker's SIGTERM handler, to its liveness notice (for a
+    worker that stops by itself) and to the opening of a WebSocket in a stopping worker;
+    log the server checks."""
     from dwebsocket.checks import report_once
     from dwebsocket.worker import note_gunicorn_worker
 
@@ -57,11 +59,29 @@ def post_worker_init(worker: Any) -> None:
 
     def notify_then_goodbye() -> None:
         notify()
-        stopping = not worker.alive or worker.ppid != os.getppid()
-        if stopping and not _said:
+        if not _said and _stopping(worker):
             _goodbye(0)
 
     worker.notify = notify_then_goodbye
+
+    # A goodbye that found no registry (the worker had opened no WebSocket yet) was lost:
+    # a connection that opens after it -- the request that reached --max-requests, or one
+    # accepted in the second before a stopped worker stops accepting -- is told as it
+    # opens, not at the next liveness notice, up to a second later, once its view ran.
+    from dwebsocket.signals import websocket_opened
+
+    def goodbye_if_stopping(sender: Any, **kwargs: Any) -> None:
+        if not _said and _stopping(worker):
+            _goodbye(0)
+
+    websocket_opened.connect(
+        goodbye_if_stopping, weak=False, dispatch_uid="dwebsocket.contrib.gunicorn"
+    )
+
+
+def _stopping(worker: Any) -> bool:
+    """The worker stops: told to, at its --max-requests, or its arbiter gone."""
+    return not worker.alive or worker.ppid != os.getppid()
 
 
 def worker_int(worker: Any) -> None:
