@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -56,3 +57,45 @@ def test_a_goodbye_while_the_registry_is_being_imported_is_said_at_the_next_noti
     registry.loaded = True  # type: ignore[attr-defined]
     hooks._goodbye(0)
     assert (hooks._said, calls) == (True, [0])
+
+
+def test_a_websocket_that_opens_in_a_stopping_worker_gets_its_goodbye_as_it_opens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker whose goodbye found no registry (it had opened no WebSocket: the request
+    that reached ``--max-requests``, or one accepted in the second before a stopped worker
+    stops accepting) told the connection that opened next only at its next liveness
+    notice, up to a second later, once its view had run; docs/deployment.rst says it
+    "gets 1001 as it opens". ``post_worker_init`` connects a ``websocket_opened``
+    receiver that says the goodbye in a stopping worker, once, and nothing in a live one."""
+    from dwebsocket import checks
+    from dwebsocket import worker as worker_module
+    from dwebsocket.signals import websocket_opened
+
+    monkeypatch.setattr(worker_module, "note_gunicorn_worker", lambda worker, hooks: None)
+    monkeypatch.setattr(checks, "report_once", lambda: None)
+    monkeypatch.setattr(hooks.signal, "signal", lambda signum, handler: None)
+    said: list[float | None] = []
+
+    def goodbye(timeout: float | None) -> None:
+        said.append(timeout)
+        monkeypatch.setattr(hooks, "_said", True)
+
+    monkeypatch.setattr(hooks, "_goodbye", goodbye)
+    monkeypatch.setattr(hooks, "_said", False)
+    # Its receiver alone (the others want a real request and connection); restored after.
+    monkeypatch.setattr(websocket_opened, "receivers", [])
+    worker = ThreadWorker.__new__(ThreadWorker)
+    worker.notify = lambda: None  # type: ignore[method-assign]
+    worker.alive = True
+    worker.ppid = os.getppid()
+    hooks.post_worker_init(worker)
+    try:
+        websocket_opened.send(sender=None, request=None, websocket=None)
+        assert said == []  # a live worker: nothing to say
+        worker.alive = False  # --max-requests reached
+        websocket_opened.send(sender=None, request=None, websocket=None)
+        websocket_opened.send(sender=None, request=None, websocket=None)
+        assert said == [0]  # as it opens, once
+    finally:
+        websocket_opened.disconnect(dispatch_uid="dwebsocket.contrib.gunicorn")
