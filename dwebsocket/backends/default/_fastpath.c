@@ -42,10 +42,14 @@
  * callbacks are Python code), and any decref of an object Python code may hold. Across
  * such a point anything may change: the session may be shut (IOState.shut), the
  * connection closed (ReceiveState.open), the waiter closed and its fd number reused by
- * another connection (Waiter.closed), frames queued (IOState.queued). So the rule is:
+ * another connection (Waiter.closed), its timer fired or its io watcher stopped
+ * (Waiter.timer, io_active), frames queued (IOState.queued). So the rule is:
  *
  *   1. do every call that may run Python first; then check the structs and the waiter;
- *      then nothing that may run Python until the system call and the hand-off are done;
+ *      then nothing that may run Python until the system call and the hand-off are done.
+ *      What the Python run by a call may read is made true before the call: a watcher
+ *      is the Waiter's, and counted as started, before its start() runs (its callback
+ *      may run inside that start()), and undone if start() raises;
  *   2. the one shared buffer, recv_buf (per thread), is held under a lease: taken right
  *      before read(2), given back once what was read is scanned (scan_read(): neither
  *      scan_frames() nor make_message(), _speedups.c, nor inflate_message(), _deflate.c,
@@ -143,6 +147,32 @@ call_method_void(PyObject *obj, PyObject *name, PyObject *arg)
     }
     Py_DECREF(r);
     return 0;
+}
+
+/* A call failed, its exception fetched into (type, value, tb), and the tidying after it
+   (which may run Python) returned `tidied`: that exception goes on or, when the tidying
+   failed too, the tidying's, with the first as its context, as when an except clause of
+   Python's raises. Returns -1. */
+static int
+raise_after_tidying(int tidied, PyObject *type, PyObject *value, PyObject *tb)
+{
+    PyObject *type2, *value2, *tb2;
+
+    if (tidied == 0) {
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    PyErr_Fetch(&type2, &value2, &tb2);
+    PyErr_NormalizeException(&type2, &value2, &tb2);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) {
+        (void)PyException_SetTraceback(value, tb);
+    }
+    PyException_SetContext(value2, value); /* steals value */
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyErr_Restore(type2, value2, tb2);
+    return -1;
 }
 
 /* -- IOState -------------------------------------------------------------------------- */
@@ -498,13 +528,24 @@ waiter_arm_all(Waiter *self, PyObject *current, double deadline)
         if (ready == NULL) {
             return -1;
         }
+        /* Counted as started before start() runs: Python that start() runs once it has
+           started the watcher may see it fire with nobody waiting yet, and _ready() then
+           stops it (else the loop calls it again at every turn meanwhile); the wait sees
+           it stopped and ends. */
+        self->io_active = 1;
         r = PyObject_CallMethodOneArg(self->io, str_start, ready);
         Py_DECREF(ready);
         if (r == NULL) {
-            return -1;
+            /* It may have started it before raising: stopped (unless a close()
+               meanwhile closed it). */
+            PyObject *type, *value, *tb;
+            self->io_active = 0;
+            PyErr_Fetch(&type, &value, &tb);
+            return raise_after_tidying(
+                self->io_closed ? 0 : call_method_void(self->io, str_stop, NULL), type, value,
+                tb);
         }
         Py_DECREF(r);
-        self->io_active = 1;
         self->io_closed = 0; /* started again after a close() meanwhile: closed again */
     }
     /* The watcher keeps the loop alive only while someone waits on it (ref), as gevent's
@@ -942,25 +983,8 @@ lost_read(FastPath *self)
 
     PyErr_Fetch(&type, &value, &tb);
     r = PyObject_CallMethodNoArgs(self->ws, str__lost_received);
-    if (r != NULL) {
-        Py_DECREF(r);
-        PyErr_Restore(type, value, tb);
-        return -1;
-    }
-    {
-        PyObject *type2, *value2, *tb2;
-        PyErr_Fetch(&type2, &value2, &tb2);
-        PyErr_NormalizeException(&type2, &value2, &tb2);
-        PyErr_NormalizeException(&type, &value, &tb);
-        if (tb != NULL) {
-            (void)PyException_SetTraceback(value, tb);
-        }
-        PyException_SetContext(value2, value); /* steals value */
-        Py_XDECREF(type);
-        Py_XDECREF(tb);
-        PyErr_Restore(type2, value2, tb2);
-    }
-    return -1;
+    Py_XDECREF(r);
+    return raise_after_tidying(r == NULL ? -1 : 0, type, value, tb);
 }
 
 /* Queue items[start:] in IOState.messages, making the deque if there is none

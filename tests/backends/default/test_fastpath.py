@@ -981,13 +981,18 @@ class _Watched:
 
     def __init__(self, watcher: Any, hooks: dict[str, list[Callable[[], None]]]) -> None:
         self._watcher, self._hooks = watcher, hooks
+        self.calls = 0  # of its callback, by the loop
 
     def _run(self, hook: str) -> None:
         if self._hooks[hook]:
             self._hooks[hook].pop()()
 
     def start(self, callback: Any, *args: Any, **kwargs: Any) -> None:
-        self._watcher.start(callback, *args, **kwargs)
+        def counted(*args: Any) -> Any:
+            self.calls += 1
+            return callback(*args)
+
+        self._watcher.start(counted, *args, **kwargs)
         self._run("after_start")
 
     def stop(self) -> None:
@@ -1013,13 +1018,14 @@ class _Watched:
 
 def _waiter_with_hooks(kind: str, sock: socket.socket) -> tuple[Any, dict[str, Any]]:
     """A C or Python waiter on ``sock`` whose loop's timers (and, for the C waiter, io
-    watcher) are ``_Watched``; the hooks to set, and the timers made."""
+    watcher) are ``_Watched``; the hooks to set, and the timers and io watchers made."""
     import gevent
 
     hub = gevent.get_hub()
     hooks: dict[str, Any] = {"before_timer": [], "after_start": [], "after_ref": []}
     timers: list[_Watched] = []
-    hooks["timers"] = timers
+    ios: list[_Watched] = []
+    hooks["timers"], hooks["ios"] = timers, ios
 
     class Loop:
         def __getattr__(self, name: str) -> Any:
@@ -1032,7 +1038,8 @@ def _waiter_with_hooks(kind: str, sock: socket.socket) -> tuple[Any, dict[str, A
             return timers[-1]
 
         def io(self, *args: Any, **kwargs: Any) -> _Watched:
-            return _Watched(hub.loop.io(*args, **kwargs), hooks)
+            ios.append(_Watched(hub.loop.io(*args, **kwargs), hooks))
+            return ios[-1]
 
     class Hub:
         loop = Loop()
@@ -1087,8 +1094,11 @@ def test_a_socket_readable_while_a_wait_arms_its_watcher_wakes_it(kind: str, hoo
     the wait sets its ``ref``): the watcher fires with the greenlet still busy there.
     ``_ready()``, finding nobody waiting yet, switches nowhere (the Python waiter's
     watcher switched straight to the greenlet: InvalidSwitchError in that code's
-    gevent.sleep) and may stop the watcher; the wait then ends (the caller waits again)
-    or is readable, instead of waiting on a stopped watcher (the C waiter, ``ref``)."""
+    gevent.sleep) and stops the watcher, once: the loop does not call it again at every
+    turn while that code yields (the C waiter counted its watcher as started only once
+    start() had returned, so its _ready() left it running: tens of thousands of calls in
+    the sleep). The wait then ends (False: the caller waits again), as it does when the
+    watcher fires during the wait, instead of waiting on a stopped watcher."""
     import gevent
 
     a, b = socket.socketpair()
@@ -1098,6 +1108,7 @@ def test_a_socket_readable_while_a_wait_arms_its_watcher_wakes_it(kind: str, hoo
             b.sendall(b"1")
             assert waiter.wait(None) is True  # its watcher stays started (and no timer)
             assert a.recv(1) == b"1"
+        calls_before = hooks["ios"][0].calls
 
         def readable_meanwhile() -> None:
             b.sendall(b"2")
@@ -1106,7 +1117,8 @@ def test_a_socket_readable_while_a_wait_arms_its_watcher_wakes_it(kind: str, hoo
         hooks[hook].append(readable_meanwhile)
         result = _wait_in_greenlet(waiter, None)  # no deadline: no timer's start()
         assert hooks[hook] == []  # the scene was set
-        assert result in (True, False), result
+        assert hooks["ios"][0].calls - calls_before == 1  # fired, then stopped
+        assert result is False, result
         assert _wait_in_greenlet(waiter, None) is True
         assert a.recv(1) == b"2"
         waiter.close()
@@ -1163,3 +1175,34 @@ def test_a_wait_another_greenlet_begins_while_a_wait_arms_leaves_no_timer(kind: 
         gevent.sleep(0)
         assert hooks["timers"], "the scene was set"
         assert [timer.active for timer in hooks["timers"]] == [False] * len(hooks["timers"])
+
+
+class _StartFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["c", "python"])
+def test_an_io_watcher_whose_start_raises_after_starting_it_is_stopped(kind: str) -> None:
+    """The io watcher's ``start()`` starts it, then raises: the wait raises that and
+    leaves the watcher stopped (the C waiter, counting it as not started, would never
+    stop it: readable with nobody waiting, the loop would call it at every turn). The
+    socket readable meanwhile, it fires no more; the next wait is woken."""
+    import gevent
+
+    def fail() -> None:
+        raise _StartFailed
+
+    a, b = socket.socketpair()
+    with a, b:
+        waiter, hooks = _waiter_with_hooks(kind, a)
+        hooks["after_start"].append(fail)
+        result = _wait_in_greenlet(waiter, None)  # no deadline: the io watcher's start()
+        assert hooks["after_start"] == []  # the scene was set
+        assert isinstance(result, _StartFailed), result
+        assert hooks["ios"][0].active is False
+        b.sendall(b"x")
+        gevent.sleep(0.05)
+        assert hooks["ios"][0].calls == 0
+        assert _wait_in_greenlet(waiter, None) is True
+        assert a.recv(1) == b"x"
+        waiter.close()
