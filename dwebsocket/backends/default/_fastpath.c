@@ -49,7 +49,8 @@
  *      then nothing that may run Python until the system call and the hand-off are done.
  *      What the Python run by a call may read is made true before the call: a watcher
  *      is the Waiter's, and counted as started, before its start() runs (its callback
- *      may run inside that start()), and undone if start() raises;
+ *      may run inside that start()), and undone, the watcher stopped, if start() raises
+ *      (it may have started it first);
  *   2. the one shared buffer, recv_buf (per thread), is held under a lease: taken right
  *      before read(2), given back once what was read is scanned (scan_read(): neither
  *      scan_frames() nor make_message(), _speedups.c, nor inflate_message(), _deflate.c,
@@ -454,8 +455,12 @@ waiter_arm(Waiter *self, double deadline)
         Py_DECREF(kwnames);
     }
     if (r == NULL) {
+        /* start() may have started it before raising (Python it ran after): stopped
+           and closed, unless it fired meanwhile or a close() meanwhile did that. */
         if (self->timer == timer) {
-            Py_CLEAR(self->timer); /* not started */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            (void)raise_after_tidying(waiter_stop_timer(self), type, value, tb);
         }
         goto done;
     }
@@ -536,8 +541,8 @@ waiter_arm_all(Waiter *self, PyObject *current, double deadline)
         r = PyObject_CallMethodOneArg(self->io, str_start, ready);
         Py_DECREF(ready);
         if (r == NULL) {
-            /* It may have started it before raising: stopped (unless a close()
-               meanwhile closed it). */
+            /* It may have started it before raising: stopped, as the timer is (unless
+               a close() meanwhile closed it). */
             PyObject *type, *value, *tb;
             self->io_active = 0;
             PyErr_Fetch(&type, &value, &tb);

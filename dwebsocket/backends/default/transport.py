@@ -410,6 +410,8 @@ class _GeventReadWaiter:
                 try:
                     timer.start(self._expired, update=True)
                 except BaseException:
+                    # start() may have started it before raising (Python it ran after):
+                    # stopped and closed, unless it fired or a close() did that meanwhile.
                     if self._timer is timer:
                         self._stop_timer()
                     raise
@@ -445,10 +447,11 @@ class _GeventReadWaiter:
             self._waiting.switch(False)
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer.close()
-            self._timer = None
+        # Dropped first: if stop() raises, no wait takes it for an armed timer after.
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.stop()
+            timer.close()
 
     def close(self) -> None:
         """Free the watchers; a wait in progress ends (False) and later ones return None.

@@ -974,7 +974,8 @@ def test_the_c_send_path_writes_what_the_python_one_does(seen: dict[str, Any]) -
 
 class _Watched:
     """A watcher of the hub's loop that runs Python code: ``after_start`` right after its
-    ``start()``, ``after_ref`` right after ``ref`` is set true. The C waiter calls into
+    ``start()``, ``after_stop`` after its ``stop()``, ``after_ref`` right after ``ref`` is
+    set true. The C waiter calls into
     its loop's watchers while a wait arms them, and any such call may run Python code (a
     garbage collection's finalizers; gevent's libuv loop is Python code) that yields to
     the hub."""
@@ -997,6 +998,7 @@ class _Watched:
 
     def stop(self) -> None:
         self._watcher.stop()
+        self._run("after_stop")
 
     def close(self) -> None:
         self._watcher.close()
@@ -1022,7 +1024,9 @@ def _waiter_with_hooks(kind: str, sock: socket.socket) -> tuple[Any, dict[str, A
     import gevent
 
     hub = gevent.get_hub()
-    hooks: dict[str, Any] = {"before_timer": [], "after_start": [], "after_ref": []}
+    hooks: dict[str, Any] = {
+        name: [] for name in ("before_timer", "after_start", "after_stop", "after_ref")
+    }
     timers: list[_Watched] = []
     ios: list[_Watched] = []
     hooks["timers"], hooks["ios"] = timers, ios
@@ -1179,6 +1183,55 @@ def test_a_wait_another_greenlet_begins_while_a_wait_arms_leaves_no_timer(kind: 
 
 class _StartFailed(Exception):
     pass
+
+
+class _StopFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop", ["stops", "stop-raises-too"])
+@pytest.mark.parametrize("kind", ["c", "python"])
+def test_a_timer_whose_start_raises_after_starting_it_is_stopped(kind: str, stop: str) -> None:
+    """The timer's ``start()`` starts it, then raises (Python code it runs after starting
+    it: a garbage collection's finalizer, a hub's wrapper): the wait raises that, and
+    leaves no timer running (the C waiter dropped its reference without stopping it:
+    the timer went on, holding the waiter until it fired). When the ``stop()`` after it
+    raises too, that goes on with the first as its context, as in an except clause, and
+    the timer is dropped all the same (the Python waiter kept it, stopped, as its armed
+    timer, so a later wait with a later deadline would wait with no timer). The next
+    wait works: no deadline is left to a stopped timer."""
+    import gevent
+
+    def fail(error: type[Exception]) -> Callable[[], None]:
+        def raise_it() -> None:
+            raise error
+
+        return raise_it
+
+    a, b = socket.socketpair()
+    with a, b:
+        waiter, hooks = _waiter_with_hooks(kind, a)
+        hooks["after_start"].append(fail(_StartFailed))
+        if stop == "stop-raises-too":
+            hooks["after_stop"].append(fail(_StopFailed))
+        result = _wait_in_greenlet(waiter, time.monotonic() + 0.01)
+        assert len(hooks["timers"]) == 1  # the scene was set
+        if stop == "stop-raises-too":
+            assert hooks["after_stop"] == []
+            assert isinstance(result, _StopFailed), result
+            assert isinstance(result.__context__, _StartFailed), result.__context__
+        else:
+            assert isinstance(result, _StartFailed), result
+        assert hooks["timers"][0].active is False
+        # A later deadline: a waiter that kept the stopped timer would not arm another.
+        assert _wait_in_greenlet(waiter, time.monotonic() + 0.05) is False
+        assert len(hooks["timers"]) == 2
+        b.sendall(b"x")
+        assert _wait_in_greenlet(waiter, time.monotonic() + 60) is True
+        assert a.recv(1) == b"x"
+        waiter.close()
+        gevent.sleep(0)
+        assert [timer.active for timer in hooks["timers"]] == [False] * len(hooks["timers"])
 
 
 @pytest.mark.parametrize("kind", ["c", "python"])
