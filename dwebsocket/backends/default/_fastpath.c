@@ -31,7 +31,8 @@
  * code; what inflate_message() does not take, it keeps for Python's next decompress()
  * of the same frame, so deflate.py's rules decide). The Python it calls is named in STR_NAMES: the read and write
  * locks' acquire/release/locked, the deque's popleft/append, DefaultWebSocket's
- * _received/_send_rest/wait/is_closed/_fast, and gevent's loop and watchers
+ * _received/_lost_received/_send_rest/_write_interrupted/wait/is_closed/_fast, and
+ * gevent's loop and watchers
  * (tests/backends/default/test_state.py checks that each exists).
  *
  * What may run Python code, and what may change across it. Everything here holds the
@@ -72,7 +73,11 @@
  *      connection (lost_read(): DefaultWebSocket._lost_received(), 1011, what the Python
  *      path does in the same place) and returns the exception. lost_read() runs Python:
  *      it comes after the lease ends, and nothing but the return follows it. What
- *      _received() raises, Python has decided on.
+ *      _received() raises, Python has decided on. Likewise a send: once the kernel took
+ *      part of a frame (or, compressed, the deflater took the message), its rest must
+ *      follow before anything else; a failure before _send_rest() has written it (the
+ *      rest's allocation, an exception from _send_rest()) fails the connection
+ *      (lost_write(): DefaultWebSocket._write_interrupted(), what _sendall() does).
  *
  * The other statics (the interned names, greenlet.getcurrent, the _speedups C API, the
  * deque type) are set once at import and only read after.
@@ -105,7 +110,8 @@ static PyTypeObject *deque_type; /* collections.deque */
     X(run_callback) X(run_callback_threadsafe) X(start) X(stop) X(switch) X(timer)         \
     X(update)                                                                               \
     /* DefaultWebSocket */                                                                  \
-    X(_fast) X(_lost_received) X(_received) X(_send_rest) X(is_closed) X(wait)              \
+    X(_fast) X(_lost_received) X(_received) X(_send_rest) X(_write_interrupted) X(is_closed)  \
+    X(wait)                                                                                 \
     /* the Waiter's own callbacks */                                                        \
     X(_expired) X(_ready) X(_close_in_hub)
 #define DECLARE(name) static PyObject *str_##name;
@@ -971,25 +977,48 @@ give_to_python(FastPath *self, PyObject *bytes)
     return 0;
 }
 
+/* An exception is set and the stream cannot go on: fail the connection with
+   DefaultWebSocket's method `name` and keep the exception, as the Python path's `raise`
+   after it does (an exception from that method itself goes on instead, with the first as
+   its context). Returns -1. Runs Python: nothing after it but the return. */
+static int
+fail_connection(FastPath *self, PyObject *name)
+{
+    PyObject *type, *value, *tb, *r;
+
+    PyErr_Fetch(&type, &value, &tb);
+    r = PyObject_CallMethodNoArgs(self->ws, name);
+    Py_XDECREF(r);
+    return raise_after_tidying(r == NULL ? -1 : 0, type, value, tb);
+}
+
 /*
  * What a read took off the socket is lost: an exception after the read(2), before its
  * messages were queued and its rest handed to _received() (an allocation that failed,
  * or an exception from Python code run meanwhile). Reading on would begin in the middle
  * of a frame, so fail the connection as the Python path does in the same place
- * (DefaultWebSocket._lost_received(): 1011), and keep the exception, as its `raise`
- * does (an exception from _lost_received() itself goes on instead, with the first as its
- * context). Returns -1. Runs Python: call it after the lease ends, and nothing after it
- * but the return.
+ * (DefaultWebSocket._lost_received(): 1011). Returns -1. Runs Python: call it after the
+ * lease ends.
  */
 static int
 lost_read(FastPath *self)
 {
-    PyObject *type, *value, *tb, *r;
+    return fail_connection(self, str__lost_received);
+}
 
-    PyErr_Fetch(&type, &value, &tb);
-    r = PyObject_CallMethodNoArgs(self->ws, str__lost_received);
-    Py_XDECREF(r);
-    return raise_after_tidying(r == NULL ? -1 : 0, type, value, tb);
+/*
+ * Part of a frame went to the kernel and its rest is lost (the allocation that keeps it
+ * failed, or _send_rest() raised: before its write, or the write interrupted), or a
+ * compressed message is in the deflater's context and not on the wire. The next frame
+ * would land in the middle of this one (or in a context the peer lacks), so fail the
+ * connection as the Python path does in the same place
+ * (DefaultWebSocket._write_interrupted(), from _sendall(): shut down, 1006; no close
+ * frame can follow). Returns -1.
+ */
+static int
+lost_write(FastPath *self)
+{
+    return fail_connection(self, str__write_interrupted);
 }
 
 /* Queue items[start:] in IOState.messages, making the deque if there is none
@@ -1639,11 +1668,15 @@ FastPath_send(FastPath *self, PyObject *message)
     }
     Py_XDECREF(encoded);
     if (rest == NULL) {
+        if (sent > 0 || compressed_frame) {
+            (void)lost_write(self);
+        } /* else nothing went, nothing was compressed: the connection is as it was */
         return NULL;
     }
     r = PyObject_CallMethodOneArg(self->ws, str__send_rest, rest);
     Py_DECREF(rest);
     if (r == NULL) {
+        (void)lost_write(self); /* (a write that failed shut it down already) */
         return NULL;
     }
     Py_DECREF(r);

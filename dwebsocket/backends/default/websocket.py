@@ -73,6 +73,9 @@ _DEFAULT_IO_TIMEOUT = 60.0
 # The close reason when bytes read from the socket were lost before the core or the view's
 # queue took them (see _lost_received).
 _LOST_REASON = "received data lost"
+# The close reason when a write may have left part of a frame on the wire and lost its rest
+# (see _write_interrupted).
+_INTERRUPTED_REASON = "a write was interrupted"
 
 
 def _new_lock() -> threading.Lock:
@@ -857,7 +860,10 @@ class DefaultWebSocket(WebSocket):
             self._writing.release()
 
     def _sendall(self, data: bytes) -> bool:
-        """Write ``data`` (call with ``_writing`` held); on failure shut down, False."""
+        """Write ``data`` (call with ``_writing`` held); on failure shut down, False.
+        Any other exception (a ``MemoryError`` once the kernel took part of it, a
+        ``gevent.Timeout`` or a kill while the rest waits for room) fails the connection
+        (:meth:`_write_interrupted`) and goes on."""
         if self._io.shut:
             return False
         try:
@@ -867,7 +873,18 @@ class DefaultWebSocket(WebSocket):
                 logger.debug("WebSocket write to %s failed: %r", self._peer(), exc)
             self._shutdown(1006)
             return False
+        except BaseException:
+            self._write_interrupted()
+            raise
         return True
+
+    def _write_interrupted(self) -> None:
+        """A write raised with part of a frame maybe on the wire and its rest lost (how
+        much of it went, ``sock.sendall()`` does not say): the next frame would land in
+        its middle, and the peer read it as payload. So shut down (1006: no close frame
+        can follow); the caller re-raises. The C fast path calls it for its own send once
+        the kernel took part of a frame (``_fastpath.c``, ``lost_write()``)."""
+        self._shutdown(1006, _INTERRUPTED_REASON)
 
     # -- closing ----------------------------------------------------------------------
 

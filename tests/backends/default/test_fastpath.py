@@ -969,6 +969,126 @@ def test_the_c_send_path_writes_what_the_python_one_does(seen: dict[str, Any]) -
     assert b"".join(seen["python"]) == expected  # the general path, same bytes
 
 
+def _send_cut_short(
+    path: str, send: Callable[[DefaultWebSocket, bytes], None]
+) -> tuple[dict[str, Any], bytes, bytes]:
+    """A view sends a frame too large for the socket buffers (the client reads nothing
+    until it is done) with ``send(ws, message)``, on the C path or the Python one, which
+    raises once the kernel took part of it. Then it sends "after". Returns what the view
+    saw, the frame and all that the client received until EOF."""
+    big = b"B" * (8 << 20)
+    frame = _python_frame(big)
+    done = threading.Event()
+
+    def body(ws: DefaultWebSocket, seen: dict[str, Any]) -> None:
+        if path == "python":
+            ws._fast = None
+        assert ws.wait(TIMEOUT) == "go"  # nothing on the wire after the 101 until then
+        try:
+            send(ws, big)
+        except BaseException as exc:
+            seen["raised"] = type(exc).__name__
+        seen["closed"] = ws.is_closed()
+        done.set()
+        try:
+            ws.send("after")
+            seen["after"] = "sent"
+        except ConnectionClosed:
+            seen["after"] = "ConnectionClosed"
+        seen["code"] = ws.close_code
+
+    seen: dict[str, Any] = {}
+    with Session(fast_view(body, seen)) as session:
+        session.expect_101()
+        session.client.send("go")
+        assert done.wait(TIMEOUT)
+        received = b""
+        while chunk := session.client.sock.recv(1 << 20):
+            received += chunk
+        session.finish()
+    assert seen["fast"] is True
+    return seen, frame, received
+
+
+def _frame_cut_and_connection_failed(
+    seen: dict[str, Any], frame: bytes, received: bytes, raised: str
+) -> None:
+    assert seen["raised"] == raised, seen
+    # Part of it went (the scene was set), and nothing after that part: no frame into its
+    # middle (the client would take "after" or the close frame for payload).
+    assert 0 < len(received) < len(frame) and frame.startswith(received), received[-40:]
+    assert seen["closed"] is True and seen["after"] == "ConnectionClosed", seen
+    assert seen["code"] == 1006, seen
+
+
+def _rest_not_kept(ws: DefaultWebSocket, message: bytes) -> None:
+    """send() with a MemoryError right after the kernel took part of the frame: the C
+    path's allocation of the rest fails; the Python path's write fails once it wrote
+    (os.write() allocates its result, then the count is added to bytes_out)."""
+    if ws._fast is not None:
+        import _testcapi  # type: ignore[import-not-found]
+
+        fast, before = ws._fast, ws._io.bytes_out
+        for n in range(100):  # the n-th allocation fails, up to the first after the write
+            _testcapi.set_nomemory(n, n + 1)
+            try:
+                fast.send(message)
+            except MemoryError as exc:
+                error: BaseException | None = exc
+            else:
+                error = None
+            finally:
+                _testcapi.remove_mem_hooks()
+            if error is None:
+                raise AssertionError("no allocation failed after the write")
+            if ws._io.bytes_out != before:
+                raise error
+            # One before the write (a lock's locked()): nothing went, the next then.
+        return
+    real_write = transport_module._write  # type: ignore[attr-defined]
+
+    def write(fd: int, data: Any) -> int:
+        sent = real_write(fd, data)
+        if 0 < sent < len(data):
+            raise MemoryError
+        return sent
+
+    transport_module._write = write  # type: ignore[attr-defined]
+    try:
+        ws.send(message)
+    finally:
+        transport_module._write = real_write  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_a_send_that_cannot_keep_its_frames_rest_fails_the_connection(path: str) -> None:
+    """The kernel took part of a frame, then keeping its rest ran out of memory: the rest
+    is lost, and the next frame would land in the middle of this one (the client reads
+    it as payload). So the connection is failed (1006: no close frame can follow), the
+    MemoryError goes on, and the next send raises ConnectionClosed, in C as in Python
+    (both sent "after" into the frame's payload)."""
+    if path == "c":
+        pytest.importorskip("_testcapi")
+    seen, frame, received = _send_cut_short(path, _rest_not_kept)
+    _frame_cut_and_connection_failed(seen, frame, received, "MemoryError")
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_a_send_interrupted_midway_fails_the_connection(path: str) -> None:
+    """A gevent.Timeout around send() fires while the rest of a frame waits for room (a
+    client that reads nothing): the connection is failed as for a rest that could not be
+    kept, since part of the frame went (the C path's _send_rest(), the Python send()'s
+    sendall()); the timeout goes on."""
+    import gevent
+
+    def send(ws: DefaultWebSocket, message: bytes) -> None:
+        with gevent.Timeout(0.2):
+            ws.send(message)
+
+    seen, frame, received = _send_cut_short(path, send)
+    _frame_cut_and_connection_failed(seen, frame, received, "Timeout")
+
+
 # -- the Waiter: Python code that runs while a wait arms its watchers --
 
 
@@ -1259,3 +1379,4 @@ def test_an_io_watcher_whose_start_raises_after_starting_it_is_stopped(kind: str
         assert _wait_in_greenlet(waiter, None) is True
         assert a.recv(1) == b"x"
         waiter.close()
+

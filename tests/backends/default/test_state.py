@@ -94,6 +94,7 @@ def test_every_name_the_c_code_looks_up_exists() -> None:
         "_lost_received": [DefaultWebSocket],
         "_received": [DefaultWebSocket],
         "_send_rest": [DefaultWebSocket],
+        "_write_interrupted": [DefaultWebSocket],
         "is_closed": [DefaultWebSocket],
         "wait": [DefaultWebSocket],
         "_expired": [state.fastpath.Waiter, _GeventReadWaiter],
