@@ -51,7 +51,8 @@
  *      What the Python run by a call may read is made true before the call: a watcher
  *      is the Waiter's, and counted as started, before its start() runs (its callback
  *      may run inside that start()), and undone, the watcher stopped, if start() raises
- *      (it may have started it first);
+ *      (it may have started it first); a wait whose arming raised is tidied up as one
+ *      that ended (waiter_after_wait(): unref'd, freed after a close() meanwhile);
  *   2. the one shared buffer, recv_buf (per thread), is held under a lease: taken right
  *      before read(2), given back once what was read is scanned (scan_read(): neither
  *      scan_frames() nor make_message(), _speedups.c, nor inflate_message(), _deflate.c,
@@ -614,7 +615,12 @@ waiter_wait(Waiter *self, double deadline)
     }
     Py_DECREF(current);
     if (rc < 0) {
-        return -1;
+        /* Tidied up as after a wait: the io watcher unref'd (a ref setter may set it, then
+           raise) and, after a close() meanwhile, the watchers freed (the io watcher may
+           have been started again since), as _GeventReadWaiter.wait()'s finally does. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        return raise_after_tidying(waiter_after_wait(self), type, value, tb);
     }
     if (rc == 1) {
         return waiter_after_wait(self) < 0 ? -1 : 0;

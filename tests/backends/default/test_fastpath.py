@@ -1380,3 +1380,46 @@ def test_an_io_watcher_whose_start_raises_after_starting_it_is_stopped(kind: str
         assert a.recv(1) == b"x"
         waiter.close()
 
+
+class _RefFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("close", ["not-closed", "closed-meanwhile"])
+def test_a_wait_whose_arming_raises_leaves_the_loop_unreferenced(close: str) -> None:
+    """Setting the io watcher's ``ref`` (the C waiter's last arming call) sets it, then
+    raises (Python code it runs after): the wait raises that, and the watcher, which
+    stays started between waits, does not keep the loop referenced (the wait left ref
+    true: a loop with nothing else to do never ended). A close() while the wait armed
+    its timer is honoured too: the io watcher, started again after it, is closed (it was
+    left started, referenced, for good). The Python waiter sets no ref: its wait's
+    finally stops the watcher, and tears down after a close(), whatever raised."""
+    import gevent
+
+    def fail() -> None:
+        raise _RefFailed
+
+    a, b = socket.socketpair()
+    with a, b:
+        waiter, hooks = _waiter_with_hooks("c", a)
+        hooks["after_ref"].append(fail)
+        deadline = None
+        if close == "closed-meanwhile":
+            hooks["after_start"].append(waiter.close)  # the timer's, started first
+            deadline = time.monotonic() + 60
+        result = _wait_in_greenlet(waiter, deadline)
+        assert hooks["after_ref"] == [] and hooks["after_start"] == []  # the scene was set
+        assert isinstance(result, _RefFailed), result
+        io = hooks["ios"][0]
+        assert io.ref is False
+        if close == "closed-meanwhile":
+            assert io.active is False
+            assert [timer.active for timer in hooks["timers"]] == [False]
+            assert waiter.wait(None) is None
+            return
+        b.sendall(b"x")
+        assert _wait_in_greenlet(waiter, None) is True
+        assert a.recv(1) == b"x"
+        assert io.ref is False
+        waiter.close()
+        gevent.sleep(0)
