@@ -443,7 +443,11 @@ def start_server(
         port = free_port()
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed by ServerProcess.stop()
         argv = {**SERVERS, **OTHER_SERVERS, **ASGI_SERVERS}[name](HOST, port)
-        process = spawn(argv, REPO, child_env, log_file)
+        try:
+            process = spawn(argv, REPO, child_env, log_file)
+        except BaseException:
+            log_file.close()  # the server's program is missing (uwsgi not installed...)
+            raise
         server = ServerProcess(name, port, process, log_path, log_file)
         if _wait_until_listening(process, port, timeout):
             return server

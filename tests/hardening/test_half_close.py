@@ -28,6 +28,8 @@ from tests.hardening.client import frame, open_websocket, outcome
 from tests.hardening.support import SETTINGS
 from tests.servers import ServerProcess, running_server
 
+pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
+
 SERVERS = ["gevent", "uwsgi-takeover", "uwsgi-gevent", "uwsgi-async"]
 
 
