@@ -186,9 +186,13 @@ def test_w007_gunicorn_without_dwebsocket_hooks() -> None:
 
 def test_w007_quiet_once_the_hooks_ran(monkeypatch: pytest.MonkeyPatch) -> None:
     from dwebsocket.contrib import gunicorn as hooks
+    from dwebsocket.signals import websocket_opened
 
     worker = fake_worker(GeventWorker)
     monkeypatch.setattr(hooks.signal, "signal", lambda *args: None)  # keep pytest's handlers
+    # and the websocket_opened receivers: the hook connects one for this (fake) worker
+    # that would outlive the test and run at every later test's handshake.
+    monkeypatch.setattr(websocket_opened, "receivers", list(websocket_opened.receivers))
     hooks.post_worker_init(worker)
     assert worker_info.gunicorn_worker() == worker_info.GunicornWorker("gevent", 1, 30, hooks=True)
     assert check_server() == []
