@@ -515,6 +515,14 @@ waiter_after_wait(Waiter *self)
     return waiter_close_io(self);
 }
 
+/* A wait until `deadline` needs a timer the waiter does not have: none armed, or one
+   armed for a later deadline (or fired meanwhile: _expired() cleared it). */
+static inline int
+waiter_lacks_timer(Waiter *self, double deadline)
+{
+    return deadline < INFINITY && (self->timer == NULL || self->timer_at > deadline);
+}
+
 /* waiter_wait()'s calls before the switch, made for `current` (all may run Python): the
    wake's target, the timer, the io watcher started and ref'd. 0, or -1 with an exception. */
 static int
@@ -530,7 +538,7 @@ waiter_arm_all(Waiter *self, PyObject *current, double deadline)
         Py_XSETREF(self->last, Py_NewRef(current));
         Py_XSETREF(self->last_switch, sw);
     }
-    if (deadline < INFINITY && (self->timer == NULL || self->timer_at > deadline)) {
+    if (waiter_lacks_timer(self, deadline)) {
         if (waiter_arm(self, deadline) < 0) {
             return -1;
         }
@@ -610,7 +618,7 @@ waiter_wait(Waiter *self, double deadline)
     rc = waiter_arm_all(self, current, deadline);
     self->arming = 0;
     if (rc == 0 && (self->closed || self->last != current || !self->io_active ||
-                    (deadline < INFINITY && (self->timer == NULL || self->timer_at > deadline)))) {
+                    waiter_lacks_timer(self, deadline))) {
         rc = 1; /* Python ran since the checks above, and ended this wait (see above) */
     }
     Py_DECREF(current);
